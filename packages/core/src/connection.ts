@@ -1,0 +1,100 @@
+import { z } from 'zod';
+
+/**
+ * A host's connector properties (os-brick's names), as sent to `initialize_connection`.
+ * Unknown keys are kept so a third-party driver can add its own.
+ */
+export const zConnector = z.looseObject({
+  host: z.string(),
+  initiator: z.string().optional(),
+  ip: z.string().optional(),
+  multipath: z.boolean().optional(),
+  enforce_multipath: z.boolean().optional(),
+  platform: z.string().optional(),
+  os_type: z.string().optional(),
+  do_local_attach: z.boolean().optional(),
+  uuid: z.string().optional(),
+});
+export type Connector = z.output<typeof zConnector>;
+
+/** A portal: `host:port`, with IPv6 hosts in brackets. */
+export const zPortal = z.string().min(3).max(300);
+
+/** The `data` of a connection_info (Cinder's key names); unknown keys are kept. */
+export const zConnectionData = z.looseObject({
+  device_path: z.string().optional(),
+  target_portal: zPortal.optional(),
+  target_iqn: z.string().optional(),
+  target_lun: z.number().int().nonnegative().optional(),
+  target_portals: z.array(zPortal).optional(),
+  target_iqns: z.array(z.string()).optional(),
+  target_luns: z.array(z.number().int().nonnegative()).optional(),
+  target_discovered: z.boolean().optional(),
+  auth_method: z.string().optional(),
+  auth_username: z.string().optional(),
+  auth_password: z.string().optional(),
+  discovery_auth_method: z.string().optional(),
+  discovery_auth_username: z.string().optional(),
+  discovery_auth_password: z.string().optional(),
+  volume_id: z.string().optional(),
+  encrypted: z.boolean().optional(),
+  qos_specs: z.unknown().optional(),
+  access_mode: z.enum(['rw', 'ro']).optional(),
+});
+export type ConnectionData = z.output<typeof zConnectionData>;
+
+/** What a backend's `initializeConnection` returns and a transport's `connect` takes. */
+export const zConnectionInfo = z.object({
+  driver_volume_type: z.string().min(1),
+  data: zConnectionData,
+});
+export type ConnectionInfo = z.output<typeof zConnectionInfo>;
+
+/** Keys of connection_info.data and connectors that hold secrets. */
+export const SECRET_KEYS: readonly string[] = [
+  'auth_password',
+  'discovery_auth_password',
+  'target_auth_password',
+  'auth_password_in',
+  'password',
+];
+
+/** A copy of connection_info without any secret (what berth stores and prints by default). */
+export function redactConnectionInfo(info: ConnectionInfo): ConnectionInfo {
+  const data: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(info.data)) {
+    if (!SECRET_KEYS.includes(key)) data[key] = value;
+  }
+  return { driver_volume_type: info.driver_volume_type, data: data as ConnectionData };
+}
+
+/** Every secret value inside a connection_info (for the command runner's redaction). */
+export function secretsOf(info: ConnectionInfo): string[] {
+  const out: string[] = [];
+  for (const key of SECRET_KEYS) {
+    const value = (info.data as Record<string, unknown>)[key];
+    if (typeof value === 'string' && value.length > 0) out.push(value);
+  }
+  return out;
+}
+
+/** One path of a connected device (a multipath device has several). */
+export const zDevicePath = z.object({
+  portal: z.string().optional(),
+  device: z.string().optional(),
+  state: z.string(),
+});
+export type DevicePath = z.output<typeof zDevicePath>;
+
+/** What a transport's `connect` returns: the block device on this host. */
+export const zDevice = z.object({
+  /** The device node (`/dev/loop3`, `/dev/sdb`, `/dev/dm-0`). */
+  path: z.string(),
+  type: z.literal('block'),
+  scsi_wwn: z.string().optional(),
+  multipath_id: z.string().optional(),
+  paths: z.array(zDevicePath).optional(),
+  /** Transport-specific, secret-free facts needed to disconnect later (persisted). */
+  meta: z.record(z.string(), z.unknown()).optional(),
+});
+export type Device = z.output<typeof zDevice>;

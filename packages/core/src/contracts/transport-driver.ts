@@ -1,0 +1,55 @@
+import type { ConnectionInfo, Connector, Device, DevicePath } from '../connection.js';
+import type { CheckResult } from './check.js';
+
+/** Per-call context a transport receives from the pipeline. */
+export interface TransportCallContext {
+  /** Fires when the operation is cancelled or passes its deadline: stop and clean up. */
+  signal: AbortSignal;
+  /** The operation's id, for logs and persisted attach state. */
+  operationId?: string;
+  /** The volume's id (a stable key for persisted attach state). */
+  volumeId?: string;
+}
+
+/** Options of a disconnect. */
+export interface DisconnectOptions extends TransportCallContext {
+  /** Go on through errors, then throw one error listing them all (nothing stays half-removed). */
+  force: boolean;
+}
+
+/** A device this transport finds connected on the host (for `berth reconcile`). */
+export interface ConnectedDevice {
+  device: Device;
+  /** The backing thing, in connection_info terms (a file path, a target IQN + LUN). */
+  source: Record<string, unknown>;
+}
+
+/**
+ * A transport: connects a `connection_info` on this host and returns the block device.
+ * Every method is idempotent: connecting what is already connected returns the same device,
+ * disconnecting what is gone succeeds.
+ */
+export interface TransportDriver {
+  /** Unique name (`loop`, `iscsi`, `iscsi-multipath`). */
+  readonly name: string;
+  /** The `driver_volume_type` values it connects. */
+  readonly protocols: readonly string[];
+  /** Preference when several transports connect one protocol (higher wins when `accepts`). */
+  readonly priority?: number;
+  /** Whether this transport wants this connection for this connector (default: yes). */
+  accepts?(connection: ConnectionInfo, connector: Connector): boolean;
+  /** Connector properties this transport contributes (`initiator` for iSCSI). */
+  connectorProperties(): Promise<Partial<Connector>>;
+  /** Connect the volume; resolve with the device once it is usable. */
+  connect(connection: ConnectionInfo, context: TransportCallContext): Promise<Device>;
+  /** Disconnect; `device` is what `connect` returned (undefined when connect never finished). */
+  disconnect(connection: ConnectionInfo, device: Device | undefined, options: DisconnectOptions): Promise<void>;
+  /** Make the host see a grown volume; resolves with the new size in bytes. */
+  extend?(connection: ConnectionInfo, device: Device, context: TransportCallContext): Promise<number>;
+  /** The paths of a connected device and their state. */
+  paths?(connection: ConnectionInfo, device: Device): Promise<DevicePath[]>;
+  /** Every device this transport finds connected on the host. */
+  connected?(): Promise<ConnectedDevice[]>;
+  /** Whether this host can use the transport (what `berth doctor` prints). */
+  check(): Promise<CheckResult>;
+}

@@ -1,0 +1,48 @@
+import type { ConnectionInfo, Connector } from '../connection.js';
+import type { CheckResult } from './check.js';
+
+/** What a backend needs to know about a volume. */
+export interface BackendVolume {
+  id: string;
+  name: string;
+  sizeBytes: number;
+  /** What `create` returned (a file path, a target IQN). */
+  providerLocation: string | null;
+}
+
+/** What a backend returns from `create`. */
+export interface CreatedVolume {
+  providerLocation: string;
+}
+
+/** An export the backend holds (for `berth reconcile`). */
+export interface BackendExport {
+  volumeId: string;
+  /** The connector's `host` or `initiator` the export is for. */
+  initiator?: string;
+}
+
+/**
+ * A volume backend: creates volumes and exports them to hosts (Cinder's volume driver).
+ * `initializeConnection` and `terminateConnection` are idempotent.
+ */
+export interface VolumeBackend {
+  /** Unique name (`file`, `tgt`). */
+  readonly name: string;
+  /** Create the volume's storage. */
+  create(volume: BackendVolume, signal: AbortSignal): Promise<CreatedVolume>;
+  /** Remove the volume's storage; succeeds when it is already gone. */
+  delete(volume: BackendVolume, signal: AbortSignal): Promise<void>;
+  /** Grow the volume to `newSizeBytes`. */
+  extend?(volume: BackendVolume, newSizeBytes: number, signal: AbortSignal): Promise<void>;
+  /** Export the volume to `connector` and return how to reach it. */
+  initializeConnection(volume: BackendVolume, connector: Connector, signal: AbortSignal): Promise<ConnectionInfo>;
+  /** Remove the export for `connector`; succeeds when it is already gone. */
+  terminateConnection(volume: BackendVolume, connector: Connector, signal: AbortSignal): Promise<void>;
+  /** Every export the backend holds now. */
+  exports?(): Promise<BackendExport[]>;
+  /** Stop background work (a supervised daemon) when the app shuts down. */
+  close?(): Promise<void>;
+  /** Whether the backend works here (what `berth doctor` prints). */
+  check(): Promise<CheckResult>;
+}

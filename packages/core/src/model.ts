@@ -1,0 +1,172 @@
+import { z } from 'zod';
+import { zConnectionInfo, zConnector, zDevice } from './connection.js';
+
+/** A user-given name: letters, digits, `.`, `_`, `-`; never a path. */
+export const zName = z
+  .string()
+  .min(1, 'must not be empty')
+  .max(63, 'must be at most 63 characters')
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'use letters, digits, ".", "_" and "-" only, starting with a letter or digit');
+
+/** berth's identifiers are UUIDs. */
+export const zId = z.uuid();
+
+/** Largest volume berth accepts (1 PiB): anything bigger is a typo, not a plan. */
+export const MAX_VOLUME_BYTES = 2 ** 50;
+
+/** A volume size in bytes. */
+export const zSizeBytes = z
+  .number()
+  .int('must be a whole number of bytes')
+  .positive('must be positive')
+  .max(MAX_VOLUME_BYTES, 'must be at most 1 PiB')
+  .refine((n) => n % 512 === 0, 'must be a multiple of 512 bytes');
+
+/** Every status a volume can have (Cinder's names). */
+export const VOLUME_STATUSES = [
+  'creating',
+  'available',
+  'reserved',
+  'attaching',
+  'in-use',
+  'detaching',
+  'extending',
+  'deleting',
+  'error',
+] as const;
+export const zVolumeStatus = z.enum(VOLUME_STATUSES);
+export type VolumeStatus = z.output<typeof zVolumeStatus>;
+
+/** Every status an attachment can have (Cinder's names). */
+export const ATTACHMENT_STATUSES = [
+  'reserved',
+  'attaching',
+  'attached',
+  'detaching',
+  'detached',
+  'error_attaching',
+  'error_detaching',
+] as const;
+export const zAttachmentStatus = z.enum(ATTACHMENT_STATUSES);
+export type AttachmentStatus = z.output<typeof zAttachmentStatus>;
+
+const zTimestamp = z.string();
+
+/** A volume: bytes on a backend. */
+export const zVolume = z.object({
+  id: zId,
+  name: zName,
+  projectId: z.string(),
+  sizeBytes: zSizeBytes,
+  status: zVolumeStatus,
+  backend: z.string(),
+  multiattach: z.boolean(),
+  /** The backend's own reference (a file path, a target IQN); opaque to core. */
+  providerLocation: z.string().nullable(),
+  createdAt: zTimestamp,
+  updatedAt: zTimestamp,
+});
+export type Volume = z.output<typeof zVolume>;
+
+/** A host: a machine with an agent that runs the host-side steps. */
+export const zHost = z.object({
+  id: zId,
+  name: z.string(),
+  /** The connector last reported by the host's agent (secrets never stored). */
+  connector: zConnector.nullable(),
+  createdAt: zTimestamp,
+  updatedAt: zTimestamp,
+});
+export type Host = z.output<typeof zHost>;
+
+/** A server: the consumer of volumes (an instance in Nova's words), placed on a host. */
+export const zServer = z.object({
+  id: zId,
+  name: zName,
+  projectId: z.string(),
+  hostId: zId,
+  createdAt: zTimestamp,
+  updatedAt: zTimestamp,
+});
+export type Server = z.output<typeof zServer>;
+
+/** Per-step durations in milliseconds, keyed by step name. */
+export const zTimings = z.record(z.string(), z.number());
+
+/** An attachment: one volume attached (or being attached) to one server. */
+export const zAttachment = z.object({
+  id: zId,
+  volumeId: zId,
+  serverId: zId,
+  hostId: zId,
+  status: zAttachmentStatus,
+  mode: z.enum(['rw', 'ro']),
+  /** The transport that connected it (`loop`, `iscsi`, ...). */
+  transport: z.string().nullable(),
+  connector: zConnector.nullable(),
+  /** connection_info with every secret removed (enough to disconnect after a restart). */
+  connectionInfo: zConnectionInfo.nullable(),
+  device: zDevice.nullable(),
+  /** Where the consumer published the device (`/dev/berth/<volume-id>` for the host consumer). */
+  publishedPath: z.string().nullable(),
+  timings: zTimings,
+  error: z.string().nullable(),
+  createdAt: zTimestamp,
+  updatedAt: zTimestamp,
+});
+export type Attachment = z.output<typeof zAttachment>;
+
+/** Operation kinds. */
+export const zOperationKind = z.enum(['attach', 'detach', 'extend', 'delete', 'reconcile']);
+export type OperationKind = z.output<typeof zOperationKind>;
+
+/**
+ * Operation states: `running` (in flight), `succeeded`, `rolled_back` (failed and every step undone:
+ * nothing left behind), `failed` (failed and an undo failed too: `berth reconcile` has work).
+ */
+export const zOperationState = z.enum(['running', 'succeeded', 'rolled_back', 'failed']);
+export type OperationState = z.output<typeof zOperationState>;
+
+/** A safe summary of an error, as stored and returned. */
+export const zErrorSummary = z.object({
+  code: z.string(),
+  message: z.string(),
+  hint: z.string().optional(),
+});
+export type ErrorSummary = z.output<typeof zErrorSummary>;
+
+/** One journal row: a step (or its undo) of an operation. */
+export const zOperationStep = z.object({
+  seq: z.number().int(),
+  name: z.string(),
+  phase: z.enum(['do', 'undo']),
+  state: z.enum(['running', 'done', 'failed']),
+  startedAt: zTimestamp,
+  endedAt: zTimestamp.nullable(),
+  durationMs: z.number().nullable(),
+  error: zErrorSummary.nullable(),
+  /** What the step produced that its undo or a resume needs (never a secret). */
+  data: z.record(z.string(), z.unknown()).nullable(),
+});
+export type OperationStep = z.output<typeof zOperationStep>;
+
+/** An operation: one attach/detach/... request, journalled step by step. */
+export const zOperation = z.object({
+  id: zId,
+  kind: zOperationKind,
+  state: zOperationState,
+  volumeId: zId.nullable(),
+  serverId: zId.nullable(),
+  attachmentId: zId.nullable(),
+  hostId: zId.nullable(),
+  idempotencyKey: z.string().nullable(),
+  /** The process that runs it (pid@hostname), to tell an orphan from a live one. */
+  owner: z.string().nullable(),
+  deadlineAt: zTimestamp,
+  startedAt: zTimestamp,
+  endedAt: zTimestamp.nullable(),
+  error: zErrorSummary.nullable(),
+  result: z.record(z.string(), z.unknown()).nullable(),
+  steps: z.array(zOperationStep),
+});
+export type Operation = z.output<typeof zOperation>;

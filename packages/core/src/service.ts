@@ -1,0 +1,118 @@
+import type { Connector } from './connection.js';
+import type { CheckResult } from './contracts/check.js';
+import type { Attachment, Host, Operation, OperationState, Server, Volume, VolumeStatus } from './model.js';
+
+/** A reference to a volume or server: its id, or its name within the project. */
+export type Ref = string;
+
+/** Options shared by requests made on behalf of a project. */
+export interface ProjectScope {
+  /** The project the request acts in (default: the config's `defaultProject`). */
+  projectId?: string;
+}
+
+export interface CreateVolumeRequest extends ProjectScope {
+  name: string;
+  sizeBytes: number;
+  /** Backend name (default: the config's `defaultBackend`). */
+  backend?: string;
+  multiattach?: boolean;
+}
+
+export interface CreateServerRequest extends ProjectScope {
+  name: string;
+  /** Host name (default: this host). */
+  host?: string;
+}
+
+export interface AttachRequest extends ProjectScope {
+  volume: Ref;
+  /** Server; default: this host's own server (created on first use). */
+  server?: Ref;
+  mode?: 'rw' | 'ro';
+  /** Ask for multipath (sets `multipath` in the connector). */
+  multipath?: boolean;
+  /** A retry with the same key returns the first operation. */
+  idempotencyKey?: string;
+}
+
+export interface DetachRequest extends ProjectScope {
+  volume: Ref;
+  /** Which server to detach from, when the volume is attached to several. */
+  server?: Ref;
+  attachmentId?: string;
+  /** Go on through driver/backend errors and report them all. */
+  force?: boolean;
+  idempotencyKey?: string;
+}
+
+/** The outcome of a finished attach or detach. */
+export interface OperationOutcome {
+  operation: Operation;
+  volume: Volume;
+  /** The attachment (for a detach: as it was before it was deleted). */
+  attachment: Attachment | undefined;
+}
+
+/** A running operation and a promise of its outcome. */
+export interface StartedOperation {
+  operation: Operation;
+  /** Resolves when the operation ends; rejects with a BerthError when it failed. */
+  done: Promise<OperationOutcome>;
+}
+
+/** One line of `berth doctor`. */
+export interface DoctorEntry {
+  kind: 'transport' | 'backend' | 'consumer' | 'store' | 'plugin';
+  name: string;
+  result: CheckResult;
+}
+
+/** What the plugin loader found. */
+export interface PluginReport {
+  loaded: Array<{ name: string; packageName: string; version?: string; transports: string[]; backends: string[]; consumers: string[] }>;
+  failed: Array<{ packageName: string; error: string }>;
+}
+
+/**
+ * Everything the CLI and the HTTP app do, in one place: both call this and nothing else, so no step
+ * has a second implementation.
+ */
+export interface BerthService {
+  createVolume(request: CreateVolumeRequest): Promise<Volume>;
+  listVolumes(filter?: ProjectScope & { status?: VolumeStatus }): Promise<Volume[]>;
+  getVolume(ref: Ref, scope?: ProjectScope): Promise<Volume>;
+  /** Delete an available volume (its storage too). */
+  deleteVolume(ref: Ref, scope?: ProjectScope): Promise<void>;
+  /** Grow an available volume. */
+  extendVolume(ref: Ref, newSizeBytes: number, scope?: ProjectScope): Promise<Volume>;
+
+  createServer(request: CreateServerRequest): Promise<Server>;
+  listServers(filter?: ProjectScope): Promise<Server[]>;
+  getServer(ref: Ref, scope?: ProjectScope): Promise<Server>;
+  /** Delete a server with no attachments. */
+  deleteServer(ref: Ref, scope?: ProjectScope): Promise<void>;
+  listHosts(): Promise<Host[]>;
+
+  /** Start an attach; the returned operation is journalled before this resolves. */
+  startAttach(request: AttachRequest): Promise<StartedOperation>;
+  /** Attach and wait for the outcome. */
+  attach(request: AttachRequest): Promise<OperationOutcome>;
+  startDetach(request: DetachRequest): Promise<StartedOperation>;
+  detach(request: DetachRequest): Promise<OperationOutcome>;
+
+  listAttachments(filter?: ProjectScope & { volume?: Ref; server?: Ref }): Promise<Attachment[]>;
+  getAttachment(id: string, scope?: ProjectScope): Promise<Attachment>;
+
+  getOperation(id: string): Promise<Operation>;
+  listOperations(filter?: { state?: OperationState }): Promise<Operation[]>;
+
+  /** This host's connector properties, merged from every transport. */
+  connector(): Promise<Connector>;
+  /** Whether each transport, backend and consumer works on this host. */
+  doctor(): Promise<DoctorEntry[]>;
+  plugins(): PluginReport;
+
+  /** Close the store and stop plugins' background work. */
+  close(): Promise<void>;
+}

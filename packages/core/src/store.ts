@@ -1,0 +1,209 @@
+import type { ConnectionInfo, Connector, Device } from './connection.js';
+import type {
+  Attachment,
+  AttachmentStatus,
+  ErrorSummary,
+  Host,
+  Operation,
+  OperationKind,
+  OperationState,
+  OperationStep,
+  Server,
+  Volume,
+  VolumeStatus,
+} from './model.js';
+
+/**
+ * The persistence port. `@berth/store` implements it on SQLite and PostgreSQL; core and the apps
+ * only see this interface. Rules every implementation keeps:
+ * - `transition*` methods are one conditional `UPDATE ... WHERE id = ? AND status IN (...)`:
+ *   when no row matches they throw `BerthError` NOT_FOUND (no such row) or CONFLICT (the row is in
+ *   another status; `details.actual` holds it). They check the transition table first.
+ * - `get*` methods return `undefined` for a missing row; `require*` throw NOT_FOUND.
+ * - Timestamps are ISO-8601 strings set by the store.
+ */
+export interface Store {
+  readonly volumes: VolumeRepository;
+  readonly hosts: HostRepository;
+  readonly servers: ServerRepository;
+  readonly attachments: AttachmentRepository;
+  readonly operations: OperationRepository;
+  /** Run `fn` in one database transaction (serialisable on SQLite). */
+  transaction<T>(fn: (store: Store) => Promise<T>): Promise<T>;
+  /** Close the connection. */
+  close(): Promise<void>;
+}
+
+/** Fields of a new volume. */
+export interface NewVolume {
+  id?: string;
+  name: string;
+  projectId: string;
+  sizeBytes: number;
+  backend: string;
+  multiattach: boolean;
+  status: VolumeStatus;
+}
+
+/** Filter of a volume listing. */
+export interface VolumeFilter {
+  projectId?: string;
+  status?: VolumeStatus;
+}
+
+export interface VolumeRepository {
+  /** Insert; throws CONFLICT when the name is taken in the project. */
+  create(volume: NewVolume): Promise<Volume>;
+  get(id: string): Promise<Volume | undefined>;
+  require(id: string): Promise<Volume>;
+  /** Look a volume up by name within a project. */
+  findByName(projectId: string, name: string): Promise<Volume | undefined>;
+  list(filter?: VolumeFilter): Promise<Volume[]>;
+  /**
+   * CAS: set `status` to `to` (and apply `patch`) only if it is one of `from`.
+   * Returns the updated row.
+   */
+  transition(
+    id: string,
+    from: readonly VolumeStatus[],
+    to: VolumeStatus,
+    patch?: Partial<Pick<Volume, 'sizeBytes' | 'providerLocation'>>,
+  ): Promise<Volume>;
+  /** Delete the row only if its status is one of `from` (CAS); throws like `transition`. */
+  delete(id: string, from: readonly VolumeStatus[]): Promise<void>;
+}
+
+/** Fields of a new host. */
+export interface NewHost {
+  id?: string;
+  name: string;
+  connector?: Connector | null;
+}
+
+export interface HostRepository {
+  create(host: NewHost): Promise<Host>;
+  get(id: string): Promise<Host | undefined>;
+  require(id: string): Promise<Host>;
+  findByName(name: string): Promise<Host | undefined>;
+  list(): Promise<Host[]>;
+  /** Store the host's latest connector (callers strip secrets first). */
+  setConnector(id: string, connector: Connector): Promise<Host>;
+}
+
+/** Fields of a new server. */
+export interface NewServer {
+  id?: string;
+  name: string;
+  projectId: string;
+  hostId: string;
+}
+
+export interface ServerRepository {
+  /** Insert; throws CONFLICT when the name is taken in the project. */
+  create(server: NewServer): Promise<Server>;
+  get(id: string): Promise<Server | undefined>;
+  require(id: string): Promise<Server>;
+  findByName(projectId: string, name: string): Promise<Server | undefined>;
+  list(filter?: { projectId?: string; hostId?: string }): Promise<Server[]>;
+  /** Delete; throws CONFLICT when attachments still reference it. */
+  delete(id: string): Promise<void>;
+}
+
+/** Fields of a new attachment (always created `reserved`). */
+export interface NewAttachment {
+  id?: string;
+  volumeId: string;
+  serverId: string;
+  hostId: string;
+  mode: 'rw' | 'ro';
+  connector?: Connector | null;
+}
+
+/** Fields that may change on an attachment besides its status. */
+export interface AttachmentPatch {
+  transport?: string | null;
+  connector?: Connector | null;
+  connectionInfo?: ConnectionInfo | null;
+  device?: Device | null;
+  publishedPath?: string | null;
+  timings?: Record<string, number>;
+  error?: string | null;
+}
+
+/** Filter of an attachment listing. */
+export interface AttachmentFilter {
+  volumeId?: string;
+  serverId?: string;
+  hostId?: string;
+  status?: AttachmentStatus | readonly AttachmentStatus[];
+  projectId?: string;
+}
+
+export interface AttachmentRepository {
+  create(attachment: NewAttachment): Promise<Attachment>;
+  get(id: string): Promise<Attachment | undefined>;
+  require(id: string): Promise<Attachment>;
+  list(filter?: AttachmentFilter): Promise<Attachment[]>;
+  /** CAS on status, applying `patch` in the same statement. */
+  transition(
+    id: string,
+    from: readonly AttachmentStatus[],
+    to: AttachmentStatus,
+    patch?: AttachmentPatch,
+  ): Promise<Attachment>;
+  /** Update fields other than status. */
+  update(id: string, patch: AttachmentPatch): Promise<Attachment>;
+  /** Delete; succeeds when already gone. */
+  delete(id: string): Promise<void>;
+}
+
+/** Fields of a new operation (always created `running`). */
+export interface NewOperation {
+  id?: string;
+  kind: OperationKind;
+  volumeId?: string | null;
+  serverId?: string | null;
+  attachmentId?: string | null;
+  hostId?: string | null;
+  idempotencyKey?: string | null;
+  owner?: string | null;
+  deadlineAt: string;
+}
+
+/** Filter of an operation listing. */
+export interface OperationFilter {
+  state?: OperationState | readonly OperationState[];
+  kind?: OperationKind;
+  volumeId?: string;
+  limit?: number;
+}
+
+export interface OperationRepository {
+  /** Insert; throws CONFLICT when the idempotency key is already used (details.operationId). */
+  create(operation: NewOperation): Promise<Operation>;
+  /** The operation with its journal (steps ordered by seq). */
+  get(id: string): Promise<Operation | undefined>;
+  require(id: string): Promise<Operation>;
+  findByIdempotencyKey(key: string): Promise<Operation | undefined>;
+  /** Newest first. */
+  list(filter?: OperationFilter): Promise<Operation[]>;
+  /** Set the attachment id once the reserve step made it. */
+  setAttachment(id: string, attachmentId: string): Promise<void>;
+  /** Append a journal row (state `running`); returns its seq. */
+  startStep(id: string, name: string, phase: 'do' | 'undo'): Promise<number>;
+  /** Close a journal row as `done` (with data) or `failed` (with error). */
+  endStep(
+    id: string,
+    seq: number,
+    outcome: { state: 'done' | 'failed'; data?: Record<string, unknown> | null; error?: ErrorSummary | null },
+  ): Promise<void>;
+  /** Finish the operation (CAS from `running`). */
+  finish(
+    id: string,
+    outcome: { state: Exclude<OperationState, 'running'>; error?: ErrorSummary | null; result?: Record<string, unknown> | null },
+  ): Promise<Operation>;
+  /** Hand a running operation to a new owner (recovery after a crash). */
+  setOwner(id: string, owner: string): Promise<void>;
+}
+
+export type { OperationStep };

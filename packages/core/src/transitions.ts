@@ -1,0 +1,78 @@
+import { BerthError } from './errors.js';
+import type { AttachmentStatus, VolumeStatus } from './model.js';
+
+/**
+ * Every volume status change berth may make. A change not listed here is a bug or a race and is
+ * refused (409-class), never written. Self-transitions are listed where a compare-and-swap must
+ * guard a no-op (a second reservation of a multiattach volume).
+ */
+export const VOLUME_TRANSITIONS: Readonly<Record<VolumeStatus, readonly VolumeStatus[]>> = {
+  creating: ['available', 'error'],
+  available: ['reserved', 'extending', 'deleting', 'error'],
+  reserved: ['reserved', 'attaching', 'available', 'in-use', 'error'],
+  attaching: ['attaching', 'in-use', 'reserved', 'available', 'error'],
+  'in-use': ['in-use', 'detaching', 'error'],
+  detaching: ['detaching', 'available', 'in-use', 'error'],
+  extending: ['available', 'error'],
+  deleting: ['error'],
+  error: ['available', 'in-use', 'deleting', 'detaching', 'error'],
+};
+
+/** Every attachment status change berth may make (deletion is not a status). */
+export const ATTACHMENT_TRANSITIONS: Readonly<Record<AttachmentStatus, readonly AttachmentStatus[]>> = {
+  reserved: ['attaching', 'error_attaching'],
+  attaching: ['attached', 'reserved', 'error_attaching'],
+  attached: ['detaching', 'error_detaching'],
+  detaching: ['detached', 'attached', 'error_detaching'],
+  detached: [],
+  error_attaching: ['attaching', 'detaching'],
+  error_detaching: ['detaching', 'attached'],
+};
+
+/** Whether a volume may go from `from` to `to`. */
+export function canTransitionVolume(from: VolumeStatus, to: VolumeStatus): boolean {
+  return VOLUME_TRANSITIONS[from].includes(to);
+}
+
+/** Whether an attachment may go from `from` to `to`. */
+export function canTransitionAttachment(from: AttachmentStatus, to: AttachmentStatus): boolean {
+  return ATTACHMENT_TRANSITIONS[from].includes(to);
+}
+
+/** Throw INVALID_STATE unless every `from` may become `to` (checked before any CAS write). */
+export function assertVolumeTransition(from: readonly VolumeStatus[], to: VolumeStatus): void {
+  for (const status of from) {
+    if (!canTransitionVolume(status, to)) {
+      throw new BerthError('INVALID_STATE', `a volume cannot go from ${status} to ${to}`, {
+        details: { from: status, to },
+      });
+    }
+  }
+}
+
+/** Throw INVALID_STATE unless every `from` may become `to`. */
+export function assertAttachmentTransition(from: readonly AttachmentStatus[], to: AttachmentStatus): void {
+  for (const status of from) {
+    if (!canTransitionAttachment(status, to)) {
+      throw new BerthError('INVALID_STATE', `an attachment cannot go from ${status} to ${to}`, {
+        details: { from: status, to },
+      });
+    }
+  }
+}
+
+/**
+ * A volume's status from its attachments (Cinder's priority: attached > attaching > detaching >
+ * reserved > available). An attachment stuck in an error state makes the volume `error`, so it is
+ * not attached again before `berth detach --force` or `berth reconcile` has cleaned the host.
+ * Detached attachments do not count.
+ */
+export function recomputeVolumeStatus(attachments: ReadonlyArray<{ status: AttachmentStatus }>): VolumeStatus {
+  const has = (s: AttachmentStatus): boolean => attachments.some((a) => a.status === s);
+  if (has('attached')) return 'in-use';
+  if (has('attaching')) return 'attaching';
+  if (has('detaching')) return 'detaching';
+  if (has('reserved')) return 'reserved';
+  if (has('error_attaching') || has('error_detaching')) return 'error';
+  return 'available';
+}

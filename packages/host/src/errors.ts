@@ -1,0 +1,35 @@
+import type { CommandResult } from './types.js';
+
+/** A command exited non-zero, timed out, was aborted, or could not be started. */
+export class CommandError extends Error {
+  override readonly name = 'CommandError';
+  /** The redacted result; `exitCode` is -1 when the process was killed or never started. */
+  readonly result: CommandResult;
+  /** True when the executable does not exist (ENOENT): a missing tool, not a failing one. */
+  readonly notFound: boolean;
+
+  constructor(result: CommandResult, options: { notFound?: boolean; cause?: unknown } = {}) {
+    super(CommandError.describe(result, options.notFound ?? false), { cause: options.cause });
+    this.result = result;
+    this.notFound = options.notFound ?? false;
+  }
+
+  private static describe(r: CommandResult, notFound: boolean): string {
+    if (notFound) return `${r.command}: command not found`;
+    if (r.timedOut) return `${r.command}: timed out after ${Math.round(r.durationMs)} ms`;
+    if (r.aborted) return `${r.command}: aborted`;
+    const detail = (r.stderr.trim() || r.stdout.trim()).split('\n').slice(-3).join(' | ');
+    return `${r.command}: exit ${r.exitCode}${detail ? `: ${detail}` : ''}`;
+  }
+}
+
+/** A device wait passed its deadline. */
+export class WaitTimeoutError extends Error {
+  override readonly name = 'WaitTimeoutError';
+  constructor(
+    readonly what: string,
+    readonly timeoutMs: number,
+  ) {
+    super(`timed out after ${timeoutMs} ms waiting for ${what}`);
+  }
+}
