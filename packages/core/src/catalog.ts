@@ -1,0 +1,257 @@
+import type { HostServices } from '@berth/host';
+import { zConnectionInfo, zDevice, type ConnectionInfo, type Connector } from './connection.js';
+import type { Consumer } from './contracts/consumer.js';
+import type { TransportDriver } from './contracts/transport-driver.js';
+import type { VolumeBackend } from './contracts/volume-backend.js';
+import { BerthError, type BerthErrorCode } from './errors.js';
+import type { Logger } from './logger.js';
+import type { BackendFactory, BerthPlugin, ConsumerFactory, PluginContext, TransportFactory } from './plugin.js';
+import type { LoadedPluginModule, PluginFailure } from './plugin-loader.js';
+import type { PluginReport } from './service.js';
+
+interface Registered<F> {
+  factory: F;
+  plugin: string;
+  options: Record<string, unknown>;
+}
+
+/**
+ * Every transport, backend and consumer the loaded plugins registered. Instances are built on first
+ * use and wrapped so a plugin's mistakes surface as BerthErrors naming the plugin, and what a plugin
+ * returns is validated before core trusts it.
+ */
+export class DriverCatalog {
+  private readonly transportFactories = new Map<string, Registered<TransportFactory>>();
+  private readonly backendFactories = new Map<string, Registered<BackendFactory>>();
+  private readonly consumerFactories = new Map<string, Registered<ConsumerFactory>>();
+  private readonly transportInstances = new Map<string, TransportDriver>();
+  private readonly backendInstances = new Map<string, VolumeBackend>();
+  private readonly consumerInstances = new Map<string, Consumer>();
+  private readonly report: PluginReport = { loaded: [], failed: [] };
+
+  constructor(
+    private readonly host: HostServices,
+    private readonly dataDir: string,
+    private readonly logger: Logger,
+    private readonly pluginOptions: Record<string, Record<string, unknown>> = {},
+  ) {}
+
+  /** Register a loaded plugin; a plugin whose options or `register` fail is reported, not thrown. */
+  add(module: LoadedPluginModule): void {
+    const { plugin, packageName } = module;
+    const raw = { ...(this.pluginOptions[plugin.name] ?? {}), ...(module.options ?? {}) };
+    const entry = { name: plugin.name, packageName, version: module.version, transports: [] as string[], backends: [] as string[], consumers: [] as string[] };
+    try {
+      const options = parsePluginOptions(plugin, raw);
+      const staged: Array<() => void> = [];
+      plugin.register({
+        transport: (name, factory) => {
+          this.assertFree(this.transportFactories, 'transport', name, plugin.name);
+          entry.transports.push(name);
+          staged.push(() => this.transportFactories.set(name, { factory: factory as TransportFactory, plugin: plugin.name, options }));
+        },
+        backend: (name, factory) => {
+          this.assertFree(this.backendFactories, 'backend', name, plugin.name);
+          entry.backends.push(name);
+          staged.push(() => this.backendFactories.set(name, { factory: factory as BackendFactory, plugin: plugin.name, options }));
+        },
+        consumer: (name, factory) => {
+          this.assertFree(this.consumerFactories, 'consumer', name, plugin.name);
+          entry.consumers.push(name);
+          staged.push(() => this.consumerFactories.set(name, { factory: factory as ConsumerFactory, plugin: plugin.name, options }));
+        },
+      });
+      for (const commit of staged) commit();
+      this.report.loaded.push(entry);
+    } catch (error) {
+      this.report.failed.push({ packageName, error: error instanceof Error ? error.message : String(error) });
+    }
+  }
+
+  /** Record plugins the loader could not import. */
+  addFailures(failures: readonly PluginFailure[]): void {
+    this.report.failed.push(...failures);
+  }
+
+  /** What loaded and what did not. */
+  plugins(): PluginReport {
+    return structuredClone(this.report);
+  }
+
+  transportNames(): string[] {
+    return [...this.transportFactories.keys()];
+  }
+
+  backendNames(): string[] {
+    return [...this.backendFactories.keys()];
+  }
+
+  consumerNames(): string[] {
+    return [...this.consumerFactories.keys()];
+  }
+
+  /** The transport registered under `name`; NOT_FOUND when none is. */
+  transport(name: string): TransportDriver {
+    const cached = this.transportInstances.get(name);
+    if (cached) return cached;
+    const registered = this.transportFactories.get(name);
+    if (!registered) {
+      throw new BerthError('UNPROCESSABLE', `no transport named ${name} is installed`, {
+        hint: `installed transports: ${this.transportNames().join(', ') || 'none'}; add one with \`berth plugins install <package>\``,
+      });
+    }
+    const instance = guardTransport(registered.factory(this.context(registered)), registered.plugin);
+    this.transportInstances.set(name, instance);
+    return instance;
+  }
+
+  /** Every transport, instantiated. */
+  transports(): TransportDriver[] {
+    return this.transportNames().map((n) => this.transport(n));
+  }
+
+  /** The backend registered under `name`. */
+  backend(name: string): VolumeBackend {
+    const cached = this.backendInstances.get(name);
+    if (cached) return cached;
+    const registered = this.backendFactories.get(name);
+    if (!registered) {
+      throw new BerthError('UNPROCESSABLE', `no volume backend named ${name} is installed`, {
+        hint: `installed backends: ${this.backendNames().join(', ') || 'none'}`,
+      });
+    }
+    const instance = guardBackend(registered.factory(this.context(registered)), registered.plugin);
+    this.backendInstances.set(name, instance);
+    return instance;
+  }
+
+  /** Every backend already instantiated (for shutdown). */
+  instantiatedBackends(): VolumeBackend[] {
+    return [...this.backendInstances.values()];
+  }
+
+  /** The consumer registered under `name`. */
+  consumer(name: string): Consumer {
+    const cached = this.consumerInstances.get(name);
+    if (cached) return cached;
+    const registered = this.consumerFactories.get(name);
+    if (!registered) {
+      throw new BerthError('CONFIG', `no consumer named ${name} is installed`, {
+        hint: `installed consumers: ${this.consumerNames().join(', ') || 'none'}`,
+      });
+    }
+    const instance = registered.factory(this.context(registered));
+    this.consumerInstances.set(name, instance);
+    return instance;
+  }
+
+  /**
+   * The transport that connects `connection` for `connector`: among those whose `protocols` include
+   * its `driver_volume_type` and that `accept` it, the highest `priority` wins (so multipath, which
+   * only accepts when the connector asks for it, takes `iscsi` over the single-path driver).
+   */
+  selectTransport(connection: ConnectionInfo, connector: Connector): TransportDriver {
+    const candidates = this.transports()
+      .filter((t) => t.protocols.includes(connection.driver_volume_type))
+      .filter((t) => (t.accepts ? t.accepts(connection, connector) : true))
+      .sort((a, b) => (b.priority ?? 0) - (a.priority ?? 0));
+    const chosen = candidates[0];
+    if (!chosen) {
+      throw new BerthError('UNPROCESSABLE', `no installed transport connects ${connection.driver_volume_type} volumes`, {
+        hint: 'install a transport plugin for it (`berth plugins install <package>`) and check `berth doctor`',
+        details: { driverVolumeType: connection.driver_volume_type },
+      });
+    }
+    return chosen;
+  }
+
+  private context(registered: Registered<unknown>): PluginContext {
+    return {
+      host: this.host,
+      dataDir: this.dataDir,
+      options: registered.options,
+      logger: this.logger.child({ plugin: registered.plugin }),
+    };
+  }
+
+  private assertFree(map: Map<string, unknown>, kind: string, name: string, plugin: string): void {
+    if (map.has(name)) throw new Error(`${plugin} registers ${kind} ${name}, which another plugin already registered`);
+  }
+}
+
+function parsePluginOptions(plugin: BerthPlugin, raw: Record<string, unknown>): Record<string, unknown> {
+  if (!plugin.optionsSchema) return raw;
+  const parsed = plugin.optionsSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+    throw new Error(`invalid options for ${plugin.name}: ${issues}`);
+  }
+  return parsed.data as Record<string, unknown>;
+}
+
+/** Re-throw anything that is not a BerthError as `code`, naming the plugin. */
+function rethrow(error: unknown, code: BerthErrorCode, who: string): never {
+  if (BerthError.is(error)) throw error;
+  if (error instanceof Error && (error.name === 'AbortError' || error.name === 'TimeoutError')) throw error;
+  const message = error instanceof Error ? error.message : String(error);
+  throw new BerthError(code, `${who}: ${message}`, { cause: error });
+}
+
+function guardTransport(driver: TransportDriver, plugin: string): TransportDriver {
+  const who = `transport ${driver.name} (${plugin})`;
+  const wrap = async <T>(fn: () => Promise<T>): Promise<T> => {
+    try {
+      return await fn();
+    } catch (error) {
+      rethrow(error, 'DRIVER_ERROR', who);
+    }
+  };
+  return {
+    name: driver.name,
+    protocols: driver.protocols,
+    ...(driver.priority === undefined ? {} : { priority: driver.priority }),
+    ...(driver.accepts ? { accepts: driver.accepts.bind(driver) } : {}),
+    connectorProperties: () => wrap(() => driver.connectorProperties()),
+    connect: (connection, context) =>
+      wrap(async () => {
+        context.signal.throwIfAborted();
+        const device = zDevice.safeParse(await driver.connect(connection, context));
+        if (!device.success) throw new BerthError('DRIVER_ERROR', `${who} returned an invalid device`);
+        return device.data;
+      }),
+    disconnect: (connection, device, options) => wrap(() => driver.disconnect(connection, device, options)),
+    ...(driver.extend ? { extend: (c, d, x) => wrap(() => driver.extend!(c, d, x)) } : {}),
+    ...(driver.paths ? { paths: (c, d) => wrap(() => driver.paths!(c, d)) } : {}),
+    ...(driver.connected ? { connected: () => wrap(() => driver.connected!()) } : {}),
+    check: () => wrap(() => driver.check()),
+  } satisfies TransportDriver;
+}
+
+function guardBackend(backend: VolumeBackend, plugin: string): VolumeBackend {
+  const who = `backend ${backend.name} (${plugin})`;
+  const wrap = async <T>(fn: () => Promise<T>): Promise<T> => {
+    try {
+      return await fn();
+    } catch (error) {
+      rethrow(error, 'BACKEND_ERROR', who);
+    }
+  };
+  return {
+    name: backend.name,
+    create: (v, s) => wrap(() => backend.create(v, s)),
+    delete: (v, s) => wrap(() => backend.delete(v, s)),
+    ...(backend.extend ? { extend: (v, n, s) => wrap(() => backend.extend!(v, n, s)) } : {}),
+    initializeConnection: (v, c, s) =>
+      wrap(async () => {
+        const info = zConnectionInfo.safeParse(await backend.initializeConnection(v, c, s));
+        if (!info.success) throw new BerthError('BACKEND_ERROR', `${who} returned an invalid connection_info`);
+        return info.data;
+      }),
+    terminateConnection: (v, c, s) => wrap(() => backend.terminateConnection(v, c, s)),
+    ...(backend.exports ? { exports: () => wrap(() => backend.exports!()) } : {}),
+    ...(backend.close ? { close: () => wrap(() => backend.close!()) } : {}),
+    check: () => wrap(() => backend.check()),
+  } satisfies VolumeBackend;
+}
+
+export type { PluginContext };

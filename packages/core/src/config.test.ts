@@ -1,0 +1,34 @@
+import { describe, expect, it } from 'vitest';
+import { BerthError } from './errors.js';
+import { resolveConfig } from './config.js';
+
+describe('resolveConfig', () => {
+  it('fills defaults', () => {
+    const config = resolveConfig(undefined, {}, { dataDir: '/d' });
+    expect(config).toMatchObject({ dataDir: '/d', hostRoot: '/', defaultBackend: 'file', consumer: 'host', store: { kind: 'sqlite' } });
+  });
+
+  it('lets the environment win over the file, and overrides win over both', () => {
+    const config = resolveConfig(
+      { dataDir: '/file', defaultBackend: 'tgt', operationTimeoutMs: 5000 },
+      { BERTH_DEFAULT_BACKEND: 'env', BERTH_OPERATION_TIMEOUT_MS: '7000', BERTH_FAULTS: 'attach.connect.after=crash' },
+      { dataDir: '/override' },
+    );
+    expect(config.dataDir).toBe('/override');
+    expect(config.defaultBackend).toBe('env');
+    expect(config.operationTimeoutMs).toBe(7000);
+    expect(config.faults).toEqual({ 'attach.connect.after': 'crash' });
+  });
+
+  it('rejects unknown keys and bad values with every problem named', () => {
+    let error: unknown;
+    try {
+      resolveConfig({ dataDir: '/d', nope: 1, operationTimeoutMs: -1 }, {});
+    } catch (e) {
+      error = e;
+    }
+    expect(BerthError.is(error) && error.code).toBe('VALIDATION');
+    expect(String((error as Error).message)).toMatch(/nope/);
+    expect(String((error as Error).message)).toMatch(/operationTimeoutMs/);
+  });
+});

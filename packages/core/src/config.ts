@@ -1,0 +1,90 @@
+import { z } from 'zod';
+import { parseWith } from './errors.js';
+import { parseFaultSpec } from './faults.js';
+
+/** A plugin named in the config: its package, and options passed to its factories. */
+export const zPluginEntry = z.union([
+  z.string().min(1),
+  z.strictObject({ package: z.string().min(1), options: z.record(z.string(), z.unknown()).optional() }),
+]);
+
+/** berth's configuration (file + environment); every field has a default. */
+export const zConfig = z.strictObject({
+  /** Database, volume files and run state. */
+  dataDir: z.string().min(1),
+  /** Root that host paths (/sys, /dev, /etc/iscsi) resolve under; `/` in production. */
+  hostRoot: z.string().min(1).default('/'),
+  /** Directories put first on PATH for commands (the simulated host's tools). */
+  pathPrepend: z.array(z.string()).default([]),
+  /** Project used when a request names none. */
+  defaultProject: z.string().min(1).default('default'),
+  /** Backend used when `volume create` names none. */
+  defaultBackend: z.string().min(1).default('file'),
+  /** Consumer that publishes connected devices. */
+  consumer: z.string().min(1).default('host'),
+  /** Whole-operation deadline. */
+  operationTimeoutMs: z.number().int().positive().max(3_600_000).default(120_000),
+  /** Deadline of an undo step run after a failure (runs even when the operation timed out). */
+  undoTimeoutMs: z.number().int().positive().max(3_600_000).default(60_000),
+  /** Default timeout of one external command. */
+  commandTimeoutMs: z.number().int().positive().max(3_600_000).default(30_000),
+  /** Connector defaults for this host. */
+  connector: z
+    .strictObject({
+      multipath: z.boolean().default(false),
+      enforce_multipath: z.boolean().default(false),
+    })
+    .default({ multipath: false, enforce_multipath: false }),
+  /** Where the state lives. */
+  store: z
+    .discriminatedUnion('kind', [z.strictObject({ kind: z.literal('sqlite'), filename: z.string().optional() })])
+    .default({ kind: 'sqlite' }),
+  /** Extra plugin packages (the built-in ones are always loaded). */
+  plugins: z.array(zPluginEntry).default([]),
+  /** Options per plugin name, for built-in and extra plugins alike. */
+  pluginOptions: z.record(z.string(), z.record(z.string(), z.unknown())).default({}),
+  /** Armed fault points (`attach.connect.after: crash`); for tests of crash safety only. */
+  faults: z.record(z.string(), z.string()).default({}),
+  /** Log level (logs go to stderr as JSON; secrets redacted). */
+  logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('warn'),
+});
+export type BerthConfig = z.output<typeof zConfig>;
+export type BerthConfigInput = z.input<typeof zConfig>;
+
+/** Environment variables read into the config (they win over the file). */
+export const CONFIG_ENV: Record<string, keyof BerthConfigInput> = {
+  BERTH_DATA_DIR: 'dataDir',
+  BERTH_HOST_ROOT: 'hostRoot',
+  BERTH_DEFAULT_PROJECT: 'defaultProject',
+  BERTH_DEFAULT_BACKEND: 'defaultBackend',
+  BERTH_OPERATION_TIMEOUT_MS: 'operationTimeoutMs',
+  BERTH_COMMAND_TIMEOUT_MS: 'commandTimeoutMs',
+  BERTH_LOG_LEVEL: 'logLevel',
+};
+
+const NUMERIC = new Set<string>(['operationTimeoutMs', 'commandTimeoutMs', 'undoTimeoutMs']);
+
+/**
+ * Build the config from a parsed file, the environment and explicit overrides (later wins),
+ * validated once; throws VALIDATION with every problem named.
+ */
+export function resolveConfig(
+  file: unknown,
+  env: Record<string, string | undefined>,
+  overrides: Partial<BerthConfigInput> = {},
+): BerthConfig {
+  const fromFile = file === undefined || file === null ? {} : file;
+  if (typeof fromFile !== 'object' || Array.isArray(fromFile)) {
+    return parseWith(zConfig, fromFile, 'config file');
+  }
+  const fromEnv: Record<string, unknown> = {};
+  for (const [name, key] of Object.entries(CONFIG_ENV)) {
+    const value = env[name];
+    if (value === undefined || value === '') continue;
+    fromEnv[key] = NUMERIC.has(key) ? Number(value) : value;
+  }
+  if (env.BERTH_FAULTS) fromEnv.faults = parseFaultSpec(env.BERTH_FAULTS);
+  if (env.BERTH_PATH_PREPEND) fromEnv.pathPrepend = env.BERTH_PATH_PREPEND.split(':').filter(Boolean);
+  const defined = Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined));
+  return parseWith(zConfig, { ...fromFile, ...fromEnv, ...defined }, 'config');
+}

@@ -1,0 +1,62 @@
+import type { ConnectionInfo, Connector, Device } from '../connection.js';
+import type { TransportDriver } from '../contracts/transport-driver.js';
+import type { VolumeBackend, BackendVolume } from '../contracts/volume-backend.js';
+import type { Consumer } from '../contracts/consumer.js';
+import type { Attachment, Host, Server, Volume } from '../model.js';
+import type { Store } from '../store.js';
+import { recomputeVolumeStatus } from '../transitions.js';
+import type { DriverCatalog } from '../catalog.js';
+import type { BerthConfig } from '../config.js';
+import type { Logger } from '../logger.js';
+
+/** What the pipelines need from the rest of berth. */
+export interface PipelineDeps {
+  store: Store;
+  catalog: DriverCatalog;
+  config: BerthConfig;
+  logger: Logger;
+  /** The host this process is the agent of. */
+  localHost(): Promise<Host>;
+  /** Base connector properties of this host (host name, ip, platform). */
+  baseConnector(): Connector;
+}
+
+/** State shared by the steps of one attach or detach (in memory; the journal holds the safe part). */
+export interface PipelineContext {
+  operationId: string;
+  volume: Volume;
+  server: Server;
+  consumer: Consumer;
+  backend: VolumeBackend;
+  host?: Host;
+  attachment?: Attachment;
+  connector?: Connector;
+  /** The full connection_info, secrets included: never persisted or logged. */
+  connection?: ConnectionInfo;
+  transport?: TransportDriver;
+  device?: Device;
+  publishedPath?: string;
+  /** Go on through errors (detach --force). */
+  force?: boolean;
+  /** Errors a forced detach went through. */
+  forcedErrors: string[];
+}
+
+/** What a backend sees of a volume. */
+export function backendVolume(volume: Volume): BackendVolume {
+  return { id: volume.id, name: volume.name, sizeBytes: volume.sizeBytes, providerLocation: volume.providerLocation };
+}
+
+/**
+ * Set a volume's status from its attachments (one pure function decides), as a compare-and-swap
+ * from the status read in the same transaction. Returns the volume as stored.
+ */
+export async function recomputeVolume(store: Store, volumeId: string): Promise<Volume> {
+  return store.transaction(async (tx) => {
+    const volume = await tx.volumes.require(volumeId);
+    const attachments = await tx.attachments.list({ volumeId });
+    const status = recomputeVolumeStatus(attachments);
+    if (status === volume.status) return volume;
+    return tx.volumes.transition(volumeId, [volume.status], status);
+  });
+}

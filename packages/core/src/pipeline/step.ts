@@ -1,0 +1,24 @@
+/**
+ * One step of a pipeline. `run` does the work and may return secret-free data that is journalled;
+ * `undo` reverses it. Both must be idempotent: a crash can make either run twice.
+ */
+export interface Step<C> {
+  readonly name: string;
+  run(context: C, signal: AbortSignal): Promise<Record<string, unknown> | void>;
+  /**
+   * Reverse the step. It runs for every finished step when a later one fails, and for the failing
+   * step itself (a step that failed half-way may have left something behind).
+   */
+  undo?(context: C, signal: AbortSignal, progress: UndoProgress): Promise<void>;
+  /**
+   * Once this step has succeeded the operation can no longer be rolled back (a detach that has
+   * disconnected the device): a later failure stops instead of undoing.
+   */
+  readonly pointOfNoReturn?: boolean;
+}
+
+/** What an undo knows about the undos that ran before it in the same rollback. */
+export interface UndoProgress {
+  /** Messages of undos that failed so far (a later undo must not erase the record of what is left). */
+  readonly failures: readonly string[];
+}

@@ -1,0 +1,42 @@
+import { z } from 'zod';
+import { zName, zSizeBytes } from './model.js';
+
+const zRef = z.string().min(1).max(200);
+const zProject = z.string().min(1).max(200).optional();
+const zIdempotencyKey = z.string().min(1).max(200).optional();
+
+/** `createVolume` input. */
+export const zCreateVolumeRequest = z.strictObject({
+  name: zName,
+  sizeBytes: zSizeBytes,
+  backend: z.string().min(1).max(100).optional(),
+  multiattach: z.boolean().optional(),
+  projectId: zProject,
+});
+
+/** `createServer` input. */
+export const zCreateServerRequest = z.strictObject({
+  name: zName,
+  host: z.string().min(1).max(253).optional(),
+  projectId: zProject,
+});
+
+/** `attach` input. */
+export const zAttachRequest = z.strictObject({
+  volume: zRef,
+  server: zRef.optional(),
+  mode: z.enum(['rw', 'ro']).optional(),
+  multipath: z.boolean().optional(),
+  idempotencyKey: zIdempotencyKey,
+  projectId: zProject,
+});
+
+/** `detach` input. */
+export const zDetachRequest = z.strictObject({
+  volume: zRef,
+  server: zRef.optional(),
+  attachmentId: z.uuid().optional(),
+  force: z.boolean().optional(),
+  idempotencyKey: zIdempotencyKey,
+  projectId: zProject,
+});
