@@ -1,0 +1,128 @@
+import { randomUUID } from 'node:crypto';
+import {
+  BerthError,
+  parseWith,
+  toBerthError,
+  zId,
+  type BackendVolume,
+  type ConnectionInfo,
+  type Device,
+  type TransportDriver,
+  type VolumeBackend,
+} from '@berth/core';
+import type { HostFs, HostStat } from '@berth/host';
+import { describeBackendConformance } from './backend-conformance.js';
+import { describeTransportConformance } from './transport-conformance.js';
+
+// The suites run here against in-memory plugins that keep the contracts, so the suites' own logic
+// is tested without devices; the real plugins run them in their own packages.
+
+function cancelledIfAborted(signal: AbortSignal): void {
+  if (signal.aborted) throw toBerthError(signal.reason, 'CANCELLED');
+}
+
+/** A transport whose "devices" are names in a map, with a HostFs that reports them as block devices. */
+function memoryTransport(): { driver: TransportDriver; fs: HostFs } {
+  const devices = new Map<string, string>();
+  let next = 0;
+  const fileOf = (connection: ConnectionInfo): string => connection.data.device_path ?? '';
+  const driver: TransportDriver = {
+    name: 'memory',
+    protocols: ['memory'],
+    connectorProperties: async () => ({}),
+    async connect(connection, { signal }): Promise<Device> {
+      cancelledIfAborted(signal);
+      const path = devices.get(fileOf(connection)) ?? `/dev/mem${next++}`;
+      devices.set(fileOf(connection), path);
+      return { path, type: 'block' };
+    },
+    async disconnect(connection) {
+      devices.delete(fileOf(connection));
+    },
+    async connected() {
+      return [...devices].map(([file, path]) => ({ device: { path, type: 'block' as const }, source: { device_path: file } }));
+    },
+    check: async () => ({ ok: true, summary: 'memory: always works' }),
+  };
+  const unused = (): never => {
+    throw new Error('not used by the conformance suite');
+  };
+  const fs: HostFs = {
+    root: '/',
+    resolve: (p) => p,
+    toHostPath: (p) => p,
+    readFile: unused,
+    readFileIfExists: unused,
+    writeFile: unused,
+    async exists(p) {
+      return [...devices.values()].includes(p);
+    },
+    readdir: unused,
+    readlink: unused,
+    symlink: unused,
+    unlink: unused,
+    mkdir: unused,
+    rm: unused,
+    async stat(p): Promise<HostStat | undefined> {
+      if (![...devices.values()].includes(p)) return undefined;
+      return { isFile: false, isDirectory: false, isSymbolicLink: false, isBlockDevice: true, size: 0 };
+    },
+    realpath: async (p) => p,
+  };
+  return { driver, fs };
+}
+
+/** A backend that keeps volume sizes in a map. */
+function memoryBackend(): { backend: VolumeBackend; sizes: Map<string, number> } {
+  const sizes = new Map<string, number>();
+  const idOf = (volume: BackendVolume): string => parseWith(zId, volume.id, 'volume id');
+  const backend: VolumeBackend = {
+    name: 'memory',
+    async create(volume, signal) {
+      const id = idOf(volume);
+      cancelledIfAborted(signal);
+      const existing = sizes.get(id);
+      if (existing !== undefined && existing !== volume.sizeBytes) throw new BerthError('CONFLICT', 'other size');
+      sizes.set(id, volume.sizeBytes);
+      return { providerLocation: `memory:${id}` };
+    },
+    async delete(volume) {
+      sizes.delete(idOf(volume));
+    },
+    async extend(volume, newSizeBytes) {
+      const id = idOf(volume);
+      if (!sizes.has(id)) throw new BerthError('NOT_FOUND', 'no such volume');
+      sizes.set(id, newSizeBytes);
+    },
+    async initializeConnection(volume) {
+      const id = idOf(volume);
+      if (!sizes.has(id)) throw new BerthError('NOT_FOUND', 'no such volume');
+      return { driver_volume_type: 'memory', data: { device_path: `memory:${id}`, volume_id: id } };
+    },
+    async terminateConnection(volume) {
+      idOf(volume);
+    },
+    check: async () => ({ ok: true, summary: 'memory: always works' }),
+  };
+  return { backend, sizes };
+}
+
+describeTransportConformance('in-memory transport', async () => {
+  const { driver, fs } = memoryTransport();
+  return {
+    driver,
+    fs,
+    makeConnection: async () => ({ driver_volume_type: 'memory', data: { device_path: `/volumes/${randomUUID()}` } }),
+    cleanup: async () => undefined,
+  };
+});
+
+describeBackendConformance('in-memory backend', async () => {
+  const { backend, sizes } = memoryBackend();
+  return {
+    backend,
+    cleanup: async () => undefined,
+    exists: async (volume) => sizes.has(volume.id),
+    sizeOf: async (volume) => sizes.get(volume.id) ?? 0,
+  };
+});

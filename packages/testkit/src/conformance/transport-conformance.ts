@@ -1,0 +1,212 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { createHostServices, type HostFs } from '@berth/host';
+import { BerthError, zDevice, type ConnectionInfo, type Device, type TransportDriver } from '@berth/core';
+
+/** What a transport's conformance run needs: the driver and a source of fresh connections. */
+export interface TransportConformanceSetup {
+  /** The driver under test. */
+  driver: TransportDriver;
+  /** A new connection_info the driver can connect (a fresh volume each call). */
+  makeConnection(): Promise<ConnectionInfo>;
+  /** Remove everything the setup made (volumes, temp dirs); runs once after the suite. */
+  cleanup(): Promise<void>;
+  /** Where device nodes are checked (default: the real machine's `/`). */
+  fs?: HostFs;
+  /**
+   * Whether something is connected for `connection` (for `device` only, when given). Default: the
+   * driver's `connected()` lists an entry whose source matches the connection's data (and whose
+   * path is the device's); without `connected()`, whether the device node exists.
+   */
+  isConnected?(connection: ConnectionInfo, device?: Device): Promise<boolean>;
+}
+
+/** Options of a transport conformance run. */
+export interface TransportConformanceOptions {
+  /** Timeout of each test and of each driver call, in ms (default 30 000). */
+  timeoutMs?: number;
+  /** How many connects of one connection run at once in the concurrency test (default 5). */
+  concurrentConnects?: number;
+}
+
+/** True when every key the source shares with the connection's data has the same value. */
+function sourceMatches(source: Record<string, unknown>, data: Record<string, unknown>): boolean {
+  const shared = Object.keys(source).filter((key) => key in data && key !== 'deleted');
+  return shared.length > 0 && shared.every((key) => source[key] === data[key]);
+}
+
+/**
+ * The suite every transport driver must pass: idempotent connect and disconnect, one device per
+ * connection under concurrency, cancellation that leaves nothing behind, and a working `check()`.
+ * Call it at the top level of a test file; it registers a vitest `describe` block.
+ */
+export function describeTransportConformance(
+  name: string,
+  setup: () => Promise<TransportConformanceSetup>,
+  options: TransportConformanceOptions = {},
+): void {
+  const timeoutMs = options.timeoutMs ?? 30_000;
+  const concurrent = options.concurrentConnects ?? 5;
+
+  describe(`transport conformance: ${name}`, () => {
+    let env: TransportConformanceSetup | undefined;
+    let fs: HostFs;
+    // Every connection a test made, disconnected after it even when the test failed.
+    const made: ConnectionInfo[] = [];
+
+    function current(): TransportConformanceSetup {
+      if (!env) throw new Error('the conformance setup did not finish (see the beforeAll error)');
+      return env;
+    }
+
+    function call(): { signal: AbortSignal } {
+      return { signal: AbortSignal.timeout(timeoutMs) };
+    }
+
+    async function newConnection(): Promise<ConnectionInfo> {
+      const connection = await current().makeConnection();
+      made.push(connection);
+      return connection;
+    }
+
+    async function isConnected(connection: ConnectionInfo, device?: Device): Promise<boolean> {
+      const { driver, isConnected: custom } = current();
+      if (custom) return custom(connection, device);
+      if (driver.connected) {
+        const entries = await driver.connected();
+        return entries.some(
+          (entry) =>
+            sourceMatches(entry.source, connection.data) && (device === undefined || entry.device.path === device.path),
+        );
+      }
+      return device === undefined ? false : fs.exists(device.path);
+    }
+
+    beforeAll(async () => {
+      env = await setup();
+      fs = env.fs ?? createHostServices().fs;
+    }, timeoutMs);
+
+    afterEach(async () => {
+      const failures: string[] = [];
+      for (const connection of made.splice(0)) {
+        try {
+          await current().driver.disconnect(connection, undefined, { force: true, ...call() });
+        } catch (error) {
+          failures.push(error instanceof Error ? error.message : String(error));
+        }
+      }
+      if (failures.length > 0) throw new Error(`cleanup disconnects failed: ${failures.join('; ')}`);
+    }, timeoutMs);
+
+    afterAll(async () => {
+      await env?.cleanup();
+    }, timeoutMs);
+
+    it('declares the protocols it connects', async () => {
+      const { driver } = current();
+      expect(driver.name).toMatch(/\S/);
+      expect(driver.protocols.length).toBeGreaterThan(0);
+      const connection = await newConnection();
+      expect(driver.protocols).toContain(connection.driver_volume_type);
+    });
+
+    it('check() says whether it works here, in one line', async () => {
+      const result = await current().driver.check();
+      expect(typeof result.ok).toBe('boolean');
+      expect(result.summary).toMatch(/\S/);
+      expect(result.summary).not.toContain('\n');
+      if (!result.ok) expect(result.fix ?? '').toMatch(/\S/);
+    });
+
+    it('connectorProperties() returns an object', async () => {
+      const properties = await current().driver.connectorProperties();
+      expect(typeof properties).toBe('object');
+      expect(properties).not.toBeNull();
+    });
+
+    it('connect returns an existing block device', async () => {
+      const connection = await newConnection();
+      const device = await current().driver.connect(connection, call());
+      expect(zDevice.safeParse(device).success).toBe(true);
+      const stat = await fs.stat(device.path);
+      expect(stat?.isBlockDevice).toBe(true);
+      expect(await isConnected(connection, device)).toBe(true);
+    }, timeoutMs);
+
+    it('connect twice returns the same device', async () => {
+      const connection = await newConnection();
+      const first = await current().driver.connect(connection, call());
+      const second = await current().driver.connect(connection, call());
+      expect(second.path).toBe(first.path);
+    }, timeoutMs);
+
+    it(`${concurrent} concurrent connects of one connection make one device`, async () => {
+      const connection = await newConnection();
+      const devices = await Promise.all(
+        Array.from({ length: concurrent }, () => current().driver.connect(connection, call())),
+      );
+      expect(new Set(devices.map((d) => d.path)).size).toBe(1);
+    }, timeoutMs);
+
+    it('disconnect removes the device', async () => {
+      const connection = await newConnection();
+      const device = await current().driver.connect(connection, call());
+      await current().driver.disconnect(connection, device, { force: false, ...call() });
+      expect(await isConnected(connection, device)).toBe(false);
+      expect(await isConnected(connection)).toBe(false);
+    }, timeoutMs);
+
+    it('disconnect twice succeeds', async () => {
+      const connection = await newConnection();
+      const device = await current().driver.connect(connection, call());
+      await current().driver.disconnect(connection, device, { force: false, ...call() });
+      await current().driver.disconnect(connection, device, { force: false, ...call() });
+      expect(await isConnected(connection)).toBe(false);
+    }, timeoutMs);
+
+    it('disconnect without the device finds and removes it', async () => {
+      const connection = await newConnection();
+      const device = await current().driver.connect(connection, call());
+      await current().driver.disconnect(connection, undefined, { force: false, ...call() });
+      expect(await isConnected(connection, device)).toBe(false);
+    }, timeoutMs);
+
+    it('disconnect with force removes the device', async () => {
+      const connection = await newConnection();
+      const device = await current().driver.connect(connection, call());
+      await current().driver.disconnect(connection, device, { force: true, ...call() });
+      expect(await isConnected(connection, device)).toBe(false);
+    }, timeoutMs);
+
+    it('disconnect of a never-connected connection succeeds', async () => {
+      const connection = await newConnection();
+      await current().driver.disconnect(connection, undefined, { force: false, ...call() });
+      await current().driver.disconnect(connection, undefined, { force: true, ...call() });
+      expect(await isConnected(connection)).toBe(false);
+    }, timeoutMs);
+
+    it('connect with an aborted signal rejects and leaves nothing', async () => {
+      const connection = await newConnection();
+      const controller = new AbortController();
+      controller.abort();
+      const outcome = await current()
+        .driver.connect(connection, { signal: controller.signal })
+        .then(
+          () => 'connected',
+          (error: unknown) => error,
+        );
+      expect(outcome).toBeInstanceOf(Error);
+      if (BerthError.is(outcome)) expect(['CANCELLED', 'TIMEOUT']).toContain(outcome.code);
+      expect(await isConnected(connection)).toBe(false);
+    }, timeoutMs);
+
+    it('connect after a disconnect works again', async () => {
+      const connection = await newConnection();
+      const first = await current().driver.connect(connection, call());
+      await current().driver.disconnect(connection, first, { force: false, ...call() });
+      const second = await current().driver.connect(connection, call());
+      expect((await fs.stat(second.path))?.isBlockDevice).toBe(true);
+      expect(await isConnected(connection, second)).toBe(true);
+    }, timeoutMs);
+  });
+}

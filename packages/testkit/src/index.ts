@@ -1,0 +1,8 @@
+/**
+ * @berth/testkit: what berth's own tests and third-party plugin authors test against.
+ * Each part lives in its own folder and has its own subpath export, so a part that needs no
+ * vitest (the simulated host) can be imported without it.
+ */
+
+// Conformance suites for transports and backends (need vitest): `@berth/testkit/conformance`.
+export * from './conformance/index.js';

@@ -1,0 +1,255 @@
+import { randomBytes } from 'node:crypto';
+import { open, readFile, stat, unlink } from 'node:fs/promises';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { BerthError, type ConnectionInfo } from '@berth/core';
+import { createLoopTestEnv, type LoopTestEnv } from './test-loop-env.js';
+
+const MiB = 1024 * 1024;
+
+function call(): { signal: AbortSignal } {
+  return { signal: AbortSignal.timeout(20_000) };
+}
+
+async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
+  return promise.then(
+    () => undefined,
+    (error: unknown) => error,
+  );
+}
+
+/** Write `blocks` at their offsets through `devicePath`, fsync, close. */
+async function writeThrough(devicePath: string, blocks: ReadonlyArray<{ offset: number; bytes: Buffer }>): Promise<void> {
+  const handle = await open(devicePath, 'r+');
+  try {
+    for (const { offset, bytes } of blocks) await handle.write(bytes, 0, bytes.length, offset);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+async function readAt(file: string, offset: number, length: number): Promise<Buffer> {
+  const handle = await open(file, 'r');
+  try {
+    const buffer = Buffer.alloc(length);
+    await handle.read(buffer, 0, length, offset);
+    return buffer;
+  } finally {
+    await handle.close();
+  }
+}
+
+describe('loop transport on real loop devices', () => {
+  let env: LoopTestEnv;
+
+  beforeEach(async () => {
+    env = await createLoopTestEnv();
+  });
+
+  afterEach(async () => {
+    await env.dispose();
+  });
+
+  it('puts bytes written through /dev/loopN into the backing file, before and after disconnect', async () => {
+    const size = 16 * MiB;
+    const connection = await env.makeFile('data.img', size);
+    const file = connection.data.device_path;
+    const device = await env.driver.connect(connection, call());
+    expect(device.path).toMatch(/^\/dev\/loop\d+$/);
+    expect(device.meta).toEqual({ backingFile: file });
+    expect((await stat(device.path)).isBlockDevice()).toBe(true);
+
+    const blocks = [0, 4096 * 3, MiB + 512, 5 * MiB + 4096, size - 4096].map((offset) => ({
+      offset,
+      bytes: randomBytes(offset === MiB + 512 ? 512 : 4096),
+    }));
+    await writeThrough(device.path, blocks);
+    for (const { offset, bytes } of blocks) expect((await readAt(file, offset, bytes.length)).equals(bytes)).toBe(true);
+
+    await env.driver.disconnect(connection, device, { force: false, ...call() });
+    expect(await env.devicesBacking(file)).toEqual([]);
+    for (const { offset, bytes } of blocks) expect((await readAt(file, offset, bytes.length)).equals(bytes)).toBe(true);
+    // Nothing else was written: the bytes between the blocks are still zero.
+    expect((await readAt(file, 8 * MiB, 4096)).equals(Buffer.alloc(4096))).toBe(true);
+  });
+
+  it('reuses the loop device when connect is retried', async () => {
+    const connection = await env.makeFile('retry.img');
+    const first = await env.driver.connect(connection, call());
+    const second = await env.driver.connect(connection, call());
+    // A new driver instance (an agent restart) finds the same device too.
+    const third = await env.driverWith({}).connect(connection, call());
+    expect(second.path).toBe(first.path);
+    expect(third.path).toBe(first.path);
+    expect((await env.devicesBacking(connection.data.device_path)).map((d) => d.name)).toEqual([first.path]);
+  });
+
+  it('makes one loop device for 10 concurrent connects of one file', async () => {
+    const connection = await env.makeFile('concurrent.img');
+    const devices = await Promise.all(Array.from({ length: 10 }, () => env.driver.connect(connection, call())));
+    expect(new Set(devices.map((d) => d.path)).size).toBe(1);
+    expect(await env.devicesBacking(connection.data.device_path)).toHaveLength(1);
+  });
+
+  it('attaches different files to different devices in parallel', async () => {
+    const connections = await Promise.all([1, 2, 3].map((n) => env.makeFile(`parallel-${n}.img`)));
+    const devices = await Promise.all(connections.map((c) => env.driver.connect(c, call())));
+    expect(new Set(devices.map((d) => d.path)).size).toBe(3);
+    expect(await env.devicesUnderDir()).toHaveLength(3);
+  });
+
+  it('refuses to detach a loop device that backs another file', async () => {
+    const a = await env.makeFile('a.img');
+    const b = await env.makeFile('b.img');
+    const deviceA = await env.driver.connect(a, call());
+    const deviceB = await env.driver.connect(b, call());
+    // A stale record naming B's device: disconnecting A must leave B attached.
+    await env.driver.disconnect(a, deviceB, { force: false, ...call() });
+    expect((await env.devicesBacking(b.data.device_path)).map((d) => d.name)).toEqual([deviceB.path]);
+    // A itself is found by its backing file and detached.
+    expect(await env.devicesBacking(a.data.device_path)).toEqual([]);
+    expect(deviceA.path).not.toBe(deviceB.path);
+  });
+
+  it('grows the device after the file grew', async () => {
+    const connection = await env.makeFile('grow.img', 64 * MiB);
+    const device = await env.driver.connect(connection, call());
+    const handle = await open(connection.data.device_path, 'r+');
+    await handle.truncate(96 * MiB);
+    await handle.close();
+    const extend = env.driver.extend;
+    if (!extend) throw new Error('the loop transport must support extend');
+    expect(await extend.call(env.driver, connection, device, call())).toBe(96 * MiB);
+    const sized = await open(device.path, 'r');
+    try {
+      // The block device itself is now 96 MiB: the last byte can be read.
+      const { bytesRead } = await sized.read(Buffer.alloc(512), 0, 512, 96 * MiB - 512);
+      expect(bytesRead).toBe(512);
+    } finally {
+      await sized.close();
+    }
+  });
+
+  it('attaches read-only when access_mode is ro', async () => {
+    const connection = await env.makeFile('ro.img', 16 * MiB, 'ro');
+    const device = await env.driver.connect(connection, call());
+    const [attached] = await env.devicesBacking(connection.data.device_path);
+    expect(attached?.readOnly).toBe(true);
+    const writeError = await rejectionOf(writeThrough(device.path, [{ offset: 0, bytes: Buffer.alloc(4096, 1) }]));
+    expect(String(writeError)).toMatch(/EROFS|EACCES|EPERM/);
+    expect((await readAt(connection.data.device_path, 0, 4096)).equals(Buffer.alloc(4096))).toBe(true);
+    // The same file cannot be attached read-write while it is read-only.
+    const rw: ConnectionInfo = { ...connection, data: { ...connection.data, access_mode: 'rw' } };
+    const error = await rejectionOf(env.driver.connect(rw, call()));
+    expect(BerthError.is(error) && error.code).toBe('CONFLICT');
+  });
+
+  it('attaches with direct I/O by default, and without when directIo is false', async () => {
+    const direct = await env.makeFile('direct.img');
+    await env.driver.connect(direct, call());
+    expect((await env.devicesBacking(direct.data.device_path))[0]?.directIo).toBe(true);
+    const buffered = await env.makeFile('buffered.img');
+    await env.driverWith({ directIo: false }).connect(buffered, call());
+    expect((await env.devicesBacking(buffered.data.device_path))[0]?.directIo).toBe(false);
+  });
+
+  it('keeps a 1 GiB volume sparse while attached', async () => {
+    const connection = await env.makeFile('sparse.img', 1024 * MiB);
+    await env.driver.connect(connection, call());
+    const info = await stat(connection.data.device_path);
+    expect(info.size).toBe(1024 * MiB);
+    expect(info.blocks).toBeLessThanOrEqual(8);
+  });
+
+  it('lists what it connected', async () => {
+    const connection = await env.makeFile('listed.img');
+    const device = await env.driver.connect(connection, call());
+    const connected = await env.driver.connected?.();
+    expect(connected).toContainEqual({ device, source: { device_path: connection.data.device_path } });
+  });
+
+  it('says NOT_FOUND for a missing file and leaves nothing', async () => {
+    const connection: ConnectionInfo = { driver_volume_type: 'file', data: { device_path: `${env.dir}/missing.img` } };
+    const error = await rejectionOf(env.driver.connect(connection, call()));
+    expect(BerthError.is(error) && error.code).toBe('NOT_FOUND');
+    expect(await env.devicesUnderDir()).toEqual([]);
+  });
+
+  it('refuses connection_info it cannot connect', async () => {
+    const relative = await rejectionOf(env.driver.connect({ driver_volume_type: 'file', data: { device_path: 'x.img' } }, call()));
+    expect(BerthError.is(relative) && relative.code).toBe('VALIDATION');
+    const iscsi = await rejectionOf(env.driver.connect({ driver_volume_type: 'iscsi', data: {} }, call()));
+    expect(BerthError.is(iscsi) && iscsi.code).toBe('VALIDATION');
+  });
+
+  it('connects a local block device as it is, and refuses a regular file as local', async () => {
+    const file = await env.makeFile('backing.img');
+    const loop = await env.driver.connect(file, call());
+    const local: ConnectionInfo = { driver_volume_type: 'local', data: { device_path: loop.path } };
+    expect((await env.driver.connect(local, call())).path).toBe(loop.path);
+    // Disconnecting a local connection leaves the device alone: berth did not make it.
+    await env.driver.disconnect(local, { path: loop.path, type: 'block' }, { force: false, ...call() });
+    expect(await env.devicesBacking(file.data.device_path)).toHaveLength(1);
+
+    const notBlock = await rejectionOf(
+      env.driver.connect({ driver_volume_type: 'local', data: { device_path: file.data.device_path } }, call()),
+    );
+    expect(BerthError.is(notBlock) && notBlock.code).toBe('UNPROCESSABLE');
+    const missing = await rejectionOf(
+      env.driver.connect({ driver_volume_type: 'local', data: { device_path: '/dev/berth-no-such-device' } }, call()),
+    );
+    expect(BerthError.is(missing) && missing.code).toBe('NOT_FOUND');
+  });
+
+  it('reports a device held open as busy, and force still reports it', async () => {
+    const driver = env.driverWith({ deviceTimeoutMs: 300 });
+    const connection = await env.makeFile('busy.img');
+    const device = await driver.connect(connection, call());
+    const holder = await open(device.path, 'r');
+    try {
+      const error = await rejectionOf(driver.disconnect(connection, device, { force: false, ...call() }));
+      expect(BerthError.is(error) && error.code).toBe('CONFLICT');
+      expect(BerthError.is(error) && error.hint).toMatch(/holds .* open/);
+      const forced = await rejectionOf(driver.disconnect(connection, device, { force: true, ...call() }));
+      expect(BerthError.is(forced) && forced.code).toBe('DRIVER_ERROR');
+      // A connect now would get a device that vanishes at the last close: it is refused instead.
+      const reconnect = await rejectionOf(driver.connect(connection, call()));
+      expect(BerthError.is(reconnect) && reconnect.code).toBe('CONFLICT');
+    } finally {
+      await holder.close();
+    }
+    // losetup --detach left autoclear set: the kernel lets go at the last close.
+    await env.host.waiter.waitUntil(
+      '/dev',
+      async () => ((await env.devicesBacking(connection.data.device_path)).length === 0 ? true : undefined),
+      { timeoutMs: 5_000 },
+    );
+  });
+
+  it('detaches a device whose file was deleted while attached, when the record names it', async () => {
+    const connection = await env.makeFile('deleted.img');
+    const device = await env.driver.connect(connection, call());
+    await unlink(connection.data.device_path);
+    const [stale] = (await env.devicesUnderDir()).filter((d) => d.name === device.path);
+    expect(stale?.deleted).toBe(true);
+    await env.driver.disconnect(connection, device, { force: false, ...call() });
+    expect(await env.devicesUnderDir()).toEqual([]);
+  });
+
+  it('check() passes on this machine', async () => {
+    const result = await env.driver.check();
+    expect(result).toMatchObject({ ok: true });
+    expect(result.checks?.map((c) => c.name)).toEqual(['losetup present', 'running as root', '/dev/loop-control present']);
+  });
+
+  it('reads the backing file bytes back through the device', async () => {
+    const connection = await env.makeFile('readback.img', 8 * MiB);
+    const pattern = randomBytes(64 * 1024);
+    const handle = await open(connection.data.device_path, 'r+');
+    await handle.write(pattern, 0, pattern.length, 2 * MiB);
+    await handle.close();
+    const device = await env.driver.connect(connection, call());
+    expect((await readAt(device.path, 2 * MiB, pattern.length)).equals(pattern)).toBe(true);
+    expect((await readFile(connection.data.device_path)).subarray(2 * MiB, 2 * MiB + pattern.length).equals(pattern)).toBe(true);
+  });
+});

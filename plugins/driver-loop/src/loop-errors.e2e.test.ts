@@ -1,0 +1,98 @@
+import { mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { createHostServices, type HostServices } from '@berth/host';
+import { BerthError } from '@berth/core';
+import { createLoopTestEnv, type LoopTestEnv } from './test-loop-env.js';
+
+function call(): { signal: AbortSignal } {
+  return { signal: AbortSignal.timeout(20_000) };
+}
+
+async function rejectionOf(promise: Promise<unknown>): Promise<BerthError> {
+  const error = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  if (!BerthError.is(error)) throw new Error(`expected a BerthError, got ${String(error)}`);
+  return error;
+}
+
+describe('loop transport failures', () => {
+  let env: LoopTestEnv;
+
+  beforeEach(async () => {
+    env = await createLoopTestEnv();
+  });
+
+  afterEach(async () => {
+    await env.dispose();
+  });
+
+  /** Host services whose `losetup` is a script that lists nothing and fails attaches with `stderr`. */
+  async function hostWithFailingLosetup(stderr: string): Promise<HostServices> {
+    const bin = path.join(env.dir, 'bin');
+    await mkdir(bin, { recursive: true });
+    const script = [
+      '#!/bin/sh',
+      'if [ "$1" = "--json" ]; then echo \'{"loopdevices": []}\'; exit 0; fi',
+      `echo '${stderr}' >&2`,
+      'exit 1',
+      '',
+    ].join('\n');
+    await writeFile(path.join(bin, 'losetup'), script, { mode: 0o755 });
+    return createHostServices({ pathPrepend: [bin] });
+  }
+
+  it('says how to install losetup when it is missing', async () => {
+    const driver = env.driverWith({}, createHostServices({ env: { PATH: path.join(env.dir, 'empty-bin') } }));
+    const connection = await env.makeFile('a.img');
+    const error = await rejectionOf(driver.connect(connection, call()));
+    expect(error.code).toBe('HOST_UNSUPPORTED');
+    expect(error.hint).toContain('apt-get install -y mount');
+    const check = await driver.check();
+    expect(check.ok).toBe(false);
+    expect(check.summary).toContain('losetup present');
+    expect(check.fix).toContain('apt-get install -y mount');
+  });
+
+  it('maps permission errors to PERMISSION_DENIED with a hint to run as root', async () => {
+    const host = await hostWithFailingLosetup('losetup: /x.img: failed to set up loop device: Permission denied');
+    const error = await rejectionOf(env.driverWith({}, host).connect(await env.makeFile('a.img'), call()));
+    expect(error.code).toBe('PERMISSION_DENIED');
+    expect(error.hint).toMatch(/root/);
+  });
+
+  it('maps exhausted loop devices to HOST_UNSUPPORTED', async () => {
+    const host = await hostWithFailingLosetup('losetup: cannot find an unused loop device');
+    const error = await rejectionOf(env.driverWith({}, host).connect(await env.makeFile('a.img'), call()));
+    expect(error.code).toBe('HOST_UNSUPPORTED');
+    expect(error.hint).toMatch(/losetup --detach/);
+  });
+
+  it('maps other failures to DRIVER_ERROR with losetup\'s words', async () => {
+    const host = await hostWithFailingLosetup('losetup: /x.img: something unexpected happened');
+    const error = await rejectionOf(env.driverWith({}, host).connect(await env.makeFile('a.img'), call()));
+    expect(error.code).toBe('DRIVER_ERROR');
+    expect(error.message).toContain('something unexpected happened');
+  });
+
+  it('detaches what it attached when cancelled after losetup ran', async () => {
+    const controller = new AbortController();
+    // The cancel lands right after the kernel attached the file, before connect returns.
+    const host: HostServices = {
+      ...env.host,
+      runner: {
+        async run(file, args, options) {
+          const result = await env.host.runner.run(file, args, options);
+          if (args.includes('--find')) controller.abort();
+          return result;
+        },
+      },
+    };
+    const connection = await env.makeFile('cancelled.img');
+    const error = await rejectionOf(env.driverWith({}, host).connect(connection, { signal: controller.signal }));
+    expect(error.code).toBe('CANCELLED');
+    expect(await env.devicesBacking(connection.data.device_path)).toEqual([]);
+  });
+});

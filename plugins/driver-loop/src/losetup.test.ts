@@ -1,0 +1,145 @@
+import { describe, expect, it } from 'vitest';
+import {
+  classifyLosetupError,
+  findShowArgs,
+  loopName,
+  parseBackFile,
+  parseFindShow,
+  parseGetSize64,
+  parseLosetupList,
+} from './losetup.js';
+import { readFixture } from './test-fixtures.js';
+
+describe('parseLosetupList (recorded losetup --json --list)', () => {
+  it('reads two devices in the order losetup prints them, flags as booleans', () => {
+    const recorded = readFixture('losetup-json-list-2.txt');
+    expect(recorded.cmd).toBe('losetup --json --list');
+    expect(parseLosetupList(recorded.stdout)).toEqual([
+      {
+        name: '/dev/loop1',
+        backingFile: '/srv/fixt/disk-b.img',
+        deleted: false,
+        readOnly: true,
+        directIo: false,
+        autoclear: false,
+        offset: 0,
+        sizeLimit: 0,
+        logicalSectorSize: 512,
+      },
+      {
+        name: '/dev/loop0',
+        backingFile: '/srv/fixt/disk-a.img',
+        deleted: false,
+        readOnly: false,
+        directIo: true,
+        autoclear: false,
+        offset: 0,
+        sizeLimit: 0,
+        logicalSectorSize: 512,
+      },
+    ]);
+  });
+
+  it('reads the empty array with a blank line inside as no devices', () => {
+    const recorded = readFixture('losetup-json-list-empty.txt');
+    expect(recorded.rc).toBe(0);
+    expect(parseLosetupList(recorded.stdout)).toEqual([]);
+  });
+
+  it('reads empty output as no devices', () => {
+    expect(parseLosetupList('')).toEqual([]);
+    expect(parseLosetupList('\n')).toEqual([]);
+  });
+
+  it('reads a FUSE-backed device and the one-device listing', () => {
+    const [fuse] = parseLosetupList(readFixture('losetup-fuse-json-list.txt').stdout);
+    expect(fuse).toMatchObject({ name: '/dev/loop0', backingFile: '/srv/fixt/vol1.fuse', directIo: true });
+    const [one, ...rest] = parseLosetupList(readFixture('losetup-list-one-device.txt').stdout);
+    expect(rest).toEqual([]);
+    expect(one).toMatchObject({ name: '/dev/loop0', backingFile: '/srv/fixt/disk-a.img' });
+  });
+
+  it('splits the " (deleted)" suffix off an unlinked back-file', () => {
+    const json = JSON.stringify({
+      loopdevices: [{ name: '/dev/loop9', 'back-file': '/var/lib/berth/volumes/a b.img (deleted)', ro: false, dio: true }],
+    });
+    expect(parseLosetupList(json)[0]).toMatchObject({
+      name: '/dev/loop9',
+      backingFile: '/var/lib/berth/volumes/a b.img',
+      deleted: true,
+    });
+  });
+
+  it('accepts the string flags of older util-linux and a missing back-file', () => {
+    const json = JSON.stringify({ loopdevices: [{ name: '/dev/loop2', 'back-file': null, ro: '1', dio: '0', sizelimit: '0' }] });
+    expect(parseLosetupList(json)[0]).toMatchObject({ backingFile: null, readOnly: true, directIo: false, sizeLimit: 0 });
+  });
+
+  it('refuses output that is not losetup JSON', () => {
+    expect(() => parseLosetupList('NAME SIZELIMIT\n')).toThrow(/not JSON/);
+    expect(() => parseLosetupList('{"loopdevices":[{"name":"/dev/sda"}]}')).toThrow(/unexpected shape/);
+  });
+});
+
+describe('parseFindShow / parseGetSize64 (recorded)', () => {
+  it('reads the attached device of --find --show', () => {
+    for (const name of ['losetup-find-show.txt', 'losetup-find-show-direct-io.txt', 'losetup-fuse-find-show.txt']) {
+      expect(parseFindShow(readFixture(name).stdout)).toBe('/dev/loop0');
+    }
+    expect(parseFindShow(readFixture('losetup-find-show-readonly.txt').stdout)).toBe('/dev/loop1');
+  });
+
+  it('refuses anything but one loop device node', () => {
+    expect(() => parseFindShow('')).toThrow();
+    expect(() => parseFindShow('/dev/sda\n')).toThrow();
+    expect(() => parseFindShow('/dev/loop0\n/dev/loop1\n')).toThrow();
+  });
+
+  it('reads sizes before and after set-capacity, and 0 for an unattached device', () => {
+    expect(parseGetSize64(readFixture('blockdev-getsize64-before.txt').stdout)).toBe(67_108_864);
+    expect(parseGetSize64(readFixture('blockdev-getsize64-after-grow-before-set-capacity.txt').stdout)).toBe(67_108_864);
+    expect(parseGetSize64(readFixture('blockdev-getsize64-after-set-capacity.txt').stdout)).toBe(100_663_296);
+    expect(parseGetSize64(readFixture('blockdev-getsize64-unattached.txt').stdout)).toBe(0);
+    expect(() => parseGetSize64('blockdev: cannot open\n')).toThrow();
+  });
+});
+
+describe('classifyLosetupError (recorded stderr)', () => {
+  it('tells a missing backing file', () => {
+    const recorded = readFixture('losetup-find-show-missing-file.txt');
+    expect(recorded.rc).toBe(1);
+    expect(classifyLosetupError(recorded.stderr)).toBe('missing-file');
+  });
+
+  it('tells a device that is attached to nothing from a node that does not exist', () => {
+    expect(classifyLosetupError(readFixture('losetup-detach-unattached.txt').stderr)).toBe('not-attached');
+    expect(classifyLosetupError(readFixture('losetup-set-capacity-unattached.txt').stderr)).toBe('not-attached');
+    expect(classifyLosetupError(readFixture('losetup-detach-nonexistent-node.txt').stderr)).toBe('no-device');
+  });
+
+  it('tells permission problems and exhausted loop devices', () => {
+    // Recorded on this machine as uid 65534 (not in the shared fixtures).
+    expect(classifyLosetupError('losetup: /tmp/a.img: failed to set up loop device: Permission denied\n')).toBe('permission');
+    expect(classifyLosetupError('losetup: cannot find an unused loop device\n')).toBe('no-free-device');
+    expect(classifyLosetupError('losetup: could not find any free loop device\n')).toBe('no-free-device');
+    expect(classifyLosetupError('losetup: something else\n')).toBe('other');
+  });
+});
+
+describe('helpers', () => {
+  it('builds --find --show arguments with the file after --', () => {
+    expect(findShowArgs('/v/a.img', { directIo: true, readOnly: false })).toEqual(['--find', '--show', '--direct-io=on', '--', '/v/a.img']);
+    expect(findShowArgs('-x.img', { directIo: false, readOnly: true })).toEqual(['--find', '--show', '--read-only', '--', '-x.img']);
+  });
+
+  it('maps a device node to its sysfs name', () => {
+    expect(loopName('/dev/loop12')).toBe('loop12');
+    expect(() => loopName('/dev/sda')).toThrow();
+    expect(() => loopName('/dev/loop1/../sda')).toThrow();
+  });
+
+  it('splits back-files', () => {
+    expect(parseBackFile(undefined)).toEqual({ backingFile: null, deleted: false });
+    expect(parseBackFile('/a (deleted)')).toEqual({ backingFile: '/a', deleted: true });
+  });
+});

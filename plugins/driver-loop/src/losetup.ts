@@ -1,0 +1,127 @@
+import { z } from 'zod';
+
+/** What the kernel appends to a loop device's back-file when the file was unlinked while attached. */
+export const DELETED_SUFFIX = ' (deleted)';
+
+/** One attached loop device, as `losetup --json --list` reports it. */
+export interface LoopDevice {
+  /** The device node (`/dev/loop0`). */
+  name: string;
+  /** The backing file's path without the ` (deleted)` suffix; null when losetup shows none. */
+  backingFile: string | null;
+  /** True when the backing file was unlinked while attached (the path now names another file or none). */
+  deleted: boolean;
+  readOnly: boolean;
+  directIo: boolean;
+  offset: number;
+  sizeLimit: number;
+  autoclear: boolean;
+  /** Logical sector size in bytes. */
+  logicalSectorSize: number | null;
+}
+
+// losetup prints numbers and booleans as JSON values, but older util-linux printed them as strings.
+const zFlag = z.union([z.boolean(), z.enum(['0', '1']).transform((v) => v === '1'), z.literal(0), z.literal(1)]).transform(Boolean);
+const zCount = z.union([z.number(), z.string().regex(/^\d+$/).transform(Number)]);
+
+const zLosetupDevice = z.looseObject({
+  name: z.string().regex(/^\/dev\/loop\d+$/, 'not a loop device node'),
+  'back-file': z.string().nullable().optional(),
+  ro: zFlag.optional(),
+  dio: zFlag.optional(),
+  autoclear: zFlag.optional(),
+  offset: zCount.optional(),
+  sizelimit: zCount.optional(),
+  'log-sec': zCount.nullable().optional(),
+});
+
+const zLosetupList = z.object({ loopdevices: z.array(zLosetupDevice) });
+
+/** Split a back-file into the path and whether it was deleted. */
+export function parseBackFile(backFile: string | null | undefined): { backingFile: string | null; deleted: boolean } {
+  if (backFile === null || backFile === undefined || backFile === '') return { backingFile: null, deleted: false };
+  if (backFile.endsWith(DELETED_SUFFIX)) {
+    return { backingFile: backFile.slice(0, -DELETED_SUFFIX.length), deleted: true };
+  }
+  return { backingFile: backFile, deleted: false };
+}
+
+/**
+ * Parse `losetup --json --list`. Empty output (some util-linux versions print nothing when no
+ * device is attached) and the empty array are both "no devices".
+ */
+export function parseLosetupList(stdout: string): LoopDevice[] {
+  if (stdout.trim() === '') return [];
+  let json: unknown;
+  try {
+    json = JSON.parse(stdout);
+  } catch (error) {
+    throw new Error(`losetup --json --list printed something that is not JSON: ${stdout.slice(0, 200)}`, { cause: error });
+  }
+  const parsed = zLosetupList.safeParse(json);
+  if (!parsed.success) {
+    throw new Error(`losetup --json --list printed an unexpected shape: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  }
+  return parsed.data.loopdevices.map((raw) => ({
+    name: raw.name,
+    ...parseBackFile(raw['back-file']),
+    readOnly: raw.ro ?? false,
+    directIo: raw.dio ?? false,
+    autoclear: raw.autoclear ?? false,
+    offset: raw.offset ?? 0,
+    sizeLimit: raw.sizelimit ?? 0,
+    logicalSectorSize: raw['log-sec'] ?? null,
+  }));
+}
+
+/** Parse `losetup --find --show FILE`: the one device node it attached. */
+export function parseFindShow(stdout: string): string {
+  const device = stdout.trim();
+  if (!/^\/dev\/loop\d+$/.test(device)) {
+    throw new Error(`losetup --find --show printed ${JSON.stringify(stdout.slice(0, 200))}, not a loop device`);
+  }
+  return device;
+}
+
+/** Parse `blockdev --getsize64 DEV`: the size in bytes. */
+export function parseGetSize64(stdout: string): number {
+  const text = stdout.trim();
+  if (!/^\d+$/.test(text)) throw new Error(`blockdev --getsize64 printed ${JSON.stringify(text.slice(0, 100))}, not a size`);
+  const size = Number(text);
+  if (!Number.isSafeInteger(size)) throw new Error(`blockdev --getsize64 printed a size too large to use: ${text}`);
+  return size;
+}
+
+/** The name under `/sys/block` of a loop device node (`/dev/loop3` → `loop3`). */
+export function loopName(device: string): string {
+  const match = /^\/dev\/(loop\d+)$/.exec(device);
+  if (!match?.[1]) throw new Error(`${device} is not a loop device node`);
+  return match[1];
+}
+
+/** Arguments of `losetup` that attach `file` to the first free loop device and print it. */
+export function findShowArgs(file: string, options: { directIo: boolean; readOnly: boolean }): string[] {
+  return [
+    '--find',
+    '--show',
+    ...(options.directIo ? ['--direct-io=on'] : []),
+    ...(options.readOnly ? ['--read-only'] : []),
+    // `--` keeps a file name that starts with `-` from being read as an option.
+    '--',
+    file,
+  ];
+}
+
+/** What kind of failure a losetup/blockdev stderr describes. */
+export type LosetupFailure = 'permission' | 'no-free-device' | 'missing-file' | 'not-attached' | 'no-device' | 'other';
+
+/** Classify losetup's stderr (util-linux 2.38 wording, with older variants). */
+export function classifyLosetupError(stderr: string): LosetupFailure {
+  if (/Permission denied|Operation not permitted/i.test(stderr)) return 'permission';
+  if (/(cannot find an unused|could not find any free|no free) loop device/i.test(stderr)) return 'no-free-device';
+  if (/loop-control/i.test(stderr)) return 'no-free-device';
+  if (/No such device or address/i.test(stderr)) return 'not-attached';
+  if (/failed to use device: No such device/i.test(stderr)) return 'no-device';
+  if (/No such file or directory/i.test(stderr)) return 'missing-file';
+  return 'other';
+}
