@@ -1,0 +1,128 @@
+import { existsSync } from 'node:fs';
+import { mkdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import backendFile from '@berth/backend-file';
+import {
+  BerthContainer,
+  BerthError,
+  BerthServiceImpl,
+  corePlugin,
+  discoverPlugins,
+  DriverCatalog,
+  loadPluginModules,
+  resolveConfig,
+  TOKENS,
+  type BerthConfig,
+  type BerthPlugin,
+  type BerthService,
+  type HostIdentity,
+  type Logger,
+  type PluginSource,
+} from '@berth/core';
+import driverLoop from '@berth/driver-loop';
+import { createHostServices, hostFacts, type HostServices } from '@berth/host';
+import { openSqliteStore } from '@berth/store';
+import { defaultDataDir } from './data-dir.js';
+import { createLogger } from './logger.js';
+
+/** Options of `openBerth`; each falls back to the environment, then to a default. */
+export interface OpenBerthOptions {
+  /** Else BERTH_DATA_DIR, else /var/lib/berth (root) or ~/.local/share/berth. */
+  dataDir?: string;
+  /** Else BERTH_CONFIG, else `<dataDir>/config.json` when it exists. */
+  configFile?: string;
+  /** Else BERTH_HOST_ROOT, else `/`. */
+  hostRoot?: string;
+  /** Extra directories whose package.json dependencies are scanned for plugins (also BERTH_PLUGIN_DIRS). */
+  pluginDirs?: string[];
+  env?: NodeJS.ProcessEnv;
+  /** Use this logger instead of the JSON-on-stderr default. */
+  logger?: Logger;
+  /** Use these host services instead of the real machine's (tests and the simulated host). */
+  host?: HostServices;
+}
+
+/** Plugins every berth has: the host consumer, the loop transport and the file backend. */
+export const BUILTIN_PLUGINS: ReadonlyArray<{ packageName: string; plugin: BerthPlugin }> = [
+  { packageName: '@berth/core', plugin: corePlugin as BerthPlugin },
+  { packageName: '@berth/driver-loop', plugin: driverLoop as BerthPlugin },
+  { packageName: '@berth/backend-file', plugin: backendFile as BerthPlugin },
+];
+
+async function readConfigFile(file: string | undefined, required: boolean): Promise<unknown> {
+  if (file === undefined) return undefined;
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (error) {
+    if (!required) return undefined;
+    throw new BerthError('CONFIG', `cannot read config file ${file}`, { cause: error, hint: 'check the path given with --config or BERTH_CONFIG' });
+  }
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    throw new BerthError('CONFIG', `config file ${file} is not valid JSON`, { cause: error });
+  }
+}
+
+/** Read the config from file + environment + options (validated once). */
+export async function loadConfig(options: OpenBerthOptions = {}): Promise<BerthConfig> {
+  const env = options.env ?? process.env;
+  const dataDir = path.resolve(options.dataDir ?? defaultDataDir(env));
+  const explicit = options.configFile ?? env.BERTH_CONFIG;
+  const configFile = explicit ?? path.join(dataDir, 'config.json');
+  const file = await readConfigFile(configFile, explicit !== undefined);
+  return resolveConfig(file, env, {
+    dataDir,
+    ...(options.hostRoot ? { hostRoot: options.hostRoot } : {}),
+  });
+}
+
+/**
+ * Compose berth: config → host services → store → plugins → the service. The CLI and the HTTP app
+ * both start here, so they run the very same pipeline.
+ */
+export async function openBerth(options: OpenBerthOptions = {}): Promise<BerthService> {
+  const env = options.env ?? process.env;
+  const config = await loadConfig(options);
+  await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
+  const logger = options.logger ?? createLogger(config.logLevel);
+  const host =
+    options.host ??
+    createHostServices({
+      root: config.hostRoot,
+      pathPrepend: config.pathPrepend,
+      defaultTimeoutMs: config.commandTimeoutMs,
+      logger: logger.child({ component: 'host' }),
+    });
+
+  const store = await openSqliteStore({ filename: config.store.filename ?? path.join(config.dataDir, 'berth.db') });
+
+  const catalog = new DriverCatalog(host, config.dataDir, logger, config.pluginOptions);
+  for (const builtin of BUILTIN_PLUGINS) {
+    catalog.add({ plugin: builtin.plugin, packageName: builtin.packageName, version: undefined, options: undefined });
+  }
+  const sources: PluginSource[] = config.plugins.map((entry) =>
+    typeof entry === 'string'
+      ? { packageName: entry, from: process.cwd() }
+      : { packageName: entry.package, from: process.cwd(), ...(entry.options ? { options: entry.options } : {}) },
+  );
+  const dirs = [...(options.pluginDirs ?? []), ...(env.BERTH_PLUGIN_DIRS ?? '').split(':').filter(Boolean)].filter((d) => existsSync(d));
+  sources.push(...(await discoverPlugins(dirs)));
+  const { loaded, failed } = await loadPluginModules(sources.filter((s) => !BUILTIN_PLUGINS.some((b) => b.packageName === s.packageName)));
+  for (const module of loaded) catalog.add(module);
+  catalog.addFailures(failed);
+  for (const failure of failed) logger.warn({ plugin: failure.packageName, err: failure.error }, 'plugin not loaded');
+
+  const facts = hostFacts();
+  const identity: HostIdentity = { hostname: facts.hostname, ips: facts.ips, platform: facts.platform, osType: facts.osType };
+  const container = BerthContainer.create()
+    .registerInstance(TOKENS.Config, config)
+    .registerInstance(TOKENS.Store, store)
+    .registerInstance(TOKENS.Host, host)
+    .registerInstance(TOKENS.HostIdentity, identity)
+    .registerInstance(TOKENS.Logger, logger)
+    .registerInstance(TOKENS.Catalog, catalog)
+    .registerSingleton(TOKENS.Service, BerthServiceImpl);
+  return container.resolve<BerthService>(TOKENS.Service);
+}

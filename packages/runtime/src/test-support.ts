@@ -1,0 +1,79 @@
+import { execFileSync } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { existsSync, lstatSync, readlinkSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { silentLogger, type BerthService } from '@berth/core';
+import { openBerth } from './open-berth.js';
+
+/** A private berth on a temp data dir (real loop devices, real /dev/berth links). */
+export interface TestBerth {
+  dataDir: string;
+  open(env?: Record<string, string>): Promise<BerthService>;
+  /** Detach loop devices backed by files in the data dir, remove links made for them, delete the dir. */
+  cleanup(): Promise<void>;
+}
+
+/** Loop devices whose backing file lies under `dir`. */
+export function loopDevicesUnder(dir: string): string[] {
+  const out = execFileSync('losetup', ['--json', '--list'], { encoding: 'utf8' }).trim();
+  if (!out) return [];
+  const parsed = JSON.parse(out) as { loopdevices: Array<{ name: string; 'back-file'?: string | null }> };
+  return parsed.loopdevices
+    .filter((d) => (d['back-file'] ?? '').replace(/ \(deleted\)$/, '').startsWith(dir + path.sep))
+    .map((d) => d.name);
+}
+
+/** Make a test berth; call `cleanup` in afterEach/afterAll. */
+export async function createTestBerth(): Promise<TestBerth> {
+  const dataDir = await mkdtemp(path.join(os.tmpdir(), 'berth-test-'));
+  const opened: BerthService[] = [];
+  return {
+    dataDir,
+    async open(env = {}) {
+      const service = await openBerth({ dataDir, env: { ...env }, logger: silentLogger });
+      opened.push(service);
+      return service;
+    },
+    async cleanup() {
+      const volumeIds: string[] = [];
+      for (const service of opened) {
+        try {
+          for (const v of await service.listVolumes()) volumeIds.push(v.id);
+        } catch {
+          // closed already
+        }
+        await service.close().catch(() => undefined);
+      }
+      for (const device of loopDevicesUnder(dataDir)) {
+        try {
+          execFileSync('losetup', ['--detach', device]);
+        } catch {
+          // already gone
+        }
+      }
+      for (const id of volumeIds) {
+        const link = `/dev/berth/${id}`;
+        if (existsSync(link) || isLink(link)) rmSync(link, { force: true });
+      }
+      await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+function isLink(p: string): boolean {
+  try {
+    return lstatSync(p).isSymbolicLink();
+  } catch {
+    return false;
+  }
+}
+
+/** Where a stable link points, or undefined. */
+export function linkTarget(p: string): string | undefined {
+  try {
+    return readlinkSync(p);
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,703 @@
+import { BerthError } from '@berth/core';
+import type { BerthErrorCode, ConnectionInfo, Connector, Host, NewVolume, Server, Store, Volume } from '@berth/core';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+
+/** Await `promise`, which must reject with a BerthError of `code`; returns that error. */
+async function rejection(promise: Promise<unknown>, code: BerthErrorCode): Promise<BerthError> {
+  let outcome: unknown;
+  try {
+    await promise;
+  } catch (error) {
+    outcome = error;
+  }
+  if (!BerthError.is(outcome)) {
+    throw new Error(`expected a BerthError ${code}, got ${outcome === undefined ? 'success' : String(outcome)}`);
+  }
+  expect(outcome.code, outcome.message).toBe(code);
+  return outcome;
+}
+
+const GIB = 2 ** 30;
+
+function newVolume(overrides: Partial<NewVolume> = {}): NewVolume {
+  return {
+    name: 'data1',
+    projectId: 'project-a',
+    sizeBytes: GIB,
+    backend: 'file',
+    multiattach: false,
+    status: 'available',
+    ...overrides,
+  };
+}
+
+/**
+ * The behaviour every `Store` implementation must have, as a vitest suite. `open` must return a
+ * store over a fresh, empty, migrated database each time; the suite closes it after each test.
+ * Run it from the implementation's own test file: `describeStoreConformance('sqlite', open)`.
+ */
+export function describeStoreConformance(name: string, open: () => Promise<Store>): void {
+  describe(`Store conformance: ${name}`, () => {
+    let store: Store;
+    let opened: Store | undefined;
+
+    beforeEach(async () => {
+      opened = await open();
+      store = opened;
+    });
+
+    afterEach(async () => {
+      await opened?.close();
+      opened = undefined;
+    });
+
+    async function hostAndServer(hostName = 'host-1', serverName = 'vm-1'): Promise<{ host: Host; server: Server }> {
+      const host = await store.hosts.create({ name: hostName });
+      const server = await store.servers.create({ name: serverName, projectId: 'project-a', hostId: host.id });
+      return { host, server };
+    }
+
+    async function attachmentFixture(): Promise<{ volume: Volume; host: Host; server: Server }> {
+      const volume = await store.volumes.create(newVolume());
+      const { host, server } = await hostAndServer();
+      return { volume, host, server };
+    }
+
+    describe('volumes', () => {
+      it('creates a volume with an id, timestamps and no provider location', async () => {
+        const volume = await store.volumes.create(newVolume({ multiattach: true }));
+        expect(volume.id).toMatch(/^[0-9a-f-]{36}$/);
+        expect(volume).toMatchObject({
+          name: 'data1',
+          projectId: 'project-a',
+          sizeBytes: GIB,
+          backend: 'file',
+          multiattach: true,
+          status: 'available',
+          providerLocation: null,
+        });
+        expect(new Date(volume.createdAt).toISOString()).toBe(volume.createdAt);
+        expect(volume.updatedAt).toBe(volume.createdAt);
+        expect(await store.volumes.get(volume.id)).toEqual(volume);
+      });
+
+      it('keeps a given id and sizes up to 1 PiB', async () => {
+        const id = '0b6f1b7c-3c44-4f0e-9d55-2f8b1c9b2a10';
+        const volume = await store.volumes.create(newVolume({ id, sizeBytes: 2 ** 50 }));
+        expect(volume.id).toBe(id);
+        expect((await store.volumes.require(id)).sizeBytes).toBe(2 ** 50);
+      });
+
+      it('refuses a second volume with the same name in the project, but not in another project', async () => {
+        await store.volumes.create(newVolume());
+        const error = await rejection(store.volumes.create(newVolume()), 'CONFLICT');
+        expect(error.message).toContain('a volume named data1 already exists');
+        const other = await store.volumes.create(newVolume({ projectId: 'project-b' }));
+        expect(other.projectId).toBe('project-b');
+        expect(await store.volumes.list()).toHaveLength(2);
+      });
+
+      it('refuses a duplicate id', async () => {
+        const first = await store.volumes.create(newVolume());
+        const error = await rejection(store.volumes.create(newVolume({ id: first.id, name: 'data2' })), 'CONFLICT');
+        expect(error.message).toContain(first.id);
+      });
+
+      it('refuses invalid fields with VALIDATION and writes nothing', async () => {
+        await rejection(store.volumes.create(newVolume({ name: '../etc' })), 'VALIDATION');
+        await rejection(store.volumes.create(newVolume({ sizeBytes: 1000 })), 'VALIDATION');
+        expect(await store.volumes.list()).toEqual([]);
+      });
+
+      it('get returns undefined and require throws NOT_FOUND with a hint for a missing volume', async () => {
+        const id = '5d1c3b8e-95a6-4f7e-8a9e-0c2f6d4b1a33';
+        expect(await store.volumes.get(id)).toBeUndefined();
+        const error = await rejection(store.volumes.require(id), 'NOT_FOUND');
+        expect(error.message).toContain(id);
+        expect(error.hint).toBeTruthy();
+      });
+
+      it('finds by name within a project', async () => {
+        const volume = await store.volumes.create(newVolume());
+        expect(await store.volumes.findByName('project-a', 'data1')).toEqual(volume);
+        expect(await store.volumes.findByName('project-b', 'data1')).toBeUndefined();
+        expect(await store.volumes.findByName('project-a', 'nope')).toBeUndefined();
+      });
+
+      it('lists with project and status filters, oldest first', async () => {
+        const a = await store.volumes.create(newVolume({ name: 'a' }));
+        const b = await store.volumes.create(newVolume({ name: 'b', status: 'creating' }));
+        const c = await store.volumes.create(newVolume({ name: 'c', projectId: 'project-b' }));
+        expect((await store.volumes.list()).map((v) => v.id)).toEqual([a.id, b.id, c.id]);
+        expect((await store.volumes.list({ projectId: 'project-a' })).map((v) => v.id)).toEqual([a.id, b.id]);
+        expect((await store.volumes.list({ status: 'creating' })).map((v) => v.id)).toEqual([b.id]);
+        expect(await store.volumes.list({ projectId: 'project-b', status: 'creating' })).toEqual([]);
+      });
+
+      it('transition is a compare-and-swap that applies the patch', async () => {
+        const volume = await store.volumes.create(newVolume({ status: 'creating' }));
+        const updated = await store.volumes.transition(volume.id, ['creating'], 'available', {
+          providerLocation: '/var/lib/berth/volumes/data1',
+          sizeBytes: 2 * GIB,
+        });
+        expect(updated).toMatchObject({ status: 'available', providerLocation: '/var/lib/berth/volumes/data1', sizeBytes: 2 * GIB });
+        expect(updated.updatedAt > volume.updatedAt).toBe(true);
+        expect(await store.volumes.require(volume.id)).toEqual(updated);
+
+        const reserved = await store.volumes.transition(volume.id, ['available', 'reserved'], 'reserved');
+        expect(reserved.status).toBe('reserved');
+        expect(reserved.providerLocation).toBe('/var/lib/berth/volumes/data1');
+      });
+
+      it('transition from the wrong status is a CONFLICT that names the actual status', async () => {
+        const volume = await store.volumes.create(newVolume());
+        await store.volumes.transition(volume.id, ['available'], 'reserved');
+        await store.volumes.transition(volume.id, ['reserved'], 'in-use');
+        const error = await rejection(store.volumes.transition(volume.id, ['available'], 'reserved'), 'CONFLICT');
+        expect(error.message).toBe('volume data1 is in-use, expected available');
+        expect(error.details).toEqual({ id: volume.id, actual: 'in-use', expected: ['available'] });
+        expect((await store.volumes.require(volume.id)).status).toBe('in-use');
+      });
+
+      it('transition of a missing volume is NOT_FOUND', async () => {
+        await rejection(
+          store.volumes.transition('7a0c9f5e-1b2d-4c3e-8f4a-5b6c7d8e9f00', ['available'], 'reserved'),
+          'NOT_FOUND',
+        );
+      });
+
+      it('an illegal transition is refused with INVALID_STATE and the row is untouched', async () => {
+        const volume = await store.volumes.create(newVolume());
+        const error = await rejection(store.volumes.transition(volume.id, ['available'], 'in-use'), 'INVALID_STATE');
+        expect(error.message).toContain('available');
+        await rejection(store.volumes.transition(volume.id, ['deleting'], 'available'), 'INVALID_STATE');
+        expect(await store.volumes.require(volume.id)).toEqual(volume);
+      });
+
+      it('an invalid patch is refused with VALIDATION and the row is untouched', async () => {
+        const volume = await store.volumes.create(newVolume());
+        await rejection(store.volumes.transition(volume.id, ['available'], 'extending', { sizeBytes: 123 }), 'VALIDATION');
+        expect(await store.volumes.require(volume.id)).toEqual(volume);
+      });
+
+      it('concurrent reservations of one volume: exactly one wins, the others get CONFLICT', async () => {
+        const volume = await store.volumes.create(newVolume());
+        const results = await Promise.allSettled(
+          Array.from({ length: 10 }, () => store.volumes.transition(volume.id, ['available'], 'reserved')),
+        );
+        expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
+        for (const result of results) {
+          if (result.status === 'rejected') {
+            expect(BerthError.is(result.reason) && result.reason.code).toBe('CONFLICT');
+          }
+        }
+      });
+
+      it('delete is a compare-and-swap on status', async () => {
+        const volume = await store.volumes.create(newVolume());
+        const error = await rejection(store.volumes.delete(volume.id, ['deleting', 'error']), 'CONFLICT');
+        expect(error.details).toMatchObject({ actual: 'available' });
+        expect(await store.volumes.get(volume.id)).toBeDefined();
+        await store.volumes.delete(volume.id, ['available']);
+        expect(await store.volumes.get(volume.id)).toBeUndefined();
+        await rejection(store.volumes.delete(volume.id, ['available']), 'NOT_FOUND');
+      });
+
+      it('delete of a volume that still has attachments is a CONFLICT', async () => {
+        const { volume, host, server } = await attachmentFixture();
+        await store.attachments.create({ volumeId: volume.id, serverId: server.id, hostId: host.id, mode: 'rw' });
+        await rejection(store.volumes.delete(volume.id, ['available']), 'CONFLICT');
+        expect(await store.volumes.get(volume.id)).toBeDefined();
+      });
+    });
+
+    describe('hosts', () => {
+      it('creates, gets, requires, finds by name and lists hosts by name', async () => {
+        const b = await store.hosts.create({ name: 'node-b' });
+        const a = await store.hosts.create({ name: 'node-a', connector: { host: 'node-a' } });
+        expect(b.connector).toBeNull();
+        expect(await store.hosts.get(a.id)).toEqual(a);
+        expect(await store.hosts.require(b.id)).toEqual(b);
+        expect(await store.hosts.findByName('node-a')).toEqual(a);
+        expect(await store.hosts.findByName('node-c')).toBeUndefined();
+        expect((await store.hosts.list()).map((h) => h.name)).toEqual(['node-a', 'node-b']);
+        await rejection(store.hosts.require('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b'), 'NOT_FOUND');
+      });
+
+      it('refuses a second host with the same name', async () => {
+        await store.hosts.create({ name: 'node-a' });
+        const error = await rejection(store.hosts.create({ name: 'node-a' }), 'CONFLICT');
+        expect(error.message).toContain('a host named node-a already exists');
+      });
+
+      it('stores the connector as given, unknown keys included, and drops secrets', async () => {
+        const host = await store.hosts.create({ name: 'node-a' });
+        const connector = {
+          host: 'node-a',
+          initiator: 'iqn.2004-10.com.ubuntu:01:abcdef',
+          ip: '192.0.2.10',
+          multipath: true,
+          enforce_multipath: false,
+          platform: 'x86_64',
+          os_type: 'linux',
+          do_local_attach: false,
+          nvme_hostnqn: 'nqn.2014-08.org.nvmexpress:uuid:1234',
+          vendor: { features: ['trim', 'wwn'], level: 3 },
+          password: 'not-stored',
+        } as Connector;
+        const updated = await store.hosts.setConnector(host.id, connector);
+        const { password: _secret, ...expected } = connector as Connector & { password: string };
+        expect(updated.connector).toEqual(expected);
+        expect((await store.hosts.require(host.id)).connector).toEqual(expected);
+        expect(updated.updatedAt > host.updatedAt).toBe(true);
+      });
+
+      it('setConnector on a missing host is NOT_FOUND; an invalid connector is VALIDATION', async () => {
+        await rejection(store.hosts.setConnector('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b', { host: 'x' }), 'NOT_FOUND');
+        const host = await store.hosts.create({ name: 'node-a' });
+        await rejection(store.hosts.setConnector(host.id, { initiator: 'iqn.x' } as unknown as Connector), 'VALIDATION');
+        expect((await store.hosts.require(host.id)).connector).toBeNull();
+      });
+    });
+
+    describe('servers', () => {
+      it('creates, gets, requires, finds by name and lists with filters', async () => {
+        const h1 = await store.hosts.create({ name: 'node-a' });
+        const h2 = await store.hosts.create({ name: 'node-b' });
+        const s1 = await store.servers.create({ name: 'vm-1', projectId: 'project-a', hostId: h1.id });
+        const s2 = await store.servers.create({ name: 'vm-2', projectId: 'project-a', hostId: h2.id });
+        const s3 = await store.servers.create({ name: 'vm-1', projectId: 'project-b', hostId: h1.id });
+        expect(s1).toMatchObject({ name: 'vm-1', projectId: 'project-a', hostId: h1.id });
+        expect(await store.servers.get(s1.id)).toEqual(s1);
+        expect(await store.servers.require(s2.id)).toEqual(s2);
+        expect(await store.servers.findByName('project-b', 'vm-1')).toEqual(s3);
+        expect(await store.servers.findByName('project-b', 'vm-2')).toBeUndefined();
+        expect((await store.servers.list()).map((s) => s.id)).toEqual([s1.id, s2.id, s3.id]);
+        expect((await store.servers.list({ projectId: 'project-a' })).map((s) => s.id)).toEqual([s1.id, s2.id]);
+        expect((await store.servers.list({ hostId: h1.id })).map((s) => s.id)).toEqual([s1.id, s3.id]);
+        expect((await store.servers.list({ projectId: 'project-a', hostId: h1.id })).map((s) => s.id)).toEqual([s1.id]);
+        expect(await store.servers.get('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b')).toBeUndefined();
+        await rejection(store.servers.require('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b'), 'NOT_FOUND');
+      });
+
+      it('refuses a duplicate name in a project and an unknown host', async () => {
+        const { host } = await hostAndServer('node-a', 'vm-1');
+        const error = await rejection(store.servers.create({ name: 'vm-1', projectId: 'project-a', hostId: host.id }), 'CONFLICT');
+        expect(error.message).toContain('a server named vm-1 already exists');
+        await rejection(
+          store.servers.create({ name: 'vm-2', projectId: 'project-a', hostId: '2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b' }),
+          'NOT_FOUND',
+        );
+        expect(await store.servers.findByName('project-a', 'vm-2')).toBeUndefined();
+      });
+
+      it('deletes a server without attachments; refuses while attachments reference it', async () => {
+        const { volume, host, server } = await attachmentFixture();
+        const attachment = await store.attachments.create({ volumeId: volume.id, serverId: server.id, hostId: host.id, mode: 'rw' });
+        const error = await rejection(store.servers.delete(server.id), 'CONFLICT');
+        expect(error.message).toContain('vm-1');
+        expect(await store.servers.get(server.id)).toBeDefined();
+        await store.attachments.delete(attachment.id);
+        await store.servers.delete(server.id);
+        expect(await store.servers.get(server.id)).toBeUndefined();
+        await rejection(store.servers.delete(server.id), 'NOT_FOUND');
+      });
+    });
+
+    describe('attachments', () => {
+      it('creates an attachment reserved, with empty fields', async () => {
+        const { volume, host, server } = await attachmentFixture();
+        const attachment = await store.attachments.create({
+          volumeId: volume.id,
+          serverId: server.id,
+          hostId: host.id,
+          mode: 'ro',
+          connector: { host: 'host-1', initiator: 'iqn.1994-05.com.redhat:abc' },
+        });
+        expect(attachment).toMatchObject({
+          volumeId: volume.id,
+          serverId: server.id,
+          hostId: host.id,
+          status: 'reserved',
+          mode: 'ro',
+          transport: null,
+          connector: { host: 'host-1', initiator: 'iqn.1994-05.com.redhat:abc' },
+          connectionInfo: null,
+          device: null,
+          publishedPath: null,
+          timings: {},
+          error: null,
+        });
+        expect(await store.attachments.get(attachment.id)).toEqual(attachment);
+        expect(await store.attachments.require(attachment.id)).toEqual(attachment);
+      });
+
+      it('refuses references to missing rows with NOT_FOUND', async () => {
+        const { volume, host, server } = await attachmentFixture();
+        const missing = '2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b';
+        const error = await rejection(
+          store.attachments.create({ volumeId: missing, serverId: server.id, hostId: host.id, mode: 'rw' }),
+          'NOT_FOUND',
+        );
+        expect(error.message).toContain(`volume ${missing}`);
+        await rejection(store.attachments.create({ volumeId: volume.id, serverId: missing, hostId: host.id, mode: 'rw' }), 'NOT_FOUND');
+        await rejection(store.attachments.create({ volumeId: volume.id, serverId: server.id, hostId: missing, mode: 'rw' }), 'NOT_FOUND');
+        expect(await store.attachments.list()).toEqual([]);
+        expect(await store.attachments.get(missing)).toBeUndefined();
+        await rejection(store.attachments.require(missing), 'NOT_FOUND');
+      });
+
+      it('lists with every filter', async () => {
+        const { volume: v1, host, server: s1 } = await attachmentFixture();
+        const v2 = await store.volumes.create(newVolume({ name: 'data2', projectId: 'project-b' }));
+        const s2 = await store.servers.create({ name: 'vm-2', projectId: 'project-b', hostId: host.id });
+        const other = await store.hosts.create({ name: 'host-2' });
+        const a1 = await store.attachments.create({ volumeId: v1.id, serverId: s1.id, hostId: host.id, mode: 'rw' });
+        const a2 = await store.attachments.create({ volumeId: v2.id, serverId: s2.id, hostId: host.id, mode: 'rw' });
+        const a3 = await store.attachments.create({ volumeId: v1.id, serverId: s2.id, hostId: other.id, mode: 'ro' });
+        await store.attachments.transition(a2.id, ['reserved'], 'attaching');
+        const ids = (list: ReadonlyArray<{ id: string }>): string[] => list.map((a) => a.id);
+        expect(ids(await store.attachments.list())).toEqual([a1.id, a2.id, a3.id]);
+        expect(ids(await store.attachments.list({ volumeId: v1.id }))).toEqual([a1.id, a3.id]);
+        expect(ids(await store.attachments.list({ serverId: s2.id }))).toEqual([a2.id, a3.id]);
+        expect(ids(await store.attachments.list({ hostId: other.id }))).toEqual([a3.id]);
+        expect(ids(await store.attachments.list({ status: 'attaching' }))).toEqual([a2.id]);
+        expect(ids(await store.attachments.list({ status: ['reserved', 'attaching'] }))).toEqual([a1.id, a2.id, a3.id]);
+        expect(ids(await store.attachments.list({ status: [] }))).toEqual([]);
+        expect(ids(await store.attachments.list({ projectId: 'project-b' }))).toEqual([a2.id]);
+        expect(ids(await store.attachments.list({ volumeId: v1.id, status: 'reserved', hostId: host.id }))).toEqual([a1.id]);
+      });
+
+      it('transition applies the patch; connection_info keeps unknown keys and loses its secrets', async () => {
+        const { volume, host, server } = await attachmentFixture();
+        const attachment = await store.attachments.create({ volumeId: volume.id, serverId: server.id, hostId: host.id, mode: 'rw' });
+        const connectionInfo: ConnectionInfo = {
+          driver_volume_type: 'iscsi',
+          data: {
+            target_portal: '192.0.2.1:3260',
+            target_iqn: 'iqn.2010-10.org.openstack:volume-1',
+            target_lun: 1,
+            auth_method: 'CHAP',
+            auth_username: 'berth',
+            auth_password: 'sekrit-chap',
+            discovery_auth_password: 'sekrit-discovery',
+            vendor_hint: { queue_depth: 32 },
+          } as ConnectionInfo['data'],
+        };
+        const attaching = await store.attachments.transition(attachment.id, ['reserved'], 'attaching', {
+          transport: 'iscsi',
+          connectionInfo,
+        });
+        expect(attaching.status).toBe('attaching');
+        expect(attaching.transport).toBe('iscsi');
+        expect(attaching.connectionInfo).toEqual({
+          driver_volume_type: 'iscsi',
+          data: {
+            target_portal: '192.0.2.1:3260',
+            target_iqn: 'iqn.2010-10.org.openstack:volume-1',
+            target_lun: 1,
+            auth_method: 'CHAP',
+            auth_username: 'berth',
+            vendor_hint: { queue_depth: 32 },
+          },
+        });
+        expect(JSON.stringify(await store.attachments.require(attachment.id))).not.toContain('sekrit');
+
+        const device = {
+          path: '/dev/sdb',
+          type: 'block' as const,
+          scsi_wwn: '360000000000000000e00000000010001',
+          paths: [{ portal: '192.0.2.1:3260', device: 'sdb', state: 'running' }],
+          meta: { sessionId: 3 },
+        };
+        const attached = await store.attachments.transition(attachment.id, ['attaching'], 'attached', {
+          device,
+          publishedPath: `/dev/berth/${volume.id}`,
+          timings: { reserve: 3, connect: 812.5 },
+        });
+        expect(attached).toMatchObject({ status: 'attached', device, publishedPath: `/dev/berth/${volume.id}` });
+        expect(attached.timings).toEqual({ reserve: 3, connect: 812.5 });
+        expect(attached.connectionInfo?.data.target_iqn).toBe('iqn.2010-10.org.openstack:volume-1');
+        expect(await store.attachments.require(attachment.id)).toEqual(attached);
+      });
+
+      it('an illegal transition is INVALID_STATE and leaves the row as it was', async () => {
+        const { volume, host, server } = await attachmentFixture();
+        const attachment = await store.attachments.create({ volumeId: volume.id, serverId: server.id, hostId: host.id, mode: 'rw' });
+        await rejection(store.attachments.transition(attachment.id, ['reserved'], 'attached', { transport: 'loop' }), 'INVALID_STATE');
+        await rejection(store.attachments.transition(attachment.id, ['detached'], 'attaching'), 'INVALID_STATE');
+        expect(await store.attachments.require(attachment.id)).toEqual(attachment);
+      });
+
+      it('a transition from another status is a CONFLICT; of a missing row NOT_FOUND', async () => {
+        const { volume, host, server } = await attachmentFixture();
+        const attachment = await store.attachments.create({ volumeId: volume.id, serverId: server.id, hostId: host.id, mode: 'rw' });
+        const error = await rejection(
+          store.attachments.transition(attachment.id, ['attaching'], 'attached', { transport: 'loop' }),
+          'CONFLICT',
+        );
+        expect(error.details).toEqual({ id: attachment.id, actual: 'reserved', expected: ['attaching'] });
+        expect(error.message).toContain('is reserved, expected attaching');
+        expect(await store.attachments.require(attachment.id)).toEqual(attachment);
+        await rejection(
+          store.attachments.transition('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b', ['reserved'], 'attaching'),
+          'NOT_FOUND',
+        );
+      });
+
+      it('update changes fields but not the status; null clears a field', async () => {
+        const { volume, host, server } = await attachmentFixture();
+        const attachment = await store.attachments.create({ volumeId: volume.id, serverId: server.id, hostId: host.id, mode: 'rw' });
+        const updated = await store.attachments.update(attachment.id, {
+          connector: { host: 'host-1', multipath: true },
+          error: 'iscsiadm exited 24',
+        });
+        expect(updated).toMatchObject({ status: 'reserved', connector: { host: 'host-1', multipath: true }, error: 'iscsiadm exited 24' });
+        const cleared = await store.attachments.update(attachment.id, { error: null, connector: null });
+        expect(cleared).toMatchObject({ error: null, connector: null });
+        expect(await store.attachments.require(attachment.id)).toEqual(cleared);
+        await rejection(store.attachments.update('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b', { error: 'x' }), 'NOT_FOUND');
+        await rejection(
+          store.attachments.update(attachment.id, { device: { path: '/dev/loop0' } as unknown as null }),
+          'VALIDATION',
+        );
+      });
+
+      it('delete removes the row and succeeds when it is already gone', async () => {
+        const { volume, host, server } = await attachmentFixture();
+        const attachment = await store.attachments.create({ volumeId: volume.id, serverId: server.id, hostId: host.id, mode: 'rw' });
+        await store.attachments.delete(attachment.id);
+        expect(await store.attachments.get(attachment.id)).toBeUndefined();
+        await store.attachments.delete(attachment.id);
+      });
+    });
+
+    describe('operations', () => {
+      const deadlineAt = '2030-01-01T00:00:00.000Z';
+
+      it('creates a running operation with an empty journal', async () => {
+        const operation = await store.operations.create({
+          kind: 'attach',
+          volumeId: '0b6f1b7c-3c44-4f0e-9d55-2f8b1c9b2a10',
+          serverId: '5d1c3b8e-95a6-4f7e-8a9e-0c2f6d4b1a33',
+          hostId: '7a0c9f5e-1b2d-4c3e-8f4a-5b6c7d8e9f00',
+          idempotencyKey: 'req-1',
+          owner: '1234@node-a',
+          deadlineAt,
+        });
+        expect(operation).toMatchObject({
+          kind: 'attach',
+          state: 'running',
+          attachmentId: null,
+          idempotencyKey: 'req-1',
+          owner: '1234@node-a',
+          deadlineAt,
+          endedAt: null,
+          error: null,
+          result: null,
+          steps: [],
+        });
+        expect(await store.operations.get(operation.id)).toEqual(operation);
+        expect(await store.operations.require(operation.id)).toEqual(operation);
+        expect(await store.operations.findByIdempotencyKey('req-1')).toEqual(operation);
+        expect(await store.operations.findByIdempotencyKey('req-2')).toBeUndefined();
+      });
+
+      it('refuses a reused idempotency key with CONFLICT naming the first operation; null keys never collide', async () => {
+        const first = await store.operations.create({ kind: 'attach', idempotencyKey: 'req-1', deadlineAt });
+        const error = await rejection(store.operations.create({ kind: 'detach', idempotencyKey: 'req-1', deadlineAt }), 'CONFLICT');
+        expect(error.details.operationId).toBe(first.id);
+        await store.operations.create({ kind: 'attach', deadlineAt });
+        await store.operations.create({ kind: 'attach', idempotencyKey: null, deadlineAt });
+        expect(await store.operations.list()).toHaveLength(3);
+      });
+
+      it('get returns undefined and require throws NOT_FOUND for a missing operation', async () => {
+        expect(await store.operations.get('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b')).toBeUndefined();
+        await rejection(store.operations.require('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b'), 'NOT_FOUND');
+      });
+
+      it('lists newest first, with filters and a limit', async () => {
+        const volumeId = '0b6f1b7c-3c44-4f0e-9d55-2f8b1c9b2a10';
+        const a = await store.operations.create({ kind: 'attach', volumeId, deadlineAt });
+        const b = await store.operations.create({ kind: 'detach', volumeId, deadlineAt });
+        const c = await store.operations.create({ kind: 'attach', deadlineAt });
+        await store.operations.finish(b.id, { state: 'succeeded' });
+        const ids = (list: ReadonlyArray<{ id: string }>): string[] => list.map((o) => o.id);
+        expect(ids(await store.operations.list())).toEqual([c.id, b.id, a.id]);
+        expect(ids(await store.operations.list({ state: 'running' }))).toEqual([c.id, a.id]);
+        expect(ids(await store.operations.list({ state: ['succeeded', 'failed'] }))).toEqual([b.id]);
+        expect(ids(await store.operations.list({ kind: 'attach' }))).toEqual([c.id, a.id]);
+        expect(ids(await store.operations.list({ volumeId }))).toEqual([b.id, a.id]);
+        expect(ids(await store.operations.list({ limit: 2 }))).toEqual([c.id, b.id]);
+      });
+
+      it('journals steps in seq order with outcome, data, error and duration', async () => {
+        const operation = await store.operations.create({ kind: 'attach', deadlineAt });
+        expect(await store.operations.startStep(operation.id, 'reserve', 'do')).toBe(1);
+        expect(await store.operations.startStep(operation.id, 'initialize', 'do')).toBe(2);
+        await store.operations.endStep(operation.id, 2, {
+          state: 'failed',
+          error: { code: 'BACKEND_ERROR', message: 'tgtadm exited 22', hint: 'check tgtd' },
+        });
+        await store.operations.endStep(operation.id, 1, { state: 'done', data: { attachmentId: 'a-1', nested: { n: [1, 2] } } });
+        expect(await store.operations.startStep(operation.id, 'reserve', 'undo')).toBe(3);
+
+        const journal = (await store.operations.require(operation.id)).steps;
+        expect(journal.map((s) => [s.seq, s.name, s.phase, s.state])).toEqual([
+          [1, 'reserve', 'do', 'done'],
+          [2, 'initialize', 'do', 'failed'],
+          [3, 'reserve', 'undo', 'running'],
+        ]);
+        const [reserve, initialize, undo] = journal;
+        expect(reserve?.data).toEqual({ attachmentId: 'a-1', nested: { n: [1, 2] } });
+        expect(reserve?.error).toBeNull();
+        expect(reserve?.endedAt).not.toBeNull();
+        expect(reserve?.durationMs).toBeGreaterThanOrEqual(0);
+        expect(initialize?.error).toEqual({ code: 'BACKEND_ERROR', message: 'tgtadm exited 22', hint: 'check tgtd' });
+        expect(initialize?.data).toBeNull();
+        expect(undo).toMatchObject({ endedAt: null, durationMs: null, error: null, data: null });
+      });
+
+      it('startStep hands out distinct consecutive seqs to concurrent callers', async () => {
+        const operation = await store.operations.create({ kind: 'attach', deadlineAt });
+        const seqs = await Promise.all(
+          Array.from({ length: 12 }, (_, i) => store.operations.startStep(operation.id, `step-${i}`, 'do')),
+        );
+        expect([...seqs].sort((x, y) => x - y)).toEqual(Array.from({ length: 12 }, (_, i) => i + 1));
+        expect((await store.operations.require(operation.id)).steps.map((s) => s.seq)).toEqual(
+          Array.from({ length: 12 }, (_, i) => i + 1),
+        );
+      });
+
+      it('startStep on a missing operation is NOT_FOUND; endStep of a missing or closed step is refused', async () => {
+        await rejection(store.operations.startStep('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b', 'reserve', 'do'), 'NOT_FOUND');
+        const operation = await store.operations.create({ kind: 'attach', deadlineAt });
+        await rejection(store.operations.endStep(operation.id, 1, { state: 'done' }), 'NOT_FOUND');
+        const seq = await store.operations.startStep(operation.id, 'reserve', 'do');
+        await store.operations.endStep(operation.id, seq, { state: 'done' });
+        await rejection(store.operations.endStep(operation.id, seq, { state: 'failed' }), 'CONFLICT');
+        expect((await store.operations.require(operation.id)).steps[0]?.state).toBe('done');
+      });
+
+      it('setAttachment and setOwner update a running operation', async () => {
+        const operation = await store.operations.create({ kind: 'attach', owner: '1@a', deadlineAt });
+        const attachmentId = '7a0c9f5e-1b2d-4c3e-8f4a-5b6c7d8e9f00';
+        await store.operations.setAttachment(operation.id, attachmentId);
+        await store.operations.setOwner(operation.id, '2@b');
+        expect(await store.operations.require(operation.id)).toMatchObject({ attachmentId, owner: '2@b' });
+        await rejection(store.operations.setAttachment('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b', attachmentId), 'NOT_FOUND');
+        await rejection(store.operations.setOwner('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b', 'x'), 'NOT_FOUND');
+        await store.operations.finish(operation.id, { state: 'succeeded' });
+        await rejection(store.operations.setOwner(operation.id, '3@c'), 'CONFLICT');
+      });
+
+      it('finish is a compare-and-swap from running', async () => {
+        const operation = await store.operations.create({ kind: 'attach', deadlineAt });
+        await store.operations.startStep(operation.id, 'reserve', 'do');
+        const finished = await store.operations.finish(operation.id, {
+          state: 'rolled_back',
+          error: { code: 'TIMEOUT', message: 'the device did not appear' },
+          result: { undone: ['reserve'] },
+        });
+        expect(finished).toMatchObject({
+          state: 'rolled_back',
+          error: { code: 'TIMEOUT', message: 'the device did not appear' },
+          result: { undone: ['reserve'] },
+        });
+        expect(finished.endedAt).not.toBeNull();
+        expect(finished.steps).toHaveLength(1);
+        expect(await store.operations.require(operation.id)).toEqual(finished);
+        const error = await rejection(store.operations.finish(operation.id, { state: 'succeeded' }), 'CONFLICT');
+        expect(error.details).toMatchObject({ actual: 'rolled_back', expected: ['running'] });
+        expect((await store.operations.require(operation.id)).state).toBe('rolled_back');
+        await rejection(store.operations.finish('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b', { state: 'succeeded' }), 'NOT_FOUND');
+      });
+    });
+
+    describe('transaction', () => {
+      it('commits and returns what fn returns', async () => {
+        const result = await store.transaction(async (tx) => {
+          const volume = await tx.volumes.create(newVolume());
+          await tx.volumes.transition(volume.id, ['available'], 'reserved');
+          return volume.id;
+        });
+        expect((await store.volumes.require(result)).status).toBe('reserved');
+      });
+
+      it('rolls back everything when fn throws, and rethrows the same error', async () => {
+        const boom = new Error('boom');
+        const volume = await store.volumes.create(newVolume());
+        let thrown: unknown;
+        try {
+          await store.transaction(async (tx) => {
+            await tx.volumes.transition(volume.id, ['available'], 'reserved');
+            const host = await tx.hosts.create({ name: 'node-a' });
+            const server = await tx.servers.create({ name: 'vm-1', projectId: 'project-a', hostId: host.id });
+            await tx.attachments.create({ volumeId: volume.id, serverId: server.id, hostId: host.id, mode: 'rw' });
+            const operation = await tx.operations.create({ kind: 'attach', deadlineAt: '2030-01-01T00:00:00.000Z' });
+            await tx.operations.startStep(operation.id, 'reserve', 'do');
+            throw boom;
+          });
+        } catch (error) {
+          thrown = error;
+        }
+        expect(thrown).toBe(boom);
+        expect(await store.volumes.require(volume.id)).toEqual(volume);
+        expect(await store.hosts.list()).toEqual([]);
+        expect(await store.servers.list()).toEqual([]);
+        expect(await store.attachments.list()).toEqual([]);
+        expect(await store.operations.list()).toEqual([]);
+      });
+
+      it('a nested transaction joins the outer one and rolls back with it', async () => {
+        await expect(
+          store.transaction(async (tx) => {
+            const inner = await tx.transaction(async (nested) => nested.volumes.create(newVolume({ name: 'inner' })));
+            expect(await tx.volumes.get(inner.id)).toBeDefined();
+            throw new Error('outer fails');
+          }),
+        ).rejects.toThrow('outer fails');
+        expect(await store.volumes.list()).toEqual([]);
+      });
+
+      it('a CONFLICT caught inside fn does not abort the transaction', async () => {
+        const volume = await store.volumes.create(newVolume());
+        await store.volumes.transition(volume.id, ['available'], 'reserved');
+        const created = await store.transaction(async (tx) => {
+          await rejection(tx.volumes.transition(volume.id, ['available'], 'reserved'), 'CONFLICT');
+          return tx.volumes.create(newVolume({ name: 'data2' }));
+        });
+        expect(await store.volumes.get(created.id)).toEqual(created);
+      });
+
+      it('the outer store used inside fn joins the transaction instead of deadlocking', async () => {
+        await expect(
+          store.transaction(async () => {
+            await store.volumes.create(newVolume());
+            await store.transaction(async (tx) => tx.hosts.create({ name: 'node-a' }));
+            expect(await store.volumes.findByName('project-a', 'data1')).toBeDefined();
+            throw new Error('undo it all');
+          }),
+        ).rejects.toThrow('undo it all');
+        expect(await store.volumes.list()).toEqual([]);
+        expect(await store.hosts.list()).toEqual([]);
+      });
+
+      it('transactions from concurrent callers run one after the other', async () => {
+        const volume = await store.volumes.create(newVolume());
+        // Read-modify-write in each transaction: without isolation two would read `available`.
+        const outcomes = await Promise.allSettled(
+          Array.from({ length: 5 }, () =>
+            store.transaction(async (tx) => {
+              const current = await tx.volumes.require(volume.id);
+              if (current.status !== 'available') throw new Error('taken');
+              return tx.volumes.transition(volume.id, ['available'], 'reserved');
+            }),
+          ),
+        );
+        expect(outcomes.filter((o) => o.status === 'fulfilled')).toHaveLength(1);
+      });
+    });
+  });
+}

@@ -1,0 +1,112 @@
+import type { AttachmentStatus, OperationKind, OperationState, VolumeStatus } from '@berth/core';
+import type { ColumnType } from 'kysely';
+
+declare const encodedJson: unique symbol;
+declare const encodedBoolean: unique symbol;
+
+/** A JSON document as the dialect writes it (TEXT on SQLite, jsonb on PostgreSQL); made by `StoreDialect.encodeJson`. */
+export type DbJson = { readonly [encodedJson]: true };
+
+/** A boolean as the dialect writes it (0/1 on SQLite); made by `StoreDialect.encodeBoolean`. */
+export type DbBoolean = { readonly [encodedBoolean]: true };
+
+/** A JSON column: read as whatever the driver returns, decoded by the dialect. */
+type JsonColumn = ColumnType<unknown, DbJson, DbJson>;
+/** A nullable JSON column. */
+type NullableJsonColumn = ColumnType<unknown, DbJson | null, DbJson | null>;
+/** A 64-bit integer: SQLite returns a number, PostgreSQL's `bigint` a string. */
+type Int64Column = ColumnType<number | string | bigint, number, number>;
+
+/** Table `volumes`. */
+export interface VolumesTable {
+  id: string;
+  name: string;
+  project_id: string;
+  size_bytes: Int64Column;
+  status: VolumeStatus;
+  backend: string;
+  multiattach: ColumnType<unknown, DbBoolean, DbBoolean>;
+  provider_location: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+/** Table `hosts`. */
+export interface HostsTable {
+  id: string;
+  name: string;
+  connector: NullableJsonColumn;
+  created_at: string;
+  updated_at: string;
+}
+
+/** Table `servers`. */
+export interface ServersTable {
+  id: string;
+  name: string;
+  project_id: string;
+  host_id: string;
+  created_at: string;
+  updated_at: string;
+}
+
+/** Table `attachments`. */
+export interface AttachmentsTable {
+  id: string;
+  volume_id: string;
+  server_id: string;
+  host_id: string;
+  status: AttachmentStatus;
+  mode: 'rw' | 'ro';
+  transport: string | null;
+  connector: NullableJsonColumn;
+  connection_info: NullableJsonColumn;
+  device: NullableJsonColumn;
+  published_path: string | null;
+  timings: JsonColumn;
+  error: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+/** Table `operations`. */
+export interface OperationsTable {
+  id: string;
+  kind: OperationKind;
+  state: OperationState;
+  volume_id: string | null;
+  server_id: string | null;
+  attachment_id: string | null;
+  host_id: string | null;
+  idempotency_key: string | null;
+  owner: string | null;
+  deadline_at: string;
+  started_at: string;
+  ended_at: string | null;
+  error: NullableJsonColumn;
+  result: NullableJsonColumn;
+}
+
+/** Table `operation_steps`: the journal, keyed by (operation_id, seq). */
+export interface OperationStepsTable {
+  operation_id: string;
+  seq: Int64Column;
+  name: string;
+  phase: 'do' | 'undo';
+  state: 'running' | 'done' | 'failed';
+  started_at: string;
+  ended_at: string | null;
+  duration_ms: ColumnType<number | string | bigint | null, number | null, number | null>;
+  error: NullableJsonColumn;
+  data: NullableJsonColumn;
+}
+
+/** The whole schema as Kysely sees it: snake_case columns, one interface per table. */
+export interface Database {
+  volumes: VolumesTable;
+  hosts: HostsTable;
+  servers: ServersTable;
+  attachments: AttachmentsTable;
+  operations: OperationsTable;
+  operation_steps: OperationStepsTable;
+}

@@ -1,0 +1,27 @@
+import { BerthError } from '@berth/core';
+import { Migrator } from 'kysely';
+import type { Kysely } from 'kysely';
+import type { Database } from './database.js';
+import { createMigrationProvider } from './migrations.js';
+import type { StoreDialect } from './store-dialect.js';
+
+/** Bring the schema to the latest migration; returns the names of the migrations it applied. */
+export async function migrateToLatest(db: Kysely<Database>, dialect: StoreDialect, where: string): Promise<string[]> {
+  const migrator = new Migrator({ db, provider: createMigrationProvider(dialect) });
+  const { error, results } = await migrator.migrateToLatest();
+  if (error !== undefined) {
+    const failed = results?.find((result) => result.status === 'Error')?.migrationName;
+    const message = error instanceof Error ? error.message : String(error);
+    throw new BerthError(
+      BerthError.is(error) ? error.code : 'CONFIG',
+      `cannot migrate the berth database ${where}${failed === undefined ? '' : ` (migration ${failed})`}: ${message}`,
+      {
+        hint: /missing/.test(message)
+          ? 'the database was written by a newer berth; upgrade berth or point it at another data directory'
+          : 'check that the file is a berth database and that this user may write it',
+        cause: error,
+      },
+    );
+  }
+  return (results ?? []).filter((result) => result.status === 'Success').map((result) => result.migrationName);
+}

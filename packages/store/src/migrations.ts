@@ -1,0 +1,115 @@
+import type { Kysely, Migration, MigrationProvider } from 'kysely';
+import type { StoreDialect } from './store-dialect.js';
+
+/**
+ * The schema, as ordered migrations written with Kysely's schema builder only. Column types that
+ * differ between engines (JSON, booleans) come from the dialect; everything else is portable.
+ * Never edit a shipped migration: add the next one.
+ */
+export function createMigrations(dialect: StoreDialect): Record<string, Migration> {
+  return {
+    '0001-initial': {
+      async up(db: Kysely<unknown>): Promise<void> {
+        await db.schema
+          .createTable('volumes')
+          .addColumn('id', 'text', (col) => col.primaryKey())
+          .addColumn('name', 'text', (col) => col.notNull())
+          .addColumn('project_id', 'text', (col) => col.notNull())
+          .addColumn('size_bytes', 'bigint', (col) => col.notNull())
+          .addColumn('status', 'text', (col) => col.notNull())
+          .addColumn('backend', 'text', (col) => col.notNull())
+          .addColumn('multiattach', dialect.booleanType, (col) => col.notNull())
+          .addColumn('provider_location', 'text')
+          .addColumn('created_at', 'text', (col) => col.notNull())
+          .addColumn('updated_at', 'text', (col) => col.notNull())
+          .addUniqueConstraint('volumes_project_id_name_key', ['project_id', 'name'])
+          .execute();
+
+        await db.schema
+          .createTable('hosts')
+          .addColumn('id', 'text', (col) => col.primaryKey())
+          .addColumn('name', 'text', (col) => col.notNull())
+          .addColumn('connector', dialect.jsonType)
+          .addColumn('created_at', 'text', (col) => col.notNull())
+          .addColumn('updated_at', 'text', (col) => col.notNull())
+          .addUniqueConstraint('hosts_name_key', ['name'])
+          .execute();
+
+        await db.schema
+          .createTable('servers')
+          .addColumn('id', 'text', (col) => col.primaryKey())
+          .addColumn('name', 'text', (col) => col.notNull())
+          .addColumn('project_id', 'text', (col) => col.notNull())
+          .addColumn('host_id', 'text', (col) => col.notNull().references('hosts.id'))
+          .addColumn('created_at', 'text', (col) => col.notNull())
+          .addColumn('updated_at', 'text', (col) => col.notNull())
+          .addUniqueConstraint('servers_project_id_name_key', ['project_id', 'name'])
+          .execute();
+        await db.schema.createIndex('servers_host_id_idx').on('servers').column('host_id').execute();
+
+        await db.schema
+          .createTable('attachments')
+          .addColumn('id', 'text', (col) => col.primaryKey())
+          .addColumn('volume_id', 'text', (col) => col.notNull().references('volumes.id'))
+          .addColumn('server_id', 'text', (col) => col.notNull().references('servers.id'))
+          .addColumn('host_id', 'text', (col) => col.notNull().references('hosts.id'))
+          .addColumn('status', 'text', (col) => col.notNull())
+          .addColumn('mode', 'text', (col) => col.notNull())
+          .addColumn('transport', 'text')
+          .addColumn('connector', dialect.jsonType)
+          .addColumn('connection_info', dialect.jsonType)
+          .addColumn('device', dialect.jsonType)
+          .addColumn('published_path', 'text')
+          .addColumn('timings', dialect.jsonType, (col) => col.notNull())
+          .addColumn('error', 'text')
+          .addColumn('created_at', 'text', (col) => col.notNull())
+          .addColumn('updated_at', 'text', (col) => col.notNull())
+          .execute();
+        await db.schema.createIndex('attachments_volume_id_idx').on('attachments').column('volume_id').execute();
+        await db.schema.createIndex('attachments_server_id_idx').on('attachments').column('server_id').execute();
+
+        // No foreign keys here: an operation's history outlives the volume it deleted.
+        await db.schema
+          .createTable('operations')
+          .addColumn('id', 'text', (col) => col.primaryKey())
+          .addColumn('kind', 'text', (col) => col.notNull())
+          .addColumn('state', 'text', (col) => col.notNull())
+          .addColumn('volume_id', 'text')
+          .addColumn('server_id', 'text')
+          .addColumn('attachment_id', 'text')
+          .addColumn('host_id', 'text')
+          .addColumn('idempotency_key', 'text')
+          .addColumn('owner', 'text')
+          .addColumn('deadline_at', 'text', (col) => col.notNull())
+          .addColumn('started_at', 'text', (col) => col.notNull())
+          .addColumn('ended_at', 'text')
+          .addColumn('error', dialect.jsonType)
+          .addColumn('result', dialect.jsonType)
+          .addUniqueConstraint('operations_idempotency_key_key', ['idempotency_key'])
+          .execute();
+        await db.schema.createIndex('operations_state_idx').on('operations').column('state').execute();
+        await db.schema.createIndex('operations_started_at_idx').on('operations').column('started_at').execute();
+
+        await db.schema
+          .createTable('operation_steps')
+          .addColumn('operation_id', 'text', (col) => col.notNull().references('operations.id').onDelete('cascade'))
+          .addColumn('seq', 'integer', (col) => col.notNull())
+          .addColumn('name', 'text', (col) => col.notNull())
+          .addColumn('phase', 'text', (col) => col.notNull())
+          .addColumn('state', 'text', (col) => col.notNull())
+          .addColumn('started_at', 'text', (col) => col.notNull())
+          .addColumn('ended_at', 'text')
+          .addColumn('duration_ms', 'integer')
+          .addColumn('error', dialect.jsonType)
+          .addColumn('data', dialect.jsonType)
+          .addPrimaryKeyConstraint('operation_steps_pkey', ['operation_id', 'seq'])
+          .execute();
+      },
+    },
+  };
+}
+
+/** A Kysely migration provider over `createMigrations` (no files to find at run time). */
+export function createMigrationProvider(dialect: StoreDialect): MigrationProvider {
+  return { getMigrations: () => Promise.resolve(createMigrations(dialect)) };
+}

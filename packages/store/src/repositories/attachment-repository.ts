@@ -1,0 +1,200 @@
+import { assertAttachmentTransition, parseWith, redactConnectionInfo, zAttachment } from '@berth/core';
+import type {
+  Attachment,
+  AttachmentFilter,
+  AttachmentPatch,
+  AttachmentRepository,
+  AttachmentStatus,
+  NewAttachment,
+} from '@berth/core';
+import type { Updateable } from 'kysely';
+import type { AttachmentsTable } from '../database.js';
+import { encodeNullableJson, violation } from '../repository-context.js';
+import type { RepositoryContext } from '../repository-context.js';
+import { toAttachment } from '../row-mappers.js';
+import { connectorWithoutSecrets } from '../secrets.js';
+import { alreadyExists, notFound, stateConflict } from '../store-errors.js';
+
+const zAttachmentPatch = zAttachment
+  .pick({
+    transport: true,
+    connector: true,
+    connectionInfo: true,
+    device: true,
+    publishedPath: true,
+    timings: true,
+    error: true,
+  })
+  .partial();
+
+/** Attachments over Kysely. */
+export function createAttachmentRepository(ctx: RepositoryContext): AttachmentRepository {
+  const get = async (id: string): Promise<Attachment | undefined> => {
+    const row = await ctx.db().selectFrom('attachments').selectAll().where('id', '=', id).executeTakeFirst();
+    return row === undefined ? undefined : toAttachment(row, ctx.dialect);
+  };
+
+  /** The columns a patch changes; secrets are dropped here whatever the caller did. */
+  const patchColumns = (patch: AttachmentPatch): Updateable<AttachmentsTable> => {
+    const valid = parseWith(zAttachmentPatch, patch, 'attachment change');
+    const set: Updateable<AttachmentsTable> = {};
+    if (valid.transport !== undefined) set.transport = valid.transport;
+    if (valid.connector !== undefined) {
+      set.connector = encodeNullableJson(ctx, valid.connector === null ? null : connectorWithoutSecrets(valid.connector));
+    }
+    if (valid.connectionInfo !== undefined) {
+      set.connection_info = encodeNullableJson(
+        ctx,
+        valid.connectionInfo === null ? null : redactConnectionInfo(valid.connectionInfo),
+      );
+    }
+    if (valid.device !== undefined) set.device = encodeNullableJson(ctx, valid.device);
+    if (valid.publishedPath !== undefined) set.published_path = valid.publishedPath;
+    if (valid.timings !== undefined) set.timings = ctx.dialect.encodeJson(valid.timings);
+    if (valid.error !== undefined) set.error = valid.error;
+    return set;
+  };
+
+  const casFailure = async (id: string, from: readonly AttachmentStatus[]): Promise<Error> => {
+    const current = await get(id);
+    if (current === undefined) return notFound('attachment', id);
+    return stateConflict('attachment', id, id, current.status, from);
+  };
+
+  /** Which referenced row is missing after a foreign-key violation. */
+  const missingReference = async (input: { volumeId: string; serverId: string; hostId: string }): Promise<Error | undefined> => {
+    const db = ctx.db();
+    if ((await db.selectFrom('volumes').select('id').where('id', '=', input.volumeId).executeTakeFirst()) === undefined) {
+      return notFound('volume', input.volumeId);
+    }
+    if ((await db.selectFrom('servers').select('id').where('id', '=', input.serverId).executeTakeFirst()) === undefined) {
+      return notFound('server', input.serverId);
+    }
+    if ((await db.selectFrom('hosts').select('id').where('id', '=', input.hostId).executeTakeFirst()) === undefined) {
+      return notFound('host', input.hostId);
+    }
+    return undefined;
+  };
+
+  return {
+    async create(input: NewAttachment): Promise<Attachment> {
+      const now = ctx.now();
+      const attachment = parseWith(
+        zAttachment,
+        {
+          id: input.id ?? ctx.newId(),
+          volumeId: input.volumeId,
+          serverId: input.serverId,
+          hostId: input.hostId,
+          status: 'reserved',
+          mode: input.mode,
+          transport: null,
+          connector: input.connector == null ? null : connectorWithoutSecrets(input.connector),
+          connectionInfo: null,
+          device: null,
+          publishedPath: null,
+          timings: {},
+          error: null,
+          createdAt: now,
+          updatedAt: now,
+        },
+        'attachment',
+      );
+      try {
+        await ctx
+          .db()
+          .insertInto('attachments')
+          .values({
+            id: attachment.id,
+            volume_id: attachment.volumeId,
+            server_id: attachment.serverId,
+            host_id: attachment.hostId,
+            status: attachment.status,
+            mode: attachment.mode,
+            transport: attachment.transport,
+            connector: encodeNullableJson(ctx, attachment.connector),
+            connection_info: null,
+            device: null,
+            published_path: null,
+            timings: ctx.dialect.encodeJson(attachment.timings),
+            error: null,
+            created_at: attachment.createdAt,
+            updated_at: attachment.updatedAt,
+          })
+          .execute();
+      } catch (error) {
+        const kind = violation(ctx, error);
+        if (kind === 'foreign_key') throw (await missingReference(attachment)) ?? error;
+        if (kind === 'unique') throw alreadyExists(`an attachment with id ${attachment.id} already exists`, { id: attachment.id }, error);
+        throw error;
+      }
+      return attachment;
+    },
+
+    get,
+
+    async require(id: string): Promise<Attachment> {
+      const attachment = await get(id);
+      if (attachment === undefined) throw notFound('attachment', id);
+      return attachment;
+    },
+
+    async list(filter: AttachmentFilter = {}): Promise<Attachment[]> {
+      let query = ctx.db().selectFrom('attachments').selectAll();
+      if (filter.volumeId !== undefined) query = query.where('volume_id', '=', filter.volumeId);
+      if (filter.serverId !== undefined) query = query.where('server_id', '=', filter.serverId);
+      if (filter.hostId !== undefined) query = query.where('host_id', '=', filter.hostId);
+      if (filter.status !== undefined) {
+        const statuses: readonly AttachmentStatus[] = typeof filter.status === 'string' ? [filter.status] : filter.status;
+        if (statuses.length === 0) return [];
+        query = query.where('status', 'in', statuses);
+      }
+      if (filter.projectId !== undefined) {
+        const projectId = filter.projectId;
+        query = query.where('volume_id', 'in', (eb) =>
+          eb.selectFrom('volumes').select('volumes.id').where('volumes.project_id', '=', projectId),
+        );
+      }
+      const rows = await query.orderBy('created_at').orderBy('id').execute();
+      return rows.map((row) => toAttachment(row, ctx.dialect));
+    },
+
+    async transition(
+      id: string,
+      from: readonly AttachmentStatus[],
+      to: AttachmentStatus,
+      patch: AttachmentPatch = {},
+    ): Promise<Attachment> {
+      assertAttachmentTransition(from, to);
+      const set = patchColumns(patch);
+      if (from.length === 0) throw await casFailure(id, from);
+      const row = await ctx
+        .db()
+        .updateTable('attachments')
+        .set({ ...set, status: to, updated_at: ctx.now() })
+        .where('id', '=', id)
+        .where('status', 'in', from)
+        .returningAll()
+        .executeTakeFirst();
+      if (row === undefined) throw await casFailure(id, from);
+      return toAttachment(row, ctx.dialect);
+    },
+
+    async update(id: string, patch: AttachmentPatch): Promise<Attachment> {
+      const set = patchColumns(patch);
+      const row = await ctx
+        .db()
+        .updateTable('attachments')
+        .set({ ...set, updated_at: ctx.now() })
+        .where('id', '=', id)
+        .returningAll()
+        .executeTakeFirst();
+      if (row === undefined) throw notFound('attachment', id);
+      return toAttachment(row, ctx.dialect);
+    },
+
+    async delete(id: string): Promise<void> {
+      await ctx.db().deleteFrom('attachments').where('id', '=', id).execute();
+    },
+  };
+}

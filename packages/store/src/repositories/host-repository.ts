@@ -1,0 +1,85 @@
+import { parseWith, zConnector, zHost } from '@berth/core';
+import type { Connector, Host, HostRepository, NewHost } from '@berth/core';
+import { encodeNullableJson, violation } from '../repository-context.js';
+import type { RepositoryContext } from '../repository-context.js';
+import { toHost } from '../row-mappers.js';
+import { connectorWithoutSecrets } from '../secrets.js';
+import { alreadyExists, notFound } from '../store-errors.js';
+
+/** Hosts over Kysely. */
+export function createHostRepository(ctx: RepositoryContext): HostRepository {
+  const get = async (id: string): Promise<Host | undefined> => {
+    const row = await ctx.db().selectFrom('hosts').selectAll().where('id', '=', id).executeTakeFirst();
+    return row === undefined ? undefined : toHost(row, ctx.dialect);
+  };
+
+  const findByName = async (name: string): Promise<Host | undefined> => {
+    const row = await ctx.db().selectFrom('hosts').selectAll().where('name', '=', name).executeTakeFirst();
+    return row === undefined ? undefined : toHost(row, ctx.dialect);
+  };
+
+  return {
+    async create(input: NewHost): Promise<Host> {
+      const now = ctx.now();
+      const host = parseWith(
+        zHost,
+        {
+          id: input.id ?? ctx.newId(),
+          name: input.name,
+          connector: input.connector == null ? null : connectorWithoutSecrets(input.connector),
+          createdAt: now,
+          updatedAt: now,
+        },
+        'host',
+      );
+      try {
+        await ctx
+          .db()
+          .insertInto('hosts')
+          .values({
+            id: host.id,
+            name: host.name,
+            connector: encodeNullableJson(ctx, host.connector),
+            created_at: host.createdAt,
+            updated_at: host.updatedAt,
+          })
+          .execute();
+      } catch (error) {
+        if (violation(ctx, error) !== 'unique') throw error;
+        if ((await findByName(host.name)) !== undefined) {
+          throw alreadyExists(`a host named ${host.name} already exists`, { name: host.name }, error);
+        }
+        throw alreadyExists(`a host with id ${host.id} already exists`, { id: host.id }, error);
+      }
+      return host;
+    },
+
+    get,
+
+    async require(id: string): Promise<Host> {
+      const host = await get(id);
+      if (host === undefined) throw notFound('host', id);
+      return host;
+    },
+
+    findByName,
+
+    async list(): Promise<Host[]> {
+      const rows = await ctx.db().selectFrom('hosts').selectAll().orderBy('name').execute();
+      return rows.map((row) => toHost(row, ctx.dialect));
+    },
+
+    async setConnector(id: string, connector: Connector): Promise<Host> {
+      const valid = connectorWithoutSecrets(parseWith(zConnector, connector, 'connector'));
+      const row = await ctx
+        .db()
+        .updateTable('hosts')
+        .set({ connector: ctx.dialect.encodeJson(valid), updated_at: ctx.now() })
+        .where('id', '=', id)
+        .returningAll()
+        .executeTakeFirst();
+      if (row === undefined) throw notFound('host', id);
+      return toHost(row, ctx.dialect);
+    },
+  };
+}

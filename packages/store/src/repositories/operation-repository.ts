@@ -1,0 +1,278 @@
+import { BerthError, parseWith, zId, zOperation, zOperationState, zOperationStep } from '@berth/core';
+import type {
+  ErrorSummary,
+  NewOperation,
+  Operation,
+  OperationFilter,
+  OperationRepository,
+  OperationState,
+  OperationStep,
+} from '@berth/core';
+import type { Selectable } from 'kysely';
+import type { OperationsTable } from '../database.js';
+import { encodeNullableJson, violation } from '../repository-context.js';
+import type { RepositoryContext } from '../repository-context.js';
+import { toOperation, toOperationStep } from '../row-mappers.js';
+import { alreadyExists, notFound, stateConflict } from '../store-errors.js';
+
+const zStepOutcome = zOperationStep.pick({ error: true, data: true }).partial();
+const zFinishOutcome = zOperation.pick({ error: true, result: true }).partial();
+
+/** How often `startStep` retries when a concurrent writer took the same seq (PostgreSQL only; SQLite serialises writers). */
+const START_STEP_ATTEMPTS = 5;
+
+/** How many ids go into one `IN (...)` when loading journals. */
+const STEP_BATCH = 500;
+
+/** Operations and their journal over Kysely. */
+export function createOperationRepository(ctx: RepositoryContext): OperationRepository {
+  const stepsOf = async (ids: readonly string[]): Promise<Map<string, OperationStep[]>> => {
+    const byOperation = new Map<string, OperationStep[]>(ids.map((id) => [id, []]));
+    for (let i = 0; i < ids.length; i += STEP_BATCH) {
+      const rows = await ctx
+        .db()
+        .selectFrom('operation_steps')
+        .selectAll()
+        .where('operation_id', 'in', ids.slice(i, i + STEP_BATCH))
+        .orderBy('operation_id')
+        .orderBy('seq')
+        .execute();
+      for (const row of rows) byOperation.get(row.operation_id)?.push(toOperationStep(row, ctx.dialect));
+    }
+    return byOperation;
+  };
+
+  const withSteps = async (rows: ReadonlyArray<Selectable<OperationsTable>>): Promise<Operation[]> => {
+    if (rows.length === 0) return [];
+    const steps = await stepsOf(rows.map((row) => row.id));
+    return rows.map((row) => toOperation(row, steps.get(row.id) ?? [], ctx.dialect));
+  };
+
+  const get = async (id: string): Promise<Operation | undefined> => {
+    const row = await ctx.db().selectFrom('operations').selectAll().where('id', '=', id).executeTakeFirst();
+    if (row === undefined) return undefined;
+    const [operation] = await withSteps([row]);
+    return operation;
+  };
+
+  const require = async (id: string): Promise<Operation> => {
+    const operation = await get(id);
+    if (operation === undefined) throw notFound('operation', id);
+    return operation;
+  };
+
+  const findByIdempotencyKey = async (key: string): Promise<Operation | undefined> => {
+    const row = await ctx.db().selectFrom('operations').selectAll().where('idempotency_key', '=', key).executeTakeFirst();
+    if (row === undefined) return undefined;
+    const [operation] = await withSteps([row]);
+    return operation;
+  };
+
+  /** Why a CAS from `running` on operation `id` matched no row. */
+  const notRunning = async (id: string): Promise<Error> => {
+    const row = await ctx.db().selectFrom('operations').select('state').where('id', '=', id).executeTakeFirst();
+    if (row === undefined) return notFound('operation', id);
+    return stateConflict('operation', id, id, row.state, ['running']);
+  };
+
+  return {
+    async create(input: NewOperation): Promise<Operation> {
+      const operation = parseWith(
+        zOperation,
+        {
+          id: input.id ?? ctx.newId(),
+          kind: input.kind,
+          state: 'running',
+          volumeId: input.volumeId ?? null,
+          serverId: input.serverId ?? null,
+          attachmentId: input.attachmentId ?? null,
+          hostId: input.hostId ?? null,
+          idempotencyKey: input.idempotencyKey ?? null,
+          owner: input.owner ?? null,
+          deadlineAt: input.deadlineAt,
+          startedAt: ctx.now(),
+          endedAt: null,
+          error: null,
+          result: null,
+          steps: [],
+        },
+        'operation',
+      );
+      try {
+        await ctx
+          .db()
+          .insertInto('operations')
+          .values({
+            id: operation.id,
+            kind: operation.kind,
+            state: operation.state,
+            volume_id: operation.volumeId,
+            server_id: operation.serverId,
+            attachment_id: operation.attachmentId,
+            host_id: operation.hostId,
+            idempotency_key: operation.idempotencyKey,
+            owner: operation.owner,
+            deadline_at: operation.deadlineAt,
+            started_at: operation.startedAt,
+            ended_at: null,
+            error: null,
+            result: null,
+          })
+          .execute();
+      } catch (error) {
+        if (violation(ctx, error) !== 'unique') throw error;
+        const key = operation.idempotencyKey;
+        const existing = key === null ? undefined : await findByIdempotencyKey(key);
+        if (existing !== undefined) {
+          throw new BerthError('CONFLICT', `idempotency key ${key} was already used by operation ${existing.id}`, {
+            hint: 'look at that operation instead of starting a new one, or send another key',
+            details: { operationId: existing.id, idempotencyKey: key },
+            cause: error,
+          });
+        }
+        throw alreadyExists(`an operation with id ${operation.id} already exists`, { id: operation.id }, error);
+      }
+      return operation;
+    },
+
+    get,
+    require,
+    findByIdempotencyKey,
+
+    async list(filter: OperationFilter = {}): Promise<Operation[]> {
+      let query = ctx.db().selectFrom('operations').selectAll();
+      if (filter.state !== undefined) {
+        const states: readonly OperationState[] = typeof filter.state === 'string' ? [filter.state] : filter.state;
+        if (states.length === 0) return [];
+        query = query.where('state', 'in', states);
+      }
+      if (filter.kind !== undefined) query = query.where('kind', '=', filter.kind);
+      if (filter.volumeId !== undefined) query = query.where('volume_id', '=', filter.volumeId);
+      query = query.orderBy('started_at', 'desc').orderBy('id', 'desc');
+      if (filter.limit !== undefined) {
+        if (!Number.isInteger(filter.limit) || filter.limit < 0) {
+          throw new BerthError('VALIDATION', `invalid operation listing: limit must be a whole number ≥ 0, got ${filter.limit}`);
+        }
+        query = query.limit(filter.limit);
+      }
+      return withSteps(await query.execute());
+    },
+
+    async setAttachment(id: string, attachmentId: string): Promise<void> {
+      const valid = parseWith(zId, attachmentId, 'attachment id');
+      const result = await ctx
+        .db()
+        .updateTable('operations')
+        .set({ attachment_id: valid })
+        .where('id', '=', id)
+        .executeTakeFirst();
+      if (result.numUpdatedRows === 0n) throw notFound('operation', id);
+    },
+
+    async startStep(id: string, name: string, phase: 'do' | 'undo'): Promise<number> {
+      const valid = parseWith(zOperationStep.pick({ name: true, phase: true }), { name, phase }, 'operation step');
+      for (let attempt = 1; ; attempt += 1) {
+        try {
+          // seq is computed inside the INSERT, so two writers cannot both read the same max.
+          const row = await ctx
+            .db()
+            .insertInto('operation_steps')
+            .columns(['operation_id', 'seq', 'name', 'phase', 'state', 'started_at'])
+            .expression((eb) =>
+              eb
+                .selectFrom('operation_steps')
+                .where('operation_steps.operation_id', '=', id)
+                .select((sb) => [
+                  sb.val(id).as('operation_id'),
+                  sb(sb.fn.coalesce(sb.fn.max('operation_steps.seq'), sb.lit(0)), '+', sb.lit(1)).as('seq'),
+                  sb.val(valid.name).as('name'),
+                  sb.val(valid.phase).as('phase'),
+                  sb.val('running').as('state'),
+                  sb.val(ctx.now()).as('started_at'),
+                ]),
+            )
+            .returning('seq')
+            .executeTakeFirstOrThrow();
+          return Number(row.seq);
+        } catch (error) {
+          const kind = violation(ctx, error);
+          if (kind === 'foreign_key') throw notFound('operation', id);
+          if (kind !== 'unique' || attempt >= START_STEP_ATTEMPTS) throw error;
+        }
+      }
+    },
+
+    async endStep(
+      id: string,
+      seq: number,
+      outcome: { state: 'done' | 'failed'; data?: Record<string, unknown> | null; error?: ErrorSummary | null },
+    ): Promise<void> {
+      if (outcome.state !== 'done' && outcome.state !== 'failed') {
+        throw new BerthError('VALIDATION', `invalid step outcome: state must be done or failed, got ${String(outcome.state)}`);
+      }
+      const valid = parseWith(zStepOutcome, { data: outcome.data, error: outcome.error }, 'step outcome');
+      const step = await ctx
+        .db()
+        .selectFrom('operation_steps')
+        .select(['name', 'state', 'started_at'])
+        .where('operation_id', '=', id)
+        .where('seq', '=', seq)
+        .executeTakeFirst();
+      if (step === undefined) throw notFound('operation', `${id} step ${seq}`);
+      const endedAt = ctx.now();
+      const result = await ctx
+        .db()
+        .updateTable('operation_steps')
+        .set({
+          state: outcome.state,
+          ended_at: endedAt,
+          duration_ms: Math.max(0, Date.parse(endedAt) - Date.parse(step.started_at)),
+          data: encodeNullableJson(ctx, valid.data),
+          error: encodeNullableJson(ctx, valid.error),
+        })
+        .where('operation_id', '=', id)
+        .where('seq', '=', seq)
+        .where('state', '=', 'running')
+        .executeTakeFirst();
+      if (result.numUpdatedRows === 0n) {
+        throw new BerthError('CONFLICT', `step ${seq} (${step.name}) of operation ${id} is already ${step.state}`, {
+          hint: 'a journal row is closed once; start a new step to record another attempt',
+          details: { id, seq, actual: step.state, expected: ['running'] },
+        });
+      }
+    },
+
+    async finish(
+      id: string,
+      outcome: { state: Exclude<OperationState, 'running'>; error?: ErrorSummary | null; result?: Record<string, unknown> | null },
+    ): Promise<Operation> {
+      const state = parseWith(zOperationState.exclude(['running']), outcome.state, 'operation outcome');
+      const valid = parseWith(zFinishOutcome, { error: outcome.error, result: outcome.result }, 'operation outcome');
+      const result = await ctx
+        .db()
+        .updateTable('operations')
+        .set({
+          state,
+          ended_at: ctx.now(),
+          error: encodeNullableJson(ctx, valid.error),
+          result: encodeNullableJson(ctx, valid.result),
+        })
+        .where('id', '=', id)
+        .where('state', '=', 'running')
+        .executeTakeFirst();
+      if (result.numUpdatedRows === 0n) throw await notRunning(id);
+      return require(id);
+    },
+
+    async setOwner(id: string, owner: string): Promise<void> {
+      const result = await ctx
+        .db()
+        .updateTable('operations')
+        .set({ owner })
+        .where('id', '=', id)
+        .where('state', '=', 'running')
+        .executeTakeFirst();
+      if (result.numUpdatedRows === 0n) throw await notRunning(id);
+    },
+  };
+}

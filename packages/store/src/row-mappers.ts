@@ -1,0 +1,136 @@
+import { zAttachment, zHost, zOperation, zOperationStep, zServer, zVolume } from '@berth/core';
+import type { Attachment, Host, Operation, OperationStep, Server, Volume } from '@berth/core';
+import type { Selectable } from 'kysely';
+import type {
+  AttachmentsTable,
+  HostsTable,
+  OperationStepsTable,
+  OperationsTable,
+  ServersTable,
+  VolumesTable,
+} from './database.js';
+import { corruptRow } from './store-errors.js';
+import type { ResourceKind } from './store-errors.js';
+import type { StoreDialect } from './store-dialect.js';
+
+/** The slice of a zod schema the mappers use. */
+interface Schema<T> {
+  safeParse(value: unknown):
+    | { success: true; data: T }
+    | { success: false; error: { issues: ReadonlyArray<{ path: ReadonlyArray<PropertyKey>; message: string }> } };
+}
+
+/** Validate a mapped row against its model schema: a row that fails is corruption, not user error. */
+function checked<T>(kind: ResourceKind, id: string, schema: Schema<T>, value: unknown): T {
+  const result = schema.safeParse(value);
+  if (result.success) return result.data;
+  const problem = result.error.issues
+    .map((issue) => `${issue.path.length > 0 ? issue.path.map(String).join('.') : '(root)'}: ${issue.message}`)
+    .join('; ');
+  throw corruptRow(kind, id, problem);
+}
+
+/** A 64-bit integer column as a JS number (PostgreSQL returns bigint as a string). */
+function toNumber(raw: number | string | bigint): number {
+  return typeof raw === 'number' ? raw : Number(raw);
+}
+
+/** `volumes` row → Volume. */
+export function toVolume(row: Selectable<VolumesTable>, dialect: StoreDialect): Volume {
+  return checked('volume', row.id, zVolume, {
+    id: row.id,
+    name: row.name,
+    projectId: row.project_id,
+    sizeBytes: toNumber(row.size_bytes),
+    status: row.status,
+    backend: row.backend,
+    multiattach: dialect.decodeBoolean(row.multiattach),
+    providerLocation: row.provider_location,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  });
+}
+
+/** `hosts` row → Host. */
+export function toHost(row: Selectable<HostsTable>, dialect: StoreDialect): Host {
+  return checked('host', row.id, zHost, {
+    id: row.id,
+    name: row.name,
+    connector: dialect.decodeJson(row.connector),
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  });
+}
+
+/** `servers` row → Server. */
+export function toServer(row: Selectable<ServersTable>): Server {
+  return checked('server', row.id, zServer, {
+    id: row.id,
+    name: row.name,
+    projectId: row.project_id,
+    hostId: row.host_id,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  });
+}
+
+/** `attachments` row → Attachment. */
+export function toAttachment(row: Selectable<AttachmentsTable>, dialect: StoreDialect): Attachment {
+  return checked('attachment', row.id, zAttachment, {
+    id: row.id,
+    volumeId: row.volume_id,
+    serverId: row.server_id,
+    hostId: row.host_id,
+    status: row.status,
+    mode: row.mode,
+    transport: row.transport,
+    connector: dialect.decodeJson(row.connector),
+    connectionInfo: dialect.decodeJson(row.connection_info),
+    device: dialect.decodeJson(row.device),
+    publishedPath: row.published_path,
+    timings: dialect.decodeJson(row.timings) ?? {},
+    error: row.error,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  });
+}
+
+/** `operation_steps` row → OperationStep. */
+export function toOperationStep(row: Selectable<OperationStepsTable>, dialect: StoreDialect): OperationStep {
+  return checked('operation', row.operation_id, zOperationStep, {
+    seq: toNumber(row.seq),
+    name: row.name,
+    phase: row.phase,
+    state: row.state,
+    startedAt: row.started_at,
+    endedAt: row.ended_at,
+    durationMs: row.duration_ms === null ? null : toNumber(row.duration_ms),
+    error: dialect.decodeJson(row.error),
+    data: dialect.decodeJson(row.data),
+  });
+}
+
+/** `operations` row and its journal → Operation. */
+export function toOperation(
+  row: Selectable<OperationsTable>,
+  steps: readonly OperationStep[],
+  dialect: StoreDialect,
+): Operation {
+  return checked('operation', row.id, zOperation, {
+    id: row.id,
+    kind: row.kind,
+    state: row.state,
+    volumeId: row.volume_id,
+    serverId: row.server_id,
+    attachmentId: row.attachment_id,
+    hostId: row.host_id,
+    idempotencyKey: row.idempotency_key,
+    owner: row.owner,
+    deadlineAt: row.deadline_at,
+    startedAt: row.started_at,
+    endedAt: row.ended_at,
+    error: dialect.decodeJson(row.error),
+    result: dialect.decodeJson(row.result),
+    steps,
+  });
+}

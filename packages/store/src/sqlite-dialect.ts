@@ -1,0 +1,86 @@
+import type BetterSqlite3 from 'better-sqlite3';
+import { BerthError } from '@berth/core';
+import { SqliteAdapter, SqliteIntrospector, SqliteQueryCompiler } from 'kysely';
+import type { DatabaseIntrospector, Dialect, DialectAdapter, Driver, Kysely, QueryCompiler } from 'kysely';
+import type { DbBoolean, DbJson } from './database.js';
+import { BerthSqliteDriver } from './sqlite-driver.js';
+import type { BerthSqliteDriverOptions } from './sqlite-driver.js';
+import type { ConstraintViolation, StoreDialect } from './store-dialect.js';
+
+/** SQLite as the repositories see it: JSON as TEXT, booleans as 0/1, constraint errors by code. */
+export const sqliteStoreDialect: StoreDialect = {
+  name: 'sqlite',
+  jsonType: 'text',
+  booleanType: 'integer',
+  encodeJson(value: unknown): DbJson {
+    return JSON.stringify(value) as unknown as DbJson;
+  },
+  decodeJson(raw: unknown): unknown {
+    if (raw === null || raw === undefined) return null;
+    if (typeof raw !== 'string') {
+      throw new BerthError('INTERNAL', `a JSON column holds a ${typeof raw}, expected TEXT`);
+    }
+    return JSON.parse(raw) as unknown;
+  },
+  encodeBoolean(value: boolean): DbBoolean {
+    return (value ? 1 : 0) as unknown as DbBoolean;
+  },
+  decodeBoolean(raw: unknown): boolean {
+    return raw === 1 || raw === 1n || raw === true;
+  },
+  constraintViolation(error: unknown): ConstraintViolation | undefined {
+    const code = (error as { code?: unknown } | null)?.code;
+    if (code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY') return 'unique';
+    if (code === 'SQLITE_CONSTRAINT_FOREIGNKEY') return 'foreign_key';
+    return undefined;
+  },
+};
+
+/** SQLite runs DDL inside transactions, so migrations run under one `BEGIN IMMEDIATE` and two processes cannot migrate at once. */
+class TransactionalDdlSqliteAdapter extends SqliteAdapter {
+  override get supportsTransactionalDdl(): boolean {
+    return true;
+  }
+}
+
+/** Kysely's SQLite dialect over one better-sqlite3 connection, with berth's driver. */
+export class BerthSqliteDialect implements Dialect {
+  readonly #database: BetterSqlite3.Database;
+  readonly #options: BerthSqliteDriverOptions;
+
+  constructor(database: BetterSqlite3.Database, options: BerthSqliteDriverOptions) {
+    this.#database = database;
+    this.#options = options;
+  }
+
+  createDriver(): Driver {
+    return new BerthSqliteDriver({ database: this.#database }, this.#options);
+  }
+
+  createQueryCompiler(): QueryCompiler {
+    return new SqliteQueryCompiler();
+  }
+
+  createAdapter(): DialectAdapter {
+    return new TransactionalDdlSqliteAdapter();
+  }
+
+  createIntrospector(db: Kysely<unknown>): DatabaseIntrospector {
+    return new SqliteIntrospector(db);
+  }
+}
+
+/**
+ * Set the connection's pragmas. busy_timeout comes first so that switching to WAL, which needs a
+ * moment of exclusive access, waits for other processes instead of failing.
+ */
+export function applySqlitePragmas(database: BetterSqlite3.Database, busyTimeoutMs: number): void {
+  database.pragma(`busy_timeout = ${Math.trunc(busyTimeoutMs)}`);
+  const mode = database.pragma('journal_mode = WAL', { simple: true });
+  if (mode !== 'wal' && mode !== 'memory') {
+    throw new BerthError('CONFIG', `the berth database ${database.name} cannot use WAL mode (it is in ${String(mode)} mode)`, {
+      hint: 'put the data directory on a local filesystem; WAL does not work over network filesystems',
+    });
+  }
+  database.pragma('foreign_keys = ON');
+}

@@ -1,0 +1,31 @@
+import type { ColumnDataType, IsolationLevel } from 'kysely';
+import type { DbBoolean, DbJson } from './database.js';
+
+/** What a constraint violation was, as far as the repositories care. */
+export type ConstraintViolation = 'unique' | 'foreign_key';
+
+/**
+ * The seam between the dialect-neutral repositories and one database engine. Everything the
+ * repositories cannot express through Kysely's query builder lives behind this interface; a new
+ * engine is one file that implements it plus one `open*Store` function.
+ */
+export interface StoreDialect {
+  /** The engine's name, for messages. */
+  readonly name: string;
+  /** Column type of JSON documents (`text` on SQLite, `jsonb` on PostgreSQL). */
+  readonly jsonType: ColumnDataType;
+  /** Column type of booleans (`integer` 0/1 on SQLite, `boolean` on PostgreSQL). */
+  readonly booleanType: ColumnDataType;
+  /** Isolation level of `Store.transaction`, when the engine needs one set explicitly. */
+  readonly isolationLevel?: IsolationLevel;
+  /** Encode a JSON-serialisable value for a JSON column. */
+  encodeJson(value: unknown): DbJson;
+  /** Decode what the driver returned for a JSON column (`null` stays `null`). */
+  decodeJson(raw: unknown): unknown;
+  /** Encode a boolean for a boolean column. */
+  encodeBoolean(value: boolean): DbBoolean;
+  /** Decode what the driver returned for a boolean column. */
+  decodeBoolean(raw: unknown): boolean;
+  /** Which constraint `error` (thrown by the driver) violated, if it is a constraint violation. */
+  constraintViolation(error: unknown): ConstraintViolation | undefined;
+}

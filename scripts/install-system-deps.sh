@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the Debian packages berth's tests use, only when something is missing.
+# Needs root (apt-get). Never asks a question.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have losetup || need+=(mount)
+have blockdev || need+=(util-linux)
+# What the iSCSI suites use (real target, user-space initiator, qemu-storage-daemon).
+if [ "${BERTH_SKIP_ISCSI_DEPS:-}" != 1 ]; then
+  have tgtd || need+=(tgt)
+  have iscsi-ls || need+=(libiscsi-bin)
+  have qemu-storage-daemon || need+=(qemu-system-common qemu-block-extra)
+fi
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# tgt's package starts a tgtd on 0.0.0.0:3260 where an init system runs; berth supervises its own.
