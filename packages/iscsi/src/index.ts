@@ -1,0 +1,17 @@
+export * from './portal.js';
+export * from './target.js';
+export * from './exit-codes.js';
+export * from './iscsiadm-error.js';
+export * from './iscsiadm-messages.js';
+export * from './with-retry.js';
+export * from './record-parser.js';
+export * from './portal-list-parser.js';
+export * from './session-list-parser.js';
+export * from './initiator-name.js';
+export * from './iscsiadm-client.js';
+export * from './iscsi-sysfs.js';
+export * from './scsi-sysfs.js';
+export * from './wwid.js';
+export * from './by-path.js';
+export * from './dm-sysfs.js';
+export { blockName } from './sysfs-read.js';

@@ -1,0 +1,112 @@
+import type { HostFs } from '@berth/host';
+import { samePortal, type Portal } from './portal.js';
+import { toPortal } from './target.js';
+import { checkIndex, readInteger, readTrimmed, realpathIfExists } from './sysfs-read.js';
+
+/** An iSCSI session as sysfs shows it (`/sys/class/iscsi_session/sessionS`). */
+export interface IscsiSession {
+  /** The S of `sessionS`. */
+  sid: number;
+  /** The target's name (`targetname`). */
+  iqn: string;
+  /** The tag the target sent at login; `undefined` when unreadable. */
+  tpgt: number | undefined;
+  /** `LOGGED_IN`, `FAILED` (connection lost) or `FREE` (recovery timed out); `''` when unreadable. */
+  state: string;
+  /** The node record's portal (connection 0's `persistent_address`/`persistent_port`). */
+  portal: Portal | undefined;
+  /** The SCSI host number H of the session's own host; `undefined` when it cannot be found. */
+  hostNumber: number | undefined;
+}
+
+const SESSION_DIR = /^session(\d+)$/;
+const HOST_DIR = /^host(\d+)$/;
+
+/** The session ids under `/sys/class/iscsi_session`, in numeric order. */
+export async function listSessionIds(fs: HostFs): Promise<number[]> {
+  const ids: number[] = [];
+  for (const entry of await fs.readdir('/sys/class/iscsi_session')) {
+    const match = SESSION_DIR.exec(entry);
+    if (match) ids.push(Number(match[1]));
+  }
+  return ids.sort((a, b) => a - b);
+}
+
+/**
+ * The SCSI host number of session `sid`: the `hostH` above `sessionS` in the session's device
+ * path, or else (os-brick's way) the `hostH` whose `/sys/class/iscsi_host/hostH/device` holds
+ * `sessionS`. `undefined` when the session is gone.
+ */
+export async function sessionHostNumber(fs: HostFs, sid: number): Promise<number | undefined> {
+  checkIndex(sid, 'session id');
+  const real = await realpathIfExists(fs, `/sys/class/iscsi_session/session${sid}`);
+  if (real !== undefined) {
+    const parts = real.split('/');
+    const at = parts.indexOf(`session${sid}`);
+    const match = at > 0 ? HOST_DIR.exec(parts[at - 1] ?? '') : null;
+    if (match) return Number(match[1]);
+  }
+  for (const entry of await fs.readdir('/sys/class/iscsi_host')) {
+    const match = HOST_DIR.exec(entry);
+    if (match && (await fs.exists(`/sys/class/iscsi_host/${entry}/device/session${sid}`))) return Number(match[1]);
+  }
+  return undefined;
+}
+
+/** The connection of a session: `connectionS:0` (iscsi_tcp has one per session), else the lowest. */
+async function connectionDir(fs: HostFs, sid: number): Promise<string | undefined> {
+  const first = `/sys/class/iscsi_connection/connection${sid}:0`;
+  if (await fs.exists(first)) return first;
+  const prefix = `connection${sid}:`;
+  const others = (await fs.readdir('/sys/class/iscsi_connection'))
+    .filter((e) => e.startsWith(prefix) && /^\d+$/.test(e.slice(prefix.length)))
+    .sort((a, b) => Number(a.slice(prefix.length)) - Number(b.slice(prefix.length)));
+  return others[0] === undefined ? undefined : `/sys/class/iscsi_connection/${others[0]}`;
+}
+
+/** Session `sid` read from sysfs; `undefined` when it is gone (or going: no `targetname`). */
+export async function readIscsiSession(fs: HostFs, sid: number): Promise<IscsiSession | undefined> {
+  checkIndex(sid, 'session id');
+  const dir = `/sys/class/iscsi_session/session${sid}`;
+  const [iqn, tpgt, state, conn, hostNumber] = await Promise.all([
+    readTrimmed(fs, `${dir}/targetname`),
+    readInteger(fs, `${dir}/tpgt`),
+    readTrimmed(fs, `${dir}/state`),
+    connectionDir(fs, sid),
+    sessionHostNumber(fs, sid),
+  ]);
+  if (iqn === undefined) return undefined;
+  let portal: Portal | undefined;
+  if (conn !== undefined) {
+    const [address, port] = await Promise.all([
+      readTrimmed(fs, `${conn}/persistent_address`),
+      readInteger(fs, `${conn}/persistent_port`),
+    ]);
+    if (address !== undefined && port !== undefined) {
+      // The kernel keeps the record's text; strip brackets should a tool have written them.
+      portal = { host: address.replace(/^\[(.*)\]$/, '$1'), port };
+    }
+  }
+  return { sid, iqn, tpgt, state: state ?? '', portal, hostNumber };
+}
+
+/** Every iSCSI session in sysfs, in session-id order. */
+export async function listIscsiSessions(fs: HostFs): Promise<IscsiSession[]> {
+  const sessions = await Promise.all((await listSessionIds(fs)).map((sid) => readIscsiSession(fs, sid)));
+  return sessions.filter((s): s is IscsiSession => s !== undefined);
+}
+
+/**
+ * The session to `iqn` through `portal` (portals compared by address and port, brackets and IPv6
+ * spelling ignored), whatever its state; the lowest sid when there are several.
+ */
+export async function findIscsiSession(
+  fs: HostFs,
+  target: { iqn: string; portal: string | Portal },
+): Promise<IscsiSession | undefined> {
+  const portal = toPortal(target.portal);
+  for (const session of await listIscsiSessions(fs)) {
+    if (session.iqn === target.iqn && session.portal !== undefined && samePortal(session.portal, portal)) return session;
+  }
+  return undefined;
+}
