@@ -1,2 +1,13 @@
 export type * from './types.js';
 export * from './errors.js';
+export { redact, formatCommand, quoteArg, REDACTED } from './redact.js';
+export {
+  createCommandRunner,
+  DEFAULT_COMMAND_TIMEOUT_MS,
+  type CommandLogger,
+  type CommandRunnerOptions,
+} from './command-runner.js';
+export { createHostFs, hostPathSegments } from './host-fs.js';
+export { createDeviceWaiter, deviceWaiterHandles, DEFAULT_POLL_MS } from './device-waiter.js';
+export { createHostServices, type HostServicesOptions } from './host-services.js';
+export { hostFacts, type HostFacts } from './host-facts.js';

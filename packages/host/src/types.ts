@@ -33,6 +33,8 @@ export interface CommandResult {
   timedOut: boolean;
   /** True when the command was killed because its signal fired. */
   aborted: boolean;
+  /** True when the executable was not found (only set then); `exitCode` is -1. */
+  notFound?: boolean;
 }
 
 /** Runs external programs: an executable and an argument array, never a shell. */
@@ -89,6 +91,8 @@ export interface WaitOptions {
   signal?: AbortSignal;
   /** Fallback poll interval in ms when filesystem events are not delivered (default 50). */
   pollMs?: number;
+  /** What is awaited, in words, for the timeout error (default: derived from the path). */
+  what?: string;
 }
 
 /** Waits for host paths (device nodes, sysfs entries) to appear or disappear, waking on fs events. */

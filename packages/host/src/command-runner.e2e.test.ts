@@ -1,0 +1,151 @@
+import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createCommandRunner } from './command-runner.js';
+import { CommandError } from './errors.js';
+
+function collectingLogger(): { lines: Array<{ obj: Record<string, unknown>; msg?: string }>; debug(obj: Record<string, unknown>, msg?: string): void } {
+  const lines: Array<{ obj: Record<string, unknown>; msg?: string }> = [];
+  return {
+    lines,
+    debug(obj, msg) {
+      lines.push(msg === undefined ? { obj } : { obj, msg });
+    },
+  };
+}
+
+const temps: string[] = [];
+afterEach(async () => {
+  await Promise.all(temps.splice(0).map((dir) => rm(dir, { recursive: true, force: true })));
+});
+
+describe('createCommandRunner', () => {
+  it('passes arguments with spaces and shell metacharacters literally', async () => {
+    const runner = createCommandRunner();
+    const result = await runner.run('printf', ['%s|%s', 'a; rm -rf /', '$(echo no) `x` *']);
+    expect(result.stdout).toBe('a; rm -rf /|$(echo no) `x` *');
+    expect(result.exitCode).toBe(0);
+    expect(result.command).toBe("printf '%s|%s' 'a; rm -rf /' '$(echo no) `x` *'");
+    expect(result.durationMs).toBeGreaterThan(0);
+  });
+
+  it('keeps the final newline and feeds input on stdin', async () => {
+    const result = await createCommandRunner().run('cat', [], { input: 'line one\nline two\n' });
+    expect(result.stdout).toBe('line one\nline two\n');
+  });
+
+  it('throws a CommandError with exit code and stderr on failure', async () => {
+    const runner = createCommandRunner();
+    const error = await runner.run('sh', ['-c', 'echo out; echo "went wrong" >&2; exit 7']).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(CommandError);
+    const { result } = error as CommandError;
+    expect(result.exitCode).toBe(7);
+    expect(result.stderr).toBe('went wrong\n');
+    expect(result.stdout).toBe('out\n');
+    expect((error as CommandError).message).toContain('exit 7: went wrong');
+  });
+
+  it('returns the failed result when reject is false', async () => {
+    const result = await createCommandRunner().run('sh', ['-c', 'echo nope >&2; exit 21'], { reject: false });
+    expect(result.exitCode).toBe(21);
+    expect(result.stderr).toBe('nope\n');
+    expect(result.timedOut).toBe(false);
+  });
+
+  it('kills a command at its timeout', async () => {
+    const started = performance.now();
+    const error = await createCommandRunner().run('sleep', ['5'], { timeoutMs: 200 }).catch((e: unknown) => e);
+    expect(performance.now() - started).toBeLessThan(3000);
+    expect(error).toBeInstanceOf(CommandError);
+    expect((error as CommandError).result).toMatchObject({ exitCode: -1, timedOut: true, aborted: false });
+    expect((error as CommandError).message).toMatch(/timed out/);
+  });
+
+  it('uses the default timeout of the runner', async () => {
+    const result = await createCommandRunner({ defaultTimeoutMs: 150 }).run('sleep', ['5'], { reject: false });
+    expect(result.timedOut).toBe(true);
+    expect(result.durationMs).toBeLessThan(3000);
+  });
+
+  it('kills a command when its signal fires', async () => {
+    const controller = new AbortController();
+    const started = performance.now();
+    const running = createCommandRunner().run('sleep', ['5'], { signal: controller.signal, reject: false });
+    setTimeout(() => controller.abort(), 50);
+    const result = await running;
+    expect(performance.now() - started).toBeLessThan(3000);
+    expect(result).toMatchObject({ exitCode: -1, aborted: true, timedOut: false });
+  });
+
+  it('does not start a command whose signal has already fired', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'berth-host-'));
+    temps.push(dir);
+    const marker = path.join(dir, 'ran');
+    const controller = new AbortController();
+    controller.abort();
+    const error = await createCommandRunner()
+      .run('touch', [marker], { signal: controller.signal })
+      .catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(CommandError);
+    expect((error as CommandError).result.aborted).toBe(true);
+    const { existsSync } = await import('node:fs');
+    expect(existsSync(marker)).toBe(false);
+  });
+
+  it('reports a missing executable as notFound', async () => {
+    const error = await createCommandRunner().run('berth-no-such-tool', ['x']).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(CommandError);
+    expect((error as CommandError).notFound).toBe(true);
+    expect((error as CommandError).result.exitCode).toBe(-1);
+    expect((error as CommandError).message).toBe('berth-no-such-tool x: command not found');
+    const result = await createCommandRunner().run('berth-no-such-tool', [], { reject: false });
+    expect(result).toMatchObject({ exitCode: -1, notFound: true });
+  });
+
+  it('masks secrets in the error, the command line and the log, but returns real output on success', async () => {
+    const logger = collectingLogger();
+    const runner = createCommandRunner({ logger });
+    const secret = 'chap-Secret-42';
+    const error = await runner
+      .run('sh', ['-c', `echo "login with ${secret}"; echo "bad password ${secret}" >&2; exit 24`, secret], { secrets: [secret] })
+      .catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(CommandError);
+    const ce = error as CommandError;
+    expect(ce.message).not.toContain(secret);
+    expect(ce.message).toContain('bad password ***');
+    expect(ce.result.command).not.toContain(secret);
+    expect(ce.result.stdout).toBe('login with ***\n');
+    expect(ce.result.stderr).toBe('bad password ***\n');
+    expect(JSON.stringify(ce.cause ?? null)).not.toContain(secret);
+    expect(String((ce.cause as Error | undefined)?.message ?? '')).not.toContain(secret);
+
+    const ok = await runner.run('printf', ['%s', secret], { secrets: [secret] });
+    expect(ok.stdout).toBe(secret);
+    expect(ok.command).toBe("printf %s ***");
+
+    expect(logger.lines).toHaveLength(2);
+    expect(JSON.stringify(logger.lines)).not.toContain(secret);
+    expect(logger.lines[0]?.obj).toMatchObject({ exitCode: 24 });
+    expect(logger.lines[1]?.obj).toMatchObject({ command: 'printf %s ***', exitCode: 0 });
+    expect(typeof logger.lines[1]?.obj.durationMs).toBe('number');
+  });
+
+  it('merges the runner and call environments over the process environment', async () => {
+    const runner = createCommandRunner({ env: { BERTH_A: 'runner', BERTH_B: 'runner' } });
+    const result = await runner.run('sh', ['-c', 'printf "%s %s %s" "$BERTH_A" "$BERTH_B" "$HOME"'], { env: { BERTH_B: 'call' } });
+    expect(result.stdout).toBe(`runner call ${process.env.HOME ?? ''}`);
+  });
+
+  it('finds executables in pathPrepend before PATH', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'berth-host-'));
+    temps.push(dir);
+    const fake = path.join(dir, 'uname');
+    await writeFile(fake, '#!/bin/sh\necho "fake uname $*"\n');
+    await chmod(fake, 0o755);
+    const result = await createCommandRunner({ pathPrepend: [dir] }).run('uname', ['-r']);
+    expect(result.stdout).toBe('fake uname -r\n');
+    const real = await createCommandRunner().run('uname', ['-s']);
+    expect(real.stdout).toBe('Linux\n');
+  });
+});

@@ -1,0 +1,213 @@
+import { randomBytes } from 'node:crypto';
+import { constants as fsConstants, promises as fsp } from 'node:fs';
+import path from 'node:path';
+import type { HostFs, HostStat } from './types.js';
+
+// Linux gives up after 40 links (MAXSYMLINKS); so does the rooted resolver.
+const MAX_SYMLINKS = 40;
+
+/** Error codes that mean "there is nothing at this path". */
+function isMissing(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  return code === 'ENOENT' || code === 'ENOTDIR';
+}
+
+function errnoError(code: string, message: string): NodeJS.ErrnoException {
+  return Object.assign(new Error(`${code}: ${message}`), { code });
+}
+
+/**
+ * The segments of an absolute host path, with `.` and `..` applied; throws when it is relative
+ * or when a `..` climbs above `/` (which would escape the root).
+ */
+export function hostPathSegments(hostPath: string): string[] {
+  if (!path.posix.isAbsolute(hostPath)) throw new Error(`not an absolute host path: ${JSON.stringify(hostPath)}`);
+  const segments: string[] = [];
+  for (const part of hostPath.split('/')) {
+    if (part === '' || part === '.') continue;
+    if (part === '..') {
+      if (segments.length === 0) throw new Error(`host path escapes the root: ${JSON.stringify(hostPath)}`);
+      segments.pop();
+    } else {
+      segments.push(part);
+    }
+  }
+  return segments;
+}
+
+/** The filesystem seen from `root` (`/` in production, a simulated host's directory in tests). */
+export function createHostFs(root = '/'): HostFs {
+  const realRoot = path.resolve(root);
+  const atSlash = realRoot === path.sep;
+
+  function resolve(hostPath: string): string {
+    const segments = hostPathSegments(hostPath);
+    if (atSlash) return '/' + segments.join('/');
+    return segments.length === 0 ? realRoot : path.join(realRoot, ...segments);
+  }
+
+  function toHostPath(realPath: string): string {
+    const normal = path.resolve(realPath);
+    if (atSlash) return normal;
+    if (normal === realRoot) return '/';
+    if (!normal.startsWith(realRoot + path.sep)) throw new Error(`${realPath} is not under the host root ${realRoot}`);
+    return normal.slice(realRoot.length);
+  }
+
+  /**
+   * Resolve symlinks one by one, reading each under the root: absolute targets are host paths
+   * (`/dev/sdb`), relative ones are relative to the link's directory (`../../sdb`, as udev makes
+   * them), and `..` stops at the root as it does in a chroot.
+   */
+  async function realpathUnderRoot(hostPath: string): Promise<string> {
+    const done: string[] = [];
+    let todo = hostPathSegments(hostPath);
+    let links = 0;
+    while (todo.length > 0) {
+      const [part, ...rest] = todo as [string, ...string[]];
+      todo = rest;
+      if (part === '.') continue;
+      if (part === '..') {
+        done.pop();
+        continue;
+      }
+      const here = '/' + [...done, part].join('/');
+      const st = await fsp.lstat(resolve(here));
+      if (!st.isSymbolicLink()) {
+        if (todo.length > 0 && !st.isDirectory()) throw errnoError('ENOTDIR', here);
+        done.push(part);
+        continue;
+      }
+      if (++links > MAX_SYMLINKS) throw errnoError('ELOOP', `too many symbolic links resolving ${hostPath}`);
+      const target = await fsp.readlink(resolve(here));
+      if (target.startsWith('/')) done.length = 0;
+      todo = [...target.split('/').filter((p) => p !== ''), ...todo];
+    }
+    return '/' + done.join('/');
+  }
+
+  async function exists(hostPath: string): Promise<boolean> {
+    // Like `test -e`: a link counts when what it points at exists, read under the root.
+    try {
+      if (atSlash) await fsp.stat(resolve(hostPath));
+      else await realpathUnderRoot(hostPath);
+      return true;
+    } catch (error) {
+      if (isMissing(error) || (error as NodeJS.ErrnoException).code === 'ELOOP') return false;
+      throw error;
+    }
+  }
+
+  return {
+    root: realRoot,
+    resolve,
+    toHostPath,
+
+    async readFile(hostPath) {
+      return fsp.readFile(resolve(hostPath), 'utf8');
+    },
+
+    async readFileIfExists(hostPath) {
+      try {
+        return await fsp.readFile(resolve(hostPath), 'utf8');
+      } catch (error) {
+        if (isMissing(error)) return undefined;
+        throw error;
+      }
+    },
+
+    async writeFile(hostPath, data, options = {}) {
+      // No parent directories are made: a sysfs attribute (`.../host3/scan`) must already exist,
+      // and writing to a host that is gone has to fail, as it does in the kernel.
+      const real = resolve(hostPath);
+      const stat = await fsp.stat(real).catch(() => undefined);
+      if (stat?.isFIFO()) {
+        // A write-only attribute that something reacts to (the simulated kernel's `scan` and
+        // `delete`): like a sysfs write it must return at once, and fail when nobody listens
+        // (ENXIO) instead of blocking the caller forever.
+        const handle = await fsp.open(real, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK);
+        try {
+          await handle.write(data);
+        } finally {
+          await handle.close();
+        }
+        return;
+      }
+      await fsp.writeFile(real, data, options.mode === undefined ? {} : { mode: options.mode });
+    },
+
+    exists,
+
+    async readdir(hostPath) {
+      try {
+        return await fsp.readdir(resolve(hostPath));
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code === 'ENOENT') return [];
+        throw error;
+      }
+    },
+
+    async readlink(hostPath) {
+      try {
+        return await fsp.readlink(resolve(hostPath));
+      } catch (error) {
+        const code = (error as NodeJS.ErrnoException).code;
+        if (code === 'EINVAL' || isMissing(error)) return undefined;
+        throw error;
+      }
+    },
+
+    async symlink(target, linkHostPath) {
+      const link = resolve(linkHostPath);
+      await fsp.mkdir(path.dirname(link), { recursive: true });
+      // Make the new link beside the old one and rename it over: readers see the old or the new
+      // link, never no link.
+      const temp = `${link}.berth-${process.pid}-${randomBytes(4).toString('hex')}`;
+      await fsp.symlink(target, temp);
+      try {
+        await fsp.rename(temp, link);
+      } catch (error) {
+        await fsp.rm(temp, { force: true });
+        throw error;
+      }
+    },
+
+    async unlink(hostPath) {
+      try {
+        await fsp.unlink(resolve(hostPath));
+      } catch (error) {
+        if (!isMissing(error)) throw error;
+      }
+    },
+
+    async mkdir(hostPath, options = {}) {
+      await fsp.mkdir(resolve(hostPath), { recursive: true, ...(options.mode === undefined ? {} : { mode: options.mode }) });
+    },
+
+    async rm(hostPath) {
+      if (hostPathSegments(hostPath).length === 0) throw new Error('refusing to remove the host root');
+      await fsp.rm(resolve(hostPath), { recursive: true, force: true });
+    },
+
+    async stat(hostPath): Promise<HostStat | undefined> {
+      try {
+        const st = await fsp.lstat(resolve(hostPath));
+        return {
+          isFile: st.isFile(),
+          isDirectory: st.isDirectory(),
+          isSymbolicLink: st.isSymbolicLink(),
+          isBlockDevice: st.isBlockDevice(),
+          size: st.size,
+        };
+      } catch (error) {
+        if (isMissing(error)) return undefined;
+        throw error;
+      }
+    },
+
+    async realpath(hostPath) {
+      if (atSlash) return fsp.realpath(resolve(hostPath));
+      return realpathUnderRoot(hostPath);
+    },
+  };
+}
