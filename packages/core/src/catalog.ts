@@ -248,6 +248,7 @@ function guardBackend(backend: VolumeBackend, plugin: string): VolumeBackend {
         return info.data;
       }),
     terminateConnection: (v, c, s) => wrap(() => backend.terminateConnection(v, c, s)),
+    ...(backend.credentials ? { credentials: (v) => wrap(() => backend.credentials!(v)) } : {}),
     ...(backend.exports ? { exports: () => wrap(() => backend.exports!()) } : {}),
     ...(backend.close ? { close: () => wrap(() => backend.close!()) } : {}),
     check: () => wrap(() => backend.check()),

@@ -112,7 +112,8 @@ export async function openBerth(options: OpenBerthOptions = {}): Promise<BerthSe
   const { loaded, failed } = await loadPluginModules(sources.filter((s) => !BUILTIN_PLUGINS.some((b) => b.packageName === s.packageName)));
   for (const module of loaded) catalog.add(module);
   catalog.addFailures(failed);
-  for (const failure of failed) logger.warn({ plugin: failure.packageName, err: failure.error }, 'plugin not loaded');
+  // Reported by `berth doctor` and the CLI's own one-line warning; the log keeps it at info.
+  for (const failure of failed) logger.info({ plugin: failure.packageName, err: failure.error }, 'plugin not loaded');
 
   const facts = hostFacts();
   const identity: HostIdentity = { hostname: facts.hostname, ips: facts.ips, platform: facts.platform, osType: facts.osType };

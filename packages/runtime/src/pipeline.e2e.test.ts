@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { closeSync, existsSync, openSync, readSync, writeSync, fsyncSync } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BerthError, type BerthService } from '@berth/core';
@@ -230,6 +231,19 @@ describe('bad input changes nothing', () => {
     expect(await codeOf(berth.detach({ volume: 'ok' }))).toBe('CONFLICT');
     await berth.deleteVolume('ok');
     expect(await berth.listVolumes()).toEqual([]);
+  });
+
+  it('a read-only attach gives a read-only device', async () => {
+    const berth = await t.open();
+    await berth.createVolume({ name: 'ro', sizeBytes: 16 * MiB });
+    const { attachment } = await berth.attach({ volume: 'ro', mode: 'ro' });
+    expect(attachment?.mode).toBe('ro');
+    expect(attachment?.connectionInfo?.data.access_mode).toBe('ro');
+    const list = JSON.parse(execFileSync('losetup', ['--json', '--list', attachment!.device!.path], { encoding: 'utf8' })) as {
+      loopdevices: Array<{ ro: boolean | string }>;
+    };
+    expect([true, '1'].includes(list.loopdevices[0]!.ro)).toBe(true);
+    await berth.detach({ volume: 'ro' });
   });
 
   it('an idempotency key returns the first operation', async () => {

@@ -39,6 +39,11 @@ export interface VolumeBackend {
   initializeConnection(volume: BackendVolume, connector: Connector, signal: AbortSignal): Promise<ConnectionInfo>;
   /** Remove the export for `connector`; succeeds when it is already gone. */
   terminateConnection(volume: BackendVolume, connector: Connector, signal: AbortSignal): Promise<void>;
+  /**
+   * The volume's access secrets (CHAP user and password), for a user who explicitly asks
+   * (`berth volume show --show-secrets`); never logged or printed otherwise.
+   */
+  credentials?(volume: BackendVolume): Promise<Record<string, string>>;
   /** Every export the backend holds now. */
   exports?(): Promise<BackendExport[]>;
   /** Stop background work (a supervised daemon) when the app shuts down. */

@@ -113,7 +113,9 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
       name: 'initialize',
       async run(ctx, signal) {
         const connector = required(ctx.connector, 'connector');
-        const connection = await ctx.backend.initializeConnection(backendVolume(ctx.volume), connector, signal);
+        const exported = await ctx.backend.initializeConnection(backendVolume(ctx.volume), connector, signal);
+        // The attachment's mode wins over the backend's default (Cinder sets access_mode the same way).
+        const connection = options.mode === 'ro' ? { ...exported, data: { ...exported.data, access_mode: 'ro' as const } } : exported;
         ctx.connection = connection;
         ctx.transport = catalog.selectTransport(connection, connector);
         ctx.attachment = await store.attachments.transition(required(ctx.attachment, 'attachment').id, ['reserved'], 'attaching', {

@@ -1,0 +1,38 @@
+import { Args } from '@oclif/core';
+import type { Attachment, Operation } from '@berth/core';
+import { BaseCommand } from '../../base-command.js';
+import { journalRows, nameIndex, operationDuration } from '../../format.js';
+import { renderFields, renderTable } from '../../table.js';
+import { resourceId } from '../../validate.js';
+import { attachmentFields, journalColumns } from '../../views.js';
+
+/** `berth attachment show`: one attachment, its timings and its operations' journals. */
+export default class AttachmentShow extends BaseCommand<typeof AttachmentShow> {
+  static override summary = 'Show an attachment';
+  static override description = 'Show an attachment: status, device, host, per-step timings and the journal of every operation on it.';
+  static override examples = ['<%= config.bin %> <%= command.id %> 6d1f3a0e-2b7c-4a55-8f0e-9c4b1d2e3f40', '<%= config.bin %> <%= command.id %> 6d1f3a0e-2b7c-4a55-8f0e-9c4b1d2e3f40 --json'];
+
+  static override args = {
+    id: Args.string({ description: 'Attachment id (see `berth attachment list`)', required: true }),
+  };
+
+  async run(): Promise<Attachment & { operations: Operation[] }> {
+    const id = resourceId(this.args.id, 'attachment');
+    const berth = await this.berth();
+    const attachment = await berth.getAttachment(id);
+    const [volumes, servers, hosts, allOperations] = await Promise.all([
+      berth.listVolumes(),
+      berth.listServers(),
+      berth.listHosts(),
+      berth.listOperations(),
+    ]);
+    const operations = allOperations.filter((operation) => operation.attachmentId === attachment.id);
+    this.log(renderFields(attachmentFields(attachment, nameIndex(volumes, servers, hosts))));
+    for (const operation of operations) {
+      this.log('');
+      this.log(`Operation ${operation.id}: ${operation.kind}, ${operation.state}, ${operationDuration(operation)}`);
+      this.log(renderTable(journalColumns, journalRows(operation)));
+    }
+    return { ...attachment, operations };
+  }
+}

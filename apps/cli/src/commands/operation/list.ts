@@ -1,0 +1,29 @@
+import { Flags } from '@oclif/core';
+import { zOperationState } from '@berth/core';
+import type { Operation } from '@berth/core';
+import { BaseCommand } from '../../base-command.js';
+import { renderTable } from '../../table.js';
+import { operationColumns } from '../../views.js';
+
+/** `berth operation list`: journalled operations, newest first as the service returns them. */
+export default class OperationList extends BaseCommand<typeof OperationList> {
+  static override summary = 'List operations';
+  static override description = 'List attach, detach and other operations with their state; `failed` ones left work for `berth reconcile`.';
+  static override examples = ['<%= config.bin %> <%= command.id %>', '<%= config.bin %> <%= command.id %> --state failed --json'];
+
+  static override flags = {
+    state: Flags.option({ description: 'Only operations in this state', options: zOperationState.options })(),
+  };
+
+  async run(): Promise<Operation[]> {
+    const berth = await this.berth();
+    const operations = await berth.listOperations(this.flags.state === undefined ? {} : { state: this.flags.state });
+    if (operations.length === 0) {
+      this.log('No operations.');
+    } else {
+      const volumes = new Map((await berth.listVolumes()).map((v) => [v.id, v]));
+      this.log(renderTable(operationColumns(volumes), operations));
+    }
+    return operations;
+  }
+}

@@ -1,0 +1,41 @@
+import { Flags } from '@oclif/core';
+import type { Volume } from '@berth/core';
+import { BaseCommand } from '../../base-command.js';
+import { volumeFields } from '../../views.js';
+import { renderFields } from '../../table.js';
+import { resourceName, volumeSize } from '../../validate.js';
+
+/** `berth volume create`: a new volume on a backend. */
+export default class VolumeCreate extends BaseCommand<typeof VolumeCreate> {
+  static override summary = 'Create a volume';
+  static override description = 'Create a volume on a backend (default: the config\'s default backend, `file`: a sparse file under the data dir).';
+  static override examples = [
+    '<%= config.bin %> <%= command.id %> --size 1GiB --name data1',
+    '<%= config.bin %> <%= command.id %> --size 512MiB --name shared --multiattach',
+    '<%= config.bin %> <%= command.id %> --size 10G --name big --backend file --json',
+  ];
+
+  static override flags = {
+    size: Flags.string({ char: 's', description: 'Size: 1GiB, 512MiB, 10G or a number of bytes (a multiple of 512)', required: true }),
+    name: Flags.string({ char: 'n', description: 'Name: letters, digits, ".", "_" and "-"', required: true }),
+    backend: Flags.string({ char: 'b', description: 'Backend that stores it (see `berth doctor`)' }),
+    multiattach: Flags.boolean({ description: 'Allow attaching it to several servers at once', default: false }),
+  };
+
+  async run(): Promise<Volume> {
+    const name = resourceName(this.flags.name, 'volume');
+    const sizeBytes = volumeSize(this.flags.size);
+    const berth = await this.berth();
+    const volume = await this.withSpinner(`Creating volume ${name}`, () =>
+      berth.createVolume({
+        name,
+        sizeBytes,
+        multiattach: this.flags.multiattach,
+        ...(this.flags.backend === undefined ? {} : { backend: this.flags.backend }),
+      }),
+    );
+    this.log(`Created volume ${volume.name} (${volume.id})`);
+    this.log(renderFields(volumeFields(volume), '  '));
+    return volume;
+  }
+}

@@ -1,0 +1,32 @@
+import { Args } from '@oclif/core';
+import type { Attachment, Volume } from '@berth/core';
+import { BaseCommand } from '../../base-command.js';
+import { nameIndex } from '../../format.js';
+import { renderFields, renderTable } from '../../table.js';
+import { resourceRef } from '../../validate.js';
+import { attachmentColumns, volumeFields } from '../../views.js';
+
+/** `berth volume show`: one volume and its attachments. */
+export default class VolumeShow extends BaseCommand<typeof VolumeShow> {
+  static override summary = 'Show a volume';
+  static override description = 'Show a volume (by name or id) and its attachments.';
+  static override examples = ['<%= config.bin %> <%= command.id %> data1', '<%= config.bin %> <%= command.id %> data1 --json'];
+
+  static override args = {
+    volume: Args.string({ description: 'Volume name or id', required: true }),
+  };
+
+  async run(): Promise<Volume & { attachments: Attachment[] }> {
+    const ref = resourceRef(this.args.volume, 'volume');
+    const berth = await this.berth();
+    const volume = await berth.getVolume(ref);
+    const attachments = await berth.listAttachments({ volume: volume.id });
+    this.log(renderFields(volumeFields(volume)));
+    if (attachments.length > 0) {
+      const [servers, hosts] = await Promise.all([berth.listServers(), berth.listHosts()]);
+      this.log('');
+      this.log(renderTable(attachmentColumns(nameIndex([volume], servers, hosts)), attachments));
+    }
+    return { ...volume, attachments };
+  }
+}

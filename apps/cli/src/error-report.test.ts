@@ -1,0 +1,41 @@
+import { describe, expect, it } from 'vitest';
+import { BerthError, EXIT_CODES } from '@berth/core';
+import { errorJson, errorLines, reportError, UNEXPECTED_EXIT_CODE } from './error-report.js';
+
+describe('reportError', () => {
+  it('gives a BerthError its own exit code, message and hint', () => {
+    const report = reportError(new BerthError('NOT_FOUND', 'no volume "x"', { hint: 'list volumes with `berth volume list`' }));
+    expect(report).toEqual({ code: 'NOT_FOUND', message: 'no volume "x"', hint: 'list volumes with `berth volume list`', exitCode: EXIT_CODES.NOT_FOUND });
+    expect(errorLines(report)).toEqual(['Error: no volume "x"', 'Hint: list volumes with `berth volume list`']);
+    expect(errorJson(report)).toEqual({ error: { code: 'NOT_FOUND', message: 'no volume "x"', hint: 'list volumes with `berth volume list`' } });
+  });
+
+  it('maps every code to a distinct exit code other than 0 and 1', () => {
+    const codes = Object.keys(EXIT_CODES) as Array<keyof typeof EXIT_CODES>;
+    const exits = codes.map((code) => reportError(new BerthError(code, 'x')).exitCode);
+    expect(new Set(exits).size).toBe(codes.length);
+    expect(exits.every((exit) => exit > 1)).toBe(true);
+  });
+
+  it('reads oclif usage errors as VALIDATION without colours or the help footer', () => {
+    const error = Object.assign(new Error('\u001B[31mNonexistent flag: --colour\u001B[39m\nSee more help with --help'), {
+      oclif: { exit: 2 },
+      parse: {},
+    });
+    const report = reportError(error, { commandId: 'volume:list' });
+    expect(report).toMatchObject({ code: 'VALIDATION', message: 'Nonexistent flag: --colour', exitCode: EXIT_CODES.VALIDATION });
+    expect(report.hint).toBe('see `berth volume list --help`');
+  });
+
+  it('turns anything else into a short unexpected error with exit 1 and no stack', () => {
+    const report = reportError(new TypeError('cannot read properties of undefined'));
+    expect(report.code).toBe('UNEXPECTED');
+    expect(report.exitCode).toBe(UNEXPECTED_EXIT_CODE);
+    expect(report.stack).toBeUndefined();
+    expect(errorLines(report).join('\n')).not.toMatch(/\n\s+at /);
+  });
+
+  it('adds the stack only when debugging', () => {
+    expect(reportError(new Error('boom'), { debug: true }).stack).toContain('boom');
+  });
+});

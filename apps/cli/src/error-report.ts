@@ -1,0 +1,90 @@
+import { BerthError, EXIT_CODES } from '@berth/core';
+
+/** Exit code of an error berth did not expect (a bug, or a failure outside its error model). */
+export const UNEXPECTED_EXIT_CODE = 1;
+
+/** What the CLI prints for a failed command, and the exit code it ends with. */
+export interface ErrorReport {
+  /** A BerthError code, or `UNEXPECTED` for anything else. */
+  code: string;
+  message: string;
+  hint?: string;
+  exitCode: number;
+  /** Only filled when debugging is on: users never see a stack for their own mistakes. */
+  stack?: string;
+}
+
+/** The shape oclif gives its own errors (flag parsing, missing arguments). */
+interface OclifErrorShape {
+  oclif?: { exit?: number };
+  parse?: unknown;
+}
+
+// oclif decorates its messages with ANSI colours; JSON consumers and logs want plain text.
+// eslint-disable-next-line no-control-regex
+const ANSI = /\u001B\[[0-9;]*m/g;
+
+function plain(text: string): string {
+  return text.replace(ANSI, '').trim();
+}
+
+function isOclifUsageError(error: unknown): error is Error & OclifErrorShape {
+  if (!(error instanceof Error)) return false;
+  const shape = error as Error & OclifErrorShape;
+  // Parse errors from oclif's parser carry `parse` and exit 2; both mean "the command line is wrong".
+  return shape.parse !== undefined || shape.oclif?.exit === 2;
+}
+
+/** Turn anything a command threw into what the user sees; `debug` adds the stack. */
+export function reportError(error: unknown, options: { commandId?: string; debug?: boolean } = {}): ErrorReport {
+  let report: ErrorReport;
+  if (BerthError.is(error)) {
+    report = {
+      code: error.code,
+      message: error.message,
+      ...(error.hint === undefined ? {} : { hint: error.hint }),
+      exitCode: EXIT_CODES[error.code] ?? UNEXPECTED_EXIT_CODE,
+    };
+  } else if (isOclifUsageError(error)) {
+    const lines = plain(error.message)
+      .split('\n')
+      .map((line) => line.trim())
+      .filter((line) => line.length > 0 && !line.startsWith('See more help with'));
+    const command = options.commandId === undefined ? '' : ` ${options.commandId.replaceAll(':', ' ')}`;
+    report = {
+      code: 'VALIDATION',
+      message: lines.join(' '),
+      hint: `see \`berth${command} --help\``,
+      exitCode: EXIT_CODES.VALIDATION,
+    };
+  } else {
+    const message = error instanceof Error ? error.message : String(error);
+    report = {
+      code: 'UNEXPECTED',
+      message: `unexpected error: ${plain(message) || 'no message'}`,
+      hint: 'run again with DEBUG=1 to see where it happened, and report it if it persists',
+      exitCode: UNEXPECTED_EXIT_CODE,
+    };
+  }
+  if (options.debug === true && error instanceof Error && error.stack !== undefined) report.stack = error.stack;
+  return report;
+}
+
+/** The `--json` body of a failed command. */
+export function errorJson(report: ErrorReport): { error: { code: string; message: string; hint?: string } } {
+  return {
+    error: {
+      code: report.code,
+      message: report.message,
+      ...(report.hint === undefined ? {} : { hint: report.hint }),
+    },
+  };
+}
+
+/** The human lines of a failed command (for stderr). */
+export function errorLines(report: ErrorReport): string[] {
+  const lines = [`Error: ${report.message}`];
+  if (report.hint !== undefined) lines.push(`Hint: ${report.hint}`);
+  if (report.stack !== undefined) lines.push(report.stack);
+  return lines;
+}

@@ -1,0 +1,100 @@
+import type { Attachment, Host, Operation, OperationStep, Server, Volume } from '@berth/core';
+import { formatSize } from '@berth/runtime';
+
+/** The order steps are printed in: the attach pipeline, then the detach mirror. */
+export const STEP_ORDER: readonly string[] = [
+  'reserve',
+  'dispatch',
+  'connector',
+  'initialize',
+  'connect',
+  'publish',
+  'complete',
+  'begin_detaching',
+  'unpublish',
+  'disconnect',
+  'terminate',
+  'delete_attachment',
+];
+
+/** Milliseconds, readable (`3ms`, `1.2s`). */
+export function formatMs(ms: number): string {
+  if (ms < 1000) return `${Math.round(ms)}ms`;
+  return `${(ms / 1000).toFixed(ms < 10_000 ? 2 : 1)}s`;
+}
+
+/**
+ * Per-step timings with their total (`reserve 2ms, connect 5ms (total 7ms)`), in pipeline order, or
+ * in the order given when `asGiven` (a journal's order is the order the steps ran).
+ */
+export function formatTimings(timings: Readonly<Record<string, number>>, asGiven = false): string {
+  const names = asGiven ? Object.keys(timings) : Object.keys(timings).sort((a, b) => rank(a) - rank(b));
+  if (names.length === 0) return '-';
+  const total = names.reduce((sum, name) => sum + (timings[name] ?? 0), 0);
+  const parts = names.map((name) => `${name} ${formatMs(timings[name] ?? 0)}`);
+  return `${parts.join(', ')} (total ${formatMs(total)})`;
+}
+
+function rank(step: string): number {
+  const index = STEP_ORDER.indexOf(step);
+  return index === -1 ? STEP_ORDER.length : index;
+}
+
+/** A volume's size for people (`1 GiB`). */
+export function formatVolumeSize(volume: Pick<Volume, 'sizeBytes'>): string {
+  return formatSize(volume.sizeBytes);
+}
+
+/** Lookup tables that turn ids into names for display. */
+export interface NameIndex {
+  volumes: ReadonlyMap<string, Volume>;
+  servers: ReadonlyMap<string, Server>;
+  hosts: ReadonlyMap<string, Host>;
+}
+
+/** Build a NameIndex from lists. */
+export function nameIndex(volumes: readonly Volume[], servers: readonly Server[], hosts: readonly Host[]): NameIndex {
+  return {
+    volumes: new Map(volumes.map((v) => [v.id, v])),
+    servers: new Map(servers.map((s) => [s.id, s])),
+    hosts: new Map(hosts.map((h) => [h.id, h])),
+  };
+}
+
+/** `name` when known, else the id. */
+export function nameOf(map: ReadonlyMap<string, { name: string }>, id: string | null): string {
+  if (id === null) return '-';
+  return map.get(id)?.name ?? id;
+}
+
+/** The device cell of an attachment (`/dev/loop3 -> /dev/berth/<id>`). */
+export function formatDevice(attachment: Pick<Attachment, 'device' | 'publishedPath'>): string {
+  const device = attachment.device?.path ?? '-';
+  return attachment.publishedPath === null ? device : `${device} (${attachment.publishedPath})`;
+}
+
+/** One journal line per step: `seq  name  phase  state  duration  error`. */
+export function journalRows(operation: Pick<Operation, 'steps'>): OperationStep[] {
+  return [...operation.steps].sort((a, b) => a.seq - b.seq);
+}
+
+/** How long an operation took, or `running`. */
+export function operationDuration(operation: Pick<Operation, 'startedAt' | 'endedAt'>): string {
+  if (operation.endedAt === null) return 'running';
+  const ms = Date.parse(operation.endedAt) - Date.parse(operation.startedAt);
+  return Number.isFinite(ms) ? formatMs(ms) : '-';
+}
+
+/** `code: message` of a stored error summary, or `-`. */
+export function formatErrorSummary(error: { code: string; message: string } | null): string {
+  return error === null ? '-' : `${error.code}: ${error.message}`;
+}
+
+/** Durations of an operation's forward steps, from its journal, in the order they ran. */
+export function operationTimings(operation: Pick<Operation, 'steps'>): Record<string, number> {
+  const timings: Record<string, number> = {};
+  for (const step of [...operation.steps].sort((a, b) => a.seq - b.seq)) {
+    if (step.phase === 'do' && step.durationMs !== null) timings[step.name] = step.durationMs;
+  }
+  return timings;
+}

@@ -1,0 +1,27 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { localPackageSpec } from './local-package-spec.js';
+
+describe('localPackageSpec', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'berth-cli-spec-'));
+  const tarball = join(dir, 'berth-plugin-x-1.0.0.tgz');
+  writeFileSync(tarball, '');
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('turns an existing path into a file: spec', () => {
+    expect(localPackageSpec(tarball)).toBe(`file:${tarball}`);
+    expect(localPackageSpec('./berth-plugin-x-1.0.0.tgz', dir)).toBe(`file:${tarball}`);
+    expect(localPackageSpec('berth-plugin-x-1.0.0.tgz', dir)).toBe(`file:${tarball}`);
+    expect(localPackageSpec('.', dir)).toBe(`file:${dir}`);
+  });
+
+  it('leaves package names, URLs, flags and missing paths alone', () => {
+    expect(localPackageSpec('berth-driver-foo', dir)).toBeUndefined();
+    expect(localPackageSpec('@acme/berth-driver', dir)).toBeUndefined();
+    expect(localPackageSpec('file:/x.tgz', dir)).toBeUndefined();
+    expect(localPackageSpec('--force', dir)).toBeUndefined();
+    expect(localPackageSpec('./missing.tgz', dir)).toBeUndefined();
+  });
+});

@@ -1,0 +1,18 @@
+import { existsSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { isAbsolute, resolve } from 'node:path';
+
+/**
+ * The npm `file:` spec for a plugin given as a local path (a directory or a packed tarball), or
+ * undefined when `arg` is not one. plugin-plugins reads a bare `./dir` or `/tmp/x.tgz` as a GitHub
+ * `owner/repo`; npm needs `file:/abs/path` to install from disk.
+ */
+export function localPackageSpec(arg: string, cwd: string = process.cwd()): string | undefined {
+  if (arg.startsWith('-') || arg.includes(':')) return undefined;
+  const looksLocal =
+    arg.startsWith('.') || arg.startsWith('/') || arg.startsWith('~/') || arg.endsWith('.tgz') || arg.endsWith('.tar.gz');
+  if (!looksLocal) return undefined;
+  const expanded = arg.startsWith('~/') ? resolve(homedir(), arg.slice(2)) : arg;
+  const path = isAbsolute(expanded) ? expanded : resolve(cwd, expanded);
+  return existsSync(path) ? `file:${path}` : undefined;
+}

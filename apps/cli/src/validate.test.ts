@@ -1,0 +1,48 @@
+import { describe, expect, it } from 'vitest';
+import { BerthError } from '@berth/core';
+import { hostName, resourceId, resourceName, resourceRef, volumeSize } from './validate.js';
+
+function codeOf(run: () => unknown): string | undefined {
+  try {
+    run();
+  } catch (error) {
+    return BerthError.is(error) ? error.code : 'not a BerthError';
+  }
+  return undefined;
+}
+
+describe('volumeSize', () => {
+  it('reads binary units', () => {
+    expect(volumeSize('1GiB')).toBe(1024 ** 3);
+    expect(volumeSize('512MiB')).toBe(512 * 1024 ** 2);
+    expect(volumeSize('4096')).toBe(4096);
+  });
+
+  it.each(['-1GiB', '0', '5000TiB', 'lots', '1000', '1MB', ''])('refuses %j as VALIDATION', (text) => {
+    expect(codeOf(() => volumeSize(text))).toBe('VALIDATION');
+  });
+});
+
+describe('names and references', () => {
+  it('accepts plain names and refuses paths', () => {
+    expect(resourceName('data1', 'volume')).toBe('data1');
+    expect(codeOf(() => resourceName('../evil', 'volume'))).toBe('VALIDATION');
+    expect(codeOf(() => resourceName('a/b', 'server'))).toBe('VALIDATION');
+    expect(codeOf(() => resourceName('', 'volume'))).toBe('VALIDATION');
+  });
+
+  it('takes a name or a UUID as a reference', () => {
+    expect(resourceRef('data1', 'volume')).toBe('data1');
+    expect(resourceRef('0b9f7c1e-4f7e-4d43-9a55-3f1c2d7a8e10', 'volume')).toBe('0b9f7c1e-4f7e-4d43-9a55-3f1c2d7a8e10');
+    expect(codeOf(() => resourceRef('../data1', 'volume'))).toBe('VALIDATION');
+  });
+
+  it('wants a UUID for attachments and operations', () => {
+    expect(codeOf(() => resourceId('123', 'attachment'))).toBe('VALIDATION');
+  });
+
+  it('checks host names', () => {
+    expect(hostName(' node-2 ')).toBe('node-2');
+    expect(codeOf(() => hostName('../x'))).toBe('VALIDATION');
+  });
+});

@@ -1,0 +1,146 @@
+import type { Attachment, DoctorEntry, Host, Operation, OperationStep, Server, Volume } from '@berth/core';
+import type { Column } from './table.js';
+import {
+  formatDevice,
+  formatErrorSummary,
+  formatMs,
+  formatTimings,
+  formatVolumeSize,
+  nameOf,
+  operationDuration,
+  type NameIndex,
+} from './format.js';
+
+/** Columns of `berth volume list`. */
+export const volumeColumns: ReadonlyArray<Column<Volume>> = [
+  { header: 'name', get: (v) => v.name },
+  { header: 'id', get: (v) => v.id },
+  { header: 'size', get: (v) => formatVolumeSize(v) },
+  { header: 'status', get: (v) => v.status },
+  { header: 'backend', get: (v) => v.backend },
+  { header: 'multiattach', get: (v) => (v.multiattach ? 'yes' : 'no') },
+];
+
+/** Fields of one volume. */
+export function volumeFields(volume: Volume): Array<[string, string]> {
+  return [
+    ['id', volume.id],
+    ['name', volume.name],
+    ['size', `${formatVolumeSize(volume)} (${volume.sizeBytes} bytes)`],
+    ['status', volume.status],
+    ['backend', volume.backend],
+    ['multiattach', volume.multiattach ? 'yes' : 'no'],
+    ['location', volume.providerLocation ?? '-'],
+    ['project', volume.projectId],
+    ['created', volume.createdAt],
+    ['updated', volume.updatedAt],
+  ];
+}
+
+/** Columns of `berth server list`. */
+export function serverColumns(hosts: ReadonlyMap<string, Host>): Array<Column<Server>> {
+  return [
+    { header: 'name', get: (s) => s.name },
+    { header: 'id', get: (s) => s.id },
+    { header: 'host', get: (s) => nameOf(hosts, s.hostId) },
+    { header: 'created', get: (s) => s.createdAt },
+  ];
+}
+
+/** Fields of one server. */
+export function serverFields(server: Server, hosts: ReadonlyMap<string, Host>): Array<[string, string]> {
+  return [
+    ['id', server.id],
+    ['name', server.name],
+    ['host', `${nameOf(hosts, server.hostId)} (${server.hostId})`],
+    ['project', server.projectId],
+    ['created', server.createdAt],
+    ['updated', server.updatedAt],
+  ];
+}
+
+/** Columns of `berth attachment list`: status, device, host and per-step timings. */
+export function attachmentColumns(names: NameIndex): Array<Column<Attachment>> {
+  return [
+    { header: 'id', get: (a) => a.id },
+    { header: 'volume', get: (a) => nameOf(names.volumes, a.volumeId) },
+    { header: 'server', get: (a) => nameOf(names.servers, a.serverId) },
+    { header: 'host', get: (a) => nameOf(names.hosts, a.hostId) },
+    { header: 'status', get: (a) => a.status },
+    { header: 'mode', get: (a) => a.mode },
+    { header: 'transport', get: (a) => a.transport ?? '-' },
+    { header: 'device', get: (a) => formatDevice(a) },
+    { header: 'timings', get: (a) => formatTimings(a.timings) },
+  ];
+}
+
+/** Fields of one attachment. */
+export function attachmentFields(attachment: Attachment, names: NameIndex): Array<[string, string]> {
+  const volume = names.volumes.get(attachment.volumeId);
+  const server = names.servers.get(attachment.serverId);
+  return [
+    ['id', attachment.id],
+    ['status', attachment.status],
+    ['volume', volume === undefined ? attachment.volumeId : `${volume.name} (${volume.id})`],
+    ['server', server === undefined ? attachment.serverId : `${server.name} (${server.id})`],
+    ['host', `${nameOf(names.hosts, attachment.hostId)} (${attachment.hostId})`],
+    ['mode', attachment.mode],
+    ['transport', attachment.transport ?? '-'],
+    ['connection', attachment.connectionInfo?.driver_volume_type ?? '-'],
+    ['device', attachment.device?.path ?? '-'],
+    ['link', attachment.publishedPath ?? '-'],
+    ['timings', formatTimings(attachment.timings)],
+    ['error', attachment.error ?? '-'],
+    ['created', attachment.createdAt],
+    ['updated', attachment.updatedAt],
+  ];
+}
+
+/** Columns of `berth operation list`. */
+export function operationColumns(volumes: ReadonlyMap<string, Volume>): Array<Column<Operation>> {
+  return [
+    { header: 'id', get: (o) => o.id },
+    { header: 'kind', get: (o) => o.kind },
+    { header: 'state', get: (o) => o.state },
+    { header: 'volume', get: (o) => nameOf(volumes, o.volumeId) },
+    { header: 'started', get: (o) => o.startedAt },
+    { header: 'took', get: (o) => operationDuration(o) },
+    { header: 'error', get: (o) => formatErrorSummary(o.error) },
+  ];
+}
+
+/** Fields of one operation (its journal is printed as a table below them). */
+export function operationFields(operation: Operation): Array<[string, string]> {
+  return [
+    ['id', operation.id],
+    ['kind', operation.kind],
+    ['state', operation.state],
+    ['volume', operation.volumeId ?? '-'],
+    ['server', operation.serverId ?? '-'],
+    ['attachment', operation.attachmentId ?? '-'],
+    ['started', operation.startedAt],
+    ['ended', operation.endedAt ?? '-'],
+    ['took', operationDuration(operation)],
+    ['deadline', operation.deadlineAt],
+    ['error', formatErrorSummary(operation.error)],
+  ];
+}
+
+/** Columns of an operation's journal. */
+export const journalColumns: ReadonlyArray<Column<OperationStep>> = [
+  { header: '#', get: (s) => String(s.seq) },
+  { header: 'step', get: (s) => s.name },
+  { header: 'phase', get: (s) => s.phase },
+  { header: 'state', get: (s) => s.state },
+  { header: 'took', get: (s) => (s.durationMs === null ? '-' : formatMs(s.durationMs)) },
+  { header: 'error', get: (s) => formatErrorSummary(s.error) },
+];
+
+/** Columns of `berth doctor`. */
+export const doctorColumns: ReadonlyArray<Column<DoctorEntry>> = [
+  { header: 'kind', get: (e) => e.kind },
+  { header: 'name', get: (e) => e.name },
+  { header: 'ok', get: (e) => (e.result.ok ? 'yes' : 'no') },
+  { header: 'summary', get: (e) => e.result.summary },
+  { header: 'fix', get: (e) => e.result.fix ?? '-' },
+];
