@@ -1,5 +1,5 @@
 import { inject, injectable } from 'tsyringe';
-import { zConnector, type Connector } from './connection.js';
+import { redactConnectionInfo, zConnector, type Connector } from './connection.js';
 import { TOKENS } from './container.js';
 import type { DriverCatalog } from './catalog.js';
 import type { BerthConfig } from './config.js';
@@ -10,15 +10,16 @@ import type { HostIdentity } from './host-identity.js';
 import { KeyedLock } from './keyed-lock.js';
 import type { Logger } from './logger.js';
 import { zId, zSizeBytes, type Attachment, type Host, type Operation, type OperationState, type Server, type Volume, type VolumeStatus } from './model.js';
-import { attachSteps } from './pipeline/attach.js';
+import { attachSteps, reserveAttachmentRecord } from './pipeline/attach.js';
 import type { PipelineContext, PipelineDeps } from './pipeline/context.js';
-import { backendVolume } from './pipeline/context.js';
+import { backendVolume, recomputeVolume } from './pipeline/context.js';
 import { detachableFrom, detachSteps, markDetachFailed } from './pipeline/detach.js';
 import { OperationRunner, summarize } from './pipeline/operation-runner.js';
 import type { Step } from './pipeline/step.js';
-import { zAttachRequest, zCreateServerRequest, zCreateVolumeRequest, zDetachRequest } from './requests.js';
+import { zAttachRequest, zCreateServerRequest, zCreateVolumeRequest, zDetachRequest, zReserveAttachmentRequest } from './requests.js';
 import type {
   AttachRequest,
+  AttachmentConnection,
   BerthService,
   CreateServerRequest,
   CreateVolumeRequest,
@@ -28,6 +29,7 @@ import type {
   PluginReport,
   ProjectScope,
   Ref,
+  ReserveAttachmentRequest,
   StartedOperation,
 } from './service.js';
 import type { Store } from './store.js';
@@ -105,6 +107,12 @@ export class BerthServiceImpl implements BerthService {
     } finally {
       deadline.dispose();
     }
+  }
+
+  async volumeCredentials(ref: Ref, scope: ProjectScope = {}): Promise<Record<string, string>> {
+    const volume = await this.resolveVolume(ref, this.project(scope));
+    const backend = this.catalog.backend(volume.backend);
+    return backend.credentials ? backend.credentials(backendVolume(volume)) : {};
   }
 
   async listVolumes(filter: ProjectScope & { status?: VolumeStatus } = {}): Promise<Volume[]> {
@@ -279,6 +287,91 @@ export class BerthServiceImpl implements BerthService {
 
   async detach(request: DetachRequest): Promise<OperationOutcome> {
     return (await this.startDetach(request)).done;
+  }
+
+  // ---- the three-phase attachments API -------------------------------------------------------
+
+  async reserveAttachment(request: ReserveAttachmentRequest): Promise<AttachmentConnection> {
+    const req = parseWith(zReserveAttachmentRequest, request, 'attachment');
+    const project = this.project(req);
+    const volume = await this.resolveVolume(req.volume, project);
+    const server = await this.resolveServer(req.server, project);
+    await this.preflightAttach(volume, server);
+    return this.volumeLocks.withLock(volume.id, async () => {
+      const attachment = await this.serverLocks.withLock(server.id, () => reserveAttachmentRecord(this.store, volume.id, server, req.mode ?? 'rw'));
+      if (!req.connector) return { attachment, connectionInfo: undefined };
+      try {
+        return await this.initializeLocked(attachment, req.connector);
+      } catch (error) {
+        await this.store.attachments.delete(attachment.id);
+        await recomputeVolume(this.store, volume.id);
+        throw error;
+      }
+    });
+  }
+
+  async initializeAttachment(id: string, connector: Connector, scope: ProjectScope = {}): Promise<AttachmentConnection> {
+    const parsed = parseWith(zConnector, connector, 'connector');
+    const attachment = await this.getAttachment(id, scope);
+    return this.volumeLocks.withLock(attachment.volumeId, async () => this.initializeLocked(await this.store.attachments.require(id), parsed));
+  }
+
+  async completeAttachment(id: string, scope: ProjectScope = {}): Promise<Attachment> {
+    const attachment = await this.getAttachment(id, scope);
+    return this.volumeLocks.withLock(attachment.volumeId, async () => {
+      const done = await this.store.attachments.transition(id, ['attaching'], 'attached', { error: null });
+      await recomputeVolume(this.store, attachment.volumeId);
+      return done;
+    });
+  }
+
+  async deleteAttachment(id: string, scope: ProjectScope = {}): Promise<Volume> {
+    const attachment = await this.getAttachment(id, scope);
+    return this.volumeLocks.withLock(attachment.volumeId, async () => {
+      let current = await this.store.attachments.require(id);
+      if (current.status === 'attached' || current.status === 'error_detaching') {
+        // Through `detaching`, as a detach goes: the volume never jumps from in-use to available.
+        current = await this.store.attachments.transition(id, [current.status], 'detaching');
+        await recomputeVolume(this.store, current.volumeId);
+      }
+      const volume = await this.store.volumes.require(current.volumeId);
+      if (current.connector && current.connectionInfo) {
+        try {
+          await this.catalog
+            .backend(volume.backend)
+            .terminateConnection(backendVolume(volume), current.connector, AbortSignal.timeout(this.config.operationTimeoutMs));
+        } catch (error) {
+          const failed = toBerthError(error, 'BACKEND_ERROR');
+          if (current.status === 'detaching') {
+            await this.store.attachments.transition(id, ['detaching'], 'error_detaching', { error: failed.message });
+            await recomputeVolume(this.store, volume.id);
+          }
+          throw failed;
+        }
+      }
+      await this.store.attachments.delete(id);
+      return recomputeVolume(this.store, volume.id);
+    });
+  }
+
+  private async initializeLocked(attachment: Attachment, connector: Connector): Promise<AttachmentConnection> {
+    if (attachment.status !== 'reserved' && attachment.status !== 'attaching') {
+      throw new BerthError('CONFLICT', `attachment ${attachment.id} is ${attachment.status}; only a reserved or attaching one can be initialized`, {
+        details: { attachmentId: attachment.id, actual: attachment.status },
+      });
+    }
+    const volume = await this.store.volumes.require(attachment.volumeId);
+    const connectionInfo = await this.catalog
+      .backend(volume.backend)
+      .initializeConnection(backendVolume(volume), connector, AbortSignal.timeout(this.config.operationTimeoutMs));
+    const info = attachment.mode === 'ro' ? { ...connectionInfo, data: { ...connectionInfo.data, access_mode: 'ro' as const } } : connectionInfo;
+    const patch = { connector, connectionInfo: redactConnectionInfo(info) };
+    const updated =
+      attachment.status === 'reserved'
+        ? await this.store.attachments.transition(attachment.id, ['reserved'], 'attaching', patch)
+        : await this.store.attachments.update(attachment.id, patch);
+    await recomputeVolume(this.store, volume.id);
+    return { attachment: updated, connectionInfo: info };
   }
 
   // ---- attachments and operations ------------------------------------------------------------

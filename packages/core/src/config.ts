@@ -43,6 +43,28 @@ export const zConfig = z.strictObject({
   plugins: z.array(zPluginEntry).default([]),
   /** Options per plugin name, for built-in and extra plugins alike. */
   pluginOptions: z.record(z.string(), z.record(z.string(), z.unknown())).default({}),
+  /** The HTTP app (`berth serve`). */
+  api: z
+    .strictObject({
+      /** `host:port` to listen on (loopback by default). */
+      listen: z.string().min(1).default('127.0.0.1:8776'),
+      /**
+       * Bearer tokens, stored as SHA-256 hex digests (never the token itself). `admin` can do
+       * everything; `member` sees only its project and never `auth_password`; `agent` is a host
+       * agent that may receive connection secrets.
+       */
+      tokens: z
+        .array(
+          z.strictObject({
+            name: z.string().min(1),
+            sha256: z.string().regex(/^[0-9a-f]{64}$/, 'must be a SHA-256 hex digest'),
+            role: z.enum(['admin', 'member', 'agent']),
+            projectId: z.string().min(1).optional(),
+          }),
+        )
+        .default([]),
+    })
+    .default({ listen: '127.0.0.1:8776', tokens: [] }),
   /** Armed fault points (`attach.connect.after: crash`); for tests of crash safety only. */
   faults: z.record(z.string(), z.string()).default({}),
   /** Log level (logs go to stderr as JSON; secrets redacted). */

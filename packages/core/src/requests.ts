@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { zConnector } from './connection.js';
 import { zName, zSizeBytes } from './model.js';
 
 const zRef = z.string().min(1).max(200);
@@ -38,5 +39,14 @@ export const zDetachRequest = z.strictObject({
   attachmentId: z.uuid().optional(),
   force: z.boolean().optional(),
   idempotencyKey: zIdempotencyKey,
+  projectId: zProject,
+});
+
+/** `reserveAttachment` input (the three-phase API's create). */
+export const zReserveAttachmentRequest = z.strictObject({
+  volume: zRef,
+  server: zRef,
+  mode: z.enum(['rw', 'ro']).optional(),
+  connector: zConnector.optional(),
   projectId: zProject,
 });

@@ -1,4 +1,4 @@
-import type { Connector } from './connection.js';
+import type { ConnectionInfo, Connector } from './connection.js';
 import type { CheckResult } from './contracts/check.js';
 import type { Attachment, Host, Operation, OperationState, Server, Volume, VolumeStatus } from './model.js';
 
@@ -46,6 +46,21 @@ export interface DetachRequest extends ProjectScope {
   idempotencyKey?: string;
 }
 
+/** Create an attachment record without connecting anything (Cinder's attachment create). */
+export interface ReserveAttachmentRequest extends ProjectScope {
+  volume: Ref;
+  server: Ref;
+  mode?: 'rw' | 'ro';
+  /** When given, the connection is initialized at once (as Cinder does with a connector). */
+  connector?: Connector;
+}
+
+/** An attachment and, once initialized, how to connect it (secrets included: for the host agent only). */
+export interface AttachmentConnection {
+  attachment: Attachment;
+  connectionInfo: ConnectionInfo | undefined;
+}
+
 /** The outcome of a finished attach or detach. */
 export interface OperationOutcome {
   operation: Operation;
@@ -80,6 +95,8 @@ export interface PluginReport {
  */
 export interface BerthService {
   createVolume(request: CreateVolumeRequest): Promise<Volume>;
+  /** The volume's access secrets from its backend (CHAP), for a user who asks explicitly. */
+  volumeCredentials(ref: Ref, scope?: ProjectScope): Promise<Record<string, string>>;
   listVolumes(filter?: ProjectScope & { status?: VolumeStatus }): Promise<Volume[]>;
   getVolume(ref: Ref, scope?: ProjectScope): Promise<Volume>;
   /** Delete an available volume (its storage too). */
@@ -100,6 +117,18 @@ export interface BerthService {
   attach(request: AttachRequest): Promise<OperationOutcome>;
   startDetach(request: DetachRequest): Promise<StartedOperation>;
   detach(request: DetachRequest): Promise<OperationOutcome>;
+
+  /**
+   * The three-phase attachments API for outside orchestrators, which connect on the host
+   * themselves: reserve (optionally initialize), initialize with a connector, complete, delete.
+   */
+  reserveAttachment(request: ReserveAttachmentRequest): Promise<AttachmentConnection>;
+  /** Export the volume to `connector`; the attachment becomes `attaching`. */
+  initializeAttachment(id: string, connector: Connector, scope?: ProjectScope): Promise<AttachmentConnection>;
+  /** Mark an `attaching` attachment `attached` (a compare-and-swap, unlike Cinder's plain write). */
+  completeAttachment(id: string, scope?: ProjectScope): Promise<Attachment>;
+  /** Remove the export (if any) and the attachment; the volume's status is recomputed. */
+  deleteAttachment(id: string, scope?: ProjectScope): Promise<Volume>;
 
   listAttachments(filter?: ProjectScope & { volume?: Ref; server?: Ref }): Promise<Attachment[]>;
   getAttachment(id: string, scope?: ProjectScope): Promise<Attachment>;

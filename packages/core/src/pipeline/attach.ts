@@ -1,7 +1,8 @@
 import { BerthError } from '../errors.js';
 import { redactConnectionInfo, zConnector, type Connector } from '../connection.js';
 import { recomputeVolumeStatus } from '../transitions.js';
-import type { VolumeStatus } from '../model.js';
+import type { Attachment, Server, VolumeStatus } from '../model.js';
+import type { Store } from '../store.js';
 import { backendVolume, recomputeVolume, type PipelineContext, type PipelineDeps } from './context.js';
 import type { Step } from './step.js';
 
@@ -26,35 +27,7 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
     {
       name: 'reserve',
       async run(ctx) {
-        const attachment = await store.transaction(async (tx) => {
-          const volume = await tx.volumes.require(ctx.volume.id);
-          const existing = (await tx.attachments.list({ volumeId: volume.id })).filter((a) => a.status !== 'detached');
-          if (!volume.multiattach && existing.length > 0) {
-            throw new BerthError('CONFLICT', `volume ${volume.name} is already attached (status ${volume.status})`, {
-              hint: 'detach it first, or create it with --multiattach',
-              details: { volumeId: volume.id, actual: volume.status },
-            });
-          }
-          if (existing.some((a) => a.serverId === ctx.server.id)) {
-            throw new BerthError('CONFLICT', `volume ${volume.name} is already attached to server ${ctx.server.name}`, {
-              details: { volumeId: volume.id, serverId: ctx.server.id },
-            });
-          }
-          if (!reservableFrom(volume.multiattach).includes(volume.status)) {
-            throw new BerthError('CONFLICT', `volume ${volume.name} is ${volume.status}; it must be available to attach`, {
-              details: { volumeId: volume.id, actual: volume.status, expected: 'available' },
-            });
-          }
-          // CAS from the status read in this transaction: a concurrent writer makes it fail.
-          const next = recomputeVolumeStatus([...existing, { status: 'reserved' }]);
-          await tx.volumes.transition(volume.id, [volume.status], next);
-          return tx.attachments.create({
-            volumeId: volume.id,
-            serverId: ctx.server.id,
-            hostId: ctx.server.hostId,
-            mode: options.mode,
-          });
-        });
+        const attachment = await reserveAttachmentRecord(store, ctx.volume.id, ctx.server, options.mode);
         ctx.attachment = attachment;
         await store.operations.setAttachment(ctx.operationId, attachment.id);
         return { attachmentId: attachment.id };
@@ -194,4 +167,41 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
 export function required<T>(value: T | undefined, what: string): T {
   if (value === undefined) throw new BerthError('INTERNAL', `pipeline bug: ${what} is missing at this step`);
   return value;
+}
+
+/**
+ * The reservation, in one transaction: CAS the volume from the status just read to the status
+ * recomputed with a new `reserved` attachment, and create that attachment. Refuses (CONFLICT) a
+ * volume that is not reservable, or already attached to this server.
+ */
+export async function reserveAttachmentRecord(
+  store: Store,
+  volumeId: string,
+  server: Server,
+  mode: 'rw' | 'ro',
+): Promise<Attachment> {
+  return store.transaction(async (tx) => {
+    const volume = await tx.volumes.require(volumeId);
+    const existing = (await tx.attachments.list({ volumeId: volume.id })).filter((a) => a.status !== 'detached');
+    if (!volume.multiattach && existing.length > 0) {
+      throw new BerthError('CONFLICT', `volume ${volume.name} is already attached (status ${volume.status})`, {
+        hint: 'detach it first, or create it with --multiattach',
+        details: { volumeId: volume.id, actual: volume.status },
+      });
+    }
+    if (existing.some((a) => a.serverId === server.id)) {
+      throw new BerthError('CONFLICT', `volume ${volume.name} is already attached to server ${server.name}`, {
+        details: { volumeId: volume.id, serverId: server.id },
+      });
+    }
+    if (!reservableFrom(volume.multiattach).includes(volume.status)) {
+      throw new BerthError('CONFLICT', `volume ${volume.name} is ${volume.status}; it must be available to attach`, {
+        details: { volumeId: volume.id, actual: volume.status, expected: 'available' },
+      });
+    }
+    // CAS from the status read in this transaction: a concurrent writer makes it fail.
+    const next = recomputeVolumeStatus([...existing, { status: 'reserved' }]);
+    await tx.volumes.transition(volume.id, [volume.status], next);
+    return tx.attachments.create({ volumeId: volume.id, serverId: server.id, hostId: server.hostId, mode });
+  });
 }
