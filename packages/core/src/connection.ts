@@ -56,7 +56,9 @@ export const SECRET_KEYS: readonly string[] = [
   'discovery_auth_password',
   'target_auth_password',
   'auth_password_in',
+  'discovery_auth_password_in',
   'password',
+  'password_in',
 ];
 
 /** A copy of connection_info without any secret (what berth stores and prints by default). */
