@@ -11,3 +11,14 @@ export { createHostFs, hostPathSegments } from './host-fs.js';
 export { createDeviceWaiter, deviceWaiterHandles, DEFAULT_POLL_MS } from './device-waiter.js';
 export { createHostServices, type HostServicesOptions } from './host-services.js';
 export { hostFacts, type HostFacts } from './host-facts.js';
+export {
+  startDaemon,
+  daemonStatus,
+  stopDaemon,
+  processStartTicks,
+  DaemonError,
+  type StartDaemonOptions,
+  type DaemonStatus,
+  type StopDaemonOptions,
+  type StopDaemonResult,
+} from './daemon.js';

@@ -1,0 +1,409 @@
+import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { readFile, stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BerthError, zConnectionInfo, type BackendVolume, type ConnectionInfo, type Connector } from '@berth/core';
+import { daemonStatus, startDaemon, stopDaemon } from '@berth/host';
+import { managedTgtdPaths, stopManagedTgtd } from './managed-tgtd.js';
+import { parseTargetList } from './tgtadm-show-parser.js';
+import { createTgtTestEnv, loginAndReadCapacity, type LoginAuth, type TgtTestEnv } from './test-tgt-env.js';
+
+const MiB = 1024 * 1024;
+const INITIATOR_A = 'iqn.2026-11.io.berth.test:host-a';
+const INITIATOR_B = 'iqn.2026-11.io.berth.test:host-b';
+const hostA: Connector = { host: 'host-a', initiator: INITIATOR_A };
+const hostB: Connector = { host: 'host-b', initiator: INITIATOR_B };
+
+let env: TgtTestEnv;
+// Every password handed out in this file: none may show up in a log line or an error.
+const handedOut = new Set<string>();
+
+beforeAll(async () => {
+  env = await createTgtTestEnv();
+}, 30_000);
+
+afterAll(async () => {
+  await env?.dispose();
+}, 30_000);
+
+function signal(): AbortSignal {
+  return AbortSignal.timeout(20_000);
+}
+
+function volume(sizeBytes = 32 * MiB): BackendVolume {
+  return { id: randomUUID(), name: 'db', sizeBytes, providerLocation: null };
+}
+
+function remember(info: ConnectionInfo): ConnectionInfo {
+  for (const key of ['auth_password', 'auth_password_in'] as const) {
+    const value = info.data[key];
+    if (typeof value === 'string') handedOut.add(value);
+  }
+  return info;
+}
+
+function authOf(info: ConnectionInfo): LoginAuth {
+  const { auth_username: username, auth_password: password } = info.data;
+  if (typeof username !== 'string' || typeof password !== 'string') throw new Error('no CHAP in the connection_info');
+  return { username, password };
+}
+
+/** Log in as `initiator`; `auth` defaults to the connection_info's CHAP, `null` logs in without. */
+async function login(info: ConnectionInfo, initiator: string, auth?: LoginAuth | null) {
+  const credentials = auth === undefined ? authOf(info) : auth;
+  return loginAndReadCapacity(env.runner, {
+    portal: String(info.data.target_portal),
+    iqn: String(info.data.target_iqn),
+    lun: Number(info.data.target_lun),
+    initiator,
+    ...(credentials ? { auth: credentials } : {}),
+  });
+}
+
+async function targets() {
+  const result = await env.runner.run('tgtadm', ['-C', String(env.controlPort), '--lld', 'iscsi', '--op', 'show', '--mode', 'target']);
+  return parseTargetList(result.stdout);
+}
+
+async function codeOf(promise: Promise<unknown>): Promise<string | undefined> {
+  return promise.then(
+    () => undefined,
+    (error: unknown) => {
+      if (!BerthError.is(error)) return `not a BerthError: ${String(error)}`;
+      for (const secret of handedOut) expect(JSON.stringify({ m: error.message, h: error.hint, d: error.details })).not.toContain(secret);
+      return error.code;
+    },
+  );
+}
+
+describe('tgt backend on a real tgtd', () => {
+  it('create → initializeConnection → a real CHAP login as that initiator sees a LUN of the volume size', async () => {
+    const v = volume(48 * MiB);
+    const { providerLocation } = await env.backend.create(v, signal());
+    expect(providerLocation).toBe(`iqn.2026-11.io.berth:volume-${v.id}`);
+    const info = remember(await env.backend.initializeConnection(v, hostA, signal()));
+
+    expect(zConnectionInfo.safeParse(info).success).toBe(true);
+    expect(info.driver_volume_type).toBe('iscsi');
+    expect(info.data).toMatchObject({
+      target_portal: env.portals[0],
+      target_iqn: providerLocation,
+      target_lun: 1,
+      target_discovered: false,
+      auth_method: 'CHAP',
+      volume_id: v.id,
+      access_mode: 'rw',
+    });
+    expect(info.data.target_portals).toBeUndefined();
+    expect(String(info.data.auth_username)).toMatch(/^berth-[0-9a-f]{12}$/);
+    expect(String(info.data.auth_password)).toMatch(/^[A-Za-z0-9]{24}$/);
+
+    const seen = await login(info, INITIATOR_A);
+    expect(seen.exitCode, seen.output).toBe(0);
+    expect(seen.sizeBytes).toBe(48 * MiB);
+
+    // The LUN is the sparse file in the LUN directory, private to its owner.
+    const file = path.join(env.dataDir, 'backend-tgt', 'luns', `${v.id}.img`);
+    expect((await stat(file)).size).toBe(48 * MiB);
+    expect((await stat(file)).mode & 0o777).toBe(0o600);
+    const [target] = (await targets()).filter((t) => t.iqn === providerLocation);
+    expect(target?.luns.find((l) => l.lun === 1)).toMatchObject({ backingStorePath: file, backingStoreType: 'rdwr' });
+    expect(target?.acls).toEqual([INITIATOR_A]);
+    expect(target?.accounts).toEqual([{ user: info.data.auth_username, outgoing: false }]);
+  });
+
+  it('refuses a wrong password (libiscsi rc 10) and a login without CHAP', async () => {
+    const v = volume();
+    await env.backend.create(v, signal());
+    const info = remember(await env.backend.initializeConnection(v, hostA, signal()));
+    const wrong = await login(info, INITIATOR_A, { ...authOf(info), password: 'WrongPassword0123456789x' });
+    expect(wrong.exitCode).toBe(10);
+    expect(wrong.output).toMatch(/Authentication failure/);
+    const none = await login(info, INITIATOR_A, null);
+    expect(none.exitCode).toBe(10);
+  });
+
+  it('refuses an initiator that is not in the ACL, even with the right password', async () => {
+    const v = volume();
+    await env.backend.create(v, signal());
+    const info = remember(await env.backend.initializeConnection(v, hostA, signal()));
+    const other = await login(info, INITIATOR_B);
+    expect(other.exitCode).toBe(10);
+    expect(other.output).toMatch(/not found|Authorization|Target/i);
+    // Exporting to B as well lets B in with the same volume credentials.
+    remember(await env.backend.initializeConnection(v, hostB, signal()));
+    expect((await login(info, INITIATOR_B)).exitCode).toBe(0);
+  });
+
+  it('terminateConnection removes the ACL (login refused after), and twice is fine', async () => {
+    const v = volume();
+    await env.backend.create(v, signal());
+    const info = remember(await env.backend.initializeConnection(v, hostA, signal()));
+    expect((await login(info, INITIATOR_A)).exitCode).toBe(0);
+    await env.backend.terminateConnection(v, hostA, signal());
+    expect((await login(info, INITIATOR_A)).exitCode).toBe(10);
+    await env.backend.terminateConnection(v, hostA, signal());
+    const [target] = (await targets()).filter((t) => t.iqn === info.data.target_iqn);
+    expect(target?.acls).toEqual([]);
+    const state = JSON.parse(await readFile(path.join(env.dataDir, 'backend-tgt', 'state.json'), 'utf8')) as {
+      volumes: Record<string, { initiators: string[] }>;
+    };
+    expect(state.volumes[v.id]?.initiators).toEqual([]);
+  });
+
+  it('needs the connector\'s initiator name to export (UNPROCESSABLE), and refuses a name tgtadm could misread', async () => {
+    const v = volume();
+    await env.backend.create(v, signal());
+    const error = await env.backend.initializeConnection(v, { host: 'no-iscsi' }, signal()).catch((e: unknown) => e);
+    expect(BerthError.is(error) && error.code).toBe('UNPROCESSABLE');
+    expect((error as BerthError).hint).toMatch(/open-iscsi/);
+    expect(await codeOf(env.backend.initializeConnection(v, { host: 'x', initiator: 'iqn.2026-11.x:a,initiator-address=ALL' }, signal()))).toBe(
+      'VALIDATION',
+    );
+    // Without an initiator there is nothing to unbind.
+    await env.backend.terminateConnection(v, { host: 'no-iscsi' }, signal());
+  });
+
+  it('says NOT_FOUND for a volume it never created', async () => {
+    expect(await codeOf(env.backend.initializeConnection(volume(), hostA, signal()))).toBe('NOT_FOUND');
+    expect(await codeOf(env.backend.extend?.(volume(), 64 * MiB, signal()) ?? Promise.resolve())).toBe('NOT_FOUND');
+    expect(await codeOf(env.backend.credentials?.(volume()) ?? Promise.resolve())).toBe('NOT_FOUND');
+  });
+
+  it('after tgtd is killed (SIGKILL), the next call restarts it and the target is back with its CHAP and ACL', async () => {
+    const v = volume(40 * MiB);
+    await env.backend.create(v, signal());
+    const info = remember(await env.backend.initializeConnection(v, hostA, signal()));
+    const iqn = String(info.data.target_iqn);
+    const tidBefore = (await targets()).find((t) => t.iqn === iqn)?.tid;
+    const { pidFile } = managedTgtdPaths(env.dataDir);
+    const before = await daemonStatus(pidFile);
+    expect(before.running).toBe(true);
+    process.kill(before.pid ?? 0, 'SIGKILL');
+    await expect.poll(async () => (await daemonStatus(pidFile)).running, { timeout: 5_000, interval: 10 }).toBe(false);
+    expect((await login(info, INITIATOR_A)).exitCode).toBe(10);
+
+    // Any call brings it back; exports() is the cheapest.
+    const exported = await env.backend.exports?.();
+    const after = await daemonStatus(pidFile);
+    expect(after.running).toBe(true);
+    expect(after.pid).not.toBe(before.pid);
+    expect(exported).toContainEqual({ volumeId: v.id, initiator: INITIATOR_A });
+
+    const seen = await login(info, INITIATOR_A);
+    expect(seen.exitCode, seen.output).toBe(0);
+    expect(seen.sizeBytes).toBe(40 * MiB);
+    expect((await login(info, INITIATOR_A, { ...authOf(info), password: 'WrongPassword0123456789x' })).exitCode).toBe(10);
+    expect((await login(info, INITIATOR_B)).exitCode).toBe(10);
+    // Same tid, so the LUN keeps its SCSI identity (tgtd derives the WWN from tid and LUN).
+    expect((await targets()).find((t) => t.iqn === iqn)?.tid).toBe(tidBefore);
+    expect(readFileSync(managedTgtdPaths(env.dataDir).logFile, 'utf8')).toMatch(/berth: starting tgtd .*\n[\s\S]*berth: starting tgtd/);
+  });
+
+  it('after tgtd is stopped, a fresh backend (a new CLI process) restores every export on its first call', async () => {
+    const v = volume();
+    await env.backend.create(v, signal());
+    const info = remember(await env.backend.initializeConnection(v, hostA, signal()));
+    await stopManagedTgtd(env.dataDir, env.controlPort, { runner: env.runner });
+    expect((await daemonStatus(managedTgtdPaths(env.dataDir).pidFile)).running).toBe(false);
+    const fresh = env.backendWith({});
+    expect((await fresh.credentials?.(v))?.auth_password).toBe(info.data.auth_password);
+    await fresh.initializeConnection(v, hostA, signal());
+    expect((await login(info, INITIATOR_A)).exitCode).toBe(0);
+  });
+
+  it('extend grows the file and tgtd reports the new size (offline + path re-open)', async () => {
+    const v = volume(32 * MiB);
+    await env.backend.create(v, signal());
+    const info = remember(await env.backend.initializeConnection(v, hostA, signal()));
+    await env.backend.extend?.(v, 80 * MiB, signal());
+    expect((await stat(path.join(env.dataDir, 'backend-tgt', 'luns', `${v.id}.img`))).size).toBe(80 * MiB);
+    const seen = await login(info, INITIATOR_A);
+    expect(seen.sizeBytes).toBe(80 * MiB);
+    const lun = (await targets()).find((t) => t.iqn === info.data.target_iqn)?.luns.find((l) => l.lun === 1);
+    // tgtadm prints whole 10^6-byte megabytes, rounded: 83 886 080 bytes show as 84.
+    expect(lun).toMatchObject({ online: true, sizeMb: 84 });
+    // The same size again is a no-op; smaller is refused.
+    await env.backend.extend?.(v, 80 * MiB, signal());
+    expect(await codeOf(env.backend.extend?.(v, 16 * MiB, signal()) ?? Promise.resolve())).toBe('VALIDATION');
+  });
+
+  it('mutual CHAP: the target proves itself too, and a wrong target secret fails the login', async () => {
+    const mutual = env.backendWith({ mutualChap: true });
+    const v = volume();
+    await mutual.create(v, signal());
+    const info = remember(await mutual.initializeConnection(v, hostA, signal()));
+    expect(info.data).toMatchObject({ auth_method: 'CHAP' });
+    expect(String(info.data.auth_username_in)).toMatch(/^berth-t-[0-9a-f]{12}$/);
+    const auth: LoginAuth = { ...authOf(info), targetUsername: String(info.data.auth_username_in), targetPassword: String(info.data.auth_password_in) };
+    expect((await login(info, INITIATOR_A, auth)).exitCode).toBe(0);
+    const wrong = await login(info, INITIATOR_A, { ...auth, targetPassword: 'WrongTargetSecret0123456' });
+    expect(wrong.exitCode).toBe(10);
+    expect(await mutual.credentials?.(v)).toEqual({
+      auth_method: 'CHAP',
+      auth_username: info.data.auth_username,
+      auth_password: info.data.auth_password,
+      auth_username_in: info.data.auth_username_in,
+      auth_password_in: info.data.auth_password_in,
+    });
+  });
+
+  it('chap: false exports without authentication', async () => {
+    const open = env.backendWith({ chap: false });
+    const v = volume();
+    await open.create(v, signal());
+    const info = await open.initializeConnection(v, hostA, signal());
+    expect(info.data.auth_method).toBeUndefined();
+    expect((await login(info, INITIATOR_A, null)).exitCode).toBe(0);
+    expect((await login(info, INITIATOR_B, null)).exitCode).toBe(10);
+  });
+
+  it('with a live session (qemu-storage-daemon logged in): extend keeps it, delete is refused until it ends', async () => {
+    const v = volume(32 * MiB);
+    await env.backend.create(v, signal());
+    const info = remember(await env.backend.initializeConnection(v, hostA, signal()));
+    const auth = authOf(info);
+    const secretFile = path.join(env.dataDir, 'qsd-secret');
+    await writeFile(secretFile, auth.password, { mode: 0o600 });
+    const pidFile = path.join(env.dataDir, 'qsd.pid');
+    const iqn = String(info.data.target_iqn);
+    try {
+      await startDaemon({
+        file: 'qemu-storage-daemon',
+        args: [
+          '--object',
+          `secret,id=sec0,file=${secretFile}`,
+          '--blockdev',
+          `driver=iscsi,node-name=vol,transport=tcp,portal=${String(info.data.target_portal)},target=${iqn},lun=1,initiator-name=${INITIATOR_A},user=${auth.username},password-secret=sec0`,
+        ],
+        logFile: path.join(env.dataDir, 'qsd.log'),
+        pidFile,
+      });
+      await expect.poll(async () => (await targets()).find((t) => t.iqn === iqn)?.nexuses.length ?? 0, { timeout: 10_000, interval: 20 }).toBe(1);
+
+      await env.backend.extend?.(v, 64 * MiB, signal());
+      const target = (await targets()).find((t) => t.iqn === iqn);
+      expect(target?.nexuses.map((n) => n.initiator)).toEqual([INITIATOR_A]);
+      expect(target?.luns.find((l) => l.lun === 1)).toMatchObject({ online: true, sizeMb: 67 });
+
+      const refused = await env.backend.delete(v, signal()).catch((e: unknown) => e);
+      expect(BerthError.is(refused) && refused.code).toBe('CONFLICT');
+      expect((refused as BerthError).message).toContain(INITIATOR_A);
+      expect((await stat(path.join(env.dataDir, 'backend-tgt', 'luns', `${v.id}.img`))).size).toBe(64 * MiB);
+    } finally {
+      await stopDaemon(pidFile, { timeoutMs: 5_000 });
+    }
+    await expect.poll(async () => (await targets()).find((t) => t.iqn === iqn)?.nexuses.length ?? 0, { timeout: 10_000, interval: 20 }).toBe(0);
+    await env.backend.delete(v, signal());
+    expect((await targets()).some((t) => t.iqn === iqn)).toBe(false);
+  });
+
+  it('delete removes the target, its accounts and the file, and twice is fine', async () => {
+    const v = volume();
+    await env.backend.create(v, signal());
+    const info = remember(await env.backend.initializeConnection(v, hostA, signal()));
+    const iqn = String(info.data.target_iqn);
+    await env.backend.delete(v, signal());
+    expect((await targets()).some((t) => t.iqn === iqn)).toBe(false);
+    const accounts = await env.runner.run('tgtadm', ['-C', String(env.controlPort), '--lld', 'iscsi', '--op', 'show', '--mode', 'account']);
+    expect(accounts.stdout).not.toContain(String(info.data.auth_username));
+    await expect(stat(path.join(env.dataDir, 'backend-tgt', 'luns', `${v.id}.img`))).rejects.toThrow(/ENOENT/);
+    await env.backend.delete(v, signal());
+    expect(await codeOf(env.backend.credentials?.(v) ?? Promise.resolve())).toBe('NOT_FOUND');
+  });
+
+  it('creates concurrently without two volumes sharing a tid', async () => {
+    const other = env.backendWith({});
+    const volumes = Array.from({ length: 10 }, () => volume(MiB));
+    await Promise.all(volumes.map((v, i) => (i % 2 === 0 ? env.backend : other).create(v, signal())));
+    const ours = (await targets()).filter((t) => volumes.some((v) => t.iqn.endsWith(v.id)));
+    expect(ours).toHaveLength(10);
+    expect(new Set(ours.map((t) => t.tid)).size).toBe(10);
+    await Promise.all(volumes.map((v) => env.backend.delete(v, signal())));
+  });
+
+  it('create twice is the same volume; another size is a CONFLICT', async () => {
+    const v = volume();
+    const first = await env.backend.create(v, signal());
+    expect(await env.backend.create(v, signal())).toEqual(first);
+    expect(await codeOf(env.backend.create({ ...v, sizeBytes: 64 * MiB }, signal()))).toBe('CONFLICT');
+  });
+
+  it('drives an existing tgtd with manageDaemon: false (its own targets untouched, its tids avoided)', async () => {
+    const { mkdtemp, rm } = await import('node:fs/promises');
+    const os = await import('node:os');
+    const otherDir = await mkdtemp(path.join(os.tmpdir(), 'berth-tgt-unmanaged-'));
+    try {
+      const { createTgtBackend } = await import('./backend-tgt.js');
+      const { collectingLogger } = await import('./test-tgt-env.js');
+      const unmanaged = createTgtBackend({
+        host: env.host,
+        dataDir: otherDir,
+        options: { manageDaemon: false, controlPort: env.controlPort, portals: env.portals, iqnPrefix: 'iqn.2026-11.io.berth.other' },
+        logger: collectingLogger(env.logs),
+      });
+      const tidsBefore = (await targets()).map((t) => t.tid);
+      const v = volume();
+      await unmanaged.create(v, signal());
+      const info = remember(await unmanaged.initializeConnection(v, hostA, signal()));
+      const mine = (await targets()).find((t) => t.iqn === info.data.target_iqn);
+      expect(tidsBefore).not.toContain(mine?.tid);
+      expect((await login(info, INITIATOR_A)).exitCode).toBe(0);
+      expect((await unmanaged.check()).ok).toBe(true);
+      await unmanaged.terminateConnection(v, hostA, signal());
+      await unmanaged.delete(v, signal());
+      expect((await targets()).map((t) => t.tid)).toEqual(tidsBefore);
+    } finally {
+      await rm(otherDir, { recursive: true, force: true });
+    }
+  });
+
+  it('check() reports a running tgtd with its portals; a missing tool says how to install it', async () => {
+    const result = await env.backend.check();
+    expect(result.ok).toBe(true);
+    expect(result.summary).not.toContain('\n');
+    expect(result.summary).toContain(String(env.controlPort));
+  });
+
+  it('says CONFLICT when a tgtd berth did not start holds its control port', async () => {
+    const { mkdtemp, rm } = await import('node:fs/promises');
+    const os = await import('node:os');
+    const otherDir = await mkdtemp(path.join(os.tmpdir(), 'berth-tgt-foreign-'));
+    try {
+      // Another data dir, same control port: that tgtd is not this backend's.
+      const { createTgtBackend } = await import('./backend-tgt.js');
+      const { collectingLogger } = await import('./test-tgt-env.js');
+      const intruder = createTgtBackend({ host: env.host, dataDir: otherDir, options: { controlPort: env.controlPort, portals: env.portals }, logger: collectingLogger(env.logs) });
+      expect(await codeOf(intruder.create(volume(), signal()))).toBe('CONFLICT');
+    } finally {
+      await rm(otherDir, { recursive: true, force: true });
+    }
+  });
+
+  it('keeps state.json private and never writes a CHAP password to a log line', async () => {
+    const stateFile = path.join(env.dataDir, 'backend-tgt', 'state.json');
+    expect((await stat(stateFile)).mode & 0o777).toBe(0o600);
+    expect(handedOut.size).toBeGreaterThan(5);
+    const everything = JSON.stringify(env.logs);
+    // The runner logged the tgtadm commands that carried the secrets, masked.
+    expect(env.logs.some((l) => String(l.obj.command ?? '').includes('--password ***'))).toBe(true);
+    for (const secret of handedOut) expect(everything).not.toContain(secret);
+    // Restores after the kill ran too, and logged nothing secret either.
+    expect(env.logs.some((l) => l.msg === 'exports restored on the new tgtd')).toBe(true);
+  });
+
+  it('keeps working when the state file is edited to drop an initiator (drift is repaired on the next first call)', async () => {
+    const v = volume();
+    await env.backend.create(v, signal());
+    const info = remember(await env.backend.initializeConnection(v, hostA, signal()));
+    const stateFile = path.join(env.dataDir, 'backend-tgt', 'state.json');
+    const state = JSON.parse(await readFile(stateFile, 'utf8')) as { volumes: Record<string, { initiators: string[] }> };
+    const entry = state.volumes[v.id];
+    if (entry) entry.initiators = [];
+    await writeFile(stateFile, JSON.stringify(state), { mode: 0o600 });
+    // A new process reconciles on its first call: the state is the truth, the ACL goes.
+    await env.backendWith({}).exports?.();
+    expect((await login(info, INITIATOR_A)).exitCode).toBe(10);
+  });
+});

@@ -1,0 +1,197 @@
+import { randomBytes } from 'node:crypto';
+import { watch, type FSWatcher } from 'node:fs';
+import { link, open, readFile, rename, unlink } from 'node:fs/promises';
+import path from 'node:path';
+import { BerthError } from '@berth/core';
+import { processStartTicks } from '@berth/host';
+
+/** Who holds a lock file: a process named for good by its pid and start time. */
+interface LockHolder {
+  pid: number;
+  startTicks: string;
+  /** Unique per acquisition, so a release never removes someone else's lock. */
+  token: string;
+}
+
+/** Options of `acquireFileLock`. */
+export interface FileLockOptions {
+  /** Give up after this many ms with a TIMEOUT error. */
+  timeoutMs: number;
+  signal?: AbortSignal;
+  /** What the lock protects, for the timeout message. */
+  what: string;
+}
+
+/** Releases a held lock (idempotent). */
+export type ReleaseLock = () => Promise<void>;
+
+// A lock file with no holder written yet belongs to a process between open() and write(): it is
+// only called abandoned after this long.
+const UNWRITTEN_GRACE_MS = 2_000;
+const FIRST_POLL_MS = 5;
+const MAX_POLL_MS = 100;
+
+/**
+ * Take an exclusive lock between processes: create `lockPath` with O_EXCL holding `{pid,
+ * startTicks, token}`. While another live process holds it, wait — woken by the directory's
+ * events when the file goes, with a short poll as fallback — until `timeoutMs`. A lock whose holder
+ * is dead (crashed CLI) is broken: renamed aside, checked to be the one seen dead, then removed.
+ */
+export async function acquireFileLock(lockPath: string, options: FileLockOptions): Promise<ReleaseLock> {
+  const deadline = Date.now() + options.timeoutMs;
+  const me = await selfHolder();
+  let watcher: FSWatcher | undefined;
+  let wake: (() => void) | undefined;
+  // Set by the watcher: an event that came while this loop was not waiting must not be lost.
+  let changed = false;
+  try {
+    let pollMs = FIRST_POLL_MS;
+    for (;;) {
+      options.signal?.throwIfAborted();
+      changed = false;
+      if (await tryCreate(lockPath, me)) return releaser(lockPath, me.token);
+      const holder = await readHolder(lockPath);
+      if (holder === 'gone') continue;
+      if (await isAbandoned(lockPath, holder)) {
+        await breakLock(lockPath, holder);
+        continue;
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        const who = holder === 'unwritten' ? 'a process that is still writing it' : `pid ${holder.pid}`;
+        throw new BerthError('TIMEOUT', `${options.what}: the lock ${lockPath} is held by ${who} for more than ${options.timeoutMs} ms`, {
+          hint: 'another berth command is still working on this backend; wait for it, or remove the lock file if that process is gone',
+          details: { lockPath, ...(holder === 'unwritten' ? {} : { holderPid: holder.pid }) },
+        });
+      }
+      if (!watcher) {
+        try {
+          watcher = watch(path.dirname(lockPath), (_event, name) => {
+            if (name !== null && name !== path.basename(lockPath)) return;
+            changed = true;
+            wake?.();
+          });
+          watcher.on('error', () => undefined);
+          // The lock may have gone between the last look and the watch: look again at once.
+          continue;
+        } catch {
+          // No inotify (a full watch table): the poll alone still works.
+        }
+      }
+      if (changed) continue;
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(done, Math.min(pollMs, left));
+        const onAbort = (): void => {
+          clearTimeout(timer);
+          wake = undefined;
+          reject(options.signal?.reason instanceof Error ? options.signal.reason : new BerthError('CANCELLED', 'cancelled'));
+        };
+        function done(): void {
+          clearTimeout(timer);
+          options.signal?.removeEventListener('abort', onAbort);
+          wake = undefined;
+          resolve();
+        }
+        wake = done;
+        options.signal?.addEventListener('abort', onAbort, { once: true });
+      });
+      pollMs = Math.min(pollMs * 2, MAX_POLL_MS);
+    }
+  } finally {
+    watcher?.close();
+  }
+}
+
+async function selfHolder(): Promise<LockHolder> {
+  const startTicks = await processStartTicks(process.pid);
+  return { pid: process.pid, startTicks: startTicks ?? '', token: randomBytes(8).toString('hex') };
+}
+
+async function tryCreate(lockPath: string, me: LockHolder): Promise<boolean> {
+  let handle;
+  try {
+    handle = await open(lockPath, 'wx', 0o600);
+  } catch (error) {
+    if (errnoOf(error) === 'EEXIST') return false;
+    throw error;
+  }
+  try {
+    await handle.writeFile(JSON.stringify(me), 'utf8');
+  } finally {
+    await handle.close();
+  }
+  return true;
+}
+
+async function readHolder(lockPath: string): Promise<LockHolder | 'unwritten' | 'gone'> {
+  let text: string;
+  try {
+    text = await readFile(lockPath, 'utf8');
+  } catch (error) {
+    if (errnoOf(error) === 'ENOENT') return 'gone';
+    throw error;
+  }
+  try {
+    const value = JSON.parse(text) as Partial<LockHolder>;
+    if (typeof value.pid === 'number' && typeof value.startTicks === 'string' && typeof value.token === 'string') {
+      return { pid: value.pid, startTicks: value.startTicks, token: value.token };
+    }
+  } catch {
+    // Empty or torn: its writer is between open() and write(), or died there.
+  }
+  return 'unwritten';
+}
+
+async function isAbandoned(lockPath: string, holder: LockHolder | 'unwritten'): Promise<boolean> {
+  if (holder === 'unwritten') {
+    const info = await open(lockPath, 'r').then(
+      async (handle) => {
+        try {
+          return await handle.stat();
+        } finally {
+          await handle.close();
+        }
+      },
+      () => undefined,
+    );
+    return info !== undefined && Date.now() - info.mtimeMs > UNWRITTEN_GRACE_MS;
+  }
+  const ticks = await processStartTicks(holder.pid);
+  return ticks === undefined || (holder.startTicks !== '' && ticks !== holder.startTicks);
+}
+
+/**
+ * Remove a dead holder's lock without removing a live one: two processes may both see the same
+ * dead lock, and the slower must not delete the lock the faster has just taken. So the lock is
+ * renamed aside (atomic), and if what was moved is not the dead lock, it is linked back.
+ */
+async function breakLock(lockPath: string, dead: LockHolder | 'unwritten'): Promise<void> {
+  const aside = `${lockPath}.stale-${process.pid}-${randomBytes(4).toString('hex')}`;
+  try {
+    await rename(lockPath, aside);
+  } catch (error) {
+    if (errnoOf(error) === 'ENOENT') return;
+    throw error;
+  }
+  const moved = await readHolder(aside);
+  const same = dead === 'unwritten' ? moved === 'unwritten' : moved !== 'gone' && moved !== 'unwritten' && moved.token === dead.token;
+  if (!same) {
+    // A live holder's lock was moved: put it back (link fails if a third process took the name).
+    await link(aside, lockPath).catch(() => undefined);
+  }
+  await unlink(aside).catch(() => undefined);
+}
+
+function releaser(lockPath: string, token: string): ReleaseLock {
+  let released = false;
+  return async () => {
+    if (released) return;
+    released = true;
+    const holder = await readHolder(lockPath);
+    if (holder !== 'gone' && holder !== 'unwritten' && holder.token === token) await unlink(lockPath).catch(() => undefined);
+  };
+}
+
+function errnoOf(error: unknown): string | undefined {
+  return error instanceof Error && 'code' in error && typeof error.code === 'string' ? error.code : undefined;
+}
