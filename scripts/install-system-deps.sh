@@ -12,6 +12,9 @@ if [ "${BERTH_SKIP_ISCSI_DEPS:-}" != 1 ]; then
   have tgtd || need+=(tgt)
   have iscsi-ls || need+=(libiscsi-bin)
   have qemu-storage-daemon || need+=(qemu-system-common qemu-block-extra)
+  # An unmodified os-brick is run against the simulated host to prove its layout is the kernel's.
+  [ -e /usr/lib/python3/dist-packages/os_brick/initiator/connectors/iscsi.py ] || need+=(python3-os-brick)
+  have unshare || need+=(util-linux)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import backendFile from '@berth/backend-file';
+import backendTgt from '@berth/backend-tgt';
 import {
   BerthContainer,
   BerthError,
@@ -19,6 +20,7 @@ import {
   type Logger,
   type PluginSource,
 } from '@berth/core';
+import driverIscsi from '@berth/driver-iscsi';
 import driverLoop from '@berth/driver-loop';
 import { createHostServices, hostFacts, type HostServices } from '@berth/host';
 import { openSqliteStore } from '@berth/store';
@@ -42,11 +44,13 @@ export interface OpenBerthOptions {
   host?: HostServices;
 }
 
-/** Plugins every berth has: the host consumer, the loop transport and the file backend. */
+/** Plugins every berth has: the host consumer, the loop and iSCSI transports, the file and tgt backends. */
 export const BUILTIN_PLUGINS: ReadonlyArray<{ packageName: string; plugin: BerthPlugin }> = [
   { packageName: '@berth/core', plugin: corePlugin as BerthPlugin },
   { packageName: '@berth/driver-loop', plugin: driverLoop as BerthPlugin },
   { packageName: '@berth/backend-file', plugin: backendFile as BerthPlugin },
+  { packageName: '@berth/driver-iscsi', plugin: driverIscsi as BerthPlugin },
+  { packageName: '@berth/backend-tgt', plugin: backendTgt as BerthPlugin },
 ];
 
 async function readConfigFile(file: string | undefined, required: boolean): Promise<unknown> {

@@ -6,3 +6,5 @@
 
 // Conformance suites for transports and backends (need vitest): `@berth/testkit/conformance`.
 export * from './conformance/index.js';
+// The simulated host (no vitest): `@berth/testkit/simhost`.
+export * from './simhost/index.js';

@@ -1,0 +1,304 @@
+import { randomBytes } from 'node:crypto';
+import { existsSync, promises as fsp } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { BerthError } from '@berth/core';
+import { createCommandRunner, type CommandRunner } from '@berth/host';
+import { runBlockdev } from './blockdev.js';
+import { FaultSet, type FaultSpec } from './faults.js';
+import { runIscsiadm } from './iscsiadm.js';
+import { ModelTargetAccess, type ModelTargetSpec } from './model-target-access.js';
+import { NodeDb } from './node-db.js';
+import { SimKernel } from './sim-kernel.js';
+import type { TargetAccess } from './target-access.js';
+import { SOCKET_RELATIVE, type ControlRequest, type ControlResponse, type ToolRequest, type ToolResult } from './tool-protocol.js';
+
+/** A fake tool: argv in, what it prints and its exit code out. */
+export type ToolHandler = (argv: string[], daemon: KernelDaemon) => Promise<ToolResult>;
+
+/** The default delay between a device in sysfs and its /dev node (udev lagging the kernel), ms. */
+export const DEFAULT_DEVICE_DELAY_MS = 20;
+
+/** Options of the kernel daemon. */
+export interface KernelDaemonOptions {
+  /** The simulated root (made when missing). */
+  root: string;
+  deviceDelayMs?: number;
+  /** The initiator IQN written to `/etc/iscsi/initiatorname.iscsi` (default: a random Debian-style one). */
+  initiatorName?: string;
+  /** What stands behind sessions (default: a `ModelTargetAccess` with its disks under the root). */
+  targetAccess?: TargetAccess;
+  /** Faults set from the start. */
+  faults?: FaultSpec;
+  /** Targets the model SAN starts with (model only). */
+  san?: { targets: ModelTargetSpec[] };
+}
+
+/**
+ * The simulated host's kernel daemon: the kernel model, the node database, the faults and the
+ * target side, serving the fake tools and control calls on `<root>/run/simhost/kernel.sock`.
+ * It runs in the test's process or detached (see `daemon-main.ts`).
+ */
+export class KernelDaemon {
+  readonly root: string;
+  readonly binDir: string;
+  readonly socketPath: string;
+  readonly kernel: SimKernel;
+  readonly db: NodeDb;
+  readonly faults: FaultSet;
+  readonly targetAccess: TargetAccess;
+  /** The model SAN when the daemon made its own `ModelTargetAccess`. */
+  readonly model: ModelTargetAccess | undefined;
+  readonly runner: CommandRunner;
+  private readonly tools = new Map<string, ToolHandler>();
+  private server: net.Server | undefined;
+  private readonly connections = new Set<net.Socket>();
+  private stopping: Promise<void> | undefined;
+
+  private constructor(options: KernelDaemonOptions) {
+    this.root = path.resolve(options.root);
+    this.binDir = path.join(this.root, 'bin');
+    this.socketPath = path.join(this.root, SOCKET_RELATIVE);
+    if (Buffer.byteLength(this.socketPath) > 107) {
+      throw new BerthError('VALIDATION', `the simulated root ${this.root} is too long for its Unix socket path (${this.socketPath})`, {
+        hint: 'use a shorter root directory',
+      });
+    }
+    this.runner = createCommandRunner({ defaultTimeoutMs: 30_000 });
+    this.faults = new FaultSet();
+    if (options.faults) this.faults.load(options.faults);
+    this.model = options.targetAccess ? undefined : new ModelTargetAccess({ workDir: path.join(this.root, 'var/lib/simhost/san') });
+    this.targetAccess = options.targetAccess ?? this.model!;
+    this.db = new NodeDb(path.join(this.root, 'etc/iscsi'));
+    this.kernel = new SimKernel({
+      root: this.root,
+      targetAccess: this.targetAccess,
+      runner: this.runner,
+      deviceDelayMs: options.deviceDelayMs ?? DEFAULT_DEVICE_DELAY_MS,
+      faults: this.faults,
+    });
+    this.tools.set('iscsiadm', (argv) =>
+      runIscsiadm(argv, { kernel: this.kernel, db: this.db, targetAccess: this.targetAccess, initiatorName: () => this.initiatorName() }),
+    );
+    this.tools.set('blockdev', (argv) => runBlockdev(argv, this.kernel, this.runner));
+  }
+
+  /** Lay out the root, boot the kernel model and listen. */
+  static async start(options: KernelDaemonOptions): Promise<KernelDaemon> {
+    const daemon = new KernelDaemon(options);
+    try {
+      await daemon.setup(options);
+    } catch (error) {
+      await daemon.stop().catch(() => undefined);
+      throw error;
+    }
+    return daemon;
+  }
+
+  /** Add (or replace) a fake tool and write its executable into `<root>/bin`. */
+  async registerTool(name: string, handler: ToolHandler): Promise<void> {
+    this.tools.set(name, handler);
+    await this.writeBin(name);
+  }
+
+  /** The initiator IQN from `/etc/iscsi/initiatorname.iscsi`. */
+  async initiatorName(): Promise<string> {
+    const text = await fsp.readFile(path.join(this.root, 'etc/iscsi/initiatorname.iscsi'), 'utf8').catch(() => '');
+    const match = /^InitiatorName=(.+)$/m.exec(text);
+    return match?.[1]?.trim() ?? '';
+  }
+
+  /** Run one control call (the same calls the detached daemon answers on its socket). */
+  async control(method: string, params: unknown): Promise<unknown> {
+    const args = Array.isArray(params) ? (params as unknown[]) : params === undefined ? [] : [params];
+    const model = (): ModelTargetAccess => {
+      if (!this.model) throw new BerthError('INVALID_STATE', 'this simulated host has no model SAN: it runs with another TargetAccess');
+      return this.model;
+    };
+    const f = this.faults;
+    const k = this.kernel;
+    const table: Record<string, (...a: never[]) => unknown> = {
+      ping: () => ({ pid: process.pid, root: this.root }),
+      state: () => k.state(),
+      'faults.get': () => f.current(),
+      'faults.load': (spec: FaultSpec) => f.load(spec),
+      'faults.clear': () => f.clear(),
+      'faults.failLogin': (fault: Parameters<FaultSet['failLogin']>[0]) => f.failLogin(fault),
+      'faults.unreachablePortal': (portal: string, ms?: number) => f.unreachablePortal(portal, ms),
+      'faults.slowDevice': (fault: Parameters<FaultSet['slowDevice']>[0]) => f.slowDevice(fault),
+      'faults.deviceNeverAppears': (fault: Parameters<FaultSet['deviceNeverAppears']>[0]) => f.deviceNeverAppears(fault),
+      'faults.loseSession': (sid: number) => k.loseSession(sid),
+      'faults.restoreSession': (sid: number) => k.restoreSession(sid),
+      'faults.expireSession': (sid: number) => k.expireSession(sid),
+      'san.addTarget': (spec: ModelTargetSpec) => model().addTarget(spec),
+      'san.removeTarget': (iqn: string) => model().removeTarget(iqn),
+      'san.setChap': (iqn: string, chap: never) => model().setChap(iqn, chap ?? undefined),
+      'san.setMutualChap': (iqn: string, chap: never) => model().setMutualChap(iqn, chap ?? undefined),
+      'san.setAcl': (iqn: string, acl: string[] | null) => model().setAcl(iqn, acl ?? undefined),
+      'san.addLun': (iqn: string, lun: number, spec: never) => model().addLun(iqn, lun, spec),
+      'san.removeLun': (iqn: string, lun: number) => model().removeLun(iqn, lun),
+      'san.growLun': (iqn: string, lun: number, size: number) => model().growLun(iqn, lun, size),
+      'san.setDiscoveryChap': (chap: never) => model().setDiscoveryChap(chap ?? undefined),
+      'san.targets': () => model().targets(),
+    };
+    const fn = table[method];
+    if (!fn) throw new BerthError('VALIDATION', `unknown simulated host call ${method}`);
+    return (fn as (...a: unknown[]) => unknown)(...args);
+  }
+
+  /** Log everything out, release the target side, stop listening. Idempotent. */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      const server = this.server;
+      this.server = undefined;
+      if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const c of this.connections) c.destroy();
+      await this.kernel.close().catch(() => undefined);
+      await this.targetAccess.close().catch(() => undefined);
+      await fsp.rm(this.socketPath, { force: true });
+    })();
+    return this.stopping;
+  }
+
+  private async setup(options: KernelDaemonOptions): Promise<void> {
+    for (const dir of ['bin', 'run/simhost', 'dev', 'etc/iscsi', 'var/lib/simhost/san']) {
+      await fsp.mkdir(path.join(this.root, dir), { recursive: true });
+    }
+    await this.writeEtc(options.initiatorName);
+    await this.db.init();
+    await this.kernel.init();
+    if (options.san && this.model) for (const t of options.san.targets) await this.model.addTarget(t);
+    await fsp.rm(this.socketPath, { force: true });
+    const server = net.createServer((socket) => this.serve(socket));
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.socketPath, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    for (const name of this.tools.keys()) await this.writeBin(name);
+  }
+
+  private async writeEtc(initiatorName: string | undefined): Promise<void> {
+    const etc = path.join(this.root, 'etc/iscsi');
+    const file = path.join(etc, 'initiatorname.iscsi');
+    const current = await this.initiatorName();
+    if (initiatorName !== undefined || current === '') {
+      const name = initiatorName ?? `iqn.1993-08.org.debian:01:${randomBytes(6).toString('hex')}`;
+      const text = [
+        '## DO NOT EDIT OR REMOVE THIS FILE!',
+        '## If you remove this file, the iSCSI daemon will not start.',
+        '## If you change the InitiatorName, existing access control lists',
+        '## may reject this initiator.  The InitiatorName must be unique',
+        '## for each iSCSI initiator.  Do NOT duplicate iSCSI Initiator Names.',
+        `InitiatorName=${name}`,
+        '',
+      ].join('\n');
+      await fsp.writeFile(file, text, { mode: 0o600 });
+    }
+    const conf = path.join(etc, 'iscsid.conf');
+    if (!existsSync(conf)) {
+      const text = [
+        '# iscsid.conf of the simulated host (open-iscsi 2.1.8 defaults that matter here)',
+        'iscsid.startup = /bin/systemctl start iscsid.socket',
+        'node.startup = manual',
+        'node.leading_login = No',
+        'node.session.timeo.replacement_timeout = 120',
+        'node.conn[0].timeo.login_timeout = 15',
+        'node.conn[0].timeo.logout_timeout = 15',
+        'node.session.initial_login_retry_max = 8',
+        'node.session.nr_sessions = 1',
+        'node.session.scan = auto',
+        '',
+      ].join('\n');
+      await fsp.writeFile(conf, text, { mode: 0o644 });
+    }
+  }
+
+  private async writeBin(name: string): Promise<void> {
+    const client = toolClientPath();
+    const script = [
+      `#!${process.execPath}`,
+      `import(${JSON.stringify(pathToFileURL(client).href)}).then((m) => m.runTool(${JSON.stringify(name)}, ${JSON.stringify(this.socketPath)}));`,
+      '',
+    ].join('\n');
+    const file = path.join(this.binDir, name);
+    const temp = `${file}.tmp-${randomBytes(4).toString('hex')}`;
+    await fsp.writeFile(temp, script, { mode: 0o755 });
+    await fsp.rename(temp, file);
+  }
+
+  private serve(socket: net.Socket): void {
+    this.connections.add(socket);
+    socket.on('close', () => this.connections.delete(socket));
+    socket.on('error', () => socket.destroy());
+    socket.setEncoding('utf8');
+    let buffer = '';
+    socket.on('data', (chunk: string) => {
+      buffer += chunk;
+      const nl = buffer.indexOf('\n');
+      if (nl < 0) return;
+      const line = buffer.slice(0, nl);
+      buffer = '';
+      void this.answer(line).then((reply) => {
+        if (!socket.destroyed) socket.end(`${JSON.stringify(reply)}\n`);
+      });
+    });
+  }
+
+  private async answer(line: string): Promise<ToolResult | ControlResponse> {
+    let request: ToolRequest | ControlRequest;
+    try {
+      request = JSON.parse(line) as ToolRequest | ControlRequest;
+    } catch {
+      return { ok: false, error: 'the request is not JSON' };
+    }
+    if (request.type === 'tool') {
+      const tool = this.tools.get(request.tool);
+      if (!tool) return { stdout: '', stderr: `${request.tool}: not simulated\n`, exitCode: 127 };
+      try {
+        return await tool(request.argv, this);
+      } catch (error) {
+        return { stdout: '', stderr: `${request.tool}: simulated host error: ${(error as Error).message}\n`, exitCode: 1 };
+      }
+    }
+    try {
+      if (request.method === 'shutdown') {
+        setImmediate(() => this.onShutdown?.());
+        return { ok: true };
+      }
+      return { ok: true, result: await this.control(request.method, request.params) };
+    } catch (error) {
+      const e = error as Error & { code?: string };
+      return { ok: false, error: e.message, ...(typeof e.code === 'string' ? { code: e.code } : {}) };
+    }
+  }
+
+  /** Called on a `shutdown` control call (the detached daemon exits). */
+  onShutdown: (() => void) | undefined;
+}
+
+/** The built tool client the bin scripts import (dist, also when this code runs from src). */
+export function toolClientPath(): string {
+  return builtSibling('tool-client.js');
+}
+
+/** The built daemon entry a detached daemon runs. */
+export function daemonMainPath(): string {
+  return builtSibling('daemon-main.js');
+}
+
+function builtSibling(file: string): string {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const dist = here.replace(`${path.sep}src${path.sep}simhost`, `${path.sep}dist${path.sep}simhost`);
+  const target = path.join(dist, file);
+  if (!existsSync(target)) {
+    throw new BerthError('CONFIG', `${target} is missing: the simulated host's tools run the built code`, {
+      hint: 'build @berth/testkit first: npm run build -w @berth/testkit',
+    });
+  }
+  return target;
+}
