@@ -34,6 +34,11 @@ export class DriverCatalog {
     private readonly dataDir: string,
     private readonly logger: Logger,
     private readonly pluginOptions: Record<string, Record<string, unknown>> = {},
+    /**
+     * Host services per plugin name, where a plugin must see another host than the others (with
+     * `--simulate`, the iSCSI transports run on the simulated host; loop devices and tgtd stay real).
+     */
+    private readonly hostOverrides: Record<string, HostServices> = {},
   ) {}
 
   /** Register a loaded plugin; a plugin whose options or `register` fail is reported, not thrown. */
@@ -100,7 +105,8 @@ export class DriverCatalog {
         hint: `installed transports: ${this.transportNames().join(', ') || 'none'}; add one with \`berth plugins install <package>\``,
       });
     }
-    const instance = guardTransport(registered.factory(this.context(registered)), registered.plugin);
+    const context = this.context(registered);
+    const instance = guardTransport(registered.factory(context), registered.plugin, context.host);
     this.transportInstances.set(name, instance);
     return instance;
   }
@@ -167,7 +173,7 @@ export class DriverCatalog {
 
   private context(registered: Registered<unknown>): PluginContext {
     return {
-      host: this.host,
+      host: this.hostOverrides[registered.plugin] ?? this.host,
       dataDir: this.dataDir,
       options: registered.options,
       logger: this.logger.child({ plugin: registered.plugin }),
@@ -197,7 +203,7 @@ function rethrow(error: unknown, code: BerthErrorCode, who: string): never {
   throw new BerthError(code, `${who}: ${message}`, { cause: error });
 }
 
-function guardTransport(driver: TransportDriver, plugin: string): TransportDriver {
+function guardTransport(driver: TransportDriver, plugin: string, host: HostServices): TransportDriver {
   const who = `transport ${driver.name} (${plugin})`;
   const wrap = async <T>(fn: () => Promise<T>): Promise<T> => {
     try {
@@ -217,7 +223,8 @@ function guardTransport(driver: TransportDriver, plugin: string): TransportDrive
         context.signal.throwIfAborted();
         const device = zDevice.safeParse(await driver.connect(connection, context));
         if (!device.success) throw new BerthError('DRIVER_ERROR', `${who} returned an invalid device`);
-        return device.data;
+        const realPath = host.fs.resolve(device.data.path);
+        return realPath === device.data.path ? device.data : { ...device.data, realPath };
       }),
     disconnect: (connection, device, options) => wrap(() => driver.disconnect(connection, device, options)),
     ...(driver.extend ? { extend: (c, d, x) => wrap(() => driver.extend!(c, d, x)) } : {}),

@@ -96,6 +96,11 @@ export const zDevice = z.object({
   scsi_wwn: z.string().optional(),
   multipath_id: z.string().optional(),
   paths: z.array(zDevicePath).optional(),
+  /**
+   * The device's path on this machine, when the transport runs against another host root (the
+   * simulated host): `<root>/dev/sda` for `/dev/sda`. Set by core, not by transports.
+   */
+  realPath: z.string().optional(),
   /** Transport-specific, secret-free facts needed to disconnect later (persisted). */
   meta: z.record(z.string(), z.unknown()).optional(),
 });

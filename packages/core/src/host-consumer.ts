@@ -23,7 +23,9 @@ export function createHostConsumer(fs: HostFs): Consumer {
     async publish(_server: Server, device: Device, attachment: Attachment): Promise<Publication> {
       const link = stableLinkPath(attachment.volumeId);
       await fs.mkdir(STABLE_LINK_DIR, { mode: 0o755 });
-      await fs.symlink(device.path, link);
+      // A device of a transport on another host root (the simulated host) is linked by its path
+      // on this machine, so the stable link opens the same device whoever follows it.
+      await fs.symlink(device.realPath ?? device.path, link);
       return { path: link };
     },
     async unpublish(_server: Server, attachment: Attachment): Promise<void> {
@@ -31,7 +33,8 @@ export function createHostConsumer(fs: HostFs): Consumer {
       const target = await fs.readlink(link);
       // Only remove our own link: another attachment of a multiattach volume on another server
       // never shares a host, and a link to another device means someone re-published since.
-      if (target !== undefined && (attachment.device === null || target === attachment.device.path)) {
+      const device = attachment.device;
+      if (target !== undefined && (device === null || target === (device.realPath ?? device.path))) {
         await fs.unlink(link);
       }
     },

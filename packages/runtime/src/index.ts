@@ -2,3 +2,4 @@ export { openBerth, loadConfig, BUILTIN_PLUGINS, type OpenBerthOptions } from '.
 export { parseSize, formatSize } from './size.js';
 export { defaultDataDir } from './data-dir.js';
 export { createLogger, REDACT_PATHS } from './logger.js';
+export { simulatedHostPaths, stopSimulatedHost, SIMULATED_PLUGINS } from './simulate.js';

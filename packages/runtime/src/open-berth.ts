@@ -26,6 +26,7 @@ import { createHostServices, hostFacts, type HostServices } from '@berth/host';
 import { openSqliteStore } from '@berth/store';
 import { defaultDataDir } from './data-dir.js';
 import { createLogger } from './logger.js';
+import { SIMULATED_PLUGINS, simulatedHostServices } from './simulate.js';
 
 /** Options of `openBerth`; each falls back to the environment, then to a default. */
 export interface OpenBerthOptions {
@@ -42,6 +43,11 @@ export interface OpenBerthOptions {
   logger?: Logger;
   /** Use these host services instead of the real machine's (tests and the simulated host). */
   host?: HostServices;
+  /**
+   * Run the iSCSI transports on berth's simulated host in real-backed mode (`--simulate`, or
+   * `BERTH_SIMULATE=1`): for machines whose kernel cannot log in to iSCSI.
+   */
+  simulate?: boolean;
 }
 
 /** Plugins every berth has: the host consumer, the loop and iSCSI transports, the file and tgt backends. */
@@ -102,7 +108,13 @@ export async function openBerth(options: OpenBerthOptions = {}): Promise<BerthSe
 
   const store = await openSqliteStore({ filename: config.store.filename ?? path.join(config.dataDir, 'berth.db') });
 
-  const catalog = new DriverCatalog(host, config.dataDir, logger, config.pluginOptions);
+  const simulate = options.simulate ?? ['1', 'true', 'yes'].includes(env.BERTH_SIMULATE ?? '');
+  const hostOverrides: Record<string, HostServices> = {};
+  if (simulate) {
+    const simHost = await simulatedHostServices(config.dataDir, { commandTimeoutMs: config.commandTimeoutMs, logger });
+    for (const name of SIMULATED_PLUGINS) hostOverrides[name] = simHost;
+  }
+  const catalog = new DriverCatalog(host, config.dataDir, logger, config.pluginOptions, hostOverrides);
   for (const builtin of BUILTIN_PLUGINS) {
     catalog.add({ plugin: builtin.plugin, packageName: builtin.packageName, version: undefined, options: undefined });
   }
