@@ -6,13 +6,15 @@ import { INITIATOR_NAME_FILE, IscsiadmError, readInitiatorName, type IscsiadmCli
 export const FIX = {
   install: 'apt-get install -y open-iscsi',
   iscsid: 'start iscsid: systemctl start iscsid (or run `iscsid`)',
+  transport: 'load the kernel initiator: modprobe iscsi_tcp (a kernel without it cannot log in: use `berth --simulate` to run on the simulated host instead)',
   initiator: `set this host's initiator name: echo "InitiatorName=$(iscsi-iname)" > ${INITIATOR_NAME_FILE} (the open-iscsi package does it on install), then restart iscsid`,
 } as const;
 
 /**
  * Whether this host can use the iSCSI kernel initiator: iscsiadm installed (its version),
  * iscsid answering (`iscsiadm -m session`: rc 0 or 21 "No active sessions" mean it answered,
- * rc 20 means no iscsid), and an initiator name in /etc/iscsi/initiatorname.iscsi.
+ * rc 20 means no iscsid), the kernel's tcp transport registered, and an initiator name in
+ * /etc/iscsi/initiatorname.iscsi.
  */
 export async function checkIscsiHost(
   deps: { fs: HostFs; runner: CommandRunner; iscsiadm: IscsiadmClient; timeoutMs: number },
@@ -50,6 +52,16 @@ export async function checkIscsiHost(
   } else {
     checks.push({ name: 'iscsid running', ok: false, detail: 'not checked: iscsiadm is missing' });
   }
+
+  // `iscsiadm -m session` answers from sysfs even without iscsid or a kernel initiator, so it
+  // cannot tell a host that can log in: the tcp transport class must be registered too.
+  const transport = await deps.fs.exists('/sys/class/iscsi_transport/tcp');
+  checks.push({
+    name: 'kernel iSCSI transport (iscsi_tcp)',
+    ok: transport,
+    detail: transport ? '/sys/class/iscsi_transport/tcp present' : 'no /sys/class/iscsi_transport/tcp: the iscsi_tcp module is not loaded',
+  });
+  if (!transport) fixes.push(FIX.transport);
 
   const initiator = await readInitiatorName(deps.fs);
   checks.push({
