@@ -15,6 +15,7 @@ import type { PipelineContext, PipelineDeps } from './pipeline/context.js';
 import { backendVolume, recomputeVolume } from './pipeline/context.js';
 import { detachableFrom, detachSteps, markDetachFailed } from './pipeline/detach.js';
 import { OperationRunner, summarize } from './pipeline/operation-runner.js';
+import { ownerAlive, recoverOperation, type RecoveryDeps, type RecoveryOutcome } from './pipeline/recovery.js';
 import type { Step } from './pipeline/step.js';
 import { zAttachRequest, zCreateServerRequest, zCreateVolumeRequest, zDetachRequest, zReserveAttachmentRequest } from './requests.js';
 import type {
@@ -449,6 +450,45 @@ export class BerthServiceImpl implements BerthService {
       entries.push({ kind: 'plugin', name: failure.packageName, result: { ok: false, summary: failure.error, fix: 'reinstall or remove it: berth plugins' } });
     }
     return entries;
+  }
+
+  async recover(): Promise<RecoveryOutcome[]> {
+    const outcomes: RecoveryOutcome[] = [];
+    for (const operation of await this.store.operations.list({ state: 'running' })) {
+      if (ownerAlive(operation.owner, this.identity.hostname, this.owner)) continue;
+      try {
+        // A compare-and-swap on the owner: of two processes starting at once, one recovers it.
+        await this.store.operations.setOwner(operation.id, this.owner, operation.owner);
+      } catch {
+        continue;
+      }
+      const log = this.logger.child({ operationId: operation.id, recovery: true });
+      const recover = async (): Promise<RecoveryOutcome> => {
+        try {
+          return await recoverOperation(this.recoveryDeps(), await this.store.operations.require(operation.id), log);
+        } catch (error) {
+          const e = toBerthError(error);
+          await this.store.operations.finish(operation.id, { state: 'failed', error: summarize(e) }).catch(() => undefined);
+          return { operationId: operation.id, kind: operation.kind, action: 'failed', detail: e.message };
+        }
+      };
+      const outcome = operation.volumeId ? await this.volumeLocks.withLock(operation.volumeId, recover) : await recover();
+      log.warn({ action: outcome.action, detail: outcome.detail }, 'recovered an interrupted operation');
+      outcomes.push(outcome);
+    }
+    return outcomes;
+  }
+
+  private recoveryDeps(): RecoveryDeps {
+    return {
+      ...this.deps,
+      runner: this.runner,
+      consumer: () => this.catalog.consumer(this.config.consumer),
+      owner: this.owner,
+      hostname: this.identity.hostname,
+      undoTimeoutMs: this.config.undoTimeoutMs,
+      faults: this.faults,
+    };
   }
 
   plugins(): PluginReport {

@@ -1,5 +1,6 @@
 import type { ConnectionInfo, Connector } from './connection.js';
 import type { CheckResult } from './contracts/check.js';
+import type { RecoveryOutcome } from './pipeline/recovery.js';
 import type { Attachment, Host, Operation, OperationState, Server, Volume, VolumeStatus } from './model.js';
 
 /** A reference to a volume or server: its id, or its name within the project. */
@@ -141,6 +142,12 @@ export interface BerthService {
   /** Whether each transport, backend and consumer works on this host. */
   doctor(): Promise<DoctorEntry[]>;
   plugins(): PluginReport;
+
+  /**
+   * Finish every operation whose process died (resume or roll back, see core's README); run on
+   * start by the embedded CLI and the server. Absent on a remote client: the server recovers.
+   */
+  recover?(): Promise<RecoveryOutcome[]>;
 
   /** Close the store and stop plugins' background work. */
   close(): Promise<void>;

@@ -202,8 +202,11 @@ export interface OperationRepository {
     id: string,
     outcome: { state: Exclude<OperationState, 'running'>; error?: ErrorSummary | null; result?: Record<string, unknown> | null },
   ): Promise<Operation>;
-  /** Hand a running operation to a new owner (recovery after a crash). */
-  setOwner(id: string, owner: string): Promise<void>;
+  /**
+   * Hand a running operation to a new owner (recovery after a crash): a compare-and-swap on the
+   * owner, so that of two processes recovering at once exactly one takes it (CONFLICT otherwise).
+   */
+  setOwner(id: string, owner: string, expectedOwner: string | null): Promise<void>;
 }
 
 export type { OperationStep };

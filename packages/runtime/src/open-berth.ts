@@ -48,6 +48,8 @@ export interface OpenBerthOptions {
    * `BERTH_SIMULATE=1`): for machines whose kernel cannot log in to iSCSI.
    */
   simulate?: boolean;
+  /** Finish operations left running by a process that died (default true). */
+  recover?: boolean;
 }
 
 /** Plugins every berth has: the host consumer, the loop and iSCSI transports, the file and tgt backends. */
@@ -141,5 +143,9 @@ export async function openBerth(options: OpenBerthOptions = {}): Promise<BerthSe
     .registerInstance(TOKENS.Logger, logger)
     .registerInstance(TOKENS.Catalog, catalog)
     .registerSingleton(TOKENS.Service, BerthServiceImpl);
-  return container.resolve<BerthService>(TOKENS.Service);
+  const service = container.resolve<BerthService>(TOKENS.Service);
+  // Nothing stays in a transitional state: whatever a dead process left half done is resumed or
+  // rolled back before this one does anything else.
+  if (options.recover ?? true) await service.recover?.();
+  return service;
 }

@@ -584,12 +584,14 @@ export function describeStoreConformance(name: string, open: () => Promise<Store
         const operation = await store.operations.create({ kind: 'attach', owner: '1@a', deadlineAt });
         const attachmentId = '7a0c9f5e-1b2d-4c3e-8f4a-5b6c7d8e9f00';
         await store.operations.setAttachment(operation.id, attachmentId);
-        await store.operations.setOwner(operation.id, '2@b');
+        await store.operations.setOwner(operation.id, '2@b', '1@a');
         expect(await store.operations.require(operation.id)).toMatchObject({ attachmentId, owner: '2@b' });
+        // A second recoverer expecting the old owner loses the race.
+        await rejection(store.operations.setOwner(operation.id, '9@z', '1@a'), 'CONFLICT');
         await rejection(store.operations.setAttachment('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b', attachmentId), 'NOT_FOUND');
-        await rejection(store.operations.setOwner('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b', 'x'), 'NOT_FOUND');
+        await rejection(store.operations.setOwner('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b', 'x', null), 'NOT_FOUND');
         await store.operations.finish(operation.id, { state: 'succeeded' });
-        await rejection(store.operations.setOwner(operation.id, '3@c'), 'CONFLICT');
+        await rejection(store.operations.setOwner(operation.id, '3@c', '2@b'), 'CONFLICT');
       });
 
       it('finish is a compare-and-swap from running', async () => {

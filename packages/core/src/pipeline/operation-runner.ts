@@ -81,7 +81,8 @@ export class OperationRunner {
     return { ok: true, timings };
   }
 
-  private async undo<C>(steps: ReadonlyArray<Step<C>>, context: C, options: RunOptions): Promise<BerthError[]> {
+  /** Undo `steps` in the order given (newest first), journalling each; returns the undos that failed. */
+  async undo<C>(steps: ReadonlyArray<Step<C>>, context: C, options: RunOptions): Promise<BerthError[]> {
     const errors: BerthError[] = [];
     for (const step of steps) {
       if (!step.undo) continue;

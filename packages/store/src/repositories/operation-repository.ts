@@ -264,13 +264,14 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
       return require(id);
     },
 
-    async setOwner(id: string, owner: string): Promise<void> {
+    async setOwner(id: string, owner: string, expectedOwner: string | null): Promise<void> {
       const result = await ctx
         .db()
         .updateTable('operations')
         .set({ owner })
         .where('id', '=', id)
         .where('state', '=', 'running')
+        .where((eb) => (expectedOwner === null ? eb('owner', 'is', null) : eb('owner', '=', expectedOwner)))
         .executeTakeFirst();
       if (result.numUpdatedRows === 0n) throw await notRunning(id);
     },

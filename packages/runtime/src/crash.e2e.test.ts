@@ -1,0 +1,117 @@
+import { execFileSync, spawnSync } from 'node:child_process';
+import { closeSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { BerthService } from '@berth/core';
+import { createTestBerth, linkTarget, loopDevicesUnder, type TestBerth } from './test-support.js';
+
+// Crash safety on the loop transport: a real child process is SIGKILLed at a fault point, a new
+// berth starts (and recovers), and the state must be consistent: the volume available or in-use
+// with a matching attachment and a matching loop device, nothing left over, no data lost.
+
+const CHILD = path.join(path.dirname(fileURLToPath(import.meta.url)), 'test-crash-child.mjs');
+const MiB = 1024 * 1024;
+const ATTACH = ['reserve', 'dispatch', 'connector', 'initialize', 'connect', 'publish', 'complete'];
+const DETACH = ['begin_detaching', 'dispatch', 'unpublish', 'disconnect', 'terminate', 'delete_attachment'];
+const table: Array<{ point: string; outcome: string; volume: string; loops: number }> = [];
+
+let t: TestBerth;
+
+beforeEach(async () => {
+  t = await createTestBerth();
+});
+
+afterEach(async () => {
+  await t.cleanup();
+});
+
+afterAll(() => {
+  console.log('\ncrash point                                  recovery      volume     loop devices');
+  for (const row of table) console.log(`${row.point.padEnd(44)} ${row.outcome.padEnd(13)} ${row.volume.padEnd(10)} ${row.loops}`);
+});
+
+function runChild(command: string, point: string): string {
+  const result = spawnSync(process.execPath, [CHILD, t.dataDir, command, 'v'], {
+    env: { ...process.env, BERTH_FAULTS: `${point}=crash`, BERTH_LOG_LEVEL: 'silent' },
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
+  return result.signal === 'SIGKILL' ? 'killed' : result.stdout.trim();
+}
+
+async function expectConsistent(berth: BerthService, volumeId: string, marker: Buffer): Promise<string> {
+  const volume = await berth.getVolume(volumeId);
+  const attachments = await berth.listAttachments({ volume: volumeId });
+  const loops = loopDevicesUnder(t.dataDir);
+  expect(await berth.listOperations({ state: 'running' })).toEqual([]);
+  if (volume.status === 'available') {
+    expect(attachments).toEqual([]);
+    expect(loops).toEqual([]);
+    expect(linkTarget(`/dev/berth/${volumeId}`)).toBeUndefined();
+  } else {
+    expect(volume.status).toBe('in-use');
+    expect(attachments.map((a) => a.status)).toEqual(['attached']);
+    expect(loops).toEqual([attachments[0]!.device!.path]);
+    expect(linkTarget(`/dev/berth/${volumeId}`)).toBe(attachments[0]!.device!.path);
+  }
+  // Data written before the crash is still there.
+  const fd = openSync(volume.providerLocation!, 'r');
+  try {
+    const back = Buffer.alloc(marker.length);
+    readSync(fd, back, 0, back.length, 2 * MiB);
+    expect(back.equals(marker)).toBe(true);
+  } finally {
+    closeSync(fd);
+  }
+  return volume.status;
+}
+
+async function writeMarker(berth: BerthService, marker: Buffer): Promise<void> {
+  const { attachment } = await berth.attach({ volume: 'v' });
+  const fd = openSync(attachment!.device!.path, 'r+');
+  try {
+    writeSync(fd, marker, 0, marker.length, 2 * MiB);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  await berth.detach({ volume: 'v' });
+}
+
+describe('crash at every fault point, then recovery', () => {
+  it.each(ATTACH.flatMap((s) => [`attach.${s}.before`, `attach.${s}.after`]))('%s', async (point) => {
+    const setup = await t.open();
+    const volume = await setup.createVolume({ name: 'v', sizeBytes: 16 * MiB });
+    const marker = Buffer.from(`marker-${point}`.padEnd(512, '.'));
+    await writeMarker(setup, marker);
+    await setup.close();
+    expect(runChild('attach', point)).toBe('killed');
+    const berth = await t.open();
+    const status = await expectConsistent(berth, volume.id, marker);
+    const [op] = await berth.listOperations();
+    table.push({ point, outcome: op!.state, volume: status, loops: loopDevicesUnder(t.dataDir).length });
+    if (status === 'in-use') await berth.detach({ volume: 'v' });
+    expect(loopDevicesUnder(t.dataDir)).toEqual([]);
+  });
+
+  it.each(DETACH.flatMap((s) => [`detach.${s}.before`, `detach.${s}.after`]))('%s', async (point) => {
+    const setup = await t.open();
+    const volume = await setup.createVolume({ name: 'v', sizeBytes: 16 * MiB });
+    const marker = Buffer.from(`marker-${point}`.padEnd(512, '.'));
+    await writeMarker(setup, marker);
+    await setup.attach({ volume: 'v' });
+    await setup.close();
+    expect(runChild('detach', point)).toBe('killed');
+    const berth = await t.open();
+    const status = await expectConsistent(berth, volume.id, marker);
+    const [op] = await berth.listOperations();
+    table.push({ point, outcome: op!.state, volume: status, loops: loopDevicesUnder(t.dataDir).length });
+    if (status === 'in-use') await berth.detach({ volume: 'v' });
+    expect(loopDevicesUnder(t.dataDir)).toEqual([]);
+  });
+
+  it('leaves no loop device of its own behind at the end', () => {
+    expect(execFileSync('losetup', ['--list', '--noheadings'], { encoding: 'utf8' })).not.toContain(t.dataDir);
+  });
+});
