@@ -50,6 +50,8 @@ export interface OpenBerthOptions {
   simulate?: boolean;
   /** Finish operations left running by a process that died (default true). */
   recover?: boolean;
+  /** Plugins given as objects (benchmarks, tests, embedding apps), registered after the built-ins. */
+  extraPlugins?: BerthPlugin[];
 }
 
 /** Plugins every berth has: the host consumer, the loop and iSCSI transports, the file and tgt backends. */
@@ -119,6 +121,9 @@ export async function openBerth(options: OpenBerthOptions = {}): Promise<BerthSe
   const catalog = new DriverCatalog(host, config.dataDir, logger, config.pluginOptions, hostOverrides);
   for (const builtin of BUILTIN_PLUGINS) {
     catalog.add({ plugin: builtin.plugin, packageName: builtin.packageName, version: undefined, options: undefined });
+  }
+  for (const plugin of options.extraPlugins ?? []) {
+    catalog.add({ plugin, packageName: plugin.name, version: undefined, options: undefined });
   }
   const sources: PluginSource[] = config.plugins.map((entry) =>
     typeof entry === 'string'

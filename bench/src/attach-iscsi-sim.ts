@@ -1,0 +1,144 @@
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { definePlugin, PLUGIN_API_VERSION, silentLogger, type BerthPlugin, type VolumeBackend } from '@berth/core';
+import type { CommandRunner, HostServices } from '@berth/host';
+import { openBerth } from '@berth/runtime';
+import { SimulatedHost } from '@berth/testkit/simhost';
+import { printTable, summarize } from './stats.js';
+
+const IQN = 'iqn.2026-11.io.berth.bench:target';
+const PORTAL = '127.0.0.1:3260';
+
+/** A backend whose volumes are LUNs of one target on the simulated host's model SAN. */
+function simSanPlugin(sim: SimulatedHost): BerthPlugin {
+  const luns = new Map<string, number>();
+  let next = 1;
+  return definePlugin({
+    name: 'bench-sim-san',
+    apiVersion: PLUGIN_API_VERSION,
+    register(registry) {
+      registry.backend('sim-san', (): VolumeBackend => ({
+        name: 'sim-san',
+        async create(volume) {
+          const lun = next++;
+          luns.set(volume.id, lun);
+          await sim.san.addLun(IQN, lun, { sizeBytes: volume.sizeBytes });
+          return { providerLocation: `${IQN}:${lun}` };
+        },
+        async delete(volume) {
+          const lun = luns.get(volume.id);
+          if (lun !== undefined) await sim.san.removeLun(IQN, lun);
+        },
+        async initializeConnection(volume) {
+          return { driver_volume_type: 'iscsi', data: { target_portal: PORTAL, target_iqn: IQN, target_lun: luns.get(volume.id)!, volume_id: volume.id } };
+        },
+        async terminateConnection() {},
+        async check() {
+          return { ok: true, summary: 'simulated SAN' };
+        },
+      }));
+    },
+  });
+}
+
+/** Wrap a runner to add up the time spent in commands (the unavoidable work). */
+function timedRunner(runner: CommandRunner, spent: { ms: number; count: number }): CommandRunner {
+  return {
+    async run(file, args, options) {
+      const t = performance.now();
+      try {
+        return await runner.run(file, args, options);
+      } finally {
+        spent.ms += performance.now() - t;
+        spent.count += 1;
+      }
+    },
+  };
+}
+
+/**
+ * Attach and detach over iSCSI on the simulated host (pure model SAN, device delay configurable,
+ * default 20 ms): the time of each step and of the whole operation, for 1 LUN and for 32 LUNs of
+ * one target attached concurrently, beside the unavoidable work (the commands the driver runs —
+ * each a process start of the simulator's iscsiadm — and the device delay).
+ */
+export async function benchAttachIscsiSim(options: { deviceDelayMs?: number; iterations?: number; concurrent?: number } = {}): Promise<void> {
+  const deviceDelayMs = options.deviceDelayMs ?? 20;
+  const iterations = options.iterations ?? 5;
+  const concurrent = options.concurrent ?? 32;
+  // The simulator's sysfs is real files: on tmpfs (if the machine has /dev/shm) their creation
+  // costs what the kernel's would, not what a loaded disk's metadata writes cost.
+  process.env.BERTH_SIMHOST_TMPDIR ??= existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir();
+  const sim = await SimulatedHost.start({ deviceDelayMs });
+  const dataDir = await mkdtemp(path.join(os.tmpdir(), 'berth-bench-iscsi-'));
+  try {
+    await sim.san.addTarget({ iqn: IQN, portals: [PORTAL], luns: {} });
+    const spent = { ms: 0, count: 0 };
+    const base = sim.hostServices();
+    const host: HostServices = { ...base, runner: timedRunner(base.runner, spent) };
+    const berth = await openBerth({ dataDir, env: {}, logger: silentLogger, host, extraPlugins: [simSanPlugin(sim)] });
+    try {
+      // One LUN, attached and detached `iterations` times.
+      await berth.createVolume({ name: 'one', sizeBytes: 64 << 20, backend: 'sim-san' });
+      const steps: Record<string, number[]> = {};
+      const whole = { attach: [] as number[], detach: [] as number[] };
+      const work = { attach: [] as number[], detach: [] as number[] };
+      const commands = { attach: [] as number[], detach: [] as number[] };
+      for (let i = 0; i < iterations; i++) {
+        for (const kind of ['attach', 'detach'] as const) {
+          spent.ms = 0;
+          spent.count = 0;
+          const t = performance.now();
+          const outcome = kind === 'attach' ? await berth.attach({ volume: 'one' }) : await berth.detach({ volume: 'one' });
+          whole[kind].push(performance.now() - t);
+          work[kind].push(spent.ms + (kind === 'attach' ? deviceDelayMs : 0));
+          commands[kind].push(spent.count);
+          const timings = (outcome.operation.result?.timings ?? {}) as Record<string, number>;
+          for (const [step, ms] of Object.entries(timings)) (steps[`${kind}.${step}`] ??= []).push(ms);
+        }
+      }
+      const row = (name: string, samples: number[]): Array<string | number> => {
+        const s = summarize(samples);
+        return [name, s.p50, s.max];
+      };
+      printTable(`iSCSI on the simulated host, 1 LUN, device delay ${deviceDelayMs} ms, ${iterations} cycles (ms)`, ['step', 'p50', 'max'], [
+        ...Object.entries(steps).map(([k, v]) => row(k, v)),
+        row('attach (whole)', whole.attach),
+        row('  unavoidable: commands + device delay', work.attach),
+        row('  overhead beyond it', whole.attach.map((w, i) => w - work.attach[i]!)),
+        row('detach (whole)', whole.detach),
+        row('  unavoidable: commands', work.detach),
+        row('  overhead beyond it', whole.detach.map((w, i) => w - work.detach[i]!)),
+      ]);
+      console.log(`commands per attach: ${commands.attach[commands.attach.length - 1]}, per detach: ${commands.detach[commands.detach.length - 1]}`);
+
+      // N LUNs of one target attached concurrently: one login, N scans.
+      for (let i = 0; i < concurrent; i++) await berth.createVolume({ name: `c${i}`, sizeBytes: 16 << 20, backend: 'sim-san' });
+      const names = Array.from({ length: concurrent }, (_, i) => `c${i}`);
+      let t = performance.now();
+      const attached = await Promise.all(names.map((volume) => berth.attach({ volume })));
+      const attachAll = performance.now() - t;
+      const perStep: Record<string, number[]> = {};
+      for (const o of attached) for (const [step, ms] of Object.entries(o.attachment?.timings ?? {})) (perStep[step] ??= []).push(ms);
+      const state = await sim.state();
+      t = performance.now();
+      await Promise.all(names.map((volume) => berth.detach({ volume })));
+      const detachAll = performance.now() - t;
+      printTable(`${concurrent} LUNs of one target attached concurrently (ms per attach)`, ['step', 'p50', 'max'], [
+        ...Object.entries(perStep).map(([k, v]) => row(k, v)),
+      ]);
+      printTable(`${concurrent} LUNs, wall clock (ms)`, ['what', 'ms'], [
+        ['attach all', attachAll],
+        ['detach all', detachAll],
+        ['sessions while attached (want 1)', state.sessions.length],
+      ]);
+    } finally {
+      await berth.close();
+    }
+  } finally {
+    await sim.stop();
+    await rm(dataDir, { recursive: true, force: true });
+  }
+}
