@@ -1,11 +1,25 @@
+import { benchApiCycle } from './api-cycle.js';
+import { benchAttachIscsiSim } from './attach-iscsi-sim.js';
 import { benchAttachLoop } from './attach-loop.js';
 
-/** Every benchmark, or those named on the command line. */
+const env = (name: string, fallback: number): number => Number(process.env[name] ?? fallback);
+
+/** Every benchmark, or those named on the command line (`npm run bench -- attach-loop`). */
 const benches: Record<string, () => Promise<void>> = {
-  'attach-loop': () => benchAttachLoop(Number(process.env.BENCH_ITERATIONS ?? 50)),
+  'attach-loop': () => benchAttachLoop(env('BENCH_ITERATIONS', 50)),
+  'attach-iscsi-sim': () =>
+    benchAttachIscsiSim({
+      deviceDelayMs: env('BENCH_DEVICE_DELAY_MS', 20),
+      iterations: env('BENCH_ITERATIONS_ISCSI', 5),
+      concurrent: env('BENCH_CONCURRENT_LUNS', 32),
+    }),
+  'api-cycle': () => benchApiCycle(env('BENCH_API_CYCLES', 100), env('BENCH_API_CONCURRENCY', 4)),
 };
 
 const wanted = process.argv.slice(2);
+for (const name of wanted) {
+  if (!(name in benches)) throw new Error(`unknown benchmark ${name}; known: ${Object.keys(benches).join(', ')}`);
+}
 for (const [name, run] of Object.entries(benches)) {
   if (wanted.length > 0 && !wanted.includes(name)) continue;
   await run();

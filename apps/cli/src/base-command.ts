@@ -3,7 +3,8 @@ import { join } from 'node:path';
 import { Command, Flags, ux } from '@oclif/core';
 import type { Interfaces } from '@oclif/core';
 import type { BerthService } from '@berth/core';
-import { openBerth } from '@berth/runtime';
+import { API_URL_ENV, openRemoteBerth, TOKEN_ENV } from '@berth/client';
+import { openBerth, type OpenBerthOptions } from '@berth/runtime';
 import { errorJson, errorLines, reportError } from './error-report.js';
 
 /** Flags of a command `T`, including the shared ones. */
@@ -12,8 +13,10 @@ export type CommandFlags<T extends typeof Command> = Interfaces.InferredFlags<(t
 export type CommandArgs<T extends typeof Command> = Interfaces.InferredArgs<T['args']>;
 
 /**
- * What every berth command shares: `--json`, `--data-dir`, `--config`, one BerthService opened on
- * demand and closed at the end, a spinner for long steps, and one way to report errors.
+ * What every berth command shares: `--json`, `--data-dir`, `--config`, `--api`, one BerthService
+ * opened on demand (the local one from `openBerth`, or with `--api`/BERTH_API_URL a client of the
+ * HTTP app: same methods, same outputs, same exit codes) and closed at the end, a spinner for long
+ * steps, and one way to report errors.
  */
 export abstract class BaseCommand<T extends typeof Command> extends Command {
   static override enableJsonFlag = true;
@@ -25,6 +28,17 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     }),
     config: Flags.string({
       description: 'The config file [env: BERTH_CONFIG; default: <data dir>/config.json when present]',
+      helpGroup: 'GLOBAL',
+    }),
+    simulate: Flags.boolean({
+      description:
+        "Run the iSCSI transports on berth's simulated host (real-backed: logins reach the real target, disks are real loop devices) — for machines whose kernel cannot log in to iSCSI [env: BERTH_SIMULATE]",
+      env: 'BERTH_SIMULATE',
+      helpGroup: 'GLOBAL',
+    }),
+    api: Flags.string({
+      description: `Run the command through the berth API at this URL (its token from ${TOKEN_ENV}) instead of on the local state`,
+      env: API_URL_ENV,
       helpGroup: 'GLOBAL',
     }),
   };
@@ -50,15 +64,27 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     this.args = args as CommandArgs<T>;
   }
 
-  /** The berth service, opened on first use with this command's data dir, config and plugins. */
-  protected async berth(): Promise<BerthService> {
-    if (this.service !== undefined) return this.service;
-    const pluginDirs = installedPluginDirs(this.config.dataDir);
-    const service = await openBerth({
+  /** What `openBerth` gets from this command's flags: data dir, config file and installed plugins. */
+  protected openBerthOptions(): OpenBerthOptions {
+    return {
       ...(this.flags['data-dir'] === undefined ? {} : { dataDir: this.flags['data-dir'] }),
       ...(this.flags.config === undefined ? {} : { configFile: this.flags.config }),
-      pluginDirs,
-    });
+      pluginDirs: installedPluginDirs(this.config.dataDir),
+      ...(this.flags.simulate ? { simulate: true } : {}),
+    };
+  }
+
+  /**
+   * The berth service, opened on first use: with `--api` (or BERTH_API_URL) a client of that API,
+   * else the local one with this command's data dir, config and plugins.
+   */
+  protected async berth(): Promise<BerthService> {
+    if (this.service !== undefined) return this.service;
+    const api = this.flags.api;
+    const service =
+      api === undefined || api === ''
+        ? await openBerth(this.openBerthOptions())
+        : await openRemoteBerth({ url: api, ...(process.env[TOKEN_ENV] === undefined ? {} : { token: process.env[TOKEN_ENV] }) });
     this.service = service;
     if (!this.jsonEnabled() && !(this.ctor as typeof BaseCommand).reportsPlugins) {
       // One broken plugin must not stop berth, but people should know why its driver is missing.

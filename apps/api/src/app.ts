@@ -1,0 +1,182 @@
+import { randomUUID } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
+import type { Writable } from 'node:stream';
+import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
+import type { BerthService } from '@berth/core';
+import type { TokenTable } from './auth.js';
+import { IdempotencyCache } from './idempotency.js';
+import { ApiMetrics } from './metrics.js';
+import { buildOpenApi, type OpenApiDocument } from './openapi.js';
+import { OperationTracker } from './operation-tracker.js';
+import { makeProblem, PROBLEM_CONTENT_TYPE, toProblem, type Problem } from './problem.js';
+import type { RouteDeps } from './route-deps.js';
+import { registerRoutes, type AnyRoute } from './route.js';
+import { attachmentRoutes } from './routes/attachments.js';
+import { hostRoutes } from './routes/hosts.js';
+import { operationRoutes } from './routes/operations.js';
+import { serverRoutes } from './routes/servers.js';
+import { systemRoutes } from './routes/system.js';
+import { volumeRoutes } from './routes/volumes.js';
+import { API_VERSION } from './version.js';
+
+/** Paths pino redacts in the app's logs: tokens and CHAP secrets never reach a log line. */
+export const API_REDACT_PATHS = [
+  'req.headers.authorization',
+  'headers.authorization',
+  'authorization',
+  'token',
+  '*.token',
+  'auth_password',
+  'discovery_auth_password',
+  '*.auth_password',
+  '*.discovery_auth_password',
+  '*.*.auth_password',
+  '*.*.discovery_auth_password',
+];
+
+/** Default request body limit: every berth request is small. */
+export const DEFAULT_BODY_LIMIT = 64 * 1024;
+/** Default upper bound of `?wait=`. */
+export const DEFAULT_MAX_WAIT_MS = 60_000;
+
+/** How the app logs: not at all, or pino JSON at `level` (to `stream`, default stdout). */
+export type ApiLogOptions = false | { level: string; stream?: Writable };
+
+/** Options of `createApiApp`. */
+export interface ApiAppOptions {
+  /** The service every route calls (from `openBerth`). The app never closes it. */
+  service: BerthService;
+  tokens: TokenTable;
+  /** The project of requests that name none (the config's `defaultProject`). */
+  defaultProject: string;
+  logger?: ApiLogOptions;
+  bodyLimit?: number;
+  maxWaitMs?: number;
+  /** Export prom-client's process metrics too (default true). */
+  defaultMetrics?: boolean;
+  /** How many finished operations' outcomes and idempotent replies to remember (default 1000 each). */
+  memoryCapacity?: number;
+}
+
+/** A built app: fastify plus the parts tests and the server look at. */
+export interface ApiApp {
+  fastify: FastifyInstance;
+  metrics: ApiMetrics;
+  tracker: OperationTracker;
+  openapi: OpenApiDocument;
+  routes: readonly AnyRoute[];
+  /** Listen on `host:port` (port 0: any free one); resolves to the base URL. */
+  listen(host: string, port: number): Promise<string>;
+  /**
+   * Stop: refuse new requests (503), end long-polls, let requests in flight finish, close the
+   * listener, then wait for every operation this app started. The service stays open.
+   */
+  close(): Promise<void>;
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+function sendProblem(reply: FastifyReply, problem: Problem): FastifyReply {
+  void reply.header('x-request-id', problem.requestId);
+  if (problem.code === 'UNAUTHENTICATED') void reply.header('www-authenticate', 'Bearer');
+  return reply.code(problem.status).type(PROBLEM_CONTENT_TYPE).send(problem);
+}
+
+/** Build the HTTP app on a service: routes, auth, validation, problem+json errors and metrics. */
+export async function createApiApp(options: ApiAppOptions): Promise<ApiApp> {
+  const log = options.logger ?? false;
+  const fastify = Fastify({
+    logger:
+      log === false
+        ? false
+        : { level: log.level, redact: { paths: API_REDACT_PATHS, censor: '***' }, ...(log.stream === undefined ? {} : { stream: log.stream }) },
+    bodyLimit: options.bodyLimit ?? DEFAULT_BODY_LIMIT,
+    onProtoPoisoning: 'error',
+    onConstructorPoisoning: 'error',
+    requestIdHeader: false,
+    // A caller's own request id is kept when it is a plain token, so logs on both sides line up.
+    genReqId: (req) => {
+      const given = req.headers['x-request-id'];
+      return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
+    },
+    routerOptions: { maxParamLength: 256 },
+    return503OnClosing: false,
+    forceCloseConnections: 'idle',
+    frameworkErrors: (error, request, reply) => {
+      sendProblem(reply, toProblem(error, request.id));
+    },
+  });
+
+  const metrics = new ApiMetrics({ defaultMetrics: options.defaultMetrics ?? true });
+  const tracker = new OperationTracker(options.service, metrics, fastify.log, options.memoryCapacity ?? 1000);
+  const shutdown = new AbortController();
+  // Every long-poll listens on it for as long as it waits: many at once is normal, not a leak.
+  setMaxListeners(0, shutdown.signal);
+  let openapi: OpenApiDocument | undefined;
+  const deps: RouteDeps = {
+    service: options.service,
+    tracker,
+    metrics,
+    defaultProject: options.defaultProject,
+    maxWaitMs: options.maxWaitMs ?? DEFAULT_MAX_WAIT_MS,
+    shutdown: shutdown.signal,
+    openapi: () => {
+      if (openapi === undefined) throw new Error('the OpenAPI document is built after the routes');
+      return openapi;
+    },
+  };
+  const routes = [...systemRoutes(deps), ...volumeRoutes(deps), ...serverRoutes(deps), ...hostRoutes(deps), ...attachmentRoutes(deps), ...operationRoutes(deps)];
+  openapi = buildOpenApi(routes, API_VERSION);
+
+  fastify.addHook('onRequest', async (request, reply) => {
+    void reply.header('x-request-id', request.id);
+    if (shutdown.signal.aborted && request.url !== '/healthz') {
+      void reply.header('connection', 'close');
+      return sendProblem(reply, makeProblem('CANCELLED', 'the server is shutting down; retry after it restarts', request.id, { status: 503 }));
+    }
+    return undefined;
+  });
+  fastify.addHook('onResponse', async (request, reply) => {
+    metrics.httpDuration.observe(
+      { method: request.method, route: request.routeOptions.url ?? 'unmatched', status: String(reply.statusCode) },
+      reply.elapsedTime / 1000,
+    );
+  });
+  fastify.setErrorHandler((error, request, reply) => {
+    const problem = toProblem(error, request.id);
+    if (problem.status >= 500) request.log.error({ err: error, code: problem.code }, 'request failed');
+    else request.log.info({ code: problem.code, status: problem.status }, 'request refused');
+    return sendProblem(reply, problem);
+  });
+  fastify.setNotFoundHandler((request, reply) =>
+    sendProblem(reply, makeProblem('NOT_FOUND', `no route ${request.method} ${(request.url.split('?')[0] ?? '').slice(0, 200)}`, request.id, {
+      hint: 'see /openapi.json or /docs for the routes',
+    })),
+  );
+  registerRoutes(fastify, routes, { tokens: options.tokens, idempotency: new IdempotencyCache(options.memoryCapacity ?? 1000) });
+  await fastify.ready();
+
+  let closing: Promise<void> | undefined;
+  return {
+    fastify,
+    metrics,
+    tracker,
+    openapi,
+    routes,
+    async listen(host, port) {
+      await fastify.listen({ host, port });
+      const address = fastify.server.address();
+      if (address === null || typeof address === 'string') return `http://${host}:${port}`;
+      const shown = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+      return `http://${shown}:${address.port}`;
+    },
+    close() {
+      closing ??= (async () => {
+        shutdown.abort();
+        await fastify.close();
+        await tracker.drain();
+      })();
+      return closing;
+    },
+  };
+}

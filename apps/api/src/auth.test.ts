@@ -1,0 +1,53 @@
+import { describe, expect, it } from 'vitest';
+import { BerthError } from '@berth/core';
+import { scopeOf } from './access.js';
+import { hashToken, TokenTable } from './auth.js';
+import { testTokenEntries, TOKENS } from './test-support.js';
+
+function codeOf(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (error) {
+    if (BerthError.is(error)) return error.code;
+    throw error;
+  }
+  return 'no error';
+}
+
+describe('TokenTable', () => {
+  const table = TokenTable.fromConfig(testTokenEntries(), {});
+
+  it('knows a token by its SHA-256 and returns its principal, never the token', () => {
+    expect(hashToken('abc')).toBe('ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad');
+    expect(table.authenticate(`Bearer ${TOKENS.memberA}`)).toEqual({ name: 'member-a', role: 'member', projectId: 'project-a' });
+    expect(table.authenticate(`bearer   ${TOKENS.admin}`).role).toBe('admin');
+    expect(JSON.stringify(table)).not.toContain(TOKENS.admin);
+  });
+
+  it('refuses a missing, malformed or unknown token alike', () => {
+    for (const header of [undefined, '', 'Basic abc', 'Bearer', `Bearer ${TOKENS.admin} extra`, `Bearer ${TOKENS.admin.slice(0, -1)}`, `Bearer ${'x'.repeat(5000)}`]) {
+      expect(codeOf(() => table.authenticate(header))).toBe('UNAUTHENTICATED');
+    }
+  });
+
+  it('never runs open: no tokens and no BERTH_API_TOKEN is a CONFIG error', () => {
+    expect(codeOf(() => TokenTable.fromConfig([], {}))).toBe('CONFIG');
+    expect(codeOf(() => TokenTable.fromConfig([], { BERTH_API_TOKEN: '' }))).toBe('CONFIG');
+    expect(codeOf(() => TokenTable.fromConfig([], { BERTH_API_TOKEN: 'short' }))).toBe('CONFIG');
+    const fromEnv = TokenTable.fromConfig([], { BERTH_API_TOKEN: 'an-admin-token-from-the-env' });
+    expect(fromEnv.authenticate('Bearer an-admin-token-from-the-env')).toEqual({ name: 'env', role: 'admin', projectId: undefined });
+  });
+});
+
+describe('scopeOf', () => {
+  it('keeps a member in its project and lets admins pick one', () => {
+    const member = { name: 'm', role: 'member' as const, projectId: 'p1' };
+    expect(scopeOf(member, undefined, 'default')).toEqual({ projectId: 'p1' });
+    expect(scopeOf(member, 'p1', 'default')).toEqual({ projectId: 'p1' });
+    expect(codeOf(() => scopeOf(member, 'p2', 'default'))).toBe('NOT_FOUND');
+    expect(scopeOf({ name: 'm', role: 'member', projectId: undefined }, undefined, 'default')).toEqual({ projectId: 'default' });
+    const admin = { name: 'a', role: 'admin' as const, projectId: undefined };
+    expect(scopeOf(admin, undefined, 'default')).toEqual({});
+    expect(scopeOf(admin, 'p2', 'default')).toEqual({ projectId: 'p2' });
+  });
+});

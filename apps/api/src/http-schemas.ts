@@ -1,0 +1,137 @@
+import { z } from 'zod';
+import {
+  zAttachment,
+  zAttachRequest,
+  zConnectionInfo,
+  zConnector,
+  zCreateServerRequest,
+  zCreateVolumeRequest,
+  zDetachRequest,
+  zHost,
+  zOperation,
+  zOperationState,
+  zReserveAttachmentRequest,
+  zServer,
+  zSizeBytes,
+  zVolume,
+  zVolumeStatus,
+} from '@berth/core';
+import { zWaitDuration } from './duration.js';
+
+// Request schemas derive from @berth/core's (the service parses them again): the HTTP layer only
+// drops what it sets itself (projectId, idempotencyKey, path parameters). Every object is strict.
+
+/** A volume, server or host: its name within the project, or its id. */
+export const zRef = z.string().min(1).max(200).describe('a name (within the project) or an id');
+const zProjectId = z.string().min(1).max(200).describe('the project to act in (admin and agent tokens; a member token acts in its own)');
+
+/** Path `{volume}`. */
+export const zVolumeParams = z.strictObject({ volume: zRef });
+/** Path `{server}`. */
+export const zServerParams = z.strictObject({ server: zRef });
+/** Path `{server}` and `{volume}`. */
+export const zServerVolumeParams = z.strictObject({ server: zRef, volume: zRef });
+/** Path `{host}`. */
+export const zHostParams = z.strictObject({ host: zRef });
+/** Path `{id}` of an attachment or operation. */
+export const zIdParams = z.strictObject({ id: z.uuid() });
+/** No path parameters. */
+export const zNoParams = z.strictObject({});
+
+/** Query of project-scoped requests. */
+export const zScopeQuery = z.strictObject({ projectId: zProjectId.optional() });
+/** No query. */
+export const zNoQuery = z.strictObject({});
+/** `GET /v1/volumes`. */
+export const zVolumeListQuery = zScopeQuery.extend({ status: zVolumeStatus.optional() });
+/** `GET /v1/attachments`. */
+export const zAttachmentListQuery = zScopeQuery.extend({ volume: zRef.optional(), server: zRef.optional() });
+/** `GET /v1/operations`. */
+export const zOperationListQuery = zScopeQuery.extend({ state: zOperationState.optional() });
+/** `GET /v1/operations/{id}`: `wait` long-polls until the operation ends (bounded by the server). */
+export const zOperationQuery = zScopeQuery.extend({
+  wait: zWaitDuration.optional().describe('wait up to this long (30s, 500ms, 2m; at most the server\'s maximum) for the operation to end'),
+});
+const zBooleanText = z.enum(['true', 'false']).transform((v) => v === 'true');
+/** `DELETE .../volume-attachments/{volume}`. */
+export const zDetachQuery = zScopeQuery.extend({ force: zBooleanText.optional().describe('go on through driver and backend errors') });
+
+// A connector's own keys are os-brick's; a third-party driver may add more, but only flat values:
+// nothing deep that a backend or the store would have to walk.
+const zConnectorExtra = z.union([
+  z.string().max(4096),
+  z.number(),
+  z.boolean(),
+  z.null(),
+  z.array(z.union([z.string().max(4096), z.number(), z.boolean()])).max(64),
+]);
+/** A connector as the HTTP API accepts it (os-brick's names; extra keys must be flat). */
+export const zHttpConnector = zConnector.catchall(zConnectorExtra);
+
+/** `POST /v1/volumes`. */
+export const zCreateVolumeBody = zCreateVolumeRequest.omit({ projectId: true });
+/** `POST /v1/volumes/{volume}/extend`. */
+export const zExtendVolumeBody = z.strictObject({ sizeBytes: zSizeBytes });
+/** `POST /v1/volumes/{volume}/attach`: the server defaults to the API host's own. */
+export const zVolumeAttachBody = zAttachRequest.omit({ volume: true, projectId: true, idempotencyKey: true });
+/** `POST /v1/volumes/{volume}/detach`. */
+export const zVolumeDetachBody = zDetachRequest.omit({ volume: true, projectId: true, idempotencyKey: true });
+/** `POST /v1/servers`. */
+export const zCreateServerBody = zCreateServerRequest.omit({ projectId: true });
+/** `POST /v1/servers/{server}/volume-attachments` (Nova's attach). */
+export const zServerAttachBody = zAttachRequest
+  .pick({ mode: true, multipath: true })
+  .extend({ volumeId: zRef.describe('the volume to attach: its id (or its name)') });
+/** `POST /v1/attachments` (the three-phase API's create: reserve, and initialize when a connector is given). */
+export const zReserveAttachmentBody = zReserveAttachmentRequest.omit({ projectId: true }).extend({ connector: zHttpConnector.optional() });
+/** `PUT /v1/attachments/{id}` (initialize with a connector). */
+export const zInitializeAttachmentBody = z.strictObject({ connector: zHttpConnector });
+/** A body that must be absent or `{}`. */
+export const zEmptyBody = z.strictObject({});
+
+/** `{volumes: [...]}`. */
+export const zVolumeList = z.object({ volumes: z.array(zVolume) });
+/** `{servers: [...]}`. */
+export const zServerList = z.object({ servers: z.array(zServer) });
+/** `{hosts: [...]}`. */
+export const zHostList = z.object({ hosts: z.array(zHost) });
+/** `{attachments: [...]}`. */
+export const zAttachmentList = z.object({ attachments: z.array(zAttachment) });
+/** `{volumeAttachments: [...]}`. */
+export const zVolumeAttachmentList = z.object({ volumeAttachments: z.array(zAttachment) });
+/** `{operations: [...]}`. */
+export const zOperationList = z.object({ operations: z.array(zOperation) });
+/** An attachment and, once initialized, its connection_info (secrets only for admin and agent tokens). */
+export const zAttachmentConnection = z.object({ attachment: zAttachment, connectionInfo: zConnectionInfo.nullable() });
+/** A finished operation's outcome. */
+export const zOperationOutcome = z.object({ operation: zOperation, volume: zVolume, attachment: zAttachment.nullable() });
+/** `{volume}` after an attachment was deleted. */
+export const zVolumeEnvelope = z.object({ volume: zVolume });
+/** A volume's backend secrets. */
+export const zCredentials = z.object({ credentials: z.record(z.string(), z.string()) });
+/** `berth doctor`'s entries. */
+export const zDoctorReport = z.object({
+  entries: z.array(
+    z.object({
+      kind: z.enum(['transport', 'backend', 'consumer', 'store', 'plugin']),
+      name: z.string(),
+      result: z.looseObject({ ok: z.boolean(), summary: z.string(), fix: z.string().optional() }),
+    }),
+  ),
+});
+/** What the plugin loader found. */
+export const zPluginReport = z.object({
+  loaded: z.array(
+    z.object({
+      name: z.string(),
+      packageName: z.string(),
+      version: z.string().optional(),
+      transports: z.array(z.string()),
+      backends: z.array(z.string()),
+      consumers: z.array(z.string()),
+    }),
+  ),
+  failed: z.array(z.object({ packageName: z.string(), error: z.string() })),
+});
+/** `/healthz` and `/readyz`. */
+export const zHealth = z.object({ status: z.string() });

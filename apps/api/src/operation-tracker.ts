@@ -1,0 +1,122 @@
+import { setTimeout as delay } from 'node:timers/promises';
+import { BerthError, toBerthError, type BerthService, type OperationOutcome, type StartedOperation } from '@berth/core';
+import { BoundedMap } from './bounded-map.js';
+import type { ApiMetrics } from './metrics.js';
+
+/** How an operation ended, as seen by the process that ran it. */
+export type Settlement = { ok: true; outcome: OperationOutcome } | { ok: false; error: BerthError };
+
+/** The logging the tracker needs. */
+export interface TrackerLog {
+  warn(obj: Record<string, unknown>, msg?: string): void;
+}
+
+// Operations started by another process (the CLI, another API instance) have no promise here:
+// their row is read again at this interval until it leaves `running` or the wait ends.
+const STORE_POLL_MS = 100;
+
+/**
+ * The operations this app started: their `done` promises (what a long-poll waits on), how each
+ * ended (kept for the last `capacity` ones, so a client can fetch the outcome, including a detach's
+ * attachment as it was), the in-flight gauge and the metrics recorded from each finished journal.
+ */
+export class OperationTracker {
+  private readonly pending = new Map<string, { kind: string; settled: Promise<void> }>();
+  private readonly results: BoundedMap<string, Settlement>;
+
+  constructor(
+    private readonly service: BerthService,
+    private readonly metrics: ApiMetrics,
+    private readonly log: TrackerLog,
+    capacity = 1000,
+  ) {
+    this.results = new BoundedMap(capacity);
+  }
+
+  /** Follow a started operation until it ends (a replayed one is not counted twice). */
+  track(started: StartedOperation): void {
+    const { operation, done } = started;
+    const id = operation.id;
+    if (this.pending.has(id) || this.results.has(id)) {
+      done.catch(() => undefined);
+      return;
+    }
+    // A replay of an operation that finished before this process started: remember its outcome,
+    // record nothing (its metrics belong to whoever ran it).
+    const counted = operation.state === 'running';
+    if (counted) this.metrics.inFlight.inc({ kind: operation.kind });
+    const settled = done
+      .then(
+        (outcome) => {
+          this.results.set(id, { ok: true, outcome });
+          if (counted) this.metrics.recordOperation(outcome.operation, outcome.attachment?.transport ?? 'unknown');
+        },
+        async (raw: unknown) => {
+          this.results.set(id, { ok: false, error: toBerthError(raw) });
+          if (!counted) return;
+          const finished = await this.service.getOperation(id).catch(() => undefined);
+          if (finished) this.metrics.recordOperation(finished, 'unknown');
+        },
+      )
+      .catch((error: unknown) => {
+        this.log.warn({ operationId: id, err: toBerthError(error).message }, 'recording an operation failed');
+      })
+      .finally(() => {
+        if (counted) this.metrics.inFlight.dec({ kind: operation.kind });
+        this.pending.delete(id);
+      });
+    this.pending.set(id, { kind: operation.kind, settled });
+  }
+
+  /** How an operation this process ran ended, if it did and is still remembered. */
+  settlement(id: string): Settlement | undefined {
+    return this.results.get(id);
+  }
+
+  /** How many operations this process started are still running. */
+  inFlight(): number {
+    return this.pending.size;
+  }
+
+  /**
+   * Wait until operation `id` is no longer running, `ms` passes, or `signal` aborts (shutdown),
+   * whichever comes first. Resolves in every case; the caller reads the state afterwards.
+   */
+  async waitFor(id: string, ms: number, signal: AbortSignal): Promise<void> {
+    if (ms <= 0 || signal.aborted) return;
+    const deadline = Date.now() + ms;
+    const local = this.pending.get(id);
+    if (local !== undefined) {
+      await this.race(local.settled, ms, signal);
+      return;
+    }
+    if (this.results.has(id)) return;
+    for (;;) {
+      const operation = await this.service.getOperation(id);
+      if (operation.state !== 'running') return;
+      const left = deadline - Date.now();
+      if (left <= 0 || signal.aborted) return;
+      const ok = await delay(Math.min(STORE_POLL_MS, left), true, { signal }).catch(() => false);
+      if (!ok) return;
+    }
+  }
+
+  /** Wait for every operation this process started to finish. */
+  async drain(): Promise<void> {
+    while (this.pending.size > 0) {
+      await Promise.allSettled([...this.pending.values()].map((p) => p.settled));
+    }
+  }
+
+  private async race(settled: Promise<void>, ms: number, signal: AbortSignal): Promise<void> {
+    const timer = new AbortController();
+    const onAbort = (): void => timer.abort();
+    signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      await Promise.race([settled, delay(ms, undefined, { signal: timer.signal }).catch(() => undefined)]);
+    } finally {
+      timer.abort();
+      signal.removeEventListener('abort', onAbort);
+    }
+  }
+}

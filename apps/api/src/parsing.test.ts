@@ -1,0 +1,72 @@
+import { describe, expect, it } from 'vitest';
+import { BerthError } from '@berth/core';
+import { zWaitDuration } from './duration.js';
+import { IdempotencyCache } from './idempotency.js';
+import { parseListenAddress } from './listen-address.js';
+import { toProblem } from './problem.js';
+
+describe('?wait= durations', () => {
+  it('reads seconds, milliseconds and minutes, and nothing else', () => {
+    expect(zWaitDuration.parse('30s')).toBe(30_000);
+    expect(zWaitDuration.parse('30')).toBe(30_000);
+    expect(zWaitDuration.parse('250ms')).toBe(250);
+    expect(zWaitDuration.parse('2m')).toBe(120_000);
+    for (const bad of ['', '1h', '-1s', '1.5s', '30 s', '99999999s', 's']) expect(zWaitDuration.safeParse(bad).success).toBe(false);
+  });
+});
+
+describe('listen addresses', () => {
+  it('parses host:port and [v6]:port', () => {
+    expect(parseListenAddress('127.0.0.1:8776')).toEqual({ host: '127.0.0.1', port: 8776 });
+    expect(parseListenAddress('[::1]:0')).toEqual({ host: '::1', port: 0 });
+    expect(parseListenAddress('localhost:80')).toEqual({ host: 'localhost', port: 80 });
+    for (const bad of ['8776', '127.0.0.1', '127.0.0.1:99999', ':80', 'a b:1', '::1:80']) {
+      expect(() => parseListenAddress(bad)).toThrow(BerthError);
+    }
+  });
+});
+
+describe('problems', () => {
+  it('keep a BerthError\'s code, message and hint, but hide INTERNAL details and causes', () => {
+    const conflict = toProblem(new BerthError('CONFLICT', 'volume v is in-use', { hint: 'detach it', details: { actual: 'in-use', nested: { x: 1 } } }), 'r1');
+    expect(conflict).toEqual({
+      type: 'urn:berth:error:conflict',
+      title: 'Conflict with the current state',
+      status: 409,
+      code: 'CONFLICT',
+      detail: 'volume v is in-use',
+      requestId: 'r1',
+      hint: 'detach it',
+      details: { actual: 'in-use' },
+    });
+    const internal = toProblem(new BerthError('INTERNAL', 'sqlite said: /var/lib/berth/berth.db is locked'), 'r2');
+    expect(internal.detail).not.toContain('sqlite');
+    expect(toProblem(new TypeError('x is undefined'), 'r3')).toMatchObject({ status: 500, code: 'INTERNAL' });
+    expect(toProblem(new TypeError('x is undefined'), 'r3').detail).not.toContain('undefined');
+  });
+
+  it('turn fastify\'s own 4xx errors into fixed sentences', () => {
+    const tooLarge = toProblem(Object.assign(new Error('Request body is too large'), { statusCode: 413, code: 'FST_ERR_CTP_BODY_TOO_LARGE' }), 'r');
+    expect(tooLarge).toMatchObject({ status: 413, code: 'VALIDATION', detail: 'the request body is too large' });
+    const echo = toProblem(Object.assign(new SyntaxError('Unexpected token s in "secret"'), { statusCode: 400 }), 'r');
+    expect(echo.detail).not.toContain('secret');
+  });
+});
+
+describe('IdempotencyCache', () => {
+  it('replays a finished reply, refuses another request and a concurrent one, forgets a failed one', () => {
+    const cache = new IdempotencyCache(2);
+    expect(cache.begin('t', 'k', 'f1')).toEqual({ kind: 'run' });
+    expect(() => cache.begin('t', 'k', 'f1')).toThrow(expect.objectContaining({ code: 'CONFLICT' }));
+    cache.complete('t', 'k', 'f1', { status: 201, body: { id: 1 }, headers: {} });
+    expect(cache.begin('t', 'k', 'f1')).toEqual({ kind: 'replay', reply: { status: 201, body: { id: 1 }, headers: {} } });
+    expect(() => cache.begin('t', 'k', 'f2')).toThrow(expect.objectContaining({ code: 'UNPROCESSABLE' }));
+    expect(cache.begin('other-token', 'k', 'f2')).toEqual({ kind: 'run' });
+    cache.abandon('other-token', 'k');
+    expect(cache.begin('other-token', 'k', 'f2')).toEqual({ kind: 'run' });
+    // Bounded: the oldest key is forgotten.
+    cache.begin('t', 'k2', 'f');
+    cache.begin('t', 'k3', 'f');
+    expect(cache.begin('t', 'k', 'f9')).toEqual({ kind: 'run' });
+  });
+});

@@ -1,0 +1,143 @@
+import { z } from 'zod';
+import { BerthError, ERROR_CODES, HTTP_STATUS, type BerthErrorCode } from '@berth/core';
+
+/** The media type of every error body. */
+export const PROBLEM_CONTENT_TYPE = 'application/problem+json; charset=utf-8';
+
+/** An RFC 9457 problem, with berth's stable `code` and the request id to find it in the log. */
+export const zProblem = z.object({
+  type: z.string(),
+  title: z.string(),
+  status: z.number().int(),
+  code: z.enum(ERROR_CODES),
+  detail: z.string(),
+  requestId: z.string(),
+  hint: z.string().optional(),
+  operationId: z.string().optional(),
+  issues: z.array(z.object({ path: z.array(z.string()), message: z.string() })).optional(),
+  details: z.record(z.string(), z.unknown()).optional(),
+});
+/** A problem body. */
+export type Problem = z.output<typeof zProblem>;
+
+const TITLES: Record<BerthErrorCode, string> = {
+  VALIDATION: 'The request is not valid',
+  NOT_FOUND: 'Not found',
+  CONFLICT: 'Conflict with the current state',
+  INVALID_STATE: 'The resource is in the wrong state',
+  UNPROCESSABLE: 'The request cannot be carried out',
+  UNAUTHENTICATED: 'Authentication required',
+  FORBIDDEN: 'Not allowed for this token',
+  PERMISSION_DENIED: 'The server lacks a permission on its host',
+  TIMEOUT: 'Deadline passed',
+  CANCELLED: 'Cancelled',
+  AUTH_FAILED: 'Storage authentication failed',
+  HOST_UNSUPPORTED: 'The host lacks what this needs',
+  COMMAND_FAILED: 'A host command failed',
+  DRIVER_ERROR: 'A transport driver failed',
+  BACKEND_ERROR: 'A volume backend failed',
+  PLUGIN_ERROR: 'A plugin failed',
+  CONFIG: 'Server configuration problem',
+  INTERNAL: 'Internal error',
+};
+
+/** The `type` URI of a code (stable; one per code). */
+export function problemType(code: BerthErrorCode): string {
+  return `urn:berth:error:${code.toLowerCase().replaceAll('_', '-')}`;
+}
+
+/** A problem from its parts. */
+export function makeProblem(
+  code: BerthErrorCode,
+  detail: string,
+  requestId: string,
+  extra: { status?: number; hint?: string; operationId?: string; issues?: Problem['issues']; details?: Record<string, unknown> } = {},
+): Problem {
+  return {
+    type: problemType(code),
+    title: TITLES[code],
+    status: extra.status ?? HTTP_STATUS[code],
+    code,
+    detail,
+    requestId,
+    ...(extra.hint === undefined ? {} : { hint: extra.hint }),
+    ...(extra.operationId === undefined ? {} : { operationId: extra.operationId }),
+    ...(extra.issues === undefined ? {} : { issues: extra.issues }),
+    ...(extra.details === undefined || Object.keys(extra.details).length === 0 ? {} : { details: extra.details }),
+  };
+}
+
+/** The shape of errors fastify raises itself (body parser, router, limits). */
+interface FrameworkError {
+  statusCode?: unknown;
+  code?: unknown;
+  message?: unknown;
+  name?: unknown;
+}
+
+const FRAMEWORK_DETAIL: Record<string, string> = {
+  FST_ERR_CTP_BODY_TOO_LARGE: 'the request body is too large',
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: 'send the body as application/json',
+  FST_ERR_CTP_EMPTY_JSON_BODY: 'the body is empty but its content-type says JSON; send {} or no content-type',
+  // fastify reports a syntax error and a `__proto__`/`constructor.prototype` key alike.
+  FST_ERR_CTP_INVALID_JSON_BODY: 'the body is not valid JSON, or it holds a forbidden key (__proto__ or constructor.prototype)',
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'the content-length does not match the body',
+  FST_ERR_BAD_URL: 'the URL is not valid (bad percent-encoding)',
+  FST_ERR_ASYNC_CONSTRAINT: 'the request does not match any route',
+};
+
+/** Safe, JSON-able facts from a BerthError's details (ids, statuses, validation issues). */
+function safeDetails(details: Record<string, unknown>): { issues?: Problem['issues']; details: Record<string, unknown> } {
+  const out: Record<string, unknown> = {};
+  let issues: Problem['issues'];
+  for (const [key, value] of Object.entries(details)) {
+    if (key === 'issues' && Array.isArray(value)) {
+      issues = value
+        .filter((i): i is { path: unknown; message: unknown } => typeof i === 'object' && i !== null)
+        .map((i) => ({ path: Array.isArray(i.path) ? i.path.map(String) : [], message: String(i.message) }));
+    } else if (key !== 'operationId' && (typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean' || value === null)) {
+      out[key] = value;
+    } else if (key !== 'operationId' && Array.isArray(value) && value.every((v) => typeof v === 'string')) {
+      out[key] = value;
+    }
+  }
+  return issues === undefined ? { details: out } : { issues, details: out };
+}
+
+/**
+ * The problem for anything a request threw. BerthErrors keep their code, message and hint (they
+ * are written to be shown); fastify's own 4xx errors get a fixed sentence per code (their messages
+ * can echo the body); anything else is INTERNAL with no detail at all: it goes to the log only.
+ */
+export function toProblem(error: unknown, requestId: string): Problem {
+  if (BerthError.is(error)) {
+    const operationId = typeof error.details.operationId === 'string' ? error.details.operationId : undefined;
+    if (error.code === 'INTERNAL') {
+      return makeProblem('INTERNAL', `an internal error happened; the server log has it under request id ${requestId}`, requestId, {
+        ...(operationId === undefined ? {} : { operationId }),
+      });
+    }
+    const status = HTTP_STATUS[error.code];
+    const safe = status < 500 ? safeDetails(error.details) : { details: {} };
+    return makeProblem(error.code, error.message, requestId, {
+      ...(error.hint === undefined ? {} : { hint: error.hint }),
+      ...(operationId === undefined ? {} : { operationId }),
+      ...safe,
+    });
+  }
+  const framework = (typeof error === 'object' && error !== null ? error : {}) as FrameworkError;
+  const status = typeof framework.statusCode === 'number' ? framework.statusCode : 500;
+  if (status >= 400 && status < 500) {
+    const code = typeof framework.code === 'string' ? framework.code : '';
+    let detail = FRAMEWORK_DETAIL[code];
+    if (detail === undefined && framework.name === 'SyntaxError') {
+      const message = typeof framework.message === 'string' ? framework.message : '';
+      detail = /prototype|constructor/i.test(message)
+        ? 'the body holds a forbidden key (__proto__ or constructor.prototype)'
+        : 'the body is not valid JSON';
+    }
+    const berthCode: BerthErrorCode = status === 404 ? 'NOT_FOUND' : status === 401 ? 'UNAUTHENTICATED' : status === 403 ? 'FORBIDDEN' : 'VALIDATION';
+    return makeProblem(berthCode, detail ?? `the request is malformed${code ? ` (${code})` : ''}`, requestId, { status });
+  }
+  return makeProblem('INTERNAL', `an internal error happened; the server log has it under request id ${requestId}`, requestId);
+}

@@ -1,0 +1,19 @@
+import type { BerthService } from '@berth/core';
+import type { ApiMetrics } from './metrics.js';
+import type { OpenApiDocument } from './openapi.js';
+import type { OperationTracker } from './operation-tracker.js';
+
+/** What the route modules share. */
+export interface RouteDeps {
+  service: BerthService;
+  tracker: OperationTracker;
+  metrics: ApiMetrics;
+  /** The project of requests that name none (the config's `defaultProject`). */
+  defaultProject: string;
+  /** Upper bound of `?wait=` (long-polls end by then, with the operation as it is). */
+  maxWaitMs: number;
+  /** Aborted when the app starts shutting down: long-polls return at once. */
+  shutdown: AbortSignal;
+  /** The app's OpenAPI document (built after the routes are). */
+  openapi(): OpenApiDocument;
+}

@@ -1,0 +1,179 @@
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { z } from 'zod';
+import { BerthError, parseWith } from '@berth/core';
+import { requireRole } from './access.js';
+import type { Principal, Role, TokenTable } from './auth.js';
+import { IDEMPOTENCY_KEY, requestFingerprint, type IdempotencyCache } from './idempotency.js';
+import { zEmptyBody } from './http-schemas.js';
+
+/** HTTP methods the API uses. */
+export type HttpMethod = 'GET' | 'POST' | 'PUT' | 'DELETE';
+
+/** What a handler answers: a status, a body (JSON unless `contentType` says otherwise) and headers. */
+export interface RouteReply {
+  status: number;
+  body?: unknown;
+  headers?: Record<string, string>;
+  contentType?: string;
+}
+
+/** One documented response of a route. */
+export interface ResponseSpec {
+  description: string;
+  schema?: z.ZodType;
+  contentType?: string;
+}
+
+/** What a public route's handler gets: the parsed parameters, query and body. */
+export interface PublicContext<P, Q, B> {
+  params: P;
+  query: Q;
+  body: B;
+  request: FastifyRequest;
+}
+
+/** What an authenticated route's handler gets: also who asked, and the Idempotency-Key. */
+export interface RouteContext<P, Q, B> extends PublicContext<P, Q, B> {
+  principal: Principal;
+  idempotencyKey: string | undefined;
+}
+
+/**
+ * How a route takes an `Idempotency-Key`: `operation` hands it to the service (attach/detach keep it
+ * in the operations table); `cache` replays the first reply from the app's bounded memory.
+ */
+export type IdempotencyMode = 'operation' | 'cache';
+
+interface RouteBase<P extends z.ZodType, Q extends z.ZodType, B extends z.ZodType> {
+  method: HttpMethod;
+  /** OpenAPI-style path: `/v1/volumes/{volume}`. */
+  path: string;
+  operationId: string;
+  summary: string;
+  description?: string;
+  tag: string;
+  params: P;
+  query: Q;
+  /** Absent: the request must have no body (or `{}`). */
+  body?: B;
+  idempotency?: IdempotencyMode;
+  responses: Record<number, ResponseSpec>;
+}
+
+/** A route anyone may call (health, readiness, the API description). */
+export interface PublicRoute<P extends z.ZodType, Q extends z.ZodType, B extends z.ZodType> extends RouteBase<P, Q, B> {
+  access: 'public';
+  handler(ctx: PublicContext<z.output<P>, z.output<Q>, z.output<B>>): Promise<RouteReply>;
+}
+
+/** A route that needs a bearer token with one of `access`'s roles. */
+export interface AuthRoute<P extends z.ZodType, Q extends z.ZodType, B extends z.ZodType> extends RouteBase<P, Q, B> {
+  access: readonly Role[];
+  handler(ctx: RouteContext<z.output<P>, z.output<Q>, z.output<B>>): Promise<RouteReply>;
+}
+
+/** A route with its types erased, as the registry keeps it. */
+export type AnyRoute = PublicRoute<z.ZodType, z.ZodType, z.ZodType> | AuthRoute<z.ZodType, z.ZodType, z.ZodType>;
+
+/** Define an authenticated route (typed handler, erased for the registry). */
+export function route<P extends z.ZodType, Q extends z.ZodType, B extends z.ZodType = typeof zEmptyBody>(definition: AuthRoute<P, Q, B>): AnyRoute {
+  return definition as unknown as AnyRoute;
+}
+
+/** Define a public route. */
+export function publicRoute<P extends z.ZodType, Q extends z.ZodType, B extends z.ZodType = typeof zEmptyBody>(definition: PublicRoute<P, Q, B>): AnyRoute {
+  return definition as unknown as AnyRoute;
+}
+
+/** `/v1/volumes/{volume}` → `/v1/volumes/:volume`. */
+export function fastifyPath(path: string): string {
+  return path.replace(/\{([A-Za-z0-9_]+)\}/g, ':$1');
+}
+
+/** What registering routes needs from the app. */
+export interface RouteRegistrar {
+  tokens: TokenTable;
+  idempotency: IdempotencyCache;
+}
+
+const principals = new WeakMap<FastifyRequest, Principal>();
+
+function parseBody(route: AnyRoute, body: unknown): unknown {
+  if (route.body !== undefined) return parseWith(route.body, body, 'body');
+  if (body === undefined || body === null) return {};
+  return parseWith(zEmptyBody, body, 'body (this request takes none)');
+}
+
+function idempotencyKeyOf(request: FastifyRequest): string | undefined {
+  const raw = request.headers['idempotency-key'];
+  if (raw === undefined) return undefined;
+  if (typeof raw !== 'string' || !IDEMPOTENCY_KEY.test(raw)) {
+    throw new BerthError('VALIDATION', 'Idempotency-Key must be 1 to 200 visible ASCII characters, sent once', {
+      hint: 'use a random UUID per distinct request',
+    });
+  }
+  return raw;
+}
+
+async function send(reply: FastifyReply, result: RouteReply): Promise<FastifyReply> {
+  for (const [name, value] of Object.entries(result.headers ?? {})) void reply.header(name, value);
+  void reply.code(result.status);
+  if (result.contentType !== undefined) void reply.type(result.contentType);
+  return result.body === undefined ? reply.send() : reply.send(result.body);
+}
+
+/**
+ * Register routes: an `onRequest` hook authenticates and checks the role (401/403 come before the
+ * body is even read), then the handler parses path, query and body with the route's zod schemas
+ * (400 with every issue), applies the Idempotency-Key and calls the route.
+ */
+export function registerRoutes(app: FastifyInstance, routes: readonly AnyRoute[], registrar: RouteRegistrar): void {
+  for (const definition of routes) {
+    const access = definition.access;
+    app.route({
+      method: definition.method,
+      url: fastifyPath(definition.path),
+      ...(access === 'public'
+        ? {}
+        : {
+            onRequest: async (request: FastifyRequest) => {
+              const principal = registrar.tokens.authenticate(request.headers.authorization);
+              requireRole(principal, access);
+              principals.set(request, principal);
+            },
+          }),
+      handler: async (request, reply) => {
+        const params = parseWith(definition.params, request.params ?? {}, 'path parameters');
+        const query = parseWith(definition.query, request.query ?? {}, 'query');
+        const body = parseBody(definition, request.body);
+        if (definition.access === 'public') {
+          return send(reply, await definition.handler({ params, query, body, request }));
+        }
+        const principal = principals.get(request);
+        if (principal === undefined) throw new BerthError('UNAUTHENTICATED', 'this request needs a bearer token');
+        const key = definition.idempotency === undefined ? undefined : idempotencyKeyOf(request);
+        const ctx: RouteContext<unknown, unknown, unknown> = { params, query, body, request, principal, idempotencyKey: key };
+        if (definition.idempotency !== 'cache' || key === undefined) return send(reply, await definition.handler(ctx));
+
+        const fingerprint = requestFingerprint(definition.method, request.url, body);
+        const decision = registrar.idempotency.begin(principal.name, key, fingerprint);
+        if (decision.kind === 'replay') {
+          return send(reply, { ...decision.reply, headers: { ...decision.reply.headers, 'idempotent-replayed': 'true' } });
+        }
+        let result: RouteReply;
+        try {
+          result = await definition.handler(ctx);
+        } catch (error) {
+          registrar.idempotency.abandon(principal.name, key);
+          throw error;
+        }
+        if (result.status < 300) {
+          registrar.idempotency.complete(principal.name, key, fingerprint, { status: result.status, body: result.body, headers: result.headers ?? {} });
+        } else {
+          registrar.idempotency.abandon(principal.name, key);
+        }
+        return send(reply, result);
+      },
+    });
+  }
+}

@@ -1,0 +1,56 @@
+import { BerthError, zHost, type Host } from '@berth/core';
+import type { Principal } from '../auth.js';
+import { ANY_ROLE, scopeOf } from '../access.js';
+import { zHostList, zHostParams, zNoParams, zScopeQuery } from '../http-schemas.js';
+import type { RouteDeps } from '../route-deps.js';
+import { route, type AnyRoute } from '../route.js';
+
+/**
+ * Hosts a principal may see. Hosts belong to no project: admin and agent tokens see all of them;
+ * a member sees the hosts its project's servers run on (the service has no per-project host
+ * listing, so this is derived from the project's servers).
+ */
+async function visibleHosts(deps: RouteDeps, principal: Principal, projectId: string | undefined): Promise<Host[]> {
+  const hosts = await deps.service.listHosts();
+  if (principal.role !== 'member') return hosts;
+  const servers = await deps.service.listServers(scopeOf(principal, projectId, deps.defaultProject));
+  const used = new Set(servers.map((s) => s.hostId));
+  return hosts.filter((h) => used.has(h.id));
+}
+
+/** Hosts: the machines servers run on and whose agents connect volumes. */
+export function hostRoutes(deps: RouteDeps): AnyRoute[] {
+  return [
+    route({
+      method: 'GET',
+      path: '/v1/hosts',
+      operationId: 'listHosts',
+      summary: 'List hosts',
+      description: 'A member token sees only the hosts its project\'s servers run on.',
+      tag: 'hosts',
+      access: ANY_ROLE,
+      params: zNoParams,
+      query: zScopeQuery,
+      responses: { 200: { description: 'The hosts', schema: zHostList } },
+      async handler({ principal, query }) {
+        return { status: 200, body: { hosts: await visibleHosts(deps, principal, query.projectId) } };
+      },
+    }),
+    route({
+      method: 'GET',
+      path: '/v1/hosts/{host}',
+      operationId: 'getHost',
+      summary: 'Show a host (by id or name)',
+      tag: 'hosts',
+      access: ANY_ROLE,
+      params: zHostParams,
+      query: zScopeQuery,
+      responses: { 200: { description: 'The host', schema: zHost } },
+      async handler({ principal, params, query }) {
+        const host = (await visibleHosts(deps, principal, query.projectId)).find((h) => h.id === params.host || h.name === params.host);
+        if (host === undefined) throw new BerthError('NOT_FOUND', `no host ${JSON.stringify(params.host)}`, { hint: 'list them with GET /v1/hosts' });
+        return { status: 200, body: host };
+      },
+    }),
+  ];
+}

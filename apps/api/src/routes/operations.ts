@@ -1,0 +1,108 @@
+import { BerthError, zOperation, type BerthErrorCode, type Operation, type ProjectScope } from '@berth/core';
+import { ANY_ROLE, scopeOf } from '../access.js';
+import { zIdParams, zNoParams, zOperationList, zOperationListQuery, zOperationOutcome, zOperationQuery } from '../http-schemas.js';
+import { visibleOperation } from '../operation-access.js';
+import type { RouteDeps } from '../route-deps.js';
+import { route, type AnyRoute, type RouteReply } from '../route.js';
+
+/** The error a failed operation ended with, as a BerthError (what a client rethrows). */
+function operationError(operation: Operation): BerthError {
+  const summary = operation.error ?? { code: 'INTERNAL', message: `operation ${operation.id} ended ${operation.state}` };
+  return new BerthError(summary.code as BerthErrorCode, summary.message, {
+    ...(summary.hint === undefined ? {} : { hint: summary.hint }),
+    details: { operationId: operation.id },
+  });
+}
+
+/**
+ * The outcome of a finished operation: from this process's memory when it ran here (which keeps a
+ * detach's attachment as it was), else rebuilt from the store.
+ */
+async function outcomeOf(deps: RouteDeps, scope: ProjectScope, operation: Operation): Promise<RouteReply> {
+  const settlement = deps.tracker.settlement(operation.id);
+  if (settlement !== undefined) {
+    if (!settlement.ok) throw settlement.error;
+    const { outcome } = settlement;
+    return { status: 200, body: { operation: outcome.operation, volume: outcome.volume, attachment: outcome.attachment ?? null } };
+  }
+  if (operation.state === 'running') return { status: 202, body: operation, headers: { location: `/v1/operations/${operation.id}` } };
+  if (operation.state !== 'succeeded') throw operationError(operation);
+  if (operation.volumeId === null) throw new BerthError('NOT_FOUND', `operation ${operation.id} has no volume`);
+  const volume = await deps.service.getVolume(operation.volumeId, scope);
+  let attachment = null;
+  if (operation.kind === 'attach' && operation.attachmentId !== null) {
+    attachment = await deps.service.getAttachment(operation.attachmentId, scope).catch(() => null);
+  }
+  return { status: 200, body: { operation, volume, attachment } };
+}
+
+/** Operations: list by state, show (long-poll with `?wait=`), and the outcome of a finished one. */
+export function operationRoutes(deps: RouteDeps): AnyRoute[] {
+  const { service, defaultProject, tracker, maxWaitMs, shutdown } = deps;
+  const waitMs = (wait: number | undefined): number => Math.min(wait ?? 0, maxWaitMs);
+  return [
+    route({
+      method: 'GET',
+      path: '/v1/operations',
+      operationId: 'listOperations',
+      summary: 'List operations',
+      description: 'Newest first. A member token sees the operations on its project\'s volumes.',
+      tag: 'operations',
+      access: ANY_ROLE,
+      params: zNoParams,
+      query: zOperationListQuery,
+      responses: { 200: { description: 'The operations', schema: zOperationList } },
+      async handler({ principal, query }) {
+        const scope = scopeOf(principal, query.projectId, defaultProject);
+        const all = await service.listOperations(query.state === undefined ? {} : { state: query.state });
+        if (principal.role !== 'member' && scope.projectId === undefined) return { status: 200, body: { operations: all } };
+        const volumes = new Set((await service.listVolumes(scope)).map((v) => v.id));
+        const operations = all.filter((o) => o.volumeId !== null && volumes.has(o.volumeId));
+        return { status: 200, body: { operations } };
+      },
+    }),
+    route({
+      method: 'GET',
+      path: '/v1/operations/{id}',
+      operationId: 'getOperation',
+      summary: 'Show an operation; with `wait`, long-poll until it ends',
+      description:
+        'With `?wait=30s` the answer comes when the operation leaves `running` or when the wait (bounded by the server) ends, whichever is first: read `state`.',
+      tag: 'operations',
+      access: ANY_ROLE,
+      params: zIdParams,
+      query: zOperationQuery,
+      responses: { 200: { description: 'The operation, its steps, timings, result or error', schema: zOperation } },
+      async handler({ principal, params, query }) {
+        const scope = scopeOf(principal, query.projectId, defaultProject);
+        const first = await visibleOperation(deps, principal, scope, params.id);
+        if (first.state !== 'running') return { status: 200, body: first };
+        await tracker.waitFor(params.id, waitMs(query.wait), shutdown);
+        return { status: 200, body: await service.getOperation(params.id) };
+      },
+    }),
+    route({
+      method: 'GET',
+      path: '/v1/operations/{id}/outcome',
+      operationId: 'getOperationOutcome',
+      summary: 'The outcome of an operation: the volume and attachment it left, or its error',
+      description:
+        '200 with `{operation, volume, attachment}` when it succeeded; the operation\'s own error as a problem (with `operationId`) when it failed; 202 with the operation while it runs (`wait` long-polls as for GET /v1/operations/{id}).',
+      tag: 'operations',
+      access: ANY_ROLE,
+      params: zIdParams,
+      query: zOperationQuery,
+      responses: {
+        200: { description: 'It succeeded', schema: zOperationOutcome },
+        202: { description: 'Still running', schema: zOperation },
+      },
+      async handler({ principal, params, query }) {
+        const scope = scopeOf(principal, query.projectId, defaultProject);
+        const first = await visibleOperation(deps, principal, scope, params.id);
+        if (first.state === 'running') await tracker.waitFor(params.id, waitMs(query.wait), shutdown);
+        const current = first.state === 'running' ? await service.getOperation(params.id) : first;
+        return outcomeOf(deps, scope, current);
+      },
+    }),
+  ];
+}

@@ -1,0 +1,106 @@
+import { BerthError, type BerthService } from '@berth/core';
+import { loadConfig, openBerth, type OpenBerthOptions } from '@berth/runtime';
+import { createApiApp, type ApiApp } from './app.js';
+import { TokenTable } from './auth.js';
+import { parseListenAddress } from './listen-address.js';
+
+/** Environment variable naming where `node apps/api` listens when no option does. */
+export const API_LISTEN_ENV = 'BERTH_API_LISTEN';
+
+/** Options of `startApiServer`: where berth's state is (as for `openBerth`) and where to listen. */
+export interface StartApiServerOptions extends OpenBerthOptions {
+  /** `host:port`; else BERTH_API_LISTEN, else the config's `api.listen` (127.0.0.1:8776). */
+  listen?: string;
+  /** Request log level; else the config's `logLevel`. Logs are JSON lines on stderr. */
+  logLevel?: string;
+}
+
+/** A running API server. */
+export interface ApiServer {
+  /** Its base URL, e.g. http://127.0.0.1:8776. */
+  url: string;
+  app: ApiApp;
+  service: BerthService;
+  /** Stop accepting, finish requests and operations in flight, close the service. Idempotent. */
+  close(): Promise<void>;
+}
+
+/**
+ * Start the HTTP app: the config (tokens are checked first, so a server with none never opens),
+ * the same `openBerth` service the CLI uses, then listen. Used by `berth serve` and `node apps/api`.
+ */
+export async function startApiServer(options: StartApiServerOptions = {}): Promise<ApiServer> {
+  const env = options.env ?? process.env;
+  const config = await loadConfig(options);
+  const tokens = TokenTable.fromConfig(config.api.tokens, env);
+  const { host, port } = parseListenAddress(options.listen ?? env[API_LISTEN_ENV] ?? config.api.listen);
+  const service = await openBerth(options);
+  let app: ApiApp | undefined;
+  try {
+    app = await createApiApp({
+      service,
+      tokens,
+      defaultProject: config.defaultProject,
+      logger: { level: options.logLevel ?? config.logLevel, stream: process.stderr },
+    });
+    const url = await app.listen(host, port).catch((error: unknown) => {
+      const code = (error as { code?: unknown }).code;
+      throw new BerthError('CONFIG', `cannot listen on ${host}:${port}${typeof code === 'string' ? ` (${code})` : ''}`, {
+        cause: error,
+        hint: code === 'EADDRINUSE' ? 'another process listens there: pick another --listen' : 'check --listen or api.listen in the config',
+      });
+    });
+    const running = app;
+    let closing: Promise<void> | undefined;
+    return {
+      url,
+      app: running,
+      service,
+      close() {
+        closing ??= (async () => {
+          try {
+            await running.close();
+          } finally {
+            await service.close();
+          }
+        })();
+        return closing;
+      },
+    };
+  } catch (error) {
+    await app?.close().catch(() => undefined);
+    await service.close().catch(() => undefined);
+    throw error;
+  }
+}
+
+/**
+ * Close `server` gracefully on the first SIGTERM or SIGINT; resolves once it is closed. A second
+ * signal while closing exits at once (code 130): an operator who insists gets the prompt back.
+ */
+export function closeOnSignal(server: ApiServer, onSignal?: (signal: NodeJS.Signals) => void): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    let received = false;
+    const handler = (signal: NodeJS.Signals): void => {
+      if (received) {
+        process.exit(130);
+      }
+      received = true;
+      onSignal?.(signal);
+      server.close().then(
+        () => {
+          process.off('SIGTERM', handler);
+          process.off('SIGINT', handler);
+          resolve();
+        },
+        (error: unknown) => {
+          process.off('SIGTERM', handler);
+          process.off('SIGINT', handler);
+          reject(error instanceof Error ? error : new Error(String(error)));
+        },
+      );
+    };
+    process.on('SIGTERM', handler);
+    process.on('SIGINT', handler);
+  });
+}

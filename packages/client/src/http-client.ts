@@ -1,0 +1,148 @@
+import { BerthError, ERROR_CODES, type BerthErrorCode } from '@berth/core';
+
+/** Options of `HttpClient`. */
+export interface HttpClientOptions {
+  /** The API's base URL, e.g. http://127.0.0.1:8776. */
+  url: string;
+  /** A bearer token (BERTH_TOKEN); without one every request but /healthz is refused (401). */
+  token?: string;
+  /** Per-request deadline in ms, on top of any `?wait=` (default 60 s). */
+  timeoutMs?: number;
+  /** A `fetch` to use instead of the global one (tests). */
+  fetch?: typeof fetch;
+}
+
+/** A request the client makes. */
+export interface HttpRequest {
+  method: 'GET' | 'POST' | 'PUT' | 'DELETE';
+  /** Path below the base URL, already encoded (see `pathOf`). */
+  path: string;
+  query?: Record<string, string | boolean | undefined>;
+  body?: unknown;
+  idempotencyKey?: string;
+  /** Extra time this request may take (a long-poll's wait). */
+  extraTimeoutMs?: number;
+}
+
+/** An answer: its status and its parsed JSON body (undefined when empty). */
+export interface HttpAnswer {
+  status: number;
+  body: unknown;
+}
+
+const CODES = new Set<string>(ERROR_CODES);
+
+function codeForStatus(status: number): BerthErrorCode {
+  if (status === 400 || status === 413 || status === 415) return 'VALIDATION';
+  if (status === 401) return 'UNAUTHENTICATED';
+  if (status === 403) return 'FORBIDDEN';
+  if (status === 404) return 'NOT_FOUND';
+  if (status === 409) return 'CONFLICT';
+  if (status === 422) return 'UNPROCESSABLE';
+  if (status === 504) return 'TIMEOUT';
+  return 'INTERNAL';
+}
+
+/**
+ * A path with every interpolated value percent-encoded as one segment: apiPath`/v1/volumes/${ref}`.
+ * URLs treat `.` and `..` (even percent-encoded) as steps, so such a ref cannot be sent; it names
+ * nothing (names start with a letter or digit), hence NOT_FOUND as the service would answer.
+ */
+export function apiPath(strings: TemplateStringsArray, ...values: string[]): string {
+  let out = strings[0] ?? '';
+  values.forEach((value, i) => {
+    if (value === '.' || value === '..') throw new BerthError('NOT_FOUND', `nothing is named ${JSON.stringify(value)}`);
+    out += encodeURIComponent(value) + (strings[i + 1] ?? '');
+  });
+  return out;
+}
+
+/**
+ * The BerthError an error answer stands for: the problem's `code`, `detail` and `hint` (so the CLI
+ * prints and exits as in embedded mode); a body that is not a problem is named by its status.
+ */
+export function problemToError(status: number, body: unknown): BerthError {
+  const problem = typeof body === 'object' && body !== null ? (body as Record<string, unknown>) : {};
+  const code = typeof problem.code === 'string' && CODES.has(problem.code) ? (problem.code as BerthErrorCode) : codeForStatus(status);
+  const detail = typeof problem.detail === 'string' ? problem.detail : `the berth API answered ${status}`;
+  const details: Record<string, unknown> = {};
+  if (typeof problem.operationId === 'string') details.operationId = problem.operationId;
+  if (typeof problem.requestId === 'string') details.requestId = problem.requestId;
+  if (Array.isArray(problem.issues)) details.issues = problem.issues;
+  if (typeof problem.details === 'object' && problem.details !== null) Object.assign(details, problem.details);
+  return new BerthError(code, detail, {
+    ...(typeof problem.hint === 'string' ? { hint: problem.hint } : {}),
+    details,
+  });
+}
+
+/** JSON over HTTP to the berth API, every failure a BerthError. */
+export class HttpClient {
+  private readonly base: URL;
+  private readonly fetchFn: typeof fetch;
+  private readonly timeoutMs: number;
+
+  constructor(private readonly options: HttpClientOptions) {
+    let base: URL;
+    try {
+      base = new URL(options.url);
+    } catch (error) {
+      throw new BerthError('CONFIG', `the berth API URL ${JSON.stringify(options.url)} is not a URL`, {
+        cause: error,
+        hint: 'set --api or BERTH_API_URL to something like http://127.0.0.1:8776',
+      });
+    }
+    if (base.protocol !== 'http:' && base.protocol !== 'https:') {
+      throw new BerthError('CONFIG', `the berth API URL must be http or https, not ${base.protocol}`);
+    }
+    this.base = base;
+    this.fetchFn = options.fetch ?? fetch;
+    this.timeoutMs = options.timeoutMs ?? 60_000;
+  }
+
+  /** The base URL. */
+  get url(): string {
+    return this.base.toString();
+  }
+
+  /** Send a request; resolves to any 2xx answer, throws the problem of any other as a BerthError. */
+  async request(req: HttpRequest): Promise<HttpAnswer> {
+    const base = this.base.href.endsWith('/') ? this.base.href : `${this.base.href}/`;
+    const url = new URL(req.path.replace(/^\//, ''), base);
+    for (const [key, value] of Object.entries(req.query ?? {})) {
+      if (value !== undefined) url.searchParams.set(key, String(value));
+    }
+    const headers: Record<string, string> = { accept: 'application/json, application/problem+json' };
+    if (this.options.token !== undefined && this.options.token !== '') headers.authorization = `Bearer ${this.options.token}`;
+    if (req.body !== undefined) headers['content-type'] = 'application/json';
+    if (req.idempotencyKey !== undefined) headers['idempotency-key'] = req.idempotencyKey;
+    let response: Response;
+    try {
+      response = await this.fetchFn(url, {
+        method: req.method,
+        headers,
+        ...(req.body === undefined ? {} : { body: JSON.stringify(req.body) }),
+        signal: AbortSignal.timeout(this.timeoutMs + (req.extraTimeoutMs ?? 0)),
+      });
+    } catch (error) {
+      if (error instanceof Error && error.name === 'TimeoutError') {
+        throw new BerthError('TIMEOUT', `the berth API at ${this.base.origin} did not answer ${req.method} ${url.pathname} in time`, { cause: error });
+      }
+      throw new BerthError('CONFIG', `cannot reach the berth API at ${this.base.origin}`, {
+        cause: error,
+        hint: 'is `berth serve` running there? check --api / BERTH_API_URL',
+      });
+    }
+    const text = await response.text();
+    let body: unknown;
+    if (text !== '') {
+      try {
+        body = JSON.parse(text);
+      } catch {
+        body = undefined;
+      }
+    }
+    if (response.status >= 200 && response.status < 300) return { status: response.status, body };
+    throw problemToError(response.status, body);
+  }
+}

@@ -1,0 +1,134 @@
+import { describe, expect, it } from 'vitest';
+import { BerthError, type Operation, type Volume } from '@berth/core';
+import { apiPath, problemToError } from './http-client.js';
+import { RemoteBerthService } from './remote-berth-service.js';
+
+const VOLUME: Volume = {
+  id: '0b9f7c1e-4f7e-4d43-9a55-3f1c2d7a8e10',
+  name: 'data1',
+  projectId: 'default',
+  sizeBytes: 1048576,
+  status: 'in-use',
+  backend: 'file',
+  multiattach: false,
+  providerLocation: '/var/lib/berth/volumes/x.img',
+  createdAt: '2026-01-01T00:00:00.000Z',
+  updatedAt: '2026-01-01T00:00:00.000Z',
+};
+
+const OPERATION: Operation = {
+  id: '2c9d8e7f-1a2b-4c3d-9e8f-7a6b5c4d3e21',
+  kind: 'attach',
+  state: 'running',
+  volumeId: VOLUME.id,
+  serverId: null,
+  attachmentId: null,
+  hostId: null,
+  idempotencyKey: null,
+  owner: '1@h',
+  deadlineAt: new Date(Date.now() + 60_000).toISOString(),
+  startedAt: '2026-01-01T00:00:00.000Z',
+  endedAt: null,
+  error: null,
+  result: null,
+  steps: [],
+};
+
+interface Seen {
+  method: string;
+  url: string;
+  headers: Record<string, string>;
+  body: string | undefined;
+}
+
+/** A fetch that answers from a script and records what it was asked. */
+function scripted(answers: Array<{ status: number; body?: unknown }>, seen: Seen[]): typeof fetch {
+  return (async (input: string | URL | Request, init?: RequestInit) => {
+    seen.push({
+      method: init?.method ?? 'GET',
+      url: String(input),
+      headers: (init?.headers ?? {}) as Record<string, string>,
+      body: typeof init?.body === 'string' ? init.body : undefined,
+    });
+    const next = answers.shift() ?? { status: 500 };
+    return new Response(next.body === undefined ? null : JSON.stringify(next.body), { status: next.status });
+  }) as typeof fetch;
+}
+
+async function codeOf(promise: Promise<unknown>): Promise<string> {
+  try {
+    await promise;
+  } catch (error) {
+    if (BerthError.is(error)) return error.code;
+    throw error;
+  }
+  return 'no error';
+}
+
+describe('RemoteBerthService', () => {
+  it('sends the token, the project and the body, and reads the answer', async () => {
+    const seen: Seen[] = [];
+    const remote = new RemoteBerthService({ url: 'http://api.test:8776/base', token: 't0k', fetch: scripted([{ status: 200, body: VOLUME }], seen) });
+    expect(await remote.getVolume('data 1/..', { projectId: 'p1' })).toEqual(VOLUME);
+    expect(seen[0]?.url).toBe('http://api.test:8776/base/v1/volumes/data%201%2F..?projectId=p1');
+    expect(seen[0]?.headers.authorization).toBe('Bearer t0k');
+  });
+
+  it('turns a problem answer into the BerthError it names, code, message and hint', async () => {
+    const seen: Seen[] = [];
+    const problem = { type: 'urn:berth:error:conflict', title: 'x', status: 409, code: 'CONFLICT', detail: 'volume data1 is in-use', hint: 'detach it', requestId: 'r1' };
+    const remote = new RemoteBerthService({ url: 'http://api.test', fetch: scripted([{ status: 409, body: problem }], seen) });
+    const error = await remote.deleteVolume('data1').catch((e: unknown) => e);
+    expect(BerthError.is(error)).toBe(true);
+    expect(error).toMatchObject({ code: 'CONFLICT', message: 'volume data1 is in-use', hint: 'detach it' });
+    expect(problemToError(502, 'not json').code).toBe('INTERNAL');
+    expect(problemToError(404, { code: 'NOT_A_CODE' }).code).toBe('NOT_FOUND');
+  });
+
+  it('attaches as start + long-poll of the outcome, and rethrows a failed operation\'s error', async () => {
+    const seen: Seen[] = [];
+    const finished = { ...OPERATION, state: 'succeeded' as const, endedAt: '2026-01-01T00:00:01.000Z' };
+    const remote = new RemoteBerthService({
+      url: 'http://api.test',
+      pollWaitSeconds: 5,
+      fetch: scripted(
+        [
+          { status: 202, body: OPERATION },
+          { status: 202, body: OPERATION },
+          { status: 200, body: { operation: finished, volume: VOLUME, attachment: null } },
+          { status: 202, body: OPERATION },
+          { status: 422, body: { code: 'UNPROCESSABLE', detail: 'not on this host', operationId: OPERATION.id } },
+        ],
+        seen,
+      ),
+    });
+    const outcome = await remote.attach({ volume: 'data1', idempotencyKey: 'k1' });
+    expect(outcome).toEqual({ operation: finished, volume: VOLUME, attachment: undefined });
+    expect(seen[0]).toMatchObject({ method: 'POST', url: 'http://api.test/v1/volumes/data1/attach' });
+    expect(seen[0]?.headers['idempotency-key']).toBe('k1');
+    expect(JSON.parse(seen[0]?.body ?? '')).toEqual({});
+    expect(seen[1]?.url).toBe(`http://api.test/v1/operations/${OPERATION.id}/outcome?wait=5s`);
+    const error = await remote.detach({ volume: 'data1' }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'UNPROCESSABLE', details: { operationId: OPERATION.id } });
+  });
+
+  it('validates requests as the embedded service does, before sending anything', async () => {
+    const seen: Seen[] = [];
+    const remote = new RemoteBerthService({ url: 'http://api.test', fetch: scripted([], seen) });
+    expect(await codeOf(remote.createVolume({ name: '../x', sizeBytes: 1000 }))).toBe('VALIDATION');
+    expect(await codeOf(remote.getVolume('..'))).toBe('NOT_FOUND');
+    expect(seen).toEqual([]);
+  });
+
+  it('reports an unreachable server and a bad URL as CONFIG', async () => {
+    const refused = new RemoteBerthService({ url: 'http://127.0.0.1:1' });
+    expect(await codeOf(refused.listVolumes())).toBe('CONFIG');
+    expect(() => new RemoteBerthService({ url: 'not a url' })).toThrow(BerthError);
+    expect(() => new RemoteBerthService({ url: 'file:///etc/passwd' })).toThrow(BerthError);
+  });
+
+  it('encodes each path value as one segment', () => {
+    expect(apiPath`/v1/volumes/${'a/b?c#d'}/extend`).toBe('/v1/volumes/a%2Fb%3Fc%23d/extend');
+    expect(() => apiPath`/v1/volumes/${'.'}`).toThrow(BerthError);
+  });
+});

@@ -1,0 +1,316 @@
+import type { z } from 'zod';
+import {
+  BerthError,
+  parseWith,
+  zAttachment,
+  zAttachRequest,
+  zConnectionInfo,
+  zConnector,
+  zCreateServerRequest,
+  zCreateVolumeRequest,
+  zDetachRequest,
+  zHost,
+  zOperation,
+  zReserveAttachmentRequest,
+  zServer,
+  zSizeBytes,
+  zVolume,
+  type AttachRequest,
+  type Attachment,
+  type AttachmentConnection,
+  type BerthService,
+  type Connector,
+  type CreateServerRequest,
+  type CreateVolumeRequest,
+  type DetachRequest,
+  type DoctorEntry,
+  type Host,
+  type Operation,
+  type OperationOutcome,
+  type OperationState,
+  type PluginReport,
+  type ProjectScope,
+  type Ref,
+  type ReserveAttachmentRequest,
+  type Server,
+  type StartedOperation,
+  type Volume,
+  type VolumeStatus,
+} from '@berth/core';
+import { apiPath, HttpClient, type HttpClientOptions } from './http-client.js';
+
+/** Options of `RemoteBerthService`. */
+export interface RemoteBerthOptions extends HttpClientOptions {
+  /** How long one long-poll of an operation waits on the server (default 30 s; the server caps it). */
+  pollWaitSeconds?: number;
+}
+
+const EMPTY_REPORT: PluginReport = { loaded: [], failed: [] };
+
+/**
+ * Check an answer's shape with a @berth/core schema and return it as sent (parsing would rebuild
+ * objects in schema order; the CLI prints what the server sent, as embedded mode prints what the
+ * service returned).
+ */
+function checked<S extends z.ZodType>(schema: S, body: unknown, what: string): z.output<S> {
+  const result = schema.safeParse(body);
+  if (!result.success) {
+    throw new BerthError('INTERNAL', `the berth API answered with an unexpected ${what}`, {
+      hint: 'are the CLI and the server the same berth version?',
+      details: { issues: result.error.issues.slice(0, 5).map((i) => ({ path: i.path.map(String), message: i.message })) },
+    });
+  }
+  return body as z.output<S>;
+}
+
+function field(body: unknown, key: string): unknown {
+  return typeof body === 'object' && body !== null ? (body as Record<string, unknown>)[key] : undefined;
+}
+
+function listOf<S extends z.ZodType>(schema: S, body: unknown, key: string): Array<z.output<S>> {
+  const items = field(body, key);
+  if (!Array.isArray(items)) throw new BerthError('INTERNAL', `the berth API answered without a ${key} list`);
+  return items.map((item) => checked(schema, item, key));
+}
+
+function projectQuery(scope: ProjectScope | undefined): Record<string, string | undefined> {
+  return { projectId: scope?.projectId };
+}
+
+/**
+ * BerthService over HTTP: every method is one call (or, for attach and detach, a start and a
+ * long-poll) to the berth API, and every error answer becomes the BerthError it stands for. The
+ * same request checks as the embedded service run first, so a bad request fails with the same
+ * message either way. Used by `berth --api`.
+ */
+export class RemoteBerthService implements BerthService {
+  private readonly http: HttpClient;
+  private readonly pollWaitSeconds: number;
+  private pluginReport: PluginReport = EMPTY_REPORT;
+
+  constructor(options: RemoteBerthOptions) {
+    this.http = new HttpClient(options);
+    this.pollWaitSeconds = Math.max(1, Math.min(600, Math.floor(options.pollWaitSeconds ?? 30)));
+  }
+
+  /** The API's base URL. */
+  get url(): string {
+    return this.http.url;
+  }
+
+  /** Fetch the server's plugin report (what `plugins()` returns); a token that may not see it gets an empty one. */
+  async refreshPlugins(): Promise<PluginReport> {
+    try {
+      const { body } = await this.http.request({ method: 'GET', path: '/v1/plugins' });
+      this.pluginReport = body as PluginReport;
+    } catch (error) {
+      if (!(BerthError.is(error) && error.code === 'FORBIDDEN')) throw error;
+      this.pluginReport = EMPTY_REPORT;
+    }
+    return this.pluginReport;
+  }
+
+  // ---- volumes -------------------------------------------------------------------------------
+
+  async createVolume(request: CreateVolumeRequest): Promise<Volume> {
+    const { projectId, ...body } = parseWith(zCreateVolumeRequest, request, 'volume');
+    const answer = await this.http.request({ method: 'POST', path: '/v1/volumes', query: { projectId }, body });
+    return checked(zVolume, answer.body, 'volume');
+  }
+
+  async volumeCredentials(ref: Ref, scope?: ProjectScope): Promise<Record<string, string>> {
+    const answer = await this.http.request({ method: 'GET', path: apiPath`/v1/volumes/${ref}/credentials`, query: projectQuery(scope) });
+    return (field(answer.body, 'credentials') ?? {}) as Record<string, string>;
+  }
+
+  async listVolumes(filter: ProjectScope & { status?: VolumeStatus } = {}): Promise<Volume[]> {
+    const answer = await this.http.request({ method: 'GET', path: '/v1/volumes', query: { projectId: filter.projectId, status: filter.status } });
+    return listOf(zVolume, answer.body, 'volumes');
+  }
+
+  async getVolume(ref: Ref, scope?: ProjectScope): Promise<Volume> {
+    const answer = await this.http.request({ method: 'GET', path: apiPath`/v1/volumes/${ref}`, query: projectQuery(scope) });
+    return checked(zVolume, answer.body, 'volume');
+  }
+
+  async deleteVolume(ref: Ref, scope?: ProjectScope): Promise<void> {
+    await this.http.request({ method: 'DELETE', path: apiPath`/v1/volumes/${ref}`, query: projectQuery(scope) });
+  }
+
+  async extendVolume(ref: Ref, newSizeBytes: number, scope?: ProjectScope): Promise<Volume> {
+    const sizeBytes = parseWith(zSizeBytes, newSizeBytes, 'size');
+    const answer = await this.http.request({ method: 'POST', path: apiPath`/v1/volumes/${ref}/extend`, query: projectQuery(scope), body: { sizeBytes } });
+    return checked(zVolume, answer.body, 'volume');
+  }
+
+  // ---- servers and hosts ---------------------------------------------------------------------
+
+  async createServer(request: CreateServerRequest): Promise<Server> {
+    const { projectId, ...body } = parseWith(zCreateServerRequest, request, 'server');
+    const answer = await this.http.request({ method: 'POST', path: '/v1/servers', query: { projectId }, body });
+    return checked(zServer, answer.body, 'server');
+  }
+
+  async listServers(filter: ProjectScope = {}): Promise<Server[]> {
+    const answer = await this.http.request({ method: 'GET', path: '/v1/servers', query: projectQuery(filter) });
+    return listOf(zServer, answer.body, 'servers');
+  }
+
+  async getServer(ref: Ref, scope?: ProjectScope): Promise<Server> {
+    const answer = await this.http.request({ method: 'GET', path: apiPath`/v1/servers/${ref}`, query: projectQuery(scope) });
+    return checked(zServer, answer.body, 'server');
+  }
+
+  async deleteServer(ref: Ref, scope?: ProjectScope): Promise<void> {
+    await this.http.request({ method: 'DELETE', path: apiPath`/v1/servers/${ref}`, query: projectQuery(scope) });
+  }
+
+  async listHosts(): Promise<Host[]> {
+    const answer = await this.http.request({ method: 'GET', path: '/v1/hosts' });
+    return listOf(zHost, answer.body, 'hosts');
+  }
+
+  // ---- attach / detach -----------------------------------------------------------------------
+
+  async startAttach(request: AttachRequest): Promise<StartedOperation> {
+    const { volume, projectId, idempotencyKey, ...body } = parseWith(zAttachRequest, request, 'attach request');
+    return this.start(apiPath`/v1/volumes/${volume}/attach`, projectId, idempotencyKey, body);
+  }
+
+  async attach(request: AttachRequest): Promise<OperationOutcome> {
+    return (await this.startAttach(request)).done;
+  }
+
+  async startDetach(request: DetachRequest): Promise<StartedOperation> {
+    const { volume, projectId, idempotencyKey, ...body } = parseWith(zDetachRequest, request, 'detach request');
+    return this.start(apiPath`/v1/volumes/${volume}/detach`, projectId, idempotencyKey, body);
+  }
+
+  async detach(request: DetachRequest): Promise<OperationOutcome> {
+    return (await this.startDetach(request)).done;
+  }
+
+  // ---- the three-phase attachments API -------------------------------------------------------
+
+  async reserveAttachment(request: ReserveAttachmentRequest): Promise<AttachmentConnection> {
+    const { projectId, ...body } = parseWith(zReserveAttachmentRequest, request, 'attachment');
+    const answer = await this.http.request({ method: 'POST', path: '/v1/attachments', query: { projectId }, body });
+    return this.connection(answer.body);
+  }
+
+  async initializeAttachment(id: string, connector: Connector, scope?: ProjectScope): Promise<AttachmentConnection> {
+    const parsed = parseWith(zConnector, connector, 'connector');
+    const answer = await this.http.request({ method: 'PUT', path: apiPath`/v1/attachments/${id}`, query: projectQuery(scope), body: { connector: parsed } });
+    return this.connection(answer.body);
+  }
+
+  async completeAttachment(id: string, scope?: ProjectScope): Promise<Attachment> {
+    const answer = await this.http.request({ method: 'POST', path: apiPath`/v1/attachments/${id}/complete`, query: projectQuery(scope) });
+    return checked(zAttachment, answer.body, 'attachment');
+  }
+
+  async deleteAttachment(id: string, scope?: ProjectScope): Promise<Volume> {
+    const answer = await this.http.request({ method: 'DELETE', path: apiPath`/v1/attachments/${id}`, query: projectQuery(scope) });
+    return checked(zVolume, field(answer.body, 'volume'), 'volume');
+  }
+
+  async listAttachments(filter: ProjectScope & { volume?: Ref; server?: Ref } = {}): Promise<Attachment[]> {
+    const answer = await this.http.request({
+      method: 'GET',
+      path: '/v1/attachments',
+      query: { projectId: filter.projectId, volume: filter.volume, server: filter.server },
+    });
+    return listOf(zAttachment, answer.body, 'attachments');
+  }
+
+  async getAttachment(id: string, scope?: ProjectScope): Promise<Attachment> {
+    const answer = await this.http.request({ method: 'GET', path: apiPath`/v1/attachments/${id}`, query: projectQuery(scope) });
+    return checked(zAttachment, answer.body, 'attachment');
+  }
+
+  // ---- operations and host -------------------------------------------------------------------
+
+  async getOperation(id: string): Promise<Operation> {
+    const answer = await this.http.request({ method: 'GET', path: apiPath`/v1/operations/${id}` });
+    return checked(zOperation, answer.body, 'operation');
+  }
+
+  async listOperations(filter: { state?: OperationState } = {}): Promise<Operation[]> {
+    const answer = await this.http.request({ method: 'GET', path: '/v1/operations', query: { state: filter.state } });
+    return listOf(zOperation, answer.body, 'operations');
+  }
+
+  async connector(): Promise<Connector> {
+    const answer = await this.http.request({ method: 'GET', path: '/v1/connector' });
+    return checked(zConnector, answer.body, 'connector');
+  }
+
+  async doctor(): Promise<DoctorEntry[]> {
+    const answer = await this.http.request({ method: 'GET', path: '/v1/doctor' });
+    const entries = field(answer.body, 'entries');
+    if (!Array.isArray(entries)) throw new BerthError('INTERNAL', 'the berth API answered without doctor entries');
+    return entries as DoctorEntry[];
+  }
+
+  plugins(): PluginReport {
+    return this.pluginReport;
+  }
+
+  async close(): Promise<void> {
+    // Nothing to release: fetch keeps no connection a process must close, and the operations run
+    // on the server.
+  }
+
+  // ---- internals -----------------------------------------------------------------------------
+
+  private connection(body: unknown): AttachmentConnection {
+    const attachment = checked(zAttachment, field(body, 'attachment'), 'attachment');
+    const info = field(body, 'connectionInfo');
+    return { attachment, connectionInfo: info === null || info === undefined ? undefined : checked(zConnectionInfo, info, 'connection_info') };
+  }
+
+  private async start(path: string, projectId: string | undefined, idempotencyKey: string | undefined, body: Record<string, unknown>): Promise<StartedOperation> {
+    const answer = await this.http.request({
+      method: 'POST',
+      path,
+      query: { projectId },
+      body,
+      ...(idempotencyKey === undefined ? {} : { idempotencyKey }),
+    });
+    const operation = checked(zOperation, answer.body, 'operation');
+    const done = this.outcome(operation, projectId);
+    // A caller that only wants the operation must not get an unhandled rejection; awaiting `done`
+    // still sees the error.
+    done.catch(() => undefined);
+    return { operation, done };
+  }
+
+  /** Long-poll the operation's outcome until it ends: the same outcome, or error, as embedded. */
+  private async outcome(operation: Operation, projectId: string | undefined): Promise<OperationOutcome> {
+    const deadline = Date.parse(operation.deadlineAt);
+    // The server ends every operation by its deadline; past that (plus slack) something is wrong.
+    const giveUpAt = (Number.isFinite(deadline) ? deadline : Date.now() + 3_600_000) + 120_000;
+    for (;;) {
+      const answer = await this.http.request({
+        method: 'GET',
+        path: apiPath`/v1/operations/${operation.id}/outcome`,
+        query: { wait: `${this.pollWaitSeconds}s`, projectId },
+        extraTimeoutMs: this.pollWaitSeconds * 1000,
+      });
+      if (answer.status === 200) {
+        const attachment = field(answer.body, 'attachment');
+        return {
+          operation: checked(zOperation, field(answer.body, 'operation'), 'operation'),
+          volume: checked(zVolume, field(answer.body, 'volume'), 'volume'),
+          attachment: attachment === null || attachment === undefined ? undefined : checked(zAttachment, attachment, 'attachment'),
+        };
+      }
+      if (Date.now() > giveUpAt) {
+        throw new BerthError('TIMEOUT', `operation ${operation.id} is still running past its deadline`, {
+          hint: `look at it with: berth operation show ${operation.id}`,
+          details: { operationId: operation.id },
+        });
+      }
+    }
+  }
+}
