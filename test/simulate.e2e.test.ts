@@ -1,0 +1,77 @@
+import { closeSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { stopManagedTgtd } from '@berth/backend-tgt';
+import { makeSandbox, type BerthSandbox } from './support/berth-cli.js';
+
+// Issue 3 as a user runs it: `berth volume create --backend tgt`, `berth --simulate attach`, bytes
+// through the device into the LUN file, `berth --simulate detach`, then nothing left.
+
+const CONTROL_PORT = 2000 + (process.pid % 20000);
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+let sandbox: BerthSandbox;
+
+beforeEach(async () => {
+  sandbox = await makeSandbox();
+  const { mkdir } = await import('node:fs/promises');
+  await mkdir(sandbox.dataDir, { recursive: true });
+  await writeFile(
+    join(sandbox.dataDir, 'config.json'),
+    JSON.stringify({ pluginOptions: { '@berth/backend-tgt': { portals: [`127.0.0.1:${await freePort()}`], controlPort: CONTROL_PORT } } }),
+  );
+});
+
+afterEach(async () => {
+  await sandbox.run(['simulate', 'stop']);
+  await stopManagedTgtd(sandbox.dataDir, CONTROL_PORT).catch(() => undefined);
+  await sandbox.remove();
+}, 120_000);
+
+describe('berth --simulate (issue 3, as a user runs it)', () => {
+  it('attaches a tgt volume over iSCSI on the simulated host, the bytes reach the LUN file, and detach leaves nothing', async () => {
+    const volume = await sandbox.json<{ id: string; status: string }>(['volume', 'create', '--size', '64MiB', '--backend', 'tgt', '--name', 'db1']);
+    expect(volume.status).toBe('available');
+    const attached = await sandbox.json<{ attachment: { transport: string; device: { path: string; realPath: string; scsi_wwn: string } } }>([
+      '--simulate',
+      'attach',
+      'db1',
+    ]);
+    expect(attached.attachment.transport).toBe('iscsi');
+    expect(attached.attachment.device.path).toMatch(/^\/dev\/sd[a-z]+$/);
+    expect(attached.attachment.device.scsi_wwn).toMatch(/^36/);
+
+    const marker = Buffer.from('written through berth --simulate'.padEnd(4096, '#'));
+    const fd = openSync(`/dev/berth/${volume.id}`, 'r+');
+    try {
+      writeSync(fd, marker, 0, marker.length, 1 << 20);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    const lun = openSync(join(sandbox.dataDir, 'backend-tgt', 'luns', `${volume.id}.img`), 'r');
+    try {
+      const back = Buffer.alloc(marker.length);
+      readSync(lun, back, 0, back.length, 1 << 20);
+      expect(back.equals(marker)).toBe(true);
+    } finally {
+      closeSync(lun);
+    }
+
+    await sandbox.json(['--simulate', 'detach', 'db1']);
+    const list = await sandbox.json<Array<{ status: string }>>(['volume', 'list']);
+    expect(list.map((v) => v.status)).toEqual(['available']);
+    await sandbox.json(['volume', 'delete', 'db1']);
+  });
+});
