@@ -1,5 +1,6 @@
 import { promises as fsp } from 'node:fs';
 import { createHostFs, type CommandRunner } from '@berth/host';
+import type { DmMultipath } from './dm-multipath.js';
 import type { SimKernel } from './sim-kernel.js';
 import type { ToolResult } from './tool-protocol.js';
 
@@ -9,9 +10,10 @@ const COMMANDS = new Set(['--getsize64', '--getsz', '--getss', '--getpbsz', '--g
  * util-linux `blockdev` for the simulated host's devices: the commands drivers run
  * (`--flushbufs`, `--getsize64`, `--rereadpt`, and the size getters) on host paths under the
  * root. A simulated disk reports the size the kernel knows (it changes on rescan); a flush syncs
- * the backing file or runs the real blockdev on the backing block device.
+ * the backing file or runs the real blockdev on the backing block device. A multipath map
+ * (`/dev/dm-N`) reports its table's size and flushes the path its node gives access to.
  */
-export async function runBlockdev(argv: readonly string[], kernel: SimKernel, runner: CommandRunner): Promise<ToolResult> {
+export async function runBlockdev(argv: readonly string[], kernel: SimKernel, runner: CommandRunner, dm?: DmMultipath): Promise<ToolResult> {
   const commands = argv.filter((a) => a.startsWith('-') && a !== '-v' && a !== '-q');
   const devices = argv.filter((a) => !a.startsWith('-'));
   let stdout = '';
@@ -35,9 +37,22 @@ export async function runBlockdev(argv: readonly string[], kernel: SimKernel, ru
     }
     const name = /^\/dev\/(sd[a-z]+)$/.exec(hostPath)?.[1];
     const sim = name === undefined ? undefined : kernel.blockDevice(name);
+    const dmName = /^\/dev\/(dm-\d+)$/.exec(hostPath)?.[1];
+    const map = dmName === undefined ? undefined : dm?.blockDevice(dmName);
     let size: number;
     let flush: () => Promise<void>;
-    if (sim) {
+    if (map) {
+      size = map.sizeBytes;
+      const backing = map.backingPath;
+      flush =
+        backing === undefined
+          ? async () => undefined
+          : map.isBlockDevice
+            ? async () => {
+                await runner.run('blockdev', ['--flushbufs', backing], { timeoutMs: 30_000 });
+              }
+            : () => fsyncFile(backing);
+    } else if (sim) {
       size = sim.sizeBytes;
       flush = sim.disk.isBlockDevice
         ? async () => {

@@ -19,6 +19,29 @@ export interface FaultSpec {
   slowDevices?: Array<FaultMatch & { extraDelayMs: number }>;
   /** LUNs the kernel finds (sysfs) but whose /dev node and udev links never appear. */
   devicesNeverAppear?: FaultMatch[];
+  /** Fake tool runs that fail without doing anything (`blockdev --flushbufs`, `iscsiadm --logout`, …). */
+  toolFailures?: ToolFailure[];
+  /** multipathd is not running (default: running). */
+  multipathdStopped?: boolean;
+  /** multipathd misses new disks' uevents: a map forms only on `multipathd add path` or `reconfigure`. */
+  multipathdMissesNewPaths?: boolean;
+  /** Multipath maps someone holds open (by map name or `dm-N`): they cannot be flushed. */
+  mapsHeldOpen?: string[];
+}
+
+/** A fake tool run that fails: matched by tool name and arguments, answered with `exitCode`. */
+export interface ToolFailure {
+  /** `iscsiadm`, `blockdev`, `multipath`, `multipathd`. */
+  tool: string;
+  /** Arguments that must all be in argv (any order), e.g. `['--flushbufs']` or `['-m', 'node', '--logout']`; absent: any run. */
+  args?: string[];
+  exitCode: number;
+  stdout?: string;
+  stderr?: string;
+  /** How many runs fail (default: every run). */
+  times?: number;
+  /** Wait this long before answering (a slow tool), ms. */
+  delayMs?: number;
 }
 
 /** Default connect timeout of an unreachable portal, in ms (bounded: tests must not wait 2 min). */
@@ -26,7 +49,21 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 200;
 
 /** The fault switches the kernel model consults; all settable at runtime. */
 export class FaultSet {
-  private spec: Required<FaultSpec> = { loginFailures: [], unreachablePortals: [], slowDevices: [], devicesNeverAppear: [] };
+  private spec: Required<FaultSpec> = FaultSet.empty();
+  private readonly listeners = new Set<() => void>();
+
+  private static empty(): Required<FaultSpec> {
+    return {
+      loginFailures: [],
+      unreachablePortals: [],
+      slowDevices: [],
+      devicesNeverAppear: [],
+      toolFailures: [],
+      multipathdStopped: false,
+      multipathdMissesNewPaths: false,
+      mapsHeldOpen: [],
+    };
+  }
 
   /** Replace every fault with `spec`. */
   load(spec: FaultSpec): void {
@@ -35,7 +72,18 @@ export class FaultSet {
       unreachablePortals: [...(spec.unreachablePortals ?? [])].map((f) => ({ ...f })),
       slowDevices: [...(spec.slowDevices ?? [])].map((f) => ({ ...f })),
       devicesNeverAppear: [...(spec.devicesNeverAppear ?? [])].map((f) => ({ ...f })),
+      toolFailures: [...(spec.toolFailures ?? [])].map((f) => ({ ...f, ...(f.args ? { args: [...f.args] } : {}) })),
+      multipathdStopped: spec.multipathdStopped ?? false,
+      multipathdMissesNewPaths: spec.multipathdMissesNewPaths ?? false,
+      mapsHeldOpen: [...(spec.mapsHeldOpen ?? [])],
     };
+    this.changed();
+  }
+
+  /** Call `listener` after every change (the multipath model starts or stops multipathd on it). */
+  onChange(listener: () => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
   }
 
   /** Every fault now set. */
@@ -63,9 +111,64 @@ export class FaultSet {
     this.spec.devicesNeverAppear.push({ ...fault });
   }
 
+  /** Make matching fake tool runs fail. */
+  failTool(failure: ToolFailure): void {
+    this.spec.toolFailures.push({ ...failure, ...(failure.args ? { args: [...failure.args] } : {}) });
+  }
+
+  /** Stop (`false`) or start (`true`) multipathd. */
+  setMultipathd(running: boolean): void {
+    this.spec.multipathdStopped = !running;
+    this.changed();
+  }
+
+  /** Make multipathd miss (or see again) new disks' uevents. */
+  setMultipathdMissesNewPaths(on: boolean): void {
+    this.spec.multipathdMissesNewPaths = on;
+    this.changed();
+  }
+
+  /** Hold a multipath map open (by name or `dm-N`), or let go of it. */
+  holdMapOpen(map: string, open: boolean): void {
+    this.spec.mapsHeldOpen = this.spec.mapsHeldOpen.filter((m) => m !== map);
+    if (open) this.spec.mapsHeldOpen.push(map);
+    this.changed();
+  }
+
   /** Remove every fault. */
   clear(): void {
     this.load({});
+  }
+
+  /** @internal the failure a tool run must answer with (consumes one of `times`). */
+  takeToolFailure(tool: string, argv: readonly string[]): ToolFailure | undefined {
+    const index = this.spec.toolFailures.findIndex((f) => f.tool === tool && (f.args ?? []).every((a) => argv.includes(a)));
+    if (index < 0) return undefined;
+    const fault = this.spec.toolFailures[index]!;
+    if (fault.times !== undefined) {
+      fault.times -= 1;
+      if (fault.times <= 0) this.spec.toolFailures.splice(index, 1);
+    }
+    return { ...fault };
+  }
+
+  /** @internal whether multipathd runs. */
+  multipathdRunning(): boolean {
+    return !this.spec.multipathdStopped;
+  }
+
+  /** @internal whether multipathd misses new disks. */
+  multipathdMissesNewPaths(): boolean {
+    return this.spec.multipathdMissesNewPaths;
+  }
+
+  /** @internal whether a map (its name or `dm-N`) is held open. */
+  mapHeldOpen(name: string, dm: string): boolean {
+    return this.spec.mapsHeldOpen.includes(name) || this.spec.mapsHeldOpen.includes(dm);
+  }
+
+  private changed(): void {
+    for (const listener of this.listeners) listener();
   }
 
   /** @internal the connect timeout when `portal` is unreachable. */

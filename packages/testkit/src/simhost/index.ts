@@ -1,6 +1,7 @@
 /**
  * The simulated host: a root directory laid out like a Linux host's kernel view plus fake
- * `iscsiadm`/`blockdev`, for running iSCSI drivers unchanged without kernel iSCSI.
+ * `iscsiadm`/`blockdev`/`multipath`/`multipathd`, for running iSCSI drivers (single-path and
+ * multipath) unchanged without kernel iSCSI or device-mapper.
  * Import through `@berth/testkit/simhost` (no vitest needed).
  */
 export {
@@ -12,7 +13,22 @@ export {
   type DetachedConfig,
 } from './simulated-host.js';
 export { KernelDaemon, DEFAULT_DEVICE_DELAY_MS, type KernelDaemonOptions, type ToolHandler } from './kernel-daemon.js';
-export type { SimState, SimSessionState, SimLunState, KernelLoginRequest } from './sim-kernel.js';
+export type { SimKernelState, SimSessionState, SimLunState, SimLoginCount, SimDisk, DiskEvents, KernelLoginRequest } from './sim-kernel.js';
+export type { SimState } from './sim-state.js';
+export {
+  DmMultipath,
+  DM_MAJOR,
+  WWIDS_FILE,
+  WWIDS_FILE_HEADER,
+  type DmMultipathOptions,
+  type MultipathActor,
+  type FlushResult,
+  type FindMultipaths,
+  type SimMapState,
+  type SimMapPathState,
+  type SimMultipathdState,
+} from './dm-multipath.js';
+export { formatSize, formatTopology, formatPathTable, formatMapTable, formatStatus, type PathView, type MapView, type GroupView } from './multipath-format.js';
 export { SimKernel } from './sim-kernel.js';
 export {
   ModelTargetAccess,
@@ -24,7 +40,7 @@ export {
   type ChapAccount,
   type ModelTargetAccessOptions,
 } from './model-target-access.js';
-export { FaultSet, DEFAULT_CONNECT_TIMEOUT_MS, type FaultSpec, type FaultMatch } from './faults.js';
+export { FaultSet, DEFAULT_CONNECT_TIMEOUT_MS, type FaultSpec, type FaultMatch, type ToolFailure } from './faults.js';
 export type { TargetAccess, TargetSession, LunDisk, LunInquiry, LoginAuth, LoginRequest, LoginResult } from './target-access.js';
 export { tgtLunIdentity, tgtScsiId, tgtScsiSerial, idSerialOf, wwnLinkOf, type LunIdentity } from './tgt-identity.js';
 export { sdName, sdDevT, kernelLunOf, targetLunOf, byPathLunText } from './sd-names.js';

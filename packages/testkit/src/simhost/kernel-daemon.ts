@@ -6,11 +6,15 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { BerthError } from '@berth/core';
 import { createCommandRunner, type CommandRunner } from '@berth/host';
 import { runBlockdev } from './blockdev.js';
-import { FaultSet, type FaultSpec } from './faults.js';
+import { DmMultipath } from './dm-multipath.js';
+import { FaultSet, type FaultSpec, type ToolFailure } from './faults.js';
 import { runIscsiadm } from './iscsiadm.js';
+import { runMultipath } from './multipath-tool.js';
+import { runMultipathd } from './multipathd-tool.js';
 import { ModelTargetAccess, type ModelTargetSpec } from './model-target-access.js';
 import { NodeDb } from './node-db.js';
 import { SimKernel } from './sim-kernel.js';
+import type { SimState } from './sim-state.js';
 import type { TargetAccess } from './target-access.js';
 import { SOCKET_RELATIVE, type ControlRequest, type ControlResponse, type ToolRequest, type ToolResult } from './tool-protocol.js';
 
@@ -45,6 +49,8 @@ export class KernelDaemon {
   readonly binDir: string;
   readonly socketPath: string;
   readonly kernel: SimKernel;
+  /** device-mapper multipath and multipathd. */
+  readonly multipath: DmMultipath;
   readonly db: NodeDb;
   readonly faults: FaultSet;
   readonly targetAccess: TargetAccess;
@@ -78,10 +84,19 @@ export class KernelDaemon {
       deviceDelayMs: options.deviceDelayMs ?? DEFAULT_DEVICE_DELAY_MS,
       faults: this.faults,
     });
+    this.multipath = new DmMultipath({
+      root: this.root,
+      kernel: this.kernel,
+      faults: this.faults,
+      runner: this.runner,
+      deviceDelayMs: options.deviceDelayMs ?? DEFAULT_DEVICE_DELAY_MS,
+    });
     this.tools.set('iscsiadm', (argv) =>
       runIscsiadm(argv, { kernel: this.kernel, db: this.db, targetAccess: this.targetAccess, initiatorName: () => this.initiatorName() }),
     );
-    this.tools.set('blockdev', (argv) => runBlockdev(argv, this.kernel, this.runner));
+    this.tools.set('blockdev', (argv) => runBlockdev(argv, this.kernel, this.runner, this.multipath));
+    this.tools.set('multipath', (argv) => runMultipath(argv, { dm: this.multipath, kernel: this.kernel, root: this.root }));
+    this.tools.set('multipathd', (argv) => runMultipathd(argv, { dm: this.multipath, faults: this.faults }));
   }
 
   /** Lay out the root, boot the kernel model and listen. */
@@ -102,6 +117,12 @@ export class KernelDaemon {
     await this.writeBin(name);
   }
 
+  /** Sessions, devices, login counters, multipath maps and multipathd, for assertions. */
+  async state(): Promise<SimState> {
+    await this.multipath.idle();
+    return { ...this.kernel.state(), ...this.multipath.state() };
+  }
+
   /** The initiator IQN from `/etc/iscsi/initiatorname.iscsi`. */
   async initiatorName(): Promise<string> {
     const text = await fsp.readFile(path.join(this.root, 'etc/iscsi/initiatorname.iscsi'), 'utf8').catch(() => '');
@@ -118,19 +139,28 @@ export class KernelDaemon {
     };
     const f = this.faults;
     const k = this.kernel;
+    // A fault that starts or stops multipathd is done when the call returns.
+    const settled = async (fn: () => unknown): Promise<void> => {
+      await fn();
+      await this.multipath.idle();
+    };
     const table: Record<string, (...a: never[]) => unknown> = {
       ping: () => ({ pid: process.pid, root: this.root }),
-      state: () => k.state(),
+      state: () => this.state(),
       'faults.get': () => f.current(),
-      'faults.load': (spec: FaultSpec) => f.load(spec),
-      'faults.clear': () => f.clear(),
+      'faults.load': (spec: FaultSpec) => settled(() => f.load(spec)),
+      'faults.clear': () => settled(() => f.clear()),
+      'faults.failTool': (failure: ToolFailure) => f.failTool(failure),
+      'faults.setMultipathd': (running: boolean) => settled(() => f.setMultipathd(running)),
+      'faults.multipathdMissesNewPaths': (on: boolean) => settled(() => f.setMultipathdMissesNewPaths(on)),
+      'faults.holdMapOpen': (map: string, open: boolean) => settled(() => f.holdMapOpen(map, open)),
       'faults.failLogin': (fault: Parameters<FaultSet['failLogin']>[0]) => f.failLogin(fault),
       'faults.unreachablePortal': (portal: string, ms?: number) => f.unreachablePortal(portal, ms),
       'faults.slowDevice': (fault: Parameters<FaultSet['slowDevice']>[0]) => f.slowDevice(fault),
       'faults.deviceNeverAppears': (fault: Parameters<FaultSet['deviceNeverAppears']>[0]) => f.deviceNeverAppears(fault),
-      'faults.loseSession': (sid: number) => k.loseSession(sid),
-      'faults.restoreSession': (sid: number) => k.restoreSession(sid),
-      'faults.expireSession': (sid: number) => k.expireSession(sid),
+      'faults.loseSession': (sid: number) => settled(() => k.loseSession(sid)),
+      'faults.restoreSession': (sid: number) => settled(() => k.restoreSession(sid)),
+      'faults.expireSession': (sid: number) => settled(() => k.expireSession(sid)),
       'san.addTarget': (spec: ModelTargetSpec) => model().addTarget(spec),
       'san.removeTarget': (iqn: string) => model().removeTarget(iqn),
       'san.setChap': (iqn: string, chap: never) => model().setChap(iqn, chap ?? undefined),
@@ -155,6 +185,7 @@ export class KernelDaemon {
       if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
       for (const c of this.connections) c.destroy();
       await this.kernel.close().catch(() => undefined);
+      await this.multipath.close().catch(() => undefined);
       await this.targetAccess.close().catch(() => undefined);
       await fsp.rm(this.socketPath, { force: true });
     })();
@@ -168,6 +199,7 @@ export class KernelDaemon {
     await this.writeEtc(options.initiatorName);
     await this.db.init();
     await this.kernel.init();
+    await this.multipath.init();
     if (options.san && this.model) for (const t of options.san.targets) await this.model.addTarget(t);
     await fsp.rm(this.socketPath, { force: true });
     const server = net.createServer((socket) => this.serve(socket));
@@ -259,6 +291,11 @@ export class KernelDaemon {
     if (request.type === 'tool') {
       const tool = this.tools.get(request.tool);
       if (!tool) return { stdout: '', stderr: `${request.tool}: not simulated\n`, exitCode: 127 };
+      const injected = this.faults.takeToolFailure(request.tool, request.argv);
+      if (injected) {
+        if (injected.delayMs) await new Promise((resolve) => setTimeout(resolve, injected.delayMs));
+        return { stdout: injected.stdout ?? '', stderr: injected.stderr ?? '', exitCode: injected.exitCode };
+      }
       try {
         return await tool(request.argv, this);
       } catch (error) {

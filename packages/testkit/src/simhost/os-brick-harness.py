@@ -41,16 +41,23 @@ os_brick.setup(cfg.CONF)
 # We are root already: os-brick's privileged calls run here instead of in a privsep daemon.
 os_brick.privileged.default.set_client_mode(False)
 props = json.loads(props_json)
-connector = iscsi.ISCSIConnector(root_helper='sudo', device_scan_attempts=3)
+# Several portals: os-brick's multipath connect (parallel logins, multipath -a, multipathd add path).
+multipath = 'target_portals' in props
+connector = iscsi.ISCSIConnector(root_helper='sudo', device_scan_attempts=3, use_multipath=multipath)
 result = {}
 device = connector.connect_volume(props)
 result['device'] = device
 result['exists'] = os.path.exists(device['path'])
 result['sessions'] = [list(s) for s in connector._get_iscsi_sessions_full()]
 result['volume_paths'] = connector.get_volume_paths(props)
+if multipath:
+    result['dm_name'] = open('/sys/block/%s/dm/name' % os.path.basename(device['path'])).read().strip()
+    result['slaves'] = sorted(os.listdir('/sys/block/%s/slaves' % os.path.basename(device['path'])))
 with open(device['path'], 'r+b') as f:
     f.write(b'written by os-brick')
 connector.disconnect_volume(props, device)
 result['after_disconnect_exists'] = os.path.exists(device['path'])
+if multipath:
+    result['paths_after'] = sorted(n for n in os.listdir('/dev') if n.startswith('sd') or n.startswith('dm-'))
 result['sessions_after'] = [list(s) for s in connector._get_iscsi_sessions_full()]
 print(json.dumps(result))

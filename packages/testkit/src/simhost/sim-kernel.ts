@@ -54,11 +54,67 @@ export interface SimSessionState {
   luns: SimLunState[];
 }
 
+/** How often iscsid logged in to one target through one portal (rc-15 "already present" not counted). */
+export interface SimLoginCount {
+  iqn: string;
+  /** `host:port` of the node record. */
+  portal: string;
+  /** Logins that reached the target side (or an injected failure). */
+  attempts: number;
+  /** Logins that made a session. */
+  succeeded: number;
+}
+
 /** Everything the kernel holds, for assertions. */
-export interface SimState {
+export interface SimKernelState {
   sessions: SimSessionState[];
   /** Every sd device with the session and LUN it belongs to. */
   devices: Array<{ name: string; hctl: string; sid: number; lun: number; present: boolean; backingPath: string }>;
+  /** Login counters per target and portal, since the daemon started. */
+  logins: SimLoginCount[];
+}
+
+/** A disk (sd) as device-mapper and multipathd see it. */
+export interface SimDisk {
+  /** `sdb` */
+  name: string;
+  hctl: string;
+  sid: number;
+  iqn: string;
+  /** `host:port` of the session's node record. */
+  portal: string;
+  /** Kernel LUN. */
+  lun: number;
+  /** `MAJOR:MINOR` as `/sys/block/sdX/dev` says. */
+  devT: string;
+  /** The kernel's wwid (`naa.6…`), when the LUN has one. */
+  wwid?: string;
+  /** INQUIRY strings as sysfs pads them. */
+  vendor: string;
+  model: string;
+  rev: string;
+  /** Unit serial number (VPD page 0x80) without padding. */
+  serial: string;
+  sizeBytes: number;
+  /** sdev state: `running`, `blocked`, `transport-offline`, … */
+  state: string;
+  /** Whether udev made `/dev/sdX` and its links. */
+  devicePresent: boolean;
+  /** Host path of the disk's sysfs directory (`/sys/devices/…/block/sdX`). */
+  sysfsDir: string;
+  /** What backs `/dev/sdX`. */
+  backingPath: string;
+  isBlockDevice: boolean;
+}
+
+/** What the kernel tells device-mapper and multipathd about its disks (their uevents). */
+export interface DiskEvents {
+  /** udev finished a new disk: `/dev/sdX` and its links exist. */
+  diskAdded(name: string): void;
+  /** A disk is going (delete, logout): device-mapper lets go of it before its sysfs goes. */
+  diskRemoving(name: string): Promise<void>;
+  /** The sdev state of these disks changed (connection lost, back, recovery timed out). */
+  diskStateChanged(names: string[]): void;
 }
 
 /** Options of the kernel model. */
@@ -129,6 +185,10 @@ export class SimKernel {
   private readonly sdUsed = new Set<number>();
   private readonly sgUsed = new Set<number>();
   private readonly byIdOwners = new Map<string, string[]>();
+  /** by-id links a higher-priority device (a multipath map) holds: link name → device (`dm-0`). */
+  private readonly byIdClaims = new Map<string, string>();
+  private readonly loginCounts = new Map<string, SimLoginCount>();
+  private events: DiskEvents | undefined;
   private readonly hostsReserved = new Set<number>();
   private nextSid = 1;
   private closed = false;
@@ -208,15 +268,95 @@ export class SimKernel {
   }
 
   /** Everything the kernel holds. */
-  state(): SimState {
+  state(): SimKernelState {
     const sessions = this.sessionsSorted().map((s) => this.sessionState(s));
-    const devices: SimState['devices'] = [];
+    const devices: SimKernelState['devices'] = [];
     for (const s of this.sessionsSorted()) {
       for (const l of [...s.luns.values()].sort((a, b) => a.klun - b.klun)) {
         if (l.sd) devices.push({ name: l.sd.name, hctl: l.hctl, sid: s.sid, lun: l.klun, present: l.devicePresent, backingPath: l.sd.disk.backingPath });
       }
     }
-    return { sessions, devices };
+    const logins = [...this.loginCounts.values()].map((c) => ({ ...c })).sort((a, b) => (a.iqn === b.iqn ? (a.portal < b.portal ? -1 : 1) : a.iqn < b.iqn ? -1 : 1));
+    return { sessions, devices, logins };
+  }
+
+  /** Who hears about disks coming, going and changing state (the device-mapper model). */
+  setDiskEvents(events: DiskEvents | undefined): void {
+    this.events = events;
+  }
+
+  /** A disk the kernel has now (not deleted), or undefined. */
+  disk(name: string): SimDisk | undefined {
+    for (const s of this.sessions.values()) {
+      for (const l of s.luns.values()) {
+        if (l.sd?.name === name && !l.removed) return this.diskOf(s, l);
+      }
+    }
+    return undefined;
+  }
+
+  /** The sysfs directory of disk `name`, also while it is being removed. */
+  diskSysfsDir(name: string): string | undefined {
+    for (const s of this.sessions.values()) {
+      for (const l of s.luns.values()) if (l.sd?.name === name) return `${l.sdevDir}/block/${name}`;
+    }
+    return undefined;
+  }
+
+  /** Every disk the kernel has now, in sysfs path order (how udev enumerates them). */
+  disks(): SimDisk[] {
+    const out: SimDisk[] = [];
+    for (const s of this.sessions.values()) {
+      for (const l of s.luns.values()) if (l.sd && !l.removed) out.push(this.diskOf(s, l));
+    }
+    return out.sort((a, b) => (a.sysfsDir < b.sysfsDir ? -1 : a.sysfsDir > b.sysfsDir ? 1 : 0));
+  }
+
+  /**
+   * Point by-id links at a device with a higher udev link_priority (a multipath map holds its
+   * paths' `scsi-…`/`wwn-…` links while it exists).
+   */
+  claimLinks(names: readonly string[], device: string): void {
+    for (const name of names) {
+      this.byIdClaims.set(name, device);
+      this.atomicLink(`../../${device}`, `/dev/disk/by-id/${name}`);
+    }
+  }
+
+  /** Give claimed by-id links back: they point at the newest disk that has them again, or go. */
+  releaseLinks(names: readonly string[], device: string): void {
+    for (const name of names) {
+      if (this.byIdClaims.get(name) !== device) continue;
+      this.byIdClaims.delete(name);
+      const last = (this.byIdOwners.get(name) ?? []).at(-1);
+      if (last === undefined) rmSync(this.real(`/dev/disk/by-id/${name}`), { force: true });
+      else this.atomicLink(`../../${last}`, `/dev/disk/by-id/${name}`);
+    }
+  }
+
+  private diskOf(s: SimSession, l: SimLun): SimDisk {
+    const sd = l.sd!;
+    const pg80 = sd.disk.vpdPg80;
+    return {
+      name: sd.name,
+      hctl: l.hctl,
+      sid: s.sid,
+      iqn: s.iqn,
+      portal: portalKey(s.portal),
+      lun: l.klun,
+      devT: sd.devT,
+      ...(l.wwid ? { wwid: l.wwid } : {}),
+      vendor: sd.disk.vendor,
+      model: sd.disk.model,
+      rev: sd.disk.rev,
+      serial: pg80.length > 4 ? pg80.subarray(4).toString('latin1').trim() : '',
+      sizeBytes: sd.sizeBytes,
+      state: l.state,
+      devicePresent: l.devicePresent,
+      sysfsDir: `${l.sdevDir}/block/${sd.name}`,
+      backingPath: sd.disk.backingPath,
+      isBlockDevice: sd.disk.isBlockDevice,
+    };
   }
 
   /** Resolve a device name (`sdb`) to what backs it, or undefined. */
@@ -240,8 +380,12 @@ export class SimKernel {
     );
     if (existing || this.loginsInProgress.has(key)) return { ok: false, exitCode: 15 };
     this.loginsInProgress.add(key);
+    const portal = portalKey(request.portal);
+    const countKey = `${request.iqn}|${portal}`;
+    const count = this.loginCounts.get(countKey) ?? { iqn: request.iqn, portal, attempts: 0, succeeded: 0 };
+    this.loginCounts.set(countKey, count);
+    count.attempts += 1;
     try {
-      const portal = portalKey(request.portal);
       const timeout = this.faults.unreachable(portal);
       if (timeout !== undefined) {
         await sleep(timeout);
@@ -261,6 +405,7 @@ export class SimKernel {
         return { ok: false, exitCode: 4 };
       }
       const sid = await this.createSession(request, result.tpgt, session);
+      count.succeeded += 1;
       if (request.scan === 'auto') {
         const s = this.sessions.get(sid);
         // iscsid scans after the login reply, in the background.
@@ -323,10 +468,13 @@ export class SimKernel {
     s.state = state;
     writeFileSync(this.real(`${s.sessionDir}/iscsi_session/session${sid}/state`), `${state}\n`);
     writeFileSync(this.real(`${s.sessionDir}/connection${sid}:0/iscsi_connection/connection${sid}:0/state`), `${connState}\n`);
+    const names: string[] = [];
     for (const l of s.luns.values()) {
       l.state = sdevState;
       quietly(() => writeFileSync(this.real(`${l.sdevDir}/state`), `${sdevState}\n`));
+      if (l.sd && !l.removed) names.push(l.sd.name);
     }
+    if (names.length > 0) this.events?.diskStateChanged(names);
   }
 
   private sessionsSorted(): SimSession[] {
@@ -698,10 +846,12 @@ export class SimKernel {
         owners.push(sd.name);
         this.byIdOwners.set(name, owners);
         lun.byId.push(name);
-        this.atomicLink(target, `/dev/disk/by-id/${name}`);
+        // A multipath map of this wwid keeps the link (its udev rule has the higher link_priority).
+        if (!this.byIdClaims.has(name)) this.atomicLink(target, `/dev/disk/by-id/${name}`);
       }
     }
     lun.devicePresent = true;
+    this.events?.diskAdded(sd.name);
   }
 
   private async deleteLun(s: SimSession, lun: SimLun): Promise<void> {
@@ -723,6 +873,8 @@ export class SimKernel {
     lun.removed = true;
     if (lun.timer) clearTimeout(lun.timer);
     lun.timer = undefined;
+    // device-mapper lets go of the disk (map reloaded without it) before the disk goes.
+    if (lun.sd && this.events) await this.events.diskRemoving(lun.sd.name).catch(() => undefined);
     for (const f of lun.fifos) f.close();
     if (lun.sd) {
       const sd = lun.sd;
@@ -742,7 +894,11 @@ export class SimKernel {
       for (const name of lun.byId) {
         const owners = (this.byIdOwners.get(name) ?? []).filter((n) => n !== sd.name);
         const last = owners[owners.length - 1];
-        if (last === undefined) {
+        if (this.byIdClaims.has(name)) {
+          // The map holds the link: only the owners change.
+          if (last === undefined) this.byIdOwners.delete(name);
+          else this.byIdOwners.set(name, owners);
+        } else if (last === undefined) {
           this.byIdOwners.delete(name);
           rmSync(this.real(`/dev/disk/by-id/${name}`), { force: true });
         } else {

@@ -5,10 +5,10 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { BerthError } from '@berth/core';
 import { createHostServices, type HostServices, type HostServicesOptions } from '@berth/host';
-import type { FaultMatch, FaultSpec } from './faults.js';
+import type { FaultMatch, FaultSpec, ToolFailure } from './faults.js';
 import { KernelDaemon, daemonMainPath } from './kernel-daemon.js';
 import type { ChapAccount, ModelLunInfo, ModelLunSpec, ModelTargetInfo, ModelTargetSpec } from './model-target-access.js';
-import type { SimState } from './sim-kernel.js';
+import type { SimState } from './sim-state.js';
 import type { TargetAccess } from './target-access.js';
 import { PIDFILE_RELATIVE, SOCKET_RELATIVE, sendRequest, type ControlResponse } from './tool-protocol.js';
 
@@ -134,6 +134,30 @@ export class SimFaults {
   async expireSession(sid: number): Promise<void> {
     await this.call('faults.expireSession', [sid]);
   }
+  /** Matching fake tool runs fail with `exitCode` (and `stdout`/`stderr`) without doing anything. */
+  async failTool(failure: ToolFailure): Promise<void> {
+    await this.call('faults.failTool', [failure]);
+  }
+  /** Stop multipathd: `multipathd` gets no answer (rc 1), maps stay, nothing reloads or flushes them. */
+  async stopMultipathd(): Promise<void> {
+    await this.call('faults.setMultipathd', [false]);
+  }
+  /** Start multipathd: it takes in every disk and map, as on `reconfigure`. */
+  async startMultipathd(): Promise<void> {
+    await this.call('faults.setMultipathd', [true]);
+  }
+  /** multipathd misses new disks: a map forms only on `multipathd add path` or `reconfigure`. */
+  async multipathdMissesNewPaths(on = true): Promise<void> {
+    await this.call('faults.multipathdMissesNewPaths', [on]);
+  }
+  /** Hold a multipath map open (by name or `dm-N`), as a mounted filesystem would: it cannot be flushed. */
+  async holdMapOpen(map: string): Promise<void> {
+    await this.call('faults.holdMapOpen', [map, true]);
+  }
+  /** Let go of a map held open. */
+  async releaseMap(map: string): Promise<void> {
+    await this.call('faults.holdMapOpen', [map, false]);
+  }
   /** Replace every fault with a spec (what `faults.json` holds). */
   async load(spec: FaultSpec): Promise<void> {
     await this.call('faults.load', [spec]);
@@ -160,8 +184,9 @@ function tempParent(): string {
 
 /**
  * A simulated Linux host for iSCSI: a root directory with the kernel's view (`sys/`, `dev/`,
- * `etc/iscsi/`) and fake `iscsiadm`/`blockdev` in `bin/`, driven by a kernel daemon in this process
- * or detached. Drivers run against it unchanged through `hostServices()`.
+ * `etc/iscsi/`, `etc/multipath/`) and fake `iscsiadm`, `blockdev`, `multipath` and `multipathd`
+ * in `bin/`, driven by a kernel daemon in this process or detached. Drivers run against it
+ * unchanged through `hostServices()`.
  */
 export class SimulatedHost {
   /** The root directory everything lives under. */
@@ -247,9 +272,9 @@ export class SimulatedHost {
     return createHostServices({ ...options, root: this.root, pathPrepend: [this.binDir] });
   }
 
-  /** Sessions and devices the kernel holds now. */
+  /** Sessions, devices, login counters, multipath maps and multipathd, as they are now. */
   async state(): Promise<SimState> {
-    if (this.daemon) return this.daemon.kernel.state();
+    if (this.daemon) return this.daemon.state();
     return (await controlCall(this.root, 'state')) as SimState;
   }
 

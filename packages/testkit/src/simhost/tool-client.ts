@@ -3,6 +3,8 @@ import { sendRequest, type ToolResult } from './tool-protocol.js';
 // What each tool says when the kernel daemon (iscsid) cannot be reached.
 const OFFLINE: Readonly<Record<string, ToolResult>> = {
   iscsiadm: { stdout: '', stderr: 'iscsiadm: can not connect to iSCSI daemon (111)!\n', exitCode: 20 },
+  // uxclnt: no socket, exit 1 without a word.
+  multipathd: { stdout: '', stderr: '', exitCode: 1 },
 };
 
 /**

@@ -18,6 +18,8 @@ export interface TestTgtd {
   admin(...args: string[]): Promise<CommandResult>;
   /** Same, returning the result whatever the exit code (tgtadm's errors are rc 22). */
   adminResult(...args: string[]): Promise<CommandResult>;
+  /** Listen on another address at the same port (`127.0.0.2`); returns its portal `addr:port`. */
+  addPortal(address: string): Promise<string>;
   stop(): Promise<void>;
 }
 
@@ -92,15 +94,24 @@ export async function startTgtd(dir: string): Promise<TestTgtd> {
       throw new Error(`${error instanceof Error ? error.message : String(error)}; tgtd log: ${log.trim().split('\n').slice(-5).join(' | ')}`, { cause: error });
     }
     let stopped: Promise<void> | undefined;
+    const admin = async (...args: string[]): Promise<CommandResult> => {
+      const result = await adminResult(...args);
+      if (result.exitCode !== 0) throw new Error(`${result.command}: exit ${result.exitCode}: ${result.stderr.trim()}`);
+      return result;
+    };
     return {
       portal: `127.0.0.1:${port}`,
       port,
       controlPort,
       adminResult,
-      admin: async (...args) => {
-        const result = await adminResult(...args);
-        if (result.exitCode !== 0) throw new Error(`${result.command}: exit ${result.exitCode}: ${result.stderr.trim()}`);
-        return result;
+      admin,
+      addPortal: async (address) => {
+        await admin('--op', 'new', '--mode', 'portal', '--param', `portal=${address}:${port}`);
+        await waiter.waitUntil('/run/tgtd', async () => ((await canConnect(address, port)) ? true : undefined), {
+          timeoutMs: 10_000,
+          what: `tgtd on ${address}:${port}`,
+        });
+        return `${address}:${port}`;
       },
       stop: () =>
         (stopped ??= (async () => {
