@@ -16,6 +16,7 @@ import { backendVolume, recomputeVolume } from './pipeline/context.js';
 import { detachableFrom, detachSteps, markDetachFailed } from './pipeline/detach.js';
 import { OperationRunner, summarize } from './pipeline/operation-runner.js';
 import { ownerAlive, recoverOperation, type RecoveryDeps, type RecoveryOutcome } from './pipeline/recovery.js';
+import { runReconcile, type ReconcileOptions, type ReconcileReport } from './reconcile.js';
 import type { Step } from './pipeline/step.js';
 import { zAttachRequest, zCreateServerRequest, zCreateVolumeRequest, zDetachRequest, zReserveAttachmentRequest } from './requests.js';
 import type {
@@ -69,6 +70,8 @@ export class BerthServiceImpl implements BerthService {
     this.runner = new OperationRunner(store);
     this.owner = `${process.pid}@${identity.hostname}`;
     this.faults = new FaultInjector(config.faults);
+    // Drivers pass their own points (between their commands) through the same injector.
+    catalog.useFaults(this.faults);
     this.deps = {
       store,
       catalog,
@@ -477,6 +480,21 @@ export class BerthServiceImpl implements BerthService {
       outcomes.push(outcome);
     }
     return outcomes;
+  }
+
+  async reconcile(options: ReconcileOptions = {}): Promise<ReconcileReport> {
+    // Operations a dead process left are finished first: what they hold is theirs to undo, and a
+    // volume with a running operation is left alone by reconcile.
+    if (!options.dryRun) await this.recover();
+    return runReconcile(
+      {
+        ...this.deps,
+        owner: this.owner,
+        consumer: () => this.catalog.consumer(this.config.consumer),
+        withVolumeLock: (volumeId, fn) => this.volumeLocks.withLock(volumeId, fn),
+      },
+      options,
+    );
   }
 
   private recoveryDeps(): RecoveryDeps {

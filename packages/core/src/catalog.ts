@@ -5,7 +5,7 @@ import type { TransportDriver } from './contracts/transport-driver.js';
 import type { VolumeBackend } from './contracts/volume-backend.js';
 import { BerthError, type BerthErrorCode } from './errors.js';
 import type { Logger } from './logger.js';
-import type { BackendFactory, BerthPlugin, ConsumerFactory, PluginContext, TransportFactory } from './plugin.js';
+import type { BackendFactory, BerthPlugin, ConsumerFactory, FaultPoints, PluginContext, TransportFactory } from './plugin.js';
 import type { LoadedPluginModule, PluginFailure } from './plugin-loader.js';
 import type { PluginReport } from './service.js';
 
@@ -28,6 +28,7 @@ export class DriverCatalog {
   private readonly backendInstances = new Map<string, VolumeBackend>();
   private readonly consumerInstances = new Map<string, Consumer>();
   private readonly report: PluginReport = { loaded: [], failed: [] };
+  private faults: FaultPoints | undefined;
 
   constructor(
     private readonly host: HostServices,
@@ -71,6 +72,14 @@ export class DriverCatalog {
     } catch (error) {
       this.report.failed.push({ packageName, error: error instanceof Error ? error.message : String(error) });
     }
+  }
+
+  /**
+   * Give plugins built from now on these fault points (the service's injector), so that a driver
+   * can be stopped between its commands by the same config that arms the pipeline's points.
+   */
+  useFaults(faults: FaultPoints): void {
+    this.faults = faults;
   }
 
   /** Record plugins the loader could not import. */
@@ -177,6 +186,7 @@ export class DriverCatalog {
       dataDir: this.dataDir,
       options: registered.options,
       logger: this.logger.child({ plugin: registered.plugin }),
+      ...(this.faults ? { faults: this.faults } : {}),
     };
   }
 
@@ -229,7 +239,18 @@ function guardTransport(driver: TransportDriver, plugin: string, host: HostServi
     disconnect: (connection, device, options) => wrap(() => driver.disconnect(connection, device, options)),
     ...(driver.extend ? { extend: (c, d, x) => wrap(() => driver.extend!(c, d, x)) } : {}),
     ...(driver.paths ? { paths: (c, d) => wrap(() => driver.paths!(c, d)) } : {}),
-    ...(driver.connected ? { connected: () => wrap(() => driver.connected!()) } : {}),
+    ...(driver.connected
+      ? {
+          // Like connect's device: one on another host root (the simulated host) carries its real path.
+          connected: () =>
+            wrap(async () =>
+              (await driver.connected!()).map((entry) => {
+                const realPath = host.fs.resolve(entry.device.path);
+                return realPath === entry.device.path ? entry : { ...entry, device: { ...entry.device, realPath } };
+              }),
+            ),
+        }
+      : {}),
     check: () => wrap(() => driver.check()),
   } satisfies TransportDriver;
 }

@@ -24,3 +24,24 @@ export { detachSteps, detachableFrom, markDetachFailed } from './pipeline/detach
 export { BerthServiceImpl } from './berth-service.js';
 export * from './faults.js';
 export { recoverOperation, ownerAlive, type RecoveryOutcome, type RecoveryDeps } from './pipeline/recovery.js';
+export {
+  DIFFERENCE_KINDS,
+  describeFinding,
+  findDifferences,
+  findStatusMismatches,
+  runReconcile,
+  sourceMatches,
+  volumeOfSource,
+  volumeRepairPath,
+  type DifferenceKind,
+  type Finding,
+  type FixAction,
+  type FixState,
+  type ReconcileDeps,
+  type ReconcileDifference,
+  type ReconcileFacts,
+  type ReconcileOptions,
+  type ReconcileReport,
+  type ReconcileUnchecked,
+  type TransportListing,
+} from './reconcile.js';

@@ -17,6 +17,17 @@ export interface PluginContext<Options = Record<string, unknown>> {
   /** The plugin's options from the config, parsed by its `optionsSchema`. */
   options: Options;
   logger: Logger;
+  /**
+   * Named fault points a plugin passes between its commands (`loop.connect.after-losetup`), armed
+   * by the same config as the pipeline's (`faults`, `BERTH_FAULTS`). Absent, or nothing armed: no cost.
+   */
+  faults?: FaultPoints;
+}
+
+/** What a plugin sees of fault injection: pass a named point (throws, crashes or waits only when armed). */
+export interface FaultPoints {
+  /** Pass the point `name`; resolves at once unless it is armed. */
+  hit(name: string): Promise<void>;
 }
 
 /** Builds a transport for a context. */

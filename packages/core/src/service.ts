@@ -1,6 +1,7 @@
 import type { ConnectionInfo, Connector } from './connection.js';
 import type { CheckResult } from './contracts/check.js';
 import type { RecoveryOutcome } from './pipeline/recovery.js';
+import type { ReconcileOptions, ReconcileReport } from './reconcile.js';
 import type { Attachment, Host, Operation, OperationState, Server, Volume, VolumeStatus } from './model.js';
 
 /** A reference to a volume or server: its id, or its name within the project. */
@@ -148,6 +149,13 @@ export interface BerthService {
    * start by the embedded CLI and the server. Absent on a remote client: the server recovers.
    */
   recover?(): Promise<RecoveryOutcome[]>;
+
+  /**
+   * Compare the store with the backends' exports and this host's devices, list every difference
+   * with its fix and, unless `dryRun`, apply the fixes (journalled as one `reconcile` operation).
+   * Runs on the host whose devices it compares; absent on a client that cannot do that.
+   */
+  reconcile?(options?: ReconcileOptions): Promise<ReconcileReport>;
 
   /** Close the store and stop plugins' background work. */
   close(): Promise<void>;

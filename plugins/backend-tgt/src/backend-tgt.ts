@@ -54,6 +54,7 @@ export function createTgtBackend(context: PluginContext<Partial<TgtBackendOption
     });
   }
   const logger = context.logger.child({ backend: NAME });
+  const faults = context.faults;
   const { logFile } = managedTgtdPaths(context.dataDir);
   const tgtadm = new Tgtadm({
     runner: context.host.runner,
@@ -239,6 +240,7 @@ export function createTgtBackend(context: PluginContext<Partial<TgtBackendOption
         state.volumes[id] = record;
         try {
           await reconcileVolume(tgtadm, state, id, record, view, logger, signal);
+          await faults?.hit('tgt.create.after-target');
         } catch (error) {
           // Undo what this create made, so a failed create leaves nothing behind.
           delete state.volumes[id];
@@ -319,6 +321,7 @@ export function createTgtBackend(context: PluginContext<Partial<TgtBackendOption
       return withTgtd(signal, async (state) => {
         return withTarget(state, id, signal, async (record) => {
           await tgtadm.bindInitiator(record.tid, initiator, { signal, secrets: secretsOf(record) });
+          await faults?.hit('tgt.initialize.after-acl');
           // Recorded after tgtd granted it: a failed grant must not come back at the next restore.
           if (!record.initiators.includes(initiator)) record.initiators.push(initiator);
           logger.info({ volumeId: id, tid: record.tid, initiator }, 'initiator allowed');

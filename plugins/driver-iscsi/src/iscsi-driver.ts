@@ -96,7 +96,8 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
   const lunLocks = new KeyedLock();
   const targetLocks = new KeyedLock();
   const usage = new TargetUsage();
-  const sessionHost: NodeSessionHost = { fs, runner, iscsiadm, retry, options, logger };
+  const faults = context.faults;
+  const sessionHost: NodeSessionHost = { fs, runner, iscsiadm, retry, options, logger, ...(faults ? { faults } : {}) };
   const deviceHost: LunDeviceHost = { fs, waiter, runner, logger };
 
   /** Cleanup runs on its own clock: the operation's signal has often fired already. */
@@ -130,6 +131,7 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
             if (!scannedBefore) progress.scanned = true;
           },
         });
+        await faults?.hit('iscsi.connect.after-scan');
       } else {
         logger.debug({ device: devPath(name), iqn: target.iqn, lun: target.lun }, 'LUN already connected; reusing its device');
       }
@@ -320,7 +322,7 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
                   logger.info({ iqn: target.iqn, portal: target.portalText }, 'keeping the session: another LUN of it is in use');
                   return;
                 }
-                await closeSession(sessionHost, target, { signal, deleteRecord: true }, (step, fn) => failures.attempt(step, fn));
+                await closeSession(sessionHost, target, { signal, deleteRecord: true, faultPoints: true }, (step, fn) => failures.attempt(step, fn));
                 usage.clearLogin(targetKey(target));
               },
               signal,

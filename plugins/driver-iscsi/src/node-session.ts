@@ -1,4 +1,4 @@
-import { BerthError, type Logger } from '@berth/core';
+import { BerthError, type FaultPoints, type Logger } from '@berth/core';
 import type { CommandResult, CommandRunner, HostFs } from '@berth/host';
 import {
   classifyResult,
@@ -38,6 +38,8 @@ export interface NodeSessionHost {
   retry: RetryPolicy;
   options: IscsiDriverOptions;
   logger: Logger;
+  /** Fault points between the commands (`iscsi.connect.after-login`, ...); absent in production. */
+  faults?: FaultPoints;
 }
 
 function usable(session: IscsiSession | undefined): session is UsableSession {
@@ -98,6 +100,7 @@ export async function openSession(host: NodeSessionHost, target: IscsiVolumeTarg
         await set('node.session.auth.password_in', target.auth.passwordIn, true);
       }
     }
+    await host.faults?.hit('iscsi.connect.after-node-record');
     let login: 'logged-in' | 'already-present';
     try {
       login = await iscsiadm.login(target, call);
@@ -108,6 +111,7 @@ export async function openSession(host: NodeSessionHost, target: IscsiVolumeTarg
       throw error;
     }
     progress.loggedIn = login === 'logged-in';
+    await host.faults?.hit('iscsi.connect.after-login');
     host.logger.info({ iqn: target.iqn, portal: target.portalText, login }, login === 'logged-in' ? 'logged in' : 'login found a session already there');
     await set('node.startup', options.startup);
     const session = await findSession(host, target, signal, true);
@@ -212,11 +216,14 @@ async function checkOffered(host: NodeSessionHost, target: IscsiVolumeTarget, si
 export async function closeSession(
   host: NodeSessionHost,
   target: IscsiVolumeTarget,
-  options: { signal: AbortSignal | undefined; deleteRecord: boolean },
+  options: { signal: AbortSignal | undefined; deleteRecord: boolean; faultPoints?: boolean },
   attempt: <T>(step: string, fn: () => Promise<T>) => Promise<T | undefined>,
 ): Promise<void> {
   const call = options.signal === undefined ? {} : { signal: options.signal };
+  // Only a detach passes the points: an undo of a failed connect is not a step boundary of its own.
+  if (options.faultPoints === true) await host.faults?.hit('iscsi.disconnect.before-logout');
   const loggedOut = await attempt('log out', () => host.iscsiadm.logout(target, call));
+  if (options.faultPoints === true) await host.faults?.hit('iscsi.disconnect.after-logout');
   // With the session still there the delete would fail with rc 15 and say nothing new.
   if (loggedOut === undefined || !options.deleteRecord) {
     host.logger.info({ iqn: target.iqn, portal: target.portalText, logout: loggedOut ?? 'failed' }, 'session closed');

@@ -79,6 +79,7 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
   const options = parseWith(zLoopDriverOptions, context.options ?? {}, 'loop transport options');
   const { runner, fs, waiter } = context.host;
   const logger = context.logger.child({ transport: NAME });
+  const faults = context.faults;
   // One queue per backing file: two connects of one file must never make two loop devices.
   const fileLocks = new KeyedLock();
 
@@ -109,7 +110,15 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
 
   /** The file a loop device backs now, read from sysfs (`undefined` when it backs none). */
   async function backingFileNow(device: string): Promise<{ backingFile: string | null; deleted: boolean } | undefined> {
-    const text = await fs.readFileIfExists(`${SYS_BLOCK}/${loopName(device)}/loop/backing_file`);
+    let text: string | undefined;
+    try {
+      text = await fs.readFileIfExists(`${SYS_BLOCK}/${loopName(device)}/loop/backing_file`);
+    } catch (error) {
+      // The kernel answers ENODEV (or ENXIO) for the attribute of a loop device that is being
+      // torn down between the lookup and the read: it backs nothing any more.
+      if (errnoOf(error) === 'ENODEV' || errnoOf(error) === 'ENXIO') return undefined;
+      throw error;
+    }
     if (text === undefined) return undefined;
     return parseBackFile(text.replace(/\n$/, ''));
   }
@@ -152,6 +161,7 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
       const directIo = await useDirectIo(file);
       const result = await run('losetup', findShowArgs(file, { directIo, readOnly }), `attaching ${file}`, signal);
       attached = parseFindShow(result.stdout);
+      await faults?.hit('loop.connect.after-losetup');
       await waitForNode(attached, signal);
       throwIfAborted(signal);
       logger.info({ device: attached, file, directIo, readOnly }, 'file attached to loop device');
@@ -196,6 +206,7 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
     } catch (error) {
       fail(state, error, 'blockdev', `flushing ${device}`);
     }
+    await faults?.hit('loop.disconnect.after-flush');
     let result: CommandResult;
     try {
       result = await runner.run('losetup', ['--detach', device], {
@@ -424,6 +435,10 @@ function parseSize(stdout: string): number {
 
 function throwIfAborted(signal: AbortSignal | undefined): void {
   if (signal?.aborted) throw toBerthError(signal.reason ?? new DOMException('aborted', 'AbortError'), 'CANCELLED');
+}
+
+function errnoOf(error: unknown): string | undefined {
+  return error instanceof Error && 'code' in error && typeof error.code === 'string' ? error.code : undefined;
 }
 
 function messageOf(error: unknown): string {

@@ -1,10 +1,21 @@
 import { Args } from '@oclif/core';
-import type { Operation } from '@berth/core';
+import type { Operation, OperationStep } from '@berth/core';
 import { BaseCommand } from '../../base-command.js';
 import { journalRows } from '../../format.js';
-import { renderFields, renderTable } from '../../table.js';
+import { renderFields, renderTable, type Column } from '../../table.js';
 import { resourceId } from '../../validate.js';
 import { journalColumns, operationFields } from '../../views.js';
+
+const text = (value: unknown): string => (typeof value === 'string' ? value : '-');
+
+/** A `reconcile` operation's journal: one step per fix, with what it fixed and how that went. */
+const reconcileJournalColumns: ReadonlyArray<Column<OperationStep>> = [
+  { header: '#', get: (s) => String(s.seq) },
+  { header: 'fix', get: (s) => s.name },
+  { header: 'resource', get: (s) => text(s.data?.resource) },
+  { header: 'state', get: (s) => s.state },
+  { header: 'result', get: (s) => (s.error ? `${s.error.code}: ${s.error.message}` : text(s.data?.result ?? s.data?.skipped)) },
+];
 
 /** `berth operation show`: one operation and its step journal. */
 export default class OperationShow extends BaseCommand<typeof OperationShow> {
@@ -23,7 +34,7 @@ export default class OperationShow extends BaseCommand<typeof OperationShow> {
     this.log(renderFields(operationFields(operation)));
     if (operation.steps.length > 0) {
       this.log('');
-      this.log(renderTable(journalColumns, journalRows(operation)));
+      this.log(renderTable(operation.kind === 'reconcile' ? reconcileJournalColumns : journalColumns, journalRows(operation)));
     }
     return operation;
   }

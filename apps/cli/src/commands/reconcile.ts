@@ -1,0 +1,71 @@
+import { Flags } from '@oclif/core';
+import { BerthError, EXIT_CODES, ERROR_CODES, type BerthErrorCode, type ReconcileDifference, type ReconcileReport } from '@berth/core';
+import { BaseCommand } from '../base-command.js';
+import { renderTable, type Column } from '../table.js';
+
+/** Columns of `berth reconcile`: what differs, where, the fix, and what became of it. */
+const differenceColumns: ReadonlyArray<Column<ReconcileDifference>> = [
+  { header: 'difference', get: (d) => d.kind.replaceAll('_', ' ') },
+  { header: 'resource', get: (d) => d.resource },
+  { header: 'fix', get: (d) => d.fixDetail },
+  { header: 'result', get: (d) => (d.result === null ? d.state : `${d.state}: ${d.result}`) },
+];
+
+const isErrorCode = (code: string | null): code is BerthErrorCode => code !== null && (ERROR_CODES as readonly string[]).includes(code);
+
+/** `berth reconcile`: compare the store with the backends and this host, and fix what differs. */
+export default class Reconcile extends BaseCommand<typeof Reconcile> {
+  static override summary = 'Find and fix differences between berth\'s records, the backends and this host';
+  static override description = [
+    'Compare the database with what each backend exports and what each transport has connected on this',
+    'host, list every difference with its fix, and apply the fixes (each one journalled as a step of a',
+    '`reconcile` operation: see `berth operation show`). An export with no attachment is removed; a',
+    'device of a berth volume with no attachment is disconnected; an attached volume whose device is',
+    'gone is reconnected (or, when that fails, marked error_detaching for `berth detach --force`); a',
+    'volume whose status disagrees with its attachments is recomputed. Devices and exports berth did not',
+    'make are never touched. Volumes with a running operation are skipped. Exits with the error\'s code',
+    'when a fix failed.',
+  ].join(' ');
+  static override examples = [
+    '<%= config.bin %> <%= command.id %> --dry-run',
+    '<%= config.bin %> <%= command.id %>',
+    '<%= config.bin %> <%= command.id %> --json',
+  ];
+
+  static override flags = {
+    'dry-run': Flags.boolean({ description: 'List the differences and their fixes; change nothing', default: false }),
+  };
+
+  async run(): Promise<ReconcileReport> {
+    const dryRun = this.flags['dry-run'];
+    const berth = await this.berth();
+    if (!berth.reconcile) {
+      throw new BerthError('UNPROCESSABLE', 'reconcile compares this host\'s devices, so it runs on the host itself, not through the API', {
+        hint: 'run `berth reconcile` on the host, without --api',
+      });
+    }
+    const reconcile = berth.reconcile.bind(berth);
+    const report = await this.withSpinner(dryRun ? 'Comparing' : 'Reconciling', () => reconcile({ dryRun }));
+
+    if (report.differences.length === 0) {
+      this.log('No differences: the database, the backends\' exports and this host agree.');
+    } else {
+      this.log(renderTable(differenceColumns, report.differences));
+    }
+    for (const item of report.unchecked) this.log(`Not checked: ${item.kind} ${item.name} (${item.reason})`);
+    const { found, applied, failed, skipped } = report.counts;
+    if (found > 0) {
+      this.log('');
+      if (dryRun) {
+        const fixable = report.differences.filter((d) => d.state === 'planned').length;
+        this.log(`${found} difference(s), ${fixable} to fix: nothing was changed. Run \`berth reconcile\` to apply the fixes.`);
+      } else {
+        const journal = report.operationId === null ? '' : ` (journal: berth operation show ${report.operationId})`;
+        this.log(`${applied} applied, ${failed} failed, ${skipped} skipped${journal}.`);
+      }
+    }
+    const firstFailure = report.differences.find((d) => d.state === 'failed');
+    if (firstFailure) process.exitCode = isErrorCode(firstFailure.errorCode) ? EXIT_CODES[firstFailure.errorCode] : 1;
+    return report;
+  }
+}

@@ -1,0 +1,191 @@
+import { describe, expect, it } from 'vitest';
+import type { ConnectedDevice } from './contracts/transport-driver.js';
+import type { Attachment, AttachmentStatus, Volume, VolumeStatus } from './model.js';
+import {
+  describeFinding,
+  findDifferences,
+  sourceMatches,
+  volumeOfSource,
+  volumeRepairPath,
+  type ReconcileFacts,
+  type TransportListing,
+} from './reconcile.js';
+import { canTransitionVolume, recomputeVolumeStatus } from './transitions.js';
+
+const HOST = '00000000-0000-4000-8000-00000000000a';
+const OTHER_HOST = '00000000-0000-4000-8000-00000000000b';
+const SERVER = '00000000-0000-4000-8000-0000000000c1';
+const NOW = '2026-01-01T00:00:00.000Z';
+let counter = 0;
+const uuid = (): string => `00000000-0000-4000-8000-${(++counter).toString(16).padStart(12, '0')}`;
+
+function volume(name: string, status: VolumeStatus, providerLocation: string, backend = 'file'): Volume {
+  return { id: uuid(), name, projectId: 'default', sizeBytes: 1 << 20, status, backend, multiattach: false, providerLocation, createdAt: NOW, updatedAt: NOW };
+}
+
+function fileAttachment(v: Volume, status: AttachmentStatus, device: string | null, hostId = HOST): Attachment {
+  return {
+    id: uuid(),
+    volumeId: v.id,
+    serverId: SERVER,
+    hostId,
+    status,
+    mode: 'rw',
+    transport: 'loop',
+    connector: { host: 'h1' },
+    connectionInfo: { driver_volume_type: 'file', data: { device_path: v.providerLocation!, volume_id: v.id, access_mode: 'rw' } },
+    device: device === null ? null : { path: device, type: 'block' },
+    publishedPath: null,
+    timings: {},
+    error: null,
+    createdAt: NOW,
+    updatedAt: NOW,
+  };
+}
+
+function loopDevice(path: string, file: string): ConnectedDevice {
+  return { device: { path, type: 'block', meta: { backingFile: file } }, source: { device_path: file } };
+}
+
+function facts(partial: Partial<ReconcileFacts>): ReconcileFacts {
+  return { localHostId: HOST, volumes: [], attachments: [], busyVolumeIds: new Set(), exports: [], listings: [], ...partial };
+}
+
+const loop = (devices: ConnectedDevice[]): TransportListing[] => [{ transport: 'loop', protocol: 'file', devices }];
+
+describe('sourceMatches', () => {
+  it('matches on every identifying key both sides have, and needs at least one', () => {
+    expect(sourceMatches({ device_path: '/v/a.img' }, { device_path: '/v/a.img', volume_id: 'x' })).toBe(true);
+    expect(sourceMatches({ device_path: '/v/a.img' }, { device_path: '/v/b.img' })).toBe(false);
+    expect(sourceMatches({ target_iqn: 'iqn.x:1', target_lun: 1, target_portal: '10.0.0.1:3260' }, { target_iqn: 'iqn.x:1', target_lun: 1, target_portal: '10.0.0.2:3260' })).toBe(true);
+    expect(sourceMatches({ target_iqn: 'iqn.x:1', target_lun: 2 }, { target_iqn: 'iqn.x:1', target_lun: 1 })).toBe(false);
+    expect(sourceMatches({ deleted: true }, { device_path: '/v/a.img' })).toBe(false);
+  });
+});
+
+describe('volumeRepairPath', () => {
+  const derived: VolumeStatus[] = ['available', 'reserved', 'attaching', 'in-use', 'detaching', 'error'];
+  const pairs = derived.flatMap((from) => derived.map((to) => [from, to] as const));
+
+  it.each(pairs)('leads from %s to %s through allowed transitions only', (from, to) => {
+    const path = volumeRepairPath(from, to);
+    expect(path).toBeDefined();
+    let at = from;
+    for (const next of path!) {
+      expect(canTransitionVolume(at, next)).toBe(true);
+      expect(['creating', 'extending', 'deleting']).not.toContain(next);
+      at = next;
+    }
+    expect(at).toBe(to);
+  });
+
+  it('takes the direct transition when there is one, and a detour through error when not', () => {
+    expect(volumeRepairPath('error', 'in-use')).toEqual(['in-use']);
+    expect(volumeRepairPath('available', 'in-use')).toEqual(['reserved', 'in-use']);
+    expect(volumeRepairPath('in-use', 'available')).toEqual(['detaching', 'available']);
+  });
+});
+
+describe('findDifferences', () => {
+  it('finds nothing when the store, the exports and the devices agree', () => {
+    const v = volume('a', 'in-use', '/data/volumes/a.img');
+    const a = fileAttachment(v, 'attached', '/dev/loop3');
+    expect(findDifferences(facts({ volumes: [v], attachments: [a], listings: loop([loopDevice('/dev/loop3', '/data/volumes/a.img')]) }))).toEqual([]);
+  });
+
+  it('finds an export no attachment accounts for, and leaves exports of unknown volumes alone', () => {
+    const v = volume('t', 'available', 'iqn.2010-10.org.berth:volume-1', 'tgt');
+    const unknown = uuid();
+    const found = findDifferences(
+      facts({
+        volumes: [v],
+        exports: [
+          { backend: 'tgt', export: { volumeId: v.id, initiator: 'iqn.1993-08.org.debian:01:h1' } },
+          { backend: 'tgt', export: { volumeId: unknown, initiator: 'iqn.1993-08.org.debian:01:h1' } },
+        ],
+      }),
+    );
+    expect(found.map((f) => [f.kind, f.skip === undefined])).toEqual([
+      ['export_without_attachment', true],
+      ['export_without_attachment', false],
+    ]);
+    expect(describeFinding(found[0]!)).toMatchObject({ fix: 'terminate_connection', state: 'planned' });
+    expect(describeFinding(found[1]!)).toMatchObject({ fix: 'none', state: 'skipped' });
+  });
+
+  it('accepts an export for the initiator of a live attachment', () => {
+    const v = volume('t', 'in-use', 'iqn.2010-10.org.berth:volume-2', 'tgt');
+    const a = { ...fileAttachment(v, 'attached', '/dev/sda'), connector: { host: 'h1', initiator: 'iqn.1993-08.org.debian:01:h1' } };
+    const exports = [{ backend: 'tgt', export: { volumeId: v.id, initiator: 'iqn.1993-08.org.debian:01:h1' } }];
+    expect(findDifferences(facts({ volumes: [v], attachments: [a], exports })).filter((f) => f.kind === 'export_without_attachment')).toEqual([]);
+    const other = [{ backend: 'tgt', export: { volumeId: v.id, initiator: 'iqn.1993-08.org.debian:01:h2' } }];
+    expect(findDifferences(facts({ volumes: [v], attachments: [a], exports: other })).map((f) => f.kind)).toContain('export_without_attachment');
+  });
+
+  it('finds a device of a berth volume with no attachment, and ignores devices of other files', () => {
+    const v = volume('a', 'available', '/data/volumes/a.img');
+    const found = findDifferences(
+      facts({ volumes: [v], listings: loop([loopDevice('/dev/loop4', '/data/volumes/a.img'), loopDevice('/dev/loop5', '/tmp/mine.img')]) }),
+    );
+    expect(found).toHaveLength(1);
+    expect(found[0]).toMatchObject({ kind: 'device_without_attachment', transport: 'loop', volume: { id: v.id } });
+    expect(describeFinding(found[0]!).resource).toBe('/dev/loop4 (backing /data/volumes/a.img)');
+  });
+
+  it('does not count an attachment on another host for a device on this one', () => {
+    const v = volume('a', 'in-use', '/data/volumes/a.img');
+    const elsewhere = fileAttachment(v, 'attached', '/dev/loop3', OTHER_HOST);
+    const found = findDifferences(facts({ volumes: [v], attachments: [elsewhere], listings: loop([loopDevice('/dev/loop3', '/data/volumes/a.img')]) }));
+    expect(found.map((f) => f.kind)).toEqual(['device_without_attachment']);
+  });
+
+  it('finds an attached attachment whose device is gone, or has moved', () => {
+    const gone = volume('g', 'in-use', '/data/volumes/g.img');
+    const moved = volume('m', 'in-use', '/data/volumes/m.img');
+    const a = fileAttachment(gone, 'attached', '/dev/loop3');
+    const b = fileAttachment(moved, 'attached', '/dev/loop6');
+    const found = findDifferences(facts({ volumes: [gone, moved], attachments: [a, b], listings: loop([loopDevice('/dev/loop7', '/data/volumes/m.img')]) }));
+    expect(found.map((f) => [f.kind, f.kind === 'attachment_device_gone' ? f.found?.device.path : undefined])).toEqual([
+      ['attachment_device_gone', undefined],
+      ['attachment_device_gone', '/dev/loop7'],
+    ]);
+    expect(describeFinding(found[0]!)).toMatchObject({ fix: 'reconnect', attachmentId: a.id });
+  });
+
+  it('does not call a device gone that a second listing shows, or that no listing could see', () => {
+    const v = volume('a', 'in-use', '/data/volumes/a.img');
+    const a = fileAttachment(v, 'attached', '/dev/loop3');
+    const listingsAfter = loop([loopDevice('/dev/loop3', '/data/volumes/a.img')]);
+    expect(findDifferences(facts({ volumes: [v], attachments: [a], listings: loop([]), listingsAfter }))).toEqual([]);
+    // The transport could not list: unknown, not gone.
+    expect(findDifferences(facts({ volumes: [v], attachments: [a], listings: [] }))).toEqual([]);
+  });
+
+  it('finds a volume whose status its attachments contradict, except an error left by a failed delete', () => {
+    const wrong = volume('w', 'available', '/data/volumes/w.img');
+    const a = fileAttachment(wrong, 'attached', '/dev/loop3');
+    const failedDelete = volume('d', 'error', '/data/volumes/d.img');
+    const extending = volume('e', 'extending', '/data/volumes/e.img');
+    const found = findDifferences(
+      facts({ volumes: [wrong, failedDelete, extending], attachments: [a], listings: loop([loopDevice('/dev/loop3', '/data/volumes/w.img')]) }),
+    );
+    expect(found).toEqual([{ kind: 'volume_status_mismatch', volume: wrong, expected: recomputeVolumeStatus([a]) }]);
+  });
+
+  it('marks every finding on a volume with a running operation as skipped', () => {
+    const v = volume('a', 'available', '/data/volumes/a.img');
+    const found = findDifferences(facts({ volumes: [v], busyVolumeIds: new Set([v.id]), listings: loop([loopDevice('/dev/loop4', '/data/volumes/a.img')]) }));
+    expect(found).toHaveLength(1);
+    expect(describeFinding(found[0]!)).toMatchObject({ state: 'skipped', fix: 'disconnect' });
+  });
+});
+
+describe('volumeOfSource', () => {
+  it('knows a volume by its provider location (file or target IQN)', () => {
+    const file = volume('f', 'available', '/data/volumes/f.img');
+    const tgt = volume('t', 'available', 'iqn.2010-10.org.berth:volume-9', 'tgt');
+    expect(volumeOfSource({ device_path: '/data/volumes/f.img' }, [file, tgt], [])?.id).toBe(file.id);
+    expect(volumeOfSource({ target_iqn: 'iqn.2010-10.org.berth:volume-9', target_lun: 1 }, [file, tgt], [])?.id).toBe(tgt.id);
+    expect(volumeOfSource({ device_path: '/etc/passwd' }, [file, tgt], [])).toBeUndefined();
+  });
+});

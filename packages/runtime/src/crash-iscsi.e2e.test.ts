@@ -1,0 +1,178 @@
+import { spawnSync } from 'node:child_process';
+import { closeSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { BerthService, Volume } from '@berth/core';
+import { linkTarget } from './test-support.js';
+import { createSimIscsiBerth, type SimIscsiBerth } from './test-iscsi-sim.js';
+
+// Crash safety on iSCSI (tgt backend, private tgtd; iSCSI transport on the simulated host, real-
+// backed): a real child berth is SIGKILLed at every step boundary of attach and detach and at the
+// points inside the iSCSI driver and the tgt backend; a new berth starts (and recovers), and then
+// the volume is available or in-use with a matching attachment, a matching session, disk, FUSE
+// export, qemu-storage-daemon and ACL, nothing else is left, reconcile finds nothing, and the bytes
+// written before the crash are still in the LUN file.
+
+const CHILD = path.join(path.dirname(fileURLToPath(import.meta.url)), 'test-crash-child.mjs');
+const MiB = 1024 * 1024;
+const ATTACH = ['reserve', 'dispatch', 'connector', 'initialize', 'connect', 'publish', 'complete'];
+const DETACH = ['begin_detaching', 'dispatch', 'unpublish', 'disconnect', 'terminate', 'delete_attachment'];
+const ATTACH_POINTS = [
+  ...ATTACH.flatMap((s) => [`attach.${s}.before`, `attach.${s}.after`]),
+  'tgt.initialize.after-acl',
+  'iscsi.connect.after-node-record',
+  'iscsi.connect.after-login',
+  'iscsi.connect.after-scan',
+];
+const DETACH_POINTS = [
+  ...DETACH.flatMap((s) => [`detach.${s}.before`, `detach.${s}.after`]),
+  'iscsi.disconnect.before-logout',
+  'iscsi.disconnect.after-logout',
+];
+
+const table: Array<{ point: string; child: string; recovery: string; volume: string; sessions: number; acls: number }> = [];
+let env: SimIscsiBerth;
+let volume: Volume;
+let marker: Buffer;
+
+beforeAll(async () => {
+  env = await createSimIscsiBerth();
+  const berth = await env.open();
+  volume = await berth.createVolume({ name: 'v', sizeBytes: 32 * MiB });
+  marker = Buffer.from(`written before any crash ${volume.id}`.padEnd(4096, '*'));
+  const { attachment } = await berth.attach({ volume: 'v' });
+  const fd = openSync(attachment!.device!.realPath!, 'r+');
+  try {
+    writeSync(fd, marker, 0, marker.length, 7 * MiB);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  await berth.detach({ volume: 'v' });
+  await berth.close();
+}, 120_000);
+
+afterAll(async () => {
+  console.log('\ncrash point (iSCSI, simulated host)     child    recovery      volume     sessions  acls');
+  for (const r of table) {
+    console.log(`${r.point.padEnd(40)} ${r.child.padEnd(8)} ${r.recovery.padEnd(13)} ${r.volume.padEnd(10)} ${String(r.sessions).padEnd(9)} ${r.acls}`);
+  }
+  await env?.cleanup();
+}, 120_000);
+
+function runChild(command: 'attach' | 'detach', point: string): string {
+  const result = spawnSync(process.execPath, [CHILD, env.dataDir, command, 'v'], {
+    env: { ...process.env, ...env.childEnv, BERTH_FAULTS: `${point}=crash`, BERTH_LOG_LEVEL: 'silent' },
+    encoding: 'utf8',
+    timeout: 90_000,
+  });
+  return result.signal === 'SIGKILL' ? 'killed' : result.stdout.trim() || result.stderr.trim();
+}
+
+async function simSessions(): Promise<Array<{ iqn: string; devices: string[] }>> {
+  const { SimulatedHost } = await import('@berth/testkit/simhost');
+  const sim = await SimulatedHost.connect(env.root);
+  return (await sim.state()).sessions.map((s) => ({ iqn: s.iqn, devices: s.luns.map((l) => l.device).filter((d): d is string => d !== undefined) }));
+}
+
+function lunFileBytes(offset: number, length: number): Buffer {
+  const fd = openSync(path.join(env.dataDir, 'backend-tgt', 'luns', `${volume.id}.img`), 'r');
+  try {
+    const buffer = Buffer.alloc(length);
+    readSync(fd, buffer, 0, length, offset);
+    return buffer;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** What a user would check after the restart; returns the volume's status. */
+async function expectConsistent(berth: BerthService): Promise<string> {
+  const current = await berth.getVolume('v');
+  const attachments = await berth.listAttachments({ volume: 'v' });
+  const sessions = await simSessions();
+  const acls = env.targets().find((t) => t.iqn === volume.providerLocation)?.acls ?? [];
+  const leftovers = env.leftovers();
+  expect(await berth.listOperations({ state: 'running' })).toEqual([]);
+  if (current.status === 'available') {
+    expect(attachments).toEqual([]);
+    expect(sessions).toEqual([]);
+    expect(acls).toEqual([]);
+    expect(leftovers).toEqual({ loops: [], mounts: [], qsd: [] });
+    expect(env.nodeRecords()).toEqual([]);
+    expect(linkTarget(`/dev/berth/${volume.id}`)).toBeUndefined();
+  } else {
+    expect(current.status).toBe('in-use');
+    expect(attachments.map((a) => a.status)).toEqual(['attached']);
+    const attachment = attachments[0]!;
+    expect(sessions).toEqual([{ iqn: volume.providerLocation, devices: [path.basename(attachment.device!.path)] }]);
+    expect(acls).toEqual([attachment.connector!.initiator]);
+    expect(leftovers.loops).toHaveLength(1);
+    expect(leftovers.mounts).toHaveLength(1);
+    expect(leftovers.qsd).toHaveLength(1);
+    expect(linkTarget(`/dev/berth/${volume.id}`)).toBe(attachment.device!.realPath);
+  }
+  // Nothing is left that the store does not account for.
+  const report = await berth.reconcile!({ dryRun: true });
+  expect(report.differences).toEqual([]);
+  expect(report.unchecked).toEqual([]);
+  expect(lunFileBytes(7 * MiB, marker.length).equals(marker)).toBe(true);
+  return current.status;
+}
+
+async function crashAndRecover(command: 'attach' | 'detach', point: string): Promise<void> {
+  const child = runChild(command, point);
+  const berth = await env.open();
+  try {
+    const status = await expectConsistent(berth);
+    const [op] = await berth.listOperations();
+    table.push({
+      point,
+      child,
+      recovery: op!.state,
+      volume: status,
+      sessions: (await simSessions()).length,
+      acls: env.targets().find((t) => t.iqn === volume.providerLocation)?.acls.length ?? 0,
+    });
+    expect(child).toBe('killed');
+    // Back to where the next point starts from.
+    if (command === 'attach' && status === 'in-use') await berth.detach({ volume: 'v' });
+    if (command === 'detach' && status === 'available') await berth.attach({ volume: 'v' });
+  } finally {
+    await berth.close();
+  }
+}
+
+describe('iSCSI: crash at every fault point, then recovery', () => {
+  it.each(ATTACH_POINTS)('%s', async (point) => {
+    await crashAndRecover('attach', point);
+  });
+
+  it('attaches once for the detach points', async () => {
+    const berth = await env.open();
+    try {
+      await berth.attach({ volume: 'v' });
+    } finally {
+      await berth.close();
+    }
+  });
+
+  it.each(DETACH_POINTS)('%s', async (point) => {
+    await crashAndRecover('detach', point);
+  });
+
+  it('leaves nothing behind when the volume is detached and deleted', async () => {
+    const berth = await env.open();
+    try {
+      await berth.detach({ volume: 'v' });
+      await berth.deleteVolume('v');
+      expect(await simSessions()).toEqual([]);
+      expect(env.leftovers()).toEqual({ loops: [], mounts: [], qsd: [] });
+      expect(env.nodeRecords()).toEqual([]);
+      expect(env.targets()).toEqual([]);
+    } finally {
+      await berth.close();
+    }
+  });
+});

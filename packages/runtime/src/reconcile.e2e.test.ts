@@ -1,0 +1,238 @@
+import { closeSync, fsyncSync, openSync, readSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { mkdtemp } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { BerthService, ReconcileReport } from '@berth/core';
+import { createTestBerth, linkTarget, loopDevicesUnder, type TestBerth } from './test-support.js';
+import { detachByHand, loopList, loopsBacking, losetupByHand, sqlite } from './test-host-state.js';
+
+// `berth reconcile` on the embedded default (file backend, loop transport, real loop devices):
+// every kind of difference is made on purpose behind berth's back, found, and fixed.
+
+const MiB = 1024 * 1024;
+let t: TestBerth;
+const handMade: string[] = [];
+const tempDirs: string[] = [];
+
+beforeEach(async () => {
+  t = await createTestBerth();
+});
+
+afterEach(async () => {
+  for (const device of handMade.splice(0)) detachByHand(device);
+  await t.cleanup();
+  for (const dir of tempDirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+});
+
+function write(device: string, bytes: Buffer, offset: number): void {
+  const fd = openSync(device, 'r+');
+  try {
+    writeSync(fd, bytes, 0, bytes.length, offset);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function read(file: string, length: number, offset: number): Buffer {
+  const fd = openSync(file, 'r');
+  try {
+    const buffer = Buffer.alloc(length);
+    readSync(fd, buffer, 0, length, offset);
+    return buffer;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+const kinds = (report: ReconcileReport): string[] => report.differences.map((d) => `${d.kind}:${d.fix}:${d.state}`);
+
+/** What a user can list: the rows, the journal, the loop devices and the stable links. */
+async function snapshot(berth: BerthService): Promise<unknown> {
+  const volumes = await berth.listVolumes();
+  return {
+    volumes,
+    attachments: await berth.listAttachments(),
+    operations: await Promise.all((await berth.listOperations()).map((o) => berth.getOperation(o.id))),
+    loops: loopList(),
+    links: volumes.map((v) => linkTarget(`/dev/berth/${v.id}`) ?? null),
+  };
+}
+
+describe('berth reconcile on the loop transport', () => {
+  it('disconnects a loop device whose attachment row was deleted behind berth\'s back, and recomputes the volume', async () => {
+    const berth = await t.open();
+    const volume = await berth.createVolume({ name: 'orphan', sizeBytes: 16 * MiB });
+    const { attachment } = await berth.attach({ volume: 'orphan' });
+    const device = attachment!.device!.path;
+    sqlite(t.dataDir, `DELETE FROM attachments WHERE id = '${attachment!.id}'`);
+
+    const planned = await berth.reconcile!({ dryRun: true });
+    expect(kinds(planned)).toEqual(['device_without_attachment:disconnect:planned', 'volume_status_mismatch:recompute_status:planned']);
+    expect(planned.differences[0]).toMatchObject({ resource: `${device} (backing ${volume.providerLocation})`, volumeId: volume.id });
+    expect(planned.operationId).toBeNull();
+
+    const applied = await berth.reconcile!();
+    expect(kinds(applied)).toEqual(['device_without_attachment:disconnect:applied', 'volume_status_mismatch:recompute_status:applied']);
+    expect(applied.counts).toEqual({ found: 2, applied: 2, failed: 0, skipped: 0 });
+    expect(loopsBacking(volume.providerLocation!)).toEqual([]);
+    expect(linkTarget(`/dev/berth/${volume.id}`)).toBeUndefined();
+    expect((await berth.getVolume('orphan')).status).toBe('available');
+
+    // Each fix is a journalled step of one `reconcile` operation.
+    const operation = await berth.getOperation(applied.operationId!);
+    expect(operation).toMatchObject({ kind: 'reconcile', state: 'succeeded' });
+    expect(operation.steps.map((s) => `${s.name}:${s.state}`)).toEqual(['disconnect:done', 'recompute_status:done']);
+    expect(operation.steps[1]!.data).toMatchObject({ volumeId: volume.id, result: 'in-use → available' });
+
+    expect((await berth.reconcile!({ dryRun: true })).differences).toEqual([]);
+    // The volume is usable again.
+    await berth.attach({ volume: 'orphan' });
+    await berth.detach({ volume: 'orphan' });
+  });
+
+  it('disconnects a volume file someone attached by hand, and never touches a loop device it did not make', async () => {
+    const berth = await t.open();
+    const volume = await berth.createVolume({ name: 'byhand', sizeBytes: 16 * MiB });
+    const own = losetupByHand(volume.providerLocation!);
+    handMade.push(own);
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'berth-foreign-'));
+    tempDirs.push(dir);
+    const foreignFile = path.join(dir, 'not-berths.img');
+    writeFileSync(foreignFile, Buffer.alloc(4 * MiB));
+    const foreign = losetupByHand(foreignFile);
+    handMade.push(foreign);
+
+    const planned = await berth.reconcile!({ dryRun: true });
+    expect(kinds(planned)).toEqual(['device_without_attachment:disconnect:planned']);
+    expect(planned.differences[0]!.resource).toBe(`${own} (backing ${volume.providerLocation})`);
+    expect(JSON.stringify(planned)).not.toContain(foreignFile);
+
+    const applied = await berth.reconcile!();
+    expect(kinds(applied)).toEqual(['device_without_attachment:disconnect:applied']);
+    expect(loopsBacking(volume.providerLocation!)).toEqual([]);
+    // What berth did not make stays exactly as it was.
+    expect(loopsBacking(foreignFile)).toEqual([foreign]);
+    expect((await berth.getVolume('byhand')).status).toBe('available');
+  });
+
+  it('reconnects an attachment whose loop device was detached by hand: the data and the stable link follow', async () => {
+    const berth = await t.open();
+    const volume = await berth.createVolume({ name: 'lost', sizeBytes: 16 * MiB });
+    const { attachment } = await berth.attach({ volume: 'lost' });
+    const marker = Buffer.from('written before the device was lost'.padEnd(4096, '.'));
+    write(attachment!.device!.path, marker, 3 * MiB);
+    detachByHand(attachment!.device!.path);
+    expect(loopsBacking(volume.providerLocation!)).toEqual([]);
+
+    const planned = await berth.reconcile!({ dryRun: true });
+    expect(kinds(planned)).toEqual(['attachment_device_gone:reconnect:planned']);
+    expect(planned.differences[0]!.attachmentId).toBe(attachment!.id);
+
+    const applied = await berth.reconcile!();
+    expect(kinds(applied)).toEqual(['attachment_device_gone:reconnect:applied']);
+    const [device] = loopsBacking(volume.providerLocation!);
+    expect(device).toBeDefined();
+    expect(applied.differences[0]!.result).toBe(`reconnected at ${device}`);
+    const [now] = await berth.listAttachments({ volume: 'lost' });
+    expect(now).toMatchObject({ id: attachment!.id, status: 'attached', device: { path: device } });
+    expect(linkTarget(`/dev/berth/${volume.id}`)).toBe(device);
+    expect(read(`/dev/berth/${volume.id}`, marker.length, 3 * MiB).equals(marker)).toBe(true);
+    expect((await berth.getVolume('lost')).status).toBe('in-use');
+
+    await berth.detach({ volume: 'lost' });
+    expect(loopDevicesUnder(t.dataDir)).toEqual([]);
+  });
+
+  it('fails an attachment it cannot reconnect (error_detaching with the reason, volume error); detach --force finishes it', async () => {
+    const berth = await t.open();
+    const volume = await berth.createVolume({ name: 'gone', sizeBytes: 16 * MiB });
+    const { attachment } = await berth.attach({ volume: 'gone' });
+    detachByHand(attachment!.device!.path);
+    const file = volume.providerLocation!;
+    renameSync(file, `${file}.moved`);
+    try {
+      const applied = await berth.reconcile!();
+      expect(kinds(applied)).toEqual(['attachment_device_gone:reconnect:failed']);
+      expect(applied.differences[0]!.result).toMatch(/error_detaching/);
+      const [failed] = await berth.listAttachments({ volume: 'gone' });
+      expect(failed).toMatchObject({ status: 'error_detaching' });
+      expect(failed!.error).toMatch(/its device was gone and reconnecting failed/);
+      expect((await berth.getVolume('gone')).status).toBe('error');
+      // The link to a device that may become another volume's is gone.
+      expect(linkTarget(`/dev/berth/${volume.id}`)).toBeUndefined();
+      const operation = await berth.getOperation(applied.operationId!);
+      expect(operation.state).toBe('failed');
+      expect(operation.steps.map((s) => `${s.name}:${s.state}`)).toEqual(['reconnect:failed']);
+      // Nothing more reconcile can do: the error attachment accounts for the volume's status.
+      expect((await berth.reconcile!({ dryRun: true })).differences).toEqual([]);
+    } finally {
+      renameSync(`${file}.moved`, file);
+    }
+    await berth.detach({ volume: 'gone', force: true });
+    expect((await berth.getVolume('gone')).status).toBe('available');
+    expect(await berth.listAttachments({ volume: 'gone' })).toEqual([]);
+  });
+
+  it('recomputes volume statuses written behind berth\'s back, and leaves a failed delete\'s error alone', async () => {
+    const berth = await t.open();
+    const attached = await berth.createVolume({ name: 'was-in-use', sizeBytes: 16 * MiB });
+    const idle = await berth.createVolume({ name: 'was-available', sizeBytes: 16 * MiB });
+    const failedDelete = await berth.createVolume({ name: 'failed-delete', sizeBytes: 16 * MiB });
+    await berth.attach({ volume: 'was-in-use' });
+    sqlite(t.dataDir, `UPDATE volumes SET status = 'available' WHERE id = '${attached.id}'`);
+    sqlite(t.dataDir, `UPDATE volumes SET status = 'in-use' WHERE id = '${idle.id}'`);
+    sqlite(t.dataDir, `UPDATE volumes SET status = 'error' WHERE id = '${failedDelete.id}'`);
+
+    const planned = await berth.reconcile!({ dryRun: true });
+    expect(planned.differences.map((d) => [d.volumeId, d.kind, d.fixDetail])).toEqual([
+      [attached.id, 'volume_status_mismatch', 'set it to in-use (compare-and-swap from available)'],
+      [idle.id, 'volume_status_mismatch', 'set it to available (compare-and-swap from in-use)'],
+    ]);
+    const applied = await berth.reconcile!();
+    expect(applied.counts.applied).toBe(2);
+    expect((await berth.getVolume('was-in-use')).status).toBe('in-use');
+    expect((await berth.getVolume('was-available')).status).toBe('available');
+    expect((await berth.getVolume('failed-delete')).status).toBe('error');
+    const steps = (await berth.getOperation(applied.operationId!)).steps;
+    expect(steps.map((s) => s.data?.result)).toEqual(['available → in-use', 'in-use → available']);
+    await berth.detach({ volume: 'was-in-use' });
+  });
+
+  it('--dry-run changes nothing: the store, the journal, the loop devices and the links are the same before and after', async () => {
+    const berth = await t.open();
+    const a = await berth.createVolume({ name: 'a', sizeBytes: 16 * MiB });
+    const b = await berth.createVolume({ name: 'b', sizeBytes: 16 * MiB });
+    const c = await berth.createVolume({ name: 'c', sizeBytes: 16 * MiB });
+    const d = await berth.createVolume({ name: 'd', sizeBytes: 16 * MiB });
+    const { attachment: rowDeleted } = await berth.attach({ volume: 'a' });
+    sqlite(t.dataDir, `DELETE FROM attachments WHERE id = '${rowDeleted!.id}'`);
+    handMade.push(losetupByHand(b.providerLocation!));
+    const { attachment: lost } = await berth.attach({ volume: 'c' });
+    detachByHand(lost!.device!.path);
+    sqlite(t.dataDir, `UPDATE volumes SET status = 'in-use' WHERE id = '${d.id}'`);
+
+    const before = await snapshot(berth);
+    const planned = await berth.reconcile!({ dryRun: true });
+    expect(planned.differences.map((x) => `${x.volumeId === a.id ? 'a' : x.volumeId === b.id ? 'b' : x.volumeId === c.id ? 'c' : 'd'}:${x.kind}`).sort()).toEqual([
+      'a:device_without_attachment',
+      'a:volume_status_mismatch',
+      'b:device_without_attachment',
+      'c:attachment_device_gone',
+      'd:volume_status_mismatch',
+    ]);
+    expect(planned.differences.every((x) => x.state === 'planned')).toBe(true);
+    expect(await snapshot(berth)).toEqual(before);
+
+    const applied = await berth.reconcile!();
+    expect(applied.counts).toMatchObject({ found: 5, applied: 5, failed: 0 });
+    expect((await berth.reconcile!({ dryRun: true })).differences).toEqual([]);
+    expect(loopsBacking(a.providerLocation!)).toEqual([]);
+    expect(loopsBacking(b.providerLocation!)).toEqual([]);
+    expect(loopsBacking(c.providerLocation!)).toHaveLength(1);
+    expect((await berth.listVolumes()).map((v) => `${v.name}:${v.status}`).sort()).toEqual(['a:available', 'b:available', 'c:in-use', 'd:available']);
+    await berth.detach({ volume: 'c' });
+    expect(loopDevicesUnder(t.dataDir)).toEqual([]);
+  });
+});
