@@ -1,6 +1,7 @@
 import { benchApiCycle } from './api-cycle.js';
 import { benchAttachIscsiSim } from './attach-iscsi-sim.js';
 import { benchAttachLoop } from './attach-loop.js';
+import { benchAttachMultipath } from './attach-multipath.js';
 
 const env = (name: string, fallback: number): number => Number(process.env[name] ?? fallback);
 
@@ -13,6 +14,7 @@ const benches: Record<string, () => Promise<void>> = {
       iterations: env('BENCH_ITERATIONS_ISCSI', 5),
       concurrent: env('BENCH_CONCURRENT_LUNS', 32),
     }),
+  'attach-multipath': () => benchAttachMultipath(env('BENCH_ITERATIONS_MULTIPATH', 3)),
   'api-cycle': () => benchApiCycle(env('BENCH_API_CYCLES', 100), env('BENCH_API_CONCURRENCY', 4)),
 };
 

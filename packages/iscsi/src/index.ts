@@ -15,3 +15,5 @@ export * from './wwid.js';
 export * from './by-path.js';
 export * from './dm-sysfs.js';
 export { blockName } from './sysfs-read.js';
+export * from './multipath-output.js';
+export * from './multipath-client.js';

@@ -21,6 +21,7 @@ import {
   type PluginSource,
 } from '@berth/core';
 import driverIscsi from '@berth/driver-iscsi';
+import driverIscsiMultipath from '@berth/driver-iscsi-multipath';
 import driverLoop from '@berth/driver-loop';
 import { createHostServices, hostFacts, type HostServices } from '@berth/host';
 import { openSqliteStore } from '@berth/store';
@@ -54,12 +55,13 @@ export interface OpenBerthOptions {
   extraPlugins?: BerthPlugin[];
 }
 
-/** Plugins every berth has: the host consumer, the loop and iSCSI transports, the file and tgt backends. */
+/** Plugins every berth has: the host consumer, the loop, iSCSI and iSCSI multipath transports, the file and tgt backends. */
 export const BUILTIN_PLUGINS: ReadonlyArray<{ packageName: string; plugin: BerthPlugin }> = [
   { packageName: '@berth/core', plugin: corePlugin as BerthPlugin },
   { packageName: '@berth/driver-loop', plugin: driverLoop as BerthPlugin },
   { packageName: '@berth/backend-file', plugin: backendFile as BerthPlugin },
   { packageName: '@berth/driver-iscsi', plugin: driverIscsi as BerthPlugin },
+  { packageName: '@berth/driver-iscsi-multipath', plugin: driverIscsiMultipath as BerthPlugin },
   { packageName: '@berth/backend-tgt', plugin: backendTgt as BerthPlugin },
 ];
 

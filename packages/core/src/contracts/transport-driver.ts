@@ -9,6 +9,8 @@ export interface TransportCallContext {
   operationId?: string;
   /** The volume's id (a stable key for persisted attach state). */
   volumeId?: string;
+  /** This host's connector for this attach (`multipath`, `enforce_multipath`, `initiator`). */
+  connector?: Connector;
 }
 
 /** Options of a disconnect. */

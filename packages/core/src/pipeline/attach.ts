@@ -115,6 +115,7 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
           signal,
           operationId: ctx.operationId,
           volumeId: ctx.volume.id,
+          ...(ctx.connector ? { connector: ctx.connector } : {}),
         });
         ctx.device = device;
         ctx.attachment = await store.attachments.update(required(ctx.attachment, 'attachment').id, { device });

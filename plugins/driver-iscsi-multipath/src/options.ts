@@ -1,0 +1,54 @@
+import { z } from 'zod';
+import { zIfaceName } from '@berth/iscsi';
+
+/** Options of the `iscsi-multipath` transport (the plugin's options in the config). */
+export const zMultipathDriverOptions = z.object({
+  /** `node.startup` of the node records it logs in through: `automatic` logs in again at boot. */
+  startup: z.enum(['automatic', 'manual']).default('automatic'),
+  /**
+   * How long one portal's login (or its SendTargets discovery) may take, retries included, in ms:
+   * what can hang on a dead portal. A dead portal costs the attach at most this; the other portals
+   * log in meanwhile. (The node record commands around it are local: `commandTimeoutMs` bounds them.)
+   */
+  portalTimeoutMs: z.number().int().positive().max(600_000).default(15_000),
+  /** `node.conn[0].timeo.login_timeout` written on the records, in s, so iscsid gives up too. */
+  loginTimeoutSeconds: z.number().int().min(1).max(600).default(5),
+  /** `node.session.initial_login_retry_max` written on the records (iscsid's default is 8). */
+  loginRetryMax: z.number().int().min(1).max(64).default(2),
+  /** Retries of an iscsiadm run that failed with a retryable code (a login's inside `portalTimeoutMs`). */
+  loginRetries: z.number().int().min(0).max(20).default(2),
+  /** How long a path's block device may take to appear after its scan (and to go after a delete), in ms. */
+  deviceTimeoutMs: z.number().int().positive().max(3_600_000).default(30_000),
+  /** How many scans are written while waiting for a path's device, the first included. */
+  scanAttempts: z.number().int().min(1).max(10).default(3),
+  /** How long the multipath map may take to form, take every path and be usable, in ms. */
+  mapTimeoutMs: z.number().int().positive().max(600_000).default(20_000),
+  /** Tries of `multipath -f` while the map is in use (the bounded retries multipath needs). */
+  flushAttempts: z.number().int().min(1).max(20).default(4),
+  /** The first wait between two `multipath -f` tries, in ms (it doubles, at most 8 s). */
+  flushRetryDelayMs: z.number().int().min(0).max(60_000).default(500),
+  /** Timeout of one iscsiadm, multipath, multipathd or blockdev run, in ms. */
+  commandTimeoutMs: z.number().int().positive().max(600_000).default(30_000),
+  /** Fail the attach when multipathd does not run (os-brick's `enforce_multipath`); else degrade to one path. */
+  enforceMultipath: z.boolean().default(false),
+  /**
+   * How SendTargets discovery runs when the connection has no `target_portals`:
+   * `nonpersistent` touches no node record; `persistent` is open-iscsi's default (it rewrites the
+   * records it returns), with the `node.startup` values it resets saved and restored as os-brick does.
+   */
+  discoveryMode: z.enum(['nonpersistent', 'persistent']).default('nonpersistent'),
+  /**
+   * Which discovered targets are paths: those with the connection's `target_iqn` (one target per
+   * volume, as tgtd and most arrays export) or every target the portals list (arrays with one
+   * IQN per port; each path's WWN is still checked).
+   */
+  discoveryTargets: z.enum(['same-iqn', 'all']).default('same-iqn'),
+  /** The open-iscsi iface a new node record is bound to. */
+  iface: zIfaceName.default('default'),
+});
+
+/** Parsed options of the `iscsi-multipath` transport. */
+export type MultipathDriverOptions = z.output<typeof zMultipathDriverOptions>;
+
+/** Options as written in the config (every key optional). */
+export type MultipathDriverOptionsInput = z.input<typeof zMultipathDriverOptions>;

@@ -1,0 +1,195 @@
+import { BerthError, type Logger } from '@berth/core';
+import type { CommandRunner, DeviceWaiter, HostFs } from '@berth/host';
+import {
+  blockName,
+  findBlockDeviceByHctl,
+  findIscsiSession,
+  readIscsiSession,
+  readWwid,
+  samePortal,
+  scanLun,
+  scsiDeviceOf,
+  scsiWwnFromWwid,
+  type Hctl,
+  type IscsiSession,
+} from '@berth/iscsi';
+import type { PathTarget } from './multipath-connection.js';
+import { scanSlices } from './scan-schedule.js';
+
+/** What the device helpers reach the host through. */
+export interface PathDeviceHost {
+  fs: HostFs;
+  waiter: DeviceWaiter;
+  runner: CommandRunner;
+  logger: Logger;
+}
+
+/** A LUN's block device as found in sysfs. */
+export interface PathDevice {
+  /** The kernel name (`sdb`). */
+  name: string;
+  sid: number;
+  hctl: Hctl;
+}
+
+/** `/dev/<name>`. */
+export function devPath(name: string): string {
+  return `/dev/${blockName(name)}`;
+}
+
+// devtmpfs sends inotify events for its nodes, sysfs sends none: waits watch /dev and read sysfs.
+const DEV = '/dev';
+
+function isWaitTimeout(error: unknown): boolean {
+  return error instanceof Error && error.name === 'WaitTimeoutError';
+}
+
+/**
+ * The block device of `target`'s LUN on session `session`, when sysfs has one (`/dev` node or
+ * not): the probe of every wait below.
+ */
+export async function lunDeviceName(fs: HostFs, session: { sid: number; hostNumber: number }, kernelLun: number): Promise<string | undefined> {
+  return findBlockDeviceByHctl(fs, session.sid, { host: session.hostNumber, channel: '-', target: '-', lun: kernelLun });
+}
+
+/** Options of `scanAndWait`. */
+export interface ScanAndWaitOptions {
+  /** The whole time the device may take, split over the scans (`scanSlices`). */
+  timeoutMs: number;
+  /** How many scans at most, the first included. */
+  attempts: number;
+  signal: AbortSignal;
+  /** Told before each scan is written (the undo must know a scan went out). */
+  onScan?: (attempt: number) => void;
+}
+
+/**
+ * Targeted LUN scan (`- - L`, or `C T L` once the session's target dir exists), then a wait on
+ * /dev events for the LUN's block device to be in sysfs with its /dev node; when a slice of the
+ * time passes without it, the scan is written again (a lost scan is not waited out). Resolves
+ * with the device name; rejects with TIMEOUT after the last slice, or with the signal's reason.
+ */
+export async function scanAndWait(
+  host: PathDeviceHost,
+  target: PathTarget,
+  session: { sid: number; hostNumber: number },
+  options: ScanAndWaitOptions,
+): Promise<string> {
+  const { fs, waiter, logger } = host;
+  const probe = async (): Promise<string | undefined> => {
+    const name = await lunDeviceName(fs, session, target.kernelLun);
+    return name !== undefined && (await fs.exists(devPath(name))) ? name : undefined;
+  };
+  const slices = scanSlices(options.timeoutMs, options.attempts);
+  for (const [index, slice] of slices.entries()) {
+    options.signal.throwIfAborted();
+    options.onScan?.(index + 1);
+    const scan = await scanLun(fs, session.sid, target.kernelLun, { host: session.hostNumber });
+    logger.debug({ sid: session.sid, host: scan.host, scan: `${scan.channel} ${scan.target} ${scan.lun}`, attempt: index + 1 }, 'LUN scan written');
+    try {
+      return await waiter.waitUntil(DEV, probe, {
+        timeoutMs: slice,
+        signal: options.signal,
+        what: `LUN ${target.lun} of ${target.iqn} to appear as a block device`,
+      });
+    } catch (error) {
+      if (!isWaitTimeout(error)) throw error;
+      if (index < slices.length - 1) {
+        logger.info({ iqn: target.iqn, lun: target.lun, sid: session.sid, waitedMs: slice }, 'device not there yet; scanning the LUN again');
+      }
+    }
+  }
+  throw new BerthError(
+    'TIMEOUT',
+    `LUN ${target.lun} of ${target.iqn} at ${target.portalText} did not appear as a block device within ${options.timeoutMs} ms (${slices.length} scan(s) of session ${session.sid})`,
+    {
+      hint:
+        'check that the target exports this LUN to this host\'s initiator (the backend\'s ACL and LUN number), ' +
+        'look at `iscsiadm -m session -P 3` and the kernel log; on a slow host raise the iscsi-multipath transport\'s deviceTimeoutMs',
+      details: { sid: session.sid, lun: target.lun, kernelLun: target.kernelLun, timeoutMs: options.timeoutMs, scans: slices.length },
+    },
+  );
+}
+
+/**
+ * The SCSI device directory of a disk (`/sys/devices/…/H:C:T:L`), read before a delete so the
+ * wait can see all of it go; `undefined` when the disk is gone already.
+ */
+export async function sdevDirOf(fs: HostFs, name: string): Promise<string | undefined> {
+  try {
+    return await fs.realpath(`/sys/block/${blockName(name)}/device`);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Resolve when the disk is gone: `/sys/block/<name>`, `/dev/<name>` and its SCSI device
+ * directory (`sdevDir`, from `sdevDirOf` before the delete; a kernel may drop the block device
+ * before the SCSI device, and a logout decision must not see the half-removed LUN). TIMEOUT error
+ * at the deadline.
+ */
+export async function waitForDeviceGone(
+  host: PathDeviceHost,
+  name: string,
+  sdevDir: string | undefined,
+  timeoutMs: number,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  const { fs, waiter } = host;
+  const paths = [`/sys/block/${name}`, devPath(name), ...(sdevDir === undefined ? [] : [sdevDir])];
+  try {
+    await waiter.waitUntil(
+      DEV,
+      async () => {
+        for (const p of paths) if (await fs.exists(p)) return undefined;
+        return true;
+      },
+      { timeoutMs, ...(signal === undefined ? {} : { signal }), what: `${devPath(name)} to go away` },
+    );
+  } catch (error) {
+    if (!isWaitTimeout(error)) throw error;
+    throw new BerthError('TIMEOUT', `${devPath(name)} was deleted but is still there after ${timeoutMs} ms`, {
+      cause: error,
+      hint: `look at the kernel log for ${name}; a device stays while I/O to it is stuck (a lost path): restore the path or log out of the session`,
+      details: { device: devPath(name) },
+    });
+  }
+}
+
+/**
+ * Whether block device `name` is `target`'s LUN now: its SCSI address leads to a session to the
+ * same IQN and portal, and to the same LUN. A name from an old record can belong to another disk
+ * after a reboot or a re-scan, and deleting that one would take someone else's volume.
+ */
+export async function deviceIsTargetLun(fs: HostFs, name: string, target: PathTarget): Promise<PathDevice | undefined> {
+  let sd;
+  try {
+    sd = await scsiDeviceOf(fs, name);
+  } catch {
+    return undefined;
+  }
+  if (sd?.sid === undefined || sd.hctl.lun !== target.kernelLun) return undefined;
+  const session = await readIscsiSession(fs, sd.sid);
+  if (session?.iqn !== target.iqn || session.portal === undefined || !samePortal(session.portal, target.portal)) return undefined;
+  return { name: sd.name, sid: sd.sid, hctl: sd.hctl };
+}
+
+/** The LUN's device found from the session in sysfs, with the session; `{}` parts missing when absent. */
+export async function findPathDevice(
+  fs: HostFs,
+  target: PathTarget,
+): Promise<{ session?: IscsiSession; device?: PathDevice }> {
+  const session = await findIscsiSession(fs, target);
+  if (session === undefined || session.hostNumber === undefined) return session === undefined ? {} : { session };
+  const name = await lunDeviceName(fs, { sid: session.sid, hostNumber: session.hostNumber }, target.kernelLun);
+  if (name === undefined) return { session };
+  const sd = await scsiDeviceOf(fs, name);
+  return { session, device: { name, sid: session.sid, hctl: sd?.hctl ?? { host: session.hostNumber, channel: 0, target: 0, lun: target.kernelLun } } };
+}
+
+/** The scsi_wwn of a disk (os-brick's: the wwid with its prefix turned into udev's type digit). */
+export async function scsiWwnOf(fs: HostFs, name: string): Promise<string | undefined> {
+  const wwid = await readWwid(fs, name);
+  return wwid === undefined ? undefined : scsiWwnFromWwid(wwid);
+}
