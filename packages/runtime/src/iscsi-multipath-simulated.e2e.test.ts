@@ -1,0 +1,83 @@
+import { closeSync, fsyncSync, openSync, readSync, writeFileSync, writeSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { stopManagedTgtd } from '@berth/backend-tgt';
+import { silentLogger, type BerthService } from '@berth/core';
+import { openBerth } from './open-berth.js';
+import { stopSimulatedHost } from './simulate.js';
+import { linkTarget } from './test-support.js';
+
+// Issue 4 end to end, as `berth attach db2 --multipath --simulate` runs it: a tgt volume exported
+// on two portals of berth's own tgtd (127.0.0.1 and 127.0.0.2), two real sessions through the
+// simulated host, one dm device whose bytes reach the LUN file.
+
+const MiB = 1024 * 1024;
+const CONTROL_PORT = 3000 + (process.pid % 20000);
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+let dataDir: string;
+let berth: BerthService;
+
+beforeAll(async () => {
+  dataDir = await mkdtemp(path.join(os.tmpdir(), 'berth-mp-sim-'));
+  const port = await freePort();
+  writeFileSync(
+    path.join(dataDir, 'config.json'),
+    JSON.stringify({ pluginOptions: { '@berth/backend-tgt': { portals: [`127.0.0.1:${port}`, `127.0.0.2:${port}`], controlPort: CONTROL_PORT } } }),
+  );
+  berth = await openBerth({ dataDir, env: {}, logger: silentLogger, simulate: true });
+}, 60_000);
+
+afterAll(async () => {
+  await berth?.close().catch(() => undefined);
+  await stopSimulatedHost(dataDir).catch(() => undefined);
+  await stopManagedTgtd(dataDir, CONTROL_PORT).catch(() => undefined);
+  await rm(dataDir, { recursive: true, force: true });
+}, 60_000);
+
+describe('iSCSI multipath end to end on the simulated host backed by a real tgtd', () => {
+  it('attach --multipath gives one dm device over both portals; bytes reach the LUN file; detach removes everything', async () => {
+    const volume = await berth.createVolume({ name: 'db2', sizeBytes: 64 * MiB, backend: 'tgt' });
+    const { attachment } = await berth.attach({ volume: 'db2', multipath: true });
+    expect(attachment?.transport).toBe('iscsi-multipath');
+    const device = attachment!.device!;
+    expect(device.path).toMatch(/^\/dev\/dm-\d+$/);
+    expect(device.multipath_id).toBe(device.scsi_wwn);
+    expect(device.paths?.map((p) => p.portal).sort()).toEqual(expect.arrayContaining([expect.stringMatching(/^127\.0\.0\.1:/), expect.stringMatching(/^127\.0\.0\.2:/)]));
+    expect(device.paths?.every((p) => p.state === 'active' || p.state === 'up' || p.state === 'ready' || p.state === 'running')).toBe(true);
+    expect(linkTarget(`/dev/berth/${volume.id}`)).toBe(device.realPath);
+
+    const pattern = Buffer.alloc(64 * 1024, 0x6d);
+    const fd = openSync(`/dev/berth/${volume.id}`, 'r+');
+    try {
+      writeSync(fd, pattern, 0, pattern.length, 8 * MiB);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    const lun = openSync(path.join(dataDir, 'backend-tgt', 'luns', `${volume.id}.img`), 'r');
+    try {
+      const back = Buffer.alloc(pattern.length);
+      readSync(lun, back, 0, back.length, 8 * MiB);
+      expect(back.equals(pattern)).toBe(true);
+    } finally {
+      closeSync(lun);
+    }
+
+    await berth.detach({ volume: 'db2' });
+    expect((await berth.getVolume('db2')).status).toBe('available');
+    await berth.deleteVolume('db2');
+  });
+});
