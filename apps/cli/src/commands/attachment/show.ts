@@ -1,8 +1,8 @@
 import { Args } from '@oclif/core';
-import type { Attachment, Operation } from '@berth/core';
+import type { Attachment, DevicePath, Operation } from '@berth/core';
 import { BaseCommand } from '../../base-command.js';
 import { journalRows, nameIndex, operationDuration } from '../../format.js';
-import { renderFields, renderTable } from '../../table.js';
+import { renderFields, renderTable, type Column } from '../../table.js';
 import { resourceId } from '../../validate.js';
 import { attachmentFields, journalColumns } from '../../views.js';
 
@@ -28,6 +28,13 @@ export default class AttachmentShow extends BaseCommand<typeof AttachmentShow> {
     ]);
     const operations = allOperations.filter((operation) => operation.attachmentId === attachment.id);
     this.log(renderFields(attachmentFields(attachment, nameIndex(volumes, servers, hosts))));
+    const paths = attachment.device?.paths ?? [];
+    if (paths.length > 0) {
+      // Each path of a multipath device as the transport saw it when it connected.
+      this.log('');
+      this.log('Paths:');
+      this.log(renderTable(pathColumns, paths));
+    }
     for (const operation of operations) {
       this.log('');
       this.log(`Operation ${operation.id}: ${operation.kind}, ${operation.state}, ${operationDuration(operation)}`);
@@ -36,3 +43,9 @@ export default class AttachmentShow extends BaseCommand<typeof AttachmentShow> {
     return { ...attachment, operations };
   }
 }
+
+const pathColumns: Array<Column<DevicePath>> = [
+  { header: 'portal', get: (p) => p.portal ?? '-' },
+  { header: 'device', get: (p) => p.device ?? '-' },
+  { header: 'state', get: (p) => p.state },
+];
