@@ -1,0 +1,33 @@
+#!/usr/bin/env node
+// Runs every package's tests through turbo (one package at a time: loop devices, tgtd ports and
+// the simulated hosts are machine-wide) and closes with one line that adds up vitest's counts:
+// "N passed, N failed[, N skipped]". The exit code is turbo's.
+import { spawn } from 'node:child_process';
+
+const child = spawn('npx', ['turbo', 'run', 'test', '--concurrency=1', ...process.argv.slice(2)], {
+  stdio: ['ignore', 'pipe', 'pipe'],
+  env: { ...process.env, FORCE_COLOR: '0' },
+});
+const totals = { passed: 0, failed: 0, skipped: 0 };
+let pending = '';
+const count = (line) => {
+  // vitest's summary: "      Tests  31 passed | 2 skipped (33)" or "Tests  1 failed | 30 passed (31)"
+  const text = line.replace(/\u001b\[[0-9;]*m/g, '');
+  if (!/^\S*:test:\s+Tests\s/.test(text) && !/^\s+Tests\s/.test(text)) return;
+  for (const [, n, kind] of text.matchAll(/(\d+) (passed|failed|skipped)/g)) totals[kind] += Number(n);
+};
+const pipe = (stream, out) =>
+  stream.on('data', (chunk) => {
+    out.write(chunk);
+    pending += chunk.toString();
+    const lines = pending.split('\n');
+    pending = lines.pop() ?? '';
+    lines.forEach(count);
+  });
+pipe(child.stdout, process.stdout);
+pipe(child.stderr, process.stderr);
+child.on('close', (code) => {
+  count(pending);
+  console.log(`\n${totals.passed} passed, ${totals.failed} failed${totals.skipped ? `, ${totals.skipped} skipped` : ''}`);
+  process.exit(code ?? 1);
+});
