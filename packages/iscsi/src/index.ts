@@ -17,3 +17,8 @@ export * from './dm-sysfs.js';
 export { blockName } from './sysfs-read.js';
 export * from './multipath-output.js';
 export * from './multipath-client.js';
+export * from './scan-schedule.js';
+export * from './failure-list.js';
+export * from './target-usage.js';
+export * from './attach-state-store.js';
+export * from './lun-device.js';

@@ -5,9 +5,8 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { TransportDriver } from '@berth/core';
 import { SimulatedHost } from '@berth/testkit/simhost';
-import { RealTargetAccess, sweepStrays } from '@berth/testkit/simhost/real';
+import { RealTargetAccess, realBackedAvailable, startTgtd, sweepStrays, type TestTgtd } from '@berth/testkit/simhost/real';
 import { createMultipathDriver } from './multipath-driver.js';
-import { realBackedAvailable, startRealTgtd, type RealTgtd } from './test-real-tgtd.js';
 import { discoveryConnection, listConnection, recordingLogger, type LogLine } from './test-sim-env.js';
 
 // The driver on the simulated kernel over a real tgtd listening on 127.0.0.1 and 127.0.0.2: each
@@ -17,7 +16,7 @@ const available = realBackedAvailable();
 const IQN = 'iqn.2026-01.test.berth:mp-real';
 
 let sim: SimulatedHost | undefined;
-let tgtd: RealTgtd | undefined;
+let tgtd: TestTgtd | undefined;
 let dir: string | undefined;
 
 afterEach(async () => {
@@ -37,7 +36,7 @@ afterEach(async () => {
 
 async function setUp(): Promise<{ driver: TransportDriver; lunFile: string; logs: LogLine[] }> {
   dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'berth-mp-real-'));
-  tgtd = await startRealTgtd(dir);
+  tgtd = await startTgtd(dir, { addresses: ['127.0.0.1', '127.0.0.2'] });
   const lunFile = path.join(dir, 'lun1.img');
   await fsp.writeFile(lunFile, Buffer.alloc(0));
   await fsp.truncate(lunFile, 16 << 20);

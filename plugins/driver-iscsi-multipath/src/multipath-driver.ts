@@ -16,9 +16,21 @@ import {
   type TransportDriver,
 } from '@berth/core';
 import {
+  FailureList,
   IscsiadmClient,
   MultipathClient,
+  TargetUsage,
   deleteScsiDevice,
+  devPath,
+  deviceIsTargetLun,
+  lunDeviceName,
+  scanAndWait,
+  scsiWwnOf,
+  sdevDirOf,
+  waitForDeviceGone,
+  zStateVolumeId,
+  type LunDevice,
+  type LunDeviceHost,
   findIscsiSession,
   formatHctl,
   formatPortal,
@@ -32,27 +44,14 @@ import {
   withRetry,
   type RetryPolicy,
 } from '@berth/iscsi';
-import { AttachStateStore, zStateVolumeId, type AttachPath, type AttachState } from './attach-state.js';
+import { AttachStateStore, type AttachPath, type AttachState } from './attach-state.js';
 import { discoverPaths } from './discovery.js';
-import { FailureList } from './failure-list.js';
 import { checkMultipathHost } from './host-check.js';
 import { lunKey, parseMultipathConnection, targetKey, volumeKey, type ChapCredentials, type MultipathVolume, type PathTarget } from './multipath-connection.js';
 import { ensureMap, readMap, removeMap, waitForSlaves, waitUntilUsable, type MapHost, type MultipathMap } from './multipath-map.js';
 import { zMultipathDriverOptions, type MultipathDriverOptions } from './options.js';
-import {
-  devPath,
-  deviceIsTargetLun,
-  lunDeviceName,
-  scanAndWait,
-  scsiWwnOf,
-  sdevDirOf,
-  waitForDeviceGone,
-  type PathDevice,
-  type PathDeviceHost,
-} from './path-device.js';
 import { locatePaths, pathsOfDevice, pathsOfState, type LocatedPath } from './path-locate.js';
 import { closeSession, messageOf, openSession, portalBudget, type PortalSessionHost, type SessionProgress, type UsableSession } from './portal-session.js';
-import { TargetUsage } from './target-usage.js';
 
 /** The transport's registered name. */
 export const NAME = 'iscsi-multipath';
@@ -86,7 +85,7 @@ interface PathOutcome {
   target: PathTarget;
   /** `up`: session and device are there; the rest did not make it. */
   status: 'up' | 'failed' | 'refused' | 'unused';
-  device?: PathDevice;
+  device?: LunDevice;
   wwn?: string;
   error?: BerthError;
   progress: PathProgress;
@@ -121,7 +120,7 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
   const targetLocks = new KeyedLock();
   const usage = new TargetUsage();
   const sessionHost: PortalSessionHost = { fs, runner, waiter, iscsiadm, options, retry, logger };
-  const deviceHost: PathDeviceHost = { fs, waiter, runner, logger };
+  const deviceHost: LunDeviceHost = { fs, waiter, runner, logger };
   const mapHost: MapHost = { fs, waiter, multipath, logger, commandTimeoutMs: options.commandTimeoutMs };
 
   /** Cleanup runs on its own clock: the operation's signal has often fired already. */
@@ -160,10 +159,12 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
           onScan: () => {
             if (!scannedBefore) progress.scanned = true;
           },
+          transport: NAME,
+          namePortal: true,
         });
       }
       signal.throwIfAborted();
-      const device: PathDevice = (await deviceIsTargetLun(fs, name, target)) ?? {
+      const device: LunDevice = (await deviceIsTargetLun(fs, name, target)) ?? {
         name,
         sid: session.sid,
         hctl: { host: session.hostNumber, channel: 0, target: 0, lun: target.kernelLun },

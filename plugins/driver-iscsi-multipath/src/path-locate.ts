@@ -1,10 +1,9 @@
 import { z } from 'zod';
 import type { Device, Logger } from '@berth/core';
 import type { HostFs } from '@berth/host';
-import { formatPortal, listIscsiSessions, toPortal, type IscsiSession } from '@berth/iscsi';
+import { deviceIsTargetLun, findLunDevice, formatPortal, listIscsiSessions, scsiWwnOf, toPortal, type IscsiSession, type LunDevice } from '@berth/iscsi';
 import type { AttachState } from './attach-state.js';
 import { lunKey, targetKey, type MultipathVolume, type PathTarget } from './multipath-connection.js';
-import { deviceIsTargetLun, findPathDevice, scsiWwnOf, type PathDevice } from './path-device.js';
 
 /** A path of a connected volume as the host shows it now. */
 export interface LocatedPath {
@@ -12,7 +11,7 @@ export interface LocatedPath {
   /** The session to the path's target and portal, when there is one. */
   session?: IscsiSession;
   /** The path's block device, when sysfs confirms it is this LUN (and has the volume's WWN, when known). */
-  device?: PathDevice;
+  device?: LunDevice;
 }
 
 /** The slice of a device's `meta.paths` entries this transport wrote, read back defensively. */
@@ -84,7 +83,7 @@ export async function locatePaths(
   }
   const located: LocatedPath[] = [];
   for (const target of targets.values()) {
-    const found = await findPathDevice(fs, target);
+    const found = await findLunDevice(fs, target);
     let device = found.device;
     if (device !== undefined) {
       const confirmed = await deviceIsTargetLun(fs, device.name, target);

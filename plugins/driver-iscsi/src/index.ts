@@ -14,7 +14,7 @@ export {
   type IscsiConnectionData,
 } from './iscsi-connection.js';
 export { AttachStateStore, zAttachState, type AttachState } from './attach-state.js';
-export { scanSlices } from './scan-schedule.js';
+export { scanSlices } from '@berth/iscsi';
 
 /** The `@berth/driver-iscsi` plugin: registers the `iscsi` transport (single path, kernel initiator). */
 export default definePlugin({

@@ -4,9 +4,8 @@ import path from 'node:path';
 import { silentLogger, type ConnectionInfo } from '@berth/core';
 import { createHostServices } from '@berth/host';
 import { describeTransportConformance } from '@berth/testkit';
-import { SimulatedHost } from '@berth/testkit/simhost';
+import { LoopBackedTargetAccess, SimulatedHost } from '@berth/testkit/simhost';
 import { createIscsiDriver } from './iscsi-driver.js';
-import { LoopBackedTargetAccess } from './test-loop-target-access.js';
 
 const IQN = 'iqn.2026-01.test.berth:conformance';
 const PORTAL = '127.0.0.1:3260';

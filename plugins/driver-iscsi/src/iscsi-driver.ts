@@ -16,8 +16,21 @@ import {
   type TransportDriver,
 } from '@berth/core';
 import {
+  FailureList,
   IscsiadmClient,
+  TargetUsage,
   deleteScsiDevice,
+  devPath,
+  deviceIsTargetLun,
+  findLunDevice,
+  lunDeviceName,
+  scanAndWait,
+  scsiWwnOf,
+  sdevDirOf,
+  waitForDeviceGone,
+  zStateVolumeId,
+  type LunDevice,
+  type LunDeviceHost,
   formatHctl,
   findIscsiSession,
   formatPortal,
@@ -29,25 +42,11 @@ import {
   toPortal,
   type RetryPolicy,
 } from '@berth/iscsi';
-import { AttachStateStore, zStateVolumeId, type AttachState } from './attach-state.js';
-import { FailureList } from './failure-list.js';
+import { AttachStateStore, type AttachState } from './attach-state.js';
 import { checkIscsiHost } from './host-check.js';
 import { lunKey, parseIscsiConnection, targetKey, type IscsiVolumeTarget } from './iscsi-connection.js';
-import {
-  devPath,
-  deviceIsTargetLun,
-  findLunDevice,
-  lunDeviceName,
-  scanAndWait,
-  scsiWwnOf,
-  sdevDirOf,
-  waitForDeviceGone,
-  type LunDevice,
-  type LunDeviceHost,
-} from './lun-device.js';
 import { closeSession, openSession, type NodeSessionHost, type SessionProgress, type UsableSession } from './node-session.js';
 import { zIscsiDriverOptions, type IscsiDriverOptions } from './options.js';
-import { TargetUsage } from './target-usage.js';
 
 /** The transport's registered name. */
 export const NAME = 'iscsi';
@@ -130,6 +129,7 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
           onScan: () => {
             if (!scannedBefore) progress.scanned = true;
           },
+          transport: NAME,
         });
         await faults?.hit('iscsi.connect.after-scan');
       } else {

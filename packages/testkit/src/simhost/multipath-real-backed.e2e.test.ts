@@ -5,7 +5,7 @@ import path from 'node:path';
 import type { HostServices } from '@berth/host';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RealTargetAccess, sweepStrays } from './real/index.js';
-import { startTgtd, type TestTgtd } from './real/test-tgtd.js';
+import { startTgtd, type TestTgtd } from './real/tgtd-harness.js';
 import { SimulatedHost } from './simulated-host.js';
 import { VOL1, iscsiadm, loginManual, node } from './test-helpers.js';
 

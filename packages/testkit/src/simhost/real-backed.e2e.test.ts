@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RealTargetAccess } from './real/index.js';
-import { startTgtd, type TestTgtd } from './real/test-tgtd.js';
+import { startTgtd, type TestTgtd } from './real/tgtd-harness.js';
 import { SimulatedHost } from './simulated-host.js';
 import { VOL1, iscsiadm, loginManual, node } from './test-helpers.js';
 

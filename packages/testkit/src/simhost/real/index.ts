@@ -9,3 +9,4 @@ export { sweepStrays, type StrayReport, type SweepOptions } from './sweep-strays
 export { QmpClient, QmpError, DEFAULT_QMP_TIMEOUT_MS, type QmpConnectOptions } from './qmp-client.js';
 export { classifyLoginFailure, ISCSI_ERR_TEXT, type LoginFailure, type LoginExitCode } from './login-failure.js';
 export { tgtVpdPg80, tgtVpdPg83, tgtWwid, tgtNaa3, tgtNaa6, type LunIdentity } from './tgt-identity.js';
+export { startTgtd, freePort, realBackedAvailable, type TestTgtd, type StartTgtdOptions } from './tgtd-harness.js';

@@ -18,7 +18,7 @@ import { RealLunDisk } from './real-lun-disk.js';
 import { RealTargetAccess } from './real-target-access.js';
 import type { RealTargetSession } from './real-target-session.js';
 import { sweepStrays } from './sweep-strays.js';
-import { startTgtd, type TestTgtd } from './test-tgtd.js';
+import { startTgtd, type TestTgtd } from './tgtd-harness.js';
 import { tgtLunIdentity } from '../tgt-identity.js';
 import { tgtVpdPg80, tgtVpdPg83 } from './tgt-identity.js';
 

@@ -13,7 +13,7 @@ import type { RealLunDisk } from './real-lun-disk.js';
 import { RealTargetAccess } from './real-target-access.js';
 import type { RealTargetSession } from './real-target-session.js';
 import { sweepStrays } from './sweep-strays.js';
-import { startTgtd, type TestTgtd } from './test-tgtd.js';
+import { startTgtd, type TestTgtd } from './tgtd-harness.js';
 
 const IQN = 'iqn.2026-01.test.berth:sweep-vol';
 const canRun = process.getuid?.() === 0 && existsSync('/dev/fuse') && existsSync('/usr/sbin/tgtd') && existsSync('/usr/bin/qemu-storage-daemon');

@@ -1,23 +1,26 @@
 import { BerthError, type Logger } from '@berth/core';
 import type { CommandRunner, DeviceWaiter, HostFs } from '@berth/host';
-import {
-  blockName,
-  findBlockDeviceByHctl,
-  findIscsiSession,
-  readIscsiSession,
-  readWwid,
-  samePortal,
-  scanLun,
-  scsiDeviceOf,
-  scsiWwnFromWwid,
-  type Hctl,
-  type IscsiSession,
-} from '@berth/iscsi';
-import type { PathTarget } from './multipath-connection.js';
+import { findIscsiSession, readIscsiSession, type IscsiSession } from './iscsi-sysfs.js';
+import { samePortal, type Portal } from './portal.js';
 import { scanSlices } from './scan-schedule.js';
+import { findBlockDeviceByHctl, scanLun, scsiDeviceOf, type Hctl } from './scsi-sysfs.js';
+import { blockName } from './sysfs-read.js';
+import { readWwid, scsiWwnFromWwid } from './wwid.js';
+
+/** One LUN of one target through one portal, as a transport has parsed it from its connection_info. */
+export interface LunTarget {
+  iqn: string;
+  portal: Portal;
+  /** The portal as iscsiadm takes it (`host:port`, IPv6 in brackets). */
+  portalText: string;
+  /** The target's LUN number (`target_lun`). */
+  lun: number;
+  /** The LUN number the kernel uses for it (differs from `lun` under flat addressing). */
+  kernelLun: number;
+}
 
 /** What the device helpers reach the host through. */
-export interface PathDeviceHost {
+export interface LunDeviceHost {
   fs: HostFs;
   waiter: DeviceWaiter;
   runner: CommandRunner;
@@ -25,7 +28,7 @@ export interface PathDeviceHost {
 }
 
 /** A LUN's block device as found in sysfs. */
-export interface PathDevice {
+export interface LunDevice {
   /** The kernel name (`sdb`). */
   name: string;
   sid: number;
@@ -61,6 +64,10 @@ export interface ScanAndWaitOptions {
   signal: AbortSignal;
   /** Told before each scan is written (the undo must know a scan went out). */
   onScan?: (attempt: number) => void;
+  /** The transport whose `deviceTimeoutMs` the timeout's hint tells to raise (`iscsi`, `iscsi-multipath`). */
+  transport: string;
+  /** Name the portal in the timeout's message (a multipath attach has one wait per portal). */
+  namePortal?: boolean;
 }
 
 /**
@@ -70,8 +77,8 @@ export interface ScanAndWaitOptions {
  * with the device name; rejects with TIMEOUT after the last slice, or with the signal's reason.
  */
 export async function scanAndWait(
-  host: PathDeviceHost,
-  target: PathTarget,
+  host: LunDeviceHost,
+  target: LunTarget,
   session: { sid: number; hostNumber: number },
   options: ScanAndWaitOptions,
 ): Promise<string> {
@@ -101,11 +108,11 @@ export async function scanAndWait(
   }
   throw new BerthError(
     'TIMEOUT',
-    `LUN ${target.lun} of ${target.iqn} at ${target.portalText} did not appear as a block device within ${options.timeoutMs} ms (${slices.length} scan(s) of session ${session.sid})`,
+    `LUN ${target.lun} of ${target.iqn}${options.namePortal === true ? ` at ${target.portalText}` : ''} did not appear as a block device within ${options.timeoutMs} ms (${slices.length} scan(s) of session ${session.sid})`,
     {
       hint:
         'check that the target exports this LUN to this host\'s initiator (the backend\'s ACL and LUN number), ' +
-        'look at `iscsiadm -m session -P 3` and the kernel log; on a slow host raise the iscsi-multipath transport\'s deviceTimeoutMs',
+        `look at \`iscsiadm -m session -P 3\` and the kernel log; on a slow host raise the ${options.transport} transport's deviceTimeoutMs`,
       details: { sid: session.sid, lun: target.lun, kernelLun: target.kernelLun, timeoutMs: options.timeoutMs, scans: slices.length },
     },
   );
@@ -130,7 +137,7 @@ export async function sdevDirOf(fs: HostFs, name: string): Promise<string | unde
  * at the deadline.
  */
 export async function waitForDeviceGone(
-  host: PathDeviceHost,
+  host: LunDeviceHost,
   name: string,
   sdevDir: string | undefined,
   timeoutMs: number,
@@ -162,7 +169,7 @@ export async function waitForDeviceGone(
  * same IQN and portal, and to the same LUN. A name from an old record can belong to another disk
  * after a reboot or a re-scan, and deleting that one would take someone else's volume.
  */
-export async function deviceIsTargetLun(fs: HostFs, name: string, target: PathTarget): Promise<PathDevice | undefined> {
+export async function deviceIsTargetLun(fs: HostFs, name: string, target: LunTarget): Promise<LunDevice | undefined> {
   let sd;
   try {
     sd = await scsiDeviceOf(fs, name);
@@ -176,10 +183,10 @@ export async function deviceIsTargetLun(fs: HostFs, name: string, target: PathTa
 }
 
 /** The LUN's device found from the session in sysfs, with the session; `{}` parts missing when absent. */
-export async function findPathDevice(
+export async function findLunDevice(
   fs: HostFs,
-  target: PathTarget,
-): Promise<{ session?: IscsiSession; device?: PathDevice }> {
+  target: LunTarget,
+): Promise<{ session?: IscsiSession; device?: LunDevice }> {
   const session = await findIscsiSession(fs, target);
   if (session === undefined || session.hostNumber === undefined) return session === undefined ? {} : { session };
   const name = await lunDeviceName(fs, { sid: session.sid, hostNumber: session.hostNumber }, target.kernelLun);

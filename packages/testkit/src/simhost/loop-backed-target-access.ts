@@ -1,14 +1,6 @@
 import type { CommandRunner } from '@berth/host';
-import {
-  ModelTargetAccess,
-  type LoginAuth,
-  type LoginRequest,
-  type LoginResult,
-  type LunDisk,
-  type LunInquiry,
-  type TargetAccess,
-  type TargetSession,
-} from '@berth/testkit/simhost';
+import { ModelTargetAccess } from './model-target-access.js';
+import type { LoginAuth, LoginRequest, LoginResult, LunDisk, LunInquiry, TargetAccess, TargetSession } from './target-access.js';
 
 /**
  * The simulator's model SAN with every opened LUN put behind a real loop device, so the
