@@ -5,6 +5,8 @@ import type { Principal, Role } from './auth.js';
 export const ANY_ROLE: readonly Role[] = ['admin', 'member', 'agent'];
 /** Roles that manage volumes and servers. */
 export const MANAGERS: readonly Role[] = ['admin', 'member'];
+/** Only administrators (reconcile: it compares and fixes every project's volumes). */
+export const ADMINS: readonly Role[] = ['admin'];
 /** Roles that see host internals (connector, doctor, plugins, metrics, volume secrets). */
 export const OPERATORS: readonly Role[] = ['admin', 'agent'];
 

@@ -14,6 +14,7 @@ import { registerRoutes, type AnyRoute } from './route.js';
 import { attachmentRoutes } from './routes/attachments.js';
 import { hostRoutes } from './routes/hosts.js';
 import { operationRoutes } from './routes/operations.js';
+import { reconcileRoutes } from './routes/reconcile.js';
 import { serverRoutes } from './routes/servers.js';
 import { systemRoutes } from './routes/system.js';
 import { volumeRoutes } from './routes/volumes.js';
@@ -112,7 +113,8 @@ export async function createApiApp(options: ApiAppOptions): Promise<ApiApp> {
   const shutdown = new AbortController();
   // Every long-poll listens on it for as long as it waits: many at once is normal, not a leak.
   setMaxListeners(0, shutdown.signal);
-  let openapi: OpenApiDocument | undefined;
+  // Routes describe themselves in it, so it exists only once they are registered.
+  const built: { openapi?: OpenApiDocument } = {};
   const deps: RouteDeps = {
     service: options.service,
     tracker,
@@ -121,12 +123,13 @@ export async function createApiApp(options: ApiAppOptions): Promise<ApiApp> {
     maxWaitMs: options.maxWaitMs ?? DEFAULT_MAX_WAIT_MS,
     shutdown: shutdown.signal,
     openapi: () => {
-      if (openapi === undefined) throw new Error('the OpenAPI document is built after the routes');
-      return openapi;
+      if (built.openapi === undefined) throw new Error('the OpenAPI document is built after the routes');
+      return built.openapi;
     },
   };
-  const routes = [...systemRoutes(deps), ...volumeRoutes(deps), ...serverRoutes(deps), ...hostRoutes(deps), ...attachmentRoutes(deps), ...operationRoutes(deps)];
-  openapi = buildOpenApi(routes, API_VERSION);
+  const routes = [...systemRoutes(deps), ...volumeRoutes(deps), ...serverRoutes(deps), ...hostRoutes(deps), ...attachmentRoutes(deps), ...operationRoutes(deps), ...reconcileRoutes(deps)];
+  const openapi = buildOpenApi(routes, API_VERSION);
+  built.openapi = openapi;
 
   fastify.addHook('onRequest', async (request, reply) => {
     void reply.header('x-request-id', request.id);

@@ -1,39 +1,9 @@
-import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestApi, releaseMachine, TOKENS, type TestApi } from './test-support.js';
-
-const run = promisify(execFile);
-// The built `berth` of apps/cli (this suite crosses into it; build it first: see README).
-const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../cli/bin/run.js');
-
-interface Result {
-  exitCode: number;
-  json: unknown;
-}
-
-async function berth(args: string[], env: Record<string, string>): Promise<Result> {
-  const clean = Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('BERTH_')));
-  try {
-    const { stdout } = await run(process.execPath, [CLI, ...args, '--json'], { env: { ...clean, ...env }, timeout: 60_000 });
-    return { exitCode: 0, json: JSON.parse(stdout) as unknown };
-  } catch (error) {
-    const failed = error as { code?: unknown; stdout?: string; stderr?: string };
-    if (typeof failed.code !== 'number') throw error;
-    let json: unknown;
-    try {
-      json = JSON.parse(failed.stdout ?? '');
-    } catch {
-      throw new Error(`berth ${args.join(' ')} exited ${failed.code} without JSON: ${failed.stdout ?? ''} ${failed.stderr ?? ''}`);
-    }
-    return { exitCode: failed.code, json };
-  }
-}
+import { CLI, createTestApi, releaseMachine, runCli as berth, TOKENS, type CliResult as Result, type TestApi } from './test-support.js';
 
 const UUID = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/g;
 const TIME = /\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z/g;

@@ -92,7 +92,7 @@ const hostileValue: fc.Arbitrary<unknown> = fc.letrec<{ value: unknown }>((tie) 
   ),
 })).value;
 
-const FIELDS = ['name', 'sizeBytes', 'backend', 'multiattach', 'volumeId', 'volume', 'server', 'mode', 'multipath', 'force', 'attachmentId', 'connector', 'host', 'projectId'];
+const FIELDS = ['name', 'sizeBytes', 'backend', 'multiattach', 'volumeId', 'volume', 'server', 'mode', 'multipath', 'force', 'attachmentId', 'connector', 'host', 'projectId', 'dryRun'];
 
 /** A body as raw text: JSON of hostile objects, deep nesting, pollution keys, huge or broken text. */
 const hostileBody = fc.oneof(

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import {
+  DIFFERENCE_KINDS,
   zAttachment,
   zAttachRequest,
   zConnectionInfo,
@@ -15,6 +16,7 @@ import {
   zSizeBytes,
   zVolume,
   zVolumeStatus,
+  type ReconcileReport,
 } from '@berth/core';
 import { zWaitDuration } from './duration.js';
 
@@ -86,6 +88,10 @@ export const zServerAttachBody = zAttachRequest
 export const zReserveAttachmentBody = zReserveAttachmentRequest.omit({ projectId: true }).extend({ connector: zHttpConnector.optional() });
 /** `PUT /v1/attachments/{id}` (initialize with a connector). */
 export const zInitializeAttachmentBody = z.strictObject({ connector: zHttpConnector });
+/** `POST /v1/reconcile`. */
+export const zReconcileBody = z.strictObject({
+  dryRun: z.boolean().optional().describe('list the differences and their fixes; change nothing'),
+});
 /** A body that must be absent or `{}`. */
 export const zEmptyBody = z.strictObject({});
 
@@ -133,5 +139,30 @@ export const zPluginReport = z.object({
   ),
   failed: z.array(z.object({ packageName: z.string(), error: z.string() })),
 });
+/** One difference `POST /v1/reconcile` found, and what became of its fix. */
+export const zReconcileDifference = z.object({
+  kind: z.enum(DIFFERENCE_KINDS),
+  resource: z.string(),
+  volumeId: z.string().nullable(),
+  attachmentId: z.string().nullable(),
+  detail: z.string(),
+  fix: z.enum(['terminate_connection', 'disconnect', 'reconnect', 'recompute_status', 'none']),
+  fixDetail: z.string(),
+  state: z.enum(['planned', 'applied', 'failed', 'skipped']),
+  result: z.string().nullable(),
+  errorCode: z.string().nullable(),
+});
+/** What `POST /v1/reconcile` answers: @berth/core's ReconcileReport. */
+export const zReconcileReport = z.object({
+  dryRun: z.boolean(),
+  operationId: z.string().nullable().describe('the `reconcile` operation journalling the applied fixes (null when none was applied)'),
+  differences: z.array(zReconcileDifference),
+  unchecked: z.array(z.object({ kind: z.enum(['backend', 'transport']), name: z.string(), reason: z.string() })),
+  counts: z.object({ found: z.number().int(), applied: z.number().int(), failed: z.number().int(), skipped: z.number().int() }),
+});
+// Core has the type but no schema: a compile error here means the two no longer describe the same thing.
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+const reportSchemaMatchesCore: Same<z.output<typeof zReconcileReport>, ReconcileReport> = true;
+void reportSchemaMatchesCore;
 /** `/healthz` and `/readyz`. */
 export const zHealth = z.object({ status: z.string() });

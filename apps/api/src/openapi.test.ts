@@ -35,6 +35,7 @@ describe('the OpenAPI document', () => {
       'GET /readyz',
       'GET /metrics',
       'GET /openapi.json',
+      'POST /v1/reconcile',
     ]) {
       expect(documented).toContain(needed);
     }
@@ -44,6 +45,15 @@ describe('the OpenAPI document', () => {
     const attach = doc.paths['/v1/servers/{server}/volume-attachments']?.post as { responses: Record<string, unknown>; parameters: Array<{ name: string }> };
     expect(Object.keys(attach.responses)).toEqual(expect.arrayContaining(['202', '400', '401', '403', '404', '409']));
     expect(attach.parameters.map((p) => p.name)).toEqual(expect.arrayContaining(['server', 'projectId', 'Idempotency-Key']));
+    const reconcile = doc.paths['/v1/reconcile']?.post as {
+      requestBody: { content: Record<string, { schema: Record<string, unknown> }> };
+      responses: Record<string, { content?: Record<string, { schema: Record<string, unknown> }> }>;
+    };
+    expect(reconcile.requestBody.content['application/json']?.schema).toMatchObject({ type: 'object', additionalProperties: false, properties: { dryRun: { type: 'boolean' } } });
+    expect(reconcile.responses['200']?.content?.['application/json']?.schema).toMatchObject({
+      required: expect.arrayContaining(['dryRun', 'operationId', 'differences', 'unchecked', 'counts']),
+    });
+    expect(Object.keys(reconcile.responses)).toEqual(expect.arrayContaining(['200', '400', '401', '403']));
     const get = doc.paths['/v1/operations/{id}']?.get as { parameters: Array<{ name: string; in: string }> };
     expect(get.parameters).toEqual(expect.arrayContaining([expect.objectContaining({ name: 'wait', in: 'query' })]));
   });

@@ -1,11 +1,15 @@
-import { execFileSync } from 'node:child_process';
-import { existsSync, lstatSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { execFile, execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtemp, realpath, rm } from 'node:fs/promises';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { silentLogger, type BerthService } from '@berth/core';
-import { openBerth } from '@berth/runtime';
+import { stopManagedTgtd } from '@berth/backend-tgt';
+import { openBerth, simulatedHostPaths, stopSimulatedHost } from '@berth/runtime';
 import { createApiApp, type ApiApp } from './app.js';
 import { hashToken, TokenTable, type TokenEntry } from './auth.js';
 
@@ -52,12 +56,26 @@ export interface TestRequest {
   headers?: Record<string, string>;
 }
 
+/** What a test sees of the private tgtd and simulated host of a `simulatedIscsi` API. */
+export interface TestIscsi {
+  /** tgtd's portals (`host:port`), as the config lists them. */
+  portals: string[];
+  controlPort: number;
+  /** The simulated host's root and the real-backed disks' work dir. */
+  root: string;
+  workDir: string;
+  /** Loop devices, FUSE mounts and qemu-storage-daemon processes of the real-backed disks. */
+  leftovers(): { loops: string[]; mounts: string[]; qsd: string[] };
+}
+
 /** A private API on a temp data dir and a real socket. */
 export interface TestApi {
   url: string;
   dataDir: string;
   service: BerthService;
   app: ApiApp;
+  /** Present when the API runs iSCSI on the simulated host (`simulatedIscsi`). */
+  iscsi: TestIscsi | undefined;
   request(method: string, urlPath: string, options?: TestRequest): Promise<TestAnswer>;
   /** Close the app and service, detach this data dir's loop devices, remove their links and the dir. */
   cleanup(): Promise<void>;
@@ -68,6 +86,68 @@ export interface TestApiOptions {
   logStream?: Writable;
   maxWaitMs?: number;
   env?: Record<string, string>;
+  /**
+   * Serve with `simulate: true`: the tgt backend on a private tgtd (a free TCP port on each of
+   * `portalHosts`, a free control port) and the iSCSI transports on the simulated host under the
+   * data dir, in real-backed mode. `cleanup` stops both.
+   */
+  simulatedIscsi?: { portalHosts: string[] };
+}
+
+async function freeTcpPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+/** A tgtd control port no tgtd answers on (tgtadm exits 107 when nobody is there). */
+function freeControlPort(): number {
+  for (let attempt = 0; attempt < 20; attempt += 1) {
+    const candidate = 20_000 + Math.floor(Math.random() * 40_000);
+    const probe = spawnSync('tgtadm', ['-C', String(candidate), '--lld', 'iscsi', '--op', 'show', '--mode', 'sys'], { timeout: 5_000 });
+    if (probe.status === 107) return candidate;
+  }
+  throw new Error('no free tgtd control port');
+}
+
+function realBackedLeftovers(workDir: string): { loops: string[]; mounts: string[]; qsd: string[] } {
+  const loops = loopDevicesUnder(workDir);
+  const mounts = readFileSync('/proc/mounts', 'utf8')
+    .split('\n')
+    .filter((line) => line.includes(workDir));
+  const pgrep = spawnSync('pgrep', ['-f', `qemu-storage-daemon.*${workDir}`], { encoding: 'utf8' });
+  const qsd = pgrep.stdout.trim().split('\n').filter(Boolean);
+  return { loops, mounts, qsd };
+}
+
+/** Write the config of a simulated-iSCSI test API into `dataDir`; what the test sees of it. */
+async function prepareSimulatedIscsi(dataDir: string, portalHosts: readonly string[]): Promise<TestIscsi> {
+  const port = await freeTcpPort();
+  const controlPort = freeControlPort();
+  const portals = portalHosts.map((host) => `${host}:${port}`);
+  writeFileSync(path.join(dataDir, 'config.json'), JSON.stringify({ pluginOptions: { '@berth/backend-tgt': { portals, controlPort } } }));
+  const { root, workDir } = simulatedHostPaths(dataDir);
+  return { portals, controlPort, root, workDir, leftovers: () => realBackedLeftovers(workDir) };
+}
+
+/** Stop the simulated host and tgtd of a simulated-iSCSI test API, and sweep what they left. */
+async function stopSimulatedIscsi(dataDir: string, iscsi: TestIscsi): Promise<void> {
+  await stopSimulatedHost(dataDir).catch(() => undefined);
+  await stopManagedTgtd(dataDir, iscsi.controlPort).catch(() => undefined);
+  const { sweepStrays } = await import('@berth/testkit/simhost/real');
+  await sweepStrays(iscsi.workDir).catch(() => undefined);
+  // Stable links of simulated devices point into the simulated host's root.
+  if (existsSync('/dev/berth')) {
+    for (const name of readdirSync('/dev/berth')) {
+      const link = path.join('/dev/berth', name);
+      if ((linkTarget(link) ?? '').startsWith(dataDir + path.sep)) rmSync(link, { force: true });
+    }
+  }
 }
 
 /** Loop devices whose backing file lies under `dir`. */
@@ -118,8 +198,17 @@ export function releaseMachine(dataDir: string, volumeIds: readonly string[] = [
 
 /** Start a test API (admin, two members in two projects, an agent) on 127.0.0.1, port 0. */
 export async function createTestApi(options: TestApiOptions = {}): Promise<TestApi> {
-  const dataDir = await mkdtemp(path.join(os.tmpdir(), 'berth-api-test-'));
-  const service = await openBerth({ dataDir, env: { ...options.env }, logger: silentLogger });
+  const dataDir = await realpath(await mkdtemp(path.join(os.tmpdir(), 'berth-api-test-')));
+  let iscsi: TestIscsi | undefined;
+  let service: BerthService;
+  try {
+    iscsi = options.simulatedIscsi === undefined ? undefined : await prepareSimulatedIscsi(dataDir, options.simulatedIscsi.portalHosts);
+    service = await openBerth({ dataDir, env: { ...options.env }, logger: silentLogger, ...(iscsi === undefined ? {} : { simulate: true }) });
+  } catch (error) {
+    if (iscsi !== undefined) await stopSimulatedIscsi(dataDir, iscsi);
+    await rm(dataDir, { recursive: true, force: true });
+    throw error;
+  }
   const app = await createApiApp({
     service,
     tokens: TokenTable.fromConfig(testTokenEntries(), {}),
@@ -134,6 +223,7 @@ export async function createTestApi(options: TestApiOptions = {}): Promise<TestA
     dataDir,
     service,
     app,
+    iscsi,
     async request(method, urlPath, req = {}) {
       const headers: Record<string, string> = { ...req.headers };
       if (req.token !== undefined) headers.authorization = `Bearer ${req.token}`;
@@ -166,6 +256,7 @@ export async function createTestApi(options: TestApiOptions = {}): Promise<TestA
       }
       await app.close().catch(() => undefined);
       await service.close().catch(() => undefined);
+      if (iscsi !== undefined) await stopSimulatedIscsi(dataDir, iscsi);
       releaseMachine(dataDir, volumeIds);
       await rm(dataDir, { recursive: true, force: true });
     },
@@ -176,4 +267,34 @@ export async function createTestApi(options: TestApiOptions = {}): Promise<TestA
 export function bodyOf(answer: TestAnswer): Record<string, unknown> {
   if (typeof answer.body !== 'object' || answer.body === null) throw new Error(`not a JSON object: ${answer.text.slice(0, 200)}`);
   return answer.body as Record<string, unknown>;
+}
+
+/** The built `berth` of apps/cli (suites that run it need it built: see README). */
+export const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../cli/bin/run.js');
+
+/** What one `berth ... --json` run gave: its exit code and the JSON it printed. */
+export interface CliResult {
+  exitCode: number;
+  json: unknown;
+}
+
+const run = promisify(execFile);
+
+/** Run the built `berth` with `--json`, with no BERTH_* variable but those in `env`. */
+export async function runCli(args: string[], env: Record<string, string>): Promise<CliResult> {
+  const clean = Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('BERTH_')));
+  try {
+    const { stdout } = await run(process.execPath, [CLI, ...args, '--json'], { env: { ...clean, ...env }, timeout: 60_000 });
+    return { exitCode: 0, json: JSON.parse(stdout) as unknown };
+  } catch (error) {
+    const failed = error as { code?: unknown; stdout?: string; stderr?: string };
+    if (typeof failed.code !== 'number') throw error;
+    let json: unknown;
+    try {
+      json = JSON.parse(failed.stdout ?? '');
+    } catch {
+      throw new Error(`berth ${args.join(' ')} exited ${failed.code} without JSON: ${failed.stdout ?? ''} ${failed.stderr ?? ''}`);
+    }
+    return { exitCode: failed.code, json };
+  }
 }

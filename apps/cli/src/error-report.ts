@@ -21,7 +21,6 @@ interface OclifErrorShape {
 }
 
 // oclif decorates its messages with ANSI colours; JSON consumers and logs want plain text.
-// eslint-disable-next-line no-control-regex
 const ANSI = /\u001B\[[0-9;]*m/g;
 
 function plain(text: string): string {

@@ -112,6 +112,45 @@ describe('RemoteBerthService', () => {
     expect(error).toMatchObject({ code: 'UNPROCESSABLE', details: { operationId: OPERATION.id } });
   });
 
+  it('reconciles on the server: POST /v1/reconcile with dryRun, the report as sent, FORBIDDEN for a member', async () => {
+    const seen: Seen[] = [];
+    const report = {
+      dryRun: true,
+      operationId: null,
+      differences: [
+        {
+          kind: 'volume_status_mismatch',
+          resource: 'volume data1',
+          volumeId: VOLUME.id,
+          attachmentId: null,
+          detail: 'volume data1 is in-use, but its attachments make it available',
+          fix: 'recompute_status',
+          fixDetail: 'set it to available (compare-and-swap from in-use)',
+          state: 'planned',
+          result: null,
+          errorCode: null,
+        },
+      ],
+      unchecked: [{ kind: 'backend', name: 'file', reason: 'it cannot list its exports' }],
+      counts: { found: 1, applied: 0, failed: 0, skipped: 0 },
+    };
+    const forbidden = { code: 'FORBIDDEN', detail: 'a member token cannot do this', status: 403 };
+    const remote = new RemoteBerthService({
+      url: 'http://api.test',
+      token: 'admin',
+      fetch: scripted([{ status: 200, body: report }, { status: 200, body: { ...report, dryRun: false, differences: 'no' } }, { status: 403, body: forbidden }], seen),
+    });
+    expect(await remote.reconcile({ dryRun: true })).toEqual(report);
+    expect(seen[0]).toMatchObject({ method: 'POST', url: 'http://api.test/v1/reconcile' });
+    expect(JSON.parse(seen[0]?.body ?? '')).toEqual({ dryRun: true });
+    // An answer that is not a report is the server's fault, not a report with nothing in it.
+    expect(await codeOf(remote.reconcile())).toBe('INTERNAL');
+    expect(JSON.parse(seen[1]?.body ?? '')).toEqual({});
+    expect(await codeOf(remote.reconcile())).toBe('FORBIDDEN');
+    expect(await codeOf(remote.reconcile({ dryRun: 'yes' } as unknown as { dryRun: boolean }))).toBe('VALIDATION');
+    expect(seen).toHaveLength(3);
+  });
+
   it('validates requests as the embedded service does, before sending anything', async () => {
     const seen: Seen[] = [];
     const remote = new RemoteBerthService({ url: 'http://api.test', fetch: scripted([], seen) });

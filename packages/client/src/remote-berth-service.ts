@@ -30,6 +30,8 @@ import {
   type OperationState,
   type PluginReport,
   type ProjectScope,
+  type ReconcileOptions,
+  type ReconcileReport,
   type Ref,
   type ReserveAttachmentRequest,
   type Server,
@@ -38,11 +40,14 @@ import {
   type VolumeStatus,
 } from '@berth/core';
 import { apiPath, HttpClient, type HttpClientOptions } from './http-client.js';
+import { zReconcileOptions, zReconcileReport } from './reconcile-report.js';
 
 /** Options of `RemoteBerthService`. */
 export interface RemoteBerthOptions extends HttpClientOptions {
   /** How long one long-poll of an operation waits on the server (default 30 s; the server caps it). */
   pollWaitSeconds?: number;
+  /** How long a reconcile may run on the server before the client gives up (default 10 min). */
+  reconcileTimeoutMs?: number;
 }
 
 const EMPTY_REPORT: PluginReport = { loaded: [], failed: [] };
@@ -86,11 +91,13 @@ function projectQuery(scope: ProjectScope | undefined): Record<string, string | 
 export class RemoteBerthService implements BerthService {
   private readonly http: HttpClient;
   private readonly pollWaitSeconds: number;
+  private readonly reconcileTimeoutMs: number;
   private pluginReport: PluginReport = EMPTY_REPORT;
 
   constructor(options: RemoteBerthOptions) {
     this.http = new HttpClient(options);
     this.pollWaitSeconds = Math.max(1, Math.min(600, Math.floor(options.pollWaitSeconds ?? 30)));
+    this.reconcileTimeoutMs = Math.max(0, options.reconcileTimeoutMs ?? 600_000);
   }
 
   /** The API's base URL. */
@@ -254,6 +261,17 @@ export class RemoteBerthService implements BerthService {
 
   plugins(): PluginReport {
     return this.pluginReport;
+  }
+
+  /**
+   * `berth reconcile` on the API's host (`POST /v1/reconcile`, an admin token): the server compares
+   * its store with the backends and its own devices. The answer comes once every fix is applied,
+   * so this request may take as long as they do (`reconcileTimeoutMs`).
+   */
+  async reconcile(options: ReconcileOptions = {}): Promise<ReconcileReport> {
+    const body = parseWith(zReconcileOptions, options, 'reconcile options');
+    const answer = await this.http.request({ method: 'POST', path: '/v1/reconcile', body, extraTimeoutMs: this.reconcileTimeoutMs });
+    return checked(zReconcileReport, answer.body, 'reconcile report');
   }
 
   async close(): Promise<void> {

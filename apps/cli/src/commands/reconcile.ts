@@ -24,12 +24,14 @@ export default class Reconcile extends BaseCommand<typeof Reconcile> {
     'gone is reconnected (or, when that fails, marked error_detaching for `berth detach --force`); a',
     'volume whose status disagrees with its attachments is recomputed. Devices and exports berth did not',
     'make are never touched. Volumes with a running operation are skipped. Exits with the error\'s code',
-    'when a fix failed.',
+    'when a fix failed. With --api it runs on the API server\'s host, whose devices it compares (an admin',
+    'token: it covers every project).',
   ].join(' ');
   static override examples = [
     '<%= config.bin %> <%= command.id %> --dry-run',
     '<%= config.bin %> <%= command.id %>',
     '<%= config.bin %> <%= command.id %> --json',
+    '<%= config.bin %> <%= command.id %> --dry-run --api http://127.0.0.1:8776',
   ];
 
   static override flags = {
@@ -40,8 +42,8 @@ export default class Reconcile extends BaseCommand<typeof Reconcile> {
     const dryRun = this.flags['dry-run'];
     const berth = await this.berth();
     if (!berth.reconcile) {
-      throw new BerthError('UNPROCESSABLE', 'reconcile compares this host\'s devices, so it runs on the host itself, not through the API', {
-        hint: 'run `berth reconcile` on the host, without --api',
+      throw new BerthError('UNPROCESSABLE', 'this berth cannot reconcile: it compares the devices of the host it runs on', {
+        hint: 'run `berth reconcile` on the host itself',
       });
     }
     const reconcile = berth.reconcile.bind(berth);
