@@ -1,7 +1,7 @@
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { silentLogger, type ConnectionInfo, type Logger, type TransportDriver } from '@berth/core';
+import { type ConnectionInfo, type Logger, type TransportDriver } from '@berth/core';
 import type { CommandResult, CommandRunner, HostServices, RunOptions } from '@berth/host';
 import { SimulatedHost, type ModelSan, type ModelTargetSpec, type SimulatedHostOptions } from '@berth/testkit/simhost';
 import { createMultipathDriver, STATE_SUBDIR } from './multipath-driver.js';
