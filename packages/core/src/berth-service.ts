@@ -215,37 +215,18 @@ export class BerthServiceImpl implements BerthService {
     const server = req.server === undefined ? await this.localServer(project) : await this.resolveServer(req.server, project);
     await this.preflightAttach(volume, server);
 
-    const operation = await this.store.operations.create({
-      kind: 'attach',
-      volumeId: volume.id,
-      serverId: server.id,
-      hostId: server.hostId,
-      idempotencyKey: req.idempotencyKey ?? null,
-      owner: this.owner,
-      deadlineAt: new Date(Date.now() + this.config.operationTimeoutMs).toISOString(),
+    return this.launch({ kind: 'attach', volume, server, idempotencyKey: req.idempotencyKey }, async (operationId) => {
+      const ctx = this.context(operationId, await this.store.volumes.require(volume.id), server);
+      const steps = attachSteps(this.deps, { mode: req.mode ?? 'rw', ...(req.multipath === undefined ? {} : { multipath: req.multipath }) });
+      // The server lock covers only the reservation (Nova's reserve_block_device_name):
+      // attaches of different volumes to one server connect in parallel.
+      const [reserve, ...rest] = steps as [Step<PipelineContext>, ...Array<Step<PipelineContext>>];
+      const lockedReserve: Step<PipelineContext> = {
+        ...reserve,
+        run: (c, signal) => this.serverLocks.withLock(server.id, () => reserve.run(c, signal), signal),
+      };
+      return { ctx, steps: [lockedReserve, ...rest] };
     });
-    const deadline = createDeadline(this.config.operationTimeoutMs);
-    const done = this.track(
-      operation.id,
-      this.volumeLocks.withLock(
-        volume.id,
-        () =>
-          this.execute(operation.id, 'attach', deadline, async () => {
-            const ctx = this.context(operation.id, await this.store.volumes.require(volume.id), server);
-            const steps = attachSteps(this.deps, { mode: req.mode ?? 'rw', ...(req.multipath === undefined ? {} : { multipath: req.multipath }) });
-            // The server lock covers only the reservation (Nova's reserve_block_device_name):
-            // attaches of different volumes to one server connect in parallel.
-            const [reserve, ...rest] = steps as [Step<PipelineContext>, ...Array<Step<PipelineContext>>];
-            const lockedReserve: Step<PipelineContext> = {
-              ...reserve,
-              run: (c, s) => this.serverLocks.withLock(server.id, () => reserve.run(c, s), s),
-            };
-            return { ctx, steps: [lockedReserve, ...rest] };
-          }),
-        deadline.signal,
-      ),
-    );
-    return { operation, done };
   }
 
   async attach(request: AttachRequest): Promise<OperationOutcome> {
@@ -261,30 +242,36 @@ export class BerthServiceImpl implements BerthService {
     const attachment = await this.findAttachmentToDetach(volume, req.attachmentId, req.server, project, req.force ?? false);
     const server = await this.store.servers.require(attachment.serverId);
 
+    return this.launch({ kind: 'detach', volume, server, attachment, idempotencyKey: req.idempotencyKey }, async (operationId) => {
+      const ctx = this.context(operationId, await this.store.volumes.require(volume.id), server);
+      ctx.attachment = await this.store.attachments.require(attachment.id);
+      ctx.force = req.force ?? false;
+      return { ctx, steps: detachSteps(this.deps) };
+    });
+  }
+
+  /**
+   * Journal a new operation, then run the steps `prepare` gives under the volume lock (queued,
+   * never rejected) and a deadline that counts the wait for the lock too.
+   */
+  private async launch(
+    what: { kind: 'attach' | 'detach'; volume: Volume; server: Server; attachment?: Attachment; idempotencyKey: string | undefined },
+    prepare: (operationId: string) => Promise<{ ctx: PipelineContext; steps: Array<Step<PipelineContext>> }>,
+  ): Promise<StartedOperation> {
     const operation = await this.store.operations.create({
-      kind: 'detach',
-      volumeId: volume.id,
-      serverId: server.id,
-      attachmentId: attachment.id,
-      hostId: attachment.hostId,
-      idempotencyKey: req.idempotencyKey ?? null,
+      kind: what.kind,
+      volumeId: what.volume.id,
+      serverId: what.server.id,
+      ...(what.attachment ? { attachmentId: what.attachment.id } : {}),
+      hostId: what.attachment?.hostId ?? what.server.hostId,
+      idempotencyKey: what.idempotencyKey ?? null,
       owner: this.owner,
       deadlineAt: new Date(Date.now() + this.config.operationTimeoutMs).toISOString(),
     });
     const deadline = createDeadline(this.config.operationTimeoutMs);
     const done = this.track(
       operation.id,
-      this.volumeLocks.withLock(
-        volume.id,
-        () =>
-          this.execute(operation.id, 'detach', deadline, async () => {
-            const ctx = this.context(operation.id, await this.store.volumes.require(volume.id), server);
-            ctx.attachment = await this.store.attachments.require(attachment.id);
-            ctx.force = req.force ?? false;
-            return { ctx, steps: detachSteps(this.deps) };
-          }),
-        deadline.signal,
-      ),
+      this.volumeLocks.withLock(what.volume.id, () => this.execute(operation.id, what.kind, deadline, () => prepare(operation.id)), deadline.signal),
     );
     return { operation, done };
   }
