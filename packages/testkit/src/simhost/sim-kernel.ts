@@ -508,7 +508,11 @@ export class SimKernel {
   }
 
   private track(s: SimSession, work: Promise<unknown>): void {
-    const p = work.catch(() => undefined);
+    // A failed scan makes no device, as on a real host; like the kernel's log, the simulator's
+    // says why (the detached daemon's stderr is <root>/run/simhost/kernel.log).
+    const p = work.catch((error: unknown) => {
+      console.error(`sim-kernel: session ${s.sid}: scan failed: ${error instanceof Error ? error.message : String(error)}`);
+    });
     s.background.add(p);
     void p.finally(() => s.background.delete(p));
   }

@@ -82,7 +82,12 @@ export class RealTargetSession implements TargetSession, LunDiskOwner {
   /** REPORT LUNS through `iscsi-ls -s`, as target LUN numbers (LUN 0, the controller, included). */
   async reportLuns(): Promise<number[]> {
     this.assertLoggedIn();
-    const result = await this.ctx.libiscsi.ls(this.endpoint, true);
+    // iscsi-ls opens a discovery session first, and tgtd answers no mutual CHAP there ("did not
+    // return CHAP_N during SECNEG"): the target's credentials were checked at login, so list the
+    // LUNs with the initiator's alone.
+    const { auth, ...rest } = this.endpoint;
+    const endpoint = auth ? { ...rest, auth: { method: auth.method, username: auth.username, password: auth.password } } : rest;
+    const result = await this.ctx.libiscsi.ls(endpoint, true);
     const target = parseIscsiLs(result.stdout).find((t) => t.iqn === this.iqn);
     if (!target) throw this.toolError(`target ${this.iqn} is not listed at ${this.portal}`, result);
     if (target.error !== undefined) throw this.toolError(`REPORT LUNS on ${this.iqn} failed: ${target.error}`, result);
