@@ -111,3 +111,31 @@ describe('iSCSI single path end to end, on the simulated host backed by a real t
     expect(leftovers(simulatedHostPaths(dataDir).workDir)).toEqual({ loops: [], mounts: [], qsd: [] });
   });
 });
+
+describe('mutual CHAP, real-backed', () => {
+  it('a tgt volume with mutual CHAP attaches and detaches over iSCSI on the simulated host', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'berth-iscsi-mutual-'));
+    const controlPort = CONTROL_PORT + 1;
+    let mutual: BerthService | undefined;
+    try {
+      writeFileSync(
+        path.join(dir, 'config.json'),
+        JSON.stringify({ pluginOptions: { '@berth/backend-tgt': { portals: [`127.0.0.1:${await freePort()}`], controlPort, mutualChap: true } } }),
+      );
+      mutual = await openBerth({ dataDir: dir, env: {}, logger: silentLogger, simulate: true });
+      await mutual.createVolume({ name: 'm1', sizeBytes: 16 * MiB, backend: 'tgt' });
+      const { attachment } = await mutual.attach({ volume: 'm1' });
+      expect(attachment?.device?.path).toMatch(/^\/dev\/sd[a-z]+$/);
+      expect(attachment?.connectionInfo?.data.auth_username_in).toBeTruthy();
+      expect(JSON.stringify(attachment)).not.toMatch(/password/);
+      await mutual.detach({ volume: 'm1' });
+      await mutual.deleteVolume('m1');
+      expect(leftovers(simulatedHostPaths(dir).workDir)).toEqual({ loops: [], mounts: [], qsd: [] });
+    } finally {
+      await mutual?.close().catch(() => undefined);
+      await stopSimulatedHost(dir).catch(() => undefined);
+      await stopManagedTgtd(dir, controlPort).catch(() => undefined);
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+});
