@@ -1,4 +1,4 @@
-import { Args } from '@oclif/core';
+import { Args, Flags } from '@oclif/core';
 import type { Attachment, Volume } from '@berth/core';
 import { BaseCommand } from '../../base-command.js';
 import { nameIndex } from '../../format.js';
@@ -10,13 +10,24 @@ import { attachmentColumns, volumeFields } from '../../views.js';
 export default class VolumeShow extends BaseCommand<typeof VolumeShow> {
   static override summary = 'Show a volume';
   static override description = 'Show a volume (by name or id) and its attachments.';
-  static override examples = ['<%= config.bin %> <%= command.id %> data1', '<%= config.bin %> <%= command.id %> data1 --json'];
+  static override examples = [
+    '<%= config.bin %> <%= command.id %> data1',
+    '<%= config.bin %> <%= command.id %> data1 --json',
+    '<%= config.bin %> <%= command.id %> db1 --show-secrets   # the CHAP user and password of a tgt volume',
+  ];
+
+  static override flags = {
+    'show-secrets': Flags.boolean({
+      description: "Also print the volume's access secrets (CHAP user and password) from its backend; they are never shown otherwise",
+      default: false,
+    }),
+  };
 
   static override args = {
     volume: Args.string({ description: 'Volume name or id', required: true }),
   };
 
-  async run(): Promise<Volume & { attachments: Attachment[] }> {
+  async run(): Promise<Volume & { attachments: Attachment[]; credentials?: Record<string, string> }> {
     const ref = resourceRef(this.args.volume, 'volume');
     const berth = await this.berth();
     const volume = await berth.getVolume(ref);
@@ -27,6 +38,10 @@ export default class VolumeShow extends BaseCommand<typeof VolumeShow> {
       this.log('');
       this.log(renderTable(attachmentColumns(nameIndex([volume], servers, hosts)), attachments));
     }
-    return { ...volume, attachments };
+    if (!this.flags['show-secrets']) return { ...volume, attachments };
+    const credentials = await berth.volumeCredentials(volume.id);
+    this.log('');
+    this.log(Object.keys(credentials).length > 0 ? renderFields(Object.entries(credentials)) : `backend ${volume.backend} keeps no secrets for this volume`);
+    return { ...volume, attachments, credentials };
   }
 }
