@@ -1,13 +1,8 @@
-import { closeSync, fsyncSync, openSync, readSync, writeFileSync, writeSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import net from 'node:net';
-import os from 'node:os';
+import { closeSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { stopManagedTgtd } from '@berth/backend-tgt';
-import { silentLogger, type BerthService } from '@berth/core';
-import { openBerth } from './open-berth.js';
-import { stopSimulatedHost } from './simulate.js';
+import type { BerthService } from '@berth/core';
+import { createSimIscsiBerth, type SimIscsiBerth } from './test-iscsi-sim.js';
 import { linkTarget } from './test-support.js';
 
 // Issue 4 end to end, as `berth attach db2 --multipath --simulate` runs it: a tgt volume exported
@@ -15,36 +10,17 @@ import { linkTarget } from './test-support.js';
 // simulated host, one dm device whose bytes reach the LUN file.
 
 const MiB = 1024 * 1024;
-const CONTROL_PORT = 3000 + (process.pid % 20000);
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
-    });
-  });
-}
-
-let dataDir: string;
+let sim: SimIscsiBerth;
 let berth: BerthService;
 
 beforeAll(async () => {
-  dataDir = await mkdtemp(path.join(os.tmpdir(), 'berth-mp-sim-'));
-  const port = await freePort();
-  writeFileSync(
-    path.join(dataDir, 'config.json'),
-    JSON.stringify({ pluginOptions: { '@berth/backend-tgt': { portals: [`127.0.0.1:${port}`, `127.0.0.2:${port}`], controlPort: CONTROL_PORT } } }),
-  );
-  berth = await openBerth({ dataDir, env: {}, logger: silentLogger, simulate: true });
+  sim = await createSimIscsiBerth({ portalHosts: ['127.0.0.1', '127.0.0.2'] });
+  berth = await sim.open();
 }, 60_000);
 
 afterAll(async () => {
-  await berth?.close().catch(() => undefined);
-  await stopSimulatedHost(dataDir).catch(() => undefined);
-  await stopManagedTgtd(dataDir, CONTROL_PORT).catch(() => undefined);
-  await rm(dataDir, { recursive: true, force: true });
+  await sim?.cleanup();
 }, 60_000);
 
 describe('iSCSI multipath end to end on the simulated host backed by a real tgtd', () => {
@@ -67,7 +43,7 @@ describe('iSCSI multipath end to end on the simulated host backed by a real tgtd
     } finally {
       closeSync(fd);
     }
-    const lun = openSync(path.join(dataDir, 'backend-tgt', 'luns', `${volume.id}.img`), 'r');
+    const lun = openSync(path.join(sim.dataDir, 'backend-tgt', 'luns', `${volume.id}.img`), 'r');
     try {
       const back = Buffer.alloc(pattern.length);
       readSync(lun, back, 0, back.length, 8 * MiB);

@@ -57,14 +57,17 @@ function freeControlPort(): number {
 }
 
 /** Make a private simulated-iSCSI berth; call `cleanup` in afterAll. */
-export async function createSimIscsiBerth(options: { backendOptions?: Record<string, unknown> } = {}): Promise<SimIscsiBerth> {
+export async function createSimIscsiBerth(
+  options: { backendOptions?: Record<string, unknown>; /** one portal per address, same port (default 127.0.0.1) */ portalHosts?: string[] } = {},
+): Promise<SimIscsiBerth> {
   const dataDir = await realpath(await mkdtemp(path.join(os.tmpdir(), 'berth-sim-')));
   const port = await freeTcpPort();
   const controlPort = freeControlPort();
-  const portal = `127.0.0.1:${port}`;
+  const portals = (options.portalHosts ?? ['127.0.0.1']).map((host) => `${host}:${port}`);
+  const portal = portals[0]!;
   writeFileSync(
     path.join(dataDir, 'config.json'),
-    JSON.stringify({ defaultBackend: 'tgt', pluginOptions: { '@berth/backend-tgt': { portals: [portal], controlPort, ...options.backendOptions } } }),
+    JSON.stringify({ defaultBackend: 'tgt', pluginOptions: { '@berth/backend-tgt': { portals, controlPort, ...options.backendOptions } } }),
   );
   const { root, workDir } = simulatedHostPaths(dataDir);
   const opened: BerthService[] = [];
