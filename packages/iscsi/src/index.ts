@@ -22,3 +22,4 @@ export * from './failure-list.js';
 export * from './target-usage.js';
 export * from './attach-state-store.js';
 export * from './lun-device.js';
+export * from './initiator-host-check.js';
