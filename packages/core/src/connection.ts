@@ -88,6 +88,12 @@ export const zDevicePath = z.object({
 });
 export type DevicePath = z.output<typeof zDevicePath>;
 
+/** Facts that identify one device instance (never a secret): `{ kind: 'loop', rdev: '7:3', ... }`. */
+export const zDeviceIdentity = z
+  .record(z.string(), z.union([z.string(), z.number(), z.boolean()]))
+  .refine((identity) => typeof identity.kind === 'string', 'a device identity names its kind');
+export type DeviceIdentity = z.output<typeof zDeviceIdentity>;
+
 /** What a transport's `connect` returns: the block device on this host. */
 export const zDevice = z.object({
   /** The device node (`/dev/loop3`, `/dev/sdb`, `/dev/dm-0`). */
@@ -103,5 +109,12 @@ export const zDevice = z.object({
   realPath: z.string().optional(),
   /** Transport-specific, secret-free facts needed to disconnect later (persisted). */
   meta: z.record(z.string(), z.unknown()).optional(),
+  /**
+   * What identifies this very device, as the transport saw it at connect (persisted): loop —
+   * device number, backing file's device and inode, offset and size limit; iSCSI — session id,
+   * H:C:T:L and WWN; dm-multipath — the map's uuid. A device path is only a name the kernel reuses:
+   * undo, detach and reconcile touch a device only while its identity still matches this.
+   */
+  identity: zDeviceIdentity.optional(),
 });
 export type Device = z.output<typeof zDevice>;

@@ -17,6 +17,12 @@ export interface TransportCallContext {
 export interface DisconnectOptions extends TransportCallContext {
   /** Go on through errors, then throw one error listing them all (nothing stays half-removed). */
   force: boolean;
+  /**
+   * Devices that other attachments on this host still use (same volume or not): never flush,
+   * detach, delete or log out of these, even when `device` is undefined and the transport has to
+   * find what a cut-short connect left behind.
+   */
+  inUse?: readonly Device[];
 }
 
 /** A device this transport finds connected on the host (for `berth reconcile`). */
@@ -30,6 +36,13 @@ export interface ConnectedDevice {
  * A transport: connects a `connection_info` on this host and returns the block device.
  * Every method is idempotent: connecting what is already connected returns the same device,
  * disconnecting what is gone succeeds.
+ *
+ * Device identity (the rule that keeps one volume's bytes off another volume's disk): `connect`
+ * returns the device with its `identity`; `disconnect` (and `extend`, `paths`) act on a device only
+ * while what is at `device.path` still has that identity. When the path now names another device
+ * (the kernel reused the loop number or the sdX name), the transport touches nothing and throws a
+ * `CONFLICT` BerthError with `details.reason = 'identity-mismatch'`; a device that is simply gone
+ * is success. `connected()` reports each device with its identity so reconcile can compare.
  */
 export interface TransportDriver {
   /** Unique name (`loop`, `iscsi`, `iscsi-multipath`). */
