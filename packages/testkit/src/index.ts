@@ -6,5 +6,7 @@
 
 // Conformance suites for transports and backends (need vitest): `@berth/testkit/conformance`.
 export * from './conformance/index.js';
+// The recorded real tool outputs and their reader (no vitest): `@berth/testkit/fixtures`.
+export * from './fixtures/index.js';
 // The simulated host (no vitest): `@berth/testkit/simhost`.
 export * from './simhost/index.js';

@@ -3,7 +3,8 @@ import path from 'node:path';
 import type { HostServices } from '@berth/host';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { SimulatedHost } from './simulated-host.js';
-import { readFixture, stderrWithIscsid } from './test-fixtures.js';
+import { readFixture } from '../fixtures/index.js';
+import { stderrWithIscsid } from './test-iscsid-stderr.js';
 import { PORTAL, VOL1, VOL2, iscsiadm, node } from './test-helpers.js';
 
 // The fake iscsiadm run exactly as a driver runs it (createHostServices' runner, the bin on PATH),

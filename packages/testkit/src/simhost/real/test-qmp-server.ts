@@ -1,6 +1,6 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { isDeepStrictEqual } from 'node:util';
-import type { QmpExchange } from './test-fixtures.js';
+import type { QmpExchange } from '../../fixtures/index.js';
 
 /** A fake QMP server that replays recorded exchanges in order over a Unix socket. */
 export interface FakeQmpServer {
