@@ -4,7 +4,7 @@ import path from 'node:path';
 import { silentLogger, type ConnectionInfo, type TransportDriver } from '@berth/core';
 import type { CommandResult, CommandRunner, RunOptions } from '@berth/host';
 import { createMultipathDriver } from '@berth/driver-iscsi-multipath';
-import { ModelTargetAccess, SimulatedHost, type LoginAuth, type TargetAccess } from '@berth/testkit/simhost';
+import { ModelTargetAccess, SimulatedHost, type LoginAuth, type TargetAccess } from '@berth/simhost';
 import { printTable, summarize } from './stats.js';
 
 const IQN = 'iqn.2026-01.bench.berth:multipath';

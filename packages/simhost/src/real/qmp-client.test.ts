@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { QmpClient, QmpError } from './qmp-client.js';
-import { readQmpFixture, readQmpTranscript, type QmpExchange } from '../../fixtures/index.js';
+import { readQmpFixture, readQmpTranscript, type QmpExchange } from '@berth/testkit/fixtures';
 import { startFakeQmpServer, type FakeQmpServer } from './test-qmp-server.js';
 
 const greeting = readQmpFixture('qmp-greeting.txt').reply;

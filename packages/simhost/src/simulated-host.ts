@@ -14,7 +14,7 @@ import { PIDFILE_RELATIVE, SOCKET_RELATIVE, sendRequest, type ControlResponse } 
 
 /**
  * A module the detached daemon imports to make its `TargetAccess`: a function export is called
- * with `options`, a class export is constructed (`{ module: '@berth/testkit/simhost/real',
+ * with `options`, a class export is constructed (`{ module: '@berth/simhost/real',
  * exportName: 'RealTargetAccess', options }`).
  */
 export interface TargetAccessFactoryRef {

@@ -8,7 +8,7 @@ import { createCommandRunner, type CommandRunner } from '@berth/host';
 import { runBlockdev } from './blockdev.js';
 import { DmMultipath } from './dm-multipath.js';
 import { FaultSet, type FaultSpec, type ToolFailure } from './faults.js';
-import { runIscsiadm } from './iscsiadm.js';
+import { runIscsiadm } from './iscsiadm/index.js';
 import { runMultipath } from './multipath-tool.js';
 import { runMultipathd } from './multipathd-tool.js';
 import { ModelTargetAccess, type ModelTargetSpec } from './model-target-access.js';
@@ -16,10 +16,12 @@ import { NodeDb } from './node-db.js';
 import { SimKernel } from './sim-kernel.js';
 import type { SimState } from './sim-state.js';
 import type { TargetAccess } from './target-access.js';
-import { SOCKET_RELATIVE, type ControlRequest, type ControlResponse, type ToolRequest, type ToolResult } from './tool-protocol.js';
+import { runTee } from './tee-tool.js';
+import { SOCKET_RELATIVE, type ControlRequest, type ControlResponse, type ToolResult } from './tool-protocol.js';
+import { decodeToolCall, encodeToolResult, isToolCall, type ToolCall } from './tool-wire.js';
 
-/** A fake tool: argv in, what it prints and its exit code out. */
-export type ToolHandler = (argv: string[], daemon: KernelDaemon) => Promise<ToolResult>;
+/** A fake tool: argv (and what it read on stdin: tee only) in, what it prints and its exit code out. */
+export type ToolHandler = (argv: string[], daemon: KernelDaemon, stdin: Buffer) => Promise<ToolResult>;
 
 /** The default delay between a device in sysfs and its /dev node (udev lagging the kernel), ms. */
 export const DEFAULT_DEVICE_DELAY_MS = 20;
@@ -97,6 +99,7 @@ export class KernelDaemon {
     this.tools.set('blockdev', (argv) => runBlockdev(argv, this.kernel, this.runner, this.multipath));
     this.tools.set('multipath', (argv) => runMultipath(argv, { dm: this.multipath, kernel: this.kernel, root: this.root }));
     this.tools.set('multipathd', (argv) => runMultipathd(argv, { dm: this.multipath, faults: this.faults }));
+    this.tools.set('tee', (argv, _daemon, stdin) => runTee(argv, stdin, { root: this.root, kernel: this.kernel }));
   }
 
   /** Lay out the root, boot the kernel model and listen. */
@@ -251,15 +254,21 @@ export class KernelDaemon {
   }
 
   private async writeBin(name: string): Promise<void> {
-    const client = toolClientPath();
-    const script = [
-      `#!${process.execPath}`,
-      `import(${JSON.stringify(pathToFileURL(client).href)}).then((m) => m.runTool(${JSON.stringify(name)}, ${JSON.stringify(this.socketPath)}));`,
-      '',
-    ].join('\n');
     const file = path.join(this.binDir, name);
     const temp = `${file}.tmp-${randomBytes(4).toString('hex')}`;
-    await fsp.writeFile(temp, script, { mode: 0o755 });
+    const compiled = compiledToolClientPath();
+    if (compiled) {
+      // A copy, not a link: the client finds its tool name and root from /proc/self/exe.
+      await fsp.copyFile(compiled, temp);
+      await fsp.chmod(temp, 0o755);
+    } else {
+      const script = [
+        `#!${process.execPath}`,
+        `import(${JSON.stringify(pathToFileURL(toolClientPath()).href)}).then((m) => m.runTool(${JSON.stringify(name)}, ${JSON.stringify(this.socketPath)}));`,
+        '',
+      ].join('\n');
+      await fsp.writeFile(temp, script, { mode: 0o755 });
+    }
     await fsp.rename(temp, file);
   }
 
@@ -267,40 +276,50 @@ export class KernelDaemon {
     this.connections.add(socket);
     socket.on('close', () => this.connections.delete(socket));
     socket.on('error', () => socket.destroy());
-    socket.setEncoding('utf8');
-    let buffer = '';
-    socket.on('data', (chunk: string) => {
-      buffer += chunk;
-      const nl = buffer.indexOf('\n');
-      if (nl < 0) return;
-      const line = buffer.slice(0, nl);
-      buffer = '';
-      void this.answer(line).then((reply) => {
-        if (!socket.destroyed) socket.end(`${JSON.stringify(reply)}\n`);
+    let received = Buffer.alloc(0);
+    let answered = false;
+    socket.on('data', (chunk: Buffer) => {
+      if (answered) return;
+      received = Buffer.concat([received, chunk]);
+      // A fake tool's binary call, or a control call's JSON line.
+      let reply: Promise<Buffer> | undefined;
+      if (isToolCall(received)) {
+        const call = decodeToolCall(received);
+        if (call) reply = this.runToolCall(call).then(encodeToolResult);
+      } else {
+        const nl = received.indexOf(0x0a);
+        if (nl >= 0) reply = this.answerControl(received.subarray(0, nl).toString('utf8')).then((r) => Buffer.from(`${JSON.stringify(r)}\n`));
+      }
+      if (!reply) return;
+      answered = true;
+      received = Buffer.alloc(0);
+      void reply.then((bytes) => {
+        if (!socket.destroyed) socket.end(bytes);
       });
     });
   }
 
-  private async answer(line: string): Promise<ToolResult | ControlResponse> {
-    let request: ToolRequest | ControlRequest;
+  private async runToolCall(call: ToolCall): Promise<ToolResult> {
+    const tool = this.tools.get(call.tool);
+    if (!tool) return { stdout: '', stderr: `${call.tool}: not simulated\n`, exitCode: 127 };
+    const injected = this.faults.takeToolFailure(call.tool, call.argv);
+    if (injected) {
+      if (injected.delayMs) await new Promise((resolve) => setTimeout(resolve, injected.delayMs));
+      return { stdout: injected.stdout ?? '', stderr: injected.stderr ?? '', exitCode: injected.exitCode };
+    }
     try {
-      request = JSON.parse(line) as ToolRequest | ControlRequest;
+      return await tool(call.argv, this, call.stdin);
+    } catch (error) {
+      return { stdout: '', stderr: `${call.tool}: simulated host error: ${(error as Error).message}\n`, exitCode: 1 };
+    }
+  }
+
+  private async answerControl(line: string): Promise<ControlResponse> {
+    let request: ControlRequest;
+    try {
+      request = JSON.parse(line) as ControlRequest;
     } catch {
       return { ok: false, error: 'the request is not JSON' };
-    }
-    if (request.type === 'tool') {
-      const tool = this.tools.get(request.tool);
-      if (!tool) return { stdout: '', stderr: `${request.tool}: not simulated\n`, exitCode: 127 };
-      const injected = this.faults.takeToolFailure(request.tool, request.argv);
-      if (injected) {
-        if (injected.delayMs) await new Promise((resolve) => setTimeout(resolve, injected.delayMs));
-        return { stdout: injected.stdout ?? '', stderr: injected.stderr ?? '', exitCode: injected.exitCode };
-      }
-      try {
-        return await tool(request.argv, this);
-      } catch (error) {
-        return { stdout: '', stderr: `${request.tool}: simulated host error: ${(error as Error).message}\n`, exitCode: 1 };
-      }
     }
     try {
       if (request.method === 'shutdown') {
@@ -318,9 +337,15 @@ export class KernelDaemon {
   onShutdown: (() => void) | undefined;
 }
 
-/** The built tool client the bin scripts import (dist, also when this code runs from src). */
+/** The built Node tool client the bin scripts import when no C client was compiled (dist, also when this code runs from src). */
 export function toolClientPath(): string {
   return builtSibling('tool-client.js');
+}
+
+/** The compiled C tool client (`dist/simhost-tool`, made by the build with the machine's cc), if there is one. */
+export function compiledToolClientPath(): string | undefined {
+  const target = path.join(packageRoot(), 'dist', 'simhost-tool');
+  return existsSync(target) ? target : undefined;
 }
 
 /** The built daemon entry a detached daemon runs. */
@@ -328,13 +353,16 @@ export function daemonMainPath(): string {
   return builtSibling('daemon-main.js');
 }
 
+function packageRoot(): string {
+  // This file is `<package>/src/kernel-daemon.ts` (tests) or `<package>/dist/kernel-daemon.js`.
+  return path.dirname(path.dirname(fileURLToPath(import.meta.url)));
+}
+
 function builtSibling(file: string): string {
-  const here = path.dirname(fileURLToPath(import.meta.url));
-  const dist = here.replace(`${path.sep}src${path.sep}simhost`, `${path.sep}dist${path.sep}simhost`);
-  const target = path.join(dist, file);
+  const target = path.join(packageRoot(), 'dist', file);
   if (!existsSync(target)) {
     throw new BerthError('CONFIG', `${target} is missing: the simulated host's tools run the built code`, {
-      hint: 'build @berth/testkit first: npm run build -w @berth/testkit',
+      hint: 'build @berth/simhost first: npm run build -w @berth/simhost',
     });
   }
   return target;

@@ -7,13 +7,6 @@ export interface ToolResult {
   exitCode: number;
 }
 
-/** A fake tool run, as the bin script sends it. */
-export interface ToolRequest {
-  type: 'tool';
-  tool: string;
-  argv: string[];
-}
-
 /** A control call from a `SimulatedHost` attached to a detached daemon. */
 export interface ControlRequest {
   type: 'control';
@@ -30,10 +23,11 @@ export const SOCKET_RELATIVE = 'run/simhost/kernel.sock';
 export const PIDFILE_RELATIVE = 'run/simhost/kernel.pid';
 
 /**
- * One request over the daemon's socket: a JSON line out, a JSON line back. Rejects when the
+ * One control call over the daemon's socket: a JSON line out, a JSON line back (tool runs use
+ * the binary format of `tool-wire.ts`). Rejects when the
  * socket cannot be reached (no daemon).
  */
-export function sendRequest<T>(socketPath: string, request: ToolRequest | ControlRequest, timeoutMs = 120_000): Promise<T> {
+export function sendRequest<T>(socketPath: string, request: ControlRequest, timeoutMs = 120_000): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     const socket = net.createConnection(socketPath);
     let buffer = '';

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { classifyLoginFailure } from './login-failure.js';
-import { readFixture } from '../../fixtures/index.js';
+import { readFixture } from '@berth/testkit/fixtures';
 
 function outcomeOf(name: string): { exitCode: number; stdout: string; stderr: string; timedOut: boolean } {
   const f = readFixture(name);

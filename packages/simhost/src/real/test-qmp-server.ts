@@ -1,6 +1,6 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { isDeepStrictEqual } from 'node:util';
-import type { QmpExchange } from '../../fixtures/index.js';
+import type { QmpExchange } from '@berth/testkit/fixtures';
 
 /** A fake QMP server that replays recorded exchanges in order over a Unix socket. */
 export interface FakeQmpServer {

@@ -13,7 +13,12 @@ export interface FaultMatch {
 export interface FaultSpec {
   /** Logins that fail with an iscsiadm exit code (e.g. 5, 19, 24); `times` limits how often. */
   loginFailures?: Array<FaultMatch & { exitCode: number; times?: number }>;
-  /** Portals whose logins hang for `connectTimeoutMs` then fail with 8 (discovery: 11). */
+  /**
+   * Portals nothing answers on. A login there makes connect attempts as iscsid does: each hangs
+   * until the record's `node.conn[0].timeo.login_timeout` (or `connectTimeoutMs`, when shorter: a
+   * test's scaled clock), and iscsid gives up with 8 after `node.session.initial_login_retry_max`
+   * of them (at least one). Discovery there fails with 11 after `connectTimeoutMs` (default 200).
+   */
   unreachablePortals?: Array<{ portal: string; connectTimeoutMs?: number }>;
   /** LUNs whose device appears `extraDelayMs` later than the device delay. */
   slowDevices?: Array<FaultMatch & { extraDelayMs: number }>;
@@ -44,7 +49,7 @@ export interface ToolFailure {
   delayMs?: number;
 }
 
-/** Default connect timeout of an unreachable portal, in ms (bounded: tests must not wait 2 min). */
+/** Default connect timeout of discovery through an unreachable portal, in ms (bounded: tests must not wait 2 min). */
 export const DEFAULT_CONNECT_TIMEOUT_MS = 200;
 
 /** The fault switches the kernel model consults; all settable at runtime. */
@@ -96,9 +101,9 @@ export class FaultSet {
     this.spec.loginFailures.push({ ...fault });
   }
 
-  /** Make a portal unreachable. */
-  unreachablePortal(portal: string, connectTimeoutMs = DEFAULT_CONNECT_TIMEOUT_MS): void {
-    this.spec.unreachablePortals.push({ portal, connectTimeoutMs });
+  /** Make a portal unreachable (each connect attempt there hangs `connectTimeoutMs`, default: until the login timeout). */
+  unreachablePortal(portal: string, connectTimeoutMs?: number): void {
+    this.spec.unreachablePortals.push({ portal, ...(connectTimeoutMs === undefined ? {} : { connectTimeoutMs }) });
   }
 
   /** Make matching devices slow to appear. */
@@ -171,11 +176,11 @@ export class FaultSet {
     for (const listener of this.listeners) listener();
   }
 
-  /** @internal the connect timeout when `portal` is unreachable. */
+  /** @internal how long one connect attempt to `portal` hangs (Infinity: until a timeout), when it is unreachable. */
   unreachable(portal: string): number | undefined {
     const p = parsePortal(portal);
     const hit = this.spec.unreachablePortals.find((f) => samePortal(parsePortal(f.portal), p));
-    return hit ? (hit.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS) : undefined;
+    return hit ? (hit.connectTimeoutMs ?? Number.POSITIVE_INFINITY) : undefined;
   }
 
   /** @internal the exit code a login must fail with (consumes one of `times`). */

@@ -7,43 +7,23 @@ disconnects one volume and prints what os-brick saw as one JSON line.
 """
 import json
 import os
-import subprocess
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from os_brick_root import bind_simulated_root, iscsi_connector  # noqa: E402
+
 root, props_json, lock_dir = sys.argv[1], sys.argv[2], sys.argv[3]
-
-
-def mount(*args):
-    subprocess.run(['mount', *args], check=True)
-
-
-# The simulated /dev gets the few real character devices Python and the tools need.
-for name in ('null', 'zero', 'random', 'urandom'):
-    mount('--bind', '/dev/' + name, os.path.join(root, 'dev', name))
-mount('--rbind', os.path.join(root, 'dev'), '/dev')
-mount('--bind', os.path.join(root, 'sys'), '/sys')
-mount('--bind', os.path.join(root, 'etc/iscsi'), '/etc/iscsi')
+bind_simulated_root(root)
 
 if os.environ.get('OS_BRICK_HARNESS_DEBUG'):
     import logging
 
     logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
 
-import os_brick  # noqa: E402
-from oslo_concurrency import lockutils  # noqa: E402
-from oslo_config import cfg  # noqa: E402
-import os_brick.privileged  # noqa: E402
-from os_brick.initiator.connectors import iscsi  # noqa: E402
-
-cfg.CONF([], project='berth-os-brick-harness', default_config_files=[])
-lockutils.set_defaults(lock_path=lock_dir)
-os_brick.setup(cfg.CONF)
-# We are root already: os-brick's privileged calls run here instead of in a privsep daemon.
-os_brick.privileged.default.set_client_mode(False)
 props = json.loads(props_json)
 # Several portals: os-brick's multipath connect (parallel logins, multipath -a, multipathd add path).
 multipath = 'target_portals' in props
-connector = iscsi.ISCSIConnector(root_helper='sudo', device_scan_attempts=3, use_multipath=multipath)
+connector = iscsi_connector('berth-os-brick-harness', lock_dir, multipath)
 result = {}
 device = connector.connect_volume(props)
 result['device'] = device

@@ -2,7 +2,7 @@
  * The simulated host: a root directory laid out like a Linux host's kernel view plus fake
  * `iscsiadm`/`blockdev`/`multipath`/`multipathd`, for running iSCSI drivers (single-path and
  * multipath) unchanged without kernel iSCSI or device-mapper.
- * Import through `@berth/testkit/simhost` (no vitest needed).
+ * No vitest here: the production CLI loads it (lazily) for `berth --simulate`.
  */
 export {
   SimulatedHost,

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { linkSync, mkdirSync, promises as fsp, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { linkSync, mkdirSync, promises as fsp, realpathSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { CommandRunner } from '@berth/host';
 import { FaultSet } from './faults.js';
@@ -21,6 +21,10 @@ export interface KernelLoginRequest {
   scan: 'auto' | 'manual';
   /** `node.session.timeo.replacement_timeout` (the session's recovery_tmo). */
   recoveryTmo: number;
+  /** `node.conn[0].timeo.login_timeout`, s: how long one connect attempt may hang (default 30, a new record's). */
+  loginTimeoutS?: number;
+  /** `node.session.initial_login_retry_max`: iscsid gives up after this many timed-out attempts (default 4, a new record's). */
+  loginRetryMax?: number;
 }
 
 /** A LUN the kernel has for a session, for assertions. */
@@ -139,6 +143,8 @@ interface SimLun {
   state: string;
   wwid?: string;
   devicePresent: boolean;
+  /** Whether devtmpfs made `/dev/sdX`. */
+  nodePresent?: boolean;
   timer?: NodeJS.Timeout;
   fifos: FifoHandle[];
   byPath?: string;
@@ -188,6 +194,9 @@ export class SimKernel {
   /** by-id links a higher-priority device (a multipath map) holds: link name → device (`dm-0`). */
   private readonly byIdClaims = new Map<string, string>();
   private readonly loginCounts = new Map<string, SimLoginCount>();
+  /** Write-only attributes (`scan`, `delete`, `rescan`) by their real path: what a write does, awaitable. */
+  private readonly attributes = new Map<string, (text: string) => Promise<void>>();
+  private realRoot: string | undefined;
   private events: DiskEvents | undefined;
   private readonly hostsReserved = new Set<number>();
   private nextSid = 1;
@@ -386,9 +395,9 @@ export class SimKernel {
     this.loginCounts.set(countKey, count);
     count.attempts += 1;
     try {
-      const timeout = this.faults.unreachable(portal);
-      if (timeout !== undefined) {
-        await sleep(timeout);
+      const attemptMs = this.faults.unreachable(portal);
+      if (attemptMs !== undefined) {
+        await sleep(unreachableLoginMs(attemptMs, request));
         return { ok: false, exitCode: 8 };
       }
       const injected = this.faults.takeLoginFailure(portal, request.iqn);
@@ -635,7 +644,8 @@ export class SimKernel {
       this.link(`../../../connection${sid}:0`, `${iconn}/device`, true);
       renameSync(this.real(sHost), this.real(hostDir));
       rmSync(this.real(stage), { recursive: true, force: true });
-      s.scanFifo = await this.fifos.place(this.real(`${hostDir}/scsi_host/host${host}/scan`), (text) => this.onScanWrite(s, text));
+      const scan = `${hostDir}/scsi_host/host${host}/scan`;
+      s.scanFifo = await this.attribute(s, scan, scan, (text) => this.scanWrites(s, text));
       this.hosts.set(host, sid);
       this.sessions.set(sid, s);
       this.link(`../../devices/platform/host${host}/scsi_host/host${host}`, `/sys/class/scsi_host/host${host}`);
@@ -654,15 +664,63 @@ export class SimKernel {
     return sid;
   }
 
-  private onScanWrite(s: SimSession, text: string): void {
+  /**
+   * What writes to a host's `scan` do: each `C T L` scans the session (every field a number or
+   * `-`); done when every scan is. Anything else is EINVAL, as in scsi_sysfs.c.
+   */
+  private async scanWrites(s: SimSession, text: string): Promise<void> {
+    const scans: Array<Promise<void>> = [];
+    let invalid = false;
     for (const write of splitScanWrites(text)) {
       const fields = write.split(' ');
-      if (fields.length !== 3 || !fields.every((f) => f === '-' || /^\d+$/.test(f))) continue;
+      if (fields.length !== 3 || !fields.every((f) => f === '-' || /^\d+$/.test(f))) {
+        invalid = true;
+        continue;
+      }
       const [c, t, l] = fields as [string, string, string];
       // Channel and target id are 0 for iscsi_tcp; a scan for anything else finds nothing.
       if ((c !== '-' && Number(c) !== 0) || (t !== '-' && Number(t) !== 0)) continue;
-      this.track(s, this.scanSession(s, l === '-' ? '-' : Number(l)));
+      scans.push(this.scanSession(s, l === '-' ? '-' : Number(l)));
     }
+    await Promise.all(scans);
+    if (invalid) throw Object.assign(new Error('Invalid argument'), { code: 'EINVAL' });
+  }
+
+  /**
+   * A write-only sysfs attribute: a FIFO put at `stagedPath` (host path) that is at `finalPath`
+   * once its directory moves in. A write to the FIFO runs `action` in the background (a FIFO
+   * write returns at once); `writeAttribute` runs it and waits, as a real sysfs write does.
+   */
+  private async attribute(s: SimSession, stagedPath: string, finalPath: string, action: (text: string) => Promise<void>): Promise<FifoHandle> {
+    const key = this.attributeKey(finalPath);
+    this.attributes.set(key, action);
+    const fifo = await this.fifos.place(this.real(stagedPath), (text) => this.track(s, action(text)));
+    return {
+      path: fifo.path,
+      close: () => {
+        this.attributes.delete(key);
+        fifo.close();
+      },
+    };
+  }
+
+  private attributeKey(hostPath: string): string {
+    this.realRoot ??= realpathSync(this.root);
+    return path.join(this.realRoot, hostPath);
+  }
+
+  /**
+   * Write to a write-only sysfs attribute (`scan`, `delete`, `rescan`; `realPath` resolved, as
+   * `realpath` gives it) and return once the kernel has acted, as sysfs does: after a `delete`
+   * the disk, its `/dev` node and its links are gone; after a `scan` the disks it found are in
+   * sysfs and `/dev`. The fake `tee` (how os-brick writes them) comes here. False when
+   * `realPath` is no such attribute; rejects with code EINVAL on a malformed `scan` write.
+   */
+  async writeAttribute(realPath: string, text: string): Promise<boolean> {
+    const action = this.attributes.get(realPath);
+    if (!action) return false;
+    await action(text);
+    return true;
   }
 
   private async scanSession(s: SimSession, lun: number | '-'): Promise<void> {
@@ -734,7 +792,11 @@ export class SimKernel {
     if (!sd) return;
     const portal = portalKey(s.portal);
     if (this.faults.neverAppears(portal, s.iqn, tlun)) return;
-    const delay = this.deviceDelayMs + this.faults.extraDelay(portal, s.iqn, tlun);
+    const extra = this.faults.extraDelay(portal, s.iqn, tlun);
+    // devtmpfs makes /dev/sdX as the kernel adds the disk; only udev's links lag (deviceDelayMs).
+    // A slow device (a fault) is slow in the kernel: its node comes with its links.
+    if (extra === 0) await this.makeNode(s, lun);
+    const delay = this.deviceDelayMs + extra;
     lun.timer = setTimeout(() => {
       lun.timer = undefined;
       this.track(s, this.udevAdd(s, lun));
@@ -790,8 +852,8 @@ export class SimKernel {
     }
     const targetDir = `${s.sessionDir}/target${s.host}:0:0`;
     // Write entries become FIFOs before the directory is moved in, so it appears whole.
-    lun.fifos.push(await this.fifos.place(this.real(`${dir}/delete`), () => this.track(s, this.deleteLun(s, lun))));
-    lun.fifos.push(await this.fifos.place(this.real(`${dir}/rescan`), () => this.track(s, this.rescanLun(lun))));
+    lun.fifos.push(await this.attribute(s, `${dir}/delete`, `${lun.sdevDir}/delete`, () => this.deleteLun(s, lun)));
+    lun.fifos.push(await this.attribute(s, `${dir}/rescan`, `${lun.sdevDir}/rescan`, () => this.rescanLun(lun)));
     if (s.removing || lun.removed) {
       rmSync(this.real(stage), { recursive: true, force: true });
       return;
@@ -819,10 +881,10 @@ export class SimKernel {
     }
   }
 
-  /** udev's work for a new disk: the device node, then the by-path and by-id links. */
-  private async udevAdd(s: SimSession, lun: SimLun): Promise<void> {
+  /** devtmpfs: the disk's `/dev/sdX` node (a block node of the backing device, or a hard link to the LUN file). */
+  private async makeNode(s: SimSession, lun: SimLun): Promise<void> {
     const sd = lun.sd;
-    if (!sd || lun.removed || s.removing) return;
+    if (!sd || lun.removed || s.removing || lun.nodePresent) return;
     const node = this.real(`/dev/${sd.name}`);
     rmSync(node, { force: true });
     if (sd.disk.isBlockDevice) {
@@ -840,6 +902,15 @@ export class SimKernel {
       rmSync(node, { force: true });
       return;
     }
+    lun.nodePresent = true;
+  }
+
+  /** udev's work for a new disk: the by-path and by-id links (and the node, for a slow device). */
+  private async udevAdd(s: SimSession, lun: SimLun): Promise<void> {
+    const sd = lun.sd;
+    if (!sd || lun.removed || s.removing) return;
+    await this.makeNode(s, lun);
+    if (!lun.nodePresent) return;
     const target = `../../${sd.name}`;
     lun.byPath = `/dev/disk/by-path/ip-${s.portal.address}:${s.portal.port}-iscsi-${s.iqn}-lun-${byPathLunText(lun.klun)}`;
     this.atomicLink(target, lun.byPath);
@@ -913,6 +984,7 @@ export class SimKernel {
       }
       rmSync(this.real(`/dev/${sd.name}`), { force: true });
       lun.devicePresent = false;
+      lun.nodePresent = false;
       await sd.disk.close().catch(() => undefined);
       this.sdUsed.delete(sd.index);
     }
@@ -967,6 +1039,20 @@ async function devTOf(disk: LunDisk, index: number): Promise<string> {
     return `${major}:${minor}`;
   }
   return sdDevT(index);
+}
+
+/**
+ * How long iscsid takes to give up on a portal nothing answers on (initiator.c,
+ * iscsi_retry_initial_login): every connect attempt runs until its login timer
+ * (`login_timeout`, or sooner when the fault says so), and after each one iscsid stops once
+ * `initial_login_retry_max × login_timeout` has passed since the first: with attempts that use
+ * their whole timer, `max(1, retry_max)` of them.
+ */
+export function unreachableLoginMs(attemptMs: number, request: Pick<KernelLoginRequest, 'loginTimeoutS' | 'loginRetryMax'>): number {
+  const timeoutS = request.loginTimeoutS !== undefined && request.loginTimeoutS > 0 ? request.loginTimeoutS : 30;
+  const retryMax = request.loginRetryMax !== undefined && Number.isFinite(request.loginRetryMax) ? request.loginRetryMax : 4;
+  const attempts = Math.max(1, retryMax);
+  return attempts * Math.min(attemptMs, timeoutS * 1000);
 }
 
 function sleep(ms: number): Promise<void> {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parseDeviceIdentification, parseStandardInquiry, parseUnitSerialNumber } from './libiscsi-output.js';
-import { readFixture } from '../../fixtures/index.js';
+import { readFixture } from '@berth/testkit/fixtures';
 import { identityFromInquiry, printedAsCString, tgtNaa3, tgtNaa6, tgtTidOf, tgtVpdPg80, tgtVpdPg83, tgtWwid } from './tgt-identity.js';
 
 describe("tgtd's LUN identity (KERNEL-MODEL §6)", () => {

@@ -3,7 +3,7 @@ import path from 'node:path';
 import type { HostServices } from '@berth/host';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { SimulatedHost } from './simulated-host.js';
-import { readFixture } from '../fixtures/index.js';
+import { readFixture } from '@berth/testkit/fixtures';
 import { stderrWithIscsid } from './test-iscsid-stderr.js';
 import { PORTAL, VOL1, VOL2, iscsiadm, node } from './test-helpers.js';
 

@@ -8,7 +8,7 @@ import {
   parseStandardInquiry,
   parseUnitSerialNumber,
 } from './libiscsi-output.js';
-import { readFixture } from '../../fixtures/index.js';
+import { readFixture } from '@berth/testkit/fixtures';
 
 describe('libiscsi output parsers (recorded fixtures)', () => {
   it('reads targets and LUNs from iscsi-ls -s', () => {

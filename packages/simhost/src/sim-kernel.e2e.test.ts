@@ -51,17 +51,20 @@ describe('the simulated kernel', { timeout: 60_000 }, () => {
     expect((await sim.state()).sessions[0]?.luns).toEqual([]);
   });
 
-  it('makes a device on a targeted scan: sysfs first, then /dev and the udev links after the delay', async () => {
+  it('makes a device on a targeted scan: sysfs and /dev/sdX (devtmpfs) when the write returns, the udev links after the delay', async () => {
     const { sim, services } = await start({ deviceDelayMs: 300 });
     await sim.san.addTarget({ iqn: VOL1, portals: [PORTAL], luns: { 1: { sizeBytes: 64 * MiB } } });
     const { sid, host } = await loginManual(sim, services, VOL1);
     const fs = services.fs;
-    await fs.writeFile(`/sys/class/scsi_host/host${host}/scan`, '- - 1');
+    // os-brick's way to write sysfs (`tee -a`): like the kernel's, the write returns after the scan.
+    const scan = await services.runner.run('tee', ['-a', `/sys/class/scsi_host/host${host}/scan`], { input: '- - 1' });
+    expect([scan.exitCode, scan.stdout, scan.stderr]).toEqual([0, '- - 1', '']);
     const blockDir = `/sys/class/scsi_host/host${host}/device/session${sid}/target${host}:0:0/${host}:0:0:1/block`;
-    const name = await services.waiter.waitUntil(`/sys/devices/platform`, async () => (await fs.readdir(blockDir))[0], { timeoutMs: 5_000 });
-    expect(name).toBe('sda');
-    // udev lags the kernel: the node is not there yet.
-    expect(await fs.exists('/dev/sda')).toBe(false);
+    expect(await fs.readdir(blockDir)).toEqual(['sda']);
+    expect(await fs.exists('/dev/sda')).toBe(true);
+    // udev lags the kernel: its links are not there yet.
+    expect(await fs.exists(`/dev/disk/by-path/ip-127.0.0.1:3260-iscsi-${VOL1}-lun-1`)).toBe(false);
+    expect((await sim.state()).devices[0]?.present).toBe(false);
     const byPath = `/dev/disk/by-path/ip-127.0.0.1:3260-iscsi-${VOL1}-lun-1`;
     await services.waiter.waitForPath(byPath, { timeoutMs: 5_000 });
     expect(await fs.readlink(byPath)).toBe('../../sda');
@@ -119,6 +122,57 @@ describe('the simulated kernel', { timeout: 60_000 }, () => {
     // A name is free again once its disk is gone: the next disk is sda.
     await fs.writeFile(`/sys/class/scsi_host/host${host}/scan`, '- - 2');
     await services.waiter.waitForPath('/dev/sda', { timeoutMs: 5_000 });
+  });
+
+  it('a delete written with tee returns after the disk, its /dev node and its links are gone (sysfs writes are synchronous)', async () => {
+    const { sim, services } = await start({ deviceDelayMs: 50 });
+    await sim.san.addTarget({ iqn: VOL1, portals: [PORTAL], luns: { 1: { sizeBytes: MiB } } });
+    const { host } = await loginManual(sim, services, VOL1);
+    const tee = (file: string, text: string) => services.runner.run('tee', ['-a', file], { input: text, reject: false });
+    expect((await tee(`/sys/class/scsi_host/host${host}/scan`, '- - 1')).exitCode).toBe(0);
+    const byPath = `/dev/disk/by-path/ip-127.0.0.1:3260-iscsi-${VOL1}-lun-1`;
+    await services.waiter.waitForPath(byPath, { timeoutMs: 5_000 });
+    const deleted = await tee('/sys/block/sda/device/delete', '1');
+    expect([deleted.exitCode, deleted.stderr]).toEqual([0, '']);
+    // No wait: gone when the write returned, as os-brick expects of a real kernel.
+    for (const gone of ['/dev/sda', byPath, '/sys/block/sda', `/sys/class/scsi_host/host${host}/device/session1/target${host}:0:0`]) {
+      expect(await services.fs.exists(gone), gone).toBe(false);
+    }
+    expect((await sim.state()).devices).toEqual([]);
+    // What the kernel refuses or does not have, tee reports as coreutils does.
+    expect(await tee('/sys/block/sda/device/delete', '1')).toMatchObject({ exitCode: 1, stderr: 'tee: /sys/block/sda/device/delete: No such file or directory\n' });
+    expect(await tee(`/sys/class/scsi_host/host${host}/scan`, 'all of them')).toMatchObject({
+      exitCode: 1,
+      stderr: `tee: /sys/class/scsi_host/host${host}/scan: Invalid argument\n`,
+    });
+    // Any other file is written as the real tee would.
+    const other = path.join(sim.root, 'run/tee-check');
+    expect((await tee(other, 'one\n')).exitCode).toBe(0);
+    expect((await tee(other, 'two\n')).stdout).toBe('two\n');
+    expect(await fsp.readFile(other, 'utf8')).toBe('one\ntwo\n');
+  });
+
+  it('an unreachable portal fails a login after login_timeout x initial_login_retry_max of the node record, as iscsid does', async () => {
+    const { sim, services } = await start();
+    await sim.san.addTarget({ iqn: VOL1, portals: [PORTAL], luns: { 1: { sizeBytes: MiB } } });
+    // Nothing answers there: every attempt runs into the record's login timeout (1 s here).
+    await sim.faults.unreachablePortal(PORTAL);
+    await iscsiadm(services, ...node(VOL1), '--op', 'new');
+    await iscsiadm(services, ...node(VOL1), '--op', 'update', '-n', 'node.conn[0].timeo.login_timeout', '-v', '1');
+    await iscsiadm(services, ...node(VOL1), '--op', 'update', '-n', 'node.session.initial_login_retry_max', '-v', '2');
+    let started = performance.now();
+    const failed = await iscsiadm(services, ...node(VOL1), '--login');
+    const twoAttempts = performance.now() - started;
+    expect(failed.exitCode).toBe(8);
+    expect(failed.stderr).toContain('initiator reported error (8 - connection timed out)');
+    expect(twoAttempts).toBeGreaterThanOrEqual(2_000);
+    // initial_login_retry_max 0 still makes one attempt.
+    await iscsiadm(services, ...node(VOL1), '--op', 'update', '-n', 'node.session.initial_login_retry_max', '-v', '0');
+    started = performance.now();
+    expect((await iscsiadm(services, ...node(VOL1), '--login')).exitCode).toBe(8);
+    const oneAttempt = performance.now() - started;
+    expect(oneAttempt).toBeGreaterThanOrEqual(1_000);
+    expect(oneAttempt).toBeLessThan(twoAttempts);
   });
 
   it('removes everything of a session on logout', async () => {
