@@ -49,9 +49,13 @@ export async function benchOsBrickSideBySide(iterations = 3): Promise<void> {
 }
 
 async function runCase(c: Case, iterations: number): Promise<Array<Array<string | number>>> {
-  process.env.BERTH_SIMHOST_TMPDIR ??= existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir();
-  const sim = await SimulatedHost.start({ deviceDelayMs: 20 });
+  // Not under /dev/shm: os-brick's namespace binds the root's dev/ over /dev, which would hide
+  // the root itself (and the fake tools in it).
   const dataDir = await fsp.mkdtemp(path.join(os.tmpdir(), 'berth-bench-osbrick-'));
+  const sim = await SimulatedHost.start({ deviceDelayMs: 20, root: path.join(dataDir, 'root') }).catch(async (error: unknown) => {
+    await fsp.rm(dataDir, { recursive: true, force: true });
+    throw error;
+  });
   try {
     const portals = PORTALS.slice(0, c.portals);
     const luns = Object.fromEntries(Array.from({ length: c.luns }, (_, i) => [i + 1, { sizeBytes: 16 << 20 }]));
