@@ -5,7 +5,7 @@ import path from 'node:path';
 import { definePlugin, PLUGIN_API_VERSION, silentLogger, type BerthPlugin, type VolumeBackend } from '@berth/core';
 import type { CommandRunner, HostServices } from '@berth/host';
 import { openBerth } from '@berth/runtime';
-import { SimulatedHost } from '@berth/testkit/simhost';
+import { SimulatedHost } from '@berth/simhost';
 import { printTable, summarize } from './stats.js';
 
 const IQN = 'iqn.2026-11.io.berth.bench:target';

@@ -2,6 +2,8 @@ import { benchApiCycle } from './api-cycle.js';
 import { benchAttachIscsiSim } from './attach-iscsi-sim.js';
 import { benchAttachLoop } from './attach-loop.js';
 import { benchAttachMultipath } from './attach-multipath.js';
+import { benchOsBrickSideBySide } from './os-brick-side-by-side.js';
+import { benchSimhostTool } from './simhost-tool.js';
 
 const env = (name: string, fallback: number): number => Number(process.env[name] ?? fallback);
 
@@ -16,6 +18,8 @@ const benches: Record<string, () => Promise<void>> = {
     }),
   'attach-multipath': () => benchAttachMultipath(env('BENCH_ITERATIONS_MULTIPATH', 3)),
   'api-cycle': () => benchApiCycle(env('BENCH_API_CYCLES', 100), env('BENCH_API_CONCURRENCY', 4)),
+  'simhost-tool': () => benchSimhostTool(env('BENCH_TOOL_CALLS', 50)),
+  'os-brick-side-by-side': () => benchOsBrickSideBySide(env('BENCH_ITERATIONS_OSBRICK', 3)),
 };
 
 const wanted = process.argv.slice(2);

@@ -139,7 +139,7 @@ async function prepareSimulatedIscsi(dataDir: string, portalHosts: readonly stri
 async function stopSimulatedIscsi(dataDir: string, iscsi: TestIscsi): Promise<void> {
   await stopSimulatedHost(dataDir).catch(() => undefined);
   await stopManagedTgtd(dataDir, iscsi.controlPort).catch(() => undefined);
-  const { sweepStrays } = await import('@berth/testkit/simhost/real');
+  const { sweepStrays } = await import('@berth/simhost/real');
   await sweepStrays(iscsi.workDir).catch(() => undefined);
   // Stable links of simulated devices point into the simulated host's root.
   if (existsSync('/dev/berth')) {

@@ -1,7 +1,7 @@
 /**
  * The narrow contracts of `@berth/host`: everything berth does to the machine goes through these.
  * Drivers and backends receive them from the plugin context; the simulated host in
- * `@berth/testkit` supplies the same interfaces pointed at its own root and PATH.
+ * `@berth/simhost` supplies the same interfaces pointed at its own root and PATH.
  */
 
 /** Options of one command run. */

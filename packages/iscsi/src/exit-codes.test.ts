@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { CommandResult } from '@berth/host';
 import { classify, classifyResult, ISCSI_ERRORS, iscsiErrorName, type ExitClass, type IscsiadmOp } from './exit-codes.js';
 import { berthCodeFor, IscsiadmError, toIscsiadmError } from './iscsiadm-error.js';
-import { readFixture } from './test-fixtures.js';
+import { readFixture } from '@berth/testkit/fixtures';
 
 function resultOf(name: string): CommandResult {
   const recorded = readFixture(name);

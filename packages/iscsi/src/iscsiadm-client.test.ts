@@ -4,7 +4,7 @@ import { CommandError, type CommandResult, type CommandRunner } from '@berth/hos
 import { IscsiadmClient, type IscsiadmClientOptions } from './iscsiadm-client.js';
 import { IscsiadmError } from './iscsiadm-error.js';
 import { MASKED_SECRET } from './record-parser.js';
-import { readFixture } from './test-fixtures.js';
+import { readFixture } from '@berth/testkit/fixtures';
 import { ReplayRunner, replyOf, type Reply } from './test-replay-runner.js';
 
 const VOL1 = 'iqn.2026-01.test.berth:vol1';

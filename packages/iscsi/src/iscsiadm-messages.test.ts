@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parseIscsiadmMessages, summarizeIscsiadmStderr } from './iscsiadm-messages.js';
-import { iscsiadmFixtureNames, readFixture } from './test-fixtures.js';
+import { fixtureNames, readFixture } from '@berth/testkit/fixtures';
 
 describe('parseIscsiadmMessages (recorded stderr)', () => {
   it('finds the daemon-reported error of a failed login and keeps other programs\' lines apart', () => {
@@ -38,7 +38,7 @@ describe('parseIscsiadmMessages (recorded stderr)', () => {
   });
 
   it('gives every recorded failing iscsiadm run a non-empty summary, and no successful one a reported error', () => {
-    for (const name of iscsiadmFixtureNames()) {
+    for (const name of fixtureNames('iscsiadm-')) {
       const recorded = readFixture(name);
       const parsed = parseIscsiadmMessages(recorded.stderr);
       if (recorded.rc === 0) expect(parsed.reported, name).toBeUndefined();

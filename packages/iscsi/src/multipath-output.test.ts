@@ -7,7 +7,7 @@ import {
   stripCondlogPrefix,
   summarizeMultipathOutput,
 } from './multipath-output.js';
-import { readFixture } from './test-fixtures.js';
+import { readFixture } from '@berth/testkit/fixtures';
 
 // The outputs below follow KERNEL-MODEL §5 (multipath-tools 0.9.4, print.c and cli_handlers.c):
 // multipath-tools is not installed on the recording machine, so only the "no dm" and "no daemon"

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { parsePortalTargets } from './portal-list-parser.js';
 import { parseSessionList } from './session-list-parser.js';
-import { readFixture } from './test-fixtures.js';
+import { readFixture } from '@berth/testkit/fixtures';
 
 const VOL1 = 'iqn.2026-01.test.berth:vol1';
 const VOL2 = 'iqn.2026-01.test.berth:vol2';

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { isMaskedSecret, MASKED_SECRET, parseRecord, parseRecords } from './record-parser.js';
-import { readFixture } from './test-fixtures.js';
+import { readFixture } from '@berth/testkit/fixtures';
 
 describe('parseRecords (recorded iscsiadm node, discovery and iface records)', () => {
   it('reads a fresh node record: keys in order, <empty> as empty text, defaults of the record', () => {

@@ -1,5 +1,5 @@
 import { CommandError, formatCommand, redact, type CommandResult, type CommandRunner, type RunOptions } from '@berth/host';
-import type { RecordedCommand } from './test-fixtures.js';
+import type { RecordedCommand } from '@berth/testkit/fixtures';
 
 /** What a scripted command returns. */
 export interface Reply {

@@ -71,7 +71,7 @@ function runChild(command: 'attach' | 'detach', point: string): string {
 }
 
 async function simSessions(): Promise<Array<{ iqn: string; devices: string[] }>> {
-  const { SimulatedHost } = await import('@berth/testkit/simhost');
+  const { SimulatedHost } = await import('@berth/simhost');
   const sim = await SimulatedHost.connect(env.root);
   return (await sim.state()).sessions.map((s) => ({ iqn: s.iqn, devices: s.luns.map((l) => l.device).filter((d): d is string => d !== undefined) }));
 }

@@ -27,7 +27,8 @@ import { createHostServices, hostFacts, type HostServices } from '@berth/host';
 import { openSqliteStore } from '@berth/store';
 import { defaultDataDir } from './data-dir.js';
 import { createLogger } from './logger.js';
-import { SIMULATED_PLUGINS, simulatedHostServices } from './simulate.js';
+import { simulatedHostServices } from './simulate.js';
+import { resolveSimulateConfig, splitSimulateSection, type SimulateConfig } from './simulate-config.js';
 
 /** Options of `openBerth`; each falls back to the environment, then to a default. */
 export interface OpenBerthOptions {
@@ -45,8 +46,9 @@ export interface OpenBerthOptions {
   /** Use these host services instead of the real machine's (tests and the simulated host). */
   host?: HostServices;
   /**
-   * Run the iSCSI transports on berth's simulated host in real-backed mode (`--simulate`, or
-   * `BERTH_SIMULATE=1`): for machines whose kernel cannot log in to iSCSI.
+   * Run the plugins the config's `simulate.plugins` names (the iSCSI transports by default) on
+   * berth's simulated host in real-backed mode: for machines whose kernel cannot log in to iSCSI.
+   * Wins over `BERTH_SIMULATE` and the config's `simulate.enabled`.
    */
   simulate?: boolean;
   /** Finish operations left running by a process that died (default true). */
@@ -83,15 +85,24 @@ async function readConfigFile(file: string | undefined, required: boolean): Prom
 
 /** Read the config from file + environment + options (validated once). */
 export async function loadConfig(options: OpenBerthOptions = {}): Promise<BerthConfig> {
+  return (await loadConfigs(options)).config;
+}
+
+/**
+ * Read core's config and runtime's own `simulate` section from file + environment + options
+ * (each validated once).
+ */
+export async function loadConfigs(options: OpenBerthOptions = {}): Promise<{ config: BerthConfig; simulate: SimulateConfig }> {
   const env = options.env ?? process.env;
   const dataDir = path.resolve(options.dataDir ?? defaultDataDir(env));
   const explicit = options.configFile ?? env.BERTH_CONFIG;
   const configFile = explicit ?? path.join(dataDir, 'config.json');
-  const file = await readConfigFile(configFile, explicit !== undefined);
-  return resolveConfig(file, env, {
+  const { rest, section } = splitSimulateSection(await readConfigFile(configFile, explicit !== undefined));
+  const config = resolveConfig(rest, env, {
     dataDir,
     ...(options.hostRoot ? { hostRoot: options.hostRoot } : {}),
   });
+  return { config, simulate: resolveSimulateConfig(section, env, config.dataDir, options.simulate) };
 }
 
 /**
@@ -100,7 +111,7 @@ export async function loadConfig(options: OpenBerthOptions = {}): Promise<BerthC
  */
 export async function openBerth(options: OpenBerthOptions = {}): Promise<BerthService> {
   const env = options.env ?? process.env;
-  const config = await loadConfig(options);
+  const { config, simulate } = await loadConfigs(options);
   await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
   const logger = options.logger ?? createLogger(config.logLevel);
   const host =
@@ -114,11 +125,11 @@ export async function openBerth(options: OpenBerthOptions = {}): Promise<BerthSe
 
   const store = await openSqliteStore({ filename: config.store.filename ?? path.join(config.dataDir, 'berth.db') });
 
-  const simulate = options.simulate ?? ['1', 'true', 'yes'].includes(env.BERTH_SIMULATE ?? '');
+  // The plugins the `simulate` section names run on the simulated host; everything else on this one.
   const hostOverrides: Record<string, HostServices> = {};
-  if (simulate) {
-    const simHost = await simulatedHostServices(config.dataDir, { commandTimeoutMs: config.commandTimeoutMs, logger });
-    for (const name of SIMULATED_PLUGINS) hostOverrides[name] = simHost;
+  if (simulate.enabled) {
+    const simHost = await simulatedHostServices(simulate, { commandTimeoutMs: config.commandTimeoutMs, logger });
+    for (const name of simulate.plugins) hostOverrides[name] = simHost;
   }
   const catalog = new DriverCatalog(host, config.dataDir, logger, config.pluginOptions, hostOverrides);
   for (const builtin of BUILTIN_PLUGINS) {

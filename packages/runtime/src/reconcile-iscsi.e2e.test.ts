@@ -27,7 +27,7 @@ const kinds = (report: ReconcileReport): string[] => report.differences.map((d) 
 const aclsOf = (iqn: string): string[] => env.targets().find((t) => t.iqn === iqn)?.acls ?? [];
 
 async function sessionsOf(iqn: string): Promise<number> {
-  const { SimulatedHost } = await import('@berth/testkit/simhost');
+  const { SimulatedHost } = await import('@berth/simhost');
   const sim = await SimulatedHost.connect(env.root);
   return (await sim.state()).sessions.filter((s) => s.iqn === iqn).length;
 }

@@ -124,7 +124,7 @@ export async function createSimIscsiBerth(
         rmSync(`/run/tgtd/socket.${controlPort}`, { force: true });
         rmSync(`/run/tgtd/socket.${controlPort}.lock`, { force: true });
       }
-      const { sweepStrays } = await import('@berth/testkit/simhost/real');
+      const { sweepStrays } = await import('@berth/simhost/real');
       await sweepStrays(workDir).catch(() => undefined);
       // Stable links made for this berth's volumes point into its simulated host.
       if (existsSync('/dev/berth')) {

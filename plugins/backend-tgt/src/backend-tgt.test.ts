@@ -6,7 +6,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BerthError, PLUGIN_API_VERSION, silentLogger, type BackendFactory, type BackendVolume } from '@berth/core';
 import { createDeviceWaiter, createHostFs } from '@berth/host';
 import plugin, { createTgtBackend } from './index.js';
-import { replayRunner } from './test-fixtures.js';
+import { replayRunner } from './test-replay-runner.js';
 
 let dataDir: string;
 

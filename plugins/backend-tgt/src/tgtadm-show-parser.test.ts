@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parseAccountList, parsePortalList, parseSystemState, parseTargetList } from './tgtadm-show-parser.js';
-import { readFixture } from './test-fixtures.js';
+import { readFixture } from '@berth/testkit/fixtures';
 
 describe('parseTargetList (tgtadm --op show --mode target, tgt 1.0.85)', () => {
   it('reads a CHAP target: LUN 0 controller, LUN 1 on its file, incoming and outgoing accounts, ACLs', () => {

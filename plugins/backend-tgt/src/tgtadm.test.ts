@@ -1,11 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { BerthError } from '@berth/core';
 import { Tgtadm } from './tgtadm.js';
-import { readFixture, replayRunner, type RecordedCommand } from './test-fixtures.js';
+import { readFixture } from '@berth/testkit/fixtures';
+import { replayRunner, type RecordedReply } from './test-replay-runner.js';
 
 const SECRET = 'Zq8mXw2LkP0vB7nR4tY6uC1d';
 
-function client(answer: RecordedCommand | 'not-found') {
+function client(answer: RecordedReply | 'not-found') {
   const runner = replayRunner(() => answer);
   const tgtadm = new Tgtadm({ runner, controlPort: 7, logHint: 'see /data/backend-tgt/tgtd.log', noDaemonHint: 'berth starts it again' });
   return { runner, tgtadm };
@@ -90,7 +91,7 @@ describe('Tgtadm', () => {
   });
 
   it('never puts a secret into an error message, even if tgtadm printed it', async () => {
-    const echoed: RecordedCommand = { cmd: '', rc: 22, stdout: '', stderr: `tgtadm: bad password ${SECRET}\n` };
+    const echoed: RecordedReply = { cmd: '', rc: 22, stdout: '', stderr: `tgtadm: bad password ${SECRET}\n` };
     const error = await errorOf(client(echoed).tgtadm.newAccount('u', SECRET));
     expect(error.message).not.toContain(SECRET);
     expect(JSON.stringify(error.toJSON())).not.toContain(SECRET);

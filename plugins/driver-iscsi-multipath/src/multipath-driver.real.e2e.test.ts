@@ -4,8 +4,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { TransportDriver } from '@berth/core';
-import { SimulatedHost } from '@berth/testkit/simhost';
-import { RealTargetAccess, realBackedAvailable, startTgtd, sweepStrays, type TestTgtd } from '@berth/testkit/simhost/real';
+import { SimulatedHost } from '@berth/simhost';
+import { RealTargetAccess, realBackedAvailable, startTgtd, sweepStrays, type TestTgtd } from '@berth/simhost/real';
 import { createMultipathDriver } from './multipath-driver.js';
 import { discoveryConnection, listConnection, recordingLogger, type LogLine } from './test-sim-env.js';
 

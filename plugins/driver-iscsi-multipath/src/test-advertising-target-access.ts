@@ -5,7 +5,7 @@ import {
   type LoginResult,
   type TargetAccess,
   type TargetSession,
-} from '@berth/testkit/simhost';
+} from '@berth/simhost';
 
 /**
  * The simulator's model SAN, except that SendTargets lists **every** portal of each target it

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { type ConnectionInfo, type Logger, type TransportDriver } from '@berth/core';
 import type { CommandResult, CommandRunner, HostServices, RunOptions } from '@berth/host';
-import { SimulatedHost, type ModelSan, type ModelTargetSpec, type SimulatedHostOptions } from '@berth/testkit/simhost';
+import { SimulatedHost, type ModelSan, type ModelTargetSpec, type SimulatedHostOptions } from '@berth/simhost';
 import { createMultipathDriver, STATE_SUBDIR } from './multipath-driver.js';
 import { AdvertisingTargetAccess } from './test-advertising-target-access.js';
 import type { MultipathDriverOptionsInput } from './options.js';

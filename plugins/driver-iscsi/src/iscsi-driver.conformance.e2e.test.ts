@@ -4,7 +4,7 @@ import path from 'node:path';
 import { silentLogger, type ConnectionInfo } from '@berth/core';
 import { createHostServices } from '@berth/host';
 import { describeTransportConformance } from '@berth/testkit';
-import { LoopBackedTargetAccess, SimulatedHost } from '@berth/testkit/simhost';
+import { LoopBackedTargetAccess, SimulatedHost } from '@berth/simhost';
 import { createIscsiDriver } from './iscsi-driver.js';
 
 const IQN = 'iqn.2026-01.test.berth:conformance';

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { silentLogger, type ConnectionInfo, type TransportDriver } from '@berth/core';
 import { CommandError, type CommandResult, type CommandRunner, type HostServices, type RunOptions } from '@berth/host';
-import { SimulatedHost, type ModelTargetSpec, type SimulatedHostOptions } from '@berth/testkit/simhost';
+import { SimulatedHost, type ModelTargetSpec, type SimulatedHostOptions } from '@berth/simhost';
 import { createIscsiDriver, STATE_SUBDIR } from './iscsi-driver.js';
 import type { IscsiDriverOptionsInput } from './options.js';
 

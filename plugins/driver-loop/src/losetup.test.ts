@@ -8,7 +8,7 @@ import {
   parseGetSize64,
   parseLosetupList,
 } from './losetup.js';
-import { readFixture } from './test-fixtures.js';
+import { readFixture } from '@berth/testkit/fixtures';
 
 describe('parseLosetupList (recorded losetup --json --list)', () => {
   it('reads two devices in the order losetup prints them, flags as booleans', () => {

@@ -1,4 +1,4 @@
-import { simulatedHostPaths, stopSimulatedHost } from '@berth/runtime';
+import { loadConfigs, stopSimulatedHost } from '@berth/runtime';
 import { BaseCommand } from '../../base-command.js';
 
 /** Stop the simulated host that `--simulate` started (its sessions logged out, its disks closed). */
@@ -9,9 +9,10 @@ export default class SimulateStop extends BaseCommand<typeof SimulateStop> {
   static override examples = ['<%= config.bin %> simulate stop', '<%= config.bin %> simulate stop --json'];
 
   async run(): Promise<{ stopped: boolean; root: string }> {
-    const dataDir = this.openBerthOptions().dataDir ?? (await import('@berth/runtime')).defaultDataDir();
-    const { root } = simulatedHostPaths(dataDir);
-    await stopSimulatedHost(dataDir);
+    // The config's `simulate` section says where the simulated host lives.
+    const { config, simulate } = await loadConfigs(this.openBerthOptions());
+    const { root } = simulate;
+    await stopSimulatedHost(config.dataDir, simulate);
     if (!this.jsonEnabled()) this.log(`Stopped the simulated host at ${root}`);
     return { stopped: true, root };
   }
