@@ -11,11 +11,20 @@ export const zMultipathDriverOptions = z.object({
    * log in meanwhile. (The node record commands around it are local: `commandTimeoutMs` bounds them.)
    */
   portalTimeoutMs: z.number().int().positive().max(600_000).default(15_000),
+  /**
+   * How long a connect waits for the paths still trying once the first path is up, in ms; then
+   * they are given up and reported `failed` (the next attach or reconcile adds them). Unset: half
+   * of what the first path took, at least 250 ms, at most `portalTimeoutMs`.
+   */
+  stragglerGraceMs: z.number().int().min(0).max(600_000).optional(),
   /** `node.conn[0].timeo.login_timeout` written on the records, in s, so iscsid gives up too. */
   loginTimeoutSeconds: z.number().int().min(1).max(600).default(5),
   /** `node.session.initial_login_retry_max` written on the records (iscsid's default is 8). */
   loginRetryMax: z.number().int().min(1).max(64).default(2),
-  /** Retries of an iscsiadm run that failed with a retryable code (a login's inside `portalTimeoutMs`). */
+  /**
+   * Retries of an iscsiadm run that failed with a retryable code. A login that failed on the network
+   * is not run again: iscsid already retried it `loginRetryMax` times, `loginTimeoutSeconds` each.
+   */
   loginRetries: z.number().int().min(0).max(20).default(2),
   /** How long a path's block device may take to appear after its scan (and to go after a delete), in ms. */
   deviceTimeoutMs: z.number().int().positive().max(3_600_000).default(30_000),
