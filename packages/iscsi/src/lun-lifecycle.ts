@@ -73,10 +73,10 @@ export interface LunConnectOptions {
    */
   cut?: AbortSignal;
   /**
-   * Told when the session is there (the path is past what a dead portal can hang); `loggedIn`
-   * says whether this connect logged in (a session reused from sysfs took no login time).
+   * Told when the session is there (the path is past what a dead portal can hang), with how long
+   * this connect's `--login` took when it logged in (a session reused from sysfs took none).
    */
-  onSession?: (loggedIn: boolean) => void;
+  onSession?: (loginMs: number | undefined) => void;
   /** A discovery made the node record for this connect: it is this connect's to delete on failure. */
   createdRecord?: boolean;
   /** Name the portal in a device timeout (a multipath attach has one wait per portal). */
@@ -137,7 +137,7 @@ export class LunLifecycle {
         beforeSession,
       );
       progress.session = session;
-      options.onSession?.(progress.loggedIn);
+      options.onSession?.(progress.loggedIn ? progress.loginMs : undefined);
       let name = await lunDeviceName(fs, session, target.kernelLun);
       if (name === undefined || !(await fs.exists(devPath(name)))) {
         // A device that was in sysfs before the scan is not this connect's to delete on failure.

@@ -19,6 +19,8 @@ export interface SessionProgress {
   createdRecord: boolean;
   /** This call logged in (not rc 15, not a reused session), or its login was killed mid-way. */
   loggedIn: boolean;
+  /** How long this call's `--login` took, in ms (retries included), when it logged in. */
+  loginMs?: number;
 }
 
 /** How a transport wants its node records and logins (its options). */
@@ -128,8 +130,10 @@ export async function openSession(
     const budget = portalBudget(signal, target.portalText, { timeoutMs: settings.portalTimeoutMs, ...(cut === undefined ? {} : { cut }) });
     try {
       let login: 'logged-in' | 'already-present';
+      const loginStarted = performance.now();
       try {
         login = await iscsiadm.login(target, { signal: budget.signal, retryConnectionFailures: !bounded });
+        progress.loginMs = performance.now() - loginStarted;
       } catch (error) {
         // iscsid goes on with a login whose iscsiadm was killed (timeout, budget, deadline): a
         // session may still come up, so the undo logs out (rc 21 when none came).

@@ -14,7 +14,7 @@ export const zMultipathDriverOptions = z.object({
   /**
    * How long a connect waits for the paths still trying once the first path is up, in ms; then
    * they are given up and reported `failed` (the next attach or reconcile adds them). Unset: half
-   * of what the first path took, at least 250 ms, at most `portalTimeoutMs`.
+   * of how long the first `--login` took, at least 250 ms, at most `portalTimeoutMs`.
    */
   stragglerGraceMs: z.number().int().min(0).max(600_000).optional(),
   /** `node.conn[0].timeo.login_timeout` written on the records, in s, so iscsid gives up too. */

@@ -4,7 +4,7 @@ import type { PathTarget } from './multipath-connection.js';
 import { emptyProgress, type MultipathContext, type PathOutcome } from './multipath-context.js';
 import { pathError } from './path-errors.js';
 
-/** The derived grace window is this share of the time the first path that logged in took... */
+/** The derived grace window is this share of how long the first `--login` took... */
 export const GRACE_SHARE = 0.5;
 
 /** ...and at least this long, in ms (a healthy path is never cut for scheduling noise). */
@@ -23,8 +23,9 @@ export interface ConnectedPaths {
  * Connect every path, in parallel (`degraded`: one after the other, the first up wins, as os-brick
  * falls back to one device). A parallel connect returns once every path has come up or failed,
  * or, when some are still trying to log in, once the grace window after the first login has
- * closed: `stragglerGraceMs`, by default a share of what the first path that logged in took (a
- * healthy login takes about as long as another; a reused session starts no window). A path still without a session then is given up (its login
+ * closed: `stragglerGraceMs`, by default a share of how long the first `--login` took (the paths'
+ * logins start together and a healthy one takes about as long as another; a reused session starts
+ * no window). A path still without a session then is given up (its login
  * killed, its record undone in the background) and reported `failed`; a path past its login is
  * waited for. A dead portal costs the attach the grace window, not its login timeout. Never throws.
  */
@@ -46,7 +47,6 @@ export async function connectPaths(
   }
 
   const cut = new AbortController();
-  const started = performance.now();
   const outcomes: Array<PathOutcome | undefined> = targets.map(() => undefined);
   let graceMs: number | undefined;
   let timer: NodeJS.Timeout | undefined;
@@ -60,10 +60,11 @@ export async function connectPaths(
       signal,
       cut: cut.signal,
       createdRecord: byDiscovery.has(targetKey(target)),
-      onSession: (loggedIn) => {
+      onSession: (loginMs) => {
         inSession[i] = true;
-        // Only a real login says how long a healthy one takes: a reused session took none.
-        if (loggedIn && graceMs === undefined) startGrace(performance.now() - started);
+        // Only a real login says how long a healthy one takes: a reused session took none. The
+        // logins of all paths start at about the same time (after the same record commands).
+        if (loginMs !== undefined && graceMs === undefined) startGrace(loginMs);
       },
     });
     outcomes[i] = outcome;
@@ -73,7 +74,7 @@ export async function connectPaths(
     graceMs = Math.round(ctx.options.stragglerGraceMs ?? Math.min(ctx.options.portalTimeoutMs, Math.max(GRACE_MIN_MS, tookMs * GRACE_SHARE)));
     timer = setTimeout(() => {
       cut.abort(
-        new BerthError('TIMEOUT', `had no session when the grace window closed (${graceMs} ms after the first path logged in; stragglerGraceMs)`, {
+        new BerthError('TIMEOUT', `had no session when the grace window closed (${graceMs} ms after the first login; stragglerGraceMs)`, {
           hint: 'check that the portal is reachable from this host and its target service runs; the other paths carry the volume, and the next attach (or `berth reconcile`) adds this one',
         }),
       );
@@ -111,20 +112,32 @@ async function connectPath(
   ctx: MultipathContext,
   target: PathTarget,
   auth: ChapCredentials | undefined,
-  options: { signal: AbortSignal; cut?: AbortSignal; createdRecord: boolean; onSession?: (loggedIn: boolean) => void },
+  options: { signal: AbortSignal; cut?: AbortSignal; createdRecord: boolean; onSession?: (loginMs: number | undefined) => void },
 ): Promise<PathOutcome> {
   const { signal, cut } = options;
+  let hadSession = false;
   try {
     const lun = await ctx.lifecycle.connect(
       { ...target, ...(auth === undefined ? {} : { auth }) },
-      { signal, createdRecord: options.createdRecord, namePortal: true, ...(cut === undefined ? {} : { cut }), ...(options.onSession === undefined ? {} : { onSession: options.onSession }) },
+      {
+        signal,
+        createdRecord: options.createdRecord,
+        namePortal: true,
+        ...(cut === undefined ? {} : { cut }),
+        onSession: (loginMs) => {
+          hadSession = true;
+          options.onSession?.(loginMs);
+        },
+      },
     );
     ctx.logger.info({ iqn: target.iqn, portal: target.portalText, lun: target.lun, device: devPath(lun.device.name), wwn: lun.wwn }, 'path up');
     return { target, status: 'up', device: lun.device, ...(lun.wwn === undefined ? {} : { wwn: lun.wwn }), progress: lun.progress };
   } catch (error) {
-    // A path cut at the grace window says so, unless its own step already named the portal's timeout.
+    // A path cut at the grace window (still without a session) says so, unless its own step
+    // already named the portal's timeout; a path that failed on its own keeps its own error.
     const named = BerthError.is(error) && error.code === 'TIMEOUT' && error.message.includes(target.portalText);
-    const failure = pathError(target, cut?.aborted === true && !signal.aborted && !named ? cut.reason : error);
+    const wasCut = cut?.aborted === true && !signal.aborted && !hadSession && !named;
+    const failure = pathError(target, wasCut ? cut.reason : error);
     ctx.logger.warn({ iqn: target.iqn, portal: target.portalText, lun: target.lun, error: messageOf(failure) }, 'path failed');
     return { target, status: 'failed', error: failure, progress: emptyProgress() };
   }
