@@ -68,10 +68,14 @@ export interface LunConnectOptions {
   signal: AbortSignal;
   /**
    * Fires to give this path up while it is still waiting for its session (the target lock, the
-   * node record, the login: what hangs on a dead portal) — a multipath attach's grace window for
-   * stragglers closed. Once the session is there, the path goes on to its disk.
+   * login: what hangs on a dead portal) — a multipath attach's grace window for stragglers
+   * closed. Once the session is there, the path goes on to its disk.
    */
   cut?: AbortSignal;
+  /** Told right before `--login` runs. */
+  onLogin?: () => void;
+  /** Told as soon as the connect has failed, before its undo runs. */
+  onFailed?: (error: unknown) => void;
   /**
    * Told when the session is there (the path is past what a dead portal can hang), with how long
    * this connect's `--login` took when it logged in (a session reused from sysfs took none).
@@ -129,7 +133,11 @@ export class LunLifecycle {
       const session = await this.targetLocks.withLock(
         key,
         async () => {
-          const opened = await openSession(this.sessionHost, target, options.signal, progress, () => this.cleanupSignal(), options.cut);
+          const opened = await openSession(this.sessionHost, target, options.signal, progress, () => this.cleanupSignal(), {
+            ...(options.cut === undefined ? {} : { cut: options.cut }),
+            ...(options.onLogin === undefined ? {} : { onLogin: options.onLogin }),
+            ...(options.onFailed === undefined ? {} : { onFailed: options.onFailed }),
+          });
           this.usage.enter(key, progress.loggedIn ? { createdRecord: progress.createdRecord } : undefined);
           progress.registered = true;
           return opened;
@@ -165,6 +173,7 @@ export class LunLifecycle {
       const wwn = await scsiWwnOf(fs, name);
       return { session, device, ...(wwn === undefined ? {} : { wwn }), progress };
     } catch (error) {
+      options.onFailed?.(error);
       await this.release(target, progress);
       throw error;
     }

@@ -88,8 +88,9 @@ export async function openSession(
   signal: AbortSignal,
   progress: SessionProgress,
   cleanupSignal: () => AbortSignal,
-  cut?: AbortSignal,
+  hooks: SessionHooks = {},
 ): Promise<UsableSession> {
+  const { cut } = hooks;
   const existing = await findSession(host, target, signal, false);
   if (existing !== undefined) {
     if (existing.state !== 'LOGGED_IN') {
@@ -131,6 +132,7 @@ export async function openSession(
     try {
       let login: 'logged-in' | 'already-present';
       const loginStarted = performance.now();
+      hooks.onLogin?.();
       try {
         login = await iscsiadm.login(target, { signal: budget.signal, retryConnectionFailures: !bounded });
         progress.loginMs = performance.now() - loginStarted;
@@ -161,9 +163,21 @@ export async function openSession(
       budget.dispose();
     }
   } catch (error) {
+    // Told before the undo: a caller that gave this path up need not wait for its logout.
+    hooks.onFailed?.(error);
     await undoSession(host, target, progress, cleanupSignal());
     throw error;
   }
+}
+
+/** What a caller of `openSession` may watch or stop. */
+export interface SessionHooks {
+  /** Fires to stop the login (or the wait for its session): a multipath attach gave the path up. */
+  cut?: AbortSignal;
+  /** Told right before `--login` runs. */
+  onLogin?: () => void;
+  /** Told as soon as the session cannot be had, before the undo runs. */
+  onFailed?: (error: unknown) => void;
 }
 
 /** The record keys of a login's CHAP (none without CHAP). */

@@ -16,7 +16,7 @@ describe('portalBudget', () => {
     cut.abort();
     expect(budget.signal.aborted).toBe(true);
     expect(budget.overran()).toBe(true);
-    expect(budget.reason(undefined).message).toMatch(/grace window/);
+    expect(budget.reason(undefined).message).toMatch(/stragglerGraceMs/);
     const parent = new AbortController();
     const other = portalBudget(parent.signal, '127.0.0.9:3260', { timeoutMs: 10_000 });
     parent.abort(new Error('deadline'));

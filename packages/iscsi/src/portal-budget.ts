@@ -49,7 +49,7 @@ export function portalBudget(parent: AbortSignal, portalText: string, options: P
   timer?.unref();
   const onCut = (): void => {
     limit = Math.round(performance.now() - started);
-    limitName = 'the grace window after the other paths came up';
+    limitName = 'given up: slower than the first login plus stragglerGraceMs';
     expire();
   };
   const onAbort = (): void => controller.abort(parent.reason);

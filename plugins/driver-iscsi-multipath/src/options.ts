@@ -12,9 +12,10 @@ export const zMultipathDriverOptions = z.object({
    */
   portalTimeoutMs: z.number().int().positive().max(600_000).default(15_000),
   /**
-   * How long a connect waits for the paths still trying once the first path is up, in ms; then
-   * they are given up and reported `failed` (the next attach or reconcile adds them). Unset: half
-   * of how long the first `--login` took, at least 250 ms, at most `portalTimeoutMs`.
+   * How much longer than the first successful login another path's `--login` may take (counted
+   * from its own start) before the path is given up and reported `failed` (the next attach or
+   * reconcile adds it). Unset: 1.5 × that first login's time for each login that ran beside it,
+   * less the login itself, at least 250 ms.
    */
   stragglerGraceMs: z.number().int().min(0).max(600_000).optional(),
   /** `node.conn[0].timeo.login_timeout` written on the records, in s, so iscsid gives up too. */
