@@ -132,6 +132,7 @@ export async function benchAttachIscsiSim(options: { deviceDelayMs?: number; ite
       printTable(`${concurrent} LUNs, wall clock (ms)`, ['what', 'ms'], [
         ['attach all', attachAll],
         ['detach all', detachAll],
+        ['detach all / one detach (p50), target <= 3', detachAll / summarize(whole.detach).p50],
         ['sessions while attached (want 1)', state.sessions.length],
       ]);
     } finally {

@@ -2,7 +2,7 @@ import { BerthError, parseWith } from '@berth/core';
 import type { CommandResult, CommandRunner } from '@berth/host';
 import { z } from 'zod';
 import { classifyResult, type ExitClass, type IscsiadmOp } from './exit-codes.js';
-import { commandResultOf, toIscsiadmError } from './iscsiadm-error.js';
+import { commandResultOf, toIscsiadmError, type IscsiadmError } from './iscsiadm-error.js';
 import { formatPortal, type Portal } from './portal.js';
 import { parsePortalTargets, type PortalTarget } from './portal-list-parser.js';
 import { parseRecords, type IscsiRecord } from './record-parser.js';
@@ -16,7 +16,7 @@ import {
   type IscsiTarget,
   type IscsiTargetInput,
 } from './target.js';
-import { withRetry, zRetryPolicy, type RetryEvent, type RetryPolicy } from './with-retry.js';
+import { isRetryableIscsiadmError, withRetry, zRetryPolicy, type RetryEvent, type RetryPolicy } from './with-retry.js';
 
 /** The per-command timeout when none is given: 30 s (csi-lib-iscsi's 3 s fails under load). */
 export const DEFAULT_ISCSIADM_TIMEOUT_MS = 30_000;
@@ -44,6 +44,12 @@ export interface CallOptions {
   signal?: AbortSignal;
   /** This call's timeout per run, in ms, instead of the client's. */
   timeoutMs?: number;
+  /**
+   * Whether a connection failure or protocol timeout (the `retryable-within-deadline` class: 4, 5,
+   * 8, 11, 33) runs the command again (default yes). A login whose record bounds iscsid's own
+   * retries (`node.session.initial_login_retry_max`) has already been retried by iscsid.
+   */
+  retryConnectionFailures?: boolean;
 }
 
 /** Discovery (sendtargets) authentication, as `discovery.sendtargets.auth.*` takes it. */
@@ -56,6 +62,14 @@ export interface DiscoveryAuth {
   usernameIn?: string;
   /** Mutual CHAP: the target's secret. */
   passwordIn?: string;
+}
+
+/** One key of a node record to set (`nodeUpdateAll`). */
+export interface RecordSetting {
+  key: string;
+  value: string;
+  /** The value goes to the runner's `secrets` (passwords always do). */
+  secret?: boolean;
 }
 
 /** Options of `discover`. */
@@ -154,6 +168,12 @@ export class IscsiadmClient {
     return exitClass === 'benign' ? [] : parseRecords(result.stdout);
   }
 
+  /** Every node record, whatever the target and portal (`-m node --op show`); `[]` when none. */
+  async nodeShowAll(options: CallOptions = {}): Promise<IscsiRecord[]> {
+    const { result, exitClass } = await this.exec({ op: 'node-show', args: ['-m', 'node', '--op', 'show'], what: 'show every node record', absenceOk: true }, options);
+    return exitClass === 'benign' ? [] : parseRecords(result.stdout);
+  }
+
   /**
    * Create the node record (`--interface IFACE --op new`). Over an existing record this resets it
    * to the defaults (CHAP and `node.startup` lost), so callers check with `nodeShow` first.
@@ -190,6 +210,28 @@ export class IscsiadmClient {
       },
       options,
     );
+  }
+
+  /**
+   * Set several keys of the node record in one `--op update` with a `-n`/`-v` pair per key
+   * (iscsiadm applies every pair: one run instead of one per key). A password (or a setting marked
+   * `secret`) reaches the runner only as a secret; keys and values are checked without echoing a
+   * value. Nothing runs for an empty list.
+   */
+  async nodeUpdateAll(target: IscsiTargetInput, settings: readonly RecordSetting[], options: CallOptions = {}): Promise<void> {
+    if (settings.length === 0) return;
+    const t = toTarget(target);
+    const args = [...nodeArgs(t), '--op', 'update'];
+    const secrets: string[] = [];
+    for (const s of settings) {
+      const k = parseWith(zRecordKey, s.key, 'iscsiadm record key');
+      if (!zRecordValue.safeParse(s.value).success) {
+        throw new BerthError('VALIDATION', `invalid value for ${k}: at most 1024 characters and no control characters`);
+      }
+      if ((s.secret === true || SECRET_KEY.test(k)) && s.value !== '') secrets.push(s.value);
+      args.push('-n', k, '-v', s.value);
+    }
+    await this.exec({ op: 'node-update', args, what: `set ${settings.map((s) => s.key).join(', ')} of ${describe(t)}`, secrets }, options);
   }
 
   /** Delete the node record (`--op delete`); `absent` when there was none (rc 21). */
@@ -272,6 +314,26 @@ export class IscsiadmClient {
     }
     if (options.deleteRecord === true) await this.discoverydbDelete(p, call);
     return discovered;
+  }
+
+  /**
+   * SendTargets through the discovery record of `portal` (`-m discoverydb -t sendtargets -I IFACE
+   * -p P --discover`, with `--op nonpersistent` unless `persistent`): the portals and targets it
+   * returned, `[]` for "No portals found". Nonpersistent leaves the node records alone; open-iscsi's
+   * default rewrites every returned record with defaults. `secrets` masks what the record holds.
+   */
+  async discoverydbDiscover(
+    portal: string | Portal,
+    options: CallOptions & { iface?: string; persistent?: boolean; secrets?: readonly string[] } = {},
+  ): Promise<PortalTarget[]> {
+    const p = toPortal(portal);
+    const iface = parseWith(zIfaceName, options.iface ?? 'default', 'iscsiadm iface');
+    const args = ['-m', 'discoverydb', '-t', 'sendtargets', '-I', iface, '-p', formatPortal(p), '--discover', ...(options.persistent === true ? [] : ['--op', 'nonpersistent'])];
+    const { result, exitClass } = await this.exec(
+      { op: 'discovery', args, what: `discover the targets at ${formatPortal(p)}`, absenceOk: true, secrets: options.secrets ?? [] },
+      pickCall(options),
+    );
+    return exitClass === 'benign' ? [] : parsePortalTargets(result.stdout);
   }
 
   /** Create the sendtargets discovery record of `portal` (`-m discoverydb … --op new`). */
@@ -367,8 +429,12 @@ export class IscsiadmClient {
         ...(signal === undefined ? {} : { signal }),
       });
     };
+    const noConnectionRetry = options.retryConnectionFailures === false;
     return withRetry(once, {
       ...this.retry,
+      ...(noConnectionRetry
+        ? { isRetryable: (error: unknown) => isRetryableIscsiadmError(error) && (error as IscsiadmError).exitClass !== 'retryable-within-deadline' }
+        : {}),
       ...(signal === undefined ? {} : { signal }),
       ...(this.onRetry === undefined ? {} : { onRetry: (event: RetryEvent) => this.onRetry?.({ ...event, op: spec.op }) }),
     });
@@ -391,5 +457,6 @@ function pickCall(options: CallOptions): CallOptions {
   return {
     ...(options.signal === undefined ? {} : { signal: options.signal }),
     ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
+    ...(options.retryConnectionFailures === undefined ? {} : { retryConnectionFailures: options.retryConnectionFailures }),
   };
 }

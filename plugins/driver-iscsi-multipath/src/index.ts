@@ -3,6 +3,7 @@ import { createMultipathDriver, NAME } from './multipath-driver.js';
 import { zMultipathDriverOptions } from './options.js';
 
 export { createMultipathDriver, NAME, PROTOCOLS, PRIORITY, STATE_SUBDIR, type PathState } from './multipath-driver.js';
+export type { ChapCredentials } from '@berth/iscsi';
 export { zMultipathDriverOptions, type MultipathDriverOptions, type MultipathDriverOptionsInput } from './options.js';
 export {
   parseMultipathConnection,
@@ -12,7 +13,6 @@ export {
   volumeKey,
   type MultipathVolume,
   type PathTarget,
-  type ChapCredentials,
   type MultipathConnectionData,
 } from './multipath-connection.js';
 export { AttachStateStore, zAttachState, zAttachPath, type AttachState, type AttachPath } from './attach-state.js';

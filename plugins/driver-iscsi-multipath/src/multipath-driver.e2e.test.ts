@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
-import { BerthError, redactConnectionInfo, type Device, type TransportCallContext } from '@berth/core';
+import { redactConnectionInfo, type Device, type TransportCallContext } from '@berth/core';
+import { callContext, failureOf } from '@berth/iscsi/testing';
 import {
   discoveryConnection,
   existsUnder,
@@ -17,6 +18,8 @@ import {
 // What is checked is what a user would look at: the kernel's sessions and disks, the maps,
 // `iscsiadm -m node`, the device node, the state file.
 
+const call = (timeoutMs = 30_000, volumeId?: string): TransportCallContext => callContext(timeoutMs, volumeId);
+
 const IQN = 'iqn.2026-01.test.berth:mp1';
 const OTHER = 'iqn.2026-01.test.berth:mp2';
 
@@ -26,19 +29,6 @@ afterEach(async () => {
   await env?.dispose();
   env = undefined;
 });
-
-function call(timeoutMs = 30_000, volumeId?: string): TransportCallContext {
-  return { signal: AbortSignal.timeout(timeoutMs), ...(volumeId === undefined ? {} : { volumeId }) };
-}
-
-async function failureOf(promise: Promise<unknown>): Promise<BerthError> {
-  const outcome = await promise.then(
-    () => undefined,
-    (error: unknown) => error,
-  );
-  if (!BerthError.is(outcome)) throw new Error(`expected a BerthError, got ${String(outcome)}`);
-  return outcome;
-}
 
 async function wwidOf(current: SimEnv, iqn: string, lun: number): Promise<string> {
   const info = (await current.san.targets()).find((t) => t.iqn === iqn)?.luns.find((l) => l.lun === lun);
@@ -61,7 +51,7 @@ async function expectOneMapOver(current: SimEnv, device: Device, portals: readon
   expect(state.maps).toHaveLength(1);
   const map = state.maps[0]!;
   expect(device.path).toBe(`/dev/${map.dm}`);
-  expect(await existsUnder(current, device.path)).toBe(true);
+  expect(await existsUnder(current.host, device.path)).toBe(true);
   expect(map.wwid).toBe(wwn);
   expect(device.scsi_wwn).toBe(wwn);
   expect(device.multipath_id).toBe(wwn);
@@ -104,7 +94,7 @@ describe('connect and disconnect from target_portals', () => {
       // Detach with the stored, password-less connection_info.
       await env.driver.disconnect(redactConnectionInfo(connection), device, { force: false, ...call(30_000, volumeId) });
       await expectNothingLeft(env);
-      expect(await existsUnder(env, device.path)).toBe(false);
+      expect(await existsUnder(env.host, device.path)).toBe(false);
       expect(await env.stateFile(volumeId)).toBeUndefined();
     });
   }
@@ -236,6 +226,39 @@ describe('dead and slow portals', () => {
     expect(await env.nodeRecord(IQN, portals[2]!)).toBeUndefined();
 
     await env.driver.disconnect(listConnection(IQN, 1, portals), device, { force: false, ...call(30_000, volumeId) });
+    await expectNothingLeft(env);
+  });
+
+  it('a dead portal costs about one healthy login plus the grace, not portalTimeoutMs', async () => {
+    const portals = PORTALS.slice(0, 3);
+    // portalTimeoutMs at its default (15 s); the dead portal's login would hang 6 s.
+    env = await startSimEnv({ targets: [targetSpec(IQN, portals)] });
+    await env.sim.faults.unreachablePortal(portals[2]!, 6_000);
+    const started = performance.now();
+    const device = await env.driver.connect(listConnection(IQN, 1, portals), call(60_000));
+    const elapsed = performance.now() - started;
+    expect(device.paths?.map((p) => p.state)).toEqual(['active', 'active', 'failed']);
+    const failed = (device.meta?.['paths'] as Array<Record<string, unknown>>)[2];
+    expect(String(failed?.['error'])).toMatch(/127\.0\.0\.3:3260.*(stragglerGraceMs|did not answer)/);
+    expect(device.meta?.['degraded']).toBe(true);
+    expect(String(device.meta?.['warnings'])).toMatch(/gave up on 1 path/);
+    // The grace window is a share of the first login, far below the 15 s portal budget.
+    expect(elapsed).toBeLessThan(15_000);
+    expect(await env.nodeRecord(IQN, portals[2]!)).toBeUndefined();
+  });
+
+  it('a path missing from an attach is added by the next attach of the volume, into the same map', async () => {
+    const portals = PORTALS.slice(0, 3);
+    env = await startSimEnv({ targets: [targetSpec(IQN, portals)] });
+    await env.sim.faults.failLogin({ portal: portals[2]!, exitCode: 19, times: 1 });
+    const device = await env.driver.connect(listConnection(IQN, 1, portals), call(60_000));
+    expect(device.paths?.map((p) => p.state)).toEqual(['active', 'active', 'failed']);
+    const again = await env.driver.connect(listConnection(IQN, 1, portals), call(60_000));
+    expect(again.path).toBe(device.path);
+    expect(again.paths?.map((p) => p.state)).toEqual(['active', 'active', 'active']);
+    expect(again.meta?.['degraded']).toBe(false);
+    expect((await env.sim.state()).maps[0]?.paths).toHaveLength(3);
+    await env.driver.disconnect(listConnection(IQN, 1, portals), again, { force: false, ...call(60_000) });
     await expectNothingLeft(env);
   });
 

@@ -1,7 +1,7 @@
 import { BerthError, type Logger } from '@berth/core';
 import type { DeviceWaiter, HostFs } from '@berth/host';
 import { blockName, dmName, findHoldingDm, multipathIdOf, slavesOf, withRetry, type MultipathClient } from '@berth/iscsi';
-import { messageOf } from './portal-session.js';
+import { messageOf } from '@berth/iscsi';
 
 /** What the map helpers reach the host through. */
 export interface MapHost {

@@ -11,11 +11,21 @@ export const zMultipathDriverOptions = z.object({
    * log in meanwhile. (The node record commands around it are local: `commandTimeoutMs` bounds them.)
    */
   portalTimeoutMs: z.number().int().positive().max(600_000).default(15_000),
+  /**
+   * How much longer than the first successful login another path's `--login` may take (counted
+   * from its own start) before the path is given up and reported `failed` (the next attach or
+   * reconcile adds it). Unset: 1.5 × that first login's time for each login that ran beside it,
+   * less the login itself, at least 250 ms.
+   */
+  stragglerGraceMs: z.number().int().min(0).max(600_000).optional(),
   /** `node.conn[0].timeo.login_timeout` written on the records, in s, so iscsid gives up too. */
   loginTimeoutSeconds: z.number().int().min(1).max(600).default(5),
   /** `node.session.initial_login_retry_max` written on the records (iscsid's default is 8). */
   loginRetryMax: z.number().int().min(1).max(64).default(2),
-  /** Retries of an iscsiadm run that failed with a retryable code (a login's inside `portalTimeoutMs`). */
+  /**
+   * Retries of an iscsiadm run that failed with a retryable code. A login that failed on the network
+   * is not run again: iscsid already retried it `loginRetryMax` times, `loginTimeoutSeconds` each.
+   */
   loginRetries: z.number().int().min(0).max(20).default(2),
   /** How long a path's block device may take to appear after its scan (and to go after a delete), in ms. */
   deviceTimeoutMs: z.number().int().positive().max(3_600_000).default(30_000),

@@ -9,12 +9,12 @@ export {
   zIscsiConnectionData,
   targetKey,
   lunKey,
+  scanSlices,
   type IscsiVolumeTarget,
   type ChapCredentials,
   type IscsiConnectionData,
-} from './iscsi-connection.js';
+} from '@berth/iscsi';
 export { AttachStateStore, zAttachState, type AttachState } from './attach-state.js';
-export { scanSlices } from '@berth/iscsi';
 
 /** The `@berth/driver-iscsi` plugin: registers the `iscsi` transport (single path, kernel initiator). */
 export default definePlugin({

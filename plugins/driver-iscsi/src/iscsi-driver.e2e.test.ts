@@ -1,7 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
-import { BerthError, redactConnectionInfo, type Device, type TransportCallContext } from '@berth/core';
+import { redactConnectionInfo, type Device, type TransportCallContext } from '@berth/core';
+import { callContext, failureOf } from '@berth/iscsi/testing';
 import { connectionFor, existsUnder, PORTAL, startSimEnv, targetSpec, wwnOf, type SimEnv } from './test-sim-env.js';
+
+const call = (timeoutMs = 20_000, volumeId?: string): TransportCallContext => callContext(timeoutMs, volumeId);
 
 // The driver against berth's simulated host: the kernel's sysfs and /dev, open-iscsi's iscsiadm
 // and its node database, a model SAN behind the sessions. What is checked is what a user would
@@ -15,19 +18,6 @@ afterEach(async () => {
   await env?.dispose();
   env = undefined;
 });
-
-function call(timeoutMs = 20_000, volumeId?: string): TransportCallContext {
-  return { signal: AbortSignal.timeout(timeoutMs), ...(volumeId === undefined ? {} : { volumeId }) };
-}
-
-async function failureOf(promise: Promise<unknown>): Promise<BerthError> {
-  const outcome = await promise.then(
-    () => undefined,
-    (error: unknown) => error,
-  );
-  if (!BerthError.is(outcome)) throw new Error(`expected a BerthError, got ${String(outcome)}`);
-  return outcome;
-}
 
 async function wwidOf(current: SimEnv, iqn: string, lun: number): Promise<string> {
   const target = (await current.sim.san.targets()).find((t) => t.iqn === iqn);
@@ -51,7 +41,7 @@ describe('connect and disconnect', () => {
     const device = await env.driver.connect(connectionFor(IQN, 1), call(20_000, volumeId));
 
     expect(device.path).toMatch(/^\/dev\/sd[a-z]+$/);
-    expect(await existsUnder(env, device.path)).toBe(true);
+    expect(await existsUnder(env.host, device.path)).toBe(true);
     expect(device.scsi_wwn).toBe(wwnOf(await wwidOf(env, IQN, 1)));
     const state = await env.sim.state();
     expect(state.sessions).toHaveLength(1);
@@ -60,7 +50,7 @@ describe('connect and disconnect', () => {
     // Targeted scan: only LUN 1 has a device (scan=manual kept the login from scanning the rest).
     expect(state.devices.map((d) => ({ name: `/dev/${d.name}`, lun: d.lun, present: d.present }))).toEqual([{ name: device.path, lun: 1, present: true }]);
 
-    const record = await env.nodeRecord(IQN);
+    const record = await env.nodeRecord(IQN, PORTAL);
     expect(record?.['node.session.scan']).toBe('manual');
     expect(record?.['node.startup']).toBe('automatic');
     expect(record?.['iface.iscsi_ifacename']).toBe('default');
@@ -70,14 +60,14 @@ describe('connect and disconnect', () => {
 
     await env.driver.disconnect(connectionFor(IQN, 1), device, { force: false, ...call(20_000, volumeId) });
     await expectNothingLeft(env);
-    expect(await existsUnder(env, device.path)).toBe(false);
+    expect(await existsUnder(env.host, device.path)).toBe(false);
     expect(await env.stateFile(volumeId)).toBeUndefined();
   });
 
   it('sets node.startup to what the options say', async () => {
     env = await startSimEnv({ targets: [targetSpec(IQN, 1)], driver: { startup: 'manual' } });
     await env.driver.connect(connectionFor(IQN, 1), call());
-    expect((await env.nodeRecord(IQN))?.['node.startup']).toBe('manual');
+    expect((await env.nodeRecord(IQN, PORTAL))?.['node.startup']).toBe('manual');
   });
 
   it('is idempotent: a second connect returns the same device without a login or a scan', async () => {
@@ -111,8 +101,8 @@ describe('connect and disconnect', () => {
     let state = await env.sim.state();
     expect(state.sessions).toHaveLength(1);
     expect(state.devices.map((d) => `/dev/${d.name}`)).toEqual([two.path]);
-    expect(await existsUnder(env, one.path)).toBe(false);
-    expect(await existsUnder(env, two.path)).toBe(true);
+    expect(await existsUnder(env.host, one.path)).toBe(false);
+    expect(await existsUnder(env.host, two.path)).toBe(true);
     expect(await env.nodeRecords()).toHaveLength(1);
 
     await env.driver.disconnect(connectionFor(IQN, 2), two, { force: false, ...call() });
@@ -145,8 +135,8 @@ describe('CHAP', () => {
     const volumeId = randomUUID();
     const connection = connectionFor(IQN, 1, { auth_method: 'CHAP', auth_username: CHAP.username, auth_password: CHAP.password });
     const device = await env.driver.connect(connection, call(20_000, volumeId));
-    expect(await existsUnder(env, device.path)).toBe(true);
-    const record = await env.nodeRecord(IQN);
+    expect(await existsUnder(env.host, device.path)).toBe(true);
+    const record = await env.nodeRecord(IQN, PORTAL);
     expect(record?.['node.session.auth.authmethod']).toBe('CHAP');
     expect(record?.['node.session.auth.username']).toBe(CHAP.username);
     expect(record?.['node.session.auth.password']).toBe('********');
@@ -167,8 +157,8 @@ describe('CHAP', () => {
       auth_password_in: MUTUAL.password,
     });
     const device = await env.driver.connect(connection, call());
-    expect(await existsUnder(env, device.path)).toBe(true);
-    const record = await env.nodeRecord(IQN);
+    expect(await existsUnder(env.host, device.path)).toBe(true);
+    const record = await env.nodeRecord(IQN, PORTAL);
     expect(record?.['node.session.auth.username_in']).toBe(MUTUAL.username);
     expect(record?.['node.session.auth.password_in']).toBe('********');
   });
@@ -220,7 +210,7 @@ describe('CHAP', () => {
         discovery_auth_password: DISCOVERY.password,
       });
       const device = await env.driver.connect(connection, call());
-      expect(await existsUnder(env, device.path)).toBe(true);
+      expect(await existsUnder(env.host, device.path)).toBe(true);
       // nonpersistent discovery: only this target's static record, no record for the other target.
       // (a record made with --op new has no tag: iscsiadm prints -1 as 4294967295)
       expect(await env.nodeRecords()).toEqual([`${PORTAL},4294967295 ${IQN}`]);
@@ -298,7 +288,7 @@ describe('failures and deadlines', () => {
     const started = Date.now();
     const device = await env.driver.connect(connectionFor(IQN, 1), call());
     expect(Date.now() - started).toBeGreaterThanOrEqual(1_200);
-    expect(await existsUnder(env, device.path)).toBe(true);
+    expect(await existsUnder(env.host, device.path)).toBe(true);
     expect((await env.sim.state()).devices).toHaveLength(1);
   });
 
@@ -364,7 +354,7 @@ describe('concurrency', () => {
       current.driver.connect(connectionFor(IQN, 2), call()),
       current.driver.disconnect(connectionFor(IQN, 1), one, { force: false, ...call() }),
     ]);
-    expect(await existsUnder(current, two.path)).toBe(true);
+    expect(await existsUnder(current.host, two.path)).toBe(true);
     const state = await current.sim.state();
     expect(state.sessions).toHaveLength(1);
     expect(state.devices.map((d) => `/dev/${d.name}`)).toEqual([two.path]);
@@ -378,7 +368,7 @@ describe('restart and forced disconnect', () => {
     const device = await env.driver.connect(connectionFor(IQN, 1), call(20_000, volumeId));
     const restarted = env.restart();
     await restarted.disconnect(connectionFor(IQN, 1), undefined, { force: false, ...call(20_000, volumeId) });
-    expect(await existsUnder(env, device.path)).toBe(false);
+    expect(await existsUnder(env.host, device.path)).toBe(false);
     expect(await env.stateFile(volumeId)).toBeUndefined();
     await expectNothingLeft(env);
   });
@@ -392,8 +382,8 @@ describe('restart and forced disconnect', () => {
     const restarted = env.restart();
     // A stale record (or a caller's old device) names B's disk for volume A.
     await restarted.disconnect(connectionFor(IQN, 1), b, { force: false, ...call(20_000, volumeA) });
-    expect(await existsUnder(env, a.path)).toBe(false);
-    expect(await existsUnder(env, b.path)).toBe(true);
+    expect(await existsUnder(env.host, a.path)).toBe(false);
+    expect(await existsUnder(env.host, b.path)).toBe(true);
     const state = await env.sim.state();
     expect(state.sessions).toHaveLength(1);
     expect(state.devices.map((d) => `/dev/${d.name}`)).toEqual([b.path]);
@@ -406,7 +396,7 @@ describe('restart and forced disconnect', () => {
     env.fault = (file) => (file === 'blockdev' ? { exitCode: 1, stderr: 'blockdev: cannot flush: Input/output error\n' } : undefined);
     const error = await failureOf(env.driver.disconnect(connectionFor(IQN, 1), device, { force: false, ...call() }));
     expect(error.message).toContain(`flush ${device.path}`);
-    expect(await existsUnder(env, device.path)).toBe(true);
+    expect(await existsUnder(env.host, device.path)).toBe(true);
     expect((await env.sim.state()).sessions).toHaveLength(1);
   });
 
@@ -425,7 +415,7 @@ describe('restart and forced disconnect', () => {
     expect(error.message).toContain('log out');
     expect(error.details['errors']).toHaveLength(2);
     // The device is gone despite the flush error; the session stays because the logout failed.
-    expect(await existsUnder(env, device.path)).toBe(false);
+    expect(await existsUnder(env.host, device.path)).toBe(false);
     expect((await env.sim.state()).sessions).toHaveLength(1);
     expect(await env.stateFile(volumeId)).toBeDefined();
 

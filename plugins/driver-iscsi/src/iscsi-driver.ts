@@ -3,12 +3,12 @@ import {
   BerthError,
   KeyedLock,
   parseWith,
-  toBerthError,
   type CheckResult,
   type ConnectedDevice,
   type ConnectionInfo,
   type Connector,
   type Device,
+  type DeviceIdentity,
   type DevicePath,
   type DisconnectOptions,
   type PluginContext,
@@ -17,35 +17,34 @@ import {
 } from '@berth/core';
 import {
   FailureList,
-  IscsiadmClient,
-  TargetUsage,
-  deleteScsiDevice,
+  iscsiTransportKit,
+  checkIdentity,
+  contextualError,
   devPath,
   deviceIsTargetLun,
   findLunDevice,
-  lunDeviceName,
-  scanAndWait,
-  scsiWwnOf,
-  sdevDirOf,
-  waitForDeviceGone,
-  zStateVolumeId,
-  type LunDevice,
-  type LunDeviceHost,
   formatHctl,
-  findIscsiSession,
   formatPortal,
+  identityAt,
+  inUseBy,
   listIscsiSessions,
+  lunKey,
+  parseIscsiConnection,
   readInitiatorName,
   readIscsiSession,
+  sameIdentity,
   samePortal,
+  scsiIdentity,
+  scsiWwnOf,
   sessionBlockDevices,
   toPortal,
-  type RetryPolicy,
+  zStateVolumeId,
+  type ConnectedLun,
+  type IscsiVolumeTarget,
+  type LunDevice,
 } from '@berth/iscsi';
 import { AttachStateStore, type AttachState } from './attach-state.js';
 import { checkIscsiHost } from './host-check.js';
-import { lunKey, parseIscsiConnection, targetKey, type IscsiVolumeTarget } from './iscsi-connection.js';
-import { closeSession, openSession, type NodeSessionHost, type SessionProgress, type UsableSession } from './node-session.js';
 import { zIscsiDriverOptions, type IscsiDriverOptions } from './options.js';
 
 /** The transport's registered name. */
@@ -60,158 +59,46 @@ export const STATE_SUBDIR = path.join('driver-iscsi', 'attachments');
 /** How disconnect, extend and paths read a connection_info: the LUN only (berth stores it without passwords). */
 const LOCATE = { protocols: PROTOCOLS, purpose: 'locate' } as const;
 
-/** Backoff of retried iscsiadm runs: 250 ms doubling, at most 4 s, with jitter. */
-const BACKOFF = { baseDelayMs: 250, maxDelayMs: 4_000 } as const;
-
-/** Everything one connect did, so that a failure undoes exactly that. */
-interface ConnectProgress extends SessionProgress {
-  /** Counted in `TargetUsage.inflight`. */
-  registered: boolean;
-  session?: UsableSession;
-  /** A scan went out for a LUN that had no device before. */
-  scanned: boolean;
-}
-
 /**
  * The `iscsi` transport: one LUN of one target through one portal, with the kernel initiator.
- * Locks: one queue per LUN (connects and disconnects of one volume take turns) and one per target
- * (session setup and logout decisions); never one for the whole host.
+ * The LUN lifecycle (node record, session, scan, disk removal, the logout decision) is
+ * `@berth/iscsi`'s `LunLifecycle`; this transport adds one queue per LUN (connects and
+ * disconnects of one volume take turns), its attach state, and the device's identity.
  */
 export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOptions>>): TransportDriver {
   const options = parseWith(zIscsiDriverOptions, context.options ?? {}, 'iscsi transport options');
-  const { runner, fs, waiter } = context.host;
+  const { runner, fs } = context.host;
   const logger = context.logger.child({ transport: NAME });
-  const retry: RetryPolicy = { attempts: options.loginRetries + 1, ...BACKOFF };
-  const iscsiadm = new IscsiadmClient({
-    runner,
-    timeoutMs: options.commandTimeoutMs,
-    retry,
-    onRetry: (event) =>
-      logger.warn({ op: event.op, attempt: event.attempt, delayMs: Math.round(event.delayMs), error: messageOf(event.error) }, 'iscsiadm failed; retrying'),
-  });
-  // `check()` must answer quickly: no retries there.
-  const probeClient = new IscsiadmClient({ runner, timeoutMs: options.commandTimeoutMs, retry: { attempts: 1, ...BACKOFF } });
+  const { iscsiadm, probe: probeClient, lifecycle } = iscsiTransportKit(context.host, logger, { ...options, transport: NAME }, context.faults);
   const states = new AttachStateStore(path.join(context.dataDir, STATE_SUBDIR));
   const lunLocks = new KeyedLock();
-  const targetLocks = new KeyedLock();
-  const usage = new TargetUsage();
-  const faults = context.faults;
-  const sessionHost: NodeSessionHost = { fs, runner, iscsiadm, retry, options, logger, ...(faults ? { faults } : {}) };
-  const deviceHost: LunDeviceHost = { fs, waiter, runner, logger };
-
-  /** Cleanup runs on its own clock: the operation's signal has often fired already. */
-  const cleanupSignal = (): AbortSignal => AbortSignal.timeout(options.commandTimeoutMs + options.deviceTimeoutMs);
 
   async function connectLun(target: IscsiVolumeTarget, call: TransportCallContext, volumeId: string | undefined): Promise<Device> {
-    const { signal } = call;
-    const key = targetKey(target);
-    const progress: ConnectProgress = { createdRecord: false, loggedIn: false, registered: false, scanned: false };
+    const lun = await lifecycle.connect(target, { signal: call.signal });
     try {
-      const session = await targetLocks.withLock(
-        key,
-        async () => {
-          const opened = await openSession(sessionHost, target, signal, progress, cleanupSignal);
-          usage.enter(key, progress.loggedIn ? { createdRecord: progress.createdRecord } : undefined);
-          progress.registered = true;
-          return opened;
-        },
-        signal,
-      );
-      progress.session = session;
-      let name = await lunDeviceName(fs, session, target.kernelLun);
-      if (name === undefined || !(await fs.exists(devPath(name)))) {
-        // A device that was in sysfs before the scan is not this connect's to delete on failure.
-        const scannedBefore = name !== undefined;
-        name = await scanAndWait(deviceHost, target, session, {
-          timeoutMs: options.deviceTimeoutMs,
-          attempts: options.scanAttempts,
-          signal,
-          onScan: () => {
-            if (!scannedBefore) progress.scanned = true;
-          },
-          transport: NAME,
-        });
-        await faults?.hit('iscsi.connect.after-scan');
-      } else {
-        logger.debug({ device: devPath(name), iqn: target.iqn, lun: target.lun }, 'LUN already connected; reusing its device');
-      }
-      signal.throwIfAborted();
-      const lun: LunDevice = (await deviceIsTargetLun(fs, name, target)) ?? {
-        name,
-        sid: session.sid,
-        hctl: { host: session.hostNumber, channel: 0, target: 0, lun: target.kernelLun },
-      };
-      const device = await describeDevice(target, lun);
+      const device = describeDevice(target, lun);
       if (volumeId !== undefined) await states.save(stateOf(volumeId, target, lun, device));
-      usage.leave(key, true);
-      progress.registered = false;
-      logger.info({ device: device.path, iqn: target.iqn, portal: target.portalText, lun: target.lun, sid: lun.sid, wwn: device.scsi_wwn }, 'LUN connected');
+      lifecycle.keep(target, lun.progress);
+      logger.info({ device: device.path, iqn: target.iqn, portal: target.portalText, lun: target.lun, sid: lun.device.sid, wwn: device.scsi_wwn }, 'LUN connected');
       return device;
     } catch (error) {
-      await undoConnect(target, progress);
+      await lifecycle.release(target, lun.progress);
       throw error;
     }
   }
 
-  /** Undo a failed connect: its scanned device, then its login and record if nothing else uses them. Never throws. */
-  async function undoConnect(target: IscsiVolumeTarget, progress: ConnectProgress): Promise<void> {
-    const signal = cleanupSignal();
-    const key = targetKey(target);
-    try {
-      if (progress.scanned && progress.session !== undefined) {
-        // The scan may have made the device after the wait gave up; it was never handed out.
-        const name = await lunDeviceName(fs, progress.session, target.kernelLun);
-        const sdevDir = name === undefined ? undefined : await sdevDirOf(fs, name);
-        if (name !== undefined && (await deleteScsiDevice(fs, name)) === 'deleted') {
-          await waitForDeviceGone(deviceHost, name, sdevDir, options.deviceTimeoutMs, signal);
-          logger.info({ device: devPath(name) }, 'undo: deleted the device this connect scanned');
-        }
-      }
-    } catch (error) {
-      logger.warn({ iqn: target.iqn, lun: target.lun, error: messageOf(error) }, 'undo: could not delete the scanned device');
-    }
-    if (!progress.registered) return;
-    try {
-      await targetLocks.withLock(key, async () => {
-        usage.leave(key, false);
-        progress.registered = false;
-        const pending = usage.peek(key).pendingLogin;
-        if (!progress.loggedIn && pending === undefined) return;
-        if (await sessionStillNeeded(target, undefined)) return;
-        const failures = new FailureList(true);
-        const ownRecord = progress.createdRecord || pending?.createdRecord === true;
-        await closeSession(sessionHost, target, { signal, deleteRecord: ownRecord }, (step, fn) => failures.attempt(step, fn));
-        usage.clearLogin(key);
-        if (failures.size > 0) logger.warn({ iqn: target.iqn, portal: target.portalText }, 'undo: the session could not be closed completely');
-      });
-    } catch (error) {
-      logger.warn({ iqn: target.iqn, error: messageOf(error) }, 'undo: could not close the session');
-    }
-  }
-
-  /**
-   * Whether the session to `target` must stay: a connect of it is in flight, or a LUN other than
-   * `ownDevice` has a block device. Call holding the target lock.
-   */
-  async function sessionStillNeeded(target: IscsiVolumeTarget, ownDevice: string | undefined): Promise<boolean> {
-    if (usage.peek(targetKey(target)).inflight > 0) return true;
-    const session = await findIscsiSession(fs, target);
-    if (session?.hostNumber === undefined) return false;
-    const devices = await sessionBlockDevices(fs, session.sid, { host: session.hostNumber });
-    return devices.some((d) => d.device !== ownDevice);
-  }
-
-  async function describeDevice(target: IscsiVolumeTarget, lun: LunDevice): Promise<Device> {
-    const scsiWwn = await scsiWwnOf(fs, lun.name);
+  function describeDevice(target: IscsiVolumeTarget, lun: ConnectedLun): Device {
+    const hctl = formatHctl(lun.device.hctl);
     return {
-      path: devPath(lun.name),
+      path: devPath(lun.device.name),
       type: 'block',
-      ...(scsiWwn === undefined ? {} : { scsi_wwn: scsiWwn }),
-      meta: { iqn: target.iqn, portal: target.portalText, lun: target.lun, sid: lun.sid, hctl: formatHctl(lun.hctl) },
+      ...(lun.wwn === undefined ? {} : { scsi_wwn: lun.wwn }),
+      meta: { iqn: target.iqn, portal: target.portalText, lun: target.lun, sid: lun.device.sid, hctl },
+      identity: scsiIdentity(lun.device.sid, hctl, lun.wwn),
     };
   }
 
-  function stateOf(volumeId: string, target: IscsiVolumeTarget, lun: LunDevice, device: Device): AttachState {
+  function stateOf(volumeId: string, target: IscsiVolumeTarget, lun: ConnectedLun, device: Device): AttachState {
     return {
       version: 1,
       volumeId,
@@ -220,8 +107,8 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
       target_lun: target.lun,
       kernel_lun: target.kernelLun,
       iface: options.iface,
-      sid: lun.sid,
-      hctl: formatHctl(lun.hctl),
+      sid: lun.device.sid,
+      hctl: formatHctl(lun.device.hctl),
       device: device.path,
       ...(device.scsi_wwn === undefined ? {} : { scsi_wwn: device.scsi_wwn }),
       connectedAt: new Date().toISOString(),
@@ -229,26 +116,46 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
   }
 
   /**
-   * The LUN's device now: the one the caller names, else the persisted one, else the one sysfs
-   * shows for (IQN, portal, LUN). A named device is used only when sysfs confirms it is this LUN.
+   * The LUN's disk now, and only while it is the very disk this volume was given: the caller's
+   * device (its path must still have its identity: a reused name is a CONFLICT and nothing is
+   * touched), else the persisted one, else the one sysfs shows for (IQN, portal, LUN). A disk
+   * found by name or lookup is used only when sysfs confirms it is this LUN and, when its
+   * identity is known, still has it (another attachment's session to the LUN is not this one).
    */
-  async function locate(target: IscsiVolumeTarget, device: Device | undefined, volumeId: string | undefined): Promise<LunDevice | undefined> {
+  async function locate(target: IscsiVolumeTarget, device: Device | undefined, volumeId: string | undefined, what: string): Promise<LunDevice | undefined> {
+    const state = volumeId === undefined ? undefined : await states.load(volumeId).catch(() => undefined);
+    const ofThisLun = device !== undefined && device.meta?.['iqn'] === target.iqn && device.meta['lun'] === target.lun;
+    const known: DeviceIdentity | undefined =
+      state !== undefined && state.target_iqn === target.iqn && state.kernel_lun === target.kernelLun
+        ? scsiIdentity(state.sid, state.hctl, state.scsi_wwn)
+        : ofThisLun
+          ? device.identity
+          : undefined;
     const named: string[] = [];
-    if (device?.path !== undefined) named.push(device.path);
-    if (volumeId !== undefined) {
-      const state = await states.load(volumeId).catch(() => undefined);
-      if (state !== undefined) named.push(state.device);
+    if (device !== undefined) {
+      const check = await checkIdentity(fs, device, what);
+      if (check.status !== 'gone') named.push(device.path);
     }
+    if (state !== undefined) named.push(state.device);
     for (const candidate of named) {
       const name = candidate.startsWith('/dev/') ? candidate.slice('/dev/'.length) : candidate;
       if (!/^[A-Za-z0-9][A-Za-z0-9_:.+-]*$/.test(name)) continue;
       const lun = await deviceIsTargetLun(fs, name, target);
-      if (lun !== undefined) return lun;
+      if (lun !== undefined && (await stillIs(lun, known))) return lun;
       if (await fs.exists(`/sys/block/${name}`)) {
         logger.warn({ device: candidate, iqn: target.iqn, lun: target.lun }, 'the recorded device is now another disk; looking the LUN up in sysfs');
       }
     }
-    return (await findLunDevice(fs, target)).device;
+    const found = (await findLunDevice(fs, target)).device;
+    if (found === undefined || (await stillIs(found, known))) return found;
+    logger.warn({ device: devPath(found.name), iqn: target.iqn, lun: target.lun }, 'the LUN\'s disk in sysfs is not the one this volume was given (another session); leaving it alone');
+    return undefined;
+  }
+
+  async function stillIs(lun: LunDevice, known: DeviceIdentity | undefined): Promise<boolean> {
+    if (known === undefined) return true;
+    const now = await identityAt(fs, lun.name);
+    return now !== undefined && sameIdentity(known, now);
   }
 
   async function forgetStates(target: IscsiVolumeTarget, volumeId: string | undefined): Promise<void> {
@@ -283,7 +190,7 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
         call.signal.throwIfAborted();
         return await lunLocks.withLock(lunKey(target), () => connectLun(target, call, volumeId), call.signal);
       } catch (error) {
-        throw contextual(`connecting LUN ${target.lun} of ${target.iqn} at ${target.portalText}`, error, call.signal);
+        throw contextualError(`connecting LUN ${target.lun} of ${target.iqn} at ${target.portalText}`, error, call.signal);
       }
     },
 
@@ -297,43 +204,29 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
           lunKey(target),
           async () => {
             const failures = new FailureList(opts.force);
-            const lun = await locate(target, device, volumeId);
+            // Taken before the disk goes: a logout by a concurrent disconnect after this point covers this one.
+            const mark = lifecycle.closeMark(target);
+            const lun = await locate(target, device, volumeId, what);
+            const own: string[] = [];
+            const keep: string[] = [];
             if (lun !== undefined) {
-              const node = devPath(lun.name);
-              // No /dev node (udev never made it) means nothing could have written through it.
-              if (await fs.exists(node)) {
-                await failures.attempt(`flush ${node}`, () =>
-                  runner.run('blockdev', ['--flushbufs', node], { timeoutMs: options.commandTimeoutMs, signal }),
-                );
+              if (inUseBy(opts.inUse, lun.name, await identityAt(fs, lun.name))) {
+                logger.info({ device: devPath(lun.name), iqn: target.iqn, lun: target.lun }, 'another attachment uses this disk: it stays, and so does its session');
+                keep.push(lun.name);
+              } else {
+                const deleted = await lifecycle.removeDisk(lun.name, { signal, failures, flush: true });
+                own.push(lun.name);
+                logger.info({ device: devPath(lun.name), iqn: target.iqn, lun: target.lun, deleted }, 'SCSI device removed');
               }
-              const sdevDir = await sdevDirOf(fs, lun.name);
-              const deleted = await failures.attempt(`delete ${lun.name}`, () => deleteScsiDevice(fs, lun.name));
-              if (deleted !== undefined) {
-                await failures.attempt(`wait for ${node} to go`, () =>
-                  waitForDeviceGone(deviceHost, lun.name, sdevDir, options.deviceTimeoutMs, signal),
-                );
-              }
-              logger.info({ device: node, iqn: target.iqn, lun: target.lun, deleted }, 'SCSI device removed');
             }
-            await targetLocks.withLock(
-              targetKey(target),
-              async () => {
-                if (await sessionStillNeeded(target, lun?.name)) {
-                  logger.info({ iqn: target.iqn, portal: target.portalText }, 'keeping the session: another LUN of it is in use');
-                  return;
-                }
-                await closeSession(sessionHost, target, { signal, deleteRecord: true, faultPoints: true }, (step, fn) => failures.attempt(step, fn));
-                usage.clearLogin(targetKey(target));
-              },
-              signal,
-            );
-            if (failures.size === 0) await forgetStates(target, volumeId);
+            await lifecycle.closeSessionIfUnused(target, own, { signal, failures, mark, keep, faultPoints: true });
+            if (failures.size === 0 && keep.length === 0) await forgetStates(target, volumeId);
             failures.throwIfAny(what);
           },
           signal,
         );
       } catch (error) {
-        throw contextual(what, error, signal);
+        throw contextualError(what, error, signal);
       }
     },
 
@@ -345,7 +238,7 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
         return await lunLocks.withLock(
           lunKey(target),
           async () => {
-            const lun = await locate(target, device, volumeId);
+            const lun = await locate(target, device, volumeId, what);
             if (lun === undefined) {
               throw new BerthError('NOT_FOUND', `LUN ${target.lun} of ${target.iqn} is not connected on this host`, {
                 hint: 'attach the volume first; a detached volume needs nothing on the host to grow',
@@ -363,13 +256,13 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
           call.signal,
         );
       } catch (error) {
-        throw contextual(what, error, call.signal);
+        throw contextualError(what, error, call.signal);
       }
     },
 
     async paths(connection: ConnectionInfo, device: Device): Promise<DevicePath[]> {
       const target = parseIscsiConnection(connection, LOCATE);
-      const lun = await locate(target, device, undefined);
+      const lun = await locate(target, device, undefined, `reading the paths of LUN ${target.lun} of ${target.iqn}`);
       if (lun === undefined) return [{ portal: target.portalText, state: 'missing' }];
       const session = await readIscsiSession(fs, lun.sid);
       const sdevState = (await fs.readFileIfExists(`/sys/block/${lun.name}/device/state`))?.trim() ?? 'unknown';
@@ -402,6 +295,7 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
                 hctl: formatHctl(hctl),
                 ...(useSaved ? { volumeId: saved.volumeId } : {}),
               },
+              identity: scsiIdentity(session.sid, formatHctl(hctl), scsiWwn),
             },
             source: useSaved
               ? { target_iqn: saved.target_iqn, target_portal: saved.target_portal, target_lun: saved.target_lun }
@@ -424,30 +318,4 @@ function sameTargetPortal(text: string, target: IscsiVolumeTarget): boolean {
   } catch {
     return false;
   }
-}
-
-/**
- * `error` as a BerthError whose message says what was being done. When the operation's signal
- * fired, the code says so (TIMEOUT for a deadline, CANCELLED for a cancel) whatever step noticed.
- */
-function contextual(what: string, error: unknown, signal: AbortSignal | undefined): BerthError {
-  const base = toBerthError(error, 'DRIVER_ERROR');
-  // A step stopped by the signal reports it in its own words (an iscsiadm killed, a wait given
-  // up): the signal's reason says whether that was the deadline or a cancel.
-  if (signal?.aborted === true && (base.code === 'TIMEOUT' || base.code === 'CANCELLED')) {
-    const reason = toBerthError(signal.reason ?? new DOMException('This operation was aborted', 'AbortError'), 'CANCELLED');
-    const code = reason.code === 'TIMEOUT' ? 'TIMEOUT' : 'CANCELLED';
-    const message = base === reason || base.message === reason.message ? reason.message : `${reason.message} (${base.message})`;
-    const hint = reason.hint ?? base.hint;
-    return new BerthError(code, `${what}: ${message}`, { cause: error, ...(hint === undefined ? {} : { hint }), details: base.details });
-  }
-  return new BerthError(base.code, `${what}: ${base.message}`, {
-    cause: error,
-    ...(base.hint === undefined ? {} : { hint: base.hint }),
-    details: base.details,
-  });
-}
-
-function messageOf(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }

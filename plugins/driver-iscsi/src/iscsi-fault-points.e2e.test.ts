@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
-import { BerthError, FaultInjector, silentLogger, type TransportDriver } from '@berth/core';
+import { FaultInjector, silentLogger, type TransportCallContext, type TransportDriver } from '@berth/core';
+import { callContext, failureOf } from '@berth/iscsi/testing';
 import { createIscsiDriver } from './iscsi-driver.js';
 import { connectionFor, startSimEnv, targetSpec, type SimEnv } from './test-sim-env.js';
 
@@ -15,22 +16,11 @@ afterEach(async () => {
   env = undefined;
 });
 
-function call(volumeId?: string): { signal: AbortSignal; volumeId?: string } {
-  return { signal: AbortSignal.timeout(20_000), ...(volumeId === undefined ? {} : { volumeId }) };
-}
+const call = (volumeId?: string): TransportCallContext => callContext(20_000, volumeId);
 
 function driverWith(current: SimEnv, spec: Record<string, string>): { driver: TransportDriver; faults: FaultInjector } {
   const faults = new FaultInjector(spec);
   return { driver: createIscsiDriver({ host: current.host, dataDir: current.dataDir, options: {}, logger: silentLogger, faults }), faults };
-}
-
-async function failureOf(promise: Promise<unknown>): Promise<BerthError> {
-  const outcome = await promise.then(
-    () => undefined,
-    (error: unknown) => error,
-  );
-  if (!BerthError.is(outcome)) throw new Error(`expected a BerthError, got ${String(outcome)}`);
-  return outcome;
 }
 
 describe('iSCSI transport fault points', () => {

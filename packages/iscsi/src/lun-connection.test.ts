@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { BerthError, redactConnectionInfo, type ConnectionInfo } from '@berth/core';
-import { lunKey, parseIscsiConnection, secretsOfTarget, targetKey } from './iscsi-connection.js';
+import { lunKey, parseIscsiConnection, secretsOfTarget, targetKey } from './lun-connection.js';
 
 const IQN = 'iqn.2026-01.test.berth:vol1';
 

@@ -1,0 +1,319 @@
+import { KeyedLock, type FaultPoints, type Logger } from '@berth/core';
+import type { CommandRunner, DeviceWaiter, HostFs } from '@berth/host';
+import type { FailureList } from './failure-list.js';
+import { FlushBatcher } from './flush-batcher.js';
+import type { IscsiadmClient } from './iscsiadm-client.js';
+import { findIscsiSession } from './iscsi-sysfs.js';
+import { targetKey } from './lun-connection.js';
+import {
+  devPath,
+  deviceIsTargetLun,
+  lunDeviceName,
+  scanAndWait,
+  scsiWwnOf,
+  sdevDirOf,
+  waitForDeviceGone,
+  type LunDevice,
+  type LunDeviceHost,
+  type LunTarget,
+} from './lun-device.js';
+import { closeSession, messageOf, openSession, type SessionHost, type SessionProgress, type SessionSettings, type SessionTarget, type UsableSession } from './node-session.js';
+import { deleteScsiDevice, sessionBlockDevices } from './scsi-sysfs.js';
+import { TargetUsage } from './target-usage.js';
+
+/** How a transport runs the LUN lifecycle (its options). */
+export interface LunLifecycleOptions extends SessionSettings {
+  /** The transport's name, for the hints that tell which options to raise (`iscsi`, `iscsi-multipath`). */
+  transport: string;
+  /** How long a LUN's disk may take to appear after its scan (and to go after a delete), in ms. */
+  deviceTimeoutMs: number;
+  /** How many scans are written while waiting for the disk, the first included. */
+  scanAttempts: number;
+  /** Timeout of one command, in ms (cleanup runs on `commandTimeoutMs + deviceTimeoutMs`). */
+  commandTimeoutMs: number;
+}
+
+/** What the lifecycle reaches the host through. */
+export interface LunLifecycleDeps {
+  fs: HostFs;
+  waiter: DeviceWaiter;
+  runner: CommandRunner;
+  iscsiadm: IscsiadmClient;
+  logger: Logger;
+  /** Fault points between the commands; absent in production. */
+  faults?: FaultPoints;
+}
+
+/** Everything one LUN connect did, so that a failure (or a path given up) undoes exactly that. */
+export interface LunProgress extends SessionProgress {
+  /** Counted in the target's connects in flight. */
+  registered: boolean;
+  session?: UsableSession;
+  /** A scan went out for a LUN that had no device before. */
+  scanned: boolean;
+}
+
+/** A LUN connected through one session: its disk and WWN, and what the connect did. */
+export interface ConnectedLun {
+  session: UsableSession;
+  device: LunDevice;
+  /** os-brick's scsi_wwn of the disk, when it has a wwid. */
+  wwn?: string;
+  progress: LunProgress;
+}
+
+/** Options of one LUN connect. */
+export interface LunConnectOptions {
+  /** The operation's signal (deadline, cancel). */
+  signal: AbortSignal;
+  /**
+   * Fires to give this path up while it is still waiting for its session (the target lock, the
+   * login: what hangs on a dead portal) — a multipath attach's grace window for stragglers
+   * closed. Once the session is there, the path goes on to its disk.
+   */
+  cut?: AbortSignal;
+  /** Told right before `--login` runs. */
+  onLogin?: () => void;
+  /** Told as soon as the connect has failed, before its undo runs. */
+  onFailed?: (error: unknown) => void;
+  /**
+   * Told when the session is there (the path is past what a dead portal can hang), with how long
+   * this connect's `--login` took when it logged in (a session reused from sysfs took none).
+   */
+  onSession?: (loginMs: number | undefined) => void;
+  /** A discovery made the node record for this connect: it is this connect's to delete on failure. */
+  createdRecord?: boolean;
+  /** Name the portal in a device timeout (a multipath attach has one wait per portal). */
+  namePortal?: boolean;
+}
+
+/**
+ * One LUN of one target through one portal, from node record to disk and back: the single-LUN
+ * lifecycle both iSCSI transports run (the single-path transport once, the multipath transport
+ * once per path). Locks: one queue per target (IQN + portal), held only for session setup and the
+ * logout decision; a transport adds its own per-volume queue. Never a host-wide lock.
+ */
+export class LunLifecycle {
+  /** The session helpers' view of the host (for a transport's own discovery). */
+  readonly sessionHost: SessionHost;
+  private readonly deviceHost: LunDeviceHost;
+  private readonly targetLocks = new KeyedLock();
+  private readonly usage = new TargetUsage();
+  /** How many times this instance closed each target's session: a closer that started before one need not close again. */
+  private readonly closes = new Map<string, number>();
+  /** Flushes of disks removed together share one `blockdev` run. */
+  readonly flusher: FlushBatcher;
+
+  constructor(
+    private readonly deps: LunLifecycleDeps,
+    readonly options: LunLifecycleOptions,
+  ) {
+    this.sessionHost = { fs: deps.fs, waiter: deps.waiter, iscsiadm: deps.iscsiadm, settings: options, logger: deps.logger, ...(deps.faults ? { faults: deps.faults } : {}) };
+    this.deviceHost = { fs: deps.fs, waiter: deps.waiter, runner: deps.runner, logger: deps.logger };
+    this.flusher = new FlushBatcher(deps.runner, options.commandTimeoutMs);
+  }
+
+  /** A signal for cleanup, on its own clock: the operation's signal has often fired already. */
+  cleanupSignal(): AbortSignal {
+    return AbortSignal.timeout(this.options.commandTimeoutMs + this.options.deviceTimeoutMs);
+  }
+
+  /**
+   * Connect `target`'s LUN: a session (reused, or node record + login under the target lock), a
+   * targeted scan and a wait on `/dev` events for the disk (a disk already there is reused). On
+   * failure everything this call did is undone, then the error is thrown.
+   */
+  async connect(target: SessionTarget, options: LunConnectOptions): Promise<ConnectedLun> {
+    const { fs } = this.deps;
+    const key = targetKey(target);
+    const progress: LunProgress = { createdRecord: options.createdRecord === true, loggedIn: false, registered: false, scanned: false };
+    const { signal } = options;
+    const beforeSession = options.cut === undefined ? signal : AbortSignal.any([signal, options.cut]);
+    try {
+      const session = await this.targetLocks.withLock(
+        key,
+        async () => {
+          const opened = await openSession(this.sessionHost, target, options.signal, progress, () => this.cleanupSignal(), {
+            ...(options.cut === undefined ? {} : { cut: options.cut }),
+            ...(options.onLogin === undefined ? {} : { onLogin: options.onLogin }),
+            ...(options.onFailed === undefined ? {} : { onFailed: options.onFailed }),
+          });
+          this.usage.enter(key, progress.loggedIn ? { createdRecord: progress.createdRecord } : undefined);
+          progress.registered = true;
+          return opened;
+        },
+        beforeSession,
+      );
+      progress.session = session;
+      options.onSession?.(progress.loggedIn ? progress.loginMs : undefined);
+      let name = await lunDeviceName(fs, session, target.kernelLun);
+      if (name === undefined || !(await fs.exists(devPath(name)))) {
+        // A device that was in sysfs before the scan is not this connect's to delete on failure.
+        const scannedBefore = name !== undefined;
+        name = await scanAndWait(this.deviceHost, target, session, {
+          timeoutMs: this.options.deviceTimeoutMs,
+          attempts: this.options.scanAttempts,
+          signal,
+          onScan: () => {
+            if (!scannedBefore) progress.scanned = true;
+          },
+          transport: this.options.transport,
+          ...(options.namePortal === true ? { namePortal: true } : {}),
+        });
+        await this.deps.faults?.hit('iscsi.connect.after-scan');
+      } else {
+        this.deps.logger.debug({ device: devPath(name), iqn: target.iqn, portal: target.portalText, lun: target.lun }, 'LUN already connected; reusing its device');
+      }
+      signal.throwIfAborted();
+      const device: LunDevice = (await deviceIsTargetLun(fs, name, target)) ?? {
+        name,
+        sid: session.sid,
+        hctl: { host: session.hostNumber, channel: 0, target: 0, lun: target.kernelLun },
+      };
+      const wwn = await scsiWwnOf(fs, name);
+      return { session, device, ...(wwn === undefined ? {} : { wwn }), progress };
+    } catch (error) {
+      options.onFailed?.(error);
+      await this.release(target, progress);
+      throw error;
+    }
+  }
+
+  /** A connect whose disk is kept (handed out): the normal disconnect rules apply to its session from now on. */
+  keep(target: LunTarget, progress: LunProgress): void {
+    if (!progress.registered) return;
+    this.usage.leave(targetKey(target), true);
+    progress.registered = false;
+  }
+
+  /**
+   * Undo what a connect did that is not kept: the disk its own scan made, then its login and
+   * record when no other LUN or connect uses the session. Never throws.
+   */
+  async release(target: LunTarget, progress: LunProgress): Promise<void> {
+    const { fs, logger } = this.deps;
+    const signal = this.cleanupSignal();
+    const key = targetKey(target);
+    try {
+      if (progress.scanned && progress.session !== undefined) {
+        // The scan may have made the device after the wait gave up; it was never handed out.
+        const name = await lunDeviceName(fs, progress.session, target.kernelLun);
+        const sdevDir = name === undefined ? undefined : await sdevDirOf(fs, name);
+        if (name !== undefined && (await deleteScsiDevice(fs, name)) === 'deleted') {
+          await waitForDeviceGone(this.deviceHost, name, sdevDir, this.options.deviceTimeoutMs, signal);
+          logger.info({ device: devPath(name), portal: target.portalText }, 'undo: deleted the device this connect scanned');
+        }
+        progress.scanned = false;
+      }
+    } catch (error) {
+      logger.warn({ iqn: target.iqn, portal: target.portalText, lun: target.lun, error: messageOf(error) }, 'undo: could not delete the scanned device');
+    }
+    if (!progress.registered) {
+      // A failure before the session was registered was undone by openSession itself.
+      return;
+    }
+    try {
+      await this.targetLocks.withLock(key, async () => {
+        this.usage.leave(key, false);
+        progress.registered = false;
+        const pending = this.usage.peek(key).pendingLogin;
+        if (!progress.loggedIn && pending === undefined && !progress.createdRecord) return;
+        if (await this.sessionStillNeeded(target, [])) return;
+        const failures: Array<{ step: string; error: unknown }> = [];
+        const attempt = async <T>(step: string, fn: () => Promise<T>): Promise<T | undefined> =>
+          fn().catch((error: unknown) => {
+            failures.push({ step, error });
+            return undefined;
+          });
+        const ownRecord = progress.createdRecord || pending?.createdRecord === true;
+        if (progress.loggedIn || pending !== undefined) {
+          await closeSession(this.sessionHost, target, { signal, deleteRecord: ownRecord }, attempt);
+        } else if (ownRecord) {
+          await attempt('delete the node record', () => this.deps.iscsiadm.nodeDelete(target, { signal }));
+        }
+        this.usage.clearLogin(key);
+        if (failures.length > 0) logger.warn({ iqn: target.iqn, portal: target.portalText, errors: failures.map((f) => `${f.step}: ${messageOf(f.error)}`) }, 'undo: the session could not be closed completely');
+      });
+    } catch (error) {
+      logger.warn({ iqn: target.iqn, portal: target.portalText, error: messageOf(error) }, 'undo: could not close the session');
+    }
+  }
+
+  /**
+   * Remove a LUN's disk: `blockdev --flushbufs` when `flush` (and the `/dev` node exists: without
+   * it nothing could have written), `delete`, then a wait until the disk and its SCSI device are
+   * gone. Each step goes through `failures` (recorded under force, thrown otherwise).
+   */
+  async removeDisk(name: string, options: { signal: AbortSignal | undefined; failures: FailureList; flush: boolean; label?: string }): Promise<'deleted' | 'absent' | undefined> {
+    const { fs } = this.deps;
+    const { failures, signal } = options;
+    const node = devPath(name);
+    const label = options.label === undefined ? node : `${node} (${options.label})`;
+    if (options.flush && (await fs.exists(node))) {
+      await failures.attempt(`flush ${label}`, async () => {
+        await this.flusher.flush(node, signal);
+        return true;
+      });
+    }
+    const sdevDir = await sdevDirOf(fs, name);
+    const deleted = await failures.attempt(`delete ${options.label === undefined ? name : label}`, () => deleteScsiDevice(fs, name));
+    if (deleted !== undefined) {
+      await failures.attempt(`wait for ${label} to go`, () => waitForDeviceGone(this.deviceHost, name, sdevDir, this.options.deviceTimeoutMs, signal));
+    }
+    return deleted;
+  }
+
+  /** A mark taken before a disconnect removes its disk; `closeSessionIfUnused` compares it. */
+  closeMark(target: LunTarget): number {
+    return this.closes.get(targetKey(target)) ?? 0;
+  }
+
+  /**
+   * The logout decision, under the target lock (the only part of a disconnect that needs it): log
+   * out and delete the node record unless a connect of the target is in flight, a LUN other than
+   * `ownDevices` has a disk on the session, or a disk of the session is one of `keep` (devices
+   * other attachments use). A disconnect whose `mark` predates a close of this target that left no
+   * session skips its own: many LUNs of one target detached at once log out once, not once each.
+   */
+  async closeSessionIfUnused(
+    target: LunTarget,
+    ownDevices: readonly string[],
+    options: { signal: AbortSignal | undefined; failures: FailureList; mark: number; keep?: readonly string[]; faultPoints?: boolean; namePortal?: boolean },
+  ): Promise<'closed' | 'kept' | 'already-closed'> {
+    const key = targetKey(target);
+    const { logger } = this.deps;
+    return this.targetLocks.withLock(
+      key,
+      async () => {
+        if ((this.closes.get(key) ?? 0) !== options.mark && (await findIscsiSession(this.deps.fs, target)) === undefined) return 'already-closed';
+        if (await this.sessionStillNeeded(target, ownDevices, options.keep ?? [])) {
+          logger.info({ iqn: target.iqn, portal: target.portalText }, 'keeping the session: another LUN of it is in use');
+          return 'kept';
+        }
+        const before = options.failures.size;
+        await closeSession(
+          this.sessionHost,
+          target,
+          { signal: options.signal, deleteRecord: true, ...(options.faultPoints === true ? { faultPoints: true } : {}), ...(options.namePortal === true ? { namePortal: true } : {}) },
+          (step, fn) => options.failures.attempt(step, fn),
+        );
+        this.usage.clearLogin(key);
+        if (options.failures.size === before) this.closes.set(key, (this.closes.get(key) ?? 0) + 1);
+        return 'closed';
+      },
+      options.signal,
+    );
+  }
+
+  /**
+   * Whether the session to `target` must stay: a connect of it is in flight, a LUN other than
+   * `ownDevices` has a block device, or one of its disks is in `keep`. Call holding the target lock.
+   */
+  async sessionStillNeeded(target: LunTarget, ownDevices: readonly string[], keep: readonly string[] = []): Promise<boolean> {
+    if (this.usage.peek(targetKey(target)).inflight > 0) return true;
+    const session = await findIscsiSession(this.deps.fs, target);
+    if (session?.hostNumber === undefined) return false;
+    const devices = await sessionBlockDevices(this.deps.fs, session.sid, { host: session.hostNumber });
+    return devices.some((d) => !ownDevices.includes(d.device) || keep.includes(d.device));
+  }
+}

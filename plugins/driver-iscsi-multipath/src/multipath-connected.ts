@@ -1,0 +1,101 @@
+import type { ConnectedDevice, Device, DevicePath } from '@berth/core';
+import { checkIdentity, deviceIsTargetLun, devPath, formatHctl, formatPortal, holdersOf, readIscsiSession, scsiDeviceOf, scsiIdentity, slavesOf, toPortal } from '@berth/iscsi';
+import type { MultipathVolume } from './multipath-connection.js';
+import type { MultipathContext } from './multipath-context.js';
+import { readMap } from './multipath-map.js';
+import { locatePaths, pathsOfDevice, type LocatedPath } from './path-locate.js';
+
+/** Each path of a connected volume and its state now (the device's identity is checked first). */
+export async function pathStates(ctx: MultipathContext, volume: MultipathVolume, device: Device): Promise<DevicePath[]> {
+  await checkIdentity(ctx.fs, device, `reading the paths of LUN ${volume.primary.lun} of ${volume.primary.iqn}`);
+  const fromDevice = pathsOfDevice(device);
+  const wwn = device.scsi_wwn ?? device.multipath_id;
+  const located = await locatePaths(ctx.fs, volume, fromDevice.map((p) => p.target), wwn, ctx.logger);
+  const dm = /^\/dev\/dm-\d+$/.test(device.path) ? device.path.slice('/dev/'.length) : undefined;
+  const out: DevicePath[] = [];
+  for (const p of located) out.push(await pathState(ctx, p, dm, device.path));
+  return out;
+}
+
+async function pathState(ctx: MultipathContext, p: LocatedPath, dm: string | undefined, devicePath: string): Promise<DevicePath> {
+  const { fs } = ctx;
+  const portal = p.target.portalText;
+  if (p.session === undefined) return { portal, state: 'missing' };
+  const session = await readIscsiSession(fs, p.session.sid);
+  const sessionState = session?.state ?? 'unknown';
+  if (p.device === undefined) return { portal, state: sessionState === 'LOGGED_IN' ? 'no-device' : `${sessionState.toLowerCase()}/no-device` };
+  const node = devPath(p.device.name);
+  const sdevState = (await fs.readFileIfExists(`/sys/block/${p.device.name}/device/state`))?.trim() ?? 'unknown';
+  if (sessionState !== 'LOGGED_IN' || sdevState !== 'running') return { portal, device: node, state: `${sessionState.toLowerCase()}/${sdevState}` };
+  if (dm !== undefined) return { portal, device: node, state: (await holdersOf(fs, p.device.name)).includes(dm) ? 'active' : 'not-in-map' };
+  return { portal, device: node, state: node === devicePath ? 'active' : 'unused' };
+}
+
+/**
+ * Every multipath map whose slaves are iSCSI disks, with its paths and identity, and the
+ * single-mode attachments from their state (for `berth reconcile`).
+ */
+export async function connectedDevices(ctx: MultipathContext): Promise<ConnectedDevice[]> {
+  const { fs } = ctx;
+  const saved = await ctx.states.list();
+  const out: ConnectedDevice[] = [];
+  const seen = new Set<string>();
+  for (const entry of await fs.readdir('/sys/block')) {
+    if (!/^dm-\d+$/.test(entry)) continue;
+    const map = await readMap(fs, entry);
+    if (map === undefined) continue;
+    const paths: DevicePath[] = [];
+    let first: { iqn: string; lun: number } | undefined;
+    for (const slave of await slavesOf(fs, entry)) {
+      const sd = await scsiDeviceOf(fs, slave).catch(() => undefined);
+      if (sd?.sid === undefined) continue;
+      const session = await readIscsiSession(fs, sd.sid);
+      if (session === undefined) continue;
+      first ??= { iqn: session.iqn, lun: sd.hctl.lun };
+      paths.push({ ...(session.portal === undefined ? {} : { portal: formatPortal(session.portal) }), device: devPath(slave), state: session.state === 'LOGGED_IN' ? 'active' : session.state.toLowerCase() });
+    }
+    if (first === undefined) continue;
+    const state = saved.find((s) => s.dm === map.dm && s.scsi_wwn === map.multipathId);
+    seen.add(`/dev/${map.dm}`);
+    out.push({
+      device: {
+        path: `/dev/${map.dm}`,
+        type: 'block',
+        scsi_wwn: map.multipathId,
+        multipath_id: map.multipathId,
+        paths,
+        meta: { mode: 'multipath', dm: map.dm, mapName: map.name, ...(state === undefined ? {} : { volumeId: state.volumeId }) },
+        identity: { kind: 'dm', uuid: `mpath-${map.multipathId}`, wwn: map.multipathId, dm: map.dm },
+      },
+      // Without a state the portal that was `target_portal` is unknown: IQN and LUN name the volume.
+      source: state !== undefined
+        ? { target_iqn: state.target_iqn, target_portal: state.target_portal, target_lun: state.target_lun }
+        : { target_iqn: first.iqn, ...(first.lun < 256 ? { target_lun: first.lun } : {}) },
+    });
+  }
+  for (const state of saved) {
+    if (state.mode !== 'single' || seen.has(state.device)) continue;
+    const name = state.device.slice('/dev/'.length);
+    const path0 = state.paths.find((p) => p.device === state.device);
+    if (path0 === undefined) continue;
+    let portal;
+    try {
+      portal = toPortal(path0.target_portal);
+    } catch {
+      continue;
+    }
+    const lun = await deviceIsTargetLun(fs, name, { iqn: path0.target_iqn, portal, portalText: path0.target_portal, lun: path0.target_lun, kernelLun: path0.kernel_lun });
+    if (lun === undefined) continue;
+    out.push({
+      device: {
+        path: state.device,
+        type: 'block',
+        scsi_wwn: state.scsi_wwn,
+        meta: { mode: 'single', volumeId: state.volumeId },
+        identity: scsiIdentity(lun.sid, formatHctl(lun.hctl), state.scsi_wwn || undefined),
+      },
+      source: { target_iqn: state.target_iqn, target_portal: state.target_portal, target_lun: state.target_lun },
+    });
+  }
+  return out;
+}
