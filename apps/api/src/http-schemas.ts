@@ -18,6 +18,7 @@ import {
   zVolumeStatus,
   type ReconcileReport,
 } from '@berth/core';
+import { parseSize } from '@berth/runtime';
 import { zWaitDuration } from './duration.js';
 
 // Request schemas derive from @berth/core's (the service parses them again): the HTTP layer only
@@ -70,16 +71,61 @@ const zConnectorExtra = z.union([
 /** A connector as the HTTP API accepts it (os-brick's names; extra keys must be flat). */
 export const zHttpConnector = zConnector.catchall(zConnectorExtra);
 
-/** `POST /v1/volumes`. */
-export const zCreateVolumeBody = zCreateVolumeRequest.omit({ projectId: true });
-/** `POST /v1/volumes/{volume}/extend`. */
-export const zExtendVolumeBody = z.strictObject({ sizeBytes: zSizeBytes });
+/** A size as the CLI takes it: `64GiB`, `512MiB`, `10G` (binary), `1TB` (decimal), or bytes. */
+export const zSizeText = z
+  .string()
+  .min(1)
+  .max(32)
+  .describe('the size as the CLI takes it: 64GiB, 512MiB, 10G (binary), 1TB (decimal) or a number of bytes; instead of sizeBytes');
+
+/** A body's size, given either way: `sizeBytes` (a number) or `size` (`"64GiB"`). */
+const sizeChoice = {
+  sizeBytes: zSizeBytes.optional().describe('the size in bytes (a multiple of 512); or give size'),
+  size: zSizeText.optional(),
+};
+
+/** One size from `sizeBytes` or `size` (exactly one of them), checked as `zSizeBytes` checks it. */
+function oneSize<T extends { sizeBytes?: number | undefined; size?: string | undefined }>(value: T, ctx: z.RefinementCtx): Omit<T, 'size' | 'sizeBytes'> & { sizeBytes: number } {
+  const { size, sizeBytes, ...rest } = value;
+  if ((size === undefined) === (sizeBytes === undefined)) {
+    ctx.addIssue({ code: 'custom', message: 'give the size once: sizeBytes (a number of bytes) or size ("64GiB")', path: ['sizeBytes'] });
+    return z.NEVER;
+  }
+  if (size === undefined) return { ...rest, sizeBytes: sizeBytes as number };
+  let bytes: number;
+  try {
+    bytes = parseSize(size);
+  } catch (error) {
+    ctx.addIssue({ code: 'custom', message: `${error instanceof Error ? error.message : 'invalid size'}: use 512MiB, 1GiB, 10G, 1TB or bytes`, path: ['size'] });
+    return z.NEVER;
+  }
+  const checked = zSizeBytes.safeParse(bytes);
+  if (!checked.success) {
+    for (const issue of checked.error.issues) ctx.addIssue({ code: 'custom', message: issue.message, path: ['size'] });
+    return z.NEVER;
+  }
+  return { ...rest, sizeBytes: checked.data };
+}
+
+/** `POST /v1/volumes`: the size as `sizeBytes` or as `size` (`"64GiB"`). */
+export const zCreateVolumeBody = zCreateVolumeRequest.omit({ projectId: true, sizeBytes: true }).extend(sizeChoice).transform(oneSize);
+/** `POST /v1/volumes/{volume}/extend`: the new size as `sizeBytes` or `size`. */
+export const zExtendVolumeBody = z.strictObject(sizeChoice).transform(oneSize);
 /** `POST /v1/volumes/{volume}/attach`: the server defaults to the API host's own. */
 export const zVolumeAttachBody = zAttachRequest.omit({ volume: true, projectId: true, idempotencyKey: true });
 /** `POST /v1/volumes/{volume}/detach`. */
 export const zVolumeDetachBody = zDetachRequest.omit({ volume: true, projectId: true, idempotencyKey: true });
-/** `POST /v1/servers`. */
-export const zCreateServerBody = zCreateServerRequest.omit({ projectId: true });
+const HOST_LABEL = '[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?';
+/** A host name as RFC 1123 has it: dot-separated labels of letters, digits and inner hyphens, 1–63 each, 253 in all. */
+export const zHostName = z
+  .string()
+  .min(1)
+  .max(253)
+  .regex(new RegExp(`^${HOST_LABEL}(?:\\.${HOST_LABEL})*$`), 'must be a host name (RFC 1123): labels of letters, digits and inner hyphens, separated by dots');
+/** `POST /v1/servers`: a host is named as RFC 1123 allows (core takes any string, and creates its row). */
+export const zCreateServerBody = zCreateServerRequest
+  .omit({ projectId: true })
+  .extend({ host: zHostName.optional().describe('the host the server runs on (default: the API host); created when new') });
 /** `POST /v1/servers/{server}/volume-attachments` (Nova's attach). */
 export const zServerAttachBody = zAttachRequest
   .pick({ mode: true, multipath: true })

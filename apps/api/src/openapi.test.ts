@@ -41,7 +41,7 @@ describe('the OpenAPI document', () => {
     }
     const create = doc.paths['/v1/volumes']?.post as { requestBody: { content: Record<string, { schema: Record<string, unknown> }> } };
     const schema = create.requestBody.content['application/json']?.schema;
-    expect(schema).toMatchObject({ type: 'object', additionalProperties: false, required: ['name', 'sizeBytes'] });
+    expect(schema).toMatchObject({ type: 'object', additionalProperties: false, required: ['name'] });
     const attach = doc.paths['/v1/servers/{server}/volume-attachments']?.post as { responses: Record<string, unknown>; parameters: Array<{ name: string }> };
     expect(Object.keys(attach.responses)).toEqual(expect.arrayContaining(['202', '400', '401', '403', '404', '409']));
     expect(attach.parameters.map((p) => p.name)).toEqual(expect.arrayContaining(['server', 'projectId', 'Idempotency-Key']));

@@ -141,3 +141,17 @@ export function toProblem(error: unknown, requestId: string): Problem {
   }
   return makeProblem('INTERNAL', `an internal error happened; the server log has it under request id ${requestId}`, requestId);
 }
+
+/** The problem, and its status line, for an error the HTTP parser raised before a request existed. */
+export function clientErrorProblem(errorCode: string | undefined, requestId: string): Problem {
+  if (errorCode === 'HPE_HEADER_OVERFLOW') {
+    return makeProblem('VALIDATION', 'the request headers are too large', requestId, {
+      status: 431,
+      hint: 'send fewer or shorter headers (16 KiB in all at most)',
+    });
+  }
+  if (errorCode === 'ERR_HTTP_REQUEST_TIMEOUT') {
+    return makeProblem('TIMEOUT', 'the request did not arrive in time', requestId, { status: 408, hint: 'send the whole request at once, then retry' });
+  }
+  return makeProblem('VALIDATION', 'the request is not valid HTTP/1.1', requestId, { hint: 'check the request line, the headers and the body framing' });
+}
