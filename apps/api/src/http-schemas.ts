@@ -1,22 +1,14 @@
 import { z } from 'zod';
 import {
-  DIFFERENCE_KINDS,
-  zAttachment,
   zAttachRequest,
-  zConnectionInfo,
   zConnector,
   zCreateServerRequest,
   zCreateVolumeRequest,
   zDetachRequest,
-  zHost,
-  zOperation,
   zOperationState,
   zReserveAttachmentRequest,
-  zServer,
   zSizeBytes,
-  zVolume,
   zVolumeStatus,
-  type ReconcileReport,
 } from '@berth/core';
 import { parseSize } from '@berth/runtime';
 import { zWaitDuration } from './duration.js';
@@ -135,80 +127,25 @@ export const zReserveAttachmentBody = zReserveAttachmentRequest.omit({ projectId
 /** `PUT /v1/attachments/{id}` (initialize with a connector). */
 export const zInitializeAttachmentBody = z.strictObject({ connector: zHttpConnector });
 /** `POST /v1/reconcile`. */
-export const zReconcileBody = z.strictObject({
-  dryRun: z.boolean().optional().describe('list the differences and their fixes; change nothing'),
-});
+export { zReconcileOptions as zReconcileBody } from '@berth/client';
 /** A body that must be absent or `{}`. */
 export const zEmptyBody = z.strictObject({});
 
-/** `{volumes: [...]}`. */
-export const zVolumeList = z.object({ volumes: z.array(zVolume) });
-/** `{servers: [...]}`. */
-export const zServerList = z.object({ servers: z.array(zServer) });
-/** `{hosts: [...]}`. */
-export const zHostList = z.object({ hosts: z.array(zHost) });
-/** `{attachments: [...]}`. */
-export const zAttachmentList = z.object({ attachments: z.array(zAttachment) });
-/** `{volumeAttachments: [...]}`. */
-export const zVolumeAttachmentList = z.object({ volumeAttachments: z.array(zAttachment) });
-/** `{operations: [...]}`. */
-export const zOperationList = z.object({ operations: z.array(zOperation) });
-/** An attachment and, once initialized, its connection_info (secrets only for admin and agent tokens). */
-export const zAttachmentConnection = z.object({ attachment: zAttachment, connectionInfo: zConnectionInfo.nullable() });
-/** A finished operation's outcome. */
-export const zOperationOutcome = z.object({ operation: zOperation, volume: zVolume, attachment: zAttachment.nullable() });
-/** `{volume}` after an attachment was deleted. */
-export const zVolumeEnvelope = z.object({ volume: zVolume });
-/** A volume's backend secrets. */
-export const zCredentials = z.object({ credentials: z.record(z.string(), z.string()) });
-/** `berth doctor`'s entries. */
-export const zDoctorReport = z.object({
-  entries: z.array(
-    z.object({
-      kind: z.enum(['transport', 'backend', 'consumer', 'store', 'plugin']),
-      name: z.string(),
-      result: z.looseObject({ ok: z.boolean(), summary: z.string(), fix: z.string().optional() }),
-    }),
-  ),
-});
-/** What the plugin loader found. */
-export const zPluginReport = z.object({
-  loaded: z.array(
-    z.object({
-      name: z.string(),
-      packageName: z.string(),
-      version: z.string().optional(),
-      transports: z.array(z.string()),
-      backends: z.array(z.string()),
-      consumers: z.array(z.string()),
-    }),
-  ),
-  failed: z.array(z.object({ packageName: z.string(), error: z.string() })),
-});
-/** One difference `POST /v1/reconcile` found, and what became of its fix. */
-export const zReconcileDifference = z.object({
-  kind: z.enum(DIFFERENCE_KINDS),
-  resource: z.string(),
-  volumeId: z.string().nullable(),
-  attachmentId: z.string().nullable(),
-  detail: z.string(),
-  fix: z.enum(['terminate_connection', 'disconnect', 'reconnect', 'recompute_status', 'none']),
-  fixDetail: z.string(),
-  state: z.enum(['planned', 'applied', 'failed', 'skipped']),
-  result: z.string().nullable(),
-  errorCode: z.string().nullable(),
-});
-/** What `POST /v1/reconcile` answers: @berth/core's ReconcileReport. */
-export const zReconcileReport = z.object({
-  dryRun: z.boolean(),
-  operationId: z.string().nullable().describe('the `reconcile` operation journalling the applied fixes (null when none was applied)'),
-  differences: z.array(zReconcileDifference),
-  unchecked: z.array(z.object({ kind: z.enum(['backend', 'transport']), name: z.string(), reason: z.string() })),
-  counts: z.object({ found: z.number().int(), applied: z.number().int(), failed: z.number().int(), skipped: z.number().int() }),
-});
-// Core has the type but no schema: a compile error here means the two no longer describe the same thing.
-type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
-const reportSchemaMatchesCore: Same<z.output<typeof zReconcileReport>, ReconcileReport> = true;
-void reportSchemaMatchesCore;
-/** `/healthz` and `/readyz`. */
-export const zHealth = z.object({ status: z.string() });
+// The answers' envelopes and reports are the client's wire schemas: one definition for both sides.
+export {
+  zAttachmentConnectionBody as zAttachmentConnection,
+  zAttachmentList,
+  zCredentials,
+  zDoctorReport,
+  zHealth,
+  zHostList,
+  zOperationList,
+  zOperationOutcomeBody as zOperationOutcome,
+  zPluginReport,
+  zReconcileDifference,
+  zReconcileReport,
+  zServerList,
+  zVolumeAttachmentList,
+  zVolumeEnvelope,
+  zVolumeList,
+} from '@berth/client';

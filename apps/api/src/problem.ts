@@ -1,24 +1,11 @@
-import { z } from 'zod';
-import { BerthError, ERROR_CODES, HTTP_STATUS, type BerthErrorCode } from '@berth/core';
+import type { Problem } from '@berth/client';
+import { BerthError, HTTP_STATUS, type BerthErrorCode } from '@berth/core';
 
 /** The media type of every error body. */
 export const PROBLEM_CONTENT_TYPE = 'application/problem+json; charset=utf-8';
 
-/** An RFC 9457 problem, with berth's stable `code` and the request id to find it in the log. */
-export const zProblem = z.object({
-  type: z.string(),
-  title: z.string(),
-  status: z.number().int(),
-  code: z.enum(ERROR_CODES),
-  detail: z.string(),
-  requestId: z.string(),
-  hint: z.string().optional(),
-  operationId: z.string().optional(),
-  issues: z.array(z.object({ path: z.array(z.string()), message: z.string() })).optional(),
-  details: z.record(z.string(), z.unknown()).optional(),
-});
-/** A problem body. */
-export type Problem = z.output<typeof zProblem>;
+/** An RFC 9457 problem, with berth's stable `code` and the request id to find it in the log (the client's schema). */
+export { zProblem, type Problem } from '@berth/client';
 
 const TITLES: Record<BerthErrorCode, string> = {
   VALIDATION: 'The request is not valid',
