@@ -3,6 +3,8 @@ import { setMaxListeners } from 'node:events';
 import { STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Writable } from 'node:stream';
+import fastifySwagger from '@fastify/swagger';
+import fastifySwaggerUi from '@fastify/swagger-ui';
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import type { BerthService } from '@berth/core';
 import type { TokenTable } from './auth.js';
@@ -22,6 +24,9 @@ import { serverRoutes } from './routes/servers.js';
 import { systemRoutes } from './routes/system.js';
 import { volumeRoutes } from './routes/volumes.js';
 import { API_VERSION } from './version.js';
+
+/** Where the interactive API docs (Swagger UI) are served. */
+export const DOCS_PATH = '/docs';
 
 /** Default request body limit: every berth request is small. */
 export const DEFAULT_BODY_LIMIT = 64 * 1024;
@@ -190,6 +195,10 @@ export async function createApiApp(options: ApiAppOptions): Promise<ApiApp> {
     defaultProject: options.defaultProject,
     shutdown: shutdown.signal,
   });
+  // Interactive docs (Swagger UI, its assets served from this process: nothing is fetched from
+  // elsewhere) over the very document /openapi.json serves.
+  await fastify.register(fastifySwagger, { mode: 'static', specification: { document: openapi } });
+  await fastify.register(fastifySwaggerUi, { routePrefix: DOCS_PATH, staticCSP: true, uiConfig: { deepLinking: true, docExpansion: 'list' } });
   await fastify.ready();
 
   let closing: Promise<void> | undefined;

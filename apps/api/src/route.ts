@@ -17,11 +17,13 @@ export interface RouteReply {
   contentType?: string;
 }
 
-/** One documented response of a route. */
+/** One documented response of a route (201 and 202 are documented with `Location`, 503 with `Retry-After`). */
 export interface ResponseSpec {
   description: string;
   schema?: z.ZodType;
   contentType?: string;
+  /** It carries `Retry-After`. */
+  retryAfter?: boolean;
 }
 
 /** What a public route's handler gets: the parsed parameters, query and body. */

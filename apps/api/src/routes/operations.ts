@@ -100,7 +100,7 @@ export function operationRoutes(deps: RouteDeps): AnyRoute[] {
       query: zOperationQuery,
       responses: {
         200: { description: 'It succeeded', schema: zOperationOutcome },
-        202: { description: 'Still running', schema: zOperation },
+        202: { description: 'Still running: poll again (with `wait` to long-poll)', schema: zOperation, retryAfter: true },
       },
       async handler({ principal, params, query, abandoned }) {
         const scope = scopeOf(principal, query.projectId, defaultProject);
