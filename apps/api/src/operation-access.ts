@@ -31,10 +31,10 @@ export async function canSeeOperation(deps: RouteDeps, principal: Principal, sco
 
 /**
  * The operation `id` if the principal may see it, else NOT_FOUND (as if it did not exist). One this
- * process runs or ran is taken from memory, not read again.
+ * process is running is taken from memory (a long-poll then waits on it without a store read).
  */
 export async function visibleOperation(deps: RouteDeps, principal: Principal, scope: ProjectScope, id: string): Promise<Operation> {
-  const operation = deps.tracker.localOperation(id) ?? (await deps.service.getOperation(id));
+  const operation = deps.tracker.runningOperation(id) ?? (await deps.service.getOperation(id));
   if (!(await canSeeOperation(deps, principal, scope, operation))) {
     throw new BerthError('NOT_FOUND', `no operation ${id}`, { hint: 'list them with GET /v1/operations' });
   }

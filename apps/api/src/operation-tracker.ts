@@ -73,15 +73,11 @@ export class OperationTracker {
   }
 
   /**
-   * The operation as this process knows it without reading the store: as it started while it runs
-   * here, as it ended once it succeeded here; undefined otherwise (not ours, forgotten, or failed:
-   * a failed operation's journal is in the store).
+   * An operation this process runs, as it started (enough to check who may see it without a store
+   * read); undefined once it ended (the store has its journal) or when it is not ours.
    */
-  localOperation(id: string): Operation | undefined {
-    const running = this.pending.get(id);
-    if (running !== undefined) return running.operation;
-    const settled = this.results.get(id);
-    return settled?.ok === true ? settled.outcome.operation : undefined;
+  runningOperation(id: string): Operation | undefined {
+    return this.pending.get(id)?.operation;
   }
 
   /** How many long-polls are waiting now. */

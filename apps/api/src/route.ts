@@ -135,9 +135,17 @@ function idempotencyKeyOf(request: FastifyRequest): string | undefined {
 function abandonedSignal(reply: FastifyReply, shutdown: AbortSignal): AbortSignal {
   const gone = new AbortController();
   const raw = reply.raw;
-  if (raw.destroyed || raw.socket?.destroyed === true) gone.abort();
-  else raw.once('close', () => gone.abort());
-  return AbortSignal.any([gone.signal, shutdown]);
+  if (shutdown.aborted || raw.destroyed || raw.socket?.destroyed === true) {
+    gone.abort();
+    return gone.signal;
+  }
+  const abort = (): void => gone.abort();
+  shutdown.addEventListener('abort', abort, { once: true });
+  raw.once('close', () => {
+    shutdown.removeEventListener('abort', abort);
+    gone.abort();
+  });
+  return gone.signal;
 }
 
 async function send(reply: FastifyReply, result: RouteReply): Promise<FastifyReply> {

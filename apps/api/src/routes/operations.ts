@@ -83,8 +83,7 @@ export function operationRoutes(deps: RouteDeps): AnyRoute[] {
         const first = await visibleOperation(deps, principal, scope, params.id);
         if (first.state !== 'running') return { status: 200, body: first };
         await tracker.waitFor(params.id, waitMs(query.wait), abandoned());
-        const settled = tracker.settlement(params.id);
-        return { status: 200, body: settled?.ok === true ? settled.outcome.operation : await service.getOperation(params.id) };
+        return { status: 200, body: await service.getOperation(params.id) };
       },
     }),
     route({

@@ -52,9 +52,11 @@ export function serverRoutes(deps: RouteDeps): AnyRoute[] {
         // Core records a new host before it inserts the server, so a duplicate name would leave a
         // host row behind: refuse it here first (the store still refuses a racing twin).
         if ((await service.listServers(scope)).some((s) => s.name === body.name)) {
-          throw new BerthError('CONFLICT', `a server named ${body.name} already exists${scope.projectId === undefined ? '' : ` in project ${scope.projectId}`}`, {
+          // The store's own words for it, so the CLI says the same with and without --api.
+          const projectId = scope.projectId ?? defaultProject;
+          throw new BerthError('CONFLICT', `a server named ${body.name} already exists in project ${projectId}`, {
             hint: 'pick another name, or use the existing one',
-            details: { name: body.name },
+            details: { name: body.name, projectId },
           });
         }
         const server = await service.createServer({ ...body, ...scope });
