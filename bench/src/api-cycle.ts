@@ -4,22 +4,45 @@ import path from 'node:path';
 import { silentLogger, type BerthService } from '@berth/core';
 import { openBerth } from '@berth/runtime';
 import { createApiApp, hashToken, TokenTable } from '@berth/api';
+import { RemoteBerthService } from '@berth/client';
 import { printTable, summarize } from './stats.js';
 
 const TOKEN = 'bench-admin-token-0123456789abcdef';
 
-/** One run's samples: whole attach+detach cycles, and the attaches and detaches alone (ms). */
+/** What one attach+detach cycle took: the attach and the detach as the caller saw them, and inside the journal. */
+interface CycleResult {
+  attachMs: number;
+  detachMs: number;
+  /** The two operations' own durations (journal start to end): the part HTTP cannot change. */
+  operationsMs: number;
+  requests: number;
+}
+
+/** One way of running an attach+detach cycle on a volume. */
+type Cycle = (volume: string) => Promise<CycleResult>;
+
+/**
+ * A mode's samples over every round: whole cycles, attaches and detaches, each cycle's time outside
+ * its two operations (ms), requests and busy time.
+ */
 interface Samples {
   cycles: number[];
   attaches: number[];
   detaches: number[];
+  outside: number[];
   requests: number;
   wallMs: number;
 }
 
-/** Run `cycles` attach+detach cycles spread over `concurrency` workers, each on its own volume. */
-async function drive(concurrency: number, cycles: number, cycle: (volume: string) => Promise<{ attachMs: number; detachMs: number; requests: number }>): Promise<Samples> {
-  const samples: Samples = { cycles: [], attaches: [], detaches: [], requests: 0, wallMs: 0 };
+const empty = (): Samples => ({ cycles: [], attaches: [], detaches: [], outside: [], requests: 0, wallMs: 0 });
+
+/** An operation's journalled duration in ms. */
+function journalled(operation: { startedAt: string; endedAt: string | null }): number {
+  return operation.endedAt === null ? 0 : Date.parse(operation.endedAt) - Date.parse(operation.startedAt);
+}
+
+/** Run `cycles` cycles spread over `concurrency` workers, each on its own volume, into `samples`. */
+async function drive(samples: Samples, concurrency: number, cycles: number, cycle: Cycle): Promise<void> {
   let next = 0;
   const started = performance.now();
   await Promise.all(
@@ -27,58 +50,65 @@ async function drive(concurrency: number, cycles: number, cycle: (volume: string
       while (next < cycles) {
         next += 1;
         const t0 = performance.now();
-        const { attachMs, detachMs, requests } = await cycle(`bench-${worker}`);
-        samples.cycles.push(performance.now() - t0);
+        const { attachMs, detachMs, operationsMs, requests } = await cycle(`bench-${worker}`);
+        const cycleMs = performance.now() - t0;
+        samples.cycles.push(cycleMs);
+        samples.outside.push(cycleMs - operationsMs);
         samples.attaches.push(attachMs);
         samples.detaches.push(detachMs);
         samples.requests += requests;
       }
     }),
   );
-  samples.wallMs = performance.now() - started;
-  return samples;
+  samples.wallMs += performance.now() - started;
 }
 
-async function createVolumes(berth: BerthService, concurrency: number): Promise<void> {
-  for (let i = 0; i < concurrency; i++) await berth.createVolume({ name: `bench-${i}`, sizeBytes: 16 * 1024 * 1024 });
+/** A cycle through `berth` (the embedded service, or the HTTP client that implements the same interface). */
+function serviceCycle(berth: BerthService): Cycle {
+  return async (volume) => {
+    let t = performance.now();
+    const attached = await berth.attach({ volume });
+    const attachMs = performance.now() - t;
+    t = performance.now();
+    const detached = await berth.detach({ volume });
+    const detachMs = performance.now() - t;
+    return { attachMs, detachMs, operationsMs: journalled(attached.operation) + journalled(detached.operation), requests: 4 };
+  };
 }
 
-async function embeddedRun(concurrency: number, cycles: number): Promise<Samples> {
-  const dataDir = await mkdtemp(path.join(os.tmpdir(), 'berth-bench-embedded-'));
-  const berth = await openBerth({ dataDir, env: {}, logger: silentLogger });
-  try {
-    await createVolumes(berth, concurrency);
-    return await drive(concurrency, cycles, async (volume) => {
-      let t = performance.now();
-      await berth.attach({ volume });
-      const attachMs = performance.now() - t;
-      t = performance.now();
-      await berth.detach({ volume });
-      return { attachMs, detachMs: performance.now() - t, requests: 0 };
-    });
-  } finally {
-    await berth.close();
-    await rm(dataDir, { recursive: true, force: true });
-  }
-}
-
-/** POST (start) then GET the outcome with a long-poll until it is there: 2+ requests per operation. */
-async function operate(url: string, volume: string, action: 'attach' | 'detach'): Promise<number> {
+/** The bare protocol: POST (start), then GET the outcome with a long-poll until it is there. */
+function fetchCycle(url: string): Cycle {
   const headers = { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' };
-  const started = await fetch(`${url}/v1/volumes/${volume}/${action}`, { method: 'POST', headers, body: '{}' });
-  if (started.status !== 202) throw new Error(`${action} ${volume}: ${started.status} ${await started.text()}`);
-  const { id } = (await started.json()) as { id: string };
-  let requests = 1;
-  for (;;) {
-    const answer = await fetch(`${url}/v1/operations/${id}/outcome?wait=30s`, { headers });
-    requests += 1;
-    await answer.arrayBuffer();
-    if (answer.status === 200) return requests;
-    if (answer.status !== 202) throw new Error(`${action} ${volume}: operation ${id} answered ${answer.status}`);
-  }
+  const operate = async (volume: string, action: 'attach' | 'detach'): Promise<{ requests: number; operationMs: number }> => {
+    const started = await fetch(`${url}/v1/volumes/${volume}/${action}`, { method: 'POST', headers, body: '{}' });
+    if (started.status !== 202) throw new Error(`${action} ${volume}: ${started.status} ${await started.text()}`);
+    const { id } = (await started.json()) as { id: string };
+    let requests = 1;
+    for (;;) {
+      const answer = await fetch(`${url}/v1/operations/${id}/outcome?wait=30s`, { headers });
+      requests += 1;
+      const body = (await answer.json()) as { operation?: { startedAt: string; endedAt: string | null } };
+      if (answer.status === 200 && body.operation !== undefined) return { requests, operationMs: journalled(body.operation) };
+      if (answer.status !== 202) throw new Error(`${action} ${volume}: operation ${id} answered ${answer.status}`);
+    }
+  };
+  return async (volume) => {
+    let t = performance.now();
+    const a = await operate(volume, 'attach');
+    const attachMs = performance.now() - t;
+    t = performance.now();
+    const d = await operate(volume, 'detach');
+    return { attachMs, detachMs: performance.now() - t, operationsMs: a.operationMs + d.operationMs, requests: a.requests + d.requests };
+  };
 }
 
-async function apiRun(concurrency: number, cycles: number): Promise<Samples> {
+/**
+ * Attach+detach cycles on the loop transport, embedded (`BerthService`), through the HTTP app with
+ * bare `fetch` (POST, then a long-poll of the outcome), and with `@berth/client` (what `berth --api`
+ * does), at each concurrency. All three modes share one data dir and one service, and run in
+ * alternating rounds, so the machine's load falls on each alike: the gap is what HTTP costs.
+ */
+export async function benchApiCycle(cycles = 100, concurrencies: readonly number[] = [1, 4], rounds = 4): Promise<void> {
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'berth-bench-api-'));
   const berth = await openBerth({ dataDir, env: {}, logger: silentLogger });
   const app = await createApiApp({
@@ -87,51 +117,68 @@ async function apiRun(concurrency: number, cycles: number): Promise<Samples> {
     defaultProject: 'default',
     defaultMetrics: false,
   });
+  let client: RemoteBerthService | undefined;
+  const summary: string[] = [];
   try {
     const url = await app.listen('127.0.0.1', 0);
-    await createVolumes(berth, concurrency);
-    return await drive(concurrency, cycles, async (volume) => {
-      let t = performance.now();
-      const a = await operate(url, volume, 'attach');
-      const attachMs = performance.now() - t;
-      t = performance.now();
-      const d = await operate(url, volume, 'detach');
-      return { attachMs, detachMs: performance.now() - t, requests: a + d };
-    });
+    client = new RemoteBerthService({ url, token: TOKEN });
+    for (let i = 0; i < Math.max(...concurrencies); i++) await berth.createVolume({ name: `bench-${i}`, sizeBytes: 16 * 1024 * 1024 });
+    const modes: Array<{ name: string; cycle: Cycle }> = [
+      { name: 'embedded (BerthService)', cycle: serviceCycle(berth) },
+      { name: 'HTTP, fetch + long-poll', cycle: fetchCycle(url) },
+      { name: 'HTTP, @berth/client', cycle: serviceCycle(client) },
+    ];
+    // One warm-up cycle per mode: module loading and the first connection are not the HTTP layer.
+    for (const mode of modes) await drive(empty(), 1, 1, mode.cycle);
+    for (const concurrency of concurrencies) {
+      const samples = modes.map(() => empty());
+      // One client alternates the modes cycle by cycle; several alternate in rounds (a round must
+      // keep every client busy for the throughput to mean something).
+      const roundCount = concurrency === 1 ? cycles : rounds;
+      const perRound = Math.max(1, Math.round(cycles / roundCount));
+      for (let round = 0; round < roundCount; round++) {
+        for (const [i, mode] of modes.entries()) await drive(samples[i]!, concurrency, perRound, mode.cycle);
+      }
+      const base = samples[0]!;
+      const baseP50 = summarize(base.cycles).p50;
+      const baseRate = base.cycles.length / base.wallMs;
+      const baseOutside = summarize(base.outside).p50;
+      printTable(
+        `attach+detach cycles, loop transport, ${perRound * roundCount} cycles per mode in ${roundCount} alternating rounds, ${concurrency} concurrent client(s) (ms)`,
+        ['mode', 'cycles/s', '× embedded', 'requests/s', 'cycle p50', 'cycle p99', 'Δ cycle p50', 'outside ops p50', 'Δ outside p50', 'attach p50', 'detach p50'],
+        modes.map((mode, i) => {
+          const s = samples[i]!;
+          const c = summarize(s.cycles);
+          const outside = summarize(s.outside).p50;
+          return [
+            mode.name,
+            (s.cycles.length / s.wallMs) * 1000,
+            s.cycles.length / s.wallMs / baseRate,
+            i === 0 ? '-' : (s.requests / s.wallMs) * 1000,
+            c.p50,
+            c.p99,
+            i === 0 ? '-' : c.p50 - baseP50,
+            outside,
+            i === 0 ? '-' : outside - baseOutside,
+            summarize(s.attaches).p50,
+            summarize(s.detaches).p50,
+          ];
+        }),
+      );
+      const http = samples[1]!;
+      const viaClient = samples[2]!;
+      const overhead = (s: Samples): string => `${(summarize(s.outside).p50 - baseOutside).toFixed(2)} ms`;
+      summary.push(
+        `${concurrency} client(s): HTTP overhead per cycle (time outside the operations, p50, minus embedded's) ${overhead(http)} (fetch), ` +
+          `${overhead(viaClient)} (@berth/client); throughput ${(http.cycles.length / http.wallMs / baseRate).toFixed(2)}× / ` +
+          `${(viaClient.cycles.length / viaClient.wallMs / baseRate).toFixed(2)}× embedded`,
+      );
+    }
   } finally {
+    await client?.close();
     await app.close();
     await berth.close();
     await rm(dataDir, { recursive: true, force: true });
   }
-}
-
-/**
- * Attach+detach cycles on the loop transport through the HTTP API (a small concurrent client:
- * POST, then a long-poll of the outcome) beside the same cycles run embedded: the gap is what the
- * HTTP layer costs.
- */
-export async function benchApiCycle(cycles = 100, concurrency = 4): Promise<void> {
-  const embedded = await embeddedRun(concurrency, cycles);
-  const api = await apiRun(concurrency, cycles);
-  const row = (mode: string, s: Samples): Array<string | number> => {
-    const c = summarize(s.cycles);
-    return [
-      mode,
-      (s.cycles.length / s.wallMs) * 1000,
-      s.requests === 0 ? '-' : (s.requests / s.wallMs) * 1000,
-      c.p50,
-      c.p99,
-      summarize(s.attaches).p50,
-      summarize(s.attaches).p99,
-      summarize(s.detaches).p50,
-      summarize(s.detaches).p99,
-    ];
-  };
-  printTable(
-    `attach+detach cycles, loop transport, ${cycles} cycles, ${concurrency} concurrent clients (cycle and step latencies in ms)`,
-    ['mode', 'cycles/s', 'requests/s', 'cycle p50', 'cycle p99', 'attach p50', 'attach p99', 'detach p50', 'detach p99'],
-    [row('embedded (BerthService)', embedded), row('HTTP API (fetch + long-poll)', api)],
-  );
-  const gap = summarize(api.cycles).p50 - summarize(embedded.cycles).p50;
-  console.log(`HTTP layer cost per cycle at p50: ${gap.toFixed(2)} ms (${api.requests} requests in ${(api.wallMs / 1000).toFixed(2)} s)`);
+  console.log(`\n${summary.join('\n')}\ntargets: overhead ≤ 5 ms p50 at 1 client; throughput ≥ 0.8× embedded at 4 clients`);
 }

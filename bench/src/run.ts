@@ -17,9 +17,14 @@ const benches: Record<string, () => Promise<void>> = {
       concurrent: env('BENCH_CONCURRENT_LUNS', 32),
     }),
   'attach-multipath': () => benchAttachMultipath(env('BENCH_ITERATIONS_MULTIPATH', 3)),
-  'api-cycle': () => benchApiCycle(env('BENCH_API_CYCLES', 100), env('BENCH_API_CONCURRENCY', 4)),
   'simhost-tool': () => benchSimhostTool(env('BENCH_TOOL_CALLS', 50)),
   'os-brick-side-by-side': () => benchOsBrickSideBySide(env('BENCH_ITERATIONS_OSBRICK', 3)),
+  'api-cycle': () =>
+    benchApiCycle(
+      env('BENCH_API_CYCLES', 100),
+      (process.env.BENCH_API_CONCURRENCY ?? '1,4').split(',').map(Number),
+      env('BENCH_API_ROUNDS', 4),
+    ),
 };
 
 const wanted = process.argv.slice(2);

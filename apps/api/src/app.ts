@@ -1,14 +1,19 @@
 import { randomUUID } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
+import { STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { Writable } from 'node:stream';
+import fastifySwagger from '@fastify/swagger';
+import fastifySwaggerUi from '@fastify/swagger-ui';
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import type { BerthService } from '@berth/core';
 import type { TokenTable } from './auth.js';
-import { IdempotencyCache } from './idempotency.js';
+import { IdempotencyCache, OperationKeyLog } from './idempotency.js';
+import { API_REDACT_PATHS, CENSOR, redactDeep, serializeError, serializeRequest } from './log-redaction.js';
 import { ApiMetrics } from './metrics.js';
 import { buildOpenApi, type OpenApiDocument } from './openapi.js';
 import { OperationTracker } from './operation-tracker.js';
-import { makeProblem, PROBLEM_CONTENT_TYPE, toProblem, type Problem } from './problem.js';
+import { clientErrorProblem, makeProblem, PROBLEM_CONTENT_TYPE, toProblem, type Problem } from './problem.js';
 import type { RouteDeps } from './route-deps.js';
 import { registerRoutes, type AnyRoute } from './route.js';
 import { attachmentRoutes } from './routes/attachments.js';
@@ -20,20 +25,8 @@ import { systemRoutes } from './routes/system.js';
 import { volumeRoutes } from './routes/volumes.js';
 import { API_VERSION } from './version.js';
 
-/** Paths pino redacts in the app's logs: tokens and CHAP secrets never reach a log line. */
-export const API_REDACT_PATHS = [
-  'req.headers.authorization',
-  'headers.authorization',
-  'authorization',
-  'token',
-  '*.token',
-  'auth_password',
-  'discovery_auth_password',
-  '*.auth_password',
-  '*.discovery_auth_password',
-  '*.*.auth_password',
-  '*.*.discovery_auth_password',
-];
+/** Where the interactive API docs (Swagger UI) are served. */
+export const DOCS_PATH = '/docs';
 
 /** Default request body limit: every berth request is small. */
 export const DEFAULT_BODY_LIMIT = 64 * 1024;
@@ -75,12 +68,38 @@ export interface ApiApp {
   close(): Promise<void>;
 }
 
+/** What a 503 during shutdown tells a client (`Retry-After`): about the time a restart takes. */
+export const SHUTDOWN_RETRY_AFTER_SECONDS = 5;
+
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 function sendProblem(reply: FastifyReply, problem: Problem): FastifyReply {
   void reply.header('x-request-id', problem.requestId);
   if (problem.code === 'UNAUTHENTICATED') void reply.header('www-authenticate', 'Bearer');
+  const retryAfter = problem.details?.retryAfterSeconds;
+  if (typeof retryAfter === 'number') void reply.header('retry-after', String(retryAfter));
   return reply.code(problem.status).type(PROBLEM_CONTENT_TYPE).send(problem);
+}
+
+/**
+ * Errors the HTTP parser raises before there is a request (headers too large, a malformed request
+ * line, a request that never finished) are problems too; the connection is closed after the answer,
+ * since what follows on it cannot be trusted.
+ */
+function answerClientError(this: FastifyInstance, error: Error & { code?: string }, socket: Duplex): void {
+  if (error.code === 'ECONNRESET' || socket.destroyed) return;
+  const problem = clientErrorProblem(error.code, randomUUID());
+  this.log.info({ code: problem.code, status: problem.status, requestId: problem.requestId }, 'malformed request refused');
+  if (!socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const body = JSON.stringify(problem);
+  socket.end(
+    `HTTP/1.1 ${problem.status} ${STATUS_CODES[problem.status] ?? 'Bad Request'}\r\n` +
+      `content-type: ${PROBLEM_CONTENT_TYPE}\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
+      `x-request-id: ${problem.requestId}\r\nconnection: close\r\n\r\n${body}`,
+  );
 }
 
 /** Build the HTTP app on a service: routes, auth, validation, problem+json errors and metrics. */
@@ -90,7 +109,13 @@ export async function createApiApp(options: ApiAppOptions): Promise<ApiApp> {
     logger:
       log === false
         ? false
-        : { level: log.level, redact: { paths: API_REDACT_PATHS, censor: '***' }, ...(log.stream === undefined ? {} : { stream: log.stream }) },
+        : {
+            level: log.level,
+            redact: { paths: API_REDACT_PATHS, censor: CENSOR },
+            formatters: { log: (object: Record<string, unknown>) => redactDeep(object) as Record<string, unknown> },
+            serializers: { req: serializeRequest, err: serializeError },
+            ...(log.stream === undefined ? {} : { stream: log.stream }),
+          },
     bodyLimit: options.bodyLimit ?? DEFAULT_BODY_LIMIT,
     onProtoPoisoning: 'error',
     onConstructorPoisoning: 'error',
@@ -106,6 +131,7 @@ export async function createApiApp(options: ApiAppOptions): Promise<ApiApp> {
     frameworkErrors: (error, request, reply) => {
       sendProblem(reply, toProblem(error, request.id));
     },
+    clientErrorHandler: answerClientError,
   });
 
   const metrics = new ApiMetrics({ defaultMetrics: options.defaultMetrics ?? true });
@@ -122,6 +148,7 @@ export async function createApiApp(options: ApiAppOptions): Promise<ApiApp> {
     defaultProject: options.defaultProject,
     maxWaitMs: options.maxWaitMs ?? DEFAULT_MAX_WAIT_MS,
     shutdown: shutdown.signal,
+    operationKeys: new OperationKeyLog(options.memoryCapacity ?? 1000),
     openapi: () => {
       if (built.openapi === undefined) throw new Error('the OpenAPI document is built after the routes');
       return built.openapi;
@@ -135,7 +162,13 @@ export async function createApiApp(options: ApiAppOptions): Promise<ApiApp> {
     void reply.header('x-request-id', request.id);
     if (shutdown.signal.aborted && request.url !== '/healthz') {
       void reply.header('connection', 'close');
-      return sendProblem(reply, makeProblem('CANCELLED', 'the server is shutting down; retry after it restarts', request.id, { status: 503 }));
+      return sendProblem(
+        reply,
+        makeProblem('CANCELLED', 'the server is shutting down; retry after it restarts', request.id, {
+          status: 503,
+          details: { retryAfterSeconds: SHUTDOWN_RETRY_AFTER_SECONDS },
+        }),
+      );
     }
     return undefined;
   });
@@ -156,7 +189,16 @@ export async function createApiApp(options: ApiAppOptions): Promise<ApiApp> {
       hint: 'see /openapi.json or /docs for the routes',
     })),
   );
-  registerRoutes(fastify, routes, { tokens: options.tokens, idempotency: new IdempotencyCache(options.memoryCapacity ?? 1000) });
+  registerRoutes(fastify, routes, {
+    tokens: options.tokens,
+    idempotency: new IdempotencyCache(options.memoryCapacity ?? 1000),
+    defaultProject: options.defaultProject,
+    shutdown: shutdown.signal,
+  });
+  // Interactive docs (Swagger UI, its assets served from this process: nothing is fetched from
+  // elsewhere) over the very document /openapi.json serves.
+  await fastify.register(fastifySwagger, { mode: 'static', specification: { document: openapi } });
+  await fastify.register(fastifySwaggerUi, { routePrefix: DOCS_PATH, staticCSP: true, uiConfig: { deepLinking: true, docExpansion: 'list' } });
   await fastify.ready();
 
   let closing: Promise<void> | undefined;

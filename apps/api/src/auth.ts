@@ -4,9 +4,15 @@ import { BerthError, type BerthConfig } from '@berth/core';
 /** What a token may do: `admin` everything, `member` its own project, `agent` a host agent. */
 export type Role = 'admin' | 'member' | 'agent';
 
-/** Who made a request: the token's name (never the token), its role and project. */
+/** Who made a request: the token's name (never the token), its identity, role and project. */
 export interface Principal {
+  /** The configured token's name: a label for people, not unique (two entries may share one). */
   name: string;
+  /**
+   * Which configured token this is, unique in the table (`config#3`, `env`): what per-token state
+   * such as the idempotency cache is keyed by. Never the token or its digest.
+   */
+  tokenId: string;
   role: Role;
   /** A member's project; for admin and agent tokens only the default project of their requests. */
   projectId: string | undefined;
@@ -46,9 +52,9 @@ export class TokenTable {
    * table: the API must never run open.
    */
   static fromConfig(tokens: readonly TokenEntry[], env: Record<string, string | undefined>): TokenTable {
-    const entries = tokens.map((t) => ({
+    const entries = tokens.map((t, index) => ({
       digest: Buffer.from(t.sha256, 'hex'),
-      principal: { name: t.name, role: t.role, projectId: t.projectId },
+      principal: { name: t.name, tokenId: `config#${index}`, role: t.role, projectId: t.projectId },
     }));
     const fromEnv = env[API_TOKEN_ENV];
     if (fromEnv !== undefined && fromEnv !== '') {
@@ -57,7 +63,7 @@ export class TokenTable {
           hint: 'make one with: openssl rand -hex 32',
         });
       }
-      entries.push({ digest: Buffer.from(hashToken(fromEnv), 'hex'), principal: { name: 'env', role: 'admin', projectId: undefined } });
+      entries.push({ digest: Buffer.from(hashToken(fromEnv), 'hex'), principal: { name: 'env', tokenId: 'env', role: 'admin', projectId: undefined } });
     }
     if (entries.length === 0) {
       throw new BerthError('CONFIG', 'the berth API has no tokens configured and will not run without authentication', {

@@ -99,7 +99,8 @@ describe('the CLI as a client of the API', () => {
     // The remote run changed the server's state, not a local one.
     expect(existsSync(path.join(embeddedDir, 'unused'))).toBe(false);
     expect((await api.service.listVolumes()).map((v) => `${v.name}:${v.sizeBytes}`)).toEqual(['data2:2097152']);
-  });
+    // 52 CLI processes, two at a time: each start costs 1–4 s on a loaded 2-core machine (issue 12's CLI start).
+  }, 360_000);
 
   it('reports a bad token and an unreachable server with the codes of their errors', async () => {
     const unauthenticated = await berth(['volume', 'list'], { BERTH_API_URL: api.url, BERTH_TOKEN: 'wrong-token' });

@@ -1,25 +1,17 @@
-import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Host, Operation, Server, Volume } from '@berth/core';
-import { bodyOf, createTestApi, PROJECT_A, PROJECT_B, TOKENS, type TestAnswer, type TestApi } from './test-support.js';
+import { bodyOf, captureLogs, createTestApi, expectProblem, PROJECT_A, PROJECT_B, TOKENS, type TestApi } from './test-support.js';
 
 const MiB = 1024 * 1024;
-const PROBLEM_KEYS = new Set(['type', 'title', 'status', 'code', 'detail', 'requestId', 'hint', 'operationId', 'issues', 'details']);
 
 let t: TestApi;
-const logs: string[] = [];
+const logs = captureLogs();
 let volumeB: Volume;
 let volumeA: Volume;
 let operationB: Operation;
 
 beforeAll(async () => {
-  const logStream = new Writable({
-    write(chunk: Buffer, _encoding, callback) {
-      logs.push(chunk.toString('utf8'));
-      callback();
-    },
-  });
-  t = await createTestApi({ logStream });
+  t = await createTestApi({ logStream: logs.stream });
   volumeA = (await t.request('POST', '/v1/volumes', { token: TOKENS.memberA, json: { name: 'vol-a', sizeBytes: MiB } })).body as Volume;
   volumeB = (await t.request('POST', '/v1/volumes', { token: TOKENS.memberB, json: { name: 'secret-b', sizeBytes: MiB } })).body as Volume;
   await t.request('POST', '/v1/servers', { token: TOKENS.memberA, json: { name: 'srv-a' } });
@@ -35,19 +27,6 @@ afterAll(async () => {
   await t.cleanup();
 });
 
-/** Every problem body: the media type, the fields, the request id, and nothing that must not be there. */
-function expectProblem(answer: TestAnswer, status: number, code: string): Record<string, unknown> {
-  expect(answer.status).toBe(status);
-  expect(answer.headers.get('content-type')).toBe('application/problem+json; charset=utf-8');
-  const body = bodyOf(answer);
-  expect(body).toMatchObject({ status, code, type: expect.stringMatching(/^urn:berth:error:/), title: expect.any(String), detail: expect.any(String) });
-  expect(body.requestId).toBe(answer.headers.get('x-request-id'));
-  for (const key of Object.keys(body)) expect(PROBLEM_KEYS.has(key)).toBe(true);
-  expect(answer.text).not.toMatch(/at .*\.(js|ts):\d+/);
-  expect(answer.text).not.toContain('stack');
-  for (const token of Object.values(TOKENS)) expect(answer.text).not.toContain(token);
-  return body;
-}
 
 describe('400: every body, parameter and query is validated', () => {
   it('rejects unknown fields, bad values and wrong types with every issue listed', async () => {
@@ -186,7 +165,7 @@ describe('409 and 422: state conflicts and requests that cannot be done', () => 
 
 describe('logs', () => {
   it('carry request ids and never a token', () => {
-    const text = logs.join('');
+    const text = logs.text();
     expect(text).toContain('"reqId"');
     for (const token of Object.values(TOKENS)) expect(text).not.toContain(token);
     expect(text).not.toContain('Bearer ');

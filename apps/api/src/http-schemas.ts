@@ -1,23 +1,16 @@
 import { z } from 'zod';
 import {
-  DIFFERENCE_KINDS,
-  zAttachment,
   zAttachRequest,
-  zConnectionInfo,
   zConnector,
   zCreateServerRequest,
   zCreateVolumeRequest,
   zDetachRequest,
-  zHost,
-  zOperation,
   zOperationState,
   zReserveAttachmentRequest,
-  zServer,
   zSizeBytes,
-  zVolume,
   zVolumeStatus,
-  type ReconcileReport,
 } from '@berth/core';
+import { parseSize } from '@berth/runtime';
 import { zWaitDuration } from './duration.js';
 
 // Request schemas derive from @berth/core's (the service parses them again): the HTTP layer only
@@ -70,16 +63,61 @@ const zConnectorExtra = z.union([
 /** A connector as the HTTP API accepts it (os-brick's names; extra keys must be flat). */
 export const zHttpConnector = zConnector.catchall(zConnectorExtra);
 
-/** `POST /v1/volumes`. */
-export const zCreateVolumeBody = zCreateVolumeRequest.omit({ projectId: true });
-/** `POST /v1/volumes/{volume}/extend`. */
-export const zExtendVolumeBody = z.strictObject({ sizeBytes: zSizeBytes });
+/** A size as the CLI takes it: `64GiB`, `512MiB`, `10G` (binary), `1TB` (decimal), or bytes. */
+export const zSizeText = z
+  .string()
+  .min(1)
+  .max(32)
+  .describe('the size as the CLI takes it: 64GiB, 512MiB, 10G (binary), 1TB (decimal) or a number of bytes; instead of sizeBytes');
+
+/** A body's size, given either way: `sizeBytes` (a number) or `size` (`"64GiB"`). */
+const sizeChoice = {
+  sizeBytes: zSizeBytes.optional().describe('the size in bytes (a multiple of 512); or give size'),
+  size: zSizeText.optional(),
+};
+
+/** One size from `sizeBytes` or `size` (exactly one of them), checked as `zSizeBytes` checks it. */
+function oneSize<T extends { sizeBytes?: number | undefined; size?: string | undefined }>(value: T, ctx: z.RefinementCtx): Omit<T, 'size' | 'sizeBytes'> & { sizeBytes: number } {
+  const { size, sizeBytes, ...rest } = value;
+  if ((size === undefined) === (sizeBytes === undefined)) {
+    ctx.addIssue({ code: 'custom', message: 'give the size once: sizeBytes (a number of bytes) or size ("64GiB")', path: ['sizeBytes'] });
+    return z.NEVER;
+  }
+  if (size === undefined) return { ...rest, sizeBytes: sizeBytes as number };
+  let bytes: number;
+  try {
+    bytes = parseSize(size);
+  } catch (error) {
+    ctx.addIssue({ code: 'custom', message: `${error instanceof Error ? error.message : 'invalid size'}: use 512MiB, 1GiB, 10G, 1TB or bytes`, path: ['size'] });
+    return z.NEVER;
+  }
+  const checked = zSizeBytes.safeParse(bytes);
+  if (!checked.success) {
+    for (const issue of checked.error.issues) ctx.addIssue({ code: 'custom', message: issue.message, path: ['size'] });
+    return z.NEVER;
+  }
+  return { ...rest, sizeBytes: checked.data };
+}
+
+/** `POST /v1/volumes`: the size as `sizeBytes` or as `size` (`"64GiB"`). */
+export const zCreateVolumeBody = zCreateVolumeRequest.omit({ projectId: true, sizeBytes: true }).extend(sizeChoice).transform(oneSize);
+/** `POST /v1/volumes/{volume}/extend`: the new size as `sizeBytes` or `size`. */
+export const zExtendVolumeBody = z.strictObject(sizeChoice).transform(oneSize);
 /** `POST /v1/volumes/{volume}/attach`: the server defaults to the API host's own. */
 export const zVolumeAttachBody = zAttachRequest.omit({ volume: true, projectId: true, idempotencyKey: true });
 /** `POST /v1/volumes/{volume}/detach`. */
 export const zVolumeDetachBody = zDetachRequest.omit({ volume: true, projectId: true, idempotencyKey: true });
-/** `POST /v1/servers`. */
-export const zCreateServerBody = zCreateServerRequest.omit({ projectId: true });
+const HOST_LABEL = '[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?';
+/** A host name as RFC 1123 has it: dot-separated labels of letters, digits and inner hyphens, 1–63 each, 253 in all. */
+export const zHostName = z
+  .string()
+  .min(1)
+  .max(253)
+  .regex(new RegExp(`^${HOST_LABEL}(?:\\.${HOST_LABEL})*$`), 'must be a host name (RFC 1123): labels of letters, digits and inner hyphens, separated by dots');
+/** `POST /v1/servers`: a host is named as RFC 1123 allows (core takes any string, and creates its row). */
+export const zCreateServerBody = zCreateServerRequest
+  .omit({ projectId: true })
+  .extend({ host: zHostName.optional().describe('the host the server runs on (default: the API host); created when new') });
 /** `POST /v1/servers/{server}/volume-attachments` (Nova's attach). */
 export const zServerAttachBody = zAttachRequest
   .pick({ mode: true, multipath: true })
@@ -89,80 +127,25 @@ export const zReserveAttachmentBody = zReserveAttachmentRequest.omit({ projectId
 /** `PUT /v1/attachments/{id}` (initialize with a connector). */
 export const zInitializeAttachmentBody = z.strictObject({ connector: zHttpConnector });
 /** `POST /v1/reconcile`. */
-export const zReconcileBody = z.strictObject({
-  dryRun: z.boolean().optional().describe('list the differences and their fixes; change nothing'),
-});
+export { zReconcileOptions as zReconcileBody } from '@berth/client';
 /** A body that must be absent or `{}`. */
 export const zEmptyBody = z.strictObject({});
 
-/** `{volumes: [...]}`. */
-export const zVolumeList = z.object({ volumes: z.array(zVolume) });
-/** `{servers: [...]}`. */
-export const zServerList = z.object({ servers: z.array(zServer) });
-/** `{hosts: [...]}`. */
-export const zHostList = z.object({ hosts: z.array(zHost) });
-/** `{attachments: [...]}`. */
-export const zAttachmentList = z.object({ attachments: z.array(zAttachment) });
-/** `{volumeAttachments: [...]}`. */
-export const zVolumeAttachmentList = z.object({ volumeAttachments: z.array(zAttachment) });
-/** `{operations: [...]}`. */
-export const zOperationList = z.object({ operations: z.array(zOperation) });
-/** An attachment and, once initialized, its connection_info (secrets only for admin and agent tokens). */
-export const zAttachmentConnection = z.object({ attachment: zAttachment, connectionInfo: zConnectionInfo.nullable() });
-/** A finished operation's outcome. */
-export const zOperationOutcome = z.object({ operation: zOperation, volume: zVolume, attachment: zAttachment.nullable() });
-/** `{volume}` after an attachment was deleted. */
-export const zVolumeEnvelope = z.object({ volume: zVolume });
-/** A volume's backend secrets. */
-export const zCredentials = z.object({ credentials: z.record(z.string(), z.string()) });
-/** `berth doctor`'s entries. */
-export const zDoctorReport = z.object({
-  entries: z.array(
-    z.object({
-      kind: z.enum(['transport', 'backend', 'consumer', 'store', 'plugin']),
-      name: z.string(),
-      result: z.looseObject({ ok: z.boolean(), summary: z.string(), fix: z.string().optional() }),
-    }),
-  ),
-});
-/** What the plugin loader found. */
-export const zPluginReport = z.object({
-  loaded: z.array(
-    z.object({
-      name: z.string(),
-      packageName: z.string(),
-      version: z.string().optional(),
-      transports: z.array(z.string()),
-      backends: z.array(z.string()),
-      consumers: z.array(z.string()),
-    }),
-  ),
-  failed: z.array(z.object({ packageName: z.string(), error: z.string() })),
-});
-/** One difference `POST /v1/reconcile` found, and what became of its fix. */
-export const zReconcileDifference = z.object({
-  kind: z.enum(DIFFERENCE_KINDS),
-  resource: z.string(),
-  volumeId: z.string().nullable(),
-  attachmentId: z.string().nullable(),
-  detail: z.string(),
-  fix: z.enum(['terminate_connection', 'disconnect', 'reconnect', 'recompute_status', 'none']),
-  fixDetail: z.string(),
-  state: z.enum(['planned', 'applied', 'failed', 'skipped']),
-  result: z.string().nullable(),
-  errorCode: z.string().nullable(),
-});
-/** What `POST /v1/reconcile` answers: @berth/core's ReconcileReport. */
-export const zReconcileReport = z.object({
-  dryRun: z.boolean(),
-  operationId: z.string().nullable().describe('the `reconcile` operation journalling the applied fixes (null when none was applied)'),
-  differences: z.array(zReconcileDifference),
-  unchecked: z.array(z.object({ kind: z.enum(['backend', 'transport']), name: z.string(), reason: z.string() })),
-  counts: z.object({ found: z.number().int(), applied: z.number().int(), failed: z.number().int(), skipped: z.number().int() }),
-});
-// Core has the type but no schema: a compile error here means the two no longer describe the same thing.
-type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
-const reportSchemaMatchesCore: Same<z.output<typeof zReconcileReport>, ReconcileReport> = true;
-void reportSchemaMatchesCore;
-/** `/healthz` and `/readyz`. */
-export const zHealth = z.object({ status: z.string() });
+// The answers' envelopes and reports are the client's wire schemas: one definition for both sides.
+export {
+  zAttachmentConnectionBody as zAttachmentConnection,
+  zAttachmentList,
+  zCredentials,
+  zDoctorReport,
+  zHealth,
+  zHostList,
+  zOperationList,
+  zOperationOutcomeBody as zOperationOutcome,
+  zPluginReport,
+  zReconcileDifference,
+  zReconcileReport,
+  zServerList,
+  zVolumeAttachmentList,
+  zVolumeEnvelope,
+  zVolumeList,
+} from '@berth/client';

@@ -22,9 +22,15 @@ export function requestFingerprint(method: string, url: string, body: unknown): 
   return createHash('sha256').update(`${method} ${url}\n${JSON.stringify(body ?? null)}`).digest('hex');
 }
 
+/** The cache scope of a request: the token's identity and the project it acts in. */
+export function idempotencyScope(tokenId: string, projectId: string | undefined): string {
+  return `${tokenId}\n${projectId ?? '*'}`;
+}
+
 /**
  * Idempotency for POSTs that do not start an operation (create volume/server, extend, the
- * three-phase attachments API): the first successful reply per (token, key) is kept in memory —
+ * three-phase attachments API): the first successful reply per (scope, key) — the scope being the
+ * token's identity and the project the request acts in — is kept in memory —
  * bounded in count and age — and a retry gets it back. The same key with another request is
  * UNPROCESSABLE; while the first is still running, CONFLICT. Attach and detach do not use this:
  * the service keeps their keys in the operations table, across restarts.
@@ -45,14 +51,11 @@ export class IdempotencyCache {
     const entry = this.entries.get(id);
     const now = Date.now();
     if (entry !== undefined && entry.expiresAt > now) {
-      if (entry.fingerprint !== fingerprint) {
-        throw new BerthError('UNPROCESSABLE', 'this Idempotency-Key was used for a different request', {
-          hint: 'use a new key (a random UUID) for each distinct request',
-        });
-      }
+      if (entry.fingerprint !== fingerprint) throw keyReused();
       if (entry.state === 'pending') {
         throw new BerthError('CONFLICT', 'a request with this Idempotency-Key is still being processed', {
           hint: 'retry once it has finished',
+          details: { retryAfterSeconds: 1 },
         });
       }
       return { kind: 'replay', reply: entry.reply };
@@ -70,4 +73,36 @@ export class IdempotencyCache {
   abandon(scope: string, key: string): void {
     this.entries.delete(`${scope}\n${key}`);
   }
+}
+
+/**
+ * What each attach/detach `Idempotency-Key` this process saw was used for (a fingerprint of the
+ * resolved request), so that the same key with another request is UNPROCESSABLE, as on the other
+ * routes, even where the operation row cannot tell (mode, multipath, force). Keys are global, as in
+ * the operations table. Bounded; a restart forgets, and then only kind, volume and server are checked.
+ */
+export class OperationKeyLog {
+  private readonly fingerprints: BoundedMap<string, string>;
+
+  constructor(capacity = 1000) {
+    this.fingerprints = new BoundedMap(capacity);
+  }
+
+  /** Throw UNPROCESSABLE when `key` was used for a request other than `fingerprint`. */
+  check(key: string, fingerprint: string): void {
+    const known = this.fingerprints.get(key);
+    if (known !== undefined && known !== fingerprint) throw keyReused('attach or detach');
+  }
+
+  /** Remember what `key` was used for. */
+  remember(key: string, fingerprint: string): void {
+    this.fingerprints.set(key, fingerprint);
+  }
+}
+
+/** The error for an `Idempotency-Key` sent again with another request. */
+export function keyReused(what = 'request'): BerthError {
+  return new BerthError('UNPROCESSABLE', 'this Idempotency-Key was used for a different request', {
+    hint: `use a new key (a random UUID) for each distinct ${what}`,
+  });
 }

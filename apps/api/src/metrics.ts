@@ -28,6 +28,8 @@ export class ApiMetrics {
   readonly inFlight: Gauge<'kind'>;
   /** HTTP request durations by method, route pattern and status. */
   readonly httpDuration: Histogram<'method' | 'route' | 'status'>;
+  /** Long-polls (`?wait=`) waiting for an operation to end. */
+  readonly longPolls: Gauge;
 
   constructor(options: ApiMetricsOptions = {}) {
     const registers = [this.registry];
@@ -62,6 +64,11 @@ export class ApiMetrics {
       help: 'HTTP request durations by method, route pattern and status',
       labelNames: ['method', 'route', 'status'],
       buckets: HTTP_BUCKETS,
+      registers,
+    });
+    this.longPolls = new Gauge({
+      name: 'berth_http_long_polls_waiting',
+      help: 'Long-polls (?wait=) waiting for an operation to end',
       registers,
     });
     if (options.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'berth_api_' });

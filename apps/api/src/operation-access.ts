@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import {
   BerthError,
   type AttachRequest,
@@ -7,6 +8,7 @@ import {
   type StartedOperation,
 } from '@berth/core';
 import type { Principal } from './auth.js';
+import { keyReused } from './idempotency.js';
 import type { RouteDeps } from './route-deps.js';
 import type { RouteReply } from './route.js';
 
@@ -27,9 +29,12 @@ export async function canSeeOperation(deps: RouteDeps, principal: Principal, sco
   }
 }
 
-/** The operation `id` if the principal may see it, else NOT_FOUND (as if it did not exist). */
+/**
+ * The operation `id` if the principal may see it, else NOT_FOUND (as if it did not exist). One this
+ * process is running is taken from memory (a long-poll then waits on it without a store read).
+ */
 export async function visibleOperation(deps: RouteDeps, principal: Principal, scope: ProjectScope, id: string): Promise<Operation> {
-  const operation = await deps.service.getOperation(id);
+  const operation = deps.tracker.runningOperation(id) ?? (await deps.service.getOperation(id));
   if (!(await canSeeOperation(deps, principal, scope, operation))) {
     throw new BerthError('NOT_FOUND', `no operation ${id}`, { hint: 'list them with GET /v1/operations' });
   }
@@ -39,11 +44,51 @@ export async function visibleOperation(deps: RouteDeps, principal: Principal, sc
 /** The request an attach or detach route makes of the service (the volume already resolved). */
 export type OperationRequest = { kind: 'attach'; request: Omit<AttachRequest, 'volume'> } | { kind: 'detach'; request: Omit<DetachRequest, 'volume'> };
 
+function launch(deps: RouteDeps, common: Pick<AttachRequest, 'volume' | 'projectId' | 'idempotencyKey'>, what: OperationRequest): Promise<StartedOperation> {
+  return what.kind === 'attach' ? deps.service.startAttach({ ...what.request, ...common }) : deps.service.startDetach({ ...what.request, ...common });
+}
+
 /**
- * Start an attach or detach and answer 202 with the operation and `Location` to poll. The volume
- * is resolved in the caller's project first, so a replayed Idempotency-Key can only return an
- * operation on that same volume (keys are global: another request's key is refused, not replayed).
+ * Start with an Idempotency-Key. The volume (and server) are resolved in the caller's project
+ * first, so a replay can only return an operation on that same volume; the same key with another
+ * request is UNPROCESSABLE: caught here from this process's memory of what the key was used for,
+ * and from the replayed operation's kind, volume and server (which survive a restart).
  */
+async function startKeyed(deps: RouteDeps, volumeRef: string, scope: ProjectScope, key: string, what: OperationRequest): Promise<StartedOperation> {
+  const volume = await deps.service.getVolume(volumeRef, scope);
+  const server = what.request.server === undefined ? undefined : await deps.service.getServer(what.request.server, scope);
+  const fingerprint = createHash('sha256')
+    .update(JSON.stringify({ kind: what.kind, volumeId: volume.id, serverId: server?.id ?? null, request: { ...what.request, server: null } }))
+    .digest('hex');
+  deps.operationKeys.check(key, fingerprint);
+  const started = await launch(deps, { volume: volume.id, ...scope, idempotencyKey: key }, what);
+  const operation = started.operation;
+  if (operation.kind !== what.kind || operation.volumeId !== volume.id || (server !== undefined && operation.serverId !== server.id)) {
+    started.done.catch(() => undefined);
+    throw keyReused('attach or detach');
+  }
+  deps.operationKeys.remember(key, fingerprint);
+  return started;
+}
+
+/**
+ * Core refuses a detach that names no server of a volume attached to several as a VALIDATION error
+ * listing their ids; over HTTP that is a conflict with the volume's state, and the hint names the
+ * servers to choose from.
+ */
+async function explainSeveral(deps: RouteDeps, volumeRef: string, scope: ProjectScope, error: unknown): Promise<unknown> {
+  const ids = BerthError.is(error) && error.code === 'VALIDATION' ? error.details.servers : undefined;
+  if (!Array.isArray(ids) || ids.length < 2) return error;
+  const servers = await deps.service.listServers(scope).catch(() => []);
+  const names = ids.map((id) => servers.find((s) => s.id === id)?.name ?? String(id));
+  return new BerthError('CONFLICT', `volume ${volumeRef} is attached to ${names.length} servers (${names.join(', ')}): say which one to detach it from`, {
+    hint: `name the server: POST /v1/volumes/${volumeRef}/detach {"server": "${names[0] ?? ''}"} (berth detach ${volumeRef} --server ${names[0] ?? ''})`,
+    details: { servers: names },
+    cause: error,
+  });
+}
+
+/** Start an attach or detach and answer 202 with the operation and `Location` to poll. */
 export async function startOperation(
   deps: RouteDeps,
   volumeRef: string,
@@ -51,19 +96,14 @@ export async function startOperation(
   idempotencyKey: string | undefined,
   what: OperationRequest,
 ): Promise<RouteReply> {
-  const volume = await deps.service.getVolume(volumeRef, scope);
-  const common = { volume: volume.id, ...scope, ...(idempotencyKey === undefined ? {} : { idempotencyKey }) };
-  const started: StartedOperation =
-    what.kind === 'attach'
-      ? await deps.service.startAttach({ ...what.request, ...common })
-      : await deps.service.startDetach({ ...what.request, ...common });
-  const operation = started.operation;
-  if (idempotencyKey !== undefined && (operation.kind !== what.kind || operation.volumeId !== volume.id)) {
-    started.done.catch(() => undefined);
-    throw new BerthError('UNPROCESSABLE', 'this Idempotency-Key was used for a different request', {
-      hint: 'use a new key (a random UUID) for each distinct attach or detach',
-    });
+  let started: StartedOperation;
+  try {
+    // Without a key the service resolves the volume in the project itself: one store read less.
+    started = idempotencyKey === undefined ? await launch(deps, { volume: volumeRef, ...scope }, what) : await startKeyed(deps, volumeRef, scope, idempotencyKey, what);
+  } catch (error) {
+    throw await explainSeveral(deps, volumeRef, scope, error);
   }
   deps.tracker.track(started);
+  const operation = started.operation;
   return { status: 202, body: operation, headers: { location: `/v1/operations/${operation.id}` } };
 }

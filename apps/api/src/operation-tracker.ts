@@ -1,5 +1,6 @@
+import { EventEmitter } from 'node:events';
 import { setTimeout as delay } from 'node:timers/promises';
-import { BerthError, toBerthError, type BerthService, type OperationOutcome, type StartedOperation } from '@berth/core';
+import { BerthError, toBerthError, type BerthService, type Operation, type OperationOutcome, type StartedOperation } from '@berth/core';
 import { BoundedMap } from './bounded-map.js';
 import type { ApiMetrics } from './metrics.js';
 
@@ -21,8 +22,11 @@ const STORE_POLL_MS = 100;
  * attachment as it was), the in-flight gauge and the metrics recorded from each finished journal.
  */
 export class OperationTracker {
-  private readonly pending = new Map<string, { kind: string; settled: Promise<void> }>();
+  private readonly pending = new Map<string, { operation: Operation; settled: Promise<void> }>();
   private readonly results: BoundedMap<string, Settlement>;
+  private waiting = 0;
+  /** Emits `start` and `end` (with the operation id) around every long-poll wait. */
+  readonly waits = new EventEmitter();
 
   constructor(
     private readonly service: BerthService,
@@ -65,7 +69,20 @@ export class OperationTracker {
         if (counted) this.metrics.inFlight.dec({ kind: operation.kind });
         this.pending.delete(id);
       });
-    this.pending.set(id, { kind: operation.kind, settled });
+    this.pending.set(id, { operation, settled });
+  }
+
+  /**
+   * An operation this process runs, as it started (enough to check who may see it without a store
+   * read); undefined once it ended (the store has its journal) or when it is not ours.
+   */
+  runningOperation(id: string): Operation | undefined {
+    return this.pending.get(id)?.operation;
+  }
+
+  /** How many long-polls are waiting now. */
+  get waitingCount(): number {
+    return this.waiting;
   }
 
   /** How an operation this process ran ended, if it did and is still remembered. */
@@ -79,18 +96,32 @@ export class OperationTracker {
   }
 
   /**
-   * Wait until operation `id` is no longer running, `ms` passes, or `signal` aborts (shutdown),
-   * whichever comes first. Resolves in every case; the caller reads the state afterwards.
+   * Wait until operation `id` is no longer running, `ms` passes, or `signal` aborts (the client went
+   * away, or shutdown), whichever comes first. An operation this process runs wakes its waiters the
+   * moment it ends (its promise settles); one run elsewhere is read from the store every 100 ms.
+   * Resolves in every case; the caller reads the state afterwards.
    */
   async waitFor(id: string, ms: number, signal: AbortSignal): Promise<void> {
-    if (ms <= 0 || signal.aborted) return;
+    if (ms <= 0 || signal.aborted || this.results.has(id)) return;
+    this.waiting += 1;
+    this.metrics.longPolls.inc();
+    this.waits.emit('start', id);
+    try {
+      await this.waitUntilEnded(id, ms, signal);
+    } finally {
+      this.waiting -= 1;
+      this.metrics.longPolls.dec();
+      this.waits.emit('end', id);
+    }
+  }
+
+  private async waitUntilEnded(id: string, ms: number, signal: AbortSignal): Promise<void> {
     const deadline = Date.now() + ms;
     const local = this.pending.get(id);
     if (local !== undefined) {
       await this.race(local.settled, ms, signal);
       return;
     }
-    if (this.results.has(id)) return;
     for (;;) {
       const operation = await this.service.getOperation(id);
       if (operation.state !== 'running') return;

@@ -1,24 +1,11 @@
-import { z } from 'zod';
-import { BerthError, ERROR_CODES, HTTP_STATUS, type BerthErrorCode } from '@berth/core';
+import type { Problem } from '@berth/client';
+import { BerthError, HTTP_STATUS, type BerthErrorCode } from '@berth/core';
 
 /** The media type of every error body. */
 export const PROBLEM_CONTENT_TYPE = 'application/problem+json; charset=utf-8';
 
-/** An RFC 9457 problem, with berth's stable `code` and the request id to find it in the log. */
-export const zProblem = z.object({
-  type: z.string(),
-  title: z.string(),
-  status: z.number().int(),
-  code: z.enum(ERROR_CODES),
-  detail: z.string(),
-  requestId: z.string(),
-  hint: z.string().optional(),
-  operationId: z.string().optional(),
-  issues: z.array(z.object({ path: z.array(z.string()), message: z.string() })).optional(),
-  details: z.record(z.string(), z.unknown()).optional(),
-});
-/** A problem body. */
-export type Problem = z.output<typeof zProblem>;
+/** An RFC 9457 problem, with berth's stable `code` and the request id to find it in the log (the client's schema). */
+export { zProblem, type Problem } from '@berth/client';
 
 const TITLES: Record<BerthErrorCode, string> = {
   VALIDATION: 'The request is not valid',
@@ -140,4 +127,18 @@ export function toProblem(error: unknown, requestId: string): Problem {
     return makeProblem(berthCode, detail ?? `the request is malformed${code ? ` (${code})` : ''}`, requestId, { status });
   }
   return makeProblem('INTERNAL', `an internal error happened; the server log has it under request id ${requestId}`, requestId);
+}
+
+/** The problem, and its status line, for an error the HTTP parser raised before a request existed. */
+export function clientErrorProblem(errorCode: string | undefined, requestId: string): Problem {
+  if (errorCode === 'HPE_HEADER_OVERFLOW') {
+    return makeProblem('VALIDATION', 'the request headers are too large', requestId, {
+      status: 431,
+      hint: 'send fewer or shorter headers (16 KiB in all at most)',
+    });
+  }
+  if (errorCode === 'ERR_HTTP_REQUEST_TIMEOUT') {
+    return makeProblem('TIMEOUT', 'the request did not arrive in time', requestId, { status: 408, hint: 'send the whole request at once, then retry' });
+  }
+  return makeProblem('VALIDATION', 'the request is not valid HTTP/1.1', requestId, { hint: 'check the request line, the headers and the body framing' });
 }

@@ -1,4 +1,5 @@
 import type { BerthService } from '@berth/core';
+import type { OperationKeyLog } from './idempotency.js';
 import type { ApiMetrics } from './metrics.js';
 import type { OpenApiDocument } from './openapi.js';
 import type { OperationTracker } from './operation-tracker.js';
@@ -14,6 +15,8 @@ export interface RouteDeps {
   maxWaitMs: number;
   /** Aborted when the app starts shutting down: long-polls return at once. */
   shutdown: AbortSignal;
+  /** What each attach/detach Idempotency-Key was used for. */
+  operationKeys: OperationKeyLog;
   /** The app's OpenAPI document (built after the routes are). */
   openapi(): OpenApiDocument;
 }

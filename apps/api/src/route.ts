@@ -1,9 +1,9 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { z } from 'zod';
 import { BerthError, parseWith } from '@berth/core';
-import { requireRole } from './access.js';
+import { requireRole, scopeOf } from './access.js';
 import type { Principal, Role, TokenTable } from './auth.js';
-import { IDEMPOTENCY_KEY, requestFingerprint, type IdempotencyCache } from './idempotency.js';
+import { IDEMPOTENCY_KEY, idempotencyScope, requestFingerprint, type IdempotencyCache } from './idempotency.js';
 import { zEmptyBody } from './http-schemas.js';
 
 /** HTTP methods the API uses. */
@@ -17,11 +17,13 @@ export interface RouteReply {
   contentType?: string;
 }
 
-/** One documented response of a route. */
+/** One documented response of a route (201 and 202 are documented with `Location`, 503 with `Retry-After`). */
 export interface ResponseSpec {
   description: string;
   schema?: z.ZodType;
   contentType?: string;
+  /** It carries `Retry-After`. */
+  retryAfter?: boolean;
 }
 
 /** What a public route's handler gets: the parsed parameters, query and body. */
@@ -30,6 +32,11 @@ export interface PublicContext<P, Q, B> {
   query: Q;
   body: B;
   request: FastifyRequest;
+  /**
+   * A signal that aborts when the client goes away (its connection closes before the answer is
+   * sent) or the app shuts down: what a handler that waits (a long-poll) stops on.
+   */
+  abandoned(): AbortSignal;
 }
 
 /** What an authenticated route's handler gets: also who asked, and the Idempotency-Key. */
@@ -56,6 +63,8 @@ interface RouteBase<P extends z.ZodType, Q extends z.ZodType, B extends z.ZodTyp
   query: Q;
   /** Absent: the request must have no body (or `{}`). */
   body?: B;
+  /** With `body`: a request without one is read as `{}` (attach/detach with every default). */
+  optionalBody?: boolean;
   idempotency?: IdempotencyMode;
   responses: Record<number, ResponseSpec>;
 }
@@ -94,12 +103,16 @@ export function fastifyPath(path: string): string {
 export interface RouteRegistrar {
   tokens: TokenTable;
   idempotency: IdempotencyCache;
+  /** The project of requests that name none: part of an idempotent reply's scope. */
+  defaultProject: string;
+  /** Aborted when the app shuts down (see `PublicContext.abandoned`). */
+  shutdown: AbortSignal;
 }
 
 const principals = new WeakMap<FastifyRequest, Principal>();
 
 function parseBody(route: AnyRoute, body: unknown): unknown {
-  if (route.body !== undefined) return parseWith(route.body, body, 'body');
+  if (route.body !== undefined) return parseWith(route.body, body === undefined && route.optionalBody === true ? {} : body, 'body');
   if (body === undefined || body === null) return {};
   return parseWith(zEmptyBody, body, 'body (this request takes none)');
 }
@@ -113,6 +126,26 @@ function idempotencyKeyOf(request: FastifyRequest): string | undefined {
     });
   }
   return raw;
+}
+
+/**
+ * A signal that aborts once the client is gone or the app shuts down. The response's `close` comes
+ * when the connection closes before the answer was sent (and, harmlessly, after it was sent).
+ */
+function abandonedSignal(reply: FastifyReply, shutdown: AbortSignal): AbortSignal {
+  const gone = new AbortController();
+  const raw = reply.raw;
+  if (shutdown.aborted || raw.destroyed || raw.socket?.destroyed === true) {
+    gone.abort();
+    return gone.signal;
+  }
+  const abort = (): void => gone.abort();
+  shutdown.addEventListener('abort', abort, { once: true });
+  raw.once('close', () => {
+    shutdown.removeEventListener('abort', abort);
+    gone.abort();
+  });
+  return gone.signal;
 }
 
 async function send(reply: FastifyReply, result: RouteReply): Promise<FastifyReply> {
@@ -146,17 +179,22 @@ export function registerRoutes(app: FastifyInstance, routes: readonly AnyRoute[]
         const params = parseWith(definition.params, request.params ?? {}, 'path parameters');
         const query = parseWith(definition.query, request.query ?? {}, 'query');
         const body = parseBody(definition, request.body);
+        const abandoned = (): AbortSignal => abandonedSignal(reply, registrar.shutdown);
         if (definition.access === 'public') {
-          return send(reply, await definition.handler({ params, query, body, request }));
+          return send(reply, await definition.handler({ params, query, body, request, abandoned }));
         }
         const principal = principals.get(request);
         if (principal === undefined) throw new BerthError('UNAUTHENTICATED', 'this request needs a bearer token');
         const key = definition.idempotency === undefined ? undefined : idempotencyKeyOf(request);
-        const ctx: RouteContext<unknown, unknown, unknown> = { params, query, body, request, principal, idempotencyKey: key };
+        const ctx: RouteContext<unknown, unknown, unknown> = { params, query, body, request, abandoned, principal, idempotencyKey: key };
         if (definition.idempotency !== 'cache' || key === undefined) return send(reply, await definition.handler(ctx));
 
+        // Keyed by the token's identity and the project the request acts in (a member naming
+        // another project is refused here, before anything is replayed).
+        const requested = (query as { projectId?: unknown }).projectId;
+        const scope = idempotencyScope(principal.tokenId, scopeOf(principal, typeof requested === 'string' ? requested : undefined, registrar.defaultProject).projectId);
         const fingerprint = requestFingerprint(definition.method, request.url, body);
-        const decision = registrar.idempotency.begin(principal.name, key, fingerprint);
+        const decision = registrar.idempotency.begin(scope, key, fingerprint);
         if (decision.kind === 'replay') {
           return send(reply, { ...decision.reply, headers: { ...decision.reply.headers, 'idempotent-replayed': 'true' } });
         }
@@ -164,13 +202,13 @@ export function registerRoutes(app: FastifyInstance, routes: readonly AnyRoute[]
         try {
           result = await definition.handler(ctx);
         } catch (error) {
-          registrar.idempotency.abandon(principal.name, key);
+          registrar.idempotency.abandon(scope, key);
           throw error;
         }
         if (result.status < 300) {
-          registrar.idempotency.complete(principal.name, key, fingerprint, { status: result.status, body: result.body, headers: result.headers ?? {} });
+          registrar.idempotency.complete(scope, key, fingerprint, { status: result.status, body: result.body, headers: result.headers ?? {} });
         } else {
-          registrar.idempotency.abandon(principal.name, key);
+          registrar.idempotency.abandon(scope, key);
         }
         return send(reply, result);
       },

@@ -4,9 +4,10 @@ import { mkdtemp, realpath, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import type { Writable } from 'node:stream';
+import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { expect } from 'vitest';
 import { silentLogger, type BerthService } from '@berth/core';
 import { stopManagedTgtd } from '@berth/backend-tgt';
 import { openBerth, simulatedHostPaths, stopSimulatedHost } from '@berth/runtime';
@@ -19,6 +20,8 @@ export const TOKENS = {
   memberA: 'member-a-token-0123456789abcdef',
   memberB: 'member-b-token-0123456789abcdef',
   agent: 'agent-token-0123456789abcdef',
+  /** A member of project B whose token entry has member A's name (names are labels, not identities). */
+  twinOfA: 'twin-of-a-token-0123456789abcdef',
 } as const;
 
 /** The project of `TOKENS.memberA`. */
@@ -33,6 +36,7 @@ export function testTokenEntries(): TokenEntry[] {
     { name: 'member-a', sha256: hashToken(TOKENS.memberA), role: 'member', projectId: PROJECT_A },
     { name: 'member-b', sha256: hashToken(TOKENS.memberB), role: 'member', projectId: PROJECT_B },
     { name: 'agent', sha256: hashToken(TOKENS.agent), role: 'agent' },
+    { name: 'member-a', sha256: hashToken(TOKENS.twinOfA), role: 'member', projectId: PROJECT_B },
   ];
 }
 
@@ -297,4 +301,32 @@ export async function runCli(args: string[], env: Record<string, string>): Promi
     }
     return { exitCode: failed.code, json };
   }
+}
+
+const PROBLEM_KEYS = new Set(['type', 'title', 'status', 'code', 'detail', 'requestId', 'hint', 'operationId', 'issues', 'details']);
+
+/** Every problem body: the media type, the fields, the request id, and nothing that must not be there. */
+export function expectProblem(answer: TestAnswer, status: number, code: string): Record<string, unknown> {
+  expect(answer.status).toBe(status);
+  expect(answer.headers.get('content-type')).toBe('application/problem+json; charset=utf-8');
+  const body = bodyOf(answer);
+  expect(body).toMatchObject({ status, code, type: expect.stringMatching(/^urn:berth:error:/), title: expect.any(String), detail: expect.any(String) });
+  expect(body.requestId).toBe(answer.headers.get('x-request-id'));
+  for (const key of Object.keys(body)) expect(PROBLEM_KEYS.has(key)).toBe(true);
+  expect(answer.text).not.toMatch(/at .*\.(js|ts):\d+/);
+  expect(answer.text).not.toContain('stack');
+  for (const token of Object.values(TOKENS)) expect(answer.text).not.toContain(token);
+  return body;
+}
+
+/** A log stream for a test API, and everything written to it so far. */
+export function captureLogs(): { stream: Writable; text(): string } {
+  const chunks: string[] = [];
+  const stream = new Writable({
+    write(chunk: Buffer, _encoding, callback) {
+      chunks.push(chunk.toString('utf8'));
+      callback();
+    },
+  });
+  return { stream, text: () => chunks.join('') };
 }

@@ -1,3 +1,5 @@
+import http from 'node:http';
+import https from 'node:https';
 import { BerthError, ERROR_CODES, type BerthErrorCode } from '@berth/core';
 
 /** Options of `HttpClient`. */
@@ -8,7 +10,10 @@ export interface HttpClientOptions {
   token?: string;
   /** Per-request deadline in ms, on top of any `?wait=` (default 60 s). */
   timeoutMs?: number;
-  /** A `fetch` to use instead of the global one (tests). */
+  /**
+   * A `fetch` to send requests with instead of the client's own keep-alive connections (tests, or
+   * a caller with its own proxy or TLS set-up).
+   */
   fetch?: typeof fetch;
 }
 
@@ -28,6 +33,58 @@ export interface HttpRequest {
 export interface HttpAnswer {
   status: number;
   body: unknown;
+}
+
+/** One request as a transport sends it; resolves to the status and the body's text. */
+type Send = (url: URL, method: string, headers: Record<string, string>, body: string | undefined, timeoutMs: number) => Promise<{ status: number; text: string }>;
+
+/** A deadline that passed (told apart from a connection that failed). */
+class DeadlineError extends Error {
+  override readonly name = 'TimeoutError';
+}
+
+/**
+ * Requests over node's own HTTP client on keep-alive connections: one connection serves a whole
+ * command (a start and its long-polls) or a long-running caller, instead of one per request. It
+ * costs less per request than `fetch` and loads nothing more. A GET that fails because the server
+ * closed an idle kept-alive connection just as it was reused is sent once more (what node's docs
+ * advise); nothing else is retried.
+ */
+function keepAliveSend(agent: http.Agent, secure: boolean): Send {
+  const once = (url: URL, method: string, headers: Record<string, string>, body: string | undefined, timeoutMs: number) =>
+    new Promise<{ status: number; text: string; reused: boolean }>((resolve, reject) => {
+      const request = (secure ? https : http).request(url, { method, headers, agent }, (response) => {
+        const chunks: Buffer[] = [];
+        response.on('data', (chunk: Buffer) => chunks.push(chunk));
+        response.on('error', reject);
+        response.on('end', () => {
+          clearTimeout(timer);
+          resolve({ status: response.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8'), reused: request.reusedSocket });
+        });
+      });
+      const timer = setTimeout(() => request.destroy(new DeadlineError(`no answer in ${timeoutMs} ms`)), timeoutMs);
+      request.on('error', (error: Error & { code?: string }) => {
+        clearTimeout(timer);
+        reject(Object.assign(error, { reused: request.reusedSocket }));
+      });
+      request.end(body);
+    });
+  return async (url, method, headers, body, timeoutMs) => {
+    try {
+      return await once(url, method, headers, body, timeoutMs);
+    } catch (error) {
+      const failed = error as { code?: string; reused?: boolean };
+      if (method === 'GET' && failed.reused === true && failed.code === 'ECONNRESET') return once(url, method, headers, body, timeoutMs);
+      throw error;
+    }
+  };
+}
+
+function fetchSend(fetchFn: typeof fetch): Send {
+  return async (url, method, headers, body, timeoutMs) => {
+    const response = await fetchFn(url, { method, headers, ...(body === undefined ? {} : { body }), signal: AbortSignal.timeout(timeoutMs) });
+    return { status: response.status, text: await response.text() };
+  };
 }
 
 const CODES = new Set<string>(ERROR_CODES);
@@ -79,7 +136,8 @@ export function problemToError(status: number, body: unknown): BerthError {
 /** JSON over HTTP to the berth API, every failure a BerthError. */
 export class HttpClient {
   private readonly base: URL;
-  private readonly fetchFn: typeof fetch;
+  private readonly send: Send;
+  private readonly agent: http.Agent | undefined;
   private readonly timeoutMs: number;
 
   constructor(private readonly options: HttpClientOptions) {
@@ -96,8 +154,20 @@ export class HttpClient {
       throw new BerthError('CONFIG', `the berth API URL must be http or https, not ${base.protocol}`);
     }
     this.base = base;
-    this.fetchFn = options.fetch ?? fetch;
+    if (options.fetch === undefined) {
+      const secure = base.protocol === 'https:';
+      this.agent = secure ? new https.Agent({ keepAlive: true }) : new http.Agent({ keepAlive: true });
+      this.send = keepAliveSend(this.agent, secure);
+    } else {
+      this.agent = undefined;
+      this.send = fetchSend(options.fetch);
+    }
     this.timeoutMs = options.timeoutMs ?? 60_000;
+  }
+
+  /** Close the kept-alive connections (idle ones never keep a process alive, but a caller may be done). */
+  close(): void {
+    this.agent?.destroy();
   }
 
   /** The base URL. */
@@ -116,14 +186,11 @@ export class HttpClient {
     if (this.options.token !== undefined && this.options.token !== '') headers.authorization = `Bearer ${this.options.token}`;
     if (req.body !== undefined) headers['content-type'] = 'application/json';
     if (req.idempotencyKey !== undefined) headers['idempotency-key'] = req.idempotencyKey;
-    let response: Response;
+    const payload = req.body === undefined ? undefined : JSON.stringify(req.body);
+    if (payload !== undefined) headers['content-length'] = String(Buffer.byteLength(payload));
+    let response: { status: number; text: string };
     try {
-      response = await this.fetchFn(url, {
-        method: req.method,
-        headers,
-        ...(req.body === undefined ? {} : { body: JSON.stringify(req.body) }),
-        signal: AbortSignal.timeout(this.timeoutMs + (req.extraTimeoutMs ?? 0)),
-      });
+      response = await this.send(url, req.method, headers, payload, this.timeoutMs + (req.extraTimeoutMs ?? 0));
     } catch (error) {
       if (error instanceof Error && error.name === 'TimeoutError') {
         throw new BerthError('TIMEOUT', `the berth API at ${this.base.origin} did not answer ${req.method} ${url.pathname} in time`, { cause: error });
@@ -133,7 +200,7 @@ export class HttpClient {
         hint: 'is `berth serve` running there? check --api / BERTH_API_URL',
       });
     }
-    const text = await response.text();
+    const text = response.text;
     let body: unknown;
     if (text !== '') {
       try {

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { BerthError, type Operation, type Volume } from '@berth/core';
 import { apiPath, problemToError } from './http-client.js';
 import { RemoteBerthService } from './remote-berth-service.js';
+import { codeOf } from './test-support.js';
 
 const VOLUME: Volume = {
   id: '0b9f7c1e-4f7e-4d43-9a55-3f1c2d7a8e10',
@@ -55,15 +56,6 @@ function scripted(answers: Array<{ status: number; body?: unknown }>, seen: Seen
   }) as typeof fetch;
 }
 
-async function codeOf(promise: Promise<unknown>): Promise<string> {
-  try {
-    await promise;
-  } catch (error) {
-    if (BerthError.is(error)) return error.code;
-    throw error;
-  }
-  return 'no error';
-}
 
 describe('RemoteBerthService', () => {
   it('sends the token, the project and the body, and reads the answer', async () => {

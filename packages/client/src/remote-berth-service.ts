@@ -9,7 +9,6 @@ import {
   zCreateServerRequest,
   zCreateVolumeRequest,
   zDetachRequest,
-  zHost,
   zOperation,
   zReserveAttachmentRequest,
   zServer,
@@ -40,7 +39,19 @@ import {
   type VolumeStatus,
 } from '@berth/core';
 import { apiPath, HttpClient, type HttpClientOptions } from './http-client.js';
-import { zReconcileOptions, zReconcileReport } from './reconcile-report.js';
+import {
+  zAttachmentList,
+  zCredentials,
+  zDoctorReport,
+  zHostList,
+  zOperationList,
+  zOperationOutcomeBody,
+  zPluginReport,
+  zReconcileOptions,
+  zReconcileReport,
+  zServerList,
+  zVolumeList,
+} from './wire.js';
 
 /** Options of `RemoteBerthService`. */
 export interface RemoteBerthOptions extends HttpClientOptions {
@@ -70,12 +81,6 @@ function checked<S extends z.ZodType>(schema: S, body: unknown, what: string): z
 
 function field(body: unknown, key: string): unknown {
   return typeof body === 'object' && body !== null ? (body as Record<string, unknown>)[key] : undefined;
-}
-
-function listOf<S extends z.ZodType>(schema: S, body: unknown, key: string): Array<z.output<S>> {
-  const items = field(body, key);
-  if (!Array.isArray(items)) throw new BerthError('INTERNAL', `the berth API answered without a ${key} list`);
-  return items.map((item) => checked(schema, item, key));
 }
 
 function projectQuery(scope: ProjectScope | undefined): Record<string, string | undefined> {
@@ -109,7 +114,7 @@ export class RemoteBerthService implements BerthService {
   async refreshPlugins(): Promise<PluginReport> {
     try {
       const { body } = await this.http.request({ method: 'GET', path: '/v1/plugins' });
-      this.pluginReport = body as PluginReport;
+      this.pluginReport = checked(zPluginReport, body, 'plugin report');
     } catch (error) {
       if (!(BerthError.is(error) && error.code === 'FORBIDDEN')) throw error;
       this.pluginReport = EMPTY_REPORT;
@@ -127,12 +132,12 @@ export class RemoteBerthService implements BerthService {
 
   async volumeCredentials(ref: Ref, scope?: ProjectScope): Promise<Record<string, string>> {
     const answer = await this.http.request({ method: 'GET', path: apiPath`/v1/volumes/${ref}/credentials`, query: projectQuery(scope) });
-    return (field(answer.body, 'credentials') ?? {}) as Record<string, string>;
+    return checked(zCredentials, answer.body, 'credentials').credentials;
   }
 
   async listVolumes(filter: ProjectScope & { status?: VolumeStatus } = {}): Promise<Volume[]> {
     const answer = await this.http.request({ method: 'GET', path: '/v1/volumes', query: { projectId: filter.projectId, status: filter.status } });
-    return listOf(zVolume, answer.body, 'volumes');
+    return checked(zVolumeList, answer.body, 'volume list').volumes;
   }
 
   async getVolume(ref: Ref, scope?: ProjectScope): Promise<Volume> {
@@ -160,7 +165,7 @@ export class RemoteBerthService implements BerthService {
 
   async listServers(filter: ProjectScope = {}): Promise<Server[]> {
     const answer = await this.http.request({ method: 'GET', path: '/v1/servers', query: projectQuery(filter) });
-    return listOf(zServer, answer.body, 'servers');
+    return checked(zServerList, answer.body, 'server list').servers;
   }
 
   async getServer(ref: Ref, scope?: ProjectScope): Promise<Server> {
@@ -174,7 +179,7 @@ export class RemoteBerthService implements BerthService {
 
   async listHosts(): Promise<Host[]> {
     const answer = await this.http.request({ method: 'GET', path: '/v1/hosts' });
-    return listOf(zHost, answer.body, 'hosts');
+    return checked(zHostList, answer.body, 'host list').hosts;
   }
 
   // ---- attach / detach -----------------------------------------------------------------------
@@ -227,7 +232,7 @@ export class RemoteBerthService implements BerthService {
       path: '/v1/attachments',
       query: { projectId: filter.projectId, volume: filter.volume, server: filter.server },
     });
-    return listOf(zAttachment, answer.body, 'attachments');
+    return checked(zAttachmentList, answer.body, 'attachment list').attachments;
   }
 
   async getAttachment(id: string, scope?: ProjectScope): Promise<Attachment> {
@@ -244,7 +249,7 @@ export class RemoteBerthService implements BerthService {
 
   async listOperations(filter: { state?: OperationState } = {}): Promise<Operation[]> {
     const answer = await this.http.request({ method: 'GET', path: '/v1/operations', query: { state: filter.state } });
-    return listOf(zOperation, answer.body, 'operations');
+    return checked(zOperationList, answer.body, 'operation list').operations;
   }
 
   async connector(): Promise<Connector> {
@@ -254,9 +259,7 @@ export class RemoteBerthService implements BerthService {
 
   async doctor(): Promise<DoctorEntry[]> {
     const answer = await this.http.request({ method: 'GET', path: '/v1/doctor' });
-    const entries = field(answer.body, 'entries');
-    if (!Array.isArray(entries)) throw new BerthError('INTERNAL', 'the berth API answered without doctor entries');
-    return entries as DoctorEntry[];
+    return checked(zDoctorReport, answer.body, 'doctor report').entries;
   }
 
   plugins(): PluginReport {
@@ -274,9 +277,9 @@ export class RemoteBerthService implements BerthService {
     return checked(zReconcileReport, answer.body, 'reconcile report');
   }
 
+  /** Close the kept-alive connections; the operations run on the server and are not touched. */
   async close(): Promise<void> {
-    // Nothing to release: fetch keeps no connection a process must close, and the operations run
-    // on the server.
+    this.http.close();
   }
 
   // ---- internals -----------------------------------------------------------------------------
@@ -316,12 +319,8 @@ export class RemoteBerthService implements BerthService {
         extraTimeoutMs: this.pollWaitSeconds * 1000,
       });
       if (answer.status === 200) {
-        const attachment = field(answer.body, 'attachment');
-        return {
-          operation: checked(zOperation, field(answer.body, 'operation'), 'operation'),
-          volume: checked(zVolume, field(answer.body, 'volume'), 'volume'),
-          attachment: attachment === null || attachment === undefined ? undefined : checked(zAttachment, attachment, 'attachment'),
-        };
+        const outcome = checked(zOperationOutcomeBody, answer.body, 'operation outcome');
+        return { operation: outcome.operation, volume: outcome.volume, attachment: outcome.attachment ?? undefined };
       }
       if (Date.now() > giveUpAt) {
         throw new BerthError('TIMEOUT', `operation ${operation.id} is still running past its deadline`, {

@@ -5,6 +5,9 @@ import { visibleOperation } from '../operation-access.js';
 import type { RouteDeps } from '../route-deps.js';
 import { route, type AnyRoute, type RouteReply } from '../route.js';
 
+/** What a 202 from `/outcome` suggests (`Retry-After`) to a client that polls without `wait`. */
+export const POLL_AGAIN_SECONDS = 1;
+
 /** The error a failed operation ended with, as a BerthError (what a client rethrows). */
 function operationError(operation: Operation): BerthError {
   const summary = operation.error ?? { code: 'INTERNAL', message: `operation ${operation.id} ended ${operation.state}` };
@@ -25,7 +28,9 @@ async function outcomeOf(deps: RouteDeps, scope: ProjectScope, operation: Operat
     const { outcome } = settlement;
     return { status: 200, body: { operation: outcome.operation, volume: outcome.volume, attachment: outcome.attachment ?? null } };
   }
-  if (operation.state === 'running') return { status: 202, body: operation, headers: { location: `/v1/operations/${operation.id}` } };
+  if (operation.state === 'running') {
+    return { status: 202, body: operation, headers: { location: `/v1/operations/${operation.id}`, 'retry-after': String(POLL_AGAIN_SECONDS) } };
+  }
   if (operation.state !== 'succeeded') throw operationError(operation);
   if (operation.volumeId === null) throw new BerthError('NOT_FOUND', `operation ${operation.id} has no volume`);
   const volume = await deps.service.getVolume(operation.volumeId, scope);
@@ -38,7 +43,7 @@ async function outcomeOf(deps: RouteDeps, scope: ProjectScope, operation: Operat
 
 /** Operations: list by state, show (long-poll with `?wait=`), and the outcome of a finished one. */
 export function operationRoutes(deps: RouteDeps): AnyRoute[] {
-  const { service, defaultProject, tracker, maxWaitMs, shutdown } = deps;
+  const { service, defaultProject, tracker, maxWaitMs } = deps;
   const waitMs = (wait: number | undefined): number => Math.min(wait ?? 0, maxWaitMs);
   return [
     route({
@@ -73,11 +78,11 @@ export function operationRoutes(deps: RouteDeps): AnyRoute[] {
       params: zIdParams,
       query: zOperationQuery,
       responses: { 200: { description: 'The operation, its steps, timings, result or error', schema: zOperation } },
-      async handler({ principal, params, query }) {
+      async handler({ principal, params, query, abandoned }) {
         const scope = scopeOf(principal, query.projectId, defaultProject);
         const first = await visibleOperation(deps, principal, scope, params.id);
         if (first.state !== 'running') return { status: 200, body: first };
-        await tracker.waitFor(params.id, waitMs(query.wait), shutdown);
+        await tracker.waitFor(params.id, waitMs(query.wait), abandoned());
         return { status: 200, body: await service.getOperation(params.id) };
       },
     }),
@@ -94,13 +99,14 @@ export function operationRoutes(deps: RouteDeps): AnyRoute[] {
       query: zOperationQuery,
       responses: {
         200: { description: 'It succeeded', schema: zOperationOutcome },
-        202: { description: 'Still running', schema: zOperation },
+        202: { description: 'Still running: poll again (with `wait` to long-poll)', schema: zOperation, retryAfter: true },
       },
-      async handler({ principal, params, query }) {
+      async handler({ principal, params, query, abandoned }) {
         const scope = scopeOf(principal, query.projectId, defaultProject);
         const first = await visibleOperation(deps, principal, scope, params.id);
-        if (first.state === 'running') await tracker.waitFor(params.id, waitMs(query.wait), shutdown);
-        const current = first.state === 'running' ? await service.getOperation(params.id) : first;
+        if (first.state === 'running') await tracker.waitFor(params.id, waitMs(query.wait), abandoned());
+        // One that ended here is answered from memory; otherwise its row says where it is.
+        const current = first.state === 'running' && tracker.settlement(params.id) === undefined ? await service.getOperation(params.id) : first;
         return outcomeOf(deps, scope, current);
       },
     }),

@@ -48,7 +48,18 @@ export function serverRoutes(deps: RouteDeps): AnyRoute[] {
       idempotency: 'cache',
       responses: { 201: { description: 'Created', schema: zServer } },
       async handler({ principal, query, body }) {
-        const server = await service.createServer({ ...body, ...scopeOf(principal, query.projectId, defaultProject) });
+        const scope = scopeOf(principal, query.projectId, defaultProject);
+        // Core records a new host before it inserts the server, so a duplicate name would leave a
+        // host row behind: refuse it here first (the store still refuses a racing twin).
+        if ((await service.listServers(scope)).some((s) => s.name === body.name)) {
+          // The store's own words for it, so the CLI says the same with and without --api.
+          const projectId = scope.projectId ?? defaultProject;
+          throw new BerthError('CONFLICT', `a server named ${body.name} already exists in project ${projectId}`, {
+            hint: 'pick another name, or use the existing one',
+            details: { name: body.name, projectId },
+          });
+        }
+        const server = await service.createServer({ ...body, ...scope });
         return { status: 201, body: server, headers: { location: `/v1/servers/${server.id}` } };
       },
     }),

@@ -1,6 +1,5 @@
 import { zConnector } from '@berth/core';
 import { OPERATORS } from '../access.js';
-import { renderDocsPage } from '../docs-page.js';
 import { zDoctorReport, zHealth, zNoParams, zNoQuery, zPluginReport } from '../http-schemas.js';
 import type { RouteDeps } from '../route-deps.js';
 import { publicRoute, route, type AnyRoute } from '../route.js';
@@ -71,20 +70,6 @@ export function systemRoutes(deps: RouteDeps): AnyRoute[] {
       responses: { 200: { description: 'The document' } },
       async handler() {
         return { status: 200, body: deps.openapi() };
-      },
-    }),
-    publicRoute({
-      method: 'GET',
-      path: '/docs',
-      operationId: 'docs',
-      summary: 'This API described for people',
-      tag: 'system',
-      access: 'public',
-      params: zNoParams,
-      query: zNoQuery,
-      responses: { 200: { description: 'An HTML page', contentType: 'text/html' } },
-      async handler() {
-        return { status: 200, body: renderDocsPage(deps.openapi()), contentType: 'text/html; charset=utf-8' };
       },
     }),
     route({

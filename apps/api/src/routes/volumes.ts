@@ -127,6 +127,7 @@ export function volumeRoutes(deps: RouteDeps): AnyRoute[] {
       params: zVolumeParams,
       query: zScopeQuery,
       body: zVolumeAttachBody,
+      optionalBody: true,
       idempotency: 'operation',
       responses: { 202: OPERATION_ACCEPTED },
       async handler({ principal, params, query, body, idempotencyKey }) {
@@ -138,11 +139,14 @@ export function volumeRoutes(deps: RouteDeps): AnyRoute[] {
       path: '/v1/volumes/{volume}/detach',
       operationId: 'detachVolume',
       summary: 'Detach a volume (the server is needed only when it is attached to several)',
+      description:
+        'With no body (or `{}`) it detaches the volume\'s only attachment; a volume attached to several servers is refused with 409 and a hint naming them.',
       tag: 'volumes',
       access: MANAGERS,
       params: zVolumeParams,
       query: zScopeQuery,
       body: zVolumeDetachBody,
+      optionalBody: true,
       idempotency: 'operation',
       responses: { 202: OPERATION_ACCEPTED },
       async handler({ principal, params, query, body, idempotencyKey }) {
