@@ -7,6 +7,10 @@ need=()
 have() { command -v "$1" >/dev/null 2>&1; }
 have losetup || need+=(mount)
 have blockdev || need+=(util-linux)
+# The PostgreSQL store's tests start throwaway clusters (initdb + pg_ctl as the postgres user via
+# runuser). Debian keeps the server programs in /usr/lib/postgresql/<major>/bin, off PATH.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+have runuser || need+=(util-linux)
 # What the iSCSI suites use (real target, user-space initiator, qemu-storage-daemon).
 if [ "${BERTH_SKIP_ISCSI_DEPS:-}" != 1 ]; then
   have tgtd || need+=(tgt)
