@@ -25,8 +25,8 @@ export interface PostgresCluster {
   url(database?: string): string;
   /** Create a fresh, empty database (a unique name unless given) and return its URL. */
   createDatabase(name?: string): Promise<string>;
-  /** Run one statement as the superuser on database `postgres` (terminate backends, inspect locks). */
-  query<R extends Record<string, unknown> = Record<string, unknown>>(text: string, values?: unknown[]): Promise<R[]>;
+  /** Run one statement as the superuser on `database` (default `postgres`): terminate backends, read rows. */
+  query<R extends Record<string, unknown> = Record<string, unknown>>(text: string, values?: unknown[], database?: string): Promise<R[]>;
   /** Stop the server at once (`-m immediate`: the data is thrown away) and remove the directory. */
   stop(): Promise<void>;
 }
@@ -182,8 +182,8 @@ export async function startPostgresCluster(options: StartPostgresClusterOptions 
     const finalPort = port;
 
     const url = (database = 'postgres'): string => `postgres://postgres@127.0.0.1:${finalPort}/${database}`;
-    const query = async <R extends Record<string, unknown>>(text: string, values: unknown[] = []): Promise<R[]> => {
-      const client = new pg.Client({ connectionString: url() });
+    const query = async <R extends Record<string, unknown>>(text: string, values: unknown[] = [], database?: string): Promise<R[]> => {
+      const client = new pg.Client({ connectionString: url(database) });
       await client.connect();
       try {
         return (await client.query<R>(text, values)).rows;
