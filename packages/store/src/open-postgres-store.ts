@@ -1,7 +1,7 @@
 import { BerthError, parseWith } from '@berth/core';
 import type { Store } from '@berth/core';
 import { Kysely } from 'kysely';
-import pg from 'pg';
+import type pg from 'pg';
 import { z } from 'zod';
 import type { Database } from './database.js';
 import { createKyselyStore } from './kysely-store.js';
@@ -46,6 +46,8 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
     },
     'PostgreSQL store options',
   );
+  // Loaded here, not at import: the embedded default (SQLite) never pays for the driver.
+  const { default: driver } = await import('pg');
   const target = redactPostgresUrl(url);
   const password = postgresUrlPassword(url);
   const clientConfig: pg.ClientConfig = {
@@ -53,7 +55,7 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
     connectionTimeoutMillis: connectTimeoutMs,
     application_name: 'berth',
   };
-  const pool = new pg.Pool({ ...clientConfig, max: poolSize });
+  const pool = new driver.Pool({ ...clientConfig, max: poolSize });
   // An idle pooled client whose server went away emits 'error' on the pool; without a listener
   // that would crash the process. The next query gets a fresh client (or UNAVAILABLE).
   pool.on('error', () => undefined);
@@ -69,6 +71,6 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
       details: { store: target },
     });
   }
-  const notifications = createPostgresNotifications({ newClient: () => new pg.Client(clientConfig), target, password });
+  const notifications = createPostgresNotifications({ newClient: () => new driver.Client(clientConfig), target, password });
   return createKyselyStore(db, { dialect: postgresStoreDialect, notifications });
 }
