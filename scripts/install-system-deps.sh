@@ -9,6 +9,10 @@ have losetup || need+=(mount)
 have blockdev || need+=(util-linux)
 # The simulated host's fake tools are a small C client compiled at build time (@berth/simhost).
 have cc || need+=(gcc libc6-dev)
+# The PostgreSQL store's tests start throwaway clusters (initdb + pg_ctl as the postgres user via
+# runuser). Debian keeps the server programs in /usr/lib/postgresql/<major>/bin, off PATH.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+have runuser || need+=(util-linux)
 # What the iSCSI suites use (real target, user-space initiator, qemu-storage-daemon).
 if [ "${BERTH_SKIP_ISCSI_DEPS:-}" != 1 ]; then
   have tgtd || need+=(tgt)

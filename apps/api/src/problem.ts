@@ -25,6 +25,7 @@ const TITLES: Record<BerthErrorCode, string> = {
   BACKEND_ERROR: 'A volume backend failed',
   PLUGIN_ERROR: 'A plugin failed',
   CONFIG: 'Server configuration problem',
+  UNAVAILABLE: 'A service berth depends on is unreachable',
   INTERNAL: 'Internal error',
 };
 

@@ -13,7 +13,7 @@ export type CommandFlags<T extends typeof Command> = Interfaces.InferredFlags<(t
 export type CommandArgs<T extends typeof Command> = Interfaces.InferredArgs<T['args']>;
 
 /**
- * What every berth command shares: `--json`, `--data-dir`, `--config`, `--api`, one BerthService
+ * What every berth command shares: `--json`, `--data-dir`, `--config`, `--store`, `--api`, one BerthService
  * opened on demand (the local one from `openBerth`, or with `--api`/BERTH_API_URL a client of the
  * HTTP app: same methods, same outputs, same exit codes) and closed at the end, a spinner for long
  * steps, and one way to report errors.
@@ -28,6 +28,11 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     }),
     config: Flags.string({
       description: 'The config file [env: BERTH_CONFIG; default: <data dir>/config.json when present]',
+      helpGroup: 'GLOBAL',
+    }),
+    store: Flags.string({
+      description:
+        'Keep the state in this PostgreSQL database (postgres://user@host[:port]/database) instead of SQLite in the data dir [env: BERTH_STORE_URL]; put the password in PGPASSWORD or ~/.pgpass, not here',
       helpGroup: 'GLOBAL',
     }),
     simulate: Flags.boolean({
@@ -69,6 +74,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     return {
       ...(this.flags['data-dir'] === undefined ? {} : { dataDir: this.flags['data-dir'] }),
       ...(this.flags.config === undefined ? {} : { configFile: this.flags.config }),
+      ...(this.flags.store === undefined ? {} : { storeUrl: this.flags.store }),
       pluginDirs: installedPluginDirs(this.config.dataDir),
       ...(this.flags.simulate ? { simulate: true } : {}),
     };

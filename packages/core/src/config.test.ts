@@ -31,4 +31,18 @@ describe('resolveConfig', () => {
     expect(String((error as Error).message)).toMatch(/nope/);
     expect(String((error as Error).message)).toMatch(/operationTimeoutMs/);
   });
+
+  it('takes a PostgreSQL store from BERTH_STORE_URL (over the file) and refuses a store URL that is not PostgreSQL', () => {
+    const config = resolveConfig({ store: { kind: 'sqlite' } }, { BERTH_STORE_URL: 'postgres://berth@db:5432/berth' }, { dataDir: '/d' });
+    expect(config.store).toEqual({ kind: 'postgres', url: 'postgres://berth@db:5432/berth' });
+    let error: unknown;
+    try {
+      resolveConfig({ store: { kind: 'postgres', url: 'mysql://root:hunter2@db/berth' } }, {}, { dataDir: '/d' });
+    } catch (e) {
+      error = e;
+    }
+    expect(BerthError.is(error) && error.code).toBe('VALIDATION');
+    expect(String((error as Error).message)).toMatch(/store\.url/);
+    expect(String((error as Error).message)).not.toMatch(/hunter2/);
+  });
 });

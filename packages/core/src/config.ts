@@ -35,9 +35,21 @@ export const zConfig = z.strictObject({
       enforce_multipath: z.boolean().default(false),
     })
     .default({ multipath: false, enforce_multipath: false }),
-  /** Where the state lives. */
+  /**
+   * Where the state lives: SQLite under the data dir (the embedded default), or PostgreSQL shared
+   * by many processes and hosts (`--store postgres://…`, BERTH_STORE_URL).
+   */
   store: z
-    .discriminatedUnion('kind', [z.strictObject({ kind: z.literal('sqlite'), filename: z.string().optional() })])
+    .discriminatedUnion('kind', [
+      z.strictObject({ kind: z.literal('sqlite'), filename: z.string().optional() }),
+      z.strictObject({
+        kind: z.literal('postgres'),
+        /** `postgres://user[:password]@host[:port]/database`; prefer PGPASSWORD or ~/.pgpass to a password in it. */
+        url: z.string().regex(/^postgres(ql)?:\/\/\S+$/, 'must be a postgres://user@host[:port]/database URL'),
+        /** Pooled connections of one berth process (default 10). */
+        poolSize: z.number().int().min(1).max(1000).optional(),
+      }),
+    ])
     .default({ kind: 'sqlite' }),
   /** Extra plugin packages (the built-in ones are always loaded). */
   plugins: z.array(zPluginEntry).default([]),
@@ -106,6 +118,7 @@ export function resolveConfig(
     fromEnv[key] = NUMERIC.has(key) ? Number(value) : value;
   }
   if (env.BERTH_FAULTS) fromEnv.faults = parseFaultSpec(env.BERTH_FAULTS);
+  if (env.BERTH_STORE_URL) fromEnv.store = { kind: 'postgres', url: env.BERTH_STORE_URL };
   if (env.BERTH_PATH_PREPEND) fromEnv.pathPrepend = env.BERTH_PATH_PREPEND.split(':').filter(Boolean);
   const defined = Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined));
   return parseWith(zConfig, { ...fromFile, ...fromEnv, ...defined }, 'config');

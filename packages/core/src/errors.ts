@@ -19,6 +19,7 @@ export const ERROR_CODES = [
   'BACKEND_ERROR',
   'PLUGIN_ERROR',
   'CONFIG',
+  'UNAVAILABLE',
   'INTERNAL',
 ] as const;
 
@@ -44,6 +45,7 @@ export const HTTP_STATUS: Record<BerthErrorCode, number> = {
   BACKEND_ERROR: 500,
   PLUGIN_ERROR: 500,
   CONFIG: 500,
+  UNAVAILABLE: 503,
   INTERNAL: 500,
 };
 
@@ -66,6 +68,7 @@ export const EXIT_CODES: Record<BerthErrorCode, number> = {
   BACKEND_ERROR: 16,
   PLUGIN_ERROR: 17,
   CONFIG: 18,
+  UNAVAILABLE: 19,
   INTERNAL: 70,
 };
 

@@ -1,6 +1,7 @@
 export * from './errors.js';
 export * from './connection.js';
 export * from './model.js';
+export * from './work-item.js';
 export * from './transitions.js';
 export type * from './contracts/index.js';
 export type * from './store.js';

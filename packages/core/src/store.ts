@@ -12,6 +12,7 @@ import type {
   Volume,
   VolumeStatus,
 } from './model.js';
+import type { WorkItem, WorkItemState } from './work-item.js';
 
 /**
  * The persistence port. `@berth/store` implements it on SQLite and PostgreSQL; core and the apps
@@ -28,7 +29,21 @@ export interface Store {
   readonly servers: ServerRepository;
   readonly attachments: AttachmentRepository;
   readonly operations: OperationRepository;
-  /** Run `fn` in one database transaction (serialisable on SQLite). */
+  /**
+   * Host steps with leases, run by the agent of another host (many hosts). Optional: a store
+   * without it serves one host only. `@berth/store` has it on SQLite and PostgreSQL.
+   */
+  readonly workItems?: WorkItemRepository;
+  /**
+   * Wake-ups between the processes sharing this store (PostgreSQL `LISTEN/NOTIFY`; within this
+   * process on SQLite). Optional, like `workItems`.
+   */
+  readonly notifications?: StoreNotifications;
+  /**
+   * Run `fn` in one database transaction, serialisable on both engines: it behaves as if no other
+   * transaction ran at the same time. Where the engine aborts a transaction that lost a race
+   * (PostgreSQL's serialization failures), `fn` is run again, so it must only touch the store.
+   */
   transaction<T>(fn: (store: Store) => Promise<T>): Promise<T>;
   /** Close the connection. */
   close(): Promise<void>;
@@ -168,6 +183,12 @@ export interface NewOperation {
   idempotencyKey?: string | null;
   owner?: string | null;
   deadlineAt: string;
+  /**
+   * Give the owner a lease of this many milliseconds, renewed by `operations.heartbeat`; once it
+   * passes, `operations.claimExpired` may hand the operation to another process. Needs `owner`.
+   * Without it the operation has no lease (the single-host default: recovery checks the pid).
+   */
+  leaseMs?: number;
 }
 
 /** Filter of an operation listing. */
@@ -207,6 +228,83 @@ export interface OperationRepository {
    * owner, so that of two processes recovering at once exactly one takes it (CONFLICT otherwise).
    */
   setOwner(id: string, owner: string, expectedOwner: string | null): Promise<void>;
+  /**
+   * Renew for `leaseMs` the lease of every running operation `owner` holds; returns their ids.
+   * An operation missing from the answer was taken over: its owner must stop working on it.
+   */
+  heartbeat?(owner: string, leaseMs: number): Promise<string[]>;
+  /**
+   * Take over up to `limit` (default 10) running operations whose lease passed (their owner
+   * stopped heart-beating): each becomes `owner`'s with a fresh lease of `leaseMs`. Concurrent
+   * callers never take the same operation (row locks skipped on PostgreSQL, one writer on SQLite).
+   * Operations without a lease are never taken.
+   */
+  claimExpired?(owner: string, leaseMs: number, limit?: number): Promise<Operation[]>;
+}
+
+/** Fields of a new work item (always created `pending`). */
+export interface NewWorkItem {
+  id?: string;
+  operationId: string;
+  hostId: string;
+  /** The host step to run (`connect`, `publish`, ...). */
+  step: string;
+  payload?: Record<string, unknown>;
+}
+
+/** Filter of a work item listing. */
+export interface WorkItemFilter {
+  hostId?: string;
+  operationId?: string;
+  state?: WorkItemState | readonly WorkItemState[];
+}
+
+/** How an agent finished a work item. */
+export interface WorkItemOutcome {
+  state: 'done' | 'failed';
+  result?: Record<string, unknown> | null;
+  error?: ErrorSummary | null;
+}
+
+/**
+ * Host steps waiting for, or held by, the agent of their host. Every change is a compare-and-swap
+ * on state (and lease owner): NOT_FOUND for a missing item, CONFLICT when it is in another state
+ * or another agent holds it.
+ */
+export interface WorkItemRepository {
+  /** Insert a `pending` item; NOT_FOUND when its operation or host does not exist. */
+  create(item: NewWorkItem): Promise<WorkItem>;
+  get(id: string): Promise<WorkItem | undefined>;
+  require(id: string): Promise<WorkItem>;
+  /** Oldest first. */
+  list(filter?: WorkItemFilter): Promise<WorkItem[]>;
+  /**
+   * Claim up to `limit` (default 1) pending items of `hostId` for `worker`, oldest first, with a
+   * lease of `leaseMs`; `attempts` goes up by one. Concurrent claimers never get the same item.
+   */
+  claim(hostId: string, worker: string, leaseMs: number, limit?: number): Promise<WorkItem[]>;
+  /** Extend the lease of an item `worker` holds; CONFLICT when it no longer holds it. */
+  renew(id: string, worker: string, leaseMs: number): Promise<WorkItem>;
+  /** Record the outcome of an item `worker` holds; CONFLICT when it no longer holds it. */
+  complete(id: string, worker: string, outcome: WorkItemOutcome): Promise<WorkItem>;
+  /** Put up to `limit` (default 100) claimed items whose lease passed back to `pending`; returns them. */
+  expire(limit?: number): Promise<WorkItem[]>;
+}
+
+/**
+ * Wake-ups between processes: a notification is a hint that something changed ("work for host
+ * h-2"), never the data itself; a listener re-reads the store. Sent inside a transaction, it is
+ * delivered when (and only if) the transaction commits.
+ */
+export interface StoreNotifications {
+  /** Wake every listener of `channel` (`[a-z_][a-z0-9_]*`, at most 63 chars); `payload` ≤ 7999 bytes. */
+  notify(channel: string, payload?: string): Promise<void>;
+  /**
+   * Call `listener` with each notification's payload on `channel` until the returned function is
+   * called. After a lost connection is re-established, listeners are called once with `''`:
+   * notifications may have been missed meanwhile.
+   */
+  listen(channel: string, listener: (payload: string) => void): Promise<() => Promise<void>>;
 }
 
 export type { OperationStep };

@@ -24,7 +24,7 @@ import driverIscsi from '@berth/driver-iscsi';
 import driverIscsiMultipath from '@berth/driver-iscsi-multipath';
 import driverLoop from '@berth/driver-loop';
 import { createHostServices, hostFacts, type HostServices } from '@berth/host';
-import { openSqliteStore } from '@berth/store';
+import { openPostgresStore, openSqliteStore } from '@berth/store';
 import { defaultDataDir } from './data-dir.js';
 import { createLogger } from './logger.js';
 import { simulatedHostServices } from './simulate.js';
@@ -38,6 +38,8 @@ export interface OpenBerthOptions {
   configFile?: string;
   /** Else BERTH_HOST_ROOT, else `/`. */
   hostRoot?: string;
+  /** A PostgreSQL URL for the store (`--store`); else BERTH_STORE_URL, else the config file, else SQLite in the data dir. */
+  storeUrl?: string;
   /** Extra directories whose package.json dependencies are scanned for plugins (also BERTH_PLUGIN_DIRS). */
   pluginDirs?: string[];
   env?: NodeJS.ProcessEnv;
@@ -101,6 +103,7 @@ export async function loadConfigs(options: OpenBerthOptions = {}): Promise<{ con
   const config = resolveConfig(rest, env, {
     dataDir,
     ...(options.hostRoot ? { hostRoot: options.hostRoot } : {}),
+    ...(options.storeUrl ? { store: { kind: 'postgres' as const, url: options.storeUrl } } : {}),
   });
   return { config, simulate: resolveSimulateConfig(section, env, config.dataDir, options.simulate) };
 }
@@ -123,7 +126,10 @@ export async function openBerth(options: OpenBerthOptions = {}): Promise<BerthSe
       logger: logger.child({ component: 'host' }),
     });
 
-  const store = await openSqliteStore({ filename: config.store.filename ?? path.join(config.dataDir, 'berth.db') });
+  const store =
+    config.store.kind === 'postgres'
+      ? await openPostgresStore({ url: config.store.url, ...(config.store.poolSize === undefined ? {} : { poolSize: config.store.poolSize }) })
+      : await openSqliteStore({ filename: config.store.filename ?? path.join(config.dataDir, 'berth.db') });
 
   // The plugins the `simulate` section names run on the simulated host; everything else on this one.
   const hostOverrides: Record<string, HostServices> = {};

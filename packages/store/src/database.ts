@@ -1,4 +1,4 @@
-import type { AttachmentStatus, OperationKind, OperationState, VolumeStatus } from '@berth/core';
+import type { AttachmentStatus, OperationKind, OperationState, VolumeStatus, WorkItemState } from '@berth/core';
 import type { ColumnType } from 'kysely';
 
 declare const encodedJson: unique symbol;
@@ -80,6 +80,8 @@ export interface OperationsTable {
   host_id: string | null;
   idempotency_key: string | null;
   owner: string | null;
+  /** When the owner's lease passes (migration 0002); NULL: no lease (single-host recovery by pid). */
+  lease_expires_at: string | null;
   deadline_at: string;
   started_at: string;
   ended_at: string | null;
@@ -101,6 +103,28 @@ export interface OperationStepsTable {
   data: NullableJsonColumn;
 }
 
+/** Table `work_items` (migration 0002): host steps with leases. */
+export interface WorkItemsTable {
+  id: string;
+  operation_id: string;
+  host_id: string;
+  step: string;
+  state: WorkItemState;
+  payload: JsonColumn;
+  result: NullableJsonColumn;
+  error: NullableJsonColumn;
+  attempts: number;
+  lease_owner: string | null;
+  lease_expires_at: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+/** Table `transaction_gate` (migration 0002): never holds a row; PostgreSQL transactions lock it. */
+export interface TransactionGateTable {
+  id: number;
+}
+
 /** The whole schema as Kysely sees it: snake_case columns, one interface per table. */
 export interface Database {
   volumes: VolumesTable;
@@ -109,4 +133,6 @@ export interface Database {
   attachments: AttachmentsTable;
   operations: OperationsTable;
   operation_steps: OperationStepsTable;
+  work_items: WorkItemsTable;
+  transaction_gate: TransactionGateTable;
 }

@@ -1,9 +1,14 @@
 export { openSqliteStore, DEFAULT_BUSY_TIMEOUT_MS } from './open-sqlite-store.js';
 export type { SqliteStoreOptions } from './open-sqlite-store.js';
-export { createKyselyStore } from './kysely-store.js';
+export { openPostgresStore, DEFAULT_POSTGRES_POOL_SIZE, DEFAULT_POSTGRES_CONNECT_TIMEOUT_MS } from './open-postgres-store.js';
+export type { PostgresStoreOptions } from './open-postgres-store.js';
+export { isPostgresUrl, redactPostgresUrl, parseStoreUrl, zPostgresUrl } from './postgres-url.js';
+export { createKyselyStore, TRANSACTION_ATTEMPTS } from './kysely-store.js';
 export type { KyselyStoreOptions } from './kysely-store.js';
 export { createMigrations, createMigrationProvider } from './migrations.js';
 export { migrateToLatest } from './migrate.js';
 export { sqliteStoreDialect } from './sqlite-dialect.js';
+export { postgresStoreDialect } from './postgres-dialect.js';
 export type { StoreDialect, ConstraintViolation } from './store-dialect.js';
+export type { NotificationBackend } from './notification-backend.js';
 export type * from './database.js';

@@ -1,16 +1,19 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomUUID } from 'node:crypto';
-import { BerthError } from '@berth/core';
-import type { Store } from '@berth/core';
+import { BerthError, parseWith } from '@berth/core';
+import type { Store, StoreNotifications } from '@berth/core';
 import type { Kysely, Transaction } from 'kysely';
 import { createMonotonicClock } from './clock.js';
 import type { Database } from './database.js';
+import { zChannel, zPayload } from './notification-backend.js';
+import type { NotificationBackend } from './notification-backend.js';
 import type { RepositoryContext } from './repository-context.js';
 import { createAttachmentRepository } from './repositories/attachment-repository.js';
 import { createHostRepository } from './repositories/host-repository.js';
 import { createOperationRepository } from './repositories/operation-repository.js';
 import { createServerRepository } from './repositories/server-repository.js';
 import { createVolumeRepository } from './repositories/volume-repository.js';
+import { createWorkItemRepository } from './repositories/work-item-repository.js';
 import type { StoreDialect } from './store-dialect.js';
 
 /** One open transaction of a store. */
@@ -18,7 +21,18 @@ interface TransactionScope {
   readonly trx: Transaction<Database>;
   open: boolean;
   store: Store | undefined;
+  /** In-process notifications sent inside the transaction: delivered on commit, dropped on rollback. */
+  readonly afterCommit: Array<() => void>;
 }
+
+/**
+ * How many times `transaction` runs `fn` when the engine keeps aborting it for losing a race.
+ * Each retry starts at once (no sleep): PostgreSQL picks the victim of a serialization failure
+ * so that an immediate retry does not meet the same conflict again, and the dialect's
+ * `startTransaction` lets a transaction that keeps losing run alone. The bound only stops a
+ * livelock.
+ */
+export const TRANSACTION_ATTEMPTS = 30;
 
 /** Options of `createKyselyStore`. */
 export interface KyselyStoreOptions {
@@ -26,6 +40,8 @@ export interface KyselyStoreOptions {
   dialect: StoreDialect;
   /** Run when the store closes, after Kysely is destroyed (close files, drop pools). */
   onClose?: () => Promise<void> | void;
+  /** Carries notifications between processes; without it they stay within this process. */
+  notifications?: NotificationBackend;
 }
 
 /**
@@ -38,28 +54,89 @@ export function createKyselyStore(db: Kysely<Database>, options: KyselyStoreOpti
   const now = createMonotonicClock();
   let closed = false;
 
-  const repositories = (ctx: RepositoryContext): Pick<Store, 'volumes' | 'hosts' | 'servers' | 'attachments' | 'operations'> => ({
+  const backend = options.notifications;
+  /** In-process listeners per channel (used when there is no backend). */
+  const localListeners = new Map<string, Set<(payload: string) => void>>();
+
+  const deliverLocally = (channel: string, payload: string): void => {
+    for (const listener of localListeners.get(channel) ?? []) {
+      // Asynchronous, as a notification from another process would be; a throwing listener
+      // must not stop the others.
+      queueMicrotask(() => {
+        try {
+          listener(payload);
+        } catch {
+          // A listener's failure is its own business.
+        }
+      });
+    }
+  };
+
+  const notifications = (ctx: RepositoryContext, scope: () => TransactionScope | undefined): StoreNotifications => ({
+    async notify(channel: string, payload = ''): Promise<void> {
+      const name = parseWith(zChannel, channel, 'notification channel');
+      const text = parseWith(zPayload, payload, 'notification payload');
+      if (backend !== undefined) {
+        await backend.send(ctx.db(), name, text);
+        return;
+      }
+      const open = scope();
+      if (open !== undefined) open.afterCommit.push(() => deliverLocally(name, text));
+      else deliverLocally(name, text);
+    },
+    async listen(channel: string, listener: (payload: string) => void): Promise<() => Promise<void>> {
+      const name = parseWith(zChannel, channel, 'notification channel');
+      if (backend !== undefined) return backend.subscribe(name, listener);
+      let listeners = localListeners.get(name);
+      if (listeners === undefined) {
+        listeners = new Set();
+        localListeners.set(name, listeners);
+      }
+      // Wrapped, so the same function listening twice is two subscriptions.
+      const entry = (payload: string): void => listener(payload);
+      listeners.add(entry);
+      return async () => {
+        listeners.delete(entry);
+        if (listeners.size === 0 && localListeners.get(name) === listeners) localListeners.delete(name);
+      };
+    },
+  });
+
+  const repositories = (
+    ctx: RepositoryContext,
+    scope: () => TransactionScope | undefined,
+  ): Pick<Store, 'volumes' | 'hosts' | 'servers' | 'attachments' | 'operations' | 'workItems' | 'notifications'> => ({
     volumes: createVolumeRepository(ctx),
     hosts: createHostRepository(ctx),
     servers: createServerRepository(ctx),
     attachments: createAttachmentRepository(ctx),
     operations: createOperationRepository(ctx),
+    workItems: createWorkItemRepository(ctx),
+    notifications: notifications(ctx, scope),
   });
 
+  const openScope = (): TransactionScope | undefined => {
+    const scope = active.getStore();
+    return scope?.open === true ? scope : undefined;
+  };
+
   const boundStore = (scope: TransactionScope): Store => ({
-    ...repositories({
-      dialect,
-      now,
-      newId: randomUUID,
-      db: () => {
-        if (!scope.open) {
-          throw new BerthError('INTERNAL', 'the store was used after its transaction ended', {
-            hint: 'use the store passed to transaction() only inside the callback',
-          });
-        }
-        return scope.trx;
+    ...repositories(
+      {
+        dialect,
+        now,
+        newId: randomUUID,
+        db: () => {
+          if (!scope.open) {
+            throw new BerthError('INTERNAL', 'the store was used after its transaction ended', {
+              hint: 'use the store passed to transaction() only inside the callback',
+            });
+          }
+          return scope.trx;
+        },
       },
-    }),
+      () => (scope.open ? scope : undefined),
+    ),
     // Nested transactions join the open one: there is one unit of work.
     transaction: <T>(fn: (store: Store) => Promise<T>): Promise<T> => fn(boundStore(scope)),
     close: () =>
@@ -72,37 +149,61 @@ export function createKyselyStore(db: Kysely<Database>, options: KyselyStoreOpti
     newId: randomUUID,
     // Calls on the root store made from inside transaction(fn) join that transaction instead of
     // waiting for the connection it holds (which would never come back).
-    db: () => {
-      const scope = active.getStore();
-      return scope?.open === true ? scope.trx : db;
-    },
+    db: () => openScope()?.trx ?? db,
   };
 
   return {
-    ...repositories(rootContext),
+    ...repositories(rootContext, openScope),
 
     async transaction<T>(fn: (store: Store) => Promise<T>): Promise<T> {
       const current = active.getStore();
       if (current?.open === true && current.store !== undefined) return fn(current.store);
-      let builder = db.transaction();
-      if (dialect.isolationLevel !== undefined) builder = builder.setIsolationLevel(dialect.isolationLevel);
-      return builder.execute(async (trx) => {
-        const scope: TransactionScope = { trx, open: true, store: undefined };
-        const store = boundStore(scope);
-        scope.store = store;
+      for (let attempt = 1; ; attempt += 1) {
+        let builder = db.transaction();
+        if (dialect.isolationLevel !== undefined) builder = builder.setIsolationLevel(dialect.isolationLevel);
+        const committed: { scope?: TransactionScope } = {};
         try {
-          return await active.run(scope, () => fn(store));
-        } finally {
-          scope.open = false;
+          const result = await builder.execute(async (trx) => {
+            await dialect.startTransaction?.(trx, attempt);
+            const scope: TransactionScope = { trx, open: true, store: undefined, afterCommit: [] };
+            const store = boundStore(scope);
+            scope.store = store;
+            try {
+              const value = await active.run(scope, () => fn(store));
+              committed.scope = scope;
+              return value;
+            } finally {
+              scope.open = false;
+            }
+          });
+          for (const deliver of committed.scope?.afterCommit ?? []) deliver();
+          return result;
+        } catch (error) {
+          if (!dialect.retryableTransaction(error)) throw error;
+          if (attempt >= TRANSACTION_ATTEMPTS) {
+            throw new BerthError(
+              'CONFLICT',
+              `the ${dialect.name} database aborted this transaction ${attempt} times because concurrent ones changed the same rows`,
+              {
+                hint: 'the store is under heavy contention on the same rows; retry the command',
+                details: { attempts: attempt },
+                cause: error,
+              },
+            );
+          }
         }
-      });
+      }
     },
 
     async close(): Promise<void> {
       if (closed) return;
       closed = true;
-      await db.destroy();
-      await options.onClose?.();
+      try {
+        await backend?.close();
+      } finally {
+        await db.destroy();
+        await options.onClose?.();
+      }
     },
   };
 }

@@ -10,6 +10,8 @@ export async function migrateToLatest(db: Kysely<Database>, dialect: StoreDialec
   const migrator = new Migrator({ db, provider: createMigrationProvider(dialect) });
   const { error, results } = await migrator.migrateToLatest();
   if (error !== undefined) {
+    // The engine could not be reached or refused us: that error already names the database.
+    if (BerthError.is(error) && (error.code === 'UNAVAILABLE' || error.code === 'CONFIG')) throw error;
     const failed = results?.find((result) => result.status === 'Error')?.migrationName;
     const message = error instanceof Error ? error.message : String(error);
     throw new BerthError(
@@ -17,8 +19,11 @@ export async function migrateToLatest(db: Kysely<Database>, dialect: StoreDialec
       `cannot migrate the berth database ${where}${failed === undefined ? '' : ` (migration ${failed})`}: ${message}`,
       {
         hint: /missing/.test(message)
-          ? 'the database was written by a newer berth; upgrade berth or point it at another data directory'
-          : 'check that the file is a berth database and that this user may write it',
+          ? 'the database was written by a newer berth; upgrade berth or point it at another data directory or store'
+          : BerthError.is(error) && error.hint !== undefined
+            ? error.hint
+            : 'check that it is a berth database and that this user may write it',
+        ...(BerthError.is(error) ? { details: error.details } : {}),
         cause: error,
       },
     );

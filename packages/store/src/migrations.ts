@@ -106,6 +106,42 @@ export function createMigrations(dialect: StoreDialect): Record<string, Migratio
           .execute();
       },
     },
+    // Many hosts: owner leases on operations, and host steps as work items with leases.
+    '0002-leases-and-work-items': {
+      async up(db: Kysely<unknown>): Promise<void> {
+        await db.schema.alterTable('operations').addColumn('lease_expires_at', 'text').execute();
+        await db.schema
+          .createIndex('operations_lease_idx')
+          .on('operations')
+          .columns(['state', 'lease_expires_at'])
+          .execute();
+
+        await db.schema
+          .createTable('work_items')
+          .addColumn('id', 'text', (col) => col.primaryKey())
+          .addColumn('operation_id', 'text', (col) => col.notNull().references('operations.id').onDelete('cascade'))
+          .addColumn('host_id', 'text', (col) => col.notNull().references('hosts.id'))
+          .addColumn('step', 'text', (col) => col.notNull())
+          .addColumn('state', 'text', (col) => col.notNull())
+          .addColumn('payload', dialect.jsonType, (col) => col.notNull())
+          .addColumn('result', dialect.jsonType)
+          .addColumn('error', dialect.jsonType)
+          .addColumn('attempts', 'integer', (col) => col.notNull())
+          .addColumn('lease_owner', 'text')
+          .addColumn('lease_expires_at', 'text')
+          .addColumn('created_at', 'text', (col) => col.notNull())
+          .addColumn('updated_at', 'text', (col) => col.notNull())
+          .execute();
+        // claim: a host's pending items, oldest first; expire: claimed items by lease end.
+        await db.schema.createIndex('work_items_host_state_idx').on('work_items').columns(['host_id', 'state', 'created_at']).execute();
+        await db.schema.createIndex('work_items_state_lease_idx').on('work_items').columns(['state', 'lease_expires_at']).execute();
+        await db.schema.createIndex('work_items_operation_id_idx').on('work_items').column('operation_id').execute();
+
+        // Never holds a row: engines whose transactions can lose races (PostgreSQL) lock this
+        // table first thing in every store transaction, so that one that keeps losing can run alone.
+        await db.schema.createTable('transaction_gate').addColumn('id', 'integer', (col) => col.primaryKey()).execute();
+      },
+    },
   };
 }
 

@@ -1,4 +1,4 @@
-import type { Kysely } from 'kysely';
+import type { Kysely, QueryCreator, SelectQueryBuilder } from 'kysely';
 import type { Database, DbJson } from './database.js';
 import type { ConstraintViolation, StoreDialect } from './store-dialect.js';
 
@@ -22,4 +22,23 @@ export function encodeNullableJson(ctx: RepositoryContext, value: unknown): DbJs
 /** The constraint `error` violated, if any. */
 export function violation(ctx: RepositoryContext, error: unknown): ConstraintViolation | undefined {
   return ctx.dialect.constraintViolation(error);
+}
+
+/**
+ * `WITH picked AS MATERIALIZED (<pick> FOR UPDATE SKIP LOCKED)`, for an UPDATE that claims rows:
+ * `.where('id', 'in', (eb) => eb.selectFrom('picked').select('picked.id'))`. MATERIALIZED runs
+ * the pick once — as a plain `IN (SELECT … LIMIT n SKIP LOCKED)` PostgreSQL may re-run it and
+ * update more than n rows; rows a concurrent claimer holds are skipped where the engine has
+ * row locks (without them, SQLite's single writer makes the statement atomic anyway).
+ */
+export function withPicked<TB extends keyof Database>(
+  ctx: RepositoryContext,
+  pick: (db: QueryCreator<Database>) => SelectQueryBuilder<Database, TB, { id: string }>,
+): QueryCreator<Database & { picked: { id: string } }> {
+  return ctx
+    .db()
+    .with(
+      (cte) => cte('picked').materialized(),
+      (db) => pick(db).$if(ctx.dialect.supportsRowLocks, (qb) => qb.forUpdate().skipLocked()),
+    );
 }

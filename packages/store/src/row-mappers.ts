@@ -1,5 +1,5 @@
-import { zAttachment, zHost, zOperation, zOperationStep, zServer, zVolume } from '@berth/core';
-import type { Attachment, Host, Operation, OperationStep, Server, Volume } from '@berth/core';
+import { zAttachment, zHost, zOperation, zOperationStep, zServer, zVolume, zWorkItem } from '@berth/core';
+import type { Attachment, Host, Operation, OperationStep, Server, Volume, WorkItem } from '@berth/core';
 import type { Selectable } from 'kysely';
 import type {
   AttachmentsTable,
@@ -8,6 +8,7 @@ import type {
   OperationsTable,
   ServersTable,
   VolumesTable,
+  WorkItemsTable,
 } from './database.js';
 import { corruptRow } from './store-errors.js';
 import type { ResourceKind } from './store-errors.js';
@@ -132,5 +133,24 @@ export function toOperation(
     error: dialect.decodeJson(row.error),
     result: dialect.decodeJson(row.result),
     steps,
+  });
+}
+
+/** `work_items` row → WorkItem. */
+export function toWorkItem(row: Selectable<WorkItemsTable>, dialect: StoreDialect): WorkItem {
+  return checked('work item', row.id, zWorkItem, {
+    id: row.id,
+    operationId: row.operation_id,
+    hostId: row.host_id,
+    step: row.step,
+    state: row.state,
+    payload: dialect.decodeJson(row.payload) ?? {},
+    result: dialect.decodeJson(row.result),
+    error: dialect.decodeJson(row.error),
+    attempts: toNumber(row.attempts),
+    leaseOwner: row.lease_owner,
+    leaseExpiresAt: row.lease_expires_at,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
   });
 }

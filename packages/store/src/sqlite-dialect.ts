@@ -12,6 +12,8 @@ export const sqliteStoreDialect: StoreDialect = {
   name: 'sqlite',
   jsonType: 'text',
   booleanType: 'integer',
+  // One writer at a time (BEGIN IMMEDIATE): nothing to lock, nothing to retry.
+  supportsRowLocks: false,
   encodeJson(value: unknown): DbJson {
     return JSON.stringify(value) as unknown as DbJson;
   },
@@ -33,6 +35,9 @@ export const sqliteStoreDialect: StoreDialect = {
     if (code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY') return 'unique';
     if (code === 'SQLITE_CONSTRAINT_FOREIGNKEY') return 'foreign_key';
     return undefined;
+  },
+  retryableTransaction(): boolean {
+    return false;
   },
 };
 

@@ -127,7 +127,7 @@ describe('SQLite store shared by OS processes', () => {
     }
     const raw = new BetterSqlite3(filename, { readonly: true });
     try {
-      expect(raw.prepare('select count(*) as n from kysely_migration').get()).toEqual({ n: 1 });
+      expect(raw.prepare('select count(*) as n from kysely_migration').get()).toEqual({ n: 2 });
     } finally {
       raw.close();
     }

@@ -6,6 +6,7 @@ import type { NewVolume, Store } from '@berth/core';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { describeStoreConformance } from './conformance.js';
+import { describeManyHostsStoreConformance } from './conformance-many-hosts.js';
 import { openSqliteStore } from './open-sqlite-store.js';
 
 const tempDirs: string[] = [];
@@ -34,6 +35,8 @@ function volume(name: string): NewVolume {
 
 describeStoreConformance('sqlite :memory:', () => openSqliteStore({ filename: ':memory:' }));
 describeStoreConformance('sqlite file', () => openSqliteStore({ filename: join(tempDir(), 'berth.db') }));
+describeManyHostsStoreConformance('sqlite :memory:', () => openSqliteStore({ filename: ':memory:' }));
+describeManyHostsStoreConformance('sqlite file', () => openSqliteStore({ filename: join(tempDir(), 'berth.db') }));
 
 describe('openSqliteStore', () => {
   it('creates missing parent directories with mode 0700 and puts the file in WAL mode', async () => {
@@ -68,7 +71,10 @@ describe('openSqliteStore', () => {
     expect(await third.volumes.findByName('p', 'data1')).toEqual(created);
     const raw = new BetterSqlite3(filename, { readonly: true });
     try {
-      expect(raw.prepare('select name from kysely_migration').all()).toEqual([{ name: '0001-initial' }]);
+      expect(raw.prepare('select name from kysely_migration order by name').all()).toEqual([
+        { name: '0001-initial' },
+        { name: '0002-leases-and-work-items' },
+      ]);
     } finally {
       raw.close();
     }

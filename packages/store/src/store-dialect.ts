@@ -1,5 +1,5 @@
-import type { ColumnDataType, IsolationLevel } from 'kysely';
-import type { DbBoolean, DbJson } from './database.js';
+import type { ColumnDataType, IsolationLevel, Transaction } from 'kysely';
+import type { Database, DbBoolean, DbJson } from './database.js';
 
 /** What a constraint violation was, as far as the repositories care. */
 export type ConstraintViolation = 'unique' | 'foreign_key';
@@ -18,6 +18,11 @@ export interface StoreDialect {
   readonly booleanType: ColumnDataType;
   /** Isolation level of `Store.transaction`, when the engine needs one set explicitly. */
   readonly isolationLevel?: IsolationLevel;
+  /**
+   * Whether `SELECT … FOR UPDATE SKIP LOCKED` exists (PostgreSQL). Without it (SQLite) a claim's
+   * `UPDATE … WHERE id IN (SELECT …)` is atomic anyway, because the engine has one writer.
+   */
+  readonly supportsRowLocks: boolean;
   /** Encode a JSON-serialisable value for a JSON column. */
   encodeJson(value: unknown): DbJson;
   /** Decode what the driver returned for a JSON column (`null` stays `null`). */
@@ -28,4 +33,15 @@ export interface StoreDialect {
   decodeBoolean(raw: unknown): boolean;
   /** Which constraint `error` (thrown by the driver) violated, if it is a constraint violation. */
   constraintViolation(error: unknown): ConstraintViolation | undefined;
+  /**
+   * Whether `error` means the engine aborted a transaction that lost a race and the whole
+   * transaction may simply be run again (PostgreSQL: serialization failure, deadlock).
+   */
+  retryableTransaction(error: unknown): boolean;
+  /**
+   * Run first in every `Store.transaction` attempt (1 for the first run, 2 for the first retry, ...):
+   * where the engine aborts losers of races, this is where a transaction that keeps losing gets
+   * its turn.
+   */
+  startTransaction?(trx: Transaction<Database>, attempt: number): Promise<void>;
 }

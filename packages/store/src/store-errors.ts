@@ -1,7 +1,7 @@
 import { BerthError } from '@berth/core';
 
 /** The resources the store keeps, as named in messages. */
-export type ResourceKind = 'volume' | 'host' | 'server' | 'attachment' | 'operation';
+export type ResourceKind = 'volume' | 'host' | 'server' | 'attachment' | 'operation' | 'work item';
 
 const NOT_FOUND_HINTS: Record<ResourceKind, string> = {
   volume: 'check the volume id; `berth volume list` shows the volumes of your project',
@@ -9,6 +9,7 @@ const NOT_FOUND_HINTS: Record<ResourceKind, string> = {
   server: 'check the server id; `berth server list` shows the servers of your project',
   attachment: 'check the attachment id; `berth attachment list` shows the attachments',
   operation: 'check the operation id printed by the command that started it',
+  'work item': 'check the work item id; an agent sees the items of its own host only',
 };
 
 /** NOT_FOUND for a missing row. */

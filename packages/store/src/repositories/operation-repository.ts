@@ -1,4 +1,5 @@
 import { BerthError, parseWith, zId, zOperation, zOperationState, zOperationStep } from '@berth/core';
+import { z } from 'zod';
 import type {
   ErrorSummary,
   NewOperation,
@@ -10,7 +11,7 @@ import type {
 } from '@berth/core';
 import type { Selectable } from 'kysely';
 import type { OperationsTable } from '../database.js';
-import { encodeNullableJson, violation } from '../repository-context.js';
+import { encodeNullableJson, violation, withPicked } from '../repository-context.js';
 import type { RepositoryContext } from '../repository-context.js';
 import { toOperation, toOperationStep } from '../row-mappers.js';
 import { alreadyExists, notFound, stateConflict } from '../store-errors.js';
@@ -18,14 +19,27 @@ import { alreadyExists, notFound, stateConflict } from '../store-errors.js';
 const zStepOutcome = zOperationStep.pick({ error: true, data: true }).partial();
 const zFinishOutcome = zOperation.pick({ error: true, result: true }).partial();
 
-/** How often `startStep` retries when a concurrent writer took the same seq (PostgreSQL only; SQLite serialises writers). */
-const START_STEP_ATTEMPTS = 5;
+/**
+ * How often `startStep` retries when a concurrent writer took the same seq (PostgreSQL only;
+ * SQLite serialises writers). Each round one of the racing writers wins, so N concurrent
+ * callers need at most N rounds; this bounds the loop, it is not expected to be reached.
+ */
+const START_STEP_ATTEMPTS = 64;
+
+/** A lease length: whole milliseconds, at most a day (a longer lease is a unit mistake). */
+export const zLeaseMs = z.number().int().min(0).max(86_400_000);
+
+/** How many operations `claimExpired` takes at most when the caller names no limit. */
+const DEFAULT_CLAIM_LIMIT = 10;
 
 /** How many ids go into one `IN (...)` when loading journals. */
 const STEP_BATCH = 500;
 
 /** Operations and their journal over Kysely. */
 export function createOperationRepository(ctx: RepositoryContext): OperationRepository {
+  /** The instant `ms` after the store's clock now. */
+  const leaseUntil = (ms: number): string => new Date(Date.parse(ctx.now()) + ms).toISOString();
+
   const stepsOf = async (ids: readonly string[]): Promise<Map<string, OperationStep[]>> => {
     const byOperation = new Map<string, OperationStep[]>(ids.map((id) => [id, []]));
     for (let i = 0; i < ids.length; i += STEP_BATCH) {
@@ -77,6 +91,12 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
 
   return {
     async create(input: NewOperation): Promise<Operation> {
+      const leaseMs = input.leaseMs === undefined ? undefined : parseWith(zLeaseMs, input.leaseMs, 'operation lease');
+      if (leaseMs !== undefined && (input.owner ?? null) === null) {
+        throw new BerthError('VALIDATION', 'invalid operation: a lease needs an owner', {
+          hint: 'set owner (the process that heart-beats the lease) or leave leaseMs out',
+        });
+      }
       const operation = parseWith(
         zOperation,
         {
@@ -112,6 +132,7 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
             host_id: operation.hostId,
             idempotency_key: operation.idempotencyKey,
             owner: operation.owner,
+            lease_expires_at: leaseMs === undefined ? null : leaseUntil(leaseMs),
             deadline_at: operation.deadlineAt,
             started_at: operation.startedAt,
             ended_at: null,
@@ -274,6 +295,39 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
         .where((eb) => (expectedOwner === null ? eb('owner', 'is', null) : eb('owner', '=', expectedOwner)))
         .executeTakeFirst();
       if (result.numUpdatedRows === 0n) throw await notRunning(id);
+    },
+
+    async heartbeat(owner: string, leaseMs: number): Promise<string[]> {
+      const ms = parseWith(zLeaseMs, leaseMs, 'operation lease');
+      const rows = await ctx
+        .db()
+        .updateTable('operations')
+        .set({ lease_expires_at: leaseUntil(ms) })
+        .where('owner', '=', owner)
+        .where('state', '=', 'running')
+        .returning('id')
+        .execute();
+      return rows.map((row) => row.id).sort();
+    },
+
+    async claimExpired(owner: string, leaseMs: number, limit = DEFAULT_CLAIM_LIMIT): Promise<Operation[]> {
+      const ms = parseWith(zLeaseMs, leaseMs, 'operation lease');
+      const max = parseWith(z.number().int().positive(), limit, 'claim limit');
+      const now = ctx.now();
+      // One statement: the candidates are picked and locked once, and the outer WHERE re-checks
+      // them after any wait.
+      const rows = await withPicked(ctx, (db) =>
+        db.selectFrom('operations').select('id').where('state', '=', 'running').where('lease_expires_at', '<', now).orderBy('lease_expires_at').limit(max),
+      )
+        .updateTable('operations')
+        .set({ owner, lease_expires_at: leaseUntil(ms) })
+        .where('state', '=', 'running')
+        .where('lease_expires_at', '<', now)
+        .where('id', 'in', (eb) => eb.selectFrom('picked').select('picked.id'))
+        .returningAll()
+        .execute();
+      const operations = await withSteps(rows);
+      return operations.sort((a, b) => (a.startedAt < b.startedAt ? -1 : a.startedAt > b.startedAt ? 1 : 0));
     },
   };
 }

@@ -1,0 +1,45 @@
+import { z } from 'zod';
+import { zErrorSummary, zId } from './model.js';
+
+/**
+ * State of a work item: `pending` (waiting for an agent of its host), `claimed` (an agent holds
+ * its lease), `done` or `failed` (the agent reported the outcome). A claimed item whose lease
+ * passed goes back to `pending` (its agent died); the step is idempotent, so it is run again.
+ */
+export const zWorkItemState = z.enum(['pending', 'claimed', 'done', 'failed']);
+/** One of `zWorkItemState`. */
+export type WorkItemState = z.output<typeof zWorkItemState>;
+
+/** Name of the host step a work item asks for (`connector`, `connect`, `publish`, ...). */
+export const zWorkItemStep = z
+  .string()
+  .min(1)
+  .max(63)
+  .regex(/^[a-z][a-z0-9_]*$/, 'use lower-case letters, digits and "_", starting with a letter');
+
+/**
+ * A host step of an operation, run by the agent of `hostId` rather than by the process that owns
+ * the operation (the many-hosts flow). The payload and result never hold secrets.
+ */
+export const zWorkItem = z.object({
+  id: zId,
+  operationId: zId,
+  hostId: zId,
+  step: zWorkItemStep,
+  state: zWorkItemState,
+  /** What the agent needs to run the step (secret-named keys are dropped when stored). */
+  payload: z.record(z.string(), z.unknown()),
+  /** What the agent reported (secret-named keys are dropped when stored). */
+  result: z.record(z.string(), z.unknown()).nullable(),
+  error: zErrorSummary.nullable(),
+  /** How many times an agent claimed it (> 1: an agent died holding it and it was run again). */
+  attempts: z.number().int().nonnegative(),
+  /** The agent holding the lease while `claimed`. */
+  leaseOwner: z.string().nullable(),
+  /** When the lease passes (ISO-8601) while `claimed`. */
+  leaseExpiresAt: z.string().nullable(),
+  createdAt: z.string(),
+  updatedAt: z.string(),
+});
+/** A work item as stored. */
+export type WorkItem = z.output<typeof zWorkItem>;

@@ -1,0 +1,360 @@
+import { BerthError } from '@berth/core';
+import type {
+  BerthErrorCode,
+  Host,
+  Operation,
+  OperationRepository,
+  Store,
+  StoreNotifications,
+  WorkItem,
+  WorkItemRepository,
+} from '@berth/core';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+
+/** The BerthError of `code` that `promise` rejects with (the test fails on anything else). */
+async function rejection(promise: Promise<unknown>, code: BerthErrorCode): Promise<BerthError> {
+  const outcome = await promise.then(
+    () => new Error(`expected a BerthError ${code}, got success`),
+    (error: unknown) => error,
+  );
+  expect(BerthError.is(outcome) ? outcome.code : String(outcome)).toBe(code);
+  return outcome as BerthError;
+}
+
+/** A deadline for waiting on an event (a notification); generous, since the machine is shared. */
+const EVENT_DEADLINE_MS = 15_000;
+
+/** The next `count` payloads delivered to a listener, or a failure past the deadline. */
+function collector(): { listener: (payload: string) => void; next: () => Promise<string>; received: string[] } {
+  const received: string[] = [];
+  const waiters: Array<(payload: string) => void> = [];
+  let read = 0;
+  return {
+    received,
+    listener: (payload) => {
+      received.push(payload);
+      const waiter = waiters.shift();
+      if (waiter !== undefined) {
+        read += 1;
+        waiter(payload);
+      }
+    },
+    next: () =>
+      new Promise<string>((resolve, reject) => {
+        if (read < received.length) {
+          const payload = received[read] as string;
+          read += 1;
+          resolve(payload);
+          return;
+        }
+        const timer = setTimeout(() => reject(new Error(`no notification within ${EVENT_DEADLINE_MS} ms`)), EVENT_DEADLINE_MS);
+        waiters.push((payload) => {
+          clearTimeout(timer);
+          resolve(payload);
+        });
+      }),
+  };
+}
+
+/** One turn of the event loop: whatever was already delivered has run its listeners. */
+const tick = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+const HOUR = 3_600_000;
+const deadlineAt = '2030-01-01T00:00:00.000Z';
+
+/**
+ * The store members the many-hosts flow needs (operation leases, work items, notifications), as a
+ * vitest suite, run beside `describeStoreConformance` with the same kind of `open` (a store over
+ * a fresh, empty, migrated database each time; closed after each test).
+ */
+export function describeManyHostsStoreConformance(name: string, open: () => Promise<Store>): void {
+  describe(`Store conformance, many hosts: ${name}`, () => {
+    let store: Store;
+    let operations: Required<Pick<OperationRepository, 'heartbeat' | 'claimExpired'>> & OperationRepository;
+    let workItems: WorkItemRepository;
+    let notifications: StoreNotifications;
+    let opened: Store | undefined;
+    const stopListening: Array<() => Promise<void>> = [];
+
+    beforeEach(async () => {
+      opened = await open();
+      store = opened;
+      if (store.workItems === undefined || store.notifications === undefined) throw new Error(`${name} has no workItems/notifications`);
+      const repo = store.operations;
+      if (repo.heartbeat === undefined || repo.claimExpired === undefined) throw new Error(`${name} has no operation leases`);
+      operations = repo as typeof operations;
+      workItems = store.workItems;
+      notifications = store.notifications;
+    });
+
+    afterEach(async () => {
+      for (const stop of stopListening.splice(0)) await stop();
+      await opened?.close();
+      opened = undefined;
+    });
+
+    async function hostAndOperation(hostName = 'host-1'): Promise<{ host: Host; operation: Operation }> {
+      const host = await store.hosts.create({ name: hostName });
+      const operation = await store.operations.create({ kind: 'attach', hostId: host.id, owner: 'api-1', leaseMs: HOUR, deadlineAt });
+      return { host, operation };
+    }
+
+    describe('operation leases', () => {
+      it('a lease needs an owner, and a whole number of milliseconds', async () => {
+        await rejection(store.operations.create({ kind: 'attach', leaseMs: 1000, deadlineAt }), 'VALIDATION');
+        await rejection(store.operations.create({ kind: 'attach', owner: 'a', leaseMs: -1, deadlineAt }), 'VALIDATION');
+        await rejection(store.operations.create({ kind: 'attach', owner: 'a', leaseMs: 1.5, deadlineAt }), 'VALIDATION');
+        expect(await store.operations.list()).toEqual([]);
+      });
+
+      it('heartbeat renews the running operations of its owner only and names them', async () => {
+        const mine = await store.operations.create({ kind: 'attach', owner: 'api-1', leaseMs: 0, deadlineAt });
+        const mineToo = await store.operations.create({ kind: 'detach', owner: 'api-1', deadlineAt });
+        const finished = await store.operations.create({ kind: 'attach', owner: 'api-1', leaseMs: 0, deadlineAt });
+        await store.operations.finish(finished.id, { state: 'succeeded' });
+        await store.operations.create({ kind: 'attach', owner: 'api-2', leaseMs: 0, deadlineAt });
+        expect(await operations.heartbeat('api-1', HOUR)).toEqual([mine.id, mineToo.id].sort());
+        expect(await operations.heartbeat('nobody', HOUR)).toEqual([]);
+        // Renewed for an hour: nobody can take them now; api-2's lease has passed.
+        const taken = await operations.claimExpired('api-3', HOUR);
+        expect(taken.map((o) => o.owner)).toEqual(['api-3']);
+        expect((await store.operations.require(mine.id)).owner).toBe('api-1');
+      });
+
+      it('claimExpired takes running operations whose lease passed, and only those', async () => {
+        const expired = await store.operations.create({ kind: 'attach', owner: 'api-1', leaseMs: 0, deadlineAt });
+        const live = await store.operations.create({ kind: 'attach', owner: 'api-1', leaseMs: HOUR, deadlineAt });
+        const unleased = await store.operations.create({ kind: 'attach', owner: '123@node-a', deadlineAt });
+        const done = await store.operations.create({ kind: 'attach', owner: 'api-1', leaseMs: 0, deadlineAt });
+        await store.operations.startStep(expired.id, 'reserve', 'do');
+        await store.operations.finish(done.id, { state: 'rolled_back' });
+
+        const taken = await operations.claimExpired('api-2', HOUR);
+        expect(taken.map((o) => o.id)).toEqual([expired.id]);
+        expect(taken[0]).toMatchObject({ owner: 'api-2', state: 'running' });
+        expect(taken[0]?.steps.map((s) => s.name)).toEqual(['reserve']);
+        expect((await store.operations.require(live.id)).owner).toBe('api-1');
+        expect((await store.operations.require(unleased.id)).owner).toBe('123@node-a');
+        // The old owner learns from its heartbeat that the operation is no longer its own.
+        expect(await operations.heartbeat('api-1', HOUR)).toEqual([live.id]);
+        // With a fresh lease it is not taken again.
+        expect(await operations.claimExpired('api-3', HOUR)).toEqual([]);
+      });
+
+      it('claimExpired honours its limit, oldest lease first', async () => {
+        const created: Operation[] = [];
+        for (let i = 0; i < 5; i += 1) created.push(await store.operations.create({ kind: 'attach', owner: 'dead', leaseMs: 0, deadlineAt }));
+        const first = await operations.claimExpired('api-2', HOUR, 2);
+        expect(first.map((o) => o.id)).toEqual(created.slice(0, 2).map((o) => o.id));
+        const rest = await operations.claimExpired('api-2', HOUR);
+        expect(rest.map((o) => o.id)).toEqual(created.slice(2).map((o) => o.id));
+        await rejection(operations.claimExpired('api-2', HOUR, 0), 'VALIDATION');
+      });
+
+      it('concurrent claimers never take the same operation', async () => {
+        const ids = new Set<string>();
+        for (let i = 0; i < 24; i += 1) ids.add((await store.operations.create({ kind: 'attach', owner: 'dead', leaseMs: 0, deadlineAt })).id);
+        const claimer = async (owner: string): Promise<string[]> => {
+          const mine: string[] = [];
+          for (;;) {
+            const batch = await operations.claimExpired(owner, HOUR, 3);
+            if (batch.length === 0) return mine;
+            mine.push(...batch.map((o) => o.id));
+          }
+        };
+        const results = await Promise.all(['r1', 'r2', 'r3', 'r4'].map(claimer));
+        const all = results.flat();
+        expect(all).toHaveLength(24);
+        expect(new Set(all)).toEqual(ids);
+        for (const [index, owner] of ['r1', 'r2', 'r3', 'r4'].entries()) {
+          for (const id of results[index] ?? []) expect((await store.operations.require(id)).owner).toBe(owner);
+        }
+      });
+    });
+
+    describe('work items', () => {
+      it('creates a pending item; a missing operation or host is NOT_FOUND; secrets are dropped at any depth', async () => {
+        const { host, operation } = await hostAndOperation();
+        const item = await workItems.create({
+          operationId: operation.id,
+          hostId: host.id,
+          step: 'connect',
+          payload: { connection: { driver_volume_type: 'iscsi', data: { target_iqn: 'iqn.x', auth_password: 'chap-secret' } }, list: [{ password: 'p' }] },
+        });
+        expect(item).toMatchObject({
+          operationId: operation.id,
+          hostId: host.id,
+          step: 'connect',
+          state: 'pending',
+          attempts: 0,
+          leaseOwner: null,
+          leaseExpiresAt: null,
+          result: null,
+          error: null,
+        });
+        expect(item.payload).toEqual({ connection: { driver_volume_type: 'iscsi', data: { target_iqn: 'iqn.x' } }, list: [{}] });
+        expect(await workItems.require(item.id)).toEqual(item);
+        expect(JSON.stringify(await workItems.list())).not.toContain('chap-secret');
+        await rejection(workItems.create({ operationId: '2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b', hostId: host.id, step: 'connect' }), 'NOT_FOUND');
+        const error = await rejection(
+          workItems.create({ operationId: operation.id, hostId: '2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b', step: 'connect' }),
+          'NOT_FOUND',
+        );
+        expect(error.message).toContain('host');
+        await rejection(workItems.create({ operationId: operation.id, hostId: host.id, step: 'Connect Now' }), 'VALIDATION');
+        await rejection(workItems.require('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b'), 'NOT_FOUND');
+      });
+
+      it('claim hands out the oldest pending items of one host with a lease', async () => {
+        const { host, operation } = await hostAndOperation('host-1');
+        const other = await store.hosts.create({ name: 'host-2' });
+        const a = await workItems.create({ operationId: operation.id, hostId: host.id, step: 'connector' });
+        const b = await workItems.create({ operationId: operation.id, hostId: host.id, step: 'connect' });
+        const c = await workItems.create({ operationId: operation.id, hostId: other.id, step: 'connect' });
+        const claimed = await workItems.claim(host.id, 'agent-1', HOUR);
+        expect(claimed.map((i) => i.id)).toEqual([a.id]);
+        expect(claimed[0]).toMatchObject({ state: 'claimed', leaseOwner: 'agent-1', attempts: 1 });
+        expect(claimed[0]?.leaseExpiresAt !== null && claimed[0]!.leaseExpiresAt > claimed[0]!.updatedAt).toBe(true);
+        expect((await workItems.claim(host.id, 'agent-1', HOUR, 10)).map((i) => i.id)).toEqual([b.id]);
+        expect(await workItems.claim(host.id, 'agent-1', HOUR, 10)).toEqual([]);
+        expect((await workItems.list({ hostId: other.id, state: 'pending' })).map((i) => i.id)).toEqual([c.id]);
+        expect((await workItems.list({ operationId: operation.id, state: ['claimed'] })).map((i) => i.id)).toEqual([a.id, b.id]);
+        expect(await workItems.list({ state: [] })).toEqual([]);
+      });
+
+      it('concurrent claimers never get the same item', async () => {
+        const { host, operation } = await hostAndOperation();
+        const ids = new Set<string>();
+        for (let i = 0; i < 30; i += 1) ids.add((await workItems.create({ operationId: operation.id, hostId: host.id, step: 'connect' })).id);
+        const agent = async (worker: string): Promise<WorkItem[]> => {
+          const mine: WorkItem[] = [];
+          for (;;) {
+            const batch = await workItems.claim(host.id, worker, HOUR, 2);
+            if (batch.length === 0) return mine;
+            mine.push(...batch);
+          }
+        };
+        const workers = ['w1', 'w2', 'w3', 'w4', 'w5', 'w6'];
+        const results = await Promise.all(workers.map(agent));
+        const all = results.flat();
+        expect(all).toHaveLength(30);
+        expect(new Set(all.map((i) => i.id))).toEqual(ids);
+        expect(all.every((i) => i.attempts === 1)).toBe(true);
+      });
+
+      it('renew and complete are for the holder only; an item completes once', async () => {
+        const { host, operation } = await hostAndOperation();
+        const item = await workItems.create({ operationId: operation.id, hostId: host.id, step: 'connect' });
+        await rejection(workItems.renew(item.id, 'agent-1', HOUR), 'CONFLICT');
+        const [claimed] = await workItems.claim(host.id, 'agent-1', 1000);
+        const renewed = await workItems.renew(item.id, 'agent-1', HOUR);
+        expect(renewed.leaseExpiresAt !== null && claimed?.leaseExpiresAt != null && renewed.leaseExpiresAt > claimed.leaseExpiresAt).toBe(true);
+        await rejection(workItems.renew(item.id, 'agent-2', HOUR), 'CONFLICT');
+        await rejection(workItems.complete(item.id, 'agent-2', { state: 'done' }), 'CONFLICT');
+        const done = await workItems.complete(item.id, 'agent-1', {
+          state: 'done',
+          result: { device: { path: '/dev/sdb', type: 'block' }, auth_password: 'never-stored' },
+        });
+        expect(done).toMatchObject({ state: 'done', result: { device: { path: '/dev/sdb', type: 'block' } }, leaseExpiresAt: null });
+        const error = await rejection(workItems.complete(item.id, 'agent-1', { state: 'failed' }), 'CONFLICT');
+        expect(error.details).toMatchObject({ actual: 'done' });
+        await rejection(workItems.renew('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b', 'agent-1', HOUR), 'NOT_FOUND');
+
+        const second = await workItems.create({ operationId: operation.id, hostId: host.id, step: 'publish' });
+        await workItems.claim(host.id, 'agent-1', HOUR);
+        const failed = await workItems.complete(second.id, 'agent-1', {
+          state: 'failed',
+          error: { code: 'DRIVER_ERROR', message: 'losetup exited 1', hint: 'see the agent log' },
+        });
+        expect(failed).toMatchObject({ state: 'failed', error: { code: 'DRIVER_ERROR', message: 'losetup exited 1' }, result: null });
+        await rejection(workItems.complete(second.id, 'agent-1', { state: 'running' as 'done' }), 'VALIDATION');
+      });
+
+      it('expire puts items whose lease passed back to pending; the old holder is fenced off', async () => {
+        const { host, operation } = await hostAndOperation();
+        const dying = await workItems.create({ operationId: operation.id, hostId: host.id, step: 'connect' });
+        const alive = await workItems.create({ operationId: operation.id, hostId: host.id, step: 'publish' });
+        await workItems.claim(host.id, 'agent-dead', 0);
+        await workItems.claim(host.id, 'agent-live', HOUR);
+        const expired = await workItems.expire();
+        expect(expired.map((i) => i.id)).toEqual([dying.id]);
+        expect(expired[0]).toMatchObject({ state: 'pending', leaseOwner: null, leaseExpiresAt: null, attempts: 1 });
+        expect((await workItems.require(alive.id)).state).toBe('claimed');
+        expect(await workItems.expire()).toEqual([]);
+        // The restarted agent (or another) runs the step again.
+        const [again] = await workItems.claim(host.id, 'agent-new', HOUR);
+        expect(again).toMatchObject({ id: dying.id, attempts: 2, leaseOwner: 'agent-new' });
+        await rejection(workItems.complete(dying.id, 'agent-dead', { state: 'done' }), 'CONFLICT');
+        expect((await workItems.complete(dying.id, 'agent-new', { state: 'done' })).state).toBe('done');
+      });
+
+      it('work items roll back with their transaction', async () => {
+        const { host, operation } = await hostAndOperation();
+        await expect(
+          store.transaction(async (tx) => {
+            await tx.workItems?.create({ operationId: operation.id, hostId: host.id, step: 'connect' });
+            throw new Error('undo');
+          }),
+        ).rejects.toThrow('undo');
+        expect(await workItems.list()).toEqual([]);
+      });
+    });
+
+    describe('notifications', () => {
+      it('a listener gets each notification of its channel, in order', async () => {
+        const got = collector();
+        const other = collector();
+        stopListening.push(await notifications.listen('work_host_1', got.listener));
+        stopListening.push(await notifications.listen('work_host_2', other.listener));
+        await notifications.notify('work_host_1', 'first');
+        await notifications.notify('work_host_1');
+        await notifications.notify('work_host_2', 'elsewhere');
+        expect(await got.next()).toBe('first');
+        expect(await got.next()).toBe('');
+        expect(await other.next()).toBe('elsewhere');
+        expect(got.received).toEqual(['first', '']);
+      });
+
+      it('inside a transaction a notification is sent on commit, and never on rollback', async () => {
+        const got = collector();
+        stopListening.push(await notifications.listen('wake', got.listener));
+        await expect(
+          store.transaction(async (tx) => {
+            await tx.notifications?.notify('wake', 'rolled-back');
+            throw new Error('undo');
+          }),
+        ).rejects.toThrow('undo');
+        await store.transaction(async (tx) => {
+          await tx.notifications?.notify('wake', 'committed');
+        });
+        expect(await got.next()).toBe('committed');
+        await notifications.notify('wake', 'after');
+        expect(await got.next()).toBe('after');
+        expect(got.received).toEqual(['committed', 'after']);
+      });
+
+      it('a stopped listener gets nothing more; others on the channel still do', async () => {
+        const stopped = collector();
+        const kept = collector();
+        const stop = await notifications.listen('wake', stopped.listener);
+        stopListening.push(await notifications.listen('wake', kept.listener));
+        await notifications.notify('wake', 'one');
+        expect(await kept.next()).toBe('one');
+        expect(await stopped.next()).toBe('one');
+        await stop();
+        await notifications.notify('wake', 'two');
+        expect(await kept.next()).toBe('two');
+        await tick();
+        expect(stopped.received).toEqual(['one']);
+      });
+
+      it('refuses channel names that are not plain identifiers and payloads of 8000 bytes', async () => {
+        await rejection(notifications.notify('Work-Host'), 'VALIDATION');
+        await rejection(notifications.notify('x"; drop table volumes; --'), 'VALIDATION');
+        await rejection(notifications.listen('1st', () => undefined), 'VALIDATION');
+        await rejection(notifications.notify('wake', 'x'.repeat(8000)), 'VALIDATION');
+        expect(await store.volumes.list()).toEqual([]);
+      });
+    });
+  });
+}

@@ -1,0 +1,76 @@
+import { BerthError, parseWith } from '@berth/core';
+import type { Store } from '@berth/core';
+import { Kysely } from 'kysely';
+import type pg from 'pg';
+import { z } from 'zod';
+import type { Database } from './database.js';
+import { createKyselyStore } from './kysely-store.js';
+import { migrateToLatest } from './migrate.js';
+import { BerthPostgresDialect, postgresStoreDialect } from './postgres-dialect.js';
+import { createPostgresNotifications } from './postgres-notifications.js';
+import { parseStoreUrl, postgresUrlPassword, redactPostgresUrl } from './postgres-url.js';
+
+/** Default number of pooled connections per store (per process). */
+export const DEFAULT_POSTGRES_POOL_SIZE = 10;
+/** Default time to wait for a connection (new or from the pool) before failing UNAVAILABLE. */
+export const DEFAULT_POSTGRES_CONNECT_TIMEOUT_MS = 10_000;
+
+/** Options of `openPostgresStore`. */
+export interface PostgresStoreOptions {
+  /** `postgres://user[:password]@host[:port]/database` (libpq parameters such as `?sslmode=` work too). */
+  url: string;
+  /** Pooled connections of this process (default 10). */
+  poolSize?: number;
+  /** How long to wait for a connection before failing with UNAVAILABLE, in ms (default 10000). */
+  connectTimeoutMs?: number;
+}
+
+const zOptions = z.object({
+  poolSize: z.number().int().min(1).max(1000),
+  connectTimeoutMs: z.number().int().min(1).max(600_000),
+});
+
+/**
+ * Open berth's PostgreSQL store: a `pg` pool, the migrations (once, under Kysely's advisory lock,
+ * so replicas starting together are safe), and `LISTEN/NOTIFY` on a connection of its own opened
+ * on the first `listen`. The database must exist; berth creates its tables. The URL's password
+ * never appears in an error: messages name the server by `redactPostgresUrl(url)`.
+ */
+export async function openPostgresStore(options: PostgresStoreOptions): Promise<Store> {
+  const url = parseStoreUrl(options.url);
+  const { poolSize, connectTimeoutMs } = parseWith(
+    zOptions,
+    {
+      poolSize: options.poolSize ?? DEFAULT_POSTGRES_POOL_SIZE,
+      connectTimeoutMs: options.connectTimeoutMs ?? DEFAULT_POSTGRES_CONNECT_TIMEOUT_MS,
+    },
+    'PostgreSQL store options',
+  );
+  // Loaded here, not at import: the embedded default (SQLite) never pays for the driver.
+  const { default: driver } = await import('pg');
+  const target = redactPostgresUrl(url);
+  const password = postgresUrlPassword(url);
+  const clientConfig: pg.ClientConfig = {
+    connectionString: url,
+    connectionTimeoutMillis: connectTimeoutMs,
+    application_name: 'berth',
+  };
+  const pool = new driver.Pool({ ...clientConfig, max: poolSize });
+  // An idle pooled client whose server went away emits 'error' on the pool; without a listener
+  // that would crash the process. The next query gets a fresh client (or UNAVAILABLE).
+  pool.on('error', () => undefined);
+
+  const db = new Kysely<Database>({ dialect: new BerthPostgresDialect({ pool, target, password }) });
+  try {
+    await migrateToLatest(db, postgresStoreDialect, target);
+  } catch (error) {
+    await db.destroy();
+    if (BerthError.is(error)) throw error;
+    throw new BerthError('CONFIG', `cannot open the berth database at ${target}`, {
+      hint: 'check that the URL names a PostgreSQL database this user may create tables in',
+      details: { store: target },
+    });
+  }
+  const notifications = createPostgresNotifications({ newClient: () => new driver.Client(clientConfig), target, password });
+  return createKyselyStore(db, { dialect: postgresStoreDialect, notifications });
+}

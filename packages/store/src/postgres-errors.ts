@@ -1,0 +1,88 @@
+import { BerthError } from '@berth/core';
+
+/** Node socket errors that mean the server cannot be reached. */
+const NETWORK_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EPIPE',
+  'ENOENT',
+]);
+
+/** SQLSTATEs that mean the server is there but will not serve this connection now. */
+const UNAVAILABLE_SQLSTATES = new Set(['57P01', '57P02', '57P03', '53300']);
+
+function codeOf(error: unknown): string | undefined {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/** The error and its causes, outermost first (bounded, in case of a cycle). */
+export function causeChain(error: unknown): unknown[] {
+  const chain: unknown[] = [];
+  let current: unknown = error;
+  while (current !== undefined && current !== null && chain.length < 10) {
+    chain.push(current);
+    current = (current as { cause?: unknown }).cause;
+  }
+  return chain;
+}
+
+/** Whether `error` means the connection to PostgreSQL failed or was lost (not a failed statement). */
+export function isPostgresConnectionError(error: unknown): boolean {
+  const code = codeOf(error);
+  if (code !== undefined && (NETWORK_CODES.has(code) || UNAVAILABLE_SQLSTATES.has(code) || code.startsWith('08'))) return true;
+  // pg's own messages for a connection that ended, or a pool that timed out connecting.
+  return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|Connection ended/i.test(
+    messageOf(error),
+  );
+}
+
+/** Replace every occurrence of `secret` in `text` (drivers should never echo it; this makes sure). */
+function scrub(text: string, secret: string | undefined): string {
+  return secret === undefined || secret === '' ? text : text.split(secret).join('***');
+}
+
+/**
+ * A BerthError for a failure to connect or a lost connection: UNAVAILABLE when the server cannot
+ * be reached, CONFIG when it refuses the credentials or the database does not exist. `target`
+ * is the redacted URL; the password never appears, and the driver's error is not kept as cause
+ * (its fields are copied as text instead).
+ */
+export function postgresConnectionFailure(error: unknown, target: string, password: string | undefined): BerthError {
+  const code = codeOf(error);
+  const reason = scrub(messageOf(error), password);
+  const details = { store: target, reason, ...(code === undefined ? {} : { errorCode: code }) };
+  if (code === '28P01' || code === '28000') {
+    return new BerthError('CONFIG', `PostgreSQL at ${target} refused the login: ${reason}`, {
+      hint: 'check the user and password in the store URL (or PGPASSWORD / ~/.pgpass) and pg_hba.conf on the server',
+      details,
+    });
+  }
+  if (code === '3D000') {
+    return new BerthError('CONFIG', `PostgreSQL at ${target}: ${reason}`, {
+      hint: 'create the database first (createdb, or CREATE DATABASE) or fix its name in the store URL',
+      details,
+    });
+  }
+  return new BerthError('UNAVAILABLE', `cannot reach the berth database at ${target}: ${reason}`, {
+    hint: 'check that PostgreSQL is running and reachable at that address (pg_isready), then retry; the store URL comes from --store, BERTH_STORE_URL or the config file',
+    details,
+  });
+}
+
+/** Whether `error` (or a cause) is PostgreSQL aborting a transaction that lost a race. */
+export function isRetryableTransactionError(error: unknown): boolean {
+  return causeChain(error).some((link) => {
+    const code = codeOf(link);
+    return code === '40001' || code === '40P01';
+  });
+}

@@ -1,0 +1,146 @@
+import { sql } from 'kysely';
+import type { Kysely } from 'kysely';
+import type pg from 'pg';
+import type { Database } from './database.js';
+import type { NotificationBackend } from './notification-backend.js';
+import { postgresConnectionFailure } from './postgres-errors.js';
+
+/** Options of `createPostgresNotifications`. */
+export interface PostgresNotificationsOptions {
+  /** A new, unconnected client for the listening connection. */
+  newClient: () => pg.Client;
+  /** The store URL with its password redacted, for messages. */
+  target: string;
+  password: string | undefined;
+}
+
+/** Longest wait between two attempts to re-open a lost listening connection. */
+const MAX_RECONNECT_DELAY_MS = 5000;
+
+/** Channel names are checked by `zChannel` (lower-case identifiers), so quoting is enough. */
+function quoted(channel: string): string {
+  return `"${channel}"`;
+}
+
+/**
+ * `LISTEN/NOTIFY` for the store: notifications go out with `pg_notify` on the store's own
+ * connection (inside a transaction they leave on commit); one dedicated connection, opened on
+ * the first `listen`, LISTENs to every channel with listeners. When it is lost it is re-opened
+ * (backing off up to 5 s), its channels listened to again, and every listener called once with
+ * `''` because notifications sent in between were missed.
+ */
+export function createPostgresNotifications(options: PostgresNotificationsOptions): NotificationBackend {
+  const listeners = new Map<string, Set<(payload: string) => void>>();
+  let client: pg.Client | undefined;
+  let connecting: Promise<pg.Client> | undefined;
+  let reconnectTimer: NodeJS.Timeout | undefined;
+  let failures = 0;
+  let closed = false;
+
+  const call = (listener: (payload: string) => void, payload: string): void => {
+    try {
+      listener(payload);
+    } catch {
+      // A listener's failure is its own business; the others still get the notification.
+    }
+  };
+
+  const lost = (lostClient: pg.Client): void => {
+    if (client !== lostClient) return;
+    client = undefined;
+    lostClient.end().catch(() => undefined);
+    if (!closed && listeners.size > 0) scheduleReconnect();
+  };
+
+  const connection = (): Promise<pg.Client> => {
+    if (client !== undefined) return Promise.resolve(client);
+    connecting ??= (async () => {
+      const fresh = options.newClient();
+      fresh.on('notification', (message) => {
+        for (const listener of listeners.get(message.channel) ?? []) call(listener, message.payload ?? '');
+      });
+      fresh.on('error', () => lost(fresh));
+      fresh.on('end', () => lost(fresh));
+      try {
+        await fresh.connect();
+        for (const channel of listeners.keys()) await fresh.query(`listen ${quoted(channel)}`);
+      } catch (error) {
+        fresh.end().catch(() => undefined);
+        throw postgresConnectionFailure(error, options.target, options.password);
+      }
+      if (closed) {
+        await fresh.end().catch(() => undefined);
+        throw postgresConnectionFailure(new Error('the store was closed'), options.target, options.password);
+      }
+      client = fresh;
+      return fresh;
+    })().finally(() => {
+      connecting = undefined;
+    });
+    return connecting;
+  };
+
+  function scheduleReconnect(): void {
+    if (reconnectTimer !== undefined || closed) return;
+    const delay = Math.min(MAX_RECONNECT_DELAY_MS, 100 * 2 ** failures);
+    reconnectTimer = setTimeout(() => {
+      reconnectTimer = undefined;
+      connection().then(
+        () => {
+          failures = 0;
+          for (const set of listeners.values()) for (const listener of set) call(listener, '');
+        },
+        () => {
+          failures += 1;
+          scheduleReconnect();
+        },
+      );
+    }, delay);
+    // Reconnecting alone must not keep a process alive.
+    reconnectTimer.unref();
+  }
+
+  return {
+    async send(db: Kysely<Database>, channel: string, payload: string): Promise<void> {
+      await sql`select pg_notify(${channel}, ${payload})`.execute(db);
+    },
+
+    async subscribe(channel: string, deliver: (payload: string) => void): Promise<() => Promise<void>> {
+      let set = listeners.get(channel);
+      const first = set === undefined;
+      if (set === undefined) {
+        set = new Set();
+        listeners.set(channel, set);
+      }
+      const entry = (payload: string): void => deliver(payload);
+      set.add(entry);
+      if (first) {
+        try {
+          await (await connection()).query(`listen ${quoted(channel)}`);
+        } catch (error) {
+          set.delete(entry);
+          if (set.size === 0) listeners.delete(channel);
+          throw error;
+        }
+      }
+      const own = set;
+      return async () => {
+        own.delete(entry);
+        if (own.size > 0 || listeners.get(channel) !== own) return;
+        listeners.delete(channel);
+        await client?.query(`unlisten ${quoted(channel)}`).catch(() => undefined);
+      };
+    },
+
+    async close(): Promise<void> {
+      closed = true;
+      if (reconnectTimer !== undefined) clearTimeout(reconnectTimer);
+      reconnectTimer = undefined;
+      listeners.clear();
+      await connecting?.catch(() => undefined);
+      const open = client;
+      client = undefined;
+      await open?.end().catch(() => undefined);
+    },
+  };
+}

@@ -1,0 +1,260 @@
+// The store on a real PostgreSQL server: a throwaway cluster for this file (initdb + pg_ctl in a
+// temp dir, its own port), a fresh database per test.
+import { BerthError } from '@berth/core';
+import type { NewVolume, Server, Store, Volume } from '@berth/core';
+import pg from 'pg';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describeStoreConformance } from './conformance.js';
+import { describeManyHostsStoreConformance } from './conformance-many-hosts.js';
+import { openPostgresStore } from './open-postgres-store.js';
+import { redactPostgresUrl } from './postgres-url.js';
+import { startPostgresCluster } from './testing/postgres-cluster.js';
+import type { PostgresCluster } from './testing/postgres-cluster.js';
+
+let cluster: PostgresCluster | undefined;
+const openStores: Store[] = [];
+
+function running(): PostgresCluster {
+  if (cluster === undefined) throw new Error('the PostgreSQL cluster did not start');
+  return cluster;
+}
+
+beforeAll(async () => {
+  cluster = await startPostgresCluster();
+}, 120_000);
+
+afterAll(async () => {
+  await cluster?.stop();
+}, 60_000);
+
+afterEach(async () => {
+  for (const store of openStores.splice(0)) await store.close();
+});
+
+async function openFresh(): Promise<Store> {
+  return openPostgresStore({ url: await running().createDatabase() });
+}
+
+async function openTracked(url: string, poolSize?: number): Promise<Store> {
+  const store = await openPostgresStore(poolSize === undefined ? { url } : { url, poolSize });
+  openStores.push(store);
+  return store;
+}
+
+function volume(name: string): NewVolume {
+  return { name, projectId: 'p', sizeBytes: 1 << 20, backend: 'file', multiattach: false, status: 'available' };
+}
+
+async function failure(promise: Promise<unknown>): Promise<BerthError> {
+  const error = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  if (!BerthError.is(error)) throw new Error(`expected a BerthError, got ${String(error)}`);
+  return error;
+}
+
+describeStoreConformance('postgres', openFresh);
+describeManyHostsStoreConformance('postgres', openFresh);
+
+describe('openPostgresStore', () => {
+  it('migrates once: reopening keeps the data, and stores opening a fresh database together all succeed', async () => {
+    const url = await running().createDatabase();
+    const stores = await Promise.all(Array.from({ length: 4 }, () => openTracked(url)));
+    const created = await stores[0]!.volumes.create(volume('data1'));
+    const again = await openTracked(url);
+    expect(await again.volumes.require(created.id)).toEqual(created);
+    const rows = await new pg.Pool({ connectionString: url, max: 1 }).query<{ name: string }>(
+      'select name from kysely_migration order by name',
+    );
+    expect(rows.rows.map((r) => r.name)).toEqual(['0001-initial', '0002-leases-and-work-items']);
+  });
+
+  it('refuses a database migrated by a newer berth, saying so', async () => {
+    const url = await running().createDatabase();
+    await (await openPostgresStore({ url })).close();
+    const client = new pg.Client({ connectionString: url });
+    await client.connect();
+    try {
+      await client.query("insert into kysely_migration (name, timestamp) values ('9999-from-the-future', '2030-01-01')");
+    } finally {
+      await client.end();
+    }
+    const error = await failure(openPostgresStore({ url }));
+    expect(error.code).toBe('CONFIG');
+    expect(error.hint).toContain('newer berth');
+  });
+
+  it('a server that refuses connections is UNAVAILABLE with a hint, and the password appears nowhere', async () => {
+    // Port 1 on loopback: nothing listens there.
+    const url = 'postgres://berth:s3cret-Pa55@127.0.0.1:1/berth';
+    const error = await failure(openPostgresStore({ url, connectTimeoutMs: 5000 }));
+    expect(error.code).toBe('UNAVAILABLE');
+    expect(error.message).toContain('postgres://berth:***@127.0.0.1:1/berth');
+    expect(error.hint).toContain('PostgreSQL is running');
+    const everything = JSON.stringify({ message: error.message, hint: error.hint, details: error.details, cause: String(error.cause) });
+    expect(everything).not.toContain('s3cret-Pa55');
+    expect(String(error.stack)).not.toContain('s3cret-Pa55');
+  });
+
+  it('a missing database is CONFIG, saying to create it', async () => {
+    const error = await failure(openPostgresStore({ url: running().url('no_such_database') }));
+    expect(error.code).toBe('CONFIG');
+    expect(error.message).toContain('no_such_database');
+    expect(error.hint).toContain('create the database');
+  });
+
+  it('refuses a URL that is not PostgreSQL without echoing it', async () => {
+    const error = await failure(openPostgresStore({ url: 'mysql://root:hunter2@db/berth' }));
+    expect(error.code).toBe('CONFIG');
+    expect(error.message).not.toContain('hunter2');
+    expect(redactPostgresUrl('postgresql://u:p%40ss@h:5/d?sslmode=require&password=x')).toBe(
+      'postgresql://u:***@h:5/d?sslmode=require&password=***',
+    );
+  });
+
+  it('a connection killed under a store is UNAVAILABLE once, and the store recovers', async () => {
+    const url = await running().createDatabase();
+    const store = await openTracked(url, 1);
+    await store.volumes.create(volume('before'));
+    const database = new URL(url).pathname.slice(1);
+    await running().query("select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and application_name = 'berth'", [database]);
+    // The pooled client may notice the termination while idle (then the pool drops it) or on
+    // its next query (then that query is UNAVAILABLE); either way the next call works.
+    const first = await store.volumes.list().then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    if (first !== undefined) expect(BerthError.is(first) && first.code).toBe('UNAVAILABLE');
+    expect((await store.volumes.list()).map((v) => v.name)).toEqual(['before']);
+  });
+});
+
+describe('PostgreSQL concurrency', () => {
+  it('many stores racing CAS transitions: exactly one winner per volume, no lost update', async () => {
+    const url = await running().createDatabase();
+    const stores = await Promise.all(Array.from({ length: 4 }, () => openTracked(url, 4)));
+    const [first] = stores as [Store];
+    const volumes: Volume[] = [];
+    for (let i = 0; i < 25; i += 1) volumes.push(await first.volumes.create(volume(`vol-${i}`)));
+    const counter = await first.hosts.create({ name: 'counter', connector: { host: 'counter', n: 0 } });
+
+    const outcomes = await Promise.all(
+      stores.flatMap((store) =>
+        volumes.map(async (v) => {
+          // A plain CAS and a read-modify-write transaction on one shared row, from every store.
+          const won = await store.volumes.transition(v.id, ['available'], 'reserved').then(
+            () => true,
+            (e: unknown) => {
+              if (BerthError.is(e) && e.code === 'CONFLICT') return false;
+              throw e;
+            },
+          );
+          await store.transaction(async (tx) => {
+            const host = await tx.hosts.require(counter.id);
+            const n = typeof host.connector?.n === 'number' ? host.connector.n : 0;
+            await tx.hosts.setConnector(counter.id, { host: 'counter', n: n + 1 });
+          });
+          return won ? v.id : undefined;
+        }),
+      ),
+    );
+    const winners = outcomes.filter((id): id is string => id !== undefined);
+    expect(winners).toHaveLength(volumes.length);
+    expect(new Set(winners).size).toBe(volumes.length);
+    expect((await first.volumes.list()).every((v) => v.status === 'reserved')).toBe(true);
+    // Every one of the 160 serialisable increments counted: the aborted ones were run again.
+    expect((await first.hosts.require(counter.id)).connector).toEqual({ host: 'counter', n: stores.length * volumes.length });
+  });
+
+  it('concurrent reservations through transactions (read, decide, CAS, insert) never double-book a volume', async () => {
+    const url = await running().createDatabase();
+    const stores = await Promise.all(Array.from({ length: 3 }, () => openTracked(url, 4)));
+    const [first] = stores as [Store];
+    const host = await first.hosts.create({ name: 'node-a' });
+    const servers: Server[] = [];
+    for (let i = 0; i < 6; i += 1) servers.push(await first.servers.create({ name: `vm-${i}`, projectId: 'p', hostId: host.id }));
+    const target = await first.volumes.create(volume('shared'));
+    // What core's reserve step does: read the volume and its attachments, refuse if taken, CAS, insert.
+    const reserve = (store: Store, serverId: string): Promise<boolean> =>
+      store
+        .transaction(async (tx) => {
+          const current = await tx.volumes.require(target.id);
+          const existing = await tx.attachments.list({ volumeId: target.id });
+          if (current.status !== 'available' || existing.length > 0) return false;
+          await tx.volumes.transition(target.id, ['available'], 'reserved');
+          await tx.attachments.create({ volumeId: target.id, serverId, hostId: host.id, mode: 'rw' });
+          return true;
+        })
+        .catch((e: unknown) => {
+          if (BerthError.is(e) && e.code === 'CONFLICT') return false;
+          throw e;
+        });
+    const results = await Promise.all(servers.map((server, i) => reserve(stores[i % stores.length]!, server.id)));
+    expect(results.filter(Boolean)).toHaveLength(1);
+    expect(await first.attachments.list({ volumeId: target.id })).toHaveLength(1);
+    expect((await first.volumes.require(target.id)).status).toBe('reserved');
+  });
+
+  it('a unique violation inside a transaction leaves it usable (savepoint), as on SQLite', async () => {
+    const store = await openTracked(await running().createDatabase());
+    await store.volumes.create(volume('taken'));
+    const created = await store.transaction(async (tx) => {
+      const error = await failure(tx.volumes.create(volume('taken')));
+      expect(error.code).toBe('CONFLICT');
+      expect(error.message).toContain('a volume named taken already exists');
+      return tx.volumes.create(volume('free'));
+    });
+    expect(await store.volumes.get(created.id)).toEqual(created);
+  });
+
+  it('notifications cross stores (and processes) sharing the database', async () => {
+    const url = await running().createDatabase();
+    const sender = await openTracked(url);
+    const receiver = await openTracked(url);
+    const received: string[] = [];
+    let delivered!: (payload: string) => void;
+    const arrived = new Promise<string>((resolve) => {
+      delivered = resolve;
+    });
+    const stop = await receiver.notifications!.listen('work_host_7', (payload) => {
+      received.push(payload);
+      delivered(payload);
+    });
+    try {
+      await sender.notifications!.notify('work_host_7', 'item-42');
+      expect(await arrived).toBe('item-42');
+    } finally {
+      await stop();
+    }
+    expect(received).toEqual(['item-42']);
+  });
+
+  it('a lost listening connection is re-opened and listeners are told they may have missed something', async () => {
+    const url = await running().createDatabase();
+    const store = await openTracked(url);
+    const payloads: string[] = [];
+    const waiters: Array<() => void> = [];
+    const stop = await store.notifications!.listen('wake', (payload) => {
+      payloads.push(payload);
+      waiters.shift()?.();
+    });
+    const nextPayload = (): Promise<void> => new Promise<void>((resolve) => waiters.push(resolve));
+    try {
+      const database = new URL(url).pathname.slice(1);
+      const reconnected = nextPayload();
+      await running().query(
+        "select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and query ilike 'listen%'",
+        [database],
+      );
+      await reconnected;
+      expect(payloads).toEqual(['']);
+      const after = nextPayload();
+      await store.notifications!.notify('wake', 'after-reconnect');
+      await after;
+      expect(payloads).toEqual(['', 'after-reconnect']);
+    } finally {
+      await stop();
+    }
+  });
+});
