@@ -112,6 +112,9 @@ export async function detachFuseLoop(
       details: { device, exitCode: result.exitCode },
     });
   }
+  // LOOP_CLR_FD tears the device down at once unless another opener holds it; then it only sets
+  // autoclear, and the device goes at the last close: no need to wait for that.
+  if ((await attached())?.autoclear) return 'held-open';
   try {
     await deps.waiter.waitUntil(`/sys/block/${loopName(device)}`, async () => ((await attached()) === undefined ? true : undefined), {
       timeoutMs: options.timeoutMs,
