@@ -6,6 +6,9 @@ import type { Logger } from '@berth/core';
 /** The transports that need what this kernel may lack (iSCSI login, SCSI disks, dm-multipath). */
 export const SIMULATED_PLUGINS = ['@berth/driver-iscsi', '@berth/driver-iscsi-multipath'];
 
+/** The user-space iSCSI transport's plugin: real devices, so it stays on the real machine. */
+export const USER_ISCSI_PLUGIN = '@berth/driver-iscsi-user';
+
 /** Where `--simulate` keeps its simulated host and the real-backed disks' work files. */
 export function simulatedHostPaths(dataDir: string): { root: string; workDir: string } {
   return { root: path.join(dataDir, 'simhost'), workDir: path.join(dataDir, 'simhost-work') };
