@@ -7,6 +7,8 @@ need=()
 have() { command -v "$1" >/dev/null 2>&1; }
 have losetup || need+=(mount)
 have blockdev || need+=(util-linux)
+# The benchmarks measure device throughput with fio.
+have fio || need+=(fio)
 # What the iSCSI suites use (real target, user-space initiator, qemu-storage-daemon).
 if [ "${BERTH_SKIP_ISCSI_DEPS:-}" != 1 ]; then
   have tgtd || need+=(tgt)

@@ -105,8 +105,9 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
       }
       return deviceOf(existing, names);
     }
-    // Whatever a cut-short connect or a failed restore left goes first; a new chain is built.
-    const cleanup = await teardownChain(deps, qmp, names, undefined, call.signal);
+    // Whatever a cut-short connect or a failed restore left goes first; a new chain is built. A
+    // connect records the LUN before it makes anything, so without a record there is nothing.
+    const cleanup = existing ? await teardownChain(deps, qmp, names, existing.status === 'active' ? existing.loopDevice : undefined, call.signal) : 'removed';
     if (cleanup === 'held-open') {
       throw new BerthError('CONFLICT', `an earlier loop device of LUN ${lun.lun} of ${lun.iqn} is still held open`, {
         hint: `close what holds it (losetup --list shows its backing file ${mountpointOf(paths, names.key)}), then connect again`,
