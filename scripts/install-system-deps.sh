@@ -13,6 +13,8 @@ have cc || need+=(gcc libc6-dev)
 # runuser). Debian keeps the server programs in /usr/lib/postgresql/<major>/bin, off PATH.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 have runuser || need+=(util-linux)
+# The benchmarks measure device throughput with fio.
+have fio || need+=(fio)
 # What the iSCSI suites use (real target, user-space initiator, qemu-storage-daemon).
 if [ "${BERTH_SKIP_ISCSI_DEPS:-}" != 1 ]; then
   have tgtd || need+=(tgt)
