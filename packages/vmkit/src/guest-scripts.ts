@@ -55,8 +55,9 @@ devof() {
   done
   return 1
 }
-waitdisk() { i=0; while ! devof "$1"; do i=$((i+1)); [ $i -gt "$2" ] && return 1; nap 0.005; done; }
-waitgone() { i=0; while devof "$1" >/dev/null; do i=$((i+1)); [ $i -gt "$2" ] && return 1; nap 0.005; done; }
+# A while loop's status is its body's last one (nap's timeout): say success explicitly.
+waitdisk() { i=0; while ! devof "$1"; do i=$((i+1)); [ $i -gt "$2" ] && return 1; nap 0.005; done; return 0; }
+waitgone() { i=0; while devof "$1" >/dev/null; do i=$((i+1)); [ $i -gt "$2" ] && return 1; nap 0.005; done; return 0; }
 writeat() { d=$(devof "$1") || return 2; printf '%s' "$3" | dd of=/dev/$d bs=1 seek="$2" conv=notrunc,fsync 2>/dev/null; }
 readat() { d=$(devof "$1") || return 2; dd if=/dev/$d bs=1 skip="$2" count="$3" 2>/dev/null; }
 while read -r id cmd <&3; do

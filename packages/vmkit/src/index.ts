@@ -30,3 +30,4 @@ export {
   type LibvirtGuest,
   type LibvirtGuestOptions,
 } from './libvirt-guest.js';
+export { guestServer, LoopVolumes, makeLoopVolume, type LoopVolume } from './loop-volume.js';

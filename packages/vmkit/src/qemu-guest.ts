@@ -3,6 +3,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createDeviceWaiter, createHostFs, startDaemon, stopDaemon, type CommandRunner } from '@berth/host';
+import { QmpClient } from '@berth/qemu';
 import { GuestAgent } from './guest-agent.js';
 import { buildGuestImage, type GuestImage } from './guest-image.js';
 import { AGENT_PORT_NAME } from './guest-scripts.js';
@@ -30,6 +31,12 @@ export interface QemuGuest {
   readonly agent: GuestAgent;
   readonly pid: number;
   readonly dir: string;
+  /** Run one QMP command on the control socket (the test's own monitor) and return its `return`. */
+  control(command: string, args?: Record<string, unknown>): Promise<unknown>;
+  /** QMP `stop`: the guest stops running and so cannot answer an unplug request. */
+  pause(): Promise<void>;
+  /** QMP `cont`. */
+  resume(): Promise<void>;
   /** The guest's serial console so far (boot log, for failure messages). */
   consoleLog(): Promise<string>;
   /** Stop QEMU (SIGTERM, then SIGKILL) and remove the guest's directory. Idempotent. */
@@ -96,8 +103,23 @@ export async function bootQemuGuest(options: QemuGuestOptions): Promise<QemuGues
       throw new Error(`guest ${name} did not come up: ${(error as Error).message}; console tail: ${log.slice(-2000)}`, { cause: error });
     });
     const guestAgent = agent;
+    const control = async (command: string, args?: Record<string, unknown>): Promise<unknown> => {
+      const qmp = await QmpClient.connect(sockets.control, { timeoutMs: 30_000 });
+      try {
+        return await qmp.execute(command, args, { timeoutMs: 30_000 });
+      } finally {
+        qmp.close();
+      }
+    };
     return {
       name,
+      control,
+      pause: async () => {
+        await control('stop');
+      },
+      resume: async () => {
+        await control('cont');
+      },
       qmpSocket: sockets.qmp,
       controlQmpSocket: sockets.control,
       agent: guestAgent,
