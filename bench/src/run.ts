@@ -1,4 +1,5 @@
 import { benchApiCycle } from './api-cycle.js';
+import { benchAttachGuest } from './attach-guest.js';
 import { benchAttachIscsiSim } from './attach-iscsi-sim.js';
 import { benchAttachLoop } from './attach-loop.js';
 import { benchAttachMultipath } from './attach-multipath.js';
@@ -16,6 +17,7 @@ const benches: Record<string, () => Promise<void>> = {
     }),
   'attach-multipath': () => benchAttachMultipath(env('BENCH_ITERATIONS_MULTIPATH', 3)),
   'api-cycle': () => benchApiCycle(env('BENCH_API_CYCLES', 100), env('BENCH_API_CONCURRENCY', 4)),
+  'attach-guest': () => benchAttachGuest(env('BENCH_ITERATIONS_GUEST', 5)),
 };
 
 const wanted = process.argv.slice(2);
