@@ -91,6 +91,18 @@ describe('the libvirt consumer against a real transient domain (QEMU TCG under l
     await v.disconnect();
   });
 
+  it('two attaches to one domain at once get distinct targets; the guest sees both', async () => {
+    const [a, b] = [await volume(), await volume()];
+    const [pa, pb] = await Promise.all([consumer.publish(server, a.device, a.attachment(server)), consumer.publish(server, b.device, b.attachment(server))]);
+    expect(new Set([pa.guestDevice, pb.guestDevice]).size).toBe(2);
+    await guest.agent.waitForDisk(a.volumeId, SEE_MS);
+    await guest.agent.waitForDisk(b.volumeId, SEE_MS);
+    await Promise.all([consumer.unpublish(server, a.attachment(server)), consumer.unpublish(server, b.attachment(server))]);
+    expect(await guest.agent.disks()).toEqual([]);
+    await a.disconnect();
+    await b.disconnect();
+  });
+
   it('a domain that does not exist: publish says so; unpublish treats the guest side as gone', async () => {
     const v = await volume();
     const gone = guestServer('web-gone', { type: 'libvirt', domain: 'berth-no-such-domain', uri: guest.uri });

@@ -1,7 +1,8 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
+import { acquireFileLock, LockTimeoutError } from '@berth/host';
 import {
   BerthError,
   createHostConsumer,
@@ -102,6 +103,30 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
   const sourceOf = (volumeId: string) => context.host.fs.resolve(stableLinkPath(volumeId));
   const findDisk = (blocks: DomainBlock[] | undefined, volumeId: string) => blocks?.find((b) => b.source === sourceOf(volumeId));
 
+  async function withDomainLock<T>(server: Server, hv: LibvirtHypervisor, fn: () => Promise<T>): Promise<T> {
+    const key = `${hv.uri} ${hv.domain}`;
+    return locks.withLock(key, async () => {
+      const lockDir = path.join(xmlDir, 'locks');
+      await mkdir(lockDir, { recursive: true, mode: 0o700 });
+      const release = await acquireFileLock(path.join(lockDir, `${createHash('sha256').update(key).digest('hex').slice(0, 32)}.lock`), {
+        timeoutMs: options.virshTimeoutMs * 2,
+        what: `attaches to libvirt domain ${hv.domain}`,
+      }).catch((error: unknown) => {
+        if (!(error instanceof LockTimeoutError)) throw error;
+        throw new BerthError('TIMEOUT', `another berth process kept attaching to libvirt domain ${hv.domain} (server ${server.name}) for ${Math.round(error.timeoutMs / 1000)} s`, {
+          hint: 'let the other attach to this guest finish, then try again',
+          details: { server: server.name, domain: hv.domain },
+          cause: error,
+        });
+      });
+      try {
+        return await fn();
+      } finally {
+        await release();
+      }
+    });
+  }
+
   return {
     name: NAME,
 
@@ -110,8 +135,9 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
       const virsh = virshFor(hv);
       const published = await link.publish(server, device, attachment);
       const source = context.host.fs.resolve(published.path);
-      // Targets are picked from the live XML: serialise attaches to one domain in this process.
-      const target = await locks.withLock(`${hv.uri} ${hv.domain}`, async () => {
+      // Targets are picked from the live XML: attaches to one domain go one at a time, in this
+      // process and across processes (two picking the same free vdX would collide).
+      const target = await withDomainLock(server, hv, async () => {
         const blocks = await virsh.blocks(hv.domain);
         if (blocks === undefined) {
           throw new BerthError('UNPROCESSABLE', `libvirt domain ${hv.domain} of server ${server.name} does not exist or is not running`, {

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import { acquireFileLock } from '@berth/host';
+import { acquireFileLock, LockTimeoutError } from '@berth/host';
 import {
   BerthError,
   createHostConsumer,
@@ -90,13 +90,21 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
    * processes (a monitor serves one client at a time; a second would wait for its greeting).
    * `unreachable` runs instead when nothing listens on the socket: the QEMU is gone.
    */
-  async function withQmp<T>(server: Server, hv: QemuHypervisor, waitMs: number, fn: (qmp: QmpClient) => Promise<T>, unreachable: () => Promise<T>): Promise<T> {
+  async function withQmp<T>(server: Server, hv: QemuHypervisor, fn: (qmp: QmpClient) => Promise<T>, unreachable: () => Promise<T>): Promise<T> {
     return locks.withLock(hv.qmp, async () => {
       await mkdir(lockDir, { recursive: true, mode: 0o700 });
       const key = createHash('sha256').update(hv.qmp).digest('hex').slice(0, 32);
+      // Another berth may be waiting out a guest's unplug on this socket: wait as long as that can take.
       const release = await acquireFileLock(path.join(lockDir, `${key}.lock`), {
-        timeoutMs: waitMs + options.qmpTimeoutMs * 4,
+        timeoutMs: options.unplugTimeoutMs + options.qmpTimeoutMs * 4,
         what: `the QMP socket of server ${server.name}`,
+      }).catch((error: unknown) => {
+        if (!(error instanceof LockTimeoutError)) throw error;
+        throw new BerthError('TIMEOUT', `another berth process kept the QMP socket of server ${server.name} busy for ${Math.round(error.timeoutMs / 1000)} s`, {
+          hint: 'let the other attach or detach of this guest finish (berth operation list), then try again',
+          details: { server: server.name, qmp: hv.qmp },
+          cause: error,
+        });
       });
       try {
         let qmp: QmpClient;
@@ -143,7 +151,6 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
       const guestDevice = await withQmp(
         server,
         hv,
-        0,
         async (qmp) => {
           const devices = await virtioDevices(qmp);
           const others = devices.filter((id) => id !== deviceId).length + (await anonymousVirtioCount(qmp));
@@ -194,7 +201,6 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
       await withQmp(
         server,
         hv,
-        options.unplugTimeoutMs,
         async (qmp) => {
           if ((await virtioDevices(qmp)).includes(deviceId)) await unplug(qmp, server, hv, deviceId, attachment.volumeId);
           const nodes = (await listBlockNodes(qmp, call)).map((node) => node['node-name']);
@@ -217,7 +223,6 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
       return withQmp(
         server,
         hv,
-        0,
         async (qmp) =>
           (await virtioDevices(qmp)).flatMap((deviceId) => {
             const volumeId = volumeIdOfDevice(deviceId);
