@@ -25,6 +25,18 @@ if [ "${BERTH_SKIP_ISCSI_DEPS:-}" != 1 ]; then
   have unshare || need+=(util-linux)
 fi
 
+# What the guest suites use (@berth/vmkit, consumer-qemu, consumer-libvirt): a real VM under QEMU
+# TCG booting the Debian kernel with a busybox initramfs, plain and under libvirt.
+if [ "${BERTH_SKIP_GUEST_DEPS:-}" != 1 ]; then
+  have qemu-system-x86_64 || need+=(qemu-system-x86)
+  ls /boot/vmlinuz-* >/dev/null 2>&1 || need+=(linux-image-amd64)
+  # A dynamically linked busybox (package busybox) cannot run alone in an initramfs.
+  dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+  have xz || need+=(xz-utils)
+  have libvirtd || need+=(libvirt-daemon-system libvirt-daemon-driver-qemu)
+  have virsh || need+=(libvirt-clients)
+fi
+
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

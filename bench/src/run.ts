@@ -1,4 +1,5 @@
 import { benchApiCycle } from './api-cycle.js';
+import { benchAttachGuest } from './attach-guest.js';
 import { benchAttachIscsiSim } from './attach-iscsi-sim.js';
 import { benchAttachIscsiUser } from './attach-iscsi-user.js';
 import { benchAttachLoop } from './attach-loop.js';
@@ -27,6 +28,7 @@ const benches: Record<string, () => Promise<void>> = {
       (process.env.BENCH_API_CONCURRENCY ?? '1,4').split(',').map(Number),
       env('BENCH_API_ROUNDS', 4),
     ),
+  'attach-guest': () => benchAttachGuest(env('BENCH_ITERATIONS_GUEST', 5)),
 };
 
 const wanted = process.argv.slice(2);

@@ -13,6 +13,7 @@ export * from './container.js';
 export * from './catalog.js';
 export * from './plugin-loader.js';
 export * from './host-consumer.js';
+export { virtioDiskName } from './guest-disk.js';
 export * from './keyed-lock.js';
 export * from './deadline.js';
 export * from './requests.js';

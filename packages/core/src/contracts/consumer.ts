@@ -4,13 +4,23 @@ import type { CheckResult } from './check.js';
 
 /** Where a consumer made the device available. */
 export interface Publication {
-  /** The path users should use (`/dev/berth/<volume-id>`). */
+  /** The path users should use on the host (`/dev/berth/<volume-id>`). */
   path: string;
+  /**
+   * A guest consumer (`qemu`, `libvirt`): the device's likely name inside the guest (`/dev/vdb`,
+   * Nova's `mountpoint`). Only a hint: the guest names disks in the order it probes them.
+   */
+  guestDevice?: string;
+  /** A guest consumer: the disk's serial, the volume id (a virtio guest sees its first 20 characters). */
+  serial?: string;
 }
 
 /**
  * A consumer: makes a connected device available to the server (libvirt's attach in the seed).
- * The default `host` consumer publishes a stable symlink. Both methods are idempotent.
+ * The default `host` consumer publishes a stable symlink; the guest consumers hot-plug the device
+ * into a running VM. Both methods are idempotent. `unpublish` of a guest consumer resolves only
+ * once the guest has really released the device (else TIMEOUT with `details.guestHoldsDevice`):
+ * the host side is disconnected after it, never while a guest still has the device.
  */
 export interface Consumer {
   readonly name: string;

@@ -1,0 +1,132 @@
+import { performance } from 'node:perf_hooks';
+import { createHostConsumer, silentLogger, type Consumer, type Server } from '@berth/core';
+import { createLibvirtConsumer } from '@berth/consumer-libvirt';
+import { createQemuConsumer } from '@berth/consumer-qemu';
+import { createHostServices } from '@berth/host';
+import { bootLibvirtGuest, bootQemuGuest, guestServer, guestSerial, LoopVolumes, type GuestAgent } from '@berth/vmkit';
+import { printTable, summarize } from './stats.js';
+
+/** One guest to measure against: how to boot it, its server record and its consumer. */
+interface GuestUnderTest {
+  label: string;
+  agent: GuestAgent;
+  server: Server;
+  consumer: Consumer;
+  stop(): Promise<void>;
+}
+
+/** Timestamps (seconds) of the guest kernel's first line about a hot-plugged PCI device and its `[vdX]` line. */
+function probeSpan(dmesg: string, name: string): number | undefined {
+  const lines = dmesg.split('\n');
+  const ready = lines.findLastIndex((l) => l.includes(`[${name}]`));
+  if (ready < 0) return undefined;
+  let first = ready;
+  // Walk back over this hot-plug's lines: the PCI enumeration of the new function starts them.
+  for (let i = ready; i >= 0; i--) {
+    if (/pci 0000:00:[0-9a-f]{2}\.0: \[1af4:/.test(lines[i] ?? '')) {
+      first = i;
+      break;
+    }
+  }
+  const at = (line: string | undefined) => Number(/^\[\s*([\d.]+)\]/.exec(line ?? '')?.[1]);
+  const span = at(lines[ready]) - at(lines[first]);
+  return Number.isFinite(span) ? span * 1000 : undefined;
+}
+
+async function measure(guest: GuestUnderTest, iterations: number): Promise<void> {
+  const host = createHostServices();
+  const volumes = await LoopVolumes.create(host, 'berth-bench-guest-');
+  const hostOnly = createHostConsumer(host.fs);
+  const columns: Record<string, number[]> = {};
+  const add = (key: string, ms: number | undefined) => {
+    if (ms !== undefined) (columns[key] ??= []).push(ms);
+  };
+  try {
+    // The channel's own cost, to tell the guest's time from the messenger's.
+    for (let i = 0; i < 5; i++) add('agent round trip (no-op)', (await guest.agent.run('true')).durationMs);
+    for (let i = 0; i < iterations; i++) {
+      let t = performance.now();
+      const volume = await volumes.make();
+      add('host connect (loop) + file', performance.now() - t);
+      const attachment = volume.attachment(guest.server);
+
+      t = performance.now();
+      await hostOnly.publish(guest.server, volume.device, attachment);
+      add('host-only publish (/dev/berth link)', performance.now() - t);
+      await hostOnly.unpublish(guest.server, attachment);
+
+      await guest.agent.run('dmesg -c >/dev/null');
+      // The guest starts looking before the plug, so its answer comes right after its probe.
+      const sees = guest.agent.waitForDisk(volume.volumeId, 120_000);
+      const plugStart = performance.now();
+      await guest.consumer.publish(guest.server, volume.device, attachment);
+      const plugged = performance.now();
+      const name = await sees;
+      const seen = performance.now();
+      add('guest hot-plug (berth: publish call)', plugged - plugStart);
+      add('guest sees it (plug start → agent answer)', seen - plugStart);
+      const probe = probeSpan(await guest.agent.check('dmesg'), name);
+      add("guest's own probe (its dmesg: PCI found → [vdX])", probe);
+      if (probe !== undefined) add('beyond the probe (sees − probe)', seen - plugStart - probe);
+
+      t = performance.now();
+      await guest.consumer.unpublish(guest.server, attachment);
+      add('guest unplug (device released)', performance.now() - t);
+      t = performance.now();
+      await volume.disconnect();
+      add('host disconnect (loop)', performance.now() - t);
+      if ((await guest.agent.disks()).some((d) => d.serial === guestSerial(volume.volumeId))) throw new Error('the disk is still in the guest');
+    }
+  } finally {
+    await volumes.cleanup();
+  }
+  const rows = Object.entries(columns).map(([k, v]) => {
+    const s = summarize(v);
+    return [k, s.p50, s.p90, s.max];
+  });
+  printTable(`attach into a running ${guest.label} guest, ${iterations} cycles (ms)`, ['step', 'p50', 'p90', 'max'], rows);
+  const plug = summarize(columns['guest hot-plug (berth: publish call)'] ?? []).p50;
+  const hostLink = summarize(columns['host-only publish (/dev/berth link)'] ?? []).p50;
+  console.log(
+    `berth's guest step (publish, p50) ${plug.toFixed(1)} ms = ${(plug / Math.max(hostLink, 0.001)).toFixed(1)}x the host-only publish; target: at most 100 ms beyond the guest's own probe — ${plug <= 100 ? 'met' : 'NOT met'} on this run`,
+  );
+}
+
+/**
+ * Attach into a running guest (real TCG VMs from @berth/vmkit, real loop devices): host connect,
+ * guest hot-plug, the time until the guest reports the disk, and the guest's own probe read from
+ * its kernel log, beside the host-only publish — for plain QEMU over QMP and for libvirt.
+ */
+export async function benchAttachGuest(iterations = 5): Promise<void> {
+  const host = createHostServices();
+  const boots: Array<() => Promise<GuestUnderTest>> = [
+    async () => {
+      const vm = await bootQemuGuest({ runner: host.runner });
+      return {
+        label: 'QEMU (QMP)',
+        agent: vm.agent,
+        server: guestServer('bench-qemu', { type: 'qemu', qmp: vm.qmpSocket }),
+        consumer: createQemuConsumer({ host, dataDir: vm.dir, options: {}, logger: silentLogger }),
+        stop: () => vm.stop(),
+      };
+    },
+    async () => {
+      const vm = await bootLibvirtGuest({ runner: host.runner });
+      return {
+        label: 'libvirt',
+        agent: vm.agent,
+        server: guestServer('bench-libvirt', { type: 'libvirt', domain: vm.domain, uri: vm.uri }),
+        consumer: createLibvirtConsumer({ host, dataDir: vm.dir, options: {}, logger: silentLogger }),
+        stop: () => vm.stop(),
+      };
+    },
+  ];
+  for (const boot of boots) {
+    const guest = await boot();
+    try {
+      await measure(guest, iterations);
+    } finally {
+      await guest.stop();
+    }
+  }
+}

@@ -1,0 +1,38 @@
+import { describe, expect, it } from 'vitest';
+import { diskXml, freeVirtioTarget } from './disk-xml.js';
+import { parseDomblklist } from './virsh.js';
+
+describe('disk XML', () => {
+  it('is a block disk by the stable link, serial = volume id, alias, cache none + native io', () => {
+    const xml = diskXml({ source: '/dev/berth/v1', target: 'vdb', serial: 'v1', alias: 'ua-berth-v1', readOnly: false, cache: 'none', discard: false });
+    expect(xml).toBe(
+      "<disk type='block' device='disk'>\n  <driver name='qemu' type='raw' cache='none' io='native'/>\n  <source dev='/dev/berth/v1'/>\n  <target dev='vdb' bus='virtio'/>\n  <serial>v1</serial>\n  <alias name='ua-berth-v1'/>\n</disk>\n",
+    );
+  });
+
+  it('read-only, writeback cache (no native io), discard unmap, escaped text', () => {
+    const xml = diskXml({ source: "/dev/a'b", target: 'vdc', serial: 'a<b', alias: 'ua-x', readOnly: true, cache: 'writeback', discard: true });
+    expect(xml).toContain("<driver name='qemu' type='raw' cache='writeback' discard='unmap'/>");
+    expect(xml).toContain('<readonly/>');
+    expect(xml).toContain("<source dev='/dev/a&apos;b'/>");
+    expect(xml).toContain('<serial>a&lt;b</serial>');
+  });
+
+  it('picks the first free vdX target', () => {
+    expect(freeVirtioTarget([])).toBe('vda');
+    expect(freeVirtioTarget(['vda', 'vdb', 'hda'])).toBe('vdc');
+    expect(freeVirtioTarget(Array.from({ length: 26 }, (_, i) => `vd${String.fromCharCode(97 + i)}`))).toBe('vdaa');
+  });
+});
+
+describe('domblklist --details', () => {
+  it('parses libvirt 9.0 output (recorded), empty drives and an empty domain', () => {
+    const recorded =
+      ' Type    Device   Target   Source\n----------------------------------------------------------------------------\n block   disk     vdb      /dev/berth/11111111-2222-3333-4444-555555555555\n file    cdrom    sda      -\n\n';
+    expect(parseDomblklist(recorded)).toEqual([
+      { type: 'block', device: 'disk', target: 'vdb', source: '/dev/berth/11111111-2222-3333-4444-555555555555' },
+      { type: 'file', device: 'cdrom', target: 'sda', source: undefined },
+    ]);
+    expect(parseDomblklist(' Type   Device   Target   Source\n----------------------------------\n\n')).toEqual([]);
+  });
+});

@@ -1,0 +1,66 @@
+import { virtioDiskName, type Attachment } from '@berth/core';
+
+/** The disk a volume becomes in a libvirt domain. */
+export interface LibvirtDiskSpec {
+  /** The host block device the guest's disk reads (berth's stable link). */
+  source: string;
+  /** The target name (`vdb`): libvirt requires one; the guest still names the disk itself. */
+  target: string;
+  /** `<serial>`: the volume id (a virtio guest sees its first 20 characters). */
+  serial: string;
+  /** The user alias (`ua-berth-<volume id>`): finds the disk again in the live XML. */
+  alias: string;
+  readOnly: boolean;
+  /** `none` (O_DIRECT, the default) or `writeback` when the backend says caching is safe. */
+  cache: 'none' | 'writeback';
+  /** Pass the guest's discards down to the device. */
+  discard: boolean;
+}
+
+/** The alias berth gives a volume's disk (libvirt's user aliases start with `ua-`). */
+export function diskAlias(volumeId: string): string {
+  return `ua-berth-${volumeId}`;
+}
+
+/**
+ * Cache and discard for an attachment, from its connection_info, as Nova does: `cache='none'`
+ * unless the backend marks the volume `cacheable`; `discard='unmap'` when it says `discard: true`;
+ * read-only for `ro` attachments (or `access_mode: ro`).
+ */
+export function diskModeOf(attachment: Attachment): Pick<LibvirtDiskSpec, 'readOnly' | 'cache' | 'discard'> {
+  const data: Record<string, unknown> = attachment.connectionInfo?.data ?? {};
+  return {
+    readOnly: attachment.mode === 'ro' || data.access_mode === 'ro',
+    cache: data.cacheable === true ? 'writeback' : 'none',
+    discard: data.discard === true,
+  };
+}
+
+function escape(text: string): string {
+  return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
+}
+
+/** The `<disk type='block'>` XML for `attach-device` / `detach-device`. */
+export function diskXml(spec: LibvirtDiskSpec): string {
+  // io='native' needs O_DIRECT, so only with cache='none'; otherwise QEMU's thread pool does the I/O.
+  const driver = [`name='qemu'`, `type='raw'`, `cache='${spec.cache}'`, ...(spec.cache === 'none' ? [`io='native'`] : []), ...(spec.discard ? [`discard='unmap'`] : [])];
+  return [
+    `<disk type='block' device='disk'>`,
+    `  <driver ${driver.join(' ')}/>`,
+    `  <source dev='${escape(spec.source)}'/>`,
+    `  <target dev='${escape(spec.target)}' bus='virtio'/>`,
+    `  <serial>${escape(spec.serial)}</serial>`,
+    ...(spec.readOnly ? ['  <readonly/>'] : []),
+    `  <alias name='${escape(spec.alias)}'/>`,
+    `</disk>`,
+    '',
+  ].join('\n');
+}
+
+/** The first `vdX` target not in `taken` (`vda`, ..., `vdz`, `vdaa`, ...). */
+export function freeVirtioTarget(taken: readonly string[]): string {
+  for (let index = 0; ; index++) {
+    const target = virtioDiskName(index).slice('/dev/'.length);
+    if (!taken.includes(target)) return target;
+  }
+}

@@ -1,0 +1,244 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { z } from 'zod';
+import { acquireFileLock, LockTimeoutError } from '@berth/host';
+import {
+  BerthError,
+  createHostConsumer,
+  stableLinkPath,
+  STABLE_LINK_DIR,
+  KeyedLock,
+  type Attachment,
+  type Consumer,
+  type Device,
+  type PluginContext,
+  type Publication,
+  type Server,
+} from '@berth/core';
+import { diskAlias, diskModeOf, diskXml, freeVirtioTarget } from './disk-xml.js';
+import { domainGone, Virsh, virshFailed, type DomainBlock } from './virsh.js';
+
+/** The consumer's name: servers with `hypervisor.type = 'libvirt'` use it. */
+export const NAME = 'libvirt';
+
+/** The URI used when a server names none. */
+export const DEFAULT_LIBVIRT_URI = 'qemu:///system';
+
+/** Options of the `libvirt` consumer (the plugin's options in the config). */
+export const zLibvirtConsumerOptions = z.object({
+  /** How long the guest has to release a disk after the unplug request, in ms. */
+  unplugTimeoutMs: z.number().int().positive().default(60_000),
+  /** Timeout of one virsh run, in ms. */
+  virshTimeoutMs: z.number().int().positive().default(30_000),
+});
+/** Parsed options of the `libvirt` consumer. */
+export type LibvirtConsumerOptions = z.output<typeof zLibvirtConsumerOptions>;
+
+/**
+ * A server's libvirt domain: the `hypervisor` field of the server record (`berth server create
+ * web-1 --hypervisor libvirt --domain web-1 [--uri qemu:///system]`). Until the server model
+ * carries it, callers pass it on the server object they hand to `publish`/`unpublish`.
+ */
+export const zLibvirtHypervisor = z.object({
+  type: z.literal('libvirt'),
+  /** The domain's name or UUID. */
+  domain: z.string().min(1).max(200).regex(/^[^/\s][^/]*$/, 'a domain name has no slash and does not start with a space'),
+  uri: z.string().min(1).default(DEFAULT_LIBVIRT_URI),
+});
+/** A server's libvirt settings. */
+export type LibvirtHypervisor = z.output<typeof zLibvirtHypervisor>;
+
+/** The server's libvirt settings, or a CONFIG error saying how to give them. */
+export function libvirtHypervisorOf(server: Server): LibvirtHypervisor {
+  const parsed = zLibvirtHypervisor.safeParse((server as Server & { hypervisor?: unknown }).hypervisor);
+  if (!parsed.success) {
+    throw new BerthError('CONFIG', `server ${server.name} has no libvirt domain: ${parsed.error.issues[0]?.message ?? 'invalid'}`, {
+      hint: `give the server its domain: berth server create ${server.name} --hypervisor libvirt --domain NAME [--uri qemu:///system]`,
+      details: { server: server.name },
+    });
+  }
+  return parsed.data;
+}
+
+/** A guest consumer's publication: the host link, the target libvirt gave the disk (`/dev/vdb`) and the serial. */
+export type GuestPublication = Publication & Required<Pick<Publication, 'guestDevice' | 'serial'>>;
+
+/** A berth disk found in a domain. */
+export interface LibvirtGuestDisk {
+  volumeId: string;
+  target: string;
+}
+
+/** The `libvirt` consumer, with a listing of the berth disks a server's domain has. */
+export interface LibvirtConsumer extends Consumer {
+  publish(server: Server, device: Device, attachment: Attachment): Promise<GuestPublication>;
+  /** The berth disks in the server's domain now (`[]` when the domain does not run). */
+  guestDisks(server: Server): Promise<LibvirtGuestDisk[]>;
+}
+
+// `virsh event --timeout` counts whole seconds: a removal whose event is missed is still seen by
+// the domblklist check that follows each wait, at most this long later.
+const EVENT_WAIT_S = 2;
+// How often an unanswered unplug request is sent again.
+const REASK_MS = 5_000;
+
+/**
+ * The `libvirt` consumer, Nova's libvirt driver step: `publish` makes the host's stable link
+ * (`/dev/berth/<volume-id>`), then `virsh attach-device --live` of a `<disk type='block'>` whose
+ * source is that link, serial the volume id, alias `ua-berth-<volume id>`, cache/io/discard from
+ * the connection_info and `<readonly/>` for `ro`. `unpublish` asks for the unplug (`virsh
+ * detach-device-alias --live`, which returns at once) and then waits until the disk is really gone
+ * from the live domain — `domblklist` checked after each `device-removed` event (`virsh event`) —
+ * until `unplugTimeoutMs`. libvirt itself reports success while a guest still holds the disk, so
+ * only that check counts. A guest that does not let go is a TIMEOUT naming server and domain, with
+ * the host side untouched. A domain that is gone or shut off holds nothing: unpublish succeeds.
+ */
+export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtConsumerOptions>>): LibvirtConsumer {
+  const options = zLibvirtConsumerOptions.parse(context.options ?? {});
+  const link = createHostConsumer(context.host.fs);
+  const locks = new KeyedLock();
+  const xmlDir = path.join(context.dataDir, 'consumer-libvirt');
+  const virshFor = (hv: LibvirtHypervisor) => new Virsh(context.host.runner, hv.uri, options.virshTimeoutMs);
+  const sourceOf = (volumeId: string) => context.host.fs.resolve(stableLinkPath(volumeId));
+  const findDisk = (blocks: DomainBlock[] | undefined, volumeId: string) => blocks?.find((b) => b.source === sourceOf(volumeId));
+
+  async function withDomainLock<T>(server: Server, hv: LibvirtHypervisor, fn: () => Promise<T>): Promise<T> {
+    const key = `${hv.uri} ${hv.domain}`;
+    return locks.withLock(key, async () => {
+      const lockDir = path.join(xmlDir, 'locks');
+      await mkdir(lockDir, { recursive: true, mode: 0o700 });
+      const release = await acquireFileLock(path.join(lockDir, `${createHash('sha256').update(key).digest('hex').slice(0, 32)}.lock`), {
+        timeoutMs: options.virshTimeoutMs * 2,
+        what: `attaches to libvirt domain ${hv.domain}`,
+      }).catch((error: unknown) => {
+        if (!(error instanceof LockTimeoutError)) throw error;
+        throw new BerthError('TIMEOUT', `another berth process kept attaching to libvirt domain ${hv.domain} (server ${server.name}) for ${Math.round(error.timeoutMs / 1000)} s`, {
+          hint: 'let the other attach to this guest finish, then try again',
+          details: { server: server.name, domain: hv.domain },
+          cause: error,
+        });
+      });
+      try {
+        return await fn();
+      } finally {
+        await release();
+      }
+    });
+  }
+
+  return {
+    name: NAME,
+
+    async publish(server, device, attachment) {
+      const hv = libvirtHypervisorOf(server);
+      const virsh = virshFor(hv);
+      const published = await link.publish(server, device, attachment);
+      const source = context.host.fs.resolve(published.path);
+      // Targets are picked from the live XML: attaches to one domain go one at a time, in this
+      // process and across processes (two picking the same free vdX would collide).
+      const target = await withDomainLock(server, hv, async () => {
+        const blocks = await virsh.blocks(hv.domain);
+        if (blocks === undefined) {
+          throw new BerthError('UNPROCESSABLE', `libvirt domain ${hv.domain} of server ${server.name} does not exist or is not running`, {
+            hint: `start it (virsh -c ${hv.uri} start ${hv.domain}), or fix the server's domain`,
+            details: { server: server.name, domain: hv.domain },
+          });
+        }
+        const existing = findDisk(blocks, attachment.volumeId);
+        if (existing) return existing.target;
+        const free = freeVirtioTarget(blocks.map((b) => b.target));
+        const xml = diskXml({ source, target: free, serial: attachment.volumeId, alias: diskAlias(attachment.volumeId), ...diskModeOf(attachment) });
+        // virsh reads the XML from a file (the runner's stdin is a socket, which virsh cannot open).
+        await mkdir(xmlDir, { recursive: true, mode: 0o700 });
+        const file = path.join(xmlDir, `attach-${attachment.volumeId}-${randomBytes(4).toString('hex')}.xml`);
+        await writeFile(file, xml, { mode: 0o600 });
+        try {
+          await virsh.check(['attach-device', hv.domain, file, '--live'], `plug the disk of volume ${attachment.volumeId} into libvirt domain ${hv.domain} (server ${server.name})`);
+        } finally {
+          await rm(file, { force: true });
+        }
+        return free;
+      });
+      return { path: published.path, guestDevice: `/dev/${target}`, serial: attachment.volumeId };
+    },
+
+    async unpublish(server, attachment) {
+      const hv = libvirtHypervisorOf(server);
+      const virsh = virshFor(hv);
+      const deadline = Date.now() + options.unplugTimeoutMs;
+      if (findDisk(await virsh.blocks(hv.domain), attachment.volumeId)) {
+        await unplug(virsh, hv, server, attachment.volumeId, deadline);
+      }
+      await link.unpublish(server, attachment);
+    },
+
+    async guestDisks(server) {
+      const hv = libvirtHypervisorOf(server);
+      const prefix = `${context.host.fs.resolve(STABLE_LINK_DIR)}/`;
+      const blocks = (await virshFor(hv).blocks(hv.domain)) ?? [];
+      return blocks.flatMap((b) => (b.source?.startsWith(prefix) ? [{ volumeId: b.source.slice(prefix.length), target: b.target }] : []));
+    },
+
+    async check() {
+      const result = await new Virsh(context.host.runner, DEFAULT_LIBVIRT_URI, options.virshTimeoutMs).run(['uri']);
+      if (result.exitCode === 0) return { ok: true, summary: `virsh reaches libvirtd at ${DEFAULT_LIBVIRT_URI}` };
+      const error = virshFailed(result, `reach libvirtd at ${DEFAULT_LIBVIRT_URI}`);
+      return { ok: false, summary: error.message, ...(error.hint ? { fix: error.hint } : {}) };
+    },
+  };
+
+  /**
+   * Ask for the unplug and wait until the disk is gone from the live domain. An event watcher is
+   * running before the request and before every later look, so a removal is never waited out
+   * longer than one event wait.
+   */
+  async function unplug(virsh: Virsh, hv: LibvirtHypervisor, server: Server, volumeId: string, deadline: number): Promise<void> {
+    let watcher = watch(virsh, hv.domain, deadline);
+    const request = async (): Promise<void> => {
+      const result = await virsh.run(['detach-device-alias', hv.domain, diskAlias(volumeId), '--live']);
+      // Already asked (a previous detach timed out) or already gone: the waiting below decides.
+      if (result.exitCode !== 0 && !domainGone(result) && !/not found|no device found|already|in progress/i.test(result.stderr)) {
+        throw virshFailed(result, `unplug the disk of volume ${volumeId} from libvirt domain ${hv.domain} (server ${server.name})`);
+      }
+    };
+    try {
+      await request();
+      let askedAt = Date.now();
+      for (;;) {
+        if (!findDisk(await virsh.blocks(hv.domain), volumeId)) return;
+        if (Date.now() >= deadline) break;
+        // A request the guest got while it was still booting is lost for good (libvirt issue 309,
+        // seen here too): ask again now and then, as Nova's detach loop does.
+        if (Date.now() - askedAt >= REASK_MS) {
+          await request();
+          askedAt = Date.now();
+        }
+        await watcher.done;
+        watcher = watch(virsh, hv.domain, deadline);
+      }
+    } finally {
+      watcher.stop();
+    }
+    const state = await virsh.state(hv.domain);
+    const paused = /^paused/.test(state);
+    throw new BerthError(
+      'TIMEOUT',
+      `the guest of server ${server.name} (libvirt domain ${hv.domain}, ${state}) did not release the disk of volume ${volumeId} within ${Math.round(options.unplugTimeoutMs / 1000)} s; the host side is left connected`,
+      {
+        hint: paused
+          ? `the guest is paused and cannot answer the unplug request: virsh -c ${hv.uri} resume ${hv.domain}, then run the detach again`
+          : 'the guest ignored the unplug request (still booting, or the disk is busy in it): release it in the guest, then run the detach again',
+        details: { server: server.name, volumeId, domain: hv.domain, guestState: state, guestHoldsDevice: true },
+      },
+    );
+  }
+
+  /** `virsh event --event device-removed` for at most EVENT_WAIT_S (never past the deadline). */
+  function watch(virsh: Virsh, domain: string, deadline: number): { done: Promise<unknown>; stop: () => void } {
+    const stop = new AbortController();
+    const seconds = Math.max(1, Math.min(EVENT_WAIT_S, Math.ceil((deadline - Date.now()) / 1000)));
+    const done = virsh.run(['event', domain, '--event', 'device-removed', '--timeout', String(seconds)], (seconds + 10) * 1000, stop.signal).catch(() => undefined);
+    return { done, stop: () => stop.abort() };
+  }
+}

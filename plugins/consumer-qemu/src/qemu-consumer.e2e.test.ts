@@ -1,0 +1,135 @@
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BerthError, silentLogger, stableLinkPath, type Server } from '@berth/core';
+import { createHostServices } from '@berth/host';
+import { bootQemuGuest, guestSerial, guestServer, LoopVolumes, type QemuGuest } from '@berth/vmkit';
+import { createQemuConsumer, type QemuConsumer } from './qemu-consumer.js';
+import { qemuDiskIds } from './qemu-hypervisor.js';
+
+const host = createHostServices();
+// The guest probes a hot-plugged disk in 0.3-0.5 s on a quiet machine; a loaded one needs far more.
+const SEE_MS = 60_000;
+
+describe('the qemu consumer against a real QEMU guest (TCG)', () => {
+  let guest: QemuGuest;
+  let volumes: LoopVolumes;
+  let consumer: QemuConsumer;
+  let server: Server;
+  const volume = () => volumes.make();
+
+  async function blockNodes(): Promise<string[]> {
+    const nodes = (await guest.control('query-named-block-nodes', { flat: true })) as Array<{ 'node-name': string }>;
+    return nodes.map((node) => node['node-name']);
+  }
+
+  beforeAll(async () => {
+    volumes = await LoopVolumes.create(host, 'berth-consumer-qemu-');
+    guest = await bootQemuGuest({ runner: host.runner });
+    server = guestServer('vm-qemu-1', { type: 'qemu', qmp: guest.qmpSocket });
+    consumer = createQemuConsumer({ host, dataDir: volumes.dir, options: { unplugTimeoutMs: 60_000, qmpTimeoutMs: 30_000 }, logger: silentLogger });
+  });
+
+  afterAll(async () => {
+    try {
+      await guest?.stop();
+    } finally {
+      await volumes?.cleanup();
+    }
+  });
+
+  it('hot-plugs a loop device: the guest sees a virtio disk with serial = volume id, its writes land in the file, unplug leaves nothing', async () => {
+    const v = await volume();
+    const attachment = v.attachment(server);
+    const published = await consumer.publish(server, v.device, attachment);
+    expect(published).toEqual({ path: stableLinkPath(v.volumeId), guestDevice: '/dev/vda', serial: v.volumeId });
+
+    const name = await guest.agent.waitForDisk(v.volumeId, SEE_MS);
+    const disk = (await guest.agent.disks()).find((d) => d.name === name);
+    expect(disk).toEqual({ name, serial: guestSerial(v.volumeId), sizeBytes: 64 * 2 ** 20, readOnly: false });
+    expect(await consumer.guestDisks(server)).toEqual([{ volumeId: v.volumeId, deviceId: qemuDiskIds(v.volumeId).deviceId }]);
+
+    // Publishing again changes nothing (the pipeline's undo of a detach re-publishes).
+    expect(await consumer.publish(server, v.device, attachment)).toEqual(published);
+    expect((await guest.agent.disks()).length).toBe(1);
+
+    const pattern = `berth-guest-${v.volumeId.slice(0, 8)}`;
+    await guest.agent.writePattern(v.volumeId, 1_048_576 + 123, pattern);
+
+    await consumer.unpublish(server, attachment);
+    expect(await guest.agent.disks()).toEqual([]);
+    expect(await consumer.guestDisks(server)).toEqual([]);
+    expect(await blockNodes()).not.toContain(qemuDiskIds(v.volumeId).nodeName);
+    expect(await host.fs.exists(stableLinkPath(v.volumeId))).toBe(false);
+    // Unpublishing what is gone is success.
+    await consumer.unpublish(server, attachment);
+
+    await v.disconnect();
+    expect(await v.read(1_048_576 + 123, pattern.length)).toBe(pattern);
+  });
+
+  it('plugs a read-only attachment read-only: the guest sees ro and cannot write', async () => {
+    const v = await volume();
+    const attachment = v.attachment(server, 'ro');
+    await consumer.publish(server, v.device, attachment);
+    const name = await guest.agent.waitForDisk(v.volumeId, SEE_MS);
+    expect((await guest.agent.disks()).find((d) => d.name === name)?.readOnly).toBe(true);
+    await expect(guest.agent.writePattern(v.volumeId, 0, 'nope')).rejects.toThrow();
+    await consumer.unpublish(server, attachment);
+    expect(await guest.agent.disks()).toEqual([]);
+    await v.disconnect();
+    expect(await v.read(0, 4)).toBe('\0\0\0\0');
+  });
+
+  it('a paused guest that cannot answer the unplug: TIMEOUT naming the server within the deadline, host side intact; after resume the detach finishes', async () => {
+    const v = await volume();
+    const attachment = v.attachment(server);
+    await consumer.publish(server, v.device, attachment);
+    await guest.agent.waitForDisk(v.volumeId, SEE_MS);
+    const impatient = createQemuConsumer({ host, dataDir: volumes.dir, options: { unplugTimeoutMs: 2_000, qmpTimeoutMs: 30_000 }, logger: silentLogger });
+
+    await guest.pause();
+    let error: unknown;
+    try {
+      const started = Date.now();
+      await impatient.unpublish(server, attachment).catch((e: unknown) => {
+        error = e;
+      });
+      // The deadline is 2 s; the rest is QMP round trips on a loaded machine, never a hang.
+      expect(Date.now() - started).toBeLessThan(30_000);
+    } finally {
+      await guest.resume();
+    }
+    expect(BerthError.is(error) && error.code).toBe('TIMEOUT');
+    const message = (error as BerthError).message;
+    expect(message).toContain('vm-qemu-1');
+    expect(message).toContain('paused');
+    expect((error as BerthError).hint).toMatch(/resume/);
+    // Host side intact: the loop device, the link and the block node are all still there.
+    expect(await v.connected()).toBe(true);
+    expect(await host.fs.exists(stableLinkPath(v.volumeId))).toBe(true);
+    expect(await blockNodes()).toContain(qemuDiskIds(v.volumeId).nodeName);
+
+    // Resumed, the guest answers the pending request; a new detach waits for it and finishes.
+    await consumer.unpublish(server, attachment);
+    await guest.agent.waitForDiskGone(v.volumeId, SEE_MS);
+    expect(await consumer.guestDisks(server)).toEqual([]);
+    expect(await blockNodes()).not.toContain(qemuDiskIds(v.volumeId).nodeName);
+    await v.disconnect();
+  });
+
+  it('a server whose QEMU is not running: publish says so; unpublish treats the guest side as gone', async () => {
+    const v = await volume();
+    const gone = guestServer('vm-gone', { type: 'qemu', qmp: path.join(volumes.dir, 'no-such-qmp.sock') });
+    const attachment = v.attachment(gone);
+    const error = await consumer.publish(gone, v.device, attachment).catch((e: unknown) => e);
+    expect(BerthError.is(error) && error.code).toBe('UNPROCESSABLE');
+    expect((error as BerthError).message).toContain('vm-gone');
+    await consumer.unpublish(gone, attachment);
+    expect(await host.fs.exists(stableLinkPath(v.volumeId))).toBe(false);
+
+    const noHypervisor = { ...server, hypervisor: undefined };
+    const config = await consumer.publish(noHypervisor, v.device, attachment).catch((e: unknown) => e);
+    expect(BerthError.is(config) && config.code).toBe('CONFIG');
+    await v.disconnect();
+  });
+});

@@ -1,0 +1,309 @@
+import { createHash } from 'node:crypto';
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { z } from 'zod';
+import { acquireFileLock, LockTimeoutError } from '@berth/host';
+import {
+  BerthError,
+  createHostConsumer,
+  KeyedLock,
+  type Attachment,
+  type Consumer,
+  type Device,
+  type PluginContext,
+  type Publication,
+  type Server,
+  virtioDiskName,
+} from '@berth/core';
+import { QmpClient, isQmpFailure, listBlockNodes, qmpFailureOf, zEmptyReturn, type QmpCallOptions } from '@berth/qemu';
+import { qemuDiskIds, qemuDiskMode, qemuHypervisorOf, volumeIdOfDevice, type QemuHypervisor } from './qemu-hypervisor.js';
+
+/** The consumer's name: servers with `hypervisor.type = 'qemu'` use it. */
+export const NAME = 'qemu';
+
+/** Options of the `qemu` consumer (the plugin's options in the config). */
+export const zQemuConsumerOptions = z.object({
+  /** How long the guest has to release a disk after `device_del` (DEVICE_DELETED), in ms. */
+  unplugTimeoutMs: z.number().int().positive().default(60_000),
+  /** Deadline of one QMP exchange (connect, a command), in ms. */
+  qmpTimeoutMs: z.number().int().positive().default(10_000),
+});
+/** Parsed options of the `qemu` consumer. */
+export type QemuConsumerOptions = z.output<typeof zQemuConsumerOptions>;
+
+/** A guest consumer's publication: the host link, the guest's likely device name and the serial. */
+export type GuestPublication = Publication & Required<Pick<Publication, 'guestDevice' | 'serial'>>;
+
+/** A berth disk found in a guest. */
+export interface QemuGuestDisk {
+  volumeId: string;
+  deviceId: string;
+}
+
+/** The `qemu` consumer, with a listing of the berth disks a server's guest has. */
+export interface QemuConsumer extends Consumer {
+  publish(server: Server, device: Device, attachment: Attachment): Promise<GuestPublication>;
+  /** The berth disks plugged into the server's guest now (for checks and reconcile). */
+  guestDisks(server: Server): Promise<QemuGuestDisk[]>;
+}
+
+const zPeripheralList = z.array(z.looseObject({ name: z.string(), type: z.string() }));
+const zStatus = z.looseObject({ status: z.string(), running: z.boolean() });
+const VIRTIO_BLK = 'child<virtio-blk-pci>';
+// How often an unanswered unplug request is sent again.
+const REASK_MS = 5_000;
+
+/** True when `promise` resolves within `ms`; false when it rejects or the time passes first. */
+function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(false), ms);
+    promise.then(
+      () => {
+        clearTimeout(timer);
+        resolve(true);
+      },
+      () => {
+        clearTimeout(timer);
+        resolve(false);
+      },
+    );
+  });
+}
+
+/**
+ * The `qemu` consumer: the server is a running QEMU guest reached over its QMP socket. `publish`
+ * makes the host's stable link (`/dev/berth/<volume-id>`, as the host consumer does), opens it as a
+ * `host_device` block node and plugs a `virtio-blk-pci` device with serial = volume id into the
+ * guest; `unpublish` asks the guest to let go (`device_del`), waits for `DEVICE_DELETED` within
+ * `unplugTimeoutMs`, then deletes the node and the link. A guest that does not let go (paused,
+ * hung, still booting) is a TIMEOUT naming the server, with the host side left as it was. Both are
+ * idempotent: what is already there (or already gone) is skipped.
+ */
+export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOptions>>): QemuConsumer {
+  const options = zQemuConsumerOptions.parse(context.options ?? {});
+  const link = createHostConsumer(context.host.fs);
+  const locks = new KeyedLock();
+  const lockDir = path.join(context.dataDir, 'consumer-qemu', 'locks');
+
+  /**
+   * One QMP session with the server's QEMU, serialised per socket in this process and across
+   * processes (a monitor serves one client at a time; a second would wait for its greeting).
+   * `unreachable` runs instead when nothing listens on the socket: the QEMU is gone.
+   */
+  async function withQmp<T>(server: Server, hv: QemuHypervisor, fn: (qmp: QmpClient) => Promise<T>, unreachable: () => Promise<T>): Promise<T> {
+    return locks.withLock(hv.qmp, async () => {
+      await mkdir(lockDir, { recursive: true, mode: 0o700 });
+      const key = createHash('sha256').update(hv.qmp).digest('hex').slice(0, 32);
+      // Another berth may be waiting out a guest's unplug on this socket: wait as long as that can take.
+      const release = await acquireFileLock(path.join(lockDir, `${key}.lock`), {
+        timeoutMs: options.unplugTimeoutMs + options.qmpTimeoutMs * 4,
+        what: `the QMP socket of server ${server.name}`,
+      }).catch((error: unknown) => {
+        if (!(error instanceof LockTimeoutError)) throw error;
+        throw new BerthError('TIMEOUT', `another berth process kept the QMP socket of server ${server.name} busy for ${Math.round(error.timeoutMs / 1000)} s`, {
+          hint: 'let the other attach or detach of this guest finish (berth operation list), then try again',
+          details: { server: server.name, qmp: hv.qmp },
+          cause: error,
+        });
+      });
+      try {
+        let qmp: QmpClient;
+        try {
+          qmp = await QmpClient.connect(hv.qmp, { timeoutMs: options.qmpTimeoutMs });
+        } catch (error) {
+          if (isUnreachable(error)) return await unreachable();
+          throw error;
+        }
+        try {
+          return await fn(qmp);
+        } finally {
+          qmp.close();
+        }
+      } finally {
+        await release();
+      }
+    });
+  }
+
+  const call: QmpCallOptions = { timeoutMs: options.qmpTimeoutMs };
+
+  async function virtioDevices(qmp: QmpClient): Promise<string[]> {
+    const named = await qmp.request('qom-list', { path: '/machine/peripheral' }, zPeripheralList, call);
+    return named.filter((child) => child.type === VIRTIO_BLK).map((child) => child.name);
+  }
+
+  async function anonymousVirtioCount(qmp: QmpClient): Promise<number> {
+    const anon = await qmp.request('qom-list', { path: '/machine/peripheral-anon' }, zPeripheralList, call);
+    return anon.filter((child) => child.type === VIRTIO_BLK).length;
+  }
+
+  return {
+    name: NAME,
+
+    async publish(server, device, attachment) {
+      const hv = qemuHypervisorOf(server);
+      const { deviceId, nodeName } = qemuDiskIds(attachment.volumeId);
+      const mode = qemuDiskMode(attachment);
+      const published = await link.publish(server, device, attachment);
+      // QEMU opens the stable link, so its block node names the volume (`/dev/berth/<id>`), not a
+      // kernel name that another device may carry tomorrow.
+      const filename = context.host.fs.resolve(published.path);
+      const guestDevice = await withQmp(
+        server,
+        hv,
+        async (qmp) => {
+          const devices = await virtioDevices(qmp);
+          const others = devices.filter((id) => id !== deviceId).length + (await anonymousVirtioCount(qmp));
+          const nodes = (await listBlockNodes(qmp, call)).map((node) => node['node-name']);
+          let addedNode = false;
+          if (!nodes.includes(nodeName)) {
+            await qmp.request(
+              'blockdev-add',
+              {
+                driver: 'host_device',
+                'node-name': nodeName,
+                filename,
+                'read-only': mode.readOnly,
+                cache: { direct: mode.direct, 'no-flush': false },
+                // Native AIO needs O_DIRECT; with host caching QEMU's thread pool does the I/O.
+                aio: mode.direct ? 'native' : 'threads',
+                discard: mode.discard ? 'unmap' : 'ignore',
+              },
+              zEmptyReturn,
+              call,
+            );
+            addedNode = true;
+          }
+          if (!devices.includes(deviceId)) {
+            try {
+              await qmp.request('device_add', { driver: 'virtio-blk-pci', id: deviceId, drive: nodeName, bus: hv.bus, serial: attachment.volumeId }, zEmptyReturn, call);
+            } catch (error) {
+              // A node nobody uses would hold the host device open and block the disconnect.
+              if (addedNode) await qmp.execute('blockdev-del', { 'node-name': nodeName }, call).catch(() => undefined);
+              throw hotplugFailed(server, hv, attachment.volumeId, error);
+            }
+          }
+          return virtioDiskName(others);
+        },
+        async () => {
+          throw new BerthError('UNPROCESSABLE', `cannot reach the QEMU of server ${server.name} at ${hv.qmp}: nothing listens there`, {
+            hint: `start the guest, or fix the server's QMP socket (berth server create ${server.name} --hypervisor qemu --qmp PATH)`,
+            details: { server: server.name, qmp: hv.qmp },
+          });
+        },
+      );
+      return { path: published.path, guestDevice, serial: attachment.volumeId };
+    },
+
+    async unpublish(server, attachment) {
+      const hv = qemuHypervisorOf(server);
+      const { deviceId, nodeName } = qemuDiskIds(attachment.volumeId);
+      await withQmp(
+        server,
+        hv,
+        async (qmp) => {
+          if ((await virtioDevices(qmp)).includes(deviceId)) await unplug(qmp, server, hv, deviceId, attachment.volumeId);
+          const nodes = (await listBlockNodes(qmp, call)).map((node) => node['node-name']);
+          if (nodes.includes(nodeName)) {
+            try {
+              await qmp.request('blockdev-del', { 'node-name': nodeName }, zEmptyReturn, call);
+            } catch (error) {
+              if (!isQmpFailure(error, /Failed to find node/)) throw error;
+            }
+          }
+        },
+        // Nothing listens on the socket: that QEMU is gone, and its guest holds nothing any more.
+        async () => undefined,
+      );
+      await link.unpublish(server, attachment);
+    },
+
+    async guestDisks(server) {
+      const hv = qemuHypervisorOf(server);
+      return withQmp(
+        server,
+        hv,
+        async (qmp) =>
+          (await virtioDevices(qmp)).flatMap((deviceId) => {
+            const volumeId = volumeIdOfDevice(deviceId);
+            return volumeId ? [{ volumeId, deviceId }] : [];
+          }),
+        async () => [],
+      );
+    },
+
+    async check() {
+      return { ok: true, summary: 'hot-plugs virtio-blk disks into running QEMU guests over each server\'s QMP socket' };
+    },
+  };
+
+  /**
+   * `device_del` and wait for the guest to let go. The event is subscribed before the request
+   * (QEMU may send it before the reply). A request the guest got while still booting is lost for
+   * good (libvirt issue 309 is this), so it is sent again every REASK_MS until the deadline, as
+   * Nova's detach loop does; QEMU 7.2 accepts a repeated `device_del`. A device gone meanwhile
+   * (DeviceNotFound) is what was wanted.
+   */
+  async function unplug(qmp: QmpClient, server: Server, hv: QemuHypervisor, deviceId: string, volumeId: string): Promise<void> {
+    const deadline = Date.now() + options.unplugTimeoutMs;
+    const stop = new AbortController();
+    const deleted = qmp.waitForEvent('DEVICE_DELETED', (event) => event.data?.device === deviceId, {
+      timeoutMs: options.unplugTimeoutMs,
+      signal: stop.signal,
+    });
+    // Settled below in every path; this keeps an early exit from leaving it unhandled.
+    deleted.catch(() => undefined);
+    try {
+      for (;;) {
+        try {
+          await qmp.request('device_del', { id: deviceId }, zEmptyReturn, call);
+        } catch (error) {
+          if (isQmpFailure(error, /not found/i)) return;
+          // "already in the process of unplug" (newer QEMU): the first request stands.
+          if (!isQmpFailure(error, /in the process of unplug/i)) throw error;
+        }
+        const left = deadline - Date.now();
+        if (left <= 0) break;
+        const gone = await settlesWithin(deleted, Math.min(REASK_MS, left));
+        if (gone) return;
+        if (Date.now() >= deadline) break;
+      }
+    } finally {
+      stop.abort();
+    }
+    // The event may have been missed only if the device is gone: look before blaming the guest.
+    if (!(await virtioDevices(qmp)).includes(deviceId)) return;
+    const status = await qmp.request('query-status', undefined, zStatus, call).catch(() => undefined);
+    const state = status ? (status.running ? 'running' : status.status) : 'unknown';
+    throw new BerthError(
+      'TIMEOUT',
+      `the guest of server ${server.name} did not release the disk of volume ${volumeId} within ${Math.round(options.unplugTimeoutMs / 1000)} s (QEMU at ${hv.qmp}, guest ${state}); the host side is left connected`,
+      {
+        hint:
+          state === 'running'
+            ? 'the guest ignored the unplug request (still booting, or the disk is busy in it): release it in the guest, then run the detach again'
+            : `the guest is ${state} and cannot answer the unplug request: resume it (QMP cont), then run the detach again`,
+        details: { server: server.name, volumeId, qmp: hv.qmp, guestState: state, guestHoldsDevice: true },
+      },
+    );
+  }
+}
+
+/** Whether connecting failed because nothing listens on the socket (QEMU not running). */
+function isUnreachable(error: unknown): boolean {
+  if (!BerthError.is(error) || error.details.qmpClosed !== true) return false;
+  const code = (error.cause as NodeJS.ErrnoException | undefined)?.code;
+  return code === 'ENOENT' || code === 'ECONNREFUSED';
+}
+
+function hotplugFailed(server: Server, hv: QemuHypervisor, volumeId: string, error: unknown): BerthError {
+  const desc = qmpFailureOf(error)?.desc ?? (error instanceof Error ? error.message : String(error));
+  const noHotplug = /does not support hotplugging/.test(desc);
+  return new BerthError('DRIVER_ERROR', `cannot plug the disk of volume ${volumeId} into the guest of server ${server.name}: ${desc.trim()}`, {
+    hint: noHotplug
+      ? `the guest's bus ${hv.bus} takes no hot-plugged devices: boot it with ACPI on the pc machine, or name a hot-pluggable bus (a pcie-root-port on q35)`
+      : 'see the QEMU log of that guest',
+    details: { server: server.name, volumeId, qmp: hv.qmp },
+    cause: error,
+  });
+}
