@@ -2,6 +2,7 @@ import { benchApiCycle } from './api-cycle.js';
 import { benchAttachIscsiSim } from './attach-iscsi-sim.js';
 import { benchAttachLoop } from './attach-loop.js';
 import { benchAttachMultipath } from './attach-multipath.js';
+import { benchCliStart } from './cli-start.js';
 
 const env = (name: string, fallback: number): number => Number(process.env[name] ?? fallback);
 
@@ -16,6 +17,7 @@ const benches: Record<string, () => Promise<void>> = {
     }),
   'attach-multipath': () => benchAttachMultipath(env('BENCH_ITERATIONS_MULTIPATH', 3)),
   'api-cycle': () => benchApiCycle(env('BENCH_API_CYCLES', 100), env('BENCH_API_CONCURRENCY', 4)),
+  'cli-start': () => benchCliStart(env('BENCH_CLI_ROUNDS', 10)),
 };
 
 const wanted = process.argv.slice(2);

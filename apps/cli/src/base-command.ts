@@ -3,9 +3,12 @@ import { join } from 'node:path';
 import { Command, Flags, ux } from '@oclif/core';
 import type { Interfaces } from '@oclif/core';
 import type { BerthService } from '@berth/core';
-import { API_URL_ENV, openRemoteBerth, TOKEN_ENV } from '@berth/client';
-import { openBerth, type OpenBerthOptions } from '@berth/runtime';
+import type { OpenBerthOptions } from '@berth/runtime';
 import { errorJson, errorLines, reportError } from './error-report.js';
+
+// The names @berth/client reads; written out here so that defining the flags loads no client code.
+const API_URL_ENV = 'BERTH_API_URL';
+const TOKEN_ENV = 'BERTH_TOKEN';
 
 /** Flags of a command `T`, including the shared ones. */
 export type CommandFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>;
@@ -81,10 +84,15 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
   protected async berth(): Promise<BerthService> {
     if (this.service !== undefined) return this.service;
     const api = this.flags.api;
+    // Imported here, not at the top: a command loads the local runtime (store, plugins) or the HTTP
+    // client only when it runs, and only the one it uses; `--version` and `--help` load neither.
     const service =
       api === undefined || api === ''
-        ? await openBerth(this.openBerthOptions())
-        : await openRemoteBerth({ url: api, ...(process.env[TOKEN_ENV] === undefined ? {} : { token: process.env[TOKEN_ENV] }) });
+        ? await (await import('@berth/runtime')).openBerth(this.openBerthOptions())
+        : await (await import('@berth/client')).openRemoteBerth({
+            url: api,
+            ...(process.env[TOKEN_ENV] === undefined ? {} : { token: process.env[TOKEN_ENV] }),
+          });
     this.service = service;
     if (!this.jsonEnabled() && !(this.ctor as typeof BaseCommand).reportsPlugins) {
       // One broken plugin must not stop berth, but people should know why its driver is missing.

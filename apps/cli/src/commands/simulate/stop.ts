@@ -1,4 +1,3 @@
-import { simulatedHostPaths, stopSimulatedHost } from '@berth/runtime';
 import { BaseCommand } from '../../base-command.js';
 
 /** Stop the simulated host that `--simulate` started (its sessions logged out, its disks closed). */
@@ -9,7 +8,8 @@ export default class SimulateStop extends BaseCommand<typeof SimulateStop> {
   static override examples = ['<%= config.bin %> simulate stop', '<%= config.bin %> simulate stop --json'];
 
   async run(): Promise<{ stopped: boolean; root: string }> {
-    const dataDir = this.openBerthOptions().dataDir ?? (await import('@berth/runtime')).defaultDataDir();
+    const { defaultDataDir, simulatedHostPaths, stopSimulatedHost } = await import('@berth/runtime');
+    const dataDir = this.openBerthOptions().dataDir ?? defaultDataDir();
     const { root } = simulatedHostPaths(dataDir);
     await stopSimulatedHost(dataDir);
     if (!this.jsonEnabled()) this.log(`Stopped the simulated host at ${root}`);
