@@ -8,15 +8,15 @@ berth() { node apps/cli/bin/run.js "$@"; }
 name="quickstart-$(date +%s)"
 echo "\$ berth volume create --size 1GiB --name $name"
 berth volume create --size 1GiB --name "$name"
-trap 'berth detach "$name" >/dev/null 2>&1 || true; berth volume delete "$name" >/dev/null 2>&1 || true' EXIT
+trap 'berth detach "$name" >/dev/null 2>&1 || true; berth volume delete "$name" --yes >/dev/null 2>&1 || true' EXIT
 echo; echo "\$ berth attach $name"
 berth attach "$name"
 echo; echo "\$ berth attachment list --volume $name"
 berth attachment list --volume "$name"
 echo; echo "\$ berth detach $name"
 berth detach "$name"
-echo; echo "\$ berth volume delete $name"
-berth volume delete "$name"
+echo; echo "\$ berth volume delete $name --yes"
+berth volume delete "$name" --yes
 trap - EXIT
 echo; echo "\$ berth doctor"
 berth doctor

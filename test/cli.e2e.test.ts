@@ -79,15 +79,20 @@ describe.skipIf(!isRoot)('berth CLI end to end (real loop devices)', { timeout: 
     expect(attachOperation?.steps.map((s) => s.name)).toEqual(expect.arrayContaining(['reserve', 'connect', 'publish', 'complete']));
     expect((await sandbox.json<Volume[]>(['volume', 'list'])).map((v) => [v.name, v.status])).toEqual([['data1', 'in-use']]);
 
-    // the human table says the same
+    // the human table says the same, in 100 columns; `-o wide` adds host, mode, transport and timings
     const table = await sandbox.run(['attachment', 'list']);
     expect(table.exitCode).toBe(0);
     expect(table.stdout).toMatch(/STATUS/);
     expect(table.stdout).toMatch(/DEVICE/);
-    expect(table.stdout).toMatch(/HOST/);
-    expect(table.stdout).toMatch(/TIMINGS/);
+    expect(table.stdout).not.toMatch(/TIMINGS/);
     expect(table.stdout).toContain('attached');
     expect(table.stdout).toContain(device);
+    expect(Math.max(...table.stdout.split('\n').map((line) => line.length))).toBeLessThanOrEqual(100);
+    const wide = await sandbox.run(['attachment', 'ls', '-o', 'wide']);
+    expect(wide.exitCode).toBe(0);
+    expect(wide.stdout).toMatch(/HOST/);
+    expect(wide.stdout).toMatch(/TIMINGS/);
+    expect(wide.stdout).toContain(`/dev/berth/${volume.id}`);
 
     // detach: the loop device no longer backs the file, the link is gone
     const detached = await sandbox.json<OperationOutcome>(['detach', 'data1']);
@@ -99,7 +104,7 @@ describe.skipIf(!isRoot)('berth CLI end to end (real loop devices)', { timeout: 
     expect(remaining.filter((a) => a.status !== 'detached')).toEqual([]);
 
     // delete: the row and the file are gone
-    const deleted = await sandbox.json<{ deleted: boolean; id: string }>(['volume', 'delete', 'data1']);
+    const deleted = await sandbox.json<{ deleted: boolean; id: string }>(['volume', 'delete', 'data1', '--yes']);
     expect(deleted).toEqual({ deleted: true, id: volume.id, name: 'data1' });
     expect(existsSync(volumeFile)).toBe(false);
     expect(await sandbox.json<Volume[]>(['volume', 'list'])).toEqual([]);
@@ -227,7 +232,7 @@ describe.skipIf(!isRoot)('bad input gets a clear error, its own exit code, and c
     }, HOOK_TIMEOUT_MS);
 
     afterAll(async () => {
-      await sandbox.run(['detach', 'data1', '--force']);
+      await sandbox.run(['detach', 'data1', '--force', '--yes']);
     }, HOOK_TIMEOUT_MS);
 
     it('attaching it again is refused and leaves the first attachment alone', async () => {
@@ -240,7 +245,7 @@ describe.skipIf(!isRoot)('bad input gets a clear error, its own exit code, and c
     });
 
     it('deleting it is refused and it stays attached', async () => {
-      const run = await expectUnchanged(() => sandbox.run(['volume', 'delete', 'data1', '--json']));
+      const run = await expectUnchanged(() => sandbox.run(['volume', 'delete', 'data1', '--yes', '--json']));
       const error = errorBody(run);
       expect(['INVALID_STATE', 'CONFLICT']).toContain(error.code);
       expect(run.exitCode).toBe(EXIT_CODES[error.code as keyof typeof EXIT_CODES]);

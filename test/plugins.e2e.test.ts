@@ -76,7 +76,7 @@ describe.skipIf(!isRoot)('berth plugins end to end', { timeout: TEST_TIMEOUT_MS 
     expect((await transportLog(s)).map((e) => e.event)).toEqual(['connect', 'disconnect']);
     expect(existsSync(`/dev/berth/${volume.id}`)).toBe(false);
 
-    await s.json(['volume', 'delete', 'fx1']);
+    await s.json(['volume', 'delete', 'fx1', '--yes']);
     expect(existsSync(file)).toBe(false);
   }
 

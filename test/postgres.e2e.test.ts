@@ -86,7 +86,7 @@ describe.skipIf(!isRoot)('berth on a PostgreSQL store (real loop devices)', { ti
     expect(detached.operation.state).toBe('succeeded');
     expect(detached.volume.status).toBe('available');
     expect(await loopDevicesBacking(volume.providerLocation as string)).toEqual([]);
-    await berth(['volume', 'delete', 'data1']);
+    await berth(['volume', 'delete', 'data1', '--yes']);
   });
 
   it('two berth processes attach different volumes at the same time on one database', async () => {

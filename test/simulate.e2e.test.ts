@@ -72,6 +72,6 @@ describe('berth --simulate (issue 3, as a user runs it)', () => {
     await sandbox.json(['--simulate', 'detach', 'db1']);
     const list = await sandbox.json<Array<{ status: string }>>(['volume', 'list']);
     expect(list.map((v) => v.status)).toEqual(['available']);
-    await sandbox.json(['volume', 'delete', 'db1']);
+    await sandbox.json(['volume', 'delete', 'db1', '--yes']);
   });
 });

@@ -6,6 +6,7 @@ import { benchAttachLoop } from './attach-loop.js';
 import { benchAttachMultipath } from './attach-multipath.js';
 import { benchOsBrickSideBySide } from './os-brick-side-by-side.js';
 import { benchSimhostTool } from './simhost-tool.js';
+import { benchCliStart } from './cli-start.js';
 
 const env = (name: string, fallback: number): number => Number(process.env[name] ?? fallback);
 
@@ -29,6 +30,7 @@ const benches: Record<string, () => Promise<void>> = {
       env('BENCH_API_ROUNDS', 4),
     ),
   'attach-guest': () => benchAttachGuest(env('BENCH_ITERATIONS_GUEST', 5)),
+  'cli-start': () => benchCliStart(env('BENCH_CLI_ROUNDS', 10)),
 };
 
 const wanted = process.argv.slice(2);

@@ -37,8 +37,17 @@ export interface BerthSandbox {
   remove(): Promise<void>;
 }
 
-/** Make a sandbox; `pluginDirs` becomes BERTH_PLUGIN_DIRS (the test workspace makes the fixtures visible). */
-export async function makeSandbox(options: { pluginDirs?: string[] } = {}): Promise<BerthSandbox> {
+/** Options of `makeSandbox`. */
+export interface SandboxOptions {
+  /** Becomes BERTH_PLUGIN_DIRS (the test workspace makes the fixtures visible). */
+  pluginDirs?: string[];
+  /** The `berth` executable to run (default: this checkout's built one, `BERTH_BIN`). */
+  bin?: string;
+}
+
+/** Make a sandbox: its own data dir, HOME and npm cache. */
+export async function makeSandbox(options: SandboxOptions = {}): Promise<BerthSandbox> {
+  const bin = options.bin ?? BERTH_BIN;
   const root = await mkdtemp(join(tmpdir(), SANDBOX_PREFIX));
   // Lets a later run clean this sandbox up if this process is killed before its afterEach.
   await writeFile(join(root, OWNER_FILE), String(process.pid));
@@ -62,7 +71,7 @@ export async function makeSandbox(options: { pluginDirs?: string[] } = {}): Prom
 
   const run = async (args: readonly string[], extraEnv: Record<string, string> = {}): Promise<BerthRun> => {
     if (removed) throw new Error(`sandbox ${root} was already removed; not running berth ${args.join(' ')}`);
-    const child = execa(process.execPath, [BERTH_BIN, ...args], {
+    const child = execa(process.execPath, [bin, ...args], {
       env: { ...inheritedEnv(), ...env, ...extraEnv },
       extendEnv: false,
       reject: false,
@@ -106,7 +115,8 @@ function inheritedEnv(): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [key, value] of Object.entries(process.env)) {
     if (value === undefined) continue;
-    if (key.startsWith('BERTH_') || key.startsWith('npm_') || key.startsWith('NPM_') || key === 'DEBUG') continue;
+    // NODE_ENV=test (vitest's) would make oclif print development-only warnings users never see.
+    if (key.startsWith('BERTH_') || key.startsWith('npm_') || key.startsWith('NPM_') || key === 'DEBUG' || key === 'NODE_ENV') continue;
     out[key] = value;
   }
   return out;

@@ -62,9 +62,9 @@ async function scenario(env: Record<string, string>): Promise<Result[]> {
   await step('detach', 'data2');
   await step('detach', 'data2');
   await step('volume', 'extend', 'data2', '--size', '2MiB');
-  await step('volume', 'delete', 'data1');
+  await step('volume', 'delete', 'data1', '--yes');
   await step('volume', 'show', 'nope');
-  await step('server', 'delete', 'web1');
+  await step('server', 'delete', 'web1', '--yes');
   await step('volume', 'create', '--size', '1MiB', '--name', 'bad', '--backend', 'no-such-backend');
   await step('connector');
   await step('operation', 'list', '--state', 'running');

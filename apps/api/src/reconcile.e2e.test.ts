@@ -143,12 +143,12 @@ describe('berth reconcile --api URL', () => {
     const embedded = await runCli(['reconcile', '--dry-run'], { BERTH_DATA_DIR: t.dataDir });
     expect(embedded).toEqual(dry);
 
-    const forbidden = await runCli(['reconcile', '--api', t.url], { BERTH_TOKEN: TOKENS.memberA });
+    const forbidden = await runCli(['reconcile', '--yes', '--api', t.url], { BERTH_TOKEN: TOKENS.memberA });
     expect(forbidden.exitCode).toBe(8);
     expect(forbidden.json).toMatchObject({ error: { code: 'FORBIDDEN' } });
     expect(await statusOf(attached)).toBe('available');
 
-    const real = await runCli(['reconcile', '--api', t.url], remote);
+    const real = await runCli(['reconcile', '--yes', '--api', t.url], remote);
     expect(real.exitCode).toBe(0);
     expect(kinds(real.json as ReconcileReport)).toEqual(['volume_status_mismatch:recompute_status:applied']);
     expect(await statusOf(attached)).toBe('in-use');

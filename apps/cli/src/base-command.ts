@@ -1,11 +1,32 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline/promises';
 import { Command, Flags, ux } from '@oclif/core';
+import { BerthError } from '@berth/core/errors';
 import type { Interfaces } from '@oclif/core';
 import type { BerthService } from '@berth/core';
-import { API_URL_ENV, openRemoteBerth, TOKEN_ENV } from '@berth/client';
-import { openBerth, type OpenBerthOptions } from '@berth/runtime';
-import { errorJson, errorLines, reportError } from './error-report.js';
+import type { OpenBerthOptions } from '@berth/runtime';
+import { failureOutput } from './error-report.js';
+
+// The names @berth/client reads; written out here so that defining the flags loads no client code.
+const API_URL_ENV = 'BERTH_API_URL';
+const TOKEN_ENV = 'BERTH_TOKEN';
+// Read by the runtime's config: a level set here also sends the log to stderr.
+const LOG_LEVEL_ENV = 'BERTH_LOG_LEVEL';
+
+/** `--yes`: the flag of every command that destroys or changes what it cannot undo. */
+export const yesFlag = Flags.boolean({
+  char: 'y',
+  description: 'Do it without asking (needed without a terminal: scripts, CI)',
+  default: false,
+});
+
+/** `-o wide`: tables with every column and nothing cut (by default they fit 100 columns). */
+export const outputFlag = Flags.option({
+  char: 'o',
+  description: 'Output format: wide shows every column and cuts nothing (default: the table fits 100 columns)',
+  options: ['wide'] as const,
+})();
 
 /** Flags of a command `T`, including the shared ones. */
 export type CommandFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>;
@@ -44,6 +65,10 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     api: Flags.string({
       description: `Run the command through the berth API at this URL (its token from ${TOKEN_ENV}) instead of on the local state`,
       env: API_URL_ENV,
+      helpGroup: 'GLOBAL',
+    }),
+    verbose: Flags.boolean({
+      description: `Log what berth does on stderr, at debug level unless ${LOG_LEVEL_ENV} says otherwise (without it, logs go to <data dir>/logs/berth.log)`,
       helpGroup: 'GLOBAL',
     }),
   };
@@ -87,10 +112,15 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
   protected async berth(): Promise<BerthService> {
     if (this.service !== undefined) return this.service;
     const api = this.flags.api;
+    // Imported here, not at the top: a command loads the local runtime (store, plugins) or the HTTP
+    // client only when it runs, and only the one it uses; `--version` and `--help` load neither.
     const service =
       api === undefined || api === ''
-        ? await openBerth(this.openBerthOptions())
-        : await openRemoteBerth({ url: api, ...(process.env[TOKEN_ENV] === undefined ? {} : { token: process.env[TOKEN_ENV] }) });
+        ? await this.openLocalBerth()
+        : await (await import('@berth/client')).openRemoteBerth({
+            url: api,
+            ...(process.env[TOKEN_ENV] === undefined ? {} : { token: process.env[TOKEN_ENV] }),
+          });
     this.service = service;
     if (!this.jsonEnabled() && !(this.ctor as typeof BaseCommand).reportsPlugins) {
       // One broken plugin must not stop berth, but people should know why its driver is missing.
@@ -99,6 +129,44 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
       }
     }
     return service;
+  }
+
+  /**
+   * Ask before a destructive step: on a terminal, `question [y/N]` on stderr (anything but y/yes
+   * stops the command, changing nothing); without one, only `--yes` lets it go on. `command` is how
+   * the user repeats it with `--yes`.
+   */
+  protected async confirm(question: string, command: string): Promise<void> {
+    if ((this.flags as { yes?: boolean }).yes === true) return;
+    if (process.stdin.isTTY !== true) {
+      throw new BerthError('VALIDATION', `${question.replace(/\?$/, '')}: this asks for confirmation, and there is no terminal to ask on`, {
+        hint: `confirm with --yes: \`${command} --yes\``,
+      });
+    }
+    const prompt = createInterface({ input: process.stdin, output: process.stderr });
+    let answer: string;
+    try {
+      answer = await prompt.question(`${question} [y/N] `);
+    } finally {
+      prompt.close();
+    }
+    if (!['y', 'yes'].includes(answer.trim().toLowerCase())) {
+      throw new BerthError('CANCELLED', 'not confirmed: nothing was changed', { hint: `run it again and answer y, or add --yes: \`${command} --yes\`` });
+    }
+  }
+
+  /**
+   * The local berth. Its log goes to `<data dir>/logs/berth.log`, so that a failed command shows the
+   * user its error and hint, not the log lines behind them; `--verbose` or BERTH_LOG_LEVEL put the
+   * log on stderr instead.
+   */
+  private async openLocalBerth(): Promise<BerthService> {
+    const runtime = await import('@berth/runtime');
+    const options = this.openBerthOptions();
+    if (this.flags.verbose && process.env[LOG_LEVEL_ENV] === undefined) process.env[LOG_LEVEL_ENV] = 'debug';
+    const toStderr = this.flags.verbose || process.env[LOG_LEVEL_ENV] !== undefined;
+    const dataDir = options.dataDir ?? runtime.defaultDataDir();
+    return runtime.openBerth({ ...options, ...(toStderr ? {} : { logFile: join(dataDir, 'logs', 'berth.log') }) });
   }
 
   /** Run `work` under a spinner on stderr, only when a person watches (TTY, no --json). */
@@ -120,13 +188,25 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
   protected override async catch(error: Error): Promise<void> {
     // oclif's own exit (from this.exit) already carries its code and prints nothing.
     if ((error as { code?: unknown }).code === 'EEXIT') throw error;
-    const report = reportError(error, { commandId: this.id, debug: debugEnabled() });
-    if (this.jsonEnabled()) {
-      ux.stdout(JSON.stringify(errorJson(report), null, 2));
-    } else {
-      ux.stderr(errorLines(report).join('\n'));
-    }
-    process.exitCode = report.exitCode;
+    const failure = failureOutput(error, {
+      json: this.jsonEnabled(),
+      ...(this.id === undefined ? {} : { commandId: this.id }),
+      debug: debugEnabled(),
+      ...(this.firstExample() === undefined ? {} : { example: this.firstExample() }),
+    });
+    if (failure.stdout !== undefined) ux.stdout(failure.stdout);
+    if (failure.stderr !== undefined) ux.stderr(failure.stderr);
+    process.exitCode = failure.exitCode;
+  }
+
+  // The command's first example, as the user would type it (for the hint of a usage error).
+  private firstExample(): string | undefined {
+    const example = (this.ctor.examples ?? [])[0];
+    const text = typeof example === 'string' ? example : example?.command;
+    return text
+      ?.replaceAll('<%= config.bin %>', this.config.bin)
+      .replaceAll('<%= command.id %>', (this.id ?? '').replaceAll(':', ' '))
+      .replace(/\s+#.*$/, '');
   }
 
   protected override async finally(error: Error | undefined): Promise<void> {

@@ -23,8 +23,21 @@ describe('reportError', () => {
       parse: {},
     });
     const report = reportError(error, { commandId: 'volume:list' });
-    expect(report).toMatchObject({ code: 'VALIDATION', message: 'Nonexistent flag: --colour', exitCode: EXIT_CODES.VALIDATION });
+    expect(report).toMatchObject({ code: 'VALIDATION', message: 'unknown flag --colour', exitCode: EXIT_CODES.VALIDATION });
     expect(report.hint).toBe('see `berth volume list --help`');
+  });
+
+  it("words oclif's missing flags and arguments as berth does, with the command's example as the hint", () => {
+    const flag = Object.assign(new Error('The following error occurred:\n  \u001B[2mMissing required flag name\u001B[22m\nSee more help with --help'), { oclif: { exit: 2 }, parse: {} });
+    const report = reportError(flag, { commandId: 'volume:create', example: 'berth volume create --size 1GiB --name data1' });
+    expect(report.message).toBe('missing required flag --name');
+    expect(report.hint).toBe('for example `berth volume create --size 1GiB --name data1`; more in `berth volume create --help`');
+    const arg = Object.assign(new Error('Missing 1 required arg:\nvolume  Volume name or id\nSee more help with --help'), {
+      oclif: { exit: 2 },
+      parse: {},
+      args: [{ name: 'volume', description: 'Volume name or id' }],
+    });
+    expect(reportError(arg).message).toBe('missing argument VOLUME (Volume name or id)');
   });
 
   it('turns anything else into a short unexpected error with exit 1 and no stack', () => {

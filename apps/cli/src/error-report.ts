@@ -1,4 +1,4 @@
-import { BerthError, EXIT_CODES } from '@berth/core';
+import { BerthError, EXIT_CODES } from '@berth/core/errors';
 
 /** Exit code of an error berth did not expect (a bug, or a failure outside its error model). */
 export const UNEXPECTED_EXIT_CODE = 1;
@@ -34,8 +34,31 @@ function isOclifUsageError(error: unknown): error is Error & OclifErrorShape {
   return shape.parse !== undefined || shape.oclif?.exit === 2;
 }
 
-/** Turn anything a command threw into what the user sees; `debug` adds the stack. */
-export function reportError(error: unknown, options: { commandId?: string; debug?: boolean } = {}): ErrorReport {
+/** oclif's parse errors, reworded as berth words its own errors: lower case, one line, flags with `--`. */
+function usageMessage(error: Error & OclifErrorShape): string {
+  const args = (error as { args?: Array<{ name?: string; description?: string }> }).args;
+  if (error.message.startsWith('Missing ') && Array.isArray(args) && args.length > 0) {
+    return args.map((arg) => `missing argument ${(arg.name ?? '').toUpperCase()}${arg.description === undefined ? '' : ` (${arg.description})`}`).join('; ');
+  }
+  const lines = plain(error.message)
+    .split('\n')
+    .map((line) => line.trim())
+    .filter((line) => line.length > 0 && !line.startsWith('See more help with') && !/^The following errors? occurred:?$/.test(line));
+  const reworded = lines.map((line) =>
+    line
+      .replace(/^Missing required flag (\S+)$/, 'missing required flag --$1')
+      .replace(/^Nonexistent flags?: /, 'unknown flag ')
+      .replace(/^Unexpected arguments?: /, 'unexpected argument ')
+      .replace(/^[A-Z](?=[a-z])/, (first) => first.toLowerCase()),
+  );
+  return reworded.join('; ') || 'the command line is not valid';
+}
+
+/**
+ * Turn anything a command threw into what the user sees; `debug` adds the stack, `example` (the
+ * command's first example) goes into the hint of a usage error.
+ */
+export function reportError(error: unknown, options: { commandId?: string; debug?: boolean; example?: string } = {}): ErrorReport {
   let report: ErrorReport;
   if (BerthError.is(error)) {
     report = {
@@ -45,15 +68,12 @@ export function reportError(error: unknown, options: { commandId?: string; debug
       exitCode: EXIT_CODES[error.code] ?? UNEXPECTED_EXIT_CODE,
     };
   } else if (isOclifUsageError(error)) {
-    const lines = plain(error.message)
-      .split('\n')
-      .map((line) => line.trim())
-      .filter((line) => line.length > 0 && !line.startsWith('See more help with'));
     const command = options.commandId === undefined ? '' : ` ${options.commandId.replaceAll(':', ' ')}`;
+    const help = `\`berth${command} --help\``;
     report = {
       code: 'VALIDATION',
-      message: lines.join(' '),
-      hint: `see \`berth${command} --help\``,
+      message: usageMessage(error),
+      hint: options.example === undefined ? `see ${help}` : `for example \`${options.example}\`; more in ${help}`,
       exitCode: EXIT_CODES.VALIDATION,
     };
   } else {
@@ -86,4 +106,12 @@ export function errorLines(report: ErrorReport): string[] {
   if (report.hint !== undefined) lines.push(`Hint: ${report.hint}`);
   if (report.stack !== undefined) lines.push(report.stack);
   return lines;
+}
+
+/** What a failure prints (on stdout with `--json`, else on stderr) and the exit code it ends with. */
+export function failureOutput(error: unknown, options: { json: boolean; commandId?: string; debug?: boolean; example?: string }): { stdout?: string; stderr?: string; exitCode: number } {
+  const report = reportError(error, options);
+  return options.json
+    ? { stdout: JSON.stringify(errorJson(report), null, 2), exitCode: report.exitCode }
+    : { stderr: errorLines(report).join('\n'), exitCode: report.exitCode };
 }

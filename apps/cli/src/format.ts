@@ -1,5 +1,5 @@
 import type { Attachment, Host, Operation, OperationStep, Server, Volume } from '@berth/core';
-import { formatSize } from '@berth/runtime';
+import { formatSize } from '@berth/runtime/size';
 
 /** The order steps are printed in: the attach pipeline, then the detach mirror. */
 export const STEP_ORDER: readonly string[] = [

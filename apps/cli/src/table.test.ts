@@ -27,3 +27,29 @@ describe('renderFields', () => {
     expect(renderFields([['device', '/dev/loop3'], ['link', '/dev/berth/x']], '  ')).toBe('  device:  /dev/loop3\n  link:    /dev/berth/x');
   });
 });
+
+describe('renderTable widths', () => {
+  interface Row {
+    id: string;
+    detail: string;
+    extra: string;
+  }
+  const columns = [
+    { header: 'id', get: (r: Row) => r.id },
+    { header: 'detail', get: (r: Row) => r.detail, shrink: true },
+    { header: 'extra', get: (r: Row) => r.extra, wide: true },
+  ];
+  const rows: Row[] = [{ id: 'a'.repeat(36), detail: 'd'.repeat(120), extra: 'only when wide' }];
+
+  it('fits 100 columns by default: wide columns left out, shrinkable ones cut with …', () => {
+    const lines = renderTable(columns, rows).split('\n');
+    expect(Math.max(...lines.map((l) => l.length))).toBeLessThanOrEqual(100);
+    expect(lines[0]).toBe(`ID${' '.repeat(36)}DETAIL`);
+    expect(lines[1]).toBe(`${'a'.repeat(36)}  ${'d'.repeat(61)}…`);
+  });
+
+  it('shows every column, uncut, when wide', () => {
+    const lines = renderTable(columns, rows, { wide: true }).split('\n');
+    expect(lines[1]).toBe(`${'a'.repeat(36)}  ${'d'.repeat(120)}  only when wide`);
+  });
+});

@@ -1,5 +1,5 @@
 import { BerthError, MAX_VOLUME_BYTES, zId, zName } from '@berth/core';
-import { formatSize, parseSize } from '@berth/runtime';
+import { formatSize, parseSize } from '@berth/runtime/size';
 
 /** A volume size from a flag (`1GiB`, `512MiB`, `4096`), checked against what a volume may be. */
 export function volumeSize(text: string, flag = '--size'): number {

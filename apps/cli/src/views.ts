@@ -65,12 +65,12 @@ export function attachmentColumns(names: NameIndex): Array<Column<Attachment>> {
     { header: 'id', get: (a) => a.id },
     { header: 'volume', get: (a) => nameOf(names.volumes, a.volumeId) },
     { header: 'server', get: (a) => nameOf(names.servers, a.serverId) },
-    { header: 'host', get: (a) => nameOf(names.hosts, a.hostId) },
+    { header: 'host', get: (a) => nameOf(names.hosts, a.hostId), wide: true },
     { header: 'status', get: (a) => a.status },
-    { header: 'mode', get: (a) => a.mode },
-    { header: 'transport', get: (a) => a.transport ?? '-' },
-    { header: 'device', get: (a) => formatDevice(a) },
-    { header: 'timings', get: (a) => formatTimings(a.timings) },
+    { header: 'mode', get: (a) => a.mode, wide: true },
+    { header: 'transport', get: (a) => a.transport ?? '-', wide: true },
+    { header: 'device', get: (a) => formatDevice(a), shrink: true },
+    { header: 'timings', get: (a) => formatTimings(a.timings), wide: true },
   ];
 }
 
@@ -103,9 +103,9 @@ export function operationColumns(volumes: ReadonlyMap<string, Volume>): Array<Co
     { header: 'kind', get: (o) => o.kind },
     { header: 'state', get: (o) => o.state },
     { header: 'volume', get: (o) => nameOf(volumes, o.volumeId) },
-    { header: 'started', get: (o) => o.startedAt },
+    { header: 'started', get: (o) => o.startedAt, wide: true },
     { header: 'took', get: (o) => operationDuration(o) },
-    { header: 'error', get: (o) => formatErrorSummary(o.error) },
+    { header: 'error', get: (o) => formatErrorSummary(o.error), shrink: true },
   ];
 }
 
@@ -133,7 +133,7 @@ export const journalColumns: ReadonlyArray<Column<OperationStep>> = [
   { header: 'phase', get: (s) => s.phase },
   { header: 'state', get: (s) => s.state },
   { header: 'took', get: (s) => (s.durationMs === null ? '-' : formatMs(s.durationMs)) },
-  { header: 'error', get: (s) => formatErrorSummary(s.error) },
+  { header: 'error', get: (s) => formatErrorSummary(s.error), shrink: true },
 ];
 
 /** Columns of `berth doctor`. */
@@ -141,6 +141,7 @@ export const doctorColumns: ReadonlyArray<Column<DoctorEntry>> = [
   { header: 'kind', get: (e) => e.kind },
   { header: 'name', get: (e) => e.name },
   { header: 'ok', get: (e) => (e.result.ok ? 'yes' : 'no') },
-  { header: 'summary', get: (e) => e.result.summary },
-  { header: 'fix', get: (e) => e.result.fix ?? '-' },
+  { header: 'summary', get: (e) => e.result.summary, shrink: true },
+  // The fixes of what is not ok are printed in full under the table; the wide form has a column.
+  { header: 'fix', get: (e) => e.result.fix ?? '-', wide: true },
 ];

@@ -115,7 +115,10 @@ export class DriverCatalog {
       });
     }
     const context = this.context(registered);
-    const instance = guardTransport(registered.factory(context), registered.plugin, context.host);
+    const driver = registered.factory(context);
+    // Attachments record `driver.name` and detach looks the transport up by it: the two must agree.
+    assertNamed('transport', name, driver.name, registered.plugin);
+    const instance = guardTransport(driver, registered.plugin, context.host);
     this.transportInstances.set(name, instance);
     return instance;
   }
@@ -135,7 +138,9 @@ export class DriverCatalog {
         hint: `installed backends: ${this.backendNames().join(', ') || 'none'}`,
       });
     }
-    const instance = guardBackend(registered.factory(this.context(registered)), registered.plugin);
+    const made = registered.factory(this.context(registered));
+    assertNamed('backend', name, made.name, registered.plugin);
+    const instance = guardBackend(made, registered.plugin);
     this.backendInstances.set(name, instance);
     return instance;
   }
@@ -204,6 +209,14 @@ export class DriverCatalog {
   private assertFree(map: Map<string, unknown>, kind: string, name: string, plugin: string): void {
     if (map.has(name)) throw new Error(`${plugin} registers ${kind} ${name}, which another plugin already registered`);
   }
+}
+
+function assertNamed(kind: 'transport' | 'backend', registeredAs: string, named: string, plugin: string): void {
+  if (named === registeredAs) return;
+  throw new BerthError('PLUGIN_ERROR', `plugin ${plugin} registered ${kind} "${registeredAs}", but the ${kind} it builds is named "${named}"`, {
+    hint: `the name given to registry.${kind}() must equal the ${kind}'s \`name\`; fix the plugin, or ask its author to`,
+    details: { plugin, registeredAs, named },
+  });
 }
 
 function parsePluginOptions(plugin: BerthPlugin, raw: Record<string, unknown>): Record<string, unknown> {

@@ -48,7 +48,7 @@ describe('plugin loader', () => {
     const reasons = Object.fromEntries(failed.map((f) => [f.packageName, f.error]));
     expect(reasons.broken).toMatch(/broken at import/);
     expect(reasons['bad-export']).toMatch(/not a berth plugin descriptor/);
-    expect(reasons.future).toMatch(/plugin API 99/);
+    expect(reasons.future).toMatch(/written for berth plugin API 99, this berth speaks plugin API 1: upgrade berth/);
     expect(reasons.missing).toMatch(/not installed/);
   });
 

@@ -4,6 +4,7 @@ import { pathToFileURL } from 'node:url';
 import { z } from 'zod';
 import { BerthError } from './errors.js';
 import { PLUGIN_API_VERSION, type BerthPlugin } from './plugin.js';
+import { shareCoreWithPlugins } from './plugin-shared-core.js';
 
 /** Where to find one plugin package. */
 export interface PluginSource {
@@ -99,6 +100,8 @@ export async function loadPluginModule(source: PluginSource): Promise<LoadedPlug
   if (!entryPath.startsWith(dir + path.sep)) throw fail(`entry ${entry} points outside the package`);
   let mod: { default?: unknown };
   try {
+    // The plugin's `import '@berth/core'` must reach this berth's core, not a copy next to it.
+    shareCoreWithPlugins();
     mod = (await import(pathToFileURL(entryPath).href)) as { default?: unknown };
   } catch (error) {
     throw fail(`failed to load ${entry}: ${error instanceof Error ? error.message : String(error)}`, error);
@@ -108,7 +111,18 @@ export async function loadPluginModule(source: PluginSource): Promise<LoadedPlug
     throw fail(`its default export is not a berth plugin descriptor ({ name, apiVersion, register })`);
   }
   if (descriptor.data.apiVersion !== PLUGIN_API_VERSION) {
-    throw fail(`written for plugin API ${descriptor.data.apiVersion}, this berth speaks ${PLUGIN_API_VERSION}`);
+    const wanted = descriptor.data.apiVersion;
+    const release = `${source.packageName}${manifest.version === undefined ? '' : `@${manifest.version}`}`;
+    // The load failure is reported by its message alone (doctor, the CLI's warning), so the message
+    // carries the way out too.
+    const next =
+      wanted > PLUGIN_API_VERSION
+        ? `upgrade berth, or install a release of ${source.packageName} written for plugin API ${PLUGIN_API_VERSION}`
+        : `install a release of ${source.packageName} written for plugin API ${PLUGIN_API_VERSION}, or ask its author for one`;
+    throw new BerthError('PLUGIN_ERROR', `plugin ${release} was written for berth plugin API ${wanted}, this berth speaks plugin API ${PLUGIN_API_VERSION}: ${next}`, {
+      hint: next,
+      details: { plugin: source.packageName, apiVersion: wanted, berthApiVersion: PLUGIN_API_VERSION },
+    });
   }
   return {
     plugin: mod.default as BerthPlugin,

@@ -1,6 +1,5 @@
 import { performance } from 'node:perf_hooks';
 import { delimiter } from 'node:path';
-import { execa } from 'execa';
 import { CommandError } from './errors.js';
 import { formatCommand, redact } from './redact.js';
 import type { CommandResult, CommandRunner, RunOptions } from './types.js';
@@ -24,6 +23,14 @@ export interface CommandRunnerOptions {
 
 /** The default timeout of a command, in ms. */
 export const DEFAULT_COMMAND_TIMEOUT_MS = 30_000;
+
+// execa and its ~130 modules load with the first command, not with the package: a CLI command that
+// runs nothing on the host (`berth volume list`) starts without them.
+let execaModule: Promise<typeof import('execa')> | undefined;
+function loadExeca(): Promise<typeof import('execa')> {
+  execaModule ??= import('execa');
+  return execaModule;
+}
 
 // After SIGTERM, a command that ignores it gets SIGKILL this much later.
 const FORCE_KILL_AFTER_MS = 2_000;
@@ -72,6 +79,7 @@ export function createCommandRunner(options: CommandRunnerOptions = {}): Command
         return finish(result, reject, new CommandError(result, { cause: signal.reason }));
       }
 
+      const { execa } = await loadExeca();
       const started = performance.now();
       const outcome = await execa(file, [...args], {
         timeout: runOptions.timeoutMs ?? defaultTimeoutMs,

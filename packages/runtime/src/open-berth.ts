@@ -46,6 +46,8 @@ export interface OpenBerthOptions {
   env?: NodeJS.ProcessEnv;
   /** Use this logger instead of the JSON-on-stderr default. */
   logger?: Logger;
+  /** Append the log's JSON lines to this file instead of stderr (the CLI: `<data dir>/logs/berth.log`). */
+  logFile?: string;
   /** Use these host services instead of the real machine's (tests and the simulated host). */
   host?: HostServices;
   /**
@@ -122,7 +124,7 @@ export async function openBerth(options: OpenBerthOptions = {}): Promise<BerthSe
   const env = options.env ?? process.env;
   const { config, simulate } = await loadConfigs(options);
   await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
-  const logger = options.logger ?? createLogger(config.logLevel);
+  const logger = options.logger ?? createLogger(config.logLevel, options.logFile);
   const host =
     options.host ??
     createHostServices({

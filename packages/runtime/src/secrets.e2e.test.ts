@@ -130,7 +130,7 @@ describe('secrets', () => {
         ['attachment', 'list', '--json'],
         ['operation', 'list', '--json'],
         ['reconcile', '--dry-run'],
-        ['reconcile', '--json'],
+        ['reconcile', '--yes', '--json'],
         ['detach', 'secret', '--json'],
         ['attach', 'secret'],
         ['detach', 'secret'],

@@ -1,5 +1,5 @@
 import type { DoctorEntry, PluginReport } from '@berth/core';
-import { BaseCommand } from '../base-command.js';
+import { BaseCommand, outputFlag } from '../base-command.js';
 import { renderTable } from '../table.js';
 import { doctorColumns } from '../views.js';
 
@@ -17,14 +17,23 @@ export default class Doctor extends BaseCommand<typeof Doctor> {
     'for what does not, why and how to fix it. Exits 0 even when something is unavailable; read the',
     '`ok` column (or `entries[].result.ok` in --json).',
   ].join('\n');
-  static override examples = ['<%= config.bin %> <%= command.id %>', '<%= config.bin %> <%= command.id %> --json'];
+  static override examples = ['<%= config.bin %> <%= command.id %>', '<%= config.bin %> <%= command.id %> -o wide', '<%= config.bin %> <%= command.id %> --json'];
   static override reportsPlugins = true;
+
+  static override flags = { output: outputFlag };
 
   async run(): Promise<DoctorReport> {
     const berth = await this.berth();
     const entries = await berth.doctor();
     const plugins = berth.plugins();
-    this.log(renderTable(doctorColumns, entries));
+    const wide = this.flags.output === 'wide';
+    this.log(renderTable(doctorColumns, entries, { wide }));
+    const fixes = entries.filter((e) => !e.result.ok && e.result.fix !== undefined);
+    if (!wide && fixes.length > 0) {
+      this.log('');
+      this.log('To fix:');
+      for (const entry of fixes) this.log(`  ${entry.kind} ${entry.name}: ${entry.result.fix ?? ''}`);
+    }
     if (plugins.loaded.length > 0 || plugins.failed.length > 0) {
       this.log('');
       this.log('Plugins:');

@@ -1,13 +1,13 @@
 import { Flags } from '@oclif/core';
 import { BerthError, EXIT_CODES, ERROR_CODES, type BerthErrorCode, type ReconcileDifference, type ReconcileReport } from '@berth/core';
-import { BaseCommand } from '../base-command.js';
+import { BaseCommand, outputFlag, yesFlag } from '../base-command.js';
 import { renderTable, type Column } from '../table.js';
 
 /** Columns of `berth reconcile`: what differs, where, the fix, and what became of it. */
 const differenceColumns: ReadonlyArray<Column<ReconcileDifference>> = [
   { header: 'difference', get: (d) => d.kind.replaceAll('_', ' ') },
-  { header: 'resource', get: (d) => d.resource },
-  { header: 'fix', get: (d) => d.fixDetail },
+  { header: 'resource', get: (d) => d.resource, shrink: true },
+  { header: 'fix', get: (d) => d.fixDetail, shrink: true },
   { header: 'result', get: (d) => (d.result === null ? d.state : `${d.state}: ${d.result}`) },
 ];
 
@@ -25,21 +25,27 @@ export default class Reconcile extends BaseCommand<typeof Reconcile> {
     'volume whose status disagrees with its attachments is recomputed. Devices and exports berth did not',
     'make are never touched. Volumes with a running operation are skipped. Exits with the error\'s code',
     'when a fix failed. With --api it runs on the API server\'s host, whose devices it compares (an admin',
-    'token: it covers every project).',
+    'token: it covers every project). Without --dry-run it asks first on a terminal; without one (scripts, CI)',
+    'it needs --yes.',
   ].join(' ');
   static override examples = [
     '<%= config.bin %> <%= command.id %> --dry-run',
     '<%= config.bin %> <%= command.id %>',
-    '<%= config.bin %> <%= command.id %> --json',
+    '<%= config.bin %> <%= command.id %> --yes --json',
     '<%= config.bin %> <%= command.id %> --dry-run --api http://127.0.0.1:8776',
   ];
 
   static override flags = {
     'dry-run': Flags.boolean({ description: 'List the differences and their fixes; change nothing', default: false }),
+    yes: yesFlag,
+    output: outputFlag,
   };
 
   async run(): Promise<ReconcileReport> {
     const dryRun = this.flags['dry-run'];
+    if (!dryRun) {
+      await this.confirm('Apply every fix reconcile finds (see them first with `berth reconcile --dry-run`)?', 'berth reconcile');
+    }
     const berth = await this.berth();
     if (!berth.reconcile) {
       throw new BerthError('UNPROCESSABLE', 'this berth cannot reconcile: it compares the devices of the host it runs on', {
@@ -52,7 +58,7 @@ export default class Reconcile extends BaseCommand<typeof Reconcile> {
     if (report.differences.length === 0) {
       this.log('No differences: the database, the backends\' exports and this host agree.');
     } else {
-      this.log(renderTable(differenceColumns, report.differences));
+      this.log(renderTable(differenceColumns, report.differences, { wide: this.flags.output === 'wide' }));
     }
     for (const item of report.unchecked) this.log(`Not checked: ${item.kind} ${item.name} (${item.reason})`);
     const { found, applied, failed, skipped } = report.counts;

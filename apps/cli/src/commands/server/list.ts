@@ -6,6 +6,7 @@ import { serverColumns } from '../../views.js';
 /** `berth server list`: every server and its host. */
 export default class ServerList extends BaseCommand<typeof ServerList> {
   static override summary = 'List servers';
+  static override aliases = ['server:ls'];
   static override description = 'List servers and the hosts they run on.';
   static override examples = ['<%= config.bin %> <%= command.id %>', '<%= config.bin %> <%= command.id %> --json'];
 

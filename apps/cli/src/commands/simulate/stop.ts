@@ -1,4 +1,3 @@
-import { loadConfigs, stopSimulatedHost } from '@berth/runtime';
 import { BaseCommand } from '../../base-command.js';
 
 /** Stop the simulated host that `--simulate` started (its sessions logged out, its disks closed). */
@@ -10,6 +9,7 @@ export default class SimulateStop extends BaseCommand<typeof SimulateStop> {
 
   async run(): Promise<{ stopped: boolean; root: string }> {
     // The config's `simulate` section says where the simulated host lives.
+    const { loadConfigs, stopSimulatedHost } = await import('@berth/runtime');
     const { config, simulate } = await loadConfigs(this.openBerthOptions());
     const { root } = simulate;
     await stopSimulatedHost(config.dataDir, simulate);

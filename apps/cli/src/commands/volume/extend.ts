@@ -1,6 +1,8 @@
 import { Args, Flags } from '@oclif/core';
 import type { Volume } from '@berth/core';
+import { BerthError } from '@berth/core/errors';
 import { BaseCommand } from '../../base-command.js';
+import { formatSize } from '@berth/runtime/size';
 import { formatVolumeSize } from '../../format.js';
 import { resourceRef, volumeSize } from '../../validate.js';
 
@@ -22,8 +24,22 @@ export default class VolumeExtend extends BaseCommand<typeof VolumeExtend> {
     const ref = resourceRef(this.args.volume, 'volume');
     const sizeBytes = volumeSize(this.flags.size);
     const berth = await this.berth();
-    const volume = await this.withSpinner(`Extending volume ${ref}`, () => berth.extendVolume(ref, sizeBytes));
+    // Checked here too so the error speaks in the sizes the user typed, not in bytes.
+    const current = await berth.getVolume(ref);
+    if (sizeBytes <= current.sizeBytes) {
+      throw new BerthError('VALIDATION', `volume ${current.name} is already ${formatVolumeSize(current)}; --size ${this.flags.size} (${formatSize(sizeBytes)}) does not grow it`, {
+        hint: `give a size larger than ${formatVolumeSize(current)}, such as --size ${formatSize(nextSize(current.sizeBytes)).replace(' ', '')}; volumes never shrink`,
+        details: { sizeBytes: current.sizeBytes, requested: sizeBytes },
+      });
+    }
+    const volume = await this.withSpinner(`Extending volume ${current.name}`, () => berth.extendVolume(current.id, sizeBytes));
     this.log(`Volume ${volume.name} is now ${formatVolumeSize(volume)} (${volume.sizeBytes} bytes)`);
     return volume;
   }
+}
+
+// A round size above `bytes` for the hint: the next whole GiB (or MiB below 1 GiB).
+function nextSize(bytes: number): number {
+  const unit = bytes >= 1024 ** 3 ? 1024 ** 3 : 1024 ** 2;
+  return (Math.floor(bytes / unit) + 1) * unit;
 }

@@ -8,6 +8,7 @@ import { volumeColumns } from '../../views.js';
 /** `berth volume list`: every volume with its size and status. */
 export default class VolumeList extends BaseCommand<typeof VolumeList> {
   static override summary = 'List volumes';
+  static override aliases = ['volume:ls'];
   static override description = 'List volumes with their size, status and backend.';
   static override examples = [
     '<%= config.bin %> <%= command.id %>',
