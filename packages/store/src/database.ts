@@ -101,6 +101,26 @@ export interface OperationStepsTable {
   data: NullableJsonColumn;
 }
 
+/** Table `host_devices`: berth's ledger of the devices it connected, keyed by (host_id, volume_id). */
+export interface HostDevicesTable {
+  host_id: string;
+  volume_id: string;
+  transport: string;
+  connection_info: JsonColumn;
+  device: JsonColumn;
+  operation_id: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+/** Table `locks`: named leases, one row per held key. */
+export interface LocksTable {
+  key: string;
+  owner: string;
+  acquired_at: string;
+  expires_at: string;
+}
+
 /** The whole schema as Kysely sees it: snake_case columns, one interface per table. */
 export interface Database {
   volumes: VolumesTable;
@@ -109,4 +129,6 @@ export interface Database {
   attachments: AttachmentsTable;
   operations: OperationsTable;
   operation_steps: OperationStepsTable;
+  host_devices: HostDevicesTable;
+  locks: LocksTable;
 }

@@ -1,5 +1,6 @@
-export { openSqliteStore, DEFAULT_BUSY_TIMEOUT_MS } from './open-sqlite-store.js';
-export type { SqliteStoreOptions } from './open-sqlite-store.js';
+export { openSqliteStore, openSqliteStoreForUse, openSqliteStoreReadOnly, DEFAULT_BUSY_TIMEOUT_MS } from './open-sqlite-store.js';
+export type { SqliteStoreOptions, OpenedSqliteStore } from './open-sqlite-store.js';
+export { environmentError, isEnvironmentError, isDiskFull, isReadOnly, isSqliteBusy, DISK_FULL, READ_ONLY } from './sqlite-errors.js';
 export { createKyselyStore } from './kysely-store.js';
 export type { KyselyStoreOptions } from './kysely-store.js';
 export { createMigrations, createMigrationProvider } from './migrations.js';

@@ -7,7 +7,9 @@ import { createMonotonicClock } from './clock.js';
 import type { Database } from './database.js';
 import type { RepositoryContext } from './repository-context.js';
 import { createAttachmentRepository } from './repositories/attachment-repository.js';
+import { createHostDeviceRepository } from './repositories/host-device-repository.js';
 import { createHostRepository } from './repositories/host-repository.js';
+import { createLockRepository } from './repositories/lock-repository.js';
 import { createOperationRepository } from './repositories/operation-repository.js';
 import { createServerRepository } from './repositories/server-repository.js';
 import { createVolumeRepository } from './repositories/volume-repository.js';
@@ -38,12 +40,16 @@ export function createKyselyStore(db: Kysely<Database>, options: KyselyStoreOpti
   const now = createMonotonicClock();
   let closed = false;
 
-  const repositories = (ctx: RepositoryContext): Pick<Store, 'volumes' | 'hosts' | 'servers' | 'attachments' | 'operations'> => ({
+  const repositories = (
+    ctx: RepositoryContext,
+  ): Pick<Store, 'volumes' | 'hosts' | 'servers' | 'attachments' | 'operations' | 'devices' | 'locks'> => ({
     volumes: createVolumeRepository(ctx),
     hosts: createHostRepository(ctx),
     servers: createServerRepository(ctx),
     attachments: createAttachmentRepository(ctx),
     operations: createOperationRepository(ctx),
+    devices: createHostDeviceRepository(ctx),
+    locks: createLockRepository(ctx),
   });
 
   const boundStore = (scope: TransactionScope): Store => ({

@@ -68,7 +68,7 @@ describe('openSqliteStore', () => {
     expect(await third.volumes.findByName('p', 'data1')).toEqual(created);
     const raw = new BetterSqlite3(filename, { readonly: true });
     try {
-      expect(raw.prepare('select name from kysely_migration').all()).toEqual([{ name: '0001-initial' }]);
+      expect(raw.prepare('select name from kysely_migration').all()).toEqual([{ name: '0001-initial' }, { name: '0002-host-devices-and-locks' }]);
     } finally {
       raw.close();
     }

@@ -1,7 +1,7 @@
 import { BerthError } from '@berth/core';
 
 /** The resources the store keeps, as named in messages. */
-export type ResourceKind = 'volume' | 'host' | 'server' | 'attachment' | 'operation';
+export type ResourceKind = 'volume' | 'host' | 'server' | 'attachment' | 'operation' | 'device';
 
 const NOT_FOUND_HINTS: Record<ResourceKind, string> = {
   volume: 'check the volume id; `berth volume list` shows the volumes of your project',
@@ -9,6 +9,7 @@ const NOT_FOUND_HINTS: Record<ResourceKind, string> = {
   server: 'check the server id; `berth server list` shows the servers of your project',
   attachment: 'check the attachment id; `berth attachment list` shows the attachments',
   operation: 'check the operation id printed by the command that started it',
+  device: 'berth keeps a record of each device it connected; `berth reconcile` lists them',
 };
 
 /** NOT_FOUND for a missing row. */
