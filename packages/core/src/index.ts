@@ -23,6 +23,7 @@ export { attachSteps, type AttachOptions } from './pipeline/attach.js';
 export { detachSteps, detachableFrom, markDetachFailed } from './pipeline/detach.js';
 export { BerthServiceImpl } from './berth-service.js';
 export * from './faults.js';
+export * from './device-identity.js';
 export { recoverOperation, ownerAlive, type RecoveryOutcome, type RecoveryDeps } from './pipeline/recovery.js';
 export {
   DIFFERENCE_KINDS,
