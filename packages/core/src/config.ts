@@ -37,7 +37,14 @@ export const zConfig = z.strictObject({
     .default({ multipath: false, enforce_multipath: false }),
   /** Where the state lives. */
   store: z
-    .discriminatedUnion('kind', [z.strictObject({ kind: z.literal('sqlite'), filename: z.string().optional() })])
+    .discriminatedUnion('kind', [
+      z.strictObject({
+        kind: z.literal('sqlite'),
+        filename: z.string().optional(),
+        /** How long a write waits for another process's lock before it is retried (then TIMEOUT). */
+        busyTimeoutMs: z.number().int().nonnegative().max(600_000).optional(),
+      }),
+    ])
     .default({ kind: 'sqlite' }),
   /** Extra plugin packages (the built-in ones are always loaded). */
   plugins: z.array(zPluginEntry).default([]),

@@ -69,6 +69,8 @@ export interface OperationOutcome {
   volume: Volume;
   /** The attachment (for a detach: as it was before it was deleted). */
   attachment: Attachment | undefined;
+  /** What went wrong without stopping it (a journal write that the next command has to finish). */
+  warnings?: string[];
 }
 
 /** A running operation and a promise of its outcome. */

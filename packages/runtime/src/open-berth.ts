@@ -24,7 +24,7 @@ import driverIscsi from '@berth/driver-iscsi';
 import driverIscsiMultipath from '@berth/driver-iscsi-multipath';
 import driverLoop from '@berth/driver-loop';
 import { createHostServices, hostFacts, type HostServices } from '@berth/host';
-import { openSqliteStore } from '@berth/store';
+import { isEnvironmentError, openSqliteStoreForUse } from '@berth/store';
 import { defaultDataDir } from './data-dir.js';
 import { createLogger } from './logger.js';
 import { SIMULATED_PLUGINS, simulatedHostServices } from './simulate.js';
@@ -112,7 +112,13 @@ export async function openBerth(options: OpenBerthOptions = {}): Promise<BerthSe
       logger: logger.child({ component: 'host' }),
     });
 
-  const store = await openSqliteStore({ filename: config.store.filename ?? path.join(config.dataDir, 'berth.db') });
+  // A full disk or a read-only data dir still lets people look (`volume list`, `show`,
+  // `attachment list`): the store then opens read-only, and every write says why it cannot.
+  const { store, readOnly } = await openSqliteStoreForUse({
+    filename: config.store.filename ?? path.join(config.dataDir, 'berth.db'),
+    ...(config.store.busyTimeoutMs === undefined ? {} : { busyTimeoutMs: config.store.busyTimeoutMs }),
+  });
+  if (readOnly) logger.warn({ reason: readOnly.details.reason, err: readOnly.message }, 'the berth database is open read-only');
 
   const simulate = options.simulate ?? ['1', 'true', 'yes'].includes(env.BERTH_SIMULATE ?? '');
   const hostOverrides: Record<string, HostServices> = {};
@@ -153,6 +159,15 @@ export async function openBerth(options: OpenBerthOptions = {}): Promise<BerthSe
   const service = container.resolve<BerthService>(TOKENS.Service);
   // Nothing stays in a transitional state: whatever a dead process left half done is resumed or
   // rolled back before this one does anything else.
-  if (options.recover ?? true) await service.recover?.();
+  if ((options.recover ?? true) && readOnly === undefined) {
+    try {
+      await service.recover?.();
+    } catch (error) {
+      // Recovery writes; on a disk that filled up it cannot. What it left stays `running` and the
+      // next command that can write finishes it: this one can still read.
+      if (!isEnvironmentError(error)) throw error;
+      logger.warn({ reason: error.details.reason, err: error.message }, 'could not recover interrupted operations now');
+    }
+  }
   return service;
 }

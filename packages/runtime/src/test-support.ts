@@ -40,6 +40,8 @@ export async function createTestBerth(): Promise<TestBerth> {
       for (const service of opened) {
         try {
           for (const v of await service.listVolumes()) volumeIds.push(v.id);
+          // Each attachment has its own link too.
+          for (const a of await service.listAttachments()) volumeIds.push(a.id);
         } catch {
           // closed already
         }
