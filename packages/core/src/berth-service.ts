@@ -27,6 +27,7 @@ import type {
   BerthService,
   CreateServerRequest,
   CreateVolumeRequest,
+  CreatedVolumeResult,
   DetachRequest,
   DoctorEntry,
   OperationOutcome,
@@ -96,7 +97,7 @@ export class BerthServiceImpl implements BerthService {
 
   // ---- volumes -------------------------------------------------------------------------------
 
-  async createVolume(request: CreateVolumeRequest): Promise<Volume> {
+  async createVolume(request: CreateVolumeRequest): Promise<CreatedVolumeResult> {
     const req = parseWith(zCreateVolumeRequest, request, 'volume');
     const backendName = req.backend ?? this.config.defaultBackend;
     const backend = this.catalog.backend(backendName);
@@ -111,9 +112,10 @@ export class BerthServiceImpl implements BerthService {
     const deadline = createDeadline(this.config.operationTimeoutMs);
     try {
       const created = await backend.create(backendVolume(volume), deadline.signal);
-      return await this.store.volumes.transition(volume.id, ['creating'], 'available', {
+      const available = await this.store.volumes.transition(volume.id, ['creating'], 'available', {
         providerLocation: created.providerLocation,
       });
+      return created.warnings && created.warnings.length > 0 ? { ...available, warnings: created.warnings } : available;
     } catch (error) {
       // Nothing was made that a user can use: remove the row (and whatever the backend made) so
       // the name is free for a retry, instead of leaving a volume in `error` to clean up by hand.

@@ -3,13 +3,12 @@ import { closeSync, fsyncSync, mkdirSync, openSync, readSync, symlinkSync, write
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { BerthError, type BerthService } from '@berth/core';
+import { silentLogger, type BerthService } from '@berth/core';
 import { createHostServices } from '@berth/host';
 import { openSqliteStore } from '@berth/store';
-import { createTestBerth, linkTarget, loopDevicesUnder, type TestBerth } from './test-support.js';
+import { createTestBerth, linkTarget, loopDevicesUnder, rejection, type TestBerth } from './test-support.js';
 import { loopsBacking } from './test-host-state.js';
 import { openBerth } from './open-berth.js';
-import { silentLogger } from '@berth/core';
 
 // Issue 9's findings 1, 2, 3, 5 and 6, each made to happen for real (real loop devices, a real
 // process holding a device open, another process holding the database's write lock) and shown to
@@ -72,14 +71,6 @@ async function lockHolder(dataDir: string, holdMs: number): Promise<{ take(): Pr
   };
 }
 
-async function rejection(promise: Promise<unknown>): Promise<BerthError> {
-  const outcome = await promise.then(
-    () => undefined,
-    (error: unknown) => error,
-  );
-  if (!BerthError.is(outcome)) throw new Error(`expected a BerthError, got ${String(outcome)}`);
-  return outcome;
-}
 
 function write(device: string, bytes: Buffer, offset: number): void {
   const fd = openSync(device, 'r+');
