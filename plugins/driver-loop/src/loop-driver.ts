@@ -51,6 +51,11 @@ export const zLoopDriverOptions = z.object({
   deviceTimeoutMs: z.number().int().positive().default(10_000),
   /** Timeout of one losetup/blockdev run. */
   commandTimeoutMs: z.number().int().positive().default(15_000),
+  /**
+   * How long a process holding the device may take to close it before a disconnect refuses: udev's
+   * probe and another losetup's search for a free device open loop devices for a moment.
+   */
+  holderGraceMs: z.number().int().nonnegative().default(3_000),
 });
 
 /** Parsed options of the `loop` transport. */
@@ -176,6 +181,29 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
       }),
     );
     return `process ${named.join(', ')}${pids.length > 5 ? ` and ${pids.length - 5} more` : ''} has it open`;
+  }
+
+  /**
+   * What still holds `device` after the holder grace (`undefined` once nothing does): a holder
+   * that closes within the grace was a passer-by, not a user of the device.
+   */
+  async function lastingHolderOf(device: LoopDevice, signal?: AbortSignal): Promise<string | undefined> {
+    let holder = await holdersOf(device, signal);
+    if (holder === undefined || options.holderGraceMs === 0) return holder;
+    try {
+      await waiter.waitUntil(
+        `${SYS_BLOCK}/${loopName(device.name)}`,
+        async () => {
+          holder = await holdersOf(device, signal);
+          return holder === undefined ? true : undefined;
+        },
+        { timeoutMs: options.holderGraceMs, pollMs: 100, what: `${device.name} to be closed`, ...(signal ? { signal } : {}) },
+      );
+      return undefined;
+    } catch (error) {
+      if (error instanceof WaitTimeoutError) return holder;
+      throw toLoopError(error, 'losetup', `checking what holds ${device.name}`);
+    }
   }
 
   async function waitForNode(device: string, signal: AbortSignal): Promise<void> {
@@ -398,7 +426,7 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
         }
         for (const d of chosen) {
           if (!opts.force && !d.autoclear) {
-            const holder = await holdersOf(d, opts.signal);
+            const holder = await lastingHolderOf(d, opts.signal);
             if (holder) {
               throw new BerthError('CONFLICT', `${d.name} is busy: ${holder}; not detaching it`, {
                 hint: `close what holds ${d.name} (fuser -v ${d.name}, lsof ${d.name}), then detach again; it stays attached and usable meanwhile`,
