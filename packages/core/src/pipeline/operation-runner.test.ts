@@ -129,3 +129,32 @@ describe('OperationRunner and a point-of-no-return step that fails', () => {
     expect(log).toEqual(['do reserve', 'do connect', 'do disconnect']);
   });
 });
+
+describe('OperationRunner and a deadline that passes while a driver runs a command', () => {
+  it('reports the deadline (TIMEOUT), not the CANCELLED of the command the signal cut short, and undoes what ran', async () => {
+    const log: string[] = [];
+    const controller = new AbortController();
+    const stepList: Array<Step<unknown>> = [
+      { name: 'reserve', async run() { log.push('do reserve'); }, async undo() { log.push('undo reserve'); } },
+      {
+        name: 'connect',
+        async run() {
+          controller.abort(new BerthError('TIMEOUT', 'the operation passed its deadline of 200 ms'));
+          // What the loop transport says when the runner killed its losetup on that signal.
+          throw new BerthError('CANCELLED', 'attaching /v.img: cancelled');
+        },
+        async undo() { log.push('undo connect'); },
+      },
+    ];
+    const outcome = await new OperationRunner(journalStore({ rows: [] })).run(stepList, {}, {
+      operationId: 'op',
+      signal: controller.signal,
+      undoTimeoutMs: 1_000,
+      logger: silentLogger,
+    });
+    expect(outcome.ok).toBe(false);
+    expect(!outcome.ok && outcome.error.code).toBe('TIMEOUT');
+    expect(!outcome.ok && outcome.rolledBack).toBe(true);
+    expect(log).toEqual(['do reserve', 'undo connect', 'undo reserve']);
+  });
+});

@@ -107,7 +107,10 @@ export class OperationRunner {
         await options.faults?.hit(`${point}.after`);
         timings[step.name] = round(performance.now() - started);
       } catch (raw) {
-        const error = toBerthError(signal.aborted && !BerthError.is(raw) ? signal.reason : raw);
+        // A driver whose command our signal cut short reports it as CANCELLED; the signal knows why
+        // (the deadline passed, or the caller cancelled), and that is what the user must hear.
+        const cutShort = signal.aborted && (!BerthError.is(raw) || raw.code === 'CANCELLED');
+        const error = toBerthError(cutShort ? signal.reason : raw);
         timings[step.name] = round(performance.now() - started);
         await journal(`journal ${step.name}`, () => this.store.operations.endStep(operationId, seq, { state: 'failed', error: summarize(error) })).catch(
           (journalError: unknown) => journalErrors.push(toBerthError(journalError)),
