@@ -63,7 +63,9 @@ describe.skipIf(!isRoot)('berth CLI end to end (real loop devices)', { timeout: 
     expect(device).toMatch(/^\/dev\/loop\d+$/);
     expect(existsSync(device)).toBe(true);
     expect(await loopDevicesBacking(volumeFile)).toEqual([device]);
-    expect(attachment.publishedPath).toBe(`/dev/berth/${volume.id}`);
+    // Its own link, and the volume's (both lead to the one device of the volume on this host).
+    expect(attachment.publishedPath).toBe(`/dev/berth/${attachment.id}`);
+    expect(await realpath(`/dev/berth/${attachment.id}`)).toBe(device);
     expect((await lstat(`/dev/berth/${volume.id}`)).isSymbolicLink()).toBe(true);
     expect(await realpath(`/dev/berth/${volume.id}`)).toBe(device);
     expect(Object.keys(attachment.timings)).toEqual(expect.arrayContaining(['reserve', 'initialize', 'connect', 'publish']));
@@ -115,7 +117,9 @@ describe.skipIf(!isRoot)('berth CLI end to end (real loop devices)', { timeout: 
     const attach = await sandbox.run(['attach', 'web-data']);
     expect(attach.exitCode).toBe(0);
     expect(attach.stdout).toMatch(/device:\s+\/dev\/loop\d+/);
-    expect(attach.stdout).toContain(`/dev/berth/${volume.id}`);
+    // The attachment's own link (the volume's, /dev/berth/<volume-id>, leads to the same device).
+    expect(attach.stdout).toMatch(/link:\s+\/dev\/berth\/([0-9a-f-]{36})\n[\s\S]*attachment:\s+\1/);
+    expect(await realpath(`/dev/berth/${volume.id}`)).toMatch(/^\/dev\/loop\d+$/);
     expect(attach.stdout).toMatch(/transport:\s+loop/);
     expect(attach.stdout).toMatch(/timings:\s+reserve \d+ms/);
     const detach = await sandbox.run(['detach', 'web-data']);

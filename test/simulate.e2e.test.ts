@@ -1,25 +1,15 @@
 import { closeSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { stopManagedTgtd } from '@berth/backend-tgt';
 import { makeSandbox, type BerthSandbox } from './support/berth-cli.js';
+import { freePort } from './support/ports.js';
 
 // Issue 3 as a user runs it: `berth volume create --backend tgt`, `berth --simulate attach`, bytes
 // through the device into the LUN file, `berth --simulate detach`, then nothing left.
 
 const CONTROL_PORT = 2000 + (process.pid % 20000);
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
-    });
-  });
-}
 
 let sandbox: BerthSandbox;
 

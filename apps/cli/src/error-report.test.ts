@@ -48,6 +48,15 @@ describe('reportError', () => {
     expect(errorLines(report).join('\n')).not.toMatch(/\n\s+at /);
   });
 
+  it('gives a full disk and a read-only directory that escaped as Node errors their own message and hint', () => {
+    const full = Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', path: '/var/lib/berth/x' });
+    expect(reportError(full)).toMatchObject({ code: 'HOST_UNSUPPORTED', message: 'the disk is full (/var/lib/berth/x)', exitCode: EXIT_CODES.HOST_UNSUPPORTED });
+    expect(reportError(full).hint).toMatch(/df -h/);
+    const readOnly = Object.assign(new Error('EROFS: read-only file system, mkdir'), { code: 'EROFS', path: '/var/lib/berth' });
+    expect(reportError(readOnly)).toMatchObject({ code: 'PERMISSION_DENIED', exitCode: EXIT_CODES.PERMISSION_DENIED });
+    expect(reportError(readOnly).message).toMatch(/read-only/);
+  });
+
   it('adds the stack only when debugging', () => {
     expect(reportError(new Error('boom'), { debug: true }).stack).toContain('boom');
   });

@@ -76,6 +76,8 @@ export function reportError(error: unknown, options: { commandId?: string; debug
       hint: options.example === undefined ? `see ${help}` : `for example \`${options.example}\`; more in ${help}`,
       exitCode: EXIT_CODES.VALIDATION,
     };
+  } else if (environmentReport(error) !== undefined) {
+    report = environmentReport(error)!;
   } else {
     const message = error instanceof Error ? error.message : String(error);
     report = {
@@ -87,6 +89,33 @@ export function reportError(error: unknown, options: { commandId?: string; debug
   }
   if (options.debug === true && error instanceof Error && error.stack !== undefined) report.stack = error.stack;
   return report;
+}
+
+/**
+ * A file-system failure that escaped as a plain Node error (a full disk, a read-only or forbidden
+ * directory), as the error berth's own code gives for it: its own message and hint, not "unexpected".
+ */
+function environmentReport(error: unknown): ErrorReport | undefined {
+  const code = (error as { code?: unknown } | null)?.code;
+  const path = (error as { path?: unknown } | null)?.path;
+  const where = typeof path === 'string' ? ` (${path})` : '';
+  if (code === 'ENOSPC' || code === 'EDQUOT') {
+    return {
+      code: 'HOST_UNSUPPORTED',
+      message: `the disk is full${where}`,
+      hint: 'free space on that file system (`df -h`), then run the command again; `berth volume list` still works',
+      exitCode: EXIT_CODES.HOST_UNSUPPORTED,
+    };
+  }
+  if (code === 'EROFS' || code === 'EACCES' || code === 'EPERM') {
+    return {
+      code: 'PERMISSION_DENIED',
+      message: `cannot write${where}: ${code === 'EROFS' ? 'the file system is read-only' : 'permission denied'}`,
+      hint: 'make berth\'s data dir writable for this user (`findmnt -T <dir>`, `ls -ld <dir>`), or point --data-dir elsewhere; `berth volume list` still works',
+      exitCode: EXIT_CODES.PERMISSION_DENIED,
+    };
+  }
+  return undefined;
 }
 
 /** The `--json` body of a failed command. */

@@ -12,9 +12,11 @@ import type { Logger } from './logger.js';
 import { zId, zSizeBytes, type Attachment, type Host, type Operation, type OperationState, type Server, type Volume, type VolumeStatus } from './model.js';
 import { attachSteps, reserveAttachmentRecord } from './pipeline/attach.js';
 import type { PipelineContext, PipelineDeps } from './pipeline/context.js';
-import { backendVolume, recomputeVolume } from './pipeline/context.js';
+import { backendVolume, deleteAttachmentRecord, transitionAttachment } from './pipeline/context.js';
+import { exportSharers } from './pipeline/device-sharing.js';
+import { withStoreRetry } from './pipeline/store-retry.js';
 import { detachableFrom, detachSteps, markDetachFailed } from './pipeline/detach.js';
-import { OperationRunner, summarize } from './pipeline/operation-runner.js';
+import { OperationRunner, summarize, type RunOutcome } from './pipeline/operation-runner.js';
 import { ownerAlive, recoverOperation, type RecoveryDeps, type RecoveryOutcome } from './pipeline/recovery.js';
 import { runReconcile, type ReconcileOptions, type ReconcileReport } from './reconcile.js';
 import type { Step } from './pipeline/step.js';
@@ -25,6 +27,7 @@ import type {
   BerthService,
   CreateServerRequest,
   CreateVolumeRequest,
+  CreatedVolumeResult,
   DetachRequest,
   DoctorEntry,
   OperationOutcome,
@@ -54,6 +57,14 @@ export class BerthServiceImpl implements BerthService {
   private readonly volumeLocks = new KeyedLock();
   private readonly serverLocks = new KeyedLock();
   private readonly inflight = new Map<string, Promise<OperationOutcome>>();
+  /**
+   * Operations of this process that could not be settled in the store (its writes kept failing):
+   * recovery treats them as a dead process's, so the next `recover()` — at the next command's
+   * start, or `berth reconcile` in a long-running server — finishes them.
+   */
+  private readonly abandoned = new Set<string>();
+  /** Operations whose steps started running (the ones `track` must not call rolled back). */
+  private readonly executing = new Set<string>();
   private readonly runner: OperationRunner;
   private readonly deps: PipelineDeps;
   private localHostRecord: Host | undefined;
@@ -79,12 +90,14 @@ export class BerthServiceImpl implements BerthService {
       logger,
       localHost: () => this.localHost(),
       baseConnector: () => this.baseConnector(),
+      owner: this.owner,
+      hostname: identity.hostname,
     };
   }
 
   // ---- volumes -------------------------------------------------------------------------------
 
-  async createVolume(request: CreateVolumeRequest): Promise<Volume> {
+  async createVolume(request: CreateVolumeRequest): Promise<CreatedVolumeResult> {
     const req = parseWith(zCreateVolumeRequest, request, 'volume');
     const backendName = req.backend ?? this.config.defaultBackend;
     const backend = this.catalog.backend(backendName);
@@ -99,9 +112,10 @@ export class BerthServiceImpl implements BerthService {
     const deadline = createDeadline(this.config.operationTimeoutMs);
     try {
       const created = await backend.create(backendVolume(volume), deadline.signal);
-      return await this.store.volumes.transition(volume.id, ['creating'], 'available', {
+      const available = await this.store.volumes.transition(volume.id, ['creating'], 'available', {
         providerLocation: created.providerLocation,
       });
+      return created.warnings && created.warnings.length > 0 ? { ...available, warnings: created.warnings } : available;
     } catch (error) {
       // Nothing was made that a user can use: remove the row (and whatever the backend made) so
       // the name is free for a retry, instead of leaving a volume in `error` to clean up by hand.
@@ -135,6 +149,15 @@ export class BerthServiceImpl implements BerthService {
         throw new BerthError('CONFLICT', `volume ${volume.name} has ${attachments.length} attachment(s)`, {
           hint: `detach it first: berth detach ${volume.name}${attachments.some((a) => a.status.startsWith('error')) ? ' --force' : ''}`,
           details: { volumeId: volume.id, actual: volume.status },
+        });
+      }
+      const devices = await this.store.devices.list({ volumeId: volume.id });
+      if (devices.length > 0) {
+        // berth connected it somewhere and never recorded letting go: deleting the storage under a
+        // device would hand its bytes to whatever reuses them.
+        throw new BerthError('CONFLICT', `volume ${volume.name} still has a device berth connected (${devices.map((d) => d.device.path).join(', ')})`, {
+          hint: 'run `berth reconcile` on that host to disconnect it, then delete the volume',
+          details: { volumeId: volume.id, devices: devices.map((d) => ({ hostId: d.hostId, device: d.device.path })) },
         });
       }
       await this.store.volumes.transition(volume.id, ['available', 'error'], 'deleting');
@@ -262,7 +285,7 @@ export class BerthServiceImpl implements BerthService {
     what: { kind: 'attach' | 'detach'; volume: Volume; server: Server; attachment?: Attachment; idempotencyKey: string | undefined },
     prepare: (operationId: string) => Promise<{ ctx: PipelineContext; steps: Array<Step<PipelineContext>> }>,
   ): Promise<StartedOperation> {
-    const operation = await this.store.operations.create({
+    const operation = await withStoreRetry(() => this.store.operations.create({
       kind: what.kind,
       volumeId: what.volume.id,
       serverId: what.server.id,
@@ -271,7 +294,7 @@ export class BerthServiceImpl implements BerthService {
       idempotencyKey: what.idempotencyKey ?? null,
       owner: this.owner,
       deadlineAt: new Date(Date.now() + this.config.operationTimeoutMs).toISOString(),
-    });
+    }), { what: `recording the ${what.kind}`, budgetMs: this.config.operationTimeoutMs, logger: this.logger });
     const deadline = createDeadline(this.config.operationTimeoutMs);
     const done = this.track(
       operation.id,
@@ -298,8 +321,7 @@ export class BerthServiceImpl implements BerthService {
       try {
         return await this.initializeLocked(attachment, req.connector);
       } catch (error) {
-        await this.store.attachments.delete(attachment.id);
-        await recomputeVolume(this.store, volume.id);
+        await deleteAttachmentRecord(this.store, attachment.id, volume.id);
         throw error;
       }
     });
@@ -313,24 +335,29 @@ export class BerthServiceImpl implements BerthService {
 
   async completeAttachment(id: string, scope: ProjectScope = {}): Promise<Attachment> {
     const attachment = await this.getAttachment(id, scope);
-    return this.volumeLocks.withLock(attachment.volumeId, async () => {
-      const done = await this.store.attachments.transition(id, ['attaching'], 'attached', { error: null });
-      await recomputeVolume(this.store, attachment.volumeId);
-      return done;
-    });
+    return this.volumeLocks.withLock(attachment.volumeId, async () => (await transitionAttachment(this.store, id, ['attaching'], 'attached', { error: null })).attachment);
   }
 
   async deleteAttachment(id: string, scope: ProjectScope = {}): Promise<Volume> {
     const attachment = await this.getAttachment(id, scope);
     return this.volumeLocks.withLock(attachment.volumeId, async () => {
       let current = await this.store.attachments.require(id);
+      const volume = await this.store.volumes.require(current.volumeId);
+      if (current.transport !== null || current.device !== null) {
+        // berth connected this one on its host (an attach, not an outside orchestrator): dropping
+        // the record would leave the device and its link behind with nothing that names them.
+        const server = await this.store.servers.get(current.serverId);
+        const force = current.status.startsWith('error') ? ' --force' : '';
+        throw new BerthError('CONFLICT', `attachment ${id} was connected by berth on its host (status ${current.status}); deleting the record would leave its device behind`, {
+          hint: `detach it instead: berth detach ${volume.name}${server ? ` --server ${server.name}` : ''}${force}`,
+          details: { attachmentId: id, actual: current.status, reason: 'connected-by-berth' },
+        });
+      }
       if (current.status === 'attached' || current.status === 'error_detaching') {
         // Through `detaching`, as a detach goes: the volume never jumps from in-use to available.
-        current = await this.store.attachments.transition(id, [current.status], 'detaching');
-        await recomputeVolume(this.store, current.volumeId);
+        current = (await transitionAttachment(this.store, id, [current.status], 'detaching')).attachment;
       }
-      const volume = await this.store.volumes.require(current.volumeId);
-      if (current.connector && current.connectionInfo) {
+      if (current.connector && current.connectionInfo && (await exportSharers(this.store, volume.id, current.connector, id)).length === 0) {
         try {
           await this.catalog
             .backend(volume.backend)
@@ -338,14 +365,13 @@ export class BerthServiceImpl implements BerthService {
         } catch (error) {
           const failed = toBerthError(error, 'BACKEND_ERROR');
           if (current.status === 'detaching') {
-            await this.store.attachments.transition(id, ['detaching'], 'error_detaching', { error: failed.message });
-            await recomputeVolume(this.store, volume.id);
+            await transitionAttachment(this.store, id, ['detaching'], 'error_detaching', { error: failed.message });
           }
           throw failed;
         }
       }
-      await this.store.attachments.delete(id);
-      return recomputeVolume(this.store, volume.id);
+      // One transaction: the record goes and the volume's status follows, or neither.
+      return deleteAttachmentRecord(this.store, id, volume.id);
     });
   }
 
@@ -363,9 +389,8 @@ export class BerthServiceImpl implements BerthService {
     const patch = { connector, connectionInfo: redactConnectionInfo(info) };
     const updated =
       attachment.status === 'reserved'
-        ? await this.store.attachments.transition(attachment.id, ['reserved'], 'attaching', patch)
+        ? (await transitionAttachment(this.store, attachment.id, ['reserved'], 'attaching', patch)).attachment
         : await this.store.attachments.update(attachment.id, patch);
-    await recomputeVolume(this.store, volume.id);
     return { attachment: updated, connectionInfo: info };
   }
 
@@ -449,7 +474,8 @@ export class BerthServiceImpl implements BerthService {
   async recover(): Promise<RecoveryOutcome[]> {
     const outcomes: RecoveryOutcome[] = [];
     for (const operation of await this.store.operations.list({ state: 'running' })) {
-      if (ownerAlive(operation.owner, this.identity.hostname, this.owner)) continue;
+      const abandoned = this.abandoned.has(operation.id) && !this.inflight.has(operation.id);
+      if (!abandoned && ownerAlive(operation.owner, this.identity.hostname, this.owner)) continue;
       try {
         // A compare-and-swap on the owner: of two processes starting at once, one recovers it.
         await this.store.operations.setOwner(operation.id, this.owner, operation.owner);
@@ -467,6 +493,7 @@ export class BerthServiceImpl implements BerthService {
         }
       };
       const outcome = operation.volumeId ? await this.volumeLocks.withLock(operation.volumeId, recover) : await recover();
+      this.abandoned.delete(operation.id);
       log.warn({ action: outcome.action, detail: outcome.detail }, 'recovered an interrupted operation');
       outcomes.push(outcome);
     }
@@ -480,8 +507,8 @@ export class BerthServiceImpl implements BerthService {
     return runReconcile(
       {
         ...this.deps,
-        owner: this.owner,
         consumer: () => this.catalog.consumer(this.config.consumer),
+        runner: this.runner,
         withVolumeLock: (volumeId, fn) => this.volumeLocks.withLock(volumeId, fn),
       },
       options,
@@ -493,8 +520,6 @@ export class BerthServiceImpl implements BerthService {
       ...this.deps,
       runner: this.runner,
       consumer: () => this.catalog.consumer(this.config.consumer),
-      owner: this.owner,
-      hostname: this.identity.hostname,
       undoTimeoutMs: this.config.undoTimeoutMs,
       faults: this.faults,
     };
@@ -538,7 +563,11 @@ export class BerthServiceImpl implements BerthService {
     };
   }
 
-  /** Run the steps `prepare` gives, journal the outcome and settle the operation. */
+  /**
+   * Run the steps `prepare` gives, journal the outcome and settle the operation. The operation is
+   * called `rolled_back` only when its undos really ran; when its end cannot be written (the
+   * store keeps failing), it stays `running` and is handed to recovery (`abandoned`).
+   */
   private async execute(
     operationId: string,
     kind: 'attach' | 'detach',
@@ -546,11 +575,27 @@ export class BerthServiceImpl implements BerthService {
     prepare: () => Promise<{ ctx: PipelineContext; steps: Array<Step<PipelineContext>> }>,
   ): Promise<OperationOutcome> {
     const log = this.logger.child({ operationId });
-    let ctx: PipelineContext | undefined;
+    this.executing.add(operationId);
+    const settle = (what: string, fn: () => Promise<Operation>): Promise<Operation | undefined> =>
+      withStoreRetry(fn, { what, signal: AbortSignal.timeout(this.config.undoTimeoutMs), logger: log }).catch((error: unknown) => {
+        this.abandoned.add(operationId);
+        log.error({ err: toBerthError(error).message }, 'could not record how the operation ended; recovery will finish it');
+        return undefined;
+      });
+    let ctx: PipelineContext;
+    let steps: Array<Step<PipelineContext>>;
     try {
-      const prepared = await prepare();
-      ctx = prepared.ctx;
-      const outcome = await this.runner.run(prepared.steps, ctx, {
+      ({ ctx, steps } = await prepare());
+    } catch (raw) {
+      // No step ran: nothing to undo.
+      const error = toBerthError(raw);
+      error.details.operationId = operationId;
+      await settle('recording the failure', () => this.store.operations.finish(operationId, { state: 'rolled_back', error: summarize(error) }));
+      deadline.dispose();
+      throw error;
+    }
+    try {
+      const outcome = await this.runner.run(steps, ctx, {
         operationId,
         signal: deadline.signal,
         undoTimeoutMs: this.config.undoTimeoutMs,
@@ -559,55 +604,92 @@ export class BerthServiceImpl implements BerthService {
         pipeline: kind,
       });
       if (outcome.ok) {
+        const warnings = outcome.journalErrors.map((e) => `the journal could not be written (${e.message}); the next berth command completes it`);
         if (kind === 'attach' && ctx.attachment) {
-          ctx.attachment = await this.store.attachments.update(ctx.attachment.id, { timings: outcome.timings });
+          const attachmentId = ctx.attachment.id;
+          ctx.attachment = await withStoreRetry(() => this.store.attachments.update(attachmentId, { timings: outcome.timings }), {
+            what: 'recording timings',
+            budgetMs: 5_000,
+          }).catch(() => ctx.attachment);
         }
-        const operation = await this.store.operations.finish(operationId, {
-          state: 'succeeded',
-          result: {
-            timings: outcome.timings,
-            ...(ctx.attachment ? { attachmentId: ctx.attachment.id } : {}),
-            ...(ctx.device ?? ctx.attachment?.device ? { device: (ctx.device ?? ctx.attachment?.device)?.path } : {}),
-            ...(ctx.publishedPath ? { publishedPath: ctx.publishedPath } : {}),
-          },
-        });
-        return { operation, volume: await this.store.volumes.require(ctx.volume.id), attachment: ctx.attachment };
+        const result = {
+          timings: outcome.timings,
+          ...(ctx.attachment ? { attachmentId: ctx.attachment.id } : {}),
+          ...(ctx.device ?? ctx.attachment?.device ? { device: (ctx.device ?? ctx.attachment?.device)?.path } : {}),
+          ...(ctx.publishedPath ? { publishedPath: ctx.publishedPath } : {}),
+        };
+        let operation = await settle('recording success', () => this.store.operations.finish(operationId, { state: 'succeeded', result }));
+        if (operation === undefined) {
+          // The work is done and recorded; only the operation's row is behind.
+          warnings.push('the operation could not be marked succeeded; the next berth command does it');
+          operation = await this.store.operations.require(operationId).catch(() => undefined);
+        }
+        const volume = await this.store.volumes.get(ctx.volume.id).catch(() => undefined);
+        return {
+          operation: operation ?? ({ id: operationId, kind, state: 'running' } as Operation),
+          volume: volume ?? ctx.volume,
+          attachment: ctx.attachment,
+          ...(warnings.length > 0 ? { warnings } : {}),
+        };
       }
       if (outcome.forward) await markDetachFailed(this.deps, ctx, outcome.error).catch(() => undefined);
-      const error = outcome.undoErrors.length
-        ? new BerthError(outcome.error.code, `${outcome.error.message} (and the rollback failed: ${outcome.undoErrors.map((e) => e.message).join('; ')})`, {
-            hint: 'run `berth reconcile` to find and fix what was left behind',
-            details: { ...outcome.error.details, operationId },
-            cause: outcome.error,
-          })
-        : outcome.error;
-      error.details.operationId = operationId;
-      await this.store.operations.finish(operationId, {
-        state: outcome.rolledBack ? 'rolled_back' : 'failed',
-        error: summarize(error),
-        result: { timings: outcome.timings },
-      });
+      const error = this.failureOf(outcome, ctx, operationId);
+      const state = outcome.rolledBack ? 'rolled_back' : 'failed';
+      const settled = await settle('recording the failure', () =>
+        this.store.operations.finish(operationId, { state, error: summarize(error), result: { timings: outcome.timings } }),
+      );
+      if (settled === undefined) {
+        throw new BerthError(error.code, `${error.message} (and the outcome could not be recorded)`, {
+          hint: `${error.hint ? `${error.hint}; ` : ''}the next berth command (or \`berth reconcile\`) finishes what is left`,
+          details: { ...error.details, operationId },
+          cause: error,
+        });
+      }
       throw error;
     } finally {
       deadline.dispose();
     }
   }
 
+  /** The error a failed run ends with, its hint naming the command that works. */
+  private failureOf(outcome: Extract<RunOutcome, { ok: false }>, ctx: PipelineContext, operationId: string): BerthError {
+    const name = ctx.volume.name;
+    let error = outcome.error;
+    if (outcome.undoErrors.length > 0) {
+      error = new BerthError(outcome.error.code, `${outcome.error.message} (and the rollback failed: ${outcome.undoErrors.map((e) => e.message).join('; ')})`, {
+        hint: `${outcome.error.hint ? `${outcome.error.hint}; then ` : ''}\`berth detach ${name} --force\` (or \`berth reconcile\`) removes what was left behind`,
+        details: { ...outcome.error.details },
+        cause: outcome.error,
+      });
+    } else if (outcome.forward) {
+      error = new BerthError(outcome.error.code, `${outcome.error.message}; the attachment is now error_detaching`, {
+        hint: `${outcome.error.hint ? `${outcome.error.hint}; then ` : ''}finish it with \`berth detach ${name} --force\` (or \`berth reconcile\`)`,
+        details: { ...outcome.error.details },
+        cause: outcome.error,
+      });
+    }
+    error.details.operationId = operationId;
+    return error;
+  }
+
   private track(operationId: string, running: Promise<OperationOutcome>): Promise<OperationOutcome> {
     // An operation that never reached its first step (cancelled or timed out while queued on the
-    // volume lock) must not stay `running`.
+    // volume lock) must not stay `running`; one that did is settled by `execute`.
     const promise = running.catch(async (raw: unknown) => {
       const error = toBerthError(raw);
       error.details.operationId ??= operationId;
-      const current = await this.store.operations.get(operationId);
-      if (current?.state === 'running') {
-        await this.store.operations.finish(operationId, { state: 'rolled_back', error: summarize(error) }).catch(() => undefined);
+      if (!this.executing.has(operationId)) {
+        await withStoreRetry(() => this.store.operations.finish(operationId, { state: 'rolled_back', error: summarize(error) }), {
+          what: 'recording the cancellation',
+          budgetMs: this.config.undoTimeoutMs,
+        }).catch(() => this.abandoned.add(operationId));
       }
       throw error;
     });
     this.inflight.set(operationId, promise);
     const untrack = (): void => {
       this.inflight.delete(operationId);
+      this.executing.delete(operationId);
     };
     promise.then(untrack, untrack);
     return promise;

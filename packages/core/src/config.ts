@@ -41,7 +41,12 @@ export const zConfig = z.strictObject({
    */
   store: z
     .discriminatedUnion('kind', [
-      z.strictObject({ kind: z.literal('sqlite'), filename: z.string().optional() }),
+      z.strictObject({
+        kind: z.literal('sqlite'),
+        filename: z.string().optional(),
+        /** How long a write waits for another process's lock before it is retried (then TIMEOUT). */
+        busyTimeoutMs: z.number().int().nonnegative().max(600_000).optional(),
+      }),
       z.strictObject({
         kind: z.literal('postgres'),
         /** `postgres://user[:password]@host[:port]/database`; prefer PGPASSWORD or ~/.pgpass to a password in it. */

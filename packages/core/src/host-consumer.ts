@@ -1,5 +1,5 @@
 import type { HostFs } from '@berth/host';
-import type { Consumer, Publication } from './contracts/consumer.js';
+import type { Consumer, Publication, UnpublishOptions } from './contracts/consumer.js';
 import type { Device } from './connection.js';
 import type { Attachment, Server } from './model.js';
 import { definePlugin, PLUGIN_API_VERSION } from './plugin.js';
@@ -7,33 +7,45 @@ import { definePlugin, PLUGIN_API_VERSION } from './plugin.js';
 /** Where the host consumer puts its stable links. */
 export const STABLE_LINK_DIR = '/dev/berth';
 
-/** The stable path of a volume's device on its host. */
+/** The stable path of a volume's device on its host (while any attachment of it there is published). */
 export function stableLinkPath(volumeId: string): string {
   return `${STABLE_LINK_DIR}/${volumeId}`;
 }
 
+/** The stable path of one attachment's device: its own, never shared with another attachment. */
+export function attachmentLinkPath(attachmentId: string): string {
+  return `${STABLE_LINK_DIR}/${attachmentId}`;
+}
+
 /**
- * The default consumer: the server is this host itself, so publishing means giving the device a
- * name that does not change across attaches (`/dev/loop3` today, `/dev/loop7` tomorrow):
- * `/dev/berth/<volume-id>` → the device.
+ * The default consumer: the server is this host itself, so publishing means giving the device
+ * names that do not change across attaches (`/dev/loop3` today, `/dev/loop7` tomorrow):
+ * `/dev/berth/<attachment-id>` (the attachment's own, its `publishedPath`) and
+ * `/dev/berth/<volume-id>`. The second cannot collide: the attachments of one volume on one host
+ * share one device, so every attachment points it at the same device; it goes with the last of them.
  */
 export function createHostConsumer(fs: HostFs): Consumer {
   return {
     name: 'host',
     async publish(_server: Server, device: Device, attachment: Attachment): Promise<Publication> {
-      const link = stableLinkPath(attachment.volumeId);
+      const own = attachmentLinkPath(attachment.id);
       await fs.mkdir(STABLE_LINK_DIR, { mode: 0o755 });
       // A device of a transport on another host root (the simulated host) is linked by its path
       // on this machine, so the stable link opens the same device whoever follows it.
-      await fs.symlink(device.realPath ?? device.path, link);
-      return { path: link };
+      const target = device.realPath ?? device.path;
+      await fs.symlink(target, own);
+      await fs.symlink(target, stableLinkPath(attachment.volumeId));
+      return { path: own };
     },
-    async unpublish(_server: Server, attachment: Attachment): Promise<void> {
+    async unpublish(_server: Server, attachment: Attachment, options: UnpublishOptions = {}): Promise<void> {
+      // The attachment's own link names nothing else: it goes whatever it points at.
+      await fs.unlink(attachmentLinkPath(attachment.id));
+      if (options.stillShared === true) return;
       const link = stableLinkPath(attachment.volumeId);
       const target = await fs.readlink(link);
-      // Only remove our own link: another attachment of a multiattach volume on another server
-      // never shares a host, and a link to another device means someone re-published since.
       const device = attachment.device;
+      // Nobody else on this host uses the volume: its link goes, unless it was re-pointed at
+      // another device since (an attach that published after this attachment's device was lost).
       if (target !== undefined && (device === null || target === (device.realPath ?? device.path))) {
         await fs.unlink(link);
       }

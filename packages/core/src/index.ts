@@ -25,7 +25,25 @@ export { attachSteps, type AttachOptions } from './pipeline/attach.js';
 export { detachSteps, detachableFrom, markDetachFailed } from './pipeline/detach.js';
 export { BerthServiceImpl } from './berth-service.js';
 export * from './faults.js';
-export { recoverOperation, ownerAlive, type RecoveryOutcome, type RecoveryDeps } from './pipeline/recovery.js';
+export { recoverOperation, findReservation, type RecoveryOutcome, type RecoveryDeps } from './pipeline/recovery.js';
+export { ownerAlive } from './owner.js';
+export * from './device-identity.js';
+export { withLease, deviceLeaseKey, type LeaseOptions } from './lease.js';
+export { withStoreRetry, retryableStoreError, type StoreRetryOptions } from './pipeline/store-retry.js';
+export {
+  connectShared,
+  releaseShared,
+  publishShared,
+  unpublishShared,
+  deviceSharers,
+  devicesInUse,
+  exportSharers,
+  withDeviceLease,
+  type ConnectRequest,
+  type ReleaseRequest,
+  type ReleaseOutcome,
+  type UnpublishRequest,
+} from './pipeline/device-sharing.js';
 export {
   DIFFERENCE_KINDS,
   describeFinding,

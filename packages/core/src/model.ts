@@ -116,6 +116,28 @@ export const zAttachment = z.object({
 });
 export type Attachment = z.output<typeof zAttachment>;
 
+/**
+ * berth's own record of a device it connected on a host for a volume (the ledger): one per volume
+ * per host, whatever the number of attachments sharing it. It outlives a lost attachment row, so
+ * reconcile can find a device berth made that no attachment references, and tell it from one
+ * somebody else made.
+ */
+export const zHostDevice = z.object({
+  hostId: zId,
+  volumeId: zId,
+  /** The transport that connected it. */
+  transport: z.string().min(1),
+  /** connection_info with every secret removed (enough to disconnect it). */
+  connectionInfo: zConnectionInfo,
+  /** The device as `connect` returned it, identity included. */
+  device: zDevice,
+  /** The operation that last wrote the record (null for reconcile). */
+  operationId: zId.nullable(),
+  createdAt: zTimestamp,
+  updatedAt: zTimestamp,
+});
+export type HostDevice = z.output<typeof zHostDevice>;
+
 /** Operation kinds. */
 export const zOperationKind = z.enum(['attach', 'detach', 'extend', 'delete', 'reconcile']);
 export type OperationKind = z.output<typeof zOperationKind>;

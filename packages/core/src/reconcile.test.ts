@@ -1,9 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import type { ConnectedDevice } from './contracts/transport-driver.js';
-import type { Attachment, AttachmentStatus, Volume, VolumeStatus } from './model.js';
+import type { Attachment, AttachmentStatus, HostDevice, Operation, Volume, VolumeStatus } from './model.js';
 import {
   describeFinding,
   findDifferences,
+  madeByPipeline,
   sourceMatches,
   volumeOfSource,
   volumeRepairPath,
@@ -52,6 +53,40 @@ function facts(partial: Partial<ReconcileFacts>): ReconcileFacts {
 }
 
 const loop = (devices: ConnectedDevice[]): TransportListing[] => [{ transport: 'loop', protocol: 'file', devices }];
+
+/** berth's record of a loop device it connected for `v` on this host. */
+function record(v: Volume, path: string): HostDevice {
+  return {
+    hostId: HOST,
+    volumeId: v.id,
+    transport: 'loop',
+    connectionInfo: { driver_volume_type: 'file', data: { device_path: v.providerLocation! } },
+    device: { path, type: 'block' },
+    operationId: null,
+    createdAt: NOW,
+    updatedAt: NOW,
+  };
+}
+
+function attachOperation(v: Volume, attachmentId: string | null, state: Operation['state'] = 'rolled_back'): Operation {
+  return {
+    id: uuid(),
+    kind: 'attach',
+    state,
+    volumeId: v.id,
+    serverId: SERVER,
+    attachmentId,
+    hostId: HOST,
+    idempotencyKey: null,
+    owner: null,
+    deadlineAt: NOW,
+    startedAt: NOW,
+    endedAt: NOW,
+    error: null,
+    result: null,
+    steps: [{ seq: 1, name: 'reserve', phase: 'do', state: 'done', startedAt: NOW, endedAt: NOW, durationMs: 1, error: null, data: null }],
+  };
+}
 
 describe('sourceMatches', () => {
   it('matches on every identifying key both sides have, and needs at least one', () => {
@@ -122,21 +157,67 @@ describe('findDifferences', () => {
     expect(findDifferences(facts({ volumes: [v], attachments: [a], exports: other })).map((f) => f.kind)).toContain('export_without_attachment');
   });
 
-  it('finds a device of a berth volume with no attachment, and ignores devices of other files', () => {
+  it('finds a device berth connected that no attachment uses, and ignores devices of other files', () => {
     const v = volume('a', 'available', '/data/volumes/a.img');
     const found = findDifferences(
-      facts({ volumes: [v], listings: loop([loopDevice('/dev/loop4', '/data/volumes/a.img'), loopDevice('/dev/loop5', '/tmp/mine.img')]) }),
+      facts({ volumes: [v], devices: [record(v, '/dev/loop4')], listings: loop([loopDevice('/dev/loop4', '/data/volumes/a.img'), loopDevice('/dev/loop5', '/tmp/mine.img')]) }),
     );
     expect(found).toHaveLength(1);
-    expect(found[0]).toMatchObject({ kind: 'device_without_attachment', transport: 'loop', volume: { id: v.id } });
-    expect(describeFinding(found[0]!).resource).toBe('/dev/loop4 (backing /data/volumes/a.img)');
+    expect(found[0]).toMatchObject({ kind: 'device_without_attachment', record: { transport: 'loop' }, volume: { id: v.id } });
+    expect(describeFinding(found[0]!)).toMatchObject({ resource: '/dev/loop4 (backing /data/volumes/a.img)', fix: 'disconnect', state: 'planned' });
+    // Its device already gone: only the record is left, and it goes.
+    const gone = findDifferences(facts({ volumes: [v], devices: [record(v, '/dev/loop4')], listings: loop([]) }));
+    expect(describeFinding(gone[0]!)).toMatchObject({ kind: 'device_without_attachment', resource: '/dev/loop4 (gone)', fixDetail: 'forget the record' });
+  });
+
+  it('finds a whole device of a berth volume no record or attachment names (a cut-short connect, or by hand), and ignores devices of other files', () => {
+    const v = volume('a', 'available', '/data/volumes/a.img');
+    const found = findDifferences(facts({ volumes: [v], listings: loop([loopDevice('/dev/loop4', '/data/volumes/a.img'), loopDevice('/dev/loop5', '/tmp/mine.img')]) }));
+    expect(found).toHaveLength(1);
+    expect(found[0]).toMatchObject({ kind: 'device_without_attachment', transport: 'loop', protocol: 'file', volume: { id: v.id } });
+    expect(found[0]!.kind === 'device_without_attachment' && found[0]!.record).toBeUndefined();
+    expect(describeFinding(found[0]!)).toMatchObject({ resource: '/dev/loop4 (backing /data/volumes/a.img)', fix: 'disconnect', state: 'planned' });
   });
 
   it('does not count an attachment on another host for a device on this one', () => {
     const v = volume('a', 'in-use', '/data/volumes/a.img');
     const elsewhere = fileAttachment(v, 'attached', '/dev/loop3', OTHER_HOST);
-    const found = findDifferences(facts({ volumes: [v], attachments: [elsewhere], listings: loop([loopDevice('/dev/loop3', '/data/volumes/a.img')]) }));
+    const found = findDifferences(
+      facts({ volumes: [v], attachments: [elsewhere], devices: [record(v, '/dev/loop3')], listings: loop([loopDevice('/dev/loop3', '/data/volumes/a.img')]) }),
+    );
     expect(found.map((f) => f.kind)).toEqual(['device_without_attachment']);
+  });
+
+  it('calls a device gone when the path now names another device (same path, another identity)', () => {
+    const v = volume('a', 'in-use', '/data/volumes/a.img');
+    const a = { ...fileAttachment(v, 'attached', '/dev/loop3'), device: { path: '/dev/loop3', type: 'block' as const, identity: { kind: 'loop', rdev: '7:3', backingInode: 11 } } };
+    const reused = { device: { path: '/dev/loop3', type: 'block' as const, identity: { kind: 'loop', rdev: '7:3', backingInode: 99 } }, source: { device_path: '/data/volumes/a.img' } };
+    expect(findDifferences(facts({ volumes: [v], attachments: [a], listings: loop([reused]) })).map((f) => f.kind)).toEqual(['attachment_device_gone']);
+    const same = { ...reused, device: { ...reused.device, identity: { kind: 'loop', rdev: '7:3', backingInode: 11 } } };
+    expect(findDifferences(facts({ volumes: [v], attachments: [a], listings: loop([same]) }))).toEqual([]);
+  });
+
+  it('finds attachments an interrupted operation left (stuck or in error), and leaves a three-phase reservation alone', () => {
+    const v = volume('a', 'reserved', '/data/volumes/a.img');
+    const stuck = { ...fileAttachment(v, 'reserved', null), transport: null, connectionInfo: null };
+    const threePhase = { ...fileAttachment(v, 'attaching', null), transport: null };
+    const failed = fileAttachment(v, 'error_detaching', '/dev/loop3');
+    const operations = [attachOperation(v, stuck.id)];
+    const found = findDifferences(facts({ volumes: [v], attachments: [stuck, threePhase, failed], operations, listings: loop([loopDevice('/dev/loop3', '/data/volumes/a.img')]) }));
+    expect(found.filter((f) => f.kind !== 'volume_status_mismatch').map((f) => [f.kind, 'attachment' in f ? f.attachment.id : null])).toEqual([
+      ['attachment_stuck', stuck.id],
+      ['attachment_error', failed.id],
+    ]);
+    expect(describeFinding(found[0]!)).toMatchObject({ fix: 'disconnect', attachmentId: stuck.id, state: 'planned' });
+  });
+
+  it('knows an attachment an older berth reserved without linking it to its operation (finding 4)', () => {
+    const v = volume('a', 'reserved', '/data/volumes/a.img');
+    const orphan = { ...fileAttachment(v, 'reserved', null), transport: null, connectionInfo: null, createdAt: '2026-01-01T00:00:01.000Z' };
+    expect(madeByPipeline(orphan, [attachOperation(v, null)])).toBe(true);
+    expect(madeByPipeline(orphan, [])).toBe(false);
+    const later = { ...attachOperation(v, null), startedAt: '2026-01-01T00:00:05.000Z' };
+    expect(madeByPipeline(orphan, [later])).toBe(false);
   });
 
   it('finds an attached attachment whose device is gone, or has moved', () => {
@@ -174,7 +255,9 @@ describe('findDifferences', () => {
 
   it('marks every finding on a volume with a running operation as skipped', () => {
     const v = volume('a', 'available', '/data/volumes/a.img');
-    const found = findDifferences(facts({ volumes: [v], busyVolumeIds: new Set([v.id]), listings: loop([loopDevice('/dev/loop4', '/data/volumes/a.img')]) }));
+    const found = findDifferences(
+      facts({ volumes: [v], busyVolumeIds: new Set([v.id]), devices: [record(v, '/dev/loop4')], listings: loop([loopDevice('/dev/loop4', '/data/volumes/a.img')]) }),
+    );
     expect(found).toHaveLength(1);
     expect(describeFinding(found[0]!)).toMatchObject({ state: 'skipped', fix: 'disconnect' });
   });

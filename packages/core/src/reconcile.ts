@@ -1,14 +1,14 @@
-import { redactConnectionInfo, type ConnectionInfo, type Connector } from './connection.js';
-import type { DriverCatalog } from './catalog.js';
-import type { BerthConfig } from './config.js';
+import { redactConnectionInfo, type ConnectionInfo, type Connector, type Device } from './connection.js';
 import type { Consumer } from './contracts/consumer.js';
 import type { ConnectedDevice } from './contracts/transport-driver.js';
 import type { BackendExport } from './contracts/volume-backend.js';
+import { sameDevice } from './device-identity.js';
 import { BerthError, toBerthError } from './errors.js';
-import type { Logger } from './logger.js';
-import type { Attachment, Host, Operation, Server, Volume, VolumeStatus } from './model.js';
-import { backendVolume, recomputeVolume } from './pipeline/context.js';
-import { summarize } from './pipeline/operation-runner.js';
+import type { Attachment, Host, HostDevice, Operation, Server, Volume, VolumeStatus } from './model.js';
+import { backendVolume, transitionAttachment, type PipelineContext, type PipelineDeps } from './pipeline/context.js';
+import { detachSteps, markDetachFailed } from './pipeline/detach.js';
+import { connectShared, publishShared, releaseShared } from './pipeline/device-sharing.js';
+import { summarize, type OperationRunner } from './pipeline/operation-runner.js';
 import type { Store } from './store.js';
 import { recomputeVolumeStatus, VOLUME_TRANSITIONS } from './transitions.js';
 
@@ -17,6 +17,8 @@ export const DIFFERENCE_KINDS = [
   'export_without_attachment',
   'device_without_attachment',
   'attachment_device_gone',
+  'attachment_stuck',
+  'attachment_error',
   'volume_status_mismatch',
 ] as const;
 /** One of `DIFFERENCE_KINDS`. */
@@ -68,6 +70,29 @@ export interface ReconcileReport {
 export interface ReconcileOptions {
   /** List the differences and their fixes; change nothing. */
   dryRun?: boolean;
+}
+
+/** Attachment statuses an operation passes through: with no operation running, they are stuck. */
+const TRANSITIONAL: readonly Attachment['status'][] = ['reserved', 'attaching', 'detaching'];
+
+/**
+ * Whether berth's own attach pipeline made `attachment` (an operation names it, or it was
+ * connected by a transport) rather than an outside orchestrator through the three-phase API.
+ * An older berth could crash before naming it: an attach of the same volume and server that
+ * names no attachment and whose reserve ran before it was made counts too.
+ */
+export function madeByPipeline(attachment: Attachment, operations: readonly Operation[]): boolean {
+  if (attachment.transport !== null) return true;
+  return operations.some(
+    (op) =>
+      op.attachmentId === attachment.id ||
+      (op.kind === 'attach' &&
+        op.attachmentId === null &&
+        op.volumeId === attachment.volumeId &&
+        op.serverId === attachment.serverId &&
+        op.startedAt <= attachment.createdAt &&
+        op.steps.some((s) => s.name === 'reserve')),
+  );
 }
 
 /** Volume statuses that are not derived from attachments: a create, extend or delete owns them. */
@@ -141,6 +166,10 @@ export interface ReconcileFacts {
   attachments: Attachment[];
   /** Volumes with a `running` operation: left alone. */
   busyVolumeIds: ReadonlySet<string>;
+  /** berth's records of the devices it connected on this host. */
+  devices?: HostDevice[];
+  /** Finished attach and detach operations (which attachments the pipelines made). */
+  operations?: Operation[];
   exports: Array<{ backend: string; export: BackendExport }>;
   /** Listings of the transports that can list (highest priority first). */
   listings: TransportListing[];
@@ -154,8 +183,21 @@ export interface ReconcileFacts {
 /** One difference as found, with what its fix needs. */
 export type Finding =
   | { kind: 'export_without_attachment'; backend: string; export: BackendExport; volume: Volume | undefined; skip?: string }
-  | { kind: 'device_without_attachment'; transport: string; protocol: string; connected: ConnectedDevice; volume: Volume; skip?: string }
+  | {
+      kind: 'device_without_attachment';
+      transport: string;
+      /** The `driver_volume_type` of a connection_info rebuilt from the device's source. */
+      protocol: string;
+      /** berth's record of the device, when it has one (what it connected and never let go of). */
+      record?: HostDevice;
+      /** The device as the transport lists it now (undefined: already gone, only the record is left). */
+      connected: ConnectedDevice | undefined;
+      volume: Volume;
+      skip?: string;
+    }
   | { kind: 'attachment_device_gone'; attachment: Attachment; volume: Volume; found: ConnectedDevice | undefined; skip?: string }
+  | { kind: 'attachment_stuck'; attachment: Attachment; volume: Volume; skip?: string }
+  | { kind: 'attachment_error'; attachment: Attachment; volume: Volume; skip?: string }
   | { kind: 'volume_status_mismatch'; volume: Volume; expected: VolumeStatus; skip?: string };
 
 /** Attachments that hold something on a backend or a host (a detached one holds nothing). */
@@ -218,12 +260,39 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
     findings.push(withSkip({ kind: 'export_without_attachment', backend: entry.backend, export: entry.export, volume }, skip));
   }
 
-  const hostAttachments = live(facts.attachments);
+  const records = (facts.devices ?? []).filter((r) => r.hostId === facts.localHostId);
+  const hostAttachments = live(facts.attachments).filter((a) => a.hostId === facts.localHostId);
+  const listed = (device: Device): ConnectedDevice | undefined => {
+    for (const listing of [...facts.listings, ...(facts.listingsAfter ?? [])]) {
+      const entry = listing.devices.find((d) => sameDevice(d.device, device));
+      if (entry) return entry;
+    }
+    return undefined;
+  };
+
+  // Devices berth connected (its records) that no attachment on this host uses any more.
+  for (const record of records) {
+    const volume = volumesById.get(record.volumeId);
+    if (!volume) continue;
+    if (hostAttachments.some((a) => a.volumeId === record.volumeId && a.device !== null)) continue;
+    const connected = listed(record.device);
+    findings.push(
+      withSkip(
+        { kind: 'device_without_attachment', transport: record.transport, protocol: record.connectionInfo.driver_volume_type, record, connected, volume },
+        busy(volume.id),
+      ),
+    );
+  }
+
+  // Whole devices of a berth volume that no record and no attachment on this host names: left by a
+  // cut-short connect, an older berth, or someone attaching the volume file by hand. (A device over
+  // a part of a file is not even listed by the loop transport: berth never makes one.)
   const claimed = new Set<string>();
   for (const listing of facts.listings) {
     for (const connected of listing.devices) {
       const volume = volumeOfSource(connected.source, facts.volumes, facts.attachments);
       if (!volume) continue;
+      if (records.some((r) => sameDevice(r.device, connected.device))) continue;
       if (hostAttachments.some((a) => accountsForDevice(a, facts.localHostId, connected.source))) continue;
       // Two transports may list one device (a path under a multipath map): one fix is enough.
       const key = `${connected.device.path}\u0000${JSON.stringify(connected.source)}`;
@@ -246,10 +315,25 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
     if (!volume) continue;
     const now = matchingDevices(after.get(attachment.transport), attachment);
     const then = matchingDevices(before.get(attachment.transport), attachment);
-    const recorded = attachment.device?.path;
-    if (now.some((d) => d.device.path === recorded) || then.some((d) => d.device.path === recorded)) continue;
+    const recorded = attachment.device;
+    // Present: the very device recorded (its identity, when it has one) is listed for this volume.
+    if (recorded && [...now, ...then].some((d) => sameDevice(d.device, recorded))) continue;
     const found = now[0] ?? then[0];
     findings.push(withSkip({ kind: 'attachment_device_gone', attachment, volume, found }, busy(volume.id)));
+  }
+
+  // Attachments an interrupted attach or detach left in a transitional or error state.
+  for (const attachment of facts.attachments) {
+    const volume = volumesById.get(attachment.volumeId);
+    if (!volume) continue;
+    const elsewhere = attachment.hostId !== facts.localHostId ? 'it is on another host: run `berth reconcile` there' : undefined;
+    if (TRANSITIONAL.includes(attachment.status)) {
+      // One made by an outside orchestrator (the three-phase API) is waiting for it: not stuck.
+      if (!madeByPipeline(attachment, facts.operations ?? [])) continue;
+      findings.push(withSkip({ kind: 'attachment_stuck', attachment, volume }, busy(volume.id) ?? elsewhere));
+    } else if (attachment.status === 'error_attaching' || attachment.status === 'error_detaching') {
+      findings.push(withSkip({ kind: 'attachment_error', attachment, volume }, busy(volume.id) ?? elsewhere));
+    }
   }
 
   findings.push(...findStatusMismatches(facts.volumes, facts.attachments, facts.busyVolumeIds));
@@ -304,15 +388,34 @@ export function describeFinding(finding: Finding): ReconcileDifference {
         ...base(finding.volume?.id ?? finding.export.volumeId, null),
       };
     }
-    case 'device_without_attachment':
+    case 'device_without_attachment': {
+      const { record, connected } = finding;
+      const where = record ? `berth connected volume ${finding.volume.name} at ${record.device.path} (${record.transport})` : `transport ${finding.transport} has volume ${finding.volume.name} connected at ${connected?.device.path ?? '?'}`;
       return {
         kind: finding.kind,
-        resource: deviceText(finding.connected),
-        detail: `transport ${finding.transport} has volume ${finding.volume.name} connected at ${finding.connected.device.path}, and no attachment on this host accounts for it`,
+        resource: connected ? deviceText(connected) : `${record?.device.path ?? '?'} (gone)`,
+        detail: connected ? `${where}, and no attachment on this host uses it` : `berth's record of volume ${finding.volume.name} at ${record?.device.path ?? '?'} outlived the device and every attachment`,
         fix: 'disconnect',
-        fixDetail: `disconnect it (${finding.transport} disconnect, forced)`,
+        fixDetail: connected ? `disconnect it (${finding.transport} disconnect, only while it is still that very device and nothing holds it open)` : 'forget the record',
         ...base(finding.volume.id, null),
       };
+    }
+    case 'attachment_stuck':
+    case 'attachment_error': {
+      const { attachment } = finding;
+      const stuck = finding.kind === 'attachment_stuck';
+      return {
+        kind: finding.kind,
+        resource: `attachment ${attachment.id} (volume ${finding.volume.name})`,
+        detail: stuck
+          ? `attachment ${attachment.id} of volume ${finding.volume.name} is ${attachment.status}, and no operation is running on it`
+          : `attachment ${attachment.id} of volume ${finding.volume.name} is ${attachment.status}${attachment.error ? `: ${attachment.error}` : ''}`,
+        // A forced detach: disconnect (when it still has a device), remove the export, delete the record.
+        fix: 'disconnect',
+        fixDetail: `finish it as \`berth detach ${finding.volume.name} --force\` does (a journalled detach operation: unpublish, disconnect, terminate, delete)`,
+        ...base(finding.volume.id, attachment.id),
+      };
+    }
     case 'attachment_device_gone': {
       const recorded = finding.attachment.device?.path ?? 'no device';
       const detail = finding.found
@@ -340,16 +443,10 @@ export function describeFinding(finding: Finding): ReconcileDifference {
 }
 
 /** What reconcile needs from the rest of berth. */
-export interface ReconcileDeps {
-  store: Store;
-  catalog: DriverCatalog;
-  config: BerthConfig;
-  logger: Logger;
-  /** This process (`pid@host`), the owner of the `reconcile` operation. */
-  owner: string;
-  localHost(): Promise<Host>;
-  baseConnector(): Connector;
+export interface ReconcileDeps extends PipelineDeps {
   consumer(): Consumer;
+  /** Runs the detach pipeline for `finish_detach`. */
+  runner: OperationRunner;
   /** Run `fn` holding the volume's lock (the one attach and detach take). */
   withVolumeLock<T>(volumeId: string, fn: () => Promise<T>): Promise<T>;
 }
@@ -438,9 +535,11 @@ export async function runReconcile(deps: ReconcileDeps, options: ReconcileOption
   const { exports, listings } = await readHostFacts(deps, usedBackends, unchecked);
   const volumes = await store.volumes.list();
   const attachments = await store.attachments.list();
+  const devices = await store.devices.list({ hostId: host.id });
+  const operations = (await store.operations.list({ state: ['succeeded', 'rolled_back', 'failed'] })).filter((o) => o.kind === 'attach' || o.kind === 'detach');
   const busy = await busyVolumeIds(store);
   const listingsAfter = await listTransports(deps, listings.map((l) => l.transport));
-  const findings = findDifferences({ localHostId: host.id, volumes, attachments, busyVolumeIds: busy, exports, listings, listingsAfter });
+  const findings = findDifferences({ localHostId: host.id, volumes, attachments, busyVolumeIds: busy, exports, listings, listingsAfter, devices, operations });
 
   if (dryRun) {
     const differences = findings.map(describeFinding);
@@ -480,7 +579,7 @@ export async function runReconcile(deps: ReconcileDeps, options: ReconcileOption
     const volumeId = difference.volumeId!;
     try {
       difference.result = await deps.withVolumeLock(volumeId, () =>
-        journal(difference.fix, { kind: difference.kind, resource: difference.resource, volumeId, attachmentId: difference.attachmentId }, () =>
+        journal(stepNameOf(difference), { kind: difference.kind, resource: difference.resource, volumeId, attachmentId: difference.attachmentId }, () =>
           fixOf(deps, finding),
         ),
       );
@@ -525,6 +624,11 @@ export async function runReconcile(deps: ReconcileDeps, options: ReconcileOption
   return { dryRun, operationId: operation?.id ?? null, differences, unchecked, counts };
 }
 
+/** The journal step of a fix: its action, or `finish_detach` for a stuck or failed attachment. */
+function stepNameOf(difference: ReconcileDifference): string {
+  return difference.kind === 'attachment_stuck' || difference.kind === 'attachment_error' ? 'finish_detach' : difference.fix;
+}
+
 function countOf(differences: readonly ReconcileDifference[]): ReconcileReport['counts'] {
   return {
     found: differences.length,
@@ -552,18 +656,33 @@ async function fixOf(deps: ReconcileDeps, finding: Finding): Promise<string> {
       return `export to ${finding.export.initiator ?? 'any host'} removed`;
     }
     case 'device_without_attachment': {
-      const { connected } = finding;
-      if (fresh.attachments.some((a) => accountsForDevice(a, host.id, connected.source))) throw new Skip('an attachment accounts for it now');
+      const { record, connected } = finding;
+      if (fresh.attachments.some((a) => a.hostId === host.id && a.device !== null)) throw new Skip('an attachment uses the volume on this host now');
+      if (record && !(await store.devices.get(host.id, record.volumeId))) throw new Skip('the record is gone');
       // The source is in connection_info terms: it is the connection the device was made from, minus secrets.
-      const data: Record<string, unknown> = { ...connected.source };
+      const data: Record<string, unknown> = { ...(connected?.source ?? {}) };
       delete data.deleted;
-      const connection = { driver_volume_type: finding.protocol, data } as ConnectionInfo;
-      await catalog.transport(finding.transport).disconnect(connection, connected.device, { force: true, signal, volumeId: fresh.volume.id });
-      await unpublishOrphan(deps, fresh.volume, connected, host);
-      return `${connected.device.path} disconnected`;
+      const connection = record?.connectionInfo ?? ({ driver_volume_type: finding.protocol, data } as ConnectionInfo);
+      const device = record?.device ?? connected?.device;
+      // Under the volume's device lease, identity-checked, and not forced: a device something holds
+      // open (someone's mount of a volume file) is left alone, the fix fails naming the holder.
+      const outcome = await releaseShared(deps, {
+        hostId: host.id,
+        volume: fresh.volume,
+        transport: catalog.transport(finding.transport),
+        connection,
+        ...(device ? { device } : {}),
+        force: false,
+        signal,
+      });
+      if (connected && !outcome.identityMismatch) await unpublishOrphan(deps, fresh.volume, connected, host);
+      return outcome.identityMismatch || !connected ? `${device?.path ?? 'the device'} was already gone${record ? '; record removed' : ''}` : `${connected.device.path} disconnected`;
     }
     case 'attachment_device_gone':
       return reconnect(deps, finding.attachment.id, fresh.volume, signal);
+    case 'attachment_stuck':
+    case 'attachment_error':
+      return finishDetach(deps, finding.attachment.id, fresh.volume);
     case 'volume_status_mismatch':
       return store.transaction(async (tx) => {
         const volume = await tx.volumes.require(volumeId);
@@ -628,10 +747,12 @@ async function connectorFor(deps: ReconcileDeps, initiator: string | undefined):
 
 /**
  * Connect an attached volume whose device is gone again, as a reboot does in Nova: export it
- * again (the stored connection_info has no secrets), connect with the attachment's transport,
- * publish, record the device. When any of it fails the attachment becomes `error_detaching` with
- * the reason (the volume `error`), and its stale link is removed, so nobody uses a device that
- * may now be another volume's; `berth detach --force` finishes it.
+ * again (the stored connection_info has no secrets), connect with the attachment's transport
+ * (shared and recorded like any attach: every attachment of the volume on this host that recorded
+ * the lost device gets the new one), publish, record the device. When any of it fails the
+ * attachment becomes `error_detaching` with the reason (the volume `error`), and its stale links
+ * are removed, so nobody uses a device that may now be another volume's; `berth detach --force`
+ * or the next `berth reconcile` finishes it.
  */
 async function reconnect(deps: ReconcileDeps, attachmentId: string, volume: Volume, signal: AbortSignal): Promise<string> {
   const { store, catalog } = deps;
@@ -639,28 +760,91 @@ async function reconnect(deps: ReconcileDeps, attachmentId: string, volume: Volu
   if (attachment?.status !== 'attached') throw new Skip(`the attachment is ${attachment?.status ?? 'deleted'} now`);
   const transportName = attachment.transport;
   if (!transportName) throw new Skip('the attachment has no transport');
+  const transport = catalog.transport(transportName);
   const server = await store.servers.require(attachment.serverId);
   const consumer = deps.consumer();
-  let current = attachment;
+  const lost = attachment.device;
   try {
     const connector = attachment.connector ?? deps.baseConnector();
     const exported = await catalog.backend(volume.backend).initializeConnection(backendVolume(volume), connector, signal);
     const connection: ConnectionInfo = attachment.mode === 'ro' ? { ...exported, data: { ...exported.data, access_mode: 'ro' } } : exported;
-    const device = await catalog.transport(transportName).connect(connection, { signal, volumeId: volume.id });
-    current = await store.attachments.update(attachment.id, { device, connectionInfo: redactConnectionInfo(connection) });
-    const publication = await consumer.publish(server, device, current);
-    await store.attachments.update(attachment.id, { publishedPath: publication.path, error: null });
-    return `reconnected at ${device.path}`;
+    await store.attachments.update(attachment.id, { device: null, connectionInfo: redactConnectionInfo(connection) });
+    // The others that recorded the lost device let go of it too, so the device is connected anew.
+    const stale = (await store.attachments.list({ volumeId: volume.id, hostId: attachment.hostId })).filter(
+      (a) => a.id !== attachment.id && a.status === 'attached' && a.device !== null && lost !== null && sameDevice(a.device, lost),
+    );
+    for (const other of stale) await store.attachments.update(other.id, { device: null });
+    await store.devices.delete(attachment.hostId, volume.id);
+    const connected = await connectShared(deps, { attachment: { ...attachment, device: null }, volume, transport, connection, connector, signal });
+    for (const other of [connected.attachment, ...stale]) {
+      const current = other.id === attachment.id ? connected.attachment : await store.attachments.update(other.id, { device: connected.device });
+      const otherServer = other.id === attachment.id ? server : await store.servers.require(other.serverId);
+      const path = await publishShared(deps, { consumer, server: otherServer, attachment: current, volume, device: connected.device, signal });
+      await store.attachments.update(other.id, { publishedPath: path, error: null });
+    }
+    return `reconnected at ${connected.device.path}${stale.length > 0 ? ` (with ${stale.length} other attachment(s) sharing it)` : ''}`;
   } catch (error) {
     const failure = toBerthError(error);
     await consumer.unpublish(server, attachment).catch(() => undefined);
-    await store.attachments
-      .transition(attachment.id, ['attached'], 'error_detaching', { error: `its device was gone and reconnecting failed: ${failure.message}` })
-      .catch(() => undefined);
-    await recomputeVolume(store, volume.id).catch(() => undefined);
+    await transitionAttachment(store, attachment.id, ['attached'], 'error_detaching', { error: `its device was gone and reconnecting failed: ${failure.message}` }).catch(() => undefined);
     throw new BerthError(failure.code, `reconnecting failed, the attachment is now error_detaching: ${failure.message}`, {
-      hint: `finish it with \`berth detach ${volume.name} --force\``,
+      hint: `finish it with \`berth detach ${volume.name} --force\` (or \`berth reconcile\` again)`,
       cause: failure,
     });
   }
+}
+
+/**
+ * Finish an attachment an interrupted operation left (stuck in a transitional state) or a failed
+ * one left in an error state, as `berth detach --force` does: a journalled detach operation that
+ * goes on through host errors and ends by deleting the attachment, or leaves it
+ * `error_detaching` with every error it met.
+ */
+async function finishDetach(deps: ReconcileDeps, attachmentId: string, volume: Volume): Promise<string> {
+  const { store } = deps;
+  let attachment = await store.attachments.get(attachmentId);
+  if (!attachment) throw new Skip('the attachment is gone now');
+  const into = attachment.status === 'detaching' ? 'error_detaching' : attachment.status === 'reserved' || attachment.status === 'attaching' ? 'error_attaching' : undefined;
+  if (into) {
+    attachment = (await transitionAttachment(store, attachment.id, [attachment.status], into, { error: `left ${attachment.status} by an interrupted operation; reconcile finished it` })).attachment;
+  }
+  const server = await store.servers.require(attachment.serverId);
+  const operation = await store.operations.create({
+    kind: 'detach',
+    volumeId: volume.id,
+    serverId: server.id,
+    attachmentId: attachment.id,
+    hostId: attachment.hostId,
+    owner: deps.owner,
+    deadlineAt: new Date(Date.now() + deps.config.operationTimeoutMs).toISOString(),
+  });
+  const ctx: PipelineContext = {
+    operationId: operation.id,
+    volume,
+    server,
+    consumer: deps.consumer(),
+    backend: deps.catalog.backend(volume.backend),
+    attachment,
+    force: true,
+    forcedErrors: [],
+  };
+  const outcome = await deps.runner.run(detachSteps(deps), ctx, {
+    operationId: operation.id,
+    signal: AbortSignal.timeout(deps.config.operationTimeoutMs),
+    undoTimeoutMs: deps.config.undoTimeoutMs,
+    logger: deps.logger.child({ operationId: operation.id, reconcile: true }),
+    pipeline: 'detach',
+  });
+  if (outcome.ok) {
+    await store.operations.finish(operation.id, { state: 'succeeded', result: { timings: outcome.timings, reconcile: true } });
+    return `detached (operation ${operation.id})`;
+  }
+  if (outcome.forward) await markDetachFailed(deps, ctx, outcome.error).catch(() => undefined);
+  await store.operations
+    .finish(operation.id, { state: outcome.rolledBack ? 'rolled_back' : 'failed', error: summarize(outcome.error) })
+    .catch(() => undefined);
+  throw new BerthError(outcome.error.code, `finishing the detach failed (operation ${operation.id}): ${outcome.error.message}`, {
+    hint: `${outcome.error.hint ? `${outcome.error.hint}; then ` : ''}run \`berth reconcile\` again`,
+    cause: outcome.error,
+  });
 }

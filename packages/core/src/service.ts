@@ -71,6 +71,8 @@ export interface OperationOutcome {
   volume: Volume;
   /** The attachment (for a detach: as it was before it was deleted). */
   attachment: Attachment | undefined;
+  /** What went wrong without stopping it (a journal write that the next command has to finish). */
+  warnings?: string[];
 }
 
 /** A running operation and a promise of its outcome. */
@@ -97,8 +99,12 @@ export interface PluginReport {
  * Everything the CLI and the HTTP app do, in one place: both call this and nothing else, so no step
  * has a second implementation.
  */
+/** A volume just created, with what the user should know (a sparse size beyond the free space). */
+export type CreatedVolumeResult = Volume & { warnings?: string[] };
+
 export interface BerthService {
-  createVolume(request: CreateVolumeRequest): Promise<Volume>;
+  /** Create a volume; `warnings` says what the user should know although it worked. */
+  createVolume(request: CreateVolumeRequest): Promise<CreatedVolumeResult>;
   /** The volume's access secrets from its backend (CHAP), for a user who asks explicitly. */
   volumeCredentials(ref: Ref, scope?: ProjectScope): Promise<Record<string, string>>;
   listVolumes(filter?: ProjectScope & { status?: VolumeStatus }): Promise<Volume[]>;

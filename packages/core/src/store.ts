@@ -4,6 +4,7 @@ import type {
   AttachmentStatus,
   ErrorSummary,
   Host,
+  HostDevice,
   Operation,
   OperationKind,
   OperationState,
@@ -39,6 +40,10 @@ export interface Store {
    * process on SQLite). Optional, like `workItems`.
    */
   readonly notifications?: StoreNotifications;
+  /** berth's ledger of the devices it connected on each host (one per volume per host). */
+  readonly devices: HostDeviceRepository;
+  /** Named leases that serialise work across processes (the host-side share/refcount decision). */
+  readonly locks: LockRepository;
   /**
    * Run `fn` in one database transaction, serialisable on both engines: it behaves as if no other
    * transaction ran at the same time. Where the engine aborts a transaction that lost a race
@@ -305,6 +310,49 @@ export interface StoreNotifications {
    * notifications may have been missed meanwhile.
    */
   listen(channel: string, listener: (payload: string) => void): Promise<() => Promise<void>>;
+}
+
+/** Fields of a device record (`put` inserts or replaces the one of its host and volume). */
+export interface NewHostDevice {
+  hostId: string;
+  volumeId: string;
+  transport: string;
+  connectionInfo: ConnectionInfo;
+  device: Device;
+  operationId?: string | null;
+}
+
+export interface HostDeviceRepository {
+  get(hostId: string, volumeId: string): Promise<HostDevice | undefined>;
+  /** Oldest first. */
+  list(filter?: { hostId?: string; volumeId?: string }): Promise<HostDevice[]>;
+  /** Insert or replace the record of (hostId, volumeId); secrets are dropped from connection_info. */
+  put(record: NewHostDevice): Promise<HostDevice>;
+  /** Remove the record; succeeds when it is already gone. */
+  delete(hostId: string, volumeId: string): Promise<void>;
+}
+
+/** Who holds a lease, and until when it counts. */
+export interface LockHolder {
+  owner: string;
+  acquiredAt: string;
+  expiresAt: string;
+}
+
+/**
+ * Leases in the store: one row per key, so two processes (two `berth attach` commands) serialise
+ * on it where an in-process lock cannot. The store only compares and swaps; whether a holder is
+ * dead (its process gone, its lease expired) is the caller's call.
+ */
+export interface LockRepository {
+  /** Take `key` for `owner` when nobody holds it; resolves undefined when taken, else the holder. */
+  tryAcquire(key: string, owner: string, expiresAt: string): Promise<LockHolder | undefined>;
+  /** Take `key` from `expectedOwner` (dead or expired): a compare-and-swap; false when it changed meanwhile. */
+  takeOver(key: string, owner: string, expectedOwner: string, expiresAt: string): Promise<boolean>;
+  /** Give `key` back; does nothing unless `owner` holds it. */
+  release(key: string, owner: string): Promise<void>;
+  /** The current holder of `key`, if any. */
+  holder(key: string): Promise<LockHolder | undefined>;
 }
 
 export type { OperationStep };

@@ -19,13 +19,14 @@ import {
   type HostIdentity,
   type Logger,
   type PluginSource,
+  type Store,
 } from '@berth/core';
 import driverIscsi from '@berth/driver-iscsi';
 import driverIscsiMultipath from '@berth/driver-iscsi-multipath';
 import driverIscsiUser from '@berth/driver-iscsi-user';
 import driverLoop from '@berth/driver-loop';
 import { createHostServices, hostFacts, type HostServices } from '@berth/host';
-import { openPostgresStore, openSqliteStore } from '@berth/store';
+import { isEnvironmentError, openPostgresStore, openSqliteStoreForUse } from '@berth/store';
 import { defaultDataDir } from './data-dir.js';
 import { createLogger } from './logger.js';
 import { simulatedHostServices, USER_ISCSI_PLUGIN } from './simulate.js';
@@ -134,10 +135,21 @@ export async function openBerth(options: OpenBerthOptions = {}): Promise<BerthSe
       logger: logger.child({ component: 'host' }),
     });
 
-  const store =
-    config.store.kind === 'postgres'
-      ? await openPostgresStore({ url: config.store.url, ...(config.store.poolSize === undefined ? {} : { poolSize: config.store.poolSize }) })
-      : await openSqliteStore({ filename: config.store.filename ?? path.join(config.dataDir, 'berth.db') });
+  // SQLite: a full disk or a read-only data dir still lets people look (`volume list`, `show`,
+  // `attachment list`): the store then opens read-only, and every write says why it cannot.
+  let store: Store;
+  let readOnly: BerthError | undefined;
+  if (config.store.kind === 'postgres') {
+    store = await openPostgresStore({ url: config.store.url, ...(config.store.poolSize === undefined ? {} : { poolSize: config.store.poolSize }) });
+  } else {
+    const opened = await openSqliteStoreForUse({
+      filename: config.store.filename ?? path.join(config.dataDir, 'berth.db'),
+      ...(config.store.busyTimeoutMs === undefined ? {} : { busyTimeoutMs: config.store.busyTimeoutMs }),
+    });
+    store = opened.store;
+    readOnly = opened.readOnly;
+    if (readOnly) logger.warn({ reason: readOnly.details.reason, err: readOnly.message }, 'the berth database is open read-only');
+  }
 
   // The plugins the `simulate` section names run on the simulated host; everything else on this one.
   const hostOverrides: Record<string, HostServices> = {};
@@ -182,6 +194,15 @@ export async function openBerth(options: OpenBerthOptions = {}): Promise<BerthSe
   const service = container.resolve<BerthService>(TOKENS.Service);
   // Nothing stays in a transitional state: whatever a dead process left half done is resumed or
   // rolled back before this one does anything else.
-  if (options.recover ?? true) await service.recover?.();
+  if ((options.recover ?? true) && readOnly === undefined) {
+    try {
+      await service.recover?.();
+    } catch (error) {
+      // Recovery writes; on a disk that filled up it cannot. What it left stays `running` and the
+      // next command that can write finishes it: this one can still read.
+      if (!isEnvironmentError(error)) throw error;
+      logger.warn({ reason: error.details.reason, err: error.message }, 'could not recover interrupted operations now');
+    }
+  }
   return service;
 }

@@ -1,9 +1,11 @@
+import { execFileSync, spawn } from 'node:child_process';
 import { closeSync, fsyncSync, openSync, readSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { BerthService, ReconcileReport } from '@berth/core';
+import { openSqliteStore } from '@berth/store';
 import { createTestBerth, linkTarget, loopDevicesUnder, type TestBerth } from './test-support.js';
 import { detachByHand, loopList, loopsBacking, losetupByHand, sqlite } from './test-host-state.js';
 
@@ -92,11 +94,16 @@ describe('berth reconcile on the loop transport', () => {
     await berth.detach({ volume: 'orphan' });
   });
 
-  it('disconnects a volume file someone attached by hand, and never touches a loop device it did not make', async () => {
+  it('disconnects a volume file someone attached by hand; never touches a device over a part of it (an offset: finding 9), over another file, or held open', async () => {
     const berth = await t.open();
     const volume = await berth.createVolume({ name: 'byhand', sizeBytes: 16 * MiB });
+    const held = await berth.createVolume({ name: 'held', sizeBytes: 16 * MiB });
     const own = losetupByHand(volume.providerLocation!);
     handMade.push(own);
+    const partial = execFileSync('losetup', ['--find', '--show', '--offset', '4096', volume.providerLocation!], { encoding: 'utf8' }).trim();
+    handMade.push(partial);
+    const mounted = losetupByHand(held.providerLocation!);
+    handMade.push(mounted);
     const dir = await mkdtemp(path.join(os.tmpdir(), 'berth-foreign-'));
     tempDirs.push(dir);
     const foreignFile = path.join(dir, 'not-berths.img');
@@ -105,16 +112,65 @@ describe('berth reconcile on the loop transport', () => {
     handMade.push(foreign);
 
     const planned = await berth.reconcile!({ dryRun: true });
-    expect(kinds(planned)).toEqual(['device_without_attachment:disconnect:planned']);
-    expect(planned.differences[0]!.resource).toBe(`${own} (backing ${volume.providerLocation})`);
+    expect(kinds(planned).sort()).toEqual(['device_without_attachment:disconnect:planned', 'device_without_attachment:disconnect:planned']);
+    expect(planned.differences.map((d) => d.resource).sort()).toEqual([`${mounted} (backing ${held.providerLocation})`, `${own} (backing ${volume.providerLocation})`].sort());
     expect(JSON.stringify(planned)).not.toContain(foreignFile);
+    // A device over a part of the file is not berth's kind of device: not even listed (finding 9).
+    expect(JSON.stringify(planned)).not.toContain(`${partial} `);
 
-    const applied = await berth.reconcile!();
-    expect(kinds(applied)).toEqual(['device_without_attachment:disconnect:applied']);
-    expect(loopsBacking(volume.providerLocation!)).toEqual([]);
-    // What berth did not make stays exactly as it was.
+    const fd = openSync(mounted, 'r');
+    const holder = spawn('sleep', ['600'], { stdio: [fd, 'ignore', 'ignore'] });
+    closeSync(fd);
+    try {
+      const applied = await berth.reconcile!();
+      const byResource = new Map(applied.differences.map((d) => [d.resource, d]));
+      expect(byResource.get(`${own} (backing ${volume.providerLocation})`)?.state).toBe('applied');
+      // Held open: left alone, and the report says who holds it.
+      const refused = byResource.get(`${mounted} (backing ${held.providerLocation})`);
+      expect(refused?.state).toBe('failed');
+      expect(refused?.result).toMatch(new RegExp(`process ${holder.pid}`));
+    } finally {
+      holder.kill('SIGKILL');
+      await new Promise<void>((resolve) => holder.once('exit', () => resolve()));
+    }
+    expect(loopsBacking(volume.providerLocation!)).toEqual([partial]);
+    expect(loopsBacking(held.providerLocation!)).toEqual([mounted]);
     expect(loopsBacking(foreignFile)).toEqual([foreign]);
     expect((await berth.getVolume('byhand')).status).toBe('available');
+  });
+
+  it('finishes an attachment an older berth left reserved with its operation already closed (finding 4), and one left error_detaching', async () => {
+    const berth = await t.open();
+    const stuckVolume = await berth.createVolume({ name: 'stuck', sizeBytes: 16 * MiB });
+    const failedVolume = await berth.createVolume({ name: 'failed', sizeBytes: 16 * MiB });
+    const server = await berth.createServer({ name: 's1' });
+    const { attachment: failing } = await berth.attach({ volume: 'failed' });
+    await berth.close();
+    const store = await openSqliteStore({ filename: path.join(t.dataDir, 'berth.db') });
+    try {
+      // The old attach: reserve committed, killed before linking, and the old recovery closed the operation.
+      const op = await store.operations.create({ kind: 'attach', volumeId: stuckVolume.id, serverId: server.id, hostId: server.hostId, deadlineAt: new Date().toISOString() });
+      const seq = await store.operations.startStep(op.id, 'reserve', 'do');
+      await store.operations.endStep(op.id, seq, { state: 'done' });
+      await store.volumes.transition(stuckVolume.id, ['available'], 'reserved');
+      await store.attachments.create({ volumeId: stuckVolume.id, serverId: server.id, hostId: server.hostId, mode: 'rw' });
+      await store.operations.finish(op.id, { state: 'rolled_back' });
+      // A detach that failed past its point of no return.
+      await store.attachments.transition(failing!.id, ['attached'], 'error_detaching', { error: 'a detach failed half-way' });
+      await store.volumes.transition(failedVolume.id, ['in-use'], 'error');
+    } finally {
+      await store.close();
+    }
+    const again = await t.open();
+    const planned = await again.reconcile!({ dryRun: true });
+    expect(kinds(planned).sort()).toEqual(['attachment_error:disconnect:planned', 'attachment_stuck:disconnect:planned']);
+    const applied = await again.reconcile!();
+    expect(applied.counts).toMatchObject({ applied: 2, failed: 0 });
+    expect((await again.listVolumes()).map((v) => `${v.name}:${v.status}`).sort()).toEqual(['failed:available', 'stuck:available']);
+    expect(await again.listAttachments()).toEqual([]);
+    expect(loopDevicesUnder(t.dataDir)).toEqual([]);
+    expect(linkTarget(`/dev/berth/${failedVolume.id}`)).toBeUndefined();
+    expect((await again.reconcile!({ dryRun: true })).differences).toEqual([]);
   });
 
   it('reconnects an attachment whose loop device was detached by hand: the data and the stable link follow', async () => {
@@ -165,8 +221,8 @@ describe('berth reconcile on the loop transport', () => {
       const operation = await berth.getOperation(applied.operationId!);
       expect(operation.state).toBe('failed');
       expect(operation.steps.map((s) => `${s.name}:${s.state}`)).toEqual(['reconnect:failed']);
-      // Nothing more reconcile can do: the error attachment accounts for the volume's status.
-      expect((await berth.reconcile!({ dryRun: true })).differences).toEqual([]);
+      // The next reconcile would finish it as `detach --force` does.
+      expect(kinds(await berth.reconcile!({ dryRun: true }))).toEqual(['attachment_error:disconnect:planned']);
     } finally {
       renameSync(`${file}.moved`, file);
     }
@@ -233,6 +289,6 @@ describe('berth reconcile on the loop transport', () => {
     expect(loopsBacking(c.providerLocation!)).toHaveLength(1);
     expect((await berth.listVolumes()).map((v) => `${v.name}:${v.status}`).sort()).toEqual(['a:available', 'b:available', 'c:in-use', 'd:available']);
     await berth.detach({ volume: 'c' });
-    expect(loopDevicesUnder(t.dataDir)).toEqual([]);
+    expect(loopsBacking(c.providerLocation!)).toEqual([]);
   });
 });

@@ -162,5 +162,7 @@ describe('secrets', () => {
     }
     console.log(`secrets: searched ${lines.length} log lines, ${captured.length} errors/outputs/journal rows and the database for ${secrets.length} passwords`);
     expect(leaks).toEqual([]);
-  });
+    // Five attaches on the simulated iSCSI host and nine CLI processes: ~35 s on a quiet machine,
+    // over 2 minutes on a loaded one (and spawnSync holds the timer until each CLI exits).
+  }, 300_000);
 });

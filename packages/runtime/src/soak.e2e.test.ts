@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BerthError, recomputeVolumeStatus, type BerthService } from '@berth/core';
 import { createTestBerth, linkTarget, loopDevicesUnder, type TestBerth } from './test-support.js';
 import { loopsBacking } from './test-host-state.js';
+import { seededRandom } from './seeded-random.js';
 
 // A soak on the embedded default (file backend, loop transport, real loop devices): 500 random
 // attach/detach/extend/delete(+create) operations over 20 volumes and 3 servers, run by four berth
@@ -32,18 +33,6 @@ const CRASH_DETACH = ['detach.unpublish.after', 'detach.disconnect.before', 'loo
 // What an operation may fail with here: a race lost (CONFLICT, NOT_FOUND) or an injected fault.
 const EXPECTED_CODES = new Set(['CONFLICT', 'NOT_FOUND', 'INTERNAL', 'DRIVER_ERROR']);
 
-/** mulberry32: a small seeded PRNG, so a failing run can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 let t: TestBerth;
 let instances: BerthService[];
 
@@ -60,7 +49,7 @@ afterAll(async () => {
 describe('soak', () => {
   it(`${OPS} random operations over ${VOLUMES} volumes and ${SERVERS.length} servers with faults, then reconcile: consistent, nothing leaked`, { timeout: 170_000 }, async () => {
     const started = Date.now();
-    const random = prng(SEED);
+    const random = seededRandom(SEED);
     const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)]!;
     const plain = instances[0]!;
     const outcomes = new Map<string, number>();

@@ -3,7 +3,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { existsSync, lstatSync, readlinkSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { silentLogger, type BerthService } from '@berth/core';
+import { BerthError, silentLogger, type BerthService } from '@berth/core';
 import { openBerth } from './open-berth.js';
 
 /** A private berth on a temp data dir (real loop devices, real /dev/berth links). */
@@ -40,6 +40,8 @@ export async function createTestBerth(): Promise<TestBerth> {
       for (const service of opened) {
         try {
           for (const v of await service.listVolumes()) volumeIds.push(v.id);
+          // Each attachment has its own link too.
+          for (const a of await service.listAttachments()) volumeIds.push(a.id);
         } catch {
           // closed already
         }
@@ -76,4 +78,14 @@ export function linkTarget(p: string): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** Await `promise`, which must reject with a BerthError; returns it. */
+export async function rejection(promise: Promise<unknown>): Promise<BerthError> {
+  const outcome = await promise.then(
+    () => undefined,
+    (error: unknown) => error,
+  );
+  if (!BerthError.is(outcome)) throw new Error(`expected a BerthError, got ${String(outcome)}`);
+  return outcome;
 }

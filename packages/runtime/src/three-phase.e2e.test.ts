@@ -1,7 +1,7 @@
 import os from 'node:os';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BerthError } from '@berth/core';
-import { createTestBerth, loopDevicesUnder, type TestBerth } from './test-support.js';
+import { createTestBerth, linkTarget, loopDevicesUnder, type TestBerth } from './test-support.js';
 
 const MiB = 1024 * 1024;
 let t: TestBerth;
@@ -59,5 +59,20 @@ describe('the three-phase attachments API (an outside orchestrator connects the 
     expect(BerthError.is(refused) && refused.code).toBe('UNPROCESSABLE');
     expect((await berth.getVolume('tp')).status).toBe('available');
     expect(await berth.listAttachments({ volume: 'tp' })).toEqual([]);
+  });
+
+  it('refuses to delete an attachment berth itself connected: the hint names the detach, the device and its links stay', async () => {
+    const berth = await t.open();
+    const volume = await berth.createVolume({ name: 'tp', sizeBytes: 16 * MiB });
+    await berth.createServer({ name: 's1' });
+    const { attachment } = await berth.attach({ volume: 'tp', server: 's1' });
+    const refused = await berth.deleteAttachment(attachment!.id).catch((e: unknown) => e);
+    expect(BerthError.is(refused) && refused.code).toBe('CONFLICT');
+    expect(BerthError.is(refused) && refused.hint).toBe('detach it instead: berth detach tp --server s1');
+    expect((await berth.listAttachments({ volume: 'tp' }))[0]).toMatchObject({ id: attachment!.id, status: 'attached' });
+    expect(loopDevicesUnder(t.dataDir)).toEqual([attachment!.device!.path]);
+    expect(linkTarget(`/dev/berth/${volume.id}`)).toBe(attachment!.device!.path);
+    await berth.detach({ volume: 'tp' });
+    expect(loopDevicesUnder(t.dataDir)).toEqual([]);
   });
 });

@@ -617,6 +617,83 @@ export function describeStoreConformance(name: string, open: () => Promise<Store
       });
     });
 
+    describe('devices (the ledger of connected devices)', () => {
+      const hostId = '0c1d2e3f-4a5b-4c6d-8e7f-8091a2b3c4d5';
+      const volumeId = '1d2e3f4a-5b6c-4d7e-9f80-91a2b3c4d5e6';
+      const connectionInfo: ConnectionInfo = {
+        driver_volume_type: 'iscsi',
+        data: { target_iqn: 'iqn.2010-10.org.openstack:v', target_lun: 1, auth_password: 'sekrit', vendor_key: 'kept' },
+      };
+      const device = { path: '/dev/loop3', type: 'block' as const, identity: { kind: 'loop', rdev: '7:3', inode: 42 } };
+
+      it('puts, gets and lists a record without secrets; a second put replaces it in place', async () => {
+        expect(await store.devices.get(hostId, volumeId)).toBeUndefined();
+        const first = await store.devices.put({ hostId, volumeId, transport: 'loop', connectionInfo, device, operationId: null });
+        expect(first).toMatchObject({ hostId, volumeId, transport: 'loop', device, operationId: null });
+        expect(first.connectionInfo.data).toEqual({ target_iqn: 'iqn.2010-10.org.openstack:v', target_lun: 1, vendor_key: 'kept' });
+        expect(JSON.stringify(await store.devices.list())).not.toContain('sekrit');
+        const moved = { ...device, path: '/dev/loop5', identity: { kind: 'loop', rdev: '7:5', inode: 42 } };
+        const second = await store.devices.put({ hostId, volumeId, transport: 'loop', connectionInfo, device: moved });
+        expect(second.createdAt).toBe(first.createdAt);
+        expect(await store.devices.list({ hostId })).toEqual([second]);
+        expect(await store.devices.list({ volumeId: hostId })).toEqual([]);
+      });
+
+      it('delete removes the record and succeeds when it is already gone; an invalid record is VALIDATION', async () => {
+        await store.devices.put({ hostId, volumeId, transport: 'loop', connectionInfo, device });
+        await store.devices.delete(hostId, volumeId);
+        await store.devices.delete(hostId, volumeId);
+        expect(await store.devices.list()).toEqual([]);
+        await rejection(store.devices.put({ hostId: 'not-a-uuid', volumeId, transport: 'loop', connectionInfo, device }), 'VALIDATION');
+      });
+
+      it('a put inside a rolled-back transaction leaves nothing', async () => {
+        await store
+          .transaction(async (tx) => {
+            await tx.devices.put({ hostId, volumeId, transport: 'loop', connectionInfo, device });
+            throw new Error('roll back');
+          })
+          .catch(() => undefined);
+        expect(await store.devices.get(hostId, volumeId)).toBeUndefined();
+      });
+    });
+
+    describe('locks (leases)', () => {
+      const later = '2030-01-01T00:00:00.000Z';
+
+      it('one owner at a time: the second gets the holder back; release lets the next one in', async () => {
+        expect(await store.locks.tryAcquire('device:h:v', 'a', later)).toBeUndefined();
+        expect(await store.locks.tryAcquire('device:h:v', 'b', later)).toMatchObject({ owner: 'a', expiresAt: later });
+        expect(await store.locks.holder('device:h:v')).toMatchObject({ owner: 'a' });
+        // Releasing someone else's lease does nothing.
+        await store.locks.release('device:h:v', 'b');
+        expect(await store.locks.holder('device:h:v')).toMatchObject({ owner: 'a' });
+        await store.locks.release('device:h:v', 'a');
+        expect(await store.locks.holder('device:h:v')).toBeUndefined();
+        expect(await store.locks.tryAcquire('device:h:v', 'b', later)).toBeUndefined();
+        // Other keys are independent.
+        expect(await store.locks.tryAcquire('device:h:w', 'c', later)).toBeUndefined();
+      });
+
+      it('takeOver is a compare-and-swap on the owner', async () => {
+        await store.locks.tryAcquire('k', 'dead', later);
+        expect(await store.locks.takeOver('k', 'x', 'dead', later)).toBe(true);
+        expect(await store.locks.takeOver('k', 'y', 'dead', later)).toBe(false);
+        expect((await store.locks.holder('k'))?.owner).toBe('x');
+        expect(await store.locks.takeOver('missing', 'y', 'dead', later)).toBe(false);
+      });
+
+      it('of ten concurrent callers exactly one gets the lease', async () => {
+        const results = await Promise.all(Array.from({ length: 10 }, (_, i) => store.locks.tryAcquire('race', `owner-${i}`, later)));
+        expect(results.filter((r) => r === undefined)).toHaveLength(1);
+      });
+
+      it('refuses an empty key or owner with VALIDATION', async () => {
+        await rejection(store.locks.tryAcquire('', 'a', later), 'VALIDATION');
+        await rejection(store.locks.tryAcquire('k', '', later), 'VALIDATION');
+      });
+    });
+
     describe('transaction', () => {
       it('commits and returns what fn returns', async () => {
         const result = await store.transaction(async (tx) => {

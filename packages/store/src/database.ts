@@ -120,9 +120,29 @@ export interface WorkItemsTable {
   updated_at: string;
 }
 
+/** Table `host_devices`: berth's ledger of the devices it connected, keyed by (host_id, volume_id). */
+export interface HostDevicesTable {
+  host_id: string;
+  volume_id: string;
+  transport: string;
+  connection_info: JsonColumn;
+  device: JsonColumn;
+  operation_id: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
 /** Table `transaction_gate` (migration 0002): never holds a row; PostgreSQL transactions lock it. */
 export interface TransactionGateTable {
   id: number;
+}
+
+/** Table `locks`: named leases, one row per held key. */
+export interface LocksTable {
+  key: string;
+  owner: string;
+  acquired_at: string;
+  expires_at: string;
 }
 
 /** The whole schema as Kysely sees it: snake_case columns, one interface per table. */
@@ -135,4 +155,6 @@ export interface Database {
   operation_steps: OperationStepsTable;
   work_items: WorkItemsTable;
   transaction_gate: TransactionGateTable;
+  host_devices: HostDevicesTable;
+  locks: LocksTable;
 }

@@ -1,5 +1,6 @@
-export { openSqliteStore, DEFAULT_BUSY_TIMEOUT_MS } from './open-sqlite-store.js';
-export type { SqliteStoreOptions } from './open-sqlite-store.js';
+export { openSqliteStore, openSqliteStoreForUse, openSqliteStoreReadOnly, DEFAULT_BUSY_TIMEOUT_MS } from './open-sqlite-store.js';
+export type { SqliteStoreOptions, OpenedSqliteStore } from './open-sqlite-store.js';
+export { environmentError, isEnvironmentError, isDiskFull, isReadOnly, isSqliteBusy, DISK_FULL, READ_ONLY } from './sqlite-errors.js';
 export { openPostgresStore, DEFAULT_POSTGRES_POOL_SIZE, DEFAULT_POSTGRES_CONNECT_TIMEOUT_MS } from './open-postgres-store.js';
 export type { PostgresStoreOptions } from './open-postgres-store.js';
 export { isPostgresUrl, redactPostgresUrl, parseStoreUrl, zPostgresUrl } from './postgres-url.js';

@@ -9,7 +9,9 @@ import { zChannel, zPayload } from './notification-backend.js';
 import type { NotificationBackend } from './notification-backend.js';
 import type { RepositoryContext } from './repository-context.js';
 import { createAttachmentRepository } from './repositories/attachment-repository.js';
+import { createHostDeviceRepository } from './repositories/host-device-repository.js';
 import { createHostRepository } from './repositories/host-repository.js';
+import { createLockRepository } from './repositories/lock-repository.js';
 import { createOperationRepository } from './repositories/operation-repository.js';
 import { createServerRepository } from './repositories/server-repository.js';
 import { createVolumeRepository } from './repositories/volume-repository.js';
@@ -105,7 +107,7 @@ export function createKyselyStore(db: Kysely<Database>, options: KyselyStoreOpti
   const repositories = (
     ctx: RepositoryContext,
     scope: () => TransactionScope | undefined,
-  ): Pick<Store, 'volumes' | 'hosts' | 'servers' | 'attachments' | 'operations' | 'workItems' | 'notifications'> => ({
+  ): Pick<Store, 'volumes' | 'hosts' | 'servers' | 'attachments' | 'operations' | 'workItems' | 'notifications' | 'devices' | 'locks'> => ({
     volumes: createVolumeRepository(ctx),
     hosts: createHostRepository(ctx),
     servers: createServerRepository(ctx),
@@ -113,6 +115,8 @@ export function createKyselyStore(db: Kysely<Database>, options: KyselyStoreOpti
     operations: createOperationRepository(ctx),
     workItems: createWorkItemRepository(ctx),
     notifications: notifications(ctx, scope),
+    devices: createHostDeviceRepository(ctx),
+    locks: createLockRepository(ctx),
   });
 
   const openScope = (): TransactionScope | undefined => {

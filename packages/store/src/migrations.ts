@@ -142,6 +142,33 @@ export function createMigrations(dialect: StoreDialect): Record<string, Migratio
         await db.schema.createTable('transaction_gate').addColumn('id', 'integer', (col) => col.primaryKey()).execute();
       },
     },
+    '0003-host-devices-and-locks': {
+      async up(db: Kysely<unknown>): Promise<void> {
+        // The ledger of devices berth connected: one per volume per host (attachments of one volume
+        // on one host share it). No foreign keys: a record must outlive a lost attachment row, and
+        // a volume is not deleted while one exists (core checks).
+        await db.schema
+          .createTable('host_devices')
+          .addColumn('host_id', 'text', (col) => col.notNull())
+          .addColumn('volume_id', 'text', (col) => col.notNull())
+          .addColumn('transport', 'text', (col) => col.notNull())
+          .addColumn('connection_info', dialect.jsonType, (col) => col.notNull())
+          .addColumn('device', dialect.jsonType, (col) => col.notNull())
+          .addColumn('operation_id', 'text')
+          .addColumn('created_at', 'text', (col) => col.notNull())
+          .addColumn('updated_at', 'text', (col) => col.notNull())
+          .addPrimaryKeyConstraint('host_devices_pkey', ['host_id', 'volume_id'])
+          .execute();
+
+        await db.schema
+          .createTable('locks')
+          .addColumn('key', 'text', (col) => col.primaryKey())
+          .addColumn('owner', 'text', (col) => col.notNull())
+          .addColumn('acquired_at', 'text', (col) => col.notNull())
+          .addColumn('expires_at', 'text', (col) => col.notNull())
+          .execute();
+      },
+    },
   };
 }
 

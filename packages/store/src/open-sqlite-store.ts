@@ -1,5 +1,6 @@
-import { mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, dirname, join } from 'node:path';
 import { BerthError } from '@berth/core';
 import type { Store } from '@berth/core';
 import BetterSqlite3 from 'better-sqlite3';
@@ -7,7 +8,9 @@ import { Kysely } from 'kysely';
 import type { Database } from './database.js';
 import { createKyselyStore } from './kysely-store.js';
 import { migrateToLatest } from './migrate.js';
+import { createMigrations } from './migrations.js';
 import { applySqlitePragmas, BerthSqliteDialect, sqliteStoreDialect } from './sqlite-dialect.js';
+import { environmentError, isEnvironmentError } from './sqlite-errors.js';
 
 /** Default time a write waits for another process's lock before failing with TIMEOUT. */
 export const DEFAULT_BUSY_TIMEOUT_MS = 5000;
@@ -20,8 +23,33 @@ export interface SqliteStoreOptions {
   busyTimeoutMs?: number;
 }
 
+/** A store opened by `openSqliteStoreForUse`, and why it is read-only when it is. */
+export interface OpenedSqliteStore {
+  store: Store;
+  /** Set when the database could not be opened for writing (full disk, read-only data dir): reads work, writes fail with this. */
+  readOnly: BerthError | undefined;
+}
+
 function isMemory(filename: string): boolean {
   return filename === ':memory:';
+}
+
+function checkOptions(filename: string, busyTimeoutMs: number): void {
+  if (filename.length === 0) {
+    throw new BerthError('CONFIG', 'the store filename is empty', { hint: 'set a database path, or `:memory:`' });
+  }
+  if (!Number.isInteger(busyTimeoutMs) || busyTimeoutMs < 0) {
+    throw new BerthError('CONFIG', `busyTimeoutMs must be a whole number of milliseconds ≥ 0, got ${busyTimeoutMs}`);
+  }
+}
+
+/** Why the database cannot be opened, as the error a user can act on. */
+function openFailure(error: unknown, filename: string, busyTimeoutMs: number, hint: string): BerthError {
+  if (BerthError.is(error)) return error;
+  return (
+    environmentError(error, { filename, busyTimeoutMs }) ??
+    new BerthError('CONFIG', `cannot open the berth database ${filename}: ${(error as Error).message}`, { hint, details: { filename }, cause: error })
+  );
 }
 
 /**
@@ -31,23 +59,14 @@ function isMemory(filename: string): boolean {
 export async function openSqliteStore(options: SqliteStoreOptions): Promise<Store> {
   const { filename } = options;
   const busyTimeoutMs = options.busyTimeoutMs ?? DEFAULT_BUSY_TIMEOUT_MS;
-  if (filename.length === 0) {
-    throw new BerthError('CONFIG', 'the store filename is empty', { hint: 'set a database path, or `:memory:`' });
-  }
-  if (!Number.isInteger(busyTimeoutMs) || busyTimeoutMs < 0) {
-    throw new BerthError('CONFIG', `busyTimeoutMs must be a whole number of milliseconds ≥ 0, got ${busyTimeoutMs}`);
-  }
+  checkOptions(filename, busyTimeoutMs);
 
   let database: BetterSqlite3.Database;
   try {
     if (!isMemory(filename)) mkdirSync(dirname(filename), { recursive: true, mode: 0o700 });
     database = new BetterSqlite3(filename, { timeout: busyTimeoutMs });
   } catch (error) {
-    throw new BerthError('CONFIG', `cannot open the berth database ${filename}: ${(error as Error).message}`, {
-      hint: 'check that the data directory exists or can be created, and that this user may write it',
-      details: { filename },
-      cause: error,
-    });
+    throw openFailure(error, filename, busyTimeoutMs, 'check that the data directory exists or can be created, and that this user may write it');
   }
 
   let db: Kysely<Database> | undefined;
@@ -58,12 +77,81 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
   } catch (error) {
     if (db !== undefined) await db.destroy();
     else database.close();
-    if (BerthError.is(error)) throw error;
-    throw new BerthError('CONFIG', `cannot open the berth database ${filename}: ${(error as Error).message}`, {
-      hint: 'check that the file is a berth database (SQLite) and that this user may write it',
-      details: { filename },
-      cause: error,
-    });
+    throw openFailure(error, filename, busyTimeoutMs, 'check that the file is a berth database (SQLite) and that this user may write it');
   }
   return createKyselyStore(db, { dialect: sqliteStoreDialect });
+}
+
+/**
+ * Open the database for writing; when that fails because the disk is full or the data dir is
+ * read-only, open it for reading instead, so that `volume list`, `show` and `attachment list`
+ * still work and every write fails with that reason.
+ */
+export async function openSqliteStoreForUse(options: SqliteStoreOptions): Promise<OpenedSqliteStore> {
+  try {
+    return { store: await openSqliteStore(options), readOnly: undefined };
+  } catch (error) {
+    if (!isEnvironmentError(error) || isMemory(options.filename) || !existsSync(options.filename)) throw error;
+    return { store: await openSqliteStoreReadOnly({ ...options, readOnlyReason: error }), readOnly: error };
+  }
+}
+
+/**
+ * Open an existing database for reading only (no migration, no WAL switch). A WAL database in a
+ * directory that cannot be written can only be opened when its `-wal` and `-shm` files exist; when
+ * they do not (the last writer closed cleanly, so the main file holds everything), a private copy
+ * of the file is opened instead.
+ */
+export async function openSqliteStoreReadOnly(options: SqliteStoreOptions & { readOnlyReason?: BerthError }): Promise<Store> {
+  const { filename } = options;
+  const busyTimeoutMs = options.busyTimeoutMs ?? DEFAULT_BUSY_TIMEOUT_MS;
+  checkOptions(filename, busyTimeoutMs);
+  let database: BetterSqlite3.Database | undefined;
+  let copyDir: string | undefined;
+  try {
+    database = new BetterSqlite3(filename, { readonly: true, fileMustExist: true, timeout: busyTimeoutMs });
+    database.prepare('select count(*) from sqlite_master').get();
+  } catch {
+    database?.close();
+    database = undefined;
+    try {
+      copyDir = mkdtempSync(join(tmpdir(), 'berth-db-read-'));
+      const copy = join(copyDir, basename(filename));
+      copyFileSync(filename, copy);
+      if (existsSync(`${filename}-wal`)) copyFileSync(`${filename}-wal`, `${copy}-wal`);
+      database = new BetterSqlite3(copy, { readonly: true, fileMustExist: true });
+      database.prepare('select count(*) from sqlite_master').get();
+    } catch (error) {
+      database?.close();
+      if (copyDir !== undefined) rmSync(copyDir, { recursive: true, force: true });
+      throw openFailure(error, filename, busyTimeoutMs, 'check that the file is a berth database (SQLite) and that this user may read it');
+    }
+  }
+  if (database === undefined) throw new BerthError('INTERNAL', `opening ${filename} for reading gave no database`);
+  const known = Object.keys(createMigrations(sqliteStoreDialect));
+  let applied: string[];
+  try {
+    applied = (database.prepare('select name from kysely_migration order by name').all() as Array<{ name: string }>).map((row) => row.name);
+  } catch (error) {
+    database.close();
+    if (copyDir !== undefined) rmSync(copyDir, { recursive: true, force: true });
+    throw openFailure(error, filename, busyTimeoutMs, 'check that the file is a berth database (SQLite)');
+  }
+  if (known.some((name) => !applied.includes(name))) {
+    database.close();
+    if (copyDir !== undefined) rmSync(copyDir, { recursive: true, force: true });
+    throw new BerthError('CONFIG', `the berth database ${filename} was written by an older berth and cannot be upgraded while it is read-only`, {
+      hint: 'make the data directory writable and run any berth command once',
+      details: { filename },
+    });
+  }
+  const db = new Kysely<Database>({
+    dialect: new BerthSqliteDialect(database, { filename, busyTimeoutMs, ...(options.readOnlyReason ? { readOnlyReason: options.readOnlyReason } : {}) }),
+  });
+  return createKyselyStore(db, {
+    dialect: sqliteStoreDialect,
+    onClose: () => {
+      if (copyDir !== undefined) rmSync(copyDir, { recursive: true, force: true });
+    },
+  });
 }

@@ -67,7 +67,7 @@ describe('openPostgresStore', () => {
     const rows = await new pg.Pool({ connectionString: url, max: 1 }).query<{ name: string }>(
       'select name from kysely_migration order by name',
     );
-    expect(rows.rows.map((r) => r.name)).toEqual(['0001-initial', '0002-leases-and-work-items']);
+    expect(rows.rows.map((r) => r.name)).toEqual(['0001-initial', '0002-leases-and-work-items', '0003-host-devices-and-locks']);
   });
 
   it('refuses a database migrated by a newer berth, saying so', async () => {

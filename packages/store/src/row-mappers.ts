@@ -1,8 +1,9 @@
-import { zAttachment, zHost, zOperation, zOperationStep, zServer, zVolume, zWorkItem } from '@berth/core';
-import type { Attachment, Host, Operation, OperationStep, Server, Volume, WorkItem } from '@berth/core';
+import { zAttachment, zHost, zHostDevice, zOperation, zOperationStep, zServer, zVolume, zWorkItem } from '@berth/core';
+import type { Attachment, Host, HostDevice, Operation, OperationStep, Server, Volume, WorkItem } from '@berth/core';
 import type { Selectable } from 'kysely';
 import type {
   AttachmentsTable,
+  HostDevicesTable,
   HostsTable,
   OperationStepsTable,
   OperationsTable,
@@ -150,6 +151,20 @@ export function toWorkItem(row: Selectable<WorkItemsTable>, dialect: StoreDialec
     attempts: toNumber(row.attempts),
     leaseOwner: row.lease_owner,
     leaseExpiresAt: row.lease_expires_at,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  });
+}
+
+/** `host_devices` row → HostDevice. */
+export function toHostDevice(row: Selectable<HostDevicesTable>, dialect: StoreDialect): HostDevice {
+  return checked('device', `${row.host_id}/${row.volume_id}`, zHostDevice, {
+    hostId: row.host_id,
+    volumeId: row.volume_id,
+    transport: row.transport,
+    connectionInfo: dialect.decodeJson(row.connection_info),
+    device: dialect.decodeJson(row.device),
+    operationId: row.operation_id,
     createdAt: row.created_at,
     updatedAt: row.updated_at,
   });

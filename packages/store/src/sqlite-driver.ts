@@ -1,8 +1,12 @@
 import { resolve } from 'node:path';
-import { BerthError } from '@berth/core';
+import type BetterSqlite3 from 'better-sqlite3';
+import type { BerthError } from '@berth/core';
 import { CompiledQuery, SqliteDriver } from 'kysely';
 import type { DatabaseConnection, QueryResult, SqliteDialectConfig } from 'kysely';
 import { AsyncMutex } from './async-mutex.js';
+import { environmentError, READ_ONLY } from './sqlite-errors.js';
+
+export { isSqliteBusy } from './sqlite-errors.js';
 
 /** Options of the berth SQLite driver. */
 export interface BerthSqliteDriverOptions {
@@ -10,6 +14,8 @@ export interface BerthSqliteDriverOptions {
   filename: string;
   /** How long SQLite waits for another process's write lock, in milliseconds. */
   busyTimeoutMs: number;
+  /** Set on a store opened read-only because writing failed: every write fails with this reason. */
+  readOnlyReason?: BerthError;
 }
 
 interface FileLock {
@@ -47,14 +53,8 @@ function takeFileLock(filename: string): { mutex: AsyncMutex; dispose: () => voi
   };
 }
 
-/** Whether `error` is SQLite saying the database stayed locked past the busy timeout. */
-export function isSqliteBusy(error: unknown): boolean {
-  const code = (error as { code?: unknown } | null)?.code;
-  return typeof code === 'string' && (code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_LOCKED'));
-}
-
-/** Turns SQLITE_BUSY into a BerthError a user can act on; every other error passes unchanged. */
-class BusyMappingConnection implements DatabaseConnection {
+/** Turns SQLite's environment failures (busy, full, read-only) into BerthErrors a user can act on; every other error passes unchanged. */
+class ErrorMappingConnection implements DatabaseConnection {
   readonly #inner: DatabaseConnection;
   readonly #options: BerthSqliteDriverOptions;
 
@@ -80,16 +80,10 @@ class BusyMappingConnection implements DatabaseConnection {
   }
 
   #map(error: unknown): unknown {
-    if (!isSqliteBusy(error)) return error;
-    return new BerthError(
-      'TIMEOUT',
-      `the berth database ${this.#options.filename} stayed locked by another process for more than ${this.#options.busyTimeoutMs} ms`,
-      {
-        hint: 'another berth command is writing to the same database; retry, or raise the store busy timeout',
-        details: { filename: this.#options.filename, busyTimeoutMs: this.#options.busyTimeoutMs },
-        cause: error,
-      },
-    );
+    const mapped = environmentError(error, this.#options);
+    // A store opened read-only after a write failed says why it could not write (a full disk, say).
+    if (mapped?.details.reason === READ_ONLY && this.#options.readOnlyReason !== undefined) return this.#options.readOnlyReason;
+    return mapped ?? error;
   }
 }
 
@@ -103,10 +97,12 @@ class BusyMappingConnection implements DatabaseConnection {
 export class BerthSqliteDriver extends SqliteDriver {
   readonly #options: BerthSqliteDriverOptions;
   readonly #fileLock: { mutex: AsyncMutex; dispose: () => void };
+  readonly #database: BetterSqlite3.Database;
   #release: (() => void) | undefined;
 
-  constructor(config: SqliteDialectConfig, options: BerthSqliteDriverOptions) {
+  constructor(config: SqliteDialectConfig & { database: BetterSqlite3.Database }, options: BerthSqliteDriverOptions) {
     super(config);
+    this.#database = config.database;
     this.#options = options;
     this.#fileLock = takeFileLock(options.filename);
   }
@@ -116,7 +112,7 @@ export class BerthSqliteDriver extends SqliteDriver {
     try {
       const connection = await super.acquireConnection();
       this.#release = release;
-      return new BusyMappingConnection(connection, this.#options);
+      return new ErrorMappingConnection(connection, this.#options);
     } catch (error) {
       release();
       throw error;
@@ -125,6 +121,13 @@ export class BerthSqliteDriver extends SqliteDriver {
 
   override async beginTransaction(connection: DatabaseConnection): Promise<void> {
     await connection.executeQuery(CompiledQuery.raw('begin immediate'));
+  }
+
+  override async rollbackTransaction(connection: DatabaseConnection): Promise<void> {
+    // SQLite rolls a transaction back by itself on some errors (SQLITE_FULL, SQLITE_IOERR): a
+    // ROLLBACK then fails with "no transaction is active" and would hide the error that matters.
+    if (!this.#database.inTransaction) return;
+    await connection.executeQuery(CompiledQuery.raw('rollback'));
   }
 
   override async releaseConnection(): Promise<void> {

@@ -74,6 +74,7 @@ describe('openSqliteStore', () => {
       expect(raw.prepare('select name from kysely_migration order by name').all()).toEqual([
         { name: '0001-initial' },
         { name: '0002-leases-and-work-items' },
+        { name: '0003-host-devices-and-locks' },
       ]);
     } finally {
       raw.close();

@@ -1,7 +1,7 @@
 import { BerthError } from '@berth/core';
 
 /** The resources the store keeps, as named in messages. */
-export type ResourceKind = 'volume' | 'host' | 'server' | 'attachment' | 'operation' | 'work item';
+export type ResourceKind = 'volume' | 'host' | 'server' | 'attachment' | 'operation' | 'work item' | 'device';
 
 const NOT_FOUND_HINTS: Record<ResourceKind, string> = {
   volume: 'check the volume id; `berth volume list` shows the volumes of your project',
@@ -10,6 +10,7 @@ const NOT_FOUND_HINTS: Record<ResourceKind, string> = {
   attachment: 'check the attachment id; `berth attachment list` shows the attachments',
   operation: 'check the operation id printed by the command that started it',
   'work item': 'check the work item id; an agent sees the items of its own host only',
+  device: 'berth keeps a record of each device it connected; `berth reconcile` lists them',
 };
 
 /** NOT_FOUND for a missing row. */

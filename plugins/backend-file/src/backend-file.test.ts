@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { readdir, stat, writeFile } from 'node:fs/promises';
+import { readdir, stat, statfs, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { hostFacts } from '@berth/host';
@@ -51,6 +51,15 @@ describe('file backend', () => {
     const file = await stat(providerLocation);
     expect(file.size).toBe(1024 * MiB);
     expect(file.blocks).toBeLessThanOrEqual(8);
+  });
+
+  it('warns when a sparse volume is larger than the free space, and only then', async () => {
+    const free = await statfs(path.join(env.dataDir));
+    const beyond = Math.ceil((free.bavail * free.bsize * 2) / 512) * 512 + 512;
+    const big = await env.backend.create(volume(Math.min(beyond, 2 ** 50)), signal());
+    expect(big.warnings).toHaveLength(1);
+    expect(big.warnings![0]).toMatch(/is free on the file system holding .*volumes: it is sparse, so writes to it fail once the disk fills up/);
+    expect((await env.backend.create(volume(16 * MiB), signal())).warnings).toBeUndefined();
   });
 
   it('takes a retried create of the same size, refuses another size', async () => {

@@ -1,5 +1,5 @@
 import { constants as fsConstants } from 'node:fs';
-import { access, mkdir, open, rm, stat, truncate, unlink, type FileHandle } from 'node:fs/promises';
+import { access, mkdir, open, rm, stat, statfs, truncate, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
@@ -70,6 +70,19 @@ export function createFileBackend(context: PluginContext<Partial<FileBackendOpti
     }
   }
 
+  /**
+   * A sparse file takes no space until it is written: a volume larger than the free space is
+   * created, and writes to it fail with ENOSPC once the disk fills. Say so when it is created.
+   */
+  async function spaceWarning(sizeBytes: number): Promise<string | undefined> {
+    const fsStats = await statfs(directory).catch(() => undefined);
+    if (!fsStats) return undefined;
+    const free = fsStats.bavail * fsStats.bsize;
+    if (sizeBytes <= free) return undefined;
+    const gib = (bytes: number): string => `${(bytes / 2 ** 30).toFixed(1)} GiB`;
+    return `the volume is ${gib(sizeBytes)} but only ${gib(free)} is free on the file system holding ${directory}: it is sparse, so writes to it fail once the disk fills up; free space or use a smaller size`;
+  }
+
   return {
     name: NAME,
 
@@ -103,7 +116,8 @@ export function createFileBackend(context: PluginContext<Partial<FileBackendOpti
       }
       await handle.close();
       logger.info({ volumeId: volume.id, file, sizeBytes }, 'volume file created');
-      return { providerLocation: file };
+      const warning = await spaceWarning(sizeBytes);
+      return { providerLocation: file, ...(warning ? { warnings: [warning] } : {}) };
     },
 
     async delete(volume, signal): Promise<void> {

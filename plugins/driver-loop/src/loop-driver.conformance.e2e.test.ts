@@ -19,6 +19,20 @@ describeTransportConformance('loop (files from the file backend)', async () => {
       volumes.push(volume);
       return backend.initializeConnection(volume, { host: hostFacts().hostname }, signal);
     },
+    // The same file read-only while it is attached read-write: refused.
+    conflictingConnection: (connection) => ({ ...connection, data: { ...connection.data, access_mode: 'ro' } }),
+    async reusePath(device) {
+      // What the kernel does with a freed number: the next file attached gets it.
+      const other = await env.makeFile(`other-${randomUUID()}.img`);
+      await env.host.runner.run('losetup', ['--detach', device.path], { timeoutMs: 10_000 });
+      await env.host.runner.run('losetup', [device.path, other.data.device_path], { timeoutMs: 10_000 });
+      return {
+        present: async () => (await env.devicesBacking(other.data.device_path)).some((d) => d.name === device.path),
+        cleanup: async () => {
+          await env.host.runner.run('losetup', ['--detach', device.path], { timeoutMs: 10_000, reject: false });
+        },
+      };
+    },
     async cleanup() {
       try {
         for (const volume of volumes) await backend.delete(volume, AbortSignal.timeout(10_000));
@@ -27,4 +41,4 @@ describeTransportConformance('loop (files from the file backend)', async () => {
       }
     },
   };
-});
+}, { identity: true });

@@ -98,17 +98,70 @@ describe('loop transport on real loop devices', () => {
     expect(await env.devicesUnderDir()).toHaveLength(3);
   });
 
-  it('refuses to detach a loop device that backs another file', async () => {
+  it('refuses to detach a loop device that backs another file, touching neither', async () => {
     const a = await env.makeFile('a.img');
     const b = await env.makeFile('b.img');
     const deviceA = await env.driver.connect(a, call());
     const deviceB = await env.driver.connect(b, call());
-    // A stale record naming B's device: disconnecting A must leave B attached.
-    await env.driver.disconnect(a, deviceB, { force: false, ...call() });
+    // A stale record naming B's device: disconnecting A must leave B attached, and says so.
+    const error = await rejectionOf(env.driver.disconnect(a, deviceB, { force: false, ...call() }));
+    expect(BerthError.is(error) && error.details).toMatchObject({ reason: 'identity-mismatch', untouched: true });
     expect((await env.devicesBacking(b.data.device_path)).map((d) => d.name)).toEqual([deviceB.path]);
-    // A itself is found by its backing file and detached.
+    expect((await env.devicesBacking(a.data.device_path)).map((d) => d.name)).toEqual([deviceA.path]);
+    await env.driver.disconnect(a, deviceA, { force: false, ...call() });
     expect(await env.devicesBacking(a.data.device_path)).toEqual([]);
-    expect(deviceA.path).not.toBe(deviceB.path);
+  });
+
+  it('gives each device its identity: number, backing inode, offset and size limit', async () => {
+    const connection = await env.makeFile('identity.img');
+    const device = await env.driver.connect(connection, call());
+    const info = await stat(connection.data.device_path);
+    const node = await stat(device.path);
+    expect(device.identity).toEqual({
+      kind: 'loop',
+      rdev: `${Math.floor(node.rdev / 256)}:${node.rdev % 256}`,
+      backingDev: `${Math.floor(info.dev / 256)}:${info.dev % 256}`,
+      backingInode: info.ino,
+      offset: 0,
+      sizeLimit: 0,
+    });
+    // A retried connect gives back the same device with the same identity.
+    expect((await env.driver.connect(connection, call())).identity).toEqual(device.identity);
+  });
+
+  it('never detaches a reused device number: the kernel gave it to another file', async () => {
+    const mine = await env.makeFile('mine.img');
+    const theirs = await env.makeFile('theirs.img');
+    const device = await env.driver.connect(mine, call());
+    // Someone detaches it behind berth's back and the same number goes to another file.
+    await env.host.runner.run('losetup', ['--detach', device.path], { timeoutMs: 10_000 });
+    await env.host.runner.run('losetup', [device.path, theirs.data.device_path], { timeoutMs: 10_000 });
+    const error = await rejectionOf(env.driver.disconnect(mine, device, { force: true, ...call() }));
+    expect(BerthError.is(error) && error.details.reason).toBe('identity-mismatch');
+    expect((await env.devicesBacking(theirs.data.device_path)).map((d) => d.name)).toEqual([device.path]);
+    // Without the record, nothing of mine is attached: that disconnect succeeds and touches nothing either.
+    await env.driver.disconnect(mine, undefined, { force: false, ...call() });
+    expect((await env.devicesBacking(theirs.data.device_path)).map((d) => d.name)).toEqual([device.path]);
+  });
+
+  it('never touches a device named in inUse, even when finding devices by file', async () => {
+    const connection = await env.makeFile('shared.img');
+    const device = await env.driver.connect(connection, call());
+    await env.driver.disconnect(connection, undefined, { force: true, inUse: [device], ...call() });
+    expect((await env.devicesBacking(connection.data.device_path)).map((d) => d.name)).toEqual([device.path]);
+    const refused = await rejectionOf(env.driver.disconnect(connection, device, { force: true, inUse: [device], ...call() }));
+    expect(BerthError.is(refused) && refused.details).toMatchObject({ reason: 'in-use', untouched: true });
+    expect((await env.devicesBacking(connection.data.device_path)).map((d) => d.name)).toEqual([device.path]);
+  });
+
+  it('neither lists nor touches a device someone made over a part of the file (an offset)', async () => {
+    const connection = await env.makeFile('partial.img');
+    const made = await env.host.runner.run('losetup', ['--find', '--show', '--offset', '4096', connection.data.device_path], { timeoutMs: 10_000 });
+    const partial = made.stdout.trim();
+    const listed = (await env.driver.connected?.()) ?? [];
+    expect(listed.some((entry) => entry.device.path === partial)).toBe(false);
+    await env.driver.disconnect(connection, undefined, { force: true, ...call() });
+    expect((await env.devicesBacking(connection.data.device_path)).map((d) => d.name)).toEqual([partial]);
   });
 
   it('grows the device after the file grew', async () => {
@@ -201,7 +254,7 @@ describe('loop transport on real loop devices', () => {
     expect(BerthError.is(missing) && missing.code).toBe('NOT_FOUND');
   });
 
-  it('reports a device held open as busy, and force still reports it', async () => {
+  it('refuses to detach a device held open, leaving it attached and usable (no autoclear); force detaches it lazily and says so', async () => {
     const driver = env.driverWith({ deviceTimeoutMs: 300 });
     const connection = await env.makeFile('busy.img');
     const device = await driver.connect(connection, call());
@@ -209,9 +262,16 @@ describe('loop transport on real loop devices', () => {
     try {
       const error = await rejectionOf(driver.disconnect(connection, device, { force: false, ...call() }));
       expect(BerthError.is(error) && error.code).toBe('CONFLICT');
-      expect(BerthError.is(error) && error.hint).toMatch(/holds .* open/);
+      expect(BerthError.is(error) && error.details).toMatchObject({ reason: 'busy', untouched: true });
+      expect(BerthError.is(error) && error.message).toMatch(new RegExp(`process ${process.pid}`));
+      // Nothing was touched: the kernel was not asked to detach it at the last close (finding 3).
+      const [still] = await env.devicesBacking(connection.data.device_path);
+      expect(still).toMatchObject({ name: device.path, autoclear: false });
+      expect((await driver.connect(connection, call())).path).toBe(device.path);
+
       const forced = await rejectionOf(driver.disconnect(connection, device, { force: true, ...call() }));
       expect(BerthError.is(forced) && forced.code).toBe('DRIVER_ERROR');
+      expect(BerthError.is(forced) && forced.details.untouched).toBeUndefined();
       // A connect now would get a device that vanishes at the last close: it is refused instead.
       const reconnect = await rejectionOf(driver.connect(connection, call()));
       expect(BerthError.is(reconnect) && reconnect.code).toBe('CONFLICT');
@@ -224,6 +284,8 @@ describe('loop transport on real loop devices', () => {
       async () => ((await env.devicesBacking(connection.data.device_path)).length === 0 ? true : undefined),
       { timeoutMs: 5_000 },
     );
+    // The device is gone: a disconnect with its record succeeds.
+    await driver.disconnect(connection, device, { force: false, ...call() });
   });
 
   it('detaches a device whose file was deleted while attached, when the record names it', async () => {

@@ -1,10 +1,12 @@
-import { realpath, statfs } from 'node:fs/promises';
+import { realpath, stat, statfs } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { CommandError, WaitTimeoutError, hostFacts, type CommandResult } from '@berth/host';
 import {
   BerthError,
+  identityMismatch,
   parseWith,
+  sameIdentity,
   toBerthError,
   type CheckResult,
   type ConnectedDevice,
@@ -20,9 +22,12 @@ import { KeyedLock } from './keyed-lock.js';
 import {
   classifyLosetupError,
   findShowArgs,
+  LIST_COLUMNS,
+  loopIdentity,
   loopName,
   parseBackFile,
   parseFindShow,
+  parseFuserPids,
   parseGetSize64,
   parseLosetupList,
   type LoopDevice,
@@ -46,6 +51,11 @@ export const zLoopDriverOptions = z.object({
   deviceTimeoutMs: z.number().int().positive().default(10_000),
   /** Timeout of one losetup/blockdev run. */
   commandTimeoutMs: z.number().int().positive().default(15_000),
+  /**
+   * How long a process holding the device may take to close it before a disconnect refuses: udev's
+   * probe and another losetup's search for a free device open loop devices for a moment.
+   */
+  holderGraceMs: z.number().int().nonnegative().default(3_000),
 });
 
 /** Parsed options of the `loop` transport. */
@@ -92,11 +102,107 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
   }
 
   async function listLoopDevices(signal?: AbortSignal): Promise<LoopDevice[]> {
-    const result = await run('losetup', ['--json', '--list'], 'listing loop devices', signal);
+    const result = await run('losetup', ['--json', '--list', '--output', LIST_COLUMNS], 'listing loop devices', signal);
     try {
       return parseLosetupList(result.stdout);
     } catch (error) {
       throw new BerthError('DRIVER_ERROR', error instanceof Error ? error.message : String(error), { cause: error });
+    }
+  }
+
+  /**
+   * The loop devices as losetup lists them; when losetup is not installed, as sysfs shows them
+   * (the backing inode then read from the file itself), so that a disconnect can still tell that
+   * nothing of this volume is attached and say so, instead of failing for a tool it does not need.
+   */
+  async function listForDisconnect(signal?: AbortSignal): Promise<LoopDevice[]> {
+    try {
+      return await listLoopDevices(signal);
+    } catch (error) {
+      if (!(BerthError.is(error) && error.code === 'HOST_UNSUPPORTED')) throw error;
+      logger.warn({ err: error.message }, 'losetup is missing; reading loop devices from sysfs');
+      return listFromSysfs();
+    }
+  }
+
+  async function listFromSysfs(): Promise<LoopDevice[]> {
+    const devices: LoopDevice[] = [];
+    for (const name of await fs.readdir(SYS_BLOCK)) {
+      if (!/^loop\d+$/.test(name)) continue;
+      const base = `${SYS_BLOCK}/${name}`;
+      const read = async (file: string): Promise<string | undefined> => (await fs.readFileIfExists(`${base}/${file}`).catch(() => undefined))?.trim();
+      const backFile = await read('loop/backing_file');
+      if (backFile === undefined || backFile === '') continue;
+      const { backingFile, deleted } = parseBackFile(backFile);
+      const file = backingFile !== null && !deleted ? await stat(backingFile).catch(() => undefined) : undefined;
+      const rdev = await read('dev');
+      devices.push({
+        name: `/dev/${name}`,
+        backingFile,
+        deleted,
+        readOnly: (await read('ro')) === '1',
+        directIo: (await read('loop/dio')) === '1',
+        autoclear: (await read('loop/autoclear')) === '1',
+        offset: Number((await read('loop/offset')) ?? 0),
+        sizeLimit: Number((await read('loop/sizelimit')) ?? 0),
+        logicalSectorSize: null,
+        ...(rdev ? { rdev } : {}),
+        ...(file ? { backingDev: `${Math.floor(file.dev / 256)}:${file.dev % 256}`, backingInode: file.ino } : {}),
+      });
+    }
+    return devices;
+  }
+
+  /**
+   * What keeps `device` busy, if anything: a device stacked on it, a mount of it, a process that has
+   * it open. Detaching a busy loop device does not fail: the kernel sets autoclear and lets go at
+   * the last close, which is how a device ends up vanishing under its attachment later.
+   */
+  async function holdersOf(device: LoopDevice, signal?: AbortSignal): Promise<string | undefined> {
+    const name = loopName(device.name);
+    const stacked = await fs.readdir(`${SYS_BLOCK}/${name}/holders`).catch(() => [] as string[]);
+    if (stacked.length > 0) return `device ${stacked.join(', ')} is stacked on it`;
+    if (device.rdev !== undefined) {
+      const mountinfo = (await fs.readFileIfExists('/proc/self/mountinfo').catch(() => undefined)) ?? '';
+      const mount = mountinfo.split('\n').find((line) => line.split(' ')[2] === device.rdev);
+      if (mount) return `it is mounted at ${mount.split(' ')[4] ?? '?'}`;
+    }
+    const fuser = await runner
+      .run('fuser', [device.name], { timeoutMs: options.commandTimeoutMs, reject: false, ...(signal ? { signal } : {}) })
+      .catch(() => undefined);
+    // fuser exits 1 when nobody has it open; when it is not installed, the check after the detach still catches a holder.
+    if (fuser === undefined || fuser.notFound || fuser.exitCode !== 0) return undefined;
+    const pids = parseFuserPids(fuser.stdout);
+    if (pids.length === 0) return undefined;
+    const named = await Promise.all(
+      pids.slice(0, 5).map(async (pid) => {
+        const comm = (await fs.readFileIfExists(`/proc/${pid}/comm`).catch(() => undefined))?.trim();
+        return comm ? `${pid} (${comm})` : String(pid);
+      }),
+    );
+    return `process ${named.join(', ')}${pids.length > 5 ? ` and ${pids.length - 5} more` : ''} has it open`;
+  }
+
+  /**
+   * What still holds `device` after the holder grace (`undefined` once nothing does): a holder
+   * that closes within the grace was a passer-by, not a user of the device.
+   */
+  async function lastingHolderOf(device: LoopDevice, signal?: AbortSignal): Promise<string | undefined> {
+    let holder = await holdersOf(device, signal);
+    if (holder === undefined || options.holderGraceMs === 0) return holder;
+    try {
+      await waiter.waitUntil(
+        `${SYS_BLOCK}/${loopName(device.name)}`,
+        async () => {
+          holder = await holdersOf(device, signal);
+          return holder === undefined ? true : undefined;
+        },
+        { timeoutMs: options.holderGraceMs, pollMs: 100, what: `${device.name} to be closed`, ...(signal ? { signal } : {}) },
+      );
+      return undefined;
+    } catch (error) {
+      if (error instanceof WaitTimeoutError) return holder;
+      throw toLoopError(error, 'losetup', `checking what holds ${device.name}`);
     }
   }
 
@@ -154,7 +260,7 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
       }
       await waitForNode(existing.name, signal);
       logger.debug({ device: existing.name, file }, 'file already attached; reusing its loop device');
-      return deviceOf(existing.name, file);
+      return deviceOf(existing, file);
     }
     let attached: string | undefined;
     try {
@@ -164,8 +270,14 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
       await faults?.hit('loop.connect.after-losetup');
       await waitForNode(attached, signal);
       throwIfAborted(signal);
+      const made = (await listLoopDevices(signal)).find((d) => d.name === attached && attachesWholeFile(d, [file]));
+      if (!made) {
+        throw new BerthError('DRIVER_ERROR', `${attached} does not back ${file} right after losetup attached it`, {
+          hint: 'something detached it at once; look at `dmesg` and `losetup --list`',
+        });
+      }
       logger.info({ device: attached, file, directIo, readOnly }, 'file attached to loop device');
-      return deviceOf(attached, file);
+      return deviceOf(made, file);
     } catch (error) {
       // An abort or a timeout can land after the kernel attached the file: leave nothing behind.
       await undoAttach(file, before, attached);
@@ -204,7 +316,8 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
     try {
       await run('blockdev', ['--flushbufs', device], `flushing ${device}`, state.signal);
     } catch (error) {
-      fail(state, error, 'blockdev', `flushing ${device}`);
+      // Nothing was detached yet: the device is as it was.
+      fail(state, untouched(toLoopError(error, 'blockdev', `flushing ${device}`)), 'blockdev', `flushing ${device}`);
     }
     await faults?.hit('loop.disconnect.after-flush');
     let result: CommandResult;
@@ -222,7 +335,9 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
       const kind = result.notFound || result.timedOut || result.aborted ? 'other' : classifyLosetupError(result.stderr);
       // Already detached, or the node is gone: the goal is reached.
       if (kind !== 'not-attached' && kind !== 'no-device') {
-        fail(state, new CommandError(result, { notFound: result.notFound ?? false }), 'losetup', `detaching ${device}`);
+        // LOOP_CLR_FD either happens or not; a losetup that could not run it changed nothing.
+        const failed = toLoopError(new CommandError(result, { notFound: result.notFound ?? false }), 'losetup', `detaching ${device}`);
+        fail(state, result.timedOut || result.aborted ? failed : untouched(failed), 'losetup', `detaching ${device}`);
         return;
       }
     }
@@ -245,10 +360,12 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
         fail(state, error, 'losetup', `detaching ${device}`);
         return;
       }
-      const busy = new BerthError('CONFLICT', `${device} still backs ${files[0] ?? 'its file'}: something holds it open`, {
+      // losetup --detach succeeded but the device stayed: the kernel set autoclear and detaches
+      // it at the last close. It is no longer a device to hand back as attached.
+      const busy = new BerthError('CONFLICT', `${device} still backs ${files[0] ?? 'its file'}: something holds it open, and the kernel will detach it when that closes it`, {
         cause: error,
         hint: `find what holds ${device} open (fuser -v ${device}, lsof ${device}) and close it; the kernel detaches it at the last close`,
-        details: { device },
+        details: { device, reason: 'detach-deferred' },
       });
       fail(state, busy, 'losetup', `detaching ${device}`);
     }
@@ -281,22 +398,44 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
         const state: DetachRun = { force: opts.force, errors: [], signal: opts.signal };
         let devices: LoopDevice[];
         try {
-          devices = await listLoopDevices(opts.signal);
+          devices = await listForDisconnect(opts.signal);
         } catch (error) {
-          throw toLoopError(error, 'losetup', `disconnecting ${key}`);
+          throw untouched(toLoopError(error, 'losetup', `disconnecting ${key}`));
         }
-        const named = device?.path;
-        const mine = devices.filter(
-          (d) => attachesWholeFile(d, files) && (!d.deleted || d.name === named),
-        );
-        if (named !== undefined && !mine.some((d) => d.name === named)) {
-          const other = devices.find((d) => d.name === named);
-          if (other) {
-            // The loop number was reused for another file (a reboot, a manual detach): not ours to touch.
-            logger.warn({ device: named, backingFile: other.backingFile, file: key }, 'not detaching: the device backs another file');
+        const inUse = (d: LoopDevice): boolean => (opts.inUse ?? []).some((u) => usedBy(u, d));
+        let chosen: LoopDevice[];
+        if (device !== undefined) {
+          const now = devices.find((d) => d.name === device.path);
+          // Gone: the goal is reached.
+          if (!now) return;
+          const identity = loopIdentity(now);
+          // Ours: it maps this connection's file, and is the very device connect returned.
+          const mine = attachesWholeFile(now, files) && (device.identity === undefined || identity === undefined || sameIdentity(device.identity, identity));
+          // The kernel gave the number to another file (or another attach of this one): not ours.
+          if (!mine) throw identityMismatch(device, identity, key);
+          if (inUse(now)) {
+            throw new BerthError('CONFLICT', `${now.name} is in use by another attachment on this host; not disconnecting it`, {
+              hint: 'this is a bug in the caller: a device other attachments use must not be disconnected',
+              details: { reason: 'in-use', device: now.name, untouched: true },
+            });
           }
+          chosen = [now];
+        } else {
+          // What a cut-short connect left: whole-file devices of this file that nobody else uses.
+          chosen = devices.filter((d) => attachesWholeFile(d, files) && !d.deleted && !inUse(d));
         }
-        for (const d of mine) await detachDevice(d.name, files, state);
+        for (const d of chosen) {
+          if (!opts.force && !d.autoclear) {
+            const holder = await lastingHolderOf(d, opts.signal);
+            if (holder) {
+              throw new BerthError('CONFLICT', `${d.name} is busy: ${holder}; not detaching it`, {
+                hint: `close what holds ${d.name} (fuser -v ${d.name}, lsof ${d.name}), then detach again; it stays attached and usable meanwhile`,
+                details: { device: d.name, reason: 'busy', untouched: true },
+              });
+            }
+          }
+          await detachDevice(d.name, files, state);
+        }
         if (state.errors.length > 0) {
           throw new BerthError(
             'DRIVER_ERROR',
@@ -304,7 +443,10 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
             {
               cause: state.errors[0],
               hint: state.errors.find((e) => e.hint !== undefined)?.hint,
-              details: { errors: state.errors.map((e) => e.toJSON()) },
+              details: {
+                errors: state.errors.map((e) => e.toJSON()),
+                ...(state.errors.every((e) => e.details.untouched === true) ? { untouched: true } : {}),
+              },
             },
           );
         }
@@ -322,6 +464,9 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
       const key = files[0] ?? target.data.device_path;
       return fileLocks.run(key, async () => {
         const devices = await listLoopDevices(call.signal);
+        const atPath = devices.find((d) => d.name === device.path);
+        const identity = atPath ? loopIdentity(atPath) : undefined;
+        if (atPath && device.identity && identity && !sameIdentity(device.identity, identity)) throw identityMismatch(device, identity, key);
         const mine = devices.filter((d) => !d.deleted && attachesWholeFile(d, files));
         const chosen = mine.find((d) => d.name === device.path) ?? mine[0];
         if (!chosen) {
@@ -339,10 +484,12 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
 
     async connected(): Promise<ConnectedDevice[]> {
       const devices = await listLoopDevices();
+      // A device with an offset or a size limit maps a part of a file: this transport never makes
+      // one, so it is never reported as something berth connected (or could disconnect).
       return devices
-        .filter((d) => d.backingFile !== null)
+        .filter((d) => d.backingFile !== null && d.offset === 0 && d.sizeLimit === 0)
         .map((d) => ({
-          device: deviceOf(d.name, d.backingFile ?? ''),
+          device: deviceOf(d, d.backingFile ?? ''),
           source: { device_path: d.backingFile, ...(d.deleted ? { deleted: true } : {}) },
         }));
     },
@@ -396,8 +543,22 @@ function attachesWholeFile(device: LoopDevice, files: readonly string[]): boolea
   return device.backingFile !== null && files.includes(device.backingFile) && device.offset === 0 && device.sizeLimit === 0;
 }
 
-function deviceOf(device: string, backingFile: string): Device {
-  return { path: device, type: 'block', meta: { backingFile } };
+function deviceOf(device: LoopDevice, backingFile: string): Device {
+  const identity = loopIdentity(device);
+  return { path: device.name, type: 'block', meta: { backingFile }, ...(identity ? { identity } : {}) };
+}
+
+/** Whether `used` (a device another attachment holds) is the loop device `d`. */
+function usedBy(used: Device, d: LoopDevice): boolean {
+  const identity = loopIdentity(d);
+  if (used.identity && identity) return sameIdentity(used.identity, identity);
+  return used.path === d.name;
+}
+
+/** Mark an error as one that changed nothing (the device is as it was). */
+function untouched(error: BerthError): BerthError {
+  error.details.untouched = true;
+  return error;
 }
 
 /** The real path of a volume file (the kernel reports real paths as back-file). */

@@ -54,6 +54,15 @@ describe('loop transport failures', () => {
     expect(check.ok).toBe(false);
     expect(check.summary).toContain('losetup present');
     expect(check.fix).toContain('apt-get install -y mount');
+    // The undo of that failed connect finds nothing of the file attached (read from sysfs) and
+    // succeeds, instead of failing for the same missing tool (finding 7 of issue 9).
+    await driver.disconnect(connection, undefined, { force: true, ...call() });
+    // When something of the file is attached, it says so with the install hint.
+    const attached = await env.driver.connect(connection, call());
+    const stuck = await rejectionOf(driver.disconnect(connection, attached, { force: false, ...call() }));
+    expect(stuck.code).toBe('HOST_UNSUPPORTED');
+    expect(stuck.hint).toContain('apt-get install -y');
+    expect((await env.devicesBacking(connection.data.device_path)).map((d) => d.name)).toEqual([attached.path]);
   });
 
   it('maps permission errors to PERMISSION_DENIED with a hint to run as root', async () => {

@@ -80,5 +80,6 @@ describe('loop transport fault points', () => {
     );
     expect(failures).toEqual([]);
     expect(await env.devicesUnderDir()).toEqual([]);
-  });
+    // 180 real attach/holder-check/detach cycles: on a loaded shared machine they take longer than the file's 30 s.
+  }, 120_000);
 });

@@ -2,8 +2,10 @@ import { describe, expect, it } from 'vitest';
 import {
   classifyLosetupError,
   findShowArgs,
+  loopIdentity,
   loopName,
   parseBackFile,
+  parseFuserPids,
   parseFindShow,
   parseGetSize64,
   parseLosetupList,
@@ -141,5 +143,38 @@ describe('helpers', () => {
   it('splits back-files', () => {
     expect(parseBackFile(undefined)).toEqual({ backingFile: null, deleted: false });
     expect(parseBackFile('/a (deleted)')).toEqual({ backingFile: '/a', deleted: true });
+  });
+});
+
+describe('loop device identity (losetup --json --list --output NAME,MAJ:MIN,BACK-FILE,BACK-INO,BACK-MAJ:MIN,...)', () => {
+  // util-linux 2.38.1 on this machine, one whole-file device and one at an offset over the same file.
+  const listed = `{
+   "loopdevices": [
+      {"name": "/dev/loop1", "maj:min": "  7:1  ", "back-file": "/tmp/p/f.img", "back-ino": 2146594, "back-maj:min": "     254:0  ",
+       "offset": 4096, "sizelimit": 0, "autoclear": false, "ro": false, "dio": false, "log-sec": 512},
+      {"name": "/dev/loop0", "maj:min": "  7:0  ", "back-file": "/tmp/p/f.img", "back-ino": 2146594, "back-maj:min": "     254:0  ",
+       "offset": 0, "sizelimit": 0, "autoclear": true, "ro": false, "dio": false, "log-sec": 512}
+   ]
+}`;
+
+  it('reads the device number and the backing file\'s device and inode, without the padding', () => {
+    const [partial, whole] = parseLosetupList(listed);
+    expect(whole).toMatchObject({ name: '/dev/loop0', rdev: '7:0', backingDev: '254:0', backingInode: 2146594, autoclear: true });
+    expect(loopIdentity(whole!)).toEqual({ kind: 'loop', rdev: '7:0', backingDev: '254:0', backingInode: 2146594, offset: 0, sizeLimit: 0 });
+    // Same file, same inode, another window of it: another identity.
+    expect(loopIdentity(partial!)).toMatchObject({ rdev: '7:1', offset: 4096 });
+  });
+
+  it('has no identity for a listing without those columns', () => {
+    const recorded = '{"loopdevices": [{"name": "/dev/loop0", "back-file": "/srv/a.img", "offset": 0, "sizelimit": 0}]}';
+    expect(loopIdentity(parseLosetupList(recorded)[0]!)).toBeUndefined();
+  });
+});
+
+describe('parseFuserPids', () => {
+  it('reads the process ids fuser prints (with access letters on some versions)', () => {
+    expect(parseFuserPids(' 15570')).toEqual([15570]);
+    expect(parseFuserPids(' 1234m 5678c\n')).toEqual([1234, 5678]);
+    expect(parseFuserPids('')).toEqual([]);
   });
 });

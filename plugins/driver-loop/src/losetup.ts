@@ -18,7 +18,15 @@ export interface LoopDevice {
   autoclear: boolean;
   /** Logical sector size in bytes. */
   logicalSectorSize: number | null;
+  /** The loop device's own number (`7:3`), when listed. */
+  rdev?: string;
+  /** The backing file's file system device (`254:0`) and inode, as the kernel holds them open. */
+  backingDev?: string;
+  backingInode?: number;
 }
+
+/** The columns berth asks `losetup --json --list` for: the usual ones plus what identifies a device. */
+export const LIST_COLUMNS = 'NAME,MAJ:MIN,BACK-FILE,BACK-INO,BACK-MAJ:MIN,OFFSET,SIZELIMIT,AUTOCLEAR,RO,DIO,LOG-SEC';
 
 // losetup prints numbers and booleans as JSON values, but older util-linux printed them as strings.
 const zFlag = z.union([z.boolean(), z.enum(['0', '1']).transform((v) => v === '1'), z.literal(0), z.literal(1)]).transform(Boolean);
@@ -33,6 +41,9 @@ const zLosetupDevice = z.looseObject({
   offset: zCount.optional(),
   sizelimit: zCount.optional(),
   'log-sec': zCount.nullable().optional(),
+  'maj:min': z.string().nullable().optional(),
+  'back-ino': zCount.nullable().optional(),
+  'back-maj:min': z.string().nullable().optional(),
 });
 
 const zLosetupList = z.object({ loopdevices: z.array(zLosetupDevice) });
@@ -62,16 +73,46 @@ export function parseLosetupList(stdout: string): LoopDevice[] {
   if (!parsed.success) {
     throw new Error(`losetup --json --list printed an unexpected shape: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
   }
-  return parsed.data.loopdevices.map((raw) => ({
-    name: raw.name,
-    ...parseBackFile(raw['back-file']),
-    readOnly: raw.ro ?? false,
-    directIo: raw.dio ?? false,
-    autoclear: raw.autoclear ?? false,
-    offset: raw.offset ?? 0,
-    sizeLimit: raw.sizelimit ?? 0,
-    logicalSectorSize: raw['log-sec'] ?? null,
-  }));
+  return parsed.data.loopdevices.map((raw) => {
+    // losetup pads MAJ:MIN columns with spaces ("  7:1  ").
+    const rdev = raw['maj:min']?.trim();
+    const backingDev = raw['back-maj:min']?.trim();
+    const backingInode = raw['back-ino'];
+    return {
+      name: raw.name,
+      ...parseBackFile(raw['back-file']),
+      readOnly: raw.ro ?? false,
+      directIo: raw.dio ?? false,
+      autoclear: raw.autoclear ?? false,
+      offset: raw.offset ?? 0,
+      sizeLimit: raw.sizelimit ?? 0,
+      logicalSectorSize: raw['log-sec'] ?? null,
+      ...(rdev ? { rdev } : {}),
+      ...(backingDev ? { backingDev } : {}),
+      ...(backingInode !== null && backingInode !== undefined ? { backingInode } : {}),
+    };
+  });
+}
+
+/**
+ * What identifies a loop device instance: its number, the backing file's device and inode, and the
+ * window of the file it maps. A loop number is reused for the next file attached; these together are not.
+ */
+export function loopIdentity(device: LoopDevice): Record<string, string | number> | undefined {
+  if (device.rdev === undefined || device.backingDev === undefined || device.backingInode === undefined) return undefined;
+  return {
+    kind: 'loop',
+    rdev: device.rdev,
+    backingDev: device.backingDev,
+    backingInode: device.backingInode,
+    offset: device.offset,
+    sizeLimit: device.sizeLimit,
+  };
+}
+
+/** Parse `fuser DEV`'s stdout: the ids of the processes that have it open (` 1234 5678m`). */
+export function parseFuserPids(stdout: string): number[] {
+  return [...stdout.matchAll(/(\d+)[a-zA-Z]*/g)].map((m) => Number(m[1])).filter((pid) => Number.isSafeInteger(pid) && pid > 0);
 }
 
 /** Parse `losetup --find --show FILE`: the one device node it attached. */

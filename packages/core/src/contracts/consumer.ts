@@ -15,18 +15,29 @@ export interface Publication {
   serial?: string;
 }
 
+/** What core tells a consumer when it unpublishes one attachment. */
+export interface UnpublishOptions {
+  /**
+   * Other attachments of the same volume on this host still use the device (they share it): keep
+   * whatever names the volume's device as a whole (the host consumer's `/dev/berth/<volume-id>`).
+   */
+  stillShared?: boolean;
+}
+
 /**
  * A consumer: makes a connected device available to the server (libvirt's attach in the seed).
- * The default `host` consumer publishes a stable symlink; the guest consumers hot-plug the device
- * into a running VM. Both methods are idempotent. `unpublish` of a guest consumer resolves only
- * once the guest has really released the device (else TIMEOUT with `details.guestHoldsDevice`):
- * the host side is disconnected after it, never while a guest still has the device.
+ * The default `host` consumer publishes stable symlinks; the guest consumers hot-plug the device
+ * into a running VM. Both methods are idempotent. Several attachments of one volume on one host
+ * share one device; each is published and unpublished on its own, and `unpublish` says whether
+ * others still share it. `unpublish` of a guest consumer resolves only once the guest has really
+ * released the device (else TIMEOUT with `details.guestHoldsDevice`): the host side is
+ * disconnected after it, never while a guest still has the device.
  */
 export interface Consumer {
   readonly name: string;
   /** Make the device available; resolves with where. */
   publish(server: Server, device: Device, attachment: Attachment): Promise<Publication>;
   /** Undo `publish`; succeeds when it is already gone. */
-  unpublish(server: Server, attachment: Attachment): Promise<void>;
+  unpublish(server: Server, attachment: Attachment, options?: UnpublishOptions): Promise<void>;
   check?(): Promise<CheckResult>;
 }

@@ -13,6 +13,8 @@ export interface BackendVolume {
 /** What a backend returns from `create`. */
 export interface CreatedVolume {
   providerLocation: string;
+  /** What the user should know although the create worked (a sparse volume larger than the free space). */
+  warnings?: string[];
 }
 
 /** An export the backend holds (for `berth reconcile`). */

@@ -1,9 +1,10 @@
 import { BerthError } from '../errors.js';
-import { redactConnectionInfo, zConnector, type Connector } from '../connection.js';
+import { redactConnectionInfo, zConnector, type Connector, type Device } from '../connection.js';
 import { recomputeVolumeStatus } from '../transitions.js';
 import type { Attachment, Server, VolumeStatus } from '../model.js';
 import type { Store } from '../store.js';
-import { backendVolume, recomputeVolume, type PipelineContext, type PipelineDeps } from './context.js';
+import { backendVolume, deleteAttachmentRecord, transitionAttachment, type PipelineContext, type PipelineDeps } from './context.js';
+import { connectShared, exportSharers, publishShared, releaseShared, unpublishShared } from './device-sharing.js';
 import type { Step } from './step.js';
 
 /** Options of an attach beyond its volume and server. */
@@ -29,9 +30,10 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
     {
       name: 'reserve',
       async run(ctx) {
-        const attachment = await reserveAttachmentRecord(store, ctx.volume.id, ctx.server, options.mode);
+        // The attachment and the operation's link to it are written in one transaction: a crash
+        // can never leave an attachment that no operation names.
+        const attachment = await reserveAttachmentRecord(store, ctx.volume.id, ctx.server, options.mode, ctx.operationId);
         ctx.attachment = attachment;
-        await store.operations.setAttachment(ctx.operationId, attachment.id);
         return { attachmentId: attachment.id };
       },
       async undo(ctx, _signal, progress) {
@@ -39,17 +41,13 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
         if (progress.failures.length > 0) {
           // Something is still on the backend or the host: keep the record of it, in a state that
           // blocks a new attach until `berth detach --force` or `berth reconcile` cleans up.
-          const current = await store.attachments.require(ctx.attachment.id);
-          if (current.status === 'reserved' || current.status === 'attaching') {
-            await store.attachments.transition(current.id, [current.status], 'error_attaching', {
-              error: progress.failures.join('; '),
-            });
+          const current = await store.attachments.get(ctx.attachment.id);
+          if (current?.status === 'reserved' || current?.status === 'attaching') {
+            await transitionAttachment(store, current.id, [current.status], 'error_attaching', { error: progress.failures.join('; ') });
           }
-          await recomputeVolume(store, ctx.volume.id);
           return;
         }
-        await store.attachments.delete(ctx.attachment.id);
-        await recomputeVolume(store, ctx.volume.id);
+        ctx.volume = await deleteAttachmentRecord(store, ctx.attachment.id, ctx.volume.id);
       },
     },
     {
@@ -93,57 +91,80 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
         const connection = options.mode === 'ro' ? { ...exported, data: { ...exported.data, access_mode: 'ro' as const } } : exported;
         ctx.connection = connection;
         ctx.transport = catalog.selectTransport(connection, connector, options.transport ?? config.transports[connection.driver_volume_type]);
-        ctx.attachment = await store.attachments.transition(required(ctx.attachment, 'attachment').id, ['reserved'], 'attaching', {
+        const changed = await transitionAttachment(store, required(ctx.attachment, 'attachment').id, ['reserved'], 'attaching', {
           connector,
           connectionInfo: redactConnectionInfo(connection),
           transport: ctx.transport.name,
         });
-        await recomputeVolume(store, ctx.volume.id);
+        ctx.attachment = changed.attachment;
+        ctx.volume = changed.volume;
         return { driverVolumeType: connection.driver_volume_type, transport: ctx.transport.name };
       },
       async undo(ctx, signal) {
-        if (ctx.connector) await ctx.backend.terminateConnection(backendVolume(ctx.volume), ctx.connector, signal);
+        // The export is the host's: other attachments of the volume on this host use it too.
+        if (ctx.connector && (await exportSharers(store, ctx.volume.id, ctx.connector, ctx.attachment?.id)).length === 0) {
+          await ctx.backend.terminateConnection(backendVolume(ctx.volume), ctx.connector, signal);
+        }
         if (ctx.attachment?.status === 'attaching') {
-          ctx.attachment = await store.attachments.transition(ctx.attachment.id, ['attaching'], 'reserved');
-          await recomputeVolume(store, ctx.volume.id);
+          const changed = await transitionAttachment(store, ctx.attachment.id, ['attaching'], 'reserved');
+          ctx.attachment = changed.attachment;
+          ctx.volume = changed.volume;
         }
       },
     },
     {
       name: 'connect',
       async run(ctx, signal) {
-        const transport = required(ctx.transport, 'transport');
-        const device = await transport.connect(required(ctx.connection, 'connection'), {
-          signal,
-          operationId: ctx.operationId,
-          volumeId: ctx.volume.id,
+        const connected = await connectShared(deps, {
+          attachment: required(ctx.attachment, 'attachment'),
+          volume: ctx.volume,
+          transport: required(ctx.transport, 'transport'),
+          connection: required(ctx.connection, 'connection'),
           ...(ctx.connector ? { connector: ctx.connector } : {}),
+          operationId: ctx.operationId,
+          signal,
+          onDevice: (device) => {
+            ctx.device = device;
+          },
         });
-        ctx.device = device;
-        ctx.attachment = await store.attachments.update(required(ctx.attachment, 'attachment').id, { device });
-        return { device: device.path, ...(device.scsi_wwn ? { wwn: device.scsi_wwn } : {}) };
+        ctx.attachment = connected.attachment;
+        return {
+          device: connected.device.path,
+          ...(connected.device.scsi_wwn ? { wwn: connected.device.scsi_wwn } : {}),
+          ...(connected.device.identity ? { identity: connected.device.identity } : {}),
+          sharedWith: connected.sharers,
+        };
       },
       async undo(ctx, signal) {
         if (!ctx.transport || !ctx.connection) return;
-        await ctx.transport.disconnect(ctx.connection, ctx.device, {
+        const attachment = ctx.attachment ? await store.attachments.get(ctx.attachment.id) : undefined;
+        // Another attachment of this volume on this host uses the device: only this claim goes.
+        await releaseShared(deps, {
+          hostId: ctx.server.hostId,
+          volume: ctx.volume,
+          ...(attachment ? { attachment } : {}),
+          transport: ctx.transport,
+          connection: ctx.connection,
+          ...((ctx.device ?? attachment?.device) ? { device: (ctx.device ?? attachment?.device) as Device } : {}),
           force: true,
           signal,
           operationId: ctx.operationId,
-          volumeId: ctx.volume.id,
         });
-        if (ctx.attachment) ctx.attachment = await store.attachments.update(ctx.attachment.id, { device: null });
+        ctx.device = undefined;
+        if (ctx.attachment) ctx.attachment = (await store.attachments.get(ctx.attachment.id)) ?? ctx.attachment;
       },
     },
     {
       name: 'publish',
-      async run(ctx) {
-        const publication = await ctx.consumer.publish(ctx.server, required(ctx.device, 'device'), required(ctx.attachment, 'attachment'));
-        ctx.publishedPath = publication.path;
-        ctx.attachment = await store.attachments.update(required(ctx.attachment, 'attachment').id, { publishedPath: publication.path });
-        return { path: publication.path };
+      async run(ctx, signal) {
+        const attachment = required(ctx.attachment, 'attachment');
+        const path = await publishShared(deps, { consumer: ctx.consumer, server: ctx.server, attachment, volume: ctx.volume, device: required(ctx.device, 'device'), signal });
+        ctx.publishedPath = path;
+        ctx.attachment = await store.attachments.update(attachment.id, { publishedPath: path });
+        return { path };
       },
-      async undo(ctx) {
-        if (ctx.attachment) await ctx.consumer.unpublish(ctx.server, ctx.attachment);
+      async undo(ctx, signal) {
+        if (ctx.attachment) await unpublishShared(deps, { consumer: ctx.consumer, server: ctx.server, attachment: ctx.attachment, volume: ctx.volume, signal });
       },
     },
     {
@@ -152,14 +173,9 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
       pointOfNoReturn: true,
       async run(ctx) {
         const attachment = required(ctx.attachment, 'attachment');
-        ctx.attachment = await store.transaction(async (tx) => {
-          const updated = await tx.attachments.transition(attachment.id, ['attaching'], 'attached', { error: null });
-          const volume = await tx.volumes.require(ctx.volume.id);
-          const status = recomputeVolumeStatus(await tx.attachments.list({ volumeId: volume.id }));
-          if (status !== volume.status) ctx.volume = await tx.volumes.transition(volume.id, [volume.status], status);
-          else ctx.volume = volume;
-          return updated;
-        });
+        const changed = await transitionAttachment(store, attachment.id, ['attaching'], 'attached', { error: null });
+        ctx.attachment = changed.attachment;
+        ctx.volume = changed.volume;
         return { attachmentId: attachment.id };
       },
     },
@@ -182,6 +198,7 @@ export async function reserveAttachmentRecord(
   volumeId: string,
   server: Server,
   mode: 'rw' | 'ro',
+  operationId?: string,
 ): Promise<Attachment> {
   return store.transaction(async (tx) => {
     const volume = await tx.volumes.require(volumeId);
@@ -205,6 +222,8 @@ export async function reserveAttachmentRecord(
     // CAS from the status read in this transaction: a concurrent writer makes it fail.
     const next = recomputeVolumeStatus([...existing, { status: 'reserved' }]);
     await tx.volumes.transition(volume.id, [volume.status], next);
-    return tx.attachments.create({ volumeId: volume.id, serverId: server.id, hostId: server.hostId, mode });
+    const attachment = await tx.attachments.create({ volumeId: volume.id, serverId: server.id, hostId: server.hostId, mode });
+    if (operationId !== undefined) await tx.operations.setAttachment(operationId, attachment.id);
+    return attachment;
   });
 }

@@ -2,8 +2,8 @@ import type { ConnectionInfo, Connector, Device } from '../connection.js';
 import type { TransportDriver } from '../contracts/transport-driver.js';
 import type { VolumeBackend, BackendVolume } from '../contracts/volume-backend.js';
 import type { Consumer } from '../contracts/consumer.js';
-import type { Attachment, Host, Server, Volume } from '../model.js';
-import type { Store } from '../store.js';
+import type { Attachment, AttachmentStatus, Host, Server, Volume } from '../model.js';
+import type { AttachmentPatch, Store } from '../store.js';
 import { recomputeVolumeStatus } from '../transitions.js';
 import type { DriverCatalog } from '../catalog.js';
 import type { BerthConfig } from '../config.js';
@@ -19,6 +19,10 @@ export interface PipelineDeps {
   localHost(): Promise<Host>;
   /** Base connector properties of this host (host name, ip, platform). */
   baseConnector(): Connector;
+  /** This process (`pid@host`): the owner of its operations and leases. */
+  owner: string;
+  /** This machine's host name (whose processes' liveness this process can check). */
+  hostname: string;
 }
 
 /** State shared by the steps of one attach or detach (in memory; the journal holds the safe part). */
@@ -58,5 +62,35 @@ export async function recomputeVolume(store: Store, volumeId: string): Promise<V
     const status = recomputeVolumeStatus(attachments);
     if (status === volume.status) return volume;
     return tx.volumes.transition(volumeId, [volume.status], status);
+  });
+}
+
+/**
+ * Change an attachment's status and recompute its volume's in one transaction: a crash can never
+ * leave the volume saying something its attachments do not.
+ */
+export async function transitionAttachment(
+  store: Store,
+  attachmentId: string,
+  from: readonly AttachmentStatus[],
+  to: AttachmentStatus,
+  patch?: AttachmentPatch,
+): Promise<{ attachment: Attachment; volume: Volume }> {
+  return store.transaction(async (tx) => {
+    const attachment = await tx.attachments.transition(attachmentId, from, to, patch);
+    return { attachment, volume: await recomputeVolume(tx, attachment.volumeId) };
+  });
+}
+
+/**
+ * Delete an attachment (through `detached` when it is `detaching`, as the table says) and
+ * recompute its volume's status, in one transaction. Succeeds when the attachment is already gone.
+ */
+export async function deleteAttachmentRecord(store: Store, attachmentId: string, volumeId: string): Promise<Volume> {
+  return store.transaction(async (tx) => {
+    const attachment = await tx.attachments.get(attachmentId);
+    if (attachment?.status === 'detaching') await tx.attachments.transition(attachmentId, ['detaching'], 'detached');
+    if (attachment) await tx.attachments.delete(attachmentId);
+    return recomputeVolume(tx, volumeId);
   });
 }

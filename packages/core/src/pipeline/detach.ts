@@ -1,6 +1,7 @@
 import { BerthError, toBerthError } from '../errors.js';
 import type { AttachmentStatus } from '../model.js';
-import { backendVolume, recomputeVolume, type PipelineContext, type PipelineDeps } from './context.js';
+import { backendVolume, deleteAttachmentRecord, transitionAttachment, type PipelineContext, type PipelineDeps } from './context.js';
+import { exportSharers, publishShared, releaseShared, unpublishShared, type ReleaseOutcome } from './device-sharing.js';
 import { required } from './attach.js';
 import type { Step } from './step.js';
 
@@ -23,8 +24,12 @@ function tolerant(ctx: PipelineContext, step: string, fn: () => Promise<void>): 
 /**
  * The detach pipeline, the attach mirrored: begin_detaching → dispatch → unpublish → disconnect →
  * terminate → delete_attachment. Before `disconnect` a failure rolls back (roll_detaching: the
- * volume stays in use, the attachment stays attached); after it, the device is gone, so a failure
- * leaves the attachment `error_detaching` for a retry instead of pretending it is attached.
+ * volume stays in use, the attachment stays attached). `disconnect` is the point of no return: once
+ * it succeeded, or failed after it may have let go of the device (a loop device whose detach the
+ * kernel deferred to the last close), a failure leaves the attachment `error_detaching` for
+ * `berth detach --force` or `berth reconcile`, instead of pretending it is attached. Only a
+ * disconnect that failed without touching anything (`details.untouched`: a holder found first, an
+ * identity that no longer matches) is rolled back.
  */
 export function detachSteps(deps: PipelineDeps): Array<Step<PipelineContext>> {
   const { store, catalog } = deps;
@@ -35,15 +40,17 @@ export function detachSteps(deps: PipelineDeps): Array<Step<PipelineContext>> {
       async run(ctx) {
         const attachment = required(ctx.attachment, 'attachment');
         original = attachment.status;
-        ctx.attachment = await store.attachments.transition(attachment.id, detachableFrom(ctx.force ?? false), 'detaching');
-        ctx.volume = await recomputeVolume(store, ctx.volume.id);
+        const changed = await transitionAttachment(store, attachment.id, detachableFrom(ctx.force ?? false), 'detaching');
+        ctx.attachment = changed.attachment;
+        ctx.volume = changed.volume;
         return { attachmentId: attachment.id, from: original };
       },
       async undo(ctx) {
         if (ctx.attachment?.status !== 'detaching') return;
         const back: AttachmentStatus = original === 'attached' ? 'attached' : 'error_detaching';
-        ctx.attachment = await store.attachments.transition(ctx.attachment.id, ['detaching'], back);
-        ctx.volume = await recomputeVolume(store, ctx.volume.id);
+        const changed = await transitionAttachment(store, ctx.attachment.id, ['detaching'], back);
+        ctx.attachment = changed.attachment;
+        ctx.volume = changed.volume;
       },
     },
     {
@@ -61,32 +68,48 @@ export function detachSteps(deps: PipelineDeps): Array<Step<PipelineContext>> {
     },
     {
       name: 'unpublish',
-      async run(ctx) {
-        await tolerant(ctx, 'unpublish', () => ctx.consumer.unpublish(ctx.server, required(ctx.attachment, 'attachment')));
+      async run(ctx, signal) {
+        const attachment = required(ctx.attachment, 'attachment');
+        let shared = false;
+        await tolerant(ctx, 'unpublish', async () => {
+          shared = (await unpublishShared(deps, { consumer: ctx.consumer, server: ctx.server, attachment, volume: ctx.volume, signal })).stillShared;
+        });
+        return { stillShared: shared };
       },
-      async undo(ctx) {
+      async undo(ctx, signal) {
         const attachment = ctx.attachment;
         if (attachment?.device && attachment.publishedPath) {
-          await ctx.consumer.publish(ctx.server, attachment.device, attachment);
+          await publishShared(deps, { consumer: ctx.consumer, server: ctx.server, attachment, volume: ctx.volume, device: attachment.device, signal });
         }
       },
     },
     {
       name: 'disconnect',
       pointOfNoReturn: true,
+      // Only a disconnect that says it touched nothing may be rolled back into `attached`.
+      failurePassesNoReturn: (error) => error.details.untouched !== true,
       async run(ctx, signal) {
         const attachment = required(ctx.attachment, 'attachment');
         if (!attachment.transport || !attachment.connectionInfo) return { skipped: 'never connected' };
         const transport = catalog.transport(attachment.transport);
-        await tolerant(ctx, 'disconnect', () =>
-          transport.disconnect(attachment.connectionInfo!, attachment.device ?? undefined, {
+        let outcome: ReleaseOutcome | undefined;
+        await tolerant(ctx, 'disconnect', async () => {
+          outcome = await releaseShared(deps, {
+            hostId: attachment.hostId,
+            volume: ctx.volume,
+            attachment,
+            transport,
+            connection: attachment.connectionInfo!,
+            ...(attachment.device ? { device: attachment.device } : {}),
             force: ctx.force ?? false,
             signal,
             operationId: ctx.operationId,
-            volumeId: ctx.volume.id,
-          }),
-        );
-        return { device: attachment.device?.path ?? null };
+          });
+        });
+        return {
+          device: attachment.device?.path ?? null,
+          ...(outcome ? { disconnected: outcome.disconnected, sharers: outcome.sharers, identityMismatch: outcome.identityMismatch } : {}),
+        };
       },
     },
     {
@@ -94,6 +117,9 @@ export function detachSteps(deps: PipelineDeps): Array<Step<PipelineContext>> {
       async run(ctx, signal) {
         const attachment = required(ctx.attachment, 'attachment');
         const connector = attachment.connector ?? deps.baseConnector();
+        // The export is the host's: other attachments of the volume on this host still use it.
+        const sharing = await exportSharers(store, ctx.volume.id, connector, attachment.id);
+        if (sharing.length > 0) return { kept: `still used by ${sharing.length} other attachment(s) on this host` };
         await tolerant(ctx, 'terminate', () => ctx.backend.terminateConnection(backendVolume(ctx.volume), connector, signal));
       },
     },
@@ -103,14 +129,11 @@ export function detachSteps(deps: PipelineDeps): Array<Step<PipelineContext>> {
         const attachment = required(ctx.attachment, 'attachment');
         if (ctx.forcedErrors.length > 0) {
           throw new BerthError('DRIVER_ERROR', `forced detach finished with errors: ${ctx.forcedErrors.join('; ')}`, {
-            hint: 'fix the cause and run `berth detach --force` again; `berth reconcile` lists what is left',
+            hint: `fix the cause and run \`berth detach ${ctx.volume.name} --force\` again (or \`berth reconcile\`)`,
           });
         }
-        await store.transaction(async (tx) => {
-          await tx.attachments.transition(attachment.id, ['detaching'], 'detached');
-          await tx.attachments.delete(attachment.id);
-        });
-        ctx.volume = await recomputeVolume(store, ctx.volume.id);
+        // One transaction: the attachment goes and the volume's status follows, or neither.
+        ctx.volume = await deleteAttachmentRecord(store, attachment.id, ctx.volume.id);
       },
     },
   ];
@@ -119,12 +142,13 @@ export function detachSteps(deps: PipelineDeps): Array<Step<PipelineContext>> {
 /**
  * After a failure past the point of no return, the attachment must not stay `detaching`: mark it
  * `error_detaching` with the reason, so the volume shows `error` and a retry (`berth detach
- * --force`) can finish the job.
+ * --force`, `berth reconcile`) can finish the job.
  */
 export async function markDetachFailed(deps: PipelineDeps, ctx: PipelineContext, error: BerthError): Promise<void> {
   if (!ctx.attachment) return;
   const current = await deps.store.attachments.get(ctx.attachment.id);
   if (current?.status !== 'detaching') return;
-  ctx.attachment = await deps.store.attachments.transition(current.id, ['detaching'], 'error_detaching', { error: error.message });
-  ctx.volume = await recomputeVolume(deps.store, ctx.volume.id);
+  const changed = await transitionAttachment(deps.store, current.id, ['detaching'], 'error_detaching', { error: error.message });
+  ctx.attachment = changed.attachment;
+  ctx.volume = changed.volume;
 }

@@ -4,18 +4,26 @@ import type { ErrorSummary } from '../model.js';
 import type { Store } from '../store.js';
 import type { Step } from './step.js';
 import type { FaultInjector } from '../faults.js';
+import { withStoreRetry } from './store-retry.js';
 
 /** How a pipeline run ended. */
 export type RunOutcome =
-  | { ok: true; timings: Record<string, number> }
+  | {
+      ok: true;
+      timings: Record<string, number>;
+      /** Journal writes that failed after the point of no return (the work is done; recovery closes the journal). */
+      journalErrors: BerthError[];
+    }
   | {
       ok: false;
       error: BerthError;
-      /** True when every undo succeeded (nothing left behind). */
+      /** True when every undo ran and succeeded (nothing left behind). */
       rolledBack: boolean;
       /** True when the failure came after a point of no return (nothing was undone). */
       forward: boolean;
       undoErrors: BerthError[];
+      /** Journal writes that failed (the undos ran anyway; recovery repeats what the journal misses). */
+      journalErrors: BerthError[];
       timings: Record<string, number>;
     };
 
@@ -38,10 +46,26 @@ export function summarize(error: BerthError): ErrorSummary {
   return { code: error.code, message: error.message, ...(error.hint === undefined ? {} : { hint: error.hint }) };
 }
 
+/** A journal write that failed for good, worded for the user. */
+function journalFailure(raw: unknown, what: string): BerthError {
+  const cause = toBerthError(raw);
+  return new BerthError(cause.code, `${what}: ${cause.message}`, {
+    ...(cause.hint === undefined ? {} : { hint: cause.hint }),
+    details: { ...cause.details, journal: true },
+    cause,
+  });
+}
+
 /**
  * Runs steps in order, journalling each boundary in the store before moving on, so that a crash at
  * any point leaves a record of what was done. On failure it undoes the failing step and every
  * earlier one in reverse (each journalled too), unless a point of no return was passed.
+ *
+ * Journal writes are retried while the store says they may work a moment later (another process
+ * holds the database lock), within the operation's deadline. One that fails for good is a failure
+ * like any other: before the point of no return what was done is undone (the undos run even when
+ * their own journal rows cannot be written: they are idempotent, and recovery repeats whatever the
+ * journal does not show as undone); after it, the work stands and only the journal is behind.
  */
 export class OperationRunner {
   constructor(private readonly store: Store) {}
@@ -50,51 +74,89 @@ export class OperationRunner {
     const { operationId, signal, logger } = options;
     const timings: Record<string, number> = {};
     const done: Array<Step<C>> = [];
+    const journalErrors: BerthError[] = [];
     let pastNoReturn = false;
+    const journal = <T>(what: string, fn: () => Promise<T>): Promise<T> => withStoreRetry(fn, { what, signal, logger });
+
+    const fail = async (error: BerthError, toUndo: Array<Step<C>>, forward: boolean): Promise<RunOutcome> => {
+      if (forward) return { ok: false, error, rolledBack: false, forward: true, undoErrors: [], journalErrors, timings };
+      const undoErrors = await this.undo(toUndo.reverse(), context, options, journalErrors);
+      return { ok: false, error, rolledBack: undoErrors.length === 0, forward: false, undoErrors, journalErrors, timings };
+    };
+
     for (const step of steps) {
       const started = performance.now();
-      const seq = await this.store.operations.startStep(operationId, step.name, 'do');
+      let seq: number;
+      try {
+        seq = await journal(`journal ${step.name}`, () => this.store.operations.startStep(operationId, step.name, 'do'));
+      } catch (raw) {
+        // The step never ran: undo what did (or, past the point of no return, leave it to recovery).
+        const error = journalFailure(raw, `recording step ${step.name} failed`);
+        logger.warn({ operationId, step: step.name, code: error.code, err: error.message }, 'journal write failed');
+        return fail(error, [...done], pastNoReturn);
+      }
+      let data: Record<string, unknown> | void;
       try {
         signal.throwIfAborted();
         const point = `${options.pipeline ?? 'pipeline'}.${step.name}`;
         await options.faults?.hit(`${point}.before`);
-        const data = await step.run(context, signal);
+        data = await step.run(context, signal);
         // The step's work is done even if what follows fails: past a point of no return, a
         // failure from here on must not undo earlier steps.
         if (step.pointOfNoReturn) pastNoReturn = true;
         await options.faults?.hit(`${point}.after`);
         timings[step.name] = round(performance.now() - started);
-        await this.store.operations.endStep(operationId, seq, { state: 'done', data: data ?? null });
-        done.push(step);
       } catch (raw) {
-        const error = toBerthError(signal.aborted && !BerthError.is(raw) ? signal.reason : raw);
+        // A driver whose command our signal cut short reports it as CANCELLED; the signal knows why
+        // (the deadline passed, or the caller cancelled), and that is what the user must hear.
+        const cutShort = signal.aborted && (!BerthError.is(raw) || raw.code === 'CANCELLED');
+        const error = toBerthError(cutShort ? signal.reason : raw);
         timings[step.name] = round(performance.now() - started);
-        await this.store.operations.endStep(operationId, seq, { state: 'failed', error: summarize(error) });
+        await journal(`journal ${step.name}`, () => this.store.operations.endStep(operationId, seq, { state: 'failed', error: summarize(error) })).catch(
+          (journalError: unknown) => journalErrors.push(toBerthError(journalError)),
+        );
         logger.warn({ operationId, step: step.name, code: error.code, err: error.message }, 'step failed');
-        if (pastNoReturn) {
-          return { ok: false, error, rolledBack: false, forward: true, undoErrors: [], timings };
-        }
-        const undoErrors = await this.undo([...done, step].reverse(), context, options);
-        return { ok: false, error, rolledBack: undoErrors.length === 0, forward: false, undoErrors, timings };
+        // A point-of-no-return step that failed half-way (a detach that may have let go of the
+        // device) cannot be rolled back into a state that would be a lie.
+        const halfWay = step.pointOfNoReturn === true && step.failurePassesNoReturn?.(error) === true;
+        return fail(error, [...done, step], pastNoReturn || halfWay);
       }
+      try {
+        await journal(`journal ${step.name}`, () => this.store.operations.endStep(operationId, seq, { state: 'done', data: data ?? null }));
+      } catch (raw) {
+        const error = journalFailure(raw, `recording the end of step ${step.name} failed`);
+        logger.warn({ operationId, step: step.name, code: error.code, err: error.message }, 'journal write failed');
+        if (!pastNoReturn) return fail(error, [...done, step], false);
+        // The work is done and stands; recovery finds the step's row still running and finishes it.
+        journalErrors.push(error);
+      }
+      done.push(step);
     }
-    return { ok: true, timings };
+    return { ok: true, timings, journalErrors };
   }
 
-  /** Undo `steps` in the order given (newest first), journalling each; returns the undos that failed. */
-  async undo<C>(steps: ReadonlyArray<Step<C>>, context: C, options: RunOptions): Promise<BerthError[]> {
+  /**
+   * Undo `steps` in the order given (newest first), journalling each; returns the undos that
+   * failed. An undo whose journal row cannot be written still runs.
+   */
+  async undo<C>(steps: ReadonlyArray<Step<C>>, context: C, options: RunOptions, journalErrors: BerthError[] = []): Promise<BerthError[]> {
     const errors: BerthError[] = [];
     for (const step of steps) {
       if (!step.undo) continue;
-      const seq = await this.store.operations.startStep(options.operationId, step.name, 'undo');
       const signal = AbortSignal.timeout(options.undoTimeoutMs);
+      const journal = <T>(fn: () => Promise<T>): Promise<T | undefined> =>
+        withStoreRetry(fn, { what: `journal undo ${step.name}`, signal, logger: options.logger }).catch((error: unknown) => {
+          journalErrors.push(toBerthError(error));
+          return undefined;
+        });
+      const seq = await journal(() => this.store.operations.startStep(options.operationId, step.name, 'undo'));
       try {
         await step.undo(context, signal, { failures: errors.map((e) => `${e.message}`) });
-        await this.store.operations.endStep(options.operationId, seq, { state: 'done' });
+        if (seq !== undefined) await journal(() => this.store.operations.endStep(options.operationId, seq, { state: 'done' }));
       } catch (raw) {
         const error = toBerthError(raw);
         errors.push(error);
-        await this.store.operations.endStep(options.operationId, seq, { state: 'failed', error: summarize(error) });
+        if (seq !== undefined) await journal(() => this.store.operations.endStep(options.operationId, seq, { state: 'failed', error: summarize(error) }));
         options.logger.error({ operationId: options.operationId, step: step.name, code: error.code, err: error.message }, 'undo failed');
       }
     }

@@ -2,10 +2,11 @@ import { BerthError, toBerthError } from '../errors.js';
 import type { Connector, Device } from '../connection.js';
 import type { Consumer } from '../contracts/consumer.js';
 import type { Logger } from '../logger.js';
-import type { Operation } from '../model.js';
+import type { Attachment, Operation } from '../model.js';
+import type { Store } from '../store.js';
 import type { FaultInjector } from '../faults.js';
 import { attachSteps } from './attach.js';
-import type { PipelineContext, PipelineDeps } from './context.js';
+import { recomputeVolume, type PipelineContext, type PipelineDeps } from './context.js';
 import { detachSteps, markDetachFailed } from './detach.js';
 import { summarize, type OperationRunner } from './operation-runner.js';
 import type { Step } from './step.js';
@@ -22,28 +23,26 @@ export interface RecoveryOutcome {
 export interface RecoveryDeps extends PipelineDeps {
   runner: OperationRunner;
   consumer: () => Consumer;
-  owner: string;
-  hostname: string;
   undoTimeoutMs: number;
   faults?: FaultInjector;
 }
 
-/** Whether the process named by an owner (`pid@host`) may still be running the operation. */
-export function ownerAlive(owner: string | null, hostname: string, self: string): boolean {
-  if (owner === null) return false;
-  if (owner === self) return true;
-  const at = owner.indexOf('@');
-  const pid = Number(owner.slice(0, at));
-  const host = owner.slice(at + 1);
-  // Another host's agent owns it: only that agent may recover it.
-  if (host !== hostname) return true;
-  if (!Number.isInteger(pid) || pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
+export { ownerAlive } from '../owner.js';
+
+/**
+ * The attachment an attach operation's reserve made, when the operation does not name it: a
+ * database written by an older berth, which linked the two in a second write that a crash could
+ * miss. It is the attachment of the same volume and server, still in an attach state, made once
+ * the operation had started, that no other operation names.
+ */
+export async function findReservation(store: Store, op: Operation): Promise<Attachment | undefined> {
+  if (op.kind !== 'attach' || op.attachmentId !== null || op.volumeId === null || op.serverId === null) return undefined;
+  if (!op.steps.some((s) => s.phase === 'do' && s.name === 'reserve')) return undefined;
+  const named = new Set((await store.operations.list({ volumeId: op.volumeId })).map((o) => o.attachmentId).filter((id): id is string => id !== null));
+  const candidates = (await store.attachments.list({ volumeId: op.volumeId, serverId: op.serverId })).filter(
+    (a) => !named.has(a.id) && ['reserved', 'attaching', 'error_attaching'].includes(a.status) && a.createdAt >= op.startedAt,
+  );
+  return candidates.length === 1 ? candidates[0] : undefined;
 }
 
 const INTERRUPTED = (op: Operation): BerthError =>
@@ -87,7 +86,8 @@ export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger
     await deps.store.operations.finish(op.id, { state: 'failed', error: summarize(INTERRUPTED(op)) });
     return outcome('failed', 'its volume or server no longer exists');
   }
-  const attachment = op.attachmentId ? await deps.store.attachments.get(op.attachmentId) : undefined;
+  const attachment = op.attachmentId ? await deps.store.attachments.get(op.attachmentId) : await findReservation(deps.store, op);
+  if (attachment && op.attachmentId === null) await deps.store.operations.setAttachment(op.id, attachment.id);
   const connector = (attachment?.connector ?? (journalData(op, 'connector')?.connector as Connector | undefined)) ?? undefined;
   const transportName = attachment?.transport ?? (journalData(op, 'initialize')?.transport as string | undefined);
   const ctx: PipelineContext = {
@@ -110,6 +110,7 @@ export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger
     // `complete` is one transaction: the attachment's status says whether it committed, even
     // when the process died before the journal row was closed.
     if (stepDone(op, 'complete') || attachment?.status === 'attached') {
+      await recomputeVolume(deps.store, volume.id);
       await deps.store.operations.finish(op.id, { state: 'succeeded', result: { recovered: true } });
       return outcome('completed', 'it had completed; only its journal was unfinished');
     }
@@ -120,6 +121,9 @@ export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger
   }
 
   if (op.attachmentId && !attachment && op.steps.some((s) => s.phase === 'do' && s.name === 'delete_attachment')) {
+    // A database written by an older berth deleted the attachment and recomputed the volume in two
+    // writes: the volume may still say `detaching`.
+    await recomputeVolume(deps.store, volume.id);
     await deps.store.operations.finish(op.id, { state: 'succeeded', result: { recovered: true } });
     return outcome('completed', 'the attachment was already deleted; only its journal was unfinished');
   }
@@ -128,6 +132,7 @@ export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger
   if (disconnectStarted && attachment) {
     const forward = steps.slice(steps.findIndex((s) => s.name === 'disconnect')).filter((s) => !stepDone(op, s.name) || s.name === 'disconnect');
     const result = await deps.runner.run(forward, { ...ctx, force: true }, options);
+    await recomputeVolume(deps.store, volume.id).catch(() => undefined);
     if (result.ok) {
       await deps.store.operations.finish(op.id, { state: 'succeeded', result: { recovered: true, timings: result.timings } });
       return outcome('resumed', 'the device was being disconnected: the detach was finished');
@@ -150,12 +155,18 @@ async function rollBack(
   outcome: (action: RecoveryOutcome['action'], detail: string) => RecoveryOutcome,
 ): Promise<RecoveryOutcome> {
   const errors = await deps.runner.undo(steps, ctx, options);
+  // Whatever the undos did, the volume's status follows its attachments (an older berth could die
+  // between two writes and leave it saying `detaching` with no attachment left).
+  await recomputeVolume(deps.store, ctx.volume.id).catch(() => undefined);
   const error = INTERRUPTED(op);
   if (errors.length === 0) {
     await deps.store.operations.finish(op.id, { state: 'rolled_back', error: summarize(error) });
     return outcome('rolled_back', `undid ${steps.map((s) => s.name).join(', ') || 'nothing'}`);
   }
   const message = `${error.message}; rolling back failed: ${errors.map((e) => toBerthError(e).message).join('; ')}`;
-  await deps.store.operations.finish(op.id, { state: 'failed', error: { code: error.code, message, hint: 'run `berth reconcile`' } });
+  await deps.store.operations.finish(op.id, {
+    state: 'failed',
+    error: { code: error.code, message, hint: `\`berth reconcile\` finishes it (or \`berth detach ${ctx.volume.name} --force\`)` },
+  });
   return outcome('failed', message);
 }

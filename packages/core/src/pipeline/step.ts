@@ -1,3 +1,5 @@
+import type { BerthError } from '../errors.js';
+
 /**
  * One step of a pipeline. `run` does the work and may return secret-free data that is journalled;
  * `undo` reverses it. Both must be idempotent: a crash can make either run twice.
@@ -15,6 +17,12 @@ export interface Step<C> {
    * disconnected the device): a later failure stops instead of undoing.
    */
   readonly pointOfNoReturn?: boolean;
+  /**
+   * For a point-of-no-return step: whether this failure already changed what cannot be put back
+   * (a disconnect that let go of the device half-way). Then nothing is undone either, and the
+   * operation fails forward. Without it, a failed step is undone like any other.
+   */
+  failurePassesNoReturn?(error: BerthError): boolean;
 }
 
 /** What an undo knows about the undos that ran before it in the same rollback. */

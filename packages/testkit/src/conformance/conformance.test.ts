@@ -21,26 +21,42 @@ function cancelledIfAborted(signal: AbortSignal): void {
   if (signal.aborted) throw toBerthError(signal.reason, 'CANCELLED');
 }
 
-/** A transport whose "devices" are names in a map, with a HostFs that reports them as block devices. */
+/**
+ * A transport whose "devices" are names in a map, with a HostFs that reports them as block
+ * devices. It keeps the identity rule: each device instance has a generation in its identity, a
+ * device in `inUse` is never removed, and a path that names another instance is refused.
+ */
 function memoryTransport(): { driver: TransportDriver; fs: HostFs } {
   const devices = new Map<string, string>();
+  const generations = new Map<string, number>();
   let next = 0;
   const fileOf = (connection: ConnectionInfo): string => connection.data.device_path ?? '';
+  const deviceOf = (path: string): Device => ({ path, type: 'block', identity: { kind: 'memory', path, generation: generations.get(path) ?? 0 } });
   const driver: TransportDriver = {
     name: 'memory',
     protocols: ['memory'],
     connectorProperties: async () => ({}),
     async connect(connection, { signal }): Promise<Device> {
       cancelledIfAborted(signal);
-      const path = devices.get(fileOf(connection)) ?? `/dev/mem${next++}`;
+      const existing = devices.get(fileOf(connection));
+      if (existing) return deviceOf(existing);
+      const path = `/dev/mem${next++}`;
       devices.set(fileOf(connection), path);
-      return { path, type: 'block' };
+      generations.set(path, (generations.get(path) ?? 0) + 1);
+      return deviceOf(path);
     },
-    async disconnect(connection) {
+    async disconnect(connection, device, { inUse = [] }) {
+      const path = devices.get(fileOf(connection));
+      if (path === undefined) return;
+      const now = deviceOf(path);
+      if (inUse.some((u) => u.path === path)) return;
+      if (device && (device.path !== path || device.identity?.generation !== now.identity?.generation)) {
+        throw new BerthError('CONFLICT', `${device.path} is another device now`, { details: { reason: 'identity-mismatch', untouched: true } });
+      }
       devices.delete(fileOf(connection));
     },
     async connected() {
-      return [...devices].map(([file, path]) => ({ device: { path, type: 'block' as const }, source: { device_path: file } }));
+      return [...devices].map(([file, path]) => ({ device: deviceOf(path), source: { device_path: file } }));
     },
     check: async () => ({ ok: true, summary: 'memory: always works' }),
   };
@@ -115,7 +131,7 @@ describeTransportConformance('in-memory transport', async () => {
     makeConnection: async () => ({ driver_volume_type: 'memory', data: { device_path: `/volumes/${randomUUID()}` } }),
     cleanup: async () => undefined,
   };
-});
+}, { identity: true });
 
 describeBackendConformance('in-memory backend', async () => {
   const { backend, sizes } = memoryBackend();

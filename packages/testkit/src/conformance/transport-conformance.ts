@@ -1,6 +1,6 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createHostServices, type HostFs } from '@berth/host';
-import { BerthError, zDevice, type ConnectionInfo, type Device, type TransportDriver } from '@berth/core';
+import { BerthError, zDevice, zDeviceIdentity, type ConnectionInfo, type Device, type TransportDriver } from '@berth/core';
 
 /** What a transport's conformance run needs: the driver and a source of fresh connections. */
 export interface TransportConformanceSetup {
@@ -18,12 +18,30 @@ export interface TransportConformanceSetup {
    * path is the device's); without `connected()`, whether the device node exists.
    */
   isConnected?(connection: ConnectionInfo, device?: Device): Promise<boolean>;
+  /**
+   * A connection for the same volume that this transport must refuse to connect while
+   * `connection` is connected (the loop transport: the same file read-only after read-write).
+   */
+  conflictingConnection?(connection: ConnectionInfo): ConnectionInfo;
+  /**
+   * Make `device.path` name another device, as the kernel does when it reuses a freed name (the
+   * loop transport: detach it by hand and attach another file to that very node). Resolves with a
+   * check that the other device is still there and a cleanup that removes it.
+   */
+  reusePath?(device: Device): Promise<{ present(): Promise<boolean>; cleanup(): Promise<void> }>;
 }
 
 /** Options of a transport conformance run. */
 export interface TransportConformanceOptions {
   /** Timeout of each test and of each driver call, in ms (default 30 000). */
   timeoutMs?: number;
+  /**
+   * Check the device identity rule of `TransportDriver` (issue 9): `connect` returns the device's
+   * identity, `disconnect` never touches a device in `inUse` nor one whose path now names another
+   * device. Every transport berth ships must keep it; a transport whose run does not set this yet
+   * is not checked for it (the iSCSI transports, until they implement the rule).
+   */
+  identity?: boolean;
   /** How many connects of one connection run at once in the concurrency test (default 5). */
   concurrentConnects?: number;
 }
@@ -37,6 +55,10 @@ function sourceMatches(source: Record<string, unknown>, data: Record<string, unk
 /**
  * The suite every transport driver must pass: idempotent connect and disconnect, one device per
  * connection under concurrency, cancellation that leaves nothing behind, and a working `check()`.
+ * With `identity: true` it also checks the device identity rule that keeps one volume's bytes off
+ * another's disk: connect reports an identity; a second, failed connect of a connected volume and
+ * its undo (a disconnect with no device, the first device in `inUse`) leave the first device
+ * intact (issue 9, finding 1); a device whose path now names another device is never touched.
  * Call it at the top level of a test file; it registers a vitest `describe` block.
  */
 export function describeTransportConformance(
@@ -199,6 +221,69 @@ export function describeTransportConformance(
       if (BerthError.is(outcome)) expect(['CANCELLED', 'TIMEOUT']).toContain(outcome.code);
       expect(await isConnected(connection)).toBe(false);
     }, timeoutMs);
+
+    describe.runIf(options.identity === true)('the device identity rule', () => {
+      it('connect returns the device with its identity, and connected() reports the same', async () => {
+        const { driver } = current();
+        const connection = await newConnection();
+        const device = await driver.connect(connection, call());
+        expect(zDeviceIdentity.safeParse(device.identity).success).toBe(true);
+        expect((await driver.connect(connection, call())).identity).toEqual(device.identity);
+        if (driver.connected) {
+          const listed = (await driver.connected()).find((entry) => entry.device.path === device.path);
+          expect(listed?.device.identity).toEqual(device.identity);
+        }
+      }, timeoutMs);
+
+      it('the undo of a second, failed connect (no device, the first one in use) leaves the first device intact', async () => {
+        const { driver, conflictingConnection } = current();
+        const connection = await newConnection();
+        const first = await driver.connect(connection, call());
+        if (conflictingConnection) {
+          const conflicting = conflictingConnection(connection);
+          const refused = await driver.connect(conflicting, call()).then(
+            () => undefined,
+            (error: unknown) => error,
+          );
+          expect(refused).toBeInstanceOf(Error);
+          await driver.disconnect(conflicting, undefined, { force: true, inUse: [first], ...call() });
+        }
+        // What core's undo of a cut-short connect does: find what it left, but never a device in use.
+        await driver.disconnect(connection, undefined, { force: true, inUse: [first], ...call() });
+        expect(await isConnected(connection, first)).toBe(true);
+        expect((await driver.connect(connection, call())).identity).toEqual(first.identity);
+      }, timeoutMs);
+
+      it('a device in inUse is never disconnected, even when named', async () => {
+        const { driver } = current();
+        const connection = await newConnection();
+        const device = await driver.connect(connection, call());
+        await driver.disconnect(connection, device, { force: true, inUse: [device], ...call() }).catch(() => undefined);
+        expect(await isConnected(connection, device)).toBe(true);
+      }, timeoutMs);
+
+      it('a device whose path now names another device (a reused name) is never touched', async () => {
+        const { driver, reusePath } = current();
+        if (!reusePath) return;
+        const connection = await newConnection();
+        const device = await driver.connect(connection, call());
+        const other = await reusePath(device);
+        try {
+          const outcome = await driver.disconnect(connection, device, { force: true, ...call() }).then(
+            () => undefined,
+            (error: unknown) => error,
+          );
+          // Refused as a CONFLICT naming the mismatch, or quietly treated as gone: never detached.
+          if (outcome !== undefined) {
+            expect(BerthError.is(outcome) && outcome.code).toBe('CONFLICT');
+            expect(BerthError.is(outcome) && outcome.details.reason).toBe('identity-mismatch');
+          }
+          expect(await other.present()).toBe(true);
+        } finally {
+          await other.cleanup();
+        }
+      }, timeoutMs);
+    });
 
     it('connect after a disconnect works again', async () => {
       const connection = await newConnection();

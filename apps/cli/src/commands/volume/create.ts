@@ -22,7 +22,7 @@ export default class VolumeCreate extends BaseCommand<typeof VolumeCreate> {
     multiattach: Flags.boolean({ description: 'Allow attaching it to several servers at once', default: false }),
   };
 
-  async run(): Promise<Volume> {
+  async run(): Promise<Volume & { warnings?: string[] }> {
     const name = resourceName(this.flags.name, 'volume');
     const sizeBytes = volumeSize(this.flags.size);
     const berth = await this.berth();
@@ -35,6 +35,8 @@ export default class VolumeCreate extends BaseCommand<typeof VolumeCreate> {
       }),
     );
     this.log(`Created volume ${volume.name} (${volume.id})`);
+    // A sparse volume larger than the free space works until the disk fills: say so (stderr, also with --json).
+    for (const warning of volume.warnings ?? []) process.stderr.write(`Warning: ${warning}\n`);
     this.log(renderFields(volumeFields(volume), '  '));
     return volume;
   }

@@ -1,0 +1,75 @@
+import { hostname } from 'node:os';
+import { describe, expect, it } from 'vitest';
+import { BerthError } from './errors.js';
+import { withLease, type LeaseOptions } from './lease.js';
+import type { LockHolder, Store } from './store.js';
+
+/** The store's lease table, in memory, with the same compare-and-swap semantics. */
+function memoryLocks(): { store: Store; rows: Map<string, LockHolder> } {
+  const rows = new Map<string, LockHolder>();
+  const locks = {
+    async tryAcquire(key: string, owner: string, expiresAt: string) {
+      const held = rows.get(key);
+      if (held) return held;
+      rows.set(key, { owner, acquiredAt: new Date().toISOString(), expiresAt });
+      return undefined;
+    },
+    async takeOver(key: string, owner: string, expected: string, expiresAt: string) {
+      if (rows.get(key)?.owner !== expected) return false;
+      rows.set(key, { owner, acquiredAt: new Date().toISOString(), expiresAt });
+      return true;
+    },
+    async release(key: string, owner: string) {
+      if (rows.get(key)?.owner === owner) rows.delete(key);
+    },
+    async holder(key: string) {
+      return rows.get(key);
+    },
+  };
+  return { store: { locks } as unknown as Store, rows };
+}
+
+const self = `${process.pid}@${hostname()}`;
+
+function options(signal: AbortSignal = AbortSignal.timeout(5_000)): LeaseOptions {
+  return { owner: self, hostname: hostname(), ttlMs: 60_000, signal, what: 'volume v on this host' };
+}
+
+describe('withLease', () => {
+  it('runs holders of one key one after another, and releases the lease', async () => {
+    const { store, rows } = memoryLocks();
+    const events: string[] = [];
+    let release!: () => void;
+    const first = withLease(store, 'k', options(), async () => {
+      events.push('first in');
+      await new Promise<void>((resolve) => (release = resolve));
+      events.push('first out');
+    });
+    await new Promise((resolve) => setImmediate(resolve));
+    const second = withLease(store, 'k', options(), async () => {
+      events.push('second in');
+    });
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(events).toEqual(['first in']);
+    release();
+    await Promise.all([first, second]);
+    expect(events).toEqual(['first in', 'first out', 'second in']);
+    expect(rows.size).toBe(0);
+  });
+
+  it('takes over a lease whose holder is a dead process on this host, or expired', async () => {
+    const { store, rows } = memoryLocks();
+    rows.set('dead', { owner: `999999999@${hostname()}/token`, acquiredAt: '', expiresAt: '2999-01-01T00:00:00.000Z' });
+    rows.set('expired', { owner: `1@${hostname()}/token`, acquiredAt: '', expiresAt: '2000-01-01T00:00:00.000Z' });
+    expect(await withLease(store, 'dead', options(), async () => rows.get('dead')?.owner.startsWith(self))).toBe(true);
+    expect(await withLease(store, 'expired', options(), async () => rows.get('expired')?.owner.startsWith(self))).toBe(true);
+  });
+
+  it('waits for a live holder on another host until the deadline, and says who holds it', async () => {
+    const { store, rows } = memoryLocks();
+    rows.set('busy', { owner: '42@another-host/token', acquiredAt: '', expiresAt: '2999-01-01T00:00:00.000Z' });
+    const error = await withLease(store, 'busy', options(AbortSignal.timeout(100)), async () => 'ran').catch((e: unknown) => e);
+    expect(BerthError.is(error) && error.message).toMatch(/gave up waiting for volume v on this host: process 42@another-host holds it/);
+    expect(BerthError.is(error) && error.hint).toMatch(/operation list --state running/);
+  });
+});

@@ -1,0 +1,73 @@
+import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { BerthError, toBerthError } from './errors.js';
+import type { Logger } from './logger.js';
+import { ownerAlive } from './owner.js';
+import { withStoreRetry } from './pipeline/store-retry.js';
+import type { Store } from './store.js';
+
+/** Who takes a lease, and how long to wait for it. */
+export interface LeaseOptions {
+  /** This process (`pid@host`); each lease taken gets its own token after it. */
+  owner: string;
+  /** This machine's host name (dead holders are only recognised here). */
+  hostname: string;
+  /** How long a lease counts before others may take it over (a backstop for a reused pid). */
+  ttlMs: number;
+  /** Give up waiting when this fires. */
+  signal: AbortSignal;
+  /** What the lease guards, for messages: `volume db1 on this host`. */
+  what: string;
+  logger?: Logger;
+}
+
+const FIRST_WAIT_MS = 2;
+const MAX_WAIT_MS = 100;
+
+/** The lease key that serialises the host-side steps of one volume on one host. */
+export function deviceLeaseKey(hostId: string, volumeId: string): string {
+  return `device:${hostId}:${volumeId}`;
+}
+
+/**
+ * Run `fn` holding the lease `key` in the store: the cross-process lock two `berth attach`
+ * processes need (the in-process keyed lock does not see the other process). A holder that is a
+ * dead process on this host, or whose lease expired, is taken over by compare-and-swap; a live one
+ * is waited for (queued, with a short backoff) until `signal` fires. The lease is released when
+ * `fn` settles; if the release cannot be written, the lease ends with this process or at expiry.
+ */
+export async function withLease<T>(store: Store, key: string, options: LeaseOptions, fn: () => Promise<T>): Promise<T> {
+  const me = `${options.owner}/${randomUUID()}`;
+  const expiry = (): string => new Date(Date.now() + options.ttlMs).toISOString();
+  const retry = { what: `lease ${key}`, signal: options.signal, ...(options.logger ? { logger: options.logger } : {}) };
+  let wait = FIRST_WAIT_MS;
+  let last: string | undefined;
+  for (;;) {
+    if (options.signal.aborted) {
+      const reason = toBerthError(options.signal.reason);
+      throw new BerthError(reason.code, `gave up waiting for ${options.what}: ${last ? `process ${last.split('/')[0]} holds it` : 'it stayed busy'}`, {
+        hint: 'another berth command is connecting or disconnecting this volume on this host; wait for it (`berth operation list --state running`) and retry',
+        details: { lease: key, holder: last ?? null },
+        cause: reason,
+      });
+    }
+    const holder = await withStoreRetry(() => store.locks.tryAcquire(key, me, expiry()), retry);
+    if (holder === undefined) break;
+    last = holder.owner;
+    const stale = holder.owner === '' || Date.parse(holder.expiresAt) < Date.now() || !ownerAlive(holder.owner, options.hostname, options.owner);
+    if (stale && holder.owner !== '' && (await withStoreRetry(() => store.locks.takeOver(key, me, holder.owner, expiry()), retry))) {
+      options.logger?.warn({ lease: key, from: holder.owner }, 'took over a lease its dead holder left');
+      break;
+    }
+    if (stale) continue;
+    await sleep(wait, undefined, { signal: options.signal }).catch(() => undefined);
+    wait = Math.min(wait * 2, MAX_WAIT_MS);
+  }
+  try {
+    return await fn();
+  } finally {
+    await withStoreRetry(() => store.locks.release(key, me), { what: `release lease ${key}`, budgetMs: 10_000 }).catch((error: unknown) =>
+      options.logger?.warn({ lease: key, err: toBerthError(error).message }, 'could not release a lease; it ends with this process'),
+    );
+  }
+}

@@ -1,0 +1,244 @@
+import { redactConnectionInfo, type ConnectionInfo, type Connector, type Device } from '../connection.js';
+import type { Consumer } from '../contracts/consumer.js';
+import type { TransportDriver } from '../contracts/transport-driver.js';
+import { isIdentityMismatch, sameDevice } from '../device-identity.js';
+import { BerthError } from '../errors.js';
+import { deviceLeaseKey, withLease } from '../lease.js';
+import type { Attachment, Server, Volume } from '../model.js';
+import type { Store } from '../store.js';
+import type { PipelineDeps } from './context.js';
+
+// The host-side share and reference count: attachments of one volume on one host share one
+// connected device (os-brick's and Kubernetes' lesson: log out or detach only when the last user
+// goes). The count is read from the store (attachments of the volume on the host with a device
+// recorded), and every decision on it runs under a lease in the store, because two `berth`
+// processes do not see each other's in-process locks.
+
+/** Attachment statuses that hold a device berth connected (a detached one holds nothing). */
+function live(attachment: Attachment): boolean {
+  return attachment.status !== 'detached';
+}
+
+/** Other attachments of `volumeId` on `hostId` that have a device recorded: the device's other users. */
+export async function deviceSharers(store: Store, hostId: string, volumeId: string, exceptId?: string): Promise<Attachment[]> {
+  const attachments = await store.attachments.list({ volumeId, hostId });
+  return attachments.filter((a) => a.id !== exceptId && live(a) && a.device !== null);
+}
+
+/**
+ * Devices on this host that belong to other volumes (their attachments' and berth's records): a
+ * disconnect must never touch them, even one that has to find what a cut-short connect left.
+ */
+export async function devicesInUse(store: Store, hostId: string, volumeId: string): Promise<Device[]> {
+  const devices: Device[] = [];
+  for (const attachment of await store.attachments.list({ hostId })) {
+    if (attachment.volumeId !== volumeId && live(attachment) && attachment.device) devices.push(attachment.device);
+  }
+  for (const record of await store.devices.list({ hostId })) {
+    if (record.volumeId !== volumeId) devices.push(record.device);
+  }
+  return devices;
+}
+
+/** Run `fn` holding the lease of `volume`'s device on `hostId`. */
+export function withDeviceLease<T>(deps: PipelineDeps, hostId: string, volume: Volume, signal: AbortSignal, fn: () => Promise<T>): Promise<T> {
+  return withLease(
+    deps.store,
+    deviceLeaseKey(hostId, volume.id),
+    {
+      owner: deps.owner,
+      hostname: deps.hostname,
+      ttlMs: deps.config.operationTimeoutMs + deps.config.undoTimeoutMs,
+      signal,
+      what: `volume ${volume.name} on this host`,
+      logger: deps.logger,
+    },
+    fn,
+  );
+}
+
+/** What `connectShared` connects. */
+export interface ConnectRequest {
+  attachment: Attachment;
+  volume: Volume;
+  transport: TransportDriver;
+  connection: ConnectionInfo;
+  connector?: Connector;
+  operationId?: string;
+  signal: AbortSignal;
+  /** Called with the device as soon as the transport returned it (before it is recorded). */
+  onDevice?(device: Device): void;
+}
+
+/**
+ * Connect `attachment`'s volume on its host, sharing the device other attachments of the volume
+ * there already use: under the lease, the transport's `connect` (idempotent: an already connected
+ * volume gives back its device), then the device is recorded on the attachment and in berth's
+ * ledger in one transaction. A read-only attachment never shares a read-write device, nor the
+ * other way round, and two transports never share one volume on one host: both are refused
+ * (CONFLICT) before anything is touched.
+ */
+export async function connectShared(deps: PipelineDeps, request: ConnectRequest): Promise<{ device: Device; attachment: Attachment; sharers: number }> {
+  const { store, logger } = deps;
+  const { attachment, volume, transport, connection } = request;
+  return withDeviceLease(deps, attachment.hostId, volume, request.signal, async () => {
+    const sharers = await deviceSharers(store, attachment.hostId, volume.id, attachment.id);
+    const other = sharers[0];
+    if (other && other.mode !== attachment.mode) {
+      throw new BerthError(
+        'CONFLICT',
+        `volume ${volume.name} is attached ${other.mode === 'ro' ? 'read-only' : 'read-write'} on this host (attachment ${other.id}); a ${attachment.mode === 'ro' ? 'read-only' : 'read-write'} attachment would share that device`,
+        {
+          hint: `attach it with --mode ${other.mode}, or detach the other one first (berth detach ${volume.name} --server <server>)`,
+          details: { reason: 'mode-mismatch', volumeId: volume.id, attachmentId: other.id, untouched: true },
+        },
+      );
+    }
+    if (other?.transport && other.transport !== transport.name) {
+      throw new BerthError('CONFLICT', `volume ${volume.name} is connected on this host by transport ${other.transport}, not ${transport.name}`, {
+        hint: `attach it the same way as attachment ${other.id} (same --multipath setting), or detach that one first`,
+        details: { reason: 'transport-mismatch', volumeId: volume.id, attachmentId: other.id, untouched: true },
+      });
+    }
+    const device = await transport.connect(connection, {
+      signal: request.signal,
+      ...(request.operationId ? { operationId: request.operationId } : {}),
+      volumeId: volume.id,
+      ...(request.connector ? { connector: request.connector } : {}),
+    });
+    request.onDevice?.(device);
+    if (other?.device && !sameDevice(other.device, device)) {
+      // The device the others recorded is gone (removed behind berth's back) and this is a new
+      // one; reconcile reconnects them to it.
+      logger.warn({ volumeId: volume.id, was: other.device.path, now: device.path }, 'the shared device was replaced');
+    }
+    const updated = await store.transaction(async (tx) => {
+      await tx.devices.put({
+        hostId: attachment.hostId,
+        volumeId: volume.id,
+        transport: transport.name,
+        connectionInfo: redactConnectionInfo(connection),
+        device,
+        operationId: request.operationId ?? null,
+      });
+      return tx.attachments.update(attachment.id, { device });
+    });
+    return { device, attachment: updated, sharers: sharers.length };
+  });
+}
+
+/** What `releaseShared` releases. */
+export interface ReleaseRequest {
+  hostId: string;
+  volume: Volume;
+  /** The attachment letting go (undefined for a device no attachment references). */
+  attachment?: Attachment;
+  transport: TransportDriver;
+  connection: ConnectionInfo;
+  /** The device as recorded (undefined when a connect was cut short before it was). */
+  device?: Device;
+  force: boolean;
+  signal: AbortSignal;
+  operationId?: string;
+}
+
+/** What `releaseShared` did. */
+export interface ReleaseOutcome {
+  /** The transport disconnected the device (this was its last user). */
+  disconnected: boolean;
+  /** Other attachments still using the device (it was kept for them). */
+  sharers: number;
+  /** What was at the device's path was another device: it was not touched, and the device counts as gone. */
+  identityMismatch: boolean;
+}
+
+/**
+ * Let go of the device for `attachment`: under the lease, when other attachments of the volume on
+ * this host still use it, only this attachment's claim is dropped (the reference count goes down);
+ * when it was the last, the transport disconnects it — identity-checked, never touching the
+ * devices other volumes use (`inUse`) — and berth's record of it is removed. A device whose path
+ * now names another device (the kernel reused the name) is left alone and counts as gone.
+ */
+export async function releaseShared(deps: PipelineDeps, request: ReleaseRequest): Promise<ReleaseOutcome> {
+  const { store, logger } = deps;
+  const { hostId, volume, attachment } = request;
+  return withDeviceLease(deps, hostId, volume, request.signal, async () => {
+    const sharers = await deviceSharers(store, hostId, volume.id, attachment?.id);
+    if (sharers.length > 0) {
+      if (attachment?.device) await store.attachments.update(attachment.id, { device: null });
+      return { disconnected: false, sharers: sharers.length, identityMismatch: false };
+    }
+    const record = await store.devices.get(hostId, volume.id);
+    const device = record?.device ?? request.device;
+    const inUse = await devicesInUse(store, hostId, volume.id);
+    let identityMismatch = false;
+    try {
+      await request.transport.disconnect(request.connection, device, {
+        force: request.force,
+        signal: request.signal,
+        ...(request.operationId ? { operationId: request.operationId } : {}),
+        volumeId: volume.id,
+        inUse,
+      });
+    } catch (error) {
+      if (!isIdentityMismatch(error)) throw error;
+      identityMismatch = true;
+      logger.warn({ volumeId: volume.id, device: device?.path }, 'not disconnecting: the device path now names another device');
+    }
+    await store.transaction(async (tx) => {
+      await tx.devices.delete(hostId, volume.id);
+      if (attachment && (await tx.attachments.get(attachment.id))) await tx.attachments.update(attachment.id, { device: null });
+    });
+    return { disconnected: true, sharers: 0, identityMismatch };
+  });
+}
+
+/** What `unpublishShared` takes down. */
+export interface UnpublishRequest {
+  consumer: Consumer;
+  server: Server;
+  attachment: Attachment;
+  volume: Volume;
+  signal: AbortSignal;
+}
+
+/**
+ * Unpublish one attachment, telling the consumer whether other attachments of the volume on this
+ * host still use the device (then the volume's own name stays). Under the lease, so that an attach
+ * publishing at the same moment is never undone by it.
+ */
+export async function unpublishShared(deps: PipelineDeps, request: UnpublishRequest): Promise<{ stillShared: boolean }> {
+  const { attachment } = request;
+  return withDeviceLease(deps, attachment.hostId, request.volume, request.signal, async () => {
+    const others = await deviceSharers(deps.store, attachment.hostId, attachment.volumeId, attachment.id);
+    const stillShared = others.some((a) => a.status === 'attached' || a.status === 'attaching');
+    await request.consumer.unpublish(request.server, attachment, { stillShared });
+    return { stillShared };
+  });
+}
+
+/** Publish one attachment's device, under the lease (see `unpublishShared`). */
+export async function publishShared(
+  deps: PipelineDeps,
+  request: { consumer: Consumer; server: Server; attachment: Attachment; volume: Volume; device: Device; signal: AbortSignal },
+): Promise<string> {
+  return withDeviceLease(deps, request.attachment.hostId, request.volume, request.signal, async () => {
+    const publication = await request.consumer.publish(request.server, request.device, request.attachment);
+    return publication.path;
+  });
+}
+
+/** Whether two connectors are the same host (same initiator when both name one, else same host name). */
+function sameConnectorHost(a: Connector, b: Connector): boolean {
+  if (a.initiator !== undefined && b.initiator !== undefined) return a.initiator === b.initiator;
+  return a.host === b.host;
+}
+
+/**
+ * Other live attachments of `volumeId` exported to the same host as `connector`: the export is
+ * theirs too, so removing it (terminateConnection) waits for the last of them.
+ */
+export async function exportSharers(store: Store, volumeId: string, connector: Connector, exceptId?: string): Promise<Attachment[]> {
+  const attachments = await store.attachments.list({ volumeId });
+  return attachments.filter((a) => a.id !== exceptId && live(a) && a.connector !== null && a.connectionInfo !== null && sameConnectorHost(a.connector, connector));
+}

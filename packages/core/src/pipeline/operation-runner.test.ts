@@ -1,0 +1,160 @@
+import { describe, expect, it } from 'vitest';
+import { BerthError } from '../errors.js';
+import { silentLogger } from '../logger.js';
+import type { Store } from '../store.js';
+import { OperationRunner, type RunOutcome } from './operation-runner.js';
+import type { Step } from './step.js';
+
+// The runner against a journal that fails the way a real one does: another process holding the
+// database's write lock past the busy timeout (a retryable TIMEOUT), or for good.
+
+const busy = (): BerthError => new BerthError('TIMEOUT', 'the berth database stayed locked', { details: { retryable: true, reason: 'database-locked' } });
+const broken = (): BerthError => new BerthError('HOST_UNSUPPORTED', 'the disk is full', { details: { retryable: false, reason: 'disk-full' } });
+
+interface Journal {
+  rows: Array<{ name: string; phase: string; state: string }>;
+  /** Fail the next writes: a function of the write (`start:<name>:<phase>` or `end:<name>:<state>`). */
+  failWhen?: (write: string) => BerthError | undefined;
+}
+
+function journalStore(journal: Journal): Store {
+  const operations = {
+    async startStep(_id: string, name: string, phase: 'do' | 'undo') {
+      const failure = journal.failWhen?.(`start:${name}:${phase}`);
+      if (failure) throw failure;
+      journal.rows.push({ name, phase, state: 'running' });
+      return journal.rows.length;
+    },
+    async endStep(_id: string, seq: number, outcome: { state: string }) {
+      const row = journal.rows[seq - 1]!;
+      const failure = journal.failWhen?.(`end:${row.name}:${outcome.state}`);
+      if (failure) throw failure;
+      row.state = outcome.state;
+    },
+  };
+  return { operations } as unknown as Store;
+}
+
+/** Steps that record what they did and undid. */
+function steps(log: string[], options: { failAt?: string; noReturnAt?: string; failurePassesNoReturn?: boolean } = {}): Array<Step<unknown>> {
+  return ['reserve', 'connect', 'disconnect', 'finish'].map((name) => ({
+    name,
+    ...(name === options.noReturnAt ? { pointOfNoReturn: true, failurePassesNoReturn: () => options.failurePassesNoReturn === true } : {}),
+    async run() {
+      log.push(`do ${name}`);
+      if (name === options.failAt) throw new BerthError('DRIVER_ERROR', `${name} failed`, { details: { untouched: options.failurePassesNoReturn !== true } });
+    },
+    async undo() {
+      log.push(`undo ${name}`);
+    },
+  }));
+}
+
+async function run(journal: Journal, stepList: Array<Step<unknown>>, deadlineMs = 5_000): Promise<RunOutcome> {
+  return new OperationRunner(journalStore(journal)).run(stepList, {}, {
+    operationId: 'op',
+    signal: AbortSignal.timeout(deadlineMs),
+    undoTimeoutMs: 1_000,
+    logger: silentLogger,
+  });
+}
+
+describe('OperationRunner and a failing journal (finding 5 of issue 9)', () => {
+  it('retries a journal write the store refuses for a moment, and the operation goes on', async () => {
+    let refusals = 3;
+    const journal: Journal = { rows: [], failWhen: (write) => (write === 'start:connect:do' && refusals-- > 0 ? busy() : undefined) };
+    const log: string[] = [];
+    const outcome = await run(journal, steps(log));
+    expect(outcome.ok).toBe(true);
+    expect(log).toEqual(['do reserve', 'do connect', 'do disconnect', 'do finish']);
+    expect(journal.rows.map((r) => `${r.name}:${r.state}`)).toEqual(['reserve:done', 'connect:done', 'disconnect:done', 'finish:done']);
+  });
+
+  it('a step that cannot be journalled never runs, and what ran before it is undone: rolled back for real', async () => {
+    const journal: Journal = { rows: [], failWhen: (write) => (write === 'start:disconnect:do' ? broken() : undefined) };
+    const log: string[] = [];
+    const outcome = await run(journal, steps(log));
+    expect(outcome).toMatchObject({ ok: false, rolledBack: true, forward: false });
+    expect(log).toEqual(['do reserve', 'do connect', 'undo connect', 'undo reserve']);
+  });
+
+  it('a lock held past the deadline: the write fails after retrying, and the undos still run', async () => {
+    const journal: Journal = { rows: [], failWhen: (write) => (write === 'start:connect:do' ? busy() : undefined) };
+    const log: string[] = [];
+    const outcome = await run(journal, steps(log), 300);
+    expect(outcome).toMatchObject({ ok: false, rolledBack: true });
+    expect(outcome.ok === false && outcome.error.code).toBe('TIMEOUT');
+    expect(log).toEqual(['do reserve', 'undo reserve']);
+  });
+
+  it('a step whose end cannot be journalled is undone with the ones before it', async () => {
+    const journal: Journal = { rows: [], failWhen: (write) => (write === 'end:connect:done' ? broken() : undefined) };
+    const log: string[] = [];
+    const outcome = await run(journal, steps(log));
+    expect(outcome).toMatchObject({ ok: false, rolledBack: true });
+    expect(log).toEqual(['do reserve', 'do connect', 'undo connect', 'undo reserve']);
+  });
+
+  it('undos run even when their own journal rows cannot be written', async () => {
+    const journal: Journal = { rows: [], failWhen: (write) => (write === 'start:disconnect:do' || write.endsWith(':undo') ? broken() : undefined) };
+    const log: string[] = [];
+    const outcome = await run(journal, steps(log));
+    expect(outcome).toMatchObject({ ok: false, rolledBack: true });
+    expect(outcome.ok === false && outcome.journalErrors.length).toBeGreaterThan(0);
+    expect(log).toEqual(['do reserve', 'do connect', 'undo connect', 'undo reserve']);
+  });
+
+  it('past the point of no return a journal failure undoes nothing: the work stands, the journal is behind', async () => {
+    const journal: Journal = { rows: [], failWhen: (write) => (write === 'end:finish:done' ? broken() : undefined) };
+    const log: string[] = [];
+    const outcome = await run(journal, steps(log, { noReturnAt: 'disconnect' }));
+    expect(outcome.ok).toBe(true);
+    expect(outcome.journalErrors).toHaveLength(1);
+    expect(log).toEqual(['do reserve', 'do connect', 'do disconnect', 'do finish']);
+  });
+});
+
+describe('OperationRunner and a point-of-no-return step that fails', () => {
+  it('rolls back when the step says it touched nothing', async () => {
+    const log: string[] = [];
+    const outcome = await run({ rows: [] }, steps(log, { failAt: 'disconnect', noReturnAt: 'disconnect', failurePassesNoReturn: false }));
+    expect(outcome).toMatchObject({ ok: false, forward: false, rolledBack: true });
+    expect(log).toEqual(['do reserve', 'do connect', 'do disconnect', 'undo disconnect', 'undo connect', 'undo reserve']);
+  });
+
+  it('fails forward, undoing nothing, when it may have changed what cannot be put back', async () => {
+    const log: string[] = [];
+    const outcome = await run({ rows: [] }, steps(log, { failAt: 'disconnect', noReturnAt: 'disconnect', failurePassesNoReturn: true }));
+    expect(outcome).toMatchObject({ ok: false, forward: true, rolledBack: false });
+    expect(log).toEqual(['do reserve', 'do connect', 'do disconnect']);
+  });
+});
+
+describe('OperationRunner and a deadline that passes while a driver runs a command', () => {
+  it('reports the deadline (TIMEOUT), not the CANCELLED of the command the signal cut short, and undoes what ran', async () => {
+    const log: string[] = [];
+    const controller = new AbortController();
+    const stepList: Array<Step<unknown>> = [
+      { name: 'reserve', async run() { log.push('do reserve'); }, async undo() { log.push('undo reserve'); } },
+      {
+        name: 'connect',
+        async run() {
+          controller.abort(new BerthError('TIMEOUT', 'the operation passed its deadline of 200 ms'));
+          // What the loop transport says when the runner killed its losetup on that signal.
+          throw new BerthError('CANCELLED', 'attaching /v.img: cancelled');
+        },
+        async undo() { log.push('undo connect'); },
+      },
+    ];
+    const outcome = await new OperationRunner(journalStore({ rows: [] })).run(stepList, {}, {
+      operationId: 'op',
+      signal: controller.signal,
+      undoTimeoutMs: 1_000,
+      logger: silentLogger,
+    });
+    expect(outcome.ok).toBe(false);
+    expect(!outcome.ok && outcome.error.code).toBe('TIMEOUT');
+    expect(!outcome.ok && outcome.rolledBack).toBe(true);
+    expect(log).toEqual(['do reserve', 'undo connect', 'undo reserve']);
+  });
+});

@@ -1,0 +1,54 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { BerthError, toBerthError } from '../errors.js';
+import type { Logger } from '../logger.js';
+
+/** How a store write is retried. */
+export interface StoreRetryOptions {
+  /** What the write does, for the log line of a retry. */
+  what: string;
+  /** Stop retrying when this fires (the operation's deadline, or an undo's). */
+  signal?: AbortSignal;
+  /** Stop retrying after this long (default: until `signal` fires, else 30 s). */
+  budgetMs?: number;
+  logger?: Logger;
+}
+
+/** A full disk rarely frees itself within an operation: a few tries, then the error. */
+const FULL_ATTEMPTS = 3;
+const FIRST_DELAY_MS = 25;
+const MAX_DELAY_MS = 1000;
+const DEFAULT_BUDGET_MS = 30_000;
+
+/** Whether the store said the same write may work a moment later (another process held the lock; the disk was full). */
+export function retryableStoreError(error: unknown): error is BerthError {
+  return BerthError.is(error) && error.details.retryable === true;
+}
+
+/**
+ * Run a store write, retrying it with backoff while the store says it may work a moment later,
+ * until `signal` fires or the budget is spent; then the last error is thrown. Other errors are
+ * thrown at once. A busy SQLite write never ran, so retrying it is always safe.
+ */
+export async function withStoreRetry<T>(fn: () => Promise<T>, options: StoreRetryOptions): Promise<T> {
+  const started = Date.now();
+  const budget = options.budgetMs ?? (options.signal ? Number.POSITIVE_INFINITY : DEFAULT_BUDGET_MS);
+  let delay = FIRST_DELAY_MS;
+  let fullAttempts = 0;
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await fn();
+    } catch (raw) {
+      if (!retryableStoreError(raw)) throw raw;
+      const error = toBerthError(raw);
+      if (error.details.reason === 'disk-full' && ++fullAttempts >= FULL_ATTEMPTS) throw error;
+      if (options.signal?.aborted || Date.now() - started + delay > budget) throw error;
+      options.logger?.warn({ code: error.code, attempt, what: options.what }, 'store write failed; retrying');
+      try {
+        await sleep(delay, undefined, options.signal ? { signal: options.signal } : {});
+      } catch {
+        throw error;
+      }
+      delay = Math.min(delay * 2, MAX_DELAY_MS);
+    }
+  }
+}

@@ -1,0 +1,69 @@
+import { parseWith, redactConnectionInfo, zHostDevice } from '@berth/core';
+import type { HostDevice, HostDeviceRepository, NewHostDevice } from '@berth/core';
+import type { RepositoryContext } from '../repository-context.js';
+import { toHostDevice } from '../row-mappers.js';
+
+/** berth's ledger of connected devices over Kysely: one row per (host, volume), replaced in place. */
+export function createHostDeviceRepository(ctx: RepositoryContext): HostDeviceRepository {
+  const get = async (hostId: string, volumeId: string): Promise<HostDevice | undefined> => {
+    const row = await ctx
+      .db()
+      .selectFrom('host_devices')
+      .selectAll()
+      .where('host_id', '=', hostId)
+      .where('volume_id', '=', volumeId)
+      .executeTakeFirst();
+    return row === undefined ? undefined : toHostDevice(row, ctx.dialect);
+  };
+
+  return {
+    get,
+
+    async list(filter: { hostId?: string; volumeId?: string } = {}): Promise<HostDevice[]> {
+      let query = ctx.db().selectFrom('host_devices').selectAll();
+      if (filter.hostId !== undefined) query = query.where('host_id', '=', filter.hostId);
+      if (filter.volumeId !== undefined) query = query.where('volume_id', '=', filter.volumeId);
+      const rows = await query.orderBy('created_at').orderBy('volume_id').execute();
+      return rows.map((row) => toHostDevice(row, ctx.dialect));
+    },
+
+    async put(input: NewHostDevice): Promise<HostDevice> {
+      const now = ctx.now();
+      const existing = await get(input.hostId, input.volumeId);
+      const record = parseWith(
+        zHostDevice,
+        {
+          hostId: input.hostId,
+          volumeId: input.volumeId,
+          transport: input.transport,
+          // Secrets never reach the store, whatever the caller did.
+          connectionInfo: redactConnectionInfo(input.connectionInfo),
+          device: input.device,
+          operationId: input.operationId ?? null,
+          createdAt: existing?.createdAt ?? now,
+          updatedAt: now,
+        },
+        'device record',
+      );
+      const columns = {
+        transport: record.transport,
+        connection_info: ctx.dialect.encodeJson(record.connectionInfo),
+        device: ctx.dialect.encodeJson(record.device),
+        operation_id: record.operationId,
+        updated_at: record.updatedAt,
+      };
+      // Insert, or replace the record of this host and volume (one device per volume per host).
+      await ctx
+        .db()
+        .insertInto('host_devices')
+        .values({ host_id: record.hostId, volume_id: record.volumeId, created_at: record.createdAt, ...columns })
+        .onConflict((oc) => oc.columns(['host_id', 'volume_id']).doUpdateSet(columns))
+        .execute();
+      return record;
+    },
+
+    async delete(hostId: string, volumeId: string): Promise<void> {
+      await ctx.db().deleteFrom('host_devices').where('host_id', '=', hostId).where('volume_id', '=', volumeId).execute();
+    },
+  };
+}

@@ -1,0 +1,50 @@
+import { BerthError } from '@berth/core';
+import type { LockHolder, LockRepository } from '@berth/core';
+import type { RepositoryContext } from '../repository-context.js';
+import { violation } from '../repository-context.js';
+
+function checkKey(key: string, owner: string): void {
+  if (key.length === 0 || key.length > 300 || owner.length === 0 || owner.length > 300) {
+    throw new BerthError('VALIDATION', 'invalid lock: key and owner must be 1 to 300 characters');
+  }
+}
+
+/** Leases over Kysely: a row per held key; taking one is an insert, taking over a dead one a CAS. */
+export function createLockRepository(ctx: RepositoryContext): LockRepository {
+  const holder = async (key: string): Promise<LockHolder | undefined> => {
+    const row = await ctx.db().selectFrom('locks').selectAll().where('key', '=', key).executeTakeFirst();
+    return row === undefined ? undefined : { owner: row.owner, acquiredAt: row.acquired_at, expiresAt: row.expires_at };
+  };
+
+  return {
+    holder,
+
+    async tryAcquire(key: string, owner: string, expiresAt: string): Promise<LockHolder | undefined> {
+      checkKey(key, owner);
+      try {
+        await ctx.db().insertInto('locks').values({ key, owner, acquired_at: ctx.now(), expires_at: expiresAt }).execute();
+        return undefined;
+      } catch (error) {
+        if (violation(ctx, error) !== 'unique') throw error;
+      }
+      // Held: say by whom (it may have been released meanwhile; then the caller simply tries again).
+      return (await holder(key)) ?? { owner: '', acquiredAt: ctx.now(), expiresAt: ctx.now() };
+    },
+
+    async takeOver(key: string, owner: string, expectedOwner: string, expiresAt: string): Promise<boolean> {
+      checkKey(key, owner);
+      const result = await ctx
+        .db()
+        .updateTable('locks')
+        .set({ owner, acquired_at: ctx.now(), expires_at: expiresAt })
+        .where('key', '=', key)
+        .where('owner', '=', expectedOwner)
+        .executeTakeFirst();
+      return result.numUpdatedRows > 0n;
+    },
+
+    async release(key: string, owner: string): Promise<void> {
+      await ctx.db().deleteFrom('locks').where('key', '=', key).where('owner', '=', owner).execute();
+    },
+  };
+}
