@@ -9,6 +9,8 @@ have losetup || need+=(mount)
 have blockdev || need+=(util-linux)
 # The simulated host's fake tools are a small C client compiled at build time (@berth/simhost).
 have cc || need+=(gcc libc6-dev)
+# The benchmarks measure device throughput with fio.
+have fio || need+=(fio)
 # What the iSCSI suites use (real target, user-space initiator, qemu-storage-daemon).
 if [ "${BERTH_SKIP_ISCSI_DEPS:-}" != 1 ]; then
   have tgtd || need+=(tgt)

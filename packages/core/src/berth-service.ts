@@ -217,7 +217,11 @@ export class BerthServiceImpl implements BerthService {
 
     return this.launch({ kind: 'attach', volume, server, idempotencyKey: req.idempotencyKey }, async (operationId) => {
       const ctx = this.context(operationId, await this.store.volumes.require(volume.id), server);
-      const steps = attachSteps(this.deps, { mode: req.mode ?? 'rw', ...(req.multipath === undefined ? {} : { multipath: req.multipath }) });
+      const steps = attachSteps(this.deps, {
+        mode: req.mode ?? 'rw',
+        ...(req.multipath === undefined ? {} : { multipath: req.multipath }),
+        ...(req.transport === undefined ? {} : { transport: req.transport }),
+      });
       // The server lock covers only the reservation (Nova's reserve_block_device_name):
       // attaches of different volumes to one server connect in parallel.
       const [reserve, ...rest] = steps as [Step<PipelineContext>, ...Array<Step<PipelineContext>>];

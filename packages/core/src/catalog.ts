@@ -164,8 +164,19 @@ export class DriverCatalog {
    * The transport that connects `connection` for `connector`: among those whose `protocols` include
    * its `driver_volume_type` and that `accept` it, the highest `priority` wins (so multipath, which
    * only accepts when the connector asks for it, takes `iscsi` over the single-path driver).
+   * A `forced` transport is used as it is (no `accepts`), when it connects that protocol.
    */
-  selectTransport(connection: ConnectionInfo, connector: Connector): TransportDriver {
+  selectTransport(connection: ConnectionInfo, connector: Connector, forced?: string): TransportDriver {
+    if (forced !== undefined) {
+      const transport = this.transport(forced);
+      if (!transport.protocols.includes(connection.driver_volume_type)) {
+        throw new BerthError('UNPROCESSABLE', `transport ${forced} does not connect ${connection.driver_volume_type} volumes (it connects ${transport.protocols.join(', ')})`, {
+          hint: `choose one of: ${this.transports().filter((t) => t.protocols.includes(connection.driver_volume_type)).map((t) => t.name).join(', ') || 'none installed'}`,
+          details: { transport: forced, driverVolumeType: connection.driver_volume_type },
+        });
+      }
+      return transport;
+    }
     const candidates = this.transports()
       .filter((t) => t.protocols.includes(connection.driver_volume_type))
       .filter((t) => (t.accepts ? t.accepts(connection, connector) : true))

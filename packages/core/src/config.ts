@@ -39,6 +39,11 @@ export const zConfig = z.strictObject({
   store: z
     .discriminatedUnion('kind', [z.strictObject({ kind: z.literal('sqlite'), filename: z.string().optional() })])
     .default({ kind: 'sqlite' }),
+  /**
+   * The transport that connects each `driver_volume_type`, over the automatic choice
+   * (`{"iscsi": "iscsi-user"}`); an attach's own `transport` wins over this.
+   */
+  transports: z.record(z.string().min(1), z.string().min(1).max(100)).default({}),
   /** Extra plugin packages (the built-in ones are always loaded). */
   plugins: z.array(zPluginEntry).default([]),
   /** Options per plugin name, for built-in and extra plugins alike. */

@@ -28,6 +28,8 @@ export const zAttachRequest = z.strictObject({
   server: zRef.optional(),
   mode: z.enum(['rw', 'ro']).optional(),
   multipath: z.boolean().optional(),
+  /** Connect with this transport (`iscsi`, `iscsi-user`, ...) instead of the automatic choice. */
+  transport: z.string().min(1).max(100).optional(),
   idempotencyKey: zIdempotencyKey,
   projectId: zProject,
 });

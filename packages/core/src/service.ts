@@ -34,6 +34,8 @@ export interface AttachRequest extends ProjectScope {
   mode?: 'rw' | 'ro';
   /** Ask for multipath (sets `multipath` in the connector). */
   multipath?: boolean;
+  /** Connect with this transport (`iscsi-user`, `iscsi`, ...) over the automatic choice. */
+  transport?: string;
   /** A retry with the same key returns the first operation. */
   idempotencyKey?: string;
 }

@@ -33,3 +33,19 @@ export class WaitTimeoutError extends Error {
     super(`timed out after ${timeoutMs} ms waiting for ${what}`);
   }
 }
+
+/** A file lock stayed held by another live process past the deadline (`acquireFileLock`). */
+export class LockTimeoutError extends Error {
+  override readonly name = 'LockTimeoutError';
+  constructor(
+    /** The lock file. */
+    readonly lockPath: string,
+    /** What the lock protects, in words. */
+    readonly what: string,
+    readonly timeoutMs: number,
+    /** The holder's pid; undefined while the holder is still writing the file. */
+    readonly holderPid: number | undefined,
+  ) {
+    super(`${what}: the lock ${lockPath} is held by ${holderPid === undefined ? 'a process that is still writing it' : `pid ${holderPid}`} for more than ${timeoutMs} ms`);
+  }
+}

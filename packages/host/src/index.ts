@@ -22,3 +22,4 @@ export {
   type StopDaemonOptions,
   type StopDaemonResult,
 } from './daemon.js';
+export { acquireFileLock, type FileLockOptions, type ReleaseLock } from './file-lock.js';

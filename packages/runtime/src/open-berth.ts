@@ -22,12 +22,13 @@ import {
 } from '@berth/core';
 import driverIscsi from '@berth/driver-iscsi';
 import driverIscsiMultipath from '@berth/driver-iscsi-multipath';
+import driverIscsiUser from '@berth/driver-iscsi-user';
 import driverLoop from '@berth/driver-loop';
 import { createHostServices, hostFacts, type HostServices } from '@berth/host';
 import { openSqliteStore } from '@berth/store';
 import { defaultDataDir } from './data-dir.js';
 import { createLogger } from './logger.js';
-import { simulatedHostServices } from './simulate.js';
+import { simulatedHostServices, USER_ISCSI_PLUGIN } from './simulate.js';
 import { resolveSimulateConfig, splitSimulateSection, type SimulateConfig } from './simulate-config.js';
 
 /** Options of `openBerth`; each falls back to the environment, then to a default. */
@@ -57,11 +58,16 @@ export interface OpenBerthOptions {
   extraPlugins?: BerthPlugin[];
 }
 
-/** Plugins every berth has: the host consumer, the loop, iSCSI and iSCSI multipath transports, the file and tgt backends. */
+/**
+ * Plugins every berth has: the host consumer, the loop, user-space iSCSI, iSCSI and iSCSI multipath
+ * transports, the file and tgt backends. iscsi-user comes before the kernel iSCSI transports: connector
+ * properties merge in this order, so their initiator name (the simulated host's, with --simulate) wins.
+ */
 export const BUILTIN_PLUGINS: ReadonlyArray<{ packageName: string; plugin: BerthPlugin }> = [
   { packageName: '@berth/core', plugin: corePlugin as BerthPlugin },
   { packageName: '@berth/driver-loop', plugin: driverLoop as BerthPlugin },
   { packageName: '@berth/backend-file', plugin: backendFile as BerthPlugin },
+  { packageName: '@berth/driver-iscsi-user', plugin: driverIscsiUser as BerthPlugin },
   { packageName: '@berth/driver-iscsi', plugin: driverIscsi as BerthPlugin },
   { packageName: '@berth/driver-iscsi-multipath', plugin: driverIscsiMultipath as BerthPlugin },
   { packageName: '@berth/backend-tgt', plugin: backendTgt as BerthPlugin },
@@ -131,7 +137,11 @@ export async function openBerth(options: OpenBerthOptions = {}): Promise<BerthSe
     const simHost = await simulatedHostServices(simulate, { commandTimeoutMs: config.commandTimeoutMs, logger });
     for (const name of simulate.plugins) hostOverrides[name] = simHost;
   }
-  const catalog = new DriverCatalog(host, config.dataDir, logger, config.pluginOptions, hostOverrides);
+  // The simulated host has a kernel initiator: there iscsi-user connects only when forced.
+  const pluginOptions = simulate.enabled
+    ? { ...config.pluginOptions, [USER_ISCSI_PLUGIN]: { autoSelect: false, ...config.pluginOptions[USER_ISCSI_PLUGIN] } }
+    : config.pluginOptions;
+  const catalog = new DriverCatalog(host, config.dataDir, logger, pluginOptions, hostOverrides);
   for (const builtin of BUILTIN_PLUGINS) {
     catalog.add({ plugin: builtin.plugin, packageName: builtin.packageName, version: undefined, options: undefined });
   }

@@ -5,6 +5,9 @@ import { resolveSimulateConfig, type SimulateConfig } from './simulate-config.js
 
 type SimhostModule = typeof import('@berth/simhost');
 
+/** The user-space iSCSI transport's plugin: real devices, so it stays on the real machine. */
+export const USER_ISCSI_PLUGIN = '@berth/driver-iscsi-user';
+
 /** Where `--simulate` keeps its simulated host and the real-backed disks' work files (the config's defaults). */
 export function simulatedHostPaths(dataDir: string, simulate?: SimulateConfig): { root: string; workDir: string } {
   const { root, workDir } = simulate ?? resolveSimulateConfig(undefined, {}, dataDir);

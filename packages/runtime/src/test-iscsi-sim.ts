@@ -35,7 +35,8 @@ export interface SimIscsiBerth {
   cleanup(): Promise<void>;
 }
 
-async function freeTcpPort(): Promise<number> {
+/** A TCP port nothing listens on at 127.0.0.1. */
+export async function freeTcpPort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = net.createServer();
     server.once('error', reject);
@@ -47,7 +48,7 @@ async function freeTcpPort(): Promise<number> {
 }
 
 /** A tgtd control port no tgtd answers on (tgtadm exits 107 when nobody is there). */
-function freeControlPort(): number {
+export function freeControlPort(): number {
   for (let attempt = 0; attempt < 20; attempt += 1) {
     const candidate = 20_000 + Math.floor(Math.random() * 40_000);
     const probe = spawnSync('tgtadm', ['-C', String(candidate), '--lld', 'iscsi', '--op', 'show', '--mode', 'sys'], { timeout: 5_000 });

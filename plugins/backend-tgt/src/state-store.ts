@@ -3,7 +3,7 @@ import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { BerthError, KeyedLock } from '@berth/core';
-import { acquireFileLock } from './file-lock.js';
+import { acquireFileLock, LockTimeoutError } from '@berth/host';
 
 const zChap = z.object({ username: z.string().min(1), password: z.string().min(1) });
 
@@ -99,6 +99,13 @@ export class TgtStateStore {
           timeoutMs: this.lockTimeoutMs,
           what: 'tgt backend state',
           ...(signal ? { signal } : {}),
+        }).catch((error: unknown) => {
+          if (!(error instanceof LockTimeoutError)) throw error;
+          throw new BerthError('TIMEOUT', error.message, {
+            hint: 'another berth command is still working on this backend; wait for it, or remove the lock file if that process is gone',
+            details: { lockPath: error.lockPath, ...(error.holderPid === undefined ? {} : { holderPid: error.holderPid }) },
+            cause: error,
+          });
         });
         try {
           const state = await this.read();

@@ -17,6 +17,7 @@ export default class Attach extends BaseCommand<typeof Attach> {
   static override examples = [
     '<%= config.bin %> <%= command.id %> data1',
     '<%= config.bin %> <%= command.id %> data1 --mode ro',
+    '<%= config.bin %> <%= command.id %> db1 --transport iscsi-user',
     '<%= config.bin %> <%= command.id %> shared --server web-1 --json',
   ];
 
@@ -28,6 +29,7 @@ export default class Attach extends BaseCommand<typeof Attach> {
     server: Flags.string({ description: 'Server name or id (default: this host\'s own server)' }),
     mode: Flags.option({ description: 'Access mode', options: ['rw', 'ro'] as const, default: 'rw' })(),
     multipath: Flags.boolean({ description: 'Ask for multipath (when the transport offers it)', default: false }),
+    transport: Flags.string({ description: 'Connect with this transport (iscsi, iscsi-user, iscsi-multipath, loop) instead of the automatic choice' }),
   };
 
   async run(): Promise<OperationOutcome> {
@@ -39,6 +41,7 @@ export default class Attach extends BaseCommand<typeof Attach> {
         volume,
         mode: this.flags.mode,
         multipath: this.flags.multipath,
+        ...(this.flags.transport === undefined ? {} : { transport: this.flags.transport }),
         ...(server === undefined ? {} : { server }),
       }),
     );

@@ -10,6 +10,8 @@ import type { Step } from './step.js';
 export interface AttachOptions {
   mode: 'rw' | 'ro';
   multipath?: boolean;
+  /** The transport to connect with, over the config's `transports` and the automatic choice. */
+  transport?: string;
 }
 
 /** Statuses a volume may be reserved from. */
@@ -90,7 +92,7 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
         // The attachment's mode wins over the backend's default (Cinder sets access_mode the same way).
         const connection = options.mode === 'ro' ? { ...exported, data: { ...exported.data, access_mode: 'ro' as const } } : exported;
         ctx.connection = connection;
-        ctx.transport = catalog.selectTransport(connection, connector);
+        ctx.transport = catalog.selectTransport(connection, connector, options.transport ?? config.transports[connection.driver_volume_type]);
         ctx.attachment = await store.attachments.transition(required(ctx.attachment, 'attachment').id, ['reserved'], 'attaching', {
           connector,
           connectionInfo: redactConnectionInfo(connection),

@@ -2,8 +2,8 @@ import { randomBytes } from 'node:crypto';
 import { watch, type FSWatcher } from 'node:fs';
 import { link, open, readFile, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
-import { BerthError } from '@berth/core';
-import { processStartTicks } from '@berth/host';
+import { processStartTicks } from './daemon.js';
+import { LockTimeoutError } from './errors.js';
 
 /** Who holds a lock file: a process named for good by its pid and start time. */
 interface LockHolder {
@@ -15,7 +15,7 @@ interface LockHolder {
 
 /** Options of `acquireFileLock`. */
 export interface FileLockOptions {
-  /** Give up after this many ms with a TIMEOUT error. */
+  /** Give up after this many ms with a `LockTimeoutError`. */
   timeoutMs: number;
   signal?: AbortSignal;
   /** What the lock protects, for the timeout message. */
@@ -58,11 +58,7 @@ export async function acquireFileLock(lockPath: string, options: FileLockOptions
       }
       const left = deadline - Date.now();
       if (left <= 0) {
-        const who = holder === 'unwritten' ? 'a process that is still writing it' : `pid ${holder.pid}`;
-        throw new BerthError('TIMEOUT', `${options.what}: the lock ${lockPath} is held by ${who} for more than ${options.timeoutMs} ms`, {
-          hint: 'another berth command is still working on this backend; wait for it, or remove the lock file if that process is gone',
-          details: { lockPath, ...(holder === 'unwritten' ? {} : { holderPid: holder.pid }) },
-        });
+        throw new LockTimeoutError(lockPath, options.what, options.timeoutMs, holder === 'unwritten' ? undefined : holder.pid);
       }
       if (!watcher) {
         try {
@@ -84,7 +80,7 @@ export async function acquireFileLock(lockPath: string, options: FileLockOptions
         const onAbort = (): void => {
           clearTimeout(timer);
           wake = undefined;
-          reject(options.signal?.reason instanceof Error ? options.signal.reason : new BerthError('CANCELLED', 'cancelled'));
+          reject(options.signal?.reason instanceof Error ? options.signal.reason : new DOMException('the lock wait was aborted', 'AbortError'));
         };
         function done(): void {
           clearTimeout(timer);

@@ -2,15 +2,15 @@ import { mkdtemp, readFile, readdir, rm, stat, utimes, writeFile } from 'node:fs
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { BerthError } from '@berth/core';
-import { processStartTicks } from '@berth/host';
+import { processStartTicks } from './daemon.js';
+import { LockTimeoutError } from './errors.js';
 import { acquireFileLock } from './file-lock.js';
 
 let dir: string;
 let lockPath: string;
 
 beforeEach(async () => {
-  dir = await mkdtemp(path.join(tmpdir(), 'berth-tgt-lock-'));
+  dir = await mkdtemp(path.join(tmpdir(), 'berth-host-lock-'));
   lockPath = path.join(dir, 'state.lock');
 });
 
@@ -73,8 +73,9 @@ describe('acquireFileLock', () => {
     const ticks = await processStartTicks(process.ppid);
     await foreignLock(process.ppid, ticks ?? '');
     const error = await acquireFileLock(lockPath, options(200)).catch((e: unknown) => e);
-    expect(BerthError.is(error) && error.code).toBe('TIMEOUT');
-    expect((error as BerthError).message).toContain(`pid ${process.ppid}`);
+    expect(error).toBeInstanceOf(LockTimeoutError);
+    expect((error as LockTimeoutError).holderPid).toBe(process.ppid);
+    expect((error as LockTimeoutError).message).toContain(`pid ${process.ppid}`);
     expect(JSON.parse(await readFile(lockPath, 'utf8'))).toMatchObject({ pid: process.ppid, token: 'theirs' });
   });
 
@@ -82,16 +83,17 @@ describe('acquireFileLock', () => {
     await foreignLock(process.ppid, (await processStartTicks(process.ppid)) ?? '');
     const controller = new AbortController();
     const waiting = acquireFileLock(lockPath, { ...options(), signal: controller.signal }).catch((e: unknown) => e);
-    controller.abort(new BerthError('CANCELLED', 'stop'));
+    const reason = new Error('stop');
+    controller.abort(reason);
     const error = await waiting;
-    expect(BerthError.is(error) && error.code).toBe('CANCELLED');
+    expect(error).toBe(reason);
     expect(JSON.parse(await readFile(lockPath, 'utf8'))).toMatchObject({ token: 'theirs' });
   });
 
   it('waits on a lock still being written, and breaks one abandoned half-written', async () => {
     await writeFile(lockPath, '');
     const error = await acquireFileLock(lockPath, options(100)).catch((e: unknown) => e);
-    expect(BerthError.is(error) && error.code).toBe('TIMEOUT');
+    expect(error).toBeInstanceOf(LockTimeoutError);
     const old = new Date(Date.now() - 60_000);
     await utimes(lockPath, old, old);
     const release = await acquireFileLock(lockPath, options());

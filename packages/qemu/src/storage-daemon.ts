@@ -1,0 +1,190 @@
+import { existsSync } from 'node:fs';
+import { appendFile, mkdir, readFile, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { BerthError, type Logger } from '@berth/core';
+import { DaemonError, daemonStatus, startDaemon, stopDaemon, type DaemonStatus, type DeviceWaiter, type StopDaemonResult } from '@berth/host';
+import { QmpClient, type QmpCallOptions } from './qmp-client.js';
+
+/** The executable, looked up on PATH. */
+export const QSD_BINARY = 'qemu-storage-daemon';
+
+/** What installs qemu-storage-daemon with its iSCSI driver on Debian and Ubuntu. */
+export const QSD_INSTALL_HINT = 'apt-get install -y --no-install-recommends qemu-system-common qemu-block-extra';
+
+// A Unix socket path lives in a 108-byte buffer with its final NUL.
+const MAX_SOCKET_PATH = 107;
+
+/** Options of a `StorageDaemon`. */
+export interface StorageDaemonOptions {
+  /** The daemon's own directory (created 0700): pid file, log and QMP socket live here. */
+  dir: string;
+  waiter: DeviceWaiter;
+  logger?: Logger;
+  /** The executable (default `qemu-storage-daemon` on PATH). */
+  binary?: string;
+  /** How long a start may take until QMP answers, in ms (default 10 000). */
+  startTimeoutMs?: number;
+  /** How long a stop may take before SIGKILL, in ms (default 10 000). */
+  stopTimeoutMs?: number;
+}
+
+/** Paths of a storage daemon under its directory. */
+export function storageDaemonPaths(dir: string): { pidFile: string; logFile: string; socket: string } {
+  return { pidFile: path.join(dir, 'qsd.pid'), logFile: path.join(dir, 'qsd.log'), socket: path.join(dir, 'qmp.sock') };
+}
+
+/** QEMU's option syntax: a comma inside a value is written twice. */
+function optionValue(text: string): string {
+  return text.replaceAll(',', ',,');
+}
+
+/**
+ * A supervised qemu-storage-daemon: started detached through `@berth/host` (own session, output in
+ * `qsd.log`, pid file `{pid, file, startTicks}` that a recycled pid cannot fool) with one QMP
+ * monitor on `qmp.sock` (`--chardev` before the `--monitor` that names it), so it outlives the
+ * short-lived process that started it. It holds no state of its own across restarts: whoever uses
+ * it re-creates its block nodes and exports. Callers serialise `start`/`stop` between processes
+ * (a file lock), because a second daemon would take over the socket path.
+ */
+export class StorageDaemon {
+  readonly pidFile: string;
+  readonly logFile: string;
+  readonly socket: string;
+  private readonly binary: string;
+
+  constructor(private readonly options: StorageDaemonOptions) {
+    const paths = storageDaemonPaths(options.dir);
+    this.pidFile = paths.pidFile;
+    this.logFile = paths.logFile;
+    this.socket = paths.socket;
+    this.binary = options.binary ?? QSD_BINARY;
+    if (Buffer.byteLength(this.socket) > MAX_SOCKET_PATH) {
+      throw new BerthError('CONFIG', `the QMP socket path ${this.socket} is longer than a Unix socket allows (${MAX_SOCKET_PATH} bytes)`, {
+        hint: 'use a shorter data directory',
+      });
+    }
+  }
+
+  /** Whether the daemon recorded in the pid file runs (and its pid). */
+  status(): Promise<DaemonStatus> {
+    return daemonStatus(this.pidFile);
+  }
+
+  /** Start it unless it runs; `started` tells which. Resolves once its QMP socket accepts. */
+  async ensureRunning(signal?: AbortSignal): Promise<{ pid: number; started: boolean }> {
+    const status = await this.status();
+    if (status.running && status.pid !== undefined) return { pid: status.pid, started: false };
+    return { pid: await this.start(signal), started: true };
+  }
+
+  /** Start a new daemon (there must be none running) and wait until its QMP socket exists. */
+  async start(signal?: AbortSignal): Promise<number> {
+    await mkdir(this.options.dir, { recursive: true, mode: 0o700 });
+    // A socket left by a killed daemon would look like a live one.
+    await rm(this.socket, { force: true });
+    const args = ['--chardev', `socket,id=qmp0,path=${optionValue(this.socket)},server=on,wait=off`, '--monitor', 'chardev=qmp0,mode=control'];
+    await appendFile(this.logFile, `--- berth: starting ${this.binary} at ${new Date().toISOString()}\n`, { mode: 0o600 });
+    let pid: number;
+    try {
+      ({ pid } = await startDaemon({ file: this.binary, args, logFile: this.logFile, pidFile: this.pidFile }));
+    } catch (error) {
+      if (error instanceof DaemonError && error.reason === 'not-found') {
+        throw new BerthError('HOST_UNSUPPORTED', `${this.binary} is not installed`, { hint: QSD_INSTALL_HINT, cause: error });
+      }
+      throw new BerthError('DRIVER_ERROR', `cannot start ${this.binary}: ${error instanceof Error ? error.message : String(error)}`, {
+        hint: `see ${this.logFile}`,
+        cause: error,
+      });
+    }
+    const timeoutMs = this.options.startTimeoutMs ?? 10_000;
+    try {
+      await this.options.waiter.waitUntil(
+        this.options.dir,
+        async () => {
+          if (existsSync(this.socket)) return true;
+          if (!(await this.status()).running) throw await this.failure(`${this.binary} (pid ${pid}) exited before its QMP socket appeared`);
+          return undefined;
+        },
+        { timeoutMs, what: `the QMP socket ${this.socket}`, ...(signal ? { signal } : {}) },
+      );
+    } catch (error) {
+      await stopDaemon(this.pidFile, { timeoutMs: 0, signal: 'SIGKILL' }).catch(() => undefined);
+      throw BerthError.is(error) ? error : await this.failure(`${this.binary} (pid ${pid}) did not open its QMP socket within ${timeoutMs} ms`);
+    }
+    this.options.logger?.info({ pid, socket: this.socket }, 'qemu-storage-daemon started');
+    return pid;
+  }
+
+  /**
+   * Connect to its QMP monitor. The socket exists from bind() a moment before listen(), so a
+   * refused connect is tried again until the deadline; the monitor serves one client at a time, so
+   * the greeting waits while another client is connected.
+   */
+  async connect(options: QmpCallOptions = {}): Promise<QmpClient> {
+    const timeoutMs = options.timeoutMs ?? 10_000;
+    const deadline = Date.now() + timeoutMs;
+    return this.options.waiter.waitUntil(
+      this.options.dir,
+      async () => {
+        try {
+          return await QmpClient.connect(this.socket, { timeoutMs: Math.max(1, deadline - Date.now()), ...(options.signal ? { signal: options.signal } : {}) });
+        } catch (error) {
+          if (!isRefused(error)) throw error;
+          if (!(await this.status()).running) throw await this.failure(`${this.binary} is not running`);
+          return undefined;
+        }
+      },
+      { timeoutMs, what: `QMP on ${this.socket}`, pollMs: 5, ...(options.signal ? { signal: options.signal } : {}) },
+    );
+  }
+
+  /**
+   * Stop it: QMP `quit` when its monitor answers, else SIGTERM; SIGKILL after the deadline. The
+   * FUSE mounts of a daemon that did not quit stay behind dead: the caller unmounts them.
+   */
+  async stop(): Promise<StopDaemonResult> {
+    const timeoutMs = this.options.stopTimeoutMs ?? 10_000;
+    const status = await this.status();
+    let asked = false;
+    if (status.running) {
+      const qmp = await this.connect({ timeoutMs: Math.min(timeoutMs, 2_000) }).catch(() => undefined);
+      if (qmp) {
+        asked = await qmp.execute('quit', undefined, { timeoutMs: 2_000 }).then(
+          () => true,
+          () => false,
+        );
+        qmp.close();
+      }
+    }
+    const stopped = await stopDaemon(this.pidFile, { timeoutMs: asked ? timeoutMs : Math.min(timeoutMs, 2_000), signal: asked ? null : 'SIGTERM' });
+    // A daemon that left at `quit` before the pid-file check is gone by then, but it was running.
+    const result = { ...stopped, wasRunning: status.running || stopped.wasRunning, ...(status.pid === undefined ? {} : { pid: status.pid }) };
+    await rm(this.socket, { force: true });
+    if (result.wasRunning) this.options.logger?.info({ pid: result.pid, killed: result.killed }, 'qemu-storage-daemon stopped');
+    return result;
+  }
+
+  /** The last lines of its log (berth's own start markers left out). */
+  async logTail(lines = 5): Promise<string> {
+    const text = await readFile(this.logFile, 'utf8').catch(() => '');
+    return text
+      .split('\n')
+      .filter((line) => line.trim() !== '' && !line.startsWith('--- berth:'))
+      .slice(-lines)
+      .join(' | ');
+  }
+
+  private async failure(message: string): Promise<BerthError> {
+    const tail = await this.logTail();
+    return new BerthError('DRIVER_ERROR', tail ? `${message}: ${tail}` : message, {
+      hint: `see ${this.logFile}`,
+      details: { logFile: this.logFile },
+    });
+  }
+}
+
+function isRefused(error: unknown): boolean {
+  if (!BerthError.is(error) || error.details.qmpClosed !== true) return false;
+  const code = (error.cause as NodeJS.ErrnoException | undefined)?.code;
+  return code === 'ECONNREFUSED' || code === 'ENOENT' || code === 'EAGAIN';
+}

@@ -1,0 +1,184 @@
+import { existsSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { BerthError } from '@berth/core';
+import { acquireFileLock, LockTimeoutError, type ReleaseLock } from '@berth/host';
+import { detachFuseLoop, loopInfo, unmountFuseUnder, type QmpClient, type StorageDaemon } from '@berth/qemu';
+import type { AttachStateFileStore } from '@berth/iscsi';
+import type { ExportRecord } from './export-records.js';
+import { buildChain, messageOf, mountpointOf, secretFile, teardownChain, type PlumbingDeps } from './lun-plumbing.js';
+import { exportNames } from './user-connection.js';
+
+interface Session {
+  qmp: QmpClient;
+  release: ReleaseLock;
+}
+
+/** What a restore after a daemon death did. */
+export interface RestoreReport {
+  restored: string[];
+  failed: Array<{ key: string; reason: string }>;
+}
+
+/**
+ * The one qemu-storage-daemon of this host, shared by every operation of every berth process.
+ * An operation runs inside `use`: the first user in this process takes the cross-process lock
+ * (`daemon.lock`), makes sure the daemon runs — starting it, and when it had died, rebuilding every
+ * recorded export on the new one — and opens the QMP connection, which the operations running at
+ * the same time in this process share; the last user closes it, stops an idle daemon and releases
+ * the lock. A QMP monitor serves one client at a time, so other processes wait for the lock.
+ */
+export class DaemonSupervisor {
+  private users = 0;
+  private session: Session | undefined;
+  private opening: Promise<void> | undefined;
+  private closing: Promise<void> = Promise.resolve();
+  /** What the last restore did (for `check()` and tests). */
+  lastRestore: RestoreReport | undefined;
+
+  constructor(
+    private readonly deps: PlumbingDeps & { daemon: StorageDaemon; records: AttachStateFileStore<ExportRecord> },
+  ) {}
+
+  /** Run `fn` with a QMP connection to the running daemon. */
+  async use<T>(signal: AbortSignal, fn: (qmp: QmpClient) => Promise<T>): Promise<T> {
+    this.users += 1;
+    try {
+      return await fn(await this.acquire(signal));
+    } finally {
+      this.users -= 1;
+      if (this.users === 0) {
+        this.closing = this.closeSession();
+        await this.closing;
+      }
+    }
+  }
+
+  private async acquire(signal: AbortSignal): Promise<QmpClient> {
+    for (;;) {
+      if (this.session && !this.session.qmp.isClosed) return this.session.qmp;
+      this.opening ??= this.open(signal).finally(() => {
+        this.opening = undefined;
+      });
+      await this.opening;
+    }
+  }
+
+  private async open(signal: AbortSignal): Promise<void> {
+    await this.closing;
+    const { daemon, options } = this.deps;
+    // A session whose connection broke (the daemon died under it) keeps its lock and reconnects.
+    let release = this.session?.release;
+    this.session?.qmp.close();
+    this.session = undefined;
+    if (!release) {
+      await mkdir(this.deps.paths.root, { recursive: true, mode: 0o700 });
+      release = await acquireFileLock(this.deps.paths.lock, { timeoutMs: options.lockTimeoutMs, what: 'the user-space iSCSI daemon', signal }).catch((error: unknown) => {
+        if (!(error instanceof LockTimeoutError)) throw error;
+        throw new BerthError('TIMEOUT', error.message, {
+          hint: 'another berth command is still working with qemu-storage-daemon; wait for it (or remove the lock file if that process is gone)',
+          details: { lockPath: error.lockPath, ...(error.holderPid === undefined ? {} : { holderPid: error.holderPid }) },
+          cause: error,
+        });
+      });
+    }
+    try {
+      const { started } = await daemon.ensureRunning(signal);
+      const qmp = await daemon.connect({ timeoutMs: options.qmpTimeoutMs, signal });
+      qmp.unref();
+      this.session = { qmp, release };
+      if (started) await this.restore(qmp, signal);
+    } catch (error) {
+      this.session?.qmp.close();
+      this.session = undefined;
+      await release();
+      throw error;
+    }
+  }
+
+  private async closeSession(): Promise<void> {
+    const session = this.session;
+    if (!session) return;
+    this.session = undefined;
+    try {
+      if (this.deps.options.stopWhenIdle && (await this.deps.records.list()).length === 0) {
+        session.qmp.close();
+        await this.deps.daemon.stop();
+        await unmountFuseUnder(this.deps.host, this.deps.paths.mounts, this.deps.options.commandTimeoutMs);
+      }
+    } catch (error) {
+      this.deps.logger.warn({ err: messageOf(error) }, 'could not stop the idle qemu-storage-daemon');
+    } finally {
+      session.qmp.close();
+      await session.release();
+    }
+  }
+
+  /**
+   * The daemon was (re)started while exports are recorded: it died under them. Each loop device
+   * still points at a dead FUSE file, so it is detached (unless something holds it open), the dead
+   * mounts are unmounted, and the chain is built again on the same loop device — the device path
+   * the attachment recorded and its stable link lead to. What cannot be rebuilt is marked `failed`
+   * with the reason: `connected()` leaves it out, so `berth reconcile` reconnects it (fresh
+   * credentials from the backend) or marks the attachment failed.
+   */
+  private async restore(qmp: QmpClient, signal: AbortSignal): Promise<void> {
+    const { host, paths, records, logger, options } = this.deps;
+    const all = await records.list();
+    if (all.length === 0) return;
+    const report: RestoreReport = { restored: [], failed: [] };
+    const heldOpen = new Set<string>();
+    const step = { timeoutMs: options.commandTimeoutMs, signal };
+    for (const record of all) {
+      const mountpoint = mountpointOf(paths, record.volumeId);
+      if (record.loopDevice === undefined || (await loopInfo(host.fs, record.loopDevice))?.backingFile !== mountpoint) continue;
+      if ((await detachFuseLoop(host, record.loopDevice, mountpoint, step)) === 'held-open') heldOpen.add(record.volumeId);
+    }
+    await unmountFuseUnder(host, paths.mounts, options.commandTimeoutMs);
+    // Restores run without the connect's fault points: a crash test arms those for connects only.
+    const quiet = { host, paths, options, logger };
+    for (const record of all) {
+      if (record.status !== 'active') continue;
+      const names = exportNames(record.iqn, record.lun);
+      const fail = async (reason: string): Promise<void> => {
+        report.failed.push({ key: record.volumeId, reason });
+        await records.save({ ...record, status: 'failed', failure: reason, updatedAt: new Date().toISOString() });
+      };
+      if (heldOpen.has(record.volumeId)) {
+        await fail(`${record.loopDevice} was open when qemu-storage-daemon died, so it could not be rebuilt; close it, then detach (--force) and attach again`);
+        continue;
+      }
+      if (record.username !== undefined && !existsSync(secretFile(paths, record.volumeId))) {
+        await fail('its CHAP password is no longer on this host; reconnect it (berth reconcile) to get it from the backend');
+        continue;
+      }
+      const wanted = record.loopDevice;
+      if (wanted !== undefined && (await loopInfo(host.fs, wanted))?.backingFile !== undefined) {
+        await fail(`its loop device ${wanted} now backs another file; reconnect it (berth reconcile) on a new device`);
+        continue;
+      }
+      try {
+        const device = await buildChain(quiet, qmp, {
+          names,
+          portal: record.portal,
+          iqn: record.iqn,
+          lun: record.lun,
+          initiator: record.initiator,
+          ...(record.username === undefined ? {} : { username: record.username }),
+          readOnly: record.readOnly,
+          ...(wanted === undefined ? {} : { loopDevice: wanted }),
+        }, signal);
+        const info = await loopInfo(host.fs, device);
+        await records.save({ ...record, loopDevice: device, ...(info ? { rdev: info.rdev } : {}), updatedAt: new Date().toISOString() });
+        report.restored.push(record.volumeId);
+      } catch (error) {
+        await teardownChain(quiet, qmp, names, undefined, AbortSignal.timeout(options.commandTimeoutMs)).catch(() => undefined);
+        await fail(`rebuilding it on the restarted qemu-storage-daemon failed: ${messageOf(error)}`);
+      }
+    }
+    this.lastRestore = report;
+    logger.warn(
+      { restored: report.restored.length, failed: report.failed.map((f) => `${f.key}: ${f.reason}`) },
+      'qemu-storage-daemon had died with exports on it; it was restarted and its exports rebuilt',
+    );
+  }
+}

@@ -1,0 +1,367 @@
+import { rm } from 'node:fs/promises';
+import { connect } from 'node:net';
+import {
+  BerthError,
+  KeyedLock,
+  parseWith,
+  toBerthError,
+  type CheckResult,
+  type ConnectedDevice,
+  type ConnectionInfo,
+  type Connector,
+  type Device,
+  type DisconnectOptions,
+  type PluginContext,
+  type TransportCallContext,
+  type TransportDriver,
+} from '@berth/core';
+import { parsePortal } from '@berth/iscsi';
+import { listExports, loopInfo, StorageDaemon, writeSecretFile, type QmpClient } from '@berth/qemu';
+import { DaemonSupervisor } from './daemon-supervisor.js';
+import { exportRecords, userPaths, type ExportRecord } from './export-records.js';
+import { checkUserHost, kernelInitiatorUsable, userInitiatorName } from './host-check.js';
+import { buildChain, loopsBacking, messageOf, mountpointOf, secretFile, teardownChain, type PlumbingDeps } from './lun-plumbing.js';
+import { zIscsiUserOptions, type IscsiUserOptions } from './options.js';
+import { exportNames, parseUserConnection, type ExportNames, type UserLun } from './user-connection.js';
+
+/** The transport's registered name. */
+export const NAME = 'iscsi-user';
+
+/** The `driver_volume_type` it connects. */
+export const PROTOCOLS = ['iscsi'] as const;
+
+/** Above the kernel `iscsi` transport (0), below multipath (10): wins only where it `accepts`. */
+export const PRIORITY = 5;
+
+/** The `kind` of this transport's device identities. */
+export const IDENTITY_KIND = 'iscsi-user';
+
+/**
+ * The `iscsi-user` transport: an iSCSI LUN as a real block device with no kernel initiator —
+ * qemu-storage-daemon logs in (libiscsi), exports the LUN as a file through FUSE, and a loop device
+ * (never with direct I/O) makes that file `/dev/loopN`. One supervised daemon per host.
+ */
+export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOptions>>): TransportDriver {
+  const options = parseWith(zIscsiUserOptions, context.options ?? {}, 'iscsi-user transport options');
+  const host = context.host;
+  const paths = userPaths(context.dataDir);
+  const logger = context.logger.child({ transport: NAME });
+  const records = exportRecords(paths);
+  const daemon = new StorageDaemon({ dir: paths.daemon, waiter: host.waiter, logger, binary: options.binary, startTimeoutMs: options.qmpTimeoutMs });
+  const deps: PlumbingDeps = { host, paths, options, logger, ...(context.faults ? { faults: context.faults } : {}) };
+  const supervisor = new DaemonSupervisor({ ...deps, daemon, records });
+  const lunLocks = new KeyedLock();
+  // Decided once per process by connectorProperties(), which the attach pipeline runs before it
+  // selects a transport; `accepts` is synchronous and says no until then.
+  let autoSelected: Promise<boolean> | undefined;
+  let autoSelectedNow = false;
+  let initiator: Promise<string> | undefined;
+
+  const ownInitiator = (): Promise<string> => (initiator ??= userInitiatorName(host, paths));
+
+  function decideAutoSelect(): Promise<boolean> {
+    autoSelected ??= (async () => {
+      if (!options.autoSelect || (await kernelInitiatorUsable(host))) return false;
+      return (await checkUserHost(host, options.binary, options.commandTimeoutMs)).essential;
+    })().then(
+      (yes) => (autoSelectedNow = yes),
+      () => (autoSelectedNow = false),
+    );
+    return autoSelected;
+  }
+
+  function deviceOf(record: ExportRecord, names: ExportNames): Device {
+    return {
+      path: record.loopDevice ?? '',
+      type: 'block',
+      identity: { kind: IDENTITY_KIND, rdev: record.rdev ?? '', export: names.exportId, node: names.node, mountpoint: mountpointOf(paths, names.key) },
+      meta: { key: names.key, portal: record.portal },
+    };
+  }
+
+  /** Whether a record's chain is whole: its export in the daemon, its loop device on the FUSE file. */
+  async function healthy(qmp: QmpClient, record: ExportRecord, names: ExportNames): Promise<boolean> {
+    if (record.status !== 'active' || record.loopDevice === undefined) return false;
+    const exports = await listExports(qmp, { timeoutMs: options.qmpTimeoutMs });
+    if (!exports.some((e) => e.id === names.exportId && !e['shutting-down'])) return false;
+    const info = await loopInfo(host.fs, record.loopDevice);
+    return info?.backingFile === mountpointOf(paths, names.key) && info.rdev === record.rdev;
+  }
+
+  async function removeSecrets(key: string): Promise<void> {
+    await rm(secretFile(paths, key), { force: true });
+    await rm(secretFile(paths, key, 'in'), { force: true });
+  }
+
+  async function connectLun(lun: UserLun, call: TransportCallContext, qmp: QmpClient): Promise<Device> {
+    const names = exportNames(lun.iqn, lun.lun);
+    const existing = await records.load(names.key);
+    if (existing && (await healthy(qmp, existing, names))) {
+      if (existing.readOnly !== lun.readOnly) {
+        throw new BerthError('CONFLICT', `LUN ${lun.lun} of ${lun.iqn} is connected ${existing.readOnly ? 'read-only' : 'read-write'} at ${existing.loopDevice}`, {
+          hint: 'detach it first, then attach it in the other mode',
+          details: { device: existing.loopDevice },
+        });
+      }
+      return deviceOf(existing, names);
+    }
+    // Whatever a cut-short connect or a failed restore left goes first; a new chain is built. A
+    // connect records the LUN before it makes anything, so without a record there is nothing.
+    const cleanup = existing ? await teardownChain(deps, qmp, names, existing.status === 'active' ? existing.loopDevice : undefined, call.signal) : 'removed';
+    if (cleanup === 'held-open') {
+      throw new BerthError('CONFLICT', `an earlier loop device of LUN ${lun.lun} of ${lun.iqn} is still held open`, {
+        hint: `close what holds it (losetup --list shows its backing file ${mountpointOf(paths, names.key)}), then connect again`,
+      });
+    }
+    const who = call.connector?.initiator ?? (await ownInitiator());
+    if (lun.auth?.passwordIn !== undefined) await verifyTarget(lun, who, call.signal);
+    const portal = await firstLivePortal(lun.portals, options.portalProbeMs, call.signal);
+    const record: ExportRecord = {
+      volumeId: names.key,
+      iqn: lun.iqn,
+      lun: lun.lun,
+      portal,
+      portals: lun.portals,
+      initiator: who,
+      ...(lun.auth ? { username: lun.auth.username } : {}),
+      readOnly: lun.readOnly,
+      ...(call.volumeId === undefined ? {} : { berthVolumeId: call.volumeId }),
+      status: 'connecting',
+      ...(existing?.loopDevice === undefined ? {} : { loopDevice: existing.loopDevice }),
+      updatedAt: new Date().toISOString(),
+    };
+    await records.save(record);
+    try {
+      if (lun.auth) await writeSecretFile(secretFile(paths, names.key), lun.auth.password);
+      // The device the volume had before (a failed restore, a reconnect) when it is free again.
+      const previous = existing?.loopDevice;
+      const reuse = previous !== undefined && (await loopInfo(host.fs, previous))?.backingFile === undefined && (await host.fs.exists(previous));
+      const device = await buildChain(deps, qmp, {
+        names,
+        portal,
+        iqn: lun.iqn,
+        lun: lun.lun,
+        initiator: who,
+        ...(lun.auth ? { username: lun.auth.username } : {}),
+        readOnly: lun.readOnly,
+        ...(reuse ? { loopDevice: previous } : {}),
+      }, call.signal);
+      const info = await loopInfo(host.fs, device);
+      if (!info || info.backingFile !== mountpointOf(paths, names.key) || info.directIo || info.sizeBytes === 0) {
+        throw new BerthError('DRIVER_ERROR', `${device} is not the expected loop device on ${mountpointOf(paths, names.key)}`, { details: { device } });
+      }
+      const active: ExportRecord = { ...record, status: 'active', loopDevice: device, rdev: info.rdev, updatedAt: new Date().toISOString() };
+      delete active.failure;
+      await records.save(active);
+      logger.info({ device, iqn: lun.iqn, lun: lun.lun, portal, sizeBytes: info.sizeBytes }, 'iSCSI LUN connected through qemu-storage-daemon');
+      return deviceOf(active, names);
+    } catch (error) {
+      // An abort or a deadline can land anywhere: leave nothing, with a deadline of its own.
+      const undo = AbortSignal.timeout(options.commandTimeoutMs + options.qmpTimeoutMs);
+      await teardownChain({ host, paths, options, logger }, qmp, names, undefined, undo).catch((e: unknown) =>
+        logger.warn({ key: names.key, err: messageOf(e) }, 'could not undo a failed connect'),
+      );
+      await removeSecrets(names.key);
+      await records.remove(names.key);
+      throw error;
+    }
+  }
+
+  /** Mutual CHAP: qemu's session cannot check the target, so a libiscsi login does, right before. */
+  async function verifyTarget(lun: UserLun, who: string, signal: AbortSignal): Promise<void> {
+    const auth = lun.auth;
+    if (!auth?.usernameIn || !auth.passwordIn) return;
+    if (options.mutualChap === 'refuse') {
+      throw new BerthError('UNPROCESSABLE', 'this connection asks for mutual CHAP, which qemu-storage-daemon\'s iSCSI driver cannot check', {
+        hint: 'use the kernel iscsi transport (--transport iscsi) on a host that has it, or set the iscsi-user option mutualChap to verify-first',
+      });
+    }
+    const portal = lun.portals[0] ?? '';
+    const result = await host.runner
+      .run('iscsi-inq', ['-i', who, `iscsi://${portal}/${lun.iqn}/${lun.lun}`], {
+        timeoutMs: options.commandTimeoutMs,
+        signal,
+        reject: false,
+        secrets: [auth.password, auth.passwordIn],
+        env: {
+          LIBISCSI_CHAP_USERNAME: auth.username,
+          LIBISCSI_CHAP_PASSWORD: auth.password,
+          LIBISCSI_CHAP_TARGET_USERNAME: auth.usernameIn,
+          LIBISCSI_CHAP_TARGET_PASSWORD: auth.passwordIn,
+        },
+      })
+      .catch((error: unknown) => error);
+    if (result instanceof Error || (result as { notFound?: boolean }).notFound) {
+      throw new BerthError('HOST_UNSUPPORTED', 'mutual CHAP needs iscsi-inq (libiscsi-bin) to check the target', {
+        hint: 'apt-get install -y libiscsi-bin',
+      });
+    }
+    const { exitCode, stdout, stderr } = result as { exitCode: number; stdout: string; stderr: string };
+    if (exitCode !== 0) {
+      const said = `${stdout}${stderr}`.trim().split('\n').slice(-1)[0] ?? '';
+      throw new BerthError('AUTH_FAILED', `the target ${lun.iqn} at ${portal} failed mutual CHAP (or refused the login): ${said.replaceAll(auth.password, '***').replaceAll(auth.passwordIn, '***')}`, {
+        hint: 'check auth_username_in/auth_password_in (the target\'s own account) and auth_username/auth_password',
+        details: { portal, iqn: lun.iqn },
+      });
+    }
+  }
+
+  async function disconnectLun(lun: UserLun, device: Device | undefined, opts: DisconnectOptions, qmp: QmpClient): Promise<void> {
+    const names = exportNames(lun.iqn, lun.lun);
+    const mountpoint = mountpointOf(paths, names.key);
+    const record = await records.load(names.key);
+    const candidates = device?.path ? [device.path] : record?.loopDevice ? [record.loopDevice] : await loopsBacking(deps, mountpoint);
+    for (const used of opts.inUse ?? []) {
+      if (used.identity?.export === names.exportId || candidates.includes(used.path)) {
+        logger.info({ key: names.key, device: used.path }, 'not disconnecting: another attachment on this host uses the device');
+        return;
+      }
+    }
+    // The recorded path may name another file now (the kernel reused the loop number after a
+    // crash between detach and export removal): that device is never touched. This transport
+    // finds its own chain by names only it uses (the FUSE file, the export and node ids), so that
+    // chain is still removed; then the mismatch is reported (unless forced).
+    let mismatch: BerthError | undefined;
+    if (device?.path && device.identity?.kind === IDENTITY_KIND) {
+      const info = await loopInfo(host.fs, device.path);
+      if (info?.backingFile !== undefined && (info.backingFile !== mountpoint || info.rdev !== device.identity.rdev)) {
+        mismatch = new BerthError('CONFLICT', `${device.path} is no longer the device of LUN ${lun.lun} of ${lun.iqn}: it backs ${info.backingFile}`, {
+          hint: `berth left ${device.path} alone and removed its own export of this LUN; detach --force finishes the detach`,
+          details: { reason: 'identity-mismatch', device: device.path, expected: mountpoint, found: info.backingFile },
+        });
+        candidates.splice(0, candidates.length, ...(await loopsBacking(deps, mountpoint)));
+      }
+    }
+    const loop = candidates.find(() => true);
+    const outcome = await teardownChain(deps, qmp, names, loop !== undefined && (await loopInfo(host.fs, loop))?.backingFile === mountpoint ? loop : undefined, opts.signal);
+    if (outcome === 'held-open') {
+      throw new BerthError('CONFLICT', `${loop ?? 'the loop device'} of LUN ${lun.lun} of ${lun.iqn} is still open: it was not disconnected`, {
+        hint: `close what holds it (fuser -v ${loop ?? '/dev/loopN'}; unmount its filesystem), then detach again`,
+        details: { device: loop },
+      });
+    }
+    await removeSecrets(names.key);
+    await records.remove(names.key);
+    logger.info({ iqn: lun.iqn, lun: lun.lun, device: loop }, 'iSCSI LUN disconnected from qemu-storage-daemon');
+    if (mismatch && !opts.force) throw mismatch;
+    if (mismatch) logger.warn({ device: device?.path, found: mismatch.details.found }, 'the recorded loop device now backs another file: left alone');
+  }
+
+  return {
+    name: NAME,
+    protocols: PROTOCOLS,
+    priority: PRIORITY,
+
+    accepts(): boolean {
+      return autoSelectedNow;
+    },
+
+    async connectorProperties(): Promise<Partial<Connector>> {
+      await decideAutoSelect();
+      return { initiator: await ownInitiator() };
+    },
+
+    async connect(connection: ConnectionInfo, call: TransportCallContext): Promise<Device> {
+      const lun = parseUserConnection(connection, 'connect');
+      call.signal.throwIfAborted();
+      const key = exportNames(lun.iqn, lun.lun).key;
+      try {
+        return await lunLocks.withLock(key, () => supervisor.use(call.signal, (qmp) => connectLun(lun, call, qmp)), call.signal);
+      } catch (error) {
+        throw contextual(`connecting LUN ${lun.lun} of ${lun.iqn}`, error);
+      }
+    },
+
+    async disconnect(connection: ConnectionInfo, device: Device | undefined, opts: DisconnectOptions): Promise<void> {
+      const lun = parseUserConnection(connection, 'locate');
+      const key = exportNames(lun.iqn, lun.lun).key;
+      try {
+        await lunLocks.withLock(key, () => supervisor.use(opts.signal, (qmp) => disconnectLun(lun, device, opts, qmp)), opts.signal);
+      } catch (error) {
+        throw contextual(`disconnecting LUN ${lun.lun} of ${lun.iqn}`, error);
+      }
+    },
+
+    async connected(): Promise<ConnectedDevice[]> {
+      const signal = AbortSignal.timeout(options.qmpTimeoutMs + options.lockTimeoutMs);
+      if ((await records.list()).length === 0) return [];
+      return supervisor.use(signal, async (qmp) => {
+        const out: ConnectedDevice[] = [];
+        for (const record of await records.list()) {
+          const names = exportNames(record.iqn, record.lun);
+          if (!(await healthy(qmp, record, names))) continue;
+          out.push({ device: deviceOf(record, names), source: { target_iqn: record.iqn, target_lun: record.lun, target_portal: record.portal } });
+        }
+        return out;
+      });
+    },
+
+    async check(): Promise<CheckResult> {
+      const { checks, fixes, essential } = await checkUserHost(host, options.binary, options.commandTimeoutMs);
+      const kernel = await kernelInitiatorUsable(host);
+      checks.push({
+        name: 'kernel iSCSI initiator',
+        ok: true,
+        detail: kernel ? 'present: the iscsi transport is preferred; force this one with --transport iscsi-user' : 'absent: iscsi volumes use this transport',
+      });
+      const failed = (await records.list()).filter((r) => r.status === 'failed');
+      if (failed.length > 0) {
+        checks.push({ name: 'exports lost when qemu-storage-daemon died', ok: false, detail: failed.map((r) => `${r.iqn} LUN ${r.lun}: ${r.failure ?? 'failed'}`).join('; ') });
+        fixes.push('run berth reconcile: it reconnects the lost exports or marks their attachments failed');
+      }
+      const status = await daemon.status();
+      checks.push({ name: 'qemu-storage-daemon', ok: true, detail: status.running ? `running as pid ${status.pid}` : 'not running (started on first use)' });
+      const ok = essential && failed.length === 0;
+      return ok
+        ? { ok, summary: `iscsi-user: usable (qemu-storage-daemon, FUSE, loop)${kernel ? '; the kernel initiator is preferred' : ''}`, checks }
+        : {
+            ok,
+            summary: essential ? `iscsi-user: ${failed.length} export(s) lost when qemu-storage-daemon died` : `iscsi-user: not usable here (${checks.filter((c) => !c.ok).map((c) => c.name).join(', ')})`,
+            checks,
+            fix: fixes.join('; '),
+          };
+    },
+  };
+}
+
+/**
+ * The first portal that takes a TCP connection within `probeMs`, in order: qemu's login blocks
+ * its whole main loop (every export of the daemon) while a portal does not answer, so a dead one
+ * is found out here instead.
+ */
+export async function firstLivePortal(portals: readonly string[], probeMs: number, signal: AbortSignal): Promise<string> {
+  const tried: string[] = [];
+  for (const portal of portals) {
+    signal.throwIfAborted();
+    const { host, port } = parsePortal(portal);
+    const live = await new Promise<boolean>((resolve) => {
+      const socket = connect({ host, port, timeout: probeMs, signal });
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once('timeout', () => {
+        socket.destroy();
+        resolve(false);
+      });
+      socket.once('error', () => resolve(false));
+    });
+    if (live) return portal;
+    tried.push(portal);
+  }
+  signal.throwIfAborted();
+  throw new BerthError('DRIVER_ERROR', `no portal of the target answers: ${tried.join(', ')}`, {
+    hint: 'check that the target listens there and that this host can reach it (firewall, routes)',
+    details: { portals: tried },
+  });
+}
+
+function contextual(what: string, error: unknown): BerthError {
+  const berthError = toBerthError(error, 'DRIVER_ERROR');
+  if (berthError.message.startsWith(what)) return berthError;
+  return new BerthError(berthError.code, `${what}: ${berthError.message}`, {
+    ...(berthError.hint === undefined ? {} : { hint: berthError.hint }),
+    details: berthError.details,
+    cause: berthError,
+  });
+}

@@ -1,0 +1,229 @@
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { closeSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { stat } from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BerthError, type ConnectionInfo, type Device } from '@berth/core';
+import { loopInfo } from '@berth/qemu';
+import { userPaths } from './export-records.js';
+import { createUserTestEnv, readAt, writeAt, writeDirect, type UserTestEnv } from './test-user-env.js';
+
+// The iscsi-user transport against the real tgtd of the tgt backend (private tgtd, CHAP on):
+// bytes written through /dev/loopN (direct and buffered) land in tgtd's LUN file; wrong CHAP,
+// missing LUN and dead portals fail clearly and leave nothing; a SIGKILLed daemon is noticed and
+// its exports rebuilt on the same loop devices; 16 volumes at once through one daemon.
+
+const MiB = 1024 * 1024;
+const timings: string[] = [];
+let env: UserTestEnv;
+
+beforeAll(async () => {
+  env = await createUserTestEnv();
+});
+
+afterAll(async () => {
+  console.log(`\niscsi-user e2e timings\n${timings.join('\n')}`);
+  await env?.dispose();
+});
+
+function call(ms = 60_000): { signal: AbortSignal } {
+  return { signal: AbortSignal.timeout(ms) };
+}
+
+async function rejection(promise: Promise<unknown>): Promise<BerthError> {
+  const error = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  if (!BerthError.is(error)) throw new Error(`expected a BerthError, got ${String(error)}`);
+  return error;
+}
+
+async function expectNothingLeft(): Promise<void> {
+  expect(await env.leftovers()).toEqual({ loops: [], mounts: [], daemon: false, records: [] });
+  expect(await env.host.fs.readdir(userPaths(env.dataDir).secrets)).toEqual([]);
+}
+
+describe('iscsi-user transport on a real tgtd', () => {
+  it('attach, write direct and buffered, detach: the LUN file holds every byte, nothing is left', async () => {
+    const { connection, lunFile } = await env.makeVolume(32 * MiB);
+    const started = Date.now();
+    const device = await env.driver.connect(connection, call());
+    timings.push(`connect (daemon start + login + export + losetup): ${Date.now() - started} ms`);
+    expect(device.path).toMatch(/^\/dev\/loop\d+$/);
+    expect((await stat(device.path)).isBlockDevice()).toBe(true);
+    const info = await loopInfo(env.host.fs, device.path);
+    expect(info).toMatchObject({ directIo: false, readOnly: false, sizeBytes: 32 * MiB });
+    expect(device.identity).toMatchObject({ kind: 'iscsi-user', rdev: info?.rdev });
+    expect(device.identity?.mountpoint).toBe(info?.backingFile);
+    const secrets = userPaths(env.dataDir).secrets;
+    expect((await stat(secrets)).mode & 0o777).toBe(0o700);
+    for (const name of await env.host.fs.readdir(secrets)) expect((await stat(path.join(secrets, name))).mode & 0o777).toBe(0o600);
+
+    const writes: Array<{ offset: number; data: Buffer }> = [];
+    const direct = (offset: number, size: number, bs: number): void => {
+      const data = randomBytes(size);
+      writeDirect(device.path, data, offset, bs, env.dataDir);
+      writes.push({ offset, data });
+    };
+    const buffered = (offset: number, size: number): void => {
+      const data = randomBytes(size);
+      writeAt(device.path, data, offset);
+      writes.push({ offset, data });
+    };
+    direct(0, 4096, 4096);
+    direct(1 * MiB, 4 * MiB, MiB); // 1 MiB direct writes: what qemu 7.2's FUSE + dio loop corrupted
+    direct(6 * MiB + 512, 512 * 7, 512);
+    buffered(9 * MiB + 123, 777_777);
+    buffered(32 * MiB - 4096, 4096);
+    // Four writers at once, direct and buffered.
+    await Promise.all(
+      [0, 1, 2, 3].map(async (n) => {
+        const data = randomBytes(MiB);
+        const offset = (12 + 2 * n) * MiB;
+        if (n % 2 === 0) writeDirect(device.path, data, offset, 64 * 1024, env.dataDir);
+        else writeAt(device.path, data, offset);
+        writes.push({ offset, data });
+      }),
+    );
+    // Read back through the device before the detach, then from tgtd's file after it.
+    for (const w of writes) expect(readAt(device.path, w.data.length, w.offset).equals(w.data)).toBe(true);
+    const stopAt = Date.now();
+    await env.driver.disconnect(connection, device, { force: false, ...call() });
+    timings.push(`disconnect (flush + losetup -d + export del + logout + daemon stop): ${Date.now() - stopAt} ms`);
+    for (const w of writes) expect(readAt(lunFile, w.data.length, w.offset).equals(w.data), `bytes at ${w.offset}`).toBe(true);
+    await expectNothingLeft();
+  });
+
+  it('mutual CHAP: the target proves itself first; a wrong target secret is refused', async () => {
+    const { connection, lunFile } = await env.makeVolume(8 * MiB, { mutualChap: true });
+    expect(connection.data.auth_password_in).toBeTruthy();
+    const device = await env.driver.connect(connection, call());
+    const data = randomBytes(64 * 1024);
+    writeAt(device.path, data, 3 * MiB);
+    await env.driver.disconnect(connection, device, { force: false, ...call() });
+    expect(readAt(lunFile, data.length, 3 * MiB).equals(data)).toBe(true);
+    const wrong: ConnectionInfo = { ...connection, data: { ...connection.data, auth_password_in: 'not-the-target-secret' } };
+    const error = await rejection(env.driver.connect(wrong, call()));
+    expect(error.code).toBe('AUTH_FAILED');
+    expect(error.message).toMatch(/mutual CHAP/);
+    expect(JSON.stringify(error.toJSON())).not.toContain('not-the-target-secret');
+    await expectNothingLeft();
+  });
+
+  it('wrong CHAP, a missing LUN and an unreachable portal fail clearly within the deadline and leave nothing', async () => {
+    const { connection } = await env.makeVolume(4 * MiB);
+    const secret = String(connection.data.auth_password);
+    const cases: Array<[string, ConnectionInfo, string, RegExp]> = [
+      ['wrong CHAP', { ...connection, data: { ...connection.data, auth_password: 'wrong-password-123' } }, 'AUTH_FAILED', /refused the CHAP login/],
+      ['missing LUN', { ...connection, data: { ...connection.data, target_lun: 7 } }, 'NOT_FOUND', /has no LUN 7/],
+      ['unreachable portal', { ...connection, data: { ...connection.data, target_portal: `127.0.0.9:${env.port}`, target_portals: [] } }, 'DRIVER_ERROR', /no portal of the target answers/],
+    ];
+    for (const [what, bad, code, message] of cases) {
+      const started = Date.now();
+      const error = await rejection(env.driver.connect(bad, call(30_000)));
+      timings.push(`${what}: ${error.code} in ${Date.now() - started} ms`);
+      expect(error.code, what).toBe(code);
+      expect(error.message, what).toMatch(message);
+      expect(error.hint, what).toMatch(/\S/);
+      const text = JSON.stringify(error.toJSON()) + error.message;
+      expect(text).not.toContain(secret);
+      expect(text).not.toContain('wrong-password-123');
+      expect(Date.now() - started, what).toBeLessThan(30_000);
+      await expectNothingLeft();
+    }
+  });
+
+  it('a second portal is used when the first does not answer', async () => {
+    const { connection } = await env.makeVolume(4 * MiB);
+    const twoPortals: ConnectionInfo = { ...connection, data: { ...connection.data, target_portal: `127.0.0.9:${env.port}`, target_portals: [`127.0.0.9:${env.port}`, `127.0.0.1:${env.port}`] } };
+    const device = await env.driver.connect(twoPortals, call());
+    expect(device.meta?.portal).toBe(`127.0.0.1:${env.port}`);
+    await env.driver.disconnect(twoPortals, device, { force: false, ...call() });
+    await expectNothingLeft();
+  });
+
+  it('a SIGKILLed daemon with 4 volumes attached is noticed and rebuilt on the same loop devices; one held open is failed clearly', async () => {
+    const volumes = await Promise.all([1, 2, 3, 4, 5].map(() => env.makeVolume(8 * MiB)));
+    const devices: Device[] = [];
+    for (const v of volumes) devices.push(await env.driver.connect(v.connection, call()));
+    const before = await Promise.all(devices.map((d) => loopInfo(env.host.fs, d.path)));
+    const markers = volumes.map(() => randomBytes(8192));
+    devices.forEach((d, i) => writeAt(d.path, markers[i]!, 2 * MiB));
+    const pid = await env.daemonPid();
+    expect(pid).toBeDefined();
+    // The fifth is held open by this process when the daemon dies: it cannot be rebuilt in place.
+    const held = openSync(devices[4]!.path, 'r');
+    try {
+      process.kill(pid!, 'SIGKILL');
+      await env.host.waiter.waitUntil('/proc', async () => ((await env.daemonPid()) === undefined ? true : undefined), { timeoutMs: 10_000 });
+      const started = Date.now();
+      // Another berth process (a new driver instance) notices at its first call and restores.
+      const second = env.driverWith();
+      const listed = await second.connected!();
+      timings.push(`restore of 4 exports after SIGKILL: ${Date.now() - started} ms`);
+      expect((await env.daemonPid()) ?? 0).not.toBe(pid);
+      expect(listed.map((c) => c.device.path).sort()).toEqual(devices.slice(0, 4).map((d) => d.path).sort());
+      const check = await second.check();
+      expect(check.ok).toBe(false);
+      expect(check.summary).toMatch(/1 export\(s\) lost/);
+      expect(check.fix).toMatch(/berth reconcile/);
+      for (let i = 0; i < 4; i += 1) {
+        const after = await loopInfo(env.host.fs, devices[i]!.path);
+        expect(after?.rdev).toBe(before[i]?.rdev);
+        expect(readAt(devices[i]!.path, markers[i]!.length, 2 * MiB).equals(markers[i]!)).toBe(true);
+      }
+      const more = randomBytes(4096);
+      writeAt(devices[0]!.path, more, 5 * MiB);
+      for (let i = 0; i < 4; i += 1) await second.disconnect(volumes[i]!.connection, devices[i]!, { force: false, ...call() });
+      expect(readAt(volumes[0]!.lunFile, more.length, 5 * MiB).equals(more)).toBe(true);
+    } finally {
+      closeSync(held);
+    }
+    // Closed now: the lost one is reconnected (what berth reconcile does) and detached cleanly.
+    const again = await env.driver.connect(volumes[4]!.connection, call());
+    expect(readAt(again.path, markers[4]!.length, 2 * MiB).equals(markers[4]!)).toBe(true);
+    await env.driver.disconnect(volumes[4]!.connection, again, { force: false, ...call() });
+    await expectNothingLeft();
+  });
+
+  it('16 volumes attach at once through one daemon, each with its own bytes', async () => {
+    const volumes = await Promise.all(Array.from({ length: 16 }, () => env.makeVolume(4 * MiB)));
+    const started = Date.now();
+    const devices = await Promise.all(volumes.map((v) => env.driver.connect(v.connection, call(120_000))));
+    timings.push(`16 concurrent connects: ${Date.now() - started} ms`);
+    expect(new Set(devices.map((d) => d.path)).size).toBe(16);
+    const data = volumes.map(() => randomBytes(128 * 1024));
+    devices.forEach((d, i) => writeAt(d.path, data[i]!, MiB));
+    expect((await env.driver.connected!()).length).toBe(16);
+    const stopAt = Date.now();
+    await Promise.all(volumes.map((v, i) => env.driver.disconnect(v.connection, devices[i], { force: false, ...call(120_000) })));
+    timings.push(`16 concurrent disconnects: ${Date.now() - stopAt} ms`);
+    volumes.forEach((v, i) => expect(readAt(v.lunFile, data[i]!.length, MiB).equals(data[i]!)).toBe(true));
+    await expectNothingLeft();
+  });
+
+  it('leaves a device another attachment uses, and never touches a recorded path that now backs another file', async () => {
+    const { connection } = await env.makeVolume(4 * MiB);
+    const device = await env.driver.connect(connection, call());
+    await env.driver.disconnect(connection, undefined, { force: true, inUse: [device], ...call() });
+    expect((await env.driver.connected!()).map((c) => c.device.path)).toEqual([device.path]);
+    // A recorded path that now names another file (a loop number reused): that device is left alone.
+    const other = path.join(tmpdir(), `berth-iu-other-${randomBytes(4).toString('hex')}.img`);
+    writeFileSync(other, Buffer.alloc(MiB));
+    const otherLoop = execFileSync('losetup', ['--find', '--show', other], { encoding: 'utf8' }).trim();
+    try {
+      const stale: Device = { ...device, path: otherLoop };
+      const error = await rejection(env.driver.disconnect(connection, stale, { force: false, ...call() }));
+      expect(error.code).toBe('CONFLICT');
+      expect(error.details.reason).toBe('identity-mismatch');
+      expect((await loopInfo(env.host.fs, otherLoop))?.backingFile).toBe(other);
+      await expectNothingLeft();
+    } finally {
+      execFileSync('losetup', ['--detach', otherLoop]);
+      rmSync(other, { force: true });
+    }
+  });
+});

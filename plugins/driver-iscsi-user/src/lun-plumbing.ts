@@ -1,0 +1,187 @@
+import { rm } from 'node:fs/promises';
+import path from 'node:path';
+import { BerthError, type FaultPoints, type Logger } from '@berth/core';
+import type { HostServices } from '@berth/host';
+import {
+  addFuseExport,
+  addIscsiNode,
+  attachFuseLoop,
+  detachFuseLoop,
+  flushLoop,
+  isQmpFailure,
+  loopInfo,
+  qmpFailureOf,
+  removeFuseExport,
+  removeIscsiNode,
+  wireLun,
+  type QmpClient,
+} from '@berth/qemu';
+import type { UserPaths } from './export-records.js';
+import type { IscsiUserOptions } from './options.js';
+import type { ExportNames } from './user-connection.js';
+
+/** What building and tearing down one LUN's chain needs. */
+export interface PlumbingDeps {
+  host: HostServices;
+  paths: UserPaths;
+  options: IscsiUserOptions;
+  logger: Logger;
+  faults?: FaultPoints;
+}
+
+/** One LUN's chain to build: iSCSI node → FUSE export → loop device. */
+export interface ChainSpec {
+  names: ExportNames;
+  portal: string;
+  iqn: string;
+  lun: number;
+  initiator: string;
+  /** The CHAP user; the password is in `secretFile(paths, key)` already. */
+  username?: string;
+  readOnly: boolean;
+  /** Attach to this loop device (it must be free), else to the first free one. */
+  loopDevice?: string;
+}
+
+/** The FUSE mount point of a LUN. */
+export function mountpointOf(paths: UserPaths, key: string): string {
+  return path.join(paths.mounts, `${key}.fuse`);
+}
+
+/** The file holding a LUN's CHAP password (`.in`: the target's, for mutual CHAP). */
+export function secretFile(paths: UserPaths, key: string, which: 'out' | 'in' = 'out'): string {
+  return path.join(paths.secrets, which === 'in' ? `${key}.in` : key);
+}
+
+/**
+ * Build the chain: `blockdev-add` (login), `block-export-add` (FUSE), `losetup` (no direct I/O).
+ * Fault points between the steps. Throws what failed; the caller tears down what was made.
+ */
+export async function buildChain(deps: PlumbingDeps, qmp: QmpClient, spec: ChainSpec, signal: AbortSignal): Promise<string> {
+  const { names } = spec;
+  const qmpOptions = { timeoutMs: deps.options.qmpTimeoutMs, signal };
+  try {
+    await addIscsiNode(
+      qmp,
+      {
+        nodeName: names.node,
+        portal: spec.portal,
+        iqn: spec.iqn,
+        lun: wireLun(spec.lun),
+        initiator: spec.initiator,
+        ...(spec.username === undefined ? {} : { chap: { username: spec.username, secretId: names.secretId, secretFile: secretFile(deps.paths, names.key) } }),
+        readOnly: spec.readOnly,
+        timeoutS: deps.options.requestTimeoutS,
+      },
+      qmpOptions,
+    );
+  } catch (error) {
+    throw loginError(error, spec);
+  }
+  await deps.faults?.hit('iscsi-user.connect.after-login');
+  await addFuseExport(qmp, { id: names.exportId, nodeName: names.node, mountpoint: mountpointOf(deps.paths, names.key), writable: !spec.readOnly }, qmpOptions);
+  await deps.faults?.hit('iscsi-user.connect.after-export');
+  const device = await attachFuseLoop(deps.host.runner, mountpointOf(deps.paths, names.key), {
+    readOnly: spec.readOnly,
+    timeoutMs: deps.options.commandTimeoutMs,
+    signal,
+    ...(spec.loopDevice === undefined ? {} : { device: spec.loopDevice }),
+  });
+  await deps.faults?.hit('iscsi-user.connect.after-losetup');
+  return device;
+}
+
+/**
+ * Tear a LUN's chain down, whatever part of it exists: flush and detach the loop device on its
+ * FUSE file (found by sysfs when `loopDevice` is not known), delete the export (wait for QEMU to
+ * report it gone), delete the node (ends the session) and its secret object, remove the mount
+ * point file. Resolves `held-open` — and leaves the export — when something still has the loop
+ * device open: removing the export under it would fail its I/O.
+ */
+export async function teardownChain(
+  deps: PlumbingDeps,
+  qmp: QmpClient | undefined,
+  names: ExportNames,
+  loopDevice: string | undefined,
+  signal: AbortSignal,
+): Promise<'removed' | 'held-open'> {
+  const mountpoint = mountpointOf(deps.paths, names.key);
+  const step = { timeoutMs: deps.options.commandTimeoutMs, signal };
+  const loops = loopDevice !== undefined ? [loopDevice] : await loopsBacking(deps, mountpoint);
+  for (const device of loops) {
+    const info = await loopInfo(deps.host.fs, device);
+    if (info?.backingFile !== mountpoint) continue;
+    if (!info.autoclear) {
+      // A dead export answers the flush with an I/O error: there is nothing left to flush then.
+      await flushLoop(deps.host.runner, device, step).catch((error: unknown) => deps.logger.warn({ device, err: messageOf(error) }, 'flush before detach failed'));
+    }
+    await deps.faults?.hit('iscsi-user.disconnect.after-flush');
+    if ((await detachFuseLoop(deps.host, device, mountpoint, step)) === 'held-open') return 'held-open';
+  }
+  await deps.faults?.hit('iscsi-user.disconnect.after-losetup');
+  if (qmp) {
+    const qmpOptions = { timeoutMs: deps.options.qmpTimeoutMs, signal };
+    await removeFuseExport(qmp, names.exportId, qmpOptions);
+    await deps.faults?.hit('iscsi-user.disconnect.after-export');
+    await removeIscsiNode(qmp, names.node, names.secretId, qmpOptions);
+  }
+  await rm(mountpoint, { force: true });
+  return 'removed';
+}
+
+/** Loop devices whose backing file is `file` (sysfs), for leftovers whose device was not recorded. */
+export async function loopsBacking(deps: Pick<PlumbingDeps, 'host'>, file: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const name of await deps.host.fs.readdir('/sys/block')) {
+    if (!/^loop\d+$/.test(name)) continue;
+    const info = await loopInfo(deps.host.fs, `/dev/${name}`);
+    if (info?.backingFile === file) out.push(`/dev/${name}`);
+  }
+  return out;
+}
+
+/** A failed `blockdev-add` as the user should read it: what happened and what to do. */
+export function loginError(error: unknown, spec: Pick<ChainSpec, 'portal' | 'iqn' | 'lun'>): BerthError {
+  const failure = qmpFailureOf(error);
+  if (!failure) return BerthError.is(error) ? error : new BerthError('DRIVER_ERROR', messageOf(error), { cause: error });
+  const what = `LUN ${spec.lun} of ${spec.iqn} at ${spec.portal}`;
+  const details = { portal: spec.portal, iqn: spec.iqn, lun: spec.lun, qemu: failure.desc.trim() };
+  if (/Authentication failure|CHAP/i.test(failure.desc)) {
+    return new BerthError('AUTH_FAILED', `the target refused the CHAP login to ${what}`, {
+      hint: 'check auth_username/auth_password against the target\'s account (berth volume show --show-secrets), and that the target expects CHAP',
+      details,
+      cause: error,
+    });
+  }
+  if (/Authorization failure|not allowed|Target not found/i.test(failure.desc)) {
+    return new BerthError('NOT_FOUND', `the target ${spec.iqn} does not exist at ${spec.portal}, or does not admit this initiator`, {
+      hint: 'check target_iqn, and that the target\'s ACL lists this host\'s initiator name (berth connector)',
+      details,
+      cause: error,
+    });
+  }
+  if (/LOGICAL_UNIT_NOT_SUPPORTED/.test(failure.desc)) {
+    return new BerthError('NOT_FOUND', `the target ${spec.iqn} has no LUN ${spec.lun}`, {
+      hint: 'check target_lun: the volume may have been deleted on the backend',
+      details,
+      cause: error,
+    });
+  }
+  // libiscsi words a refused or unreachable portal as a failed reconnect (fixture qmp-blockdev-add-iscsi-unreachable-portal).
+  if (/reconnect|refused|unreachable|timed out|No route/i.test(failure.desc)) {
+    return new BerthError('DRIVER_ERROR', `cannot reach the portal ${spec.portal} for ${what}`, {
+      hint: 'check that the target listens there and that this host can reach it (firewall, routes)',
+      details,
+      cause: error,
+    });
+  }
+  if (isQmpFailure(error, /Duplicate|already in use/)) {
+    return new BerthError('CONFLICT', `qemu-storage-daemon already has objects for ${what}`, { hint: 'run the disconnect (berth detach --force) and connect again', details, cause: error });
+  }
+  return new BerthError('DRIVER_ERROR', `qemu-storage-daemon could not log in to ${what}: ${failure.desc.trim()}`, { details, cause: error });
+}
+
+/** The message of anything thrown. */
+export function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

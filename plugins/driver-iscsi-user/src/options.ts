@@ -1,0 +1,34 @@
+import { z } from 'zod';
+
+/** Options of the `iscsi-user` transport (the config's `pluginOptions['@berth/driver-iscsi-user']`). */
+export const zIscsiUserOptions = z.object({
+  /**
+   * Take `iscsi` connections by itself when this host's kernel initiator is unusable (no
+   * `/sys/class/iscsi_transport/tcp`) and this transport works here. `false`: only when forced
+   * (`berth attach --transport iscsi-user`, or the config's `transports.iscsi`).
+   */
+  autoSelect: z.boolean().default(true),
+  /** Stop qemu-storage-daemon when its last export is removed (it starts again on the next connect). */
+  stopWhenIdle: z.boolean().default(true),
+  /**
+   * Mutual CHAP: qemu 7.2's iSCSI driver cannot check the target's answer, so `verify-first`
+   * proves the target with a libiscsi login (`iscsi-inq`) to the same portal right before qemu's
+   * own session; `refuse` fails such connections instead.
+   */
+  mutualChap: z.enum(['verify-first', 'refuse']).default('verify-first'),
+  /** libiscsi's request timeout in seconds: I/O on a dead path fails after it (0 waits for ever). */
+  requestTimeoutS: z.number().int().min(0).max(3600).default(120),
+  /** How long a portal may take to accept a TCP connection before the next one is tried, in ms. */
+  portalProbeMs: z.number().int().min(50).max(60_000).default(3_000),
+  /** Deadline of one QMP command, in ms. */
+  qmpTimeoutMs: z.number().int().min(100).max(600_000).default(20_000),
+  /** Deadline of one losetup/blockdev/umount run and of a loop device letting go, in ms. */
+  commandTimeoutMs: z.number().int().min(100).max(600_000).default(15_000),
+  /** How long to wait for another berth process working on the daemon, in ms. */
+  lockTimeoutMs: z.number().int().min(100).max(600_000).default(60_000),
+  /** The qemu-storage-daemon executable. */
+  binary: z.string().min(1).default('qemu-storage-daemon'),
+});
+
+/** Parsed options of the `iscsi-user` transport. */
+export type IscsiUserOptions = z.output<typeof zIscsiUserOptions>;
