@@ -1,37 +1,112 @@
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, realpath, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { silentLogger, type BerthService } from '@berth/core';
 import { stopManagedTgtd } from '@berth/backend-tgt';
 import { createHostServices } from '@berth/host';
-import { addFuseExport, addIscsiNode, attachFuseLoop, detachFuseLoop, removeFuseExport, removeIscsiNode, StorageDaemon, unmountFuseUnder } from '@berth/qemu';
+import { addFuseExport, addIscsiNode, attachFuseLoop, detachFuseLoop, removeFuseExport, removeIscsiNode, StorageDaemon, unmountFuseUnder, zEmptyReturn, type QmpClient } from '@berth/qemu';
 import { openBerth } from '@berth/runtime';
 import { freePort } from '@berth/simhost/real';
 import { printTable, summarize } from './stats.js';
 
 const MiB = 1024 * 1024;
 
-/** What fio measured on one device. */
+/** What fio measured on one target. */
 interface FioResult {
   seqWriteMiBs: number;
   seqReadMiBs: number;
   randReadIops: number;
 }
 
-/** fio on `device`: sequential 1 MiB writes and reads, 4 KiB random reads (O_DIRECT on the device, libaio). */
-function fio(device: string, sizeMiB: number): FioResult {
+/**
+ * Drop the page cache of the file behind loop device `target` when it is a FUSE export: the loop
+ * device reads its FUSE file through the page cache (no direct I/O there), so a read right after
+ * fio's writes would measure memory, not the target.
+ */
+function dropFuseCache(target: string): void {
+  if (!target.startsWith('/dev/loop')) return;
+  const backing = readFileSync(`/sys/block/${path.basename(target)}/loop/backing_file`, 'utf8').trim();
+  if (backing.endsWith('.fuse')) execFileSync('dd', [`if=${backing}`, 'iflag=nocache', 'count=0', 'status=none']);
+}
+
+/**
+ * fio on `target` (a block device: O_DIRECT, libaio; or an `nbd+unix://` URI: fio's nbd engine),
+ * iodepth 16: sequential 1 MiB writes, then reads, then 4 KiB random reads.
+ */
+function fio(target: string, sizeMiB: number): FioResult {
+  const engine = target.startsWith('nbd+unix:') ? ['--ioengine=nbd', `--uri=${target}`] : [`--filename=${target}`, '--direct=1', '--ioengine=libaio'];
   const job = (name: string, rw: string, bs: string): Record<string, unknown> => {
-    const out = execFileSync(
-      'fio',
-      [`--name=${name}`, `--filename=${device}`, `--rw=${rw}`, `--bs=${bs}`, `--size=${sizeMiB}M`, '--direct=1', '--ioengine=libaio', '--iodepth=16', '--runtime=20', '--time_based=0', '--output-format=json'],
-      { encoding: 'utf8', maxBuffer: 64 * MiB },
-    );
-    return (JSON.parse(out) as { jobs: Array<Record<string, Record<string, number>>> }).jobs[0] as Record<string, unknown>;
+    const out = execFileSync('fio', [`--name=${name}`, ...engine, `--rw=${rw}`, `--bs=${bs}`, `--size=${sizeMiB}M`, '--iodepth=16', '--runtime=20', '--output-format=json'], {
+      encoding: 'utf8',
+      maxBuffer: 64 * MiB,
+    });
+    // The nbd engine prints a line before the JSON.
+    return (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: Array<Record<string, Record<string, number>>> }).jobs[0] as Record<string, unknown>;
   };
   const bw = (j: Record<string, unknown>, dir: 'read' | 'write'): number => ((j[dir] as { bw_bytes: number }).bw_bytes ?? 0) / MiB;
   const iops = (j: Record<string, unknown>): number => (j.read as { iops: number }).iops ?? 0;
-  return { seqWriteMiBs: bw(job('seqwrite', 'write', '1M'), 'write'), seqReadMiBs: bw(job('seqread', 'read', '1M'), 'read'), randReadIops: iops(job('randread', 'randread', '4k')) };
+  const seqWriteMiBs = bw(job('seqwrite', 'write', '1M'), 'write');
+  dropFuseCache(target);
+  const seqReadMiBs = bw(job('seqread', 'read', '1M'), 'read');
+  dropFuseCache(target);
+  return { seqWriteMiBs, seqReadMiBs, randReadIops: iops(job('randread', 'randread', '4k')) };
+}
+
+/** fio on every target, `rounds` times interleaved (the machine's load moves), and the median of each measure. */
+function fioInterleaved(targets: Record<string, string>, sizeMiB: number, rounds: number): Record<string, FioResult> {
+  const samples: Record<string, FioResult[]> = {};
+  // A first pass allocates the sparse files (tgtd's LUN file, the local volume) on every path.
+  for (const target of new Set(Object.values(targets))) if (!target.startsWith('nbd+unix:')) fio(target, sizeMiB);
+  for (let round = 0; round < rounds; round += 1) {
+    for (const [name, target] of Object.entries(targets)) (samples[name] ??= []).push(fio(target, sizeMiB));
+  }
+  const median = (xs: number[]): number => summarize(xs).p50;
+  return Object.fromEntries(
+    Object.entries(samples).map(([name, xs]) => [
+      name,
+      { seqWriteMiBs: median(xs.map((x) => x.seqWriteMiBs)), seqReadMiBs: median(xs.map((x) => x.seqReadMiBs)), randReadIops: median(xs.map((x) => x.randReadIops)) },
+    ]),
+  );
+}
+
+const NULL_FUSE = 'null-co over FUSE + loop';
+const ISCSI_NBD = 'iscsi over NBD';
+
+/**
+ * The layers of the chain measured apart, on the transport's own daemon: a `null-co` node (no
+ * storage) through a FUSE export and a loop device — what FUSE + loop cost — and a second iSCSI
+ * node on the volume's LUN exported over NBD (fio's nbd engine, 16 requests in flight) — what
+ * qemu's iscsi driver and tgtd give without FUSE and loop. Removed again after `measure`.
+ */
+async function withLayers<T>(
+  qmp: QmpClient,
+  host: ReturnType<typeof createHostServices>,
+  spec: { dataDir: string; sizeMiB: number; portal: string; iqn: string; initiator: string },
+  measure: (targets: Record<string, string>) => T,
+): Promise<T> {
+  const mountpoint = path.join(spec.dataDir, 'layer-null.fuse');
+  const nbdSocket = path.join(spec.dataDir, 'layer-nbd.sock');
+  const undo: Array<() => Promise<unknown>> = [];
+  try {
+    await qmp.request('blockdev-add', { driver: 'null-co', 'node-name': 'layer-null', size: spec.sizeMiB * MiB, 'read-zeroes': true }, zEmptyReturn);
+    undo.unshift(() => removeIscsiNode(qmp, 'layer-null', undefined));
+    await addFuseExport(qmp, { id: 'layer-null-x', nodeName: 'layer-null', mountpoint, writable: true });
+    undo.unshift(() => removeFuseExport(qmp, 'layer-null-x'));
+    const device = await attachFuseLoop(host.runner, mountpoint, { readOnly: false, timeoutMs: 10_000 });
+    undo.unshift(() => detachFuseLoop(host, device, mountpoint, { timeoutMs: 10_000 }));
+    await addIscsiNode(qmp, { nodeName: 'layer-iscsi', portal: spec.portal, iqn: spec.iqn, lun: 1, initiator: spec.initiator, readOnly: false });
+    undo.unshift(() => removeIscsiNode(qmp, 'layer-iscsi', undefined));
+    await qmp.request('nbd-server-start', { addr: { type: 'unix', data: { path: nbdSocket } } }, zEmptyReturn);
+    undo.unshift(() => qmp.request('nbd-server-stop', undefined, zEmptyReturn));
+    await qmp.request('block-export-add', { type: 'nbd', id: 'layer-nbd', 'node-name': 'layer-iscsi', name: 'layer', writable: true }, zEmptyReturn);
+    // block-export-del and its BLOCK_EXPORT_DELETED are the same for every export type.
+    undo.unshift(() => removeFuseExport(qmp, 'layer-nbd'));
+    return measure({ [NULL_FUSE]: device, [ISCSI_NBD]: `nbd+unix:///layer?socket=${nbdSocket}` });
+  } finally {
+    for (const step of undo) await step().catch(() => undefined);
+  }
 }
 
 /**
@@ -41,7 +116,7 @@ function fio(device: string, sizeMiB: number): FioResult {
  * through each device (tgt volumes without CHAP here, so the floor can log in as the pipeline
 does). Prints ratios; targets: sequential ≥ 50% of loop, warm attach ≤ floor + 150 ms.
  */
-export async function benchAttachIscsiUser(iterations = 10, sizeMiB = 256): Promise<void> {
+export async function benchAttachIscsiUser(iterations = 10, sizeMiB = 256, fioRounds = 3): Promise<void> {
   const dataDir = await realpath(await mkdtemp(path.join(os.tmpdir(), 'berth-bench-iu-')));
   const host = createHostServices();
   const controlPort = 20_000 + Math.floor(Math.random() * 12_000);
@@ -72,17 +147,22 @@ export async function benchAttachIscsiUser(iterations = 10, sizeMiB = 256): Prom
     await berth.attach({ volume: 'keeper' });
     const warmRuns = await runs('user');
 
+    const user = await berth.attach({ volume: 'user' });
+    const local = await berth.attach({ volume: 'local' });
+
     // The floor: what a warm connect cannot avoid, measured alone on the same daemon.
     const floor: number[] = [];
     const daemon = new StorageDaemon({ dir: path.join(dataDir, 'driver-iscsi-user', 'qsd'), waiter: host.waiter });
     const keeper = (await berth.listAttachments({ volume: 'keeper' }))[0];
-    // A second session to the keeper's target: its ACL admits this initiator while it is attached.
+    // Second sessions to the attached volumes' targets: their ACLs admit this initiator while attached.
     const iqn = String(keeper?.connectionInfo?.data.target_iqn ?? '');
+    const userIqn = String(user.attachment?.connectionInfo?.data.target_iqn ?? '');
     const initiator = keeper?.connector?.initiator ?? '';
     await berth.close();
     berth = undefined;
     // With berth closed nobody holds the daemon lock; the keeper's export keeps the daemon up.
     const qmp = await daemon.connect();
+    let throughput: Record<string, FioResult>;
     try {
       for (let i = 0; i < iterations; i += 1) {
         const mountpoint = path.join(dataDir, 'floor.fuse');
@@ -95,15 +175,14 @@ export async function benchAttachIscsiUser(iterations = 10, sizeMiB = 256): Prom
         await removeFuseExport(qmp, 'floor-x');
         await removeIscsiNode(qmp, 'floor', undefined);
       }
+      throughput = await withLayers(qmp, host, { dataDir, sizeMiB, portal: `127.0.0.1:${port}`, iqn: userIqn, initiator }, (layers) =>
+        fioInterleaved({ loop: local.attachment!.device!.path, 'iscsi-user': user.attachment!.device!.path, ...layers }, sizeMiB, fioRounds),
+      );
     } finally {
       qmp.close();
     }
 
     berth = await openBerth({ dataDir, logger: silentLogger });
-    const user = await berth.attach({ volume: 'user' });
-    const local = await berth.attach({ volume: 'local' });
-    const userFio = fio(user.attachment!.device!.path, sizeMiB);
-    const loopFio = fio(local.attachment!.device!.path, sizeMiB);
     await berth.detach({ volume: 'user' });
     await berth.detach({ volume: 'local' });
     await berth.detach({ volume: 'keeper' });
@@ -125,11 +204,21 @@ export async function benchAttachIscsiUser(iterations = 10, sizeMiB = 256): Prom
       ['warm connect step', p50(warmRuns.map((r) => r.connect))],
       ['warm connect − floor', p50(warmRuns.map((r) => r.connect)) - floorP50],
     ]);
-    printTable(`throughput through the device, fio ${sizeMiB} MiB, O_DIRECT, iodepth 16 (target: sequential ≥ 0.5 of loop)`, ['measure', 'iscsi-user', 'loop', 'ratio'], [
-      ['sequential write 1 MiB (MiB/s)', userFio.seqWriteMiBs, loopFio.seqWriteMiBs, userFio.seqWriteMiBs / loopFio.seqWriteMiBs],
-      ['sequential read 1 MiB (MiB/s)', userFio.seqReadMiBs, loopFio.seqReadMiBs, userFio.seqReadMiBs / loopFio.seqReadMiBs],
-      ['random read 4 KiB (IOPS)', userFio.randReadIops, loopFio.randReadIops, userFio.randReadIops / loopFio.randReadIops],
-    ]);
+    const loopFio = throughput.loop!;
+    const row = (name: string, r: FioResult | undefined): Array<string | number> => {
+      if (!r) return [name, 'n/a', 'n/a', 'n/a', 'n/a', 'n/a', 'n/a'];
+      return [name, r.seqWriteMiBs, r.seqWriteMiBs / loopFio.seqWriteMiBs, r.seqReadMiBs, r.seqReadMiBs / loopFio.seqReadMiBs, r.randReadIops, r.randReadIops / loopFio.randReadIops];
+    };
+    printTable(
+      `throughput, fio ${sizeMiB} MiB iodepth 16, median of ${fioRounds} interleaved rounds (target: iscsi-user sequential ≥ 0.5 of loop)`,
+      ['path', 'seq write 1 MiB (MiB/s)', '/loop', 'seq read 1 MiB (MiB/s)', '/loop', 'rand read 4 KiB (IOPS)', '/loop'],
+      [
+        row('loop on a local file (O_DIRECT)', throughput.loop),
+        row('iscsi-user: loop → FUSE → qemu iscsi → tgtd', throughput['iscsi-user']),
+        row('layer: loop → FUSE → qemu null-co (no iSCSI)', throughput[NULL_FUSE]),
+        row('layer: qemu iscsi → tgtd over NBD (no FUSE, no loop)', throughput[ISCSI_NBD]),
+      ],
+    );
   } finally {
     await berth?.close().catch(() => undefined);
     await new StorageDaemon({ dir: path.join(dataDir, 'driver-iscsi-user', 'qsd'), waiter: host.waiter }).stop().catch(() => undefined);

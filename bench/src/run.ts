@@ -19,7 +19,7 @@ const benches: Record<string, () => Promise<void>> = {
       iterations: env('BENCH_ITERATIONS_ISCSI', 5),
       concurrent: env('BENCH_CONCURRENT_LUNS', 32),
     }),
-  'attach-iscsi-user': () => benchAttachIscsiUser(env('BENCH_ITERATIONS_ISCSI_USER', 10), env('BENCH_FIO_MIB', 256)),
+  'attach-iscsi-user': () => benchAttachIscsiUser(env('BENCH_ITERATIONS_ISCSI_USER', 10), env('BENCH_FIO_MIB', 256), env('BENCH_FIO_ROUNDS', 3)),
   'attach-multipath': () => benchAttachMultipath(env('BENCH_ITERATIONS_MULTIPATH', 3)),
   'simhost-tool': () => benchSimhostTool(env('BENCH_TOOL_CALLS', 50)),
   'os-brick-side-by-side': () => benchOsBrickSideBySide(env('BENCH_ITERATIONS_OSBRICK', 3)),

@@ -1,5 +1,6 @@
-import { mkdir, open } from 'node:fs/promises';
+import { mkdir, open, stat } from 'node:fs/promises';
 import path from 'node:path';
+import type { DeviceWaiter } from '@berth/host';
 import { isQmpFailure, type QmpCallOptions, type QmpClient } from './qmp-client.js';
 import { zBlockExportList, zEmptyReturn, zNamedBlockNodeList, type BlockExportInfo, type NamedBlockNode } from './qmp-schemas.js';
 
@@ -62,4 +63,17 @@ export function listExports(qmp: QmpClient, options: QmpCallOptions = {}): Promi
 /** Every named block node of the daemon, flat (`query-named-block-nodes`). */
 export function listBlockNodes(qmp: QmpClient, options: QmpCallOptions = {}): Promise<NamedBlockNode[]> {
   return qmp.request('query-named-block-nodes', { flat: true }, zNamedBlockNodeList, options);
+}
+
+/**
+ * Wait until the FUSE file shows `sizeBytes`. The kernel caches a FUSE file's attributes for as
+ * long as QEMU grants (1 s), so a node resized over QMP (`block_resize`) shows its new size late,
+ * and a loop device asked to follow it (`setLoopCapacity`) would read the old one.
+ */
+export async function waitForFuseSize(waiter: DeviceWaiter, mountpoint: string, sizeBytes: number, options: { timeoutMs: number; signal?: AbortSignal }): Promise<void> {
+  await waiter.waitUntil(path.dirname(mountpoint), async () => ((await stat(mountpoint)).size === sizeBytes ? true : undefined), {
+    timeoutMs: options.timeoutMs,
+    what: `${mountpoint} to show the new size ${sizeBytes}`,
+    ...(options.signal ? { signal: options.signal } : {}),
+  });
 }

@@ -79,6 +79,23 @@ export async function attachFuseLoop(
   return device;
 }
 
+/** Make `device` take its backing file's current size (`losetup --set-capacity`), after the export grew. */
+export async function setLoopCapacity(runner: CommandRunner, device: string, options: LoopStepOptions): Promise<void> {
+  loopName(device);
+  await runner.run('losetup', ['--set-capacity', device], { timeoutMs: options.timeoutMs, ...(options.signal ? { signal: options.signal } : {}) });
+}
+
+/** The loop devices whose backing file passes `match` (read from sysfs, so no losetup output to parse). */
+export async function loopsBacking(fs: HostFs, match: (backingFile: string) => boolean): Promise<LoopInfo[]> {
+  const found: LoopInfo[] = [];
+  for (const name of await fs.readdir('/sys/block')) {
+    if (!/^loop\d+$/.test(name)) continue;
+    const info = await loopInfo(fs, `/dev/${name}`);
+    if (info?.backingFile !== undefined && match(info.backingFile)) found.push(info);
+  }
+  return found;
+}
+
 /** Flush the loop device's buffers down to the FUSE file, and through QEMU to the target. */
 export async function flushLoop(runner: CommandRunner, device: string, options: LoopStepOptions): Promise<void> {
   loopName(device);

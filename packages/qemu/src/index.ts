@@ -3,10 +3,10 @@
  * qemu-storage-daemon, iSCSI block nodes with CHAP from secret files, FUSE exports, and loop
  * devices on them (never with direct I/O).
  */
-export { QmpClient, qmpFailureOf, isQmpFailure, DEFAULT_QMP_TIMEOUT_MS, type QmpCallOptions, type QmpFailure, type QmpEventListener } from './qmp-client.js';
+export { QmpClient, qmpFailureOf, isQmpFailure, isQmpConnectionLost, DEFAULT_QMP_TIMEOUT_MS, type QmpCallOptions, type QmpFailure, type QmpEventListener } from './qmp-client.js';
 export * from './qmp-schemas.js';
 export { StorageDaemon, storageDaemonPaths, QSD_BINARY, QSD_INSTALL_HINT, type StorageDaemonOptions } from './storage-daemon.js';
 export { addIscsiNode, removeIscsiNode, removeSecret, writeSecretFile, wireLun, type IscsiNodeSpec } from './iscsi-node.js';
-export { addFuseExport, removeFuseExport, listExports, listBlockNodes, type FuseExportSpec } from './fuse-export.js';
-export { attachFuseLoop, detachFuseLoop, flushLoop, loopInfo, loopName, type LoopInfo, type LoopStepOptions } from './fuse-loop.js';
+export { addFuseExport, removeFuseExport, listExports, listBlockNodes, waitForFuseSize, type FuseExportSpec } from './fuse-export.js';
+export { attachFuseLoop, detachFuseLoop, flushLoop, loopInfo, loopName, loopsBacking, setLoopCapacity, type LoopInfo, type LoopStepOptions } from './fuse-loop.js';
 export { fuseMountsUnder, parseProcMounts, unmountFuseUnder, type MountEntry } from './fuse-mounts.js';

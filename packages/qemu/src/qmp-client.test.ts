@@ -1,13 +1,10 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { BerthError } from '@berth/core';
 import { removeFuseExport } from './fuse-export.js';
 import { removeIscsiNode } from './iscsi-node.js';
-import { QmpClient, qmpFailureOf } from './qmp-client.js';
+import { isQmpConnectionLost, QmpClient, qmpFailureOf } from './qmp-client.js';
 import { zBlockExportList, zNamedBlockNodeList, zQemuVersion } from './qmp-schemas.js';
-import { recordedExchange, replyWithId, startFakeQmp, type Answer, type FakeQmp } from './test-qmp-fixtures.js';
+import { recordedExchange, replyWithId, useFakeQmp, type Answer } from './test-qmp-fixtures.js';
 
 // The QMP client against a fake server that answers with what qemu-storage-daemon 7.2.22 answered
 // (fixtures/qmp-*.txt, recorded on the build machine).
@@ -15,21 +12,7 @@ import { recordedExchange, replyWithId, startFakeQmp, type Answer, type FakeQmp 
 const greeting = recordedExchange('qmp-greeting.txt').reply;
 const capabilities = replyWithId(recordedExchange('qmp-qmp_capabilities.txt'));
 
-let dir: string;
-let server: FakeQmp | undefined;
-let client: QmpClient | undefined;
-
-beforeEach(() => {
-  dir = mkdtempSync(path.join(tmpdir(), 'berth-qmp-'));
-});
-
-afterEach(async () => {
-  client?.close();
-  client = undefined;
-  await server?.close();
-  server = undefined;
-  rmSync(dir, { recursive: true, force: true });
-});
+const fake = useFakeQmp('berth-qmp-');
 
 /** A server answering each command with the recorded exchange named for it. */
 function byCommand(answers: Record<string, string[] | (() => string[])>): Answer {
@@ -47,11 +30,8 @@ function recorded(name: string): string[] {
   return [...exchange.events, replyWithId(exchange)];
 }
 
-async function connectTo(answer: Answer, greet = greeting): Promise<QmpClient> {
-  const socket = path.join(dir, 'qmp.sock');
-  server = await startFakeQmp(socket, greet, answer);
-  client = await QmpClient.connect(socket, { timeoutMs: 2_000 });
-  return client;
+function connectTo(answer: Answer, greet = greeting): Promise<QmpClient> {
+  return fake.connect(greet, answer);
 }
 
 async function rejection(promise: Promise<unknown>): Promise<BerthError> {
@@ -67,7 +47,7 @@ describe('QmpClient', () => {
   it('reads the greeting, negotiates capabilities and returns typed replies', async () => {
     const qmp = await connectTo(byCommand({ 'query-version': recorded('qmp-query-version.txt') }));
     expect(qmp.greeting?.QMP.version.qemu).toEqual({ major: 7, minor: 2, micro: 22 });
-    expect(server?.requests[0]).toMatchObject({ execute: 'qmp_capabilities' });
+    expect(fake.server?.requests[0]).toMatchObject({ execute: 'qmp_capabilities' });
     const version = await qmp.request('query-version', undefined, zQemuVersion);
     expect(version.package).toContain('Debian');
   });
@@ -113,7 +93,7 @@ describe('QmpClient', () => {
   it('delivers an event sent before the reply to a waiter registered before the command', async () => {
     const qmp = await connectTo(byCommand({ 'block-export-del': recorded('qmp-block-export-del.txt') }));
     await removeFuseExport(qmp, 'exp0', { timeoutMs: 1_000 });
-    expect(server?.requests.at(-1)).toMatchObject({ execute: 'block-export-del', arguments: { id: 'exp0' } });
+    expect(fake.server?.requests.at(-1)).toMatchObject({ execute: 'block-export-del', arguments: { id: 'exp0' } });
   });
 
   it('treats deleting a missing export or node as done', async () => {
@@ -186,8 +166,11 @@ describe('QmpClient', () => {
     const qmp = await connectTo(byCommand({ hang: [] }));
     const pending = rejection(qmp.execute('hang', undefined, { timeoutMs: 5_000 }));
     const event = rejection(qmp.waitForEvent('SHUTDOWN', undefined, { timeoutMs: 5_000 }));
-    for (const socket of server?.sockets ?? []) socket.end();
-    expect((await pending).details.qmpClosed).toBe(true);
+    for (const socket of fake.server?.sockets ?? []) socket.end();
+    const lost = await pending;
+    expect(lost.details.qmpClosed).toBe(true);
+    expect(isQmpConnectionLost(lost)).toBe(true);
+    expect(isQmpConnectionLost(new BerthError('DRIVER_ERROR', 'QMP blockdev-del failure'))).toBe(false);
     expect((await event).details.qmpClosed).toBe(true);
     expect((await qmp.closed).details.qmpClosed).toBe(true);
     expect(qmp.isClosed).toBe(true);
@@ -195,9 +178,7 @@ describe('QmpClient', () => {
   });
 
   it('refuses a server that does not greet like QMP', async () => {
-    const socket = path.join(dir, 'qmp.sock');
-    server = await startFakeQmp(socket, JSON.stringify({ hello: 'world' }), () => []);
-    const error = await rejection(QmpClient.connect(socket, { timeoutMs: 1_000 }));
+    const error = await rejection(fake.connect(JSON.stringify({ hello: 'world' }), () => []));
     expect(error.message).toMatch(/did not greet like a QMP server/);
   });
 

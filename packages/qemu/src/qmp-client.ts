@@ -48,6 +48,11 @@ export function isQmpFailure(error: unknown, pattern: RegExp): boolean {
   return failure !== undefined && pattern.test(failure.desc);
 }
 
+/** Whether `error` says the QMP connection is gone (the QEMU process exited or closed it). */
+export function isQmpConnectionLost(error: unknown): boolean {
+  return BerthError.is(error) && error.details.qmpClosed === true;
+}
+
 /**
  * A client of one QMP server (qemu-storage-daemon, qemu-system-*) over a Unix socket. `connect`
  * reads and validates the greeting and leaves capabilities negotiation (`qmp_capabilities`).

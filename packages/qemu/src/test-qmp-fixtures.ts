@@ -1,7 +1,10 @@
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import path from 'node:path';
+import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
+import { afterEach, beforeEach } from 'vitest';
+import { QmpClient } from './qmp-client.js';
 
 /** The recorded QMP exchanges copied into this package (`fixtures/`, from qemu-storage-daemon 7.2.22). */
 export const FIXTURES = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'fixtures');
@@ -77,4 +80,48 @@ export async function startFakeQmp(socketPath: string, greeting: string, answer:
 export function replyWithId(exchange: RecordedExchange): string {
   const reply = JSON.parse(exchange.reply) as Record<string, unknown>;
   return JSON.stringify({ ...reply, id: '{id}' });
+}
+
+/** One test's fake server and client, made by `connect` and closed after the test. */
+export interface FakeQmpFixture {
+  /** The test's temp directory (removed after it). */
+  readonly dir: string;
+  readonly server: FakeQmp | undefined;
+  readonly client: QmpClient | undefined;
+  /** Start a fake server answering with `answer` in the test's directory and connect a client to it. */
+  connect(greeting: string, answer: Answer): Promise<QmpClient>;
+}
+
+/** Register hooks giving every test of the file its own temp directory, fake server and client. */
+export function useFakeQmp(prefix: string): FakeQmpFixture {
+  let dir = '';
+  let server: FakeQmp | undefined;
+  let client: QmpClient | undefined;
+  beforeEach(() => {
+    dir = mkdtempSync(path.join(tmpdir(), prefix));
+  });
+  afterEach(async () => {
+    client?.close();
+    client = undefined;
+    await server?.close();
+    server = undefined;
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return {
+    get dir() {
+      return dir;
+    },
+    get server() {
+      return server;
+    },
+    get client() {
+      return client;
+    },
+    async connect(greeting, answer) {
+      const socket = path.join(dir, 'qmp.sock');
+      server = await startFakeQmp(socket, greeting, answer);
+      client = await QmpClient.connect(socket, { timeoutMs: 2_000 });
+      return client;
+    },
+  };
 }

@@ -10,6 +10,7 @@ import {
   flushLoop,
   isQmpFailure,
   loopInfo,
+  loopsBacking as loopsWithBacking,
   qmpFailureOf,
   removeFuseExport,
   removeIscsiNode,
@@ -131,13 +132,7 @@ export async function teardownChain(
 
 /** Loop devices whose backing file is `file` (sysfs), for leftovers whose device was not recorded. */
 export async function loopsBacking(deps: Pick<PlumbingDeps, 'host'>, file: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const name of await deps.host.fs.readdir('/sys/block')) {
-    if (!/^loop\d+$/.test(name)) continue;
-    const info = await loopInfo(deps.host.fs, `/dev/${name}`);
-    if (info?.backingFile === file) out.push(`/dev/${name}`);
-  }
-  return out;
+  return (await loopsWithBacking(deps.host.fs, (backing) => backing === file)).map((info) => info.device);
 }
 
 /** A failed `blockdev-add` as the user should read it: what happened and what to do. */

@@ -1,6 +1,6 @@
 import type { CommandResult, CommandRunner } from '@berth/host';
+import { wireLun } from '@berth/qemu';
 import type { LoginAuth } from '../target-access.js';
-import { encodeSamLun } from './libiscsi-output.js';
 
 /** Default deadline of one libiscsi tool run, in ms (a login on loopback takes ~3 ms). */
 export const DEFAULT_LIBISCSI_TIMEOUT_MS = 15_000;
@@ -61,7 +61,7 @@ export class LibiscsiClient {
 
 /** The URL of a LUN, with the LUN addressed as tgtd reports it (flat addressing above 255). */
 export function lunUrl(portal: string, iqn: string, lun: number): string {
-  return `iscsi://${portal}/${iqn}/${encodeSamLun(lun)}`;
+  return `iscsi://${portal}/${iqn}/${wireLun(lun)}`;
 }
 
 /** The environment that makes libiscsi log in with `auth` (mutual CHAP included), and the values to mask. */

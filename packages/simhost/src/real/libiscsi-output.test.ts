@@ -1,7 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import {
   decodeSamLun,
-  encodeSamLun,
   parseDeviceIdentification,
   parseIscsiLs,
   parseReadCapacity16,
@@ -9,6 +8,7 @@ import {
   parseUnitSerialNumber,
 } from './libiscsi-output.js';
 import { readFixture } from '@berth/testkit/fixtures';
+import { wireLun } from '@berth/qemu';
 
 describe('libiscsi output parsers (recorded fixtures)', () => {
   it('reads targets and LUNs from iscsi-ls -s', () => {
@@ -37,13 +37,13 @@ describe('libiscsi output parsers (recorded fixtures)', () => {
     expect(parseIscsiLs(readFixture('iscsi-ls-unreachable-portal.txt').stdout)).toEqual([]);
   });
 
-  it('decodes flat-addressed LUNs the way tgtd encodes them (LUN 300 is printed as 16684)', () => {
+  it('decodes flat-addressed LUNs the way tgtd encodes them (LUN 300 is printed as 16684), the inverse of wireLun', () => {
     // Observed: `Lun:16684 Type:DIRECT_ACCESS (Size:63M)` for tgtadm --lun 300.
     expect(parseIscsiLs('Target:iqn.x:a Portal:127.0.0.1:3260,1\nLun:16684 Type:DIRECT_ACCESS (Size:63M)\n')[0]?.luns).toEqual([{ lun: 300, type: 'DIRECT_ACCESS' }]);
     expect(decodeSamLun(255)).toBe(255);
-    expect(encodeSamLun(300)).toBe(16684);
-    expect(encodeSamLun(1)).toBe(1);
-    for (const lun of [0, 1, 255, 256, 300, 16383]) expect(decodeSamLun(encodeSamLun(lun))).toBe(lun);
+    expect(wireLun(300)).toBe(16684);
+    expect(wireLun(1)).toBe(1);
+    for (const lun of [0, 1, 255, 256, 300, 16383]) expect(decodeSamLun(wireLun(lun))).toBe(lun);
   });
 
   it('reads the standard INQUIRY with its padding kept', () => {

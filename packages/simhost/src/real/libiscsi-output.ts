@@ -33,11 +33,6 @@ export function decodeSamLun(value: number): number {
   return method === 1 ? value & 0x3fff : value & 0xff;
 }
 
-/** The two-byte SAM LUN libiscsi and qemu put on the wire for target LUN `lun` (tgtd's addressing). */
-export function encodeSamLun(lun: number): number {
-  return lun > 0xff ? 0x4000 | (lun & 0x3fff) : lun;
-}
-
 /** Parse `iscsi-ls` (with or without `-s`) stdout into its target blocks. */
 export function parseIscsiLs(stdout: string): ListedTarget[] {
   const targets: ListedTarget[] = [];

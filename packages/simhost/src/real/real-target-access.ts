@@ -2,7 +2,7 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { BerthError, parseWith } from '@berth/core';
-import { createCommandRunner, createDeviceWaiter, createHostFs, type CommandRunner, type DeviceWaiter } from '@berth/host';
+import { createCommandRunner, createDeviceWaiter, createHostFs, type CommandRunner, type DeviceWaiter, type HostFs } from '@berth/host';
 import type { LoginAuth, LoginRequest, LoginResult, TargetAccess, TargetSession } from '../target-access.js';
 import { DEFAULT_LIBISCSI_TIMEOUT_MS, LibiscsiClient } from './libiscsi-client.js';
 import { parseIscsiLs } from './libiscsi-output.js';
@@ -50,6 +50,7 @@ export type DiscoverResult = Awaited<ReturnType<TargetAccess['discover']>>;
 export class RealTargetAccess implements TargetAccess {
   private readonly runner: CommandRunner;
   private readonly waiter: DeviceWaiter;
+  private readonly fs: HostFs;
   private readonly libiscsi: LibiscsiClient;
   private readonly sessions = new Set<RealTargetSession>();
   private dir: Promise<string> | undefined;
@@ -58,7 +59,9 @@ export class RealTargetAccess implements TargetAccess {
 
   constructor(private readonly options: RealTargetAccessOptions = {}) {
     this.runner = options.runner ?? createCommandRunner();
-    this.waiter = createDeviceWaiter(createHostFs('/'));
+    // The daemons, FUSE files and loop devices are the real machine's, whatever the simulated root.
+    this.fs = createHostFs('/');
+    this.waiter = createDeviceWaiter(this.fs);
     this.libiscsi = new LibiscsiClient(this.runner, options.loginTimeoutMs ?? DEFAULT_LIBISCSI_TIMEOUT_MS);
   }
 
@@ -132,6 +135,7 @@ export class RealTargetAccess implements TargetAccess {
     return {
       runner: this.runner,
       waiter: this.waiter,
+      fs: this.fs,
       libiscsi: this.libiscsi,
       commandTimeoutMs: this.options.commandTimeoutMs ?? DEFAULT_LIBISCSI_TIMEOUT_MS,
       daemonTimeoutMs: this.options.daemonTimeoutMs ?? 10_000,

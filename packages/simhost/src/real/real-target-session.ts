@@ -1,11 +1,28 @@
-import { rm, stat } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { BerthError } from '@berth/core';
-import type { CommandResult, CommandRunner, DeviceWaiter } from '@berth/host';
+import type { CommandResult, CommandRunner, DeviceWaiter, HostFs } from '@berth/host';
+import {
+  addFuseExport,
+  addIscsiNode,
+  attachFuseLoop,
+  detachFuseLoop,
+  isQmpConnectionLost,
+  loopInfo,
+  removeFuseExport,
+  removeIscsiNode,
+  setLoopCapacity,
+  StorageDaemon,
+  unmountFuseUnder,
+  waitForFuseSize,
+  wireLun,
+  writeSecretFile,
+  zEmptyReturn,
+  type QmpClient,
+} from '@berth/qemu';
 import type { LunInquiry, TargetSession } from '../target-access.js';
 import type { LibiscsiClient, LibiscsiEndpoint } from './libiscsi-client.js';
 import {
-  encodeSamLun,
   parseDeviceIdentification,
   parseIscsiLs,
   parseReadCapacity16,
@@ -14,16 +31,15 @@ import {
   type StandardInquiry,
 } from './libiscsi-output.js';
 import { classifyLoginFailure } from './login-failure.js';
-import { attachLoop, detachLoop, loopSizeBytes, setLoopCapacity } from './loop-device.js';
 import { RealLunDisk, type LunDiskOwner } from './real-lun-disk.js';
 import type { ValidLoginRequest } from './schemas.js';
-import { StorageDaemon } from './storage-daemon.js';
 import { identityFromInquiry, type LunIdentity } from './tgt-identity.js';
 
 /** What a session needs from the `RealTargetAccess` that made it. */
 export interface RealAccessContext {
   runner: CommandRunner;
   waiter: DeviceWaiter;
+  fs: HostFs;
   libiscsi: LibiscsiClient;
   /** Deadline of one-shot commands (losetup, umount), in ms. */
   commandTimeoutMs: number;
@@ -41,11 +57,18 @@ export interface RealAccessContext {
 // A LUN that does not exist fails after the login with this sense (fixture iscsi-inq-missing-lun).
 const NO_SUCH_LUN = /LOGICAL_UNIT_NOT_SUPPORTED/;
 
+/** The QMP names of one disk's objects in its session's daemon. */
+function qmpNames(exportId: string): { node: string; exportId: string; secretId: string } {
+  return { node: `node-${exportId}`, exportId: `exp-${exportId}`, secretId: `sec-${exportId}` };
+}
+
 /**
  * One logged-in session. libiscsi tools check and describe the LUNs; a disk is a FUSE export
- * of the LUN in a qemu-storage-daemon started on the first `openLun` and stopped when the last disk
- * of the session closes, with a loop device on the FUSE file. Opening, closing and logout run one
- * at a time per session, so the daemon is never stopped under a disk being opened.
+ * of the LUN in a qemu-storage-daemon (`@berth/qemu`) started on the first `openLun` and stopped
+ * when the last disk of the session closes, with a loop device on the FUSE file. The session keeps
+ * one QMP connection to its daemon: its closing is how a daemon that died is noticed. Opening,
+ * closing and logout run one at a time per session, so the daemon is never stopped under a disk
+ * being opened.
  */
 export class RealTargetSession implements TargetSession, LunDiskOwner {
   readonly portal: string;
@@ -54,6 +77,8 @@ export class RealTargetSession implements TargetSession, LunDiskOwner {
   private readonly endpoint: LibiscsiEndpoint;
   private readonly disks = new Set<RealLunDisk>();
   private daemon: StorageDaemon | undefined;
+  private qmp: QmpClient | undefined;
+  private pid: number | undefined;
   private daemonDir: string | undefined;
   private queue: Promise<unknown> = Promise.resolve();
   private loggedOut = false;
@@ -71,7 +96,7 @@ export class RealTargetSession implements TargetSession, LunDiskOwner {
 
   /** The pid of the session's qemu-storage-daemon, while one runs. */
   get daemonPid(): number | undefined {
-    return this.daemon?.pid;
+    return this.daemon ? this.pid : undefined;
   }
 
   /** The disks open right now. */
@@ -123,20 +148,14 @@ export class RealTargetSession implements TargetSession, LunDiskOwner {
       if (disk.closed) throw new BerthError('INVALID_STATE', `the disk of LUN ${disk.lun} on ${this.iqn} is closed`);
       const capacity = await this.capacityOf(disk.lun);
       if (capacity !== disk.sizeBytes) {
-        const daemon = this.daemon;
-        if (!daemon) throw new BerthError('INTERNAL', 'an open disk has no qemu-storage-daemon');
+        const qmp = this.liveQmp();
+        if (!qmp) throw new BerthError('DRIVER_ERROR', `the qemu-storage-daemon behind ${disk.plumbing.loopDevice} is not running`, { hint: 'close the disk and open it again' });
         // block_resize re-reads the LUN's capacity (qemu's iscsi driver refuses to grow past it).
-        await daemon.resizeNode(disk.plumbing.exportId, capacity);
-        // The kernel caches the FUSE file's attributes for the 1 s qemu grants and the loop device
-        // reads the cached size: stat until the new size shows, then make the loop follow.
-        const { fuseFile } = disk.plumbing;
-        await this.ctx.waiter.waitUntil(path.dirname(fuseFile), async () => ((await stat(fuseFile)).size === capacity ? true : undefined), {
-          timeoutMs: this.ctx.daemonTimeoutMs,
-          what: `${fuseFile} to show the new size ${capacity}`,
-        });
-        await setLoopCapacity(this.ctx.runner, disk.plumbing.loopDevice, this.ctx.commandTimeoutMs);
+        await qmp.request('block_resize', { 'node-name': qmpNames(disk.plumbing.exportId).node, size: capacity }, zEmptyReturn, { timeoutMs: this.ctx.daemonTimeoutMs });
+        await waitForFuseSize(this.ctx.waiter, disk.plumbing.fuseFile, capacity, { timeoutMs: this.ctx.daemonTimeoutMs });
+        await setLoopCapacity(this.ctx.runner, disk.plumbing.loopDevice, { timeoutMs: this.ctx.commandTimeoutMs });
       }
-      const size = await loopSizeBytes(disk.plumbing.loopDevice);
+      const size = (await loopInfo(this.ctx.fs, disk.plumbing.loopDevice))?.sizeBytes ?? 0;
       if (size !== capacity) throw new BerthError('DRIVER_ERROR', `${disk.plumbing.loopDevice} is ${size} bytes after refresh, LUN ${disk.lun} of ${this.iqn} has ${capacity}`);
       return size;
     });
@@ -209,21 +228,12 @@ export class RealTargetSession implements TargetSession, LunDiskOwner {
     const { identity } = probed;
     const sizeBytes = await this.capacityOf(lun);
 
-    const daemon = await this.ensureDaemon();
+    const qmp = await this.ensureDaemon();
     const seq = this.nextDisk++;
     const exportId = `lun${lun}-${seq}`;
     const fuseFile = path.join(this.daemonDir ?? '', `${exportId}.fuse`);
-    const auth = this.endpoint.auth;
     try {
-      await daemon.addIscsiExport({
-        id: exportId,
-        portal: this.portal,
-        iqn: this.iqn,
-        wireLun: encodeSamLun(lun),
-        initiator: this.initiator,
-        ...(auth ? { chap: { username: auth.username, password: auth.password } } : {}),
-        mountpoint: fuseFile,
-      });
+      await this.addExport(qmp, lun, exportId, fuseFile);
     } catch (error) {
       await this.stopDaemonIfIdle();
       throw new BerthError('DRIVER_ERROR', `qemu-storage-daemon could not open LUN ${lun} of ${this.iqn}: ${error instanceof Error ? error.message : String(error)}`, {
@@ -233,15 +243,15 @@ export class RealTargetSession implements TargetSession, LunDiskOwner {
     }
     let loopDevice: string;
     try {
-      loopDevice = await attachLoop(this.ctx.runner, fuseFile, this.ctx.commandTimeoutMs);
+      loopDevice = await attachFuseLoop(this.ctx.runner, fuseFile, { readOnly: false, timeoutMs: this.ctx.commandTimeoutMs });
     } catch (error) {
-      await daemon.removeIscsiExport(exportId, fuseFile).catch(() => undefined);
+      await this.removeExport(exportId, fuseFile).catch(() => undefined);
       await this.stopDaemonIfIdle();
       throw error;
     }
     const disk = new RealLunDisk(this, lun, identity, sizeBytes, { exportId, fuseFile, loopDevice });
     this.disks.add(disk);
-    const loopSize = await loopSizeBytes(loopDevice).catch(() => sizeBytes);
+    const loopSize = (await loopInfo(this.ctx.fs, loopDevice).catch(() => undefined))?.sizeBytes ?? sizeBytes;
     if (loopSize !== sizeBytes) {
       await this.closeDiskNow(disk).catch(() => undefined);
       throw new BerthError('DRIVER_ERROR', `${loopDevice} is ${loopSize} bytes but LUN ${lun} of ${this.iqn} has ${sizeBytes}`);
@@ -249,49 +259,138 @@ export class RealTargetSession implements TargetSession, LunDiskOwner {
     return disk;
   }
 
+  /**
+   * Log in to the LUN (`blockdev-add` driver iscsi) and export it writable through FUSE on
+   * `fuseFile`. CHAP goes in through a 0600 file named in `object-add`, removed right after (qemu
+   * has read it by then). qemu's iscsi driver has no mutual CHAP; tgtd does not insist on it, and
+   * `login` checked the target's credentials. On failure what was made is removed again.
+   */
+  private async addExport(qmp: QmpClient, lun: number, exportId: string, fuseFile: string): Promise<void> {
+    const names = qmpNames(exportId);
+    const options = { timeoutMs: this.ctx.daemonTimeoutMs };
+    const auth = this.endpoint.auth;
+    const secretFile = path.join(this.daemonDir ?? '', `${names.secretId}.secret`);
+    if (auth) await writeSecretFile(secretFile, auth.password);
+    try {
+      await addIscsiNode(
+        qmp,
+        {
+          nodeName: names.node,
+          portal: this.portal,
+          iqn: this.iqn,
+          lun: wireLun(lun),
+          initiator: this.initiator,
+          ...(auth ? { chap: { username: auth.username, secretId: names.secretId, secretFile } } : {}),
+          readOnly: false,
+        },
+        options,
+      );
+    } finally {
+      await rm(secretFile, { force: true });
+    }
+    try {
+      await addFuseExport(qmp, { id: names.exportId, nodeName: names.node, mountpoint: fuseFile, writable: true }, options);
+    } catch (error) {
+      await this.removeExport(exportId, fuseFile).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /**
+   * Remove a disk's export and node (which ends its iSCSI session) and its mount point file.
+   * Parts already gone are skipped. A dead daemon cannot unmount its export ("Transport endpoint
+   * is not connected"): its mount is unmounted lazily instead. A daemon killed a moment ago may
+   * still look alive (its connection's close not yet read), so a lost connection counts as dead.
+   */
+  private async removeExport(exportId: string, fuseFile: string): Promise<void> {
+    const names = qmpNames(exportId);
+    const qmp = this.liveQmp();
+    let dead = qmp === undefined;
+    if (qmp) {
+      const options = { timeoutMs: this.ctx.daemonTimeoutMs };
+      try {
+        await removeFuseExport(qmp, names.exportId, options);
+        await removeIscsiNode(qmp, names.node, this.endpoint.auth ? names.secretId : undefined, options);
+      } catch (error) {
+        if (!isQmpConnectionLost(error)) throw error;
+        dead = true;
+      }
+    }
+    if (dead) await unmountFuseUnder({ fs: this.ctx.fs, runner: this.ctx.runner }, fuseFile, this.ctx.commandTimeoutMs);
+    await rm(fuseFile, { force: true });
+  }
+
   private async closeDiskNow(disk: RealLunDisk): Promise<void> {
     if (disk.closed) return;
     const { loopDevice, fuseFile, exportId } = disk.plumbing;
     // The loop device first: the FUSE file cannot go while the loop holds it.
-    await detachLoop(this.ctx.runner, this.ctx.waiter, loopDevice, fuseFile, this.ctx.commandTimeoutMs);
-    await this.daemon?.removeIscsiExport(exportId, fuseFile);
+    const deps = { runner: this.ctx.runner, waiter: this.ctx.waiter, fs: this.ctx.fs };
+    if ((await detachFuseLoop(deps, loopDevice, fuseFile, { timeoutMs: this.ctx.commandTimeoutMs })) === 'held-open') {
+      // The kernel detaches it at the last close (autoclear): wait for that, within the deadline.
+      await this.ctx.waiter.waitUntil(`/sys/block/${path.basename(loopDevice)}`, async () => ((await loopInfo(this.ctx.fs, loopDevice))?.backingFile === fuseFile ? undefined : true), {
+        timeoutMs: this.ctx.commandTimeoutMs,
+        what: `${loopDevice} to detach from ${fuseFile} (is it still open?)`,
+      });
+    }
+    await this.removeExport(exportId, fuseFile);
     disk.closed = true;
     this.disks.delete(disk);
     await this.stopDaemonIfIdle();
   }
 
-  private async ensureDaemon(): Promise<StorageDaemon> {
-    if (this.daemon?.running) return this.daemon;
+  /** The QMP connection to the session's daemon, while the daemon lives (its death closes it). */
+  private liveQmp(): QmpClient | undefined {
+    return this.qmp && !this.qmp.isClosed ? this.qmp : undefined;
+  }
+
+  private async ensureDaemon(): Promise<QmpClient> {
+    const live = this.liveQmp();
+    if (live) return live;
     if (this.daemon) await this.stopDaemon();
     const dir = await this.ctx.makeDaemonDir();
+    const timeoutMs = this.ctx.daemonTimeoutMs;
+    const daemon = new StorageDaemon({
+      dir,
+      waiter: this.ctx.waiter,
+      startTimeoutMs: timeoutMs,
+      stopTimeoutMs: timeoutMs,
+      ...(this.ctx.qsdBinary ? { binary: this.ctx.qsdBinary } : {}),
+    });
+    this.daemon = daemon;
     this.daemonDir = dir;
     try {
-      this.daemon = await StorageDaemon.start({
-        dir,
-        runner: this.ctx.runner,
-        waiter: this.ctx.waiter,
-        startTimeoutMs: this.ctx.daemonTimeoutMs,
-        qmpTimeoutMs: this.ctx.daemonTimeoutMs,
-        ...(this.ctx.qsdBinary ? { binary: this.ctx.qsdBinary } : {}),
-      });
+      this.pid = await daemon.start();
+      this.qmp = await daemon.connect({ timeoutMs });
+      // The simulator's own work keeps it alive, not an idle monitor connection.
+      this.qmp.unref();
     } catch (error) {
-      this.daemonDir = undefined;
-      await rm(dir, { recursive: true, force: true });
+      await this.stopDaemon().catch(() => undefined);
       throw error;
     }
-    return this.daemon;
+    return this.qmp;
   }
 
   private async stopDaemonIfIdle(): Promise<void> {
     if (this.disks.size === 0) await this.stopDaemon();
   }
 
+  /**
+   * Stop the session's daemon (QMP `quit` over a new connection — a monitor serves one client, so
+   * the session's own goes first — and SIGKILL at the deadline), unmount what a killed one left
+   * under its directory, and remove the directory.
+   */
   private async stopDaemon(): Promise<void> {
-    const daemon = this.daemon;
+    const { daemon, qmp } = this;
     const dir = this.daemonDir;
     this.daemon = undefined;
+    this.qmp = undefined;
+    this.pid = undefined;
     this.daemonDir = undefined;
+    qmp?.close();
     await daemon?.stop();
-    if (dir) await rm(dir, { recursive: true, force: true });
+    if (dir) {
+      await unmountFuseUnder({ fs: this.ctx.fs, runner: this.ctx.runner }, dir, this.ctx.commandTimeoutMs);
+      await rm(dir, { recursive: true, force: true });
+    }
   }
 }

@@ -7,12 +7,11 @@ import { mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loopBackingFile } from './loop-device.js';
-import { isMounted } from './proc-mounts.js';
 import type { RealLunDisk } from './real-lun-disk.js';
 import { RealTargetAccess } from './real-target-access.js';
 import type { RealTargetSession } from './real-target-session.js';
 import { sweepStrays } from './sweep-strays.js';
+import { isMounted, loopBackingFile } from './test-real-state.js';
 import { startTgtd, type TestTgtd } from './tgtd-harness.js';
 
 const IQN = 'iqn.2026-01.test.berth:sweep-vol';

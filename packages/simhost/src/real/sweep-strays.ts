@@ -1,8 +1,7 @@
 import { readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { createCommandRunner, createDeviceWaiter, createHostFs, type CommandRunner } from '@berth/host';
-import { listLoops } from './loop-device.js';
-import { mountsMatching } from './proc-mounts.js';
+import { detachFuseLoop, loopsBacking, unmountFuseUnder } from '@berth/qemu';
 import { REAL_DIR_PREFIX } from './real-target-access.js';
 
 /** What `sweepStrays` found and removed (empty lists when everything had been cleaned up). */
@@ -47,15 +46,17 @@ async function isGone(pid: number): Promise<boolean> {
 export async function sweepStrays(workDir: string, options: SweepOptions = {}): Promise<StrayReport> {
   const runner = options.runner ?? createCommandRunner();
   const timeoutMs = options.timeoutMs ?? 5_000;
-  const waiter = createDeviceWaiter(createHostFs('/'));
+  const fs = createHostFs('/');
+  const waiter = createDeviceWaiter(fs);
   const root = path.resolve(workDir);
   const prefix = path.join(root, REAL_DIR_PREFIX);
   const report: StrayReport = { loopDevices: [], daemonPids: [], mounts: [], dirs: [] };
 
-  for (const loop of await listLoops(runner, timeoutMs).catch(() => [])) {
-    if (!loop.backFile.startsWith(prefix)) continue;
-    await runner.run('losetup', ['--detach', loop.name], { timeoutMs, reject: false });
-    report.loopDevices.push(loop.name);
+  for (const loop of await loopsBacking(fs, (file) => file.startsWith(prefix))) {
+    if (loop.backingFile === undefined) continue;
+    // One held open is detached at its last close (autoclear): nothing more to do for it here.
+    await detachFuseLoop({ runner, waiter, fs }, loop.device, loop.backingFile, { timeoutMs }).catch(() => undefined);
+    report.loopDevices.push(loop.device);
   }
 
   for (const pid of await qsdPidsUsing(prefix)) {
@@ -72,15 +73,12 @@ export async function sweepStrays(workDir: string, options: SweepOptions = {}): 
     }
   }
 
-  for (const mount of await mountsMatching((t) => t.startsWith(prefix))) {
-    await runner.run('umount', ['-l', mount.target], { timeoutMs, reject: false });
-    report.mounts.push(mount.target);
-  }
-
   for (const entry of await readdir(root).catch(() => [] as string[])) {
     if (!entry.startsWith(REAL_DIR_PREFIX)) continue;
-    await rm(path.join(root, entry), { recursive: true, force: true });
-    report.dirs.push(path.join(root, entry));
+    const dir = path.join(root, entry);
+    report.mounts.push(...(await unmountFuseUnder({ fs, runner }, dir, timeoutMs)));
+    await rm(dir, { recursive: true, force: true });
+    report.dirs.push(dir);
   }
   return report;
 }
