@@ -1,35 +1,17 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import path from 'node:path';
 import { tmpdir } from 'node:os';
-import { fileURLToPath } from 'node:url';
+import { readQmpFixture, type QmpExchange } from '@berth/testkit/fixtures';
 import { afterEach, beforeEach } from 'vitest';
 import { QmpClient } from './qmp-client.js';
 
-/** The recorded QMP exchanges copied into this package (`fixtures/`, from qemu-storage-daemon 7.2.22). */
-export const FIXTURES = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'fixtures');
+/** One recorded exchange (from `@berth/testkit/fixtures`, qemu-storage-daemon 7.2.22): request line, reply, events. */
+export type RecordedExchange = QmpExchange;
 
-/** One recorded exchange: the request line (none for the greeting), the reply and the events. */
-export interface RecordedExchange {
-  request: string | undefined;
-  reply: string;
-  events: string[];
-}
-
-/** Read `fixtures/<name>` (`# request:`, `# reply:`, `# events:` sections). */
+/** Read the recorded `qmp-*.txt` fixture `name` (`# request:`, `# reply:`, `# events:` sections). */
 export function recordedExchange(name: string): RecordedExchange {
-  const lines = readFileSync(path.join(FIXTURES, name), 'utf8').split('\n');
-  const section = (header: string, next: string | undefined): string[] => {
-    const from = lines.indexOf(header) + 1;
-    const to = next === undefined ? lines.length : lines.indexOf(next);
-    return lines.slice(from, to).filter((l) => l.trim() !== '');
-  };
-  const request = section('# request:', '# reply:')[0];
-  return {
-    request: request === undefined || request.startsWith('(none') ? undefined : request,
-    reply: section('# reply:', '# events:')[0] ?? '',
-    events: section('# events:', undefined),
-  };
+  return readQmpFixture(name);
 }
 
 /** A fake QMP server on a Unix socket: sends `greeting`, then answers each request with `answer`. */
