@@ -1,21 +1,13 @@
 import { renameSync, statSync } from 'node:fs';
 import { destination, pino } from 'pino';
-import type { Logger } from '@berth/core';
+import { SECRET_KEYS, type Logger } from '@berth/core';
 
-/** Paths pino redacts in every log line: secrets never reach a log. */
+/** Keys whose values never reach a log line: every CHAP secret core knows (`*_in` included), tokens, headers. */
+const SECRET_LOG_KEYS = [...new Set([...SECRET_KEYS, 'token', 'authorization'])];
+
+/** Paths pino redacts in every log line (three levels deep): secrets never reach a log. */
 export const REDACT_PATHS = [
-  'auth_password',
-  'discovery_auth_password',
-  'password',
-  'token',
-  'authorization',
-  '*.auth_password',
-  '*.discovery_auth_password',
-  '*.password',
-  '*.token',
-  '*.authorization',
-  '*.*.auth_password',
-  '*.*.discovery_auth_password',
+  ...SECRET_LOG_KEYS.flatMap((key) => [key, `*.${key}`, `*.*.${key}`, `*.*.*.${key}`]),
   'req.headers.authorization',
 ];
 
