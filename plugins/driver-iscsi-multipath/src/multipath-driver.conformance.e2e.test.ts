@@ -26,5 +26,5 @@ describeTransportConformance(
         data: { target_portal: PORTALS[0], target_iqn: IQN, target_lun: lun, target_portals: PORTALS, target_iqns: [IQN, IQN], target_luns: [lun, lun] },
       }),
     }),
-  { timeoutMs: 60_000 },
+  { timeoutMs: 60_000, identity: true },
 );

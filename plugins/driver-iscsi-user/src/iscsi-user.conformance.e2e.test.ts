@@ -13,5 +13,5 @@ describeTransportConformance(
       cleanup: () => env.dispose(),
     };
   },
-  { timeoutMs: 60_000 },
+  { timeoutMs: 60_000, identity: true },
 );

@@ -20,4 +20,5 @@ describeTransportConformance('iscsi (simulated host, loop-backed LUNs)', () =>
     make: (host, dataDir) => createIscsiDriver({ host, dataDir, options: {}, logger: silentLogger }),
     connection: (lun) => ({ driver_volume_type: 'iscsi', data: { target_portal: PORTAL, target_iqn: IQN, target_lun: lun } }),
   }),
+  { identity: true },
 );
