@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BerthError, silentLogger, stableLinkPath, type Server } from '@berth/core';
+import { attachmentLinkPath, BerthError, silentLogger, stableLinkPath, type Server } from '@berth/core';
 import { createHostServices } from '@berth/host';
 import { bootLibvirtGuest, guestSerial, guestServer, LoopVolumes, type LibvirtGuest } from '@berth/vmkit';
 import { createLibvirtConsumer, type LibvirtConsumer } from './libvirt-consumer.js';
@@ -33,7 +33,7 @@ describe('the libvirt consumer against a real transient domain (QEMU TCG under l
     const v = await volume();
     const attachment = v.attachment(server);
     const published = await consumer.publish(server, v.device, attachment);
-    expect(published).toEqual({ path: stableLinkPath(v.volumeId), guestDevice: '/dev/vda', serial: v.volumeId });
+    expect(published).toEqual({ path: attachmentLinkPath(attachment.id), guestDevice: '/dev/vda', serial: v.volumeId });
     const name = await guest.agent.waitForDisk(v.volumeId, SEE_MS);
     expect((await guest.agent.disks()).find((d) => d.name === name)).toEqual({ name, serial: guestSerial(v.volumeId), sizeBytes: 64 * 2 ** 20, readOnly: false });
     expect(await consumer.guestDisks(server)).toEqual([{ volumeId: v.volumeId, target: 'vda' }]);

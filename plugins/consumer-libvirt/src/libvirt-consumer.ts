@@ -134,7 +134,9 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
       const hv = libvirtHypervisorOf(server);
       const virsh = virshFor(hv);
       const published = await link.publish(server, device, attachment);
-      const source = context.host.fs.resolve(published.path);
+      // The disk's source is the volume's link (the same device as the attachment's own): the domain
+      // lists it, and findDisk/guestDisks name the volume by it.
+      const source = sourceOf(attachment.volumeId);
       // Targets are picked from the live XML: attaches to one domain go one at a time, in this
       // process and across processes (two picking the same free vdX would collide).
       const target = await withDomainLock(server, hv, async () => {
@@ -163,14 +165,14 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
       return { path: published.path, guestDevice: `/dev/${target}`, serial: attachment.volumeId };
     },
 
-    async unpublish(server, attachment) {
+    async unpublish(server, attachment, unpublishOptions) {
       const hv = libvirtHypervisorOf(server);
       const virsh = virshFor(hv);
       const deadline = Date.now() + options.unplugTimeoutMs;
       if (findDisk(await virsh.blocks(hv.domain), attachment.volumeId)) {
         await unplug(virsh, hv, server, attachment.volumeId, deadline);
       }
-      await link.unpublish(server, attachment);
+      await link.unpublish(server, attachment, unpublishOptions);
     },
 
     async guestDisks(server) {

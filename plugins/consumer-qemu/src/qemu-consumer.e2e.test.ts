@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BerthError, silentLogger, stableLinkPath, type Server } from '@berth/core';
+import { attachmentLinkPath, BerthError, silentLogger, stableLinkPath, type Server } from '@berth/core';
 import { createHostServices } from '@berth/host';
 import { bootQemuGuest, guestSerial, guestServer, LoopVolumes, type QemuGuest } from '@berth/vmkit';
 import { createQemuConsumer, type QemuConsumer } from './qemu-consumer.js';
@@ -41,7 +41,7 @@ describe('the qemu consumer against a real QEMU guest (TCG)', () => {
     const v = await volume();
     const attachment = v.attachment(server);
     const published = await consumer.publish(server, v.device, attachment);
-    expect(published).toEqual({ path: stableLinkPath(v.volumeId), guestDevice: '/dev/vda', serial: v.volumeId });
+    expect(published).toEqual({ path: attachmentLinkPath(attachment.id), guestDevice: '/dev/vda', serial: v.volumeId });
 
     const name = await guest.agent.waitForDisk(v.volumeId, SEE_MS);
     const disk = (await guest.agent.disks()).find((d) => d.name === name);

@@ -195,7 +195,7 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
       return { path: published.path, guestDevice, serial: attachment.volumeId };
     },
 
-    async unpublish(server, attachment) {
+    async unpublish(server, attachment, unpublishOptions) {
       const hv = qemuHypervisorOf(server);
       const { deviceId, nodeName } = qemuDiskIds(attachment.volumeId);
       await withQmp(
@@ -215,7 +215,7 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
         // Nothing listens on the socket: that QEMU is gone, and its guest holds nothing any more.
         async () => undefined,
       );
-      await link.unpublish(server, attachment);
+      await link.unpublish(server, attachment, unpublishOptions);
     },
 
     async guestDisks(server) {
