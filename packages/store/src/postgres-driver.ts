@@ -26,9 +26,26 @@ class BerthPostgresConnection implements DatabaseConnection {
   /** The connection-level error that broke this client: it is destroyed on release, not reused. */
   broken: Error | undefined;
 
+  /**
+   * pg's pool drops its own 'error' listener from a client it lends out, so a connection that dies
+   * while this one holds it (between queries) would emit an error no one listens to and crash the
+   * process: it is recorded here instead, and the client destroyed on release.
+   */
+  readonly #onError = (error: Error): void => {
+    this.broken ??= error;
+  };
+
   constructor(client: pg.PoolClient, options: BerthPostgresDriverOptions) {
     this.client = client;
     this.#options = options;
+    client.on('error', this.#onError);
+  }
+
+  /** Give the client back to the pool (destroyed when its connection broke). */
+  release(): void {
+    this.client.removeListener('error', this.#onError);
+    // A truthy argument makes pg destroy the client rather than pool it.
+    this.client.release(this.broken);
   }
 
   async executeQuery<R>(compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
@@ -128,9 +145,7 @@ export class BerthPostgresDriver implements Driver {
   }
 
   async releaseConnection(connection: DatabaseConnection): Promise<void> {
-    const own = asBerth(connection);
-    // A truthy argument makes pg destroy the client rather than pool it.
-    own.client.release(own.broken);
+    asBerth(connection).release();
   }
 
   async destroy(): Promise<void> {
