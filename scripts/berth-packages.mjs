@@ -11,8 +11,11 @@
 // `"private": true` (the test and bench workspaces and the fixture plugins are private).
 //
 // The tarballs are installed in one `npm install --global`, so each @berth/* dependency of another
-// is met by its tarball (the same version), never fetched; their third-party dependencies come from
-// the registry (or npm's cache). better-sqlite3 is native: npm downloads a prebuilt binary or compiles
+// is met by its tarball (the same version); their third-party dependencies come from npm's cache
+// first (`--prefer-offline`; `npm ci` in this checkout filled it), else the registry. npm still asks
+// the registry about the @berth/* names (unpublished): a registry that hangs instead of answering
+// stalled such an install for minutes, so `--reuse-native` (the end-to-end test) installs
+// `--offline`: everything it needs is in the checkout and npm's cache. better-sqlite3 is native: npm downloads a prebuilt binary or compiles
 // it (minutes on a small machine). `--reuse-native` installs without install scripts and copies
 // better-sqlite3's binary from this checkout instead (same version, same Node) — what the end-to-end
 // test does.
@@ -67,7 +70,7 @@ export async function installAll(prefix, { reuseNative = false } = {}) {
       '--omit=dev',
       '--no-audit',
       '--no-fund',
-      ...(reuseNative ? ['--ignore-scripts'] : []),
+      ...(reuseNative ? ['--ignore-scripts', '--offline'] : ['--prefer-offline']),
       ...tarballs,
     ]);
     if (reuseNative) await copyNativeBinaries(prefix);
