@@ -94,7 +94,7 @@ describe.skipIf(!isRoot)('berth CLI end to end (real loop devices)', { timeout: 
     expect(wide.exitCode).toBe(0);
     expect(wide.stdout).toMatch(/HOST/);
     expect(wide.stdout).toMatch(/TIMINGS/);
-    expect(wide.stdout).toContain(`/dev/berth/${volume.id}`);
+    expect(wide.stdout).toContain(`/dev/berth/${attachment.id}`);
 
     // detach: the loop device no longer backs the file, the link is gone
     const detached = await sandbox.json<OperationOutcome>(['detach', 'data1']);
