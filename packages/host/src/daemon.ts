@@ -1,8 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { closeSync, openSync } from 'node:fs';
-import { open, readFile, rename, rm } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
+import { writeFileAtomically } from './atomic-file.js';
 
 /** Options of `startDaemon`. */
 export interface StartDaemonOptions {
@@ -127,7 +127,7 @@ export async function startDaemon(options: StartDaemonOptions): Promise<{ pid: n
   child.unref();
   const startTicks = await startTicksOf(pid);
   const record: PidRecord = { pid, file: options.file, ...(startTicks === undefined ? {} : { startTicks }) };
-  await writeAtomically(options.pidFile, `${JSON.stringify(record)}\n`);
+  await writeFileAtomically(options.pidFile, `${JSON.stringify(record)}\n`);
   return { pid };
 }
 
@@ -282,23 +282,6 @@ async function removePidFile(pidFile: string, pid: number | undefined): Promise<
   const now = await readPidRecord(pidFile).catch(() => undefined);
   if (now !== undefined && pid !== undefined && now.pid !== pid) return;
   await rm(pidFile, { force: true });
-}
-
-async function writeAtomically(file: string, text: string): Promise<void> {
-  const temp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-  const handle = await open(temp, 'wx', 0o644);
-  try {
-    await handle.writeFile(text, 'utf8');
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  try {
-    await rename(temp, file);
-  } catch (error) {
-    await rm(temp, { force: true });
-    throw error;
-  }
 }
 
 function errnoOf(error: unknown): string | undefined {

@@ -23,3 +23,4 @@ export {
   type StopDaemonResult,
 } from './daemon.js';
 export { acquireFileLock, type FileLockOptions, type ReleaseLock } from './file-lock.js';
+export { writeFileAtomically } from './atomic-file.js';

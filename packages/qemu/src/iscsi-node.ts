@@ -1,7 +1,7 @@
-import { randomBytes } from 'node:crypto';
-import { mkdir, open, rename, rm } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { BerthError } from '@berth/core';
+import { writeFileAtomically } from '@berth/host';
 import { isQmpFailure, qmpFailureOf, type QmpCallOptions, type QmpClient } from './qmp-client.js';
 import { zEmptyReturn } from './qmp-schemas.js';
 
@@ -41,20 +41,7 @@ export function wireLun(lun: number): number {
  */
 export async function writeSecretFile(file: string, secret: string): Promise<void> {
   await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
-  const temp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-  const handle = await open(temp, 'wx', 0o600);
-  try {
-    await handle.writeFile(secret, 'utf8');
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  try {
-    await rename(temp, file);
-  } catch (error) {
-    await rm(temp, { force: true });
-    throw error;
-  }
+  await writeFileAtomically(file, secret, 0o600);
 }
 
 /**
