@@ -48,7 +48,9 @@ describe('connect and disconnect', () => {
     const session = state.sessions[0]!;
     expect(device.meta).toEqual({ iqn: IQN, portal: PORTAL, lun: 1, sid: session.sid, hctl: `${session.host}:0:0:1` });
     // Targeted scan: only LUN 1 has a device (scan=manual kept the login from scanning the rest).
-    expect(state.devices.map((d) => ({ name: `/dev/${d.name}`, lun: d.lun, present: d.present }))).toEqual([{ name: device.path, lun: 1, present: true }]);
+    // Its node exists (checked above); udev's links may still be on their way, as on a real host,
+    // so `present` (node + links) is not asserted here.
+    expect(state.devices.map((d) => ({ name: `/dev/${d.name}`, lun: d.lun }))).toEqual([{ name: device.path, lun: 1 }]);
 
     const record = await env.nodeRecord(IQN, PORTAL);
     expect(record?.['node.session.scan']).toBe('manual');
