@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // The `berth` executable: oclif finds the commands from package.json's `oclif` field (and their
 // flags from oclif.manifest.json, so that starting loads no command it does not run).
-import { flush, run } from '@oclif/core';
+import { flush, run } from '../dist/bundle/oclif.js';
 
 // Global flags before the command (`berth --data-dir X volume list`, `berth --json volume list`,
 // `berth --simulate attach db1`, `berth --store postgres://… attach db1`) mean what they mean after

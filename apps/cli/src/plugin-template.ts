@@ -5,8 +5,18 @@ import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { BerthError } from '@berth/core/errors';
 
+/** The CLI package's root: the nearest directory above this module with a package.json. */
+function packageRoot(from: string): string {
+  // Found by walking up, not by a fixed `..`: this module runs from dist/ and, bundled, from
+  // dist/bundle/commands/plugins/ (scripts/bundle.mjs).
+  for (let dir = dirname(from); ; dir = dirname(dir)) {
+    if (existsSync(join(dir, 'package.json'))) return dir;
+    if (dirname(dir) === dir) return dirname(from);
+  }
+}
+
 /** Where `berth plugins new` copies from: a working transport plugin (shipped in the CLI's package). */
-export const TEMPLATE_DIR = fileURLToPath(new URL('../templates/transport-plugin/', import.meta.url));
+export const TEMPLATE_DIR = join(packageRoot(fileURLToPath(import.meta.url)), 'templates', 'transport-plugin');
 /** The package name written in the template, replaced by the new plugin's. */
 export const TEMPLATE_PACKAGE = 'berth-transport-4k';
 /** The transport name written in the template, replaced by the new transport's. */

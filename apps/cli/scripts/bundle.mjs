@@ -1,0 +1,115 @@
+#!/usr/bin/env node
+// Bundles the commands' run path after `tsc` (see README "Start time"): each command module becomes
+// dist/bundle/commands/<id>.js, and what they share (the runtime, the store, kysely, the built-in
+// plugins, @berth/client) lands in a few chunks under dist/bundle/chunks/. Node 20 spends most of a
+// command's start resolving and reading hundreds of small ESM files through its loader, so one file
+// per package group starts several times faster than the same code spread over ~500 modules.
+//
+// It bundles tsc's JavaScript (each workspace package's dist), not the TypeScript sources: tsc
+// emits the decorator metadata tsyringe reads, which esbuild does not.
+//
+// What stays an ordinary import, resolved by Node at run time:
+// - @berth/core and @berth/host, and everything they import (zod, tsyringe, reflect-metadata, pino,
+//   execa): an installed third-party plugin imports them too, and there must be ONE core in the
+//   process (its resolve hook sends a plugin's `@berth/core` to the running berth's copy, so that
+//   its BerthError is the core's BerthError); one zod and one tsyringe container along with it;
+// - better-sqlite3 (native) and pg (loaded only for a PostgreSQL store);
+// - @berth/simhost (an optional peer, imported by name only under --simulate);
+// - @berth/api and fastify (only `berth serve` loads them), and oclif with its plugins (they load
+//   @oclif/core by name themselves).
+import { readFile, readdir, rm } from 'node:fs/promises';
+import { dirname, join, relative } from 'node:path';
+import { builtinModules } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { build } from 'esbuild';
+
+const NODE_BUILTINS = new Set(builtinModules);
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const dist = join(root, 'dist');
+const out = join(dist, 'bundle');
+
+/** The packages left to Node (see above); every other package is copied into the bundle. */
+const EXTERNAL = [
+  /^@berth\/(core|host|simhost|api)(\/|$)/,
+  /^(zod|tsyringe|reflect-metadata|pino|execa|better-sqlite3|pg|fastify)(\/|$)/,
+  /^@oclif\/plugin-/,
+  // oclif's TypeScript support, which berth's compiled commands never use (and 10 MB to parse).
+  /^(typescript|ts-node)(\/|$)/,
+];
+
+// @oclif/core is CommonJS: its dynamic `require(path)` calls (CommonJS plugins, package.json files)
+// need a real `require` in the ESM bundle, and the few places that find its own package.json from
+// `__dirname` get @oclif/core's real directory, resolved at run time from the bundle's location.
+const banner = [
+  "import { createRequire as __berthCreateRequire } from 'node:module';",
+  "import { dirname as __berthDirname } from 'node:path';",
+  'const require = __berthCreateRequire(import.meta.url);',
+  "const __berthOclifLib = () => __berthDirname(require.resolve('@oclif/core'));",
+].join('\n');
+
+/** Every compiled command module under dist/commands. */
+async function commandModules(dir) {
+  const entries = await readdir(dir, { withFileTypes: true });
+  const files = await Promise.all(
+    entries.map((entry) => {
+      const path = join(dir, entry.name);
+      if (entry.isDirectory()) return commandModules(path);
+      return entry.name.endsWith('.js') ? [path] : [];
+    }),
+  );
+  return files.flat();
+}
+
+const entryPoints = [join(dist, 'oclif.js'), ...(await commandModules(join(dist, 'commands')))];
+await rm(out, { recursive: true, force: true });
+const result = await build({
+  entryPoints,
+  outbase: dist,
+  outdir: out,
+  bundle: true,
+  splitting: true,
+  format: 'esm',
+  platform: 'node',
+  target: 'node20',
+  chunkNames: 'chunks/[name]-[hash]',
+  // No minifying: stack traces (DEBUG=1) keep their names, and parsing is not what costs.
+  minify: false,
+  metafile: true,
+  logLevel: 'warning',
+  banner: { js: banner },
+  plugins: [
+    {
+      name: 'berth-externals',
+      setup(on) {
+        on.onLoad({ filter: /[\\/]@oclif[\\/]core[\\/]lib[\\/].*\.js$/ }, async (args) => {
+          const source = await readFile(args.path, 'utf8');
+          return { contents: source.replaceAll(/\b__dirname\b/g, '__berthOclifLib()'), loader: 'js' };
+        });
+        on.onResolve({ filter: /^[^./]/ }, (args) => {
+          return EXTERNAL.some((pattern) => pattern.test(args.path)) ? { path: args.path, external: true } : undefined;
+        });
+      },
+    },
+  ],
+});
+
+// The bundle imports its external packages from the CLI's own location, so each must be the CLI's
+// dependency (an installed @berth/cli could not count on finding it beside another package).
+const manifest = JSON.parse(await readFile(join(root, 'package.json'), 'utf8'));
+const declared = new Set(Object.keys({ ...manifest.dependencies, ...manifest.peerDependencies }));
+// What oclif and the runtime import only when present: TypeScript sources, Yarn PnP, the simulator.
+const OPTIONAL = new Set(['typescript', 'ts-node', 'pnpapi', '@berth/simhost']);
+const undeclared = new Set();
+for (const output of Object.values(result.metafile.outputs)) {
+  for (const imported of output.imports) {
+    if (!imported.external || imported.path.startsWith('node:')) continue;
+    const name = imported.path.split('/').slice(0, imported.path.startsWith('@') ? 2 : 1).join('/');
+    if (!declared.has(name) && !OPTIONAL.has(name) && !NODE_BUILTINS.has(name)) undeclared.add(name);
+  }
+}
+if (undeclared.size > 0) {
+  throw new Error(`the bundle imports ${[...undeclared].join(', ')}, which apps/cli/package.json does not list: add them to its dependencies`);
+}
+const outputs = Object.keys(result.metafile.outputs);
+const inputs = Object.keys(result.metafile.inputs).length;
+process.stdout.write(`bundled ${entryPoints.length} commands from ${inputs} modules into ${outputs.length} files under ${relative(root, out)}\n`);
