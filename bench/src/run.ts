@@ -30,7 +30,7 @@ const benches: Record<string, () => Promise<void>> = {
       env('BENCH_API_ROUNDS', 4),
     ),
   'attach-guest': () => benchAttachGuest(env('BENCH_ITERATIONS_GUEST', 5)),
-  'cli-start': () => benchCliStart(env('BENCH_CLI_ROUNDS', 10)),
+  'cli-start': () => benchCliStart(env('BENCH_CLI_ROUNDS', 10), process.env.BENCH_CLI_BASELINE),
 };
 
 const wanted = process.argv.slice(2);
