@@ -61,9 +61,9 @@ async function commandModules(dir) {
 }
 
 const entryPoints = [join(dist, 'oclif.js'), ...(await commandModules(join(dist, 'commands')))];
-await rm(out, { recursive: true, force: true });
 const result = await build({
   entryPoints,
+  absWorkingDir: root,
   outbase: dist,
   outdir: out,
   bundle: true,
@@ -111,5 +111,12 @@ if (undeclared.size > 0) {
   throw new Error(`the bundle imports ${[...undeclared].join(', ')}, which apps/cli/package.json does not list: add them to its dependencies`);
 }
 const outputs = Object.keys(result.metafile.outputs);
+// Files of an earlier build go after this one is written, not before: a berth starting meanwhile (a
+// rebuild while tests run) still finds every chunk its entry names.
+const written = new Set(outputs.map((file) => join(root, file)));
+for (const file of await readdir(out, { recursive: true, withFileTypes: true })) {
+  const path = join(file.parentPath, file.name);
+  if (file.isFile() && !written.has(path)) await rm(path);
+}
 const inputs = Object.keys(result.metafile.inputs).length;
 process.stdout.write(`bundled ${entryPoints.length} commands from ${inputs} modules into ${outputs.length} files under ${relative(root, out)}\n`);
