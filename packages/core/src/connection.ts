@@ -70,6 +70,15 @@ export function redactConnectionInfo(info: ConnectionInfo): ConnectionInfo {
   return { driver_volume_type: info.driver_volume_type, data: data as ConnectionData };
 }
 
+/**
+ * connection_info as an attachment of `mode` connects it: a read-only attachment gets
+ * `access_mode: 'ro'` over the backend's default (Cinder sets access_mode the same way); a
+ * read-write one takes what the backend said.
+ */
+export function withAccessMode(info: ConnectionInfo, mode: 'rw' | 'ro'): ConnectionInfo {
+  return mode === 'ro' ? { ...info, data: { ...info.data, access_mode: 'ro' } } : info;
+}
+
 /** Every secret value inside a connection_info (for the command runner's redaction). */
 export function secretsOf(info: ConnectionInfo): string[] {
   const out: string[] = [];

@@ -1,4 +1,4 @@
-import { redactConnectionInfo, type ConnectionInfo, type Connector, type Device } from './connection.js';
+import { redactConnectionInfo, withAccessMode, type ConnectionInfo, type Connector, type Device } from './connection.js';
 import type { Consumer } from './contracts/consumer.js';
 import type { ConnectedDevice } from './contracts/transport-driver.js';
 import type { BackendExport } from './contracts/volume-backend.js';
@@ -767,7 +767,7 @@ async function reconnect(deps: ReconcileDeps, attachmentId: string, volume: Volu
   try {
     const connector = attachment.connector ?? deps.baseConnector();
     const exported = await catalog.backend(volume.backend).initializeConnection(backendVolume(volume), connector, signal);
-    const connection: ConnectionInfo = attachment.mode === 'ro' ? { ...exported, data: { ...exported.data, access_mode: 'ro' } } : exported;
+    const connection = withAccessMode(exported, attachment.mode);
     await store.attachments.update(attachment.id, { device: null, connectionInfo: redactConnectionInfo(connection) });
     // The others that recorded the lost device let go of it too, so the device is connected anew.
     const stale = (await store.attachments.list({ volumeId: volume.id, hostId: attachment.hostId })).filter(

@@ -1,4 +1,4 @@
-import { redactConnectionInfo, zConnector, type Connector } from '../connection.js';
+import { redactConnectionInfo, withAccessMode, zConnector, type Connector } from '../connection.js';
 import { BerthError, parseWith, toBerthError } from '../errors.js';
 import type { Attachment, Volume } from '../model.js';
 import { reserveAttachmentRecord } from '../pipeline/attach.js';
@@ -107,7 +107,7 @@ async function initializeLocked(parts: ServiceParts, attachment: Attachment, con
   const connectionInfo = await parts.catalog
     .backend(volume.backend)
     .initializeConnection(backendVolume(volume), connector, AbortSignal.timeout(parts.config.operationTimeoutMs));
-  const info = attachment.mode === 'ro' ? { ...connectionInfo, data: { ...connectionInfo.data, access_mode: 'ro' as const } } : connectionInfo;
+  const info = withAccessMode(connectionInfo, attachment.mode);
   const patch = { connector, connectionInfo: redactConnectionInfo(info) };
   const updated =
     attachment.status === 'reserved'
