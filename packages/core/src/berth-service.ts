@@ -9,8 +9,8 @@ import { KeyedLock } from './keyed-lock.js';
 import type { Logger } from './logger.js';
 import type { Attachment, Host, Operation, OperationState, Server, Volume, VolumeStatus } from './model.js';
 import { OperationRunner } from './pipeline/operation-runner.js';
-import type { RecoveryOutcome } from './pipeline/recovery.js';
-import { runReconcile, type ReconcileOptions, type ReconcileReport } from './reconcile.js';
+import { runReconcile } from './reconcile.js';
+import type { DoctorEntry, PluginReport, ReconcileOptions, ReconcileReport, RecoveryOutcome } from './reports.js';
 import * as attachments from './service/attachments.js';
 import { hostConnector } from './service/connector.js';
 import { runDoctor } from './service/doctor.js';
@@ -30,9 +30,7 @@ import type {
   CreateVolumeRequest,
   CreatedVolumeResult,
   DetachRequest,
-  DoctorEntry,
   OperationOutcome,
-  PluginReport,
   ProjectScope,
   Ref,
   ReserveAttachmentRequest,

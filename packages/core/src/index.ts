@@ -25,7 +25,8 @@ export { attachSteps, type AttachOptions } from './pipeline/attach.js';
 export { detachSteps, detachableFrom, markDetachFailed } from './pipeline/detach.js';
 export { BerthServiceImpl } from './berth-service.js';
 export * from './faults.js';
-export { recoverOperation, findReservation, type RecoveryOutcome, type RecoveryDeps } from './pipeline/recovery.js';
+export { recoverOperation, findReservation, type RecoveryDeps } from './pipeline/recovery.js';
+export * from './reports.js';
 export { ownerAlive } from './owner.js';
 export * from './device-identity.js';
 export { withLease, deviceLeaseKey, type LeaseOptions } from './lease.js';
@@ -45,7 +46,6 @@ export {
   type UnpublishRequest,
 } from './pipeline/device-sharing.js';
 export {
-  DIFFERENCE_KINDS,
   describeFinding,
   findDifferences,
   findStatusMismatches,
@@ -53,15 +53,8 @@ export {
   sourceMatches,
   volumeOfSource,
   volumeRepairPath,
-  type DifferenceKind,
   type Finding,
-  type FixAction,
-  type FixState,
   type ReconcileDeps,
-  type ReconcileDifference,
   type ReconcileFacts,
-  type ReconcileOptions,
-  type ReconcileReport,
-  type ReconcileUnchecked,
   type TransportListing,
 } from './reconcile.js';

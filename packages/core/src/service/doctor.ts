@@ -1,5 +1,5 @@
 import { toBerthError } from '../errors.js';
-import type { DoctorEntry } from '../service.js';
+import type { DoctorEntry } from '../reports.js';
 import type { ServiceParts } from './parts.js';
 
 /** Whether each transport, backend, consumer and the store works on this host, and every plugin that failed to load. */

@@ -1,6 +1,7 @@
 import { toBerthError } from '../../errors.js';
 import { summarize } from '../../pipeline/operation-runner.js';
-import { ownerAlive, recoverOperation, type RecoveryDeps, type RecoveryOutcome } from '../../pipeline/recovery.js';
+import { ownerAlive, recoverOperation, type RecoveryDeps } from '../../pipeline/recovery.js';
+import type { RecoveryOutcome } from '../../reports.js';
 import type { ServiceParts } from '../parts.js';
 import type { OperationLauncher } from './launcher.js';
 
