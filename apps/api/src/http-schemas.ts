@@ -127,11 +127,12 @@ export const zReserveAttachmentBody = zReserveAttachmentRequest.omit({ projectId
 /** `PUT /v1/attachments/{id}` (initialize with a connector). */
 export const zInitializeAttachmentBody = z.strictObject({ connector: zHttpConnector });
 /** `POST /v1/reconcile`. */
-export { zReconcileOptions as zReconcileBody } from '@berth/client';
+export { zReconcileOptions as zReconcileBody } from '@berth/core';
 /** A body that must be absent or `{}`. */
 export const zEmptyBody = z.strictObject({});
 
-// The answers' envelopes and reports are the client's wire schemas: one definition for both sides.
+// The reports are core's schemas, the answers' envelopes the client's wire schemas: one definition for every side.
+export { zPluginReport, zReconcileDifference, zReconcileReport } from '@berth/core';
 export {
   zAttachmentConnectionBody as zAttachmentConnection,
   zAttachmentList,
@@ -141,9 +142,6 @@ export {
   zHostList,
   zOperationList,
   zOperationOutcomeBody as zOperationOutcome,
-  zPluginReport,
-  zReconcileDifference,
-  zReconcileReport,
   zServerList,
   zVolumeAttachmentList,
   zVolumeEnvelope,

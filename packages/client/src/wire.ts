@@ -1,6 +1,5 @@
 import { z } from 'zod';
 import {
-  DIFFERENCE_KINDS,
   ERROR_CODES,
   zAttachment,
   zConnectionInfo,
@@ -9,8 +8,6 @@ import {
   zServer,
   zVolume,
   type DoctorEntry,
-  type PluginReport,
-  type ReconcileReport,
 } from '@berth/core';
 
 // What the berth API sends and takes beyond @berth/core's models: its envelopes, its problems, its
@@ -72,54 +69,10 @@ export const zDoctorReport = z.object({
   ),
 });
 
-/** `GET /v1/plugins`: what the server's plugin loader found. */
-export const zPluginReport = z.object({
-  loaded: z.array(
-    z.object({
-      name: z.string(),
-      packageName: z.string(),
-      version: z.string().optional(),
-      transports: z.array(z.string()),
-      backends: z.array(z.string()),
-      consumers: z.array(z.string()),
-    }),
-  ),
-  failed: z.array(z.object({ packageName: z.string(), error: z.string() })),
-});
+// The reconcile and plugin reports (and the reconcile body) are core's own schemas: one
+// definition for core, this client and the API.
+export { zPluginReport, zReconcileDifference, zReconcileOptions, zReconcileReport } from '@berth/core';
 
-/** `POST /v1/reconcile`'s body: the options of `BerthService.reconcile`. */
-export const zReconcileOptions = z.strictObject({
-  dryRun: z.boolean().optional().describe('list the differences and their fixes; change nothing'),
-});
-
-/** One difference `POST /v1/reconcile` found, and what became of its fix. */
-export const zReconcileDifference = z.object({
-  kind: z.enum(DIFFERENCE_KINDS),
-  resource: z.string(),
-  volumeId: z.string().nullable(),
-  attachmentId: z.string().nullable(),
-  detail: z.string(),
-  fix: z.enum(['terminate_connection', 'disconnect', 'reconnect', 'recompute_status', 'none']),
-  fixDetail: z.string(),
-  state: z.enum(['planned', 'applied', 'failed', 'skipped']),
-  result: z.string().nullable(),
-  errorCode: z.string().nullable(),
-});
-
-/** What `POST /v1/reconcile` answers: @berth/core's ReconcileReport. */
-export const zReconcileReport = z.object({
-  dryRun: z.boolean(),
-  operationId: z.string().nullable().describe('the `reconcile` operation journalling the applied fixes (null when none was applied)'),
-  differences: z.array(zReconcileDifference),
-  unchecked: z.array(z.object({ kind: z.enum(['backend', 'transport']), name: z.string(), reason: z.string() })),
-  counts: z.object({ found: z.number().int(), applied: z.number().int(), failed: z.number().int(), skipped: z.number().int() }),
-});
-
-// Core has these types but no schemas: a compile error here means the two no longer describe the same thing.
-type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
-const reportMatchesCore: Same<z.output<typeof zReconcileReport>, ReconcileReport> = true;
-const pluginsMatchCore: Same<z.output<typeof zPluginReport>, PluginReport> = true;
+// Core has this type but no schema: a compile error here means the two no longer describe the same thing.
 const doctorFitsCore: z.output<typeof zDoctorReport>['entries'][number] extends DoctorEntry ? true : false = true;
-void reportMatchesCore;
-void pluginsMatchCore;
 void doctorFitsCore;

@@ -1,26 +1,27 @@
 import { inject, injectable } from 'tsyringe';
-import { redactConnectionInfo, zConnector, type Connector } from './connection.js';
+import type { Connector } from './connection.js';
 import { TOKENS } from './container.js';
 import type { DriverCatalog } from './catalog.js';
 import type { BerthConfig } from './config.js';
-import { createDeadline, type Deadline } from './deadline.js';
-import { BerthError, parseWith, toBerthError } from './errors.js';
 import { FaultInjector } from './faults.js';
 import type { HostIdentity } from './host-identity.js';
 import { KeyedLock } from './keyed-lock.js';
 import type { Logger } from './logger.js';
-import { zId, zSizeBytes, type Attachment, type Host, type Operation, type OperationState, type Server, type Volume, type VolumeStatus } from './model.js';
-import { attachSteps, reserveAttachmentRecord } from './pipeline/attach.js';
-import type { PipelineContext, PipelineDeps } from './pipeline/context.js';
-import { backendVolume, deleteAttachmentRecord, transitionAttachment } from './pipeline/context.js';
-import { exportSharers } from './pipeline/device-sharing.js';
-import { withStoreRetry } from './pipeline/store-retry.js';
-import { detachableFrom, detachSteps, markDetachFailed } from './pipeline/detach.js';
-import { OperationRunner, summarize, type RunOutcome } from './pipeline/operation-runner.js';
-import { ownerAlive, recoverOperation, type RecoveryDeps, type RecoveryOutcome } from './pipeline/recovery.js';
-import { runReconcile, type ReconcileOptions, type ReconcileReport } from './reconcile.js';
-import type { Step } from './pipeline/step.js';
-import { zAttachRequest, zCreateServerRequest, zCreateVolumeRequest, zDetachRequest, zReserveAttachmentRequest } from './requests.js';
+import type { Attachment, Host, Operation, OperationState, Server, Volume, VolumeStatus } from './model.js';
+import { OperationRunner } from './pipeline/operation-runner.js';
+import { runReconcile } from './reconcile.js';
+import type { DoctorEntry, PluginReport, ReconcileOptions, ReconcileReport, RecoveryOutcome } from './reports.js';
+import * as attachments from './service/attachments.js';
+import { hostConnector } from './service/connector.js';
+import { runDoctor } from './service/doctor.js';
+import { LocalHost } from './service/local-host.js';
+import { startAttach, startDetach } from './service/operations/attach-detach.js';
+import { OperationLauncher } from './service/operations/launcher.js';
+import { recoverDeadOperations } from './service/operations/recover.js';
+import type { ServiceParts } from './service/parts.js';
+import { projectOf, resolveAttachment, resolveOperation, resolveServer, resolveVolume } from './service/resolve.js';
+import * as servers from './service/servers.js';
+import * as volumes from './service/volumes.js';
 import type {
   AttachRequest,
   AttachmentConnection,
@@ -29,9 +30,7 @@ import type {
   CreateVolumeRequest,
   CreatedVolumeResult,
   DetachRequest,
-  DoctorEntry,
   OperationOutcome,
-  PluginReport,
   ProjectScope,
   Ref,
   ReserveAttachmentRequest,
@@ -39,268 +38,113 @@ import type {
 } from './service.js';
 import type { Store } from './store.js';
 
-const isUuid = (ref: string): boolean => zId.safeParse(ref).success;
-
-/** A host name made into a valid server name. */
-function serverNameFor(hostname: string): string {
-  const cleaned = hostname.replace(/[^A-Za-z0-9._-]/g, '-').replace(/^[^A-Za-z0-9]+/, '');
-  return (cleaned || 'localhost').slice(0, 63);
-}
-
 /**
- * The one implementation of every berth action, used by the CLI and the HTTP app alike.
- * Attach and detach run as journalled operations under a per-volume lock (queueing) and a
- * deadline; the server lock only covers the reservation.
+ * The one implementation of every berth action, used by the CLI and the HTTP app alike. It only
+ * delegates: each job lives in its own file under `service/` (see core's README).
  */
 @injectable()
 export class BerthServiceImpl implements BerthService {
-  private readonly volumeLocks = new KeyedLock();
-  private readonly serverLocks = new KeyedLock();
-  private readonly inflight = new Map<string, Promise<OperationOutcome>>();
-  /**
-   * Operations of this process that could not be settled in the store (its writes kept failing):
-   * recovery treats them as a dead process's, so the next `recover()` — at the next command's
-   * start, or `berth reconcile` in a long-running server — finishes them.
-   */
-  private readonly abandoned = new Set<string>();
-  /** Operations whose steps started running (the ones `track` must not call rolled back). */
-  private readonly executing = new Set<string>();
-  private readonly runner: OperationRunner;
-  private readonly deps: PipelineDeps;
-  private localHostRecord: Host | undefined;
-  private readonly owner: string;
-  private readonly faults: FaultInjector;
+  private readonly parts: ServiceParts;
+  private readonly launcher: OperationLauncher;
 
   constructor(
-    @inject(TOKENS.Config) private readonly config: BerthConfig,
-    @inject(TOKENS.Store) private readonly store: Store,
-    @inject(TOKENS.Catalog) private readonly catalog: DriverCatalog,
-    @inject(TOKENS.HostIdentity) private readonly identity: HostIdentity,
-    @inject(TOKENS.Logger) private readonly logger: Logger,
+    @inject(TOKENS.Config) config: BerthConfig,
+    @inject(TOKENS.Store) store: Store,
+    @inject(TOKENS.Catalog) catalog: DriverCatalog,
+    @inject(TOKENS.HostIdentity) identity: HostIdentity,
+    @inject(TOKENS.Logger) logger: Logger,
   ) {
-    this.runner = new OperationRunner(store);
-    this.owner = `${process.pid}@${identity.hostname}`;
-    this.faults = new FaultInjector(config.faults);
+    const owner = `${process.pid}@${identity.hostname}`;
+    const faults = new FaultInjector(config.faults);
     // Drivers pass their own points (between their commands) through the same injector.
-    catalog.useFaults(this.faults);
-    this.deps = {
+    catalog.useFaults(faults);
+    const localHost = new LocalHost(store, identity, config);
+    this.parts = {
+      config,
       store,
       catalog,
-      config,
+      identity,
       logger,
-      localHost: () => this.localHost(),
-      baseConnector: () => this.baseConnector(),
-      owner: this.owner,
-      hostname: identity.hostname,
+      volumeLocks: new KeyedLock(),
+      serverLocks: new KeyedLock(),
+      owner,
+      faults,
+      runner: new OperationRunner(store),
+      localHost,
+      deps: {
+        store,
+        catalog,
+        config,
+        logger,
+        localHost: () => localHost.host(),
+        baseConnector: () => localHost.baseConnector(),
+        owner,
+        hostname: identity.hostname,
+      },
     };
+    this.launcher = new OperationLauncher(this.parts);
   }
 
   // ---- volumes -------------------------------------------------------------------------------
 
-  async createVolume(request: CreateVolumeRequest): Promise<CreatedVolumeResult> {
-    const req = parseWith(zCreateVolumeRequest, request, 'volume');
-    const backendName = req.backend ?? this.config.defaultBackend;
-    const backend = this.catalog.backend(backendName);
-    const volume = await this.store.volumes.create({
-      name: req.name,
-      projectId: this.project(req),
-      sizeBytes: req.sizeBytes,
-      backend: backendName,
-      multiattach: req.multiattach ?? false,
-      status: 'creating',
-    });
-    const deadline = createDeadline(this.config.operationTimeoutMs);
-    try {
-      const created = await backend.create(backendVolume(volume), deadline.signal);
-      const available = await this.store.volumes.transition(volume.id, ['creating'], 'available', {
-        providerLocation: created.providerLocation,
-      });
-      return created.warnings && created.warnings.length > 0 ? { ...available, warnings: created.warnings } : available;
-    } catch (error) {
-      // Nothing was made that a user can use: remove the row (and whatever the backend made) so
-      // the name is free for a retry, instead of leaving a volume in `error` to clean up by hand.
-      await backend.delete(backendVolume(volume), AbortSignal.timeout(this.config.undoTimeoutMs)).catch(() => undefined);
-      await this.store.volumes.delete(volume.id, ['creating']).catch(() => undefined);
-      throw toBerthError(error, 'BACKEND_ERROR');
-    } finally {
-      deadline.dispose();
-    }
+  createVolume(request: CreateVolumeRequest): Promise<CreatedVolumeResult> {
+    return volumes.createVolume(this.parts, request);
   }
 
-  async volumeCredentials(ref: Ref, scope: ProjectScope = {}): Promise<Record<string, string>> {
-    const volume = await this.resolveVolume(ref, this.project(scope));
-    const backend = this.catalog.backend(volume.backend);
-    return backend.credentials ? backend.credentials(backendVolume(volume)) : {};
+  volumeCredentials(ref: Ref, scope: ProjectScope = {}): Promise<Record<string, string>> {
+    return volumes.volumeCredentials(this.parts, ref, scope);
   }
 
-  async listVolumes(filter: ProjectScope & { status?: VolumeStatus } = {}): Promise<Volume[]> {
-    return this.store.volumes.list({ projectId: this.project(filter), ...(filter.status ? { status: filter.status } : {}) });
+  listVolumes(filter: ProjectScope & { status?: VolumeStatus } = {}): Promise<Volume[]> {
+    return volumes.listVolumes(this.parts, filter);
   }
 
-  async getVolume(ref: Ref, scope: ProjectScope = {}): Promise<Volume> {
-    return this.resolveVolume(ref, this.project(scope));
+  getVolume(ref: Ref, scope: ProjectScope = {}): Promise<Volume> {
+    return resolveVolume(this.parts.store, ref, this.project(scope));
   }
 
-  async deleteVolume(ref: Ref, scope: ProjectScope = {}): Promise<void> {
-    const volume = await this.resolveVolume(ref, this.project(scope));
-    await this.volumeLocks.withLock(volume.id, async () => {
-      const attachments = await this.store.attachments.list({ volumeId: volume.id });
-      if (attachments.length > 0) {
-        throw new BerthError('CONFLICT', `volume ${volume.name} has ${attachments.length} attachment(s)`, {
-          hint: `detach it first: berth detach ${volume.name}${attachments.some((a) => a.status.startsWith('error')) ? ' --force' : ''}`,
-          details: { volumeId: volume.id, actual: volume.status },
-        });
-      }
-      const devices = await this.store.devices.list({ volumeId: volume.id });
-      if (devices.length > 0) {
-        // berth connected it somewhere and never recorded letting go: deleting the storage under a
-        // device would hand its bytes to whatever reuses them.
-        throw new BerthError('CONFLICT', `volume ${volume.name} still has a device berth connected (${devices.map((d) => d.device.path).join(', ')})`, {
-          hint: 'run `berth reconcile` on that host to disconnect it, then delete the volume',
-          details: { volumeId: volume.id, devices: devices.map((d) => ({ hostId: d.hostId, device: d.device.path })) },
-        });
-      }
-      await this.store.volumes.transition(volume.id, ['available', 'error'], 'deleting');
-      try {
-        await this.catalog.backend(volume.backend).delete(backendVolume(volume), AbortSignal.timeout(this.config.operationTimeoutMs));
-      } catch (error) {
-        await this.store.volumes.transition(volume.id, ['deleting'], 'error').catch(() => undefined);
-        throw toBerthError(error, 'BACKEND_ERROR');
-      }
-      await this.store.volumes.delete(volume.id, ['deleting']);
-    });
+  deleteVolume(ref: Ref, scope: ProjectScope = {}): Promise<void> {
+    return volumes.deleteVolume(this.parts, ref, scope);
   }
 
-  async extendVolume(ref: Ref, newSizeBytes: number, scope: ProjectScope = {}): Promise<Volume> {
-    const size = parseWith(zSizeBytes, newSizeBytes, 'size');
-    const volume = await this.resolveVolume(ref, this.project(scope));
-    return this.volumeLocks.withLock(volume.id, async () => {
-      const current = await this.store.volumes.require(volume.id);
-      if (size <= current.sizeBytes) {
-        throw new BerthError('VALIDATION', `volume ${current.name} is already ${current.sizeBytes} bytes; a new size must be larger`, {
-          details: { sizeBytes: current.sizeBytes, requested: size },
-        });
-      }
-      const backend = this.catalog.backend(current.backend);
-      if (!backend.extend) {
-        throw new BerthError('UNPROCESSABLE', `backend ${current.backend} cannot extend volumes`);
-      }
-      if (current.status !== 'available') {
-        throw new BerthError('CONFLICT', `volume ${current.name} is ${current.status}; only an available volume can be extended`, {
-          hint: `detach it first: berth detach ${current.name}`,
-          details: { volumeId: current.id, actual: current.status, expected: 'available' },
-        });
-      }
-      await this.store.volumes.transition(current.id, ['available'], 'extending');
-      try {
-        await backend.extend(backendVolume(current), size, AbortSignal.timeout(this.config.operationTimeoutMs));
-      } catch (error) {
-        await this.store.volumes.transition(current.id, ['extending'], 'available');
-        throw toBerthError(error, 'BACKEND_ERROR');
-      }
-      return this.store.volumes.transition(current.id, ['extending'], 'available', { sizeBytes: size });
-    });
+  extendVolume(ref: Ref, newSizeBytes: number, scope: ProjectScope = {}): Promise<Volume> {
+    return volumes.extendVolume(this.parts, ref, newSizeBytes, scope);
   }
 
   // ---- servers and hosts ---------------------------------------------------------------------
 
-  async createServer(request: CreateServerRequest): Promise<Server> {
-    const req = parseWith(zCreateServerRequest, request, 'server');
-    const host = req.host === undefined || req.host === this.identity.hostname ? await this.localHost() : await this.findOrCreateHost(req.host);
-    return this.store.servers.create({ name: req.name, projectId: this.project(req), hostId: host.id });
+  createServer(request: CreateServerRequest): Promise<Server> {
+    return servers.createServer(this.parts, request);
   }
 
-  async listServers(filter: ProjectScope = {}): Promise<Server[]> {
-    return this.store.servers.list({ projectId: this.project(filter) });
+  listServers(filter: ProjectScope = {}): Promise<Server[]> {
+    return this.parts.store.servers.list({ projectId: this.project(filter) });
   }
 
-  async getServer(ref: Ref, scope: ProjectScope = {}): Promise<Server> {
-    return this.resolveServer(ref, this.project(scope));
+  getServer(ref: Ref, scope: ProjectScope = {}): Promise<Server> {
+    return resolveServer(this.parts.store, ref, this.project(scope));
   }
 
-  async deleteServer(ref: Ref, scope: ProjectScope = {}): Promise<void> {
-    const server = await this.resolveServer(ref, this.project(scope));
-    await this.serverLocks.withLock(server.id, () => this.store.servers.delete(server.id));
+  deleteServer(ref: Ref, scope: ProjectScope = {}): Promise<void> {
+    return servers.deleteServer(this.parts, ref, scope);
   }
 
-  async listHosts(): Promise<Host[]> {
-    return this.store.hosts.list();
+  listHosts(): Promise<Host[]> {
+    return this.parts.store.hosts.list();
   }
 
   // ---- attach / detach -----------------------------------------------------------------------
 
-  async startAttach(request: AttachRequest): Promise<StartedOperation> {
-    const req = parseWith(zAttachRequest, request, 'attach request');
-    const replay = await this.replay(req.idempotencyKey);
-    if (replay) return replay;
-    const project = this.project(req);
-    const volume = await this.resolveVolume(req.volume, project);
-    const server = req.server === undefined ? await this.localServer(project) : await this.resolveServer(req.server, project);
-    await this.preflightAttach(volume, server);
-
-    return this.launch({ kind: 'attach', volume, server, idempotencyKey: req.idempotencyKey }, async (operationId) => {
-      const ctx = this.context(operationId, await this.store.volumes.require(volume.id), server);
-      const steps = attachSteps(this.deps, {
-        mode: req.mode ?? 'rw',
-        ...(req.multipath === undefined ? {} : { multipath: req.multipath }),
-        ...(req.transport === undefined ? {} : { transport: req.transport }),
-      });
-      // The server lock covers only the reservation (Nova's reserve_block_device_name):
-      // attaches of different volumes to one server connect in parallel.
-      const [reserve, ...rest] = steps as [Step<PipelineContext>, ...Array<Step<PipelineContext>>];
-      const lockedReserve: Step<PipelineContext> = {
-        ...reserve,
-        run: (c, signal) => this.serverLocks.withLock(server.id, () => reserve.run(c, signal), signal),
-      };
-      return { ctx, steps: [lockedReserve, ...rest] };
-    });
+  startAttach(request: AttachRequest): Promise<StartedOperation> {
+    return startAttach(this.parts, this.launcher, request);
   }
 
   async attach(request: AttachRequest): Promise<OperationOutcome> {
     return (await this.startAttach(request)).done;
   }
 
-  async startDetach(request: DetachRequest): Promise<StartedOperation> {
-    const req = parseWith(zDetachRequest, request, 'detach request');
-    const replay = await this.replay(req.idempotencyKey);
-    if (replay) return replay;
-    const project = this.project(req);
-    const volume = await this.resolveVolume(req.volume, project);
-    const attachment = await this.findAttachmentToDetach(volume, req.attachmentId, req.server, project, req.force ?? false);
-    const server = await this.store.servers.require(attachment.serverId);
-
-    return this.launch({ kind: 'detach', volume, server, attachment, idempotencyKey: req.idempotencyKey }, async (operationId) => {
-      const ctx = this.context(operationId, await this.store.volumes.require(volume.id), server);
-      ctx.attachment = await this.store.attachments.require(attachment.id);
-      ctx.force = req.force ?? false;
-      return { ctx, steps: detachSteps(this.deps) };
-    });
-  }
-
-  /**
-   * Journal a new operation, then run the steps `prepare` gives under the volume lock (queued,
-   * never rejected) and a deadline that counts the wait for the lock too.
-   */
-  private async launch(
-    what: { kind: 'attach' | 'detach'; volume: Volume; server: Server; attachment?: Attachment; idempotencyKey: string | undefined },
-    prepare: (operationId: string) => Promise<{ ctx: PipelineContext; steps: Array<Step<PipelineContext>> }>,
-  ): Promise<StartedOperation> {
-    const operation = await withStoreRetry(() => this.store.operations.create({
-      kind: what.kind,
-      volumeId: what.volume.id,
-      serverId: what.server.id,
-      ...(what.attachment ? { attachmentId: what.attachment.id } : {}),
-      hostId: what.attachment?.hostId ?? what.server.hostId,
-      idempotencyKey: what.idempotencyKey ?? null,
-      owner: this.owner,
-      deadlineAt: new Date(Date.now() + this.config.operationTimeoutMs).toISOString(),
-    }), { what: `recording the ${what.kind}`, budgetMs: this.config.operationTimeoutMs, logger: this.logger });
-    const deadline = createDeadline(this.config.operationTimeoutMs);
-    const done = this.track(
-      operation.id,
-      this.volumeLocks.withLock(what.volume.id, () => this.execute(operation.id, what.kind, deadline, () => prepare(operation.id)), deadline.signal),
-    );
-    return { operation, done };
+  startDetach(request: DetachRequest): Promise<StartedOperation> {
+    return startDetach(this.parts, this.launcher, request);
   }
 
   async detach(request: DetachRequest): Promise<OperationOutcome> {
@@ -309,506 +153,81 @@ export class BerthServiceImpl implements BerthService {
 
   // ---- the three-phase attachments API -------------------------------------------------------
 
-  async reserveAttachment(request: ReserveAttachmentRequest): Promise<AttachmentConnection> {
-    const req = parseWith(zReserveAttachmentRequest, request, 'attachment');
-    const project = this.project(req);
-    const volume = await this.resolveVolume(req.volume, project);
-    const server = await this.resolveServer(req.server, project);
-    await this.preflightAttach(volume, server);
-    return this.volumeLocks.withLock(volume.id, async () => {
-      const attachment = await this.serverLocks.withLock(server.id, () => reserveAttachmentRecord(this.store, volume.id, server, req.mode ?? 'rw'));
-      if (!req.connector) return { attachment, connectionInfo: undefined };
-      try {
-        return await this.initializeLocked(attachment, req.connector);
-      } catch (error) {
-        await deleteAttachmentRecord(this.store, attachment.id, volume.id);
-        throw error;
-      }
-    });
+  reserveAttachment(request: ReserveAttachmentRequest): Promise<AttachmentConnection> {
+    return attachments.reserveAttachment(this.parts, request);
   }
 
-  async initializeAttachment(id: string, connector: Connector, scope: ProjectScope = {}): Promise<AttachmentConnection> {
-    const parsed = parseWith(zConnector, connector, 'connector');
-    const attachment = await this.getAttachment(id, scope);
-    return this.volumeLocks.withLock(attachment.volumeId, async () => this.initializeLocked(await this.store.attachments.require(id), parsed));
+  initializeAttachment(id: string, connector: Connector, scope: ProjectScope = {}): Promise<AttachmentConnection> {
+    return attachments.initializeAttachment(this.parts, id, connector, scope);
   }
 
-  async completeAttachment(id: string, scope: ProjectScope = {}): Promise<Attachment> {
-    const attachment = await this.getAttachment(id, scope);
-    return this.volumeLocks.withLock(attachment.volumeId, async () => (await transitionAttachment(this.store, id, ['attaching'], 'attached', { error: null })).attachment);
+  completeAttachment(id: string, scope: ProjectScope = {}): Promise<Attachment> {
+    return attachments.completeAttachment(this.parts, id, scope);
   }
 
-  async deleteAttachment(id: string, scope: ProjectScope = {}): Promise<Volume> {
-    const attachment = await this.getAttachment(id, scope);
-    return this.volumeLocks.withLock(attachment.volumeId, async () => {
-      let current = await this.store.attachments.require(id);
-      const volume = await this.store.volumes.require(current.volumeId);
-      if (current.transport !== null || current.device !== null) {
-        // berth connected this one on its host (an attach, not an outside orchestrator): dropping
-        // the record would leave the device and its link behind with nothing that names them.
-        const server = await this.store.servers.get(current.serverId);
-        const force = current.status.startsWith('error') ? ' --force' : '';
-        throw new BerthError('CONFLICT', `attachment ${id} was connected by berth on its host (status ${current.status}); deleting the record would leave its device behind`, {
-          hint: `detach it instead: berth detach ${volume.name}${server ? ` --server ${server.name}` : ''}${force}`,
-          details: { attachmentId: id, actual: current.status, reason: 'connected-by-berth' },
-        });
-      }
-      if (current.status === 'attached' || current.status === 'error_detaching') {
-        // Through `detaching`, as a detach goes: the volume never jumps from in-use to available.
-        current = (await transitionAttachment(this.store, id, [current.status], 'detaching')).attachment;
-      }
-      if (current.connector && current.connectionInfo && (await exportSharers(this.store, volume.id, current.connector, id)).length === 0) {
-        try {
-          await this.catalog
-            .backend(volume.backend)
-            .terminateConnection(backendVolume(volume), current.connector, AbortSignal.timeout(this.config.operationTimeoutMs));
-        } catch (error) {
-          const failed = toBerthError(error, 'BACKEND_ERROR');
-          if (current.status === 'detaching') {
-            await transitionAttachment(this.store, id, ['detaching'], 'error_detaching', { error: failed.message });
-          }
-          throw failed;
-        }
-      }
-      // One transaction: the record goes and the volume's status follows, or neither.
-      return deleteAttachmentRecord(this.store, id, volume.id);
-    });
-  }
-
-  private async initializeLocked(attachment: Attachment, connector: Connector): Promise<AttachmentConnection> {
-    if (attachment.status !== 'reserved' && attachment.status !== 'attaching') {
-      throw new BerthError('CONFLICT', `attachment ${attachment.id} is ${attachment.status}; only a reserved or attaching one can be initialized`, {
-        details: { attachmentId: attachment.id, actual: attachment.status },
-      });
-    }
-    const volume = await this.store.volumes.require(attachment.volumeId);
-    const connectionInfo = await this.catalog
-      .backend(volume.backend)
-      .initializeConnection(backendVolume(volume), connector, AbortSignal.timeout(this.config.operationTimeoutMs));
-    const info = attachment.mode === 'ro' ? { ...connectionInfo, data: { ...connectionInfo.data, access_mode: 'ro' as const } } : connectionInfo;
-    const patch = { connector, connectionInfo: redactConnectionInfo(info) };
-    const updated =
-      attachment.status === 'reserved'
-        ? (await transitionAttachment(this.store, attachment.id, ['reserved'], 'attaching', patch)).attachment
-        : await this.store.attachments.update(attachment.id, patch);
-    return { attachment: updated, connectionInfo: info };
+  deleteAttachment(id: string, scope: ProjectScope = {}): Promise<Volume> {
+    return attachments.deleteAttachment(this.parts, id, scope);
   }
 
   // ---- attachments and operations ------------------------------------------------------------
 
-  async listAttachments(filter: ProjectScope & { volume?: Ref; server?: Ref } = {}): Promise<Attachment[]> {
-    const project = this.project(filter);
-    const volumeId = filter.volume === undefined ? undefined : (await this.resolveVolume(filter.volume, project)).id;
-    const serverId = filter.server === undefined ? undefined : (await this.resolveServer(filter.server, project)).id;
-    return this.store.attachments.list({
-      projectId: project,
-      ...(volumeId ? { volumeId } : {}),
-      ...(serverId ? { serverId } : {}),
-    });
+  listAttachments(filter: ProjectScope & { volume?: Ref; server?: Ref } = {}): Promise<Attachment[]> {
+    return attachments.listAttachments(this.parts, filter);
   }
 
-  async getAttachment(id: string, scope: ProjectScope = {}): Promise<Attachment> {
-    const notFound = new BerthError('NOT_FOUND', `no attachment ${id}`, { hint: 'list them with `berth attachment list`' });
-    if (!isUuid(id)) throw notFound;
-    const attachment = await this.store.attachments.get(id);
-    if (!attachment) throw notFound;
-    const volume = await this.store.volumes.get(attachment.volumeId);
-    if (volume?.projectId !== this.project(scope)) throw notFound;
-    return attachment;
+  getAttachment(id: string, scope: ProjectScope = {}): Promise<Attachment> {
+    return resolveAttachment(this.parts.store, id, this.project(scope));
   }
 
-  async getOperation(id: string): Promise<Operation> {
-    const operation = isUuid(id) ? await this.store.operations.get(id) : undefined;
-    if (!operation) throw new BerthError('NOT_FOUND', `no operation ${id}`, { hint: 'list them with `berth operation list`' });
-    return operation;
+  getOperation(id: string): Promise<Operation> {
+    return resolveOperation(this.parts.store, id);
   }
 
-  async listOperations(filter: { state?: OperationState } = {}): Promise<Operation[]> {
-    return this.store.operations.list(filter.state ? { state: filter.state } : {});
+  listOperations(filter: { state?: OperationState } = {}): Promise<Operation[]> {
+    return this.parts.store.operations.list(filter.state ? { state: filter.state } : {});
   }
 
   // ---- host ----------------------------------------------------------------------------------
 
-  async connector(): Promise<Connector> {
-    const merged: Record<string, unknown> = { ...this.baseConnector() };
-    for (const transport of this.catalog.transports()) {
-      try {
-        Object.assign(merged, await transport.connectorProperties());
-      } catch (error) {
-        this.logger.warn({ transport: transport.name, err: toBerthError(error).message }, 'connector properties failed');
-      }
-    }
-    merged.multipath = this.config.connector.multipath;
-    merged.enforce_multipath = this.config.connector.enforce_multipath;
-    return zConnector.parse(merged);
+  connector(): Promise<Connector> {
+    return hostConnector(this.parts);
   }
 
-  async doctor(): Promise<DoctorEntry[]> {
-    const entries: DoctorEntry[] = [];
-    const check = async (kind: DoctorEntry['kind'], name: string, fn: () => Promise<DoctorEntry['result']>): Promise<void> => {
-      try {
-        entries.push({ kind, name, result: await fn() });
-      } catch (error) {
-        const e = toBerthError(error);
-        entries.push({ kind, name, result: { ok: false, summary: e.message, ...(e.hint ? { fix: e.hint } : {}) } });
-      }
-    };
-    for (const name of this.catalog.transportNames()) await check('transport', name, () => this.catalog.transport(name).check());
-    for (const name of this.catalog.backendNames()) await check('backend', name, () => this.catalog.backend(name).check());
-    for (const name of this.catalog.consumerNames()) {
-      await check('consumer', name, async () => {
-        const consumer = this.catalog.consumer(name);
-        return consumer.check ? consumer.check() : { ok: true, summary: 'no checks' };
-      });
-    }
-    await check('store', this.config.store.kind, async () => {
-      await this.store.volumes.list({ projectId: this.config.defaultProject });
-      return { ok: true, summary: `${this.config.store.kind} store reachable` };
-    });
-    for (const failure of this.catalog.plugins().failed) {
-      entries.push({ kind: 'plugin', name: failure.packageName, result: { ok: false, summary: failure.error, fix: 'reinstall or remove it: berth plugins' } });
-    }
-    return entries;
+  doctor(): Promise<DoctorEntry[]> {
+    return runDoctor(this.parts);
   }
 
-  async recover(): Promise<RecoveryOutcome[]> {
-    const outcomes: RecoveryOutcome[] = [];
-    for (const operation of await this.store.operations.list({ state: 'running' })) {
-      const abandoned = this.abandoned.has(operation.id) && !this.inflight.has(operation.id);
-      if (!abandoned && ownerAlive(operation.owner, this.identity.hostname, this.owner)) continue;
-      try {
-        // A compare-and-swap on the owner: of two processes starting at once, one recovers it.
-        await this.store.operations.setOwner(operation.id, this.owner, operation.owner);
-      } catch {
-        continue;
-      }
-      const log = this.logger.child({ operationId: operation.id, recovery: true });
-      const recover = async (): Promise<RecoveryOutcome> => {
-        try {
-          return await recoverOperation(this.recoveryDeps(), await this.store.operations.require(operation.id), log);
-        } catch (error) {
-          const e = toBerthError(error);
-          await this.store.operations.finish(operation.id, { state: 'failed', error: summarize(e) }).catch(() => undefined);
-          return { operationId: operation.id, kind: operation.kind, action: 'failed', detail: e.message };
-        }
-      };
-      const outcome = operation.volumeId ? await this.volumeLocks.withLock(operation.volumeId, recover) : await recover();
-      this.abandoned.delete(operation.id);
-      log.warn({ action: outcome.action, detail: outcome.detail }, 'recovered an interrupted operation');
-      outcomes.push(outcome);
-    }
-    return outcomes;
+  recover(): Promise<RecoveryOutcome[]> {
+    return recoverDeadOperations(this.parts, this.launcher);
   }
 
   async reconcile(options: ReconcileOptions = {}): Promise<ReconcileReport> {
+    const { parts } = this;
     // Operations a dead process left are finished first: what they hold is theirs to undo, and a
     // volume with a running operation is left alone by reconcile.
     if (!options.dryRun) await this.recover();
     return runReconcile(
       {
-        ...this.deps,
-        consumer: () => this.catalog.consumer(this.config.consumer),
-        runner: this.runner,
-        withVolumeLock: (volumeId, fn) => this.volumeLocks.withLock(volumeId, fn),
+        ...parts.deps,
+        consumer: () => parts.catalog.consumer(parts.config.consumer),
+        runner: parts.runner,
+        withVolumeLock: (volumeId, fn) => parts.volumeLocks.withLock(volumeId, fn),
       },
       options,
     );
   }
 
-  private recoveryDeps(): RecoveryDeps {
-    return {
-      ...this.deps,
-      runner: this.runner,
-      consumer: () => this.catalog.consumer(this.config.consumer),
-      undoTimeoutMs: this.config.undoTimeoutMs,
-      faults: this.faults,
-    };
-  }
-
   plugins(): PluginReport {
-    return this.catalog.plugins();
+    return this.parts.catalog.plugins();
   }
 
   async close(): Promise<void> {
-    await Promise.allSettled([...this.inflight.values()]);
-    for (const backend of this.catalog.instantiatedBackends()) await backend.close?.().catch(() => undefined);
-    await this.store.close();
+    await this.launcher.drain();
+    for (const backend of this.parts.catalog.instantiatedBackends()) await backend.close?.().catch(() => undefined);
+    await this.parts.store.close();
   }
-
-  // ---- internals -----------------------------------------------------------------------------
 
   private project(scope: ProjectScope): string {
-    return scope.projectId ?? this.config.defaultProject;
-  }
-
-  private baseConnector(): Connector {
-    return {
-      host: this.identity.hostname,
-      ...(this.identity.ips[0] ? { ip: this.identity.ips[0] } : {}),
-      platform: this.identity.platform,
-      os_type: this.identity.osType,
-      multipath: this.config.connector.multipath,
-      enforce_multipath: this.config.connector.enforce_multipath,
-    };
-  }
-
-  private context(operationId: string, volume: Volume, server: Server): PipelineContext {
-    return {
-      operationId,
-      volume,
-      server,
-      consumer: this.catalog.consumer(this.config.consumer),
-      backend: this.catalog.backend(volume.backend),
-      forcedErrors: [],
-    };
-  }
-
-  /**
-   * Run the steps `prepare` gives, journal the outcome and settle the operation. The operation is
-   * called `rolled_back` only when its undos really ran; when its end cannot be written (the
-   * store keeps failing), it stays `running` and is handed to recovery (`abandoned`).
-   */
-  private async execute(
-    operationId: string,
-    kind: 'attach' | 'detach',
-    deadline: Deadline,
-    prepare: () => Promise<{ ctx: PipelineContext; steps: Array<Step<PipelineContext>> }>,
-  ): Promise<OperationOutcome> {
-    const log = this.logger.child({ operationId });
-    this.executing.add(operationId);
-    const settle = (what: string, fn: () => Promise<Operation>): Promise<Operation | undefined> =>
-      withStoreRetry(fn, { what, signal: AbortSignal.timeout(this.config.undoTimeoutMs), logger: log }).catch((error: unknown) => {
-        this.abandoned.add(operationId);
-        log.error({ err: toBerthError(error).message }, 'could not record how the operation ended; recovery will finish it');
-        return undefined;
-      });
-    let ctx: PipelineContext;
-    let steps: Array<Step<PipelineContext>>;
-    try {
-      ({ ctx, steps } = await prepare());
-    } catch (raw) {
-      // No step ran: nothing to undo.
-      const error = toBerthError(raw);
-      error.details.operationId = operationId;
-      await settle('recording the failure', () => this.store.operations.finish(operationId, { state: 'rolled_back', error: summarize(error) }));
-      deadline.dispose();
-      throw error;
-    }
-    try {
-      const outcome = await this.runner.run(steps, ctx, {
-        operationId,
-        signal: deadline.signal,
-        undoTimeoutMs: this.config.undoTimeoutMs,
-        logger: log,
-        faults: this.faults,
-        pipeline: kind,
-      });
-      if (outcome.ok) {
-        const warnings = outcome.journalErrors.map((e) => `the journal could not be written (${e.message}); the next berth command completes it`);
-        if (kind === 'attach' && ctx.attachment) {
-          const attachmentId = ctx.attachment.id;
-          ctx.attachment = await withStoreRetry(() => this.store.attachments.update(attachmentId, { timings: outcome.timings }), {
-            what: 'recording timings',
-            budgetMs: 5_000,
-          }).catch(() => ctx.attachment);
-        }
-        const result = {
-          timings: outcome.timings,
-          ...(ctx.attachment ? { attachmentId: ctx.attachment.id } : {}),
-          ...(ctx.device ?? ctx.attachment?.device ? { device: (ctx.device ?? ctx.attachment?.device)?.path } : {}),
-          ...(ctx.publishedPath ? { publishedPath: ctx.publishedPath } : {}),
-        };
-        let operation = await settle('recording success', () => this.store.operations.finish(operationId, { state: 'succeeded', result }));
-        if (operation === undefined) {
-          // The work is done and recorded; only the operation's row is behind.
-          warnings.push('the operation could not be marked succeeded; the next berth command does it');
-          operation = await this.store.operations.require(operationId).catch(() => undefined);
-        }
-        const volume = await this.store.volumes.get(ctx.volume.id).catch(() => undefined);
-        return {
-          operation: operation ?? ({ id: operationId, kind, state: 'running' } as Operation),
-          volume: volume ?? ctx.volume,
-          attachment: ctx.attachment,
-          ...(warnings.length > 0 ? { warnings } : {}),
-        };
-      }
-      if (outcome.forward) await markDetachFailed(this.deps, ctx, outcome.error).catch(() => undefined);
-      const error = this.failureOf(outcome, ctx, operationId);
-      const state = outcome.rolledBack ? 'rolled_back' : 'failed';
-      const settled = await settle('recording the failure', () =>
-        this.store.operations.finish(operationId, { state, error: summarize(error), result: { timings: outcome.timings } }),
-      );
-      if (settled === undefined) {
-        throw new BerthError(error.code, `${error.message} (and the outcome could not be recorded)`, {
-          hint: `${error.hint ? `${error.hint}; ` : ''}the next berth command (or \`berth reconcile\`) finishes what is left`,
-          details: { ...error.details, operationId },
-          cause: error,
-        });
-      }
-      throw error;
-    } finally {
-      deadline.dispose();
-    }
-  }
-
-  /** The error a failed run ends with, its hint naming the command that works. */
-  private failureOf(outcome: Extract<RunOutcome, { ok: false }>, ctx: PipelineContext, operationId: string): BerthError {
-    const name = ctx.volume.name;
-    let error = outcome.error;
-    if (outcome.undoErrors.length > 0) {
-      error = new BerthError(outcome.error.code, `${outcome.error.message} (and the rollback failed: ${outcome.undoErrors.map((e) => e.message).join('; ')})`, {
-        hint: `${outcome.error.hint ? `${outcome.error.hint}; then ` : ''}\`berth detach ${name} --force\` (or \`berth reconcile\`) removes what was left behind`,
-        details: { ...outcome.error.details },
-        cause: outcome.error,
-      });
-    } else if (outcome.forward) {
-      error = new BerthError(outcome.error.code, `${outcome.error.message}; the attachment is now error_detaching`, {
-        hint: `${outcome.error.hint ? `${outcome.error.hint}; then ` : ''}finish it with \`berth detach ${name} --force\` (or \`berth reconcile\`)`,
-        details: { ...outcome.error.details },
-        cause: outcome.error,
-      });
-    }
-    error.details.operationId = operationId;
-    return error;
-  }
-
-  private track(operationId: string, running: Promise<OperationOutcome>): Promise<OperationOutcome> {
-    // An operation that never reached its first step (cancelled or timed out while queued on the
-    // volume lock) must not stay `running`; one that did is settled by `execute`.
-    const promise = running.catch(async (raw: unknown) => {
-      const error = toBerthError(raw);
-      error.details.operationId ??= operationId;
-      if (!this.executing.has(operationId)) {
-        await withStoreRetry(() => this.store.operations.finish(operationId, { state: 'rolled_back', error: summarize(error) }), {
-          what: 'recording the cancellation',
-          budgetMs: this.config.undoTimeoutMs,
-        }).catch(() => this.abandoned.add(operationId));
-      }
-      throw error;
-    });
-    this.inflight.set(operationId, promise);
-    const untrack = (): void => {
-      this.inflight.delete(operationId);
-      this.executing.delete(operationId);
-    };
-    promise.then(untrack, untrack);
-    return promise;
-  }
-
-  /** A retry with a used idempotency key gets the first operation back. */
-  private async replay(key: string | undefined): Promise<StartedOperation | undefined> {
-    if (key === undefined) return undefined;
-    const operation = await this.store.operations.findByIdempotencyKey(key);
-    if (!operation) return undefined;
-    const running = this.inflight.get(operation.id);
-    return { operation, done: running ?? this.settled(operation) };
-  }
-
-  private async settled(operation: Operation): Promise<OperationOutcome> {
-    if (operation.error) {
-      throw new BerthError(operation.error.code as BerthError['code'], operation.error.message, {
-        ...(operation.error.hint ? { hint: operation.error.hint } : {}),
-        details: { operationId: operation.id },
-      });
-    }
-    const volume = await this.store.volumes.require(operation.volumeId ?? '');
-    const attachment = operation.attachmentId ? await this.store.attachments.get(operation.attachmentId) : undefined;
-    return { operation, volume, attachment };
-  }
-
-  /** Refuse early what the reserve CAS would refuse anyway, so callers get a 409 at once. */
-  private async preflightAttach(volume: Volume, server: Server): Promise<void> {
-    const active = (await this.store.attachments.list({ volumeId: volume.id })).filter((a) => a.status !== 'detached');
-    if (active.some((a) => a.serverId === server.id)) {
-      throw new BerthError('CONFLICT', `volume ${volume.name} is already attached to server ${server.name}`, {
-        hint: `detach it first: berth detach ${volume.name}`,
-        details: { volumeId: volume.id, serverId: server.id, actual: volume.status },
-      });
-    }
-    const ok = volume.multiattach ? ['available', 'reserved', 'attaching', 'in-use'].includes(volume.status) : volume.status === 'available';
-    if (!ok) {
-      throw new BerthError('CONFLICT', `volume ${volume.name} is ${volume.status}; it must be available to attach`, {
-        hint: volume.status === 'in-use' ? `detach it first (berth detach ${volume.name}), or create volumes with --multiattach` : 'wait for the running operation, see `berth operation list --state running`',
-        details: { volumeId: volume.id, actual: volume.status, expected: 'available' },
-      });
-    }
-  }
-
-  private async findAttachmentToDetach(volume: Volume, attachmentId: string | undefined, serverRef: Ref | undefined, project: string, force: boolean): Promise<Attachment> {
-    let candidates = (await this.store.attachments.list({ volumeId: volume.id })).filter((a) => a.status !== 'detached');
-    if (attachmentId) candidates = candidates.filter((a) => a.id === attachmentId);
-    if (serverRef !== undefined) {
-      const server = await this.resolveServer(serverRef, project);
-      candidates = candidates.filter((a) => a.serverId === server.id);
-    }
-    if (candidates.length === 0) {
-      throw new BerthError('CONFLICT', `volume ${volume.name} is not attached${serverRef ? ` to ${serverRef}` : ''}`, {
-        hint: 'see where it is attached with `berth attachment list`',
-        details: { volumeId: volume.id, actual: volume.status },
-      });
-    }
-    if (candidates.length > 1) {
-      throw new BerthError('VALIDATION', `volume ${volume.name} is attached to ${candidates.length} servers; name one with --server`, {
-        details: { servers: candidates.map((a) => a.serverId) },
-      });
-    }
-    const attachment = candidates[0]!;
-    if (!detachableFrom(force).includes(attachment.status)) {
-      throw new BerthError('CONFLICT', `attachment ${attachment.id} is ${attachment.status}${force ? '' : '; only an attached volume can be detached'}`, {
-        hint: attachment.status.startsWith('error') ? `clean it up with: berth detach ${volume.name} --force` : 'wait for the running operation to finish',
-        details: { attachmentId: attachment.id, actual: attachment.status },
-      });
-    }
-    return attachment;
-  }
-
-  private async resolveVolume(ref: Ref, project: string): Promise<Volume> {
-    const volume = isUuid(ref) ? await this.store.volumes.get(ref) : await this.store.volumes.findByName(project, ref);
-    if (!volume || volume.projectId !== project) {
-      throw new BerthError('NOT_FOUND', `no volume ${JSON.stringify(ref)}`, { hint: 'list volumes with `berth volume list`' });
-    }
-    return volume;
-  }
-
-  private async resolveServer(ref: Ref, project: string): Promise<Server> {
-    const server = isUuid(ref) ? await this.store.servers.get(ref) : await this.store.servers.findByName(project, ref);
-    if (!server || server.projectId !== project) {
-      throw new BerthError('NOT_FOUND', `no server ${JSON.stringify(ref)}`, { hint: 'list servers with `berth server list`' });
-    }
-    return server;
-  }
-
-  private async localHost(): Promise<Host> {
-    this.localHostRecord ??= await this.findOrCreateHost(this.identity.hostname);
-    return this.localHostRecord;
-  }
-
-  private async findOrCreateHost(name: string): Promise<Host> {
-    const found = await this.store.hosts.findByName(name);
-    if (found) return found;
-    try {
-      return await this.store.hosts.create({ name });
-    } catch (error) {
-      // Another process created it between our read and our insert.
-      const again = await this.store.hosts.findByName(name);
-      if (again) return again;
-      throw error;
-    }
-  }
-
-  /** This host's own server in `project`, created on first use. */
-  private async localServer(project: string): Promise<Server> {
-    const host = await this.localHost();
-    const name = serverNameFor(this.identity.hostname);
-    const found = await this.store.servers.findByName(project, name);
-    if (found) return found;
-    try {
-      return await this.store.servers.create({ name, projectId: project, hostId: host.id });
-    } catch (error) {
-      const again = await this.store.servers.findByName(project, name);
-      if (again) return again;
-      throw error;
-    }
+    return projectOf(this.parts.config, scope);
   }
 }
-

@@ -7,7 +7,7 @@ import { BerthError, type BerthErrorCode } from './errors.js';
 import type { Logger } from './logger.js';
 import type { BackendFactory, BerthPlugin, ConsumerFactory, FaultPoints, PluginContext, TransportFactory } from './plugin.js';
 import type { LoadedPluginModule, PluginFailure } from './plugin-loader.js';
-import type { PluginReport } from './service.js';
+import type { PluginReport } from './reports.js';
 
 interface Registered<F> {
   factory: F;

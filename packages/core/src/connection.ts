@@ -70,6 +70,15 @@ export function redactConnectionInfo(info: ConnectionInfo): ConnectionInfo {
   return { driver_volume_type: info.driver_volume_type, data: data as ConnectionData };
 }
 
+/**
+ * connection_info as an attachment of `mode` connects it: a read-only attachment gets
+ * `access_mode: 'ro'` over the backend's default (Cinder sets access_mode the same way); a
+ * read-write one takes what the backend said.
+ */
+export function withAccessMode(info: ConnectionInfo, mode: 'rw' | 'ro'): ConnectionInfo {
+  return mode === 'ro' ? { ...info, data: { ...info.data, access_mode: 'ro' } } : info;
+}
+
 /** Every secret value inside a connection_info (for the command runner's redaction). */
 export function secretsOf(info: ConnectionInfo): string[] {
   const out: string[] = [];
@@ -118,3 +127,32 @@ export const zDevice = z.object({
   identity: zDeviceIdentity.optional(),
 });
 export type Device = z.output<typeof zDevice>;
+
+/**
+ * A connector without secret-named keys. Callers strip secrets before storing; every store does it
+ * again so that no code path can persist one.
+ */
+export function connectorWithoutSecrets(connector: Connector): Connector {
+  const out: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(connector)) {
+    if (!SECRET_KEYS.includes(key)) out[key] = value;
+  }
+  return out as Connector;
+}
+
+/**
+ * A JSON object without secret-named keys at any depth (work item payloads and results may
+ * carry a connection's data; CHAP passwords must still never reach the database).
+ */
+export function recordWithoutSecrets(record: Record<string, unknown>): Record<string, unknown> {
+  const strip = (value: unknown): unknown => {
+    if (Array.isArray(value)) return value.map(strip);
+    if (value === null || typeof value !== 'object') return value;
+    const out: Record<string, unknown> = {};
+    for (const [key, inner] of Object.entries(value)) {
+      if (!SECRET_KEYS.includes(key)) out[key] = strip(inner);
+    }
+    return out;
+  };
+  return strip(record) as Record<string, unknown>;
+}

@@ -15,6 +15,10 @@ export * from './plugin-loader.js';
 export * from './host-consumer.js';
 export { virtioDiskName } from './guest-disk.js';
 export * from './keyed-lock.js';
+export * from './store-errors.js';
+export { createMonotonicClock } from './monotonic-clock.js';
+export { createMemoryStore } from './memory-store.js';
+export { hostDeviceRow, newAttachmentRow, newOperationRow } from './store-rows.js';
 export * from './deadline.js';
 export * from './requests.js';
 export type * from './host-identity.js';
@@ -25,7 +29,8 @@ export { attachSteps, type AttachOptions } from './pipeline/attach.js';
 export { detachSteps, detachableFrom, markDetachFailed } from './pipeline/detach.js';
 export { BerthServiceImpl } from './berth-service.js';
 export * from './faults.js';
-export { recoverOperation, findReservation, type RecoveryOutcome, type RecoveryDeps } from './pipeline/recovery.js';
+export { recoverOperation, findReservation, type RecoveryDeps } from './pipeline/recovery.js';
+export * from './reports.js';
 export { ownerAlive } from './owner.js';
 export * from './device-identity.js';
 export { withLease, deviceLeaseKey, type LeaseOptions } from './lease.js';
@@ -45,7 +50,6 @@ export {
   type UnpublishRequest,
 } from './pipeline/device-sharing.js';
 export {
-  DIFFERENCE_KINDS,
   describeFinding,
   findDifferences,
   findStatusMismatches,
@@ -53,15 +57,8 @@ export {
   sourceMatches,
   volumeOfSource,
   volumeRepairPath,
-  type DifferenceKind,
   type Finding,
-  type FixAction,
-  type FixState,
   type ReconcileDeps,
-  type ReconcileDifference,
   type ReconcileFacts,
-  type ReconcileOptions,
-  type ReconcileReport,
-  type ReconcileUnchecked,
   type TransportListing,
 } from './reconcile.js';

@@ -1,4 +1,4 @@
-import { redactConnectionInfo, type ConnectionInfo, type Connector, type Device } from './connection.js';
+import { redactConnectionInfo, withAccessMode, type ConnectionInfo, type Connector, type Device } from './connection.js';
 import type { Consumer } from './contracts/consumer.js';
 import type { ConnectedDevice } from './contracts/transport-driver.js';
 import type { BackendExport } from './contracts/volume-backend.js';
@@ -9,68 +9,9 @@ import { backendVolume, transitionAttachment, type PipelineContext, type Pipelin
 import { detachSteps, markDetachFailed } from './pipeline/detach.js';
 import { connectShared, publishShared, releaseShared } from './pipeline/device-sharing.js';
 import { summarize, type OperationRunner } from './pipeline/operation-runner.js';
+import type { FixState, ReconcileDifference, ReconcileOptions, ReconcileReport, ReconcileUnchecked } from './reports.js';
 import type { Store } from './store.js';
 import { recomputeVolumeStatus, VOLUME_TRANSITIONS } from './transitions.js';
-
-/** The kinds of difference `berth reconcile` looks for, in the order it reports them. */
-export const DIFFERENCE_KINDS = [
-  'export_without_attachment',
-  'device_without_attachment',
-  'attachment_device_gone',
-  'attachment_stuck',
-  'attachment_error',
-  'volume_status_mismatch',
-] as const;
-/** One of `DIFFERENCE_KINDS`. */
-export type DifferenceKind = (typeof DIFFERENCE_KINDS)[number];
-
-/** What reconcile does about a difference (`none`: it is reported and left alone). */
-export type FixAction = 'terminate_connection' | 'disconnect' | 'reconnect' | 'recompute_status' | 'none';
-
-/** Where a fix stands: `planned` (dry run), `applied`, `failed`, or `skipped` (with the reason). */
-export type FixState = 'planned' | 'applied' | 'failed' | 'skipped';
-
-/** One difference between the store, the backends' exports and this host's devices, and its fix. */
-export interface ReconcileDifference {
-  kind: DifferenceKind;
-  /** What differs, for people: `export of volume db1 (tgt) to iqn…`, `/dev/loop3`, `volume db1`. */
-  resource: string;
-  volumeId: string | null;
-  attachmentId: string | null;
-  /** One line: what disagrees with what. */
-  detail: string;
-  fix: FixAction;
-  /** One line: what the fix does. */
-  fixDetail: string;
-  state: FixState;
-  /** What applying it did, the error when it failed, or why it was skipped. */
-  result: string | null;
-  /** The error's code when the fix failed (`DRIVER_ERROR`, `BACKEND_ERROR`, ...). */
-  errorCode: string | null;
-}
-
-/** Something reconcile could not look at: differences there are unknown. */
-export interface ReconcileUnchecked {
-  kind: 'backend' | 'transport';
-  name: string;
-  reason: string;
-}
-
-/** What `berth reconcile` found and did. */
-export interface ReconcileReport {
-  dryRun: boolean;
-  /** The `reconcile` operation that journals the applied fixes (null when nothing was applied). */
-  operationId: string | null;
-  differences: ReconcileDifference[];
-  unchecked: ReconcileUnchecked[];
-  counts: { found: number; applied: number; failed: number; skipped: number };
-}
-
-/** Options of `BerthService.reconcile`. */
-export interface ReconcileOptions {
-  /** List the differences and their fixes; change nothing. */
-  dryRun?: boolean;
-}
 
 /** Attachment statuses an operation passes through: with no operation running, they are stuck. */
 const TRANSITIONAL: readonly Attachment['status'][] = ['reserved', 'attaching', 'detaching'];
@@ -767,7 +708,7 @@ async function reconnect(deps: ReconcileDeps, attachmentId: string, volume: Volu
   try {
     const connector = attachment.connector ?? deps.baseConnector();
     const exported = await catalog.backend(volume.backend).initializeConnection(backendVolume(volume), connector, signal);
-    const connection: ConnectionInfo = attachment.mode === 'ro' ? { ...exported, data: { ...exported.data, access_mode: 'ro' } } : exported;
+    const connection = withAccessMode(exported, attachment.mode);
     await store.attachments.update(attachment.id, { device: null, connectionInfo: redactConnectionInfo(connection) });
     // The others that recorded the lost device let go of it too, so the device is connected anew.
     const stale = (await store.attachments.list({ volumeId: volume.id, hostId: attachment.hostId })).filter(

@@ -1,7 +1,5 @@
 import type { ConnectionInfo, Connector } from './connection.js';
-import type { CheckResult } from './contracts/check.js';
-import type { RecoveryOutcome } from './pipeline/recovery.js';
-import type { ReconcileOptions, ReconcileReport } from './reconcile.js';
+import type { DoctorEntry, PluginReport, ReconcileOptions, ReconcileReport, RecoveryOutcome } from './reports.js';
 import type { Attachment, Host, Operation, OperationState, Server, Volume, VolumeStatus } from './model.js';
 
 /** A reference to a volume or server: its id, or its name within the project. */
@@ -80,19 +78,6 @@ export interface StartedOperation {
   operation: Operation;
   /** Resolves when the operation ends; rejects with a BerthError when it failed. */
   done: Promise<OperationOutcome>;
-}
-
-/** One line of `berth doctor`. */
-export interface DoctorEntry {
-  kind: 'transport' | 'backend' | 'consumer' | 'store' | 'plugin';
-  name: string;
-  result: CheckResult;
-}
-
-/** What the plugin loader found. */
-export interface PluginReport {
-  loaded: Array<{ name: string; packageName: string; version?: string; transports: string[]; backends: string[]; consumers: string[] }>;
-  failed: Array<{ packageName: string; error: string }>;
 }
 
 /**

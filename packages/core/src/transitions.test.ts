@@ -8,6 +8,7 @@ import {
   canTransitionAttachment,
   canTransitionVolume,
   recomputeVolumeStatus,
+  reservableStatuses,
   VOLUME_TRANSITIONS,
 } from './transitions.js';
 
@@ -111,5 +112,24 @@ describe('recomputeVolumeStatus', () => {
     const statuses: AttachmentStatus[] = ['reserved', 'detaching', 'attaching', 'error_attaching'];
     const forward = recomputeVolumeStatus(of(...statuses));
     expect(recomputeVolumeStatus(of(...statuses.reverse()))).toBe(forward);
+  });
+});
+
+describe('reservableStatuses', () => {
+  it('reserves a single-attach volume only when available', () => {
+    expect(reservableStatuses(false)).toEqual(['available']);
+  });
+
+  it('reserves a multiattach volume while others attach or use it, never while it changes otherwise', () => {
+    expect([...reservableStatuses(true)].sort()).toEqual(['attaching', 'available', 'in-use', 'reserved']);
+    for (const status of ['creating', 'detaching', 'extending', 'deleting', 'error'] as const) {
+      expect(reservableStatuses(true)).not.toContain(status);
+    }
+  });
+
+  it('names only statuses from which the volume table allows reserved or in-use', () => {
+    for (const status of reservableStatuses(true)) {
+      expect(canTransitionVolume(status, status === 'available' ? 'reserved' : status)).toBe(true);
+    }
   });
 });

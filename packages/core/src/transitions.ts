@@ -76,3 +76,11 @@ export function recomputeVolumeStatus(attachments: ReadonlyArray<{ status: Attac
   if (has('error_attaching') || has('error_detaching')) return 'error';
   return 'available';
 }
+
+/**
+ * The volume statuses a new attachment may be reserved from: only `available`, or for a
+ * multiattach volume also while other attachments are being made or are in use.
+ */
+export function reservableStatuses(multiattach: boolean): readonly VolumeStatus[] {
+  return multiattach ? ['available', 'reserved', 'attaching', 'in-use'] : ['available'];
+}

@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, linkSync, mkdirSync, promises as fsp, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { Mutex } from '@berth/core';
 import type { CommandRunner } from '@berth/host';
-import { AsyncMutex } from './async-mutex.js';
 import type { FaultSet } from './faults.js';
 import type { GroupView, MapView, PathView } from './multipath-format.js';
 import type { DiskEvents, SimDisk, SimKernel } from './sim-kernel.js';
@@ -131,7 +131,7 @@ export class DmMultipath implements DiskEvents {
   private readonly maps: DmMap[] = [];
   private pathvec: string[] = [];
   private running: boolean;
-  private readonly mutex = new AsyncMutex();
+  private readonly mutex = new Mutex();
   private readonly background = new Set<Promise<unknown>>();
   private closed = false;
   private readonly unsubscribe: () => void;

@@ -1,6 +1,6 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { AsyncMutex } from './async-mutex.js';
+import { Mutex } from '@berth/core';
 import {
   DISCOVERY_KEYS,
   NODE_KEYS,
@@ -42,7 +42,7 @@ const FILE_MODE = 0o600;
  */
 export class NodeDb {
   /** Serialises read-modify-write of records, like iscsiadm's idbm lock. */
-  readonly lock = new AsyncMutex();
+  readonly lock = new Mutex();
   readonly nodesDir: string;
   readonly sendTargetsDir: string;
   readonly ifacesDir: string;

@@ -1,9 +1,8 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomUUID } from 'node:crypto';
-import { BerthError, parseWith } from '@berth/core';
+import { BerthError, createMonotonicClock, parseWith } from '@berth/core';
 import type { Store, StoreNotifications } from '@berth/core';
 import type { Kysely, Transaction } from 'kysely';
-import { createMonotonicClock } from './clock.js';
 import type { Database } from './database.js';
 import { zChannel, zPayload } from './notification-backend.js';
 import type { NotificationBackend } from './notification-backend.js';

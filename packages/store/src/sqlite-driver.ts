@@ -1,9 +1,8 @@
 import { resolve } from 'node:path';
 import type BetterSqlite3 from 'better-sqlite3';
-import type { BerthError } from '@berth/core';
+import { KeyedLock, type BerthError } from '@berth/core';
 import { CompiledQuery, SqliteDriver } from 'kysely';
 import type { DatabaseConnection, QueryResult, SqliteDialectConfig } from 'kysely';
-import { AsyncMutex } from './async-mutex.js';
 import { environmentError, READ_ONLY } from './sqlite-errors.js';
 
 export { isSqliteBusy } from './sqlite-errors.js';
@@ -18,39 +17,15 @@ export interface BerthSqliteDriverOptions {
   readOnlyReason?: BerthError;
 }
 
-interface FileLock {
-  mutex: AsyncMutex;
-  users: number;
-}
+/**
+ * One lock per database file per process, shared by every store opened on that file (keyed by
+ * its resolved path); each `:memory:` connection is its own database, with a key of its own.
+ */
+const fileLocks = new KeyedLock();
+let memoryDatabases = 0;
 
-/** One mutex per database file per process, shared by every store opened on that file. */
-const fileLocks = new Map<string, FileLock>();
-
-function lockKey(filename: string): string | undefined {
-  // Each `:memory:` connection is its own database: nothing to share.
-  return filename === ':memory:' || filename === '' ? undefined : resolve(filename);
-}
-
-function takeFileLock(filename: string): { mutex: AsyncMutex; dispose: () => void } {
-  const key = lockKey(filename);
-  if (key === undefined) return { mutex: new AsyncMutex(), dispose: () => undefined };
-  let lock = fileLocks.get(key);
-  if (lock === undefined) {
-    lock = { mutex: new AsyncMutex(), users: 0 };
-    fileLocks.set(key, lock);
-  }
-  lock.users += 1;
-  const taken = lock;
-  let disposed = false;
-  return {
-    mutex: taken.mutex,
-    dispose: () => {
-      if (disposed) return;
-      disposed = true;
-      taken.users -= 1;
-      if (taken.users === 0 && fileLocks.get(key) === taken) fileLocks.delete(key);
-    },
-  };
+function lockKey(filename: string): string {
+  return filename === ':memory:' || filename === '' ? `:memory:#${++memoryDatabases}` : resolve(filename);
 }
 
 /** Turns SQLite's environment failures (busy, full, read-only) into BerthErrors a user can act on; every other error passes unchanged. */
@@ -96,7 +71,7 @@ class ErrorMappingConnection implements DatabaseConnection {
  */
 export class BerthSqliteDriver extends SqliteDriver {
   readonly #options: BerthSqliteDriverOptions;
-  readonly #fileLock: { mutex: AsyncMutex; dispose: () => void };
+  readonly #lockKey: string;
   readonly #database: BetterSqlite3.Database;
   #release: (() => void) | undefined;
 
@@ -104,11 +79,11 @@ export class BerthSqliteDriver extends SqliteDriver {
     super(config);
     this.#database = config.database;
     this.#options = options;
-    this.#fileLock = takeFileLock(options.filename);
+    this.#lockKey = lockKey(options.filename);
   }
 
   override async acquireConnection(): Promise<DatabaseConnection> {
-    const release = await this.#fileLock.mutex.acquire();
+    const release = await fileLocks.acquire(this.#lockKey);
     try {
       const connection = await super.acquireConnection();
       this.#release = release;
@@ -137,14 +112,6 @@ export class BerthSqliteDriver extends SqliteDriver {
       await super.releaseConnection();
     } finally {
       release?.();
-    }
-  }
-
-  override async destroy(): Promise<void> {
-    try {
-      await super.destroy();
-    } finally {
-      this.#fileLock.dispose();
     }
   }
 }

@@ -5,6 +5,7 @@ import { CommandError, WaitTimeoutError, hostFacts, type CommandResult } from '@
 import {
   BerthError,
   identityMismatch,
+  KeyedLock,
   parseWith,
   sameIdentity,
   toBerthError,
@@ -18,7 +19,6 @@ import {
   type TransportCallContext,
   type TransportDriver,
 } from '@berth/core';
-import { KeyedLock } from './keyed-lock.js';
 import {
   classifyLosetupError,
   findShowArgs,
@@ -385,7 +385,7 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
       throwIfAborted(call.signal);
       if (target.driver_volume_type === 'local') return connectLocal(target.data.device_path);
       const file = await backingFileOf(target.data.device_path);
-      return fileLocks.run(file, () => connectFile(target, file, call.signal));
+      return fileLocks.withLock(file, () => connectFile(target, file, call.signal), call.signal);
     },
 
     async disconnect(connection: ConnectionInfo, device: Device | undefined, opts: DisconnectOptions): Promise<void> {
@@ -394,7 +394,7 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
       if (target.driver_volume_type === 'local') return;
       const files = await candidatePaths(target.data.device_path);
       const key = files[0] ?? target.data.device_path;
-      await fileLocks.run(key, async () => {
+      await fileLocks.withLock(key, async () => {
         const state: DetachRun = { force: opts.force, errors: [], signal: opts.signal };
         let devices: LoopDevice[];
         try {
@@ -450,7 +450,7 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
             },
           );
         }
-      });
+      }, opts.signal);
     },
 
     async extend(connection: ConnectionInfo, device: Device, call: TransportCallContext): Promise<number> {
@@ -462,7 +462,7 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
       }
       const files = await candidatePaths(target.data.device_path);
       const key = files[0] ?? target.data.device_path;
-      return fileLocks.run(key, async () => {
+      return fileLocks.withLock(key, async () => {
         const devices = await listLoopDevices(call.signal);
         const atPath = devices.find((d) => d.name === device.path);
         const identity = atPath ? loopIdentity(atPath) : undefined;
@@ -479,7 +479,7 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
         const bytes = parseSize(size.stdout);
         logger.info({ device: chosen.name, file: key, bytes }, 'loop device resized');
         return bytes;
-      });
+      }, call.signal);
     },
 
     async connected(): Promise<ConnectedDevice[]> {

@@ -1,7 +1,8 @@
 import { BerthError } from '../errors.js';
-import { redactConnectionInfo, zConnector, type Connector, type Device } from '../connection.js';
-import { recomputeVolumeStatus } from '../transitions.js';
-import type { Attachment, Server, VolumeStatus } from '../model.js';
+import { redactConnectionInfo, withAccessMode, type Device } from '../connection.js';
+import { mergeConnector } from '../connector-properties.js';
+import { recomputeVolumeStatus, reservableStatuses } from '../transitions.js';
+import type { Attachment, Server } from '../model.js';
 import type { Store } from '../store.js';
 import { backendVolume, deleteAttachmentRecord, transitionAttachment, type PipelineContext, type PipelineDeps } from './context.js';
 import { connectShared, exportSharers, publishShared, releaseShared, unpublishShared } from './device-sharing.js';
@@ -13,11 +14,6 @@ export interface AttachOptions {
   multipath?: boolean;
   /** The transport to connect with, over the config's `transports` and the automatic choice. */
   transport?: string;
-}
-
-/** Statuses a volume may be reserved from. */
-function reservableFrom(multiattach: boolean): VolumeStatus[] {
-  return multiattach ? ['available', 'reserved', 'attaching', 'in-use'] : ['available'];
 }
 
 /**
@@ -70,13 +66,10 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
     {
       name: 'connector',
       async run(ctx) {
-        const merged: Record<string, unknown> = { ...deps.baseConnector() };
-        for (const transport of catalog.transports()) {
-          Object.assign(merged, await transport.connectorProperties());
-        }
-        merged.multipath = options.multipath ?? config.connector.multipath;
-        merged.enforce_multipath = config.connector.enforce_multipath;
-        const connector: Connector = zConnector.parse(merged);
+        const connector = await mergeConnector(deps.baseConnector(), catalog.transports(), {
+          multipath: options.multipath ?? config.connector.multipath,
+          enforce_multipath: config.connector.enforce_multipath,
+        }, deps.logger);
         ctx.connector = connector;
         if (ctx.host) await store.hosts.setConnector(ctx.host.id, connector);
         return { connector };
@@ -87,8 +80,7 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
       async run(ctx, signal) {
         const connector = required(ctx.connector, 'connector');
         const exported = await ctx.backend.initializeConnection(backendVolume(ctx.volume), connector, signal);
-        // The attachment's mode wins over the backend's default (Cinder sets access_mode the same way).
-        const connection = options.mode === 'ro' ? { ...exported, data: { ...exported.data, access_mode: 'ro' as const } } : exported;
+        const connection = withAccessMode(exported, options.mode);
         ctx.connection = connection;
         ctx.transport = catalog.selectTransport(connection, connector, options.transport ?? config.transports[connection.driver_volume_type]);
         const changed = await transitionAttachment(store, required(ctx.attachment, 'attachment').id, ['reserved'], 'attaching', {
@@ -214,7 +206,7 @@ export async function reserveAttachmentRecord(
         details: { volumeId: volume.id, serverId: server.id },
       });
     }
-    if (!reservableFrom(volume.multiattach).includes(volume.status)) {
+    if (!reservableStatuses(volume.multiattach).includes(volume.status)) {
       throw new BerthError('CONFLICT', `volume ${volume.name} is ${volume.status}; it must be available to attach`, {
         details: { volumeId: volume.id, actual: volume.status, expected: 'available' },
       });

@@ -9,15 +9,9 @@ import { attachSteps } from './attach.js';
 import { recomputeVolume, type PipelineContext, type PipelineDeps } from './context.js';
 import { detachSteps, markDetachFailed } from './detach.js';
 import { summarize, type OperationRunner } from './operation-runner.js';
+import type { RecoveryOutcome } from '../reports.js';
 import type { Step } from './step.js';
 
-/** What recovery did with one unfinished operation. */
-export interface RecoveryOutcome {
-  operationId: string;
-  kind: string;
-  action: 'completed' | 'rolled_back' | 'resumed' | 'failed' | 'skipped';
-  detail: string;
-}
 
 /** What recovery needs besides the pipeline's dependencies. */
 export interface RecoveryDeps extends PipelineDeps {

@@ -1,4 +1,4 @@
-import { assertAttachmentTransition, parseWith, redactConnectionInfo, zAttachment } from '@berth/core';
+import { assertAttachmentTransition, newAttachmentRow, parseWith, redactConnectionInfo, zAttachment } from '@berth/core';
 import type {
   Attachment,
   AttachmentFilter,
@@ -78,28 +78,7 @@ export function createAttachmentRepository(ctx: RepositoryContext): AttachmentRe
 
   return {
     async create(input: NewAttachment): Promise<Attachment> {
-      const now = ctx.now();
-      const attachment = parseWith(
-        zAttachment,
-        {
-          id: input.id ?? ctx.newId(),
-          volumeId: input.volumeId,
-          serverId: input.serverId,
-          hostId: input.hostId,
-          status: 'reserved',
-          mode: input.mode,
-          transport: null,
-          connector: input.connector == null ? null : connectorWithoutSecrets(input.connector),
-          connectionInfo: null,
-          device: null,
-          publishedPath: null,
-          timings: {},
-          error: null,
-          createdAt: now,
-          updatedAt: now,
-        },
-        'attachment',
-      );
+      const attachment = newAttachmentRow(input, input.id ?? ctx.newId(), ctx.now());
       try {
         await ctx
           .db()

@@ -1,4 +1,4 @@
-import { parseWith, redactConnectionInfo, zHostDevice } from '@berth/core';
+import { hostDeviceRow } from '@berth/core';
 import type { HostDevice, HostDeviceRepository, NewHostDevice } from '@berth/core';
 import type { RepositoryContext } from '../repository-context.js';
 import { toHostDevice } from '../row-mappers.js';
@@ -30,21 +30,7 @@ export function createHostDeviceRepository(ctx: RepositoryContext): HostDeviceRe
     async put(input: NewHostDevice): Promise<HostDevice> {
       const now = ctx.now();
       const existing = await get(input.hostId, input.volumeId);
-      const record = parseWith(
-        zHostDevice,
-        {
-          hostId: input.hostId,
-          volumeId: input.volumeId,
-          transport: input.transport,
-          // Secrets never reach the store, whatever the caller did.
-          connectionInfo: redactConnectionInfo(input.connectionInfo),
-          device: input.device,
-          operationId: input.operationId ?? null,
-          createdAt: existing?.createdAt ?? now,
-          updatedAt: now,
-        },
-        'device record',
-      );
+      const record = hostDeviceRow(input, existing?.createdAt ?? now, now);
       const columns = {
         transport: record.transport,
         connection_info: ctx.dialect.encodeJson(record.connectionInfo),

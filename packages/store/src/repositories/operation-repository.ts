@@ -1,4 +1,4 @@
-import { BerthError, parseWith, zId, zOperation, zOperationState, zOperationStep } from '@berth/core';
+import { BerthError, newOperationRow, parseWith, zId, zOperation, zOperationState, zOperationStep } from '@berth/core';
 import { z } from 'zod';
 import type {
   ErrorSummary,
@@ -97,27 +97,7 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
           hint: 'set owner (the process that heart-beats the lease) or leave leaseMs out',
         });
       }
-      const operation = parseWith(
-        zOperation,
-        {
-          id: input.id ?? ctx.newId(),
-          kind: input.kind,
-          state: 'running',
-          volumeId: input.volumeId ?? null,
-          serverId: input.serverId ?? null,
-          attachmentId: input.attachmentId ?? null,
-          hostId: input.hostId ?? null,
-          idempotencyKey: input.idempotencyKey ?? null,
-          owner: input.owner ?? null,
-          deadlineAt: input.deadlineAt,
-          startedAt: ctx.now(),
-          endedAt: null,
-          error: null,
-          result: null,
-          steps: [],
-        },
-        'operation',
-      );
+      const operation = newOperationRow(input, input.id ?? ctx.newId(), ctx.now());
       try {
         await ctx
           .db()

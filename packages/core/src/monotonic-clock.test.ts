@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { createMonotonicClock } from './clock.js';
+import { createMonotonicClock } from './monotonic-clock.js';
 
 describe('createMonotonicClock', () => {
   it('never repeats or goes back, even when the wall clock does', () => {

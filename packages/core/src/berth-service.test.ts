@@ -1,0 +1,169 @@
+import 'reflect-metadata';
+import { describe, expect, it } from 'vitest';
+import type { HostServices } from '@berth/host';
+import { BerthServiceImpl } from './berth-service.js';
+import { DriverCatalog } from './catalog.js';
+import { resolveConfig } from './config.js';
+import type { ConnectionInfo, Device } from './connection.js';
+import type { Consumer } from './contracts/consumer.js';
+import type { TransportDriver } from './contracts/transport-driver.js';
+import type { VolumeBackend } from './contracts/volume-backend.js';
+import { BerthError } from './errors.js';
+import { silentLogger } from './logger.js';
+import { createMemoryStore } from './memory-store.js';
+import { reserveAttachmentRecord } from './pipeline/attach.js';
+import { definePlugin, PLUGIN_API_VERSION } from './plugin.js';
+import type { Store } from './store.js';
+
+// The service, its operation runner, the attach/detach pipelines and recovery, on the in-memory
+// store with drivers that keep their state in memory too: what the pipelines decide, in
+// milliseconds (the real devices and databases are `@berth/runtime`'s e2e suites).
+
+const HOSTNAME = 'unit-host';
+
+/** A backend that remembers which volumes it exports, and a transport that "connects" them. */
+function world(options: { connectFails?: boolean } = {}) {
+  const exported = new Set<string>();
+  const connected = new Map<string, Device>();
+  const published = new Map<string, string>();
+  const backend: VolumeBackend = {
+    name: 'mem',
+    create: async (volume) => ({ providerLocation: `mem:${volume.id}` }),
+    delete: async () => undefined,
+    initializeConnection: async (volume): Promise<ConnectionInfo> => {
+      exported.add(volume.id);
+      return { driver_volume_type: 'mem', data: { volume_id: volume.id, device_path: `/dev/mem-${volume.id}` } };
+    },
+    terminateConnection: async (volume) => void exported.delete(volume.id),
+    check: async () => ({ ok: true, summary: 'mem' }),
+  };
+  const transport: TransportDriver = {
+    name: 'mem',
+    protocols: ['mem'],
+    connectorProperties: async () => ({ initiator: 'iqn.2026-01.test:unit' }),
+    connect: async (connection) => {
+      if (options.connectFails) throw new BerthError('DRIVER_ERROR', 'the device never appeared');
+      const path = String(connection.data.device_path);
+      const device: Device = { path, type: 'block', identity: { kind: 'mem', path } };
+      connected.set(path, device);
+      return device;
+    },
+    disconnect: async (connection) => void connected.delete(String(connection.data.device_path)),
+    check: async () => ({ ok: true, summary: 'mem' }),
+  };
+  const consumer: Consumer = {
+    name: 'mem',
+    publish: async (_server, device, attachment) => {
+      published.set(attachment.id, device.path);
+      return { path: `/dev/berth/${attachment.id}` };
+    },
+    unpublish: async (_server, attachment) => void published.delete(attachment.id),
+  };
+  const catalog = new DriverCatalog({ fs: { resolve: (p: string) => p } } as unknown as HostServices, '/tmp', silentLogger);
+  catalog.add({
+    plugin: definePlugin({
+      name: 'mem',
+      apiVersion: PLUGIN_API_VERSION,
+      register: (r) => {
+        r.backend('mem', () => backend);
+        r.transport('mem', () => transport);
+        r.consumer('mem', () => consumer);
+      },
+    }),
+    packageName: 'mem',
+    version: undefined,
+    options: undefined,
+  });
+  const store = createMemoryStore();
+  const config = resolveConfig({ dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', operationTimeoutMs: 5_000, undoTimeoutMs: 5_000 }, {});
+  const service = new BerthServiceImpl(config, store, catalog, { hostname: HOSTNAME, ips: ['127.0.0.1'], platform: 'x86_64', osType: 'linux' }, silentLogger);
+  return { service, store, exported, connected, published };
+}
+
+const stepsOf = async (store: Store, id: string): Promise<string[]> =>
+  (await store.operations.require(id)).steps.map((s) => `${s.name}:${s.phase}:${s.state}`);
+
+describe('attach and detach on the in-memory store', () => {
+  it('attaches (every step journalled, the device recorded and published) and detaches back to available', async () => {
+    const { service, store, exported, connected, published } = world();
+    const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    const attached = await service.attach({ volume: 'db' });
+    expect(attached.operation.state).toBe('succeeded');
+    expect(attached.volume.status).toBe('in-use');
+    expect(attached.attachment).toMatchObject({ status: 'attached', transport: 'mem', device: { path: `/dev/mem-${volume.id}` } });
+    expect(await stepsOf(store, attached.operation.id)).toEqual(
+      ['reserve', 'dispatch', 'connector', 'initialize', 'connect', 'publish', 'complete'].map((s) => `${s}:do:done`),
+    );
+    expect(exported.has(volume.id)).toBe(true);
+    expect(connected.size).toBe(1);
+    expect(published.size).toBe(1);
+    expect(await store.devices.list({ volumeId: volume.id })).toHaveLength(1);
+
+    const detached = await service.detach({ volume: 'db' });
+    expect(detached.operation.state).toBe('succeeded');
+    expect((await store.volumes.require(volume.id)).status).toBe('available');
+    expect(await store.attachments.list({ volumeId: volume.id })).toEqual([]);
+    expect(await store.devices.list({ volumeId: volume.id })).toEqual([]);
+    expect(exported.size + connected.size + published.size).toBe(0);
+  });
+
+  it('undoes every step, the failing one too, when connect fails: rolled back, nothing left', async () => {
+    const { service, store, exported, connected } = world({ connectFails: true });
+    const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    const error = await service.attach({ volume: 'db' }).catch((e: unknown) => e);
+    expect(BerthError.is(error) && error.code).toBe('DRIVER_ERROR');
+    const [operation] = await store.operations.list();
+    expect(operation?.state).toBe('rolled_back');
+    expect(await stepsOf(store, operation!.id)).toEqual([
+      'reserve:do:done',
+      'dispatch:do:done',
+      'connector:do:done',
+      'initialize:do:done',
+      'connect:do:failed',
+      'connect:undo:done',
+      'initialize:undo:done',
+      'reserve:undo:done',
+    ]);
+    expect((await store.volumes.require(volume.id)).status).toBe('available');
+    expect(await store.attachments.list()).toEqual([]);
+    expect(exported.size + connected.size).toBe(0);
+  });
+
+  it('lets exactly one of two attaches of one volume to two servers win; the other gets CONFLICT', async () => {
+    const { service } = world();
+    await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    await service.createServer({ name: 'vm-2' });
+    const outcomes = await Promise.allSettled([service.attach({ volume: 'db' }), service.attach({ volume: 'db', server: 'vm-2' })]);
+    expect(outcomes.filter((o) => o.status === 'fulfilled')).toHaveLength(1);
+    const lost = outcomes.find((o) => o.status === 'rejected');
+    expect(lost?.status === 'rejected' && BerthError.is(lost.reason) && lost.reason.code).toBe('CONFLICT');
+  });
+});
+
+describe('recovery on the in-memory store', () => {
+  it('rolls back an attach whose process died after initialize: export removed, volume available', async () => {
+    const { service, store, exported } = world();
+    const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    const host = await store.hosts.create({ name: HOSTNAME });
+    const server = await store.servers.create({ name: 'vm-1', projectId: volume.projectId, hostId: host.id });
+    // What a dead process left: the journal up to initialize, the export made, no owner alive.
+    const operation = await store.operations.create({ kind: 'attach', volumeId: volume.id, serverId: server.id, hostId: host.id, owner: null, deadlineAt: new Date(Date.now() + 60_000).toISOString() });
+    const attachment = await reserveAttachmentRecord(store, volume.id, server, 'rw', operation.id);
+    const connector = { host: HOSTNAME, initiator: 'iqn.2026-01.test:unit' };
+    for (const [name, data] of [['reserve', { attachmentId: attachment.id }], ['dispatch', { hostId: host.id }], ['connector', { connector }]] as const) {
+      const seq = await store.operations.startStep(operation.id, name, 'do');
+      await store.operations.endStep(operation.id, seq, { state: 'done', data });
+    }
+    const seq = await store.operations.startStep(operation.id, 'initialize', 'do');
+    exported.add(volume.id);
+    await store.attachments.transition(attachment.id, ['reserved'], 'attaching', { connector, transport: 'mem', connectionInfo: { driver_volume_type: 'mem', data: { device_path: `/dev/mem-${volume.id}` } } });
+    void seq;
+
+    const outcomes = await service.recover();
+    expect(outcomes).toEqual([expect.objectContaining({ operationId: operation.id, action: 'rolled_back' })]);
+    expect((await store.operations.require(operation.id)).state).toBe('rolled_back');
+    expect((await store.volumes.require(volume.id)).status).toBe('available');
+    expect(await store.attachments.list()).toEqual([]);
+    expect(exported.size).toBe(0);
+  });
+});

@@ -1,0 +1,19 @@
+import { describe, expect, it } from 'vitest';
+import { withAccessMode, type ConnectionInfo } from './connection.js';
+
+const exported: ConnectionInfo = { driver_volume_type: 'iscsi', data: { target_iqn: 'iqn.2026-01.test:v1', target_lun: 1, access_mode: 'rw' } };
+
+describe('withAccessMode', () => {
+  it('makes a read-only attachment connect read-only whatever the backend said', () => {
+    const info = withAccessMode(exported, 'ro');
+    expect(info.data.access_mode).toBe('ro');
+    expect(info.data.target_iqn).toBe('iqn.2026-01.test:v1');
+    expect(exported.data.access_mode).toBe('rw');
+  });
+
+  it('leaves a read-write attachment with what the backend said', () => {
+    expect(withAccessMode(exported, 'rw')).toEqual(exported);
+    const silent: ConnectionInfo = { driver_volume_type: 'local', data: { device_path: '/tmp/v' } };
+    expect(withAccessMode(silent, 'rw').data.access_mode).toBeUndefined();
+  });
+});

@@ -1,0 +1,439 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { randomUUID } from 'node:crypto';
+import { z } from 'zod';
+import { connectorWithoutSecrets, redactConnectionInfo, zConnector } from './connection.js';
+import { BerthError, parseWith } from './errors.js';
+import { Mutex } from './keyed-lock.js';
+import {
+  zAttachment,
+  zHost,
+  zId,
+  zOperation,
+  zOperationState,
+  zOperationStep,
+  zServer,
+  zVolume,
+  type Attachment,
+  type Host,
+  type HostDevice,
+  type Operation,
+  type Server,
+  type Volume,
+} from './model.js';
+import { createMonotonicClock } from './monotonic-clock.js';
+import { hostDeviceRow, newAttachmentRow, newOperationRow } from './store-rows.js';
+import type {
+  AttachmentPatch,
+  AttachmentRepository,
+  HostDeviceRepository,
+  HostRepository,
+  LockHolder,
+  LockRepository,
+  OperationRepository,
+  ServerRepository,
+  Store,
+  VolumeRepository,
+} from './store.js';
+import { alreadyExists, notFound, stateConflict } from './store-errors.js';
+import { assertAttachmentTransition, assertVolumeTransition } from './transitions.js';
+
+const zVolumePatch = zVolume.pick({ sizeBytes: true, providerLocation: true }).partial();
+const zAttachmentPatch = zAttachment
+  .pick({ transport: true, connector: true, connectionInfo: true, device: true, publishedPath: true, timings: true, error: true })
+  .partial();
+const zStepOutcome = zOperationStep.pick({ error: true, data: true }).partial();
+const zFinishOutcome = zOperation.pick({ error: true, result: true }).partial();
+const zLockField = z.string().min(1).max(300);
+
+/** Everything a memory store holds; a transaction's rollback puts back a copy taken at its start. */
+interface Tables {
+  volumes: Map<string, Volume>;
+  hosts: Map<string, Host>;
+  servers: Map<string, Server>;
+  attachments: Map<string, Attachment>;
+  operations: Map<string, Operation>;
+  devices: Map<string, HostDevice>;
+  locks: Map<string, LockHolder>;
+}
+
+const emptyTables = (): Tables => ({
+  volumes: new Map(),
+  hosts: new Map(),
+  servers: new Map(),
+  attachments: new Map(),
+  operations: new Map(),
+  devices: new Map(),
+  locks: new Map(),
+});
+
+const copy = <T>(value: T): T => structuredClone(value);
+const statuses = <T extends string>(wanted: T | readonly T[] | undefined): readonly T[] | undefined =>
+  wanted === undefined ? undefined : typeof wanted === 'string' ? [wanted as T] : (wanted as readonly T[]);
+
+/**
+ * A `Store` in this process's memory that keeps every rule of the store conformance suite
+ * (`@berth/store/conformance`): compare-and-swaps, validation, secrets dropped, transactions that
+ * roll back and run one after the other. For fast unit tests of the pipelines, the operation runner
+ * and recovery; it keeps nothing across processes, so berth itself never runs on it. Work items,
+ * notifications and operation leases (the many-hosts parts) are not kept.
+ */
+export function createMemoryStore(): Store {
+  let tables = emptyTables();
+  const now = createMonotonicClock();
+  const mutex = new Mutex();
+  // Set while a transaction runs: calls made inside it (on `tx` or on the store itself) join it.
+  const inTransaction = new AsyncLocalStorage<true>();
+
+  /** Run one call alone: a running transaction (another caller's) finishes first. */
+  const alone = <T>(fn: () => T): Promise<T> => (inTransaction.getStore() ? Promise.resolve().then(fn) : mutex.run(async () => fn()));
+
+  const requireRow = <T>(map: Map<string, T>, kind: Parameters<typeof notFound>[0], id: string): T => {
+    const row = map.get(id);
+    if (row === undefined) throw notFound(kind, id);
+    return row;
+  };
+
+  const volumes: VolumeRepository = {
+    create: (input) =>
+      alone(() => {
+        const at = now();
+        const volume = parseWith(
+          zVolume,
+          { ...input, id: input.id ?? randomUUID(), providerLocation: null, createdAt: at, updatedAt: at },
+          'volume',
+        );
+        if (tables.volumes.has(volume.id)) throw alreadyExists(`a volume with id ${volume.id} already exists`, { id: volume.id }, undefined);
+        if ([...tables.volumes.values()].some((v) => v.projectId === volume.projectId && v.name === volume.name)) {
+          throw alreadyExists(`a volume named ${volume.name} already exists in project ${volume.projectId}`, { name: volume.name, projectId: volume.projectId }, undefined);
+        }
+        tables.volumes.set(volume.id, volume);
+        return copy(volume);
+      }),
+    get: (id) => alone(() => copy(tables.volumes.get(id))),
+    require: (id) => alone(() => copy(requireRow(tables.volumes, 'volume', id))),
+    findByName: (projectId, name) => alone(() => copy([...tables.volumes.values()].find((v) => v.projectId === projectId && v.name === name))),
+    list: (filter = {}) =>
+      alone(() =>
+        copy(
+          [...tables.volumes.values()].filter(
+            (v) => (filter.projectId === undefined || v.projectId === filter.projectId) && (filter.status === undefined || v.status === filter.status),
+          ),
+        ),
+      ),
+    transition: (id, from, to, patch = {}) =>
+      alone(() => {
+        assertVolumeTransition(from, to);
+        const valid = parseWith(zVolumePatch, patch, 'volume change');
+        const volume = requireRow(tables.volumes, 'volume', id);
+        if (!from.includes(volume.status)) throw stateConflict('volume', volume.name, id, volume.status, from);
+        const next: Volume = { ...volume, ...valid, status: to, updatedAt: now() };
+        tables.volumes.set(id, next);
+        return copy(next);
+      }),
+    delete: (id, from) =>
+      alone(() => {
+        const volume = requireRow(tables.volumes, 'volume', id);
+        if (!from.includes(volume.status)) throw stateConflict('volume', volume.name, id, volume.status, from);
+        if ([...tables.attachments.values()].some((a) => a.volumeId === id)) {
+          throw new BerthError('CONFLICT', `volume ${volume.name} still has attachments`, {
+            hint: 'detach it from every server first (`berth detach`)',
+            details: { id },
+          });
+        }
+        tables.volumes.delete(id);
+      }),
+  };
+
+  const hosts: HostRepository = {
+    create: (input) =>
+      alone(() => {
+        const at = now();
+        const host = parseWith(
+          zHost,
+          { id: input.id ?? randomUUID(), name: input.name, connector: input.connector == null ? null : connectorWithoutSecrets(input.connector), createdAt: at, updatedAt: at },
+          'host',
+        );
+        if ([...tables.hosts.values()].some((h) => h.name === host.name)) throw alreadyExists(`a host named ${host.name} already exists`, { name: host.name }, undefined);
+        if (tables.hosts.has(host.id)) throw alreadyExists(`a host with id ${host.id} already exists`, { id: host.id }, undefined);
+        tables.hosts.set(host.id, host);
+        return copy(host);
+      }),
+    get: (id) => alone(() => copy(tables.hosts.get(id))),
+    require: (id) => alone(() => copy(requireRow(tables.hosts, 'host', id))),
+    findByName: (name) => alone(() => copy([...tables.hosts.values()].find((h) => h.name === name))),
+    list: () => alone(() => copy([...tables.hosts.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)))),
+    setConnector: (id, connector) =>
+      alone(() => {
+        const valid = connectorWithoutSecrets(parseWith(zConnector, connector, 'connector'));
+        const host = requireRow(tables.hosts, 'host', id);
+        const next: Host = { ...host, connector: valid, updatedAt: now() };
+        tables.hosts.set(id, next);
+        return copy(next);
+      }),
+  };
+
+  const servers: ServerRepository = {
+    create: (input) =>
+      alone(() => {
+        const at = now();
+        const server = parseWith(zServer, { ...input, id: input.id ?? randomUUID(), createdAt: at, updatedAt: at }, 'server');
+        if (!tables.hosts.has(server.hostId)) throw notFound('host', server.hostId);
+        if ([...tables.servers.values()].some((s) => s.projectId === server.projectId && s.name === server.name)) {
+          throw alreadyExists(`a server named ${server.name} already exists in project ${server.projectId}`, { name: server.name, projectId: server.projectId }, undefined);
+        }
+        if (tables.servers.has(server.id)) throw alreadyExists(`a server with id ${server.id} already exists`, { id: server.id }, undefined);
+        tables.servers.set(server.id, server);
+        return copy(server);
+      }),
+    get: (id) => alone(() => copy(tables.servers.get(id))),
+    require: (id) => alone(() => copy(requireRow(tables.servers, 'server', id))),
+    findByName: (projectId, name) => alone(() => copy([...tables.servers.values()].find((s) => s.projectId === projectId && s.name === name))),
+    list: (filter = {}) =>
+      alone(() =>
+        copy(
+          [...tables.servers.values()].filter(
+            (s) => (filter.projectId === undefined || s.projectId === filter.projectId) && (filter.hostId === undefined || s.hostId === filter.hostId),
+          ),
+        ),
+      ),
+    delete: (id) =>
+      alone(() => {
+        const server = requireRow(tables.servers, 'server', id);
+        const count = [...tables.attachments.values()].filter((a) => a.serverId === id).length;
+        if (count > 0) {
+          throw new BerthError('CONFLICT', `server ${server.name} still has ${count === 1 ? 'an attachment' : `${count} attachments`}`, {
+            hint: 'detach its volumes first (`berth detach`)',
+            details: { id, attachments: count },
+          });
+        }
+        tables.servers.delete(id);
+      }),
+  };
+
+  /** A patch made valid and secret-free, as the stored row takes it. */
+  const attachmentChange = (patch: AttachmentPatch): Partial<Attachment> => {
+    const valid = parseWith(zAttachmentPatch, patch, 'attachment change');
+    const change: Partial<Attachment> = {};
+    for (const [key, value] of Object.entries(valid)) if (value !== undefined) (change as Record<string, unknown>)[key] = value;
+    if (valid.connector) change.connector = connectorWithoutSecrets(valid.connector);
+    if (valid.connectionInfo) change.connectionInfo = redactConnectionInfo(valid.connectionInfo);
+    return change;
+  };
+
+  const attachments: AttachmentRepository = {
+    create: (input) =>
+      alone(() => {
+        if (!tables.volumes.has(input.volumeId)) throw notFound('volume', input.volumeId);
+        if (!tables.servers.has(input.serverId)) throw notFound('server', input.serverId);
+        if (!tables.hosts.has(input.hostId)) throw notFound('host', input.hostId);
+        const attachment = newAttachmentRow(input, input.id ?? randomUUID(), now());
+        if (tables.attachments.has(attachment.id)) throw alreadyExists(`an attachment with id ${attachment.id} already exists`, { id: attachment.id }, undefined);
+        tables.attachments.set(attachment.id, attachment);
+        return copy(attachment);
+      }),
+    get: (id) => alone(() => copy(tables.attachments.get(id))),
+    require: (id) => alone(() => copy(requireRow(tables.attachments, 'attachment', id))),
+    list: (filter = {}) =>
+      alone(() => {
+        const wanted = statuses(filter.status);
+        return copy(
+          [...tables.attachments.values()].filter(
+            (a) =>
+              (filter.volumeId === undefined || a.volumeId === filter.volumeId) &&
+              (filter.serverId === undefined || a.serverId === filter.serverId) &&
+              (filter.hostId === undefined || a.hostId === filter.hostId) &&
+              (wanted === undefined || wanted.includes(a.status)) &&
+              (filter.projectId === undefined || tables.volumes.get(a.volumeId)?.projectId === filter.projectId),
+          ),
+        );
+      }),
+    transition: (id, from, to, patch = {}) =>
+      alone(() => {
+        assertAttachmentTransition(from, to);
+        const change = attachmentChange(patch);
+        const attachment = requireRow(tables.attachments, 'attachment', id);
+        if (!from.includes(attachment.status)) throw stateConflict('attachment', id, id, attachment.status, from);
+        const next: Attachment = { ...attachment, ...change, status: to, updatedAt: now() };
+        tables.attachments.set(id, next);
+        return copy(next);
+      }),
+    update: (id, patch) =>
+      alone(() => {
+        const change = attachmentChange(patch);
+        const attachment = requireRow(tables.attachments, 'attachment', id);
+        const next: Attachment = { ...attachment, ...change, updatedAt: now() };
+        tables.attachments.set(id, next);
+        return copy(next);
+      }),
+    delete: (id) =>
+      alone(() => {
+        tables.attachments.delete(id);
+      }),
+  };
+
+  const operations: OperationRepository = {
+    create: (input) =>
+      alone(() => {
+        const operation = newOperationRow(input, input.id ?? randomUUID(), now());
+        const key = operation.idempotencyKey;
+        const existing = key === null ? undefined : [...tables.operations.values()].find((o) => o.idempotencyKey === key);
+        if (existing) {
+          throw new BerthError('CONFLICT', `idempotency key ${key} was already used by operation ${existing.id}`, {
+            hint: 'a retry with the same key gets the first operation back; use a new key for a new request',
+            details: { operationId: existing.id },
+          });
+        }
+        if (tables.operations.has(operation.id)) throw alreadyExists(`an operation with id ${operation.id} already exists`, { id: operation.id }, undefined);
+        tables.operations.set(operation.id, operation);
+        return copy(operation);
+      }),
+    get: (id) => alone(() => copy(tables.operations.get(id))),
+    require: (id) => alone(() => copy(requireRow(tables.operations, 'operation', id))),
+    findByIdempotencyKey: (key) => alone(() => copy([...tables.operations.values()].find((o) => o.idempotencyKey === key))),
+    list: (filter = {}) =>
+      alone(() => {
+        const wanted = statuses(filter.state);
+        const found = [...tables.operations.values()]
+          .reverse()
+          .filter(
+            (o) =>
+              (wanted === undefined || wanted.includes(o.state)) &&
+              (filter.kind === undefined || o.kind === filter.kind) &&
+              (filter.volumeId === undefined || o.volumeId === filter.volumeId),
+          );
+        return copy(filter.limit === undefined ? found : found.slice(0, filter.limit));
+      }),
+    setAttachment: (id, attachmentId) =>
+      alone(() => {
+        const valid = parseWith(zId, attachmentId, 'attachment id');
+        requireRow(tables.operations, 'operation', id).attachmentId = valid;
+      }),
+    startStep: (id, name, phase) =>
+      alone(() => {
+        const valid = parseWith(zOperationStep.pick({ name: true, phase: true }), { name, phase }, 'operation step');
+        const operation = requireRow(tables.operations, 'operation', id);
+        const seq = operation.steps.length + 1;
+        operation.steps.push({ seq, ...valid, state: 'running', startedAt: now(), endedAt: null, durationMs: null, error: null, data: null });
+        return seq;
+      }),
+    endStep: (id, seq, outcome) =>
+      alone(() => {
+        if (outcome.state !== 'done' && outcome.state !== 'failed') {
+          throw new BerthError('VALIDATION', `invalid step outcome: state must be done or failed, got ${String(outcome.state)}`);
+        }
+        const valid = parseWith(zStepOutcome, { data: outcome.data, error: outcome.error }, 'step outcome');
+        const step = tables.operations.get(id)?.steps.find((s) => s.seq === seq);
+        if (step === undefined) throw notFound('operation', `${id} step ${seq}`);
+        if (step.state !== 'running') {
+          throw new BerthError('CONFLICT', `step ${seq} (${step.name}) of operation ${id} is already ${step.state}`, {
+            hint: 'a journal row is closed once',
+            details: { operationId: id, seq, actual: step.state },
+          });
+        }
+        const endedAt = now();
+        Object.assign(step, { state: outcome.state, endedAt, durationMs: Date.parse(endedAt) - Date.parse(step.startedAt), data: valid.data ?? null, error: valid.error ?? null });
+      }),
+    finish: (id, outcome) =>
+      alone(() => {
+        const state = parseWith(zOperationState.exclude(['running']), outcome.state, 'operation outcome');
+        const valid = parseWith(zFinishOutcome, { error: outcome.error, result: outcome.result }, 'operation outcome');
+        const operation = requireRow(tables.operations, 'operation', id);
+        if (operation.state !== 'running') throw stateConflict('operation', id, id, operation.state, ['running']);
+        Object.assign(operation, { state, error: valid.error ?? null, result: valid.result ?? null, endedAt: now() });
+        return copy(operation);
+      }),
+    setOwner: (id, owner, expectedOwner) =>
+      alone(() => {
+        const operation = requireRow(tables.operations, 'operation', id);
+        if (operation.state !== 'running' || operation.owner !== expectedOwner) {
+          throw new BerthError('CONFLICT', `operation ${id} is not a running operation of ${expectedOwner ?? 'nobody'} any more`, {
+            hint: 'another process took it over first',
+            details: { id, actual: operation.owner, state: operation.state },
+          });
+        }
+        operation.owner = owner;
+      }),
+  };
+
+  const deviceKey = (hostId: string, volumeId: string): string => `${hostId}/${volumeId}`;
+  const devices: HostDeviceRepository = {
+    get: (hostId, volumeId) => alone(() => copy(tables.devices.get(deviceKey(hostId, volumeId)))),
+    list: (filter = {}) =>
+      alone(() =>
+        copy(
+          [...tables.devices.values()].filter(
+            (d) => (filter.hostId === undefined || d.hostId === filter.hostId) && (filter.volumeId === undefined || d.volumeId === filter.volumeId),
+          ),
+        ),
+      ),
+    put: (input) =>
+      alone(() => {
+        const at = now();
+        const key = deviceKey(input.hostId, input.volumeId);
+        const record = hostDeviceRow(input, tables.devices.get(key)?.createdAt ?? at, at);
+        tables.devices.set(key, record);
+        return copy(record);
+      }),
+    delete: (hostId, volumeId) =>
+      alone(() => {
+        tables.devices.delete(deviceKey(hostId, volumeId));
+      }),
+  };
+
+  const checkLock = (key: string, owner: string): void => {
+    if (!zLockField.safeParse(key).success || !zLockField.safeParse(owner).success) {
+      throw new BerthError('VALIDATION', 'invalid lock: key and owner must be 1 to 300 characters');
+    }
+  };
+  const locks: LockRepository = {
+    tryAcquire: (key, owner, expiresAt) =>
+      alone(() => {
+        checkLock(key, owner);
+        const held = tables.locks.get(key);
+        if (held) return copy(held);
+        tables.locks.set(key, { owner, acquiredAt: now(), expiresAt });
+        return undefined;
+      }),
+    takeOver: (key, owner, expectedOwner, expiresAt) =>
+      alone(() => {
+        checkLock(key, owner);
+        if (tables.locks.get(key)?.owner !== expectedOwner) return false;
+        tables.locks.set(key, { owner, acquiredAt: now(), expiresAt });
+        return true;
+      }),
+    release: (key, owner) =>
+      alone(() => {
+        if (tables.locks.get(key)?.owner === owner) tables.locks.delete(key);
+      }),
+    holder: (key) => alone(() => copy(tables.locks.get(key))),
+  };
+
+  const store: Store = {
+    volumes,
+    hosts,
+    servers,
+    attachments,
+    operations,
+    devices,
+    locks,
+    async transaction<T>(fn: (tx: Store) => Promise<T>): Promise<T> {
+      // A transaction inside a transaction joins it (and rolls back with it).
+      if (inTransaction.getStore()) return fn(store);
+      return mutex.run(() =>
+        inTransaction.run(true, async () => {
+          const before = copy(tables);
+          try {
+            return await fn(store);
+          } catch (error) {
+            tables = before;
+            throw error;
+          }
+        }),
+      );
+    },
+    async close(): Promise<void> {
+      // Nothing to let go of: the tables go with the last reference to the store.
+    },
+  };
+  return store;
+}

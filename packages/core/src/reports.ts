@@ -1,0 +1,104 @@
+import { z } from 'zod';
+import type { CheckResult } from './contracts/check.js';
+
+// The reports berth's actions answer with, in one module that imports no other part of core's
+// logic: the service interface, the catalog, recovery and reconcile all use these, and the HTTP
+// API and its client describe and check their answers with these very schemas.
+
+/** The kinds of difference `berth reconcile` looks for, in the order it reports them. */
+export const DIFFERENCE_KINDS = [
+  'export_without_attachment',
+  'device_without_attachment',
+  'attachment_device_gone',
+  'attachment_stuck',
+  'attachment_error',
+  'volume_status_mismatch',
+] as const;
+/** One of `DIFFERENCE_KINDS`. */
+export type DifferenceKind = (typeof DIFFERENCE_KINDS)[number];
+
+/** What reconcile does about a difference (`none`: it is reported and left alone). */
+export const FIX_ACTIONS = ['terminate_connection', 'disconnect', 'reconnect', 'recompute_status', 'none'] as const;
+/** One of `FIX_ACTIONS`. */
+export type FixAction = (typeof FIX_ACTIONS)[number];
+
+/** Where a fix stands: `planned` (dry run), `applied`, `failed`, or `skipped` (with the reason). */
+export const FIX_STATES = ['planned', 'applied', 'failed', 'skipped'] as const;
+/** One of `FIX_STATES`. */
+export type FixState = (typeof FIX_STATES)[number];
+
+/** One difference between the store, the backends' exports and this host's devices, and its fix. */
+export const zReconcileDifference = z.object({
+  kind: z.enum(DIFFERENCE_KINDS),
+  // What differs, for people: `export of volume db1 (tgt) to iqn…`, `/dev/loop3`, `volume db1`.
+  resource: z.string(),
+  volumeId: z.string().nullable(),
+  attachmentId: z.string().nullable(),
+  // One line: what disagrees with what.
+  detail: z.string(),
+  fix: z.enum(FIX_ACTIONS),
+  // One line: what the fix does.
+  fixDetail: z.string(),
+  state: z.enum(FIX_STATES),
+  // What applying it did, the error when it failed, or why it was skipped.
+  result: z.string().nullable(),
+  // The error's code when the fix failed (`DRIVER_ERROR`, `BACKEND_ERROR`, ...).
+  errorCode: z.string().nullable(),
+});
+/** One difference and its fix. */
+export type ReconcileDifference = z.output<typeof zReconcileDifference>;
+
+/** Something reconcile could not look at: differences there are unknown. */
+export const zReconcileUnchecked = z.object({ kind: z.enum(['backend', 'transport']), name: z.string(), reason: z.string() });
+/** Something reconcile could not look at. */
+export type ReconcileUnchecked = z.output<typeof zReconcileUnchecked>;
+
+/** What `berth reconcile` (and `POST /v1/reconcile`) found and did. */
+export const zReconcileReport = z.object({
+  dryRun: z.boolean(),
+  operationId: z.string().nullable().describe('the `reconcile` operation journalling the applied fixes (null when none was applied)'),
+  differences: z.array(zReconcileDifference),
+  unchecked: z.array(zReconcileUnchecked),
+  counts: z.object({ found: z.number().int(), applied: z.number().int(), failed: z.number().int(), skipped: z.number().int() }),
+});
+/** What `berth reconcile` found and did. */
+export type ReconcileReport = z.output<typeof zReconcileReport>;
+
+/** Options of `BerthService.reconcile` (`POST /v1/reconcile`'s body). */
+export const zReconcileOptions = z.strictObject({
+  dryRun: z.boolean().optional().describe('list the differences and their fixes; change nothing'),
+});
+/** Options of `BerthService.reconcile`. */
+export type ReconcileOptions = z.output<typeof zReconcileOptions>;
+
+/** What the plugin loader found (`berth plugins`, `GET /v1/plugins`). */
+export const zPluginReport = z.object({
+  loaded: z.array(
+    z.object({
+      name: z.string(),
+      packageName: z.string(),
+      version: z.string().optional(),
+      transports: z.array(z.string()),
+      backends: z.array(z.string()),
+      consumers: z.array(z.string()),
+    }),
+  ),
+  failed: z.array(z.object({ packageName: z.string(), error: z.string() })),
+});
+/** What the plugin loader found. */
+export type PluginReport = z.output<typeof zPluginReport>;
+
+/** One line of `berth doctor`. */
+export interface DoctorEntry {
+  kind: 'transport' | 'backend' | 'consumer' | 'store' | 'plugin';
+  name: string;
+  result: CheckResult;
+}
+
+/** What recovery did with one unfinished operation. */
+export interface RecoveryOutcome {
+  operationId: string;
+  kind: string;
+  action: 'completed' | 'rolled_back' | 'resumed' | 'failed' | 'skipped';
+  detail: string;
+}

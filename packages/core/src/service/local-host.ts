@@ -1,0 +1,68 @@
+import type { BerthConfig } from '../config.js';
+import type { Connector } from '../connection.js';
+import type { HostIdentity } from '../host-identity.js';
+import type { Host, Server } from '../model.js';
+import type { Store } from '../store.js';
+
+/** A host name made into a valid server name. */
+export function serverNameFor(hostname: string): string {
+  const cleaned = hostname.replace(/[^A-Za-z0-9._-]/g, '-').replace(/^[^A-Za-z0-9]+/, '');
+  return (cleaned || 'localhost').slice(0, 63);
+}
+
+/** Find a row, else create it; another process that created it between the two wins. */
+async function findOrCreate<T>(find: () => Promise<T | undefined>, create: () => Promise<T>): Promise<T> {
+  const found = await find();
+  if (found) return found;
+  try {
+    return await create();
+  } catch (error) {
+    const again = await find();
+    if (again) return again;
+    throw error;
+  }
+}
+
+/** This host's own records (its host row, its server per project) and its base connector, made on first use. */
+export class LocalHost {
+  private record: Host | undefined;
+
+  constructor(
+    private readonly store: Store,
+    private readonly identity: HostIdentity,
+    private readonly config: BerthConfig,
+  ) {}
+
+  /** The host row of this machine. */
+  async host(): Promise<Host> {
+    this.record ??= await this.findOrCreateHost(this.identity.hostname);
+    return this.record;
+  }
+
+  /** The host row named `name`, created if missing. */
+  findOrCreateHost(name: string): Promise<Host> {
+    return findOrCreate(() => this.store.hosts.findByName(name), () => this.store.hosts.create({ name }));
+  }
+
+  /** This host's own server in `project`, created on first use. */
+  async server(project: string): Promise<Server> {
+    const host = await this.host();
+    const name = serverNameFor(this.identity.hostname);
+    return findOrCreate(
+      () => this.store.servers.findByName(project, name),
+      () => this.store.servers.create({ name, projectId: project, hostId: host.id }),
+    );
+  }
+
+  /** Base connector properties of this host (host name, ip, platform, the configured multipath). */
+  baseConnector(): Connector {
+    return {
+      host: this.identity.hostname,
+      ...(this.identity.ips[0] ? { ip: this.identity.ips[0] } : {}),
+      platform: this.identity.platform,
+      os_type: this.identity.osType,
+      multipath: this.config.connector.multipath,
+      enforce_multipath: this.config.connector.enforce_multipath,
+    };
+  }
+}

@@ -1,0 +1,59 @@
+import { parseWith } from '../../errors.js';
+import { attachSteps } from '../../pipeline/attach.js';
+import type { PipelineContext } from '../../pipeline/context.js';
+import { detachSteps } from '../../pipeline/detach.js';
+import type { Step } from '../../pipeline/step.js';
+import { zAttachRequest, zDetachRequest } from '../../requests.js';
+import type { AttachRequest, DetachRequest, StartedOperation } from '../../service.js';
+import type { ServiceParts } from '../parts.js';
+import { findAttachmentToDetach, preflightAttach } from '../preflight.js';
+import { projectOf, resolveServer, resolveVolume } from '../resolve.js';
+import type { OperationLauncher } from './launcher.js';
+
+/** Start an attach: checked and journalled before this resolves, run under the volume lock. */
+export async function startAttach(parts: ServiceParts, launcher: OperationLauncher, request: AttachRequest): Promise<StartedOperation> {
+  const { store } = parts;
+  const req = parseWith(zAttachRequest, request, 'attach request');
+  const replay = await launcher.replay(req.idempotencyKey);
+  if (replay) return replay;
+  const project = projectOf(parts.config, req);
+  const volume = await resolveVolume(store, req.volume, project);
+  const server = req.server === undefined ? await parts.localHost.server(project) : await resolveServer(store, req.server, project);
+  await preflightAttach(store, volume, server);
+
+  return launcher.launch({ kind: 'attach', volume, server, idempotencyKey: req.idempotencyKey }, async (operationId) => {
+    const ctx = launcher.context(operationId, await store.volumes.require(volume.id), server);
+    const steps = attachSteps(parts.deps, {
+      mode: req.mode ?? 'rw',
+      ...(req.multipath === undefined ? {} : { multipath: req.multipath }),
+      ...(req.transport === undefined ? {} : { transport: req.transport }),
+    });
+    // The server lock covers only the reservation (Nova's reserve_block_device_name):
+    // attaches of different volumes to one server connect in parallel.
+    const [reserve, ...rest] = steps as [Step<PipelineContext>, ...Array<Step<PipelineContext>>];
+    const lockedReserve: Step<PipelineContext> = {
+      ...reserve,
+      run: (c, signal) => parts.serverLocks.withLock(server.id, () => reserve.run(c, signal), signal),
+    };
+    return { ctx, steps: [lockedReserve, ...rest] };
+  });
+}
+
+/** Start a detach of the one attachment the request names. */
+export async function startDetach(parts: ServiceParts, launcher: OperationLauncher, request: DetachRequest): Promise<StartedOperation> {
+  const { store } = parts;
+  const req = parseWith(zDetachRequest, request, 'detach request');
+  const replay = await launcher.replay(req.idempotencyKey);
+  if (replay) return replay;
+  const project = projectOf(parts.config, req);
+  const volume = await resolveVolume(store, req.volume, project);
+  const attachment = await findAttachmentToDetach(store, volume, { attachmentId: req.attachmentId, server: req.server, project, force: req.force ?? false });
+  const server = await store.servers.require(attachment.serverId);
+
+  return launcher.launch({ kind: 'detach', volume, server, attachment, idempotencyKey: req.idempotencyKey }, async (operationId) => {
+    const ctx = launcher.context(operationId, await store.volumes.require(volume.id), server);
+    ctx.attachment = await store.attachments.require(attachment.id);
+    ctx.force = req.force ?? false;
+    return { ctx, steps: detachSteps(parts.deps) };
+  });
+}

@@ -1,0 +1,245 @@
+import { createDeadline, type Deadline } from '../../deadline.js';
+import { BerthError, toBerthError } from '../../errors.js';
+import type { Attachment, Operation, Server, Volume } from '../../model.js';
+import type { PipelineContext } from '../../pipeline/context.js';
+import { markDetachFailed } from '../../pipeline/detach.js';
+import { summarize, type RunOutcome } from '../../pipeline/operation-runner.js';
+import type { Step } from '../../pipeline/step.js';
+import { withStoreRetry } from '../../pipeline/store-retry.js';
+import type { OperationOutcome, StartedOperation } from '../../service.js';
+import type { ServiceParts } from '../parts.js';
+
+/** What an operation runs: its context and its steps. */
+export interface PreparedRun {
+  ctx: PipelineContext;
+  steps: Array<Step<PipelineContext>>;
+}
+
+/** An attach or detach to journal and run. */
+export interface LaunchRequest {
+  kind: 'attach' | 'detach';
+  volume: Volume;
+  server: Server;
+  attachment?: Attachment;
+  idempotencyKey: string | undefined;
+}
+
+/**
+ * Journals attach and detach operations and runs them under the volume lock and a deadline,
+ * settling each in the store; keeps what this process knows of its own operations (in flight,
+ * abandoned to recovery).
+ */
+export class OperationLauncher {
+  private readonly inflight = new Map<string, Promise<OperationOutcome>>();
+  /**
+   * Operations of this process that could not be settled in the store (its writes kept failing):
+   * recovery treats them as a dead process's, so the next `recover()` — at the next command's
+   * start, or `berth reconcile` in a long-running server — finishes them.
+   */
+  private readonly abandoned = new Set<string>();
+  /** Operations whose steps started running (the ones `track` must not call rolled back). */
+  private readonly executing = new Set<string>();
+
+  constructor(private readonly parts: ServiceParts) {}
+
+  /** A retry with a used idempotency key gets the first operation back. */
+  async replay(key: string | undefined): Promise<StartedOperation | undefined> {
+    if (key === undefined) return undefined;
+    const operation = await this.parts.store.operations.findByIdempotencyKey(key);
+    if (!operation) return undefined;
+    const running = this.inflight.get(operation.id);
+    return { operation, done: running ?? this.settled(operation) };
+  }
+
+  /**
+   * Journal a new operation, then run the steps `prepare` gives under the volume lock (queued,
+   * never rejected) and a deadline that counts the wait for the lock too.
+   */
+  async launch(what: LaunchRequest, prepare: (operationId: string) => Promise<PreparedRun>): Promise<StartedOperation> {
+    const { store, config, logger, owner } = this.parts;
+    const operation = await withStoreRetry(() => store.operations.create({
+      kind: what.kind,
+      volumeId: what.volume.id,
+      serverId: what.server.id,
+      ...(what.attachment ? { attachmentId: what.attachment.id } : {}),
+      hostId: what.attachment?.hostId ?? what.server.hostId,
+      idempotencyKey: what.idempotencyKey ?? null,
+      owner,
+      deadlineAt: new Date(Date.now() + config.operationTimeoutMs).toISOString(),
+    }), { what: `recording the ${what.kind}`, budgetMs: config.operationTimeoutMs, logger });
+    const deadline = createDeadline(config.operationTimeoutMs);
+    const done = this.track(
+      operation.id,
+      this.parts.volumeLocks.withLock(what.volume.id, () => this.execute(operation.id, what.kind, deadline, () => prepare(operation.id)), deadline.signal),
+    );
+    return { operation, done };
+  }
+
+  /** The context of one run of the pipeline on `volume` and `server`. */
+  context(operationId: string, volume: Volume, server: Server): PipelineContext {
+    const { catalog, config } = this.parts;
+    return {
+      operationId,
+      volume,
+      server,
+      consumer: catalog.consumer(config.consumer),
+      backend: catalog.backend(volume.backend),
+      forcedErrors: [],
+    };
+  }
+
+  /** Whether recovery may take an operation this process owns: it gave it up and it no longer runs. */
+  isAbandoned(operationId: string): boolean {
+    return this.abandoned.has(operationId) && !this.inflight.has(operationId);
+  }
+
+  /** Recovery finished an abandoned operation. */
+  recovered(operationId: string): void {
+    this.abandoned.delete(operationId);
+  }
+
+  /** Wait until every operation of this process has ended. */
+  async drain(): Promise<void> {
+    await Promise.allSettled([...this.inflight.values()]);
+  }
+
+  /**
+   * Run the steps `prepare` gives, journal the outcome and settle the operation. The operation is
+   * called `rolled_back` only when its undos really ran; when its end cannot be written (the
+   * store keeps failing), it stays `running` and is handed to recovery (`abandoned`).
+   */
+  private async execute(operationId: string, kind: 'attach' | 'detach', deadline: Deadline, prepare: () => Promise<PreparedRun>): Promise<OperationOutcome> {
+    const { store, config } = this.parts;
+    const log = this.parts.logger.child({ operationId });
+    this.executing.add(operationId);
+    const settle = (what: string, fn: () => Promise<Operation>): Promise<Operation | undefined> =>
+      withStoreRetry(fn, { what, signal: AbortSignal.timeout(config.undoTimeoutMs), logger: log }).catch((error: unknown) => {
+        this.abandoned.add(operationId);
+        log.error({ err: toBerthError(error).message }, 'could not record how the operation ended; recovery will finish it');
+        return undefined;
+      });
+    let ctx: PipelineContext;
+    let steps: Array<Step<PipelineContext>>;
+    try {
+      ({ ctx, steps } = await prepare());
+    } catch (raw) {
+      // No step ran: nothing to undo.
+      const error = toBerthError(raw);
+      error.details.operationId = operationId;
+      await settle('recording the failure', () => store.operations.finish(operationId, { state: 'rolled_back', error: summarize(error) }));
+      deadline.dispose();
+      throw error;
+    }
+    try {
+      const outcome = await this.parts.runner.run(steps, ctx, {
+        operationId,
+        signal: deadline.signal,
+        undoTimeoutMs: config.undoTimeoutMs,
+        logger: log,
+        faults: this.parts.faults,
+        pipeline: kind,
+      });
+      if (outcome.ok) {
+        const warnings = outcome.journalErrors.map((e) => `the journal could not be written (${e.message}); the next berth command completes it`);
+        if (kind === 'attach' && ctx.attachment) {
+          const attachmentId = ctx.attachment.id;
+          ctx.attachment = await withStoreRetry(() => store.attachments.update(attachmentId, { timings: outcome.timings }), {
+            what: 'recording timings',
+            budgetMs: 5_000,
+          }).catch(() => ctx.attachment);
+        }
+        const result = {
+          timings: outcome.timings,
+          ...(ctx.attachment ? { attachmentId: ctx.attachment.id } : {}),
+          ...(ctx.device ?? ctx.attachment?.device ? { device: (ctx.device ?? ctx.attachment?.device)?.path } : {}),
+          ...(ctx.publishedPath ? { publishedPath: ctx.publishedPath } : {}),
+        };
+        let operation = await settle('recording success', () => store.operations.finish(operationId, { state: 'succeeded', result }));
+        if (operation === undefined) {
+          // The work is done and recorded; only the operation's row is behind.
+          warnings.push('the operation could not be marked succeeded; the next berth command does it');
+          operation = await store.operations.require(operationId).catch(() => undefined);
+        }
+        const volume = await store.volumes.get(ctx.volume.id).catch(() => undefined);
+        return {
+          operation: operation ?? ({ id: operationId, kind, state: 'running' } as Operation),
+          volume: volume ?? ctx.volume,
+          attachment: ctx.attachment,
+          ...(warnings.length > 0 ? { warnings } : {}),
+        };
+      }
+      if (outcome.forward) await markDetachFailed(this.parts.deps, ctx, outcome.error).catch(() => undefined);
+      const error = failureOf(outcome, ctx, operationId);
+      const state = outcome.rolledBack ? 'rolled_back' : 'failed';
+      const settled = await settle('recording the failure', () =>
+        store.operations.finish(operationId, { state, error: summarize(error), result: { timings: outcome.timings } }),
+      );
+      if (settled === undefined) {
+        throw new BerthError(error.code, `${error.message} (and the outcome could not be recorded)`, {
+          hint: `${error.hint ? `${error.hint}; ` : ''}the next berth command (or \`berth reconcile\`) finishes what is left`,
+          details: { ...error.details, operationId },
+          cause: error,
+        });
+      }
+      throw error;
+    } finally {
+      deadline.dispose();
+    }
+  }
+
+  private track(operationId: string, running: Promise<OperationOutcome>): Promise<OperationOutcome> {
+    // An operation that never reached its first step (cancelled or timed out while queued on the
+    // volume lock) must not stay `running`; one that did is settled by `execute`.
+    const promise = running.catch(async (raw: unknown) => {
+      const error = toBerthError(raw);
+      error.details.operationId ??= operationId;
+      if (!this.executing.has(operationId)) {
+        await withStoreRetry(() => this.parts.store.operations.finish(operationId, { state: 'rolled_back', error: summarize(error) }), {
+          what: 'recording the cancellation',
+          budgetMs: this.parts.config.undoTimeoutMs,
+        }).catch(() => this.abandoned.add(operationId));
+      }
+      throw error;
+    });
+    this.inflight.set(operationId, promise);
+    const untrack = (): void => {
+      this.inflight.delete(operationId);
+      this.executing.delete(operationId);
+    };
+    promise.then(untrack, untrack);
+    return promise;
+  }
+
+  private async settled(operation: Operation): Promise<OperationOutcome> {
+    if (operation.error) {
+      throw new BerthError(operation.error.code as BerthError['code'], operation.error.message, {
+        ...(operation.error.hint ? { hint: operation.error.hint } : {}),
+        details: { operationId: operation.id },
+      });
+    }
+    const volume = await this.parts.store.volumes.require(operation.volumeId ?? '');
+    const attachment = operation.attachmentId ? await this.parts.store.attachments.get(operation.attachmentId) : undefined;
+    return { operation, volume, attachment };
+  }
+}
+
+/** The error a failed run ends with, its hint naming the command that works. */
+function failureOf(outcome: Extract<RunOutcome, { ok: false }>, ctx: PipelineContext, operationId: string): BerthError {
+  const name = ctx.volume.name;
+  let error = outcome.error;
+  if (outcome.undoErrors.length > 0) {
+    error = new BerthError(outcome.error.code, `${outcome.error.message} (and the rollback failed: ${outcome.undoErrors.map((e) => e.message).join('; ')})`, {
+      hint: `${outcome.error.hint ? `${outcome.error.hint}; then ` : ''}\`berth detach ${name} --force\` (or \`berth reconcile\`) removes what was left behind`,
+      details: { ...outcome.error.details },
+      cause: outcome.error,
+    });
+  } else if (outcome.forward) {
+    error = new BerthError(outcome.error.code, `${outcome.error.message}; the attachment is now error_detaching`, {
+      hint: `${outcome.error.hint ? `${outcome.error.hint}; then ` : ''}finish it with \`berth detach ${name} --force\` (or \`berth reconcile\`)`,
+      details: { ...outcome.error.details },
+      cause: outcome.error,
+    });
+  }
+  error.details.operationId = operationId;
+  return error;
+}

@@ -1,0 +1,50 @@
+import { toBerthError } from '../../errors.js';
+import { summarize } from '../../pipeline/operation-runner.js';
+import { ownerAlive, recoverOperation, type RecoveryDeps } from '../../pipeline/recovery.js';
+import type { RecoveryOutcome } from '../../reports.js';
+import type { ServiceParts } from '../parts.js';
+import type { OperationLauncher } from './launcher.js';
+
+/** What recovery needs, from the service's parts. */
+export function recoveryDeps(parts: ServiceParts): RecoveryDeps {
+  return {
+    ...parts.deps,
+    runner: parts.runner,
+    consumer: () => parts.catalog.consumer(parts.config.consumer),
+    undoTimeoutMs: parts.config.undoTimeoutMs,
+    faults: parts.faults,
+  };
+}
+
+/**
+ * Finish every `running` operation whose owner is a dead process on this host (or that this
+ * process abandoned), each under its volume lock.
+ */
+export async function recoverDeadOperations(parts: ServiceParts, launcher: OperationLauncher): Promise<RecoveryOutcome[]> {
+  const { store, identity, owner } = parts;
+  const outcomes: RecoveryOutcome[] = [];
+  for (const operation of await store.operations.list({ state: 'running' })) {
+    if (!launcher.isAbandoned(operation.id) && ownerAlive(operation.owner, identity.hostname, owner)) continue;
+    try {
+      // A compare-and-swap on the owner: of two processes starting at once, one recovers it.
+      await store.operations.setOwner(operation.id, owner, operation.owner);
+    } catch {
+      continue;
+    }
+    const log = parts.logger.child({ operationId: operation.id, recovery: true });
+    const recover = async (): Promise<RecoveryOutcome> => {
+      try {
+        return await recoverOperation(recoveryDeps(parts), await store.operations.require(operation.id), log);
+      } catch (error) {
+        const e = toBerthError(error);
+        await store.operations.finish(operation.id, { state: 'failed', error: summarize(e) }).catch(() => undefined);
+        return { operationId: operation.id, kind: operation.kind, action: 'failed', detail: e.message };
+      }
+    };
+    const outcome = operation.volumeId ? await parts.volumeLocks.withLock(operation.volumeId, recover) : await recover();
+    launcher.recovered(operation.id);
+    log.warn({ action: outcome.action, detail: outcome.detail }, 'recovered an interrupted operation');
+    outcomes.push(outcome);
+  }
+  return outcomes;
+}

@@ -1,0 +1,54 @@
+import { BerthError } from './errors.js';
+
+/** The resources the store keeps, as named in messages. */
+export type ResourceKind = 'volume' | 'host' | 'server' | 'attachment' | 'operation' | 'work item' | 'device';
+
+const NOT_FOUND_HINTS: Record<ResourceKind, string> = {
+  volume: 'check the volume id; `berth volume list` shows the volumes of your project',
+  host: 'check the host id; a host is known once its agent has registered its connector',
+  server: 'check the server id; `berth server list` shows the servers of your project',
+  attachment: 'check the attachment id; `berth attachment list` shows the attachments',
+  operation: 'check the operation id printed by the command that started it',
+  'work item': 'check the work item id; an agent sees the items of its own host only',
+  device: 'berth keeps a record of each device it connected; `berth reconcile` lists them',
+};
+
+/** NOT_FOUND for a missing row. */
+export function notFound(kind: ResourceKind, id: string): BerthError {
+  return new BerthError('NOT_FOUND', `${kind} ${id} not found`, {
+    hint: NOT_FOUND_HINTS[kind],
+    details: { kind, id },
+  });
+}
+
+/** CONFLICT for a compare-and-swap that found the row in another state. */
+export function stateConflict(
+  kind: ResourceKind,
+  label: string,
+  id: string,
+  actual: string,
+  expected: readonly string[],
+): BerthError {
+  const wanted = expected.length === 0 ? 'nothing' : expected.join(' or ');
+  return new BerthError('CONFLICT', `${kind} ${label} is ${actual}, expected ${wanted}`, {
+    hint: 'another command changed it first; look at it again and retry if the request still applies',
+    details: { id, actual, expected: [...expected] },
+  });
+}
+
+/** CONFLICT for a name or key that is taken. */
+export function alreadyExists(message: string, details: Record<string, unknown>, cause: unknown): BerthError {
+  return new BerthError('CONFLICT', message, {
+    hint: 'pick another name, or use the existing one',
+    details,
+    cause,
+  });
+}
+
+/** INTERNAL for a stored row that no longer matches the model (a hand-edited or corrupt database). */
+export function corruptRow(kind: ResourceKind, id: string, problem: string): BerthError {
+  return new BerthError('INTERNAL', `stored ${kind} ${id} is malformed: ${problem}`, {
+    hint: 'the database was changed outside berth; restore it from a backup or fix the row by hand',
+    details: { kind, id },
+  });
+}

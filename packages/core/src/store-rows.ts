@@ -1,0 +1,75 @@
+import { connectorWithoutSecrets, redactConnectionInfo } from './connection.js';
+import { parseWith } from './errors.js';
+import { zAttachment, zHostDevice, zOperation, type Attachment, type HostDevice, type Operation } from './model.js';
+import type { NewAttachment, NewHostDevice, NewOperation } from './store.js';
+
+// New rows as every Store implementation writes them (SQL or memory): one place says what a new
+// row holds, and each is validated (VALIDATION) before anything is written.
+
+/** A new attachment: `reserved`, nothing connected yet, the connector without secrets. */
+export function newAttachmentRow(input: NewAttachment, id: string, now: string): Attachment {
+  return parseWith(
+    zAttachment,
+    {
+      id,
+      volumeId: input.volumeId,
+      serverId: input.serverId,
+      hostId: input.hostId,
+      status: 'reserved',
+      mode: input.mode,
+      transport: null,
+      connector: input.connector == null ? null : connectorWithoutSecrets(input.connector),
+      connectionInfo: null,
+      device: null,
+      publishedPath: null,
+      timings: {},
+      error: null,
+      createdAt: now,
+      updatedAt: now,
+    },
+    'attachment',
+  );
+}
+
+/** A new operation: `running`, with an empty journal. */
+export function newOperationRow(input: NewOperation, id: string, now: string): Operation {
+  return parseWith(
+    zOperation,
+    {
+      id,
+      kind: input.kind,
+      state: 'running',
+      volumeId: input.volumeId ?? null,
+      serverId: input.serverId ?? null,
+      attachmentId: input.attachmentId ?? null,
+      hostId: input.hostId ?? null,
+      idempotencyKey: input.idempotencyKey ?? null,
+      owner: input.owner ?? null,
+      deadlineAt: input.deadlineAt,
+      startedAt: now,
+      endedAt: null,
+      error: null,
+      result: null,
+      steps: [],
+    },
+    'operation',
+  );
+}
+
+/** A device record (new, or replacing one made at `createdAt`); secrets never reach the store. */
+export function hostDeviceRow(input: NewHostDevice, createdAt: string, now: string): HostDevice {
+  return parseWith(
+    zHostDevice,
+    {
+      hostId: input.hostId,
+      volumeId: input.volumeId,
+      transport: input.transport,
+      connectionInfo: redactConnectionInfo(input.connectionInfo),
+      device: input.device,
+      operationId: input.operationId ?? null,
+      createdAt,
+      updatedAt: now,
+    },
+    'device record',
+  );
+}
