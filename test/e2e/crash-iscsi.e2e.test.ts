@@ -1,11 +1,11 @@
 import { spawnSync } from 'node:child_process';
 import { closeSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BerthService, Volume } from '@berth/core';
-import { linkTarget } from './test-support.js';
-import { createSimIscsiBerth, type SimIscsiBerth } from './test-iscsi-sim.js';
+import { OP_CHILD } from '../support/host-state.js';
+import { createSimIscsiBerth, type SimIscsiBerth } from '../support/sim-iscsi-berth.js';
+import { linkTarget } from '../support/test-berth.js';
 
 // Crash safety on iSCSI (tgt backend, private tgtd; iSCSI transport on the simulated host, real-
 // backed): a real child berth is SIGKILLed at every step boundary of attach and detach and at the
@@ -14,7 +14,6 @@ import { createSimIscsiBerth, type SimIscsiBerth } from './test-iscsi-sim.js';
 // export, qemu-storage-daemon and ACL, nothing else is left, reconcile finds nothing, and the bytes
 // written before the crash are still in the LUN file.
 
-const CHILD = path.join(path.dirname(fileURLToPath(import.meta.url)), 'test-crash-child.mjs');
 const MiB = 1024 * 1024;
 const ATTACH = ['reserve', 'dispatch', 'connector', 'initialize', 'connect', 'publish', 'complete'];
 const DETACH = ['begin_detaching', 'dispatch', 'unpublish', 'disconnect', 'terminate', 'delete_attachment'];
@@ -62,7 +61,7 @@ afterAll(async () => {
 }, 120_000);
 
 function runChild(command: 'attach' | 'detach', point: string): string {
-  const result = spawnSync(process.execPath, [CHILD, env.dataDir, command, 'v'], {
+  const result = spawnSync(process.execPath, [OP_CHILD, env.dataDir, command, 'v'], {
     env: { ...process.env, ...env.childEnv, BERTH_FAULTS: `${point}=crash`, BERTH_LOG_LEVEL: 'silent' },
     encoding: 'utf8',
     timeout: 90_000,

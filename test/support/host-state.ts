@@ -1,26 +1,19 @@
 import { execFileSync } from 'node:child_process';
+import { closeSync, fsyncSync, openSync, writeSync } from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 // Helpers for tests that change berth's state behind its back and read the machine's state.
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+/** A child berth that runs one attach or detach and may be killed at an armed fault point (`op-child.mjs`). */
+export const OP_CHILD = path.join(HERE, 'op-child.mjs');
+/** Another process holding berth's SQLite write lock (`lock-holder.mjs`). */
+export const LOCK_HOLDER = path.join(HERE, 'lock-holder.mjs');
 
 /** Run one SQL statement on a data dir's database with the sqlite3 tool (a write berth did not make). */
 export function sqlite(dataDir: string, statement: string): string {
   return execFileSync('sqlite3', ['-cmd', '.timeout 5000', path.join(dataDir, 'berth.db'), statement], { encoding: 'utf8' }).trim();
-}
-
-/** Every loop device on the machine with its backing file. */
-export function loopList(): Array<{ name: string; backFile: string }> {
-  const out = execFileSync('losetup', ['--json', '--list'], { encoding: 'utf8' }).trim();
-  if (!out) return [];
-  const parsed = JSON.parse(out) as { loopdevices: Array<{ name: string; 'back-file'?: string | null }> };
-  return parsed.loopdevices.map((d) => ({ name: d.name, backFile: (d['back-file'] ?? '').replace(/ \(deleted\)$/, '') }));
-}
-
-/** Loop devices backing `file`. */
-export function loopsBacking(file: string): string[] {
-  return loopList()
-    .filter((d) => d.backFile === file)
-    .map((d) => d.name);
 }
 
 /** Attach `file` to a loop device by hand (as an operator would), returning the device. */
@@ -34,5 +27,16 @@ export function detachByHand(device: string): void {
     execFileSync('losetup', ['--detach', device], { stdio: 'ignore' });
   } catch {
     // already gone
+  }
+}
+
+/** Write `data` at `offset` of `file` and fsync. */
+export function writeAt(file: string, data: Buffer, offset: number): void {
+  const fd = openSync(file, 'r+');
+  try {
+    writeSync(fd, data, 0, data.length, offset);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
   }
 }
