@@ -1,12 +1,12 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, fsyncSync, mkdirSync, openSync, readSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { silentLogger, type BerthService } from '@berth/core';
 import { createHostServices } from '@berth/host';
 import { openSqliteStore } from '@berth/store';
 import { openBerth } from '@berth/runtime';
-import { LOCK_HOLDER } from '../support/host-state.js';
+import { LOCK_HOLDER, readAt, writeAt } from '../support/host-state.js';
 import { loopDevicesBacking, loopDevicesUnder } from '../support/loop-devices.js';
 import { createTestBerth, linkTarget, rejection, type TestBerth } from '../support/test-berth.js';
 
@@ -71,27 +71,6 @@ async function lockHolder(dataDir: string, holdMs: number): Promise<{ take(): Pr
 }
 
 
-function write(device: string, bytes: Buffer, offset: number): void {
-  const fd = openSync(device, 'r+');
-  try {
-    writeSync(fd, bytes, 0, bytes.length, offset);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function read(file: string, length: number, offset: number): Buffer {
-  const fd = openSync(file, 'r');
-  try {
-    const buffer = Buffer.alloc(length);
-    readSync(fd, buffer, 0, length, offset);
-    return buffer;
-  } finally {
-    closeSync(fd);
-  }
-}
-
 /** Whether the kernel will free `device` at its last close (losetup --detach on a busy device sets it). */
 function autoclearOf(device: string): boolean | undefined {
   const out = execFileSync('losetup', ['--json', '--list'], { encoding: 'utf8' }).trim();
@@ -118,8 +97,8 @@ describe('one volume, several attachments on one host (findings 1 and 2)', () =>
     expect(still).toMatchObject({ id: first!.id, status: 'attached', device: { path: device } });
     // The bytes still go where web-1 expects them.
     const marker = Buffer.from('still web-1'.padEnd(4096, '.'));
-    write(`/dev/berth/${first!.id}`, marker, MiB);
-    expect(read(volume.providerLocation!, marker.length, MiB).equals(marker)).toBe(true);
+    writeAt(`/dev/berth/${first!.id}`, marker, MiB);
+    expect(readAt(volume.providerLocation!, marker.length, MiB).equals(marker)).toBe(true);
     await berth.detach({ volume: 'shared', server: 'web-1' });
     expect(loopDevicesUnder(t.dataDir)).toEqual([]);
   });
@@ -145,8 +124,8 @@ describe('one volume, several attachments on one host (findings 1 and 2)', () =>
     expect(linkTarget(`/dev/berth/${two!.id}`)).toBe(device);
     expect(linkTarget(`/dev/berth/${volume.id}`)).toBe(device);
     const marker = Buffer.from('web-2 after web-1 left'.padEnd(4096, '#'));
-    write(`/dev/berth/${two!.id}`, marker, 2 * MiB);
-    expect(read(volume.providerLocation!, marker.length, 2 * MiB).equals(marker)).toBe(true);
+    writeAt(`/dev/berth/${two!.id}`, marker, 2 * MiB);
+    expect(readAt(volume.providerLocation!, marker.length, 2 * MiB).equals(marker)).toBe(true);
 
     await berth.detach({ volume: 'shared', server: 'web-2' });
     expect(loopDevicesUnder(t.dataDir)).toEqual([]);
@@ -228,7 +207,7 @@ describe('a device held open (finding 3)', () => {
       // The kernel gives the number to the next file attached: here, the other volume's, on that very node.
       execFileSync('losetup', [device, other.providerLocation!]);
       const mark = Buffer.from('other volume'.padEnd(4096, '!'));
-      write(device, mark, 3 * MiB);
+      writeAt(device, mark, 3 * MiB);
       await berth.detach({ volume: 'a2', force: true });
       expect((await berth.getVolume('a2')).status).toBe('available');
       expect(await berth.listAttachments({ volume: 'a2' })).toEqual([]);
@@ -236,8 +215,8 @@ describe('a device held open (finding 3)', () => {
       expect(loopDevicesBacking(other.providerLocation!)).toEqual([device]);
       expect(linkTarget(`/dev/berth/${a2.id}`)).toBeUndefined();
       expect(linkTarget(`/dev/berth/${attachment!.id}`)).toBeUndefined();
-      expect(read(other.providerLocation!, mark.length, 3 * MiB).equals(mark)).toBe(true);
-      expect(read(a2.providerLocation!, mark.length, 3 * MiB).equals(Buffer.alloc(mark.length))).toBe(true);
+      expect(readAt(other.providerLocation!, mark.length, 3 * MiB).equals(mark)).toBe(true);
+      expect(readAt(a2.providerLocation!, mark.length, 3 * MiB).equals(Buffer.alloc(mark.length))).toBe(true);
     } finally {
       await berth.close();
     }

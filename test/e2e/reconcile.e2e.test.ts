@@ -1,12 +1,12 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { closeSync, fsyncSync, openSync, readSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, openSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { BerthService, ReconcileReport } from '@berth/core';
 import { openSqliteStore } from '@berth/store';
-import { detachByHand, losetupByHand, sqlite } from '../support/host-state.js';
+import { detachByHand, losetupByHand, readAt, sqlite, writeAt } from '../support/host-state.js';
 import { listLoopDevices, loopDevicesBacking, loopDevicesUnder } from '../support/loop-devices.js';
 import { createTestBerth, linkTarget, type TestBerth } from '../support/test-berth.js';
 
@@ -27,27 +27,6 @@ afterEach(async () => {
   await t.cleanup();
   for (const dir of tempDirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
-
-function write(device: string, bytes: Buffer, offset: number): void {
-  const fd = openSync(device, 'r+');
-  try {
-    writeSync(fd, bytes, 0, bytes.length, offset);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function read(file: string, length: number, offset: number): Buffer {
-  const fd = openSync(file, 'r');
-  try {
-    const buffer = Buffer.alloc(length);
-    readSync(fd, buffer, 0, length, offset);
-    return buffer;
-  } finally {
-    closeSync(fd);
-  }
-}
 
 const kinds = (report: ReconcileReport): string[] => report.differences.map((d) => `${d.kind}:${d.fix}:${d.state}`);
 
@@ -179,7 +158,7 @@ describe('berth reconcile on the loop transport', () => {
     const volume = await berth.createVolume({ name: 'lost', sizeBytes: 16 * MiB });
     const { attachment } = await berth.attach({ volume: 'lost' });
     const marker = Buffer.from('written before the device was lost'.padEnd(4096, '.'));
-    write(attachment!.device!.path, marker, 3 * MiB);
+    writeAt(attachment!.device!.path, marker, 3 * MiB);
     detachByHand(attachment!.device!.path);
     expect(loopDevicesBacking(volume.providerLocation!)).toEqual([]);
 
@@ -195,7 +174,7 @@ describe('berth reconcile on the loop transport', () => {
     const [now] = await berth.listAttachments({ volume: 'lost' });
     expect(now).toMatchObject({ id: attachment!.id, status: 'attached', device: { path: device } });
     expect(linkTarget(`/dev/berth/${volume.id}`)).toBe(device);
-    expect(read(`/dev/berth/${volume.id}`, marker.length, 3 * MiB).equals(marker)).toBe(true);
+    expect(readAt(`/dev/berth/${volume.id}`, marker.length, 3 * MiB).equals(marker)).toBe(true);
     expect((await berth.getVolume('lost')).status).toBe('in-use');
 
     await berth.detach({ volume: 'lost' });

@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { closeSync, fsyncSync, openSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -36,6 +36,18 @@ export function writeAt(file: string, data: Buffer, offset: number): void {
   try {
     writeSync(fd, data, 0, data.length, offset);
     fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** `length` bytes at `offset` of a file or block device. */
+export function readAt(file: string, length: number, offset: number): Buffer {
+  const fd = openSync(file, 'r');
+  try {
+    const buffer = Buffer.alloc(length);
+    readSync(fd, buffer, 0, length, offset);
+    return buffer;
   } finally {
     closeSync(fd);
   }
