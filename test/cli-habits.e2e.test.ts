@@ -2,10 +2,8 @@
 // it: confirmation and --yes, aliases, global flags before the command, unknown commands and
 // oclif's usage errors in berth's Error/Hint shape, the log file, the multiattach detach hint,
 // extend's sizes, and stopping berth's own tgtd.
-import { randomInt } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { managedTgtdPaths } from '@berth/backend-tgt';
@@ -15,6 +13,7 @@ import type { Volume } from '@berth/core';
 import { BERTH_BIN, errorBody, makeSandbox, type BerthSandbox } from './support/berth-cli.js';
 import { removeBerthLinks } from './support/loop-devices.js';
 import { sweepOrphanedSandboxes } from './support/orphans.js';
+import { freeControlPort, freePort } from './support/ports.js';
 
 const isRoot = process.getuid?.() === 0;
 const TEST_TIMEOUT_MS = 180_000;
@@ -24,30 +23,10 @@ beforeAll(async () => {
   if (isRoot) await sweepOrphanedSandboxes();
 }, HOOK_TIMEOUT_MS);
 
-/** A tgtd control port no tgtd answers on (tgtadm exits 107 when nothing listens there); tgtd takes up to 32767. */
-async function freeControlPort(): Promise<number> {
-  for (let attempt = 0; attempt < 20; attempt += 1) {
-    const candidate = randomInt(2_000, 32_000);
-    const probe = await execa('tgtadm', ['-C', String(candidate), '--lld', 'iscsi', '--op', 'show', '--mode', 'sys'], { reject: false, timeout: 10_000 });
-    if (probe.exitCode === 107) return candidate;
-  }
-  throw new Error('no free tgtd control port');
-}
-
 /** Whether `pid` runs (a zombie — exited, not yet reaped by whoever adopted it — does not). */
 async function running(pid: number): Promise<boolean> {
   const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
   return stat !== undefined && stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-}
-
-function freeTcpPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => (typeof address === 'object' && address !== null ? resolve(address.port) : reject(new Error('no port'))));
-    });
-  });
 }
 
 describe.skipIf(!isRoot)('berth CLI habits', { timeout: TEST_TIMEOUT_MS }, () => {
@@ -174,7 +153,7 @@ describe.skipIf(!isRoot)('berth CLI habits', { timeout: TEST_TIMEOUT_MS }, () =>
     await mkdir(sandbox.dataDir, { recursive: true });
     await writeFile(
       join(sandbox.dataDir, 'config.json'),
-      JSON.stringify({ pluginOptions: { '@berth/backend-tgt': { portals: [`127.0.0.1:${await freeTcpPort()}`], controlPort } } }),
+      JSON.stringify({ pluginOptions: { '@berth/backend-tgt': { portals: [`127.0.0.1:${await freePort()}`], controlPort } } }),
     );
     const notRunning = await sandbox.json<{ wasRunning: boolean }>(['backend', 'stop', 'tgt']);
     expect(notRunning.wasRunning).toBe(false);

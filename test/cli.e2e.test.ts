@@ -62,7 +62,7 @@ describe.skipIf(!isRoot)('berth CLI end to end (real loop devices)', { timeout: 
     const device = attachment.device?.path ?? '';
     expect(device).toMatch(/^\/dev\/loop\d+$/);
     expect(existsSync(device)).toBe(true);
-    expect(await loopDevicesBacking(volumeFile)).toEqual([device]);
+    expect(loopDevicesBacking(volumeFile)).toEqual([device]);
     // Its own link, and the volume's (both lead to the one device of the volume on this host).
     expect(attachment.publishedPath).toBe(`/dev/berth/${attachment.id}`);
     expect(await realpath(`/dev/berth/${attachment.id}`)).toBe(device);
@@ -100,7 +100,7 @@ describe.skipIf(!isRoot)('berth CLI end to end (real loop devices)', { timeout: 
     const detached = await sandbox.json<OperationOutcome>(['detach', 'data1']);
     expect(detached.operation.state).toBe('succeeded');
     expect(detached.volume.status).toBe('available');
-    expect(await loopDevicesBacking(volumeFile)).toEqual([]);
+    expect(loopDevicesBacking(volumeFile)).toEqual([]);
     expect(existsSync(`/dev/berth/${volume.id}`)).toBe(false);
     const remaining = await sandbox.json<Attachment[]>(['attachment', 'list', '--volume', 'data1']);
     expect(remaining.filter((a) => a.status !== 'detached')).toEqual([]);
@@ -245,7 +245,7 @@ describe.skipIf(!isRoot)('bad input gets a clear error, its own exit code, and c
       expect(['CONFLICT', 'INVALID_STATE']).toContain(error.code);
       expect(run.exitCode).toBe(EXIT_CODES[error.code as keyof typeof EXIT_CODES]);
       expect(run.exitCode).toBeGreaterThan(1);
-      expect(await loopDevicesBacking(volume.providerLocation as string)).toEqual([device]);
+      expect(loopDevicesBacking(volume.providerLocation as string)).toEqual([device]);
     });
 
     it('deleting it is refused and it stays attached', async () => {

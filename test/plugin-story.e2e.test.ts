@@ -131,14 +131,14 @@ describe.skipIf(!isRoot)('a transport plugin written from the README', { timeout
     const attachment = attached.attachment as Attachment;
     expect(attachment.transport).toBe(TRANSPORT);
     const device = attachment.device?.path ?? '';
-    expect(await loopDevicesBacking(file)).toEqual([device]);
+    expect(loopDevicesBacking(file)).toEqual([device]);
     const sectorSize = await readFile(`/sys/block/${basename(device)}/queue/logical_block_size`, 'utf8');
     expect(sectorSize.trim()).toBe('4096');
     expect(existsSync(`/dev/berth/${volume.id}`)).toBe(true);
 
     const detached = await s.json<OperationOutcome>(['detach', 'sectors']);
     expect(detached.volume.status).toBe('available');
-    expect(await loopDevicesBacking(file)).toEqual([]);
+    expect(loopDevicesBacking(file)).toEqual([]);
     expect(existsSync(`/dev/berth/${volume.id}`)).toBe(false);
     await s.json(['volume', 'delete', 'sectors', '--yes']);
     expect(existsSync(file)).toBe(false);

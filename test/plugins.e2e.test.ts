@@ -69,7 +69,7 @@ describe.skipIf(!isRoot)('berth plugins end to end', { timeout: TEST_TIMEOUT_MS 
     expect(await realpath(`/dev/berth/${volume.id}`)).toBe(file);
     expect(await transportLog(s)).toEqual([expect.objectContaining({ event: 'connect', path: file })]);
     // the fixture transport, not the loop driver, connected it
-    expect(await loopDevicesBacking(file)).toEqual([]);
+    expect(loopDevicesBacking(file)).toEqual([]);
 
     const detached = await s.json<OperationOutcome>(['detach', 'fx1']);
     expect(detached.volume.status).toBe('available');

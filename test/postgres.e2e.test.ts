@@ -71,7 +71,7 @@ describe.skipIf(!isRoot)('berth on a PostgreSQL store (real loop devices)', { ti
     const attachment = attached.attachment as Attachment;
     const device = attachment.device?.path ?? '';
     expect(device).toMatch(/^\/dev\/loop\d+$/);
-    expect(await loopDevicesBacking(volume.providerLocation as string)).toEqual([device]);
+    expect(loopDevicesBacking(volume.providerLocation as string)).toEqual([device]);
 
     // Another process reads the same state back from the database.
     const listed = await berth<Attachment[]>(['attachment', 'list']);
@@ -85,7 +85,7 @@ describe.skipIf(!isRoot)('berth on a PostgreSQL store (real loop devices)', { ti
     const detached = await berth<OperationOutcome>(['detach', 'data1']);
     expect(detached.operation.state).toBe('succeeded');
     expect(detached.volume.status).toBe('available');
-    expect(await loopDevicesBacking(volume.providerLocation as string)).toEqual([]);
+    expect(loopDevicesBacking(volume.providerLocation as string)).toEqual([]);
     await berth(['volume', 'delete', 'data1', '--yes']);
   });
 
@@ -96,7 +96,7 @@ describe.skipIf(!isRoot)('berth on a PostgreSQL store (real loop devices)', { ti
     const devices = outcomes.map((o) => o.attachment?.device?.path);
     expect(new Set(devices).size).toBe(2);
     for (const [index, volume] of volumes.entries()) {
-      expect(await loopDevicesBacking(volume.providerLocation as string)).toEqual([devices[index]]);
+      expect(loopDevicesBacking(volume.providerLocation as string)).toEqual([devices[index]]);
     }
     const listed = await berth<Volume[]>(['volume', 'list']);
     expect(listed.map((v) => [v.name, v.status]).sort()).toEqual([
@@ -108,7 +108,7 @@ describe.skipIf(!isRoot)('berth on a PostgreSQL store (real loop devices)', { ti
 
     const detached = await Promise.all(volumes.map((v) => berth<OperationOutcome>(['detach', v.name])));
     for (const outcome of detached) expect(outcome.operation.state).toBe('succeeded');
-    for (const volume of volumes) expect(await loopDevicesBacking(volume.providerLocation as string)).toEqual([]);
+    for (const volume of volumes) expect(loopDevicesBacking(volume.providerLocation as string)).toEqual([]);
   });
 
   it('a store that cannot be reached is UNAVAILABLE (exit 19) with a hint, and the password is not printed', async () => {

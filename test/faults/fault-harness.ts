@@ -13,11 +13,10 @@ import { execa } from 'execa';
 import { silentLogger, type Attachment, type BerthService, type Operation, type Store, type Volume } from '@berth/core';
 import { openBerth } from '@berth/runtime';
 import { openSqliteStoreReadOnly } from '@berth/store';
-import { BERTH_BIN, REPO_ROOT, type BerthSandbox } from '../support/berth-cli.js';
+import { BERTH_BIN, type BerthSandbox } from '../support/berth-cli.js';
+import { LOCK_HOLDER } from '../support/host-state.js';
 import { listLoopDevices } from '../support/loop-devices.js';
 
-/** The lock-holder process (another process holding BEGIN IMMEDIATE), shared with the runtime's tests. */
-export const LOCK_HOLDER = path.join(REPO_ROOT, 'packages', 'runtime', 'src', 'test-lock-holder.mjs');
 
 /** How one CLI command of the harness ended. */
 export interface CommandRun {
@@ -230,8 +229,8 @@ export async function machineState(berth: BerthService, dataDir: string, knownId
   const attachments = (await berth.listAttachments()).filter((a) => a.status !== 'detached');
   const byId = new Map<string, Volume>(volumes.map((v) => [v.id, v]));
   for (const id of [...volumes.map((v) => v.id), ...attachments.map((a) => a.id)]) knownIds.add(id);
-  const loops = await listLoopDevices();
-  const backing = new Map(loops.map((d) => [d.name, (d['back-file'] ?? '').replace(/ \(deleted\)$/, '')]));
+  const loops = listLoopDevices();
+  const backing = new Map(loops.map((d) => [d.name, d.backFile]));
   const leaked: string[] = [];
   const wrongLinks: string[] = [];
   const volumesDir = `${dataDir}/volumes/`;

@@ -1,34 +1,45 @@
+import { execFileSync } from 'node:child_process';
 import { lstat, rm } from 'node:fs/promises';
+import path from 'node:path';
 import { execa } from 'execa';
 
-/** One row of `losetup --json --list`. */
+/** One row of `losetup --json --list`, its backing file without losetup's " (deleted)" suffix. */
 export interface LoopDevice {
   name: string;
-  'back-file': string | null;
+  backFile: string;
 }
 
-/** Every loop device on the machine. */
-export async function listLoopDevices(): Promise<LoopDevice[]> {
-  const { stdout } = await execa('losetup', ['--json', '--list'], { timeout: 10_000 });
+/** Every loop device on the machine (synchronous: assertions read it inline). */
+export function listLoopDevices(): LoopDevice[] {
+  const out = execFileSync('losetup', ['--json', '--list'], { encoding: 'utf8', timeout: 10_000 }).trim();
   // With no loop device attached losetup prints nothing at all.
-  if (stdout.trim() === '') return [];
-  return (JSON.parse(stdout) as { loopdevices: LoopDevice[] }).loopdevices;
+  if (out === '') return [];
+  const parsed = JSON.parse(out) as { loopdevices: Array<{ name: string; 'back-file'?: string | null }> };
+  return parsed.loopdevices.map((d) => ({ name: d.name, backFile: (d['back-file'] ?? '').replace(/ \(deleted\)$/, '') }));
 }
 
-/** The loop devices whose backing file is `file` (losetup appends " (deleted)" to removed files). */
-export async function loopDevicesBacking(file: string): Promise<string[]> {
-  const devices = await listLoopDevices();
-  return devices.filter((d) => d['back-file'] === file || d['back-file'] === `${file} (deleted)`).map((d) => d.name);
+/** The loop devices whose backing file is `file`. */
+export function loopDevicesBacking(file: string): string[] {
+  return listLoopDevices()
+    .filter((d) => d.backFile === file)
+    .map((d) => d.name);
+}
+
+/** The loop devices whose backing file lies under `dir`. */
+export function loopDevicesUnder(dir: string): string[] {
+  const prefix = dir.endsWith(path.sep) ? dir : dir + path.sep;
+  return listLoopDevices()
+    .filter((d) => d.backFile.startsWith(prefix))
+    .map((d) => d.name);
 }
 
 /** Safety net: detach every loop device whose backing file is under `dir`. Returns what it detached. */
 export async function detachLoopDevicesUnder(dir: string): Promise<string[]> {
-  const prefix = dir.endsWith('/') ? dir : `${dir}/`;
-  const leaked = (await listLoopDevices()).filter((d) => d['back-file']?.startsWith(prefix) === true);
+  const leaked = loopDevicesUnder(dir);
   for (const device of leaked) {
-    await execa('losetup', ['--detach', device.name], { timeout: 10_000, reject: false });
+    await execa('losetup', ['--detach', device], { timeout: 10_000, reject: false });
   }
-  return leaked.map((d) => d.name);
+  return leaked;
 }
 
 /** Safety net: remove the `/dev/berth/<id>` links of these volumes (UUIDs: only this test made them). */

@@ -60,7 +60,7 @@ export async function cleanUpSandboxDir(dir: string): Promise<void> {
 async function removeLinksInto(dir: string): Promise<void> {
   const links = await readdir('/dev/berth').catch(() => [] as string[]);
   if (links.length === 0) return;
-  const loops = new Map((await listLoopDevices()).map((d) => [d.name, d['back-file'] ?? '']));
+  const loops = new Map(listLoopDevices().map((d) => [d.name, d.backFile]));
   for (const name of links) {
     const link = join('/dev/berth', name);
     const target = await readlink(link).catch(() => undefined);

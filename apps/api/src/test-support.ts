@@ -1,7 +1,6 @@
 import { execFile, execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp, realpath, rm } from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
@@ -11,6 +10,7 @@ import { expect } from 'vitest';
 import { silentLogger, type BerthService } from '@berth/core';
 import { stopManagedTgtd } from '@berth/backend-tgt';
 import { openBerth, simulatedHostPaths, stopSimulatedHost } from '@berth/runtime';
+import { freeControlPort, freePort } from '@berth/simhost/real';
 import { createApiApp, type ApiApp } from './app.js';
 import { hashToken, TokenTable, type TokenEntry } from './auth.js';
 
@@ -98,27 +98,6 @@ export interface TestApiOptions {
   simulatedIscsi?: { portalHosts: string[] };
 }
 
-async function freeTcpPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
-    });
-  });
-}
-
-/** A tgtd control port no tgtd answers on (tgtadm exits 107 when nobody is there). */
-function freeControlPort(): number {
-  for (let attempt = 0; attempt < 20; attempt += 1) {
-    const candidate = 20_000 + Math.floor(Math.random() * 40_000);
-    const probe = spawnSync('tgtadm', ['-C', String(candidate), '--lld', 'iscsi', '--op', 'show', '--mode', 'sys'], { timeout: 5_000 });
-    if (probe.status === 107) return candidate;
-  }
-  throw new Error('no free tgtd control port');
-}
-
 function realBackedLeftovers(workDir: string): { loops: string[]; mounts: string[]; qsd: string[] } {
   const loops = loopDevicesUnder(workDir);
   const mounts = readFileSync('/proc/mounts', 'utf8')
@@ -131,8 +110,8 @@ function realBackedLeftovers(workDir: string): { loops: string[]; mounts: string
 
 /** Write the config of a simulated-iSCSI test API into `dataDir`; what the test sees of it. */
 async function prepareSimulatedIscsi(dataDir: string, portalHosts: readonly string[]): Promise<TestIscsi> {
-  const port = await freeTcpPort();
-  const controlPort = freeControlPort();
+  const port = await freePort(portalHosts);
+  const controlPort = await freeControlPort();
   const portals = portalHosts.map((host) => `${host}:${port}`);
   writeFileSync(path.join(dataDir, 'config.json'), JSON.stringify({ pluginOptions: { '@berth/backend-tgt': { portals, controlPort } } }));
   const { root, workDir } = simulatedHostPaths(dataDir);

@@ -1,4 +1,4 @@
-import { randomInt, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { closeSync, fsyncSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { mkdtemp, realpath, rm } from 'node:fs/promises';
@@ -8,7 +8,7 @@ import { silentLogger, type BackendVolume, type ConnectionInfo, type FaultPoints
 import { createHostServices, daemonStatus, type HostServices } from '@berth/host';
 import { createTgtBackend, stopManagedTgtd, type TgtBackendOptions } from '@berth/backend-tgt';
 import { fuseMountsUnder, StorageDaemon, unmountFuseUnder } from '@berth/qemu';
-import { freePort } from '@berth/simhost/real';
+import { freeControlPort, freePort } from '@berth/simhost/real';
 import { userPaths } from './export-records.js';
 import { createIscsiUserDriver } from './iscsi-user-driver.js';
 import type { IscsiUserOptions } from './options.js';
@@ -48,22 +48,12 @@ export function loopsUnder(dir: string): string[] {
   return parsed.loopdevices.filter((d) => (d['back-file'] ?? '').startsWith(dir + path.sep)).map((d) => d.name);
 }
 
-/** A tgtd control port no tgtd answers on. */
-async function freeControlPort(host: HostServices): Promise<number> {
-  for (;;) {
-    // tgtd's -C takes a short; random so that parallel runs do not collide.
-    const candidate = randomInt(10_000, 32_000);
-    const probe = await host.runner.run('tgtadm', ['-C', String(candidate), '--op', 'show', '--mode', 'sys'], { reject: false, timeoutMs: 5_000 });
-    if (probe.exitCode === 107) return candidate;
-  }
-}
-
 /** Make an env; `dispose` it in afterAll/finally. */
 export async function createUserTestEnv(options: Partial<IscsiUserOptions> = {}): Promise<UserTestEnv> {
   const dataDir = await realpath(await mkdtemp(path.join(os.tmpdir(), 'berth-iu-')));
   const host = createHostServices();
   const port = await freePort(['127.0.0.1']);
-  const controlPort = await freeControlPort(host);
+  const controlPort = await freeControlPort();
   const backends = new Map<string, VolumeBackend>();
   const backendWith = (extra: Partial<TgtBackendOptions> = {}): VolumeBackend => {
     const key = JSON.stringify(extra);

@@ -9,4 +9,4 @@ export { RealLunDisk, type LunDiskPlumbing } from './real-lun-disk.js';
 export { sweepStrays, type StrayReport, type SweepOptions } from './sweep-strays.js';
 export { classifyLoginFailure, ISCSI_ERR_TEXT, type LoginFailure, type LoginExitCode } from './login-failure.js';
 export { tgtVpdPg80, tgtVpdPg83, tgtWwid, tgtNaa3, tgtNaa6, type LunIdentity } from './tgt-identity.js';
-export { startTgtd, freePort, realBackedAvailable, type TestTgtd, type StartTgtdOptions } from './tgtd-harness.js';
+export { startTgtd, freePort, freeControlPort, realBackedAvailable, type TestTgtd, type StartTgtdOptions } from './tgtd-harness.js';

@@ -65,6 +65,17 @@ export async function freePort(hosts: readonly string[] = ['127.0.0.1']): Promis
   }
 }
 
+/** A tgtd control port no tgtd answers on (tgtadm exits 107); random in tgtd's short range so parallel runs do not collide. */
+export async function freeControlPort(): Promise<number> {
+  const runner = createCommandRunner();
+  for (let attempt = 0; attempt < 20; attempt += 1) {
+    const candidate = 10_000 + Math.floor(Math.random() * 22_000); // -C takes a short (<= 32767)
+    const probe = await runner.run('tgtadm', ['-C', String(candidate), '--lld', 'iscsi', '--op', 'show', '--mode', 'sys'], { reject: false, timeoutMs: 5_000 });
+    if (probe.exitCode === 107) return candidate;
+  }
+  throw new Error('no free tgtd control port');
+}
+
 function canConnect(host: string, port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const socket = connect({ host, port });

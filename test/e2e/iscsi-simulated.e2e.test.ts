@@ -2,8 +2,8 @@ import { closeSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BerthService } from '@berth/core';
-import { createSimIscsiBerth, type SimIscsiBerth } from './test-iscsi-sim.js';
-import { linkTarget } from './test-support.js';
+import { createSimIscsiBerth, type SimIscsiBerth } from '../support/sim-iscsi-berth.js';
+import { linkTarget } from '../support/test-berth.js';
 
 // Issue 3 end to end, real-backed: a tgt volume on berth's own tgtd, attached with the iSCSI
 // transport on the simulated host, whose login reaches that tgtd for real and whose disk is a real

@@ -1,7 +1,8 @@
 import os from 'node:os';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BerthError } from '@berth/core';
-import { createTestBerth, linkTarget, loopDevicesUnder, type TestBerth } from './test-support.js';
+import { loopDevicesUnder } from '../support/loop-devices.js';
+import { createTestBerth, linkTarget, type TestBerth } from '../support/test-berth.js';
 
 const MiB = 1024 * 1024;
 let t: TestBerth;

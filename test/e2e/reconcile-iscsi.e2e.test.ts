@@ -2,9 +2,9 @@ import { closeSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BerthService, ReconcileReport } from '@berth/core';
-import { linkTarget } from './test-support.js';
-import { sqlite } from './test-host-state.js';
-import { createSimIscsiBerth, type SimIscsiBerth } from './test-iscsi-sim.js';
+import { sqlite } from '../support/host-state.js';
+import { createSimIscsiBerth, type SimIscsiBerth } from '../support/sim-iscsi-berth.js';
+import { linkTarget } from '../support/test-berth.js';
 
 // `berth reconcile` with the tgt backend (a private tgtd) and the iSCSI transport on the simulated
 // host (real-backed: a session is a qemu-storage-daemon, a disk a loop device over its FUSE export).

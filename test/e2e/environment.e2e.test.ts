@@ -5,8 +5,9 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { silentLogger, type BerthService } from '@berth/core';
 import { createHostServices } from '@berth/host';
-import { openBerth } from './open-berth.js';
-import { createTestBerth, linkTarget, loopDevicesUnder, rejection, type TestBerth } from './test-support.js';
+import { openBerth } from '@berth/runtime';
+import { loopDevicesUnder } from '../support/loop-devices.js';
+import { createTestBerth, linkTarget, rejection, type TestBerth } from '../support/test-berth.js';
 
 // Issue 9's findings 7 and 8: the environment berth runs in, broken for real. losetup missing from
 // PATH; the data dir on a read-only bind mount; the data dir on a tmpfs that is full. Each gets its

@@ -4,7 +4,8 @@ import { existsSync, lstatSync, readlinkSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { BerthError, silentLogger, type BerthService } from '@berth/core';
-import { openBerth } from './open-berth.js';
+import { openBerth } from '@berth/runtime';
+import { loopDevicesUnder } from './loop-devices.js';
 
 /** A private berth on a temp data dir (real loop devices, real /dev/berth links). */
 export interface TestBerth {
@@ -12,16 +13,6 @@ export interface TestBerth {
   open(env?: Record<string, string>): Promise<BerthService>;
   /** Detach loop devices backed by files in the data dir, remove links made for them, delete the dir. */
   cleanup(): Promise<void>;
-}
-
-/** Loop devices whose backing file lies under `dir`. */
-export function loopDevicesUnder(dir: string): string[] {
-  const out = execFileSync('losetup', ['--json', '--list'], { encoding: 'utf8' }).trim();
-  if (!out) return [];
-  const parsed = JSON.parse(out) as { loopdevices: Array<{ name: string; 'back-file'?: string | null }> };
-  return parsed.loopdevices
-    .filter((d) => (d['back-file'] ?? '').replace(/ \(deleted\)$/, '').startsWith(dir + path.sep))
-    .map((d) => d.name);
 }
 
 /** Make a test berth; call `cleanup` in afterEach/afterAll. */

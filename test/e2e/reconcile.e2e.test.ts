@@ -1,13 +1,14 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { closeSync, fsyncSync, openSync, readSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, openSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { BerthService, ReconcileReport } from '@berth/core';
 import { openSqliteStore } from '@berth/store';
-import { createTestBerth, linkTarget, loopDevicesUnder, type TestBerth } from './test-support.js';
-import { detachByHand, loopList, loopsBacking, losetupByHand, sqlite } from './test-host-state.js';
+import { detachByHand, losetupByHand, readAt, sqlite, writeAt } from '../support/host-state.js';
+import { listLoopDevices, loopDevicesBacking, loopDevicesUnder } from '../support/loop-devices.js';
+import { createTestBerth, linkTarget, type TestBerth } from '../support/test-berth.js';
 
 // `berth reconcile` on the embedded default (file backend, loop transport, real loop devices):
 // every kind of difference is made on purpose behind berth's back, found, and fixed.
@@ -27,27 +28,6 @@ afterEach(async () => {
   for (const dir of tempDirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
 
-function write(device: string, bytes: Buffer, offset: number): void {
-  const fd = openSync(device, 'r+');
-  try {
-    writeSync(fd, bytes, 0, bytes.length, offset);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function read(file: string, length: number, offset: number): Buffer {
-  const fd = openSync(file, 'r');
-  try {
-    const buffer = Buffer.alloc(length);
-    readSync(fd, buffer, 0, length, offset);
-    return buffer;
-  } finally {
-    closeSync(fd);
-  }
-}
-
 const kinds = (report: ReconcileReport): string[] => report.differences.map((d) => `${d.kind}:${d.fix}:${d.state}`);
 
 /** What a user can list: the rows, the journal, the loop devices and the stable links. */
@@ -57,7 +37,7 @@ async function snapshot(berth: BerthService): Promise<unknown> {
     volumes,
     attachments: await berth.listAttachments(),
     operations: await Promise.all((await berth.listOperations()).map((o) => berth.getOperation(o.id))),
-    loops: loopList(),
+    loops: listLoopDevices(),
     links: volumes.map((v) => linkTarget(`/dev/berth/${v.id}`) ?? null),
   };
 }
@@ -78,7 +58,7 @@ describe('berth reconcile on the loop transport', () => {
     const applied = await berth.reconcile!();
     expect(kinds(applied)).toEqual(['device_without_attachment:disconnect:applied', 'volume_status_mismatch:recompute_status:applied']);
     expect(applied.counts).toEqual({ found: 2, applied: 2, failed: 0, skipped: 0 });
-    expect(loopsBacking(volume.providerLocation!)).toEqual([]);
+    expect(loopDevicesBacking(volume.providerLocation!)).toEqual([]);
     expect(linkTarget(`/dev/berth/${volume.id}`)).toBeUndefined();
     expect((await berth.getVolume('orphan')).status).toBe('available');
 
@@ -133,9 +113,9 @@ describe('berth reconcile on the loop transport', () => {
       holder.kill('SIGKILL');
       await new Promise<void>((resolve) => holder.once('exit', () => resolve()));
     }
-    expect(loopsBacking(volume.providerLocation!)).toEqual([partial]);
-    expect(loopsBacking(held.providerLocation!)).toEqual([mounted]);
-    expect(loopsBacking(foreignFile)).toEqual([foreign]);
+    expect(loopDevicesBacking(volume.providerLocation!)).toEqual([partial]);
+    expect(loopDevicesBacking(held.providerLocation!)).toEqual([mounted]);
+    expect(loopDevicesBacking(foreignFile)).toEqual([foreign]);
     expect((await berth.getVolume('byhand')).status).toBe('available');
   });
 
@@ -178,9 +158,9 @@ describe('berth reconcile on the loop transport', () => {
     const volume = await berth.createVolume({ name: 'lost', sizeBytes: 16 * MiB });
     const { attachment } = await berth.attach({ volume: 'lost' });
     const marker = Buffer.from('written before the device was lost'.padEnd(4096, '.'));
-    write(attachment!.device!.path, marker, 3 * MiB);
+    writeAt(attachment!.device!.path, marker, 3 * MiB);
     detachByHand(attachment!.device!.path);
-    expect(loopsBacking(volume.providerLocation!)).toEqual([]);
+    expect(loopDevicesBacking(volume.providerLocation!)).toEqual([]);
 
     const planned = await berth.reconcile!({ dryRun: true });
     expect(kinds(planned)).toEqual(['attachment_device_gone:reconnect:planned']);
@@ -188,13 +168,13 @@ describe('berth reconcile on the loop transport', () => {
 
     const applied = await berth.reconcile!();
     expect(kinds(applied)).toEqual(['attachment_device_gone:reconnect:applied']);
-    const [device] = loopsBacking(volume.providerLocation!);
+    const [device] = loopDevicesBacking(volume.providerLocation!);
     expect(device).toBeDefined();
     expect(applied.differences[0]!.result).toBe(`reconnected at ${device}`);
     const [now] = await berth.listAttachments({ volume: 'lost' });
     expect(now).toMatchObject({ id: attachment!.id, status: 'attached', device: { path: device } });
     expect(linkTarget(`/dev/berth/${volume.id}`)).toBe(device);
-    expect(read(`/dev/berth/${volume.id}`, marker.length, 3 * MiB).equals(marker)).toBe(true);
+    expect(readAt(`/dev/berth/${volume.id}`, marker.length, 3 * MiB).equals(marker)).toBe(true);
     expect((await berth.getVolume('lost')).status).toBe('in-use');
 
     await berth.detach({ volume: 'lost' });
@@ -284,11 +264,11 @@ describe('berth reconcile on the loop transport', () => {
     const applied = await berth.reconcile!();
     expect(applied.counts).toMatchObject({ found: 5, applied: 5, failed: 0 });
     expect((await berth.reconcile!({ dryRun: true })).differences).toEqual([]);
-    expect(loopsBacking(a.providerLocation!)).toEqual([]);
-    expect(loopsBacking(b.providerLocation!)).toEqual([]);
-    expect(loopsBacking(c.providerLocation!)).toHaveLength(1);
+    expect(loopDevicesBacking(a.providerLocation!)).toEqual([]);
+    expect(loopDevicesBacking(b.providerLocation!)).toEqual([]);
+    expect(loopDevicesBacking(c.providerLocation!)).toHaveLength(1);
     expect((await berth.listVolumes()).map((v) => `${v.name}:${v.status}`).sort()).toEqual(['a:available', 'b:available', 'c:in-use', 'd:available']);
     await berth.detach({ volume: 'c' });
-    expect(loopsBacking(c.providerLocation!)).toEqual([]);
+    expect(loopDevicesBacking(c.providerLocation!)).toEqual([]);
   });
 });

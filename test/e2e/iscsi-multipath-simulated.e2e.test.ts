@@ -2,8 +2,8 @@ import { closeSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BerthService } from '@berth/core';
-import { createSimIscsiBerth, type SimIscsiBerth } from './test-iscsi-sim.js';
-import { linkTarget } from './test-support.js';
+import { createSimIscsiBerth, type SimIscsiBerth } from '../support/sim-iscsi-berth.js';
+import { linkTarget } from '../support/test-berth.js';
 
 // Issue 4 end to end, as `berth attach db2 --multipath --simulate` runs it: a tgt volume exported
 // on two portals of berth's own tgtd (127.0.0.1 and 127.0.0.2), two real sessions through the

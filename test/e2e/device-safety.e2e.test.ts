@@ -1,21 +1,20 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, fsyncSync, mkdirSync, openSync, readSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { silentLogger, type BerthService } from '@berth/core';
 import { createHostServices } from '@berth/host';
 import { openSqliteStore } from '@berth/store';
-import { createTestBerth, linkTarget, loopDevicesUnder, rejection, type TestBerth } from './test-support.js';
-import { loopsBacking } from './test-host-state.js';
-import { openBerth } from './open-berth.js';
+import { openBerth } from '@berth/runtime';
+import { LOCK_HOLDER, readAt, writeAt } from '../support/host-state.js';
+import { loopDevicesBacking, loopDevicesUnder } from '../support/loop-devices.js';
+import { createTestBerth, linkTarget, rejection, type TestBerth } from '../support/test-berth.js';
 
 // Issue 9's findings 1, 2, 3, 5 and 6, each made to happen for real (real loop devices, a real
 // process holding a device open, another process holding the database's write lock) and shown to
 // be impossible now. Findings 4, 8 and 9 are in reconcile.e2e.test.ts and environment.e2e.test.ts.
 
 const MiB = 1024 * 1024;
-const LOCK_HOLDER = path.join(path.dirname(fileURLToPath(import.meta.url)), 'test-lock-holder.mjs');
 let t: TestBerth;
 const children: ChildProcess[] = [];
 
@@ -72,27 +71,6 @@ async function lockHolder(dataDir: string, holdMs: number): Promise<{ take(): Pr
 }
 
 
-function write(device: string, bytes: Buffer, offset: number): void {
-  const fd = openSync(device, 'r+');
-  try {
-    writeSync(fd, bytes, 0, bytes.length, offset);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function read(file: string, length: number, offset: number): Buffer {
-  const fd = openSync(file, 'r');
-  try {
-    const buffer = Buffer.alloc(length);
-    readSync(fd, buffer, 0, length, offset);
-    return buffer;
-  } finally {
-    closeSync(fd);
-  }
-}
-
 /** Whether the kernel will free `device` at its last close (losetup --detach on a busy device sets it). */
 function autoclearOf(device: string): boolean | undefined {
   const out = execFileSync('losetup', ['--json', '--list'], { encoding: 'utf8' }).trim();
@@ -112,15 +90,15 @@ describe('one volume, several attachments on one host (findings 1 and 2)', () =>
     const refused = await rejection(berth.attach({ volume: 'shared', mode: 'ro' }));
     expect(refused.code).toBe('CONFLICT');
     expect(refused.hint).toMatch(/--mode rw/);
-    expect(loopsBacking(volume.providerLocation!)).toEqual([device]);
+    expect(loopDevicesBacking(volume.providerLocation!)).toEqual([device]);
     expect(linkTarget(`/dev/berth/${volume.id}`)).toBe(device);
     expect(linkTarget(`/dev/berth/${first!.id}`)).toBe(device);
     const [still] = await berth.listAttachments({ volume: 'shared' });
     expect(still).toMatchObject({ id: first!.id, status: 'attached', device: { path: device } });
     // The bytes still go where web-1 expects them.
     const marker = Buffer.from('still web-1'.padEnd(4096, '.'));
-    write(`/dev/berth/${first!.id}`, marker, MiB);
-    expect(read(volume.providerLocation!, marker.length, MiB).equals(marker)).toBe(true);
+    writeAt(`/dev/berth/${first!.id}`, marker, MiB);
+    expect(readAt(volume.providerLocation!, marker.length, MiB).equals(marker)).toBe(true);
     await berth.detach({ volume: 'shared', server: 'web-1' });
     expect(loopDevicesUnder(t.dataDir)).toEqual([]);
   });
@@ -134,20 +112,20 @@ describe('one volume, several attachments on one host (findings 1 and 2)', () =>
     const { attachment: two } = await berth.attach({ volume: 'shared', server: 'web-2' });
     const device = one!.device!.path;
     expect(two!.device).toEqual(one!.device);
-    expect(loopsBacking(volume.providerLocation!)).toEqual([device]);
+    expect(loopDevicesBacking(volume.providerLocation!)).toEqual([device]);
     // Each attachment has its own link; the volume's names the one shared device.
     expect(one!.publishedPath).toBe(`/dev/berth/${one!.id}`);
     expect(two!.publishedPath).toBe(`/dev/berth/${two!.id}`);
     expect([linkTarget(`/dev/berth/${one!.id}`), linkTarget(`/dev/berth/${two!.id}`), linkTarget(`/dev/berth/${volume.id}`)]).toEqual([device, device, device]);
 
     await berth.detach({ volume: 'shared', server: 'web-1' });
-    expect(loopsBacking(volume.providerLocation!)).toEqual([device]);
+    expect(loopDevicesBacking(volume.providerLocation!)).toEqual([device]);
     expect(linkTarget(`/dev/berth/${one!.id}`)).toBeUndefined();
     expect(linkTarget(`/dev/berth/${two!.id}`)).toBe(device);
     expect(linkTarget(`/dev/berth/${volume.id}`)).toBe(device);
     const marker = Buffer.from('web-2 after web-1 left'.padEnd(4096, '#'));
-    write(`/dev/berth/${two!.id}`, marker, 2 * MiB);
-    expect(read(volume.providerLocation!, marker.length, 2 * MiB).equals(marker)).toBe(true);
+    writeAt(`/dev/berth/${two!.id}`, marker, 2 * MiB);
+    expect(readAt(volume.providerLocation!, marker.length, 2 * MiB).equals(marker)).toBe(true);
 
     await berth.detach({ volume: 'shared', server: 'web-2' });
     expect(loopDevicesUnder(t.dataDir)).toEqual([]);
@@ -169,7 +147,7 @@ describe('one volume, several attachments on one host (findings 1 and 2)', () =>
     try {
       const [one, two] = await Promise.all([a.attach({ volume: 'shared', server: 'web-1' }), b.attach({ volume: 'shared', server: 'web-2' })]);
       expect(one.attachment!.device!.path).toBe(two.attachment!.device!.path);
-      expect(loopsBacking(volume.providerLocation!)).toHaveLength(1);
+      expect(loopDevicesBacking(volume.providerLocation!)).toHaveLength(1);
       await Promise.all([a.detach({ volume: 'shared', server: 'web-1' }), b.detach({ volume: 'shared', server: 'web-2' })]);
       expect(loopDevicesUnder(t.dataDir)).toEqual([]);
       expect(linkTarget(`/dev/berth/${volume.id}`)).toBeUndefined();
@@ -224,21 +202,21 @@ describe('a device held open (finding 3)', () => {
       expect(linkTarget(`/dev/berth/${a2.id}`)).toBeUndefined();
       expect(autoclearOf(device)).toBe(true);
       await stop(holder);
-      await createHostServices().waiter.waitUntil('/dev', async () => (loopsBacking(a2.providerLocation!).length === 0 ? true : undefined), { timeoutMs: 10_000 });
+      await createHostServices().waiter.waitUntil('/dev', async () => (loopDevicesBacking(a2.providerLocation!).length === 0 ? true : undefined), { timeoutMs: 10_000 });
 
       // The kernel gives the number to the next file attached: here, the other volume's, on that very node.
       execFileSync('losetup', [device, other.providerLocation!]);
       const mark = Buffer.from('other volume'.padEnd(4096, '!'));
-      write(device, mark, 3 * MiB);
+      writeAt(device, mark, 3 * MiB);
       await berth.detach({ volume: 'a2', force: true });
       expect((await berth.getVolume('a2')).status).toBe('available');
       expect(await berth.listAttachments({ volume: 'a2' })).toEqual([]);
       // The other volume's device was not touched, and no link of a2's leads to it.
-      expect(loopsBacking(other.providerLocation!)).toEqual([device]);
+      expect(loopDevicesBacking(other.providerLocation!)).toEqual([device]);
       expect(linkTarget(`/dev/berth/${a2.id}`)).toBeUndefined();
       expect(linkTarget(`/dev/berth/${attachment!.id}`)).toBeUndefined();
-      expect(read(other.providerLocation!, mark.length, 3 * MiB).equals(mark)).toBe(true);
-      expect(read(a2.providerLocation!, mark.length, 3 * MiB).equals(Buffer.alloc(mark.length))).toBe(true);
+      expect(readAt(other.providerLocation!, mark.length, 3 * MiB).equals(mark)).toBe(true);
+      expect(readAt(a2.providerLocation!, mark.length, 3 * MiB).equals(Buffer.alloc(mark.length))).toBe(true);
     } finally {
       await berth.close();
     }

@@ -1,6 +1,6 @@
 // Another process holding berth's SQLite write lock (BEGIN IMMEDIATE) for a while, as a second
 // berth command, a backup or a hand-run sqlite3 would. Used by the lock-holder fault tests.
-// Usage: test-lock-holder.mjs <berth.db> <holdMs> [--on-stdin]. With --on-stdin it starts, prints
+// Usage: lock-holder.mjs <berth.db> <holdMs> [--on-stdin]. With --on-stdin it starts, prints
 // "ready", and takes the lock when a line arrives on stdin (so the test controls the moment, not
 // the machine's load). Prints "locked" once it holds the lock and "released" when it let go.
 import { setTimeout } from 'node:timers';

@@ -1,13 +1,13 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BerthError, type BerthService, type Logger } from '@berth/core';
-import { REDACT_PATHS } from './logger.js';
-import { sqlite } from './test-host-state.js';
-import { createSimIscsiBerth, type SimIscsiBerth } from './test-iscsi-sim.js';
+import { REDACT_PATHS } from '@berth/runtime';
+import { BERTH_BIN } from '../support/berth-cli.js';
+import { sqlite } from '../support/host-state.js';
+import { createSimIscsiBerth, type SimIscsiBerth } from '../support/sim-iscsi-berth.js';
 
 // Secrets never leak: a CHAP volume on tgt is attached and detached over iSCSI
 // on the simulated host, an attach fails at injected faults, reconcile reconnects a lost session
@@ -16,7 +16,7 @@ import { createSimIscsiBerth, type SimIscsiBerth } from './test-iscsi-sim.js';
 // journal row, every CLI output and the SQLite files' bytes are searched for the passwords.
 
 const MiB = 1024 * 1024;
-const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../apps/cli/bin/run.js');
+const CLI = BERTH_BIN;
 const CLI_BUILT = existsSync(path.resolve(path.dirname(CLI), '../dist/commands/reconcile.js'));
 
 let env: SimIscsiBerth;

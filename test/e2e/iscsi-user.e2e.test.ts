@@ -8,10 +8,11 @@ import { BerthError, silentLogger, type BerthService } from '@berth/core';
 import { stopManagedTgtd } from '@berth/backend-tgt';
 import { createHostServices, daemonStatus } from '@berth/host';
 import { StorageDaemon, unmountFuseUnder } from '@berth/qemu';
-import { openBerth } from './open-berth.js';
-import { freeControlPort, freeTcpPort } from './test-iscsi-sim.js';
-import { writeAt } from './test-io.js';
-import { linkTarget, loopDevicesUnder } from './test-support.js';
+import { openBerth } from '@berth/runtime';
+import { writeAt } from '../support/host-state.js';
+import { loopDevicesUnder } from '../support/loop-devices.js';
+import { freeControlPort, freePort } from '../support/ports.js';
+import { linkTarget } from '../support/test-berth.js';
 
 // berth on this machine as a user runs it, without --simulate: the kernel has no iSCSI initiator,
 // so a tgt volume attaches through iscsi-user by default — a real /dev/loopN whose bytes reach
@@ -26,8 +27,8 @@ let berth: BerthService;
 
 beforeAll(async () => {
   dataDir = await realpath(await mkdtemp(path.join(os.tmpdir(), 'berth-iu-rt-')));
-  controlPort = freeControlPort();
-  const portals = [`127.0.0.1:${await freeTcpPort()}`];
+  controlPort = await freeControlPort();
+  const portals = [`127.0.0.1:${await freePort()}`];
   writeFileSync(path.join(dataDir, 'config.json'), JSON.stringify({ defaultBackend: 'tgt', pluginOptions: { '@berth/backend-tgt': { portals, controlPort } } }));
   berth = await openBerth({ dataDir, logger: silentLogger });
 });

@@ -1,12 +1,12 @@
 import { spawnSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BerthError, recomputeVolumeStatus, type BerthService } from '@berth/core';
-import { createTestBerth, linkTarget, loopDevicesUnder, type TestBerth } from './test-support.js';
-import { loopsBacking } from './test-host-state.js';
-import { seededRandom } from './seeded-random.js';
+import { seededRandom } from '@berth/runtime';
+import { OP_CHILD } from '../support/host-state.js';
+import { loopDevicesBacking, loopDevicesUnder } from '../support/loop-devices.js';
+import { createTestBerth, linkTarget, type TestBerth } from '../support/test-berth.js';
 
 // A soak on the embedded default (file backend, loop transport, real loop devices): 500 random
 // attach/detach/extend/delete(+create) operations over 20 volumes and 3 servers, run by four berth
@@ -14,7 +14,6 @@ import { seededRandom } from './seeded-random.js';
 // points, plus a crash child after each round; then reconcile. The state must be consistent and
 // nothing may leak. BERTH_SOAK_SEED replays a run; BERTH_SOAK_OPS changes its length.
 
-const CHILD = path.join(path.dirname(fileURLToPath(import.meta.url)), 'test-op-child.mjs');
 const MiB = 1024 * 1024;
 const OPS = Number(process.env.BERTH_SOAK_OPS ?? 500);
 const SEED = Number(process.env.BERTH_SOAK_SEED ?? Math.floor(Math.random() * 2 ** 31));
@@ -135,7 +134,7 @@ describe('soak', () => {
       if (status === 'available' || status === 'in-use') {
         const command = status === 'available' ? 'attach' : 'detach';
         const point = pick(command === 'attach' ? CRASH_ATTACH : CRASH_DETACH);
-        const child = spawnSync(process.execPath, [CHILD, t.dataDir, command, name, pick(SERVERS)], {
+        const child = spawnSync(process.execPath, [OP_CHILD, t.dataDir, command, name, pick(SERVERS)], {
           env: { ...process.env, BERTH_FAULTS: `${point}=crash`, BERTH_LOG_LEVEL: 'silent' },
           encoding: 'utf8',
           timeout: 60_000,
@@ -176,7 +175,7 @@ describe('soak', () => {
     for (const volume of final) {
       const own = attachments.filter((a) => a.volumeId === volume.id);
       expect(volume.status).toBe(recomputeVolumeStatus(own));
-      const devices = loopsBacking(volume.providerLocation!);
+      const devices = loopDevicesBacking(volume.providerLocation!);
       devices.forEach((d) => accounted.add(d));
       if (volume.status === 'in-use') {
         expect(own.map((a) => a.status)).toEqual(['attached']);

@@ -1,13 +1,13 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp, realpath, rm } from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { parseTargetList, stopManagedTgtd, type TgtTarget } from '@berth/backend-tgt';
 import { silentLogger, type BerthService, type Logger } from '@berth/core';
-import { openBerth } from './open-berth.js';
-import { simulatedHostPaths, stopSimulatedHost } from './simulate.js';
+import { openBerth, simulatedHostPaths, stopSimulatedHost } from '@berth/runtime';
+import { loopDevicesUnder } from './loop-devices.js';
+import { freeControlPort, freePort } from './ports.js';
 
 // A private berth for iSCSI tests on the simulated host in real-backed mode: its own data dir,
 // its own tgtd (a free control port and TCP port), and the detached simulated host under the data
@@ -18,6 +18,8 @@ export interface SimIscsiBerth {
   dataDir: string;
   controlPort: number;
   portal: string;
+  /** Every portal of its target (`<host>:<port>`, one per portal host). */
+  portals: string[];
   /** The simulated host's root and the real-backed disks' work dir. */
   root: string;
   workDir: string;
@@ -28,33 +30,11 @@ export interface SimIscsiBerth {
   targets(): TgtTarget[];
   /** Run the simulated host's iscsiadm (as an operator would on a real host). */
   iscsiadm(args: readonly string[]): { exitCode: number; stdout: string; stderr: string };
-  /** open-iscsi node records left in the simulated host's database. */
+  /** open-iscsi node records left in the simulated host's database: `<target iqn>/<portal record>`, one per portal. */
   nodeRecords(): string[];
   /** Loop devices, FUSE mounts and qemu-storage-daemon processes of the real-backed disks. */
   leftovers(): { loops: string[]; mounts: string[]; qsd: string[] };
   cleanup(): Promise<void>;
-}
-
-/** A TCP port nothing listens on at 127.0.0.1. */
-export async function freeTcpPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
-    });
-  });
-}
-
-/** A tgtd control port no tgtd answers on (tgtadm exits 107 when nobody is there). */
-export function freeControlPort(): number {
-  for (let attempt = 0; attempt < 20; attempt += 1) {
-    const candidate = 20_000 + Math.floor(Math.random() * 40_000);
-    const probe = spawnSync('tgtadm', ['-C', String(candidate), '--lld', 'iscsi', '--op', 'show', '--mode', 'sys'], { timeout: 5_000 });
-    if (probe.status === 107) return candidate;
-  }
-  throw new Error('no free tgtd control port');
 }
 
 /** Make a private simulated-iSCSI berth; call `cleanup` in afterAll. */
@@ -62,9 +42,10 @@ export async function createSimIscsiBerth(
   options: { backendOptions?: Record<string, unknown>; /** one portal per address, same port (default 127.0.0.1) */ portalHosts?: string[] } = {},
 ): Promise<SimIscsiBerth> {
   const dataDir = await realpath(await mkdtemp(path.join(os.tmpdir(), 'berth-sim-')));
-  const port = await freeTcpPort();
-  const controlPort = freeControlPort();
-  const portals = (options.portalHosts ?? ['127.0.0.1']).map((host) => `${host}:${port}`);
+  const hosts = options.portalHosts ?? ['127.0.0.1'];
+  const port = await freePort(hosts);
+  const controlPort = await freeControlPort();
+  const portals = hosts.map((host) => `${host}:${port}`);
   const portal = portals[0]!;
   writeFileSync(
     path.join(dataDir, 'config.json'),
@@ -76,6 +57,7 @@ export async function createSimIscsiBerth(
     dataDir,
     controlPort,
     portal,
+    portals,
     root,
     workDir,
     childEnv: { BERTH_SIMULATE: '1' },
@@ -100,15 +82,11 @@ export async function createSimIscsiBerth(
     },
     nodeRecords() {
       const nodes = path.join(root, 'etc', 'iscsi', 'nodes');
-      return existsSync(nodes) ? readdirSync(nodes) : [];
+      if (!existsSync(nodes)) return [];
+      return readdirSync(nodes).flatMap((iqn) => readdirSync(path.join(nodes, iqn)).map((record) => `${iqn}/${record}`));
     },
     leftovers() {
-      const out = execFileSync('losetup', ['--json', '--list'], { encoding: 'utf8' }).trim();
-      const loops = out
-        ? (JSON.parse(out) as { loopdevices: Array<{ name: string; 'back-file'?: string | null }> }).loopdevices
-            .filter((d) => (d['back-file'] ?? '').startsWith(workDir))
-            .map((d) => d.name)
-        : [];
+      const loops = loopDevicesUnder(workDir);
       const mounts = readFileSync('/proc/mounts', 'utf8')
         .split('\n')
         .filter((l) => l.includes(workDir));

@@ -1,16 +1,15 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { closeSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { BerthService } from '@berth/core';
-import { createTestBerth, linkTarget, loopDevicesUnder, type TestBerth } from './test-support.js';
+import { OP_CHILD } from '../support/host-state.js';
+import { loopDevicesUnder } from '../support/loop-devices.js';
+import { createTestBerth, linkTarget, type TestBerth } from '../support/test-berth.js';
 
 // Crash safety on the loop transport: a real child process is SIGKILLed at a fault point, a new
 // berth starts (and recovers), and the state must be consistent: the volume available or in-use
 // with a matching attachment and a matching loop device, nothing left over, no data lost.
 
-const CHILD = path.join(path.dirname(fileURLToPath(import.meta.url)), 'test-crash-child.mjs');
 const MiB = 1024 * 1024;
 const ATTACH = ['reserve', 'dispatch', 'connector', 'initialize', 'connect', 'publish', 'complete'];
 const DETACH = ['begin_detaching', 'dispatch', 'unpublish', 'disconnect', 'terminate', 'delete_attachment'];
@@ -32,7 +31,7 @@ afterAll(() => {
 });
 
 function runChild(command: string, point: string): string {
-  const result = spawnSync(process.execPath, [CHILD, t.dataDir, command, 'v'], {
+  const result = spawnSync(process.execPath, [OP_CHILD, t.dataDir, command, 'v'], {
     env: { ...process.env, BERTH_FAULTS: `${point}=crash`, BERTH_LOG_LEVEL: 'silent' },
     encoding: 'utf8',
     timeout: 60_000,

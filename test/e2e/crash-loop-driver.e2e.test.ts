@@ -1,16 +1,15 @@
 import { spawnSync } from 'node:child_process';
 import { closeSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { createTestBerth, linkTarget, loopDevicesUnder, type TestBerth } from './test-support.js';
+import { OP_CHILD } from '../support/host-state.js';
+import { loopDevicesUnder } from '../support/loop-devices.js';
+import { createTestBerth, linkTarget, type TestBerth } from '../support/test-berth.js';
 
 // The loop transport's own fault points (between its commands), crashed in a real child process:
 // after the restart the volume is available or in-use with a matching loop device, reconcile finds
 // nothing, and the bytes written before the crash are there. The step boundaries are covered by
 // crash.e2e.test.ts.
 
-const CHILD = path.join(path.dirname(fileURLToPath(import.meta.url)), 'test-crash-child.mjs');
 const MiB = 1024 * 1024;
 const table: string[] = [];
 let t: TestBerth;
@@ -28,7 +27,7 @@ afterAll(() => {
 });
 
 function runChild(command: string, point: string): string {
-  const result = spawnSync(process.execPath, [CHILD, t.dataDir, command, 'v'], {
+  const result = spawnSync(process.execPath, [OP_CHILD, t.dataDir, command, 'v'], {
     env: { ...process.env, BERTH_FAULTS: `${point}=crash`, BERTH_LOG_LEVEL: 'silent' },
     encoding: 'utf8',
     timeout: 60_000,

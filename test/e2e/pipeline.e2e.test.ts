@@ -2,7 +2,8 @@ import { execFileSync } from 'node:child_process';
 import { closeSync, existsSync, openSync, readSync, writeSync, fsyncSync } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BerthError, type BerthService } from '@berth/core';
-import { createTestBerth, linkTarget, loopDevicesUnder, type TestBerth } from './test-support.js';
+import { loopDevicesUnder } from '../support/loop-devices.js';
+import { createTestBerth, linkTarget, type TestBerth } from '../support/test-berth.js';
 
 const MiB = 1024 * 1024;
 const ATTACH_STEPS = ['reserve', 'dispatch', 'connector', 'initialize', 'connect', 'publish', 'complete'];

@@ -1,0 +1,54 @@
+import { execFileSync } from 'node:child_process';
+import { closeSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+// Helpers for tests that change berth's state behind its back and read the machine's state.
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+/** A child berth that runs one attach or detach and may be killed at an armed fault point (`op-child.mjs`). */
+export const OP_CHILD = path.join(HERE, 'op-child.mjs');
+/** Another process holding berth's SQLite write lock (`lock-holder.mjs`). */
+export const LOCK_HOLDER = path.join(HERE, 'lock-holder.mjs');
+
+/** Run one SQL statement on a data dir's database with the sqlite3 tool (a write berth did not make). */
+export function sqlite(dataDir: string, statement: string): string {
+  return execFileSync('sqlite3', ['-cmd', '.timeout 5000', path.join(dataDir, 'berth.db'), statement], { encoding: 'utf8' }).trim();
+}
+
+/** Attach `file` to a loop device by hand (as an operator would), returning the device. */
+export function losetupByHand(file: string): string {
+  return execFileSync('losetup', ['--find', '--show', file], { encoding: 'utf8' }).trim();
+}
+
+/** Detach a loop device by hand; an already detached one is fine. */
+export function detachByHand(device: string): void {
+  try {
+    execFileSync('losetup', ['--detach', device], { stdio: 'ignore' });
+  } catch {
+    // already gone
+  }
+}
+
+/** Write `data` at `offset` of `file` and fsync. */
+export function writeAt(file: string, data: Buffer, offset: number): void {
+  const fd = openSync(file, 'r+');
+  try {
+    writeSync(fd, data, 0, data.length, offset);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** `length` bytes at `offset` of a file or block device. */
+export function readAt(file: string, length: number, offset: number): Buffer {
+  const fd = openSync(file, 'r');
+  try {
+    const buffer = Buffer.alloc(length);
+    readSync(fd, buffer, 0, length, offset);
+    return buffer;
+  } finally {
+    closeSync(fd);
+  }
+}
