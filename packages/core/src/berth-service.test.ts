@@ -129,6 +129,30 @@ describe('attach and detach on the in-memory store', () => {
     expect(exported.size + connected.size).toBe(0);
   });
 
+  it('a step whose store write finds the database locked waits it out (retried within the deadline) instead of failing', async () => {
+    const { service, store } = world();
+    const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    // Another process holds the database: the next transactions (reserve, then delete_attachment) say "locked" twice each.
+    const transaction = store.transaction.bind(store);
+    let busy = 0;
+    const locked = () => new BerthError('TIMEOUT', 'the berth database stayed locked by another process', { details: { reason: 'database-locked', retryable: true } });
+    (store as { transaction: Store['transaction'] }).transaction = async (fn) => {
+      if (busy > 0) {
+        busy -= 1;
+        throw locked();
+      }
+      return transaction(fn);
+    };
+    busy = 2;
+    const attached = await service.attach({ volume: 'db' });
+    expect(attached.operation.state).toBe('succeeded');
+    busy = 2;
+    const detached = await service.detach({ volume: 'db' });
+    expect(detached.operation.state).toBe('succeeded');
+    expect((await store.volumes.require(volume.id)).status).toBe('available');
+    expect(busy).toBe(0);
+  });
+
   it('lets exactly one of two attaches of one volume to two servers win; the other gets CONFLICT', async () => {
     const { service } = world();
     await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });

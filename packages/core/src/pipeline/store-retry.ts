@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BerthError, toBerthError } from '../errors.js';
 import type { Logger } from '../logger.js';
+import type { Store } from '../store.js';
 
 /** How a store write is retried. */
 export interface StoreRetryOptions {
@@ -51,4 +52,35 @@ export async function withStoreRetry<T>(fn: () => Promise<T>, options: StoreRetr
       delay = Math.min(delay * 2, MAX_DELAY_MS);
     }
   }
+}
+
+/**
+ * `store` with every repository call and transaction retried like `withStoreRetry` until `signal`
+ * fires: the pipelines' steps use it, so another process holding the database a moment delays a
+ * step instead of failing it (and a detach past its point of no return does not end in
+ * `error_detaching` for a lock). A retried call never ran (busy) or is a whole transaction.
+ */
+export function retryingStore(store: Store, options: { signal: AbortSignal; logger?: Logger }): Store {
+  const wrap = <R extends object>(repo: R, name: string): R =>
+    new Proxy(repo, {
+      get(target, prop, receiver) {
+        const value: unknown = Reflect.get(target, prop, receiver);
+        if (typeof value !== 'function') return value;
+        return (...args: unknown[]) =>
+          withStoreRetry(() => Promise.resolve((value as (...a: unknown[]) => unknown).apply(target, args)), { what: `${name}.${String(prop)}`, ...options });
+      },
+    });
+  return {
+    volumes: wrap(store.volumes, 'volumes'),
+    hosts: wrap(store.hosts, 'hosts'),
+    servers: wrap(store.servers, 'servers'),
+    attachments: wrap(store.attachments, 'attachments'),
+    operations: wrap(store.operations, 'operations'),
+    devices: wrap(store.devices, 'devices'),
+    locks: wrap(store.locks, 'locks'),
+    ...(store.workItems ? { workItems: wrap(store.workItems, 'workItems') } : {}),
+    ...(store.notifications ? { notifications: store.notifications } : {}),
+    transaction: (fn) => withStoreRetry(() => store.transaction(fn), { what: 'transaction', ...options }),
+    close: () => store.close(),
+  };
 }

@@ -1,8 +1,9 @@
 import { parseWith } from '../../errors.js';
 import { attachSteps } from '../../pipeline/attach.js';
-import type { PipelineContext } from '../../pipeline/context.js';
+import type { PipelineContext, PipelineDeps } from '../../pipeline/context.js';
 import { detachSteps } from '../../pipeline/detach.js';
 import type { Step } from '../../pipeline/step.js';
+import { retryingStore } from '../../pipeline/store-retry.js';
 import { zAttachRequest, zDetachRequest } from '../../requests.js';
 import type { AttachRequest, DetachRequest, StartedOperation } from '../../service.js';
 import type { ServiceParts } from '../parts.js';
@@ -21,9 +22,9 @@ export async function startAttach(parts: ServiceParts, launcher: OperationLaunch
   const server = req.server === undefined ? await parts.localHost.server(project) : await resolveServer(store, req.server, project);
   await preflightAttach(store, volume, server);
 
-  return launcher.launch({ kind: 'attach', volume, server, idempotencyKey: req.idempotencyKey }, async (operationId) => {
+  return launcher.launch({ kind: 'attach', volume, server, idempotencyKey: req.idempotencyKey }, async (operationId, signal) => {
     const ctx = launcher.context(operationId, await store.volumes.require(volume.id), server);
-    const steps = attachSteps(parts.deps, {
+    const steps = attachSteps(stepDeps(parts, signal), {
       mode: req.mode ?? 'rw',
       ...(req.multipath === undefined ? {} : { multipath: req.multipath }),
       ...(req.transport === undefined ? {} : { transport: req.transport }),
@@ -50,10 +51,15 @@ export async function startDetach(parts: ServiceParts, launcher: OperationLaunch
   const attachment = await findAttachmentToDetach(store, volume, { attachmentId: req.attachmentId, server: req.server, project, force: req.force ?? false });
   const server = await store.servers.require(attachment.serverId);
 
-  return launcher.launch({ kind: 'detach', volume, server, attachment, idempotencyKey: req.idempotencyKey }, async (operationId) => {
+  return launcher.launch({ kind: 'detach', volume, server, attachment, idempotencyKey: req.idempotencyKey }, async (operationId, signal) => {
     const ctx = launcher.context(operationId, await store.volumes.require(volume.id), server);
     ctx.attachment = await store.attachments.require(attachment.id);
     ctx.force = req.force ?? false;
-    return { ctx, steps: detachSteps(parts.deps) };
+    return { ctx, steps: detachSteps(stepDeps(parts, signal)) };
   });
+}
+
+/** The pipelines' dependencies for one operation: its steps' store writes wait out a held lock until the deadline. */
+function stepDeps(parts: ServiceParts, signal: AbortSignal): PipelineDeps {
+  return { ...parts.deps, store: retryingStore(parts.deps.store, { signal, logger: parts.deps.logger }) };
 }

@@ -55,7 +55,7 @@ export class OperationLauncher {
    * Journal a new operation, then run the steps `prepare` gives under the volume lock (queued,
    * never rejected) and a deadline that counts the wait for the lock too.
    */
-  async launch(what: LaunchRequest, prepare: (operationId: string) => Promise<PreparedRun>): Promise<StartedOperation> {
+  async launch(what: LaunchRequest, prepare: (operationId: string, signal: AbortSignal) => Promise<PreparedRun>): Promise<StartedOperation> {
     const { store, config, logger, owner } = this.parts;
     const operation = await withStoreRetry(() => store.operations.create({
       kind: what.kind,
@@ -70,7 +70,7 @@ export class OperationLauncher {
     const deadline = createDeadline(config.operationTimeoutMs);
     const done = this.track(
       operation.id,
-      this.parts.volumeLocks.withLock(what.volume.id, () => this.execute(operation.id, what.kind, deadline, () => prepare(operation.id)), deadline.signal),
+      this.parts.volumeLocks.withLock(what.volume.id, () => this.execute(operation.id, what.kind, deadline, () => prepare(operation.id, deadline.signal)), deadline.signal),
     );
     return { operation, done };
   }
