@@ -32,6 +32,13 @@ export interface FaultSpec {
   multipathdMissesNewPaths?: boolean;
   /** Multipath maps someone holds open (by map name or `dm-N`): they cannot be flushed. */
   mapsHeldOpen?: string[];
+  /**
+   * Scans of matching LUNs that park before the kernel finds anything (sysfs shows nothing yet),
+   * as a scan the killed writer left behind: released by a `delete` written to a disk of another
+   * session (which waits for the released disks to be in sysfs before its own disk goes), by the
+   * session's logout, or when the fault is cleared.
+   */
+  heldScans?: FaultMatch[];
 }
 
 /** A fake tool run that fails: matched by tool name and arguments, answered with `exitCode`. */
@@ -67,6 +74,7 @@ export class FaultSet {
       multipathdStopped: false,
       multipathdMissesNewPaths: false,
       mapsHeldOpen: [],
+      heldScans: [],
     };
   }
 
@@ -81,6 +89,7 @@ export class FaultSet {
       multipathdStopped: spec.multipathdStopped ?? false,
       multipathdMissesNewPaths: spec.multipathdMissesNewPaths ?? false,
       mapsHeldOpen: [...(spec.mapsHeldOpen ?? [])],
+      heldScans: [...(spec.heldScans ?? [])].map((f) => ({ ...f })),
     };
     this.changed();
   }
@@ -137,6 +146,12 @@ export class FaultSet {
   holdMapOpen(map: string, open: boolean): void {
     this.spec.mapsHeldOpen = this.spec.mapsHeldOpen.filter((m) => m !== map);
     if (open) this.spec.mapsHeldOpen.push(map);
+    this.changed();
+  }
+
+  /** Hold the scans of matching LUNs (see `FaultSpec.heldScans`). */
+  holdScans(match: FaultMatch): void {
+    this.spec.heldScans.push({ ...match });
     this.changed();
   }
 
@@ -198,6 +213,11 @@ export class FaultSet {
   /** @internal extra device delay of a LUN. */
   extraDelay(portal: string, iqn: string, lun: number): number {
     return this.spec.slowDevices.filter((f) => matches(f, portal, iqn, lun)).reduce((sum, f) => sum + f.extraDelayMs, 0);
+  }
+
+  /** @internal whether a scan of the LUN must park (`heldScans`). */
+  scanHeld(portal: string, iqn: string, lun: number): boolean {
+    return this.spec.heldScans.some((f) => matches(f, portal, iqn, lun));
   }
 
   /** @internal whether the LUN's device must never appear. */

@@ -1,9 +1,9 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { HostServices } from '@berth/host';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { SimulatedHost, type SimulatedHostOptions } from './simulated-host.js';
-import { PORTAL, VOL1, VOL2, iscsiadm, loginManual, node } from './test-helpers.js';
+import { PORTAL, PORTAL2, VOL1, VOL2, iscsiadm, loginManual, node } from './test-helpers.js';
 
 let sim: SimulatedHost | undefined;
 
@@ -173,6 +173,48 @@ describe('the simulated kernel', { timeout: 60_000 }, () => {
     const oneAttempt = performance.now() - started;
     expect(oneAttempt).toBeGreaterThanOrEqual(1_000);
     expect(oneAttempt).toBeLessThan(twoAttempts);
+  });
+
+  it('holds a scan (heldScans) until a delete on another session, which returns once the held disk is in sysfs', async () => {
+    const { sim, services } = await start();
+    await sim.san.addTarget({ iqn: VOL1, portals: [PORTAL, PORTAL2], luns: { 1: { sizeBytes: MiB } } });
+    await sim.faults.load({ heldScans: [{ portal: PORTAL2, iqn: VOL1 }] });
+    const one = await loginManual(sim, services, VOL1);
+    const two = await loginManual(sim, services, VOL1, PORTAL2);
+    const fs = services.fs;
+    await fs.writeFile(`/sys/class/scsi_host/host${one.host}/scan`, '- - 1');
+    await services.waiter.waitForPath('/dev/sda', { timeoutMs: 5_000 });
+    // A FIFO write returns at once: the scan is parked in the kernel, nothing in sysfs yet.
+    await fs.writeFile(`/sys/class/scsi_host/host${two.host}/scan`, '- - 1');
+    await vi.waitFor(async () => expect((await sim.state()).heldScans).toBe(1), { timeout: 10_000 });
+    expect((await sim.state()).devices.map((d) => d.sid)).toEqual([one.sid]);
+    // The delete of sda lets the held scan land first: when it returns, sdb is in sysfs.
+    const del = await services.runner.run('tee', ['-a', '/sys/block/sda/device/delete'], { input: '1' });
+    expect(del.exitCode).toBe(0);
+    const state = await sim.state();
+    expect(state.heldScans).toBe(0);
+    expect(state.devices.map((d) => [d.name, d.sid])).toEqual([['sdb', two.sid]]);
+    expect(await fs.exists('/sys/block/sdb')).toBe(true);
+  });
+
+  it('releases a held scan on its session\'s logout and when the fault is cleared', async () => {
+    const { sim, services } = await start();
+    await sim.san.addTarget({ iqn: VOL1, portals: [PORTAL], luns: { 1: { sizeBytes: MiB } } });
+    await sim.san.addTarget({ iqn: VOL2, portals: [PORTAL], luns: { 1: { sizeBytes: MiB } } });
+    await sim.faults.holdScans({ portal: PORTAL });
+    const one = await loginManual(sim, services, VOL1);
+    const two = await loginManual(sim, services, VOL2);
+    await services.fs.writeFile(`/sys/class/scsi_host/host${one.host}/scan`, '- - 1');
+    await services.fs.writeFile(`/sys/class/scsi_host/host${two.host}/scan`, '- - 1');
+    await vi.waitFor(async () => expect((await sim.state()).heldScans).toBe(2), { timeout: 10_000 });
+    // The logout does not wait forever on its parked scan, and the scan makes no disk.
+    expect((await iscsiadm(services, ...node(VOL1), '--logout')).exitCode).toBe(0);
+    expect((await sim.state()).heldScans).toBe(1);
+    await sim.faults.clear();
+    await services.waiter.waitForPath('/dev/sda', { timeoutMs: 5_000 });
+    const state = await sim.state();
+    expect(state.heldScans).toBe(0);
+    expect(state.devices.map((d) => d.sid)).toEqual([two.sid]);
   });
 
   it('removes everything of a session on logout', async () => {

@@ -76,6 +76,8 @@ export interface SimKernelState {
   devices: Array<{ name: string; hctl: string; sid: number; lun: number; present: boolean; backingPath: string }>;
   /** Login counters per target and portal, since the daemon started. */
   logins: SimLoginCount[];
+  /** Scans parked by a `heldScans` fault, waiting for their release. */
+  heldScans: number;
 }
 
 /** A disk (sd) as device-mapper and multipathd see it. */
@@ -152,6 +154,13 @@ interface SimLun {
   removed: boolean;
 }
 
+/** A scan parked by a `heldScans` fault. */
+interface HeldScan {
+  session: SimSession;
+  tlun: number;
+  release: () => void;
+}
+
 interface SimSession {
   sid: number;
   host: number;
@@ -199,6 +208,7 @@ export class SimKernel {
   private realRoot: string | undefined;
   private events: DiskEvents | undefined;
   private readonly hostsReserved = new Set<number>();
+  private readonly heldScans = new Set<HeldScan>();
   private nextSid = 1;
   private closed = false;
   private readonly stagingDir: string;
@@ -212,6 +222,8 @@ export class SimKernel {
     this.localAddress = options.localAddress ?? '127.0.0.1';
     this.fifos = new FifoPool(path.join(this.root, 'run/simhost/fifo-pool'), this.runner);
     this.stagingDir = path.join(this.root, 'run/simhost/staging');
+    // A held scan whose fault is gone (cleared, reloaded) goes on.
+    this.faults.onChange(() => this.releaseHeldScans((h) => !this.faults.scanHeld(portalKey(h.session.portal), h.session.iqn, h.tlun)));
   }
 
   /** Lay out a freshly booted host: an empty sysfs with the iSCSI classes, an empty /dev. */
@@ -286,7 +298,7 @@ export class SimKernel {
       }
     }
     const logins = [...this.loginCounts.values()].map((c) => ({ ...c })).sort((a, b) => (a.iqn === b.iqn ? (a.portal < b.portal ? -1 : 1) : a.iqn < b.iqn ? -1 : 1));
-    return { sessions, devices, logins };
+    return { sessions, devices, logins, heldScans: this.heldScans.size };
   }
 
   /** Who hears about disks coming, going and changing state (the device-mapper model). */
@@ -431,6 +443,8 @@ export class SimKernel {
     const s = this.sessions.get(sid);
     if (!s || s.removing) return false;
     s.removing = true;
+    // A parked scan must go on (and find the session going) or the logout waits on it forever.
+    this.releaseHeldScans((h) => h.session === s);
     await Promise.allSettled([...s.background]);
     await Promise.allSettled([...s.pending.values()]);
     await Promise.all([...s.luns.values()].map((l) => this.removeLun(s, l)));
@@ -750,6 +764,19 @@ export class SimKernel {
     if (tlun === undefined) return;
     const reported = await s.target.reportLuns();
     if (!reported.includes(tlun)) return;
+    if (this.faults.scanHeld(portalKey(s.portal), s.iqn, tlun) && !s.removing) {
+      await new Promise<void>((resolve) => {
+        const held: HeldScan = {
+          session: s,
+          tlun,
+          release: () => {
+            this.heldScans.delete(held);
+            resolve();
+          },
+        };
+        this.heldScans.add(held);
+      });
+    }
     const disk = await s.target.openLun(tlun);
     const inquiry = disk ? undefined : await s.target.inquiry?.(tlun);
     if (s.removing) {
@@ -931,7 +958,17 @@ export class SimKernel {
 
   private async deleteLun(s: SimSession, lun: SimLun): Promise<void> {
     if (lun.removed) return;
+    // Scans held on other sessions land now: their disks are in sysfs before this one is gone.
+    const released = this.releaseHeldScans((h) => h.session !== s);
+    await Promise.allSettled(released.flatMap((h) => [...h.session.pending.values()]));
     await this.removeLun(s, lun);
+  }
+
+  /** Let the held scans `which` selects go on; returns them. */
+  private releaseHeldScans(which: (held: HeldScan) => boolean): HeldScan[] {
+    const released = [...this.heldScans].filter(which);
+    for (const held of released) held.release();
+    return released;
   }
 
   private async rescanLun(lun: SimLun): Promise<void> {

@@ -150,6 +150,10 @@ export class SimFaults {
   async multipathdMissesNewPaths(on = true): Promise<void> {
     await this.call('faults.multipathdMissesNewPaths', [on]);
   }
+  /** Park the scans of matching LUNs before the kernel finds anything (see `FaultSpec.heldScans`). */
+  async holdScans(match: FaultMatch): Promise<void> {
+    await this.call('faults.holdScans', [match]);
+  }
   /** Hold a multipath map open (by name or `dm-N`), as a mounted filesystem would: it cannot be flushed. */
   async holdMapOpen(map: string): Promise<void> {
     await this.call('faults.holdMapOpen', [map, true]);
