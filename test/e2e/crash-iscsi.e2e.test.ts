@@ -1,7 +1,7 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, fsyncSync, openSync, writeSync } from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { BerthService, Volume } from '@berth/core';
 import { OP_CHILD, readAt } from '../support/host-state.js';
 import { createSimIscsiBerth, type SimIscsiBerth } from '../support/sim-iscsi-berth.js';
@@ -179,6 +179,47 @@ describe.each(FLAVOURS)('$transport: crash at every fault point, then recovery',
   it.each(ATTACH_POINTS)('%s', async (point) => {
     await crashAndRecover('attach', point);
   });
+
+  if (multipath) {
+    // A scan the killed attach wrote for its second path lands while recovery's undo is deleting the
+    // first path's disk (the simulator's heldScans: released by that delete, in sysfs before it
+    // returns). The late disk is this volume's LUN with its WWN: it must go with its session.
+    it('a scan the killed attach wrote lands during recovery', async () => {
+      const { SimulatedHost } = await import('@berth/simhost');
+      const sim = await SimulatedHost.connect(env.root);
+      const [first, second] = env.portals as [string, string];
+      await sim.faults.load({ heldScans: [{ portal: second, iqn: volume.providerLocation! }] });
+      const child = spawn(process.execPath, [OP_CHILD, env.dataDir, 'attach', 'v', '--multipath'], {
+        env: { ...process.env, ...env.childEnv, BERTH_LOG_LEVEL: 'silent' },
+        stdio: 'ignore',
+      });
+      const exited = new Promise<NodeJS.Signals | null>((resolve) => child.once('exit', (_code, signal) => resolve(signal)));
+      try {
+        // Parked for good: the first path has its disk, the second waits for one that cannot come.
+        await vi.waitFor(
+          async () => {
+            const state = await sim.state();
+            expect(state.heldScans).toBe(1);
+            expect(state.sessions.find((s) => s.portal === first)?.luns.some((l) => l.device !== undefined)).toBe(true);
+          },
+          { timeout: 30_000, interval: 50 },
+        );
+      } finally {
+        child.kill('SIGKILL');
+      }
+      expect(await exited).toBe('SIGKILL');
+      const berth = await env.open();
+      try {
+        expect(await expectConsistent(berth)).toBe('available');
+        const [op] = await berth.listOperations();
+        expect(op!.state).toBe('rolled_back');
+        expect((await sim.state()).heldScans).toBe(0);
+      } finally {
+        await berth.close();
+        await sim.faults.clear();
+      }
+    });
+  }
 
   it('attaches once for the detach points', async () => {
     const berth = await env.open();

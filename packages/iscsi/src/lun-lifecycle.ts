@@ -272,13 +272,25 @@ export class LunLifecycle {
    * The logout decision, under the target lock (the only part of a disconnect that needs it): log
    * out and delete the node record unless a connect of the target is in flight, a LUN other than
    * `ownDevices` has a disk on the session, or a disk of the session is one of `keep` (devices
-   * other attachments use). A disconnect whose `mark` predates a close of this target that left no
-   * session skips its own: many LUNs of one target detached at once log out once, not once each.
+   * other attachments use). A disk at this target's own LUN that is not in `ownDevices` (it
+   * appeared after the caller listed its paths: a scan an interrupted connect wrote) goes with the
+   * session when `lateOwn` confirms it is the caller's. A disconnect whose `mark` predates a close
+   * of this target that left no session skips its own: many LUNs of one target detached at once
+   * log out once, not once each.
    */
   async closeSessionIfUnused(
     target: LunTarget,
     ownDevices: readonly string[],
-    options: { signal: AbortSignal | undefined; failures: FailureList; mark: number; keep?: readonly string[]; faultPoints?: boolean; namePortal?: boolean },
+    options: {
+      signal: AbortSignal | undefined;
+      failures: FailureList;
+      mark: number;
+      keep?: readonly string[];
+      faultPoints?: boolean;
+      namePortal?: boolean;
+      /** Whether a disk at the target's LUN that `ownDevices` does not name is the caller's all the same (absent: never). */
+      lateOwn?: (device: string) => Promise<boolean>;
+    },
   ): Promise<'closed' | 'kept' | 'already-closed'> {
     const key = targetKey(target);
     const { logger } = this.deps;
@@ -286,7 +298,7 @@ export class LunLifecycle {
       key,
       async () => {
         if ((this.closes.get(key) ?? 0) !== options.mark && (await findIscsiSession(this.deps.fs, target)) === undefined) return 'already-closed';
-        if (await this.sessionStillNeeded(target, ownDevices, options.keep ?? [])) {
+        if (await this.sessionStillNeeded(target, ownDevices, options.keep ?? [], options.lateOwn)) {
           logger.info({ iqn: target.iqn, portal: target.portalText }, 'keeping the session: another LUN of it is in use');
           return 'kept';
         }
@@ -306,14 +318,31 @@ export class LunLifecycle {
   }
 
   /**
-   * Whether the session to `target` must stay: a connect of it is in flight, a LUN other than
-   * `ownDevices` has a block device, or one of its disks is in `keep`. Call holding the target lock.
+   * Whether the session to `target` must stay: a connect of it is in flight, one of its disks is in
+   * `keep`, or a disk other than `ownDevices` is not the caller's — any disk of another LUN, and a
+   * disk at the target's own LUN unless `lateOwn` confirms it (then it goes with the session).
+   * Call holding the target lock.
    */
-  async sessionStillNeeded(target: LunTarget, ownDevices: readonly string[], keep: readonly string[] = []): Promise<boolean> {
+  async sessionStillNeeded(
+    target: LunTarget,
+    ownDevices: readonly string[],
+    keep: readonly string[] = [],
+    lateOwn?: (device: string) => Promise<boolean>,
+  ): Promise<boolean> {
     if (this.usage.peek(targetKey(target)).inflight > 0) return true;
     const session = await findIscsiSession(this.deps.fs, target);
     if (session?.hostNumber === undefined) return false;
     const devices = await sessionBlockDevices(this.deps.fs, session.sid, { host: session.hostNumber });
-    return devices.some((d) => !ownDevices.includes(d.device) || keep.includes(d.device));
+    if (devices.some((d) => keep.includes(d.device))) return true;
+    for (const d of devices) {
+      if (ownDevices.includes(d.device)) continue;
+      // Only a disk of this LUN can be a late one of the caller's; the predicate checks its identity.
+      if (d.hctl.lun !== target.kernelLun || lateOwn === undefined || !(await lateOwn(d.device))) return true;
+      this.deps.logger.info(
+        { device: devPath(d.device), iqn: target.iqn, portal: target.portalText },
+        'a disk of this LUN appeared after the paths were listed (a scan the interrupted connect wrote); it goes with the session',
+      );
+    }
+    return false;
   }
 }

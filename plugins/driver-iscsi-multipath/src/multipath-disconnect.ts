@@ -3,6 +3,7 @@ import { checkIdentity, devPath, FailureList, holdersOf, identityAt, inUseBy, me
 import type { AttachState } from './attach-state.js';
 import type { MultipathVolume, PathTarget } from './multipath-connection.js';
 import type { MultipathContext } from './multipath-context.js';
+import { expectedWwn, latePathOwner } from './late-path.js';
 import { readMap, removeMap, type MultipathMap } from './multipath-map.js';
 import { locatePaths, pathsOfDevice, pathsOfState } from './path-locate.js';
 
@@ -41,6 +42,8 @@ export async function disconnectVolume(
   for (const p of located) if (p.device !== undefined && inUseBy(opts.inUse, p.device.name, await identityAt(fs, p.device.name))) keep.push(p.device.name);
   const ownDevices = located.flatMap((p) => (p.device === undefined || keep.includes(p.device.name) ? [] : [p.device.name]));
   const failures = new FailureList(true);
+  // Before the own disks go: a disk that appears later must show the WWN they showed.
+  const lateWwn = await expectedWwn(ctx, wwn, ownDevices);
 
   if (map !== undefined) {
     const node = `/dev/${map.dm}`;
@@ -89,13 +92,23 @@ export async function disconnectVolume(
     }
   }
 
-  // One logout per portal, and only where no other LUN uses the session.
+  // One logout per portal, and only where no other LUN uses the session. A disk of the volume's
+  // LUN that appeared since the listing (a scan an interrupted connect wrote) goes with it.
   const byTarget = new Map<string, PathTarget>();
   for (const p of located) if (!byTarget.has(targetKey(p.target))) byTarget.set(targetKey(p.target), p.target);
+  const removals = new Map<string, Promise<boolean>>();
   await Promise.all(
     [...byTarget.values()].map((target) =>
       lifecycle
-        .closeSessionIfUnused(target, ownDevices, { signal, failures, mark: marks.get(targetKey(target)) ?? 0, keep, faultPoints: true, namePortal: true })
+        .closeSessionIfUnused(target, ownDevices, {
+          signal,
+          failures,
+          mark: marks.get(targetKey(target)) ?? 0,
+          keep,
+          faultPoints: true,
+          namePortal: true,
+          lateOwn: latePathOwner(ctx, target, lateWwn, { inUse: opts.inUse, signal, failures }, removals),
+        })
         .catch((error: unknown) => failures.add(`close the session to ${target.portalText}`, error)),
     ),
   );

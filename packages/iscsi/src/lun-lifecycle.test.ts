@@ -1,0 +1,79 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { silentLogger } from '@berth/core';
+import { createHostServices } from '@berth/host';
+import { iscsiTransportKit } from './transport-kit.js';
+import type { LunLifecycle } from './lun-lifecycle.js';
+import type { LunTarget } from './lun-device.js';
+import { toPortal } from './target.js';
+import { buildSessions } from './test-kernel-tree.js';
+
+const VOL1 = 'iqn.2026-01.test.berth:vol1';
+const WWID_1 = 'naa.60000000000000000e00000000010001';
+const WWID_2 = 'naa.60000000000000000e00000000010002';
+const TARGET: LunTarget = { iqn: VOL1, portal: toPortal('127.0.0.1:3260'), portalText: '127.0.0.1:3260', lun: 1, kernelLun: 1 };
+
+let root: string;
+let lifecycle: LunLifecycle;
+
+beforeEach(async () => {
+  root = await mkdtemp(path.join(tmpdir(), 'berth-iscsi-lifecycle-'));
+  const host = createHostServices({ root });
+  lifecycle = iscsiTransportKit(host, silentLogger, {
+    transport: 'iscsi',
+    iface: 'default',
+    startup: 'manual',
+    deviceTimeoutMs: 1_000,
+    scanAttempts: 1,
+    commandTimeoutMs: 1_000,
+    loginRetries: 0,
+  }).lifecycle;
+});
+afterEach(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+/** One session to TARGET with `luns`. */
+async function session(luns: Array<{ lun: number; device: string; wwid: string }>): Promise<void> {
+  await buildSessions(root, [{ host: 2, sid: 1, iqn: VOL1, address: '127.0.0.1', port: 3260, luns }]);
+}
+
+describe('the logout decision (sessionStillNeeded)', () => {
+  it('lets a disk of the own LUN that the caller did not list go with the session only when lateOwn confirms it', async () => {
+    await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
+    const asked: string[] = [];
+    const yes = async (d: string): Promise<boolean> => {
+      asked.push(d);
+      return true;
+    };
+    expect(await lifecycle.sessionStillNeeded(TARGET, [], [], yes)).toBe(false);
+    expect(asked).toEqual(['sdb']);
+    expect(await lifecycle.sessionStillNeeded(TARGET, [], [], async () => false)).toBe(true);
+    // No predicate: as before, an unlisted disk keeps the session.
+    expect(await lifecycle.sessionStillNeeded(TARGET, [])).toBe(true);
+    expect(await lifecycle.sessionStillNeeded(TARGET, ['sdb'])).toBe(false);
+  });
+
+  it('keeps the session for a disk of another LUN whatever lateOwn says, and for a disk in keep', async () => {
+    await session([
+      { lun: 1, device: 'sdb', wwid: WWID_1 },
+      { lun: 2, device: 'sdc', wwid: WWID_2 },
+    ]);
+    const asked: string[] = [];
+    const yes = async (d: string): Promise<boolean> => {
+      asked.push(d);
+      return true;
+    };
+    expect(await lifecycle.sessionStillNeeded(TARGET, [], [], yes)).toBe(true);
+    expect(asked).not.toContain('sdc');
+    expect(await lifecycle.sessionStillNeeded(TARGET, ['sdc'], [], yes)).toBe(false);
+    expect(await lifecycle.sessionStillNeeded(TARGET, ['sdb', 'sdc'], ['sdb'], yes)).toBe(true);
+    expect(await lifecycle.sessionStillNeeded(TARGET, ['sdc'], ['sdb'], yes)).toBe(true);
+  });
+
+  it('needs no session that is not there', async () => {
+    expect(await lifecycle.sessionStillNeeded(TARGET, [], [], async () => false)).toBe(false);
+  });
+});
