@@ -9,6 +9,11 @@ export interface FaultMatch {
   lun?: number;
 }
 
+/** Scans held by `FaultSpec.heldScans`: which, and how far a releasing delete lets them get first (default `sysfs`). */
+export interface HeldScanMatch extends FaultMatch {
+  settle?: 'sysfs' | 'udev';
+}
+
 /** Faults as data: what `faults.json` and the control RPC carry. */
 export interface FaultSpec {
   /** Logins that fail with an iscsiadm exit code (e.g. 5, 19, 24); `times` limits how often. */
@@ -36,9 +41,10 @@ export interface FaultSpec {
    * Scans of matching LUNs that park before the kernel finds anything (sysfs shows nothing yet),
    * as a scan the killed writer left behind: released by a `delete` written to a disk of another
    * session (which waits for the released disks to be in sysfs before its own disk goes), by the
-   * session's logout, or when the fault is cleared.
+   * session's logout, or when the fault is cleared. `settle: 'udev'`: that delete also waits for
+   * the released disks' udev work and multipathd's handling of them (a map may form on them).
    */
-  heldScans?: FaultMatch[];
+  heldScans?: HeldScanMatch[];
 }
 
 /** A fake tool run that fails: matched by tool name and arguments, answered with `exitCode`. */
@@ -150,7 +156,7 @@ export class FaultSet {
   }
 
   /** Hold the scans of matching LUNs (see `FaultSpec.heldScans`). */
-  holdScans(match: FaultMatch): void {
+  holdScans(match: HeldScanMatch): void {
     this.spec.heldScans.push({ ...match });
     this.changed();
   }
@@ -215,9 +221,9 @@ export class FaultSet {
     return this.spec.slowDevices.filter((f) => matches(f, portal, iqn, lun)).reduce((sum, f) => sum + f.extraDelayMs, 0);
   }
 
-  /** @internal whether a scan of the LUN must park (`heldScans`). */
-  scanHeld(portal: string, iqn: string, lun: number): boolean {
-    return this.spec.heldScans.some((f) => matches(f, portal, iqn, lun));
+  /** @internal the `heldScans` entry a scan of the LUN parks on, if any. */
+  scanHeld(portal: string, iqn: string, lun: number): HeldScanMatch | undefined {
+    return this.spec.heldScans.find((f) => matches(f, portal, iqn, lun));
   }
 
   /** @internal whether the LUN's device must never appear. */

@@ -158,6 +158,7 @@ interface SimLun {
 interface HeldScan {
   session: SimSession;
   tlun: number;
+  settle: 'sysfs' | 'udev';
   release: () => void;
 }
 
@@ -223,7 +224,7 @@ export class SimKernel {
     this.fifos = new FifoPool(path.join(this.root, 'run/simhost/fifo-pool'), this.runner);
     this.stagingDir = path.join(this.root, 'run/simhost/staging');
     // A held scan whose fault is gone (cleared, reloaded) goes on.
-    this.faults.onChange(() => this.releaseHeldScans((h) => !this.faults.scanHeld(portalKey(h.session.portal), h.session.iqn, h.tlun)));
+    this.faults.onChange(() => this.releaseHeldScans((h) => this.faults.scanHeld(portalKey(h.session.portal), h.session.iqn, h.tlun) === undefined));
   }
 
   /** Lay out a freshly booted host: an empty sysfs with the iSCSI classes, an empty /dev. */
@@ -764,11 +765,13 @@ export class SimKernel {
     if (tlun === undefined) return;
     const reported = await s.target.reportLuns();
     if (!reported.includes(tlun)) return;
-    if (this.faults.scanHeld(portalKey(s.portal), s.iqn, tlun) && !s.removing) {
+    const hold = s.removing ? undefined : this.faults.scanHeld(portalKey(s.portal), s.iqn, tlun);
+    if (hold !== undefined) {
       await new Promise<void>((resolve) => {
         const held: HeldScan = {
           session: s,
           tlun,
+          settle: hold.settle ?? 'sysfs',
           release: () => {
             this.heldScans.delete(held);
             resolve();
@@ -961,6 +964,16 @@ export class SimKernel {
     // Scans held on other sessions land now: their disks are in sysfs before this one is gone.
     const released = this.releaseHeldScans((h) => h.session !== s);
     await Promise.allSettled(released.flatMap((h) => [...h.session.pending.values()]));
+    for (const h of released.filter((r) => r.settle === 'udev')) {
+      // udev now rather than after the delay; multipathd handles the uevent before this disk's
+      // removal (one queue), so a map it builds on the released disk is there when this returns.
+      for (const late of h.session.luns.values()) {
+        if (late.tlun !== h.tlun || late.timer === undefined) continue;
+        clearTimeout(late.timer);
+        late.timer = undefined;
+        await this.udevAdd(h.session, late);
+      }
+    }
     await this.removeLun(s, lun);
   }
 

@@ -5,7 +5,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { BerthError } from '@berth/core';
 import { createHostServices, type HostServices, type HostServicesOptions } from '@berth/host';
-import type { FaultMatch, FaultSpec, ToolFailure } from './faults.js';
+import type { FaultMatch, FaultSpec, HeldScanMatch, ToolFailure } from './faults.js';
 import { KernelDaemon, daemonMainPath } from './kernel-daemon.js';
 import type { ChapAccount, ModelLunInfo, ModelLunSpec, ModelTargetInfo, ModelTargetSpec } from './model-target-access.js';
 import type { SimState } from './sim-state.js';
@@ -151,7 +151,7 @@ export class SimFaults {
     await this.call('faults.multipathdMissesNewPaths', [on]);
   }
   /** Park the scans of matching LUNs before the kernel finds anything (see `FaultSpec.heldScans`). */
-  async holdScans(match: FaultMatch): Promise<void> {
+  async holdScans(match: HeldScanMatch): Promise<void> {
     await this.call('faults.holdScans', [match]);
   }
   /** Hold a multipath map open (by name or `dm-N`), as a mounted filesystem would: it cannot be flushed. */

@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { silentLogger } from '@berth/core';
 import { FailureList, MultipathClient, toPortal } from '@berth/iscsi';
-import { callContext as call } from '@berth/iscsi/testing';
+import { callContext as call, wwnOf } from '@berth/iscsi/testing';
 import { expectedWwn, latePathOwner } from './late-path.js';
 import type { PathTarget } from './multipath-connection.js';
 import { zMultipathDriverOptions } from './options.js';
@@ -37,12 +37,18 @@ async function login(current: SimEnv, portal: string): Promise<number> {
 }
 
 describe('a late path of the volume', { timeout: 120_000 }, () => {
-  it('a scan the interrupted connect wrote lands while the disconnect deletes the other path: its disk goes with its session', async () => {
+  // `sysfs`: the late disk is in sysfs at the decision, multipathd misses it (no map can form).
+  // `udev`: its uevent is handled before the decision, and its wwid is listed: multipathd builds a
+  // map on it, which goes first.
+  it.each(['sysfs', 'udev'] as const)('a scan the interrupted connect wrote lands while the disconnect deletes the other path (%s): its disk goes with its session', async (settle) => {
     env = await startSimEnv({ targets: [targetSpec(IQN, portals, 1)] });
-    await env.sim.faults.load({ heldScans: [{ portal: portals[1], iqn: IQN }] });
+    await env.sim.faults.load({ heldScans: [{ portal: portals[1], iqn: IQN, settle }], multipathdMissesNewPaths: settle === 'sysfs' });
     const [first, second] = [await login(env, portals[0]), await login(env, portals[1])];
     await env.host.fs.writeFile(`/sys/class/scsi_host/host${first}/scan`, '- - 1');
-    await env.host.waiter.waitForPath('/dev/sda', { timeoutMs: 20_000 });
+    await env.host.waiter.waitForPath(`/dev/disk/by-path/ip-${portals[0]}-iscsi-${IQN}-lun-1`, { timeoutMs: 20_000 });
+    // A wwid an earlier attach listed (multipath -a): multipathd may build a map on a path of it.
+    const wwn = wwnOf((await env.host.fs.readFile('/sys/block/sda/device/wwid')).trim());
+    expect((await env.host.runner.run('multipath', ['-a', wwn], { timeoutMs: 20_000 })).exitCode).toBe(0);
     await env.host.fs.writeFile(`/sys/class/scsi_host/host${second}/scan`, '- - 1');
     await vi.waitFor(async () => expect((await env!.sim.state()).heldScans).toBe(1), { timeout: 20_000 });
 
@@ -53,6 +59,8 @@ describe('a late path of the volume', { timeout: 120_000 }, () => {
     expect(state.maps).toEqual([]);
     expect(state.heldScans).toBe(0);
     expect(await env.nodeRecords()).toEqual([]);
+    // Only in the udev case was there a map (on the late disk) to remove.
+    expect(env.runs.some((r) => r[0] === 'multipath' && r.includes('-f'))).toBe(settle === 'udev');
   });
 
   it('is the volume\'s only at this LUN, with the expected WWN, unused, under no map but the volume\'s (which goes first)', async () => {
