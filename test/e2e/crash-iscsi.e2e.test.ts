@@ -1,9 +1,9 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { closeSync, fsyncSync, openSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { BerthService, Volume } from '@berth/core';
-import { OP_CHILD, readAt } from '../support/host-state.js';
+import { crashChild, OP_CHILD, readAt } from '../support/host-state.js';
 import { createSimIscsiBerth, type SimIscsiBerth } from '../support/sim-iscsi-berth.js';
 import { linkTarget } from '../support/test-berth.js';
 
@@ -77,12 +77,7 @@ describe.each(FLAVOURS)('$transport: crash at every fault point, then recovery',
   }, 120_000);
 
   function runChild(command: 'attach' | 'detach', point: string): string {
-    const result = spawnSync(process.execPath, [OP_CHILD, env.dataDir, command, 'v', ...(multipath ? ['--multipath'] : [])], {
-      env: { ...process.env, ...env.childEnv, BERTH_FAULTS: `${point}=crash`, BERTH_LOG_LEVEL: 'silent' },
-      encoding: 'utf8',
-      timeout: 90_000,
-    });
-    return result.signal === 'SIGKILL' ? 'killed' : result.stdout.trim() || result.stderr.trim();
+    return crashChild(env.dataDir, command, point, { args: multipath ? ['--multipath'] : [], env: env.childEnv, timeoutMs: 90_000 });
   }
 
   /** The simulated kernel's sessions (target, portal, disks) and dm maps. */

@@ -1,8 +1,7 @@
-import { execFileSync, spawnSync } from 'node:child_process';
-import { closeSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { BerthService } from '@berth/core';
-import { OP_CHILD } from '../support/host-state.js';
+import { crashChild, readAt, writeAt } from '../support/host-state.js';
 import { loopDevicesUnder } from '../support/loop-devices.js';
 import { createTestBerth, linkTarget, type TestBerth } from '../support/test-berth.js';
 
@@ -30,15 +29,6 @@ afterAll(() => {
   for (const row of table) console.log(`${row.point.padEnd(44)} ${row.outcome.padEnd(13)} ${row.volume.padEnd(10)} ${row.loops}`);
 });
 
-function runChild(command: string, point: string): string {
-  const result = spawnSync(process.execPath, [OP_CHILD, t.dataDir, command, 'v'], {
-    env: { ...process.env, BERTH_FAULTS: `${point}=crash`, BERTH_LOG_LEVEL: 'silent' },
-    encoding: 'utf8',
-    timeout: 60_000,
-  });
-  return result.signal === 'SIGKILL' ? 'killed' : result.stdout.trim();
-}
-
 async function expectConsistent(berth: BerthService, volumeId: string, marker: Buffer): Promise<string> {
   const volume = await berth.getVolume(volumeId);
   const attachments = await berth.listAttachments({ volume: volumeId });
@@ -55,26 +45,13 @@ async function expectConsistent(berth: BerthService, volumeId: string, marker: B
     expect(linkTarget(`/dev/berth/${volumeId}`)).toBe(attachments[0]!.device!.path);
   }
   // Data written before the crash is still there.
-  const fd = openSync(volume.providerLocation!, 'r');
-  try {
-    const back = Buffer.alloc(marker.length);
-    readSync(fd, back, 0, back.length, 2 * MiB);
-    expect(back.equals(marker)).toBe(true);
-  } finally {
-    closeSync(fd);
-  }
+  expect(readAt(volume.providerLocation!, marker.length, 2 * MiB).equals(marker)).toBe(true);
   return volume.status;
 }
 
 async function writeMarker(berth: BerthService, marker: Buffer): Promise<void> {
   const { attachment } = await berth.attach({ volume: 'v' });
-  const fd = openSync(attachment!.device!.path, 'r+');
-  try {
-    writeSync(fd, marker, 0, marker.length, 2 * MiB);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
+  writeAt(attachment!.device!.path, marker, 2 * MiB);
   await berth.detach({ volume: 'v' });
 }
 
@@ -85,7 +62,7 @@ describe('crash at every fault point, then recovery', () => {
     const marker = Buffer.from(`marker-${point}`.padEnd(512, '.'));
     await writeMarker(setup, marker);
     await setup.close();
-    expect(runChild('attach', point)).toBe('killed');
+    expect(crashChild(t.dataDir, 'attach', point)).toBe('killed');
     const berth = await t.open();
     const status = await expectConsistent(berth, volume.id, marker);
     const [op] = await berth.listOperations();
@@ -101,7 +78,7 @@ describe('crash at every fault point, then recovery', () => {
     await writeMarker(setup, marker);
     await setup.attach({ volume: 'v' });
     await setup.close();
-    expect(runChild('detach', point)).toBe('killed');
+    expect(crashChild(t.dataDir, 'detach', point)).toBe('killed');
     const berth = await t.open();
     const status = await expectConsistent(berth, volume.id, marker);
     const [op] = await berth.listOperations();

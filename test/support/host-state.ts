@@ -1,4 +1,4 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { closeSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -28,6 +28,24 @@ export function detachByHand(device: string): void {
   } catch {
     // already gone
   }
+}
+
+/**
+ * Run one berth operation in a child process that SIGKILLs itself at the fault point `point`
+ * (`BERTH_FAULTS=<point>=crash`): 'killed' when it did, else what the child printed.
+ */
+export function crashChild(
+  dataDir: string,
+  command: 'attach' | 'detach',
+  point: string,
+  options: { volume?: string; args?: string[]; env?: Record<string, string>; timeoutMs?: number } = {},
+): string {
+  const result = spawnSync(process.execPath, [OP_CHILD, dataDir, command, options.volume ?? 'v', ...(options.args ?? [])], {
+    env: { ...process.env, ...options.env, BERTH_FAULTS: `${point}=crash`, BERTH_LOG_LEVEL: 'silent' },
+    encoding: 'utf8',
+    timeout: options.timeoutMs ?? 60_000,
+  });
+  return result.signal === 'SIGKILL' ? 'killed' : result.stdout.trim() || result.stderr.trim();
 }
 
 /** Write `data` at `offset` of `file` and fsync. */
