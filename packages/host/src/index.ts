@@ -24,3 +24,4 @@ export {
 } from './daemon.js';
 export { acquireFileLock, type FileLockOptions, type ReleaseLock } from './file-lock.js';
 export { writeFileAtomically } from './atomic-file.js';
+export { freeTcpPort, acceptsConnection } from './free-port.js';

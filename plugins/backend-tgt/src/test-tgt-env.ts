@@ -1,10 +1,9 @@
 import { randomInt } from 'node:crypto';
 import { mkdtemp, realpath, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import type { Logger, VolumeBackend } from '@berth/core';
-import { createHostServices, type CommandResult, type CommandRunner, type HostServices } from '@berth/host';
+import { createHostServices, freeTcpPort, type CommandResult, type CommandRunner, type HostServices } from '@berth/host';
 import { createTgtBackend } from './backend-tgt.js';
 import { stopManagedTgtd } from './managed-tgtd.js';
 import type { TgtBackendOptions } from './options.js';
@@ -96,27 +95,8 @@ export async function createTgtTestEnv(envOptions: TgtTestEnvOptions = {}): Prom
 }
 
 /** A TCP port nothing listens on at any of `addresses`. */
-export async function freePort(addresses: readonly string[]): Promise<number> {
-  for (let attempt = 0; attempt < 50; attempt += 1) {
-    const port = await listenOnce(addresses[0] ?? '127.0.0.1', 0);
-    let free = true;
-    for (const address of addresses.slice(1)) {
-      if ((await listenOnce(address, port).catch(() => -1)) !== port) free = false;
-    }
-    if (free) return port;
-  }
-  throw new Error(`no TCP port is free on all of ${addresses.join(', ')}`);
-}
-
-function listenOnce(address: string, port: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(port, address, () => {
-      const bound = server.address();
-      server.close(() => resolve(typeof bound === 'object' && bound !== null ? bound.port : -1));
-    });
-  });
+export function freePort(addresses: readonly string[]): Promise<number> {
+  return freeTcpPort(addresses);
 }
 
 /** A tgtd control port no tgtd answers on (random, so parallel test files do not collide). */

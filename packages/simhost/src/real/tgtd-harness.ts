@@ -6,9 +6,8 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { open, readFile, rm } from 'node:fs/promises';
-import { connect, createServer } from 'node:net';
 import path from 'node:path';
-import { createCommandRunner, createDeviceWaiter, createHostFs, type CommandResult } from '@berth/host';
+import { acceptsConnection, createCommandRunner, createDeviceWaiter, createHostFs, freeTcpPort, type CommandResult } from '@berth/host';
 
 /** A running test tgtd. */
 export interface TestTgtd {
@@ -50,19 +49,8 @@ export function realBackedAvailable(): boolean {
 }
 
 /** A TCP port nothing listens on right now on any of `hosts`. */
-export async function freePort(hosts: readonly string[] = ['127.0.0.1']): Promise<number> {
-  for (;;) {
-    const port = await new Promise<number>((resolve, reject) => {
-      const server = createServer();
-      server.once('error', reject);
-      server.listen(0, hosts[0], () => {
-        const address = server.address();
-        server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
-      });
-    });
-    const taken = await Promise.all(hosts.slice(1).map((h) => canConnect(h, port)));
-    if (!taken.some(Boolean)) return port;
-  }
+export function freePort(hosts: readonly string[] = ['127.0.0.1']): Promise<number> {
+  return freeTcpPort(hosts);
 }
 
 /** A tgtd control port no tgtd answers on (tgtadm exits 107); random in tgtd's short range so parallel runs do not collide. */
@@ -74,17 +62,6 @@ export async function freeControlPort(): Promise<number> {
     if (probe.exitCode === 107) return candidate;
   }
   throw new Error('no free tgtd control port');
-}
-
-function canConnect(host: string, port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect({ host, port });
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once('error', () => resolve(false));
-  });
 }
 
 /** Start tgtd with its log in `dir`; ready when every portal accepts connections and tgtadm answers. */
@@ -125,7 +102,7 @@ export async function startTgtd(dir: string, options: StartTgtdOptions = {}): Pr
     };
     const addPortal = async (address: string): Promise<string> => {
       await admin('--op', 'new', '--mode', 'portal', '--param', `portal=${address}:${port}`);
-      await waiter.waitUntil('/run/tgtd', async () => ((await canConnect(address, port)) ? true : undefined), {
+      await waiter.waitUntil('/run/tgtd', async () => ((await acceptsConnection(address, port)) ? true : undefined), {
         timeoutMs: 10_000,
         what: `tgtd on ${address}:${port}`,
       });
@@ -154,7 +131,7 @@ export async function startTgtd(dir: string, options: StartTgtdOptions = {}): Pr
         '/run/tgtd',
         async () => {
           if (exited) throw new Error('tgtd exited during start-up');
-          if (!(await canConnect(first, port))) return undefined;
+          if (!(await acceptsConnection(first, port))) return undefined;
           return (await adminResult('--op', 'show', '--mode', 'sys')).exitCode === 0 ? true : undefined;
         },
         { timeoutMs: 10_000, what: `tgtd on ${first}:${port} (-C ${controlPort})` },

@@ -1,9 +1,8 @@
 import { accessSync, constants, readdirSync, realpathSync } from 'node:fs';
 import { chown, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join } from 'node:path';
-import { createCommandRunner } from '@berth/host';
+import { createCommandRunner, freeTcpPort } from '@berth/host';
 import type { CommandRunner } from '@berth/host';
 import pg from 'pg';
 
@@ -87,21 +86,6 @@ export function findPostgresBinDir(env: NodeJS.ProcessEnv = process.env): string
   );
 }
 
-/** A TCP port that was free on 127.0.0.1 a moment ago. */
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => {
-        if (address !== null && typeof address === 'object') resolve(address.port);
-        else reject(new Error('no port'));
-      });
-    });
-  });
-}
-
 /** The uid and gid of `user` from /etc/passwd. */
 async function userIds(user: string): Promise<{ uid: number; gid: number }> {
   const passwd = await readFile('/etc/passwd', 'utf8');
@@ -158,7 +142,7 @@ export async function startPostgresCluster(options: StartPostgresClusterOptions 
     let port = 0;
     let lastError: unknown;
     for (let attempt = 0; attempt < 5 && !started; attempt += 1) {
-      port = await freePort();
+      port = await freeTcpPort();
       const serverOptions = [
         '-c listen_addresses=127.0.0.1',
         `-p ${port}`,
