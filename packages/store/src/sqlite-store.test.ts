@@ -81,6 +81,27 @@ describe('openSqliteStore', () => {
     }
   });
 
+  it('brings an older database up to date on open (the fast path only skips a database that is already latest)', async () => {
+    const filename = join(tempDir(), 'berth.db');
+    await (await openSqliteStore({ filename })).close();
+    const raw = new BetterSqlite3(filename);
+    const last = (raw.prepare('select name from kysely_migration order by name desc limit 1').get() as { name: string }).name;
+    raw.prepare('delete from kysely_migration where name = ?').run(last);
+    const tablesBefore = raw.prepare("select count(*) as n from sqlite_master where type = 'table'").get() as { n: number };
+    raw.close();
+    // The last migration's rows are gone but its tables are not: the migrator must run it again, and
+    // its "create table" must then fail loudly; a skipped migration would open without complaint.
+    const reopened = await openSqliteStore({ filename }).then(
+      async (store) => {
+        await store.close();
+        return 'opened';
+      },
+      (e: unknown) => (BerthError.is(e) ? e.code : 'other'),
+    );
+    expect(reopened).toBe('CONFIG');
+    expect(tablesBefore.n).toBeGreaterThan(0);
+  });
+
   it('refuses a file that is not a database with CONFIG', async () => {
     const filename = join(tempDir(), 'berth.db');
     writeFileSync(filename, 'this is not sqlite '.repeat(100));
