@@ -9,10 +9,11 @@
 // emits the decorator metadata tsyringe reads, which esbuild does not.
 //
 // What stays an ordinary import, resolved by Node at run time:
-// - @berth/core and @berth/host, and everything they import (zod, tsyringe, reflect-metadata, pino,
-//   execa): an installed third-party plugin imports them too, and there must be ONE core in the
-//   process (its resolve hook sends a plugin's `@berth/core` to the running berth's copy, so that
-//   its BerthError is the core's BerthError); one zod and one tsyringe container along with it;
+// - @berth/core and @berth/host, and what they import by name (zod, execa): an installed third-party
+//   plugin imports them too, and there must be ONE core in the process (its resolve hook sends a
+//   plugin's `@berth/core` to the running berth's copy, so that its BerthError is the core's
+//   BerthError), and one zod along with it. Core ships as its own bundle with tsyringe inside
+//   (packages/core/scripts/bundle.mjs), so there is one container too;
 // - better-sqlite3 (native) and pg (loaded only for a PostgreSQL store);
 // - @berth/simhost (an optional peer, imported by name only under --simulate);
 // - @berth/api and fastify (only `berth serve` loads them), and oclif with its plugins (they load
@@ -28,10 +29,14 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const dist = join(root, 'dist');
 const out = join(dist, 'bundle');
 
-/** The packages left to Node (see above); every other package is copied into the bundle. */
+/**
+ * The packages left to Node (see above); every other package is copied into the bundle — pino too:
+ * runtime's logger writes through its synchronous destinations only, never a worker transport whose
+ * file pino would look up on disk.
+ */
 const EXTERNAL = [
   /^@berth\/(core|host|simhost|api)(\/|$)/,
-  /^(zod|tsyringe|reflect-metadata|pino|execa|better-sqlite3|pg|fastify)(\/|$)/,
+  /^(zod|execa|better-sqlite3|pg|fastify)(\/|$)/,
   /^@oclif\/plugin-/,
   // oclif's TypeScript support, which berth's compiled commands never use (and 10 MB to parse).
   /^(typescript|ts-node)(\/|$)/,
