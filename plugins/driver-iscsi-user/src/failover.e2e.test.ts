@@ -1,5 +1,5 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { execFile } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { mkdtemp, readFile, realpath, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -12,7 +12,7 @@ import { StorageDaemon, unmountFuseUnder } from '@berth/qemu';
 import { freeControlPort } from '@berth/simhost/real';
 import { userPaths } from './export-records.js';
 import { createIscsiUserDriver, type IscsiUserDriver } from './iscsi-user-driver.js';
-import { loopsUnder } from './test-user-env.js';
+import { loopsUnder, readAt, writeAt } from './test-user-env.js';
 
 // Portal failover with a real fault. tgtd runs in a network namespace of its own and listens on
 // two addresses, each reached from the host through its own veth pair (private addresses this
@@ -21,6 +21,8 @@ import { loopsUnder } from './test-user-env.js';
 // way a dead storage path is: packets vanish, nothing answers, no reset.
 
 const WRITER = path.join(path.dirname(fileURLToPath(import.meta.url)), 'test-writer-child.mjs');
+const CRASH_CHILD = path.join(path.dirname(fileURLToPath(import.meta.url)), 'test-crash-child.mjs');
+const FAILOVER_POINTS = ['iscsi-user.failover.after-login', 'iscsi-user.failover.after-repoint'];
 const MiB = 1024 * 1024;
 const CHUNK = 64 * 1024;
 const suffix = randomBytes(3).toString('hex');
@@ -196,4 +198,76 @@ describe('iscsi-user portal failover (real tgtd on two portals, one made unreach
       await pathA('up');
     }
   }, 180_000);
+
+  it('a path that dies under I/O cannot be failed over on qemu 7.2: TIMEOUT with a hint, the writes wait for the path and then land; a later failover finishes', async () => {
+    const { connection, lunFile } = await makeVolume(96 * MiB);
+    const device = await driver.connect(connection, { signal: AbortSignal.timeout(60_000) });
+    // A second berth process that gives the daemon 3 s to answer.
+    const impatient = createIscsiUserDriver({ host, dataDir, options: { requestTimeoutS: 3, portalProbeMs: 500, qmpTimeoutMs: 3_000, lockTimeoutMs: 10_000 }, logger: silentLogger });
+    const OUTAGE_MS = 8_000;
+    try {
+      const writer = startWriter(device.path, 0, 1024);
+      await writer.writing;
+      await pathA('down');
+      const cut = performance.now();
+      const failed = await impatient.failover(connection, { signal: AbortSignal.timeout(30_000) }).then(
+        () => undefined,
+        (error: unknown) => error as { code?: string; hint?: string; message?: string },
+      );
+      const answeredMs = performance.now() - cut;
+      expect(failed?.code, failed?.message).toBe('TIMEOUT');
+      expect(failed?.hint).toMatch(/cannot move requests already in flight/);
+      expect(writer.finished()).toBe(false);
+      await new Promise((resolve) => setTimeout(resolve, Math.max(0, OUTAGE_MS - answeredMs)));
+      await pathA('up');
+      const written = await writer.done;
+      expect(written.errors).toBe(0);
+      // The path answers again: nothing to move; whatever the cut-short call queued is gone.
+      expect(await driver.failover(connection, { signal: AbortSignal.timeout(60_000) })).toMatchObject({ portal: portalA(), switched: false });
+      await disconnect(connection, device);
+      expect((await readFile(lunFile)).subarray(0, written.data.length).equals(written.data)).toBe(true);
+      report.push(
+        `under I/O (A cut for ${OUTAGE_MS / 1000} s while writing): failover answered TIMEOUT after ${Math.round(answeredMs)} ms (qmpTimeoutMs 3000); the writer waited ${written.maxGapMs} ms (the outage), 0 errors, bytes equal`,
+      );
+    } finally {
+      await pathA('up');
+    }
+  }, 180_000);
+
+  it.each(FAILOVER_POINTS)('a failover SIGKILLed at %s (a real child process) is finished by the next one; the device keeps its bytes; detach leaves nothing', async (point) => {
+    const { connection, lunFile } = await makeVolume(16 * MiB);
+    const device = await driver.connect(connection, { signal: AbortSignal.timeout(60_000) });
+    const marker = randomBytes(128 * 1024);
+    writeAt(device.path, marker, 5 * MiB);
+    const child = spawnSync(process.execPath, [CRASH_CHILD, dataDir, 'failover', JSON.stringify(connection), portalB()], {
+      env: { ...process.env, FAULT: point },
+      encoding: 'utf8',
+      timeout: 90_000,
+    });
+    expect(child.signal, child.stdout + child.stderr).toBe('SIGKILL');
+    // A fresh driver (the next berth process) asks for the same move.
+    const next = createIscsiUserDriver({ host, dataDir, options: { requestTimeoutS: 3, portalProbeMs: 500 }, logger: silentLogger });
+    const moved = await next.failover(connection, { signal: AbortSignal.timeout(60_000), portal: portalB() });
+    expect(moved.portal).toBe(portalB());
+    expect((await next.checkPaths()).find((p) => p.device === device.path)).toMatchObject({ portal: portalB(), live: true });
+    expect(readAt(device.path, marker.length, 5 * MiB).equals(marker)).toBe(true);
+    const more = randomBytes(64 * 1024);
+    writeAt(device.path, more, 7 * MiB);
+    await next.disconnect(connection, device, { force: false, signal: AbortSignal.timeout(60_000) });
+    expect(loopsUnder(dataDir)).toEqual([]);
+    expect(await host.fs.readdir(userPaths(dataDir).records)).toEqual([]);
+    expect(readAt(lunFile, more.length, 7 * MiB).equals(more)).toBe(true);
+    report.push(`crash at ${point}: the next failover ${moved.switched ? 'made the switch' : 'adopted the finished switch'}; bytes kept, nothing left after detach`);
+  }, 180_000);
+
+  it('passes both failover fault points on the way', async () => {
+    const { FaultInjector } = await import('@berth/core');
+    const watching = new FaultInjector({ 'nothing.armed.here': 'throw' });
+    const { connection } = await makeVolume(8 * MiB);
+    const watched = createIscsiUserDriver({ host, dataDir, options: { requestTimeoutS: 3, portalProbeMs: 500 }, logger: silentLogger, faults: watching });
+    const device = await watched.connect(connection, { signal: AbortSignal.timeout(60_000) });
+    await watched.failover(connection, { signal: AbortSignal.timeout(60_000), portal: portalB() });
+    await watched.disconnect(connection, device, { force: false, signal: AbortSignal.timeout(60_000) });
+    expect([...watching.seen].filter((p) => p.includes('failover')).sort()).toEqual(FAILOVER_POINTS);
+  }, 120_000);
 });

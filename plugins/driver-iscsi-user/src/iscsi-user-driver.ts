@@ -15,6 +15,7 @@ import {
   type TransportCallContext,
   type TransportDriver,
 } from '@berth/core';
+import { WaitTimeoutError } from '@berth/host';
 import { parsePortal } from '@berth/iscsi';
 import { listExports, loopInfo, removeUnusedNode, repointFilter, StorageDaemon, writeSecretFile, type QmpClient } from '@berth/qemu';
 import { DaemonSupervisor } from './daemon-supervisor.js';
@@ -322,29 +323,18 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
     }
     const portal = wanted ?? (await firstLivePortal(record.portals.filter((p) => p !== previous), options.portalProbeMs, signal));
     const next = active === names.node ? names.nodeB : names.node;
-    try {
-      await loginNode(deps, qmp, {
-        names,
-        portal,
-        iqn: record.iqn,
-        lun: record.lun,
-        initiator: record.initiator,
-        ...(record.username === undefined ? {} : { username: record.username }),
-        readOnly: record.readOnly,
-      }, next, signal, 'shared');
-      await records.save({ ...record, failover: { node: next, portal }, updatedAt: new Date().toISOString() });
-      await deps.faults?.hit('iscsi-user.failover.after-login');
-      await repointFilter(qmp, { nodeName: names.filter, file: next, readOnly: record.readOnly }, qmpOptions);
-    } catch (error) {
-      // qemu 7.2: a request parked on the dead path freezes QMP (the FUSE export serves it in the
-      // main loop) and holds the re-open's drain until the path answers again (README).
-      if (toBerthError(error, 'DRIVER_ERROR').code !== 'TIMEOUT') throw error;
-      throw new BerthError('TIMEOUT', `LUN ${lun.lun} of ${lun.iqn} did not move to ${portal} within ${options.qmpTimeoutMs} ms: I/O is waiting on the dead path ${previous}`, {
-        hint: 'qemu 7.2 cannot move requests already in flight; they finish when the old path answers again — run the failover again then (it finishes or undoes this one)',
-        details: { portal, previous },
-        cause: error,
-      });
-    }
+    await loginNode(deps, qmp, {
+      names,
+      portal,
+      iqn: record.iqn,
+      lun: record.lun,
+      initiator: record.initiator,
+      ...(record.username === undefined ? {} : { username: record.username }),
+      readOnly: record.readOnly,
+    }, next, signal, 'shared');
+    await records.save({ ...record, failover: { node: next, portal }, updatedAt: new Date().toISOString() });
+    await deps.faults?.hit('iscsi-user.failover.after-login');
+    await repointFilter(qmp, { nodeName: names.filter, file: next, readOnly: record.readOnly }, qmpOptions);
     await deps.faults?.hit('iscsi-user.failover.after-repoint');
     const moved: ExportRecord = { ...record, portal, node: next, updatedAt: new Date().toISOString() };
     delete moved.failover;
@@ -436,6 +426,18 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
       try {
         return await lunLocks.withLock(key, () => supervisor.use(opts.signal, (qmp) => failoverLun(lun, opts.portal, opts.signal, qmp)), opts.signal);
       } catch (error) {
+        const berthError = toBerthError(error, 'DRIVER_ERROR');
+        // A QMP command without an answer, or a monitor that never greets (WaitTimeoutError).
+        const daemonSilent = (berthError.code === 'TIMEOUT' && berthError.details.lockPath === undefined) || error instanceof WaitTimeoutError;
+        if (daemonSilent) {
+          // qemu 7.2: a request parked on a dead path freezes QMP (the FUSE export serves it in
+          // the main loop), and a re-open's drain waits for it: nothing moves until the path answers.
+          throw new BerthError('TIMEOUT', `failing over LUN ${lun.lun} of ${lun.iqn}: qemu-storage-daemon did not answer within ${options.qmpTimeoutMs} ms — I/O is waiting on a dead path`, {
+            hint: 'qemu 7.2 cannot move requests already in flight; they go on when the old path answers again — run the failover again then (it finishes or undoes this one)',
+            details: berthError.details,
+            cause: berthError,
+          });
+        }
         throw contextual(`failing over LUN ${lun.lun} of ${lun.iqn}`, error);
       }
     },
