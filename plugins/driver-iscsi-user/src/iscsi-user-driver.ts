@@ -302,18 +302,20 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
       throw new BerthError('VALIDATION', `${wanted} is not a portal of ${lun.iqn} (${record.portals.join(', ')})`, { hint: 'name one of the portals the connection lists' });
     }
     const qmpOptions = { timeoutMs: options.qmpTimeoutMs, signal };
+    // Deleting a node logs its session out, synchronously: on a dead path libiscsi gives up after requestTimeoutS.
+    const logoutOptions = { timeoutMs: options.qmpTimeoutMs + options.requestTimeoutS * 1000, signal };
     // A failover cut short: the node it recorded is either the filter's child now (the re-point
     // finished after its caller gave up) or an unused leftover.
     const pending = record.failover;
     const current = record.node ?? names.node;
     const spare = current === names.node ? names.nodeB : names.node;
     if (pending) {
-      const old = await removeUnusedNode(qmp, current, qmpOptions);
+      const old = await removeUnusedNode(qmp, current, logoutOptions);
       if (old === 'removed') record = { ...record, portal: pending.portal, node: pending.node };
-      else await removeUnusedNode(qmp, pending.node, qmpOptions);
+      else await removeUnusedNode(qmp, pending.node, logoutOptions);
       delete record.failover;
       await records.save({ ...record, updatedAt: new Date().toISOString() });
-    } else if ((await removeUnusedNode(qmp, spare, qmpOptions)) === 'in-use') {
+    } else if ((await removeUnusedNode(qmp, spare, logoutOptions)) === 'in-use') {
       throw new BerthError('INVALID_STATE', `LUN ${lun.lun} of ${lun.iqn} has two paths in use, which berth did not record`, { hint: 'detach the volume and attach it again' });
     }
     const previous = record.portal;
@@ -339,8 +341,7 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
     const moved: ExportRecord = { ...record, portal, node: next, updatedAt: new Date().toISOString() };
     delete moved.failover;
     await records.save(moved);
-    // The old session's logout: on a dead path libiscsi gives up after requestTimeoutS.
-    await removeUnusedNode(qmp, active, { timeoutMs: options.qmpTimeoutMs + options.requestTimeoutS * 1000, signal });
+    await removeUnusedNode(qmp, active, logoutOptions);
     logger.info({ iqn: lun.iqn, lun: lun.lun, portal, previous }, 'iSCSI LUN moved to another portal');
     return { portal, previous, switched: true, ms: performance.now() - started };
   }
