@@ -4,9 +4,9 @@ import { mkdtemp, realpath, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { silentLogger, type BerthService } from '@berth/core';
-import { stopManagedTgtd } from '@berth/backend-tgt';
+import { parseTargetList, stopManagedTgtd } from '@berth/backend-tgt';
 import { createHostServices } from '@berth/host';
-import { addFuseExport, addIscsiNode, attachFuseLoop, detachFuseLoop, removeFuseExport, removeIscsiNode, StorageDaemon, unmountFuseUnder, zEmptyReturn, type QmpClient } from '@berth/qemu';
+import { addFuseExport, addIscsiNode, addRawFilter, attachFuseLoop, detachFuseLoop, removeFuseExport, removeIscsiNode, StorageDaemon, unmountFuseUnder, zEmptyReturn, type QmpClient } from '@berth/qemu';
 import { openBerth } from '@berth/runtime';
 import { freePort } from '@berth/simhost/real';
 import { printTable, summarize } from './stats.js';
@@ -72,6 +72,27 @@ function fioInterleaved(targets: Record<string, string>, sizeMiB: number, rounds
 }
 
 const NULL_FUSE = 'null-co over FUSE + loop';
+const TGTD_DEFAULTS = 'iscsi-user, tgtd default session parameters';
+
+/**
+ * tgtd's own defaults of the parameters the tgt backend tunes (`sessionParams`): set on one
+ * target by hand, so that the same run measures the chain before and after the tuning.
+ */
+const TGTD_DEFAULT_PARAMS: Record<string, string> = {
+  MaxRecvDataSegmentLength: '8192',
+  MaxXmitDataSegmentLength: '8192',
+  FirstBurstLength: '65536',
+  MaxBurstLength: '262144',
+  InitialR2T: 'Yes',
+};
+
+/** Put target `iqn` of the tgtd on `controlPort` back to tgtd's default session parameters (new sessions get them). */
+function untuneTarget(controlPort: number, iqn: string): void {
+  const tgtadm = (args: string[]): string => execFileSync('tgtadm', ['-C', String(controlPort), '--lld', 'iscsi', ...args], { encoding: 'utf8' });
+  const target = parseTargetList(tgtadm(['--op', 'show', '--mode', 'target'])).find((t) => t.iqn === iqn);
+  if (!target) throw new Error(`no target ${iqn} in tgtd`);
+  for (const [name, value] of Object.entries(TGTD_DEFAULT_PARAMS)) tgtadm(['--op', 'update', '--mode', 'target', '--tid', String(target.tid), '--name', name, '--value', value]);
+}
 const ISCSI_NBD = 'iscsi over NBD';
 
 /**
@@ -126,6 +147,7 @@ export async function benchAttachIscsiUser(iterations = 10, sizeMiB = 256, fioRo
   try {
     berth = await openBerth({ dataDir, logger: silentLogger });
     await berth.createVolume({ name: 'user', sizeBytes: sizeMiB * MiB, backend: 'tgt' });
+    await berth.createVolume({ name: 'user-tgtd-defaults', sizeBytes: sizeMiB * MiB, backend: 'tgt' });
     await berth.createVolume({ name: 'keeper', sizeBytes: 8 * MiB, backend: 'tgt' });
     await berth.createVolume({ name: 'local', sizeBytes: sizeMiB * MiB, backend: 'file' });
 
@@ -149,6 +171,9 @@ export async function benchAttachIscsiUser(iterations = 10, sizeMiB = 256, fioRo
 
     const user = await berth.attach({ volume: 'user' });
     const local = await berth.attach({ volume: 'local' });
+    // Before the tuning, in the same run: one volume's target set back to tgtd's defaults, then attached.
+    untuneTarget(controlPort, String((await berth.getVolume('user-tgtd-defaults')).providerLocation ?? ''));
+    const untuned = await berth.attach({ volume: 'user-tgtd-defaults' });
 
     // The floor: what a warm connect cannot avoid, measured alone on the same daemon.
     const floor: number[] = [];
@@ -168,15 +193,18 @@ export async function benchAttachIscsiUser(iterations = 10, sizeMiB = 256, fioRo
         const mountpoint = path.join(dataDir, 'floor.fuse');
         const t = performance.now();
         await addIscsiNode(qmp, { nodeName: 'floor', portal: `127.0.0.1:${port}`, iqn, lun: 1, initiator, readOnly: false });
-        await addFuseExport(qmp, { id: 'floor-x', nodeName: 'floor', mountpoint, writable: true });
+        // The chain's raw filter (the node a failover re-points) is part of the floor.
+        await addRawFilter(qmp, { nodeName: 'floor-f', file: 'floor', readOnly: false });
+        await addFuseExport(qmp, { id: 'floor-x', nodeName: 'floor-f', mountpoint, writable: true });
         const device = await attachFuseLoop(host.runner, mountpoint, { readOnly: false, timeoutMs: 10_000 });
         floor.push(performance.now() - t);
         await detachFuseLoop(host, device, mountpoint, { timeoutMs: 10_000 });
         await removeFuseExport(qmp, 'floor-x');
+        await removeIscsiNode(qmp, 'floor-f', undefined);
         await removeIscsiNode(qmp, 'floor', undefined);
       }
       throughput = await withLayers(qmp, host, { dataDir, sizeMiB, portal: `127.0.0.1:${port}`, iqn: userIqn, initiator }, (layers) =>
-        fioInterleaved({ loop: local.attachment!.device!.path, 'iscsi-user': user.attachment!.device!.path, ...layers }, sizeMiB, fioRounds),
+        fioInterleaved({ loop: local.attachment!.device!.path, 'iscsi-user': user.attachment!.device!.path, [TGTD_DEFAULTS]: untuned.attachment!.device!.path, ...layers }, sizeMiB, fioRounds),
       );
     } finally {
       qmp.close();
@@ -185,6 +213,7 @@ export async function benchAttachIscsiUser(iterations = 10, sizeMiB = 256, fioRo
     berth = await openBerth({ dataDir, logger: silentLogger });
     await berth.detach({ volume: 'user' });
     await berth.detach({ volume: 'local' });
+    await berth.detach({ volume: 'user-tgtd-defaults' });
     await berth.detach({ volume: 'keeper' });
 
     const p50 = (xs: number[]): number => summarize(xs).p50;
@@ -200,7 +229,7 @@ export async function benchAttachIscsiUser(iterations = 10, sizeMiB = 256, fioRo
     ]);
     const floorP50 = floor.length > 0 ? p50(floor) : Number.NaN;
     printTable('iscsi-user connect against its floor (ms; target: connect ≤ floor + 150)', ['measure', 'p50'], [
-      ['floor: blockdev-add + block-export-add + losetup, alone', floorP50],
+      ['floor: blockdev-add (iscsi, raw) + block-export-add + losetup, alone', floorP50],
       ['warm connect step', p50(warmRuns.map((r) => r.connect))],
       ['warm connect − floor', p50(warmRuns.map((r) => r.connect)) - floorP50],
     ]);
@@ -215,6 +244,7 @@ export async function benchAttachIscsiUser(iterations = 10, sizeMiB = 256, fioRo
       [
         row('loop on a local file (O_DIRECT)', throughput.loop),
         row('iscsi-user: loop → FUSE → qemu iscsi → tgtd', throughput['iscsi-user']),
+        row('iscsi-user before: tgtd default session parameters', throughput[TGTD_DEFAULTS]),
         row('layer: loop → FUSE → qemu null-co (no iSCSI)', throughput[NULL_FUSE]),
         row('layer: qemu iscsi → tgtd over NBD (no FUSE, no loop)', throughput[ISCSI_NBD]),
       ],

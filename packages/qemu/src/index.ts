@@ -7,6 +7,7 @@ export { QmpClient, qmpFailureOf, isQmpFailure, isQmpConnectionLost, DEFAULT_QMP
 export * from './qmp-schemas.js';
 export { StorageDaemon, storageDaemonPaths, QSD_BINARY, QSD_INSTALL_HINT, type StorageDaemonOptions } from './storage-daemon.js';
 export { addIscsiNode, removeIscsiNode, removeSecret, writeSecretFile, wireLun, type IscsiNodeSpec } from './iscsi-node.js';
+export { addRawFilter, repointFilter, removeUnusedNode } from './filter-node.js';
 export { addFuseExport, removeFuseExport, listExports, listBlockNodes, waitForFuseSize, type FuseExportSpec } from './fuse-export.js';
 export { attachFuseLoop, detachFuseLoop, flushLoop, loopInfo, loopName, loopsBacking, setLoopCapacity, type LoopInfo, type LoopStepOptions } from './fuse-loop.js';
 export { fuseMountsUnder, parseProcMounts, unmountFuseUnder, type MountEntry } from './fuse-mounts.js';

@@ -19,7 +19,7 @@ export interface IscsiNodeSpec {
    * Initiator CHAP: the user name, and the id of a `secret` object to make from `secretFile` (a
    * 0600 file holding the password: written by `writeSecretFile`, never a QMP argument).
    */
-  chap?: { username: string; secretId: string; secretFile: string };
+  chap?: { username: string; secretId: string; secretFile: string; /** The secret object exists (a second node of the LUN uses it too): neither made nor removed here. */ shared?: boolean };
   readOnly: boolean;
   /** libiscsi's request timeout in seconds: a request on a dead path fails after it (0: waits for ever). */
   timeoutS?: number;
@@ -50,7 +50,7 @@ export async function writeSecretFile(file: string, secret: string): Promise<voi
  * QMP error as QEMU words it (`Failed to log in to target. Status: Authentication failure(513)`).
  */
 export async function addIscsiNode(qmp: QmpClient, spec: IscsiNodeSpec, options: QmpCallOptions = {}): Promise<void> {
-  if (spec.chap) {
+  if (spec.chap && !spec.chap.shared) {
     await qmp.request('object-add', { 'qom-type': 'secret', id: spec.chap.secretId, file: spec.chap.secretFile, format: 'raw' }, zEmptyReturn, options);
   }
   try {
@@ -73,7 +73,7 @@ export async function addIscsiNode(qmp: QmpClient, spec: IscsiNodeSpec, options:
       options,
     );
   } catch (error) {
-    if (spec.chap) await removeSecret(qmp, spec.chap.secretId, options).catch(() => undefined);
+    if (spec.chap && !spec.chap.shared) await removeSecret(qmp, spec.chap.secretId, options).catch(() => undefined);
     throw error;
   }
 }

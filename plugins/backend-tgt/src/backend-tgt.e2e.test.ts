@@ -66,6 +66,15 @@ async function targets() {
   return parseTargetList(result.stdout);
 }
 
+/** The iSCSI parameters tgtd offers on target `tid` (`tgtadm --op show --mode target --tid N`: `name=value` lines). */
+async function sessionParamsOf(tid: number | undefined): Promise<Record<string, string>> {
+  const result = await env.runner.run('tgtadm', ['-C', String(env.controlPort), '--lld', 'iscsi', '--op', 'show', '--mode', 'target', '--tid', String(tid)]);
+  return Object.fromEntries(result.stdout.split('\n').flatMap((line) => (/^\w+=/.test(line) ? [line.split('=', 2) as [string, string]] : [])));
+}
+
+/** What the backend's default `sessionParams` make tgtd offer. */
+const TUNED = { MaxRecvDataSegmentLength: '262144', MaxXmitDataSegmentLength: '262144', FirstBurstLength: '262144', MaxBurstLength: '1048576', InitialR2T: 'No' };
+
 async function codeOf(promise: Promise<unknown>): Promise<string | undefined> {
   return promise.then(
     () => undefined,
@@ -111,6 +120,7 @@ describe('tgt backend on a real tgtd', () => {
     expect(target?.luns.find((l) => l.lun === 1)).toMatchObject({ backingStorePath: file, backingStoreType: 'rdwr' });
     expect(target?.acls).toEqual([INITIATOR_A]);
     expect(target?.accounts).toEqual([{ user: info.data.auth_username, outgoing: false }]);
+    expect(await sessionParamsOf(target?.tid)).toMatchObject(TUNED);
   });
 
   it('refuses a wrong password (libiscsi rc 10) and a login without CHAP', async () => {
@@ -198,6 +208,8 @@ describe('tgt backend on a real tgtd', () => {
     expect((await login(info, INITIATOR_B)).exitCode).toBe(10);
     // Same tid, so the LUN keeps its SCSI identity (tgtd derives the WWN from tid and LUN).
     expect((await targets()).find((t) => t.iqn === iqn)?.tid).toBe(tidBefore);
+    // The re-created target offers the session parameters again (tgtd kept nothing).
+    expect(await sessionParamsOf(tidBefore)).toMatchObject(TUNED);
     expect(readFileSync(managedTgtdPaths(env.dataDir).logFile, 'utf8')).toMatch(/berth: starting tgtd .*\n[\s\S]*berth: starting tgtd/);
   });
 

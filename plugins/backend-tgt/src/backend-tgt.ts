@@ -19,7 +19,7 @@ import {
 import { daemonStatus } from '@berth/host';
 import { newChapCredentials } from './chap-credentials.js';
 import { BACKEND_DIR, ManagedTgtd, managedTgtdPaths } from './managed-tgtd.js';
-import { zTgtBackendOptions, type TgtBackendOptions } from './options.js';
+import { tgtadmTargetParams, zTgtBackendOptions, type TgtBackendOptions } from './options.js';
 import { allocateTid, readView, reconcileAll, reconcileVolume, secretsOf, VOLUME_LUN } from './reconcile.js';
 import { TgtStateStore, type TgtState, type VolumeRecord } from './state-store.js';
 import { NO_TARGET, Tgtadm } from './tgtadm.js';
@@ -65,6 +65,7 @@ export function createTgtBackend(context: PluginContext<Partial<TgtBackendOption
     noDaemonHint: options.manageDaemon
       ? `berth starts its tgtd again on the next call; if it keeps failing, see ${logFile}`
       : `start tgtd (\`systemctl start tgt\`), or check the tgt backend's controlPort (${options.controlPort})`,
+    targetParams: tgtadmTargetParams(options.sessionParams),
   });
   const store = new TgtStateStore(dir);
   const daemon = options.manageDaemon

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { zTgtBackendOptions } from './options.js';
+import { tgtadmTargetParams, zTgtBackendOptions } from './options.js';
 
 describe('tgt backend options', () => {
   it('has the documented defaults', () => {
@@ -12,7 +12,19 @@ describe('tgt backend options', () => {
       mutualChap: false,
       advertise: 'all',
       startTimeoutMs: 10_000,
+      sessionParams: { maxRecvDataSegmentLength: 262_144, maxXmitDataSegmentLength: 262_144, firstBurstLength: 262_144, maxBurstLength: 1_048_576, initialR2T: false },
     });
+  });
+
+  it('session parameters: tgtadm names them; a first burst above the burst length is refused', () => {
+    expect(tgtadmTargetParams(zTgtBackendOptions.parse({ sessionParams: { initialR2T: true } }).sessionParams)).toEqual({
+      MaxRecvDataSegmentLength: '262144',
+      MaxXmitDataSegmentLength: '262144',
+      FirstBurstLength: '262144',
+      MaxBurstLength: '1048576',
+      InitialR2T: 'Yes',
+    });
+    expect(zTgtBackendOptions.safeParse({ sessionParams: { firstBurstLength: 2_097_152 } }).success).toBe(false);
   });
 
   it('normalises portals: a bare address gets port 3260, IPv6 gets brackets', () => {

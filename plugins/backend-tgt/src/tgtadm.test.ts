@@ -29,6 +29,17 @@ describe('Tgtadm', () => {
     expect(runner.calls[0]?.options.timeoutMs).toBeGreaterThan(0);
   });
 
+  it('sets the client\'s target parameters on a new target, one request each', async () => {
+    const runner = replayRunner(() => readFixture('tgtadm-new-target.txt'));
+    const tgtadm = new Tgtadm({ runner, controlPort: 7, logHint: '', noDaemonHint: '', targetParams: { MaxBurstLength: '1048576', InitialR2T: 'No' } });
+    await tgtadm.newTarget(3, 'iqn.2026-11.io.berth:volume-x');
+    expect(runner.calls.map((c) => c.args.slice(4).join(' '))).toEqual([
+      '--op new --mode target --tid 3 --targetname iqn.2026-11.io.berth:volume-x',
+      '--op update --mode target --tid 3 --name MaxBurstLength --value 1048576',
+      '--op update --mode target --tid 3 --name InitialR2T --value No',
+    ]);
+  });
+
   it('hands CHAP passwords to the runner as secrets', async () => {
     const { runner, tgtadm } = client(readFixture('tgtadm-new-account.txt'));
     await tgtadm.newAccount('berth-abc', SECRET);

@@ -24,6 +24,8 @@ export interface TgtadmOptions {
   logHint: string;
   /** What to do when tgtd is not running (differs for a managed and a system tgtd). */
   noDaemonHint: string;
+  /** iSCSI parameters (`name` → `value`) every new target offers its sessions (`newTarget` sets them). */
+  targetParams?: Readonly<Record<string, string>>;
 }
 
 /** Options of one tgtadm call. */
@@ -91,9 +93,16 @@ export class Tgtadm {
     await this.call(`remove portal ${portal}`, ['--op', 'delete', '--mode', 'portal', '--param', `portal=${portal}`], options);
   }
 
-  /** Create target `tid` named `iqn`. */
+  /** Create target `tid` named `iqn`, with the client's `targetParams`. */
   async newTarget(tid: number, iqn: string, options: TgtadmCallOptions = {}): Promise<void> {
     await this.call(`create target ${iqn} (tid ${tid})`, ['--op', 'new', '--mode', 'target', '--tid', String(tid), '--targetname', iqn], options);
+    // tgtd takes one parameter per request; they apply to sessions that log in afterwards.
+    for (const [name, value] of Object.entries(this.options.targetParams ?? {})) await this.updateTarget(tid, name, value, options);
+  }
+
+  /** Set one iSCSI parameter of target `tid` (`MaxBurstLength`, `InitialR2T`, ...). */
+  async updateTarget(tid: number, name: string, value: string, options: TgtadmCallOptions = {}): Promise<void> {
+    await this.call(`set ${name}=${value} on tid ${tid}`, ['--op', 'update', '--mode', 'target', '--tid', String(tid), '--name', name, '--value', value], options);
   }
 
   /** Delete target `tid`; without `force` tgtd refuses while a session is logged in. */

@@ -166,6 +166,7 @@ export class DaemonSupervisor {
           ...(record.username === undefined ? {} : { username: record.username }),
           readOnly: record.readOnly,
           ...(wanted === undefined ? {} : { loopDevice: wanted }),
+          ...(record.node === undefined ? {} : { node: record.node }),
         }, signal);
         const info = await loopInfo(host.fs, device);
         await records.save({ ...record, loopDevice: device, ...(info ? { rdev: info.rdev } : {}), updatedAt: new Date().toISOString() });

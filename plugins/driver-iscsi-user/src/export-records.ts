@@ -16,6 +16,8 @@ export const zExportRecord = z.object({
   portal: z.string().min(1),
   portals: z.array(z.string().min(1)),
   initiator: z.string().min(1),
+  /** The protocol node serving `portal` (`iu-<key>` or, after a failover, `iu-<key>-b`); absent: `iu-<key>`. */
+  node: z.string().regex(/^iu-[0-9a-f]{20}(-b)?$/).optional(),
   /** The CHAP user (not a secret); the password stays in `secrets/<key>` (0600) while connected. */
   username: z.string().optional(),
   readOnly: z.boolean(),
@@ -26,6 +28,8 @@ export const zExportRecord = z.object({
   loopDevice: z.string().regex(/^\/dev\/loop\d+$/).optional(),
   /** `7:N` of the loop device. */
   rdev: z.string().optional(),
+  /** A failover under way: the node logged in through `portal`, before the filter is re-pointed at it. */
+  failover: z.object({ node: z.string().regex(/^iu-[0-9a-f]{20}(-b)?$/), portal: z.string().min(1) }).optional(),
   /** Why it failed (no secret). */
   failure: z.string().optional(),
   updatedAt: z.string(),

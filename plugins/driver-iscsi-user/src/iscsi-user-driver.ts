@@ -15,12 +15,13 @@ import {
   type TransportCallContext,
   type TransportDriver,
 } from '@berth/core';
+import { WaitTimeoutError } from '@berth/host';
 import { parsePortal } from '@berth/iscsi';
-import { listExports, loopInfo, StorageDaemon, writeSecretFile, type QmpClient } from '@berth/qemu';
+import { listExports, loopInfo, removeUnusedNode, repointFilter, StorageDaemon, writeSecretFile, type QmpClient } from '@berth/qemu';
 import { DaemonSupervisor } from './daemon-supervisor.js';
 import { exportRecords, userPaths, type ExportRecord } from './export-records.js';
 import { checkUserHost, kernelInitiatorUsable, userInitiatorName } from './host-check.js';
-import { buildChain, loopsBacking, messageOf, mountpointOf, secretFile, teardownChain, type PlumbingDeps } from './lun-plumbing.js';
+import { buildChain, loginNode, loopsBacking, messageOf, mountpointOf, secretFile, teardownChain, type PlumbingDeps } from './lun-plumbing.js';
 import { zIscsiUserOptions, type IscsiUserOptions } from './options.js';
 import { exportNames, parseUserConnection, type ExportNames, type UserLun } from './user-connection.js';
 
@@ -36,12 +37,47 @@ export const PRIORITY = 5;
 /** The `kind` of this transport's device identities. */
 export const IDENTITY_KIND = 'iscsi-user';
 
+/** One connected LUN's path, as `checkPaths` found it. */
+export interface UserPathState {
+  iqn: string;
+  lun: number;
+  device: string | undefined;
+  /** The portal qemu's session uses, and whether it took a TCP connection within `portalProbeMs`. */
+  portal: string;
+  live: boolean;
+  /** The LUN's other portals. */
+  others: string[];
+}
+
+/** What `failover` did. */
+export interface FailoverResult {
+  /** The portal the LUN is served through now, and before the call. */
+  portal: string;
+  previous: string;
+  /** False when nothing had to change (the path was live, or already on the asked portal). */
+  switched: boolean;
+  /** How long the switch itself took (login of the new path, re-point, removal of the old one), in ms. */
+  ms: number;
+}
+
+/** The `iscsi-user` transport, with its path operations (beyond `TransportDriver`: core does not call them yet). */
+export interface IscsiUserDriver extends TransportDriver {
+  /** Every connected LUN's path: its portal and whether it answers. A health check for reconcile or an agent; changes nothing. */
+  checkPaths(signal?: AbortSignal): Promise<UserPathState[]>;
+  /**
+   * Move a connected LUN to another portal: to `portal` when given, else — only when its portal
+   * does not answer — to the first live one of the others. Idempotent; also finishes a failover
+   * that was cut short.
+   */
+  failover(connection: ConnectionInfo, options: { signal: AbortSignal; portal?: string }): Promise<FailoverResult>;
+}
+
 /**
  * The `iscsi-user` transport: an iSCSI LUN as a real block device with no kernel initiator —
  * qemu-storage-daemon logs in (libiscsi), exports the LUN as a file through FUSE, and a loop device
  * (never with direct I/O) makes that file `/dev/loopN`. One supervised daemon per host.
  */
-export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOptions>>): TransportDriver {
+export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOptions>>): IscsiUserDriver {
   const options = parseWith(zIscsiUserOptions, context.options ?? {}, 'iscsi-user transport options');
   const host = context.host;
   const paths = userPaths(context.dataDir);
@@ -247,6 +283,79 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
     if (mismatch) logger.warn({ device: device?.path, found: mismatch.details.found }, 'the recorded loop device now backs another file: left alone');
   }
 
+  /**
+   * The switch: log in through `portal` as the LUN's other protocol node, re-point the filter the
+   * export names at it, delete the old node (its logout waits at most `requestTimeoutS` on a dead
+   * path). The record names the new node before the re-point, so a cut-short failover is finished
+   * (or undone) by the next call, and a restore after a daemon death logs in where it should.
+   */
+  async function failoverLun(lun: UserLun, wanted: string | undefined, signal: AbortSignal, qmp: QmpClient): Promise<FailoverResult> {
+    const started = performance.now();
+    const names = exportNames(lun.iqn, lun.lun);
+    let record = await records.load(names.key);
+    if (!record || record.status !== 'active' || !(await healthy(qmp, record, names))) {
+      throw new BerthError('INVALID_STATE', `LUN ${lun.lun} of ${lun.iqn} is not connected through this transport`, {
+        hint: 'attach the volume first; a LUN lost with its daemon is reconnected by berth reconcile',
+      });
+    }
+    if (wanted !== undefined && !record.portals.includes(wanted)) {
+      throw new BerthError('VALIDATION', `${wanted} is not a portal of ${lun.iqn} (${record.portals.join(', ')})`, { hint: 'name one of the portals the connection lists' });
+    }
+    const qmpOptions = { timeoutMs: options.qmpTimeoutMs, signal };
+    // Deleting a node logs its session out, synchronously: on a dead path libiscsi gives up after requestTimeoutS.
+    const logoutOptions = { timeoutMs: options.qmpTimeoutMs + options.requestTimeoutS * 1000, signal };
+    // A failover cut short: the node it recorded is either the filter's child now (the re-point
+    // finished after its caller gave up) or an unused leftover.
+    const pending = record.failover;
+    const current = record.node ?? names.node;
+    const spare = current === names.node ? names.nodeB : names.node;
+    if (pending) {
+      const old = await removeUnusedNode(qmp, current, logoutOptions);
+      if (old === 'removed') record = { ...record, portal: pending.portal, node: pending.node };
+      else await removeUnusedNode(qmp, pending.node, logoutOptions);
+      delete record.failover;
+      await records.save({ ...record, updatedAt: new Date().toISOString() });
+    } else if ((await removeUnusedNode(qmp, spare, logoutOptions)) === 'in-use') {
+      throw new BerthError('INVALID_STATE', `LUN ${lun.lun} of ${lun.iqn} has two paths in use, which berth did not record`, { hint: 'detach the volume and attach it again' });
+    }
+    const previous = record.portal;
+    const active = record.node ?? names.node;
+    if (wanted === previous || (wanted === undefined && (await portalAnswers(previous, signal)))) {
+      return { portal: previous, previous, switched: false, ms: performance.now() - started };
+    }
+    const portal = wanted ?? (await firstLivePortal(record.portals.filter((p) => p !== previous), options.portalProbeMs, signal));
+    const next = active === names.node ? names.nodeB : names.node;
+    await loginNode(deps, qmp, {
+      names,
+      portal,
+      iqn: record.iqn,
+      lun: record.lun,
+      initiator: record.initiator,
+      ...(record.username === undefined ? {} : { username: record.username }),
+      readOnly: record.readOnly,
+    }, next, signal, 'shared');
+    await records.save({ ...record, failover: { node: next, portal }, updatedAt: new Date().toISOString() });
+    await deps.faults?.hit('iscsi-user.failover.after-login');
+    await repointFilter(qmp, { nodeName: names.filter, file: next, readOnly: record.readOnly }, qmpOptions);
+    await deps.faults?.hit('iscsi-user.failover.after-repoint');
+    const moved: ExportRecord = { ...record, portal, node: next, updatedAt: new Date().toISOString() };
+    delete moved.failover;
+    await records.save(moved);
+    await removeUnusedNode(qmp, active, logoutOptions);
+    logger.info({ iqn: lun.iqn, lun: lun.lun, portal, previous }, 'iSCSI LUN moved to another portal');
+    return { portal, previous, switched: true, ms: performance.now() - started };
+  }
+
+  async function portalAnswers(portal: string, signal: AbortSignal): Promise<boolean> {
+    return firstLivePortal([portal], options.portalProbeMs, signal).then(
+      () => true,
+      (error: unknown) => {
+        if (signal.aborted) throw error;
+        return false;
+      },
+    );
+  }
+
   return {
     name: NAME,
     protocols: PROTOCOLS,
@@ -294,6 +403,44 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
         }
         return out;
       });
+    },
+
+    async checkPaths(signal = AbortSignal.timeout(options.portalProbeMs * 4 + options.lockTimeoutMs)): Promise<UserPathState[]> {
+      const out: UserPathState[] = [];
+      for (const record of await records.list()) {
+        if (record.status !== 'active') continue;
+        out.push({
+          iqn: record.iqn,
+          lun: record.lun,
+          device: record.loopDevice,
+          portal: record.portal,
+          live: await portalAnswers(record.portal, signal),
+          others: record.portals.filter((p) => p !== record.portal),
+        });
+      }
+      return out;
+    },
+
+    async failover(connection: ConnectionInfo, opts: { signal: AbortSignal; portal?: string }): Promise<FailoverResult> {
+      const lun = parseUserConnection(connection, 'locate');
+      const key = exportNames(lun.iqn, lun.lun).key;
+      try {
+        return await lunLocks.withLock(key, () => supervisor.use(opts.signal, (qmp) => failoverLun(lun, opts.portal, opts.signal, qmp)), opts.signal);
+      } catch (error) {
+        const berthError = toBerthError(error, 'DRIVER_ERROR');
+        // A QMP command without an answer, or a monitor that never greets (WaitTimeoutError).
+        const daemonSilent = (berthError.code === 'TIMEOUT' && berthError.details.lockPath === undefined) || error instanceof WaitTimeoutError;
+        if (daemonSilent) {
+          // qemu 7.2: a request parked on a dead path freezes QMP (the FUSE export serves it in
+          // the main loop), and a re-open's drain waits for it: nothing moves until the path answers.
+          throw new BerthError('TIMEOUT', `failing over LUN ${lun.lun} of ${lun.iqn}: qemu-storage-daemon did not answer within ${options.qmpTimeoutMs} ms — I/O is waiting on a dead path`, {
+            hint: 'qemu 7.2 cannot move requests already in flight; they go on when the old path answers again — run the failover again then (it finishes or undoes this one)',
+            details: berthError.details,
+            cause: berthError,
+          });
+        }
+        throw contextual(`failing over LUN ${lun.lun} of ${lun.iqn}`, error);
+      }
     },
 
     async check(): Promise<CheckResult> {

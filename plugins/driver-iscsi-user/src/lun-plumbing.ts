@@ -4,6 +4,7 @@ import { BerthError, type FaultPoints, type Logger } from '@berth/core';
 import type { HostServices } from '@berth/host';
 import {
   addFuseExport,
+  addRawFilter,
   addIscsiNode,
   attachFuseLoop,
   detachFuseLoop,
@@ -42,6 +43,8 @@ export interface ChainSpec {
   readOnly: boolean;
   /** Attach to this loop device (it must be free), else to the first free one. */
   loopDevice?: string;
+  /** The protocol node to log in with (`names.node` unless a failover moved the LUN to `names.nodeB`). */
+  node?: string;
 }
 
 /** The FUSE mount point of a LUN. */
@@ -55,32 +58,18 @@ export function secretFile(paths: UserPaths, key: string, which: 'out' | 'in' = 
 }
 
 /**
- * Build the chain: `blockdev-add` (login), `block-export-add` (FUSE), `losetup` (no direct I/O).
- * Fault points between the steps. Throws what failed; the caller tears down what was made.
+ * Build the chain: `blockdev-add` (login) and its `raw` filter, `block-export-add` (FUSE, on the
+ * filter), `losetup` (no direct I/O). Fault points between the steps. Throws what failed; the
+ * caller tears down what was made.
  */
 export async function buildChain(deps: PlumbingDeps, qmp: QmpClient, spec: ChainSpec, signal: AbortSignal): Promise<string> {
   const { names } = spec;
   const qmpOptions = { timeoutMs: deps.options.qmpTimeoutMs, signal };
-  try {
-    await addIscsiNode(
-      qmp,
-      {
-        nodeName: names.node,
-        portal: spec.portal,
-        iqn: spec.iqn,
-        lun: wireLun(spec.lun),
-        initiator: spec.initiator,
-        ...(spec.username === undefined ? {} : { chap: { username: spec.username, secretId: names.secretId, secretFile: secretFile(deps.paths, names.key) } }),
-        readOnly: spec.readOnly,
-        timeoutS: deps.options.requestTimeoutS,
-      },
-      qmpOptions,
-    );
-  } catch (error) {
-    throw loginError(error, spec);
-  }
+  const node = spec.node ?? names.node;
+  await loginNode(deps, qmp, spec, node, signal);
+  await addRawFilter(qmp, { nodeName: names.filter, file: node, readOnly: spec.readOnly }, qmpOptions);
   await deps.faults?.hit('iscsi-user.connect.after-login');
-  await addFuseExport(qmp, { id: names.exportId, nodeName: names.node, mountpoint: mountpointOf(deps.paths, names.key), writable: !spec.readOnly }, qmpOptions);
+  await addFuseExport(qmp, { id: names.exportId, nodeName: names.filter, mountpoint: mountpointOf(deps.paths, names.key), writable: !spec.readOnly }, qmpOptions);
   await deps.faults?.hit('iscsi-user.connect.after-export');
   const device = await attachFuseLoop(deps.host.runner, mountpointOf(deps.paths, names.key), {
     readOnly: spec.readOnly,
@@ -90,6 +79,39 @@ export async function buildChain(deps: PlumbingDeps, qmp: QmpClient, spec: Chain
   });
   await deps.faults?.hit('iscsi-user.connect.after-losetup');
   return device;
+}
+
+/**
+ * Log in to the LUN through `spec.portal` as protocol node `node` (`blockdev-add` driver iscsi,
+ * CHAP from the secret file). A failed login leaves nothing and throws what the user should read.
+ */
+export async function loginNode(
+  deps: PlumbingDeps,
+  qmp: QmpClient,
+  spec: Omit<ChainSpec, 'loopDevice' | 'node'>,
+  node: string,
+  signal: AbortSignal,
+  secret: 'make' | 'shared' = 'make',
+): Promise<void> {
+  const { names } = spec;
+  try {
+    await addIscsiNode(
+      qmp,
+      {
+        nodeName: node,
+        portal: spec.portal,
+        iqn: spec.iqn,
+        lun: wireLun(spec.lun),
+        initiator: spec.initiator,
+        ...(spec.username === undefined ? {} : { chap: { username: spec.username, secretId: names.secretId, secretFile: secretFile(deps.paths, names.key), shared: secret === 'shared' } }),
+        readOnly: spec.readOnly,
+        timeoutS: deps.options.requestTimeoutS,
+      },
+      { timeoutMs: deps.options.qmpTimeoutMs, signal },
+    );
+  } catch (error) {
+    throw loginError(error, spec);
+  }
 }
 
 /**
@@ -124,6 +146,9 @@ export async function teardownChain(
     const qmpOptions = { timeoutMs: deps.options.qmpTimeoutMs, signal };
     await removeFuseExport(qmp, names.exportId, qmpOptions);
     await deps.faults?.hit('iscsi-user.disconnect.after-export');
+    // The filter first (it holds the protocol node); both protocol nodes, as a failover cut short may leave two.
+    await removeIscsiNode(qmp, names.filter, undefined, qmpOptions);
+    await removeIscsiNode(qmp, names.nodeB, undefined, qmpOptions);
     await removeIscsiNode(qmp, names.node, names.secretId, qmpOptions);
   }
   await rm(mountpoint, { force: true });

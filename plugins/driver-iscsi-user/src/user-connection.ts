@@ -83,7 +83,11 @@ export function parseUserConnection(connection: ConnectionInfo, purpose: 'connec
 export interface ExportNames {
   /** 20 hex digits of SHA-256(iqn, lun). */
   key: string;
+  /** The iSCSI (protocol) node; `nodeB` is the one a failover builds beside it, alternately. */
   node: string;
+  nodeB: string;
+  /** The `raw` filter over the protocol node: what the export names, re-pointed on failover. */
+  filter: string;
   exportId: string;
   secretId: string;
 }
@@ -91,5 +95,5 @@ export interface ExportNames {
 /** The names for `iqn` + `lun` (QMP names stay under QEMU's 31-character limit). */
 export function exportNames(iqn: string, lun: number): ExportNames {
   const key = createHash('sha256').update(`${iqn}\u0000${lun}`).digest('hex').slice(0, 20);
-  return { key, node: `iu-${key}`, exportId: `iu-${key}-x`, secretId: `iu-${key}-s` };
+  return { key, node: `iu-${key}`, nodeB: `iu-${key}-b`, filter: `iu-${key}-f`, exportId: `iu-${key}-x`, secretId: `iu-${key}-s` };
 }
