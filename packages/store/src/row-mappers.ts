@@ -59,6 +59,10 @@ export function toHost(row: Selectable<HostsTable>, dialect: StoreDialect): Host
     id: row.id,
     name: row.name,
     connector: dialect.decodeJson(row.connector),
+    agent:
+      row.agent_instance === null
+        ? null
+        : { instance: row.agent_instance, version: row.agent_version ?? '', lastSeenAt: row.agent_seen_at ?? row.updated_at },
     createdAt: row.created_at,
     updatedAt: row.updated_at,
   });
