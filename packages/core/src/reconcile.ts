@@ -1,4 +1,5 @@
 import { redactConnectionInfo, withAccessMode, type ConnectionInfo, type Connector, type Device } from './connection.js';
+import type { DriverCatalog } from './catalog.js';
 import type { Consumer } from './contracts/consumer.js';
 import type { ConnectedDevice } from './contracts/transport-driver.js';
 import type { BackendExport } from './contracts/volume-backend.js';
@@ -411,14 +412,22 @@ async function readHostFacts(
       unchecked.push({ kind: 'backend', name, reason: `listing its exports failed: ${toBerthError(error).message}` });
     }
   }
-  return { exports, listings: await listTransports(deps, deps.catalog.transportNames(), unchecked) };
+  return { exports, listings: await listTransports(deps.catalog, deps.catalog.transportNames(), unchecked) };
 }
 
-async function listTransports(deps: ReconcileDeps, names: readonly string[], unchecked?: ReconcileUnchecked[]): Promise<TransportListing[]> {
+/**
+ * What every transport that can list finds connected on this host, highest priority first; a
+ * transport that cannot list, or fails to, is named in `unchecked` (the `host_facts` host step).
+ */
+export async function listTransports(
+  catalog: DriverCatalog,
+  names: readonly string[] = catalog.transportNames(),
+  unchecked?: ReconcileUnchecked[],
+): Promise<TransportListing[]> {
   const listings: Array<TransportListing & { priority: number }> = [];
   for (const name of names) {
     try {
-      const transport = deps.catalog.transport(name);
+      const transport = catalog.transport(name);
       if (!transport.connected) {
         unchecked?.push({ kind: 'transport', name, reason: 'it cannot list its devices' });
         continue;
@@ -479,7 +488,7 @@ export async function runReconcile(deps: ReconcileDeps, options: ReconcileOption
   const devices = await store.devices.list({ hostId: host.id });
   const operations = (await store.operations.list({ state: ['succeeded', 'rolled_back', 'failed'] })).filter((o) => o.kind === 'attach' || o.kind === 'detach');
   const busy = await busyVolumeIds(store);
-  const listingsAfter = await listTransports(deps, listings.map((l) => l.transport));
+  const listingsAfter = await listTransports(deps.catalog, listings.map((l) => l.transport));
   const findings = findDifferences({ localHostId: host.id, volumes, attachments, busyVolumeIds: busy, exports, listings, listingsAfter, devices, operations });
 
   if (dryRun) {
