@@ -45,7 +45,7 @@ const zAttachmentPatch = zAttachment
 const zStepOutcome = zOperationStep.pick({ error: true, data: true }).partial();
 const zFinishOutcome = zOperation.pick({ error: true, result: true }).partial();
 const zLockField = z.string().min(1).max(300);
-const zNewHostAgent = zHostAgent.pick({ instance: true, version: true });
+const zNewHostAgent = zHostAgent.omit({ lastSeenAt: true });
 
 /** Everything a memory store holds; a transaction's rollback puts back a copy taken at its start. */
 interface Tables {
@@ -184,7 +184,7 @@ export function createMemoryStore(): Store {
         const valid = parseWith(zNewHostAgent, agent, 'host agent');
         const host = requireRow(tables.hosts, 'host', id);
         const at = now();
-        const next: Host = { ...host, agent: { instance: valid.instance, version: valid.version, lastSeenAt: at }, updatedAt: at };
+        const next: Host = { ...host, agent: { ...valid, lastSeenAt: at }, updatedAt: at };
         tables.hosts.set(id, next);
         return copy(next);
       }),

@@ -77,6 +77,10 @@ export const zHostAgent = z.object({
   /** The registered agent process (its worker name); only it may claim the host's work. */
   instance: z.string().min(1),
   version: z.string(),
+  /** The transports loaded on the host (a replica picks one of these for the host's attachments). */
+  transports: z.array(z.string().min(1)),
+  /** The consumers loaded on the host. */
+  consumers: z.array(z.string().min(1)),
   /** When it registered or last asked for work (ISO-8601, the store's clock). */
   lastSeenAt: zTimestamp,
 });

@@ -125,6 +125,8 @@ export interface HostRepository {
 export interface NewHostAgent {
   instance: string;
   version: string;
+  transports: readonly string[];
+  consumers: readonly string[];
 }
 
 /** Fields of a new server. */

@@ -175,6 +175,8 @@ export function createMigrations(dialect: StoreDialect): Record<string, Migratio
       async up(db: Kysely<unknown>): Promise<void> {
         await db.schema.alterTable('hosts').addColumn('agent_instance', 'text').execute();
         await db.schema.alterTable('hosts').addColumn('agent_version', 'text').execute();
+        await db.schema.alterTable('hosts').addColumn('agent_transports', dialect.jsonType).execute();
+        await db.schema.alterTable('hosts').addColumn('agent_consumers', dialect.jsonType).execute();
         await db.schema.alterTable('hosts').addColumn('agent_seen_at', 'text').execute();
       },
     },

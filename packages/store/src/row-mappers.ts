@@ -62,7 +62,13 @@ export function toHost(row: Selectable<HostsTable>, dialect: StoreDialect): Host
     agent:
       row.agent_instance === null
         ? null
-        : { instance: row.agent_instance, version: row.agent_version ?? '', lastSeenAt: row.agent_seen_at ?? row.updated_at },
+        : {
+            instance: row.agent_instance,
+            version: row.agent_version,
+            transports: dialect.decodeJson(row.agent_transports),
+            consumers: dialect.decodeJson(row.agent_consumers),
+            lastSeenAt: row.agent_seen_at,
+          },
     createdAt: row.created_at,
     updatedAt: row.updated_at,
   });

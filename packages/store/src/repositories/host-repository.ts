@@ -7,7 +7,7 @@ import { toHost } from '../row-mappers.js';
 import { connectorWithoutSecrets } from '../secrets.js';
 import { agentReplaced, alreadyExists, notFound } from '../store-errors.js';
 
-const zNewHostAgent = zHostAgent.pick({ instance: true, version: true });
+const zNewHostAgent = zHostAgent.omit({ lastSeenAt: true });
 
 /** Hosts over Kysely. */
 export function createHostRepository(ctx: RepositoryContext): HostRepository {
@@ -46,6 +46,8 @@ export function createHostRepository(ctx: RepositoryContext): HostRepository {
             connector: encodeNullableJson(ctx, host.connector),
             agent_instance: null,
             agent_version: null,
+            agent_transports: null,
+            agent_consumers: null,
             agent_seen_at: null,
             created_at: host.createdAt,
             updated_at: host.updatedAt,
@@ -95,7 +97,14 @@ export function createHostRepository(ctx: RepositoryContext): HostRepository {
       const row = await ctx
         .db()
         .updateTable('hosts')
-        .set({ agent_instance: valid.instance, agent_version: valid.version, agent_seen_at: now, updated_at: now })
+        .set({
+          agent_instance: valid.instance,
+          agent_version: valid.version,
+          agent_transports: ctx.dialect.encodeJson(valid.transports),
+          agent_consumers: ctx.dialect.encodeJson(valid.consumers),
+          agent_seen_at: now,
+          updated_at: now,
+        })
         .where('id', '=', id)
         .returningAll()
         .executeTakeFirst();
