@@ -5,9 +5,11 @@ import type { DriverCatalog } from './catalog.js';
 import type { BerthConfig } from './config.js';
 import { FaultInjector } from './faults.js';
 import type { HostIdentity } from './host-identity.js';
+import { hostStepsFor } from './host-steps/host-step-executor.js';
 import { KeyedLock } from './keyed-lock.js';
 import type { Logger } from './logger.js';
 import type { Attachment, Host, Operation, OperationState, Server, Volume, VolumeStatus } from './model.js';
+import type { PipelineDeps } from './pipeline/context.js';
 import { OperationRunner } from './pipeline/operation-runner.js';
 import { runReconcile } from './reconcile.js';
 import type { DoctorEntry, PluginReport, ReconcileOptions, ReconcileReport, RecoveryOutcome } from './reports.js';
@@ -59,6 +61,17 @@ export class BerthServiceImpl implements BerthService {
     // Drivers pass their own points (between their commands) through the same injector.
     catalog.useFaults(faults);
     const localHost = new LocalHost(store, identity, config);
+    const deps: PipelineDeps = {
+      store,
+      catalog,
+      config,
+      logger,
+      localHost: () => localHost.host(),
+      baseConnector: () => localHost.baseConnector(),
+      owner,
+      hostname: identity.hostname,
+      hostSteps: (hostId) => hostStepsFor(deps, hostId),
+    };
     this.parts = {
       config,
       store,
@@ -71,16 +84,7 @@ export class BerthServiceImpl implements BerthService {
       faults,
       runner: new OperationRunner(store),
       localHost,
-      deps: {
-        store,
-        catalog,
-        config,
-        logger,
-        localHost: () => localHost.host(),
-        baseConnector: () => localHost.baseConnector(),
-        owner,
-        hostname: identity.hostname,
-      },
+      deps,
     };
     this.launcher = new OperationLauncher(this.parts);
   }

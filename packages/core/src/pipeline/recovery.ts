@@ -84,8 +84,13 @@ export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger
   if (attachment && op.attachmentId === null) await deps.store.operations.setAttachment(op.id, attachment.id);
   const connector = (attachment?.connector ?? (journalData(op, 'connector')?.connector as Connector | undefined)) ?? undefined;
   const transportName = attachment?.transport ?? (journalData(op, 'initialize')?.transport as string | undefined);
+  // Past `dispatch` the host steps to undo or resume run where the server is (this process, or
+  // the host's agent); a host nobody can run them on fails the recovery with that reason.
+  const dispatched = op.steps.some((s) => s.phase === 'do' && s.name === 'dispatch');
+  const hostSteps = dispatched ? await deps.hostSteps(server.hostId) : undefined;
   const ctx: PipelineContext = {
     operationId: op.id,
+    ...(hostSteps ? { steps: hostSteps, host: hostSteps.host } : {}),
     volume,
     server,
     consumer: deps.consumer(),
@@ -95,7 +100,7 @@ export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger
     ...(connector ? { connector } : {}),
     // Secrets were never stored: the redacted connection_info is enough to disconnect.
     ...(attachment?.connectionInfo ? { connection: attachment.connectionInfo } : {}),
-    ...(transportName ? { transport: deps.catalog.transport(transportName) } : {}),
+    ...(transportName ? { transport: transportName } : {}),
     ...(attachment?.device ? { device: attachment.device as Device } : {}),
   };
   const options = { operationId: op.id, signal: AbortSignal.timeout(deps.undoTimeoutMs), undoTimeoutMs: deps.undoTimeoutMs, logger, pipeline: op.kind };
