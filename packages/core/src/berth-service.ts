@@ -5,7 +5,9 @@ import type { DriverCatalog } from './catalog.js';
 import type { BerthConfig } from './config.js';
 import { FaultInjector } from './faults.js';
 import type { HostIdentity } from './host-identity.js';
-import { hostStepsFor } from './host-steps/host-step-executor.js';
+import { hostStepsFor, type AgentHost, type HostSteps } from './host-steps/host-step-executor.js';
+import { agentStore, remoteHostSteps } from './host-steps/remote-host-steps.js';
+import { WorkItemWaiter } from './host-steps/work-item-waiter.js';
 import { KeyedLock } from './keyed-lock.js';
 import type { Logger } from './logger.js';
 import type { Attachment, Host, Operation, OperationState, Server, Volume, VolumeStatus } from './model.js';
@@ -48,6 +50,8 @@ import type { Store } from './store.js';
 export class BerthServiceImpl implements BerthService {
   private readonly parts: ServiceParts;
   private readonly launcher: OperationLauncher;
+  /** Waits for the work items of hosts with an agent (made on first use). */
+  private waiter: WorkItemWaiter | undefined;
 
   constructor(
     @inject(TOKENS.Config) config: BerthConfig,
@@ -70,7 +74,7 @@ export class BerthServiceImpl implements BerthService {
       baseConnector: () => localHost.baseConnector(),
       owner,
       hostname: identity.hostname,
-      hostSteps: (hostId) => hostStepsFor(deps, hostId),
+      hostSteps: (hostId) => hostStepsFor(deps, hostId, (host) => this.remoteSteps(host)),
     };
     this.parts = {
       config,
@@ -227,8 +231,17 @@ export class BerthServiceImpl implements BerthService {
 
   async close(): Promise<void> {
     await this.launcher.drain();
+    await this.waiter?.close();
     for (const backend of this.parts.catalog.instantiatedBackends()) await backend.close?.().catch(() => undefined);
     await this.parts.store.close();
+  }
+
+  /** The executor of a host whose agent registered: its steps become work items. */
+  private remoteSteps(host: AgentHost): HostSteps {
+    const { store, config, logger } = this.parts;
+    this.waiter ??= new WorkItemWaiter(agentStore(store, host), logger, config.agent.leaseMs);
+    const waiter = this.waiter;
+    return remoteHostSteps({ store, waiter, undoTimeoutMs: config.undoTimeoutMs, offlineAfterMs: config.agent.offlineAfterMs }, host);
   }
 
   private project(scope: ProjectScope): string {

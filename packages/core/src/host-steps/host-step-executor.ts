@@ -58,14 +58,19 @@ export function localHostSteps(deps: Pick<PipelineDeps, 'catalog' | 'logger' | '
   };
 }
 
+/** A host whose `berth agent` registered. */
+export type AgentHost = Host & { agent: NonNullable<Host['agent']> };
+
 /**
- * The executor of `hostId`'s steps: this process for its own host; a host with no agent cannot
- * run any, which is refused before anything is enqueued or touched.
+ * The executor of `hostId`'s steps: the host's `berth agent` once one registered (`remote`, work
+ * items); else this process for its own host; a host with neither cannot run any, which is
+ * refused before anything is enqueued or touched.
  */
-export async function hostStepsFor(deps: PipelineDeps, hostId: string): Promise<HostSteps> {
+export async function hostStepsFor(deps: PipelineDeps, hostId: string, remote?: (host: AgentHost) => HostSteps): Promise<HostSteps> {
+  const host = await deps.store.hosts.get(hostId);
+  if (host?.agent && remote) return remote(host as AgentHost);
   const local = await deps.localHost();
   if (hostId === local.id) return localHostSteps(deps, local);
-  const host = await deps.store.hosts.get(hostId);
   const name = host?.name ?? hostId;
   throw new BerthError('UNPROCESSABLE', `host ${name} has no berth agent, and it is not this host (${local.name})`, {
     hint: `run \`berth agent --api <url>\` on ${name} (or run the command on ${name} itself)`,

@@ -1,5 +1,5 @@
 import { BerthError } from '../errors.js';
-import { redactConnectionInfo, withAccessMode, type Device } from '../connection.js';
+import { redactConnectionInfo, withAccessMode, zConnector, type Device } from '../connection.js';
 import { recomputeVolumeStatus, reservableStatuses } from '../transitions.js';
 import type { Attachment, Server } from '../model.js';
 import type { Store } from '../store.js';
@@ -60,11 +60,13 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
       name: 'connector',
       async run(ctx, signal) {
         const steps = required(ctx.steps, 'host steps');
-        const { connector } = await steps.run(
-          'connector',
-          { multipath: options.multipath ?? config.connector.multipath, enforce_multipath: config.connector.enforce_multipath },
-          { operationId: ctx.operationId, signal },
-        );
+        const wish = { multipath: options.multipath ?? config.connector.multipath, enforce_multipath: config.connector.enforce_multipath };
+        if (steps.kind === 'remote' && steps.host.connector) {
+          // The agent registered its host's connector: the wish applied to it, no round trip.
+          ctx.connector = zConnector.parse({ ...steps.host.connector, ...wish });
+          return { connector: ctx.connector, source: 'registration' };
+        }
+        const { connector } = await steps.run('connector', wish, { operationId: ctx.operationId, signal });
         ctx.connector = connector;
         await store.hosts.setConnector(steps.host.id, connector);
         return { connector };
@@ -78,6 +80,13 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
         const connection = withAccessMode(exported, options.mode);
         ctx.connection = connection;
         ctx.transport = catalog.selectTransport(connection, connector, options.transport ?? config.transports[connection.driver_volume_type]).name;
+        const agent = ctx.steps?.kind === 'remote' ? ctx.steps.host.agent : null;
+        if (agent && !agent.transports.includes(ctx.transport)) {
+          throw new BerthError('UNPROCESSABLE', `host ${ctx.steps?.host.name}'s agent has no transport ${ctx.transport} (it has ${agent.transports.join(', ') || 'none'})`, {
+            hint: `install the plugin with transport ${ctx.transport} on that host and restart its \`berth agent\`, or attach with --transport one of those`,
+            details: { hostId: ctx.server.hostId, transport: ctx.transport },
+          });
+        }
         const changed = await transitionAttachment(store, required(ctx.attachment, 'attachment').id, ['reserved'], 'attaching', {
           connector,
           connectionInfo: redactConnectionInfo(connection),
