@@ -141,6 +141,7 @@ export async function startManyHosts(options: ManyHostsOptions): Promise<ManyHos
       ...net.hosts.map((h) => ({ name: `agent-${h.name}`, sha256: sha256(agentTokens.get(h.name) ?? ''), role: 'agent', host: h.name })),
     ];
     const config = { ...options.config, api: { listen: `${net.gateway}:0`, tokens } };
+    await mkdir(sandbox.dataDir, { recursive: true, mode: 0o700 });
     await writeFile(join(sandbox.dataDir, 'config.json'), JSON.stringify(config, null, 2));
 
     const replicas: Replica[] = [];
