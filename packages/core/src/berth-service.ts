@@ -12,6 +12,7 @@ import { OperationRunner } from './pipeline/operation-runner.js';
 import { runReconcile } from './reconcile.js';
 import type { DoctorEntry, PluginReport, ReconcileOptions, ReconcileReport, RecoveryOutcome } from './reports.js';
 import * as attachments from './service/attachments.js';
+import { AgentWorkService } from './service/agent-work.js';
 import { hostConnector } from './service/connector.js';
 import { runDoctor } from './service/doctor.js';
 import { LocalHost } from './service/local-host.js';
@@ -46,6 +47,8 @@ import type { Store } from './store.js';
 export class BerthServiceImpl implements BerthService {
   private readonly parts: ServiceParts;
   private readonly launcher: OperationLauncher;
+  /** The API side of `berth agent` (its routes call it). */
+  readonly agentWork: AgentWorkService;
 
   constructor(
     @inject(TOKENS.Config) config: BerthConfig,
@@ -83,6 +86,7 @@ export class BerthServiceImpl implements BerthService {
       },
     };
     this.launcher = new OperationLauncher(this.parts);
+    this.agentWork = new AgentWorkService(this.parts);
   }
 
   // ---- volumes -------------------------------------------------------------------------------
