@@ -16,6 +16,7 @@ import { OperationRunner } from './pipeline/operation-runner.js';
 import { runReconcile } from './reconcile.js';
 import type { DoctorEntry, PluginReport, ReconcileOptions, ReconcileReport, RecoveryOutcome } from './reports.js';
 import * as attachments from './service/attachments.js';
+import { AgentWorkService } from './service/agent-work.js';
 import { hostConnector } from './service/connector.js';
 import { runDoctor } from './service/doctor.js';
 import { LocalHost } from './service/local-host.js';
@@ -52,6 +53,8 @@ export class BerthServiceImpl implements BerthService {
   private readonly launcher: OperationLauncher;
   /** Waits for the work items of hosts with an agent (made on first use). */
   private waiter: WorkItemWaiter | undefined;
+  /** The API side of `berth agent` (its routes call it). */
+  readonly agentWork: AgentWorkService;
 
   constructor(
     @inject(TOKENS.Config) config: BerthConfig,
@@ -91,6 +94,7 @@ export class BerthServiceImpl implements BerthService {
       deps,
     };
     this.launcher = new OperationLauncher(this.parts);
+    this.agentWork = new AgentWorkService(this.parts);
   }
 
   // ---- volumes -------------------------------------------------------------------------------

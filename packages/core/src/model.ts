@@ -100,6 +100,13 @@ export const zHost = z.object({
 });
 export type Host = z.output<typeof zHost>;
 
+/** Whether a host's agent was heard from lately (within the API's `agent.offlineAfterMs`). */
+export const zHostAgentState = z.enum(['online', 'offline']);
+/** A host as the API shows it: its agent with `state` computed at read time. */
+export const zHostView = zHost.extend({ agent: zHostAgent.extend({ state: zHostAgentState }).nullable() });
+/** A host with its agent's state. */
+export type HostView = z.output<typeof zHostView>;
+
 /** A server: the consumer of volumes (an instance in Nova's words), placed on a host. */
 export const zServer = z.object({
   id: zId,
