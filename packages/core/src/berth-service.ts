@@ -22,6 +22,7 @@ import { LocalHost } from './service/local-host.js';
 import { startAttach, startDetach } from './service/operations/attach-detach.js';
 import { OperationLauncher } from './service/operations/launcher.js';
 import { recoverDeadOperations } from './service/operations/recover.js';
+import { ReplicaMaintenance } from './service/replica.js';
 import type { ServiceParts } from './service/parts.js';
 import { projectOf, resolveAttachment, resolveOperation, resolveServer, resolveVolume } from './service/resolve.js';
 import * as servers from './service/servers.js';
@@ -52,6 +53,8 @@ export class BerthServiceImpl implements BerthService {
   private readonly launcher: OperationLauncher;
   /** Waits for the work items of hosts with an agent (made on first use). */
   private waiter: WorkItemWaiter | undefined;
+  /** Stops the replica heartbeat, once `startReplica` ran. */
+  private replicaStop: (() => Promise<void>) | undefined;
 
   constructor(
     @inject(TOKENS.Config) config: BerthConfig,
@@ -205,6 +208,11 @@ export class BerthServiceImpl implements BerthService {
     return runDoctor(this.parts);
   }
 
+  startReplica(): () => Promise<void> {
+    this.replicaStop ??= new ReplicaMaintenance(this.parts, this.launcher).start();
+    return this.replicaStop;
+  }
+
   recover(): Promise<RecoveryOutcome[]> {
     return recoverDeadOperations(this.parts, this.launcher);
   }
@@ -230,7 +238,9 @@ export class BerthServiceImpl implements BerthService {
   }
 
   async close(): Promise<void> {
+    // Operations in flight keep their leases renewed until they end.
     await this.launcher.drain();
+    await this.replicaStop?.();
     await this.waiter?.close();
     for (const backend of this.parts.catalog.instantiatedBackends()) await backend.close?.().catch(() => undefined);
     await this.parts.store.close();
