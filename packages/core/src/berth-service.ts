@@ -5,9 +5,13 @@ import type { DriverCatalog } from './catalog.js';
 import type { BerthConfig } from './config.js';
 import { FaultInjector } from './faults.js';
 import type { HostIdentity } from './host-identity.js';
+import { hostStepsFor, type AgentHost, type HostSteps } from './host-steps/host-step-executor.js';
+import { agentStore, remoteHostSteps } from './host-steps/remote-host-steps.js';
+import { WorkItemWaiter } from './host-steps/work-item-waiter.js';
 import { KeyedLock } from './keyed-lock.js';
 import type { Logger } from './logger.js';
 import type { Attachment, Host, Operation, OperationState, Server, Volume, VolumeStatus } from './model.js';
+import type { PipelineDeps } from './pipeline/context.js';
 import { OperationRunner } from './pipeline/operation-runner.js';
 import { runReconcile } from './reconcile.js';
 import type { DoctorEntry, PluginReport, ReconcileOptions, ReconcileReport, RecoveryOutcome } from './reports.js';
@@ -19,6 +23,7 @@ import { LocalHost } from './service/local-host.js';
 import { startAttach, startDetach } from './service/operations/attach-detach.js';
 import { OperationLauncher } from './service/operations/launcher.js';
 import { recoverDeadOperations } from './service/operations/recover.js';
+import { ReplicaMaintenance } from './service/replica.js';
 import type { ServiceParts } from './service/parts.js';
 import { projectOf, resolveAttachment, resolveOperation, resolveServer, resolveVolume } from './service/resolve.js';
 import * as servers from './service/servers.js';
@@ -49,6 +54,10 @@ export class BerthServiceImpl implements BerthService {
   private readonly launcher: OperationLauncher;
   /** The API side of `berth agent` (its routes call it). */
   readonly agentWork: AgentWorkService;
+  /** Waits for the work items of hosts with an agent (made on first use). */
+  private waiter: WorkItemWaiter | undefined;
+  /** Stops the replica heartbeat, once `startReplica` ran. */
+  private replicaStop: (() => Promise<void>) | undefined;
 
   constructor(
     @inject(TOKENS.Config) config: BerthConfig,
@@ -62,6 +71,17 @@ export class BerthServiceImpl implements BerthService {
     // Drivers pass their own points (between their commands) through the same injector.
     catalog.useFaults(faults);
     const localHost = new LocalHost(store, identity, config);
+    const deps: PipelineDeps = {
+      store,
+      catalog,
+      config,
+      logger,
+      localHost: () => localHost.host(),
+      baseConnector: () => localHost.baseConnector(),
+      owner,
+      hostname: identity.hostname,
+      hostSteps: (hostId) => hostStepsFor(deps, hostId, (host) => this.remoteSteps(host)),
+    };
     this.parts = {
       config,
       store,
@@ -74,16 +94,7 @@ export class BerthServiceImpl implements BerthService {
       faults,
       runner: new OperationRunner(store),
       localHost,
-      deps: {
-        store,
-        catalog,
-        config,
-        logger,
-        localHost: () => localHost.host(),
-        baseConnector: () => localHost.baseConnector(),
-        owner,
-        hostname: identity.hostname,
-      },
+      deps,
     };
     this.launcher = new OperationLauncher(this.parts);
     this.agentWork = new AgentWorkService(this.parts);
@@ -201,6 +212,11 @@ export class BerthServiceImpl implements BerthService {
     return runDoctor(this.parts);
   }
 
+  startReplica(): () => Promise<void> {
+    this.replicaStop ??= new ReplicaMaintenance(this.parts, this.launcher).start();
+    return this.replicaStop;
+  }
+
   recover(): Promise<RecoveryOutcome[]> {
     return recoverDeadOperations(this.parts, this.launcher);
   }
@@ -226,9 +242,20 @@ export class BerthServiceImpl implements BerthService {
   }
 
   async close(): Promise<void> {
+    // Operations in flight keep their leases renewed until they end.
     await this.launcher.drain();
+    await this.replicaStop?.();
+    await this.waiter?.close();
     for (const backend of this.parts.catalog.instantiatedBackends()) await backend.close?.().catch(() => undefined);
     await this.parts.store.close();
+  }
+
+  /** The executor of a host whose agent registered: its steps become work items. */
+  private remoteSteps(host: AgentHost): HostSteps {
+    const { store, config, logger } = this.parts;
+    this.waiter ??= new WorkItemWaiter(agentStore(store, host), logger, config.agent.leaseMs);
+    const waiter = this.waiter;
+    return remoteHostSteps({ store, waiter, undoTimeoutMs: config.undoTimeoutMs, offlineAfterMs: config.agent.offlineAfterMs }, host);
   }
 
   private project(scope: ProjectScope): string {

@@ -617,9 +617,10 @@ async function fixOf(deps: ReconcileDeps, finding: Finding): Promise<string> {
       // Under the volume's device lease, identity-checked, and not forced: a device something holds
       // open (someone's mount of a volume file) is left alone, the fix fails naming the holder.
       const outcome = await releaseShared(deps, {
+        steps: await deps.hostSteps(host.id),
         hostId: host.id,
         volume: fresh.volume,
-        transport: catalog.transport(finding.transport),
+        transport: finding.transport,
         connection,
         ...(device ? { device } : {}),
         force: false,
@@ -710,8 +711,10 @@ async function reconnect(deps: ReconcileDeps, attachmentId: string, volume: Volu
   if (attachment?.status !== 'attached') throw new Skip(`the attachment is ${attachment?.status ?? 'deleted'} now`);
   const transportName = attachment.transport;
   if (!transportName) throw new Skip('the attachment has no transport');
-  const transport = catalog.transport(transportName);
+  // Refused before anything is touched when the transport is not installed here.
+  const transport = catalog.transport(transportName).name;
   const server = await store.servers.require(attachment.serverId);
+  const steps = await deps.hostSteps(attachment.hostId);
   const consumer = deps.consumer();
   const lost = attachment.device;
   try {
@@ -725,11 +728,11 @@ async function reconnect(deps: ReconcileDeps, attachmentId: string, volume: Volu
     );
     for (const other of stale) await store.attachments.update(other.id, { device: null });
     await store.devices.delete(attachment.hostId, volume.id);
-    const connected = await connectShared(deps, { attachment: { ...attachment, device: null }, volume, transport, connection, connector, signal });
+    const connected = await connectShared(deps, { steps, attachment: { ...attachment, device: null }, volume, transport, connection, connector, signal });
     for (const other of [connected.attachment, ...stale]) {
       const current = other.id === attachment.id ? connected.attachment : await store.attachments.update(other.id, { device: connected.device });
       const otherServer = other.id === attachment.id ? server : await store.servers.require(other.serverId);
-      const path = await publishShared(deps, { consumer, server: otherServer, attachment: current, volume, device: connected.device, signal });
+      const path = await publishShared(deps, { steps, consumer, server: otherServer, attachment: current, volume, device: connected.device, signal });
       await store.attachments.update(other.id, { publishedPath: path, error: null });
     }
     return `reconnected at ${connected.device.path}${stale.length > 0 ? ` (with ${stale.length} other attachment(s) sharing it)` : ''}`;

@@ -19,7 +19,7 @@ export interface HostStepHost {
 /** Per-run context of a host step. */
 export interface HostStepRun {
   /** The operation the step belongs to (the transports' persisted attach state is keyed by it). */
-  operationId: string;
+  operationId?: string;
   /** The step's deadline (the operation's, or an undo's). */
   signal: AbortSignal;
 }
@@ -55,7 +55,7 @@ async function runParsed(host: HostStepHost, step: HostStepName, payload: unknow
       const p = input('connect', payload);
       const device = await catalog.transport(p.transport).connect(p.connection, {
         signal: run.signal,
-        operationId: run.operationId,
+        ...(run.operationId === undefined ? {} : { operationId: run.operationId }),
         volumeId: p.volumeId,
         ...(p.connector ? { connector: p.connector } : {}),
       });
@@ -68,7 +68,7 @@ async function runParsed(host: HostStepHost, step: HostStepName, payload: unknow
         await catalog.transport(p.transport).disconnect(p.connection, p.device, {
           force: p.force,
           signal: run.signal,
-          operationId: run.operationId,
+          ...(run.operationId === undefined ? {} : { operationId: run.operationId }),
           volumeId: p.volumeId,
           inUse: p.inUse,
         });
