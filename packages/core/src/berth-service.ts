@@ -23,6 +23,7 @@ import { LocalHost } from './service/local-host.js';
 import { startAttach, startDetach } from './service/operations/attach-detach.js';
 import { OperationLauncher } from './service/operations/launcher.js';
 import { recoverDeadOperations } from './service/operations/recover.js';
+import { ReplicaMaintenance } from './service/replica.js';
 import type { ServiceParts } from './service/parts.js';
 import { projectOf, resolveAttachment, resolveOperation, resolveServer, resolveVolume } from './service/resolve.js';
 import * as servers from './service/servers.js';
@@ -51,10 +52,12 @@ import type { Store } from './store.js';
 export class BerthServiceImpl implements BerthService {
   private readonly parts: ServiceParts;
   private readonly launcher: OperationLauncher;
-  /** Waits for the work items of hosts with an agent (made on first use). */
-  private waiter: WorkItemWaiter | undefined;
   /** The API side of `berth agent` (its routes call it). */
   readonly agentWork: AgentWorkService;
+  /** Waits for the work items of hosts with an agent (made on first use). */
+  private waiter: WorkItemWaiter | undefined;
+  /** Stops the replica heartbeat, once `startReplica` ran. */
+  private replicaStop: (() => Promise<void>) | undefined;
 
   constructor(
     @inject(TOKENS.Config) config: BerthConfig,
@@ -209,6 +212,11 @@ export class BerthServiceImpl implements BerthService {
     return runDoctor(this.parts);
   }
 
+  startReplica(): () => Promise<void> {
+    this.replicaStop ??= new ReplicaMaintenance(this.parts, this.launcher).start();
+    return this.replicaStop;
+  }
+
   recover(): Promise<RecoveryOutcome[]> {
     return recoverDeadOperations(this.parts, this.launcher);
   }
@@ -234,7 +242,9 @@ export class BerthServiceImpl implements BerthService {
   }
 
   async close(): Promise<void> {
+    // Operations in flight keep their leases renewed until they end.
     await this.launcher.drain();
+    await this.replicaStop?.();
     await this.waiter?.close();
     for (const backend of this.parts.catalog.instantiatedBackends()) await backend.close?.().catch(() => undefined);
     await this.parts.store.close();

@@ -1,12 +1,10 @@
 import 'reflect-metadata';
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import type { HostServices } from '@berth/host';
 import { BerthServiceImpl } from '../berth-service.js';
-import { DriverCatalog } from '../catalog.js';
 import { resolveConfig } from '../config.js';
 import type { Device } from '../connection.js';
-import { definePlugin, PLUGIN_API_VERSION } from '../plugin.js';
+import { memCatalog } from '../test-support.js';
 import { runHostStep } from './run-host-step.js';
 import { hostChannel, WORK_DONE_CHANNEL } from '../agent-protocol.js';
 import { recordWithoutSecrets } from '../connection.js';
@@ -189,36 +187,6 @@ describe('remote host steps', () => {
     await w.close();
   });
 });
-
-/** A catalog whose `mem` transport "connects" into `devices` (one per host: the controller's, h-3's). */
-function memCatalog(devices: Map<string, Device>): DriverCatalog {
-  const catalog = new DriverCatalog({ fs: { resolve: (p: string) => p } } as unknown as HostServices, '/tmp', silentLogger);
-  const plugin = definePlugin({
-    name: 'mem',
-    apiVersion: PLUGIN_API_VERSION,
-    register: (r) => {
-      r.backend('mem', () => ({
-        name: 'mem',
-        create: async (volume) => ({ providerLocation: `mem:${volume.id}` }),
-        delete: async () => undefined,
-        initializeConnection: async (volume) => ({ driver_volume_type: 'mem', data: { device_path: `/dev/mem-${volume.id}` } }),
-        terminateConnection: async () => undefined,
-        check: async () => ({ ok: true, summary: 'mem' }),
-      }));
-      r.transport('mem', () => ({
-        name: 'mem',
-        protocols: ['mem'],
-        connectorProperties: async () => ({}),
-        connect: async (c) => devices.set(String(c.data.device_path), { path: String(c.data.device_path), type: 'block' }).get(String(c.data.device_path))!,
-        disconnect: async (c) => void devices.delete(String(c.data.device_path)),
-        check: async () => ({ ok: true, summary: 'mem' }),
-      }));
-      r.consumer('mem', () => ({ name: 'mem', publish: async (_s, device) => ({ path: `/dev/berth${device.path}` }), unpublish: async () => undefined }));
-    },
-  });
-  catalog.add({ plugin, packageName: 'mem', version: undefined, options: undefined });
-  return catalog;
-}
 
 describe('an attach to a server on a host with an agent', () => {
   it('runs the host steps on that host\'s agent (connector from its registration), and an agent offline rolls back naming the host', async () => {

@@ -25,6 +25,11 @@ export interface PipelineDeps {
   hostname: string;
   /** Who runs the host steps of `hostId` (this process, or that host's agent); UNPROCESSABLE when nobody can. */
   hostSteps(hostId: string): Promise<HostSteps>;
+  /**
+   * As one of several replicas: device leases last `ttlMs` and are renewed every `renewEveryMs`
+   * (so a replica on another machine taking over waits seconds, not the operation's deadline).
+   */
+  replicaLeases?: { ttlMs: number; renewEveryMs: number };
 }
 
 /** State shared by the steps of one attach or detach (in memory; the journal holds the safe part). */

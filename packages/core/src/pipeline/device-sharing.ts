@@ -48,7 +48,9 @@ export function withDeviceLease<T>(deps: PipelineDeps, hostId: string, volume: V
     {
       owner: deps.owner,
       hostname: deps.hostname,
-      ttlMs: deps.config.operationTimeoutMs + deps.config.undoTimeoutMs,
+      ...(deps.replicaLeases
+        ? { ttlMs: deps.replicaLeases.ttlMs, renewEveryMs: deps.replicaLeases.renewEveryMs }
+        : { ttlMs: deps.config.operationTimeoutMs + deps.config.undoTimeoutMs }),
       signal,
       what: `volume ${volume.name} on this host`,
       logger: deps.logger,
