@@ -213,6 +213,12 @@ export class BerthServiceImpl implements BerthService {
   }
 
   startReplica(): () => Promise<void> {
+    const { operations } = this.parts.store;
+    if (!operations.heartbeat || !operations.claimExpired) {
+      // One server on a store without leases (the memory store): nothing to share or take over.
+      this.parts.logger.warn({}, 'this store has no operation leases: running as the only replica');
+      return () => Promise.resolve();
+    }
     this.replicaStop ??= new ReplicaMaintenance(this.parts, this.launcher).start();
     return this.replicaStop;
   }

@@ -69,7 +69,7 @@ export class ReplicaMaintenance {
     const { leaseMs } = config.replica;
     try {
       const held = new Set(await store.operations.heartbeat!(owner, leaseMs));
-      for (const id of this.launcher.inflightIds()) if (!held.has(id)) this.launcher.fence(id);
+      for (const id of this.launcher.leasedInflightIds()) if (!held.has(id)) this.launcher.fence(id);
       const taken = await store.operations.claimExpired!(owner, leaseMs, 10);
       // Recoveries run beside the beat: a long one must not stop the renewals.
       for (const operation of taken) {

@@ -43,6 +43,8 @@ export class OperationLauncher {
   private readonly fences = new Map<string, AbortController>();
   /** As one of several replicas: the lease each new operation gets (renewed by the heartbeat). */
   private replicaLeaseMs: number | undefined;
+  /** In-flight operations created with a lease (only those can be taken over, so fenced). */
+  private readonly leased = new Set<string>();
 
   constructor(private readonly parts: ServiceParts) {}
 
@@ -74,6 +76,7 @@ export class OperationLauncher {
     }), { what: `recording the ${what.kind}`, budgetMs: config.operationTimeoutMs, logger });
     const fence = new AbortController();
     this.fences.set(operation.id, fence);
+    if (this.replicaLeaseMs !== undefined) this.leased.add(operation.id);
     // A takeover stops the run as its deadline would (the signal every step and wait follows).
     const deadline = createDeadline(config.operationTimeoutMs, fence.signal);
     const done = this.track(
@@ -101,9 +104,9 @@ export class OperationLauncher {
     this.replicaLeaseMs = leaseMs;
   }
 
-  /** Operations this process is running now. */
-  inflightIds(): string[] {
-    return [...this.inflight.keys()];
+  /** Operations this process is running now that hold a lease (launched once replica leases were on). */
+  leasedInflightIds(): string[] {
+    return [...this.inflight.keys()].filter((id) => this.leased.has(id));
   }
 
   /**
@@ -247,6 +250,7 @@ export class OperationLauncher {
       this.inflight.delete(operationId);
       this.executing.delete(operationId);
       this.fences.delete(operationId);
+      this.leased.delete(operationId);
     };
     promise.then(untrack, untrack);
     return promise;
