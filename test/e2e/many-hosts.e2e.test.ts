@@ -164,4 +164,24 @@ describe.skipIf(!isRoot)('many hosts: agents in network namespaces, replicas on 
     expect((await workItems(operation!.id)).map((w) => [w.step, w.state, w.attempts])).toEqual([['connect', 'failed', 0]]);
     expect((await f.json<OperationOutcome>(['detach', 'late-h2'])).operation.state).toBe('succeeded');
   });
+
+  it('an agent SIGKILLed mid-connect (after losetup): its restart re-runs the claimed item, the attach succeeds with one device', async () => {
+    const f = world();
+    await f.stopAgent('h1');
+    const crashing = await f.startAgent('h1', { BERTH_FAULTS: 'loop.connect.after-losetup=crash' });
+    const volume = await f.json<Volume>(['volume', 'create', '--size', '32MiB', '--name', 'crash-h1']);
+    const attaching = f.json<OperationOutcome>(['attach', 'crash-h1', '--server', 'web-h1']);
+    const died = await crashing.child;
+    expect(died.signal).toBe('SIGKILL');
+    // The new instance registers, the dead one's item goes back to pending, and runs again.
+    await f.startAgent('h1');
+    const attached = await attaching;
+    expect(attached.operation.state).toBe('succeeded');
+    const device = attached.attachment?.device?.path;
+    expect(loopDevicesBacking(volume.providerLocation as string)).toEqual([device]);
+    const connects = (await workItems(attached.operation.id)).filter((w) => w.step === 'connect');
+    expect(connects.map((w) => [w.state, w.attempts])).toEqual([['done', 2]]);
+    expect((await f.json<OperationOutcome>(['detach', 'crash-h1'])).operation.state).toBe('succeeded');
+    expect(loopDevicesBacking(volume.providerLocation as string)).toEqual([]);
+  });
 });
