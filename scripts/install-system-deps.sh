@@ -15,6 +15,9 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 have runuser || need+=(util-linux)
 # The benchmarks measure device throughput with fio.
 have fio || need+=(fio)
+# The many-hosts suites make a network namespace per host (ip netns, veth, a bridge) and enter it with nsenter.
+have ip || need+=(iproute2)
+have nsenter || need+=(util-linux)
 # What the iSCSI suites use (real target, user-space initiator, qemu-storage-daemon).
 if [ "${BERTH_SKIP_ISCSI_DEPS:-}" != 1 ]; then
   have tgtd || need+=(tgt)

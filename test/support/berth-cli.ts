@@ -110,8 +110,8 @@ export async function makeSandbox(options: SandboxOptions = {}): Promise<BerthSa
   };
 }
 
-// The parent's environment minus anything berth or npm would read, so the host's settings cannot leak in.
-function inheritedEnv(): Record<string, string> {
+/** The parent's environment minus anything berth or npm would read, so the host's settings cannot leak in. */
+export function inheritedEnv(): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [key, value] of Object.entries(process.env)) {
     if (value === undefined) continue;

@@ -11,7 +11,8 @@ export const OWNER_FILE = 'owner.pid';
 // A sandbox without an owner file is only young while mkdtemp and the owner write race.
 const UNOWNED_GRACE_MS = 10 * 60_000;
 
-function alive(pid: number): boolean {
+/** Whether process `pid` exists (owned by anyone). */
+export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

@@ -7,8 +7,10 @@ export const ANY_ROLE: readonly Role[] = ['admin', 'member', 'agent'];
 export const MANAGERS: readonly Role[] = ['admin', 'member'];
 /** Only administrators (reconcile: it compares and fixes every project's volumes). */
 export const ADMINS: readonly Role[] = ['admin'];
-/** Roles that see host internals (connector, doctor, plugins, metrics, volume secrets). */
+/** Roles that see host internals (connector, doctor, plugins, metrics). */
 export const OPERATORS: readonly Role[] = ['admin', 'agent'];
+/** Host agents only (the agent protocol, a volume's secrets). */
+export const AGENTS: readonly Role[] = ['agent'];
 
 /** Throw FORBIDDEN unless the principal has one of `roles`. */
 export function requireRole(principal: Principal, roles: readonly Role[]): void {
@@ -37,7 +39,23 @@ export function scopeOf(principal: Principal, requested: string | undefined, def
   return projectId === undefined ? {} : { projectId };
 }
 
-/** Whether the principal may receive connection secrets (CHAP passwords) in connection_info. */
-export function seesSecrets(principal: Principal): boolean {
-  return principal.role !== 'member';
+/** The host an agent token acts for; FORBIDDEN for a token that names none. */
+export function requireHostAgent(principal: Principal): string {
+  requireRole(principal, AGENTS);
+  if (principal.host === undefined) {
+    throw new BerthError('FORBIDDEN', 'this agent token names no host', {
+      hint: 'give the token entry in api.tokens a host: {"role": "agent", "host": "<the agent\'s host name>", ...}',
+      details: { role: principal.role },
+    });
+  }
+  return principal.host;
+}
+
+/**
+ * Whether the principal may receive connection secrets (CHAP passwords) of an attachment on the
+ * host named `attachmentHost`: only the agent of that very host (it connects the volume there).
+ * Admins and members get connection_info without them.
+ */
+export function seesSecrets(principal: Principal, attachmentHost: string | undefined): boolean {
+  return principal.role === 'agent' && principal.host !== undefined && principal.host === attachmentHost;
 }

@@ -14,8 +14,9 @@ import { ApiMetrics } from './metrics.js';
 import { buildOpenApi, type OpenApiDocument } from './openapi.js';
 import { OperationTracker } from './operation-tracker.js';
 import { clientErrorProblem, makeProblem, PROBLEM_CONTENT_TYPE, toProblem, type Problem } from './problem.js';
-import type { RouteDeps } from './route-deps.js';
+import type { AgentTimings, RouteDeps } from './route-deps.js';
 import { registerRoutes, type AnyRoute } from './route.js';
+import { agentRoutes } from './routes/agent.js';
 import { attachmentRoutes } from './routes/attachments.js';
 import { hostRoutes } from './routes/hosts.js';
 import { operationRoutes } from './routes/operations.js';
@@ -50,6 +51,8 @@ export interface ApiAppOptions {
   defaultMetrics?: boolean;
   /** How many finished operations' outcomes and idempotent replies to remember (default 1000 each). */
   memoryCapacity?: number;
+  /** The agent protocol's timings (the config's `agent`; default 25 s wait, offline after 45 s). */
+  agent?: AgentTimings;
 }
 
 /** A built app: fastify plus the parts tests and the server look at. */
@@ -149,12 +152,13 @@ export async function createApiApp(options: ApiAppOptions): Promise<ApiApp> {
     maxWaitMs: options.maxWaitMs ?? DEFAULT_MAX_WAIT_MS,
     shutdown: shutdown.signal,
     operationKeys: new OperationKeyLog(options.memoryCapacity ?? 1000),
+    agent: options.agent ?? { pollWaitMs: 25_000, offlineAfterMs: 45_000 },
     openapi: () => {
       if (built.openapi === undefined) throw new Error('the OpenAPI document is built after the routes');
       return built.openapi;
     },
   };
-  const routes = [...systemRoutes(deps), ...volumeRoutes(deps), ...serverRoutes(deps), ...hostRoutes(deps), ...attachmentRoutes(deps), ...operationRoutes(deps), ...reconcileRoutes(deps)];
+  const routes = [...systemRoutes(deps), ...volumeRoutes(deps), ...serverRoutes(deps), ...hostRoutes(deps), ...agentRoutes(deps), ...attachmentRoutes(deps), ...operationRoutes(deps), ...reconcileRoutes(deps)];
   const openapi = buildOpenApi(routes, API_VERSION);
   built.openapi = openapi;
 

@@ -16,6 +16,8 @@ export interface Principal {
   role: Role;
   /** A member's project; for admin and agent tokens only the default project of their requests. */
   projectId: string | undefined;
+  /** An agent token's host (its RFC 1123 name): the one host whose work and secrets it may have. */
+  host?: string;
 }
 
 /** A configured token: its SHA-256 digest (hex), never the token itself. */
@@ -54,7 +56,7 @@ export class TokenTable {
   static fromConfig(tokens: readonly TokenEntry[], env: Record<string, string | undefined>): TokenTable {
     const entries = tokens.map((t, index) => ({
       digest: Buffer.from(t.sha256, 'hex'),
-      principal: { name: t.name, tokenId: `config#${index}`, role: t.role, projectId: t.projectId },
+      principal: { name: t.name, tokenId: `config#${index}`, role: t.role, projectId: t.projectId, ...(t.host === undefined ? {} : { host: t.host }) },
     }));
     const fromEnv = env[API_TOKEN_ENV];
     if (fromEnv !== undefined && fromEnv !== '') {

@@ -3,7 +3,8 @@ import { closeSync, existsSync, fsyncSync, openSync, readFileSync, readSync, wri
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { managedTgtdPaths } from '@berth/backend-tgt';
-import type { Attachment, ConnectionInfo, Operation, Volume } from '@berth/core';
+import type { AgentSession, Attachment, ClaimedWork, ConnectionInfo, Operation, Volume } from '@berth/core';
+import { openSqliteStore } from '@berth/store';
 import { bodyOf, createTestApi, linkTarget, PROJECT_A, TOKENS, type TestAnswer, type TestApi, type TestRequest } from './test-support.js';
 
 // Issue 5's end to end for iSCSI on the simulated host: the API serves with `simulate: true`, a tgt
@@ -105,11 +106,11 @@ function lunFile(volumeId: string): string {
   return path.join(t.dataDir, 'backend-tgt', 'luns', `${volumeId}.img`);
 }
 
-/** The volume's CHAP password, as an admin reads it. */
+/** The volume's CHAP password, read from its backend in process (no token may ask for it unattached). */
 async function chapPassword(volumeId: string): Promise<string> {
-  const answer = await t.request('GET', `/v1/volumes/${volumeId}/credentials?projectId=${PROJECT_A}`, { token: TOKENS.admin });
-  expect(answer.status).toBe(200);
-  const credentials = bodyOf(answer).credentials as Record<string, string>;
+  // An admin token no longer sees secrets: only the agent of a host the volume is attached to.
+  expect((await t.request('GET', `/v1/volumes/${volumeId}/credentials?projectId=${PROJECT_A}`, { token: TOKENS.admin })).status).toBe(403);
+  const credentials = await t.service.volumeCredentials(volumeId, { projectId: PROJECT_A });
   expect(credentials.auth_method).toBe('CHAP');
   const password = credentials.auth_password ?? '';
   expect(password.length).toBeGreaterThanOrEqual(12);
@@ -216,27 +217,38 @@ describe('the HTTP app end to end for iSCSI on the simulated host (real socket, 
     expect(t.iscsi!.leftovers()).toEqual({ loops: [], mounts: [], qsd: [] });
   });
 
-  it('three-phase API: connection_info carries the CHAP password to admin and agent tokens only', async () => {
+  it("three-phase API: connection_info carries the CHAP password to the agent of the attachment's host only", async () => {
     const created = await asMember('POST', '/v1/volumes', { json: { name: 'db3', sizeBytes: 16 * MiB, backend: 'tgt' } });
     const volume = created.body as Volume;
     const password = await chapPassword(volume.id);
+    // The orchestrator's server lives on its own host, outside-1.
+    expect((await asMember('POST', '/v1/servers', { json: { name: 'web3', host: 'outside-1' } })).status).toBe(201);
 
     // Reserve and initialize at once (a connector given), as a member: no password.
-    const reserved = await asMember('POST', '/v1/attachments', { json: { volume: 'db3', server: 'web1', connector: OUTSIDE_CONNECTOR } });
+    const reserved = await asMember('POST', '/v1/attachments', { json: { volume: 'db3', server: 'web3', connector: OUTSIDE_CONNECTOR } });
     expect(reserved.status).toBe(201);
     const attachmentId = (bodyOf(reserved).attachment as Attachment).id;
     const memberInfo = bodyOf(reserved).connectionInfo as ConnectionInfo;
     expect(memberInfo).toMatchObject({ driver_volume_type: 'iscsi', data: { auth_method: 'CHAP', target_iqn: expect.any(String) } });
     expect(memberInfo.data).not.toHaveProperty('auth_password');
 
-    // The host agent that connects it gets the password, and it is the volume's.
-    const agent = await t.request('PUT', `/v1/attachments/${attachmentId}?projectId=${PROJECT_A}`, { token: TOKENS.agent, json: { connector: OUTSIDE_CONNECTOR } });
+    // The agent of outside-1, which connects it, gets the password, and it is the volume's.
+    const agent = await t.request('PUT', `/v1/attachments/${attachmentId}?projectId=${PROJECT_A}`, { token: TOKENS.agentOutside, json: { connector: OUTSIDE_CONNECTOR } });
     expect(agent.status).toBe(200);
     expect(agent.headers.get('cache-control')).toBe('no-store');
     const agentInfo = bodyOf(agent).connectionInfo as ConnectionInfo;
     expect(agentInfo.data).toMatchObject({ auth_method: 'CHAP', auth_password: password, target_iqn: memberInfo.data.target_iqn });
-    const admin = await t.request('PUT', `/v1/attachments/${attachmentId}?projectId=${PROJECT_A}`, { token: TOKENS.admin, json: { connector: OUTSIDE_CONNECTOR } });
-    expect((bodyOf(admin).connectionInfo as ConnectionInfo).data.auth_password).toBe(password);
+    const secrets = await t.request('GET', `/v1/volumes/${volume.id}/credentials?projectId=${PROJECT_A}`, { token: TOKENS.agentOutside });
+    expect(secrets.status).toBe(200);
+    expect(bodyOf(secrets).credentials).toMatchObject({ auth_password: password });
+    // Admins, agents of other hosts and agent tokens that name no host get it without them.
+    for (const token of [TOKENS.admin, TOKENS.agentH1, TOKENS.agent]) {
+      const other = await t.request('PUT', `/v1/attachments/${attachmentId}?projectId=${PROJECT_A}`, { token, json: { connector: OUTSIDE_CONNECTOR } });
+      expect(other.status).toBe(200);
+      expect(other.text).not.toContain(password);
+      expect((bodyOf(other).connectionInfo as ConnectionInfo).data).not.toHaveProperty('auth_password');
+    }
+    expect((await t.request('GET', `/v1/volumes/${volume.id}/credentials?projectId=${PROJECT_A}`, { token: TOKENS.agentH1 })).status).toBe(404);
 
     // Initialize again as the member: still none. Complete, read, delete: none either.
     const again = await asMember('PUT', `/v1/attachments/${attachmentId}`, { json: { connector: OUTSIDE_CONNECTOR } });
@@ -255,6 +267,51 @@ describe('the HTTP app end to end for iSCSI on the simulated host (real socket, 
     expect(bodyOf(report)).toMatchObject({ dryRun: true, differences: [], counts: { found: 0 } });
     expect(JSON.stringify(bodyOf(report).unchecked)).not.toContain('"tgt"');
     expect((await asMember('DELETE', '/v1/volumes/db3')).status).toBe(204);
+    expect((await asMember('DELETE', '/v1/servers/web3')).status).toBe(204);
+  });
+
+  it("an agent's connect claim carries the CHAP secrets; the stored item and other hosts' agents never see them", async () => {
+    const created = await asMember('POST', '/v1/volumes', { json: { name: 'db4', sizeBytes: 16 * MiB, backend: 'tgt' } });
+    const volume = created.body as Volume;
+    const password = await chapPassword(volume.id);
+    const register = async (token: string, host: string): Promise<AgentSession> => {
+      const json = { instance: `boot-${host}`, version: 'test', connector: { host, initiator: `iqn.1994-05.com.example:${host}` }, transports: ['iscsi'], consumers: ['host'] };
+      const answer = await t.request('POST', '/v1/agent/register', { token, json });
+      expect(answer.status, answer.text).toBe(200);
+      return answer.body as AgentSession;
+    };
+    const outside = await register(TOKENS.agentOutside, 'outside-1');
+    const h1 = await register(TOKENS.agentH1, 'h-1');
+    // A second store on the API's database plays the replica that enqueues the host step.
+    const replica = await openSqliteStore({ filename: path.join(t.dataDir, 'berth.db') });
+    try {
+      const operation = await replica.operations.create({ kind: 'attach', volumeId: volume.id, hostId: outside.hostId, deadlineAt: new Date(Date.now() + 600_000).toISOString() });
+      const connection = { driver_volume_type: 'iscsi', data: { target_iqn: `iqn.2010-10.org.example:${volume.id}`, target_lun: 1, auth_method: 'CHAP', auth_username: 'user' } };
+      const item = await replica.workItems!.create({
+        operationId: operation.id,
+        hostId: outside.hostId,
+        step: 'connect',
+        payload: { transport: 'iscsi', connection, volumeId: volume.id, deadlineAt: new Date(Date.now() + 600_000).toISOString() },
+      });
+      const other = await t.request('GET', '/v1/agent/work?wait=0s', { token: TOKENS.agentH1, headers: { 'berth-agent-worker': h1.worker } });
+      expect(bodyOf(other).items).toEqual([]);
+      const claimed = await t.request('GET', '/v1/agent/work?wait=0s', { token: TOKENS.agentOutside, headers: { 'berth-agent-worker': outside.worker } });
+      expect(claimed.status, claimed.text).toBe(200);
+      const [work] = bodyOf(claimed).items as ClaimedWork[];
+      expect(work?.item.id).toBe(item.id);
+      expect((work?.payload.connection as ConnectionInfo).data).toMatchObject({ auth_method: 'CHAP', auth_password: password, target_lun: 1 });
+      expect(JSON.stringify(work?.item)).not.toContain(password);
+      expect(JSON.stringify(await replica.workItems!.require(item.id))).not.toContain(password);
+      const failed = await t.request('POST', `/v1/agent/work/${item.id}/result`, {
+        token: TOKENS.agentOutside,
+        headers: { 'berth-agent-worker': outside.worker },
+        json: { state: 'failed', error: { code: 'DRIVER_ERROR', message: 'not connected in this test' } },
+      });
+      expect(failed.status, failed.text).toBe(200);
+    } finally {
+      await replica.close();
+    }
+    expect((await asMember('DELETE', '/v1/volumes/db4')).status).toBe(204);
   });
 
   it('never showed a member token a connection secret, in any answer', () => {
@@ -263,7 +320,7 @@ describe('the HTTP app end to end for iSCSI on the simulated host (real socket, 
       for (const password of passwords) expect(text.includes(password), `${what} holds a CHAP password`).toBe(false);
     }
     // ... and the check looked at the whole flow of the three tests above.
-    expect(passwords).toHaveLength(3);
+    expect(passwords).toHaveLength(4);
     expect(memberAnswers.length).toBeGreaterThan(30);
     expect(memberAnswers.some(({ text }) => text.includes('"auth_username"'))).toBe(true);
   });

@@ -26,7 +26,8 @@ const TAGS: Record<string, string> = {
   servers: 'Servers (the consumers of volumes) and their volume attachments, as Nova names them',
   attachments: 'The three-phase attachments API for orchestrators that connect volumes themselves (Cinder\'s)',
   operations: 'Journalled attach and detach operations: poll them, long-poll them, read their outcome',
-  hosts: 'The machines servers run on',
+  hosts: 'The machines servers run on, with the state of their agents',
+  agent: 'The agent protocol: `berth agent` on each host registers, claims its host\'s work items (long-poll), renews their leases and reports results',
   host: 'The API host itself: its connector, checks, plugins, and reconcile',
   system: 'Health, readiness, metrics and this description',
 };

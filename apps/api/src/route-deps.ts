@@ -4,6 +4,12 @@ import type { ApiMetrics } from './metrics.js';
 import type { OpenApiDocument } from './openapi.js';
 import type { OperationTracker } from './operation-tracker.js';
 
+/** The agent protocol's timings: a claim's longest wait, and when an agent counts as offline. */
+export interface AgentTimings {
+  pollWaitMs: number;
+  offlineAfterMs: number;
+}
+
 /** What the route modules share. */
 export interface RouteDeps {
   service: BerthService;
@@ -17,6 +23,8 @@ export interface RouteDeps {
   shutdown: AbortSignal;
   /** What each attach/detach Idempotency-Key was used for. */
   operationKeys: OperationKeyLog;
+  /** The agent protocol's timings (the config's `agent` section). */
+  agent: AgentTimings;
   /** The app's OpenAPI document (built after the routes are). */
   openapi(): OpenApiDocument;
 }

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Attachment, AttachmentConnection, ConnectionInfo } from '@berth/core';
+import type { Attachment, AttachmentConnection, ConnectionInfo, Host } from '@berth/core';
 import { createApiApp, type ApiApp } from './app.js';
 import { TokenTable } from './auth.js';
 import { stubService } from './test-stub-service.js';
@@ -23,6 +23,10 @@ const ATTACHMENT: Attachment = {
   updatedAt: '2026-01-01T00:00:00.000Z',
 };
 
+/** The host of the attachment, whose agent (token `agentH1`) alone gets its secrets. */
+const HOST: Host = { id: ATTACHMENT.hostId, name: 'h-1', connector: null, agent: null, createdAt: ATTACHMENT.createdAt, updatedAt: ATTACHMENT.updatedAt };
+const OTHER_HOST: Host = { ...HOST, id: '9f4cae2c-cd40-4edd-9ebb-506e7f809192', name: 'h-2' };
+
 const CHAP = 'chap-secret-do-not-show';
 const DISCOVERY = 'discovery-secret-do-not-show';
 const INFO: ConnectionInfo = {
@@ -45,7 +49,7 @@ let app: ApiApp;
 beforeAll(async () => {
   const connection = async (): Promise<AttachmentConnection> => ({ attachment: ATTACHMENT, connectionInfo: INFO });
   app = await createApiApp({
-    service: stubService({ reserveAttachment: connection, initializeAttachment: connection }),
+    service: stubService({ reserveAttachment: connection, initializeAttachment: connection, listHosts: async () => [OTHER_HOST, HOST] }),
     tokens: TokenTable.fromConfig(testTokenEntries(), {}),
     defaultProject: 'default',
     defaultMetrics: false,
@@ -78,12 +82,21 @@ describe('connection secrets by role', () => {
     expect(answer.cacheControl).toBe('no-store');
   });
 
-  it('gives them to the agent that connects the volume, and to an admin', async () => {
-    for (const token of [TOKENS.agent, TOKENS.admin]) {
+  it("gives them only to the agent of the attachment's host", async () => {
+    const answer = await initialize(TOKENS.agentH1);
+    const data = (JSON.parse(answer.body) as { connectionInfo: ConnectionInfo }).connectionInfo.data;
+    expect(data.auth_password).toBe(CHAP);
+    expect(data.discovery_auth_password).toBe(DISCOVERY);
+  });
+
+  it('strips them for an admin, an agent of another host and an agent token that names no host', async () => {
+    for (const token of [TOKENS.admin, TOKENS.agentH2, TOKENS.agent]) {
       const answer = await initialize(token);
+      expect(answer.status).toBe(200);
+      expect(answer.body).not.toContain(CHAP);
+      expect(answer.body).not.toContain(DISCOVERY);
       const data = (JSON.parse(answer.body) as { connectionInfo: ConnectionInfo }).connectionInfo.data;
-      expect(data.auth_password).toBe(CHAP);
-      expect(data.discovery_auth_password).toBe(DISCOVERY);
+      expect(data).toMatchObject({ auth_username: 'user1', target_iqn: INFO.data.target_iqn });
     }
   });
 

@@ -42,6 +42,7 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
       tokens,
       defaultProject: config.defaultProject,
       logger: { level: options.logLevel ?? config.logLevel, stream: process.stderr },
+      agent: { pollWaitMs: config.agent.pollWaitMs, offlineAfterMs: config.agent.offlineAfterMs },
     });
     const url = await app.listen(host, port).catch((error: unknown) => {
       const code = (error as { code?: unknown }).code;
@@ -51,6 +52,8 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
       });
     });
     const running = app;
+    // One of several replicas on a shared store: heart-beat our operations, take over dead ones'.
+    const stopReplica = service.startReplica?.();
     let closing: Promise<void> | undefined;
     return {
       url,
@@ -60,6 +63,7 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
         closing ??= (async () => {
           try {
             await running.close();
+            await stopReplica?.();
           } finally {
             await service.close();
           }

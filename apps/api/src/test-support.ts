@@ -20,6 +20,12 @@ export const TOKENS = {
   memberA: 'member-a-token-0123456789abcdef',
   memberB: 'member-b-token-0123456789abcdef',
   agent: 'agent-token-0123456789abcdef',
+  /** The agent of host `h-1` (agent protocol, its host's secrets). */
+  agentH1: 'agent-h1-token-0123456789abcdef',
+  /** The agent of host `h-2`. */
+  agentH2: 'agent-h2-token-0123456789abcdef',
+  /** The agent of host `outside-1` (an orchestrator's host in the three-phase tests). */
+  agentOutside: 'agent-outside-token-0123456789abcdef',
   /** A member of project B whose token entry has member A's name (names are labels, not identities). */
   twinOfA: 'twin-of-a-token-0123456789abcdef',
 } as const;
@@ -36,6 +42,9 @@ export function testTokenEntries(): TokenEntry[] {
     { name: 'member-a', sha256: hashToken(TOKENS.memberA), role: 'member', projectId: PROJECT_A },
     { name: 'member-b', sha256: hashToken(TOKENS.memberB), role: 'member', projectId: PROJECT_B },
     { name: 'agent', sha256: hashToken(TOKENS.agent), role: 'agent' },
+    { name: 'agent-h1', sha256: hashToken(TOKENS.agentH1), role: 'agent', host: 'h-1' },
+    { name: 'agent-h2', sha256: hashToken(TOKENS.agentH2), role: 'agent', host: 'h-2' },
+    { name: 'agent-outside', sha256: hashToken(TOKENS.agentOutside), role: 'agent', host: 'outside-1' },
     { name: 'member-a', sha256: hashToken(TOKENS.twinOfA), role: 'member', projectId: PROJECT_B },
   ];
 }
@@ -96,6 +105,10 @@ export interface TestApiOptions {
    * data dir, in real-backed mode. `cleanup` stops both.
    */
   simulatedIscsi?: { portalHosts: string[] };
+  /** A PostgreSQL store (`--store`) instead of SQLite in the data dir. */
+  storeUrl?: string;
+  /** The agent protocol's timings. */
+  agent?: { pollWaitMs: number; offlineAfterMs: number };
 }
 
 function realBackedLeftovers(workDir: string): { loops: string[]; mounts: string[]; qsd: string[] } {
@@ -186,7 +199,13 @@ export async function createTestApi(options: TestApiOptions = {}): Promise<TestA
   let service: BerthService;
   try {
     iscsi = options.simulatedIscsi === undefined ? undefined : await prepareSimulatedIscsi(dataDir, options.simulatedIscsi.portalHosts);
-    service = await openBerth({ dataDir, env: { ...options.env }, logger: silentLogger, ...(iscsi === undefined ? {} : { simulate: true }) });
+    service = await openBerth({
+      dataDir,
+      env: { ...options.env },
+      logger: silentLogger,
+      ...(iscsi === undefined ? {} : { simulate: true }),
+      ...(options.storeUrl === undefined ? {} : { storeUrl: options.storeUrl }),
+    });
   } catch (error) {
     if (iscsi !== undefined) await stopSimulatedIscsi(dataDir, iscsi);
     await rm(dataDir, { recursive: true, force: true });
@@ -199,6 +218,7 @@ export async function createTestApi(options: TestApiOptions = {}): Promise<TestA
     logger: options.logStream === undefined ? false : { level: 'info', stream: options.logStream },
     defaultMetrics: false,
     ...(options.maxWaitMs === undefined ? {} : { maxWaitMs: options.maxWaitMs }),
+    ...(options.agent === undefined ? {} : { agent: options.agent }),
   });
   const url = await app.listen('127.0.0.1', 0);
   return {

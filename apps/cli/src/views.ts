@@ -37,6 +37,32 @@ export function volumeFields(volume: Volume): Array<[string, string]> {
   ];
 }
 
+/** Whether a host's agent is heard from: `online`, `offline`, or `-` for a host without one (in-process). */
+export type AgentState = 'online' | 'offline' | '-';
+
+/**
+ * A host's agent state: the API's own word when it sent one, else `online` when the agent was
+ * seen within `offlineAfterMs` (the embedded CLI reads the same store the API does).
+ */
+export function agentStateOf(host: Host, offlineAfterMs: number, now = Date.now()): AgentState {
+  const agent = host.agent as (Host['agent'] & { state?: unknown }) | null;
+  if (agent === null || agent === undefined) return '-';
+  if (agent.state === 'online' || agent.state === 'offline') return agent.state;
+  return now - Date.parse(agent.lastSeenAt) <= offlineAfterMs ? 'online' : 'offline';
+}
+
+/** Columns of `berth host list`: the host, its agent's state and version, its initiator. */
+export function hostColumns(offlineAfterMs: number): Array<Column<Host>> {
+  return [
+    { header: 'name', get: (h) => h.name },
+    { header: 'agent', get: (h) => agentStateOf(h, offlineAfterMs) },
+    { header: 'last seen', get: (h) => h.agent?.lastSeenAt ?? '-' },
+    { header: 'version', get: (h) => h.agent?.version ?? '-' },
+    { header: 'initiator', get: (h) => (typeof h.connector?.initiator === 'string' ? h.connector.initiator : '-') },
+    { header: 'id', get: (h) => h.id, wide: true },
+  ];
+}
+
 /** Columns of `berth server list`. */
 export function serverColumns(hosts: ReadonlyMap<string, Host>): Array<Column<Server>> {
   return [

@@ -1,42 +1,20 @@
 import { once } from 'node:events';
-import http from 'node:http';
 import type { Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BerthError } from '@berth/core';
 import { HttpClient } from './http-client.js';
-import { codeOf } from './test-support.js';
+import { codeOf, sendJson, testHttpServer } from './test-support.js';
 
 // A real HTTP server on 127.0.0.1: what the client's own transport does with connections.
 
-let server: http.Server | undefined;
 let client: HttpClient | undefined;
+const serve = testHttpServer();
+const json = sendJson;
 
-afterEach(async () => {
+afterEach(() => {
   client?.close();
   client = undefined;
-  if (server !== undefined) {
-    server.closeAllConnections();
-    await new Promise((resolve) => server?.close(resolve));
-    server = undefined;
-  }
 });
-
-/** Start a server answering `handler`; returns its URL and the sockets it accepted. */
-async function serve(handler: http.RequestListener): Promise<{ url: string; sockets: Socket[] }> {
-  const sockets: Socket[] = [];
-  server = http.createServer(handler);
-  server.on('connection', (socket) => sockets.push(socket));
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const address = server.address();
-  if (address === null || typeof address === 'string') throw new Error('no address');
-  return { url: `http://127.0.0.1:${address.port}`, sockets };
-}
-
-function json(response: http.ServerResponse, status: number, body: unknown): void {
-  response.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
-}
-
 
 describe('HttpClient over its own keep-alive connections', () => {
   it('sends every request of a caller on one connection, with the token, body and length', async () => {

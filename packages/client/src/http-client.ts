@@ -27,6 +27,10 @@ export interface HttpRequest {
   idempotencyKey?: string;
   /** Extra time this request may take (a long-poll's wait). */
   extraTimeoutMs?: number;
+  /** Headers beyond the ones the client sets (e.g. `Berth-Agent-Worker`). */
+  headers?: Record<string, string>;
+  /** Gives up on the request (a long-poll the caller no longer needs): it fails with CANCELLED. */
+  signal?: AbortSignal;
 }
 
 /** An answer: its status and its parsed JSON body (undefined when empty). */
@@ -36,7 +40,14 @@ export interface HttpAnswer {
 }
 
 /** One request as a transport sends it; resolves to the status and the body's text. */
-type Send = (url: URL, method: string, headers: Record<string, string>, body: string | undefined, timeoutMs: number) => Promise<{ status: number; text: string }>;
+type Send = (
+  url: URL,
+  method: string,
+  headers: Record<string, string>,
+  body: string | undefined,
+  timeoutMs: number,
+  signal?: AbortSignal,
+) => Promise<{ status: number; text: string }>;
 
 /** A deadline that passed (told apart from a connection that failed). */
 class DeadlineError extends Error {
@@ -51,9 +62,9 @@ class DeadlineError extends Error {
  * advise); nothing else is retried.
  */
 function keepAliveSend(agent: http.Agent, secure: boolean): Send {
-  const once = (url: URL, method: string, headers: Record<string, string>, body: string | undefined, timeoutMs: number) =>
+  const once = (url: URL, method: string, headers: Record<string, string>, body: string | undefined, timeoutMs: number, signal?: AbortSignal) =>
     new Promise<{ status: number; text: string; reused: boolean }>((resolve, reject) => {
-      const request = (secure ? https : http).request(url, { method, headers, agent }, (response) => {
+      const request = (secure ? https : http).request(url, { method, headers, agent, ...(signal ? { signal } : {}) }, (response) => {
         const chunks: Buffer[] = [];
         response.on('data', (chunk: Buffer) => chunks.push(chunk));
         response.on('error', reject);
@@ -69,20 +80,21 @@ function keepAliveSend(agent: http.Agent, secure: boolean): Send {
       });
       request.end(body);
     });
-  return async (url, method, headers, body, timeoutMs) => {
+  return async (url, method, headers, body, timeoutMs, signal) => {
     try {
-      return await once(url, method, headers, body, timeoutMs);
+      return await once(url, method, headers, body, timeoutMs, signal);
     } catch (error) {
       const failed = error as { code?: string; reused?: boolean };
-      if (method === 'GET' && failed.reused === true && failed.code === 'ECONNRESET') return once(url, method, headers, body, timeoutMs);
+      if (method === 'GET' && failed.reused === true && failed.code === 'ECONNRESET') return once(url, method, headers, body, timeoutMs, signal);
       throw error;
     }
   };
 }
 
 function fetchSend(fetchFn: typeof fetch): Send {
-  return async (url, method, headers, body, timeoutMs) => {
-    const response = await fetchFn(url, { method, headers, ...(body === undefined ? {} : { body }), signal: AbortSignal.timeout(timeoutMs) });
+  return async (url, method, headers, body, timeoutMs, signal) => {
+    const deadline = AbortSignal.timeout(timeoutMs);
+    const response = await fetchFn(url, { method, headers, ...(body === undefined ? {} : { body }), signal: signal ? AbortSignal.any([deadline, signal]) : deadline });
     return { status: response.status, text: await response.text() };
   };
 }
@@ -182,7 +194,7 @@ export class HttpClient {
     for (const [key, value] of Object.entries(req.query ?? {})) {
       if (value !== undefined) url.searchParams.set(key, String(value));
     }
-    const headers: Record<string, string> = { accept: 'application/json, application/problem+json' };
+    const headers: Record<string, string> = { ...req.headers, accept: 'application/json, application/problem+json' };
     if (this.options.token !== undefined && this.options.token !== '') headers.authorization = `Bearer ${this.options.token}`;
     if (req.body !== undefined) headers['content-type'] = 'application/json';
     if (req.idempotencyKey !== undefined) headers['idempotency-key'] = req.idempotencyKey;
@@ -190,8 +202,11 @@ export class HttpClient {
     if (payload !== undefined) headers['content-length'] = String(Buffer.byteLength(payload));
     let response: { status: number; text: string };
     try {
-      response = await this.send(url, req.method, headers, payload, this.timeoutMs + (req.extraTimeoutMs ?? 0));
+      response = await this.send(url, req.method, headers, payload, this.timeoutMs + (req.extraTimeoutMs ?? 0), req.signal);
     } catch (error) {
+      if (req.signal?.aborted === true) {
+        throw new BerthError('CANCELLED', `${req.method} ${url.pathname} was given up`, { cause: error });
+      }
       if (error instanceof Error && error.name === 'TimeoutError') {
         throw new BerthError('TIMEOUT', `the berth API at ${this.base.origin} did not answer ${req.method} ${url.pathname} in time`, { cause: error });
       }

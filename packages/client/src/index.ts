@@ -1,5 +1,6 @@
 export { RemoteBerthService, type RemoteBerthOptions } from './remote-berth-service.js';
 export { openRemoteBerth, API_URL_ENV, TOKEN_ENV } from './open-remote-berth.js';
+export { AgentClient, AGENT_WORKER_HEADER, type AgentClaimOptions } from './agent-client.js';
 export { HttpClient, apiPath, problemToError, type HttpClientOptions, type HttpRequest, type HttpAnswer } from './http-client.js';
 export {
   zProblem,
@@ -14,6 +15,9 @@ export {
   zVolumeEnvelope,
   zCredentials,
   zHealth,
+  zAgentSessionBody,
+  zAgentWorkList,
+  zAgentRenewal,
   zDoctorReport,
   zPluginReport,
   zReconcileOptions,
@@ -25,7 +29,11 @@ export {
 // the client needs no other import to type its code or catch its errors.
 export { BerthError, ERROR_CODES, type BerthErrorCode } from '@berth/core';
 export type {
+  AgentOutcome,
+  AgentRegistration,
+  AgentSession,
   Attachment,
+  ClaimedWork,
   AttachmentConnection,
   AttachRequest,
   BerthService,

@@ -1,4 +1,3 @@
-import type { z } from 'zod';
 import {
   BerthError,
   parseWith,
@@ -38,6 +37,7 @@ import {
   type Volume,
   type VolumeStatus,
 } from '@berth/core';
+import { checked } from './checked-answer.js';
 import { apiPath, HttpClient, type HttpClientOptions } from './http-client.js';
 import {
   zAttachmentList,
@@ -62,22 +62,6 @@ export interface RemoteBerthOptions extends HttpClientOptions {
 }
 
 const EMPTY_REPORT: PluginReport = { loaded: [], failed: [] };
-
-/**
- * Check an answer's shape with a @berth/core schema and return it as sent (parsing would rebuild
- * objects in schema order; the CLI prints what the server sent, as embedded mode prints what the
- * service returned).
- */
-function checked<S extends z.ZodType>(schema: S, body: unknown, what: string): z.output<S> {
-  const result = schema.safeParse(body);
-  if (!result.success) {
-    throw new BerthError('INTERNAL', `the berth API answered with an unexpected ${what}`, {
-      hint: 'are the CLI and the server the same berth version?',
-      details: { issues: result.error.issues.slice(0, 5).map((i) => ({ path: i.path.map(String), message: i.message })) },
-    });
-  }
-  return body as z.output<S>;
-}
 
 function field(body: unknown, key: string): unknown {
   return typeof body === 'object' && body !== null ? (body as Record<string, unknown>)[key] : undefined;

@@ -2,11 +2,13 @@ import { z } from 'zod';
 import {
   ERROR_CODES,
   zAttachment,
+  zClaimedWork,
   zConnectionInfo,
   zHost,
   zOperation,
   zServer,
   zVolume,
+  type AgentSession,
   type DoctorEntry,
 } from '@berth/core';
 
@@ -53,6 +55,19 @@ export const zCredentials = z.object({ credentials: z.record(z.string(), z.strin
 /** `GET /healthz`, `GET /readyz`. */
 export const zHealth = z.object({ status: z.string() });
 
+/** `POST /v1/agent/register`: the host this agent's token names, its worker name, its leases. */
+export const zAgentSessionBody = z.object({
+  hostId: z.string().min(1),
+  hostName: z.string().min(1),
+  worker: z.string().min(1),
+  leaseMs: z.number().int().positive(),
+  pollWaitMs: z.number().int().nonnegative(),
+});
+/** `GET /v1/agent/work`: the items claimed (empty when the wait ended with none). */
+export const zAgentWorkList = z.object({ items: z.array(zClaimedWork) });
+/** `POST /v1/agent/work/{id}/renew`: the item's new lease end. */
+export const zAgentRenewal = z.object({ leaseExpiresAt: z.string().min(1) });
+
 /** `GET /v1/doctor`: `berth doctor`'s entries. */
 export const zDoctorReport = z.object({
   entries: z.array(
@@ -73,6 +88,9 @@ export const zDoctorReport = z.object({
 // definition for core, this client and the API.
 export { zPluginReport, zReconcileDifference, zReconcileOptions, zReconcileReport } from '@berth/core';
 
+// Core has these types but no schema: a compile error here means the two no longer describe the same thing.
+const sessionFitsCore: z.output<typeof zAgentSessionBody> extends AgentSession ? true : false = true;
+void sessionFitsCore;
 // Core has this type but no schema: a compile error here means the two no longer describe the same thing.
 const doctorFitsCore: z.output<typeof zDoctorReport>['entries'][number] extends DoctorEntry ? true : false = true;
 void doctorFitsCore;

@@ -5,19 +5,25 @@ import type { DriverCatalog } from './catalog.js';
 import type { BerthConfig } from './config.js';
 import { FaultInjector } from './faults.js';
 import type { HostIdentity } from './host-identity.js';
+import { hostStepsFor, type AgentHost, type HostSteps } from './host-steps/host-step-executor.js';
+import { agentStore, remoteHostSteps } from './host-steps/remote-host-steps.js';
+import { WorkItemWaiter } from './host-steps/work-item-waiter.js';
 import { KeyedLock } from './keyed-lock.js';
 import type { Logger } from './logger.js';
 import type { Attachment, Host, Operation, OperationState, Server, Volume, VolumeStatus } from './model.js';
+import type { PipelineDeps } from './pipeline/context.js';
 import { OperationRunner } from './pipeline/operation-runner.js';
 import { runReconcile } from './reconcile.js';
 import type { DoctorEntry, PluginReport, ReconcileOptions, ReconcileReport, RecoveryOutcome } from './reports.js';
 import * as attachments from './service/attachments.js';
+import { AgentWorkService } from './service/agent-work.js';
 import { hostConnector } from './service/connector.js';
 import { runDoctor } from './service/doctor.js';
 import { LocalHost } from './service/local-host.js';
 import { startAttach, startDetach } from './service/operations/attach-detach.js';
 import { OperationLauncher } from './service/operations/launcher.js';
 import { recoverDeadOperations } from './service/operations/recover.js';
+import { ReplicaMaintenance } from './service/replica.js';
 import type { ServiceParts } from './service/parts.js';
 import { projectOf, resolveAttachment, resolveOperation, resolveServer, resolveVolume } from './service/resolve.js';
 import * as servers from './service/servers.js';
@@ -46,6 +52,12 @@ import type { Store } from './store.js';
 export class BerthServiceImpl implements BerthService {
   private readonly parts: ServiceParts;
   private readonly launcher: OperationLauncher;
+  /** The API side of `berth agent` (its routes call it). */
+  readonly agentWork: AgentWorkService;
+  /** Waits for the work items of hosts with an agent (made on first use). */
+  private waiter: WorkItemWaiter | undefined;
+  /** Stops the replica heartbeat, once `startReplica` ran. */
+  private replicaStop: (() => Promise<void>) | undefined;
 
   constructor(
     @inject(TOKENS.Config) config: BerthConfig,
@@ -59,6 +71,17 @@ export class BerthServiceImpl implements BerthService {
     // Drivers pass their own points (between their commands) through the same injector.
     catalog.useFaults(faults);
     const localHost = new LocalHost(store, identity, config);
+    const deps: PipelineDeps = {
+      store,
+      catalog,
+      config,
+      logger,
+      localHost: () => localHost.host(),
+      baseConnector: () => localHost.baseConnector(),
+      owner,
+      hostname: identity.hostname,
+      hostSteps: (hostId) => hostStepsFor(deps, hostId, (host) => this.remoteSteps(host)),
+    };
     this.parts = {
       config,
       store,
@@ -71,18 +94,10 @@ export class BerthServiceImpl implements BerthService {
       faults,
       runner: new OperationRunner(store),
       localHost,
-      deps: {
-        store,
-        catalog,
-        config,
-        logger,
-        localHost: () => localHost.host(),
-        baseConnector: () => localHost.baseConnector(),
-        owner,
-        hostname: identity.hostname,
-      },
+      deps,
     };
     this.launcher = new OperationLauncher(this.parts);
+    this.agentWork = new AgentWorkService(this.parts);
   }
 
   // ---- volumes -------------------------------------------------------------------------------
@@ -197,6 +212,17 @@ export class BerthServiceImpl implements BerthService {
     return runDoctor(this.parts);
   }
 
+  startReplica(): () => Promise<void> {
+    const { operations } = this.parts.store;
+    if (!operations.heartbeat || !operations.claimExpired) {
+      // One server on a store without leases (the memory store): nothing to share or take over.
+      this.parts.logger.warn({}, 'this store has no operation leases: running as the only replica');
+      return () => Promise.resolve();
+    }
+    this.replicaStop ??= new ReplicaMaintenance(this.parts, this.launcher).start();
+    return this.replicaStop;
+  }
+
   recover(): Promise<RecoveryOutcome[]> {
     return recoverDeadOperations(this.parts, this.launcher);
   }
@@ -222,9 +248,20 @@ export class BerthServiceImpl implements BerthService {
   }
 
   async close(): Promise<void> {
+    // Operations in flight keep their leases renewed until they end.
     await this.launcher.drain();
+    await this.replicaStop?.();
+    await this.waiter?.close();
     for (const backend of this.parts.catalog.instantiatedBackends()) await backend.close?.().catch(() => undefined);
     await this.parts.store.close();
+  }
+
+  /** The executor of a host whose agent registered: its steps become work items. */
+  private remoteSteps(host: AgentHost): HostSteps {
+    const { store, config, logger } = this.parts;
+    this.waiter ??= new WorkItemWaiter(agentStore(store, host), logger, config.agent.leaseMs);
+    const waiter = this.waiter;
+    return remoteHostSteps({ store, waiter, undoTimeoutMs: config.undoTimeoutMs, offlineAfterMs: config.agent.offlineAfterMs }, host);
   }
 
   private project(scope: ProjectScope): string {

@@ -45,4 +45,23 @@ describe('resolveConfig', () => {
     expect(String((error as Error).message)).toMatch(/store\.url/);
     expect(String((error as Error).message)).not.toMatch(/hunter2/);
   });
+
+  it('lets an agent token name its host (RFC 1123) and refuses a host on another role; agent and replica leases have defaults', () => {
+    const sha256 = 'a'.repeat(64);
+    const config = resolveConfig({ api: { tokens: [{ name: 'h3', sha256, role: 'agent', host: 'h-3.example' }] } }, {}, { dataDir: '/d' });
+    expect(config.api.tokens[0]?.host).toBe('h-3.example');
+    expect(config.agent).toEqual({ leaseMs: 15_000, pollWaitMs: 25_000, offlineAfterMs: 45_000 });
+    expect(config.replica).toEqual({ leaseMs: 6_000, heartbeatMs: 2_000 });
+    const refused = (file: unknown): string => {
+      try {
+        resolveConfig(file, {}, { dataDir: '/d' });
+      } catch (e) {
+        return BerthError.is(e) ? `${e.code} ${e.message}` : 'other';
+      }
+      return 'accepted';
+    };
+    expect(refused({ api: { tokens: [{ name: 'a', sha256, role: 'admin', host: 'h-3' }] } })).toMatch(/VALIDATION.*only an agent token names a host/);
+    expect(refused({ api: { tokens: [{ name: 'a', sha256, role: 'agent', host: '-bad_host' }] } })).toMatch(/VALIDATION.*RFC 1123/);
+    expect(refused({ replica: { leaseMs: 2000, heartbeatMs: 1500 } })).toMatch(/VALIDATION.*heartbeatMs/);
+  });
 });

@@ -2,6 +2,12 @@ import { z } from 'zod';
 import { parseWith } from './errors.js';
 import { parseFaultSpec } from './faults.js';
 
+/** A host name as RFC 1123 allows it (labels of letters, digits and inner hyphens). */
+export const zHostName = z
+  .string()
+  .max(253)
+  .regex(/^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/, 'must be a host name (RFC 1123)');
+
 /** A plugin named in the config: its package, and options passed to its factories. */
 export const zPluginEntry = z.union([
   z.string().min(1),
@@ -82,11 +88,41 @@ export const zConfig = z.strictObject({
             sha256: z.string().regex(/^[0-9a-f]{64}$/, 'must be a SHA-256 hex digest'),
             role: z.enum(['admin', 'member', 'agent']),
             projectId: z.string().min(1).optional(),
+            /** For an `agent` token: the one host whose work it may fetch and report (RFC 1123 name). */
+            host: zHostName.optional(),
+          }).refine((token) => token.host === undefined || token.role === 'agent', {
+            message: 'only an agent token names a host',
+            path: ['host'],
           }),
         )
         .default([]),
     })
     .default({ listen: '127.0.0.1:8776', tokens: [] }),
+  /** `berth agent` and the work items it runs (many hosts). */
+  agent: z
+    .strictObject({
+      /** Lease of a claimed work item; the agent renews it every third of it. */
+      leaseMs: z.number().int().min(1000).max(600_000).default(15_000),
+      /** How long one claim waits for work before it answers nothing (the long-poll). */
+      pollWaitMs: z.number().int().min(0).max(300_000).default(25_000),
+      /** An agent not seen for this long is `offline`. */
+      offlineAfterMs: z.number().int().min(1000).max(3_600_000).default(45_000),
+    })
+    .default({ leaseMs: 15_000, pollWaitMs: 25_000, offlineAfterMs: 45_000 }),
+  /**
+   * API replicas sharing one store (`berth serve`): each heart-beats the operations it owns every
+   * `heartbeatMs`; an operation whose lease (`leaseMs`) passed is taken over by another replica.
+   */
+  replica: z
+    .strictObject({
+      leaseMs: z.number().int().min(500).max(600_000).default(6_000),
+      heartbeatMs: z.number().int().min(100).max(300_000).default(2_000),
+    })
+    .refine((replica) => replica.heartbeatMs * 2 <= replica.leaseMs, {
+      message: 'heartbeatMs must be at most half of leaseMs (a lease must survive one missed beat)',
+      path: ['heartbeatMs'],
+    })
+    .default({ leaseMs: 6_000, heartbeatMs: 2_000 }),
   /** Armed fault points (`attach.connect.after: crash`); for tests of crash safety only. */
   faults: z.record(z.string(), z.string()).default({}),
   /** Log level (logs go to stderr as JSON; secrets redacted). */

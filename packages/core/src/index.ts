@@ -8,6 +8,9 @@ export type * from './store.js';
 export * from './logger.js';
 export * from './plugin.js';
 export type * from './service.js';
+export * from './agent-protocol.js';
+export { runHostStep, type HostStepHost, type HostStepRun } from './host-steps/run-host-step.js';
+export { baseConnectorOf, serverNameFor } from './service/local-host.js';
 export * from './config.js';
 export * from './container.js';
 export * from './catalog.js';
@@ -53,6 +56,7 @@ export {
   describeFinding,
   findDifferences,
   findStatusMismatches,
+  listTransports,
   runReconcile,
   sourceMatches,
   volumeOfSource,

@@ -72,4 +72,20 @@ describe('withLease', () => {
     expect(BerthError.is(error) && error.message).toMatch(/gave up waiting for volume v on this host: process 42@another-host holds it/);
     expect(BerthError.is(error) && error.hint).toMatch(/operation list --state running/);
   });
+
+  it('renews a short lease while its holder works (replicas), so another machine never takes it from a live holder', async () => {
+    const { store, rows } = memoryLocks();
+    const expiries: string[] = [];
+    const renewed = await withLease(store, 'short', { ...options(), ttlMs: 1_000, renewEveryMs: 5 }, async () => {
+      // Work until the lease was renewed twice (each renewal moves its expiry on).
+      for (;;) {
+        const expiresAt = rows.get('short')?.expiresAt ?? '';
+        if (expiries.at(-1) !== expiresAt) expiries.push(expiresAt);
+        if (expiries.length >= 3) return rows.get('short')?.owner.startsWith(self);
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+    });
+    expect(renewed).toBe(true);
+    expect(rows.size).toBe(0);
+  });
 });

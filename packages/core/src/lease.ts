@@ -19,6 +19,11 @@ export interface LeaseOptions {
   /** What the lease guards, for messages: `volume db1 on this host`. */
   what: string;
   logger?: Logger;
+  /**
+   * Renew the lease this often while `fn` runs (replicas: a short `ttlMs` that a dead holder's
+   * successor on another machine waits out, kept alive by its live holder).
+   */
+  renewEveryMs?: number;
 }
 
 const FIRST_WAIT_MS = 2;
@@ -63,9 +68,16 @@ export async function withLease<T>(store: Store, key: string, options: LeaseOpti
     await sleep(wait, undefined, { signal: options.signal }).catch(() => undefined);
     wait = Math.min(wait * 2, MAX_WAIT_MS);
   }
+  const renew = async (): Promise<void> => {
+    const kept = await store.locks.takeOver(key, me, me, expiry()).catch(() => false);
+    if (!kept) options.logger?.warn({ lease: key }, 'could not renew a lease; another process may take it over when it passes');
+  };
+  const renewal = options.renewEveryMs === undefined ? undefined : setInterval(() => void renew(), options.renewEveryMs);
+  renewal?.unref();
   try {
     return await fn();
   } finally {
+    clearInterval(renewal);
     await withStoreRetry(() => store.locks.release(key, me), { what: `release lease ${key}`, budgetMs: 10_000 }).catch((error: unknown) =>
       options.logger?.warn({ lease: key, err: toBerthError(error).message }, 'could not release a lease; it ends with this process'),
     );

@@ -7,6 +7,7 @@ import { Mutex } from './keyed-lock.js';
 import {
   zAttachment,
   zHost,
+  zHostAgent,
   zId,
   zOperation,
   zOperationState,
@@ -34,7 +35,7 @@ import type {
   Store,
   VolumeRepository,
 } from './store.js';
-import { alreadyExists, notFound, stateConflict } from './store-errors.js';
+import { agentReplaced, alreadyExists, notFound, stateConflict } from './store-errors.js';
 import { assertAttachmentTransition, assertVolumeTransition } from './transitions.js';
 
 const zVolumePatch = zVolume.pick({ sizeBytes: true, providerLocation: true }).partial();
@@ -44,6 +45,7 @@ const zAttachmentPatch = zAttachment
 const zStepOutcome = zOperationStep.pick({ error: true, data: true }).partial();
 const zFinishOutcome = zOperation.pick({ error: true, result: true }).partial();
 const zLockField = z.string().min(1).max(300);
+const zNewHostAgent = zHostAgent.omit({ lastSeenAt: true });
 
 /** Everything a memory store holds; a transaction's rollback puts back a copy taken at its start. */
 interface Tables {
@@ -150,7 +152,14 @@ export function createMemoryStore(): Store {
         const at = now();
         const host = parseWith(
           zHost,
-          { id: input.id ?? randomUUID(), name: input.name, connector: input.connector == null ? null : connectorWithoutSecrets(input.connector), createdAt: at, updatedAt: at },
+          {
+            id: input.id ?? randomUUID(),
+            name: input.name,
+            connector: input.connector == null ? null : connectorWithoutSecrets(input.connector),
+            agent: null,
+            createdAt: at,
+            updatedAt: at,
+          },
           'host',
         );
         if ([...tables.hosts.values()].some((h) => h.name === host.name)) throw alreadyExists(`a host named ${host.name} already exists`, { name: host.name }, undefined);
@@ -167,6 +176,23 @@ export function createMemoryStore(): Store {
         const valid = connectorWithoutSecrets(parseWith(zConnector, connector, 'connector'));
         const host = requireRow(tables.hosts, 'host', id);
         const next: Host = { ...host, connector: valid, updatedAt: now() };
+        tables.hosts.set(id, next);
+        return copy(next);
+      }),
+    recordAgent: (id, agent) =>
+      alone(() => {
+        const valid = parseWith(zNewHostAgent, agent, 'host agent');
+        const host = requireRow(tables.hosts, 'host', id);
+        const at = now();
+        const next: Host = { ...host, agent: { ...valid, lastSeenAt: at }, updatedAt: at };
+        tables.hosts.set(id, next);
+        return copy(next);
+      }),
+    touchAgent: (id, instance) =>
+      alone(() => {
+        const host = requireRow(tables.hosts, 'host', id);
+        if (host.agent?.instance !== instance) throw agentReplaced(id, instance, host.agent?.instance ?? null);
+        const next: Host = { ...host, agent: { ...host.agent, lastSeenAt: now() } };
         tables.hosts.set(id, next);
         return copy(next);
       }),

@@ -68,16 +68,44 @@ export const zVolume = z.object({
 });
 export type Volume = z.output<typeof zVolume>;
 
-/** A host: a machine with an agent that runs the host-side steps. */
+/**
+ * The `berth agent` last registered for a host (many hosts): which process, which version, and
+ * when it was last heard from. Whether it is online is the API's call (seen within
+ * `agent.offlineAfterMs`), not stored.
+ */
+export const zHostAgent = z.object({
+  /** The registered agent process (its worker name); only it may claim the host's work. */
+  instance: z.string().min(1),
+  version: z.string(),
+  /** The transports loaded on the host (a replica picks one of these for the host's attachments). */
+  transports: z.array(z.string().min(1)),
+  /** The consumers loaded on the host. */
+  consumers: z.array(z.string().min(1)),
+  /** When it registered or last asked for work (ISO-8601, the store's clock). */
+  lastSeenAt: zTimestamp,
+});
+/** A host's registered agent. */
+export type HostAgent = z.output<typeof zHostAgent>;
+
+/** A host: a machine whose servers get volumes; its host-side steps run in-process or on its agent. */
 export const zHost = z.object({
   id: zId,
   name: z.string(),
   /** The connector last reported by the host's agent (secrets never stored). */
   connector: zConnector.nullable(),
+  /** Its `berth agent`, once one registered; null for the host berth runs on in-process. */
+  agent: zHostAgent.nullable(),
   createdAt: zTimestamp,
   updatedAt: zTimestamp,
 });
 export type Host = z.output<typeof zHost>;
+
+/** Whether a host's agent was heard from lately (within the API's `agent.offlineAfterMs`). */
+export const zHostAgentState = z.enum(['online', 'offline']);
+/** A host as the API shows it: its agent with `state` computed at read time. */
+export const zHostView = zHost.extend({ agent: zHostAgent.extend({ state: zHostAgentState }).nullable() });
+/** A host with its agent's state. */
+export type HostView = z.output<typeof zHostView>;
 
 /** A server: the consumer of volumes (an instance in Nova's words), placed on a host. */
 export const zServer = z.object({

@@ -1,4 +1,5 @@
 import { redactConnectionInfo, withAccessMode, type ConnectionInfo, type Connector, type Device } from './connection.js';
+import type { DriverCatalog } from './catalog.js';
 import type { Consumer } from './contracts/consumer.js';
 import type { ConnectedDevice } from './contracts/transport-driver.js';
 import type { BackendExport } from './contracts/volume-backend.js';
@@ -411,14 +412,22 @@ async function readHostFacts(
       unchecked.push({ kind: 'backend', name, reason: `listing its exports failed: ${toBerthError(error).message}` });
     }
   }
-  return { exports, listings: await listTransports(deps, deps.catalog.transportNames(), unchecked) };
+  return { exports, listings: await listTransports(deps.catalog, deps.catalog.transportNames(), unchecked) };
 }
 
-async function listTransports(deps: ReconcileDeps, names: readonly string[], unchecked?: ReconcileUnchecked[]): Promise<TransportListing[]> {
+/**
+ * What every transport that can list finds connected on this host, highest priority first; a
+ * transport that cannot list, or fails to, is named in `unchecked` (the `host_facts` host step).
+ */
+export async function listTransports(
+  catalog: DriverCatalog,
+  names: readonly string[] = catalog.transportNames(),
+  unchecked?: ReconcileUnchecked[],
+): Promise<TransportListing[]> {
   const listings: Array<TransportListing & { priority: number }> = [];
   for (const name of names) {
     try {
-      const transport = deps.catalog.transport(name);
+      const transport = catalog.transport(name);
       if (!transport.connected) {
         unchecked?.push({ kind: 'transport', name, reason: 'it cannot list its devices' });
         continue;
@@ -479,7 +488,7 @@ export async function runReconcile(deps: ReconcileDeps, options: ReconcileOption
   const devices = await store.devices.list({ hostId: host.id });
   const operations = (await store.operations.list({ state: ['succeeded', 'rolled_back', 'failed'] })).filter((o) => o.kind === 'attach' || o.kind === 'detach');
   const busy = await busyVolumeIds(store);
-  const listingsAfter = await listTransports(deps, listings.map((l) => l.transport));
+  const listingsAfter = await listTransports(deps.catalog, listings.map((l) => l.transport));
   const findings = findDifferences({ localHostId: host.id, volumes, attachments, busyVolumeIds: busy, exports, listings, listingsAfter, devices, operations });
 
   if (dryRun) {
@@ -608,9 +617,10 @@ async function fixOf(deps: ReconcileDeps, finding: Finding): Promise<string> {
       // Under the volume's device lease, identity-checked, and not forced: a device something holds
       // open (someone's mount of a volume file) is left alone, the fix fails naming the holder.
       const outcome = await releaseShared(deps, {
+        steps: await deps.hostSteps(host.id),
         hostId: host.id,
         volume: fresh.volume,
-        transport: catalog.transport(finding.transport),
+        transport: finding.transport,
         connection,
         ...(device ? { device } : {}),
         force: false,
@@ -701,8 +711,10 @@ async function reconnect(deps: ReconcileDeps, attachmentId: string, volume: Volu
   if (attachment?.status !== 'attached') throw new Skip(`the attachment is ${attachment?.status ?? 'deleted'} now`);
   const transportName = attachment.transport;
   if (!transportName) throw new Skip('the attachment has no transport');
-  const transport = catalog.transport(transportName);
+  // Refused before anything is touched when the transport is not installed here.
+  const transport = catalog.transport(transportName).name;
   const server = await store.servers.require(attachment.serverId);
+  const steps = await deps.hostSteps(attachment.hostId);
   const consumer = deps.consumer();
   const lost = attachment.device;
   try {
@@ -716,11 +728,11 @@ async function reconnect(deps: ReconcileDeps, attachmentId: string, volume: Volu
     );
     for (const other of stale) await store.attachments.update(other.id, { device: null });
     await store.devices.delete(attachment.hostId, volume.id);
-    const connected = await connectShared(deps, { attachment: { ...attachment, device: null }, volume, transport, connection, connector, signal });
+    const connected = await connectShared(deps, { steps, attachment: { ...attachment, device: null }, volume, transport, connection, connector, signal });
     for (const other of [connected.attachment, ...stale]) {
       const current = other.id === attachment.id ? connected.attachment : await store.attachments.update(other.id, { device: connected.device });
       const otherServer = other.id === attachment.id ? server : await store.servers.require(other.serverId);
-      const path = await publishShared(deps, { consumer, server: otherServer, attachment: current, volume, device: connected.device, signal });
+      const path = await publishShared(deps, { steps, consumer, server: otherServer, attachment: current, volume, device: connected.device, signal });
       await store.attachments.update(other.id, { publishedPath: path, error: null });
     }
     return `reconnected at ${connected.device.path}${stale.length > 0 ? ` (with ${stale.length} other attachment(s) sharing it)` : ''}`;

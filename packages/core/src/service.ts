@@ -1,3 +1,4 @@
+import type { AgentOutcome, AgentRegistration, AgentSession, ClaimedWork } from './agent-protocol.js';
 import type { ConnectionInfo, Connector } from './connection.js';
 import type { DoctorEntry, PluginReport, ReconcileOptions, ReconcileReport, RecoveryOutcome } from './reports.js';
 import type { Attachment, Host, Operation, OperationState, Server, Volume, VolumeStatus } from './model.js';
@@ -80,6 +81,33 @@ export interface StartedOperation {
   done: Promise<OperationOutcome>;
 }
 
+/** How long and how much one agent claim waits for. */
+export interface ClaimOptions {
+  /** Wait this long for work when there is none (the long-poll); 0 answers at once. */
+  waitMs: number;
+  /** Claim at most this many items. */
+  limit: number;
+  /** Ends the wait early (the client went away, the server shuts down). */
+  signal?: AbortSignal;
+}
+
+/**
+ * The API side of `berth agent` (many hosts): each call acts for the host the agent's token names,
+ * never another. An agent registers, claims its host's work items (long-poll), renews their
+ * leases and reports their outcomes; a worker that is not the host's registered agent is fenced
+ * (CONFLICT).
+ */
+export interface AgentWork {
+  /** Record the agent of `hostName` (found or created), requeue what its dead predecessor held. */
+  register(hostName: string, registration: AgentRegistration): Promise<AgentSession>;
+  /** Claim pending items of `hostName`, waiting up to `waitMs` for one; `payload`s may carry secrets. */
+  claim(hostName: string, worker: string, options: ClaimOptions): Promise<ClaimedWork[]>;
+  /** Extend the lease of an item `worker` holds; CONFLICT when it no longer holds it. */
+  renew(hostName: string, worker: string, id: string): Promise<{ leaseExpiresAt: string }>;
+  /** Record the outcome of an item `worker` holds and wake the replica waiting for it. */
+  report(hostName: string, worker: string, id: string, outcome: AgentOutcome): Promise<void>;
+}
+
 /**
  * Everything the CLI and the HTTP app do, in one place: both call this and nothing else, so no step
  * has a second implementation.
@@ -149,6 +177,15 @@ export interface BerthService {
    * Runs on the host whose devices it compares; absent on a client that cannot do that.
    */
   reconcile?(options?: ReconcileOptions): Promise<ReconcileReport>;
+
+  /** The agent protocol (on a service with a shared store; absent on a remote client). */
+  readonly agentWork?: AgentWork;
+
+  /**
+   * Act as one of several API replicas (`berth serve`): heart-beat the operations this process
+   * owns and take over those whose owner stopped. Returns the function that stops it.
+   */
+  startReplica?(): () => Promise<void>;
 
   /** Close the store and stop plugins' background work. */
   close(): Promise<void>;

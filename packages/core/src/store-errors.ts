@@ -52,3 +52,11 @@ export function corruptRow(kind: ResourceKind, id: string, problem: string): Ber
     details: { kind, id },
   });
 }
+
+/** CONFLICT for an agent that is no longer the one registered for its host (another one registered since). */
+export function agentReplaced(hostId: string, instance: string, current: string | null): BerthError {
+  return new BerthError('CONFLICT', `another agent registered for host ${hostId}; ${instance} may no longer take its work`, {
+    hint: 'a newer `berth agent` runs for this host: stop this one, or register it again',
+    details: { id: hostId, instance, actual: current },
+  });
+}

@@ -108,6 +108,25 @@ export interface HostRepository {
   list(): Promise<Host[]>;
   /** Store the host's latest connector (callers strip secrets first). */
   setConnector(id: string, connector: Connector): Promise<Host>;
+  /**
+   * Record that agent `instance` registered for the host (it replaces any earlier one, whose
+   * claims are then refused): `agent` becomes `{instance, version, lastSeenAt: now}`.
+   */
+  recordAgent(id: string, agent: NewHostAgent): Promise<Host>;
+  /**
+   * The registered agent `instance` was heard from: refresh `agent.lastSeenAt`. A compare-and-swap
+   * on the instance: CONFLICT when another agent registered for the host since (fences the old one
+   * off), NOT_FOUND for a missing host.
+   */
+  touchAgent(id: string, instance: string): Promise<Host>;
+}
+
+/** An agent registering for a host. */
+export interface NewHostAgent {
+  instance: string;
+  version: string;
+  transports: readonly string[];
+  consumers: readonly string[];
 }
 
 /** Fields of a new server. */
@@ -294,6 +313,20 @@ export interface WorkItemRepository {
   complete(id: string, worker: string, outcome: WorkItemOutcome): Promise<WorkItem>;
   /** Put up to `limit` (default 100) claimed items whose lease passed back to `pending`; returns them. */
   expire(limit?: number): Promise<WorkItem[]>;
+  /**
+   * Give up on an item (its operation's deadline passed, or the operation is being undone): CAS
+   * `pending|claimed → failed` with `error`, lease cleared, so no agent runs or reports it any more
+   * (a holder's `renew`/`complete` become CONFLICT). `attempts` is kept: `attempts > 0` means an
+   * agent claimed it, so the step may have run on the host. CONFLICT when it is already
+   * done/failed (the returned error's `details.actual` says which), NOT_FOUND when missing.
+   */
+  cancel(id: string, error: ErrorSummary): Promise<WorkItem>;
+  /**
+   * Put back to `pending` every claimed item of `hostId` held by a worker other than
+   * `exceptWorker`, lease or not: a newly registered agent's dead predecessor held them, and the
+   * new agent runs them again. Returns them, oldest first.
+   */
+  requeue(hostId: string, exceptWorker: string): Promise<WorkItem[]>;
 }
 
 /**

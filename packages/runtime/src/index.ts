@@ -5,3 +5,6 @@ export { createLogger, REDACT_PATHS } from './logger.js';
 export { simulatedHostPaths, stopSimulatedHost } from './simulate.js';
 export { zSimulateConfig, resolveSimulateConfig, type SimulateConfig } from './simulate-config.js';
 export { seededRandom } from './seeded-random.js';
+export { openAgent, type OpenAgentOptions, type AgentHost } from './open-agent.js';
+export { AgentRunner, type AgentApi, type AgentRunnerOptions } from './agent-runner.js';
+export { buildCatalog, type BuildCatalogOptions, type PluginSources } from './build-catalog.js';

@@ -1,36 +1,25 @@
-import { existsSync } from 'node:fs';
-import { mkdir, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import backendFile from '@berth/backend-file';
-import backendTgt from '@berth/backend-tgt';
 import {
   BerthContainer,
   BerthError,
   BerthServiceImpl,
-  corePlugin,
-  discoverPlugins,
-  DriverCatalog,
-  loadPluginModules,
   resolveConfig,
   TOKENS,
   type BerthConfig,
   type BerthPlugin,
   type BerthService,
-  type HostIdentity,
   type Logger,
-  type PluginSource,
   type Store,
 } from '@berth/core';
-import driverIscsi from '@berth/driver-iscsi';
-import driverIscsiMultipath from '@berth/driver-iscsi-multipath';
-import driverIscsiUser from '@berth/driver-iscsi-user';
-import driverLoop from '@berth/driver-loop';
-import { createHostServices, hostFacts, type HostServices } from '@berth/host';
+import type { HostServices } from '@berth/host';
 import { isEnvironmentError, openPostgresStore, openSqliteStoreForUse } from '@berth/store';
+import { buildCatalog } from './build-catalog.js';
+import { setUpHost } from './host-setup.js';
 import { defaultDataDir } from './data-dir.js';
-import { createLogger } from './logger.js';
-import { simulatedHostServices, USER_ISCSI_PLUGIN } from './simulate.js';
 import { resolveSimulateConfig, splitSimulateSection, type SimulateConfig } from './simulate-config.js';
+
+export { BUILTIN_PLUGINS } from './builtin-plugins.js';
 
 /** Options of `openBerth`; each falls back to the environment, then to a default. */
 export interface OpenBerthOptions {
@@ -62,21 +51,6 @@ export interface OpenBerthOptions {
   /** Plugins given as objects (benchmarks, tests, embedding apps), registered after the built-ins. */
   extraPlugins?: BerthPlugin[];
 }
-
-/**
- * Plugins every berth has: the host consumer, the loop, user-space iSCSI, iSCSI and iSCSI multipath
- * transports, the file and tgt backends. iscsi-user comes before the kernel iSCSI transports: connector
- * properties merge in this order, so their initiator name (the simulated host's, with --simulate) wins.
- */
-export const BUILTIN_PLUGINS: ReadonlyArray<{ packageName: string; plugin: BerthPlugin }> = [
-  { packageName: '@berth/core', plugin: corePlugin as BerthPlugin },
-  { packageName: '@berth/driver-loop', plugin: driverLoop as BerthPlugin },
-  { packageName: '@berth/backend-file', plugin: backendFile as BerthPlugin },
-  { packageName: '@berth/driver-iscsi-user', plugin: driverIscsiUser as BerthPlugin },
-  { packageName: '@berth/driver-iscsi', plugin: driverIscsi as BerthPlugin },
-  { packageName: '@berth/driver-iscsi-multipath', plugin: driverIscsiMultipath as BerthPlugin },
-  { packageName: '@berth/backend-tgt', plugin: backendTgt as BerthPlugin },
-];
 
 async function readConfigFile(file: string | undefined, required: boolean): Promise<unknown> {
   if (file === undefined) return undefined;
@@ -124,16 +98,7 @@ export async function loadConfigs(options: OpenBerthOptions = {}): Promise<{ con
 export async function openBerth(options: OpenBerthOptions = {}): Promise<BerthService> {
   const env = options.env ?? process.env;
   const { config, simulate } = await loadConfigs(options);
-  await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
-  const logger = options.logger ?? createLogger(config.logLevel, options.logFile);
-  const host =
-    options.host ??
-    createHostServices({
-      root: config.hostRoot,
-      pathPrepend: config.pathPrepend,
-      defaultTimeoutMs: config.commandTimeoutMs,
-      logger: logger.child({ component: 'host' }),
-    });
+  const { logger, host, identity } = await setUpHost(config, options);
 
   // SQLite: a full disk or a read-only data dir still lets people look (`volume list`, `show`,
   // `attachment list`): the store then opens read-only, and every write says why it cannot.
@@ -151,38 +116,8 @@ export async function openBerth(options: OpenBerthOptions = {}): Promise<BerthSe
     if (readOnly) logger.warn({ reason: readOnly.details.reason, err: readOnly.message }, 'the berth database is open read-only');
   }
 
-  // The plugins the `simulate` section names run on the simulated host; everything else on this one.
-  const hostOverrides: Record<string, HostServices> = {};
-  if (simulate.enabled) {
-    const simHost = await simulatedHostServices(simulate, { commandTimeoutMs: config.commandTimeoutMs, logger });
-    for (const name of simulate.plugins) hostOverrides[name] = simHost;
-  }
-  // The simulated host has a kernel initiator: there iscsi-user connects only when forced.
-  const pluginOptions = simulate.enabled
-    ? { ...config.pluginOptions, [USER_ISCSI_PLUGIN]: { autoSelect: false, ...config.pluginOptions[USER_ISCSI_PLUGIN] } }
-    : config.pluginOptions;
-  const catalog = new DriverCatalog(host, config.dataDir, logger, pluginOptions, hostOverrides);
-  for (const builtin of BUILTIN_PLUGINS) {
-    catalog.add({ plugin: builtin.plugin, packageName: builtin.packageName, version: undefined, options: undefined });
-  }
-  for (const plugin of options.extraPlugins ?? []) {
-    catalog.add({ plugin, packageName: plugin.name, version: undefined, options: undefined });
-  }
-  const sources: PluginSource[] = config.plugins.map((entry) =>
-    typeof entry === 'string'
-      ? { packageName: entry, from: process.cwd() }
-      : { packageName: entry.package, from: process.cwd(), ...(entry.options ? { options: entry.options } : {}) },
-  );
-  const dirs = [...(options.pluginDirs ?? []), ...(env.BERTH_PLUGIN_DIRS ?? '').split(':').filter(Boolean)].filter((d) => existsSync(d));
-  sources.push(...(await discoverPlugins(dirs)));
-  const { loaded, failed } = await loadPluginModules(sources.filter((s) => !BUILTIN_PLUGINS.some((b) => b.packageName === s.packageName)));
-  for (const module of loaded) catalog.add(module);
-  catalog.addFailures(failed);
-  // Reported by `berth doctor` and the CLI's own one-line warning; the log keeps it at info.
-  for (const failure of failed) logger.info({ plugin: failure.packageName, err: failure.error }, 'plugin not loaded');
+  const catalog = await buildCatalog({ config, simulate, host, logger, env }, options);
 
-  const facts = hostFacts();
-  const identity: HostIdentity = { hostname: facts.hostname, ips: facts.ips, platform: facts.platform, osType: facts.osType };
   const container = BerthContainer.create()
     .registerInstance(TOKENS.Config, config)
     .registerInstance(TOKENS.Store, store)

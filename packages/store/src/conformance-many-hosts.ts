@@ -288,6 +288,74 @@ export function describeManyHostsStoreConformance(name: string, open: () => Prom
         expect((await workItems.complete(dying.id, 'agent-new', { state: 'done' })).state).toBe('done');
       });
 
+      it('cancel fails a pending or claimed item for good, keeping attempts; a finished one is CONFLICT', async () => {
+        const { host, operation } = await hostAndOperation();
+        const offline = { code: 'TIMEOUT' as const, message: "host-1's agent did not pick up step connect before the deadline" };
+        const waiting = await workItems.create({ operationId: operation.id, hostId: host.id, step: 'connect' });
+        const cancelled = await workItems.cancel(waiting.id, offline);
+        expect(cancelled).toMatchObject({ state: 'failed', attempts: 0, leaseOwner: null, leaseExpiresAt: null, error: offline });
+        expect(await workItems.claim(host.id, 'agent-1', HOUR)).toEqual([]);
+
+        const running = await workItems.create({ operationId: operation.id, hostId: host.id, step: 'publish' });
+        await workItems.claim(host.id, 'agent-1', HOUR);
+        const taken = await workItems.cancel(running.id, offline);
+        expect(taken).toMatchObject({ state: 'failed', attempts: 1, leaseOwner: null, leaseExpiresAt: null });
+        // The agent that held it is fenced off: its report and renewal are refused.
+        await rejection(workItems.complete(running.id, 'agent-1', { state: 'done', result: { device: { path: '/dev/loop9' } } }), 'CONFLICT');
+        await rejection(workItems.renew(running.id, 'agent-1', HOUR), 'CONFLICT');
+        expect((await workItems.require(running.id)).result).toBeNull();
+
+        const again = await rejection(workItems.cancel(running.id, offline), 'CONFLICT');
+        expect(again.details).toMatchObject({ actual: 'failed' });
+        const finished = await workItems.create({ operationId: operation.id, hostId: host.id, step: 'unpublish' });
+        await workItems.claim(host.id, 'agent-1', HOUR);
+        await workItems.complete(finished.id, 'agent-1', { state: 'done' });
+        const done = await rejection(workItems.cancel(finished.id, offline), 'CONFLICT');
+        expect(done.details).toMatchObject({ actual: 'done' });
+        expect((await workItems.require(finished.id)).state).toBe('done');
+        await rejection(workItems.cancel('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b', offline), 'NOT_FOUND');
+        await rejection(workItems.cancel(finished.id, { code: 'TIMEOUT' } as never), 'VALIDATION');
+      });
+
+      it('cancel and complete race: exactly one wins', async () => {
+        const { host, operation } = await hostAndOperation();
+        for (let i = 0; i < 5; i += 1) {
+          const item = await workItems.create({ operationId: operation.id, hostId: host.id, step: 'connect' });
+          await workItems.claim(host.id, 'agent-1', HOUR);
+          const [cancel, complete] = await Promise.allSettled([
+            workItems.cancel(item.id, { code: 'TIMEOUT', message: 'deadline' }),
+            workItems.complete(item.id, 'agent-1', { state: 'done' }),
+          ]);
+          expect([cancel.status, complete.status].filter((s) => s === 'fulfilled')).toHaveLength(1);
+          const final = await workItems.require(item.id);
+          expect(final.state).toBe(cancel.status === 'fulfilled' ? 'failed' : 'done');
+        }
+      });
+
+      it("requeue hands a host's items held by other workers back to pending, lease or not", async () => {
+        const { host, operation } = await hostAndOperation('host-1');
+        const other = await store.hosts.create({ name: 'host-2' });
+        const old1 = await workItems.create({ operationId: operation.id, hostId: host.id, step: 'connect' });
+        const old2 = await workItems.create({ operationId: operation.id, hostId: host.id, step: 'publish' });
+        const mine = await workItems.create({ operationId: operation.id, hostId: host.id, step: 'unpublish' });
+        const elsewhere = await workItems.create({ operationId: operation.id, hostId: other.id, step: 'connect' });
+        const waiting = await workItems.create({ operationId: operation.id, hostId: host.id, step: 'disconnect' });
+        await workItems.claim(host.id, 'agent-old', HOUR, 2);
+        await workItems.claim(host.id, 'agent-new', HOUR);
+        await workItems.claim(other.id, 'agent-h2', HOUR);
+        const requeued = await workItems.requeue(host.id, 'agent-new');
+        expect(requeued.map((i) => i.id)).toEqual([old1.id, old2.id]);
+        expect(requeued.every((i) => i.state === 'pending' && i.leaseOwner === null && i.leaseExpiresAt === null && i.attempts === 1)).toBe(true);
+        expect((await workItems.require(mine.id)).leaseOwner).toBe('agent-new');
+        expect((await workItems.require(elsewhere.id)).leaseOwner).toBe('agent-h2');
+        expect((await workItems.require(waiting.id)).state).toBe('pending');
+        await rejection(workItems.complete(old1.id, 'agent-old', { state: 'done' }), 'CONFLICT');
+        expect(await workItems.requeue(host.id, 'agent-new')).toEqual([]);
+        const reclaimed = await workItems.claim(host.id, 'agent-new', HOUR, 10);
+        expect(reclaimed.map((i) => i.id)).toEqual([old1.id, old2.id, waiting.id]);
+        expect(reclaimed.map((i) => i.attempts)).toEqual([2, 2, 1]);
+      });
+
       it('work items roll back with their transaction', async () => {
         const { host, operation } = await hostAndOperation();
         await expect(

@@ -258,6 +258,49 @@ export function describeStoreConformance(name: string, open: () => Promise<Store
         await rejection(store.hosts.setConnector(host.id, { initiator: 'iqn.x' } as unknown as Connector), 'VALIDATION');
         expect((await store.hosts.require(host.id)).connector).toBeNull();
       });
+
+      it('a host has no agent until one registers; recordAgent replaces the previous one', async () => {
+        const host = await store.hosts.create({ name: 'node-a' });
+        expect(host.agent).toBeNull();
+        expect((await store.hosts.require(host.id)).agent).toBeNull();
+        const first = await store.hosts.recordAgent(host.id, { instance: 'node-a/1111', version: '0.1.0', transports: ['loop'], consumers: ['host'] });
+        expect(first.agent).toEqual({ instance: 'node-a/1111', version: '0.1.0', transports: ['loop'], consumers: ['host'], lastSeenAt: first.updatedAt });
+        expect(first.updatedAt > host.updatedAt).toBe(true);
+        expect((await store.hosts.findByName('node-a'))?.agent).toEqual(first.agent);
+        const second = await store.hosts.recordAgent(host.id, { instance: 'node-a/2222', version: '0.2.0', transports: ['iscsi', 'loop'], consumers: ['host'] });
+        expect(second.agent).toMatchObject({ instance: 'node-a/2222', version: '0.2.0', transports: ['iscsi', 'loop'] });
+        expect(second.agent!.lastSeenAt > first.agent!.lastSeenAt).toBe(true);
+        expect((await store.hosts.list())[0]?.agent).toEqual(second.agent);
+        await rejection(store.hosts.recordAgent('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b', { instance: 'x', version: '1', transports: ['loop'], consumers: ['host'] }), 'NOT_FOUND');
+        await rejection(store.hosts.recordAgent(host.id, { instance: '', version: '1', transports: ['loop'], consumers: ['host'] }), 'VALIDATION');
+        expect((await store.hosts.require(host.id)).agent).toEqual(second.agent);
+      });
+
+      it('touchAgent refreshes the registered agent only: a replaced one is fenced off', async () => {
+        const host = await store.hosts.create({ name: 'node-a' });
+        const none = await rejection(store.hosts.touchAgent(host.id, 'node-a/1111'), 'CONFLICT');
+        expect(none.details).toMatchObject({ actual: null });
+        const registered = await store.hosts.recordAgent(host.id, { instance: 'node-a/1111', version: '0.1.0', transports: ['loop'], consumers: ['host'] });
+        const touched = await store.hosts.touchAgent(host.id, 'node-a/1111');
+        expect(touched.agent).toMatchObject({ instance: 'node-a/1111', version: '0.1.0' });
+        expect(touched.agent!.lastSeenAt > registered.agent!.lastSeenAt).toBe(true);
+        await store.hosts.recordAgent(host.id, { instance: 'node-a/2222', version: '0.1.0', transports: ['loop'], consumers: ['host'] });
+        const fenced = await rejection(store.hosts.touchAgent(host.id, 'node-a/1111'), 'CONFLICT');
+        expect(fenced.message).toContain('another agent registered');
+        expect(fenced.details).toMatchObject({ instance: 'node-a/1111', actual: 'node-a/2222' });
+        expect((await store.hosts.require(host.id)).agent?.instance).toBe('node-a/2222');
+        await rejection(store.hosts.touchAgent('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b', 'node-a/2222'), 'NOT_FOUND');
+      });
+
+      it('concurrent registrations leave exactly one agent that may touch', async () => {
+        const host = await store.hosts.create({ name: 'node-a' });
+        const instances = ['a/1', 'a/2', 'a/3', 'a/4'];
+        await Promise.all(instances.map((instance) => store.hosts.recordAgent(host.id, { instance, version: '1', transports: [], consumers: [] })));
+        const winner = (await store.hosts.require(host.id)).agent?.instance;
+        const touched = await Promise.allSettled(instances.map((instance) => store.hosts.touchAgent(host.id, instance)));
+        expect(touched.filter((t) => t.status === 'fulfilled')).toHaveLength(1);
+        expect(touched[instances.indexOf(winner ?? '')]?.status).toBe('fulfilled');
+      });
     });
 
     describe('servers', () => {

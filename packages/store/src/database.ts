@@ -36,6 +36,13 @@ export interface HostsTable {
   id: string;
   name: string;
   connector: NullableJsonColumn;
+  /** The registered `berth agent` (migration 0004); all three NULL until one registers. */
+  agent_instance: string | null;
+  agent_version: string | null;
+  /** JSON arrays of names. */
+  agent_transports: NullableJsonColumn;
+  agent_consumers: NullableJsonColumn;
+  agent_seen_at: string | null;
   created_at: string;
   updated_at: string;
 }

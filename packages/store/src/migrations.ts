@@ -169,6 +169,17 @@ export function createMigrations(dialect: StoreDialect): Record<string, Migratio
           .execute();
       },
     },
+    // Many hosts: the `berth agent` registered for each host (the newest one is the only one
+    // that may claim the host's work items).
+    '0004-host-agents': {
+      async up(db: Kysely<unknown>): Promise<void> {
+        await db.schema.alterTable('hosts').addColumn('agent_instance', 'text').execute();
+        await db.schema.alterTable('hosts').addColumn('agent_version', 'text').execute();
+        await db.schema.alterTable('hosts').addColumn('agent_transports', dialect.jsonType).execute();
+        await db.schema.alterTable('hosts').addColumn('agent_consumers', dialect.jsonType).execute();
+        await db.schema.alterTable('hosts').addColumn('agent_seen_at', 'text').execute();
+      },
+    },
   };
 }
 

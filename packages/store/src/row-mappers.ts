@@ -59,6 +59,16 @@ export function toHost(row: Selectable<HostsTable>, dialect: StoreDialect): Host
     id: row.id,
     name: row.name,
     connector: dialect.decodeJson(row.connector),
+    agent:
+      row.agent_instance === null
+        ? null
+        : {
+            instance: row.agent_instance,
+            version: row.agent_version,
+            transports: dialect.decodeJson(row.agent_transports),
+            consumers: dialect.decodeJson(row.agent_consumers),
+            lastSeenAt: row.agent_seen_at,
+          },
     createdAt: row.created_at,
     updatedAt: row.updated_at,
   });

@@ -75,6 +75,7 @@ describe('openSqliteStore', () => {
         { name: '0001-initial' },
         { name: '0002-leases-and-work-items' },
         { name: '0003-host-devices-and-locks' },
+        { name: '0004-host-agents' },
       ]);
     } finally {
       raw.close();

@@ -1,4 +1,4 @@
-import { redactConnectionInfo, zAttachment, type AttachmentConnection } from '@berth/core';
+import { redactConnectionInfo, zAttachment, type AttachmentConnection, type BerthService } from '@berth/core';
 import type { Principal } from '../auth.js';
 import { ANY_ROLE, scopeOf, seesSecrets } from '../access.js';
 import {
@@ -15,12 +15,21 @@ import {
 import type { RouteDeps } from '../route-deps.js';
 import { route, type AnyRoute } from '../route.js';
 
-/** An AttachmentConnection as `principal` may see it: a member gets connection_info without secrets. */
-function connectionBody(principal: Principal, result: AttachmentConnection): { attachment: AttachmentConnection['attachment']; connectionInfo: unknown } {
+/**
+ * An AttachmentConnection as `principal` may see it: connection_info keeps its secrets only for
+ * the agent of the attachment's host; everyone else gets it without them.
+ */
+async function connectionBody(
+  service: BerthService,
+  principal: Principal,
+  result: AttachmentConnection,
+): Promise<{ attachment: AttachmentConnection['attachment']; connectionInfo: unknown }> {
   const info = result.connectionInfo;
+  // Only a host-scoped agent could see them: look the host's name up for it alone.
+  const host = principal.host === undefined ? undefined : (await service.listHosts()).find((h) => h.id === result.attachment.hostId)?.name;
   return {
     attachment: result.attachment,
-    connectionInfo: info === undefined ? null : seesSecrets(principal) ? info : redactConnectionInfo(info),
+    connectionInfo: info === undefined ? null : seesSecrets(principal, host) ? info : redactConnectionInfo(info),
   };
 }
 
@@ -50,7 +59,7 @@ export function attachmentRoutes(deps: RouteDeps): AnyRoute[] {
       operationId: 'reserveAttachment',
       summary: 'Reserve a volume for a server (and initialize it when a connector is given)',
       description:
-        'Phase one of three: the volume is reserved for the server; with a connector the backend also exports it and the answer holds `connectionInfo` (its secrets only for admin and agent tokens).',
+        'Phase one of three: the volume is reserved for the server; with a connector the backend also exports it and the answer holds `connectionInfo` (its secrets only for the agent token of the attachment\'s host).',
       tag: 'attachments',
       access: ANY_ROLE,
       params: zNoParams,
@@ -60,7 +69,7 @@ export function attachmentRoutes(deps: RouteDeps): AnyRoute[] {
       responses: { 201: { description: 'Reserved', schema: zAttachmentConnection } },
       async handler({ principal, query, body }) {
         const result = await service.reserveAttachment({ ...body, ...scopeOf(principal, query.projectId, defaultProject) });
-        return { status: 201, body: connectionBody(principal, result), headers: { location: `/v1/attachments/${result.attachment.id}`, 'cache-control': 'no-store' } };
+        return { status: 201, body: await connectionBody(service, principal, result), headers: { location: `/v1/attachments/${result.attachment.id}`, 'cache-control': 'no-store' } };
       },
     }),
     route({
@@ -82,7 +91,7 @@ export function attachmentRoutes(deps: RouteDeps): AnyRoute[] {
       path: '/v1/attachments/{id}',
       operationId: 'initializeAttachment',
       summary: 'Initialize an attachment with the host\'s connector',
-      description: 'Phase two: the backend exports the volume to the connector; the answer holds `connectionInfo` (secrets only for admin and agent tokens).',
+      description: 'Phase two: the backend exports the volume to the connector; the answer holds `connectionInfo` (secrets only for the agent token of the attachment\'s host).',
       tag: 'attachments',
       access: ANY_ROLE,
       params: zIdParams,
@@ -91,7 +100,7 @@ export function attachmentRoutes(deps: RouteDeps): AnyRoute[] {
       responses: { 200: { description: 'Initialized', schema: zAttachmentConnection } },
       async handler({ principal, params, query, body }) {
         const result = await service.initializeAttachment(params.id, body.connector, scopeOf(principal, query.projectId, defaultProject));
-        return { status: 200, body: connectionBody(principal, result), headers: { 'cache-control': 'no-store' } };
+        return { status: 200, body: await connectionBody(service, principal, result), headers: { 'cache-control': 'no-store' } };
       },
     }),
     route({

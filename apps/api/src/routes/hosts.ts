@@ -1,7 +1,7 @@
-import { BerthError, zHost, type Host } from '@berth/core';
+import { BerthError, zHostView, type Host, type HostView } from '@berth/core';
 import type { Principal } from '../auth.js';
 import { ANY_ROLE, scopeOf } from '../access.js';
-import { zHostList, zHostParams, zNoParams, zScopeQuery } from '../http-schemas.js';
+import { zHostParams, zHostViewList, zNoParams, zScopeQuery } from '../http-schemas.js';
 import type { RouteDeps } from '../route-deps.js';
 import { route, type AnyRoute } from '../route.js';
 
@@ -18,6 +18,13 @@ async function visibleHosts(deps: RouteDeps, principal: Principal, projectId: st
   return hosts.filter((h) => used.has(h.id));
 }
 
+/** A host with its agent's state: online when heard from within `offlineAfterMs`. */
+export function hostView(host: Host, offlineAfterMs: number, now = Date.now()): HostView {
+  if (host.agent === null) return { ...host, agent: null };
+  const online = now - Date.parse(host.agent.lastSeenAt) <= offlineAfterMs;
+  return { ...host, agent: { ...host.agent, state: online ? 'online' : 'offline' } };
+}
+
 /** Hosts: the machines servers run on and whose agents connect volumes. */
 export function hostRoutes(deps: RouteDeps): AnyRoute[] {
   return [
@@ -31,9 +38,10 @@ export function hostRoutes(deps: RouteDeps): AnyRoute[] {
       access: ANY_ROLE,
       params: zNoParams,
       query: zScopeQuery,
-      responses: { 200: { description: 'The hosts', schema: zHostList } },
+      responses: { 200: { description: 'The hosts', schema: zHostViewList } },
       async handler({ principal, query }) {
-        return { status: 200, body: { hosts: await visibleHosts(deps, principal, query.projectId) } };
+        const hosts = await visibleHosts(deps, principal, query.projectId);
+        return { status: 200, body: { hosts: hosts.map((h) => hostView(h, deps.agent.offlineAfterMs)) } };
       },
     }),
     route({
@@ -45,11 +53,11 @@ export function hostRoutes(deps: RouteDeps): AnyRoute[] {
       access: ANY_ROLE,
       params: zHostParams,
       query: zScopeQuery,
-      responses: { 200: { description: 'The host', schema: zHost } },
+      responses: { 200: { description: 'The host', schema: zHostView } },
       async handler({ principal, params, query }) {
         const host = (await visibleHosts(deps, principal, query.projectId)).find((h) => h.id === params.host || h.name === params.host);
         if (host === undefined) throw new BerthError('NOT_FOUND', `no host ${JSON.stringify(params.host)}`, { hint: 'list them with GET /v1/hosts' });
-        return { status: 200, body: host };
+        return { status: 200, body: hostView(host, deps.agent.offlineAfterMs) };
       },
     }),
   ];

@@ -1,5 +1,5 @@
-import { zOperation, zVolume } from '@berth/core';
-import { ANY_ROLE, MANAGERS, OPERATORS, scopeOf } from '../access.js';
+import { BerthError, zOperation, zVolume } from '@berth/core';
+import { AGENTS, ANY_ROLE, MANAGERS, requireHostAgent, scopeOf } from '../access.js';
 import {
   zCreateVolumeBody,
   zCredentials,
@@ -105,14 +105,23 @@ export function volumeRoutes(deps: RouteDeps): AnyRoute[] {
       path: '/v1/volumes/{volume}/credentials',
       operationId: 'getVolumeCredentials',
       summary: 'The volume\'s access secrets from its backend (CHAP)',
-      description: 'Only admin and agent tokens: a member never sees a volume\'s secrets.',
+      description: 'Only the agent token of a host the volume is attached (or being attached) to: admins and members never see a volume\'s secrets.',
       tag: 'volumes',
-      access: OPERATORS,
+      access: AGENTS,
       params: zVolumeParams,
       query: zScopeQuery,
       responses: { 200: { description: 'The secrets', schema: zCredentials } },
       async handler({ principal, params, query }) {
-        const credentials = await service.volumeCredentials(params.volume, scopeOf(principal, query.projectId, defaultProject));
+        const hostName = requireHostAgent(principal);
+        const scope = scopeOf(principal, query.projectId, defaultProject);
+        const [attachments, hosts] = await Promise.all([service.listAttachments({ ...scope, volume: params.volume }), service.listHosts()]);
+        const hostId = hosts.find((h) => h.name === hostName)?.id;
+        if (hostId === undefined || !attachments.some((a) => a.hostId === hostId)) {
+          throw new BerthError('NOT_FOUND', `volume ${params.volume} has no attachment on host ${hostName}`, {
+            hint: 'an agent gets the secrets of the volumes attached to its own host only',
+          });
+        }
+        const credentials = await service.volumeCredentials(params.volume, scope);
         return { status: 200, body: { credentials }, headers: { 'cache-control': 'no-store' } };
       },
     }),

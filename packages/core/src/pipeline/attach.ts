@@ -1,6 +1,5 @@
 import { BerthError } from '../errors.js';
-import { redactConnectionInfo, withAccessMode, type Device } from '../connection.js';
-import { mergeConnector } from '../connector-properties.js';
+import { redactConnectionInfo, withAccessMode, zConnector, type Device } from '../connection.js';
 import { recomputeVolumeStatus, reservableStatuses } from '../transitions.js';
 import type { Attachment, Server } from '../model.js';
 import type { Store } from '../store.js';
@@ -49,29 +48,27 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
     {
       name: 'dispatch',
       async run(ctx) {
-        // The agent of the server's host runs the host-side steps. Embedded, that is this process:
-        // a server placed on another host needs that host's agent (a later issue), so say so now
-        // rather than connecting the volume on the wrong machine.
-        const host = await deps.localHost();
-        if (ctx.server.hostId !== host.id) {
-          const target = await store.hosts.get(ctx.server.hostId);
-          throw new BerthError('UNPROCESSABLE', `server ${ctx.server.name} is on host ${target?.name ?? ctx.server.hostId}, not on this host (${host.name})`, {
-            hint: `run the attach on ${target?.name ?? 'that host'}, or attach to a server on this host`,
-          });
-        }
-        ctx.host = host;
-        return { hostId: host.id, agent: 'in-process' };
+        // The host-side steps run where the server is: in this process for its own host, by the
+        // host's agent otherwise; a host nobody can run them on is refused before anything is touched.
+        const steps = await deps.hostSteps(ctx.server.hostId);
+        ctx.steps = steps;
+        ctx.host = steps.host;
+        return { hostId: steps.host.id, agent: steps.agent };
       },
     },
     {
       name: 'connector',
-      async run(ctx) {
-        const connector = await mergeConnector(deps.baseConnector(), catalog.transports(), {
-          multipath: options.multipath ?? config.connector.multipath,
-          enforce_multipath: config.connector.enforce_multipath,
-        }, deps.logger);
+      async run(ctx, signal) {
+        const steps = required(ctx.steps, 'host steps');
+        const wish = { multipath: options.multipath ?? config.connector.multipath, enforce_multipath: config.connector.enforce_multipath };
+        if (steps.kind === 'remote' && steps.host.connector) {
+          // The agent registered its host's connector: the wish applied to it, no round trip.
+          ctx.connector = zConnector.parse({ ...steps.host.connector, ...wish });
+          return { connector: ctx.connector, source: 'registration' };
+        }
+        const { connector } = await steps.run('connector', wish, { operationId: ctx.operationId, signal });
         ctx.connector = connector;
-        if (ctx.host) await store.hosts.setConnector(ctx.host.id, connector);
+        await store.hosts.setConnector(steps.host.id, connector);
         return { connector };
       },
     },
@@ -82,15 +79,22 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
         const exported = await ctx.backend.initializeConnection(backendVolume(ctx.volume), connector, signal);
         const connection = withAccessMode(exported, options.mode);
         ctx.connection = connection;
-        ctx.transport = catalog.selectTransport(connection, connector, options.transport ?? config.transports[connection.driver_volume_type]);
+        ctx.transport = catalog.selectTransport(connection, connector, options.transport ?? config.transports[connection.driver_volume_type]).name;
+        const agent = ctx.steps?.kind === 'remote' ? ctx.steps.host.agent : null;
+        if (agent && !agent.transports.includes(ctx.transport)) {
+          throw new BerthError('UNPROCESSABLE', `host ${ctx.steps?.host.name}'s agent has no transport ${ctx.transport} (it has ${agent.transports.join(', ') || 'none'})`, {
+            hint: `install the plugin with transport ${ctx.transport} on that host and restart its \`berth agent\`, or attach with --transport one of those`,
+            details: { hostId: ctx.server.hostId, transport: ctx.transport },
+          });
+        }
         const changed = await transitionAttachment(store, required(ctx.attachment, 'attachment').id, ['reserved'], 'attaching', {
           connector,
           connectionInfo: redactConnectionInfo(connection),
-          transport: ctx.transport.name,
+          transport: ctx.transport,
         });
         ctx.attachment = changed.attachment;
         ctx.volume = changed.volume;
-        return { driverVolumeType: connection.driver_volume_type, transport: ctx.transport.name };
+        return { driverVolumeType: connection.driver_volume_type, transport: ctx.transport };
       },
       async undo(ctx, signal) {
         // The export is the host's: other attachments of the volume on this host use it too.
@@ -108,6 +112,7 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
       name: 'connect',
       async run(ctx, signal) {
         const connected = await connectShared(deps, {
+          steps: required(ctx.steps, 'host steps'),
           attachment: required(ctx.attachment, 'attachment'),
           volume: ctx.volume,
           transport: required(ctx.transport, 'transport'),
@@ -129,9 +134,14 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
       },
       async undo(ctx, signal) {
         if (!ctx.transport || !ctx.connection) return;
+        const steps = required(ctx.steps, 'host steps');
+        // A connect the host's agent never picked up left nothing on the host.
+        if (!(await steps.ran(ctx.operationId, 'connect'))) return;
         const attachment = ctx.attachment ? await store.attachments.get(ctx.attachment.id) : undefined;
         // Another attachment of this volume on this host uses the device: only this claim goes.
         await releaseShared(deps, {
+          steps,
+          step: 'release',
           hostId: ctx.server.hostId,
           volume: ctx.volume,
           ...(attachment ? { attachment } : {}),
@@ -150,13 +160,32 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
       name: 'publish',
       async run(ctx, signal) {
         const attachment = required(ctx.attachment, 'attachment');
-        const path = await publishShared(deps, { consumer: ctx.consumer, server: ctx.server, attachment, volume: ctx.volume, device: required(ctx.device, 'device'), signal });
+        const path = await publishShared(deps, {
+          steps: required(ctx.steps, 'host steps'),
+          consumer: ctx.consumer,
+          server: ctx.server,
+          attachment,
+          volume: ctx.volume,
+          device: required(ctx.device, 'device'),
+          signal,
+          operationId: ctx.operationId,
+        });
         ctx.publishedPath = path;
         ctx.attachment = await store.attachments.update(attachment.id, { publishedPath: path });
         return { path };
       },
       async undo(ctx, signal) {
-        if (ctx.attachment) await unpublishShared(deps, { consumer: ctx.consumer, server: ctx.server, attachment: ctx.attachment, volume: ctx.volume, signal });
+        if (!ctx.attachment) return;
+        await unpublishShared(deps, {
+          steps: required(ctx.steps, 'host steps'),
+          consumer: ctx.consumer,
+          server: ctx.server,
+          attachment: ctx.attachment,
+          volume: ctx.volume,
+          signal,
+          operationId: ctx.operationId,
+          undo: true,
+        });
       },
     },
     {

@@ -1,5 +1,4 @@
 import type { ConnectionInfo, Connector, Device } from '../connection.js';
-import type { TransportDriver } from '../contracts/transport-driver.js';
 import type { VolumeBackend, BackendVolume } from '../contracts/volume-backend.js';
 import type { Consumer } from '../contracts/consumer.js';
 import type { Attachment, AttachmentStatus, Host, Server, Volume } from '../model.js';
@@ -8,6 +7,7 @@ import { recomputeVolumeStatus } from '../transitions.js';
 import type { DriverCatalog } from '../catalog.js';
 import type { BerthConfig } from '../config.js';
 import type { Logger } from '../logger.js';
+import type { HostSteps } from '../host-steps/host-step-executor.js';
 
 /** What the pipelines need from the rest of berth. */
 export interface PipelineDeps {
@@ -23,6 +23,13 @@ export interface PipelineDeps {
   owner: string;
   /** This machine's host name (whose processes' liveness this process can check). */
   hostname: string;
+  /** Who runs the host steps of `hostId` (this process, or that host's agent); UNPROCESSABLE when nobody can. */
+  hostSteps(hostId: string): Promise<HostSteps>;
+  /**
+   * As one of several replicas: device leases last `ttlMs` and are renewed every `renewEveryMs`
+   * (so a replica on another machine taking over waits seconds, not the operation's deadline).
+   */
+  replicaLeases?: { ttlMs: number; renewEveryMs: number };
 }
 
 /** State shared by the steps of one attach or detach (in memory; the journal holds the safe part). */
@@ -33,11 +40,14 @@ export interface PipelineContext {
   consumer: Consumer;
   backend: VolumeBackend;
   host?: Host;
+  /** Who runs the host steps of the server's host (set by `dispatch`, or by recovery). */
+  steps?: HostSteps;
   attachment?: Attachment;
   connector?: Connector;
   /** The full connection_info, secrets included: never persisted or logged. */
   connection?: ConnectionInfo;
-  transport?: TransportDriver;
+  /** The transport that connects the volume on the host (its name; the host's executor runs it). */
+  transport?: string;
   device?: Device;
   publishedPath?: string;
   /** Go on through errors (detach --force). */

@@ -32,7 +32,7 @@ function tolerant(ctx: PipelineContext, step: string, fn: () => Promise<void>): 
  * identity that no longer matches) is rolled back.
  */
 export function detachSteps(deps: PipelineDeps): Array<Step<PipelineContext>> {
-  const { store, catalog } = deps;
+  const { store } = deps;
   let original: AttachmentStatus = 'attached';
   return [
     {
@@ -56,14 +56,10 @@ export function detachSteps(deps: PipelineDeps): Array<Step<PipelineContext>> {
     {
       name: 'dispatch',
       async run(ctx) {
-        const host = await deps.localHost();
-        if (ctx.server.hostId !== host.id) {
-          throw new BerthError('UNPROCESSABLE', `server ${ctx.server.name} is not on this host (${host.name})`, {
-            hint: 'run the detach on the host the server is on',
-          });
-        }
-        ctx.host = host;
-        return { hostId: host.id, agent: 'in-process' };
+        const steps = await deps.hostSteps(ctx.server.hostId);
+        ctx.steps = steps;
+        ctx.host = steps.host;
+        return { hostId: steps.host.id, agent: steps.agent };
       },
     },
     {
@@ -72,14 +68,18 @@ export function detachSteps(deps: PipelineDeps): Array<Step<PipelineContext>> {
         const attachment = required(ctx.attachment, 'attachment');
         let shared = false;
         await tolerant(ctx, 'unpublish', async () => {
-          shared = (await unpublishShared(deps, { consumer: ctx.consumer, server: ctx.server, attachment, volume: ctx.volume, signal })).stillShared;
+          const steps = required(ctx.steps, 'host steps');
+          const request = { steps, consumer: ctx.consumer, server: ctx.server, attachment, volume: ctx.volume, signal, operationId: ctx.operationId };
+          shared = (await unpublishShared(deps, request)).stillShared;
         });
         return { stillShared: shared };
       },
       async undo(ctx, signal) {
         const attachment = ctx.attachment;
         if (attachment?.device && attachment.publishedPath) {
-          await publishShared(deps, { consumer: ctx.consumer, server: ctx.server, attachment, volume: ctx.volume, device: attachment.device, signal });
+          const { consumer, server, volume, operationId } = ctx;
+          const steps = required(ctx.steps, 'host steps');
+          await publishShared(deps, { steps, consumer, server, attachment, volume, device: attachment.device, signal, operationId, undo: true });
         }
       },
     },
@@ -90,16 +90,17 @@ export function detachSteps(deps: PipelineDeps): Array<Step<PipelineContext>> {
       failurePassesNoReturn: (error) => error.details.untouched !== true,
       async run(ctx, signal) {
         const attachment = required(ctx.attachment, 'attachment');
-        if (!attachment.transport || !attachment.connectionInfo) return { skipped: 'never connected' };
-        const transport = catalog.transport(attachment.transport);
+        const { transport, connectionInfo } = attachment;
+        if (!transport || !connectionInfo) return { skipped: 'never connected' };
         let outcome: ReleaseOutcome | undefined;
         await tolerant(ctx, 'disconnect', async () => {
           outcome = await releaseShared(deps, {
+            steps: required(ctx.steps, 'host steps'),
             hostId: attachment.hostId,
             volume: ctx.volume,
             attachment,
             transport,
-            connection: attachment.connectionInfo!,
+            connection: connectionInfo,
             ...(attachment.device ? { device: attachment.device } : {}),
             force: ctx.force ?? false,
             signal,

@@ -1,8 +1,8 @@
 import { redactConnectionInfo, type ConnectionInfo, type Connector, type Device } from '../connection.js';
 import type { Consumer } from '../contracts/consumer.js';
-import type { TransportDriver } from '../contracts/transport-driver.js';
-import { isIdentityMismatch, sameDevice } from '../device-identity.js';
+import { sameDevice } from '../device-identity.js';
 import { BerthError } from '../errors.js';
+import type { HostSteps } from '../host-steps/host-step-executor.js';
 import { deviceLeaseKey, withLease } from '../lease.js';
 import type { Attachment, Server, Volume } from '../model.js';
 import type { Store } from '../store.js';
@@ -48,7 +48,9 @@ export function withDeviceLease<T>(deps: PipelineDeps, hostId: string, volume: V
     {
       owner: deps.owner,
       hostname: deps.hostname,
-      ttlMs: deps.config.operationTimeoutMs + deps.config.undoTimeoutMs,
+      ...(deps.replicaLeases
+        ? { ttlMs: deps.replicaLeases.ttlMs, renewEveryMs: deps.replicaLeases.renewEveryMs }
+        : { ttlMs: deps.config.operationTimeoutMs + deps.config.undoTimeoutMs }),
       signal,
       what: `volume ${volume.name} on this host`,
       logger: deps.logger,
@@ -59,9 +61,12 @@ export function withDeviceLease<T>(deps: PipelineDeps, hostId: string, volume: V
 
 /** What `connectShared` connects. */
 export interface ConnectRequest {
+  /** Who runs the transport's connect on the attachment's host. */
+  steps: HostSteps;
   attachment: Attachment;
   volume: Volume;
-  transport: TransportDriver;
+  /** The transport's name. */
+  transport: string;
   connection: ConnectionInfo;
   connector?: Connector;
   operationId?: string;
@@ -72,7 +77,8 @@ export interface ConnectRequest {
 
 /**
  * Connect `attachment`'s volume on its host, sharing the device other attachments of the volume
- * there already use: under the lease, the transport's `connect` (idempotent: an already connected
+ * there already use: under the lease, the transport's `connect` run by the host's executor
+ * (`connect` host step; idempotent: an already connected
  * volume gives back its device), then the device is recorded on the attachment and in berth's
  * ledger in one transaction. A read-only attachment never shares a read-write device, nor the
  * other way round, and two transports never share one volume on one host: both are refused
@@ -94,18 +100,17 @@ export async function connectShared(deps: PipelineDeps, request: ConnectRequest)
         },
       );
     }
-    if (other?.transport && other.transport !== transport.name) {
-      throw new BerthError('CONFLICT', `volume ${volume.name} is connected on this host by transport ${other.transport}, not ${transport.name}`, {
+    if (other?.transport && other.transport !== transport) {
+      throw new BerthError('CONFLICT', `volume ${volume.name} is connected on this host by transport ${other.transport}, not ${transport}`, {
         hint: `attach it the same way as attachment ${other.id} (same --multipath setting), or detach that one first`,
         details: { reason: 'transport-mismatch', volumeId: volume.id, attachmentId: other.id, untouched: true },
       });
     }
-    const device = await transport.connect(connection, {
-      signal: request.signal,
-      ...(request.operationId ? { operationId: request.operationId } : {}),
-      volumeId: volume.id,
-      ...(request.connector ? { connector: request.connector } : {}),
-    });
+    const { device } = await request.steps.run(
+      'connect',
+      { transport, connection, volumeId: volume.id, ...(request.connector ? { connector: request.connector } : {}) },
+      { ...(request.operationId === undefined ? {} : { operationId: request.operationId }), signal: request.signal },
+    );
     request.onDevice?.(device);
     if (other?.device && !sameDevice(other.device, device)) {
       // The device the others recorded is gone (removed behind berth's back) and this is a new
@@ -116,7 +121,7 @@ export async function connectShared(deps: PipelineDeps, request: ConnectRequest)
       await tx.devices.put({
         hostId: attachment.hostId,
         volumeId: volume.id,
-        transport: transport.name,
+        transport,
         connectionInfo: redactConnectionInfo(connection),
         device,
         operationId: request.operationId ?? null,
@@ -129,11 +134,16 @@ export async function connectShared(deps: PipelineDeps, request: ConnectRequest)
 
 /** What `releaseShared` releases. */
 export interface ReleaseRequest {
+  /** Who runs the transport's disconnect on the host. */
+  steps: HostSteps;
+  /** `release` (an attach's connect undone) or `disconnect` (a detach, reconcile); default `disconnect`. */
+  step?: 'release' | 'disconnect';
   hostId: string;
   volume: Volume;
   /** The attachment letting go (undefined for a device no attachment references). */
   attachment?: Attachment;
-  transport: TransportDriver;
+  /** The transport's name. */
+  transport: string;
   connection: ConnectionInfo;
   /** The device as recorded (undefined when a connect was cut short before it was). */
   device?: Device;
@@ -160,7 +170,7 @@ export interface ReleaseOutcome {
  * now names another device (the kernel reused the name) is left alone and counts as gone.
  */
 export async function releaseShared(deps: PipelineDeps, request: ReleaseRequest): Promise<ReleaseOutcome> {
-  const { store, logger } = deps;
+  const { store } = deps;
   const { hostId, volume, attachment } = request;
   return withDeviceLease(deps, hostId, volume, request.signal, async () => {
     const sharers = await deviceSharers(store, hostId, volume.id, attachment?.id);
@@ -171,20 +181,11 @@ export async function releaseShared(deps: PipelineDeps, request: ReleaseRequest)
     const record = await store.devices.get(hostId, volume.id);
     const device = record?.device ?? request.device;
     const inUse = await devicesInUse(store, hostId, volume.id);
-    let identityMismatch = false;
-    try {
-      await request.transport.disconnect(request.connection, device, {
-        force: request.force,
-        signal: request.signal,
-        ...(request.operationId ? { operationId: request.operationId } : {}),
-        volumeId: volume.id,
-        inUse,
-      });
-    } catch (error) {
-      if (!isIdentityMismatch(error)) throw error;
-      identityMismatch = true;
-      logger.warn({ volumeId: volume.id, device: device?.path }, 'not disconnecting: the device path now names another device');
-    }
+    const { identityMismatch } = await request.steps.run(
+      request.step ?? 'disconnect',
+      { transport: request.transport, connection: request.connection, ...(device ? { device } : {}), force: request.force, inUse, volumeId: volume.id },
+      { ...(request.operationId === undefined ? {} : { operationId: request.operationId }), signal: request.signal, ...(request.step === 'release' ? { undo: true } : {}) },
+    );
     await store.transaction(async (tx) => {
       await tx.devices.delete(hostId, volume.id);
       if (attachment && (await tx.attachments.get(attachment.id))) await tx.attachments.update(attachment.id, { device: null });
@@ -195,11 +196,16 @@ export async function releaseShared(deps: PipelineDeps, request: ReleaseRequest)
 
 /** What `unpublishShared` takes down. */
 export interface UnpublishRequest {
+  /** Who runs the consumer's unpublish on the host. */
+  steps: HostSteps;
   consumer: Consumer;
   server: Server;
   attachment: Attachment;
   volume: Volume;
   signal: AbortSignal;
+  operationId?: string;
+  /** Called from an undo (its deadline is `undoTimeoutMs`). */
+  undo?: boolean;
 }
 
 /**
@@ -212,7 +218,7 @@ export async function unpublishShared(deps: PipelineDeps, request: UnpublishRequ
   return withDeviceLease(deps, attachment.hostId, request.volume, request.signal, async () => {
     const others = await deviceSharers(deps.store, attachment.hostId, attachment.volumeId, attachment.id);
     const stillShared = others.some((a) => a.status === 'attached' || a.status === 'attaching');
-    await request.consumer.unpublish(request.server, attachment, { stillShared });
+    await request.steps.run('unpublish', { consumer: consumerName(deps, request.consumer), server: request.server, attachment, stillShared }, { ...(request.operationId === undefined ? {} : { operationId: request.operationId }), signal: request.signal, ...(request.undo ? { undo: true } : {}) });
     return { stillShared };
   });
 }
@@ -220,12 +226,39 @@ export async function unpublishShared(deps: PipelineDeps, request: UnpublishRequ
 /** Publish one attachment's device, under the lease (see `unpublishShared`). */
 export async function publishShared(
   deps: PipelineDeps,
-  request: { consumer: Consumer; server: Server; attachment: Attachment; volume: Volume; device: Device; signal: AbortSignal },
+  request: PublishRequest,
 ): Promise<string> {
   return withDeviceLease(deps, request.attachment.hostId, request.volume, request.signal, async () => {
-    const publication = await request.consumer.publish(request.server, request.device, request.attachment);
+    const publication = await request.steps.run(
+      'publish',
+      { consumer: consumerName(deps, request.consumer), server: request.server, attachment: request.attachment, device: request.device },
+      { ...(request.operationId === undefined ? {} : { operationId: request.operationId }), signal: request.signal, ...(request.undo ? { undo: true } : {}) },
+    );
     return publication.path;
   });
+}
+
+/** What `publishShared` publishes. */
+export interface PublishRequest {
+  /** Who runs the consumer's publish on the host. */
+  steps: HostSteps;
+  consumer: Consumer;
+  server: Server;
+  attachment: Attachment;
+  volume: Volume;
+  device: Device;
+  signal: AbortSignal;
+  operationId?: string;
+  /** Called from an undo (its deadline is `undoTimeoutMs`). */
+  undo?: boolean;
+}
+
+/**
+ * The name the host's executor looks `consumer` up by: the configured consumer's name when it is
+ * that one (a consumer's own `name` need not be the name it is registered under).
+ */
+function consumerName(deps: PipelineDeps, consumer: Consumer): string {
+  return deps.catalog.consumerNames().includes(deps.config.consumer) && deps.catalog.consumer(deps.config.consumer) === consumer ? deps.config.consumer : consumer.name;
 }
 
 /** Whether two connectors are the same host (same initiator when both name one, else same host name). */

@@ -157,4 +157,32 @@ describe('OperationRunner and a deadline that passes while a driver runs a comma
     expect(!outcome.ok && outcome.rolledBack).toBe(true);
     expect(log).toEqual(['do reserve', 'undo connect', 'undo reserve']);
   });
+
+  it('a run another replica took over (fenced) stops where it is: no undo, no journal row of its own after it', async () => {
+    const journal: Journal = { rows: [] };
+    const log: string[] = [];
+    const fence = new AbortController();
+    const list = steps(log);
+    // The takeover lands while `connect` runs: the step is cut short by the signal.
+    list[1] = {
+      ...list[1]!,
+      async run(_ctx, signal) {
+        log.push('do connect');
+        fence.abort(new BerthError('CONFLICT', 'taken over by another replica'));
+        signal.throwIfAborted();
+      },
+    };
+    const signal = AbortSignal.any([AbortSignal.timeout(5_000), fence.signal]);
+    const outcome = await new OperationRunner(journalStore(journal)).run(list, {}, { operationId: 'op', signal, undoTimeoutMs: 1_000, logger: silentLogger, fenced: fence.signal });
+    expect(outcome.ok).toBe(false);
+    if (outcome.ok) return;
+    expect(outcome).toMatchObject({ fenced: true, rolledBack: false, undoErrors: [] });
+    expect(outcome.error.code).toBe('CONFLICT');
+    expect(log).toEqual(['do reserve', 'do connect']);
+    // The cut-short step's row stays `running` for the new owner to undo.
+    expect(journal.rows).toEqual([
+      { name: 'reserve', phase: 'do', state: 'done' },
+      { name: 'connect', phase: 'do', state: 'running' },
+    ]);
+  });
 });

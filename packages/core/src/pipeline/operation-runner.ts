@@ -25,6 +25,8 @@ export type RunOutcome =
       /** Journal writes that failed (the undos ran anyway; recovery repeats what the journal misses). */
       journalErrors: BerthError[];
       timings: Record<string, number>;
+      /** Another replica took the operation over (`fenced` fired): nothing was undone, nothing more written. */
+      fenced?: boolean;
     };
 
 /** Options of one run. */
@@ -39,6 +41,11 @@ export interface RunOptions {
   faults?: FaultInjector;
   /** Prefix of this pipeline's fault points (`attach`, `detach`). */
   pipeline?: string;
+  /**
+   * Fires when another replica took the operation over (its lease passed): the run stops where it
+   * is, writes nothing more and undoes nothing — the new owner undoes or resumes from the journal.
+   */
+  fenced?: AbortSignal;
 }
 
 /** A safe summary of an error for the journal (no stack, no cause). */
@@ -79,6 +86,10 @@ export class OperationRunner {
     const journal = <T>(what: string, fn: () => Promise<T>): Promise<T> => withStoreRetry(fn, { what, signal, logger });
 
     const fail = async (error: BerthError, toUndo: Array<Step<C>>, forward: boolean): Promise<RunOutcome> => {
+      if (options.fenced?.aborted) {
+        logger.warn({ operationId, code: error.code, err: error.message }, 'another replica took the operation over; leaving it to it');
+        return { ok: false, error: toBerthError(options.fenced.reason), rolledBack: false, forward: false, undoErrors: [], journalErrors, timings, fenced: true };
+      }
       if (forward) return { ok: false, error, rolledBack: false, forward: true, undoErrors: [], journalErrors, timings };
       const undoErrors = await this.undo(toUndo.reverse(), context, options, journalErrors);
       return { ok: false, error, rolledBack: undoErrors.length === 0, forward: false, undoErrors, journalErrors, timings };
@@ -86,6 +97,7 @@ export class OperationRunner {
 
     for (const step of steps) {
       const started = performance.now();
+      if (options.fenced?.aborted) return fail(toBerthError(options.fenced.reason), [], false);
       let seq: number;
       try {
         seq = await journal(`journal ${step.name}`, () => this.store.operations.startStep(operationId, step.name, 'do'));
@@ -112,6 +124,8 @@ export class OperationRunner {
         const cutShort = signal.aborted && (!BerthError.is(raw) || raw.code === 'CANCELLED');
         const error = toBerthError(cutShort ? signal.reason : raw);
         timings[step.name] = round(performance.now() - started);
+        // Taken over: the journal is the new owner's now.
+        if (options.fenced?.aborted) return fail(error, [], false);
         await journal(`journal ${step.name}`, () => this.store.operations.endStep(operationId, seq, { state: 'failed', error: summarize(error) })).catch(
           (journalError: unknown) => journalErrors.push(toBerthError(journalError)),
         );

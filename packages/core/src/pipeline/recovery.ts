@@ -39,6 +39,20 @@ export async function findReservation(store: Store, op: Operation): Promise<Atta
   return candidates.length === 1 ? candidates[0] : undefined;
 }
 
+/**
+ * Cancel the operation's host steps still waiting for, or held by, an agent: the process that
+ * waited for them is gone, and a returning agent must not act on them while they are undone or
+ * resumed. A cancelled item that was claimed counts as run (`ran`), so its undo still happens.
+ */
+async function cancelWorkItems(deps: RecoveryDeps, op: Operation): Promise<void> {
+  const workItems = deps.store.workItems;
+  if (!workItems) return;
+  const open = await workItems.list({ operationId: op.id, state: ['pending', 'claimed'] });
+  for (const item of open) {
+    await workItems.cancel(item.id, { code: 'CANCELLED', message: `the process running this ${op.kind} stopped; recovery took it over` }).catch(() => undefined);
+  }
+}
+
 const INTERRUPTED = (op: Operation): BerthError =>
   new BerthError('CANCELLED', `the process running this ${op.kind} (${op.owner ?? 'unknown'}) stopped before it finished`, {
     hint: 'recovery put everything back as it was; run the command again',
@@ -84,8 +98,14 @@ export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger
   if (attachment && op.attachmentId === null) await deps.store.operations.setAttachment(op.id, attachment.id);
   const connector = (attachment?.connector ?? (journalData(op, 'connector')?.connector as Connector | undefined)) ?? undefined;
   const transportName = attachment?.transport ?? (journalData(op, 'initialize')?.transport as string | undefined);
+  // Past `dispatch` the host steps to undo or resume run where the server is (this process, or
+  // the host's agent); a host nobody can run them on fails the recovery with that reason.
+  const dispatched = op.steps.some((s) => s.phase === 'do' && s.name === 'dispatch');
+  const hostSteps = dispatched ? await deps.hostSteps(server.hostId) : undefined;
+  await cancelWorkItems(deps, op);
   const ctx: PipelineContext = {
     operationId: op.id,
+    ...(hostSteps ? { steps: hostSteps, host: hostSteps.host } : {}),
     volume,
     server,
     consumer: deps.consumer(),
@@ -95,7 +115,7 @@ export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger
     ...(connector ? { connector } : {}),
     // Secrets were never stored: the redacted connection_info is enough to disconnect.
     ...(attachment?.connectionInfo ? { connection: attachment.connectionInfo } : {}),
-    ...(transportName ? { transport: deps.catalog.transport(transportName) } : {}),
+    ...(transportName ? { transport: transportName } : {}),
     ...(attachment?.device ? { device: attachment.device as Device } : {}),
   };
   const options = { operationId: op.id, signal: AbortSignal.timeout(deps.undoTimeoutMs), undoTimeoutMs: deps.undoTimeoutMs, logger, pipeline: op.kind };

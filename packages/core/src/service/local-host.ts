@@ -10,6 +10,21 @@ export function serverNameFor(hostname: string): string {
   return (cleaned || 'localhost').slice(0, 63);
 }
 
+/**
+ * Base connector properties of the host `identity` describes (host name, ip, platform, the
+ * configured multipath); no store needed, so `berth agent` builds its connector with it too.
+ */
+export function baseConnectorOf(identity: HostIdentity, config: Pick<BerthConfig, 'connector'>): Connector {
+  return {
+    host: identity.hostname,
+    ...(identity.ips[0] ? { ip: identity.ips[0] } : {}),
+    platform: identity.platform,
+    os_type: identity.osType,
+    multipath: config.connector.multipath,
+    enforce_multipath: config.connector.enforce_multipath,
+  };
+}
+
 /** Find a row, else create it; another process that created it between the two wins. */
 async function findOrCreate<T>(find: () => Promise<T | undefined>, create: () => Promise<T>): Promise<T> {
   const found = await find();
@@ -56,13 +71,6 @@ export class LocalHost {
 
   /** Base connector properties of this host (host name, ip, platform, the configured multipath). */
   baseConnector(): Connector {
-    return {
-      host: this.identity.hostname,
-      ...(this.identity.ips[0] ? { ip: this.identity.ips[0] } : {}),
-      platform: this.identity.platform,
-      os_type: this.identity.osType,
-      multipath: this.config.connector.multipath,
-      enforce_multipath: this.config.connector.enforce_multipath,
-    };
+    return baseConnectorOf(this.identity, this.config);
   }
 }

@@ -1,10 +1,13 @@
-import { parseWith, zConnector, zHost } from '@berth/core';
-import type { Connector, Host, HostRepository, NewHost } from '@berth/core';
+import { parseWith, zConnector, zHost, zHostAgent } from '@berth/core';
+import type { Connector, Host, HostRepository, NewHost, NewHostAgent } from '@berth/core';
+import { z } from 'zod';
 import { encodeNullableJson, violation } from '../repository-context.js';
 import type { RepositoryContext } from '../repository-context.js';
 import { toHost } from '../row-mappers.js';
 import { connectorWithoutSecrets } from '../secrets.js';
-import { alreadyExists, notFound } from '../store-errors.js';
+import { agentReplaced, alreadyExists, notFound } from '../store-errors.js';
+
+const zNewHostAgent = zHostAgent.omit({ lastSeenAt: true });
 
 /** Hosts over Kysely. */
 export function createHostRepository(ctx: RepositoryContext): HostRepository {
@@ -27,6 +30,7 @@ export function createHostRepository(ctx: RepositoryContext): HostRepository {
           id: input.id ?? ctx.newId(),
           name: input.name,
           connector: input.connector == null ? null : connectorWithoutSecrets(input.connector),
+          agent: null,
           createdAt: now,
           updatedAt: now,
         },
@@ -40,6 +44,11 @@ export function createHostRepository(ctx: RepositoryContext): HostRepository {
             id: host.id,
             name: host.name,
             connector: encodeNullableJson(ctx, host.connector),
+            agent_instance: null,
+            agent_version: null,
+            agent_transports: null,
+            agent_consumers: null,
+            agent_seen_at: null,
             created_at: host.createdAt,
             updated_at: host.updatedAt,
           })
@@ -80,6 +89,44 @@ export function createHostRepository(ctx: RepositoryContext): HostRepository {
         .executeTakeFirst();
       if (row === undefined) throw notFound('host', id);
       return toHost(row, ctx.dialect);
+    },
+
+    async recordAgent(id: string, agent: NewHostAgent): Promise<Host> {
+      const valid = parseWith(zNewHostAgent, agent, 'host agent');
+      const now = ctx.now();
+      const row = await ctx
+        .db()
+        .updateTable('hosts')
+        .set({
+          agent_instance: valid.instance,
+          agent_version: valid.version,
+          agent_transports: ctx.dialect.encodeJson(valid.transports),
+          agent_consumers: ctx.dialect.encodeJson(valid.consumers),
+          agent_seen_at: now,
+          updated_at: now,
+        })
+        .where('id', '=', id)
+        .returningAll()
+        .executeTakeFirst();
+      if (row === undefined) throw notFound('host', id);
+      return toHost(row, ctx.dialect);
+    },
+
+    async touchAgent(id: string, instance: string): Promise<Host> {
+      const worker = parseWith(z.string().min(1), instance, 'agent instance');
+      // A CAS on the instance: an agent replaced by a newer registration is refused here.
+      const row = await ctx
+        .db()
+        .updateTable('hosts')
+        .set({ agent_seen_at: ctx.now() })
+        .where('id', '=', id)
+        .where('agent_instance', '=', worker)
+        .returningAll()
+        .executeTakeFirst();
+      if (row !== undefined) return toHost(row, ctx.dialect);
+      const current = await get(id);
+      if (current === undefined) throw notFound('host', id);
+      throw agentReplaced(id, worker, current.agent?.instance ?? null);
     },
   };
 }

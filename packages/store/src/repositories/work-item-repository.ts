@@ -1,5 +1,6 @@
 import { BerthError, parseWith, zErrorSummary, zWorkItem, zWorkItemState } from '@berth/core';
 import type {
+  ErrorSummary,
   NewWorkItem,
   WorkItem,
   WorkItemFilter,
@@ -202,6 +203,43 @@ export function createWorkItemRepository(ctx: RepositoryContext): WorkItemReposi
         .set({ state: 'pending', lease_owner: null, lease_expires_at: null, updated_at: ctx.now() })
         .where('state', '=', 'claimed')
         .where('lease_expires_at', '<', now)
+        .where('id', 'in', (eb) => eb.selectFrom('picked').select('picked.id'))
+        .returningAll()
+        .execute();
+      return rows.map((row) => toWorkItem(row, ctx.dialect)).sort(byAge);
+    },
+
+    async cancel(id: string, error: ErrorSummary): Promise<WorkItem> {
+      const valid = parseWith(zErrorSummary, error, 'work item error');
+      // attempts stay: > 0 tells the caller an agent claimed it (the step may have run).
+      const row = await ctx
+        .db()
+        .updateTable('work_items')
+        .set({ state: 'failed', error: ctx.dialect.encodeJson(valid), lease_owner: null, lease_expires_at: null, updated_at: ctx.now() })
+        .where('id', '=', id)
+        .where('state', 'in', ['pending', 'claimed'])
+        .returningAll()
+        .executeTakeFirst();
+      if (row !== undefined) return toWorkItem(row, ctx.dialect);
+      const current = await get(id);
+      if (current === undefined) throw notFound('work item', id);
+      throw stateConflict('work item', id, id, current.state, ['pending', 'claimed']);
+    },
+
+    async requeue(hostId: string, exceptWorker: string): Promise<WorkItem[]> {
+      const keep = parseWith(z.string().min(1), exceptWorker, 'worker');
+      const rows = await withPicked(ctx, (db) =>
+        db
+          .selectFrom('work_items')
+          .select('id')
+          .where('host_id', '=', hostId)
+          .where('state', '=', 'claimed')
+          .where('lease_owner', '<>', keep),
+      )
+        .updateTable('work_items')
+        .set({ state: 'pending', lease_owner: null, lease_expires_at: null, updated_at: ctx.now() })
+        .where('state', '=', 'claimed')
+        .where('lease_owner', '<>', keep)
         .where('id', 'in', (eb) => eb.selectFrom('picked').select('picked.id'))
         .returningAll()
         .execute();

@@ -39,6 +39,12 @@ export class OperationLauncher {
   private readonly abandoned = new Set<string>();
   /** Operations whose steps started running (the ones `track` must not call rolled back). */
   private readonly executing = new Set<string>();
+  /** Per in-flight operation: fired when another replica took it over. */
+  private readonly fences = new Map<string, AbortController>();
+  /** As one of several replicas: the lease each new operation gets (renewed by the heartbeat). */
+  private replicaLeaseMs: number | undefined;
+  /** In-flight operations created with a lease (only those can be taken over, so fenced). */
+  private readonly leased = new Set<string>();
 
   constructor(private readonly parts: ServiceParts) {}
 
@@ -66,8 +72,13 @@ export class OperationLauncher {
       idempotencyKey: what.idempotencyKey ?? null,
       owner,
       deadlineAt: new Date(Date.now() + config.operationTimeoutMs).toISOString(),
+      ...(this.replicaLeaseMs === undefined ? {} : { leaseMs: this.replicaLeaseMs }),
     }), { what: `recording the ${what.kind}`, budgetMs: config.operationTimeoutMs, logger });
-    const deadline = createDeadline(config.operationTimeoutMs);
+    const fence = new AbortController();
+    this.fences.set(operation.id, fence);
+    if (this.replicaLeaseMs !== undefined) this.leased.add(operation.id);
+    // A takeover stops the run as its deadline would (the signal every step and wait follows).
+    const deadline = createDeadline(config.operationTimeoutMs, fence.signal);
     const done = this.track(
       operation.id,
       this.parts.volumeLocks.withLock(what.volume.id, () => this.execute(operation.id, what.kind, deadline, () => prepare(operation.id, deadline.signal)), deadline.signal),
@@ -86,6 +97,32 @@ export class OperationLauncher {
       backend: catalog.backend(volume.backend),
       forcedErrors: [],
     };
+  }
+
+  /** Give every operation launched from now on a lease of `leaseMs` (`berth serve` with other replicas). */
+  useReplicaLeases(leaseMs: number): void {
+    this.replicaLeaseMs = leaseMs;
+  }
+
+  /** Operations this process is running now that hold a lease (launched once replica leases were on). */
+  leasedInflightIds(): string[] {
+    return [...this.inflight.keys()].filter((id) => this.leased.has(id));
+  }
+
+  /**
+   * Another replica took `operationId` over (its lease passed while this process could not renew
+   * it): stop running it at once, write nothing more, undo nothing — the new owner does.
+   */
+  fence(operationId: string): void {
+    const fence = this.fences.get(operationId);
+    if (!fence || fence.signal.aborted) return;
+    this.parts.logger.warn({ operationId }, 'another replica took this operation over; stopping it here');
+    fence.abort(
+      new BerthError('CONFLICT', `operation ${operationId} was taken over by another replica (this one could not renew its lease in time)`, {
+        hint: `follow it with \`berth operation show ${operationId}\`: the replica that took it over finishes or rolls it back`,
+        details: { operationId, takenOver: true },
+      }),
+    );
   }
 
   /** Whether recovery may take an operation this process owns: it gave it up and it no longer runs. */
@@ -131,9 +168,11 @@ export class OperationLauncher {
       throw error;
     }
     try {
+      const fenced = this.fences.get(operationId)?.signal;
       const outcome = await this.parts.runner.run(steps, ctx, {
         operationId,
         signal: deadline.signal,
+        ...(fenced ? { fenced } : {}),
         undoTimeoutMs: config.undoTimeoutMs,
         logger: log,
         faults: this.parts.faults,
@@ -168,6 +207,11 @@ export class OperationLauncher {
           ...(warnings.length > 0 ? { warnings } : {}),
         };
       }
+      if (outcome.fenced) {
+        // The new owner settles it; this process only tells its caller.
+        outcome.error.details.operationId = operationId;
+        throw outcome.error;
+      }
       if (outcome.forward) await markDetachFailed(this.parts.deps, ctx, outcome.error).catch(() => undefined);
       const error = failureOf(outcome, ctx, operationId);
       const state = outcome.rolledBack ? 'rolled_back' : 'failed';
@@ -193,7 +237,7 @@ export class OperationLauncher {
     const promise = running.catch(async (raw: unknown) => {
       const error = toBerthError(raw);
       error.details.operationId ??= operationId;
-      if (!this.executing.has(operationId)) {
+      if (!this.executing.has(operationId) && !this.fences.get(operationId)?.signal.aborted) {
         await withStoreRetry(() => this.parts.store.operations.finish(operationId, { state: 'rolled_back', error: summarize(error) }), {
           what: 'recording the cancellation',
           budgetMs: this.parts.config.undoTimeoutMs,
@@ -205,6 +249,8 @@ export class OperationLauncher {
     const untrack = (): void => {
       this.inflight.delete(operationId);
       this.executing.delete(operationId);
+      this.fences.delete(operationId);
+      this.leased.delete(operationId);
     };
     promise.then(untrack, untrack);
     return promise;

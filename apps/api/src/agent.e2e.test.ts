@@ -1,0 +1,205 @@
+// The agent protocol over real HTTP on a real PostgreSQL store: agents of hosts h-1 and h-2
+// register, long-poll for work, renew and report; a second store on the same database plays the
+// replica that enqueues host steps (what core's remote executor does) and notifies the host's
+// channel, so a waiting claim is woken by LISTEN/NOTIFY across connections, never by a timer.
+import { hostChannel, WORK_DONE_CHANNEL, type AgentSession, type ClaimedWork, type HostView, type Store, type WorkItem } from '@berth/core';
+import { openPostgresStore } from '@berth/store';
+import { startPostgresCluster, type PostgresCluster } from '@berth/store/testing';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { hostView } from './routes/hosts.js';
+import { bodyOf, createTestApi, TOKENS, type TestAnswer, type TestApi } from './test-support.js';
+
+let cluster: PostgresCluster | undefined;
+let t: TestApi | undefined;
+let replica: Store | undefined;
+
+const REGISTRATION = {
+  version: '0.1.0-test',
+  connector: { host: 'h-1', initiator: 'iqn.2004-10.com.example:h-1', multipath: false, platform: 'x86_64', os_type: 'linux' },
+  transports: ['loop'],
+  consumers: ['host'],
+};
+
+function api(): TestApi {
+  if (t === undefined) throw new Error('the test API did not start');
+  return t;
+}
+
+function store(): Store {
+  if (replica === undefined) throw new Error('the replica store did not open');
+  return replica;
+}
+
+beforeAll(async () => {
+  cluster = await startPostgresCluster();
+  const url = await cluster.createDatabase();
+  t = await createTestApi({ storeUrl: url, agent: { pollWaitMs: 20_000, offlineAfterMs: 45_000 } });
+  replica = await openPostgresStore({ url });
+}, 180_000);
+
+afterAll(async () => {
+  await replica?.close();
+  await t?.cleanup();
+  await cluster?.stop();
+}, 120_000);
+
+async function register(token: string, instance: string, host = 'h-1'): Promise<AgentSession> {
+  const answer = await api().request('POST', '/v1/agent/register', {
+    token,
+    json: { ...REGISTRATION, instance, connector: { ...REGISTRATION.connector, host, initiator: `iqn.2004-10.com.example:${host}` } },
+  });
+  expect(answer.status, answer.text).toBe(200);
+  return answer.body as AgentSession;
+}
+
+function claim(token: string, worker: string, query = 'wait=0s&limit=4'): Promise<TestAnswer> {
+  return api().request('GET', `/v1/agent/work?${query}`, { token, headers: { 'berth-agent-worker': worker } });
+}
+
+/** An operation of `hostId` with one pending work item of `step`, announced on the host's channel (as a replica does). */
+async function enqueue(hostId: string, step: string, payload: Record<string, unknown> = {}): Promise<WorkItem> {
+  return store().transaction(async (tx) => {
+    const operation = await tx.operations.create({ kind: 'attach', hostId, owner: 'replica-test', deadlineAt: new Date(Date.now() + 600_000).toISOString() });
+    const item = await tx.workItems!.create({ operationId: operation.id, hostId, step, payload });
+    await tx.notifications!.notify(hostChannel(hostId));
+    return item;
+  });
+}
+
+describe('the agent protocol over HTTP on PostgreSQL', () => {
+  it('only agent tokens that name a host reach the agent routes', async () => {
+    for (const token of [TOKENS.admin, TOKENS.memberA]) {
+      const answer = await api().request('POST', '/v1/agent/register', { token, json: { ...REGISTRATION, instance: 'x' } });
+      expect(answer.status).toBe(403);
+      expect((await claim(token, 'x')).status).toBe(403);
+    }
+    const unscoped = await api().request('POST', '/v1/agent/register', { token: TOKENS.agent, json: { ...REGISTRATION, instance: 'x' } });
+    expect(unscoped.status).toBe(403);
+    expect(bodyOf(unscoped).detail ?? bodyOf(unscoped).title).toEqual(expect.stringContaining('names no host'));
+    expect((await api().request('POST', '/v1/agent/register', { json: { ...REGISTRATION, instance: 'x' } })).status).toBe(401);
+  });
+
+  it('registers the host and its agent: the host list shows it online with its version', async () => {
+    const session = await register(TOKENS.agentH1, 'boot-1');
+    expect(session).toMatchObject({ hostName: 'h-1', worker: 'h-1/boot-1', leaseMs: 15_000, pollWaitMs: 25_000 });
+    const hosts = bodyOf(await api().request('GET', '/v1/hosts', { token: TOKENS.admin })).hosts as HostView[];
+    const h1 = hosts.find((h) => h.name === 'h-1');
+    expect(h1?.agent).toMatchObject({ instance: 'h-1/boot-1', version: '0.1.0-test', state: 'online', transports: ['loop'] });
+    expect(h1?.connector).toMatchObject({ initiator: 'iqn.2004-10.com.example:h-1' });
+    const one = await api().request('GET', '/v1/hosts/h-1', { token: TOKENS.admin });
+    expect((one.body as HostView).agent?.state).toBe('online');
+    // Not heard from for longer than offlineAfterMs: offline (the state is computed, never stored).
+    const stored = await store().hosts.findByName('h-1');
+    const later = Date.parse(stored!.agent!.lastSeenAt) + 45_001;
+    expect(hostView(stored!, 45_000, later).agent?.state).toBe('offline');
+    expect(hostView(stored!, 45_000, later - 1).agent?.state).toBe('online');
+  });
+
+  it('a waiting claim is woken by new work for its host, not by work for another host', async () => {
+    const h1 = await register(TOKENS.agentH1, 'boot-2');
+    const h2 = await register(TOKENS.agentH2, 'boot-1', 'h-2');
+    expect(bodyOf(await claim(TOKENS.agentH1, h1.worker)).items).toEqual([]);
+
+    const waiting = claim(TOKENS.agentH1, h1.worker, 'wait=20s&limit=4');
+    // Work for h-2 first: h-1's claim must keep waiting; then h-1's own item wakes it.
+    const forH2 = await enqueue(h2.hostId, 'connector', { multipath: false, enforce_multipath: false });
+    const forH1 = await enqueue(h1.hostId, 'connector', { multipath: true, enforce_multipath: false });
+    const answer = await waiting;
+    expect(answer.status, answer.text).toBe(200);
+    const items = bodyOf(answer).items as ClaimedWork[];
+    expect(items.map((w) => w.item.id)).toEqual([forH1.id]);
+    expect(items[0]?.item).toMatchObject({ state: 'claimed', leaseOwner: h1.worker, attempts: 1, step: 'connector' });
+    expect(items[0]?.payload).toEqual({ multipath: true, enforce_multipath: false });
+    expect(answer.headers.get('cache-control')).toBe('no-store');
+
+    // h-2's item is h-2's alone: h-1's token gets 404 for it, exactly as for a missing one.
+    const foreign = await api().request('POST', `/v1/agent/work/${forH2.id}/renew`, { token: TOKENS.agentH1, headers: { 'berth-agent-worker': h1.worker } });
+    expect(foreign.status).toBe(404);
+    const foreignResult = await api().request('POST', `/v1/agent/work/${forH2.id}/result`, {
+      token: TOKENS.agentH1,
+      headers: { 'berth-agent-worker': h1.worker },
+      json: { state: 'done', result: { connector: { host: 'h-1' } } },
+    });
+    expect(foreignResult.status).toBe(404);
+    expect((await store().workItems!.require(forH2.id)).state).toBe('pending');
+    const h2Items = bodyOf(await claim(TOKENS.agentH2, h2.worker)).items as ClaimedWork[];
+    expect(h2Items.map((w) => w.item.id)).toEqual([forH2.id]);
+    // Each agent finishes its own (the next tests start from a host with nothing held).
+    for (const [token, session, id] of [[TOKENS.agentH1, h1, forH1.id], [TOKENS.agentH2, h2, forH2.id]] as const) {
+      const done = await api().request('POST', `/v1/agent/work/${id}/result`, {
+        token,
+        headers: { 'berth-agent-worker': session.worker },
+        json: { state: 'done', result: { connector: { host: session.hostName } } },
+      });
+      expect(done.status, done.text).toBe(200);
+    }
+  });
+
+  it('renew extends the lease; a result is recorded once, announced on work_done, and checked against the step', async () => {
+    const h1 = await register(TOKENS.agentH1, 'boot-3');
+    const item = await enqueue(h1.hostId, 'connector', { multipath: false, enforce_multipath: false });
+    const [claimed] = bodyOf(await claim(TOKENS.agentH1, h1.worker)).items as ClaimedWork[];
+    expect(claimed?.item.id).toBe(item.id);
+    const headers = { 'berth-agent-worker': h1.worker };
+
+    const renewed = await api().request('POST', `/v1/agent/work/${item.id}/renew`, { token: TOKENS.agentH1, headers });
+    expect(renewed.status, renewed.text).toBe(200);
+    expect(String(bodyOf(renewed).leaseExpiresAt) >= String(claimed?.item.leaseExpiresAt)).toBe(true);
+
+    // A result that is not the step's answers 400 and records nothing.
+    const bad = await api().request('POST', `/v1/agent/work/${item.id}/result`, { token: TOKENS.agentH1, headers, json: { state: 'done', result: { device: '/dev/x' } } });
+    expect(bad.status).toBe(400);
+    expect((await store().workItems!.require(item.id)).state).toBe('claimed');
+
+    let heard: () => void = () => undefined;
+    const announced = new Promise<void>((resolve) => {
+      heard = resolve;
+    });
+    const stop = await store().notifications!.listen(WORK_DONE_CHANNEL, (payload) => {
+      if (payload === item.id) heard();
+    });
+    try {
+      const connector = { host: 'h-1', initiator: 'iqn.2004-10.com.example:h-1', multipath: false, auth_password: 'never-stored' };
+      const result = await api().request('POST', `/v1/agent/work/${item.id}/result`, { token: TOKENS.agentH1, headers, json: { state: 'done', result: { connector } } });
+      expect(result.status, result.text).toBe(200);
+      await announced;
+    } finally {
+      await stop();
+    }
+    const stored = await store().workItems!.require(item.id);
+    expect(stored).toMatchObject({ state: 'done', leaseExpiresAt: null });
+    expect(JSON.stringify(stored.result)).not.toContain('never-stored');
+    const twice = await api().request('POST', `/v1/agent/work/${item.id}/result`, { token: TOKENS.agentH1, headers, json: { state: 'failed', error: { code: 'DRIVER_ERROR', message: 'x' } } });
+    expect(twice.status).toBe(409);
+  });
+
+  it('a new registration fences the old instance off and hands its items back to the new one', async () => {
+    const old = await register(TOKENS.agentH1, 'boot-4');
+    const item = await enqueue(old.hostId, 'host_facts');
+    const [held] = bodyOf(await claim(TOKENS.agentH1, old.worker)).items as ClaimedWork[];
+    expect(held?.item.id).toBe(item.id);
+
+    const fresh = await register(TOKENS.agentH1, 'boot-5');
+    expect(fresh.worker).not.toBe(old.worker);
+    const oldHeaders = { 'berth-agent-worker': old.worker };
+    expect((await claim(TOKENS.agentH1, old.worker)).status).toBe(409);
+    expect((await api().request('POST', `/v1/agent/work/${item.id}/renew`, { token: TOKENS.agentH1, headers: oldHeaders })).status).toBe(409);
+    const late = await api().request('POST', `/v1/agent/work/${item.id}/result`, { token: TOKENS.agentH1, headers: oldHeaders, json: { state: 'done', result: { listings: [] } } });
+    expect(late.status).toBe(409);
+
+    const [again] = bodyOf(await claim(TOKENS.agentH1, fresh.worker)).items as ClaimedWork[];
+    expect(again?.item).toMatchObject({ id: item.id, attempts: 2, leaseOwner: fresh.worker });
+    const report = await api().request('POST', `/v1/agent/work/${item.id}/result`, {
+      token: TOKENS.agentH1,
+      headers: { 'berth-agent-worker': fresh.worker },
+      json: { state: 'done', result: { listings: [] } },
+    });
+    expect(report.status, report.text).toBe(200);
+  });
+
+  it('a claim without the worker header is a 400; a claim ends at once when its wait is 0', async () => {
+    const answer = await api().request('GET', '/v1/agent/work?wait=0s', { token: TOKENS.agentH1 });
+    expect(answer.status).toBe(400);
+    expect(answer.text).toContain('Berth-Agent-Worker');
+  });
+});

@@ -1,0 +1,92 @@
+import { stat, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Flags, ux } from '@oclif/core';
+import { BerthError } from '@berth/core/errors';
+import { BaseCommand } from '../base-command.js';
+
+/** Read the agent token: a file only its owner may read (a token is a credential), never printed. */
+async function readTokenFile(file: string): Promise<string> {
+  let mode: number;
+  let text: string;
+  try {
+    mode = (await stat(file)).mode;
+    text = await readFile(file, 'utf8');
+  } catch (error) {
+    throw new BerthError('CONFIG', `cannot read the agent token file ${file}`, { cause: error, hint: 'check the path given with --token-file' });
+  }
+  if ((mode & 0o004) !== 0) {
+    throw new BerthError('CONFIG', `the agent token file ${file} is readable by every user`, {
+      hint: `make it readable by its owner only: chmod 600 ${file}`,
+    });
+  }
+  const token = text.trim();
+  if (token === '') throw new BerthError('CONFIG', `the agent token file ${file} is empty`, { hint: 'put the agent token for this host in it' });
+  return token;
+}
+
+/** `berth agent`: run this host's steps (connect, publish, ...) for the berth API until SIGTERM. */
+export default class Agent extends BaseCommand<typeof Agent> {
+  static override summary = "Run this host's part of attaches and detaches for a berth API";
+  static override description = [
+    'Register this host with the berth API (its connector, its transports and consumers) and run the',
+    'host steps of attaches and detaches to servers on it: connect, publish, unpublish, disconnect. It',
+    'holds no database credentials: it talks only to the API, with an agent token that names this host',
+    '(the config\'s api.tokens entry `{role: "agent", host: NAME}`), and it sees only its host\'s work.',
+    'Work arrives by long-poll; each item runs at most until its operation\'s deadline, with its lease',
+    'renewed meanwhile. SIGTERM or SIGINT stops claiming, lets running items finish, then exits 0.',
+  ].join('\n');
+  static override examples = [
+    '<%= config.bin %> <%= command.id %> --api https://controller:8776 --token-file /etc/berth/agent.token',
+    'BERTH_API_URL=http://10.0.0.1:8776 <%= config.bin %> <%= command.id %> --token-file ./agent.token --concurrency 8',
+  ];
+  static override enableJsonFlag = false;
+
+  static override flags = {
+    'token-file': Flags.string({ description: 'File holding this host\'s agent token (readable by its owner only)', required: true }),
+    concurrency: Flags.integer({ description: 'Work items run at once', default: 4, min: 1, max: 64 }),
+  };
+
+  async run(): Promise<void> {
+    const api = this.flags.api;
+    if (api === undefined || api === '') {
+      throw new BerthError('CONFIG', 'berth agent needs the URL of the berth API', {
+        hint: 'give it with --api https://controller:8776 or BERTH_API_URL',
+      });
+    }
+    if (this.flags.store !== undefined) {
+      throw new BerthError('CONFIG', 'berth agent does not open the store: it reaches the state only through the API', {
+        hint: 'drop --store; give the database URL to `berth serve` on the controllers',
+      });
+    }
+    const token = await readTokenFile(this.flags['token-file']);
+    const [runtime, { AgentClient }] = await Promise.all([import('@berth/runtime'), import('@berth/client')]);
+    const options = this.openBerthOptions();
+    const toStderr = this.flags.verbose || process.env['BERTH_LOG_LEVEL'] !== undefined;
+    const dataDir = options.dataDir ?? runtime.defaultDataDir();
+    const host = await runtime.openAgent({ ...options, ...(toStderr ? {} : { logFile: join(dataDir, 'logs', 'agent.log') }) });
+    const client = new AgentClient({ url: api, token });
+    const runner = new runtime.AgentRunner({
+      host,
+      api: client,
+      apiUrl: client.url,
+      version: this.config.version,
+      concurrency: this.flags.concurrency,
+      onState: (line) => ux.stderr(`berth agent: ${line}`),
+    });
+    const stop = (signal: NodeJS.Signals): void => {
+      ux.stderr(`berth agent: ${signal}: no new work; finishing the items running, then stopping`);
+      runner.stop();
+    };
+    process.once('SIGTERM', stop);
+    process.once('SIGINT', stop);
+    try {
+      await runner.run();
+      ux.stderr('berth agent: stopped');
+    } finally {
+      process.off('SIGTERM', stop);
+      process.off('SIGINT', stop);
+      client.close();
+      await host.close();
+    }
+  }
+}

@@ -1,0 +1,121 @@
+import http from 'node:http';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { ClaimedWork } from '@berth/core';
+import { AgentClient, AGENT_WORKER_HEADER } from './agent-client.js';
+import { codeOf, sendJson, testHttpServer } from './test-support.js';
+
+// The agent client against a real HTTP server on 127.0.0.1: the routes, the worker header, the
+// long-poll's wait, giving a long-poll up, and fencing answers becoming CONFLICT.
+
+let client: AgentClient | undefined;
+const listen = testHttpServer();
+const json = sendJson;
+
+afterEach(() => {
+  client?.close();
+  client = undefined;
+});
+
+interface Seen {
+  method: string;
+  url: string;
+  worker: string | undefined;
+  authorization: string | undefined;
+  body: unknown;
+}
+
+async function serve(answer: (seen: Seen, response: http.ServerResponse) => void): Promise<{ url: string; seen: Seen[] }> {
+  const seen: Seen[] = [];
+  const { url } = await listen((request, response) => {
+    const chunks: Buffer[] = [];
+    request.on('data', (chunk: Buffer) => chunks.push(chunk));
+    request.on('end', () => {
+      const text = Buffer.concat(chunks).toString('utf8');
+      const entry: Seen = {
+        method: request.method ?? '',
+        url: request.url ?? '',
+        worker: request.headers[AGENT_WORKER_HEADER.toLowerCase()] as string | undefined,
+        authorization: request.headers.authorization,
+        body: text === '' ? undefined : JSON.parse(text),
+      };
+      seen.push(entry);
+      answer(entry, response);
+    });
+  });
+  return { url, seen };
+}
+
+const ITEM_ID = '00000000-0000-4000-8000-000000000001';
+const CLAIMED: ClaimedWork = {
+  item: {
+    id: ITEM_ID,
+    operationId: '00000000-0000-4000-8000-000000000002',
+    hostId: '00000000-0000-4000-8000-000000000003',
+    step: 'connect',
+    state: 'claimed',
+    payload: {},
+    result: null,
+    error: null,
+    attempts: 1,
+    leaseOwner: 'w-1',
+    leaseExpiresAt: '2026-12-03T10:00:00.000Z',
+    createdAt: '2026-12-03T09:59:00.000Z',
+    updatedAt: '2026-12-03T09:59:00.000Z',
+  },
+  payload: { volumeId: 'v1' },
+};
+
+describe('AgentClient', () => {
+  it('registers, claims with the worker header and the wait, renews and reports', async () => {
+    const { url, seen } = await serve((request, response) => {
+      if (request.url === '/v1/agent/register') json(response, 200, { hostId: 'h-id', hostName: 'h1', worker: 'w-1', leaseMs: 15000, pollWaitMs: 25000 });
+      else if (request.url.startsWith('/v1/agent/work?')) json(response, 200, { items: [CLAIMED] });
+      else if (request.url.endsWith('/renew')) json(response, 200, { leaseExpiresAt: '2026-12-03T10:00:15.000Z' });
+      else json(response, 200, {});
+    });
+    client = new AgentClient({ url, token: 'agent-token' });
+    const registration = { instance: 'i-1', version: '0.1.0', connector: { host: 'h1' }, transports: ['loop'], consumers: ['host'] };
+    expect(await client.register(registration)).toEqual({ hostId: 'h-id', hostName: 'h1', worker: 'w-1', leaseMs: 15000, pollWaitMs: 25000 });
+    expect(await client.claim('w-1', { waitMs: 25000, limit: 3 })).toEqual([CLAIMED]);
+    expect(await client.renew('w-1', ITEM_ID)).toEqual({ leaseExpiresAt: '2026-12-03T10:00:15.000Z' });
+    await client.report('w-1', ITEM_ID, { state: 'done', result: { device: { path: '/dev/loop1', type: 'block' } } });
+
+    expect(seen.map((s) => `${s.method} ${s.url}`)).toEqual([
+      'POST /v1/agent/register',
+      'GET /v1/agent/work?wait=25000ms&limit=3',
+      `POST /v1/agent/work/${ITEM_ID}/renew`,
+      `POST /v1/agent/work/${ITEM_ID}/result`,
+    ]);
+    expect(seen.map((s) => s.worker)).toEqual([undefined, 'w-1', 'w-1', 'w-1']);
+    expect(seen.every((s) => s.authorization === 'Bearer agent-token')).toBe(true);
+    expect(seen[0]?.body).toEqual(registration);
+    expect(seen[3]?.body).toEqual({ state: 'done', result: { device: { path: '/dev/loop1', type: 'block' } } });
+  });
+
+  it('a fenced renew or report is CONFLICT; another host\'s item is NOT_FOUND', async () => {
+    const { url } = await serve((request, response) => {
+      const problem = (status: number, code: string) =>
+        json(response, status, { type: 'about:blank', title: code, status, code, detail: code, requestId: 'r' });
+      if (request.url.endsWith('/renew')) problem(409, 'CONFLICT');
+      else problem(404, 'NOT_FOUND');
+    });
+    client = new AgentClient({ url, token: 't' });
+    expect(await codeOf(client.renew('w-1', ITEM_ID))).toBe('CONFLICT');
+    expect(await codeOf(client.report('w-1', ITEM_ID, { state: 'failed', error: { code: 'TIMEOUT', message: 'late' } }))).toBe('NOT_FOUND');
+  });
+
+  it('a long-poll given up with its signal ends at once as CANCELLED', async () => {
+    const { url } = await serve(() => undefined);
+    client = new AgentClient({ url, token: 't' });
+    const stop = new AbortController();
+    const claim = client.claim('w-1', { waitMs: 60_000, limit: 1, signal: stop.signal });
+    stop.abort();
+    expect(await codeOf(claim)).toBe('CANCELLED');
+  });
+
+  it('an answer that is not a work list is INTERNAL naming the version hint', async () => {
+    const { url } = await serve((_request, response) => json(response, 200, { items: [{ nope: true }] }));
+    client = new AgentClient({ url, token: 't' });
+    expect(await codeOf(client.claim('w-1', { waitMs: 0, limit: 1 }))).toBe('INTERNAL');
+  });
+});

@@ -1,0 +1,157 @@
+import { z } from 'zod';
+import { zConnectionInfo, zConnector, zDevice } from './connection.js';
+import { zAttachment, zServer } from './model.js';
+import { zWorkItem } from './work-item.js';
+
+// The host steps a `berth agent` runs for the API replicas (the many-hosts flow): their names, what
+// each one is given (a work item's payload) and what it answers (the item's result). Payloads and
+// results are stored in work items, so they are secret-free; the one exception is the connection
+// of a `connect` item, into which the API merges the backend's credentials in the claim answer only.
+
+/** A host step: the part of an attach or detach that has to run on the server's host. */
+export const zHostStepName = z.enum(['connector', 'connect', 'release', 'publish', 'unpublish', 'disconnect', 'host_facts']);
+/** One of `zHostStepName`. */
+export type HostStepName = z.output<typeof zHostStepName>;
+
+/** When the step must have finished (ISO-8601): the agent's signal fires then. */
+const zDeadlineAt = z.iso.datetime({ offset: true });
+
+/** `connect`: connect the volume with `transport` and answer its device. */
+export const zConnectPayload = z.strictObject({
+  transport: z.string().min(1),
+  /** The connection (stored redacted; a claim answer carries the backend's credentials). */
+  connection: zConnectionInfo,
+  volumeId: z.string().min(1),
+  connector: zConnector.optional(),
+  deadlineAt: zDeadlineAt,
+});
+/** What `connect` answers. */
+export const zConnectResult = z.strictObject({ device: zDevice });
+
+/**
+ * `release` (an attach's connect undone) and `disconnect` (a detach): the transport's disconnect,
+ * identity-checked, never touching `inUse`. The store half (sharers, ledger) stays on the replica.
+ */
+export const zDisconnectPayload = z.strictObject({
+  transport: z.string().min(1),
+  connection: zConnectionInfo,
+  /** The device as recorded (absent when a connect was cut short before it was). */
+  device: zDevice.optional(),
+  force: z.boolean(),
+  /** Devices other attachments on the host use: never touched. */
+  inUse: z.array(zDevice),
+  volumeId: z.string().min(1),
+  deadlineAt: zDeadlineAt,
+});
+/** What `release` and `disconnect` answer: whether the path named another device (left alone). */
+export const zDisconnectResult = z.strictObject({ identityMismatch: z.boolean() });
+
+/** `publish`: make the device available to the server with `consumer`. */
+export const zPublishPayload = z.strictObject({
+  consumer: z.string().min(1),
+  server: zServer,
+  attachment: zAttachment,
+  device: zDevice,
+});
+/** What `publish` answers (the consumer's Publication). */
+export const zPublishResult = z.strictObject({
+  path: z.string().min(1),
+  guestDevice: z.string().optional(),
+  serial: z.string().optional(),
+});
+
+/** `unpublish`: undo `publish`; `stillShared` keeps the volume's own name for its other users. */
+export const zUnpublishPayload = z.strictObject({
+  consumer: z.string().min(1),
+  server: zServer,
+  attachment: zAttachment,
+  stillShared: z.boolean(),
+});
+/** What `unpublish` answers (nothing). */
+export const zUnpublishResult = z.strictObject({});
+
+/** `connector`: the host's connector with the multipath wish applied. */
+export const zConnectorPayload = z.strictObject({
+  multipath: z.boolean(),
+  enforce_multipath: z.boolean(),
+});
+/** What `connector` answers. */
+export const zConnectorResult = z.strictObject({ connector: zConnector });
+
+/** `host_facts`: list what every transport finds connected on the host (for reconcile). */
+export const zHostFactsPayload = z.strictObject({});
+/** One transport's devices on the host (reconcile's `TransportListing`). */
+export const zTransportListing = z.object({
+  transport: z.string().min(1),
+  protocol: z.string().min(1),
+  devices: z.array(z.object({ device: zDevice, source: z.record(z.string(), z.unknown()) })),
+});
+/** What `host_facts` answers. */
+export const zHostFactsResult = z.strictObject({ listings: z.array(zTransportListing) });
+
+/** Payload and result schema of each host step (parse at both ends: the agent and the replica). */
+export const HOST_STEP_SCHEMAS = {
+  connect: { payload: zConnectPayload, result: zConnectResult },
+  release: { payload: zDisconnectPayload, result: zDisconnectResult },
+  disconnect: { payload: zDisconnectPayload, result: zDisconnectResult },
+  publish: { payload: zPublishPayload, result: zPublishResult },
+  unpublish: { payload: zUnpublishPayload, result: zUnpublishResult },
+  connector: { payload: zConnectorPayload, result: zConnectorResult },
+  host_facts: { payload: zHostFactsPayload, result: zHostFactsResult },
+} as const satisfies Record<HostStepName, { payload: z.ZodType; result: z.ZodType }>;
+
+/** The payload a host step takes. */
+export type HostStepPayload<S extends HostStepName> = z.input<(typeof HOST_STEP_SCHEMAS)[S]['payload']>;
+/** The result a host step answers. */
+export type HostStepResult<S extends HostStepName> = z.output<(typeof HOST_STEP_SCHEMAS)[S]['result']>;
+
+/** What an agent tells the API when it starts: who it is and what its host can do. */
+export const zAgentRegistration = z.strictObject({
+  /** This agent process (a fresh id per start): the worker that claims the host's items. */
+  instance: z.string().min(1).max(200),
+  /** berth's version on the agent. */
+  version: z.string().min(1).max(100),
+  /** The host's base connector merged with its transports' properties (no multipath wish applied). */
+  connector: zConnector,
+  /** Transports loaded on the host (the replica picks one of these). */
+  transports: z.array(z.string().min(1)).max(100),
+  /** Consumers loaded on the host. */
+  consumers: z.array(z.string().min(1)).max(100),
+});
+/** An agent's registration. */
+export type AgentRegistration = z.output<typeof zAgentRegistration>;
+
+/** A work item as handed to the agent that claimed it; `payload` may carry secrets (claim answers only). */
+export const zClaimedWork = z.strictObject({
+  item: zWorkItem,
+  payload: z.record(z.string(), z.unknown()),
+});
+/** One claimed work item. */
+export type ClaimedWork = z.output<typeof zClaimedWork>;
+
+/** What `register` answers: the host row, this agent's worker name and its leases. */
+export interface AgentSession {
+  hostId: string;
+  hostName: string;
+  /** The worker name to claim, renew and report with. */
+  worker: string;
+  /** Lease of a claimed item; renew it well before (every `leaseMs / 3`). */
+  leaseMs: number;
+  /** How long one claim may wait for work before it answers `[]`. */
+  pollWaitMs: number;
+}
+
+/** How an agent finished an item. */
+export interface AgentOutcome {
+  state: 'done' | 'failed';
+  result?: Record<string, unknown>;
+  error?: { code: string; message: string; hint?: string };
+}
+
+/** The notification channel that wakes the agent of `hostId` (37 characters, a valid channel name). */
+export function hostChannel(hostId: string): string {
+  return `host_${hostId.replaceAll('-', '')}`;
+}
+
+/** The notification channel a finished work item is announced on (payload: the item's id). */
+export const WORK_DONE_CHANNEL = 'work_done';

@@ -1,0 +1,242 @@
+import 'reflect-metadata';
+import { randomUUID } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import { BerthServiceImpl } from '../berth-service.js';
+import { resolveConfig } from '../config.js';
+import type { Device } from '../connection.js';
+import { memCatalog } from '../test-support.js';
+import { runHostStep } from './run-host-step.js';
+import { hostChannel, WORK_DONE_CHANNEL } from '../agent-protocol.js';
+import { recordWithoutSecrets } from '../connection.js';
+import { BerthError } from '../errors.js';
+import { silentLogger } from '../logger.js';
+import { createMemoryStore } from '../memory-store.js';
+import type { Host } from '../model.js';
+import type { Store, StoreNotifications, WorkItemRepository } from '../store.js';
+import type { WorkItem } from '../work-item.js';
+import { remoteHostSteps } from './remote-host-steps.js';
+import { WorkItemWaiter } from './work-item-waiter.js';
+
+// The remote executor against a memory store with a small fake of the work-item repository and
+// the notifications (core cannot use @berth/store; the real ones pass the store conformance suite):
+// an agent here is the test itself claiming, completing or abandoning the items.
+
+/** Work items with the store contract's compare-and-swaps, in memory. */
+function fakeWorkItems(): WorkItemRepository {
+  const items = new Map<string, WorkItem>();
+  const now = (): string => new Date().toISOString();
+  const conflict = (item: WorkItem): BerthError => new BerthError('CONFLICT', `work item ${item.id} is ${item.state}`, { details: { actual: item.state } });
+  const need = (id: string): WorkItem => {
+    const item = items.get(id);
+    if (!item) throw new BerthError('NOT_FOUND', `no work item ${id}`);
+    return item;
+  };
+  const put = (item: WorkItem): WorkItem => (items.set(item.id, { ...item, updatedAt: now() }), { ...items.get(item.id)! });
+  const held = (id: string, worker: string): WorkItem => {
+    const item = need(id);
+    if (item.state !== 'claimed' || item.leaseOwner !== worker) throw conflict(item);
+    return item;
+  };
+  return {
+    create: async (n) => put({ id: n.id ?? randomUUID(), operationId: n.operationId, hostId: n.hostId, step: n.step, state: 'pending', payload: recordWithoutSecrets(n.payload ?? {}), result: null, error: null, attempts: 0, leaseOwner: null, leaseExpiresAt: null, createdAt: now(), updatedAt: now() }),
+    get: async (id) => (items.has(id) ? { ...need(id) } : undefined),
+    require: async (id) => ({ ...need(id) }),
+    list: async (f = {}) => [...items.values()].filter((i) => (!f.hostId || i.hostId === f.hostId) && (!f.operationId || i.operationId === f.operationId) && (!f.state || [f.state].flat().includes(i.state))),
+    claim: async (hostId, worker, leaseMs, limit = 1) =>
+      [...items.values()]
+        .filter((i) => i.hostId === hostId && i.state === 'pending')
+        .slice(0, limit)
+        .map((i) => put({ ...i, state: 'claimed', attempts: i.attempts + 1, leaseOwner: worker, leaseExpiresAt: new Date(Date.now() + leaseMs).toISOString() })),
+    renew: async (id, worker, leaseMs) => put({ ...held(id, worker), leaseExpiresAt: new Date(Date.now() + leaseMs).toISOString() }),
+    complete: async (id, worker, o) => put({ ...held(id, worker), state: o.state, result: o.result ?? null, error: o.error ?? null, leaseOwner: null, leaseExpiresAt: null }),
+    expire: async () =>
+      [...items.values()]
+        .filter((i) => i.state === 'claimed' && Date.parse(i.leaseExpiresAt ?? '') < Date.now())
+        .map((i) => put({ ...i, state: 'pending', leaseOwner: null, leaseExpiresAt: null })),
+    cancel: async (id, error) => {
+      const item = need(id);
+      if (item.state !== 'pending' && item.state !== 'claimed') throw conflict(item);
+      return put({ ...item, state: 'failed', error, leaseOwner: null, leaseExpiresAt: null });
+    },
+    requeue: async (hostId, except) =>
+      [...items.values()].filter((i) => i.hostId === hostId && i.state === 'claimed' && i.leaseOwner !== except).map((i) => put({ ...i, state: 'pending', leaseOwner: null, leaseExpiresAt: null })),
+  };
+}
+
+/** Notifications within this process, delivered after the call (as a commit would). */
+function fakeNotifications(): StoreNotifications {
+  const listeners = new Map<string, Set<(payload: string) => void>>();
+  return {
+    notify: async (channel, payload = '') => {
+      for (const l of listeners.get(channel) ?? []) queueMicrotask(() => l(payload));
+    },
+    listen: async (channel, listener) => {
+      const set = listeners.get(channel) ?? new Set();
+      listeners.set(channel, set.add(listener));
+      return async () => void set.delete(listener);
+    },
+  };
+}
+
+/** A memory store with the many-hosts members, a host h-3 with a registered agent, and one operation on it. */
+async function world(agentLeaseMs = 60_000) {
+  const base = createMemoryStore();
+  const workItems = fakeWorkItems();
+  const notifications = fakeNotifications();
+  const withAgents = (inner: Store): Store => Object.assign(Object.create(inner) as Store, { workItems, notifications });
+  const store: Store = Object.assign(withAgents(base), {
+    transaction: <T>(fn: (tx: Store) => Promise<T>) => base.transaction((tx) => fn(withAgents(tx))),
+  });
+  const created = await store.hosts.create({ name: 'h-3' });
+  const host = (await store.hosts.recordAgent(created.id, { instance: 'agent-1', version: '0.1.0', transports: ['loop'], consumers: ['host'] })) as Host & { agent: NonNullable<Host['agent']> };
+  const operation = await store.operations.create({ kind: 'attach', hostId: host.id, owner: 'test', deadlineAt: new Date(Date.now() + 60_000).toISOString() });
+  const waiter = new WorkItemWaiter({ workItems, notifications }, silentLogger, agentLeaseMs);
+  const steps = remoteHostSteps({ store, waiter, undoTimeoutMs: 60_000, offlineAfterMs: 45_000 }, host);
+  /** Resolves with the next item enqueued for h-3 (an agent's wake-up). */
+  const nextItem = async (): Promise<WorkItem> => {
+    const pending = await workItems.list({ hostId: host.id, state: 'pending' });
+    if (pending[0]) return pending[0];
+    return new Promise((resolve) => {
+      void notifications.listen(hostChannel(host.id), () => void workItems.list({ hostId: host.id, state: 'pending' }).then((p) => p[0] && resolve(p[0])));
+    });
+  };
+  /** An agent claims the next item of h-3 and reports `outcome`. */
+  const agent = async (worker: string, outcome?: Parameters<WorkItemRepository['complete']>[2], leaseMs = 15_000): Promise<WorkItem> => {
+    await nextItem();
+    const [claimed] = await workItems.claim(host.id, worker, leaseMs);
+    if (!claimed) throw new Error('nothing to claim');
+    if (outcome) {
+      await workItems.complete(claimed.id, worker, outcome);
+      await notifications.notify(WORK_DONE_CHANNEL, claimed.id);
+    }
+    return claimed;
+  };
+  return { store, workItems, notifications, host, operationId: operation.id, steps, agent, nextItem, close: () => waiter.close() };
+}
+
+const connection = { driver_volume_type: 'file', data: { device_path: '/srv/v.img', auth_password: 's3cret' } };
+const request = { transport: 'loop', connection, volumeId: randomUUID() };
+
+describe('remote host steps', () => {
+  it('enqueues the step for the host (no secrets stored), and answers the agent\'s result', async () => {
+    const w = await world();
+    const running = w.steps.run('connect', request, { operationId: w.operationId, signal: new AbortController().signal });
+    const claimed = await w.agent('agent-1', { state: 'done', result: { device: { path: '/dev/loop7', type: 'block' } } });
+    expect(await running).toEqual({ device: { path: '/dev/loop7', type: 'block' } });
+    expect(claimed.payload).toMatchObject({ transport: 'loop', volumeId: request.volumeId, deadlineAt: expect.any(String) });
+    expect(JSON.stringify(claimed.payload)).not.toContain('s3cret');
+    expect(await w.steps.ran(w.operationId, 'connect')).toBe(true);
+    await w.close();
+  });
+
+  it('fails with the agent\'s error, named with the host', async () => {
+    const w = await world();
+    const running = w.steps.run('connect', request, { operationId: w.operationId, signal: new AbortController().signal }).catch((e: unknown) => e);
+    await w.agent('agent-1', { state: 'failed', error: { code: 'COMMAND_FAILED', message: 'losetup: no free loop device', hint: 'free one' } });
+    const error = (await running) as BerthError;
+    expect(error.code).toBe('COMMAND_FAILED');
+    expect(error.message).toBe('on host h-3: losetup: no free loop device');
+    expect(error.details).toMatchObject({ hostId: w.host.id, step: 'connect', ranOnHost: true });
+    await w.close();
+  });
+
+  it('a step no agent picked up before the deadline is cancelled, never ran, and names the host', async () => {
+    const w = await world();
+    const deadline = new AbortController();
+    const running = w.steps.run('connect', request, { operationId: w.operationId, signal: deadline.signal }).catch((e: unknown) => e);
+    const item = await w.nextItem();
+    deadline.abort(new BerthError('TIMEOUT', 'the operation passed its deadline of 3000 ms'));
+    const error = (await running) as BerthError;
+    expect(error.code).toBe('TIMEOUT');
+    expect(error.message).toMatch(/^host h-3's agent did not pick up step connect before the operation's deadline \(agent online\)$/);
+    expect(error.details).toMatchObject({ hostId: w.host.id, step: 'connect', workItemId: item.id, ranOnHost: false });
+    expect(await w.workItems.get(item.id)).toMatchObject({ state: 'failed', attempts: 0 });
+    // An agent coming back finds nothing to run, and the undo knows nothing was done on the host.
+    expect(await w.workItems.claim(w.host.id, 'agent-1', 15_000)).toEqual([]);
+    expect(await w.steps.ran(w.operationId, 'connect')).toBe(false);
+    await w.close();
+  });
+
+  it('a step claimed but unfinished at the deadline is cancelled (its agent fenced) and may have ran: its undo runs', async () => {
+    const w = await world();
+    const deadline = new AbortController();
+    const running = w.steps.run('connect', request, { operationId: w.operationId, signal: deadline.signal }).catch((e: unknown) => e);
+    const claimed = await w.agent('agent-1');
+    deadline.abort(new BerthError('TIMEOUT', 'deadline'));
+    const error = (await running) as BerthError;
+    expect(error.message).toMatch(/did not finish step connect/);
+    expect(error.details.ranOnHost).toBe(true);
+    await expect(w.workItems.complete(claimed.id, 'agent-1', { state: 'done', result: {} })).rejects.toMatchObject({ code: 'CONFLICT' });
+    expect(await w.steps.ran(w.operationId, 'connect')).toBe(true);
+    await w.close();
+  });
+
+  it('an agent that dies holding the item loses its lease: the item is pending again and the next agent runs it', async () => {
+    // The waiter looks at a pending item again one agent lease later (a claim sends no notification).
+    const w = await world(20);
+    const running = w.steps.run('publish', { consumer: 'host', server: {} as never, attachment: {} as never, device: { path: '/dev/loop7', type: 'block' } }, {
+      operationId: w.operationId,
+      signal: new AbortController().signal,
+    });
+    // The first agent claims with a short lease and never reports.
+    const first = await w.agent('agent-1', undefined, 20);
+    const second = await w.agent('agent-2', { state: 'done', result: { path: '/dev/berth/v' } });
+    expect(second.id).toBe(first.id);
+    expect(second.attempts).toBe(2);
+    expect(await running).toEqual({ path: '/dev/berth/v' });
+    await w.close();
+  });
+});
+
+describe('an attach to a server on a host with an agent', () => {
+  it('runs the host steps on that host\'s agent (connector from its registration), and an agent offline rolls back naming the host', async () => {
+    const w = await world();
+    const here = new Map<string, Device>();
+    const there = new Map<string, Device>();
+    const options = { dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', undoTimeoutMs: 5_000 };
+    const identity = { hostname: 'h-1', ips: [], platform: 'x86_64', osType: 'linux' };
+    const service = new BerthServiceImpl(resolveConfig({ ...options, operationTimeoutMs: 30_000 }, {}), w.store, memCatalog(here), identity, silentLogger);
+    await w.store.hosts.recordAgent(w.host.id, { instance: 'agent-1', version: '0.1.0', transports: ['mem'], consumers: ['mem'] });
+    await w.store.hosts.setConnector(w.host.id, { host: 'h-3', initiator: 'iqn.2026-12.test:h-3' });
+    await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
+    await service.createServer({ name: 'web-7', host: 'h-3' });
+
+    // h-3's agent: on each wake-up, claim and run what is there with h-3's own drivers, report.
+    const h3 = { catalog: memCatalog(there), logger: silentLogger, baseConnector: () => ({ host: 'h-3' }) };
+    const runAll = async (): Promise<void> => {
+      for (const item of await w.workItems.claim(w.host.id, 'agent-1', 15_000, 10)) {
+        const result = await runHostStep(h3, item.step as 'connect', item.payload, { operationId: item.operationId, signal: AbortSignal.timeout(5_000) });
+        await w.workItems.complete(item.id, 'agent-1', { state: 'done', result: result as Record<string, unknown> });
+        await w.notifications.notify(WORK_DONE_CHANNEL, item.id);
+      }
+    };
+    const stop = await w.notifications.listen(hostChannel(w.host.id), () => void runAll());
+
+    const attached = await service.attach({ volume: 'db1', server: 'web-7' });
+    const journal = (await w.store.operations.require(attached.operation.id)).steps.filter((s) => s.phase === 'do');
+    expect(journal.find((s) => s.name === 'dispatch')?.data).toEqual({ hostId: w.host.id, agent: 'agent-1' });
+    expect(journal.find((s) => s.name === 'connector')?.data).toMatchObject({ source: 'registration', connector: { initiator: 'iqn.2026-12.test:h-3' } });
+    expect([...there.keys()]).toEqual([`/dev/mem-${attached.volume.id}`]);
+    expect(here.size).toBe(0);
+    expect(attached.attachment?.publishedPath).toBe(`/dev/berth/dev/mem-${attached.volume.id}`);
+    await service.detach({ volume: 'db1' });
+    expect(there.size).toBe(0);
+    const steps = (await w.workItems.list({ hostId: w.host.id })).filter((i) => i.operationId !== w.operationId);
+    expect(steps.map((i) => `${i.step}:${i.state}`)).toEqual(['connect:done', 'publish:done', 'unpublish:done', 'disconnect:done']);
+
+    // The agent stops: the next attach's connect is never picked up.
+    await stop();
+    const short = new BerthServiceImpl(resolveConfig({ ...options, operationTimeoutMs: 300 }, {}), w.store, memCatalog(here), identity, silentLogger);
+    const error = (await short.attach({ volume: 'db1', server: 'web-7' }).catch((e: unknown) => e)) as BerthError;
+    expect(error.code).toBe('TIMEOUT');
+    expect(error.message).toMatch(/host h-3's agent did not pick up step connect/);
+    expect((await short.getVolume('db1')).status).toBe('available');
+    const op = await w.store.operations.require(String(error.details.operationId));
+    expect(op.state).toBe('rolled_back');
+    const items = await w.workItems.list({ operationId: op.id });
+    expect(items.map((i) => `${i.step}:${i.state}:${i.attempts}`)).toEqual(['connect:failed:0']);
+    await short.close();
+    await service.close();
+    await w.close();
+  });
+});

@@ -1,0 +1,130 @@
+import { HOST_STEP_SCHEMAS, hostChannel, type HostStepName, type HostStepResult } from '../agent-protocol.js';
+import { recordWithoutSecrets } from '../connection.js';
+import { BerthError, ERROR_CODES, parseWith, toBerthError, type BerthErrorCode } from '../errors.js';
+import type { Host } from '../model.js';
+import type { Store } from '../store.js';
+import type { WorkItem } from '../work-item.js';
+import type { AgentHost, HostStepCall, HostSteps } from './host-step-executor.js';
+import type { WaiterStore, WorkItemWaiter } from './work-item-waiter.js';
+
+/** What the remote executor needs. */
+export interface RemoteHostStepsDeps {
+  store: Store;
+  waiter: WorkItemWaiter;
+  /** Deadline of an undo's host step. */
+  undoTimeoutMs: number;
+  /** An agent not seen for this long is offline (for the messages). */
+  offlineAfterMs: number;
+}
+
+/** Steps whose payload carries a deadline the agent's signal follows. */
+const WITH_DEADLINE: ReadonlySet<HostStepName> = new Set(['connect', 'release', 'disconnect']);
+
+/**
+ * The host steps of a host that runs `berth agent`: each step is a work item of the operation,
+ * created with a notification to the host's channel in one transaction (sent when it commits),
+ * then waited for. The agent claims it, runs `runHostStep` and reports; a failure comes back as
+ * the agent's error, named with the host. When the step's deadline passes first, the item is
+ * cancelled (a compare-and-swap, so a returning agent never runs it): from `pending` the step
+ * never ran on the host; from `claimed` it may have — `ran()` tells an undo which.
+ */
+export function remoteHostSteps(deps: RemoteHostStepsDeps, host: AgentHost): HostSteps {
+  const { store } = deps;
+  const { workItems } = agentStore(store, host);
+  return {
+    kind: 'remote',
+    host,
+    agent: host.agent.instance,
+    async run<S extends HostStepName>(step: S, payload: object, call: HostStepCall): Promise<HostStepResult<S>> {
+      const operationId = call.operationId;
+      if (operationId === undefined) throw new BerthError('INTERNAL', `host step ${step} on host ${host.name} needs an operation`);
+      const deadlineAt = await deadlineOf(deps, operationId, call);
+      // Stored without secrets (the store drops them again); the API adds credentials to a claim answer.
+      const stored = recordWithoutSecrets({ ...payload, ...(WITH_DEADLINE.has(step) ? { deadlineAt } : {}) });
+      const item = await store.transaction(async (tx) => {
+        const created = await required(tx.workItems).create({ operationId, hostId: host.id, step, payload: stored });
+        await tx.notifications?.notify(hostChannel(host.id));
+        return created;
+      });
+      let finished: WorkItem;
+      try {
+        finished = await deps.waiter.wait(item.id, call.signal);
+      } catch (raw) {
+        if (!call.signal.aborted) throw raw;
+        finished = await giveUp(deps, host, item, step, call);
+      }
+      if (finished.state === 'failed') {
+        const error = finished.error;
+        throw new BerthError(codeOf(error?.code), `on host ${host.name}: ${error?.message ?? `step ${step} failed`}`, {
+          ...(error?.hint ? { hint: error.hint } : {}),
+          details: { hostId: host.id, step, workItemId: item.id, ranOnHost: finished.attempts > 0 },
+        });
+      }
+      const schema = HOST_STEP_SCHEMAS[step].result;
+      return parseWith(schema, finished.result ?? {}, `${step} result from host ${host.name}`) as HostStepResult<S>;
+    },
+    async ran(operationId, step) {
+      const items = await workItems.list({ operationId, hostId: host.id });
+      return items.some((i) => i.step === step && i.attempts > 0);
+    },
+  } as HostSteps;
+}
+
+/** The agent's error code, when it is one of berth's. */
+function codeOf(code: string | undefined): BerthErrorCode {
+  return (ERROR_CODES as readonly string[]).includes(code ?? '') ? (code as BerthErrorCode) : 'DRIVER_ERROR';
+}
+
+/** The store's many-hosts members; UNPROCESSABLE naming the host when the store has none. */
+export function agentStore(store: Store, host: Host): WaiterStore {
+  if (!store.workItems || !store.notifications) {
+    throw new BerthError('UNPROCESSABLE', `host ${host.name} runs a berth agent, but this store cannot hand it work`, {
+      hint: 'use a store with work items (SQLite or PostgreSQL from @berth/store) for many hosts',
+    });
+  }
+  return { workItems: store.workItems, notifications: store.notifications };
+}
+
+function required<T>(value: T | undefined): T {
+  if (value === undefined) throw new BerthError('INTERNAL', 'the store lost its work items inside a transaction');
+  return value;
+}
+
+/** When the agent must have finished: the operation's deadline, or an undo's. */
+async function deadlineOf(deps: RemoteHostStepsDeps, operationId: string, call: HostStepCall): Promise<string> {
+  if (call.undo) return new Date(Date.now() + deps.undoTimeoutMs).toISOString();
+  const operation = await deps.store.operations.get(operationId);
+  return operation?.deadlineAt ?? new Date(Date.now() + deps.undoTimeoutMs).toISOString();
+}
+
+/**
+ * The deadline passed while waiting: cancel the item (so no agent runs or reports it any more) and
+ * say why, naming the host and whether the step may have run there. An item that finished just
+ * before the cancel is returned as it is (the runner fails the step on its signal anyway and
+ * undoes it, which is right: it ran).
+ */
+async function giveUp(deps: RemoteHostStepsDeps, host: AgentHost, item: WorkItem, step: string, call: HostStepCall): Promise<WorkItem> {
+  const reason = toBerthError(call.signal.reason);
+  const seen = Date.parse(host.agent.lastSeenAt);
+  const fresh = (await deps.store.hosts.get(host.id).catch(() => undefined))?.agent;
+  const lastSeen = fresh ? Date.parse(fresh.lastSeenAt) : seen;
+  const offline = Number.isNaN(lastSeen) || Date.now() - lastSeen > deps.offlineAfterMs;
+  const agentState = offline ? `agent offline since ${new Date(lastSeen).toISOString()}` : 'agent online';
+  let cancelled: WorkItem;
+  try {
+    cancelled = await required(deps.store.workItems).cancel(item.id, { code: reason.code, message: `cancelled: ${reason.message}` });
+  } catch (error) {
+    const current = await required(deps.store.workItems).get(item.id);
+    if (current && (current.state === 'done' || current.state === 'failed')) return current;
+    throw error;
+  }
+  const claimed = cancelled.attempts > 0;
+  const what = claimed ? `did not finish step ${step}` : `did not pick up step ${step}`;
+  throw new BerthError('TIMEOUT', `host ${host.name}'s agent ${what} before the ${call.undo ? 'undo' : 'operation'}'s deadline (${agentState})`, {
+    hint: offline
+      ? `start \`berth agent\` on ${host.name}${claimed ? `; its device may still be connected: \`berth detach <volume> --force\` once the agent is back` : ''}`
+      : `the agent on ${host.name} is slow or stuck: see its log; raise operationTimeoutMs if the step needs longer`,
+    details: { hostId: host.id, step, workItemId: item.id, ranOnHost: claimed },
+    cause: reason,
+  });
+}

@@ -1,0 +1,99 @@
+import type { z } from 'zod';
+import { HOST_STEP_SCHEMAS, type HostStepName, type HostStepResult } from '../agent-protocol.js';
+import type { DriverCatalog } from '../catalog.js';
+import type { Connector } from '../connection.js';
+import { mergeConnector } from '../connector-properties.js';
+import { isIdentityMismatch } from '../device-identity.js';
+import { parseWith } from '../errors.js';
+import type { Logger } from '../logger.js';
+import { listTransports } from '../reconcile.js';
+
+/** What a host step needs of the host it runs on (the in-process service, or `berth agent`). */
+export interface HostStepHost {
+  catalog: DriverCatalog;
+  logger: Logger;
+  /** The host's base connector (host name, ip, platform, configured multipath). */
+  baseConnector(): Connector;
+}
+
+/** Per-run context of a host step. */
+export interface HostStepRun {
+  /** The operation the step belongs to (the transports' persisted attach state is keyed by it). */
+  operationId?: string;
+  /** The step's deadline (the operation's, or an undo's). */
+  signal: AbortSignal;
+}
+
+/**
+ * Run one host step on this host: the half of an attach or detach that touches the host (the
+ * transport's connect and disconnect, the consumer's publish and unpublish, the connector, the
+ * listing reconcile needs). The payload is parsed at this boundary — it may come over HTTP from
+ * a replica — and so is the result, so both ends agree on it. The store half (device sharers,
+ * the ledger, the lease) stays with the caller: an agent holds no database.
+ */
+export async function runHostStep<S extends HostStepName>(
+  host: HostStepHost,
+  step: S,
+  payload: unknown,
+  run: HostStepRun,
+): Promise<HostStepResult<S>> {
+  const result = await runParsed(host, step, payload, run);
+  const schema: z.ZodType = HOST_STEP_SCHEMAS[step].result;
+  return parseWith(schema, result, `${step} result`) as HostStepResult<S>;
+}
+
+/** The payload of `step`, parsed (VALIDATION naming the step when it does not fit). */
+function input<S extends HostStepName>(step: S, payload: unknown): z.output<(typeof HOST_STEP_SCHEMAS)[S]['payload']> {
+  const schema: z.ZodType = HOST_STEP_SCHEMAS[step].payload;
+  return parseWith(schema, payload, `${step} payload`) as z.output<(typeof HOST_STEP_SCHEMAS)[S]['payload']>;
+}
+
+async function runParsed(host: HostStepHost, step: HostStepName, payload: unknown, run: HostStepRun): Promise<Record<string, unknown>> {
+  const { catalog, logger } = host;
+  switch (step) {
+    case 'connect': {
+      const p = input('connect', payload);
+      const device = await catalog.transport(p.transport).connect(p.connection, {
+        signal: run.signal,
+        ...(run.operationId === undefined ? {} : { operationId: run.operationId }),
+        volumeId: p.volumeId,
+        ...(p.connector ? { connector: p.connector } : {}),
+      });
+      return { device };
+    }
+    case 'release':
+    case 'disconnect': {
+      const p = input(step, payload);
+      try {
+        await catalog.transport(p.transport).disconnect(p.connection, p.device, {
+          force: p.force,
+          signal: run.signal,
+          ...(run.operationId === undefined ? {} : { operationId: run.operationId }),
+          volumeId: p.volumeId,
+          inUse: p.inUse,
+        });
+        return { identityMismatch: false };
+      } catch (error) {
+        if (!isIdentityMismatch(error)) throw error;
+        logger.warn({ volumeId: p.volumeId, device: p.device?.path }, 'not disconnecting: the device path now names another device');
+        return { identityMismatch: true };
+      }
+    }
+    case 'publish': {
+      const p = input('publish', payload);
+      return { ...(await catalog.consumer(p.consumer).publish(p.server, p.device, p.attachment)) };
+    }
+    case 'unpublish': {
+      const p = input('unpublish', payload);
+      await catalog.consumer(p.consumer).unpublish(p.server, p.attachment, { stillShared: p.stillShared });
+      return {};
+    }
+    case 'connector': {
+      const p = input('connector', payload);
+      return { connector: await mergeConnector(host.baseConnector(), catalog.transports(), p, logger) };
+    }
+    case 'host_facts':
+      input('host_facts', payload);
+      return { listings: await listTransports(catalog) };
+  }
+}

@@ -1,0 +1,266 @@
+import { describe, expect, it } from 'vitest';
+import {
+  BerthError,
+  definePlugin,
+  DriverCatalog,
+  PLUGIN_API_VERSION,
+  silentLogger,
+  type AgentOutcome,
+  type AgentRegistration,
+  type AgentSession,
+  type BerthConfig,
+  type ClaimedWork,
+  type Device,
+  type TransportDriver,
+} from '@berth/core';
+import type { HostServices } from '@berth/host';
+import { AgentRunner, type AgentApi } from './agent-runner.js';
+import type { AgentHost } from './open-agent.js';
+
+// The agent's loop against a scripted API and a transport whose connect waits until the test lets
+// it go: what it registers, per-volume order, fencing (409), a lost API, and a graceful stop.
+
+function deferred<T = void>(): { promise: Promise<T>; resolve: (value: T) => void } {
+  let resolve!: (value: T) => void;
+  const promise = new Promise<T>((r) => (resolve = r));
+  return { promise, resolve };
+}
+
+class FakeTransport implements TransportDriver {
+  readonly name = 'fake';
+  readonly protocols = ['file'];
+  readonly priority = 0;
+  readonly calls: string[] = [];
+  gate: Promise<void> = Promise.resolve();
+  accepts(): boolean {
+    return true;
+  }
+  async connectorProperties(): Promise<Record<string, unknown>> {
+    return { fake_initiator: 'fake-1' };
+  }
+  async connect(_connection: unknown, options: { volumeId: string; signal: AbortSignal }): Promise<Device> {
+    this.calls.push(`connect ${options.volumeId}`);
+    await Promise.race([
+      this.gate,
+      new Promise((_, reject) => options.signal.addEventListener('abort', () => reject(new BerthError('TIMEOUT', 'aborted')), { once: true })),
+    ]);
+    this.calls.push(`connected ${options.volumeId}`);
+    return { path: '/dev/fake0', type: 'block' };
+  }
+  async disconnect(_connection: unknown, _device: unknown, options: { volumeId?: string }): Promise<void> {
+    this.calls.push(`disconnect ${options.volumeId ?? '?'}`);
+  }
+  async check() {
+    return { ok: true, summary: 'fake' };
+  }
+}
+
+function hostWith(transport: FakeTransport): AgentHost {
+  const catalog = new DriverCatalog({ fs: { resolve: (p: string) => p } } as unknown as HostServices, '/tmp', silentLogger);
+  catalog.add({
+    plugin: definePlugin({ name: 'fakes', apiVersion: PLUGIN_API_VERSION, register: (r) => r.transport('fake', () => transport) }),
+    packageName: 'fakes',
+    version: undefined,
+    options: undefined,
+  });
+  const config = { connector: { multipath: false, enforce_multipath: false } } as unknown as BerthConfig;
+  const identity = { hostname: 'h1', ips: ['10.0.0.1'], platform: 'x86_64', osType: 'linux' };
+  return {
+    config,
+    catalog,
+    logger: silentLogger,
+    identity,
+    baseConnector: () => ({ host: 'h1', ip: '10.0.0.1', platform: 'x86_64', os_type: 'linux', multipath: false, enforce_multipath: false }),
+    close: async () => undefined,
+  };
+}
+
+const SESSION: AgentSession = { hostId: 'host-1', hostName: 'h1', worker: 'w-1', leaseMs: 300, pollWaitMs: 1000 };
+const FILE_CONNECTION = { driver_volume_type: 'file', data: { path: '/tmp/v' } };
+const FUTURE = new Date(Date.now() + 60_000).toISOString();
+
+let nextId = 0;
+function work(step: string, payload: Record<string, unknown>): ClaimedWork {
+  nextId++;
+  const now = new Date().toISOString();
+  return {
+    // Claimed by this agent's worker, its lease running: what a claim answer holds.
+    item: {
+      ...{ id: `00000000-0000-4000-8000-${String(nextId).padStart(12, '0')}`, operationId: '00000000-0000-4000-8000-000000000000' },
+      ...{ hostId: '00000000-0000-4000-8000-00000000000f', step, state: 'claimed', payload: {}, result: null, error: null },
+      ...{ attempts: 1, leaseOwner: 'w-1', leaseExpiresAt: new Date(Date.now() + 300).toISOString(), createdAt: now, updatedAt: now },
+    },
+    payload,
+  };
+}
+
+const connect = (volumeId: string) => work('connect', { transport: 'fake', connection: FILE_CONNECTION, volumeId, deadlineAt: FUTURE });
+const release = (volumeId: string) =>
+  work('release', { transport: 'fake', connection: FILE_CONNECTION, volumeId, force: false, inUse: [], deadlineAt: FUTURE });
+
+/** An API that hands out the given batches one per claim, then long-polls until the claim's signal. */
+class ScriptedApi implements AgentApi {
+  readonly registrations: AgentRegistration[] = [];
+  readonly reports: Array<{ id: string; outcome: AgentOutcome }> = [];
+  readonly renewals: string[] = [];
+  registerFailures: BerthError[] = [];
+  renewAnswer: (() => Promise<{ leaseExpiresAt: string }>) | undefined;
+  reportAnswer: (() => Promise<void>) | undefined;
+  readonly reported = deferred();
+  expectedReports = 1;
+  claims = 0;
+
+  constructor(private readonly batches: ClaimedWork[][]) {}
+
+  async register(registration: AgentRegistration): Promise<AgentSession> {
+    const failure = this.registerFailures.shift();
+    if (failure !== undefined) throw failure;
+    this.registrations.push(registration);
+    return SESSION;
+  }
+
+  async claim(_worker: string, options: { signal?: AbortSignal }): Promise<ClaimedWork[]> {
+    this.claims++;
+    const batch = this.batches.shift();
+    if (batch !== undefined) return batch;
+    await new Promise<void>((resolve) => options.signal?.addEventListener('abort', () => resolve(), { once: true }));
+    throw new BerthError('CANCELLED', 'given up');
+  }
+
+  async renew(_worker: string, id: string): Promise<{ leaseExpiresAt: string }> {
+    this.renewals.push(id);
+    if (this.renewAnswer) return this.renewAnswer();
+    return { leaseExpiresAt: new Date(Date.now() + 300).toISOString() };
+  }
+
+  async report(_worker: string, id: string, outcome: AgentOutcome): Promise<void> {
+    if (this.reportAnswer) await this.reportAnswer();
+    this.reports.push({ id, outcome });
+    if (this.reports.length >= this.expectedReports) this.reported.resolve();
+  }
+}
+
+function runner(api: AgentApi, transport: FakeTransport, states: string[] = []): AgentRunner {
+  return new AgentRunner({
+    host: hostWith(transport),
+    api,
+    apiUrl: 'http://api.test',
+    version: '0.1.0',
+    onState: (line) => states.push(line),
+    backoff: { firstMs: 1, maxMs: 5 },
+  });
+}
+
+describe('AgentRunner', () => {
+  it('registers its connector and transports, runs a connect and reports the device', async () => {
+    const transport = new FakeTransport();
+    const item = connect('v1');
+    const api = new ScriptedApi([[item]]);
+    const states: string[] = [];
+    const agent = runner(api, transport, states);
+    const running = agent.run();
+    await api.reported.promise;
+    agent.stop();
+    await running;
+    expect(api.registrations[0]).toMatchObject({ instance: agent.instance, version: '0.1.0', transports: ['fake'] });
+    expect(api.registrations[0]?.connector).toMatchObject({ host: 'h1', fake_initiator: 'fake-1' });
+    expect(api.reports).toEqual([{ id: item.item.id, outcome: { state: 'done', result: { device: { path: '/dev/fake0', type: 'block' } } } }]);
+    expect(states[0]).toContain('registered host h1 with the API at http://api.test as w-1');
+  });
+
+  it('runs the items of one volume one after another: a release waits for the connect before it', async () => {
+    const transport = new FakeTransport();
+    const gate = deferred();
+    transport.gate = gate.promise;
+    const api = new ScriptedApi([[connect('v1'), release('v1'), connect('v2')]]);
+    api.expectedReports = 3;
+    const agent = runner(api, transport);
+    const running = agent.run();
+    await expect.poll(() => transport.calls).toEqual(['connect v1', 'connect v2']);
+    gate.resolve();
+    await api.reported.promise;
+    agent.stop();
+    await running;
+    expect(transport.calls.indexOf('disconnect v1')).toBeGreaterThan(transport.calls.indexOf('connected v1'));
+  });
+
+  it('drops an item whose lease another worker took (409 on renew): the step is aborted, nothing reported', async () => {
+    const transport = new FakeTransport();
+    transport.gate = new Promise(() => undefined);
+    const api = new ScriptedApi([[connect('v1')]]);
+    api.renewAnswer = async () => {
+      throw new BerthError('CONFLICT', 'work item held by another worker');
+    };
+    const states: string[] = [];
+    const agent = runner(api, transport, states);
+    const running = agent.run();
+    await expect.poll(() => states.some((s) => s.includes('took it over'))).toBe(true);
+    agent.stop();
+    await running;
+    expect(api.reports).toEqual([]);
+  });
+
+  it('drops the outcome on a 409 from report (another worker holds the item now)', async () => {
+    const transport = new FakeTransport();
+    const api = new ScriptedApi([[connect('v1')]]);
+    api.reportAnswer = async () => {
+      throw new BerthError('CONFLICT', 'work item held by another worker');
+    };
+    const states: string[] = [];
+    const agent = runner(api, transport, states);
+    const running = agent.run();
+    await expect.poll(() => states.some((s) => s.includes('dropped the outcome'))).toBe(true);
+    agent.stop();
+    await running;
+    expect(api.reports).toEqual([]);
+  });
+
+  it('retries a report while the API is lost and the lease lasts', async () => {
+    const transport = new FakeTransport();
+    const api = new ScriptedApi([[connect('v1')]]);
+    let failures = 2;
+    api.reportAnswer = async () => {
+      if (failures-- > 0) throw new BerthError('UNAVAILABLE', 'the API restarts');
+    };
+    const agent = runner(api, transport);
+    const running = agent.run();
+    await api.reported.promise;
+    agent.stop();
+    await running;
+    expect(api.reports).toHaveLength(1);
+    expect(failures).toBe(-1);
+  });
+
+  it('keeps trying to register while the API cannot be reached, and gives up on a refused token', async () => {
+    const transport = new FakeTransport();
+    const api = new ScriptedApi([]);
+    api.registerFailures = [new BerthError('UNAVAILABLE', 'starting'), new BerthError('CONFIG', 'cannot reach', { cause: new Error('ECONNREFUSED') })];
+    const states: string[] = [];
+    const agent = runner(api, transport, states);
+    const running = agent.run();
+    await expect.poll(() => api.registrations.length).toBe(1);
+    agent.stop();
+    await running;
+    expect(states.filter((s) => s.includes('retrying'))).toHaveLength(1);
+
+    const refused = new ScriptedApi([]);
+    refused.registerFailures = [new BerthError('UNAUTHENTICATED', 'bad token')];
+    await expect(runner(refused, transport).run()).rejects.toMatchObject({ code: 'UNAUTHENTICATED' });
+  });
+
+  it('on stop: claims nothing more, lets the running item finish and report, then returns', async () => {
+    const transport = new FakeTransport();
+    const gate = deferred();
+    transport.gate = gate.promise;
+    const api = new ScriptedApi([[connect('v1')]]);
+    const agent = runner(api, transport);
+    const running = agent.run();
+    await expect.poll(() => transport.calls).toContain('connect v1');
+    await expect.poll(() => api.claims).toBe(2);
+    agent.stop();
+    gate.resolve();
+    await running;
+    expect(api.reports.map((r) => r.outcome.state)).toEqual(['done']);
+    expect(api.claims).toBe(2);
+  });
+});

@@ -1,0 +1,259 @@
+import { randomUUID } from 'node:crypto';
+import {
+  BerthError,
+  runHostStep,
+  zHostStepName,
+  type AgentOutcome,
+  type AgentRegistration,
+  type AgentSession,
+  type ClaimedWork,
+} from '@berth/core';
+import type { AgentHost } from './open-agent.js';
+
+/** The API side an agent talks to (`@berth/client`'s AgentClient; a fake in unit tests). */
+export interface AgentApi {
+  register(registration: AgentRegistration): Promise<AgentSession>;
+  claim(worker: string, options: { waitMs: number; limit: number; signal?: AbortSignal }): Promise<ClaimedWork[]>;
+  renew(worker: string, id: string): Promise<{ leaseExpiresAt: string }>;
+  report(worker: string, id: string, outcome: AgentOutcome): Promise<void>;
+}
+
+/** Options of `AgentRunner`. */
+export interface AgentRunnerOptions {
+  host: AgentHost;
+  api: AgentApi;
+  /** The API's URL (named in state lines). */
+  apiUrl: string;
+  /** berth's version, told to the API. */
+  version: string;
+  /** Items run at once (default 4); a claim asks for the free slots only. */
+  concurrency?: number;
+  /** One line per state change (registered, fenced, lost the API, ...): `berth agent` prints them on stderr. */
+  onState?: (line: string) => void;
+  /** Backoff between attempts to reach the API (default 0.5 s doubling to 10 s, with jitter). */
+  backoff?: { firstMs: number; maxMs: number };
+  random?: () => number;
+}
+
+/**
+ * A network or server hiccup: wait and try again. Anything else (a bad token: UNAUTHENTICATED,
+ * FORBIDDEN; a refused registration) cannot get better by trying again.
+ */
+function transient(error: unknown): boolean {
+  if (!BerthError.is(error)) return false;
+  if (error.code === 'UNAVAILABLE' || error.code === 'TIMEOUT' || error.code === 'INTERNAL') return true;
+  // The client's "cannot reach the berth API" (connection refused, reset, DNS) is a CONFIG error
+  // with a cause; a CONFIG error about the URL itself has none.
+  return error.code === 'CONFIG' && error.cause !== undefined;
+}
+
+/** Run `fn` for each key one after another (a `release` queued behind its volume's `connect` waits). */
+class KeyedQueue {
+  private readonly tails = new Map<string, Promise<unknown>>();
+
+  run<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const previous = this.tails.get(key) ?? Promise.resolve();
+    const next = previous.then(fn, fn);
+    const tail = next.catch(() => undefined);
+    this.tails.set(key, tail);
+    void tail.then(() => {
+      if (this.tails.get(key) === tail) this.tails.delete(key);
+    });
+    return next;
+  }
+}
+
+/**
+ * `berth agent`'s loop: register the host (backing off while the API cannot be reached), claim its
+ * work items with a long-poll, run each with `runHostStep` (one at a time per volume, at most
+ * `concurrency` at once, aborted at its deadline), renew its lease every third of it and report the
+ * outcome. A 409 on renew or report means another agent or a replica took the item over (fenced):
+ * the agent drops it without reporting — it is re-run or undone elsewhere. `stop()` stops claiming,
+ * lets running items finish and resolves `run()`.
+ */
+export class AgentRunner {
+  private readonly stopping = new AbortController();
+  private readonly running = new Set<Promise<void>>();
+  private readonly queue = new KeyedQueue();
+  private readonly concurrency: number;
+  private readonly firstBackoffMs: number;
+  private readonly maxBackoffMs: number;
+  private readonly random: () => number;
+  private session: AgentSession | undefined;
+  /** The instance registered with the API: a fresh one per process start. */
+  readonly instance = randomUUID();
+
+  constructor(private readonly options: AgentRunnerOptions) {
+    this.concurrency = Math.max(1, options.concurrency ?? 4);
+    this.firstBackoffMs = options.backoff?.firstMs ?? 500;
+    this.maxBackoffMs = options.backoff?.maxMs ?? 10_000;
+    this.random = options.random ?? Math.random;
+  }
+
+  /** The session of the last registration (undefined before the first). */
+  get current(): AgentSession | undefined {
+    return this.session;
+  }
+
+  /** Register, then claim and run work until `stop()`; rejects on a fatal error (bad token, fenced for good). */
+  async run(): Promise<void> {
+    const signal = this.stopping.signal;
+    const session = await this.register(signal);
+    let failures = 0;
+    while (session !== undefined && !signal.aborted) {
+      const free = this.concurrency - this.running.size;
+      if (free <= 0) {
+        await Promise.race([...this.running, aborted(signal)]);
+        continue;
+      }
+      let claimed: ClaimedWork[];
+      try {
+        claimed = await this.options.api.claim(session.worker, { waitMs: session.pollWaitMs, limit: free, signal });
+        if (failures > 0) this.state(`reached the API at ${this.options.apiUrl} again`);
+        failures = 0;
+      } catch (error) {
+        if (signal.aborted) break;
+        if (BerthError.is(error) && error.code === 'CONFLICT') {
+          // Another agent registered for this host since: this one is no longer its worker.
+          throw new BerthError('CONFLICT', `another berth agent registered for host ${session.hostName}; this one stops`, {
+            cause: error,
+            hint: 'run one berth agent per host; restart this one only if the other is gone',
+          });
+        }
+        if (!transient(error)) throw error;
+        if (failures === 0) this.state(`lost the API (${(error as Error).message}); retrying`);
+        await this.pause(failures++, signal);
+        continue;
+      }
+      for (const work of claimed) this.track(this.runItem(session, work));
+    }
+    await Promise.allSettled([...this.running]);
+  }
+
+  /** Stop claiming; `run()` resolves once the items already running have finished and reported. */
+  stop(): void {
+    this.stopping.abort();
+  }
+
+  private async register(signal: AbortSignal): Promise<AgentSession | undefined> {
+    const { host, api, version } = this.options;
+    const wish = { multipath: host.config.connector.multipath, enforce_multipath: host.config.connector.enforce_multipath };
+    const { connector } = await runHostStep(host, 'connector', wish, { operationId: this.instance, signal });
+    const registration: AgentRegistration = {
+      instance: this.instance,
+      version,
+      connector,
+      transports: host.catalog.transportNames(),
+      consumers: host.catalog.consumerNames(),
+    };
+    for (let attempt = 0; !signal.aborted; attempt++) {
+      try {
+        this.session = await api.register(registration);
+        this.state(`registered host ${this.session.hostName} with the API at ${this.options.apiUrl} as ${this.session.worker}`);
+        return this.session;
+      } catch (error) {
+        if (!transient(error)) throw error;
+        if (attempt === 0) this.state(`cannot reach the API (${(error as Error).message}); retrying`);
+        await this.pause(attempt, signal);
+      }
+    }
+    return undefined;
+  }
+
+  private track(promise: Promise<void>): void {
+    this.running.add(promise);
+    void promise.finally(() => this.running.delete(promise));
+  }
+
+  /** One item: run it under its volume's turn, keep its lease, report. Never rejects. */
+  private async runItem(session: AgentSession, work: ClaimedWork): Promise<void> {
+    const { item, payload } = work;
+    const key = typeof payload.volumeId === 'string' ? `volume:${payload.volumeId}` : `operation:${item.operationId}`;
+    await this.queue.run(key, async () => {
+      const fenced = new AbortController();
+      const lease = { expiresAt: Date.parse(item.leaseExpiresAt ?? '') || Date.now() + session.leaseMs };
+      const renewal = setInterval(() => {
+        this.options.api.renew(session.worker, item.id).then(
+          (answer) => (lease.expiresAt = Date.parse(answer.leaseExpiresAt)),
+          (error: unknown) => {
+            if (BerthError.is(error) && error.code === 'CONFLICT') fenced.abort(error);
+            // Anything else: the next renewal (or the report) tries again while the lease lasts.
+          },
+        );
+      }, Math.max(100, Math.floor(session.leaseMs / 3)));
+      try {
+        const outcome = await this.execute(work, fenced.signal);
+        if (fenced.signal.aborted) {
+          this.state(`dropped ${item.step} of operation ${item.operationId}: another agent or replica took it over`);
+          return;
+        }
+        await this.report(session, item.id, outcome, lease);
+      } finally {
+        clearInterval(renewal);
+      }
+    });
+  }
+
+  private async execute(work: ClaimedWork, fenced: AbortSignal): Promise<AgentOutcome> {
+    const { item, payload } = work;
+    const deadlineAt = typeof payload.deadlineAt === 'string' ? Date.parse(payload.deadlineAt) : Number.NaN;
+    const signals = [fenced];
+    if (Number.isFinite(deadlineAt)) signals.push(AbortSignal.timeout(Math.max(0, deadlineAt - Date.now())));
+    try {
+      const step = zHostStepName.parse(item.step);
+      const result = await runHostStep(this.options.host, step, payload, { operationId: item.operationId, signal: AbortSignal.any(signals) });
+      return { state: 'done', result: result as Record<string, unknown> };
+    } catch (error) {
+      const failure = BerthError.is(error) ? error : new BerthError('INTERNAL', `host step ${item.step} failed`, { cause: error });
+      this.options.host.logger.warn({ operationId: item.operationId, step: item.step, err: failure.message }, 'host step failed');
+      return { state: 'failed', error: { code: failure.code, message: failure.message, ...(failure.hint ? { hint: failure.hint } : {}) } };
+    }
+  }
+
+  /** Report, retrying a lost API while the lease lasts; a 409 (fenced) or a passed lease drops it. */
+  private async report(session: AgentSession, id: string, outcome: AgentOutcome, lease: { expiresAt: number }): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.options.api.report(session.worker, id, outcome);
+        return;
+      } catch (error) {
+        if (BerthError.is(error) && error.code === 'CONFLICT') {
+          this.state(`dropped the outcome of work item ${id}: another agent or replica took it over`);
+          return;
+        }
+        if (!transient(error) || Date.now() >= lease.expiresAt) {
+          this.state(`could not report work item ${id} (${(error as Error).message}); the API will re-run or undo it`);
+          return;
+        }
+        await this.pause(attempt, new AbortController().signal);
+      }
+    }
+  }
+
+  /** Wait the attempt's backoff (0.5 s doubling to 10 s, ±25 % jitter), or until `signal`. */
+  private pause(attempt: number, signal: AbortSignal): Promise<void> {
+    const base = Math.min(this.maxBackoffMs, this.firstBackoffMs * 2 ** Math.min(attempt, 20));
+    const ms = base * (0.75 + this.random() / 2);
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done(): void {
+        clearTimeout(timer);
+        signal.removeEventListener('abort', done);
+        resolve();
+      }
+      signal.addEventListener('abort', done, { once: true });
+    });
+  }
+
+  private state(line: string): void {
+    this.options.onState?.(line);
+  }
+}
+
+/** A promise that resolves when `signal` fires (never rejects). */
+function aborted(signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) resolve();
+    else signal.addEventListener('abort', () => resolve(), { once: true });
+  });
+}

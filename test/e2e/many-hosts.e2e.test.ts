@@ -1,0 +1,187 @@
+// Issue 10's fleet on one machine: PostgreSQL on 127.0.0.1, two `berth serve` replicas on the
+// bridge address, and a `berth agent` in each of two network namespaces (hosts h1, h2) on the loop
+// transport. Attaches to a server on each host are connected by that host's agent (its work items,
+// its worker), whichever replica took the request; `berth host list` shows both agents; an agent
+// that is offline makes an attach fail at its deadline naming the host, with nothing run there;
+// an agent token cannot act on another host's work. Every process, loop device, link, namespace
+// and the cluster are removed in afterAll, even when a test fails.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { EXIT_CODES } from '@berth/core';
+import type { Attachment, Host, OperationOutcome, Server, Volume } from '@berth/core';
+import { errorBody } from '../support/berth-cli.js';
+import { loopDevicesBacking } from '../support/loop-devices.js';
+import { startManyHosts, type ManyHosts } from '../support/many-hosts.js';
+
+const isRoot = process.getuid?.() === 0;
+const HOOK_TIMEOUT_MS = 240_000;
+// Short enough that the offline case ends soon, long enough for a loaded 2-core machine.
+const OPERATION_TIMEOUT_MS = 20_000;
+
+interface WorkRow extends Record<string, unknown> {
+  step: string;
+  state: string;
+  attempts: number;
+  lease_owner: string | null;
+  host: string;
+  operation_id: string;
+}
+
+describe.skipIf(!isRoot)('many hosts: agents in network namespaces, replicas on PostgreSQL', { timeout: 300_000 }, () => {
+  let fleet: ManyHosts | undefined;
+  const hostIds = new Map<string, string>();
+
+  beforeAll(async () => {
+    fleet = await startManyHosts({
+      hosts: 2,
+      replicas: 2,
+      config: { operationTimeoutMs: OPERATION_TIMEOUT_MS, undoTimeoutMs: 10_000, agent: { leaseMs: 6_000, pollWaitMs: 20_000, offlineAfterMs: 45_000 } },
+    });
+  }, HOOK_TIMEOUT_MS);
+
+  afterAll(async () => {
+    await fleet?.cleanup();
+  }, HOOK_TIMEOUT_MS);
+
+  function world(): ManyHosts {
+    if (fleet === undefined) throw new Error('the fleet did not start');
+    return fleet;
+  }
+
+  async function workItems(operationId: string): Promise<WorkRow[]> {
+    const f = world();
+    return f.cluster.query<WorkRow>(
+      'select w.step, w.state, w.attempts, w.lease_owner, h.name as host, w.operation_id from work_items w join hosts h on h.id = w.host_id where w.operation_id = $1 order by w.created_at',
+      [operationId],
+      f.database,
+    );
+  }
+
+  it('berth host list shows each host with its agent online, its version and worker', async () => {
+    const f = world();
+    const hosts = await f.json<Host[]>(['host', 'list']);
+    for (const name of ['h1', 'h2']) {
+      const host = hosts.find((h) => h.name === name);
+      expect(host?.agent).toMatchObject({ version: expect.any(String), transports: expect.arrayContaining(['loop']) });
+      hostIds.set(name, host?.id ?? '');
+    }
+    const table = await f.berth(['host', 'list']);
+    expect(table.exitCode).toBe(0);
+    expect(table.stdout).toMatch(/^h1\s+online\s/m);
+    expect(table.stdout).toMatch(/^h2\s+online\s/m);
+  });
+
+  it('attaches and detaches a volume to a server on each host: that host\'s agent connects it, through either replica', async () => {
+    const f = world();
+    const volumes: Volume[] = [];
+    for (const [i, name] of ['h1', 'h2'].entries()) {
+      await f.json<Server>(['server', 'create', `web-${name}`, '--host', name]);
+      volumes.push(await f.json<Volume>(['volume', 'create', '--size', '32MiB', '--name', `data-${name}`], i));
+    }
+    const attached = await Promise.all(
+      ['h1', 'h2'].map((name, i) => f.json<OperationOutcome>(['attach', `data-${name}`, '--server', `web-${name}`], i)),
+    );
+    for (const [i, name] of ['h1', 'h2'].entries()) {
+      const outcome = attached[i]!;
+      expect(outcome.operation.state).toBe('succeeded');
+      const attachment = outcome.attachment as Attachment;
+      expect(attachment.hostId).toBe(hostIds.get(name));
+      const device = attachment.device?.path ?? '';
+      expect(device).toMatch(/^\/dev\/loop\d+$/);
+      expect(loopDevicesBacking(volumes[i]!.providerLocation as string)).toEqual([device]);
+      // The host steps ran on that host's agent, as work items its worker claimed once each.
+      const items = await workItems(outcome.operation.id);
+      expect(items.map((w) => [w.step, w.state, w.host, w.attempts])).toEqual(
+        expect.arrayContaining([
+          ['connect', 'done', name, 1],
+          ['publish', 'done', name, 1],
+        ]),
+      );
+      expect(items.every((w) => w.host === name)).toBe(true);
+      expect(f.agents.get(name)?.stderr()).not.toContain(f.agentTokens.get(name) ?? 'no token');
+    }
+
+    const detached = await Promise.all(['h1', 'h2'].map((name, i) => f.json<OperationOutcome>(['detach', `data-${name}`], 1 - i)));
+    for (const [i, name] of ['h1', 'h2'].entries()) {
+      expect(detached[i]!.operation.state).toBe('succeeded');
+      expect(detached[i]!.volume.status).toBe('available');
+      expect(loopDevicesBacking(volumes[i]!.providerLocation as string)).toEqual([]);
+      const items = await workItems(detached[i]!.operation.id);
+      expect(items.map((w) => [w.step, w.state, w.host])).toEqual(expect.arrayContaining([['disconnect', 'done', name]]));
+    }
+  });
+
+  it('an agent token acts on its own host only (another host\'s item is not found to it); an admin token cannot claim work', async () => {
+    const f = world();
+    const [foreign] = await f.cluster.query<{ id: string }>(
+      "select w.id from work_items w join hosts h on h.id = w.host_id where h.name = 'h2' limit 1",
+      [],
+      f.database,
+    );
+    const [own] = await f.cluster.query<{ agent_instance: string }>("select agent_instance from hosts where name = 'h1'", [], f.database);
+    expect(foreign?.id).toBeTruthy();
+    const answer = await fetch(`${f.replicas[0]!.url}/v1/agent/work/${foreign!.id}/result`, {
+      method: 'POST',
+      headers: {
+        authorization: `Bearer ${f.agentTokens.get('h1')}`,
+        'berth-agent-worker': own?.agent_instance ?? '',
+        'content-type': 'application/json',
+      },
+      body: JSON.stringify({ state: 'failed', error: { code: 'INTERNAL', message: 'not mine' } }),
+    });
+    expect(answer.status).toBe(404);
+    // And the agent routes are for agent tokens only: an admin cannot claim a host's work.
+    const claim = await fetch(`${f.replicas[0]!.url}/v1/agent/work?wait=0s`, {
+      headers: { authorization: `Bearer ${f.adminToken}`, 'berth-agent-worker': own?.agent_instance ?? '' },
+    });
+    expect(claim.status).toBe(403);
+  });
+
+  it('an offline agent: the attach fails at its deadline naming the host, nothing ran there, the volume stays available', async () => {
+    const f = world();
+    expect(await f.stopAgent('h2')).toBe(0);
+    const volume = await f.json<Volume>(['volume', 'create', '--size', '32MiB', '--name', 'late-h2']);
+    const run = await f.berth(['attach', 'late-h2', '--server', 'web-h2', '--json']);
+    expect(run.exitCode).toBe(EXIT_CODES.TIMEOUT);
+    const error = errorBody(run);
+    expect(error.code).toBe('TIMEOUT');
+    expect(error.message).toContain('h2');
+    expect((await f.json<Volume>(['volume', 'show', 'late-h2'])).status).toBe('available');
+    expect(loopDevicesBacking(volume.providerLocation as string)).toEqual([]);
+    const [operation] = await f.cluster.query<{ id: string; state: string }>(
+      "select id, state from operations where kind = 'attach' and volume_id = $1",
+      [volume.id],
+      f.database,
+    );
+    expect(operation?.state).toBe('rolled_back');
+    const items = await workItems(operation!.id);
+    expect(items.map((w) => [w.step, w.state, w.attempts])).toEqual([['connect', 'failed', 0]]);
+
+    // Back online, h2 takes work again (and the cancelled item is never run).
+    await f.startAgent('h2');
+    const attached = await f.json<OperationOutcome>(['attach', 'late-h2', '--server', 'web-h2']);
+    expect(attached.operation.state).toBe('succeeded');
+    expect(loopDevicesBacking(volume.providerLocation as string)).toEqual([attached.attachment?.device?.path]);
+    expect((await workItems(operation!.id)).map((w) => [w.step, w.state, w.attempts])).toEqual([['connect', 'failed', 0]]);
+    expect((await f.json<OperationOutcome>(['detach', 'late-h2'])).operation.state).toBe('succeeded');
+  });
+
+  it('an agent SIGKILLed mid-connect (after losetup): its restart re-runs the claimed item, the attach succeeds with one device', async () => {
+    const f = world();
+    await f.stopAgent('h1');
+    const crashing = await f.startAgent('h1', { BERTH_FAULTS: 'loop.connect.after-losetup=crash' });
+    const volume = await f.json<Volume>(['volume', 'create', '--size', '32MiB', '--name', 'crash-h1']);
+    const attaching = f.json<OperationOutcome>(['attach', 'crash-h1', '--server', 'web-h1']);
+    const died = await crashing.child;
+    expect(died.signal).toBe('SIGKILL');
+    // The new instance registers, the dead one's item goes back to pending, and runs again.
+    await f.startAgent('h1');
+    const attached = await attaching;
+    expect(attached.operation.state).toBe('succeeded');
+    const device = attached.attachment?.device?.path;
+    expect(loopDevicesBacking(volume.providerLocation as string)).toEqual([device]);
+    const connects = (await workItems(attached.operation.id)).filter((w) => w.step === 'connect');
+    expect(connects.map((w) => [w.state, w.attempts])).toEqual([['done', 2]]);
+    expect((await f.json<OperationOutcome>(['detach', 'crash-h1'])).operation.state).toBe('succeeded');
+    expect(loopDevicesBacking(volume.providerLocation as string)).toEqual([]);
+  });
+});
