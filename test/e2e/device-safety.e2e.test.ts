@@ -48,9 +48,11 @@ function holdOpen(device: string): ChildProcess {
 }
 
 /** A lock-holder process, started ahead (node's start is slow on a busy machine), that takes the lock on `take()`. */
-async function lockHolder(dataDir: string, holdMs: number): Promise<{ take(): Promise<void>; child: ChildProcess }> {
+async function lockHolder(dataDir: string, holdMs: number): Promise<{ take(): Promise<void>; child: ChildProcess; exited: Promise<void> }> {
   const child = spawn(process.execPath, [LOCK_HOLDER, path.join(dataDir, 'berth.db'), String(holdMs), '--on-stdin'], { stdio: ['pipe', 'pipe', 'inherit'] });
   children.push(child);
+  // Listened for from the start: under load the holder may be gone before the test asks.
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const lines: string[] = [];
   const waiters: Array<() => void> = [];
   child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
@@ -63,6 +65,7 @@ async function lockHolder(dataDir: string, holdMs: number): Promise<{ take(): Pr
   await line('ready');
   return {
     child,
+    exited,
     async take() {
       child.stdin!.write('go\n');
       await line('locked');
@@ -261,7 +264,7 @@ describe('the database write lock held by another process (finding 5)', () => {
     await holder.take();
     const failed = await rejection(started.done);
     expect(failed.code).toBe('TIMEOUT');
-    await new Promise<void>((resolve) => holder.child.once('exit', () => resolve()));
+    await holder.exited;
     const operation = await berth.getOperation(started.operation.id);
     const attachments = await berth.listAttachments({ volume: 'v' });
     // Either the undo ran and says so, or the operation is still running for recovery: never
