@@ -22,6 +22,8 @@ export interface ManyHostsOptions {
   config?: Record<string, unknown>;
   /** Extra environment of the replicas (e.g. BERTH_FAULTS). */
   replicaEnv?: Record<string, string>;
+  /** Extra environment of one replica, by index, over `replicaEnv` (a fault armed in one replica only). */
+  replicaEnvs?: ReadonlyArray<Record<string, string> | undefined>;
 }
 
 /** One `berth serve`. */
@@ -59,7 +61,7 @@ export interface ManyHosts {
   berth(args: readonly string[], replica?: number): Promise<BerthRun>;
   /** `berth --api <replica> ARGS --json` as admin: exit 0 expected, output parsed. */
   json<T>(args: readonly string[], replica?: number): Promise<T>;
-  /** Start `host`'s agent (again) and wait for its registration line. */
+  /** Start `host`'s agent (again, talking to replica 0) and wait for its registration line. */
   startAgent(name: string, env?: Record<string, string>): Promise<AgentProcess>;
   /** Send `signal` to `host`'s agent and wait for it to exit; resolves to its exit code. */
   stopAgent(name: string, signal?: NodeJS.Signals): Promise<number | undefined>;
@@ -152,7 +154,7 @@ export async function startManyHosts(options: ManyHostsOptions): Promise<ManyHos
     });
     for (let i = 0; i < (options.replicas ?? 1); i++) {
       const child = execa(process.execPath, [BERTH_BIN, 'serve', '--store', storeUrl], {
-        env: { ...inheritedEnv(), ...sandbox.env, ...options.replicaEnv },
+        env: { ...inheritedEnv(), ...sandbox.env, ...options.replicaEnv, ...options.replicaEnvs?.[i] },
         extendEnv: false,
         reject: false,
         cwd: sandbox.root,
