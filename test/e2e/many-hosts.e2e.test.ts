@@ -3,9 +3,12 @@
 // transport. Attaches to a server on each host are connected by that host's agent (its work items,
 // its worker), whichever replica took the request; `berth host list` shows both agents; an agent
 // that is offline makes an attach fail at its deadline naming the host, with nothing run there;
-// an agent token cannot act on another host's work. Every process, loop device, link, namespace
+// an agent token cannot act on another host's work; an agent SIGKILLed mid-`connect` comes back
+// either at once (the step re-runs) or only after the deadline (the step is cancelled and undone on
+// its return). Every process, loop device, link, namespace
 // and the cluster are removed in afterAll, even when a test fails.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { existsSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { EXIT_CODES } from '@berth/core';
 import type { Attachment, Host, OperationOutcome, Server, Volume } from '@berth/core';
 import { errorBody } from '../support/berth-cli.js';
@@ -16,6 +19,8 @@ const isRoot = process.getuid?.() === 0;
 const HOOK_TIMEOUT_MS = 240_000;
 // Short enough that the offline case ends soon, long enough for a loaded 2-core machine.
 const OPERATION_TIMEOUT_MS = 20_000;
+// Room for an agent restart (node + the CLI's imports, on a loaded machine) inside an undo.
+const UNDO_TIMEOUT_MS = 30_000;
 
 interface WorkRow extends Record<string, unknown> {
   step: string;
@@ -34,7 +39,7 @@ describe.skipIf(!isRoot)('many hosts: agents in network namespaces, replicas on 
     fleet = await startManyHosts({
       hosts: 2,
       replicas: 2,
-      config: { operationTimeoutMs: OPERATION_TIMEOUT_MS, undoTimeoutMs: 10_000, agent: { leaseMs: 6_000, pollWaitMs: 20_000, offlineAfterMs: 45_000 } },
+      config: { operationTimeoutMs: OPERATION_TIMEOUT_MS, undoTimeoutMs: UNDO_TIMEOUT_MS, agent: { leaseMs: 6_000, pollWaitMs: 20_000, offlineAfterMs: 45_000 } },
     });
   }, HOOK_TIMEOUT_MS);
 
@@ -183,5 +188,57 @@ describe.skipIf(!isRoot)('many hosts: agents in network namespaces, replicas on 
     expect(connects.map((w) => [w.state, w.attempts])).toEqual([['done', 2]]);
     expect((await f.json<OperationOutcome>(['detach', 'crash-h1'])).operation.state).toBe('succeeded');
     expect(loopDevicesBacking(volume.providerLocation as string)).toEqual([]);
+  });
+
+  it('an agent SIGKILLed mid-connect and back only after the deadline: the connect is cancelled, its release runs on the return, nothing is left', async () => {
+    const f = world();
+    await f.stopAgent('h1');
+    const crashing = await f.startAgent('h1', { BERTH_FAULTS: 'loop.connect.after-losetup=crash' });
+    const volume = await f.json<Volume>(['volume', 'create', '--size', '32MiB', '--name', 'gone-h1']);
+    const file = volume.providerLocation as string;
+    const attaching = f.berth(['attach', 'gone-h1', '--server', 'web-h1', '--json']);
+    expect((await crashing.child).signal).toBe('SIGKILL');
+    // The dead agent made the loop device and never reported it.
+    expect(loopDevicesBacking(file)).toHaveLength(1);
+
+    // The operation's deadline passes with h1 down: the item it had claimed is cancelled (it ran
+    // there: attempts 1) and the undo's `release` waits for the host.
+    let operationId = '';
+    await vi.waitFor(
+      async () => {
+        const [operation] = await f.cluster.query<{ id: string }>("select id from operations where kind = 'attach' and volume_id = $1", [volume.id], f.database);
+        operationId = operation?.id ?? '';
+        expect((await workItems(operationId)).map((w) => [w.step, w.state, w.attempts])).toEqual([
+          ['connect', 'failed', 1],
+          ['release', 'pending', 0],
+        ]);
+      },
+      { timeout: OPERATION_TIMEOUT_MS + 30_000, interval: 200 },
+    );
+    expect(loopDevicesBacking(file)).toHaveLength(1);
+
+    // Back within undoTimeoutMs: the new instance runs the release, the attach ends rolled back.
+    await f.startAgent('h1');
+    const run = await attaching;
+    expect(run.exitCode).toBe(EXIT_CODES.TIMEOUT);
+    const error = errorBody(run);
+    expect(error.code).toBe('TIMEOUT');
+    expect(error.message).toContain('h1');
+    const [operation] = await f.cluster.query<{ state: string }>('select state from operations where id = $1', [operationId], f.database);
+    expect(operation?.state).toBe('rolled_back');
+    expect((await workItems(operationId)).map((w) => [w.step, w.state, w.attempts])).toEqual([
+      ['connect', 'failed', 1],
+      ['release', 'done', 1],
+    ]);
+    expect(loopDevicesBacking(file)).toEqual([]);
+    expect(existsSync(`/dev/berth/${volume.id}`)).toBe(false);
+    expect((await f.json<Volume>(['volume', 'show', 'gone-h1'])).status).toBe('available');
+
+    // Nothing stuck: the next attach and detach of the volume work.
+    const attached = await f.json<OperationOutcome>(['attach', 'gone-h1', '--server', 'web-h1']);
+    expect(attached.operation.state).toBe('succeeded');
+    expect(loopDevicesBacking(file)).toEqual([attached.attachment?.device?.path]);
+    expect((await f.json<OperationOutcome>(['detach', 'gone-h1'])).operation.state).toBe('succeeded');
+    expect(loopDevicesBacking(file)).toEqual([]);
   });
 });
