@@ -5,7 +5,7 @@ import { silentLogger, type BerthService } from '@berth/core';
 import { openBerth } from '@berth/runtime';
 import { createApiApp, hashToken, TokenTable } from '@berth/api';
 import { RemoteBerthService } from '@berth/client';
-import { printTable, summarize } from './stats.js';
+import { printTable, runSpread, summarize } from './stats.js';
 
 const TOKEN = 'bench-admin-token-0123456789abcdef';
 
@@ -43,24 +43,16 @@ function journalled(operation: { startedAt: string; endedAt: string | null }): n
 
 /** Run `cycles` cycles spread over `concurrency` workers, each on its own volume, into `samples`. */
 async function drive(samples: Samples, concurrency: number, cycles: number, cycle: Cycle): Promise<void> {
-  let next = 0;
-  const started = performance.now();
-  await Promise.all(
-    Array.from({ length: concurrency }, async (_, worker) => {
-      while (next < cycles) {
-        next += 1;
-        const t0 = performance.now();
-        const { attachMs, detachMs, operationsMs, requests } = await cycle(`bench-${worker}`);
-        const cycleMs = performance.now() - t0;
-        samples.cycles.push(cycleMs);
-        samples.outside.push(cycleMs - operationsMs);
-        samples.attaches.push(attachMs);
-        samples.detaches.push(detachMs);
-        samples.requests += requests;
-      }
-    }),
-  );
-  samples.wallMs += performance.now() - started;
+  samples.wallMs += await runSpread(concurrency, cycles, async (worker) => {
+    const t0 = performance.now();
+    const { attachMs, detachMs, operationsMs, requests } = await cycle(`bench-${worker}`);
+    const cycleMs = performance.now() - t0;
+    samples.cycles.push(cycleMs);
+    samples.outside.push(cycleMs - operationsMs);
+    samples.attaches.push(attachMs);
+    samples.detaches.push(detachMs);
+    samples.requests += requests;
+  });
 }
 
 /** A cycle through `berth` (the embedded service, or the HTTP client that implements the same interface). */

@@ -7,6 +7,7 @@ import { benchAttachMultipath } from './attach-multipath.js';
 import { benchOsBrickSideBySide } from './os-brick-side-by-side.js';
 import { benchSimhostTool } from './simhost-tool.js';
 import { benchCliStart } from './cli-start.js';
+import { benchManyHosts } from './many-hosts.js';
 
 const env = (name: string, fallback: number): number => Number(process.env[name] ?? fallback);
 
@@ -31,6 +32,7 @@ const benches: Record<string, () => Promise<void>> = {
     ),
   'attach-guest': () => benchAttachGuest(env('BENCH_ITERATIONS_GUEST', 5)),
   'cli-start': () => benchCliStart(env('BENCH_CLI_ROUNDS', 10), process.env.BENCH_CLI_BASELINE),
+  'many-hosts': () => benchManyHosts(env('BENCH_HOSTS_CYCLES', 40), env('BENCH_HOSTS_CONCURRENCY', 4), env('BENCH_HOSTS_ROUNDS', 4)),
 };
 
 const wanted = process.argv.slice(2);

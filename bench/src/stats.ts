@@ -26,3 +26,21 @@ export function printTable(title: string, header: string[], rows: Array<Array<st
   console.log(widths.map((w) => '-'.repeat(w)).join('  '));
   for (const r of cells.slice(1)) console.log(line(r));
 }
+
+/**
+ * Run `count` jobs on `concurrency` workers (each takes the next job when its last one ended);
+ * resolves to the wall time in ms.
+ */
+export async function runSpread(concurrency: number, count: number, job: (worker: number) => Promise<void>): Promise<number> {
+  let next = 0;
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async (_, worker) => {
+      while (next < count) {
+        next += 1;
+        await job(worker);
+      }
+    }),
+  );
+  return performance.now() - started;
+}
