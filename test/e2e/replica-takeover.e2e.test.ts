@@ -1,12 +1,14 @@
 // Issue 10's "kill -9 a replica in the middle of 10 attaches": PostgreSQL, two `berth serve`
-// replicas (B = replica 0, which the agent talks to; A = replica 1, armed with a long delay right
-// after `connect`, so its attaches stay in flight with a loop device made on the host) and one
-// agent in a network namespace. Ten attaches go to A; once every journal shows `connect` done, A is
-// SIGKILLed. B must take every operation over within `replica.leaseMs + replica.heartbeatMs` plus
-// slack (the measured time is printed: the issue's "≤ 10 s"), and finish each by the recovery
-// rules: an attach whose `complete` never committed rolls back — its `connect` undone on the host
-// by the agent (a `release` item) — so nothing is left: no loop device, no link, no running
-// operation or open work item, every volume available, and the next attach and detach work.
+// replicas (B = replica 0, which the agent talks to; A = replica 1, armed with long delays right
+// after `connect` and after `disconnect`, so its operations stay in flight with the host work
+// done) and one agent in a network namespace. Seven attaches and three detaches (of volumes B
+// attached) go to A; once each has reached its point, A is SIGKILLed. B must take every operation
+// over within `replica.leaseMs + replica.heartbeatMs` plus slack (the measured time is printed:
+// the issue's "≤ 10 s"), and finish each by the recovery rules: an attach whose `complete` never
+// committed rolls back — its `connect` undone on the host by the agent (a `release` item) — and a
+// detach past `disconnect` (its point of no return) goes forward to its end. Nothing is left: no
+// loop device, no link, no attachment, no running operation or open work item, every volume
+// available, and the next attach and detach work.
 import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { OperationOutcome, Server, Volume } from '@berth/core';
@@ -15,14 +17,15 @@ import { startManyHosts, type ManyHosts } from '../support/many-hosts.js';
 
 const isRoot = process.getuid?.() === 0;
 const HOOK_TIMEOUT_MS = 240_000;
-const ATTACHES = 10;
+const ATTACHES = 7;
+const DETACHES = 3;
 // The config defaults, spelled out: the bound the README states is their sum.
 const LEASE_MS = 6_000;
 const HEARTBEAT_MS = 2_000;
 // A loaded 2-core machine (other suites, this one's agent and replicas) delays a beat by seconds.
 const SLACK_MS = 5_000;
-// Long enough that no attach of A passes `connect.after` before the kill, on any load.
-const CONNECT_DELAY_MS = 90_000;
+// Long enough that no operation of A passes its point before the kill, on any load.
+const PARK_MS = 90_000;
 
 interface OperationRow extends Record<string, unknown> {
   id: string;
@@ -45,7 +48,7 @@ interface ItemRow extends Record<string, unknown> {
   attempts: number;
 }
 
-describe.skipIf(!isRoot)('replica takeover: a replica SIGKILLed with 10 attaches in flight', { timeout: 300_000 }, () => {
+describe.skipIf(!isRoot)('replica takeover: a replica SIGKILLed with 10 operations in flight', { timeout: 300_000 }, () => {
   let fleet: ManyHosts | undefined;
   const volumes: Volume[] = [];
 
@@ -59,7 +62,7 @@ describe.skipIf(!isRoot)('replica takeover: a replica SIGKILLed with 10 attaches
         replica: { leaseMs: LEASE_MS, heartbeatMs: HEARTBEAT_MS },
         agent: { leaseMs: 6_000, pollWaitMs: 20_000, offlineAfterMs: 45_000 },
       },
-      replicaEnvs: [undefined, { BERTH_FAULTS: `attach.connect.after=delay:${CONNECT_DELAY_MS}` }],
+      replicaEnvs: [undefined, { BERTH_FAULTS: `attach.connect.after=delay:${PARK_MS},detach.disconnect.after=delay:${PARK_MS}` }],
     });
   }, HOOK_TIMEOUT_MS);
 
@@ -92,37 +95,52 @@ describe.skipIf(!isRoot)('replica takeover: a replica SIGKILLed with 10 attaches
     return f.cluster.query<T>(sql, [ids], f.database);
   }
 
-  it('the survivor takes every operation over within leaseMs + heartbeatMs, rolls each back and leaves nothing', async () => {
+  it('the survivor takes every operation over within leaseMs + heartbeatMs: attaches roll back, detaches go forward, nothing is left', async () => {
     const f = world();
     const b = f.replicas[0]!;
     const a = f.replicas[1]!;
     await f.json<Server>(['server', 'create', 'web-1', '--host', 'h1']);
-    for (let i = 0; i < ATTACHES; i++) {
+    for (let i = 0; i < ATTACHES + DETACHES; i++) {
       const created = await api<Volume>(0, 'POST', '/v1/volumes', { name: `takeover-${i}`, sizeBytes: 32 * 1024 * 1024 });
       expect(created.status).toBe(201);
       volumes.push(created.body);
     }
+    const toAttach = volumes.slice(0, ATTACHES);
+    const toDetach = volumes.slice(ATTACHES);
+    // The volumes A will detach, attached through B (no fault there).
+    for (const volume of toDetach) expect((await f.json<OperationOutcome>(['attach', volume.name, '--server', 'web-1'])).operation.state).toBe('succeeded');
 
-    // Ten attaches through A: each answers 202 with its journalled operation at once.
-    const started = await Promise.all(volumes.map((v) => api<{ id: string }>(1, 'POST', `/v1/volumes/${v.id}/attach`, { server: 'web-1' })));
+    // Ten operations through A: each answers 202 with its journalled operation at once.
+    const started = await Promise.all([
+      ...toAttach.map((v) => api<{ id: string }>(1, 'POST', `/v1/volumes/${v.id}/attach`, { server: 'web-1' })),
+      ...toDetach.map((v) => api<{ id: string }>(1, 'POST', `/v1/volumes/${v.id}/detach`, {})),
+    ]);
     expect(started.map((s) => s.status)).toEqual(volumes.map(() => 202));
     const ids = started.map((s) => s.body.id);
+    const attachIds = ids.slice(0, ATTACHES);
+    const detachIds = ids.slice(ATTACHES);
 
-    // Every attach has its device recorded (the agent's loop device, the store half of `connect`
-    // done) and A parked at `attach.connect.after`: the journal's `connect` row is still open.
+    // Each attach has its device recorded (the agent's loop device, the store half of `connect`
+    // done) and each detach its `disconnect` done on the host: A is parked right after those steps.
     await vi.waitFor(
       async () => {
         const connected = await rows<{ id: string }>(
           'select o.id from operations o join attachments a on a.id = o.attachment_id where o.id = any($1) and a.device is not null',
-          ids,
+          attachIds,
         );
         expect(connected).toHaveLength(ATTACHES);
+        const disconnected = await rows<ItemRow>("select operation_id from work_items where operation_id = any($1) and step = 'disconnect' and state = 'done'", detachIds);
+        expect(disconnected).toHaveLength(DETACHES);
       },
       { timeout: 120_000, interval: 200 },
     );
-    const parked = await rows<StepRow>("select operation_id, name, phase, state from operation_steps where operation_id = any($1) and name = 'connect'", ids);
-    expect(parked.map((s) => [s.phase, s.state])).toEqual(ids.map(() => ['do', 'running']));
-    for (const volume of volumes) expect(loopDevicesBacking(volume.providerLocation as string)).toHaveLength(1);
+    const parked = await rows<StepRow>(
+      "select operation_id, name, phase, state from operation_steps where operation_id = any($1) and name in ('connect', 'disconnect') and phase = 'do'",
+      ids,
+    );
+    expect(parked.map((s) => s.state)).toEqual(ids.map(() => 'running'));
+    for (const volume of toAttach) expect(loopDevicesBacking(volume.providerLocation as string)).toHaveLength(1);
+    for (const volume of toDetach) expect(loopDevicesBacking(volume.providerLocation as string)).toEqual([]);
     const before = await rows<OperationRow>('select id, state, owner, volume_id from operations where id = any($1)', ids);
     // Owners are `pid@host`: the two replicas differ only in their pid.
     const ownerA = before[0]?.owner ?? '';
@@ -148,20 +166,25 @@ describe.skipIf(!isRoot)('replica takeover: a replica SIGKILLed with 10 attaches
     const outcomes = await Promise.all(ids.map((id) => api<{ state: string }>(0, 'GET', `/v1/operations/${id}?wait=60s`)));
     const finishedMs = Date.now() - killedAt;
     console.log(
-      `replica takeover of ${ATTACHES} attaches: all owned by the survivor ${(takenOverMs / 1000).toFixed(1)} s after the SIGKILL ` +
+      `replica takeover of ${ATTACHES} attaches and ${DETACHES} detaches: all owned by the survivor ${(takenOverMs / 1000).toFixed(1)} s after the SIGKILL ` +
         `(bound leaseMs + heartbeatMs = ${(LEASE_MS + HEARTBEAT_MS) / 1000} s), all finished after ${(finishedMs / 1000).toFixed(1)} s`,
     );
     expect(takenOverMs).toBeLessThanOrEqual(LEASE_MS + HEARTBEAT_MS + SLACK_MS);
 
-    // By the recovery rules: `complete` never ran, so each attach rolled back, its connect undone on the host.
-    expect(outcomes.map((o) => o.body.state)).toEqual(ids.map(() => 'rolled_back'));
+    // By the recovery rules: `complete` never ran, so each attach rolled back, its connect undone
+    // on the host; each detach was past its point of no return, so it went forward.
+    expect(outcomes.map((o) => o.body.state)).toEqual([...attachIds.map(() => 'rolled_back'), ...detachIds.map(() => 'succeeded')]);
     const items = await rows<ItemRow>('select operation_id, step, state, attempts from work_items where operation_id = any($1) order by created_at', ids);
-    for (const id of ids) {
-      const own = items.filter((w) => w.operation_id === id).map((w) => [w.step, w.state]);
-      expect(own).toEqual([
+    for (const id of attachIds) {
+      expect(items.filter((w) => w.operation_id === id).map((w) => [w.step, w.state])).toEqual([
         ['connect', 'done'],
         ['release', 'done'],
       ]);
+    }
+    for (const id of detachIds) {
+      const own = items.filter((w) => w.operation_id === id);
+      expect(own.map((w) => w.step)).toContain('disconnect');
+      expect(own.every((w) => w.state === 'done')).toBe(true);
     }
     for (const volume of volumes) {
       expect(loopDevicesBacking(volume.providerLocation as string)).toEqual([]);
