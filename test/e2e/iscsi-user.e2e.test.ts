@@ -10,7 +10,7 @@ import { createHostServices, daemonStatus } from '@berth/host';
 import { StorageDaemon, unmountFuseUnder } from '@berth/qemu';
 import { openBerth } from '@berth/runtime';
 import { writeAt } from '../support/host-state.js';
-import { loopDevicesUnder } from '../support/loop-devices.js';
+import { berthLinkExists, loopDevicesUnder } from '../support/loop-devices.js';
 import { freeControlPort, freePort } from '../support/ports.js';
 import { linkTarget } from '../support/test-berth.js';
 
@@ -80,7 +80,7 @@ describe('berth attach of a tgt volume on a host without a kernel initiator', ()
     expect((await berth.getVolume('db1')).status).toBe('available');
     expect(loopDevicesUnder(dataDir)).toEqual([]);
     expect(readFileSync('/proc/mounts', 'utf8')).not.toContain(dataDir);
-    expect(existsSync(`/dev/berth/${volume.id}`)).toBe(false);
+    expect(berthLinkExists(volume.id)).toBe(false);
   });
 
   it('--transport iscsi forces the kernel transport: a clear failure here, and nothing left', async () => {

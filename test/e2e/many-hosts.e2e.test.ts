@@ -7,12 +7,11 @@
 // either at once (the step re-runs) or only after the deadline (the step is cancelled and undone on
 // its return). Every process, loop device, link, namespace
 // and the cluster are removed in afterAll, even when a test fails.
-import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { EXIT_CODES } from '@berth/core';
 import type { Attachment, Host, OperationOutcome, Server, Volume } from '@berth/core';
 import { errorBody } from '../support/berth-cli.js';
-import { loopDevicesBacking } from '../support/loop-devices.js';
+import { berthLinkExists, loopDevicesBacking } from '../support/loop-devices.js';
 import { startManyHosts, type ManyHosts } from '../support/many-hosts.js';
 
 const isRoot = process.getuid?.() === 0;
@@ -231,7 +230,7 @@ describe.skipIf(!isRoot)('many hosts: agents in network namespaces, replicas on 
       ['release', 'done', 1],
     ]);
     expect(loopDevicesBacking(file)).toEqual([]);
-    expect(existsSync(`/dev/berth/${volume.id}`)).toBe(false);
+    expect(berthLinkExists(volume.id)).toBe(false);
     expect((await f.json<Volume>(['volume', 'show', 'gone-h1'])).status).toBe('available');
 
     // Nothing stuck: the next attach and detach of the volume work.

@@ -1,4 +1,5 @@
 import { execFileSync } from 'node:child_process';
+import { lstatSync } from 'node:fs';
 import { lstat, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
@@ -40,6 +41,16 @@ export async function detachLoopDevicesUnder(dir: string): Promise<string[]> {
     await execa('losetup', ['--detach', device], { timeout: 10_000, reject: false });
   }
   return leaked;
+}
+
+/** Whether `/dev/berth/<id>` is there as a link at all: a link left dangling at a detached loop device is a leak too. */
+export function berthLinkExists(volumeId: string): boolean {
+  try {
+    lstatSync(`/dev/berth/${volumeId}`);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Safety net: remove the `/dev/berth/<id>` links of these volumes (UUIDs: only this test made them). */
