@@ -97,6 +97,9 @@ afterAll(async () => {
     await unmountFuseUnder(host, dataDir, 10_000).catch(() => undefined);
     for (const volume of made) await backend?.delete(volume, AbortSignal.timeout(30_000)).catch(() => undefined);
     await stopDaemon(path.join(dataDir, 'tgtd.pid'), { timeoutMs: 10_000 }).catch(() => undefined);
+    // stopDaemon leaves it: the pid file names nsenter, which exec'd tgtd (another executable), and
+    // tgtd ignores SIGTERM while it has targets. Its control port is this file's own.
+    await host.runner.run('pkill', ['-KILL', '-f', `^tgtd -f -C ${controlPort} `], { timeoutMs: 10_000, reject: false });
     await rm(`/run/tgtd/socket.${controlPort}`, { force: true });
     await rm(`/run/tgtd/socket.${controlPort}.lock`, { force: true });
   } finally {
