@@ -1,7 +1,6 @@
 import { z } from 'zod';
 import {
   zAttachRequest,
-  zClaimedWork,
   zConnector,
   zCreateServerRequest,
   zCreateVolumeRequest,
@@ -136,29 +135,17 @@ export const zHostViewList = z.object({ hosts: z.array(zHostView) });
 
 /** `POST /v1/agent/register`. */
 export { zAgentRegistration as zAgentRegisterBody } from '@berth/core';
-/** What `POST /v1/agent/register` answers. */
-export const zAgentSession = z.object({
-  hostId: z.uuid(),
-  hostName: z.string(),
-  worker: z.string().describe('send it as Berth-Agent-Worker with every later call'),
-  leaseMs: z.number().int(),
-  pollWaitMs: z.number().int(),
-});
 /** `GET /v1/agent/work?wait=25s&limit=4`. */
 export const zAgentWorkQuery = z.strictObject({
   wait: zWaitDuration.optional().describe('how long to wait for work when there is none (default: the config\'s agent.pollWaitMs)'),
   limit: z.coerce.number().int().min(1).max(100).optional().describe('claim at most this many items (default 1)'),
 });
-/** What `GET /v1/agent/work` answers (payloads may carry the connection secrets of `connect` items). */
-export const zAgentWorkList = z.object({ items: z.array(zClaimedWork) });
 /** `POST /v1/agent/work/{id}/result`. */
 export const zAgentResultBody = z.strictObject({
   state: z.enum(['done', 'failed']),
   result: z.record(z.string(), z.unknown()).optional(),
   error: zErrorSummary.optional(),
 });
-/** What a renewal answers. */
-export const zAgentRenewal = z.object({ leaseExpiresAt: z.string() });
 /** What a result answers. */
 export const zAgentResultAck = z.object({ accepted: z.literal(true) });
 
@@ -168,6 +155,9 @@ export const zEmptyBody = z.strictObject({});
 // The reports are core's schemas, the answers' envelopes the client's wire schemas: one definition for every side.
 export { zPluginReport, zReconcileDifference, zReconcileReport } from '@berth/core';
 export {
+  zAgentRenewal,
+  zAgentSessionBody as zAgentSession,
+  zAgentWorkList,
   zAttachmentConnectionBody as zAttachmentConnection,
   zAttachmentList,
   zCredentials,

@@ -59,11 +59,11 @@ export const zHealth = z.object({ status: z.string() });
 export const zAgentSessionBody = z.object({
   hostId: z.string().min(1),
   hostName: z.string().min(1),
-  worker: z.string().min(1),
+  worker: z.string().min(1).describe('send it as Berth-Agent-Worker with every later call'),
   leaseMs: z.number().int().positive(),
   pollWaitMs: z.number().int().nonnegative(),
 });
-/** `GET /v1/agent/work`: the items claimed (empty when the wait ended with none). */
+/** `GET /v1/agent/work`: the items claimed (empty when the wait ended with none); payloads may carry the connection secrets of `connect` items. */
 export const zAgentWorkList = z.object({ items: z.array(zClaimedWork) });
 /** `POST /v1/agent/work/{id}/renew`: the item's new lease end. */
 export const zAgentRenewal = z.object({ leaseExpiresAt: z.string().min(1) });

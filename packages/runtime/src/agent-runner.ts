@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import {
   BerthError,
+  KeyedLock,
   runHostStep,
   zHostStepName,
   type AgentOutcome,
@@ -47,22 +48,6 @@ function transient(error: unknown): boolean {
   return error.code === 'CONFIG' && error.cause !== undefined;
 }
 
-/** Run `fn` for each key one after another (a `release` queued behind its volume's `connect` waits). */
-class KeyedQueue {
-  private readonly tails = new Map<string, Promise<unknown>>();
-
-  run<T>(key: string, fn: () => Promise<T>): Promise<T> {
-    const previous = this.tails.get(key) ?? Promise.resolve();
-    const next = previous.then(fn, fn);
-    const tail = next.catch(() => undefined);
-    this.tails.set(key, tail);
-    void tail.then(() => {
-      if (this.tails.get(key) === tail) this.tails.delete(key);
-    });
-    return next;
-  }
-}
-
 /**
  * `berth agent`'s loop: register the host (backing off while the API cannot be reached), claim its
  * work items with a long-poll, run each with `runHostStep` (one at a time per volume, at most
@@ -74,7 +59,7 @@ class KeyedQueue {
 export class AgentRunner {
   private readonly stopping = new AbortController();
   private readonly running = new Set<Promise<void>>();
-  private readonly queue = new KeyedQueue();
+  private readonly queue = new KeyedLock(); // a `release` queued behind its volume's `connect` waits
   private readonly concurrency: number;
   private readonly firstBackoffMs: number;
   private readonly maxBackoffMs: number;
@@ -169,7 +154,7 @@ export class AgentRunner {
   private async runItem(session: AgentSession, work: ClaimedWork): Promise<void> {
     const { item, payload } = work;
     const key = typeof payload.volumeId === 'string' ? `volume:${payload.volumeId}` : `operation:${item.operationId}`;
-    await this.queue.run(key, async () => {
+    await this.queue.withLock(key, async () => {
       const fenced = new AbortController();
       const lease = { expiresAt: Date.parse(item.leaseExpiresAt ?? '') || Date.now() + session.leaseMs };
       const renewal = setInterval(() => {

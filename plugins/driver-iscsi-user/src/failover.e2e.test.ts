@@ -6,7 +6,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger, type BackendVolume, type ConnectionInfo, type Device, type VolumeBackend } from '@berth/core';
-import { createHostServices, startDaemon, stopDaemon, type HostServices } from '@berth/host';
+import { acceptsConnection, createHostServices, startDaemon, stopDaemon, type HostServices } from '@berth/host';
 import { createTgtBackend } from '@berth/backend-tgt';
 import { StorageDaemon, unmountFuseUnder } from '@berth/qemu';
 import { freeControlPort } from '@berth/simhost/real';
@@ -47,6 +47,10 @@ async function run(file: string, args: string[]): Promise<string> {
 /** Cut (`down`) or restore (`up`) the path to portal A. */
 async function pathA(state: 'down' | 'up'): Promise<void> {
   await run('ip', ['-n', netns, 'link', 'set', 'p0', state]);
+  if (state === 'down') return;
+  // A link just set up does not carry traffic at once: the next connect would find A dead and take B.
+  const [address, port] = portalA().split(':') as [string, string];
+  await host.waiter.waitUntil('/', async () => ((await acceptsConnection(address, Number(port))) ? true : undefined), { timeoutMs: 20_000 });
 }
 
 beforeAll(async () => {
@@ -93,6 +97,9 @@ afterAll(async () => {
     await unmountFuseUnder(host, dataDir, 10_000).catch(() => undefined);
     for (const volume of made) await backend?.delete(volume, AbortSignal.timeout(30_000)).catch(() => undefined);
     await stopDaemon(path.join(dataDir, 'tgtd.pid'), { timeoutMs: 10_000 }).catch(() => undefined);
+    // stopDaemon leaves it: the pid file names nsenter, which exec'd tgtd (another executable), and
+    // tgtd ignores SIGTERM while it has targets. Its control port is this file's own.
+    await host.runner.run('pkill', ['-KILL', '-f', `^tgtd -f -C ${controlPort} `], { timeoutMs: 10_000, reject: false });
     await rm(`/run/tgtd/socket.${controlPort}`, { force: true });
     await rm(`/run/tgtd/socket.${controlPort}.lock`, { force: true });
   } finally {
@@ -205,8 +212,11 @@ describe('iscsi-user portal failover (real tgtd on two portals, one made unreach
     // A second berth process that gives the daemon 3 s to answer.
     const impatient = createIscsiUserDriver({ host, dataDir, options: { requestTimeoutS: 3, portalProbeMs: 500, qmpTimeoutMs: 3_000, lockTimeoutMs: 10_000 }, logger: silentLogger });
     const OUTAGE_MS = 8_000;
+    // The LUN is on A (the first portal) before A is cut.
+    expect((await driver.checkPaths()).find((p) => p.device === device.path)).toMatchObject({ portal: portalA(), live: true });
+    const writer = startWriter(device.path, 0, 1024);
+    let connected = true;
     try {
-      const writer = startWriter(device.path, 0, 1024);
       await writer.writing;
       await pathA('down');
       const cut = performance.now();
@@ -218,12 +228,14 @@ describe('iscsi-user portal failover (real tgtd on two portals, one made unreach
       expect(failed?.code, failed?.message).toBe('TIMEOUT');
       expect(failed?.hint).toMatch(/cannot move requests already in flight/);
       expect(writer.finished()).toBe(false);
+      // The outage goes on for a while (the fault being staged), then the path comes back.
       await new Promise((resolve) => setTimeout(resolve, Math.max(0, OUTAGE_MS - answeredMs)));
       await pathA('up');
       const written = await writer.done;
       expect(written.errors).toBe(0);
       // The path answers again: nothing to move; whatever the cut-short call queued is gone.
       expect(await driver.failover(connection, { signal: AbortSignal.timeout(60_000) })).toMatchObject({ portal: portalA(), switched: false });
+      connected = false;
       await disconnect(connection, device);
       expect((await readFile(lunFile)).subarray(0, written.data.length).equals(written.data)).toBe(true);
       report.push(
@@ -231,6 +243,8 @@ describe('iscsi-user portal failover (real tgtd on two portals, one made unreach
       );
     } finally {
       await pathA('up');
+      await writer.done.catch(() => undefined);
+      if (connected) await disconnect(connection, device).catch(() => undefined);
     }
   }, 180_000);
 
