@@ -47,7 +47,7 @@ interface ItemRow extends Record<string, unknown> {
   attempts: number;
 }
 
-describe.skipIf(!isRoot)('replica takeover: a replica SIGKILLed with 10 operations in flight', { timeout: 300_000 }, () => {
+describe.skipIf(!isRoot)('replica takeover: a replica SIGKILLed with 10 operations in flight', { timeout: 420_000 }, () => {
   let fleet: ManyHosts | undefined;
   const volumes: Volume[] = [];
 
