@@ -10,19 +10,29 @@ import { loopDevicesUnder } from './loop-devices.js';
 /** A private berth on a temp data dir (real loop devices, real /dev/berth links). */
 export interface TestBerth {
   dataDir: string;
+  /** What a child berth of this test needs in its environment to open the same store (empty for SQLite). */
+  env: Record<string, string>;
   open(env?: Record<string, string>): Promise<BerthService>;
   /** Detach loop devices backed by files in the data dir, remove links made for them, delete the dir. */
   cleanup(): Promise<void>;
 }
 
+/** Options of a test berth. */
+export interface TestBerthOptions {
+  /** A PostgreSQL database for the store (a throwaway cluster's); SQLite in the data dir without it. */
+  storeUrl?: string;
+}
+
 /** Make a test berth; call `cleanup` in afterEach/afterAll. */
-export async function createTestBerth(): Promise<TestBerth> {
+export async function createTestBerth(options: TestBerthOptions = {}): Promise<TestBerth> {
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'berth-test-'));
   const opened: BerthService[] = [];
+  const storeEnv: Record<string, string> = options.storeUrl === undefined ? {} : { BERTH_STORE_URL: options.storeUrl };
   return {
     dataDir,
+    env: storeEnv,
     async open(env = {}) {
-      const service = await openBerth({ dataDir, env: { ...env }, logger: silentLogger });
+      const service = await openBerth({ dataDir, env: { ...storeEnv, ...env }, logger: silentLogger });
       opened.push(service);
       return service;
     },
