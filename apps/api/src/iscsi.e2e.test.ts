@@ -4,7 +4,6 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { managedTgtdPaths } from '@berth/backend-tgt';
 import type { AgentSession, Attachment, ClaimedWork, ConnectionInfo, Operation, Volume } from '@berth/core';
-import { openSqliteStore } from '@berth/store';
 import { bodyOf, createTestApi, linkTarget, PROJECT_A, TOKENS, type TestAnswer, type TestApi, type TestRequest } from './test-support.js';
 
 // Issue 5's end to end for iSCSI on the simulated host: the API serves with `simulate: true`, a tgt
@@ -283,7 +282,7 @@ describe('the HTTP app end to end for iSCSI on the simulated host (real socket, 
     const outside = await register(TOKENS.agentOutside, 'outside-1');
     const h1 = await register(TOKENS.agentH1, 'h-1');
     // A second store on the API's database plays the replica that enqueues the host step.
-    const replica = await openSqliteStore({ filename: path.join(t.dataDir, 'berth.db') });
+    const replica = await t.openStore();
     try {
       const operation = await replica.operations.create({ kind: 'attach', volumeId: volume.id, hostId: outside.hostId, deadlineAt: new Date(Date.now() + 600_000).toISOString() });
       const connection = { driver_volume_type: 'iscsi', data: { target_iqn: `iqn.2010-10.org.example:${volume.id}`, target_lun: 1, auth_method: 'CHAP', auth_username: 'user' } };

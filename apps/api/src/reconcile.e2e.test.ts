@@ -1,6 +1,5 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Operation, ReconcileReport, Volume } from '@berth/core';
 import { bodyOf, CLI, createTestApi, loopDevicesUnder, PROJECT_A, runCli, TOKENS, type TestApi } from './test-support.js';
@@ -39,8 +38,8 @@ afterAll(async () => {
 });
 
 /** Write a volume's status into the database by hand, as nothing in berth would. */
-function setStatusBehindBerthsBack(volumeId: string, status: string): void {
-  execFileSync('sqlite3', ['-cmd', '.timeout 5000', path.join(t.dataDir, 'berth.db'), `UPDATE volumes SET status = '${status}' WHERE id = '${volumeId}'`]);
+async function setStatusBehindBerthsBack(volumeId: string, status: string): Promise<void> {
+  await t.sql(`UPDATE volumes SET status = '${status}' WHERE id = '${volumeId}'`);
 }
 
 /** Attach a volume file to a loop device by hand, as an operator might. */
@@ -64,7 +63,7 @@ async function statusOf(volume: Volume): Promise<string> {
 describe('POST /v1/reconcile', () => {
   it('finds differences made behind berth\'s back with a dry run, changing nothing, and fixes them with a real run', async () => {
     expect(await statusOf(attached)).toBe('in-use');
-    setStatusBehindBerthsBack(attached.id, 'available');
+    await setStatusBehindBerthsBack(attached.id, 'available');
     const byHand = losetupByHand(spare.providerLocation!);
     const operationsBefore = await t.service.listOperations();
 
@@ -107,7 +106,7 @@ describe('POST /v1/reconcile', () => {
   });
 
   it('is for admin tokens only, and takes only {dryRun}', async () => {
-    setStatusBehindBerthsBack(attached.id, 'available');
+    await setStatusBehindBerthsBack(attached.id, 'available');
     try {
       for (const token of [TOKENS.memberA, TOKENS.agent]) {
         const refused = await t.request('POST', '/v1/reconcile', { token, json: {} });
@@ -124,14 +123,14 @@ describe('POST /v1/reconcile', () => {
       // None of them changed anything.
       expect(await statusOf(attached)).toBe('available');
     } finally {
-      setStatusBehindBerthsBack(attached.id, 'in-use');
+      await setStatusBehindBerthsBack(attached.id, 'in-use');
     }
   });
 });
 
 describe('berth reconcile --api URL', () => {
   it('lists with --dry-run what embedded mode lists on the same data dir, then fixes it; a member token exits FORBIDDEN', async () => {
-    setStatusBehindBerthsBack(attached.id, 'available');
+    await setStatusBehindBerthsBack(attached.id, 'available');
     const remote = { BERTH_TOKEN: TOKENS.admin };
 
     const dry = await runCli(['reconcile', '--dry-run', '--api', t.url], remote);
@@ -139,8 +138,8 @@ describe('berth reconcile --api URL', () => {
     const report = dry.json as ReconcileReport;
     expect(kinds(report)).toEqual(['volume_status_mismatch:recompute_status:planned']);
     expect(await statusOf(attached)).toBe('available');
-    // The embedded CLI, a second berth on the same data dir, sees exactly the same.
-    const embedded = await runCli(['reconcile', '--dry-run'], { BERTH_DATA_DIR: t.dataDir });
+    // The embedded CLI, a second berth on the same data dir (and store), sees exactly the same.
+    const embedded = await runCli(['reconcile', '--dry-run'], { BERTH_DATA_DIR: t.dataDir, ...t.storeEnv });
     expect(embedded).toEqual(dry);
 
     const forbidden = await runCli(['reconcile', '--yes', '--api', t.url], { BERTH_TOKEN: TOKENS.memberA });

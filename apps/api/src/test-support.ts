@@ -6,10 +6,12 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { expect } from 'vitest';
-import { silentLogger, type BerthService } from '@berth/core';
+import { expect, inject } from 'vitest';
+import { silentLogger, type BerthService, type Store } from '@berth/core';
 import { stopManagedTgtd } from '@berth/backend-tgt';
 import { openBerth, simulatedHostPaths, stopSimulatedHost } from '@berth/runtime';
+import { openPostgresStore, openSqliteStore } from '@berth/store';
+import { createDatabaseOn, queryOn } from '@berth/store/testing';
 import { freeControlPort, freePort } from '@berth/simhost/real';
 import { createApiApp, type ApiApp } from './app.js';
 import { hashToken, TokenTable, type TokenEntry } from './auth.js';
@@ -89,6 +91,14 @@ export interface TestApi {
   app: ApiApp;
   /** Present when the API runs iSCSI on the simulated host (`simulatedIscsi`). */
   iscsi: TestIscsi | undefined;
+  /** The PostgreSQL database the API's berth uses; undefined on SQLite (`berth.db` in the data dir). */
+  storeUrl: string | undefined;
+  /** What a second berth process on the same store needs in its environment (BERTH_STORE_URL on PostgreSQL). */
+  storeEnv: Record<string, string>;
+  /** Run one SQL statement on the API's database by hand, behind berth's back (sqlite3 or a PostgreSQL connection). */
+  sql(statement: string): Promise<void>;
+  /** A second store on the API's database (another process's view, e.g. a replica's); close it. */
+  openStore(): Promise<Store>;
   request(method: string, urlPath: string, options?: TestRequest): Promise<TestAnswer>;
   /** Close the app and service, detach this data dir's loop devices, remove their links and the dir. */
   cleanup(): Promise<void>;
@@ -192,19 +202,27 @@ export function releaseMachine(dataDir: string, volumeIds: readonly string[] = [
   }
 }
 
-/** Start a test API (admin, two members in two projects, an agent) on 127.0.0.1, port 0. */
+/** In the `postgres` project (vitest.config.ts), a fresh database of the run's cluster; else SQLite (undefined). */
+async function projectDatabase(): Promise<string | undefined> {
+  const server = inject('berthTestPostgres') as string | undefined;
+  return server === undefined ? undefined : createDatabaseOn(server);
+}
+
+/** Start a test API (admin, two members in two projects, an agent) on 127.0.0.1, port 0; its store is SQLite, or PostgreSQL in the `postgres` project. */
 export async function createTestApi(options: TestApiOptions = {}): Promise<TestApi> {
   const dataDir = await realpath(await mkdtemp(path.join(os.tmpdir(), 'berth-api-test-')));
   let iscsi: TestIscsi | undefined;
   let service: BerthService;
+  let storeUrl: string | undefined;
   try {
     iscsi = options.simulatedIscsi === undefined ? undefined : await prepareSimulatedIscsi(dataDir, options.simulatedIscsi.portalHosts);
+    storeUrl = options.storeUrl ?? (await projectDatabase());
     service = await openBerth({
       dataDir,
       env: { ...options.env },
       logger: silentLogger,
       ...(iscsi === undefined ? {} : { simulate: true }),
-      ...(options.storeUrl === undefined ? {} : { storeUrl: options.storeUrl }),
+      ...(storeUrl === undefined ? {} : { storeUrl }),
     });
   } catch (error) {
     if (iscsi !== undefined) await stopSimulatedIscsi(dataDir, iscsi);
@@ -221,12 +239,20 @@ export async function createTestApi(options: TestApiOptions = {}): Promise<TestA
     ...(options.agent === undefined ? {} : { agent: options.agent }),
   });
   const url = await app.listen('127.0.0.1', 0);
+  const sqliteFile = path.join(dataDir, 'berth.db');
   return {
     url,
     dataDir,
     service,
     app,
     iscsi,
+    storeUrl,
+    storeEnv: storeUrl === undefined ? {} : { BERTH_STORE_URL: storeUrl },
+    async sql(statement) {
+      if (storeUrl === undefined) execFileSync('sqlite3', ['-cmd', '.timeout 5000', sqliteFile, statement]);
+      else await queryOn(storeUrl, statement);
+    },
+    openStore: () => (storeUrl === undefined ? openSqliteStore({ filename: sqliteFile }) : openPostgresStore({ url: storeUrl })),
     async request(method, urlPath, req = {}) {
       const headers: Record<string, string> = { ...req.headers };
       if (req.token !== undefined) headers.authorization = `Bearer ${req.token}`;

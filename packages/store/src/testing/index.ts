@@ -1,2 +1,2 @@
-export { startPostgresCluster, findPostgresBinDir } from './postgres-cluster.js';
+export { createDatabaseOn, queryOn, startPostgresCluster, findPostgresBinDir } from './postgres-cluster.js';
 export type { PostgresCluster, StartPostgresClusterOptions } from './postgres-cluster.js';

@@ -100,6 +100,33 @@ async function userIds(user: string): Promise<{ uid: number; gid: number }> {
 
 let databaseCounter = 0;
 
+/** Run one statement on the database at `url` (a short connection of its own); its rows. */
+export async function queryOn<R extends Record<string, unknown> = Record<string, unknown>>(url: string, text: string, values: unknown[] = []): Promise<R[]> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    return (await client.query<R>(text, values)).rows;
+  } finally {
+    await client.end();
+  }
+}
+
+/**
+ * Create a fresh database on a running cluster, given the URL of any of its databases (a test
+ * process that did not start the cluster: vitest's global setup hands the URL to its workers).
+ * Returns the new database's URL.
+ */
+export async function createDatabaseOn(serverUrl: string, name?: string): Promise<string> {
+  databaseCounter += 1;
+  const database = name ?? `berth_test_${process.pid}_${databaseCounter}`;
+  if (!/^[a-z_][a-z0-9_]*$/.test(database)) throw new Error(`database name ${database} is not a plain identifier`);
+  // FILE_COPY: with fsync off, copying template1's files is the fastest way to a new database.
+  await queryOn(serverUrl, `create database ${database} strategy file_copy`);
+  const url = new URL(serverUrl);
+  url.pathname = `/${database}`;
+  return url.toString();
+}
+
 /**
  * Start a throwaway cluster: `initdb -A trust --no-sync` into a new temp directory and `pg_ctl
  * start -w` with the server on 127.0.0.1 at a free port, its socket in that directory and
@@ -166,28 +193,13 @@ export async function startPostgresCluster(options: StartPostgresClusterOptions 
     const finalPort = port;
 
     const url = (database = 'postgres'): string => `postgres://postgres@127.0.0.1:${finalPort}/${database}`;
-    const query = async <R extends Record<string, unknown>>(text: string, values: unknown[] = [], database?: string): Promise<R[]> => {
-      const client = new pg.Client({ connectionString: url(database) });
-      await client.connect();
-      try {
-        return (await client.query<R>(text, values)).rows;
-      } finally {
-        await client.end();
-      }
-    };
+    const query = <R extends Record<string, unknown>>(text: string, values: unknown[] = [], database?: string): Promise<R[]> => queryOn<R>(url(database), text, values);
     return {
       port: finalPort,
       dir,
       binDir,
       url,
-      async createDatabase(name?: string): Promise<string> {
-        databaseCounter += 1;
-        const database = name ?? `berth_test_${process.pid}_${databaseCounter}`;
-        if (!/^[a-z_][a-z0-9_]*$/.test(database)) throw new Error(`database name ${database} is not a plain identifier`);
-        // FILE_COPY: with fsync off, copying template1's files is the fastest way to a new database.
-        await query(`create database ${database} strategy file_copy`);
-        return url(database);
-      },
+      createDatabase: (name?: string) => createDatabaseOn(url(), name),
       query,
       async stop(): Promise<void> {
         try {
