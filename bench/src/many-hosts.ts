@@ -8,6 +8,7 @@ import { silentLogger, type BerthService } from '@berth/core';
 import { createCommandRunner } from '@berth/host';
 import { openBerth } from '@berth/runtime';
 import { startPostgresCluster, type PostgresCluster } from '@berth/store/testing';
+import { operateOverHttp, postOrThrow } from './api-operations.js';
 import { printTable, runSpread, summarize } from './stats.js';
 
 // The built binary as a user runs it (`@berth/cli`'s bin), resolved through the workspace link.
@@ -118,35 +119,13 @@ function embeddedCycle(berth: BerthService): Cycle {
  * the host steps are enqueued by the replica the host's agent does not talk to (woken by NOTIFY).
  */
 function fleetCycle(urls: readonly string[], token: string): Cycle {
-  const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
-  const operate = async (url: string, volume: string, action: 'attach' | 'detach', body: object): Promise<void> => {
-    const started = await fetch(`${url}/v1/volumes/${volume}/${action}`, { method: 'POST', headers, body: JSON.stringify(body) });
-    if (started.status !== 202) throw new Error(`${action} ${volume}: ${started.status} ${await started.text()}`);
-    const { id } = (await started.json()) as { id: string };
-    for (;;) {
-      const answer = await fetch(`${url}/v1/operations/${id}/outcome?wait=30s`, { headers });
-      const text = await answer.text();
-      if (answer.status === 200) return;
-      if (answer.status !== 202) throw new Error(`${action} ${volume}: operation ${id} answered ${answer.status} ${text}`);
-    }
-  };
   return async (worker) => {
     const url = urls[Math.floor(worker / 2) % urls.length] ?? '';
     const t = performance.now();
-    await operate(url, `bench-${worker}`, 'attach', { server: `web-h${(worker % 2) + 1}` });
-    await operate(url, `bench-${worker}`, 'detach', {});
+    await operateOverHttp(url, token, `bench-${worker}`, 'attach', { server: `web-h${(worker % 2) + 1}` });
+    await operateOverHttp(url, token, `bench-${worker}`, 'detach', {});
     return performance.now() - t;
   };
-}
-
-/** An admin request to the API that must answer `status`. */
-async function request(url: string, token: string, pathname: string, body: object, status: number): Promise<void> {
-  const answer = await fetch(`${url}${pathname}`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-    body: JSON.stringify(body),
-  });
-  if (answer.status !== status) throw new Error(`POST ${pathname}: ${answer.status} ${await answer.text()}`);
 }
 
 /**
@@ -190,12 +169,12 @@ export async function benchManyHosts(cycles = 40, concurrency = 4, rounds = 4): 
       // Each agent talks to its own replica: the work of a host enqueued by the other one reaches it by NOTIFY.
       await startChild(['agent', '--api', urls[i] ?? '', '--token-file', tokenFile], { ...baseEnv, BERTH_DATA_DIR: dataDir }, /registered host \S+ with the API/, children);
     }
-    for (const host of hosts) await request(urls[0] ?? '', adminToken, '/v1/servers', { name: `web-${host}`, host }, 201);
+    for (const host of hosts) await postOrThrow(urls[0] ?? '', adminToken, '/v1/servers', { name: `web-${host}`, host }, 201);
 
     embedded = await openBerth({ dataDir: path.join(root, 'embedded'), env: {}, logger: silentLogger });
     for (let i = 0; i < concurrency; i++) {
       await embedded.createVolume({ name: `bench-${i}`, sizeBytes: VOLUME_BYTES });
-      await request(urls[i % 2] ?? '', adminToken, '/v1/volumes', { name: `bench-${i}`, sizeBytes: VOLUME_BYTES }, 201);
+      await postOrThrow(urls[i % 2] ?? '', adminToken, '/v1/volumes', { name: `bench-${i}`, sizeBytes: VOLUME_BYTES }, 201);
     }
 
     const modes = [

@@ -8,6 +8,7 @@ import { benchOsBrickSideBySide } from './os-brick-side-by-side.js';
 import { benchSimhostTool } from './simhost-tool.js';
 import { benchCliStart } from './cli-start.js';
 import { benchManyHosts } from './many-hosts.js';
+import { benchFleet } from './fleet.js';
 
 const env = (name: string, fallback: number): number => Number(process.env[name] ?? fallback);
 
@@ -33,6 +34,13 @@ const benches: Record<string, () => Promise<void>> = {
   'attach-guest': () => benchAttachGuest(env('BENCH_ITERATIONS_GUEST', 5)),
   'cli-start': () => benchCliStart(env('BENCH_CLI_ROUNDS', 10), process.env.BENCH_CLI_BASELINE),
   'many-hosts': () => benchManyHosts(env('BENCH_HOSTS_CYCLES', 40), env('BENCH_HOSTS_CONCURRENCY', 4), env('BENCH_HOSTS_ROUNDS', 4)),
+  fleet: () =>
+    benchFleet(
+      env('BENCH_FLEET_HOSTS', 100),
+      env('BENCH_FLEET_CYCLES', 400),
+      env('BENCH_FLEET_CONCURRENCY', 32),
+      (process.env.BENCH_FLEET_REPLICAS ?? '1,2').split(',').map(Number),
+    ),
 };
 
 const wanted = process.argv.slice(2);

@@ -7,6 +7,11 @@ import type { ApiMetrics } from './metrics.js';
 /** How an operation ended, as seen by the process that ran it. */
 export type Settlement = { ok: true; outcome: OperationOutcome } | { ok: false; error: BerthError };
 
+/** A run this process stopped because another replica took its operation over (launcher's fence). */
+function isTakenOver(error: BerthError): boolean {
+  return error.code === 'CONFLICT' && error.details.takenOver === true;
+}
+
 /** The logging the tracker needs. */
 export interface TrackerLog {
   warn(obj: Record<string, unknown>, msg?: string): void;
@@ -56,7 +61,11 @@ export class OperationTracker {
           if (counted) this.metrics.recordOperation(outcome.operation, outcome.attachment?.transport ?? 'unknown');
         },
         async (raw: unknown) => {
-          this.results.set(id, { ok: false, error: toBerthError(raw) });
+          const error = toBerthError(raw);
+          // Another replica owns it now and finishes it: its end is in the store, not here, and a
+          // waiter keeps following it there (a client must not see the handover as a failure).
+          if (isTakenOver(error)) return;
+          this.results.set(id, { ok: false, error });
           if (!counted) return;
           const finished = await this.service.getOperation(id).catch(() => undefined);
           if (finished) this.metrics.recordOperation(finished, 'unknown');
@@ -120,7 +129,9 @@ export class OperationTracker {
     const local = this.pending.get(id);
     if (local !== undefined) {
       await this.race(local.settled, ms, signal);
-      return;
+      // Ended here, or still running here: either way the caller reads it now. Taken over by
+      // another replica: follow it in the store for the rest of the wait.
+      if (this.results.has(id) || this.pending.has(id)) return;
     }
     for (;;) {
       const operation = await this.service.getOperation(id);

@@ -1,0 +1,196 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { startApiServer, type ApiServer } from '@berth/api';
+import { AgentClient } from '@berth/client';
+import { definePlugin, PLUGIN_API_VERSION, silentLogger, type BerthService } from '@berth/core';
+import { AgentRunner, openAgent, openBerth, type AgentHost } from '@berth/runtime';
+import { startPostgresCluster, type PostgresCluster } from '@berth/store/testing';
+import { operateOverHttp, postOrThrow } from './api-operations.js';
+import { printTable, runSpread, summarize } from './stats.js';
+
+// Issue 10's fleet figure: 100 hosts, each with its own agent (in this process, each with its
+// own token, session and long-poll over real HTTP), PostgreSQL, 1 and 2 API replicas (in this
+// process too), and a transport that costs nothing — so what is measured is berth's control
+// plane (journal, work items, NOTIFY, long-polls), not losetup. Beside the embedded default with
+// the same transport.
+
+const FAST = 'bench-fast';
+const HOST_PREFIX = 'fh';
+
+/**
+ * A backend, transport and consumer that do nothing and keep nothing: a volume is a name, its
+ * connection `{ driver_volume_type: 'bench-fast' }`, its device `/dev/bench-fast/<volume id>`,
+ * which is never opened. Only for measuring the control plane.
+ */
+const fastPlugin = definePlugin({
+  name: FAST,
+  apiVersion: PLUGIN_API_VERSION,
+  register: (r) => {
+    r.backend(FAST, () => ({
+      name: FAST,
+      create: async (volume) => ({ providerLocation: `${FAST}:${volume.id}` }),
+      delete: async () => undefined,
+      initializeConnection: async (volume) => ({ driver_volume_type: FAST, data: { volume_id: volume.id } }),
+      terminateConnection: async () => undefined,
+      check: async () => ({ ok: true, summary: 'does nothing (benchmark)' }),
+    }));
+    r.transport(FAST, () => ({
+      name: FAST,
+      protocols: [FAST],
+      connectorProperties: async () => ({}),
+      connect: async (connection) => ({ path: `/dev/${FAST}/${String(connection.data.volume_id)}`, type: 'block' }),
+      disconnect: async () => undefined,
+      check: async () => ({ ok: true, summary: 'does nothing (benchmark)' }),
+    }));
+    r.consumer(FAST, () => ({ name: FAST, publish: async (_server, device) => ({ path: device.path }), unpublish: async () => undefined }));
+  },
+});
+
+/** The config every berth of this benchmark runs with: the fast parts by default. */
+const FAST_CONFIG = { defaultBackend: FAST, consumer: FAST, logLevel: 'error' };
+
+function sha256(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
+}
+
+/** One attach+detach cycle of worker `worker`: its wall time in ms. */
+type Cycle = (worker: number) => Promise<number>;
+
+interface Samples {
+  cycles: number[];
+  wallMs: number;
+}
+
+/** Embedded: the service in this process on SQLite. Worker w attaches its volume to server w's host (all local). */
+function embeddedCycle(berth: BerthService): Cycle {
+  return async (worker) => {
+    const t = performance.now();
+    await berth.attach({ volume: `fleet-${worker}` });
+    await berth.detach({ volume: `fleet-${worker}` });
+    return performance.now() - t;
+  };
+}
+
+/**
+ * Through the fleet: worker w's volume goes to a server on host `fh<k>`, k moving on every cycle,
+ * so all hosts get work; requests go to the replicas in turn (with 2, half the host steps are
+ * enqueued by the replica the host's agent does not talk to, and reach it by NOTIFY).
+ */
+function fleetCycle(urls: readonly string[], token: string, hosts: number): Cycle {
+  let next = 0;
+  return async (worker) => {
+    const k = next++;
+    const url = urls[k % urls.length] ?? '';
+    const t = performance.now();
+    await operateOverHttp(url, token, `fleet-${worker}`, 'attach', { server: `web-${HOST_PREFIX}${k % hosts}` });
+    await operateOverHttp(url, token, `fleet-${worker}`, 'detach', {});
+    return performance.now() - t;
+  };
+}
+
+/** Run `count` cycles over `concurrency` workers into `samples`. */
+async function drive(samples: Samples, concurrency: number, count: number, cycle: Cycle): Promise<void> {
+  samples.wallMs += await runSpread(concurrency, count, async (worker) => {
+    samples.cycles.push(await cycle(worker));
+  });
+}
+
+/**
+ * `hosts` agents (one AgentRunner each, its own token and HTTP long-poll; one shared agent host,
+ * since the transport touches nothing), PostgreSQL, `replicas` API replicas; attach+detach cycles
+ * at `concurrency` clients beside embedded. Prints cycles/s, × embedded, cycle p50/p99.
+ */
+export async function benchFleet(hosts = 100, cycles = 400, concurrency = 32, replicaCounts: readonly number[] = [1, 2]): Promise<void> {
+  const root = await mkdtemp(path.join(os.tmpdir(), 'berth-bench-fleet-'));
+  const servers: ApiServer[] = [];
+  const runners: Array<{ runner: AgentRunner; done: Promise<void> }> = [];
+  let cluster: PostgresCluster | undefined;
+  let embedded: BerthService | undefined;
+  let agentHost: AgentHost | undefined;
+  try {
+    cluster = await startPostgresCluster();
+    const adminToken = randomBytes(24).toString('hex');
+    const names = Array.from({ length: hosts }, (_, i) => `${HOST_PREFIX}${i}`);
+    const agentTokens = new Map(names.map((h) => [h, randomBytes(24).toString('hex')]));
+    const tokens = [
+      { name: 'admin', sha256: sha256(adminToken), role: 'admin' },
+      ...names.map((h) => ({ name: `agent-${h}`, sha256: sha256(agentTokens.get(h) ?? ''), role: 'agent', host: h })),
+    ];
+    const writeConfig = async (dir: string, extra: object = {}): Promise<string> => {
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      await writeFile(path.join(dir, 'config.json'), JSON.stringify({ ...FAST_CONFIG, ...extra }));
+      return dir;
+    };
+    const env = { HOME: root, NO_COLOR: '1' };
+    const agentDir = await writeConfig(path.join(root, 'agent'));
+    agentHost = await openAgent({ dataDir: agentDir, env, logger: silentLogger, extraPlugins: [fastPlugin] });
+    embedded = await openBerth({ dataDir: await writeConfig(path.join(root, 'embedded')), env, logger: silentLogger, extraPlugins: [fastPlugin] });
+    for (let i = 0; i < concurrency; i++) await embedded.createVolume({ name: `fleet-${i}`, sizeBytes: 1024 * 1024 });
+
+    const rows: Array<Array<string | number>> = [];
+    let baseRate = 0;
+    const embeddedSamples: Samples = { cycles: [], wallMs: 0 };
+    await drive({ cycles: [], wallMs: 0 }, concurrency, concurrency, embeddedCycle(embedded));
+    await drive(embeddedSamples, concurrency, cycles, embeddedCycle(embedded));
+    baseRate = embeddedSamples.cycles.length / embeddedSamples.wallMs;
+    const row = (name: string, s: Samples): Array<string | number> => {
+      const c = summarize(s.cycles);
+      return [name, (s.cycles.length / s.wallMs) * 1000, s.cycles.length / s.wallMs / baseRate, c.p50, c.p99];
+    };
+    rows.push(row('embedded (SQLite, in-process)', embeddedSamples));
+
+    for (const replicas of replicaCounts) {
+      const storeUrl = await cluster.createDatabase();
+      const controllerDir = await writeConfig(path.join(root, `controller-${replicas}`), { api: { listen: '127.0.0.1:0', tokens } });
+      const fleet: ApiServer[] = [];
+      for (let i = 0; i < replicas; i++) {
+        const server = await startApiServer({ dataDir: controllerDir, storeUrl, env, logger: silentLogger, logLevel: 'error', extraPlugins: [fastPlugin] });
+        servers.push(server);
+        fleet.push(server);
+      }
+      const urls = fleet.map((s) => s.url);
+      // Host k's agent talks to replica k mod n.
+      const started = names.map((name, k) => {
+        const client = new AgentClient({ url: urls[k % urls.length] ?? '', token: agentTokens.get(name) ?? '' });
+        const runner = new AgentRunner({ host: agentHost!, api: client, apiUrl: client.url, version: 'bench', concurrency: 4 });
+        const entry = { runner, done: runner.run().catch(() => undefined) };
+        runners.push(entry);
+        return entry;
+      });
+      // Registered: every host's session is there.
+      const deadline = Date.now() + 120_000;
+      while (started.some((e) => e.runner.current === undefined)) {
+        if (Date.now() > deadline) throw new Error('the agents did not all register within 120 s');
+        await new Promise((resolve) => setImmediate(resolve));
+        await Promise.race([...started.map((e) => e.done), new Promise((resolve) => setTimeout(resolve, 50))]);
+      }
+      for (const name of names) await postOrThrow(urls[0] ?? '', adminToken, '/v1/servers', { name: `web-${name}`, host: name });
+      for (let i = 0; i < concurrency; i++) await postOrThrow(urls[i % urls.length] ?? '', adminToken, '/v1/volumes', { name: `fleet-${i}`, sizeBytes: 1024 * 1024 });
+
+      const cycle = fleetCycle(urls, adminToken, hosts);
+      await drive({ cycles: [], wallMs: 0 }, concurrency, concurrency, cycle);
+      const samples: Samples = { cycles: [], wallMs: 0 };
+      await drive(samples, concurrency, cycles, cycle);
+      rows.push(row(`${hosts} hosts, ${replicas} replica${replicas === 1 ? '' : 's'} (PostgreSQL, HTTP)`, samples));
+
+      for (const entry of started) entry.runner.stop();
+      await Promise.all(started.map((e) => e.done));
+      for (const server of fleet) await server.close();
+    }
+    printTable(
+      `fleet: attach+detach cycles through ${hosts} hosts' agents (in-process, real HTTP), a transport that does nothing, ${cycles} cycles per mode, ${concurrency} concurrent clients (ms). Target: ≥ 100 cycles/s, p99 ≤ 1000 ms`,
+      ['mode', 'cycles/s', '× embedded', 'cycle p50', 'cycle p99'],
+      rows,
+    );
+  } finally {
+    for (const { runner } of runners) runner.stop();
+    await Promise.all(runners.map((e) => e.done));
+    for (const server of servers) await server.close().catch(() => undefined);
+    await embedded?.close();
+    await agentHost?.close();
+    await cluster?.stop();
+    await rm(root, { recursive: true, force: true });
+  }
+}
