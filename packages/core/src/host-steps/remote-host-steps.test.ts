@@ -7,86 +7,24 @@ import type { Device } from '../connection.js';
 import { memCatalog } from '../test-support.js';
 import { runHostStep } from './run-host-step.js';
 import { hostChannel, WORK_DONE_CHANNEL } from '../agent-protocol.js';
-import { recordWithoutSecrets } from '../connection.js';
 import { BerthError } from '../errors.js';
 import { silentLogger } from '../logger.js';
 import { createMemoryStore } from '../memory-store.js';
 import type { Host } from '../model.js';
-import type { Store, StoreNotifications, WorkItemRepository } from '../store.js';
+import type { WorkItemRepository } from '../store.js';
 import type { WorkItem } from '../work-item.js';
 import { remoteHostSteps } from './remote-host-steps.js';
 import { WorkItemWaiter } from './work-item-waiter.js';
 
-// The remote executor against a memory store with a small fake of the work-item repository and
-// the notifications (core cannot use @berth/store; the real ones pass the store conformance suite):
-// an agent here is the test itself claiming, completing or abandoning the items.
-
-/** Work items with the store contract's compare-and-swaps, in memory. */
-function fakeWorkItems(): WorkItemRepository {
-  const items = new Map<string, WorkItem>();
-  const now = (): string => new Date().toISOString();
-  const conflict = (item: WorkItem): BerthError => new BerthError('CONFLICT', `work item ${item.id} is ${item.state}`, { details: { actual: item.state } });
-  const need = (id: string): WorkItem => {
-    const item = items.get(id);
-    if (!item) throw new BerthError('NOT_FOUND', `no work item ${id}`);
-    return item;
-  };
-  const put = (item: WorkItem): WorkItem => (items.set(item.id, { ...item, updatedAt: now() }), { ...items.get(item.id)! });
-  const held = (id: string, worker: string): WorkItem => {
-    const item = need(id);
-    if (item.state !== 'claimed' || item.leaseOwner !== worker) throw conflict(item);
-    return item;
-  };
-  return {
-    create: async (n) => put({ id: n.id ?? randomUUID(), operationId: n.operationId, hostId: n.hostId, step: n.step, state: 'pending', payload: recordWithoutSecrets(n.payload ?? {}), result: null, error: null, attempts: 0, leaseOwner: null, leaseExpiresAt: null, createdAt: now(), updatedAt: now() }),
-    get: async (id) => (items.has(id) ? { ...need(id) } : undefined),
-    require: async (id) => ({ ...need(id) }),
-    list: async (f = {}) => [...items.values()].filter((i) => (!f.hostId || i.hostId === f.hostId) && (!f.operationId || i.operationId === f.operationId) && (!f.state || [f.state].flat().includes(i.state))),
-    claim: async (hostId, worker, leaseMs, limit = 1) =>
-      [...items.values()]
-        .filter((i) => i.hostId === hostId && i.state === 'pending')
-        .slice(0, limit)
-        .map((i) => put({ ...i, state: 'claimed', attempts: i.attempts + 1, leaseOwner: worker, leaseExpiresAt: new Date(Date.now() + leaseMs).toISOString() })),
-    renew: async (id, worker, leaseMs) => put({ ...held(id, worker), leaseExpiresAt: new Date(Date.now() + leaseMs).toISOString() }),
-    complete: async (id, worker, o) => put({ ...held(id, worker), state: o.state, result: o.result ?? null, error: o.error ?? null, leaseOwner: null, leaseExpiresAt: null }),
-    expire: async () =>
-      [...items.values()]
-        .filter((i) => i.state === 'claimed' && Date.parse(i.leaseExpiresAt ?? '') < Date.now())
-        .map((i) => put({ ...i, state: 'pending', leaseOwner: null, leaseExpiresAt: null })),
-    cancel: async (id, error) => {
-      const item = need(id);
-      if (item.state !== 'pending' && item.state !== 'claimed') throw conflict(item);
-      return put({ ...item, state: 'failed', error, leaseOwner: null, leaseExpiresAt: null });
-    },
-    requeue: async (hostId, except) =>
-      [...items.values()].filter((i) => i.hostId === hostId && i.state === 'claimed' && i.leaseOwner !== except).map((i) => put({ ...i, state: 'pending', leaseOwner: null, leaseExpiresAt: null })),
-  };
-}
-
-/** Notifications within this process, delivered after the call (as a commit would). */
-function fakeNotifications(): StoreNotifications {
-  const listeners = new Map<string, Set<(payload: string) => void>>();
-  return {
-    notify: async (channel, payload = '') => {
-      for (const l of listeners.get(channel) ?? []) queueMicrotask(() => l(payload));
-    },
-    listen: async (channel, listener) => {
-      const set = listeners.get(channel) ?? new Set();
-      listeners.set(channel, set.add(listener));
-      return async () => void set.delete(listener);
-    },
-  };
-}
+// The remote executor against core's memory store (its work items and notifications pass the
+// store conformance suite, as SQLite's and PostgreSQL's do): an agent here is the test itself
+// claiming, completing or abandoning the items.
 
 /** A memory store with the many-hosts members, a host h-3 with a registered agent, and one operation on it. */
 async function world(agentLeaseMs = 60_000) {
-  const base = createMemoryStore();
-  const workItems = fakeWorkItems();
-  const notifications = fakeNotifications();
-  const withAgents = (inner: Store): Store => Object.assign(Object.create(inner) as Store, { workItems, notifications });
-  const store: Store = Object.assign(withAgents(base), {
-    transaction: <T>(fn: (tx: Store) => Promise<T>) => base.transaction((tx) => fn(withAgents(tx))),
-  });
+  const store = createMemoryStore();
+  const { workItems, notifications } = store;
+  if (workItems === undefined || notifications === undefined) throw new Error('the memory store lost its work items');
   const created = await store.hosts.create({ name: 'h-3' });
   const host = (await store.hosts.recordAgent(created.id, { instance: 'agent-1', version: '0.1.0', transports: ['loop'], consumers: ['host'] })) as Host & { agent: NonNullable<Host['agent']> };
   const operation = await store.operations.create({ kind: 'attach', hostId: host.id, owner: 'test', deadlineAt: new Date(Date.now() + 60_000).toISOString() });
