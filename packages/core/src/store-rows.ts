@@ -1,9 +1,9 @@
 import { z } from 'zod';
 import { connectorWithoutSecrets, recordWithoutSecrets, redactConnectionInfo } from './connection.js';
 import { BerthError, parseWith } from './errors.js';
-import { zAttachment, zErrorSummary, zHostDevice, zOperation, type Attachment, type HostDevice, type Operation } from './model.js';
+import { zAttachment, zHostDevice, zOperation, type Attachment, type HostDevice, type Operation } from './model.js';
 import type { NewAttachment, NewHostDevice, NewOperation, NewWorkItem, WorkItemOutcome } from './store.js';
-import { zWorkItem, type WorkItem } from './work-item.js';
+import { zWorkItem, zWorkItemError, type WorkItem } from './work-item.js';
 
 // New rows as every Store implementation writes them (SQL or memory): one place says what a new
 // row holds, and each is validated (VALIDATION) before anything is written.
@@ -116,7 +116,7 @@ export function newWorkItemRow(input: NewWorkItem, id: string, now: string): Wor
 const zWorkItemOutcome = z.object({
   state: z.enum(['done', 'failed']),
   result: z.record(z.string(), z.unknown()).nullable().optional(),
-  error: zErrorSummary.nullable().optional(),
+  error: zWorkItemError.nullable().optional(),
 });
 
 /** How an agent finished a work item, validated, as it is stored: result without secrets, nulls for absent. */

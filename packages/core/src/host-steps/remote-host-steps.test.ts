@@ -12,7 +12,7 @@ import { silentLogger } from '../logger.js';
 import { createMemoryStore } from '../memory-store.js';
 import type { Host } from '../model.js';
 import type { WorkItemRepository } from '../store.js';
-import type { WorkItem } from '../work-item.js';
+import { workItemErrorOf, type WorkItem } from '../work-item.js';
 import { remoteHostSteps } from './remote-host-steps.js';
 import { WorkItemWaiter } from './work-item-waiter.js';
 
@@ -75,6 +75,23 @@ describe('remote host steps', () => {
     expect(error.code).toBe('COMMAND_FAILED');
     expect(error.message).toBe('on host h-3: losetup: no free loop device');
     expect(error.details).toMatchObject({ hostId: w.host.id, step: 'connect', ranOnHost: true });
+    await w.close();
+  });
+
+  it("keeps the driver's untouched, code and hint through the item: a remote disconnect that touched nothing says so", async () => {
+    const w = await world();
+    const disconnect = { transport: 'loop', connection, volumeId: request.volumeId, device: { path: '/dev/loop7', type: 'block' as const }, force: false, inUse: [] };
+    const running = w.steps.run('disconnect', disconnect, { operationId: w.operationId, signal: new AbortController().signal }).catch((e: unknown) => e);
+    const busy = new BerthError('CONFLICT', '/dev/loop7 is held open by pid 42', { hint: 'close it (fuser -m /dev/loop7)', details: { untouched: true, pid: 42 } });
+    const reported = workItemErrorOf(busy);
+    expect(reported).toEqual({ code: 'CONFLICT', message: '/dev/loop7 is held open by pid 42', hint: 'close it (fuser -m /dev/loop7)', untouched: true });
+    await w.agent('agent-1', { state: 'failed', error: reported });
+    const error = (await running) as BerthError;
+    expect(error.code).toBe('CONFLICT');
+    expect(error.hint).toBe('close it (fuser -m /dev/loop7)');
+    expect(error.details).toMatchObject({ hostId: w.host.id, step: 'disconnect', untouched: true });
+    // A failure that does not say so may have touched the device: no untouched.
+    expect(workItemErrorOf(new BerthError('DRIVER_ERROR', 'losetup -d failed'))).not.toHaveProperty('untouched');
     await w.close();
   });
 
@@ -174,6 +191,45 @@ describe('an attach to a server on a host with an agent', () => {
     const items = await w.workItems.list({ operationId: op.id });
     expect(items.map((i) => `${i.step}:${i.state}:${i.attempts}`)).toEqual(['connect:failed:0']);
     await short.close();
+    await service.close();
+    await w.close();
+  });
+
+  it('a detach whose remote disconnect failed without touching the device rolls back to attached, as a local one does', async () => {
+    const w = await world();
+    const there = new Map<string, Device>();
+    const options = { dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', undoTimeoutMs: 5_000, operationTimeoutMs: 30_000 };
+    const identity = { hostname: 'h-1', ips: [], platform: 'x86_64', osType: 'linux' };
+    const service = new BerthServiceImpl(resolveConfig(options, {}), w.store, memCatalog(new Map()), identity, silentLogger);
+    await w.store.hosts.recordAgent(w.host.id, { instance: 'agent-1', version: '0.1.0', transports: ['mem'], consumers: ['mem'] });
+    await w.store.hosts.setConnector(w.host.id, { host: 'h-3' });
+    await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
+    await service.createServer({ name: 'web-7', host: 'h-3' });
+    // h-3's agent, whose device turns out held open when it comes to disconnect it.
+    const h3 = { catalog: memCatalog(there), logger: silentLogger, baseConnector: () => ({ host: 'h-3' }) };
+    const runAll = async (): Promise<void> => {
+      for (const item of await w.workItems.claim(w.host.id, 'agent-1', 15_000, 10)) {
+        try {
+          if (item.step === 'disconnect') throw new BerthError('CONFLICT', 'the device is held open by pid 42', { hint: 'close it, then detach again', details: { untouched: true } });
+          const result = await runHostStep(h3, item.step as 'connect', item.payload, { operationId: item.operationId, signal: AbortSignal.timeout(5_000) });
+          await w.workItems.complete(item.id, 'agent-1', { state: 'done', result: result as Record<string, unknown> });
+        } catch (error) {
+          await w.workItems.complete(item.id, 'agent-1', { state: 'failed', error: workItemErrorOf(error) });
+        }
+        await w.notifications.notify(WORK_DONE_CHANNEL, item.id);
+      }
+    };
+    const stop = await w.notifications.listen(hostChannel(w.host.id), () => void runAll());
+
+    await service.attach({ volume: 'db1', server: 'web-7' });
+    const error = (await service.detach({ volume: 'db1' }).catch((e: unknown) => e)) as BerthError;
+    expect(error.code).toBe('CONFLICT');
+    expect(error.hint).toBe('close it, then detach again');
+    const [attachment] = await service.listAttachments({ volume: 'db1' });
+    expect(attachment?.status).toBe('attached');
+    expect((await service.getVolume('db1')).status).toBe('in-use');
+    expect(there.size).toBe(1);
+    await stop();
     await service.close();
     await w.close();
   });

@@ -57,7 +57,8 @@ export function remoteHostSteps(deps: RemoteHostStepsDeps, host: AgentHost): Hos
         const error = finished.error;
         throw new BerthError(codeOf(error?.code), `on host ${host.name}: ${error?.message ?? `step ${step} failed`}`, {
           ...(error?.hint ? { hint: error.hint } : {}),
-          details: { hostId: host.id, step, workItemId: item.id, ranOnHost: finished.attempts > 0 },
+          // `untouched` travels as the driver said it, so a detach rolls back as a local one does.
+          details: { hostId: host.id, step, workItemId: item.id, ranOnHost: finished.attempts > 0, ...(error?.untouched === true ? { untouched: true } : {}) },
         });
       }
       const schema = HOST_STEP_SCHEMAS[step].result;
