@@ -198,6 +198,44 @@ describe('an attach to a server on a host with an agent', () => {
     await w.close();
   });
 
+  it("picks the transport among the agent's: one installed on the agent only is chosen, one it lacks is refused naming the host", async () => {
+    const w = await world();
+    const options = { dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', undoTimeoutMs: 5_000, operationTimeoutMs: 30_000 };
+    const identity = { hostname: 'h-1', ips: [], platform: 'x86_64', osType: 'linux' };
+    // This process has transport `mem` only; h-3's agent has `mem-rdma` only, the config names it for mem volumes.
+    const config = resolveConfig({ ...options, transports: { mem: 'mem-rdma' } }, {});
+    const service = new BerthServiceImpl(config, w.store, memCatalog(new Map()), identity, silentLogger);
+    await w.store.hosts.recordAgent(w.host.id, { instance: 'agent-1', version: '0.1.0', transports: ['mem-rdma'], consumers: ['mem'] });
+    await w.store.hosts.setConnector(w.host.id, { host: 'h-3' });
+    await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
+    await service.createServer({ name: 'web-7', host: 'h-3' });
+    // h-3's agent: connects with its mem-rdma and publishes, as told.
+    const seen: string[] = [];
+    const runAll = async (): Promise<void> => {
+      for (const item of await w.workItems.claim(w.host.id, 'agent-1', 15_000, 10)) {
+        seen.push(`${item.step}:${String(item.payload.transport ?? '')}`);
+        const result = item.step === 'connect' ? { device: { path: '/dev/rdma0', type: 'block' } } : item.step === 'publish' ? { path: '/dev/berth/rdma0' } : {};
+        await w.workItems.complete(item.id, 'agent-1', { state: 'done', result });
+        await w.notifications.notify(WORK_DONE_CHANNEL, item.id);
+      }
+    };
+    const stop = await w.notifications.listen(hostChannel(w.host.id), () => void runAll());
+    const attached = await service.attach({ volume: 'db1', server: 'web-7' });
+    expect(attached.attachment).toMatchObject({ status: 'attached', transport: 'mem-rdma', publishedPath: '/dev/berth/rdma0' });
+    expect(seen).toEqual(['connect:mem-rdma', 'publish:']);
+
+    // A transport the agent lacks (forced with --transport) is refused before anything runs on the host.
+    await service.createVolume({ name: 'db2', sizeBytes: 2 ** 20 });
+    const error = (await service.attach({ volume: 'db2', server: 'web-7', transport: 'mem' }).catch((e: unknown) => e)) as BerthError;
+    expect(error.code).toBe('CONFIG');
+    expect(error.message).toBe("host h-3's agent has no transport mem (it has mem-rdma)");
+    expect((await service.getVolume('db2')).status).toBe('available');
+    expect(seen).toHaveLength(2);
+    await stop();
+    await service.close();
+    await w.close();
+  });
+
   it('a detach whose remote disconnect failed without touching the device rolls back to attached, as a local one does', async () => {
     const w = await world();
     const there = new Map<string, Device>();
