@@ -3,8 +3,9 @@
 // transport. Attaches to a server on each host are connected by that host's agent (its work items,
 // its worker), whichever replica took the request; `berth host list` shows both agents; an agent
 // that is offline makes an attach fail at its deadline naming the host, with nothing run there;
-// an agent token cannot act on another host's work. Every process, loop device, link, namespace
-// and the cluster are removed in afterAll, even when a test fails.
+// an agent token cannot act on another host's work nor call anything but the agent protocol; a
+// detach whose disconnect the agent found blocked (untouched) ends attached. Every process, loop
+// device, link, namespace and the cluster are removed in afterAll, even when a test fails.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EXIT_CODES } from '@berth/core';
 import type { Attachment, Host, OperationOutcome, Server, Volume } from '@berth/core';
