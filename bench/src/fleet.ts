@@ -140,6 +140,7 @@ export async function benchFleet(hosts = 100, cycles = 400, concurrency = 32, re
       return [name, (s.cycles.length / s.wallMs) * 1000, s.cycles.length / s.wallMs / baseRate, c.p50, c.p99];
     };
     rows.push(row('embedded (SQLite, in-process)', embeddedSamples));
+    console.error(`fleet: ${rows.at(-1)?.map(String).join('  ')}`);
 
     for (const replicas of replicaCounts) {
       const storeUrl = await cluster.createDatabase();
@@ -174,6 +175,7 @@ export async function benchFleet(hosts = 100, cycles = 400, concurrency = 32, re
       const samples: Samples = { cycles: [], wallMs: 0 };
       await drive(samples, concurrency, cycles, cycle);
       rows.push(row(`${hosts} hosts, ${replicas} replica${replicas === 1 ? '' : 's'} (PostgreSQL, HTTP)`, samples));
+      console.error(`fleet: ${rows.at(-1)?.map(String).join('  ')}`);
 
       for (const entry of started) entry.runner.stop();
       await Promise.all(started.map((e) => e.done));

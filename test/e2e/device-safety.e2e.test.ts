@@ -1,5 +1,5 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { silentLogger, type BerthService } from '@berth/core';
@@ -7,7 +7,7 @@ import { createHostServices } from '@berth/host';
 import { openSqliteStore } from '@berth/store';
 import { openBerth } from '@berth/runtime';
 import { LOCK_HOLDER, readAt, writeAt } from '../support/host-state.js';
-import { loopDevicesBacking, loopDevicesUnder } from '../support/loop-devices.js';
+import { holdOpen as holdOpenDevice, loopDevicesBacking, loopDevicesUnder, stopChild } from '../support/loop-devices.js';
 import { createTestBerth, linkTarget, rejection, type TestBerth } from '../support/test-berth.js';
 
 // Issue 9's findings 1, 2, 3, 5 and 6, each made to happen for real (real loop devices, a real
@@ -23,28 +23,15 @@ beforeEach(async () => {
 });
 
 afterEach(async () => {
-  for (const child of children.splice(0)) await stop(child);
+  for (const child of children.splice(0)) await stopChild(child);
   await t.cleanup();
 });
 
-/** Kill a child this test started and wait until it is gone. */
-async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  child.kill('SIGKILL');
-  await exited;
-}
-
-/** A process that holds `device` open (`sleep 600 < device`) until it is killed. */
+/** A process that holds `device` open until it is killed (in afterEach at the latest). */
 function holdOpen(device: string): ChildProcess {
-  const fd = openSync(device, 'r');
-  try {
-    const child = spawn('sleep', ['600'], { stdio: [fd, 'ignore', 'ignore'] });
-    children.push(child);
-    return child;
-  } finally {
-    closeSync(fd);
-  }
+  const child = holdOpenDevice(device);
+  children.push(child);
+  return child;
 }
 
 /** A lock-holder process, started ahead (node's start is slow on a busy machine), that takes the lock on `take()`. */
@@ -176,7 +163,7 @@ describe('a device held open (finding 3)', () => {
     expect((await berth.getVolume('a2')).status).toBe('in-use');
     expect(linkTarget(`/dev/berth/${volume.id}`)).toBe(device);
     expect(autoclearOf(device)).toBe(false);
-    await stop(holder);
+    await stopChild(holder);
     // The device is still the volume's: detaching now works.
     await berth.detach({ volume: 'a2' });
     expect(loopDevicesUnder(t.dataDir)).toEqual([]);
@@ -204,7 +191,7 @@ describe('a device held open (finding 3)', () => {
       expect((await berth.getVolume('a2')).status).toBe('error');
       expect(linkTarget(`/dev/berth/${a2.id}`)).toBeUndefined();
       expect(autoclearOf(device)).toBe(true);
-      await stop(holder);
+      await stopChild(holder);
       await createHostServices().waiter.waitUntil('/dev', async () => (loopDevicesBacking(a2.providerLocation!).length === 0 ? true : undefined), { timeoutMs: 10_000 });
 
       // The kernel gives the number to the next file attached: here, the other volume's, on that very node.

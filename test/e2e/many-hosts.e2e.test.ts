@@ -3,15 +3,16 @@
 // transport. Attaches to a server on each host are connected by that host's agent (its work items,
 // its worker), whichever replica took the request; `berth host list` shows both agents; an agent
 // that is offline makes an attach fail at its deadline naming the host, with nothing run there;
-// an agent token cannot act on another host's work; an agent SIGKILLed mid-`connect` comes back
-// either at once (the step re-runs) or only after the deadline (the step is cancelled and undone on
-// its return). Every process, loop device, link, namespace
-// and the cluster are removed in afterAll, even when a test fails.
+// an agent token cannot act on another host's work nor call anything but the agent protocol; a
+// detach whose disconnect the agent found blocked (untouched) ends attached; an agent SIGKILLed
+// mid-`connect` comes back either at once (the step re-runs) or only after the deadline (the step
+// is cancelled and undone on its return). Every process, loop device, link, namespace and the
+// cluster are removed in afterAll, even when a test fails.
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { EXIT_CODES } from '@berth/core';
 import type { Attachment, Host, OperationOutcome, Server, Volume } from '@berth/core';
 import { errorBody } from '../support/berth-cli.js';
-import { berthLinkExists, loopDevicesBacking } from '../support/loop-devices.js';
+import { berthLinkExists, holdOpen, loopDevicesBacking, stopChild } from '../support/loop-devices.js';
 import { startManyHosts, type ManyHosts } from '../support/many-hosts.js';
 
 const isRoot = process.getuid?.() === 0;
@@ -114,7 +115,7 @@ describe.skipIf(!isRoot)('many hosts: agents in network namespaces, replicas on 
     }
   });
 
-  it('an agent token acts on its own host only (another host\'s item is not found to it); an admin token cannot claim work', async () => {
+  it('an agent token acts on its own host only (another host\'s item is not found to it) and on nothing else; an admin token cannot claim work', async () => {
     const f = world();
     const [foreign] = await f.cluster.query<{ id: string }>(
       "select w.id from work_items w join hosts h on h.id = w.host_id where h.name = 'h2' limit 1",
@@ -138,6 +139,38 @@ describe.skipIf(!isRoot)('many hosts: agents in network namespaces, replicas on 
       headers: { authorization: `Bearer ${f.adminToken}`, 'berth-agent-worker': own?.agent_instance ?? '' },
     });
     expect(claim.status).toBe(403);
+    // And an agent token may call nothing but the agent protocol (and its volumes' credentials).
+    for (const path of ['/v1/volumes', '/v1/hosts', '/v1/operations']) {
+      const read = await fetch(`${f.replicas[0]!.url}${path}`, { headers: { authorization: `Bearer ${f.agentTokens.get('h1')}` } });
+      expect(read.status, path).toBe(403);
+      expect(((await read.json()) as { hint?: string }).hint).toMatch(/admin or member token/);
+    }
+  });
+
+  it("a detach whose disconnect on the agent touched nothing (the device held open on h1) rolls back to attached, as a local one does", async () => {
+    const f = world();
+    await f.json<Server>(['server', 'create', 'web-busy', '--host', 'h1']);
+    const volume = await f.json<Volume>(['volume', 'create', '--size', '32MiB', '--name', 'busy-h1']);
+    const attached = await f.json<OperationOutcome>(['attach', 'busy-h1', '--server', 'web-busy']);
+    const device = attached.attachment?.device?.path ?? '';
+    expect(device).toMatch(/^\/dev\/loop\d+$/);
+    const holder = holdOpen(device);
+    try {
+      const run = await f.berth(['detach', 'busy-h1', '--json'], 1);
+      expect(run.exitCode).toBe(EXIT_CODES.CONFLICT);
+      const error = errorBody(run);
+      expect(error.message).toMatch(new RegExp(`on host h1: .*${device} is busy`));
+      expect(error.hint).toMatch(/fuser -v/);
+      const [attachment] = await f.json<Attachment[]>(['attachment', 'list', '--volume', 'busy-h1']);
+      expect(attachment?.status).toBe('attached');
+      expect((await f.json<Volume>(['volume', 'show', 'busy-h1'])).status).toBe('in-use');
+      expect(loopDevicesBacking(volume.providerLocation as string)).toEqual([device]);
+    } finally {
+      await stopChild(holder);
+    }
+    // Nothing was lost: once the holder is gone the detach goes through.
+    expect((await f.json<OperationOutcome>(['detach', 'busy-h1'])).operation.state).toBe('succeeded');
+    expect(loopDevicesBacking(volume.providerLocation as string)).toEqual([]);
   });
 
   it('an offline agent: the attach fails at its deadline naming the host, nothing ran there, the volume stays available', async () => {

@@ -1,5 +1,5 @@
-import { execFileSync } from 'node:child_process';
-import { lstatSync } from 'node:fs';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, lstatSync, openSync } from 'node:fs';
 import { lstat, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
@@ -60,4 +60,22 @@ export async function removeBerthLinks(volumeIds: Iterable<string>): Promise<voi
     const stat = await lstat(link).catch(() => undefined);
     if (stat?.isSymbolicLink() === true) await rm(link, { force: true });
   }
+}
+
+/** A process that holds `device` open (`sleep 600 < device`) until it is killed (`stopChild`). */
+export function holdOpen(device: string): ChildProcess {
+  const fd = openSync(device, 'r');
+  try {
+    return spawn('sleep', ['600'], { stdio: [fd, 'ignore', 'ignore'] });
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Kill a child the test started (SIGKILL) and wait until it is gone. */
+export async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.kill('SIGKILL');
+  await exited;
 }

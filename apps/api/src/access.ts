@@ -1,19 +1,25 @@
 import { BerthError, type ProjectScope } from '@berth/core';
 import type { Principal, Role } from './auth.js';
 
-/** Every role. */
-export const ANY_ROLE: readonly Role[] = ['admin', 'member', 'agent'];
-/** Roles that manage volumes and servers. */
+/**
+ * People and their tools: every route but the agent protocol's (volumes, servers, attachments,
+ * operations, hosts). Agent tokens are not among them: an agent token lives on a host, and one
+ * stolen there must not read or change the rest of the cloud.
+ */
 export const MANAGERS: readonly Role[] = ['admin', 'member'];
-/** Only administrators (reconcile: it compares and fixes every project's volumes). */
+/** Only administrators (reconcile, and host internals: connector, doctor, plugins, metrics). */
 export const ADMINS: readonly Role[] = ['admin'];
-/** Roles that see host internals (connector, doctor, plugins, metrics). */
-export const OPERATORS: readonly Role[] = ['admin', 'agent'];
-/** Host agents only (the agent protocol, a volume's secrets). */
+/** Host agents only: the agent protocol (register, work, renew, result) and a volume's secrets. */
 export const AGENTS: readonly Role[] = ['agent'];
 
 /** Throw FORBIDDEN unless the principal has one of `roles`. */
 export function requireRole(principal: Principal, roles: readonly Role[]): void {
+  if (principal.role === 'agent' && !roles.includes('agent')) {
+    throw new BerthError('FORBIDDEN', 'an agent token may only call the agent protocol (register, work, renew, result) and a volume\'s credentials', {
+      hint: 'agent tokens are for `berth agent` on its host; use an admin or member token for this (api.tokens in the config)',
+      details: { role: principal.role },
+    });
+  }
   if (!roles.includes(principal.role)) {
     throw new BerthError('FORBIDDEN', `a ${principal.role} token cannot do this`, {
       hint: `this needs a token with the role ${roles.join(' or ')}`,
@@ -49,13 +55,4 @@ export function requireHostAgent(principal: Principal): string {
     });
   }
   return principal.host;
-}
-
-/**
- * Whether the principal may receive connection secrets (CHAP passwords) of an attachment on the
- * host named `attachmentHost`: only the agent of that very host (it connects the volume there).
- * Admins and members get connection_info without them.
- */
-export function seesSecrets(principal: Principal, attachmentHost: string | undefined): boolean {
-  return principal.role === 'agent' && principal.host !== undefined && principal.host === attachmentHost;
 }

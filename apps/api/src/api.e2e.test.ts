@@ -161,7 +161,7 @@ describe('the HTTP app end to end (real socket, file backend, loop transport)', 
 
   it('runs the three-phase attachments API: reserve, initialize with a connector, complete, delete', async () => {
     const t = await start();
-    const token = TOKENS.agent;
+    const token = TOKENS.admin;
     await t.request('POST', '/v1/volumes', { token: TOKENS.admin, json: { name: 'ext1', sizeBytes: 4 * MiB } });
     await t.request('POST', '/v1/servers', { token: TOKENS.admin, json: { name: 'vm1' } });
 

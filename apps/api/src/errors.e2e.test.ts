@@ -89,9 +89,44 @@ describe('401 and 403: tokens and roles', () => {
     expectProblem(await t.request('GET', '/v1/volumes/vol-a/credentials', { token: TOKENS.memberA }), 403, 'FORBIDDEN');
     expectProblem(await t.request('POST', '/v1/volumes', { token: TOKENS.agent, json: { name: 'x2', sizeBytes: MiB } }), 403, 'FORBIDDEN');
     expectProblem(await t.request('DELETE', '/v1/volumes/vol-a', { token: TOKENS.agent }), 403, 'FORBIDDEN');
-    expect((await t.request('GET', '/v1/doctor', { token: TOKENS.agent })).status).toBe(200);
+    expect((await t.request('GET', '/v1/doctor', { token: TOKENS.admin })).status).toBe(200);
     expect((await t.request('GET', '/healthz')).status).toBe(200);
     expect((await t.request('GET', '/openapi.json')).status).toBe(200);
+  });
+});
+
+describe('403: an agent token calls the agent protocol and credentials only', () => {
+  it('refuses every other route to every agent token, with what to use instead', async () => {
+    const refused: Array<[string, string]> = [
+      ['GET', '/v1/volumes'],
+      ['GET', '/v1/volumes/vol-a'],
+      ['GET', '/v1/servers'],
+      ['GET', '/v1/hosts'],
+      ['GET', '/v1/hosts/h-1'],
+      ['GET', '/v1/attachments'],
+      ['GET', '/v1/operations'],
+      ['GET', '/v1/connector'],
+      ['GET', '/v1/doctor'],
+      ['GET', '/v1/plugins'],
+      ['GET', '/metrics'],
+      ['POST', '/v1/reconcile'],
+    ];
+    for (const token of [TOKENS.agent, TOKENS.agentH1]) {
+      for (const [method, path] of refused) {
+        const problem = expectProblem(await t.request(method, path, { token, ...(method === 'POST' ? { json: {} } : {}) }), 403, 'FORBIDDEN');
+        expect(problem.detail, `${method} ${path}`).toMatch(/agent token may only call the agent protocol/);
+        expect(problem.hint).toMatch(/admin or member token/);
+      }
+      const attach = await t.request('POST', '/v1/volumes/vol-a/attach', { token, json: { server: 'web-1' } });
+      expectProblem(attach, 403, 'FORBIDDEN');
+    }
+    // The agent routes still answer an agent token (here: not registered yet, not forbidden).
+    const register = await t.request('POST', '/v1/agent/register', { token: TOKENS.agentH1, json: {} });
+    expect(register.status).not.toBe(403);
+    expect((await t.request('GET', '/v1/volumes/vol-a/credentials', { token: TOKENS.agentH1 })).status).not.toBe(403);
+    // Admins and members keep what they had.
+    expect((await t.request('GET', '/v1/volumes', { token: TOKENS.memberA })).status).toBe(200);
+    expect((await t.request('GET', '/v1/hosts', { token: TOKENS.admin })).status).toBe(200);
   });
 });
 

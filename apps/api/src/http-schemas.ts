@@ -5,7 +5,7 @@ import {
   zCreateServerRequest,
   zCreateVolumeRequest,
   zDetachRequest,
-  zErrorSummary,
+  zWorkItemError,
   zHostView,
   zOperationState,
   zReserveAttachmentRequest,
@@ -144,7 +144,7 @@ export const zAgentWorkQuery = z.strictObject({
 export const zAgentResultBody = z.strictObject({
   state: z.enum(['done', 'failed']),
   result: z.record(z.string(), z.unknown()).optional(),
-  error: zErrorSummary.optional(),
+  error: zWorkItemError.optional(),
 });
 /** What a result answers. */
 export const zAgentResultAck = z.object({ accepted: z.literal(true) });

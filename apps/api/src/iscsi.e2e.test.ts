@@ -216,7 +216,7 @@ describe('the HTTP app end to end for iSCSI on the simulated host (real socket, 
     expect(t.iscsi!.leftovers()).toEqual({ loops: [], mounts: [], qsd: [] });
   });
 
-  it("three-phase API: connection_info carries the CHAP password to the agent of the attachment's host only", async () => {
+  it("three-phase API: connection_info never carries the CHAP password; the agent of the attachment's host gets it from the volume's credentials", async () => {
     const created = await asMember('POST', '/v1/volumes', { json: { name: 'db3', sizeBytes: 16 * MiB, backend: 'tgt' } });
     const volume = created.body as Volume;
     const password = await chapPassword(volume.id);
@@ -231,21 +231,21 @@ describe('the HTTP app end to end for iSCSI on the simulated host (real socket, 
     expect(memberInfo).toMatchObject({ driver_volume_type: 'iscsi', data: { auth_method: 'CHAP', target_iqn: expect.any(String) } });
     expect(memberInfo.data).not.toHaveProperty('auth_password');
 
-    // The agent of outside-1, which connects it, gets the password, and it is the volume's.
-    const agent = await t.request('PUT', `/v1/attachments/${attachmentId}?projectId=${PROJECT_A}`, { token: TOKENS.agentOutside, json: { connector: OUTSIDE_CONNECTOR } });
-    expect(agent.status).toBe(200);
-    expect(agent.headers.get('cache-control')).toBe('no-store');
-    const agentInfo = bodyOf(agent).connectionInfo as ConnectionInfo;
-    expect(agentInfo.data).toMatchObject({ auth_method: 'CHAP', auth_password: password, target_iqn: memberInfo.data.target_iqn });
+    // The agent of outside-1, which connects it, gets the password from the volume's credentials, and it is the volume's.
     const secrets = await t.request('GET', `/v1/volumes/${volume.id}/credentials?projectId=${PROJECT_A}`, { token: TOKENS.agentOutside });
     expect(secrets.status).toBe(200);
+    expect(secrets.headers.get('cache-control')).toBe('no-store');
     expect(bodyOf(secrets).credentials).toMatchObject({ auth_password: password });
-    // Admins, agents of other hosts and agent tokens that name no host get it without them.
-    for (const token of [TOKENS.admin, TOKENS.agentH1, TOKENS.agent]) {
-      const other = await t.request('PUT', `/v1/attachments/${attachmentId}?projectId=${PROJECT_A}`, { token, json: { connector: OUTSIDE_CONNECTOR } });
-      expect(other.status).toBe(200);
-      expect(other.text).not.toContain(password);
-      expect((bodyOf(other).connectionInfo as ConnectionInfo).data).not.toHaveProperty('auth_password');
+    // An admin gets connection_info without it; agent tokens may not use the attachments API at all.
+    const admin = await t.request('PUT', `/v1/attachments/${attachmentId}?projectId=${PROJECT_A}`, { token: TOKENS.admin, json: { connector: OUTSIDE_CONNECTOR } });
+    expect(admin.status).toBe(200);
+    expect(admin.text).not.toContain(password);
+    expect((bodyOf(admin).connectionInfo as ConnectionInfo).data).toMatchObject({ auth_method: 'CHAP', target_iqn: memberInfo.data.target_iqn });
+    expect((bodyOf(admin).connectionInfo as ConnectionInfo).data).not.toHaveProperty('auth_password');
+    for (const token of [TOKENS.agentOutside, TOKENS.agentH1, TOKENS.agent]) {
+      const refused = await t.request('PUT', `/v1/attachments/${attachmentId}?projectId=${PROJECT_A}`, { token, json: { connector: OUTSIDE_CONNECTOR } });
+      expect(refused.status).toBe(403);
+      expect(refused.text).not.toContain(password);
     }
     expect((await t.request('GET', `/v1/volumes/${volume.id}/credentials?projectId=${PROJECT_A}`, { token: TOKENS.agentH1 })).status).toBe(404);
 

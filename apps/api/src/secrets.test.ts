@@ -23,7 +23,7 @@ const ATTACHMENT: Attachment = {
   updatedAt: '2026-01-01T00:00:00.000Z',
 };
 
-/** The host of the attachment, whose agent (token `agentH1`) alone gets its secrets. */
+/** The host of the attachment (its agent's token is `agentH1`). */
 const HOST: Host = { id: ATTACHMENT.hostId, name: 'h-1', connector: null, agent: null, createdAt: ATTACHMENT.createdAt, updatedAt: ATTACHMENT.updatedAt };
 const OTHER_HOST: Host = { ...HOST, id: '9f4cae2c-cd40-4edd-9ebb-506e7f809192', name: 'h-2' };
 
@@ -82,15 +82,17 @@ describe('connection secrets by role', () => {
     expect(answer.cacheControl).toBe('no-store');
   });
 
-  it("gives them only to the agent of the attachment's host", async () => {
-    const answer = await initialize(TOKENS.agentH1);
-    const data = (JSON.parse(answer.body) as { connectionInfo: ConnectionInfo }).connectionInfo.data;
-    expect(data.auth_password).toBe(CHAP);
-    expect(data.discovery_auth_password).toBe(DISCOVERY);
+  it("refuses every agent token, the attachment's host's included: it gets them from the volume's credentials alone", async () => {
+    for (const token of [TOKENS.agentH1, TOKENS.agentH2, TOKENS.agent]) {
+      const answer = await initialize(token);
+      expect(answer.status).toBe(403);
+      expect(answer.body).not.toContain(CHAP);
+      expect(answer.body).not.toContain(DISCOVERY);
+    }
   });
 
-  it('strips them for an admin, an agent of another host and an agent token that names no host', async () => {
-    for (const token of [TOKENS.admin, TOKENS.agentH2, TOKENS.agent]) {
+  it('strips them for an admin', async () => {
+    for (const token of [TOKENS.admin]) {
       const answer = await initialize(token);
       expect(answer.status).toBe(200);
       expect(answer.body).not.toContain(CHAP);

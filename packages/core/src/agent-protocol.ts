@@ -145,7 +145,12 @@ export interface AgentSession {
 export interface AgentOutcome {
   state: 'done' | 'failed';
   result?: Record<string, unknown>;
-  error?: { code: string; message: string; hint?: string };
+  /**
+   * Why it failed; `untouched: true` when the step said it changed nothing on the host (the
+   * driver's `details.untouched`): the replica then rolls a detach back as a local one would.
+   * Added without a protocol bump: an older API drops the field, an older agent never sends it.
+   */
+  error?: { code: string; message: string; hint?: string; untouched?: boolean };
 }
 
 /** The notification channel that wakes the agent of `hostId` (37 characters, a valid channel name). */

@@ -57,3 +57,44 @@ describe('DriverCatalog.selectTransport', () => {
     expect(() => catalog.selectTransport(iscsi, { host: 'h' }, 'nope')).toThrow(/no transport named nope/);
   });
 });
+
+describe('DriverCatalog.selectAgentTransport (a host whose berth agent runs its steps)', () => {
+  // This process has iscsi, iscsi-user and loop; the agents below have their own sets.
+  const catalog = catalogWith(fake('iscsi', ['iscsi'], 0, true), fake('iscsi-user', ['iscsi'], 5, true), fake('loop', ['file'], 0, true));
+  const refusal = (fn: () => unknown): BerthError => {
+    try {
+      fn();
+    } catch (error) {
+      if (BerthError.is(error)) return error;
+      throw error;
+    }
+    throw new Error('expected a BerthError');
+  };
+
+  it("chooses among the agent's transports, not this process's", () => {
+    // iscsi-user wins here by priority, but h-3's agent has only iscsi.
+    expect(catalog.selectTransport(iscsi, { host: 'h' }).name).toBe('iscsi-user');
+    expect(catalog.selectAgentTransport(iscsi, { host: 'h' }, { hostName: 'h-3', transports: ['iscsi', 'loop'] })).toBe('iscsi');
+    expect(catalog.selectAgentTransport(iscsi, { host: 'h' }, { hostName: 'h-3', transports: ['iscsi', 'iscsi-user'] })).toBe('iscsi-user');
+  });
+
+  it('takes a forced transport installed on the agent only', () => {
+    expect(catalog.selectAgentTransport(iscsi, { host: 'h' }, { hostName: 'h-3', transports: ['iscsi-rdma'] }, 'iscsi-rdma')).toBe('iscsi-rdma');
+    // Known here too: it must connect the protocol.
+    expect(refusal(() => catalog.selectAgentTransport(iscsi, { host: 'h' }, { hostName: 'h-3', transports: ['loop'] }, 'loop')).code).toBe('UNPROCESSABLE');
+  });
+
+  it('refuses, naming the host, a transport the agent lacks (CONFIG)', () => {
+    const forced = refusal(() => catalog.selectAgentTransport(iscsi, { host: 'h' }, { hostName: 'h-3', transports: ['iscsi'] }, 'iscsi-user'));
+    expect(forced.code).toBe('CONFIG');
+    expect(forced.message).toBe("host h-3's agent has no transport iscsi-user (it has iscsi)");
+    expect(forced.hint).toMatch(/install the plugin with transport iscsi-user on h-3/);
+    const none = refusal(() => catalog.selectAgentTransport(iscsi, { host: 'h' }, { hostName: 'h-3', transports: ['loop'] }));
+    expect(none.code).toBe('CONFIG');
+    expect(none.message).toBe("host h-3's agent has no transport known to connect iscsi volumes (it has loop)");
+    expect(none.details).toMatchObject({ host: 'h-3', agentTransports: ['loop'], driverVolumeType: 'iscsi' });
+    // One this process does not know: the hint says how to name it.
+    const unknown = refusal(() => catalog.selectAgentTransport(iscsi, { host: 'h' }, { hostName: 'h-3', transports: ['iscsi-rdma'] }));
+    expect(unknown.hint).toMatch(/transports\.iscsi in this server's config, or --transport/);
+  });
+});

@@ -15,6 +15,12 @@ interface Registered<F> {
   options: Record<string, unknown>;
 }
 
+/** The transports a host's `berth agent` registered (`hosts.agent_transports`). */
+export interface AgentTransports {
+  hostName: string;
+  transports: readonly string[];
+}
+
 /**
  * Every transport, backend and consumer the loaded plugins registered. Instances are built on first
  * use and wrapped so a plugin's mistakes surface as BerthErrors naming the plugin, and what a plugin
@@ -194,6 +200,45 @@ export class DriverCatalog {
       });
     }
     return chosen;
+  }
+
+  /**
+   * The transport for a host whose `berth agent` runs its steps: chosen among the transports that
+   * agent registered, not this process's. A `forced` one (the attach's, or `transports.<type>` in
+   * the config) is taken when the agent has it, even if this process has not installed it; when
+   * this process has it too, it must connect the protocol. Otherwise the highest priority among
+   * the agent's transports this process knows to connect the protocol and accept it wins (their
+   * protocols and `accepts` are known here only: the registration names transports). CONFIG,
+   * naming the host, when the agent has none that fits.
+   */
+  selectAgentTransport(connection: ConnectionInfo, connector: Connector, agent: AgentTransports, forced?: string): string {
+    const type = connection.driver_volume_type;
+    const has = agent.transports.join(', ') || 'none';
+    if (forced !== undefined) {
+      if (!agent.transports.includes(forced)) {
+        throw new BerthError('CONFIG', `host ${agent.hostName}'s agent has no transport ${forced} (it has ${has})`, {
+          hint: `install the plugin with transport ${forced} on ${agent.hostName} and restart its \`berth agent\`, or choose one it has (--transport, or transports.${type} in the config)`,
+          details: { host: agent.hostName, transport: forced, agentTransports: [...agent.transports], driverVolumeType: type },
+        });
+      }
+      // Known here too: it must connect the protocol (the check selectTransport makes).
+      if (this.transportFactories.has(forced)) this.selectTransport(connection, connector, forced);
+      return forced;
+    }
+    const known = this.transports().filter((t) => agent.transports.includes(t.name));
+    const chosen = known
+      .filter((t) => t.protocols.includes(type))
+      .filter((t) => (t.accepts ? t.accepts(connection, connector) : true))
+      .sort((a, b) => (b.priority ?? 0) - (a.priority ?? 0))[0];
+    if (chosen) return chosen.name;
+    const unknown = agent.transports.filter((name) => !this.transportFactories.has(name));
+    throw new BerthError('CONFIG', `host ${agent.hostName}'s agent has no transport known to connect ${type} volumes (it has ${has})`, {
+      hint:
+        unknown.length > 0
+          ? `if one of ${unknown.join(', ')} (installed on ${agent.hostName} only) connects ${type} volumes, name it: transports.${type} in this server's config, or --transport`
+          : `install a transport plugin for ${type} on ${agent.hostName} and restart its \`berth agent\``,
+      details: { host: agent.hostName, agentTransports: [...agent.transports], driverVolumeType: type },
+    });
   }
 
   private context(registered: Registered<unknown>): PluginContext {

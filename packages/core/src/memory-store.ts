@@ -6,6 +6,7 @@ import { BerthError, parseWith } from './errors.js';
 import { Mutex } from './keyed-lock.js';
 import {
   zAttachment,
+  zErrorSummary,
   zHost,
   zHostAgent,
   zId,
@@ -22,7 +23,8 @@ import {
   type Volume,
 } from './model.js';
 import { createMonotonicClock } from './monotonic-clock.js';
-import { hostDeviceRow, newAttachmentRow, newOperationRow } from './store-rows.js';
+import { createNotificationHub } from './notification-hub.js';
+import { hostDeviceRow, newAttachmentRow, newOperationRow, newWorkItemRow, operationLeaseMs, workItemOutcomeRow, zLeaseMs } from './store-rows.js';
 import type {
   AttachmentPatch,
   AttachmentRepository,
@@ -33,10 +35,13 @@ import type {
   OperationRepository,
   ServerRepository,
   Store,
+  StoreNotifications,
   VolumeRepository,
+  WorkItemRepository,
 } from './store.js';
 import { agentReplaced, alreadyExists, notFound, stateConflict } from './store-errors.js';
 import { assertAttachmentTransition, assertVolumeTransition } from './transitions.js';
+import { zWorkItemState, type WorkItem } from './work-item.js';
 
 const zVolumePatch = zVolume.pick({ sizeBytes: true, providerLocation: true }).partial();
 const zAttachmentPatch = zAttachment
@@ -46,6 +51,13 @@ const zStepOutcome = zOperationStep.pick({ error: true, data: true }).partial();
 const zFinishOutcome = zOperation.pick({ error: true, result: true }).partial();
 const zLockField = z.string().min(1).max(300);
 const zNewHostAgent = zHostAgent.omit({ lastSeenAt: true });
+const zLimit = z.number().int().positive().max(10_000);
+const zWorker = z.string().min(1);
+
+/** How many operations `claimExpired` takes at most when the caller names no limit (as on SQL). */
+const DEFAULT_CLAIM_LIMIT = 10;
+/** How many items `expire` resets at most when the caller names no limit (as on SQL). */
+const DEFAULT_EXPIRE_LIMIT = 100;
 
 /** Everything a memory store holds; a transaction's rollback puts back a copy taken at its start. */
 interface Tables {
@@ -56,6 +68,14 @@ interface Tables {
   operations: Map<string, Operation>;
   devices: Map<string, HostDevice>;
   locks: Map<string, LockHolder>;
+  /** When each leased operation's lease passes (ISO-8601); operations without a lease are absent. */
+  operationLeases: Map<string, string>;
+  workItems: Map<string, WorkItem>;
+}
+
+/** An open transaction: notifications sent inside it wait for its commit. */
+interface Scope {
+  afterCommit: Array<() => void>;
 }
 
 const emptyTables = (): Tables => ({
@@ -66,6 +86,8 @@ const emptyTables = (): Tables => ({
   operations: new Map(),
   devices: new Map(),
   locks: new Map(),
+  operationLeases: new Map(),
+  workItems: new Map(),
 });
 
 const copy = <T>(value: T): T => structuredClone(value);
@@ -76,15 +98,19 @@ const statuses = <T extends string>(wanted: T | readonly T[] | undefined): reado
  * A `Store` in this process's memory that keeps every rule of the store conformance suite
  * (`@berth/store/conformance`): compare-and-swaps, validation, secrets dropped, transactions that
  * roll back and run one after the other. For fast unit tests of the pipelines, the operation runner
- * and recovery; it keeps nothing across processes, so berth itself never runs on it. Work items,
- * notifications and operation leases (the many-hosts parts) are not kept.
+ * and recovery; it keeps nothing across processes, so berth itself never runs on it. It has the
+ * many-hosts members too (operation leases, work items, notifications within the process), for
+ * the remote executor's and the agent protocol's unit tests.
  */
 export function createMemoryStore(): Store {
   let tables = emptyTables();
   const now = createMonotonicClock();
   const mutex = new Mutex();
   // Set while a transaction runs: calls made inside it (on `tx` or on the store itself) join it.
-  const inTransaction = new AsyncLocalStorage<true>();
+  const inTransaction = new AsyncLocalStorage<Scope>();
+  const hub = createNotificationHub();
+  /** The instant `ms` after the store's clock now. */
+  const leaseUntil = (ms: number): string => new Date(Date.parse(now()) + ms).toISOString();
 
   /** Run one call alone: a running transaction (another caller's) finishes first. */
   const alone = <T>(fn: () => T): Promise<T> => (inTransaction.getStore() ? Promise.resolve().then(fn) : mutex.run(async () => fn()));
@@ -300,6 +326,7 @@ export function createMemoryStore(): Store {
   const operations: OperationRepository = {
     create: (input) =>
       alone(() => {
+        const leaseMs = operationLeaseMs(input);
         const operation = newOperationRow(input, input.id ?? randomUUID(), now());
         const key = operation.idempotencyKey;
         const existing = key === null ? undefined : [...tables.operations.values()].find((o) => o.idempotencyKey === key);
@@ -311,6 +338,7 @@ export function createMemoryStore(): Store {
         }
         if (tables.operations.has(operation.id)) throw alreadyExists(`an operation with id ${operation.id} already exists`, { id: operation.id }, undefined);
         tables.operations.set(operation.id, operation);
+        if (leaseMs !== undefined) tables.operationLeases.set(operation.id, leaseUntil(leaseMs));
         return copy(operation);
       }),
     get: (id) => alone(() => copy(tables.operations.get(id))),
@@ -379,6 +407,138 @@ export function createMemoryStore(): Store {
         }
         operation.owner = owner;
       }),
+    heartbeat: (owner, leaseMs) =>
+      alone(() => {
+        const ms = parseWith(zLeaseMs, leaseMs, 'operation lease');
+        const renewed = [...tables.operations.values()].filter((o) => o.owner === owner && o.state === 'running').map((o) => o.id);
+        for (const id of renewed) tables.operationLeases.set(id, leaseUntil(ms));
+        return renewed.sort();
+      }),
+    claimExpired: (owner, leaseMs, limit = DEFAULT_CLAIM_LIMIT) =>
+      alone(() => {
+        const ms = parseWith(zLeaseMs, leaseMs, 'operation lease');
+        const max = parseWith(z.number().int().positive(), limit, 'claim limit');
+        const at = now();
+        const taken = [...tables.operationLeases.entries()]
+          .filter(([id, expiresAt]) => expiresAt < at && tables.operations.get(id)?.state === 'running')
+          .sort(([, a], [, b]) => (a < b ? -1 : a > b ? 1 : 0))
+          .slice(0, max)
+          .map(([id]) => requireRow(tables.operations, 'operation', id));
+        for (const operation of taken) {
+          operation.owner = owner;
+          tables.operationLeases.set(operation.id, leaseUntil(ms));
+        }
+        return copy(taken.sort((a, b) => (a.startedAt < b.startedAt ? -1 : a.startedAt > b.startedAt ? 1 : 0)));
+      }),
+  };
+
+  /** Oldest first, ties by id (as the SQL stores order them). */
+  const byAge = (a: WorkItem, b: WorkItem): number =>
+    a.createdAt !== b.createdAt ? (a.createdAt < b.createdAt ? -1 : 1) : a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
+  const itemsWhere = (test: (item: WorkItem) => boolean): WorkItem[] => [...tables.workItems.values()].filter(test).sort(byAge);
+  /** Change item `id` that `worker` holds, or say why not (NOT_FOUND, or CONFLICT with the actual state). */
+  const updateHeld = (id: string, worker: string, change: Partial<WorkItem>): WorkItem => {
+    const item = requireRow(tables.workItems, 'work item', id);
+    if (item.state !== 'claimed') throw stateConflict('work item', id, id, item.state, ['claimed']);
+    if (item.leaseOwner !== worker) {
+      throw new BerthError('CONFLICT', `work item ${id} is held by another agent, not ${worker}`, {
+        hint: 'its lease passed and it was handed out again; drop this attempt and claim new work',
+        details: { id, actual: 'claimed', expected: ['claimed'], worker },
+      });
+    }
+    const next: WorkItem = { ...item, ...change, updatedAt: now() };
+    tables.workItems.set(id, next);
+    return copy(next);
+  };
+  /** Put items back to `pending` without a lease (their holder lost it). */
+  const backToPending = (items: readonly WorkItem[]): WorkItem[] => {
+    const at = now();
+    return items.map((item) => {
+      const next: WorkItem = { ...item, state: 'pending', leaseOwner: null, leaseExpiresAt: null, updatedAt: at };
+      tables.workItems.set(item.id, next);
+      return copy(next);
+    });
+  };
+
+  const workItems: WorkItemRepository = {
+    create: (input) =>
+      alone(() => {
+        const item = newWorkItemRow(input, input.id ?? randomUUID(), now());
+        if (!tables.operations.has(item.operationId)) throw notFound('operation', item.operationId);
+        if (!tables.hosts.has(item.hostId)) throw notFound('host', item.hostId);
+        if (tables.workItems.has(item.id)) throw alreadyExists(`a work item with id ${item.id} already exists`, { id: item.id }, undefined);
+        tables.workItems.set(item.id, item);
+        return copy(item);
+      }),
+    get: (id) => alone(() => copy(tables.workItems.get(id))),
+    require: (id) => alone(() => copy(requireRow(tables.workItems, 'work item', id))),
+    list: (filter = {}) =>
+      alone(() => {
+        const wanted = statuses(filter.state);
+        if (wanted !== undefined) parseWith(z.array(zWorkItemState), [...wanted], 'work item state');
+        return copy(
+          itemsWhere(
+            (i) =>
+              (filter.hostId === undefined || i.hostId === filter.hostId) &&
+              (filter.operationId === undefined || i.operationId === filter.operationId) &&
+              (wanted === undefined || wanted.includes(i.state)),
+          ),
+        );
+      }),
+    claim: (hostId, worker, leaseMs, limit = 1) =>
+      alone(() => {
+        const ms = parseWith(zLeaseMs, leaseMs, 'work item lease');
+        const max = parseWith(zLimit, limit, 'claim limit');
+        const owner = parseWith(zWorker, worker, 'worker');
+        const at = now();
+        return itemsWhere((i) => i.hostId === hostId && i.state === 'pending')
+          .slice(0, max)
+          .map((item) => {
+            const next: WorkItem = { ...item, state: 'claimed', leaseOwner: owner, leaseExpiresAt: leaseUntil(ms), attempts: item.attempts + 1, updatedAt: at };
+            tables.workItems.set(item.id, next);
+            return copy(next);
+          });
+      }),
+    renew: (id, worker, leaseMs) =>
+      alone(() => {
+        const ms = parseWith(zLeaseMs, leaseMs, 'work item lease');
+        return updateHeld(id, worker, { leaseExpiresAt: leaseUntil(ms) });
+      }),
+    complete: (id, worker, outcome) =>
+      alone(() => {
+        const valid = workItemOutcomeRow(outcome);
+        return updateHeld(id, worker, { ...valid, leaseExpiresAt: null });
+      }),
+    expire: (limit = DEFAULT_EXPIRE_LIMIT) =>
+      alone(() => {
+        const max = parseWith(zLimit, limit, 'expire limit');
+        const at = now();
+        const expired = [...tables.workItems.values()]
+          .filter((i) => i.state === 'claimed' && i.leaseExpiresAt !== null && i.leaseExpiresAt < at)
+          .sort((a, b) => ((a.leaseExpiresAt ?? '') < (b.leaseExpiresAt ?? '') ? -1 : 1))
+          .slice(0, max);
+        return backToPending(expired).sort(byAge);
+      }),
+    cancel: (id, error) =>
+      alone(() => {
+        const valid = parseWith(zErrorSummary, error, 'work item error');
+        const item = requireRow(tables.workItems, 'work item', id);
+        if (item.state !== 'pending' && item.state !== 'claimed') throw stateConflict('work item', id, id, item.state, ['pending', 'claimed']);
+        // attempts stay: > 0 tells the caller an agent claimed it (the step may have run).
+        const next: WorkItem = { ...item, state: 'failed', error: valid, leaseOwner: null, leaseExpiresAt: null, updatedAt: now() };
+        tables.workItems.set(id, next);
+        return copy(next);
+      }),
+    requeue: (hostId, exceptWorker) =>
+      alone(() => {
+        const keep = parseWith(zWorker, exceptWorker, 'worker');
+        return backToPending(itemsWhere((i) => i.hostId === hostId && i.state === 'claimed' && i.leaseOwner !== keep));
+      }),
+  };
+
+  const notifications: StoreNotifications = {
+    notify: (channel, payload = '') => Promise.resolve().then(() => hub.notify(channel, payload, inTransaction.getStore()?.afterCommit)),
+    listen: (channel, listener) => Promise.resolve().then(() => hub.listen(channel, listener)),
   };
 
   const deviceKey = (hostId: string, volumeId: string): string => `${hostId}/${volumeId}`;
@@ -440,13 +600,16 @@ export function createMemoryStore(): Store {
     servers,
     attachments,
     operations,
+    workItems,
+    notifications,
     devices,
     locks,
     async transaction<T>(fn: (tx: Store) => Promise<T>): Promise<T> {
       // A transaction inside a transaction joins it (and rolls back with it).
       if (inTransaction.getStore()) return fn(store);
-      return mutex.run(() =>
-        inTransaction.run(true, async () => {
+      const scope: Scope = { afterCommit: [] };
+      const result = await mutex.run(() =>
+        inTransaction.run(scope, async () => {
           const before = copy(tables);
           try {
             return await fn(store);
@@ -456,6 +619,8 @@ export function createMemoryStore(): Store {
           }
         }),
       );
+      for (const deliver of scope.afterCommit) deliver();
+      return result;
     },
     async close(): Promise<void> {
       // Nothing to let go of: the tables go with the last reference to the store.

@@ -1,7 +1,9 @@
-import { connectorWithoutSecrets, redactConnectionInfo } from './connection.js';
-import { parseWith } from './errors.js';
+import { z } from 'zod';
+import { connectorWithoutSecrets, recordWithoutSecrets, redactConnectionInfo } from './connection.js';
+import { BerthError, parseWith } from './errors.js';
 import { zAttachment, zHostDevice, zOperation, type Attachment, type HostDevice, type Operation } from './model.js';
-import type { NewAttachment, NewHostDevice, NewOperation } from './store.js';
+import type { NewAttachment, NewHostDevice, NewOperation, NewWorkItem, WorkItemOutcome } from './store.js';
+import { zWorkItem, zWorkItemError, type WorkItem } from './work-item.js';
 
 // New rows as every Store implementation writes them (SQL or memory): one place says what a new
 // row holds, and each is validated (VALIDATION) before anything is written.
@@ -72,4 +74,57 @@ export function hostDeviceRow(input: NewHostDevice, createdAt: string, now: stri
     },
     'device record',
   );
+}
+
+/** A lease length: whole milliseconds, at most a day (a longer lease is a unit mistake). */
+export const zLeaseMs = z.number().int().min(0).max(86_400_000);
+
+/** The lease a new operation asks for (validated), undefined for none; VALIDATION for a lease without an owner. */
+export function operationLeaseMs(input: NewOperation): number | undefined {
+  const leaseMs = input.leaseMs === undefined ? undefined : parseWith(zLeaseMs, input.leaseMs, 'operation lease');
+  if (leaseMs !== undefined && (input.owner ?? null) === null) {
+    throw new BerthError('VALIDATION', 'invalid operation: a lease needs an owner', {
+      hint: 'set owner (the process that heart-beats the lease) or leave leaseMs out',
+    });
+  }
+  return leaseMs;
+}
+
+/** A new work item: `pending`, never claimed, its payload without secrets. */
+export function newWorkItemRow(input: NewWorkItem, id: string, now: string): WorkItem {
+  return parseWith(
+    zWorkItem,
+    {
+      id,
+      operationId: input.operationId,
+      hostId: input.hostId,
+      step: input.step,
+      state: 'pending',
+      payload: recordWithoutSecrets(input.payload ?? {}),
+      result: null,
+      error: null,
+      attempts: 0,
+      leaseOwner: null,
+      leaseExpiresAt: null,
+      createdAt: now,
+      updatedAt: now,
+    },
+    'work item',
+  );
+}
+
+const zWorkItemOutcome = z.object({
+  state: z.enum(['done', 'failed']),
+  result: z.record(z.string(), z.unknown()).nullable().optional(),
+  error: zWorkItemError.nullable().optional(),
+});
+
+/** How an agent finished a work item, validated, as it is stored: result without secrets, nulls for absent. */
+export function workItemOutcomeRow(outcome: WorkItemOutcome): Pick<WorkItem, 'state' | 'result' | 'error'> {
+  const valid = parseWith(zWorkItemOutcome, outcome, 'work item outcome');
+  return {
+    state: valid.state,
+    result: valid.result === undefined || valid.result === null ? null : recordWithoutSecrets(valid.result),
+    error: valid.error ?? null,
+  };
 }

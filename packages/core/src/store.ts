@@ -13,7 +13,7 @@ import type {
   Volume,
   VolumeStatus,
 } from './model.js';
-import type { WorkItem, WorkItemState } from './work-item.js';
+import type { WorkItem, WorkItemError, WorkItemState } from './work-item.js';
 
 /**
  * The persistence port. `@berth/store` implements it on SQLite and PostgreSQL; core and the apps
@@ -287,7 +287,8 @@ export interface WorkItemFilter {
 export interface WorkItemOutcome {
   state: 'done' | 'failed';
   result?: Record<string, unknown> | null;
-  error?: ErrorSummary | null;
+  /** Why it failed; `untouched` when the step said it changed nothing on the host. */
+  error?: WorkItemError | null;
 }
 
 /**

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { toBerthError } from './errors.js';
 import { zErrorSummary, zId } from './model.js';
 
 /**
@@ -18,6 +19,26 @@ export const zWorkItemStep = z
   .regex(/^[a-z][a-z0-9_]*$/, 'use lower-case letters, digits and "_", starting with a letter');
 
 /**
+ * How a work item failed: an error summary, and whether the step said it touched nothing on the
+ * host (the driver's `details.untouched`: a holder found first, an identity that no longer
+ * matched), so that a failed remote disconnect is rolled back exactly as a local one is.
+ */
+export const zWorkItemError = zErrorSummary.extend({ untouched: z.boolean().optional() });
+/** One of `zWorkItemError`. */
+export type WorkItemError = z.output<typeof zWorkItemError>;
+
+/** The work-item error of a failed host step: code, message, hint, and `untouched` when the error says so. */
+export function workItemErrorOf(error: unknown): WorkItemError {
+  const failure = toBerthError(error);
+  return {
+    code: failure.code,
+    message: failure.message,
+    ...(failure.hint === undefined ? {} : { hint: failure.hint }),
+    ...(failure.details.untouched === true ? { untouched: true } : {}),
+  };
+}
+
+/**
  * A host step of an operation, run by the agent of `hostId` rather than by the process that owns
  * the operation (the many-hosts flow). The payload and result never hold secrets.
  */
@@ -31,7 +52,7 @@ export const zWorkItem = z.object({
   payload: z.record(z.string(), z.unknown()),
   /** What the agent reported (secret-named keys are dropped when stored). */
   result: z.record(z.string(), z.unknown()).nullable(),
-  error: zErrorSummary.nullable(),
+  error: zWorkItemError.nullable(),
   /** How many times an agent claimed it (> 1: an agent died holding it and it was run again). */
   attempts: z.number().int().nonnegative(),
   /** The agent holding the lease while `claimed`. */

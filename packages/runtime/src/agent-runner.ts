@@ -3,6 +3,7 @@ import {
   BerthError,
   KeyedLock,
   runHostStep,
+  workItemErrorOf,
   zHostStepName,
   type AgentOutcome,
   type AgentRegistration,
@@ -191,7 +192,7 @@ export class AgentRunner {
     } catch (error) {
       const failure = BerthError.is(error) ? error : new BerthError('INTERNAL', `host step ${item.step} failed`, { cause: error });
       this.options.host.logger.warn({ operationId: item.operationId, step: item.step, err: failure.message }, 'host step failed');
-      return { state: 'failed', error: { code: failure.code, message: failure.message, ...(failure.hint ? { hint: failure.hint } : {}) } };
+      return { state: 'failed', error: workItemErrorOf(failure) };
     }
   }
 

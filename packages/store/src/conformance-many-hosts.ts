@@ -267,6 +267,12 @@ export function describeManyHostsStoreConformance(name: string, open: () => Prom
           error: { code: 'DRIVER_ERROR', message: 'losetup exited 1', hint: 'see the agent log' },
         });
         expect(failed).toMatchObject({ state: 'failed', error: { code: 'DRIVER_ERROR', message: 'losetup exited 1' }, result: null });
+        // A step that says it touched nothing on the host keeps saying so (a detach rolls back on it).
+        const third = await workItems.create({ operationId: operation.id, hostId: host.id, step: 'disconnect' });
+        await workItems.claim(host.id, 'agent-1', HOUR);
+        const untouched = { code: 'CONFLICT', message: '/dev/loop7 is held open', hint: 'close it', untouched: true };
+        expect((await workItems.complete(third.id, 'agent-1', { state: 'failed', error: untouched })).error).toEqual(untouched);
+        expect((await workItems.require(third.id)).error).toEqual(untouched);
         await rejection(workItems.complete(second.id, 'agent-1', { state: 'running' as 'done' }), 'VALIDATION');
       });
 

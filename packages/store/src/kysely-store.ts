@@ -1,10 +1,9 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomUUID } from 'node:crypto';
-import { BerthError, createMonotonicClock, parseWith } from '@berth/core';
+import { BerthError, createMonotonicClock, createNotificationHub, parseWith, zNotificationChannel, zNotificationPayload } from '@berth/core';
 import type { Store, StoreNotifications } from '@berth/core';
 import type { Kysely, Transaction } from 'kysely';
 import type { Database } from './database.js';
-import { zChannel, zPayload } from './notification-backend.js';
 import type { NotificationBackend } from './notification-backend.js';
 import type { RepositoryContext } from './repository-context.js';
 import { createAttachmentRepository } from './repositories/attachment-repository.js';
@@ -56,50 +55,22 @@ export function createKyselyStore(db: Kysely<Database>, options: KyselyStoreOpti
   let closed = false;
 
   const backend = options.notifications;
-  /** In-process listeners per channel (used when there is no backend). */
-  const localListeners = new Map<string, Set<(payload: string) => void>>();
-
-  const deliverLocally = (channel: string, payload: string): void => {
-    for (const listener of localListeners.get(channel) ?? []) {
-      // Asynchronous, as a notification from another process would be; a throwing listener
-      // must not stop the others.
-      queueMicrotask(() => {
-        try {
-          listener(payload);
-        } catch {
-          // A listener's failure is its own business.
-        }
-      });
-    }
-  };
+  /** In-process delivery (used when there is no backend). */
+  const hub = createNotificationHub();
 
   const notifications = (ctx: RepositoryContext, scope: () => TransactionScope | undefined): StoreNotifications => ({
     async notify(channel: string, payload = ''): Promise<void> {
-      const name = parseWith(zChannel, channel, 'notification channel');
-      const text = parseWith(zPayload, payload, 'notification payload');
-      if (backend !== undefined) {
-        await backend.send(ctx.db(), name, text);
+      if (backend === undefined) {
+        hub.notify(channel, payload, scope()?.afterCommit);
         return;
       }
-      const open = scope();
-      if (open !== undefined) open.afterCommit.push(() => deliverLocally(name, text));
-      else deliverLocally(name, text);
+      const name = parseWith(zNotificationChannel, channel, 'notification channel');
+      const text = parseWith(zNotificationPayload, payload, 'notification payload');
+      await backend.send(ctx.db(), name, text);
     },
     async listen(channel: string, listener: (payload: string) => void): Promise<() => Promise<void>> {
-      const name = parseWith(zChannel, channel, 'notification channel');
-      if (backend !== undefined) return backend.subscribe(name, listener);
-      let listeners = localListeners.get(name);
-      if (listeners === undefined) {
-        listeners = new Set();
-        localListeners.set(name, listeners);
-      }
-      // Wrapped, so the same function listening twice is two subscriptions.
-      const entry = (payload: string): void => listener(payload);
-      listeners.add(entry);
-      return async () => {
-        listeners.delete(entry);
-        if (listeners.size === 0 && localListeners.get(name) === listeners) localListeners.delete(name);
-      };
+      if (backend === undefined) return hub.listen(channel, listener);
+      return backend.subscribe(parseWith(zNotificationChannel, channel, 'notification channel'), listener);
     },
   });
 

@@ -17,7 +17,7 @@ export interface PostgresNotificationsOptions {
 /** Longest wait between two attempts to re-open a lost listening connection. */
 const MAX_RECONNECT_DELAY_MS = 5000;
 
-/** Channel names are checked by `zChannel` (lower-case identifiers), so quoting is enough. */
+/** Channel names are checked by core's `zNotificationChannel` (lower-case identifiers), so quoting is enough. */
 function quoted(channel: string): string {
   return `"${channel}"`;
 }

@@ -1,2 +1,2 @@
 // Secret stripping is core's (`connection.ts`), shared with core's in-memory store.
-export { connectorWithoutSecrets, recordWithoutSecrets } from '@berth/core';
+export { connectorWithoutSecrets } from '@berth/core';

@@ -1,6 +1,5 @@
-import { redactConnectionInfo, zAttachment, type AttachmentConnection, type BerthService } from '@berth/core';
-import type { Principal } from '../auth.js';
-import { ANY_ROLE, scopeOf, seesSecrets } from '../access.js';
+import { redactConnectionInfo, zAttachment, type AttachmentConnection } from '@berth/core';
+import { MANAGERS, scopeOf } from '../access.js';
 import {
   zAttachmentConnection,
   zAttachmentList,
@@ -16,21 +15,13 @@ import type { RouteDeps } from '../route-deps.js';
 import { route, type AnyRoute } from '../route.js';
 
 /**
- * An AttachmentConnection as `principal` may see it: connection_info keeps its secrets only for
- * the agent of the attachment's host; everyone else gets it without them.
+ * An AttachmentConnection as the answer carries it: connection_info without its secrets, for
+ * everyone (these routes are for admins and members). The agent of the attachment's host gets
+ * them from `GET /v1/volumes/{volume}/credentials`, its own route.
  */
-async function connectionBody(
-  service: BerthService,
-  principal: Principal,
-  result: AttachmentConnection,
-): Promise<{ attachment: AttachmentConnection['attachment']; connectionInfo: unknown }> {
+function connectionBody(result: AttachmentConnection): { attachment: AttachmentConnection['attachment']; connectionInfo: unknown } {
   const info = result.connectionInfo;
-  // Only a host-scoped agent could see them: look the host's name up for it alone.
-  const host = principal.host === undefined ? undefined : (await service.listHosts()).find((h) => h.id === result.attachment.hostId)?.name;
-  return {
-    attachment: result.attachment,
-    connectionInfo: info === undefined ? null : seesSecrets(principal, host) ? info : redactConnectionInfo(info),
-  };
+  return { attachment: result.attachment, connectionInfo: info === undefined ? null : redactConnectionInfo(info) };
 }
 
 /** The three-phase attachments API for outside orchestrators (Cinder's attachments). */
@@ -43,7 +34,7 @@ export function attachmentRoutes(deps: RouteDeps): AnyRoute[] {
       operationId: 'listAttachments',
       summary: 'List attachments',
       tag: 'attachments',
-      access: ANY_ROLE,
+      access: MANAGERS,
       params: zNoParams,
       query: zAttachmentListQuery,
       responses: { 200: { description: 'The attachments', schema: zAttachmentList } },
@@ -59,9 +50,9 @@ export function attachmentRoutes(deps: RouteDeps): AnyRoute[] {
       operationId: 'reserveAttachment',
       summary: 'Reserve a volume for a server (and initialize it when a connector is given)',
       description:
-        'Phase one of three: the volume is reserved for the server; with a connector the backend also exports it and the answer holds `connectionInfo` (its secrets only for the agent token of the attachment\'s host).',
+        'Phase one of three: the volume is reserved for the server; with a connector the backend also exports it and the answer holds `connectionInfo` without its secrets (the agent of the attachment\'s host gets them from the volume\'s credentials).',
       tag: 'attachments',
-      access: ANY_ROLE,
+      access: MANAGERS,
       params: zNoParams,
       query: zScopeQuery,
       body: zReserveAttachmentBody,
@@ -69,7 +60,7 @@ export function attachmentRoutes(deps: RouteDeps): AnyRoute[] {
       responses: { 201: { description: 'Reserved', schema: zAttachmentConnection } },
       async handler({ principal, query, body }) {
         const result = await service.reserveAttachment({ ...body, ...scopeOf(principal, query.projectId, defaultProject) });
-        return { status: 201, body: await connectionBody(service, principal, result), headers: { location: `/v1/attachments/${result.attachment.id}`, 'cache-control': 'no-store' } };
+        return { status: 201, body: connectionBody(result), headers: { location: `/v1/attachments/${result.attachment.id}`, 'cache-control': 'no-store' } };
       },
     }),
     route({
@@ -78,7 +69,7 @@ export function attachmentRoutes(deps: RouteDeps): AnyRoute[] {
       operationId: 'getAttachment',
       summary: 'Show an attachment',
       tag: 'attachments',
-      access: ANY_ROLE,
+      access: MANAGERS,
       params: zIdParams,
       query: zScopeQuery,
       responses: { 200: { description: 'The attachment (its stored connection_info never holds secrets)', schema: zAttachment } },
@@ -91,16 +82,16 @@ export function attachmentRoutes(deps: RouteDeps): AnyRoute[] {
       path: '/v1/attachments/{id}',
       operationId: 'initializeAttachment',
       summary: 'Initialize an attachment with the host\'s connector',
-      description: 'Phase two: the backend exports the volume to the connector; the answer holds `connectionInfo` (secrets only for the agent token of the attachment\'s host).',
+      description: 'Phase two: the backend exports the volume to the connector; the answer holds `connectionInfo` without its secrets (the agent of the attachment\'s host gets them from the volume\'s credentials).',
       tag: 'attachments',
-      access: ANY_ROLE,
+      access: MANAGERS,
       params: zIdParams,
       query: zScopeQuery,
       body: zInitializeAttachmentBody,
       responses: { 200: { description: 'Initialized', schema: zAttachmentConnection } },
       async handler({ principal, params, query, body }) {
         const result = await service.initializeAttachment(params.id, body.connector, scopeOf(principal, query.projectId, defaultProject));
-        return { status: 200, body: await connectionBody(service, principal, result), headers: { 'cache-control': 'no-store' } };
+        return { status: 200, body: connectionBody(result), headers: { 'cache-control': 'no-store' } };
       },
     }),
     route({
@@ -110,7 +101,7 @@ export function attachmentRoutes(deps: RouteDeps): AnyRoute[] {
       summary: 'Mark an attaching attachment attached',
       description: 'Phase three, a compare-and-swap: only an `attaching` attachment can complete (409 otherwise).',
       tag: 'attachments',
-      access: ANY_ROLE,
+      access: MANAGERS,
       params: zIdParams,
       query: zScopeQuery,
       idempotency: 'cache',
@@ -125,7 +116,7 @@ export function attachmentRoutes(deps: RouteDeps): AnyRoute[] {
       operationId: 'deleteAttachment',
       summary: 'Remove the export and the attachment; the volume\'s status is recomputed',
       tag: 'attachments',
-      access: ANY_ROLE,
+      access: MANAGERS,
       params: zIdParams,
       query: zScopeQuery,
       responses: { 200: { description: 'The volume after the attachment is gone', schema: zVolumeEnvelope } },

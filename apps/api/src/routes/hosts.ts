@@ -1,12 +1,12 @@
 import { BerthError, zHostView, type Host, type HostView } from '@berth/core';
 import type { Principal } from '../auth.js';
-import { ANY_ROLE, scopeOf } from '../access.js';
+import { MANAGERS, scopeOf } from '../access.js';
 import { zHostParams, zHostViewList, zNoParams, zScopeQuery } from '../http-schemas.js';
 import type { RouteDeps } from '../route-deps.js';
 import { route, type AnyRoute } from '../route.js';
 
 /**
- * Hosts a principal may see. Hosts belong to no project: admin and agent tokens see all of them;
+ * Hosts a principal may see. Hosts belong to no project: admin tokens see all of them;
  * a member sees the hosts its project's servers run on (the service has no per-project host
  * listing, so this is derived from the project's servers).
  */
@@ -35,7 +35,7 @@ export function hostRoutes(deps: RouteDeps): AnyRoute[] {
       summary: 'List hosts',
       description: 'A member token sees only the hosts its project\'s servers run on.',
       tag: 'hosts',
-      access: ANY_ROLE,
+      access: MANAGERS,
       params: zNoParams,
       query: zScopeQuery,
       responses: { 200: { description: 'The hosts', schema: zHostViewList } },
@@ -50,7 +50,7 @@ export function hostRoutes(deps: RouteDeps): AnyRoute[] {
       operationId: 'getHost',
       summary: 'Show a host (by id or name)',
       tag: 'hosts',
-      access: ANY_ROLE,
+      access: MANAGERS,
       params: zHostParams,
       query: zScopeQuery,
       responses: { 200: { description: 'The host', schema: zHostView } },

@@ -1,5 +1,5 @@
 import { BerthError, zOperation, type BerthErrorCode, type Operation, type ProjectScope } from '@berth/core';
-import { ANY_ROLE, scopeOf } from '../access.js';
+import { MANAGERS, scopeOf } from '../access.js';
 import { zIdParams, zNoParams, zOperationList, zOperationListQuery, zOperationOutcome, zOperationQuery } from '../http-schemas.js';
 import { visibleOperation } from '../operation-access.js';
 import type { RouteDeps } from '../route-deps.js';
@@ -53,7 +53,7 @@ export function operationRoutes(deps: RouteDeps): AnyRoute[] {
       summary: 'List operations',
       description: 'Newest first. A member token sees the operations on its project\'s volumes.',
       tag: 'operations',
-      access: ANY_ROLE,
+      access: MANAGERS,
       params: zNoParams,
       query: zOperationListQuery,
       responses: { 200: { description: 'The operations', schema: zOperationList } },
@@ -74,7 +74,7 @@ export function operationRoutes(deps: RouteDeps): AnyRoute[] {
       description:
         'With `?wait=30s` the answer comes when the operation leaves `running` or when the wait (bounded by the server) ends, whichever is first: read `state`.',
       tag: 'operations',
-      access: ANY_ROLE,
+      access: MANAGERS,
       params: zIdParams,
       query: zOperationQuery,
       responses: { 200: { description: 'The operation, its steps, timings, result or error', schema: zOperation } },
@@ -94,7 +94,7 @@ export function operationRoutes(deps: RouteDeps): AnyRoute[] {
       description:
         '200 with `{operation, volume, attachment}` when it succeeded; the operation\'s own error as a problem (with `operationId`) when it failed; 202 with the operation while it runs (`wait` long-polls as for GET /v1/operations/{id}).',
       tag: 'operations',
-      access: ANY_ROLE,
+      access: MANAGERS,
       params: zIdParams,
       query: zOperationQuery,
       responses: {

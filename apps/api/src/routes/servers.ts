@@ -1,5 +1,5 @@
 import { BerthError, zAttachment, zOperation, zServer } from '@berth/core';
-import { ANY_ROLE, MANAGERS, scopeOf } from '../access.js';
+import { MANAGERS, scopeOf } from '../access.js';
 import {
   zCreateServerBody,
   zDetachQuery,
@@ -27,7 +27,7 @@ export function serverRoutes(deps: RouteDeps): AnyRoute[] {
       operationId: 'listServers',
       summary: 'List servers',
       tag: 'servers',
-      access: ANY_ROLE,
+      access: MANAGERS,
       params: zNoParams,
       query: zScopeQuery,
       responses: { 200: { description: 'The servers of the project', schema: zServerList } },
@@ -69,7 +69,7 @@ export function serverRoutes(deps: RouteDeps): AnyRoute[] {
       operationId: 'getServer',
       summary: 'Show a server',
       tag: 'servers',
-      access: ANY_ROLE,
+      access: MANAGERS,
       params: zServerParams,
       query: zScopeQuery,
       responses: { 200: { description: 'The server', schema: zServer } },
@@ -98,7 +98,7 @@ export function serverRoutes(deps: RouteDeps): AnyRoute[] {
       operationId: 'listServerVolumeAttachments',
       summary: 'The attachments of a server',
       tag: 'servers',
-      access: ANY_ROLE,
+      access: MANAGERS,
       params: zServerParams,
       query: zScopeQuery,
       responses: { 200: { description: 'Its attachments', schema: zVolumeAttachmentList } },
@@ -135,7 +135,7 @@ export function serverRoutes(deps: RouteDeps): AnyRoute[] {
       operationId: 'getServerVolumeAttachment',
       summary: 'The attachment of a volume to a server',
       tag: 'servers',
-      access: ANY_ROLE,
+      access: MANAGERS,
       params: zServerVolumeParams,
       query: zScopeQuery,
       responses: { 200: { description: 'The attachment', schema: zAttachment } },

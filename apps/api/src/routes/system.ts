@@ -1,5 +1,5 @@
 import { zConnector } from '@berth/core';
-import { OPERATORS } from '../access.js';
+import { ADMINS } from '../access.js';
 import { zDoctorReport, zHealth, zNoParams, zNoQuery, zPluginReport } from '../http-schemas.js';
 import type { RouteDeps } from '../route-deps.js';
 import { publicRoute, route, type AnyRoute } from '../route.js';
@@ -49,7 +49,7 @@ export function systemRoutes(deps: RouteDeps): AnyRoute[] {
       summary: 'Prometheus metrics',
       description: 'Operation and step durations per transport, operations by result and code, in-flight operations, HTTP latencies.',
       tag: 'system',
-      access: OPERATORS,
+      access: ADMINS,
       params: zNoParams,
       query: zNoQuery,
       responses: { 200: { description: 'The Prometheus text format', contentType: 'text/plain' } },
@@ -78,7 +78,7 @@ export function systemRoutes(deps: RouteDeps): AnyRoute[] {
       operationId: 'getConnector',
       summary: 'The API host\'s connector (what a backend receives)',
       tag: 'host',
-      access: OPERATORS,
+      access: ADMINS,
       params: zNoParams,
       query: zNoQuery,
       responses: { 200: { description: 'The connector (os-brick key names)', schema: zConnector } },
@@ -92,7 +92,7 @@ export function systemRoutes(deps: RouteDeps): AnyRoute[] {
       operationId: 'doctor',
       summary: 'Which transports, backends, consumers, store and plugins work on the API host',
       tag: 'host',
-      access: OPERATORS,
+      access: ADMINS,
       params: zNoParams,
       query: zNoQuery,
       responses: { 200: { description: 'Every check', schema: zDoctorReport } },
@@ -106,7 +106,7 @@ export function systemRoutes(deps: RouteDeps): AnyRoute[] {
       operationId: 'plugins',
       summary: 'The plugins the API loaded, and those that failed',
       tag: 'host',
-      access: OPERATORS,
+      access: ADMINS,
       params: zNoParams,
       query: zNoQuery,
       responses: { 200: { description: 'The plugin report', schema: zPluginReport } },

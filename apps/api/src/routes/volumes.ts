@@ -1,5 +1,5 @@
 import { BerthError, zOperation, zVolume } from '@berth/core';
-import { AGENTS, ANY_ROLE, MANAGERS, requireHostAgent, scopeOf } from '../access.js';
+import { AGENTS, MANAGERS, requireHostAgent, scopeOf } from '../access.js';
 import {
   zCreateVolumeBody,
   zCredentials,
@@ -28,7 +28,7 @@ export function volumeRoutes(deps: RouteDeps): AnyRoute[] {
       operationId: 'listVolumes',
       summary: 'List volumes',
       tag: 'volumes',
-      access: ANY_ROLE,
+      access: MANAGERS,
       params: zNoParams,
       query: zVolumeListQuery,
       responses: { 200: { description: 'The volumes of the project', schema: zVolumeList } },
@@ -61,7 +61,7 @@ export function volumeRoutes(deps: RouteDeps): AnyRoute[] {
       operationId: 'getVolume',
       summary: 'Show a volume',
       tag: 'volumes',
-      access: ANY_ROLE,
+      access: MANAGERS,
       params: zVolumeParams,
       query: zScopeQuery,
       responses: { 200: { description: 'The volume', schema: zVolume } },

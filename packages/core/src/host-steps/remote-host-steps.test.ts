@@ -7,86 +7,24 @@ import type { Device } from '../connection.js';
 import { memCatalog } from '../test-support.js';
 import { runHostStep } from './run-host-step.js';
 import { hostChannel, WORK_DONE_CHANNEL } from '../agent-protocol.js';
-import { recordWithoutSecrets } from '../connection.js';
 import { BerthError } from '../errors.js';
 import { silentLogger } from '../logger.js';
 import { createMemoryStore } from '../memory-store.js';
 import type { Host } from '../model.js';
-import type { Store, StoreNotifications, WorkItemRepository } from '../store.js';
-import type { WorkItem } from '../work-item.js';
+import type { WorkItemRepository } from '../store.js';
+import { workItemErrorOf, type WorkItem } from '../work-item.js';
 import { remoteHostSteps } from './remote-host-steps.js';
 import { WorkItemWaiter } from './work-item-waiter.js';
 
-// The remote executor against a memory store with a small fake of the work-item repository and
-// the notifications (core cannot use @berth/store; the real ones pass the store conformance suite):
-// an agent here is the test itself claiming, completing or abandoning the items.
-
-/** Work items with the store contract's compare-and-swaps, in memory. */
-function fakeWorkItems(): WorkItemRepository {
-  const items = new Map<string, WorkItem>();
-  const now = (): string => new Date().toISOString();
-  const conflict = (item: WorkItem): BerthError => new BerthError('CONFLICT', `work item ${item.id} is ${item.state}`, { details: { actual: item.state } });
-  const need = (id: string): WorkItem => {
-    const item = items.get(id);
-    if (!item) throw new BerthError('NOT_FOUND', `no work item ${id}`);
-    return item;
-  };
-  const put = (item: WorkItem): WorkItem => (items.set(item.id, { ...item, updatedAt: now() }), { ...items.get(item.id)! });
-  const held = (id: string, worker: string): WorkItem => {
-    const item = need(id);
-    if (item.state !== 'claimed' || item.leaseOwner !== worker) throw conflict(item);
-    return item;
-  };
-  return {
-    create: async (n) => put({ id: n.id ?? randomUUID(), operationId: n.operationId, hostId: n.hostId, step: n.step, state: 'pending', payload: recordWithoutSecrets(n.payload ?? {}), result: null, error: null, attempts: 0, leaseOwner: null, leaseExpiresAt: null, createdAt: now(), updatedAt: now() }),
-    get: async (id) => (items.has(id) ? { ...need(id) } : undefined),
-    require: async (id) => ({ ...need(id) }),
-    list: async (f = {}) => [...items.values()].filter((i) => (!f.hostId || i.hostId === f.hostId) && (!f.operationId || i.operationId === f.operationId) && (!f.state || [f.state].flat().includes(i.state))),
-    claim: async (hostId, worker, leaseMs, limit = 1) =>
-      [...items.values()]
-        .filter((i) => i.hostId === hostId && i.state === 'pending')
-        .slice(0, limit)
-        .map((i) => put({ ...i, state: 'claimed', attempts: i.attempts + 1, leaseOwner: worker, leaseExpiresAt: new Date(Date.now() + leaseMs).toISOString() })),
-    renew: async (id, worker, leaseMs) => put({ ...held(id, worker), leaseExpiresAt: new Date(Date.now() + leaseMs).toISOString() }),
-    complete: async (id, worker, o) => put({ ...held(id, worker), state: o.state, result: o.result ?? null, error: o.error ?? null, leaseOwner: null, leaseExpiresAt: null }),
-    expire: async () =>
-      [...items.values()]
-        .filter((i) => i.state === 'claimed' && Date.parse(i.leaseExpiresAt ?? '') < Date.now())
-        .map((i) => put({ ...i, state: 'pending', leaseOwner: null, leaseExpiresAt: null })),
-    cancel: async (id, error) => {
-      const item = need(id);
-      if (item.state !== 'pending' && item.state !== 'claimed') throw conflict(item);
-      return put({ ...item, state: 'failed', error, leaseOwner: null, leaseExpiresAt: null });
-    },
-    requeue: async (hostId, except) =>
-      [...items.values()].filter((i) => i.hostId === hostId && i.state === 'claimed' && i.leaseOwner !== except).map((i) => put({ ...i, state: 'pending', leaseOwner: null, leaseExpiresAt: null })),
-  };
-}
-
-/** Notifications within this process, delivered after the call (as a commit would). */
-function fakeNotifications(): StoreNotifications {
-  const listeners = new Map<string, Set<(payload: string) => void>>();
-  return {
-    notify: async (channel, payload = '') => {
-      for (const l of listeners.get(channel) ?? []) queueMicrotask(() => l(payload));
-    },
-    listen: async (channel, listener) => {
-      const set = listeners.get(channel) ?? new Set();
-      listeners.set(channel, set.add(listener));
-      return async () => void set.delete(listener);
-    },
-  };
-}
+// The remote executor against core's memory store (its work items and notifications pass the
+// store conformance suite, as SQLite's and PostgreSQL's do): an agent here is the test itself
+// claiming, completing or abandoning the items.
 
 /** A memory store with the many-hosts members, a host h-3 with a registered agent, and one operation on it. */
 async function world(agentLeaseMs = 60_000) {
-  const base = createMemoryStore();
-  const workItems = fakeWorkItems();
-  const notifications = fakeNotifications();
-  const withAgents = (inner: Store): Store => Object.assign(Object.create(inner) as Store, { workItems, notifications });
-  const store: Store = Object.assign(withAgents(base), {
-    transaction: <T>(fn: (tx: Store) => Promise<T>) => base.transaction((tx) => fn(withAgents(tx))),
-  });
+  const store = createMemoryStore();
+  const { workItems, notifications } = store;
+  if (workItems === undefined || notifications === undefined) throw new Error('the memory store lost its work items');
   const created = await store.hosts.create({ name: 'h-3' });
   const host = (await store.hosts.recordAgent(created.id, { instance: 'agent-1', version: '0.1.0', transports: ['loop'], consumers: ['host'] })) as Host & { agent: NonNullable<Host['agent']> };
   const operation = await store.operations.create({ kind: 'attach', hostId: host.id, owner: 'test', deadlineAt: new Date(Date.now() + 60_000).toISOString() });
@@ -140,6 +78,23 @@ describe('remote host steps', () => {
     await w.close();
   });
 
+  it("keeps the driver's untouched, code and hint through the item: a remote disconnect that touched nothing says so", async () => {
+    const w = await world();
+    const disconnect = { transport: 'loop', connection, volumeId: request.volumeId, device: { path: '/dev/loop7', type: 'block' as const }, force: false, inUse: [] };
+    const running = w.steps.run('disconnect', disconnect, { operationId: w.operationId, signal: new AbortController().signal }).catch((e: unknown) => e);
+    const busy = new BerthError('CONFLICT', '/dev/loop7 is held open by pid 42', { hint: 'close it (fuser -m /dev/loop7)', details: { untouched: true, pid: 42 } });
+    const reported = workItemErrorOf(busy);
+    expect(reported).toEqual({ code: 'CONFLICT', message: '/dev/loop7 is held open by pid 42', hint: 'close it (fuser -m /dev/loop7)', untouched: true });
+    await w.agent('agent-1', { state: 'failed', error: reported });
+    const error = (await running) as BerthError;
+    expect(error.code).toBe('CONFLICT');
+    expect(error.hint).toBe('close it (fuser -m /dev/loop7)');
+    expect(error.details).toMatchObject({ hostId: w.host.id, step: 'disconnect', untouched: true });
+    // A failure that does not say so may have touched the device: no untouched.
+    expect(workItemErrorOf(new BerthError('DRIVER_ERROR', 'losetup -d failed'))).not.toHaveProperty('untouched');
+    await w.close();
+  });
+
   it('a step no agent picked up before the deadline is cancelled, never ran, and names the host', async () => {
     const w = await world();
     const deadline = new AbortController();
@@ -148,7 +103,10 @@ describe('remote host steps', () => {
     deadline.abort(new BerthError('TIMEOUT', 'the operation passed its deadline of 3000 ms'));
     const error = (await running) as BerthError;
     expect(error.code).toBe('TIMEOUT');
-    expect(error.message).toMatch(/^host h-3's agent did not pick up step connect before the operation's deadline \(agent online\)$/);
+    // What is known, not "online" (an agent counts as offline only after 45 s, past many a deadline).
+    expect(error.message).toMatch(/^host h-3's agent did not pick up step connect before the operation's deadline \(last heard from \d+ s ago\)$/);
+    expect(error.details.agentSilentMs).toEqual(expect.any(Number));
+    expect(error.hint).toMatch(/check that `berth agent` runs on h-3 \(start it if not; if it does, it is slow or stuck/);
     expect(error.details).toMatchObject({ hostId: w.host.id, step: 'connect', workItemId: item.id, ranOnHost: false });
     expect(await w.workItems.get(item.id)).toMatchObject({ state: 'failed', attempts: 0 });
     // An agent coming back finds nothing to run, and the undo knows nothing was done on the host.
@@ -236,6 +194,83 @@ describe('an attach to a server on a host with an agent', () => {
     const items = await w.workItems.list({ operationId: op.id });
     expect(items.map((i) => `${i.step}:${i.state}:${i.attempts}`)).toEqual(['connect:failed:0']);
     await short.close();
+    await service.close();
+    await w.close();
+  });
+
+  it("picks the transport among the agent's: one installed on the agent only is chosen, one it lacks is refused naming the host", async () => {
+    const w = await world();
+    const options = { dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', undoTimeoutMs: 5_000, operationTimeoutMs: 30_000 };
+    const identity = { hostname: 'h-1', ips: [], platform: 'x86_64', osType: 'linux' };
+    // This process has transport `mem` only; h-3's agent has `mem-rdma` only, the config names it for mem volumes.
+    const config = resolveConfig({ ...options, transports: { mem: 'mem-rdma' } }, {});
+    const service = new BerthServiceImpl(config, w.store, memCatalog(new Map()), identity, silentLogger);
+    await w.store.hosts.recordAgent(w.host.id, { instance: 'agent-1', version: '0.1.0', transports: ['mem-rdma'], consumers: ['mem'] });
+    await w.store.hosts.setConnector(w.host.id, { host: 'h-3' });
+    await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
+    await service.createServer({ name: 'web-7', host: 'h-3' });
+    // h-3's agent: connects with its mem-rdma and publishes, as told.
+    const seen: string[] = [];
+    const runAll = async (): Promise<void> => {
+      for (const item of await w.workItems.claim(w.host.id, 'agent-1', 15_000, 10)) {
+        seen.push(`${item.step}:${String(item.payload.transport ?? '')}`);
+        const result = item.step === 'connect' ? { device: { path: '/dev/rdma0', type: 'block' } } : item.step === 'publish' ? { path: '/dev/berth/rdma0' } : {};
+        await w.workItems.complete(item.id, 'agent-1', { state: 'done', result });
+        await w.notifications.notify(WORK_DONE_CHANNEL, item.id);
+      }
+    };
+    const stop = await w.notifications.listen(hostChannel(w.host.id), () => void runAll());
+    const attached = await service.attach({ volume: 'db1', server: 'web-7' });
+    expect(attached.attachment).toMatchObject({ status: 'attached', transport: 'mem-rdma', publishedPath: '/dev/berth/rdma0' });
+    expect(seen).toEqual(['connect:mem-rdma', 'publish:']);
+
+    // A transport the agent lacks (forced with --transport) is refused before anything runs on the host.
+    await service.createVolume({ name: 'db2', sizeBytes: 2 ** 20 });
+    const error = (await service.attach({ volume: 'db2', server: 'web-7', transport: 'mem' }).catch((e: unknown) => e)) as BerthError;
+    expect(error.code).toBe('CONFIG');
+    expect(error.message).toBe("host h-3's agent has no transport mem (it has mem-rdma)");
+    expect((await service.getVolume('db2')).status).toBe('available');
+    expect(seen).toHaveLength(2);
+    await stop();
+    await service.close();
+    await w.close();
+  });
+
+  it('a detach whose remote disconnect failed without touching the device rolls back to attached, as a local one does', async () => {
+    const w = await world();
+    const there = new Map<string, Device>();
+    const options = { dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', undoTimeoutMs: 5_000, operationTimeoutMs: 30_000 };
+    const identity = { hostname: 'h-1', ips: [], platform: 'x86_64', osType: 'linux' };
+    const service = new BerthServiceImpl(resolveConfig(options, {}), w.store, memCatalog(new Map()), identity, silentLogger);
+    await w.store.hosts.recordAgent(w.host.id, { instance: 'agent-1', version: '0.1.0', transports: ['mem'], consumers: ['mem'] });
+    await w.store.hosts.setConnector(w.host.id, { host: 'h-3' });
+    await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
+    await service.createServer({ name: 'web-7', host: 'h-3' });
+    // h-3's agent, whose device turns out held open when it comes to disconnect it.
+    const h3 = { catalog: memCatalog(there), logger: silentLogger, baseConnector: () => ({ host: 'h-3' }) };
+    const runAll = async (): Promise<void> => {
+      for (const item of await w.workItems.claim(w.host.id, 'agent-1', 15_000, 10)) {
+        try {
+          if (item.step === 'disconnect') throw new BerthError('CONFLICT', 'the device is held open by pid 42', { hint: 'close it, then detach again', details: { untouched: true } });
+          const result = await runHostStep(h3, item.step as 'connect', item.payload, { operationId: item.operationId, signal: AbortSignal.timeout(5_000) });
+          await w.workItems.complete(item.id, 'agent-1', { state: 'done', result: result as Record<string, unknown> });
+        } catch (error) {
+          await w.workItems.complete(item.id, 'agent-1', { state: 'failed', error: workItemErrorOf(error) });
+        }
+        await w.notifications.notify(WORK_DONE_CHANNEL, item.id);
+      }
+    };
+    const stop = await w.notifications.listen(hostChannel(w.host.id), () => void runAll());
+
+    await service.attach({ volume: 'db1', server: 'web-7' });
+    const error = (await service.detach({ volume: 'db1' }).catch((e: unknown) => e)) as BerthError;
+    expect(error.code).toBe('CONFLICT');
+    expect(error.hint).toBe('close it, then detach again');
+    const [attachment] = await service.listAttachments({ volume: 'db1' });
+    expect(attachment?.status).toBe('attached');
+    expect((await service.getVolume('db1')).status).toBe('in-use');
+    expect(there.size).toBe(1);
+    await stop();
     await service.close();
     await w.close();
   });

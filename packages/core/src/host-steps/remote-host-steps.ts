@@ -57,7 +57,8 @@ export function remoteHostSteps(deps: RemoteHostStepsDeps, host: AgentHost): Hos
         const error = finished.error;
         throw new BerthError(codeOf(error?.code), `on host ${host.name}: ${error?.message ?? `step ${step} failed`}`, {
           ...(error?.hint ? { hint: error.hint } : {}),
-          details: { hostId: host.id, step, workItemId: item.id, ranOnHost: finished.attempts > 0 },
+          // `untouched` travels as the driver said it, so a detach rolls back as a local one does.
+          details: { hostId: host.id, step, workItemId: item.id, ranOnHost: finished.attempts > 0, ...(error?.untouched === true ? { untouched: true } : {}) },
         });
       }
       const schema = HOST_STEP_SCHEMAS[step].result;
@@ -105,11 +106,13 @@ async function deadlineOf(deps: RemoteHostStepsDeps, operationId: string, call: 
  */
 async function giveUp(deps: RemoteHostStepsDeps, host: AgentHost, item: WorkItem, step: string, call: HostStepCall): Promise<WorkItem> {
   const reason = toBerthError(call.signal.reason);
-  const seen = Date.parse(host.agent.lastSeenAt);
   const fresh = (await deps.store.hosts.get(host.id).catch(() => undefined))?.agent;
-  const lastSeen = fresh ? Date.parse(fresh.lastSeenAt) : seen;
-  const offline = Number.isNaN(lastSeen) || Date.now() - lastSeen > deps.offlineAfterMs;
-  const agentState = offline ? `agent offline since ${new Date(lastSeen).toISOString()}` : 'agent online';
+  const lastSeen = Date.parse(fresh?.lastSeenAt ?? host.agent.lastSeenAt);
+  // Only what is known: when the agent was last heard from. "Online" would mislead — an agent is
+  // called offline only after offlineAfterMs (45 s), longer than many a deadline.
+  const silentMs = Number.isNaN(lastSeen) ? undefined : Math.max(0, Date.now() - lastSeen);
+  const offline = silentMs === undefined || silentMs > deps.offlineAfterMs;
+  const agentState = silentMs === undefined ? 'never heard from' : `last heard from ${Math.round(silentMs / 1000)} s ago`;
   let cancelled: WorkItem;
   try {
     cancelled = await required(deps.store.workItems).cancel(item.id, { code: reason.code, message: `cancelled: ${reason.message}` });
@@ -121,10 +124,8 @@ async function giveUp(deps: RemoteHostStepsDeps, host: AgentHost, item: WorkItem
   const claimed = cancelled.attempts > 0;
   const what = claimed ? `did not finish step ${step}` : `did not pick up step ${step}`;
   throw new BerthError('TIMEOUT', `host ${host.name}'s agent ${what} before the ${call.undo ? 'undo' : 'operation'}'s deadline (${agentState})`, {
-    hint: offline
-      ? `start \`berth agent\` on ${host.name}${claimed ? `; its device may still be connected: \`berth detach <volume> --force\` once the agent is back` : ''}`
-      : `the agent on ${host.name} is slow or stuck: see its log; raise operationTimeoutMs if the step needs longer`,
-    details: { hostId: host.id, step, workItemId: item.id, ranOnHost: claimed },
+    hint: `${offline ? `start \`berth agent\` on ${host.name}` : `check that \`berth agent\` runs on ${host.name} (start it if not; if it does, it is slow or stuck: see its log, and raise operationTimeoutMs if the step needs longer)`}${claimed ? `; its device may still be connected: \`berth detach <volume> --force\` once the agent is back` : ''}`,
+    details: { hostId: host.id, step, workItemId: item.id, ranOnHost: claimed, ...(silentMs === undefined ? {} : { agentSilentMs: silentMs }) },
     cause: reason,
   });
 }

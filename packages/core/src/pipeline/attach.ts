@@ -79,14 +79,12 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
         const exported = await ctx.backend.initializeConnection(backendVolume(ctx.volume), connector, signal);
         const connection = withAccessMode(exported, options.mode);
         ctx.connection = connection;
-        ctx.transport = catalog.selectTransport(connection, connector, options.transport ?? config.transports[connection.driver_volume_type]).name;
+        const forced = options.transport ?? config.transports[connection.driver_volume_type];
+        // A remote host's transport is one its agent has (it connects there), not one of this process's.
         const agent = ctx.steps?.kind === 'remote' ? ctx.steps.host.agent : null;
-        if (agent && !agent.transports.includes(ctx.transport)) {
-          throw new BerthError('UNPROCESSABLE', `host ${ctx.steps?.host.name}'s agent has no transport ${ctx.transport} (it has ${agent.transports.join(', ') || 'none'})`, {
-            hint: `install the plugin with transport ${ctx.transport} on that host and restart its \`berth agent\`, or attach with --transport one of those`,
-            details: { hostId: ctx.server.hostId, transport: ctx.transport },
-          });
-        }
+        ctx.transport = agent
+          ? catalog.selectAgentTransport(connection, connector, { hostName: required(ctx.steps, 'host steps').host.name, transports: agent.transports }, forced)
+          : catalog.selectTransport(connection, connector, forced).name;
         const changed = await transitionAttachment(store, required(ctx.attachment, 'attachment').id, ['reserved'], 'attaching', {
           connector,
           connectionInfo: redactConnectionInfo(connection),

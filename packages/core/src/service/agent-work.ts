@@ -13,11 +13,11 @@ import {
 import { zConnectionInfo } from '../connection.js';
 import { zHostName } from '../config.js';
 import { BerthError, parseWith, toBerthError } from '../errors.js';
-import { zErrorSummary, type Host } from '../model.js';
+import type { Host } from '../model.js';
 import { backendVolume } from '../pipeline/context.js';
 import type { ClaimOptions, AgentWork } from '../service.js';
 import type { Store, StoreNotifications, WorkItemRepository } from '../store.js';
-import type { WorkItem } from '../work-item.js';
+import { workItemErrorOf, zWorkItemError, type WorkItem } from '../work-item.js';
 import type { ServiceParts } from './parts.js';
 
 const zClaimOptions = z.object({
@@ -27,7 +27,7 @@ const zClaimOptions = z.object({
 const zOutcome = z.strictObject({
   state: z.enum(['done', 'failed']),
   result: z.record(z.string(), z.unknown()).optional(),
-  error: zErrorSummary.optional(),
+  error: zWorkItemError.optional(),
 });
 const zWorker = z.string().min(1).max(400);
 
@@ -217,10 +217,7 @@ export class AgentWorkService implements AgentWork {
       } catch (error) {
         const failure = toBerthError(error);
         this.parts.logger.warn({ workItemId: item.id, step: item.step, code: failure.code, err: failure.message }, 'work item failed before hand-out');
-        await this.report(await this.hostNameOf(item), worker, item.id, {
-          state: 'failed',
-          error: { code: failure.code, message: failure.message, ...(failure.hint === undefined ? {} : { hint: failure.hint }) },
-        });
+        await this.report(await this.hostNameOf(item), worker, item.id, { state: 'failed', error: workItemErrorOf(failure) });
       }
     }
     return out;

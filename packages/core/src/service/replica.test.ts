@@ -7,39 +7,11 @@ import { silentLogger } from '../logger.js';
 import { createMemoryStore } from '../memory-store.js';
 import { reserveAttachmentRecord } from '../pipeline/attach.js';
 import { memCatalog } from '../test-support.js';
-import type { OperationRepository, Store } from '../store.js';
+import type { Store } from '../store.js';
 
 // Replicas on one store: the heartbeat renews this process's operations, takes over those whose
-// lease passed, and fences a run another replica took over. The operation leases are a fake over
-// the memory store here (the real ones are in @berth/store's conformance suite).
-
-/** The memory store with operation leases (heartbeat, claimExpired) kept beside it. */
-function storeWithLeases(): { store: Store; leases: Map<string, number> } {
-  const base = createMemoryStore();
-  const leases = new Map<string, number>();
-  const running = async (): Promise<Array<{ id: string; owner: string | null }>> => base.operations.list({ state: 'running' });
-  const operations: OperationRepository = Object.assign(Object.create(base.operations) as OperationRepository, {
-    create: async (op: Parameters<OperationRepository['create']>[0]) => {
-      const created = await base.operations.create(op);
-      if (op.leaseMs !== undefined) leases.set(created.id, Date.now() + op.leaseMs);
-      return created;
-    },
-    heartbeat: async (owner: string, leaseMs: number) => {
-      const mine = (await running()).filter((o) => o.owner === owner && leases.has(o.id));
-      for (const o of mine) leases.set(o.id, Date.now() + leaseMs);
-      return mine.map((o) => o.id);
-    },
-    claimExpired: async (owner: string, leaseMs: number, limit = 10) => {
-      const expired = (await running()).filter((o) => (leases.get(o.id) ?? Infinity) < Date.now()).slice(0, limit);
-      for (const o of expired) {
-        await base.operations.setOwner(o.id, owner, o.owner);
-        leases.set(o.id, Date.now() + leaseMs);
-      }
-      return Promise.all(expired.map((o) => base.operations.require(o.id)));
-    },
-  });
-  return { store: Object.assign(Object.create(base) as Store, { operations }), leases };
-}
+// lease passed, and fences a run another replica took over. On core's memory store, whose leases
+// pass the store conformance suite as SQLite's and PostgreSQL's do.
 
 /** A service whose `mem` transport connects only when `release` is called (or its signal fires). */
 function replica(store: Store, heartbeatMs = 30_000) {
@@ -59,15 +31,15 @@ function replica(store: Store, heartbeatMs = 30_000) {
 
 describe('replicas', () => {
   it('takes over an operation whose replica stopped renewing it, and rolls it back by the recovery rules', async () => {
-    const { store, leases } = storeWithLeases();
+    const store = createMemoryStore();
     const { service } = replica(store);
     const volume = await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
     const server = await service.createServer({ name: 'web-1' });
     // What a replica on another machine left when it died after its reserve.
-    const op = await store.operations.create({ kind: 'attach', volumeId: volume.id, serverId: server.id, hostId: server.hostId, owner: '4242@api-2', deadlineAt: new Date(Date.now() + 60_000).toISOString(), leaseMs: 60_000 });
+    const op = await store.operations.create({ kind: 'attach', volumeId: volume.id, serverId: server.id, hostId: server.hostId, owner: '4242@api-2', deadlineAt: new Date(Date.now() + 60_000).toISOString(), leaseMs: 0 });
     await reserveAttachmentRecord(store, volume.id, server, 'rw', op.id);
     await store.operations.endStep(op.id, await store.operations.startStep(op.id, 'reserve', 'do'), { state: 'done' });
-    leases.set(op.id, Date.now() - 1);
+    // Its lease (0 ms) passed at once: api-2 never renewed it.
 
     const stop = service.startReplica();
     await stop();
@@ -80,7 +52,7 @@ describe('replicas', () => {
   });
 
   it('fences a run another replica took over: it stops at once, undoes nothing and leaves the operation to the new owner', async () => {
-    const { store } = storeWithLeases();
+    const store = createMemoryStore();
     // Beats every 100 ms: the test waits for the one after the takeover (no fixed sleep).
     const { service, inConnect } = replica(store, 100);
     await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });

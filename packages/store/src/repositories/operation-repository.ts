@@ -1,4 +1,4 @@
-import { BerthError, newOperationRow, parseWith, zId, zOperation, zOperationState, zOperationStep } from '@berth/core';
+import { BerthError, newOperationRow, operationLeaseMs, parseWith, zLeaseMs, zId, zOperation, zOperationState, zOperationStep } from '@berth/core';
 import { z } from 'zod';
 import type {
   ErrorSummary,
@@ -25,9 +25,6 @@ const zFinishOutcome = zOperation.pick({ error: true, result: true }).partial();
  * callers need at most N rounds; this bounds the loop, it is not expected to be reached.
  */
 const START_STEP_ATTEMPTS = 64;
-
-/** A lease length: whole milliseconds, at most a day (a longer lease is a unit mistake). */
-export const zLeaseMs = z.number().int().min(0).max(86_400_000);
 
 /** How many operations `claimExpired` takes at most when the caller names no limit. */
 const DEFAULT_CLAIM_LIMIT = 10;
@@ -91,12 +88,7 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
 
   return {
     async create(input: NewOperation): Promise<Operation> {
-      const leaseMs = input.leaseMs === undefined ? undefined : parseWith(zLeaseMs, input.leaseMs, 'operation lease');
-      if (leaseMs !== undefined && (input.owner ?? null) === null) {
-        throw new BerthError('VALIDATION', 'invalid operation: a lease needs an owner', {
-          hint: 'set owner (the process that heart-beats the lease) or leave leaseMs out',
-        });
-      }
+      const leaseMs = operationLeaseMs(input);
       const operation = newOperationRow(input, input.id ?? ctx.newId(), ctx.now());
       try {
         await ctx

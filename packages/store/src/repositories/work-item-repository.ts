@@ -1,4 +1,4 @@
-import { BerthError, parseWith, zErrorSummary, zWorkItem, zWorkItemState } from '@berth/core';
+import { BerthError, newWorkItemRow, parseWith, workItemOutcomeRow, zErrorSummary, zLeaseMs, zWorkItemState } from '@berth/core';
 import type {
   ErrorSummary,
   NewWorkItem,
@@ -14,16 +14,9 @@ import type { WorkItemsTable } from '../database.js';
 import { encodeNullableJson, violation, withPicked } from '../repository-context.js';
 import type { RepositoryContext } from '../repository-context.js';
 import { toWorkItem } from '../row-mappers.js';
-import { recordWithoutSecrets } from '../secrets.js';
 import { alreadyExists, notFound, stateConflict } from '../store-errors.js';
-import { zLeaseMs } from './operation-repository.js';
 
 const zLimit = z.number().int().positive().max(10_000);
-const zOutcome = z.object({
-  state: z.enum(['done', 'failed']),
-  result: z.record(z.string(), z.unknown()).nullable().optional(),
-  error: zErrorSummary.nullable().optional(),
-});
 
 /** How many items `expire` resets at most when the caller names no limit. */
 const DEFAULT_EXPIRE_LIMIT = 100;
@@ -71,26 +64,7 @@ export function createWorkItemRepository(ctx: RepositoryContext): WorkItemReposi
 
   return {
     async create(input: NewWorkItem): Promise<WorkItem> {
-      const now = ctx.now();
-      const item = parseWith(
-        zWorkItem,
-        {
-          id: input.id ?? ctx.newId(),
-          operationId: input.operationId,
-          hostId: input.hostId,
-          step: input.step,
-          state: 'pending',
-          payload: recordWithoutSecrets(input.payload ?? {}),
-          result: null,
-          error: null,
-          attempts: 0,
-          leaseOwner: null,
-          leaseExpiresAt: null,
-          createdAt: now,
-          updatedAt: now,
-        },
-        'work item',
-      );
+      const item = newWorkItemRow(input, input.id ?? ctx.newId(), ctx.now());
       try {
         await ctx
           .db()
@@ -182,11 +156,10 @@ export function createWorkItemRepository(ctx: RepositoryContext): WorkItemReposi
     },
 
     async complete(id: string, worker: string, outcome: WorkItemOutcome): Promise<WorkItem> {
-      const valid = parseWith(zOutcome, outcome, 'work item outcome');
-      const result = valid.result === undefined || valid.result === null ? null : recordWithoutSecrets(valid.result);
+      const valid = workItemOutcomeRow(outcome);
       return updateHeld(id, worker, {
         state: valid.state,
-        result: encodeNullableJson(ctx, result),
+        result: encodeNullableJson(ctx, valid.result),
         error: encodeNullableJson(ctx, valid.error),
         lease_expires_at: null,
         updated_at: ctx.now(),

@@ -1,0 +1,84 @@
+import 'reflect-metadata';
+import { describe, expect, it } from 'vitest';
+import { BerthServiceImpl } from '../berth-service.js';
+import { resolveConfig } from '../config.js';
+import type { Device } from '../connection.js';
+import { BerthError } from '../errors.js';
+import { runHostStep } from '../host-steps/run-host-step.js';
+import { silentLogger } from '../logger.js';
+import { createMemoryStore } from '../memory-store.js';
+import { memCatalog } from '../test-support.js';
+import { workItemErrorOf } from '../work-item.js';
+
+// The API side of the agent protocol and the replica waiting on it, in one process (what
+// `berth serve` is on SQLite): an agent's report through the service wakes the waiting operation
+// at once — the agents' lease here is ten minutes, so an operation that only learned of a result
+// at its lease's end would never finish within the test's time.
+
+const TEN_MINUTES = 600_000;
+
+/** A service on the memory store, h-3's agent registered with it, and that agent's loop. */
+async function serveWithAgent(failDisconnect?: BerthError) {
+  const store = createMemoryStore();
+  const config = resolveConfig(
+    { dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', operationTimeoutMs: 60_000, agent: { leaseMs: TEN_MINUTES, pollWaitMs: 1_000, offlineAfterMs: TEN_MINUTES } },
+    {},
+  );
+  const service = new BerthServiceImpl(config, store, memCatalog(new Map()), { hostname: 'h-1', ips: [], platform: 'x86_64', osType: 'linux' }, silentLogger);
+  const session = await service.agentWork.register('h-3', { instance: 'boot-1', version: '0.1.0', connector: { host: 'h-3' }, transports: ['mem'], consumers: ['mem'] });
+  const there = new Map<string, Device>();
+  const h3 = { catalog: memCatalog(there), logger: silentLogger, baseConnector: () => ({ host: 'h-3' }) };
+  const stop = new AbortController();
+  // The agent: long-poll, run each item with h-3's own drivers, report through the service.
+  const agent = (async () => {
+    while (!stop.signal.aborted) {
+      for (const { item, payload } of await service.agentWork.claim('h-3', session.worker, { waitMs: 1_000, limit: 4, signal: stop.signal })) {
+        try {
+          if (item.step === 'disconnect' && failDisconnect) throw failDisconnect;
+          const result = await runHostStep(h3, item.step as 'connect', payload, { operationId: item.operationId, signal: AbortSignal.timeout(10_000) });
+          await service.agentWork.report('h-3', session.worker, item.id, { state: 'done', result: result as Record<string, unknown> });
+        } catch (error) {
+          await service.agentWork.report('h-3', session.worker, item.id, { state: 'failed', error: workItemErrorOf(error) });
+        }
+      }
+    }
+  })();
+  await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
+  await service.createServer({ name: 'web-7', host: 'h-3' });
+  const close = async (): Promise<void> => {
+    stop.abort();
+    await agent;
+    await service.close();
+  };
+  return { service, there, close };
+}
+
+describe('the agent protocol served in the waiting process', () => {
+  it("an agent's reports wake the operation at once (no lease-long wait): attach and detach on h-3", async () => {
+    const { service, there, close } = await serveWithAgent();
+    try {
+      const attached = await service.attach({ volume: 'db1', server: 'web-7' });
+      expect(attached.attachment?.status).toBe('attached');
+      expect([...there.keys()]).toEqual([`/dev/mem-${attached.volume.id}`]);
+      await service.detach({ volume: 'db1' });
+      expect(there.size).toBe(0);
+    } finally {
+      await close();
+    }
+  });
+
+  it("a report of a disconnect that touched nothing (untouched) leaves the attachment attached, through the service's result", async () => {
+    const busy = new BerthError('CONFLICT', 'the device is held open by pid 42', { hint: 'close it, then detach again', details: { untouched: true } });
+    const { service, there, close } = await serveWithAgent(busy);
+    try {
+      await service.attach({ volume: 'db1', server: 'web-7' });
+      const error = (await service.detach({ volume: 'db1' }).catch((e: unknown) => e)) as BerthError;
+      expect(error.code).toBe('CONFLICT');
+      expect(error.hint).toBe('close it, then detach again');
+      expect((await service.listAttachments({ volume: 'db1' }))[0]?.status).toBe('attached');
+      expect(there.size).toBe(1);
+    } finally {
+      await close();
+    }
+  });
+});
