@@ -65,4 +65,4 @@ export {
   type ReconcileDeps,
   type ReconcileFacts,
   type TransportListing,
-} from './reconcile.js';
+} from './reconcile/index.js';

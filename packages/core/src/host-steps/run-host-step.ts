@@ -6,7 +6,7 @@ import { mergeConnector } from '../connector-properties.js';
 import { isIdentityMismatch } from '../device-identity.js';
 import { parseWith } from '../errors.js';
 import type { Logger } from '../logger.js';
-import { listTransports } from '../reconcile.js';
+import { listTransports } from '../reconcile/index.js';
 
 /** What a host step needs of the host it runs on (the in-process service, or `berth agent`). */
 export interface HostStepHost {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import type { ConnectedDevice } from './contracts/transport-driver.js';
-import type { Attachment, AttachmentStatus, HostDevice, Operation, Volume, VolumeStatus } from './model.js';
+import type { ConnectedDevice } from '../contracts/transport-driver.js';
+import type { Attachment, AttachmentStatus, HostDevice, Operation, Volume, VolumeStatus } from '../model.js';
 import {
   describeFinding,
   findDifferences,
@@ -10,8 +10,8 @@ import {
   volumeRepairPath,
   type ReconcileFacts,
   type TransportListing,
-} from './reconcile.js';
-import { canTransitionVolume, recomputeVolumeStatus } from './transitions.js';
+} from './findings.js';
+import { canTransitionVolume, recomputeVolumeStatus } from '../transitions.js';
 
 const HOST = '00000000-0000-4000-8000-00000000000a';
 const OTHER_HOST = '00000000-0000-4000-8000-00000000000b';

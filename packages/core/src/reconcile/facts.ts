@@ -1,0 +1,77 @@
+import type { DriverCatalog } from '../catalog.js';
+import { toBerthError } from '../errors.js';
+import type { Attachment, Volume } from '../model.js';
+import type { ReconcileUnchecked } from '../reports.js';
+import type { Store } from '../store.js';
+import { live, type ReconcileFacts, type TransportListing } from './findings.js';
+
+// What reconcile reads: the backends' exports, the transports' listings of a host, the store's
+// running operations. What cannot be read is named in `unchecked`, never guessed.
+
+/** Read the backends' exports and the transports' devices; what cannot be read is `unchecked`. */
+export async function readHostFacts(
+  catalog: DriverCatalog,
+  backendNames: readonly string[],
+  unchecked: ReconcileUnchecked[],
+): Promise<{ exports: ReconcileFacts['exports']; listings: TransportListing[] }> {
+  const exports: ReconcileFacts['exports'] = [];
+  for (const name of backendNames) {
+    try {
+      const backend = catalog.backend(name);
+      if (!backend.exports) {
+        unchecked.push({ kind: 'backend', name, reason: 'it cannot list its exports' });
+        continue;
+      }
+      for (const entry of await backend.exports()) exports.push({ backend: name, export: entry });
+    } catch (error) {
+      unchecked.push({ kind: 'backend', name, reason: `listing its exports failed: ${toBerthError(error).message}` });
+    }
+  }
+  return { exports, listings: await listTransports(catalog, catalog.transportNames(), unchecked) };
+}
+
+
+/**
+ * What every transport that can list finds connected on this host, highest priority first; a
+ * transport that cannot list, or fails to, is named in `unchecked` (the `host_facts` host step).
+ */
+export async function listTransports(
+  catalog: DriverCatalog,
+  names: readonly string[] = catalog.transportNames(),
+  unchecked?: ReconcileUnchecked[],
+): Promise<TransportListing[]> {
+  const listings: Array<TransportListing & { priority: number }> = [];
+  for (const name of names) {
+    try {
+      const transport = catalog.transport(name);
+      if (!transport.connected) {
+        unchecked?.push({ kind: 'transport', name, reason: 'it cannot list its devices' });
+        continue;
+      }
+      const devices = await transport.connected();
+      listings.push({ transport: name, protocol: transport.protocols[0] ?? name, devices, priority: transport.priority ?? 0 });
+    } catch (error) {
+      unchecked?.push({ kind: 'transport', name, reason: `listing its devices failed: ${toBerthError(error).message}` });
+    }
+  }
+  // A multipath map is taken down before the paths under it.
+  return listings.sort((a, b) => b.priority - a.priority).map(({ priority: _priority, ...listing }) => listing);
+}
+
+
+/** Volumes with a `running` operation (reconcile leaves them alone). */
+export async function busyVolumeIds(store: Store): Promise<Set<string>> {
+  const running = await store.operations.list({ state: 'running' });
+  return new Set(running.map((o) => o.volumeId).filter((id): id is string => id !== null));
+}
+
+
+/** Re-read one volume's facts under its lock; undefined when it is gone. */
+export async function freshVolume(store: Store, volumeId: string): Promise<{ volume: Volume; attachments: Attachment[]; busy: boolean } | undefined> {
+  const volume = await store.volumes.get(volumeId);
+  if (!volume) return undefined;
+  const attachments = live(await store.attachments.list({ volumeId }));
+  const busy = (await store.operations.list({ state: 'running', volumeId })).length > 0;
+  return { volume, attachments, busy };
+}
+
