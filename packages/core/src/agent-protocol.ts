@@ -84,6 +84,8 @@ export const zHostFactsPayload = z.strictObject({});
 export const zTransportListing = z.object({
   transport: z.string().min(1),
   protocol: z.string().min(1),
+  /** The transport's `sourceKeys` (absent from an older agent: it cannot tell, nothing is claimed). */
+  sourceKeys: z.array(z.string().min(1)).default([]),
   devices: z.array(z.object({ device: zDevice, source: z.record(z.string(), z.unknown()) })),
 });
 /** What `host_facts` answers. */

@@ -49,7 +49,13 @@ export async function listTransports(
         continue;
       }
       const devices = await transport.connected();
-      listings.push({ transport: name, protocol: transport.protocols[0] ?? name, devices, priority: transport.priority ?? 0 });
+      listings.push({
+        transport: name,
+        protocol: transport.protocols[0] ?? name,
+        sourceKeys: [...(transport.sourceKeys ?? [])],
+        devices,
+        priority: transport.priority ?? 0,
+      });
     } catch (error) {
       unchecked?.push({ kind: 'transport', name, reason: `listing its devices failed: ${toBerthError(error).message}` });
     }

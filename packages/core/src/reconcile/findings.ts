@@ -35,17 +35,20 @@ export function madeByPipeline(attachment: Attachment, operations: readonly Oper
 /** Volume statuses that are not derived from attachments: a create, extend or delete owns them. */
 const NOT_DERIVED: readonly VolumeStatus[] = ['creating', 'extending', 'deleting'];
 
-/** connection_info keys that name the volume itself (a file, a target and LUN), not a way to it. */
-const IDENTITY_KEYS = ['device_path', 'target_iqn', 'target_lun'] as const;
-
 /**
  * Whether a connected device's `source` is what a connection_info's `data` names: they share at
- * least one identifying key (`device_path`, `target_iqn`, `target_lun`) and agree on every one
- * they share. A portal is not compared: one LUN is reachable through several.
+ * least one of the transport's identifying keys (`TransportDriver.sourceKeys`: `device_path` for
+ * loop; `target_iqn`, `target_lun` for iSCSI) and agree on every one they share. A key that is a
+ * way to the volume (a portal: one LUN is reachable through several) is not one of them. With no
+ * keys nothing matches: a transport that cannot say which volume a device is never claims one.
  */
-export function sourceMatches(source: Readonly<Record<string, unknown>>, data: Readonly<Record<string, unknown>>): boolean {
+export function sourceMatches(
+  source: Readonly<Record<string, unknown>>,
+  data: Readonly<Record<string, unknown>>,
+  keys: readonly string[],
+): boolean {
   let shared = 0;
-  for (const key of IDENTITY_KEYS) {
+  for (const key of keys) {
     const a = source[key];
     const b = data[key];
     if (a === undefined || a === null || b === undefined || b === null) continue;
@@ -92,6 +95,8 @@ export interface TransportListing {
   transport: string;
   /** Its first protocol: the `driver_volume_type` of a connection_info rebuilt from a source. */
   protocol: string;
+  /** The source keys that name a volume (`TransportDriver.sourceKeys`; empty: it cannot tell). */
+  sourceKeys: readonly string[];
   devices: ConnectedDevice[];
 }
 
@@ -152,33 +157,38 @@ export function accountsForExport(attachment: Attachment, initiator: string | un
 }
 
 /** Whether an attachment on this host accounts for a device whose backing thing is `source`. */
-function accountsForDevice(attachment: Attachment, localHostId: string, source: Readonly<Record<string, unknown>>): boolean {
-  return attachment.hostId === localHostId && attachment.connectionInfo !== null && sourceMatches(source, attachment.connectionInfo.data);
+function accountsForDevice(attachment: Attachment, localHostId: string, source: Readonly<Record<string, unknown>>, keys: readonly string[]): boolean {
+  return attachment.hostId === localHostId && attachment.connectionInfo !== null && sourceMatches(source, attachment.connectionInfo.data, keys);
 }
 
 /**
- * The berth volume a device's source is, if any: a volume whose `providerLocation` is the
- * source's file or target IQN, or whose attachment's connection_info names the source. A device
- * that is none of these (a loop device someone made over their own file) is not berth's.
+ * The berth volume a device's source is, if any: a volume whose `providerLocation` is the value of
+ * one of the transport's source keys (the file, the target IQN), or whose attachment's
+ * connection_info names the source. A device that is none of these (a loop device someone made
+ * over their own file) is not berth's; with no keys, no device is.
  */
 export function volumeOfSource(
   source: Readonly<Record<string, unknown>>,
   volumes: readonly Volume[],
   attachments: readonly Attachment[],
+  keys: readonly string[],
 ): Volume | undefined {
-  const file = typeof source.device_path === 'string' ? source.device_path : undefined;
-  const iqn = typeof source.target_iqn === 'string' ? source.target_iqn : undefined;
-  const byLocation = volumes.find((v) => v.providerLocation !== null && (v.providerLocation === file || v.providerLocation === iqn));
+  const named = keys.map((key) => source[key]).filter((value): value is string => typeof value === 'string');
+  const byLocation = volumes.find((v) => v.providerLocation !== null && named.includes(v.providerLocation));
   if (byLocation) return byLocation;
-  const attachment = attachments.find((a) => a.connectionInfo !== null && sourceMatches(source, a.connectionInfo.data));
+  const attachment = attachments.find((a) => a.connectionInfo !== null && sourceMatches(source, a.connectionInfo.data, keys));
   return attachment ? volumes.find((v) => v.id === attachment.volumeId) : undefined;
 }
 
 function matchingDevices(listing: TransportListing | undefined, attachment: Attachment): ConnectedDevice[] {
   const data = attachment.connectionInfo?.data;
   if (!listing || !data) return [];
-  return listing.devices.filter((d) => sourceMatches(d.source, data));
+  return listing.devices.filter((d) => sourceMatches(d.source, data, listing.sourceKeys));
 }
+
+/** Why an attachment of a transport that declares no source keys is never reconnected. */
+export const CANNOT_TELL =
+  'its transport cannot tell which volume a device is (it declares no sourceKeys): not reconnected; check the device by hand, or `berth detach --force` and attach again';
 
 /**
  * Every difference between the store and what the backends and this host hold (pure: the rules
@@ -229,10 +239,10 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
   const claimed = new Set<string>();
   for (const listing of facts.listings) {
     for (const connected of listing.devices) {
-      const volume = volumeOfSource(connected.source, facts.volumes, facts.attachments);
+      const volume = volumeOfSource(connected.source, facts.volumes, facts.attachments, listing.sourceKeys);
       if (!volume) continue;
       if (records.some((r) => sameDevice(r.device, connected.device))) continue;
-      if (hostAttachments.some((a) => accountsForDevice(a, facts.localHostId, connected.source))) continue;
+      if (hostAttachments.some((a) => accountsForDevice(a, facts.localHostId, connected.source, listing.sourceKeys))) continue;
       // Two transports may list one device (a path under a multipath map): one fix is enough.
       const key = `${connected.device.path}\u0000${JSON.stringify(connected.source)}`;
       if (claimed.has(key)) continue;
@@ -252,7 +262,15 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
     if (!before.has(attachment.transport) || !after.has(attachment.transport)) continue;
     const volume = volumesById.get(attachment.volumeId);
     if (!volume) continue;
-    const now = matchingDevices(after.get(attachment.transport), attachment);
+    const listing = after.get(attachment.transport)!;
+    if (listing.sourceKeys.length === 0) {
+      // It lists devices but cannot say whose: "gone" would be a guess, and a reconnect a loop.
+      const recorded = attachment.device;
+      if (recorded && listing.devices.some((d) => sameDevice(d.device, recorded))) continue;
+      findings.push({ kind: 'attachment_device_gone', attachment, volume, found: undefined, skip: busy(volume.id) ?? CANNOT_TELL });
+      continue;
+    }
+    const now = matchingDevices(listing, attachment);
     const then = matchingDevices(before.get(attachment.transport), attachment);
     const recorded = attachment.device;
     // Present: the very device recorded (its identity, when it has one) is listed for this volume.

@@ -35,6 +35,7 @@ function memoryTransport(): { driver: TransportDriver; fs: HostFs } {
   const driver: TransportDriver = {
     name: 'memory',
     protocols: ['memory'],
+    sourceKeys: ['device_path'],
     connectorProperties: async () => ({}),
     async connect(connection, { signal }): Promise<Device> {
       cancelledIfAborted(signal);
