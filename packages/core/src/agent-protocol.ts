@@ -9,7 +9,7 @@ import { zWorkItem } from './work-item.js';
 // of a `connect` item, into which the API merges the backend's credentials in the claim answer only.
 
 /** A host step: the part of an attach or detach that has to run on the server's host. */
-export const zHostStepName = z.enum(['connector', 'connect', 'release', 'publish', 'unpublish', 'disconnect', 'host_facts']);
+export const zHostStepName = z.enum(['connector', 'connect', 'release', 'publish', 'unpublish', 'disconnect', 'host_facts', 'unpublish_orphan']);
 /** One of `zHostStepName`. */
 export type HostStepName = z.output<typeof zHostStepName>;
 
@@ -70,6 +70,15 @@ export const zUnpublishPayload = z.strictObject({
 /** What `unpublish` answers (nothing). */
 export const zUnpublishResult = z.strictObject({});
 
+/** `unpublish_orphan`: drop what `consumer` published for a volume's device no record names (reconcile). */
+export const zUnpublishOrphanPayload = z.strictObject({
+  consumer: z.string().min(1),
+  volumeId: z.string().min(1),
+  device: zDevice,
+});
+/** What `unpublish_orphan` answers: whether the consumer can do it at all (`Consumer.unpublishOrphan`). */
+export const zUnpublishOrphanResult = z.strictObject({ supported: z.boolean() });
+
 /** `connector`: the host's connector with the multipath wish applied. */
 export const zConnectorPayload = z.strictObject({
   multipath: z.boolean(),
@@ -100,6 +109,7 @@ export const HOST_STEP_SCHEMAS = {
   unpublish: { payload: zUnpublishPayload, result: zUnpublishResult },
   connector: { payload: zConnectorPayload, result: zConnectorResult },
   host_facts: { payload: zHostFactsPayload, result: zHostFactsResult },
+  unpublish_orphan: { payload: zUnpublishOrphanPayload, result: zUnpublishOrphanResult },
 } as const satisfies Record<HostStepName, { payload: z.ZodType; result: z.ZodType }>;
 
 /** The payload a host step takes. */

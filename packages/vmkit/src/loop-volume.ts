@@ -102,6 +102,12 @@ export class LoopVolumes {
     return volume;
   }
 
+  /** One more volume with an attachment of it to `server` (what a consumer conformance run makes). */
+  async makeAttached(server: Server): Promise<{ volumeId: string; device: Device; attachment: Attachment }> {
+    const volume = await this.make();
+    return { volumeId: volume.volumeId, device: volume.device, attachment: volume.attachment(server) };
+  }
+
   /** Remove links, loop devices and the directory, whatever state the tests left. */
   async cleanup(): Promise<void> {
     try {

@@ -88,6 +88,13 @@ async function runParsed(host: HostStepHost, step: HostStepName, payload: unknow
       await catalog.consumer(p.consumer).unpublish(p.server, p.attachment, { stillShared: p.stillShared });
       return {};
     }
+    case 'unpublish_orphan': {
+      const p = input('unpublish_orphan', payload);
+      const consumer = catalog.consumer(p.consumer);
+      if (!consumer.unpublishOrphan) return { supported: false };
+      await consumer.unpublishOrphan(p.volumeId, p.device);
+      return { supported: true };
+    }
     case 'connector': {
       const p = input('connector', payload);
       return { connector: await mergeConnector(host.baseConnector(), catalog.transports(), p, logger) };

@@ -1,9 +1,9 @@
-import { redactConnectionInfo, withAccessMode, type ConnectionInfo, type Connector } from '../connection.js';
+import { redactConnectionInfo, withAccessMode, type ConnectionInfo, type Connector, type Device } from '../connection.js';
+import type { HostSteps } from '../host-steps/host-step-executor.js';
 import type { Consumer } from '../contracts/consumer.js';
-import type { ConnectedDevice } from '../contracts/transport-driver.js';
 import { sameDevice } from '../device-identity.js';
 import { BerthError, toBerthError } from '../errors.js';
-import type { Attachment, Host, Server, Volume } from '../model.js';
+import type { Volume } from '../model.js';
 import { backendVolume, transitionAttachment, type PipelineContext, type PipelineDeps } from '../pipeline/context.js';
 import { detachSteps, markDetachFailed } from '../pipeline/detach.js';
 import { connectShared, publishShared, releaseShared } from '../pipeline/device-sharing.js';
@@ -61,8 +61,9 @@ export async function fixOf(deps: ReconcileDeps, finding: Finding): Promise<stri
       const device = record?.device ?? connected?.device;
       // Under the volume's device lease, identity-checked, and not forced: a device something holds
       // open (someone's mount of a volume file) is left alone, the fix fails naming the holder.
+      const steps = await deps.hostSteps(host.id);
       const outcome = await releaseShared(deps, {
-        steps: await deps.hostSteps(host.id),
+        steps,
         hostId: host.id,
         volume: fresh.volume,
         transport: finding.transport,
@@ -71,7 +72,7 @@ export async function fixOf(deps: ReconcileDeps, finding: Finding): Promise<stri
         force: false,
         signal,
       });
-      if (connected && !outcome.identityMismatch) await unpublishOrphan(deps, fresh.volume, connected, host);
+      if (connected && !outcome.identityMismatch) await unpublishOrphan(deps, steps, fresh.volume, connected.device, signal);
       return outcome.identityMismatch || !connected ? `${device?.path ?? 'the device'} was already gone${record ? '; record removed' : ''}` : `${connected.device.path} disconnected`;
     }
     case 'attachment_device_gone':
@@ -99,35 +100,19 @@ export async function fixOf(deps: ReconcileDeps, finding: Finding): Promise<stri
 }
 
 /**
- * Ask the consumer to take down what it published for an orphaned device. No attachment names the
- * server any more, so the consumer gets the volume's id and the device only (the host consumer
- * removes `/dev/berth/<volume-id>` when, and only when, it still leads to that device: a loop
- * number is reused for the next file attached). Best effort: the device is gone either way.
+ * Ask the consumer, on the device's host, to take down what it published for an orphaned device
+ * (`Consumer.unpublishOrphan`: no attachment names the server any more, so it gets the volume's
+ * id and the device only; the host consumer removes `/dev/berth/<volume-id>` when, and only when,
+ * it still leads to that device: a loop number is reused for the next file attached). Best
+ * effort: the device is gone either way.
  */
-async function unpublishOrphan(deps: ReconcileDeps, volume: Volume, connected: ConnectedDevice, host: Host): Promise<void> {
-  const now = new Date().toISOString();
-  const server: Server = { id: host.id, name: 'reconcile', projectId: volume.projectId, hostId: host.id, createdAt: now, updatedAt: now };
-  const orphan: Attachment = {
-    id: volume.id,
-    volumeId: volume.id,
-    serverId: server.id,
-    hostId: host.id,
-    status: 'detached',
-    mode: 'rw',
-    transport: null,
-    connector: null,
-    connectionInfo: null,
-    device: connected.device,
-    publishedPath: null,
-    timings: {},
-    error: null,
-    createdAt: now,
-    updatedAt: now,
-  };
+async function unpublishOrphan(deps: ReconcileDeps, steps: HostSteps, volume: Volume, device: Device, signal: AbortSignal): Promise<void> {
+  const consumer = deps.config.consumer;
   try {
-    await deps.consumer().unpublish(server, orphan);
+    const { supported } = await steps.run('unpublish_orphan', { consumer, volumeId: volume.id, device }, { signal });
+    if (!supported) deps.logger.warn({ volumeId: volume.id, device: device.path, consumer }, 'reconcile: the consumer cannot drop what it published without a record; left as it is');
   } catch (error) {
-    deps.logger.warn({ volumeId: volume.id, device: connected.device.path, err: toBerthError(error).message }, 'reconcile: could not unpublish an orphaned device');
+    deps.logger.warn({ volumeId: volume.id, device: device.path, err: toBerthError(error).message }, 'reconcile: could not unpublish an orphaned device');
   }
 }
 
@@ -183,7 +168,10 @@ async function reconnect(deps: ReconcileDeps, attachmentId: string, volume: Volu
     return `reconnected at ${connected.device.path}${stale.length > 0 ? ` (with ${stale.length} other attachment(s) sharing it)` : ''}`;
   } catch (error) {
     const failure = toBerthError(error);
-    await consumer.unpublish(server, attachment).catch(() => undefined);
+    // On the attachment's host (its executor), as the pipeline unpublishes: its stale links go.
+    await steps
+      .run('unpublish', { consumer: deps.config.consumer, server, attachment, stillShared: false }, { signal: AbortSignal.timeout(deps.config.undoTimeoutMs), undo: true })
+      .catch(() => undefined);
     await transitionAttachment(store, attachment.id, ['attached'], 'error_detaching', { error: `its device was gone and reconnecting failed: ${failure.message}` }).catch(() => undefined);
     throw new BerthError(failure.code, `reconnecting failed, the attachment is now error_detaching: ${failure.message}`, {
       hint: `finish it with \`berth detach ${volume.name} --force\` (or \`berth reconcile\` again)`,
