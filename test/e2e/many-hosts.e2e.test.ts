@@ -3,11 +3,13 @@
 // transport. Attaches to a server on each host are connected by that host's agent (its work items,
 // its worker), whichever replica took the request; `berth host list` shows both agents; an agent
 // that is offline makes an attach fail at its deadline naming the host, with nothing run there;
-// an agent token cannot act on another host's work. Every process, loop device, link, namespace
+// an agent token cannot act on another host's work; `berth reconcile --host h1` finds, through h1's
+// agent, a device h1 lost and reconnects it there. Every process, loop device, link, namespace
 // and the cluster are removed in afterAll, even when a test fails.
+import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EXIT_CODES } from '@berth/core';
-import type { Attachment, Host, OperationOutcome, Server, Volume } from '@berth/core';
+import type { Attachment, Host, OperationOutcome, ReconcileReport, Server, Volume } from '@berth/core';
 import { errorBody } from '../support/berth-cli.js';
 import { loopDevicesBacking } from '../support/loop-devices.js';
 import { startManyHosts, type ManyHosts } from '../support/many-hosts.js';
@@ -183,5 +185,47 @@ describe.skipIf(!isRoot)('many hosts: agents in network namespaces, replicas on 
     expect(connects.map((w) => [w.state, w.attempts])).toEqual([['done', 2]]);
     expect((await f.json<OperationOutcome>(['detach', 'crash-h1'])).operation.state).toBe('succeeded');
     expect(loopDevicesBacking(volume.providerLocation as string)).toEqual([]);
+  });
+
+  it('berth reconcile --host h1: h1\'s agent lists its devices, the device h1 lost is found and reconnected there through the agent', async () => {
+    const f = world();
+    await f.json<Server>(['server', 'create', 'db-h1', '--host', 'h1']);
+    const volume = await f.json<Volume>(['volume', 'create', '--size', '32MiB', '--name', 'lost-h1']);
+    const file = volume.providerLocation as string;
+    const attached = await f.json<OperationOutcome>(['attach', 'lost-h1', '--server', 'db-h1']);
+    const attachmentId = attached.attachment?.id;
+    const lost = attached.attachment?.device?.path ?? '';
+    expect(loopDevicesBacking(file)).toEqual([lost]);
+    // h1 loses the device behind berth's back (what a reboot does): the loop device is gone.
+    await execa('losetup', ['--detach', lost]);
+    expect(loopDevicesBacking(file)).toEqual([]);
+
+    const plan = await f.json<ReconcileReport>(['reconcile', '--host', 'h1', '--dry-run']);
+    expect(plan.differences).toContainEqual(expect.objectContaining({ kind: 'attachment_device_gone', attachmentId, state: 'planned', fix: 'reconnect' }));
+    // A dry run changes nothing on the host; its listing was h1's agent's work item.
+    expect(loopDevicesBacking(file)).toEqual([]);
+    expect((await workItems(plan.operationId ?? '')).map((w) => [w.step, w.state, w.host])).toEqual([
+      ['host_facts', 'done', 'h1'],
+      ['host_facts', 'done', 'h1'],
+    ]);
+
+    const report = await f.json<ReconcileReport>(['reconcile', '--host', 'h1', '--yes'], 1);
+    const fix = report.differences.find((d) => d.kind === 'attachment_device_gone' && d.attachmentId === attachmentId);
+    expect(fix?.state).toBe('applied');
+    expect(report.counts.failed).toBe(0);
+    const now = loopDevicesBacking(file);
+    expect(now).toHaveLength(1);
+    // Listed, connected and published by h1's agent: work items of the reconcile operation, all on h1.
+    const items = await workItems(report.operationId ?? '');
+    expect(items.every((w) => w.host === 'h1' && w.state === 'done')).toBe(true);
+    expect(items.map((w) => w.step)).toEqual(expect.arrayContaining(['host_facts', 'connect', 'publish']));
+    const attachment = (await f.json<Attachment[]>(['attachment', 'list'])).find((a) => a.id === attachmentId);
+    expect(attachment).toMatchObject({ status: 'attached', device: { path: now[0] } });
+
+    // Nothing left to fix, and the volume detaches as usual through h1's agent.
+    const again = await f.json<ReconcileReport>(['reconcile', '--host', 'h1', '--dry-run']);
+    expect(again.differences.filter((d) => d.volumeId === volume.id)).toEqual([]);
+    expect((await f.json<OperationOutcome>(['detach', 'lost-h1'])).operation.state).toBe('succeeded');
+    expect(loopDevicesBacking(file)).toEqual([]);
   });
 });

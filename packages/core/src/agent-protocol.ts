@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { zConnectionInfo, zConnector, zDevice } from './connection.js';
 import { zAttachment, zServer } from './model.js';
+import { zReconcileUnchecked } from './reports.js';
 import { zWorkItem } from './work-item.js';
 
 // The host steps a `berth agent` runs for the API replicas (the many-hosts flow): their names, what
@@ -97,8 +98,8 @@ export const zTransportListing = z.object({
   sourceKeys: z.array(z.string().min(1)).default([]),
   devices: z.array(z.object({ device: zDevice, source: z.record(z.string(), z.unknown()) })),
 });
-/** What `host_facts` answers. */
-export const zHostFactsResult = z.strictObject({ listings: z.array(zTransportListing) });
+/** What `host_facts` answers: the listings, and each transport that cannot list or failed to (with why). */
+export const zHostFactsResult = z.strictObject({ listings: z.array(zTransportListing), unchecked: z.array(zReconcileUnchecked).default([]) });
 
 /** Payload and result schema of each host step (parse at both ends: the agent and the replica). */
 export const HOST_STEP_SCHEMAS = {

@@ -7,6 +7,7 @@ import { isIdentityMismatch } from '../device-identity.js';
 import { parseWith } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { listTransports } from '../reconcile/index.js';
+import type { ReconcileUnchecked } from '../reports.js';
 
 /** What a host step needs of the host it runs on (the in-process service, or `berth agent`). */
 export interface HostStepHost {
@@ -99,8 +100,11 @@ async function runParsed(host: HostStepHost, step: HostStepName, payload: unknow
       const p = input('connector', payload);
       return { connector: await mergeConnector(host.baseConnector(), catalog.transports(), p, logger) };
     }
-    case 'host_facts':
+    case 'host_facts': {
       input('host_facts', payload);
-      return { listings: await listTransports(catalog) };
+      const unchecked: ReconcileUnchecked[] = [];
+      const listings = await listTransports(catalog, catalog.transportNames(), unchecked);
+      return { listings, unchecked };
+    }
   }
 }

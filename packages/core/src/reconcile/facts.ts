@@ -1,4 +1,5 @@
 import type { DriverCatalog } from '../catalog.js';
+import type { HostStepCall, HostSteps } from '../host-steps/host-step-executor.js';
 import { toBerthError } from '../errors.js';
 import type { Attachment, Volume } from '../model.js';
 import type { ReconcileUnchecked } from '../reports.js';
@@ -8,12 +9,8 @@ import { live, type ReconcileFacts, type TransportListing } from './findings.js'
 // What reconcile reads: the backends' exports, the transports' listings of a host, the store's
 // running operations. What cannot be read is named in `unchecked`, never guessed.
 
-/** Read the backends' exports and the transports' devices; what cannot be read is `unchecked`. */
-export async function readHostFacts(
-  catalog: DriverCatalog,
-  backendNames: readonly string[],
-  unchecked: ReconcileUnchecked[],
-): Promise<{ exports: ReconcileFacts['exports']; listings: TransportListing[] }> {
+/** Read the backends' exports (on this process: backends are the controller's); what cannot be read is `unchecked`. */
+export async function readExports(catalog: DriverCatalog, backendNames: readonly string[], unchecked: ReconcileUnchecked[]): Promise<ReconcileFacts['exports']> {
   const exports: ReconcileFacts['exports'] = [];
   for (const name of backendNames) {
     try {
@@ -27,7 +24,18 @@ export async function readHostFacts(
       unchecked.push({ kind: 'backend', name, reason: `listing its exports failed: ${toBerthError(error).message}` });
     }
   }
-  return { exports, listings: await listTransports(catalog, catalog.transportNames(), unchecked) };
+  return exports;
+}
+
+/**
+ * What the transports of the reconciled host list, through its executor (the `host_facts` host
+ * step: in-process for this host, its `berth agent` for another); a transport that cannot list,
+ * or failed to, is added to `unchecked` when given.
+ */
+export async function readListings(steps: HostSteps, call: HostStepCall, unchecked?: ReconcileUnchecked[]): Promise<TransportListing[]> {
+  const facts = await steps.run('host_facts', {}, call);
+  unchecked?.push(...facts.unchecked);
+  return facts.listings;
 }
 
 

@@ -283,7 +283,7 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
   for (const attachment of facts.attachments) {
     const volume = volumesById.get(attachment.volumeId);
     if (!volume) continue;
-    const elsewhere = attachment.hostId !== facts.localHostId ? 'it is on another host: run `berth reconcile` there' : undefined;
+    const elsewhere = attachment.hostId !== facts.localHostId ? 'it is on another host: reconcile that one (`berth reconcile --host <name>`, or on that host)' : undefined;
     if (TRANSITIONAL.includes(attachment.status)) {
       // One made by an outside orchestrator (the three-phase API) is waiting for it: not stuck.
       if (!madeByPipeline(attachment, facts.operations ?? [])) continue;

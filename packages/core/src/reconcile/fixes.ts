@@ -1,9 +1,9 @@
 import { redactConnectionInfo, withAccessMode, type ConnectionInfo, type Connector, type Device } from '../connection.js';
-import type { HostSteps } from '../host-steps/host-step-executor.js';
+import type { HostStepCall, HostSteps } from '../host-steps/host-step-executor.js';
 import type { Consumer } from '../contracts/consumer.js';
 import { sameDevice } from '../device-identity.js';
 import { BerthError, toBerthError } from '../errors.js';
-import type { Volume } from '../model.js';
+import type { Host, Volume } from '../model.js';
 import { backendVolume, transitionAttachment, type PipelineContext, type PipelineDeps } from '../pipeline/context.js';
 import { detachSteps, markDetachFailed } from '../pipeline/detach.js';
 import { connectShared, publishShared, releaseShared } from '../pipeline/device-sharing.js';
@@ -34,14 +34,21 @@ export class Skip extends Error {
 export const BUSY = 'an operation on this volume started; run reconcile again when it has finished';
 
 /** Apply one fix, after checking (under the volume lock) that it is still needed; resolves with what it did. */
-export async function fixOf(deps: ReconcileDeps, finding: Finding): Promise<string> {
+/** Where a fix runs: the reconciled host, its host-step executor, and the `reconcile` operation. */
+export interface FixTarget {
+  host: Host;
+  steps: HostSteps;
+  operationId: string;
+}
+
+export async function fixOf(deps: ReconcileDeps, finding: Finding, target: FixTarget): Promise<string> {
   const { store, catalog, config } = deps;
   const signal = AbortSignal.timeout(config.operationTimeoutMs);
   const volumeId = finding.kind === 'export_without_attachment' ? finding.export.volumeId : finding.volume.id;
   const fresh = await freshVolume(store, volumeId);
   if (!fresh) throw new Skip('the volume was deleted meanwhile');
   if (fresh.busy) throw new Skip(BUSY);
-  const host = await deps.localHost();
+  const { host, steps, operationId } = target;
 
   switch (finding.kind) {
     case 'export_without_attachment': {
@@ -61,9 +68,9 @@ export async function fixOf(deps: ReconcileDeps, finding: Finding): Promise<stri
       const device = record?.device ?? connected?.device;
       // Under the volume's device lease, identity-checked, and not forced: a device something holds
       // open (someone's mount of a volume file) is left alone, the fix fails naming the holder.
-      const steps = await deps.hostSteps(host.id);
       const outcome = await releaseShared(deps, {
         steps,
+        operationId,
         hostId: host.id,
         volume: fresh.volume,
         transport: finding.transport,
@@ -72,11 +79,11 @@ export async function fixOf(deps: ReconcileDeps, finding: Finding): Promise<stri
         force: false,
         signal,
       });
-      if (connected && !outcome.identityMismatch) await unpublishOrphan(deps, steps, fresh.volume, connected.device, signal);
+      if (connected && !outcome.identityMismatch) await unpublishOrphan(deps, steps, fresh.volume, connected.device, { operationId, signal });
       return outcome.identityMismatch || !connected ? `${device?.path ?? 'the device'} was already gone${record ? '; record removed' : ''}` : `${connected.device.path} disconnected`;
     }
     case 'attachment_device_gone':
-      return reconnect(deps, finding.attachment.id, fresh.volume, signal);
+      return reconnect(deps, finding.attachment.id, fresh.volume, { ...target, signal });
     case 'attachment_stuck':
     case 'attachment_error':
       return finishDetach(deps, finding.attachment.id, fresh.volume);
@@ -106,10 +113,10 @@ export async function fixOf(deps: ReconcileDeps, finding: Finding): Promise<stri
  * it still leads to that device: a loop number is reused for the next file attached). Best
  * effort: the device is gone either way.
  */
-async function unpublishOrphan(deps: ReconcileDeps, steps: HostSteps, volume: Volume, device: Device, signal: AbortSignal): Promise<void> {
+async function unpublishOrphan(deps: ReconcileDeps, steps: HostSteps, volume: Volume, device: Device, call: HostStepCall): Promise<void> {
   const consumer = deps.config.consumer;
   try {
-    const { supported } = await steps.run('unpublish_orphan', { consumer, volumeId: volume.id, device }, { signal });
+    const { supported } = await steps.run('unpublish_orphan', { consumer, volumeId: volume.id, device }, call);
     if (!supported) deps.logger.warn({ volumeId: volume.id, device: device.path, consumer }, 'reconcile: the consumer cannot drop what it published without a record; left as it is');
   } catch (error) {
     deps.logger.warn({ volumeId: volume.id, device: device.path, err: toBerthError(error).message }, 'reconcile: could not unpublish an orphaned device');
@@ -135,7 +142,8 @@ async function connectorFor(deps: ReconcileDeps, initiator: string | undefined):
  * are removed, so nobody uses a device that may now be another volume's; `berth detach --force`
  * or the next `berth reconcile` finishes it.
  */
-async function reconnect(deps: ReconcileDeps, attachmentId: string, volume: Volume, signal: AbortSignal): Promise<string> {
+async function reconnect(deps: ReconcileDeps, attachmentId: string, volume: Volume, target: FixTarget & { signal: AbortSignal }): Promise<string> {
+  const { steps, operationId, signal } = target;
   const { store, catalog } = deps;
   const attachment = await store.attachments.get(attachmentId);
   if (attachment?.status !== 'attached') throw new Skip(`the attachment is ${attachment?.status ?? 'deleted'} now`);
@@ -144,7 +152,7 @@ async function reconnect(deps: ReconcileDeps, attachmentId: string, volume: Volu
   // Refused before anything is touched when the transport is not installed here.
   const transport = catalog.transport(transportName).name;
   const server = await store.servers.require(attachment.serverId);
-  const steps = await deps.hostSteps(attachment.hostId);
+  if (attachment.hostId !== target.host.id) throw new Skip('the attachment is on another host now');
   const consumer = deps.consumer();
   const lost = attachment.device;
   try {
@@ -158,11 +166,11 @@ async function reconnect(deps: ReconcileDeps, attachmentId: string, volume: Volu
     );
     for (const other of stale) await store.attachments.update(other.id, { device: null });
     await store.devices.delete(attachment.hostId, volume.id);
-    const connected = await connectShared(deps, { steps, attachment: { ...attachment, device: null }, volume, transport, connection, connector, signal });
+    const connected = await connectShared(deps, { steps, operationId, attachment: { ...attachment, device: null }, volume, transport, connection, connector, signal });
     for (const other of [connected.attachment, ...stale]) {
       const current = other.id === attachment.id ? connected.attachment : await store.attachments.update(other.id, { device: connected.device });
       const otherServer = other.id === attachment.id ? server : await store.servers.require(other.serverId);
-      const path = await publishShared(deps, { steps, consumer, server: otherServer, attachment: current, volume, device: connected.device, signal });
+      const path = await publishShared(deps, { steps, operationId, consumer, server: otherServer, attachment: current, volume, device: connected.device, signal });
       await store.attachments.update(other.id, { publishedPath: path, error: null });
     }
     return `reconnected at ${connected.device.path}${stale.length > 0 ? ` (with ${stale.length} other attachment(s) sharing it)` : ''}`;
@@ -170,7 +178,7 @@ async function reconnect(deps: ReconcileDeps, attachmentId: string, volume: Volu
     const failure = toBerthError(error);
     // On the attachment's host (its executor), as the pipeline unpublishes: its stale links go.
     await steps
-      .run('unpublish', { consumer: deps.config.consumer, server, attachment, stillShared: false }, { signal: AbortSignal.timeout(deps.config.undoTimeoutMs), undo: true })
+      .run('unpublish', { consumer: deps.config.consumer, server, attachment, stillShared: false }, { operationId, signal: AbortSignal.timeout(deps.config.undoTimeoutMs), undo: true })
       .catch(() => undefined);
     await transitionAttachment(store, attachment.id, ['attached'], 'error_detaching', { error: `its device was gone and reconnecting failed: ${failure.message}` }).catch(() => undefined);
     throw new BerthError(failure.code, `reconnecting failed, the attachment is now error_detaching: ${failure.message}`, {

@@ -1,5 +1,5 @@
 // `berth reconcile`: facts (what is read), findings (pure rules), fixes (what is done), run (the whole).
-export { busyVolumeIds, listTransports, readHostFacts } from './facts.js';
+export { busyVolumeIds, listTransports, readExports, readListings } from './facts.js';
 export {
   describeFinding,
   findDifferences,
