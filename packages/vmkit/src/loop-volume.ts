@@ -3,7 +3,7 @@ import { mkdtemp, open, rm, truncate } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { HostServices } from '@berth/host';
-import { silentLogger, type Attachment, type ConnectionInfo, type Device, type Server } from '@berth/core';
+import { isIdentityMismatch, silentLogger, type Attachment, type ConnectionInfo, type Device, type Server } from '@berth/core';
 import { createLoopDriver } from '@berth/driver-loop';
 
 /** A volume file connected as a real loop device by the `loop` transport, for consumer tests. */
@@ -112,7 +112,11 @@ export class LoopVolumes {
   async cleanup(): Promise<void> {
     try {
       for (const volume of this.made) await this.host.fs.unlink(`/dev/berth/${volume.volumeId}`);
-      for (const volume of this.made) await volume.disconnect();
+      // Newest first, and a device whose node now names another one (a test disconnected it and the
+      // kernel gave its number to a later volume, or to someone else's file) is not ours to remove.
+      for (const volume of [...this.made].reverse()) await volume.disconnect().catch((error: unknown) => {
+        if (!isIdentityMismatch(error)) throw error;
+      });
     } finally {
       await rm(this.dir, { recursive: true, force: true });
     }
