@@ -6,11 +6,13 @@
 // an agent token cannot act on another host's work nor call anything but the agent protocol; a
 // detach whose disconnect the agent found blocked (untouched) ends attached; an agent SIGKILLed
 // mid-`connect` comes back either at once (the step re-runs) or only after the deadline (the step
-// is cancelled and undone on its return). Every process, loop device, link, namespace and the
+// is cancelled and undone on its return); `berth reconcile --host h1` finds, through h1's agent, a
+// device h1 lost and reconnects it there. Every process, loop device, link, namespace and the
 // cluster are removed in afterAll, even when a test fails.
+import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { EXIT_CODES } from '@berth/core';
-import type { Attachment, Host, OperationOutcome, Server, Volume } from '@berth/core';
+import type { Attachment, Host, OperationOutcome, ReconcileReport, Server, Volume } from '@berth/core';
 import { errorBody } from '../support/berth-cli.js';
 import { berthLinkExists, holdOpen, loopDevicesBacking, stopChild } from '../support/loop-devices.js';
 import { startManyHosts, type ManyHosts } from '../support/many-hosts.js';
@@ -271,6 +273,48 @@ describe.skipIf(!isRoot)('many hosts: agents in network namespaces, replicas on 
     expect(attached.operation.state).toBe('succeeded');
     expect(loopDevicesBacking(file)).toEqual([attached.attachment?.device?.path]);
     expect((await f.json<OperationOutcome>(['detach', 'gone-h1'])).operation.state).toBe('succeeded');
+    expect(loopDevicesBacking(file)).toEqual([]);
+  });
+
+  it('berth reconcile --host h1: h1\'s agent lists its devices, the device h1 lost is found and reconnected there through the agent', async () => {
+    const f = world();
+    await f.json<Server>(['server', 'create', 'db-h1', '--host', 'h1']);
+    const volume = await f.json<Volume>(['volume', 'create', '--size', '32MiB', '--name', 'lost-h1']);
+    const file = volume.providerLocation as string;
+    const attached = await f.json<OperationOutcome>(['attach', 'lost-h1', '--server', 'db-h1']);
+    const attachmentId = attached.attachment?.id;
+    const lost = attached.attachment?.device?.path ?? '';
+    expect(loopDevicesBacking(file)).toEqual([lost]);
+    // h1 loses the device behind berth's back (what a reboot does): the loop device is gone.
+    await execa('losetup', ['--detach', lost]);
+    expect(loopDevicesBacking(file)).toEqual([]);
+
+    const plan = await f.json<ReconcileReport>(['reconcile', '--host', 'h1', '--dry-run']);
+    expect(plan.differences).toContainEqual(expect.objectContaining({ kind: 'attachment_device_gone', attachmentId, state: 'planned', fix: 'reconnect' }));
+    // A dry run changes nothing on the host; its listing was h1's agent's work item.
+    expect(loopDevicesBacking(file)).toEqual([]);
+    expect((await workItems(plan.operationId ?? '')).map((w) => [w.step, w.state, w.host])).toEqual([
+      ['host_facts', 'done', 'h1'],
+      ['host_facts', 'done', 'h1'],
+    ]);
+
+    const report = await f.json<ReconcileReport>(['reconcile', '--host', 'h1', '--yes'], 1);
+    const fix = report.differences.find((d) => d.kind === 'attachment_device_gone' && d.attachmentId === attachmentId);
+    expect(fix?.state).toBe('applied');
+    expect(report.counts.failed).toBe(0);
+    const now = loopDevicesBacking(file);
+    expect(now).toHaveLength(1);
+    // Listed, connected and published by h1's agent: work items of the reconcile operation, all on h1.
+    const items = await workItems(report.operationId ?? '');
+    expect(items.every((w) => w.host === 'h1' && w.state === 'done')).toBe(true);
+    expect(items.map((w) => w.step)).toEqual(expect.arrayContaining(['host_facts', 'connect', 'publish']));
+    const attachment = (await f.json<Attachment[]>(['attachment', 'list'])).find((a) => a.id === attachmentId);
+    expect(attachment).toMatchObject({ status: 'attached', device: { path: now[0] } });
+
+    // Nothing left to fix, and the volume detaches as usual through h1's agent.
+    const again = await f.json<ReconcileReport>(['reconcile', '--host', 'h1', '--dry-run']);
+    expect(again.differences.filter((d) => d.volumeId === volume.id)).toEqual([]);
+    expect((await f.json<OperationOutcome>(['detach', 'lost-h1'])).operation.state).toBe('succeeded');
     expect(loopDevicesBacking(file)).toEqual([]);
   });
 });

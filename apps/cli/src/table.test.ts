@@ -48,6 +48,16 @@ describe('renderTable widths', () => {
     expect(lines[1]).toBe(`${'a'.repeat(36)}  ${'d'.repeat(61)}…`);
   });
 
+  it('two shrinkable columns of one width still fit (they are narrowed in turn, not forever)', () => {
+    const two = [
+      { header: 'a', get: (r: Row) => r.id, shrink: true },
+      { header: 'b', get: (r: Row) => r.detail, shrink: true },
+    ];
+    // What hung `berth reconcile` with a difference whose resource and fix came out equally wide.
+    const lines = renderTable(two, [{ id: 'x'.repeat(70), detail: 'y'.repeat(90), extra: '' }]).split('\n');
+    expect(lines[1]).toBe(`${'x'.repeat(48)}…  ${'y'.repeat(48)}…`);
+  });
+
   it('shows every column, uncut, when wide', () => {
     const lines = renderTable(columns, rows, { wide: true }).split('\n');
     expect(lines[1]).toBe(`${'a'.repeat(36)}  ${'d'.repeat(120)}  only when wide`);

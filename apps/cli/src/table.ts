@@ -57,7 +57,9 @@ function fit(widths: number[], minimums: ReadonlyArray<number | undefined>, widt
     if (widest === -1) return;
     const others = widths.filter((_, i) => i !== widest && minimums[i] !== undefined && (widths[i] ?? 0) > (minimums[i] ?? 0));
     const nextWidest = Math.max(minimums[widest] ?? 0, ...others);
-    widths[widest] = Math.max(nextWidest, (widths[widest] ?? 0) - (total - width));
+    const current = widths[widest] ?? 0;
+    // Two columns equally wide: narrow this one by one, the other next (else nothing changes, forever).
+    widths[widest] = nextWidest >= current ? current - 1 : Math.max(nextWidest, current - (total - width));
   }
 }
 

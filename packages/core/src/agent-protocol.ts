@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { zConnectionInfo, zConnector, zDevice } from './connection.js';
 import { zAttachment, zServer } from './model.js';
+import { zReconcileUnchecked } from './reports.js';
 import { zWorkItem } from './work-item.js';
 
 // The host steps a `berth agent` runs for the API replicas (the many-hosts flow): their names, what
@@ -9,7 +10,7 @@ import { zWorkItem } from './work-item.js';
 // of a `connect` item, into which the API merges the backend's credentials in the claim answer only.
 
 /** A host step: the part of an attach or detach that has to run on the server's host. */
-export const zHostStepName = z.enum(['connector', 'connect', 'release', 'publish', 'unpublish', 'disconnect', 'host_facts']);
+export const zHostStepName = z.enum(['connector', 'connect', 'release', 'publish', 'unpublish', 'disconnect', 'host_facts', 'unpublish_orphan']);
 /** One of `zHostStepName`. */
 export type HostStepName = z.output<typeof zHostStepName>;
 
@@ -70,6 +71,15 @@ export const zUnpublishPayload = z.strictObject({
 /** What `unpublish` answers (nothing). */
 export const zUnpublishResult = z.strictObject({});
 
+/** `unpublish_orphan`: drop what `consumer` published for a volume's device no record names (reconcile). */
+export const zUnpublishOrphanPayload = z.strictObject({
+  consumer: z.string().min(1),
+  volumeId: z.string().min(1),
+  device: zDevice,
+});
+/** What `unpublish_orphan` answers: whether the consumer can do it at all (`Consumer.unpublishOrphan`). */
+export const zUnpublishOrphanResult = z.strictObject({ supported: z.boolean() });
+
 /** `connector`: the host's connector with the multipath wish applied. */
 export const zConnectorPayload = z.strictObject({
   multipath: z.boolean(),
@@ -84,10 +94,12 @@ export const zHostFactsPayload = z.strictObject({});
 export const zTransportListing = z.object({
   transport: z.string().min(1),
   protocol: z.string().min(1),
+  /** The transport's `sourceKeys` (absent from an older agent: it cannot tell, nothing is claimed). */
+  sourceKeys: z.array(z.string().min(1)).default([]),
   devices: z.array(z.object({ device: zDevice, source: z.record(z.string(), z.unknown()) })),
 });
-/** What `host_facts` answers. */
-export const zHostFactsResult = z.strictObject({ listings: z.array(zTransportListing) });
+/** What `host_facts` answers: the listings, and each transport that cannot list or failed to (with why). */
+export const zHostFactsResult = z.strictObject({ listings: z.array(zTransportListing), unchecked: z.array(zReconcileUnchecked).default([]) });
 
 /** Payload and result schema of each host step (parse at both ends: the agent and the replica). */
 export const HOST_STEP_SCHEMAS = {
@@ -98,6 +110,7 @@ export const HOST_STEP_SCHEMAS = {
   unpublish: { payload: zUnpublishPayload, result: zUnpublishResult },
   connector: { payload: zConnectorPayload, result: zConnectorResult },
   host_facts: { payload: zHostFactsPayload, result: zHostFactsResult },
+  unpublish_orphan: { payload: zUnpublishOrphanPayload, result: zUnpublishOrphanResult },
 } as const satisfies Record<HostStepName, { payload: z.ZodType; result: z.ZodType }>;
 
 /** The payload a host step takes. */

@@ -13,7 +13,7 @@ import type { Logger } from './logger.js';
 import type { Attachment, Host, Operation, OperationState, Server, Volume, VolumeStatus } from './model.js';
 import type { PipelineDeps } from './pipeline/context.js';
 import { OperationRunner } from './pipeline/operation-runner.js';
-import { runReconcile } from './reconcile.js';
+import { runReconcile } from './reconcile/index.js';
 import type { DoctorEntry, PluginReport, ReconcileOptions, ReconcileReport, RecoveryOutcome } from './reports.js';
 import * as attachments from './service/attachments.js';
 import { AgentWorkService } from './service/agent-work.js';

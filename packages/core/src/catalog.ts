@@ -295,6 +295,7 @@ function guardTransport(driver: TransportDriver, plugin: string, host: HostServi
     name: driver.name,
     protocols: driver.protocols,
     ...(driver.priority === undefined ? {} : { priority: driver.priority }),
+    ...(driver.sourceKeys === undefined ? {} : { sourceKeys: [...driver.sourceKeys] }),
     ...(driver.accepts ? { accepts: driver.accepts.bind(driver) } : {}),
     connectorProperties: () => wrap(() => driver.connectorProperties()),
     connect: (connection, context) =>

@@ -24,7 +24,7 @@ export function attachmentLinkPath(attachmentId: string): string {
  * `/dev/berth/<volume-id>`. The second cannot collide: the attachments of one volume on one host
  * share one device, so every attachment points it at the same device; it goes with the last of them.
  */
-export function createHostConsumer(fs: HostFs): Consumer {
+export function createHostConsumer(fs: HostFs): Consumer & Required<Pick<Consumer, 'unpublishOrphan'>> {
   return {
     name: 'host',
     async publish(_server: Server, device: Device, attachment: Attachment): Promise<Publication> {
@@ -49,6 +49,11 @@ export function createHostConsumer(fs: HostFs): Consumer {
       if (target !== undefined && (device === null || target === (device.realPath ?? device.path))) {
         await fs.unlink(link);
       }
+    },
+    async unpublishOrphan(volumeId: string, device: Device): Promise<void> {
+      // The attachment's own link is named by an id no record holds any more: it is not known here.
+      const link = stableLinkPath(volumeId);
+      if ((await fs.readlink(link)) === (device.realPath ?? device.path)) await fs.unlink(link);
     },
     async check() {
       return { ok: true, summary: `stable links under ${fs.resolve(STABLE_LINK_DIR)}` };

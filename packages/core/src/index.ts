@@ -66,4 +66,4 @@ export {
   type ReconcileDeps,
   type ReconcileFacts,
   type TransportListing,
-} from './reconcile.js';
+} from './reconcile/index.js';

@@ -67,6 +67,12 @@ export type ReconcileReport = z.output<typeof zReconcileReport>;
 /** Options of `BerthService.reconcile` (`POST /v1/reconcile`'s body). */
 export const zReconcileOptions = z.strictObject({
   dryRun: z.boolean().optional().describe('list the differences and their fixes; change nothing'),
+  host: z
+    .string()
+    .min(1)
+    .max(253)
+    .optional()
+    .describe("the host (name or id) whose devices are compared: its `berth agent` lists them and runs the fixes there (default: the host berth runs on)"),
 });
 /** Options of `BerthService.reconcile`. */
 export type ReconcileOptions = z.output<typeof zReconcileOptions>;

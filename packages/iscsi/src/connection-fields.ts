@@ -16,6 +16,12 @@ export const zConnectionSecret = z.string({ error: missingOr('a string') }).min(
 /** A connection_info IQN. */
 export const zConnectionIqn = z.string({ error: missingOr('a string') }).pipe(zIscsiName);
 
+/**
+ * The connection_info keys that name an iSCSI volume (the transports' `sourceKeys`): the target
+ * and the LUN. A portal is not one of them: one LUN is reachable through several.
+ */
+export const ISCSI_SOURCE_KEYS: readonly string[] = ['target_iqn', 'target_lun'];
+
 /** A connection_info LUN number (`target_lun`, an entry of `target_luns`). */
 export const zConnectionLun = z
   .number({ error: missingOr('a whole number') })

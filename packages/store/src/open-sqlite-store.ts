@@ -52,17 +52,31 @@ function openFailure(error: unknown, filename: string, busyTimeoutMs: number, hi
   );
 }
 
+/** The migrations this berth knows, by name, sorted. */
+function knownMigrations(): string[] {
+  return Object.keys(createMigrations(sqliteStoreDialect)).sort();
+}
+
+/**
+ * The names of the migrations the database has applied (kysely's `kysely_migration`), sorted;
+ * undefined when it has no such table (a new file, or not a berth database). A plain read: no
+ * write lock, so it works on a read-only open too.
+ */
+function appliedMigrations(database: BetterSqlite3.Database): string[] | undefined {
+  const table = database.prepare("select 1 from sqlite_master where type = 'table' and name = 'kysely_migration'").get();
+  if (table === undefined) return undefined;
+  return (database.prepare('select name from kysely_migration order by name').all() as Array<{ name: string }>).map((row) => row.name);
+}
+
 /**
  * Whether the database has applied exactly the migrations this berth knows (read without a write
  * lock). Anything else — a new file, an older schema, a newer berth's, a half-migrated one — goes
  * through the migrator, which takes the lock and says what is wrong.
  */
 function schemaIsLatest(database: BetterSqlite3.Database): boolean {
-  const table = database.prepare("select 1 from sqlite_master where type = 'table' and name = 'kysely_migration'").get();
-  if (table === undefined) return false;
-  const applied = (database.prepare('select name from kysely_migration order by name').all() as Array<{ name: string }>).map((row) => row.name);
-  const known = Object.keys(createMigrations(sqliteStoreDialect)).sort();
-  return applied.length === known.length && applied.every((name, index) => name === known[index]);
+  const applied = appliedMigrations(database);
+  const known = knownMigrations();
+  return applied !== undefined && applied.length === known.length && applied.every((name, index) => name === known[index]);
 }
 
 /**
@@ -143,10 +157,12 @@ export async function openSqliteStoreReadOnly(options: SqliteStoreOptions & { re
     }
   }
   if (database === undefined) throw new BerthError('INTERNAL', `opening ${filename} for reading gave no database`);
-  const known = Object.keys(createMigrations(sqliteStoreDialect));
+  const known = knownMigrations();
   let applied: string[];
   try {
-    applied = (database.prepare('select name from kysely_migration order by name').all() as Array<{ name: string }>).map((row) => row.name);
+    const names = appliedMigrations(database);
+    if (names === undefined) throw new Error('it has no kysely_migration table');
+    applied = names;
   } catch (error) {
     database.close();
     if (copyDir !== undefined) rmSync(copyDir, { recursive: true, force: true });

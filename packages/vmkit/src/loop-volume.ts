@@ -3,7 +3,7 @@ import { mkdtemp, open, rm, truncate } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { HostServices } from '@berth/host';
-import { silentLogger, type Attachment, type ConnectionInfo, type Device, type Server } from '@berth/core';
+import { isIdentityMismatch, silentLogger, type Attachment, type ConnectionInfo, type Device, type Server } from '@berth/core';
 import { createLoopDriver } from '@berth/driver-loop';
 
 /** A volume file connected as a real loop device by the `loop` transport, for consumer tests. */
@@ -102,11 +102,21 @@ export class LoopVolumes {
     return volume;
   }
 
+  /** One more volume with an attachment of it to `server` (what a consumer conformance run makes). */
+  async makeAttached(server: Server): Promise<{ volumeId: string; device: Device; attachment: Attachment }> {
+    const volume = await this.make();
+    return { volumeId: volume.volumeId, device: volume.device, attachment: volume.attachment(server) };
+  }
+
   /** Remove links, loop devices and the directory, whatever state the tests left. */
   async cleanup(): Promise<void> {
     try {
       for (const volume of this.made) await this.host.fs.unlink(`/dev/berth/${volume.volumeId}`);
-      for (const volume of this.made) await volume.disconnect();
+      // Newest first, and a device whose node now names another one (a test disconnected it and the
+      // kernel gave its number to a later volume, or to someone else's file) is not ours to remove.
+      for (const volume of [...this.made].reverse()) await volume.disconnect().catch((error: unknown) => {
+        if (!isIdentityMismatch(error)) throw error;
+      });
     } finally {
       await rm(this.dir, { recursive: true, force: true });
     }

@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describeConsumerConformance } from '@berth/testkit/conformance';
 import { attachmentLinkPath, BerthError, silentLogger, stableLinkPath, type Server } from '@berth/core';
 import { createHostServices } from '@berth/host';
 import { bootLibvirtGuest, guestSerial, guestServer, LoopVolumes, type LibvirtGuest } from '@berth/vmkit';
@@ -114,4 +115,14 @@ describe('the libvirt consumer against a real transient domain (QEMU TCG under l
     expect(await host.fs.exists(stableLinkPath(v.volumeId))).toBe(false);
     await v.disconnect();
   });
+
+  // Last (its plugs and unplugs shift the guest's disk names): the contract every consumer keeps
+  // (idempotent publish/unpublish, unpublishOrphan), on this guest;
+  // the volumes go with the loop volumes in afterAll above.
+  describeConsumerConformance('libvirt (a real libvirt domain)', async () => ({
+    consumer,
+    server,
+    makeVolume: () => volumes.makeAttached(server),
+    cleanup: async () => undefined,
+  }));
 });

@@ -175,6 +175,10 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
       await link.unpublish(server, attachment, unpublishOptions);
     },
 
+    // No server record, no domain: only the host link goes (a guest holding the device would have
+    // kept reconcile's disconnect, which runs first, from happening).
+    unpublishOrphan: (volumeId, device) => link.unpublishOrphan(volumeId, device),
+
     async guestDisks(server) {
       const hv = libvirtHypervisorOf(server);
       const prefix = `${context.host.fs.resolve(STABLE_LINK_DIR)}/`;

@@ -1,5 +1,6 @@
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describeConsumerConformance } from '@berth/testkit/conformance';
 import { attachmentLinkPath, BerthError, silentLogger, stableLinkPath, type Server } from '@berth/core';
 import { createHostServices } from '@berth/host';
 import { bootQemuGuest, guestSerial, guestServer, LoopVolumes, type QemuGuest } from '@berth/vmkit';
@@ -132,4 +133,14 @@ describe('the qemu consumer against a real QEMU guest (TCG)', () => {
     expect(BerthError.is(config) && config.code).toBe('CONFIG');
     await v.disconnect();
   });
+
+  // Last (its plugs and unplugs shift the guest's disk names): the contract every consumer keeps
+  // (idempotent publish/unpublish, unpublishOrphan), on this guest;
+  // the volumes go with the loop volumes in afterAll above.
+  describeConsumerConformance('qemu (a real QEMU guest)', async () => ({
+    consumer,
+    server,
+    makeVolume: () => volumes.makeAttached(server),
+    cleanup: async () => undefined,
+  }));
 });

@@ -218,6 +218,10 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
       await link.unpublish(server, attachment, unpublishOptions);
     },
 
+    // No server record, no QMP socket: only the host link goes (a guest holding the device would
+    // have kept reconcile's disconnect, which runs first, from happening).
+    unpublishOrphan: (volumeId, device) => link.unpublishOrphan(volumeId, device),
+
     async guestDisks(server) {
       const hv = qemuHypervisorOf(server);
       return withQmp(

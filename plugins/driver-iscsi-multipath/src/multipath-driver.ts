@@ -13,7 +13,7 @@ import {
   type TransportCallContext,
   type TransportDriver,
 } from '@berth/core';
-import { contextualError, iscsiTransportKit, MultipathClient, portalBudget, readInitiatorName, zStateVolumeId } from '@berth/iscsi';
+import { contextualError, ISCSI_SOURCE_KEYS, iscsiTransportKit, MultipathClient, portalBudget, readInitiatorName, zStateVolumeId } from '@berth/iscsi';
 import { AttachStateStore } from './attach-state.js';
 import { discoverPaths } from './discovery.js';
 import { checkMultipathHost } from './host-check.js';
@@ -161,6 +161,7 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
     name: NAME,
     protocols: PROTOCOLS,
     priority: PRIORITY,
+    sourceKeys: ISCSI_SOURCE_KEYS,
 
     accepts(_connection: ConnectionInfo, connector: Connector): boolean {
       return connector.multipath === true;

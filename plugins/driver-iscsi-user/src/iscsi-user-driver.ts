@@ -16,7 +16,7 @@ import {
   type TransportDriver,
 } from '@berth/core';
 import { WaitTimeoutError } from '@berth/host';
-import { parsePortal } from '@berth/iscsi';
+import { ISCSI_SOURCE_KEYS, parsePortal } from '@berth/iscsi';
 import { listExports, loopInfo, removeUnusedNode, repointFilter, StorageDaemon, writeSecretFile, type QmpClient } from '@berth/qemu';
 import { DaemonSupervisor } from './daemon-supervisor.js';
 import { exportRecords, userPaths, type ExportRecord } from './export-records.js';
@@ -360,6 +360,7 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
     name: NAME,
     protocols: PROTOCOLS,
     priority: PRIORITY,
+    sourceKeys: ISCSI_SOURCE_KEYS,
 
     accepts(): boolean {
       return autoSelectedNow;

@@ -16,6 +16,7 @@ import {
   type TransportDriver,
 } from '@berth/core';
 import {
+  ISCSI_SOURCE_KEYS,
   FailureList,
   iscsiTransportKit,
   checkIdentity,
@@ -177,6 +178,7 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
   return {
     name: NAME,
     protocols: PROTOCOLS,
+    sourceKeys: ISCSI_SOURCE_KEYS,
 
     async connectorProperties(): Promise<Partial<Connector>> {
       const initiator = await readInitiatorName(fs);

@@ -39,6 +39,8 @@ export const NAME = 'loop';
 
 /** The `driver_volume_type` values the loop transport connects. */
 export const PROTOCOLS = ['file', 'local'] as const;
+/** The `connected()` source key that names the volume: the backing file. */
+export const SOURCE_KEYS: readonly string[] = ['device_path'];
 
 /** Options of the `loop` transport (from the config's plugin options). */
 export const zLoopDriverOptions = z.object({
@@ -374,6 +376,8 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
   return {
     name: NAME,
     protocols: PROTOCOLS,
+    // A loop device is its backing file: the file names the volume.
+    sourceKeys: SOURCE_KEYS,
 
     async connectorProperties(): Promise<Partial<Connector>> {
       // A file or local device needs nothing from the connector; core fills host and ip.

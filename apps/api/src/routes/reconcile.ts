@@ -12,9 +12,9 @@ export function reconcileRoutes(deps: RouteDeps): AnyRoute[] {
       method: 'POST',
       path: '/v1/reconcile',
       operationId: 'reconcile',
-      summary: 'Find (and unless dryRun, fix) differences between the store, the backends\' exports and the API host\'s devices',
+      summary: 'Find (and unless dryRun, fix) differences between the store, the backends\' exports and a host\'s devices',
       description:
-        'Runs on the API host, across every project (hence admin only). With `dryRun: true` it lists each difference and its fix and changes nothing; ' +
+        'Runs on the API host, across every project (hence admin only), for the API host\'s devices or, with `host`, for that host\'s: its `berth agent` lists them (a `host_facts` work item) and runs the fixes that touch it. With `dryRun: true` it lists each difference and its fix and changes nothing; ' +
         'otherwise it applies the fixes, each journalled as a step of one `reconcile` operation (`operationId`), and answers when they are done. ' +
         'A fix that failed is reported in its difference (`state: failed`, `errorCode`), not as an error answer.',
       tag: 'host',
@@ -29,7 +29,7 @@ export function reconcileRoutes(deps: RouteDeps): AnyRoute[] {
             hint: 'run `berth reconcile` on the host itself',
           });
         }
-        const report = await service.reconcile({ dryRun: body.dryRun ?? false });
+        const report = await service.reconcile({ dryRun: body.dryRun ?? false, ...(body.host === undefined ? {} : { host: body.host }) });
         return { status: 200, body: report, headers: { 'cache-control': 'no-store' } };
       },
     }),

@@ -25,7 +25,8 @@ export default class Reconcile extends BaseCommand<typeof Reconcile> {
     'volume whose status disagrees with its attachments is recomputed. Devices and exports berth did not',
     'make are never touched. Volumes with a running operation are skipped. Exits with the error\'s code',
     'when a fix failed. With --api it runs on the API server\'s host, whose devices it compares (an admin',
-    'token: it covers every project). Without --dry-run it asks first on a terminal; without one (scripts, CI)',
+    'token: it covers every project). With --host it compares another host\'s devices: that host\'s `berth agent`',
+    'lists them and runs the fixes that touch it (the server needs the agent online). Without --dry-run it asks first on a terminal; without one (scripts, CI)',
     'it needs --yes.',
   ].join(' ');
   static override examples = [
@@ -33,10 +34,12 @@ export default class Reconcile extends BaseCommand<typeof Reconcile> {
     '<%= config.bin %> <%= command.id %>',
     '<%= config.bin %> <%= command.id %> --yes --json',
     '<%= config.bin %> <%= command.id %> --dry-run --api http://127.0.0.1:8776',
+    '<%= config.bin %> <%= command.id %> --host h-3 --yes --api http://127.0.0.1:8776',
   ];
 
   static override flags = {
     'dry-run': Flags.boolean({ description: 'List the differences and their fixes; change nothing', default: false }),
+    host: Flags.string({ description: 'Compare the devices of this host (name or id) through its `berth agent` (default: the host berth runs on)' }),
     yes: yesFlag,
     output: outputFlag,
   };
@@ -53,10 +56,11 @@ export default class Reconcile extends BaseCommand<typeof Reconcile> {
       });
     }
     const reconcile = berth.reconcile.bind(berth);
-    const report = await this.withSpinner(dryRun ? 'Comparing' : 'Reconciling', () => reconcile({ dryRun }));
+    const host = this.flags.host;
+    const report = await this.withSpinner(dryRun ? 'Comparing' : 'Reconciling', () => reconcile({ dryRun, ...(host === undefined ? {} : { host }) }));
 
     if (report.differences.length === 0) {
-      this.log('No differences: the database, the backends\' exports and this host agree.');
+      this.log(`No differences: the database, the backends' exports and ${host === undefined ? 'this host' : `host ${host}`} agree.`);
     } else {
       this.log(renderTable(differenceColumns, report.differences, { wide: this.flags.output === 'wide' }));
     }

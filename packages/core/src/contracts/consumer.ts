@@ -39,5 +39,15 @@ export interface Consumer {
   publish(server: Server, device: Device, attachment: Attachment): Promise<Publication>;
   /** Undo `publish`; succeeds when it is already gone. */
   unpublish(server: Server, attachment: Attachment, options?: UnpublishOptions): Promise<void>;
+  /**
+   * Drop what this consumer published on this host for volume `volumeId` at `device` when no record
+   * is left to unpublish by (`berth reconcile`, for a device no attachment uses any more): only
+   * what still names that very device (the host's `/dev/berth/<volume-id>` while it leads there — a
+   * loop number is reused for the next file attached). Without the server record a guest consumer
+   * cannot find a guest: the guest side is not touched (a guest still holding the device keeps the
+   * disconnect before this from happening). Idempotent; the consumer conformance suite checks it.
+   * A consumer without it leaves such names behind (reconcile logs it).
+   */
+  unpublishOrphan?(volumeId: string, device: Device): Promise<void>;
   check?(): Promise<CheckResult>;
 }

@@ -28,7 +28,7 @@ export interface DisconnectOptions extends TransportCallContext {
 /** A device this transport finds connected on the host (for `berth reconcile`). */
 export interface ConnectedDevice {
   device: Device;
-  /** The backing thing, in connection_info terms (a file path, a target IQN + LUN). */
+  /** The backing thing, in connection_info terms (a file path, a target IQN + LUN): see `sourceKeys`. */
   source: Record<string, unknown>;
 }
 
@@ -65,6 +65,15 @@ export interface TransportDriver {
   paths?(connection: ConnectionInfo, device: Device): Promise<DevicePath[]>;
   /** Every device this transport finds connected on the host. */
   connected?(): Promise<ConnectedDevice[]>;
+  /**
+   * The keys of a `ConnectedDevice.source` (and of a connection_info's `data`) that name the
+   * volume itself, not a way to it: `['device_path']` for loop, `['target_iqn', 'target_lun']` for
+   * iSCSI (a portal is a way: one LUN is reachable through several). Reconcile matches a listed
+   * device to a volume and an attachment by these keys only. Declare them whenever `connected` is
+   * implemented (the conformance suite checks it): a transport without them is listed, but none of
+   * its devices is claimed as a berth volume's and none of its attachments is ever reconnected.
+   */
+  readonly sourceKeys?: readonly string[];
   /** Whether this host can use the transport (what `berth doctor` prints). */
   check(): Promise<CheckResult>;
 }

@@ -24,6 +24,7 @@ function host() {
   const transport: TransportDriver = {
     name: 'mem',
     protocols: ['mem'],
+    sourceKeys: ['device_path'],
     connectorProperties: async () => ({ initiator: 'iqn.2026-01.test:agent' }),
     connect: async (connection, context) => {
       calls.push(`connect ${context.operationId ?? '-'} ${context.volumeId ?? '-'}`);
@@ -77,7 +78,7 @@ describe('runHostStep', () => {
     expect(h.calls).toEqual([`connect op-1 ${VOLUME}`]);
     expect(await runHostStep(h, 'publish', { consumer: 'mem', server, attachment, device }, run)).toEqual({ path: `/dev/berth/${VOLUME}` });
     const facts = await runHostStep(h, 'host_facts', {}, run);
-    expect(facts.listings).toEqual([{ transport: 'mem', protocol: 'mem', devices: [{ device, source: { device_path: '/dev/mem0' } }] }]);
+    expect(facts.listings).toEqual([{ transport: 'mem', protocol: 'mem', sourceKeys: ['device_path'], devices: [{ device, source: { device_path: '/dev/mem0' } }] }]);
     expect(await runHostStep(h, 'unpublish', { consumer: 'mem', server, attachment, stillShared: true }, run)).toEqual({});
     const released = await runHostStep(h, 'release', { transport: 'mem', connection, device, force: true, inUse: [device], volumeId: VOLUME, deadlineAt }, run);
     expect(released).toEqual({ identityMismatch: false });

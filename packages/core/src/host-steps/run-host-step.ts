@@ -6,7 +6,8 @@ import { mergeConnector } from '../connector-properties.js';
 import { isIdentityMismatch } from '../device-identity.js';
 import { parseWith } from '../errors.js';
 import type { Logger } from '../logger.js';
-import { listTransports } from '../reconcile.js';
+import { listTransports } from '../reconcile/index.js';
+import type { ReconcileUnchecked } from '../reports.js';
 
 /** What a host step needs of the host it runs on (the in-process service, or `berth agent`). */
 export interface HostStepHost {
@@ -88,12 +89,22 @@ async function runParsed(host: HostStepHost, step: HostStepName, payload: unknow
       await catalog.consumer(p.consumer).unpublish(p.server, p.attachment, { stillShared: p.stillShared });
       return {};
     }
+    case 'unpublish_orphan': {
+      const p = input('unpublish_orphan', payload);
+      const consumer = catalog.consumer(p.consumer);
+      if (!consumer.unpublishOrphan) return { supported: false };
+      await consumer.unpublishOrphan(p.volumeId, p.device);
+      return { supported: true };
+    }
     case 'connector': {
       const p = input('connector', payload);
       return { connector: await mergeConnector(host.baseConnector(), catalog.transports(), p, logger) };
     }
-    case 'host_facts':
+    case 'host_facts': {
       input('host_facts', payload);
-      return { listings: await listTransports(catalog) };
+      const unchecked: ReconcileUnchecked[] = [];
+      const listings = await listTransports(catalog, catalog.transportNames(), unchecked);
+      return { listings, unchecked };
+    }
   }
 }

@@ -1,17 +1,23 @@
 import { randomUUID } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import {
   BerthError,
+  createHostConsumer,
   parseWith,
   toBerthError,
   zId,
   type BackendVolume,
+  type Attachment,
   type ConnectionInfo,
   type Device,
   type TransportDriver,
   type VolumeBackend,
 } from '@berth/core';
-import type { HostFs, HostStat } from '@berth/host';
+import { createHostServices, type HostFs, type HostStat } from '@berth/host';
 import { describeBackendConformance } from './backend-conformance.js';
+import { describeConsumerConformance } from './consumer-conformance.js';
 import { describeTransportConformance } from './transport-conformance.js';
 
 // The suites run here against in-memory plugins that keep the contracts, so the suites' own logic
@@ -35,6 +41,7 @@ function memoryTransport(): { driver: TransportDriver; fs: HostFs } {
   const driver: TransportDriver = {
     name: 'memory',
     protocols: ['memory'],
+    sourceKeys: ['device_path'],
     connectorProperties: async () => ({}),
     async connect(connection, { signal }): Promise<Device> {
       cancelledIfAborted(signal);
@@ -140,5 +147,30 @@ describeBackendConformance('in-memory backend', async () => {
     cleanup: async () => undefined,
     exists: async (volume) => sizes.has(volume.id),
     sizeOf: async (volume) => sizes.get(volume.id) ?? 0,
+  };
+});
+
+describeConsumerConformance('host (links under a temporary root)', async () => {
+  const root = await mkdtemp(join(tmpdir(), 'berth-consumer-conformance-'));
+  const { fs } = createHostServices({ root });
+  const now = new Date().toISOString();
+  const server = { id: randomUUID(), name: 'conformance', projectId: 'default', hostId: randomUUID(), createdAt: now, updatedAt: now };
+  let next = 0;
+  return {
+    consumer: createHostConsumer(fs),
+    server,
+    fs,
+    async makeVolume() {
+      const volumeId = randomUUID();
+      // A link names a path; nothing here opens the device, so no device has to exist.
+      const device = { path: `/dev/loop-conformance-${next++}`, type: 'block' as const };
+      const connectionInfo = { driver_volume_type: 'file', data: { device_path: `/volumes/${volumeId}` } };
+      const attachment: Attachment = {
+        ...{ id: randomUUID(), volumeId, serverId: server.id, hostId: server.hostId, status: 'attaching', mode: 'rw', transport: 'loop' },
+        ...{ connector: { host: 'conformance' }, connectionInfo, device, publishedPath: null, timings: {}, error: null, createdAt: now, updatedAt: now },
+      };
+      return { volumeId, device, attachment };
+    },
+    cleanup: () => rm(root, { recursive: true, force: true }),
   };
 });

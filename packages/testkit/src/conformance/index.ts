@@ -8,3 +8,9 @@ export {
   type BackendConformanceSetup,
   type BackendConformanceOptions,
 } from './backend-conformance.js';
+export {
+  describeConsumerConformance,
+  type ConsumerConformanceSetup,
+  type ConsumerConformanceOptions,
+  type ConsumerConformanceVolume,
+} from './consumer-conformance.js';

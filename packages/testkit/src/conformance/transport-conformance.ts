@@ -1,6 +1,6 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createHostServices, type HostFs } from '@berth/host';
-import { BerthError, zDevice, zDeviceIdentity, type ConnectionInfo, type Device, type TransportDriver } from '@berth/core';
+import { BerthError, sourceMatches, zDevice, zDeviceIdentity, type ConnectionInfo, type Device, type TransportDriver } from '@berth/core';
 
 /** What a transport's conformance run needs: the driver and a source of fresh connections. */
 export interface TransportConformanceSetup {
@@ -14,7 +14,8 @@ export interface TransportConformanceSetup {
   fs?: HostFs;
   /**
    * Whether something is connected for `connection` (for `device` only, when given). Default: the
-   * driver's `connected()` lists an entry whose source matches the connection's data (and whose
+   * driver's `connected()` lists an entry whose source matches the connection's data by the
+   * driver's `sourceKeys`, as reconcile matches it (and whose
    * path is the device's); without `connected()`, whether the device node exists.
    */
   isConnected?(connection: ConnectionInfo, device?: Device): Promise<boolean>;
@@ -44,12 +45,6 @@ export interface TransportConformanceOptions {
   identity?: boolean;
   /** How many connects of one connection run at once in the concurrency test (default 5). */
   concurrentConnects?: number;
-}
-
-/** True when every key the source shares with the connection's data has the same value. */
-function sourceMatches(source: Record<string, unknown>, data: Record<string, unknown>): boolean {
-  const shared = Object.keys(source).filter((key) => key in data && key !== 'deleted');
-  return shared.length > 0 && shared.every((key) => source[key] === data[key]);
 }
 
 /**
@@ -97,7 +92,7 @@ export function describeTransportConformance(
         const entries = await driver.connected();
         return entries.some(
           (entry) =>
-            sourceMatches(entry.source, connection.data) && (device === undefined || entry.device.path === device.path),
+            sourceMatches(entry.source, connection.data, driver.sourceKeys ?? []) && (device === undefined || entry.device.path === device.path),
         );
       }
       return device === undefined ? false : fs.exists(device.path);
@@ -130,6 +125,24 @@ export function describeTransportConformance(
       expect(driver.protocols.length).toBeGreaterThan(0);
       const connection = await newConnection();
       expect(driver.protocols).toContain(connection.driver_volume_type);
+    });
+
+    it('a transport that lists its devices declares the source keys that name a volume, and lists a connected one by them', async () => {
+      const { driver } = current();
+      if (!driver.connected) {
+        // Nothing listed, nothing to match: reconcile names it under `unchecked`.
+        expect(driver.sourceKeys === undefined || Array.isArray(driver.sourceKeys)).toBe(true);
+        return;
+      }
+      const keys = driver.sourceKeys ?? [];
+      expect(keys.length, 'sourceKeys: without them reconcile can never tell which volume a listed device is').toBeGreaterThan(0);
+      for (const key of keys) expect(key).toMatch(/^\S+$/);
+      const connection = await newConnection();
+      // The volume is named by the keys its own connection_info carries (at least one of them).
+      expect(keys.some((key) => connection.data[key] !== undefined && connection.data[key] !== null)).toBe(true);
+      const device = await driver.connect(connection, call());
+      const listed = (await driver.connected()).filter((entry) => entry.device.path === device.path);
+      expect(listed.some((entry) => sourceMatches(entry.source, connection.data, keys))).toBe(true);
     });
 
     it('check() says whether it works here, in one line', async () => {

@@ -73,6 +73,9 @@ export function createTransport(ctx: PluginContext<Options>): TransportDriver {
     // The built-in `loop` transport also connects `file` volumes, at priority 0: berth asks each
     // transport that `accepts` a connection and picks the highest priority.
     priority: 10,
+    // The keys of a `connected()` source that name the volume itself: `berth reconcile` matches a
+    // listed device to a volume (and an attachment) by these only.
+    sourceKeys: ['device_path'],
     accepts(connection) {
       const file = connection.data['device_path'];
       return typeof file === 'string' && (directory === '/' || file.startsWith(under));

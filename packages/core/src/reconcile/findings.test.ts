@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import type { ConnectedDevice } from './contracts/transport-driver.js';
-import type { Attachment, AttachmentStatus, HostDevice, Operation, Volume, VolumeStatus } from './model.js';
+import type { ConnectedDevice } from '../contracts/transport-driver.js';
+import type { Attachment, AttachmentStatus, HostDevice, Operation, Volume, VolumeStatus } from '../model.js';
 import {
   describeFinding,
   findDifferences,
@@ -10,8 +10,8 @@ import {
   volumeRepairPath,
   type ReconcileFacts,
   type TransportListing,
-} from './reconcile.js';
-import { canTransitionVolume, recomputeVolumeStatus } from './transitions.js';
+} from './findings.js';
+import { canTransitionVolume, recomputeVolumeStatus } from '../transitions.js';
 
 const HOST = '00000000-0000-4000-8000-00000000000a';
 const OTHER_HOST = '00000000-0000-4000-8000-00000000000b';
@@ -52,7 +52,9 @@ function facts(partial: Partial<ReconcileFacts>): ReconcileFacts {
   return { localHostId: HOST, volumes: [], attachments: [], busyVolumeIds: new Set(), exports: [], listings: [], ...partial };
 }
 
-const loop = (devices: ConnectedDevice[]): TransportListing[] => [{ transport: 'loop', protocol: 'file', devices }];
+const LOOP_KEYS = ['device_path'];
+const ISCSI_KEYS = ['target_iqn', 'target_lun'];
+const loop = (devices: ConnectedDevice[]): TransportListing[] => [{ transport: 'loop', protocol: 'file', sourceKeys: LOOP_KEYS, devices }];
 
 /** berth's record of a loop device it connected for `v` on this host. */
 function record(v: Volume, path: string): HostDevice {
@@ -89,12 +91,19 @@ function attachOperation(v: Volume, attachmentId: string | null, state: Operatio
 }
 
 describe('sourceMatches', () => {
-  it('matches on every identifying key both sides have, and needs at least one', () => {
-    expect(sourceMatches({ device_path: '/v/a.img' }, { device_path: '/v/a.img', volume_id: 'x' })).toBe(true);
-    expect(sourceMatches({ device_path: '/v/a.img' }, { device_path: '/v/b.img' })).toBe(false);
-    expect(sourceMatches({ target_iqn: 'iqn.x:1', target_lun: 1, target_portal: '10.0.0.1:3260' }, { target_iqn: 'iqn.x:1', target_lun: 1, target_portal: '10.0.0.2:3260' })).toBe(true);
-    expect(sourceMatches({ target_iqn: 'iqn.x:1', target_lun: 2 }, { target_iqn: 'iqn.x:1', target_lun: 1 })).toBe(false);
-    expect(sourceMatches({ deleted: true }, { device_path: '/v/a.img' })).toBe(false);
+  it("matches on every one of the transport's keys both sides have, and needs at least one", () => {
+    expect(sourceMatches({ device_path: '/v/a.img' }, { device_path: '/v/a.img', volume_id: 'x' }, LOOP_KEYS)).toBe(true);
+    expect(sourceMatches({ device_path: '/v/a.img' }, { device_path: '/v/b.img' }, LOOP_KEYS)).toBe(false);
+    expect(sourceMatches({ target_iqn: 'iqn.x:1', target_lun: 1, target_portal: '10.0.0.1:3260' }, { target_iqn: 'iqn.x:1', target_lun: 1, target_portal: '10.0.0.2:3260' }, ISCSI_KEYS)).toBe(true);
+    expect(sourceMatches({ target_iqn: 'iqn.x:1', target_lun: 2 }, { target_iqn: 'iqn.x:1', target_lun: 1 }, ISCSI_KEYS)).toBe(false);
+    expect(sourceMatches({ deleted: true }, { device_path: '/v/a.img' }, LOOP_KEYS)).toBe(false);
+  });
+
+  it("compares only the transport's keys, and with none matches nothing", () => {
+    // An NVMe-like source: the keys berth's own transports use mean nothing to it.
+    expect(sourceMatches({ nqn: 'nqn.x:1', device_path: '/v/a.img' }, { nqn: 'nqn.x:2', device_path: '/v/a.img' }, ['nqn'])).toBe(false);
+    expect(sourceMatches({ nqn: 'nqn.x:1' }, { nqn: 'nqn.x:1' }, ['nqn'])).toBe(true);
+    expect(sourceMatches({ device_path: '/v/a.img' }, { device_path: '/v/a.img' }, [])).toBe(false);
   });
 });
 
@@ -188,6 +197,18 @@ describe('findDifferences', () => {
     expect(found.map((f) => f.kind)).toEqual(['device_without_attachment']);
   });
 
+  it('never claims nor reconnects through a transport that declares no source keys, and says why', () => {
+    const v = volume('a', 'in-use', '/data/volumes/a.img');
+    const a = { ...fileAttachment(v, 'attached', '/dev/nvme0n1'), transport: 'nvme' };
+    const keyless = (devices: ConnectedDevice[]): TransportListing[] => [{ transport: 'nvme', protocol: 'nvmeof', sourceKeys: [], devices }];
+    // A device of another volume is listed; its recorded device is not: berth cannot tell whose it is.
+    const found = findDifferences(facts({ volumes: [v], attachments: [a], listings: keyless([loopDevice('/dev/nvme1n1', '/data/volumes/a.img')]) }));
+    expect(found.map((f) => f.kind)).toEqual(['attachment_device_gone']);
+    expect(describeFinding(found[0]!)).toMatchObject({ state: 'skipped', fix: 'reconnect', result: expect.stringContaining('cannot tell which volume') });
+    // Its recorded device is still listed (by path and identity): nothing to say.
+    expect(findDifferences(facts({ volumes: [v], attachments: [a], listings: keyless([loopDevice('/dev/nvme0n1', '/x')]) }))).toEqual([]);
+  });
+
   it('calls a device gone when the path now names another device (same path, another identity)', () => {
     const v = volume('a', 'in-use', '/data/volumes/a.img');
     const a = { ...fileAttachment(v, 'attached', '/dev/loop3'), device: { path: '/dev/loop3', type: 'block' as const, identity: { kind: 'loop', rdev: '7:3', backingInode: 11 } } };
@@ -267,8 +288,13 @@ describe('volumeOfSource', () => {
   it('knows a volume by its provider location (file or target IQN)', () => {
     const file = volume('f', 'available', '/data/volumes/f.img');
     const tgt = volume('t', 'available', 'iqn.2010-10.org.berth:volume-9', 'tgt');
-    expect(volumeOfSource({ device_path: '/data/volumes/f.img' }, [file, tgt], [])?.id).toBe(file.id);
-    expect(volumeOfSource({ target_iqn: 'iqn.2010-10.org.berth:volume-9', target_lun: 1 }, [file, tgt], [])?.id).toBe(tgt.id);
-    expect(volumeOfSource({ device_path: '/etc/passwd' }, [file, tgt], [])).toBeUndefined();
+    expect(volumeOfSource({ device_path: '/data/volumes/f.img' }, [file, tgt], [], LOOP_KEYS)?.id).toBe(file.id);
+    expect(volumeOfSource({ target_iqn: 'iqn.2010-10.org.berth:volume-9', target_lun: 1 }, [file, tgt], [], ISCSI_KEYS)?.id).toBe(tgt.id);
+    expect(volumeOfSource({ device_path: '/etc/passwd' }, [file, tgt], [], LOOP_KEYS)).toBeUndefined();
+  });
+
+  it('knows no volume through a transport without source keys', () => {
+    const file = volume('f', 'available', '/data/volumes/f.img');
+    expect(volumeOfSource({ device_path: '/data/volumes/f.img' }, [file], [], [])).toBeUndefined();
   });
 });

@@ -1,0 +1,91 @@
+import type { DriverCatalog } from '../catalog.js';
+import type { HostStepCall, HostSteps } from '../host-steps/host-step-executor.js';
+import { toBerthError } from '../errors.js';
+import type { Attachment, Volume } from '../model.js';
+import type { ReconcileUnchecked } from '../reports.js';
+import type { Store } from '../store.js';
+import { live, type ReconcileFacts, type TransportListing } from './findings.js';
+
+// What reconcile reads: the backends' exports, the transports' listings of a host, the store's
+// running operations. What cannot be read is named in `unchecked`, never guessed.
+
+/** Read the backends' exports (on this process: backends are the controller's); what cannot be read is `unchecked`. */
+export async function readExports(catalog: DriverCatalog, backendNames: readonly string[], unchecked: ReconcileUnchecked[]): Promise<ReconcileFacts['exports']> {
+  const exports: ReconcileFacts['exports'] = [];
+  for (const name of backendNames) {
+    try {
+      const backend = catalog.backend(name);
+      if (!backend.exports) {
+        unchecked.push({ kind: 'backend', name, reason: 'it cannot list its exports' });
+        continue;
+      }
+      for (const entry of await backend.exports()) exports.push({ backend: name, export: entry });
+    } catch (error) {
+      unchecked.push({ kind: 'backend', name, reason: `listing its exports failed: ${toBerthError(error).message}` });
+    }
+  }
+  return exports;
+}
+
+/**
+ * What the transports of the reconciled host list, through its executor (the `host_facts` host
+ * step: in-process for this host, its `berth agent` for another); a transport that cannot list,
+ * or failed to, is added to `unchecked` when given.
+ */
+export async function readListings(steps: HostSteps, call: HostStepCall, unchecked?: ReconcileUnchecked[]): Promise<TransportListing[]> {
+  const facts = await steps.run('host_facts', {}, call);
+  unchecked?.push(...facts.unchecked);
+  return facts.listings;
+}
+
+
+/**
+ * What every transport that can list finds connected on this host, highest priority first; a
+ * transport that cannot list, or fails to, is named in `unchecked` (the `host_facts` host step).
+ */
+export async function listTransports(
+  catalog: DriverCatalog,
+  names: readonly string[] = catalog.transportNames(),
+  unchecked?: ReconcileUnchecked[],
+): Promise<TransportListing[]> {
+  const listings: Array<TransportListing & { priority: number }> = [];
+  for (const name of names) {
+    try {
+      const transport = catalog.transport(name);
+      if (!transport.connected) {
+        unchecked?.push({ kind: 'transport', name, reason: 'it cannot list its devices' });
+        continue;
+      }
+      const devices = await transport.connected();
+      listings.push({
+        transport: name,
+        protocol: transport.protocols[0] ?? name,
+        sourceKeys: [...(transport.sourceKeys ?? [])],
+        devices,
+        priority: transport.priority ?? 0,
+      });
+    } catch (error) {
+      unchecked?.push({ kind: 'transport', name, reason: `listing its devices failed: ${toBerthError(error).message}` });
+    }
+  }
+  // A multipath map is taken down before the paths under it.
+  return listings.sort((a, b) => b.priority - a.priority).map(({ priority: _priority, ...listing }) => listing);
+}
+
+
+/** Volumes with a `running` operation (reconcile leaves them alone). */
+export async function busyVolumeIds(store: Store): Promise<Set<string>> {
+  const running = await store.operations.list({ state: 'running' });
+  return new Set(running.map((o) => o.volumeId).filter((id): id is string => id !== null));
+}
+
+
+/** Re-read one volume's facts under its lock; undefined when it is gone. */
+export async function freshVolume(store: Store, volumeId: string): Promise<{ volume: Volume; attachments: Attachment[]; busy: boolean } | undefined> {
+  const volume = await store.volumes.get(volumeId);
+  if (!volume) return undefined;
+  const attachments = live(await store.attachments.list({ volumeId }));
+  const busy = (await store.operations.list({ state: 'running', volumeId })).length > 0;
+  return { volume, attachments, busy };
+}
+

@@ -1,0 +1,401 @@
+import type { Device } from '../connection.js';
+import type { ConnectedDevice } from '../contracts/transport-driver.js';
+import type { BackendExport } from '../contracts/volume-backend.js';
+import { sameDevice } from '../device-identity.js';
+import type { Attachment, HostDevice, Operation, Volume, VolumeStatus } from '../model.js';
+import type { FixState, ReconcileDifference } from '../reports.js';
+import { recomputeVolumeStatus, VOLUME_TRANSITIONS } from '../transitions.js';
+
+// Reconcile's rules, pure: what differs between the store and what the backends and a host hold,
+// and how each difference reads in the report. No I/O here (facts.ts reads, fixes.ts acts).
+
+/** Attachment statuses an operation passes through: with no operation running, they are stuck. */
+const TRANSITIONAL: readonly Attachment['status'][] = ['reserved', 'attaching', 'detaching'];
+
+/**
+ * Whether berth's own attach pipeline made `attachment` (an operation names it, or it was
+ * connected by a transport) rather than an outside orchestrator through the three-phase API.
+ * An older berth could crash before naming it: an attach of the same volume and server that
+ * names no attachment and whose reserve ran before it was made counts too.
+ */
+export function madeByPipeline(attachment: Attachment, operations: readonly Operation[]): boolean {
+  if (attachment.transport !== null) return true;
+  return operations.some(
+    (op) =>
+      op.attachmentId === attachment.id ||
+      (op.kind === 'attach' &&
+        op.attachmentId === null &&
+        op.volumeId === attachment.volumeId &&
+        op.serverId === attachment.serverId &&
+        op.startedAt <= attachment.createdAt &&
+        op.steps.some((s) => s.name === 'reserve')),
+  );
+}
+
+/** Volume statuses that are not derived from attachments: a create, extend or delete owns them. */
+const NOT_DERIVED: readonly VolumeStatus[] = ['creating', 'extending', 'deleting'];
+
+/**
+ * Whether a connected device's `source` is what a connection_info's `data` names: they share at
+ * least one of the transport's identifying keys (`TransportDriver.sourceKeys`: `device_path` for
+ * loop; `target_iqn`, `target_lun` for iSCSI) and agree on every one they share. A key that is a
+ * way to the volume (a portal: one LUN is reachable through several) is not one of them. With no
+ * keys nothing matches: a transport that cannot say which volume a device is never claims one.
+ */
+export function sourceMatches(
+  source: Readonly<Record<string, unknown>>,
+  data: Readonly<Record<string, unknown>>,
+  keys: readonly string[],
+): boolean {
+  let shared = 0;
+  for (const key of keys) {
+    const a = source[key];
+    const b = data[key];
+    if (a === undefined || a === null || b === undefined || b === null) continue;
+    if (a !== b) return false;
+    shared += 1;
+  }
+  return shared > 0;
+}
+
+/**
+ * The shortest way from `from` to `to` through the transition table, as the statuses to pass
+ * (ending with `to`), never through `creating`, `extending` or `deleting`; undefined when there
+ * is none. A status written behind berth's back may have no direct transition to the right one
+ * (`available` → `in-use`): recomputing it then takes two compare-and-swaps in one transaction.
+ */
+export function volumeRepairPath(from: VolumeStatus, to: VolumeStatus): VolumeStatus[] | undefined {
+  if (from === to) return [];
+  const previous = new Map<VolumeStatus, VolumeStatus>();
+  const queue: VolumeStatus[] = [from];
+  const seen = new Set<VolumeStatus>([from]);
+  while (queue.length > 0) {
+    const current = queue.shift()!;
+    for (const next of VOLUME_TRANSITIONS[current]) {
+      if (seen.has(next) || (next !== to && NOT_DERIVED.includes(next))) continue;
+      seen.add(next);
+      previous.set(next, current);
+      if (next === to) {
+        const path: VolumeStatus[] = [to];
+        let step = current;
+        while (step !== from) {
+          path.unshift(step);
+          step = previous.get(step)!;
+        }
+        return path;
+      }
+      queue.push(next);
+    }
+  }
+  return undefined;
+}
+
+/** The devices one transport lists on this host. */
+export interface TransportListing {
+  transport: string;
+  /** Its first protocol: the `driver_volume_type` of a connection_info rebuilt from a source. */
+  protocol: string;
+  /** The source keys that name a volume (`TransportDriver.sourceKeys`; empty: it cannot tell). */
+  sourceKeys: readonly string[];
+  devices: ConnectedDevice[];
+}
+
+/** What reconcile compares: the store, the backends' exports and the devices on this host. */
+export interface ReconcileFacts {
+  /** This host's id in the store (devices and attachments are compared for this host only). */
+  localHostId: string;
+  volumes: Volume[];
+  attachments: Attachment[];
+  /** Volumes with a `running` operation: left alone. */
+  busyVolumeIds: ReadonlySet<string>;
+  /** berth's records of the devices it connected on this host. */
+  devices?: HostDevice[];
+  /** Finished attach and detach operations (which attachments the pipelines made). */
+  operations?: Operation[];
+  exports: Array<{ backend: string; export: BackendExport }>;
+  /** Listings of the transports that can list (highest priority first). */
+  listings: TransportListing[];
+  /**
+   * A second listing taken after the store was read: an attachment's device counts as gone only
+   * when neither listing has it (an attach that finished between the two reads is not flagged).
+   */
+  listingsAfter?: TransportListing[];
+}
+
+/** One difference as found, with what its fix needs. */
+export type Finding =
+  | { kind: 'export_without_attachment'; backend: string; export: BackendExport; volume: Volume | undefined; skip?: string }
+  | {
+      kind: 'device_without_attachment';
+      transport: string;
+      /** The `driver_volume_type` of a connection_info rebuilt from the device's source. */
+      protocol: string;
+      /** berth's record of the device, when it has one (what it connected and never let go of). */
+      record?: HostDevice;
+      /** The device as the transport lists it now (undefined: already gone, only the record is left). */
+      connected: ConnectedDevice | undefined;
+      volume: Volume;
+      skip?: string;
+    }
+  | { kind: 'attachment_device_gone'; attachment: Attachment; volume: Volume; found: ConnectedDevice | undefined; skip?: string }
+  | { kind: 'attachment_stuck'; attachment: Attachment; volume: Volume; skip?: string }
+  | { kind: 'attachment_error'; attachment: Attachment; volume: Volume; skip?: string }
+  | { kind: 'volume_status_mismatch'; volume: Volume; expected: VolumeStatus; skip?: string };
+
+
+/** Attachments that hold something on a backend or a host (a detached one holds nothing). */
+export function live(attachments: readonly Attachment[]): Attachment[] {
+  return attachments.filter((a) => a.status !== 'detached');
+}
+
+
+/** Whether `attachment` accounts for an export to `initiator` (the connector's initiator or host). */
+export function accountsForExport(attachment: Attachment, initiator: string | undefined): boolean {
+  const connector = attachment.connector;
+  if (!connector) return false;
+  return initiator === undefined || connector.initiator === initiator || connector.host === initiator;
+}
+
+/** Whether an attachment on this host accounts for a device whose backing thing is `source`. */
+function accountsForDevice(attachment: Attachment, localHostId: string, source: Readonly<Record<string, unknown>>, keys: readonly string[]): boolean {
+  return attachment.hostId === localHostId && attachment.connectionInfo !== null && sourceMatches(source, attachment.connectionInfo.data, keys);
+}
+
+/**
+ * The berth volume a device's source is, if any: a volume whose `providerLocation` is the value of
+ * one of the transport's source keys (the file, the target IQN), or whose attachment's
+ * connection_info names the source. A device that is none of these (a loop device someone made
+ * over their own file) is not berth's; with no keys, no device is.
+ */
+export function volumeOfSource(
+  source: Readonly<Record<string, unknown>>,
+  volumes: readonly Volume[],
+  attachments: readonly Attachment[],
+  keys: readonly string[],
+): Volume | undefined {
+  const named = keys.map((key) => source[key]).filter((value): value is string => typeof value === 'string');
+  const byLocation = volumes.find((v) => v.providerLocation !== null && named.includes(v.providerLocation));
+  if (byLocation) return byLocation;
+  const attachment = attachments.find((a) => a.connectionInfo !== null && sourceMatches(source, a.connectionInfo.data, keys));
+  return attachment ? volumes.find((v) => v.id === attachment.volumeId) : undefined;
+}
+
+function matchingDevices(listing: TransportListing | undefined, attachment: Attachment): ConnectedDevice[] {
+  const data = attachment.connectionInfo?.data;
+  if (!listing || !data) return [];
+  return listing.devices.filter((d) => sourceMatches(d.source, data, listing.sourceKeys));
+}
+
+/** Why an attachment of a transport that declares no source keys is never reconnected. */
+export const CANNOT_TELL =
+  'its transport cannot tell which volume a device is (it declares no sourceKeys): not reconnected; check the device by hand, or `berth detach --force` and attach again';
+
+/**
+ * Every difference between the store and what the backends and this host hold (pure: the rules
+ * of core's README, "Reconcile"). Volumes with a running operation are reported as skipped.
+ */
+export function findDifferences(facts: ReconcileFacts): Finding[] {
+  const findings: Finding[] = [];
+  const volumesById = new Map(facts.volumes.map((v) => [v.id, v]));
+  const attachmentsOf = (volumeId: string): Attachment[] => live(facts.attachments.filter((a) => a.volumeId === volumeId));
+  const busy = (volumeId: string): string | undefined =>
+    facts.busyVolumeIds.has(volumeId) ? 'an operation on this volume is running; run reconcile again when it has finished' : undefined;
+  const withSkip = <F extends Finding>(finding: F, skip: string | undefined): F => (skip === undefined ? finding : { ...finding, skip });
+
+  for (const entry of facts.exports) {
+    const volume = volumesById.get(entry.export.volumeId);
+    if (volume && attachmentsOf(volume.id).some((a) => accountsForExport(a, entry.export.initiator))) continue;
+    const skip = volume ? busy(volume.id) : 'the volume is not in this store: left alone (another berth may own it)';
+    findings.push(withSkip({ kind: 'export_without_attachment', backend: entry.backend, export: entry.export, volume }, skip));
+  }
+
+  const records = (facts.devices ?? []).filter((r) => r.hostId === facts.localHostId);
+  const hostAttachments = live(facts.attachments).filter((a) => a.hostId === facts.localHostId);
+  const listed = (device: Device): ConnectedDevice | undefined => {
+    for (const listing of [...facts.listings, ...(facts.listingsAfter ?? [])]) {
+      const entry = listing.devices.find((d) => sameDevice(d.device, device));
+      if (entry) return entry;
+    }
+    return undefined;
+  };
+
+  // Devices berth connected (its records) that no attachment on this host uses any more.
+  for (const record of records) {
+    const volume = volumesById.get(record.volumeId);
+    if (!volume) continue;
+    if (hostAttachments.some((a) => a.volumeId === record.volumeId && a.device !== null)) continue;
+    const connected = listed(record.device);
+    findings.push(
+      withSkip(
+        { kind: 'device_without_attachment', transport: record.transport, protocol: record.connectionInfo.driver_volume_type, record, connected, volume },
+        busy(volume.id),
+      ),
+    );
+  }
+
+  // Whole devices of a berth volume that no record and no attachment on this host names: left by a
+  // cut-short connect, an older berth, or someone attaching the volume file by hand. (A device over
+  // a part of a file is not even listed by the loop transport: berth never makes one.)
+  const claimed = new Set<string>();
+  for (const listing of facts.listings) {
+    for (const connected of listing.devices) {
+      const volume = volumeOfSource(connected.source, facts.volumes, facts.attachments, listing.sourceKeys);
+      if (!volume) continue;
+      if (records.some((r) => sameDevice(r.device, connected.device))) continue;
+      if (hostAttachments.some((a) => accountsForDevice(a, facts.localHostId, connected.source, listing.sourceKeys))) continue;
+      // Two transports may list one device (a path under a multipath map): one fix is enough.
+      const key = `${connected.device.path}\u0000${JSON.stringify(connected.source)}`;
+      if (claimed.has(key)) continue;
+      claimed.add(key);
+      findings.push(
+        withSkip({ kind: 'device_without_attachment', transport: listing.transport, protocol: listing.protocol, connected, volume }, busy(volume.id)),
+      );
+    }
+  }
+
+  const before = new Map(facts.listings.map((l) => [l.transport, l]));
+  const after = new Map((facts.listingsAfter ?? facts.listings).map((l) => [l.transport, l]));
+  for (const attachment of facts.attachments) {
+    if (attachment.status !== 'attached' || attachment.hostId !== facts.localHostId) continue;
+    if (!attachment.transport || !attachment.connectionInfo) continue;
+    // A transport that cannot list its devices (or failed to) says nothing about them.
+    if (!before.has(attachment.transport) || !after.has(attachment.transport)) continue;
+    const volume = volumesById.get(attachment.volumeId);
+    if (!volume) continue;
+    const listing = after.get(attachment.transport)!;
+    if (listing.sourceKeys.length === 0) {
+      // It lists devices but cannot say whose: "gone" would be a guess, and a reconnect a loop.
+      const recorded = attachment.device;
+      if (recorded && listing.devices.some((d) => sameDevice(d.device, recorded))) continue;
+      findings.push({ kind: 'attachment_device_gone', attachment, volume, found: undefined, skip: busy(volume.id) ?? CANNOT_TELL });
+      continue;
+    }
+    const now = matchingDevices(listing, attachment);
+    const then = matchingDevices(before.get(attachment.transport), attachment);
+    const recorded = attachment.device;
+    // Present: the very device recorded (its identity, when it has one) is listed for this volume.
+    if (recorded && [...now, ...then].some((d) => sameDevice(d.device, recorded))) continue;
+    const found = now[0] ?? then[0];
+    findings.push(withSkip({ kind: 'attachment_device_gone', attachment, volume, found }, busy(volume.id)));
+  }
+
+  // Attachments an interrupted attach or detach left in a transitional or error state.
+  for (const attachment of facts.attachments) {
+    const volume = volumesById.get(attachment.volumeId);
+    if (!volume) continue;
+    const elsewhere = attachment.hostId !== facts.localHostId ? 'it is on another host: reconcile that one (`berth reconcile --host <name>`, or on that host)' : undefined;
+    if (TRANSITIONAL.includes(attachment.status)) {
+      // One made by an outside orchestrator (the three-phase API) is waiting for it: not stuck.
+      if (!madeByPipeline(attachment, facts.operations ?? [])) continue;
+      findings.push(withSkip({ kind: 'attachment_stuck', attachment, volume }, busy(volume.id) ?? elsewhere));
+    } else if (attachment.status === 'error_attaching' || attachment.status === 'error_detaching') {
+      findings.push(withSkip({ kind: 'attachment_error', attachment, volume }, busy(volume.id) ?? elsewhere));
+    }
+  }
+
+  findings.push(...findStatusMismatches(facts.volumes, facts.attachments, facts.busyVolumeIds));
+  return findings;
+}
+
+/** Volumes whose status is not what their attachments make it (see `recomputeVolumeStatus`). */
+export function findStatusMismatches(volumes: readonly Volume[], attachments: readonly Attachment[], busyVolumeIds: ReadonlySet<string>): Finding[] {
+  const findings: Finding[] = [];
+  for (const volume of volumes) {
+    if (NOT_DERIVED.includes(volume.status)) continue;
+    const own = live(attachments.filter((a) => a.volumeId === volume.id));
+    const expected = recomputeVolumeStatus(own);
+    if (expected === volume.status) continue;
+    // `error` without attachments is a failed delete (the storage may be half gone): a retried
+    // delete decides, not a recomputation that would make it attachable again.
+    if (volume.status === 'error' && own.length === 0) continue;
+    const finding: Finding = { kind: 'volume_status_mismatch', volume, expected };
+    findings.push(
+      busyVolumeIds.has(volume.id) ? { ...finding, skip: 'an operation on this volume is running; run reconcile again when it has finished' } : finding,
+    );
+  }
+  return findings;
+}
+
+function deviceText(connected: ConnectedDevice): string {
+  const source = connected.source;
+  if (typeof source.device_path === 'string') return `${connected.device.path} (backing ${source.device_path})`;
+  if (typeof source.target_iqn === 'string') return `${connected.device.path} (${source.target_iqn} LUN ${String(source.target_lun ?? '?')})`;
+  return connected.device.path;
+}
+
+/** A finding as the report shows it (state `planned`, or `skipped` with the reason). */
+export function describeFinding(finding: Finding): ReconcileDifference {
+  const base = (volumeId: string | null, attachmentId: string | null) => ({
+    volumeId,
+    attachmentId,
+    state: (finding.skip === undefined ? 'planned' : 'skipped') as FixState,
+    result: finding.skip ?? null,
+    errorCode: null,
+  });
+  switch (finding.kind) {
+    case 'export_without_attachment': {
+      const who = finding.export.initiator ?? 'any host';
+      const name = finding.volume?.name ?? finding.export.volumeId;
+      return {
+        kind: finding.kind,
+        resource: `export of volume ${name} (${finding.backend}) to ${who}`,
+        detail: `backend ${finding.backend} exports volume ${name} to ${who}, and no attachment of it is for ${who}`,
+        fix: finding.volume ? 'terminate_connection' : 'none',
+        fixDetail: finding.volume ? `remove the export (${finding.backend} terminateConnection for ${who})` : 'none: the volume is not in this store',
+        ...base(finding.volume?.id ?? finding.export.volumeId, null),
+      };
+    }
+    case 'device_without_attachment': {
+      const { record, connected } = finding;
+      const where = record ? `berth connected volume ${finding.volume.name} at ${record.device.path} (${record.transport})` : `transport ${finding.transport} has volume ${finding.volume.name} connected at ${connected?.device.path ?? '?'}`;
+      return {
+        kind: finding.kind,
+        resource: connected ? deviceText(connected) : `${record?.device.path ?? '?'} (gone)`,
+        detail: connected ? `${where}, and no attachment on this host uses it` : `berth's record of volume ${finding.volume.name} at ${record?.device.path ?? '?'} outlived the device and every attachment`,
+        fix: 'disconnect',
+        fixDetail: connected ? `disconnect it (${finding.transport} disconnect, only while it is still that very device and nothing holds it open)` : 'forget the record',
+        ...base(finding.volume.id, null),
+      };
+    }
+    case 'attachment_stuck':
+    case 'attachment_error': {
+      const { attachment } = finding;
+      const stuck = finding.kind === 'attachment_stuck';
+      return {
+        kind: finding.kind,
+        resource: `attachment ${attachment.id} (volume ${finding.volume.name})`,
+        detail: stuck
+          ? `attachment ${attachment.id} of volume ${finding.volume.name} is ${attachment.status}, and no operation is running on it`
+          : `attachment ${attachment.id} of volume ${finding.volume.name} is ${attachment.status}${attachment.error ? `: ${attachment.error}` : ''}`,
+        // A forced detach: disconnect (when it still has a device), remove the export, delete the record.
+        fix: 'disconnect',
+        fixDetail: `finish it as \`berth detach ${finding.volume.name} --force\` does (a journalled detach operation: unpublish, disconnect, terminate, delete)`,
+        ...base(finding.volume.id, attachment.id),
+      };
+    }
+    case 'attachment_device_gone': {
+      const recorded = finding.attachment.device?.path ?? 'no device';
+      const detail = finding.found
+        ? `attachment ${finding.attachment.id} of volume ${finding.volume.name} records ${recorded}, which is gone; the volume is connected at ${finding.found.device.path}`
+        : `attachment ${finding.attachment.id} of volume ${finding.volume.name} is attached, but its device ${recorded} is not connected on this host`;
+      return {
+        kind: finding.kind,
+        resource: `attachment ${finding.attachment.id} (volume ${finding.volume.name})`,
+        detail,
+        fix: 'reconnect',
+        fixDetail: `reconnect it (${finding.attachment.transport ?? 'its transport'}) and publish it again; if that fails, mark it error_detaching (volume error) for \`berth detach --force\``,
+        ...base(finding.volume.id, finding.attachment.id),
+      };
+    }
+    case 'volume_status_mismatch':
+      return {
+        kind: finding.kind,
+        resource: `volume ${finding.volume.name}`,
+        detail: `volume ${finding.volume.name} is ${finding.volume.status}, but its attachments make it ${finding.expected}`,
+        fix: 'recompute_status',
+        fixDetail: `set it to ${finding.expected} (compare-and-swap from ${finding.volume.status})`,
+        ...base(finding.volume.id, null),
+      };
+  }
+}
+

@@ -1,0 +1,244 @@
+import { redactConnectionInfo, withAccessMode, type ConnectionInfo, type Connector, type Device } from '../connection.js';
+import type { HostStepCall, HostSteps } from '../host-steps/host-step-executor.js';
+import type { Consumer } from '../contracts/consumer.js';
+import { sameDevice } from '../device-identity.js';
+import { BerthError, toBerthError } from '../errors.js';
+import type { Host, Volume } from '../model.js';
+import { backendVolume, transitionAttachment, type PipelineContext, type PipelineDeps } from '../pipeline/context.js';
+import { detachSteps, markDetachFailed } from '../pipeline/detach.js';
+import { connectShared, publishShared, releaseShared } from '../pipeline/device-sharing.js';
+import { summarize, type OperationRunner } from '../pipeline/operation-runner.js';
+import { recomputeVolumeStatus } from '../transitions.js';
+import { freshVolume } from './facts.js';
+import { accountsForExport, live, volumeRepairPath, type Finding } from './findings.js';
+
+// What reconcile does about each finding, under the volume's lock, after checking again that
+// the fix is still needed (a `Skip` says it is not).
+
+/** What reconcile needs from the rest of berth. */
+export interface ReconcileDeps extends PipelineDeps {
+  consumer(): Consumer;
+  /** Runs the detach pipeline for `finish_detach`. */
+  runner: OperationRunner;
+  /** Run `fn` holding the volume's lock (the one attach and detach take). */
+  withVolumeLock<T>(volumeId: string, fn: () => Promise<T>): Promise<T>;
+}
+
+/** Why a fix was not applied after all (the state changed since it was found). */
+export class Skip extends Error {
+  constructor(readonly reason: string) {
+    super(reason);
+  }
+}
+
+export const BUSY = 'an operation on this volume started; run reconcile again when it has finished';
+
+/** Apply one fix, after checking (under the volume lock) that it is still needed; resolves with what it did. */
+/** Where a fix runs: the reconciled host, its host-step executor, and the `reconcile` operation. */
+export interface FixTarget {
+  host: Host;
+  steps: HostSteps;
+  operationId: string;
+}
+
+export async function fixOf(deps: ReconcileDeps, finding: Finding, target: FixTarget): Promise<string> {
+  const { store, catalog, config } = deps;
+  const signal = AbortSignal.timeout(config.operationTimeoutMs);
+  const volumeId = finding.kind === 'export_without_attachment' ? finding.export.volumeId : finding.volume.id;
+  const fresh = await freshVolume(store, volumeId);
+  if (!fresh) throw new Skip('the volume was deleted meanwhile');
+  if (fresh.busy) throw new Skip(BUSY);
+  const { host, steps, operationId } = target;
+
+  switch (finding.kind) {
+    case 'export_without_attachment': {
+      if (fresh.attachments.some((a) => accountsForExport(a, finding.export.initiator))) throw new Skip('an attachment accounts for it now');
+      const connector = await connectorFor(deps, finding.export.initiator);
+      await catalog.backend(finding.backend).terminateConnection(backendVolume(fresh.volume), connector, signal);
+      return `export to ${finding.export.initiator ?? 'any host'} removed`;
+    }
+    case 'device_without_attachment': {
+      const { record, connected } = finding;
+      if (fresh.attachments.some((a) => a.hostId === host.id && a.device !== null)) throw new Skip('an attachment uses the volume on this host now');
+      if (record && !(await store.devices.get(host.id, record.volumeId))) throw new Skip('the record is gone');
+      // The source is in connection_info terms: it is the connection the device was made from, minus secrets.
+      const data: Record<string, unknown> = { ...(connected?.source ?? {}) };
+      delete data.deleted;
+      const connection = record?.connectionInfo ?? ({ driver_volume_type: finding.protocol, data } as ConnectionInfo);
+      const device = record?.device ?? connected?.device;
+      // Under the volume's device lease, identity-checked, and not forced: a device something holds
+      // open (someone's mount of a volume file) is left alone, the fix fails naming the holder.
+      const outcome = await releaseShared(deps, {
+        steps,
+        operationId,
+        hostId: host.id,
+        volume: fresh.volume,
+        transport: finding.transport,
+        connection,
+        ...(device ? { device } : {}),
+        force: false,
+        signal,
+      });
+      if (connected && !outcome.identityMismatch) await unpublishOrphan(deps, steps, fresh.volume, connected.device, { operationId, signal });
+      return outcome.identityMismatch || !connected ? `${device?.path ?? 'the device'} was already gone${record ? '; record removed' : ''}` : `${connected.device.path} disconnected`;
+    }
+    case 'attachment_device_gone':
+      return reconnect(deps, finding.attachment.id, fresh.volume, { ...target, signal });
+    case 'attachment_stuck':
+    case 'attachment_error':
+      return finishDetach(deps, finding.attachment.id, fresh.volume);
+    case 'volume_status_mismatch':
+      return store.transaction(async (tx) => {
+        const volume = await tx.volumes.require(volumeId);
+        const expected = recomputeVolumeStatus(live(await tx.attachments.list({ volumeId })));
+        if (expected === volume.status) throw new Skip(`it is ${expected} now`);
+        const path = volumeRepairPath(volume.status, expected);
+        if (!path) {
+          throw new BerthError('INVALID_STATE', `no transition leads a volume from ${volume.status} to ${expected}`, { details: { volumeId, from: volume.status, to: expected } });
+        }
+        let from = volume.status;
+        for (const to of path) {
+          await tx.volumes.transition(volumeId, [from], to);
+          from = to;
+        }
+        return `${volume.status} → ${expected}`;
+      });
+  }
+}
+
+/**
+ * Ask the consumer, on the device's host, to take down what it published for an orphaned device
+ * (`Consumer.unpublishOrphan`: no attachment names the server any more, so it gets the volume's
+ * id and the device only; the host consumer removes `/dev/berth/<volume-id>` when, and only when,
+ * it still leads to that device: a loop number is reused for the next file attached). Best
+ * effort: the device is gone either way.
+ */
+async function unpublishOrphan(deps: ReconcileDeps, steps: HostSteps, volume: Volume, device: Device, call: HostStepCall): Promise<void> {
+  const consumer = deps.config.consumer;
+  try {
+    const { supported } = await steps.run('unpublish_orphan', { consumer, volumeId: volume.id, device }, call);
+    if (!supported) deps.logger.warn({ volumeId: volume.id, device: device.path, consumer }, 'reconcile: the consumer cannot drop what it published without a record; left as it is');
+  } catch (error) {
+    deps.logger.warn({ volumeId: volume.id, device: device.path, err: toBerthError(error).message }, 'reconcile: could not unpublish an orphaned device');
+  }
+}
+
+/** The connector an export was made for: the stored one of the host with that initiator, else a minimal one. */
+async function connectorFor(deps: ReconcileDeps, initiator: string | undefined): Promise<Connector> {
+  if (initiator === undefined) return deps.baseConnector();
+  for (const host of await deps.store.hosts.list()) {
+    if (host.connector && (host.connector.initiator === initiator || host.connector.host === initiator)) return host.connector;
+  }
+  const base = deps.baseConnector();
+  return /^(iqn|eui|naa)\./.test(initiator) ? { ...base, initiator } : { ...base, host: initiator };
+}
+
+/**
+ * Connect an attached volume whose device is gone again, as a reboot does in Nova: export it
+ * again (the stored connection_info has no secrets), connect with the attachment's transport
+ * (shared and recorded like any attach: every attachment of the volume on this host that recorded
+ * the lost device gets the new one), publish, record the device. When any of it fails the
+ * attachment becomes `error_detaching` with the reason (the volume `error`), and its stale links
+ * are removed, so nobody uses a device that may now be another volume's; `berth detach --force`
+ * or the next `berth reconcile` finishes it.
+ */
+async function reconnect(deps: ReconcileDeps, attachmentId: string, volume: Volume, target: FixTarget & { signal: AbortSignal }): Promise<string> {
+  const { steps, operationId, signal } = target;
+  const { store, catalog } = deps;
+  const attachment = await store.attachments.get(attachmentId);
+  if (attachment?.status !== 'attached') throw new Skip(`the attachment is ${attachment?.status ?? 'deleted'} now`);
+  const transportName = attachment.transport;
+  if (!transportName) throw new Skip('the attachment has no transport');
+  // Refused before anything is touched when the transport is not installed here.
+  const transport = catalog.transport(transportName).name;
+  const server = await store.servers.require(attachment.serverId);
+  if (attachment.hostId !== target.host.id) throw new Skip('the attachment is on another host now');
+  const consumer = deps.consumer();
+  const lost = attachment.device;
+  try {
+    const connector = attachment.connector ?? deps.baseConnector();
+    const exported = await catalog.backend(volume.backend).initializeConnection(backendVolume(volume), connector, signal);
+    const connection = withAccessMode(exported, attachment.mode);
+    await store.attachments.update(attachment.id, { device: null, connectionInfo: redactConnectionInfo(connection) });
+    // The others that recorded the lost device let go of it too, so the device is connected anew.
+    const stale = (await store.attachments.list({ volumeId: volume.id, hostId: attachment.hostId })).filter(
+      (a) => a.id !== attachment.id && a.status === 'attached' && a.device !== null && lost !== null && sameDevice(a.device, lost),
+    );
+    for (const other of stale) await store.attachments.update(other.id, { device: null });
+    await store.devices.delete(attachment.hostId, volume.id);
+    const connected = await connectShared(deps, { steps, operationId, attachment: { ...attachment, device: null }, volume, transport, connection, connector, signal });
+    for (const other of [connected.attachment, ...stale]) {
+      const current = other.id === attachment.id ? connected.attachment : await store.attachments.update(other.id, { device: connected.device });
+      const otherServer = other.id === attachment.id ? server : await store.servers.require(other.serverId);
+      const path = await publishShared(deps, { steps, operationId, consumer, server: otherServer, attachment: current, volume, device: connected.device, signal });
+      await store.attachments.update(other.id, { publishedPath: path, error: null });
+    }
+    return `reconnected at ${connected.device.path}${stale.length > 0 ? ` (with ${stale.length} other attachment(s) sharing it)` : ''}`;
+  } catch (error) {
+    const failure = toBerthError(error);
+    // On the attachment's host (its executor), as the pipeline unpublishes: its stale links go.
+    await steps
+      .run('unpublish', { consumer: deps.config.consumer, server, attachment, stillShared: false }, { operationId, signal: AbortSignal.timeout(deps.config.undoTimeoutMs), undo: true })
+      .catch(() => undefined);
+    await transitionAttachment(store, attachment.id, ['attached'], 'error_detaching', { error: `its device was gone and reconnecting failed: ${failure.message}` }).catch(() => undefined);
+    throw new BerthError(failure.code, `reconnecting failed, the attachment is now error_detaching: ${failure.message}`, {
+      hint: `finish it with \`berth detach ${volume.name} --force\` (or \`berth reconcile\` again)`,
+      cause: failure,
+    });
+  }
+}
+
+/**
+ * Finish an attachment an interrupted operation left (stuck in a transitional state) or a failed
+ * one left in an error state, as `berth detach --force` does: a journalled detach operation that
+ * goes on through host errors and ends by deleting the attachment, or leaves it
+ * `error_detaching` with every error it met.
+ */
+async function finishDetach(deps: ReconcileDeps, attachmentId: string, volume: Volume): Promise<string> {
+  const { store } = deps;
+  let attachment = await store.attachments.get(attachmentId);
+  if (!attachment) throw new Skip('the attachment is gone now');
+  const into = attachment.status === 'detaching' ? 'error_detaching' : attachment.status === 'reserved' || attachment.status === 'attaching' ? 'error_attaching' : undefined;
+  if (into) {
+    attachment = (await transitionAttachment(store, attachment.id, [attachment.status], into, { error: `left ${attachment.status} by an interrupted operation; reconcile finished it` })).attachment;
+  }
+  const server = await store.servers.require(attachment.serverId);
+  const operation = await store.operations.create({
+    kind: 'detach',
+    volumeId: volume.id,
+    serverId: server.id,
+    attachmentId: attachment.id,
+    hostId: attachment.hostId,
+    owner: deps.owner,
+    deadlineAt: new Date(Date.now() + deps.config.operationTimeoutMs).toISOString(),
+  });
+  const ctx: PipelineContext = {
+    operationId: operation.id,
+    volume,
+    server,
+    consumer: deps.consumer(),
+    backend: deps.catalog.backend(volume.backend),
+    attachment,
+    force: true,
+    forcedErrors: [],
+  };
+  const outcome = await deps.runner.run(detachSteps(deps), ctx, {
+    operationId: operation.id,
+    signal: AbortSignal.timeout(deps.config.operationTimeoutMs),
+    undoTimeoutMs: deps.config.undoTimeoutMs,
+    logger: deps.logger.child({ operationId: operation.id, reconcile: true }),
+    pipeline: 'detach',
+  });
+  if (outcome.ok) {
+    await store.operations.finish(operation.id, { state: 'succeeded', result: { timings: outcome.timings, reconcile: true } });
+    return `detached (operation ${operation.id})`;
+  }
+  if (outcome.forward) await markDetachFailed(deps, ctx, outcome.error).catch(() => undefined);
+  await store.operations
+    .finish(operation.id, { state: outcome.rolledBack ? 'rolled_back' : 'failed', error: summarize(outcome.error) })
+    .catch(() => undefined);
+  throw new BerthError(outcome.error.code, `finishing the detach failed (operation ${operation.id}): ${outcome.error.message}`, {
+    hint: `${outcome.error.hint ? `${outcome.error.hint}; then ` : ''}run \`berth reconcile\` again`,
+    cause: outcome.error,
+  });
+}
