@@ -12,7 +12,6 @@ import {
   zOperation,
   zOperationState,
   zOperationStep,
-  zServer,
   zVolume,
   type Attachment,
   type Host,
@@ -22,7 +21,7 @@ import {
   type Volume,
 } from './model.js';
 import { createMonotonicClock } from './monotonic-clock.js';
-import { hostDeviceRow, newAttachmentRow, newOperationRow } from './store-rows.js';
+import { hostDeviceRow, newAttachmentRow, newOperationRow, newServerRow } from './store-rows.js';
 import type {
   AttachmentPatch,
   AttachmentRepository,
@@ -40,7 +39,7 @@ import { assertAttachmentTransition, assertVolumeTransition } from './transition
 
 const zVolumePatch = zVolume.pick({ sizeBytes: true, providerLocation: true }).partial();
 const zAttachmentPatch = zAttachment
-  .pick({ transport: true, connector: true, connectionInfo: true, device: true, publishedPath: true, timings: true, error: true })
+  .pick({ transport: true, connector: true, connectionInfo: true, device: true, publishedPath: true, guestDevice: true, serial: true, timings: true, error: true })
   .partial();
 const zStepOutcome = zOperationStep.pick({ error: true, data: true }).partial();
 const zFinishOutcome = zOperation.pick({ error: true, result: true }).partial();
@@ -202,7 +201,7 @@ export function createMemoryStore(): Store {
     create: (input) =>
       alone(() => {
         const at = now();
-        const server = parseWith(zServer, { ...input, id: input.id ?? randomUUID(), createdAt: at, updatedAt: at }, 'server');
+        const server = newServerRow(input, input.id ?? randomUUID(), at);
         if (!tables.hosts.has(server.hostId)) throw notFound('host', server.hostId);
         if ([...tables.servers.values()].some((s) => s.projectId === server.projectId && s.name === server.name)) {
           throw alreadyExists(`a server named ${server.name} already exists in project ${server.projectId}`, { name: server.name, projectId: server.projectId }, undefined);
