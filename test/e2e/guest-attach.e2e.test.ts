@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EXIT_CODES, type Attachment, type OperationOutcome, type Server, type Volume } from '@berth/core';
 import { createHostServices } from '@berth/host';
-import { bootQemuGuest, guestSerial, type QemuGuest } from '@berth/vmkit';
+import { bootLibvirtGuest, bootQemuGuest, guestSerial, type LibvirtGuest, type QemuGuest } from '@berth/vmkit';
 import { errorBody, makeSandbox, REPO_ROOT, type BerthSandbox } from '../support/berth-cli.js';
 import { crashChild, readAt } from '../support/host-state.js';
 import { loopDevicesBacking } from '../support/loop-devices.js';
@@ -180,4 +180,58 @@ describe('berth attach into a real QEMU guest (CLI, loop transport, file backend
     expect((await sandbox.json<{ differences: unknown[] }>(['reconcile', '--dry-run'])).differences).toEqual([]);
     await sandbox.json(['volume', 'delete', name, '--yes']);
   }, 240_000);
+
+  // Last: it stops the file's guest.
+  it('a guest whose QEMU is gone holds nothing: detach --force tears the host side down', async () => {
+    const volume = await createVolume('orphaned');
+    await sandbox.json(['attach', 'orphaned', '--server', 'vm-1']);
+    await guest.agent.waitForDisk(volume.id, SEE_MS);
+    expect(loopDevicesBacking(volume.file)).toHaveLength(1);
+    await guest.stop();
+    const detached = await sandbox.json<OperationOutcome>(['detach', 'orphaned', '--force', '--yes']);
+    expect(detached.volume.status).toBe('available');
+    expect(loopDevicesBacking(volume.file)).toEqual([]);
+    expect(existsSync(`/dev/berth/${volume.id}`)).toBe(false);
+  });
+});
+
+describe('berth attach into a real libvirt domain (CLI, loop transport, file backend, libvirt consumer)', () => {
+  let guest: LibvirtGuest;
+  let sandbox: BerthSandbox;
+
+  beforeAll(async () => {
+    sandbox = await makeSandbox({ cwd: REPO_ROOT });
+    await mkdir(sandbox.dataDir, { recursive: true });
+    await writeFile(join(sandbox.dataDir, 'config.json'), JSON.stringify({ plugins: ['@berth/consumer-libvirt'] }));
+    guest = await bootLibvirtGuest({ runner: host.runner });
+    await sandbox.json(['server', 'create', 'web-1', '--hypervisor', 'libvirt', '--domain', guest.domain, '--uri', guest.uri]);
+  }, 300_000);
+
+  afterAll(async () => {
+    try {
+      await guest?.stop();
+    } finally {
+      await sandbox?.remove();
+    }
+  }, 120_000);
+
+  it('attach: the domain\'s guest sees serial = volume id, its writes are in the file after detach, nothing left in the domain', async () => {
+    const created = await sandbox.json<Volume>(['volume', 'create', '--size', '64MiB', '--name', 'lv1']);
+    const file = String(created.providerLocation);
+    const attached = await sandbox.json<OperationOutcome>(['attach', 'lv1', '--server', 'web-1']);
+    expect(attached.attachment).toMatchObject({ status: 'attached', transport: 'loop', guestDevice: expect.stringMatching(/^\/dev\/vd[a-z]+$/), serial: created.id });
+    await guest.agent.waitForDisk(created.id, SEE_MS);
+    const pattern = `berth-libvirt-${created.id.slice(0, 8)}`;
+    await guest.agent.writePattern(created.id, 2 * MiB + 5, pattern);
+    const domblk = async (): Promise<string> => (await host.runner.run('virsh', ['-c', guest.uri, 'domblklist', guest.domain, '--details'], { timeoutMs: 30_000 })).stdout;
+    expect(await domblk()).toContain('/dev/berth/');
+
+    await sandbox.json(['detach', 'lv1']);
+    expect(readAt(file, pattern.length, 2 * MiB + 5).toString()).toBe(pattern);
+    expect(loopDevicesBacking(file)).toEqual([]);
+    expect(existsSync(`/dev/berth/${created.id}`)).toBe(false);
+    expect((await guest.agent.disks()).map((d) => d.serial)).not.toContain(guestSerial(created.id));
+    expect(await domblk()).not.toContain('/dev/berth/');
+    await sandbox.json(['volume', 'delete', 'lv1', '--yes']);
+  });
 });
