@@ -2,11 +2,11 @@
 // booted once for the file by @berth/vmkit) through the whole pipeline — loop transport on a
 // file-backend volume, then the qemu consumer's hot-plug — and detaches it again; a guest that
 // does not let go; berth SIGKILLed around the guest step.
-import { existsSync } from 'node:fs';
+import { existsSync, lstatSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EXIT_CODES, type Attachment, type OperationOutcome, type Server, type Volume } from '@berth/core';
+import { EXIT_CODES, type Attachment, type Operation, type OperationOutcome, type Server, type Volume } from '@berth/core';
 import { createHostServices } from '@berth/host';
 import { bootLibvirtGuest, bootQemuGuest, guestSerial, type LibvirtGuest, type QemuGuest } from '@berth/vmkit';
 import { errorBody, makeSandbox, REPO_ROOT, type BerthSandbox } from '../support/berth-cli.js';
@@ -20,6 +20,16 @@ const SEE_MS = 60_000;
 // How long a guest has to let go of a disk (the paused guest below waits it out twice).
 const UNPLUG_MS = 6_000;
 const MiB = 2 ** 20;
+
+/** Whether a path exists as a link, even a dangling one (`existsSync` follows links). */
+function linkExists(file: string): boolean {
+  try {
+    lstatSync(file);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 describe('berth attach into a real QEMU guest (CLI, loop transport, file backend, qemu consumer)', () => {
   let guest: QemuGuest;
@@ -63,7 +73,11 @@ describe('berth attach into a real QEMU guest (CLI, loop transport, file backend
 
   async function expectNothingLeft(volume: Volume & { file: string }): Promise<void> {
     expect(loopDevicesBacking(volume.file)).toEqual([]);
-    expect(existsSync(`/dev/berth/${volume.id}`)).toBe(false);
+    expect(linkExists(`/dev/berth/${volume.id}`)).toBe(false);
+    // Every attachment's own link (`/dev/berth/<attachment id>`) of this volume, crashed ones too.
+    const operations = await sandbox.json<Operation[]>(['operation', 'list']);
+    const attachmentIds = operations.filter((o) => o.volumeId === volume.id && o.attachmentId !== null).map((o) => String(o.attachmentId));
+    expect(attachmentIds.filter((id) => linkExists(`/dev/berth/${id}`))).toEqual([]);
     expect((await guest.agent.disks()).map((d) => d.serial)).not.toContain(guestSerial(volume.id));
     expect(await qemuLeftovers(volume.id)).toEqual([]);
   }
@@ -184,14 +198,15 @@ describe('berth attach into a real QEMU guest (CLI, loop transport, file backend
   // Last: it stops the file's guest.
   it('a guest whose QEMU is gone holds nothing: detach --force tears the host side down', async () => {
     const volume = await createVolume('orphaned');
-    await sandbox.json(['attach', 'orphaned', '--server', 'vm-1']);
+    const attached = await sandbox.json<OperationOutcome>(['attach', 'orphaned', '--server', 'vm-1']);
     await guest.agent.waitForDisk(volume.id, SEE_MS);
     expect(loopDevicesBacking(volume.file)).toHaveLength(1);
     await guest.stop();
     const detached = await sandbox.json<OperationOutcome>(['detach', 'orphaned', '--force', '--yes']);
     expect(detached.volume.status).toBe('available');
     expect(loopDevicesBacking(volume.file)).toEqual([]);
-    expect(existsSync(`/dev/berth/${volume.id}`)).toBe(false);
+    expect(linkExists(`/dev/berth/${volume.id}`)).toBe(false);
+    expect(linkExists(`/dev/berth/${attached.attachment?.id}`)).toBe(false);
   });
 });
 
@@ -229,7 +244,8 @@ describe('berth attach into a real libvirt domain (CLI, loop transport, file bac
     await sandbox.json(['detach', 'lv1']);
     expect(readAt(file, pattern.length, 2 * MiB + 5).toString()).toBe(pattern);
     expect(loopDevicesBacking(file)).toEqual([]);
-    expect(existsSync(`/dev/berth/${created.id}`)).toBe(false);
+    expect(linkExists(`/dev/berth/${created.id}`)).toBe(false);
+    expect(linkExists(`/dev/berth/${attached.attachment?.id}`)).toBe(false);
     expect((await guest.agent.disks()).map((d) => d.serial)).not.toContain(guestSerial(created.id));
     expect(await domblk()).not.toContain('/dev/berth/');
     await sandbox.json(['volume', 'delete', 'lv1', '--yes']);
