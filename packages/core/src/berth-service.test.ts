@@ -22,7 +22,7 @@ import type { Store } from './store.js';
 const HOSTNAME = 'unit-host';
 
 /** A backend that remembers which volumes it exports, and a transport that "connects" them. */
-function world(options: { connectFails?: boolean; guestHolds?: boolean } = {}) {
+function world(options: { connectFails?: boolean; guestHolds?: boolean; guestUnplugFails?: boolean } = {}) {
   const exported = new Set<string>();
   const connected = new Map<string, Device>();
   const published = new Map<string, string>();
@@ -73,6 +73,7 @@ function world(options: { connectFails?: boolean; guestHolds?: boolean } = {}) {
       if (options.guestHolds && guestDisks.has(attachment.volumeId)) {
         throw new BerthError('TIMEOUT', `the guest of server ${server.name} did not release the disk`, { details: { guestHoldsDevice: true } });
       }
+      if (options.guestUnplugFails) throw new BerthError('DRIVER_ERROR', `on host h2: QMP device_del failed for server ${server.name}`);
       guestDisks.delete(attachment.volumeId);
     },
   };
@@ -255,5 +256,17 @@ describe('servers with a hypervisor: the pipeline publishes through their consum
       expect((await store.volumes.require(volume.id)).status).toBe('in-use');
       expect(connected.size + exported.size + guestDisks.size).toBe(3);
     }
+  });
+
+  it('--force does not go through any failure of a guest server\'s unplug (an agent\'s answer may lose guestHoldsDevice)', async () => {
+    const { service, store, connected, guestDisks } = world({ guestUnplugFails: true });
+    const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    await service.createServer({ name: 'vm-1', hypervisor: { type: 'qemu', qmp: '/run/vm-1/qmp.sock' } });
+    await service.attach({ volume: 'db', server: 'vm-1' });
+    const error = await service.detach({ volume: 'db', force: true }).catch((e: unknown) => e);
+    expect(BerthError.is(error) && error.code).toBe('DRIVER_ERROR');
+    expect(BerthError.is(error) && error.hint).toContain('may still have the disk');
+    expect((await store.attachments.list({ volumeId: volume.id }))[0]?.status).toBe('attached');
+    expect(connected.size + guestDisks.size).toBe(2);
   });
 });
