@@ -43,6 +43,11 @@ export interface SandboxOptions {
   pluginDirs?: string[];
   /** The `berth` executable to run (default: this checkout's built one, `BERTH_BIN`). */
   bin?: string;
+  /**
+   * Where berth runs (default: the sandbox). The config's `plugins` are found from here: the
+   * checkout (`REPO_ROOT`) makes its workspace plugins (`@berth/consumer-qemu`) loadable by name.
+   */
+  cwd?: string;
 }
 
 /** Make a sandbox: its own data dir, HOME and npm cache. */
@@ -75,7 +80,7 @@ export async function makeSandbox(options: SandboxOptions = {}): Promise<BerthSa
       env: { ...inheritedEnv(), ...env, ...extraEnv },
       extendEnv: false,
       reject: false,
-      cwd: root,
+      cwd: options.cwd ?? root,
       timeout: 90_000,
       stdin: 'ignore',
     });

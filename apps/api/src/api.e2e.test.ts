@@ -195,6 +195,26 @@ describe('the HTTP app end to end (real socket, file backend, loop transport)', 
     expect(loopDevicesUnder(t.dataDir)).toEqual([]);
   });
 
+  it('creates servers with a hypervisor (defaults filled in), shows them, and refuses invalid ones with 400', async () => {
+    const t = await start();
+    const token = TOKENS.admin;
+    const qemu = await t.request('POST', '/v1/servers', { token, json: { name: 'vm-q', hypervisor: { type: 'qemu', qmp: '/run/vm-q/qmp.sock' } } });
+    expect(qemu.status).toBe(201);
+    expect(bodyOf(qemu).hypervisor).toEqual({ type: 'qemu', qmp: '/run/vm-q/qmp.sock', bus: 'pci.0' });
+    const libvirt = await t.request('POST', '/v1/servers', { token, json: { name: 'vm-l', hypervisor: { type: 'libvirt', domain: 'web-1' } } });
+    expect(bodyOf(libvirt).hypervisor).toEqual({ type: 'libvirt', domain: 'web-1', uri: 'qemu:///system' });
+    const plain = await t.request('POST', '/v1/servers', { token, json: { name: 'vm-h' } });
+    expect(bodyOf(plain).hypervisor).toEqual({ type: 'host' });
+    expect(bodyOf(await t.request('GET', '/v1/servers/vm-q', { token })).hypervisor).toEqual({ type: 'qemu', qmp: '/run/vm-q/qmp.sock', bus: 'pci.0' });
+    const listed = bodyOf(await t.request('GET', '/v1/servers', { token })).servers as Array<{ name: string; hypervisor: { type: string } }>;
+    expect(listed.map((s) => `${s.name}:${s.hypervisor.type}`).sort()).toEqual(['vm-h:host', 'vm-l:libvirt', 'vm-q:qemu']);
+    for (const hypervisor of [{ type: 'qemu' }, { type: 'qemu', qmp: 'relative.sock' }, { type: 'libvirt', domain: 'a/b' }, { type: 'xen' }, { type: 'qemu', qmp: '/q', domain: 'd' }]) {
+      const refused = await t.request('POST', '/v1/servers', { token, json: { name: 'bad', hypervisor } });
+      expect(refused.status, JSON.stringify(hypervisor)).toBe(400);
+    }
+    expect((await t.service.listServers()).map((s) => s.name)).not.toContain('bad');
+  });
+
   it('bounds a long-poll by the server\'s maximum, then reports the end', async () => {
     const t = await start({ BERTH_FAULTS: 'attach.connect.before=delay:1500' }, 200);
     const token = TOKENS.admin;

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { BerthError } from '@berth/core';
-import { hostName, resourceId, resourceName, resourceRef, volumeSize } from './validate.js';
+import { hostName, hypervisorFromFlags, resourceId, resourceName, resourceRef, volumeSize } from './validate.js';
 
 function codeOf(run: () => unknown): string | undefined {
   try {
@@ -44,5 +44,34 @@ describe('names and references', () => {
   it('checks host names', () => {
     expect(hostName(' node-2 ')).toBe('node-2');
     expect(codeOf(() => hostName('../x'))).toBe('VALIDATION');
+  });
+});
+
+describe('hypervisorFromFlags', () => {
+  it('reads qemu and libvirt settings, and no --hypervisor (or host) as the host itself', () => {
+    expect(hypervisorFromFlags({})).toBeUndefined();
+    expect(hypervisorFromFlags({ hypervisor: 'host' })).toBeUndefined();
+    expect(hypervisorFromFlags({ hypervisor: 'qemu', qmp: '/run/vm-2/qmp.sock' })).toEqual({ type: 'qemu', qmp: '/run/vm-2/qmp.sock', bus: 'pci.0' });
+    expect(hypervisorFromFlags({ hypervisor: 'libvirt', domain: 'web-1', uri: 'qemu:///session' })).toEqual({ type: 'libvirt', domain: 'web-1', uri: 'qemu:///session' });
+  });
+
+  it('refuses another hypervisor\'s flag, a missing socket or domain and bad values, saying which flag', () => {
+    const message = (flags: Parameters<typeof hypervisorFromFlags>[0]): string => {
+      try {
+        hypervisorFromFlags(flags);
+      } catch (error) {
+        return BerthError.is(error) ? `${error.code}: ${error.message}` : 'not a BerthError';
+      }
+      return 'accepted';
+    };
+    expect(message({ qmp: '/q.sock' })).toBe('VALIDATION: --qmp belongs to --hypervisor qemu, not host');
+    expect(message({ hypervisor: 'libvirt', domain: 'd', qmp: '/q.sock' })).toBe('VALIDATION: --qmp belongs to --hypervisor qemu, not libvirt');
+    expect(message({ hypervisor: 'qemu', qmp: '/q.sock', domain: 'd' })).toBe('VALIDATION: --domain belongs to --hypervisor libvirt, not qemu');
+    expect(message({ hypervisor: 'qemu' })).toBe('VALIDATION: --hypervisor qemu needs --qmp');
+    expect(message({ hypervisor: 'libvirt', uri: 'qemu:///system' })).toBe('VALIDATION: --hypervisor libvirt needs --domain');
+    expect(message({ hypervisor: 'qemu', qmp: 'vm.sock' })).toContain('--qmp "vm.sock": the QMP socket is an absolute path');
+    expect(message({ hypervisor: 'qemu', qmp: '/q.sock', bus: 'pci 0' })).toContain('--bus');
+    expect(message({ hypervisor: 'libvirt', domain: '-x' })).toContain('--domain');
+    expect(message({ hypervisor: 'libvirt', domain: 'd', uri: '--readonly' })).toContain('--uri');
   });
 });

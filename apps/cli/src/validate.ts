@@ -1,4 +1,4 @@
-import { BerthError, MAX_VOLUME_BYTES, zId, zName } from '@berth/core';
+import { BerthError, MAX_VOLUME_BYTES, zHypervisor, zId, zName, type HypervisorInput } from '@berth/core';
 import { formatSize, parseSize } from '@berth/runtime/size';
 
 /** A volume size from a flag (`1GiB`, `512MiB`, `4096`), checked against what a volume may be. */
@@ -61,4 +61,54 @@ export function hostName(text: string): string {
   throw new BerthError('VALIDATION', `invalid host name "${text}"`, {
     hint: 'give the host name as `hostname` prints it, or leave --host out for this host',
   });
+}
+
+/** The `server create` flags that say what runs the server. */
+export interface HypervisorFlags {
+  hypervisor?: string | undefined;
+  qmp?: string | undefined;
+  bus?: string | undefined;
+  domain?: string | undefined;
+  uri?: string | undefined;
+}
+
+const HYPERVISOR_FLAGS: Record<Exclude<HypervisorInput['type'], 'host'>, ReadonlyArray<keyof HypervisorFlags>> = {
+  qemu: ['qmp', 'bus'],
+  libvirt: ['domain', 'uri'],
+};
+
+/**
+ * A server's hypervisor from `--hypervisor` and its own flags, checked with core's `zHypervisor`:
+ * a flag of another hypervisor (`--qmp` without `--hypervisor qemu`) is refused, not ignored.
+ */
+export function hypervisorFromFlags(flags: HypervisorFlags): HypervisorInput | undefined {
+  const type = flags.hypervisor ?? 'host';
+  const given = (['qmp', 'bus', 'domain', 'uri'] as const).filter((f) => flags[f] !== undefined);
+  const allowed: ReadonlyArray<keyof HypervisorFlags> = type === 'qemu' || type === 'libvirt' ? HYPERVISOR_FLAGS[type] : [];
+  const stray = given.filter((f) => !allowed.includes(f));
+  if (stray.length > 0) {
+    const owner = (f: keyof HypervisorFlags): string => (HYPERVISOR_FLAGS.qemu.includes(f) ? 'qemu' : 'libvirt');
+    throw new BerthError('VALIDATION', `${stray.map((f) => `--${f}`).join(', ')} ${stray.length === 1 ? 'belongs' : 'belong'} to --hypervisor ${owner(stray[0] as keyof HypervisorFlags)}, not ${type}`, {
+      hint: 'a QEMU guest: --hypervisor qemu --qmp /path/to/qmp.sock [--bus pci.0]; a libvirt domain: --hypervisor libvirt --domain NAME [--uri qemu:///system]',
+    });
+  }
+  if (type === 'host') return undefined;
+  const needed = type === 'qemu' ? 'qmp' : type === 'libvirt' ? 'domain' : undefined;
+  if (needed !== undefined && flags[needed] === undefined) {
+    throw new BerthError('VALIDATION', `--hypervisor ${type} needs --${needed}`, { hint: hypervisorHint(type) });
+  }
+  const candidate: Record<string, unknown> = { type, ...Object.fromEntries(given.map((f) => [f, flags[f]])) };
+  const result = zHypervisor.safeParse(candidate);
+  if (result.success) return result.data;
+  const issue = result.error.issues[0];
+  const flag = issue?.path[0] === 'type' || issue?.path.length === 0 ? '--hypervisor' : `--${String(issue?.path[0])}`;
+  throw new BerthError('VALIDATION', `${flag} ${flag === '--hypervisor' ? type : JSON.stringify(candidate[String(issue?.path[0])] ?? '')}: ${issue?.message ?? 'invalid'}`, {
+    hint: hypervisorHint(type),
+  });
+}
+
+function hypervisorHint(type: string): string {
+  if (type === 'qemu') return 'give the QMP socket the guest\'s QEMU listens on: --hypervisor qemu --qmp /run/vm-2/qmp.sock [--bus pci.0]';
+  if (type === 'libvirt') return 'give the libvirt domain: --hypervisor libvirt --domain web-1 [--uri qemu:///system]';
+  return 'use --hypervisor host (the default), qemu or libvirt';
 }

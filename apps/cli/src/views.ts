@@ -1,4 +1,4 @@
-import type { Attachment, DoctorEntry, Host, Operation, OperationStep, Server, Volume } from '@berth/core';
+import type { Attachment, DoctorEntry, Host, Hypervisor, Operation, OperationStep, Server, Volume } from '@berth/core';
 import type { Column } from './table.js';
 import {
   formatDevice,
@@ -69,8 +69,16 @@ export function serverColumns(hosts: ReadonlyMap<string, Host>): Array<Column<Se
     { header: 'name', get: (s) => s.name },
     { header: 'id', get: (s) => s.id },
     { header: 'host', get: (s) => nameOf(hosts, s.hostId) },
+    { header: 'hypervisor', get: (s) => formatHypervisor(s.hypervisor), shrink: true },
     { header: 'created', get: (s) => s.createdAt },
   ];
+}
+
+/** What runs a server, in a line: `host`, `qemu (qmp /run/vm-2/qmp.sock, bus pci.0)`, `libvirt (domain web-1, qemu:///system)`. */
+export function formatHypervisor(hypervisor: Hypervisor | undefined): string {
+  if (hypervisor === undefined || hypervisor.type === 'host') return 'host';
+  if (hypervisor.type === 'qemu') return `qemu (qmp ${hypervisor.qmp}, bus ${hypervisor.bus})`;
+  return `libvirt (domain ${hypervisor.domain}, ${hypervisor.uri})`;
 }
 
 /** Fields of one server. */
@@ -80,6 +88,7 @@ export function serverFields(server: Server, hosts: ReadonlyMap<string, Host>): 
     ['name', server.name],
     ['host', `${nameOf(hosts, server.hostId)} (${server.hostId})`],
     ['project', server.projectId],
+    ['hypervisor', formatHypervisor(server.hypervisor)],
     ['created', server.createdAt],
     ['updated', server.updatedAt],
   ];
@@ -115,6 +124,8 @@ export function attachmentFields(attachment: Attachment, names: NameIndex): Arra
     ['connection', attachment.connectionInfo?.driver_volume_type ?? '-'],
     ['device', attachment.device?.path ?? '-'],
     ['link', attachment.publishedPath ?? '-'],
+    ['guest device', attachment.guestDevice ?? '-'],
+    ['serial', attachment.serial ?? '-'],
     ['timings', formatTimings(attachment.timings)],
     ['error', attachment.error ?? '-'],
     ['created', attachment.createdAt],

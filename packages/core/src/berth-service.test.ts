@@ -22,7 +22,7 @@ import type { Store } from './store.js';
 const HOSTNAME = 'unit-host';
 
 /** A backend that remembers which volumes it exports, and a transport that "connects" them. */
-function world(options: { connectFails?: boolean } = {}) {
+function world(options: { connectFails?: boolean; guestHolds?: boolean; guestUnplugFails?: boolean } = {}) {
   const exported = new Set<string>();
   const connected = new Map<string, Device>();
   const published = new Map<string, string>();
@@ -59,6 +59,24 @@ function world(options: { connectFails?: boolean } = {}) {
     },
     unpublish: async (_server, attachment) => void published.delete(attachment.id),
   };
+  // A guest consumer as `@berth/consumer-qemu` registers it: it reads the server's hypervisor, and
+  // a guest that does not let go fails the unplug with `guestHoldsDevice`, leaving the host alone.
+  const guestDisks = new Map<string, string>();
+  const guest: Consumer = {
+    name: 'qemu',
+    publish: async (server, _device, attachment) => {
+      if (server.hypervisor?.type !== 'qemu') throw new BerthError('CONFIG', 'not a qemu server');
+      guestDisks.set(attachment.volumeId, server.hypervisor.qmp);
+      return { path: `/dev/berth/${attachment.volumeId}`, guestDevice: '/dev/vdb', serial: attachment.volumeId };
+    },
+    unpublish: async (server, attachment) => {
+      if (options.guestHolds && guestDisks.has(attachment.volumeId)) {
+        throw new BerthError('TIMEOUT', `the guest of server ${server.name} did not release the disk`, { details: { guestHoldsDevice: true } });
+      }
+      if (options.guestUnplugFails) throw new BerthError('DRIVER_ERROR', `on host h2: QMP device_del failed for server ${server.name}`);
+      guestDisks.delete(attachment.volumeId);
+    },
+  };
   const catalog = new DriverCatalog({ fs: { resolve: (p: string) => p } } as unknown as HostServices, '/tmp', silentLogger);
   catalog.add({
     plugin: definePlugin({
@@ -68,6 +86,7 @@ function world(options: { connectFails?: boolean } = {}) {
         r.backend('mem', () => backend);
         r.transport('mem', () => transport);
         r.consumer('mem', () => consumer);
+        r.consumer('qemu', () => guest);
       },
     }),
     packageName: 'mem',
@@ -77,7 +96,7 @@ function world(options: { connectFails?: boolean } = {}) {
   const store = createMemoryStore();
   const config = resolveConfig({ dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', operationTimeoutMs: 5_000, undoTimeoutMs: 5_000 }, {});
   const service = new BerthServiceImpl(config, store, catalog, { hostname: HOSTNAME, ips: ['127.0.0.1'], platform: 'x86_64', osType: 'linux' }, silentLogger);
-  return { service, store, exported, connected, published };
+  return { service, store, exported, connected, published, guestDisks };
 }
 
 const stepsOf = async (store: Store, id: string): Promise<string[]> =>
@@ -189,5 +208,65 @@ describe('recovery on the in-memory store', () => {
     expect((await store.volumes.require(volume.id)).status).toBe('available');
     expect(await store.attachments.list()).toEqual([]);
     expect(exported.size).toBe(0);
+  });
+});
+
+describe('servers with a hypervisor: the pipeline publishes through their consumer', () => {
+  it('hot-plugs through the qemu consumer, records the guest device and serial, and unplugs on detach', async () => {
+    const { service, store, published, guestDisks, connected } = world();
+    const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    const server = await service.createServer({ name: 'vm-1', hypervisor: { type: 'qemu', qmp: '/run/vm-1/qmp.sock' } });
+    expect(server.hypervisor).toEqual({ type: 'qemu', qmp: '/run/vm-1/qmp.sock', bus: 'pci.0' });
+    const attached = await service.attach({ volume: 'db', server: 'vm-1' });
+    expect(attached.attachment).toMatchObject({ publishedPath: `/dev/berth/${volume.id}`, guestDevice: '/dev/vdb', serial: volume.id });
+    expect(await store.attachments.require(attached.attachment!.id)).toMatchObject({ guestDevice: '/dev/vdb', serial: volume.id });
+    expect(guestDisks.get(volume.id)).toBe('/run/vm-1/qmp.sock');
+    expect(published.size).toBe(0);
+    const operation = await store.operations.require(attached.operation.id);
+    expect(operation.steps.find((s) => s.name === 'publish')?.data).toMatchObject({ consumer: 'qemu', guestDevice: '/dev/vdb', serial: volume.id });
+    await service.detach({ volume: 'db' });
+    expect(guestDisks.size + connected.size).toBe(0);
+  });
+
+  it('refuses a server whose consumer is not installed with CONFIG, before anything is journalled or touched', async () => {
+    const { service, store, exported, connected } = world();
+    await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    await service.createServer({ name: 'web-1', hypervisor: { type: 'libvirt', domain: 'web-1' } });
+    const error = await service.attach({ volume: 'db', server: 'web-1' }).catch((e: unknown) => e);
+    expect(BerthError.is(error) && error.code).toBe('CONFIG');
+    expect(BerthError.is(error) && error.message).toContain('server web-1 needs the libvirt consumer (its hypervisor is libvirt), and it is not installed');
+    expect(BerthError.is(error) && error.hint).toContain('@berth/consumer-libvirt');
+    expect(await store.operations.list()).toEqual([]);
+    expect((await store.volumes.require((await service.getVolume('db')).id)).status).toBe('available');
+    expect(exported.size + connected.size).toBe(0);
+  });
+
+  it('a guest that does not let go: TIMEOUT, the host side intact and the attachment attached; --force refuses too', async () => {
+    const { service, store, exported, connected, guestDisks } = world({ guestHolds: true });
+    const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    await service.createServer({ name: 'vm-1', hypervisor: { type: 'qemu', qmp: '/run/vm-1/qmp.sock' } });
+    await service.attach({ volume: 'db', server: 'vm-1' });
+    for (const force of [false, true]) {
+      const error = await service.detach({ volume: 'db', force }).catch((e: unknown) => e);
+      expect(BerthError.is(error) && error.code, `force ${force}`).toBe('TIMEOUT');
+      expect(BerthError.is(error) && error.message).toContain('vm-1');
+      if (force) expect(BerthError.is(error) && error.hint).toContain('--force never disconnects a disk a guest still holds');
+      const [attachment] = await store.attachments.list({ volumeId: volume.id });
+      expect(attachment?.status).toBe('attached');
+      expect((await store.volumes.require(volume.id)).status).toBe('in-use');
+      expect(connected.size + exported.size + guestDisks.size).toBe(3);
+    }
+  });
+
+  it('--force does not go through any failure of a guest server\'s unplug (an agent\'s answer may lose guestHoldsDevice)', async () => {
+    const { service, store, connected, guestDisks } = world({ guestUnplugFails: true });
+    const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    await service.createServer({ name: 'vm-1', hypervisor: { type: 'qemu', qmp: '/run/vm-1/qmp.sock' } });
+    await service.attach({ volume: 'db', server: 'vm-1' });
+    const error = await service.detach({ volume: 'db', force: true }).catch((e: unknown) => e);
+    expect(BerthError.is(error) && error.code).toBe('DRIVER_ERROR');
+    expect(BerthError.is(error) && error.hint).toContain('may still have the disk');
+    expect((await store.attachments.list({ volumeId: volume.id }))[0]?.status).toBe('attached');
+    expect(connected.size + guestDisks.size).toBe(2);
   });
 });

@@ -1,6 +1,7 @@
 export * from './errors.js';
 export * from './connection.js';
 export * from './model.js';
+export * from './hypervisor.js';
 export * from './work-item.js';
 export * from './transitions.js';
 export type * from './contracts/index.js';
@@ -21,7 +22,7 @@ export * from './keyed-lock.js';
 export * from './store-errors.js';
 export { createMonotonicClock } from './monotonic-clock.js';
 export { createMemoryStore } from './memory-store.js';
-export { hostDeviceRow, newAttachmentRow, newOperationRow, newWorkItemRow, operationLeaseMs, workItemOutcomeRow, zLeaseMs } from './store-rows.js';
+export { hostDeviceRow, newAttachmentRow, newOperationRow, newServerRow, newWorkItemRow, operationLeaseMs, workItemOutcomeRow, zLeaseMs } from './store-rows.js';
 export { createNotificationHub, zNotificationChannel, zNotificationPayload, type NotificationHub } from './notification-hub.js';
 export * from './deadline.js';
 export * from './requests.js';

@@ -13,7 +13,6 @@ import {
   zOperation,
   zOperationState,
   zOperationStep,
-  zServer,
   zVolume,
   type Attachment,
   type Host,
@@ -24,7 +23,7 @@ import {
 } from './model.js';
 import { createMonotonicClock } from './monotonic-clock.js';
 import { createNotificationHub } from './notification-hub.js';
-import { hostDeviceRow, newAttachmentRow, newOperationRow, newWorkItemRow, operationLeaseMs, workItemOutcomeRow, zLeaseMs } from './store-rows.js';
+import { hostDeviceRow, newAttachmentRow, newOperationRow, newServerRow, newWorkItemRow, operationLeaseMs, workItemOutcomeRow, zLeaseMs } from './store-rows.js';
 import type {
   AttachmentPatch,
   AttachmentRepository,
@@ -45,7 +44,7 @@ import { zWorkItemState, type WorkItem } from './work-item.js';
 
 const zVolumePatch = zVolume.pick({ sizeBytes: true, providerLocation: true }).partial();
 const zAttachmentPatch = zAttachment
-  .pick({ transport: true, connector: true, connectionInfo: true, device: true, publishedPath: true, timings: true, error: true })
+  .pick({ transport: true, connector: true, connectionInfo: true, device: true, publishedPath: true, guestDevice: true, serial: true, timings: true, error: true })
   .partial();
 const zStepOutcome = zOperationStep.pick({ error: true, data: true }).partial();
 const zFinishOutcome = zOperation.pick({ error: true, result: true }).partial();
@@ -228,7 +227,7 @@ export function createMemoryStore(): Store {
     create: (input) =>
       alone(() => {
         const at = now();
-        const server = parseWith(zServer, { ...input, id: input.id ?? randomUUID(), createdAt: at, updatedAt: at }, 'server');
+        const server = newServerRow(input, input.id ?? randomUUID(), at);
         if (!tables.hosts.has(server.hostId)) throw notFound('host', server.hostId);
         if ([...tables.servers.values()].some((s) => s.projectId === server.projectId && s.name === server.name)) {
           throw alreadyExists(`a server named ${server.name} already exists in project ${server.projectId}`, { name: server.name, projectId: server.projectId }, undefined);

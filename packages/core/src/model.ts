@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { zConnectionInfo, zConnector, zDevice } from './connection.js';
+import { zHypervisor } from './hypervisor.js';
 
 /** A user-given name: letters, digits, `.`, `_`, `-`; never a path. */
 export const zName = z
@@ -113,6 +114,11 @@ export const zServer = z.object({
   name: zName,
   projectId: z.string(),
   hostId: zId,
+  /**
+   * What runs it, and so which consumer publishes its volumes: absent or `{type: 'host'}` is the
+   * host itself (the configured consumer), `qemu` and `libvirt` hot-plug into a guest.
+   */
+  hypervisor: zHypervisor.optional(),
   createdAt: zTimestamp,
   updatedAt: zTimestamp,
 });
@@ -137,6 +143,13 @@ export const zAttachment = z.object({
   device: zDevice.nullable(),
   /** Where the consumer published the device (`/dev/berth/<volume-id>` for the host consumer). */
   publishedPath: z.string().nullable(),
+  /**
+   * A guest consumer: the disk's likely name in the guest (`/dev/vdb`, Nova's `mountpoint`; a
+   * hint: the guest names disks in probe order). Null (or absent) for the host consumer.
+   */
+  guestDevice: z.string().nullable().optional(),
+  /** A guest consumer: the disk's serial as the guest sees it (the volume id). */
+  serial: z.string().nullable().optional(),
   timings: zTimings,
   error: z.string().nullable(),
   createdAt: zTimestamp,

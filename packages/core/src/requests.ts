@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { zConnector } from './connection.js';
 import { zName, zSizeBytes } from './model.js';
+import { zHypervisor } from './hypervisor.js';
 
 const zRef = z.string().min(1).max(200);
 const zProject = z.string().min(1).max(200).optional();
@@ -19,6 +20,7 @@ export const zCreateVolumeRequest = z.strictObject({
 export const zCreateServerRequest = z.strictObject({
   name: zName,
   host: z.string().min(1).max(253).optional(),
+  hypervisor: zHypervisor.optional(),
   projectId: zProject,
 });
 

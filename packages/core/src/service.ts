@@ -2,6 +2,7 @@ import type { AgentOutcome, AgentRegistration, AgentSession, ClaimedWork } from 
 import type { ConnectionInfo, Connector } from './connection.js';
 import type { DoctorEntry, PluginReport, ReconcileOptions, ReconcileReport, RecoveryOutcome } from './reports.js';
 import type { Attachment, Host, Operation, OperationState, Server, Volume, VolumeStatus } from './model.js';
+import type { HypervisorInput } from './hypervisor.js';
 
 /** A reference to a volume or server: its id, or its name within the project. */
 export type Ref = string;
@@ -24,6 +25,8 @@ export interface CreateServerRequest extends ProjectScope {
   name: string;
   /** Host name (default: this host). */
   host?: string;
+  /** What runs it (default: the host itself); `qemu`/`libvirt` servers get their volumes hot-plugged. */
+  hypervisor?: HypervisorInput;
 }
 
 export interface AttachRequest extends ProjectScope {

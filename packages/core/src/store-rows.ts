@@ -1,12 +1,29 @@
 import { z } from 'zod';
 import { connectorWithoutSecrets, recordWithoutSecrets, redactConnectionInfo } from './connection.js';
 import { BerthError, parseWith } from './errors.js';
-import { zAttachment, zHostDevice, zOperation, type Attachment, type HostDevice, type Operation } from './model.js';
-import type { NewAttachment, NewHostDevice, NewOperation, NewWorkItem, WorkItemOutcome } from './store.js';
+import { zAttachment, zHostDevice, zOperation, zServer, type Attachment, type HostDevice, type Operation, type Server } from './model.js';
+import type { NewAttachment, NewHostDevice, NewOperation, NewServer, NewWorkItem, WorkItemOutcome } from './store.js';
 import { zWorkItem, zWorkItemError, type WorkItem } from './work-item.js';
 
 // New rows as every Store implementation writes them (SQL or memory): one place says what a new
 // row holds, and each is validated (VALIDATION) before anything is written.
+
+/** A new server; no hypervisor given is the host itself (`{type: 'host'}`), as every store returns it. */
+export function newServerRow(input: NewServer, id: string, now: string): Server {
+  return parseWith(
+    zServer,
+    {
+      id,
+      name: input.name,
+      projectId: input.projectId,
+      hostId: input.hostId,
+      hypervisor: input.hypervisor ?? { type: 'host' },
+      createdAt: now,
+      updatedAt: now,
+    },
+    'server',
+  );
+}
 
 /** A new attachment: `reserved`, nothing connected yet, the connector without secrets. */
 export function newAttachmentRow(input: NewAttachment, id: string, now: string): Attachment {
@@ -24,6 +41,8 @@ export function newAttachmentRow(input: NewAttachment, id: string, now: string):
       connectionInfo: null,
       device: null,
       publishedPath: null,
+      guestDevice: null,
+      serial: null,
       timings: {},
       error: null,
       createdAt: now,

@@ -1,4 +1,5 @@
 import type { ConnectionInfo, Connector, Device } from './connection.js';
+import type { Hypervisor } from './hypervisor.js';
 import type {
   Attachment,
   AttachmentStatus,
@@ -135,6 +136,8 @@ export interface NewServer {
   name: string;
   projectId: string;
   hostId: string;
+  /** What runs it (absent: the host itself); stored as given, checked with `zHypervisor`. */
+  hypervisor?: Hypervisor;
 }
 
 export interface ServerRepository {
@@ -165,6 +168,10 @@ export interface AttachmentPatch {
   connectionInfo?: ConnectionInfo | null;
   device?: Device | null;
   publishedPath?: string | null;
+  /** A guest consumer's name of the disk in the guest (`/dev/vdb`). */
+  guestDevice?: string | null;
+  /** A guest consumer's serial of the disk (the volume id). */
+  serial?: string | null;
   timings?: Record<string, number>;
   error?: string | null;
 }

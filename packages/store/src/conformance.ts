@@ -334,6 +334,27 @@ export function describeStoreConformance(name: string, open: () => Promise<Store
         expect(await store.servers.findByName('project-a', 'vm-2')).toBeUndefined();
       });
 
+      it('keeps a server\'s hypervisor (defaults filled in); none given is the host itself; an invalid one is VALIDATION', async () => {
+        const host = await store.hosts.create({ name: 'node-a' });
+        const plain = await store.servers.create({ name: 'vm-0', projectId: 'project-a', hostId: host.id });
+        expect(plain.hypervisor).toEqual({ type: 'host' });
+        const qemu = await store.servers.create({ name: 'vm-1', projectId: 'project-a', hostId: host.id, hypervisor: { type: 'qemu', qmp: '/run/vm-1/qmp.sock' } as never });
+        expect(qemu.hypervisor).toEqual({ type: 'qemu', qmp: '/run/vm-1/qmp.sock', bus: 'pci.0' });
+        const libvirt = await store.servers.create({
+          name: 'vm-2',
+          projectId: 'project-a',
+          hostId: host.id,
+          hypervisor: { type: 'libvirt', domain: 'web-2', uri: 'qemu+ssh://node-a/system' },
+        });
+        expect(await store.servers.require(plain.id)).toEqual(plain);
+        expect(await store.servers.require(qemu.id)).toEqual(qemu);
+        expect(await store.servers.findByName('project-a', 'vm-2')).toEqual(libvirt);
+        expect((await store.servers.list({ projectId: 'project-a' })).map((s) => s.hypervisor?.type)).toEqual(['host', 'qemu', 'libvirt']);
+        await rejection(store.servers.create({ name: 'vm-3', projectId: 'project-a', hostId: host.id, hypervisor: { type: 'qemu', qmp: 'relative.sock' } as never }), 'VALIDATION');
+        await rejection(store.servers.create({ name: 'vm-4', projectId: 'project-a', hostId: host.id, hypervisor: { type: 'xen' } as never }), 'VALIDATION');
+        expect(await store.servers.findByName('project-a', 'vm-3')).toBeUndefined();
+      });
+
       it('deletes a server without attachments; refuses while attachments reference it', async () => {
         const { volume, host, server } = await attachmentFixture();
         const attachment = await store.attachments.create({ volumeId: volume.id, serverId: server.id, hostId: host.id, mode: 'rw' });
@@ -368,6 +389,8 @@ export function describeStoreConformance(name: string, open: () => Promise<Store
           connectionInfo: null,
           device: null,
           publishedPath: null,
+          guestDevice: null,
+          serial: null,
           timings: {},
           error: null,
         });
@@ -499,6 +522,11 @@ export function describeStoreConformance(name: string, open: () => Promise<Store
         const cleared = await store.attachments.update(attachment.id, { error: null, connector: null });
         expect(cleared).toMatchObject({ error: null, connector: null });
         expect(await store.attachments.require(attachment.id)).toEqual(cleared);
+        // What a guest consumer published: the disk's name in the guest and its serial.
+        const guest = await store.attachments.update(attachment.id, { guestDevice: '/dev/vdb', serial: volume.id });
+        expect(guest).toMatchObject({ guestDevice: '/dev/vdb', serial: volume.id });
+        expect(await store.attachments.require(attachment.id)).toEqual(guest);
+        expect(await store.attachments.update(attachment.id, { guestDevice: null, serial: null })).toMatchObject({ guestDevice: null, serial: null });
         await rejection(store.attachments.update('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b', { error: 'x' }), 'NOT_FOUND');
         await rejection(
           store.attachments.update(attachment.id, { device: { path: '/dev/loop0' } as unknown as null }),

@@ -53,6 +53,8 @@ export interface ServersTable {
   name: string;
   project_id: string;
   host_id: string;
+  /** `zHypervisor` as JSON (migration 0005); NULL: the host itself. */
+  hypervisor: NullableJsonColumn;
   created_at: string;
   updated_at: string;
 }
@@ -70,6 +72,9 @@ export interface AttachmentsTable {
   connection_info: NullableJsonColumn;
   device: NullableJsonColumn;
   published_path: string | null;
+  /** A guest consumer's name of the disk in the guest, and its serial (migration 0005). */
+  guest_device: string | null;
+  guest_serial: string | null;
   timings: JsonColumn;
   error: string | null;
   created_at: string;

@@ -180,6 +180,15 @@ export function createMigrations(dialect: StoreDialect): Record<string, Migratio
         await db.schema.alterTable('hosts').addColumn('agent_seen_at', 'text').execute();
       },
     },
+    // Guests (issue 15): a server's hypervisor (which consumer publishes its volumes, and where
+    // the guest is), and what a guest consumer published: the disk's name in the guest and its serial.
+    '0005-server-hypervisor': {
+      async up(db: Kysely<unknown>): Promise<void> {
+        await db.schema.alterTable('servers').addColumn('hypervisor', dialect.jsonType).execute();
+        await db.schema.alterTable('attachments').addColumn('guest_device', 'text').execute();
+        await db.schema.alterTable('attachments').addColumn('guest_serial', 'text').execute();
+      },
+    },
   };
 }
 

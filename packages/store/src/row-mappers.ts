@@ -75,12 +75,14 @@ export function toHost(row: Selectable<HostsTable>, dialect: StoreDialect): Host
 }
 
 /** `servers` row → Server. */
-export function toServer(row: Selectable<ServersTable>): Server {
+export function toServer(row: Selectable<ServersTable>, dialect: StoreDialect): Server {
   return checked('server', row.id, zServer, {
     id: row.id,
     name: row.name,
     projectId: row.project_id,
     hostId: row.host_id,
+    // Servers made before migration 0005 (and host servers) have none: the host itself.
+    hypervisor: dialect.decodeJson(row.hypervisor) ?? { type: 'host' },
     createdAt: row.created_at,
     updatedAt: row.updated_at,
   });
@@ -100,6 +102,8 @@ export function toAttachment(row: Selectable<AttachmentsTable>, dialect: StoreDi
     connectionInfo: dialect.decodeJson(row.connection_info),
     device: dialect.decodeJson(row.device),
     publishedPath: row.published_path,
+    guestDevice: row.guest_device,
+    serial: row.guest_serial,
     timings: dialect.decodeJson(row.timings) ?? {},
     error: row.error,
     createdAt: row.created_at,

@@ -76,6 +76,7 @@ describe('openSqliteStore', () => {
         { name: '0002-leases-and-work-items' },
         { name: '0003-host-devices-and-locks' },
         { name: '0004-host-agents' },
+        { name: '0005-server-hypervisor' },
       ]);
     } finally {
       raw.close();

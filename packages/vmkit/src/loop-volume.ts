@@ -3,7 +3,7 @@ import { mkdtemp, open, rm, truncate } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { HostServices } from '@berth/host';
-import { isIdentityMismatch, silentLogger, type Attachment, type ConnectionInfo, type Device, type Server } from '@berth/core';
+import { isIdentityMismatch, silentLogger, zHypervisor, type Attachment, type ConnectionInfo, type Device, type Hypervisor, type HypervisorInput, type Server } from '@berth/core';
 import { createLoopDriver } from '@berth/driver-loop';
 
 /** A volume file connected as a real loop device by the `loop` transport, for consumer tests. */
@@ -123,8 +123,8 @@ export class LoopVolumes {
   }
 }
 
-/** A server record whose `hypervisor` names a guest (the field the guest consumers read). */
-export function guestServer(name: string, hypervisor: Record<string, unknown>): Server & { hypervisor: Record<string, unknown> } {
+/** A server record whose `hypervisor` names a guest (the field the guest consumers read), checked with core's schema. */
+export function guestServer(name: string, hypervisor: HypervisorInput): Server & { hypervisor: Hypervisor } {
   const now = new Date().toISOString();
-  return { id: randomUUID(), name, projectId: 'vmkit', hostId: randomUUID(), createdAt: now, updatedAt: now, hypervisor };
+  return { id: randomUUID(), name, projectId: 'vmkit', hostId: randomUUID(), createdAt: now, updatedAt: now, hypervisor: zHypervisor.parse(hypervisor) };
 }

@@ -9,6 +9,9 @@ import {
   stableLinkPath,
   STABLE_LINK_DIR,
   KeyedLock,
+  DEFAULT_LIBVIRT_URI,
+  zLibvirtHypervisor,
+  type LibvirtHypervisor,
   type Attachment,
   type Consumer,
   type Device,
@@ -22,9 +25,6 @@ import { domainGone, Virsh, virshFailed, type DomainBlock } from './virsh.js';
 /** The consumer's name: servers with `hypervisor.type = 'libvirt'` use it. */
 export const NAME = 'libvirt';
 
-/** The URI used when a server names none. */
-export const DEFAULT_LIBVIRT_URI = 'qemu:///system';
-
 /** Options of the `libvirt` consumer (the plugin's options in the config). */
 export const zLibvirtConsumerOptions = z.object({
   /** How long the guest has to release a disk after the unplug request, in ms. */
@@ -35,23 +35,12 @@ export const zLibvirtConsumerOptions = z.object({
 /** Parsed options of the `libvirt` consumer. */
 export type LibvirtConsumerOptions = z.output<typeof zLibvirtConsumerOptions>;
 
-/**
- * A server's libvirt domain: the `hypervisor` field of the server record (`berth server create
- * web-1 --hypervisor libvirt --domain web-1 [--uri qemu:///system]`). Until the server model
- * carries it, callers pass it on the server object they hand to `publish`/`unpublish`.
- */
-export const zLibvirtHypervisor = z.object({
-  type: z.literal('libvirt'),
-  /** The domain's name or UUID. */
-  domain: z.string().min(1).max(200).regex(/^[^/\s][^/]*$/, 'a domain name has no slash and does not start with a space'),
-  uri: z.string().min(1).default(DEFAULT_LIBVIRT_URI),
-});
-/** A server's libvirt settings. */
-export type LibvirtHypervisor = z.output<typeof zLibvirtHypervisor>;
+/** A server's libvirt domain: core's schema of the server record's `hypervisor` field (`type: 'libvirt'`). */
+export { zLibvirtHypervisor, DEFAULT_LIBVIRT_URI, type LibvirtHypervisor };
 
 /** The server's libvirt settings, or a CONFIG error saying how to give them. */
 export function libvirtHypervisorOf(server: Server): LibvirtHypervisor {
-  const parsed = zLibvirtHypervisor.safeParse((server as Server & { hypervisor?: unknown }).hypervisor);
+  const parsed = zLibvirtHypervisor.safeParse(server.hypervisor);
   if (!parsed.success) {
     throw new BerthError('CONFIG', `server ${server.name} has no libvirt domain: ${parsed.error.issues[0]?.message ?? 'invalid'}`, {
       hint: `give the server its domain: berth server create ${server.name} --hypervisor libvirt --domain NAME [--uri qemu:///system]`,

@@ -1,24 +1,11 @@
-import { z } from 'zod';
-import { BerthError, type Attachment, type Server } from '@berth/core';
+import { BerthError, zQemuHypervisor, type Attachment, type QemuHypervisor, type Server } from '@berth/core';
 
-/**
- * Where a server's QEMU listens: the `hypervisor` field of the server record (`berth server create
- * vm-2 --hypervisor qemu --qmp /run/vm-2/qmp.sock`). Until the server model carries it, callers
- * pass it on the server object they hand to `publish`/`unpublish`.
- */
-export const zQemuHypervisor = z.object({
-  type: z.literal('qemu'),
-  /** The QMP socket of the guest's QEMU (`-qmp unix:PATH,server=on,wait=off`). */
-  qmp: z.string().startsWith('/', 'the QMP socket is an absolute path'),
-  /** The PCI bus hot-plugged disks go on: `pci.0` on the `pc` machine (q35 needs a root port). */
-  bus: z.string().regex(/^[A-Za-z][A-Za-z0-9_.-]*$/).default('pci.0'),
-});
-/** A server's QEMU settings. */
-export type QemuHypervisor = z.output<typeof zQemuHypervisor>;
+/** Where a server's QEMU listens: core's schema of the server record's `hypervisor` field (`type: 'qemu'`). */
+export { zQemuHypervisor, type QemuHypervisor };
 
 /** The server's QEMU settings, or a CONFIG error saying how to give them. */
 export function qemuHypervisorOf(server: Server): QemuHypervisor {
-  const parsed = zQemuHypervisor.safeParse((server as Server & { hypervisor?: unknown }).hypervisor);
+  const parsed = zQemuHypervisor.safeParse(server.hypervisor);
   if (!parsed.success) {
     throw new BerthError('CONFIG', `server ${server.name} has no QEMU hypervisor settings: ${parsed.error.issues[0]?.message ?? 'invalid'}`, {
       hint: `give the server its QEMU: berth server create ${server.name} --hypervisor qemu --qmp /path/to/qmp.sock`,

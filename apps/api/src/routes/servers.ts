@@ -153,7 +153,7 @@ export function serverRoutes(deps: RouteDeps): AnyRoute[] {
       path: '/v1/servers/{server}/volume-attachments/{volume}',
       operationId: 'detachServerVolume',
       summary: 'Detach a volume from a server',
-      description: 'Answers 202 with the journalled operation; `force=true` goes on through driver and backend errors.',
+      description: 'Answers 202 with the journalled operation; `force=true` goes on through driver and backend errors, but never disconnects a disk a guest still holds (a guest server\'s unplug that times out fails the detach with TIMEOUT and leaves it attached).',
       tag: 'servers',
       access: MANAGERS,
       params: zServerVolumeParams,

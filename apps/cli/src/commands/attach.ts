@@ -54,6 +54,7 @@ export default class Attach extends BaseCommand<typeof Attach> {
           [
             ['device', attachment.device?.path ?? '-'],
             ['link', attachment.publishedPath ?? '-'],
+            ...(attachment.guestDevice ? [['guest', `${attachment.guestDevice} (virtio, serial ${attachment.serial ?? '-'})`] as [string, string]] : []),
             ['transport', attachment.transport ?? '-'],
             ['mode', attachment.mode],
             ['attachment', attachment.id],

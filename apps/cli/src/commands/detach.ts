@@ -10,10 +10,13 @@ import { resourceRef } from '../validate.js';
 export default class Detach extends BaseCommand<typeof Detach> {
   static override summary = 'Detach a volume';
   static override description = [
-    'Detach a volume: remove the published link, disconnect the device on the host, remove the',
-    'backend\'s export and delete the attachment. --server picks the server when the volume is',
-    'attached to several; --force goes on through driver and backend errors and reports them all (it',
-    'asks first on a terminal; without one it needs --yes).',
+    'Detach a volume: unpublish it (a guest server\'s disk is unplugged from the guest first, waiting',
+    'for the guest to release it), disconnect the device on the host, remove the backend\'s export and',
+    'delete the attachment. --server picks the server when the volume is attached to several; --force',
+    'goes on through driver and backend errors and reports them all (it asks first on a terminal;',
+    'without one it needs --yes). --force never tears the host side down while a guest still holds',
+    'the disk: only once it is gone from the guest, or the QEMU/libvirt domain is not running; a guest',
+    'that does not let go fails the detach with TIMEOUT naming the guest, and the volume stays attached.',
   ].join('\n');
   static override examples = [
     '<%= config.bin %> <%= command.id %> data1',
@@ -27,7 +30,7 @@ export default class Detach extends BaseCommand<typeof Detach> {
 
   static override flags = {
     server: Flags.string({ description: 'Server name or id (needed when attached to several)' }),
-    force: Flags.boolean({ description: 'Go on through driver/backend errors (asks first; --yes does not)', default: false }),
+    force: Flags.boolean({ description: 'Go on through driver/backend errors, never past a guest still holding the disk (asks first; --yes does not)', default: false }),
     yes: yesFlag,
   };
 

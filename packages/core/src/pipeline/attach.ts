@@ -4,7 +4,7 @@ import { recomputeVolumeStatus, reservableStatuses } from '../transitions.js';
 import type { Attachment, Server } from '../model.js';
 import type { Store } from '../store.js';
 import { backendVolume, deleteAttachmentRecord, transitionAttachment, type PipelineContext, type PipelineDeps } from './context.js';
-import { connectShared, exportSharers, publishShared, releaseShared, unpublishShared } from './device-sharing.js';
+import { connectShared, exportSharers, publishSharedPublication, releaseShared, unpublishShared } from './device-sharing.js';
 import type { Step } from './step.js';
 
 /** Options of an attach beyond its volume and server. */
@@ -51,6 +51,13 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
         // The host-side steps run where the server is: in this process for its own host, by the
         // host's agent otherwise; a host nobody can run them on is refused before anything is touched.
         const steps = await deps.hostSteps(ctx.server.hostId);
+        const agent = steps.kind === 'remote' ? steps.host.agent : null;
+        if (agent && !agent.consumers.includes(ctx.consumer.name)) {
+          throw new BerthError('UNPROCESSABLE', `host ${steps.host.name}'s agent has no consumer ${ctx.consumer.name}, which server ${ctx.server.name} needs (it has ${agent.consumers.join(', ') || 'none'})`, {
+            hint: `install the plugin with consumer ${ctx.consumer.name} on that host and restart its \`berth agent\``,
+            details: { hostId: ctx.server.hostId, consumer: ctx.consumer.name },
+          });
+        }
         ctx.steps = steps;
         ctx.host = steps.host;
         return { hostId: steps.host.id, agent: steps.agent };
@@ -158,7 +165,7 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
       name: 'publish',
       async run(ctx, signal) {
         const attachment = required(ctx.attachment, 'attachment');
-        const path = await publishShared(deps, {
+        const publication = await publishSharedPublication(deps, {
           steps: required(ctx.steps, 'host steps'),
           consumer: ctx.consumer,
           server: ctx.server,
@@ -168,9 +175,19 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
           signal,
           operationId: ctx.operationId,
         });
-        ctx.publishedPath = path;
-        ctx.attachment = await store.attachments.update(attachment.id, { publishedPath: path });
-        return { path };
+        ctx.publishedPath = publication.path;
+        // A guest consumer says where the guest sees the disk (Nova's mountpoint) and its serial.
+        ctx.attachment = await store.attachments.update(attachment.id, {
+          publishedPath: publication.path,
+          guestDevice: publication.guestDevice ?? null,
+          serial: publication.serial ?? null,
+        });
+        return {
+          path: publication.path,
+          consumer: ctx.consumer.name,
+          ...(publication.guestDevice === undefined ? {} : { guestDevice: publication.guestDevice }),
+          ...(publication.serial === undefined ? {} : { serial: publication.serial }),
+        };
       },
       async undo(ctx, signal) {
         if (!ctx.attachment) return;

@@ -17,7 +17,28 @@ export function detachableFrom(force: boolean): AttachmentStatus[] {
 function tolerant(ctx: PipelineContext, step: string, fn: () => Promise<void>): Promise<void> {
   return fn().catch((error: unknown) => {
     if (!ctx.force) throw error;
-    ctx.forcedErrors.push(`${step}: ${toBerthError(error).message}`);
+    const e = toBerthError(error);
+    // A guest that may still have the disk is never gone through, not even forced: disconnecting
+    // the host side under it would pull a live disk out of the VM (Nova's detach bugs). A guest
+    // consumer's unpublish succeeds once the disk is gone or the guest is not running, so any
+    // failure of it (`guestHoldsDevice`, or one whose details an agent's answer did not carry)
+    // means berth cannot tell the guest let go. The guest must let go, or stop, first.
+    if (e.details.guestHoldsDevice === true || (step === 'unpublish' && isGuestServer(ctx))) throw stillInGuest(ctx, e);
+    ctx.forcedErrors.push(`${step}: ${e.message}`);
+  });
+}
+
+/** Whether the server is a VM whose consumer hot-plugs into it (not the host itself). */
+function isGuestServer(ctx: PipelineContext): boolean {
+  return ctx.server.hypervisor !== undefined && ctx.server.hypervisor.type !== 'host';
+}
+
+/** A forced detach refused because the guest still has the disk: what to do about it. */
+function stillInGuest(ctx: PipelineContext, error: BerthError): BerthError {
+  return new BerthError(error.code, error.message, {
+    hint: `the guest of server ${ctx.server.name} may still have the disk: let it release it (or shut the guest down), then run \`berth detach ${ctx.volume.name} --force\` again; --force never disconnects a disk a guest still holds`,
+    details: { ...error.details },
+    cause: error,
   });
 }
 

@@ -1,5 +1,5 @@
 import { redactConnectionInfo, type ConnectionInfo, type Connector, type Device } from '../connection.js';
-import type { Consumer } from '../contracts/consumer.js';
+import type { Consumer, Publication } from '../contracts/consumer.js';
 import { sameDevice } from '../device-identity.js';
 import { BerthError } from '../errors.js';
 import type { HostSteps } from '../host-steps/host-step-executor.js';
@@ -223,19 +223,23 @@ export async function unpublishShared(deps: PipelineDeps, request: UnpublishRequ
   });
 }
 
-/** Publish one attachment's device, under the lease (see `unpublishShared`). */
+/** Publish one attachment's device, under the lease (see `unpublishShared`); resolves with the host path. */
 export async function publishShared(
   deps: PipelineDeps,
   request: PublishRequest,
 ): Promise<string> {
-  return withDeviceLease(deps, request.attachment.hostId, request.volume, request.signal, async () => {
-    const publication = await request.steps.run(
+  return (await publishSharedPublication(deps, request)).path;
+}
+
+/** `publishShared`, with all the consumer said: a guest consumer's `guestDevice` and `serial` too. */
+export async function publishSharedPublication(deps: PipelineDeps, request: PublishRequest): Promise<Publication> {
+  return withDeviceLease(deps, request.attachment.hostId, request.volume, request.signal, () =>
+    request.steps.run(
       'publish',
       { consumer: consumerName(deps, request.consumer), server: request.server, attachment: request.attachment, device: request.device },
       { ...(request.operationId === undefined ? {} : { operationId: request.operationId }), signal: request.signal, ...(request.undo ? { undo: true } : {}) },
-    );
-    return publication.path;
-  });
+    ),
+  );
 }
 
 /** What `publishShared` publishes. */

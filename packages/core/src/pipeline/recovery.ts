@@ -2,7 +2,7 @@ import { BerthError, toBerthError } from '../errors.js';
 import type { Connector, Device } from '../connection.js';
 import type { Consumer } from '../contracts/consumer.js';
 import type { Logger } from '../logger.js';
-import type { Attachment, Operation } from '../model.js';
+import type { Attachment, Host, Operation, Server } from '../model.js';
 import type { Store } from '../store.js';
 import type { FaultInjector } from '../faults.js';
 import { attachSteps } from './attach.js';
@@ -16,7 +16,8 @@ import type { Step } from './step.js';
 /** What recovery needs besides the pipeline's dependencies. */
 export interface RecoveryDeps extends PipelineDeps {
   runner: OperationRunner;
-  consumer: () => Consumer;
+  /** The consumer of a server (its hypervisor's): the undo of a publish goes back through it. */
+  consumer: (server: Server, host?: Host) => Consumer;
   undoTimeoutMs: number;
   faults?: FaultInjector;
 }
@@ -108,7 +109,8 @@ export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger
     ...(hostSteps ? { steps: hostSteps, host: hostSteps.host } : {}),
     volume,
     server,
-    consumer: deps.consumer(),
+    // The server's own consumer: a guest's disk is unplugged from that guest before the host lets go.
+    consumer: deps.consumer(server, hostSteps?.host ?? (await deps.store.hosts.get(server.hostId))),
     backend: deps.catalog.backend(volume.backend),
     forcedErrors: [],
     ...(attachment ? { attachment } : {}),

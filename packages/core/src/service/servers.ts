@@ -9,7 +9,7 @@ import { projectOf, resolveServer } from './resolve.js';
 export async function createServer(parts: ServiceParts, request: CreateServerRequest): Promise<Server> {
   const req = parseWith(zCreateServerRequest, request, 'server');
   const host = req.host === undefined || req.host === parts.identity.hostname ? await parts.localHost.host() : await parts.localHost.findOrCreateHost(req.host);
-  return parts.store.servers.create({ name: req.name, projectId: projectOf(parts.config, req), hostId: host.id });
+  return parts.store.servers.create({ name: req.name, projectId: projectOf(parts.config, req), hostId: host.id, ...(req.hypervisor ? { hypervisor: req.hypervisor } : {}) });
 }
 
 /** Delete a server (the store refuses one with attachments), under its lock. */

@@ -22,6 +22,8 @@ const zAttachmentPatch = zAttachment
     connectionInfo: true,
     device: true,
     publishedPath: true,
+    guestDevice: true,
+    serial: true,
     timings: true,
     error: true,
   })
@@ -50,6 +52,8 @@ export function createAttachmentRepository(ctx: RepositoryContext): AttachmentRe
     }
     if (valid.device !== undefined) set.device = encodeNullableJson(ctx, valid.device);
     if (valid.publishedPath !== undefined) set.published_path = valid.publishedPath;
+    if (valid.guestDevice !== undefined) set.guest_device = valid.guestDevice;
+    if (valid.serial !== undefined) set.guest_serial = valid.serial;
     if (valid.timings !== undefined) set.timings = ctx.dialect.encodeJson(valid.timings);
     if (valid.error !== undefined) set.error = valid.error;
     return set;
@@ -95,6 +99,8 @@ export function createAttachmentRepository(ctx: RepositoryContext): AttachmentRe
             connection_info: null,
             device: null,
             published_path: null,
+            guest_device: null,
+            guest_serial: null,
             timings: ctx.dialect.encodeJson(attachment.timings),
             error: null,
             created_at: attachment.createdAt,

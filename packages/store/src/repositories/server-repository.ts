@@ -1,4 +1,4 @@
-import { BerthError, parseWith, zServer } from '@berth/core';
+import { BerthError, newServerRow } from '@berth/core';
 import type { NewServer, Server, ServerRepository } from '@berth/core';
 import { violation } from '../repository-context.js';
 import type { RepositoryContext } from '../repository-context.js';
@@ -9,7 +9,7 @@ import { alreadyExists, notFound } from '../store-errors.js';
 export function createServerRepository(ctx: RepositoryContext): ServerRepository {
   const get = async (id: string): Promise<Server | undefined> => {
     const row = await ctx.db().selectFrom('servers').selectAll().where('id', '=', id).executeTakeFirst();
-    return row === undefined ? undefined : toServer(row);
+    return row === undefined ? undefined : toServer(row, ctx.dialect);
   };
 
   const findByName = async (projectId: string, name: string): Promise<Server | undefined> => {
@@ -20,7 +20,7 @@ export function createServerRepository(ctx: RepositoryContext): ServerRepository
       .where('project_id', '=', projectId)
       .where('name', '=', name)
       .executeTakeFirst();
-    return row === undefined ? undefined : toServer(row);
+    return row === undefined ? undefined : toServer(row, ctx.dialect);
   };
 
   const stillAttached = (name: string, id: string, count: number, cause?: unknown): BerthError =>
@@ -43,18 +43,7 @@ export function createServerRepository(ctx: RepositoryContext): ServerRepository
   return {
     async create(input: NewServer): Promise<Server> {
       const now = ctx.now();
-      const server = parseWith(
-        zServer,
-        {
-          id: input.id ?? ctx.newId(),
-          name: input.name,
-          projectId: input.projectId,
-          hostId: input.hostId,
-          createdAt: now,
-          updatedAt: now,
-        },
-        'server',
-      );
+      const server = newServerRow(input, input.id ?? ctx.newId(), now);
       try {
         await ctx
           .db()
@@ -64,6 +53,8 @@ export function createServerRepository(ctx: RepositoryContext): ServerRepository
             name: server.name,
             project_id: server.projectId,
             host_id: server.hostId,
+            // The host itself is stored as NULL (as servers made before migration 0005 are).
+            hypervisor: server.hypervisor === undefined || server.hypervisor.type === 'host' ? null : ctx.dialect.encodeJson(server.hypervisor),
             created_at: server.createdAt,
             updated_at: server.updatedAt,
           })
@@ -99,7 +90,7 @@ export function createServerRepository(ctx: RepositoryContext): ServerRepository
       if (filter.projectId !== undefined) query = query.where('project_id', '=', filter.projectId);
       if (filter.hostId !== undefined) query = query.where('host_id', '=', filter.hostId);
       const rows = await query.orderBy('created_at').orderBy('id').execute();
-      return rows.map(toServer);
+      return rows.map((row) => toServer(row, ctx.dialect));
     },
 
     async delete(id: string): Promise<void> {

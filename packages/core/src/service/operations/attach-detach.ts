@@ -2,6 +2,7 @@ import { parseWith } from '../../errors.js';
 import { attachSteps } from '../../pipeline/attach.js';
 import type { PipelineContext, PipelineDeps } from '../../pipeline/context.js';
 import { detachSteps } from '../../pipeline/detach.js';
+import { serverConsumer } from '../../pipeline/server-consumer.js';
 import type { Step } from '../../pipeline/step.js';
 import { retryingStore } from '../../pipeline/store-retry.js';
 import { zAttachRequest, zDetachRequest } from '../../requests.js';
@@ -21,9 +22,11 @@ export async function startAttach(parts: ServiceParts, launcher: OperationLaunch
   const volume = await resolveVolume(store, req.volume, project);
   const server = req.server === undefined ? await parts.localHost.server(project) : await resolveServer(store, req.server, project);
   await preflightAttach(store, volume, server);
+  // The server's consumer (its hypervisor's): one that is not installed is refused before anything.
+  const consumer = serverConsumer(parts, server, await store.hosts.get(server.hostId));
 
   return launcher.launch({ kind: 'attach', volume, server, idempotencyKey: req.idempotencyKey }, async (operationId, signal) => {
-    const ctx = launcher.context(operationId, await store.volumes.require(volume.id), server);
+    const ctx = launcher.context(operationId, await store.volumes.require(volume.id), server, consumer);
     const steps = attachSteps(stepDeps(parts, signal), {
       mode: req.mode ?? 'rw',
       ...(req.multipath === undefined ? {} : { multipath: req.multipath }),
@@ -50,9 +53,11 @@ export async function startDetach(parts: ServiceParts, launcher: OperationLaunch
   const volume = await resolveVolume(store, req.volume, project);
   const attachment = await findAttachmentToDetach(store, volume, { attachmentId: req.attachmentId, server: req.server, project, force: req.force ?? false });
   const server = await store.servers.require(attachment.serverId);
+  // Only the server's own consumer can take the disk back from its guest.
+  const consumer = serverConsumer(parts, server, await store.hosts.get(server.hostId));
 
   return launcher.launch({ kind: 'detach', volume, server, attachment, idempotencyKey: req.idempotencyKey }, async (operationId, signal) => {
-    const ctx = launcher.context(operationId, await store.volumes.require(volume.id), server);
+    const ctx = launcher.context(operationId, await store.volumes.require(volume.id), server, consumer);
     ctx.attachment = await store.attachments.require(attachment.id);
     ctx.force = req.force ?? false;
     return { ctx, steps: detachSteps(stepDeps(parts, signal)) };

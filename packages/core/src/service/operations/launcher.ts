@@ -1,5 +1,6 @@
 import { createDeadline, type Deadline } from '../../deadline.js';
 import { BerthError, toBerthError } from '../../errors.js';
+import type { Consumer } from '../../contracts/consumer.js';
 import type { Attachment, Operation, Server, Volume } from '../../model.js';
 import type { PipelineContext } from '../../pipeline/context.js';
 import { markDetachFailed } from '../../pipeline/detach.js';
@@ -86,14 +87,14 @@ export class OperationLauncher {
     return { operation, done };
   }
 
-  /** The context of one run of the pipeline on `volume` and `server`. */
-  context(operationId: string, volume: Volume, server: Server): PipelineContext {
-    const { catalog, config } = this.parts;
+  /** The context of one run of the pipeline on `volume` and `server`, publishing with `consumer` (`serverConsumer`). */
+  context(operationId: string, volume: Volume, server: Server, consumer: Consumer): PipelineContext {
+    const { catalog } = this.parts;
     return {
       operationId,
       volume,
       server,
-      consumer: catalog.consumer(config.consumer),
+      consumer,
       backend: catalog.backend(volume.backend),
       forcedErrors: [],
     };

@@ -2,6 +2,7 @@ import { toBerthError } from '../../errors.js';
 import { summarize } from '../../pipeline/operation-runner.js';
 import { ownerAlive, recoverOperation, type RecoveryDeps } from '../../pipeline/recovery.js';
 import type { RecoveryOutcome } from '../../reports.js';
+import { serverConsumer } from '../../pipeline/server-consumer.js';
 import type { ServiceParts } from '../parts.js';
 import type { OperationLauncher } from './launcher.js';
 
@@ -10,7 +11,7 @@ export function recoveryDeps(parts: ServiceParts): RecoveryDeps {
   return {
     ...parts.deps,
     runner: parts.runner,
-    consumer: () => parts.catalog.consumer(parts.config.consumer),
+    consumer: (server, host) => serverConsumer(parts, server, host),
     undoTimeoutMs: parts.config.undoTimeoutMs,
     faults: parts.faults,
   };

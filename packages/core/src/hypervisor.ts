@@ -1,0 +1,62 @@
+import { z } from 'zod';
+
+// The server record's `hypervisor` field. Core owns these schemas (it stores and validates them,
+// and picks the consumer from `type`); the guest consumer plugins parse the same schemas, so a
+// server created by the CLI or the API is exactly what the plugin reads. Core never imports a plugin.
+
+/** The server is this host itself: the volume is published on the host (`/dev/berth/<id>`). */
+export const zHostHypervisor = z.strictObject({
+  type: z.literal('host'),
+});
+
+/** The QEMU bus hot-plugged disks go on when a server names none (the `pc` machine's). */
+export const DEFAULT_QEMU_BUS = 'pci.0';
+
+/** A plain QEMU reached over its QMP socket (`berth server create vm-2 --hypervisor qemu --qmp PATH`). */
+export const zQemuHypervisor = z.strictObject({
+  type: z.literal('qemu'),
+  /** The QMP socket of the guest's QEMU (`-qmp unix:PATH,server=on,wait=off`). */
+  qmp: z.string().max(4096).startsWith('/', 'the QMP socket is an absolute path').refine((p) => !p.includes('\0'), 'must not contain NUL'),
+  /** The PCI bus hot-plugged disks go on: `pci.0` on the `pc` machine (q35 needs a root port). */
+  bus: z.string().max(64).regex(/^[A-Za-z][A-Za-z0-9_.-]*$/, 'a QEMU bus id: letters, digits, ".", "_", "-"').default(DEFAULT_QEMU_BUS),
+});
+/** A server's QEMU settings. */
+export type QemuHypervisor = z.output<typeof zQemuHypervisor>;
+
+/** The libvirt connection used when a server names none. */
+export const DEFAULT_LIBVIRT_URI = 'qemu:///system';
+
+/** A libvirt domain (`berth server create web-1 --hypervisor libvirt --domain web-1 [--uri U]`). */
+export const zLibvirtHypervisor = z.strictObject({
+  type: z.literal('libvirt'),
+  /** The domain's name or UUID. */
+  domain: z.string().min(1).max(200).regex(/^[^/\s-][^/]*$/, 'a domain name has no slash and does not start with a space or "-"'),
+  /** The libvirt connection URI (`qemu:///system`, `qemu+ssh://...`). */
+  uri: z.string().min(1).max(1024).regex(/^[a-z][a-z0-9+.-]*:\/\/\S*$/, 'a libvirt URI like qemu:///system').default(DEFAULT_LIBVIRT_URI),
+});
+/** A server's libvirt settings. */
+export type LibvirtHypervisor = z.output<typeof zLibvirtHypervisor>;
+
+/** What runs a server, and so which consumer publishes its volumes: `host`, `qemu` or `libvirt`. */
+export const zHypervisor = z.discriminatedUnion('type', [zHostHypervisor, zQemuHypervisor, zLibvirtHypervisor]);
+/** A server's hypervisor. */
+export type Hypervisor = z.output<typeof zHypervisor>;
+/** A hypervisor as a request gives it (`bus` and `uri` may be left to their defaults). */
+export type HypervisorInput = z.input<typeof zHypervisor>;
+/** The hypervisor kinds (`hypervisor.type`). */
+export const HYPERVISOR_TYPES = ['host', 'qemu', 'libvirt'] as const;
+
+/**
+ * The consumer that publishes a server's volumes: the one named by its hypervisor (`qemu`,
+ * `libvirt`), else the configured default (`config.consumer`, `host` unless changed).
+ */
+export function consumerNameFor(server: { hypervisor?: Hypervisor | undefined }, defaultConsumer: string): string {
+  const type = server.hypervisor?.type;
+  return type === undefined || type === 'host' ? defaultConsumer : type;
+}
+
+/** The plugin package that registers each guest consumer (for the hint of a missing one). */
+export const GUEST_CONSUMER_PACKAGES: Readonly<Record<string, string>> = {
+  qemu: '@berth/consumer-qemu',
+  libvirt: '@berth/consumer-libvirt',
+};

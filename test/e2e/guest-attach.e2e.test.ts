@@ -1,0 +1,253 @@
+// Issue 15 end to end: the real `berth` CLI attaches a volume into a running QEMU guest (TCG,
+// booted once for the file by @berth/vmkit) through the whole pipeline — loop transport on a
+// file-backend volume, then the qemu consumer's hot-plug — and detaches it again; a guest that
+// does not let go; berth SIGKILLed around the guest step.
+import { existsSync, lstatSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { EXIT_CODES, type Attachment, type Operation, type OperationOutcome, type Server, type Volume } from '@berth/core';
+import { createHostServices } from '@berth/host';
+import { bootLibvirtGuest, bootQemuGuest, guestSerial, type LibvirtGuest, type QemuGuest } from '@berth/vmkit';
+import { errorBody, makeSandbox, REPO_ROOT, type BerthSandbox } from '../support/berth-cli.js';
+import { crashChild, readAt } from '../support/host-state.js';
+import { loopDevicesBacking } from '../support/loop-devices.js';
+import { sweepOrphanedSandboxes } from '../support/orphans.js';
+
+const host = createHostServices();
+// The guest probes a hot-plugged disk in 0.3-0.5 s on a quiet machine; a loaded one needs far more.
+const SEE_MS = 60_000;
+// How long a guest has to let go of a disk (the paused guest below waits it out twice).
+const UNPLUG_MS = 6_000;
+const MiB = 2 ** 20;
+
+/** Whether a path exists as a link, even a dangling one (`existsSync` follows links). */
+function linkExists(file: string): boolean {
+  try {
+    lstatSync(file);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe('berth attach into a real QEMU guest (CLI, loop transport, file backend, qemu consumer)', () => {
+  let guest: QemuGuest;
+  let sandbox: BerthSandbox;
+
+  beforeAll(async () => {
+    await sweepOrphanedSandboxes();
+    // berth runs in the checkout, so the config's plugin is found by name (as a user's would be
+    // from where it is installed).
+    sandbox = await makeSandbox({ cwd: REPO_ROOT });
+    await mkdir(sandbox.dataDir, { recursive: true });
+    await writeFile(
+      join(sandbox.dataDir, 'config.json'),
+      JSON.stringify({ plugins: [{ package: '@berth/consumer-qemu', options: { unplugTimeoutMs: UNPLUG_MS, qmpTimeoutMs: 30_000 } }] }),
+    );
+    guest = await bootQemuGuest({ runner: host.runner });
+    await sandbox.json(['server', 'create', 'vm-1', '--hypervisor', 'qemu', '--qmp', guest.qmpSocket]);
+  }, 300_000);
+
+  afterAll(async () => {
+    try {
+      await guest?.stop();
+    } finally {
+      // Detaches the sandbox's loop devices and removes its /dev/berth links, whatever the tests left.
+      await sandbox?.remove();
+    }
+  }, 120_000);
+
+  /** A volume's disk in QEMU: its qdev id (`berth-<volume id>`) and block node (`berth-<24 hex>`), where present. */
+  async function qemuLeftovers(volumeId: string): Promise<string[]> {
+    const devices = (await guest.control('qom-list', { path: '/machine/peripheral' })) as Array<{ name: string }>;
+    const nodes = (await guest.control('query-named-block-nodes', { flat: true })) as Array<{ 'node-name': string }>;
+    const ours = new Set([`berth-${volumeId}`, `berth-${volumeId.replace(/-/g, '').slice(0, 24)}`]);
+    return [...devices.map((d) => d.name), ...nodes.map((n) => n['node-name'])].filter((name) => ours.has(name));
+  }
+
+  async function createVolume(name: string): Promise<Volume & { file: string }> {
+    const volume = await sandbox.json<Volume>(['volume', 'create', '--size', '64MiB', '--name', name]);
+    return { ...volume, file: String(volume.providerLocation) };
+  }
+
+  async function expectNothingLeft(volume: Volume & { file: string }): Promise<void> {
+    expect(loopDevicesBacking(volume.file)).toEqual([]);
+    expect(linkExists(`/dev/berth/${volume.id}`)).toBe(false);
+    // Every attachment's own link (`/dev/berth/<attachment id>`) of this volume, crashed ones too.
+    const operations = await sandbox.json<Operation[]>(['operation', 'list']);
+    const attachmentIds = operations.filter((o) => o.volumeId === volume.id && o.attachmentId !== null).map((o) => String(o.attachmentId));
+    expect(attachmentIds.filter((id) => linkExists(`/dev/berth/${id}`))).toEqual([]);
+    expect((await guest.agent.disks()).map((d) => d.serial)).not.toContain(guestSerial(volume.id));
+    expect(await qemuLeftovers(volume.id)).toEqual([]);
+  }
+
+  it('server create/show carry the hypervisor; bad flags are refused clearly', async () => {
+    const server = await sandbox.json<Server>(['server', 'show', 'vm-1']);
+    expect(server.hypervisor).toEqual({ type: 'qemu', qmp: guest.qmpSocket, bus: 'pci.0' });
+    const human = await sandbox.run(['server', 'show', 'vm-1']);
+    expect(human.stdout).toContain(`qemu (qmp ${guest.qmpSocket}, bus pci.0)`);
+    const stray = await sandbox.run(['server', 'create', 'vm-x', '--qmp', '/run/x.sock']);
+    expect(stray.exitCode).toBe(EXIT_CODES.VALIDATION);
+    expect(stray.stderr).toContain('--qmp belongs to --hypervisor qemu, not host');
+    const missing = await sandbox.run(['server', 'create', 'vm-x', '--hypervisor', 'qemu', '--json']);
+    expect(errorBody(missing)).toMatchObject({ code: 'VALIDATION', message: '--hypervisor qemu needs --qmp' });
+    expect((await sandbox.json<Server[]>(['server', 'list'])).map((s) => s.name)).not.toContain('vm-x');
+  });
+
+  it('attach: the guest sees a virtio disk whose serial is the volume id; its writes are in the volume file after detach; nothing left', async () => {
+    const volume = await createVolume('data1');
+    const attached = await sandbox.json<OperationOutcome>(['attach', 'data1', '--server', 'vm-1']);
+    expect(attached.attachment).toMatchObject({ status: 'attached', transport: 'loop', publishedPath: expect.stringMatching(/^\/dev\/berth\//), serial: volume.id });
+    expect(attached.attachment?.guestDevice).toMatch(/^\/dev\/vd[a-z]+$/);
+    const shown = await sandbox.run(['attachment', 'show', String(attached.attachment?.id)]);
+    expect(shown.stdout).toMatch(/guest device:\s+\/dev\/vd[a-z]+/);
+    expect(shown.stdout).toContain(volume.id);
+    const [device] = loopDevicesBacking(volume.file);
+    expect(device).toBeDefined();
+
+    const name = await guest.agent.waitForDisk(volume.id, SEE_MS);
+    expect((await guest.agent.disks()).find((d) => d.name === name)).toEqual({ name, serial: guestSerial(volume.id), sizeBytes: 64 * MiB, readOnly: false });
+    const pattern = `berth-e2e-${volume.id.slice(0, 8)}`;
+    await guest.agent.writePattern(volume.id, MiB + 77, pattern);
+
+    const detached = await sandbox.json<OperationOutcome>(['detach', 'data1']);
+    expect(detached.volume.status).toBe('available');
+    expect(readAt(volume.file, pattern.length, MiB + 77).toString()).toBe(pattern);
+    await expectNothingLeft(volume);
+    await sandbox.json(['volume', 'delete', 'data1', '--yes']);
+  });
+
+  it('a guest that does not let go (paused): detach fails with TIMEOUT naming it, host side intact; --force refuses too; after resume the detach finishes', async () => {
+    const volume = await createVolume('held');
+    await sandbox.json(['attach', 'held', '--server', 'vm-1']);
+    await guest.agent.waitForDisk(volume.id, SEE_MS);
+    const [device] = loopDevicesBacking(volume.file);
+    await guest.pause();
+    try {
+      for (const args of [['detach', 'held'], ['detach', 'held', '--force', '--yes']]) {
+        const run = await sandbox.run([...args, '--json']);
+        const error = errorBody(run);
+        expect(run.exitCode, args.join(' ')).toBe(EXIT_CODES.TIMEOUT);
+        expect(error.message).toContain('vm-1');
+        expect(error.message).toContain('paused');
+        const [attachment] = await sandbox.json<Attachment[]>(['attachment', 'list', '--volume', 'held']);
+        expect(attachment?.status).toBe('attached');
+        expect(loopDevicesBacking(volume.file)).toEqual([device]);
+        expect(existsSync(`/dev/berth/${volume.id}`)).toBe(true);
+        expect(await qemuLeftovers(volume.id)).toContain(`berth-${volume.id}`);
+      }
+    } finally {
+      await guest.resume();
+    }
+    await sandbox.json(['detach', 'held']);
+    await expectNothingLeft(volume);
+    await sandbox.json(['volume', 'delete', 'held', '--yes']);
+  });
+
+  it('a server whose consumer is not installed is refused with CONFIG before anything is touched', async () => {
+    const volume = await createVolume('nocons');
+    await sandbox.json(['server', 'create', 'web-1', '--hypervisor', 'libvirt', '--domain', 'web-1']);
+    const run = await sandbox.run(['attach', 'nocons', '--server', 'web-1', '--json']);
+    expect(run.exitCode).toBe(EXIT_CODES.CONFIG);
+    expect(errorBody(run)).toMatchObject({ code: 'CONFIG', hint: expect.stringContaining('@berth/consumer-libvirt') });
+    expect((await sandbox.json<Volume>(['volume', 'show', 'nocons'])).status).toBe('available');
+    expect(loopDevicesBacking(volume.file)).toEqual([]);
+    await sandbox.json(['volume', 'delete', 'nocons', '--yes']);
+    await sandbox.json(['server', 'delete', 'web-1', '--yes']);
+  });
+
+  // SIGKILL of a real berth process at the guest step's boundaries; the next command recovers.
+  it.each([
+    ['attach', 'attach.publish.before', 'available'],
+    ['attach', 'attach.publish.after', 'available'],
+    ['attach', 'attach.complete.before', 'available'],
+    ['detach', 'detach.unpublish.after', 'in-use'],
+    ['detach', 'detach.disconnect.before', 'available'],
+  ] as const)('%s killed at %s: the next berth leaves no stray disk in the guest and the volume %s', async (command, point, expected) => {
+    const name = `crash-${point.replace(/\W/g, '-')}`;
+    const volume = await createVolume(name);
+    if (command === 'detach') {
+      await sandbox.json(['attach', name, '--server', 'vm-1']);
+      await guest.agent.waitForDisk(volume.id, SEE_MS);
+    }
+    const outcome = crashChild(sandbox.dataDir, command, point, { volume: name, args: command === 'attach' ? ['vm-1'] : [], timeoutMs: 120_000 });
+    expect(outcome).toBe('killed');
+
+    // Any command recovers first; then the state must be one a user can trust.
+    const after = await sandbox.json<Volume>(['volume', 'show', name]);
+    expect(after.status).toBe(expected);
+    const attachments = await sandbox.json<Attachment[]>(['attachment', 'list', '--volume', name]);
+    if (expected === 'available') {
+      expect(attachments).toEqual([]);
+      await guest.agent.waitForDiskGone(volume.id, SEE_MS);
+      await expectNothingLeft(volume);
+    } else {
+      // Rolled back: attached again, the guest has exactly this disk, one loop device.
+      expect(attachments.map((a) => a.status)).toEqual(['attached']);
+      await guest.agent.waitForDisk(volume.id, SEE_MS);
+      expect(loopDevicesBacking(volume.file)).toHaveLength(1);
+      expect(await qemuLeftovers(volume.id)).toContain(`berth-${volume.id}`);
+      await sandbox.json(['detach', name]);
+      await expectNothingLeft(volume);
+    }
+    expect((await sandbox.json<{ differences: unknown[] }>(['reconcile', '--dry-run'])).differences).toEqual([]);
+    await sandbox.json(['volume', 'delete', name, '--yes']);
+  }, 240_000);
+
+  // Last: it stops the file's guest.
+  it('a guest whose QEMU is gone holds nothing: detach --force tears the host side down', async () => {
+    const volume = await createVolume('orphaned');
+    const attached = await sandbox.json<OperationOutcome>(['attach', 'orphaned', '--server', 'vm-1']);
+    await guest.agent.waitForDisk(volume.id, SEE_MS);
+    expect(loopDevicesBacking(volume.file)).toHaveLength(1);
+    await guest.stop();
+    const detached = await sandbox.json<OperationOutcome>(['detach', 'orphaned', '--force', '--yes']);
+    expect(detached.volume.status).toBe('available');
+    expect(loopDevicesBacking(volume.file)).toEqual([]);
+    expect(linkExists(`/dev/berth/${volume.id}`)).toBe(false);
+    expect(linkExists(`/dev/berth/${attached.attachment?.id}`)).toBe(false);
+  });
+});
+
+describe('berth attach into a real libvirt domain (CLI, loop transport, file backend, libvirt consumer)', () => {
+  let guest: LibvirtGuest;
+  let sandbox: BerthSandbox;
+
+  beforeAll(async () => {
+    sandbox = await makeSandbox({ cwd: REPO_ROOT });
+    await mkdir(sandbox.dataDir, { recursive: true });
+    await writeFile(join(sandbox.dataDir, 'config.json'), JSON.stringify({ plugins: ['@berth/consumer-libvirt'] }));
+    guest = await bootLibvirtGuest({ runner: host.runner });
+    await sandbox.json(['server', 'create', 'web-1', '--hypervisor', 'libvirt', '--domain', guest.domain, '--uri', guest.uri]);
+  }, 300_000);
+
+  afterAll(async () => {
+    try {
+      await guest?.stop();
+    } finally {
+      await sandbox?.remove();
+    }
+  }, 120_000);
+
+  it('attach: the domain\'s guest sees serial = volume id, its writes are in the file after detach, nothing left in the domain', async () => {
+    const created = await sandbox.json<Volume>(['volume', 'create', '--size', '64MiB', '--name', 'lv1']);
+    const file = String(created.providerLocation);
+    const attached = await sandbox.json<OperationOutcome>(['attach', 'lv1', '--server', 'web-1']);
+    expect(attached.attachment).toMatchObject({ status: 'attached', transport: 'loop', guestDevice: expect.stringMatching(/^\/dev\/vd[a-z]+$/), serial: created.id });
+    await guest.agent.waitForDisk(created.id, SEE_MS);
+    const pattern = `berth-libvirt-${created.id.slice(0, 8)}`;
+    await guest.agent.writePattern(created.id, 2 * MiB + 5, pattern);
+    const domblk = async (): Promise<string> => (await host.runner.run('virsh', ['-c', guest.uri, 'domblklist', guest.domain, '--details'], { timeoutMs: 30_000 })).stdout;
+    expect(await domblk()).toContain('/dev/berth/');
+
+    await sandbox.json(['detach', 'lv1']);
+    expect(readAt(file, pattern.length, 2 * MiB + 5).toString()).toBe(pattern);
+    expect(loopDevicesBacking(file)).toEqual([]);
+    expect(linkExists(`/dev/berth/${created.id}`)).toBe(false);
+    expect(linkExists(`/dev/berth/${attached.attachment?.id}`)).toBe(false);
+    expect((await guest.agent.disks()).map((d) => d.serial)).not.toContain(guestSerial(created.id));
+    expect(await domblk()).not.toContain('/dev/berth/');
+    await sandbox.json(['volume', 'delete', 'lv1', '--yes']);
+  });
+});
