@@ -60,6 +60,8 @@ describe('berth reconcile on the loop transport', () => {
     expect(applied.counts).toEqual({ found: 2, applied: 2, failed: 0, skipped: 0 });
     expect(loopDevicesBacking(volume.providerLocation!)).toEqual([]);
     expect(linkTarget(`/dev/berth/${volume.id}`)).toBeUndefined();
+    // The lost row's own link too: nothing names the attachment any more, the link led to the device.
+    expect(linkTarget(`/dev/berth/${attachment!.id}`)).toBeUndefined();
     expect((await berth.getVolume('orphan')).status).toBe('available');
 
     // Each fix is a journalled step of one `reconcile` operation.

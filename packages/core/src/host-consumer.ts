@@ -7,6 +7,9 @@ import { definePlugin, PLUGIN_API_VERSION } from './plugin.js';
 /** Where the host consumer puts its stable links. */
 export const STABLE_LINK_DIR = '/dev/berth';
 
+// The names berth gives its links: volume and attachment ids (UUIDs).
+const BERTH_LINK_NAME = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
 /** The stable path of a volume's device on its host (while any attachment of it there is published). */
 export function stableLinkPath(volumeId: string): string {
   return `${STABLE_LINK_DIR}/${volumeId}`;
@@ -51,9 +54,17 @@ export function createHostConsumer(fs: HostFs): Consumer & Required<Pick<Consume
       }
     },
     async unpublishOrphan(volumeId: string, device: Device): Promise<void> {
-      // The attachment's own link is named by an id no record holds any more: it is not known here.
+      const target = device.realPath ?? device.path;
       const link = stableLinkPath(volumeId);
-      if ((await fs.readlink(link)) === (device.realPath ?? device.path)) await fs.unlink(link);
+      if ((await fs.readlink(link)) === target) await fs.unlink(link);
+      // The attachment's own link is named by an id no record holds any more (the row was lost):
+      // every berth name still leading to this device is one of those, since no record names the
+      // device. Links leading anywhere else stay.
+      for (const name of await fs.readdir(STABLE_LINK_DIR)) {
+        if (!BERTH_LINK_NAME.test(name)) continue;
+        const path = `${STABLE_LINK_DIR}/${name}`;
+        if ((await fs.readlink(path)) === target) await fs.unlink(path);
+      }
     },
     async check() {
       return { ok: true, summary: `stable links under ${fs.resolve(STABLE_LINK_DIR)}` };

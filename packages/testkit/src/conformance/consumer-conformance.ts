@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHostServices, type HostFs } from '@berth/host';
-import { stableLinkPath, type Attachment, type Consumer, type Device, type Server } from '@berth/core';
+import { attachmentLinkPath, stableLinkPath, type Attachment, type Consumer, type Device, type Server } from '@berth/core';
 
 /** A connected device of a fresh volume and an attachment of it to the suite's server. */
 export interface ConsumerConformanceVolume {
@@ -85,6 +85,19 @@ export function describeConsumerConformance(name: string, setup: () => Promise<C
         await consumer.unpublishOrphan!(v.volumeId, v.device);
       } finally {
         // What the record-less call leaves (a guest's disk) goes with the record's unpublish.
+        await consumer.unpublish(server, v.attachment);
+      }
+    });
+
+    it('unpublishOrphan also drops the name of an attachment whose record is lost (it leads to the orphan device)', async () => {
+      const { consumer, server } = current();
+      const v = await current().makeVolume();
+      await consumer.publish(server, v.device, v.attachment);
+      try {
+        expect(await fs.readlink(attachmentLinkPath(v.attachment.id))).toBe(pathOf(v.device));
+        await consumer.unpublishOrphan!(v.volumeId, v.device);
+        expect(await fs.readlink(attachmentLinkPath(v.attachment.id))).toBeUndefined();
+      } finally {
         await consumer.unpublish(server, v.attachment);
       }
     });
