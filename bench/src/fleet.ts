@@ -6,7 +6,7 @@ import { startApiServer, type ApiServer } from '@berth/api';
 import { AgentClient } from '@berth/client';
 import { definePlugin, PLUGIN_API_VERSION, silentLogger, type BerthService } from '@berth/core';
 import { AgentRunner, openAgent, openBerth, type AgentHost } from '@berth/runtime';
-import { startPostgresCluster, type PostgresCluster } from '@berth/store/testing';
+import { queryOn, startPostgresCluster, type PostgresCluster } from '@berth/store/testing';
 import { operateOverHttp, postOrThrow } from './api-operations.js';
 import { printTable, runSpread, summarize } from './stats.js';
 
@@ -177,6 +177,13 @@ export async function benchFleet(hosts = 100, cycles = 400, concurrency = 32, re
       rows.push(row(`${hosts} hosts, ${replicas} replica${replicas === 1 ? '' : 's'} (PostgreSQL, HTTP)`, samples));
       console.error(`fleet: ${rows.at(-1)?.map(String).join('  ')}`);
 
+      if (process.env.BENCH_FLEET_TRACE === '1') {
+        const q = async (label: string, text: string): Promise<void> => console.error(label, JSON.stringify(await queryOn(storeUrl, text)));
+        await q('steps', `select name, phase, count(*)::int n, round(avg(duration_ms))::int avg, max(duration_ms)::int max, percentile_cont(0.5) within group (order by duration_ms)::int p50 from operation_steps group by name, phase order by avg desc`);
+        await q('items', `select step, count(*)::int n, round(avg(extract(epoch from (updated_at::timestamptz - created_at::timestamptz))*1000))::int avg_ms, max(attempts) max_attempts from work_items group by step`);
+        await q('ops', `select kind, count(*)::int n, round(avg(extract(epoch from (ended_at::timestamptz - started_at::timestamptz))*1000))::int avg_ms from operations group by kind`);
+        await q('db', `select xact_commit, xact_rollback, conflicts, deadlocks from pg_stat_database where datname = current_database()`);
+      }
       for (const entry of started) entry.runner.stop();
       await Promise.all(started.map((e) => e.done));
       for (const server of fleet) await server.close();

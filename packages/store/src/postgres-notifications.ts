@@ -31,6 +31,18 @@ function quoted(channel: string): string {
  */
 export function createPostgresNotifications(options: PostgresNotificationsOptions): NotificationBackend {
   const listeners = new Map<string, Set<(payload: string) => void>>();
+  /** Per channel, its LISTEN in flight or done: a later subscriber waits for it too, so none returns before it is listening. */
+  const listened = new Map<string, Promise<void>>();
+  /**
+   * LISTEN/UNLISTEN go one after another on the listening client: pg warns (and pg@9 refuses)
+   * when a query is issued while another runs, and with one long-poll per host they overlap all the time.
+   */
+  let commands: Promise<unknown> = Promise.resolve();
+  const command = (c: pg.Client, text: string): Promise<unknown> => {
+    const run = commands.then(() => c.query(text));
+    commands = run.catch(() => undefined);
+    return run;
+  };
   let client: pg.Client | undefined;
   let connecting: Promise<pg.Client> | undefined;
   let reconnectTimer: NodeJS.Timeout | undefined;
@@ -63,7 +75,7 @@ export function createPostgresNotifications(options: PostgresNotificationsOption
       fresh.on('end', () => lost(fresh));
       try {
         await fresh.connect();
-        for (const channel of listeners.keys()) await fresh.query(`listen ${quoted(channel)}`);
+        for (const channel of listeners.keys()) await command(fresh, `listen ${quoted(channel)}`);
       } catch (error) {
         fresh.end().catch(() => undefined);
         throw postgresConnectionFailure(error, options.target, options.password);
@@ -114,21 +126,24 @@ export function createPostgresNotifications(options: PostgresNotificationsOption
       }
       const entry = (payload: string): void => deliver(payload);
       set.add(entry);
-      if (first) {
-        try {
-          await (await connection()).query(`listen ${quoted(channel)}`);
-        } catch (error) {
-          set.delete(entry);
-          if (set.size === 0) listeners.delete(channel);
-          throw error;
+      if (first) listened.set(channel, connection().then(async (c) => void (await command(c, `listen ${quoted(channel)}`))));
+      try {
+        await listened.get(channel);
+      } catch (error) {
+        set.delete(entry);
+        if (set.size === 0 && listeners.get(channel) === set) {
+          listeners.delete(channel);
+          listened.delete(channel);
         }
+        throw error;
       }
       const own = set;
       return async () => {
         own.delete(entry);
         if (own.size > 0 || listeners.get(channel) !== own) return;
         listeners.delete(channel);
-        await client?.query(`unlisten ${quoted(channel)}`).catch(() => undefined);
+        listened.delete(channel);
+        if (client !== undefined) await command(client, `unlisten ${quoted(channel)}`).catch(() => undefined);
       };
     },
 
@@ -137,6 +152,7 @@ export function createPostgresNotifications(options: PostgresNotificationsOption
       if (reconnectTimer !== undefined) clearTimeout(reconnectTimer);
       reconnectTimer = undefined;
       listeners.clear();
+      listened.clear();
       await connecting?.catch(() => undefined);
       const open = client;
       client = undefined;

@@ -229,6 +229,38 @@ describe('PostgreSQL concurrency', () => {
     expect(received).toEqual(['item-42']);
   });
 
+  it('many channels listened to and left at once: every subscriber is listening when listen() resolves, and pg never sees overlapping queries', async () => {
+    const url = await running().createDatabase();
+    const sender = await openTracked(url);
+    const receiver = await openTracked(url);
+    const warnings: string[] = [];
+    const onWarning = (warning: Error): void => void warnings.push(warning.message);
+    process.on('warning', onWarning);
+    try {
+      // Like one long-poll per host: subscribers come and go on many channels at the same time.
+      const channels = Array.from({ length: 30 }, (_, i) => `work_host_${i}`);
+      const churn = await Promise.all(channels.map((c) => receiver.notifications!.listen(c, () => undefined)));
+      await Promise.all(churn.map((stop) => stop()));
+      const arrived = channels.map(() => {
+        let resolve!: () => void;
+        return { promise: new Promise<void>((r) => (resolve = r)), resolve: () => resolve() };
+      });
+      // Two subscribers per channel at once: the second must not resolve before the LISTEN is in place.
+      const stops = await Promise.all(
+        channels.flatMap((c, i) => [receiver.notifications!.listen(c, () => arrived[i]?.resolve()), receiver.notifications!.listen(c, () => undefined)]),
+      );
+      try {
+        for (const c of channels) await sender.notifications!.notify(c, 'x');
+        await Promise.all(arrived.map((a) => a.promise));
+      } finally {
+        await Promise.all(stops.map((stop) => stop()));
+      }
+      expect(warnings.filter((w) => w.includes('already executing a query'))).toEqual([]);
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+
   it('a lost listening connection is re-opened and listeners are told they may have missed something', async () => {
     const url = await running().createDatabase();
     const store = await openTracked(url);
