@@ -1,4 +1,4 @@
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { closeSync, openSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import os from 'node:os';
@@ -82,7 +82,7 @@ describe('berth reconcile on the loop transport', () => {
     const held = await berth.createVolume({ name: 'held', sizeBytes: 16 * MiB });
     const own = losetupByHand(volume.providerLocation!);
     handMade.push(own);
-    const partial = execFileSync('losetup', ['--find', '--show', '--offset', '4096', volume.providerLocation!], { encoding: 'utf8' }).trim();
+    const partial = losetupByHand(volume.providerLocation!, 4096);
     handMade.push(partial);
     const mounted = losetupByHand(held.providerLocation!);
     handMade.push(mounted);

@@ -16,14 +16,31 @@ export function sqlite(dataDir: string, statement: string): string {
   return execFileSync('sqlite3', ['-cmd', '.timeout 5000', path.join(dataDir, 'berth.db'), statement], { encoding: 'utf8' }).trim();
 }
 
-/** Attach `file` to a loop device by hand (as an operator would), returning the device. */
-export function losetupByHand(file: string): string {
-  return execFileSync('losetup', ['--find', '--show', file], { encoding: 'utf8' }).trim();
+// What each hand-made loop device was made over: it is detached only while it still backs that
+// file, since reconcile (the code under test) may detach it first and another test on the machine
+// may then get the same number.
+const madeByHand = new Map<string, string>();
+
+/** Attach `file` (from `offset`) to a free loop device by hand, as an operator might; the device. */
+export function losetupByHand(file: string, offset?: number): string {
+  const args = ['--find', '--show', ...(offset === undefined ? [] : ['--offset', String(offset)]), file];
+  const device = execFileSync('losetup', args, { encoding: 'utf8' }).trim();
+  madeByHand.set(device, file);
+  return device;
 }
 
-/** Detach a loop device by hand; an already detached one is fine. */
+/**
+ * Detach a loop device by hand; an already detached one is fine. One made with `losetupByHand` is
+ * detached only while it still backs its file: a number reused since belongs to someone else.
+ */
 export function detachByHand(device: string): void {
+  const file = madeByHand.get(device);
+  madeByHand.delete(device);
   try {
+    if (file !== undefined) {
+      const backing = execFileSync('losetup', ['--noheadings', '--output', 'BACK-FILE', device], { encoding: 'utf8' }).trim();
+      if (backing !== file) return;
+    }
     execFileSync('losetup', ['--detach', device], { stdio: 'ignore' });
   } catch {
     // already gone

@@ -12,7 +12,7 @@ const MiB = 1024 * 1024;
 let t: TestApi;
 let attached: Volume;
 let spare: Volume;
-const handMade: string[] = [];
+const handMade: Array<{ device: string; file: string }> = [];
 
 beforeAll(async () => {
   if (!existsSync(CLI)) throw new Error(`build the CLI first (cd apps/cli && npx tsc -p tsconfig.build.json): ${CLI} is missing`);
@@ -27,11 +27,13 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  for (const device of handMade) {
+  for (const { device, file } of handMade) {
     try {
-      execFileSync('losetup', ['--detach', device], { stdio: 'ignore' });
+      // Reconcile detached it, and the number may be another test's loop device by now: only ours goes.
+      const backing = execFileSync('losetup', ['--noheadings', '--output', 'BACK-FILE', device], { encoding: 'utf8' }).trim();
+      if (backing === file) execFileSync('losetup', ['--detach', device], { stdio: 'ignore' });
     } catch {
-      // reconcile detached it
+      // already gone
     }
   }
   await t?.cleanup();
@@ -45,7 +47,7 @@ async function setStatusBehindBerthsBack(volumeId: string, status: string): Prom
 /** Attach a volume file to a loop device by hand, as an operator might. */
 function losetupByHand(file: string): string {
   const device = execFileSync('losetup', ['--find', '--show', file], { encoding: 'utf8' }).trim();
-  handMade.push(device);
+  handMade.push({ device, file });
   return device;
 }
 
