@@ -8,6 +8,7 @@ import { definePlugin, PLUGIN_API_VERSION, silentLogger, type BerthService } fro
 import { AgentRunner, openAgent, openBerth, type AgentHost } from '@berth/runtime';
 import { queryOn, startPostgresCluster, type PostgresCluster } from '@berth/store/testing';
 import { operateOverHttp, postOrThrow } from './api-operations.js';
+import { onSignalCleanup } from './signal-cleanup.js';
 import { printTable, runSpread, summarize } from './stats.js';
 
 // Issue 10's fleet figure: 100 hosts, each with its own agent (in this process, each with its
@@ -107,10 +108,16 @@ export async function benchFleet(hosts = 100, cycles = 400, concurrency = 32, re
   const servers: ApiServer[] = [];
   const runners: Array<{ runner: AgentRunner; done: Promise<void> }> = [];
   let cluster: PostgresCluster | undefined;
+  let unregister = (): void => undefined;
   let embedded: BerthService | undefined;
   let agentHost: AgentHost | undefined;
   try {
     cluster = await startPostgresCluster();
+    const started = cluster;
+    unregister = onSignalCleanup(async () => {
+      await started.stop();
+      await rm(root, { recursive: true, force: true });
+    });
     const adminToken = randomBytes(24).toString('hex');
     const names = Array.from({ length: hosts }, (_, i) => `${HOST_PREFIX}${i}`);
     const agentTokens = new Map(names.map((h) => [h, randomBytes(24).toString('hex')]));
@@ -200,6 +207,7 @@ export async function benchFleet(hosts = 100, cycles = 400, concurrency = 32, re
     await embedded?.close();
     await agentHost?.close();
     await cluster?.stop();
+    unregister();
     await rm(root, { recursive: true, force: true });
   }
 }

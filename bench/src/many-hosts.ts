@@ -9,6 +9,7 @@ import { createCommandRunner } from '@berth/host';
 import { openBerth } from '@berth/runtime';
 import { startPostgresCluster, type PostgresCluster } from '@berth/store/testing';
 import { operateOverHttp, postOrThrow } from './api-operations.js';
+import { onSignalCleanup } from './signal-cleanup.js';
 import { printTable, runSpread, summarize } from './stats.js';
 
 // The built binary as a user runs it (`@berth/cli`'s bin), resolved through the workspace link.
@@ -138,9 +139,17 @@ export async function benchManyHosts(cycles = 40, concurrency = 4, rounds = 4): 
   const root = await mkdtemp(path.join(os.tmpdir(), 'berth-bench-hosts-'));
   const children: Child[] = [];
   let cluster: PostgresCluster | undefined;
+  let unregister = (): void => undefined;
   let embedded: BerthService | undefined;
   try {
     cluster = await startPostgresCluster();
+    const started = cluster;
+    unregister = onSignalCleanup(async () => {
+      await stopChildren(children);
+      await started.stop();
+      await sweep(root);
+      await rm(root, { recursive: true, force: true });
+    });
     const storeUrl = await cluster.createDatabase();
     const adminToken = randomBytes(24).toString('hex');
     const hosts = ['h1', 'h2'];
@@ -202,6 +211,7 @@ export async function benchManyHosts(cycles = 40, concurrency = 4, rounds = 4): 
     await stopChildren(children);
     await embedded?.close();
     await cluster?.stop();
+    unregister();
     await sweep(root);
     await rm(root, { recursive: true, force: true });
   }

@@ -9,6 +9,9 @@ import { benchSimhostTool } from './simhost-tool.js';
 import { benchCliStart } from './cli-start.js';
 import { benchManyHosts } from './many-hosts.js';
 import { benchFleet } from './fleet.js';
+import { installSignalCleanup } from './signal-cleanup.js';
+
+installSignalCleanup();
 
 const env = (name: string, fallback: number): number => Number(process.env[name] ?? fallback);
 
