@@ -3,11 +3,13 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { stopManagedTgtd } from '@berth/backend-tgt';
-import { makeSandbox, type BerthSandbox } from './support/berth-cli.js';
+import { EXIT_CODES, type ReconcileReport } from '@berth/core';
+import { errorBody, makeSandbox, type BerthSandbox } from './support/berth-cli.js';
 import { freePort } from './support/ports.js';
 
 // Issue 3 as a user runs it: `berth volume create --backend tgt`, `berth --simulate attach`, bytes
-// through the device into the LUN file, `berth --simulate detach`, then nothing left.
+// through the device into the LUN file, `berth --simulate detach`, then nothing left. A plain
+// `berth detach` / `reconcile` of that attachment refuses / skips it (it was made on the simulated host).
 
 const CONTROL_PORT = 2000 + (process.pid % 20000);
 
@@ -33,7 +35,7 @@ describe('berth --simulate (issue 3, as a user runs it)', () => {
   it('attaches a tgt volume over iSCSI on the simulated host, the bytes reach the LUN file, and detach leaves nothing', async () => {
     const volume = await sandbox.json<{ id: string; status: string }>(['volume', 'create', '--size', '64MiB', '--backend', 'tgt', '--name', 'db1']);
     expect(volume.status).toBe('available');
-    const attached = await sandbox.json<{ attachment: { transport: string; device: { path: string; realPath: string; scsi_wwn: string } } }>([
+    const attached = await sandbox.json<{ attachment: { id: string; transport: string; hostRoot: string; device: { path: string; realPath: string; scsi_wwn: string } } }>([
       '--simulate',
       'attach',
       'db1',
@@ -41,6 +43,7 @@ describe('berth --simulate (issue 3, as a user runs it)', () => {
     expect(attached.attachment.transport).toBe('iscsi');
     expect(attached.attachment.device.path).toMatch(/^\/dev\/sd[a-z]+$/);
     expect(attached.attachment.device.scsi_wwn).toMatch(/^36/);
+    expect(attached.attachment.hostRoot).toBe(join(sandbox.dataDir, 'simhost'));
 
     const marker = Buffer.from('written through berth --simulate'.padEnd(4096, '#'));
     const fd = openSync(`/dev/berth/${volume.id}`, 'r+');
@@ -58,6 +61,16 @@ describe('berth --simulate (issue 3, as a user runs it)', () => {
     } finally {
       closeSync(lun);
     }
+
+    // Without --simulate the iSCSI transport runs on the machine: refused before anything is touched.
+    const plain = await sandbox.run(['detach', 'db1', '--json']);
+    expect(plain.exitCode).toBe(EXIT_CODES.CONFIG);
+    expect(errorBody(plain)).toMatchObject({ code: 'CONFIG', hint: expect.stringContaining('--simulate') });
+    const report = await sandbox.json<ReconcileReport>(['reconcile', '--yes']);
+    expect(report.differences.filter((d) => d.attachmentId === attached.attachment.id)).toEqual([
+      expect.objectContaining({ kind: 'attachment_device_gone', state: 'skipped', result: expect.stringContaining('--simulate') }),
+    ]);
+    expect((await sandbox.json<Array<{ status: string }>>(['volume', 'list'])).map((v) => v.status)).toEqual(['in-use']);
 
     await sandbox.json(['--simulate', 'detach', 'db1']);
     const list = await sandbox.json<Array<{ status: string }>>(['volume', 'list']);

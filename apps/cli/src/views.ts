@@ -123,6 +123,8 @@ export function attachmentFields(attachment: Attachment, names: NameIndex): Arra
     ['transport', attachment.transport ?? '-'],
     ['connection', attachment.connectionInfo?.driver_volume_type ?? '-'],
     ['device', attachment.device?.path ?? '-'],
+    // Where the transport connected it: `/`, or berth's simulated host's root (`--simulate`).
+    ['host root', attachment.hostRoot ?? '-'],
     ['link', attachment.publishedPath ?? '-'],
     ['guest device', attachment.guestDevice ?? '-'],
     ['serial', attachment.serial ?? '-'],

@@ -129,6 +129,17 @@ export class DriverCatalog {
     return instance;
   }
 
+  /**
+   * The root of the host services transport `name` runs on (`/` for the machine, another root
+   * for a plugin given other host services, like `--simulate`'s); undefined when no such
+   * transport is installed or its host says none.
+   */
+  transportHostRoot(name: string): string | undefined {
+    const registered = this.transportFactories.get(name);
+    if (!registered) return undefined;
+    return (this.hostOverrides[registered.plugin] ?? this.host).fs.root;
+  }
+
   /** Every transport, instantiated. */
   transports(): TransportDriver[] {
     return this.transportNames().map((n) => this.transport(n));

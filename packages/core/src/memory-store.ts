@@ -44,7 +44,7 @@ import { zWorkItemState, type WorkItem } from './work-item.js';
 
 const zVolumePatch = zVolume.pick({ sizeBytes: true, providerLocation: true }).partial();
 const zAttachmentPatch = zAttachment
-  .pick({ transport: true, connector: true, connectionInfo: true, device: true, publishedPath: true, guestDevice: true, serial: true, timings: true, error: true })
+  .pick({ transport: true, connector: true, connectionInfo: true, device: true, publishedPath: true, guestDevice: true, serial: true, hostRoot: true, timings: true, error: true })
   .partial();
 const zStepOutcome = zOperationStep.pick({ error: true, data: true }).partial();
 const zFinishOutcome = zOperation.pick({ error: true, result: true }).partial();

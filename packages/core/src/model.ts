@@ -150,6 +150,12 @@ export const zAttachment = z.object({
   guestDevice: z.string().nullable().optional(),
   /** A guest consumer: the disk's serial as the guest sees it (the volume id). */
   serial: z.string().nullable().optional(),
+  /**
+   * The root of the host services its transport connected it on (`/` for the machine, berth's
+   * simulated host's root with `--simulate`): a berth whose transport runs on another root refuses
+   * to detach or reconcile it. Null when unknown (made before migration 0006, or by a host's agent).
+   */
+  hostRoot: z.string().nullable().optional(),
   timings: zTimings,
   error: z.string().nullable(),
   createdAt: zTimestamp,

@@ -43,6 +43,7 @@ export function newAttachmentRow(input: NewAttachment, id: string, now: string):
       publishedPath: null,
       guestDevice: null,
       serial: null,
+      hostRoot: null,
       timings: {},
       error: null,
       createdAt: now,

@@ -172,6 +172,8 @@ export interface AttachmentPatch {
   guestDevice?: string | null;
   /** A guest consumer's serial of the disk (the volume id). */
   serial?: string | null;
+  /** The root of the host services the transport connected it on (recorded at connect). */
+  hostRoot?: string | null;
   timings?: Record<string, number>;
   error?: string | null;
 }

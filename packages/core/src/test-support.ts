@@ -8,12 +8,24 @@ import { definePlugin, PLUGIN_API_VERSION } from './plugin.js';
 // For core's unit tests only (not exported from the package): drivers that keep their state in
 // memory, so the pipelines' decisions are tested in milliseconds.
 
+/** Options of `memCatalog`. */
+export interface MemCatalogOptions {
+  /** The root of the host services the plugin runs on (none: the host says none). */
+  root?: string;
+  /** The transport lists its devices (`connected`, source key `device_path`), for reconcile. */
+  lists?: boolean;
+  /** Where the drivers' calls that change something are named (`connect`, `disconnect`, `terminate`, `unpublish`). */
+  calls?: string[];
+}
+
 /**
  * A catalog with a `mem` backend (exports `/dev/mem-<volume>`), transport (connects into `devices`,
  * or as `connect` says) and consumer (publishes at `/dev/berth<device>`).
  */
-export function memCatalog(devices: Map<string, Device>, connect?: TransportDriver['connect']): DriverCatalog {
-  const catalog = new DriverCatalog({ fs: { resolve: (p: string) => p } } as unknown as HostServices, '/tmp', silentLogger);
+export function memCatalog(devices: Map<string, Device>, connect?: TransportDriver['connect'], options: MemCatalogOptions = {}): DriverCatalog {
+  const fs = { resolve: (p: string) => p, ...(options.root === undefined ? {} : { root: options.root }) };
+  const catalog = new DriverCatalog({ fs } as unknown as HostServices, '/tmp', silentLogger);
+  const called = (name: string): void => void options.calls?.push(name);
   const plugin = definePlugin({
     name: 'mem',
     apiVersion: PLUGIN_API_VERSION,
@@ -23,18 +35,35 @@ export function memCatalog(devices: Map<string, Device>, connect?: TransportDriv
         create: async (volume) => ({ providerLocation: `mem:${volume.id}` }),
         delete: async () => undefined,
         initializeConnection: async (volume) => ({ driver_volume_type: 'mem', data: { device_path: `/dev/mem-${volume.id}` } }),
-        terminateConnection: async () => undefined,
+        terminateConnection: async () => called('terminate'),
         check: async () => ({ ok: true, summary: 'mem' }),
       }));
       r.transport('mem', () => ({
         name: 'mem',
         protocols: ['mem'],
         connectorProperties: async () => ({}),
-        connect: connect ?? (async (c) => devices.set(String(c.data.device_path), { path: String(c.data.device_path), type: 'block' }).get(String(c.data.device_path))!),
-        disconnect: async (c) => void devices.delete(String(c.data.device_path)),
+        connect: async (c, context) => {
+          called('connect');
+          if (connect) return connect(c, context);
+          return devices.set(String(c.data.device_path), { path: String(c.data.device_path), type: 'block' }).get(String(c.data.device_path))!;
+        },
+        disconnect: async (c) => {
+          called('disconnect');
+          devices.delete(String(c.data.device_path));
+        },
+        ...(options.lists
+          ? {
+              sourceKeys: ['device_path'],
+              connected: async () => [...devices.values()].map((device) => ({ device, source: { device_path: device.path } })),
+            }
+          : {}),
         check: async () => ({ ok: true, summary: 'mem' }),
       }));
-      r.consumer('mem', () => ({ name: 'mem', publish: async (_s, device) => ({ path: `/dev/berth${device.path}` }), unpublish: async () => undefined }));
+      r.consumer('mem', () => ({
+        name: 'mem',
+        publish: async (_s, device) => ({ path: `/dev/berth${device.path}` }),
+        unpublish: async () => called('unpublish'),
+      }));
     },
   });
   catalog.add({ plugin, packageName: 'mem', version: undefined, options: undefined });

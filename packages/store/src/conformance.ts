@@ -391,6 +391,7 @@ export function describeStoreConformance(name: string, open: () => Promise<Store
           publishedPath: null,
           guestDevice: null,
           serial: null,
+          hostRoot: null,
           timings: {},
           error: null,
         });
@@ -527,6 +528,12 @@ export function describeStoreConformance(name: string, open: () => Promise<Store
         expect(guest).toMatchObject({ guestDevice: '/dev/vdb', serial: volume.id });
         expect(await store.attachments.require(attachment.id)).toEqual(guest);
         expect(await store.attachments.update(attachment.id, { guestDevice: null, serial: null })).toMatchObject({ guestDevice: null, serial: null });
+        // The host root its transport connected it on (migration 0006): kept as given, clearable.
+        const rooted = await store.attachments.update(attachment.id, { hostRoot: '/var/lib/berth/simhost' });
+        expect(rooted.hostRoot).toBe('/var/lib/berth/simhost');
+        expect(await store.attachments.require(attachment.id)).toEqual(rooted);
+        expect((await store.attachments.list({ volumeId: volume.id })).map((a) => a.hostRoot)).toEqual(['/var/lib/berth/simhost']);
+        expect(await store.attachments.update(attachment.id, { hostRoot: null })).toMatchObject({ hostRoot: null });
         await rejection(store.attachments.update('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b', { error: 'x' }), 'NOT_FOUND');
         await rejection(
           store.attachments.update(attachment.id, { device: { path: '/dev/loop0' } as unknown as null }),

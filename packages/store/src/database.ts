@@ -75,6 +75,8 @@ export interface AttachmentsTable {
   /** A guest consumer's name of the disk in the guest, and its serial (migration 0005). */
   guest_device: string | null;
   guest_serial: string | null;
+  /** The root of the host services its transport connected it on (migration 0006); NULL: unknown. */
+  host_root: string | null;
   timings: JsonColumn;
   error: string | null;
   created_at: string;

@@ -189,6 +189,14 @@ export function createMigrations(dialect: StoreDialect): Record<string, Migratio
         await db.schema.alterTable('attachments').addColumn('guest_serial', 'text').execute();
       },
     },
+    // Which host an attachment was connected on (issue 11 §3): the root of the host services its
+    // transport ran on, so a berth whose transport runs elsewhere (with or without --simulate)
+    // refuses to detach or reconcile it instead of acting on the wrong kernel.
+    '0006-attachment-host-root': {
+      async up(db: Kysely<unknown>): Promise<void> {
+        await db.schema.alterTable('attachments').addColumn('host_root', 'text').execute();
+      },
+    },
   };
 }
 

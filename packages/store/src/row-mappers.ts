@@ -104,6 +104,7 @@ export function toAttachment(row: Selectable<AttachmentsTable>, dialect: StoreDi
     publishedPath: row.published_path,
     guestDevice: row.guest_device,
     serial: row.guest_serial,
+    hostRoot: row.host_root,
     timings: dialect.decodeJson(row.timings) ?? {},
     error: row.error,
     createdAt: row.created_at,

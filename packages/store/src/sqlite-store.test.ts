@@ -77,6 +77,7 @@ describe('openSqliteStore', () => {
         { name: '0003-host-devices-and-locks' },
         { name: '0004-host-agents' },
         { name: '0005-server-hypervisor' },
+        { name: '0006-attachment-host-root' },
       ]);
     } finally {
       raw.close();

@@ -7,6 +7,7 @@ import { deviceLeaseKey, withLease } from '../lease.js';
 import type { Attachment, Server, Volume } from '../model.js';
 import type { Store } from '../store.js';
 import type { PipelineDeps } from './context.js';
+import { connectHostRoot } from './host-root.js';
 
 // The host-side share and reference count: attachments of one volume on one host share one
 // connected device (os-brick's and Kubernetes' lesson: log out or detach only when the last user
@@ -126,7 +127,8 @@ export async function connectShared(deps: PipelineDeps, request: ConnectRequest)
         device,
         operationId: request.operationId ?? null,
       });
-      return tx.attachments.update(attachment.id, { device });
+      // Where the transport ran: a berth whose transport runs on another root refuses to act on it.
+      return tx.attachments.update(attachment.id, { device, hostRoot: connectHostRoot(deps.catalog, request.steps, transport) });
     });
     return { device, attachment: updated, sharers: sharers.length };
   });

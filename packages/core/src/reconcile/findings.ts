@@ -3,6 +3,7 @@ import type { ConnectedDevice } from '../contracts/transport-driver.js';
 import type { BackendExport } from '../contracts/volume-backend.js';
 import { sameDevice } from '../device-identity.js';
 import type { Attachment, HostDevice, Operation, Volume, VolumeStatus } from '../model.js';
+import { hostRootMismatch, hostRootSkip } from '../pipeline/host-root.js';
 import type { FixState, ReconcileDifference } from '../reports.js';
 import { recomputeVolumeStatus, VOLUME_TRANSITIONS } from '../transitions.js';
 
@@ -120,6 +121,12 @@ export interface ReconcileFacts {
    * when neither listing has it (an attach that finished between the two reads is not flagged).
    */
   listingsAfter?: TransportListing[];
+  /**
+   * The host root each transport runs on in this berth (the reconciled host is this one; absent
+   * for a host's agent, whose roots are its own): an attachment recorded on another root is left
+   * alone, since fixing it here would act on the wrong kernel.
+   */
+  transportRoots?: Readonly<Record<string, string>>;
 }
 
 /** One difference as found, with what its fix needs. */
@@ -201,6 +208,11 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
   const busy = (volumeId: string): string | undefined =>
     facts.busyVolumeIds.has(volumeId) ? 'an operation on this volume is running; run reconcile again when it has finished' : undefined;
   const withSkip = <F extends Finding>(finding: F, skip: string | undefined): F => (skip === undefined ? finding : { ...finding, skip });
+  const roots = facts.transportRoots;
+  const elsewhereRoot = (attachment: Attachment): string | undefined => {
+    const mismatch = roots ? hostRootMismatch(attachment, (t) => roots[t]) : undefined;
+    return mismatch ? hostRootSkip(mismatch) : undefined;
+  };
 
   for (const entry of facts.exports) {
     const volume = volumesById.get(entry.export.volumeId);
@@ -267,7 +279,7 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
       // It lists devices but cannot say whose: "gone" would be a guess, and a reconnect a loop.
       const recorded = attachment.device;
       if (recorded && listing.devices.some((d) => sameDevice(d.device, recorded))) continue;
-      findings.push({ kind: 'attachment_device_gone', attachment, volume, found: undefined, skip: busy(volume.id) ?? CANNOT_TELL });
+      findings.push({ kind: 'attachment_device_gone', attachment, volume, found: undefined, skip: busy(volume.id) ?? elsewhereRoot(attachment) ?? CANNOT_TELL });
       continue;
     }
     const now = matchingDevices(listing, attachment);
@@ -276,7 +288,7 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
     // Present: the very device recorded (its identity, when it has one) is listed for this volume.
     if (recorded && [...now, ...then].some((d) => sameDevice(d.device, recorded))) continue;
     const found = now[0] ?? then[0];
-    findings.push(withSkip({ kind: 'attachment_device_gone', attachment, volume, found }, busy(volume.id)));
+    findings.push(withSkip({ kind: 'attachment_device_gone', attachment, volume, found }, busy(volume.id) ?? elsewhereRoot(attachment)));
   }
 
   // Attachments an interrupted attach or detach left in a transitional or error state.
@@ -287,9 +299,9 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
     if (TRANSITIONAL.includes(attachment.status)) {
       // One made by an outside orchestrator (the three-phase API) is waiting for it: not stuck.
       if (!madeByPipeline(attachment, facts.operations ?? [])) continue;
-      findings.push(withSkip({ kind: 'attachment_stuck', attachment, volume }, busy(volume.id) ?? elsewhere));
+      findings.push(withSkip({ kind: 'attachment_stuck', attachment, volume }, busy(volume.id) ?? elsewhere ?? elsewhereRoot(attachment)));
     } else if (attachment.status === 'error_attaching' || attachment.status === 'error_detaching') {
-      findings.push(withSkip({ kind: 'attachment_error', attachment, volume }, busy(volume.id) ?? elsewhere));
+      findings.push(withSkip({ kind: 'attachment_error', attachment, volume }, busy(volume.id) ?? elsewhere ?? elsewhereRoot(attachment)));
     }
   }
 

@@ -51,7 +51,20 @@ export async function runReconcile(deps: ReconcileDeps, options: ReconcileOption
     const operations = (await store.operations.list({ state: ['succeeded', 'rolled_back', 'failed'] })).filter((o) => o.kind === 'attach' || o.kind === 'detach');
     const busy = await busyVolumeIds(store);
     const listingsAfter = await readListings(steps, call());
-    findings = findDifferences({ localHostId: host.id, volumes, attachments, busyVolumeIds: busy, exports, listings, listingsAfter, devices, operations });
+    // Where this berth's transports run (this host only: an agent's roots are its own).
+    const transportRoots = steps.kind === 'local' ? transportRootsOf(catalog) : undefined;
+    findings = findDifferences({
+      localHostId: host.id,
+      volumes,
+      attachments,
+      busyVolumeIds: busy,
+      exports,
+      listings,
+      listingsAfter,
+      devices,
+      operations,
+      ...(transportRoots ? { transportRoots } : {}),
+    });
   } catch (error) {
     const failure = toBerthError(error);
     if (operation) await store.operations.finish(operation.id, { state: 'failed', error: summarize(failure) }).catch(() => undefined);
@@ -148,6 +161,16 @@ async function reconciledHost(deps: ReconcileDeps, name: string | undefined): Pr
   const host = (await deps.store.hosts.findByName(name)) ?? (await deps.store.hosts.get(name).catch(() => undefined));
   if (!host) throw new BerthError('NOT_FOUND', `no host named ${name}`, { hint: 'see the hosts with `berth host list`', details: { host: name } });
   return host;
+}
+
+/** The host root each installed transport runs on in this berth. */
+function transportRootsOf(catalog: ReconcileDeps['catalog']): Record<string, string> {
+  const roots: Record<string, string> = {};
+  for (const name of catalog.transportNames()) {
+    const root = catalog.transportHostRoot(name);
+    if (root !== undefined) roots[name] = root;
+  }
+  return roots;
 }
 
 function countOf(differences: readonly ReconcileDifference[]): ReconcileReport['counts'] {

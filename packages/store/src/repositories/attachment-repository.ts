@@ -24,6 +24,7 @@ const zAttachmentPatch = zAttachment
     publishedPath: true,
     guestDevice: true,
     serial: true,
+    hostRoot: true,
     timings: true,
     error: true,
   })
@@ -54,6 +55,7 @@ export function createAttachmentRepository(ctx: RepositoryContext): AttachmentRe
     if (valid.publishedPath !== undefined) set.published_path = valid.publishedPath;
     if (valid.guestDevice !== undefined) set.guest_device = valid.guestDevice;
     if (valid.serial !== undefined) set.guest_serial = valid.serial;
+    if (valid.hostRoot !== undefined) set.host_root = valid.hostRoot;
     if (valid.timings !== undefined) set.timings = ctx.dialect.encodeJson(valid.timings);
     if (valid.error !== undefined) set.error = valid.error;
     return set;
@@ -101,6 +103,7 @@ export function createAttachmentRepository(ctx: RepositoryContext): AttachmentRe
             published_path: null,
             guest_device: null,
             guest_serial: null,
+            host_root: null,
             timings: ctx.dialect.encodeJson(attachment.timings),
             error: null,
             created_at: attachment.createdAt,

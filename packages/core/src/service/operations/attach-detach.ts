@@ -2,6 +2,7 @@ import { parseWith } from '../../errors.js';
 import { attachSteps } from '../../pipeline/attach.js';
 import type { PipelineContext, PipelineDeps } from '../../pipeline/context.js';
 import { detachSteps } from '../../pipeline/detach.js';
+import { assertSameHostRoot } from '../../pipeline/host-root.js';
 import { serverConsumer } from '../../pipeline/server-consumer.js';
 import type { Step } from '../../pipeline/step.js';
 import { retryingStore } from '../../pipeline/store-retry.js';
@@ -52,6 +53,8 @@ export async function startDetach(parts: ServiceParts, launcher: OperationLaunch
   const project = projectOf(parts.config, req);
   const volume = await resolveVolume(store, req.volume, project);
   const attachment = await findAttachmentToDetach(store, volume, { attachmentId: req.attachmentId, server: req.server, project, force: req.force ?? false });
+  // Made where this berth's transport does not run (the simulated host, or the machine): refused here.
+  assertSameHostRoot(parts.catalog, attachment);
   const server = await store.servers.require(attachment.serverId);
   // Only the server's own consumer can take the disk back from its guest.
   const consumer = serverConsumer(parts, server, await store.hosts.get(server.hostId));
