@@ -10,7 +10,7 @@ import { zWorkItem } from './work-item.js';
 // of a `connect` item, into which the API merges the backend's credentials in the claim answer only.
 
 /** A host step: the part of an attach or detach that has to run on the server's host. */
-export const zHostStepName = z.enum(['connector', 'connect', 'release', 'publish', 'unpublish', 'disconnect', 'host_facts', 'unpublish_orphan']);
+export const zHostStepName = z.enum(['connector', 'connect', 'release', 'publish', 'unpublish', 'disconnect', 'host_facts', 'unpublish_orphan', 'repair_paths']);
 /** One of `zHostStepName`. */
 export type HostStepName = z.output<typeof zHostStepName>;
 
@@ -80,6 +80,14 @@ export const zUnpublishOrphanPayload = z.strictObject({
 /** What `unpublish_orphan` answers: whether the consumer can do it at all (`Consumer.unpublishOrphan`). */
 export const zUnpublishOrphanResult = z.strictObject({ supported: z.boolean() });
 
+/** `repair_paths`: put a listed device whose path in use failed back on a live path (`TransportDriver.repairPaths`). */
+export const zRepairPathsPayload = z.strictObject({
+  transport: z.string().min(1),
+  listed: z.object({ device: zDevice, source: z.record(z.string(), z.unknown()) }),
+});
+/** What `repair_paths` answers: whether the transport can do it at all, and what it did. */
+export const zRepairPathsResult = z.strictObject({ supported: z.boolean(), changed: z.boolean(), detail: z.string() });
+
 /** `connector`: the host's connector with the multipath wish applied. */
 export const zConnectorPayload = z.strictObject({
   multipath: z.boolean(),
@@ -96,6 +104,8 @@ export const zTransportListing = z.object({
   protocol: z.string().min(1),
   /** The transport's `sourceKeys` (absent from an older agent: it cannot tell, nothing is claimed). */
   sourceKeys: z.array(z.string().min(1)).default([]),
+  /** Whether the transport can put a device back on a live path (`repairPaths`; absent from an older agent: no). */
+  repairsPaths: z.boolean().default(false),
   devices: z.array(z.object({ device: zDevice, source: z.record(z.string(), z.unknown()) })),
 });
 /** What `host_facts` answers: the listings, and each transport that cannot list or failed to (with why). */
@@ -111,6 +121,7 @@ export const HOST_STEP_SCHEMAS = {
   connector: { payload: zConnectorPayload, result: zConnectorResult },
   host_facts: { payload: zHostFactsPayload, result: zHostFactsResult },
   unpublish_orphan: { payload: zUnpublishOrphanPayload, result: zUnpublishOrphanResult },
+  repair_paths: { payload: zRepairPathsPayload, result: zRepairPathsResult },
 } as const satisfies Record<HostStepName, { payload: z.ZodType; result: z.ZodType }>;
 
 /** The payload a host step takes. */

@@ -320,6 +320,7 @@ function guardTransport(driver: TransportDriver, plugin: string, host: HostServi
     disconnect: (connection, device, options) => wrap(() => driver.disconnect(connection, device, options)),
     ...(driver.extend ? { extend: (c, d, x) => wrap(() => driver.extend!(c, d, x)) } : {}),
     ...(driver.paths ? { paths: (c, d) => wrap(() => driver.paths!(c, d)) } : {}),
+    ...(driver.repairPaths ? { repairPaths: (listed, context) => wrap(() => driver.repairPaths!(listed, context)) } : {}),
     ...(driver.connected
       ? {
           // Like connect's device: one on another host root (the simulated host) carries its real path.

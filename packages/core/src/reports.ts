@@ -10,6 +10,7 @@ export const DIFFERENCE_KINDS = [
   'export_without_attachment',
   'device_without_attachment',
   'attachment_device_gone',
+  'attachment_path_failed',
   'attachment_stuck',
   'attachment_error',
   'volume_status_mismatch',
@@ -18,7 +19,7 @@ export const DIFFERENCE_KINDS = [
 export type DifferenceKind = (typeof DIFFERENCE_KINDS)[number];
 
 /** What reconcile does about a difference (`none`: it is reported and left alone). */
-export const FIX_ACTIONS = ['terminate_connection', 'disconnect', 'reconnect', 'recompute_status', 'none'] as const;
+export const FIX_ACTIONS = ['terminate_connection', 'disconnect', 'reconnect', 'repair_paths', 'recompute_status', 'none'] as const;
 /** One of `FIX_ACTIONS`. */
 export type FixAction = (typeof FIX_ACTIONS)[number];
 

@@ -14,8 +14,14 @@ export interface MemCatalogOptions {
   root?: string;
   /** The transport lists its devices (`connected`, source key `device_path`), for reconcile. */
   lists?: boolean;
-  /** Where the drivers' calls that change something are named (`connect`, `disconnect`, `terminate`, `unpublish`). */
+  /** Where the drivers' calls that change something are named (`connect`, `disconnect`, `terminate`, `unpublish`, `repair`). */
   calls?: string[];
+  /**
+   * The transport repairs paths: each listed device has one path (portal `mem:1`) whose state is
+   * this map's entry for its path (default `active`); `repairPaths` sets a `failed` one `active`.
+   * Needs `lists`.
+   */
+  pathStates?: Map<string, string>;
 }
 
 /**
@@ -54,7 +60,21 @@ export function memCatalog(devices: Map<string, Device>, connect?: TransportDriv
         ...(options.lists
           ? {
               sourceKeys: ['device_path'],
-              connected: async () => [...devices.values()].map((device) => ({ device, source: { device_path: device.path } })),
+              connected: async () =>
+                [...devices.values()].map((device) => {
+                  const state = options.pathStates?.get(device.path) ?? 'active';
+                  return { device: options.pathStates ? { ...device, paths: [{ portal: 'mem:1', state }] } : device, source: { device_path: device.path } };
+                }),
+            }
+          : {}),
+        ...(options.pathStates
+          ? {
+              repairPaths: async (listed: { device: Device }) => {
+                if (options.pathStates!.get(listed.device.path) !== 'failed') return { changed: false, detail: `${listed.device.path}: its path answers` };
+                called('repair');
+                options.pathStates!.set(listed.device.path, 'active');
+                return { changed: true, detail: `${listed.device.path} moved to mem:2` };
+              },
             }
           : {}),
         check: async () => ({ ok: true, summary: 'mem' }),

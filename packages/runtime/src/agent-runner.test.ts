@@ -10,7 +10,9 @@ import {
   type AgentSession,
   type BerthConfig,
   type ClaimedWork,
+  type ConnectedDevice,
   type Device,
+  type PathRepair,
   type TransportDriver,
 } from '@berth/core';
 import type { HostServices } from '@berth/host';
@@ -52,6 +54,27 @@ class FakeTransport implements TransportDriver {
   }
   async check() {
     return { ok: true, summary: 'fake' };
+  }
+}
+
+/** A transport with two portals per device whose path check the agent runs: the first one fails. */
+class PathTransport extends FakeTransport {
+  readonly repaired = deferred<string>();
+  portal = '127.0.0.1:3260';
+  async connected(): Promise<ConnectedDevice[]> {
+    const failed = this.portal === '127.0.0.1:3260';
+    const paths = [
+      { portal: this.portal, state: failed ? 'failed' : 'active' },
+      { portal: failed ? '127.0.0.2:3260' : '127.0.0.1:3260', state: 'standby' },
+    ];
+    return [{ device: { path: '/dev/fake0', type: 'block', paths }, source: { path: '/tmp/v' } }];
+  }
+  async repairPaths(listed: ConnectedDevice): Promise<PathRepair> {
+    this.calls.push(`repair ${listed.device.path}`);
+    if (this.portal === '127.0.0.2:3260') return { changed: false, detail: 'its portal answers' };
+    this.portal = '127.0.0.2:3260';
+    this.repaired.resolve(this.portal);
+    return { changed: true, detail: 'moved /dev/fake0 from 127.0.0.1:3260 to 127.0.0.2:3260' };
   }
 }
 
@@ -140,8 +163,9 @@ class ScriptedApi implements AgentApi {
   }
 }
 
-function runner(api: AgentApi, transport: FakeTransport, states: string[] = []): AgentRunner {
+function runner(api: AgentApi, transport: FakeTransport, states: string[] = [], pathCheckMs = 0): AgentRunner {
   return new AgentRunner({
+    pathCheckMs,
     host: hostWith(transport),
     api,
     apiUrl: 'http://api.test',
@@ -166,6 +190,23 @@ describe('AgentRunner', () => {
     expect(api.registrations[0]?.connector).toMatchObject({ host: 'h1', fake_initiator: 'fake-1' });
     expect(api.reports).toEqual([{ id: item.item.id, outcome: { state: 'done', result: { device: { path: '/dev/fake0', type: 'block' } } } }]);
     expect(states[0]).toContain('registered host h1 with the API at http://api.test as w-1');
+  });
+
+  it('checks its transports\' paths on a timer and moves a device off a failed path, once; a stop ends the checks', async () => {
+    const transport = new PathTransport();
+    const api = new ScriptedApi([]);
+    const states: string[] = [];
+    const agent = runner(api, transport, states, 20);
+    const running = agent.run();
+    expect(await transport.repaired.promise).toBe('127.0.0.2:3260');
+    await expect.poll(() => states.some((s) => s === 'path check: moved /dev/fake0 from 127.0.0.1:3260 to 127.0.0.2:3260')).toBe(true);
+    // Healthy now: the next checks list it and leave it alone.
+    const checksBefore = transport.calls.length;
+    await expect.poll(() => api.claims).toBeGreaterThan(0);
+    agent.stop();
+    await running;
+    expect(transport.calls.slice(checksBefore).filter((c) => c.startsWith('repair'))).toEqual([]);
+    expect(transport.calls.filter((c) => c.startsWith('repair'))).toEqual(['repair /dev/fake0']);
   });
 
   it('runs the items of one volume one after another: a release waits for the connect before it', async () => {

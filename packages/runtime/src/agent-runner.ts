@@ -35,7 +35,16 @@ export interface AgentRunnerOptions {
   /** Backoff between attempts to reach the API (default 0.5 s doubling to 10 s, with jitter). */
   backoff?: { firstMs: number; maxMs: number };
   random?: () => number;
+  /**
+   * How often to look for connected devices whose path in use failed and move them to a live
+   * path (`TransportDriver.repairPaths`, e.g. iscsi-user's portal failover), in ms; 0: never.
+   * Default 30 s. Only transports that repair paths are listed; nothing runs when there are none.
+   */
+  pathCheckMs?: number;
 }
+
+/** Default of `AgentRunnerOptions.pathCheckMs`. */
+export const DEFAULT_PATH_CHECK_MS = 30_000;
 
 /**
  * A network or server hiccup: wait and try again. Anything else (a bad token: UNAUTHENTICATED,
@@ -85,6 +94,7 @@ export class AgentRunner {
   async run(): Promise<void> {
     const signal = this.stopping.signal;
     const session = await this.register(signal);
+    const pathCheck = session === undefined ? undefined : this.checkPathsEvery(this.options.pathCheckMs ?? DEFAULT_PATH_CHECK_MS, signal);
     let failures = 0;
     while (session !== undefined && !signal.aborted) {
       const free = this.concurrency - this.running.size;
@@ -113,7 +123,38 @@ export class AgentRunner {
       }
       for (const work of claimed) this.track(this.runItem(session, work));
     }
-    await Promise.allSettled([...this.running]);
+    await Promise.allSettled([...this.running, ...(pathCheck ? [pathCheck] : [])]);
+  }
+
+  /**
+   * Every `everyMs` until `signal`: list the devices of the transports that repair paths, and put
+   * each whose path in use failed back on a live one. qemu 7.2 (iscsi-user) sends no event when a
+   * path dies, so this is a probe; the transport checks the device's identity and takes its own
+   * per-LUN lock, so a repair never races a connect or disconnect of the same LUN. Never rejects.
+   */
+  private async checkPathsEvery(everyMs: number, signal: AbortSignal): Promise<void> {
+    const { catalog, logger } = this.options.host;
+    const repairing = catalog.transportNames().filter((name) => catalog.transport(name).repairPaths !== undefined);
+    if (everyMs <= 0 || repairing.length === 0) return;
+    for (;;) {
+      await sleepUnless(everyMs, signal);
+      if (signal.aborted) return;
+      for (const name of repairing) {
+        try {
+          const transport = catalog.transport(name);
+          for (const listed of (await transport.connected?.()) ?? []) {
+            if (!(listed.device.paths ?? []).some((path) => path.state === 'failed')) continue;
+            const repair = await transport.repairPaths!(listed, { signal: AbortSignal.any([signal, AbortSignal.timeout(Math.max(everyMs, 60_000))]) });
+            if (repair.changed) this.state(`path check: ${repair.detail}`);
+          }
+        } catch (error) {
+          if (signal.aborted) return;
+          const message = BerthError.is(error) ? error.message : String(error);
+          logger.warn({ transport: name, err: message }, 'path check: repair failed; trying again at the next check');
+          this.state(`path check (${name}): ${message}`);
+        }
+      }
+    }
   }
 
   /** Stop claiming; `run()` resolves once the items already running have finished and reported. */
@@ -219,21 +260,26 @@ export class AgentRunner {
   /** Wait the attempt's backoff (0.5 s doubling to 10 s, ±25 % jitter), or until `signal`. */
   private pause(attempt: number, signal: AbortSignal): Promise<void> {
     const base = Math.min(this.maxBackoffMs, this.firstBackoffMs * 2 ** Math.min(attempt, 20));
-    const ms = base * (0.75 + this.random() / 2);
-    return new Promise((resolve) => {
-      const timer = setTimeout(done, ms);
-      function done(): void {
-        clearTimeout(timer);
-        signal.removeEventListener('abort', done);
-        resolve();
-      }
-      signal.addEventListener('abort', done, { once: true });
-    });
+    return sleepUnless(base * (0.75 + this.random() / 2), signal);
   }
 
   private state(line: string): void {
     this.options.onState?.(line);
   }
+}
+
+/** Resolves after `ms`, or as soon as `signal` fires (never rejects). */
+function sleepUnless(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const timer = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
 }
 
 /** A promise that resolves when `signal` fires (never rejects). */

@@ -179,21 +179,29 @@ describe('iscsi-user portal failover (real tgtd on two portals, one made unreach
     }
   }, 180_000);
 
-  it('an unplanned failover: portal A dies with no request in flight, checkPaths notices, failover moves the LUN to B, writes go on, bytes equal', async () => {
+  it('an unplanned failover through the contract (what reconcile and the agent call): portal A dies with no request in flight, connected() lists it failed, repairPaths moves the LUN to B, writes go on, bytes equal', async () => {
     const { connection, lunFile } = await makeVolume(16 * MiB);
     const device = await driver.connect(connection, { signal: AbortSignal.timeout(60_000) });
+    const listedNow = async () => (await driver.connected()).find((entry) => entry.device.path === device.path);
     try {
+      expect((await listedNow())?.device.paths).toEqual([{ portal: portalA(), state: 'active' }, { portal: portalB(), state: 'standby' }]);
       const before = await startWriter(device.path, 0, 32).done;
       await pathA('down');
       const cut = performance.now();
-      const paths = (await driver.checkPaths()).find((p) => p.device === device.path);
-      expect(paths).toMatchObject({ portal: portalA(), live: false });
-      const moved = await driver.failover(connection, { signal: AbortSignal.timeout(60_000) });
-      expect(moved).toMatchObject({ portal: portalB(), previous: portalA(), switched: true });
+      const listed = await listedNow();
+      expect(listed?.device.paths).toEqual([{ portal: portalA(), state: 'failed' }, { portal: portalB(), state: 'standby' }]);
+      const started = performance.now();
+      const repair = await driver.repairPaths(listed!, { signal: AbortSignal.timeout(60_000) });
+      const moved = { ms: performance.now() - started };
+      expect(repair).toMatchObject({ changed: true, detail: expect.stringContaining(`from ${portalA()} to ${portalB()}`) });
       const after = await startWriter(device.path, 32 * CHUNK, 32).done;
       const downToWriting = performance.now() - cut;
       expect(after.errors).toBe(0);
-      expect(await driver.failover(connection, { signal: AbortSignal.timeout(30_000) })).toMatchObject({ portal: portalB(), switched: false });
+      const healed = await listedNow();
+      expect(healed?.device.paths).toEqual([{ portal: portalB(), state: 'active' }, { portal: portalA(), state: 'standby' }]);
+      expect(await driver.repairPaths(healed!, { signal: AbortSignal.timeout(30_000) })).toMatchObject({ changed: false });
+      // The device as listed before the move is still that device: asked again, nothing moves.
+      expect(await driver.repairPaths(listed!, { signal: AbortSignal.timeout(30_000) })).toMatchObject({ changed: false });
       await disconnect(connection, device);
       const lun = await readFile(lunFile);
       expect(lun.subarray(0, 32 * CHUNK).equals(before.data)).toBe(true);

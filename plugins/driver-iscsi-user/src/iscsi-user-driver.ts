@@ -11,6 +11,7 @@ import {
   type Connector,
   type Device,
   type DisconnectOptions,
+  type PathRepair,
   type PluginContext,
   type TransportCallContext,
   type TransportDriver,
@@ -60,8 +61,16 @@ export interface FailoverResult {
   ms: number;
 }
 
-/** The `iscsi-user` transport, with its path operations (beyond `TransportDriver`: core does not call them yet). */
+/**
+ * The `iscsi-user` transport, with its path operations: `repairPaths` (the contract's, which
+ * reconcile and `berth agent` call) fails over through `failover`; `checkPaths` is the same probe
+ * for callers that want every LUN's portals at once.
+ */
 export interface IscsiUserDriver extends TransportDriver {
+  /** Every whole chain's LUN, with its paths' states (`active`/`failed` for the portal in use, `standby` for the others). */
+  connected(): Promise<ConnectedDevice[]>;
+  /** Fail a listed LUN whose portal in use is `failed` over to a live one (`failover` without a portal). */
+  repairPaths(listed: ConnectedDevice, context: TransportCallContext): Promise<PathRepair>;
   /** Every connected LUN's path: its portal and whether it answers. A health check for reconcile or an agent; changes nothing. */
   checkPaths(signal?: AbortSignal): Promise<UserPathState[]>;
   /**
@@ -346,6 +355,29 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
     return { portal, previous, switched: true, ms: performance.now() - started };
   }
 
+  /** See `IscsiUserDriver.failover`. */
+  async function failover(connection: ConnectionInfo, opts: { signal: AbortSignal; portal?: string }): Promise<FailoverResult> {
+    const lun = parseUserConnection(connection, 'locate');
+    const key = exportNames(lun.iqn, lun.lun).key;
+    try {
+      return await lunLocks.withLock(key, () => supervisor.use(opts.signal, (qmp) => failoverLun(lun, opts.portal, opts.signal, qmp)), opts.signal);
+    } catch (error) {
+      const berthError = toBerthError(error, 'DRIVER_ERROR');
+      // A QMP command without an answer, or a monitor that never greets (WaitTimeoutError).
+      const daemonSilent = (berthError.code === 'TIMEOUT' && berthError.details.lockPath === undefined) || error instanceof WaitTimeoutError;
+      if (daemonSilent) {
+        // qemu 7.2: a request parked on a dead path freezes QMP (the FUSE export serves it in
+        // the main loop), and a re-open's drain waits for it: nothing moves until the path answers.
+        throw new BerthError('TIMEOUT', `failing over LUN ${lun.lun} of ${lun.iqn}: qemu-storage-daemon did not answer within ${options.qmpTimeoutMs} ms — I/O is waiting on a dead path`, {
+          hint: 'qemu 7.2 cannot move requests already in flight; they go on when the old path answers again — run the failover again then (it finishes or undoes this one)',
+          details: berthError.details,
+          cause: berthError,
+        });
+      }
+      throw contextual(`failing over LUN ${lun.lun} of ${lun.iqn}`, error);
+    }
+  }
+
   async function portalAnswers(portal: string, signal: AbortSignal): Promise<boolean> {
     return firstLivePortal([portal], options.portalProbeMs, signal).then(
       () => true,
@@ -395,15 +427,48 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
     async connected(): Promise<ConnectedDevice[]> {
       const signal = AbortSignal.timeout(options.qmpTimeoutMs + options.lockTimeoutMs);
       if ((await records.list()).length === 0) return [];
-      return supervisor.use(signal, async (qmp) => {
-        const out: ConnectedDevice[] = [];
-        for (const record of await records.list()) {
-          const names = exportNames(record.iqn, record.lun);
-          if (!(await healthy(qmp, record, names))) continue;
-          out.push({ device: deviceOf(record, names), source: { target_iqn: record.iqn, target_lun: record.lun, target_portal: record.portal } });
-        }
+      const whole = await supervisor.use(signal, async (qmp) => {
+        const out: ExportRecord[] = [];
+        for (const record of await records.list()) if (await healthy(qmp, record, exportNames(record.iqn, record.lun))) out.push(record);
         return out;
       });
+      // Each LUN's paths with their state: the portal in use, probed (once per portal, outside the
+      // daemon's monitor), and the others it could move to. qemu 7.2 sends no event when a path dies.
+      const probe = AbortSignal.timeout(options.portalProbeMs * 2 + 1_000);
+      const answers = new Map<string, Promise<boolean>>();
+      const answering = (portal: string): Promise<boolean> => {
+        if (!answers.has(portal)) answers.set(portal, portalAnswers(portal, probe).catch(() => false));
+        return answers.get(portal)!;
+      };
+      return Promise.all(
+        whole.map(async (record) => {
+          const live = await answering(record.portal);
+          const device = deviceOf(record, exportNames(record.iqn, record.lun));
+          device.paths = [
+            { portal: record.portal, state: live ? 'active' : 'failed' },
+            ...record.portals.filter((p) => p !== record.portal).map((portal) => ({ portal, state: 'standby' })),
+          ];
+          return { device, source: { target_iqn: record.iqn, target_lun: record.lun, target_portal: record.portal } };
+        }),
+      );
+    },
+
+    async repairPaths(listed: ConnectedDevice, context: TransportCallContext): Promise<PathRepair> {
+      const iqn = listed.source.target_iqn;
+      const lunNumber = listed.source.target_lun;
+      if (typeof iqn !== 'string' || typeof lunNumber !== 'number') {
+        throw new BerthError('VALIDATION', 'repairPaths: the listed device names no target_iqn and target_lun', { hint: 'pass a device as connected() lists it' });
+      }
+      const names = exportNames(iqn, lunNumber);
+      const record = await records.load(names.key);
+      // The very device listed (identity: a LUN detached and attached again meanwhile is another device).
+      if (!record || record.status !== 'active' || record.loopDevice !== listed.device.path || (record.rdev ?? '') !== (listed.device.identity?.rdev ?? '')) {
+        return { changed: false, detail: `LUN ${lunNumber} of ${iqn} is no longer connected at ${listed.device.path}` };
+      }
+      const result = await failover({ driver_volume_type: 'iscsi', data: { target_iqn: iqn, target_lun: lunNumber, target_portal: record.portal } }, { signal: context.signal });
+      return result.switched
+        ? { changed: true, detail: `LUN ${lunNumber} of ${iqn} moved from ${result.previous} to ${result.portal} in ${Math.round(result.ms)} ms` }
+        : { changed: false, detail: `LUN ${lunNumber} of ${iqn}: its portal ${result.portal} answers` };
     },
 
     async checkPaths(signal = AbortSignal.timeout(options.portalProbeMs * 4 + options.lockTimeoutMs)): Promise<UserPathState[]> {
@@ -422,27 +487,7 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
       return out;
     },
 
-    async failover(connection: ConnectionInfo, opts: { signal: AbortSignal; portal?: string }): Promise<FailoverResult> {
-      const lun = parseUserConnection(connection, 'locate');
-      const key = exportNames(lun.iqn, lun.lun).key;
-      try {
-        return await lunLocks.withLock(key, () => supervisor.use(opts.signal, (qmp) => failoverLun(lun, opts.portal, opts.signal, qmp)), opts.signal);
-      } catch (error) {
-        const berthError = toBerthError(error, 'DRIVER_ERROR');
-        // A QMP command without an answer, or a monitor that never greets (WaitTimeoutError).
-        const daemonSilent = (berthError.code === 'TIMEOUT' && berthError.details.lockPath === undefined) || error instanceof WaitTimeoutError;
-        if (daemonSilent) {
-          // qemu 7.2: a request parked on a dead path freezes QMP (the FUSE export serves it in
-          // the main loop), and a re-open's drain waits for it: nothing moves until the path answers.
-          throw new BerthError('TIMEOUT', `failing over LUN ${lun.lun} of ${lun.iqn}: qemu-storage-daemon did not answer within ${options.qmpTimeoutMs} ms — I/O is waiting on a dead path`, {
-            hint: 'qemu 7.2 cannot move requests already in flight; they go on when the old path answers again — run the failover again then (it finishes or undoes this one)',
-            details: berthError.details,
-            cause: berthError,
-          });
-        }
-        throw contextual(`failing over LUN ${lun.lun} of ${lun.iqn}`, error);
-      }
-    },
+    failover,
 
     async check(): Promise<CheckResult> {
       const { checks, fixes, essential } = await checkUserHost(host, options.binary, options.commandTimeoutMs);

@@ -33,7 +33,9 @@ export default class Agent extends BaseCommand<typeof Agent> {
     'holds no database credentials: it talks only to the API, with an agent token that names this host',
     '(the config\'s api.tokens entry `{role: "agent", host: NAME}`), and it sees only its host\'s work.',
     'Work arrives by long-poll; each item runs at most until its operation\'s deadline, with its lease',
-    'renewed meanwhile. SIGTERM or SIGINT stops claiming, lets running items finish, then exits 0.',
+    'renewed meanwhile. Every --path-check seconds it also looks for devices whose path in use died',
+    '(iscsi-user: the portal stopped answering) and moves them to a live path. SIGTERM or SIGINT stops',
+    'claiming, lets running items finish, then exits 0.',
   ].join('\n');
   static override examples = [
     '<%= config.bin %> <%= command.id %> --api https://controller:8776 --token-file /etc/berth/agent.token',
@@ -44,6 +46,12 @@ export default class Agent extends BaseCommand<typeof Agent> {
   static override flags = {
     'token-file': Flags.string({ description: 'File holding this host\'s agent token (readable by its owner only)', required: true }),
     concurrency: Flags.integer({ description: 'Work items run at once', default: 4, min: 1, max: 64 }),
+    'path-check': Flags.integer({
+      description: 'Seconds between checks for devices on a dead path, moved to a live one (transports that can, e.g. iscsi-user); 0: never',
+      default: 30,
+      min: 0,
+      max: 86_400,
+    }),
   };
 
   async run(): Promise<void> {
@@ -71,6 +79,7 @@ export default class Agent extends BaseCommand<typeof Agent> {
       apiUrl: client.url,
       version: this.config.version,
       concurrency: this.flags.concurrency,
+      pathCheckMs: this.flags['path-check'] * 1000,
       onState: (line) => ux.stderr(`berth agent: ${line}`),
     });
     const stop = (signal: NodeJS.Signals): void => {

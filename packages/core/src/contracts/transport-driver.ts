@@ -25,11 +25,23 @@ export interface DisconnectOptions extends TransportCallContext {
   inUse?: readonly Device[];
 }
 
-/** A device this transport finds connected on the host (for `berth reconcile`). */
+/**
+ * A device this transport finds connected on the host (for `berth reconcile`). A transport with
+ * several ways to one volume lists them in `device.paths`, each with its `state`: `active` (in
+ * use and answering), `standby` (a way not in use) or `failed` (in use and not answering).
+ */
 export interface ConnectedDevice {
   device: Device;
   /** The backing thing, in connection_info terms (a file path, a target IQN + LUN): see `sourceKeys`. */
   source: Record<string, unknown>;
+}
+
+/** What `repairPaths` did. */
+export interface PathRepair {
+  /** False when nothing had to change (no path in use was failed, or none could be replaced yet). */
+  changed: boolean;
+  /** One line for the reconcile report and logs: `moved from 10.0.0.1:3260 to 10.0.0.2:3260 in 41 ms`. */
+  detail: string;
 }
 
 /**
@@ -65,6 +77,15 @@ export interface TransportDriver {
   paths?(connection: ConnectionInfo, device: Device): Promise<DevicePath[]>;
   /** Every device this transport finds connected on the host. */
   connected?(): Promise<ConnectedDevice[]>;
+  /**
+   * Put a connected device whose path in use is `failed` (as `connected` lists it) back on a live
+   * path: iscsi-user fails over to another portal. Idempotent; a device whose paths are fine is
+   * left alone (`changed: false`), and so is one that is no longer what `listed` says (identity).
+   * Called by `berth reconcile` (finding `attachment_path_failed`) and by `berth agent`'s path
+   * check. A transport that implements it reports path states in `connected` (the conformance
+   * suite checks both).
+   */
+  repairPaths?(listed: ConnectedDevice, context: TransportCallContext): Promise<PathRepair>;
   /**
    * The keys of a `ConnectedDevice.source` (and of a connection_info's `data`) that name the
    * volume itself, not a way to it: `['device_path']` for loop, `['target_iqn', 'target_lun']` for

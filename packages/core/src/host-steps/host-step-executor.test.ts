@@ -17,7 +17,7 @@ import { runHostStep } from './run-host-step.js';
 // The host half of a step, parsed at its boundary (what `berth agent` and the in-process executor
 // both run), and the executor choice: this process for its own host, refused for a host with no agent.
 
-function host() {
+function host(options: { repair?: boolean } = {}) {
   const devices = new Map<string, Device>();
   const published = new Map<string, string>();
   const calls: string[] = [];
@@ -39,6 +39,14 @@ function host() {
       devices.delete(String(connection.data.device_path));
     },
     connected: async () => [...devices.values()].map((device) => ({ device, source: { device_path: device.path } })),
+    ...(options.repair
+      ? {
+          repairPaths: async (listed: { device: Device }) => {
+            calls.push(`repair ${listed.device.path}`);
+            return { changed: true, detail: `moved ${listed.device.path} to 127.0.0.2:3260` };
+          },
+        }
+      : {}),
     check: async () => ({ ok: true, summary: 'mem' }),
   };
   const consumer: Consumer = {
@@ -78,7 +86,7 @@ describe('runHostStep', () => {
     expect(h.calls).toEqual([`connect op-1 ${VOLUME}`]);
     expect(await runHostStep(h, 'publish', { consumer: 'mem', server, attachment, device }, run)).toEqual({ path: `/dev/berth/${VOLUME}` });
     const facts = await runHostStep(h, 'host_facts', {}, run);
-    expect(facts.listings).toEqual([{ transport: 'mem', protocol: 'mem', sourceKeys: ['device_path'], devices: [{ device, source: { device_path: '/dev/mem0' } }] }]);
+    expect(facts.listings).toEqual([{ transport: 'mem', protocol: 'mem', sourceKeys: ['device_path'], repairsPaths: false, devices: [{ device, source: { device_path: '/dev/mem0' } }] }]);
     expect(await runHostStep(h, 'unpublish', { consumer: 'mem', server, attachment, stillShared: true }, run)).toEqual({});
     const released = await runHostStep(h, 'release', { transport: 'mem', connection, device, force: true, inUse: [device], volumeId: VOLUME, deadlineAt }, run);
     expect(released).toEqual({ identityMismatch: false });
@@ -91,6 +99,15 @@ describe('runHostStep', () => {
     const stale: Device = { path: '/dev/mem0', type: 'block', identity: { kind: 'mem', stale: true } };
     const out = await runHostStep(h, 'disconnect', { transport: 'mem', connection, device: stale, force: false, inUse: [], volumeId: VOLUME, deadlineAt }, run);
     expect(out).toEqual({ identityMismatch: true });
+  });
+
+  it('repairs a listed device\'s paths through its transport, and says when the transport cannot', async () => {
+    const listed = { device: { path: '/dev/mem0', type: 'block' as const, paths: [{ portal: '127.0.0.1:3260', state: 'failed' }] }, source: { device_path: '/dev/mem0' } };
+    const able = host({ repair: true });
+    expect((await runHostStep(able, 'host_facts', {}, run)).listings[0]?.repairsPaths).toBe(true);
+    expect(await runHostStep(able, 'repair_paths', { transport: 'mem', listed }, run)).toEqual({ supported: true, changed: true, detail: 'moved /dev/mem0 to 127.0.0.2:3260' });
+    expect(able.calls).toEqual(['repair /dev/mem0']);
+    expect(await runHostStep(host(), 'repair_paths', { transport: 'mem', listed }, run)).toEqual({ supported: false, changed: false, detail: 'transport mem cannot repair paths' });
   });
 
   it('builds the connector from the base and the transports, with the multipath wish on top', async () => {

@@ -96,6 +96,16 @@ async function runParsed(host: HostStepHost, step: HostStepName, payload: unknow
       await consumer.unpublishOrphan(p.volumeId, p.device);
       return { supported: true };
     }
+    case 'repair_paths': {
+      const p = input('repair_paths', payload);
+      const transport = catalog.transport(p.transport);
+      if (!transport.repairPaths) return { supported: false, changed: false, detail: `transport ${p.transport} cannot repair paths` };
+      const repair = await transport.repairPaths(p.listed, {
+        signal: run.signal,
+        ...(run.operationId === undefined ? {} : { operationId: run.operationId }),
+      });
+      return { supported: true, changed: repair.changed, detail: repair.detail };
+    }
     case 'connector': {
       const p = input('connector', payload);
       return { connector: await mergeConnector(host.baseConnector(), catalog.transports(), p, logger) };

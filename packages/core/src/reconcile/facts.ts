@@ -61,6 +61,7 @@ export async function listTransports(
         transport: name,
         protocol: transport.protocols[0] ?? name,
         sourceKeys: [...(transport.sourceKeys ?? [])],
+        repairsPaths: transport.repairPaths !== undefined,
         devices,
         priority: transport.priority ?? 0,
       });

@@ -218,6 +218,31 @@ describe('findDifferences', () => {
     expect(findDifferences(facts({ volumes: [v], attachments: [a], listings: loop([same]) }))).toEqual([]);
   });
 
+  it('finds an attached device whose path in use failed, only for a transport that can repair paths', () => {
+    const v = volume('a', 'in-use', 'iqn.2026-01.org.berth:a');
+    const a: Attachment = {
+      ...fileAttachment(v, 'attached', '/dev/loop5'),
+      transport: 'iscsi-user',
+      connectionInfo: { driver_volume_type: 'iscsi', data: { target_iqn: 'iqn.2026-01.org.berth:a', target_lun: 1, access_mode: 'rw' } },
+    };
+    const listedWith = (states: string[]): ConnectedDevice => ({
+      device: { path: '/dev/loop5', type: 'block', paths: states.map((state, i) => ({ portal: `127.0.0.${i + 1}:3260`, state })) },
+      source: { target_iqn: 'iqn.2026-01.org.berth:a', target_lun: 1, target_portal: '127.0.0.1:3260' },
+    });
+    const user = (entry: ConnectedDevice, repairsPaths = true): TransportListing[] => [
+      { transport: 'iscsi-user', protocol: 'iscsi', sourceKeys: ISCSI_KEYS, repairsPaths, devices: [entry] },
+    ];
+    const failed = findDifferences(facts({ volumes: [v], attachments: [a], listings: user(listedWith(['failed', 'standby'])) }));
+    expect(failed.map((f) => f.kind)).toEqual(['attachment_path_failed']);
+    expect(describeFinding(failed[0]!)).toMatchObject({ fix: 'repair_paths', state: 'planned', attachmentId: a.id, detail: expect.stringContaining('127.0.0.1:3260') });
+    // Healthy paths, or a transport that cannot repair them (it is reported by nothing: its device is there).
+    expect(findDifferences(facts({ volumes: [v], attachments: [a], listings: user(listedWith(['active', 'standby'])) }))).toEqual([]);
+    expect(findDifferences(facts({ volumes: [v], attachments: [a], listings: user(listedWith(['failed', 'standby']), false) }))).toEqual([]);
+    // A volume with a running operation: skipped, not repaired under it.
+    const busy = findDifferences(facts({ volumes: [v], attachments: [a], busyVolumeIds: new Set([v.id]), listings: user(listedWith(['failed'])) }));
+    expect(describeFinding(busy[0]!)).toMatchObject({ kind: 'attachment_path_failed', state: 'skipped' });
+  });
+
   it('finds attachments an interrupted operation left (stuck or in error), and leaves a three-phase reservation alone', () => {
     const v = volume('a', 'reserved', '/data/volumes/a.img');
     const stuck = { ...fileAttachment(v, 'reserved', null), transport: null, connectionInfo: null };

@@ -98,6 +98,8 @@ export interface TransportListing {
   protocol: string;
   /** The source keys that name a volume (`TransportDriver.sourceKeys`; empty: it cannot tell). */
   sourceKeys: readonly string[];
+  /** Whether the transport can put a device back on a live path (`TransportDriver.repairPaths`). */
+  repairsPaths?: boolean;
   devices: ConnectedDevice[];
 }
 
@@ -145,6 +147,15 @@ export type Finding =
       skip?: string;
     }
   | { kind: 'attachment_device_gone'; attachment: Attachment; volume: Volume; found: ConnectedDevice | undefined; skip?: string }
+  | {
+      kind: 'attachment_path_failed';
+      attachment: Attachment;
+      volume: Volume;
+      transport: string;
+      /** The attachment's device as its transport lists it now, with its paths' states. */
+      listed: ConnectedDevice;
+      skip?: string;
+    }
   | { kind: 'attachment_stuck'; attachment: Attachment; volume: Volume; skip?: string }
   | { kind: 'attachment_error'; attachment: Attachment; volume: Volume; skip?: string }
   | { kind: 'volume_status_mismatch'; volume: Volume; expected: VolumeStatus; skip?: string };
@@ -191,6 +202,11 @@ function matchingDevices(listing: TransportListing | undefined, attachment: Atta
   const data = attachment.connectionInfo?.data;
   if (!listing || !data) return [];
   return listing.devices.filter((d) => sourceMatches(d.source, data, listing.sourceKeys));
+}
+
+/** The paths of a listed device that are in use and do not answer (`state: 'failed'`). */
+export function failedPaths(listed: ConnectedDevice): NonNullable<Device['paths']> {
+  return (listed.device.paths ?? []).filter((path) => path.state === 'failed');
 }
 
 /** Why an attachment of a transport that declares no source keys is never reconnected. */
@@ -286,6 +302,11 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
     const then = matchingDevices(before.get(attachment.transport), attachment);
     const recorded = attachment.device;
     // Present: the very device recorded (its identity, when it has one) is listed for this volume.
+    const present = recorded ? now.find((d) => sameDevice(d.device, recorded)) : undefined;
+    if (present && listing.repairsPaths && failedPaths(present).length > 0) {
+      findings.push(withSkip({ kind: 'attachment_path_failed', attachment, volume, transport: attachment.transport, listed: present }, busy(volume.id) ?? elsewhereRoot(attachment)));
+      continue;
+    }
     if (recorded && [...now, ...then].some((d) => sameDevice(d.device, recorded))) continue;
     const found = now[0] ?? then[0];
     findings.push(withSkip({ kind: 'attachment_device_gone', attachment, volume, found }, busy(volume.id) ?? elsewhereRoot(attachment)));
@@ -396,6 +417,18 @@ export function describeFinding(finding: Finding): ReconcileDifference {
         detail,
         fix: 'reconnect',
         fixDetail: `reconnect it (${finding.attachment.transport ?? 'its transport'}) and publish it again; if that fails, mark it error_detaching (volume error) for \`berth detach --force\``,
+        ...base(finding.volume.id, finding.attachment.id),
+      };
+    }
+    case 'attachment_path_failed': {
+      const failed = failedPaths(finding.listed).map((p) => p.portal ?? p.device ?? '?');
+      const others = (finding.listed.device.paths ?? []).filter((p) => p.state === 'standby').length;
+      return {
+        kind: finding.kind,
+        resource: `attachment ${finding.attachment.id} (volume ${finding.volume.name}) at ${finding.listed.device.path}`,
+        detail: `the path in use of volume ${finding.volume.name}'s device ${finding.listed.device.path} does not answer (${failed.join(', ')}); ${others} other path(s) known`,
+        fix: 'repair_paths',
+        fixDetail: `move it to a live path (${finding.transport} repairPaths, on the device's host); I/O waiting on the dead path goes on there`,
         ...base(finding.volume.id, finding.attachment.id),
       };
     }

@@ -1,6 +1,7 @@
 import { redactConnectionInfo, withAccessMode, type ConnectionInfo, type Connector, type Device } from '../connection.js';
 import type { HostStepCall, HostSteps } from '../host-steps/host-step-executor.js';
 import type { Consumer } from '../contracts/consumer.js';
+import type { ConnectedDevice } from '../contracts/transport-driver.js';
 import { sameDevice } from '../device-identity.js';
 import { BerthError, toBerthError } from '../errors.js';
 import type { Host, Volume } from '../model.js';
@@ -84,6 +85,8 @@ export async function fixOf(deps: ReconcileDeps, finding: Finding, target: FixTa
     }
     case 'attachment_device_gone':
       return reconnect(deps, finding.attachment.id, fresh.volume, { ...target, signal });
+    case 'attachment_path_failed':
+      return repairPaths(deps, finding.attachment.id, finding.transport, finding.listed, { ...target, signal });
     case 'attachment_stuck':
     case 'attachment_error':
       return finishDetach(deps, finding.attachment.id, fresh.volume);
@@ -186,6 +189,20 @@ async function reconnect(deps: ReconcileDeps, attachmentId: string, volume: Volu
       cause: failure,
     });
   }
+}
+
+/**
+ * Put an attachment's device back on a live path, on its host (`repair_paths`: the transport
+ * fails over, e.g. iscsi-user to another portal). The device is the very one listed (the
+ * transport checks its identity); the store is not touched: the device and its path stay the same.
+ */
+async function repairPaths(deps: ReconcileDeps, attachmentId: string, transport: string, listed: ConnectedDevice, target: FixTarget & { signal: AbortSignal }): Promise<string> {
+  const { steps, operationId, signal } = target;
+  const attachment = await deps.store.attachments.get(attachmentId);
+  if (attachment?.status !== 'attached') throw new Skip(`the attachment is ${attachment?.status ?? 'deleted'} now`);
+  const result = await steps.run('repair_paths', { transport, listed }, { operationId, signal });
+  if (!result.supported) throw new Skip(`transport ${transport} on this host cannot repair paths`);
+  return result.changed ? result.detail : `nothing to move: ${result.detail}`;
 }
 
 /**

@@ -145,6 +145,24 @@ export function describeTransportConformance(
       expect(listed.some((entry) => sourceMatches(entry.source, connection.data, keys))).toBe(true);
     });
 
+    it('a transport that repairs paths lists their states, and leaves a healthy device alone', async () => {
+      const { driver } = current();
+      if (!driver.repairPaths) return;
+      expect(driver.connected, 'repairPaths acts on what connected() lists: implement both').toBeDefined();
+      const connection = await newConnection();
+      const device = await driver.connect(connection, call());
+      const listed = (await driver.connected!()).find((entry) => entry.device.path === device.path);
+      expect(listed).toBeDefined();
+      const paths = listed!.device.paths ?? [];
+      expect(paths.length, 'each path with its state, so reconcile and the agent see a failed one').toBeGreaterThan(0);
+      for (const path of paths) expect(['active', 'standby', 'failed']).toContain(path.state);
+      expect(paths.some((path) => path.state === 'active')).toBe(true);
+      const repair = await driver.repairPaths(listed!, call());
+      expect(repair.changed).toBe(false);
+      expect(repair.detail).toMatch(/\S/);
+      expect(repair.detail).not.toContain('\n');
+    });
+
     it('check() says whether it works here, in one line', async () => {
       const result = await current().driver.check();
       expect(typeof result.ok).toBe('boolean');
