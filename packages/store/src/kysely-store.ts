@@ -5,6 +5,7 @@ import type { Store, StoreNotifications } from '@berth/core';
 import type { Kysely, Transaction } from 'kysely';
 import type { Database } from './database.js';
 import type { NotificationBackend } from './notification-backend.js';
+import type { NotificationRelay } from './socket-relay.js';
 import type { RepositoryContext } from './repository-context.js';
 import { createAttachmentRepository } from './repositories/attachment-repository.js';
 import { createHostDeviceRepository } from './repositories/host-device-repository.js';
@@ -42,6 +43,11 @@ export interface KyselyStoreOptions {
   onClose?: () => Promise<void> | void;
   /** Carries notifications between processes; without it they stay within this process. */
   notifications?: NotificationBackend;
+  /**
+   * Without `notifications` (SQLite): also carry them, once committed, to the other processes on
+   * the same database (`createSocketRelay`).
+   */
+  relay?: NotificationRelay;
 }
 
 /**
@@ -55,13 +61,29 @@ export function createKyselyStore(db: Kysely<Database>, options: KyselyStoreOpti
   let closed = false;
 
   const backend = options.notifications;
+  const relay = backend === undefined ? options.relay : undefined;
   /** In-process delivery (used when there is no backend). */
   const hub = createNotificationHub();
+  /** Another process's notification, into this one's listeners (a malformed one is dropped). */
+  const fromElsewhere = (channel: string, payload: string): void => {
+    try {
+      hub.notify(channel, payload);
+    } catch {
+      // Not a valid channel or payload: nothing of berth's.
+    }
+  };
 
   const notifications = (ctx: RepositoryContext, scope: () => TransactionScope | undefined): StoreNotifications => ({
     async notify(channel: string, payload = ''): Promise<void> {
       if (backend === undefined) {
-        hub.notify(channel, payload, scope()?.afterCommit);
+        const afterCommit = scope()?.afterCommit;
+        hub.notify(channel, payload, afterCommit);
+        if (relay) {
+          // Validated by the hub above; sent to the others once the transaction has committed.
+          const publish = (): void => relay.publish(channel, payload);
+          if (afterCommit) afterCommit.push(publish);
+          else publish();
+        }
         return;
       }
       const name = parseWith(zNotificationChannel, channel, 'notification channel');
@@ -69,7 +91,12 @@ export function createKyselyStore(db: Kysely<Database>, options: KyselyStoreOpti
       await backend.send(ctx.db(), name, text);
     },
     async listen(channel: string, listener: (payload: string) => void): Promise<() => Promise<void>> {
-      if (backend === undefined) return hub.listen(channel, listener);
+      if (backend === undefined) {
+        const stop = hub.listen(channel, listener);
+        // Unreachable from elsewhere (a read-only data dir, a socket path too long): this process still hears itself.
+        await relay?.start(fromElsewhere).catch(() => false);
+        return stop;
+      }
       return backend.subscribe(parseWith(zNotificationChannel, channel, 'notification channel'), listener);
     },
   });
@@ -174,6 +201,7 @@ export function createKyselyStore(db: Kysely<Database>, options: KyselyStoreOpti
       closed = true;
       try {
         await backend?.close();
+        await relay?.close();
       } finally {
         await db.destroy();
         await options.onClose?.();

@@ -7,6 +7,7 @@ import BetterSqlite3 from 'better-sqlite3';
 import { Kysely } from 'kysely';
 import type { Database } from './database.js';
 import { createKyselyStore } from './kysely-store.js';
+import { createSocketRelay } from './socket-relay.js';
 import { migrateToLatest } from './migrate.js';
 import { createMigrations } from './migrations.js';
 import { applySqlitePragmas, BerthSqliteDialect, sqliteStoreDialect } from './sqlite-dialect.js';
@@ -108,7 +109,13 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
     else database.close();
     throw openFailure(error, filename, busyTimeoutMs, 'check that the file is a berth database (SQLite) and that this user may write it');
   }
-  return createKyselyStore(db, { dialect: sqliteStoreDialect });
+  // Processes sharing the file wake each other's waiters through sockets beside it (SQLite has no NOTIFY).
+  return createKyselyStore(db, { dialect: sqliteStoreDialect, ...(isMemory(filename) ? {} : { relay: createSocketRelay(relayDir(filename)) }) });
+}
+
+/** Where the processes sharing `filename` keep their notification sockets: `<file>.notify/` beside it. */
+export function relayDir(filename: string): string {
+  return `${filename}.notify`;
 }
 
 /**

@@ -1,13 +1,14 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createMigrations } from './migrations.js';
-import { openSqliteStore } from './open-sqlite-store.js';
+import { openSqliteStore, relayDir } from './open-sqlite-store.js';
 import { sqliteStoreDialect } from './sqlite-dialect.js';
 
 // The workers run the built package: Node 20 cannot load the TypeScript sources.
@@ -190,4 +191,46 @@ describe('SQLite store shared by OS processes', () => {
       await after.close();
     }
   }, 2 * DEADLINE_MS);
+});
+
+describe('notifications between processes on one SQLite file (sockets beside it: SQLite has no NOTIFY)', () => {
+  it('a committed notification of another process wakes this one\'s listener; a rolled-back one never arrives; a dead listener\'s socket is removed', async () => {
+    const dir = tempDir();
+    const filename = join(dir, 'berth.db');
+    const store = await openSqliteStore({ filename });
+    try {
+      const heard: string[] = [];
+      let wake: (() => void) | undefined;
+      const stop = await store.notifications!.listen('work_done', (payload) => {
+        heard.push(payload);
+        wake?.();
+      });
+      // A socket left by a process that died (bound, then its server gone without removing it).
+      const stale = join(relayDir(filename), '999999-deadbeef0000.sock');
+      await new Promise<void>((resolve) => {
+        const server = createServer();
+        server.listen(stale, () => {
+          // Closing a listening server removes its socket file: put a plain file there instead,
+          // which refuses connections as a dead process's socket does.
+          server.close(() => {
+            writeFileSync(stale, '');
+            resolve();
+          });
+        });
+      });
+      const arrived = new Promise<void>((resolve) => (wake = resolve));
+      const worker = startWorker([filename, 'notify', 'work_done', 'item-1']);
+      expect(JSON.parse(await worker.nextLine())).toEqual({ ok: true });
+      expect(await worker.exited).toBe(0);
+      await arrived;
+      expect(heard).toEqual(['item-1']);
+      // Its close waited for its deliveries: the stale socket was found and removed by then.
+      expect(existsSync(stale)).toBe(false);
+      await stop();
+    } finally {
+      await store.close();
+    }
+    // Closing removed this process's own socket.
+    expect(readdirSync(relayDir(filename))).toEqual([]);
+  });
 });

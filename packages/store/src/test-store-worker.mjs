@@ -8,6 +8,9 @@
 //     an order shuffled by <seed> (so that siblings meet on the same volumes at the same time):
 //     try to reserve it (CAS available -> reserved) and increment the counter host's connector.n
 //     in a read-modify-write transaction; print {"wins":[...],"conflicts":n,"errors":[...]}
+//   node test-store-worker.mjs <store entry URL> <database file> notify <channel> <payload>
+//     open the store, send <payload> on <channel> inside a transaction that commits, then one on
+//     <channel> with payload "rolled-back" inside one that rolls back; close; print {"ok":true}
 import { createInterface } from 'node:readline';
 
 const [entry, filename, mode, arg1, arg2, arg3] = process.argv.slice(2);
@@ -72,6 +75,17 @@ if (mode === 'open') {
   }
   await store.close();
   process.stdout.write(`${JSON.stringify({ wins, conflicts, errors })}\n`);
+} else if (mode === 'notify') {
+  const store = await openSqliteStore({ filename, busyTimeoutMs: 20000 });
+  await store.transaction(async (tx) => tx.notifications.notify(arg1, arg2));
+  await store
+    .transaction(async (tx) => {
+      await tx.notifications.notify(arg1, 'rolled-back');
+      throw new Error('roll back');
+    })
+    .catch(() => undefined);
+  await store.close();
+  process.stdout.write(`${JSON.stringify({ ok: true })}\n`);
 } else {
   process.stderr.write(`unknown mode ${mode}\n`);
   process.exit(2);
