@@ -3,7 +3,7 @@
 // file-backend volume, then the qemu consumer's hot-plug — and detaches it again; a guest that
 // does not let go; berth SIGKILLed around the guest step.
 import { existsSync, lstatSync } from 'node:fs';
-import { mkdir, truncate, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EXIT_CODES, type Attachment, type Operation, type OperationOutcome, type ReconcileReport, type Server, type Volume } from '@berth/core';
@@ -332,4 +332,32 @@ describe('berth attach into a real libvirt domain (CLI, loop transport, file bac
     expect(await domblk()).not.toContain('/dev/berth/');
     await sandbox.json(['volume', 'delete', 'lv1', '--yes']);
   });
+
+  it('reconcile: a disk attached by hand (virsh attach-device) with a berth volume\'s serial is unplugged from the domain; a dry run changes nothing', async () => {
+    const created = await sandbox.json<Volume>(['volume', 'create', '--size', '16MiB', '--name', 'lvrec']);
+    // Where QEMU (user libvirt-qemu) can reach it: libvirt relabels the file, not its directories.
+    const dir = await mkdtemp(join('/dev/shm', 'berth-e2e-guest-'));
+    await chmod(dir, 0o755);
+    const file = join(dir, 'by-hand.img');
+    await writeFile(file, '');
+    await truncate(file, 8 * MiB);
+    const xml = join(dir, 'disk.xml');
+    await writeFile(xml, `<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${file}'/><target dev='vdt' bus='virtio'/><serial>${created.id}</serial></disk>\n`);
+    const virsh = (args: string[]) => host.runner.run('virsh', ['-c', guest.uri, ...args], { timeoutMs: 30_000, reject: false });
+    try {
+      expect((await virsh(['attach-device', guest.domain, xml, '--live'])).exitCode).toBe(0);
+      await guest.agent.waitForDisk(created.id, SEE_MS);
+      const dry = await sandbox.json<ReconcileReport>(['reconcile', '--dry-run']);
+      expect(dry.differences).toEqual([expect.objectContaining({ kind: 'guest_disk_without_attachment', fix: 'unplug', state: 'planned', volumeId: created.id })]);
+      expect((await guest.agent.disks()).map((d) => d.serial)).toContain(guestSerial(created.id));
+      const applied = await sandbox.json<ReconcileReport>(['reconcile', '--yes']);
+      expect(applied.differences).toEqual([expect.objectContaining({ kind: 'guest_disk_without_attachment', state: 'applied' })]);
+      await guest.agent.waitForDiskGone(created.id, SEE_MS);
+      expect((await virsh(['domblklist', guest.domain])).stdout).not.toContain(file);
+    } finally {
+      await virsh(['detach-disk', guest.domain, 'vdt', '--live']);
+      await rm(dir, { recursive: true, force: true });
+    }
+    await sandbox.json(['volume', 'delete', 'lvrec', '--yes']);
+  }, 120_000);
 });
