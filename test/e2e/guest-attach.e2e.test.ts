@@ -3,16 +3,17 @@
 // file-backend volume, then the qemu consumer's hot-plug — and detaches it again; a guest that
 // does not let go; berth SIGKILLed around the guest step.
 import { existsSync, lstatSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EXIT_CODES, type Attachment, type Operation, type OperationOutcome, type Server, type Volume } from '@berth/core';
+import { EXIT_CODES, type Attachment, type Operation, type OperationOutcome, type ReconcileReport, type Server, type Volume } from '@berth/core';
 import { createHostServices } from '@berth/host';
 import { bootLibvirtGuest, bootQemuGuest, guestSerial, type LibvirtGuest, type QemuGuest } from '@berth/vmkit';
 import { errorBody, makeSandbox, REPO_ROOT, type BerthSandbox } from '../support/berth-cli.js';
 import { crashChild, readAt } from '../support/host-state.js';
 import { loopDevicesBacking } from '../support/loop-devices.js';
 import { sweepOrphanedSandboxes } from '../support/orphans.js';
+import { createSimIscsiBerth } from '../support/sim-iscsi-berth.js';
 
 const host = createHostServices();
 // The guest probes a hot-plugged disk in 0.3-0.5 s on a quiet machine; a loaded one needs far more.
@@ -145,6 +146,87 @@ describe('berth attach into a real QEMU guest (CLI, loop transport, file backend
     await sandbox.json(['volume', 'delete', 'held', '--yes']);
   });
 
+  it('over iSCSI (tgt volume, the simulated host real-backed): the guest sees serial = volume id, its writes are in the LUN file after detach, nothing left', async () => {
+    // A second berth world on the same guest: its own data dir, tgtd and simulated host.
+    const sim = await createSimIscsiBerth({ plugins: [{ package: '@berth/consumer-qemu', options: { unplugTimeoutMs: UNPLUG_MS, qmpTimeoutMs: 30_000 } }] });
+    const env = { BERTH_DATA_DIR: sim.dataDir, ...sim.childEnv };
+    const berth = async <T>(args: string[]): Promise<T> => {
+      const run = await sandbox.run([...args, '--json'], env);
+      if (run.exitCode !== 0) throw new Error(`berth ${args.join(' ')} exited ${run.exitCode}: ${run.stderr}`);
+      return JSON.parse(run.stdout) as T;
+    };
+    try {
+      await berth(['server', 'create', 'vm-iscsi', '--hypervisor', 'qemu', '--qmp', guest.qmpSocket]);
+      const volume = await berth<Volume>(['volume', 'create', '--size', '32MiB', '--name', 'iv1']);
+      const attached = await berth<OperationOutcome>(['attach', 'iv1', '--server', 'vm-iscsi']);
+      expect(attached.attachment).toMatchObject({ status: 'attached', transport: 'iscsi', serial: volume.id, guestDevice: expect.stringMatching(/^\/dev\/vd[a-z]+$/) });
+      const name = await guest.agent.waitForDisk(volume.id, SEE_MS);
+      expect((await guest.agent.disks()).find((d) => d.name === name)).toMatchObject({ serial: guestSerial(volume.id), sizeBytes: 32 * MiB, readOnly: false });
+      const pattern = `berth-iscsi-${volume.id.slice(0, 8)}`;
+      await guest.agent.writePattern(volume.id, 5 * MiB + 3, pattern);
+
+      await berth(['detach', 'iv1']);
+      // The tgt backend keeps each LUN as `<dataDir>/backend-tgt/luns/<volume id>.img`.
+      expect(readAt(join(sim.dataDir, 'backend-tgt', 'luns', `${volume.id}.img`), pattern.length, 5 * MiB + 3).toString()).toBe(pattern);
+      expect((await guest.agent.disks()).map((d) => d.serial)).not.toContain(guestSerial(volume.id));
+      expect(await qemuLeftovers(volume.id)).toEqual([]);
+      expect(linkExists(`/dev/berth/${volume.id}`)).toBe(false);
+      expect(linkExists(`/dev/berth/${attached.attachment?.id}`)).toBe(false);
+      expect(sim.leftovers()).toEqual({ loops: [], mounts: [], qsd: [] });
+      expect(sim.targets().flatMap((t) => t.nexuses)).toEqual([]);
+      await berth(['volume', 'delete', 'iv1', '--yes']);
+    } finally {
+      await sim.cleanup();
+    }
+  }, 120_000);
+
+  it('reconcile: a disk plugged by hand with a berth volume\'s serial is unplugged (a dry run changes nothing), a foreign disk is left; a disk unplugged behind berth\'s back is plugged again', async () => {
+    const volume = await createVolume('guestrec');
+    const files = { berth: join(sandbox.root, 'by-hand-berth.img'), foreign: join(sandbox.root, 'by-hand-foreign.img') };
+    const plugByHand = async (id: string, file: string, serial: string): Promise<void> => {
+      await writeFile(file, '');
+      await truncate(file, 8 * MiB);
+      await guest.control('blockdev-add', { driver: 'file', 'node-name': id, filename: file });
+      await guest.control('device_add', { driver: 'virtio-blk-pci', id, drive: id, bus: 'pci.0', serial });
+      await guest.agent.waitForDisk(serial, SEE_MS);
+    };
+    const FOREIGN = 'not-berth-disk-1';
+    try {
+      await plugByHand('by-hand-berth', files.berth, volume.id);
+      await plugByHand('by-hand-foreign', files.foreign, FOREIGN);
+      const dry = await sandbox.json<ReconcileReport>(['reconcile', '--dry-run']);
+      expect(dry.differences).toEqual([
+        expect.objectContaining({ kind: 'guest_disk_without_attachment', fix: 'unplug', state: 'planned', volumeId: volume.id, resource: 'disk /machine/peripheral/by-hand-berth of server vm-1' }),
+      ]);
+      expect((await guest.agent.disks()).map((d) => d.serial)).toContain(guestSerial(volume.id));
+      const applied = await sandbox.json<ReconcileReport>(['reconcile', '--yes']);
+      expect(applied.differences).toEqual([expect.objectContaining({ kind: 'guest_disk_without_attachment', state: 'applied' })]);
+      await guest.agent.waitForDiskGone(volume.id, SEE_MS);
+      expect((await guest.agent.disks()).map((d) => d.serial)).toEqual([FOREIGN]);
+    } finally {
+      await guest.control('device_del', { id: 'by-hand-foreign' }).catch(() => undefined);
+      await guest.agent.waitForDiskGone(FOREIGN, SEE_MS).catch(() => undefined);
+      for (const node of ['by-hand-berth', 'by-hand-foreign']) await guest.control('blockdev-del', { 'node-name': node }).catch(() => undefined);
+    }
+
+    const attached = await sandbox.json<OperationOutcome>(['attach', 'guestrec', '--server', 'vm-1']);
+    await guest.agent.waitForDisk(volume.id, SEE_MS);
+    await guest.control('device_del', { id: `berth-${volume.id}` });
+    await guest.agent.waitForDiskGone(volume.id, SEE_MS);
+    const dry = await sandbox.json<ReconcileReport>(['reconcile', '--dry-run']);
+    expect(dry.differences).toEqual([
+      expect.objectContaining({ kind: 'attachment_missing_from_guest', fix: 'replug', state: 'planned', attachmentId: attached.attachment?.id }),
+    ]);
+    expect((await guest.agent.disks()).map((d) => d.serial)).not.toContain(guestSerial(volume.id));
+    const applied = await sandbox.json<ReconcileReport>(['reconcile', '--yes']);
+    expect(applied.differences).toEqual([expect.objectContaining({ kind: 'attachment_missing_from_guest', state: 'applied' })]);
+    await guest.agent.waitForDisk(volume.id, SEE_MS);
+    expect((await sandbox.json<ReconcileReport>(['reconcile', '--dry-run'])).differences).toEqual([]);
+    await sandbox.json(['detach', 'guestrec']);
+    await expectNothingLeft(volume);
+    await sandbox.json(['volume', 'delete', 'guestrec', '--yes']);
+  }, 180_000);
+
   it('a server whose consumer is not installed is refused with CONFIG before anything is touched', async () => {
     const volume = await createVolume('nocons');
     await sandbox.json(['server', 'create', 'web-1', '--hypervisor', 'libvirt', '--domain', 'web-1']);
@@ -250,4 +332,32 @@ describe('berth attach into a real libvirt domain (CLI, loop transport, file bac
     expect(await domblk()).not.toContain('/dev/berth/');
     await sandbox.json(['volume', 'delete', 'lv1', '--yes']);
   });
+
+  it('reconcile: a disk attached by hand (virsh attach-device) with a berth volume\'s serial is unplugged from the domain; a dry run changes nothing', async () => {
+    const created = await sandbox.json<Volume>(['volume', 'create', '--size', '16MiB', '--name', 'lvrec']);
+    // Where QEMU (user libvirt-qemu) can reach it: libvirt relabels the file, not its directories.
+    const dir = await mkdtemp(join('/dev/shm', 'berth-e2e-guest-'));
+    await chmod(dir, 0o755);
+    const file = join(dir, 'by-hand.img');
+    await writeFile(file, '');
+    await truncate(file, 8 * MiB);
+    const xml = join(dir, 'disk.xml');
+    await writeFile(xml, `<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${file}'/><target dev='vdt' bus='virtio'/><serial>${created.id}</serial></disk>\n`);
+    const virsh = (args: string[]) => host.runner.run('virsh', ['-c', guest.uri, ...args], { timeoutMs: 30_000, reject: false });
+    try {
+      expect((await virsh(['attach-device', guest.domain, xml, '--live'])).exitCode).toBe(0);
+      await guest.agent.waitForDisk(created.id, SEE_MS);
+      const dry = await sandbox.json<ReconcileReport>(['reconcile', '--dry-run']);
+      expect(dry.differences).toEqual([expect.objectContaining({ kind: 'guest_disk_without_attachment', fix: 'unplug', state: 'planned', volumeId: created.id })]);
+      expect((await guest.agent.disks()).map((d) => d.serial)).toContain(guestSerial(created.id));
+      const applied = await sandbox.json<ReconcileReport>(['reconcile', '--yes']);
+      expect(applied.differences).toEqual([expect.objectContaining({ kind: 'guest_disk_without_attachment', state: 'applied' })]);
+      await guest.agent.waitForDiskGone(created.id, SEE_MS);
+      expect((await virsh(['domblklist', guest.domain])).stdout).not.toContain(file);
+    } finally {
+      await virsh(['detach-disk', guest.domain, 'vdt', '--live']);
+      await rm(dir, { recursive: true, force: true });
+    }
+    await sandbox.json(['volume', 'delete', 'lvrec', '--yes']);
+  }, 120_000);
 });

@@ -39,7 +39,13 @@ export interface SimIscsiBerth {
 
 /** Make a private simulated-iSCSI berth; call `cleanup` in afterAll. */
 export async function createSimIscsiBerth(
-  options: { backendOptions?: Record<string, unknown>; /** one portal per address, same port (default 127.0.0.1) */ portalHosts?: string[] } = {},
+  options: {
+    backendOptions?: Record<string, unknown>;
+    /** one portal per address, same port (default 127.0.0.1) */
+    portalHosts?: string[];
+    /** The config's `plugins` (a guest consumer, for attaches into a VM). */
+    plugins?: unknown[];
+  } = {},
 ): Promise<SimIscsiBerth> {
   const dataDir = await realpath(await mkdtemp(path.join(os.tmpdir(), 'berth-sim-')));
   const hosts = options.portalHosts ?? ['127.0.0.1'];
@@ -49,7 +55,7 @@ export async function createSimIscsiBerth(
   const portal = portals[0]!;
   writeFileSync(
     path.join(dataDir, 'config.json'),
-    JSON.stringify({ defaultBackend: 'tgt', pluginOptions: { '@berth/backend-tgt': { portals, controlPort, ...options.backendOptions } } }),
+    JSON.stringify({ defaultBackend: 'tgt', ...(options.plugins ? { plugins: options.plugins } : {}), pluginOptions: { '@berth/backend-tgt': { portals, controlPort, ...options.backendOptions } } }),
   );
   const { root, workDir } = simulatedHostPaths(dataDir);
   const opened: BerthService[] = [];

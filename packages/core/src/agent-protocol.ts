@@ -10,7 +10,7 @@ import { zWorkItem } from './work-item.js';
 // of a `connect` item, into which the API merges the backend's credentials in the claim answer only.
 
 /** A host step: the part of an attach or detach that has to run on the server's host. */
-export const zHostStepName = z.enum(['connector', 'connect', 'release', 'publish', 'unpublish', 'disconnect', 'host_facts', 'unpublish_orphan', 'repair_paths']);
+export const zHostStepName = z.enum(['connector', 'connect', 'release', 'publish', 'unpublish', 'disconnect', 'host_facts', 'unpublish_orphan', 'repair_paths', 'guest_disks', 'unplug_guest_disk']);
 /** One of `zHostStepName`. */
 export type HostStepName = z.output<typeof zHostStepName>;
 
@@ -88,6 +88,32 @@ export const zRepairPathsPayload = z.strictObject({
 /** What `repair_paths` answers: whether the transport can do it at all, and what it did. */
 export const zRepairPathsResult = z.strictObject({ supported: z.boolean(), changed: z.boolean(), detail: z.string() });
 
+/** `guest_disks`: the disks the server's guest has now, through its consumer (reconcile). */
+export const zGuestDisksPayload = z.strictObject({
+  consumer: z.string().min(1),
+  server: zServer,
+});
+/** One disk in a guest (`Consumer.guestDisks`). */
+export const zGuestDisk = z.strictObject({
+  serial: z.string(),
+  id: z.string().min(1),
+  guestDevice: z.string().optional(),
+});
+/**
+ * What `guest_disks` answers: whether the consumer can list a guest at all, and the disks
+ * (`null`: the guest does not run).
+ */
+export const zGuestDisksResult = z.strictObject({ supported: z.boolean(), disks: z.array(zGuestDisk).nullable() });
+
+/** `unplug_guest_disk`: unplug one disk from the server's guest (a reconcile fix; the host side stays). */
+export const zUnplugGuestDiskPayload = z.strictObject({
+  consumer: z.string().min(1),
+  server: zServer,
+  disk: zGuestDisk,
+});
+/** What `unplug_guest_disk` answers (nothing). */
+export const zUnplugGuestDiskResult = z.strictObject({});
+
 /** `connector`: the host's connector with the multipath wish applied. */
 export const zConnectorPayload = z.strictObject({
   multipath: z.boolean(),
@@ -122,6 +148,9 @@ export const HOST_STEP_SCHEMAS = {
   host_facts: { payload: zHostFactsPayload, result: zHostFactsResult },
   unpublish_orphan: { payload: zUnpublishOrphanPayload, result: zUnpublishOrphanResult },
   repair_paths: { payload: zRepairPathsPayload, result: zRepairPathsResult },
+
+  guest_disks: { payload: zGuestDisksPayload, result: zGuestDisksResult },
+  unplug_guest_disk: { payload: zUnplugGuestDiskPayload, result: zUnplugGuestDiskResult },
 } as const satisfies Record<HostStepName, { payload: z.ZodType; result: z.ZodType }>;
 
 /** The payload a host step takes. */

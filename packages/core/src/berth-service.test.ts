@@ -12,6 +12,7 @@ import { BerthError } from './errors.js';
 import { silentLogger } from './logger.js';
 import { createMemoryStore } from './memory-store.js';
 import { reserveAttachmentRecord } from './pipeline/attach.js';
+import { transitionAttachment } from './pipeline/context.js';
 import { definePlugin, PLUGIN_API_VERSION } from './plugin.js';
 import type { Store } from './store.js';
 
@@ -76,6 +77,9 @@ function world(options: { connectFails?: boolean; guestHolds?: boolean; guestUnp
       if (options.guestUnplugFails) throw new BerthError('DRIVER_ERROR', `on host h2: QMP device_del failed for server ${server.name}`);
       guestDisks.delete(attachment.volumeId);
     },
+    // What the guest has, by serial (a disk plugged by hand is put in the map by a test).
+    guestDisks: async () => [...guestDisks.keys()].map((serial) => ({ serial, id: `/machine/peripheral/d-${serial}` })),
+    unplugGuestDisk: async (_server, disk) => void guestDisks.delete(disk.serial),
   };
   const catalog = new DriverCatalog({ fs: { resolve: (p: string) => p } } as unknown as HostServices, '/tmp', silentLogger);
   catalog.add({
@@ -268,5 +272,54 @@ describe('servers with a hypervisor: the pipeline publishes through their consum
     expect(BerthError.is(error) && error.hint).toContain('may still have the disk');
     expect((await store.attachments.list({ volumeId: volume.id }))[0]?.status).toBe('attached');
     expect(connected.size + guestDisks.size).toBe(2);
+  });
+});
+
+describe('reconcile of a guest server: what the guest has against the attachments', () => {
+  const QMP = '/run/vm-1/qmp.sock';
+  const guestKinds = (report: { differences: Array<{ kind: string }> }) => report.differences.filter((d) => d.kind.includes('guest'));
+
+  it('a disk with a berth volume serial and no attachment is unplugged (a dry run lists it and changes nothing); a foreign serial is never touched', async () => {
+    const { service, guestDisks } = world();
+    const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    await service.createServer({ name: 'vm-1', hypervisor: { type: 'qemu', qmp: QMP } });
+    guestDisks.set(volume.id, QMP);
+    guestDisks.set('QM00001', QMP);
+    const dry = await service.reconcile({ dryRun: true });
+    expect(guestKinds(dry)).toEqual([expect.objectContaining({ kind: 'guest_disk_without_attachment', fix: 'unplug', state: 'planned', volumeId: volume.id })]);
+    expect([...guestDisks.keys()]).toEqual([volume.id, 'QM00001']);
+    const applied = await service.reconcile();
+    expect(guestKinds(applied)).toEqual([expect.objectContaining({ kind: 'guest_disk_without_attachment', state: 'applied', result: `unplugged /machine/peripheral/d-${volume.id} from server vm-1` })]);
+    expect([...guestDisks.keys()]).toEqual(['QM00001']);
+    expect(guestKinds(await service.reconcile({ dryRun: true }))).toEqual([]);
+  });
+
+  it('an attached volume the guest lost (unplugged behind berth\'s back) is plugged in again through the server\'s consumer', async () => {
+    const { service, store, guestDisks, published } = world();
+    const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    await service.createServer({ name: 'vm-1', hypervisor: { type: 'qemu', qmp: QMP } });
+    const { attachment } = await service.attach({ volume: 'db', server: 'vm-1' });
+    guestDisks.delete(volume.id);
+    const dry = await service.reconcile({ dryRun: true });
+    expect(guestKinds(dry)).toEqual([expect.objectContaining({ kind: 'attachment_missing_from_guest', fix: 'replug', state: 'planned', attachmentId: attachment!.id })]);
+    expect(guestDisks.size).toBe(0);
+    const applied = await service.reconcile();
+    expect(guestKinds(applied)).toEqual([expect.objectContaining({ kind: 'attachment_missing_from_guest', state: 'applied' })]);
+    expect(guestDisks.get(volume.id)).toBe(QMP);
+    expect(published.size).toBe(0);
+    expect(await store.attachments.require(attachment!.id)).toMatchObject({ status: 'attached', guestDevice: '/dev/vdb' });
+  });
+
+  it('a failed detach of a guest server is finished by reconcile through the server\'s consumer (the guest lets go), not the default one', async () => {
+    const { service, store, guestDisks, connected } = world();
+    const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    await service.createServer({ name: 'vm-1', hypervisor: { type: 'qemu', qmp: QMP } });
+    const { attachment } = await service.attach({ volume: 'db', server: 'vm-1' });
+    await transitionAttachment(store, attachment!.id, ['attached'], 'error_detaching', { error: 'a detach cut short after the unplug request' });
+    const report = await service.reconcile();
+    expect(report.differences).toEqual(expect.arrayContaining([expect.objectContaining({ kind: 'attachment_error', state: 'applied' })]));
+    expect(guestDisks.size + connected.size).toBe(0);
+    expect(await store.attachments.list({ volumeId: volume.id })).toEqual([]);
+    expect((await store.volumes.require(volume.id)).status).toBe('available');
   });
 });

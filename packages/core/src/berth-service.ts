@@ -13,6 +13,7 @@ import type { Logger } from './logger.js';
 import type { Attachment, Host, Operation, OperationState, Server, Volume, VolumeStatus } from './model.js';
 import type { PipelineDeps } from './pipeline/context.js';
 import { OperationRunner } from './pipeline/operation-runner.js';
+import { serverConsumer } from './pipeline/server-consumer.js';
 import { runReconcile } from './reconcile/index.js';
 import type { DoctorEntry, PluginReport, ReconcileOptions, ReconcileReport, RecoveryOutcome } from './reports.js';
 import * as attachments from './service/attachments.js';
@@ -235,7 +236,7 @@ export class BerthServiceImpl implements BerthService {
     return runReconcile(
       {
         ...parts.deps,
-        consumer: () => parts.catalog.consumer(parts.config.consumer),
+        consumer: (server, host) => serverConsumer(parts, server, host),
         runner: parts.runner,
         withVolumeLock: (volumeId, fn) => parts.volumeLocks.withLock(volumeId, fn),
       },

@@ -13,13 +13,15 @@ export const DIFFERENCE_KINDS = [
   'attachment_path_failed',
   'attachment_stuck',
   'attachment_error',
+  'guest_disk_without_attachment',
+  'attachment_missing_from_guest',
   'volume_status_mismatch',
 ] as const;
 /** One of `DIFFERENCE_KINDS`. */
 export type DifferenceKind = (typeof DIFFERENCE_KINDS)[number];
 
 /** What reconcile does about a difference (`none`: it is reported and left alone). */
-export const FIX_ACTIONS = ['terminate_connection', 'disconnect', 'reconnect', 'repair_paths', 'recompute_status', 'none'] as const;
+export const FIX_ACTIONS = ['terminate_connection', 'disconnect', 'reconnect', 'repair_paths', 'unplug', 'replug', 'recompute_status', 'none'] as const;
 /** One of `FIX_ACTIONS`. */
 export type FixAction = (typeof FIX_ACTIONS)[number];
 
@@ -50,7 +52,7 @@ export const zReconcileDifference = z.object({
 export type ReconcileDifference = z.output<typeof zReconcileDifference>;
 
 /** Something reconcile could not look at: differences there are unknown. */
-export const zReconcileUnchecked = z.object({ kind: z.enum(['backend', 'transport']), name: z.string(), reason: z.string() });
+export const zReconcileUnchecked = z.object({ kind: z.enum(['backend', 'transport', 'server']), name: z.string(), reason: z.string() });
 /** Something reconcile could not look at. */
 export type ReconcileUnchecked = z.output<typeof zReconcileUnchecked>;
 

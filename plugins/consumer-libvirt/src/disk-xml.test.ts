@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { diskXml, freeVirtioTarget } from './disk-xml.js';
+import { diskXml, freeVirtioTarget, parseDomainDisks } from './disk-xml.js';
 import { parseDomblklist } from './virsh.js';
 
 describe('disk XML', () => {
@@ -34,5 +34,34 @@ describe('domblklist --details', () => {
       { type: 'file', device: 'cdrom', target: 'sda', source: undefined },
     ]);
     expect(parseDomblklist(' Type   Device   Target   Source\n----------------------------------\n\n')).toEqual([]);
+  });
+});
+
+describe('live domain XML', () => {
+  it('lists each disk by serial, alias and target; a domain with an id runs, one without does not', () => {
+    const xml = [
+      "<domain type='qemu' id='7'>",
+      '  <name>berth-guest</name>',
+      '  <devices>',
+      "    <disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><alias name='ide0-1-0'/></disk>",
+      "    <disk type='block' device='disk'>",
+      "      <source dev='/dev/loop3' index='2'/>",
+      "      <target dev='vdb' bus='virtio'/>",
+      '      <serial>0b4e7a52-1c2d-4e5f-8a9b-0c1d2e3f4a5b</serial>',
+      "      <alias name='virtio-disk1'/>",
+      '    </disk>',
+      "    <disk type='block' device='disk'><target dev='vdc' bus='virtio'/><serial>a&amp;b</serial><alias name='ua-x'/></disk>",
+      '  </devices>',
+      '</domain>',
+    ].join('\n');
+    expect(parseDomainDisks(xml)).toEqual({
+      running: true,
+      disks: [
+        { serial: '', alias: 'ide0-1-0', target: 'hdc' },
+        { serial: '0b4e7a52-1c2d-4e5f-8a9b-0c1d2e3f4a5b', alias: 'virtio-disk1', target: 'vdb' },
+        { serial: 'a&b', alias: 'ua-x', target: 'vdc' },
+      ],
+    });
+    expect(parseDomainDisks("<domain type='qemu'>\n<devices/>\n</domain>")).toEqual({ running: false, disks: [] });
   });
 });

@@ -64,3 +64,40 @@ export function freeVirtioTarget(taken: readonly string[]): string {
     if (!taken.includes(target)) return target;
   }
 }
+
+/** One `<disk>` of a live domain XML (`virsh dumpxml`). */
+export interface LiveDisk {
+  /** `<serial>` (empty when the disk has none). */
+  serial: string;
+  /** The device alias libvirt gave it, or the user's (`ua-...`); unplugged by it. */
+  alias: string | undefined;
+  /** `<target dev>` (`vdb`). */
+  target: string | undefined;
+}
+
+function unescape(text: string): string {
+  return text
+    .replace(/&lt;/g, '<')
+    .replace(/&gt;/g, '>')
+    .replace(/&apos;/g, "'")
+    .replace(/&quot;/g, '"')
+    .replace(/&amp;/g, '&');
+}
+
+/**
+ * The disks of a domain XML, and whether it is the XML of a running domain (libvirt gives a live
+ * domain an `id` attribute; a defined one that is shut off has none). libvirt writes this XML
+ * itself (attribute values in single quotes, one element per disk), so a focused reader is enough.
+ */
+export function parseDomainDisks(xml: string): { running: boolean; disks: LiveDisk[] } {
+  const root = /<domain\b[^>]*>/.exec(xml)?.[0] ?? '';
+  const running = /\bid=['"]-?\d+['"]/.test(root) && !/\bid=['"]-1['"]/.test(root);
+  const disks: LiveDisk[] = [];
+  for (const [, body = ''] of xml.matchAll(/<disk\b[^>]*>([\s\S]*?)<\/disk>/g)) {
+    const serial = /<serial>([^<]*)<\/serial>/.exec(body)?.[1];
+    const alias = /<alias\s+name=['"]([^'"]+)['"]/.exec(body)?.[1];
+    const target = /<target\s+dev=['"]([^'"]+)['"]/.exec(body)?.[1];
+    disks.push({ serial: serial === undefined ? '' : unescape(serial), alias: alias && unescape(alias), target: target && unescape(target) });
+  }
+  return { running, disks };
+}

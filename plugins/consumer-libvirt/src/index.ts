@@ -11,7 +11,6 @@ export {
   type GuestPublication,
   type LibvirtConsumer,
   type LibvirtConsumerOptions,
-  type LibvirtGuestDisk,
   type LibvirtHypervisor,
 } from './libvirt-consumer.js';
 export { diskAlias, diskModeOf, diskXml, freeVirtioTarget, type LibvirtDiskSpec } from './disk-xml.js';

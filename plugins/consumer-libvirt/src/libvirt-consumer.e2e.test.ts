@@ -3,6 +3,9 @@ import { describeConsumerConformance } from '@berth/testkit/conformance';
 import { attachmentLinkPath, BerthError, silentLogger, stableLinkPath, type Server } from '@berth/core';
 import { createHostServices } from '@berth/host';
 import { bootLibvirtGuest, guestSerial, guestServer, LoopVolumes, type LibvirtGuest } from '@berth/vmkit';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { diskAlias } from './disk-xml.js';
 import { createLibvirtConsumer, type LibvirtConsumer } from './libvirt-consumer.js';
 
 const host = createHostServices();
@@ -37,7 +40,7 @@ describe('the libvirt consumer against a real transient domain (QEMU TCG under l
     expect(published).toEqual({ path: attachmentLinkPath(attachment.id), guestDevice: '/dev/vda', serial: v.volumeId });
     const name = await guest.agent.waitForDisk(v.volumeId, SEE_MS);
     expect((await guest.agent.disks()).find((d) => d.name === name)).toEqual({ name, serial: guestSerial(v.volumeId), sizeBytes: 64 * 2 ** 20, readOnly: false });
-    expect(await consumer.guestDisks(server)).toEqual([{ volumeId: v.volumeId, target: 'vda' }]);
+    expect(await consumer.guestDisks(server)).toEqual([{ serial: v.volumeId, id: diskAlias(v.volumeId), guestDevice: '/dev/vda' }]);
     expect(await consumer.publish(server, v.device, attachment)).toEqual(published);
 
     const pattern = `libvirt-${v.volumeId.slice(0, 8)}`;
@@ -113,7 +116,30 @@ describe('the libvirt consumer against a real transient domain (QEMU TCG under l
     expect((error as BerthError).message).toContain('web-gone');
     await consumer.unpublish(gone, attachment);
     expect(await host.fs.exists(stableLinkPath(v.volumeId))).toBe(false);
+    expect(await consumer.guestDisks(gone)).toBeUndefined();
     await v.disconnect();
+  });
+
+  it('guestDisks lists a disk attached by hand (virsh attach-device, libvirt\'s alias) by serial; unplugGuestDisk takes it out', async () => {
+    const v = await volume();
+    const file = path.join(volumes.dir, 'by-hand.xml');
+    await writeFile(file, `<disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='${v.device.path}'/><target dev='vdq' bus='virtio'/><serial>${v.volumeId}</serial></disk>\n`);
+    const virsh = (args: string[]) => host.runner.run('virsh', ['-c', guest.uri, ...args], { timeoutMs: 30_000 });
+    try {
+      await virsh(['attach-device', guest.domain, file, '--live']);
+      await guest.agent.waitForDisk(v.volumeId, SEE_MS);
+      const listed = await consumer.guestDisks(server);
+      expect(listed).toEqual([{ serial: v.volumeId, id: expect.stringMatching(/^virtio-disk\d+$/), guestDevice: '/dev/vdq' }]);
+      await consumer.unplugGuestDisk(server, listed![0]!);
+      expect(await consumer.guestDisks(server)).toEqual([]);
+      await guest.agent.waitForDiskGone(v.volumeId, SEE_MS);
+      await consumer.unplugGuestDisk(server, listed![0]!);
+      const refused = await consumer.unplugGuestDisk(server, { serial: v.volumeId, id: '--help' }).catch((e: unknown) => e);
+      expect(BerthError.is(refused) && refused.code).toBe('VALIDATION');
+    } finally {
+      await host.runner.run('virsh', ['-c', guest.uri, 'detach-disk', guest.domain, 'vdq', '--live'], { timeoutMs: 30_000, reject: false });
+      await v.disconnect();
+    }
   });
 
   // Last (its plugs and unplugs shift the guest's disk names): the contract every consumer keeps

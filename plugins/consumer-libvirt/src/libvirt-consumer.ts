@@ -7,7 +7,6 @@ import {
   BerthError,
   createHostConsumer,
   stableLinkPath,
-  STABLE_LINK_DIR,
   KeyedLock,
   DEFAULT_LIBVIRT_URI,
   zLibvirtHypervisor,
@@ -15,11 +14,12 @@ import {
   type Attachment,
   type Consumer,
   type Device,
+  type GuestDisk,
   type PluginContext,
   type Publication,
   type Server,
 } from '@berth/core';
-import { diskAlias, diskModeOf, diskXml, freeVirtioTarget } from './disk-xml.js';
+import { diskAlias, diskModeOf, diskXml, freeVirtioTarget, parseDomainDisks, type LiveDisk } from './disk-xml.js';
 import { domainGone, Virsh, virshFailed, type DomainBlock } from './virsh.js';
 
 /** The consumer's name: servers with `hypervisor.type = 'libvirt'` use it. */
@@ -53,17 +53,22 @@ export function libvirtHypervisorOf(server: Server): LibvirtHypervisor {
 /** A guest consumer's publication: the host link, the target libvirt gave the disk (`/dev/vdb`) and the serial. */
 export type GuestPublication = Publication & Required<Pick<Publication, 'guestDevice' | 'serial'>>;
 
-/** A berth disk found in a domain. */
-export interface LibvirtGuestDisk {
-  volumeId: string;
-  target: string;
-}
-
-/** The `libvirt` consumer, with a listing of the berth disks a server's domain has. */
+/** The `libvirt` consumer: every method of the contract, guest listing and unplugging included. */
 export interface LibvirtConsumer extends Consumer {
   publish(server: Server, device: Device, attachment: Attachment): Promise<GuestPublication>;
-  /** The berth disks in the server's domain now (`[]` when the domain does not run). */
-  guestDisks(server: Server): Promise<LibvirtGuestDisk[]>;
+  /** The disks of the server's live domain by serial, `id` = alias (`undefined`: the domain does not run). */
+  guestDisks(server: Server): Promise<GuestDisk[] | undefined>;
+  unplugGuestDisk(server: Server, disk: GuestDisk): Promise<void>;
+}
+
+/** A libvirt device alias (what `detach-device-alias` takes); never an option. */
+const ALIAS = /^[A-Za-z0-9][A-Za-z0-9_.:-]*$/;
+
+/** A disk to unplug: its alias, the volume it is of (for the error) and how to tell it is still there. */
+interface UnplugTarget {
+  alias: string;
+  volumeId: string;
+  present(): Promise<boolean>;
 }
 
 // `virsh event --timeout` counts whole seconds: a removal whose event is missed is still seen by
@@ -158,9 +163,8 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
       const hv = libvirtHypervisorOf(server);
       const virsh = virshFor(hv);
       const deadline = Date.now() + options.unplugTimeoutMs;
-      if (findDisk(await virsh.blocks(hv.domain), attachment.volumeId)) {
-        await unplug(virsh, hv, server, attachment.volumeId, deadline);
-      }
+      const present = async (): Promise<boolean> => findDisk(await virsh.blocks(hv.domain), attachment.volumeId) !== undefined;
+      if (await present()) await unplug(virsh, hv, server, { alias: diskAlias(attachment.volumeId), volumeId: attachment.volumeId, present }, deadline);
       await link.unpublish(server, attachment, unpublishOptions);
     },
 
@@ -170,9 +174,21 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
 
     async guestDisks(server) {
       const hv = libvirtHypervisorOf(server);
-      const prefix = `${context.host.fs.resolve(STABLE_LINK_DIR)}/`;
-      const blocks = (await virshFor(hv).blocks(hv.domain)) ?? [];
-      return blocks.flatMap((b) => (b.source?.startsWith(prefix) ? [{ volumeId: b.source.slice(prefix.length), target: b.target }] : []));
+      const disks = await liveDisks(virshFor(hv), hv);
+      return disks?.flatMap((d) => (d.alias === undefined ? [] : [{ serial: d.serial, id: d.alias, ...(d.target ? { guestDevice: `/dev/${d.target}` } : {}) }]));
+    },
+
+    async unplugGuestDisk(server, disk) {
+      const hv = libvirtHypervisorOf(server);
+      if (!ALIAS.test(disk.id)) {
+        throw new BerthError('VALIDATION', `${JSON.stringify(disk.id)} is not a libvirt device alias`, {
+          hint: 'pass a disk as guestDisks lists it',
+          details: { server: server.name, disk: disk.id },
+        });
+      }
+      const virsh = virshFor(hv);
+      const present = async (): Promise<boolean> => (await liveDisks(virsh, hv))?.some((d) => d.alias === disk.id) ?? false;
+      if (await present()) await unplug(virsh, hv, server, { alias: disk.id, volumeId: disk.serial, present }, Date.now() + options.unplugTimeoutMs);
     },
 
     async check() {
@@ -188,10 +204,11 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
    * running before the request and before every later look, so a removal is never waited out
    * longer than one event wait.
    */
-  async function unplug(virsh: Virsh, hv: LibvirtHypervisor, server: Server, volumeId: string, deadline: number): Promise<void> {
+  async function unplug(virsh: Virsh, hv: LibvirtHypervisor, server: Server, disk: UnplugTarget, deadline: number): Promise<void> {
+    const { volumeId } = disk;
     let watcher = watch(virsh, hv.domain, deadline);
     const request = async (): Promise<void> => {
-      const result = await virsh.run(['detach-device-alias', hv.domain, diskAlias(volumeId), '--live']);
+      const result = await virsh.run(['detach-device-alias', hv.domain, disk.alias, '--live']);
       // Already asked (a previous detach timed out) or already gone: the waiting below decides.
       if (result.exitCode !== 0 && !domainGone(result) && !/not found|no device found|already|in progress/i.test(result.stderr)) {
         throw virshFailed(result, `unplug the disk of volume ${volumeId} from libvirt domain ${hv.domain} (server ${server.name})`);
@@ -201,7 +218,7 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
       await request();
       let askedAt = Date.now();
       for (;;) {
-        if (!findDisk(await virsh.blocks(hv.domain), volumeId)) return;
+        if (!(await disk.present())) return;
         if (Date.now() >= deadline) break;
         // A request the guest got while it was still booting is lost for good (libvirt issue 309,
         // seen here too): ask again now and then, as Nova's detach loop does.
@@ -227,6 +244,17 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
         details: { server: server.name, volumeId, domain: hv.domain, guestState: state, guestHoldsDevice: true },
       },
     );
+  }
+
+  /** The disks of the live domain; `undefined` when it is gone or does not run. */
+  async function liveDisks(virsh: Virsh, hv: LibvirtHypervisor): Promise<LiveDisk[] | undefined> {
+    const result = await virsh.run(['dumpxml', hv.domain]);
+    if (result.exitCode !== 0) {
+      if (domainGone(result)) return undefined;
+      throw virshFailed(result, `read the live XML of libvirt domain ${hv.domain}`);
+    }
+    const { running, disks } = parseDomainDisks(result.stdout);
+    return running ? disks : undefined;
   }
 
   /** `virsh event --event device-removed` for at most EVENT_WAIT_S (never past the deadline). */

@@ -8,7 +8,6 @@ export {
   type GuestPublication,
   type QemuConsumer,
   type QemuConsumerOptions,
-  type QemuGuestDisk,
 } from './qemu-consumer.js';
 export {
   qemuDiskIds,

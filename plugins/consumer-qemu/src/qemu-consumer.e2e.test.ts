@@ -47,7 +47,7 @@ describe('the qemu consumer against a real QEMU guest (TCG)', () => {
     const name = await guest.agent.waitForDisk(v.volumeId, SEE_MS);
     const disk = (await guest.agent.disks()).find((d) => d.name === name);
     expect(disk).toEqual({ name, serial: guestSerial(v.volumeId), sizeBytes: 64 * 2 ** 20, readOnly: false });
-    expect(await consumer.guestDisks(server)).toEqual([{ volumeId: v.volumeId, deviceId: qemuDiskIds(v.volumeId).deviceId }]);
+    expect(await consumer.guestDisks(server)).toEqual([{ serial: v.volumeId, id: `/machine/peripheral/${qemuDiskIds(v.volumeId).deviceId}` }]);
 
     // Publishing again changes nothing (the pipeline's undo of a detach re-publishes).
     expect(await consumer.publish(server, v.device, attachment)).toEqual(published);
@@ -66,6 +66,28 @@ describe('the qemu consumer against a real QEMU guest (TCG)', () => {
 
     await v.disconnect();
     expect(await v.read(1_048_576 + 123, pattern.length)).toBe(pattern);
+  });
+
+  it('guestDisks lists a disk plugged by hand (no id) by its serial; unplugGuestDisk takes it out and leaves the node it did not make', async () => {
+    const v = await volume();
+    await guest.control('blockdev-add', { driver: 'host_device', 'node-name': 'by-hand-1', filename: v.device.path });
+    try {
+      await guest.control('device_add', { driver: 'virtio-blk-pci', drive: 'by-hand-1', bus: 'pci.0', serial: v.volumeId });
+      await guest.agent.waitForDisk(v.volumeId, SEE_MS);
+      const listed = await consumer.guestDisks(server);
+      expect(listed).toEqual([{ serial: v.volumeId, id: expect.stringMatching(/^\/machine\/peripheral-anon\/device\[\d+\]$/) }]);
+      await consumer.unplugGuestDisk(server, listed![0]!);
+      expect(await guest.agent.disks()).toEqual([]);
+      expect(await consumer.guestDisks(server)).toEqual([]);
+      expect(await blockNodes()).toContain('by-hand-1');
+      // Gone already: success.
+      await consumer.unplugGuestDisk(server, listed![0]!);
+      const refused = await consumer.unplugGuestDisk(server, { serial: v.volumeId, id: '/machine/unattached/device[0]' }).catch((e: unknown) => e);
+      expect(BerthError.is(refused) && refused.code).toBe('VALIDATION');
+    } finally {
+      await guest.control('blockdev-del', { 'node-name': 'by-hand-1' }).catch(() => undefined);
+      await v.disconnect();
+    }
   });
 
   it('plugs a read-only attachment read-only: the guest sees ro and cannot write', async () => {
@@ -127,6 +149,8 @@ describe('the qemu consumer against a real QEMU guest (TCG)', () => {
     expect((error as BerthError).message).toContain('vm-gone');
     await consumer.unpublish(gone, attachment);
     expect(await host.fs.exists(stableLinkPath(v.volumeId))).toBe(false);
+    expect(await consumer.guestDisks(gone)).toBeUndefined();
+    await consumer.unplugGuestDisk(gone, { serial: v.volumeId, id: '/machine/peripheral-anon/device[0]' });
 
     const noHypervisor = { ...server, hypervisor: undefined };
     const config = await consumer.publish(noHypervisor, v.device, attachment).catch((e: unknown) => e);

@@ -10,6 +10,7 @@ import {
   type Attachment,
   type Consumer,
   type Device,
+  type GuestDisk,
   type PluginContext,
   type Publication,
   type Server,
@@ -34,20 +35,20 @@ export type QemuConsumerOptions = z.output<typeof zQemuConsumerOptions>;
 /** A guest consumer's publication: the host link, the guest's likely device name and the serial. */
 export type GuestPublication = Publication & Required<Pick<Publication, 'guestDevice' | 'serial'>>;
 
-/** A berth disk found in a guest. */
-export interface QemuGuestDisk {
-  volumeId: string;
-  deviceId: string;
-}
-
-/** The `qemu` consumer, with a listing of the berth disks a server's guest has. */
+/** The `qemu` consumer: every method of the contract, guest listing and unplugging included. */
 export interface QemuConsumer extends Consumer {
   publish(server: Server, device: Device, attachment: Attachment): Promise<GuestPublication>;
-  /** The berth disks plugged into the server's guest now (for checks and reconcile). */
-  guestDisks(server: Server): Promise<QemuGuestDisk[]>;
+  /** The virtio disks of the server's guest now, by serial (`undefined`: its QEMU does not run). */
+  guestDisks(server: Server): Promise<GuestDisk[] | undefined>;
+  unplugGuestDisk(server: Server, disk: GuestDisk): Promise<void>;
 }
 
+/** Where QEMU keeps devices added with an id, and without one. */
+const PERIPHERAL = '/machine/peripheral';
+const PERIPHERAL_ANON = '/machine/peripheral-anon';
+
 const zPeripheralList = z.array(z.looseObject({ name: z.string(), type: z.string() }));
+const zSerial = z.string().nullable();
 const zStatus = z.looseObject({ status: z.string(), running: z.boolean() });
 const VIRTIO_BLK = 'child<virtio-blk-pci>';
 // How often an unanswered unplug request is sent again.
@@ -133,8 +134,18 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
   }
 
   async function anonymousVirtioCount(qmp: QmpClient): Promise<number> {
-    const anon = await qmp.request('qom-list', { path: '/machine/peripheral-anon' }, zPeripheralList, call);
+    const anon = await qmp.request('qom-list', { path: PERIPHERAL_ANON }, zPeripheralList, call);
     return anon.filter((child) => child.type === VIRTIO_BLK).length;
+  }
+
+  /** The QOM paths of every virtio disk in the guest, with an id or without (plugged by anyone). */
+  async function virtioPaths(qmp: QmpClient): Promise<string[]> {
+    const paths: string[] = [];
+    for (const parent of [PERIPHERAL, PERIPHERAL_ANON]) {
+      const children = await qmp.request('qom-list', { path: parent }, zPeripheralList, call);
+      for (const child of children) if (child.type === VIRTIO_BLK) paths.push(`${parent}/${child.name}`);
+    }
+    return paths;
   }
 
   return {
@@ -202,15 +213,8 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
         server,
         hv,
         async (qmp) => {
-          if ((await virtioDevices(qmp)).includes(deviceId)) await unplug(qmp, server, hv, deviceId, attachment.volumeId);
-          const nodes = (await listBlockNodes(qmp, call)).map((node) => node['node-name']);
-          if (nodes.includes(nodeName)) {
-            try {
-              await qmp.request('blockdev-del', { 'node-name': nodeName }, zEmptyReturn, call);
-            } catch (error) {
-              if (!isQmpFailure(error, /Failed to find node/)) throw error;
-            }
-          }
+          if ((await virtioDevices(qmp)).includes(deviceId)) await unplug(qmp, server, hv, `${PERIPHERAL}/${deviceId}`, attachment.volumeId);
+          await deleteNode(qmp, nodeName);
         },
         // Nothing listens on the socket: that QEMU is gone, and its guest holds nothing any more.
         async () => undefined,
@@ -224,15 +228,40 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
 
     async guestDisks(server) {
       const hv = qemuHypervisorOf(server);
-      return withQmp(
+      return withQmp<GuestDisk[] | undefined>(
         server,
         hv,
-        async (qmp) =>
-          (await virtioDevices(qmp)).flatMap((deviceId) => {
-            const volumeId = volumeIdOfDevice(deviceId);
-            return volumeId ? [{ volumeId, deviceId }] : [];
-          }),
-        async () => [],
+        async (qmp) => {
+          const disks: GuestDisk[] = [];
+          for (const id of await virtioPaths(qmp)) {
+            // QEMU holds the whole serial (the guest sees its first 20 characters).
+            const serial = await qmp.request('qom-get', { path: id, property: 'serial' }, zSerial, call);
+            disks.push({ serial: serial ?? '', id });
+          }
+          return disks;
+        },
+        async () => undefined,
+      );
+    },
+
+    async unplugGuestDisk(server, disk) {
+      const hv = qemuHypervisorOf(server);
+      if (!disk.id.startsWith(`${PERIPHERAL}/`) && !disk.id.startsWith(`${PERIPHERAL_ANON}/`)) {
+        throw new BerthError('VALIDATION', `${disk.id} is not a QEMU device path (${PERIPHERAL}/... or ${PERIPHERAL_ANON}/...)`, {
+          hint: 'pass a disk as guestDisks lists it',
+          details: { server: server.name, disk: disk.id },
+        });
+      }
+      await withQmp(
+        server,
+        hv,
+        async (qmp) => {
+          if ((await virtioPaths(qmp)).includes(disk.id)) await unplug(qmp, server, hv, disk.id, disk.serial);
+          // The node berth would have opened for that volume, when nothing uses it any more; a
+          // node someone else added is theirs.
+          if (volumeIdOfDevice(`berth-${disk.serial}`)) await deleteNode(qmp, qemuDiskIds(disk.serial).nodeName, true);
+        },
+        async () => undefined,
       );
     },
 
@@ -241,6 +270,19 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
     },
   };
 
+  /** `blockdev-del` of a node, when it is there; `stillUsed`: a node another device uses is left. */
+  async function deleteNode(qmp: QmpClient, nodeName: string, stillUsed = false): Promise<void> {
+    const nodes = (await listBlockNodes(qmp, call)).map((node) => node['node-name']);
+    if (!nodes.includes(nodeName)) return;
+    try {
+      await qmp.request('blockdev-del', { 'node-name': nodeName }, zEmptyReturn, call);
+    } catch (error) {
+      if (isQmpFailure(error, /Failed to find node/)) return;
+      if (stillUsed && isQmpFailure(error, /in use|is used/i)) return;
+      throw error;
+    }
+  }
+
   /**
    * `device_del` and wait for the guest to let go. The event is subscribed before the request
    * (QEMU may send it before the reply). A request the guest got while still booting is lost for
@@ -248,10 +290,11 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
    * Nova's detach loop does; QEMU 7.2 accepts a repeated `device_del`. A device gone meanwhile
    * (DeviceNotFound) is what was wanted.
    */
-  async function unplug(qmp: QmpClient, server: Server, hv: QemuHypervisor, deviceId: string, volumeId: string): Promise<void> {
+  async function unplug(qmp: QmpClient, server: Server, hv: QemuHypervisor, devicePath: string, volumeId: string): Promise<void> {
     const deadline = Date.now() + options.unplugTimeoutMs;
     const stop = new AbortController();
-    const deleted = qmp.waitForEvent('DEVICE_DELETED', (event) => event.data?.device === deviceId, {
+    // `device_del` takes an id or a QOM path; the event names the path either way.
+    const deleted = qmp.waitForEvent('DEVICE_DELETED', (event) => event.data?.path === devicePath, {
       timeoutMs: options.unplugTimeoutMs,
       signal: stop.signal,
     });
@@ -260,7 +303,7 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
     try {
       for (;;) {
         try {
-          await qmp.request('device_del', { id: deviceId }, zEmptyReturn, call);
+          await qmp.request('device_del', { id: devicePath }, zEmptyReturn, call);
         } catch (error) {
           if (isQmpFailure(error, /not found/i)) return;
           // "already in the process of unplug" (newer QEMU): the first request stands.
@@ -276,7 +319,7 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
       stop.abort();
     }
     // The event may have been missed only if the device is gone: look before blaming the guest.
-    if (!(await virtioDevices(qmp)).includes(deviceId)) return;
+    if (!(await virtioPaths(qmp)).includes(devicePath)) return;
     const status = await qmp.request('query-status', undefined, zStatus, call).catch(() => undefined);
     const state = status ? (status.running ? 'running' : status.status) : 'unknown';
     throw new BerthError(

@@ -24,6 +24,16 @@ export interface UnpublishOptions {
   stillShared?: boolean;
 }
 
+/** A disk a guest consumer finds in a server's guest (`Consumer.guestDisks`). */
+export interface GuestDisk {
+  /** The disk's serial as the hypervisor holds it (berth plugs with serial = volume id). */
+  serial: string;
+  /** The hypervisor's handle of the disk: QEMU's QOM path, libvirt's device alias. */
+  id: string;
+  /** The guest's likely name of it (`/dev/vdb`), when the hypervisor says. */
+  guestDevice?: string;
+}
+
 /**
  * A consumer: makes a connected device available to the server (libvirt's attach in the seed).
  * The default `host` consumer publishes stable symlinks; the guest consumers hot-plug the device
@@ -49,5 +59,21 @@ export interface Consumer {
    * A consumer without it leaves such names behind (reconcile logs it).
    */
   unpublishOrphan?(volumeId: string, device: Device): Promise<void>;
+  /**
+   * A guest consumer: every disk the server's guest has now, whoever plugged it, by serial (the
+   * hypervisor's view: QEMU's qdev tree, the live domain XML); `undefined` when the guest does not
+   * run (a shut-off guest holds nothing, and its disks are not "missing"). `berth reconcile`
+   * compares it with the attachments. A consumer without it has no guest to look into.
+   */
+  guestDisks?(server: Server): Promise<GuestDisk[] | undefined>;
+  /**
+   * A guest consumer: unplug `disk` (one `guestDisks` listed) from the server's guest and wait
+   * until the guest has let go, as `unpublish` does (TIMEOUT with `details.guestHoldsDevice`
+   * when it does not); then drop what the hypervisor held for it (QEMU's berth block node). The
+   * host side (the host device, `/dev/berth` links) is not touched. Succeeds when it is already
+   * gone or the guest does not run. Reconcile calls it only for a disk whose serial is a berth
+   * volume's id that no attachment of the server accounts for.
+   */
+  unplugGuestDisk?(server: Server, disk: GuestDisk): Promise<void>;
   check?(): Promise<CheckResult>;
 }

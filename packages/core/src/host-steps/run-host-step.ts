@@ -4,7 +4,7 @@ import type { DriverCatalog } from '../catalog.js';
 import type { Connector } from '../connection.js';
 import { mergeConnector } from '../connector-properties.js';
 import { isIdentityMismatch } from '../device-identity.js';
-import { parseWith } from '../errors.js';
+import { BerthError, parseWith } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { listTransports } from '../reconcile/index.js';
 import type { ReconcileUnchecked } from '../reports.js';
@@ -105,6 +105,24 @@ async function runParsed(host: HostStepHost, step: HostStepName, payload: unknow
         ...(run.operationId === undefined ? {} : { operationId: run.operationId }),
       });
       return { supported: true, changed: repair.changed, detail: repair.detail };
+    }
+    case 'guest_disks': {
+      const p = input('guest_disks', payload);
+      const consumer = catalog.consumer(p.consumer);
+      if (!consumer.guestDisks) return { supported: false, disks: null };
+      return { supported: true, disks: (await consumer.guestDisks(p.server)) ?? null };
+    }
+    case 'unplug_guest_disk': {
+      const p = input('unplug_guest_disk', payload);
+      const consumer = catalog.consumer(p.consumer);
+      if (!consumer.unplugGuestDisk) {
+        throw new BerthError('CONFIG', `the ${p.consumer} consumer cannot unplug a disk from a guest`, {
+          hint: 'unplug it by hand (virsh detach-device / QMP device_del), or update the consumer plugin',
+          details: { consumer: p.consumer, server: p.server.name },
+        });
+      }
+      await consumer.unplugGuestDisk(p.server, p.disk);
+      return {};
     }
     case 'connector': {
       const p = input('connector', payload);

@@ -1,10 +1,11 @@
 import type { DriverCatalog } from '../catalog.js';
 import type { HostStepCall, HostSteps } from '../host-steps/host-step-executor.js';
 import { toBerthError } from '../errors.js';
-import type { Attachment, Volume } from '../model.js';
+import { consumerNameFor } from '../hypervisor.js';
+import type { Attachment, Host, Server, Volume } from '../model.js';
 import type { ReconcileUnchecked } from '../reports.js';
 import type { Store } from '../store.js';
-import { live, type ReconcileFacts, type TransportListing } from './findings.js';
+import { live, type GuestListing, type ReconcileFacts, type TransportListing } from './findings.js';
 
 // What reconcile reads: the backends' exports, the transports' listings of a host, the store's
 // running operations. What cannot be read is named in `unchecked`, never guessed.
@@ -38,6 +39,36 @@ export async function readListings(steps: HostSteps, call: HostStepCall, uncheck
   return facts.listings;
 }
 
+
+/**
+ * What the running guests of `host`'s servers have (the `guest_disks` host step, through each
+ * server's consumer): servers whose hypervisor is a guest (`qemu`, `libvirt`) only. A guest that
+ * does not run, a consumer that cannot list, or a listing that failed is named in `unchecked`
+ * and left out, so nothing is concluded about that guest.
+ */
+export async function readGuests(
+  steps: HostSteps,
+  call: () => HostStepCall,
+  host: Host,
+  servers: readonly Server[],
+  defaultConsumer: string,
+  unchecked: ReconcileUnchecked[],
+): Promise<GuestListing[]> {
+  const guests: GuestListing[] = [];
+  for (const server of servers) {
+    if (server.hostId !== host.id || server.hypervisor === undefined || server.hypervisor.type === 'host') continue;
+    const consumer = consumerNameFor(server, defaultConsumer);
+    try {
+      const { supported, disks } = await steps.run('guest_disks', { consumer, server }, call());
+      if (!supported) unchecked.push({ kind: 'server', name: server.name, reason: `its ${consumer} consumer cannot list a guest's disks` });
+      else if (disks === null) unchecked.push({ kind: 'server', name: server.name, reason: 'its guest does not run: its disks are not compared' });
+      else guests.push({ server, consumer, disks });
+    } catch (error) {
+      unchecked.push({ kind: 'server', name: server.name, reason: `listing its guest's disks failed: ${toBerthError(error).message}` });
+    }
+  }
+  return guests;
+}
 
 /**
  * What every transport that can list finds connected on this host, highest priority first; a

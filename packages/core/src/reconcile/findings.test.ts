@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { ConnectedDevice } from '../contracts/transport-driver.js';
-import type { Attachment, AttachmentStatus, HostDevice, Operation, Volume, VolumeStatus } from '../model.js';
+import type { Attachment, AttachmentStatus, HostDevice, Operation, Server, Volume, VolumeStatus } from '../model.js';
 import {
   describeFinding,
   findDifferences,
@@ -8,6 +8,7 @@ import {
   sourceMatches,
   volumeOfSource,
   volumeRepairPath,
+  type GuestListing,
   type ReconcileFacts,
   type TransportListing,
 } from './findings.js';
@@ -306,6 +307,50 @@ describe('findDifferences', () => {
     );
     expect(found).toHaveLength(1);
     expect(describeFinding(found[0]!)).toMatchObject({ state: 'skipped', fix: 'disconnect' });
+  });
+});
+
+describe('findDifferences: guests', () => {
+  const server: Server = { id: SERVER, name: 'vm-1', projectId: 'default', hostId: HOST, hypervisor: { type: 'qemu', qmp: '/run/vm-1/qmp.sock', bus: 'pci.0' }, createdAt: NOW, updatedAt: NOW };
+  const guest = (serials: string[]): GuestListing => ({ server, consumer: 'qemu', disks: serials.map((serial, i) => ({ serial, id: `/machine/peripheral/d${i}` })) });
+  const guestKinds = ['guest_disk_without_attachment', 'attachment_missing_from_guest'];
+  const guestFindings = (f: ReconcileFacts) => findDifferences(f).filter((x) => guestKinds.includes(x.kind));
+
+  it('a disk with a berth volume serial and no attachment of it to that server is found with the unplug fix; other serials are never looked at', () => {
+    const v = volume('a', 'available', '/data/volumes/a.img');
+    const g = guest([v.id, 'QM00001', '00000000-0000-4000-8000-ffffffffffff']);
+    const found = guestFindings(facts({ volumes: [v], guests: [g] }));
+    expect(found).toEqual([{ kind: 'guest_disk_without_attachment', guest: g, disk: g.disks[0], volume: v }]);
+    expect(describeFinding(found[0]!)).toMatchObject({ fix: 'unplug', state: 'planned', volumeId: v.id, attachmentId: null, resource: expect.stringContaining('vm-1') });
+  });
+
+  it('an attached attachment whose running guest lacks its serial is found with the replug fix; one the guest has is not', () => {
+    const v = volume('a', 'in-use', '/data/volumes/a.img');
+    const w = volume('b', 'in-use', '/data/volumes/b.img');
+    const a = fileAttachment(v, 'attached', '/dev/loop3');
+    const b = fileAttachment(w, 'attached', '/dev/loop4');
+    const listings = loop([loopDevice('/dev/loop3', '/data/volumes/a.img'), loopDevice('/dev/loop4', '/data/volumes/b.img')]);
+    const g = guest([w.id]);
+    const found = guestFindings(facts({ volumes: [v, w], attachments: [a, b], listings, guests: [g] }));
+    expect(found).toEqual([{ kind: 'attachment_missing_from_guest', guest: g, attachment: a, volume: v }]);
+    expect(describeFinding(found[0]!)).toMatchObject({ fix: 'replug', attachmentId: a.id });
+  });
+
+  it('an attachment whose host device is gone is left to the reconnect fix; a busy volume is skipped; a guest not listed says nothing', () => {
+    const v = volume('a', 'in-use', '/data/volumes/a.img');
+    const a = fileAttachment(v, 'attached', '/dev/loop3');
+    const gone = findDifferences(facts({ volumes: [v], attachments: [a], listings: loop([]), guests: [guest([])] }));
+    expect(gone.map((f) => f.kind)).toEqual(['attachment_device_gone', 'attachment_missing_from_guest']);
+    expect(gone[1]!.skip).toContain('reconnect');
+    const stray = volume('s', 'available', '/data/volumes/s.img');
+    expect(guestFindings(facts({ volumes: [stray], busyVolumeIds: new Set([stray.id]), guests: [guest([stray.id])] }))[0]!.skip).toContain('running');
+    expect(guestFindings(facts({ volumes: [v], attachments: [a], listings: loop([loopDevice('/dev/loop3', '/data/volumes/a.img')]) }))).toEqual([]);
+  });
+
+  it('a disk an attachment of the volume to that server accounts for (any live status) is no finding', () => {
+    const v = volume('a', 'attaching', '/data/volumes/a.img');
+    const a = fileAttachment(v, 'attaching', null);
+    expect(guestFindings(facts({ volumes: [v], attachments: [a], guests: [guest([v.id])] }))).toEqual([]);
   });
 });
 

@@ -1,8 +1,9 @@
 import type { Device } from '../connection.js';
+import type { GuestDisk } from '../contracts/consumer.js';
 import type { ConnectedDevice } from '../contracts/transport-driver.js';
 import type { BackendExport } from '../contracts/volume-backend.js';
 import { sameDevice } from '../device-identity.js';
-import type { Attachment, HostDevice, Operation, Volume, VolumeStatus } from '../model.js';
+import type { Attachment, HostDevice, Operation, Server, Volume, VolumeStatus } from '../model.js';
 import { hostRootMismatch, hostRootSkip } from '../pipeline/host-root.js';
 import type { FixState, ReconcileDifference } from '../reports.js';
 import { recomputeVolumeStatus, VOLUME_TRANSITIONS } from '../transitions.js';
@@ -103,6 +104,14 @@ export interface TransportListing {
   devices: ConnectedDevice[];
 }
 
+/** The disks one running guest of this host has, as its consumer lists them (`Consumer.guestDisks`). */
+export interface GuestListing {
+  server: Server;
+  /** The consumer that lists and plugs the server's disks (`qemu`, `libvirt`). */
+  consumer: string;
+  disks: GuestDisk[];
+}
+
 /** What reconcile compares: the store, the backends' exports and the devices on this host. */
 export interface ReconcileFacts {
   /** This host's id in the store (devices and attachments are compared for this host only). */
@@ -129,6 +138,11 @@ export interface ReconcileFacts {
    * alone, since fixing it here would act on the wrong kernel.
    */
   transportRoots?: Readonly<Record<string, string>>;
+  /**
+   * The running guests of this host's servers whose consumer could list them (a guest not
+   * running, or not listed, is absent: nothing is concluded about it).
+   */
+  guests?: GuestListing[];
 }
 
 /** One difference as found, with what its fix needs. */
@@ -158,6 +172,8 @@ export type Finding =
     }
   | { kind: 'attachment_stuck'; attachment: Attachment; volume: Volume; skip?: string }
   | { kind: 'attachment_error'; attachment: Attachment; volume: Volume; skip?: string }
+  | { kind: 'guest_disk_without_attachment'; guest: GuestListing; disk: GuestDisk; volume: Volume; skip?: string }
+  | { kind: 'attachment_missing_from_guest'; guest: GuestListing; attachment: Attachment; volume: Volume; skip?: string }
   | { kind: 'volume_status_mismatch'; volume: Volume; expected: VolumeStatus; skip?: string };
 
 
@@ -326,8 +342,46 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
     }
   }
 
+  findings.push(...findGuestDifferences(facts, busy, findings));
   findings.push(...findStatusMismatches(facts.volumes, facts.attachments, facts.busyVolumeIds));
   return findings;
+}
+
+/**
+ * What the guests have against what the attachments say: a disk whose serial is a berth volume's
+ * id that no live attachment of that volume to that server accounts for (a disk berth did not
+ * make — any other serial — is never looked at), and an attached attachment whose guest has no
+ * disk with its volume's serial. `earlier` are the findings so far: an attachment whose host
+ * device is gone is reconnected and published again by its own fix.
+ */
+function findGuestDifferences(facts: ReconcileFacts, busy: (volumeId: string) => string | undefined, earlier: readonly Finding[]): Finding[] {
+  const findings: Finding[] = [];
+  const volumesById = new Map(facts.volumes.map((v) => [v.id, v]));
+  const reconnected = new Set(earlier.flatMap((f) => (f.kind === 'attachment_device_gone' ? [f.attachment.id] : [])));
+  for (const guest of facts.guests ?? []) {
+    const own = live(facts.attachments).filter((a) => a.serverId === guest.server.id);
+    for (const disk of guest.disks) {
+      const volume = volumesById.get(disk.serial);
+      if (!volume) continue;
+      if (own.some((a) => a.volumeId === volume.id)) continue;
+      findings.push({ kind: 'guest_disk_without_attachment', guest, disk, volume, ...skipOf(busy(volume.id)) });
+    }
+    for (const attachment of own) {
+      if (attachment.status !== 'attached' || attachment.hostId !== facts.localHostId) continue;
+      if (guest.disks.some((d) => d.serial === attachment.volumeId)) continue;
+      const volume = volumesById.get(attachment.volumeId);
+      if (!volume) continue;
+      const skip =
+        busy(volume.id) ??
+        (reconnected.has(attachment.id) || attachment.device === null ? 'its host device is gone: the reconnect fix publishes it into the guest again' : undefined);
+      findings.push({ kind: 'attachment_missing_from_guest', guest, attachment, volume, ...skipOf(skip) });
+    }
+  }
+  return findings;
+}
+
+function skipOf(skip: string | undefined): { skip?: string } {
+  return skip === undefined ? {} : { skip };
 }
 
 /** Volumes whose status is not what their attachments make it (see `recomputeVolumeStatus`). */
@@ -430,6 +484,32 @@ export function describeFinding(finding: Finding): ReconcileDifference {
         fix: 'repair_paths',
         fixDetail: `move it to a live path (${finding.transport} repairPaths, on the device's host); I/O waiting on the dead path goes on there`,
         ...base(finding.volume.id, finding.attachment.id),
+      };
+    }
+    case 'guest_disk_without_attachment': {
+      const { guest, disk, volume } = finding;
+      const where = `${disk.id}${disk.guestDevice ? ` (${disk.guestDevice})` : ''}`;
+      return {
+        kind: finding.kind,
+        resource: `disk ${where} of server ${guest.server.name}`,
+        detail: `the guest of server ${guest.server.name} has a disk with the serial of volume ${volume.name} (${where}), and no attachment of that volume to that server accounts for it`,
+        fix: 'unplug',
+        fixDetail: `unplug it from the guest (${guest.consumer}: waits until the guest lets go; the host side is left to the other findings)`,
+        ...base(volume.id, null),
+      };
+    }
+    case 'attachment_missing_from_guest': {
+      const { guest, attachment, volume } = finding;
+      return {
+        kind: finding.kind,
+        resource: `attachment ${attachment.id} (volume ${volume.name})`,
+        detail: `attachment ${attachment.id} of volume ${volume.name} is attached to server ${guest.server.name}, whose running guest has no disk with its serial`,
+        // The host side is intact and the record says the guest should have it: plug it back, as
+        // a hard reboot does in Nova. Marking it error instead would have the next reconcile
+        // force-detach a volume its user still wants.
+        fix: 'replug',
+        fixDetail: `plug it into the guest again (${guest.consumer} publish of the recorded host device); if that fails the attachment is left attached, the fix fails naming why`,
+        ...base(volume.id, attachment.id),
       };
     }
     case 'volume_status_mismatch':

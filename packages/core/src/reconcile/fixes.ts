@@ -1,13 +1,14 @@
 import { redactConnectionInfo, withAccessMode, type ConnectionInfo, type Connector, type Device } from '../connection.js';
 import type { HostStepCall, HostSteps } from '../host-steps/host-step-executor.js';
-import type { Consumer } from '../contracts/consumer.js';
+import type { Consumer, GuestDisk } from '../contracts/consumer.js';
 import type { ConnectedDevice } from '../contracts/transport-driver.js';
 import { sameDevice } from '../device-identity.js';
 import { BerthError, toBerthError } from '../errors.js';
-import type { Host, Volume } from '../model.js';
+import { consumerNameFor } from '../hypervisor.js';
+import type { Attachment, Host, Server, Volume } from '../model.js';
 import { backendVolume, transitionAttachment, type PipelineContext, type PipelineDeps } from '../pipeline/context.js';
 import { detachSteps, markDetachFailed } from '../pipeline/detach.js';
-import { connectShared, publishShared, releaseShared } from '../pipeline/device-sharing.js';
+import { connectShared, publishShared, publishSharedPublication, releaseShared } from '../pipeline/device-sharing.js';
 import { summarize, type OperationRunner } from '../pipeline/operation-runner.js';
 import { recomputeVolumeStatus } from '../transitions.js';
 import { freshVolume } from './facts.js';
@@ -18,7 +19,11 @@ import { accountsForExport, live, volumeRepairPath, type Finding } from './findi
 
 /** What reconcile needs from the rest of berth. */
 export interface ReconcileDeps extends PipelineDeps {
-  consumer(): Consumer;
+  /**
+   * The consumer that publishes `server`'s volumes (`serverConsumer`: its hypervisor's, else the
+   * default): a finished detach unplugs from the server's guest, a reconnect plugs into it.
+   */
+  consumer(server: Server, host?: Host): Consumer;
   /** Runs the detach pipeline for `finish_detach`. */
   runner: OperationRunner;
   /** Run `fn` holding the volume's lock (the one attach and detach take). */
@@ -90,6 +95,10 @@ export async function fixOf(deps: ReconcileDeps, finding: Finding, target: FixTa
     case 'attachment_stuck':
     case 'attachment_error':
       return finishDetach(deps, finding.attachment.id, fresh.volume);
+    case 'guest_disk_without_attachment':
+      return unplugGuestDisk(deps, finding, fresh.attachments, { ...target, signal });
+    case 'attachment_missing_from_guest':
+      return replug(deps, finding, fresh.volume, { ...target, signal });
     case 'volume_status_mismatch':
       return store.transaction(async (tx) => {
         const volume = await tx.volumes.require(volumeId);
@@ -156,7 +165,7 @@ async function reconnect(deps: ReconcileDeps, attachmentId: string, volume: Volu
   const transport = catalog.transport(transportName).name;
   const server = await store.servers.require(attachment.serverId);
   if (attachment.hostId !== target.host.id) throw new Skip('the attachment is on another host now');
-  const consumer = deps.consumer();
+  const consumer = deps.consumer(server, target.host);
   const lost = attachment.device;
   try {
     const connector = attachment.connector ?? deps.baseConnector();
@@ -181,7 +190,7 @@ async function reconnect(deps: ReconcileDeps, attachmentId: string, volume: Volu
     const failure = toBerthError(error);
     // On the attachment's host (its executor), as the pipeline unpublishes: its stale links go.
     await steps
-      .run('unpublish', { consumer: deps.config.consumer, server, attachment, stillShared: false }, { operationId, signal: AbortSignal.timeout(deps.config.undoTimeoutMs), undo: true })
+      .run('unpublish', { consumer: consumerNameFor(server, deps.config.consumer), server, attachment, stillShared: false }, { operationId, signal: AbortSignal.timeout(deps.config.undoTimeoutMs), undo: true })
       .catch(() => undefined);
     await transitionAttachment(store, attachment.id, ['attached'], 'error_detaching', { error: `its device was gone and reconnecting failed: ${failure.message}` }).catch(() => undefined);
     throw new BerthError(failure.code, `reconnecting failed, the attachment is now error_detaching: ${failure.message}`, {
@@ -189,6 +198,73 @@ async function reconnect(deps: ReconcileDeps, attachmentId: string, volume: Volu
       cause: failure,
     });
   }
+}
+
+/** The disks the guest of `server` has now (undefined: it does not run, or cannot be listed). */
+async function guestDisksNow(target: FixTarget & { signal: AbortSignal }, consumer: string, server: Server): Promise<GuestDisk[] | undefined> {
+  const { disks } = await target.steps.run('guest_disks', { consumer, server }, { operationId: target.operationId, signal: target.signal });
+  return disks ?? undefined;
+}
+
+/**
+ * Unplug a disk with a berth volume's serial that no attachment of the server accounts for, once
+ * it is checked again (under the volume lock) that none does and that the guest still has it.
+ * Only the guest side: the host device, if berth connected one, is another finding's.
+ */
+async function unplugGuestDisk(
+  deps: ReconcileDeps,
+  finding: Extract<Finding, { kind: 'guest_disk_without_attachment' }>,
+  attachments: readonly Attachment[],
+  target: FixTarget & { signal: AbortSignal },
+): Promise<string> {
+  const { guest, disk } = finding;
+  if (attachments.some((a) => a.serverId === guest.server.id)) throw new Skip('an attachment of the volume to that server accounts for it now');
+  const now = await guestDisksNow(target, guest.consumer, guest.server);
+  if (!now?.some((d) => d.id === disk.id && d.serial === disk.serial)) throw new Skip('the guest does not have it any more');
+  await target.steps.run('unplug_guest_disk', { consumer: guest.consumer, server: guest.server, disk }, { operationId: target.operationId, signal: target.signal });
+  deps.logger.info({ server: guest.server.name, disk: disk.id, volumeId: finding.volume.id }, 'reconcile: unplugged a guest disk no attachment accounts for');
+  return `unplugged ${disk.id} from server ${guest.server.name}`;
+}
+
+/**
+ * Plug an attached volume back into a running guest that lost it (someone unplugged it behind
+ * berth's back): the consumer's publish of the recorded host device, as the attach did, and the
+ * guest's new name recorded. A failure leaves the attachment as it is (the host side is intact;
+ * marking it error would have the next reconcile force-detach a volume its user wants): the fix
+ * fails saying why.
+ */
+async function replug(
+  deps: ReconcileDeps,
+  finding: Extract<Finding, { kind: 'attachment_missing_from_guest' }>,
+  volume: Volume,
+  target: FixTarget & { signal: AbortSignal },
+): Promise<string> {
+  const { store } = deps;
+  const { guest } = finding;
+  const attachment = await store.attachments.get(finding.attachment.id);
+  if (attachment?.status !== 'attached') throw new Skip(`the attachment is ${attachment?.status ?? 'deleted'} now`);
+  if (!attachment.device) throw new Skip('its host device is gone: the reconnect fix publishes it into the guest again');
+  const server = await store.servers.require(attachment.serverId);
+  const now = await guestDisksNow(target, guest.consumer, server);
+  if (now === undefined) throw new Skip('the guest does not run any more');
+  if (now.some((d) => d.serial === attachment.volumeId)) throw new Skip('the guest has it now');
+  const consumer = deps.consumer(server, target.host);
+  const publication = await publishSharedPublication(deps, {
+    steps: target.steps,
+    operationId: target.operationId,
+    consumer,
+    server,
+    attachment,
+    volume,
+    device: attachment.device,
+    signal: target.signal,
+  });
+  await store.attachments.update(attachment.id, {
+    publishedPath: publication.path,
+    ...(publication.guestDevice === undefined ? {} : { guestDevice: publication.guestDevice }),
+    error: null,
+  });
+  return `plugged into server ${server.name} again${publication.guestDevice ? ` (${publication.guestDevice})` : ''}`;
 }
 
 /**
@@ -233,7 +309,7 @@ async function finishDetach(deps: ReconcileDeps, attachmentId: string, volume: V
     operationId: operation.id,
     volume,
     server,
-    consumer: deps.consumer(),
+    consumer: deps.consumer(server, await store.hosts.get(attachment.hostId)),
     backend: deps.catalog.backend(volume.backend),
     attachment,
     force: true,

@@ -3,7 +3,7 @@ import type { HostStepCall } from '../host-steps/host-step-executor.js';
 import type { Host, Operation } from '../model.js';
 import { summarize } from '../pipeline/operation-runner.js';
 import type { ReconcileDifference, ReconcileOptions, ReconcileReport, ReconcileUnchecked } from '../reports.js';
-import { busyVolumeIds, readExports, readListings } from './facts.js';
+import { busyVolumeIds, readExports, readGuests, readListings } from './facts.js';
 import { describeFinding, findDifferences, findStatusMismatches, type Finding } from './findings.js';
 import { fixOf, Skip, type ReconcileDeps } from './fixes.js';
 
@@ -45,6 +45,8 @@ export async function runReconcile(deps: ReconcileDeps, options: ReconcileOption
     const usedBackends = [...new Set((await store.volumes.list()).map((v) => v.backend))].filter((b) => knownBackends.has(b));
     const exports = await readExports(catalog, usedBackends, unchecked);
     const listings = await readListings(steps, call(), unchecked);
+    // The guests are host facts too: read before the store, like the devices.
+    const guests = await readGuests(steps, call, host, await store.servers.list({ hostId: host.id }), deps.config.consumer, unchecked);
     const volumes = await store.volumes.list();
     const attachments = await store.attachments.list();
     const devices = await store.devices.list({ hostId: host.id });
@@ -64,6 +66,7 @@ export async function runReconcile(deps: ReconcileDeps, options: ReconcileOption
       devices,
       operations,
       ...(transportRoots ? { transportRoots } : {}),
+      guests,
     });
   } catch (error) {
     const failure = toBerthError(error);

@@ -34,7 +34,9 @@ export interface ConsumerConformanceOptions {
  * host name (`/dev/berth/<volume-id>`) leading to the device while published, and gone after; and
  * `unpublishOrphan` — what `berth reconcile` calls for a device no record names any more — drops
  * that name only while it still leads to that very device (a loop number is reused for the next
- * file attached), and is idempotent. Call it at the top level of a test file (or inside a
+ * file attached), and is idempotent; a guest consumer (one with `guestDisks`) has `unplugGuestDisk`
+ * too, lists a published volume's disk by serial = volume id, and unplugs it (idempotently) while
+ * the host's name stays for `unpublish`. Call it at the top level of a test file (or inside a
  * `describe` whose `beforeAll` made what the setup uses); it registers a vitest `describe` block.
  */
 export function describeConsumerConformance(name: string, setup: () => Promise<ConsumerConformanceSetup>, options: ConsumerConformanceOptions = {}): void {
@@ -100,6 +102,25 @@ export function describeConsumerConformance(name: string, setup: () => Promise<C
       } finally {
         await consumer.unpublish(server, v.attachment);
       }
+    });
+
+    it('guestDisks and unplugGuestDisk come together; a guest lists a published disk by serial and unplugs it, the host name staying', async () => {
+      const { consumer, server } = current();
+      expect(typeof consumer.unplugGuestDisk, 'a consumer that lists guest disks can unplug them (reconcile needs both)').toBe(typeof consumer.guestDisks);
+      if (!consumer.guestDisks || !consumer.unplugGuestDisk) return;
+      const v = await current().makeVolume();
+      await consumer.publish(server, v.device, v.attachment);
+      try {
+        const disk = (await consumer.guestDisks(server))?.find((d) => d.serial === v.volumeId);
+        expect(disk, 'the published disk is listed with serial = volume id').toBeDefined();
+        await consumer.unplugGuestDisk(server, disk!);
+        expect((await consumer.guestDisks(server))?.map((d) => d.serial)).not.toContain(v.volumeId);
+        expect(await volumeLink(v.volumeId)).toBe(pathOf(v.device));
+        await consumer.unplugGuestDisk(server, disk!);
+      } finally {
+        await consumer.unpublish(server, v.attachment);
+      }
+      expect(await volumeLink(v.volumeId)).toBeUndefined();
     });
 
     it('unpublishOrphan leaves a volume name that leads to another device now', async () => {
