@@ -15,6 +15,9 @@ interface Registered<F> {
   options: Record<string, unknown>;
 }
 
+/** The host services plugin `pluginName` acts on (the machine's, or another root's such as the simulated host). */
+export type HostFor = (pluginName: string) => HostServices;
+
 /** The transports a host's `berth agent` registered (`hosts.agent_transports`). */
 export interface AgentTransports {
   hostName: string;
@@ -42,10 +45,11 @@ export class DriverCatalog {
     private readonly logger: Logger,
     private readonly pluginOptions: Record<string, Record<string, unknown>> = {},
     /**
-     * Host services per plugin name, where a plugin must see another host than the others (with
-     * `--simulate`, the iSCSI transports run on the simulated host; loop devices and tgtd stay real).
+     * The host services a plugin acts on, by plugin name (default: `host` for every plugin). The
+     * caller decides — runtime gives `--simulate`'s plugins the simulated host —; the catalog only
+     * hands each plugin its host and never asks which kind it is.
      */
-    private readonly hostOverrides: Record<string, HostServices> = {},
+    private readonly hostFor: HostFor = () => host,
   ) {}
 
   /** Register a loaded plugin; a plugin whose options or `register` fail is reported, not thrown. */
@@ -137,7 +141,7 @@ export class DriverCatalog {
   transportHostRoot(name: string): string | undefined {
     const registered = this.transportFactories.get(name);
     if (!registered) return undefined;
-    return (this.hostOverrides[registered.plugin] ?? this.host).fs.root;
+    return this.hostFor(registered.plugin).fs.root;
   }
 
   /** Every transport, instantiated. */
@@ -254,7 +258,7 @@ export class DriverCatalog {
 
   private context(registered: Registered<unknown>): PluginContext {
     return {
-      host: this.hostOverrides[registered.plugin] ?? this.host,
+      host: this.hostFor(registered.plugin),
       dataDir: this.dataDir,
       options: registered.options,
       logger: this.logger.child({ plugin: registered.plugin }),
