@@ -1,5 +1,5 @@
 import type { HostServices } from '@berth/host';
-import { zConnectionInfo, zDevice, type ConnectionInfo, type Connector } from './connection.js';
+import { zConnectionInfo, zDevice, type ConnectionInfo, type Connector, type Device } from './connection.js';
 import type { Consumer } from './contracts/consumer.js';
 import type { TransportDriver } from './contracts/transport-driver.js';
 import type { VolumeBackend } from './contracts/volume-backend.js';
@@ -128,7 +128,7 @@ export class DriverCatalog {
     const driver = registered.factory(context);
     // Attachments record `driver.name` and detach looks the transport up by it: the two must agree.
     assertNamed('transport', name, driver.name, registered.plugin);
-    const instance = guardTransport(driver, registered.plugin, context.host);
+    const instance = guardTransport(driver, registered.plugin);
     this.transportInstances.set(name, instance);
     return instance;
   }
@@ -142,6 +142,19 @@ export class DriverCatalog {
     const registered = this.transportFactories.get(name);
     if (!registered) return undefined;
     return this.hostFor(registered.plugin).fs.root;
+  }
+
+  /**
+   * `device` as this machine sees it: its path (a path on the host services `transport` runs on)
+   * resolved under that host's root — unchanged for a transport on the machine itself, `<root>/dev/sda`
+   * for one on another root (the simulated host's). What consumers are given: they publish on the
+   * machine. Unchanged when no such transport is installed here.
+   */
+  machineDevice(transport: string | null, device: Device): Device {
+    const registered = transport === null ? undefined : this.transportFactories.get(transport);
+    if (!registered) return device;
+    const path = this.hostFor(registered.plugin).fs.resolve(device.path);
+    return path === device.path ? device : { ...device, path };
   }
 
   /** Every transport, instantiated. */
@@ -297,7 +310,7 @@ function rethrow(error: unknown, code: BerthErrorCode, who: string): never {
   throw new BerthError(code, `${who}: ${message}`, { cause: error });
 }
 
-function guardTransport(driver: TransportDriver, plugin: string, host: HostServices): TransportDriver {
+function guardTransport(driver: TransportDriver, plugin: string): TransportDriver {
   const who = `transport ${driver.name} (${plugin})`;
   const wrap = async <T>(fn: () => Promise<T>): Promise<T> => {
     try {
@@ -318,24 +331,12 @@ function guardTransport(driver: TransportDriver, plugin: string, host: HostServi
         context.signal.throwIfAborted();
         const device = zDevice.safeParse(await driver.connect(connection, context));
         if (!device.success) throw new BerthError('DRIVER_ERROR', `${who} returned an invalid device`);
-        const realPath = host.fs.resolve(device.data.path);
-        return realPath === device.data.path ? device.data : { ...device.data, realPath };
+        return device.data;
       }),
     disconnect: (connection, device, options) => wrap(() => driver.disconnect(connection, device, options)),
     ...(driver.extend ? { extend: (c, d, x) => wrap(() => driver.extend!(c, d, x)) } : {}),
     ...(driver.paths ? { paths: (c, d) => wrap(() => driver.paths!(c, d)) } : {}),
-    ...(driver.connected
-      ? {
-          // Like connect's device: one on another host root (the simulated host) carries its real path.
-          connected: () =>
-            wrap(async () =>
-              (await driver.connected!()).map((entry) => {
-                const realPath = host.fs.resolve(entry.device.path);
-                return realPath === entry.device.path ? entry : { ...entry, device: { ...entry.device, realPath } };
-              }),
-            ),
-        }
-      : {}),
+    ...(driver.connected ? { connected: () => wrap(() => driver.connected!()) } : {}),
     check: () => wrap(() => driver.check()),
   } satisfies TransportDriver;
 }
