@@ -2,7 +2,7 @@ import { redactConnectionInfo, type ConnectionInfo, type Connector, type Device 
 import type { Consumer, Publication } from '../contracts/consumer.js';
 import { sameDevice } from '../device-identity.js';
 import { BerthError } from '../errors.js';
-import type { HostSteps } from '../host-steps/host-step-executor.js';
+import type { HostSteps } from '../host-steps/host-steps.js';
 import { deviceLeaseKey, withLease } from '../lease.js';
 import type { Attachment, Server, Volume } from '../model.js';
 import type { Store } from '../store.js';

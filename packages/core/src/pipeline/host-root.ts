@@ -1,7 +1,7 @@
 import type { DriverCatalog } from '../catalog.js';
 import { BerthError } from '../errors.js';
 import type { Attachment } from '../model.js';
-import type { HostSteps } from '../host-steps/host-step-executor.js';
+import type { HostSteps } from '../host-steps/host-steps.js';
 
 // Which host an attachment's device is on: the root of the host services its transport ran on
 // (`/` for the machine, berth's simulated host's root when `--simulate` gave the transport that

@@ -1,5 +1,5 @@
 import type { DriverCatalog } from '../catalog.js';
-import type { HostStepCall, HostSteps } from '../host-steps/host-step-executor.js';
+import type { HostStepCall, HostSteps } from '../host-steps/host-steps.js';
 import { toBerthError } from '../errors.js';
 import type { Attachment, Volume } from '../model.js';
 import type { ReconcileUnchecked } from '../reports.js';

@@ -1,5 +1,5 @@
 import { redactConnectionInfo, withAccessMode, type ConnectionInfo, type Connector, type Device } from '../connection.js';
-import type { HostStepCall, HostSteps } from '../host-steps/host-step-executor.js';
+import type { HostStepCall, HostSteps } from '../host-steps/host-steps.js';
 import type { Consumer } from '../contracts/consumer.js';
 import { sameDevice } from '../device-identity.js';
 import { BerthError, toBerthError } from '../errors.js';
