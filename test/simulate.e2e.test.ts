@@ -1,4 +1,4 @@
-import { closeSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, readlinkSync, readSync, writeSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -35,7 +35,7 @@ describe('berth --simulate (issue 3, as a user runs it)', () => {
   it('attaches a tgt volume over iSCSI on the simulated host, the bytes reach the LUN file, and detach leaves nothing', async () => {
     const volume = await sandbox.json<{ id: string; status: string }>(['volume', 'create', '--size', '64MiB', '--backend', 'tgt', '--name', 'db1']);
     expect(volume.status).toBe('available');
-    const attached = await sandbox.json<{ attachment: { id: string; transport: string; hostRoot: string; device: { path: string; realPath: string; scsi_wwn: string } } }>([
+    const attached = await sandbox.json<{ attachment: { id: string; transport: string; hostRoot: string; device: { path: string; realPath?: string; scsi_wwn: string } } }>([
       '--simulate',
       'attach',
       'db1',
@@ -44,6 +44,9 @@ describe('berth --simulate (issue 3, as a user runs it)', () => {
     expect(attached.attachment.device.path).toMatch(/^\/dev\/sd[a-z]+$/);
     expect(attached.attachment.device.scsi_wwn).toMatch(/^36/);
     expect(attached.attachment.hostRoot).toBe(join(sandbox.dataDir, 'simhost'));
+    // The device is recorded as the simulated host names it; /dev/berth leads to it on this machine.
+    expect(attached.attachment.device.realPath).toBeUndefined();
+    expect(readlinkSync(`/dev/berth/${volume.id}`)).toBe(join(attached.attachment.hostRoot, attached.attachment.device.path));
 
     const marker = Buffer.from('written through berth --simulate'.padEnd(4096, '#'));
     const fd = openSync(`/dev/berth/${volume.id}`, 'r+');

@@ -57,7 +57,7 @@ describe.each(FLAVOURS)('$transport: crash at every fault point, then recovery',
     marker = Buffer.from(`written before any crash ${volume.id}`.padEnd(4096, '*'));
     const { attachment } = await berth.attach({ volume: 'v', multipath });
     expect(attachment?.transport).toBe(transport);
-    const fd = openSync(attachment!.device!.realPath!, 'r+');
+    const fd = openSync(path.join(attachment!.hostRoot!, attachment!.device!.path), 'r+');
     try {
       writeSync(fd, marker, 0, marker.length, 7 * MiB);
       fsyncSync(fd);
@@ -134,7 +134,7 @@ describe.each(FLAVOURS)('$transport: crash at every fault point, then recovery',
         mounts: portalHosts.length,
         qsd: portalHosts.length,
       });
-      expect(linkTarget(`/dev/berth/${volume.id}`)).toBe(attachment.device!.realPath);
+      expect(linkTarget(`/dev/berth/${volume.id}`)).toBe(path.join(attachment.hostRoot!, attachment.device!.path));
       // An attached volume stays usable: the marker reads back through the stable link.
       expect(readAt(`/dev/berth/${volume.id}`, marker.length, 7 * MiB).equals(marker)).toBe(true);
     }

@@ -33,7 +33,7 @@ describe('iSCSI multipath end to end on the simulated host backed by a real tgtd
     expect(device.multipath_id).toBe(device.scsi_wwn);
     expect(device.paths?.map((p) => p.portal).sort()).toEqual(expect.arrayContaining([expect.stringMatching(/^127\.0\.0\.1:/), expect.stringMatching(/^127\.0\.0\.2:/)]));
     expect(device.paths?.every((p) => p.state === 'active' || p.state === 'up' || p.state === 'ready' || p.state === 'running')).toBe(true);
-    expect(linkTarget(`/dev/berth/${volume.id}`)).toBe(device.realPath);
+    expect(linkTarget(`/dev/berth/${volume.id}`)).toBe(path.join(attachment!.hostRoot!, device.path));
 
     const pattern = Buffer.alloc(64 * 1024, 0x6d);
     const fd = openSync(`/dev/berth/${volume.id}`, 'r+');

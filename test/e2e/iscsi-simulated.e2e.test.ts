@@ -31,8 +31,9 @@ describe('iSCSI single path end to end, on the simulated host backed by a real t
     const device = attachment!.device!;
     expect(device.path).toMatch(/^\/dev\/sd[a-z]+$/);
     expect(device.scsi_wwn).toMatch(/^36/);
-    expect(device.realPath).toBe(path.join(sim.root, device.path));
-    expect(linkTarget(`/dev/berth/${volume.id}`)).toBe(device.realPath);
+    // Recorded as the simulated host names it; the consumer linked the path on this machine.
+    expect(attachment?.hostRoot).toBe(sim.root);
+    expect(linkTarget(`/dev/berth/${volume.id}`)).toBe(path.join(sim.root, device.path));
     // Secrets are not stored with the attachment.
     expect(JSON.stringify(attachment)).not.toMatch(/auth_password/);
 

@@ -234,7 +234,8 @@ export async function machineState(berth: BerthService, dataDir: string, knownId
   const leaked: string[] = [];
   const wrongLinks: string[] = [];
   const volumesDir = `${dataDir}/volumes/`;
-  const deviceOf = (a: Attachment): string | undefined => (a.device ? (a.device.realPath ?? a.device.path) : undefined);
+  // The device as this machine sees it: under the host root its transport ran on.
+  const deviceOf = (a: Attachment): string | undefined => (a.device ? (a.hostRoot ? path.posix.join(a.hostRoot, a.device.path) : a.device.path) : undefined);
   for (const loop of loops) {
     const file = backing.get(loop.name) ?? '';
     if (!file.startsWith(volumesDir)) continue;

@@ -165,8 +165,8 @@ describe('the HTTP app end to end for iSCSI on the simulated host (real socket, 
     const device = attachment.device!;
     expect(device.path).toMatch(/^\/dev\/sd[a-z]+$/);
     expect(device.scsi_wwn).toMatch(/^36/);
-    expect(device.realPath).toBe(path.join(t.iscsi!.root, device.path));
-    expect(linkTarget(`/dev/berth/${volume.id}`)).toBe(device.realPath);
+    expect(attachment.hostRoot).toBe(t.iscsi!.root);
+    expect(linkTarget(`/dev/berth/${volume.id}`)).toBe(path.join(t.iscsi!.root, device.path));
     expect((await t.service.getVolume(volume.id, { projectId: PROJECT_A })).status).toBe('in-use');
     const [stored] = await t.service.listAttachments({ projectId: PROJECT_A, volume: volume.id });
     expect(stored).toMatchObject({ id: attachment.id, status: 'attached', transport: 'iscsi' });
@@ -201,7 +201,7 @@ describe('the HTTP app end to end for iSCSI on the simulated host (real socket, 
     expect(device.multipath_id).toBe(device.scsi_wwn);
     const portals = (device.paths ?? []).map((p) => p.portal ?? '');
     expect(portals).toEqual(expect.arrayContaining([expect.stringMatching(/^127\.0\.0\.1:/), expect.stringMatching(/^127\.0\.0\.2:/)]));
-    expect(linkTarget(`/dev/berth/${volume.id}`)).toBe(device.realPath);
+    expect(linkTarget(`/dev/berth/${volume.id}`)).toBe(path.join(t.iscsi!.root, device.path));
     expect((await t.service.getVolume(volume.id, { projectId: PROJECT_A })).status).toBe('in-use');
 
     const bytes = pattern(64 * 1024, 0x6d);

@@ -72,7 +72,7 @@ export const zAgentRenewal = z.object({ leaseExpiresAt: z.string().min(1) });
 export const zDoctorReport = z.object({
   entries: z.array(
     z.object({
-      kind: z.enum(['transport', 'backend', 'consumer', 'store', 'plugin']),
+      kind: z.enum(['transport', 'backend', 'consumer', 'store', 'plugin', 'operation']),
       name: z.string(),
       result: z.looseObject({
         ok: z.boolean(),

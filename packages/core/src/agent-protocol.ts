@@ -26,8 +26,11 @@ export const zConnectPayload = z.strictObject({
   connector: zConnector.optional(),
   deadlineAt: zDeadlineAt,
 });
-/** What `connect` answers. */
-export const zConnectResult = z.strictObject({ device: zDevice });
+/**
+ * What `connect` answers: the device, and the root of the host services the transport ran on
+ * (recorded on the attachment; absent from an older agent, and then recorded as unknown).
+ */
+export const zConnectResult = z.strictObject({ device: zDevice, hostRoot: z.string().min(1).optional() });
 
 /**
  * `release` (an attach's connect undone) and `disconnect` (a detach): the transport's disconnect,
@@ -76,6 +79,8 @@ export const zUnpublishOrphanPayload = z.strictObject({
   consumer: z.string().min(1),
   volumeId: z.string().min(1),
   device: zDevice,
+  /** The transport that lists the device (its host root maps the path to the machine's); absent: taken as it is. */
+  transport: z.string().min(1).optional(),
 });
 /** What `unpublish_orphan` answers: whether the consumer can do it at all (`Consumer.unpublishOrphan`). */
 export const zUnpublishOrphanResult = z.strictObject({ supported: z.boolean() });

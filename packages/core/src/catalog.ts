@@ -1,5 +1,5 @@
 import type { HostServices } from '@berth/host';
-import { zConnectionInfo, zDevice, type ConnectionInfo, type Connector } from './connection.js';
+import { zConnectionInfo, zDevice, type ConnectionInfo, type Connector, type Device } from './connection.js';
 import type { Consumer } from './contracts/consumer.js';
 import type { TransportDriver } from './contracts/transport-driver.js';
 import type { VolumeBackend } from './contracts/volume-backend.js';
@@ -14,6 +14,9 @@ interface Registered<F> {
   plugin: string;
   options: Record<string, unknown>;
 }
+
+/** The host services plugin `pluginName` acts on (the machine's, or another root's such as the simulated host). */
+export type HostFor = (pluginName: string) => HostServices;
 
 /** The transports a host's `berth agent` registered (`hosts.agent_transports`). */
 export interface AgentTransports {
@@ -42,10 +45,11 @@ export class DriverCatalog {
     private readonly logger: Logger,
     private readonly pluginOptions: Record<string, Record<string, unknown>> = {},
     /**
-     * Host services per plugin name, where a plugin must see another host than the others (with
-     * `--simulate`, the iSCSI transports run on the simulated host; loop devices and tgtd stay real).
+     * The host services a plugin acts on, by plugin name (default: `host` for every plugin). The
+     * caller decides — runtime gives `--simulate`'s plugins the simulated host —; the catalog only
+     * hands each plugin its host and never asks which kind it is.
      */
-    private readonly hostOverrides: Record<string, HostServices> = {},
+    private readonly hostFor: HostFor = () => host,
   ) {}
 
   /** Register a loaded plugin; a plugin whose options or `register` fail is reported, not thrown. */
@@ -124,7 +128,7 @@ export class DriverCatalog {
     const driver = registered.factory(context);
     // Attachments record `driver.name` and detach looks the transport up by it: the two must agree.
     assertNamed('transport', name, driver.name, registered.plugin);
-    const instance = guardTransport(driver, registered.plugin, context.host);
+    const instance = guardTransport(driver, registered.plugin);
     this.transportInstances.set(name, instance);
     return instance;
   }
@@ -137,7 +141,20 @@ export class DriverCatalog {
   transportHostRoot(name: string): string | undefined {
     const registered = this.transportFactories.get(name);
     if (!registered) return undefined;
-    return (this.hostOverrides[registered.plugin] ?? this.host).fs.root;
+    return this.hostFor(registered.plugin).fs.root;
+  }
+
+  /**
+   * `device` as this machine sees it: its path (a path on the host services `transport` runs on)
+   * resolved under that host's root — unchanged for a transport on the machine itself, `<root>/dev/sda`
+   * for one on another root (the simulated host's). What consumers are given: they publish on the
+   * machine. Unchanged when no such transport is installed here.
+   */
+  machineDevice(transport: string | null, device: Device): Device {
+    const registered = transport === null ? undefined : this.transportFactories.get(transport);
+    if (!registered) return device;
+    const path = this.hostFor(registered.plugin).fs.resolve(device.path);
+    return path === device.path ? device : { ...device, path };
   }
 
   /** Every transport, instantiated. */
@@ -254,7 +271,7 @@ export class DriverCatalog {
 
   private context(registered: Registered<unknown>): PluginContext {
     return {
-      host: this.hostOverrides[registered.plugin] ?? this.host,
+      host: this.hostFor(registered.plugin),
       dataDir: this.dataDir,
       options: registered.options,
       logger: this.logger.child({ plugin: registered.plugin }),
@@ -293,7 +310,7 @@ function rethrow(error: unknown, code: BerthErrorCode, who: string): never {
   throw new BerthError(code, `${who}: ${message}`, { cause: error });
 }
 
-function guardTransport(driver: TransportDriver, plugin: string, host: HostServices): TransportDriver {
+function guardTransport(driver: TransportDriver, plugin: string): TransportDriver {
   const who = `transport ${driver.name} (${plugin})`;
   const wrap = async <T>(fn: () => Promise<T>): Promise<T> => {
     try {
@@ -314,25 +331,13 @@ function guardTransport(driver: TransportDriver, plugin: string, host: HostServi
         context.signal.throwIfAborted();
         const device = zDevice.safeParse(await driver.connect(connection, context));
         if (!device.success) throw new BerthError('DRIVER_ERROR', `${who} returned an invalid device`);
-        const realPath = host.fs.resolve(device.data.path);
-        return realPath === device.data.path ? device.data : { ...device.data, realPath };
+        return device.data;
       }),
     disconnect: (connection, device, options) => wrap(() => driver.disconnect(connection, device, options)),
     ...(driver.extend ? { extend: (c, d, x) => wrap(() => driver.extend!(c, d, x)) } : {}),
     ...(driver.paths ? { paths: (c, d) => wrap(() => driver.paths!(c, d)) } : {}),
     ...(driver.repairPaths ? { repairPaths: (listed, context) => wrap(() => driver.repairPaths!(listed, context)) } : {}),
-    ...(driver.connected
-      ? {
-          // Like connect's device: one on another host root (the simulated host) carries its real path.
-          connected: () =>
-            wrap(async () =>
-              (await driver.connected!()).map((entry) => {
-                const realPath = host.fs.resolve(entry.device.path);
-                return realPath === entry.device.path ? entry : { ...entry, device: { ...entry.device, realPath } };
-              }),
-            ),
-        }
-      : {}),
+    ...(driver.connected ? { connected: () => wrap(() => driver.connected!()) } : {}),
     check: () => wrap(() => driver.check()),
   } satisfies TransportDriver;
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { withAccessMode, type ConnectionInfo } from './connection.js';
+import { withAccessMode, zDevice, type ConnectionInfo } from './connection.js';
 
 const exported: ConnectionInfo = { driver_volume_type: 'iscsi', data: { target_iqn: 'iqn.2026-01.test:v1', target_lun: 1, access_mode: 'rw' } };
 
@@ -15,5 +15,12 @@ describe('withAccessMode', () => {
     expect(withAccessMode(exported, 'rw')).toEqual(exported);
     const silent: ConnectionInfo = { driver_volume_type: 'local', data: { device_path: '/tmp/v' } };
     expect(withAccessMode(silent, 'rw').data.access_mode).toBeUndefined();
+  });
+});
+
+describe('zDevice', () => {
+  it('reads a device an older berth stored with its resolved `realPath`: the key is dropped, the path kept as the transport named it', () => {
+    const stored = { path: '/dev/sdb', type: 'block', scsi_wwn: '36001405abc', realPath: '/var/lib/berth/simhost/dev/sdb' };
+    expect(zDevice.parse(stored)).toEqual({ path: '/dev/sdb', type: 'block', scsi_wwn: '36001405abc' });
   });
 });

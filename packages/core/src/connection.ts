@@ -105,17 +105,17 @@ export type DeviceIdentity = z.output<typeof zDeviceIdentity>;
 
 /** What a transport's `connect` returns: the block device on this host. */
 export const zDevice = z.object({
-  /** The device node (`/dev/loop3`, `/dev/sdb`, `/dev/dm-0`). */
+  /**
+   * The device node (`/dev/loop3`, `/dev/sdb`, `/dev/dm-0`) on the host its transport runs on: a
+   * transport given another host root (`--simulate`'s) names it under that root; consumers get it
+   * resolved to the machine's path (`DriverCatalog.machineDevice`). Not stored resolved: a device
+   * recorded by an older berth with a `realPath` key reads back without it (unknown keys are dropped).
+   */
   path: z.string(),
   type: z.literal('block'),
   scsi_wwn: z.string().optional(),
   multipath_id: z.string().optional(),
   paths: z.array(zDevicePath).optional(),
-  /**
-   * The device's path on this machine, when the transport runs against another host root (the
-   * simulated host): `<root>/dev/sda` for `/dev/sda`. Set by core, not by transports.
-   */
-  realPath: z.string().optional(),
   /** Transport-specific, secret-free facts needed to disconnect later (persisted). */
   meta: z.record(z.string(), z.unknown()).optional(),
   /**

@@ -33,11 +33,10 @@ export function createHostConsumer(fs: HostFs): Consumer & Required<Pick<Consume
     async publish(_server: Server, device: Device, attachment: Attachment): Promise<Publication> {
       const own = attachmentLinkPath(attachment.id);
       await fs.mkdir(STABLE_LINK_DIR, { mode: 0o755 });
-      // A device of a transport on another host root (the simulated host) is linked by its path
-      // on this machine, so the stable link opens the same device whoever follows it.
-      const target = device.realPath ?? device.path;
-      await fs.symlink(target, own);
-      await fs.symlink(target, stableLinkPath(attachment.volumeId));
+      // `device.path` is the machine's (core resolves a transport's other host root before a
+      // consumer is called), so the stable link opens the same device whoever follows it.
+      await fs.symlink(device.path, own);
+      await fs.symlink(device.path, stableLinkPath(attachment.volumeId));
       return { path: own };
     },
     async unpublish(_server: Server, attachment: Attachment, options: UnpublishOptions = {}): Promise<void> {
@@ -49,12 +48,12 @@ export function createHostConsumer(fs: HostFs): Consumer & Required<Pick<Consume
       const device = attachment.device;
       // Nobody else on this host uses the volume: its link goes, unless it was re-pointed at
       // another device since (an attach that published after this attachment's device was lost).
-      if (target !== undefined && (device === null || target === (device.realPath ?? device.path))) {
+      if (target !== undefined && (device === null || target === device.path)) {
         await fs.unlink(link);
       }
     },
     async unpublishOrphan(volumeId: string, device: Device): Promise<void> {
-      const target = device.realPath ?? device.path;
+      const target = device.path;
       const link = stableLinkPath(volumeId);
       if ((await fs.readlink(link)) === target) await fs.unlink(link);
       // The attachment's own link is named by an id no record holds any more (the row was lost):

@@ -99,7 +99,7 @@ export type PluginReport = z.output<typeof zPluginReport>;
 
 /** One line of `berth doctor`. */
 export interface DoctorEntry {
-  kind: 'transport' | 'backend' | 'consumer' | 'store' | 'plugin';
+  kind: 'transport' | 'backend' | 'consumer' | 'store' | 'plugin' | 'operation';
   name: string;
   result: CheckResult;
 }

@@ -29,7 +29,9 @@ export interface MemCatalogOptions {
  * or as `connect` says) and consumer (publishes at `/dev/berth<device>`).
  */
 export function memCatalog(devices: Map<string, Device>, connect?: TransportDriver['connect'], options: MemCatalogOptions = {}): DriverCatalog {
-  const fs = { resolve: (p: string) => p, ...(options.root === undefined ? {} : { root: options.root }) };
+  // A host path resolves under the root, as `createHostFs(root)`'s does.
+  const root = options.root;
+  const fs = { resolve: (p: string) => (root === undefined || root === '/' ? p : `${root}${p}`), ...(root === undefined ? {} : { root }) };
   const catalog = new DriverCatalog({ fs } as unknown as HostServices, '/tmp', silentLogger);
   const called = (name: string): void => void options.calls?.push(name);
   const plugin = definePlugin({

@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { discoverPlugins, DriverCatalog, loadPluginModules, type BerthConfig, type BerthPlugin, type Logger, type PluginSource } from '@berth/core';
+import { discoverPlugins, DriverCatalog, loadPluginModules, type BerthConfig, type BerthPlugin, type HostFor, type Logger, type PluginSource } from '@berth/core';
 import type { HostServices } from '@berth/host';
 import { BUILTIN_PLUGINS } from './builtin-plugins.js';
 import { simulatedHostServices, USER_ISCSI_PLUGIN } from './simulate.js';
@@ -30,16 +30,15 @@ export interface PluginSources {
  */
 export async function buildCatalog(options: BuildCatalogOptions, more: PluginSources = {}): Promise<DriverCatalog> {
   const { config, simulate, host, logger, env } = options;
-  const hostOverrides: Record<string, HostServices> = {};
-  if (simulate.enabled) {
-    const simHost = await simulatedHostServices(simulate, { commandTimeoutMs: config.commandTimeoutMs, logger });
-    for (const name of simulate.plugins) hostOverrides[name] = simHost;
-  }
+  // `--simulate` (the `simulate` section) picks the host its plugins act on; the others act on `host`.
+  const simHost = simulate.enabled ? await simulatedHostServices(simulate, { commandTimeoutMs: config.commandTimeoutMs, logger }) : undefined;
+  const simulated = new Set(simulate.plugins);
+  const hostFor: HostFor = (plugin) => (simHost !== undefined && simulated.has(plugin) ? simHost : host);
   // The simulated host has a kernel initiator: there iscsi-user connects only when forced.
   const pluginOptions = simulate.enabled
     ? { ...config.pluginOptions, [USER_ISCSI_PLUGIN]: { autoSelect: false, ...config.pluginOptions[USER_ISCSI_PLUGIN] } }
     : config.pluginOptions;
-  const catalog = new DriverCatalog(host, config.dataDir, logger, pluginOptions, hostOverrides);
+  const catalog = new DriverCatalog(host, config.dataDir, logger, pluginOptions, hostFor);
   for (const builtin of BUILTIN_PLUGINS) {
     catalog.add({ plugin: builtin.plugin, packageName: builtin.packageName, version: undefined, options: undefined });
   }

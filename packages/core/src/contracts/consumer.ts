@@ -45,7 +45,11 @@ export interface GuestDisk {
  */
 export interface Consumer {
   readonly name: string;
-  /** Make the device available; resolves with where. */
+  /**
+   * Make the device available; resolves with where. `device.path` (and `attachment.device`'s, in
+   * every method) is the path on this machine: core resolves a transport's other host root (the
+   * simulated host's) before it calls a consumer, so a consumer never maps paths itself.
+   */
   publish(server: Server, device: Device, attachment: Attachment): Promise<Publication>;
   /** Undo `publish`; succeeds when it is already gone. */
   unpublish(server: Server, attachment: Attachment, options?: UnpublishOptions): Promise<void>;

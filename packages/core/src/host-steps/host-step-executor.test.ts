@@ -17,7 +17,7 @@ import { runHostStep } from './run-host-step.js';
 // The host half of a step, parsed at its boundary (what `berth agent` and the in-process executor
 // both run), and the executor choice: this process for its own host, refused for a host with no agent.
 
-function host(options: { repair?: boolean } = {}) {
+function host(root?: string, options: { repair?: boolean } = {}) {
   const devices = new Map<string, Device>();
   const published = new Map<string, string>();
   const calls: string[] = [];
@@ -56,12 +56,15 @@ function host(options: { repair?: boolean } = {}) {
       return { path: `/dev/berth/${attachment.volumeId}` };
     },
     unpublish: async (_server, attachment, options) => {
-      calls.push(`unpublish stillShared=${options?.stillShared}`);
+      calls.push(`unpublish stillShared=${options?.stillShared} device=${attachment.device?.path ?? '-'}`);
       published.delete(attachment.id);
     },
+    unpublishOrphan: async (volumeId, device) => void calls.push(`unpublishOrphan ${volumeId} ${device.path}`),
   };
   const plugin = definePlugin({ name: 'mem', apiVersion: PLUGIN_API_VERSION, register: (r) => (r.transport('mem', () => transport), r.consumer('mem', () => consumer)) });
-  const catalog = new DriverCatalog({ fs: { resolve: (p: string) => p } } as unknown as HostServices, '/tmp', silentLogger);
+  // With a root, the plugin runs on host services rooted there (as `--simulate`'s transports do).
+  const fs = root === undefined ? { resolve: (p: string) => p } : { root, resolve: (p: string) => `${root}${p}` };
+  const catalog = new DriverCatalog({ fs } as unknown as HostServices, '/tmp', silentLogger);
   catalog.add({ plugin, packageName: 'mem', version: undefined, options: undefined });
   return { catalog, logger: silentLogger, baseConnector: () => ({ host: 'h-2', platform: 'x86_64' }), devices, published, calls };
 }
@@ -91,7 +94,26 @@ describe('runHostStep', () => {
     const released = await runHostStep(h, 'release', { transport: 'mem', connection, device, force: true, inUse: [device], volumeId: VOLUME, deadlineAt }, run);
     expect(released).toEqual({ identityMismatch: false });
     expect(h.devices.size).toBe(0);
-    expect(h.calls.slice(1)).toEqual(['unpublish stillShared=true', 'disconnect force=true inUse=1']);
+    expect(h.calls.slice(1)).toEqual(['unpublish stillShared=true device=-', 'disconnect force=true inUse=1']);
+  });
+
+  it('on a transport of another host root: connect answers that root, and the consumer is given the device as the machine sees it', async () => {
+    const h = host('/srv/simhost');
+    const connected = await runHostStep(h, 'connect', { transport: 'mem', connection, volumeId: VOLUME, deadlineAt }, run);
+    // The device is recorded as its transport names it; the root goes back with it (the attachment records it).
+    expect(connected).toEqual({ device: expect.objectContaining({ path: '/dev/mem0' }), hostRoot: '/srv/simhost' });
+    const recorded = { ...attachment, device: connected.device, hostRoot: connected.hostRoot };
+    await runHostStep(h, 'publish', { consumer: 'mem', server, attachment: recorded, device: connected.device }, run);
+    expect(h.published.get(ID)).toBe('/srv/simhost/dev/mem0');
+    await runHostStep(h, 'unpublish', { consumer: 'mem', server, attachment: recorded, stillShared: false }, run);
+    await runHostStep(h, 'unpublish_orphan', { consumer: 'mem', volumeId: VOLUME, device: connected.device, transport: 'mem' }, run);
+    // Without the transport (an older caller) the device is taken as it is.
+    await runHostStep(h, 'unpublish_orphan', { consumer: 'mem', volumeId: VOLUME, device: connected.device }, run);
+    expect(h.calls.slice(1)).toEqual([
+      'unpublish stillShared=false device=/srv/simhost/dev/mem0',
+      `unpublishOrphan ${VOLUME} /srv/simhost/dev/mem0`,
+      `unpublishOrphan ${VOLUME} /dev/mem0`,
+    ]);
   });
 
   it('answers identityMismatch (and touches nothing) when the path names another device now', async () => {
@@ -103,7 +125,7 @@ describe('runHostStep', () => {
 
   it('repairs a listed device\'s paths through its transport, and says when the transport cannot', async () => {
     const listed = { device: { path: '/dev/mem0', type: 'block' as const, paths: [{ portal: '127.0.0.1:3260', state: 'failed' }] }, source: { device_path: '/dev/mem0' } };
-    const able = host({ repair: true });
+    const able = host(undefined, { repair: true });
     expect((await runHostStep(able, 'host_facts', {}, run)).listings[0]?.repairsPaths).toBe(true);
     expect(await runHostStep(able, 'repair_paths', { transport: 'mem', listed }, run)).toEqual({ supported: true, changed: true, detail: 'moved /dev/mem0 to 127.0.0.2:3260' });
     expect(able.calls).toEqual(['repair /dev/mem0']);

@@ -1,42 +1,10 @@
-import type { HostStepName, HostStepPayload, HostStepResult } from '../agent-protocol.js';
 import { BerthError } from '../errors.js';
 import type { Host } from '../model.js';
 import type { PipelineDeps } from '../pipeline/context.js';
+import type { AgentHost, HostSteps } from './host-steps.js';
 import { runHostStep } from './run-host-step.js';
 
-/** A host step's payload as the pipeline gives it: the executor adds the deadline. */
-export type HostStepRequest<S extends HostStepName> = Omit<HostStepPayload<S>, 'deadlineAt'>;
-
-/** One call of a host step. */
-export interface HostStepCall {
-  /** The operation the step belongs to (none for a reconcile fix outside an operation). */
-  operationId?: string;
-  /** The step's deadline (the operation's, or an undo's). */
-  signal: AbortSignal;
-  /** The call is an undo (its deadline is `undoTimeoutMs`, not the operation's). */
-  undo?: boolean;
-}
-
-/**
- * Who runs the host steps of one host: this process (`local`, the embedded default) or the
- * host's `berth agent` through work items (`remote`). The pipelines call this and never a
- * transport or consumer directly, so a host step is a journalled step whatever its executor.
- */
-export interface HostSteps {
-  readonly kind: 'local' | 'remote';
-  /** The host the steps run on. */
-  readonly host: Host;
-  /** Who runs them: `in-process`, or the agent's instance (for the journal). */
-  readonly agent: string;
-  /** Run `step` on the host; resolves with its parsed result. */
-  run<S extends HostStepName>(step: S, payload: HostStepRequest<S>, call: HostStepCall): Promise<HostStepResult<S>>;
-  /**
-   * Whether `step` of `operationId` may have run on the host: always for a local executor; for a
-   * remote one, whether its agent ever claimed the item. An undo of a step that never ran there
-   * has nothing to undo on the host.
-   */
-  ran(operationId: string, step: HostStepName): Promise<boolean>;
-}
+export type { AgentHost, HostStepCall, HostStepRequest, HostSteps } from './host-steps.js';
 
 /** The host steps run by this process (the host it runs on). */
 export function localHostSteps(deps: Pick<PipelineDeps, 'catalog' | 'logger' | 'baseConnector' | 'config'>, host: Host): HostSteps {
@@ -57,9 +25,6 @@ export function localHostSteps(deps: Pick<PipelineDeps, 'catalog' | 'logger' | '
     ran: () => Promise.resolve(true),
   };
 }
-
-/** A host whose `berth agent` registered. */
-export type AgentHost = Host & { agent: NonNullable<Host['agent']> };
 
 /**
  * The executor of `hostId`'s steps: the host's `berth agent` once one registered (`remote`, work

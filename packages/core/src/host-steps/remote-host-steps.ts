@@ -4,7 +4,7 @@ import { BerthError, ERROR_CODES, parseWith, toBerthError, type BerthErrorCode }
 import type { Host } from '../model.js';
 import type { Store } from '../store.js';
 import type { WorkItem } from '../work-item.js';
-import type { AgentHost, HostStepCall, HostSteps } from './host-step-executor.js';
+import type { AgentHost, HostStepCall, HostSteps } from './host-steps.js';
 import type { WaiterStore, WorkItemWaiter } from './work-item-waiter.js';
 
 /** What the remote executor needs. */

@@ -6,6 +6,7 @@ import { mergeConnector } from '../connector-properties.js';
 import { isIdentityMismatch } from '../device-identity.js';
 import { BerthError, parseWith } from '../errors.js';
 import type { Logger } from '../logger.js';
+import type { Attachment } from '../model.js';
 import { listTransports } from '../reconcile/index.js';
 import type { ReconcileUnchecked } from '../reports.js';
 
@@ -60,7 +61,9 @@ async function runParsed(host: HostStepHost, step: HostStepName, payload: unknow
         volumeId: p.volumeId,
         ...(p.connector ? { connector: p.connector } : {}),
       });
-      return { device };
+      // Which root the device is on goes back with it: the caller records it on the attachment.
+      const hostRoot = catalog.transportHostRoot(p.transport);
+      return { device, ...(hostRoot === undefined ? {} : { hostRoot }) };
     }
     case 'release':
     case 'disconnect': {
@@ -80,20 +83,23 @@ async function runParsed(host: HostStepHost, step: HostStepName, payload: unknow
         return { identityMismatch: true };
       }
     }
+    // A consumer publishes on the machine: it is given devices as the machine sees them (a
+    // transport on another host root names them under that root), here where that root is known.
     case 'publish': {
       const p = input('publish', payload);
-      return { ...(await catalog.consumer(p.consumer).publish(p.server, p.device, p.attachment)) };
+      const device = catalog.machineDevice(p.attachment.transport, p.device);
+      return { ...(await catalog.consumer(p.consumer).publish(p.server, device, machineAttachment(catalog, p.attachment))) };
     }
     case 'unpublish': {
       const p = input('unpublish', payload);
-      await catalog.consumer(p.consumer).unpublish(p.server, p.attachment, { stillShared: p.stillShared });
+      await catalog.consumer(p.consumer).unpublish(p.server, machineAttachment(catalog, p.attachment), { stillShared: p.stillShared });
       return {};
     }
     case 'unpublish_orphan': {
       const p = input('unpublish_orphan', payload);
       const consumer = catalog.consumer(p.consumer);
       if (!consumer.unpublishOrphan) return { supported: false };
-      await consumer.unpublishOrphan(p.volumeId, p.device);
+      await consumer.unpublishOrphan(p.volumeId, catalog.machineDevice(p.transport ?? null, p.device));
       return { supported: true };
     }
     case 'repair_paths': {
@@ -135,4 +141,11 @@ async function runParsed(host: HostStepHost, step: HostStepName, payload: unknow
       return { listings, unchecked };
     }
   }
+}
+
+/** `attachment` with its recorded device as the machine sees it (what its consumer compares links with). */
+function machineAttachment(catalog: DriverCatalog, attachment: Attachment): Attachment {
+  if (attachment.device === null) return attachment;
+  const device = catalog.machineDevice(attachment.transport, attachment.device);
+  return device === attachment.device ? attachment : { ...attachment, device };
 }

@@ -5,6 +5,7 @@ import type { Attachment, Server } from '../model.js';
 import type { Store } from '../store.js';
 import { backendVolume, deleteAttachmentRecord, transitionAttachment, type PipelineContext, type PipelineDeps } from './context.js';
 import { connectShared, exportSharers, publishSharedPublication, releaseShared, unpublishShared } from './device-sharing.js';
+import { initializeHostRoot } from './host-root.js';
 import type { Step } from './step.js';
 
 /** Options of an attach beyond its volume and server. */
@@ -99,7 +100,8 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
         });
         ctx.attachment = changed.attachment;
         ctx.volume = changed.volume;
-        return { driverVolumeType: connection.driver_volume_type, transport: ctx.transport };
+        const hostRoot = initializeHostRoot(catalog, ctx.steps, ctx.transport);
+        return { driverVolumeType: connection.driver_volume_type, transport: ctx.transport, ...(hostRoot === undefined ? {} : { hostRoot }) };
       },
       async undo(ctx, signal) {
         // The export is the host's: other attachments of the volume on this host use it too.

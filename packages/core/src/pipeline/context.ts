@@ -7,7 +7,7 @@ import { recomputeVolumeStatus } from '../transitions.js';
 import type { DriverCatalog } from '../catalog.js';
 import type { BerthConfig } from '../config.js';
 import type { Logger } from '../logger.js';
-import type { HostSteps } from '../host-steps/host-step-executor.js';
+import type { HostSteps } from '../host-steps/host-steps.js';
 
 /** What the pipelines need from the rest of berth. */
 export interface PipelineDeps {

@@ -2,12 +2,11 @@ import { redactConnectionInfo, type ConnectionInfo, type Connector, type Device 
 import type { Consumer, Publication } from '../contracts/consumer.js';
 import { sameDevice } from '../device-identity.js';
 import { BerthError } from '../errors.js';
-import type { HostSteps } from '../host-steps/host-step-executor.js';
+import type { HostSteps } from '../host-steps/host-steps.js';
 import { deviceLeaseKey, withLease } from '../lease.js';
 import type { Attachment, Server, Volume } from '../model.js';
 import type { Store } from '../store.js';
 import type { PipelineDeps } from './context.js';
-import { connectHostRoot } from './host-root.js';
 
 // The host-side share and reference count: attachments of one volume on one host share one
 // connected device (os-brick's and Kubernetes' lesson: log out or detach only when the last user
@@ -107,7 +106,7 @@ export async function connectShared(deps: PipelineDeps, request: ConnectRequest)
         details: { reason: 'transport-mismatch', volumeId: volume.id, attachmentId: other.id, untouched: true },
       });
     }
-    const { device } = await request.steps.run(
+    const { device, hostRoot } = await request.steps.run(
       'connect',
       { transport, connection, volumeId: volume.id, ...(request.connector ? { connector: request.connector } : {}) },
       { ...(request.operationId === undefined ? {} : { operationId: request.operationId }), signal: request.signal },
@@ -127,8 +126,9 @@ export async function connectShared(deps: PipelineDeps, request: ConnectRequest)
         device,
         operationId: request.operationId ?? null,
       });
-      // Where the transport ran: a berth whose transport runs on another root refuses to act on it.
-      return tx.attachments.update(attachment.id, { device, hostRoot: connectHostRoot(deps.catalog, request.steps, transport) });
+      // Where the transport ran (this process's, or the host's agent's answer): a berth whose
+      // transport runs on another root refuses to act on it.
+      return tx.attachments.update(attachment.id, { device, hostRoot: hostRoot ?? null });
     });
     return { device, attachment: updated, sharers: sharers.length };
   });

@@ -8,6 +8,7 @@ import { silentLogger } from '../logger.js';
 import { createMemoryStore } from '../memory-store.js';
 import type { Store } from '../store.js';
 import { memCatalog } from '../test-support.js';
+import { reserveAttachmentRecord } from './attach.js';
 
 // Two berths on one store whose `mem` transport runs on different host roots (as a plain berth and
 // one run with `--simulate` do): each acts only on the attachments connected on its own root.
@@ -30,6 +31,9 @@ describe('an attachment records the host root its transport ran on', () => {
     await simulated.service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
     const attached = await simulated.service.attach({ volume: 'db' });
     expect(attached.attachment).toMatchObject({ status: 'attached', hostRoot: '/var/lib/berth/simhost' });
+    // The device is recorded as its transport names it; its consumer was given the machine's path.
+    const volumeId = attached.attachment!.volumeId;
+    expect(attached.attachment).toMatchObject({ device: { path: `/dev/mem-${volumeId}` }, publishedPath: `/dev/berth/var/lib/berth/simhost/dev/mem-${volumeId}` });
     const id = attached.attachment!.id;
     const operations = (await store.operations.list()).length;
 
@@ -71,5 +75,52 @@ describe('an attachment records the host root its transport ran on', () => {
     const report = await other.service.reconcile!({ dryRun: true });
     expect(report.differences).toEqual([expect.objectContaining({ kind: 'attachment_device_gone', state: 'planned' })]);
     expect((await plain.service.detach({ volume: 'db' })).operation.state).toBe('succeeded');
+  });
+
+  it('recovery leaves an interrupted operation of another root untouched (doctor says why); the berth on that root finishes it', async () => {
+    const store = createMemoryStore();
+    const simulated = berthOn(store, '/var/lib/berth/simhost');
+    const plain = berthOn(store, '/');
+    const volume = await simulated.service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    const host = await store.hosts.create({ name: 'unit-host' });
+    const server = await store.servers.create({ name: 'unit-host', projectId: volume.projectId, hostId: host.id });
+    // What a simulated berth killed in `connect` left: initialize journalled with its root, the
+    // device up in the simulated kernel, the attachment not yet recording it, no owner alive.
+    const operation = await store.operations.create({ kind: 'attach', volumeId: volume.id, serverId: server.id, hostId: host.id, owner: null, deadlineAt: new Date(Date.now() + 60_000).toISOString() });
+    const attachment = await reserveAttachmentRecord(store, volume.id, server, 'rw', operation.id);
+    const connector = { host: 'unit-host', initiator: 'iqn.2026-01.test:unit' };
+    const connection = { driver_volume_type: 'mem', data: { device_path: `/dev/mem-${volume.id}` } };
+    const journal = [
+      ['reserve', { attachmentId: attachment.id }],
+      ['dispatch', { hostId: host.id }],
+      ['connector', { connector }],
+      ['initialize', { driverVolumeType: 'mem', transport: 'mem', hostRoot: '/var/lib/berth/simhost' }],
+    ] as const;
+    for (const [name, data] of journal) {
+      const seq = await store.operations.startStep(operation.id, name, 'do');
+      await store.operations.endStep(operation.id, seq, { state: 'done', data });
+    }
+    await store.attachments.transition(attachment.id, ['reserved'], 'attaching', { connector, transport: 'mem', connectionInfo: connection });
+    await store.operations.startStep(operation.id, 'connect', 'do');
+    simulated.devices.set(`/dev/mem-${volume.id}`, { path: `/dev/mem-${volume.id}`, type: 'block' });
+    const before = await store.operations.require(operation.id);
+
+    const outcomes = await plain.service.recover();
+    expect(outcomes).toEqual([expect.objectContaining({ operationId: operation.id, action: 'skipped' })]);
+    expect(outcomes[0]!.detail).toContain('was made on host root /var/lib/berth/simhost');
+    expect(outcomes[0]!.detail).toContain('--simulate');
+    expect(plain.calls).toEqual([]);
+    // Untouched: not even its owner was taken, so the berth on that root recovers it when it opens.
+    expect(await store.operations.require(operation.id)).toEqual(before);
+    expect(await store.attachments.require(attachment.id)).toMatchObject({ status: 'attaching' });
+    const doctor = await plain.service.doctor();
+    expect(doctor).toContainEqual({ kind: 'operation', name: operation.id, result: expect.objectContaining({ ok: false, fix: expect.stringContaining('--simulate') }) });
+
+    expect(await simulated.service.recover()).toEqual([expect.objectContaining({ operationId: operation.id, action: 'rolled_back' })]);
+    expect(simulated.calls).toEqual(expect.arrayContaining(['disconnect', 'terminate']));
+    expect(simulated.devices.size).toBe(0);
+    expect((await store.operations.require(operation.id)).state).toBe('rolled_back');
+    expect((await store.volumes.require(volume.id)).status).toBe('available');
+    expect((await plain.service.doctor()).filter((e) => e.kind === 'operation')).toEqual([]);
   });
 });

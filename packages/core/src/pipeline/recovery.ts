@@ -7,6 +7,7 @@ import type { Store } from '../store.js';
 import type { FaultInjector } from '../faults.js';
 import { attachSteps } from './attach.js';
 import { recomputeVolume, type PipelineContext, type PipelineDeps } from './context.js';
+import { hostRootMismatch, hostRootSkip, type HostRootMismatch } from './host-root.js';
 import { detachSteps, markDetachFailed } from './detach.js';
 import { summarize, type OperationRunner } from './operation-runner.js';
 import type { RecoveryOutcome } from '../reports.js';
@@ -76,6 +77,27 @@ function journalData(op: Operation, name: string): Record<string, unknown> | und
 }
 
 /**
+ * Whether `op` must be left for another berth: its host steps run in this process (the server's
+ * host is this one) on a transport that runs on another host root here than the one the
+ * operation connected on (recorded on its attachment, or journalled by `initialize` before the
+ * attachment had it). Undoing or resuming it here would act on the wrong kernel — a real logout
+ * "undoing" a simulated login, a simulated session left up —, so nothing is run and the
+ * operation is left as it is for a berth on that root. Roots are compared, nothing else.
+ */
+export async function foreignHostRoot(deps: Pick<PipelineDeps, 'store' | 'catalog' | 'localHost'>, op: Operation): Promise<HostRootMismatch | undefined> {
+  if (op.kind !== 'attach' && op.kind !== 'detach') return undefined;
+  const attachment = op.attachmentId ? await deps.store.attachments.get(op.attachmentId) : await findReservation(deps.store, op);
+  const initialized = journalData(op, 'initialize');
+  const transport = attachment?.transport ?? (initialized?.transport as string | undefined) ?? null;
+  const recorded = attachment?.hostRoot ?? (typeof initialized?.hostRoot === 'string' ? initialized.hostRoot : null);
+  if (transport === null || recorded === null) return undefined;
+  const hostId = attachment?.hostId ?? op.hostId;
+  if (hostId !== null && hostId !== (await deps.localHost()).id) return undefined;
+  const subject = attachment ? `the ${op.kind} ${op.id} of attachment ${attachment.id}` : `the ${op.kind} ${op.id}`;
+  return hostRootMismatch({ id: attachment?.id ?? op.id, transport, hostRoot: recorded }, (t) => deps.catalog.transportHostRoot(t), subject);
+}
+
+/**
  * Finish an operation whose process died. The rules (one per step, see core's README):
  * - attach, `complete` done → it succeeded; otherwise every started step is undone, newest first
  *   (the one cut short too: every undo is idempotent), so the volume is `available` again.
@@ -85,6 +107,9 @@ function journalData(op: Operation, name: string): Record<string, unknown> | und
  */
 export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger: Logger): Promise<RecoveryOutcome> {
   const outcome = (action: RecoveryOutcome['action'], detail: string): RecoveryOutcome => ({ operationId: op.id, kind: op.kind, action, detail });
+  // Whoever calls: an operation of another host root is never undone nor resumed here.
+  const elsewhere = await foreignHostRoot(deps, op);
+  if (elsewhere) return outcome('skipped', hostRootSkip(elsewhere));
   if (op.kind !== 'attach' && op.kind !== 'detach') {
     await deps.store.operations.finish(op.id, { state: 'failed', error: summarize(INTERRUPTED(op)) });
     return outcome('failed', `${op.kind} operations are not resumable`);

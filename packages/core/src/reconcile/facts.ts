@@ -1,5 +1,5 @@
 import type { DriverCatalog } from '../catalog.js';
-import type { HostStepCall, HostSteps } from '../host-steps/host-step-executor.js';
+import type { HostStepCall, HostSteps } from '../host-steps/host-steps.js';
 import { toBerthError } from '../errors.js';
 import { consumerNameFor } from '../hypervisor.js';
 import type { Attachment, Host, Server, Volume } from '../model.js';

@@ -1,5 +1,5 @@
 import { redactConnectionInfo, withAccessMode, type ConnectionInfo, type Connector, type Device } from '../connection.js';
-import type { HostStepCall, HostSteps } from '../host-steps/host-step-executor.js';
+import type { HostStepCall, HostSteps } from '../host-steps/host-steps.js';
 import type { Consumer, GuestDisk } from '../contracts/consumer.js';
 import type { ConnectedDevice } from '../contracts/transport-driver.js';
 import { sameDevice } from '../device-identity.js';
@@ -85,7 +85,7 @@ export async function fixOf(deps: ReconcileDeps, finding: Finding, target: FixTa
         force: false,
         signal,
       });
-      if (connected && !outcome.identityMismatch) await unpublishOrphan(deps, steps, fresh.volume, connected.device, { operationId, signal });
+      if (connected && !outcome.identityMismatch) await unpublishOrphan(deps, steps, fresh.volume, { device: connected.device, transport: finding.transport }, { operationId, signal });
       return outcome.identityMismatch || !connected ? `${device?.path ?? 'the device'} was already gone${record ? '; record removed' : ''}` : `${connected.device.path} disconnected`;
     }
     case 'attachment_device_gone':
@@ -125,10 +125,11 @@ export async function fixOf(deps: ReconcileDeps, finding: Finding, target: FixTa
  * it still leads to that device: a loop number is reused for the next file attached). Best
  * effort: the device is gone either way.
  */
-async function unpublishOrphan(deps: ReconcileDeps, steps: HostSteps, volume: Volume, device: Device, call: HostStepCall): Promise<void> {
+async function unpublishOrphan(deps: ReconcileDeps, steps: HostSteps, volume: Volume, listed: { device: Device; transport: string }, call: HostStepCall): Promise<void> {
   const consumer = deps.config.consumer;
+  const { device } = listed;
   try {
-    const { supported } = await steps.run('unpublish_orphan', { consumer, volumeId: volume.id, device }, call);
+    const { supported } = await steps.run('unpublish_orphan', { consumer, volumeId: volume.id, ...listed }, call);
     if (!supported) deps.logger.warn({ volumeId: volume.id, device: device.path, consumer }, 'reconcile: the consumer cannot drop what it published without a record; left as it is');
   } catch (error) {
     deps.logger.warn({ volumeId: volume.id, device: device.path, err: toBerthError(error).message }, 'reconcile: could not unpublish an orphaned device');

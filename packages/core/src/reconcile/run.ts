@@ -1,5 +1,5 @@
 import { BerthError, toBerthError } from '../errors.js';
-import type { HostStepCall } from '../host-steps/host-step-executor.js';
+import type { HostStepCall } from '../host-steps/host-steps.js';
 import type { Host, Operation } from '../model.js';
 import { summarize } from '../pipeline/operation-runner.js';
 import type { ReconcileDifference, ReconcileOptions, ReconcileReport, ReconcileUnchecked } from '../reports.js';

@@ -106,3 +106,8 @@ export function matchSession(pattern: RecPattern, s: SimSessionState): boolean {
   if (pattern.iface !== '' && pattern.iface !== s.iface) return false;
   return true;
 }
+
+/** The kernel model's sessions made from this record. */
+export function sessionsOfRecord(cli: Cli, r: NodeRecord): SimSessionState[] {
+  return cli.ctx.kernel.findSessions({ iqn: r.iqn, portal: { address: r.address, port: r.port }, iface: r.iface });
+}

@@ -4,8 +4,7 @@ import { parsePortal, samePortal } from '../portal-address.js';
 import type { SimSessionState } from '../sim-kernel.js';
 import type { LoginAuth } from '../target-access.js';
 import type { ToolResult } from '../tool-protocol.js';
-import { matchRecord, matchSession, type RecPattern, type Cli } from './cli.js';
-import { sessionsOfRecord } from './node-mode.js';
+import { matchRecord, matchSession, sessionsOfRecord, type RecPattern, type Cli } from './cli.js';
 
 // Logging in and out of node records (`--login`, `--logout`, `--loginall`, `--logoutall`) and
 // per-session rescans, as iscsid does them through the kernel model.

@@ -3,9 +3,8 @@ import { NODE_KEYS, formatRecordShow } from '../idbm-record.js';
 import { iscsiErrText } from '../iscsi-errors.js';
 import type { NodeRecord } from '../node-db.js';
 import { ISCSI_DEFAULT_PORT, formatPortal } from '../portal-address.js';
-import type { SimSessionState } from '../sim-kernel.js';
 import type { ToolResult } from '../tool-protocol.js';
-import { setParams, matchRecord, matchSession, type RecPattern, type Cli } from './cli.js';
+import { setParams, matchRecord, matchSession, sessionsOfRecord, type RecPattern, type Cli } from './cli.js';
 import { ifaceExists } from './iface-mode.js';
 import { forEachSession, loginByStartup, loginPortals, logoutByStartup, logoutSessions } from './login.js';
 
@@ -196,9 +195,4 @@ export async function deleteNode(cli: Cli, r: NodeRecord): Promise<number> {
   }
   await cli.ctx.db.delete(r);
   return 0;
-}
-
-/** The kernel model's sessions made from this record. */
-export function sessionsOfRecord(cli: Cli, r: NodeRecord): SimSessionState[] {
-  return cli.ctx.kernel.findSessions({ iqn: r.iqn, portal: { address: r.address, port: r.port }, iface: r.iface });
 }

@@ -53,8 +53,9 @@ export async function startDetach(parts: ServiceParts, launcher: OperationLaunch
   const project = projectOf(parts.config, req);
   const volume = await resolveVolume(store, req.volume, project);
   const attachment = await findAttachmentToDetach(store, volume, { attachmentId: req.attachmentId, server: req.server, project, force: req.force ?? false });
-  // Made where this berth's transport does not run (the simulated host, or the machine): refused here.
-  assertSameHostRoot(parts.catalog, attachment);
+  // Made where this berth's transport does not run (the simulated host, or the machine): refused
+  // here. Another host's attachment is its agent's to disconnect, on the agent's roots.
+  if (attachment.hostId === (await parts.deps.localHost()).id) assertSameHostRoot(parts.catalog, attachment);
   const server = await store.servers.require(attachment.serverId);
   // Only the server's own consumer can take the disk back from its guest.
   const consumer = serverConsumer(parts, server, await store.hosts.get(server.hostId));

@@ -1,6 +1,7 @@
 import { toBerthError } from '../../errors.js';
 import { summarize } from '../../pipeline/operation-runner.js';
-import { ownerAlive, recoverOperation, type RecoveryDeps } from '../../pipeline/recovery.js';
+import { hostRootSkip } from '../../pipeline/host-root.js';
+import { foreignHostRoot, ownerAlive, recoverOperation, type RecoveryDeps } from '../../pipeline/recovery.js';
 import type { RecoveryOutcome } from '../../reports.js';
 import { serverConsumer } from '../../pipeline/server-consumer.js';
 import type { ServiceParts } from '../parts.js';
@@ -26,6 +27,15 @@ export async function recoverDeadOperations(parts: ServiceParts, launcher: Opera
   const outcomes: RecoveryOutcome[] = [];
   for (const operation of await store.operations.list({ state: 'running' })) {
     if (!launcher.isAbandoned(operation.id) && ownerAlive(operation.owner, identity.hostname, owner)) continue;
+    // Connected on another host root than this berth's transport runs on: left as it is (not even
+    // its owner is taken) for a berth on that root, which recovers it when it opens.
+    const elsewhere = await foreignHostRoot(parts.deps, operation);
+    if (elsewhere) {
+      const detail = hostRootSkip(elsewhere);
+      parts.logger.warn({ operationId: operation.id, recordedRoot: elsewhere.recorded, hostRoot: elsewhere.here }, `recovery: ${detail}`);
+      outcomes.push({ operationId: operation.id, kind: operation.kind, action: 'skipped', detail });
+      continue;
+    }
     try {
       // A compare-and-swap on the owner: of two processes starting at once, one recovers it.
       await store.operations.setOwner(operation.id, owner, operation.owner);
