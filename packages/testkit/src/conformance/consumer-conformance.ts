@@ -114,7 +114,7 @@ export function describeConsumerConformance(name: string, setup: () => Promise<C
         expect(disk, 'the published disk is listed with serial = volume id').toBeDefined();
         await consumer.unplugGuestDisk(server, disk!);
         expect((await consumer.guestDisks(server))?.map((d) => d.serial)).not.toContain(v.volumeId);
-        expect(await volumeLink(v.volumeId)).toBe(pathOf(v.device));
+        expect(await volumeLink(v.volumeId)).toBe(v.device.path);
         await consumer.unplugGuestDisk(server, disk!);
       } finally {
         await consumer.unpublish(server, v.attachment);
