@@ -9,7 +9,7 @@
 // emits the decorator metadata tsyringe reads, which esbuild does not.
 //
 // What stays an ordinary import, resolved by Node at run time:
-// - @berth/core and @berth/host, and what they import by name (zod, execa): an installed third-party
+// - @berth/core and @berth/host, and what they import by name (zod): an installed third-party
 //   plugin imports them too, and there must be ONE core in the process (its resolve hook sends a
 //   plugin's `@berth/core` to the running berth's copy, so that its BerthError is the core's
 //   BerthError), and one zod along with it. Core ships as its own bundle with tsyringe inside
@@ -36,7 +36,7 @@ const out = join(dist, 'bundle');
  */
 const EXTERNAL = [
   /^@berth\/(core|host|simhost|api)(\/|$)/,
-  /^(zod|execa|better-sqlite3|pg|fastify)(\/|$)/,
+  /^(zod|better-sqlite3|pg|fastify)(\/|$)/,
   /^@oclif\/plugin-/,
   // oclif's TypeScript support, which berth's compiled commands never use (and 10 MB to parse).
   /^(typescript|ts-node)(\/|$)/,

@@ -148,4 +148,35 @@ describe('createCommandRunner', () => {
     const real = await createCommandRunner().run('uname', ['-s']);
     expect(real.stdout).toBe('Linux\n');
   });
+
+  it('kills a command that ignores SIGTERM with SIGKILL after the grace, and reports it timed out', async () => {
+    const started = performance.now();
+    // The shell ignores TERM and waits on a child that is in its process group: only SIGKILL ends the shell.
+    const result = await createCommandRunner().run('sh', ['-c', 'trap "" TERM; while :; do sleep 0.05; done'], { timeoutMs: 100, reject: false });
+    expect(result).toMatchObject({ exitCode: -1, timedOut: true });
+    expect(performance.now() - started).toBeLessThan(10_000);
+  });
+
+  it('reports a command killed by a signal it did not get from berth with exit -1 and the signal', async () => {
+    const error = await createCommandRunner().run('sh', ['-c', 'kill -KILL $$']).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(CommandError);
+    expect((error as CommandError).result).toMatchObject({ exitCode: -1, timedOut: false, aborted: false });
+    expect(String(((error as CommandError).cause as Error).message)).toMatch(/killed with SIGKILL/);
+  });
+
+  it('decodes UTF-8 split across reads and keeps an EPIPE on stdin out of the result', async () => {
+    const text = 'é'.repeat(200_000);
+    const echoed = await createCommandRunner().run('cat', [], { input: text });
+    expect(echoed.stdout).toBe(text);
+    // `true` never reads its input: the write fails with EPIPE, which is not the command's failure.
+    const ignored = await createCommandRunner().run('true', [], { input: 'x'.repeat(1 << 20) });
+    expect(ignored.exitCode).toBe(0);
+  });
+
+  it('refuses an argument Node cannot pass (a NUL byte) as a failed command, without throwing past the runner', async () => {
+    const result = await createCommandRunner().run('printf', ['a\0b'], { reject: false });
+    expect(result.exitCode).toBe(-1);
+    const error = await createCommandRunner().run('printf', ['a\0b']).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(CommandError);
+  });
 });

@@ -1,3 +1,4 @@
+import { spawn, type ChildProcess } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
 import { delimiter } from 'node:path';
 import { CommandError } from './errors.js';
@@ -24,27 +25,143 @@ export interface CommandRunnerOptions {
 /** The default timeout of a command, in ms. */
 export const DEFAULT_COMMAND_TIMEOUT_MS = 30_000;
 
-// execa and its ~130 modules load with the first command, not with the package: a CLI command that
-// runs nothing on the host (`berth volume list`) starts without them.
-let execaModule: Promise<typeof import('execa')> | undefined;
-function loadExeca(): Promise<typeof import('execa')> {
-  execaModule ??= import('execa');
-  return execaModule;
-}
-
 // After SIGTERM, a command that ignores it gets SIGKILL this much later.
 const FORCE_KILL_AFTER_MS = 2_000;
 
-/** A CommandRunner over execa: argument arrays, a timeout on every command, never a shell. */
+/** More output than this on one stream stops the command (a runaway tool, not a result to parse). */
+const MAX_OUTPUT_CHARS = 100_000_000;
+
+// Commands still running when this process exits normally get SIGTERM instead of outliving it.
+const running = new Set<ChildProcess>();
+let exitHookInstalled = false;
+function track(child: ChildProcess): void {
+  if (!exitHookInstalled) {
+    exitHookInstalled = true;
+    process.once('exit', () => {
+      for (const c of running) c.kill('SIGTERM');
+    });
+  }
+  running.add(child);
+}
+
+/** How one spawned command ended, before it becomes a CommandResult. */
+interface Outcome {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+  timedOut: boolean;
+  aborted: boolean;
+  /** Set when the command failed: not started, killed, non-zero exit, or too much output. */
+  failure?: { message: string; notFound: boolean };
+}
+
+/**
+ * Spawn `file` (never through a shell) and collect its output as UTF-8. Node's own spawn and no
+ * wrapper library: execa cost ~130 modules (0.5 s to import on a loaded 2-core host, paid by every
+ * `berth attach`) and ~2 ms of CPU per call over this.
+ */
+function spawnCommand(
+  file: string,
+  args: readonly string[],
+  options: { timeoutMs: number; signal: AbortSignal | undefined; input: string | undefined; env: NodeJS.ProcessEnv; command: string },
+): Promise<Outcome> {
+  return new Promise((resolve) => {
+    let stdout = '';
+    let stderr = '';
+    let timedOut = false;
+    let aborted = false;
+    let overflow = false;
+    let spawnError: NodeJS.ErrnoException | undefined;
+    let forceKill: NodeJS.Timeout | undefined;
+    let child: ChildProcess;
+    try {
+      child = spawn(file, [...args], { env: options.env, shell: false, stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+    } catch (error) {
+      // An argument Node refuses (a NUL byte): nothing was started.
+      const message = `${error instanceof Error ? error.message : String(error)}: ${options.command}`;
+      resolve({ exitCode: -1, stdout: '', stderr: '', timedOut: false, aborted: false, failure: { message, notFound: false } });
+      return;
+    }
+    const stop = (): void => {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill('SIGTERM');
+      forceKill ??= setTimeout(() => child.kill('SIGKILL'), FORCE_KILL_AFTER_MS);
+      forceKill.unref();
+    };
+    const timer = setTimeout(() => {
+      timedOut = true;
+      stop();
+    }, options.timeoutMs);
+    const onAbort = (): void => {
+      aborted = true;
+      stop();
+    };
+    options.signal?.addEventListener('abort', onAbort, { once: true });
+    if (child.pid !== undefined) track(child);
+    child.stdout?.setEncoding('utf8');
+    child.stderr?.setEncoding('utf8');
+    child.stdout?.on('data', (chunk: string) => {
+      stdout += chunk;
+      if (stdout.length > MAX_OUTPUT_CHARS && !overflow) {
+        overflow = true;
+        stop();
+      }
+    });
+    child.stderr?.on('data', (chunk: string) => {
+      stderr += chunk;
+      if (stderr.length > MAX_OUTPUT_CHARS && !overflow) {
+        overflow = true;
+        stop();
+      }
+    });
+    if (child.stdin) {
+      // A command that exits without reading its input closes the pipe: EPIPE is no failure of ours.
+      child.stdin.on('error', () => undefined);
+      child.stdin.end(options.input);
+    }
+    child.once('error', (error: NodeJS.ErrnoException) => {
+      spawnError ??= error;
+    });
+    child.once('close', (code: number | null, signal: NodeJS.Signals | null) => {
+      clearTimeout(timer);
+      clearTimeout(forceKill);
+      options.signal?.removeEventListener('abort', onAbort);
+      running.delete(child);
+      // A command killed (by us or by a signal) or never started has no exit code of its own.
+      const exitCode = code === null || spawnError !== undefined || timedOut || aborted ? -1 : code;
+      const out = { exitCode, stdout, stderr, timedOut, aborted };
+      const failed = spawnError !== undefined || timedOut || aborted || overflow || code !== 0;
+      if (!failed) {
+        resolve(out);
+        return;
+      }
+      const message =
+        spawnError !== undefined
+          ? `${spawnError.message}: ${options.command}`
+          : timedOut
+            ? `Command timed out after ${options.timeoutMs} milliseconds: ${options.command}`
+            : aborted
+              ? `Command was canceled: ${options.command}`
+              : overflow
+                ? `Command's output was larger than ${MAX_OUTPUT_CHARS} characters: ${options.command}`
+                : signal !== null
+                  ? `Command was killed with ${signal}: ${options.command}`
+                  : `Command failed with exit code ${code ?? -1}: ${options.command}`;
+      resolve({ ...out, failure: { message, notFound: spawnError?.code === 'ENOENT' } });
+    });
+  });
+}
+
+/** A CommandRunner over node:child_process: argument arrays, a timeout on every command, never a shell. */
 export function createCommandRunner(options: CommandRunnerOptions = {}): CommandRunner {
   const defaultTimeoutMs = options.defaultTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
   const pathPrepend = options.pathPrepend ?? [];
   const logger = options.logger;
 
-  function environment(extra: Record<string, string> | undefined): Record<string, string> {
-    const env: Record<string, string> = { ...options.env, ...extra };
+  function environment(extra: Record<string, string> | undefined): NodeJS.ProcessEnv {
+    const env: NodeJS.ProcessEnv = { ...process.env, ...options.env, ...extra };
     if (pathPrepend.length > 0) {
-      const base = env.PATH ?? process.env.PATH ?? '';
+      const base = env.PATH ?? '';
       env.PATH = [...pathPrepend, ...(base ? [base] : [])].join(delimiter);
     }
     return env;
@@ -79,43 +196,26 @@ export function createCommandRunner(options: CommandRunnerOptions = {}): Command
         return finish(result, reject, new CommandError(result, { cause: signal.reason }));
       }
 
-      const { execa } = await loadExeca();
       const started = performance.now();
-      const outcome = await execa(file, [...args], {
-        timeout: runOptions.timeoutMs ?? defaultTimeoutMs,
-        ...(signal ? { cancelSignal: signal } : {}),
-        ...(runOptions.input !== undefined ? { input: runOptions.input } : { stdin: 'ignore' as const }),
+      const outcome = await spawnCommand(file, args, {
+        timeoutMs: runOptions.timeoutMs ?? defaultTimeoutMs,
+        signal,
+        input: runOptions.input,
         env: environment(runOptions.env),
-        extendEnv: true,
-        reject: false,
-        shell: false,
-        stripFinalNewline: false,
-        forceKillAfterDelay: FORCE_KILL_AFTER_MS,
-        encoding: 'utf8',
+        command,
       });
       const durationMs = performance.now() - started;
 
-      const stdout = typeof outcome.stdout === 'string' ? outcome.stdout : '';
-      const stderr = typeof outcome.stderr === 'string' ? outcome.stderr : '';
-      const result: CommandResult = {
-        command,
-        exitCode: outcome.exitCode ?? -1,
-        stdout,
-        stderr,
-        durationMs,
-        timedOut: outcome.timedOut,
-        aborted: outcome.isCanceled,
-      };
-      if (!outcome.failed) return finish(result, reject);
+      const { stdout, stderr } = outcome;
+      const result: CommandResult = { command, exitCode: outcome.exitCode, stdout, stderr, durationMs, timedOut: outcome.timedOut, aborted: outcome.aborted };
+      if (outcome.failure === undefined) return finish(result, reject);
 
-      const notFound = outcome.code === 'ENOENT';
+      const { notFound } = outcome.failure;
       if (notFound) result.notFound = true;
-      // The error carries copies with secrets masked; execa's own error is not kept as the cause
-      // because its message repeats the unmasked command line.
+      // The error carries copies with secrets masked; the cause's message names the command only
+      // as `command` does (masked), and a killed command's cause is the signal's reason.
       const masked: CommandResult = { ...result, stdout: redact(stdout, secrets), stderr: redact(stderr, secrets) };
-      const cause = outcome.isCanceled
-        ? signal?.reason
-        : new Error(redact(outcome.originalMessage ?? outcome.shortMessage ?? 'command failed', secrets));
+      const cause = outcome.aborted ? signal?.reason : new Error(redact(outcome.failure.message, secrets));
       const error = new CommandError(masked, { notFound, cause });
       // With `reject: false` the caller gets the real output back, as for a success: it may parse it.
       return finish(result, reject, error);

@@ -102,7 +102,7 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
       if (degraded) await keepFirstPathOnly(ctx, good);
       map = built.map;
       if (!outcomes.some((o) => o.status === 'up' && o.device !== undefined)) throw noPathError(volume, outcomes, signal);
-      if (connected.graceMs !== undefined) warnings.push(`gave up on ${outcomes.filter((o) => o.status === 'failed').length} path(s) still logging in ${connected.graceMs} ms past the first login's time`);
+      if (connected.graceMs !== undefined) warnings.push(`gave up on ${outcomes.filter((o) => o.status === 'failed').length} path(s) still logging in ${connected.graceMs} ms past the healthy logins' time`);
       const result: VolumeOutcome = { volume, outcomes, map, notInMap: built.notInMap, wwn, warnings, timings };
       const device = describeVolumeDevice(result);
       if (volumeId !== undefined) await ctx.states.save(attachStateOf(volumeId, result, device));

@@ -15,7 +15,8 @@ export const zMultipathDriverOptions = z.object({
    * How much longer than the first successful login another path's `--login` may take (counted
    * from its own start) before the path is given up and reported `failed` (the next attach or
    * reconcile adds it). Unset: 1.5 × that first login's time for each login that ran beside it,
-   * less the login itself, at least 250 ms.
+   * less the login itself, at least 250 ms; once two logins have ended, the slowest of them plus
+   * 1.5 × (its time / the logins done) per path still open, at least 250 ms, when that is shorter.
    */
   stragglerGraceMs: z.number().int().min(0).max(600_000).optional(),
   /** `node.conn[0].timeo.login_timeout` written on the records, in s, so iscsid gives up too. */

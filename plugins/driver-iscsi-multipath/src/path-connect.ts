@@ -23,7 +23,9 @@ export interface ConnectedPaths {
  * Connect every path, in parallel (`degraded`: one after the other, the first up wins, as os-brick
  * falls back to one device). Each `--login` may take as long as the first login that succeeded,
  * plus a grace (`stragglerGraceMs`; by default that login's time again for each other login that
- * ran beside it, plus half, at least 250 ms), counted from its own start: a login still running then — or a session still awaited after rc 15 — is
+ * ran beside it, plus half, at least 250 ms — or, when shorter, what two or more logins that ended say:
+ * the slowest of them plus one turn of the host's logins per path still open, plus half, at least
+ * 250 ms), counted from its own start: a login still running then — or a session still awaited after rc 15 — is
  * given up (killed, its record undone in the background while the map is built) and reported
  * `failed`. A dead portal thus costs an attach about one healthy login, not its login timeout,
  * and a path still making its node record or past its login is never cut. Never throws.
@@ -47,6 +49,8 @@ export async function connectPaths(
 
   const settled: Array<PathOutcome | undefined> = targets.map(() => undefined);
   let allowedMs: number | undefined;
+  // The first login's forecast of `allowedMs`, before what the other logins took is known.
+  let forecastMs: number | undefined;
   let inLogin = 0;
   let graceMs: number | undefined;
   let cutAny = false;
@@ -54,6 +58,9 @@ export async function connectPaths(
   const loginStarts: Array<number | undefined> = targets.map(() => undefined);
   const timers: Array<NodeJS.Timeout | undefined> = targets.map(() => undefined);
   const inSession = targets.map(() => false);
+  // The logins that ended with a session: how many, and the slowest of them (from its own start).
+  let loggedIn = 0;
+  let slowestLoginMs = 0;
   const early: Array<unknown> = targets.map(() => undefined);
   const done: Array<() => void> = [];
   const doneOrFailed = targets.map(
@@ -71,7 +78,7 @@ export async function connectPaths(
       if (inSession[i] === true) return;
       cutAny = true;
       cut.abort(
-        new BerthError('TIMEOUT', `did not log in within ${Math.round(allowedMs ?? 0)} ms, the first healthy login's time plus the grace (stragglerGraceMs ${graceMs} ms)`, {
+        new BerthError('TIMEOUT', `did not log in within ${Math.round(allowedMs ?? 0)} ms, the healthy logins' time plus the grace (stragglerGraceMs ${graceMs} ms)`, {
           hint: 'check that the portal is reachable from this host and its target service runs; the other paths carry the volume, and the next attach (or `berth reconcile`) adds this one',
         }),
       );
@@ -79,6 +86,31 @@ export async function connectPaths(
     const timer = setTimeout(fire, Math.max(0, startedAt + allowedMs - performance.now()));
     timer.unref();
     timers[i] = timer;
+  };
+  /**
+   * What the logins that ended say, once two have: with `loggedIn` of them done by
+   * `slowestLoginMs`, each path still open needs about one more of their turns
+   * (`slowestLoginMs / loggedIn`) on the same host; the open paths may take the slowest login
+   * plus those turns and half again, at least `GRACE_MIN_MS`. The bound is the shorter of this and
+   * the first login's forecast (which allows for every login queueing), recomputed as paths end:
+   * a dead portal then costs the attach about one healthy turn past the slowest healthy login, not
+   * the forecast for a host where all of them queue. A configured `stragglerGraceMs` is kept as it is.
+   */
+  const tighten = (): void => {
+    // One login says no more than the forecast made from it already did.
+    if (ctx.options.stragglerGraceMs !== undefined || loggedIn < 2 || forecastMs === undefined) return;
+    const open = targets.map((_, i) => i).filter((i) => !inSession[i] && early[i] === undefined);
+    if (open.length === 0) return;
+    const turnsMs = (slowestLoginMs / loggedIn) * open.length;
+    const bound = Math.min(forecastMs, slowestLoginMs + Math.max(GRACE_MIN_MS, turnsMs * (1 + GRACE_SHARE)));
+    if (bound === allowedMs) return;
+    allowedMs = bound;
+    graceMs = Math.round(bound - slowestLoginMs);
+    for (const i of open) {
+      clearTimeout(timers[i]);
+      timers[i] = undefined;
+      schedule(i);
+    }
   };
   const running = targets.map(async (target, i) => {
     const outcome = await connectPath(ctx, target, auth, {
@@ -94,19 +126,27 @@ export async function connectPaths(
         inSession[i] = true;
         clearTimeout(timers[i]);
         if (loginStarts[i] !== undefined) inLogin -= 1;
+        if (loginMs !== undefined) {
+          loggedIn += 1;
+          slowestLoginMs = Math.max(slowestLoginMs, loginMs);
+        }
         // The first real login says how long a healthy one takes (a reused session took none).
         // Logins that ran beside it shared the host with it: on a loaded host they end one after
         // another, so each of them may take that long again.
-        if (loginMs === undefined || allowedMs !== undefined) return;
-        const alongside = inLogin + 1;
-        graceMs = Math.round(ctx.options.stragglerGraceMs ?? Math.max(GRACE_MIN_MS, loginMs * (alongside * (1 + GRACE_SHARE) - 1)));
-        allowedMs = Math.min(ctx.options.portalTimeoutMs, loginMs + graceMs);
-        targets.forEach((_, j) => schedule(j));
+        if (loginMs !== undefined && allowedMs === undefined) {
+          const alongside = inLogin + 1;
+          graceMs = Math.round(ctx.options.stragglerGraceMs ?? Math.max(GRACE_MIN_MS, loginMs * (alongside * (1 + GRACE_SHARE) - 1)));
+          allowedMs = Math.min(ctx.options.portalTimeoutMs, loginMs + graceMs);
+          forecastMs = allowedMs;
+          targets.forEach((_, j) => schedule(j));
+        }
+        tighten();
       },
       onFailed: (error) => {
         if (early[i] === undefined && loginStarts[i] !== undefined && !inSession[i]) inLogin -= 1;
         early[i] ??= error;
         if (cuts[i]!.signal.aborted) done[i]?.();
+        else tighten();
       },
     });
     settled[i] = outcome;
