@@ -30,7 +30,7 @@ interface TransactionScope {
  * How many times `transaction` runs `fn` when the engine keeps aborting it for losing a race.
  * Each retry starts at once (no sleep): PostgreSQL picks the victim of a serialization failure
  * so that an immediate retry does not meet the same conflict again, and the dialect's
- * `startTransaction` lets a transaction that keeps losing run alone. The bound only stops a
+ * `transactionAttempt` lets a transaction that keeps losing run alone. The bound only stops a
  * livelock.
  */
 export const TRANSACTION_ATTEMPTS = 30;
@@ -48,6 +48,11 @@ export interface KyselyStoreOptions {
    * the same database (`createSocketRelay`).
    */
   relay?: NotificationRelay;
+  /**
+   * The same database through a connection of its own, for lease renewals outside transactions
+   * (`RepositoryContext.urgentDb`); destroyed on close. Without it renewals use `db`.
+   */
+  urgent?: Kysely<Database>;
 }
 
 /**
@@ -56,6 +61,7 @@ export interface KyselyStoreOptions {
  */
 export function createKyselyStore(db: Kysely<Database>, options: KyselyStoreOptions): Store {
   const { dialect } = options;
+  const urgent = options.urgent ?? db;
   const active = new AsyncLocalStorage<TransactionScope>();
   const now = createMonotonicClock();
   let closed = false;
@@ -121,28 +127,26 @@ export function createKyselyStore(db: Kysely<Database>, options: KyselyStoreOpti
     return scope?.open === true ? scope : undefined;
   };
 
-  const boundStore = (scope: TransactionScope): Store => ({
-    ...repositories(
-      {
-        dialect,
-        now,
-        newId: randomUUID,
-        db: () => {
-          if (!scope.open) {
-            throw new BerthError('INTERNAL', 'the store was used after its transaction ended', {
-              hint: 'use the store passed to transaction() only inside the callback',
-            });
-          }
-          return scope.trx;
-        },
-      },
-      () => (scope.open ? scope : undefined),
-    ),
-    // Nested transactions join the open one: there is one unit of work.
-    transaction: <T>(fn: (store: Store) => Promise<T>): Promise<T> => fn(boundStore(scope)),
-    close: () =>
-      Promise.reject(new BerthError('INTERNAL', 'cannot close the store inside one of its transactions')),
-  });
+  const boundStore = (scope: TransactionScope): Store => {
+    const trx = (): Kysely<Database> => {
+      if (!scope.open) {
+        throw new BerthError('INTERNAL', 'the store was used after its transaction ended', {
+          hint: 'use the store passed to transaction() only inside the callback',
+        });
+      }
+      return scope.trx;
+    };
+    return {
+      ...repositories(
+        // Inside a transaction, renewals join it like everything else.
+        { dialect, now, newId: randomUUID, db: trx, urgentDb: trx },
+        () => (scope.open ? scope : undefined),
+      ),
+      // Nested transactions join the open one: there is one unit of work.
+      transaction: <T>(fn: (store: Store) => Promise<T>): Promise<T> => fn(boundStore(scope)),
+      close: () => Promise.reject(new BerthError('INTERNAL', 'cannot close the store inside one of its transactions')),
+    };
+  };
 
   const rootContext: RepositoryContext = {
     dialect,
@@ -151,6 +155,7 @@ export function createKyselyStore(db: Kysely<Database>, options: KyselyStoreOpti
     // Calls on the root store made from inside transaction(fn) join that transaction instead of
     // waiting for the connection it holds (which would never come back).
     db: () => openScope()?.trx ?? db,
+    urgentDb: () => openScope()?.trx ?? urgent,
   };
 
   return {
@@ -164,19 +169,20 @@ export function createKyselyStore(db: Kysely<Database>, options: KyselyStoreOpti
         if (dialect.isolationLevel !== undefined) builder = builder.setIsolationLevel(dialect.isolationLevel);
         const committed: { scope?: TransactionScope } = {};
         try {
-          const result = await builder.execute(async (trx) => {
-            await dialect.startTransaction?.(trx, attempt);
-            const scope: TransactionScope = { trx, open: true, store: undefined, afterCommit: [] };
-            const store = boundStore(scope);
-            scope.store = store;
-            try {
-              const value = await active.run(scope, () => fn(store));
-              committed.scope = scope;
-              return value;
-            } finally {
-              scope.open = false;
-            }
-          });
+          const execute = (): Promise<T> =>
+            builder.execute(async (trx) => {
+              const scope: TransactionScope = { trx, open: true, store: undefined, afterCommit: [] };
+              const store = boundStore(scope);
+              scope.store = store;
+              try {
+                const value = await active.run(scope, () => fn(store));
+                committed.scope = scope;
+                return value;
+              } finally {
+                scope.open = false;
+              }
+            });
+          const result = dialect.transactionAttempt === undefined ? await execute() : await dialect.transactionAttempt(attempt, execute);
           for (const deliver of committed.scope?.afterCommit ?? []) deliver();
           return result;
         } catch (error) {
@@ -204,6 +210,7 @@ export function createKyselyStore(db: Kysely<Database>, options: KyselyStoreOpti
         await relay?.close();
       } finally {
         await db.destroy();
+        await options.urgent?.destroy();
         await options.onClose?.();
       }
     },

@@ -61,10 +61,17 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
   pool.on('error', () => undefined);
 
   const db = new Kysely<Database>({ dialect: new BerthPostgresDialect({ pool, target, password }) });
+  // One more connection, only for lease renewals (operation heartbeats, device and work-item
+  // leases): with every pooled connection busy, a renewal queued behind them would let a live
+  // holder's lease pass and another replica take its operations over.
+  const urgentPool = new driver.Pool({ ...clientConfig, max: 1 });
+  urgentPool.on('error', () => undefined);
+  const urgent = new Kysely<Database>({ dialect: new BerthPostgresDialect({ pool: urgentPool, target, password }) });
   try {
     await migrateToLatest(db, postgresStoreDialect, target);
   } catch (error) {
     await db.destroy();
+    await urgent.destroy();
     if (BerthError.is(error)) throw error;
     throw new BerthError('CONFIG', `cannot open the berth database at ${target}`, {
       hint: 'check that the URL names a PostgreSQL database this user may create tables in',
@@ -72,5 +79,5 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
     });
   }
   const notifications = createPostgresNotifications({ newClient: () => new driver.Client(clientConfig), target, password });
-  return createKyselyStore(db, { dialect: postgresStoreDialect, notifications });
+  return createKyselyStore(db, { dialect: postgresStoreDialect, notifications, urgent });
 }

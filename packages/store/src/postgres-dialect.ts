@@ -1,7 +1,7 @@
-import { PostgresAdapter, PostgresIntrospector, PostgresQueryCompiler, sql } from 'kysely';
-import type { DatabaseIntrospector, Dialect, DialectAdapter, Driver, Kysely, QueryCompiler, Transaction } from 'kysely';
-import type { Database, DbBoolean, DbJson } from './database.js';
-import { BerthPostgresDriver } from './postgres-driver.js';
+import { PostgresAdapter, PostgresIntrospector, PostgresQueryCompiler } from 'kysely';
+import type { DatabaseIntrospector, Dialect, DialectAdapter, Driver, Kysely, QueryCompiler } from 'kysely';
+import type { DbBoolean, DbJson } from './database.js';
+import { BerthPostgresDriver, guardPostgresStatement, withBeginPreamble } from './postgres-driver.js';
 import type { BerthPostgresDriverOptions } from './postgres-driver.js';
 import { isRetryableTransactionError } from './postgres-errors.js';
 import type { ConstraintViolation, StoreDialect } from './store-dialect.js';
@@ -45,7 +45,7 @@ export const postgresStoreDialect: StoreDialect = {
     return undefined;
   },
   retryableTransaction: isRetryableTransactionError,
-  async startTransaction(trx: Transaction<Database>, attempt: number): Promise<void> {
+  transactionAttempt<T>(attempt: number, run: () => Promise<T>): Promise<T> {
     // Serializable transactions on one hot row abort each other; retrying at once makes progress
     // overall, but one transaction can lose again and again. So every store transaction first
     // locks the empty table `transaction_gate` in ROW SHARE mode (compatible with itself), and
@@ -54,9 +54,11 @@ export const postgresStoreDialect: StoreDialect = {
     // waiting on a lock, never sleeping. LOCK TABLE takes no snapshot, so the transaction's
     // snapshot is taken after the wait and sees everything committed before it. Statements
     // outside transactions (the single-statement CAS) take no such lock and are unaffected.
-    const mode = attempt >= EXCLUSIVE_FROM_ATTEMPT ? sql.raw('exclusive') : sql.raw('row share');
-    await sql`lock table transaction_gate in ${mode} mode`.execute(trx);
+    // The lock goes with BEGIN in one round trip.
+    const mode = attempt >= EXCLUSIVE_FROM_ATTEMPT ? 'exclusive' : 'row share';
+    return withBeginPreamble(`lock table transaction_gate in ${mode} mode`, run);
   },
+  guarded: guardPostgresStatement,
 };
 
 /** Kysely's PostgreSQL dialect with berth's driver (savepoint-guarded statements, error mapping). */

@@ -1,3 +1,4 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { BerthError } from '@berth/core';
 import { CompiledQuery } from 'kysely';
 import type { DatabaseConnection, Driver, QueryResult, TransactionSettings } from 'kysely';
@@ -14,8 +15,29 @@ export interface BerthPostgresDriverOptions {
   password: string | undefined;
 }
 
-/** Statements that can violate a constraint and must therefore not abort the whole transaction. */
-const GUARDED_KINDS = new Set(['InsertQueryNode', 'DeleteQueryNode']);
+/**
+ * Set around a statement whose constraint violation the caller catches and goes on from (reads
+ * the row to word a CONFLICT/NOT_FOUND, or retries): inside a transaction it runs under a
+ * savepoint, so the transaction stays usable after it fails, as on SQLite. Other statements save
+ * the two round trips: an error from them ends the transaction anyway.
+ */
+const guardedStatement = new AsyncLocalStorage<true>();
+
+/** Run `fn` with its statements savepoint-guarded inside a transaction (see `guardedStatement`). */
+export function guardPostgresStatement<T>(fn: () => Promise<T>): Promise<T> {
+  return guardedStatement.run(true, fn);
+}
+
+/**
+ * A statement sent with BEGIN, in the same round trip, for the transaction started inside it
+ * (the dialect's `transaction_gate` lock): no parameters, so one simple-protocol query carries both.
+ */
+const beginPreamble = new AsyncLocalStorage<string>();
+
+/** Run `fn` so that the transaction it begins runs `statement` right after BEGIN, in one round trip. */
+export function withBeginPreamble<T>(statement: string, fn: () => Promise<T>): Promise<T> {
+  return beginPreamble.run(statement, fn);
+}
 
 /** One pooled client as Kysely sees it. */
 class BerthPostgresConnection implements DatabaseConnection {
@@ -49,13 +71,13 @@ class BerthPostgresConnection implements DatabaseConnection {
   }
 
   async executeQuery<R>(compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
-    if (!this.inTransaction || !GUARDED_KINDS.has(compiledQuery.query.kind)) {
+    if (!this.inTransaction || guardedStatement.getStore() !== true) {
       return this.#run<R>(compiledQuery.sql, compiledQuery.parameters);
     }
     // A failed statement aborts a PostgreSQL transaction, while the repositories answer a unique
     // or foreign-key violation by reading the row to word the CONFLICT/NOT_FOUND (and callers may
-    // go on after catching it, as they can on SQLite). A savepoint per such statement keeps the
-    // transaction usable after it fails.
+    // go on after catching it, as they can on SQLite). A savepoint around such a statement keeps
+    // the transaction usable after it fails.
     await this.#run('savepoint berth_statement', []);
     let result: QueryResult<R>;
     try {
@@ -93,9 +115,10 @@ class BerthPostgresConnection implements DatabaseConnection {
 }
 
 /**
- * Kysely's PostgreSQL driver, rewritten small on `pg` for three things Kysely's own does not do:
- * a statement that may violate a constraint runs under a savepoint inside transactions (so the
- * transaction survives it, as on SQLite); a client whose connection broke is destroyed instead
+ * Kysely's PostgreSQL driver, rewritten small on `pg` for four things Kysely's own does not do:
+ * a statement whose constraint violation the caller handles runs under a savepoint inside
+ * transactions (so the transaction survives it, as on SQLite); BEGIN carries the dialect's
+ * preamble in the same round trip; a client whose connection broke is destroyed instead
  * of going back to the pool; and connection failures become BerthErrors (UNAVAILABLE/CONFIG)
  * that name the server by its redacted URL.
  */
@@ -124,8 +147,20 @@ export class BerthPostgresDriver implements Driver {
   async beginTransaction(connection: DatabaseConnection, settings: TransactionSettings): Promise<void> {
     const isolation = settings.isolationLevel === undefined ? '' : ` isolation level ${settings.isolationLevel}`;
     const access = settings.accessMode === undefined ? '' : ` ${settings.accessMode}`;
-    await connection.executeQuery(CompiledQuery.raw(`start transaction${isolation}${access}`));
-    asBerth(connection).inTransaction = true;
+    const preamble = beginPreamble.getStore();
+    const berth = asBerth(connection);
+    // One simple-protocol query (no parameters) may hold several statements: BEGIN and the
+    // preamble cost one round trip, not two.
+    const begin = `start transaction${isolation}${access}`;
+    try {
+      await connection.executeQuery(CompiledQuery.raw(preamble === undefined ? begin : `${begin}; ${preamble}`));
+    } catch (error) {
+      // BEGIN may have run before the preamble failed, and Kysely rolls back only a transaction
+      // whose begin succeeded: end it here so that the client goes back to the pool idle.
+      if (preamble !== undefined && berth.broken === undefined) await connection.executeQuery(CompiledQuery.raw('rollback')).catch(() => undefined);
+      throw error;
+    }
+    berth.inTransaction = true;
   }
 
   async commitTransaction(connection: DatabaseConnection): Promise<void> {

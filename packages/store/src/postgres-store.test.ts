@@ -2,13 +2,17 @@
 // temp dir, its own port), a fresh database per test.
 import { BerthError } from '@berth/core';
 import type { NewVolume, Server, Store, Volume } from '@berth/core';
+import { Kysely, sql } from 'kysely';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { describeStoreConformance } from './conformance.js';
 import { describeManyHostsStoreConformance } from './conformance-many-hosts.js';
+import type { Database } from './database.js';
 import { openPostgresStore } from './open-postgres-store.js';
+import { BerthPostgresDialect } from './postgres-dialect.js';
+import { withBeginPreamble } from './postgres-driver.js';
 import { redactPostgresUrl } from './postgres-url.js';
-import { startPostgresCluster } from './testing/postgres-cluster.js';
+import { queryOn, startPostgresCluster } from './testing/postgres-cluster.js';
 import type { PostgresCluster } from './testing/postgres-cluster.js';
 
 let cluster: PostgresCluster | undefined;
@@ -205,6 +209,68 @@ describe('PostgreSQL concurrency', () => {
       return tx.volumes.create(volume('free'));
     });
     expect(await store.volumes.get(created.id)).toEqual(created);
+  });
+
+  it('BEGIN and its preamble go in one round trip; a preamble that fails leaves the pooled client idle, not in a transaction', async () => {
+    const url = await running().createDatabase();
+    const pool = new pg.Pool({ connectionString: url, max: 1 });
+    const sent: string[] = [];
+    pool.on('connect', (client) => {
+      const query = client.query.bind(client) as (text: string, values?: unknown[]) => Promise<unknown>;
+      (client as unknown as { query: typeof query }).query = (text, values) => {
+        sent.push(text);
+        return query(text, values);
+      };
+    });
+    const db = new Kysely<Database>({ dialect: new BerthPostgresDialect({ pool, target: 'test', password: undefined }) });
+    try {
+      await withBeginPreamble("set local lock_timeout = '60s'", () =>
+        db.transaction().setIsolationLevel('serializable').execute((trx) => sql`select 1`.execute(trx)),
+      );
+      expect(sent).toEqual(["start transaction isolation level serializable; set local lock_timeout = '60s'", 'select 1', 'commit']);
+      await expect(withBeginPreamble('lock table no_such_table', () => db.transaction().execute((trx) => sql`select 1`.execute(trx)))).rejects.toThrow(/no_such_table/);
+      // The one pooled client is idle again: a statement outside a transaction runs (inside an
+      // aborted one it would fail with 25P02).
+      const { rows } = await sql<{ ok: number }>`select 1 as ok`.execute(db);
+      expect(rows).toEqual([{ ok: 1 }]);
+    } finally {
+      await db.destroy();
+    }
+  });
+
+  it('lease renewals do not queue behind a pool busy with other work: the live holder keeps its leases', async () => {
+    // One pooled connection, held by a transaction that waits: every ordinary statement now
+    // waits for it, as operations' statements do when the pool is saturated. Renewals take the
+    // connection reserved for them; queued behind the pool they would hang here until the
+    // connect timeout failed them (and another replica took the operation over meanwhile).
+    const url = await running().createDatabase();
+    const store = await openTracked(url, 1);
+    const deadlineAt = new Date(Date.now() + 3_600_000).toISOString();
+    const operation = await store.operations.create({ kind: 'attach', owner: 'api-1', leaseMs: 1000, deadlineAt });
+    expect(await store.locks.tryAcquire('device:h:v', 'api-1/a', deadlineAt)).toBeUndefined();
+    let holding!: () => void;
+    const held = new Promise<void>((resolve) => {
+      holding = resolve;
+    });
+    let letGo!: () => void;
+    const released = new Promise<void>((resolve) => {
+      letGo = resolve;
+    });
+    const busy = store.transaction(async (tx) => {
+      await tx.volumes.list();
+      holding();
+      await released;
+    });
+    try {
+      await held;
+      expect(await store.operations.heartbeat!('api-1', 60_000)).toEqual([operation.id]);
+      expect(await store.locks.takeOver('device:h:v', 'api-1/a', 'api-1/a', deadlineAt)).toBe(true);
+    } finally {
+      letGo();
+      await busy;
+    }
+    const [row] = await queryOn<{ lease_expires_at: string }>(url, 'select lease_expires_at from operations where id = $1', [operation.id]);
+    expect(Date.parse(row?.lease_expires_at ?? '')).toBeGreaterThan(Date.now() + 30_000);
   });
 
   it('notifications cross stores (and processes) sharing the database', async () => {

@@ -6,6 +6,12 @@ import type { ConstraintViolation, StoreDialect } from './store-dialect.js';
 export interface RepositoryContext {
   /** The Kysely instance to use now: the open transaction's when there is one. */
   db(): Kysely<Database>;
+  /**
+   * For one statement that keeps a lease alive (a renewal): the open transaction's when there is
+   * one, else a connection reserved for renewals where the engine has a pool, so that a pool
+   * busy with ordinary work does not make a live holder's lease pass.
+   */
+  urgentDb(): Kysely<Database>;
   /** The engine-specific encodings. */
   readonly dialect: StoreDialect;
   /** The store's clock (ISO-8601, strictly increasing). */

@@ -39,6 +39,8 @@ export const sqliteStoreDialect: StoreDialect = {
   retryableTransaction(): boolean {
     return false;
   },
+  // A failed statement leaves a SQLite transaction usable as it is.
+  guarded: (statement) => statement(),
 };
 
 /** SQLite runs DDL inside transactions, so migrations run under one `BEGIN IMMEDIATE` and two processes cannot migrate at once. */

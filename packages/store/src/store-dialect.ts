@@ -1,5 +1,5 @@
-import type { ColumnDataType, IsolationLevel, Transaction } from 'kysely';
-import type { Database, DbBoolean, DbJson } from './database.js';
+import type { ColumnDataType, IsolationLevel } from 'kysely';
+import type { DbBoolean, DbJson } from './database.js';
 
 /** What a constraint violation was, as far as the repositories care. */
 export type ConstraintViolation = 'unique' | 'foreign_key';
@@ -39,9 +39,15 @@ export interface StoreDialect {
    */
   retryableTransaction(error: unknown): boolean;
   /**
-   * Run first in every `Store.transaction` attempt (1 for the first run, 2 for the first retry, ...):
-   * where the engine aborts losers of races, this is where a transaction that keeps losing gets
-   * its turn.
+   * Wraps every `Store.transaction` attempt (1 for the first run, 2 for the first retry, ...); the
+   * transaction begins inside `run`. Where the engine aborts losers of races, this is where a
+   * transaction that keeps losing gets its turn.
    */
-  startTransaction?(trx: Transaction<Database>, attempt: number): Promise<void>;
+  transactionAttempt?<T>(attempt: number, run: () => Promise<T>): Promise<T>;
+  /**
+   * Run one statement whose constraint violation the caller catches and goes on from (reads rows
+   * to word the error, retries): the engine keeps the open transaction usable after it fails.
+   * Other statements need no such care: their errors end the transaction.
+   */
+  guarded<T>(statement: () => Promise<T>): Promise<T>;
 }

@@ -86,30 +86,32 @@ export function createAttachmentRepository(ctx: RepositoryContext): AttachmentRe
     async create(input: NewAttachment): Promise<Attachment> {
       const attachment = newAttachmentRow(input, input.id ?? ctx.newId(), ctx.now());
       try {
-        await ctx
-          .db()
-          .insertInto('attachments')
-          .values({
-            id: attachment.id,
-            volume_id: attachment.volumeId,
-            server_id: attachment.serverId,
-            host_id: attachment.hostId,
-            status: attachment.status,
-            mode: attachment.mode,
-            transport: attachment.transport,
-            connector: encodeNullableJson(ctx, attachment.connector),
-            connection_info: null,
-            device: null,
-            published_path: null,
-            guest_device: null,
-            guest_serial: null,
-            host_root: null,
-            timings: ctx.dialect.encodeJson(attachment.timings),
-            error: null,
-            created_at: attachment.createdAt,
-            updated_at: attachment.updatedAt,
-          })
-          .execute();
+        await ctx.dialect.guarded(() =>
+          ctx
+            .db()
+            .insertInto('attachments')
+            .values({
+              id: attachment.id,
+              volume_id: attachment.volumeId,
+              server_id: attachment.serverId,
+              host_id: attachment.hostId,
+              status: attachment.status,
+              mode: attachment.mode,
+              transport: attachment.transport,
+              connector: encodeNullableJson(ctx, attachment.connector),
+              connection_info: null,
+              device: null,
+              published_path: null,
+              guest_device: null,
+              guest_serial: null,
+              host_root: null,
+              timings: ctx.dialect.encodeJson(attachment.timings),
+              error: null,
+              created_at: attachment.createdAt,
+              updated_at: attachment.updatedAt,
+            })
+            .execute(),
+        );
       } catch (error) {
         const kind = violation(ctx, error);
         if (kind === 'foreign_key') throw (await missingReference(attachment)) ?? error;

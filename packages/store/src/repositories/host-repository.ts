@@ -37,22 +37,24 @@ export function createHostRepository(ctx: RepositoryContext): HostRepository {
         'host',
       );
       try {
-        await ctx
-          .db()
-          .insertInto('hosts')
-          .values({
-            id: host.id,
-            name: host.name,
-            connector: encodeNullableJson(ctx, host.connector),
-            agent_instance: null,
-            agent_version: null,
-            agent_transports: null,
-            agent_consumers: null,
-            agent_seen_at: null,
-            created_at: host.createdAt,
-            updated_at: host.updatedAt,
-          })
-          .execute();
+        await ctx.dialect.guarded(() =>
+          ctx
+            .db()
+            .insertInto('hosts')
+            .values({
+              id: host.id,
+              name: host.name,
+              connector: encodeNullableJson(ctx, host.connector),
+              agent_instance: null,
+              agent_version: null,
+              agent_transports: null,
+              agent_consumers: null,
+              agent_seen_at: null,
+              created_at: host.createdAt,
+              updated_at: host.updatedAt,
+            })
+            .execute(),
+        );
       } catch (error) {
         if (violation(ctx, error) !== 'unique') throw error;
         if ((await findByName(host.name)) !== undefined) {

@@ -22,7 +22,7 @@ export function createLockRepository(ctx: RepositoryContext): LockRepository {
     async tryAcquire(key: string, owner: string, expiresAt: string): Promise<LockHolder | undefined> {
       checkKey(key, owner);
       try {
-        await ctx.db().insertInto('locks').values({ key, owner, acquired_at: ctx.now(), expires_at: expiresAt }).execute();
+        await ctx.dialect.guarded(() => ctx.db().insertInto('locks').values({ key, owner, acquired_at: ctx.now(), expires_at: expiresAt }).execute());
         return undefined;
       } catch (error) {
         if (violation(ctx, error) !== 'unique') throw error;
@@ -33,8 +33,9 @@ export function createLockRepository(ctx: RepositoryContext): LockRepository {
 
     async takeOver(key: string, owner: string, expectedOwner: string, expiresAt: string): Promise<boolean> {
       checkKey(key, owner);
+      // The holder's renewal is a takeover from itself: it takes the connection reserved for leases.
       const result = await ctx
-        .db()
+        .urgentDb()
         .updateTable('locks')
         .set({ owner, acquired_at: ctx.now(), expires_at: expiresAt })
         .where('key', '=', key)

@@ -91,27 +91,29 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
       const leaseMs = operationLeaseMs(input);
       const operation = newOperationRow(input, input.id ?? ctx.newId(), ctx.now());
       try {
-        await ctx
-          .db()
-          .insertInto('operations')
-          .values({
-            id: operation.id,
-            kind: operation.kind,
-            state: operation.state,
-            volume_id: operation.volumeId,
-            server_id: operation.serverId,
-            attachment_id: operation.attachmentId,
-            host_id: operation.hostId,
-            idempotency_key: operation.idempotencyKey,
-            owner: operation.owner,
-            lease_expires_at: leaseMs === undefined ? null : leaseUntil(leaseMs),
-            deadline_at: operation.deadlineAt,
-            started_at: operation.startedAt,
-            ended_at: null,
-            error: null,
-            result: null,
-          })
-          .execute();
+        await ctx.dialect.guarded(() =>
+          ctx
+            .db()
+            .insertInto('operations')
+            .values({
+              id: operation.id,
+              kind: operation.kind,
+              state: operation.state,
+              volume_id: operation.volumeId,
+              server_id: operation.serverId,
+              attachment_id: operation.attachmentId,
+              host_id: operation.hostId,
+              idempotency_key: operation.idempotencyKey,
+              owner: operation.owner,
+              lease_expires_at: leaseMs === undefined ? null : leaseUntil(leaseMs),
+              deadline_at: operation.deadlineAt,
+              started_at: operation.startedAt,
+              ended_at: null,
+              error: null,
+              result: null,
+            })
+            .execute(),
+        );
       } catch (error) {
         if (violation(ctx, error) !== 'unique') throw error;
         const key = operation.idempotencyKey;
@@ -167,25 +169,27 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
       for (let attempt = 1; ; attempt += 1) {
         try {
           // seq is computed inside the INSERT, so two writers cannot both read the same max.
-          const row = await ctx
-            .db()
-            .insertInto('operation_steps')
-            .columns(['operation_id', 'seq', 'name', 'phase', 'state', 'started_at'])
-            .expression((eb) =>
-              eb
-                .selectFrom('operation_steps')
-                .where('operation_steps.operation_id', '=', id)
-                .select((sb) => [
-                  sb.val(id).as('operation_id'),
-                  sb(sb.fn.coalesce(sb.fn.max('operation_steps.seq'), sb.lit(0)), '+', sb.lit(1)).as('seq'),
-                  sb.val(valid.name).as('name'),
-                  sb.val(valid.phase).as('phase'),
-                  sb.val('running').as('state'),
-                  sb.val(ctx.now()).as('started_at'),
-                ]),
-            )
-            .returning('seq')
-            .executeTakeFirstOrThrow();
+          const row = await ctx.dialect.guarded(() =>
+            ctx
+              .db()
+              .insertInto('operation_steps')
+              .columns(['operation_id', 'seq', 'name', 'phase', 'state', 'started_at'])
+              .expression((eb) =>
+                eb
+                  .selectFrom('operation_steps')
+                  .where('operation_steps.operation_id', '=', id)
+                  .select((sb) => [
+                    sb.val(id).as('operation_id'),
+                    sb(sb.fn.coalesce(sb.fn.max('operation_steps.seq'), sb.lit(0)), '+', sb.lit(1)).as('seq'),
+                    sb.val(valid.name).as('name'),
+                    sb.val(valid.phase).as('phase'),
+                    sb.val('running').as('state'),
+                    sb.val(ctx.now()).as('started_at'),
+                  ]),
+              )
+              .returning('seq')
+              .executeTakeFirstOrThrow(),
+          );
           return Number(row.seq);
         } catch (error) {
           const kind = violation(ctx, error);
@@ -271,8 +275,9 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
 
     async heartbeat(owner: string, leaseMs: number): Promise<string[]> {
       const ms = parseWith(zLeaseMs, leaseMs, 'operation lease');
+      // The connection reserved for leases: a pool busy with operations must not starve their renewal.
       const rows = await ctx
-        .db()
+        .urgentDb()
         .updateTable('operations')
         .set({ lease_expires_at: leaseUntil(ms) })
         .where('owner', '=', owner)

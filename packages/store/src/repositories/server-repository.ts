@@ -45,20 +45,22 @@ export function createServerRepository(ctx: RepositoryContext): ServerRepository
       const now = ctx.now();
       const server = newServerRow(input, input.id ?? ctx.newId(), now);
       try {
-        await ctx
-          .db()
-          .insertInto('servers')
-          .values({
-            id: server.id,
-            name: server.name,
-            project_id: server.projectId,
-            host_id: server.hostId,
-            // The host itself is stored as NULL (as servers made before migration 0005 are).
-            hypervisor: server.hypervisor === undefined || server.hypervisor.type === 'host' ? null : ctx.dialect.encodeJson(server.hypervisor),
-            created_at: server.createdAt,
-            updated_at: server.updatedAt,
-          })
-          .execute();
+        await ctx.dialect.guarded(() =>
+          ctx
+            .db()
+            .insertInto('servers')
+            .values({
+              id: server.id,
+              name: server.name,
+              project_id: server.projectId,
+              host_id: server.hostId,
+              // The host itself is stored as NULL (as servers made before migration 0005 are).
+              hypervisor: server.hypervisor === undefined || server.hypervisor.type === 'host' ? null : ctx.dialect.encodeJson(server.hypervisor),
+              created_at: server.createdAt,
+              updated_at: server.updatedAt,
+            })
+            .execute(),
+        );
       } catch (error) {
         const kind = violation(ctx, error);
         if (kind === 'foreign_key') throw notFound('host', server.hostId);
@@ -97,14 +99,16 @@ export function createServerRepository(ctx: RepositoryContext): ServerRepository
       // One statement: the check and the delete cannot be split by a concurrent attach.
       let deleted: bigint;
       try {
-        const result = await ctx
-          .db()
-          .deleteFrom('servers')
-          .where('id', '=', id)
-          .where((eb) =>
-            eb.not(eb.exists(eb.selectFrom('attachments').select('attachments.id').where('attachments.server_id', '=', id))),
-          )
-          .executeTakeFirst();
+        const result = await ctx.dialect.guarded(() =>
+          ctx
+            .db()
+            .deleteFrom('servers')
+            .where('id', '=', id)
+            .where((eb) =>
+              eb.not(eb.exists(eb.selectFrom('attachments').select('attachments.id').where('attachments.server_id', '=', id))),
+            )
+            .executeTakeFirst(),
+        );
         deleted = result.numDeletedRows;
       } catch (error) {
         if (violation(ctx, error) !== 'foreign_key') throw error;

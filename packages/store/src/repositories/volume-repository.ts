@@ -54,22 +54,24 @@ export function createVolumeRepository(ctx: RepositoryContext): VolumeRepository
         'volume',
       );
       try {
-        await ctx
-          .db()
-          .insertInto('volumes')
-          .values({
-            id: volume.id,
-            name: volume.name,
-            project_id: volume.projectId,
-            size_bytes: volume.sizeBytes,
-            status: volume.status,
-            backend: volume.backend,
-            multiattach: ctx.dialect.encodeBoolean(volume.multiattach),
-            provider_location: volume.providerLocation,
-            created_at: volume.createdAt,
-            updated_at: volume.updatedAt,
-          })
-          .execute();
+        await ctx.dialect.guarded(() =>
+          ctx
+            .db()
+            .insertInto('volumes')
+            .values({
+              id: volume.id,
+              name: volume.name,
+              project_id: volume.projectId,
+              size_bytes: volume.sizeBytes,
+              status: volume.status,
+              backend: volume.backend,
+              multiattach: ctx.dialect.encodeBoolean(volume.multiattach),
+              provider_location: volume.providerLocation,
+              created_at: volume.createdAt,
+              updated_at: volume.updatedAt,
+            })
+            .execute(),
+        );
       } catch (error) {
         if (violation(ctx, error) !== 'unique') throw error;
         if ((await findByName(volume.projectId, volume.name)) !== undefined) {
@@ -130,12 +132,14 @@ export function createVolumeRepository(ctx: RepositoryContext): VolumeRepository
       if (from.length === 0) throw await casFailure(id, from);
       let deleted: bigint;
       try {
-        const result = await ctx
-          .db()
-          .deleteFrom('volumes')
-          .where('id', '=', id)
-          .where('status', 'in', from)
-          .executeTakeFirst();
+        const result = await ctx.dialect.guarded(() =>
+          ctx
+            .db()
+            .deleteFrom('volumes')
+            .where('id', '=', id)
+            .where('status', 'in', from)
+            .executeTakeFirst(),
+        );
         deleted = result.numDeletedRows;
       } catch (error) {
         if (violation(ctx, error) !== 'foreign_key') throw error;

@@ -48,9 +48,8 @@ export function createWorkItemRepository(ctx: RepositoryContext): WorkItemReposi
   };
 
   /** CAS on an item `worker` holds (claimed, its lease owner): apply `set` or say why not. */
-  const updateHeld = async (id: string, worker: string, set: Updateable<WorkItemsTable>): Promise<WorkItem> => {
-    const row = await ctx
-      .db()
+  const updateHeld = async (id: string, worker: string, set: Updateable<WorkItemsTable>, db = ctx.db()): Promise<WorkItem> => {
+    const row = await db
       .updateTable('work_items')
       .set(set)
       .where('id', '=', id)
@@ -66,25 +65,27 @@ export function createWorkItemRepository(ctx: RepositoryContext): WorkItemReposi
     async create(input: NewWorkItem): Promise<WorkItem> {
       const item = newWorkItemRow(input, input.id ?? ctx.newId(), ctx.now());
       try {
-        await ctx
-          .db()
-          .insertInto('work_items')
-          .values({
-            id: item.id,
-            operation_id: item.operationId,
-            host_id: item.hostId,
-            step: item.step,
-            state: item.state,
-            payload: ctx.dialect.encodeJson(item.payload),
-            result: null,
-            error: null,
-            attempts: 0,
-            lease_owner: null,
-            lease_expires_at: null,
-            created_at: item.createdAt,
-            updated_at: item.updatedAt,
-          })
-          .execute();
+        await ctx.dialect.guarded(() =>
+          ctx
+            .db()
+            .insertInto('work_items')
+            .values({
+              id: item.id,
+              operation_id: item.operationId,
+              host_id: item.hostId,
+              step: item.step,
+              state: item.state,
+              payload: ctx.dialect.encodeJson(item.payload),
+              result: null,
+              error: null,
+              attempts: 0,
+              lease_owner: null,
+              lease_expires_at: null,
+              created_at: item.createdAt,
+              updated_at: item.updatedAt,
+            })
+            .execute(),
+        );
       } catch (error) {
         const kind = violation(ctx, error);
         if (kind === 'unique') throw alreadyExists(`a work item with id ${item.id} already exists`, { id: item.id }, error);
@@ -152,7 +153,8 @@ export function createWorkItemRepository(ctx: RepositoryContext): WorkItemReposi
 
     async renew(id: string, worker: string, leaseMs: number): Promise<WorkItem> {
       const ms = parseWith(zLeaseMs, leaseMs, 'work item lease');
-      return updateHeld(id, worker, { lease_expires_at: leaseUntil(ms), updated_at: ctx.now() });
+      // A renewal keeps a lease alive: it takes the connection reserved for that.
+      return updateHeld(id, worker, { lease_expires_at: leaseUntil(ms), updated_at: ctx.now() }, ctx.urgentDb());
     },
 
     async complete(id: string, worker: string, outcome: WorkItemOutcome): Promise<WorkItem> {
