@@ -180,6 +180,8 @@ export const zHostDevice = z.object({
   device: zDevice,
   /** The operation that last wrote the record (null for reconcile). */
   operationId: zId.nullable(),
+  /** The root of the host services the transport connected it on (as `Attachment.hostRoot`); null: unknown. */
+  hostRoot: z.string().nullable().optional(),
   createdAt: zTimestamp,
   updatedAt: zTimestamp,
 });

@@ -89,6 +89,7 @@ export function hostDeviceRow(input: NewHostDevice, createdAt: string, now: stri
       connectionInfo: redactConnectionInfo(input.connectionInfo),
       device: input.device,
       operationId: input.operationId ?? null,
+      hostRoot: input.hostRoot ?? null,
       createdAt,
       updatedAt: now,
     },

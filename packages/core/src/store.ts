@@ -363,6 +363,8 @@ export interface NewHostDevice {
   connectionInfo: ConnectionInfo;
   device: Device;
   operationId?: string | null;
+  /** Where the transport connected it (`Attachment.hostRoot`). */
+  hostRoot?: string | null;
 }
 
 export interface HostDeviceRepository {

@@ -706,13 +706,16 @@ export function describeStoreConformance(name: string, open: () => Promise<Store
 
       it('puts, gets and lists a record without secrets; a second put replaces it in place', async () => {
         expect(await store.devices.get(hostId, volumeId)).toBeUndefined();
-        const first = await store.devices.put({ hostId, volumeId, transport: 'loop', connectionInfo, device, operationId: null });
-        expect(first).toMatchObject({ hostId, volumeId, transport: 'loop', device, operationId: null });
+        const first = await store.devices.put({ hostId, volumeId, transport: 'loop', connectionInfo, device, operationId: null, hostRoot: '/srv/simhost' });
+        expect(first).toMatchObject({ hostId, volumeId, transport: 'loop', device, operationId: null, hostRoot: '/srv/simhost' });
+        expect(await store.devices.get(hostId, volumeId)).toEqual(first);
         expect(first.connectionInfo.data).toEqual({ target_iqn: 'iqn.2010-10.org.openstack:v', target_lun: 1, vendor_key: 'kept' });
         expect(JSON.stringify(await store.devices.list())).not.toContain('sekrit');
         const moved = { ...device, path: '/dev/loop5', identity: { kind: 'loop', rdev: '7:5', inode: 42 } };
         const second = await store.devices.put({ hostId, volumeId, transport: 'loop', connectionInfo, device: moved });
         expect(second.createdAt).toBe(first.createdAt);
+        // Where it was connected is replaced with the rest (a record put without a root: unknown).
+        expect(second.hostRoot).toBeNull();
         expect(await store.devices.list({ hostId })).toEqual([second]);
         expect(await store.devices.list({ volumeId: hostId })).toEqual([]);
       });

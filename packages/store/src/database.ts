@@ -142,6 +142,8 @@ export interface HostDevicesTable {
   connection_info: JsonColumn;
   device: JsonColumn;
   operation_id: string | null;
+  /** The root of the host services its transport connected it on (migration 0007); NULL: unknown. */
+  host_root: string | null;
   created_at: string;
   updated_at: string;
 }

@@ -197,6 +197,13 @@ export function createMigrations(dialect: StoreDialect): Record<string, Migratio
         await db.schema.alterTable('attachments').addColumn('host_root', 'text').execute();
       },
     },
+    // The same for berth's device ledger: a device record whose attachment row is gone is still
+    // known to be on the simulated host (or the machine), so reconcile acts on it only from there.
+    '0007-host-device-root': {
+      async up(db: Kysely<unknown>): Promise<void> {
+        await db.schema.alterTable('host_devices').addColumn('host_root', 'text').execute();
+      },
+    },
   };
 }
 

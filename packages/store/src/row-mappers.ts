@@ -180,6 +180,7 @@ export function toHostDevice(row: Selectable<HostDevicesTable>, dialect: StoreDi
     connectionInfo: dialect.decodeJson(row.connection_info),
     device: dialect.decodeJson(row.device),
     operationId: row.operation_id,
+    hostRoot: row.host_root,
     createdAt: row.created_at,
     updatedAt: row.updated_at,
   });

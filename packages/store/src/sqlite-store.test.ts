@@ -78,6 +78,7 @@ describe('openSqliteStore', () => {
         { name: '0004-host-agents' },
         { name: '0005-server-hypervisor' },
         { name: '0006-attachment-host-root' },
+        { name: '0007-host-device-root' },
       ]);
     } finally {
       raw.close();

@@ -125,6 +125,7 @@ export async function connectShared(deps: PipelineDeps, request: ConnectRequest)
         connectionInfo: redactConnectionInfo(connection),
         device,
         operationId: request.operationId ?? null,
+        hostRoot: hostRoot ?? null,
       });
       // Where the transport ran (this process's, or the host's agent's answer): a berth whose
       // transport runs on another root refuses to act on it.

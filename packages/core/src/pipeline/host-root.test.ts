@@ -63,6 +63,31 @@ describe('an attachment records the host root its transport ran on', () => {
     expect(simulated.calls).toContain('disconnect');
   });
 
+  it('a device record whose attachment row is gone keeps its root: only the berth on that root reconciles it', async () => {
+    const store = createMemoryStore();
+    const simulated = berthOn(store, '/var/lib/berth/simhost');
+    const plain = berthOn(store, '/');
+    await simulated.service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    const attached = await simulated.service.attach({ volume: 'db' });
+    const volumeId = attached.attachment!.volumeId;
+    const [record] = await store.devices.list({ volumeId });
+    expect(record).toMatchObject({ hostRoot: '/var/lib/berth/simhost' });
+    // The attachment row is lost (deleted by hand): only the ledger knows the device now.
+    await store.attachments.delete(attached.attachment!.id);
+
+    const report = await plain.service.reconcile!({});
+    const mine = report.differences.filter((d) => d.kind === 'device_without_attachment' && d.volumeId === volumeId);
+    expect(mine).toEqual([expect.objectContaining({ state: 'skipped', result: expect.stringContaining('the device record of volume db was made on host root /var/lib/berth/simhost') })]);
+    expect(plain.calls).toEqual([]);
+    expect(await store.devices.get(record!.hostId, volumeId)).toBeDefined();
+
+    const own = await simulated.service.reconcile!({});
+    expect(own.differences.filter((d) => d.kind === 'device_without_attachment')).toEqual([expect.objectContaining({ state: 'applied', volumeId })]);
+    expect(simulated.calls).toContain('disconnect');
+    expect(simulated.devices.size).toBe(0);
+    expect(await store.devices.get(record!.hostId, volumeId)).toBeUndefined();
+  });
+
   it('an attachment without a recorded root (made before migration 0006) is acted on as before', async () => {
     const store = createMemoryStore();
     const plain = berthOn(store, '/');

@@ -245,6 +245,13 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
     const mismatch = roots ? hostRootMismatch(attachment, (t) => roots[t]) : undefined;
     return mismatch ? hostRootSkip(mismatch) : undefined;
   };
+  // A ledger record says where its device was connected too (migration 0007): its attachment row may be gone.
+  const elsewhereRecordRoot = (record: HostDevice, volume: Volume): string | undefined => {
+    const mismatch = roots
+      ? hostRootMismatch({ id: record.volumeId, transport: record.transport, hostRoot: record.hostRoot ?? null }, (t) => roots[t], `the device record of volume ${volume.name}`)
+      : undefined;
+    return mismatch ? hostRootSkip(mismatch) : undefined;
+  };
 
   for (const entry of facts.exports) {
     const volume = volumesById.get(entry.export.volumeId);
@@ -272,7 +279,7 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
     findings.push(
       withSkip(
         { kind: 'device_without_attachment', transport: record.transport, protocol: record.connectionInfo.driver_volume_type, record, connected, volume },
-        busy(volume.id),
+        busy(volume.id) ?? elsewhereRecordRoot(record, volume),
       ),
     );
   }

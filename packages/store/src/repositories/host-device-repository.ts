@@ -36,6 +36,7 @@ export function createHostDeviceRepository(ctx: RepositoryContext): HostDeviceRe
         connection_info: ctx.dialect.encodeJson(record.connectionInfo),
         device: ctx.dialect.encodeJson(record.device),
         operation_id: record.operationId,
+        host_root: record.hostRoot ?? null,
         updated_at: record.updatedAt,
       };
       // Insert, or replace the record of this host and volume (one device per volume per host).
