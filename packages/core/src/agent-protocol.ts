@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { zConnectionInfo, zConnector, zDevice } from './connection.js';
-import { zAttachment, zServer } from './model.js';
+import { zAgentTransportInfo, zAttachment, zServer } from './model.js';
 import { zReconcileUnchecked } from './reports.js';
 import { zWorkItem } from './work-item.js';
 
@@ -173,6 +173,8 @@ export const zAgentRegistration = z.strictObject({
   connector: zConnector,
   /** Transports loaded on the host (the replica picks one of these). */
   transports: z.array(z.string().min(1)).max(100),
+  /** What each connects (protocols, priority): a transport installed on the host only is then chosen without being named. Optional: an older agent sends names only. */
+  transportInfo: z.array(zAgentTransportInfo).max(100).optional(),
   /** Consumers loaded on the host. */
   consumers: z.array(z.string().min(1)).max(100),
 });

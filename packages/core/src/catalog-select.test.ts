@@ -84,6 +84,24 @@ describe('DriverCatalog.selectAgentTransport (a host whose berth agent runs its 
     expect(refusal(() => catalog.selectAgentTransport(iscsi, { host: 'h' }, { hostName: 'h-3', transports: ['loop'] }, 'loop')).code).toBe('UNPROCESSABLE');
   });
 
+  it('chooses a transport installed on the agent only by what the agent registered of it (protocols, priority)', () => {
+    const transportInfo = [
+      { name: 'iscsi', protocols: ['iscsi'], priority: 0 },
+      { name: 'iscsi-rdma', protocols: ['iscsi'], priority: 20 },
+      { name: 'nvme-tcp', protocols: ['nvmeof'], priority: 50 },
+    ];
+    const agent = { hostName: 'h-3', transports: ['iscsi', 'iscsi-rdma', 'nvme-tcp'], transportInfo };
+    expect(catalog.selectAgentTransport(iscsi, { host: 'h' }, agent)).toBe('iscsi-rdma');
+    // One this process knows is judged by this process's driver (its protocols and accepts), whatever the agent said.
+    expect(catalog.selectAgentTransport(iscsi, { host: 'h' }, { ...agent, transports: ['iscsi', 'nvme-tcp'] })).toBe('iscsi');
+    // An agent that named it without saying what it connects (an older agent): it has to be named.
+    const older = refusal(() => catalog.selectAgentTransport(iscsi, { host: 'h' }, { hostName: 'h-3', transports: ['iscsi-rdma'] }));
+    expect(older.code).toBe('CONFIG');
+    expect(refusal(() => catalog.selectAgentTransport(iscsi, { host: 'h' }, { ...agent, transports: ['nvme-tcp'] })).message).toBe(
+      "host h-3's agent has no transport known to connect iscsi volumes (it has nvme-tcp)",
+    );
+  });
+
   it('refuses, naming the host, a transport the agent lacks (CONFIG)', () => {
     const forced = refusal(() => catalog.selectAgentTransport(iscsi, { host: 'h' }, { hostName: 'h-3', transports: ['iscsi'] }, 'iscsi-user'));
     expect(forced.code).toBe('CONFIG');

@@ -5,6 +5,7 @@ import type { TransportDriver } from './contracts/transport-driver.js';
 import type { VolumeBackend } from './contracts/volume-backend.js';
 import { BerthError, type BerthErrorCode } from './errors.js';
 import type { Logger } from './logger.js';
+import type { AgentTransportInfo } from './model.js';
 import type { BackendFactory, BerthPlugin, ConsumerFactory, FaultPoints, PluginContext, TransportFactory } from './plugin.js';
 import type { LoadedPluginModule, PluginFailure } from './plugin-loader.js';
 import type { PluginReport } from './reports.js';
@@ -22,6 +23,8 @@ export type HostFor = (pluginName: string) => HostServices;
 export interface AgentTransports {
   hostName: string;
   transports: readonly string[];
+  /** What each connects, as the agent registered it (`HostAgent.transportInfo`; absent from an older agent). */
+  transportInfo?: readonly AgentTransportInfo[];
 }
 
 /**
@@ -253,13 +256,20 @@ export class DriverCatalog {
       if (this.transportFactories.has(forced)) this.selectTransport(connection, connector, forced);
       return forced;
     }
-    const known = this.transports().filter((t) => agent.transports.includes(t.name));
-    const chosen = known
-      .filter((t) => t.protocols.includes(type))
-      .filter((t) => (t.accepts ? t.accepts(connection, connector) : true))
-      .sort((a, b) => (b.priority ?? 0) - (a.priority ?? 0))[0];
+    // Installed here too: its protocols and `accepts` decide; installed on the host only: what
+    // the agent registered of it (protocols, priority) decides, and it accepts what it connects.
+    const candidates = agent.transports.flatMap((name): Array<{ name: string; priority: number }> => {
+      if (this.transportFactories.has(name)) {
+        const t = this.transport(name);
+        const fits = t.protocols.includes(type) && (t.accepts ? t.accepts(connection, connector) : true);
+        return fits ? [{ name, priority: t.priority ?? 0 }] : [];
+      }
+      const info = agent.transportInfo?.find((i) => i.name === name);
+      return info?.protocols.includes(type) ? [{ name, priority: info.priority }] : [];
+    });
+    const chosen = candidates.sort((a, b) => b.priority - a.priority)[0];
     if (chosen) return chosen.name;
-    const unknown = agent.transports.filter((name) => !this.transportFactories.has(name));
+    const unknown = agent.transports.filter((name) => !this.transportFactories.has(name) && !agent.transportInfo?.some((i) => i.name === name));
     throw new BerthError('CONFIG', `host ${agent.hostName}'s agent has no transport known to connect ${type} volumes (it has ${has})`, {
       hint:
         unknown.length > 0

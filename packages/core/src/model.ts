@@ -69,6 +69,15 @@ export const zVolume = z.object({
 });
 export type Volume = z.output<typeof zVolume>;
 
+/** What one transport of a host's agent connects: its name, `driver_volume_type`s and priority. */
+export const zAgentTransportInfo = z.object({
+  name: z.string().min(1).max(100),
+  protocols: z.array(z.string().min(1).max(100)).min(1).max(20),
+  priority: z.number().int().min(-1_000_000).max(1_000_000),
+});
+/** One transport of an agent's registration. */
+export type AgentTransportInfo = z.output<typeof zAgentTransportInfo>;
+
 /**
  * The `berth agent` last registered for a host (many hosts): which process, which version, and
  * when it was last heard from. Whether it is online is the API's call (seen within
@@ -80,6 +89,11 @@ export const zHostAgent = z.object({
   version: z.string(),
   /** The transports loaded on the host (a replica picks one of these for the host's attachments). */
   transports: z.array(z.string().min(1)),
+  /**
+   * What each of them connects (its protocols and priority), so a replica can pick a transport
+   * installed on the host only (migration 0008); absent from an older agent: names only.
+   */
+  transportInfo: z.array(zAgentTransportInfo).optional(),
   /** The consumers loaded on the host. */
   consumers: z.array(z.string().min(1)),
   /** When it registered or last asked for work (ISO-8601, the store's clock). */

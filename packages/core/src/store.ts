@@ -1,6 +1,7 @@
 import type { ConnectionInfo, Connector, Device } from './connection.js';
 import type { Hypervisor } from './hypervisor.js';
 import type {
+  AgentTransportInfo,
   Attachment,
   AttachmentStatus,
   ErrorSummary,
@@ -127,6 +128,8 @@ export interface NewHostAgent {
   instance: string;
   version: string;
   transports: readonly string[];
+  /** What each transport connects (`HostAgent.transportInfo`). */
+  transportInfo?: readonly AgentTransportInfo[];
   consumers: readonly string[];
 }
 

@@ -186,7 +186,7 @@ describe('AgentRunner', () => {
     await api.reported.promise;
     agent.stop();
     await running;
-    expect(api.registrations[0]).toMatchObject({ instance: agent.instance, version: '0.1.0', transports: ['fake'] });
+    expect(api.registrations[0]).toMatchObject({ instance: agent.instance, version: '0.1.0', transports: ['fake'], transportInfo: [{ name: 'fake', protocols: ['file'], priority: 0 }] });
     expect(api.registrations[0]?.connector).toMatchObject({ host: 'h1', fake_initiator: 'fake-1' });
     expect(api.reports).toEqual([{ id: item.item.id, outcome: { state: 'done', result: { device: { path: '/dev/fake0', type: 'block' } } } }]);
     expect(states[0]).toContain('registered host h1 with the API at http://api.test as w-1');

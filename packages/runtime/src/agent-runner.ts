@@ -171,6 +171,8 @@ export class AgentRunner {
       version,
       connector,
       transports: host.catalog.transportNames(),
+      // What each connects: the API can then pick one installed on this host only.
+      transportInfo: host.catalog.transports().map((t) => ({ name: t.name, protocols: [...t.protocols], priority: t.priority ?? 0 })),
       consumers: host.catalog.consumerNames(),
     };
     for (let attempt = 0; !signal.aborted; attempt++) {

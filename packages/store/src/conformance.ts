@@ -267,13 +267,19 @@ export function describeStoreConformance(name: string, open: () => Promise<Store
         expect(first.agent).toEqual({ instance: 'node-a/1111', version: '0.1.0', transports: ['loop'], consumers: ['host'], lastSeenAt: first.updatedAt });
         expect(first.updatedAt > host.updatedAt).toBe(true);
         expect((await store.hosts.findByName('node-a'))?.agent).toEqual(first.agent);
-        const second = await store.hosts.recordAgent(host.id, { instance: 'node-a/2222', version: '0.2.0', transports: ['iscsi', 'loop'], consumers: ['host'] });
-        expect(second.agent).toMatchObject({ instance: 'node-a/2222', version: '0.2.0', transports: ['iscsi', 'loop'] });
+        const transportInfo = [{ name: 'iscsi', protocols: ['iscsi'], priority: 0 }, { name: 'loop', protocols: ['file'], priority: 0 }];
+        const second = await store.hosts.recordAgent(host.id, { instance: 'node-a/2222', version: '0.2.0', transports: ['iscsi', 'loop'], transportInfo, consumers: ['host'] });
+        expect(second.agent).toMatchObject({ instance: 'node-a/2222', version: '0.2.0', transports: ['iscsi', 'loop'], transportInfo });
+        expect((await store.hosts.require(host.id)).agent?.transportInfo).toEqual(transportInfo);
         expect(second.agent!.lastSeenAt > first.agent!.lastSeenAt).toBe(true);
         expect((await store.hosts.list())[0]?.agent).toEqual(second.agent);
         await rejection(store.hosts.recordAgent('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b', { instance: 'x', version: '1', transports: ['loop'], consumers: ['host'] }), 'NOT_FOUND');
         await rejection(store.hosts.recordAgent(host.id, { instance: '', version: '1', transports: ['loop'], consumers: ['host'] }), 'VALIDATION');
         expect((await store.hosts.require(host.id)).agent).toEqual(second.agent);
+        // An agent that sends names only (an older one) leaves no stale protocols behind.
+        const third = await store.hosts.recordAgent(host.id, { instance: 'node-a/3333', version: '0.1.0', transports: ['loop'], consumers: ['host'] });
+        expect(third.agent?.transportInfo).toBeUndefined();
+        expect((await store.hosts.require(host.id)).agent).toEqual(third.agent);
       });
 
       it('touchAgent refreshes the registered agent only: a replaced one is fenced off', async () => {

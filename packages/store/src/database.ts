@@ -41,6 +41,8 @@ export interface HostsTable {
   agent_version: string | null;
   /** JSON arrays of names. */
   agent_transports: NullableJsonColumn;
+  /** What each of them connects (migration 0008); NULL: an older agent named them only. */
+  agent_transport_info: NullableJsonColumn;
   agent_consumers: NullableJsonColumn;
   agent_seen_at: string | null;
   created_at: string;

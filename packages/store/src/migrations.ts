@@ -204,6 +204,13 @@ export function createMigrations(dialect: StoreDialect): Record<string, Migratio
         await db.schema.alterTable('host_devices').addColumn('host_root', 'text').execute();
       },
     },
+    // What each transport of a host's agent connects (protocols, priority), so a replica can pick
+    // one installed on that host only without the user naming it (issue 10).
+    '0008-agent-transport-info': {
+      async up(db: Kysely<unknown>): Promise<void> {
+        await db.schema.alterTable('hosts').addColumn('agent_transport_info', dialect.jsonType).execute();
+      },
+    },
   };
 }
 

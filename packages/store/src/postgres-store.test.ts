@@ -70,7 +70,7 @@ describe('openPostgresStore', () => {
     expect(await again.volumes.require(created.id)).toEqual(created);
     // Its own connection, ended here: an idle one left open errors out when the cluster stops.
     const rows = await running().query<{ name: string }>('select name from kysely_migration order by name', [], new URL(url).pathname.slice(1));
-    expect(rows.map((r) => r.name)).toEqual(['0001-initial', '0002-leases-and-work-items', '0003-host-devices-and-locks', '0004-host-agents', '0005-server-hypervisor', '0006-attachment-host-root', '0007-host-device-root']);
+    expect(rows.map((r) => r.name)).toEqual(['0001-initial', '0002-leases-and-work-items', '0003-host-devices-and-locks', '0004-host-agents', '0005-server-hypervisor', '0006-attachment-host-root', '0007-host-device-root', '0008-agent-transport-info']);
   });
 
   it('refuses a database migrated by a newer berth, saying so', async () => {

@@ -66,6 +66,7 @@ export function toHost(row: Selectable<HostsTable>, dialect: StoreDialect): Host
             instance: row.agent_instance,
             version: row.agent_version,
             transports: dialect.decodeJson(row.agent_transports),
+            ...(row.agent_transport_info === null || row.agent_transport_info === undefined ? {} : { transportInfo: dialect.decodeJson(row.agent_transport_info) }),
             consumers: dialect.decodeJson(row.agent_consumers),
             lastSeenAt: row.agent_seen_at,
           },

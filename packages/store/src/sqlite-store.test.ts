@@ -79,6 +79,7 @@ describe('openSqliteStore', () => {
         { name: '0005-server-hypervisor' },
         { name: '0006-attachment-host-root' },
         { name: '0007-host-device-root' },
+        { name: '0008-agent-transport-info' },
       ]);
     } finally {
       raw.close();

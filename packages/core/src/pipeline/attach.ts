@@ -91,7 +91,7 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
         // A remote host's transport is one its agent has (it connects there), not one of this process's.
         const agent = ctx.steps?.kind === 'remote' ? ctx.steps.host.agent : null;
         ctx.transport = agent
-          ? catalog.selectAgentTransport(connection, connector, { hostName: required(ctx.steps, 'host steps').host.name, transports: agent.transports }, forced)
+          ? catalog.selectAgentTransport(connection, connector, { hostName: required(ctx.steps, 'host steps').host.name, transports: agent.transports, ...(agent.transportInfo ? { transportInfo: agent.transportInfo } : {}) }, forced)
           : catalog.selectTransport(connection, connector, forced).name;
         const changed = await transitionAttachment(store, required(ctx.attachment, 'attachment').id, ['reserved'], 'attaching', {
           connector,

@@ -98,7 +98,13 @@ export class AgentWorkService implements AgentWork {
     const worker = `${name}/${agent.instance}`;
     const requeued = await store.transaction(async (tx) => {
       await tx.hosts.setConnector(host.id, agent.connector);
-      await tx.hosts.recordAgent(host.id, { instance: worker, version: agent.version, transports: agent.transports, consumers: agent.consumers });
+      await tx.hosts.recordAgent(host.id, {
+        instance: worker,
+        version: agent.version,
+        transports: agent.transports,
+        ...(agent.transportInfo ? { transportInfo: agent.transportInfo } : {}),
+        consumers: agent.consumers,
+      });
       const back = await (tx.workItems ?? workItems).requeue(host.id, worker);
       await (tx.notifications ?? notifications).notify(hostChannel(host.id));
       return back;
