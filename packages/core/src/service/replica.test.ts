@@ -72,4 +72,61 @@ describe('replicas', () => {
     await stop();
     await service.close();
   });
+
+  it('does not fence an operation launched while a renewal was under way (its row came after the renewal read the table)', async () => {
+    const store = createMemoryStore();
+    // The renewal reads the table, then its answer is held back until the attach is in flight: the
+    // order two PostgreSQL connections can give (the attach's row committed after the UPDATE's snapshot).
+    const heartbeat = store.operations.heartbeat!.bind(store.operations);
+    let read!: () => void;
+    const renewalRead = new Promise<void>((resolve) => (read = resolve));
+    let answer!: () => void;
+    const answerHeld = new Promise<void>((resolve) => (answer = resolve));
+    store.operations.heartbeat = async (owner, leaseMs) => {
+      const held = await heartbeat(owner, leaseMs);
+      read();
+      await answerHeld;
+      return held;
+    };
+    const { service, release, inConnect } = replica(store);
+    await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
+    const stop = service.startReplica();
+    await renewalRead;
+    const started = await service.startAttach({ volume: 'db1' });
+    const outcome = started.done.catch((e: unknown) => e);
+    await inConnect;
+    answer();
+    // The beat has compared the renewal's answer with the runs in flight.
+    await stop();
+    release();
+    const result = await outcome;
+    expect(result).not.toBeInstanceOf(BerthError);
+    const op = await store.operations.require(started.operation.id);
+    expect(op.state).toBe('succeeded');
+    expect(op.owner).toBe(`${process.pid}@api-1`);
+    await service.close();
+  });
+
+  it('recovers an operation it owns but no longer runs once its deadline passed, and leaves a fresh one alone', async () => {
+    const store = createMemoryStore();
+    const { service } = replica(store);
+    const volume = await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
+    const fresh = await service.createVolume({ name: 'db2', sizeBytes: 2 ** 20 });
+    const server = await service.createServer({ name: 'web-1' });
+    const owner = `${process.pid}@api-1`;
+    // This replica's own rows that no run of it holds, leases far from passing (so no other replica
+    // would ever take them): one whose deadline passed an hour ago, with no step journalled (the
+    // bench's stuck operation), and one written a moment ago (a launch not yet in flight).
+    const orphan = await store.operations.create({ kind: 'attach', volumeId: volume.id, serverId: server.id, hostId: server.hostId, owner, deadlineAt: new Date(Date.now() - 3_600_000).toISOString(), leaseMs: 60_000 });
+    const launching = await store.operations.create({ kind: 'attach', volumeId: fresh.id, serverId: server.id, hostId: server.hostId, owner, deadlineAt: new Date(Date.now() + 60_000).toISOString(), leaseMs: 60_000 });
+
+    const stop = service.startReplica();
+    await stop();
+    const recovered = await store.operations.require(orphan.id);
+    expect(recovered.state).toBe('rolled_back');
+    expect(recovered.owner).toBe(owner);
+    expect((await service.getVolume('db1')).status).toBe('available');
+    expect((await store.operations.require(launching.id)).state).toBe('running');
+    await service.close();
+  });
 });

@@ -11,13 +11,15 @@ import type { ServiceParts } from './parts.js';
  * What keeps several API replicas sharing one store interchangeable (`berth serve`). Every
  * `replica.heartbeatMs` it:
  * 1. renews the lease of every operation this process owns (`operations.heartbeat`); one of its
- *    in-flight operations missing from the answer was taken over by another replica while this
- *    one could not renew (a long pause, a lost database): its run is fenced — stopped, nothing
- *    more written or undone;
+ *    in-flight operations (launched before the renewal) missing from the answer whose row now
+ *    names another owner was taken over while this one could not renew (a long pause, a lost
+ *    database): its run is fenced — stopped, nothing more written or undone;
  * 2. takes over up to 10 operations whose lease passed (their replica died) and finishes them
  *    with the recovery rules, under the volume lock: an attach rolls back unless `complete` was
  *    done, a detach past `disconnect` goes forward;
- * 3. puts back the work items whose agent lost its lease (`workItems.expire`) and wakes their
+ * 3. recovers the operations it owns but no longer runs once their deadline and undo budget passed
+ *    (their end could not be written here; the renewal would otherwise keep them `running` forever);
+ * 4. puts back the work items whose agent lost its lease (`workItems.expire`) and wakes their
  *    hosts' agents.
  * Takeover bound: an operation of a dead replica is taken over at most `leaseMs + heartbeatMs`
  * (6 s + 2 s by default) after its last renewal, plus the recovery's own work.
@@ -68,8 +70,14 @@ export class ReplicaMaintenance {
     const { store, owner, logger, config } = this.parts;
     const { leaseMs } = config.replica;
     try {
+      // Only runs in flight before the renewal was sent are checked against its answer: one
+      // launched while it was under way is missing from it because its row was written after the
+      // statement read the table, not because another replica took it (fencing it would leave it
+      // `running`, renewed by this very beat, for no one to finish).
+      const before = this.launcher.leasedInflightIds();
       const held = new Set(await store.operations.heartbeat!(owner, leaseMs));
-      for (const id of this.launcher.leasedInflightIds()) if (!held.has(id)) this.launcher.fence(id);
+      for (const id of before) if (!held.has(id) && (await this.takenOver(id))) this.launcher.fence(id);
+      await this.adoptOrphans(held);
       const taken = await store.operations.claimExpired!(owner, leaseMs, 10);
       // Recoveries run beside the beat: a long one must not stop the renewals.
       for (const operation of taken) {
@@ -84,6 +92,34 @@ export class ReplicaMaintenance {
     }
   }
 
+  /**
+   * The renewal keeps every `running` row this process owns alive, including one it no longer
+   * runs (its end could not be written, or its run was stopped): no other replica would ever take
+   * it over, so this one does, by the recovery rules — but only once its deadline and undo budget
+   * have passed, when a run of this process would have settled it: a row just written by a launch
+   * not yet in flight is never touched.
+   */
+  private async adoptOrphans(held: ReadonlySet<string>): Promise<void> {
+    const { store, config, logger } = this.parts;
+    for (const id of held) {
+      if (this.launcher.isRunning(id) || this.recovering.has(id)) continue;
+      const operation = await store.operations.get(id);
+      if (operation?.state !== 'running' || Date.parse(operation.deadlineAt) + config.undoTimeoutMs > Date.now()) continue;
+      logger.warn({ operationId: id }, 'an operation of this replica passed its deadline with no run left here; recovering it');
+      this.recovering.set(id, this.takeOver(operation));
+    }
+  }
+
+  /**
+   * Whether another replica owns `operationId` now: fencing stops a run for good, so it needs that
+   * evidence, not just the operation's absence from a renewal (one that has just ended is absent too).
+   */
+  private async takenOver(operationId: string): Promise<boolean> {
+    // A read that fails is no evidence: the next beat asks again.
+    const operation = await this.parts.store.operations.get(operationId).catch(() => undefined);
+    return operation !== undefined && operation.owner !== this.parts.owner;
+  }
+
   /** Finish an operation a dead replica left, under its volume lock. */
   private async takeOver(operation: Operation): Promise<RecoveryOutcome | undefined> {
     const { store, logger, volumeLocks } = this.parts;
@@ -91,7 +127,10 @@ export class ReplicaMaintenance {
     log.warn({ from: operation.owner }, 'taking over an operation whose replica stopped renewing it');
     const recover = async (): Promise<RecoveryOutcome> => {
       try {
-        return await recoverOperation(recoveryDeps(this.parts), await store.operations.require(operation.id), log);
+        const current = await store.operations.require(operation.id);
+        // Settled while this waited for the volume lock.
+        if (current.state !== 'running') return { operationId: operation.id, kind: operation.kind, action: 'skipped', detail: `already ${current.state}` };
+        return await recoverOperation(recoveryDeps(this.parts), current, log);
       } catch (error) {
         const e = toBerthError(error);
         await store.operations.finish(operation.id, { state: 'failed', error: { code: e.code, message: e.message, ...(e.hint ? { hint: e.hint } : {}) } }).catch(() => undefined);
@@ -103,6 +142,7 @@ export class ReplicaMaintenance {
       log.warn({ action: outcome.action, detail: outcome.detail }, 'took over an operation');
       return outcome;
     } finally {
+      this.launcher.recovered(operation.id);
       this.recovering.delete(operation.id);
     }
   }

@@ -126,6 +126,11 @@ export class OperationLauncher {
     );
   }
 
+  /** Whether this process is running `operationId` now (queued on its volume lock, or executing). */
+  isRunning(operationId: string): boolean {
+    return this.inflight.has(operationId);
+  }
+
   /** Whether recovery may take an operation this process owns: it gave it up and it no longer runs. */
   isAbandoned(operationId: string): boolean {
     return this.abandoned.has(operationId) && !this.inflight.has(operationId);
