@@ -2,6 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdir, mkdtemp, open, readFile, readlink, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createHostFs } from './host-fs.js';
 import type { HostFs } from './types.js';
@@ -88,6 +89,22 @@ describe('symlinks', () => {
     // No temporary link is left beside it.
     expect(await readdir(path.join(root, 'dev/berth'))).toEqual(['vol-1']);
     expect(await fs.stat('/dev/berth/vol-1')).toMatchObject({ isSymbolicLink: true, isFile: false });
+  });
+
+  it('removes the temporary link a killed process left beside a link (publish or unpublish), and a live one\'s never', async () => {
+    // A process that has exited: its pid is gone (reused pids keep their link: cautious).
+    const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
+    const deadPid = Number(dead.stdout);
+    await fs.symlink('/dev/sdb', '/dev/berth/vol-1');
+    const dir = path.join(root, 'dev/berth');
+    await symlink('/dev/sdb', path.join(dir, `vol-1.berth-${deadPid}-0a1b2c3d`));
+    await symlink('/dev/sdb', path.join(dir, `vol-1.berth-${process.ppid}-0a1b2c3d`));
+    await symlink('/dev/sdb', path.join(dir, `vol-2.berth-${deadPid}-0a1b2c3d`));
+    await fs.symlink('/dev/sdc', '/dev/berth/vol-1');
+    expect((await readdir(dir)).sort()).toEqual(['vol-1', `vol-1.berth-${process.ppid}-0a1b2c3d`, `vol-2.berth-${deadPid}-0a1b2c3d`]);
+    // Unpublish of the other volume drops its dead temporary link too.
+    await fs.unlink('/dev/berth/vol-2');
+    expect((await readdir(dir)).sort()).toEqual(['vol-1', `vol-1.berth-${process.ppid}-0a1b2c3d`]);
   });
 
   it('reads undefined for a path that is not a link', async () => {

@@ -160,6 +160,7 @@ export function createHostFs(root = '/'): HostFs {
     async symlink(target, linkHostPath) {
       const link = resolve(linkHostPath);
       await fsp.mkdir(path.dirname(link), { recursive: true });
+      await dropDeadTemps(link);
       // Make the new link beside the old one and rename it over: readers see the old or the new
       // link, never no link.
       const temp = `${link}.berth-${process.pid}-${randomBytes(4).toString('hex')}`;
@@ -173,6 +174,7 @@ export function createHostFs(root = '/'): HostFs {
     },
 
     async unlink(hostPath) {
+      await dropDeadTemps(resolve(hostPath));
       try {
         await fsp.unlink(resolve(hostPath));
       } catch (error) {
@@ -211,3 +213,37 @@ export function createHostFs(root = '/'): HostFs {
     },
   };
 }
+
+/** `<link>.berth-<pid>-<8 hex>`: the temporary link `symlink` renames over `<link>`. */
+const TEMP_LINK = /^(.+)\.berth-(\d+)-[0-9a-f]{8}$/;
+
+/**
+ * Remove the temporary links of `link` that a process killed between making one and renaming it
+ * (a SIGKILL mid-publish) left beside it. Only those whose process is gone: a live process's
+ * temporary link is in use (a reused pid keeps its link: cautious, not wrong).
+ */
+async function dropDeadTemps(link: string): Promise<void> {
+  let names: string[];
+  try {
+    names = await fsp.readdir(path.dirname(link));
+  } catch {
+    return;
+  }
+  const base = path.basename(link);
+  for (const name of names) {
+    const match = TEMP_LINK.exec(name);
+    if (!match || match[1] !== base || Number(match[2]) === process.pid || processAlive(Number(match[2]))) continue;
+    await fsp.rm(path.join(path.dirname(link), name), { force: true });
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    // EPERM: it exists, owned by someone else.
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
