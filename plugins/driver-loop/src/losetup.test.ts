@@ -77,6 +77,18 @@ describe('parseLosetupList (recorded losetup --json --list)', () => {
     expect(parseLosetupList(json)[0]).toMatchObject({ backingFile: null, readOnly: true, directIo: false, sizeLimit: 0 });
   });
 
+  it('reads a device the kernel is tearing down (its sysfs columns print as null) without failing the listing', () => {
+    const json = JSON.stringify({
+      loopdevices: [
+        { name: '/dev/loop4', 'back-file': '/var/lib/berth/a.img', offset: 0, sizelimit: 0, ro: false, dio: false, autoclear: false },
+        { name: '/dev/loop5', 'back-file': null, 'back-ino': null, offset: null, sizelimit: null, ro: null, dio: null, autoclear: null, 'log-sec': null },
+      ],
+    });
+    const [kept, leaving] = parseLosetupList(json);
+    expect(kept).toMatchObject({ name: '/dev/loop4', backingFile: '/var/lib/berth/a.img' });
+    expect(leaving).toMatchObject({ name: '/dev/loop5', backingFile: null, offset: 0, sizeLimit: 0, readOnly: false, directIo: false });
+  });
+
   it('refuses output that is not losetup JSON', () => {
     expect(() => parseLosetupList('NAME SIZELIMIT\n')).toThrow(/not JSON/);
     expect(() => parseLosetupList('{"loopdevices":[{"name":"/dev/sda"}]}')).toThrow(/unexpected shape/);

@@ -35,11 +35,13 @@ const zCount = z.union([z.number(), z.string().regex(/^\d+$/).transform(Number)]
 const zLosetupDevice = z.looseObject({
   name: z.string().regex(/^\/dev\/loop\d+$/, 'not a loop device node'),
   'back-file': z.string().nullable().optional(),
-  ro: zFlag.optional(),
-  dio: zFlag.optional(),
-  autoclear: zFlag.optional(),
-  offset: zCount.optional(),
-  sizelimit: zCount.optional(),
+  // A column the kernel cannot read is null: a device it is tearing down answers ENODEV to sysfs
+  // reads, and losetup prints null for it (seen in CI while another device was being detached).
+  ro: zFlag.nullable().optional(),
+  dio: zFlag.nullable().optional(),
+  autoclear: zFlag.nullable().optional(),
+  offset: zCount.nullable().optional(),
+  sizelimit: zCount.nullable().optional(),
   'log-sec': zCount.nullable().optional(),
   'maj:min': z.string().nullable().optional(),
   'back-ino': zCount.nullable().optional(),
