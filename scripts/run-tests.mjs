@@ -1,10 +1,11 @@
 #!/usr/bin/env node
 // Runs every package's tests through turbo (one package at a time: loop devices, tgtd ports and
 // the simulated hosts are machine-wide) and closes with one line that adds up vitest's counts:
-// "N passed, N failed[, N skipped]". The exit code is turbo's.
+// "N passed, N failed[, N skipped]". The exit code is turbo's. `--continue` runs every package even after
+// one fails, so a red run lists all its failures at once.
 import { spawn } from 'node:child_process';
 
-const child = spawn('npx', ['turbo', 'run', 'test', '--concurrency=1', ...process.argv.slice(2)], {
+const child = spawn('npx', ['turbo', 'run', 'test', '--concurrency=1', '--continue', ...process.argv.slice(2)], {
   stdio: ['ignore', 'pipe', 'pipe'],
   env: { ...process.env, FORCE_COLOR: '0' },
 });
