@@ -62,6 +62,7 @@ export const zAgentSessionBody = z.object({
   worker: z.string().min(1).describe('send it as Berth-Agent-Worker with every later call'),
   leaseMs: z.number().int().positive(),
   pollWaitMs: z.number().int().nonnegative(),
+  protocol: z.number().int().min(1).optional().describe('the API\'s agent protocol (absent: 1)'),
 });
 /** `GET /v1/agent/work`: the items claimed (empty when the wait ended with none); payloads may carry the connection secrets of `connect` items. */
 export const zAgentWorkList = z.object({ items: z.array(zClaimedWork) });

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { HOST_STEP_SCHEMAS, WORK_DONE_CHANNEL, hostChannel, zHostStepName } from './agent-protocol.js';
+import { AGENT_PROTOCOL, HOST_STEP_SCHEMAS, WORK_DONE_CHANNEL, hostChannel, zAgentRegistration, zHostStepName } from './agent-protocol.js';
 import { zWorkItemStep } from './work-item.js';
 
 describe('agent protocol', () => {
@@ -13,5 +13,24 @@ describe('agent protocol', () => {
   it('has a payload and a result schema for every host step, and every step name fits a work item', () => {
     expect(Object.keys(HOST_STEP_SCHEMAS).sort()).toEqual([...zHostStepName.options].sort());
     for (const step of zHostStepName.options) expect(zWorkItemStep.safeParse(step).success).toBe(true);
+  });
+
+  it('works across versions: a field the other side added is dropped, a field it lacks reads as before', () => {
+    // A newer agent answers connect with a field this replica does not know: dropped, the rest kept.
+    const device = { path: '/dev/sdb', type: 'block', scsi_wwn: '360000000000000000e00000000010001' };
+    const newer = HOST_STEP_SCHEMAS.connect.result.parse({ device, hostRoot: '/', multiqueue: 4 });
+    expect(newer).toEqual({ device, hostRoot: '/' });
+    // An older agent answers without hostRoot (recorded as unknown).
+    expect(HOST_STEP_SCHEMAS.connect.result.parse({ device })).toEqual({ device });
+    // An older replica's unpublish_orphan has no transport: the path is taken as it is.
+    const orphan = HOST_STEP_SCHEMAS.unpublish_orphan.payload.parse({ consumer: 'host', volumeId: 'v-1', device });
+    expect(orphan.transport).toBeUndefined();
+  });
+
+  it('registers agents of the first protocol (none sent) and of a later one', () => {
+    const base = { instance: 'i-1', version: '0.1.0', connector: { host: 'h1', platform: 'x86_64', os_type: 'linux', multipath: false }, transports: ['loop'], consumers: ['host'] };
+    expect(zAgentRegistration.parse(base).protocol).toBeUndefined();
+    expect(zAgentRegistration.parse({ ...base, protocol: AGENT_PROTOCOL + 1, futureField: true })).not.toHaveProperty('futureField');
+    expect(zAgentRegistration.safeParse({ ...base, protocol: 0 }).success).toBe(false);
   });
 });

@@ -8,6 +8,19 @@ import { zWorkItem } from './work-item.js';
 // each one is given (a work item's payload) and what it answers (the item's result). Payloads and
 // results are stored in work items, so they are secret-free; the one exception is the connection
 // of a `connect` item, into which the API merges the backend's credentials in the claim answer only.
+//
+// Every message is parsed with unknown fields dropped (not refused), so agents and replicas of
+// different versions work together: what a newer side added reaches an older one as absent, which
+// every optional field below documents as "what an older side does". A step name the agent does not
+// know fails that one item with a clear error; nothing else is affected.
+
+/**
+ * The agent protocol's version, sent in the registration and answered in the session.
+ * 1: the first (an agent that sends none). 2: `connect` answers `hostRoot`, `unpublish_orphan` takes
+ * `transport`, the registration carries `transportInfo`, and the `repair_paths`, `guest_disks` and
+ * `unplug_guest_disk` steps exist.
+ */
+export const AGENT_PROTOCOL = 2;
 
 /** A host step: the part of an attach or detach that has to run on the server's host. */
 export const zHostStepName = z.enum(['connector', 'connect', 'release', 'publish', 'unpublish', 'disconnect', 'host_facts', 'unpublish_orphan', 'repair_paths', 'guest_disks', 'unplug_guest_disk']);
@@ -18,7 +31,7 @@ export type HostStepName = z.output<typeof zHostStepName>;
 const zDeadlineAt = z.iso.datetime({ offset: true });
 
 /** `connect`: connect the volume with `transport` and answer its device. */
-export const zConnectPayload = z.strictObject({
+export const zConnectPayload = z.object({
   transport: z.string().min(1),
   /** The connection (stored redacted; a claim answer carries the backend's credentials). */
   connection: zConnectionInfo,
@@ -30,13 +43,13 @@ export const zConnectPayload = z.strictObject({
  * What `connect` answers: the device, and the root of the host services the transport ran on
  * (recorded on the attachment; absent from an older agent, and then recorded as unknown).
  */
-export const zConnectResult = z.strictObject({ device: zDevice, hostRoot: z.string().min(1).optional() });
+export const zConnectResult = z.object({ device: zDevice, hostRoot: z.string().min(1).optional() });
 
 /**
  * `release` (an attach's connect undone) and `disconnect` (a detach): the transport's disconnect,
  * identity-checked, never touching `inUse`. The store half (sharers, ledger) stays on the replica.
  */
-export const zDisconnectPayload = z.strictObject({
+export const zDisconnectPayload = z.object({
   transport: z.string().min(1),
   connection: zConnectionInfo,
   /** The device as recorded (absent when a connect was cut short before it was). */
@@ -48,34 +61,34 @@ export const zDisconnectPayload = z.strictObject({
   deadlineAt: zDeadlineAt,
 });
 /** What `release` and `disconnect` answer: whether the path named another device (left alone). */
-export const zDisconnectResult = z.strictObject({ identityMismatch: z.boolean() });
+export const zDisconnectResult = z.object({ identityMismatch: z.boolean() });
 
 /** `publish`: make the device available to the server with `consumer`. */
-export const zPublishPayload = z.strictObject({
+export const zPublishPayload = z.object({
   consumer: z.string().min(1),
   server: zServer,
   attachment: zAttachment,
   device: zDevice,
 });
 /** What `publish` answers (the consumer's Publication). */
-export const zPublishResult = z.strictObject({
+export const zPublishResult = z.object({
   path: z.string().min(1),
   guestDevice: z.string().optional(),
   serial: z.string().optional(),
 });
 
 /** `unpublish`: undo `publish`; `stillShared` keeps the volume's own name for its other users. */
-export const zUnpublishPayload = z.strictObject({
+export const zUnpublishPayload = z.object({
   consumer: z.string().min(1),
   server: zServer,
   attachment: zAttachment,
   stillShared: z.boolean(),
 });
 /** What `unpublish` answers (nothing). */
-export const zUnpublishResult = z.strictObject({});
+export const zUnpublishResult = z.object({});
 
 /** `unpublish_orphan`: drop what `consumer` published for a volume's device no record names (reconcile). */
-export const zUnpublishOrphanPayload = z.strictObject({
+export const zUnpublishOrphanPayload = z.object({
   consumer: z.string().min(1),
   volumeId: z.string().min(1),
   device: zDevice,
@@ -83,23 +96,23 @@ export const zUnpublishOrphanPayload = z.strictObject({
   transport: z.string().min(1).optional(),
 });
 /** What `unpublish_orphan` answers: whether the consumer can do it at all (`Consumer.unpublishOrphan`). */
-export const zUnpublishOrphanResult = z.strictObject({ supported: z.boolean() });
+export const zUnpublishOrphanResult = z.object({ supported: z.boolean() });
 
 /** `repair_paths`: put a listed device whose path in use failed back on a live path (`TransportDriver.repairPaths`). */
-export const zRepairPathsPayload = z.strictObject({
+export const zRepairPathsPayload = z.object({
   transport: z.string().min(1),
   listed: z.object({ device: zDevice, source: z.record(z.string(), z.unknown()) }),
 });
 /** What `repair_paths` answers: whether the transport can do it at all, and what it did. */
-export const zRepairPathsResult = z.strictObject({ supported: z.boolean(), changed: z.boolean(), detail: z.string() });
+export const zRepairPathsResult = z.object({ supported: z.boolean(), changed: z.boolean(), detail: z.string() });
 
 /** `guest_disks`: the disks the server's guest has now, through its consumer (reconcile). */
-export const zGuestDisksPayload = z.strictObject({
+export const zGuestDisksPayload = z.object({
   consumer: z.string().min(1),
   server: zServer,
 });
 /** One disk in a guest (`Consumer.guestDisks`). */
-export const zGuestDisk = z.strictObject({
+export const zGuestDisk = z.object({
   serial: z.string(),
   id: z.string().min(1),
   guestDevice: z.string().optional(),
@@ -108,27 +121,27 @@ export const zGuestDisk = z.strictObject({
  * What `guest_disks` answers: whether the consumer can list a guest at all, and the disks
  * (`null`: the guest does not run).
  */
-export const zGuestDisksResult = z.strictObject({ supported: z.boolean(), disks: z.array(zGuestDisk).nullable() });
+export const zGuestDisksResult = z.object({ supported: z.boolean(), disks: z.array(zGuestDisk).nullable() });
 
 /** `unplug_guest_disk`: unplug one disk from the server's guest (a reconcile fix; the host side stays). */
-export const zUnplugGuestDiskPayload = z.strictObject({
+export const zUnplugGuestDiskPayload = z.object({
   consumer: z.string().min(1),
   server: zServer,
   disk: zGuestDisk,
 });
 /** What `unplug_guest_disk` answers (nothing). */
-export const zUnplugGuestDiskResult = z.strictObject({});
+export const zUnplugGuestDiskResult = z.object({});
 
 /** `connector`: the host's connector with the multipath wish applied. */
-export const zConnectorPayload = z.strictObject({
+export const zConnectorPayload = z.object({
   multipath: z.boolean(),
   enforce_multipath: z.boolean(),
 });
 /** What `connector` answers. */
-export const zConnectorResult = z.strictObject({ connector: zConnector });
+export const zConnectorResult = z.object({ connector: zConnector });
 
 /** `host_facts`: list what every transport finds connected on the host (for reconcile). */
-export const zHostFactsPayload = z.strictObject({});
+export const zHostFactsPayload = z.object({});
 /** One transport's devices on the host (reconcile's `TransportListing`). */
 export const zTransportListing = z.object({
   transport: z.string().min(1),
@@ -140,7 +153,7 @@ export const zTransportListing = z.object({
   devices: z.array(z.object({ device: zDevice, source: z.record(z.string(), z.unknown()) })),
 });
 /** What `host_facts` answers: the listings, and each transport that cannot list or failed to (with why). */
-export const zHostFactsResult = z.strictObject({ listings: z.array(zTransportListing), unchecked: z.array(zReconcileUnchecked).default([]) });
+export const zHostFactsResult = z.object({ listings: z.array(zTransportListing), unchecked: z.array(zReconcileUnchecked).default([]) });
 
 /** Payload and result schema of each host step (parse at both ends: the agent and the replica). */
 export const HOST_STEP_SCHEMAS = {
@@ -164,11 +177,13 @@ export type HostStepPayload<S extends HostStepName> = z.input<(typeof HOST_STEP_
 export type HostStepResult<S extends HostStepName> = z.output<(typeof HOST_STEP_SCHEMAS)[S]['result']>;
 
 /** What an agent tells the API when it starts: who it is and what its host can do. */
-export const zAgentRegistration = z.strictObject({
+export const zAgentRegistration = z.object({
   /** This agent process (a fresh id per start): the worker that claims the host's items. */
   instance: z.string().min(1).max(200),
   /** berth's version on the agent. */
   version: z.string().min(1).max(100),
+  /** The agent protocol it speaks (`AGENT_PROTOCOL`); absent from the first agents: 1. */
+  protocol: z.number().int().min(1).max(1000).optional(),
   /** The host's base connector merged with its transports' properties (no multipath wish applied). */
   connector: zConnector,
   /** Transports loaded on the host (the replica picks one of these). */
@@ -182,7 +197,7 @@ export const zAgentRegistration = z.strictObject({
 export type AgentRegistration = z.output<typeof zAgentRegistration>;
 
 /** A work item as handed to the agent that claimed it; `payload` may carry secrets (claim answers only). */
-export const zClaimedWork = z.strictObject({
+export const zClaimedWork = z.object({
   item: zWorkItem,
   payload: z.record(z.string(), z.unknown()),
 });
@@ -199,6 +214,8 @@ export interface AgentSession {
   leaseMs: number;
   /** How long one claim may wait for work before it answers `[]`. */
   pollWaitMs: number;
+  /** The API's agent protocol (`AGENT_PROTOCOL`); absent from an API older than versioning: 1. */
+  protocol?: number;
 }
 
 /** How an agent finished an item. */

@@ -56,6 +56,7 @@ export {
 } from './pipeline/device-sharing.js';
 export {
   describeFinding,
+  failedPaths,
   findDifferences,
   findStatusMismatches,
   listTransports,

@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import {
+  AGENT_PROTOCOL,
   BerthError,
+  failedPaths,
   KeyedLock,
   runHostStep,
   workItemErrorOf,
@@ -143,7 +145,7 @@ export class AgentRunner {
         try {
           const transport = catalog.transport(name);
           for (const listed of (await transport.connected?.()) ?? []) {
-            if (!(listed.device.paths ?? []).some((path) => path.state === 'failed')) continue;
+            if (failedPaths(listed).length === 0) continue;
             const repair = await transport.repairPaths!(listed, { signal: AbortSignal.any([signal, AbortSignal.timeout(Math.max(everyMs, 60_000))]) });
             if (repair.changed) this.state(`path check: ${repair.detail}`);
           }
@@ -169,6 +171,7 @@ export class AgentRunner {
     const registration: AgentRegistration = {
       instance: this.instance,
       version,
+      protocol: AGENT_PROTOCOL,
       connector,
       transports: host.catalog.transportNames(),
       // What each connects: the API can then pick one installed on this host only.
@@ -179,6 +182,13 @@ export class AgentRunner {
       try {
         this.session = await api.register(registration);
         this.state(`registered host ${this.session.hostName} with the API at ${this.options.apiUrl} as ${this.session.worker}`);
+        const apiProtocol = this.session.protocol ?? 1;
+        if (apiProtocol !== AGENT_PROTOCOL) {
+          host.logger.warn(
+            { agentProtocol: AGENT_PROTOCOL, apiProtocol },
+            'the API speaks another agent protocol: fields one side does not know are dropped; upgrade both to the same berth version',
+          );
+        }
         return this.session;
       } catch (error) {
         if (!transient(error)) throw error;

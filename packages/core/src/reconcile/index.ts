@@ -2,6 +2,7 @@
 export { busyVolumeIds, listTransports, readExports, readListings } from './facts.js';
 export {
   describeFinding,
+  failedPaths,
   findDifferences,
   findStatusMismatches,
   madeByPipeline,

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import {
   HOST_STEP_SCHEMAS,
   WORK_DONE_CHANNEL,
+  AGENT_PROTOCOL,
   hostChannel,
   zAgentRegistration,
   zHostStepName,
@@ -109,8 +110,15 @@ export class AgentWorkService implements AgentWork {
       await (tx.notifications ?? notifications).notify(hostChannel(host.id));
       return back;
     });
-    logger.info({ hostId: host.id, host: name, worker, version: agent.version, requeued: requeued.length }, 'agent registered');
-    return { hostId: host.id, hostName: name, worker, leaseMs: config.agent.leaseMs, pollWaitMs: config.agent.pollWaitMs };
+    const protocol = agent.protocol ?? 1;
+    logger.info({ hostId: host.id, host: name, worker, version: agent.version, protocol, requeued: requeued.length }, 'agent registered');
+    if (protocol !== AGENT_PROTOCOL) {
+      logger.warn(
+        { host: name, agentProtocol: protocol, apiProtocol: AGENT_PROTOCOL },
+        'agent speaks another agent protocol: fields one side does not know are dropped; upgrade both to the same berth version',
+      );
+    }
+    return { hostId: host.id, hostName: name, worker, leaseMs: config.agent.leaseMs, pollWaitMs: config.agent.pollWaitMs, protocol: AGENT_PROTOCOL };
   }
 
   /**
