@@ -1,9 +1,9 @@
 import 'reflect-metadata';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { BerthServiceImpl } from '../berth-service.js';
 import { resolveConfig } from '../config.js';
 import { BerthError } from '../errors.js';
-import { silentLogger } from '../logger.js';
+import { silentLogger, type Logger } from '../logger.js';
 import { createMemoryStore } from '../memory-store.js';
 import { reserveAttachmentRecord } from '../pipeline/attach.js';
 import { memCatalog } from '../test-support.js';
@@ -127,6 +127,37 @@ describe('replicas', () => {
     expect(recovered.owner).toBe(owner);
     expect((await service.getVolume('db1')).status).toBe('available');
     expect((await store.operations.require(launching.id)).state).toBe('running');
+    await service.close();
+  });
+
+  it('leaves an orphan made on another host root to a berth on that root, and says so once, not at every beat', async () => {
+    const store = createMemoryStore();
+    const warnings: string[] = [];
+    const logger: Logger = { ...silentLogger, warn: (_o, msg) => void warnings.push(msg ?? ''), child: () => logger };
+    const catalog = memCatalog(new Map(), undefined, { root: '/', lists: true });
+    const config = resolveConfig({ dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', undoTimeoutMs: 1_000, replica: { leaseMs: 60_000, heartbeatMs: 100 } }, {});
+    const service = new BerthServiceImpl(config, store, catalog, { hostname: 'api-1', ips: [], platform: 'x86_64', osType: 'linux' }, logger);
+    const volume = await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
+    const server = await service.createServer({ name: 'api-1' });
+    const owner = `${process.pid}@api-1`;
+    // What a `--simulate` run of this replica left: its initialize journalled on the simulated root.
+    const orphan = await store.operations.create({ kind: 'attach', volumeId: volume.id, serverId: server.id, hostId: server.hostId, owner, deadlineAt: new Date(Date.now() - 3_600_000).toISOString(), leaseMs: 60_000 });
+    await reserveAttachmentRecord(store, volume.id, server, 'rw', orphan.id);
+    for (const [name, data] of [['reserve', {}], ['initialize', { driverVolumeType: 'mem', transport: 'mem', hostRoot: '/var/lib/berth/simhost' }]] as const) {
+      const seq = await store.operations.startStep(orphan.id, name, 'do');
+      await store.operations.endStep(orphan.id, seq, { state: 'done', data });
+    }
+    let beats = 0;
+    const heartbeat = store.operations.heartbeat!.bind(store.operations);
+    store.operations.heartbeat = async (...args) => {
+      beats += 1;
+      return heartbeat(...args);
+    };
+    const stop = service.startReplica();
+    await vi.waitFor(() => expect(beats).toBeGreaterThanOrEqual(4), { timeout: 20_000, interval: 20 });
+    await stop();
+    expect(warnings.filter((w) => w.includes('no run left here'))).toHaveLength(1);
+    expect(await store.operations.require(orphan.id)).toMatchObject({ state: 'running', owner });
     await service.close();
   });
 });

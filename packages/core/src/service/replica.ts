@@ -28,6 +28,11 @@ export class ReplicaMaintenance {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
   private readonly recovering = new Map<string, Promise<RecoveryOutcome | undefined>>();
+  /**
+   * Orphans recovery left as they are (made on another host root: only a berth on that root may
+   * touch them; `berth doctor` names them). Asked once per process, not at every beat.
+   */
+  private readonly leftAlone = new Set<string>();
 
   constructor(
     private readonly parts: ServiceParts,
@@ -102,7 +107,7 @@ export class ReplicaMaintenance {
   private async adoptOrphans(held: ReadonlySet<string>): Promise<void> {
     const { store, config, logger } = this.parts;
     for (const id of held) {
-      if (this.launcher.isRunning(id) || this.recovering.has(id)) continue;
+      if (this.launcher.isRunning(id) || this.recovering.has(id) || this.leftAlone.has(id)) continue;
       const operation = await store.operations.get(id);
       if (operation?.state !== 'running' || Date.parse(operation.deadlineAt) + config.undoTimeoutMs > Date.now()) continue;
       logger.warn({ operationId: id }, 'an operation of this replica passed its deadline with no run left here; recovering it');
@@ -140,6 +145,8 @@ export class ReplicaMaintenance {
     try {
       const outcome = operation.volumeId ? await volumeLocks.withLock(operation.volumeId, recover) : await recover();
       log.warn({ action: outcome.action, detail: outcome.detail }, 'took over an operation');
+      // Skipped while still running: not this process's to finish (another host root).
+      if (outcome.action === 'skipped' && (await store.operations.get(operation.id).catch(() => undefined))?.state === 'running') this.leftAlone.add(operation.id);
       return outcome;
     } finally {
       this.launcher.recovered(operation.id);
