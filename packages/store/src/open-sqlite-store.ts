@@ -1,5 +1,6 @@
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { setTimeout as delay } from 'node:timers/promises';
 import { basename, dirname, join } from 'node:path';
 import { BerthError } from '@berth/core';
 import type { Store } from '@berth/core';
@@ -11,7 +12,7 @@ import { createSocketRelay } from './socket-relay.js';
 import { migrateToLatest } from './migrate.js';
 import { createMigrations } from './migrations.js';
 import { applySqlitePragmas, BerthSqliteDialect, sqliteStoreDialect } from './sqlite-dialect.js';
-import { environmentError, isEnvironmentError } from './sqlite-errors.js';
+import { environmentError, isEnvironmentError, isSqliteBusy } from './sqlite-errors.js';
 
 /** Default time a write waits for another process's lock before failing with TIMEOUT. */
 export const DEFAULT_BUSY_TIMEOUT_MS = 5000;
@@ -99,7 +100,7 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
 
   let db: Kysely<Database> | undefined;
   try {
-    applySqlitePragmas(database, busyTimeoutMs);
+    await withBusyRetry(() => applySqlitePragmas(database, busyTimeoutMs, Math.min(PRAGMA_TRY_MS, busyTimeoutMs)), busyTimeoutMs);
     db = new Kysely<Database>({ dialect: new BerthSqliteDialect(database, { filename, busyTimeoutMs }) });
     // Every start of the CLI opens the store: when the schema is already the latest (one indexed
     // read), skip kysely's migrator (its lock table, introspection and queries: ~70 ms a start).
@@ -111,6 +112,32 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
   }
   // Processes sharing the file wake each other's waiters through sockets beside it (SQLite has no NOTIFY).
   return createKyselyStore(db, { dialect: sqliteStoreDialect, ...(isMemory(filename) ? {} : { relay: createSocketRelay(relayDir(filename)) }) });
+}
+
+/** How long one try of the pragmas waits on another process's lock before it lets go and tries again. */
+const PRAGMA_TRY_MS = 250;
+
+/**
+ * Run `step` again while it fails with SQLITE_BUSY, up to `busyTimeoutMs` in all. When several
+ * processes open one fresh file at once, their switches to WAL can wait on each other while each
+ * holds a lock the other needs, until one gives up after the whole busy timeout (seen in CI: one
+ * of four processes failed with "database is locked" after 20 s). Short tries that let go of their
+ * locks between them cannot wait on each other. The pause between tries doubles from 5 ms (capped
+ * at 200 ms), with jitter so that the processes do not try in step: there is no event to wait for,
+ * only another process's lock.
+ */
+async function withBusyRetry(step: () => void, busyTimeoutMs: number): Promise<void> {
+  const deadline = Date.now() + busyTimeoutMs;
+  for (let pauseMs = 5; ; pauseMs = Math.min(pauseMs * 2, 200)) {
+    try {
+      step();
+      return;
+    } catch (error) {
+      const pause = Math.round(pauseMs * (0.5 + Math.random()));
+      if (!isSqliteBusy(error) || Date.now() + pause > deadline) throw error;
+      await delay(pause);
+    }
+  }
 }
 
 /** Where the processes sharing `filename` keep their notification sockets: `<file>.notify/` beside it. */

@@ -79,10 +79,12 @@ export class BerthSqliteDialect implements Dialect {
 
 /**
  * Set the connection's pragmas. busy_timeout comes first so that switching to WAL, which needs a
- * moment of exclusive access, waits for other processes instead of failing.
+ * moment of exclusive access, waits for other processes instead of failing. `tryTimeoutMs` bounds
+ * that wait for one try (a caller that retries gives a short one, see `openSqliteStore`); the
+ * connection keeps `busyTimeoutMs` afterwards.
  */
-export function applySqlitePragmas(database: BetterSqlite3.Database, busyTimeoutMs: number): void {
-  database.pragma(`busy_timeout = ${Math.trunc(busyTimeoutMs)}`);
+export function applySqlitePragmas(database: BetterSqlite3.Database, busyTimeoutMs: number, tryTimeoutMs = busyTimeoutMs): void {
+  database.pragma(`busy_timeout = ${Math.trunc(tryTimeoutMs)}`);
   const mode = database.pragma('journal_mode = WAL', { simple: true });
   if (mode !== 'wal' && mode !== 'memory') {
     throw new BerthError('CONFIG', `the berth database ${database.name} cannot use WAL mode (it is in ${String(mode)} mode)`, {
@@ -90,4 +92,5 @@ export function applySqlitePragmas(database: BetterSqlite3.Database, busyTimeout
     });
   }
   database.pragma('foreign_keys = ON');
+  database.pragma(`busy_timeout = ${Math.trunc(busyTimeoutMs)}`);
 }

@@ -39,6 +39,30 @@ describeManyHostsStoreConformance('sqlite :memory:', () => openSqliteStore({ fil
 describeManyHostsStoreConformance('sqlite file', () => openSqliteStore({ filename: join(tempDir(), 'berth.db') }));
 
 describe('openSqliteStore', () => {
+  it('waits out a lock another connection holds on a file not yet in WAL mode, trying again in short turns', async () => {
+    // Another connection (standing in for another process) holds the exclusive lock of a new file
+    // in rollback mode for longer than one try of the pragmas; opening waits for it, and does not
+    // hold a lock itself while it waits (each try lets go), so the holder can finish and let go.
+    const filename = join(tempDir(), 'berth.db');
+    const holder = new BetterSqlite3(filename);
+    holder.exec('create table other(x)');
+    holder.exec('begin exclusive');
+    const released = new Promise<void>((resolve) =>
+      setTimeout(() => {
+        holder.exec('commit');
+        holder.close();
+        resolve();
+      }, 600),
+    );
+    const store = await openSqliteStore({ filename, busyTimeoutMs: 10_000 });
+    try {
+      await released;
+      expect(await store.hosts.list()).toEqual([]);
+    } finally {
+      await store.close();
+    }
+  });
+
   it('creates missing parent directories with mode 0700 and puts the file in WAL mode', async () => {
     const root = tempDir();
     const filename = join(root, 'data', 'berth', 'berth.db');
