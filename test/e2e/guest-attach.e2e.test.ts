@@ -1,14 +1,15 @@
 // Issue 15 end to end: the real `berth` CLI attaches a volume into a running QEMU guest (TCG,
 // booted once for the file by @berth/vmkit) through the whole pipeline — loop transport on a
 // file-backend volume, then the qemu consumer's hot-plug — and detaches it again; a guest that
-// does not let go; berth SIGKILLed around the guest step.
+// does not let go; berth SIGKILLed around the guest step — under plain QEMU and under libvirt
+// (each suite shares its one booted guest with its crash cases).
 import { existsSync, lstatSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EXIT_CODES, type Attachment, type Operation, type OperationOutcome, type ReconcileReport, type Server, type Volume } from '@berth/core';
 import { createHostServices } from '@berth/host';
-import { bootLibvirtGuest, bootQemuGuest, guestSerial, type LibvirtGuest, type QemuGuest } from '@berth/vmkit';
+import { bootLibvirtGuest, bootQemuGuest, guestSerial, type GuestAgent, type LibvirtGuest, type QemuGuest } from '@berth/vmkit';
 import { errorBody, makeSandbox, REPO_ROOT, type BerthSandbox } from '../support/berth-cli.js';
 import { crashChild, readAt } from '../support/host-state.js';
 import { loopDevicesBacking } from '../support/loop-devices.js';
@@ -30,6 +31,77 @@ function linkExists(file: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** A guest the crash cases run against: berth's sandbox, the server, the guest's agent and what its hypervisor still holds of a volume. */
+interface GuestUnderTest {
+  sandbox: BerthSandbox;
+  server: string;
+  agent: GuestAgent;
+  /** The names the hypervisor still holds for the volume (device ids, block nodes, disk sources); `[]` when nothing. */
+  leftovers(volumeId: string): Promise<string[]>;
+}
+
+async function createVolumeIn(sandbox: BerthSandbox, name: string): Promise<Volume & { file: string }> {
+  const volume = await sandbox.json<Volume>(['volume', 'create', '--size', '64MiB', '--name', name]);
+  return { ...volume, file: String(volume.providerLocation) };
+}
+
+/** Nothing of the volume left: no loop device, no /dev/berth link, no disk in the guest or in its hypervisor. */
+async function expectNothingLeftIn(g: GuestUnderTest, volume: Volume & { file: string }): Promise<void> {
+  expect(loopDevicesBacking(volume.file)).toEqual([]);
+  expect(linkExists(`/dev/berth/${volume.id}`)).toBe(false);
+  // Every attachment's own link (`/dev/berth/<attachment id>`) of this volume, crashed ones too.
+  const operations = await g.sandbox.json<Operation[]>(['operation', 'list']);
+  const attachmentIds = operations.filter((o) => o.volumeId === volume.id && o.attachmentId !== null).map((o) => String(o.attachmentId));
+  expect(attachmentIds.filter((id) => linkExists(`/dev/berth/${id}`))).toEqual([]);
+  expect((await g.agent.disks()).map((d) => d.serial)).not.toContain(guestSerial(volume.id));
+  expect(await g.leftovers(volume.id)).toEqual([]);
+}
+
+/**
+ * SIGKILL of a real berth process at the guest step's boundaries — between the host connect and
+ * the hot-plug, and between the unplug and the disconnect — then the next command recovers: the
+ * volume is in a state a user can trust and no stray disk is left in the guest or its hypervisor.
+ */
+function itRecoversFromKillsAroundTheGuestStep(guest: () => GuestUnderTest): void {
+  it.each([
+    ['attach', 'attach.publish.before', 'available'],
+    ['attach', 'attach.publish.after', 'available'],
+    ['attach', 'attach.complete.before', 'available'],
+    ['detach', 'detach.unpublish.after', 'in-use'],
+    ['detach', 'detach.disconnect.before', 'available'],
+  ] as const)('%s killed at %s: the next berth leaves no stray disk in the guest and the volume %s', async (command, point, expected) => {
+    const g = guest();
+    const name = `crash-${point.replace(/\W/g, '-')}`;
+    const volume = await createVolumeIn(g.sandbox, name);
+    if (command === 'detach') {
+      await g.sandbox.json(['attach', name, '--server', g.server]);
+      await g.agent.waitForDisk(volume.id, SEE_MS);
+    }
+    const outcome = crashChild(g.sandbox.dataDir, command, point, { volume: name, args: command === 'attach' ? [g.server] : [], timeoutMs: 120_000 });
+    expect(outcome).toBe('killed');
+
+    // Any command recovers first; then the state must be one a user can trust.
+    const after = await g.sandbox.json<Volume>(['volume', 'show', name]);
+    expect(after.status).toBe(expected);
+    const attachments = await g.sandbox.json<Attachment[]>(['attachment', 'list', '--volume', name]);
+    if (expected === 'available') {
+      expect(attachments).toEqual([]);
+      await g.agent.waitForDiskGone(volume.id, SEE_MS);
+      await expectNothingLeftIn(g, volume);
+    } else {
+      // Rolled back: attached again, the guest has exactly this disk, one loop device.
+      expect(attachments.map((a) => a.status)).toEqual(['attached']);
+      await g.agent.waitForDisk(volume.id, SEE_MS);
+      expect(loopDevicesBacking(volume.file)).toHaveLength(1);
+      expect(await g.leftovers(volume.id)).not.toEqual([]);
+      await g.sandbox.json(['detach', name]);
+      await expectNothingLeftIn(g, volume);
+    }
+    expect((await g.sandbox.json<{ differences: unknown[] }>(['reconcile', '--dry-run'])).differences).toEqual([]);
+    await g.sandbox.json(['volume', 'delete', name, '--yes']);
+  }, 240_000);
 }
 
 describe('berth attach into a real QEMU guest (CLI, loop transport, file backend, qemu consumer)', () => {
@@ -67,21 +139,9 @@ describe('berth attach into a real QEMU guest (CLI, loop transport, file backend
     return [...devices.map((d) => d.name), ...nodes.map((n) => n['node-name'])].filter((name) => ours.has(name));
   }
 
-  async function createVolume(name: string): Promise<Volume & { file: string }> {
-    const volume = await sandbox.json<Volume>(['volume', 'create', '--size', '64MiB', '--name', name]);
-    return { ...volume, file: String(volume.providerLocation) };
-  }
-
-  async function expectNothingLeft(volume: Volume & { file: string }): Promise<void> {
-    expect(loopDevicesBacking(volume.file)).toEqual([]);
-    expect(linkExists(`/dev/berth/${volume.id}`)).toBe(false);
-    // Every attachment's own link (`/dev/berth/<attachment id>`) of this volume, crashed ones too.
-    const operations = await sandbox.json<Operation[]>(['operation', 'list']);
-    const attachmentIds = operations.filter((o) => o.volumeId === volume.id && o.attachmentId !== null).map((o) => String(o.attachmentId));
-    expect(attachmentIds.filter((id) => linkExists(`/dev/berth/${id}`))).toEqual([]);
-    expect((await guest.agent.disks()).map((d) => d.serial)).not.toContain(guestSerial(volume.id));
-    expect(await qemuLeftovers(volume.id)).toEqual([]);
-  }
+  const underTest = (): GuestUnderTest => ({ sandbox, server: 'vm-1', agent: guest.agent, leftovers: qemuLeftovers });
+  const createVolume = (name: string) => createVolumeIn(sandbox, name);
+  const expectNothingLeft = (volume: Volume & { file: string }) => expectNothingLeftIn(underTest(), volume);
 
   it('server create/show carry the hypervisor; bad flags are refused clearly', async () => {
     const server = await sandbox.json<Server>(['server', 'show', 'vm-1']);
@@ -239,43 +299,7 @@ describe('berth attach into a real QEMU guest (CLI, loop transport, file backend
     await sandbox.json(['server', 'delete', 'web-1', '--yes']);
   });
 
-  // SIGKILL of a real berth process at the guest step's boundaries; the next command recovers.
-  it.each([
-    ['attach', 'attach.publish.before', 'available'],
-    ['attach', 'attach.publish.after', 'available'],
-    ['attach', 'attach.complete.before', 'available'],
-    ['detach', 'detach.unpublish.after', 'in-use'],
-    ['detach', 'detach.disconnect.before', 'available'],
-  ] as const)('%s killed at %s: the next berth leaves no stray disk in the guest and the volume %s', async (command, point, expected) => {
-    const name = `crash-${point.replace(/\W/g, '-')}`;
-    const volume = await createVolume(name);
-    if (command === 'detach') {
-      await sandbox.json(['attach', name, '--server', 'vm-1']);
-      await guest.agent.waitForDisk(volume.id, SEE_MS);
-    }
-    const outcome = crashChild(sandbox.dataDir, command, point, { volume: name, args: command === 'attach' ? ['vm-1'] : [], timeoutMs: 120_000 });
-    expect(outcome).toBe('killed');
-
-    // Any command recovers first; then the state must be one a user can trust.
-    const after = await sandbox.json<Volume>(['volume', 'show', name]);
-    expect(after.status).toBe(expected);
-    const attachments = await sandbox.json<Attachment[]>(['attachment', 'list', '--volume', name]);
-    if (expected === 'available') {
-      expect(attachments).toEqual([]);
-      await guest.agent.waitForDiskGone(volume.id, SEE_MS);
-      await expectNothingLeft(volume);
-    } else {
-      // Rolled back: attached again, the guest has exactly this disk, one loop device.
-      expect(attachments.map((a) => a.status)).toEqual(['attached']);
-      await guest.agent.waitForDisk(volume.id, SEE_MS);
-      expect(loopDevicesBacking(volume.file)).toHaveLength(1);
-      expect(await qemuLeftovers(volume.id)).toContain(`berth-${volume.id}`);
-      await sandbox.json(['detach', name]);
-      await expectNothingLeft(volume);
-    }
-    expect((await sandbox.json<{ differences: unknown[] }>(['reconcile', '--dry-run'])).differences).toEqual([]);
-    await sandbox.json(['volume', 'delete', name, '--yes']);
-  }, 240_000);
+  itRecoversFromKillsAroundTheGuestStep(underTest);
 
   // Last: it stops the file's guest.
   it('a guest whose QEMU is gone holds nothing: detach --force tears the host side down', async () => {
@@ -311,6 +335,15 @@ describe('berth attach into a real libvirt domain (CLI, loop transport, file bac
       await sandbox?.remove();
     }
   }, 120_000);
+
+  /** The lines of the live domain XML that name the volume (its disk's source, serial, alias). */
+  async function domainLeftovers(volumeId: string): Promise<string[]> {
+    const xml = await host.runner.run('virsh', ['-c', guest.uri, 'dumpxml', guest.domain], { timeoutMs: 30_000 });
+    return xml.stdout.split('\n').filter((line) => line.includes(volumeId)).map((line) => line.trim());
+  }
+
+  // The suite's booted domain, shared: booting another costs ~30 s of the test budget.
+  itRecoversFromKillsAroundTheGuestStep(() => ({ sandbox, server: 'web-1', agent: guest.agent, leftovers: domainLeftovers }));
 
   it('attach: the domain\'s guest sees serial = volume id, its writes are in the file after detach, nothing left in the domain', async () => {
     const created = await sandbox.json<Volume>(['volume', 'create', '--size', '64MiB', '--name', 'lv1']);

@@ -107,6 +107,33 @@ describe('the libvirt consumer against a real transient domain (QEMU TCG under l
     await b.disconnect();
   });
 
+  it('a disk plugged behind berth\'s back at the target berth last saw free: the attach reads the live list and takes another target', async () => {
+    const [mine, theirs] = [await volume(), await volume()];
+    // berth's hint now says the domain has no disks: the next attach would take vda.
+    expect(await consumer.guestDisks(server)).toEqual([]);
+    const file = path.join(volumes.dir, 'behind-the-back.xml');
+    await writeFile(file, `<disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='${theirs.device.path}'/><target dev='vda' bus='virtio'/><serial>${theirs.volumeId}</serial></disk>\n`);
+    const virsh = (args: string[]) => host.runner.run('virsh', ['-c', guest.uri, ...args], { timeoutMs: 30_000, reject: false });
+    try {
+      expect((await virsh(['attach-device', guest.domain, file, '--live'])).exitCode).toBe(0);
+      await guest.agent.waitForDisk(theirs.volumeId, SEE_MS);
+      const attachment = mine.attachment(server);
+      const published = await consumer.publish(server, mine.device, attachment);
+      expect(published.guestDevice).toBe('/dev/vdb');
+      await guest.agent.waitForDisk(mine.volumeId, SEE_MS);
+      // Again (a re-run): the alias is taken, and the disk already there is the answer.
+      expect(await consumer.publish(server, mine.device, attachment)).toEqual(published);
+      await consumer.unpublish(server, attachment);
+      await guest.agent.waitForDiskGone(mine.volumeId, SEE_MS);
+    } finally {
+      // The consumer's own unplug waits until the domain has let go (and asks again if need be);
+      // this disk and berth's, should the test have stopped half-way.
+      for (const disk of (await consumer.guestDisks(server)) ?? []) if ([mine.volumeId, theirs.volumeId].includes(disk.serial)) await consumer.unplugGuestDisk(server, disk);
+      await mine.disconnect();
+      await theirs.disconnect();
+    }
+  });
+
   it('a domain that does not exist: publish says so; unpublish treats the guest side as gone', async () => {
     const v = await volume();
     const gone = guestServer('web-gone', { type: 'libvirt', domain: 'berth-no-such-domain', uri: guest.uri });

@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import { acquireFileLock, LockTimeoutError } from '@berth/host';
+import { acquireFileLock, LockTimeoutError, type CommandResult } from '@berth/host';
 import {
   BerthError,
   createHostConsumer,
@@ -20,6 +20,7 @@ import {
   type Server,
 } from '@berth/core';
 import { diskAlias, diskModeOf, diskXml, freeVirtioTarget, parseDomainDisks, type LiveDisk } from './disk-xml.js';
+import { TargetHints } from './target-hints.js';
 import { domainGone, Virsh, virshFailed, type DomainBlock } from './virsh.js';
 
 /** The consumer's name: servers with `hypervisor.type = 'libvirt'` use it. */
@@ -61,6 +62,22 @@ export interface LibvirtConsumer extends Consumer {
   unplugGuestDisk(server: Server, disk: GuestDisk): Promise<void>;
 }
 
+/** What libvirt says when a hot-plugged disk's target or alias is taken (libvirt 9.0: "target 'vdb' duplicated for disk sources ...", "non unique alias detected"). */
+const TAKEN = /already exists|duplicated for disk|non.unique alias|alias .*(in use|already)/i;
+
+/** One libvirt domain, as locks and target hints name it. */
+function domainKey(hv: LibvirtHypervisor): string {
+  return `${hv.uri} ${hv.domain}`;
+}
+
+/** The domain does not run: nothing can be plugged into it. */
+function notRunning(server: Server, hv: LibvirtHypervisor): BerthError {
+  return new BerthError('UNPROCESSABLE', `libvirt domain ${hv.domain} of server ${server.name} does not exist or is not running`, {
+    hint: `start it (virsh -c ${hv.uri} start ${hv.domain}), or fix the server's domain`,
+    details: { server: server.name, domain: hv.domain },
+  });
+}
+
 /** A libvirt device alias (what `detach-device-alias` takes); never an option. */
 const ALIAS = /^[A-Za-z0-9][A-Za-z0-9_.:-]*$/;
 
@@ -79,7 +96,8 @@ const REASK_MS = 5_000;
 
 /**
  * The `libvirt` consumer, Nova's libvirt driver step: `publish` makes the host's stable link
- * (`/dev/berth/<volume-id>`), then `virsh attach-device --live` of a `<disk type='block'>` whose
+ * (`/dev/berth/<volume-id>`), then `virsh attach-device --live` (at a target free by the domain's
+ * TargetHints; the live list is read only without one or when libvirt refuses it) of a `<disk type='block'>` whose
  * source is that link, serial the volume id, alias `ua-berth-<volume id>`, cache/io/discard from
  * the connection_info and `<readonly/>` for `ro`. `unpublish` asks for the unplug (`virsh
  * detach-device-alias --live`, which returns at once) and then waits until the disk is really gone
@@ -96,9 +114,32 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
   const virshFor = (hv: LibvirtHypervisor) => new Virsh(context.host.runner, hv.uri, options.virshTimeoutMs);
   const sourceOf = (volumeId: string) => context.host.fs.resolve(stableLinkPath(volumeId));
   const findDisk = (blocks: DomainBlock[] | undefined, volumeId: string) => blocks?.find((b) => b.source === sourceOf(volumeId));
+  const hints = new TargetHints(path.join(xmlDir, 'targets'));
+
+  /** The domain's disks (`undefined`: not running), remembered as the next attach's target hint. */
+  async function blocksOf(virsh: Virsh, hv: LibvirtHypervisor): Promise<DomainBlock[] | undefined> {
+    const blocks = await virsh.blocks(hv.domain);
+    if (blocks === undefined) await hints.clear(domainKey(hv));
+    else await hints.set(domainKey(hv), blocks.map((b) => b.target));
+    return blocks;
+  }
+
+  /** `virsh attach-device --live` of the volume's disk at `target`; the result whatever it is. */
+  async function attachDisk(virsh: Virsh, hv: LibvirtHypervisor, attachment: Attachment, source: string, target: string): Promise<CommandResult> {
+    const xml = diskXml({ source, target, serial: attachment.volumeId, alias: diskAlias(attachment.volumeId), ...diskModeOf(attachment) });
+    // virsh reads the XML from a file (the runner's stdin is a socket, which virsh cannot open).
+    await mkdir(xmlDir, { recursive: true, mode: 0o700 });
+    const file = path.join(xmlDir, `attach-${attachment.volumeId}-${randomBytes(4).toString('hex')}.xml`);
+    await writeFile(file, xml, { mode: 0o600 });
+    try {
+      return await virsh.run(['attach-device', hv.domain, file, '--live']);
+    } finally {
+      await rm(file, { force: true });
+    }
+  }
 
   async function withDomainLock<T>(server: Server, hv: LibvirtHypervisor, fn: () => Promise<T>): Promise<T> {
-    const key = `${hv.uri} ${hv.domain}`;
+    const key = domainKey(hv);
     return locks.withLock(key, async () => {
       const lockDir = path.join(xmlDir, 'locks');
       await mkdir(lockDir, { recursive: true, mode: 0o700 });
@@ -131,29 +172,42 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
       // The disk's source is the volume's link (the same device as the attachment's own): the domain
       // lists it, and findDisk/guestDisks name the volume by it.
       const source = sourceOf(attachment.volumeId);
-      // Targets are picked from the live XML: attaches to one domain go one at a time, in this
-      // process and across processes (two picking the same free vdX would collide).
+      // Attaches to one domain go one at a time, in this process and across processes (two picking
+      // the same free vdX would collide). The target comes from the hint when there is one (one
+      // virsh run: attach-device); libvirt refuses a taken target or alias, and only then is the
+      // live list read (a disk plugged behind berth's back, or this one already there: a re-run).
       const target = await withDomainLock(server, hv, async () => {
+        const what = `plug the disk of volume ${attachment.volumeId} into libvirt domain ${hv.domain} (server ${server.name})`;
+        const key = domainKey(hv);
+        const hinted = await hints.get(key);
+        if (hinted) {
+          const free = freeVirtioTarget(hinted);
+          const result = await attachDisk(virsh, hv, attachment, source, free);
+          if (result.exitCode === 0) {
+            await hints.set(key, [...hinted, free]);
+            return free;
+          }
+          if (domainGone(result)) {
+            await hints.clear(key);
+            throw notRunning(server, hv);
+          }
+          if (!TAKEN.test(result.stderr)) throw virshFailed(result, what);
+        }
         const blocks = await virsh.blocks(hv.domain);
         if (blocks === undefined) {
-          throw new BerthError('UNPROCESSABLE', `libvirt domain ${hv.domain} of server ${server.name} does not exist or is not running`, {
-            hint: `start it (virsh -c ${hv.uri} start ${hv.domain}), or fix the server's domain`,
-            details: { server: server.name, domain: hv.domain },
-          });
+          await hints.clear(key);
+          throw notRunning(server, hv);
         }
+        const targets = blocks.map((b) => b.target);
         const existing = findDisk(blocks, attachment.volumeId);
-        if (existing) return existing.target;
-        const free = freeVirtioTarget(blocks.map((b) => b.target));
-        const xml = diskXml({ source, target: free, serial: attachment.volumeId, alias: diskAlias(attachment.volumeId), ...diskModeOf(attachment) });
-        // virsh reads the XML from a file (the runner's stdin is a socket, which virsh cannot open).
-        await mkdir(xmlDir, { recursive: true, mode: 0o700 });
-        const file = path.join(xmlDir, `attach-${attachment.volumeId}-${randomBytes(4).toString('hex')}.xml`);
-        await writeFile(file, xml, { mode: 0o600 });
-        try {
-          await virsh.check(['attach-device', hv.domain, file, '--live'], `plug the disk of volume ${attachment.volumeId} into libvirt domain ${hv.domain} (server ${server.name})`);
-        } finally {
-          await rm(file, { force: true });
+        if (existing) {
+          await hints.set(key, targets);
+          return existing.target;
         }
+        const free = freeVirtioTarget(targets);
+        const result = await attachDisk(virsh, hv, attachment, source, free);
+        if (result.exitCode !== 0) throw virshFailed(result, what);
+        await hints.set(key, [...targets, free]);
         return free;
       });
       return { path: published.path, guestDevice: `/dev/${target}`, serial: attachment.volumeId };
@@ -163,8 +217,10 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
       const hv = libvirtHypervisorOf(server);
       const virsh = virshFor(hv);
       const deadline = Date.now() + options.unplugTimeoutMs;
-      const present = async (): Promise<boolean> => findDisk(await virsh.blocks(hv.domain), attachment.volumeId) !== undefined;
-      if (await present()) await unplug(virsh, hv, server, { alias: diskAlias(attachment.volumeId), volumeId: attachment.volumeId, present }, deadline);
+      const present = async (): Promise<boolean> => findDisk(await blocksOf(virsh, hv), attachment.volumeId) !== undefined;
+      // No look first: the unplug request of a disk that is not there answers "not found", and the
+      // look after the request decides (one virsh run fewer per detach).
+      await unplug(virsh, hv, server, { alias: diskAlias(attachment.volumeId), volumeId: attachment.volumeId, present }, deadline);
       await link.unpublish(server, attachment, unpublishOptions);
     },
 

@@ -140,6 +140,20 @@ describe('the qemu consumer against a real QEMU guest (TCG)', () => {
     await v.disconnect();
   });
 
+  it('a device_add QEMU refuses (a bus that does not exist): DRIVER_ERROR naming the server, and the node sent in the same batch is deleted again', async () => {
+    const v = await volume();
+    const badBus = guestServer('vm-bad-bus', { type: 'qemu', qmp: guest.qmpSocket, bus: 'no-such-bus' });
+    const attachment = v.attachment(badBus);
+    const error = await consumer.publish(badBus, v.device, attachment).catch((e: unknown) => e);
+    expect(BerthError.is(error) && error.code).toBe('DRIVER_ERROR');
+    expect((error as BerthError).message).toContain('vm-bad-bus');
+    expect(await blockNodes()).not.toContain(qemuDiskIds(v.volumeId).nodeName);
+    expect((await guest.agent.disks()).map((d) => d.serial)).not.toContain(guestSerial(v.volumeId));
+    await consumer.unpublish(badBus, attachment);
+    expect(await host.fs.exists(stableLinkPath(v.volumeId))).toBe(false);
+    await v.disconnect();
+  });
+
   it('a server whose QEMU is not running: publish says so; unpublish treats the guest side as gone', async () => {
     const v = await volume();
     const gone = guestServer('vm-gone', { type: 'qemu', qmp: path.join(volumes.dir, 'no-such-qmp.sock') });

@@ -16,7 +16,7 @@ import {
   type Server,
   virtioDiskName,
 } from '@berth/core';
-import { QmpClient, isQmpFailure, listBlockNodes, qmpFailureOf, zEmptyReturn, type QmpCallOptions } from '@berth/qemu';
+import { QmpClient, isQmpFailure, qmpFailureOf, zEmptyReturn, type QmpCallOptions } from '@berth/qemu';
 import { qemuDiskIds, qemuDiskMode, qemuHypervisorOf, volumeIdOfDevice, type QemuHypervisor } from './qemu-hypervisor.js';
 
 /** The consumer's name: servers with `hypervisor.type = 'qemu'` use it. */
@@ -163,38 +163,38 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
         server,
         hv,
         async (qmp) => {
-          const devices = await virtioDevices(qmp);
-          const others = devices.filter((id) => id !== deviceId).length + (await anonymousVirtioCount(qmp));
-          const nodes = (await listBlockNodes(qmp, call)).map((node) => node['node-name']);
-          let addedNode = false;
-          if (!nodes.includes(nodeName)) {
-            await qmp.request(
-              'blockdev-add',
-              {
-                driver: 'host_device',
-                'node-name': nodeName,
-                filename,
-                'read-only': mode.readOnly,
-                cache: { direct: mode.direct, 'no-flush': false },
-                // Native AIO needs O_DIRECT; with host caching QEMU's thread pool does the I/O.
-                aio: mode.direct ? 'native' : 'threads',
-                discard: mode.discard ? 'unmap' : 'ignore',
-              },
-              zEmptyReturn,
-              call,
-            );
-            addedNode = true;
+          // One batch, not a round trip per command: QEMU runs them in order, and on a busy TCG
+          // main loop every round trip costs a scheduling slot of both processes. What is already
+          // there (a re-run after a crash) answers "Duplicate ..." and is kept as it is.
+          const blockdev = {
+            driver: 'host_device',
+            'node-name': nodeName,
+            filename,
+            'read-only': mode.readOnly,
+            cache: { direct: mode.direct, 'no-flush': false },
+            // Native AIO needs O_DIRECT; with host caching QEMU's thread pool does the I/O.
+            aio: mode.direct ? 'native' : 'threads',
+            discard: mode.discard ? 'unmap' : 'ignore',
+          };
+          const [named, anonymous, nodeAdded, deviceAdded] = await Promise.allSettled([
+            virtioDevices(qmp),
+            anonymousVirtioCount(qmp),
+            qmp.request('blockdev-add', blockdev, zEmptyReturn, call),
+            qmp.request('device_add', { driver: 'virtio-blk-pci', id: deviceId, drive: nodeName, bus: hv.bus, serial: attachment.volumeId }, zEmptyReturn, call),
+          ]);
+          const addedNode = nodeAdded.status === 'fulfilled';
+          const nodeFailed = nodeAdded.status === 'rejected' && !isQmpFailure(nodeAdded.reason, /Duplicate node/i) ? nodeAdded.reason : undefined;
+          if (deviceAdded.status === 'rejected' && !isQmpFailure(deviceAdded.reason, /Duplicate (device )?ID/i)) {
+            // A node nobody uses would hold the host device open and block the disconnect.
+            if (addedNode) await qmp.execute('blockdev-del', { 'node-name': nodeName }, call).catch(() => undefined);
+            // The device could not find its node because the node could not be opened: say why.
+            throw hotplugFailed(server, hv, attachment.volumeId, nodeFailed ?? deviceAdded.reason);
           }
-          if (!devices.includes(deviceId)) {
-            try {
-              await qmp.request('device_add', { driver: 'virtio-blk-pci', id: deviceId, drive: nodeName, bus: hv.bus, serial: attachment.volumeId }, zEmptyReturn, call);
-            } catch (error) {
-              // A node nobody uses would hold the host device open and block the disconnect.
-              if (addedNode) await qmp.execute('blockdev-del', { 'node-name': nodeName }, call).catch(() => undefined);
-              throw hotplugFailed(server, hv, attachment.volumeId, error);
-            }
-          }
-          return virtioDiskName(others);
+          // The device was there already, on a node of its own: the one just added is nobody's.
+          if (deviceAdded.status === 'rejected' && addedNode) await qmp.execute('blockdev-del', { 'node-name': nodeName }, call).catch(() => undefined);
+          if (named.status === 'rejected') throw named.reason;
+          if (anonymous.status === 'rejected') throw anonymous.reason;
+          return virtioDiskName(named.value.filter((id) => id !== deviceId).length + anonymous.value);
         },
         async () => {
           throw new BerthError('UNPROCESSABLE', `cannot reach the QEMU of server ${server.name} at ${hv.qmp}: nothing listens there`, {
@@ -270,10 +270,12 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
     },
   };
 
-  /** `blockdev-del` of a node, when it is there; `stillUsed`: a node another device uses is left. */
+  /**
+   * `blockdev-del` of a node, when it is there (asked straight away: a node already gone answers
+   * "Failed to find node", one round trip fewer than listing first); `stillUsed`: a node another
+   * device uses is left.
+   */
   async function deleteNode(qmp: QmpClient, nodeName: string, stillUsed = false): Promise<void> {
-    const nodes = (await listBlockNodes(qmp, call)).map((node) => node['node-name']);
-    if (!nodes.includes(nodeName)) return;
     try {
       await qmp.request('blockdev-del', { 'node-name': nodeName }, zEmptyReturn, call);
     } catch (error) {
