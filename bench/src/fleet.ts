@@ -56,6 +56,17 @@ function sha256(text: string): string {
   return createHash('sha256').update(text).digest('hex');
 }
 
+/** How long the trace watches an idle fleet's commits (a measuring window, not a wait for an event). */
+const IDLE_WINDOW_MS = 5_000;
+
+/** Transactions committed so far in the database at `url` (PostgreSQL's statistics, one round trip). */
+async function commitsOf(url: string): Promise<number> {
+  // Other backends flush their counts at most once a second (up to 10 s late when idle), so this lags
+  // a little; at both ends of a window the lag is alike, which is good enough for a per-cycle ratio.
+  const [row] = await queryOn<{ n: string }>(url, `select xact_commit::text n from pg_stat_database where datname = current_database()`);
+  return Number(row?.n ?? 0);
+}
+
 /** One attach+detach cycle of worker `worker`: its wall time in ms. */
 type Cycle = (worker: number) => Promise<number>;
 
@@ -179,12 +190,23 @@ export async function benchFleet(hosts = 100, cycles = 400, concurrency = 32, re
 
       const cycle = fleetCycle(urls, adminToken, hosts);
       await drive({ cycles: [], wallMs: 0 }, concurrency, concurrency, cycle);
+      const trace = process.env.BENCH_FLEET_TRACE === '1';
+      const commitsBefore = trace ? await commitsOf(storeUrl) : 0;
       const samples: Samples = { cycles: [], wallMs: 0 };
       await drive(samples, concurrency, cycles, cycle);
+      const commitsDuring = trace ? (await commitsOf(storeUrl)) - commitsBefore : 0;
       rows.push(row(`${hosts} hosts, ${replicas} replica${replicas === 1 ? '' : 's'} (PostgreSQL, HTTP)`, samples));
       console.error(`fleet: ${rows.at(-1)?.map(String).join('  ')}`);
 
-      if (process.env.BENCH_FLEET_TRACE === '1') {
+      if (trace) {
+        // The fleet idle (its agents long-polling, heart-beating): what it commits with no cycles.
+        const idleFrom = await commitsOf(storeUrl);
+        const idleStarted = performance.now();
+        await new Promise((resolve) => setTimeout(resolve, IDLE_WINDOW_MS));
+        const idlePerSecond = ((await commitsOf(storeUrl)) - idleFrom) / ((performance.now() - idleStarted) / 1000);
+        console.error(
+          `commits: ${(commitsDuring / samples.cycles.length).toFixed(1)} per cycle (measured cycles, idle commits included); idle fleet ${idlePerSecond.toFixed(1)}/s`,
+        );
         const q = async (label: string, text: string): Promise<void> => console.error(label, JSON.stringify(await queryOn(storeUrl, text)));
         await q('steps', `select name, phase, count(*)::int n, round(avg(duration_ms))::int avg, max(duration_ms)::int max, percentile_cont(0.5) within group (order by duration_ms)::int p50 from operation_steps group by name, phase order by avg desc`);
         await q('items', `select step, count(*)::int n, round(avg(extract(epoch from (updated_at::timestamptz - created_at::timestamptz))*1000))::int avg_ms, max(attempts) max_attempts from work_items group by step`);

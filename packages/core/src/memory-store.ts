@@ -33,6 +33,7 @@ import type {
   LockRepository,
   OperationRepository,
   ServerRepository,
+  StepOutcome,
   Store,
   StoreNotifications,
   VolumeRepository,
@@ -47,6 +48,7 @@ const zAttachmentPatch = zAttachment
   .pick({ transport: true, connector: true, connectionInfo: true, device: true, publishedPath: true, guestDevice: true, serial: true, hostRoot: true, timings: true, error: true })
   .partial();
 const zStepOutcome = zOperationStep.pick({ error: true, data: true }).partial();
+const zStepStart = zOperationStep.pick({ name: true, phase: true });
 const zFinishOutcome = zOperation.pick({ error: true, result: true }).partial();
 const zLockField = z.string().min(1).max(300);
 const zNewHostAgent = zHostAgent.omit({ lastSeenAt: true });
@@ -322,6 +324,39 @@ export function createMemoryStore(): Store {
       }),
   };
 
+  /** Append a running journal row; returns its seq (run inside `alone`). */
+  const startStep = (id: string, name: string, phase: 'do' | 'undo'): number => {
+    const valid = parseWith(zStepStart, { name, phase }, 'operation step');
+    const operation = requireRow(tables.operations, 'operation', id);
+    const seq = operation.steps.length + 1;
+    operation.steps.push({ seq, ...valid, state: 'running', startedAt: now(), endedAt: null, durationMs: null, error: null, data: null });
+    return seq;
+  };
+
+  /** Close running journal row `seq` (run inside `alone`). */
+  const endStep = (id: string, seq: number, outcome: StepOutcome): void => {
+    if (outcome.state !== 'done' && outcome.state !== 'failed') {
+      throw new BerthError('VALIDATION', `invalid step outcome: state must be done or failed, got ${String(outcome.state)}`);
+    }
+    const valid = parseWith(zStepOutcome, { data: outcome.data, error: outcome.error }, 'step outcome');
+    const step = tables.operations.get(id)?.steps.find((s) => s.seq === seq);
+    if (step === undefined) throw notFound('operation', `${id} step ${seq}`);
+    if (step.state !== 'running') {
+      throw new BerthError('CONFLICT', `step ${seq} (${step.name}) of operation ${id} is already ${step.state}`, {
+        hint: 'a journal row is closed once; start a new step to record another attempt',
+        details: { id, seq, actual: step.state, expected: ['running'] },
+      });
+    }
+    const endedAt = now();
+    Object.assign(step, {
+      state: outcome.state,
+      endedAt,
+      durationMs: Math.max(0, Date.parse(endedAt) - Date.parse(step.startedAt)),
+      data: valid.data ?? null,
+      error: valid.error ?? null,
+    });
+  };
+
   const operations: OperationRepository = {
     create: (input) =>
       alone(() => {
@@ -361,30 +396,14 @@ export function createMemoryStore(): Store {
         const valid = parseWith(zId, attachmentId, 'attachment id');
         requireRow(tables.operations, 'operation', id).attachmentId = valid;
       }),
-    startStep: (id, name, phase) =>
+    startStep: (id, name, phase) => alone(() => startStep(id, name, phase)),
+    endStep: (id, seq, outcome) => alone(() => endStep(id, seq, outcome)),
+    advanceStep: (id, seq, outcome, next) =>
       alone(() => {
-        const valid = parseWith(zOperationStep.pick({ name: true, phase: true }), { name, phase }, 'operation step');
-        const operation = requireRow(tables.operations, 'operation', id);
-        const seq = operation.steps.length + 1;
-        operation.steps.push({ seq, ...valid, state: 'running', startedAt: now(), endedAt: null, durationMs: null, error: null, data: null });
-        return seq;
-      }),
-    endStep: (id, seq, outcome) =>
-      alone(() => {
-        if (outcome.state !== 'done' && outcome.state !== 'failed') {
-          throw new BerthError('VALIDATION', `invalid step outcome: state must be done or failed, got ${String(outcome.state)}`);
-        }
-        const valid = parseWith(zStepOutcome, { data: outcome.data, error: outcome.error }, 'step outcome');
-        const step = tables.operations.get(id)?.steps.find((s) => s.seq === seq);
-        if (step === undefined) throw notFound('operation', `${id} step ${seq}`);
-        if (step.state !== 'running') {
-          throw new BerthError('CONFLICT', `step ${seq} (${step.name}) of operation ${id} is already ${step.state}`, {
-            hint: 'a journal row is closed once',
-            details: { operationId: id, seq, actual: step.state },
-          });
-        }
-        const endedAt = now();
-        Object.assign(step, { state: outcome.state, endedAt, durationMs: Date.parse(endedAt) - Date.parse(step.startedAt), data: valid.data ?? null, error: valid.error ?? null });
+        // Validate the next row before closing this one: nothing is written when either is refused.
+        parseWith(zStepStart, next, 'operation step');
+        endStep(id, seq, outcome);
+        return startStep(id, next.name, next.phase);
       }),
     finish: (id, outcome) =>
       alone(() => {

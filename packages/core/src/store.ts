@@ -227,6 +227,13 @@ export interface NewOperation {
   leaseMs?: number;
 }
 
+/** How a journal row ends: `done` (with data) or `failed` (with error). */
+export interface StepOutcome {
+  state: 'done' | 'failed';
+  data?: Record<string, unknown> | null;
+  error?: ErrorSummary | null;
+}
+
 /** Filter of an operation listing. */
 export interface OperationFilter {
   state?: OperationState | readonly OperationState[];
@@ -248,12 +255,17 @@ export interface OperationRepository {
   setAttachment(id: string, attachmentId: string): Promise<void>;
   /** Append a journal row (state `running`); returns its seq. */
   startStep(id: string, name: string, phase: 'do' | 'undo'): Promise<number>;
-  /** Close a journal row as `done` (with data) or `failed` (with error). */
-  endStep(
-    id: string,
-    seq: number,
-    outcome: { state: 'done' | 'failed'; data?: Record<string, unknown> | null; error?: ErrorSummary | null },
-  ): Promise<void>;
+  /**
+   * Close a running journal row as `done` (with data) or `failed` (with error); its duration is
+   * taken from its `startedAt`. NOT_FOUND for a missing row, CONFLICT for one already closed.
+   */
+  endStep(id: string, seq: number, outcome: StepOutcome): Promise<void>;
+  /**
+   * A step boundary as one write: close row `seq` as `endStep` does and append the next row
+   * (state `running`) as `startStep` does, atomically — either both are in the journal or
+   * neither (same errors as `endStep`; nothing is written when it fails). Returns the new seq.
+   */
+  advanceStep(id: string, seq: number, outcome: StepOutcome, next: { name: string; phase: 'do' | 'undo' }): Promise<number>;
   /** Finish the operation (CAS from `running`). */
   finish(
     id: string,

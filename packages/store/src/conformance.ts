@@ -637,7 +637,7 @@ export function describeStoreConformance(name: string, open: () => Promise<Store
         expect(reserve?.data).toEqual({ attachmentId: 'a-1', nested: { n: [1, 2] } });
         expect(reserve?.error).toBeNull();
         expect(reserve?.endedAt).not.toBeNull();
-        expect(reserve?.durationMs).toBeGreaterThanOrEqual(0);
+        expect(reserve?.durationMs).toBe(Date.parse(reserve?.endedAt ?? '') - Date.parse(reserve?.startedAt ?? ''));
         expect(initialize?.error).toEqual({ code: 'BACKEND_ERROR', message: 'tgtadm exited 22', hint: 'check tgtd' });
         expect(initialize?.data).toBeNull();
         expect(undo).toMatchObject({ endedAt: null, durationMs: null, error: null, data: null });
@@ -662,6 +662,81 @@ export function describeStoreConformance(name: string, open: () => Promise<Store
         await store.operations.endStep(operation.id, seq, { state: 'done' });
         await rejection(store.operations.endStep(operation.id, seq, { state: 'failed' }), 'CONFLICT');
         expect((await store.operations.require(operation.id)).steps[0]?.state).toBe('done');
+      });
+
+      it('advanceStep closes a step and starts the next in one write, its duration from its own start', async () => {
+        const operation = await store.operations.create({ kind: 'attach', deadlineAt });
+        const first = await store.operations.startStep(operation.id, 'reserve', 'do');
+        const second = await store.operations.advanceStep(operation.id, first, { state: 'done', data: { attachmentId: 'a-1' } }, { name: 'initialize', phase: 'do' });
+        expect(second).toBe(2);
+        const third = await store.operations.advanceStep(
+          operation.id,
+          second,
+          { state: 'failed', error: { code: 'BACKEND_ERROR', message: 'tgtadm exited 22' } },
+          { name: 'reserve', phase: 'undo' },
+        );
+        expect(third).toBe(3);
+        await store.operations.endStep(operation.id, third, { state: 'done' });
+        const journal = (await store.operations.require(operation.id)).steps;
+        expect(journal.map((s) => [s.seq, s.name, s.phase, s.state])).toEqual([
+          [1, 'reserve', 'do', 'done'],
+          [2, 'initialize', 'do', 'failed'],
+          [3, 'reserve', 'undo', 'done'],
+        ]);
+        expect(journal[0]?.data).toEqual({ attachmentId: 'a-1' });
+        expect(journal[1]?.error).toEqual({ code: 'BACKEND_ERROR', message: 'tgtadm exited 22' });
+        for (const step of journal) {
+          // Computed by the store without reading the row back: exactly its end minus its start.
+          expect(step.endedAt).not.toBeNull();
+          expect(step.durationMs).toBe(Date.parse(step.endedAt ?? '') - Date.parse(step.startedAt));
+        }
+        // The next row starts when the previous one ends (one write, one instant of the store's clock or later).
+        expect(Date.parse(journal[1]?.startedAt ?? '')).toBeGreaterThanOrEqual(Date.parse(journal[0]?.endedAt ?? ''));
+      });
+
+      it('advanceStep writes nothing when the close is refused: missing step, closed step, invalid next step', async () => {
+        await rejection(store.operations.advanceStep('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b', 1, { state: 'done' }, { name: 'x', phase: 'do' }), 'NOT_FOUND');
+        const operation = await store.operations.create({ kind: 'attach', deadlineAt });
+        await rejection(store.operations.advanceStep(operation.id, 1, { state: 'done' }, { name: 'initialize', phase: 'do' }), 'NOT_FOUND');
+        expect((await store.operations.require(operation.id)).steps).toEqual([]);
+        const seq = await store.operations.startStep(operation.id, 'reserve', 'do');
+        await rejection(store.operations.advanceStep(operation.id, seq, { state: 'done' }, { name: 'initialize', phase: 'sideways' as 'do' }), 'VALIDATION');
+        await rejection(
+          store.operations.advanceStep(operation.id, seq, { state: 'running' as 'done' }, { name: 'initialize', phase: 'do' }),
+          'VALIDATION',
+        );
+        expect((await store.operations.require(operation.id)).steps.map((s) => [s.seq, s.state])).toEqual([[1, 'running']]);
+        await store.operations.endStep(operation.id, seq, { state: 'done' });
+        const error = await rejection(store.operations.advanceStep(operation.id, seq, { state: 'done' }, { name: 'initialize', phase: 'do' }), 'CONFLICT');
+        expect(error.details).toMatchObject({ actual: 'done', expected: ['running'] });
+        expect((await store.operations.require(operation.id)).steps.map((s) => [s.seq, s.state])).toEqual([[1, 'done']]);
+      });
+
+      it('advanceStep and startStep racing on one operation hand out distinct consecutive seqs', async () => {
+        const operation = await store.operations.create({ kind: 'attach', deadlineAt });
+        const opened = [];
+        for (let i = 0; i < 6; i++) opened.push(await store.operations.startStep(operation.id, `open-${i}`, 'do'));
+        const seqs = await Promise.all([
+          ...opened.map((seq, i) => store.operations.advanceStep(operation.id, seq, { state: 'done' }, { name: `next-${i}`, phase: 'do' })),
+          ...Array.from({ length: 6 }, (_, i) => store.operations.startStep(operation.id, `start-${i}`, 'do')),
+        ]);
+        expect([...seqs].sort((x, y) => x - y)).toEqual(Array.from({ length: 12 }, (_, i) => i + 7));
+        const journal = (await store.operations.require(operation.id)).steps;
+        expect(journal.map((s) => s.seq)).toEqual(Array.from({ length: 18 }, (_, i) => i + 1));
+        expect(journal.slice(0, 6).every((s) => s.state === 'done')).toBe(true);
+        expect(journal.slice(6).every((s) => s.state === 'running')).toBe(true);
+      });
+
+      it('advanceStep inside a transaction rolls back with it', async () => {
+        const operation = await store.operations.create({ kind: 'attach', deadlineAt });
+        const seq = await store.operations.startStep(operation.id, 'reserve', 'do');
+        await expect(
+          store.transaction(async (tx) => {
+            expect(await tx.operations.advanceStep(operation.id, seq, { state: 'done' }, { name: 'initialize', phase: 'do' })).toBe(2);
+            throw new Error('the caller fails after the boundary');
+          }),
+        ).rejects.toThrow('the caller fails after the boundary');
+        expect((await store.operations.require(operation.id)).steps.map((s) => [s.seq, s.name, s.state])).toEqual([[1, 'reserve', 'running']]);
       });
 
       it('setAttachment and setOwner update a running operation', async () => {

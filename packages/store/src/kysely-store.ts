@@ -139,13 +139,54 @@ export function createKyselyStore(db: Kysely<Database>, options: KyselyStoreOpti
     return {
       ...repositories(
         // Inside a transaction, renewals join it like everything else.
-        { dialect, now, newId: randomUUID, db: trx, urgentDb: trx },
+        { dialect, now, newId: randomUUID, db: trx, urgentDb: trx, atomically: (fn) => fn() },
         () => (scope.open ? scope : undefined),
       ),
       // Nested transactions join the open one: there is one unit of work.
       transaction: <T>(fn: (store: Store) => Promise<T>): Promise<T> => fn(boundStore(scope)),
       close: () => Promise.reject(new BerthError('INTERNAL', 'cannot close the store inside one of its transactions')),
     };
+  };
+
+  const transaction = async <T>(fn: (store: Store) => Promise<T>): Promise<T> => {
+    const current = active.getStore();
+    if (current?.open === true && current.store !== undefined) return fn(current.store);
+    for (let attempt = 1; ; attempt += 1) {
+      let builder = db.transaction();
+      if (dialect.isolationLevel !== undefined) builder = builder.setIsolationLevel(dialect.isolationLevel);
+      const committed: { scope?: TransactionScope } = {};
+      try {
+        const execute = (): Promise<T> =>
+          builder.execute(async (trx) => {
+            const scope: TransactionScope = { trx, open: true, store: undefined, afterCommit: [] };
+            const store = boundStore(scope);
+            scope.store = store;
+            try {
+              const value = await active.run(scope, () => fn(store));
+              committed.scope = scope;
+              return value;
+            } finally {
+              scope.open = false;
+            }
+          });
+        const result = dialect.transactionAttempt === undefined ? await execute() : await dialect.transactionAttempt(attempt, execute);
+        for (const deliver of committed.scope?.afterCommit ?? []) deliver();
+        return result;
+      } catch (error) {
+        if (!dialect.retryableTransaction(error)) throw error;
+        if (attempt >= TRANSACTION_ATTEMPTS) {
+          throw new BerthError(
+            'CONFLICT',
+            `the ${dialect.name} database aborted this transaction ${attempt} times because concurrent ones changed the same rows`,
+            {
+              hint: 'the store is under heavy contention on the same rows; retry the command',
+              details: { attempts: attempt },
+              cause: error,
+            },
+          );
+        }
+      }
+    }
   };
 
   const rootContext: RepositoryContext = {
@@ -156,51 +197,14 @@ export function createKyselyStore(db: Kysely<Database>, options: KyselyStoreOpti
     // waiting for the connection it holds (which would never come back).
     db: () => openScope()?.trx ?? db,
     urgentDb: () => openScope()?.trx ?? urgent,
+    // Inside transaction(fn), `db()` above is its connection.
+    atomically: (fn) => transaction(() => fn()),
   };
 
   return {
     ...repositories(rootContext, openScope),
 
-    async transaction<T>(fn: (store: Store) => Promise<T>): Promise<T> {
-      const current = active.getStore();
-      if (current?.open === true && current.store !== undefined) return fn(current.store);
-      for (let attempt = 1; ; attempt += 1) {
-        let builder = db.transaction();
-        if (dialect.isolationLevel !== undefined) builder = builder.setIsolationLevel(dialect.isolationLevel);
-        const committed: { scope?: TransactionScope } = {};
-        try {
-          const execute = (): Promise<T> =>
-            builder.execute(async (trx) => {
-              const scope: TransactionScope = { trx, open: true, store: undefined, afterCommit: [] };
-              const store = boundStore(scope);
-              scope.store = store;
-              try {
-                const value = await active.run(scope, () => fn(store));
-                committed.scope = scope;
-                return value;
-              } finally {
-                scope.open = false;
-              }
-            });
-          const result = dialect.transactionAttempt === undefined ? await execute() : await dialect.transactionAttempt(attempt, execute);
-          for (const deliver of committed.scope?.afterCommit ?? []) deliver();
-          return result;
-        } catch (error) {
-          if (!dialect.retryableTransaction(error)) throw error;
-          if (attempt >= TRANSACTION_ATTEMPTS) {
-            throw new BerthError(
-              'CONFLICT',
-              `the ${dialect.name} database aborted this transaction ${attempt} times because concurrent ones changed the same rows`,
-              {
-                hint: 'the store is under heavy contention on the same rows; retry the command',
-                details: { attempts: attempt },
-                cause: error,
-              },
-            );
-          }
-        }
-      }
-    },
+    transaction,
 
     async close(): Promise<void> {
       if (closed) return;

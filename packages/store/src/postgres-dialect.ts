@@ -1,5 +1,5 @@
-import { PostgresAdapter, PostgresIntrospector, PostgresQueryCompiler } from 'kysely';
-import type { DatabaseIntrospector, Dialect, DialectAdapter, Driver, Kysely, QueryCompiler } from 'kysely';
+import { PostgresAdapter, PostgresIntrospector, PostgresQueryCompiler, sql } from 'kysely';
+import type { DatabaseIntrospector, Dialect, DialectAdapter, Driver, Kysely, QueryCompiler, RawBuilder } from 'kysely';
 import type { DbBoolean, DbJson } from './database.js';
 import { BerthPostgresDriver, guardPostgresStatement, withBeginPreamble } from './postgres-driver.js';
 import type { BerthPostgresDriverOptions } from './postgres-driver.js';
@@ -23,6 +23,10 @@ export const postgresStoreDialect: StoreDialect = {
   // the price is that a transaction losing a race is aborted (40001) and run again.
   isolationLevel: 'serializable',
   supportsRowLocks: true,
+  writesInCte: true,
+  elapsedMs(column: string, end: string): RawBuilder<number> {
+    return sql<number>`greatest(0, round(extract(epoch from (${end}::timestamptz - ${sql.ref(column)}::timestamptz)) * 1000))::integer`;
+  },
   encodeJson(value: unknown): DbJson {
     // A string parameter is cast to jsonb by the server; an array given as is would become a
     // PostgreSQL array.

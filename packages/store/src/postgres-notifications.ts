@@ -12,10 +12,20 @@ export interface PostgresNotificationsOptions {
   /** The store URL with its password redacted, for messages. */
   target: string;
   password: string | undefined;
+  /** How many channels stay listened to with nobody subscribed (default `MAX_IDLE_CHANNELS`). */
+  maxIdleChannels?: number;
 }
 
 /** Longest wait between two attempts to re-open a lost listening connection. */
 const MAX_RECONNECT_DELAY_MS = 5000;
+
+/**
+ * How many channels stay listened to with nobody subscribed. A long-poll subscribes for each poll
+ * and leaves when it answers; UNLISTEN then LISTEN again a moment later is two transactions per
+ * poll for nothing (an idle fleet of 100 agents committed ~50/s, mostly those). Kept channels
+ * cost a list entry on the server; past this many the least recently used one is dropped.
+ */
+export const MAX_IDLE_CHANNELS = 1024;
 
 /** Channel names are checked by core's `zNotificationChannel` (lower-case identifiers), so quoting is enough. */
 function quoted(channel: string): string {
@@ -24,13 +34,20 @@ function quoted(channel: string): string {
 
 /**
  * `LISTEN/NOTIFY` for the store: notifications go out with `pg_notify` on the store's own
- * connection (inside a transaction they leave on commit); one dedicated connection, opened on
- * the first `listen`, LISTENs to every channel with listeners. When it is lost it is re-opened
- * (backing off up to 5 s), its channels listened to again, and every listener called once with
- * `''` because notifications sent in between were missed.
+ * connection (inside a transaction they leave on commit); one dedicated connection per process,
+ * opened on the first `listen`, LISTENs to every channel with listeners and fans each
+ * notification out to them in-process. A channel whose last listener left stays listened to
+ * (up to `MAX_IDLE_CHANNELS` of them), so the next long-poll on it costs no round trip. When
+ * the connection is lost it is re-opened (backing off up to 5 s) while anyone listens, its
+ * channels listened to again, and every listener called once with `''` because notifications
+ * sent in between were missed.
  */
 export function createPostgresNotifications(options: PostgresNotificationsOptions): NotificationBackend {
+  /** Every channel LISTENed to (or about to be), with its listeners; an idle one has none. */
   const listeners = new Map<string, Set<(payload: string) => void>>();
+  /** The idle channels, least recently used first (a Set keeps insertion order). */
+  const idle = new Set<string>();
+  const maxIdle = options.maxIdleChannels ?? MAX_IDLE_CHANNELS;
   /** Per channel, its LISTEN in flight or done: a later subscriber waits for it too, so none returns before it is listening. */
   const listened = new Map<string, Promise<void>>();
   /**
@@ -61,10 +78,17 @@ export function createPostgresNotifications(options: PostgresNotificationsOption
     if (client !== lostClient) return;
     client = undefined;
     lostClient.end().catch(() => undefined);
+    // Idle channels alone are no reason to reconnect: the next subscriber opens a connection.
+    for (const channel of idle) {
+      listeners.delete(channel);
+      listened.delete(channel);
+    }
+    idle.clear();
     if (!closed && listeners.size > 0) scheduleReconnect();
   };
 
-  const connection = (): Promise<pg.Client> => {
+  /** The listening connection, opened if need be; a re-opened one (`relisten`) LISTENs to every channel again. */
+  const connection = (relisten = false): Promise<pg.Client> => {
     if (client !== undefined) return Promise.resolve(client);
     connecting ??= (async () => {
       const fresh = options.newClient();
@@ -75,7 +99,8 @@ export function createPostgresNotifications(options: PostgresNotificationsOption
       fresh.on('end', () => lost(fresh));
       try {
         await fresh.connect();
-        for (const channel of listeners.keys()) await command(fresh, `listen ${quoted(channel)}`);
+        // A first connection LISTENs channel by channel, as each subscriber asks.
+        if (relisten) for (const channel of listeners.keys()) await command(fresh, `listen ${quoted(channel)}`);
       } catch (error) {
         fresh.end().catch(() => undefined);
         throw postgresConnectionFailure(error, options.target, options.password);
@@ -97,7 +122,7 @@ export function createPostgresNotifications(options: PostgresNotificationsOption
     const delay = Math.min(MAX_RECONNECT_DELAY_MS, 100 * 2 ** failures);
     reconnectTimer = setTimeout(() => {
       reconnectTimer = undefined;
-      connection().then(
+      connection(true).then(
         () => {
           failures = 0;
           for (const set of listeners.values()) for (const listener of set) call(listener, '');
@@ -126,6 +151,7 @@ export function createPostgresNotifications(options: PostgresNotificationsOption
       }
       const entry = (payload: string): void => deliver(payload);
       set.add(entry);
+      idle.delete(channel);
       if (first) listened.set(channel, connection().then(async (c) => void (await command(c, `listen ${quoted(channel)}`))));
       try {
         await listened.get(channel);
@@ -141,9 +167,15 @@ export function createPostgresNotifications(options: PostgresNotificationsOption
       return async () => {
         own.delete(entry);
         if (own.size > 0 || listeners.get(channel) !== own) return;
-        listeners.delete(channel);
-        listened.delete(channel);
-        if (client !== undefined) await command(client, `unlisten ${quoted(channel)}`).catch(() => undefined);
+        // Still listened to: the next subscriber (the same agent's next poll) finds it ready.
+        idle.add(channel);
+        if (idle.size <= maxIdle) return;
+        const [oldest] = idle;
+        if (oldest === undefined) return;
+        idle.delete(oldest);
+        listeners.delete(oldest);
+        listened.delete(oldest);
+        if (client !== undefined) await command(client, `unlisten ${quoted(oldest)}`).catch(() => undefined);
       };
     },
 
@@ -153,6 +185,7 @@ export function createPostgresNotifications(options: PostgresNotificationsOption
       reconnectTimer = undefined;
       listeners.clear();
       listened.clear();
+      idle.clear();
       await connecting?.catch(() => undefined);
       const open = client;
       client = undefined;

@@ -4,12 +4,13 @@ import { BerthError } from '@berth/core';
 import type { NewVolume, Server, Store, Volume } from '@berth/core';
 import { Kysely, sql } from 'kysely';
 import pg from 'pg';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { describeStoreConformance } from './conformance.js';
 import { describeManyHostsStoreConformance } from './conformance-many-hosts.js';
 import type { Database } from './database.js';
 import { openPostgresStore } from './open-postgres-store.js';
 import { BerthPostgresDialect } from './postgres-dialect.js';
+import { createPostgresNotifications } from './postgres-notifications.js';
 import { withBeginPreamble } from './postgres-driver.js';
 import { redactPostgresUrl } from './postgres-url.js';
 import { queryOn, startPostgresCluster } from './testing/postgres-cluster.js';
@@ -324,6 +325,49 @@ describe('PostgreSQL concurrency', () => {
       expect(warnings.filter((w) => w.includes('already executing a query'))).toEqual([]);
     } finally {
       process.off('warning', onWarning);
+    }
+  });
+
+  it('one LISTEN per channel and process: a channel its last listener left stays listened to, up to a bound', async () => {
+    const url = await running().createDatabase();
+    const sender = await openTracked(url);
+    // Every statement the listening connection ran so far.
+    let recorded: () => string[] = () => [];
+    const backend = createPostgresNotifications({
+      newClient: () => {
+        const client = new pg.Client({ connectionString: url });
+        const query = vi.spyOn(client, 'query');
+        recorded = () => query.mock.calls.map((call) => String(call[0]));
+        return client;
+      },
+      target: 'test',
+      password: undefined,
+      maxIdleChannels: 2,
+    });
+    try {
+      // A long-poll after another on one channel: LISTEN once, never UNLISTEN.
+      for (let poll = 0; poll < 3; poll++) {
+        let delivered!: (payload: string) => void;
+        const arrived = new Promise<string>((resolve) => (delivered = resolve));
+        const stop = await backend.subscribe('work_host_1', delivered);
+        await sender.notifications!.notify('work_host_1', `item-${poll}`);
+        expect(await arrived).toBe(`item-${poll}`);
+        await stop();
+      }
+      expect(recorded()).toEqual(['listen "work_host_1"']);
+      // Past the bound, the least recently used idle channel is let go.
+      for (const channel of ['work_host_2', 'work_host_3']) await (await backend.subscribe(channel, () => undefined))();
+      expect(recorded()).toEqual(['listen "work_host_1"', 'listen "work_host_2"', 'listen "work_host_3"', 'unlisten "work_host_1"']);
+      // And a subscriber on it listens again before subscribe() resolves.
+      let delivered!: (payload: string) => void;
+      const arrived = new Promise<string>((resolve) => (delivered = resolve));
+      const stop = await backend.subscribe('work_host_1', delivered);
+      await sender.notifications!.notify('work_host_1', 'again');
+      expect(await arrived).toBe('again');
+      await stop();
+      expect(recorded().slice(4)).toEqual(['listen "work_host_1"', 'unlisten "work_host_2"']);
+    } finally {
+      await backend.close();
     }
   });
 

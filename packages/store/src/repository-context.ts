@@ -12,6 +12,11 @@ export interface RepositoryContext {
    * busy with ordinary work does not make a live holder's lease pass.
    */
   urgentDb(): Kysely<Database>;
+  /**
+   * Run `fn` as one transaction: the open one when there is one, else a new one (its statements
+   * go through `db()` as usual). For a few writes that must land together.
+   */
+  atomically<T>(fn: () => Promise<T>): Promise<T>;
   /** The engine-specific encodings. */
   readonly dialect: StoreDialect;
   /** The store's clock (ISO-8601, strictly increasing). */

@@ -1,4 +1,4 @@
-import type { ColumnDataType, IsolationLevel } from 'kysely';
+import type { ColumnDataType, IsolationLevel, RawBuilder } from 'kysely';
 import type { DbBoolean, DbJson } from './database.js';
 
 /** What a constraint violation was, as far as the repositories care. */
@@ -23,6 +23,17 @@ export interface StoreDialect {
    * `UPDATE … WHERE id IN (SELECT …)` is atomic anyway, because the engine has one writer.
    */
   readonly supportsRowLocks: boolean;
+  /**
+   * Whether a `WITH` may hold an `UPDATE … RETURNING` whose rows feed the outer statement
+   * (PostgreSQL's data-modifying CTEs): two writes in one statement. Without it (SQLite) such
+   * pairs run as two statements in one transaction.
+   */
+  readonly writesInCte: boolean;
+  /**
+   * Whole milliseconds from the ISO-8601 instant in text column `column` to the instant `end`
+   * (never negative), computed by the engine: a row's duration without reading it first.
+   */
+  elapsedMs(column: string, end: string): RawBuilder<number>;
   /** Encode a JSON-serialisable value for a JSON column. */
   encodeJson(value: unknown): DbJson;
   /** Decode what the driver returned for a JSON column (`null` stays `null`). */

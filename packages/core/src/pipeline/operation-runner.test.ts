@@ -13,23 +13,43 @@ const broken = (): BerthError => new BerthError('HOST_UNSUPPORTED', 'the disk is
 
 interface Journal {
   rows: Array<{ name: string; phase: string; state: string }>;
-  /** Fail the next writes: a function of the write (`start:<name>:<phase>` or `end:<name>:<state>`). */
+  /**
+   * Fail the next writes: a function of the write (`start:<name>:<phase>` or `end:<name>:<state>`;
+   * a boundary written as one is refused when either of its halves is, and then writes nothing).
+   */
   failWhen?: (write: string) => BerthError | undefined;
+  /** The store calls that wrote, in order (`start`, `end`, `advance`). */
+  writes?: string[];
 }
 
 function journalStore(journal: Journal): Store {
+  const refuse = (write: string): void => {
+    const failure = journal.failWhen?.(write);
+    if (failure) throw failure;
+  };
+  const start = (name: string, phase: string): number => {
+    journal.rows.push({ name, phase, state: 'running' });
+    return journal.rows.length;
+  };
   const operations = {
     async startStep(_id: string, name: string, phase: 'do' | 'undo') {
-      const failure = journal.failWhen?.(`start:${name}:${phase}`);
-      if (failure) throw failure;
-      journal.rows.push({ name, phase, state: 'running' });
-      return journal.rows.length;
+      refuse(`start:${name}:${phase}`);
+      journal.writes?.push('start');
+      return start(name, phase);
     },
     async endStep(_id: string, seq: number, outcome: { state: string }) {
       const row = journal.rows[seq - 1]!;
-      const failure = journal.failWhen?.(`end:${row.name}:${outcome.state}`);
-      if (failure) throw failure;
+      refuse(`end:${row.name}:${outcome.state}`);
+      journal.writes?.push('end');
       row.state = outcome.state;
+    },
+    async advanceStep(_id: string, seq: number, outcome: { state: string }, next: { name: string; phase: 'do' | 'undo' }) {
+      const row = journal.rows[seq - 1]!;
+      refuse(`end:${row.name}:${outcome.state}`);
+      refuse(`start:${next.name}:${next.phase}`);
+      journal.writes?.push('advance');
+      row.state = outcome.state;
+      return start(next.name, next.phase);
     },
   };
   return { operations } as unknown as Store;
@@ -111,6 +131,43 @@ describe('OperationRunner and a failing journal (finding 5 of issue 9)', () => {
     expect(outcome.ok).toBe(true);
     expect(outcome.journalErrors).toHaveLength(1);
     expect(log).toEqual(['do reserve', 'do connect', 'do disconnect', 'do finish']);
+  });
+});
+
+describe('OperationRunner writes each step boundary once (issue 12 item 2)', () => {
+  it('a run of 4 steps is 5 journal writes: one start, 3 boundaries (end + next start), one end', async () => {
+    const journal: Journal = { rows: [], writes: [] };
+    const outcome = await run(journal, steps([]));
+    expect(outcome.ok).toBe(true);
+    expect(journal.writes).toEqual(['start', 'advance', 'advance', 'advance', 'end']);
+    expect(journal.rows.map((r) => `${r.name}:${r.phase}:${r.state}`)).toEqual(['reserve:do:done', 'connect:do:done', 'disconnect:do:done', 'finish:do:done']);
+  });
+
+  it('undos are journalled the same way, newest first', async () => {
+    const journal: Journal = { rows: [], writes: [] };
+    const log: string[] = [];
+    const outcome = await run(journal, steps(log, { failAt: 'disconnect' }));
+    expect(outcome).toMatchObject({ ok: false, rolledBack: true });
+    // start reserve, reserve→connect, connect→disconnect, disconnect failed; then the 3 undos.
+    expect(journal.writes).toEqual(['start', 'advance', 'advance', 'end', 'start', 'advance', 'advance', 'end']);
+    expect(journal.rows.map((r) => `${r.name}:${r.phase}:${r.state}`)).toEqual([
+      'reserve:do:done',
+      'connect:do:done',
+      'disconnect:do:failed',
+      'disconnect:undo:done',
+      'connect:undo:done',
+      'reserve:undo:done',
+    ]);
+  });
+
+  it('past the point of no return, a boundary that cannot be written leaves the step running and the next one starts its own row', async () => {
+    const journal: Journal = { rows: [], writes: [], failWhen: (write) => (write === 'end:disconnect:done' ? broken() : undefined) };
+    const log: string[] = [];
+    const outcome = await run(journal, steps(log, { noReturnAt: 'disconnect' }));
+    expect(outcome.ok).toBe(true);
+    expect(outcome.journalErrors).toHaveLength(1);
+    expect(log).toEqual(['do reserve', 'do connect', 'do disconnect', 'do finish']);
+    expect(journal.rows.map((r) => `${r.name}:${r.state}`)).toEqual(['reserve:done', 'connect:done', 'disconnect:running', 'finish:done']);
   });
 });
 

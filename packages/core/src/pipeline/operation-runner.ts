@@ -1,7 +1,7 @@
 import { BerthError, toBerthError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { ErrorSummary } from '../model.js';
-import type { Store } from '../store.js';
+import type { StepOutcome, Store } from '../store.js';
 import type { Step } from './step.js';
 import type { FaultInjector } from '../faults.js';
 import { withStoreRetry } from './store-retry.js';
@@ -95,17 +95,24 @@ export class OperationRunner {
       return { ok: false, error, rolledBack: undoErrors.length === 0, forward: false, undoErrors, journalErrors, timings };
     };
 
-    for (const step of steps) {
-      const started = performance.now();
+    // The seq of the step about to run when the previous boundary already started its row.
+    let started: number | undefined;
+    for (const [index, step] of steps.entries()) {
+      const begun = performance.now();
       if (options.fenced?.aborted) return fail(toBerthError(options.fenced.reason), [], false);
       let seq: number;
-      try {
-        seq = await journal(`journal ${step.name}`, () => this.store.operations.startStep(operationId, step.name, 'do'));
-      } catch (raw) {
-        // The step never ran: undo what did (or, past the point of no return, leave it to recovery).
-        const error = journalFailure(raw, `recording step ${step.name} failed`);
-        logger.warn({ operationId, step: step.name, code: error.code, err: error.message }, 'journal write failed');
-        return fail(error, [...done], pastNoReturn);
+      if (started !== undefined) {
+        seq = started;
+        started = undefined;
+      } else {
+        try {
+          seq = await journal(`journal ${step.name}`, () => this.store.operations.startStep(operationId, step.name, 'do'));
+        } catch (raw) {
+          // The step never ran: undo what did (or, past the point of no return, leave it to recovery).
+          const error = journalFailure(raw, `recording step ${step.name} failed`);
+          logger.warn({ operationId, step: step.name, code: error.code, err: error.message }, 'journal write failed');
+          return fail(error, [...done], pastNoReturn);
+        }
       }
       let data: Record<string, unknown> | void;
       try {
@@ -117,13 +124,13 @@ export class OperationRunner {
         // failure from here on must not undo earlier steps.
         if (step.pointOfNoReturn) pastNoReturn = true;
         await options.faults?.hit(`${point}.after`);
-        timings[step.name] = round(performance.now() - started);
+        timings[step.name] = round(performance.now() - begun);
       } catch (raw) {
         // A driver whose command our signal cut short reports it as CANCELLED; the signal knows why
         // (the deadline passed, or the caller cancelled), and that is what the user must hear.
         const cutShort = signal.aborted && (!BerthError.is(raw) || raw.code === 'CANCELLED');
         const error = toBerthError(cutShort ? signal.reason : raw);
-        timings[step.name] = round(performance.now() - started);
+        timings[step.name] = round(performance.now() - begun);
         // Taken over: the journal is the new owner's now.
         if (options.fenced?.aborted) return fail(error, [], false);
         await journal(`journal ${step.name}`, () => this.store.operations.endStep(operationId, seq, { state: 'failed', error: summarize(error) })).catch(
@@ -135,13 +142,24 @@ export class OperationRunner {
         const halfWay = step.pointOfNoReturn === true && step.failurePassesNoReturn?.(error) === true;
         return fail(error, [...done, step], pastNoReturn || halfWay);
       }
+      // The boundary is one write: this step's end and the next one's start (a taken-over run
+      // starts nothing more). The journal never shows this step done with no next row begun, a
+      // state a crash before the next step's work would have shown as the same thing anyway.
+      const next = options.fenced?.aborted ? undefined : steps[index + 1];
+      const outcome = { state: 'done', data: data ?? null } as const;
       try {
-        await journal(`journal ${step.name}`, () => this.store.operations.endStep(operationId, seq, { state: 'done', data: data ?? null }));
+        started = await journal(`journal ${step.name}`, () =>
+          next === undefined
+            ? this.store.operations.endStep(operationId, seq, outcome).then(() => undefined)
+            : this.store.operations.advanceStep(operationId, seq, outcome, { name: next.name, phase: 'do' }),
+        );
       } catch (raw) {
+        // Neither row was written.
         const error = journalFailure(raw, `recording the end of step ${step.name} failed`);
         logger.warn({ operationId, step: step.name, code: error.code, err: error.message }, 'journal write failed');
         if (!pastNoReturn) return fail(error, [...done, step], false);
-        // The work is done and stands; recovery finds the step's row still running and finishes it.
+        // The work is done and stands; recovery finds the step's row still running and finishes
+        // it. The next step starts its own row, as if this boundary had been two writes.
         journalErrors.push(error);
       }
       done.push(step);
@@ -155,24 +173,37 @@ export class OperationRunner {
    */
   async undo<C>(steps: ReadonlyArray<Step<C>>, context: C, options: RunOptions, journalErrors: BerthError[] = []): Promise<BerthError[]> {
     const errors: BerthError[] = [];
-    for (const step of steps) {
-      if (!step.undo) continue;
+    const undoable = steps.filter((step) => step.undo !== undefined);
+    // The seq of the undo about to run when the previous undo's end already started its row.
+    let started: number | undefined;
+    for (const [index, step] of undoable.entries()) {
       const signal = AbortSignal.timeout(options.undoTimeoutMs);
       const journal = <T>(fn: () => Promise<T>): Promise<T | undefined> =>
         withStoreRetry(fn, { what: `journal undo ${step.name}`, signal, logger: options.logger }).catch((error: unknown) => {
           journalErrors.push(toBerthError(error));
           return undefined;
         });
-      const seq = await journal(() => this.store.operations.startStep(options.operationId, step.name, 'undo'));
+      const seq = started ?? (await journal(() => this.store.operations.startStep(options.operationId, step.name, 'undo')));
+      started = undefined;
+      let outcome: StepOutcome;
       try {
-        await step.undo(context, signal, { failures: errors.map((e) => `${e.message}`) });
-        if (seq !== undefined) await journal(() => this.store.operations.endStep(options.operationId, seq, { state: 'done' }));
+        await step.undo?.(context, signal, { failures: errors.map((e) => `${e.message}`) });
+        outcome = { state: 'done' };
       } catch (raw) {
         const error = toBerthError(raw);
         errors.push(error);
-        if (seq !== undefined) await journal(() => this.store.operations.endStep(options.operationId, seq, { state: 'failed', error: summarize(error) }));
+        outcome = { state: 'failed', error: summarize(error) };
         options.logger.error({ operationId: options.operationId, step: step.name, code: error.code, err: error.message }, 'undo failed');
       }
+      if (seq === undefined) continue;
+      // One write per boundary here too: this undo's end and the next undo's start. When it
+      // fails, neither is written, and the next undo starts its own row.
+      const next = undoable[index + 1];
+      started = await journal(() =>
+        next === undefined
+          ? this.store.operations.endStep(options.operationId, seq, outcome).then(() => undefined)
+          : this.store.operations.advanceStep(options.operationId, seq, outcome, { name: next.name, phase: 'undo' }),
+      );
     }
     return errors;
   }

@@ -8,19 +8,33 @@ import type {
   OperationRepository,
   OperationState,
   OperationStep,
+  StepOutcome,
 } from '@berth/core';
-import type { Selectable } from 'kysely';
-import type { OperationsTable } from '../database.js';
+import { sql } from 'kysely';
+import type { QueryCreator, RawBuilder, Selectable } from 'kysely';
+import type { Database, OperationsTable } from '../database.js';
 import { encodeNullableJson, violation, withPicked } from '../repository-context.js';
 import type { RepositoryContext } from '../repository-context.js';
 import { toOperation, toOperationStep } from '../row-mappers.js';
 import { alreadyExists, notFound, stateConflict } from '../store-errors.js';
 
 const zStepOutcome = zOperationStep.pick({ error: true, data: true }).partial();
+const zStepStart = zOperationStep.pick({ name: true, phase: true });
+
+/** A journal row to start. */
+type StepStart = z.infer<typeof zStepStart>;
+
+/** A step outcome, validated, with the instant it ends. */
+interface ValidOutcome {
+  state: 'done' | 'failed';
+  data: Record<string, unknown> | null | undefined;
+  error: ErrorSummary | null | undefined;
+  endedAt: string;
+}
 const zFinishOutcome = zOperation.pick({ error: true, result: true }).partial();
 
 /**
- * How often `startStep` retries when a concurrent writer took the same seq (PostgreSQL only;
+ * How often `startStep` / `advanceStep` retry when a concurrent writer took the same seq (PostgreSQL only;
  * SQLite serialises writers). Each round one of the racing writers wins, so N concurrent
  * callers need at most N rounds; this bounds the loop, it is not expected to be reached.
  */
@@ -77,6 +91,81 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
     if (row === undefined) return undefined;
     const [operation] = await withSteps([row]);
     return operation;
+  };
+
+  /**
+   * `INSERT … SELECT` of running row `valid` with seq one past the operation's last — computed in
+   * the statement, so two writers cannot both read the same max (one gets a unique violation).
+   * With `onlyIf`, the row is inserted only when that holds (a HAVING on the one aggregate row).
+   */
+  const insertStep = (db: QueryCreator<Database>, id: string, valid: StepStart, onlyIf?: RawBuilder<boolean>) =>
+    db
+      .insertInto('operation_steps')
+      .columns(['operation_id', 'seq', 'name', 'phase', 'state', 'started_at'])
+      .expression((eb) =>
+        eb
+          .selectFrom('operation_steps')
+          .where('operation_steps.operation_id', '=', id)
+          .select((sb) => [
+            sb.val(id).as('operation_id'),
+            sb(sb.fn.coalesce(sb.fn.max('operation_steps.seq'), sb.lit(0)), '+', sb.lit(1)).as('seq'),
+            sb.val(valid.name).as('name'),
+            sb.val(valid.phase).as('phase'),
+            sb.val('running').as('state'),
+            sb.val(ctx.now()).as('started_at'),
+          ])
+          .$if(onlyIf !== undefined, (qb) => qb.having(onlyIf ?? sql<boolean>`true`)),
+      )
+      .returning('seq');
+
+  /** `UPDATE` closing running row `seq` of `id`, its duration computed by the engine from its start. */
+  const closeStep = (db: QueryCreator<Database>, id: string, seq: number, valid: ValidOutcome) =>
+    db
+      .updateTable('operation_steps')
+      .set({
+        state: valid.state,
+        ended_at: valid.endedAt,
+        duration_ms: ctx.dialect.elapsedMs('started_at', valid.endedAt),
+        data: encodeNullableJson(ctx, valid.data),
+        error: encodeNullableJson(ctx, valid.error),
+      })
+      .where('operation_id', '=', id)
+      .where('seq', '=', seq)
+      .where('state', '=', 'running');
+
+  /** A validated step outcome with the instant it ends. */
+  const validOutcome = (outcome: StepOutcome): ValidOutcome => {
+    if (outcome.state !== 'done' && outcome.state !== 'failed') {
+      throw new BerthError('VALIDATION', `invalid step outcome: state must be done or failed, got ${String(outcome.state)}`);
+    }
+    const valid = parseWith(zStepOutcome, { data: outcome.data, error: outcome.error }, 'step outcome');
+    return { state: outcome.state, data: valid.data, error: valid.error, endedAt: ctx.now() };
+  };
+
+  /** Why closing row `seq` of `id` matched nothing: it is missing, or already closed (read only then). */
+  const notClosable = async (id: string, seq: number): Promise<Error> => {
+    const step = await ctx.db().selectFrom('operation_steps').select(['name', 'state']).where('operation_id', '=', id).where('seq', '=', seq).executeTakeFirst();
+    if (step === undefined) return notFound('operation', `${id} step ${seq}`);
+    return new BerthError('CONFLICT', `step ${seq} (${step.name}) of operation ${id} is already ${step.state}`, {
+      hint: 'a journal row is closed once; start a new step to record another attempt',
+      details: { id, seq, actual: step.state, expected: ['running'] },
+    });
+  };
+
+  /**
+   * Run `write`, which appends a journal row to `id`, again while a concurrent writer took the
+   * same seq (PostgreSQL; each write is one statement or transaction, so a lost race wrote nothing).
+   */
+  const withSeqRetry = async <T>(id: string, write: () => Promise<T>): Promise<T> => {
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        return await ctx.dialect.guarded(write);
+      } catch (error) {
+        const kind = violation(ctx, error);
+        if (kind === 'foreign_key') throw notFound('operation', id);
+        if (kind !== 'unique' || attempt >= START_STEP_ATTEMPTS) throw error;
+      }
+    }
   };
 
   /** Why a CAS from `running` on operation `id` matched no row. */
@@ -165,78 +254,36 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
     },
 
     async startStep(id: string, name: string, phase: 'do' | 'undo'): Promise<number> {
-      const valid = parseWith(zOperationStep.pick({ name: true, phase: true }), { name, phase }, 'operation step');
-      for (let attempt = 1; ; attempt += 1) {
-        try {
-          // seq is computed inside the INSERT, so two writers cannot both read the same max.
-          const row = await ctx.dialect.guarded(() =>
-            ctx
-              .db()
-              .insertInto('operation_steps')
-              .columns(['operation_id', 'seq', 'name', 'phase', 'state', 'started_at'])
-              .expression((eb) =>
-                eb
-                  .selectFrom('operation_steps')
-                  .where('operation_steps.operation_id', '=', id)
-                  .select((sb) => [
-                    sb.val(id).as('operation_id'),
-                    sb(sb.fn.coalesce(sb.fn.max('operation_steps.seq'), sb.lit(0)), '+', sb.lit(1)).as('seq'),
-                    sb.val(valid.name).as('name'),
-                    sb.val(valid.phase).as('phase'),
-                    sb.val('running').as('state'),
-                    sb.val(ctx.now()).as('started_at'),
-                  ]),
-              )
-              .returning('seq')
-              .executeTakeFirstOrThrow(),
-          );
-          return Number(row.seq);
-        } catch (error) {
-          const kind = violation(ctx, error);
-          if (kind === 'foreign_key') throw notFound('operation', id);
-          if (kind !== 'unique' || attempt >= START_STEP_ATTEMPTS) throw error;
-        }
-      }
+      const valid = parseWith(zStepStart, { name, phase }, 'operation step');
+      return withSeqRetry(id, async () => Number((await insertStep(ctx.db(), id, valid).executeTakeFirstOrThrow()).seq));
     },
 
-    async endStep(
-      id: string,
-      seq: number,
-      outcome: { state: 'done' | 'failed'; data?: Record<string, unknown> | null; error?: ErrorSummary | null },
-    ): Promise<void> {
-      if (outcome.state !== 'done' && outcome.state !== 'failed') {
-        throw new BerthError('VALIDATION', `invalid step outcome: state must be done or failed, got ${String(outcome.state)}`);
-      }
-      const valid = parseWith(zStepOutcome, { data: outcome.data, error: outcome.error }, 'step outcome');
-      const step = await ctx
-        .db()
-        .selectFrom('operation_steps')
-        .select(['name', 'state', 'started_at'])
-        .where('operation_id', '=', id)
-        .where('seq', '=', seq)
-        .executeTakeFirst();
-      if (step === undefined) throw notFound('operation', `${id} step ${seq}`);
-      const endedAt = ctx.now();
-      const result = await ctx
-        .db()
-        .updateTable('operation_steps')
-        .set({
-          state: outcome.state,
-          ended_at: endedAt,
-          duration_ms: Math.max(0, Date.parse(endedAt) - Date.parse(step.started_at)),
-          data: encodeNullableJson(ctx, valid.data),
-          error: encodeNullableJson(ctx, valid.error),
-        })
-        .where('operation_id', '=', id)
-        .where('seq', '=', seq)
-        .where('state', '=', 'running')
-        .executeTakeFirst();
-      if (result.numUpdatedRows === 0n) {
-        throw new BerthError('CONFLICT', `step ${seq} (${step.name}) of operation ${id} is already ${step.state}`, {
-          hint: 'a journal row is closed once; start a new step to record another attempt',
-          details: { id, seq, actual: step.state, expected: ['running'] },
-        });
-      }
+    async endStep(id: string, seq: number, outcome: StepOutcome): Promise<void> {
+      const closed = await closeStep(ctx.db(), id, seq, validOutcome(outcome)).executeTakeFirst();
+      if (closed.numUpdatedRows === 0n) throw await notClosable(id, seq);
+    },
+
+    async advanceStep(id: string, seq: number, outcome: StepOutcome, next: { name: string; phase: 'do' | 'undo' }): Promise<number> {
+      const closing = validOutcome(outcome);
+      const valid = parseWith(zStepStart, next, 'operation step');
+      const started = await withSeqRetry(id, async () => {
+        if (!ctx.dialect.writesInCte) {
+          return ctx.atomically(async () => {
+            const closed = await closeStep(ctx.db(), id, seq, closing).executeTakeFirst();
+            if (closed.numUpdatedRows === 0n) return undefined;
+            return Number((await insertStep(ctx.db(), id, valid).executeTakeFirstOrThrow()).seq);
+          });
+        }
+        // One statement: the row is inserted only if the UPDATE closed one (the CTE's rows feed
+        // the HAVING), so a refused close writes nothing; a seq race aborts both.
+        const withEnded = ctx.db().with('ended', (qc) => closeStep(qc, id, seq, closing).returning('operation_id'));
+        // The INSERT names `ended` only in raw SQL, so it is built on the plain schema's type.
+        const db = withEnded as unknown as QueryCreator<Database>;
+        const row = await insertStep(db, id, valid, sql<boolean>`exists (select 1 from ended)`).executeTakeFirst();
+        return row === undefined ? undefined : Number(row.seq);
+      });
+      if (started === undefined) throw await notClosable(id, seq);
+      return started;
     },
 
     async finish(
