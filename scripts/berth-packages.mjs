@@ -22,7 +22,7 @@
 import { execFile } from 'node:child_process';
 import { copyFile, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 
@@ -46,15 +46,15 @@ export async function publishableWorkspaces() {
   return workspaces.filter((w) => w.private !== true).map((w) => ({ name: w.name, dir: join(ROOT, w.location) }));
 }
 
-/** npm pack each publishable workspace into `out`; resolves with the tarballs' paths. */
+/** npm pack every publishable workspace into `out`; resolves with the tarballs' paths. */
 export async function packAll(out) {
   await mkdir(out, { recursive: true });
-  const tarballs = [];
-  for (const workspace of await publishableWorkspaces()) {
-    const packed = JSON.parse(await npm(['pack', '--json', '--pack-destination', out, workspace.dir]));
-    tarballs.push(join(out, packed[0].filename));
-  }
-  return tarballs;
+  // One npm for all of them: npm's own start dominates a pack, and nineteen in a row took ~90 s on a
+  // loaded 2-core machine against ~18 s for one (the tarballs are byte for byte the same). Each
+  // directory is given as `./…` from ROOT: a bare `packages/core` would be read as a GitHub repo.
+  const dirs = (await publishableWorkspaces()).map((workspace) => `./${relative(ROOT, workspace.dir)}`);
+  const packed = JSON.parse(await npm(['pack', '--json', '--pack-destination', out, ...dirs]));
+  return packed.map((entry) => join(out, entry.filename));
 }
 
 /** Pack everything and install it into `prefix`; resolves with the path of the `berth` executable. */

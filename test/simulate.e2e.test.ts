@@ -5,29 +5,31 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { stopManagedTgtd } from '@berth/backend-tgt';
 import { EXIT_CODES, type ReconcileReport } from '@berth/core';
 import { errorBody, makeSandbox, type BerthSandbox } from './support/berth-cli.js';
-import { freePort } from './support/ports.js';
+import { freeControlPort, freePort } from './support/ports.js';
 
 // Issue 3 as a user runs it: `berth volume create --backend tgt`, `berth --simulate attach`, bytes
 // through the device into the LUN file, `berth --simulate detach`, then nothing left. A plain
 // `berth detach` / `reconcile` of that attachment refuses / skips it (it was made on the simulated host).
 
-const CONTROL_PORT = 2000 + (process.pid % 20000);
-
 let sandbox: BerthSandbox;
+// A tgtd control port nobody answers on (probed), not one derived from the pid: another run's tgtd
+// may hold any number, and berth's tgtadm would then act on that run's targets.
+let controlPort = 0;
 
 beforeEach(async () => {
   sandbox = await makeSandbox();
+  controlPort = await freeControlPort();
   const { mkdir } = await import('node:fs/promises');
   await mkdir(sandbox.dataDir, { recursive: true });
   await writeFile(
     join(sandbox.dataDir, 'config.json'),
-    JSON.stringify({ pluginOptions: { '@berth/backend-tgt': { portals: [`127.0.0.1:${await freePort()}`], controlPort: CONTROL_PORT } } }),
+    JSON.stringify({ pluginOptions: { '@berth/backend-tgt': { portals: [`127.0.0.1:${await freePort()}`], controlPort } } }),
   );
 });
 
 afterEach(async () => {
   await sandbox.run(['simulate', 'stop']);
-  await stopManagedTgtd(sandbox.dataDir, CONTROL_PORT).catch(() => undefined);
+  await stopManagedTgtd(sandbox.dataDir, controlPort).catch(() => undefined);
   await sandbox.remove();
 }, 120_000);
 

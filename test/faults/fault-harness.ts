@@ -6,7 +6,7 @@
 // error state, loop devices nobody's record names (leaked), and /dev/berth links that lead to
 // another volume's device (wrong-device links). Targets: 0, 0, 0, 0.
 import { spawnSync } from 'node:child_process';
-import { existsSync, lstatSync, readdirSync, readlinkSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync, readlinkSync, watch } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import path from 'node:path';
 import { execa } from 'execa';
@@ -116,6 +116,33 @@ async function newestOperation(store: Store): Promise<Operation | undefined> {
   return (await store.operations.list({ limit: 1 }))[0];
 }
 
+/** Changes to the files of a directory (inotify): `next` resolves at the first one since the last `clear`. */
+interface DirectoryChanges {
+  clear(): void;
+  next(): Promise<void>;
+  close(): void;
+}
+
+function watchChanges(dir: string): DirectoryChanges {
+  // A change while nobody waits is kept (`pending`), so one between a read and the wait is not lost.
+  let pending = false;
+  let wake: (() => void) | undefined;
+  const watcher = watch(dir, () => {
+    pending = true;
+    wake?.();
+  });
+  return {
+    clear: () => {
+      pending = false;
+    },
+    next: () => (pending ? Promise.resolve() : new Promise<void>((resolve) => (wake = resolve))),
+    close: () => {
+      wake?.();
+      watcher.close();
+    },
+  };
+}
+
 /** Options of one command run. */
 export interface RunOptions {
   /** Kill it this many ms after its operation row appears (undefined: let it finish). */
@@ -146,18 +173,26 @@ export async function runCommand(sandbox: BerthSandbox, reader: Store, args: str
     ended = true;
     return r;
   });
-  // Watch for the operation row; the CLI's own start (node, oclif, recovery) comes before it.
+  // Watch for the operation row; the CLI's own start (node, oclif, recovery) comes before it. The
+  // database is read again each time a file of the data dir changes (the row is a WAL write), not
+  // every few ms: that poll took a good part of a core from the CLI starting beside it.
   let rowAt: number | undefined;
   let operation: Operation | undefined;
-  while (!ended) {
-    const newest = await newestOperation(reader).catch(() => undefined);
-    if (newest && newest.id !== before && newest.kind !== 'reconcile') {
-      operation = newest;
-      rowAt = Date.now();
-      options.onRow?.();
-      break;
+  const changes = watchChanges(sandbox.dataDir);
+  try {
+    while (!ended) {
+      changes.clear();
+      const newest = await newestOperation(reader).catch(() => undefined);
+      if (newest && newest.id !== before && newest.kind !== 'reconcile') {
+        operation = newest;
+        rowAt = Date.now();
+        options.onRow?.();
+        break;
+      }
+      await Promise.race([result, changes.next()]);
     }
-    await Promise.race([result, sleep(3)]);
+  } finally {
+    changes.close();
   }
   let killed = false;
   if (rowAt !== undefined && options.killAfterRowMs !== undefined && !ended) {

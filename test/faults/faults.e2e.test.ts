@@ -11,7 +11,7 @@ import { seededRandom } from '@berth/runtime';
 import { makeSandbox, type BerthSandbox } from '../support/berth-cli.js';
 import { detachLoopDevicesUnder, removeBerthLinks } from '../support/loop-devices.js';
 import { sweepOrphanedSandboxes } from '../support/orphans.js';
-import { freePort } from '../support/ports.js';
+import { freeControlPort, freePort } from '../support/ports.js';
 import { afterFault, FaultTally, holdWriteLock, mountTmpfs, nextCommand, openReader, runCommand, unmountTmpfs, type CommandRun } from './fault-harness.js';
 
 const KILLS = Number(process.env.BERTH_FAULTS_KILLS ?? 50);
@@ -19,8 +19,12 @@ const ISCSI_KILLS = Number(process.env.BERTH_FAULTS_ISCSI_KILLS ?? 2);
 const LOCK_CYCLES = Number(process.env.BERTH_FAULTS_LOCK_CYCLES ?? 6);
 const FULL_CYCLES = Number(process.env.BERTH_FAULTS_FULL_CYCLES ?? 6);
 const SEED = Number(process.env.BERTH_FAULTS_SEED ?? Math.floor(Math.random() * 2 ** 31));
-const random = seededRandom(SEED);
-const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)]!;
+const pick = <T>(random: () => number, items: readonly T[]): T => items[Math.floor(random() * items.length)]!;
+// The four suites run at the same time (each on its own data dir, loop devices found free by
+// losetup, its own tgtd ports; all the time is node starting a CLI, so two cores do twice the
+// work): each draws from its own stream of the seed, so BERTH_FAULTS_SEED still replays each one.
+const CONCURRENT = { concurrent: true } as const;
+let suites = 0;
 const MiB = 1024 * 1024;
 // Long enough for the long run on a busy machine.
 const TIMEOUT_MS = Math.max(900_000, (KILLS + ISCSI_KILLS) * 30_000);
@@ -37,6 +41,8 @@ interface Suite {
   tally: FaultTally;
   /** Ids of this data dir's volumes and attachments (whose /dev/berth links are checked). */
   knownIds: Set<string>;
+  /** This suite's stream of the seed. */
+  random: () => number;
 }
 
 /**
@@ -54,12 +60,14 @@ function faultSuite(
 ): () => Suite {
   let suite: Suite | undefined;
   let started = 0;
+  const random = seededRandom(SEED + suites);
+  suites += 1;
   beforeAll(async () => {
     started = Date.now();
     const sandbox = await makeSandbox();
     mkdirSync(sandbox.dataDir, { recursive: true });
     const knownIds = new Set<string>();
-    suite = { sandbox, reader: undefined as unknown as Store, tally: new FaultTally(), knownIds };
+    suite = { sandbox, reader: undefined as unknown as Store, tally: new FaultTally(), knownIds, random };
     await options.prepare?.(sandbox.dataDir);
     const berth = await nextCommand(sandbox.dataDir, { ...(options.simulate ? { simulate: true } : {}) });
     try {
@@ -95,9 +103,10 @@ function expectClean(tally: FaultTally): void {
 /** Per command kind, how long it ran after its operation row appeared (to aim the kills). */
 class Aim {
   private readonly spans = new Map<string, number>();
+  constructor(private readonly random: () => number) {}
   /** A kill delay: uniform over the span the command usually runs after its row appears. */
   delay(kind: string): number {
-    return Math.floor(random() * 0.9 * (this.spans.get(kind) ?? 1500));
+    return Math.floor(this.random() * 0.9 * (this.spans.get(kind) ?? 1500));
   }
   learn(kind: string, run: CommandRun): void {
     if (run.afterRowMs === undefined) return;
@@ -116,11 +125,11 @@ function commandFor(status: string, volume: string, server?: string): { kind: st
 
 /** A volume of `suite` free to attach or detach, and the command for it. */
 async function nextPlainCommand(suite: Suite, prefix: string): Promise<{ kind: string; args: string[] }> {
-  const volume = pick((await suite.reader.volumes.list()).filter((v) => v.name.startsWith(prefix) && (v.status === 'available' || v.status === 'in-use')));
+  const volume = pick(suite.random, (await suite.reader.volumes.list()).filter((v) => v.name.startsWith(prefix) && (v.status === 'available' || v.status === 'in-use')));
   return commandFor(volume.status, volume.name)!;
 }
 
-describe('random SIGKILL of the CLI', () => {
+describe('random SIGKILL of the CLI', CONCURRENT, () => {
   let s2 = '';
   const suite = faultSuite('random SIGKILL of the CLI', {
     async setup(berth, knownIds) {
@@ -134,8 +143,8 @@ describe('random SIGKILL of the CLI', () => {
   });
 
   it(`${KILLS} random SIGKILLs across attach, detach and multiattach: 0 stuck, 0 leaked, 0 wrong-device links`, async () => {
-    const { sandbox, reader, tally, knownIds } = suite();
-    const aim = new Aim();
+    const { sandbox, reader, tally, knownIds, random } = suite();
+    const aim = new Aim(random);
     let cycles = 0;
     while (tally.kills < KILLS && cycles < KILLS * 4) {
       cycles += 1;
@@ -164,7 +173,7 @@ describe('random SIGKILL of the CLI', () => {
   }, TIMEOUT_MS);
 });
 
-describe('another process holding the database write lock past the busy timeout', () => {
+describe('another process holding the database write lock past the busy timeout', CONCURRENT, () => {
   const suite = faultSuite('lock holder', {
     // A short busy timeout: the lock outlives it and berth has to retry (or fail cleanly).
     prepare: (dataDir) => writeFileSync(path.join(dataDir, 'config.json'), JSON.stringify({ store: { kind: 'sqlite', busyTimeoutMs: 250 } })),
@@ -174,7 +183,7 @@ describe('another process holding the database write lock past the busy timeout'
   });
 
   it(`${LOCK_CYCLES} commands with the write lock held for 0.2-3 s at a random moment: each ends cleanly, then 0 stuck`, async () => {
-    const { sandbox, reader, tally, knownIds } = suite();
+    const { sandbox, reader, tally, knownIds, random } = suite();
     for (let cycle = 1; cycle <= LOCK_CYCLES; cycle += 1) {
       const command = await nextPlainCommand(suite(), 'l');
       const holdMs = 200 + Math.floor(random() * 2800);
@@ -195,7 +204,7 @@ describe('another process holding the database write lock past the busy timeout'
   }, TIMEOUT_MS);
 });
 
-describe('a data dir on a disk that fills up', () => {
+describe('a data dir on a disk that fills up', CONCURRENT, () => {
   let mounted: string | undefined;
   const suite = faultSuite('disk full', {
     prepare(dataDir) {
@@ -226,7 +235,7 @@ describe('a data dir on a disk that fills up', () => {
   }
 
   it(`${FULL_CYCLES} commands on a full disk: each fails with the disk-full error or works, reads keep working, then 0 stuck`, async () => {
-    const { sandbox, reader, tally, knownIds } = suite();
+    const { sandbox, reader, tally, knownIds, random } = suite();
     const filler = path.join(sandbox.dataDir, 'filler');
     for (let cycle = 1; cycle <= FULL_CYCLES; cycle += 1) {
       const command = await nextPlainCommand(suite(), 'f');
@@ -248,11 +257,14 @@ describe('a data dir on a disk that fills up', () => {
   }, TIMEOUT_MS);
 });
 
-describe.runIf(ISCSI_KILLS > 0)('random SIGKILL of berth --simulate (tgt over iSCSI on the simulated host)', () => {
-  const controlPort = 2000 + ((process.pid + 7) % 20000);
+describe.runIf(ISCSI_KILLS > 0)('random SIGKILL of berth --simulate (tgt over iSCSI on the simulated host)', CONCURRENT, () => {
+  // A control port nobody answers on (probed), not one derived from the pid: another run's tgtd
+  // may hold any number, and a tgtadm aimed at it would act on that run's targets.
+  let controlPort = 0;
   const suite = faultSuite('random SIGKILL of berth --simulate', {
     simulate: true,
     async prepare(dataDir) {
+      controlPort = await freeControlPort();
       const portal = `127.0.0.1:${await freePort()}`;
       writeFileSync(path.join(dataDir, 'config.json'), JSON.stringify({ pluginOptions: { '@berth/backend-tgt': { portals: [portal], controlPort } } }));
     },
@@ -261,13 +273,13 @@ describe.runIf(ISCSI_KILLS > 0)('random SIGKILL of berth --simulate (tgt over iS
     },
     async teardown(dataDir) {
       await suite().sandbox.run(['simulate', 'stop']).catch(() => undefined);
-      await stopManagedTgtd(dataDir, controlPort).catch(() => undefined);
+      if (controlPort !== 0) await stopManagedTgtd(dataDir, controlPort).catch(() => undefined);
     },
   });
 
   it(`${ISCSI_KILLS} random SIGKILLs of --simulate attach and detach: 0 stuck, 0 leaked, 0 wrong-device links`, async () => {
-    const { sandbox, reader, tally, knownIds } = suite();
-    const aim = new Aim();
+    const { sandbox, reader, tally, knownIds, random } = suite();
+    const aim = new Aim(random);
     let cycles = 0;
     while (tally.kills < ISCSI_KILLS && cycles < ISCSI_KILLS * 4) {
       cycles += 1;
