@@ -16,12 +16,5 @@ const compiler = [process.env.CC, 'cc', 'gcc'].find((cc) => cc && ['/usr/bin', '
 if (!compiler) {
   console.warn('@berth/simhost: no C compiler (cc/gcc): the simulated tools fall back to a Node client per call (slow); apt-get install -y gcc');
 } else {
-  const flags = ['-O2', '-Wall', '-Wextra', '-Werror', '-o', target, source];
-  try {
-    // Static: no dynamic loader and no libc to map at each start (~0.5 ms of a ~1 ms call here).
-    execFileSync(compiler, ['-static', ...flags], { stdio: 'pipe', timeout: 60_000 });
-  } catch {
-    // No static libc (libc6-dev ships libc.a on Debian; other systems may not): a dynamic one.
-    execFileSync(compiler, flags, { stdio: 'inherit', timeout: 60_000 });
-  }
+  execFileSync(compiler, ['-O2', '-Wall', '-Wextra', '-Werror', '-o', target, source], { stdio: 'inherit', timeout: 60_000 });
 }
