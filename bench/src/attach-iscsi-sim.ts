@@ -124,10 +124,15 @@ export async function benchAttachIscsiSim(options: { deviceDelayMs?: number; ite
       for (const o of attached) for (const [step, ms] of Object.entries(o.attachment?.timings ?? {})) (perStep[step] ??= []).push(ms);
       const state = await sim.state();
       t = performance.now();
-      await Promise.all(names.map((volume) => berth.detach({ volume })));
+      const detached = await Promise.all(names.map((volume) => berth.detach({ volume })));
       const detachAll = performance.now() - t;
+      const perDetachStep: Record<string, number[]> = {};
+      for (const o of detached) for (const [step, ms] of Object.entries((o.operation.result?.timings ?? {}) as Record<string, number>)) (perDetachStep[step] ??= []).push(ms);
       printTable(`${concurrent} LUNs of one target attached concurrently (ms per attach)`, ['step', 'p50', 'max'], [
         ...Object.entries(perStep).map(([k, v]) => row(k, v)),
+      ]);
+      printTable(`${concurrent} LUNs of one target detached concurrently (ms per detach)`, ['step', 'p50', 'max'], [
+        ...Object.entries(perDetachStep).map(([k, v]) => row(k, v)),
       ]);
       printTable(`${concurrent} LUNs, wall clock (ms)`, ['what', 'ms'], [
         ['attach all', attachAll],

@@ -49,3 +49,5 @@ export { NodeDb, type NodeRecord, type DiscoveryRecord } from './node-db.js';
 export { NODE_KEYS, DISCOVERY_KEYS, formatRecordShow, formatRecordFile, parseRecordFile } from './idbm-record.js';
 export { ISCSI_ERR_TEXT, iscsiErrText } from './iscsi-errors.js';
 export type { ToolResult } from './tool-protocol.js';
+export { callTool } from './tool-client.js';
+export type { ToolCall } from './tool-wire.js';

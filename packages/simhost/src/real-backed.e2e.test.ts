@@ -7,6 +7,8 @@ import { RealTargetAccess } from './real/index.js';
 import { startTgtd, type TestTgtd } from './real/tgtd-harness.js';
 import { SimulatedHost } from './simulated-host.js';
 import { VOL1, iscsiadm, loginManual, node } from './test-helpers.js';
+import { createCommandRunner, type CommandRunner } from '@berth/host';
+import { sweepStrays } from './real/index.js';
 
 // The kernel model with a real target behind it: the session is a real login to tgtd, and
 // /dev/sdX is a block special node (mknod) of a real loop device over that LUN.
@@ -61,5 +63,76 @@ describe('the simulated kernel over a real tgtd', { timeout: 120_000 }, () => {
     expect((await iscsiadm(services, ...node(VOL1, tgtd.portal), '--logout')).exitCode).toBe(0);
     expect(await services.fs.exists('/dev/sda')).toBe(false);
     expect((await sim.state()).sessions.find((s) => s.sid === sid)).toBeUndefined();
+  });
+
+  it.skipIf(!available)('deletes 6 disks written together: each write returns with its disk gone, the backings go side by side, a rescan brings them back', async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'berth-simhost-real-'));
+    tgtd = await startTgtd(dir);
+    await tgtd.admin('--op', 'new', '--mode', 'target', '--tid', '1', '-T', VOL1);
+    const luns = [1, 2, 3, 4, 5, 6];
+    for (const lun of luns) {
+      const file = path.join(dir, `lun${lun}.img`);
+      await fsp.writeFile(file, Buffer.alloc(0));
+      await fsp.truncate(file, 4 << 20);
+      await tgtd.admin('--op', 'new', '--mode', 'logicalunit', '--tid', '1', '--lun', String(lun), '-b', file);
+    }
+    await tgtd.admin('--op', 'bind', '--mode', 'target', '--tid', '1', '-I', 'ALL');
+    // The backings' teardowns (`losetup --detach` of each disk's loop device) are held until two
+    // are in flight: one after another, the first would wait out the deadline alone.
+    let detaching = 0;
+    let mostDetaching = 0;
+    let open: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => {
+      open = resolve;
+    });
+    const real = createCommandRunner();
+    const runner: CommandRunner = {
+      async run(file, args, options) {
+        const detach = file === 'losetup' && args[0] === '--detach';
+        if (detach) {
+          mostDetaching = Math.max(mostDetaching, ++detaching);
+          if (mostDetaching >= 2) open();
+          let timer: NodeJS.Timeout | undefined;
+          await Promise.race([gate, new Promise<void>((resolve) => (timer = setTimeout(resolve, 20_000)))]);
+          clearTimeout(timer);
+        }
+        try {
+          return await real.run(file, args, options);
+        } finally {
+          if (detach) detaching -= 1;
+        }
+      },
+    };
+    sim = await SimulatedHost.start({ targetAccess: new RealTargetAccess({ workDir: dir, runner }) });
+    const services = sim.hostServices();
+    const { host } = await loginManual(sim, services, VOL1, tgtd.portal);
+    const names = ['sda', 'sdb', 'sdc', 'sdd', 'sde', 'sdf'];
+    const scanAll = async (): Promise<void> => {
+      expect((await services.runner.run('tee', ['-a', `/sys/class/scsi_host/host${host}/scan`], { input: '- - -' })).exitCode).toBe(0);
+      for (const name of names) expect((await services.fs.stat(`/dev/${name}`))?.isBlockDevice).toBe(true);
+    };
+    await scanAll();
+    await Promise.all(
+      names.map(async (name) => {
+        // os-brick's way: `tee -a .../delete` returns once the kernel has removed the disk.
+        const r = await services.runner.run('tee', ['-a', `/sys/block/${name}/device/delete`], { input: '1' });
+        expect(r.exitCode).toBe(0);
+        expect(await services.fs.exists(`/dev/${name}`)).toBe(false);
+        expect(await services.fs.exists(`/sys/block/${name}`)).toBe(false);
+      }),
+    );
+    // The same LUNs again at once, while (or after) their old backings are released.
+    await scanAll();
+    const handle = await fsp.open(services.fs.resolve('/dev/sdf'), 'r+');
+    await handle.write(Buffer.from('after the rescan'), 0, 16, 8192);
+    await handle.close();
+    expect((await services.runner.run('blockdev', ['--flushbufs', '/dev/sdf'])).exitCode).toBe(0);
+    const lunOf = (await sim.state()).sessions[0]!.luns.find((l) => l.device === 'sdf')!.targetLun;
+    expect((await fsp.readFile(path.join(dir, `lun${lunOf}.img`))).subarray(8192, 8192 + 16).toString()).toBe('after the rescan');
+    expect(mostDetaching).toBeGreaterThan(1);
+    expect((await iscsiadm(services, ...node(VOL1, tgtd.portal), '--logout')).exitCode).toBe(0);
+    await sim.stop();
+    sim = undefined;
+    expect(await sweepStrays(dir)).toEqual({ loopDevices: [], daemonPids: [], mounts: [], dirs: [] });
   });
 });

@@ -179,6 +179,8 @@ interface SimSession {
   sessionDir: string;
   removing: boolean;
   background: Set<Promise<unknown>>;
+  /** Backings of deleted disks still being released (loop, FUSE export, QMP node); logout waits for them. */
+  releases: Set<Promise<void>>;
 }
 
 /**
@@ -449,6 +451,7 @@ export class SimKernel {
     await Promise.allSettled([...s.background]);
     await Promise.allSettled([...s.pending.values()]);
     await Promise.all([...s.luns.values()].map((l) => this.removeLun(s, l)));
+    await Promise.allSettled([...s.releases]);
     s.scanFifo?.close();
     for (const link of [`/sys/class/scsi_host/host${s.host}`, `/sys/class/iscsi_host/host${s.host}`, `/sys/class/iscsi_session/session${sid}`, `/sys/class/iscsi_connection/connection${sid}:0`]) {
       rmSync(this.real(link), { force: true });
@@ -570,6 +573,7 @@ export class SimKernel {
       sessionDir,
       removing: false,
       background: new Set(),
+      releases: new Set(),
     };
     try {
       const stage = this.stage();
@@ -1035,10 +1039,25 @@ export class SimKernel {
       rmSync(this.real(`/dev/${sd.name}`), { force: true });
       lun.devicePresent = false;
       lun.nodePresent = false;
-      await sd.disk.close().catch(() => undefined);
       this.sdUsed.delete(sd.index);
+      this.release(s, sd.disk);
     }
     this.sgUsed.delete(lun.sg);
+  }
+
+  /**
+   * Release a deleted disk's backing after its sysfs and `/dev` node are gone: a `delete` write
+   * waits for the disk to go, as the kernel's does, not for the simulator's plumbing (a loop
+   * device, a FUSE export and a QMP node in real-backed mode, ~170 ms each), so many disks
+   * deleted together release side by side. The session's logout (and so `close`) waits for them;
+   * a rescan of the same LUN opens a new backing (the target session orders it after this one).
+   */
+  private release(s: SimSession, disk: LunDisk): void {
+    const p = disk.close().catch((error: unknown) => {
+      console.error(`sim-kernel: session ${s.sid}: releasing ${disk.backingPath} failed: ${error instanceof Error ? error.message : String(error)}`);
+    });
+    s.releases.add(p);
+    void p.finally(() => s.releases.delete(p));
   }
 
   private stage(): string {

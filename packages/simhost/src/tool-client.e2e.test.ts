@@ -5,6 +5,7 @@ import { pathToFileURL } from 'node:url';
 import { createCommandRunner } from '@berth/host';
 import { afterEach, describe, expect, it } from 'vitest';
 import { compiledToolClientPath, toolClientPath } from './kernel-daemon.js';
+import { callTool } from './tool-client.js';
 import { SimulatedHost } from './simulated-host.js';
 import { decodeToolCall, decodeToolResult, encodeToolCall, encodeToolResult, isToolCall } from './tool-wire.js';
 
@@ -35,6 +36,9 @@ describe('the fake tools\' client', { timeout: 60_000 }, () => {
     // Arguments reach the daemon byte for byte (spaces, quotes, UTF-8, empty ones).
     const odd = await runner.run('iscsiadm', ['-m', 'node', '-T', 'iqn.2026-01.test:a b "c" é', '-p', '', '--op', 'show'], { reject: false });
     expect(odd.exitCode).toBe(21);
+    // The same call without a process (the bench times the daemon's share with it).
+    const socket = path.join(sim.root, 'run/simhost/kernel.sock');
+    expect(await callTool(socket, { tool: 'iscsiadm', argv: ['-m', 'session'], stdin: Buffer.alloc(0) })).toEqual({ exitCode: 21, stdout: '', stderr: 'iscsiadm: No active sessions.\n' });
   });
 
   it('says what the real tools say when the daemon is gone: iscsiadm 20, multipathd silent 1', async () => {

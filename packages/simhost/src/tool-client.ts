@@ -1,5 +1,5 @@
 import net from 'node:net';
-import { decodeToolResult, encodeToolCall } from './tool-wire.js';
+import { decodeToolResult, encodeToolCall, type ToolCall } from './tool-wire.js';
 import type { ToolResult } from './tool-protocol.js';
 
 // What each tool says when the kernel daemon (iscsid) cannot be reached (as simhost-tool.c).
@@ -17,7 +17,7 @@ export async function runTool(tool: string, socketPath: string): Promise<void> {
   let result: ToolResult;
   try {
     const stdin = tool === 'tee' ? await readAll(process.stdin) : Buffer.alloc(0);
-    result = await call(socketPath, encodeToolCall({ tool, argv: process.argv.slice(2), stdin }));
+    result = await callTool(socketPath, { tool, argv: process.argv.slice(2), stdin });
   } catch {
     result = OFFLINE[tool] ?? { stdout: '', stderr: `${tool}: the simulated host is not running\n`, exitCode: 1 };
   }
@@ -32,7 +32,12 @@ async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
-function call(socketPath: string, request: Buffer): Promise<ToolResult> {
+/**
+ * One fake tool call on the kernel daemon's socket, in this process: what a tool's client
+ * sends and gets back, without the process (the bench times the daemon's share with it).
+ */
+export function callTool(socketPath: string, toolCall: ToolCall): Promise<ToolResult> {
+  const request = encodeToolCall(toolCall);
   return new Promise<ToolResult>((resolve, reject) => {
     const socket = net.createConnection(socketPath);
     let received = Buffer.alloc(0);

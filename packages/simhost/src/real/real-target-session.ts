@@ -67,8 +67,10 @@ function qmpNames(exportId: string): { node: string; exportId: string; secretId:
  * of the LUN in a qemu-storage-daemon (`@berth/qemu`) started on the first `openLun` and stopped
  * when the last disk of the session closes, with a loop device on the FUSE file. The session keeps
  * one QMP connection to its daemon: its closing is how a daemon that died is noticed. Opening,
- * closing and logout run one at a time per session, so the daemon is never stopped under a disk
- * being opened.
+ * refreshing and logout run one at a time per session, so the daemon is never stopped under a
+ * disk being opened; closes of different disks run side by side (each its own loop device and
+ * QMP objects; the last one to finish stops the daemon), after what came before them and before
+ * what comes after.
  */
 export class RealTargetSession implements TargetSession, LunDiskOwner {
   readonly portal: string;
@@ -80,7 +82,10 @@ export class RealTargetSession implements TargetSession, LunDiskOwner {
   private qmp: QmpClient | undefined;
   private pid: number | undefined;
   private daemonDir: string | undefined;
+  /** The last exclusive call (open, refresh, logout): what comes after waits for it. */
   private queue: Promise<unknown> = Promise.resolve();
+  /** Closes running side by side since the last exclusive call: the next one waits for them. */
+  private readonly closing = new Map<RealLunDisk, Promise<void>>();
   private loggedOut = false;
   private nextDisk = 1;
 
@@ -139,7 +144,15 @@ export class RealTargetSession implements TargetSession, LunDiskOwner {
 
   /** @internal LunDiskOwner: close one disk. */
   closeDisk(disk: RealLunDisk): Promise<void> {
-    return this.serialize(() => this.closeDiskNow(disk));
+    const running = this.closing.get(disk);
+    if (running) return running;
+    const close = (): Promise<void> => this.closeDiskNow(disk);
+    const run = this.queue.then(close, close);
+    this.closing.set(disk, run);
+    void run.catch(() => undefined).finally(() => {
+      if (this.closing.get(disk) === run) this.closing.delete(disk);
+    });
+    return run;
   }
 
   /** @internal LunDiskOwner: follow a LUN that grew. */
@@ -162,7 +175,8 @@ export class RealTargetSession implements TargetSession, LunDiskOwner {
   }
 
   private serialize<T>(work: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(work, work);
+    const before = Promise.allSettled([this.queue, ...this.closing.values()]);
+    const run = before.then(work);
     this.queue = run.catch(() => undefined);
     return run;
   }
