@@ -127,13 +127,13 @@ describe('startDaemon / daemonStatus / stopDaemon', () => {
     expect(await readFile(logFile, 'utf8')).toBe('$(echo no); *|yes\n');
   });
 
-  it('stops with SIGTERM, removes the pid file, and a second stop is a no-op', async () => {
+  it('stops with SIGTERM, removes the pid file, and a second stop is a no-op', { timeout: 60_000 }, async () => {
     const { logFile, pidFile } = await files();
     const { pid } = await startDaemon({ file: NODE, args: ['-e', DAEMON_SCRIPT], logFile, pidFile });
     const started = Date.now();
-    expect(await stopDaemon(pidFile, { timeoutMs: 5_000 })).toEqual({ wasRunning: true, pid, killed: false });
-    // It woke on the exit, not at the deadline.
-    expect(Date.now() - started).toBeLessThan(2_000);
+    expect(await stopDaemon(pidFile, { timeoutMs: 60_000 })).toEqual({ wasRunning: true, pid, killed: false });
+    // It woke on the exit, not at the deadline (half of it: a margin no load on a shared machine eats).
+    expect(Date.now() - started).toBeLessThan(30_000);
     expect(alive(pid)).toBe(false);
     expect(existsSync(pidFile)).toBe(false);
     expect(await daemonStatus(pidFile)).toEqual({ running: false });

@@ -53,11 +53,12 @@ describe('acquireFileLock', () => {
     expect(await readdir(dir)).toEqual([]);
   });
 
-  it('breaks the lock of a process that is gone', async () => {
+  it('breaks the lock of a process that is gone', { timeout: 60_000 }, async () => {
     await foreignLock(2 ** 22 + 1, '12345');
     const started = Date.now();
-    const release = await acquireFileLock(lockPath, options());
-    expect(Date.now() - started).toBeLessThan(1_000);
+    const release = await acquireFileLock(lockPath, options(60_000));
+    // Broken at once, not waited out: well under the deadline whatever the machine's load.
+    expect(Date.now() - started).toBeLessThan(30_000);
     expect((JSON.parse(await readFile(lockPath, 'utf8')) as { pid: number }).pid).toBe(process.pid);
     await release();
     expect(await readdir(dir)).toEqual([]);
