@@ -53,6 +53,11 @@ function rpcFor(uri: string): LibvirtRpcConnection | undefined {
   return connection;
 }
 
+/** Close this process's libvirt RPC connections (the next call opens a new one): what a libvirtd restart does to them. */
+export function closeLibvirtConnections(): void {
+  for (const connection of connections.values()) connection.close();
+}
+
 /** A device-removed watch: `done` settles at the next removal or when the wait is over. */
 export interface RemovalWatch {
   done: Promise<unknown>;
