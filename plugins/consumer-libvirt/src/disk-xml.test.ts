@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { diskXml, freeVirtioTarget, parseDomainDisks } from './disk-xml.js';
+import { diskXml, freeVirtioTarget, parseDomainBlocks, parseDomainDisks } from './disk-xml.js';
 import { parseDomblklist } from './virsh.js';
 
 describe('disk XML', () => {
@@ -63,5 +63,14 @@ describe('live domain XML', () => {
       ],
     });
     expect(parseDomainDisks("<domain type='qemu'>\n<devices/>\n</domain>")).toEqual({ running: false, disks: [] });
+    // What domblklist --details would list, read from the same XML (the RPC path reads no virsh output).
+    expect(parseDomainBlocks(xml)).toEqual([
+      { type: 'file', device: 'cdrom', target: 'hdc', source: undefined },
+      { type: 'block', device: 'disk', target: 'vdb', source: '/dev/loop3' },
+      { type: 'block', device: 'disk', target: 'vdc', source: undefined },
+    ]);
+    expect(parseDomainBlocks("<domain><devices><disk type='file' device='disk'><source file='/var/a&amp;b.img'/><target dev='vda' bus='virtio'/></disk></devices></domain>")).toEqual([
+      { type: 'file', device: 'disk', target: 'vda', source: '/var/a&b.img' },
+    ]);
   });
 });

@@ -1,4 +1,5 @@
 import { virtioDiskName, type Attachment } from '@berth/core';
+import type { DomainBlock } from './virsh.js';
 
 /** The disk a volume becomes in a libvirt domain. */
 export interface LibvirtDiskSpec {
@@ -100,4 +101,23 @@ export function parseDomainDisks(xml: string): { running: boolean; disks: LiveDi
     disks.push({ serial: serial === undefined ? '' : unescape(serial), alias: alias && unescape(alias), target: target && unescape(target) });
   }
   return { running, disks };
+}
+
+/**
+ * The disks of a domain XML as `virsh domblklist --details` lists them (type, device, target,
+ * source: `<source dev|file|name>`, `undefined` for an empty drive), for the RPC path that reads
+ * the XML itself instead of running virsh.
+ */
+export function parseDomainBlocks(xml: string): DomainBlock[] {
+  const blocks: DomainBlock[] = [];
+  for (const [, open = '', body = ''] of xml.matchAll(/<disk\b([^>]*)>([\s\S]*?)<\/disk>/g)) {
+    const attr = (text: string, name: string) => new RegExp(`\\b${name}=['"]([^'"]*)['"]`).exec(text)?.[1];
+    const sourceTag = /<source\b[^>]*>/.exec(body)?.[0];
+    const source = sourceTag === undefined ? undefined : (attr(sourceTag, 'dev') ?? attr(sourceTag, 'file') ?? attr(sourceTag, 'name'));
+    const target = /<target\b[^>]*>/.exec(body)?.[0];
+    const dev = target === undefined ? undefined : attr(target, 'dev');
+    if (dev === undefined) continue;
+    blocks.push({ type: attr(open, 'type') ?? '-', device: attr(open, 'device') ?? 'disk', target: unescape(dev), source: source === undefined ? undefined : unescape(source) });
+  }
+  return blocks;
 }

@@ -7,6 +7,7 @@ import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { diskAlias } from './disk-xml.js';
 import { createLibvirtConsumer, type LibvirtConsumer } from './libvirt-consumer.js';
+import { closeLibvirtConnections } from './virsh.js';
 
 const host = createHostServices();
 const SEE_MS = 60_000;
@@ -63,6 +64,24 @@ describe('the libvirt consumer against a real transient domain (QEMU TCG under l
     expect((await guest.agent.disks()).find((d) => d.name === name)?.readOnly).toBe(true);
     await consumer.unpublish(server, attachment);
     expect(await guest.agent.disks()).toEqual([]);
+    await v.disconnect();
+  });
+
+  it('over virsh processes (rpc: false) and after the RPC connection broke (as a libvirtd restart breaks it): the same attach and detach', async () => {
+    const viaVirsh = createLibvirtConsumer({ host, dataDir: volumes.dir, options: { rpc: false }, logger: silentLogger });
+    const v = await volume();
+    const attachment = v.attachment(server);
+    const published = await viaVirsh.publish(server, v.device, attachment);
+    await guest.agent.waitForDisk(v.volumeId, SEE_MS);
+    expect(await consumer.guestDisks(server)).toEqual([{ serial: v.volumeId, id: diskAlias(v.volumeId), guestDevice: published.guestDevice }]);
+    closeLibvirtConnections();
+    // The RPC consumer reconnects: it finds the disk plugged (alias taken) and unplugs it.
+    expect(await consumer.publish(server, v.device, attachment)).toEqual(published);
+    closeLibvirtConnections();
+    await consumer.unpublish(server, attachment);
+    expect(await guest.agent.disks()).toEqual([]);
+    expect(await viaVirsh.guestDisks(server)).toEqual([]);
+    await viaVirsh.unpublish(server, attachment);
     await v.disconnect();
   });
 

@@ -1,5 +1,5 @@
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { acquireFileLock, LockTimeoutError, type CommandResult } from '@berth/host';
@@ -21,7 +21,7 @@ import {
 } from '@berth/core';
 import { diskAlias, diskModeOf, diskXml, freeVirtioTarget, parseDomainDisks, type LiveDisk } from './disk-xml.js';
 import { TargetHints } from './target-hints.js';
-import { domainGone, Virsh, virshFailed, type DomainBlock } from './virsh.js';
+import { domainGone, Virsh, virshFailed, type DomainBlock, type RemovalWatch } from './virsh.js';
 
 /** The consumer's name: servers with `hypervisor.type = 'libvirt'` use it. */
 export const NAME = 'libvirt';
@@ -30,8 +30,10 @@ export const NAME = 'libvirt';
 export const zLibvirtConsumerOptions = z.object({
   /** How long the guest has to release a disk after the unplug request, in ms. */
   unplugTimeoutMs: z.number().int().positive().default(60_000),
-  /** Timeout of one virsh run, in ms. */
+  /** Timeout of one virsh run (or one libvirt RPC call), in ms. */
   virshTimeoutMs: z.number().int().positive().default(30_000),
+  /** Talk to a local `DRIVER:///system` libvirtd over its unix socket (libvirt's RPC) instead of a virsh process per call. */
+  rpc: z.boolean().default(true),
 });
 /** Parsed options of the `libvirt` consumer. */
 export type LibvirtConsumerOptions = z.output<typeof zLibvirtConsumerOptions>;
@@ -111,7 +113,7 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
   const link = createHostConsumer(context.host.fs);
   const locks = new KeyedLock();
   const xmlDir = path.join(context.dataDir, 'consumer-libvirt');
-  const virshFor = (hv: LibvirtHypervisor) => new Virsh(context.host.runner, hv.uri, options.virshTimeoutMs);
+  const virshFor = (hv: LibvirtHypervisor) => new Virsh(context.host.runner, hv.uri, options.virshTimeoutMs, xmlDir, options.rpc);
   const sourceOf = (volumeId: string) => context.host.fs.resolve(stableLinkPath(volumeId));
   const findDisk = (blocks: DomainBlock[] | undefined, volumeId: string) => blocks?.find((b) => b.source === sourceOf(volumeId));
   const hints = new TargetHints(path.join(xmlDir, 'targets'));
@@ -124,18 +126,10 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
     return blocks;
   }
 
-  /** `virsh attach-device --live` of the volume's disk at `target`; the result whatever it is. */
-  async function attachDisk(virsh: Virsh, hv: LibvirtHypervisor, attachment: Attachment, source: string, target: string): Promise<CommandResult> {
+  /** `attach-device --live` of the volume's disk at `target`; the result whatever it is. */
+  function attachDisk(virsh: Virsh, hv: LibvirtHypervisor, attachment: Attachment, source: string, target: string): Promise<CommandResult> {
     const xml = diskXml({ source, target, serial: attachment.volumeId, alias: diskAlias(attachment.volumeId), ...diskModeOf(attachment) });
-    // virsh reads the XML from a file (the runner's stdin is a socket, which virsh cannot open).
-    await mkdir(xmlDir, { recursive: true, mode: 0o700 });
-    const file = path.join(xmlDir, `attach-${attachment.volumeId}-${randomBytes(4).toString('hex')}.xml`);
-    await writeFile(file, xml, { mode: 0o600 });
-    try {
-      return await virsh.run(['attach-device', hv.domain, file, '--live']);
-    } finally {
-      await rm(file, { force: true });
-    }
+    return virsh.attachDevice(hv.domain, xml);
   }
 
   async function withDomainLock<T>(server: Server, hv: LibvirtHypervisor, fn: () => Promise<T>): Promise<T> {
@@ -248,7 +242,7 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
     },
 
     async check() {
-      const result = await new Virsh(context.host.runner, DEFAULT_LIBVIRT_URI, options.virshTimeoutMs).run(['uri']);
+      const result = await new Virsh(context.host.runner, DEFAULT_LIBVIRT_URI, options.virshTimeoutMs, xmlDir, false).run(['uri']);
       if (result.exitCode === 0) return { ok: true, summary: `virsh reaches libvirtd at ${DEFAULT_LIBVIRT_URI}` };
       const error = virshFailed(result, `reach libvirtd at ${DEFAULT_LIBVIRT_URI}`);
       return { ok: false, summary: error.message, ...(error.hint ? { fix: error.hint } : {}) };
@@ -262,9 +256,9 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
    */
   async function unplug(virsh: Virsh, hv: LibvirtHypervisor, server: Server, disk: UnplugTarget, deadline: number): Promise<void> {
     const { volumeId } = disk;
-    let watcher = watch(virsh, hv.domain, deadline);
+    let watcher = await watch(virsh, hv.domain, deadline);
     const request = async (): Promise<void> => {
-      const result = await virsh.run(['detach-device-alias', hv.domain, disk.alias, '--live']);
+      const result = await virsh.detachAlias(hv.domain, disk.alias);
       // Already asked (a previous detach timed out) or already gone: the waiting below decides.
       if (result.exitCode !== 0 && !domainGone(result) && !/not found|no device found|already|in progress/i.test(result.stderr)) {
         throw virshFailed(result, `unplug the disk of volume ${volumeId} from libvirt domain ${hv.domain} (server ${server.name})`);
@@ -283,7 +277,7 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
           askedAt = Date.now();
         }
         await watcher.done;
-        watcher = watch(virsh, hv.domain, deadline);
+        watcher = await watch(virsh, hv.domain, deadline);
       }
     } finally {
       watcher.stop();
@@ -304,7 +298,7 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
 
   /** The disks of the live domain; `undefined` when it is gone or does not run. */
   async function liveDisks(virsh: Virsh, hv: LibvirtHypervisor): Promise<LiveDisk[] | undefined> {
-    const result = await virsh.run(['dumpxml', hv.domain]);
+    const result = await virsh.dumpxml(hv.domain);
     if (result.exitCode !== 0) {
       if (domainGone(result)) return undefined;
       throw virshFailed(result, `read the live XML of libvirt domain ${hv.domain}`);
@@ -313,11 +307,9 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
     return running ? disks : undefined;
   }
 
-  /** `virsh event --event device-removed` for at most EVENT_WAIT_S (never past the deadline). */
-  function watch(virsh: Virsh, domain: string, deadline: number): { done: Promise<unknown>; stop: () => void } {
-    const stop = new AbortController();
+  /** The domain's next device-removed event, waited for at most EVENT_WAIT_S (never past the deadline). */
+  function watch(virsh: Virsh, domain: string, deadline: number): Promise<RemovalWatch> {
     const seconds = Math.max(1, Math.min(EVENT_WAIT_S, Math.ceil((deadline - Date.now()) / 1000)));
-    const done = virsh.run(['event', domain, '--event', 'device-removed', '--timeout', String(seconds)], (seconds + 10) * 1000, stop.signal).catch(() => undefined);
-    return { done, stop: () => stop.abort() };
+    return virsh.watchRemoved(domain, seconds);
   }
 }

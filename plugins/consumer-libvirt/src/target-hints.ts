@@ -1,6 +1,7 @@
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
+import { writeFileAtomically } from '@berth/host';
 import { z } from 'zod';
 
 const zTargets = z.array(z.string().regex(/^[a-z]+$/)).max(1024);
@@ -10,8 +11,8 @@ const zTargets = z.array(z.string().regex(/^[a-z]+$/)).max(1024);
  * attach can pick a free `vdX` without a `virsh domblklist` run first (each virsh process costs
  * 30–120 ms on a loaded host). A hint only: libvirt refuses a target that is taken ("target vdX
  * already exists"), and the caller then reads the live list and picks again, so a stale or lost
- * hint costs one extra virsh run, never a wrong disk. Written by rename (no fsync: losing it in a
- * power cut costs the same one run).
+ * hint costs one extra virsh run, never a wrong disk. Written with `@berth/host`'s
+ * `writeFileAtomically` (temp file, fsync, rename).
  */
 export class TargetHints {
   constructor(private readonly dir: string) {}
@@ -30,14 +31,11 @@ export class TargetHints {
 
   /** Remember the domain's targets (best effort: a hint that cannot be written is only missing). */
   async set(key: string, targets: readonly string[]): Promise<void> {
-    const file = this.fileOf(key);
-    const temp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
     try {
       await mkdir(this.dir, { recursive: true, mode: 0o700 });
-      await writeFile(temp, JSON.stringify([...new Set(targets)].sort()), { mode: 0o600 });
-      await rename(temp, file);
+      await writeFileAtomically(this.fileOf(key), JSON.stringify([...new Set(targets)].sort()), 0o600);
     } catch {
-      await rm(temp, { force: true }).catch(() => undefined);
+      // Only a hint: the next attach reads the live list.
     }
   }
 
