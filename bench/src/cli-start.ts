@@ -14,8 +14,13 @@ interface CliCase {
   target: number;
 }
 
-// The built binary as a user runs it (`@berth/cli`'s bin), resolved through the workspace link.
-const BERTH_BIN = path.join(path.dirname(createRequire(import.meta.url).resolve('@berth/cli/package.json')), 'bin', 'run.js');
+// The built binary as a user runs it (`@berth/cli`'s bin), resolved through the workspace link;
+// `BENCH_CLI_BIN` names another build's `bin/run.js` instead (e.g. an experimental bundle built
+// beside the checkout, against main's as `BENCH_CLI_BASELINE`).
+const BERTH_BIN =
+  process.env.BENCH_CLI_BIN !== undefined && process.env.BENCH_CLI_BIN !== ''
+    ? path.resolve(process.env.BENCH_CLI_BIN)
+    : path.join(path.dirname(createRequire(import.meta.url).resolve('@berth/cli/package.json')), 'bin', 'run.js');
 
 /** Run `node ARGS` to its end; resolve with its wall time in ms (reject on a non-zero exit). */
 function timeProcess(args: readonly string[], env: NodeJS.ProcessEnv): Promise<number> {
@@ -118,7 +123,7 @@ export async function benchCliStart(rounds = 10, baseline?: string): Promise<voi
     }
     const withBaseline = binaries.length > 1;
     printTable(
-      `whole berth processes against \`node -e 0\`, ${rounds} rounds, each run beside a floor run (ms and ratios, medians)` +
+      `whole berth processes against \`node -e 0\`, ${rounds} rounds, each run beside a floor run (ms and ratios, medians); this: ${BERTH_BIN}` +
         (withBaseline ? `; baseline: ${baseline}` : ''),
       ['command', 'ms p50', 'floor p50', 'ratio p50', 'target', 'met', ...(withBaseline ? ['baseline ms', 'baseline ratio', 'baseline / this'] : [])],
       cases.map((c) => {
