@@ -116,11 +116,16 @@ async function measure(guest: GuestUnderTest, iterations: number): Promise<void>
   }
 }
 
+/** The pipeline's judged row: the guest attach's publish step start → the guest reports, less the probe and one agent round trip. */
+const FROM_PUBLISH = 'guest step beyond the probe (sees − publish step start − probe − agent rtt)';
+
 /**
  * The whole pipeline (berth's service, as `berth attach --server` runs it: SQLite, file backend,
  * loop transport) into the running guest, beside the same attach to a host server. What the guest
- * adds beyond its own probe: (attach start → the guest reports the disk) − the host-only attach −
- * the guest's probe (its dmesg) − one agent round trip (the messenger's own cost).
+ * adds beyond its own probe, judged from the guest attach's own journal: (its publish step's start →
+ * the guest reports the disk) − the guest's probe (its dmesg) − one agent round trip (the
+ * messenger's own cost). Also printed, as before: (attach start → the guest reports) − the
+ * host-only attach − probe − rtt, which also carries the two attaches' different loop connects.
  */
 async function measurePipeline(guest: GuestUnderTest, iterations: number): Promise<void> {
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'berth-bench-guest-pipeline-'));
@@ -153,12 +158,17 @@ async function measurePipeline(guest: GuestUnderTest, iterations: number): Promi
       add('guest attach (whole)', performance.now() - t);
       const name = await sees;
       const seenMs = performance.now() - t;
+      const seenAt = Date.now();
       add('  guest: host connect (loop)', attached.attachment?.timings.connect);
       add('  guest: hot-plug (publish step)', attached.attachment?.timings.publish);
       add('  guest sees it (attach start → agent answer)', seenMs);
       const probe = probeSpan(await guest.agent.check('dmesg'), name);
       add("  guest's own probe (dmesg: PCI found → [vdX])", probe);
       if (probe !== undefined) add('guest step beyond the probe (sees − host-only − probe − agent rtt)', seenMs - hostOnlyMs - probe - rtt);
+      // The same attach's own journal: from its publish step's start (the guest step) to the guest's
+      // answer, free of the two attaches' different host connects.
+      const publish = attached.operation.steps.find((step) => step.name === 'publish' && step.phase === 'do');
+      if (probe !== undefined && publish) add(FROM_PUBLISH, seenAt - Date.parse(publish.startedAt) - probe - rtt);
 
       t = performance.now();
       await berth.detach({ volume: volume.id });
@@ -175,13 +185,13 @@ async function measurePipeline(guest: GuestUnderTest, iterations: number): Promi
   });
   rows.push(['agent round trip (no-op)', summarize(rtts).p50, summarize(rtts).p90, summarize(rtts).max]);
   printTable(`berth attach --server into a running ${guest.label} guest, whole pipeline, ${iterations} cycles (ms)`, ['step', 'p50', 'p90', 'max'], rows);
-  const beyond = columns['guest step beyond the probe (sees − host-only − probe − agent rtt)'];
+  const beyond = columns[FROM_PUBLISH];
   if (!beyond) {
     console.log("the guest's probe was not found in its kernel log: the target cannot be judged on this run");
     return;
   }
   const p50 = summarize(beyond).p50;
-  console.log(`the guest step adds ${p50.toFixed(1)} ms (p50) beyond the guest's own device probe; target ≤ 100 ms — ${p50 <= 100 ? 'met' : 'NOT met'} on this run`);
+  console.log(`the guest step (from the publish step's start) adds ${p50.toFixed(1)} ms (p50) beyond the guest's own device probe; target ≤ 100 ms — ${p50 <= 100 ? 'met' : 'NOT met'} on this run`);
 }
 
 /**
