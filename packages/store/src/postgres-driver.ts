@@ -29,6 +29,19 @@ export function guardPostgresStatement<T>(fn: () => Promise<T>): Promise<T> {
 }
 
 /**
+ * Set around a statement whose effect only shows once the transaction commits (`pg_notify`):
+ * inside a transaction it is held back and sent with COMMIT, in the same round trip; outside
+ * one it runs at once. It must return nothing the caller reads and take string parameters only
+ * (they are inlined as escaped literals, since a query of several statements takes none).
+ */
+const atCommitStatement = new AsyncLocalStorage<true>();
+
+/** Run `fn` so that its statement, inside a transaction, goes with COMMIT (see `atCommitStatement`). */
+export function atPostgresCommit<T>(fn: () => Promise<T>): Promise<T> {
+  return atCommitStatement.run(true, fn);
+}
+
+/**
  * A statement sent with BEGIN, in the same round trip, for the transaction started inside it
  * (the dialect's `transaction_gate` lock): no parameters, so one simple-protocol query carries both.
  */
@@ -47,6 +60,8 @@ class BerthPostgresConnection implements DatabaseConnection {
   inTransaction = false;
   /** The connection-level error that broke this client: it is destroyed on release, not reused. */
   broken: Error | undefined;
+  /** Statements held back for COMMIT (`atPostgresCommit`), parameters inlined; dropped on rollback. */
+  atCommit: string[] = [];
 
   /**
    * pg's pool drops its own 'error' listener from a client it lends out, so a connection that dies
@@ -71,6 +86,10 @@ class BerthPostgresConnection implements DatabaseConnection {
   }
 
   async executeQuery<R>(compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
+    if (this.inTransaction && atCommitStatement.getStore() === true) {
+      this.atCommit.push(inlined(this.client, compiledQuery));
+      return { rows: [] };
+    }
     if (!this.inTransaction || guardedStatement.getStore() !== true) {
       return this.#run<R>(compiledQuery.sql, compiledQuery.parameters);
     }
@@ -115,10 +134,10 @@ class BerthPostgresConnection implements DatabaseConnection {
 }
 
 /**
- * Kysely's PostgreSQL driver, rewritten small on `pg` for four things Kysely's own does not do:
+ * Kysely's PostgreSQL driver, rewritten small on `pg` for five things Kysely's own does not do:
  * a statement whose constraint violation the caller handles runs under a savepoint inside
  * transactions (so the transaction survives it, as on SQLite); BEGIN carries the dialect's
- * preamble in the same round trip; a client whose connection broke is destroyed instead
+ * preamble in the same round trip, and COMMIT the statements held back for it (`pg_notify`); a client whose connection broke is destroyed instead
  * of going back to the pool; and connection failures become BerthErrors (UNAVAILABLE/CONFIG)
  * that name the server by its redacted URL.
  */
@@ -164,14 +183,21 @@ export class BerthPostgresDriver implements Driver {
   }
 
   async commitTransaction(connection: DatabaseConnection): Promise<void> {
+    const berth = asBerth(connection);
+    // The held-back statements and COMMIT in one simple-protocol query: if one fails, the
+    // statements after it (COMMIT too) are skipped and Kysely rolls the transaction back.
+    const statements = [...berth.atCommit, 'commit'];
+    berth.atCommit = [];
     try {
-      await connection.executeQuery(CompiledQuery.raw('commit'));
+      await connection.executeQuery(CompiledQuery.raw(statements.join('; ')));
     } finally {
-      asBerth(connection).inTransaction = false;
+      berth.inTransaction = false;
     }
   }
 
   async rollbackTransaction(connection: DatabaseConnection): Promise<void> {
+    const berth = asBerth(connection);
+    berth.atCommit = [];
     try {
       await connection.executeQuery(CompiledQuery.raw('rollback'));
     } finally {
@@ -188,6 +214,15 @@ export class BerthPostgresDriver implements Driver {
     this.#ended = true;
     await this.#options.pool.end();
   }
+}
+
+/** A statement with its `$n` parameters replaced by escaped string literals (strings only: INTERNAL otherwise). */
+function inlined(client: pg.PoolClient, query: CompiledQuery): string {
+  return query.sql.replace(/\$(\d+)/g, (_, n: string) => {
+    const value = query.parameters[Number(n) - 1];
+    if (typeof value !== 'string') throw new BerthError('INTERNAL', 'a statement held back for COMMIT takes string parameters only');
+    return client.escapeLiteral(value);
+  });
 }
 
 function asBerth(connection: DatabaseConnection): BerthPostgresConnection {
