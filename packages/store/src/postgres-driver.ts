@@ -62,6 +62,8 @@ class BerthPostgresConnection implements DatabaseConnection {
   broken: Error | undefined;
   /** Statements held back for COMMIT (`atPostgresCommit`), parameters inlined; dropped on rollback. */
   atCommit: string[] = [];
+  /** A guarded statement's savepoint that succeeded and is not released yet (it goes with the next savepoint or COMMIT). */
+  savepointHeld = false;
 
   /**
    * pg's pool drops its own 'error' listener from a client it lends out, so a connection that dies
@@ -96,19 +98,18 @@ class BerthPostgresConnection implements DatabaseConnection {
     // A failed statement aborts a PostgreSQL transaction, while the repositories answer a unique
     // or foreign-key violation by reading the row to word the CONFLICT/NOT_FOUND (and callers may
     // go on after catching it, as they can on SQLite). A savepoint around such a statement keeps
-    // the transaction usable after it fails.
-    await this.#run('savepoint berth_statement', []);
+    // the transaction usable after it fails. After a success the savepoint is released with the
+    // next savepoint or with COMMIT, in their round trip, rather than in one of its own.
+    await this.#run(this.savepointHeld ? 'release savepoint berth_statement; savepoint berth_statement' : 'savepoint berth_statement', []);
+    this.savepointHeld = false;
     let result: QueryResult<R>;
     try {
       result = await this.#run<R>(compiledQuery.sql, compiledQuery.parameters);
     } catch (error) {
-      if (this.broken === undefined) {
-        await this.#run('rollback to savepoint berth_statement', []);
-        await this.#run('release savepoint berth_statement', []);
-      }
+      if (this.broken === undefined) await this.#run('rollback to savepoint berth_statement; release savepoint berth_statement', []);
       throw error;
     }
-    await this.#run('release savepoint berth_statement', []);
+    this.savepointHeld = true;
     return result;
   }
 
@@ -186,8 +187,9 @@ export class BerthPostgresDriver implements Driver {
     const berth = asBerth(connection);
     // The held-back statements and COMMIT in one simple-protocol query: if one fails, the
     // statements after it (COMMIT too) are skipped and Kysely rolls the transaction back.
-    const statements = [...berth.atCommit, 'commit'];
+    const statements = [...(berth.savepointHeld ? ['release savepoint berth_statement'] : []), ...berth.atCommit, 'commit'];
     berth.atCommit = [];
+    berth.savepointHeld = false;
     try {
       await connection.executeQuery(CompiledQuery.raw(statements.join('; ')));
     } finally {
@@ -198,6 +200,7 @@ export class BerthPostgresDriver implements Driver {
   async rollbackTransaction(connection: DatabaseConnection): Promise<void> {
     const berth = asBerth(connection);
     berth.atCommit = [];
+    berth.savepointHeld = false;
     try {
       await connection.executeQuery(CompiledQuery.raw('rollback'));
     } finally {
