@@ -16,40 +16,49 @@ export interface BerthPostgresDriverOptions {
 }
 
 /**
- * Set around a statement whose constraint violation the caller catches and goes on from (reads
- * the row to word a CONFLICT/NOT_FOUND, or retries): inside a transaction it runs under a
- * savepoint, so the transaction stays usable after it fails, as on SQLite. Other statements save
- * the two round trips: an error from them ends the transaction anyway.
+ * How the statements run inside `fn` are sent, set by the three functions below. One
+ * AsyncLocalStorage for all three: each enabled one costs every promise of the process a hook.
  */
-const guardedStatement = new AsyncLocalStorage<true>();
+interface StatementMode {
+  /**
+   * A statement whose constraint violation the caller catches and goes on from (reads the row to
+   * word a CONFLICT/NOT_FOUND, or retries): inside a transaction it runs under a savepoint, so the
+   * transaction stays usable after it fails, as on SQLite. Other statements save the round trips:
+   * an error from them ends the transaction anyway.
+   */
+  guarded?: true;
+  /**
+   * A statement whose effect only shows once the transaction commits (`pg_notify`): inside a
+   * transaction it is held back and sent with COMMIT, in the same round trip; outside one it runs
+   * at once. It must return nothing the caller reads and take string parameters only (they are
+   * inlined as escaped literals, since a query of several statements takes none).
+   */
+  atCommit?: true;
+  /**
+   * A statement sent with BEGIN, in the same round trip, for the transaction started inside it
+   * (the dialect's `transaction_gate` lock): no parameters, so one simple-protocol query carries both.
+   */
+  preamble?: string;
+}
+const statementMode = new AsyncLocalStorage<StatementMode>();
 
-/** Run `fn` with its statements savepoint-guarded inside a transaction (see `guardedStatement`). */
+function withMode<T>(mode: StatementMode, fn: () => Promise<T>): Promise<T> {
+  return statementMode.run({ ...statementMode.getStore(), ...mode }, fn);
+}
+
+/** Run `fn` with its statements savepoint-guarded inside a transaction (see `StatementMode.guarded`). */
 export function guardPostgresStatement<T>(fn: () => Promise<T>): Promise<T> {
-  return guardedStatement.run(true, fn);
+  return withMode({ guarded: true }, fn);
 }
 
-/**
- * Set around a statement whose effect only shows once the transaction commits (`pg_notify`):
- * inside a transaction it is held back and sent with COMMIT, in the same round trip; outside
- * one it runs at once. It must return nothing the caller reads and take string parameters only
- * (they are inlined as escaped literals, since a query of several statements takes none).
- */
-const atCommitStatement = new AsyncLocalStorage<true>();
-
-/** Run `fn` so that its statement, inside a transaction, goes with COMMIT (see `atCommitStatement`). */
+/** Run `fn` so that its statement, inside a transaction, goes with COMMIT (see `StatementMode.atCommit`). */
 export function atPostgresCommit<T>(fn: () => Promise<T>): Promise<T> {
-  return atCommitStatement.run(true, fn);
+  return withMode({ atCommit: true }, fn);
 }
-
-/**
- * A statement sent with BEGIN, in the same round trip, for the transaction started inside it
- * (the dialect's `transaction_gate` lock): no parameters, so one simple-protocol query carries both.
- */
-const beginPreamble = new AsyncLocalStorage<string>();
 
 /** Run `fn` so that the transaction it begins runs `statement` right after BEGIN, in one round trip. */
 export function withBeginPreamble<T>(statement: string, fn: () => Promise<T>): Promise<T> {
-  return beginPreamble.run(statement, fn);
+  return withMode({ preamble: statement }, fn);
 }
 
 /** One pooled client as Kysely sees it. */
@@ -88,11 +97,12 @@ class BerthPostgresConnection implements DatabaseConnection {
   }
 
   async executeQuery<R>(compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
-    if (this.inTransaction && atCommitStatement.getStore() === true) {
+    const mode = statementMode.getStore();
+    if (this.inTransaction && mode?.atCommit === true) {
       this.atCommit.push(inlined(this.client, compiledQuery));
       return { rows: [] };
     }
-    if (!this.inTransaction || guardedStatement.getStore() !== true) {
+    if (!this.inTransaction || mode?.guarded !== true) {
       return this.#run<R>(compiledQuery.sql, compiledQuery.parameters);
     }
     // A failed statement aborts a PostgreSQL transaction, while the repositories answer a unique
@@ -167,7 +177,7 @@ export class BerthPostgresDriver implements Driver {
   async beginTransaction(connection: DatabaseConnection, settings: TransactionSettings): Promise<void> {
     const isolation = settings.isolationLevel === undefined ? '' : ` isolation level ${settings.isolationLevel}`;
     const access = settings.accessMode === undefined ? '' : ` ${settings.accessMode}`;
-    const preamble = beginPreamble.getStore();
+    const preamble = statementMode.getStore()?.preamble;
     const berth = asBerth(connection);
     // One simple-protocol query (no parameters) may hold several statements: BEGIN and the
     // preamble cost one round trip, not two.
