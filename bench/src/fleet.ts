@@ -193,7 +193,11 @@ export async function benchFleet(hosts = 100, cycles = 400, concurrency = 32, re
       const trace = process.env.BENCH_FLEET_TRACE === '1';
       const commitsBefore = trace ? await commitsOf(storeUrl) : 0;
       const samples: Samples = { cycles: [], wallMs: 0 };
+      const cpuBefore = process.cpuUsage();
+      const loopBefore = performance.eventLoopUtilization();
       await drive(samples, concurrency, cycles, cycle);
+      const cpu = process.cpuUsage(cpuBefore);
+      const loop = performance.eventLoopUtilization(loopBefore);
       const commitsDuring = trace ? (await commitsOf(storeUrl)) - commitsBefore : 0;
       rows.push(row(`${hosts} hosts, ${replicas} replica${replicas === 1 ? '' : 's'} (PostgreSQL, HTTP)`, samples));
       console.error(`fleet: ${rows.at(-1)?.map(String).join('  ')}`);
@@ -206,6 +210,11 @@ export async function benchFleet(hosts = 100, cycles = 400, concurrency = 32, re
         const idlePerSecond = ((await commitsOf(storeUrl)) - idleFrom) / ((performance.now() - idleStarted) / 1000);
         console.error(
           `commits: ${(commitsDuring / samples.cycles.length).toFixed(1)} per cycle (measured cycles, idle commits included); idle fleet ${idlePerSecond.toFixed(1)}/s`,
+        );
+        // This process (clients, replicas, agents) during the measured cycles: a busy loop near 100 %
+        // means cycles queue for the CPU here, not for a timer or the database.
+        console.error(
+          `this process: ${((cpu.user + cpu.system) / 1000 / samples.cycles.length).toFixed(1)} ms CPU per cycle; event loop busy ${(loop.utilization * 100).toFixed(0)} %`,
         );
         const q = async (label: string, text: string): Promise<void> => console.error(label, JSON.stringify(await queryOn(storeUrl, text)));
         await q('steps', `select name, phase, count(*)::int n, round(avg(duration_ms))::int avg, max(duration_ms)::int max, percentile_cont(0.5) within group (order by duration_ms)::int p50 from operation_steps group by name, phase order by avg desc`);

@@ -16,27 +16,49 @@ export interface BerthPostgresDriverOptions {
 }
 
 /**
- * Set around a statement whose constraint violation the caller catches and goes on from (reads
- * the row to word a CONFLICT/NOT_FOUND, or retries): inside a transaction it runs under a
- * savepoint, so the transaction stays usable after it fails, as on SQLite. Other statements save
- * the two round trips: an error from them ends the transaction anyway.
+ * How the statements run inside `fn` are sent, set by the three functions below. One
+ * AsyncLocalStorage for all three: each enabled one costs every promise of the process a hook.
  */
-const guardedStatement = new AsyncLocalStorage<true>();
+interface StatementMode {
+  /**
+   * A statement whose constraint violation the caller catches and goes on from (reads the row to
+   * word a CONFLICT/NOT_FOUND, or retries): inside a transaction it runs under a savepoint, so the
+   * transaction stays usable after it fails, as on SQLite. Other statements save the round trips:
+   * an error from them ends the transaction anyway.
+   */
+  guarded?: true;
+  /**
+   * A statement whose effect only shows once the transaction commits (`pg_notify`): inside a
+   * transaction it is held back and sent with COMMIT, in the same round trip; outside one it runs
+   * at once. It must return nothing the caller reads and take string parameters only (they are
+   * inlined as escaped literals, since a query of several statements takes none).
+   */
+  atCommit?: true;
+  /**
+   * A statement sent with BEGIN, in the same round trip, for the transaction started inside it
+   * (the dialect's `transaction_gate` lock): no parameters, so one simple-protocol query carries both.
+   */
+  preamble?: string;
+}
+const statementMode = new AsyncLocalStorage<StatementMode>();
 
-/** Run `fn` with its statements savepoint-guarded inside a transaction (see `guardedStatement`). */
-export function guardPostgresStatement<T>(fn: () => Promise<T>): Promise<T> {
-  return guardedStatement.run(true, fn);
+function withMode<T>(mode: StatementMode, fn: () => Promise<T>): Promise<T> {
+  return statementMode.run({ ...statementMode.getStore(), ...mode }, fn);
 }
 
-/**
- * A statement sent with BEGIN, in the same round trip, for the transaction started inside it
- * (the dialect's `transaction_gate` lock): no parameters, so one simple-protocol query carries both.
- */
-const beginPreamble = new AsyncLocalStorage<string>();
+/** Run `fn` with its statements savepoint-guarded inside a transaction (see `StatementMode.guarded`). */
+export function guardPostgresStatement<T>(fn: () => Promise<T>): Promise<T> {
+  return withMode({ guarded: true }, fn);
+}
+
+/** Run `fn` so that its statement, inside a transaction, goes with COMMIT (see `StatementMode.atCommit`). */
+export function atPostgresCommit<T>(fn: () => Promise<T>): Promise<T> {
+  return withMode({ atCommit: true }, fn);
+}
 
 /** Run `fn` so that the transaction it begins runs `statement` right after BEGIN, in one round trip. */
 export function withBeginPreamble<T>(statement: string, fn: () => Promise<T>): Promise<T> {
-  return beginPreamble.run(statement, fn);
+  return withMode({ preamble: statement }, fn);
 }
 
 /** One pooled client as Kysely sees it. */
@@ -47,6 +69,10 @@ class BerthPostgresConnection implements DatabaseConnection {
   inTransaction = false;
   /** The connection-level error that broke this client: it is destroyed on release, not reused. */
   broken: Error | undefined;
+  /** Statements held back for COMMIT (`atPostgresCommit`), parameters inlined; dropped on rollback. */
+  atCommit: string[] = [];
+  /** A guarded statement's savepoint that succeeded and is not released yet (it goes with the next savepoint or COMMIT). */
+  savepointHeld = false;
 
   /**
    * pg's pool drops its own 'error' listener from a client it lends out, so a connection that dies
@@ -71,25 +97,29 @@ class BerthPostgresConnection implements DatabaseConnection {
   }
 
   async executeQuery<R>(compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
-    if (!this.inTransaction || guardedStatement.getStore() !== true) {
+    const mode = statementMode.getStore();
+    if (this.inTransaction && mode?.atCommit === true) {
+      this.atCommit.push(inlined(this.client, compiledQuery));
+      return { rows: [] };
+    }
+    if (!this.inTransaction || mode?.guarded !== true) {
       return this.#run<R>(compiledQuery.sql, compiledQuery.parameters);
     }
     // A failed statement aborts a PostgreSQL transaction, while the repositories answer a unique
     // or foreign-key violation by reading the row to word the CONFLICT/NOT_FOUND (and callers may
     // go on after catching it, as they can on SQLite). A savepoint around such a statement keeps
-    // the transaction usable after it fails.
-    await this.#run('savepoint berth_statement', []);
+    // the transaction usable after it fails. After a success the savepoint is released with the
+    // next savepoint or with COMMIT, in their round trip, rather than in one of its own.
+    await this.#run(this.savepointHeld ? 'release savepoint berth_statement; savepoint berth_statement' : 'savepoint berth_statement', []);
+    this.savepointHeld = false;
     let result: QueryResult<R>;
     try {
       result = await this.#run<R>(compiledQuery.sql, compiledQuery.parameters);
     } catch (error) {
-      if (this.broken === undefined) {
-        await this.#run('rollback to savepoint berth_statement', []);
-        await this.#run('release savepoint berth_statement', []);
-      }
+      if (this.broken === undefined) await this.#run('rollback to savepoint berth_statement; release savepoint berth_statement', []);
       throw error;
     }
-    await this.#run('release savepoint berth_statement', []);
+    this.savepointHeld = true;
     return result;
   }
 
@@ -115,10 +145,10 @@ class BerthPostgresConnection implements DatabaseConnection {
 }
 
 /**
- * Kysely's PostgreSQL driver, rewritten small on `pg` for four things Kysely's own does not do:
+ * Kysely's PostgreSQL driver, rewritten small on `pg` for five things Kysely's own does not do:
  * a statement whose constraint violation the caller handles runs under a savepoint inside
  * transactions (so the transaction survives it, as on SQLite); BEGIN carries the dialect's
- * preamble in the same round trip; a client whose connection broke is destroyed instead
+ * preamble in the same round trip, and COMMIT the statements held back for it (`pg_notify`); a client whose connection broke is destroyed instead
  * of going back to the pool; and connection failures become BerthErrors (UNAVAILABLE/CONFIG)
  * that name the server by its redacted URL.
  */
@@ -147,7 +177,7 @@ export class BerthPostgresDriver implements Driver {
   async beginTransaction(connection: DatabaseConnection, settings: TransactionSettings): Promise<void> {
     const isolation = settings.isolationLevel === undefined ? '' : ` isolation level ${settings.isolationLevel}`;
     const access = settings.accessMode === undefined ? '' : ` ${settings.accessMode}`;
-    const preamble = beginPreamble.getStore();
+    const preamble = statementMode.getStore()?.preamble;
     const berth = asBerth(connection);
     // One simple-protocol query (no parameters) may hold several statements: BEGIN and the
     // preamble cost one round trip, not two.
@@ -164,14 +194,23 @@ export class BerthPostgresDriver implements Driver {
   }
 
   async commitTransaction(connection: DatabaseConnection): Promise<void> {
+    const berth = asBerth(connection);
+    // The held-back statements and COMMIT in one simple-protocol query: if one fails, the
+    // statements after it (COMMIT too) are skipped and Kysely rolls the transaction back.
+    const statements = [...(berth.savepointHeld ? ['release savepoint berth_statement'] : []), ...berth.atCommit, 'commit'];
+    berth.atCommit = [];
+    berth.savepointHeld = false;
     try {
-      await connection.executeQuery(CompiledQuery.raw('commit'));
+      await connection.executeQuery(CompiledQuery.raw(statements.join('; ')));
     } finally {
-      asBerth(connection).inTransaction = false;
+      berth.inTransaction = false;
     }
   }
 
   async rollbackTransaction(connection: DatabaseConnection): Promise<void> {
+    const berth = asBerth(connection);
+    berth.atCommit = [];
+    berth.savepointHeld = false;
     try {
       await connection.executeQuery(CompiledQuery.raw('rollback'));
     } finally {
@@ -188,6 +227,15 @@ export class BerthPostgresDriver implements Driver {
     this.#ended = true;
     await this.#options.pool.end();
   }
+}
+
+/** A statement with its `$n` parameters replaced by escaped string literals (strings only: INTERNAL otherwise). */
+function inlined(client: pg.PoolClient, query: CompiledQuery): string {
+  return query.sql.replace(/\$(\d+)/g, (_, n: string) => {
+    const value = query.parameters[Number(n) - 1];
+    if (typeof value !== 'string') throw new BerthError('INTERNAL', 'a statement held back for COMMIT takes string parameters only');
+    return client.escapeLiteral(value);
+  });
 }
 
 function asBerth(connection: DatabaseConnection): BerthPostgresConnection {

@@ -3,6 +3,7 @@ import type { Kysely } from 'kysely';
 import type pg from 'pg';
 import type { Database } from './database.js';
 import type { NotificationBackend } from './notification-backend.js';
+import { atPostgresCommit } from './postgres-driver.js';
 import { postgresConnectionFailure } from './postgres-errors.js';
 
 /** Options of `createPostgresNotifications`. */
@@ -139,7 +140,8 @@ export function createPostgresNotifications(options: PostgresNotificationsOption
 
   return {
     async send(db: Kysely<Database>, channel: string, payload: string): Promise<void> {
-      await sql`select pg_notify(${channel}, ${payload})`.execute(db);
+      // Inside a transaction it leaves on commit anyway: it goes with COMMIT, saving a round trip.
+      await atPostgresCommit(() => sql`select pg_notify(${channel}, ${payload})`.execute(db));
     },
 
     async subscribe(channel: string, deliver: (payload: string) => void): Promise<() => Promise<void>> {

@@ -31,6 +31,8 @@ const zOutcome = z.strictObject({
   error: zWorkItemError.optional(),
 });
 const zWorker = z.string().min(1).max(400);
+/** The longest time between two writes of an agent's `lastSeenAt` while it keeps calling (see `heardFrom`). */
+const HEARTBEAT_MAX_MS = 5_000;
 
 /** The many-hosts members of a store; HOST_UNSUPPORTED on a store without them. */
 function manyHosts(store: Store): { workItems: WorkItemRepository; notifications: StoreNotifications } {
@@ -131,7 +133,7 @@ export class AgentWorkService implements AgentWork {
     const who = parseWith(zWorker, worker, 'worker');
     const { workItems, notifications } = manyHosts(store);
     const host = await this.registeredHost(hostName);
-    await store.hosts.touchAgent(host.id, who);
+    await this.heardFrom(host, who);
     const wakeup = new Wakeup();
     // Listen before the first claim: an item created between the claim and the wait still wakes it.
     const stop = await notifications.listen(hostChannel(host.id), () => wakeup.fire());
@@ -156,7 +158,7 @@ export class AgentWorkService implements AgentWork {
     const who = parseWith(zWorker, worker, 'worker');
     const host = await this.registeredHost(hostName);
     await this.itemOf(workItems, host, id);
-    await store.hosts.touchAgent(host.id, who);
+    await this.heardFrom(host, who);
     const item = await workItems.renew(id, who, config.agent.leaseMs);
     return { leaseExpiresAt: item.leaseExpiresAt ?? new Date().toISOString() };
   }
@@ -175,7 +177,22 @@ export class AgentWorkService implements AgentWork {
       await (tx.workItems ?? workItems).complete(id, who, { state: valid.state, result, error });
       await (tx.notifications ?? notifications).notify(WORK_DONE_CHANNEL, id);
     });
-    await store.hosts.touchAgent(host.id, who).catch(() => undefined);
+    await this.heardFrom(host, who).catch(() => undefined);
+  }
+
+  /**
+   * The host's registered agent is `worker` (else CONFLICT: a newer registration replaced it), and
+   * it was heard from now. `lastSeenAt` is written (`touchAgent`, a compare-and-swap on the
+   * instance) only when the row just read is older than a heartbeat, a ninth of
+   * `agent.offlineAfterMs` (5 s at most): an agent busy with many items would otherwise write its
+   * host row on every claim, renewal and report, for a figure read in seconds.
+   */
+  private async heardFrom(host: Host, worker: string): Promise<void> {
+    const seen = Date.parse(host.agent?.lastSeenAt ?? '');
+    const heartbeatMs = Math.min(HEARTBEAT_MAX_MS, Math.floor(this.parts.config.agent.offlineAfterMs / 9));
+    const fresh = host.agent?.instance === worker && Number.isFinite(seen) && Date.now() - seen < heartbeatMs;
+    // A replaced worker goes through the CAS too: it words the CONFLICT as the store does.
+    if (!fresh) await this.parts.store.hosts.touchAgent(host.id, worker);
   }
 
   private async findOrCreateHost(name: string): Promise<Host> {
