@@ -39,12 +39,14 @@ const CASES: Case[] = [
  * delay, the same compiled fake tools): connect every volume at once, then disconnect them all,
  * each side timed inside its own process. Prints both medians and os-brick / berth.
  */
-export async function benchOsBrickSideBySide(iterations = 3): Promise<void> {
+export async function benchOsBrickSideBySide(iterations = 3, only?: readonly string[]): Promise<void> {
   if (!existsSync(PYTHON) || !existsSync(OS_BRICK)) {
     throw new Error(`the os-brick side-by-side needs ${PYTHON} and python3-os-brick: run scripts/install-system-deps.sh`);
   }
   const rows: Array<Array<string | number>> = [];
-  for (const c of CASES) rows.push(...(await runCase(c, iterations)));
+  const cases = only === undefined ? CASES : CASES.filter((c, i) => only.includes(String(i + 1)));
+  if (cases.length === 0) throw new Error(`BENCH_OSBRICK_CASES names no case: 1..${CASES.length} (${CASES.map((c) => c.name).join(', ')})`);
+  for (const c of cases) rows.push(...(await runCase(c, iterations)));
   printTable(`berth vs unmodified os-brick on one simulated host, ${iterations} alternating cycles each (ms, medians)`, ['case', 'berth', 'os-brick', 'os-brick / berth'], rows);
 }
 

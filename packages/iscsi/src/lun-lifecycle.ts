@@ -7,8 +7,8 @@ import { findIscsiSession } from './iscsi-sysfs.js';
 import { targetKey } from './lun-connection.js';
 import {
   devPath,
-  deviceIsTargetLun,
   lunDeviceName,
+  lunDeviceOf,
   scanAndWait,
   scsiWwnOf,
   sdevDirOf,
@@ -164,11 +164,11 @@ export class LunLifecycle {
       );
       progress.session = session;
       options.onSession?.(progress.loggedIn ? progress.loginMs : undefined);
-      let name = await lunDeviceName(fs, session, target.kernelLun);
-      if (name === undefined || !(await fs.exists(devPath(name)))) {
+      let device = await lunDeviceOf(fs, session, target.kernelLun);
+      if (device === undefined || !(await fs.exists(devPath(device.name)))) {
         // A device that was in sysfs before the scan is not this connect's to delete on failure.
-        const scannedBefore = name !== undefined;
-        name = await scanAndWait(this.deviceHost, target, session, {
+        const scannedBefore = device !== undefined;
+        device = await scanAndWait(this.deviceHost, target, session, {
           timeoutMs: this.options.deviceTimeoutMs,
           attempts: this.options.scanAttempts,
           signal,
@@ -180,14 +180,11 @@ export class LunLifecycle {
         });
         await this.deps.faults?.hit('iscsi.connect.after-scan');
       } else {
-        this.deps.logger.debug({ device: devPath(name), iqn: target.iqn, portal: target.portalText, lun: target.lun }, 'LUN already connected; reusing its device');
+        this.deps.logger.debug({ device: devPath(device.name), iqn: target.iqn, portal: target.portalText, lun: target.lun }, 'LUN already connected; reusing its device');
       }
       signal.throwIfAborted();
-      const device: LunDevice = (await deviceIsTargetLun(fs, name, target)) ?? {
-        name,
-        sid: session.sid,
-        hctl: { host: session.hostNumber, channel: 0, target: 0, lun: target.kernelLun },
-      };
+      // Found under the session's own directory: it is this session's LUN, at that address.
+      const name = device.name;
       const wwn = await scsiWwnOf(fs, name);
       return { session, device, ...(wwn === undefined ? {} : { wwn }), progress };
     } catch (error) {
