@@ -39,21 +39,28 @@ const CASES: Case[] = [
  * delay, the same compiled fake tools): connect every volume at once, then disconnect them all,
  * each side timed inside its own process. Prints both medians and os-brick / berth.
  */
-export async function benchOsBrickSideBySide(iterations = 3): Promise<void> {
+export async function benchOsBrickSideBySide(iterations = 3, only?: readonly string[]): Promise<void> {
   if (!existsSync(PYTHON) || !existsSync(OS_BRICK)) {
     throw new Error(`the os-brick side-by-side needs ${PYTHON} and python3-os-brick: run scripts/install-system-deps.sh`);
   }
   const rows: Array<Array<string | number>> = [];
-  for (const c of CASES) rows.push(...(await runCase(c, iterations)));
+  const cases = only === undefined ? CASES : CASES.filter((c, i) => only.includes(String(i + 1)));
+  if (cases.length === 0) throw new Error(`BENCH_OSBRICK_CASES names no case: 1..${CASES.length} (${CASES.map((c) => c.name).join(', ')})`);
+  for (const c of cases) rows.push(...(await runCase(c, iterations)));
   printTable(`berth vs unmodified os-brick on one simulated host, ${iterations} alternating cycles each (ms, medians)`, ['case', 'berth', 'os-brick', 'os-brick / berth'], rows);
 }
 
 async function runCase(c: Case, iterations: number): Promise<Array<Array<string | number>>> {
-  // Not under /dev/shm: os-brick's namespace binds the root's dev/ over /dev, which would hide
-  // the root itself (and the fake tools in it).
+  // The simulated root on a tmpfs when the machine has /dev/shm (as attach-iscsi-sim does):
+  // sysfs and devtmpfs are in memory on a real host, and on disk every login's ~80 sysfs files
+  // cost ~28 ms (both sides pay it). os-brick's namespace binds the root's dev/ over /dev, so its
+  // harness binds /dev/shm back in first (os_brick_root.py).
   const dataDir = await fsp.mkdtemp(path.join(os.tmpdir(), 'berth-bench-osbrick-'));
-  const sim = await SimulatedHost.start({ deviceDelayMs: 20, root: path.join(dataDir, 'root') }).catch(async (error: unknown) => {
+  const rootParent = process.env.BERTH_SIMHOST_TMPDIR ?? (existsSync('/dev/shm') ? '/dev/shm' : dataDir);
+  const root = rootParent === dataDir ? path.join(dataDir, 'root') : await fsp.mkdtemp(path.join(rootParent, 'berth-bench-osbrick-root-'));
+  const sim = await SimulatedHost.start({ deviceDelayMs: 20, root }).catch(async (error: unknown) => {
     await fsp.rm(dataDir, { recursive: true, force: true });
+    if (root !== path.join(dataDir, 'root')) await fsp.rm(root, { recursive: true, force: true });
     throw error;
   });
   try {
@@ -106,5 +113,6 @@ async function runCase(c: Case, iterations: number): Promise<Array<Array<string 
   } finally {
     await sim.stop();
     await fsp.rm(dataDir, { recursive: true, force: true });
+    await fsp.rm(root, { recursive: true, force: true });
   }
 }

@@ -27,7 +27,7 @@ const benches: Record<string, () => Promise<void>> = {
   'attach-iscsi-user': () => benchAttachIscsiUser(env('BENCH_ITERATIONS_ISCSI_USER', 10), env('BENCH_FIO_MIB', 256), env('BENCH_FIO_ROUNDS', 3)),
   'attach-multipath': () => benchAttachMultipath(env('BENCH_ITERATIONS_MULTIPATH', 3)),
   'simhost-tool': () => benchSimhostTool(env('BENCH_TOOL_CALLS', 50)),
-  'os-brick-side-by-side': () => benchOsBrickSideBySide(env('BENCH_ITERATIONS_OSBRICK', 3)),
+  'os-brick-side-by-side': () => benchOsBrickSideBySide(env('BENCH_ITERATIONS_OSBRICK', 3), process.env.BENCH_OSBRICK_CASES?.split(',')),
   'api-cycle': () =>
     benchApiCycle(
       env('BENCH_API_CYCLES', 100),

@@ -73,11 +73,16 @@ export type IdentityCheck =
  * `details.reason = 'identity-mismatch'` when the kernel gave the name to another device (a reused
  * sdX or dm-N): the caller must touch nothing.
  */
-export async function checkIdentity(fs: HostFs, device: Device, what: string): Promise<IdentityCheck> {
+export async function checkIdentity(
+  fs: HostFs,
+  device: Device,
+  what: string,
+  read: (name: string) => Promise<ScsiIdentity | DmIdentity | undefined> = (name) => identityAt(fs, name),
+): Promise<IdentityCheck> {
   if (device.identity === undefined) return { status: 'unknown' };
   const name = device.path.startsWith('/dev/') ? device.path.slice('/dev/'.length) : device.path;
   if (!/^[A-Za-z0-9][A-Za-z0-9_:.+-]*$/.test(name)) return { status: 'gone' };
-  const now = await identityAt(fs, name);
+  const now = await read(name);
   if (now === undefined) return { status: 'gone' };
   if (sameIdentity(device.identity, now)) return { status: 'same', now };
   throw new BerthError('CONFLICT', `${what}: ${device.path} is now another device (${describeIdentity(now)}, not ${describeIdentity(device.identity)}): the kernel reused the name, so nothing was touched`, {

@@ -3,7 +3,7 @@ import type { CommandRunner, DeviceWaiter, HostFs } from '@berth/host';
 import { findIscsiSession, readIscsiSession, type IscsiSession } from './iscsi-sysfs.js';
 import { samePortal, type Portal } from './portal.js';
 import { scanSlices } from './scan-schedule.js';
-import { findBlockDeviceByHctl, scanLun, scsiDeviceOf, type Hctl } from './scsi-sysfs.js';
+import { findBlockDeviceByHctl, findLunByHctl, scanLun, scsiDeviceOf, type Hctl } from './scsi-sysfs.js';
 import { blockName } from './sysfs-read.js';
 import { readWwid, scsiWwnFromWwid } from './wwid.js';
 
@@ -55,6 +55,15 @@ export async function lunDeviceName(fs: HostFs, session: { sid: number; hostNumb
   return findBlockDeviceByHctl(fs, session.sid, { host: session.hostNumber, channel: '-', target: '-', lun: kernelLun });
 }
 
+/**
+ * `lunDeviceName` with the SCSI address the disk sits at under the session's own directory: by
+ * where it was found, it is this session's LUN (no walk back from `/sys/block/<name>` needed).
+ */
+export async function lunDeviceOf(fs: HostFs, session: { sid: number; hostNumber: number }, kernelLun: number): Promise<LunDevice | undefined> {
+  const found = await findLunByHctl(fs, session.sid, { host: session.hostNumber, channel: '-', target: '-', lun: kernelLun });
+  return found === undefined ? undefined : { name: found.device, sid: session.sid, hctl: found.hctl };
+}
+
 /** Options of `scanAndWait`. */
 export interface ScanAndWaitOptions {
   /** The whole time the device may take, split over the scans (`scanSlices`). */
@@ -74,18 +83,18 @@ export interface ScanAndWaitOptions {
  * Targeted LUN scan (`- - L`, or `C T L` once the session's target dir exists), then a wait on
  * /dev events for the LUN's block device to be in sysfs with its /dev node; when a slice of the
  * time passes without it, the scan is written again (a lost scan is not waited out). Resolves
- * with the device name; rejects with TIMEOUT after the last slice, or with the signal's reason.
+ * with the device (name and SCSI address); rejects with TIMEOUT after the last slice, or with the signal's reason.
  */
 export async function scanAndWait(
   host: LunDeviceHost,
   target: LunTarget,
   session: { sid: number; hostNumber: number },
   options: ScanAndWaitOptions,
-): Promise<string> {
+): Promise<LunDevice> {
   const { fs, waiter, logger } = host;
-  const probe = async (): Promise<string | undefined> => {
-    const name = await lunDeviceName(fs, session, target.kernelLun);
-    return name !== undefined && (await fs.exists(devPath(name))) ? name : undefined;
+  const probe = async (): Promise<LunDevice | undefined> => {
+    const lun = await lunDeviceOf(fs, session, target.kernelLun);
+    return lun !== undefined && (await fs.exists(devPath(lun.name))) ? lun : undefined;
   };
   const slices = scanSlices(options.timeoutMs, options.attempts);
   for (const [index, slice] of slices.entries()) {

@@ -9,6 +9,7 @@ import type { LunLifecycle } from './lun-lifecycle.js';
 import type { LunTarget } from './lun-device.js';
 import { toPortal } from './target.js';
 import { buildSessions } from './test-kernel-tree.js';
+import { FailureList } from './failure-list.js';
 
 const VOL1 = 'iqn.2026-01.test.berth:vol1';
 const WWID_1 = 'naa.60000000000000000e00000000010001';
@@ -75,5 +76,41 @@ describe('the logout decision (sessionStillNeeded)', () => {
 
   it('needs no session that is not there', async () => {
     expect(await lifecycle.sessionStillNeeded(TARGET, [], [], async () => false)).toBe(false);
+  });
+});
+
+describe('the logout decisions of many LUNs queued together (closeSessionIfUnused)', () => {
+  it('decides the ones waiting behind a kept session from one reading of sysfs, and each alike', async () => {
+    await session([
+      { lun: 1, device: 'sdb', wwid: WWID_1 },
+      { lun: 2, device: 'sdc', wwid: WWID_2 },
+      { lun: 3, device: 'sdd', wwid: 'naa.60000000000000000e00000000010003' },
+    ]);
+    const host = createHostServices({ root });
+    let readdirs = 0;
+    const fs = new Proxy(host.fs, {
+      get(target, property, receiver) {
+        if (property === 'readdir') readdirs += 1;
+        return Reflect.get(target, property, receiver) as unknown;
+      },
+    });
+    const counted = iscsiTransportKit({ ...host, fs }, silentLogger, {
+      transport: 'iscsi',
+      iface: 'default',
+      startup: 'manual',
+      deviceTimeoutMs: 1_000,
+      scanAttempts: 1,
+      commandTimeoutMs: 1_000,
+      loginRetries: 0,
+    }).lifecycle;
+    const decide = (own: string, lun: number) =>
+      counted.closeSessionIfUnused({ ...TARGET, lun, kernelLun: lun }, [own], { signal: undefined, failures: new FailureList(false), mark: counted.closeMark(TARGET) });
+    // Each disconnect still sees the other LUNs' disks: every one keeps the session, as it would alone.
+    const alone = await decide('sdb', 1);
+    const readsAlone = readdirs;
+    readdirs = 0;
+    expect(await Promise.all([decide('sdb', 1), decide('sdc', 2), decide('sdd', 3)])).toEqual(['kept', 'kept', 'kept']);
+    expect(alone).toBe('kept');
+    expect(readdirs).toBe(readsAlone);
   });
 });

@@ -7,8 +7,8 @@ import { findIscsiSession } from './iscsi-sysfs.js';
 import { targetKey } from './lun-connection.js';
 import {
   devPath,
-  deviceIsTargetLun,
   lunDeviceName,
+  lunDeviceOf,
   scanAndWait,
   scsiWwnOf,
   sdevDirOf,
@@ -62,6 +62,22 @@ export interface ConnectedLun {
   progress: LunProgress;
 }
 
+/** A logout decision waiting for its target's lock; `outcome` is set when one before it decided it. */
+interface CloseRequest {
+  ownDevices: readonly string[];
+  keep: readonly string[];
+  mark: number;
+  /** The caller has a `lateOwn` predicate (a disk at its LUN may be its own). */
+  lateOwn: boolean;
+  outcome: 'kept' | 'already-closed' | undefined;
+}
+
+/** A session to a target and its disks, read from sysfs once. */
+interface SessionView {
+  session: Awaited<ReturnType<typeof findIscsiSession>>;
+  devices: Array<{ hctl: { lun: number }; device: string }>;
+}
+
 /** Options of one LUN connect. */
 export interface LunConnectOptions {
   /** The operation's signal (deadline, cancel). */
@@ -101,6 +117,8 @@ export class LunLifecycle {
   private readonly usage = new TargetUsage();
   /** How many times this instance closed each target's session: a closer that started before one need not close again. */
   private readonly closes = new Map<string, number>();
+  /** Logout decisions waiting for each target's lock, in arrival order. */
+  private readonly closers = new Map<string, CloseRequest[]>();
   /** Flushes of disks removed together share one `blockdev` run. */
   readonly flusher: FlushBatcher;
 
@@ -146,11 +164,11 @@ export class LunLifecycle {
       );
       progress.session = session;
       options.onSession?.(progress.loggedIn ? progress.loginMs : undefined);
-      let name = await lunDeviceName(fs, session, target.kernelLun);
-      if (name === undefined || !(await fs.exists(devPath(name)))) {
+      let device = await lunDeviceOf(fs, session, target.kernelLun);
+      if (device === undefined || !(await fs.exists(devPath(device.name)))) {
         // A device that was in sysfs before the scan is not this connect's to delete on failure.
-        const scannedBefore = name !== undefined;
-        name = await scanAndWait(this.deviceHost, target, session, {
+        const scannedBefore = device !== undefined;
+        device = await scanAndWait(this.deviceHost, target, session, {
           timeoutMs: this.options.deviceTimeoutMs,
           attempts: this.options.scanAttempts,
           signal,
@@ -162,14 +180,11 @@ export class LunLifecycle {
         });
         await this.deps.faults?.hit('iscsi.connect.after-scan');
       } else {
-        this.deps.logger.debug({ device: devPath(name), iqn: target.iqn, portal: target.portalText, lun: target.lun }, 'LUN already connected; reusing its device');
+        this.deps.logger.debug({ device: devPath(device.name), iqn: target.iqn, portal: target.portalText, lun: target.lun }, 'LUN already connected; reusing its device');
       }
       signal.throwIfAborted();
-      const device: LunDevice = (await deviceIsTargetLun(fs, name, target)) ?? {
-        name,
-        sid: session.sid,
-        hctl: { host: session.hostNumber, channel: 0, target: 0, lun: target.kernelLun },
-      };
+      // Found under the session's own directory: it is this session's LUN, at that address.
+      const name = device.name;
       const wwn = await scsiWwnOf(fs, name);
       return { session, device, ...(wwn === undefined ? {} : { wwn }), progress };
     } catch (error) {
@@ -294,27 +309,120 @@ export class LunLifecycle {
   ): Promise<'closed' | 'kept' | 'already-closed'> {
     const key = targetKey(target);
     const { logger } = this.deps;
-    return this.targetLocks.withLock(
-      key,
-      async () => {
-        if ((this.closes.get(key) ?? 0) !== options.mark && (await findIscsiSession(this.deps.fs, target)) === undefined) return 'already-closed';
-        if (await this.sessionStillNeeded(target, ownDevices, options.keep ?? [], options.lateOwn)) {
-          logger.info({ iqn: target.iqn, portal: target.portalText }, 'keeping the session: another LUN of it is in use');
-          return 'kept';
-        }
-        const before = options.failures.size;
-        await closeSession(
-          this.sessionHost,
-          target,
-          { signal: options.signal, deleteRecord: true, ...(options.faultPoints === true ? { faultPoints: true } : {}), ...(options.namePortal === true ? { namePortal: true } : {}) },
-          (step, fn) => options.failures.attempt(step, fn),
-        );
-        this.usage.clearLogin(key);
-        if (options.failures.size === before) this.closes.set(key, (this.closes.get(key) ?? 0) + 1);
-        return 'closed';
-      },
-      options.signal,
-    );
+    const request: CloseRequest = { ownDevices, keep: options.keep ?? [], mark: options.mark, lateOwn: options.lateOwn !== undefined, outcome: undefined };
+    const queued = this.closers.get(key) ?? [];
+    queued.push(request);
+    this.closers.set(key, queued);
+    try {
+      return await this.targetLocks.withLock(
+        key,
+        async () => {
+          this.unqueue(key, request);
+          // Decided, from the reading of a decision that held the lock before this one.
+          if (request.outcome !== undefined) return request.outcome;
+          // Only decisions already waiting when sysfs is read can be made from that reading: their
+          // own disks were removed before it.
+          const waiting = [...(this.closers.get(key) ?? [])];
+          const view = await this.readSession(target);
+          if ((this.closes.get(key) ?? 0) !== options.mark && view.session === undefined) {
+            this.decideQueued(key, target, view, waiting);
+            return 'already-closed';
+          }
+          if (await this.neededIn(view, target, ownDevices, options.keep ?? [], options.lateOwn)) {
+            logger.info({ iqn: target.iqn, portal: target.portalText }, 'keeping the session: another LUN of it is in use');
+            this.decideQueued(key, target, view, waiting);
+            return 'kept';
+          }
+          const before = options.failures.size;
+          await closeSession(
+            this.sessionHost,
+            target,
+            { signal: options.signal, deleteRecord: true, ...(options.faultPoints === true ? { faultPoints: true } : {}), ...(options.namePortal === true ? { namePortal: true } : {}) },
+            (step, fn) => options.failures.attempt(step, fn),
+          );
+          this.usage.clearLogin(key);
+          if (options.failures.size === before) this.closes.set(key, (this.closes.get(key) ?? 0) + 1);
+          return 'closed';
+        },
+        options.signal,
+      );
+    } finally {
+      this.unqueue(key, request);
+    }
+  }
+
+  /**
+   * The decisions that were queued behind the one holding the lock when it read the session
+   * (`waiting`), made from that reading, in order, as they would be had each taken the lock right
+   * then: a disconnect whose mark predates a close, with no session left, has nothing to close; one
+   * for which a connect in flight, or a disk it does not own, keeps the session keeps it. Anything
+   * else (a close, a late disk to confirm) stops there: it and the ones after it take their own
+   * turn and read sysfs again. Settling only says "nothing to do", so a decision made here never
+   * logs out a session serial ones would have kept; 32 LUNs detached at once read sysfs a few
+   * times instead of 32 times in a row.
+   */
+  private decideQueued(key: string, target: LunTarget, view: SessionView, waiting: readonly CloseRequest[]): void {
+    const queued = this.closers.get(key) ?? [];
+    for (const request of waiting) {
+      if (request.outcome !== undefined || !queued.includes(request)) continue;
+      if ((this.closes.get(key) ?? 0) !== request.mark && view.session === undefined) {
+        request.outcome = 'already-closed';
+        continue;
+      }
+      if (this.surelyNeededIn(view, target, request.ownDevices, request.keep, request.lateOwn)) {
+        this.deps.logger.info({ iqn: target.iqn, portal: target.portalText }, 'keeping the session: another LUN of it is in use');
+        request.outcome = 'kept';
+        continue;
+      }
+      // Queued decisions are made in order: one that cannot be settled here stops the others.
+      return;
+    }
+  }
+
+  private unqueue(key: string, request: CloseRequest): void {
+    const queued = this.closers.get(key);
+    if (queued === undefined) return;
+    const at = queued.indexOf(request);
+    if (at >= 0) queued.splice(at, 1);
+    if (queued.length === 0) this.closers.delete(key);
+  }
+
+  /** The session to `target` and its disks, as sysfs shows them now. */
+  private async readSession(target: LunTarget): Promise<SessionView> {
+    const session = await findIscsiSession(this.deps.fs, target);
+    if (session?.hostNumber === undefined) return { session, devices: [] };
+    return { session, devices: await sessionBlockDevices(this.deps.fs, session.sid, { host: session.hostNumber }) };
+  }
+
+  /** `sessionStillNeeded` on a reading already made. */
+  private async neededIn(
+    view: SessionView,
+    target: LunTarget,
+    ownDevices: readonly string[],
+    keep: readonly string[],
+    lateOwn: ((device: string) => Promise<boolean>) | undefined,
+  ): Promise<boolean> {
+    if (this.usage.peek(targetKey(target)).inflight > 0) return true;
+    if (view.session?.hostNumber === undefined) return false;
+    if (view.devices.some((d) => keep.includes(d.device))) return true;
+    for (const d of view.devices) {
+      if (ownDevices.includes(d.device)) continue;
+      // Only a disk of this LUN can be a late one of the caller's; the predicate checks its identity.
+      if (d.hctl.lun !== target.kernelLun || lateOwn === undefined || !(await lateOwn(d.device))) return true;
+      this.deps.logger.info(
+        { device: devPath(d.device), iqn: target.iqn, portal: target.portalText },
+        'a disk of this LUN appeared after the paths were listed (a scan the interrupted connect wrote); it goes with the session',
+      );
+    }
+    return false;
+  }
+
+  /** Whether `neededIn` says true whatever the caller's `lateOwn` would answer (false: it cannot tell, or not needed). */
+  private surelyNeededIn(view: SessionView, target: LunTarget, ownDevices: readonly string[], keep: readonly string[], lateOwn: boolean): boolean {
+    if (this.usage.peek(targetKey(target)).inflight > 0) return true;
+    if (view.session?.hostNumber === undefined) return false;
+    if (view.devices.some((d) => keep.includes(d.device))) return true;
+    return view.devices.some((d) => !ownDevices.includes(d.device) && (d.hctl.lun !== target.kernelLun || !lateOwn));
   }
 
   /**
@@ -330,19 +438,6 @@ export class LunLifecycle {
     lateOwn?: (device: string) => Promise<boolean>,
   ): Promise<boolean> {
     if (this.usage.peek(targetKey(target)).inflight > 0) return true;
-    const session = await findIscsiSession(this.deps.fs, target);
-    if (session?.hostNumber === undefined) return false;
-    const devices = await sessionBlockDevices(this.deps.fs, session.sid, { host: session.hostNumber });
-    if (devices.some((d) => keep.includes(d.device))) return true;
-    for (const d of devices) {
-      if (ownDevices.includes(d.device)) continue;
-      // Only a disk of this LUN can be a late one of the caller's; the predicate checks its identity.
-      if (d.hctl.lun !== target.kernelLun || lateOwn === undefined || !(await lateOwn(d.device))) return true;
-      this.deps.logger.info(
-        { device: devPath(d.device), iqn: target.iqn, portal: target.portalText },
-        'a disk of this LUN appeared after the paths were listed (a scan the interrupted connect wrote); it goes with the session',
-      );
-    }
-    return false;
+    return this.neededIn(await this.readSession(target), target, ownDevices, keep, lateOwn);
   }
 }

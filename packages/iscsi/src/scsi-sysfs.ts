@@ -109,14 +109,23 @@ export async function findBlockDeviceByHctl(
   sid: number,
   address: { host: number; channel: ScanField; target: ScanField; lun: number },
 ): Promise<string | undefined> {
+  return (await findLunByHctl(fs, sid, address))?.device;
+}
+
+/** `findBlockDeviceByHctl` with the full SCSI address the disk was found under. */
+export async function findLunByHctl(
+  fs: HostFs,
+  sid: number,
+  address: { host: number; channel: ScanField; target: ScanField; lun: number },
+): Promise<{ device: string; hctl: Hctl } | undefined> {
   checkIndex(sid, 'session id');
   checkIndex(address.lun, 'LUN');
   for (const t of await sessionScsiTargets(fs, address.host, sid)) {
     if (address.channel !== '-' && address.channel !== t.channel) continue;
     if (address.target !== '-' && address.target !== t.target) continue;
-    const hctl = formatHctl({ ...t, lun: address.lun });
-    const device = await firstBlockDevice(fs, `${sessionDevicePath(address.host, sid)}/target${t.host}:${t.channel}:${t.target}/${hctl}`);
-    if (device !== undefined) return device;
+    const hctl = { ...t, lun: address.lun };
+    const device = await firstBlockDevice(fs, `${sessionDevicePath(address.host, sid)}/target${t.host}:${t.channel}:${t.target}/${formatHctl(hctl)}`);
+    if (device !== undefined) return { device, hctl };
   }
   return undefined;
 }

@@ -12,6 +12,16 @@ def bind_simulated_root(root):
     # The simulated /dev gets the few real character devices Python and the tools need.
     for name in ('null', 'zero', 'random', 'urandom'):
         mount('--bind', '/dev/' + name, os.path.join(root, 'dev', name))
+    # A root on a tmpfs under /dev (/dev/shm: sysfs and devtmpfs are in memory on a real host, a
+    # root on disk makes every login and scan pay for file creation) would vanish, fake tools and
+    # daemon socket with it, once the simulated /dev is bound over /dev: the real mount it lives
+    # on is bound into the simulated /dev first, at the same place.
+    real_root = os.path.realpath(root)
+    parts = real_root.split('/')
+    if len(parts) > 3 and parts[1] == 'dev':
+        inner = os.path.join(real_root, 'dev', parts[2])
+        os.makedirs(inner, exist_ok=True)
+        mount('--bind', '/dev/' + parts[2], inner)
     mount('--rbind', os.path.join(root, 'dev'), '/dev')
     mount('--bind', os.path.join(root, 'sys'), '/sys')
     mount('--bind', os.path.join(root, 'etc/iscsi'), '/etc/iscsi')

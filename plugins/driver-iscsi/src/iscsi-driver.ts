@@ -57,6 +57,9 @@ export const PROTOCOLS = ['iscsi'] as const;
 /** Where attach states live under berth's data directory. */
 export const STATE_SUBDIR = path.join('driver-iscsi', 'attachments');
 
+/** What is at a disk's name now (its SCSI or dm identity), as `identityAt` reads it. */
+type IdentityReader = (name: string) => ReturnType<typeof identityAt>;
+
 /** How disconnect, extend and paths read a connection_info: the LUN only (berth stores it without passwords). */
 const LOCATE = { protocols: PROTOCOLS, purpose: 'locate' } as const;
 
@@ -123,7 +126,13 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
    * found by name or lookup is used only when sysfs confirms it is this LUN and, when its
    * identity is known, still has it (another attachment's session to the LUN is not this one).
    */
-  async function locate(target: IscsiVolumeTarget, device: Device | undefined, volumeId: string | undefined, what: string): Promise<LunDevice | undefined> {
+  async function locate(
+    target: IscsiVolumeTarget,
+    device: Device | undefined,
+    volumeId: string | undefined,
+    what: string,
+    read: IdentityReader = identityReader(),
+  ): Promise<LunDevice | undefined> {
     const state = volumeId === undefined ? undefined : await states.load(volumeId).catch(() => undefined);
     const ofThisLun = device !== undefined && device.meta?.['iqn'] === target.iqn && device.meta['lun'] === target.lun;
     const known: DeviceIdentity | undefined =
@@ -134,7 +143,7 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
           : undefined;
     const named: string[] = [];
     if (device !== undefined) {
-      const check = await checkIdentity(fs, device, what);
+      const check = await checkIdentity(fs, device, what, read);
       if (check.status !== 'gone') named.push(device.path);
     }
     if (state !== undefined) named.push(state.device);
@@ -142,20 +151,20 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
       const name = candidate.startsWith('/dev/') ? candidate.slice('/dev/'.length) : candidate;
       if (!/^[A-Za-z0-9][A-Za-z0-9_:.+-]*$/.test(name)) continue;
       const lun = await deviceIsTargetLun(fs, name, target);
-      if (lun !== undefined && (await stillIs(lun, known))) return lun;
+      if (lun !== undefined && (await stillIs(lun, known, read))) return lun;
       if (await fs.exists(`/sys/block/${name}`)) {
         logger.warn({ device: candidate, iqn: target.iqn, lun: target.lun }, 'the recorded device is now another disk; looking the LUN up in sysfs');
       }
     }
     const found = (await findLunDevice(fs, target)).device;
-    if (found === undefined || (await stillIs(found, known))) return found;
+    if (found === undefined || (await stillIs(found, known, read))) return found;
     logger.warn({ device: devPath(found.name), iqn: target.iqn, lun: target.lun }, 'the LUN\'s disk in sysfs is not the one this volume was given (another session); leaving it alone');
     return undefined;
   }
 
-  async function stillIs(lun: LunDevice, known: DeviceIdentity | undefined): Promise<boolean> {
+  async function stillIs(lun: LunDevice, known: DeviceIdentity | undefined, read: IdentityReader): Promise<boolean> {
     if (known === undefined) return true;
-    const now = await identityAt(fs, lun.name);
+    const now = await read(lun.name);
     return now !== undefined && sameIdentity(known, now);
   }
 
@@ -169,6 +178,23 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
         await states.remove(state.volumeId);
       }
     }
+  }
+
+  /**
+   * `identityAt`, read once per disk name for one call: a disconnect compares the same disk's
+   * identity up to three times back to back under the LUN's lock (the caller's device, the disk
+   * found, the devices in use), and each read walks its sysfs links again.
+   */
+  function identityReader(): IdentityReader {
+    const seen = new Map<string, ReturnType<IdentityReader>>();
+    return (name) => {
+      let read = seen.get(name);
+      if (read === undefined) {
+        read = identityAt(fs, name);
+        seen.set(name, read);
+      }
+      return read;
+    };
   }
 
   function checkVolumeId(volumeId: string | undefined): string | undefined {
@@ -208,11 +234,12 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
             const failures = new FailureList(opts.force);
             // Taken before the disk goes: a logout by a concurrent disconnect after this point covers this one.
             const mark = lifecycle.closeMark(target);
-            const lun = await locate(target, device, volumeId, what);
+            const read = identityReader();
+            const lun = await locate(target, device, volumeId, what, read);
             const own: string[] = [];
             const keep: string[] = [];
             if (lun !== undefined) {
-              if (inUseBy(opts.inUse, lun.name, await identityAt(fs, lun.name))) {
+              if (inUseBy(opts.inUse, lun.name, await read(lun.name))) {
                 logger.info({ device: devPath(lun.name), iqn: target.iqn, lun: target.lun }, 'another attachment uses this disk: it stays, and so does its session');
                 keep.push(lun.name);
               } else {
