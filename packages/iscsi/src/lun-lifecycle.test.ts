@@ -18,19 +18,21 @@ const TARGET: LunTarget = { iqn: VOL1, portal: toPortal('127.0.0.1:3260'), porta
 
 let root: string;
 let lifecycle: LunLifecycle;
+/** Short timeouts, one scan, no login retries: the tests' transport options. */
+const KIT_OPTIONS = {
+  transport: 'iscsi',
+  iface: 'default',
+  startup: 'manual',
+  deviceTimeoutMs: 1_000,
+  scanAttempts: 1,
+  commandTimeoutMs: 1_000,
+  loginRetries: 0,
+} as const;
 
 beforeEach(async () => {
   root = await mkdtemp(path.join(tmpdir(), 'berth-iscsi-lifecycle-'));
   const host = createHostServices({ root });
-  lifecycle = iscsiTransportKit(host, silentLogger, {
-    transport: 'iscsi',
-    iface: 'default',
-    startup: 'manual',
-    deviceTimeoutMs: 1_000,
-    scanAttempts: 1,
-    commandTimeoutMs: 1_000,
-    loginRetries: 0,
-  }).lifecycle;
+  lifecycle = iscsiTransportKit(host, silentLogger, KIT_OPTIONS).lifecycle;
 });
 afterEach(async () => {
   await rm(root, { recursive: true, force: true });
@@ -94,15 +96,7 @@ describe('the logout decisions of many LUNs queued together (closeSessionIfUnuse
         return Reflect.get(target, property, receiver) as unknown;
       },
     });
-    const counted = iscsiTransportKit({ ...host, fs }, silentLogger, {
-      transport: 'iscsi',
-      iface: 'default',
-      startup: 'manual',
-      deviceTimeoutMs: 1_000,
-      scanAttempts: 1,
-      commandTimeoutMs: 1_000,
-      loginRetries: 0,
-    }).lifecycle;
+    const counted = iscsiTransportKit({ ...host, fs }, silentLogger, KIT_OPTIONS).lifecycle;
     const decide = (own: string, lun: number) =>
       counted.closeSessionIfUnused({ ...TARGET, lun, kernelLun: lun }, [own], { signal: undefined, failures: new FailureList(false), mark: counted.closeMark(TARGET) });
     // Each disconnect still sees the other LUNs' disks: every one keeps the session, as it would alone.
