@@ -1,5 +1,13 @@
 import { virtioDiskName, type Attachment } from '@berth/core';
-import type { DomainBlock } from './virsh.js';
+
+/** One row of `virsh domblklist --details`. */
+export interface DomainBlock {
+  type: string;
+  device: string;
+  target: string;
+  /** The source path, or `undefined` for an empty drive (`-`). */
+  source: string | undefined;
+}
 
 /** The disk a volume becomes in a libvirt domain. */
 export interface LibvirtDiskSpec {

@@ -3,17 +3,11 @@ import { mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { BerthError } from '@berth/core';
 import type { CommandResult, CommandRunner } from '@berth/host';
-import { parseDomainBlocks } from './disk-xml.js';
+import { parseDomainBlocks, type DomainBlock } from './disk-xml.js';
 import { AFFECT_LIVE, LibvirtRpcConnection, LibvirtRpcError, LibvirtRpcTimeout, systemSocketOf } from './libvirt-rpc.js';
 
-/** One row of `virsh domblklist --details`. */
-export interface DomainBlock {
-  type: string;
-  device: string;
-  target: string;
-  /** The source path, or `undefined` for an empty drive (`-`). */
-  source: string | undefined;
-}
+/** A disk row of the domain (defined beside the XML that reads it). */
+export type { DomainBlock };
 
 /**
  * Parse `virsh domblklist DOMAIN --details`: a header, a dashed rule, then `Type Device Target
