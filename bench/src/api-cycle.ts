@@ -55,24 +55,37 @@ async function drive(samples: Samples, concurrency: number, cycles: number, cycl
   });
 }
 
-/** A cycle through `berth` (the embedded service, or the HTTP client that implements the same interface). */
-function serviceCycle(berth: BerthService): Cycle {
+/**
+ * A cycle through `berth` (the embedded service, or the HTTP client that implements the same
+ * interface): `attach`/`detach`, or with `viaStart` `startAttach(...).done` — over HTTP that is the
+ * POST and a long-poll of the outcome, as `attach` did before it asked `Prefer: wait`.
+ * `requests` is what one cycle sends (2 when each operation ends within the POST's wait).
+ */
+function serviceCycle(berth: BerthService, requests: number, viaStart = false): Cycle {
   return async (volume) => {
     let t = performance.now();
-    const attached = await berth.attach({ volume });
+    const attached = viaStart ? await (await berth.startAttach({ volume })).done : await berth.attach({ volume });
     const attachMs = performance.now() - t;
     t = performance.now();
-    const detached = await berth.detach({ volume });
+    const detached = viaStart ? await (await berth.startDetach({ volume })).done : await berth.detach({ volume });
     const detachMs = performance.now() - t;
-    return { attachMs, detachMs, operationsMs: journalled(attached.operation) + journalled(detached.operation), requests: 4 };
+    return { attachMs, detachMs, operationsMs: journalled(attached.operation) + journalled(detached.operation), requests };
   };
 }
 
-/** The bare protocol: POST (start), then GET the outcome with a long-poll until it is there. */
-function fetchCycle(url: string): Cycle {
-  const headers = { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' };
+/**
+ * The bare protocol: POST (start), then GET the outcome with a long-poll until it is there. With
+ * `preferWait` the POST asks `Prefer: wait=30`: an operation that succeeds in time comes back in
+ * the POST's own answer (200), with no long-poll.
+ */
+function fetchCycle(url: string, preferWait = false): Cycle {
+  const headers = { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json', ...(preferWait ? { prefer: 'wait=30' } : {}) };
   const operate = async (volume: string, action: 'attach' | 'detach'): Promise<{ requests: number; operationMs: number }> => {
     const started = await fetch(`${url}/v1/volumes/${volume}/${action}`, { method: 'POST', headers, body: '{}' });
+    if (started.status === 200 && preferWait) {
+      const { operation } = (await started.json()) as { operation: { startedAt: string; endedAt: string | null } };
+      return { requests: 1, operationMs: journalled(operation) };
+    }
     if (started.status !== 202) throw new Error(`${action} ${volume}: ${started.status} ${await started.text()}`);
     const { id } = (await started.json()) as { id: string };
     let requests = 1;
@@ -96,9 +109,11 @@ function fetchCycle(url: string): Cycle {
 
 /**
  * Attach+detach cycles on the loop transport, embedded (`BerthService`), through the HTTP app with
- * bare `fetch` (POST, then a long-poll of the outcome), and with `@berth/client` (what `berth --api`
- * does), at each concurrency. All three modes share one data dir and one service, and run in
- * alternating rounds, so the machine's load falls on each alike: the gap is what HTTP costs.
+ * bare `fetch` (POST, then a long-poll of the outcome; and POST with `Prefer: wait`, one request),
+ * and with `@berth/client` (its `startAttach(...).done`: POST + long-poll, as before `Prefer: wait`;
+ * and `attach`, what `berth --api` does), at each concurrency. All modes share one data dir and one
+ * service, and run in alternating rounds, so the machine's load falls on each alike: the gap is
+ * what HTTP costs, and the protocol's before/after is measured in one run.
  */
 export async function benchApiCycle(cycles = 100, concurrencies: readonly number[] = [1, 4], rounds = 4): Promise<void> {
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'berth-bench-api-'));
@@ -116,9 +131,11 @@ export async function benchApiCycle(cycles = 100, concurrencies: readonly number
     client = new RemoteBerthService({ url, token: TOKEN });
     for (let i = 0; i < Math.max(...concurrencies); i++) await berth.createVolume({ name: `bench-${i}`, sizeBytes: 16 * 1024 * 1024 });
     const modes: Array<{ name: string; cycle: Cycle }> = [
-      { name: 'embedded (BerthService)', cycle: serviceCycle(berth) },
+      { name: 'embedded (BerthService)', cycle: serviceCycle(berth, 0) },
       { name: 'HTTP, fetch + long-poll', cycle: fetchCycle(url) },
-      { name: 'HTTP, @berth/client', cycle: serviceCycle(client) },
+      { name: 'HTTP, fetch + Prefer: wait', cycle: fetchCycle(url, true) },
+      { name: 'HTTP, @berth/client, start + long-poll', cycle: serviceCycle(client, 4, true) },
+      { name: 'HTTP, @berth/client', cycle: serviceCycle(client, 2) },
     ];
     // One warm-up cycle per mode: module loading and the first connection are not the HTTP layer.
     for (const mode of modes) await drive(empty(), 1, 1, mode.cycle);
@@ -158,12 +175,14 @@ export async function benchApiCycle(cycles = 100, concurrencies: readonly number
         }),
       );
       const http = samples[1]!;
-      const viaClient = samples[2]!;
+      const preferWait = samples[2]!;
+      const clientPolling = samples[3]!;
+      const viaClient = samples[4]!;
       const overhead = (s: Samples): string => `${(summarize(s.outside).p50 - baseOutside).toFixed(2)} ms`;
       summary.push(
-        `${concurrency} client(s): HTTP overhead per cycle (time outside the operations, p50, minus embedded's) ${overhead(http)} (fetch), ` +
-          `${overhead(viaClient)} (@berth/client); throughput ${(http.cycles.length / http.wallMs / baseRate).toFixed(2)}× / ` +
-          `${(viaClient.cycles.length / viaClient.wallMs / baseRate).toFixed(2)}× embedded`,
+        `${concurrency} client(s): HTTP overhead per cycle (time outside the operations, p50, minus embedded's) ${overhead(http)} (fetch + long-poll), ` +
+          `${overhead(preferWait)} (fetch + Prefer: wait), ${overhead(clientPolling)} (@berth/client, start + long-poll), ${overhead(viaClient)} (@berth/client); throughput ` +
+          `${[http, preferWait, clientPolling, viaClient].map((s) => `${(s.cycles.length / s.wallMs / baseRate).toFixed(2)}×`).join(' / ')} embedded`,
       );
     }
   } finally {

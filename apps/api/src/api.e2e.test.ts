@@ -159,6 +159,36 @@ describe('the HTTP app end to end (real socket, file backend, loop transport)', 
     expect(other.status).toBe(422);
   });
 
+  it('answers an attach and a detach asked with `Prefer: wait` in one round trip, with their outcomes', async () => {
+    const t = await start();
+    const token = TOKENS.admin;
+    await t.request('POST', '/v1/volumes', { token, json: { name: 'prefer1', sizeBytes: 8 * MiB } });
+    const attach = await t.request('POST', '/v1/volumes/prefer1/attach', { token, json: {}, headers: { prefer: 'respond-async, wait=30' } });
+    expect(attach.status).toBe(200);
+    expect(attach.headers.get('preference-applied')).toBe('wait=30');
+    const attached = bodyOf(attach) as { operation: Operation; volume: Volume; attachment: Attachment };
+    expect(attached.operation.state).toBe('succeeded');
+    expect(attach.headers.get('location')).toBe(`/v1/operations/${attached.operation.id}`);
+    expect(attached.volume.status).toBe('in-use');
+    expect(attached.attachment.status).toBe('attached');
+    // Its outcome is still there to ask for, from memory.
+    const outcome = await t.request('GET', `/v1/operations/${attached.operation.id}/outcome`, { token });
+    expect(outcome.status).toBe(200);
+    expect((bodyOf(outcome) as { attachment: Attachment }).attachment.id).toBe(attached.attachment.id);
+    const detach = await t.request('POST', '/v1/volumes/prefer1/detach', { token, headers: { prefer: 'wait=30' } });
+    expect(detach.status).toBe(200);
+    const detached = bodyOf(detach) as { operation: Operation; volume: Volume; attachment: Attachment };
+    expect(detached.volume.status).toBe('available');
+    expect(detached.attachment.id).toBe(attached.attachment.id);
+    expect(loopDevicesUnder(t.dataDir)).toEqual([]);
+    // Without the preference (or with one it does not know) the answer is the usual 202.
+    const plain = await t.request('POST', '/v1/volumes/prefer1/attach', { token, json: {}, headers: { prefer: 'handling=lenient' } });
+    expect(plain.status).toBe(202);
+    expect(plain.headers.get('preference-applied')).toBeNull();
+    expect((await t.request('GET', `/v1/operations/${String(bodyOf(plain).id)}/outcome?wait=30s`, { token })).status).toBe(200);
+    expect((await t.request('POST', '/v1/volumes/prefer1/detach', { token, headers: { prefer: 'wait=30' } })).status).toBe(200);
+  });
+
   it('runs the three-phase attachments API: reserve, initialize with a connector, complete, delete', async () => {
     const t = await start();
     const token = TOKENS.admin;
@@ -256,7 +286,10 @@ describe('the HTTP app end to end (real socket, file backend, loop transport)', 
     const t = await start({ BERTH_FAULTS: 'attach.connect.before=throw' });
     const token = TOKENS.admin;
     await t.request('POST', '/v1/volumes', { token, json: { name: 'bad', sizeBytes: 1 * MiB } });
-    const attach = await t.request('POST', '/v1/volumes/bad/attach', { token, json: {} });
+    // Asked to wait, a failed operation is still a 202: its error is `/outcome`'s to tell.
+    const attach = await t.request('POST', '/v1/volumes/bad/attach', { token, json: {}, headers: { prefer: 'wait=30' } });
+    expect(attach.status).toBe(202);
+    expect(attach.headers.get('preference-applied')).toBeNull();
     const id = String(bodyOf(attach).id);
     const outcome = await t.request('GET', `/v1/operations/${id}/outcome?wait=30s`, { token });
     expect(outcome.status).toBe(500);

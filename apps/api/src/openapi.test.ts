@@ -64,6 +64,19 @@ describe('the OpenAPI document', () => {
       required: expect.arrayContaining(['dryRun', 'operationId', 'differences', 'unchecked', 'counts']),
     });
     expect(doc.paths['/v1/operations/{id}']?.get?.parameters).toEqual(expect.arrayContaining([expect.objectContaining({ name: 'wait', in: 'query' })]));
+    // Starting an attach or detach takes `Prefer: wait=N` and may answer 200 with the outcome.
+    for (const [path, method] of [
+      ['/v1/volumes/{volume}/attach', 'post'],
+      ['/v1/volumes/{volume}/detach', 'post'],
+      ['/v1/servers/{server}/volume-attachments', 'post'],
+      ['/v1/servers/{server}/volume-attachments/{volume}', 'delete'],
+    ] as const) {
+      const op = doc.paths[path]?.[method];
+      expect(op?.parameters, path).toEqual(expect.arrayContaining([expect.objectContaining({ name: 'Prefer', in: 'header' })]));
+      expect(op?.responses['200']?.headers, path).toHaveProperty('Preference-Applied');
+      expect(op?.responses['200']?.content?.['application/json']?.schema, path).toMatchObject({ required: expect.arrayContaining(['operation', 'volume']) });
+      expect(op?.responses['202'], path).toBeDefined();
+    }
   });
 
   it('has servers, a license, a 4xx on every operation, Location on 201/202 and Retry-After where it applies', () => {

@@ -75,6 +75,10 @@ function response(status: string, spec: ResponseSpec): JsonSchema {
   const headers: JsonSchema = {};
   if (status === '201' || status === '202') headers.Location = LOCATION;
   if (status === '503' || spec.retryAfter === true) headers['Retry-After'] = RETRY_AFTER;
+  if (spec.preferenceApplied === true) {
+    headers.Location = LOCATION;
+    headers['Preference-Applied'] = { description: 'the `Prefer` preference this answer honoured: `wait=N`', schema: { type: 'string' } };
+  }
   return {
     description: spec.description,
     ...(Object.keys(headers).length === 0 ? {} : { headers }),
@@ -127,6 +131,16 @@ export function buildOpenApi(routes: readonly AnyRoute[], version: string): Open
         schema: { type: 'string', minLength: 1, maxLength: 200 },
       });
     }
+    if (r.preferWait === true) {
+      params.push({
+        name: 'Prefer',
+        in: 'header',
+        required: false,
+        description:
+          '`wait=N` (RFC 7240, seconds, at most the server\'s maximum wait): hold the answer until the operation ends or N s pass; if it succeeded by then the answer is 200 with its outcome, else the usual 202. Other preferences are ignored.',
+        schema: { type: 'string' },
+      });
+    }
     if (params.length > 0) operation.parameters = params;
     if (r.body !== undefined) {
       operation.requestBody = { required: r.optionalBody !== true, content: { 'application/json': { schema: jsonSchema(r.body, 'input') } } };
@@ -141,7 +155,7 @@ export function buildOpenApi(routes: readonly AnyRoute[], version: string): Open
       title: 'berth API',
       version,
       description:
-        'Attach block volumes to hosts. Attach and detach answer 202 with an operation to poll (`GET /v1/operations/{id}?wait=30s`). Errors are application/problem+json with a stable `code`.',
+        'Attach block volumes to hosts. Attach and detach answer 202 with an operation to poll (`GET /v1/operations/{id}?wait=30s`), or, asked with `Prefer: wait=N`, 200 with its outcome when it succeeded within N s. Errors are application/problem+json with a stable `code`.',
       license: API_LICENSE,
     },
     // Relative: the server that serves this document is the one it describes.

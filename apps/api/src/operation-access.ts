@@ -6,11 +6,23 @@ import {
   type Operation,
   type ProjectScope,
   type StartedOperation,
+  zOperation,
 } from '@berth/core';
+import { zOperationOutcome } from './http-schemas.js';
 import type { Principal } from './auth.js';
 import { keyReused } from './idempotency.js';
 import type { RouteDeps } from './route-deps.js';
-import type { RouteReply } from './route.js';
+import type { ResponseSpec, RouteReply } from './route.js';
+
+/** What a route that starts an attach or detach answers (it takes `Prefer: wait=N`). */
+export const OPERATION_STARTED: Record<number, ResponseSpec> = {
+  200: {
+    description: 'Asked with `Prefer: wait=N` and it succeeded within N s: its outcome, as `/outcome` answers it (`Location` names the operation)',
+    schema: zOperationOutcome,
+    preferenceApplied: true,
+  },
+  202: { description: 'Accepted: the operation, journalled; poll its Location (`Prefer: wait=N` waited and it still runs, or it failed: `/outcome` has its error)', schema: zOperation },
+};
 
 /**
  * Whether `principal` may see `operation`. Operations carry no project; the service has no
@@ -29,12 +41,25 @@ export async function canSeeOperation(deps: RouteDeps, principal: Principal, sco
   }
 }
 
+/** An operation that succeeded in this process, as it ended (from memory). */
+function endedHere(deps: RouteDeps, id: string): Operation | undefined {
+  const settlement = deps.tracker.settlement(id);
+  return settlement?.ok === true ? settlement.outcome.operation : undefined;
+}
+
 /**
  * The operation `id` if the principal may see it, else NOT_FOUND (as if it did not exist). One this
- * process is running is taken from memory (a long-poll then waits on it without a store read).
+ * process is running is taken from memory (a long-poll then waits on it without a store read); with
+ * `endedHere`, so is one that succeeded here (`/outcome` of an operation that ended before it was asked).
  */
-export async function visibleOperation(deps: RouteDeps, principal: Principal, scope: ProjectScope, id: string): Promise<Operation> {
-  const operation = deps.tracker.runningOperation(id) ?? (await deps.service.getOperation(id));
+export async function visibleOperation(
+  deps: RouteDeps,
+  principal: Principal,
+  scope: ProjectScope,
+  id: string,
+  options: { endedHere?: boolean } = {},
+): Promise<Operation> {
+  const operation = deps.tracker.runningOperation(id) ?? (options.endedHere === true ? endedHere(deps, id) : undefined) ?? (await deps.service.getOperation(id));
   if (!(await canSeeOperation(deps, principal, scope, operation))) {
     throw new BerthError('NOT_FOUND', `no operation ${id}`, { hint: 'list them with GET /v1/operations' });
   }
@@ -88,13 +113,26 @@ async function explainSeveral(deps: RouteDeps, volumeRef: string, scope: Project
   });
 }
 
-/** Start an attach or detach and answer 202 with the operation and `Location` to poll. */
+/** How long a start may hold its answer for the operation to end (`Prefer: wait=N`), and what stops it. */
+export interface StartWait {
+  ms: number;
+  signal: AbortSignal;
+}
+
+/**
+ * Start an attach or detach and answer 202 with the operation and `Location` to poll. With
+ * `Prefer: wait=N` (`wait`), the answer waits up to N s (bounded by `maxWaitMs`) for the operation to
+ * end — on its promise, as a long-poll does — and when it succeeded in that time it is 200 with the
+ * outcome (as `/outcome` gives it) and `Preference-Applied`: one round trip instead of two. One
+ * still running, or one that failed, is the usual 202: `/outcome` says how it ended.
+ */
 export async function startOperation(
   deps: RouteDeps,
   volumeRef: string,
   scope: ProjectScope,
   idempotencyKey: string | undefined,
   what: OperationRequest,
+  wait?: StartWait,
 ): Promise<RouteReply> {
   let started: StartedOperation;
   try {
@@ -105,5 +143,19 @@ export async function startOperation(
   }
   deps.tracker.track(started);
   const operation = started.operation;
-  return { status: 202, body: operation, headers: { location: `/v1/operations/${operation.id}` } };
+  const location = `/v1/operations/${operation.id}`;
+  const waitMs = Math.min(wait?.ms ?? 0, deps.maxWaitMs);
+  if (wait !== undefined && waitMs > 0) {
+    await deps.tracker.waitFor(operation.id, waitMs, wait.signal);
+    const settlement = deps.tracker.settlement(operation.id);
+    if (settlement?.ok === true) {
+      const { outcome } = settlement;
+      return {
+        status: 200,
+        body: { operation: outcome.operation, volume: outcome.volume, attachment: outcome.attachment ?? null },
+        headers: { location, 'content-location': `${location}/outcome`, 'preference-applied': `wait=${Math.ceil(waitMs / 1000)}` },
+      };
+    }
+  }
+  return { status: 202, body: operation, headers: { location } };
 }

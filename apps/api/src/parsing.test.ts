@@ -4,6 +4,7 @@ import { zWaitDuration } from './duration.js';
 import { IdempotencyCache } from './idempotency.js';
 import { parseListenAddress } from './listen-address.js';
 import { toProblem } from './problem.js';
+import { preferredWaitMs } from './route.js';
 
 describe('?wait= durations', () => {
   it('reads seconds, milliseconds and minutes, and nothing else', () => {
@@ -12,6 +13,18 @@ describe('?wait= durations', () => {
     expect(zWaitDuration.parse('250ms')).toBe(250);
     expect(zWaitDuration.parse('2m')).toBe(120_000);
     for (const bad of ['', '1h', '-1s', '1.5s', '30 s', '99999999s', 's']) expect(zWaitDuration.safeParse(bad).success).toBe(false);
+  });
+});
+
+describe('Prefer: wait', () => {
+  it('reads `wait=N` seconds among other preferences, and ignores what it does not understand', () => {
+    expect(preferredWaitMs(undefined)).toBe(0);
+    expect(preferredWaitMs('wait=30')).toBe(30_000);
+    expect(preferredWaitMs('respond-async, wait=5')).toBe(5_000);
+    expect(preferredWaitMs(['handling=lenient', 'WAIT = "2"; x=y'])).toBe(2_000);
+    expect(preferredWaitMs('wait=soon')).toBe(0);
+    expect(preferredWaitMs('wait=-1')).toBe(0);
+    expect(preferredWaitMs('x; wait=9')).toBe(0);
   });
 });
 

@@ -24,6 +24,8 @@ export interface ResponseSpec {
   contentType?: string;
   /** It carries `Retry-After`. */
   retryAfter?: boolean;
+  /** It carries `Preference-Applied` (an answer to `Prefer: wait=N`). */
+  preferenceApplied?: boolean;
 }
 
 /** What a public route's handler gets: the parsed parameters, query and body. */
@@ -43,6 +45,8 @@ export interface PublicContext<P, Q, B> {
 export interface RouteContext<P, Q, B> extends PublicContext<P, Q, B> {
   principal: Principal;
   idempotencyKey: string | undefined;
+  /** `Prefer: wait=N` in ms on a route that takes it (`preferWait`); 0 when not asked. */
+  preferredWaitMs: number;
 }
 
 /**
@@ -66,6 +70,8 @@ interface RouteBase<P extends z.ZodType, Q extends z.ZodType, B extends z.ZodTyp
   /** With `body`: a request without one is read as `{}` (attach/detach with every default). */
   optionalBody?: boolean;
   idempotency?: IdempotencyMode;
+  /** It takes `Prefer: wait=N` (RFC 7240): wait up to N s for the operation it starts to end. */
+  preferWait?: boolean;
   responses: Record<number, ResponseSpec>;
 }
 
@@ -128,6 +134,25 @@ function idempotencyKeyOf(request: FastifyRequest): string | undefined {
   return raw;
 }
 
+const PREFER_WAIT = /^wait\s*=\s*"?(\d{1,7})"?$/i;
+
+/**
+ * The `wait` of a `Prefer` header in ms (RFC 7240: `Prefer: wait=10`, seconds, possibly beside other
+ * preferences, in one header or several); 0 when there is none. A preference the server does not
+ * understand, or a malformed one, is ignored as the RFC says, not refused.
+ */
+export function preferredWaitMs(header: string | string[] | undefined): number {
+  const values = header === undefined ? [] : Array.isArray(header) ? header : [header];
+  for (const value of values) {
+    for (const preference of value.split(',')) {
+      // `token=value; parameters`: only the preference itself counts.
+      const match = PREFER_WAIT.exec((preference.split(';')[0] ?? '').trim());
+      if (match) return Number(match[1]) * 1000;
+    }
+  }
+  return 0;
+}
+
 /**
  * A signal that aborts once the client is gone or the app shuts down. The response's `close` comes
  * when the connection closes before the answer was sent (and, harmlessly, after it was sent).
@@ -186,7 +211,8 @@ export function registerRoutes(app: FastifyInstance, routes: readonly AnyRoute[]
         const principal = principals.get(request);
         if (principal === undefined) throw new BerthError('UNAUTHENTICATED', 'this request needs a bearer token');
         const key = definition.idempotency === undefined ? undefined : idempotencyKeyOf(request);
-        const ctx: RouteContext<unknown, unknown, unknown> = { params, query, body, request, abandoned, principal, idempotencyKey: key };
+        const preferredWait = definition.preferWait === true ? preferredWaitMs(request.headers.prefer) : 0;
+        const ctx: RouteContext<unknown, unknown, unknown> = { params, query, body, request, abandoned, principal, idempotencyKey: key, preferredWaitMs: preferredWait };
         if (definition.idempotency !== 'cache' || key === undefined) return send(reply, await definition.handler(ctx));
 
         // Keyed by the token's identity and the project the request acts in (a member naming

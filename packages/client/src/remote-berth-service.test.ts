@@ -99,9 +99,34 @@ describe('RemoteBerthService', () => {
     expect(seen[0]).toMatchObject({ method: 'POST', url: 'http://api.test/v1/volumes/data1/attach' });
     expect(seen[0]?.headers['idempotency-key']).toBe('k1');
     expect(JSON.parse(seen[0]?.body ?? '')).toEqual({});
+    // It asks the server to hold the answer (a server that does not, or an operation still running, answers 202).
+    expect(seen[0]?.headers.prefer).toBe('wait=5');
     expect(seen[1]?.url).toBe(`http://api.test/v1/operations/${OPERATION.id}/outcome?wait=5s`);
     const error = await remote.detach({ volume: 'data1' }).catch((e: unknown) => e);
     expect(error).toMatchObject({ code: 'UNPROCESSABLE', details: { operationId: OPERATION.id } });
+  });
+
+  it('takes an outcome the start answered with (`Prefer: wait` honoured) without a long-poll; startAttach does not wait', async () => {
+    const seen: Seen[] = [];
+    const finished = { ...OPERATION, state: 'succeeded' as const, endedAt: '2026-01-01T00:00:01.000Z' };
+    const remote = new RemoteBerthService({
+      url: 'http://api.test',
+      fetch: scripted(
+        [
+          { status: 200, body: { operation: finished, volume: VOLUME, attachment: null } },
+          { status: 202, body: OPERATION },
+          { status: 200, body: { operation: finished, volume: VOLUME, attachment: null } },
+        ],
+        seen,
+      ),
+    });
+    expect(await remote.attach({ volume: 'data1' })).toEqual({ operation: finished, volume: VOLUME, attachment: undefined });
+    expect(seen).toHaveLength(1);
+    expect(seen[0]?.headers.prefer).toBe('wait=30');
+    const started = await remote.startAttach({ volume: 'data1' });
+    expect(started.operation).toEqual(OPERATION);
+    expect(seen[1]?.headers.prefer).toBeUndefined();
+    expect((await started.done).operation).toEqual(finished);
   });
 
   it('reconciles on the server: POST /v1/reconcile with dryRun, the report as sent, FORBIDDEN for a member', async () => {

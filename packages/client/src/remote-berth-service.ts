@@ -72,8 +72,8 @@ function projectQuery(scope: ProjectScope | undefined): Record<string, string | 
 }
 
 /**
- * BerthService over HTTP: every method is one call (or, for attach and detach, a start and a
- * long-poll) to the berth API, and every error answer becomes the BerthError it stands for. The
+ * BerthService over HTTP: every method is one call (or, for attach and detach, a start — which
+ * carries the outcome when the operation ends within `Prefer: wait` — and else long-polls) to the berth API, and every error answer becomes the BerthError it stands for. The
  * same request checks as the embedded service run first, so a bad request fails with the same
  * message either way. Used by `berth --api`.
  */
@@ -169,21 +169,31 @@ export class RemoteBerthService implements BerthService {
   // ---- attach / detach -----------------------------------------------------------------------
 
   async startAttach(request: AttachRequest): Promise<StartedOperation> {
-    const { volume, projectId, idempotencyKey, ...body } = parseWith(zAttachRequest, request, 'attach request');
-    return this.start(apiPath`/v1/volumes/${volume}/attach`, projectId, idempotencyKey, body);
+    return this.attachRequest(request, false);
   }
 
+  /** Attach and wait: the start asks `Prefer: wait`, so an attach that ends in time is one request. */
   async attach(request: AttachRequest): Promise<OperationOutcome> {
-    return (await this.startAttach(request)).done;
+    return (await this.attachRequest(request, true)).done;
   }
 
   async startDetach(request: DetachRequest): Promise<StartedOperation> {
-    const { volume, projectId, idempotencyKey, ...body } = parseWith(zDetachRequest, request, 'detach request');
-    return this.start(apiPath`/v1/volumes/${volume}/detach`, projectId, idempotencyKey, body);
+    return this.detachRequest(request, false);
   }
 
+  /** Detach and wait, in one request when it ends in time (as `attach`). */
   async detach(request: DetachRequest): Promise<OperationOutcome> {
-    return (await this.startDetach(request)).done;
+    return (await this.detachRequest(request, true)).done;
+  }
+
+  private attachRequest(request: AttachRequest, wait: boolean): Promise<StartedOperation> {
+    const { volume, projectId, idempotencyKey, ...body } = parseWith(zAttachRequest, request, 'attach request');
+    return this.start(apiPath`/v1/volumes/${volume}/attach`, projectId, idempotencyKey, body, wait);
+  }
+
+  private detachRequest(request: DetachRequest, wait: boolean): Promise<StartedOperation> {
+    const { volume, projectId, idempotencyKey, ...body } = parseWith(zDetachRequest, request, 'detach request');
+    return this.start(apiPath`/v1/volumes/${volume}/detach`, projectId, idempotencyKey, body, wait);
   }
 
   // ---- the three-phase attachments API -------------------------------------------------------
@@ -274,14 +284,31 @@ export class RemoteBerthService implements BerthService {
     return { attachment, connectionInfo: info === null || info === undefined ? undefined : checked(zConnectionInfo, info, 'connection_info') };
   }
 
-  private async start(path: string, projectId: string | undefined, idempotencyKey: string | undefined, body: Record<string, unknown>): Promise<StartedOperation> {
+  /**
+   * POST the start. With `wait` it asks `Prefer: wait=<pollWaitSeconds>`: a server that honours it
+   * answers 200 with the outcome of an operation that succeeded in that time (no long-poll at all);
+   * a 202 (still running, failed, or a server without `Prefer` support) is followed by long-polls.
+   */
+  private async start(
+    path: string,
+    projectId: string | undefined,
+    idempotencyKey: string | undefined,
+    body: Record<string, unknown>,
+    wait: boolean,
+  ): Promise<StartedOperation> {
     const answer = await this.http.request({
       method: 'POST',
       path,
       query: { projectId },
       body,
       ...(idempotencyKey === undefined ? {} : { idempotencyKey }),
+      ...(wait ? { headers: { prefer: `wait=${this.pollWaitSeconds}` }, extraTimeoutMs: this.pollWaitSeconds * 1000 } : {}),
     });
+    if (answer.status === 200) {
+      const outcome = checked(zOperationOutcomeBody, answer.body, 'operation outcome');
+      const done: OperationOutcome = { operation: outcome.operation, volume: outcome.volume, attachment: outcome.attachment ?? undefined };
+      return { operation: outcome.operation, done: Promise.resolve(done) };
+    }
     const operation = checked(zOperation, answer.body, 'operation');
     const done = this.outcome(operation, projectId);
     // A caller that only wants the operation must not get an unhandled rejection; awaiting `done`

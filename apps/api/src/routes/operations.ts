@@ -103,7 +103,7 @@ export function operationRoutes(deps: RouteDeps): AnyRoute[] {
       },
       async handler({ principal, params, query, abandoned }) {
         const scope = scopeOf(principal, query.projectId, defaultProject);
-        const first = await visibleOperation(deps, principal, scope, params.id);
+        const first = await visibleOperation(deps, principal, scope, params.id, { endedHere: true });
         if (first.state === 'running') await tracker.waitFor(params.id, waitMs(query.wait), abandoned());
         // One that ended here is answered from memory; otherwise its row says where it is.
         const current = first.state === 'running' && tracker.settlement(params.id) === undefined ? await service.getOperation(params.id) : first;

@@ -1,4 +1,4 @@
-import { BerthError, zAttachment, zOperation, zServer } from '@berth/core';
+import { BerthError, zAttachment, zServer } from '@berth/core';
 import { MANAGERS, scopeOf } from '../access.js';
 import {
   zCreateServerBody,
@@ -11,11 +11,10 @@ import {
   zServerVolumeParams,
   zVolumeAttachmentList,
 } from '../http-schemas.js';
-import { startOperation } from '../operation-access.js';
+import { OPERATION_STARTED, startOperation } from '../operation-access.js';
 import type { RouteDeps } from '../route-deps.js';
 import { route, type AnyRoute } from '../route.js';
 
-const OPERATION_ACCEPTED = { description: 'Accepted: the operation, journalled; poll its Location', schema: zOperation };
 
 /** Servers and their volume attachments (Nova's `os-volume_attachments`, answering with operations). */
 export function serverRoutes(deps: RouteDeps): AnyRoute[] {
@@ -120,13 +119,14 @@ export function serverRoutes(deps: RouteDeps): AnyRoute[] {
       query: zScopeQuery,
       body: zServerAttachBody,
       idempotency: 'operation',
-      responses: { 202: OPERATION_ACCEPTED },
-      async handler({ principal, params, query, body, idempotencyKey }) {
+      preferWait: true,
+      responses: OPERATION_STARTED,
+      async handler({ principal, params, query, body, idempotencyKey, preferredWaitMs, abandoned }) {
         const { volumeId, ...rest } = body;
         return startOperation(deps, volumeId, scopeOf(principal, query.projectId, defaultProject), idempotencyKey, {
           kind: 'attach',
           request: { ...rest, server: params.server },
-        });
+        }, { ms: preferredWaitMs, signal: abandoned() });
       },
     }),
     route({
@@ -159,12 +159,13 @@ export function serverRoutes(deps: RouteDeps): AnyRoute[] {
       params: zServerVolumeParams,
       query: zDetachQuery,
       idempotency: 'operation',
-      responses: { 202: OPERATION_ACCEPTED },
-      async handler({ principal, params, query, idempotencyKey }) {
+      preferWait: true,
+      responses: OPERATION_STARTED,
+      async handler({ principal, params, query, idempotencyKey, preferredWaitMs, abandoned }) {
         return startOperation(deps, params.volume, scopeOf(principal, query.projectId, defaultProject), idempotencyKey, {
           kind: 'detach',
           request: { server: params.server, ...(query.force === undefined ? {} : { force: query.force }) },
-        });
+        }, { ms: preferredWaitMs, signal: abandoned() });
       },
     }),
   ];

@@ -1,4 +1,4 @@
-import { BerthError, zOperation, zVolume } from '@berth/core';
+import { BerthError, zVolume } from '@berth/core';
 import { AGENTS, MANAGERS, requireHostAgent, scopeOf } from '../access.js';
 import {
   zCreateVolumeBody,
@@ -12,11 +12,10 @@ import {
   zVolumeListQuery,
   zVolumeParams,
 } from '../http-schemas.js';
-import { startOperation } from '../operation-access.js';
+import { OPERATION_STARTED, startOperation } from '../operation-access.js';
 import type { RouteDeps } from '../route-deps.js';
 import { route, type AnyRoute } from '../route.js';
 
-const OPERATION_ACCEPTED = { description: 'Accepted: the operation, journalled; poll its Location', schema: zOperation };
 
 /** Volumes: list, create, show, delete, extend, secrets, and attach/detach by volume. */
 export function volumeRoutes(deps: RouteDeps): AnyRoute[] {
@@ -138,9 +137,10 @@ export function volumeRoutes(deps: RouteDeps): AnyRoute[] {
       body: zVolumeAttachBody,
       optionalBody: true,
       idempotency: 'operation',
-      responses: { 202: OPERATION_ACCEPTED },
-      async handler({ principal, params, query, body, idempotencyKey }) {
-        return startOperation(deps, params.volume, scopeOf(principal, query.projectId, defaultProject), idempotencyKey, { kind: 'attach', request: body });
+      preferWait: true,
+      responses: OPERATION_STARTED,
+      async handler({ principal, params, query, body, idempotencyKey, preferredWaitMs, abandoned }) {
+        return startOperation(deps, params.volume, scopeOf(principal, query.projectId, defaultProject), idempotencyKey, { kind: 'attach', request: body }, { ms: preferredWaitMs, signal: abandoned() });
       },
     }),
     route({
@@ -157,9 +157,10 @@ export function volumeRoutes(deps: RouteDeps): AnyRoute[] {
       body: zVolumeDetachBody,
       optionalBody: true,
       idempotency: 'operation',
-      responses: { 202: OPERATION_ACCEPTED },
-      async handler({ principal, params, query, body, idempotencyKey }) {
-        return startOperation(deps, params.volume, scopeOf(principal, query.projectId, defaultProject), idempotencyKey, { kind: 'detach', request: body });
+      preferWait: true,
+      responses: OPERATION_STARTED,
+      async handler({ principal, params, query, body, idempotencyKey, preferredWaitMs, abandoned }) {
+        return startOperation(deps, params.volume, scopeOf(principal, query.projectId, defaultProject), idempotencyKey, { kind: 'detach', request: body }, { ms: preferredWaitMs, signal: abandoned() });
       },
     }),
   ];
