@@ -5,6 +5,10 @@
 //   node scripts/berth-packages.mjs install --prefix DIR [--reuse-native]
 //       # pack them all and install them together, as `npm install --global --prefix DIR` does:
 //       # DIR/bin/berth is a working berth, DIR/lib/node_modules/@berth/* its packages
+//   node scripts/berth-packages.mjs warm-cache
+//       # the same install into a temporary prefix, from the registry where npm's cache lacks
+//       # something, then removed: `npm run test:all` runs it so that the end-to-end test's
+//       # `--offline` install finds everything in the cache on a machine that never installed berth
 //
 // (`npm run berth:pack -- --out DIR`, `npm run berth:install -- --prefix DIR`.) Run `npm run build`
 // first: the tarballs hold dist/. A publishable package is every workspace whose package.json is not
@@ -12,7 +16,10 @@
 //
 // The tarballs are installed in one `npm install --global`, so each @berth/* dependency of another
 // is met by its tarball (the same version); their third-party dependencies come from npm's cache
-// first (`--prefer-offline`; `npm ci` in this checkout filled it), else the registry. npm still asks
+// first (`--prefer-offline`), else the registry. `npm ci` in this checkout does not fill the cache
+// enough: it installs from the lockfile's tarballs and never fetches the registry's package
+// documents, which a `--global` install of tarballs resolves their dependencies' ranges against
+// (and a fresh machine has none of them: `warm-cache`). npm still asks
 // the registry about the @berth/* names (unpublished): a registry that hangs instead of answering
 // stalled such an install for minutes, so `--reuse-native` (the end-to-end test) installs
 // `--offline`: everything it needs is in the checkout and npm's cache. better-sqlite3 is native: npm downloads a prebuilt binary or compiles
@@ -31,7 +38,7 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const NPM_TIMEOUT_MS = 15 * 60_000;
 
 function usage(message) {
-  process.stderr.write(`${message}\nusage: berth-packages.mjs pack --out DIR | install --prefix DIR [--reuse-native]\n`);
+  process.stderr.write(`${message}\nusage: berth-packages.mjs pack --out DIR | install --prefix DIR [--reuse-native] | warm-cache\n`);
   process.exit(2);
 }
 
@@ -58,7 +65,7 @@ export async function packAll(out) {
 }
 
 /** Pack everything and install it into `prefix`; resolves with the path of the `berth` executable. */
-export async function installAll(prefix, { reuseNative = false } = {}) {
+export async function installAll(prefix, { reuseNative = false, offline = reuseNative } = {}) {
   const out = await mkdtemp(join(tmpdir(), 'berth-packages-'));
   try {
     const tarballs = await packAll(out);
@@ -70,7 +77,8 @@ export async function installAll(prefix, { reuseNative = false } = {}) {
       '--omit=dev',
       '--no-audit',
       '--no-fund',
-      ...(reuseNative ? ['--ignore-scripts', '--offline'] : ['--prefer-offline']),
+      ...(reuseNative ? ['--ignore-scripts'] : []),
+      offline ? '--offline' : '--prefer-offline',
       ...tarballs,
     ]);
     if (reuseNative) await copyNativeBinaries(prefix);
@@ -106,6 +114,16 @@ async function main() {
     const prefix = option('--prefix') ?? usage('install needs --prefix DIR');
     const berth = await installAll(resolve(prefix), { reuseNative: rest.includes('--reuse-native') });
     process.stdout.write(`installed: ${berth}\n`);
+  } else if (command === 'warm-cache') {
+    // What the end-to-end test's offline install will ask npm's cache for, fetched now (the
+    // install step of `npm run test:all`, where the registry may be used); the prefix goes again.
+    const prefix = await mkdtemp(join(tmpdir(), 'berth-warm-cache-'));
+    try {
+      await installAll(prefix, { reuseNative: true, offline: false });
+      process.stdout.write('npm cache holds what an offline install of every berth package needs\n');
+    } finally {
+      await rm(prefix, { recursive: true, force: true });
+    }
   } else {
     usage(`unknown command ${command ?? '(none)'}`);
   }
