@@ -3,7 +3,10 @@ import {
   BerthError,
   type AttachRequest,
   type DetachRequest,
+  type Attachment,
   type Operation,
+  type OperationOutcome,
+  type Volume,
   type ProjectScope,
   type StartedOperation,
   zOperation,
@@ -39,6 +42,11 @@ export async function canSeeOperation(deps: RouteDeps, principal: Principal, sco
     if (BerthError.is(error) && error.code === 'NOT_FOUND') return false;
     throw error;
   }
+}
+
+/** The body of a succeeded operation's outcome (what `/outcome` and a start answered with `Prefer: wait` send). */
+export function outcomeBody(outcome: OperationOutcome): { operation: Operation; volume: Volume; attachment: Attachment | null } {
+  return { operation: outcome.operation, volume: outcome.volume, attachment: outcome.attachment ?? null };
 }
 
 /** An operation that succeeded in this process, as it ended (from memory). */
@@ -149,10 +157,9 @@ export async function startOperation(
     await deps.tracker.waitFor(operation.id, waitMs, wait.signal);
     const settlement = deps.tracker.settlement(operation.id);
     if (settlement?.ok === true) {
-      const { outcome } = settlement;
       return {
         status: 200,
-        body: { operation: outcome.operation, volume: outcome.volume, attachment: outcome.attachment ?? null },
+        body: outcomeBody(settlement.outcome),
         headers: { location, 'content-location': `${location}/outcome`, 'preference-applied': `wait=${Math.ceil(waitMs / 1000)}` },
       };
     }

@@ -1,7 +1,7 @@
 import { BerthError, zOperation, type BerthErrorCode, type Operation, type ProjectScope } from '@berth/core';
 import { MANAGERS, scopeOf } from '../access.js';
 import { zIdParams, zNoParams, zOperationList, zOperationListQuery, zOperationOutcome, zOperationQuery } from '../http-schemas.js';
-import { visibleOperation } from '../operation-access.js';
+import { outcomeBody, visibleOperation } from '../operation-access.js';
 import type { RouteDeps } from '../route-deps.js';
 import { route, type AnyRoute, type RouteReply } from '../route.js';
 
@@ -25,8 +25,7 @@ async function outcomeOf(deps: RouteDeps, scope: ProjectScope, operation: Operat
   const settlement = deps.tracker.settlement(operation.id);
   if (settlement !== undefined) {
     if (!settlement.ok) throw settlement.error;
-    const { outcome } = settlement;
-    return { status: 200, body: { operation: outcome.operation, volume: outcome.volume, attachment: outcome.attachment ?? null } };
+    return { status: 200, body: outcomeBody(settlement.outcome) };
   }
   if (operation.state === 'running') {
     return { status: 202, body: operation, headers: { location: `/v1/operations/${operation.id}`, 'retry-after': String(POLL_AGAIN_SECONDS) } };
