@@ -93,6 +93,11 @@ function unescape(text: string): string {
     .replace(/&amp;/g, '&');
 }
 
+/** Each `<disk ...>...</disk>` of a domain XML: its attributes text and its body. */
+function diskElements(xml: string): Array<{ attributes: string; body: string }> {
+  return [...xml.matchAll(/<disk\b([^>]*)>([\s\S]*?)<\/disk>/g)].map(([, attributes = '', body = '']) => ({ attributes, body }));
+}
+
 /**
  * The disks of a domain XML, and whether it is the XML of a running domain (libvirt gives a live
  * domain an `id` attribute; a defined one that is shut off has none). libvirt writes this XML
@@ -102,7 +107,7 @@ export function parseDomainDisks(xml: string): { running: boolean; disks: LiveDi
   const root = /<domain\b[^>]*>/.exec(xml)?.[0] ?? '';
   const running = /\bid=['"]-?\d+['"]/.test(root) && !/\bid=['"]-1['"]/.test(root);
   const disks: LiveDisk[] = [];
-  for (const [, body = ''] of xml.matchAll(/<disk\b[^>]*>([\s\S]*?)<\/disk>/g)) {
+  for (const { body } of diskElements(xml)) {
     const serial = /<serial>([^<]*)<\/serial>/.exec(body)?.[1];
     const alias = /<alias\s+name=['"]([^'"]+)['"]/.exec(body)?.[1];
     const target = /<target\s+dev=['"]([^'"]+)['"]/.exec(body)?.[1];
@@ -118,7 +123,7 @@ export function parseDomainDisks(xml: string): { running: boolean; disks: LiveDi
  */
 export function parseDomainBlocks(xml: string): DomainBlock[] {
   const blocks: DomainBlock[] = [];
-  for (const [, open = '', body = ''] of xml.matchAll(/<disk\b([^>]*)>([\s\S]*?)<\/disk>/g)) {
+  for (const { attributes: open, body } of diskElements(xml)) {
     const attr = (text: string, name: string) => new RegExp(`\\b${name}=['"]([^'"]*)['"]`).exec(text)?.[1];
     const sourceTag = /<source\b[^>]*>/.exec(body)?.[0];
     const source = sourceTag === undefined ? undefined : (attr(sourceTag, 'dev') ?? attr(sourceTag, 'file') ?? attr(sourceTag, 'name'));
