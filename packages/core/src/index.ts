@@ -22,7 +22,7 @@ export * from './keyed-lock.js';
 export * from './store-errors.js';
 export { createMonotonicClock } from './monotonic-clock.js';
 export { createMemoryStore } from './memory-store.js';
-export { hostDeviceRow, newAttachmentRow, newOperationRow, newServerRow, newWorkItemRow, operationLeaseMs, workItemOutcomeRow, zLeaseMs } from './store-rows.js';
+export { distinctDevices, hostDeviceRow, newAttachmentRow, newOperationRow, newServerRow, newWorkItemRow, operationLeaseMs, workItemOutcomeRow, zLeaseMs } from './store-rows.js';
 export { createNotificationHub, zNotificationChannel, zNotificationPayload, type NotificationHub } from './notification-hub.js';
 export * from './deadline.js';
 export * from './requests.js';

@@ -23,7 +23,7 @@ import {
 } from './model.js';
 import { createMonotonicClock } from './monotonic-clock.js';
 import { createNotificationHub } from './notification-hub.js';
-import { hostDeviceRow, newAttachmentRow, newOperationRow, newServerRow, newWorkItemRow, operationLeaseMs, workItemOutcomeRow, zLeaseMs } from './store-rows.js';
+import { distinctDevices, hostDeviceRow, newAttachmentRow, newOperationRow, newServerRow, newWorkItemRow, operationLeaseMs, workItemOutcomeRow, zLeaseMs } from './store-rows.js';
 import type {
   AttachmentPatch,
   AttachmentRepository,
@@ -321,6 +321,14 @@ export function createMemoryStore(): Store {
     delete: (id) =>
       alone(() => {
         tables.attachments.delete(id);
+      }),
+    devicesOfOtherVolumes: (hostId, volumeId) =>
+      alone(() => {
+        const devices = [
+          ...[...tables.attachments.values()].filter((a) => a.hostId === hostId && a.volumeId !== volumeId && a.status !== 'detached').map((a) => a.device),
+          ...[...tables.devices.values()].filter((d) => d.hostId === hostId && d.volumeId !== volumeId).map((d) => d.device),
+        ];
+        return copy(distinctDevices(devices));
       }),
   };
 

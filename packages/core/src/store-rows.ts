@@ -97,6 +97,24 @@ export function hostDeviceRow(input: NewHostDevice, createdAt: string, now: stri
   );
 }
 
+/**
+ * `devices` without repeats (the same JSON text) and without nulls, in their first order: the
+ * answer of `AttachmentRepository.devicesOfOtherVolumes`, where an attachment's device and berth's
+ * record of it are usually one device twice.
+ */
+export function distinctDevices<T>(devices: ReadonlyArray<T | null>): T[] {
+  const seen = new Set<string>();
+  const kept: T[] = [];
+  for (const device of devices) {
+    if (device === null) continue;
+    const key = JSON.stringify(device);
+    if (seen.has(key)) continue;
+    seen.add(key);
+    kept.push(device);
+  }
+  return kept;
+}
+
 /** A lease length: whole milliseconds, at most a day (a longer lease is a unit mistake). */
 export const zLeaseMs = z.number().int().min(0).max(86_400_000);
 

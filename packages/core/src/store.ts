@@ -206,6 +206,13 @@ export interface AttachmentRepository {
   update(id: string, patch: AttachmentPatch): Promise<Attachment>;
   /** Delete; succeeds when already gone. */
   delete(id: string): Promise<void>;
+  /**
+   * The devices recorded on `hostId` for volumes other than `volumeId`: those of its live (not
+   * `detached`) attachments and of berth's device records (`Store.devices`), each device once, in
+   * no particular order — what a disconnect there must never touch. One read, only the devices,
+   * however many attachments the host has.
+   */
+  devicesOfOtherVolumes(hostId: string, volumeId: string): Promise<Device[]>;
 }
 
 /** Fields of a new operation (always created `running`). */

@@ -152,6 +152,17 @@ describe('symlinks', () => {
     await expect(fs.realpath('/dev/berth/loop-a')).rejects.toMatchObject({ code: 'ELOOP' });
   });
 
+  it('treats a path through a file as missing (ENOTDIR), whether a link or the file is on the way', async () => {
+    await fs.mkdir('/sys/block');
+    await fs.writeFile('/sys/block/size', '8');
+    await fs.symlink('/sys/block/size', '/sys/block/sdq');
+    for (const through of ['/sys/block/size/device', '/sys/block/sdq/device']) {
+      expect(await fs.exists(through)).toBe(false);
+      await expect(fs.realpath(through)).rejects.toMatchObject({ code: 'ENOTDIR' });
+    }
+    expect(await fs.realpath('/sys/block/sdq')).toBe('/sys/block/size');
+  });
+
   it('keeps .. in a link target inside the root', async () => {
     await mkdir(path.join(root, 'dev'), { recursive: true });
     await writeFile(path.join(root, 'dev/sda'), '');

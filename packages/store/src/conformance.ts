@@ -1,5 +1,5 @@
 import { BerthError } from '@berth/core';
-import type { BerthErrorCode, ConnectionInfo, Connector, Host, NewVolume, Server, Store, Volume } from '@berth/core';
+import type { Attachment, BerthErrorCode, ConnectionInfo, Connector, Device, Host, NewVolume, Server, Store, Volume } from '@berth/core';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 /** Await `promise`, which must reject with a BerthError of `code`; returns that error. */
@@ -545,6 +545,39 @@ export function describeStoreConformance(name: string, open: () => Promise<Store
           store.attachments.update(attachment.id, { device: { path: '/dev/loop0' } as unknown as null }),
           'VALIDATION',
         );
+      });
+
+      it('devicesOfOtherVolumes: the devices of the host\'s other volumes, live attachments\' and records\', each once', async () => {
+        const { volume, host, server } = await attachmentFixture();
+        const other = await store.hosts.create({ name: 'host-2' });
+        const otherServer = await store.servers.create({ name: 'vm-2', projectId: 'project-a', hostId: other.id });
+        const loop = (n: number): Device => ({ path: `/dev/loop${n}`, type: 'block', identity: { kind: 'loop', rdev: `7:${n}`, inode: n } });
+        const connectionInfo: ConnectionInfo = { driver_volume_type: 'loop', data: { path: '/srv/v' } };
+        const attach = async (volumeId: string, on: { host: Host; server: Server }, device: Device | null): Promise<Attachment> => {
+          const attachment = await store.attachments.create({ volumeId, serverId: on.server.id, hostId: on.host.id, mode: 'rw' });
+          return device === null ? attachment : store.attachments.update(attachment.id, { device });
+        };
+        const second = await store.volumes.create(newVolume({ name: 'data2' }));
+        const third = await store.volumes.create(newVolume({ name: 'data3' }));
+        const here = { host, server };
+        await attach(volume.id, here, loop(1)); // the volume asked about: never listed
+        await attach(second.id, here, loop(2));
+        await store.devices.put({ hostId: host.id, volumeId: second.id, transport: 'loop', connectionInfo, device: loop(2) }); // the same device twice
+        await attach(second.id, here, null); // nothing connected yet
+        const gone = await attach(third.id, here, loop(3));
+        await store.attachments.transition(gone.id, ['reserved'], 'attaching');
+        await store.attachments.transition(gone.id, ['attaching'], 'attached');
+        await store.attachments.transition(gone.id, ['attached'], 'detaching');
+        await store.attachments.transition(gone.id, ['detaching'], 'detached'); // holds nothing any more
+        await store.devices.put({ hostId: host.id, volumeId: third.id, transport: 'loop', connectionInfo, device: loop(4) }); // a record alone (a cut-short connect)
+        await store.devices.put({ hostId: host.id, volumeId: volume.id, transport: 'loop', connectionInfo, device: loop(5) });
+        await attach(second.id, { host: other, server: otherServer }, loop(6)); // another host
+        const listed = await store.attachments.devicesOfOtherVolumes(host.id, volume.id);
+        expect(listed.map((d) => d.path).sort()).toEqual(['/dev/loop2', '/dev/loop4']);
+        expect(listed.find((d) => d.path === '/dev/loop2')).toEqual(loop(2));
+        expect((await store.attachments.devicesOfOtherVolumes(host.id, third.id)).map((d) => d.path).sort()).toEqual(['/dev/loop1', '/dev/loop2', '/dev/loop5']);
+        expect(await store.attachments.devicesOfOtherVolumes(other.id, third.id)).toEqual([loop(6)]);
+        expect(await store.attachments.devicesOfOtherVolumes(other.id, second.id)).toEqual([]);
       });
 
       it('delete removes the row and succeeds when it is already gone', async () => {

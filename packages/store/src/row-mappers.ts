@@ -1,5 +1,5 @@
-import { zAttachment, zHost, zHostDevice, zOperation, zOperationStep, zServer, zVolume, zWorkItem } from '@berth/core';
-import type { Attachment, Host, HostDevice, Operation, OperationStep, Server, Volume, WorkItem } from '@berth/core';
+import { zAttachment, zDevice, zHost, zHostDevice, zOperation, zOperationStep, zServer, zVolume, zWorkItem } from '@berth/core';
+import type { Attachment, Device, Host, HostDevice, Operation, OperationStep, Server, Volume, WorkItem } from '@berth/core';
 import type { Selectable } from 'kysely';
 import type {
   AttachmentsTable,
@@ -185,4 +185,9 @@ export function toHostDevice(row: Selectable<HostDevicesTable>, dialect: StoreDi
     createdAt: row.created_at,
     updatedAt: row.updated_at,
   });
+}
+
+/** A decoded `device` column of a row of host `hostId` (attachments, host_devices) → Device. */
+export function toDevice(decoded: unknown, hostId: string): Device {
+  return checked('device', hostId, zDevice, decoded);
 }

@@ -1,17 +1,18 @@
-import { assertAttachmentTransition, newAttachmentRow, parseWith, redactConnectionInfo, zAttachment } from '@berth/core';
+import { assertAttachmentTransition, distinctDevices, newAttachmentRow, parseWith, redactConnectionInfo, zAttachment } from '@berth/core';
 import type {
   Attachment,
   AttachmentFilter,
   AttachmentPatch,
   AttachmentRepository,
   AttachmentStatus,
+  Device,
   NewAttachment,
 } from '@berth/core';
 import type { Updateable } from 'kysely';
 import type { AttachmentsTable } from '../database.js';
 import { encodeNullableJson, violation } from '../repository-context.js';
 import type { RepositoryContext } from '../repository-context.js';
-import { toAttachment } from '../row-mappers.js';
+import { toAttachment, toDevice } from '../row-mappers.js';
 import { connectorWithoutSecrets } from '../secrets.js';
 import { alreadyExists, notFound, stateConflict } from '../store-errors.js';
 
@@ -185,6 +186,22 @@ export function createAttachmentRepository(ctx: RepositoryContext): AttachmentRe
 
     async delete(id: string): Promise<void> {
       await ctx.db().deleteFrom('attachments').where('id', '=', id).execute();
+    },
+
+    async devicesOfOtherVolumes(hostId: string, volumeId: string): Promise<Device[]> {
+      const db = ctx.db();
+      const rows = await db
+        .selectFrom('attachments')
+        .select('device')
+        .where('host_id', '=', hostId)
+        .where('volume_id', '!=', volumeId)
+        .where('status', '!=', 'detached')
+        .where('device', 'is not', null)
+        .unionAll(db.selectFrom('host_devices').select('device').where('host_id', '=', hostId).where('volume_id', '!=', volumeId))
+        .execute();
+      // Repeats go before the check: an attachment's device and its record are mostly one device.
+      const devices = distinctDevices(rows.map((row) => ctx.dialect.decodeJson(row.device)));
+      return devices.map((device) => toDevice(device, hostId));
     },
   };
 }
