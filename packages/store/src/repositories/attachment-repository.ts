@@ -1,4 +1,4 @@
-import { assertAttachmentTransition, newAttachmentRow, parseWith, redactConnectionInfo, zAttachment } from '@berth/core';
+import { assertAttachmentTransition, lazySchema, newAttachmentRow, parseWith, redactConnectionInfo, zAttachment } from '@berth/core';
 import type {
   Attachment,
   AttachmentFilter,
@@ -15,7 +15,9 @@ import { toAttachment } from '../row-mappers.js';
 import { connectorWithoutSecrets } from '../secrets.js';
 import { alreadyExists, notFound, stateConflict } from '../store-errors.js';
 
-const zAttachmentPatch = zAttachment
+const zAttachmentPatch = lazySchema(() =>
+  zAttachment
+  .unwrap()
   .pick({
     transport: true,
     connector: true,
@@ -28,7 +30,8 @@ const zAttachmentPatch = zAttachment
     timings: true,
     error: true,
   })
-  .partial();
+  .partial(),
+);
 
 /** Attachments over Kysely. */
 export function createAttachmentRepository(ctx: RepositoryContext): AttachmentRepository {
