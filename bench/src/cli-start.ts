@@ -83,7 +83,7 @@ async function cleanUp(binary: Binary): Promise<void> {
  * and the table prints their median beside the target of issue 12.
  *
  * `baseline` (`BENCH_CLI_BASELINE`: the `bin/run.js` of another built checkout, e.g. main's) runs
- * the same cases in the same rounds, right after this one's, each in its own data dir: the table
+ * the same cases in the same rounds, before or after this one's by turns, each in its own data dir: the table
  * then shows both ratios and baseline / this, measured under the same load.
  */
 export async function benchCliStart(rounds = 10, baseline?: string): Promise<void> {
@@ -111,8 +111,10 @@ export async function benchCliStart(rounds = 10, baseline?: string): Promise<voi
     await timeProcess(['-e', '0'], {});
     for (const b of binaries) for (const c of cases) await timeProcess([b.bin, ...c.args], b.env);
     for (let round = 0; round < rounds; round++) {
+      // Which binary goes first alternates by round, so neither always runs right after the other's start.
+      const order = round % 2 === 0 ? binaries : [...binaries].reverse();
       for (const c of cases) {
-        for (const b of binaries) {
+        for (const b of order) {
           const base = await timeProcess(['-e', '0'], b.env);
           const ms = await timeProcess([b.bin, ...c.args], b.env);
           floor.push(base);

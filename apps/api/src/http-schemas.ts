@@ -63,7 +63,7 @@ const zConnectorExtra = z.union([
   z.array(z.union([z.string().max(4096), z.number(), z.boolean()])).max(64),
 ]);
 /** A connector as the HTTP API accepts it (os-brick's names; extra keys must be flat). */
-export const zHttpConnector = zConnector.catchall(zConnectorExtra);
+export const zHttpConnector = zConnector.unwrap().catchall(zConnectorExtra);
 
 /** A size as the CLI takes it: `64GiB`, `512MiB`, `10G` (binary), `1TB` (decimal), or bytes. */
 export const zSizeText = z
@@ -102,13 +102,13 @@ function oneSize<T extends { sizeBytes?: number | undefined; size?: string | und
 }
 
 /** `POST /v1/volumes`: the size as `sizeBytes` or as `size` (`"64GiB"`). */
-export const zCreateVolumeBody = zCreateVolumeRequest.omit({ projectId: true, sizeBytes: true }).extend(sizeChoice).transform(oneSize);
+export const zCreateVolumeBody = zCreateVolumeRequest.unwrap().omit({ projectId: true, sizeBytes: true }).extend(sizeChoice).transform(oneSize);
 /** `POST /v1/volumes/{volume}/extend`: the new size as `sizeBytes` or `size`. */
 export const zExtendVolumeBody = z.strictObject(sizeChoice).transform(oneSize);
 /** `POST /v1/volumes/{volume}/attach`: the server defaults to the API host's own. */
-export const zVolumeAttachBody = zAttachRequest.omit({ volume: true, projectId: true, idempotencyKey: true });
+export const zVolumeAttachBody = zAttachRequest.unwrap().omit({ volume: true, projectId: true, idempotencyKey: true });
 /** `POST /v1/volumes/{volume}/detach`. */
-export const zVolumeDetachBody = zDetachRequest.omit({ volume: true, projectId: true, idempotencyKey: true });
+export const zVolumeDetachBody = zDetachRequest.unwrap().omit({ volume: true, projectId: true, idempotencyKey: true });
 const HOST_LABEL = '[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?';
 /** A host name as RFC 1123 has it: dot-separated labels of letters, digits and inner hyphens, 1–63 each, 253 in all. */
 export const zHostName = z
@@ -118,14 +118,16 @@ export const zHostName = z
   .regex(new RegExp(`^${HOST_LABEL}(?:\\.${HOST_LABEL})*$`), 'must be a host name (RFC 1123): labels of letters, digits and inner hyphens, separated by dots');
 /** `POST /v1/servers`: a host is named as RFC 1123 allows (core takes any string, and creates its row). */
 export const zCreateServerBody = zCreateServerRequest
+  .unwrap()
   .omit({ projectId: true })
   .extend({ host: zHostName.optional().describe('the host the server runs on (default: the API host); created when new') });
 /** `POST /v1/servers/{server}/volume-attachments` (Nova's attach). */
 export const zServerAttachBody = zAttachRequest
+  .unwrap()
   .pick({ mode: true, multipath: true })
   .extend({ volumeId: zRef.describe('the volume to attach: its id (or its name)') });
 /** `POST /v1/attachments` (the three-phase API's create: reserve, and initialize when a connector is given). */
-export const zReserveAttachmentBody = zReserveAttachmentRequest.omit({ projectId: true }).extend({ connector: zHttpConnector.optional() });
+export const zReserveAttachmentBody = zReserveAttachmentRequest.unwrap().omit({ projectId: true }).extend({ connector: zHttpConnector.optional() });
 /** `PUT /v1/attachments/{id}` (initialize with a connector). */
 export const zInitializeAttachmentBody = z.strictObject({ connector: zHttpConnector });
 /** `POST /v1/reconcile`. */

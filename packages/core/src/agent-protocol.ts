@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { lazySchema } from './lazy-schema.js';
 import { zConnectionInfo, zConnector, zDevice } from './connection.js';
 import { zAgentTransportInfo, zAttachment, zServer } from './model.js';
 import { zReconcileUnchecked } from './reports.js';
@@ -31,25 +32,25 @@ export type HostStepName = z.output<typeof zHostStepName>;
 const zDeadlineAt = z.iso.datetime({ offset: true });
 
 /** `connect`: connect the volume with `transport` and answer its device. */
-export const zConnectPayload = z.object({
+export const zConnectPayload = lazySchema(() => z.object({
   transport: z.string().min(1),
   /** The connection (stored redacted; a claim answer carries the backend's credentials). */
   connection: zConnectionInfo,
   volumeId: z.string().min(1),
   connector: zConnector.optional(),
   deadlineAt: zDeadlineAt,
-});
+}));
 /**
  * What `connect` answers: the device, and the root of the host services the transport ran on
  * (recorded on the attachment; absent from an older agent, and then recorded as unknown).
  */
-export const zConnectResult = z.object({ device: zDevice, hostRoot: z.string().min(1).optional() });
+export const zConnectResult = lazySchema(() => z.object({ device: zDevice, hostRoot: z.string().min(1).optional() }));
 
 /**
  * `release` (an attach's connect undone) and `disconnect` (a detach): the transport's disconnect,
  * identity-checked, never touching `inUse`. The store half (sharers, ledger) stays on the replica.
  */
-export const zDisconnectPayload = z.object({
+export const zDisconnectPayload = lazySchema(() => z.object({
   transport: z.string().min(1),
   connection: zConnectionInfo,
   /** The device as recorded (absent when a connect was cut short before it was). */
@@ -59,91 +60,91 @@ export const zDisconnectPayload = z.object({
   inUse: z.array(zDevice),
   volumeId: z.string().min(1),
   deadlineAt: zDeadlineAt,
-});
+}));
 /** What `release` and `disconnect` answer: whether the path named another device (left alone). */
-export const zDisconnectResult = z.object({ identityMismatch: z.boolean() });
+export const zDisconnectResult = lazySchema(() => z.object({ identityMismatch: z.boolean() }));
 
 /** `publish`: make the device available to the server with `consumer`. */
-export const zPublishPayload = z.object({
+export const zPublishPayload = lazySchema(() => z.object({
   consumer: z.string().min(1),
   server: zServer,
   attachment: zAttachment,
   device: zDevice,
-});
+}));
 /** What `publish` answers (the consumer's Publication). */
-export const zPublishResult = z.object({
+export const zPublishResult = lazySchema(() => z.object({
   path: z.string().min(1),
   guestDevice: z.string().optional(),
   serial: z.string().optional(),
-});
+}));
 
 /** `unpublish`: undo `publish`; `stillShared` keeps the volume's own name for its other users. */
-export const zUnpublishPayload = z.object({
+export const zUnpublishPayload = lazySchema(() => z.object({
   consumer: z.string().min(1),
   server: zServer,
   attachment: zAttachment,
   stillShared: z.boolean(),
-});
+}));
 /** What `unpublish` answers (nothing). */
-export const zUnpublishResult = z.object({});
+export const zUnpublishResult = lazySchema(() => z.object({}));
 
 /** `unpublish_orphan`: drop what `consumer` published for a volume's device no record names (reconcile). */
-export const zUnpublishOrphanPayload = z.object({
+export const zUnpublishOrphanPayload = lazySchema(() => z.object({
   consumer: z.string().min(1),
   volumeId: z.string().min(1),
   device: zDevice,
   /** The transport that lists the device (its host root maps the path to the machine's); absent: taken as it is. */
   transport: z.string().min(1).optional(),
-});
+}));
 /** What `unpublish_orphan` answers: whether the consumer can do it at all (`Consumer.unpublishOrphan`). */
-export const zUnpublishOrphanResult = z.object({ supported: z.boolean() });
+export const zUnpublishOrphanResult = lazySchema(() => z.object({ supported: z.boolean() }));
 
 /** `repair_paths`: put a listed device whose path in use failed back on a live path (`TransportDriver.repairPaths`). */
-export const zRepairPathsPayload = z.object({
+export const zRepairPathsPayload = lazySchema(() => z.object({
   transport: z.string().min(1),
   listed: z.object({ device: zDevice, source: z.record(z.string(), z.unknown()) }),
-});
+}));
 /** What `repair_paths` answers: whether the transport can do it at all, and what it did. */
-export const zRepairPathsResult = z.object({ supported: z.boolean(), changed: z.boolean(), detail: z.string() });
+export const zRepairPathsResult = lazySchema(() => z.object({ supported: z.boolean(), changed: z.boolean(), detail: z.string() }));
 
 /** `guest_disks`: the disks the server's guest has now, through its consumer (reconcile). */
-export const zGuestDisksPayload = z.object({
+export const zGuestDisksPayload = lazySchema(() => z.object({
   consumer: z.string().min(1),
   server: zServer,
-});
+}));
 /** One disk in a guest (`Consumer.guestDisks`). */
-export const zGuestDisk = z.object({
+export const zGuestDisk = lazySchema(() => z.object({
   serial: z.string(),
   id: z.string().min(1),
   guestDevice: z.string().optional(),
-});
+}));
 /**
  * What `guest_disks` answers: whether the consumer can list a guest at all, and the disks
  * (`null`: the guest does not run).
  */
-export const zGuestDisksResult = z.object({ supported: z.boolean(), disks: z.array(zGuestDisk).nullable() });
+export const zGuestDisksResult = lazySchema(() => z.object({ supported: z.boolean(), disks: z.array(zGuestDisk).nullable() }));
 
 /** `unplug_guest_disk`: unplug one disk from the server's guest (a reconcile fix; the host side stays). */
-export const zUnplugGuestDiskPayload = z.object({
+export const zUnplugGuestDiskPayload = lazySchema(() => z.object({
   consumer: z.string().min(1),
   server: zServer,
   disk: zGuestDisk,
-});
+}));
 /** What `unplug_guest_disk` answers (nothing). */
-export const zUnplugGuestDiskResult = z.object({});
+export const zUnplugGuestDiskResult = lazySchema(() => z.object({}));
 
 /** `connector`: the host's connector with the multipath wish applied. */
-export const zConnectorPayload = z.object({
+export const zConnectorPayload = lazySchema(() => z.object({
   multipath: z.boolean(),
   enforce_multipath: z.boolean(),
-});
+}));
 /** What `connector` answers. */
-export const zConnectorResult = z.object({ connector: zConnector });
+export const zConnectorResult = lazySchema(() => z.object({ connector: zConnector }));
 
 /** `host_facts`: list what every transport finds connected on the host (for reconcile). */
-export const zHostFactsPayload = z.object({});
+export const zHostFactsPayload = lazySchema(() => z.object({}));
 /** One transport's devices on the host (reconcile's `TransportListing`). */
-export const zTransportListing = z.object({
+export const zTransportListing = lazySchema(() => z.object({
   transport: z.string().min(1),
   protocol: z.string().min(1),
   /** The transport's `sourceKeys` (absent from an older agent: it cannot tell, nothing is claimed). */
@@ -151,9 +152,9 @@ export const zTransportListing = z.object({
   /** Whether the transport can put a device back on a live path (`repairPaths`; absent from an older agent: no). */
   repairsPaths: z.boolean().default(false),
   devices: z.array(z.object({ device: zDevice, source: z.record(z.string(), z.unknown()) })),
-});
+}));
 /** What `host_facts` answers: the listings, and each transport that cannot list or failed to (with why). */
-export const zHostFactsResult = z.object({ listings: z.array(zTransportListing), unchecked: z.array(zReconcileUnchecked).default([]) });
+export const zHostFactsResult = lazySchema(() => z.object({ listings: z.array(zTransportListing), unchecked: z.array(zReconcileUnchecked).default([]) }));
 
 /** Payload and result schema of each host step (parse at both ends: the agent and the replica). */
 export const HOST_STEP_SCHEMAS = {
@@ -177,7 +178,7 @@ export type HostStepPayload<S extends HostStepName> = z.input<(typeof HOST_STEP_
 export type HostStepResult<S extends HostStepName> = z.output<(typeof HOST_STEP_SCHEMAS)[S]['result']>;
 
 /** What an agent tells the API when it starts: who it is and what its host can do. */
-export const zAgentRegistration = z.object({
+export const zAgentRegistration = lazySchema(() => z.object({
   /** This agent process (a fresh id per start): the worker that claims the host's items. */
   instance: z.string().min(1).max(200),
   /** berth's version on the agent. */
@@ -192,15 +193,15 @@ export const zAgentRegistration = z.object({
   transportInfo: z.array(zAgentTransportInfo).max(100).optional(),
   /** Consumers loaded on the host. */
   consumers: z.array(z.string().min(1)).max(100),
-});
+}));
 /** An agent's registration. */
 export type AgentRegistration = z.output<typeof zAgentRegistration>;
 
 /** A work item as handed to the agent that claimed it; `payload` may carry secrets (claim answers only). */
-export const zClaimedWork = z.object({
+export const zClaimedWork = lazySchema(() => z.object({
   item: zWorkItem,
   payload: z.record(z.string(), z.unknown()),
-});
+}));
 /** One claimed work item. */
 export type ClaimedWork = z.output<typeof zClaimedWork>;
 

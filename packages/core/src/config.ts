@@ -1,21 +1,22 @@
 import { z } from 'zod';
+import { lazySchema } from './lazy-schema.js';
 import { parseWith } from './errors.js';
 import { parseFaultSpec } from './faults.js';
 
 /** A host name as RFC 1123 allows it (labels of letters, digits and inner hyphens). */
-export const zHostName = z
+export const zHostName = lazySchema(() => z
   .string()
   .max(253)
-  .regex(/^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/, 'must be a host name (RFC 1123)');
+  .regex(/^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/, 'must be a host name (RFC 1123)'));
 
 /** A plugin named in the config: its package, and options passed to its factories. */
-export const zPluginEntry = z.union([
+export const zPluginEntry = lazySchema(() => z.union([
   z.string().min(1),
   z.strictObject({ package: z.string().min(1), options: z.record(z.string(), z.unknown()).optional() }),
-]);
+]));
 
 /** berth's configuration (file + environment); every field has a default. */
-export const zConfig = z.strictObject({
+export const zConfig = lazySchema(() => z.strictObject({
   /** Database, volume files and run state. */
   dataDir: z.string().min(1),
   /** Root that host paths (/sys, /dev, /etc/iscsi) resolve under; `/` in production. */
@@ -127,7 +128,7 @@ export const zConfig = z.strictObject({
   faults: z.record(z.string(), z.string()).default({}),
   /** Log level (logs go to stderr as JSON; secrets redacted). */
   logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('warn'),
-});
+}));
 export type BerthConfig = z.output<typeof zConfig>;
 export type BerthConfigInput = z.input<typeof zConfig>;
 

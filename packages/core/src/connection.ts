@@ -1,10 +1,11 @@
 import { z } from 'zod';
+import { lazySchema } from './lazy-schema.js';
 
 /**
  * A host's connector properties (os-brick's names), as sent to `initialize_connection`.
  * Unknown keys are kept so a third-party driver can add its own.
  */
-export const zConnector = z.looseObject({
+export const zConnector = lazySchema(() => z.looseObject({
   host: z.string(),
   initiator: z.string().optional(),
   ip: z.string().optional(),
@@ -14,14 +15,14 @@ export const zConnector = z.looseObject({
   os_type: z.string().optional(),
   do_local_attach: z.boolean().optional(),
   uuid: z.string().optional(),
-});
+}));
 export type Connector = z.output<typeof zConnector>;
 
 /** A portal: `host:port`, with IPv6 hosts in brackets. */
-export const zPortal = z.string().min(3).max(300);
+export const zPortal = lazySchema(() => z.string().min(3).max(300));
 
 /** The `data` of a connection_info (Cinder's key names); unknown keys are kept. */
-export const zConnectionData = z.looseObject({
+export const zConnectionData = lazySchema(() => z.looseObject({
   device_path: z.string().optional(),
   target_portal: zPortal.optional(),
   target_iqn: z.string().optional(),
@@ -40,14 +41,14 @@ export const zConnectionData = z.looseObject({
   encrypted: z.boolean().optional(),
   qos_specs: z.unknown().optional(),
   access_mode: z.enum(['rw', 'ro']).optional(),
-});
+}));
 export type ConnectionData = z.output<typeof zConnectionData>;
 
 /** What a backend's `initializeConnection` returns and a transport's `connect` takes. */
-export const zConnectionInfo = z.object({
+export const zConnectionInfo = lazySchema(() => z.object({
   driver_volume_type: z.string().min(1),
   data: zConnectionData,
-});
+}));
 export type ConnectionInfo = z.output<typeof zConnectionInfo>;
 
 /** Keys of connection_info.data and connectors that hold secrets. */
@@ -90,21 +91,21 @@ export function secretsOf(info: ConnectionInfo): string[] {
 }
 
 /** One path of a connected device (a multipath device has several). */
-export const zDevicePath = z.object({
+export const zDevicePath = lazySchema(() => z.object({
   portal: z.string().optional(),
   device: z.string().optional(),
   state: z.string(),
-});
+}));
 export type DevicePath = z.output<typeof zDevicePath>;
 
 /** Facts that identify one device instance (never a secret): `{ kind: 'loop', rdev: '7:3', ... }`. */
-export const zDeviceIdentity = z
+export const zDeviceIdentity = lazySchema(() => z
   .record(z.string(), z.union([z.string(), z.number(), z.boolean()]))
-  .refine((identity) => typeof identity.kind === 'string', 'a device identity names its kind');
+  .refine((identity) => typeof identity.kind === 'string', 'a device identity names its kind'));
 export type DeviceIdentity = z.output<typeof zDeviceIdentity>;
 
 /** What a transport's `connect` returns: the block device on this host. */
-export const zDevice = z.object({
+export const zDevice = lazySchema(() => z.object({
   /**
    * The device node (`/dev/loop3`, `/dev/sdb`, `/dev/dm-0`) on the host its transport runs on: a
    * transport given another host root (`--simulate`'s) names it under that root; consumers get it
@@ -125,7 +126,7 @@ export const zDevice = z.object({
    * undo, detach and reconcile touch a device only while its identity still matches this.
    */
   identity: zDeviceIdentity.optional(),
-});
+}));
 export type Device = z.output<typeof zDevice>;
 
 /**

@@ -1,25 +1,26 @@
 import { z } from 'zod';
+import { lazySchema } from './lazy-schema.js';
 
 // The server record's `hypervisor` field. Core owns these schemas (it stores and validates them,
 // and picks the consumer from `type`); the guest consumer plugins parse the same schemas, so a
 // server created by the CLI or the API is exactly what the plugin reads. Core never imports a plugin.
 
 /** The server is this host itself: the volume is published on the host (`/dev/berth/<id>`). */
-export const zHostHypervisor = z.strictObject({
+export const zHostHypervisor = lazySchema(() => z.strictObject({
   type: z.literal('host'),
-});
+}));
 
 /** The QEMU bus hot-plugged disks go on when a server names none (the `pc` machine's). */
 export const DEFAULT_QEMU_BUS = 'pci.0';
 
 /** A plain QEMU reached over its QMP socket (`berth server create vm-2 --hypervisor qemu --qmp PATH`). */
-export const zQemuHypervisor = z.strictObject({
+export const zQemuHypervisor = lazySchema(() => z.strictObject({
   type: z.literal('qemu'),
   /** The QMP socket of the guest's QEMU (`-qmp unix:PATH,server=on,wait=off`). */
   qmp: z.string().max(4096).startsWith('/', 'the QMP socket is an absolute path').refine((p) => !p.includes('\0'), 'must not contain NUL'),
   /** The PCI bus hot-plugged disks go on: `pci.0` on the `pc` machine (q35 needs a root port). */
   bus: z.string().max(64).regex(/^[A-Za-z][A-Za-z0-9_.-]*$/, 'a QEMU bus id: letters, digits, ".", "_", "-"').default(DEFAULT_QEMU_BUS),
-});
+}));
 /** A server's QEMU settings. */
 export type QemuHypervisor = z.output<typeof zQemuHypervisor>;
 
@@ -27,18 +28,18 @@ export type QemuHypervisor = z.output<typeof zQemuHypervisor>;
 export const DEFAULT_LIBVIRT_URI = 'qemu:///system';
 
 /** A libvirt domain (`berth server create web-1 --hypervisor libvirt --domain web-1 [--uri U]`). */
-export const zLibvirtHypervisor = z.strictObject({
+export const zLibvirtHypervisor = lazySchema(() => z.strictObject({
   type: z.literal('libvirt'),
   /** The domain's name or UUID. */
   domain: z.string().min(1).max(200).regex(/^[^/\s-][^/]*$/, 'a domain name has no slash and does not start with a space or "-"'),
   /** The libvirt connection URI (`qemu:///system`, `qemu+ssh://...`). */
   uri: z.string().min(1).max(1024).regex(/^[a-z][a-z0-9+.-]*:\/\/\S*$/, 'a libvirt URI like qemu:///system').default(DEFAULT_LIBVIRT_URI),
-});
+}));
 /** A server's libvirt settings. */
 export type LibvirtHypervisor = z.output<typeof zLibvirtHypervisor>;
 
 /** What runs a server, and so which consumer publishes its volumes: `host`, `qemu` or `libvirt`. */
-export const zHypervisor = z.discriminatedUnion('type', [zHostHypervisor, zQemuHypervisor, zLibvirtHypervisor]);
+export const zHypervisor = lazySchema(() => z.discriminatedUnion('type', [zHostHypervisor, zQemuHypervisor, zLibvirtHypervisor]));
 /** A server's hypervisor. */
 export type Hypervisor = z.output<typeof zHypervisor>;
 /** A hypervisor as a request gives it (`bus` and `uri` may be left to their defaults). */

@@ -1,4 +1,5 @@
 export * from './errors.js';
+export { lazySchema } from './lazy-schema.js';
 export * from './connection.js';
 export * from './model.js';
 export * from './hypervisor.js';

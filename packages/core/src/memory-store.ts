@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { connectorWithoutSecrets, redactConnectionInfo, zConnector } from './connection.js';
 import { BerthError, parseWith } from './errors.js';
 import { Mutex } from './keyed-lock.js';
+import { lazySchema } from './lazy-schema.js';
 import {
   zAttachment,
   zErrorSummary,
@@ -43,15 +44,16 @@ import { agentReplaced, alreadyExists, notFound, stateConflict } from './store-e
 import { assertAttachmentTransition, assertVolumeTransition } from './transitions.js';
 import { zWorkItemState, type WorkItem } from './work-item.js';
 
-const zVolumePatch = zVolume.pick({ sizeBytes: true, providerLocation: true }).partial();
-const zAttachmentPatch = zAttachment
+const zVolumePatch = lazySchema(() => zVolume.unwrap().pick({ sizeBytes: true, providerLocation: true }).partial());
+const zAttachmentPatch = lazySchema(() => zAttachment
+  .unwrap()
   .pick({ transport: true, connector: true, connectionInfo: true, device: true, publishedPath: true, guestDevice: true, serial: true, hostRoot: true, timings: true, error: true })
-  .partial();
-const zStepOutcome = zOperationStep.pick({ error: true, data: true }).partial();
-const zStepStart = zOperationStep.pick({ name: true, phase: true });
-const zFinishOutcome = zOperation.pick({ error: true, result: true }).partial();
+  .partial());
+const zStepOutcome = lazySchema(() => zOperationStep.unwrap().pick({ error: true, data: true }).partial());
+const zStepStart = lazySchema(() => zOperationStep.unwrap().pick({ name: true, phase: true }));
+const zFinishOutcome = lazySchema(() => zOperation.unwrap().pick({ error: true, result: true }).partial());
 const zLockField = z.string().min(1).max(300);
-const zNewHostAgent = zHostAgent.omit({ lastSeenAt: true });
+const zNewHostAgent = lazySchema(() => zHostAgent.unwrap().omit({ lastSeenAt: true }));
 const zLimit = z.number().int().positive().max(10_000);
 const zWorker = z.string().min(1);
 

@@ -1,13 +1,14 @@
 import { z } from 'zod';
+import { lazySchema } from './lazy-schema.js';
 import { zConnectionInfo, zConnector, zDevice } from './connection.js';
 import { zHypervisor } from './hypervisor.js';
 
 /** A user-given name: letters, digits, `.`, `_`, `-`; never a path. */
-export const zName = z
+export const zName = lazySchema(() => z
   .string()
   .min(1, 'must not be empty')
   .max(63, 'must be at most 63 characters')
-  .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'use letters, digits, ".", "_" and "-" only, starting with a letter or digit');
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'use letters, digits, ".", "_" and "-" only, starting with a letter or digit'));
 
 /** berth's identifiers are UUIDs. */
 export const zId = z.uuid();
@@ -16,12 +17,12 @@ export const zId = z.uuid();
 export const MAX_VOLUME_BYTES = 2 ** 50;
 
 /** A volume size in bytes. */
-export const zSizeBytes = z
+export const zSizeBytes = lazySchema(() => z
   .number()
   .int('must be a whole number of bytes')
   .positive('must be positive')
   .max(MAX_VOLUME_BYTES, 'must be at most 1 PiB')
-  .refine((n) => n % 512 === 0, 'must be a multiple of 512 bytes');
+  .refine((n) => n % 512 === 0, 'must be a multiple of 512 bytes'));
 
 /** Every status a volume can have (Cinder's names). */
 export const VOLUME_STATUSES = [
@@ -54,7 +55,7 @@ export type AttachmentStatus = z.output<typeof zAttachmentStatus>;
 const zTimestamp = z.string();
 
 /** A volume: bytes on a backend. */
-export const zVolume = z.object({
+export const zVolume = lazySchema(() => z.object({
   id: zId,
   name: zName,
   projectId: z.string(),
@@ -66,15 +67,15 @@ export const zVolume = z.object({
   providerLocation: z.string().nullable(),
   createdAt: zTimestamp,
   updatedAt: zTimestamp,
-});
+}));
 export type Volume = z.output<typeof zVolume>;
 
 /** What one transport of a host's agent connects: its name, `driver_volume_type`s and priority. */
-export const zAgentTransportInfo = z.object({
+export const zAgentTransportInfo = lazySchema(() => z.object({
   name: z.string().min(1).max(100),
   protocols: z.array(z.string().min(1).max(100)).min(1).max(20),
   priority: z.number().int().min(-1_000_000).max(1_000_000),
-});
+}));
 /** One transport of an agent's registration. */
 export type AgentTransportInfo = z.output<typeof zAgentTransportInfo>;
 
@@ -83,7 +84,7 @@ export type AgentTransportInfo = z.output<typeof zAgentTransportInfo>;
  * when it was last heard from. Whether it is online is the API's call (seen within
  * `agent.offlineAfterMs`), not stored.
  */
-export const zHostAgent = z.object({
+export const zHostAgent = lazySchema(() => z.object({
   /** The registered agent process (its worker name); only it may claim the host's work. */
   instance: z.string().min(1),
   version: z.string(),
@@ -98,12 +99,12 @@ export const zHostAgent = z.object({
   consumers: z.array(z.string().min(1)),
   /** When it registered or last asked for work (ISO-8601, the store's clock). */
   lastSeenAt: zTimestamp,
-});
+}));
 /** A host's registered agent. */
 export type HostAgent = z.output<typeof zHostAgent>;
 
 /** A host: a machine whose servers get volumes; its host-side steps run in-process or on its agent. */
-export const zHost = z.object({
+export const zHost = lazySchema(() => z.object({
   id: zId,
   name: z.string(),
   /** The connector last reported by the host's agent (secrets never stored). */
@@ -112,18 +113,18 @@ export const zHost = z.object({
   agent: zHostAgent.nullable(),
   createdAt: zTimestamp,
   updatedAt: zTimestamp,
-});
+}));
 export type Host = z.output<typeof zHost>;
 
 /** Whether a host's agent was heard from lately (within the API's `agent.offlineAfterMs`). */
 export const zHostAgentState = z.enum(['online', 'offline']);
 /** A host as the API shows it: its agent with `state` computed at read time. */
-export const zHostView = zHost.extend({ agent: zHostAgent.extend({ state: zHostAgentState }).nullable() });
+export const zHostView = lazySchema(() => zHost.unwrap().extend({ agent: zHostAgent.unwrap().extend({ state: zHostAgentState }).nullable() }));
 /** A host with its agent's state. */
 export type HostView = z.output<typeof zHostView>;
 
 /** A server: the consumer of volumes (an instance in Nova's words), placed on a host. */
-export const zServer = z.object({
+export const zServer = lazySchema(() => z.object({
   id: zId,
   name: zName,
   projectId: z.string(),
@@ -135,14 +136,14 @@ export const zServer = z.object({
   hypervisor: zHypervisor.optional(),
   createdAt: zTimestamp,
   updatedAt: zTimestamp,
-});
+}));
 export type Server = z.output<typeof zServer>;
 
 /** Per-step durations in milliseconds, keyed by step name. */
-export const zTimings = z.record(z.string(), z.number());
+export const zTimings = lazySchema(() => z.record(z.string(), z.number()));
 
 /** An attachment: one volume attached (or being attached) to one server. */
-export const zAttachment = z.object({
+export const zAttachment = lazySchema(() => z.object({
   id: zId,
   volumeId: zId,
   serverId: zId,
@@ -174,7 +175,7 @@ export const zAttachment = z.object({
   error: z.string().nullable(),
   createdAt: zTimestamp,
   updatedAt: zTimestamp,
-});
+}));
 export type Attachment = z.output<typeof zAttachment>;
 
 /**
@@ -183,7 +184,7 @@ export type Attachment = z.output<typeof zAttachment>;
  * reconcile can find a device berth made that no attachment references, and tell it from one
  * somebody else made.
  */
-export const zHostDevice = z.object({
+export const zHostDevice = lazySchema(() => z.object({
   hostId: zId,
   volumeId: zId,
   /** The transport that connected it. */
@@ -198,7 +199,7 @@ export const zHostDevice = z.object({
   hostRoot: z.string().nullable().optional(),
   createdAt: zTimestamp,
   updatedAt: zTimestamp,
-});
+}));
 export type HostDevice = z.output<typeof zHostDevice>;
 
 /** Operation kinds. */
@@ -213,15 +214,15 @@ export const zOperationState = z.enum(['running', 'succeeded', 'rolled_back', 'f
 export type OperationState = z.output<typeof zOperationState>;
 
 /** A safe summary of an error, as stored and returned. */
-export const zErrorSummary = z.object({
+export const zErrorSummary = lazySchema(() => z.object({
   code: z.string(),
   message: z.string(),
   hint: z.string().optional(),
-});
+}));
 export type ErrorSummary = z.output<typeof zErrorSummary>;
 
 /** One journal row: a step (or its undo) of an operation. */
-export const zOperationStep = z.object({
+export const zOperationStep = lazySchema(() => z.object({
   seq: z.number().int(),
   name: z.string(),
   phase: z.enum(['do', 'undo']),
@@ -232,11 +233,11 @@ export const zOperationStep = z.object({
   error: zErrorSummary.nullable(),
   /** What the step produced that its undo or a resume needs (never a secret). */
   data: z.record(z.string(), z.unknown()).nullable(),
-});
+}));
 export type OperationStep = z.output<typeof zOperationStep>;
 
 /** An operation: one attach/detach/... request, journalled step by step. */
-export const zOperation = z.object({
+export const zOperation = lazySchema(() => z.object({
   id: zId,
   kind: zOperationKind,
   state: zOperationState,
@@ -253,5 +254,5 @@ export const zOperation = z.object({
   error: zErrorSummary.nullable(),
   result: z.record(z.string(), z.unknown()).nullable(),
   steps: z.array(zOperationStep),
-});
+}));
 export type Operation = z.output<typeof zOperation>;

@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { z } from 'zod';
+import { lazySchema } from './lazy-schema.js';
 import { BerthError } from './errors.js';
 import { PLUGIN_API_VERSION, type BerthPlugin } from './plugin.js';
 import { shareCoreWithPlugins } from './plugin-shared-core.js';
@@ -29,19 +30,19 @@ export interface PluginFailure {
   error: string;
 }
 
-const zBerthField = z.union([z.string().min(1), z.object({ entry: z.string().min(1) })]);
-const zManifest = z.looseObject({
+const zBerthField = lazySchema(() => z.union([z.string().min(1), z.object({ entry: z.string().min(1) })]));
+const zManifest = lazySchema(() => z.looseObject({
   name: z.string(),
   version: z.string().optional(),
   berth: zBerthField.optional(),
   dependencies: z.record(z.string(), z.string()).optional(),
-});
-const zDescriptor = z.object({
+}));
+const zDescriptor = lazySchema(() => z.object({
   name: z.string().min(1),
   apiVersion: z.number().int(),
   register: z.custom<BerthPlugin['register']>((v) => typeof v === 'function', 'must be a function'),
   optionsSchema: z.custom<z.ZodType>((v) => v === undefined || typeof (v as z.ZodType).safeParse === 'function').optional(),
-});
+}));
 
 async function readManifest(file: string): Promise<z.output<typeof zManifest> | undefined> {
   let text: string;

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { lazySchema } from './lazy-schema.js';
 import type { CheckResult } from './contracts/check.js';
 
 // The reports berth's actions answer with, in one module that imports no other part of core's
@@ -31,7 +32,7 @@ export const FIX_STATES = ['planned', 'applied', 'failed', 'skipped'] as const;
 export type FixState = (typeof FIX_STATES)[number];
 
 /** One difference between the store, the backends' exports and this host's devices, and its fix. */
-export const zReconcileDifference = z.object({
+export const zReconcileDifference = lazySchema(() => z.object({
   kind: z.enum(DIFFERENCE_KINDS),
   // What differs, for people: `export of volume db1 (tgt) to iqn…`, `/dev/loop3`, `volume db1`.
   resource: z.string(),
@@ -47,28 +48,28 @@ export const zReconcileDifference = z.object({
   result: z.string().nullable(),
   // The error's code when the fix failed (`DRIVER_ERROR`, `BACKEND_ERROR`, ...).
   errorCode: z.string().nullable(),
-});
+}));
 /** One difference and its fix. */
 export type ReconcileDifference = z.output<typeof zReconcileDifference>;
 
 /** Something reconcile could not look at: differences there are unknown. */
-export const zReconcileUnchecked = z.object({ kind: z.enum(['backend', 'transport', 'server']), name: z.string(), reason: z.string() });
+export const zReconcileUnchecked = lazySchema(() => z.object({ kind: z.enum(['backend', 'transport', 'server']), name: z.string(), reason: z.string() }));
 /** Something reconcile could not look at. */
 export type ReconcileUnchecked = z.output<typeof zReconcileUnchecked>;
 
 /** What `berth reconcile` (and `POST /v1/reconcile`) found and did. */
-export const zReconcileReport = z.object({
+export const zReconcileReport = lazySchema(() => z.object({
   dryRun: z.boolean(),
   operationId: z.string().nullable().describe('the `reconcile` operation journalling the applied fixes (null when none was applied)'),
   differences: z.array(zReconcileDifference),
   unchecked: z.array(zReconcileUnchecked),
   counts: z.object({ found: z.number().int(), applied: z.number().int(), failed: z.number().int(), skipped: z.number().int() }),
-});
+}));
 /** What `berth reconcile` found and did. */
 export type ReconcileReport = z.output<typeof zReconcileReport>;
 
 /** Options of `BerthService.reconcile` (`POST /v1/reconcile`'s body). */
-export const zReconcileOptions = z.strictObject({
+export const zReconcileOptions = lazySchema(() => z.strictObject({
   dryRun: z.boolean().optional().describe('list the differences and their fixes; change nothing'),
   host: z
     .string()
@@ -76,12 +77,12 @@ export const zReconcileOptions = z.strictObject({
     .max(253)
     .optional()
     .describe("the host (name or id) whose devices are compared: its `berth agent` lists them and runs the fixes there (default: the host berth runs on)"),
-});
+}));
 /** Options of `BerthService.reconcile`. */
 export type ReconcileOptions = z.output<typeof zReconcileOptions>;
 
 /** What the plugin loader found (`berth plugins`, `GET /v1/plugins`). */
-export const zPluginReport = z.object({
+export const zPluginReport = lazySchema(() => z.object({
   loaded: z.array(
     z.object({
       name: z.string(),
@@ -93,7 +94,7 @@ export const zPluginReport = z.object({
     }),
   ),
   failed: z.array(z.object({ packageName: z.string(), error: z.string() })),
-});
+}));
 /** What the plugin loader found. */
 export type PluginReport = z.output<typeof zPluginReport>;
 

@@ -1,31 +1,32 @@
 import { z } from 'zod';
+import { lazySchema } from './lazy-schema.js';
 import { zConnector } from './connection.js';
 import { zName, zSizeBytes } from './model.js';
 import { zHypervisor } from './hypervisor.js';
 
-const zRef = z.string().min(1).max(200);
-const zProject = z.string().min(1).max(200).optional();
-const zIdempotencyKey = z.string().min(1).max(200).optional();
+const zRef = lazySchema(() => z.string().min(1).max(200));
+const zProject = lazySchema(() => z.string().min(1).max(200).optional());
+const zIdempotencyKey = lazySchema(() => z.string().min(1).max(200).optional());
 
 /** `createVolume` input. */
-export const zCreateVolumeRequest = z.strictObject({
+export const zCreateVolumeRequest = lazySchema(() => z.strictObject({
   name: zName,
   sizeBytes: zSizeBytes,
   backend: z.string().min(1).max(100).optional(),
   multiattach: z.boolean().optional(),
   projectId: zProject,
-});
+}));
 
 /** `createServer` input. */
-export const zCreateServerRequest = z.strictObject({
+export const zCreateServerRequest = lazySchema(() => z.strictObject({
   name: zName,
   host: z.string().min(1).max(253).optional(),
   hypervisor: zHypervisor.optional(),
   projectId: zProject,
-});
+}));
 
 /** `attach` input. */
-export const zAttachRequest = z.strictObject({
+export const zAttachRequest = lazySchema(() => z.strictObject({
   volume: zRef,
   server: zRef.optional(),
   mode: z.enum(['rw', 'ro']).optional(),
@@ -34,23 +35,23 @@ export const zAttachRequest = z.strictObject({
   transport: z.string().min(1).max(100).optional(),
   idempotencyKey: zIdempotencyKey,
   projectId: zProject,
-});
+}));
 
 /** `detach` input. */
-export const zDetachRequest = z.strictObject({
+export const zDetachRequest = lazySchema(() => z.strictObject({
   volume: zRef,
   server: zRef.optional(),
   attachmentId: z.uuid().optional(),
   force: z.boolean().optional(),
   idempotencyKey: zIdempotencyKey,
   projectId: zProject,
-});
+}));
 
 /** `reserveAttachment` input (the three-phase API's create). */
-export const zReserveAttachmentRequest = z.strictObject({
+export const zReserveAttachmentRequest = lazySchema(() => z.strictObject({
   volume: zRef,
   server: zRef,
   mode: z.enum(['rw', 'ro']).optional(),
   connector: zConnector.optional(),
   projectId: zProject,
-});
+}));

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { lazySchema } from './lazy-schema.js';
 import { toBerthError } from './errors.js';
 import { zErrorSummary, zId } from './model.js';
 
@@ -12,18 +13,18 @@ export const zWorkItemState = z.enum(['pending', 'claimed', 'done', 'failed']);
 export type WorkItemState = z.output<typeof zWorkItemState>;
 
 /** Name of the host step a work item asks for (`connector`, `connect`, `publish`, ...). */
-export const zWorkItemStep = z
+export const zWorkItemStep = lazySchema(() => z
   .string()
   .min(1)
   .max(63)
-  .regex(/^[a-z][a-z0-9_]*$/, 'use lower-case letters, digits and "_", starting with a letter');
+  .regex(/^[a-z][a-z0-9_]*$/, 'use lower-case letters, digits and "_", starting with a letter'));
 
 /**
  * How a work item failed: an error summary, and whether the step said it touched nothing on the
  * host (the driver's `details.untouched`: a holder found first, an identity that no longer
  * matched), so that a failed remote disconnect is rolled back exactly as a local one is.
  */
-export const zWorkItemError = zErrorSummary.extend({ untouched: z.boolean().optional() });
+export const zWorkItemError = lazySchema(() => zErrorSummary.unwrap().extend({ untouched: z.boolean().optional() }));
 /** One of `zWorkItemError`. */
 export type WorkItemError = z.output<typeof zWorkItemError>;
 
@@ -42,7 +43,7 @@ export function workItemErrorOf(error: unknown): WorkItemError {
  * A host step of an operation, run by the agent of `hostId` rather than by the process that owns
  * the operation (the many-hosts flow). The payload and result never hold secrets.
  */
-export const zWorkItem = z.object({
+export const zWorkItem = lazySchema(() => z.object({
   id: zId,
   operationId: zId,
   hostId: zId,
@@ -61,6 +62,6 @@ export const zWorkItem = z.object({
   leaseExpiresAt: z.string().nullable(),
   createdAt: z.string(),
   updatedAt: z.string(),
-});
+}));
 /** A work item as stored. */
 export type WorkItem = z.output<typeof zWorkItem>;

@@ -2,13 +2,13 @@ import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
-import { BerthError } from '@berth/core';
+import { BerthError, lazySchema } from '@berth/core';
 
 /** What a volume id must look like to name a state file (berth's ids are UUIDs). */
-export const zStateVolumeId = z
+export const zStateVolumeId = lazySchema(() => z
   .string()
   .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$/, 'must be letters, digits, ".", "_" or "-" (at most 200)')
-  .refine((id) => !id.includes('..'), 'must not contain ".."');
+  .refine((id) => !id.includes('..'), 'must not contain ".."'));
 
 /**
  * Attach states as one JSON file per volume under `dir` (`<dir>/<volumeId>.json`), each checked

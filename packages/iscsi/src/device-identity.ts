@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { BerthError, type Device, type DeviceIdentity } from '@berth/core';
+import { BerthError, lazySchema, type Device, type DeviceIdentity } from '@berth/core';
 import type { HostFs } from '@berth/host';
 import { dmUuid } from './dm-sysfs.js';
 import { formatHctl, scsiDeviceOf } from './scsi-sysfs.js';
@@ -7,19 +7,19 @@ import { blockName } from './sysfs-read.js';
 import { readWwid, scsiWwnFromWwid } from './wwid.js';
 
 /** An iSCSI disk's identity: the session it came through, its SCSI address and the LUN's WWN. */
-export const zScsiIdentity = z.object({
+export const zScsiIdentity = lazySchema(() => z.object({
   kind: z.literal('scsi'),
   sessionId: z.number().int().nonnegative(),
   hctl: z.string(),
   wwn: z.string().optional(),
-});
+}));
 
 /** A multipath map's identity: its dm uuid (`mpath-<wwid>`) and the volume's WWN. */
-export const zDmIdentity = z.object({
+export const zDmIdentity = lazySchema(() => z.object({
   kind: z.literal('dm'),
   uuid: z.string(),
   wwn: z.string().optional(),
-});
+}));
 
 /** The identity of an iSCSI disk (`kind: 'scsi'`). */
 export type ScsiIdentity = z.output<typeof zScsiIdentity>;

@@ -1,4 +1,4 @@
-import { BerthError, parseWith } from '@berth/core';
+import { BerthError, lazySchema, parseWith } from '@berth/core';
 import type { CommandResult, CommandRunner } from '@berth/host';
 import { z } from 'zod';
 import { classifyResult, type ExitClass, type IscsiadmOp } from './exit-codes.js';
@@ -82,13 +82,13 @@ export interface DiscoverOptions extends CallOptions {
   deleteRecord?: boolean;
 }
 
-const zDiscoveryAuth = z.object({
+const zDiscoveryAuth = lazySchema(() => z.object({
   method: z.enum(['CHAP', 'None']),
   username: zRecordValue.optional(),
   password: zRecordValue.optional(),
   usernameIn: zRecordValue.optional(),
   passwordIn: zRecordValue.optional(),
-});
+}));
 
 interface ExecSpec {
   op: IscsiadmOp;

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { BerthError, type ConnectionInfo } from '@berth/core';
+import { BerthError, lazySchema, type ConnectionInfo } from '@berth/core';
 import { kernelLun } from './by-path.js';
 import { chapOfConnection, secretsOfChap, type ConnectionChap } from './chap-credentials.js';
 import { addressingOf, zAddressingMode, zChapConnectionKeys, zConnectionIqn, zConnectionLun, zConnectionText } from './connection-fields.js';
@@ -11,17 +11,17 @@ import { toPortal } from './target.js';
 export interface IscsiVolumeTarget extends LunTarget, ConnectionChap {}
 
 /** The slice of an `iscsi` connection_info's `data` a single-LUN connect reads (Cinder's key names). */
-export const zIscsiConnectionData = z.looseObject({
+export const zIscsiConnectionData = lazySchema(() => z.looseObject({
   target_portal: zConnectionText,
   target_iqn: zConnectionIqn,
   target_lun: zConnectionLun,
-  ...zChapConnectionKeys.shape,
+  ...zChapConnectionKeys.unwrap().shape,
   /** os-brick's `addressing_mode`: how the target numbers LUNs, which decides the kernel's LUN. */
   addressing_mode: zAddressingMode.optional(),
-});
+}));
 
 /** The keys that name the LUN, nothing else: what disconnect, extend and paths read. */
-const zIscsiLunData = zIscsiConnectionData.pick({ target_portal: true, target_iqn: true, target_lun: true, addressing_mode: true }).loose();
+const zIscsiLunData = lazySchema(() => zIscsiConnectionData.unwrap().pick({ target_portal: true, target_iqn: true, target_lun: true, addressing_mode: true }).loose());
 
 /** Parsed `data` of an `iscsi` connection_info. */
 export type IscsiConnectionData = z.output<typeof zIscsiConnectionData>;

@@ -1,4 +1,4 @@
-import { BerthError, parseWith } from '@berth/core';
+import { BerthError, lazySchema, parseWith } from '@berth/core';
 import type { CommandResult, CommandRunner, HostFs } from '@berth/host';
 import { z } from 'zod';
 import { commandResultOf } from './iscsiadm-error.js';
@@ -64,16 +64,16 @@ export interface FlushMapOptions extends MultipathCallOptions {
 
 // A wwid or map name goes into argv: refuse anything an option parser could take as a flag, and
 // control characters. udev's wwids are `3<hex>` for NAA, but t10 ones may hold spaces.
-const zWwid = z
+const zWwid = lazySchema(() => z
   .string()
   .min(1)
   .max(256)
-  .regex(/^[^\s\x00-\x1f\x7f-][^\x00-\x1f\x7f]*$/, 'not a wwid');
-const zMapName = z
+  .regex(/^[^\s\x00-\x1f\x7f-][^\x00-\x1f\x7f]*$/, 'not a wwid'));
+const zMapName = lazySchema(() => z
   .string()
   .min(1)
   .max(128)
-  .regex(/^[A-Za-z0-9_][A-Za-z0-9_.:+-]*$/, 'not a multipath map name');
+  .regex(/^[A-Za-z0-9_][A-Za-z0-9_.:+-]*$/, 'not a multipath map name'));
 
 /** A multipath run that failed (signal and not-installed cases included). */
 class MultipathRunError extends BerthError {}

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { BerthError, parseWith } from '@berth/core';
+import { BerthError, lazySchema, parseWith } from '@berth/core';
 import { isRetryableClass } from './exit-codes.js';
 import { IscsiadmError } from './iscsiadm-error.js';
 
@@ -14,11 +14,11 @@ export interface RetryPolicy {
 }
 
 /** The schema of a `RetryPolicy`. */
-export const zRetryPolicy = z.object({
+export const zRetryPolicy = lazySchema(() => z.object({
   attempts: z.number().int().min(1).max(100),
   baseDelayMs: z.number().min(0).max(600_000),
   maxDelayMs: z.number().min(0).max(600_000),
-});
+}));
 
 /** What `withRetry` reports before each retry. */
 export interface RetryEvent {

@@ -1,5 +1,5 @@
 import path from 'node:path';
-import { parseWith } from '@berth/core';
+import { lazySchema, parseWith } from '@berth/core';
 import { z } from 'zod';
 
 /**
@@ -7,7 +7,7 @@ import { z } from 'zod';
  * of the machine, and where that host lives. Runtime's own section (core's config does not know
  * the simulator); `--simulate` and `BERTH_SIMULATE=1` switch it on.
  */
-export const zSimulateConfig = z.strictObject({
+export const zSimulateConfig = lazySchema(() => z.strictObject({
   /** Run the listed plugins on the simulated host (`--simulate`, `BERTH_SIMULATE=1`). */
   enabled: z.boolean().default(false),
   /**
@@ -24,7 +24,7 @@ export const zSimulateConfig = z.strictObject({
   deviceDelayMs: z.number().int().min(0).max(60_000).optional(),
   /** The package that provides the simulated host; loaded only when enabled. */
   module: z.string().min(1).default('@berth/simhost'),
-});
+}));
 /** The resolved `simulate` section, with its paths made absolute. */
 export type SimulateConfig = Omit<z.output<typeof zSimulateConfig>, 'root' | 'workDir'> & { root: string; workDir: string };
 

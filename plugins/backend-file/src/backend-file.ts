@@ -6,6 +6,7 @@ import { z } from 'zod';
 import { hostFacts } from '@berth/host';
 import {
   BerthError,
+  lazySchema,
   parseWith,
   toBerthError,
   zConnector,
@@ -25,12 +26,12 @@ import {
 export const NAME = 'file';
 
 /** Options of the `file` backend (from the config's plugin options). */
-export const zFileBackendOptions = z.object({
+export const zFileBackendOptions = lazySchema(() => z.object({
   /** Where volume files live; relative paths are taken from the data dir (default `<dataDir>/volumes`). */
   directory: z.string().min(1).optional(),
   /** Hand out connections to connectors on other hosts (a shared filesystem); off by default. */
   allowRemoteHosts: z.boolean().default(false),
-});
+}));
 
 /** Parsed options of the `file` backend. */
 export type FileBackendOptions = z.output<typeof zFileBackendOptions>;

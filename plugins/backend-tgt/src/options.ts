@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { lazySchema } from '@berth/core';
 import { formatPortal, parsePortal } from '@berth/iscsi';
 
 /** The default tgtd control port of berth's own tgtd (`tgtd -C 7`); a system tgtd uses 0. */
@@ -11,7 +12,7 @@ export const DEFAULT_IQN_PREFIX = 'iqn.2026-11.io.berth';
  * A portal as tgtd takes it, `address:port` (`[v6]:port`). Host names are refused: tgtd binds
  * addresses, and an initiator must reach exactly what is advertised.
  */
-const zTgtPortal = z
+const zTgtPortal = lazySchema(() => z
   .string()
   .min(3)
   .max(100)
@@ -27,16 +28,16 @@ const zTgtPortal = z
       ctx.addIssue({ code: 'custom', message: error instanceof Error ? error.message : String(error) });
       return z.NEVER;
     }
-  });
+  }));
 
 /**
  * An IQN prefix: `iqn.YYYY-MM.reversed.domain[:more]`. Only the characters tgtadm can carry: it
  * joins its arguments into one comma-separated request, so a comma would inject a parameter.
  */
-const zIqnPrefix = z
+const zIqnPrefix = lazySchema(() => z
   .string()
   .max(160)
-  .regex(/^iqn\.\d{4}-\d{2}\.[a-z0-9][a-z0-9.-]*(:[A-Za-z0-9._:-]+)?$/, 'must look like iqn.2026-11.io.example or iqn.2026-11.io.example:pool');
+  .regex(/^iqn\.\d{4}-\d{2}\.[a-z0-9][a-z0-9.-]*(:[A-Za-z0-9._:-]+)?$/, 'must look like iqn.2026-11.io.example or iqn.2026-11.io.example:pool'));
 
 /**
  * The iSCSI parameters tgtd offers every target's sessions. tgtd's own defaults (8 KiB data
@@ -44,7 +45,7 @@ const zIqnPrefix = z
  * 8 KiB of a write; these let a 1 MiB write go in one burst, its first 256 KiB unsolicited.
  * The initiator may negotiate lower. Measured in bench `attach-iscsi-user`.
  */
-export const zTgtSessionParams = z
+export const zTgtSessionParams = lazySchema(() => z
   .object({
     /** Largest data segment tgtd receives (`MaxRecvDataSegmentLength`), bytes. */
     maxRecvDataSegmentLength: z.number().int().min(512).max(16_777_215).default(262_144),
@@ -57,7 +58,7 @@ export const zTgtSessionParams = z
     /** Wait for an R2T before the first data of a write (`InitialR2T`); tgtd's default is true. */
     initialR2T: z.boolean().default(false),
   })
-  .refine((p) => p.firstBurstLength <= p.maxBurstLength, { message: 'firstBurstLength must not exceed maxBurstLength', path: ['firstBurstLength'] });
+  .refine((p) => p.firstBurstLength <= p.maxBurstLength, { message: 'firstBurstLength must not exceed maxBurstLength', path: ['firstBurstLength'] }));
 /** Parsed session parameters. */
 export type TgtSessionParams = z.output<typeof zTgtSessionParams>;
 
@@ -73,7 +74,7 @@ export function tgtadmTargetParams(params: TgtSessionParams): Record<string, str
 }
 
 /** Options of the `tgt` backend (from the config's plugin options). */
-export const zTgtBackendOptions = z
+export const zTgtBackendOptions = lazySchema(() => z
   .object({
     /** Portals tgtd listens on and connection_info advertises, `address:port`; the first is the main one. */
     portals: z.array(zTgtPortal).min(1).max(16).default(['127.0.0.1:3260']),
@@ -109,7 +110,7 @@ export const zTgtBackendOptions = z
     if (new Set(options.portals).size !== options.portals.length) {
       ctx.addIssue({ code: 'custom', path: ['portals'], message: 'lists the same portal twice' });
     }
-  });
+  }));
 
 /** Parsed options of the `tgt` backend. */
 export type TgtBackendOptions = z.output<typeof zTgtBackendOptions>;

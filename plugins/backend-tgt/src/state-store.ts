@@ -2,13 +2,13 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import { BerthError, KeyedLock } from '@berth/core';
+import { BerthError, KeyedLock, lazySchema } from '@berth/core';
 import { acquireFileLock, LockTimeoutError } from '@berth/host';
 
-const zChap = z.object({ username: z.string().min(1), password: z.string().min(1) });
+const zChap = lazySchema(() => z.object({ username: z.string().min(1), password: z.string().min(1) }));
 
 /** What the backend keeps about one volume: enough to re-create its export on a fresh tgtd. */
-export const zVolumeRecord = z.object({
+export const zVolumeRecord = lazySchema(() => z.object({
   /** tgtd's target number; kept so a restored target has the same SCSI identity (WWN). */
   tid: z.number().int().positive(),
   iqn: z.string().min(1),
@@ -22,16 +22,16 @@ export const zVolumeRecord = z.object({
   /** Initiator IQNs allowed to log in (one ACL entry each). */
   initiators: z.array(z.string()),
   createdAt: z.string(),
-});
+}));
 
 /** One volume's record. */
 export type VolumeRecord = z.output<typeof zVolumeRecord>;
 
 /** The whole state file. */
-export const zTgtState = z.object({
+export const zTgtState = lazySchema(() => z.object({
   version: z.literal(1),
   volumes: z.record(z.string(), zVolumeRecord),
-});
+}));
 
 /** The backend's state: every volume it exports. */
 export type TgtState = z.output<typeof zTgtState>;

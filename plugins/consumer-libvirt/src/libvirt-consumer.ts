@@ -6,9 +6,10 @@ import { acquireFileLock, LockTimeoutError, type CommandResult } from '@berth/ho
 import {
   BerthError,
   createHostConsumer,
-  stableLinkPath,
-  KeyedLock,
   DEFAULT_LIBVIRT_URI,
+  KeyedLock,
+  lazySchema,
+  stableLinkPath,
   zLibvirtHypervisor,
   type LibvirtHypervisor,
   type Attachment,
@@ -27,14 +28,14 @@ import { domainGone, Virsh, virshFailed, type DomainBlock, type RemovalWatch } f
 export const NAME = 'libvirt';
 
 /** Options of the `libvirt` consumer (the plugin's options in the config). */
-export const zLibvirtConsumerOptions = z.object({
+export const zLibvirtConsumerOptions = lazySchema(() => z.object({
   /** How long the guest has to release a disk after the unplug request, in ms. */
   unplugTimeoutMs: z.number().int().positive().default(60_000),
   /** Timeout of one virsh run (or one libvirt RPC call), in ms. */
   virshTimeoutMs: z.number().int().positive().default(30_000),
   /** Talk to a local `DRIVER:///system` libvirtd over its unix socket (libvirt's RPC) instead of a virsh process per call. */
   rpc: z.boolean().default(true),
-});
+}));
 /** Parsed options of the `libvirt` consumer. */
 export type LibvirtConsumerOptions = z.output<typeof zLibvirtConsumerOptions>;
 

@@ -3,8 +3,9 @@ import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { writeFileAtomically } from '@berth/host';
 import { z } from 'zod';
+import { lazySchema } from '@berth/core';
 
-const zTargets = z.array(z.string().regex(/^[a-z]+$/)).max(1024);
+const zTargets = lazySchema(() => z.array(z.string().regex(/^[a-z]+$/)).max(1024));
 
 /**
  * The disk targets berth last saw in each libvirt domain, kept in the consumer's data dir so an

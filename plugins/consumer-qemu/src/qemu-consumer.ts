@@ -7,6 +7,8 @@ import {
   BerthError,
   createHostConsumer,
   KeyedLock,
+  lazySchema,
+  virtioDiskName,
   type Attachment,
   type Consumer,
   type Device,
@@ -14,7 +16,6 @@ import {
   type PluginContext,
   type Publication,
   type Server,
-  virtioDiskName,
 } from '@berth/core';
 import { QmpClient, isQmpFailure, qmpFailureOf, zEmptyReturn, type QmpCallOptions } from '@berth/qemu';
 import { qemuDiskIds, qemuDiskMode, qemuHypervisorOf, volumeIdOfDevice, type QemuHypervisor } from './qemu-hypervisor.js';
@@ -23,12 +24,12 @@ import { qemuDiskIds, qemuDiskMode, qemuHypervisorOf, volumeIdOfDevice, type Qem
 export const NAME = 'qemu';
 
 /** Options of the `qemu` consumer (the plugin's options in the config). */
-export const zQemuConsumerOptions = z.object({
+export const zQemuConsumerOptions = lazySchema(() => z.object({
   /** How long the guest has to release a disk after `device_del` (DEVICE_DELETED), in ms. */
   unplugTimeoutMs: z.number().int().positive().default(60_000),
   /** Deadline of one QMP exchange (connect, a command), in ms. */
   qmpTimeoutMs: z.number().int().positive().default(10_000),
-});
+}));
 /** Parsed options of the `qemu` consumer. */
 export type QemuConsumerOptions = z.output<typeof zQemuConsumerOptions>;
 
@@ -47,9 +48,9 @@ export interface QemuConsumer extends Consumer {
 const PERIPHERAL = '/machine/peripheral';
 const PERIPHERAL_ANON = '/machine/peripheral-anon';
 
-const zPeripheralList = z.array(z.looseObject({ name: z.string(), type: z.string() }));
-const zSerial = z.string().nullable();
-const zStatus = z.looseObject({ status: z.string(), running: z.boolean() });
+const zPeripheralList = lazySchema(() => z.array(z.looseObject({ name: z.string(), type: z.string() })));
+const zSerial = lazySchema(() => z.string().nullable());
+const zStatus = lazySchema(() => z.looseObject({ status: z.string(), running: z.boolean() }));
 const VIRTIO_BLK = 'child<virtio-blk-pci>';
 // How often an unanswered unplug request is sent again.
 const REASK_MS = 5_000;

@@ -1,8 +1,9 @@
 import { z } from 'zod';
+import { lazySchema } from '@berth/core';
 import { AttachStateFileStore, zStateVolumeId } from '@berth/iscsi';
 
 /** One path as the attach left it. */
-export const zAttachPath = z.object({
+export const zAttachPath = lazySchema(() => z.object({
   /** The connection's own spelling. */
   target_iqn: z.string(),
   target_portal: z.string(),
@@ -14,14 +15,14 @@ export const zAttachPath = z.object({
   hctl: z.string().optional(),
   /** `/dev/sdX`, when the path had a device. */
   device: z.string().optional(),
-});
+}));
 
 /**
  * What the transport remembers about a connected volume, without any secret (Kubernetes keeps
  * the same in its iscsi.json): enough for a disconnect after a restart, when the caller no longer
  * has the device.
  */
-export const zAttachState = z.object({
+export const zAttachState = lazySchema(() => z.object({
   version: z.literal(1),
   volumeId: zStateVolumeId,
   /** `multipath`: `device` is a dm map over the paths; `single`: degraded to one `/dev/sdX`. */
@@ -39,7 +40,7 @@ export const zAttachState = z.object({
   /** Every path the attach tried, with what became of it. */
   paths: z.array(zAttachPath),
   connectedAt: z.string(),
-});
+}));
 
 /** One volume's persisted attach state. */
 export type AttachState = z.output<typeof zAttachState>;

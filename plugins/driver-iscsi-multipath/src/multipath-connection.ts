@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { BerthError, type ConnectionInfo } from '@berth/core';
+import { BerthError, lazySchema, type ConnectionInfo } from '@berth/core';
 import {
   addressingOf,
   chapOfConnection,
@@ -34,17 +34,17 @@ export interface MultipathVolume extends ConnectionChap {
 }
 
 /** The slice of an `iscsi` connection_info's `data` this transport reads (Cinder's and os-brick's key names). */
-export const zMultipathConnectionData = z.looseObject({
+export const zMultipathConnectionData = lazySchema(() => z.looseObject({
   target_portal: zConnectionText.optional(),
   target_iqn: zConnectionIqn.optional(),
   target_lun: zConnectionLun.optional(),
   target_portals: z.array(zConnectionText, { error: missingOr('a list of portals') }).min(1, 'is empty').max(64, 'has more than 64 portals').optional(),
   target_iqns: z.array(zConnectionIqn, { error: missingOr('a list of IQNs') }).optional(),
   target_luns: z.array(zConnectionLun, { error: missingOr('a list of LUNs') }).optional(),
-  ...zChapConnectionKeys.shape,
+  ...zChapConnectionKeys.unwrap().shape,
   /** os-brick's `addressing_mode`: how the target numbers LUNs, which decides the kernel's LUN. */
   addressing_mode: zAddressingMode.optional(),
-});
+}));
 
 /** Parsed `data` of an `iscsi` connection_info for this transport. */
 export type MultipathConnectionData = z.output<typeof zMultipathConnectionData>;

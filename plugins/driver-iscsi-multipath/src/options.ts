@@ -1,8 +1,9 @@
 import { z } from 'zod';
+import { lazySchema } from '@berth/core';
 import { zIfaceName } from '@berth/iscsi';
 
 /** Options of the `iscsi-multipath` transport (the plugin's options in the config). */
-export const zMultipathDriverOptions = z.object({
+export const zMultipathDriverOptions = lazySchema(() => z.object({
   /** `node.startup` of the node records it logs in through: `automatic` logs in again at boot. */
   startup: z.enum(['automatic', 'manual']).default('automatic'),
   /**
@@ -56,7 +57,7 @@ export const zMultipathDriverOptions = z.object({
   discoveryTargets: z.enum(['same-iqn', 'all']).default('same-iqn'),
   /** The open-iscsi iface a new node record is bound to. */
   iface: zIfaceName.default('default'),
-});
+}));
 
 /** Parsed options of the `iscsi-multipath` transport. */
 export type MultipathDriverOptions = z.output<typeof zMultipathDriverOptions>;

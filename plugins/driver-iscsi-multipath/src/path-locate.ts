@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { lazySchema } from '@berth/core';
 import type { Device, Logger } from '@berth/core';
 import type { HostFs } from '@berth/host';
 import { deviceIsTargetLun, findLunDevice, formatPortal, listIscsiSessions, scsiWwnOf, toPortal, type IscsiSession, type LunDevice } from '@berth/iscsi';
@@ -15,13 +16,13 @@ export interface LocatedPath {
 }
 
 /** The slice of a device's `meta.paths` entries this transport wrote, read back defensively. */
-const zMetaPath = z.looseObject({
+const zMetaPath = lazySchema(() => z.looseObject({
   iqn: z.string(),
   portal: z.string(),
   lun: z.number().int().nonnegative(),
   kernelLun: z.number().int().nonnegative(),
   device: z.string().optional(),
-});
+}));
 
 /** The paths a device this transport returned names in its `meta` (nothing for anything else). */
 export function pathsOfDevice(device: Device | undefined): Array<{ target: PathTarget; device?: string }> {

@@ -1,5 +1,6 @@
 import path from 'node:path';
 import { z } from 'zod';
+import { lazySchema } from '@berth/core';
 import { AttachStateFileStore } from '@berth/iscsi';
 
 /**
@@ -7,7 +8,7 @@ import { AttachStateFileStore } from '@berth/iscsi';
  * 0600, no secret): enough to find its leftovers after a crash and to rebuild it on a restarted
  * daemon. The store names files by `volumeId`, which here is the LUN's key.
  */
-export const zExportRecord = z.object({
+export const zExportRecord = lazySchema(() => z.object({
   /** The LUN's key (`exportNames(iqn, lun).key`); the file's name. */
   volumeId: z.string().regex(/^[0-9a-f]{20}$/),
   iqn: z.string().min(1),
@@ -33,7 +34,7 @@ export const zExportRecord = z.object({
   /** Why it failed (no secret). */
   failure: z.string().optional(),
   updatedAt: z.string(),
-});
+}));
 /** One LUN's record. */
 export type ExportRecord = z.output<typeof zExportRecord>;
 

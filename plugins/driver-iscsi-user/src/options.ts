@@ -1,7 +1,8 @@
 import { z } from 'zod';
+import { lazySchema } from '@berth/core';
 
 /** Options of the `iscsi-user` transport (the config's `pluginOptions['@berth/driver-iscsi-user']`). */
-export const zIscsiUserOptions = z.object({
+export const zIscsiUserOptions = lazySchema(() => z.object({
   /**
    * Take `iscsi` connections by itself when this host's kernel initiator is unusable (no
    * `/sys/class/iscsi_transport/tcp`) and this transport works here. `false`: only when forced
@@ -28,7 +29,7 @@ export const zIscsiUserOptions = z.object({
   lockTimeoutMs: z.number().int().min(100).max(600_000).default(60_000),
   /** The qemu-storage-daemon executable. */
   binary: z.string().min(1).default('qemu-storage-daemon'),
-});
+}));
 
 /** Parsed options of the `iscsi-user` transport. */
 export type IscsiUserOptions = z.output<typeof zIscsiUserOptions>;

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
-import { BerthError, type ConnectionInfo } from '@berth/core';
+import { BerthError, lazySchema, type ConnectionInfo } from '@berth/core';
 import { formatPortal, toPortal, zIscsiName } from '@berth/iscsi';
 
 /** The LUN of one target this transport connects, validated. */
@@ -15,9 +15,9 @@ export interface UserLun {
 }
 
 // Messages are written here so that zod never echoes a value (a password may be one).
-const zText = z.string({ error: 'must be a string' }).min(1, 'is empty').max(1024, 'is too long').regex(/^[^\x00-\x1f\x7f]*$/, 'holds a control character');
+const zText = lazySchema(() => z.string({ error: 'must be a string' }).min(1, 'is empty').max(1024, 'is too long').regex(/^[^\x00-\x1f\x7f]*$/, 'holds a control character'));
 
-const zData = z.looseObject({
+const zData = lazySchema(() => z.looseObject({
   target_portal: zText,
   target_portals: z.array(zText).optional(),
   target_iqn: z.string({ error: 'must be a string' }).pipe(zIscsiName),
@@ -28,7 +28,7 @@ const zData = z.looseObject({
   auth_username_in: zText.optional(),
   auth_password_in: zText.optional(),
   access_mode: z.enum(['rw', 'ro']).optional(),
-});
+}));
 
 const HINT = 'the backend must return target_portal, target_iqn and target_lun, and auth_username/auth_password when auth_method is CHAP';
 

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { lazySchema } from '@berth/core';
 import { AttachStateFileStore, zStateVolumeId } from '@berth/iscsi';
 
 /**
@@ -6,7 +7,7 @@ import { AttachStateFileStore, zStateVolumeId } from '@berth/iscsi';
  * the same in its iscsi.json): enough for a disconnect after a restart, when the caller no longer
  * has the device.
  */
-export const zAttachState = z.object({
+export const zAttachState = lazySchema(() => z.object({
   version: z.literal(1),
   volumeId: zStateVolumeId,
   /** The connection's own spelling, so `connected()` sources match the connection_info. */
@@ -22,7 +23,7 @@ export const zAttachState = z.object({
   device: z.string(),
   scsi_wwn: z.string().optional(),
   connectedAt: z.string(),
-});
+}));
 
 /** One volume's persisted attach state. */
 export type AttachState = z.output<typeof zAttachState>;

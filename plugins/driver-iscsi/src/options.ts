@@ -1,8 +1,9 @@
 import { z } from 'zod';
+import { lazySchema } from '@berth/core';
 import { zIfaceName } from '@berth/iscsi';
 
 /** Options of the `iscsi` transport (the plugin's options in the config). */
-export const zIscsiDriverOptions = z.object({
+export const zIscsiDriverOptions = lazySchema(() => z.object({
   /** `node.startup` of the node records it makes: `automatic` logs in again at boot (the seed's choice). */
   startup: z.enum(['automatic', 'manual']).default('automatic'),
   /**
@@ -18,7 +19,7 @@ export const zIscsiDriverOptions = z.object({
   commandTimeoutMs: z.number().int().positive().max(600_000).default(30_000),
   /** The open-iscsi iface a new node record is bound to. */
   iface: zIfaceName.default('default'),
-});
+}));
 
 /** Parsed options of the `iscsi` transport. */
 export type IscsiDriverOptions = z.output<typeof zIscsiDriverOptions>;

@@ -6,6 +6,7 @@ import {
   BerthError,
   identityMismatch,
   KeyedLock,
+  lazySchema,
   parseWith,
   sameIdentity,
   toBerthError,
@@ -43,7 +44,7 @@ export const PROTOCOLS = ['file', 'local'] as const;
 export const SOURCE_KEYS: readonly string[] = ['device_path'];
 
 /** Options of the `loop` transport (from the config's plugin options). */
-export const zLoopDriverOptions = z.object({
+export const zLoopDriverOptions = lazySchema(() => z.object({
   /**
    * Attach with `--direct-io=on` (no double caching). `auto`: on, except for files on FUSE, where
    * qemu-storage-daemon 7.2's export corrupts parallel direct writes.
@@ -58,25 +59,25 @@ export const zLoopDriverOptions = z.object({
    * probe and another losetup's search for a free device open loop devices for a moment.
    */
   holderGraceMs: z.number().int().nonnegative().default(3_000),
-});
+}));
 
 /** Parsed options of the `loop` transport. */
 export type LoopDriverOptions = z.output<typeof zLoopDriverOptions>;
 
-const zAbsolutePath = z
+const zAbsolutePath = lazySchema(() => z
   .string()
   .min(1)
   .refine((p) => path.isAbsolute(p), 'must be an absolute path')
-  .refine((p) => !p.includes('\0'), 'must not contain NUL');
+  .refine((p) => !p.includes('\0'), 'must not contain NUL'));
 
 /** The part of a connection_info the loop transport reads. */
-const zLoopConnection = z.object({
+const zLoopConnection = lazySchema(() => z.object({
   driver_volume_type: z.enum(PROTOCOLS),
   data: z.looseObject({
     device_path: zAbsolutePath,
     access_mode: z.enum(['rw', 'ro']).optional(),
   }),
-});
+}));
 
 type LoopConnection = z.output<typeof zLoopConnection>;
 

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { lazySchema } from '@berth/core';
 
 /** What the kernel appends to a loop device's back-file when the file was unlinked while attached. */
 export const DELETED_SUFFIX = ' (deleted)';
@@ -29,10 +30,10 @@ export interface LoopDevice {
 export const LIST_COLUMNS = 'NAME,MAJ:MIN,BACK-FILE,BACK-INO,BACK-MAJ:MIN,OFFSET,SIZELIMIT,AUTOCLEAR,RO,DIO,LOG-SEC';
 
 // losetup prints numbers and booleans as JSON values, but older util-linux printed them as strings.
-const zFlag = z.union([z.boolean(), z.enum(['0', '1']).transform((v) => v === '1'), z.literal(0), z.literal(1)]).transform(Boolean);
-const zCount = z.union([z.number(), z.string().regex(/^\d+$/).transform(Number)]);
+const zFlag = lazySchema(() => z.union([z.boolean(), z.enum(['0', '1']).transform((v) => v === '1'), z.literal(0), z.literal(1)]).transform(Boolean));
+const zCount = lazySchema(() => z.union([z.number(), z.string().regex(/^\d+$/).transform(Number)]));
 
-const zLosetupDevice = z.looseObject({
+const zLosetupDevice = lazySchema(() => z.looseObject({
   name: z.string().regex(/^\/dev\/loop\d+$/, 'not a loop device node'),
   'back-file': z.string().nullable().optional(),
   // A column the kernel cannot read is null: a device it is tearing down answers ENODEV to sysfs
@@ -46,9 +47,9 @@ const zLosetupDevice = z.looseObject({
   'maj:min': z.string().nullable().optional(),
   'back-ino': zCount.nullable().optional(),
   'back-maj:min': z.string().nullable().optional(),
-});
+}));
 
-const zLosetupList = z.object({ loopdevices: z.array(zLosetupDevice) });
+const zLosetupList = lazySchema(() => z.object({ loopdevices: z.array(zLosetupDevice) }));
 
 /** Split a back-file into the path and whether it was deleted. */
 export function parseBackFile(backFile: string | null | undefined): { backingFile: string | null; deleted: boolean } {

@@ -1,4 +1,4 @@
-import { assertAttachmentTransition, distinctDevices, newAttachmentRow, parseWith, redactConnectionInfo, zAttachment } from '@berth/core';
+import { assertAttachmentTransition, distinctDevices, lazySchema, newAttachmentRow, parseWith, redactConnectionInfo, zAttachment } from '@berth/core';
 import type {
   Attachment,
   AttachmentFilter,
@@ -16,7 +16,9 @@ import { toAttachment, toDevice } from '../row-mappers.js';
 import { connectorWithoutSecrets } from '../secrets.js';
 import { alreadyExists, notFound, stateConflict } from '../store-errors.js';
 
-const zAttachmentPatch = zAttachment
+const zAttachmentPatch = lazySchema(() =>
+  zAttachment
+  .unwrap()
   .pick({
     transport: true,
     connector: true,
@@ -29,7 +31,8 @@ const zAttachmentPatch = zAttachment
     timings: true,
     error: true,
   })
-  .partial();
+  .partial(),
+);
 
 /** Attachments over Kysely. */
 export function createAttachmentRepository(ctx: RepositoryContext): AttachmentRepository {

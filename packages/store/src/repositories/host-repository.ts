@@ -1,4 +1,4 @@
-import { parseWith, zConnector, zHost, zHostAgent } from '@berth/core';
+import { lazySchema, parseWith, zConnector, zHost, zHostAgent } from '@berth/core';
 import type { Connector, Host, HostRepository, NewHost, NewHostAgent } from '@berth/core';
 import { z } from 'zod';
 import { encodeNullableJson, violation } from '../repository-context.js';
@@ -7,7 +7,7 @@ import { toHost } from '../row-mappers.js';
 import { connectorWithoutSecrets } from '../secrets.js';
 import { agentReplaced, alreadyExists, notFound } from '../store-errors.js';
 
-const zNewHostAgent = zHostAgent.omit({ lastSeenAt: true });
+const zNewHostAgent = lazySchema(() => zHostAgent.unwrap().omit({ lastSeenAt: true }));
 
 /** Hosts over Kysely. */
 export function createHostRepository(ctx: RepositoryContext): HostRepository {

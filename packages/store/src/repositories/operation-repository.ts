@@ -1,4 +1,4 @@
-import { BerthError, newOperationRow, operationLeaseMs, parseWith, zLeaseMs, zId, zOperation, zOperationState, zOperationStep } from '@berth/core';
+import { BerthError, lazySchema, newOperationRow, operationLeaseMs, parseWith, zLeaseMs, zId, zOperation, zOperationState, zOperationStep } from '@berth/core';
 import { z } from 'zod';
 import type {
   ErrorSummary,
@@ -18,8 +18,8 @@ import type { RepositoryContext } from '../repository-context.js';
 import { toOperation, toOperationStep } from '../row-mappers.js';
 import { alreadyExists, notFound, stateConflict } from '../store-errors.js';
 
-const zStepOutcome = zOperationStep.pick({ error: true, data: true }).partial();
-const zStepStart = zOperationStep.pick({ name: true, phase: true });
+const zStepOutcome = lazySchema(() => zOperationStep.unwrap().pick({ error: true, data: true }).partial());
+const zStepStart = lazySchema(() => zOperationStep.unwrap().pick({ name: true, phase: true }));
 
 /** A journal row to start. */
 type StepStart = z.infer<typeof zStepStart>;
@@ -31,7 +31,7 @@ interface ValidOutcome {
   error: ErrorSummary | null | undefined;
   endedAt: string;
 }
-const zFinishOutcome = zOperation.pick({ error: true, result: true }).partial();
+const zFinishOutcome = lazySchema(() => zOperation.unwrap().pick({ error: true, result: true }).partial());
 
 /**
  * How often `startStep` / `advanceStep` retry when a concurrent writer took the same seq (PostgreSQL only;

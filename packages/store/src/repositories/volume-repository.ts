@@ -1,4 +1,4 @@
-import { BerthError, assertVolumeTransition, parseWith, zVolume } from '@berth/core';
+import { BerthError, assertVolumeTransition, lazySchema, parseWith, zVolume } from '@berth/core';
 import type { NewVolume, Volume, VolumeFilter, VolumeRepository, VolumeStatus } from '@berth/core';
 import type { Updateable } from 'kysely';
 import type { VolumesTable } from '../database.js';
@@ -7,7 +7,7 @@ import type { RepositoryContext } from '../repository-context.js';
 import { toVolume } from '../row-mappers.js';
 import { alreadyExists, notFound, stateConflict } from '../store-errors.js';
 
-const zVolumePatch = zVolume.pick({ sizeBytes: true, providerLocation: true }).partial();
+const zVolumePatch = lazySchema(() => zVolume.unwrap().pick({ sizeBytes: true, providerLocation: true }).partial());
 
 /** Volumes over Kysely. */
 export function createVolumeRepository(ctx: RepositoryContext): VolumeRepository {
