@@ -46,6 +46,9 @@ if (mode === 'open') {
 } else if (mode === 'cas') {
   const store = await openSqliteStore({ filename, busyTimeoutMs: 20000 });
   const volumes = shuffled(await store.volumes.list({ projectId: arg1 }), arg3);
+  // Build what the race uses (schemas are built on first use, statements prepared once) before
+  // "ready", so that neither sibling spends its first rounds on that while the other runs ahead.
+  await store.hosts.require(arg2);
   const lines = createInterface({ input: process.stdin });
   const go = new Promise((resolve) => lines.once('line', resolve));
   process.stdout.write('ready\n');
