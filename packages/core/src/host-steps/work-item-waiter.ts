@@ -1,4 +1,4 @@
-import { hostChannel, WORK_DONE_CHANNEL } from '../agent-protocol.js';
+import { hostChannel, parseWorkDoneNotice, WORK_DONE_CHANNEL } from '../agent-protocol.js';
 import { BerthError, toBerthError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { StoreNotifications, WorkItemRepository } from '../store.js';
@@ -17,8 +17,9 @@ interface Waiting {
 
 /**
  * Waits for work items to finish, without polling: one `listen(work_done)` per process wakes the
- * waiter of the item named in the notification, which re-reads it (a notification is a hint,
- * never the data). After a lost connection (`''`) every waited item is re-read. While an item is
+ * waiter of the item named in the notification, with the finished item the notification carries
+ * (sent in the reporting transaction, so it is what was committed), or re-reads it when the
+ * notification carries only its id. After a lost connection (`''`) every waited item is re-read. While an item is
  * claimed, a timer at its lease's end runs `workItems.expire()` — an agent that died holding it
  * lost its lease — and wakes the host's agents to claim it again.
  */
@@ -36,7 +37,7 @@ export class WorkItemWaiter {
 
   /** Resolve with the item once it is `done` or `failed`; reject with `signal`'s reason when it fires first. */
   async wait(id: string, signal: AbortSignal): Promise<WorkItem> {
-    this.listening ??= this.store.notifications.listen(WORK_DONE_CHANNEL, (payload) => this.wake(payload === '' ? undefined : payload));
+    this.listening ??= this.store.notifications.listen(WORK_DONE_CHANNEL, (payload) => this.wake(payload));
     await this.listening;
     signal.throwIfAborted();
     const finished = new Promise<WorkItem>((resolve, reject) => {
@@ -70,9 +71,17 @@ export class WorkItemWaiter {
     if (listening) await (await listening)().catch(() => undefined);
   }
 
-  private wake(id: string | undefined): void {
-    const ids = id === undefined ? [...this.waiting.keys()] : this.waiting.has(id) ? [id] : [];
-    for (const one of ids) void this.check(one);
+  /** A `work_done` notification: `''` (a lost connection) re-reads every waited item. */
+  private wake(payload: string): void {
+    if (payload === '') {
+      for (const id of [...this.waiting.keys()]) void this.check(id);
+      return;
+    }
+    const { id, item } = parseWorkDoneNotice(payload);
+    if (!this.waiting.has(id)) return;
+    // The finished item came whole: no read. Otherwise (too large, or an older replica's id) read it.
+    if (item !== undefined && (item.state === 'done' || item.state === 'failed')) this.settle(id, (w) => w.resolve(item));
+    else void this.check(id);
   }
 
   /** Re-read one waited item: hand it to its waiters when finished, else arm its lease timer. */
