@@ -73,7 +73,8 @@ export function remoteHostSteps(deps: RemoteHostStepsDeps, host: AgentHost): Hos
       });
       let finished: WorkItem;
       try {
-        finished = await deps.waiter.wait(item.id, call.signal);
+        // Called right after the commit, nothing in between: the waiter need not read the item first.
+        finished = await deps.waiter.wait(item.id, call.signal, true);
       } catch (raw) {
         if (!call.signal.aborted) throw raw;
         finished = await giveUp(deps, host, item, step, call);

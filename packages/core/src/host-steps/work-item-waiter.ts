@@ -27,6 +27,8 @@ export class WorkItemWaiter {
   private readonly waiting = new Map<string, Set<Waiting>>();
   private readonly leaseTimers = new Map<string, NodeJS.Timeout>();
   private listening: Promise<() => Promise<void>> | undefined;
+  /** `listening` has resolved: `work_done` is listened to. */
+  private listens = false;
 
   constructor(
     private readonly store: WaiterStore,
@@ -35,10 +37,19 @@ export class WorkItemWaiter {
     private readonly leaseMs: number,
   ) {}
 
-  /** Resolve with the item once it is `done` or `failed`; reject with `signal`'s reason when it fires first. */
-  async wait(id: string, signal: AbortSignal): Promise<WorkItem> {
+  /**
+   * Resolve with the item once it is `done` or `failed`; reject with `signal`'s reason when it
+   * fires first. `justCreated`: the caller committed the item and calls this at once, with no I/O
+   * in between; when this process already listens, no notification of it can have been missed
+   * (one arrives as I/O, after the waiter is in place), so the first read is skipped and the item
+   * looked at one lease later, as a pending one.
+   */
+  async wait(id: string, signal: AbortSignal, justCreated = false): Promise<WorkItem> {
+    // Listening already (not about to): this call waits on no I/O before the waiter is in place.
+    const listened = this.listens;
     this.listening ??= this.store.notifications.listen(WORK_DONE_CHANNEL, (payload) => this.wake(payload));
     await this.listening;
+    this.listens = true;
     signal.throwIfAborted();
     const finished = new Promise<WorkItem>((resolve, reject) => {
       const entry: Waiting = {
@@ -57,8 +68,9 @@ export class WorkItemWaiter {
       if (!set) this.waiting.set(id, (set = new Set()));
       set.add(entry);
     });
-    // It may have finished before the listener was in place.
-    void this.check(id);
+    // It may have finished before the listener was in place (or before this call).
+    if (justCreated && listened) this.armLease(id, Date.now() + this.leaseMs);
+    else void this.check(id);
     return finished;
   }
 
@@ -68,6 +80,7 @@ export class WorkItemWaiter {
     this.leaseTimers.clear();
     const listening = this.listening;
     this.listening = undefined;
+    this.listens = false;
     if (listening) await (await listening)().catch(() => undefined);
   }
 
@@ -107,15 +120,15 @@ export class WorkItemWaiter {
     // Claimed: look again when its lease ends. Pending: a claim sends no notification, so look again
     // one lease later (the agent that claims it may die holding it).
     const at = item.state === 'claimed' && item.leaseExpiresAt ? Date.parse(item.leaseExpiresAt) : Date.now() + this.leaseMs;
-    this.armLease(item, Number.isNaN(at) ? Date.now() + this.leaseMs : at);
+    this.armLease(item.id, Number.isNaN(at) ? Date.now() + this.leaseMs : at);
   }
 
-  private armLease(item: WorkItem, at: number): void {
-    clearTimeout(this.leaseTimers.get(item.id));
+  private armLease(id: string, at: number): void {
+    clearTimeout(this.leaseTimers.get(id));
     // A little past the lease, so the store's clock agrees it passed.
-    const timer = setTimeout(() => void this.expire(item.id), Math.max(0, at - Date.now()) + 50);
+    const timer = setTimeout(() => void this.expire(id), Math.max(0, at - Date.now()) + 50);
     timer.unref();
-    this.leaseTimers.set(item.id, timer);
+    this.leaseTimers.set(id, timer);
   }
 
   /** The lease of a waited item passed: put every expired item back and wake their hosts' agents. */
