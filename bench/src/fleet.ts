@@ -6,6 +6,7 @@ import { startApiServer, type ApiServer } from '@berth/api';
 import { AgentClient } from '@berth/client';
 import { definePlugin, PLUGIN_API_VERSION, silentLogger, type BerthService } from '@berth/core';
 import { AgentRunner, openAgent, openBerth, type AgentHost } from '@berth/runtime';
+import { postgresTransactionAttempts } from '@berth/store';
 import { queryOn, startPostgresCluster, type PostgresCluster } from '@berth/store/testing';
 import { operateOverHttp, postOrThrow } from './api-operations.js';
 import { onSignalCleanup } from './signal-cleanup.js';
@@ -192,6 +193,7 @@ export async function benchFleet(hosts = 100, cycles = 400, concurrency = 32, re
       await drive({ cycles: [], wallMs: 0 }, concurrency, concurrency, cycle);
       const trace = process.env.BENCH_FLEET_TRACE === '1';
       const commitsBefore = trace ? await commitsOf(storeUrl) : 0;
+      const attemptsBefore = [...postgresTransactionAttempts];
       const samples: Samples = { cycles: [], wallMs: 0 };
       const cpuBefore = process.cpuUsage();
       const loopBefore = performance.eventLoopUtilization();
@@ -216,6 +218,11 @@ export async function benchFleet(hosts = 100, cycles = 400, concurrency = 32, re
         console.error(
           `this process: ${((cpu.user + cpu.system) / 1000 / samples.cycles.length).toFixed(1)} ms CPU per cycle; event loop busy ${(loop.utilization * 100).toFixed(0)} %`,
         );
+        // Store transactions by attempt (1st, 2nd, …, the last slot counting all from there on):
+        // every attempt after the first is a serialization failure retried; from the third on
+        // the transaction holds the gate lock exclusively (runs alone).
+        const attempts = postgresTransactionAttempts.map((n, i) => n - (attemptsBefore[i] ?? 0));
+        console.error(`store transactions by attempt (measured cycles): ${attempts.join(' / ')}; retries per cycle ${(attempts.slice(1).reduce((a, b) => a + b, 0) / samples.cycles.length).toFixed(2)}`);
         const q = async (label: string, text: string): Promise<void> => console.error(label, JSON.stringify(await queryOn(storeUrl, text)));
         await q('steps', `select name, phase, count(*)::int n, round(avg(duration_ms))::int avg, max(duration_ms)::int max, percentile_cont(0.5) within group (order by duration_ms)::int p50 from operation_steps group by name, phase order by avg desc`);
         await q('items', `select step, count(*)::int n, round(avg(extract(epoch from (updated_at::timestamptz - created_at::timestamptz))*1000))::int avg_ms, max(attempts) max_attempts from work_items group by step`);

@@ -2,7 +2,7 @@
 // register, long-poll for work, renew and report; a second store on the same database plays the
 // replica that enqueues host steps (what core's remote executor does) and notifies the host's
 // channel, so a waiting claim is woken by LISTEN/NOTIFY across connections, never by a timer.
-import { hostChannel, WORK_DONE_CHANNEL, type AgentSession, type ClaimedWork, type HostView, type Store, type WorkItem } from '@berth/core';
+import { hostChannel, parseWorkDoneNotice, WORK_DONE_CHANNEL, type AgentSession, type ClaimedWork, type HostView, type Store, type WorkItem } from '@berth/core';
 import { openPostgresStore } from '@berth/store';
 import { startPostgresCluster, type PostgresCluster } from '@berth/store/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -155,8 +155,12 @@ describe('the agent protocol over HTTP on PostgreSQL', () => {
     const announced = new Promise<void>((resolve) => {
       heard = resolve;
     });
+    let notice: WorkItem | undefined;
     const stop = await store().notifications!.listen(WORK_DONE_CHANNEL, (payload) => {
-      if (payload === item.id) heard();
+      const parsed = parseWorkDoneNotice(payload);
+      if (parsed.id !== item.id) return;
+      notice = parsed.item;
+      heard();
     });
     try {
       const connector = { host: 'h-1', initiator: 'iqn.2004-10.com.example:h-1', multipath: false, auth_password: 'never-stored' };
@@ -169,6 +173,8 @@ describe('the agent protocol over HTTP on PostgreSQL', () => {
     const stored = await store().workItems!.require(item.id);
     expect(stored).toMatchObject({ state: 'done', leaseExpiresAt: null });
     expect(JSON.stringify(stored.result)).not.toContain('never-stored');
+    // The notification carried the finished item as stored (the replica waiting for it reads nothing).
+    expect(notice).toEqual(stored);
     const twice = await api().request('POST', `/v1/agent/work/${item.id}/result`, { token: TOKENS.agentH1, headers, json: { state: 'failed', error: { code: 'DRIVER_ERROR', message: 'x' } } });
     expect(twice.status).toBe(409);
   });

@@ -1,13 +1,47 @@
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { AGENT_PROTOCOL, HOST_STEP_SCHEMAS, WORK_DONE_CHANNEL, hostChannel, zAgentRegistration, zHostStepName } from './agent-protocol.js';
-import { zWorkItemStep } from './work-item.js';
+import {
+  AGENT_PROTOCOL,
+  HOST_STEP_SCHEMAS,
+  WORK_DONE_CHANNEL,
+  WORK_DONE_ITEM_MAX_BYTES,
+  hostChannel,
+  parseWorkDoneNotice,
+  workDoneNotice,
+  zAgentRegistration,
+  zHostStepName,
+} from './agent-protocol.js';
+import { zWorkItemStep, type WorkItem } from './work-item.js';
 
 describe('agent protocol', () => {
   it('names channels the store accepts (lower-case, at most 63 characters)', () => {
     const channel = hostChannel(randomUUID());
     expect(channel).toHaveLength(37);
     for (const name of [channel, WORK_DONE_CHANNEL]) expect(name).toMatch(/^[a-z_][a-z0-9_]{0,62}$/);
+  });
+
+  it('announces a finished work item whole, or by its id when it is too large for a notification', () => {
+    const now = new Date().toISOString();
+    const item: WorkItem = {
+      id: randomUUID(),
+      operationId: randomUUID(),
+      hostId: randomUUID(),
+      step: 'connect',
+      state: 'done',
+      payload: {},
+      result: { device: { path: '/dev/sdb', type: 'block' } },
+      error: null,
+      attempts: 1,
+      leaseOwner: null,
+      leaseExpiresAt: null,
+      createdAt: now,
+      updatedAt: now,
+    };
+    expect(parseWorkDoneNotice(workDoneNotice(item))).toEqual({ id: item.id, item });
+    const large = { ...item, payload: { note: 'x'.repeat(WORK_DONE_ITEM_MAX_BYTES) } };
+    expect(workDoneNotice(large)).toBe(item.id);
+    // An id alone (a large item, or an older replica's notice) asks the waiter to read the item.
+    expect(parseWorkDoneNotice(item.id)).toEqual({ id: item.id });
   });
 
   it('has a payload and a result schema for every host step, and every step name fits a work item', () => {

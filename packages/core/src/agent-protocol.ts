@@ -3,7 +3,7 @@ import { lazySchema } from './lazy-schema.js';
 import { zConnectionInfo, zConnector, zDevice } from './connection.js';
 import { zAgentTransportInfo, zAttachment, zServer } from './model.js';
 import { zReconcileUnchecked } from './reports.js';
-import { zWorkItem } from './work-item.js';
+import { zWorkItem, type WorkItem } from './work-item.js';
 
 // The host steps a `berth agent` runs for the API replicas (the many-hosts flow): their names, what
 // each one is given (a work item's payload) and what it answers (the item's result). Payloads and
@@ -236,5 +236,36 @@ export function hostChannel(hostId: string): string {
   return `host_${hostId.replaceAll('-', '')}`;
 }
 
-/** The notification channel a finished work item is announced on (payload: the item's id). */
+/**
+ * The notification channel a finished work item is announced on. The payload is the finished item
+ * as JSON (`workDoneNotice`), or only its id when the item is too large for a notification; a
+ * replica waiting for it takes the item from the payload instead of reading it back.
+ */
 export const WORK_DONE_CHANNEL = 'work_done';
+
+/** The largest item sent whole on `WORK_DONE_CHANNEL` (PostgreSQL's payload limit is 7,999 bytes). */
+export const WORK_DONE_ITEM_MAX_BYTES = 7_500;
+
+/** The `WORK_DONE_CHANNEL` payload for a finished item: the item as JSON, or its id when the JSON is too large. */
+export function workDoneNotice(item: WorkItem): string {
+  const whole = JSON.stringify(item);
+  return Buffer.byteLength(whole) <= WORK_DONE_ITEM_MAX_BYTES ? whole : item.id;
+}
+
+/**
+ * A `WORK_DONE_CHANNEL` payload read back: the item's id, and the item itself when it came whole
+ * and parses (an id alone — from a large item or an older replica — means "read it").
+ */
+export function parseWorkDoneNotice(payload: string): { id: string; item?: WorkItem } {
+  if (!payload.startsWith('{')) return { id: payload };
+  let json: unknown;
+  try {
+    json = JSON.parse(payload);
+  } catch {
+    return { id: '' };
+  }
+  const item = zWorkItem.safeParse(json);
+  if (item.success) return { id: item.data.id, item: item.data };
+  const id = (json as { id?: unknown } | null)?.id;
+  return { id: typeof id === 'string' ? id : '' };
+}

@@ -6,7 +6,7 @@ import type { BerthConfig } from './config.js';
 import { FaultInjector } from './faults.js';
 import type { HostIdentity } from './host-identity.js';
 import { hostStepsFor, type AgentHost, type HostSteps } from './host-steps/host-step-executor.js';
-import { agentStore, remoteHostSteps } from './host-steps/remote-host-steps.js';
+import { agentStore, OperationDeadlines, remoteHostSteps } from './host-steps/remote-host-steps.js';
 import { WorkItemWaiter } from './host-steps/work-item-waiter.js';
 import { KeyedLock } from './keyed-lock.js';
 import type { Logger } from './logger.js';
@@ -57,6 +57,8 @@ export class BerthServiceImpl implements BerthService {
   readonly agentWork: AgentWorkService;
   /** Waits for the work items of hosts with an agent (made on first use). */
   private waiter: WorkItemWaiter | undefined;
+  /** Operations' deadlines read by the remote host steps (one read per operation). */
+  private readonly deadlines = new OperationDeadlines();
   /** Stops the replica heartbeat, once `startReplica` ran. */
   private replicaStop: (() => Promise<void>) | undefined;
 
@@ -262,7 +264,7 @@ export class BerthServiceImpl implements BerthService {
     const { store, config, logger } = this.parts;
     this.waiter ??= new WorkItemWaiter(agentStore(store, host), logger, config.agent.leaseMs);
     const waiter = this.waiter;
-    return remoteHostSteps({ store, waiter, undoTimeoutMs: config.undoTimeoutMs, offlineAfterMs: config.agent.offlineAfterMs }, host);
+    return remoteHostSteps({ store, waiter, undoTimeoutMs: config.undoTimeoutMs, offlineAfterMs: config.agent.offlineAfterMs, deadlines: this.deadlines }, host);
   }
 
   private project(scope: ProjectScope): string {

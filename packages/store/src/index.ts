@@ -9,7 +9,7 @@ export type { KyselyStoreOptions } from './kysely-store.js';
 export { createMigrations, createMigrationProvider } from './migrations.js';
 export { migrateToLatest } from './migrate.js';
 export { sqliteStoreDialect } from './sqlite-dialect.js';
-export { postgresStoreDialect } from './postgres-dialect.js';
+export { postgresStoreDialect, postgresTransactionAttempts } from './postgres-dialect.js';
 export type { StoreDialect, ConstraintViolation } from './store-dialect.js';
 export type { NotificationBackend } from './notification-backend.js';
 export type * from './database.js';

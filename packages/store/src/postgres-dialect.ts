@@ -10,6 +10,12 @@ import type { ConstraintViolation, StoreDialect } from './store-dialect.js';
 export const EXCLUSIVE_FROM_ATTEMPT = 3;
 
 /**
+ * How many store transactions of this process ran a first, second, … attempt (the last slot
+ * counts every attempt from its index on): the serialization failures retried, for benchmarks.
+ */
+export const postgresTransactionAttempts: number[] = [0, 0, 0, 0, 0, 0];
+
+/**
  * PostgreSQL as the repositories see it: jsonb and boolean columns, constraint errors by SQLSTATE,
  * SERIALIZABLE transactions retried on serialization failures, row locks with SKIP LOCKED.
  */
@@ -59,6 +65,7 @@ export const postgresStoreDialect: StoreDialect = {
     // snapshot is taken after the wait and sees everything committed before it. Statements
     // outside transactions (the single-statement CAS) take no such lock and are unaffected.
     // The lock goes with BEGIN in one round trip.
+    postgresTransactionAttempts[Math.min(attempt, postgresTransactionAttempts.length) - 1]! += 1;
     const mode = attempt >= EXCLUSIVE_FROM_ATTEMPT ? 'exclusive' : 'row share';
     return withBeginPreamble(`lock table transaction_gate in ${mode} mode`, run);
   },

@@ -13,7 +13,7 @@ import { createMemoryStore } from '../memory-store.js';
 import type { Host } from '../model.js';
 import type { WorkItemRepository } from '../store.js';
 import { workItemErrorOf, type WorkItem } from '../work-item.js';
-import { remoteHostSteps } from './remote-host-steps.js';
+import { OperationDeadlines, remoteHostSteps } from './remote-host-steps.js';
 import { WorkItemWaiter } from './work-item-waiter.js';
 
 // The remote executor against core's memory store (its work items and notifications pass the
@@ -29,7 +29,7 @@ async function world(agentLeaseMs = 60_000) {
   const host = (await store.hosts.recordAgent(created.id, { instance: 'agent-1', version: '0.1.0', transports: ['loop'], consumers: ['host'] })) as Host & { agent: NonNullable<Host['agent']> };
   const operation = await store.operations.create({ kind: 'attach', hostId: host.id, owner: 'test', deadlineAt: new Date(Date.now() + 60_000).toISOString() });
   const waiter = new WorkItemWaiter({ workItems, notifications }, silentLogger, agentLeaseMs);
-  const steps = remoteHostSteps({ store, waiter, undoTimeoutMs: 60_000, offlineAfterMs: 45_000 }, host);
+  const steps = remoteHostSteps({ store, waiter, undoTimeoutMs: 60_000, offlineAfterMs: 45_000, deadlines: new OperationDeadlines() }, host);
   /** Resolves with the next item enqueued for h-3 (an agent's wake-up). */
   const nextItem = async (): Promise<WorkItem> => {
     const pending = await workItems.list({ hostId: host.id, state: 'pending' });

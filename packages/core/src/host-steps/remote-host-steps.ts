@@ -15,6 +15,31 @@ export interface RemoteHostStepsDeps {
   undoTimeoutMs: number;
   /** An agent not seen for this long is offline (for the messages). */
   offlineAfterMs: number;
+  /** Operations' deadlines already read (shared by the executors of one process). */
+  deadlines: OperationDeadlines;
+}
+
+/** How many operations' deadlines `OperationDeadlines` keeps (far more than run at once). */
+const DEADLINES_KEPT = 1_024;
+
+/**
+ * The deadlines of the operations whose host steps this process ran: an operation's deadline is
+ * written once, when it is created, so its steps read the row once rather than on every step.
+ */
+export class OperationDeadlines {
+  private readonly known = new Map<string, string>();
+
+  /** The deadline of `operationId`, read from the store the first time. */
+  async of(store: Store, operationId: string): Promise<string | undefined> {
+    const known = this.known.get(operationId);
+    if (known !== undefined) return known;
+    const deadlineAt = (await store.operations.get(operationId))?.deadlineAt;
+    if (deadlineAt === undefined) return undefined;
+    // The oldest entry goes first (a Map keeps insertion order): it belongs to a finished operation.
+    if (this.known.size >= DEADLINES_KEPT) this.known.delete(this.known.keys().next().value ?? '');
+    this.known.set(operationId, deadlineAt);
+    return deadlineAt;
+  }
 }
 
 /** Steps whose payload carries a deadline the agent's signal follows. */
@@ -48,7 +73,8 @@ export function remoteHostSteps(deps: RemoteHostStepsDeps, host: AgentHost): Hos
       });
       let finished: WorkItem;
       try {
-        finished = await deps.waiter.wait(item.id, call.signal);
+        // Called right after the commit, nothing in between: the waiter need not read the item first.
+        finished = await deps.waiter.wait(item.id, call.signal, true);
       } catch (raw) {
         if (!call.signal.aborted) throw raw;
         finished = await giveUp(deps, host, item, step, call);
@@ -94,8 +120,7 @@ function required<T>(value: T | undefined): T {
 /** When the agent must have finished: the operation's deadline, or an undo's. */
 async function deadlineOf(deps: RemoteHostStepsDeps, operationId: string, call: HostStepCall): Promise<string> {
   if (call.undo) return new Date(Date.now() + deps.undoTimeoutMs).toISOString();
-  const operation = await deps.store.operations.get(operationId);
-  return operation?.deadlineAt ?? new Date(Date.now() + deps.undoTimeoutMs).toISOString();
+  return (await deps.deadlines.of(deps.store, operationId)) ?? new Date(Date.now() + deps.undoTimeoutMs).toISOString();
 }
 
 /**

@@ -1,4 +1,4 @@
-import { hostChannel, WORK_DONE_CHANNEL } from '../agent-protocol.js';
+import { hostChannel, parseWorkDoneNotice, WORK_DONE_CHANNEL } from '../agent-protocol.js';
 import { BerthError, toBerthError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { StoreNotifications, WorkItemRepository } from '../store.js';
@@ -17,8 +17,9 @@ interface Waiting {
 
 /**
  * Waits for work items to finish, without polling: one `listen(work_done)` per process wakes the
- * waiter of the item named in the notification, which re-reads it (a notification is a hint,
- * never the data). After a lost connection (`''`) every waited item is re-read. While an item is
+ * waiter of the item named in the notification, with the finished item the notification carries
+ * (sent in the reporting transaction, so it is what was committed), or re-reads it when the
+ * notification carries only its id. After a lost connection (`''`) every waited item is re-read. While an item is
  * claimed, a timer at its lease's end runs `workItems.expire()` — an agent that died holding it
  * lost its lease — and wakes the host's agents to claim it again.
  */
@@ -26,6 +27,8 @@ export class WorkItemWaiter {
   private readonly waiting = new Map<string, Set<Waiting>>();
   private readonly leaseTimers = new Map<string, NodeJS.Timeout>();
   private listening: Promise<() => Promise<void>> | undefined;
+  /** `listening` has resolved: `work_done` is listened to. */
+  private listens = false;
 
   constructor(
     private readonly store: WaiterStore,
@@ -34,10 +37,19 @@ export class WorkItemWaiter {
     private readonly leaseMs: number,
   ) {}
 
-  /** Resolve with the item once it is `done` or `failed`; reject with `signal`'s reason when it fires first. */
-  async wait(id: string, signal: AbortSignal): Promise<WorkItem> {
-    this.listening ??= this.store.notifications.listen(WORK_DONE_CHANNEL, (payload) => this.wake(payload === '' ? undefined : payload));
+  /**
+   * Resolve with the item once it is `done` or `failed`; reject with `signal`'s reason when it
+   * fires first. `justCreated`: the caller committed the item and calls this at once, with no I/O
+   * in between; when this process already listens, no notification of it can have been missed
+   * (one arrives as I/O, after the waiter is in place), so the first read is skipped and the item
+   * looked at one lease later, as a pending one.
+   */
+  async wait(id: string, signal: AbortSignal, justCreated = false): Promise<WorkItem> {
+    // Listening already (not about to): this call waits on no I/O before the waiter is in place.
+    const listened = this.listens;
+    this.listening ??= this.store.notifications.listen(WORK_DONE_CHANNEL, (payload) => this.wake(payload));
     await this.listening;
+    this.listens = true;
     signal.throwIfAborted();
     const finished = new Promise<WorkItem>((resolve, reject) => {
       const entry: Waiting = {
@@ -56,8 +68,9 @@ export class WorkItemWaiter {
       if (!set) this.waiting.set(id, (set = new Set()));
       set.add(entry);
     });
-    // It may have finished before the listener was in place.
-    void this.check(id);
+    // It may have finished before the listener was in place (or before this call).
+    if (justCreated && listened) this.armLease(id, Date.now() + this.leaseMs);
+    else void this.check(id);
     return finished;
   }
 
@@ -67,12 +80,21 @@ export class WorkItemWaiter {
     this.leaseTimers.clear();
     const listening = this.listening;
     this.listening = undefined;
+    this.listens = false;
     if (listening) await (await listening)().catch(() => undefined);
   }
 
-  private wake(id: string | undefined): void {
-    const ids = id === undefined ? [...this.waiting.keys()] : this.waiting.has(id) ? [id] : [];
-    for (const one of ids) void this.check(one);
+  /** A `work_done` notification: `''` (a lost connection) re-reads every waited item. */
+  private wake(payload: string): void {
+    if (payload === '') {
+      for (const id of [...this.waiting.keys()]) void this.check(id);
+      return;
+    }
+    const { id, item } = parseWorkDoneNotice(payload);
+    if (!this.waiting.has(id)) return;
+    // The finished item came whole: no read. Otherwise (too large, or an older replica's id) read it.
+    if (item !== undefined && (item.state === 'done' || item.state === 'failed')) this.settle(id, (w) => w.resolve(item));
+    else void this.check(id);
   }
 
   /** Re-read one waited item: hand it to its waiters when finished, else arm its lease timer. */
@@ -98,15 +120,15 @@ export class WorkItemWaiter {
     // Claimed: look again when its lease ends. Pending: a claim sends no notification, so look again
     // one lease later (the agent that claims it may die holding it).
     const at = item.state === 'claimed' && item.leaseExpiresAt ? Date.parse(item.leaseExpiresAt) : Date.now() + this.leaseMs;
-    this.armLease(item, Number.isNaN(at) ? Date.now() + this.leaseMs : at);
+    this.armLease(item.id, Number.isNaN(at) ? Date.now() + this.leaseMs : at);
   }
 
-  private armLease(item: WorkItem, at: number): void {
-    clearTimeout(this.leaseTimers.get(item.id));
+  private armLease(id: string, at: number): void {
+    clearTimeout(this.leaseTimers.get(id));
     // A little past the lease, so the store's clock agrees it passed.
-    const timer = setTimeout(() => void this.expire(item.id), Math.max(0, at - Date.now()) + 50);
+    const timer = setTimeout(() => void this.expire(id), Math.max(0, at - Date.now()) + 50);
     timer.unref();
-    this.leaseTimers.set(item.id, timer);
+    this.leaseTimers.set(id, timer);
   }
 
   /** The lease of a waited item passed: put every expired item back and wake their hosts' agents. */

@@ -6,6 +6,7 @@ import {
   hostChannel,
   zAgentRegistration,
   zHostStepName,
+  workDoneNotice,
   type AgentOutcome,
   type AgentRegistration,
   type AgentSession,
@@ -174,8 +175,9 @@ export class AgentWorkService implements AgentWork {
     const result = valid.state === 'done' ? resultOf(item, valid.result) : null;
     const error = valid.state === 'failed' ? (valid.error ?? { code: 'DRIVER_ERROR', message: `step ${item.step} failed on host ${host.name}` }) : null;
     await store.transaction(async (tx) => {
-      await (tx.workItems ?? workItems).complete(id, who, { state: valid.state, result, error });
-      await (tx.notifications ?? notifications).notify(WORK_DONE_CHANNEL, id);
+      const finished = await (tx.workItems ?? workItems).complete(id, who, { state: valid.state, result, error });
+      // The item itself goes with the notification: the waiting replica need not read it back.
+      await (tx.notifications ?? notifications).notify(WORK_DONE_CHANNEL, workDoneNotice(finished));
     });
     await this.heardFrom(host, who).catch(() => undefined);
   }
