@@ -52,6 +52,18 @@ const banner = [
   "const __berthOclifLib = () => __berthDirname(require.resolve('@oclif/core'));",
 ].join('\n');
 
+/**
+ * oclif finds the plugins `package.json` lists (`oclif.plugins`) among the dependencies by testing
+ * each dependency against each name with minimatch, which compiles the name into a pattern every
+ * time: ~50 compilations, ~8 ms of every start (a loaded machine). A name without a glob character
+ * matches only itself, so such a name is compared as a string; the rest still go to minimatch.
+ */
+function exactPluginNames(source) {
+  const call = '(0, minimatch_1.minimatch)(p, w)';
+  if (!source.includes(call)) throw new Error(`@oclif/core's plugin-loader.js no longer calls ${call}: update exactPluginNames in scripts/bundle.mjs`);
+  return source.replace(call, `(/[*?[\\]{}()!+@]/.test(w.replace(/^@[^/()]+\\//, '')) ? ${call} : p === w)`);
+}
+
 /** Every compiled command module under dist/commands. */
 async function commandModules(dir) {
   const entries = await readdir(dir, { withFileTypes: true });
@@ -90,7 +102,9 @@ const result = await build({
       setup(on) {
         on.onLoad({ filter: /[\\/]@oclif[\\/]core[\\/]lib[\\/].*\.js$/ }, async (args) => {
           const source = await readFile(args.path, 'utf8');
-          return { contents: source.replaceAll(/\b__dirname\b/g, '__berthOclifLib()'), loader: 'js' };
+          let contents = source.replaceAll(/\b__dirname\b/g, '__berthOclifLib()');
+          if (args.path.endsWith('plugin-loader.js')) contents = exactPluginNames(contents);
+          return { contents, loader: 'js' };
         });
         on.onResolve({ filter: /^[^./]/ }, (args) => {
           return EXTERNAL.some((pattern) => pattern.test(args.path)) ? { path: args.path, external: true } : undefined;

@@ -45,7 +45,7 @@ function deferredLogger(made: () => Logger, threshold: number): Logger {
     (name: LogMethod) =>
     (obj: Record<string, unknown>, msg?: string): void => {
       if ((levels.values[name] ?? 0) < threshold) return;
-      // As called: pino tells a missing message from an undefined one by the arguments' count.
+      // Passed on as called, with or without a message.
       if (msg === undefined) real()[name](obj);
       else real()[name](obj, msg);
     };
