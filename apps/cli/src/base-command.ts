@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline/promises';
 import { Command, Flags, ux } from '@oclif/core';
+import { config as zodConfig } from 'zod';
 import { BerthError } from '@berth/core/errors';
 import type { Interfaces } from '@oclif/core';
 import type { BerthService } from '@berth/core';
@@ -76,6 +77,9 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
   /** Commands that print the plugin report themselves set this to skip the broken-plugin warning. */
   static reportsPlugins = false;
 
+  /** Commands that keep running and parse the same shapes again and again (`serve`, `agent`) set this. */
+  static longRunning = false;
+
   protected flags!: CommandFlags<T>;
   protected args!: CommandArgs<T>;
   private service: BerthService | undefined;
@@ -83,6 +87,9 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
   override async init(): Promise<void> {
     await super.init();
     const ctor = this.ctor as typeof BaseCommand;
+    // A command that runs once parses each schema once or twice: zod's compiled fast path (a
+    // generated function per object schema, ~10 ms of `volume list`'s start) would never pay off.
+    if (!ctor.longRunning) zodConfig({ jitless: true });
     const { args, flags } = await this.parse({
       args: ctor.args,
       baseFlags: ctor.baseFlags,

@@ -10,7 +10,7 @@
 // which now lives in core's own chunk. The outputs replace tsc's index.js/errors.js in dist/ (chunks
 // beside them, so `new URL('./plugin-resolve-hook.js', import.meta.url)` still finds the hook that
 // tsc emitted there); tsc's .d.ts files are untouched.
-import { readFile, readdir, rename, rm } from 'node:fs/promises';
+import { readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
@@ -43,5 +43,13 @@ await build({
   logLevel: 'warning',
 });
 
+// ASCII only: a single `—` in a comment makes Node decode the whole file into a two-byte string
+// (twice the bytes to decode, then to scan); the `\u` escape means the same character anywhere
+// esbuild leaves one (comments, regular expression literals).
+for (const name of await readdir(staging)) {
+  if (!name.endsWith('.js')) continue;
+  const text = await readFile(join(staging, name), 'utf8');
+  await writeFile(join(staging, name), text.replaceAll(/[^\x00-\x7f]/g, (char) => `\\u${char.charCodeAt(0).toString(16).padStart(4, '0')}`));
+}
 for (const name of await readdir(staging)) await rename(join(staging, name), join(dist, name));
 await rm(staging, { recursive: true, force: true });

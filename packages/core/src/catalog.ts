@@ -13,7 +13,18 @@ import type { PluginReport } from './reports.js';
 interface Registered<F> {
   factory: F;
   plugin: string;
-  options: Record<string, unknown>;
+  /** The plugin's parsed options (parsed once, when first asked for if `add` was told it may wait). */
+  options: () => Record<string, unknown>;
+}
+
+/** How `DriverCatalog.add` may treat a plugin. */
+export interface AddPluginHints {
+  /**
+   * The plugin's options schema accepts no options (berth's built-ins: their tests parse `{}`). When
+   * none are given, parsing them (building its schema) waits for the plugin's first use: a command
+   * that uses no driver (`volume list`) builds no plugin's schema.
+   */
+  acceptsNoOptions?: boolean;
 }
 
 /** The host services plugin `pluginName` acts on (the machine's, or another root's such as the simulated host). */
@@ -56,12 +67,12 @@ export class DriverCatalog {
   ) {}
 
   /** Register a loaded plugin; a plugin whose options or `register` fail is reported, not thrown. */
-  add(module: LoadedPluginModule): void {
+  add(module: LoadedPluginModule, hints: AddPluginHints = {}): void {
     const { plugin, packageName } = module;
     const raw = { ...(this.pluginOptions[plugin.name] ?? {}), ...(module.options ?? {}) };
     const entry = { name: plugin.name, packageName, version: module.version, transports: [] as string[], backends: [] as string[], consumers: [] as string[] };
     try {
-      const options = parsePluginOptions(plugin, raw);
+      const options = hints.acceptsNoOptions === true && Object.keys(raw).length === 0 ? parsedWhenAsked(plugin, raw) : constant(parsePluginOptions(plugin, raw));
       const staged: Array<() => void> = [];
       plugin.register({
         transport: (name, factory) => {
@@ -283,7 +294,7 @@ export class DriverCatalog {
     return {
       host: this.hostFor(registered.plugin),
       dataDir: this.dataDir,
-      options: registered.options,
+      options: registered.options(),
       logger: this.logger.child({ plugin: registered.plugin }),
       ...(this.faults ? { faults: this.faults } : {}),
     };
@@ -310,6 +321,26 @@ function parsePluginOptions(plugin: BerthPlugin, raw: Record<string, unknown>): 
     throw new Error(`invalid options for ${plugin.name}: ${issues}`);
   }
   return parsed.data as Record<string, unknown>;
+}
+
+function constant<T>(value: T): () => T {
+  return () => value;
+}
+
+/** `plugin`'s options parsed at the first call; PLUGIN_ERROR if its schema refuses them after all. */
+function parsedWhenAsked(plugin: BerthPlugin, raw: Record<string, unknown>): () => Record<string, unknown> {
+  let parsed: Record<string, unknown> | undefined;
+  return () => {
+    try {
+      parsed ??= parsePluginOptions(plugin, raw);
+    } catch (error) {
+      throw new BerthError('PLUGIN_ERROR', (error as Error).message, {
+        hint: `give plugin ${plugin.name} its options under pluginOptions.${plugin.name} in the config (see \`berth doctor\`)`,
+        cause: error,
+      });
+    }
+    return parsed;
+  };
 }
 
 /** Re-throw anything that is not a BerthError as `code`, naming the plugin. */

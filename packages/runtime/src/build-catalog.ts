@@ -40,7 +40,9 @@ export async function buildCatalog(options: BuildCatalogOptions, more: PluginSou
     : config.pluginOptions;
   const catalog = new DriverCatalog(host, config.dataDir, logger, pluginOptions, hostFor);
   for (const builtin of BUILTIN_PLUGINS) {
-    catalog.add({ plugin: builtin.plugin, packageName: builtin.packageName, version: undefined, options: undefined });
+    // Their schemas accept no options (builtin-plugins.test.ts): unless the config gives some,
+    // they are parsed when the plugin is first used.
+    catalog.add({ plugin: builtin.plugin, packageName: builtin.packageName, version: undefined, options: undefined }, { acceptsNoOptions: true });
   }
   for (const plugin of more.extraPlugins ?? []) {
     catalog.add({ plugin, packageName: plugin.name, version: undefined, options: undefined });

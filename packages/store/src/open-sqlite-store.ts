@@ -11,6 +11,7 @@ import { createKyselyStore } from './kysely-store.js';
 import { createSocketRelay } from './socket-relay.js';
 import { migrateToLatest } from './migrate.js';
 import { createMigrations } from './migrations.js';
+import { sqliteAddon } from './sqlite-addon.js';
 import { applySqlitePragmas, BerthSqliteDialect, sqliteStoreDialect } from './sqlite-dialect.js';
 import { environmentError, isEnvironmentError, isSqliteBusy } from './sqlite-errors.js';
 
@@ -93,7 +94,7 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
   let database: BetterSqlite3.Database;
   try {
     if (!isMemory(filename)) mkdirSync(dirname(filename), { recursive: true, mode: 0o700 });
-    database = new BetterSqlite3(filename, { timeout: busyTimeoutMs });
+    database = new BetterSqlite3(filename, { timeout: busyTimeoutMs, ...sqliteAddon() });
   } catch (error) {
     throw openFailure(error, filename, busyTimeoutMs, 'check that the data directory exists or can be created, and that this user may write it');
   }
@@ -172,7 +173,7 @@ export async function openSqliteStoreReadOnly(options: SqliteStoreOptions & { re
   let database: BetterSqlite3.Database | undefined;
   let copyDir: string | undefined;
   try {
-    database = new BetterSqlite3(filename, { readonly: true, fileMustExist: true, timeout: busyTimeoutMs });
+    database = new BetterSqlite3(filename, { readonly: true, fileMustExist: true, timeout: busyTimeoutMs, ...sqliteAddon() });
     database.prepare('select count(*) from sqlite_master').get();
   } catch {
     database?.close();
@@ -182,7 +183,7 @@ export async function openSqliteStoreReadOnly(options: SqliteStoreOptions & { re
       const copy = join(copyDir, basename(filename));
       copyFileSync(filename, copy);
       if (existsSync(`${filename}-wal`)) copyFileSync(`${filename}-wal`, `${copy}-wal`);
-      database = new BetterSqlite3(copy, { readonly: true, fileMustExist: true });
+      database = new BetterSqlite3(copy, { readonly: true, fileMustExist: true, ...sqliteAddon() });
       database.prepare('select count(*) from sqlite_master').get();
     } catch (error) {
       database?.close();

@@ -26,6 +26,7 @@ async function readTokenFile(file: string): Promise<string> {
 
 /** `berth agent`: run this host's steps (connect, publish, ...) for the berth API until SIGTERM. */
 export default class Agent extends BaseCommand<typeof Agent> {
+  static override longRunning = true;
   static override summary = "Run this host's part of attaches and detaches for a berth API";
   static override description = [
     'Register this host with the berth API (its connector, its transports and consumers) and run the',

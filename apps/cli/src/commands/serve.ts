@@ -4,6 +4,7 @@ import { BaseCommand } from '../base-command.js';
 
 /** `berth serve`: run the HTTP API on this host's berth until SIGTERM or SIGINT. */
 export default class Serve extends BaseCommand<typeof Serve> {
+  static override longRunning = true;
   static override summary = 'Run the berth HTTP API';
   static override description = [
     'Run the berth HTTP API (the same pipelines over REST, with operations to poll, OpenAPI at',
