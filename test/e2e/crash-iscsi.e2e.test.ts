@@ -112,7 +112,9 @@ describe.each(FLAVOURS)('$transport: crash at every fault point, then recovery',
       expect(env.nodeRecords()).toEqual([]);
       expect(linkTarget(`/dev/berth/${volume.id}`)).toBeUndefined();
     } else {
-      expect(current.status).toBe('in-use');
+      // When recovery failed, its operation's error says why (the volume is then `error`).
+      const [last] = await berth.listOperations();
+      expect(current.status, `recovery: ${last?.state} ${last?.error?.message ?? ''}`).toBe('in-use');
       expect(attachments.map((a) => a.status)).toEqual(['attached']);
       const attachment = attachments[0]!;
       expect(attachment.transport).toBe(transport);

@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdir, mkdtemp, open, readFile, readlink, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createHostFs } from './host-fs.js';
 import type { HostFs } from './types.js';
@@ -161,6 +161,44 @@ describe('symlinks', () => {
       await expect(fs.realpath(through)).rejects.toMatchObject({ code: 'ENOTDIR' });
     }
     expect(await fs.realpath('/sys/block/sdq')).toBe('/sys/block/size');
+  });
+
+  it('a link another process removes or replaces while it is being resolved: missing or followed, never an error', async () => {
+    // /sys/block/sdX goes when the kernel deletes the disk, at any moment: between the resolver's
+    // lstat of the link and its readlink. A child process flips the link (gone, a link, a plain
+    // directory) as fast as it can while this one resolves it; on the old resolver the readlink
+    // then threw ENOENT/EINVAL out of exists(), which a detach's "wait for the disk to go" took as
+    // a failure (the recovery of a killed attach left the volume in error).
+    await mkdir(path.join(root, 'sys/devices/sdz'), { recursive: true });
+    await mkdir(path.join(root, 'sys/block'), { recursive: true });
+    const link = path.join(root, 'sys/block/sdz');
+    const flipper = spawn(
+      process.execPath,
+      [
+        '-e',
+        `const fs = require('node:fs'); const [link] = process.argv.slice(1);
+         process.stdout.write('ready\\n');
+         for (let i = 0; ; i++) {
+           try { fs.symlinkSync('../devices/sdz', link); } catch {}
+           try { fs.unlinkSync(link); } catch {}
+           if (i % 3 === 0) { try { fs.mkdirSync(link); fs.rmdirSync(link); } catch {} }
+         }`,
+        link,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    try {
+      await new Promise<void>((resolve, reject) => {
+        flipper.stdout.once('data', () => resolve());
+        flipper.once('error', reject);
+      });
+      const seen = new Set<boolean>();
+      for (let i = 0; i < 30_000; i++) seen.add(await fs.exists('/sys/block/sdz'));
+      // Both answers came up: the link really was changing under the resolver.
+      expect([...seen].sort()).toEqual([false, true]);
+    } finally {
+      flipper.kill('SIGKILL');
+    }
   });
 
   it('keeps .. in a link target inside the root', async () => {

@@ -93,7 +93,17 @@ export function createHostFs(root = '/'): HostFs {
         continue;
       }
       if (++links > MAX_SYMLINKS) return { missing: 'ELOOP', at: `too many symbolic links resolving ${hostPath}` };
-      const target = readlinkSync(resolve(here));
+      let target: string;
+      try {
+        target = readlinkSync(resolve(here));
+      } catch (error) {
+        // The link went, or became something else, between its lstat and its readlink: the kernel
+        // deletes a disk (`/sys/block/sdX`) whenever it likes. Look at this component again.
+        const code = (error as NodeJS.ErrnoException).code;
+        if (code !== 'ENOENT' && code !== 'EINVAL' && code !== 'ENOTDIR') throw error;
+        todo = [part, ...todo];
+        continue;
+      }
       if (target.startsWith('/')) done.length = 0;
       todo = [...target.split('/').filter((p) => p !== ''), ...todo];
     }
