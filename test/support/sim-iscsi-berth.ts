@@ -13,6 +13,13 @@ import { freeControlPort, freePort } from './ports.js';
 // its own tgtd (a free control port and TCP port), and the detached simulated host under the data
 // dir, as `berth --simulate` runs it. Everything it starts is stopped by `cleanup`.
 
+/**
+ * The multipath transport waits for every path: its default straggler grace (derived from the
+ * first logins' times) gives a slow path up by design, and on a loaded machine a healthy path can
+ * be that slow — these tests check that every portal has its path, not the grace.
+ */
+const EVERY_PATH = { stragglerGraceMs: 30_000 } as const;
+
 /** What a test sees of one such berth. */
 export interface SimIscsiBerth {
   dataDir: string;
@@ -55,7 +62,11 @@ export async function createSimIscsiBerth(
   const portal = portals[0]!;
   writeFileSync(
     path.join(dataDir, 'config.json'),
-    JSON.stringify({ defaultBackend: 'tgt', ...(options.plugins ? { plugins: options.plugins } : {}), pluginOptions: { '@berth/backend-tgt': { portals, controlPort, ...options.backendOptions } } }),
+    JSON.stringify({
+      defaultBackend: 'tgt',
+      ...(options.plugins ? { plugins: options.plugins } : {}),
+      pluginOptions: { '@berth/backend-tgt': { portals, controlPort, ...options.backendOptions }, '@berth/driver-iscsi-multipath': EVERY_PATH },
+    }),
   );
   const { root, workDir } = simulatedHostPaths(dataDir);
   const opened: BerthService[] = [];

@@ -136,7 +136,12 @@ async function prepareSimulatedIscsi(dataDir: string, portalHosts: readonly stri
   const port = await freePort(portalHosts);
   const controlPort = await freeControlPort();
   const portals = portalHosts.map((host) => `${host}:${port}`);
-  writeFileSync(path.join(dataDir, 'config.json'), JSON.stringify({ pluginOptions: { '@berth/backend-tgt': { portals, controlPort } } }));
+  // The multipath transport waits for every path (its default grace may give a slow path up on a
+  // loaded machine, by design; these tests check every portal's path).
+  writeFileSync(
+    path.join(dataDir, 'config.json'),
+    JSON.stringify({ pluginOptions: { '@berth/backend-tgt': { portals, controlPort }, '@berth/driver-iscsi-multipath': { stragglerGraceMs: 30_000 } } }),
+  );
   const { root, workDir } = simulatedHostPaths(dataDir);
   return { portals, controlPort, root, workDir, leftovers: () => realBackedLeftovers(workDir) };
 }
