@@ -50,6 +50,8 @@ export interface UserPaths {
   records: string;
   lock: string;
   initiatorName: string;
+  /** The host check's commands' answers, kept for the next process's auto-select (`checkUserHostCached`). */
+  hostCheck: string;
 }
 
 /** The transport's paths under `dataDir`. */
@@ -63,6 +65,7 @@ export function userPaths(dataDir: string): UserPaths {
     records: path.join(root, 'exports'),
     lock: path.join(root, 'daemon.lock'),
     initiatorName: path.join(root, 'initiatorname'),
+    hostCheck: path.join(root, 'host-check.json'),
   };
 }
 

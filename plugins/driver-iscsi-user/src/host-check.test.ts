@@ -1,6 +1,9 @@
-import { describe, expect, it } from 'vitest';
-import type { CommandResult, HostServices } from '@berth/host';
-import { checkUserHost } from './host-check.js';
+import { chmod, mkdir, mkdtemp, rm, utimes, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { hostFacts, type CommandResult, type HostServices } from '@berth/host';
+import { checkUserHost, checkUserHostCached } from './host-check.js';
 
 /** A host whose commands answer from `answers` (keyed by the command and its first argument); a missing one is ENOENT. */
 function fakeHost(answers: Record<string, Partial<CommandResult>>, files: string[]): { host: HostServices; started: string[]; most: () => number } {
@@ -77,3 +80,78 @@ describe('checkUserHost', () => {
     expect(result.checks[1]).toMatchObject({ ok: false, detail: "qemu-storage-daemon: --blockdev driver=iscsi: Unknown driver 'iscsi'" });
   });
 });
+
+describe('checkUserHostCached', () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'berth-host-check-'));
+  });
+  afterAll(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  /** Executable stand-ins for the binaries in `bin` (the commands themselves are answered by the fake runner). */
+  async function tools(bin: string, names: string[]): Promise<void> {
+    await mkdir(bin, { recursive: true });
+    for (const name of names) {
+      await writeFile(path.join(bin, name), '#!/bin/true\n');
+      await chmod(path.join(bin, name), 0o755);
+    }
+  }
+
+  const answers = (pathVar: string): Record<string, Partial<CommandResult>> => ({
+    'printenv PATH': { stdout: `${pathVar}\n` },
+    'qsd --version': { stdout: 'qemu-storage-daemon version 7.2.19' },
+    'qsd --blockdev': { exitCode: 1, stderr: 'qemu-storage-daemon: iSCSI: Failed to connect to LUN\n' },
+    'losetup --version': { stdout: 'losetup from util-linux 2.38.1' },
+  });
+  const spawned = (started: string[]) => started.filter((s) => s !== 'printenv PATH');
+
+  it('runs the commands once, then answers from the file while the binaries on the runner\'s PATH stay the same', async () => {
+    const bin = path.join(dir, 'a', 'bin');
+    await tools(bin, ['qsd', 'losetup']);
+    const file = path.join(dir, 'a', 'kept.json');
+    const first = fakeHost(answers(bin), devices);
+    const fresh = await checkUserHostCached(first.host, 'qsd', 1_000, file);
+    expect(spawned(first.started)).toEqual(['qsd --version', 'qsd --blockdev', 'losetup --version']);
+    const second = fakeHost(answers(bin), devices);
+    const kept = await checkUserHostCached(second.host, 'qsd', 1_000, file);
+    expect(second.started).toEqual(['printenv PATH']);
+    expect(kept).toEqual(fresh);
+    expect(kept.essential).toBe(hostFacts().isRoot);
+
+    // The binary replaced (its times change): the commands run again.
+    await utimes(path.join(bin, 'qsd'), new Date(), new Date(Date.now() + 5_000));
+    const third = fakeHost(answers(bin), devices);
+    await checkUserHostCached(third.host, 'qsd', 1_000, file);
+    expect(spawned(third.started)).toHaveLength(3);
+  });
+
+  it('a directory the runner puts before PATH with its own binary runs the commands again', async () => {
+    const bin = path.join(dir, 'b', 'bin');
+    const prepended = path.join(dir, 'b', 'fake');
+    await tools(bin, ['qsd', 'losetup']);
+    await tools(prepended, ['qsd']);
+    const file = path.join(dir, 'b', 'kept.json');
+    await checkUserHostCached(fakeHost(answers(bin), devices).host, 'qsd', 1_000, file);
+    const other = fakeHost(answers(`${prepended}${path.delimiter}${bin}`), devices);
+    await checkUserHostCached(other.host, 'qsd', 1_000, file);
+    expect(spawned(other.started)).toHaveLength(3);
+  });
+
+  it('the device nodes are looked at each time; without printenv nothing is kept', async () => {
+    const bin = path.join(dir, 'c', 'bin');
+    await tools(bin, ['qsd', 'losetup']);
+    const file = path.join(dir, 'c', 'kept.json');
+    await checkUserHostCached(fakeHost(answers(bin), devices).host, 'qsd', 1_000, file);
+    const noFuse = await checkUserHostCached(fakeHost(answers(bin), ['/dev/loop-control']).host, 'qsd', 1_000, file);
+    expect(noFuse.checks.find((c) => c.name === '/dev/fuse present')?.ok).toBe(false);
+    const { 'printenv PATH': _printenv, ...withoutPrintenv } = answers(bin);
+    const other = path.join(dir, 'c', 'other.json');
+    await checkUserHostCached(fakeHost(withoutPrintenv, devices).host, 'qsd', 1_000, other);
+    const again = fakeHost(withoutPrintenv, devices);
+    await checkUserHostCached(again.host, 'qsd', 1_000, other);
+    expect(spawned(again.started)).toHaveLength(3);
+  });
+});
+

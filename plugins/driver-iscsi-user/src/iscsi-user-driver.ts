@@ -21,7 +21,7 @@ import { ISCSI_SOURCE_KEYS, parsePortal } from '@berth/iscsi';
 import { listExports, loopInfo, removeUnusedNode, repointFilter, StorageDaemon, writeSecretFile, type QmpClient } from '@berth/qemu';
 import { DaemonSupervisor } from './daemon-supervisor.js';
 import { exportRecords, userPaths, type ExportRecord } from './export-records.js';
-import { checkUserHost, kernelInitiatorUsable, userInitiatorName } from './host-check.js';
+import { checkUserHost, checkUserHostCached, kernelInitiatorUsable, userInitiatorName } from './host-check.js';
 import { buildChain, loginNode, loopsBacking, messageOf, mountpointOf, secretFile, teardownChain, type PlumbingDeps } from './lun-plumbing.js';
 import { zIscsiUserOptions, type IscsiUserOptions } from './options.js';
 import { exportNames, parseUserConnection, type ExportNames, type UserLun } from './user-connection.js';
@@ -97,7 +97,8 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
   const supervisor = new DaemonSupervisor({ ...deps, daemon, records });
   const lunLocks = new KeyedLock();
   // Decided once per process by connectorProperties(), which the attach pipeline runs before it
-  // selects a transport; `accepts` is synchronous and says no until then.
+  // selects a transport; `accepts` is synchronous and says no until then. The check's commands'
+  // answers are kept in the data dir while the files they come from do not change.
   let autoSelected: Promise<boolean> | undefined;
   let autoSelectedNow = false;
   let initiator: Promise<string> | undefined;
@@ -107,7 +108,7 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
   function decideAutoSelect(): Promise<boolean> {
     autoSelected ??= (async () => {
       if (!options.autoSelect || (await kernelInitiatorUsable(host))) return false;
-      return (await checkUserHost(host, options.binary, options.commandTimeoutMs)).essential;
+      return (await checkUserHostCached(host, options.binary, options.commandTimeoutMs, paths.hostCheck)).essential;
     })().then(
       (yes) => (autoSelectedNow = yes),
       () => (autoSelectedNow = false),
