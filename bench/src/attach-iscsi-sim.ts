@@ -117,15 +117,24 @@ export async function benchAttachIscsiSim(options: { deviceDelayMs?: number; ite
       // N LUNs of one target attached concurrently: one login, N scans.
       for (let i = 0; i < concurrent; i++) await berth.createVolume({ name: `c${i}`, sizeBytes: 16 << 20, backend: 'sim-san' });
       const names = Array.from({ length: concurrent }, (_, i) => `c${i}`);
+      // This process's CPU (berth, and the simulator's daemon where it runs in it): steadier than wall clock under load.
+      const cpuMs = (since: NodeJS.CpuUsage): number => {
+        const used = process.cpuUsage(since);
+        return (used.user + used.system) / 1000;
+      };
+      let cpu = process.cpuUsage();
       let t = performance.now();
       const attached = await Promise.all(names.map((volume) => berth.attach({ volume })));
       const attachAll = performance.now() - t;
+      const attachCpu = cpuMs(cpu);
       const perStep: Record<string, number[]> = {};
       for (const o of attached) for (const [step, ms] of Object.entries(o.attachment?.timings ?? {})) (perStep[step] ??= []).push(ms);
       const state = await sim.state();
+      cpu = process.cpuUsage();
       t = performance.now();
       const detached = await Promise.all(names.map((volume) => berth.detach({ volume })));
       const detachAll = performance.now() - t;
+      const detachCpu = cpuMs(cpu);
       const perDetachStep: Record<string, number[]> = {};
       for (const o of detached) for (const [step, ms] of Object.entries((o.operation.result?.timings ?? {}) as Record<string, number>)) (perDetachStep[step] ??= []).push(ms);
       printTable(`${concurrent} LUNs of one target attached concurrently (ms per attach)`, ['step', 'p50', 'max'], [
@@ -139,6 +148,8 @@ export async function benchAttachIscsiSim(options: { deviceDelayMs?: number; ite
         ['detach all', detachAll],
         ['detach all / one detach (p50), target <= 3', detachAll / summarize(whole.detach).p50],
         ['sessions while attached (want 1)', state.sessions.length],
+        ['CPU of this process per attach, all at once', attachCpu / concurrent],
+        ['CPU of this process per detach, all at once', detachCpu / concurrent],
       ]);
     } finally {
       await berth.close();

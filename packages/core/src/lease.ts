@@ -26,6 +26,16 @@ export interface LeaseOptions {
   renewEveryMs?: number;
 }
 
+/** A lease held by `withLease`'s `fn`. */
+export interface HeldLease {
+  /**
+   * Run `work` as one transaction that also releases the lease: the last writes under the lease
+   * and its release in one commit. Once it committed the lease is gone (`fn` must write nothing
+   * more under it); when it fails, the lease is still held and released when `fn` settles.
+   */
+  releaseWith<T>(work: (store: Store) => Promise<T>): Promise<T>;
+}
+
 const FIRST_WAIT_MS = 2;
 const MAX_WAIT_MS = 100;
 
@@ -41,7 +51,7 @@ export function deviceLeaseKey(hostId: string, volumeId: string): string {
  * is waited for (queued, with a short backoff) until `signal` fires. The lease is released when
  * `fn` settles; if the release cannot be written, the lease ends with this process or at expiry.
  */
-export async function withLease<T>(store: Store, key: string, options: LeaseOptions, fn: () => Promise<T>): Promise<T> {
+export async function withLease<T>(store: Store, key: string, options: LeaseOptions, fn: (lease: HeldLease) => Promise<T>): Promise<T> {
   const me = `${options.owner}/${randomUUID()}`;
   const expiry = (): string => new Date(Date.now() + options.ttlMs).toISOString();
   const retry = { what: `lease ${key}`, signal: options.signal, ...(options.logger ? { logger: options.logger } : {}) };
@@ -74,11 +84,24 @@ export async function withLease<T>(store: Store, key: string, options: LeaseOpti
   };
   const renewal = options.renewEveryMs === undefined ? undefined : setInterval(() => void renew(), options.renewEveryMs);
   renewal?.unref();
+  let released = false;
+  const lease: HeldLease = {
+    async releaseWith(work) {
+      const value = await store.transaction(async (tx) => {
+        const result = await work(tx);
+        await tx.locks.release(key, me);
+        return result;
+      });
+      released = true;
+      clearInterval(renewal);
+      return value;
+    },
+  };
   try {
-    return await fn();
+    return await fn(lease);
   } finally {
     clearInterval(renewal);
-    await withStoreRetry(() => store.locks.release(key, me), { what: `release lease ${key}`, budgetMs: 10_000 }).catch((error: unknown) =>
+    if (!released) await withStoreRetry(() => store.locks.release(key, me), { what: `release lease ${key}`, budgetMs: 10_000 }).catch((error: unknown) =>
       options.logger?.warn({ lease: key, err: toBerthError(error).message }, 'could not release a lease; it ends with this process'),
     );
   }

@@ -1,7 +1,9 @@
+import { isDeepStrictEqual } from 'node:util';
 import { BerthError } from '../errors.js';
 import { redactConnectionInfo, withAccessMode, zConnector, type Device } from '../connection.js';
 import { recomputeVolumeStatus, reservableStatuses } from '../transitions.js';
-import type { Attachment, Server } from '../model.js';
+import type { Attachment, Server, Volume } from '../model.js';
+import type { Publication } from '../contracts/consumer.js';
 import type { Store } from '../store.js';
 import { backendVolume, deleteAttachmentRecord, transitionAttachment, type PipelineContext, type PipelineDeps } from './context.js';
 import { connectShared, exportSharers, publishSharedPublication, releaseShared, unpublishShared } from './device-sharing.js';
@@ -22,15 +24,17 @@ export interface AttachOptions {
  */
 export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<Step<PipelineContext>> {
   const { store, catalog, config } = deps;
+  // What the consumer said at `publish`, for its commit.
+  let published: Publication | undefined;
   return [
     {
       name: 'reserve',
-      async run(ctx) {
-        // The attachment and the operation's link to it are written in one transaction: a crash
-        // can never leave an attachment that no operation names.
-        const attachment = await reserveAttachmentRecord(store, ctx.volume.id, ctx.server, options.mode, ctx.operationId);
-        ctx.attachment = attachment;
-        return { attachmentId: attachment.id };
+      async run() {},
+      async commit(ctx, tx) {
+        // The attachment, the operation's link to it and the step's end are written in one
+        // transaction: a crash can never leave an attachment that no operation names.
+        const attachment = await reserveAttachmentRecord(tx, ctx.volume.id, ctx.server, options.mode, ctx.operationId);
+        return { data: { attachmentId: attachment.id }, apply: (c) => (c.attachment = attachment) };
       },
       async undo(ctx, _signal, progress) {
         if (!ctx.attachment) return;
@@ -76,7 +80,10 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
         }
         const { connector } = await steps.run('connector', wish, { operationId: ctx.operationId, signal });
         ctx.connector = connector;
-        await store.hosts.setConnector(steps.host.id, connector);
+        // Recorded only when it changed (the same host mostly reports the same connector): a read
+        // instead of a commit per attach. The row, not `steps.host`: this process's may be older.
+        const recorded = (await store.hosts.get(steps.host.id))?.connector;
+        if (!isDeepStrictEqual(recorded, connector)) await store.hosts.setConnector(steps.host.id, connector);
         return { connector };
       },
     },
@@ -93,15 +100,16 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
         ctx.transport = agent
           ? catalog.selectAgentTransport(connection, connector, { hostName: required(ctx.steps, 'host steps').host.name, transports: agent.transports, ...(agent.transportInfo ? { transportInfo: agent.transportInfo } : {}) }, forced)
           : catalog.selectTransport(connection, connector, forced).name;
-        const changed = await transitionAttachment(store, required(ctx.attachment, 'attachment').id, ['reserved'], 'attaching', {
-          connector,
-          connectionInfo: redactConnectionInfo(connection),
-          transport: ctx.transport,
-        });
-        ctx.attachment = changed.attachment;
-        ctx.volume = changed.volume;
         const hostRoot = initializeHostRoot(catalog, ctx.steps, ctx.transport);
         return { driverVolumeType: connection.driver_volume_type, transport: ctx.transport, ...(hostRoot === undefined ? {} : { hostRoot }) };
+      },
+      async commit(ctx, tx) {
+        const changed = await transitionAttachment(tx, required(ctx.attachment, 'attachment').id, ['reserved'], 'attaching', {
+          connector: required(ctx.connector, 'connector'),
+          connectionInfo: redactConnectionInfo(required(ctx.connection, 'connection')),
+          transport: required(ctx.transport, 'transport'),
+        });
+        return { apply: (c) => applyTransition(c, changed) };
       },
       async undo(ctx, signal) {
         // The export is the host's: other attachments of the volume on this host use it too.
@@ -178,18 +186,23 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
           operationId: ctx.operationId,
         });
         ctx.publishedPath = publication.path;
-        // A guest consumer says where the guest sees the disk (Nova's mountpoint) and its serial.
-        ctx.attachment = await store.attachments.update(attachment.id, {
-          publishedPath: publication.path,
-          guestDevice: publication.guestDevice ?? null,
-          serial: publication.serial ?? null,
-        });
+        published = publication;
         return {
           path: publication.path,
           consumer: ctx.consumer.name,
           ...(publication.guestDevice === undefined ? {} : { guestDevice: publication.guestDevice }),
           ...(publication.serial === undefined ? {} : { serial: publication.serial }),
         };
+      },
+      async commit(ctx, tx) {
+        const publication = required(published, 'publication');
+        // A guest consumer says where the guest sees the disk (Nova's mountpoint) and its serial.
+        const attachment = await tx.attachments.update(required(ctx.attachment, 'attachment').id, {
+          publishedPath: publication.path,
+          guestDevice: publication.guestDevice ?? null,
+          serial: publication.serial ?? null,
+        });
+        return { apply: (c) => (c.attachment = attachment) };
       },
       async undo(ctx, signal) {
         if (!ctx.attachment) return;
@@ -209,15 +222,20 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
       name: 'complete',
       // Once the attachment is recorded `attached`, the attach has happened: nothing is undone.
       pointOfNoReturn: true,
-      async run(ctx) {
+      async run() {},
+      async commit(ctx, tx) {
         const attachment = required(ctx.attachment, 'attachment');
-        const changed = await transitionAttachment(store, attachment.id, ['attaching'], 'attached', { error: null });
-        ctx.attachment = changed.attachment;
-        ctx.volume = changed.volume;
-        return { attachmentId: attachment.id };
+        const changed = await transitionAttachment(tx, attachment.id, ['attaching'], 'attached', { error: null });
+        return { data: { attachmentId: attachment.id }, apply: (c) => applyTransition(c, changed) };
       },
     },
   ];
+}
+
+/** The context after a committed attachment transition: the attachment and its volume as stored. */
+export function applyTransition(ctx: PipelineContext, changed: { attachment: Attachment; volume: Volume }): void {
+  ctx.attachment = changed.attachment;
+  ctx.volume = changed.volume;
 }
 
 /** A value a step needs from an earlier one; missing means a pipeline bug, not user error. */

@@ -2,7 +2,7 @@ import { BerthError, toBerthError } from '../errors.js';
 import type { AttachmentStatus } from '../model.js';
 import { backendVolume, deleteAttachmentRecord, transitionAttachment, type PipelineContext, type PipelineDeps } from './context.js';
 import { exportSharers, publishShared, releaseShared, unpublishShared, type ReleaseOutcome } from './device-sharing.js';
-import { required } from './attach.js';
+import { applyTransition, required } from './attach.js';
 import type { Step } from './step.js';
 
 /** Attachment statuses a detach starts from (a forced one also cleans up failed attaches/detaches). */
@@ -61,10 +61,11 @@ export function detachSteps(deps: PipelineDeps): Array<Step<PipelineContext>> {
       async run(ctx) {
         const attachment = required(ctx.attachment, 'attachment');
         original = attachment.status;
-        const changed = await transitionAttachment(store, attachment.id, detachableFrom(ctx.force ?? false), 'detaching');
-        ctx.attachment = changed.attachment;
-        ctx.volume = changed.volume;
         return { attachmentId: attachment.id, from: original };
+      },
+      async commit(ctx, tx) {
+        const changed = await transitionAttachment(tx, required(ctx.attachment, 'attachment').id, detachableFrom(ctx.force ?? false), 'detaching');
+        return { apply: (c) => applyTransition(c, changed) };
       },
       async undo(ctx) {
         if (ctx.attachment?.status !== 'detaching') return;
@@ -148,14 +149,17 @@ export function detachSteps(deps: PipelineDeps): Array<Step<PipelineContext>> {
     {
       name: 'delete_attachment',
       async run(ctx) {
-        const attachment = required(ctx.attachment, 'attachment');
         if (ctx.forcedErrors.length > 0) {
           throw new BerthError('DRIVER_ERROR', `forced detach finished with errors: ${ctx.forcedErrors.join('; ')}`, {
             hint: `fix the cause and run \`berth detach ${ctx.volume.name} --force\` again (or \`berth reconcile\`)`,
           });
         }
-        // One transaction: the attachment goes and the volume's status follows, or neither.
-        ctx.volume = await deleteAttachmentRecord(store, attachment.id, ctx.volume.id);
+      },
+      async commit(ctx, tx) {
+        // One transaction: the attachment goes and the volume's status follows (and the step's
+        // end in the journal), or none of them.
+        const volume = await deleteAttachmentRecord(tx, required(ctx.attachment, 'attachment').id, ctx.volume.id);
+        return { apply: (c) => (c.volume = volume) };
       },
     },
   ];

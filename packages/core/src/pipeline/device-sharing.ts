@@ -3,7 +3,7 @@ import type { Consumer, Publication } from '../contracts/consumer.js';
 import { sameDevice } from '../device-identity.js';
 import { BerthError } from '../errors.js';
 import type { HostSteps } from '../host-steps/host-steps.js';
-import { deviceLeaseKey, withLease } from '../lease.js';
+import { deviceLeaseKey, withLease, type HeldLease } from '../lease.js';
 import type { Attachment, Server, Volume } from '../model.js';
 import type { Store } from '../store.js';
 import type { PipelineDeps } from './context.js';
@@ -36,7 +36,7 @@ export function devicesInUse(store: Store, hostId: string, volumeId: string): Pr
 }
 
 /** Run `fn` holding the lease of `volume`'s device on `hostId`. */
-export function withDeviceLease<T>(deps: PipelineDeps, hostId: string, volume: Volume, signal: AbortSignal, fn: () => Promise<T>): Promise<T> {
+export function withDeviceLease<T>(deps: PipelineDeps, hostId: string, volume: Volume, signal: AbortSignal, fn: (lease: HeldLease) => Promise<T>): Promise<T> {
   return withLease(
     deps.store,
     deviceLeaseKey(hostId, volume.id),
@@ -82,7 +82,7 @@ export interface ConnectRequest {
 export async function connectShared(deps: PipelineDeps, request: ConnectRequest): Promise<{ device: Device; attachment: Attachment; sharers: number }> {
   const { store, logger } = deps;
   const { attachment, volume, transport, connection } = request;
-  return withDeviceLease(deps, attachment.hostId, volume, request.signal, async () => {
+  return withDeviceLease(deps, attachment.hostId, volume, request.signal, async (lease) => {
     const sharers = await deviceSharers(store, attachment.hostId, volume.id, attachment.id);
     const other = sharers[0];
     if (other && other.mode !== attachment.mode) {
@@ -112,7 +112,8 @@ export async function connectShared(deps: PipelineDeps, request: ConnectRequest)
       // one; reconcile reconnects them to it.
       logger.warn({ volumeId: volume.id, was: other.device.path, now: device.path }, 'the shared device was replaced');
     }
-    const updated = await store.transaction(async (tx) => {
+    // The device's records and the lease's release: one commit.
+    const updated = await lease.releaseWith(async (tx) => {
       await tx.devices.put({
         hostId: attachment.hostId,
         volumeId: volume.id,
@@ -170,10 +171,11 @@ export interface ReleaseOutcome {
 export async function releaseShared(deps: PipelineDeps, request: ReleaseRequest): Promise<ReleaseOutcome> {
   const { store } = deps;
   const { hostId, volume, attachment } = request;
-  return withDeviceLease(deps, hostId, volume, request.signal, async () => {
+  return withDeviceLease(deps, hostId, volume, request.signal, async (lease) => {
     const sharers = await deviceSharers(store, hostId, volume.id, attachment?.id);
     if (sharers.length > 0) {
-      if (attachment?.device) await store.attachments.update(attachment.id, { device: null });
+      const claim = attachment?.device ? attachment : undefined;
+      if (claim) await lease.releaseWith((tx) => tx.attachments.update(claim.id, { device: null }));
       return { disconnected: false, sharers: sharers.length, identityMismatch: false };
     }
     const record = await store.devices.get(hostId, volume.id);
@@ -184,7 +186,8 @@ export async function releaseShared(deps: PipelineDeps, request: ReleaseRequest)
       { transport: request.transport, connection: request.connection, ...(device ? { device } : {}), force: request.force, inUse, volumeId: volume.id },
       { ...(request.operationId === undefined ? {} : { operationId: request.operationId }), signal: request.signal, ...(request.step === 'release' ? { undo: true } : {}) },
     );
-    await store.transaction(async (tx) => {
+    // The device's records and the lease's release: one commit.
+    await lease.releaseWith(async (tx) => {
       await tx.devices.delete(hostId, volume.id);
       if (attachment && (await tx.attachments.get(attachment.id))) await tx.attachments.update(attachment.id, { device: null });
     });

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { BerthError } from '../errors.js';
 import { silentLogger } from '../logger.js';
+import { createMemoryStore } from '../memory-store.js';
 import type { Store } from '../store.js';
 import { OperationRunner, type RunOutcome } from './operation-runner.js';
 import type { Step } from './step.js';
@@ -240,6 +241,55 @@ describe('OperationRunner and a deadline that passes while a driver runs a comma
     expect(journal.rows).toEqual([
       { name: 'reserve', phase: 'do', state: 'done' },
       { name: 'connect', phase: 'do', state: 'running' },
+    ]);
+  });
+
+  it("a step's commit lands with its end in the journal, or neither does; a commit that fails is the step's failure and is undone", async () => {
+    const store = createMemoryStore();
+    const host = await store.hosts.create({ name: 'h' });
+    const volume = await store.volumes.create({ name: 'v', projectId: 'p', sizeBytes: 1024, backend: 'file', multiattach: false, status: 'available' });
+    const run = async (failCommit: boolean) => {
+      const operation = await store.operations.create({ kind: 'attach', hostId: host.id, owner: 'test', deadlineAt: new Date(Date.now() + 60_000).toISOString() });
+      const log: string[] = [];
+      const context = { applied: [] as string[] };
+      const list: Array<Step<typeof context>> = [
+        {
+          name: 'mark',
+          async run() {
+            log.push('do mark');
+            return { ran: true };
+          },
+          async commit(_ctx, tx) {
+            await tx.volumes.transition(volume.id, ['available'], 'reserved');
+            if (failCommit) throw new BerthError('CONFLICT', 'the commit lost a race');
+            return { data: { marked: true }, apply: (c) => c.applied.push('mark') };
+          },
+          async undo() {
+            log.push('undo mark');
+          },
+        },
+        { name: 'last', async run() {} },
+      ];
+      const outcome = await new OperationRunner(store).run(list, context, { operationId: operation.id, signal: AbortSignal.timeout(5_000), undoTimeoutMs: 1_000, logger: silentLogger });
+      return { outcome, log, context, journal: (await store.operations.require(operation.id)).steps };
+    };
+    const failed = await run(true);
+    expect(failed.outcome).toMatchObject({ ok: false, rolledBack: true });
+    // Rolled back with the transaction: the volume's change, and the context untouched.
+    expect((await store.volumes.require(volume.id)).status).toBe('available');
+    expect(failed.context.applied).toEqual([]);
+    expect(failed.log).toEqual(['do mark', 'undo mark']);
+    expect(failed.journal.map((s) => [s.name, s.phase, s.state])).toEqual([
+      ['mark', 'do', 'failed'],
+      ['mark', 'undo', 'done'],
+    ]);
+    const ok = await run(false);
+    expect(ok.outcome.ok).toBe(true);
+    expect((await store.volumes.require(volume.id)).status).toBe('reserved');
+    expect(ok.context.applied).toEqual(['mark']);
+    expect(ok.journal.map((s) => [s.name, s.state, s.data])).toEqual([
+      ['mark', 'done', { ran: true, marked: true }],
+      ['last', 'done', null],
     ]);
   });
 });

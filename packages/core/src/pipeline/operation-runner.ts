@@ -2,7 +2,7 @@ import { BerthError, toBerthError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { ErrorSummary } from '../model.js';
 import type { StepOutcome, Store } from '../store.js';
-import type { Step } from './step.js';
+import type { Step, StepCommit } from './step.js';
 import type { FaultInjector } from '../faults.js';
 import { withStoreRetry } from './store-retry.js';
 
@@ -114,18 +114,8 @@ export class OperationRunner {
           return fail(error, [...done], pastNoReturn);
         }
       }
-      let data: Record<string, unknown> | void;
-      try {
-        signal.throwIfAborted();
-        const point = `${options.pipeline ?? 'pipeline'}.${step.name}`;
-        await options.faults?.hit(`${point}.before`);
-        data = await step.run(context, signal);
-        // The step's work is done even if what follows fails: past a point of no return, a
-        // failure from here on must not undo earlier steps.
-        if (step.pointOfNoReturn) pastNoReturn = true;
-        await options.faults?.hit(`${point}.after`);
-        timings[step.name] = round(performance.now() - begun);
-      } catch (raw) {
+      // The step failed (its work, or its commit): record it and undo.
+      const failed = async (raw: unknown): Promise<RunOutcome> => {
         // A driver whose command our signal cut short reports it as CANCELLED; the signal knows why
         // (the deadline passed, or the caller cancelled), and that is what the user must hear.
         const cutShort = signal.aborted && (!BerthError.is(raw) || raw.code === 'CANCELLED');
@@ -141,18 +131,71 @@ export class OperationRunner {
         // device) cannot be rolled back into a state that would be a lie.
         const halfWay = step.pointOfNoReturn === true && step.failurePassesNoReturn?.(error) === true;
         return fail(error, [...done, step], pastNoReturn || halfWay);
+      };
+      const point = `${options.pipeline ?? 'pipeline'}.${step.name}`;
+      let data: Record<string, unknown> | void;
+      try {
+        signal.throwIfAborted();
+        await options.faults?.hit(`${point}.before`);
+        data = await step.run(context, signal);
+        if (step.commit === undefined) {
+          // The step's work is done even if what follows fails: past a point of no return, a
+          // failure from here on must not undo earlier steps.
+          if (step.pointOfNoReturn) pastNoReturn = true;
+          await options.faults?.hit(`${point}.after`);
+          timings[step.name] = round(performance.now() - begun);
+        }
+      } catch (raw) {
+        return failed(raw);
       }
       // The boundary is one write: this step's end and the next one's start (a taken-over run
       // starts nothing more). The journal never shows this step done with no next row begun, a
       // state a crash before the next step's work would have shown as the same thing anyway.
       const next = options.fenced?.aborted ? undefined : steps[index + 1];
-      const outcome = { state: 'done', data: data ?? null } as const;
+      const boundary = (store: Store, outcome: StepOutcome): Promise<number | undefined> =>
+        next === undefined
+          ? store.operations.endStep(operationId, seq, outcome).then(() => undefined)
+          : store.operations.advanceStep(operationId, seq, outcome, { name: next.name, phase: 'do' });
+      const commit = step.commit?.bind(step);
+      if (commit !== undefined) {
+        // The step's store work lands with its boundary, in one transaction: the work, the
+        // step's end and the next one's start are written together or not at all (then the
+        // step failed, and is undone like one whose work failed).
+        let committed: StepCommit<C> | undefined;
+        try {
+          started = await journal(`journal ${step.name}`, () =>
+            this.store.transaction(async (tx) => {
+              committed = await commit(context, tx);
+              const merged = committed.data === undefined ? (data ?? null) : { ...(data ?? {}), ...committed.data };
+              return boundary(tx, { state: 'done', data: merged });
+            }),
+          );
+        } catch (raw) {
+          return failed(raw);
+        }
+        committed?.apply?.(context);
+        if (step.pointOfNoReturn) pastNoReturn = true;
+        try {
+          await options.faults?.hit(`${point}.after`);
+        } catch (raw) {
+          // The step is journalled done; the next step's row, begun with it, ends failed.
+          const error = toBerthError(raw);
+          timings[step.name] = round(performance.now() - begun);
+          const begunNext = started;
+          if (begunNext !== undefined) {
+            await journal(`journal ${step.name}`, () => this.store.operations.endStep(operationId, begunNext, { state: 'failed', error: summarize(error) })).catch(
+              (journalError: unknown) => journalErrors.push(toBerthError(journalError)),
+            );
+          }
+          logger.warn({ operationId, step: step.name, code: error.code, err: error.message }, 'step failed');
+          return fail(error, [...done, step], pastNoReturn);
+        }
+        timings[step.name] = round(performance.now() - begun);
+        done.push(step);
+        continue;
+      }
       try {
-        started = await journal(`journal ${step.name}`, () =>
-          next === undefined
-            ? this.store.operations.endStep(operationId, seq, outcome).then(() => undefined)
-            : this.store.operations.advanceStep(operationId, seq, outcome, { name: next.name, phase: 'do' }),
-        );
+        started = await journal(`journal ${step.name}`, () => boundary(this.store, { state: 'done', data: data ?? null }));
       } catch (raw) {
         // Neither row was written.
         const error = journalFailure(raw, `recording the end of step ${step.name} failed`);

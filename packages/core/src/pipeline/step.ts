@@ -1,4 +1,5 @@
 import type { BerthError } from '../errors.js';
+import type { Store } from '../store.js';
 
 /**
  * One step of a pipeline. `run` does the work and may return secret-free data that is journalled;
@@ -7,6 +8,13 @@ import type { BerthError } from '../errors.js';
 export interface Step<C> {
   readonly name: string;
   run(context: C, signal: AbortSignal): Promise<Record<string, unknown> | void>;
+  /**
+   * The step's store-only work, after `run`: written in one transaction with the step's end in
+   * the journal (and the next step's start), so a crash leaves both or neither, in one commit
+   * instead of two. It may run again (the transaction retried): it changes the context only in
+   * `apply`, called once the transaction committed. A failure is the step's failure.
+   */
+  commit?(context: C, store: Store): Promise<StepCommit<C>>;
   /**
    * Reverse the step. It runs for every finished step when a later one fails, and for the failing
    * step itself (a step that failed half-way may have left something behind).
@@ -29,4 +37,10 @@ export interface Step<C> {
 export interface UndoProgress {
   /** Messages of undos that failed so far (a later undo must not erase the record of what is left). */
   readonly failures: readonly string[];
+}
+
+/** What a step's `commit` wrote: data for the journal, and the context's change once committed. */
+export interface StepCommit<C> {
+  data?: Record<string, unknown>;
+  apply?(context: C): void;
 }

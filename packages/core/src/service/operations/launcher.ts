@@ -8,6 +8,7 @@ import { summarize, type RunOutcome } from '../../pipeline/operation-runner.js';
 import type { Step } from '../../pipeline/step.js';
 import { withStoreRetry } from '../../pipeline/store-retry.js';
 import type { OperationOutcome, StartedOperation } from '../../service.js';
+import type { Store } from '../../store.js';
 import type { ServiceParts } from '../parts.js';
 
 /** What an operation runs: its context and its steps. */
@@ -186,20 +187,23 @@ export class OperationLauncher {
       });
       if (outcome.ok) {
         const warnings = outcome.journalErrors.map((e) => `the journal could not be written (${e.message}); the next berth command completes it`);
-        if (kind === 'attach' && ctx.attachment) {
-          const attachmentId = ctx.attachment.id;
-          ctx.attachment = await withStoreRetry(() => store.attachments.update(attachmentId, { timings: outcome.timings }), {
-            what: 'recording timings',
-            budgetMs: 5_000,
-          }).catch(() => ctx.attachment);
-        }
         const result = {
           timings: outcome.timings,
           ...(ctx.attachment ? { attachmentId: ctx.attachment.id } : {}),
           ...(ctx.device ?? ctx.attachment?.device ? { device: (ctx.device ?? ctx.attachment?.device)?.path } : {}),
           ...(ctx.publishedPath ? { publishedPath: ctx.publishedPath } : {}),
         };
-        let operation = await settle('recording success', () => store.operations.finish(operationId, { state: 'succeeded', result }));
+        // An attach's timings go on its attachment in the same commit as the operation's end.
+        const timed = kind === 'attach' ? ctx.attachment : undefined;
+        const succeeded = (tx: Store): Promise<Operation> => tx.operations.finish(operationId, { state: 'succeeded', result });
+        let operation = await settle('recording success', () =>
+          timed === undefined
+            ? succeeded(store)
+            : store.transaction(async (tx) => {
+                ctx.attachment = await tx.attachments.update(timed.id, { timings: outcome.timings });
+                return succeeded(tx);
+              }),
+        );
         if (operation === undefined) {
           // The work is done and recorded; only the operation's row is behind.
           warnings.push('the operation could not be marked succeeded; the next berth command does it');
