@@ -84,6 +84,21 @@ describe('soak', () => {
       }
     };
 
+    /**
+     * Extend `name` to `sizeBytes`. Another worker may extend the same volume between this one's
+     * read of its size and the call: berth then rightly refuses a size that is no longer larger
+     * (VALIDATION) — here that is the two workers' conflict, counted as one.
+     */
+    const extendTo = async (berth: BerthService, name: string, sizeBytes: number): Promise<void> => {
+      try {
+        await berth.extendVolume(name, sizeBytes);
+      } catch (error) {
+        const now = BerthError.is(error) && error.code === 'VALIDATION' ? (await plain.getVolume(name).catch(() => undefined))?.sizeBytes : undefined;
+        if (now === undefined || now < sizeBytes) throw error;
+        throw new BerthError('CONFLICT', `another worker extended ${name} to ${now} bytes first`, { cause: error });
+      }
+    };
+
     const oneOp = async (): Promise<void> => {
       const name = pick(names);
       const berth = random() < 0.4 ? plain : pick(instances);
@@ -94,7 +109,7 @@ describe('soak', () => {
         if (r < 0.75) {
           return record('extend', async () => {
             const current = await plain.getVolume(name);
-            await berth.extendVolume(name, current.sizeBytes + MiB);
+            await extendTo(berth, name, current.sizeBytes + MiB);
           });
         }
         if (r < 0.9) {
@@ -110,7 +125,7 @@ describe('soak', () => {
       if (status === 'in-use') {
         if (r < 0.8) return record('detach', () => berth.detach({ volume: name }));
         if (r < 0.9) return record('attach', () => berth.attach({ volume: name, server: pick(SERVERS) }));
-        return record('extend', () => berth.extendVolume(name, 64 * MiB));
+        return record('extend', () => extendTo(berth, name, 64 * MiB));
       }
       if (status === 'error') return record('detach --force', () => berth.detach({ volume: name, force: true }));
       // Deleted meanwhile, or another worker's operation is in flight on it.
