@@ -149,6 +149,14 @@ describe('createCommandRunner', () => {
     expect(real.stdout).toBe('Linux\n');
   });
 
+  it('searchPath() is the PATH its commands get: pathPrepend first, then the runner\'s env over the process\'s', async () => {
+    const runner = createCommandRunner({ pathPrepend: ['/opt/fake', '/opt/fake2'], env: { PATH: '/usr/bin:/bin' } });
+    expect(runner.searchPath?.()).toEqual(['/opt/fake', '/opt/fake2', '/usr/bin', '/bin']);
+    const printed = await runner.run('printenv', ['PATH']);
+    expect(printed.stdout.trim()).toBe(runner.searchPath?.().join(':'));
+    expect(createCommandRunner().searchPath?.().join(':')).toBe(process.env.PATH ?? '');
+  });
+
   it('kills a command that ignores SIGTERM with SIGKILL after the grace, and reports it timed out', async () => {
     const started = performance.now();
     // The shell ignores TERM and waits on a child that is in its process group: only SIGKILL ends the shell.

@@ -220,5 +220,9 @@ export function createCommandRunner(options: CommandRunnerOptions = {}): Command
       // With `reject: false` the caller gets the real output back, as for a success: it may parse it.
       return finish(result, reject, error);
     },
+    searchPath(): readonly string[] {
+      const value = environment(undefined).PATH ?? '';
+      return value === '' ? [] : value.split(delimiter);
+    },
   };
 }

@@ -41,6 +41,12 @@ export interface CommandResult {
 export interface CommandRunner {
   /** Run `file` with `args`; throws `CommandError` on failure unless `reject: false`. */
   run(file: string, args: readonly string[], options?: RunOptions): Promise<CommandResult>;
+  /**
+   * The directories a command run without an `env.PATH` of its own is looked up in, in order (the
+   * PATH its process gets). Optional: a runner that cannot tell (a replay, a wrapper) leaves it out,
+   * and callers then ask a process (`printenv PATH`).
+   */
+  searchPath?(): readonly string[];
 }
 
 /** Minimal stat of a path on the host. */

@@ -153,5 +153,27 @@ describe('checkUserHostCached', () => {
     await checkUserHostCached(again.host, 'qsd', 1_000, other);
     expect(spawned(again.started)).toHaveLength(3);
   });
+
+  it('a runner that tells its search path is not asked with printenv, and its path is the key', async () => {
+    const bin = path.join(dir, 'd', 'bin');
+    const prepended = path.join(dir, 'd', 'fake');
+    await tools(bin, ['qsd', 'losetup']);
+    await tools(prepended, ['qsd']);
+    const file = path.join(dir, 'd', 'kept.json');
+    const telling = (dirs: string[]) => {
+      const fake = fakeHost(answers('/printenv/must/not/be/asked'), devices);
+      Object.assign(fake.host.runner, { searchPath: () => dirs });
+      return fake;
+    };
+    const first = telling([bin]);
+    await checkUserHostCached(first.host, 'qsd', 1_000, file);
+    expect(first.started).toEqual(['qsd --version', 'qsd --blockdev', 'losetup --version']);
+    const second = telling([bin]);
+    await checkUserHostCached(second.host, 'qsd', 1_000, file);
+    expect(second.started).toEqual([]);
+    const third = telling([prepended, bin]);
+    await checkUserHostCached(third.host, 'qsd', 1_000, file);
+    expect(third.started).toHaveLength(3);
+  });
 });
 

@@ -93,11 +93,11 @@ export async function checkUserHost(host: HostServices, binary: string, timeoutM
  * `checkUserHost` with its commands' answers kept in `file` (the auto-select decision that every
  * attach on a host without a kernel initiator makes): kept under a key naming the files those
  * answers come from — the binary and losetup as the runner finds them (on the PATH its commands
- * get, one `printenv PATH` through the runner, so that its prepended directories count), each
- * with its inode, size and times, and qemu's module directories (qemu-block-extra's
- * `block-iscsi.so` is a module, not part of the binary). A change to any of them runs the
- * commands again; the device nodes and root are looked at each time. Without a PATH (printenv
- * failed) nothing is kept.
+ * get: the runner's `searchPath()`, else one `printenv PATH` through it, so that its prepended
+ * directories count), each with its inode, size and times, and qemu's module directories
+ * (qemu-block-extra's `block-iscsi.so` is a module, not part of the binary). A change to any of them runs the
+ * commands again; the device nodes and root are looked at each time. Without a PATH (no
+ * `searchPath()` and printenv failed) nothing is kept.
  */
 export async function checkUserHostCached(host: HostServices, binary: string, timeoutMs: number, file: string): Promise<{ checks: Checks; fixes: string[]; essential: boolean }> {
   const [key, fuse, control] = await Promise.all([toolsKey(host, binary, timeoutMs), host.fs.exists('/dev/fuse'), host.fs.exists('/dev/loop-control')]);
@@ -128,13 +128,21 @@ async function keep(file: string, kept: z.output<typeof zKeptLooks>): Promise<vo
 
 /** The key of the commands' answers (see `checkUserHostCached`); undefined when the runner's PATH is unknown. */
 export async function toolsKey(host: HostServices, binary: string, timeoutMs: number): Promise<string | undefined> {
-  const printed = await host.runner.run('printenv', ['PATH'], { timeoutMs, reject: false }).catch(() => undefined);
-  if (printed === undefined || printed.exitCode !== 0) return undefined;
-  const dirs = printed.stdout.trim().split(path.delimiter);
+  const searchPath = await runnerPath(host, timeoutMs);
+  if (searchPath === undefined) return undefined;
+  const dirs = searchPath.split(path.delimiter);
   const [qsd, losetup] = await Promise.all([findExecutable(binary, dirs), findExecutable('losetup', dirs)]);
   const moduleDirs = qsd === undefined ? [] : await qemuModuleDirs(qsd);
   const stamps = await Promise.all([qsd, losetup, ...moduleDirs].map((p) => (p === undefined ? 'absent' : stamp(p))));
-  return JSON.stringify({ path: printed.stdout.trim(), moduleEnv: process.env.QEMU_MODULE_DIR ?? null, stamps });
+  return JSON.stringify({ path: searchPath, moduleEnv: process.env.QEMU_MODULE_DIR ?? null, stamps });
+}
+
+/** The PATH the runner's commands get: the runner's own answer, else one `printenv PATH` through it; undefined when neither tells. */
+async function runnerPath(host: HostServices, timeoutMs: number): Promise<string | undefined> {
+  const known = host.runner.searchPath?.();
+  if (known !== undefined) return known.join(path.delimiter);
+  const printed = await host.runner.run('printenv', ['PATH'], { timeoutMs, reject: false }).catch(() => undefined);
+  return printed === undefined || printed.exitCode !== 0 ? undefined : printed.stdout.trim();
 }
 
 /** Where `execvp` finds `name` on `dirs` (a name with a slash is itself), as its real path; undefined when nowhere. */
