@@ -50,7 +50,8 @@ export interface FaultSpec {
    * that drags): iscsid carries them on whatever happens to the `iscsiadm --login` that asked
    * (killing it does not stop them), and a second login of the record gets 15 meanwhile. Each goes
    * on — and logs in as usual — when its fault is removed (`releaseLogins`, a reload, a clear), or
-   * after `holdMs` when given.
+   * after `holdMs` when given; as iscsid, it fails with 8 once `initial_login_retry_max ×
+   * login_timeout` (the record's) passed first.
    */
   heldLogins?: HeldLoginMatch[];
 }

@@ -239,6 +239,17 @@ describe('the simulated kernel', { timeout: 60_000 }, () => {
     expect((await iscsiadm(services, ...node(VOL1), '--logout')).exitCode).toBe(0);
   });
 
+  it('ends a held login at iscsid\'s bound (login_timeout × initial_login_retry_max) with 8, no session', async () => {
+    const { sim, services } = await start();
+    await sim.san.addTarget({ iqn: VOL1, portals: [PORTAL], luns: { 1: { sizeBytes: MiB } } });
+    await sim.faults.holdLogins({ portal: PORTAL });
+    await iscsiadm(services, ...node(VOL1), '--interface', 'default', '--op', 'new');
+    await iscsiadm(services, ...node(VOL1), '--op', 'update', '-n', 'node.conn[0].timeo.login_timeout', '-v', '1', '-n', 'node.session.initial_login_retry_max', '-v', '1');
+    expect((await iscsiadm(services, ...node(VOL1), '--login')).exitCode).toBe(8);
+    const state = await sim.state();
+    expect([state.heldLogins, state.sessions]).toEqual([0, []]);
+  });
+
   it('removes everything of a session on logout', async () => {
     const { sim, services } = await start();
     await sim.san.addTarget({ iqn: VOL1, portals: [PORTAL], luns: { 1: { sizeBytes: MiB } } });

@@ -427,7 +427,7 @@ export class SimKernel {
       }
       const injected = this.faults.takeLoginFailure(portal, request.iqn);
       if (injected !== undefined) return { ok: false, exitCode: injected };
-      await this.holdLogin(key, portal, request.iqn);
+      if ((await this.holdLogin(key, portal, request)) === 'timed-out') return { ok: false, exitCode: 8 };
       const { result, session } = await this.targetAccess.login({
         portal,
         iqn: request.iqn,
@@ -454,27 +454,24 @@ export class SimKernel {
 
   /**
    * Park a login a `heldLogins` fault matches until the fault goes (or its `holdMs`): iscsid's
-   * side of it, so the `iscsiadm` that asked may be killed meanwhile and the login still ends.
+   * side of it, so the `iscsiadm` that asked may be killed meanwhile and the login still ends. As
+   * iscsid, it gives up once `initial_login_retry_max × login_timeout` has passed (`timed-out`).
    */
-  private async holdLogin(key: string, portal: string, iqn: string): Promise<void> {
-    const hold = this.closed ? undefined : this.faults.loginHeld(portal, iqn);
-    if (hold === undefined) return;
-    await new Promise<void>((resolve) => {
-      const timer = hold.holdMs === undefined ? undefined : setTimeout(release, hold.holdMs);
-      function release(): void {
-        clearTimeout(timer);
-        resolve();
-      }
-      this.heldLogins.set(key, {
-        portal,
-        iqn,
-        release: () => {
-          this.heldLogins.delete(key);
-          release();
-        },
-      });
+  private async holdLogin(key: string, portal: string, request: KernelLoginRequest): Promise<'released' | 'timed-out'> {
+    const hold = this.closed ? undefined : this.faults.loginHeld(portal, request.iqn);
+    if (hold === undefined) return 'released';
+    const outcome = await new Promise<'released' | 'timed-out'>((resolve) => {
+      const end = (how: 'released' | 'timed-out'): void => {
+        clearTimeout(held);
+        clearTimeout(bound);
+        this.heldLogins.delete(key);
+        resolve(how);
+      };
+      const held = hold.holdMs === undefined ? undefined : setTimeout(() => end('released'), hold.holdMs);
+      const bound = setTimeout(() => end('timed-out'), unreachableLoginMs(Number.POSITIVE_INFINITY, request));
+      this.heldLogins.set(key, { portal, iqn: request.iqn, release: () => end('released') });
     });
-    this.heldLogins.delete(key);
+    return outcome;
   }
 
   /** Log a session out: its devices, target, connection, session and SCSI host go. */
