@@ -60,8 +60,10 @@ describe('a path given up while its login is still alive', { timeout: 120_000 },
 
   it('the detach finishes it: the session that comes up is logged out, its record deleted, other volumes\' sessions stay', async () => {
     env = await startSimEnv({ targets: [targetSpec(IQN, portals, 1), targetSpec(OTHER, portals, 1)] });
-    // Another volume on the same portals, attached before: its sessions must stay.
-    const other = await env.driver.connect(listConnection(OTHER, 1, portals), call(60_000, randomUUID()));
+    // Another volume on the same portals, attached before (every path waited for): its sessions must stay.
+    const everyPath = env.restart({ stragglerGraceMs: 30_000 });
+    const other = await everyPath.connect(listConnection(OTHER, 1, portals), call(60_000, randomUUID()));
+    expect(other.paths?.map((p) => p.state)).toEqual(['active', 'active']);
     await env.sim.faults.holdLogins({ portal: portals[1], iqn: IQN });
     const volumeId = randomUUID();
     const device = await env.driver.connect(listConnection(IQN, 1, portals), call(60_000, volumeId));
@@ -83,6 +85,6 @@ describe('a path given up while its login is still alive', { timeout: 120_000 },
     expect(state.sessions.map((s) => [s.iqn, s.portal]).sort()).toEqual(portals.map((p) => [OTHER, p]));
     expect(state.maps).toHaveLength(1);
     for (const p of portals) expect(await env.nodeRecord(OTHER, p)).toBeDefined();
-    await env.driver.disconnect(listConnection(OTHER, 1, portals), other, { force: false, ...call(30_000) });
+    await everyPath.disconnect(listConnection(OTHER, 1, portals), other, { force: false, ...call(30_000) });
   });
 });
