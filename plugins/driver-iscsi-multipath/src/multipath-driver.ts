@@ -21,7 +21,8 @@ import { checkMultipathHost } from './host-check.js';
 import { finishLeftLogin, leftEntryOf, leftPathsOf, mergeLeft, watchLeftLogins, type LeftPath } from './left-login.js';
 import { buildMap, dropMap, keepFirstPathOnly } from './map-phase.js';
 import { connectedDevices, pathStates } from './multipath-connected.js';
-import { parseMultipathConnection, volumeKey, type MultipathVolume, type PathTarget } from './multipath-connection.js';
+import { lunKey, parseMultipathConnection, volumeKey, type MultipathVolume, type PathTarget } from './multipath-connection.js';
+import { pathsOfState } from './path-locate.js';
 import type { MultipathContext } from './multipath-context.js';
 import { disconnectVolume } from './multipath-disconnect.js';
 import type { MultipathMap } from './multipath-map.js';
@@ -166,8 +167,9 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
     for (const state of await ctx.states.list().catch(() => [] as AttachState[])) {
       const lefts = leftPathsOf(state);
       if (lefts.length === 0) continue;
-      const primary = state.paths.find((p) => p.target_iqn === state.target_iqn && p.target_portal === state.target_portal);
-      const key = `volume|${state.target_iqn}|${state.target_portal}|${primary?.kernel_lun ?? state.target_lun}`;
+      // The volume's queue, as its connects and disconnects name it (its primary path).
+      const primary = pathsOfState(state).find((t) => t.iqn === state.target_iqn && t.lun === state.target_lun && t.portalText === state.target_portal);
+      const key = primary === undefined ? `state|${state.volumeId}` : `volume|${lunKey(primary)}`;
       await volumeLocks.withLock(key, async () => {
         const failures = new FailureList(true);
         const done: LeftPath[] = [];
