@@ -1,6 +1,9 @@
 import { randomUUID } from 'node:crypto';
+import path from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { callContext as call } from '@berth/iscsi/testing';
+import { AttachStateStore } from './attach-state.js';
+import { STATE_SUBDIR } from './multipath-driver.js';
 import { listConnection, PORTALS, startSimEnv, targetSpec, type SimEnv } from './test-sim-env.js';
 
 // A path given up while its login is slow but alive: killing `iscsiadm --login` does not stop
@@ -86,5 +89,50 @@ describe('a path given up while its login is still alive', { timeout: 120_000 },
     expect(state.maps).toHaveLength(1);
     for (const p of portals) expect(await env.nodeRecord(OTHER, p)).toBeDefined();
     await everyPath.disconnect(listConnection(OTHER, 1, portals), other, { force: false, ...call(30_000) });
+  });
+
+  it('reconcile\'s look (connected()) in another process finishes a left login whose session is up or whose bound passed, and keeps one still pending', async () => {
+    env = await startSimEnv({ targets: [targetSpec(IQN, portals, 1), targetSpec(OTHER, portals, 1)] });
+    // What an attach that exited left: a session of a given-up login (no disk) at one portal, a
+    // record of one iscsid may still be logging in to at the other.
+    const node = (iqn: string, portal: string): string[] => ['-m', 'node', '-T', iqn, '-p', portal];
+    for (const args of [[...node(IQN, portals[1]), '--op', 'new'], [...node(IQN, portals[1]), '--op', 'update', '-n', 'node.session.scan', '-v', 'manual'], [...node(IQN, portals[1]), '--login'], [...node(OTHER, portals[0]), '--op', 'new']]) {
+      expect((await env.host.runner.run('iscsiadm', args, { reject: false, timeoutMs: 30_000 })).exitCode).toBe(0);
+    }
+    const at = (iqn: string, portal: string, until: number) => ({ target_iqn: iqn, target_portal: portal, target_lun: 1, kernel_lun: 1, started_at: new Date(0).toISOString(), until: new Date(until).toISOString() });
+    const states = new AttachStateStore(path.join(env.dataDir, STATE_SUBDIR));
+    const paths = portals.map((p) => ({ target_iqn: IQN, target_portal: p, target_lun: 1, kernel_lun: 1, state: 'failed' as const }));
+    const base = { version: 1 as const, mode: 'multipath' as const, device: '/dev/dm-9', scsi_wwn: 'naa.60000000000000000e00000000099999', target_iqn: IQN, target_portal: portals[0], target_lun: 1, paths, connectedAt: new Date(0).toISOString() };
+    await states.save({ ...base, volumeId: 'vol-up', left_logins: [at(IQN, portals[1], Date.now() + 600_000)] });
+    await states.save({ ...base, volumeId: 'vol-pending', target_iqn: OTHER, paths: paths.map((p) => ({ ...p, target_iqn: OTHER })), left_logins: [at(OTHER, portals[0], Date.now() + 600_000)] });
+
+    expect(await env.restart().connected!()).toEqual([]);
+    expect(await leftAt(env, IQN, portals[1])).toEqual({ sessions: 0, record: false });
+    expect((await states.load('vol-up'))?.left_logins).toBeUndefined();
+    // Still within iscsid's bound and no session: its record stays, and so does the entry.
+    expect(await leftAt(env, OTHER, portals[0])).toEqual({ sessions: 0, record: true });
+    expect((await states.load('vol-pending'))?.left_logins).toHaveLength(1);
+  });
+
+  it('the next attach of the volume adopts a left login whose session is up: the path is the volume\'s again', async () => {
+    env = await startSimEnv({ targets: [targetSpec(IQN, portals, 1)] });
+    const volumeId = randomUUID();
+    await env.sim.faults.holdLogins({ portal: portals[1], iqn: IQN });
+    const first = await env.driver.connect(listConnection(IQN, 1, portals), call(60_000, volumeId));
+    expect(first.paths?.map((p) => p.state)).toEqual(['active', 'failed']);
+    // Another driver (a second process) attaches again while the session is up. (The first
+    // driver's watcher may log it out first: then the path logs in anew; either way it ends active.)
+    const again = env.restart();
+    await env.sim.faults.releaseLogins();
+    await vi.waitFor(async () => expect(await succeededAt(env!, portals[1])).toBe(1), { timeout: 20_000 });
+    const second = await again.connect(listConnection(IQN, 1, portals), call(60_000, volumeId));
+    expect(second.paths?.map((p) => p.state)).toEqual(['active', 'active']);
+    expect(second.path).toBe(first.path);
+    expect((await env.stateFile(volumeId))?.['left_logins']).toBeUndefined();
+    expect((await env.sim.state()).maps[0]?.paths).toHaveLength(2);
+    await again.disconnect(listConnection(IQN, 1, portals), second, { force: false, ...call(30_000, volumeId) });
+    const after = await env.sim.state();
+    expect([after.sessions, after.devices, after.maps]).toEqual([[], [], []]);
+    expect(await env.nodeRecords()).toEqual([]);
   });
 });
