@@ -17,7 +17,7 @@ import {
   type LunDeviceHost,
   type LunTarget,
 } from './lun-device.js';
-import { closeSession, messageOf, openSession, type SessionHost, type SessionProgress, type SessionSettings, type SessionTarget, type UsableSession } from './node-session.js';
+import { closeSession, messageOf, openSession, type LeftLogin, type SessionHost, type SessionProgress, type SessionSettings, type SessionTarget, type UsableSession } from './node-session.js';
 import { deleteScsiDevice, sessionBlockDevices } from './scsi-sysfs.js';
 import { TargetUsage } from './target-usage.js';
 
@@ -92,6 +92,8 @@ export interface LunConnectOptions {
   onLogin?: () => void;
   /** Told as soon as the connect has failed, before its undo runs. */
   onFailed?: (error: unknown) => void;
+  /** Told when a killed login left no session yet: its record is kept for the caller to finish (see `SessionHooks.onLoginLeft`). */
+  onLoginLeft?: (left: LeftLogin) => void;
   /**
    * Told when the session is there (the path is past what a dead portal can hang), with how long
    * this connect's `--login` took when it logged in (a session reused from sysfs took none).
@@ -155,6 +157,7 @@ export class LunLifecycle {
             ...(options.cut === undefined ? {} : { cut: options.cut }),
             ...(options.onLogin === undefined ? {} : { onLogin: options.onLogin }),
             ...(options.onFailed === undefined ? {} : { onFailed: options.onFailed }),
+            ...(options.onLoginLeft === undefined ? {} : { onLoginLeft: options.onLoginLeft }),
           });
           this.usage.enter(key, progress.loggedIn ? { createdRecord: progress.createdRecord } : undefined);
           progress.registered = true;
@@ -276,6 +279,30 @@ export class LunLifecycle {
       await failures.attempt(`wait for ${label} to go`, () => waitForDeviceGone(this.deviceHost, name, sdevDir, this.options.deviceTimeoutMs, signal));
     }
     return deleted;
+  }
+
+  /**
+   * Finish a login the undo left to iscsid (`LunConnectOptions.onLoginLeft`), under the target
+   * lock: `busy` while a connect of the target is in flight (ask again later); `in-use` when its
+   * session serves a LUN or attachment (a disk on it: another LUN's, one in `keep`, or one a later
+   * connect adopted) — never touched; else its session, if any (with no disk: nobody's), is logged
+   * out and the node record deleted: `closed`. Call once the session is up or iscsid's bound passed.
+   */
+  async finishLeftLogin(target: LunTarget, options: { signal: AbortSignal | undefined; failures: FailureList; keep?: readonly string[] }): Promise<'busy' | 'in-use' | 'closed'> {
+    const key = targetKey(target);
+    return this.targetLocks.withLock(
+      key,
+      async () => {
+        if (this.usage.peek(key).inflight > 0) return 'busy';
+        const view = await this.readSession(target);
+        if (view.session !== undefined && (await this.neededIn(view, target, [], options.keep ?? [], undefined))) return 'in-use';
+        const before = options.failures.size;
+        await closeSession(this.sessionHost, target, { signal: options.signal, deleteRecord: true, namePortal: true }, (step, fn) => options.failures.attempt(step, fn));
+        if (options.failures.size === before) this.closes.set(key, (this.closes.get(key) ?? 0) + 1);
+        return 'closed';
+      },
+      options.signal,
+    );
   }
 
   /** A mark taken before a disconnect removes its disk; `closeSessionIfUnused` compares it. */

@@ -100,6 +100,8 @@ export async function openSession(
   }
   const { iscsiadm, settings } = host;
   const call = { signal };
+  // When the login whose iscsiadm was killed started (epoch ms): iscsid may still carry it on.
+  let killedAt: number | undefined;
   try {
     if (target.discoveryAuth !== undefined) await checkOffered(host, target, target.discoveryAuth, signal, cleanupSignal);
     const record = await iscsiadm.nodeShow(target, call);
@@ -132,14 +134,17 @@ export async function openSession(
     try {
       let login: 'logged-in' | 'already-present';
       const loginStarted = performance.now();
+      killedAt = Date.now();
       hooks.onLogin?.();
       try {
         login = await iscsiadm.login(target, { signal: budget.signal, retryConnectionFailures: !bounded });
         progress.loginMs = performance.now() - loginStarted;
+        killedAt = undefined;
       } catch (error) {
         // iscsid goes on with a login whose iscsiadm was killed (timeout, budget, deadline): a
         // session may still come up, so the undo logs out (rc 21 when none came).
         if (IscsiadmError.isIscsiadmError(error) && (error.exitClass === 'cancelled' || error.errorName === 'TIMEOUT')) progress.loggedIn = true;
+        else killedAt = undefined;
         throw budget.overran() ? budget.reason(error) : error;
       }
       progress.loggedIn = login === 'logged-in';
@@ -165,7 +170,10 @@ export async function openSession(
   } catch (error) {
     // Told before the undo: a caller that gave this path up need not wait for its logout.
     hooks.onFailed?.(error);
-    await undoSession(host, target, progress, cleanupSignal());
+    const { onLoginLeft } = hooks;
+    const startedAt = killedAt;
+    const left = onLoginLeft === undefined || startedAt === undefined ? undefined : (boundMs: number) => onLoginLeft({ startedAt, boundMs });
+    await undoSession(host, target, progress, cleanupSignal(), left);
     throw error;
   }
 }
@@ -178,6 +186,36 @@ export interface SessionHooks {
   onLogin?: () => void;
   /** Told as soon as the session cannot be had, before the undo runs. */
   onFailed?: (error: unknown) => void;
+  /**
+   * Told when the undo of a login whose iscsiadm was killed found no session yet: iscsid may
+   * still log in until its own bound, so the node record is kept (without this hook it is deleted,
+   * and a session that comes later is nobody's). The caller finishes it (`LeftLogin`).
+   */
+  onLoginLeft?: (left: LeftLogin) => void;
+}
+
+/** A killed login iscsid may still carry on: no session when it was undone, its node record kept. */
+export interface LeftLogin {
+  /** When its `--login` started (epoch ms): iscsid's bound counts from there. */
+  startedAt: number;
+  /** iscsid's own bound on it, in ms: `login_timeout` × `initial_login_retry_max` as written on the record. */
+  boundMs: number;
+}
+
+/** open-iscsi's defaults of `node.conn[0].timeo.login_timeout` (s) and `node.session.initial_login_retry_max`. */
+const ISCSID_LOGIN_TIMEOUT_S = 15;
+const ISCSID_LOGIN_RETRY_MAX = 8;
+
+/** iscsid's bound on a login of `target` (ms), from its node record, else the settings, else open-iscsi's defaults. */
+async function loginBoundMs(host: SessionHost, target: LunTarget, signal: AbortSignal): Promise<number> {
+  const record = await host.iscsiadm.nodeShow(target, { signal }).catch(() => undefined);
+  const read = (key: string): number | undefined => {
+    const value = Number(record?.[key]);
+    return Number.isFinite(value) && value > 0 ? value : undefined;
+  };
+  const timeoutS = read('node.conn[0].timeo.login_timeout') ?? host.settings.loginTimeoutSeconds ?? ISCSID_LOGIN_TIMEOUT_S;
+  const retryMax = read('node.session.initial_login_retry_max') ?? host.settings.loginRetryMax ?? ISCSID_LOGIN_RETRY_MAX;
+  return timeoutS * Math.max(1, retryMax) * 1000;
 }
 
 /** The record keys of a login's CHAP (none without CHAP). */
@@ -219,14 +257,24 @@ async function waitForSession(host: SessionHost, target: LunTarget, budget: Port
   }
 }
 
-/** Log out (when `progress.loggedIn`) and delete the record (when `progress.createdRecord`); logs, never throws. */
-export async function undoSession(host: SessionHost, target: LunTarget, progress: SessionProgress, signal: AbortSignal): Promise<void> {
+/**
+ * Log out (when `progress.loggedIn`) and delete the record (when `progress.createdRecord`); logs,
+ * never throws. With `left` (the login's iscsiadm was killed), a logout that finds no session
+ * keeps the record and tells `left` iscsid's bound: the login may still come up.
+ */
+export async function undoSession(host: SessionHost, target: LunTarget, progress: SessionProgress, signal: AbortSignal, left?: (boundMs: number) => void): Promise<void> {
   const call = { signal };
   let loggedOut = !progress.loggedIn;
   if (progress.loggedIn) {
     try {
-      await host.iscsiadm.logout(target, call);
+      const outcome = await host.iscsiadm.logout(target, call);
       progress.loggedIn = false;
+      if (outcome === 'absent' && left !== undefined) {
+        const boundMs = await loginBoundMs(host, target, signal);
+        host.logger.info({ iqn: target.iqn, portal: target.portalText, boundMs }, 'undo: no session yet of a login iscsid may still carry on; its record stays until the session is closed or the bound passes');
+        left(boundMs);
+        return;
+      }
       loggedOut = true;
     } catch (error) {
       host.logger.warn({ iqn: target.iqn, portal: target.portalText, error: messageOf(error) }, 'undo: logout failed; the session stays');

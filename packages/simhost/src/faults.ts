@@ -45,6 +45,20 @@ export interface FaultSpec {
    * the released disks' udev work and multipathd's handling of them (a map may form on them).
    */
   heldScans?: HeldScanMatch[];
+  /**
+   * Logins to matching portals that stay alive but do not end (a slow target, a login PDU exchange
+   * that drags): iscsid carries them on whatever happens to the `iscsiadm --login` that asked
+   * (killing it does not stop them), and a second login of the record gets 15 meanwhile. Each goes
+   * on — and logs in as usual — when its fault is removed (`releaseLogins`, a reload, a clear), or
+   * after `holdMs` when given; as iscsid, it fails with 8 once `initial_login_retry_max ×
+   * login_timeout` (the record's) passed first.
+   */
+  heldLogins?: HeldLoginMatch[];
+}
+
+/** Logins held by `FaultSpec.heldLogins`: which, and for how long at most (default: until released). */
+export interface HeldLoginMatch extends FaultMatch {
+  holdMs?: number;
 }
 
 /** A fake tool run that fails: matched by tool name and arguments, answered with `exitCode`. */
@@ -81,6 +95,7 @@ export class FaultSet {
       multipathdMissesNewPaths: false,
       mapsHeldOpen: [],
       heldScans: [],
+      heldLogins: [],
     };
   }
 
@@ -96,6 +111,7 @@ export class FaultSet {
       multipathdMissesNewPaths: spec.multipathdMissesNewPaths ?? false,
       mapsHeldOpen: [...(spec.mapsHeldOpen ?? [])],
       heldScans: [...(spec.heldScans ?? [])].map((f) => ({ ...f })),
+      heldLogins: [...(spec.heldLogins ?? [])].map((f) => ({ ...f })),
     };
     this.changed();
   }
@@ -158,6 +174,18 @@ export class FaultSet {
   /** Hold the scans of matching LUNs (see `FaultSpec.heldScans`). */
   holdScans(match: HeldScanMatch): void {
     this.spec.heldScans.push({ ...match });
+    this.changed();
+  }
+
+  /** Hold the logins to matching portals (see `FaultSpec.heldLogins`). */
+  holdLogins(match: HeldLoginMatch): void {
+    this.spec.heldLogins.push({ ...match });
+    this.changed();
+  }
+
+  /** Let every held login go on (and hold no more). */
+  releaseLogins(): void {
+    this.spec.heldLogins = [];
     this.changed();
   }
 
@@ -224,6 +252,11 @@ export class FaultSet {
   /** @internal the `heldScans` entry a scan of the LUN parks on, if any. */
   scanHeld(portal: string, iqn: string, lun: number): HeldScanMatch | undefined {
     return this.spec.heldScans.find((f) => matches(f, portal, iqn, lun));
+  }
+
+  /** @internal the `heldLogins` entry a login parks on, if any. */
+  loginHeld(portal: string, iqn: string): HeldLoginMatch | undefined {
+    return this.spec.heldLogins.find((f) => matches(f, portal, iqn));
   }
 
   /** @internal whether the LUN's device must never appear. */

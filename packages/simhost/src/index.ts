@@ -41,7 +41,7 @@ export {
   type ModelTargetAccessOptions,
 } from './model-target-access.js';
 export { LoopBackedTargetAccess } from './loop-backed-target-access.js';
-export { FaultSet, DEFAULT_CONNECT_TIMEOUT_MS, type FaultSpec, type FaultMatch, type HeldScanMatch, type ToolFailure } from './faults.js';
+export { FaultSet, DEFAULT_CONNECT_TIMEOUT_MS, type FaultSpec, type FaultMatch, type HeldLoginMatch, type HeldScanMatch, type ToolFailure } from './faults.js';
 export type { TargetAccess, TargetSession, LunDisk, LunInquiry, LoginAuth, LoginRequest, LoginResult } from './target-access.js';
 export { tgtLunIdentity, tgtScsiId, tgtScsiSerial, idSerialOf, wwnLinkOf, type LunIdentity } from './tgt-identity.js';
 export { sdName, sdDevT, kernelLunOf, targetLunOf, byPathLunText } from './sd-names.js';

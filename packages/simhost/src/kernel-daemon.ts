@@ -7,7 +7,7 @@ import { BerthError } from '@berth/core';
 import { createCommandRunner, type CommandRunner } from '@berth/host';
 import { runBlockdev } from './blockdev.js';
 import { DmMultipath } from './dm-multipath.js';
-import { FaultSet, type FaultSpec, type HeldScanMatch, type ToolFailure } from './faults.js';
+import { FaultSet, type FaultSpec, type HeldLoginMatch, type HeldScanMatch, type ToolFailure } from './faults.js';
 import { runIscsiadm } from './iscsiadm/index.js';
 import { runMultipath } from './multipath-tool.js';
 import { runMultipathd } from './multipathd-tool.js';
@@ -158,6 +158,8 @@ export class KernelDaemon {
       'faults.multipathdMissesNewPaths': (on: boolean) => settled(() => f.setMultipathdMissesNewPaths(on)),
       'faults.holdMapOpen': (map: string, open: boolean) => settled(() => f.holdMapOpen(map, open)),
       'faults.holdScans': (match: HeldScanMatch) => f.holdScans(match),
+      'faults.holdLogins': (match: HeldLoginMatch) => f.holdLogins(match),
+      'faults.releaseLogins': () => f.releaseLogins(),
       'faults.failLogin': (fault: Parameters<FaultSet['failLogin']>[0]) => f.failLogin(fault),
       'faults.unreachablePortal': (portal: string, ms?: number) => f.unreachablePortal(portal, ms),
       'faults.slowDevice': (fault: Parameters<FaultSet['slowDevice']>[0]) => f.slowDevice(fault),

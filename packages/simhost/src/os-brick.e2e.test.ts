@@ -61,6 +61,7 @@ describe('os-brick on the simulated host', { timeout: 120_000 }, () => {
       devices: [],
       logins: [{ iqn: VOL1, portal: PORTAL, attempts: 1, succeeded: 1 }],
       heldScans: 0,
+      heldLogins: 0,
       maps: [],
       multipathd: { running: true, paths: [] },
     });

@@ -217,6 +217,39 @@ describe('the simulated kernel', { timeout: 60_000 }, () => {
     expect(state.devices.map((d) => d.sid)).toEqual([two.sid]);
   });
 
+  it('holds a login (heldLogins) past its killed iscsiadm, as iscsid does, until released', async () => {
+    const { sim, services } = await start();
+    await sim.san.addTarget({ iqn: VOL1, portals: [PORTAL], luns: { 1: { sizeBytes: MiB } } });
+    await sim.faults.holdLogins({ portal: PORTAL });
+    await iscsiadm(services, ...node(VOL1), '--interface', 'default', '--op', 'new');
+    // The client is killed (its abort) while the login is parked in the daemon.
+    const client = new AbortController();
+    const login = services.runner.run('iscsiadm', [...node(VOL1), '--login'], { reject: false, timeoutMs: 30_000, signal: client.signal }).catch(() => undefined);
+    await vi.waitFor(async () => expect((await sim.state()).heldLogins).toBe(1), { timeout: 10_000 });
+    client.abort();
+    await login;
+    expect((await sim.state()).sessions).toEqual([]);
+    expect((await iscsiadm(services, ...node(VOL1), '--login')).exitCode).toBe(15);
+    expect((await iscsiadm(services, ...node(VOL1), '--logout')).exitCode).toBe(21);
+    await sim.faults.releaseLogins();
+    await services.waiter.waitForPath('/sys/class/iscsi_session/session1', { timeoutMs: 5_000 });
+    const state = await sim.state();
+    expect(state.heldLogins).toBe(0);
+    expect(state.sessions.map((s) => s.portal)).toEqual([PORTAL]);
+    expect((await iscsiadm(services, ...node(VOL1), '--logout')).exitCode).toBe(0);
+  });
+
+  it('ends a held login at iscsid\'s bound (login_timeout × initial_login_retry_max) with 8, no session', async () => {
+    const { sim, services } = await start();
+    await sim.san.addTarget({ iqn: VOL1, portals: [PORTAL], luns: { 1: { sizeBytes: MiB } } });
+    await sim.faults.holdLogins({ portal: PORTAL });
+    await iscsiadm(services, ...node(VOL1), '--interface', 'default', '--op', 'new');
+    await iscsiadm(services, ...node(VOL1), '--op', 'update', '-n', 'node.conn[0].timeo.login_timeout', '-v', '1', '-n', 'node.session.initial_login_retry_max', '-v', '1');
+    expect((await iscsiadm(services, ...node(VOL1), '--login')).exitCode).toBe(8);
+    const state = await sim.state();
+    expect([state.heldLogins, state.sessions]).toEqual([0, []]);
+  });
+
   it('removes everything of a session on logout', async () => {
     const { sim, services } = await start();
     await sim.san.addTarget({ iqn: VOL1, portals: [PORTAL], luns: { 1: { sizeBytes: MiB } } });

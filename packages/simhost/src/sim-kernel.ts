@@ -78,6 +78,8 @@ export interface SimKernelState {
   logins: SimLoginCount[];
   /** Scans parked by a `heldScans` fault, waiting for their release. */
   heldScans: number;
+  /** Logins parked by a `heldLogins` fault, waiting for their release. */
+  heldLogins: number;
 }
 
 /** A disk (sd) as device-mapper and multipathd see it. */
@@ -212,6 +214,8 @@ export class SimKernel {
   private events: DiskEvents | undefined;
   private readonly hostsReserved = new Set<number>();
   private readonly heldScans = new Set<HeldScan>();
+  /** Releases of the logins a `heldLogins` fault parks, by login. */
+  private readonly heldLogins = new Map<string, { portal: string; iqn: string; release: () => void }>();
   private nextSid = 1;
   private closed = false;
   private readonly stagingDir: string;
@@ -227,6 +231,10 @@ export class SimKernel {
     this.stagingDir = path.join(this.root, 'run/simhost/staging');
     // A held scan whose fault is gone (cleared, reloaded) goes on.
     this.faults.onChange(() => this.releaseHeldScans((h) => this.faults.scanHeld(portalKey(h.session.portal), h.session.iqn, h.tlun) === undefined));
+    // A held login whose fault is gone goes on.
+    this.faults.onChange(() => {
+      for (const held of [...this.heldLogins.values()]) if (this.faults.loginHeld(held.portal, held.iqn) === undefined) held.release();
+    });
   }
 
   /** Lay out a freshly booted host: an empty sysfs with the iSCSI classes, an empty /dev. */
@@ -266,6 +274,8 @@ export class SimKernel {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // A held login goes on, finds the kernel closed and ends.
+    for (const held of [...this.heldLogins.values()]) held.release();
     await Promise.all([...this.sessions.values()].map((s) => this.logout(s.sid).catch(() => undefined)));
     await this.fifos.close();
     rmSync(this.stagingDir, { recursive: true, force: true });
@@ -301,7 +311,7 @@ export class SimKernel {
       }
     }
     const logins = [...this.loginCounts.values()].map((c) => ({ ...c })).sort((a, b) => (a.iqn === b.iqn ? (a.portal < b.portal ? -1 : 1) : a.iqn < b.iqn ? -1 : 1));
-    return { sessions, devices, logins, heldScans: this.heldScans.size };
+    return { sessions, devices, logins, heldScans: this.heldScans.size, heldLogins: this.heldLogins.size };
   }
 
   /** Who hears about disks coming, going and changing state (the device-mapper model). */
@@ -417,6 +427,7 @@ export class SimKernel {
       }
       const injected = this.faults.takeLoginFailure(portal, request.iqn);
       if (injected !== undefined) return { ok: false, exitCode: injected };
+      if ((await this.holdLogin(key, portal, request)) === 'timed-out') return { ok: false, exitCode: 8 };
       const { result, session } = await this.targetAccess.login({
         portal,
         iqn: request.iqn,
@@ -439,6 +450,28 @@ export class SimKernel {
     } finally {
       this.loginsInProgress.delete(key);
     }
+  }
+
+  /**
+   * Park a login a `heldLogins` fault matches until the fault goes (or its `holdMs`): iscsid's
+   * side of it, so the `iscsiadm` that asked may be killed meanwhile and the login still ends. As
+   * iscsid, it gives up once `initial_login_retry_max × login_timeout` has passed (`timed-out`).
+   */
+  private async holdLogin(key: string, portal: string, request: KernelLoginRequest): Promise<'released' | 'timed-out'> {
+    const hold = this.closed ? undefined : this.faults.loginHeld(portal, request.iqn);
+    if (hold === undefined) return 'released';
+    const outcome = await new Promise<'released' | 'timed-out'>((resolve) => {
+      const end = (how: 'released' | 'timed-out'): void => {
+        clearTimeout(held);
+        clearTimeout(bound);
+        this.heldLogins.delete(key);
+        resolve(how);
+      };
+      const held = hold.holdMs === undefined ? undefined : setTimeout(() => end('released'), hold.holdMs);
+      const bound = setTimeout(() => end('timed-out'), unreachableLoginMs(Number.POSITIVE_INFINITY, request));
+      this.heldLogins.set(key, { portal, iqn: request.iqn, release: () => end('released') });
+    });
+    return outcome;
   }
 
   /** Log a session out: its devices, target, connection, session and SCSI host go. */

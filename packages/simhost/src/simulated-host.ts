@@ -5,7 +5,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { BerthError } from '@berth/core';
 import { createHostServices, type HostServices, type HostServicesOptions } from '@berth/host';
-import type { FaultMatch, FaultSpec, HeldScanMatch, ToolFailure } from './faults.js';
+import type { FaultMatch, FaultSpec, HeldLoginMatch, HeldScanMatch, ToolFailure } from './faults.js';
 import { KernelDaemon, daemonMainPath } from './kernel-daemon.js';
 import type { ChapAccount, ModelLunInfo, ModelLunSpec, ModelTargetInfo, ModelTargetSpec } from './model-target-access.js';
 import type { SimState } from './sim-state.js';
@@ -153,6 +153,14 @@ export class SimFaults {
   /** Park the scans of matching LUNs before the kernel finds anything (see `FaultSpec.heldScans`). */
   async holdScans(match: HeldScanMatch): Promise<void> {
     await this.call('faults.holdScans', [match]);
+  }
+  /** Hold the logins to matching portals, alive, until released (see `FaultSpec.heldLogins`). */
+  async holdLogins(match: HeldLoginMatch): Promise<void> {
+    await this.call('faults.holdLogins', [match]);
+  }
+  /** Let every held login go on (each logs in as usual). */
+  async releaseLogins(): Promise<void> {
+    await this.call('faults.releaseLogins');
   }
   /** Hold a multipath map open (by name or `dm-N`), as a mounted filesystem would: it cannot be flushed. */
   async holdMapOpen(map: string): Promise<void> {

@@ -53,6 +53,16 @@ describe('AttachStateStore', () => {
     for (const id of ['../x', '/etc/passwd', '..', '']) expect(() => store.fileOf(id)).toThrow(/cannot name an attach-state file/);
   });
 
+  it('reads a state written before left logins existed, and keeps the ones written now', async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'berth-mp-state-'));
+    const store = new AttachStateStore(dir);
+    await writeFile(path.join(dir, 'old.json'), JSON.stringify(sample('old')));
+    expect(await store.load('old')).toEqual(sample('old'));
+    const left = { target_iqn: 'iqn.2026-01.test:v', target_portal: '127.0.0.2:3260', target_lun: 1, kernel_lun: 1, started_at: new Date(0).toISOString(), until: new Date(10_000).toISOString() };
+    await store.save({ ...sample('new'), left_logins: [left] });
+    expect((await store.load('new'))?.left_logins).toEqual([left]);
+  });
+
   it('has no field a secret could go in', async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), 'berth-mp-state-'));
     const store = new AttachStateStore(dir);

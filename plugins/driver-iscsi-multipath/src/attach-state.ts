@@ -18,6 +18,22 @@ export const zAttachPath = lazySchema(() => z.object({
 }));
 
 /**
+ * A path given up while its login was still running: iscsid may carry the login on (killing
+ * `iscsiadm --login` does not stop it), and a session that comes has no disk. Its node record is
+ * kept until that session is logged out or iscsid's own bound has passed; then both go.
+ */
+export const zLeftLogin = lazySchema(() => z.object({
+  target_iqn: z.string(),
+  target_portal: z.string(),
+  target_lun: z.number().int().nonnegative(),
+  kernel_lun: z.number().int().nonnegative(),
+  /** When the login started (ISO time). */
+  started_at: z.string(),
+  /** When iscsid gives it up at the latest (ISO time): its start + `login_timeout` × `initial_login_retry_max` as written on the record. */
+  until: z.string(),
+}));
+
+/**
  * What the transport remembers about a connected volume, without any secret (Kubernetes keeps
  * the same in its iscsi.json): enough for a disconnect after a restart, when the caller no longer
  * has the device.
@@ -40,10 +56,15 @@ export const zAttachState = lazySchema(() => z.object({
   /** Every path the attach tried, with what became of it. */
   paths: z.array(zAttachPath),
   connectedAt: z.string(),
+  /** Logins given up that iscsid may still carry on, until finished (absent in states written before it). */
+  left_logins: z.array(zLeftLogin).optional(),
 }));
 
 /** One volume's persisted attach state. */
 export type AttachState = z.output<typeof zAttachState>;
+
+/** A given-up login of a persisted attach state. */
+export type LeftLoginEntry = z.output<typeof zLeftLogin>;
 
 /** One path of a persisted attach state. */
 export type AttachPath = z.output<typeof zAttachPath>;

@@ -4,6 +4,7 @@ import type { AttachState } from './attach-state.js';
 import type { MultipathVolume, PathTarget } from './multipath-connection.js';
 import type { MultipathContext } from './multipath-context.js';
 import { expectedWwn, latePathOwner } from './late-path.js';
+import { finishLeftLogin, leftPathsOf } from './left-login.js';
 import { readMap, removeMap, type MultipathMap } from './multipath-map.js';
 import { locatePaths, pathsOfDevice, pathsOfState } from './path-locate.js';
 
@@ -111,6 +112,24 @@ export async function disconnectVolume(
         })
         .catch((error: unknown) => failures.add(`close the session to ${target.portalText}`, error)),
     ),
+  );
+
+  // Logins an attach gave up that iscsid may have carried on: a session that came has no disk, and
+  // its record was kept. Each goes once its session is there or iscsid's bound passed (waited
+  // for, within the signal), unless the session serves another LUN or attachment.
+  await Promise.all(
+    leftPathsOf(state).map(async (left) => {
+      const step = `finish the login given up at ${left.target.portalText}`;
+      const outcome = await finishLeftLogin(ctx, left, { signal, failures, keep, wait: true }).catch((error: unknown) => {
+        failures.add(step, error);
+        return 'failed' as const;
+      });
+      if (outcome === 'pending') {
+        failures.add(step, new BerthError('TIMEOUT', `a connect of ${left.target.iqn} at ${left.target.portalText} is in flight: the login an earlier attach gave up there is left to it`, {
+          hint: 'detach again once the other attach is done',
+        }));
+      }
+    }),
   );
 
   if (failures.size === 0 && keep.length === 0) await forgetStates(ctx, volume, volumeId);

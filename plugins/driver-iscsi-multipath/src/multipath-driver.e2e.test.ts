@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { redactConnectionInfo, type Device, type TransportCallContext } from '@berth/core';
 import { callContext, failureOf } from '@berth/iscsi/testing';
 import {
@@ -229,8 +229,10 @@ describe('dead and slow portals', () => {
     const state = await env.sim.state();
     expect(state.maps[0]?.paths).toHaveLength(2);
     expect(state.sessions.map((s) => s.portal).sort()).toEqual(portals.slice(0, 2));
-    // No record left for the dead portal (its login was given up and undone).
-    expect(await env.nodeRecord(IQN, portals[2]!)).toBeUndefined();
+    // The dead portal's record stays while iscsid may still log in (a left login, in the state);
+    // the detach finishes it once iscsid's bound (login_timeout × retry max) has passed.
+    expect(await env.nodeRecord(IQN, portals[2]!)).toBeDefined();
+    expect(await env.stateFile(volumeId)).toMatchObject({ left_logins: [{ target_portal: portals[2] }] });
 
     await env.driver.disconnect(listConnection(IQN, 1, portals), device, { force: false, ...call(30_000, volumeId) });
     await expectNothingLeft(env);
@@ -251,7 +253,9 @@ describe('dead and slow portals', () => {
     expect(String(device.meta?.['warnings'])).toMatch(/gave up on 1 path/);
     // The grace window is a share of the first login, far below the 15 s portal budget.
     expect(elapsed).toBeLessThan(15_000);
-    expect(await env.nodeRecord(IQN, portals[2]!)).toBeUndefined();
+    // Its record stays until iscsid's bound has passed (10 s with the defaults), then goes.
+    expect(await env.nodeRecord(IQN, portals[2]!)).toBeDefined();
+    await vi.waitFor(async () => expect(await env!.nodeRecord(IQN, portals[2]!)).toBeUndefined(), { timeout: 30_000, interval: 250 });
   });
 
   it('a path missing from an attach is added by the next attach of the volume, into the same map', async () => {
@@ -285,7 +289,8 @@ describe('dead and slow portals', () => {
 
   it('every portal unreachable: a clear error within the portal budget, nothing left behind', async () => {
     const portals = PORTALS.slice(0, 2);
-    env = await startSimEnv({ targets: [targetSpec(IQN, portals)], driver: { portalTimeoutMs: 800 } });
+    // iscsid's bound on the logins, 1 s: the records the given-up logins keep go soon after.
+    env = await startSimEnv({ targets: [targetSpec(IQN, portals)], driver: { portalTimeoutMs: 800, loginTimeoutSeconds: 1, loginRetryMax: 1 } });
     for (const p of portals) await env.sim.faults.unreachablePortal(p, 20_000);
     const started = performance.now();
     const error = await failureOf(env.driver.connect(listConnection(IQN, 1, portals), call()));
@@ -294,6 +299,7 @@ describe('dead and slow portals', () => {
     expect(error.message).toMatch(/none of the 2 path\(s\)/);
     for (const p of portals) expect(error.message).toContain(p);
     expect(error.hint).toMatch(/reachable/);
+    await vi.waitFor(async () => expect(await env!.nodeRecords()).toEqual([]), { timeout: 20_000, interval: 250 });
     await expectNothingLeft(env);
   });
 

@@ -4,6 +4,7 @@ import {
   KeyedLock,
   parseWith,
   type CheckResult,
+  type ConnectedDevice,
   type ConnectionInfo,
   type Connector,
   type Device,
@@ -13,13 +14,15 @@ import {
   type TransportCallContext,
   type TransportDriver,
 } from '@berth/core';
-import { contextualError, ISCSI_SOURCE_KEYS, iscsiTransportKit, MultipathClient, portalBudget, readInitiatorName, zStateVolumeId } from '@berth/iscsi';
-import { AttachStateStore } from './attach-state.js';
+import { contextualError, FailureList, ISCSI_SOURCE_KEYS, iscsiTransportKit, MultipathClient, portalBudget, readInitiatorName, targetKey, zStateVolumeId } from '@berth/iscsi';
+import { AttachStateStore, type AttachState } from './attach-state.js';
 import { discoverPaths } from './discovery.js';
 import { checkMultipathHost } from './host-check.js';
+import { finishLeftLogin, leftEntryOf, leftPathsOf, mergeLeft, watchLeftLogins, type LeftPath } from './left-login.js';
 import { buildMap, dropMap, keepFirstPathOnly } from './map-phase.js';
 import { connectedDevices, pathStates } from './multipath-connected.js';
-import { parseMultipathConnection, volumeKey, type MultipathVolume, type PathTarget } from './multipath-connection.js';
+import { lunKey, parseMultipathConnection, volumeKey, type MultipathVolume, type PathTarget } from './multipath-connection.js';
+import { pathsOfState } from './path-locate.js';
 import type { MultipathContext } from './multipath-context.js';
 import { disconnectVolume } from './multipath-disconnect.js';
 import type { MultipathMap } from './multipath-map.js';
@@ -83,6 +86,8 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
       t = now;
     };
 
+    // An earlier attach's given-up logins: a path up now adopted its session; the others stay to finish.
+    const previous = volumeId === undefined ? undefined : await ctx.states.load(volumeId).catch(() => undefined);
     const degraded = await checkDaemon(enforce, warnings, signal);
     lap('multipathd');
     const { targets, byDiscovery } = await pathTargets(volume, signal);
@@ -105,8 +110,17 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
       if (connected.graceMs !== undefined) warnings.push(`gave up on ${outcomes.filter((o) => o.status === 'failed').length} path(s) still logging in ${connected.graceMs} ms past the healthy logins' time`);
       const result: VolumeOutcome = { volume, outcomes, map, notInMap: built.notInMap, wwn, warnings, timings };
       const device = describeVolumeDevice(result);
-      if (volumeId !== undefined) await ctx.states.save(attachStateOf(volumeId, result, device));
+      // The given-up logins are known once their undo ran (it is quick: the kill, a logout).
       await connected.stragglersUndone;
+      const upNow = new Set(outcomes.flatMap((o) => (o.status === 'up' ? [targetKey(o.target)] : [])));
+      const left = mergeLeft(
+        leftPathsOf(previous).filter((l) => !upNow.has(targetKey(l.target))),
+        connected.left,
+      );
+      if (volumeId !== undefined) {
+        await ctx.states.save({ ...attachStateOf(volumeId, result, device), ...(left.length === 0 ? {} : { left_logins: left.map(leftEntryOf) }) });
+      }
+      watchLeft(volume, volumeId, left);
       for (const o of outcomes) if (o.status === 'up') lifecycle.keep(o.target, o.progress);
       logger.info(
         { device: device.path, wwn, paths: device.paths?.map((p) => `${p.portal}=${p.state}`), mode: device.meta?.['mode'] },
@@ -116,7 +130,53 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
     } catch (error) {
       if (map !== undefined) await dropMap(ctx, map, 'undo: could not remove the map');
       await Promise.all([connected.stragglersUndone, ...outcomes.filter((o) => o.status === 'up').map((o) => lifecycle.release(o.target, o.progress))]);
+      // No state to keep them in: finished in this process (an earlier state keeps its own).
+      watchLeft(volume, undefined, connected.left);
       throw error;
+    }
+  }
+
+  /**
+   * Finish the given-up logins in this process while it lives; each one done leaves the volume's
+   * state (under the volume's queue). The state keeps the others for the next call.
+   */
+  function watchLeft(volume: MultipathVolume, volumeId: string | undefined, left: readonly LeftPath[]): void {
+    watchLeftLogins(ctx, left, async (done) => {
+      if (volumeId !== undefined) await volumeLocks.withLock(volumeKey(volume), () => forgetLeft(volumeId, [done]));
+    });
+  }
+
+  /** Take `done` out of the volume's state (nothing when the state is gone: a disconnect finished it). */
+  async function forgetLeft(volumeId: string, done: readonly LeftPath[]): Promise<void> {
+    const state = await ctx.states.load(volumeId).catch(() => undefined);
+    if (state?.left_logins === undefined) return;
+    const gone = new Set(done.map((d) => JSON.stringify(leftEntryOf(d))));
+    const rest = state.left_logins.filter((e) => !gone.has(JSON.stringify(e)));
+    if (rest.length === state.left_logins.length) return;
+    const kept: AttachState = { ...state, left_logins: rest };
+    if (rest.length === 0) delete kept.left_logins;
+    await ctx.states.save(kept);
+  }
+
+  /**
+   * Reconcile's look at the host finishes what earlier attaches left (a CLI attach exits before
+   * iscsid ends a given-up login): each login whose session is up or whose bound passed, without
+   * waiting; the others stay in their state.
+   */
+  async function finishLeftOfStates(): Promise<void> {
+    for (const state of await ctx.states.list().catch(() => [] as AttachState[])) {
+      const lefts = leftPathsOf(state);
+      if (lefts.length === 0) continue;
+      // The volume's queue, as its connects and disconnects name it (its primary path).
+      const primary = pathsOfState(state).find((t) => t.iqn === state.target_iqn && t.lun === state.target_lun && t.portalText === state.target_portal);
+      const key = primary === undefined ? `state|${state.volumeId}` : `volume|${lunKey(primary)}`;
+      await volumeLocks.withLock(key, async () => {
+        const failures = new FailureList(true);
+        const done: LeftPath[] = [];
+        for (const left of lefts) if ((await finishLeftLogin(ctx, left, { signal: undefined, failures, wait: false })) === 'done') done.push(left);
+        if (failures.size === 0) await forgetLeft(state.volumeId, done);
+        else logger.warn({ volumeId: state.volumeId, errors: failures.size }, 'a given-up login could not be finished; the next detach or reconcile tries again');
+      });
     }
   }
 
@@ -201,7 +261,10 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
       return pathStates(ctx, volume, device);
     },
 
-    connected: () => connectedDevices(ctx),
+    async connected(): Promise<ConnectedDevice[]> {
+      await finishLeftOfStates();
+      return connectedDevices(ctx);
+    },
 
     async check(): Promise<CheckResult> {
       return checkMultipathHost({ fs, runner, iscsiadm: probeClient, multipath, timeoutMs: options.commandTimeoutMs, enforceMultipath: options.enforceMultipath });

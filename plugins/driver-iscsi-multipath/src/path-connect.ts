@@ -1,6 +1,7 @@
 import { BerthError } from '@berth/core';
-import { devPath, messageOf, targetKey, type ChapCredentials } from '@berth/iscsi';
+import { devPath, messageOf, targetKey, type ChapCredentials, type LeftLogin } from '@berth/iscsi';
 import type { PathTarget } from './multipath-connection.js';
+import { leftPathOf, type LeftPath } from './left-login.js';
 import { emptyProgress, type MultipathContext, type PathOutcome } from './multipath-context.js';
 import { pathError } from './path-errors.js';
 
@@ -17,6 +18,11 @@ export interface ConnectedPaths {
   stragglersUndone: Promise<void>;
   /** The grace used, in ms, when some path was given up. */
   graceMs?: number;
+  /**
+   * Logins given up that iscsid may still carry on (their records kept), complete once
+   * `stragglersUndone` resolved: the caller persists and finishes them.
+   */
+  left: LeftPath[];
 }
 
 /**
@@ -37,14 +43,18 @@ export async function connectPaths(
   options: { signal: AbortSignal; degraded: boolean; byDiscovery: ReadonlySet<string> },
 ): Promise<ConnectedPaths> {
   const { signal, byDiscovery } = options;
+  const left: LeftPath[] = [];
+  const onLoginLeft = (target: PathTarget) => (login: LeftLogin): void => {
+    left.push(leftPathOf(target, login));
+  };
   if (options.degraded) {
     // One path, in the order given: the first that comes up is the device.
     const outcomes: PathOutcome[] = [];
     for (const target of targets) {
       if (outcomes.some((o) => o.status === 'up')) outcomes.push({ target, status: 'unused', progress: emptyProgress() });
-      else outcomes.push(await connectPath(ctx, target, auth, { signal, createdRecord: byDiscovery.has(targetKey(target)) }));
+      else outcomes.push(await connectPath(ctx, target, auth, { signal, createdRecord: byDiscovery.has(targetKey(target)), onLoginLeft: onLoginLeft(target) }));
     }
-    return { outcomes, stragglersUndone: Promise.resolve() };
+    return { outcomes, stragglersUndone: Promise.resolve(), left };
   }
 
   const settled: Array<PathOutcome | undefined> = targets.map(() => undefined);
@@ -117,6 +127,7 @@ export async function connectPaths(
       signal,
       cut: cuts[i]!.signal,
       createdRecord: byDiscovery.has(targetKey(target)),
+      onLoginLeft: onLoginLeft(target),
       onLogin: () => {
         loginStarts[i] = performance.now();
         inLogin += 1;
@@ -158,7 +169,7 @@ export async function connectPaths(
   for (const t of timers) clearTimeout(t);
   if (!cutAny) {
     const outcomes = await Promise.all(running);
-    return { outcomes, stragglersUndone: Promise.resolve() };
+    return { outcomes, stragglersUndone: Promise.resolve(), left };
   }
   const result: PathOutcome[] = targets.map(
     (target, i) => settled[i] ?? { target, status: 'failed', error: pathError(target, cutError(target, early[i], cuts[i]!.signal.reason)), progress: emptyProgress() },
@@ -172,7 +183,7 @@ export async function connectPaths(
       ctx.logger.warn({ portal: late.target.portalText, graceMs }, 'path given up; the next attach or `berth reconcile` can add it');
     }),
   ).then(() => undefined);
-  return { outcomes: result, stragglersUndone, ...(graceMs === undefined ? {} : { graceMs }) };
+  return { outcomes: result, stragglersUndone, left, ...(graceMs === undefined ? {} : { graceMs }) };
 }
 
 /** A given-up path's error: its own when it names the portal's timeout (the budget, "still logging in"), else the cut's. */
@@ -196,6 +207,7 @@ async function connectPath(
     onLogin?: () => void;
     onSession?: (loginMs: number | undefined) => void;
     onFailed?: (error: unknown) => void;
+    onLoginLeft?: (left: LeftLogin) => void;
   },
 ): Promise<PathOutcome> {
   const { signal, cut } = options;
@@ -210,6 +222,7 @@ async function connectPath(
         ...(options.onLogin === undefined ? {} : { onLogin: options.onLogin }),
         ...(options.onSession === undefined ? {} : { onSession: options.onSession }),
         ...(options.onFailed === undefined ? {} : { onFailed: options.onFailed }),
+        ...(options.onLoginLeft === undefined ? {} : { onLoginLeft: options.onLoginLeft }),
       },
     );
     ctx.logger.info({ iqn: target.iqn, portal: target.portalText, lun: target.lun, device: devPath(lun.device.name), wwn: lun.wwn }, 'path up');
