@@ -39,26 +39,28 @@ const CHECKED_ROWS = 512;
 const checkedRows = new WeakMap<StoreDialect, Map<ResourceKind, Map<string, unknown>>>();
 
 /**
- * `map(row)` — decode and check a row — once per distinct row content: berth reads the same rows
+ * `map` — decode and check a row — once per distinct row content: berth reads the same rows
  * again and again (a volume and its attachments several times per attach or detach), and the zod
  * check of a row costs far more than keying it. A row seen before with the very same column
  * values was valid then and is valid now (the check depends on nothing else), so it gets a
  * fresh copy of that result; a row that fails the check is never kept, so it fails every time.
  */
-function onceChecked<R extends object, T>(kind: ResourceKind, row: R, dialect: StoreDialect, map: () => T): T {
-  let kinds = checkedRows.get(dialect);
-  if (kinds === undefined) checkedRows.set(dialect, (kinds = new Map()));
-  let rows = kinds.get(kind);
-  if (rows === undefined) kinds.set(kind, (rows = new Map()));
-  const key = rowKey(row);
-  const seen = key === undefined ? undefined : rows.get(key);
-  if (seen !== undefined) return copyPlain(seen) as T;
-  const mapped = map();
-  if (key !== undefined && isPlain(mapped)) {
-    if (rows.size >= CHECKED_ROWS) rows.delete(rows.keys().next().value as string);
-    rows.set(key, copyPlain(mapped));
-  }
-  return mapped;
+function onceChecked<R extends object, T>(kind: ResourceKind, map: (row: R, dialect: StoreDialect) => T): (row: R, dialect: StoreDialect) => T {
+  return (row, dialect) => {
+    let kinds = checkedRows.get(dialect);
+    if (kinds === undefined) checkedRows.set(dialect, (kinds = new Map()));
+    let rows = kinds.get(kind);
+    if (rows === undefined) kinds.set(kind, (rows = new Map()));
+    const key = rowKey(row);
+    const seen = key === undefined ? undefined : rows.get(key);
+    if (seen !== undefined) return copyPlain(seen) as T;
+    const mapped = map(row, dialect);
+    if (key !== undefined && isPlain(mapped)) {
+      if (rows.size >= CHECKED_ROWS) rows.delete(rows.keys().next().value as string);
+      rows.set(key, copyPlain(mapped));
+    }
+    return mapped;
+  };
 }
 
 /** The key of a row's raw columns and values (undefined when a value has no exact JSON form). */
@@ -94,87 +96,87 @@ function toNumber(raw: number | string | bigint): number {
 }
 
 /** `volumes` row → Volume. */
-export function toVolume(row: Selectable<VolumesTable>, dialect: StoreDialect): Volume {
-  return onceChecked('volume', row, dialect, () =>
-    checked('volume', row.id, zVolume, {
-      id: row.id,
-      name: row.name,
-      projectId: row.project_id,
-      sizeBytes: toNumber(row.size_bytes),
-      status: row.status,
-      backend: row.backend,
-      multiattach: dialect.decodeBoolean(row.multiattach),
-      providerLocation: row.provider_location,
-      createdAt: row.created_at,
-      updatedAt: row.updated_at,
-    })
-  );
+export const toVolume = onceChecked('volume', checkVolume);
+
+function checkVolume(row: Selectable<VolumesTable>, dialect: StoreDialect): Volume {
+  return checked('volume', row.id, zVolume, {
+    id: row.id,
+    name: row.name,
+    projectId: row.project_id,
+    sizeBytes: toNumber(row.size_bytes),
+    status: row.status,
+    backend: row.backend,
+    multiattach: dialect.decodeBoolean(row.multiattach),
+    providerLocation: row.provider_location,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  });
 }
 
 /** `hosts` row → Host. */
-export function toHost(row: Selectable<HostsTable>, dialect: StoreDialect): Host {
-  return onceChecked('host', row, dialect, () =>
-    checked('host', row.id, zHost, {
-      id: row.id,
-      name: row.name,
-      connector: dialect.decodeJson(row.connector),
-      agent:
-        row.agent_instance === null
-          ? null
-          : {
-              instance: row.agent_instance,
-              version: row.agent_version,
-              transports: dialect.decodeJson(row.agent_transports),
-              ...(row.agent_transport_info === null || row.agent_transport_info === undefined ? {} : { transportInfo: dialect.decodeJson(row.agent_transport_info) }),
-              consumers: dialect.decodeJson(row.agent_consumers),
-              lastSeenAt: row.agent_seen_at,
-            },
-      createdAt: row.created_at,
-      updatedAt: row.updated_at,
-    })
-  );
+export const toHost = onceChecked('host', checkHost);
+
+function checkHost(row: Selectable<HostsTable>, dialect: StoreDialect): Host {
+  return checked('host', row.id, zHost, {
+    id: row.id,
+    name: row.name,
+    connector: dialect.decodeJson(row.connector),
+    agent:
+      row.agent_instance === null
+        ? null
+        : {
+            instance: row.agent_instance,
+            version: row.agent_version,
+            transports: dialect.decodeJson(row.agent_transports),
+            ...(row.agent_transport_info === null || row.agent_transport_info === undefined ? {} : { transportInfo: dialect.decodeJson(row.agent_transport_info) }),
+            consumers: dialect.decodeJson(row.agent_consumers),
+            lastSeenAt: row.agent_seen_at,
+          },
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  });
 }
 
 /** `servers` row → Server. */
-export function toServer(row: Selectable<ServersTable>, dialect: StoreDialect): Server {
-  return onceChecked('server', row, dialect, () =>
-    checked('server', row.id, zServer, {
-      id: row.id,
-      name: row.name,
-      projectId: row.project_id,
-      hostId: row.host_id,
-      // Servers made before migration 0005 (and host servers) have none: the host itself.
-      hypervisor: dialect.decodeJson(row.hypervisor) ?? { type: 'host' },
-      createdAt: row.created_at,
-      updatedAt: row.updated_at,
-    })
-  );
+export const toServer = onceChecked('server', checkServer);
+
+function checkServer(row: Selectable<ServersTable>, dialect: StoreDialect): Server {
+  return checked('server', row.id, zServer, {
+    id: row.id,
+    name: row.name,
+    projectId: row.project_id,
+    hostId: row.host_id,
+    // Servers made before migration 0005 (and host servers) have none: the host itself.
+    hypervisor: dialect.decodeJson(row.hypervisor) ?? { type: 'host' },
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  });
 }
 
 /** `attachments` row → Attachment. */
-export function toAttachment(row: Selectable<AttachmentsTable>, dialect: StoreDialect): Attachment {
-  return onceChecked('attachment', row, dialect, () =>
-    checked('attachment', row.id, zAttachment, {
-      id: row.id,
-      volumeId: row.volume_id,
-      serverId: row.server_id,
-      hostId: row.host_id,
-      status: row.status,
-      mode: row.mode,
-      transport: row.transport,
-      connector: dialect.decodeJson(row.connector),
-      connectionInfo: dialect.decodeJson(row.connection_info),
-      device: dialect.decodeJson(row.device),
-      publishedPath: row.published_path,
-      guestDevice: row.guest_device,
-      serial: row.guest_serial,
-      hostRoot: row.host_root,
-      timings: dialect.decodeJson(row.timings) ?? {},
-      error: row.error,
-      createdAt: row.created_at,
-      updatedAt: row.updated_at,
-    })
-  );
+export const toAttachment = onceChecked('attachment', checkAttachment);
+
+function checkAttachment(row: Selectable<AttachmentsTable>, dialect: StoreDialect): Attachment {
+  return checked('attachment', row.id, zAttachment, {
+    id: row.id,
+    volumeId: row.volume_id,
+    serverId: row.server_id,
+    hostId: row.host_id,
+    status: row.status,
+    mode: row.mode,
+    transport: row.transport,
+    connector: dialect.decodeJson(row.connector),
+    connectionInfo: dialect.decodeJson(row.connection_info),
+    device: dialect.decodeJson(row.device),
+    publishedPath: row.published_path,
+    guestDevice: row.guest_device,
+    serial: row.guest_serial,
+    hostRoot: row.host_root,
+    timings: dialect.decodeJson(row.timings) ?? {},
+    error: row.error,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  });
 }
 
 /** `operation_steps` row → OperationStep. */
@@ -218,41 +220,41 @@ export function toOperation(
 }
 
 /** `work_items` row → WorkItem. */
-export function toWorkItem(row: Selectable<WorkItemsTable>, dialect: StoreDialect): WorkItem {
-  return onceChecked('work item', row, dialect, () =>
-    checked('work item', row.id, zWorkItem, {
-      id: row.id,
-      operationId: row.operation_id,
-      hostId: row.host_id,
-      step: row.step,
-      state: row.state,
-      payload: dialect.decodeJson(row.payload) ?? {},
-      result: dialect.decodeJson(row.result),
-      error: dialect.decodeJson(row.error),
-      attempts: toNumber(row.attempts),
-      leaseOwner: row.lease_owner,
-      leaseExpiresAt: row.lease_expires_at,
-      createdAt: row.created_at,
-      updatedAt: row.updated_at,
-    })
-  );
+export const toWorkItem = onceChecked('work item', checkWorkItem);
+
+function checkWorkItem(row: Selectable<WorkItemsTable>, dialect: StoreDialect): WorkItem {
+  return checked('work item', row.id, zWorkItem, {
+    id: row.id,
+    operationId: row.operation_id,
+    hostId: row.host_id,
+    step: row.step,
+    state: row.state,
+    payload: dialect.decodeJson(row.payload) ?? {},
+    result: dialect.decodeJson(row.result),
+    error: dialect.decodeJson(row.error),
+    attempts: toNumber(row.attempts),
+    leaseOwner: row.lease_owner,
+    leaseExpiresAt: row.lease_expires_at,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  });
 }
 
 /** `host_devices` row → HostDevice. */
-export function toHostDevice(row: Selectable<HostDevicesTable>, dialect: StoreDialect): HostDevice {
-  return onceChecked('device', row, dialect, () =>
-    checked('device', `${row.host_id}/${row.volume_id}`, zHostDevice, {
-      hostId: row.host_id,
-      volumeId: row.volume_id,
-      transport: row.transport,
-      connectionInfo: dialect.decodeJson(row.connection_info),
-      device: dialect.decodeJson(row.device),
-      operationId: row.operation_id,
-      hostRoot: row.host_root,
-      createdAt: row.created_at,
-      updatedAt: row.updated_at,
-    })
-  );
+export const toHostDevice = onceChecked('device', checkHostDevice);
+
+function checkHostDevice(row: Selectable<HostDevicesTable>, dialect: StoreDialect): HostDevice {
+  return checked('device', `${row.host_id}/${row.volume_id}`, zHostDevice, {
+    hostId: row.host_id,
+    volumeId: row.volume_id,
+    transport: row.transport,
+    connectionInfo: dialect.decodeJson(row.connection_info),
+    device: dialect.decodeJson(row.device),
+    operationId: row.operation_id,
+    hostRoot: row.host_root,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  });
 }
 
 /** A decoded `device` column of a row of host `hostId` (attachments, host_devices) → Device. */
