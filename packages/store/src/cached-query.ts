@@ -31,7 +31,8 @@ export type CachedQuery<P, O> = (db: Kysely<Database>, params: P) => Promise<Que
 /**
  * A query of one fixed shape, built with Kysely's builder and compiled once per engine (the
  * adapter of the `db` it first runs on), then run with each call's parameters bound in place —
- * Kysely otherwise builds and compiles the same SQL for every statement (~10% of a detach's CPU).
+ * Kysely otherwise builds and compiles the same SQL for every statement (most of that cost is in
+ * code V8 has not optimised yet: a short-lived process, the first operations of a long-lived one).
  *
  * `build` gets stand-ins for the parameters (typed as `P`) and must only hand them to Kysely as
  * values (`where('id', '=', p.id)`); it must not read anything else that varies between calls
