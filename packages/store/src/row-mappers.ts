@@ -32,13 +32,73 @@ function checked<T>(kind: ResourceKind, id: string, schema: Schema<T>, value: un
   throw corruptRow(kind, id, problem);
 }
 
+/** How many checked rows each kind keeps per engine (a few hundred bytes each). */
+const CHECKED_ROWS = 512;
+
+/** Rows already mapped and checked, by engine and kind, keyed by the row's raw column values. */
+const checkedRows = new WeakMap<StoreDialect, Map<ResourceKind, Map<string, unknown>>>();
+
+/**
+ * `map` — decode and check a row — once per distinct row content: berth reads the same rows
+ * again and again (a volume and its attachments several times per attach or detach), and the zod
+ * check of a row costs far more than keying it. A row seen before with the very same column
+ * values was valid then and is valid now (the check depends on nothing else), so it gets a
+ * fresh copy of that result; a row that fails the check is never kept, so it fails every time.
+ */
+function onceChecked<R extends object, T>(kind: ResourceKind, map: (row: R, dialect: StoreDialect) => T): (row: R, dialect: StoreDialect) => T {
+  return (row, dialect) => {
+    let kinds = checkedRows.get(dialect);
+    if (kinds === undefined) checkedRows.set(dialect, (kinds = new Map()));
+    let rows = kinds.get(kind);
+    if (rows === undefined) kinds.set(kind, (rows = new Map()));
+    const key = rowKey(row);
+    const seen = key === undefined ? undefined : rows.get(key);
+    if (seen !== undefined) return copyPlain(seen) as T;
+    const mapped = map(row, dialect);
+    if (key !== undefined && isPlain(mapped)) {
+      if (rows.size >= CHECKED_ROWS) rows.delete(rows.keys().next().value as string);
+      rows.set(key, copyPlain(mapped));
+    }
+    return mapped;
+  };
+}
+
+/** The key of a row's raw columns and values (undefined when a value has no exact JSON form). */
+function rowKey(row: object): string | undefined {
+  for (const value of Object.values(row)) {
+    if (value !== undefined && !isPlain(value)) return undefined;
+  }
+  return JSON.stringify(row);
+}
+
+/** Whether `value` is JSON data: primitives (no bigint), arrays and plain objects, all the way down. */
+function isPlain(value: unknown): boolean {
+  if (value === null || typeof value === 'string' || typeof value === 'boolean') return true;
+  if (typeof value === 'number') return Number.isFinite(value);
+  if (Array.isArray(value)) return value.every(isPlain);
+  if (typeof value !== 'object') return false;
+  const proto: unknown = Object.getPrototypeOf(value);
+  return (proto === Object.prototype || proto === null) && Object.values(value).every((v) => v === undefined || isPlain(v));
+}
+
+/** A deep copy of JSON data (as `isPlain` accepts), keys in the same order. */
+function copyPlain(value: unknown): unknown {
+  if (typeof value !== 'object' || value === null) return value;
+  if (Array.isArray(value)) return value.map(copyPlain);
+  const copy: Record<string, unknown> = {};
+  for (const [key, v] of Object.entries(value)) copy[key] = copyPlain(v);
+  return copy;
+}
+
 /** A 64-bit integer column as a JS number (PostgreSQL returns bigint as a string). */
 function toNumber(raw: number | string | bigint): number {
   return typeof raw === 'number' ? raw : Number(raw);
 }
 
 /** `volumes` row → Volume. */
-export function toVolume(row: Selectable<VolumesTable>, dialect: StoreDialect): Volume {
+export const toVolume = onceChecked('volume', checkVolume);
+
+function checkVolume(row: Selectable<VolumesTable>, dialect: StoreDialect): Volume {
   return checked('volume', row.id, zVolume, {
     id: row.id,
     name: row.name,
@@ -54,7 +114,9 @@ export function toVolume(row: Selectable<VolumesTable>, dialect: StoreDialect): 
 }
 
 /** `hosts` row → Host. */
-export function toHost(row: Selectable<HostsTable>, dialect: StoreDialect): Host {
+export const toHost = onceChecked('host', checkHost);
+
+function checkHost(row: Selectable<HostsTable>, dialect: StoreDialect): Host {
   return checked('host', row.id, zHost, {
     id: row.id,
     name: row.name,
@@ -76,7 +138,9 @@ export function toHost(row: Selectable<HostsTable>, dialect: StoreDialect): Host
 }
 
 /** `servers` row → Server. */
-export function toServer(row: Selectable<ServersTable>, dialect: StoreDialect): Server {
+export const toServer = onceChecked('server', checkServer);
+
+function checkServer(row: Selectable<ServersTable>, dialect: StoreDialect): Server {
   return checked('server', row.id, zServer, {
     id: row.id,
     name: row.name,
@@ -90,7 +154,9 @@ export function toServer(row: Selectable<ServersTable>, dialect: StoreDialect): 
 }
 
 /** `attachments` row → Attachment. */
-export function toAttachment(row: Selectable<AttachmentsTable>, dialect: StoreDialect): Attachment {
+export const toAttachment = onceChecked('attachment', checkAttachment);
+
+function checkAttachment(row: Selectable<AttachmentsTable>, dialect: StoreDialect): Attachment {
   return checked('attachment', row.id, zAttachment, {
     id: row.id,
     volumeId: row.volume_id,
@@ -154,7 +220,9 @@ export function toOperation(
 }
 
 /** `work_items` row → WorkItem. */
-export function toWorkItem(row: Selectable<WorkItemsTable>, dialect: StoreDialect): WorkItem {
+export const toWorkItem = onceChecked('work item', checkWorkItem);
+
+function checkWorkItem(row: Selectable<WorkItemsTable>, dialect: StoreDialect): WorkItem {
   return checked('work item', row.id, zWorkItem, {
     id: row.id,
     operationId: row.operation_id,
@@ -173,7 +241,9 @@ export function toWorkItem(row: Selectable<WorkItemsTable>, dialect: StoreDialec
 }
 
 /** `host_devices` row → HostDevice. */
-export function toHostDevice(row: Selectable<HostDevicesTable>, dialect: StoreDialect): HostDevice {
+export const toHostDevice = onceChecked('device', checkHostDevice);
+
+function checkHostDevice(row: Selectable<HostDevicesTable>, dialect: StoreDialect): HostDevice {
   return checked('device', `${row.host_id}/${row.volume_id}`, zHostDevice, {
     hostId: row.host_id,
     volumeId: row.volume_id,

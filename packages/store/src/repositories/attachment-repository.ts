@@ -8,8 +8,9 @@ import type {
   Device,
   NewAttachment,
 } from '@berth/core';
-import type { Updateable } from 'kysely';
+import type { Selectable, Updateable } from 'kysely';
 import type { AttachmentsTable } from '../database.js';
+import { cachedQuery, cachedQueryFamily, casParams, casShape, type CasParams, type CasShape } from '../cached-query.js';
 import { encodeNullableJson, violation } from '../repository-context.js';
 import type { RepositoryContext } from '../repository-context.js';
 import { toAttachment, toDevice } from '../row-mappers.js';
@@ -34,10 +35,37 @@ const zAttachmentPatch = lazySchema(() =>
   .partial(),
 );
 
+const selectAttachment = cachedQuery<{ id: string }, Selectable<AttachmentsTable>>(['id'], (db, p) =>
+  db.selectFrom('attachments').selectAll().where('id', '=', p.id),
+);
+// The two lists a detach and an attach read most (a volume's attachments; those on one host).
+const selectOfVolume = cachedQuery<{ volumeId: string }, Selectable<AttachmentsTable>>(['volumeId'], (db, p) =>
+  db.selectFrom('attachments').selectAll().where('volume_id', '=', p.volumeId).orderBy('created_at').orderBy('id'),
+);
+const selectOfVolumeOnHost = cachedQuery<{ volumeId: string; hostId: string }, Selectable<AttachmentsTable>>(['volumeId', 'hostId'], (db, p) =>
+  db
+    .selectFrom('attachments')
+    .selectAll()
+    .where('volume_id', '=', p.volumeId)
+    .where('host_id', '=', p.hostId)
+    .orderBy('created_at')
+    .orderBy('id'),
+);
+
+/** `UPDATE attachments SET <columns> WHERE id = ? [AND status IN (<from>)] RETURNING *`, compiled once per shape. */
+const updateAttachment = cachedQueryFamily(casShape.key, (shape: CasShape) =>
+  cachedQuery<CasParams, Selectable<AttachmentsTable>>(casShape.names(shape), (db, p) => {
+    const set = Object.fromEntries(shape.columns.map((column) => [column, p[column]])) as Updateable<AttachmentsTable>;
+    const query = db.updateTable('attachments').set(set).where('id', '=', p['id'] as string);
+    const from = Array.from({ length: shape.from }, (_, i) => p[`from${i}`] as AttachmentStatus);
+    return (from.length === 0 ? query : query.where('status', 'in', from)).returningAll();
+  }),
+);
+
 /** Attachments over Kysely. */
 export function createAttachmentRepository(ctx: RepositoryContext): AttachmentRepository {
   const get = async (id: string): Promise<Attachment | undefined> => {
-    const row = await ctx.db().selectFrom('attachments').selectAll().where('id', '=', id).executeTakeFirst();
+    const [row] = (await selectAttachment(ctx.db(), { id })).rows;
     return row === undefined ? undefined : toAttachment(row, ctx.dialect);
   };
 
@@ -134,6 +162,11 @@ export function createAttachmentRepository(ctx: RepositoryContext): AttachmentRe
     },
 
     async list(filter: AttachmentFilter = {}): Promise<Attachment[]> {
+      const { volumeId, hostId, ...rest } = filter;
+      if (volumeId !== undefined && Object.values(rest).every((value) => value === undefined)) {
+        const { rows } = hostId === undefined ? await selectOfVolume(ctx.db(), { volumeId }) : await selectOfVolumeOnHost(ctx.db(), { volumeId, hostId });
+        return rows.map((row) => toAttachment(row, ctx.dialect));
+      }
       let query = ctx.db().selectFrom('attachments').selectAll();
       if (filter.volumeId !== undefined) query = query.where('volume_id', '=', filter.volumeId);
       if (filter.serverId !== undefined) query = query.where('server_id', '=', filter.serverId);
@@ -162,27 +195,16 @@ export function createAttachmentRepository(ctx: RepositoryContext): AttachmentRe
       assertAttachmentTransition(from, to);
       const set = patchColumns(patch);
       if (from.length === 0) throw await casFailure(id, from);
-      const row = await ctx
-        .db()
-        .updateTable('attachments')
-        .set({ ...set, status: to, updated_at: ctx.now() })
-        .where('id', '=', id)
-        .where('status', 'in', from)
-        .returningAll()
-        .executeTakeFirst();
+      const columns = { ...set, status: to, updated_at: ctx.now() };
+      const [row] = (await updateAttachment({ columns: Object.keys(columns), from: from.length })(ctx.db(), casParams(columns, id, from))).rows;
       if (row === undefined) throw await casFailure(id, from);
       return toAttachment(row, ctx.dialect);
     },
 
     async update(id: string, patch: AttachmentPatch): Promise<Attachment> {
       const set = patchColumns(patch);
-      const row = await ctx
-        .db()
-        .updateTable('attachments')
-        .set({ ...set, updated_at: ctx.now() })
-        .where('id', '=', id)
-        .returningAll()
-        .executeTakeFirst();
+      const columns = { ...set, updated_at: ctx.now() };
+      const [row] = (await updateAttachment({ columns: Object.keys(columns), from: 0 })(ctx.db(), casParams(columns, id, []))).rows;
       if (row === undefined) throw notFound('attachment', id);
       return toAttachment(row, ctx.dialect);
     },

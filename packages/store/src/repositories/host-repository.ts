@@ -1,6 +1,9 @@
 import { lazySchema, parseWith, zConnector, zHost, zHostAgent } from '@berth/core';
 import type { Connector, Host, HostRepository, NewHost, NewHostAgent } from '@berth/core';
 import { z } from 'zod';
+import type { Selectable } from 'kysely';
+import { cachedQuery } from '../cached-query.js';
+import type { HostsTable } from '../database.js';
 import { encodeNullableJson, violation } from '../repository-context.js';
 import type { RepositoryContext } from '../repository-context.js';
 import { toHost } from '../row-mappers.js';
@@ -9,10 +12,12 @@ import { agentReplaced, alreadyExists, notFound } from '../store-errors.js';
 
 const zNewHostAgent = lazySchema(() => zHostAgent.unwrap().omit({ lastSeenAt: true }));
 
+const selectHost = cachedQuery<{ id: string }, Selectable<HostsTable>>(['id'], (db, p) => db.selectFrom('hosts').selectAll().where('id', '=', p.id));
+
 /** Hosts over Kysely. */
 export function createHostRepository(ctx: RepositoryContext): HostRepository {
   const get = async (id: string): Promise<Host | undefined> => {
-    const row = await ctx.db().selectFrom('hosts').selectAll().where('id', '=', id).executeTakeFirst();
+    const [row] = (await selectHost(ctx.db(), { id })).rows;
     return row === undefined ? undefined : toHost(row, ctx.dialect);
   };
 

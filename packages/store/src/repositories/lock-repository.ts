@@ -1,7 +1,17 @@
 import { BerthError } from '@berth/core';
 import type { LockHolder, LockRepository } from '@berth/core';
+import { cachedQuery } from '../cached-query.js';
 import type { RepositoryContext } from '../repository-context.js';
 import { violation } from '../repository-context.js';
+
+// A lease is taken and released around every device step: both statements compiled once.
+const insertLock = cachedQuery<{ key: string; owner: string; acquiredAt: string; expiresAt: string }, never>(
+  ['key', 'owner', 'acquiredAt', 'expiresAt'],
+  (db, p) => db.insertInto('locks').values({ key: p.key, owner: p.owner, acquired_at: p.acquiredAt, expires_at: p.expiresAt }),
+);
+const deleteLock = cachedQuery<{ key: string; owner: string }, never>(['key', 'owner'], (db, p) =>
+  db.deleteFrom('locks').where('key', '=', p.key).where('owner', '=', p.owner),
+);
 
 function checkKey(key: string, owner: string): void {
   if (key.length === 0 || key.length > 300 || owner.length === 0 || owner.length > 300) {
@@ -22,7 +32,7 @@ export function createLockRepository(ctx: RepositoryContext): LockRepository {
     async tryAcquire(key: string, owner: string, expiresAt: string): Promise<LockHolder | undefined> {
       checkKey(key, owner);
       try {
-        await ctx.dialect.guarded(() => ctx.db().insertInto('locks').values({ key, owner, acquired_at: ctx.now(), expires_at: expiresAt }).execute());
+        await ctx.dialect.guarded(() => insertLock(ctx.db(), { key, owner, acquiredAt: ctx.now(), expiresAt }));
         return undefined;
       } catch (error) {
         if (violation(ctx, error) !== 'unique') throw error;
@@ -45,7 +55,7 @@ export function createLockRepository(ctx: RepositoryContext): LockRepository {
     },
 
     async release(key: string, owner: string): Promise<void> {
-      await ctx.db().deleteFrom('locks').where('key', '=', key).where('owner', '=', owner).execute();
+      await deleteLock(ctx.db(), { key, owner });
     },
   };
 }

@@ -12,10 +12,12 @@ import type {
 } from '@berth/core';
 import { sql } from 'kysely';
 import type { QueryCreator, RawBuilder, Selectable } from 'kysely';
-import type { Database, OperationsTable } from '../database.js';
+import { cachedQuery, type CachedQuery } from '../cached-query.js';
+import type { Database, DbJson, OperationsTable } from '../database.js';
 import { encodeNullableJson, violation, withPicked } from '../repository-context.js';
 import type { RepositoryContext } from '../repository-context.js';
 import { toOperation, toOperationStep } from '../row-mappers.js';
+import type { StoreDialect } from '../store-dialect.js';
 import { alreadyExists, notFound, stateConflict } from '../store-errors.js';
 
 const zStepOutcome = lazySchema(() => zOperationStep.unwrap().pick({ error: true, data: true }).partial());
@@ -45,6 +47,104 @@ const DEFAULT_CLAIM_LIMIT = 10;
 
 /** How many ids go into one `IN (...)` when loading journals. */
 const STEP_BATCH = 500;
+
+/** The parameters of a journal row to start. */
+interface StepRow extends StepStart {
+  id: string;
+  startedAt: string;
+}
+
+/** The parameters of closing running row `seq` of operation `id`. */
+interface ClosedStep {
+  id: string;
+  seq: number;
+  state: 'done' | 'failed';
+  endedAt: string;
+  data: DbJson | null;
+  error: DbJson | null;
+}
+
+/** The seq a journal INSERT … RETURNING gave (PostgreSQL returns bigint as a string). */
+function firstSeq(rows: ReadonlyArray<{ seq: number | string | bigint }>): number {
+  const [row] = rows;
+  if (row === undefined) throw new Error('the journal row was not inserted');
+  return Number(row.seq);
+}
+
+/** The journal's statements of one engine. */
+interface JournalQueries {
+  startQuery: CachedQuery<StepRow, { seq: number }>;
+  closeQuery: CachedQuery<ClosedStep, never>;
+  advanceQuery: CachedQuery<ClosedStep & StepRow, { seq: number }>;
+}
+
+const journalQueriesByDialect = new WeakMap<StoreDialect, JournalQueries>();
+
+/**
+ * The journal's statements, compiled once per engine (a boundary is written for every step of
+ * every operation; repositories are made again for every transaction).
+ */
+function journalQueries(dialect: StoreDialect): JournalQueries {
+  const known = journalQueriesByDialect.get(dialect);
+  if (known !== undefined) return known;
+  /**
+   * `INSERT … SELECT` of running row `valid` with seq one past the operation's last — computed in
+   * the statement, so two writers cannot both read the same max (one gets a unique violation).
+   * With `onlyIf`, the row is inserted only when that holds (a HAVING on the one aggregate row).
+   */
+  const insertStep = (db: QueryCreator<Database>, p: StepRow, onlyIf?: RawBuilder<boolean>) =>
+    db
+      .insertInto('operation_steps')
+      .columns(['operation_id', 'seq', 'name', 'phase', 'state', 'started_at'])
+      .expression((eb) =>
+        eb
+          .selectFrom('operation_steps')
+          .where('operation_steps.operation_id', '=', p.id)
+          .select((sb) => [
+            sb.val(p.id).as('operation_id'),
+            sb(sb.fn.coalesce(sb.fn.max('operation_steps.seq'), sb.lit(0)), '+', sb.lit(1)).as('seq'),
+            sb.val(p.name).as('name'),
+            sb.val(p.phase).as('phase'),
+            sb.val('running').as('state'),
+            sb.val(p.startedAt).as('started_at'),
+          ])
+          .$if(onlyIf !== undefined, (qb) => qb.having(onlyIf ?? sql<boolean>`true`)),
+      )
+      .returning('seq');
+
+  /** `UPDATE` closing running row `seq` of `id`, its duration computed by the engine from its start. */
+  const closeStep = (db: QueryCreator<Database>, p: ClosedStep) =>
+    db
+      .updateTable('operation_steps')
+      .set({
+        state: p.state,
+        ended_at: p.endedAt,
+        duration_ms: dialect.elapsedMs('started_at', p.endedAt),
+        data: p.data,
+        error: p.error,
+      })
+      .where('operation_id', '=', p.id)
+      .where('seq', '=', p.seq)
+      .where('state', '=', 'running');
+
+  const startQuery = cachedQuery<StepRow, { seq: number }>(['id', 'name', 'phase', 'startedAt'], (db, p) => insertStep(db, p));
+  const closeQuery = cachedQuery<ClosedStep, never>(['id', 'seq', 'state', 'endedAt', 'data', 'error'], closeStep);
+  // One statement: the row is inserted only if the UPDATE closed one (the CTE's rows feed the
+  // HAVING), so a refused close writes nothing; a seq race aborts both. The INSERT names `ended`
+  // only in raw SQL, so it is built on the plain schema's type.
+  const advanceQuery = cachedQuery<ClosedStep & StepRow, { seq: number }>(
+    ['id', 'seq', 'state', 'endedAt', 'data', 'error', 'name', 'phase', 'startedAt'],
+    (db, p) =>
+      insertStep(
+        db.with('ended', (qc) => closeStep(qc, p).returning('operation_id')) as unknown as QueryCreator<Database>,
+        p,
+        sql<boolean>`exists (select 1 from ended)`,
+      ),
+  );
+  const queries = { startQuery, closeQuery, advanceQuery };
+  journalQueriesByDialect.set(dialect, queries);
+  return queries;
+}
 
 /** Operations and their journal over Kysely. */
 export function createOperationRepository(ctx: RepositoryContext): OperationRepository {
@@ -93,45 +193,17 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
     return operation;
   };
 
-  /**
-   * `INSERT … SELECT` of running row `valid` with seq one past the operation's last — computed in
-   * the statement, so two writers cannot both read the same max (one gets a unique violation).
-   * With `onlyIf`, the row is inserted only when that holds (a HAVING on the one aggregate row).
-   */
-  const insertStep = (db: QueryCreator<Database>, id: string, valid: StepStart, onlyIf?: RawBuilder<boolean>) =>
-    db
-      .insertInto('operation_steps')
-      .columns(['operation_id', 'seq', 'name', 'phase', 'state', 'started_at'])
-      .expression((eb) =>
-        eb
-          .selectFrom('operation_steps')
-          .where('operation_steps.operation_id', '=', id)
-          .select((sb) => [
-            sb.val(id).as('operation_id'),
-            sb(sb.fn.coalesce(sb.fn.max('operation_steps.seq'), sb.lit(0)), '+', sb.lit(1)).as('seq'),
-            sb.val(valid.name).as('name'),
-            sb.val(valid.phase).as('phase'),
-            sb.val('running').as('state'),
-            sb.val(ctx.now()).as('started_at'),
-          ])
-          .$if(onlyIf !== undefined, (qb) => qb.having(onlyIf ?? sql<boolean>`true`)),
-      )
-      .returning('seq');
+  const { startQuery, closeQuery, advanceQuery } = journalQueries(ctx.dialect);
 
-  /** `UPDATE` closing running row `seq` of `id`, its duration computed by the engine from its start. */
-  const closeStep = (db: QueryCreator<Database>, id: string, seq: number, valid: ValidOutcome) =>
-    db
-      .updateTable('operation_steps')
-      .set({
-        state: valid.state,
-        ended_at: valid.endedAt,
-        duration_ms: ctx.dialect.elapsedMs('started_at', valid.endedAt),
-        data: encodeNullableJson(ctx, valid.data),
-        error: encodeNullableJson(ctx, valid.error),
-      })
-      .where('operation_id', '=', id)
-      .where('seq', '=', seq)
-      .where('state', '=', 'running');
+  /** The bound parameters of closing row `seq` of `id` with `valid`. */
+  const closed = (id: string, seq: number, valid: ValidOutcome): ClosedStep => ({
+    id,
+    seq,
+    state: valid.state,
+    endedAt: valid.endedAt,
+    data: encodeNullableJson(ctx, valid.data),
+    error: encodeNullableJson(ctx, valid.error),
+  });
 
   /** A validated step outcome with the instant it ends. */
   const validOutcome = (outcome: StepOutcome): ValidOutcome => {
@@ -255,32 +327,27 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
 
     async startStep(id: string, name: string, phase: 'do' | 'undo'): Promise<number> {
       const valid = parseWith(zStepStart, { name, phase }, 'operation step');
-      return withSeqRetry(id, async () => Number((await insertStep(ctx.db(), id, valid).executeTakeFirstOrThrow()).seq));
+      return withSeqRetry(id, async () => firstSeq((await startQuery(ctx.db(), { id, ...valid, startedAt: ctx.now() })).rows));
     },
 
     async endStep(id: string, seq: number, outcome: StepOutcome): Promise<void> {
-      const closed = await closeStep(ctx.db(), id, seq, validOutcome(outcome)).executeTakeFirst();
-      if (closed.numUpdatedRows === 0n) throw await notClosable(id, seq);
+      const result = await closeQuery(ctx.db(), closed(id, seq, validOutcome(outcome)));
+      if (!result.numAffectedRows) throw await notClosable(id, seq);
     },
 
     async advanceStep(id: string, seq: number, outcome: StepOutcome, next: { name: string; phase: 'do' | 'undo' }): Promise<number> {
-      const closing = validOutcome(outcome);
+      const closing = closed(id, seq, validOutcome(outcome));
       const valid = parseWith(zStepStart, next, 'operation step');
       const started = await withSeqRetry(id, async () => {
         if (!ctx.dialect.writesInCte) {
           return ctx.atomically(async () => {
-            const closed = await closeStep(ctx.db(), id, seq, closing).executeTakeFirst();
-            if (closed.numUpdatedRows === 0n) return undefined;
-            return Number((await insertStep(ctx.db(), id, valid).executeTakeFirstOrThrow()).seq);
+            const result = await closeQuery(ctx.db(), closing);
+            if (!result.numAffectedRows) return undefined;
+            return firstSeq((await startQuery(ctx.db(), { id, ...valid, startedAt: ctx.now() })).rows);
           });
         }
-        // One statement: the row is inserted only if the UPDATE closed one (the CTE's rows feed
-        // the HAVING), so a refused close writes nothing; a seq race aborts both.
-        const withEnded = ctx.db().with('ended', (qc) => closeStep(qc, id, seq, closing).returning('operation_id'));
-        // The INSERT names `ended` only in raw SQL, so it is built on the plain schema's type.
-        const db = withEnded as unknown as QueryCreator<Database>;
-        const row = await insertStep(db, id, valid, sql<boolean>`exists (select 1 from ended)`).executeTakeFirst();
-        return row === undefined ? undefined : Number(row.seq);
+        const { rows } = await advanceQuery(ctx.db(), { ...closing, ...valid, startedAt: ctx.now() });
+        return rows.length === 0 ? undefined : firstSeq(rows);
       });
       if (started === undefined) throw await notClosable(id, seq);
       return started;

@@ -1,7 +1,8 @@
 import { BerthError, assertVolumeTransition, lazySchema, parseWith, zVolume } from '@berth/core';
 import type { NewVolume, Volume, VolumeFilter, VolumeRepository, VolumeStatus } from '@berth/core';
-import type { Updateable } from 'kysely';
+import type { Selectable, Updateable } from 'kysely';
 import type { VolumesTable } from '../database.js';
+import { cachedQuery, cachedQueryFamily, casParams, casShape, type CasParams, type CasShape } from '../cached-query.js';
 import { violation } from '../repository-context.js';
 import type { RepositoryContext } from '../repository-context.js';
 import { toVolume } from '../row-mappers.js';
@@ -9,10 +10,26 @@ import { alreadyExists, notFound, stateConflict } from '../store-errors.js';
 
 const zVolumePatch = lazySchema(() => zVolume.unwrap().pick({ sizeBytes: true, providerLocation: true }).partial());
 
+const selectVolume = cachedQuery<{ id: string }, Selectable<VolumesTable>>(['id'], (db, p) =>
+  db.selectFrom('volumes').selectAll().where('id', '=', p.id),
+);
+
+/** `UPDATE volumes SET <columns> WHERE id = ? AND status IN (<from>) RETURNING *`, compiled once per shape. */
+const transitionVolume = cachedQueryFamily(casShape.key, (shape: CasShape) =>
+  cachedQuery<CasParams, Selectable<VolumesTable>>(casShape.names(shape), (db, p) =>
+    db
+      .updateTable('volumes')
+      .set(Object.fromEntries(shape.columns.map((column) => [column, p[column]])) as Updateable<VolumesTable>)
+      .where('id', '=', p['id'] as string)
+      .where('status', 'in', Array.from({ length: shape.from }, (_, i) => p[`from${i}`] as VolumeStatus))
+      .returningAll(),
+  ),
+);
+
 /** Volumes over Kysely. */
 export function createVolumeRepository(ctx: RepositoryContext): VolumeRepository {
   const get = async (id: string): Promise<Volume | undefined> => {
-    const row = await ctx.db().selectFrom('volumes').selectAll().where('id', '=', id).executeTakeFirst();
+    const [row] = (await selectVolume(ctx.db(), { id })).rows;
     return row === undefined ? undefined : toVolume(row, ctx.dialect);
   };
 
@@ -116,14 +133,7 @@ export function createVolumeRepository(ctx: RepositoryContext): VolumeRepository
       const set: Updateable<VolumesTable> = { status: to, updated_at: ctx.now() };
       if (valid.sizeBytes !== undefined) set.size_bytes = valid.sizeBytes;
       if (valid.providerLocation !== undefined) set.provider_location = valid.providerLocation;
-      const row = await ctx
-        .db()
-        .updateTable('volumes')
-        .set(set)
-        .where('id', '=', id)
-        .where('status', 'in', from)
-        .returningAll()
-        .executeTakeFirst();
+      const [row] = (await transitionVolume({ columns: Object.keys(set), from: from.length })(ctx.db(), casParams(set, id, from))).rows;
       if (row === undefined) throw await casFailure(id, from);
       return toVolume(row, ctx.dialect);
     },
