@@ -107,6 +107,21 @@ describe('repairPaths: a path missing from the map is added later', { timeout: 1
     expect(await env.nodeRecords()).toEqual([]);
   });
 
+  it('CHAP: the repair logs in with the CHAP of the map\'s path (from its record); the secret reaches no detail, state or log', async () => {
+    env = await startSimEnv({ targets: [targetSpec(IQN, portals, 1, { chap: { username: 'user', password: 'chap-secret-9' } })] });
+    await env.sim.faults.failLogin({ portal: portals[1], exitCode: 19, times: 1 });
+    const volumeId = randomUUID();
+    const connection = listConnection(IQN, 1, portals, { auth_method: 'CHAP', auth_username: 'user', auth_password: 'chap-secret-9' });
+    const device = await env.driver.connect(connection, call(60_000, volumeId));
+    expect(device.paths?.map((p) => p.state)).toEqual(['active', 'failed']);
+    const repair = await env.restart().repairPaths!(await listedOf(env.driver, device), call(60_000));
+    expect(repair.changed).toBe(true);
+    expect((await env.sim.state()).maps[0]?.paths).toHaveLength(2);
+    expect(JSON.stringify({ repair, state: await env.stateFile(volumeId), logs: env.logs })).not.toContain('chap-secret-9');
+    await env.driver.disconnect(connection, device, { force: false, ...call(30_000, volumeId) });
+    expect(await env.nodeRecords()).toEqual([]);
+  });
+
   it('a portal still dead: changed false, no record or session left; another map\'s device is not repaired', async () => {
     env = await startSimEnv({ targets: [targetSpec(IQN, portals, 1)] });
     const { device, volumeId } = await attachWithoutSecond(env);

@@ -1,8 +1,8 @@
 import { BerthError, type ConnectedDevice, type PathRepair } from '@berth/core';
-import { checkIdentity, devPath, formatHctl, messageOf } from '@berth/iscsi';
+import { checkIdentity, devPath, formatHctl, messageOf, type ChapCredentials } from '@berth/iscsi';
 import type { AttachPath, AttachState } from './attach-state.js';
 import { leftEntryOf, leftPathOf, leftPathsOf, mergeLeft, type LeftPath } from './left-login.js';
-import { mapSlaves, missingPortals } from './multipath-connected.js';
+import { mapSlaves, missingPortals, type MapSlave } from './multipath-connected.js';
 import { lunKey, type PathTarget } from './multipath-connection.js';
 import type { MultipathContext } from './multipath-context.js';
 import { ensureMap, readMap, type MultipathMap } from './multipath-map.js';
@@ -55,9 +55,15 @@ export async function repairMissingPaths(ctx: MultipathContext, listed: Connecte
     if (state?.mode !== 'multipath' || state.device !== device.path || map === undefined || map.multipathId !== state.scsi_wwn) {
       return { changed: false, detail: `${device.path} is no longer the map of volume ${volumeId}` };
     }
-    const missing = missingPortals(state, await mapSlaves(ctx.fs, map.dm), Date.now());
-    if (missing.length === 0) return { changed: false, detail: `${device.path} (${map.name}): every path is in the map` };
-    const results = await Promise.all(missing.map((target) => addPath(ctx, target, map, signal)));
+    const slaves = await mapSlaves(ctx.fs, map.dm);
+    const missing = missingPortals(state, slaves, Date.now());
+    if (missing.length === 0) {
+      // A failed path still in the map is iscsid's to recover (its session reconnects by itself).
+      const down = slaves.filter((p) => p.state !== 'active').map((p) => `${p.portal ?? p.device} is ${p.state}`);
+      return { changed: false, detail: `${device.path} (${map.name}): every path is in the map${down.length === 0 ? '' : `; ${down.join(', ')}: iscsid recovers its session`}` };
+    }
+    const auth = await chapOfPath(ctx, slaves.find((p) => p.state === 'active' && p.portal !== undefined), signal);
+    const results = await Promise.all(missing.map((target) => addPath(ctx, target, auth, map, signal)));
     const left = results.flatMap((r) => r.left);
     const added = results.flatMap((r) => ('added' in r ? [r.added] : []));
     if (added.length > 0 || left.length > 0) await ctx.states.save(withPaths(state, added, left));
@@ -68,11 +74,10 @@ export async function repairMissingPaths(ctx: MultipathContext, listed: Connecte
 }
 
 /** The attach's per-path connect for one missing portal, then the map phase for its disk; undone when it does not join. */
-async function addPath(ctx: MultipathContext, target: PathTarget, map: MultipathMap, signal: AbortSignal): Promise<PathAdd> {
+async function addPath(ctx: MultipathContext, target: PathTarget, auth: ChapCredentials | undefined, map: MultipathMap, signal: AbortSignal): Promise<PathAdd> {
   const started = performance.now();
   const left: LeftPath[] = [];
-  // No CHAP here: the state keeps no secret. A volume with CHAP gets its path at the next attach.
-  const outcome = await connectPath(ctx, target, undefined, { signal, createdRecord: false, onLoginLeft: (l) => left.push(leftPathOf(target, l)) });
+  const outcome = await connectPath(ctx, target, auth, { signal, createdRecord: false, onLoginLeft: (l) => left.push(leftPathOf(target, l)) });
   if (outcome.status !== 'up' || outcome.device === undefined) return { target, left, failure: oneLine(outcome.error?.message ?? 'no disk') };
   const disk = outcome.device;
   let failure: string;
@@ -100,6 +105,25 @@ async function addPath(ctx: MultipathContext, target: PathTarget, map: Multipath
   }
   await ctx.lifecycle.release(target, outcome.progress);
   return { target, left, failure };
+}
+
+/**
+ * The CHAP a path of the map logged in with, read from its node record (`--show`: the state keeps
+ * no secret; the attach wrote the connection's CHAP on every path's record). None without CHAP.
+ */
+async function chapOfPath(ctx: MultipathContext, path: MapSlave | undefined, signal: AbortSignal): Promise<ChapCredentials | undefined> {
+  if (path?.portal === undefined) return undefined;
+  const record = await ctx.iscsiadm.nodeShow({ iqn: path.iqn, portal: path.portal }, { signal, timeoutMs: ctx.options.commandTimeoutMs, showSecrets: true });
+  const value = (key: string): string | undefined => {
+    const v = record?.[`node.session.auth.${key}`];
+    return v === undefined || v === '' || v === '<empty>' ? undefined : v;
+  };
+  const username = value('username');
+  const password = value('password');
+  if (value('authmethod') !== 'CHAP' || username === undefined || password === undefined) return undefined;
+  const usernameIn = value('username_in');
+  const passwordIn = value('password_in');
+  return { username, password, ...(usernameIn === undefined || passwordIn === undefined ? {} : { usernameIn, passwordIn }) };
 }
 
 /** `state` with `added` paths active and `left` logins kept (one entry per portal). */
