@@ -1,9 +1,12 @@
 import type { ConnectedDevice, Device, DevicePath } from '@berth/core';
 import { checkIdentity, deviceIsTargetLun, devPath, formatHctl, formatPortal, holdersOf, readIscsiSession, scsiDeviceOf, scsiIdentity, slavesOf, toPortal } from '@berth/iscsi';
-import type { MultipathVolume } from './multipath-connection.js';
+import type { HostFs } from '@berth/host';
+import type { AttachState } from './attach-state.js';
+import { leftPathsOf } from './left-login.js';
+import { targetKey, type MultipathVolume, type PathTarget } from './multipath-connection.js';
 import type { MultipathContext } from './multipath-context.js';
 import { readMap } from './multipath-map.js';
-import { locatePaths, pathsOfDevice, type LocatedPath } from './path-locate.js';
+import { locatePaths, pathsOfDevice, pathsOfState, type LocatedPath } from './path-locate.js';
 
 /** Each path of a connected volume and its state now (the device's identity is checked first). */
 export async function pathStates(ctx: MultipathContext, volume: MultipathVolume, device: Device): Promise<DevicePath[]> {
@@ -31,6 +34,49 @@ async function pathState(ctx: MultipathContext, p: LocatedPath, dm: string | und
   return { portal, device: node, state: node === devicePath ? 'active' : 'unused' };
 }
 
+/** One slave of a multipath map: its disk, the session's target and portal, and its state. */
+export interface MapSlave {
+  device: string;
+  iqn: string;
+  lun: number;
+  portal?: string;
+  /** `active` (session logged in), else the session's state in lower case. */
+  state: string;
+}
+
+/** The iSCSI disks under map `dm` (others are skipped). */
+export async function mapSlaves(fs: HostFs, dm: string): Promise<MapSlave[]> {
+  const out: MapSlave[] = [];
+  for (const slave of await slavesOf(fs, dm)) {
+    const sd = await scsiDeviceOf(fs, slave).catch(() => undefined);
+    if (sd?.sid === undefined) continue;
+    const session = await readIscsiSession(fs, sd.sid);
+    if (session === undefined) continue;
+    out.push({
+      device: devPath(slave),
+      iqn: session.iqn,
+      lun: sd.hctl.lun,
+      ...(session.portal === undefined ? {} : { portal: formatPortal(session.portal) }),
+      state: session.state === 'LOGGED_IN' ? 'active' : session.state.toLowerCase(),
+    });
+  }
+  return out;
+}
+
+/**
+ * The paths of a multipath attach state that map `slaves` lacks: every path it tried but a
+ * refused one (another LUN's WWN: the backend's lists are wrong, a repair would refuse it again)
+ * and an unused one (single mode). A portal whose given-up login iscsid may still carry on
+ * (`left_logins`, before its bound) is not listed: that login is finished first, so a path is
+ * never logged in twice.
+ */
+export function missingPortals(state: AttachState, slaves: readonly MapSlave[], now: number): PathTarget[] {
+  const present = new Set(slaves.map((s) => `${s.iqn}|${s.portal ?? ''}`));
+  const pending = new Set(leftPathsOf(state).filter((l) => l.until > now).map((l) => targetKey(l.target)));
+  const tried = pathsOfState({ ...state, paths: state.paths.filter((p) => p.state === 'active' || p.state === 'failed') });
+  return tried.filter((t) => !present.has(`${t.iqn}|${t.portalText}`) && !pending.has(targetKey(t)));
+}
+
 /**
  * Every multipath map whose slaves are iSCSI disks, with its paths and identity, and the
  * single-mode attachments from their state (for `berth reconcile`).
@@ -44,18 +90,13 @@ export async function connectedDevices(ctx: MultipathContext): Promise<Connected
     if (!/^dm-\d+$/.test(entry)) continue;
     const map = await readMap(fs, entry);
     if (map === undefined) continue;
-    const paths: DevicePath[] = [];
-    let first: { iqn: string; lun: number } | undefined;
-    for (const slave of await slavesOf(fs, entry)) {
-      const sd = await scsiDeviceOf(fs, slave).catch(() => undefined);
-      if (sd?.sid === undefined) continue;
-      const session = await readIscsiSession(fs, sd.sid);
-      if (session === undefined) continue;
-      first ??= { iqn: session.iqn, lun: sd.hctl.lun };
-      paths.push({ ...(session.portal === undefined ? {} : { portal: formatPortal(session.portal) }), device: devPath(slave), state: session.state === 'LOGGED_IN' ? 'active' : session.state.toLowerCase() });
-    }
+    const slaves = await mapSlaves(fs, entry);
+    const first = slaves[0];
+    const paths: DevicePath[] = slaves.map((p) => ({ ...(p.portal === undefined ? {} : { portal: p.portal }), device: p.device, state: p.state }));
     if (first === undefined) continue;
     const state = saved.find((s) => s.dm === map.dm && s.scsi_wwn === map.multipathId);
+    // The volume's portals the map lacks (given up at attach, or failed and gone): reconcile and the agent add them.
+    if (state?.mode === 'multipath') paths.push(...missingPortals(state, slaves, Date.now()).map((t) => ({ portal: t.portalText, state: 'failed' })));
     seen.add(`/dev/${map.dm}`);
     out.push({
       device: {

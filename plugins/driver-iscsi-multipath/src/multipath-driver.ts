@@ -10,6 +10,7 @@ import {
   type Device,
   type DevicePath,
   type DisconnectOptions,
+  type PathRepair,
   type PluginContext,
   type TransportCallContext,
   type TransportDriver,
@@ -21,14 +22,14 @@ import { checkMultipathHost } from './host-check.js';
 import { finishLeftLogin, leftEntryOf, leftPathsOf, mergeLeft, watchLeftLogins, type LeftPath } from './left-login.js';
 import { buildMap, dropMap, keepFirstPathOnly } from './map-phase.js';
 import { connectedDevices, pathStates } from './multipath-connected.js';
-import { lunKey, parseMultipathConnection, volumeKey, type MultipathVolume, type PathTarget } from './multipath-connection.js';
-import { pathsOfState } from './path-locate.js';
+import { parseMultipathConnection, volumeKey, type MultipathVolume, type PathTarget } from './multipath-connection.js';
 import type { MultipathContext } from './multipath-context.js';
 import { disconnectVolume } from './multipath-disconnect.js';
 import type { MultipathMap } from './multipath-map.js';
 import { zMultipathDriverOptions, type MultipathDriverOptions } from './options.js';
 import { connectPaths } from './path-connect.js';
 import { noPathError, pathError } from './path-errors.js';
+import { repairMissingPaths, stateLockKey } from './path-repair.js';
 import { attachStateOf, describeVolumeDevice, type VolumeOutcome } from './volume-device.js';
 import { chooseWwn, refuseOtherLuns } from './wwn-choice.js';
 
@@ -120,7 +121,7 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
       if (volumeId !== undefined) {
         await ctx.states.save({ ...attachStateOf(volumeId, result, device), ...(left.length === 0 ? {} : { left_logins: left.map(leftEntryOf) }) });
       }
-      watchLeft(volume, volumeId, left);
+      watchLeft(volumeKey(volume), volumeId, left);
       for (const o of outcomes) if (o.status === 'up') lifecycle.keep(o.target, o.progress);
       logger.info(
         { device: device.path, wwn, paths: device.paths?.map((p) => `${p.portal}=${p.state}`), mode: device.meta?.['mode'] },
@@ -131,7 +132,7 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
       if (map !== undefined) await dropMap(ctx, map, 'undo: could not remove the map');
       await Promise.all([connected.stragglersUndone, ...outcomes.filter((o) => o.status === 'up').map((o) => lifecycle.release(o.target, o.progress))]);
       // No state to keep them in: finished in this process (an earlier state keeps its own).
-      watchLeft(volume, undefined, connected.left);
+      watchLeft(volumeKey(volume), undefined, connected.left);
       throw error;
     }
   }
@@ -140,9 +141,9 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
    * Finish the given-up logins in this process while it lives; each one done leaves the volume's
    * state (under the volume's queue). The state keeps the others for the next call.
    */
-  function watchLeft(volume: MultipathVolume, volumeId: string | undefined, left: readonly LeftPath[]): void {
+  function watchLeft(key: string, volumeId: string | undefined, left: readonly LeftPath[]): void {
     watchLeftLogins(ctx, left, async (done) => {
-      if (volumeId !== undefined) await volumeLocks.withLock(volumeKey(volume), () => forgetLeft(volumeId, [done]));
+      if (volumeId !== undefined) await volumeLocks.withLock(key, () => forgetLeft(volumeId, [done]));
     });
   }
 
@@ -167,10 +168,7 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
     for (const state of await ctx.states.list().catch(() => [] as AttachState[])) {
       const lefts = leftPathsOf(state);
       if (lefts.length === 0) continue;
-      // The volume's queue, as its connects and disconnects name it (its primary path).
-      const primary = pathsOfState(state).find((t) => t.iqn === state.target_iqn && t.lun === state.target_lun && t.portalText === state.target_portal);
-      const key = primary === undefined ? `state|${state.volumeId}` : `volume|${lunKey(primary)}`;
-      await volumeLocks.withLock(key, async () => {
+      await volumeLocks.withLock(stateLockKey(state), async () => {
         const failures = new FailureList(true);
         const done: LeftPath[] = [];
         for (const left of lefts) if ((await finishLeftLogin(ctx, left, { signal: undefined, failures, wait: false })) === 'done') done.push(left);
@@ -264,6 +262,17 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
     async connected(): Promise<ConnectedDevice[]> {
       await finishLeftOfStates();
       return connectedDevices(ctx);
+    },
+
+    async repairPaths(listed: ConnectedDevice, call: TransportCallContext): Promise<PathRepair> {
+      try {
+        return await repairMissingPaths(ctx, listed, call.signal, {
+          withVolumeLock: (key, fn) => volumeLocks.withLock(key, fn, call.signal),
+          watchLeft,
+        });
+      } catch (error) {
+        throw contextualError(`adding the missing paths of ${listed.device.path}`, error, call.signal);
+      }
     },
 
     async check(): Promise<CheckResult> {

@@ -196,7 +196,7 @@ function cutError(target: PathTarget, own: unknown, cut: unknown): unknown {
  * One path: the LUN lifecycle's connect (session, its login within `portalTimeoutMs` or until
  * `cut`, targeted scan, device, WWN). Never throws: a failed path is undone and reported.
  */
-async function connectPath(
+export async function connectPath(
   ctx: MultipathContext,
   target: PathTarget,
   auth: ChapCredentials | undefined,
