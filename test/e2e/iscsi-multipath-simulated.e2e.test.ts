@@ -56,4 +56,33 @@ describe('iSCSI multipath end to end on the simulated host backed by a real tgtd
     expect((await berth.getVolume('db2')).status).toBe('available');
     await berth.deleteVolume('db2');
   });
+
+  it('a path whose login failed at attach is listed failed, and `reconcile` adds it back to the map (issue 12 item 5)', async () => {
+    const { SimulatedHost } = await import('@berth/simhost');
+    const host = await SimulatedHost.connect(sim.root);
+    const second = sim.portals.find((p) => p.startsWith('127.0.0.2'))!;
+    const volume = await berth.createVolume({ name: 'db3', sizeBytes: 32 * MiB, backend: 'tgt' });
+    try {
+      // iscsid's "login failed" (rc 19) once, on the second portal: the attach goes on with one path.
+      await host.faults.load({ loginFailures: [{ portal: second, iqn: volume.providerLocation!, exitCode: 19, times: 1 }] });
+      const { attachment } = await berth.attach({ volume: 'db3', multipath: true });
+      await host.faults.clear();
+      const dm = path.basename(attachment!.device!.path);
+      expect((await host.state()).maps.find((m) => m.dm === dm)?.paths).toHaveLength(1);
+
+      const planned = await berth.reconcile!({ dryRun: true });
+      expect(planned.differences).toEqual([expect.objectContaining({ kind: 'attachment_path_failed', fix: 'repair_paths', state: 'planned', attachmentId: attachment!.id })]);
+      const applied = await berth.reconcile!({});
+      expect(applied.differences).toEqual([expect.objectContaining({ kind: 'attachment_path_failed', state: 'applied', result: expect.stringContaining('127.0.0.2') })]);
+      expect((await host.state()).maps.find((m) => m.dm === dm)?.paths).toHaveLength(2);
+      expect((await host.state()).sessions.filter((s) => s.iqn === volume.providerLocation)).toHaveLength(2);
+      expect((await berth.reconcile!({ dryRun: true })).differences).toEqual([]);
+    } finally {
+      await host.faults.clear();
+      await berth.detach({ volume: 'db3' }).catch(() => undefined);
+      await berth.deleteVolume('db3');
+    }
+    expect((await host.state()).sessions).toEqual([]);
+    expect(sim.nodeRecords()).toEqual([]);
+  });
 });
