@@ -141,8 +141,11 @@ export const zConnectorPayload = lazySchema(() => z.object({
 /** What `connector` answers. */
 export const zConnectorResult = lazySchema(() => z.object({ connector: zConnector }));
 
-/** `host_facts`: list what every transport finds connected on the host (for reconcile). */
-export const zHostFactsPayload = lazySchema(() => z.object({}));
+/**
+ * `host_facts`: list what every transport finds connected on the host (for reconcile); `readOnly`
+ * (a dry run) asks the transports to change nothing while they list. An older agent ignores it.
+ */
+export const zHostFactsPayload = lazySchema(() => z.object({ readOnly: z.boolean().optional() }));
 /** One transport's devices on the host (reconcile's `TransportListing`). */
 export const zTransportListing = lazySchema(() => z.object({
   transport: z.string().min(1),

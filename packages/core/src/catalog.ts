@@ -378,7 +378,7 @@ function guardTransport(driver: TransportDriver, plugin: string): TransportDrive
     ...(driver.extend ? { extend: (c, d, x) => wrap(() => driver.extend!(c, d, x)) } : {}),
     ...(driver.paths ? { paths: (c, d) => wrap(() => driver.paths!(c, d)) } : {}),
     ...(driver.repairPaths ? { repairPaths: (listed, context) => wrap(() => driver.repairPaths!(listed, context)) } : {}),
-    ...(driver.connected ? { connected: () => wrap(() => driver.connected!()) } : {}),
+    ...(driver.connected ? { connected: (list) => wrap(() => driver.connected!(list)) } : {}),
     check: () => wrap(() => driver.check()),
   } satisfies TransportDriver;
 }

@@ -22,6 +22,8 @@ export interface MemCatalogOptions {
    * Needs `lists`.
    */
   pathStates?: Map<string, string>;
+  /** Each `connected()` call, named by what it may do: `readOnly` (a dry run's) or `may-change`. Needs `lists`. */
+  looks?: string[];
 }
 
 /**
@@ -62,11 +64,13 @@ export function memCatalog(devices: Map<string, Device>, connect?: TransportDriv
         ...(options.lists
           ? {
               sourceKeys: ['device_path'],
-              connected: async () =>
-                [...devices.values()].map((device) => {
+              connected: async (list?: { readOnly?: boolean }) => {
+                options.looks?.push(list?.readOnly === true ? 'readOnly' : 'may-change');
+                return [...devices.values()].map((device) => {
                   const state = options.pathStates?.get(device.path) ?? 'active';
                   return { device: options.pathStates ? { ...device, paths: [{ portal: 'mem:1', state }] } : device, source: { device_path: device.path } };
-                }),
+                });
+              },
             }
           : {}),
         ...(options.pathStates

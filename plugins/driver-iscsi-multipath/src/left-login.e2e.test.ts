@@ -91,7 +91,7 @@ describe('a path given up while its login is still alive', { timeout: 120_000 },
     await everyPath.disconnect(listConnection(OTHER, 1, portals), other, { force: false, ...call(30_000) });
   });
 
-  it('reconcile\'s look (connected()) in another process finishes a left login whose session is up or whose bound passed, and keeps one still pending', async () => {
+  it('reconcile\'s look (connected()) in another process finishes a left login whose session is up or whose bound passed, and keeps one still pending; a dry run\'s (readOnly) finishes none', async () => {
     env = await startSimEnv({ targets: [targetSpec(IQN, portals, 1), targetSpec(OTHER, portals, 1)] });
     // What an attach that exited left: a session of a given-up login (no disk) at one portal, a
     // record of one iscsid may still be logging in to at the other.
@@ -105,6 +105,11 @@ describe('a path given up while its login is still alive', { timeout: 120_000 },
     const base = { version: 1 as const, mode: 'multipath' as const, device: '/dev/dm-9', scsi_wwn: 'naa.60000000000000000e00000000099999', target_iqn: IQN, target_portal: portals[0], target_lun: 1, paths, connectedAt: new Date(0).toISOString() };
     await states.save({ ...base, volumeId: 'vol-up', left_logins: [at(IQN, portals[1], Date.now() + 600_000)] });
     await states.save({ ...base, volumeId: 'vol-pending', target_iqn: OTHER, paths: paths.map((p) => ({ ...p, target_iqn: OTHER })), left_logins: [at(OTHER, portals[0], Date.now() + 600_000)] });
+
+    // A dry run's look (`readOnly`) changes nothing: the session and the entry stay.
+    expect(await env.restart().connected!({ readOnly: true })).toEqual([]);
+    expect(await leftAt(env, IQN, portals[1])).toEqual({ sessions: 1, record: true });
+    expect((await states.load('vol-up'))?.left_logins).toHaveLength(1);
 
     expect(await env.restart().connected!()).toEqual([]);
     expect(await leftAt(env, IQN, portals[1])).toEqual({ sessions: 0, record: false });

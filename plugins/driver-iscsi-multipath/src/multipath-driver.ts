@@ -6,6 +6,7 @@ import {
   type CheckResult,
   type ConnectedDevice,
   type ConnectionInfo,
+  type ListOptions,
   type Connector,
   type Device,
   type DevicePath,
@@ -259,8 +260,9 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
       return pathStates(ctx, volume, device);
     },
 
-    async connected(): Promise<ConnectedDevice[]> {
-      await finishLeftOfStates();
+    async connected(list?: ListOptions): Promise<ConnectedDevice[]> {
+      // A dry run only looks: the given-up logins wait for a listing that may change the host.
+      if (list?.readOnly !== true) await finishLeftOfStates();
       return connectedDevices(ctx);
     },
 

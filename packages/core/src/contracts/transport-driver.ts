@@ -36,6 +36,12 @@ export interface ConnectedDevice {
   source: Record<string, unknown>;
 }
 
+/** Options of `TransportDriver.connected`. */
+export interface ListOptions {
+  /** Only look: change nothing on the host (a dry run). */
+  readOnly?: boolean;
+}
+
 /** What `repairPaths` did. */
 export interface PathRepair {
   /** False when nothing had to change (no path in use was failed, or none could be replaced yet). */
@@ -75,8 +81,12 @@ export interface TransportDriver {
   extend?(connection: ConnectionInfo, device: Device, context: TransportCallContext): Promise<number>;
   /** The paths of a connected device and their state. */
   paths?(connection: ConnectionInfo, device: Device): Promise<DevicePath[]>;
-  /** Every device this transport finds connected on the host. */
-  connected?(): Promise<ConnectedDevice[]>;
+  /**
+   * Every device this transport finds connected on the host. With `readOnly` (`berth reconcile
+   * --dry-run`) the listing changes nothing on the host: a transport that finishes its own pending
+   * undos while it lists (the multipath driver's given-up logins) leaves them for a listing without it.
+   */
+  connected?(options?: ListOptions): Promise<ConnectedDevice[]>;
   /**
    * Put a connected device whose path in use is `failed` (as `connected` lists it) back on a live
    * path: iscsi-user fails over to another portal. Idempotent; a device whose paths are fine is

@@ -135,9 +135,9 @@ async function runParsed(host: HostStepHost, step: HostStepName, payload: unknow
       return { connector: await mergeConnector(host.baseConnector(), catalog.transports(), p, logger) };
     }
     case 'host_facts': {
-      input('host_facts', payload);
+      const p = input('host_facts', payload);
       const unchecked: ReconcileUnchecked[] = [];
-      const listings = await listTransports(catalog, catalog.transportNames(), unchecked);
+      const listings = await listTransports(catalog, catalog.transportNames(), unchecked, { readOnly: p.readOnly ?? false });
       return { listings, unchecked };
     }
   }

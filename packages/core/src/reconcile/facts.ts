@@ -1,5 +1,6 @@
 import type { DriverCatalog } from '../catalog.js';
 import type { HostStepCall, HostSteps } from '../host-steps/host-steps.js';
+import type { ListOptions } from '../contracts/transport-driver.js';
 import { toBerthError } from '../errors.js';
 import { consumerNameFor } from '../hypervisor.js';
 import type { Attachment, Host, Server, Volume } from '../model.js';
@@ -33,8 +34,8 @@ export async function readExports(catalog: DriverCatalog, backendNames: readonly
  * step: in-process for this host, its `berth agent` for another); a transport that cannot list,
  * or failed to, is added to `unchecked` when given.
  */
-export async function readListings(steps: HostSteps, call: HostStepCall, unchecked?: ReconcileUnchecked[]): Promise<TransportListing[]> {
-  const facts = await steps.run('host_facts', {}, call);
+export async function readListings(steps: HostSteps, call: HostStepCall, unchecked?: ReconcileUnchecked[], options: ListOptions = {}): Promise<TransportListing[]> {
+  const facts = await steps.run('host_facts', options.readOnly === true ? { readOnly: true } : {}, call);
   unchecked?.push(...facts.unchecked);
   return facts.listings;
 }
@@ -78,6 +79,7 @@ export async function listTransports(
   catalog: DriverCatalog,
   names: readonly string[] = catalog.transportNames(),
   unchecked?: ReconcileUnchecked[],
+  options: ListOptions = {},
 ): Promise<TransportListing[]> {
   const listings: Array<TransportListing & { priority: number }> = [];
   for (const name of names) {
@@ -87,7 +89,7 @@ export async function listTransports(
         unchecked?.push({ kind: 'transport', name, reason: 'it cannot list its devices' });
         continue;
       }
-      const devices = await transport.connected();
+      const devices = await transport.connected(options.readOnly === true ? { readOnly: true } : undefined);
       listings.push({
         transport: name,
         protocol: transport.protocols[0] ?? name,

@@ -16,7 +16,8 @@ describe('reconcile repairs a failed path of an attached device', () => {
     const devices = new Map<string, Device>();
     const calls: string[] = [];
     const pathStates = new Map<string, string>();
-    const catalog = memCatalog(devices, undefined, { lists: true, calls, pathStates });
+    const looks: string[] = [];
+    const catalog = memCatalog(devices, undefined, { lists: true, calls, pathStates, looks });
     const config = resolveConfig({ dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', operationTimeoutMs: 5_000, undoTimeoutMs: 5_000 }, {});
     const service = new BerthServiceImpl(config, store, catalog, { hostname: 'unit-host', ips: ['127.0.0.1'], platform: 'x86_64', osType: 'linux' }, silentLogger);
     await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
@@ -26,7 +27,11 @@ describe('reconcile repairs a failed path of an attached device', () => {
 
     pathStates.set(device, 'failed');
     calls.length = 0;
+    looks.length = 0;
     const plan = await service.reconcile!({ dryRun: true });
+    // A dry run's listings (before and after the store is read) ask the transport to change nothing.
+    expect(looks).toEqual(['readOnly', 'readOnly']);
+    looks.length = 0;
     expect(plan.differences).toEqual([
       expect.objectContaining({ kind: 'attachment_path_failed', fix: 'repair_paths', state: 'planned', attachmentId: attached.attachment!.id, detail: expect.stringContaining('mem:1') }),
     ]);
@@ -35,6 +40,7 @@ describe('reconcile repairs a failed path of an attached device', () => {
     const applied = await service.reconcile!({});
     expect(applied.differences).toEqual([expect.objectContaining({ kind: 'attachment_path_failed', state: 'applied', result: `${device} moved to mem:2` })]);
     expect(calls).toEqual(['repair']);
+    expect(looks[0]).toBe('may-change');
     expect(pathStates.get(device)).toBe('active');
     const operation = await store.operations.require(applied.operationId!);
     expect(operation.steps.map((s) => `${s.name}:${s.state}`)).toEqual(['repair_paths:done']);

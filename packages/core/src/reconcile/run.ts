@@ -44,7 +44,9 @@ export async function runReconcile(deps: ReconcileDeps, options: ReconcileOption
     const knownBackends = new Set(catalog.backendNames());
     const usedBackends = [...new Set((await store.volumes.list()).map((v) => v.backend))].filter((b) => knownBackends.has(b));
     const exports = await readExports(catalog, usedBackends, unchecked);
-    const listings = await readListings(steps, call(), unchecked);
+    // A dry run only looks: the transports change nothing while they list.
+    const listing = { readOnly: dryRun };
+    const listings = await readListings(steps, call(), unchecked, listing);
     // The guests are host facts too: read before the store, like the devices.
     const guests = await readGuests(steps, call, host, await store.servers.list({ hostId: host.id }), deps.config.consumer, unchecked);
     const volumes = await store.volumes.list();
@@ -52,7 +54,7 @@ export async function runReconcile(deps: ReconcileDeps, options: ReconcileOption
     const devices = await store.devices.list({ hostId: host.id });
     const operations = (await store.operations.list({ state: ['succeeded', 'rolled_back', 'failed'] })).filter((o) => o.kind === 'attach' || o.kind === 'detach');
     const busy = await busyVolumeIds(store);
-    const listingsAfter = await readListings(steps, call());
+    const listingsAfter = await readListings(steps, call(), undefined, listing);
     // Where this berth's transports run (this host only: an agent's roots are its own).
     const transportRoots = steps.kind === 'local' ? transportRootsOf(catalog) : undefined;
     findings = findDifferences({

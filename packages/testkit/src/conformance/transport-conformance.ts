@@ -143,6 +143,9 @@ export function describeTransportConformance(
       const device = await driver.connect(connection, call());
       const listed = (await driver.connected()).filter((entry) => entry.device.path === device.path);
       expect(listed.some((entry) => sourceMatches(entry.source, connection.data, keys))).toBe(true);
+      // A dry run's listing (`readOnly`) sees the same device the same way.
+      const looked = (await driver.connected({ readOnly: true })).filter((entry) => entry.device.path === device.path);
+      expect(looked.map((entry) => entry.source)).toEqual(listed.map((entry) => entry.source));
     });
 
     it('a transport that repairs paths lists their states, and leaves a healthy device alone', async () => {
