@@ -29,8 +29,9 @@ export function createHostDeviceRepository(ctx: RepositoryContext): HostDeviceRe
 
     async put(input: NewHostDevice): Promise<HostDevice> {
       const now = ctx.now();
-      const existing = await get(input.hostId, input.volumeId);
-      const record = hostDeviceRow(input, existing?.createdAt ?? now, now);
+      // A replaced record keeps its created_at: the upsert does not set it, and RETURNING gives
+      // the row as stored (no read before the write).
+      const record = hostDeviceRow(input, now, now);
       const columns = {
         transport: record.transport,
         connection_info: ctx.dialect.encodeJson(record.connectionInfo),
@@ -40,13 +41,14 @@ export function createHostDeviceRepository(ctx: RepositoryContext): HostDeviceRe
         updated_at: record.updatedAt,
       };
       // Insert, or replace the record of this host and volume (one device per volume per host).
-      await ctx
+      const row = await ctx
         .db()
         .insertInto('host_devices')
         .values({ host_id: record.hostId, volume_id: record.volumeId, created_at: record.createdAt, ...columns })
         .onConflict((oc) => oc.columns(['host_id', 'volume_id']).doUpdateSet(columns))
-        .execute();
-      return record;
+        .returningAll()
+        .executeTakeFirstOrThrow();
+      return toHostDevice(row, ctx.dialect);
     },
 
     async delete(hostId: string, volumeId: string): Promise<void> {

@@ -359,7 +359,8 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
     ): Promise<Operation> {
       const state = parseWith(zOperationState.exclude(['running']), outcome.state, 'operation outcome');
       const valid = parseWith(zFinishOutcome, { error: outcome.error, result: outcome.result }, 'operation outcome');
-      const result = await ctx
+      // The row comes back from the UPDATE itself (RETURNING): only its journal is read after it.
+      const row = await ctx
         .db()
         .updateTable('operations')
         .set({
@@ -370,9 +371,12 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
         })
         .where('id', '=', id)
         .where('state', '=', 'running')
+        .returningAll()
         .executeTakeFirst();
-      if (result.numUpdatedRows === 0n) throw await notRunning(id);
-      return require(id);
+      if (row === undefined) throw await notRunning(id);
+      const [operation] = await withSteps([row]);
+      if (operation === undefined) throw notFound('operation', id);
+      return operation;
     },
 
     async setOwner(id: string, owner: string, expectedOwner: string | null): Promise<void> {
