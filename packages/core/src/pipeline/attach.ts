@@ -33,8 +33,10 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
       async commit(ctx, tx) {
         // The attachment, the operation's link to it and the step's end are written in one
         // transaction: a crash can never leave an attachment that no operation names.
-        const attachment = await reserveAttachmentRecord(tx, ctx.volume.id, ctx.server, options.mode, ctx.operationId);
-        return { data: { attachmentId: attachment.id }, apply: (c) => (c.attachment = attachment) };
+        const reserved = await reserveAttachment(tx, ctx.volume.id, ctx.server, options.mode, ctx.operationId);
+        // The volume as this transaction stored it: the later steps' view, not the one read
+        // before the volume lock was taken.
+        return { data: { attachmentId: reserved.attachment.id }, apply: (c) => applyTransition(c, reserved) };
       },
       async undo(ctx, _signal, progress) {
         if (!ctx.attachment) return;
@@ -256,6 +258,17 @@ export async function reserveAttachmentRecord(
   mode: 'rw' | 'ro',
   operationId?: string,
 ): Promise<Attachment> {
+  return (await reserveAttachment(store, volumeId, server, mode, operationId)).attachment;
+}
+
+/** `reserveAttachmentRecord`, with the volume as the reservation stored it. */
+async function reserveAttachment(
+  store: Store,
+  volumeId: string,
+  server: Server,
+  mode: 'rw' | 'ro',
+  operationId?: string,
+): Promise<{ attachment: Attachment; volume: Volume }> {
   return store.transaction(async (tx) => {
     const volume = await tx.volumes.require(volumeId);
     const existing = (await tx.attachments.list({ volumeId: volume.id })).filter((a) => a.status !== 'detached');
@@ -277,9 +290,9 @@ export async function reserveAttachmentRecord(
     }
     // CAS from the status read in this transaction: a concurrent writer makes it fail.
     const next = recomputeVolumeStatus([...existing, { status: 'reserved' }]);
-    await tx.volumes.transition(volume.id, [volume.status], next);
+    const reserved = await tx.volumes.transition(volume.id, [volume.status], next);
     const attachment = await tx.attachments.create({ volumeId: volume.id, serverId: server.id, hostId: server.hostId, mode });
     if (operationId !== undefined) await tx.operations.setAttachment(operationId, attachment.id);
-    return attachment;
+    return { attachment, volume: reserved };
   });
 }

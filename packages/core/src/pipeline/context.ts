@@ -3,6 +3,7 @@ import type { VolumeBackend, BackendVolume } from '../contracts/volume-backend.j
 import type { Consumer } from '../contracts/consumer.js';
 import type { Attachment, AttachmentStatus, Host, Server, Volume } from '../model.js';
 import type { AttachmentPatch, Store } from '../store.js';
+import { BerthError } from '../errors.js';
 import { recomputeVolumeStatus } from '../transitions.js';
 import type { DriverCatalog } from '../catalog.js';
 import type { BerthConfig } from '../config.js';
@@ -101,6 +102,24 @@ export async function deleteAttachmentRecord(store: Store, attachmentId: string,
     const attachment = await tx.attachments.get(attachmentId);
     if (attachment?.status === 'detaching') await tx.attachments.transition(attachmentId, ['detaching'], 'detached');
     if (attachment) await tx.attachments.delete(attachmentId);
+    return recomputeVolume(tx, volumeId);
+  });
+}
+
+/**
+ * `deleteAttachmentRecord` for an attachment the caller last saw `detaching`: the CAS to
+ * `detached` instead of a read before it. One that is no longer `detaching` (the CAS refused) or
+ * is gone goes the general way, in the same transaction.
+ */
+export async function deleteDetachingAttachment(store: Store, attachmentId: string, volumeId: string): Promise<Volume> {
+  return store.transaction(async (tx) => {
+    try {
+      await tx.attachments.transition(attachmentId, ['detaching'], 'detached');
+    } catch (error) {
+      if (!BerthError.is(error) || (error.code !== 'CONFLICT' && error.code !== 'NOT_FOUND')) throw error;
+      return deleteAttachmentRecord(tx, attachmentId, volumeId);
+    }
+    await tx.attachments.delete(attachmentId);
     return recomputeVolume(tx, volumeId);
   });
 }

@@ -1,6 +1,6 @@
 import { BerthError, toBerthError } from '../errors.js';
 import type { AttachmentStatus } from '../model.js';
-import { backendVolume, deleteAttachmentRecord, transitionAttachment, type PipelineContext, type PipelineDeps } from './context.js';
+import { backendVolume, deleteAttachmentRecord, deleteDetachingAttachment, transitionAttachment, type PipelineContext, type PipelineDeps } from './context.js';
 import { exportSharers, publishShared, releaseShared, unpublishShared, type ReleaseOutcome } from './device-sharing.js';
 import { applyTransition, required } from './attach.js';
 import type { Step } from './step.js';
@@ -158,7 +158,13 @@ export function detachSteps(deps: PipelineDeps): Array<Step<PipelineContext>> {
       async commit(ctx, tx) {
         // One transaction: the attachment goes and the volume's status follows (and the step's
         // end in the journal), or none of them.
-        const volume = await deleteAttachmentRecord(tx, required(ctx.attachment, 'attachment').id, ctx.volume.id);
+        const attachment = required(ctx.attachment, 'attachment');
+        // begin_detaching left it `detaching` (its commit's row): the CAS says if it still is,
+        // without reading it first; anything else goes the general way.
+        const volume =
+          attachment.status === 'detaching'
+            ? await deleteDetachingAttachment(tx, attachment.id, ctx.volume.id)
+            : await deleteAttachmentRecord(tx, attachment.id, ctx.volume.id);
         return { apply: (c) => (c.volume = volume) };
       },
     },

@@ -14,6 +14,12 @@ import type { PipelineDeps } from './context.js';
 // recorded), and every decision on it runs under a lease in the store, because two `berth`
 // processes do not see each other's in-process locks.
 
+/** A write to a row that is gone, taken as done; any other error passes. */
+function ignoreNotFound(error: unknown): undefined {
+  if (BerthError.is(error) && error.code === 'NOT_FOUND') return undefined;
+  throw error;
+}
+
 /** Attachment statuses that hold a device berth connected (a detached one holds nothing). */
 function live(attachment: Attachment): boolean {
   return attachment.status !== 'detached';
@@ -189,7 +195,9 @@ export async function releaseShared(deps: PipelineDeps, request: ReleaseRequest)
     // The device's records and the lease's release: one commit.
     await lease.releaseWith(async (tx) => {
       await tx.devices.delete(hostId, volume.id);
-      if (attachment && (await tx.attachments.get(attachment.id))) await tx.attachments.update(attachment.id, { device: null });
+      // An attachment already gone has no claim to drop: its update's NOT_FOUND (a write that
+      // matched nothing) is the answer a read before it would have given.
+      if (attachment) await tx.attachments.update(attachment.id, { device: null }).catch(ignoreNotFound);
     });
     return { disconnected: true, sharers: 0, identityMismatch };
   });

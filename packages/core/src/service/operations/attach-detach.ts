@@ -27,7 +27,9 @@ export async function startAttach(parts: ServiceParts, launcher: OperationLaunch
   const consumer = serverConsumer(parts, server, await store.hosts.get(server.hostId));
 
   return launcher.launch({ kind: 'attach', volume, server, idempotencyKey: req.idempotencyKey }, async (operationId, signal) => {
-    const ctx = launcher.context(operationId, await store.volumes.require(volume.id), server, consumer);
+    // The volume as resolved: no step before `reserve` reads it, and reserve's transaction reads
+    // it again under the lock and puts what it stored in the context.
+    const ctx = launcher.context(operationId, volume, server, consumer);
     const steps = attachSteps(stepDeps(parts, signal), {
       mode: req.mode ?? 'rw',
       ...(req.multipath === undefined ? {} : { multipath: req.multipath }),
@@ -61,7 +63,10 @@ export async function startDetach(parts: ServiceParts, launcher: OperationLaunch
   const consumer = serverConsumer(parts, server, await store.hosts.get(server.hostId));
 
   return launcher.launch({ kind: 'detach', volume, server, attachment, idempotencyKey: req.idempotencyKey }, async (operationId, signal) => {
-    const ctx = launcher.context(operationId, await store.volumes.require(volume.id), server, consumer);
+    // The volume as resolved: begin_detaching's commit reads it again in its transaction and
+    // puts what it stored in the context. The attachment is read again here, under the lock:
+    // its status now is what an undo of begin_detaching puts back.
+    const ctx = launcher.context(operationId, volume, server, consumer);
     ctx.attachment = await store.attachments.require(attachment.id);
     ctx.force = req.force ?? false;
     return { ctx, steps: detachSteps(stepDeps(parts, signal)) };

@@ -209,10 +209,11 @@ export class OperationLauncher {
           warnings.push('the operation could not be marked succeeded; the next berth command does it');
           operation = await store.operations.require(operationId).catch(() => undefined);
         }
-        const volume = await store.volumes.get(ctx.volume.id).catch(() => undefined);
+        // The volume as the last step's commit stored it (complete, delete_attachment): nothing
+        // of this operation wrote it since, so it is not read again.
         return {
           operation: operation ?? ({ id: operationId, kind, state: 'running' } as Operation),
-          volume: volume ?? ctx.volume,
+          volume: ctx.volume,
           attachment: ctx.attachment,
           ...(warnings.length > 0 ? { warnings } : {}),
         };
