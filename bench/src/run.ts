@@ -9,6 +9,7 @@ import { benchSimhostTool } from './simhost-tool.js';
 import { benchCliStart } from './cli-start.js';
 import { benchManyHosts } from './many-hosts.js';
 import { benchFleet } from './fleet.js';
+import { benchStoreStatements } from './store-statements.js';
 import { installSignalCleanup } from './signal-cleanup.js';
 
 installSignalCleanup();
@@ -24,6 +25,7 @@ const benches: Record<string, () => Promise<void>> = {
       iterations: env('BENCH_ITERATIONS_ISCSI', 5),
       concurrent: env('BENCH_CONCURRENT_LUNS', 32),
     }),
+  'store-statements': () => benchStoreStatements(env('BENCH_STATEMENT_ROUNDS', 2)),
   'attach-iscsi-user': () => benchAttachIscsiUser(env('BENCH_ITERATIONS_ISCSI_USER', 10), env('BENCH_FIO_MIB', 256), env('BENCH_FIO_ROUNDS', 3)),
   'attach-multipath': () => benchAttachMultipath(env('BENCH_ITERATIONS_MULTIPATH', 3)),
   'simhost-tool': () => benchSimhostTool(env('BENCH_TOOL_CALLS', 50)),
