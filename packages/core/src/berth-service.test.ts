@@ -176,6 +176,21 @@ describe('attach and detach on the in-memory store', () => {
     expect(busy).toBe(0);
   });
 
+  it('two detaches of one attachment at once: the first detaches, the second (queued on the volume lock) finds it gone and is rolled back', async () => {
+    const { service, store } = world();
+    const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    await service.attach({ volume: 'db' });
+    // Both find the attachment `attached` before either takes the lock: the second's CAS from
+    // what it saw fails, and its read then says the attachment is gone.
+    const [first, second] = await Promise.allSettled([service.detach({ volume: 'db' }), service.detach({ volume: 'db' })]);
+    expect(first.status).toBe('fulfilled');
+    expect(second.status === 'rejected' && BerthError.is(second.reason) && second.reason.code).toBe('NOT_FOUND');
+    const operations = await store.operations.list({ kind: 'detach' });
+    expect(operations.map((o) => o.state).sort()).toEqual(['rolled_back', 'succeeded']);
+    expect((await store.volumes.require(volume.id)).status).toBe('available');
+    expect(await store.attachments.list()).toEqual([]);
+  });
+
   it('lets exactly one of two attaches of one volume to two servers win; the other gets CONFLICT', async () => {
     const { service } = world();
     await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });

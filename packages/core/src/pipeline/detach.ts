@@ -1,6 +1,6 @@
 import { BerthError, toBerthError } from '../errors.js';
-import type { AttachmentStatus } from '../model.js';
-import { backendVolume, deleteAttachmentRecord, deleteDetachingAttachment, transitionAttachment, type PipelineContext, type PipelineDeps } from './context.js';
+import type { Attachment, AttachmentStatus } from '../model.js';
+import { backendVolume, deleteAttachmentRecord, deleteDetachingAttachment, recomputeVolume, transitionAttachment, type PipelineContext, type PipelineDeps } from './context.js';
 import { exportSharers, publishShared, releaseShared, unpublishShared, type ReleaseOutcome } from './device-sharing.js';
 import { applyTransition, required } from './attach.js';
 import type { Step } from './step.js';
@@ -59,13 +59,34 @@ export function detachSteps(deps: PipelineDeps): Array<Step<PipelineContext>> {
     {
       name: 'begin_detaching',
       async run(ctx) {
-        const attachment = required(ctx.attachment, 'attachment');
-        original = attachment.status;
-        return { attachmentId: attachment.id, from: original };
+        return { attachmentId: required(ctx.attachment, 'attachment').id };
       },
       async commit(ctx, tx) {
-        const changed = await transitionAttachment(tx, required(ctx.attachment, 'attachment').id, detachableFrom(ctx.force ?? false), 'detaching');
-        return { apply: (c) => applyTransition(c, changed) };
+        const seen = required(ctx.attachment, 'attachment');
+        const from = detachableFrom(ctx.force ?? false);
+        // The status the launcher saw (before the volume lock) as the CAS's only accepted one:
+        // when the CAS holds, that is the status an undo puts back, and nothing is read first.
+        // When it does not (the attachment changed since), read it here and CAS from the list.
+        let was: AttachmentStatus = seen.status;
+        let attachment: Attachment | undefined;
+        if (from.includes(seen.status)) {
+          attachment = await tx.attachments.transition(seen.id, [seen.status], 'detaching').catch((error: unknown) => {
+            if (BerthError.is(error) && (error.code === 'CONFLICT' || error.code === 'NOT_FOUND')) return undefined;
+            throw error;
+          });
+        }
+        if (attachment === undefined) {
+          was = (await tx.attachments.require(seen.id)).status;
+          attachment = await tx.attachments.transition(seen.id, from, 'detaching');
+        }
+        const changed = { attachment, volume: await recomputeVolume(tx, attachment.volumeId) };
+        return {
+          data: { from: was },
+          apply: (c) => {
+            original = was;
+            applyTransition(c, changed);
+          },
+        };
       },
       async undo(ctx) {
         if (ctx.attachment?.status !== 'detaching') return;

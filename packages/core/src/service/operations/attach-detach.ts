@@ -63,11 +63,11 @@ export async function startDetach(parts: ServiceParts, launcher: OperationLaunch
   const consumer = serverConsumer(parts, server, await store.hosts.get(server.hostId));
 
   return launcher.launch({ kind: 'detach', volume, server, attachment, idempotencyKey: req.idempotencyKey }, async (operationId, signal) => {
-    // The volume as resolved: begin_detaching's commit reads it again in its transaction and
-    // puts what it stored in the context. The attachment is read again here, under the lock:
-    // its status now is what an undo of begin_detaching puts back.
+    // The volume and the attachment as found: begin_detaching's commit CASes the attachment
+    // from the status seen here (reading it only when that fails) and puts both as stored in
+    // the context; no step before it reads them.
     const ctx = launcher.context(operationId, volume, server, consumer);
-    ctx.attachment = await store.attachments.require(attachment.id);
+    ctx.attachment = attachment;
     ctx.force = req.force ?? false;
     return { ctx, steps: detachSteps(stepDeps(parts, signal)) };
   });
