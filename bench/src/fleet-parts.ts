@@ -42,11 +42,22 @@ export interface ReplicaStart {
   dataDir: string;
   storeUrl: string;
   env: Record<string, string>;
+  /** Count the replica's PostgreSQL statements by kind (the trace). */
+  countStatements?: boolean;
+}
+
+/** A statement's kind for counting: its verb and first table, e.g. `update work_items`, `begin`. */
+export function statementKind(text: string): string {
+  const flat = text.replace(/\s+/g, ' ').trim().toLowerCase();
+  const verb = /^(with|select|insert into|update|delete from|start transaction|begin|commit|rollback|savepoint|release|set|listen|unlisten|notify|lock)\b/.exec(flat)?.[1] ?? flat.slice(0, 20);
+  const table = /\b(?:from|into|update|table)\s+"?([a-z_]+)"?/.exec(flat)?.[1];
+  const notify = flat.includes('pg_notify') ? ' (pg_notify)' : '';
+  return table && verb !== 'begin' && verb !== 'start transaction' ? `${verb} ${table}${notify}` : `${verb}${notify}`;
 }
 
 /** What a replica thread posts: its URL once listening, its store's transaction attempts when asked and once closed, or why it failed. */
 export type ReplicaMessage =
   | { kind: 'listening'; url: string }
-  | { kind: 'attempts'; attempts: number[] }
-  | { kind: 'closed'; attempts: number[] }
+  | { kind: 'attempts'; attempts: number[]; statements: Record<string, number> }
+  | { kind: 'closed'; attempts: number[]; statements: Record<string, number> }
   | { kind: 'failed'; message: string };

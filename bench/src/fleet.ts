@@ -60,11 +60,17 @@ async function postgresCpuMs(cluster: PostgresCluster): Promise<number> {
   return (ticks * 1000) / USER_HZ;
 }
 
+/** What a replica has done so far. */
+interface Counters {
+  attempts: number[];
+  statements: Record<string, number>;
+}
+
 /** An API replica of the fleet, in this thread or in a worker thread of its own. */
 interface Replica {
   url: string;
-  /** Its store's transactions by attempt so far (`postgresTransactionAttempts`: one per thread). */
-  attempts(): Promise<number[]>;
+  /** Its store's transactions by attempt so far (`postgresTransactionAttempts`: one per thread) and, in a thread with the trace on, its statements by kind. */
+  counters(): Promise<Counters>;
   /** Stop it (requests and operations in flight finish). Idempotent. */
   close(): Promise<void>;
 }
@@ -72,7 +78,7 @@ interface Replica {
 /** A replica in this thread: it shares the event loop with the agents and the clients. */
 async function replicaHere(start: ReplicaStart): Promise<Replica> {
   const server = await startApiServer({ ...start, logger: silentLogger, logLevel: 'error', extraPlugins: [fastPlugin] });
-  return { url: server.url, attempts: async () => [...postgresTransactionAttempts], close: () => server.close() };
+  return { url: server.url, counters: async () => ({ attempts: [...postgresTransactionAttempts], statements: {} }), close: () => server.close() };
 }
 
 /** A replica in a worker thread of its own (`fleet-replica.ts`). */
@@ -105,11 +111,11 @@ async function replicaThread(start: ReplicaStart): Promise<Replica> {
     const listening = await next('listening');
     return {
       url: listening.kind === 'listening' ? listening.url : '',
-      async attempts() {
+      async counters() {
         const answer = next('attempts');
         worker.postMessage('attempts');
         const message = await answer;
-        return message.kind === 'attempts' ? message.attempts : [];
+        return message.kind === 'attempts' ? { attempts: message.attempts, statements: message.statements } : { attempts: [], statements: {} };
       },
       close,
     };
@@ -124,10 +130,13 @@ function attemptsBetween(before: readonly number[], after: readonly number[]): n
   return after.map((n, i) => n - (before[i] ?? 0));
 }
 
-/** Slot-by-slot sum of several replicas' counts by attempt. */
-function sumAttempts(all: readonly number[][]): number[] {
-  const out: number[] = [];
-  for (const counts of all) counts.forEach((n, i) => (out[i] = (out[i] ?? 0) + n));
+/** Several replicas' counters added up: attempts slot by slot, statements kind by kind. */
+function sumCounters(all: readonly Counters[]): Counters {
+  const out: Counters = { attempts: [], statements: {} };
+  for (const counts of all) {
+    counts.attempts.forEach((n, i) => (out.attempts[i] = (out.attempts[i] ?? 0) + n));
+    for (const [kind, n] of Object.entries(counts.statements)) out.statements[kind] = (out.statements[kind] ?? 0) + n;
+  }
   return out;
 }
 
@@ -182,6 +191,7 @@ export async function benchFleet(hosts = 100, cycles = 400, concurrency = 32, re
   const root = await mkdtemp(path.join(os.tmpdir(), 'berth-bench-fleet-'));
   const servers: Replica[] = [];
   const threads = process.env.BENCH_FLEET_REPLICA_THREADS !== '0';
+  const trace = process.env.BENCH_FLEET_TRACE === '1';
   const runners: Array<{ runner: AgentRunner; done: Promise<void> }> = [];
   let cluster: PostgresCluster | undefined;
   let unregister = (): void => undefined;
@@ -230,7 +240,7 @@ export async function benchFleet(hosts = 100, cycles = 400, concurrency = 32, re
       const controllerDir = await writeConfig(path.join(root, `controller-${replicas}`), { api: { listen: '127.0.0.1:0', tokens } });
       const fleet: Replica[] = [];
       for (let i = 0; i < replicas; i++) {
-        const start = { dataDir: controllerDir, storeUrl, env };
+        const start = { dataDir: controllerDir, storeUrl, env, countStatements: trace };
         const server = threads ? await replicaThread(start) : await replicaHere(start);
         servers.push(server);
         fleet.push(server);
@@ -256,11 +266,10 @@ export async function benchFleet(hosts = 100, cycles = 400, concurrency = 32, re
 
       const cycle = fleetCycle(urls, adminToken, hosts);
       await drive({ cycles: [], wallMs: 0 }, concurrency, concurrency, cycle);
-      const trace = process.env.BENCH_FLEET_TRACE === '1';
       const commitsBefore = trace ? await commitsOf(storeUrl) : 0;
       // Replicas in this thread share one counter; threads each have their own.
-      const fleetAttempts = async (): Promise<number[]> => (threads ? sumAttempts(await Promise.all(fleet.map((r) => r.attempts()))) : [...postgresTransactionAttempts]);
-      const attemptsBefore = trace ? await fleetAttempts() : [];
+      const fleetCounters = async (): Promise<Counters> => (threads ? sumCounters(await Promise.all(fleet.map((r) => r.counters()))) : await (fleet[0]?.counters() ?? { attempts: [], statements: {} }));
+      const countersBefore = trace ? await fleetCounters() : undefined;
       const samples: Samples = { cycles: [], wallMs: 0 };
       const cpuBefore = process.cpuUsage();
       const postgresBefore = trace ? await postgresCpuMs(cluster) : 0;
@@ -270,7 +279,7 @@ export async function benchFleet(hosts = 100, cycles = 400, concurrency = 32, re
       const loop = performance.eventLoopUtilization(loopBefore);
       const postgresDuring = trace ? (await postgresCpuMs(cluster)) - postgresBefore : 0;
       const commitsDuring = trace ? (await commitsOf(storeUrl)) - commitsBefore : 0;
-      const attemptsAfter = trace ? await fleetAttempts() : [];
+      const countersAfter = trace ? await fleetCounters() : undefined;
       rows.push(row(`${hosts} hosts, ${replicas} replica${replicas === 1 ? '' : 's'} ${threads ? 'in threads' : 'in this thread'} (PostgreSQL, HTTP)`, samples));
       console.error(`fleet: ${rows.at(-1)?.map(String).join('  ')}`);
 
@@ -292,8 +301,17 @@ export async function benchFleet(hosts = 100, cycles = 400, concurrency = 32, re
         // Store transactions by attempt (1st, 2nd, …, the last slot counting all from there on):
         // every attempt after the first is a serialization failure retried; from the third on
         // the transaction holds the gate lock exclusively (runs alone).
-        const attempts = attemptsBetween(attemptsBefore, attemptsAfter);
+        const attempts = attemptsBetween(countersBefore?.attempts ?? [], countersAfter?.attempts ?? []);
         console.error(`store transactions by attempt (measured cycles): ${attempts.join(' / ')}; retries per cycle ${(attempts.slice(1).reduce((a, b) => a + b, 0) / samples.cycles.length).toFixed(2)}`);
+        if (threads) {
+          // The replicas' statements per cycle by kind (their pg clients' queries; this thread's not counted).
+          const perCycle = Object.entries(countersAfter?.statements ?? {})
+            .map(([kind, n]): [string, number] => [kind, (n - (countersBefore?.statements[kind] ?? 0)) / samples.cycles.length])
+            .filter(([, n]) => n >= 0.05)
+            .sort((a, b) => b[1] - a[1]);
+          const total = perCycle.reduce((sum, [, n]) => sum + n, 0);
+          console.error(`replicas' statements per cycle: ${total.toFixed(1)} — ${perCycle.map(([kind, n]) => `${kind} ${n.toFixed(1)}`).join(', ')}`);
+        }
         const q = async (label: string, text: string): Promise<void> => console.error(label, JSON.stringify(await queryOn(storeUrl, text)));
         await q('steps', `select name, phase, count(*)::int n, round(avg(duration_ms))::int avg, max(duration_ms)::int max, percentile_cont(0.5) within group (order by duration_ms)::int p50 from operation_steps group by name, phase order by avg desc`);
         await q('items', `select step, count(*)::int n, round(avg(extract(epoch from (updated_at::timestamptz - created_at::timestamptz))*1000))::int avg_ms, max(attempts) max_attempts from work_items group by step`);
