@@ -32,6 +32,9 @@ const zOutcome = z.strictObject({
   error: zWorkItemError.optional(),
 });
 const zWorker = z.string().min(1).max(400);
+// Built once, not at every call (a zod schema costs more to build than to run).
+const zWorkItemId = z.uuid();
+const zPayloadVolumeId = z.string().min(1);
 /** The longest time between two writes of an agent's `lastSeenAt` while it keeps calling (see `heardFrom`). */
 const HEARTBEAT_MAX_MS = 5_000;
 
@@ -226,7 +229,7 @@ export class AgentWorkService implements AgentWork {
 
   /** Item `id` when it belongs to `host`; an item of another host is NOT_FOUND, exactly like a missing one. */
   private async itemOf(workItems: WorkItemRepository, host: Host, id: string): Promise<WorkItem> {
-    const itemId = parseWith(z.uuid(), id, 'work item id');
+    const itemId = parseWith(zWorkItemId, id, 'work item id');
     const item = await workItems.get(itemId);
     if (item === undefined || item.hostId !== host.id) {
       throw new BerthError('NOT_FOUND', `work item ${itemId} not found`, {
@@ -265,7 +268,7 @@ export class AgentWorkService implements AgentWork {
     if (item.step !== 'connect') return item.payload;
     const { store, catalog } = this.parts;
     const connection = parseWith(zConnectionInfo, item.payload.connection, 'connect payload connection');
-    const volumeId = parseWith(z.string().min(1), item.payload.volumeId, 'connect payload volumeId');
+    const volumeId = parseWith(zPayloadVolumeId, item.payload.volumeId, 'connect payload volumeId');
     const volume = await store.volumes.require(volumeId);
     const backend = catalog.backend(volume.backend);
     const usesChap = [connection.data.auth_method, connection.data.discovery_auth_method].some((m) => typeof m === 'string' && m.toUpperCase() === 'CHAP');

@@ -5,7 +5,9 @@ import type { ProjectScope, Ref } from '../service.js';
 import type { Store } from '../store.js';
 
 /** Whether a reference is an id (else it is a name). */
-export const isUuid = (ref: string): boolean => zId.safeParse(ref).success;
+// A UUID is 36 characters: a name of any other length is refused before zod builds a failure for it
+// (most references are names, and a failed safeParse costs more than the lookup's own work).
+export const isUuid = (ref: string): boolean => ref.length === 36 && zId.safeParse(ref).success;
 
 /** The project a request acts in. */
 export function projectOf(config: BerthConfig, scope: ProjectScope): string {

@@ -11,6 +11,7 @@ import { connectorWithoutSecrets } from '../secrets.js';
 import { agentReplaced, alreadyExists, notFound } from '../store-errors.js';
 
 const zNewHostAgent = lazySchema(() => zHostAgent.unwrap().omit({ lastSeenAt: true }));
+const zInstance = z.string().min(1);
 
 const selectHost = cachedQuery<{ id: string }, Selectable<HostsTable>>(['id'], (db, p) => db.selectFrom('hosts').selectAll().where('id', '=', p.id));
 
@@ -122,7 +123,7 @@ export function createHostRepository(ctx: RepositoryContext): HostRepository {
     },
 
     async touchAgent(id: string, instance: string): Promise<Host> {
-      const worker = parseWith(z.string().min(1), instance, 'agent instance');
+      const worker = parseWith(zInstance, instance, 'agent instance');
       // A CAS on the instance: an agent replaced by a newer registration is refused here.
       const row = await ctx
         .db()

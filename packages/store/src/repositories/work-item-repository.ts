@@ -17,6 +17,9 @@ import { toWorkItem } from '../row-mappers.js';
 import { alreadyExists, notFound, stateConflict } from '../store-errors.js';
 
 const zLimit = z.number().int().positive().max(10_000);
+// Built once, not at every call (a zod schema costs more to build than to run).
+const zWorker = z.string().min(1);
+const zStates = z.array(zWorkItemState);
 
 /** How many items `expire` resets at most when the caller names no limit. */
 const DEFAULT_EXPIRE_LIMIT = 100;
@@ -114,7 +117,7 @@ export function createWorkItemRepository(ctx: RepositoryContext): WorkItemReposi
       if (filter.state !== undefined) {
         const states: readonly WorkItemState[] = typeof filter.state === 'string' ? [filter.state] : filter.state;
         if (states.length === 0) return [];
-        query = query.where('state', 'in', parseWith(z.array(zWorkItemState), [...states], 'work item state'));
+        query = query.where('state', 'in', parseWith(zStates, [...states], 'work item state'));
       }
       const rows = await query.orderBy('created_at').orderBy('id').execute();
       return rows.map((row) => toWorkItem(row, ctx.dialect));
@@ -123,7 +126,7 @@ export function createWorkItemRepository(ctx: RepositoryContext): WorkItemReposi
     async claim(hostId: string, worker: string, leaseMs: number, limit = 1): Promise<WorkItem[]> {
       const ms = parseWith(zLeaseMs, leaseMs, 'work item lease');
       const max = parseWith(zLimit, limit, 'claim limit');
-      const owner = parseWith(z.string().min(1), worker, 'worker');
+      const owner = parseWith(zWorker, worker, 'worker');
       // The oldest pending rows of the host, picked and locked once; the outer WHERE re-checks
       // the state after any wait.
       const rows = await withPicked(ctx, (db) =>
@@ -202,7 +205,7 @@ export function createWorkItemRepository(ctx: RepositoryContext): WorkItemReposi
     },
 
     async requeue(hostId: string, exceptWorker: string): Promise<WorkItem[]> {
-      const keep = parseWith(z.string().min(1), exceptWorker, 'worker');
+      const keep = parseWith(zWorker, exceptWorker, 'worker');
       const rows = await withPicked(ctx, (db) =>
         db
           .selectFrom('work_items')
