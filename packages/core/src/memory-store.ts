@@ -55,6 +55,9 @@ const zFinishOutcome = lazySchema(() => zOperation.unwrap().pick({ error: true, 
 const zLockField = z.string().min(1).max(300);
 const zNewHostAgent = lazySchema(() => zHostAgent.unwrap().omit({ lastSeenAt: true }));
 const zLimit = z.number().int().positive().max(10_000);
+// Built once, not at every call (a zod schema costs more to build than to run).
+const zEndState = lazySchema(() => zOperationState.exclude(['running']));
+const zClaimLimit = lazySchema(() => z.number().int().positive());
 const zWorker = z.string().min(1);
 
 /** How many operations `claimExpired` takes at most when the caller names no limit (as on SQL). */
@@ -417,7 +420,7 @@ export function createMemoryStore(): Store {
       }),
     finish: (id, outcome) =>
       alone(() => {
-        const state = parseWith(zOperationState.exclude(['running']), outcome.state, 'operation outcome');
+        const state = parseWith(zEndState, outcome.state, 'operation outcome');
         const valid = parseWith(zFinishOutcome, { error: outcome.error, result: outcome.result }, 'operation outcome');
         const operation = requireRow(tables.operations, 'operation', id);
         if (operation.state !== 'running') throw stateConflict('operation', id, id, operation.state, ['running']);
@@ -445,7 +448,7 @@ export function createMemoryStore(): Store {
     claimExpired: (owner, leaseMs, limit = DEFAULT_CLAIM_LIMIT) =>
       alone(() => {
         const ms = parseWith(zLeaseMs, leaseMs, 'operation lease');
-        const max = parseWith(z.number().int().positive(), limit, 'claim limit');
+        const max = parseWith(zClaimLimit, limit, 'claim limit');
         const at = now();
         const taken = [...tables.operationLeases.entries()]
           .filter(([id, expiresAt]) => expiresAt < at && tables.operations.get(id)?.state === 'running')

@@ -34,6 +34,9 @@ interface ValidOutcome {
   endedAt: string;
 }
 const zFinishOutcome = lazySchema(() => zOperation.unwrap().pick({ error: true, result: true }).partial());
+// Built once, not at every call (a zod schema costs more to build than to run).
+const zEndState = lazySchema(() => zOperationState.exclude(['running']));
+const zClaimLimit = lazySchema(() => z.number().int().positive());
 
 /**
  * How often `startStep` / `advanceStep` retry when a concurrent writer took the same seq (PostgreSQL only;
@@ -357,7 +360,7 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
       id: string,
       outcome: { state: Exclude<OperationState, 'running'>; error?: ErrorSummary | null; result?: Record<string, unknown> | null },
     ): Promise<Operation> {
-      const state = parseWith(zOperationState.exclude(['running']), outcome.state, 'operation outcome');
+      const state = parseWith(zEndState, outcome.state, 'operation outcome');
       const valid = parseWith(zFinishOutcome, { error: outcome.error, result: outcome.result }, 'operation outcome');
       // The row comes back from the UPDATE itself (RETURNING): only its journal is read after it.
       const row = await ctx
@@ -407,7 +410,7 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
 
     async claimExpired(owner: string, leaseMs: number, limit = DEFAULT_CLAIM_LIMIT): Promise<Operation[]> {
       const ms = parseWith(zLeaseMs, leaseMs, 'operation lease');
-      const max = parseWith(z.number().int().positive(), limit, 'claim limit');
+      const max = parseWith(zClaimLimit, limit, 'claim limit');
       const now = ctx.now();
       // One statement: the candidates are picked and locked once, and the outer WHERE re-checks
       // them after any wait.
