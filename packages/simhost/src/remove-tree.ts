@@ -1,7 +1,13 @@
 import { readdirSync, rmdirSync, rmSync, unlinkSync } from 'node:fs';
 
-function code(error: unknown): string | undefined {
-  return (error as NodeJS.ErrnoException | undefined)?.code;
+/** Run the quick removal `remove`; a missing path is fine, anything unexpected goes the slow way. */
+function quickly(realPath: string, remove: (realPath: string) => void): void {
+  try {
+    remove(realPath);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException | undefined)?.code === 'ENOENT') return;
+    rmSync(realPath, { recursive: true, force: true });
+  }
 }
 
 /**
@@ -9,12 +15,7 @@ function code(error: unknown): string | undefined {
  * option checks and `lstat`s): a missing one is fine; anything else (a directory) goes the slow way.
  */
 export function removeEntry(realPath: string): void {
-  try {
-    unlinkSync(realPath);
-  } catch (error) {
-    if (code(error) === 'ENOENT') return;
-    rmSync(realPath, { recursive: true, force: true });
-  }
+  quickly(realPath, unlinkSync);
 }
 
 /**
@@ -25,12 +26,7 @@ export function removeEntry(realPath: string): void {
  * under it (ENOTEMPTY, a directory where a file was) is finished by `rmSync`.
  */
 export function removeTree(realPath: string): void {
-  try {
-    removeChildrenFirst(realPath);
-  } catch (error) {
-    if (code(error) === 'ENOENT') return;
-    rmSync(realPath, { recursive: true, force: true });
-  }
+  quickly(realPath, removeChildrenFirst);
 }
 
 function removeChildrenFirst(dir: string): void {
