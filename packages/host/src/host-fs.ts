@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { constants as fsConstants, lstatSync, promises as fsp, readlinkSync } from 'node:fs';
+import { closeSync, constants as fsConstants, lstatSync, openSync, promises as fsp, readlinkSync, statSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import type { HostFs, HostStat } from './types.js';
 
@@ -150,16 +150,25 @@ export function createHostFs(root = '/'): HostFs {
       // No parent directories are made: a sysfs attribute (`.../host3/scan`) must already exist,
       // and writing to a host that is gone has to fail, as it does in the kernel.
       const real = resolve(hostPath);
-      const stat = await fsp.stat(real).catch(() => undefined);
+      // A metadata read (sysfs, tmpfs, the page cache): synchronous, as in the rooted walk.
+      const stat = (() => {
+        try {
+          return statSync(real, { throwIfNoEntry: false });
+        } catch {
+          return undefined;
+        }
+      })();
       if (stat?.isFIFO()) {
         // A write-only attribute that something reacts to (the simulated kernel's `scan` and
         // `delete`): like a sysfs write it must return at once, and fail when nobody listens
-        // (ENXIO) instead of blocking the caller forever.
-        const handle = await fsp.open(real, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK);
+        // (ENXIO) instead of blocking the caller forever. Opened non-blocking, a pipe write of a
+        // few bytes never waits, so it is done synchronously: three system calls, not three
+        // round trips through libuv's pool.
+        const fd = openSync(real, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK);
         try {
-          await handle.write(data);
+          writeSync(fd, data);
         } finally {
-          await handle.close();
+          closeSync(fd);
         }
         return;
       }
@@ -260,7 +269,9 @@ async function dropDeadTemps(link: string): Promise<void> {
     return;
   }
   const base = path.basename(link);
+  const prefix = `${base}.berth-`;
   for (const name of names) {
+    if (!name.startsWith(prefix)) continue;
     const match = TEMP_LINK.exec(name);
     if (!match || match[1] !== base || Number(match[2]) === process.pid || processAlive(Number(match[2]))) continue;
     await fsp.rm(path.join(path.dirname(link), name), { force: true });

@@ -60,7 +60,12 @@ export class AttachStateFileStore<S extends { volumeId: string }> {
 
   /** Forget `volumeId` (no error when there was nothing). */
   async remove(volumeId: string): Promise<void> {
-    await fsp.rm(this.fileOf(volumeId), { force: true });
+    // One unlink: `rm` would lstat first and check its options on every detach.
+    try {
+      await fsp.unlink(this.fileOf(volumeId));
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    }
   }
 
   /** Every readable state, in file-name order (temporary and unreadable files are skipped). */

@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { BerthError, lazySchema, type Device, type DeviceIdentity } from '@berth/core';
 import type { HostFs } from '@berth/host';
 import { dmUuid } from './dm-sysfs.js';
-import { formatHctl, scsiDeviceOf } from './scsi-sysfs.js';
+import { formatHctl, scsiDeviceOf, type ScsiDeviceRead } from './scsi-sysfs.js';
 import { blockName } from './sysfs-read.js';
 import { readWwid, scsiWwnFromWwid } from './wwid.js';
 
@@ -27,15 +27,18 @@ export type ScsiIdentity = z.output<typeof zScsiIdentity>;
 /** The identity of a multipath map (`kind: 'dm'`). */
 export type DmIdentity = z.output<typeof zDmIdentity>;
 
-/** The identity of an iSCSI disk or map as sysfs shows it now; `undefined` when nothing is there. */
-export async function identityAt(fs: HostFs, name: string): Promise<ScsiIdentity | DmIdentity | undefined> {
+/**
+ * The identity of an iSCSI disk or map as sysfs shows it now; `undefined` when nothing is there.
+ * `read` is how a disk's SCSI device is read (a `scsiDeviceReader` shared within one call).
+ */
+export async function identityAt(fs: HostFs, name: string, read: ScsiDeviceRead = (n) => scsiDeviceOf(fs, n)): Promise<ScsiIdentity | DmIdentity | undefined> {
   const block = blockName(name);
   if (/^dm-\d+$/.test(block)) {
     const uuid = await dmUuid(fs, block);
     if (uuid === undefined) return undefined;
     return { kind: 'dm', uuid, ...(uuid.startsWith('mpath-') ? { wwn: uuid.slice('mpath-'.length) } : {}) };
   }
-  const sd = await scsiDeviceOf(fs, block).catch(() => undefined);
+  const sd = await read(block).catch(() => undefined);
   if (sd?.sid === undefined) {
     // A disk that is there but is no iSCSI disk (or not readable): something, but not ours.
     return (await fs.exists(`/sys/block/${block}`)) ? { kind: 'scsi', sessionId: 0, hctl: sd === undefined ? '?' : formatHctl(sd.hctl) } : undefined;

@@ -68,26 +68,67 @@ async function connectionDir(fs: HostFs, sid: number): Promise<string | undefine
 export async function readIscsiSession(fs: HostFs, sid: number): Promise<IscsiSession | undefined> {
   checkIndex(sid, 'session id');
   const dir = `/sys/class/iscsi_session/session${sid}`;
-  const [iqn, tpgt, state, conn, hostNumber] = await Promise.all([
-    readTrimmed(fs, `${dir}/targetname`),
+  const [target, tpgt, state, hostNumber] = await Promise.all([
+    readSessionTarget(fs, sid),
     readInteger(fs, `${dir}/tpgt`),
     readTrimmed(fs, `${dir}/state`),
-    connectionDir(fs, sid),
     sessionHostNumber(fs, sid),
   ]);
+  if (target === undefined) return undefined;
+  return { sid, iqn: target.iqn, tpgt, state: state ?? '', portal: target.portal, hostNumber };
+}
+
+/** Reads of `readSessionTarget` in flight, per host filesystem and session id. */
+const targetReads = new WeakMap<HostFs, Map<number, Promise<IscsiSessionTarget | undefined>>>();
+
+/** Which target and portal a session is to. */
+export interface IscsiSessionTarget {
+  iqn: string;
+  portal: Portal | undefined;
+}
+
+/**
+ * Which target and portal session `sid` is to (its `targetname`, connection 0's persistent
+ * address and port), without the rest of `readIscsiSession`: whether a disk is a target's LUN
+ * needs only these. `undefined` when the session is gone (or going: no `targetname`). Callers
+ * that ask while a reading of the same session is under way share it (32 LUNs of one session
+ * detached at once read it a few times, not 32): nothing is kept once it is done, and a
+ * session's target and portal are fixed at login for as long as that session id exists.
+ */
+export function readSessionTarget(fs: HostFs, sid: number): Promise<IscsiSessionTarget | undefined> {
+  checkIndex(sid, 'session id');
+  let reads = targetReads.get(fs);
+  if (reads === undefined) {
+    reads = new Map();
+    targetReads.set(fs, reads);
+  }
+  const running = reads.get(sid);
+  if (running !== undefined) return running;
+  const read = readSessionTargetNow(fs, sid).finally(() => reads.delete(sid));
+  reads.set(sid, read);
+  return read;
+}
+
+async function readSessionTargetNow(fs: HostFs, sid: number): Promise<IscsiSessionTarget | undefined> {
+  // Connection 0 first (iscsi_tcp has one per session), read straight away; the lookup only without it.
+  const first = `/sys/class/iscsi_connection/connection${sid}:0`;
+  const [iqn, firstAddress, firstPort] = await Promise.all([
+    readTrimmed(fs, `/sys/class/iscsi_session/session${sid}/targetname`),
+    readTrimmed(fs, `${first}/persistent_address`),
+    readInteger(fs, `${first}/persistent_port`),
+  ]);
   if (iqn === undefined) return undefined;
-  let portal: Portal | undefined;
-  if (conn !== undefined) {
-    const [address, port] = await Promise.all([
-      readTrimmed(fs, `${conn}/persistent_address`),
-      readInteger(fs, `${conn}/persistent_port`),
-    ]);
-    if (address !== undefined && port !== undefined) {
-      // The kernel keeps the record's text; strip brackets should a tool have written them.
-      portal = { host: address.replace(/^\[(.*)\]$/, '$1'), port };
+  let address = firstAddress;
+  let port = firstPort;
+  if (address === undefined || port === undefined) {
+    const conn = await connectionDir(fs, sid);
+    if (conn !== undefined && conn !== first) {
+      [address, port] = await Promise.all([readTrimmed(fs, `${conn}/persistent_address`), readInteger(fs, `${conn}/persistent_port`)]);
     }
   }
-  return { sid, iqn, tpgt, state: state ?? '', portal, hostNumber };
+  // The kernel keeps the record's text; strip brackets should a tool have written them.
+  const portal = address !== undefined && port !== undefined ? { host: address.replace(/^\[(.*)\]$/, '$1'), port } : undefined;
+  return { iqn, portal };
 }
 
 /** Every iSCSI session in sysfs, in session-id order. */

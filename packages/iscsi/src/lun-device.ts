@@ -1,9 +1,9 @@
 import { BerthError, type Logger } from '@berth/core';
 import type { CommandRunner, DeviceWaiter, HostFs } from '@berth/host';
-import { findIscsiSession, readIscsiSession, type IscsiSession } from './iscsi-sysfs.js';
+import { findIscsiSession, readSessionTarget, type IscsiSession } from './iscsi-sysfs.js';
 import { samePortal, type Portal } from './portal.js';
 import { scanSlices } from './scan-schedule.js';
-import { findBlockDeviceByHctl, findLunByHctl, scanLun, scsiDeviceOf, type Hctl } from './scsi-sysfs.js';
+import { findBlockDeviceByHctl, findLunByHctl, scanLun, scsiDeviceOf, type Hctl, type ScsiDeviceRead } from './scsi-sysfs.js';
 import { blockName } from './sysfs-read.js';
 import { readWwid, scsiWwnFromWwid } from './wwid.js';
 
@@ -33,6 +33,8 @@ export interface LunDevice {
   name: string;
   sid: number;
   hctl: Hctl;
+  /** Its SCSI device directory, when the lookup read it (`deviceIsTargetLun`): where `removeDisk` deletes it. */
+  sdevDir?: string;
 }
 
 /** `/dev/<name>`. */
@@ -176,19 +178,20 @@ export async function waitForDeviceGone(
 /**
  * Whether block device `name` is `target`'s LUN now: its SCSI address leads to a session to the
  * same IQN and portal, and to the same LUN. A name from an old record can belong to another disk
- * after a reboot or a re-scan, and deleting that one would take someone else's volume.
+ * after a reboot or a re-scan, and deleting that one would take someone else's volume. `read`
+ * is how the disk's SCSI device is read (a `scsiDeviceReader` the caller shares within one call).
  */
-export async function deviceIsTargetLun(fs: HostFs, name: string, target: LunTarget): Promise<LunDevice | undefined> {
+export async function deviceIsTargetLun(fs: HostFs, name: string, target: LunTarget, read: ScsiDeviceRead = (n) => scsiDeviceOf(fs, n)): Promise<LunDevice | undefined> {
   let sd;
   try {
-    sd = await scsiDeviceOf(fs, name);
+    sd = await read(name);
   } catch {
     return undefined;
   }
   if (sd?.sid === undefined || sd.hctl.lun !== target.kernelLun) return undefined;
-  const session = await readIscsiSession(fs, sd.sid);
+  const session = await readSessionTarget(fs, sd.sid);
   if (session?.iqn !== target.iqn || session.portal === undefined || !samePortal(session.portal, target.portal)) return undefined;
-  return { name: sd.name, sid: sd.sid, hctl: sd.hctl };
+  return { name: sd.name, sid: sd.sid, hctl: sd.hctl, sdevDir: sd.dir };
 }
 
 /** The LUN's device found from the session in sysfs, with the session; `{}` parts missing when absent. */

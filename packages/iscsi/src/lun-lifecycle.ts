@@ -260,9 +260,11 @@ export class LunLifecycle {
   /**
    * Remove a LUN's disk: `blockdev --flushbufs` when `flush` (and the `/dev` node exists: without
    * it nothing could have written), `delete`, then a wait until the disk and its SCSI device are
-   * gone. Each step goes through `failures` (recorded under force, thrown otherwise).
+   * gone. Each step goes through `failures` (recorded under force, thrown otherwise). `sdevDir`
+   * is the disk's SCSI device directory when the caller's lookup read it under the same LUN lock
+   * (`LunDevice.sdevDir`): the delete goes there, to that very device, and is not looked up again.
    */
-  async removeDisk(name: string, options: { signal: AbortSignal | undefined; failures: FailureList; flush: boolean; label?: string }): Promise<'deleted' | 'absent' | undefined> {
+  async removeDisk(name: string, options: { signal: AbortSignal | undefined; failures: FailureList; flush: boolean; label?: string; sdevDir?: string }): Promise<'deleted' | 'absent' | undefined> {
     const { fs } = this.deps;
     const { failures, signal } = options;
     const node = devPath(name);
@@ -273,8 +275,8 @@ export class LunLifecycle {
         return true;
       });
     }
-    const sdevDir = await sdevDirOf(fs, name);
-    const deleted = await failures.attempt(`delete ${options.label === undefined ? name : label}`, () => deleteScsiDevice(fs, name));
+    const sdevDir = options.sdevDir ?? (await sdevDirOf(fs, name));
+    const deleted = await failures.attempt(`delete ${options.label === undefined ? name : label}`, () => deleteScsiDevice(fs, name, options.sdevDir));
     if (deleted !== undefined) {
       await failures.attempt(`wait for ${label} to go`, () => waitForDeviceGone(this.deviceHost, name, sdevDir, this.options.deviceTimeoutMs, signal));
     }

@@ -36,7 +36,12 @@ export interface ScsiDevice {
   hctl: Hctl;
   /** The iSCSI session it belongs to; `undefined` for a SCSI disk that is not iSCSI. */
   sid: number | undefined;
+  /** Its SCSI device directory (`/sys/devices/…/H:C:T:L`), where `/sys/block/<name>/device` led. */
+  dir: string;
 }
+
+/** How a caller reads `scsiDeviceOf` (one call may share one reading per disk: `scsiDeviceReader`). */
+export type ScsiDeviceRead = (name: string) => Promise<ScsiDevice | undefined>;
 
 const HCTL = /^(\d+):(\d+):(\d+):(\d+)$/;
 const TARGET_DIR = /^target(\d+):(\d+):(\d+)$/;
@@ -163,16 +168,36 @@ export async function scsiDeviceOf(fs: HostFs, device: string): Promise<ScsiDevi
   const hctl = parseHctl(parts[parts.length - 1] ?? '');
   if (hctl === undefined) return undefined;
   const session = parts.map((p) => /^session(\d+)$/.exec(p)).find((m) => m !== null);
-  return { name, hctl, sid: session ? Number(session[1]) : undefined };
+  return { name, hctl, sid: session ? Number(session[1]) : undefined, dir: real };
 }
 
 /**
- * Remove a SCSI disk from the kernel: write `1` to `/sys/block/sdX/device/delete`. `absent` when
- * it was already gone. The caller flushes first and waits for `/dev/sdX` to go afterwards.
+ * `scsiDeviceOf`, read once per disk name for as long as the reader is kept: for one call that
+ * holds the disk's LUN lock and looks at the same disk several times back to back (identity, is
+ * it the target's LUN, where to delete it). Each reading walks `/sys/block/<name>/device`'s links
+ * again; a reader must not outlive that call, since the kernel may give the name to another disk.
  */
-export async function deleteScsiDevice(fs: HostFs, device: string): Promise<'deleted' | 'absent'> {
+export function scsiDeviceReader(fs: HostFs): ScsiDeviceRead {
+  const seen = new Map<string, Promise<ScsiDevice | undefined>>();
+  return (name) => {
+    let read = seen.get(name);
+    if (read === undefined) {
+      read = scsiDeviceOf(fs, name);
+      seen.set(name, read);
+    }
+    return read;
+  };
+}
+
+/**
+ * Remove a SCSI disk from the kernel: write `1` to `/sys/block/sdX/device/delete`, or to the
+ * `delete` of its SCSI device directory when the caller read it (`sdevDir`, from `scsiDeviceOf`:
+ * that very SCSI device, even if the name went to another disk meanwhile). `absent` when it was
+ * already gone. The caller flushes first and waits for `/dev/sdX` to go afterwards.
+ */
+export async function deleteScsiDevice(fs: HostFs, device: string, sdevDir?: string): Promise<'deleted' | 'absent'> {
   const name = blockName(device);
-  const path = `/sys/block/${name}/device/delete`;
+  const path = sdevDir === undefined ? `/sys/block/${name}/device/delete` : `${sdevDir}/delete`;
   if (!(await fs.exists(path))) return 'absent';
   try {
     await fs.writeFile(path, '1');

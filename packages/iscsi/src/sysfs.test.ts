@@ -1,10 +1,10 @@
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rename, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createHostFs, type HostFs } from '@berth/host';
 import { dmName, dmUuid, findHoldingDm, holdersOf, multipathIdOf, slavesOf } from './dm-sysfs.js';
-import { findIscsiSession, listIscsiSessions, sessionHostNumber } from './iscsi-sysfs.js';
+import { findIscsiSession, listIscsiSessions, readSessionTarget, sessionHostNumber } from './iscsi-sysfs.js';
 import {
   deleteScsiDevice,
   findBlockDeviceByHctl,
@@ -12,6 +12,7 @@ import {
   parseHctl,
   scanLun,
   scsiDeviceOf,
+  scsiDeviceReader,
   sessionBlockDevices,
   sessionLuns,
 } from './scsi-sysfs.js';
@@ -63,6 +64,21 @@ describe('iSCSI sessions in sysfs', () => {
     expect((await findIscsiSession(fs, { iqn: VOL2, portal: { host: 'fe80::1', port: 3260 } }))?.state).toBe('FAILED');
     expect(await findIscsiSession(fs, { iqn: VOL1, portal: '127.0.0.1:3261' })).toBeUndefined();
     expect(await findIscsiSession(fs, { iqn: VOL2, portal: '127.0.0.1:3260' })).toBeUndefined();
+  });
+
+  it('reads a session\'s target and portal alone, from connection 0 or else the lowest connection', async () => {
+    await buildSessions(root, sessions);
+    expect(await readSessionTarget(fs, 2)).toEqual({ iqn: VOL1, portal: { host: '127.0.0.1', port: 3260 } });
+    // Callers asking at once share one reading; each later call reads again.
+    const [a, b] = await Promise.all([readSessionTarget(fs, 10), readSessionTarget(fs, 10)]);
+    expect(a).toEqual({ iqn: VOL2, portal: { host: 'fe80::1', port: 3260 } });
+    expect(b).toBe(a);
+    await rm(path.join(root, 'sys/class/iscsi_session/session10'));
+    expect(await readSessionTarget(fs, 10)).toBeUndefined();
+    // A session whose only connection is not :0.
+    await rename(path.join(root, 'sys/class/iscsi_connection/connection2:0'), path.join(root, 'sys/class/iscsi_connection/connection2:3'));
+    expect(await readSessionTarget(fs, 2)).toEqual({ iqn: VOL1, portal: { host: '127.0.0.1', port: 3260 } });
+    expect((await findIscsiSession(fs, { iqn: VOL1, portal: '127.0.0.1:3260' }))?.sid).toBe(2);
   });
 
   it('finds the SCSI host of a session both from its device path and os-brick\'s way', async () => {
@@ -120,7 +136,12 @@ describe('SCSI devices of a session', () => {
 
   it('gives the HCTL and session of /dev/sdX', async () => {
     await buildSessions(root, [{ ...s, luns: [{ lun: 16640, device: 'sdb' }] }]);
-    expect(await scsiDeviceOf(fs, '/dev/sdb')).toEqual({ name: 'sdb', hctl: { host: 3, channel: 0, target: 0, lun: 16640 }, sid: 1 });
+    expect(await scsiDeviceOf(fs, '/dev/sdb')).toEqual({
+      name: 'sdb',
+      hctl: { host: 3, channel: 0, target: 0, lun: 16640 },
+      sid: 1,
+      dir: '/sys/devices/platform/host3/session1/target3:0:0/3:0:0:16640',
+    });
     expect(await scsiDeviceOf(fs, 'sdz')).toBeUndefined();
     await expect(scsiDeviceOf(fs, '../../etc')).rejects.toMatchObject({ code: 'VALIDATION' });
   });
@@ -131,6 +152,23 @@ describe('SCSI devices of a session', () => {
     expect(await hostOf('sys/devices/platform/host3/session1/target3:0:0/3:0:0:1/delete')).toBe('1');
     await removeLun(root, s, { lun: 1, device: 'sdb' });
     expect(await deleteScsiDevice(fs, 'sdb')).toBe('absent');
+  });
+
+  it('deletes at the SCSI device directory read before, even when the name went to another disk', async () => {
+    await buildSessions(root, [{ ...s, luns: [{ lun: 1, device: 'sdb' }, { lun: 2, device: 'sdc' }] }]);
+    const read = scsiDeviceReader(fs);
+    const sdb = await read('sdb');
+    expect(await read('sdb')).toBe(sdb);
+    // sdb goes and its name is given to LUN 2's disk: the delete still reaches LUN 1's device only.
+    await removeLun(root, s, { lun: 2, device: 'sdc' });
+    await removeLun(root, s, { lun: 1, device: 'sdb' });
+    await addLun(root, s, { lun: 1 });
+    await addLun(root, s, { lun: 2, device: 'sdb' });
+    expect(await deleteScsiDevice(fs, 'sdb', sdb?.dir)).toBe('deleted');
+    expect(await hostOf('sys/devices/platform/host3/session1/target3:0:0/3:0:0:1/delete')).toBe('1');
+    expect(await hostOf('sys/devices/platform/host3/session1/target3:0:0/3:0:0:2/delete')).not.toBe('1');
+    // A fresh reader sees the name's new disk.
+    expect((await scsiDeviceReader(fs)('sdb'))?.hctl.lun).toBe(2);
   });
 
   it('reads and writes HCTL text', () => {

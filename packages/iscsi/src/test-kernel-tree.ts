@@ -108,10 +108,11 @@ export async function addLun(root: string, s: Pick<TreeSession, 'host' | 'sid'>,
   await link(root, lunDir, `/sys/bus/scsi/drivers/sd/${hctl}`);
 }
 
-/** Remove a LUN as the kernel does on `delete`: the device dir and its block link. */
+/** Remove a LUN as the kernel does on `delete`: the device dir, its block link and its sd driver link. */
 export async function removeLun(root: string, s: Pick<TreeSession, 'host' | 'sid'>, l: TreeLun): Promise<void> {
   await rm(path.join(root, `/sys/devices/platform/host${s.host}/session${s.sid}/target${s.host}:0:0/${s.host}:0:0:${l.lun}`), { recursive: true, force: true });
   if (l.device !== undefined) await rm(path.join(root, `/sys/block/${l.device}`), { force: true });
+  await rm(path.join(root, `/sys/bus/scsi/drivers/sd/${s.host}:0:0:${l.lun}`), { force: true });
 }
 
 /** Lay out a dm multipath map over `slaves`, with the holders links in each slave. */

@@ -7,6 +7,7 @@ import { FifoPool, splitScanWrites, type FifoHandle } from './fifo-pool.js';
 import { kernelPeerAddress, portalKey, samePortal, type PortalAddress } from './portal-address.js';
 import { byPathLunText, kernelLunOf, sdDevT, sdName, targetLunOf } from './sd-names.js';
 import type { LoginAuth, LunDisk, TargetAccess, TargetSession } from './target-access.js';
+import { removeEntry, removeTree } from './remove-tree.js';
 import { idSerialOf, wwnLinkOf } from './tgt-identity.js';
 
 /** What a login asks of the kernel (iscsid's view of a node record). */
@@ -935,7 +936,7 @@ export class SimKernel {
         if ((error as NodeJS.ErrnoException).code !== 'ENOENT' || attempt >= 3) throw error;
       }
     }
-    rmSync(this.real(stage), { recursive: true, force: true });
+    removeTree(this.real(stage));
     const rel = `devices/platform/host${s.host}/session${s.sid}/target${s.host}:0:0/${lun.hctl}`;
     this.link(`../../../${rel}`, `/sys/bus/scsi/devices/${lun.hctl}`);
     this.link(`../../${rel}/scsi_device/${lun.hctl}`, `/sys/class/scsi_device/${lun.hctl}`);
@@ -1041,18 +1042,18 @@ export class SimKernel {
     if (lun.sd) {
       const sd = lun.sd;
       for (const link of [`/sys/block/${sd.name}`, `/sys/class/block/${sd.name}`, `/sys/dev/block/${sd.devT}`, `/sys/bus/scsi/drivers/sd/${lun.hctl}`, `/sys/class/scsi_disk/${lun.hctl}`]) {
-        rmSync(this.real(link), { force: true });
+        removeEntry(this.real(link));
       }
     }
-    for (const link of [`/sys/bus/scsi/devices/${lun.hctl}`, `/sys/class/scsi_device/${lun.hctl}`]) rmSync(this.real(link), { force: true });
-    rmSync(this.real(lun.sdevDir), { recursive: true, force: true });
+    for (const link of [`/sys/bus/scsi/devices/${lun.hctl}`, `/sys/class/scsi_device/${lun.hctl}`]) removeEntry(this.real(link));
+    removeTree(this.real(lun.sdevDir));
     s.luns.delete(lun.klun);
     if (![...s.luns.values()].some((l) => !l.removed)) {
-      rmSync(this.real(`${s.sessionDir}/target${s.host}:0:0`), { recursive: true, force: true });
+      removeTree(this.real(`${s.sessionDir}/target${s.host}:0:0`));
     }
     if (lun.sd) {
       const sd = lun.sd;
-      if (lun.byPath) rmSync(this.real(lun.byPath), { force: true });
+      if (lun.byPath) removeEntry(this.real(lun.byPath));
       for (const name of lun.byId) {
         const owners = (this.byIdOwners.get(name) ?? []).filter((n) => n !== sd.name);
         const last = owners[owners.length - 1];
@@ -1062,14 +1063,14 @@ export class SimKernel {
           else this.byIdOwners.set(name, owners);
         } else if (last === undefined) {
           this.byIdOwners.delete(name);
-          rmSync(this.real(`/dev/disk/by-id/${name}`), { force: true });
+          removeEntry(this.real(`/dev/disk/by-id/${name}`));
         } else {
           // udev points the link at another device that still has this wwid.
           this.byIdOwners.set(name, owners);
           this.atomicLink(`../../${last}`, `/dev/disk/by-id/${name}`);
         }
       }
-      rmSync(this.real(`/dev/${sd.name}`), { force: true });
+      removeEntry(this.real(`/dev/${sd.name}`));
       lun.devicePresent = false;
       lun.nodePresent = false;
       this.sdUsed.delete(sd.index);

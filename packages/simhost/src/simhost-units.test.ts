@@ -1,10 +1,39 @@
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { splitScanWrites } from './fifo-pool.js';
 import { DISCOVERY_KEYS, NODE_KEYS, defaultRecord, formatRecordShow, updateParam } from './idbm-record.js';
 import { getopt } from './iscsiadm-args.js';
 import { formatPortal, kernelPeerAddress, parsePortalArg } from './portal-address.js';
 import { byPathLunText, kernelLunOf, sdDevT, sdName, targetLunOf } from './sd-names.js';
+import { removeEntry, removeTree } from './remove-tree.js';
 import { idSerialOf, tgtLunIdentity, wwnLinkOf } from './tgt-identity.js';
+
+describe('removing a disk\'s sysfs tree', () => {
+  it('removes files, FIFOs, links (not what they point at) and nested directories; missing paths are fine', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'berth-remove-tree-'));
+    try {
+      const sdev = path.join(dir, '3:0:0:1');
+      mkdirSync(path.join(sdev, 'block/sdb/holders'), { recursive: true });
+      writeFileSync(path.join(sdev, 'wwid'), 'naa.6\n');
+      execFileSync('mkfifo', [path.join(sdev, 'delete')]);
+      writeFileSync(path.join(dir, 'kept'), 'x');
+      symlinkSync('../../kept', path.join(sdev, 'block/sdb/device'));
+      symlinkSync('3:0:0:1', path.join(dir, 'link'));
+      removeTree(sdev);
+      expect(existsSync(sdev)).toBe(false);
+      expect(existsSync(path.join(dir, 'kept'))).toBe(true);
+      removeTree(sdev);
+      removeEntry(path.join(dir, 'link'));
+      removeEntry(path.join(dir, 'link'));
+      expect(readdirSync(dir)).toEqual(['kept']);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
 
 describe('scan writes joined by the FIFO', () => {
   it('are split back into the writes sysfs would have seen', () => {

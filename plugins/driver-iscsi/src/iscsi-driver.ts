@@ -35,6 +35,7 @@ import {
   readIscsiSession,
   sameIdentity,
   samePortal,
+  scsiDeviceReader,
   scsiIdentity,
   scsiWwnOf,
   sessionBlockDevices,
@@ -43,6 +44,7 @@ import {
   type ConnectedLun,
   type IscsiVolumeTarget,
   type LunDevice,
+  type ScsiDeviceRead,
 } from '@berth/iscsi';
 import { AttachStateStore, type AttachState } from './attach-state.js';
 import { checkIscsiHost } from './host-check.js';
@@ -58,7 +60,10 @@ export const PROTOCOLS = ['iscsi'] as const;
 export const STATE_SUBDIR = path.join('driver-iscsi', 'attachments');
 
 /** What is at a disk's name now (its SCSI or dm identity), as `identityAt` reads it. */
-type IdentityReader = (name: string) => ReturnType<typeof identityAt>;
+type IdentityReader = ((name: string) => ReturnType<typeof identityAt>) & {
+  /** The SCSI device readings the identities came from, for the lookup of the same call. */
+  scsiDevice: ScsiDeviceRead;
+};
 
 /** How disconnect, extend and paths read a connection_info: the LUN only (berth stores it without passwords). */
 const LOCATE = { protocols: PROTOCOLS, purpose: 'locate' } as const;
@@ -150,7 +155,7 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
     for (const candidate of named) {
       const name = candidate.startsWith('/dev/') ? candidate.slice('/dev/'.length) : candidate;
       if (!/^[A-Za-z0-9][A-Za-z0-9_:.+-]*$/.test(name)) continue;
-      const lun = await deviceIsTargetLun(fs, name, target);
+      const lun = await deviceIsTargetLun(fs, name, target, read.scsiDevice);
       if (lun !== undefined && (await stillIs(lun, known, read))) return lun;
       if (await fs.exists(`/sys/block/${name}`)) {
         logger.warn({ device: candidate, iqn: target.iqn, lun: target.lun }, 'the recorded device is now another disk; looking the LUN up in sysfs');
@@ -183,18 +188,22 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
   /**
    * `identityAt`, read once per disk name for one call: a disconnect compares the same disk's
    * identity up to three times back to back under the LUN's lock (the caller's device, the disk
-   * found, the devices in use), and each read walks its sysfs links again.
+   * found, the devices in use), and each read walks its sysfs links again. The SCSI device
+   * reading under it is shared with the call's lookup (`deviceIsTargetLun`), whose answer also
+   * says where the disk is deleted: identity, lookup and delete see one reading of the disk.
    */
   function identityReader(): IdentityReader {
-    const seen = new Map<string, ReturnType<IdentityReader>>();
-    return (name) => {
-      let read = seen.get(name);
-      if (read === undefined) {
-        read = identityAt(fs, name);
-        seen.set(name, read);
+    const scsiDevice = scsiDeviceReader(fs);
+    const seen = new Map<string, ReturnType<typeof identityAt>>();
+    const read = (name: string): ReturnType<typeof identityAt> => {
+      let identity = seen.get(name);
+      if (identity === undefined) {
+        identity = identityAt(fs, name, scsiDevice);
+        seen.set(name, identity);
       }
-      return read;
+      return identity;
     };
+    return Object.assign(read, { scsiDevice });
   }
 
   function checkVolumeId(volumeId: string | undefined): string | undefined {
@@ -243,7 +252,7 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
                 logger.info({ device: devPath(lun.name), iqn: target.iqn, lun: target.lun }, 'another attachment uses this disk: it stays, and so does its session');
                 keep.push(lun.name);
               } else {
-                const deleted = await lifecycle.removeDisk(lun.name, { signal, failures, flush: true });
+                const deleted = await lifecycle.removeDisk(lun.name, { signal, failures, flush: true, ...(lun.sdevDir === undefined ? {} : { sdevDir: lun.sdevDir }) });
                 own.push(lun.name);
                 logger.info({ device: devPath(lun.name), iqn: target.iqn, lun: target.lun, deleted }, 'SCSI device removed');
               }
