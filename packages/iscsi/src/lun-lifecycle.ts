@@ -262,7 +262,8 @@ export class LunLifecycle {
    * it nothing could have written), `delete`, then a wait until the disk and its SCSI device are
    * gone. Each step goes through `failures` (recorded under force, thrown otherwise). `sdevDir`
    * is the disk's SCSI device directory when the caller's lookup read it under the same LUN lock
-   * (`LunDevice.sdevDir`): the delete goes there, to that very device, and is not looked up again.
+   * (`LunDevice.sdevDir`), else read here once: the delete goes there and the wait watches it, one
+   * reading for both.
    */
   async removeDisk(name: string, options: { signal: AbortSignal | undefined; failures: FailureList; flush: boolean; label?: string; sdevDir?: string }): Promise<'deleted' | 'absent' | undefined> {
     const { fs } = this.deps;
@@ -276,7 +277,7 @@ export class LunLifecycle {
       });
     }
     const sdevDir = options.sdevDir ?? (await sdevDirOf(fs, name));
-    const deleted = await failures.attempt(`delete ${options.label === undefined ? name : label}`, () => deleteScsiDevice(fs, name, options.sdevDir));
+    const deleted = await failures.attempt(`delete ${options.label === undefined ? name : label}`, () => deleteScsiDevice(fs, name, sdevDir));
     if (deleted !== undefined) {
       await failures.attempt(`wait for ${label} to go`, () => waitForDeviceGone(this.deviceHost, name, sdevDir, this.options.deviceTimeoutMs, signal));
     }
