@@ -2,7 +2,7 @@ import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createCommandRunner } from './command-runner.js';
+import { createCommandRunner as createRunner, type CommandRunnerOptions } from './command-runner.js';
 import { CommandError } from './errors.js';
 
 function collectingLogger(): { lines: Array<{ obj: Record<string, unknown>; msg?: string }>; debug(obj: Record<string, unknown>, msg?: string): void } {
@@ -20,7 +20,12 @@ afterEach(async () => {
   await Promise.all(temps.splice(0).map((dir) => rm(dir, { recursive: true, force: true })));
 });
 
-describe('createCommandRunner', () => {
+// Every behaviour holds whoever starts the commands: berth-spawner (the default once built) or Node's spawn.
+describe.each([
+  ['berth-spawner', false],
+  ['Node spawn', true],
+])('createCommandRunner (%s)', (_starter, nodeSpawn) => {
+  const createCommandRunner = (options: CommandRunnerOptions = {}): ReturnType<typeof createRunner> => createRunner({ ...options, nodeSpawn });
   it('passes arguments with spaces and shell metacharacters literally', async () => {
     const runner = createCommandRunner();
     const result = await runner.run('printf', ['%s|%s', 'a; rm -rf /', '$(echo no) `x` *']);

@@ -1,8 +1,8 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
 import { delimiter } from 'node:path';
 import { CommandError } from './errors.js';
 import { formatCommand, redact } from './redact.js';
+import { startCommand, type Child } from './spawner.js';
 import type { CommandResult, CommandRunner, RunOptions } from './types.js';
 
 /** The slice of a logger the runner writes to (pino's shape). */
@@ -20,6 +20,11 @@ export interface CommandRunnerOptions {
   pathPrepend?: readonly string[];
   /** Where each finished command is logged at debug level, secrets masked. */
   logger?: CommandLogger;
+  /**
+   * Start commands with Node's own spawn even when berth-spawner was built (default false: the
+   * spawner, when there is one; see `commandStarter()`).
+   */
+  nodeSpawn?: boolean;
 }
 
 /** The default timeout of a command, in ms. */
@@ -30,19 +35,6 @@ const FORCE_KILL_AFTER_MS = 2_000;
 
 /** More output than this on one stream stops the command (a runaway tool, not a result to parse). */
 const MAX_OUTPUT_CHARS = 100_000_000;
-
-// Commands still running when this process exits normally get SIGTERM instead of outliving it.
-const running = new Set<ChildProcess>();
-let exitHookInstalled = false;
-function track(child: ChildProcess): void {
-  if (!exitHookInstalled) {
-    exitHookInstalled = true;
-    process.once('exit', () => {
-      for (const c of running) c.kill('SIGTERM');
-    });
-  }
-  running.add(child);
-}
 
 /** How one spawned command ended, before it becomes a CommandResult. */
 interface Outcome {
@@ -56,14 +48,15 @@ interface Outcome {
 }
 
 /**
- * Spawn `file` (never through a shell) and collect its output as UTF-8. Node's own spawn and no
- * wrapper library: execa cost ~130 modules (0.5 s to import on a loaded 2-core host, paid by every
- * `berth attach`) and ~2 ms of CPU per call over this.
+ * Start `file` (never through a shell) and collect its output as UTF-8. No wrapper library: execa
+ * cost ~130 modules (0.5 s to import on a loaded 2-core host, paid by every `berth attach`) and
+ * ~2 ms of CPU per call over this. The command is started by berth-spawner when the build made it
+ * (`spawner.ts`: this process never forks), else by Node's spawn.
  */
 function spawnCommand(
   file: string,
   args: readonly string[],
-  options: { timeoutMs: number; signal: AbortSignal | undefined; input: string | undefined; env: NodeJS.ProcessEnv; command: string },
+  options: { timeoutMs: number; signal: AbortSignal | undefined; input: string | undefined; env: NodeJS.ProcessEnv; command: string; nodeSpawn: boolean },
 ): Promise<Outcome> {
   return new Promise((resolve) => {
     let stdout = '';
@@ -73,82 +66,78 @@ function spawnCommand(
     let overflow = false;
     let spawnError: NodeJS.ErrnoException | undefined;
     let forceKill: NodeJS.Timeout | undefined;
-    let child: ChildProcess;
+    // Set once the command started (its close clears it, whenever that comes).
+    let timer: NodeJS.Timeout | undefined = undefined;
+    let child: Child | undefined;
+    const stop = (): void => {
+      if (child === undefined || child.ended) return;
+      child.kill('SIGTERM');
+      const running = child;
+      forceKill ??= setTimeout(() => running.kill('SIGKILL'), FORCE_KILL_AFTER_MS);
+      forceKill.unref();
+    };
+    const onAbort = (): void => {
+      aborted = true;
+      stop();
+    };
     try {
-      child = spawn(file, [...args], { env: options.env, shell: false, stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+      child = startCommand(file, args, { env: options.env, input: options.input, node: options.nodeSpawn }, {
+        stdout(chunk) {
+          stdout += chunk;
+          if (stdout.length > MAX_OUTPUT_CHARS && !overflow) {
+            overflow = true;
+            stop();
+          }
+        },
+        stderr(chunk) {
+          stderr += chunk;
+          if (stderr.length > MAX_OUTPUT_CHARS && !overflow) {
+            overflow = true;
+            stop();
+          }
+        },
+        error(error) {
+          spawnError ??= error;
+        },
+        close(code, signal) {
+          clearTimeout(timer);
+          clearTimeout(forceKill);
+          options.signal?.removeEventListener('abort', onAbort);
+          // A command killed (by us or by a signal) or never started has no exit code of its own.
+          const exitCode = code === null || spawnError !== undefined || timedOut || aborted ? -1 : code;
+          const out = { exitCode, stdout, stderr, timedOut, aborted };
+          const failed = spawnError !== undefined || timedOut || aborted || overflow || code !== 0;
+          if (!failed) {
+            resolve(out);
+            return;
+          }
+          const message =
+            spawnError !== undefined
+              ? `${spawnError.message}: ${options.command}`
+              : timedOut
+                ? `Command timed out after ${options.timeoutMs} milliseconds: ${options.command}`
+                : aborted
+                  ? `Command was canceled: ${options.command}`
+                  : overflow
+                    ? `Command's output was larger than ${MAX_OUTPUT_CHARS} characters: ${options.command}`
+                    : signal !== null
+                      ? `Command was killed with ${signal}: ${options.command}`
+                      : `Command failed with exit code ${code ?? -1}: ${options.command}`;
+          resolve({ ...out, failure: { message, notFound: spawnError?.code === 'ENOENT' } });
+        },
+      });
     } catch (error) {
       // An argument Node refuses (a NUL byte): nothing was started.
       const message = `${error instanceof Error ? error.message : String(error)}: ${options.command}`;
       resolve({ exitCode: -1, stdout: '', stderr: '', timedOut: false, aborted: false, failure: { message, notFound: false } });
       return;
     }
-    const stop = (): void => {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      child.kill('SIGTERM');
-      forceKill ??= setTimeout(() => child.kill('SIGKILL'), FORCE_KILL_AFTER_MS);
-      forceKill.unref();
-    };
-    const timer = setTimeout(() => {
+    if (child.ended) return;
+    timer = setTimeout(() => {
       timedOut = true;
       stop();
     }, options.timeoutMs);
-    const onAbort = (): void => {
-      aborted = true;
-      stop();
-    };
     options.signal?.addEventListener('abort', onAbort, { once: true });
-    if (child.pid !== undefined) track(child);
-    child.stdout?.setEncoding('utf8');
-    child.stderr?.setEncoding('utf8');
-    child.stdout?.on('data', (chunk: string) => {
-      stdout += chunk;
-      if (stdout.length > MAX_OUTPUT_CHARS && !overflow) {
-        overflow = true;
-        stop();
-      }
-    });
-    child.stderr?.on('data', (chunk: string) => {
-      stderr += chunk;
-      if (stderr.length > MAX_OUTPUT_CHARS && !overflow) {
-        overflow = true;
-        stop();
-      }
-    });
-    if (child.stdin) {
-      // A command that exits without reading its input closes the pipe: EPIPE is no failure of ours.
-      child.stdin.on('error', () => undefined);
-      child.stdin.end(options.input);
-    }
-    child.once('error', (error: NodeJS.ErrnoException) => {
-      spawnError ??= error;
-    });
-    child.once('close', (code: number | null, signal: NodeJS.Signals | null) => {
-      clearTimeout(timer);
-      clearTimeout(forceKill);
-      options.signal?.removeEventListener('abort', onAbort);
-      running.delete(child);
-      // A command killed (by us or by a signal) or never started has no exit code of its own.
-      const exitCode = code === null || spawnError !== undefined || timedOut || aborted ? -1 : code;
-      const out = { exitCode, stdout, stderr, timedOut, aborted };
-      const failed = spawnError !== undefined || timedOut || aborted || overflow || code !== 0;
-      if (!failed) {
-        resolve(out);
-        return;
-      }
-      const message =
-        spawnError !== undefined
-          ? `${spawnError.message}: ${options.command}`
-          : timedOut
-            ? `Command timed out after ${options.timeoutMs} milliseconds: ${options.command}`
-            : aborted
-              ? `Command was canceled: ${options.command}`
-              : overflow
-                ? `Command's output was larger than ${MAX_OUTPUT_CHARS} characters: ${options.command}`
-                : signal !== null
-                  ? `Command was killed with ${signal}: ${options.command}`
-                  : `Command failed with exit code ${code ?? -1}: ${options.command}`;
-      resolve({ ...out, failure: { message, notFound: spawnError?.code === 'ENOENT' } });
-    });
   });
 }
 
@@ -203,6 +192,7 @@ export function createCommandRunner(options: CommandRunnerOptions = {}): Command
         input: runOptions.input,
         env: environment(runOptions.env),
         command,
+        nodeSpawn: options.nodeSpawn === true,
       });
       const durationMs = performance.now() - started;
 

@@ -1,0 +1,334 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, writeSync } from 'node:fs';
+import { constants } from 'node:os';
+import { StringDecoder } from 'node:string_decoder';
+import { fileURLToPath } from 'node:url';
+
+/** What the runner hears from a command it started, whoever started it. */
+export interface ChildEvents {
+  stdout(chunk: string): void;
+  stderr(chunk: string): void;
+  /** The command could not be started (ENOENT, EACCES, ...); `close` follows. */
+  error(error: NodeJS.ErrnoException): void;
+  /** It exited and closed its output (Node's `close`): the exit code, or the signal that killed it. */
+  close(code: number | null, signal: NodeJS.Signals | null): void;
+}
+
+/** A started command, as the runner handles it. */
+export interface Child {
+  /** Send `signal` (nothing once it ended). */
+  kill(signal: NodeJS.Signals): void;
+  /** It exited (or was never started). */
+  readonly ended: boolean;
+}
+
+/** What a command starts with: its environment, and its stdin (`undefined`: /dev/null). */
+export interface StartOptions {
+  env: NodeJS.ProcessEnv;
+  input: string | undefined;
+  /** Start it with Node's spawn even when there is a spawner. */
+  node?: boolean;
+}
+
+/** Starts `file` with `args` (no shell); throws at once for what Node refuses (a NUL byte). */
+export type StartCommand = (file: string, args: readonly string[], options: StartOptions, events: ChildEvents) => Child;
+
+// Commands still running when this process exits normally get SIGTERM instead of outliving it.
+const running = new Set<ChildProcess>();
+let exitHookInstalled = false;
+function onExit(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.once('exit', () => {
+    for (const c of running) c.kill('SIGTERM');
+    broker?.terminateAllSync();
+  });
+}
+
+/** Start the command with Node's own `child_process.spawn` (a fork of this process). */
+export const startWithNode: StartCommand = (file, args, options, events) => {
+  const child = spawn(file, [...args], { env: options.env, shell: false, stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+  if (child.pid !== undefined) {
+    onExit();
+    running.add(child);
+  }
+  child.stdout?.setEncoding('utf8');
+  child.stderr?.setEncoding('utf8');
+  child.stdout?.on('data', events.stdout);
+  child.stderr?.on('data', events.stderr);
+  if (child.stdin) {
+    // A command that exits without reading its input closes the pipe: EPIPE is no failure of ours.
+    child.stdin.on('error', () => undefined);
+    child.stdin.end(options.input);
+  }
+  child.once('error', events.error);
+  child.once('close', (code: number | null, signal: NodeJS.Signals | null) => {
+    running.delete(child);
+    events.close(code, signal);
+  });
+  return {
+    kill: (signal) => {
+      child.kill(signal);
+    },
+    get ended() {
+      return child.exitCode !== null || child.signalCode !== null;
+    },
+  };
+};
+
+const SIGNAL_NAMES = new Map<number, NodeJS.Signals>(Object.entries(constants.signals).map(([name, number]) => [number, name as NodeJS.Signals]));
+const ERRNO_NAMES = new Map<number, string>(Object.entries(constants.errno).map(([name, number]) => [number, name]));
+
+/** The error Node's spawn gives for a command it could not start (`spawn losetup ENOENT`). */
+function startError(file: string, errno: number): NodeJS.ErrnoException {
+  const code = ERRNO_NAMES.get(errno) ?? `E${errno}`;
+  return Object.assign(new Error(`spawn ${file} ${code}`), { code, errno: -errno, syscall: `spawn ${file}`, path: file });
+}
+
+interface Job {
+  file: string;
+  events: ChildEvents;
+  out: StringDecoder;
+  err: StringDecoder;
+  started: boolean;
+  ended: boolean;
+  /** Start it with Node instead (the spawner could not be started at all, so it never ran). */
+  rerun: () => void;
+  /** What Node started after `rerun`. */
+  replacement?: Child;
+}
+
+/**
+ * The client of `berth-spawner` (src/spawner/berth-spawner.c, built into dist/): one small
+ * process per Node process that starts the commands with posix_spawn, so that this process,
+ * however large, never forks for a command (see the C file and the README). The runner keeps every
+ * policy; the spawner only starts, relays, signals and reaps.
+ */
+class Broker {
+  private readonly jobs = new Map<number, Job>();
+  private nextId = 1;
+  private buffered: Buffer = Buffer.alloc(0);
+  private alive = true;
+
+  constructor(private readonly child: ChildProcess) {
+    child.stdout?.on('data', (chunk: Buffer) => this.receive(chunk));
+    child.stdin?.on('error', () => undefined);
+    // Could not be started at all: nothing it was given ran; Node starts it instead.
+    child.once('error', () => this.lost(true));
+    child.once('exit', () => this.lost(false));
+    this.idle();
+  }
+
+  get usable(): boolean {
+    return this.alive;
+  }
+
+  start(file: string, args: readonly string[], options: StartOptions, events: ChildEvents): Child {
+    const id = this.nextId;
+    this.nextId = id >= 0xffff_ffff ? 1 : id + 1;
+    const job: Job = {
+      file,
+      events,
+      out: new StringDecoder('utf8'),
+      err: new StringDecoder('utf8'),
+      started: false,
+      ended: false,
+      rerun: () => {
+        job.replacement = startWithNode(file, args, options, events);
+      },
+    };
+    this.jobs.set(id, job);
+    if (this.jobs.size === 1) this.busy();
+    onExit();
+    this.child.stdin?.write(runFrame(id, file, args, options));
+    return {
+      kill: (signal) => {
+        if (job.replacement) job.replacement.kill(signal);
+        else if (!job.ended && this.alive) this.child.stdin?.write(killFrame(id, constants.signals[signal]));
+      },
+      get ended() {
+        return job.replacement ? job.replacement.ended : job.ended;
+      },
+    };
+  }
+
+  /** SIGTERM to every command still running, written synchronously (from the process's `exit`). */
+  terminateAllSync(): void {
+    const fd = (this.child.stdin as unknown as { _handle?: { fd?: number } } | null)?._handle?.fd;
+    if (fd === undefined || fd < 0 || !this.alive) return;
+    for (const [id, job] of this.jobs) {
+      if (!job.started || job.ended) continue;
+      try {
+        writeSync(fd, killFrame(id, constants.signals.SIGTERM));
+      } catch {
+        return;
+      }
+    }
+  }
+
+  private busy(): void {
+    this.child.ref();
+    (this.child.stdout as { ref?: () => void } | null)?.ref?.();
+  }
+
+  private idle(): void {
+    this.child.unref();
+    (this.child.stdout as { unref?: () => void } | null)?.unref?.();
+    (this.child.stdin as { unref?: () => void } | null)?.unref?.();
+  }
+
+  private receive(chunk: Buffer): void {
+    let data = this.buffered.length === 0 ? chunk : Buffer.concat([this.buffered, chunk]);
+    let at = 0;
+    while (data.length - at >= 9) {
+      const length = data.readUInt32LE(at + 1);
+      if (data.length - at - 5 < length) break;
+      const type = String.fromCharCode(data[at] ?? 0);
+      const id = data.readUInt32LE(at + 5);
+      this.frame(type, id, data.subarray(at + 9, at + 5 + length));
+      at += 5 + length;
+    }
+    data = data.subarray(at);
+    // A copy, so that the chunk Node handed over is not kept alive by a small remainder.
+    this.buffered = data.length === 0 ? Buffer.alloc(0) : Buffer.from(data);
+  }
+
+  private frame(type: string, id: number, body: Buffer): void {
+    const job = this.jobs.get(id);
+    if (job === undefined) return;
+    switch (type) {
+      case 'P':
+        job.started = true;
+        return;
+      case 'O': {
+        const text = job.out.write(body);
+        if (text !== '') job.events.stdout(text);
+        return;
+      }
+      case 'E': {
+        const text = job.err.write(body);
+        if (text !== '') job.events.stderr(text);
+        return;
+      }
+      case 'F':
+        this.end(id, job);
+        job.events.error(startError(job.file, body.readInt32LE(0)));
+        job.events.close(null, null);
+        return;
+      case 'X': {
+        this.end(id, job);
+        const rest = job.out.end();
+        if (rest !== '') job.events.stdout(rest);
+        const restErr = job.err.end();
+        if (restErr !== '') job.events.stderr(restErr);
+        const code = body.readInt32LE(0);
+        const signal = body.readInt32LE(4);
+        job.events.close(signal === 0 ? code : null, signal === 0 ? null : (SIGNAL_NAMES.get(signal) ?? null));
+        return;
+      }
+      default:
+        return;
+    }
+  }
+
+  private end(id: number, job: Job): void {
+    job.ended = true;
+    this.jobs.delete(id);
+    if (this.jobs.size === 0) this.idle();
+  }
+
+  /**
+   * The spawner is gone. `neverRan`: it could not be started, so nothing it was given ran and
+   * Node starts those commands; otherwise what it was running has an unknown end, reported as a
+   * failure. Later commands are started by Node.
+   */
+  private lost(neverRan: boolean): void {
+    if (!this.alive) return;
+    this.alive = false;
+    broker = undefined;
+    spawnerUnusable = true;
+    for (const [id, job] of [...this.jobs]) {
+      this.end(id, job);
+      if (neverRan && !job.started) {
+        job.rerun();
+        continue;
+      }
+      job.events.error(Object.assign(new Error('berth-spawner exited while the command ran'), { code: 'ESPAWNER' }));
+      job.events.close(null, null);
+    }
+  }
+}
+
+function str(value: string): Buffer {
+  const bytes = Buffer.from(value, 'utf8');
+  const head = Buffer.allocUnsafe(4);
+  head.writeUInt32LE(bytes.length, 0);
+  return Buffer.concat([head, bytes]);
+}
+
+function u32(value: number): Buffer {
+  const b = Buffer.allocUnsafe(4);
+  b.writeUInt32LE(value >>> 0, 0);
+  return b;
+}
+
+function withHead(type: string, body: Buffer): Buffer {
+  const head = Buffer.allocUnsafe(5);
+  head.write(type, 0, 'latin1');
+  head.writeUInt32LE(body.length, 1);
+  return Buffer.concat([head, body]);
+}
+
+function runFrame(id: number, file: string, args: readonly string[], options: StartOptions): Buffer {
+  const env = Object.entries(options.env).filter((entry): entry is [string, string] => entry[1] !== undefined);
+  const parts: Buffer[] = [u32(id), u32(options.input === undefined ? 0 : 1), str(process.cwd()), u32(args.length + 1), str(file)];
+  for (const arg of args) parts.push(str(arg));
+  parts.push(u32(env.length));
+  for (const [name, value] of env) parts.push(str(`${name}=${value}`));
+  if (options.input !== undefined) parts.push(str(options.input));
+  return withHead('R', Buffer.concat(parts));
+}
+
+function killFrame(id: number, signal: number): Buffer {
+  return withHead('K', Buffer.concat([u32(id), u32(signal)]));
+}
+
+/**
+ * The spawner's executable, when the build made it: beside this module in dist/, or in dist/ seen
+ * from src/ (tests run the sources).
+ */
+const SPAWNER_PATH = [new URL('./berth-spawner', import.meta.url), new URL('../dist/berth-spawner', import.meta.url)].map((url) => fileURLToPath(url)).find((file) => existsSync(file));
+
+let broker: Broker | undefined;
+let spawnerUnusable = false;
+
+/**
+ * Who starts this process's commands: `berth-spawner`, or `node` (Node's spawn) when the build
+ * made no spawner, when `BERTH_SPAWNER=0`, or after the spawner was lost.
+ */
+export function commandStarter(): 'berth-spawner' | 'node' {
+  return SPAWNER_PATH !== undefined && process.env.BERTH_SPAWNER !== '0' && !spawnerUnusable ? 'berth-spawner' : 'node';
+}
+
+function theBroker(): Broker | undefined {
+  if (broker?.usable) return broker;
+  if (SPAWNER_PATH === undefined || commandStarter() === 'node') return undefined;
+  // One fork of this process, once; the spawner's own stderr is not the commands' (they have pipes).
+  const child = spawn(SPAWNER_PATH, [], { stdio: ['pipe', 'pipe', 'ignore'], env: {} });
+  broker = new Broker(child);
+  return broker;
+}
+
+const hasNul = (value: string): boolean => value.includes('\0');
+
+/**
+ * Start the command through berth-spawner when there is one, else with Node's spawn. What Node
+ * refuses before starting anything (a NUL byte in the file, an argument or the environment) goes
+ * to Node's spawn, so that the refusal reads as Node's.
+ */
+export const startCommand: StartCommand = (file, args, options, events) => {
+  if (options.node === true || hasNul(file) || args.some(hasNul) || Object.entries(options.env).some(([k, v]) => hasNul(k) || (v !== undefined && hasNul(v)))) {
+    return startWithNode(file, args, options, events);
+  }
+  return theBroker()?.start(file, args, options, events) ?? startWithNode(file, args, options, events);
+};
