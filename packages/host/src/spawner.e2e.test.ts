@@ -50,6 +50,16 @@ describe('berth-spawner', () => {
     const result = await runner.run('printf', ['[%s]', '', 'a b', 'é\n', '--']);
     expect(result.stdout).toBe('[][a b][é\n][--]');
     expect((await runner.run('pwd', [])).stdout.trim()).toBe(process.cwd());
+    // After a chdir of this process, commands follow it (the spawner started elsewhere).
+    const dir = await mkdtemp(path.join(tmpdir(), 'berth-spawner-'));
+    temps.push(dir);
+    const before = process.cwd();
+    process.chdir(dir);
+    try {
+      expect((await runner.run('pwd', [])).stdout.trim()).toBe(dir);
+    } finally {
+      process.chdir(before);
+    }
     const missing = await createCommandRunner({ env: { PATH: '/nonexistent' } }).run('printf', ['x'], { reject: false });
     expect(missing).toMatchObject({ exitCode: -1, notFound: true });
   });

@@ -281,12 +281,34 @@ function withHead(type: string, body: Buffer): Buffer {
 
 function runFrame(id: number, file: string, args: readonly string[], options: StartOptions): Buffer {
   const env = Object.entries(options.env).filter((entry): entry is [string, string] => entry[1] !== undefined);
-  const parts: Buffer[] = [u32(id), u32(options.input === undefined ? 0 : 1), str(process.cwd()), u32(args.length + 1), str(file)];
+  const parts: Buffer[] = [u32(id), u32(options.input === undefined ? 0 : 1), str(workingDirectory()), u32(args.length + 1), str(file)];
   for (const arg of args) parts.push(str(arg));
   parts.push(u32(env.length));
   for (const [name, value] of env) parts.push(str(`${name}=${value}`));
   if (options.input !== undefined) parts.push(str(options.input));
   return withHead('R', Buffer.concat(parts));
+}
+
+/** This process's working directory, or undefined when it was removed. */
+function currentDirectory(): string | undefined {
+  try {
+    return process.cwd();
+  } catch {
+    return undefined;
+  }
+}
+
+/** Where the spawner started: its own working directory, which its commands inherit. */
+let spawnerDirectory: string | undefined;
+
+/**
+ * The directory a command must run in, when it is not the spawner's own: '' when this process
+ * has not moved since the spawner started (the common case: no chdir in the child), or when its
+ * directory was removed (Node's spawn would inherit it as it is; the spawner's is the nearest).
+ */
+function workingDirectory(): string {
+  const now = currentDirectory();
+  return now === undefined || now === spawnerDirectory ? '' : now;
 }
 
 function killFrame(id: number, signal: number): Buffer {
@@ -314,6 +336,7 @@ function theBroker(): Broker | undefined {
   if (broker?.usable) return broker;
   if (SPAWNER_PATH === undefined || commandStarter() === 'node') return undefined;
   // One fork of this process, once; the spawner's own stderr is not the commands' (they have pipes).
+  spawnerDirectory = currentDirectory();
   const child = spawn(SPAWNER_PATH, [], { stdio: ['pipe', 'pipe', 'ignore'], env: {} });
   broker = new Broker(child);
   return broker;
