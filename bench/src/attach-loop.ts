@@ -3,7 +3,7 @@ import { mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { silentLogger } from '@berth/core';
-import { createHostServices } from '@berth/host';
+import { commandStarter, createHostServices } from '@berth/host';
 import { openBerth } from '@berth/runtime';
 import { printTable, summarize } from './stats.js';
 
@@ -87,6 +87,8 @@ export async function benchAttachLoop(iterations = 50): Promise<void> {
       ['attach', attachRatio, '≤ 1.5', attachRatio <= 1.5 ? 'met' : 'NOT met'],
       ['detach', ratio(detachTotal, floorDisconnect), '—', ''],
     ]);
+    // Both columns start their commands the same way; BERTH_SPAWNER=0 times Node's spawn (a fork of this process per command).
+    console.log(`commands started by: ${commandStarter()}`);
     const losetup: number[] = [];
     for (let i = 0; i < 20; i++) {
       const t = performance.now();
