@@ -1,4 +1,4 @@
-import { watch, promises as fsp, type FSWatcher } from 'node:fs';
+import { statSync, watch, type FSWatcher } from 'node:fs';
 import path from 'node:path';
 import { WaitTimeoutError } from './errors.js';
 import { hostPathSegments } from './host-fs.js';
@@ -24,16 +24,18 @@ function abortReason(signal: AbortSignal): unknown {
 /** Waits on host paths through `fs`, waking on filesystem events, a poll, the deadline or the signal. */
 export function createDeviceWaiter(fs: HostFs): DeviceWaiter {
   /** The real path of the deepest directory of `hostDir`'s ancestry (itself included) that exists. */
-  async function nearestExistingDir(hostDir: string): Promise<string> {
-    let segments = hostPathSegments(hostDir);
+  function nearestExistingDir(hostDir: string): string {
+    const segments = hostPathSegments(hostDir);
     for (;;) {
       const real = fs.resolve('/' + segments.join('/'));
+      // A metadata read of sysfs, devtmpfs or tmpfs: synchronous, as in HostFs's rooted walk
+      // (~4 µs against ~30 µs of CPU through libuv's pool); every probe of a wait re-arms here.
       try {
-        if ((await fsp.stat(real)).isDirectory() || segments.length === 0) return real;
+        if (statSync(real, { throwIfNoEntry: false })?.isDirectory() || segments.length === 0) return real;
       } catch {
         if (segments.length === 0) return real;
       }
-      segments = segments.slice(0, -1);
+      segments.pop();
     }
   }
 
@@ -88,9 +90,9 @@ export function createDeviceWaiter(fs: HostFs): DeviceWaiter {
 
       // Watch the deepest existing directory on the way to the target, moving down as the
       // missing ones appear (and up if the watched one goes away).
-      async function arm(): Promise<void> {
+      function arm(): void {
         for (;;) {
-          const dir = await nearestExistingDir(watchHostDir);
+          const dir = nearestExistingDir(watchHostDir);
           if (settled || (watcher && dir === watchedDir)) return;
           closeWatcher();
           try {
@@ -122,7 +124,7 @@ export function createDeviceWaiter(fs: HostFs): DeviceWaiter {
         try {
           do {
             changed = false;
-            await arm();
+            arm();
             if (settled) return;
             const value = await probe();
             if (settled) return;

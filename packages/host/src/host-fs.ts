@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { closeSync, constants as fsConstants, lstatSync, openSync, promises as fsp, readlinkSync, statSync, writeSync } from 'node:fs';
+import { closeSync, constants as fsConstants, lstatSync, openSync, promises as fsp, readdirSync, readlinkSync, statSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import type { HostFs, HostStat } from './types.js';
 
@@ -67,45 +67,56 @@ export function createHostFs(root = '/'): HostFs {
    * calls: the tree changes under berth.
    */
   function resolveUnderRoot(hostPath: string): { path: string } | { missing: 'ENOENT' | 'ENOTDIR' | 'ELOOP'; at: string } {
+    // `done` holds the resolved host segments and `reals[i]` the real path of the first i + 1 of
+    // them, so each step is one string concatenation, not a re-parse and re-join of the whole
+    // path; `todo` is a stack (next segment last), so a step does not copy the rest of the path.
+    const base = atSlash ? '' : realRoot;
     const done: string[] = [];
-    let todo = hostPathSegments(hostPath);
+    const reals: string[] = [];
+    const todo = hostPathSegments(hostPath).reverse();
+    const hostOf = (part: string): string => '/' + [...done, part].join('/');
     let links = 0;
     while (todo.length > 0) {
-      const [part, ...rest] = todo as [string, ...string[]];
-      todo = rest;
+      const part = todo.pop() as string;
       if (part === '.') continue;
       if (part === '..') {
         done.pop();
+        reals.pop();
         continue;
       }
-      const here = '/' + [...done, part].join('/');
+      const real = `${reals[reals.length - 1] ?? base}/${part}`;
       let st;
       try {
-        st = lstatSync(resolve(here), { throwIfNoEntry: false });
+        st = lstatSync(real, { throwIfNoEntry: false });
       } catch (error) {
-        if ((error as NodeJS.ErrnoException).code === 'ENOTDIR') return { missing: 'ENOTDIR', at: here };
+        if ((error as NodeJS.ErrnoException).code === 'ENOTDIR') return { missing: 'ENOTDIR', at: hostOf(part) };
         throw error;
       }
-      if (st === undefined) return { missing: 'ENOENT', at: here };
+      if (st === undefined) return { missing: 'ENOENT', at: hostOf(part) };
       if (!st.isSymbolicLink()) {
-        if (todo.length > 0 && !st.isDirectory()) return { missing: 'ENOTDIR', at: here };
+        if (todo.length > 0 && !st.isDirectory()) return { missing: 'ENOTDIR', at: hostOf(part) };
         done.push(part);
+        reals.push(real);
         continue;
       }
       if (++links > MAX_SYMLINKS) return { missing: 'ELOOP', at: `too many symbolic links resolving ${hostPath}` };
       let target: string;
       try {
-        target = readlinkSync(resolve(here));
+        target = readlinkSync(real);
       } catch (error) {
         // The link went, or became something else, between its lstat and its readlink: the kernel
         // deletes a disk (`/sys/block/sdX`) whenever it likes. Look at this component again.
         const code = (error as NodeJS.ErrnoException).code;
         if (code !== 'ENOENT' && code !== 'EINVAL' && code !== 'ENOTDIR') throw error;
-        todo = [part, ...todo];
+        todo.push(part);
         continue;
       }
-      if (target.startsWith('/')) done.length = 0;
-      todo = [...target.split('/').filter((p) => p !== ''), ...todo];
+      if (target.startsWith('/')) {
+        done.length = 0;
+        reals.length = 0;
+      }
+      const parts = target.split('/');
+      for (let i = parts.length - 1; i >= 0; i--) if (parts[i] !== '') todo.push(parts[i] as string);
     }
     return { path: '/' + done.join('/') };
   }
@@ -264,7 +275,9 @@ const TEMP_LINK = /^(.+)\.berth-(\d+)-[0-9a-f]{8}$/;
 async function dropDeadTemps(link: string): Promise<void> {
   let names: string[];
   try {
-    names = await fsp.readdir(path.dirname(link));
+    // Every unlink and symlink reads the link's directory (berth's `/dev` links: one per
+    // attachment): synchronous, a metadata read of devtmpfs or tmpfs, as in the rooted walk.
+    names = readdirSync(path.dirname(link));
   } catch {
     return;
   }
