@@ -1,9 +1,12 @@
-import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { chmod, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createCommandRunner as createRunner, type CommandRunnerOptions } from './command-runner.js';
 import { CommandError } from './errors.js';
+import { createDeviceWaiter } from './device-waiter.js';
+import { createHostFs } from './host-fs.js';
 
 function collectingLogger(): { lines: Array<{ obj: Record<string, unknown>; msg?: string }>; debug(obj: Record<string, unknown>, msg?: string): void } {
   const lines: Array<{ obj: Record<string, unknown>; msg?: string }> = [];
@@ -21,6 +24,25 @@ afterEach(async () => {
 });
 
 // Every behaviour holds whoever starts the commands: berth-spawner (the default once built) or Node's spawn.
+const waiter = createDeviceWaiter(createHostFs());
+
+/** Resolves once no process's command line holds `marker` (within 10 s). */
+async function noProcessWith(marker: string): Promise<void> {
+  const runner = createRunner({ nodeSpawn: true });
+  await waiter.waitUntil('/proc', async () => ((await runner.run('pgrep', ['-f', marker], { reject: false })).exitCode === 1 ? true : undefined), {
+    timeoutMs: 10_000,
+    pollMs: 50,
+    what: `no process running ${marker}`,
+    signal: new AbortController().signal,
+  });
+}
+
+/** Runs `body` (ES module code that has `createCommandRunner` in scope) in a child Node process; resolves with it. */
+function nodeChild(body: string): ReturnType<typeof spawn> {
+  const script = `const { createCommandRunner } = await import(${JSON.stringify(new URL('../dist/index.js', import.meta.url).href)});\n${body}`;
+  return spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+}
+
 describe.each([
   ['berth-spawner', false],
   ['Node spawn', true],
@@ -191,5 +213,61 @@ describe.each([
     expect(result.exitCode).toBe(-1);
     const error = await createCommandRunner().run('printf', ['a\0b']).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(CommandError);
+  });
+
+  it('runs an executable script with no #! line with /bin/sh, as execvp does', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'berth-host-'));
+    temps.push(dir);
+    const script = path.join(dir, 'no-shebang');
+    await writeFile(script, 'echo "ran with $1"\n');
+    await chmod(script, 0o755);
+    expect((await createCommandRunner().run(script, ['x'])).stdout).toBe('ran with x\n');
+    expect((await createCommandRunner({ pathPrepend: [dir] }).run('no-shebang', ['y'])).stdout).toBe('ran with y\n');
+  });
+
+  it('names the signal that killed a command as Node does (SIGABRT, not SIGIOT)', async () => {
+    const error = await createCommandRunner().run('sh', ['-c', 'kill -ABRT $$']).catch((e: unknown) => e);
+    expect(String(((error as CommandError).cause as Error).message)).toMatch(/killed with SIGABRT/);
+  });
+
+  it('runs a command when its working directory was removed', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'berth-host-'));
+    const before = process.cwd();
+    const runner = createCommandRunner();
+    await runner.run('true', []);
+    process.chdir(dir);
+    try {
+      await rm(dir, { recursive: true });
+      expect((await runner.run('printf', ['ok'])).stdout).toBe('ok');
+    } finally {
+      process.chdir(before);
+    }
+  });
+
+  it('a command started just before a normal exit does not outlive it', async () => {
+    // `sleep` under a name of its own, so that its command line says which test started it.
+    const dir = await mkdtemp(path.join(tmpdir(), 'berth-host-'));
+    temps.push(dir);
+    const marker = path.join(dir, `berth-exit-marker-${nodeSpawn ? 'node' : 'spawner'}`);
+    await symlink((await createRunner({ nodeSpawn: true }).run('sh', ['-c', 'command -v sleep'])).stdout.trim(), marker);
+    const child = nodeChild(`createCommandRunner({ nodeSpawn: ${nodeSpawn} }).run('${marker}', ['30'], { reject: false });\nprocess.exit(0);`);
+    await new Promise((resolve) => child.once('exit', resolve));
+    await noProcessWith(marker);
+  });
+
+  it('a command that writes dies of SIGPIPE when berth is killed, as before', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'berth-host-'));
+    temps.push(dir);
+    const marker = `berth-kill-marker-${process.pid}-${nodeSpawn ? 'node' : 'spawner'}`;
+    const started = path.join(dir, 'started');
+    const child = nodeChild(`createCommandRunner({ nodeSpawn: ${nodeSpawn} }).run('sh', ['-c', ': > ${started}; while :; do echo tick; sleep 0.05; done', '${marker}'], { reject: false });`);
+    try {
+      await waiter.waitForPath(started, { timeoutMs: 10_000, signal: new AbortController().signal });
+    } finally {
+      child.kill('SIGKILL');
+    }
+    await new Promise((resolve) => child.once('exit', resolve));
+    await noProcessWith(marker);
+    expect(await readFile(started, 'utf8')).toBe('');
   });
 });

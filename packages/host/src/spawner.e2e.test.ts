@@ -83,7 +83,7 @@ describe('berth-spawner', () => {
     await gone(pid);
   });
 
-  it('when the spawner dies, its running commands fail and later commands start with Node', async () => {
+  it('when the spawner dies, its running commands fail (and get SIGTERM) and later commands start with Node', async () => {
     const runner = createCommandRunner();
     const running = runner.run('sh', ['-c', 'echo $$; exec sleep 60'], { reject: false, timeoutMs: 20_000 });
     // The spawner's pid, from a command it started.
@@ -91,17 +91,22 @@ describe('berth-spawner', () => {
     expect((await readFile(`/proc/${parent}/comm`, 'utf8')).trim()).toBe('berth-spawner');
     process.kill(parent, 'SIGKILL');
     const lost = await running;
-    // The `sleep` outlives the spawner, as a command outlives a killed berth: it is this test's to end.
     const orphan = Number(lost.stdout.trim());
     try {
       expect(lost.exitCode).toBe(-1);
       expect(lost.notFound).toBeUndefined();
+      expect(lost.stderr).toBe('');
+      // Reported failed, so it is not left running behind berth's back: it got SIGTERM.
+      await gone(orphan);
       const after = await runner.run('sh', ['-c', 'echo $PPID']);
       expect(Number(after.stdout.trim())).toBe(process.pid);
       expect(commandStarter()).toBe('node');
     } finally {
-      if (orphan > 0) process.kill(orphan, 'SIGKILL');
+      try {
+        process.kill(orphan, 'SIGKILL');
+      } catch {
+        // gone already
+      }
     }
-    await gone(orphan);
   });
 });

@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, writeSync } from 'node:fs';
 import { constants } from 'node:os';
 import { StringDecoder } from 'node:string_decoder';
+import { getSystemErrorName } from 'node:util';
 import { fileURLToPath } from 'node:url';
 
 /** What the runner hears from a command it started, whoever started it. */
@@ -45,6 +46,15 @@ function onExit(): void {
   });
 }
 
+/** Send `signal` to `pid`, which may have ended already. */
+function signalPid(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(pid, signal);
+  } catch {
+    // ESRCH: it ended.
+  }
+}
+
 /** Start the command with Node's own `child_process.spawn` (a fork of this process). */
 export const startWithNode: StartCommand = (file, args, options, events) => {
   const child = spawn(file, [...args], { env: options.env, shell: false, stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
@@ -76,12 +86,13 @@ export const startWithNode: StartCommand = (file, args, options, events) => {
   };
 };
 
-const SIGNAL_NAMES = new Map<number, NodeJS.Signals>(Object.entries(constants.signals).map(([name, number]) => [number, name as NodeJS.Signals]));
-const ERRNO_NAMES = new Map<number, string>(Object.entries(constants.errno).map(([name, number]) => [number, name]));
+/** Signal names by number; where two share one (SIGABRT/SIGIOT, SIGIO/SIGPOLL), the first, as Node names it. */
+const SIGNAL_NAMES = new Map<number, NodeJS.Signals>();
+for (const [name, number] of Object.entries(constants.signals)) if (!SIGNAL_NAMES.has(number)) SIGNAL_NAMES.set(number, name as NodeJS.Signals);
 
 /** The error Node's spawn gives for a command it could not start (`spawn losetup ENOENT`). */
 function startError(file: string, errno: number): NodeJS.ErrnoException {
-  const code = ERRNO_NAMES.get(errno) ?? `E${errno}`;
+  const code = getSystemErrorName(-errno);
   return Object.assign(new Error(`spawn ${file} ${code}`), { code, errno: -errno, syscall: `spawn ${file}`, path: file });
 }
 
@@ -90,7 +101,8 @@ interface Job {
   events: ChildEvents;
   out: StringDecoder;
   err: StringDecoder;
-  started: boolean;
+  /** The command's pid, once the spawner started it. */
+  pid?: number;
   ended: boolean;
   /** Start it with Node instead (the spawner could not be started at all, so it never ran). */
   rerun: () => void;
@@ -115,7 +127,8 @@ class Broker {
     child.stdin?.on('error', () => undefined);
     // Could not be started at all: nothing it was given ran; Node starts it instead.
     child.once('error', () => this.lost(true));
-    child.once('exit', () => this.lost(false));
+    // 'close', not 'exit': what it wrote before it died (finished commands' ends) is read first.
+    child.once('close', () => this.lost(false));
     this.idle();
   }
 
@@ -131,7 +144,6 @@ class Broker {
       events,
       out: new StringDecoder('utf8'),
       err: new StringDecoder('utf8'),
-      started: false,
       ended: false,
       rerun: () => {
         job.replacement = startWithNode(file, args, options, events);
@@ -152,12 +164,23 @@ class Broker {
     };
   }
 
-  /** SIGTERM to every command still running, written synchronously (from the process's `exit`). */
+  /**
+   * SIGTERM to every command still running (from the process's `exit`, so synchronously): by pid
+   * to those the spawner started; a kill frame for those it has not started yet, when nothing else
+   * is waiting in the pipe (a frame written into the middle of another would garble both). One
+   * whose start is still in the pipe behind a large write is never started: the spawner exits at
+   * the end of its input.
+   */
   terminateAllSync(): void {
-    const fd = (this.child.stdin as unknown as { _handle?: { fd?: number } } | null)?._handle?.fd;
-    if (fd === undefined || fd < 0 || !this.alive) return;
+    const stdin = this.child.stdin as (NodeJS.WritableStream & { writableLength?: number; _handle?: { fd?: number } }) | null;
+    const fd = stdin?._handle?.fd;
     for (const [id, job] of this.jobs) {
-      if (!job.started || job.ended) continue;
+      if (job.ended || job.replacement) continue;
+      if (job.pid !== undefined) {
+        signalPid(job.pid, 'SIGTERM');
+        continue;
+      }
+      if (fd === undefined || fd < 0 || !this.alive || (stdin?.writableLength ?? 1) !== 0) continue;
       try {
         writeSync(fd, killFrame(id, constants.signals.SIGTERM));
       } catch {
@@ -198,7 +221,7 @@ class Broker {
     if (job === undefined) return;
     switch (type) {
       case 'P':
-        job.started = true;
+        job.pid = body.readInt32LE(0);
         return;
       case 'O': {
         const text = job.out.write(body);
@@ -210,11 +233,18 @@ class Broker {
         if (text !== '') job.events.stderr(text);
         return;
       }
-      case 'F':
+      case 'F': {
+        const errno = body.readInt32LE(0);
         this.end(id, job);
-        job.events.error(startError(job.file, body.readInt32LE(0)));
+        // ENOSYS: this spawner cannot change directory (glibc < 2.29); it started nothing.
+        if (errno === constants.errno.ENOSYS) {
+          job.rerun();
+          return;
+        }
+        job.events.error(startError(job.file, errno));
         job.events.close(null, null);
         return;
+      }
       case 'X': {
         this.end(id, job);
         const rest = job.out.end();
@@ -249,10 +279,12 @@ class Broker {
     spawnerUnusable = true;
     for (const [id, job] of [...this.jobs]) {
       this.end(id, job);
-      if (neverRan && !job.started) {
+      if (neverRan) {
         job.rerun();
         continue;
       }
+      // Reported failed, so it must not go on behind berth's back (a retry would run it twice).
+      if (job.pid !== undefined) signalPid(job.pid, 'SIGTERM');
       job.events.error(Object.assign(new Error('berth-spawner exited while the command ran'), { code: 'ESPAWNER' }));
       job.events.close(null, null);
     }
@@ -337,7 +369,14 @@ function theBroker(): Broker | undefined {
   if (SPAWNER_PATH === undefined || commandStarter() === 'node') return undefined;
   // One fork of this process, once; the spawner's own stderr is not the commands' (they have pipes).
   spawnerDirectory = currentDirectory();
-  const child = spawn(SPAWNER_PATH, [], { stdio: ['pipe', 'pipe', 'ignore'], env: {} });
+  let child: ChildProcess;
+  try {
+    child = spawn(SPAWNER_PATH, [], { stdio: ['pipe', 'pipe', 'ignore'], env: {} });
+  } catch {
+    // Node throws at once for some errors (ETXTBSY while a build rewrites the file): Node's spawn then.
+    spawnerUnusable = true;
+    return undefined;
+  }
   broker = new Broker(child);
   return broker;
 }
@@ -350,7 +389,7 @@ const hasNul = (value: string): boolean => value.includes('\0');
  * to Node's spawn, so that the refusal reads as Node's.
  */
 export const startCommand: StartCommand = (file, args, options, events) => {
-  if (options.node === true || hasNul(file) || args.some(hasNul) || Object.entries(options.env).some(([k, v]) => hasNul(k) || (v !== undefined && hasNul(v)))) {
+  if (options.node === true || file === '' || hasNul(file) || args.some(hasNul) || Object.entries(options.env).some(([k, v]) => hasNul(k) || (v !== undefined && hasNul(v)))) {
     return startWithNode(file, args, options, events);
   }
   return theBroker()?.start(file, args, options, events) ?? startWithNode(file, args, options, events);

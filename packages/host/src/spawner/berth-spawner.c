@@ -22,12 +22,14 @@
  *     'O' / 'E' output: u32 id, bytes (the command's stdout / stderr, as read)
  *     'X' ended: u32 id, i32 exit code (-1 when killed), i32 signal (0 when it exited);
  *         sent once the command exited AND closed both output pipes (Node's 'close').
- * When stdin ends (the runner's process exited or died), the commands still running are left to
- * finish, as a command Node spawned outlives a killed Node; then this program exits.
+ * When stdin ends (the runner's process exited or died), this program exits at once and its end
+ * of every command's pipes closes with it: the commands are re-parented and go on, and one that
+ * writes gets SIGPIPE, as a command Node spawned did when Node was killed.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -35,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -92,8 +95,21 @@ static void frame(char type, uint32_t id, const void *payload, size_t len) {
   head[0] = type;
   put_u32(head + 1, (uint32_t)(4 + len));
   put_u32(head + 5, id);
-  write_all(head, sizeof head);
-  if (len > 0) write_all(payload, len);
+  /* One system call for the frame when the pipe takes it whole; the rest written in order. */
+  struct iovec iov[2] = {{head, sizeof head}, {(void *)payload, len}};
+  ssize_t n;
+  do n = writev(1, iov, len > 0 ? 2 : 1);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    out_broken = 1;
+    return;
+  }
+  size_t done = (size_t)n;
+  if (done < sizeof head) {
+    write_all(head + done, sizeof head - done);
+    done = sizeof head;
+  }
+  if (done - sizeof head < len) write_all((const char *)payload + (done - sizeof head), len - (done - sizeof head));
 }
 
 static void frame2(char type, uint32_t id, int32_t a, int32_t b, int two) {
@@ -147,6 +163,24 @@ static void free_strs(char **v, uint32_t n) {
 }
 
 /*
+ * posix_spawn of one file; a file the kernel cannot execute (ENOEXEC: a script without `#!`) runs
+ * with /bin/sh, as glibc's execvp (which Node's spawn ends in) does.
+ */
+static int spawn_file(pid_t *pid, const char *file, char **argv, char **envp, posix_spawn_file_actions_t *fa, posix_spawnattr_t *at) {
+  int rc = posix_spawn(pid, file, fa, at, argv, envp);
+  if (rc != ENOEXEC) return rc;
+  size_t argc = 0;
+  while (argv[argc]) argc++;
+  char **shv = grow(NULL, sizeof(char *) * (argc + 2));
+  shv[0] = "/bin/sh";
+  shv[1] = (char *)file;
+  for (size_t i = 1; i <= argc; i++) shv[i + 1] = argv[i];
+  rc = posix_spawn(pid, "/bin/sh", fa, at, shv, envp);
+  free(shv);
+  return rc == 0 ? 0 : ENOEXEC;
+}
+
+/*
  * Start argv[0] with posix_spawn, looking it up as libuv does: a name with a '/' is used as it
  * is; otherwise each directory of the command's own PATH (default /bin:/usr/bin) is tried in
  * turn, going on past ENOENT, ENOTDIR and EACCES (EACCES is reported when nothing else ran).
@@ -154,10 +188,15 @@ static void free_strs(char **v, uint32_t n) {
 static int spawn_in_path(pid_t *pid, char **argv, char **envp, posix_spawn_file_actions_t *fa, posix_spawnattr_t *at) {
   const char *file = argv[0];
   if (file[0] == '\0') return ENOENT;
-  if (strchr(file, '/')) return posix_spawn(pid, file, fa, at, argv, envp);
+  if (strchr(file, '/')) return spawn_file(pid, file, argv, envp, fa, at);
   const char *path = "/bin:/usr/bin";
-  for (char **e = envp; *e; e++)
-    if (strncmp(*e, "PATH=", 5) == 0) path = *e + 5;
+  for (char **e = envp; *e; e++) {
+    /* The first PATH, as getenv() takes it. */
+    if (strncmp(*e, "PATH=", 5) == 0) {
+      path = *e + 5;
+      break;
+    }
+  }
   size_t flen = strlen(file);
   int seen_eacces = 0;
   const char *p = path;
@@ -173,7 +212,7 @@ static int spawn_in_path(pid_t *pid, char **argv, char **envp, posix_spawn_file_
       full[dlen] = '/';
       memcpy(full + dlen + 1, file, flen + 1);
     }
-    int rc = posix_spawn(pid, full, fa, at, argv, envp);
+    int rc = spawn_file(pid, full, argv, envp, fa, at);
     free(full);
     if (rc == 0) return 0;
     if (rc == EACCES) seen_eacces = 1;
@@ -221,6 +260,7 @@ static void run_request(reader_t *r) {
     }
   }
   pid_t pid = 0;
+  int cwd_fd = -1;
   if (rc == 0) {
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t at;
@@ -229,18 +269,33 @@ static void run_request(reader_t *r) {
     posix_spawn_file_actions_adddup2(&fa, in[0], 0);
     posix_spawn_file_actions_adddup2(&fa, out[1], 1);
     posix_spawn_file_actions_adddup2(&fa, err[1], 2);
-    if (cwd[0] != '\0') posix_spawn_file_actions_addchdir_np(&fa, cwd);
+    if (cwd[0] != '\0') {
+      /* A directory that went away (or cannot be entered) is not the command's failure: it then
+       * runs in this program's directory, as Node's spawn would run it in the removed one. */
+      cwd_fd = open(cwd, O_PATH | O_DIRECTORY | O_CLOEXEC);
+#if defined(__GLIBC__) && __GLIBC_PREREQ(2, 29)
+      if (cwd_fd >= 0) posix_spawn_file_actions_addfchdir_np(&fa, cwd_fd);
+#else
+      if (cwd_fd >= 0) rc = ENOSYS; /* the runner starts it with Node instead */
+#endif
+    }
     /* The command starts as Node would start it: no signal blocked, every signal at its default. */
     sigset_t none, all;
     sigemptyset(&none);
     sigfillset(&all);
+#if defined(__GLIBC__) && ULONG_MAX > 0xffffffffUL
+    /* sigfillset leaves out glibc's own two signals (32, 33), which posix_spawn would then set to
+     * SIG_IGN in the command; a Node-spawned command has them at their default. */
+    ((unsigned long *)(void *)&all)[0] |= (1UL << 31) | (1UL << 32);
+#endif
     posix_spawnattr_setsigmask(&at, &none);
     posix_spawnattr_setsigdefault(&at, &all);
     posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-    rc = spawn_in_path(&pid, argv, envp, &fa, &at);
+    if (rc == 0) rc = spawn_in_path(&pid, argv, envp, &fa, &at);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&at);
   }
+  if (cwd_fd >= 0) close(cwd_fd);
   /* The child's ends are its own now (or nobody's). */
   if (out[1] >= 0) close(out[1]);
   if (err[1] >= 0) close(err[1]);
@@ -398,7 +453,7 @@ int main(void) {
 
   struct pollfd *pfd = NULL;
   size_t pcap = 0;
-  while (stdin_open || njobs > 0) {
+  while (stdin_open) {
     size_t need = 2 + njobs * 3;
     if (need > pcap) {
       pcap = need * 2;

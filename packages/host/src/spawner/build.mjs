@@ -16,5 +16,11 @@ const compiler = [process.env.CC, 'cc', 'gcc'].find((cc) => cc && ['/usr/bin', '
 if (!compiler) {
   console.warn('@berth/host: no C compiler (cc/gcc): commands are started with Node\'s spawn (a fork per command); apt-get install -y gcc');
 } else {
-  execFileSync(compiler, ['-O2', '-Wall', '-Wextra', '-Werror', '-o', target, source], { stdio: 'inherit', timeout: 60_000 });
+  try {
+    execFileSync(compiler, ['-O2', '-Wall', '-Wextra', '-o', target, source], { stdio: 'inherit', timeout: 60_000 });
+  } catch (error) {
+    // The runner works without it (Node's spawn); spawner.e2e.test.ts fails when it is missing.
+    rmSync(target, { force: true });
+    console.warn(`@berth/host: berth-spawner did not compile (${error.message}): commands are started with Node's spawn`);
+  }
 }
