@@ -136,6 +136,10 @@ class Broker {
     return this.alive;
   }
 
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
   start(file: string, args: readonly string[], options: StartOptions, events: ChildEvents): Child {
     const id = this.nextId;
     this.nextId = id >= 0xffff_ffff ? 1 : id + 1;
@@ -362,6 +366,11 @@ let spawnerUnusable = false;
  */
 export function commandStarter(): 'berth-spawner' | 'node' {
   return SPAWNER_PATH !== undefined && process.env.BERTH_SPAWNER !== '0' && !spawnerUnusable ? 'berth-spawner' : 'node';
+}
+
+/** The pid of this process's berth-spawner while it runs (its children are the commands: benches read their CPU there). */
+export function spawnerPid(): number | undefined {
+  return broker?.usable ? broker.pid : undefined;
 }
 
 function theBroker(): Broker | undefined {
