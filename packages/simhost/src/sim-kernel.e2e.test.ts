@@ -323,13 +323,15 @@ describe('the simulated kernel', { timeout: 60_000 }, () => {
     await sim.san.addTarget({ iqn: VOL1, portals: [PORTAL], luns: { 1: { sizeBytes: 64 * MiB } } });
     const { sid, host } = await loginManual(sim, services, VOL1);
     await services.fs.writeFile(`/sys/class/scsi_host/host${host}/scan`, '- - 1');
-    await services.waiter.waitForPath('/dev/sda', { timeoutMs: 5_000 });
+    // /dev/sda comes at once (devtmpfs), its by-path link after udev's delay: the size is read through the link below.
+    const byPath = `/dev/disk/by-path/ip-127.0.0.1:3260-iscsi-${VOL1}-lun-1`;
+    await services.waiter.waitForPath(byPath, { timeoutMs: 5_000 });
     await sim.san.growLun(VOL1, 1, 96 * MiB);
     expect(await services.fs.readFile('/sys/block/sda/size')).toBe(`${(64 * MiB) / 512}\n`);
     const r = await iscsiadm(services, '-m', 'session', '-r', String(sid), '--rescan');
     expect(r).toMatchObject({ exitCode: 0, stdout: `Rescanning session [sid: ${sid}, target: ${VOL1}, portal: 127.0.0.1,3260]\n`, stderr: '' });
     expect(await services.fs.readFile('/sys/block/sda/size')).toBe(`${(96 * MiB) / 512}\n`);
-    expect((await services.runner.run('blockdev', ['--getsize64', '/dev/disk/by-path/ip-127.0.0.1:3260-iscsi-iqn.2026-01.test.berth:vol1-lun-1'])).stdout).toBe(`${96 * MiB}\n`);
+    expect((await services.runner.run('blockdev', ['--getsize64', byPath])).stdout).toBe(`${96 * MiB}\n`);
     // The rescan also scanned the host: LUN 0 is there now.
     expect((await sim.state()).sessions[0]!.luns.map((l) => l.lun)).toEqual([0, 1]);
   });
