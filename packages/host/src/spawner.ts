@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, writeSync } from 'node:fs';
+import { existsSync, readFileSync, writeSync } from 'node:fs';
 import { constants } from 'node:os';
 import { StringDecoder } from 'node:string_decoder';
 import { getSystemErrorName } from 'node:util';
@@ -46,12 +46,33 @@ function onExit(): void {
   });
 }
 
-/** Send `signal` to `pid`, which may have ended already. */
-function signalPid(pid: number, signal: NodeJS.Signals): void {
+/**
+ * The start time of a live process (`/proc/<pid>/stat` field 22, clock ticks since boot);
+ * undefined when it is gone or a zombie. Fields after the command name follow its last ')'.
+ */
+function startTicksOf(pid: number): string | undefined {
+  let text: string;
   try {
-    process.kill(pid, signal);
+    text = readFileSync(`/proc/${pid}/stat`, 'utf8');
   } catch {
-    // ESRCH: it ended.
+    return undefined;
+  }
+  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  return fields[0] === 'Z' || fields[0] === 'X' ? undefined : fields[19];
+}
+
+/**
+ * Send `signal` to the command the spawner started for `job`, if it still runs. Its pid is not
+ * berth's child (the spawner reaps it, or init once the spawner is gone), so the pid may have
+ * been reused by the time berth signals (this machine's pid_max is 32768): only a process with
+ * the start time seen when it started is signalled.
+ */
+function signalOwn(job: { pid?: number; startTicks?: string }, signal: NodeJS.Signals): void {
+  if (job.pid === undefined || job.startTicks === undefined || startTicksOf(job.pid) !== job.startTicks) return;
+  try {
+    process.kill(job.pid, signal);
+  } catch {
+    // ESRCH: it ended in between.
   }
 }
 
@@ -103,6 +124,8 @@ interface Job {
   err: StringDecoder;
   /** The command's pid, once the spawner started it. */
   pid?: number;
+  /** Its start time then (`startTicksOf`): a signal goes to that process only, never to a pid reused since. */
+  startTicks?: string;
   ended: boolean;
   /** Start it with Node instead (the spawner could not be started at all, so it never ran). */
   rerun: () => void;
@@ -181,7 +204,7 @@ class Broker {
     for (const [id, job] of this.jobs) {
       if (job.ended || job.replacement) continue;
       if (job.pid !== undefined) {
-        signalPid(job.pid, 'SIGTERM');
+        signalOwn(job, 'SIGTERM');
         continue;
       }
       if (fd === undefined || fd < 0 || !this.alive || (stdin?.writableLength ?? 1) !== 0) continue;
@@ -226,6 +249,7 @@ class Broker {
     switch (type) {
       case 'P':
         job.pid = body.readInt32LE(0);
+        job.startTicks = startTicksOf(job.pid);
         return;
       case 'O': {
         const text = job.out.write(body);
@@ -288,7 +312,7 @@ class Broker {
         continue;
       }
       // Reported failed, so it must not go on behind berth's back (a retry would run it twice).
-      if (job.pid !== undefined) signalPid(job.pid, 'SIGTERM');
+      signalOwn(job, 'SIGTERM');
       job.events.error(Object.assign(new Error('berth-spawner exited while the command ran'), { code: 'ESPAWNER' }));
       job.events.close(null, null);
     }
