@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import type { z } from 'zod';
 import { BerthError } from '@berth/core';
@@ -73,6 +74,9 @@ export class QmpClient {
   private readonly waiters = new Set<Pending>();
   private buffer = '';
   private nextId = 1;
+  // Ids unique to this connection: a reply QEMU still sends for a command of an earlier connection
+  // (it finishes a command whose client left, and answers the next client) never matches one here.
+  private readonly idPrefix = `berth-${randomBytes(4).toString('hex')}-`;
   private closedWith: BerthError | undefined;
   private onGreeting: ((line: unknown) => void) | undefined;
   private resolveClosed!: (reason: BerthError) => void;
@@ -125,7 +129,7 @@ export class QmpClient {
 
   /** Run `command` and resolve with its `return` value (unchecked; prefer `request`). */
   execute(command: string, args?: Record<string, unknown>, options: QmpCallOptions = {}): Promise<unknown> {
-    const id = `berth-${this.nextId++}`;
+    const id = `${this.idPrefix}${this.nextId++}`;
     return this.track(
       command,
       (pending) => {

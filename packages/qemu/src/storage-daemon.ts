@@ -97,6 +97,7 @@ export class StorageDaemon {
       });
     }
     const timeoutMs = this.options.startTimeoutMs ?? 10_000;
+    const startedAt = Date.now();
     try {
       await this.options.waiter.waitUntil(
         this.options.dir,
@@ -107,12 +108,29 @@ export class StorageDaemon {
         },
         { timeoutMs, what: `the QMP socket ${this.socket}`, ...(signal ? { signal } : {}) },
       );
+      await this.settleMonitor(Math.max(1, timeoutMs - (Date.now() - startedAt)), signal);
     } catch (error) {
       await stopDaemon(this.pidFile, { timeoutMs: 0, signal: 'SIGKILL' }).catch(() => undefined);
       throw BerthError.is(error) ? error : await this.failure(`${this.binary} (pid ${pid}) did not open its QMP socket within ${timeoutMs} ms`);
     }
     this.options.logger?.info({ pid, socket: this.socket }, 'qemu-storage-daemon started');
     return pid;
+  }
+
+  /**
+   * The first QMP client of a new daemon is a throwaway, so that no real command meets QEMU's
+   * start-up race (qemu 7.2; fixed upstream in January 2026 by "monitor/qmp: cleanup SocketChardev
+   * listener sources early to avoid fd handling race"). The monitor's I/O thread takes the socket
+   * over from the main thread in a bottom half; under load that runs late, and until then both
+   * threads watch the socket, so both may read one client's bytes into one JSON parser. Seen here
+   * as `JSON parse error, stray '-ad'` on the `object-add` right after a start, and as a
+   * `blockdev-add` whose secret object was never made. The answer to `qmp_capabilities` proves the
+   * hand-over done (QEMU runs commands only for monitors the bottom half registered), and closing
+   * this connection resets the parser, so whatever the race did to it is gone.
+   */
+  private async settleMonitor(timeoutMs: number, signal: AbortSignal | undefined): Promise<void> {
+    const qmp = await this.connect({ timeoutMs, ...(signal ? { signal } : {}) });
+    qmp.close();
   }
 
   /**
