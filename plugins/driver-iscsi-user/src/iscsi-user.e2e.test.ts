@@ -125,7 +125,7 @@ describe('iscsi-user transport on a real tgtd', () => {
       const started = Date.now();
       const error = await rejection(env.driver.connect(bad, call(30_000)));
       timings.push(`${what}: ${error.code} in ${Date.now() - started} ms`);
-      expect(error.code, what).toBe(code);
+      expect(error.code, `${what}: ${error.message}`).toBe(code);
       expect(error.message, what).toMatch(message);
       expect(error.hint, what).toMatch(/\S/);
       const text = JSON.stringify(error.toJSON()) + error.message;
