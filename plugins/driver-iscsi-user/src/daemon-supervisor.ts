@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { BerthError } from '@berth/core';
 import { acquireFileLock, LockTimeoutError, type ReleaseLock } from '@berth/host';
-import { detachFuseLoop, loopInfo, unmountFuseUnder, type QmpClient, type StorageDaemon } from '@berth/qemu';
+import { detachFuseLoop, fuseMountsUnder, loopInfo, unmountFuseUnder, type QmpClient, type StorageDaemon } from '@berth/qemu';
 import type { AttachStateFileStore } from '@berth/iscsi';
 import type { ExportRecord } from './export-records.js';
 import { buildChain, messageOf, mountpointOf, secretFile, teardownChain, type PlumbingDeps } from './lun-plumbing.js';
@@ -115,27 +115,35 @@ export class DaemonSupervisor {
 
   /**
    * The daemon was (re)started while exports are recorded: it died under them. Each loop device
-   * still points at a dead FUSE file, so it is detached (unless something holds it open), the dead
-   * mounts are unmounted, and the chain is built again on the same loop device — the device path
-   * the attachment recorded and its stable link lead to. What cannot be rebuilt is marked `failed`
-   * with the reason: `connected()` leaves it out, so `berth reconcile` reconnects it (fresh
-   * credentials from the backend) or marks the attachment failed.
+   * still points at a dead FUSE file: one record after another, its device is detached (unless
+   * something holds it open), its dead mount unmounted, and its chain built again on the same loop
+   * device — the device path the attachment recorded and its stable link lead to. One at a time,
+   * so that a device is free only while its own chain is rebuilt: another process's `losetup
+   * --find` can take a free loop number, and with every device detached first, each one stayed
+   * free for the whole restore. What cannot be rebuilt is marked `failed` with the reason:
+   * `connected()` leaves it out, so `berth reconcile` reconnects it (fresh credentials from the
+   * backend) or marks the attachment failed.
    */
   private async restore(qmp: QmpClient, signal: AbortSignal): Promise<void> {
     const { host, paths, records, logger, options } = this.deps;
     const all = await records.list();
     if (all.length === 0) return;
     const report: RestoreReport = { restored: [], failed: [] };
-    const heldOpen = new Set<string>();
     const step = { timeoutMs: options.commandTimeoutMs, signal };
-    for (const record of all) {
-      const mountpoint = mountpointOf(paths, record.volumeId);
-      if (record.loopDevice === undefined || (await loopInfo(host.fs, record.loopDevice))?.backingFile !== mountpoint) continue;
-      if ((await detachFuseLoop(host, record.loopDevice, mountpoint, step)) === 'held-open') heldOpen.add(record.volumeId);
-    }
-    await unmountFuseUnder(host, paths.mounts, options.commandTimeoutMs);
     // Restores run without the connect's fault points: a crash test arms those for connects only.
     const quiet = { host, paths, options, logger };
+    /** Detach the record's device from its dead FUSE file and unmount that file: 'held-open' when something holds the device. */
+    const release = async (record: ExportRecord): Promise<'held-open' | 'released'> => {
+      const mountpoint = mountpointOf(paths, record.volumeId);
+      let held = false;
+      if (record.loopDevice !== undefined && (await loopInfo(host.fs, record.loopDevice))?.backingFile === mountpoint) {
+        held = (await detachFuseLoop(host, record.loopDevice, mountpoint, step)) === 'held-open';
+      }
+      await unmountFuseUnder(host, mountpoint, options.commandTimeoutMs);
+      return held ? 'held-open' : 'released';
+    };
+    // Records that are not active get no chain: their devices and mounts are only cleared.
+    for (const record of all) if (record.status !== 'active') await release(record);
     for (const record of all) {
       if (record.status !== 'active') continue;
       const names = exportNames(record.iqn, record.lun);
@@ -143,7 +151,7 @@ export class DaemonSupervisor {
         report.failed.push({ key: record.volumeId, reason });
         await records.save({ ...record, status: 'failed', failure: reason, updatedAt: new Date().toISOString() });
       };
-      if (heldOpen.has(record.volumeId)) {
+      if ((await release(record)) === 'held-open') {
         await fail(`${record.loopDevice} was open when qemu-storage-daemon died, so it could not be rebuilt; close it, then detach (--force) and attach again`);
         continue;
       }
@@ -175,6 +183,11 @@ export class DaemonSupervisor {
         await teardownChain(quiet, qmp, names, undefined, AbortSignal.timeout(options.commandTimeoutMs)).catch(() => undefined);
         await fail(`rebuilding it on the restarted qemu-storage-daemon failed: ${messageOf(error)}`);
       }
+    }
+    // A dead mount no record names (a record removed by hand) goes too; the rebuilt ones are live.
+    const live = new Set(report.restored.map((key) => mountpointOf(paths, key)));
+    for (const mount of await fuseMountsUnder(host.fs, paths.mounts)) {
+      if (!live.has(mount.target)) await unmountFuseUnder(host, mount.target, options.commandTimeoutMs);
     }
     this.lastRestore = report;
     logger.warn(
