@@ -52,6 +52,27 @@ describe('QmpClient', () => {
     expect(version.package).toContain('Debian');
   });
 
+  it('takes a second greeting for nothing, and each reply for its own command (qemu 7.2 greets twice in its start-up race)', async () => {
+    // The second greeting lands where the answer to qmp_capabilities is awaited, then before a reply.
+    const qmp = await connectTo((request) => {
+      if (request.execute === 'qmp_capabilities') return [greeting, capabilities];
+      return [greeting, ...recorded('qmp-query-version.txt')];
+    });
+    const version = await qmp.request('query-version', undefined, zQemuVersion);
+    expect(version.qemu.major).toBe(7);
+  });
+
+  it('sends ids unique to its connection: an answer QEMU still owes an earlier client is not taken for one of this client', async () => {
+    const first = await connectTo(byCommand({}));
+    const ids = new Set<unknown>(fake.server?.requests.map((r) => r.id));
+    first.close();
+    const second = await QmpClient.connect(first.path, { timeoutMs: 2_000 });
+    second.close();
+    const all = fake.server?.requests.map((r) => r.id) ?? [];
+    expect(all.length).toBeGreaterThan(ids.size);
+    expect(all.filter((id) => ids.has(id))).toHaveLength(ids.size);
+  });
+
   it('parses the recorded listings of exports and nodes', async () => {
     const qmp = await connectTo(
       byCommand({

@@ -291,6 +291,9 @@ export class QmpClient {
       greet(line);
       return;
     }
+    // A greeting is never a reply: qemu 7.2 sends a second one when its start-up race (see
+    // StorageDaemon's settleMonitor) has both of its threads take the same connection.
+    if (typeof line === 'object' && line !== null && 'QMP' in line) return;
     const event = zQmpEvent.safeParse(line);
     if (event.success) {
       for (const listener of [...this.listeners]) listener(event.data);
