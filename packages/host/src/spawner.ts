@@ -46,16 +46,21 @@ function onExit(): void {
   });
 }
 
+/** `startTicksOf` could not read /proc for another reason than the process being gone (EMFILE, say). */
+const UNREADABLE = '?';
+
 /**
  * The start time of a live process (`/proc/<pid>/stat` field 22, clock ticks since boot);
- * undefined when it is gone or a zombie. Fields after the command name follow its last ')'.
+ * undefined when it is gone or a zombie, `UNREADABLE` when /proc could not be read for another
+ * reason. Fields after the command name follow its last ')'.
  */
 function startTicksOf(pid: number): string | undefined {
   let text: string;
   try {
     text = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return undefined;
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    return code === 'ENOENT' || code === 'ESRCH' ? undefined : UNREADABLE;
   }
   const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
   return fields[0] === 'Z' || fields[0] === 'X' ? undefined : fields[19];
@@ -68,7 +73,10 @@ function startTicksOf(pid: number): string | undefined {
  * the start time seen when it started is signalled.
  */
 function signalOwn(job: { pid?: number; startTicks?: string }, signal: NodeJS.Signals): void {
-  if (job.pid === undefined || job.startTicks === undefined || startTicksOf(job.pid) !== job.startTicks) return;
+  if (job.pid === undefined || job.startTicks === undefined) return;
+  // Where /proc could not be read (then or now), the pid is signalled as Node's spawn would.
+  const now = startTicksOf(job.pid);
+  if (now === undefined || (now !== job.startTicks && now !== UNREADABLE && job.startTicks !== UNREADABLE)) return;
   try {
     process.kill(job.pid, signal);
   } catch {

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { appendFile, mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { BerthError, type Logger } from '@berth/core';
-import { DaemonError, daemonStatus, startDaemon, stopDaemon, type DaemonStatus, type DeviceWaiter, type StopDaemonResult } from '@berth/host';
+import { DaemonError, daemonStatus, startDaemon, stopDaemon, WaitTimeoutError, type DaemonStatus, type DeviceWaiter, type StopDaemonResult } from '@berth/host';
 import { QmpClient, type QmpCallOptions } from './qmp-client.js';
 
 /** The executable, looked up on PATH. */
@@ -136,18 +136,35 @@ export class StorageDaemon {
    */
   private async settleMonitor(timeoutMs: number, signal: AbortSignal | undefined): Promise<void> {
     const deadline = Date.now() + timeoutMs;
-    for (let attempt = 1; ; attempt += 1) {
-      try {
-        const qmp = await this.connect({ timeoutMs: Math.max(1, Math.min(SETTLE_ATTEMPT_MS, deadline - Date.now())), ...(signal ? { signal } : {}) });
-        qmp.close();
-        return;
-      } catch (error) {
-        // What the race did to a connection (a second greeting, a garbled or a missing answer) is
-        // why it is thrown away, and another one tried; a daemon gone, a cancel or the start's
-        // deadline ends the start.
-        if (!BerthError.is(error) || error.code === 'CANCELLED' || Date.now() >= deadline || !(await this.status()).running) throw error;
-        this.options.logger?.warn({ socket: this.socket, attempt, err: error.message }, 'qemu-storage-daemon: a first QMP connection met the start-up race; thrown away');
-      }
+    let attempt = 0;
+    let lastError = '';
+    try {
+      await this.options.waiter.waitUntil(
+        this.options.dir,
+        async () => {
+          attempt += 1;
+          try {
+            // Its own deadline: one that hangs is closed by QmpClient.connect, and the next is tried.
+            (await QmpClient.connect(this.socket, { timeoutMs: Math.max(1, Math.min(SETTLE_ATTEMPT_MS, deadline - Date.now())), ...(signal ? { signal } : {}) })).close();
+            return true;
+          } catch (error) {
+            if (signal?.aborted) throw error;
+            if (!(await this.status()).running) throw await this.failure(`${this.binary} exited while its QMP monitor started`);
+            // What the race did to this connection (a second greeting, a garbled answer, none) is
+            // why it is thrown away; the next one is tried at the waiter's next poll.
+            lastError = error instanceof Error ? error.message : String(error);
+            if (!isRefused(error)) this.options.logger?.warn({ socket: this.socket, attempt, err: lastError }, 'qemu-storage-daemon: a first QMP connection met the start-up race; thrown away');
+            return undefined;
+          }
+        },
+        { timeoutMs: Math.max(1, deadline - Date.now()), what: `the QMP monitor on ${this.socket}`, pollMs: 5, ...(signal ? { signal } : {}) },
+      );
+    } catch (error) {
+      if (!(error instanceof WaitTimeoutError)) throw error;
+      throw new BerthError('TIMEOUT', `${this.binary} opened ${this.socket}, but its QMP monitor did not answer within ${this.options.startTimeoutMs ?? 10_000} ms of its start (${attempt} connection(s)${lastError ? `; the last: ${lastError}` : ''})`, {
+        hint: `see ${this.logFile}; a machine this loaded may need a longer start timeout`,
+        cause: error,
+      });
     }
   }
 
@@ -159,19 +176,28 @@ export class StorageDaemon {
   async connect(options: QmpCallOptions = {}): Promise<QmpClient> {
     const timeoutMs = options.timeoutMs ?? 10_000;
     const deadline = Date.now() + timeoutMs;
-    return this.options.waiter.waitUntil(
-      this.options.dir,
-      async () => {
-        try {
-          return await QmpClient.connect(this.socket, { timeoutMs: Math.max(1, deadline - Date.now()), ...(options.signal ? { signal: options.signal } : {}) });
-        } catch (error) {
-          if (!isRefused(error)) throw error;
-          if (!(await this.status()).running) throw await this.failure(`${this.binary} is not running`);
-          return undefined;
-        }
-      },
-      { timeoutMs, what: `QMP on ${this.socket}`, pollMs: 5, ...(options.signal ? { signal: options.signal } : {}) },
-    );
+    // A client whose connect finishes after the wait gave up is closed: it would hold the monitor.
+    let gaveUp = false;
+    return this.options.waiter
+      .waitUntil(
+        this.options.dir,
+        async () => {
+          try {
+            const client = await QmpClient.connect(this.socket, { timeoutMs: Math.max(1, deadline - Date.now()), ...(options.signal ? { signal: options.signal } : {}) });
+            if (gaveUp) client.close();
+            return client;
+          } catch (error) {
+            if (!isRefused(error)) throw error;
+            if (!(await this.status()).running) throw await this.failure(`${this.binary} is not running`);
+            return undefined;
+          }
+        },
+        { timeoutMs, what: `QMP on ${this.socket}`, pollMs: 5, ...(options.signal ? { signal: options.signal } : {}) },
+      )
+      .catch((error: unknown) => {
+        gaveUp = true;
+        throw error;
+      });
   }
 
   /**

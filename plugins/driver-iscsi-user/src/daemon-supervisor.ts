@@ -129,70 +129,95 @@ export class DaemonSupervisor {
     const all = await records.list();
     if (all.length === 0) return;
     const report: RestoreReport = { restored: [], failed: [] };
-    const step = { timeoutMs: options.commandTimeoutMs, signal };
     // Restores run without the connect's fault points: a crash test arms those for connects only.
     const quiet = { host, paths, options, logger };
-    /** Detach the record's device from its dead FUSE file and unmount that file: 'held-open' when something holds the device. */
-    const release = async (record: ExportRecord): Promise<'held-open' | 'released'> => {
+    /**
+     * Detach the record's device from its dead FUSE file and unmount that file, with a deadline of
+     * its own (the operation's may pass mid-restore; a device is never left half released):
+     * 'held-open' when something holds the device, 'mounted' when the dead mount would not go.
+     */
+    const release = async (record: ExportRecord): Promise<'held-open' | 'mounted' | 'released'> => {
       const mountpoint = mountpointOf(paths, record.volumeId);
+      const step = { timeoutMs: options.commandTimeoutMs, signal: AbortSignal.timeout(options.commandTimeoutMs) };
       let held = false;
       if (record.loopDevice !== undefined && (await loopInfo(host.fs, record.loopDevice))?.backingFile === mountpoint) {
         held = (await detachFuseLoop(host, record.loopDevice, mountpoint, step)) === 'held-open';
       }
       await unmountFuseUnder(host, mountpoint, options.commandTimeoutMs);
-      return held ? 'held-open' : 'released';
+      if (held) return 'held-open';
+      return (await fuseMountsUnder(host.fs, mountpoint)).length > 0 ? 'mounted' : 'released';
     };
-    // Records that are not active get no chain: their devices and mounts are only cleared.
-    for (const record of all) if (record.status !== 'active') await release(record);
-    for (const record of all) {
-      if (record.status !== 'active') continue;
-      const names = exportNames(record.iqn, record.lun);
-      const fail = async (reason: string): Promise<void> => {
-        report.failed.push({ key: record.volumeId, reason });
-        await records.save({ ...record, status: 'failed', failure: reason, updatedAt: new Date().toISOString() });
-      };
-      if ((await release(record)) === 'held-open') {
-        await fail(`${record.loopDevice} was open when qemu-storage-daemon died, so it could not be rebuilt; close it, then detach (--force) and attach again`);
-        continue;
+    const backingOf = async (device: string | undefined): Promise<string | undefined> => (device === undefined ? undefined : (await loopInfo(host.fs, device))?.backingFile);
+    const takenMessage = (device: string, backing: string): string => `its loop device ${device} now backs another file (${backing}); reconnect it (berth reconcile) on a new device`;
+    try {
+      // Records that are not active get no chain: their devices and mounts are only cleared.
+      for (const record of all) if (record.status !== 'active') await release(record).catch(() => undefined);
+      for (const record of all) {
+        if (record.status !== 'active') continue;
+        const names = exportNames(record.iqn, record.lun);
+        const fail = async (reason: string): Promise<void> => {
+          report.failed.push({ key: record.volumeId, reason });
+          await records.save({ ...record, status: 'failed', failure: reason, updatedAt: new Date().toISOString() });
+        };
+        const wanted = record.loopDevice;
+        try {
+          const released = await release(record);
+          if (released === 'held-open') {
+            await fail(`${wanted} was open when qemu-storage-daemon died, so it could not be rebuilt; close it, then detach (--force) and attach again`);
+            continue;
+          }
+          if (released === 'mounted') {
+            await fail(`the dead FUSE mount ${mountpointOf(paths, record.volumeId)} would not unmount; unmount it (umount -l), then reconnect it (berth reconcile)`);
+            continue;
+          }
+          // The operation that found the daemon dead may pass its deadline mid-restore: what is not
+          // rebuilt by then is failed clearly, released, never left pointing at a dead file.
+          if (signal.aborted) {
+            await fail('the operation that found qemu-storage-daemon dead ran out of time before this export was rebuilt; reconnect it (berth reconcile)');
+            continue;
+          }
+          if (record.username !== undefined && !existsSync(secretFile(paths, record.volumeId))) {
+            await fail('its CHAP password is no longer on this host; reconnect it (berth reconcile) to get it from the backend');
+            continue;
+          }
+          const backing = await backingOf(wanted);
+          if (wanted !== undefined && backing !== undefined) {
+            await fail(backing === mountpointOf(paths, record.volumeId) ? `${wanted} could not be let go of its dead FUSE file; detach it (losetup -d), then reconnect it (berth reconcile)` : takenMessage(wanted, backing));
+            continue;
+          }
+          const device = await buildChain(quiet, qmp, {
+            names,
+            portal: record.portal,
+            iqn: record.iqn,
+            lun: record.lun,
+            initiator: record.initiator,
+            ...(record.username === undefined ? {} : { username: record.username }),
+            readOnly: record.readOnly,
+            ...(wanted === undefined ? {} : { loopDevice: wanted }),
+            ...(record.node === undefined ? {} : { node: record.node }),
+          }, signal);
+          const info = await loopInfo(host.fs, device);
+          await records.save({ ...record, loopDevice: device, ...(info ? { rdev: info.rdev } : {}), updatedAt: new Date().toISOString() });
+          report.restored.push(record.volumeId);
+        } catch (error) {
+          await teardownChain(quiet, qmp, names, undefined, AbortSignal.timeout(options.commandTimeoutMs)).catch(() => undefined);
+          // Another program may take the loop number between the check above and losetup.
+          const backing = await backingOf(wanted).catch(() => undefined);
+          const taken = wanted !== undefined && backing !== undefined && backing !== mountpointOf(paths, record.volumeId);
+          await fail(taken ? takenMessage(wanted, backing) : `rebuilding it on the restarted qemu-storage-daemon failed: ${messageOf(error)}`);
+        }
       }
-      if (record.username !== undefined && !existsSync(secretFile(paths, record.volumeId))) {
-        await fail('its CHAP password is no longer on this host; reconnect it (berth reconcile) to get it from the backend');
-        continue;
+    } finally {
+      // A dead mount no record names (a record removed by hand) goes too; the rebuilt ones are live.
+      const live = new Set(report.restored.map((key) => mountpointOf(paths, key)));
+      for (const mount of await fuseMountsUnder(host.fs, paths.mounts).catch(() => [])) {
+        if (!live.has(mount.target)) await unmountFuseUnder(host, mount.target, options.commandTimeoutMs).catch(() => undefined);
       }
-      const wanted = record.loopDevice;
-      if (wanted !== undefined && (await loopInfo(host.fs, wanted))?.backingFile !== undefined) {
-        await fail(`its loop device ${wanted} now backs another file; reconnect it (berth reconcile) on a new device`);
-        continue;
-      }
-      try {
-        const device = await buildChain(quiet, qmp, {
-          names,
-          portal: record.portal,
-          iqn: record.iqn,
-          lun: record.lun,
-          initiator: record.initiator,
-          ...(record.username === undefined ? {} : { username: record.username }),
-          readOnly: record.readOnly,
-          ...(wanted === undefined ? {} : { loopDevice: wanted }),
-          ...(record.node === undefined ? {} : { node: record.node }),
-        }, signal);
-        const info = await loopInfo(host.fs, device);
-        await records.save({ ...record, loopDevice: device, ...(info ? { rdev: info.rdev } : {}), updatedAt: new Date().toISOString() });
-        report.restored.push(record.volumeId);
-      } catch (error) {
-        await teardownChain(quiet, qmp, names, undefined, AbortSignal.timeout(options.commandTimeoutMs)).catch(() => undefined);
-        await fail(`rebuilding it on the restarted qemu-storage-daemon failed: ${messageOf(error)}`);
-      }
+      this.lastRestore = report;
+      logger.warn(
+        { restored: report.restored.length, failed: report.failed.map((f) => `${f.key}: ${f.reason}`) },
+        'qemu-storage-daemon had died with exports on it; it was restarted and its exports rebuilt',
+      );
     }
-    // A dead mount no record names (a record removed by hand) goes too; the rebuilt ones are live.
-    const live = new Set(report.restored.map((key) => mountpointOf(paths, key)));
-    for (const mount of await fuseMountsUnder(host.fs, paths.mounts)) {
-      if (!live.has(mount.target)) await unmountFuseUnder(host, mount.target, options.commandTimeoutMs);
-    }
-    this.lastRestore = report;
-    logger.warn(
-      { restored: report.restored.length, failed: report.failed.map((f) => `${f.key}: ${f.reason}`) },
-      'qemu-storage-daemon had died with exports on it; it was restarted and its exports rebuilt',
-    );
   }
 }

@@ -179,6 +179,12 @@ describe('iscsi-user transport on a real tgtd', () => {
         expect(check.fix).toMatch(/berth reconcile/);
         const lost = (check.checks ?? []).find((c) => c.name === 'exports lost when qemu-storage-daemon died')?.detail ?? '';
         expect(lost.split('now backs another file').length - 1).toBe(taken.length);
+        // Each one it calls taken names what its device backs now: another program's file, not ours.
+        for (const i of taken) {
+          const now = new RegExp(`${devices[i]!.path} now backs another file \\(([^)]*)\\)`).exec(lost)?.[1];
+          expect(now, lost).toBeDefined();
+          expect(now!.startsWith(env.dataDir), now).toBe(false);
+        }
         for (const i of rebuilt) {
           const after = await loopInfo(env.host.fs, devices[i]!.path);
           expect(after?.rdev).toBe(before[i]?.rdev);
