@@ -69,7 +69,8 @@ let wrong = 0;
 try {
   for (let i = 0; i < starts; i += 1) {
     rmSync(socket, { force: true });
-    const daemon = spawn('strace', ['-f', '-o', '/dev/null', 'qemu-storage-daemon', '--chardev', `socket,id=qmp0,path=${socket},server=on,wait=off`, '--monitor', 'chardev=qmp0,mode=control'], { stdio: 'ignore' });
+    // Its own process group: killing strace alone would leave the daemon it traces running.
+    const daemon = spawn('strace', ['-f', '-o', '/dev/null', 'qemu-storage-daemon', '--chardev', `socket,id=qmp0,path=${socket},server=on,wait=off`, '--monitor', 'chardev=qmp0,mode=control'], { stdio: 'ignore', detached: true });
     const exited = new Promise((resolve) => daemon.once('exit', resolve));
     try {
       while (!existsSync(socket)) await new Promise((resolve) => setTimeout(resolve, 1));
@@ -85,8 +86,17 @@ try {
         console.log(`start ${i + 1}: ${JSON.stringify(result).slice(0, 300)}`);
       }
     } finally {
-      daemon.kill('SIGKILL');
+      process.kill(-daemon.pid, 'SIGKILL');
       await exited;
+      // The group's last member (the daemon) may outlive strace by a moment.
+      for (let tries = 0; tries < 1000; tries += 1) {
+        try {
+          process.kill(-daemon.pid, 0);
+        } catch {
+          break;
+        }
+        await new Promise((resolve) => setTimeout(resolve, 2));
+      }
     }
   }
 } finally {

@@ -131,7 +131,7 @@ describe('a path given up while its login is still alive', { timeout: 120_000 },
     await env.sim.faults.releaseLogins();
     await vi.waitFor(async () => expect(await succeededAt(env!, portals[1])).toBe(1), { timeout: 20_000 });
     const second = await again.connect(listConnection(IQN, 1, portals), call(60_000, volumeId));
-    expect(second.paths?.map((p) => p.state)).toEqual(['active', 'active']);
+    expect(second.paths?.map((p) => p.state), JSON.stringify(second.meta?.warnings ?? [])).toEqual(['active', 'active']);
     expect(second.path).toBe(first.path);
     expect((await env.stateFile(volumeId))?.['left_logins']).toBeUndefined();
     expect((await env.sim.state()).maps[0]?.paths).toHaveLength(2);
