@@ -257,7 +257,11 @@ class Broker {
     switch (type) {
       case 'P':
         job.pid = body.readInt32LE(0);
-        job.startTicks = startTicksOf(job.pid);
+        {
+          // Read by the spawner before it could reap the command; read here only from an older one.
+          const ticks = body.length >= 12 ? body.readBigUInt64LE(4) : 0n;
+          job.startTicks = ticks > 0n ? ticks.toString() : startTicksOf(job.pid);
+        }
         return;
       case 'O': {
         const text = job.out.write(body);

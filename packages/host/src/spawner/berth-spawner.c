@@ -17,7 +17,8 @@
  *     'K' kill: u32 id, u32 signal
  *     (str = u32 length + bytes, no NUL)
  *   to the runner, on stdout:
- *     'P' started: u32 id, i32 pid
+ *     'P' started: u32 id, i32 pid, u64 start time (/proc/<pid>/stat field 22, read before this
+ *         program can reap it, so it is the command's own; 0 when it could not be read)
  *     'F' not started: u32 id, i32 errno (no other frame follows for that id)
  *     'O' / 'E' output: u32 id, bytes (the command's stdout / stderr, as read)
  *     'X' ended: u32 id, i32 exit code (-1 when killed), i32 signal (0 when it exited);
@@ -117,6 +118,37 @@ static void frame2(char type, uint32_t id, int32_t a, int32_t b, int two) {
   put_u32(body, (uint32_t)a);
   put_u32(body + 4, (uint32_t)b);
   frame(type, id, body, two ? 8 : 4);
+}
+
+/*
+ * A started command's start time (/proc/<pid>/stat field 22, clock ticks since boot). Read here,
+ * before this program reaps it, the pid still names the command (alive or a zombie), so the runner
+ * can tell it from a process that reuses the pid later. 0 when /proc cannot be read.
+ */
+static uint64_t start_ticks(pid_t pid) {
+  char path[32] = "/proc/";
+  char digits[16];
+  int n = 0;
+  for (unsigned v = (unsigned)pid; n == 0 || v > 0; v /= 10) digits[n++] = (char)('0' + v % 10);
+  size_t at = strlen(path);
+  while (n > 0) path[at++] = digits[--n];
+  memcpy(path + at, "/stat", 6);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[1024];
+  ssize_t got = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (got <= 0) return 0;
+  buf[got] = '\0';
+  char *p = strrchr(buf, ')');
+  if (p == NULL || p[1] != ' ') return 0;
+  p += 2; /* field 3, the state */
+  for (int field = 3; field < 22; field++) {
+    p = strchr(p, ' ');
+    if (p == NULL) return 0;
+    p++;
+  }
+  return strtoull(p, NULL, 10);
 }
 
 static job_t *find(uint32_t id) {
@@ -331,7 +363,12 @@ static void run_request(reader_t *r) {
       j->in = -1;
     }
   }
-  frame2('P', id, pid, 0, 0);
+  uint64_t ticks = start_ticks(pid);
+  char body[12];
+  put_u32(body, (uint32_t)pid);
+  put_u32(body + 4, (uint32_t)(ticks & 0xffffffffu));
+  put_u32(body + 8, (uint32_t)(ticks >> 32));
+  frame('P', id, body, sizeof body);
 }
 
 static void kill_request(reader_t *r) {
