@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { chmod, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -174,6 +174,27 @@ describe.each([
     expect(result.stdout).toBe('fake uname -r\n');
     const real = await createCommandRunner().run('uname', ['-s']);
     expect(real.stdout).toBe('Linux\n');
+  });
+
+  it('looks a name up in PATH as execvp does: past a missing dir, a dangling link and a file it may not run; EACCES (not "not found") when only that is found', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'berth-host-'));
+    temps.push(dir);
+    const noExec = path.join(dir, 'a');
+    const dangling = path.join(dir, 'b');
+    const good = path.join(dir, 'c');
+    for (const d of [noExec, dangling, good]) await mkdir(d);
+    await writeFile(path.join(noExec, 'berth-probe'), '#!/bin/sh\necho wrong\n');
+    await symlink(path.join(dir, 'nowhere'), path.join(dangling, 'berth-probe'));
+    await writeFile(path.join(good, 'berth-probe'), '#!/bin/sh\necho found\n');
+    await chmod(path.join(good, 'berth-probe'), 0o755);
+    const env = { PATH: [path.join(dir, 'missing'), noExec, dangling, good].join(':') };
+    expect((await createCommandRunner({ env }).run('berth-probe', [])).stdout).toBe('found\n');
+    // Found but not runnable (EACCES) is a failed start, not "not found"; nothing at all is.
+    const denied = await createCommandRunner({ env: { PATH: [path.join(dir, 'missing'), noExec].join(':') } }).run('berth-probe', [], { reject: false });
+    expect(denied).toMatchObject({ exitCode: -1, stdout: '' });
+    expect(denied.notFound).toBeUndefined();
+    const missing = await createCommandRunner({ env: { PATH: [path.join(dir, 'missing'), dangling].join(':') } }).run('berth-probe', [], { reject: false });
+    expect(missing).toMatchObject({ exitCode: -1, notFound: true });
   });
 
   it('searchPath() is the PATH its commands get: pathPrepend first, then the runner\'s env over the process\'s', async () => {

@@ -38,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -215,7 +216,8 @@ static int spawn_file(pid_t *pid, const char *file, char **argv, char **envp, po
 /*
  * Start argv[0] with posix_spawn, looking it up as libuv does: a name with a '/' is used as it
  * is; otherwise each directory of the command's own PATH (default /bin:/usr/bin) is tried in
- * turn, going on past ENOENT, ENOTDIR and EACCES (EACCES is reported when nothing else ran).
+ * turn, going on past ENOENT, ENOTDIR and EACCES (EACCES is reported when nothing else ran). A
+ * directory the file is not in is found so by a stat, without a spawn.
  */
 static int spawn_in_path(pid_t *pid, char **argv, char **envp, posix_spawn_file_actions_t *fa, posix_spawnattr_t *at) {
   const char *file = argv[0];
@@ -244,7 +246,9 @@ static int spawn_in_path(pid_t *pid, char **argv, char **envp, posix_spawn_file_
       full[dlen] = '/';
       memcpy(full + dlen + 1, file, flen + 1);
     }
-    int rc = spawn_file(pid, full, argv, envp, fa, at);
+    /* A directory without the file costs a stat, not a posix_spawn (a clone and a failed exec). */
+    struct stat st;
+    int rc = stat(full, &st) != 0 && (errno == ENOENT || errno == ENOTDIR) ? errno : spawn_file(pid, full, argv, envp, fa, at);
     free(full);
     if (rc == 0) return 0;
     if (rc == EACCES) seen_eacces = 1;
