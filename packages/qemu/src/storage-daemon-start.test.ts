@@ -1,4 +1,4 @@
-import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -16,10 +16,14 @@ let dir: string;
 
 /** The stand-in: `mode` says what its first connection gets; later ones are answered normally. */
 async function standIn(mode: 'double-greeting' | 'silent-first' | 'silent'): Promise<string> {
-  const server = path.join(dir, 'fake-qsd.cjs');
+  // Named `node` and run by node through its #! line: /proc/<pid>/cmdline's argv[0] is node from
+  // the first instant, and its name is the executable's, as the pid-file check wants.
+  await mkdir(path.join(dir, 'bin'));
+  const file = path.join(dir, 'bin', 'node');
   await writeFile(
-    server,
-    `const net = require('node:net');
+    file,
+    `#!${process.execPath}
+const net = require('node:net');
 const fs = require('node:fs');
 const spec = process.argv[process.argv.indexOf('--chardev') + 1];
 const socket = /path=([^,]+)/.exec(spec)[1];
@@ -45,9 +49,6 @@ net.createServer((client) => {
 }).listen(socket);
 `,
   );
-  // Its argv[0] stays the executable's path (bash's exec -a), as the pid-file check wants.
-  const file = path.join(dir, 'fake-qsd');
-  await writeFile(file, `#!/bin/bash\nexec -a "$0" ${process.execPath} ${server} "$@"\n`);
   await chmod(file, 0o755);
   return file;
 }
@@ -67,6 +68,18 @@ beforeEach(async () => {
 afterEach(async () => {
   try {
     await stopDaemon(path.join(dir, 'qsd', 'qsd.pid'), { timeoutMs: 0, signal: 'SIGKILL' }).catch(() => undefined);
+    // Whatever stand-in a failed test left, found by its command line (it names this test's dir).
+    for (const pid of await readdir('/proc').catch(() => [] as string[])) {
+      if (!/^\d+$/.test(pid)) continue;
+      const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+      if (cmdline.includes(dir)) {
+        try {
+          process.kill(Number(pid), 'SIGKILL');
+        } catch {
+          // gone already
+        }
+      }
+    }
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
