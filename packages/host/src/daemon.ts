@@ -3,6 +3,7 @@ import { closeSync, openSync } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { writeFileAtomically } from './atomic-file.js';
+import { liveStartTicks, parseProcStat, type ProcStat } from './proc-stat.js';
 
 /** Options of `startDaemon`. */
 export interface StartDaemonOptions {
@@ -217,19 +218,14 @@ async function isGone(record: PidRecord): Promise<boolean> {
   return record.startTicks !== undefined && stat.startTicks !== record.startTicks;
 }
 
-async function readProcStat(pid: number): Promise<{ state: string; startTicks: string } | undefined> {
+async function readProcStat(pid: number): Promise<ProcStat | undefined> {
   let text: string;
   try {
     text = await readFile(`/proc/${pid}/stat`, 'utf8');
   } catch {
     return undefined;
   }
-  // The command name (field 2) may hold spaces and parentheses: fields after it follow the last ')'.
-  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
-  const state = fields[0];
-  const startTicks = fields[19];
-  if (state === undefined || startTicks === undefined) return undefined;
-  return { state, startTicks };
+  return parseProcStat(text);
 }
 
 async function startTicksOf(pid: number): Promise<string | undefined> {
@@ -242,8 +238,7 @@ async function startTicksOf(pid: number): Promise<string | undefined> {
  * file that records both is not fooled by a recycled pid.
  */
 export async function processStartTicks(pid: number): Promise<string | undefined> {
-  const stat = await readProcStat(pid);
-  return stat === undefined || stat.state === 'Z' || stat.state === 'X' ? undefined : stat.startTicks;
+  return liveStartTicks(await readProcStat(pid));
 }
 
 /** Wait until the process is gone (or a zombie); false when `timeoutMs` passes first. */

@@ -4,6 +4,7 @@ import { constants } from 'node:os';
 import { StringDecoder } from 'node:string_decoder';
 import { getSystemErrorName } from 'node:util';
 import { fileURLToPath } from 'node:url';
+import { liveStartTicks, parseProcStat } from './proc-stat.js';
 
 /** What the runner hears from a command it started, whoever started it. */
 export interface ChildEvents {
@@ -50,9 +51,9 @@ function onExit(): void {
 const UNREADABLE = '?';
 
 /**
- * The start time of a live process (`/proc/<pid>/stat` field 22, clock ticks since boot);
+ * The start time of a live process, read synchronously (berth signals from its exit hook too);
  * undefined when it is gone or a zombie, `UNREADABLE` when /proc could not be read for another
- * reason. Fields after the command name follow its last ')'.
+ * reason.
  */
 function startTicksOf(pid: number): string | undefined {
   let text: string;
@@ -62,8 +63,7 @@ function startTicksOf(pid: number): string | undefined {
     const code = (error as NodeJS.ErrnoException).code;
     return code === 'ENOENT' || code === 'ESRCH' ? undefined : UNREADABLE;
   }
-  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
-  return fields[0] === 'Z' || fields[0] === 'X' ? undefined : fields[19];
+  return liveStartTicks(parseProcStat(text));
 }
 
 /**
