@@ -51,6 +51,41 @@ describe('mergeConnector', () => {
     expect(warnings).toEqual([expect.objectContaining({ transport: 'broken', err: expect.stringContaining('initiatorname') })]);
   });
 
+  it('asks every transport at once and still merges in catalog order', async () => {
+    const { logger, warnings } = recordingLogger();
+    const asked: string[] = [];
+    let releaseSlow: () => void = () => undefined;
+    const slow = new Promise<void>((resolve) => (releaseSlow = resolve));
+    const merging = mergeConnector(
+      base,
+      [
+        transport('slow', async () => {
+          asked.push('slow');
+          await slow;
+          return { initiator: 'iqn.slow', ip: '127.0.0.3' };
+        }),
+        transport('throws', () => {
+          asked.push('throws');
+          throw new Error('not a promise');
+        }),
+        transport('fast', async () => {
+          asked.push('fast');
+          return { initiator: 'iqn.fast' };
+        }),
+      ],
+      { multipath: false, enforce_multipath: false },
+      logger,
+    );
+    // The later transports were asked before the first one answered.
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(asked).toEqual(['slow', 'throws', 'fast']);
+    releaseSlow();
+    const connector = await merging;
+    // The fast transport answered first but comes later in the catalog: its answer wins.
+    expect(connector).toMatchObject({ initiator: 'iqn.fast', ip: '127.0.0.3' });
+    expect(warnings).toEqual([expect.objectContaining({ transport: 'throws', err: 'not a promise' })]);
+  });
+
   it('keeps the multipath wish over what a transport says', async () => {
     const { logger } = recordingLogger();
     const connector = await mergeConnector(
