@@ -50,29 +50,48 @@ function kindOf(sql: string): string {
   return `${verb.toUpperCase()} ${table}`.trim();
 }
 
-/** Statements, transactions and commits (a transaction, or a write outside one) of one operation. */
-function tally(statements: readonly string[]): { statements: number; transactions: number; commits: number; kinds: string } {
+/**
+ * Statements, transactions and commits (a transaction, or a write outside one) of one operation,
+ * and of the commits those that wait for the disk: the store switches SQLite's `synchronous` with
+ * a pragma (2: FULL, synced at commit; 1: NORMAL, deferred-durable) before a transaction or a lone
+ * write, so the level each commit ran at is the last one set before it. The pragmas are not
+ * counted as statements.
+ */
+function tally(statements: readonly string[]): { statements: number; transactions: number; commits: number; durable: number; kinds: string } {
   let depth = 0;
   let transactions = 0;
   let outside = 0;
+  let durable = 0;
+  let level = 2;
+  let begunAt = 2;
   const kinds = new Map<string, number>();
   for (const sql of statements) {
+    const pragma = /^\s*pragma\s+synchronous\s*=\s*(\d)/i.exec(sql);
+    if (pragma) {
+      level = Number(pragma[1]);
+      continue;
+    }
     const kind = kindOf(sql);
     if (kind === 'BEGIN') {
       depth += 1;
       transactions += 1;
+      begunAt = level;
       continue;
     }
     if (kind === 'COMMIT' || kind === 'ROLLBACK') {
       depth -= 1;
+      if (kind === 'COMMIT' && begunAt === 2) durable += 1;
       continue;
     }
-    if (depth === 0 && !kind.startsWith('SELECT')) outside += 1;
+    if (depth === 0 && !kind.startsWith('SELECT')) {
+      outside += 1;
+      if (level === 2) durable += 1;
+    }
     kinds.set(kind, (kinds.get(kind) ?? 0) + 1);
   }
   const counted = [...kinds.values()].reduce((a, b) => a + b, 0);
   const listed = [...kinds].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0])).map(([k, n]) => `${k} ×${n}`);
-  return { statements: counted, transactions, commits: transactions + outside, kinds: listed.join(', ') };
+  return { statements: counted, transactions, commits: transactions + outside, durable, kinds: listed.join(', ') };
 }
 
 /**
@@ -95,7 +114,11 @@ export async function benchStoreStatements(rounds = 2): Promise<void> {
       ['attach', tally(attach)],
       ['detach', tally(detach)],
     ] as const;
-    printTable('SQLite statements per operation (loop transport, embedded)', ['operation', 'statements', 'transactions', 'commits'], rows.map(([name, t]) => [name, String(t.statements), String(t.transactions), String(t.commits)]));
+    printTable(
+      'SQLite statements per operation (loop transport, embedded)',
+      ['operation', 'statements', 'transactions', 'commits', 'durable commits'],
+      rows.map(([name, t]) => [name, String(t.statements), String(t.transactions), String(t.commits), String(t.durable)]),
+    );
     for (const [name, t] of rows) console.log(`${name}: ${t.kinds}`);
   } finally {
     await berth.close();

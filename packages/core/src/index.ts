@@ -7,6 +7,7 @@ export * from './work-item.js';
 export * from './transitions.js';
 export type * from './contracts/index.js';
 export type * from './store.js';
+export { withDeferredDurability } from './store.js';
 export * from './logger.js';
 export * from './plugin.js';
 export type * from './service.js';

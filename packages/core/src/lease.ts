@@ -4,7 +4,7 @@ import { BerthError, toBerthError } from './errors.js';
 import type { Logger } from './logger.js';
 import { ownerAlive } from './owner.js';
 import { withStoreRetry } from './pipeline/store-retry.js';
-import type { Store } from './store.js';
+import { withDeferredDurability, type Store } from './store.js';
 
 /** Who takes a lease, and how long to wait for it. */
 export interface LeaseOptions {
@@ -33,7 +33,16 @@ export interface HeldLease {
    * and its release in one commit. Once it committed the lease is gone (`fn` must write nothing
    * more under it); when it fails, the lease is still held and released when `fn` settles.
    */
-  releaseWith<T>(work: (store: Store) => Promise<T>): Promise<T>;
+  releaseWith<T>(work: (store: Store) => Promise<T>, options?: ReleaseWithOptions): Promise<T>;
+}
+
+/** How `releaseWith` commits. */
+export interface ReleaseWithOptions {
+  /**
+   * Commit deferred-durable (`Store.deferDurability`): for a caller whose next write is durable
+   * and comes before anything acts on what `work` wrote.
+   */
+  deferred?: boolean;
 }
 
 const FIRST_WAIT_MS = 2;
@@ -66,7 +75,9 @@ export async function withLease<T>(store: Store, key: string, options: LeaseOpti
         cause: reason,
       });
     }
-    const holder = await withStoreRetry(() => store.locks.tryAcquire(key, me, expiry()), retry);
+    // A lease serialises live processes, which a power cut ends with it: its rows need not reach
+    // the disk before the work it guards (that work journals itself), so they are deferred-durable.
+    const holder = await withDeferredDurability(store, () => withStoreRetry(() => store.locks.tryAcquire(key, me, expiry()), retry));
     if (holder === undefined) break;
     last = holder.owner;
     const stale = holder.owner === '' || Date.parse(holder.expiresAt) < Date.now() || !ownerAlive(holder.owner, options.hostname, options.owner);
@@ -86,12 +97,14 @@ export async function withLease<T>(store: Store, key: string, options: LeaseOpti
   renewal?.unref();
   let released = false;
   const lease: HeldLease = {
-    async releaseWith(work) {
-      const value = await store.transaction(async (tx) => {
-        const result = await work(tx);
-        await tx.locks.release(key, me);
-        return result;
-      });
+    async releaseWith<R>(work: (store: Store) => Promise<R>, releaseOptions: ReleaseWithOptions = {}): Promise<R> {
+      const commit = (): Promise<R> =>
+        store.transaction(async (tx) => {
+          const result = await work(tx);
+          await tx.locks.release(key, me);
+          return result;
+        });
+      const value = releaseOptions.deferred === true ? await withDeferredDurability(store, commit) : await commit();
       released = true;
       clearInterval(renewal);
       return value;
@@ -101,7 +114,7 @@ export async function withLease<T>(store: Store, key: string, options: LeaseOpti
     return await fn(lease);
   } finally {
     clearInterval(renewal);
-    if (!released) await withStoreRetry(() => store.locks.release(key, me), { what: `release lease ${key}`, budgetMs: 10_000 }).catch((error: unknown) =>
+    if (!released) await withDeferredDurability(store, () => withStoreRetry(() => store.locks.release(key, me), { what: `release lease ${key}`, budgetMs: 10_000 })).catch((error: unknown) =>
       options.logger?.warn({ lease: key, err: toBerthError(error).message }, 'could not release a lease; it ends with this process'),
     );
   }

@@ -653,6 +653,8 @@ export function createMemoryStore(): Store {
       for (const deliver of scope.afterCommit) deliver();
       return result;
     },
+    // Nothing here outlives the process, so there is no durability to defer.
+    deferDurability: <T>(fn: () => Promise<T>): Promise<T> => fn(),
     async close(): Promise<void> {
       // Nothing to let go of: the tables go with the last reference to the store.
     },

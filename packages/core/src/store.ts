@@ -52,6 +52,16 @@ export interface Store {
    * (PostgreSQL's serialization failures), `fn` is run again, so it must only touch the store.
    */
   transaction<T>(fn: (store: Store) => Promise<T>): Promise<T>;
+  /**
+   * Run `fn` with its commits *deferred-durable*: each is committed at once, seen by every reader
+   * and kept through a crash of any process, but a power cut or an OS crash before the next
+   * durable commit may lose it — and then only together with every commit after it (both engines
+   * recover a prefix of their write-ahead log, and a durable commit flushes everything before it).
+   * For writes that nothing outside the store acts on before the next durable commit: the journal
+   * row of a step that only touches the store, a lease. A transaction already open when `fn` runs
+   * keeps its own durability. Optional: a store without it commits everything durably.
+   */
+  deferDurability?<T>(fn: () => Promise<T>): Promise<T>;
   /** Close the connection. */
   close(): Promise<void>;
 }
@@ -423,3 +433,11 @@ export interface LockRepository {
 }
 
 export type { OperationStep };
+
+/**
+ * `fn` with `store`'s commits deferred-durable (`Store.deferDurability`), or as it is when the
+ * store has no such mode.
+ */
+export function withDeferredDurability<T>(store: Store, fn: () => Promise<T>): Promise<T> {
+  return store.deferDurability === undefined ? fn() : store.deferDurability(fn);
+}

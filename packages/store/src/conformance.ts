@@ -1,4 +1,4 @@
-import { BerthError } from '@berth/core';
+import { BerthError, withDeferredDurability } from '@berth/core';
 import type { Attachment, BerthErrorCode, ConnectionInfo, Connector, Device, Host, NewVolume, Server, Store, Volume } from '@berth/core';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
@@ -933,6 +933,37 @@ export function describeStoreConformance(name: string, open: () => Promise<Store
           }),
         ).rejects.toThrow('outer fails');
         expect(await store.volumes.list()).toEqual([]);
+      });
+
+      it('deferDurability: writes made in it commit at once, as any other, and an error passes through', async () => {
+        expect(store.deferDurability).toBeTypeOf('function');
+        const defer = <T>(fn: () => Promise<T>): Promise<T> => withDeferredDurability(store, fn);
+        const volume = await defer(() => store.volumes.create(newVolume()));
+        // Committed at once: seen outside the callback, in and after a transaction begun in it.
+        expect(await store.volumes.require(volume.id)).toEqual(volume);
+        await defer(() => store.transaction((tx) => tx.volumes.transition(volume.id, ['available'], 'reserved')));
+        expect((await store.volumes.require(volume.id)).status).toBe('reserved');
+        // A failing transaction in it rolls back as usual.
+        await expect(
+          defer(() =>
+            store.transaction(async (tx) => {
+              await tx.volumes.transition(volume.id, ['reserved'], 'attaching');
+              throw new Error('deferred boom');
+            }),
+          ),
+        ).rejects.toThrow('deferred boom');
+        expect((await store.volumes.require(volume.id)).status).toBe('reserved');
+        // Inside an open transaction it joins that transaction (and rolls back with it).
+        await expect(
+          store.transaction(async (tx) => {
+            await withDeferredDurability(tx, () => tx.hosts.create({ name: 'node-deferred' }));
+            throw new Error('outer fails');
+          }),
+        ).rejects.toThrow('outer fails');
+        expect(await store.hosts.list()).toEqual([]);
+        // Writes after it are durable again, and still work.
+        const after = await store.volumes.create(newVolume({ name: 'after' }));
+        expect(await store.volumes.require(after.id)).toEqual(after);
       });
 
       it('a CONFLICT caught inside fn does not abort the transaction', async () => {

@@ -4,6 +4,7 @@ import { BerthError, createMonotonicClock, createNotificationHub, parseWith, zNo
 import type { Store, StoreNotifications } from '@berth/core';
 import type { Kysely, Transaction } from 'kysely';
 import type { Database } from './database.js';
+import { outsideDeferred, runDeferred } from './durability.js';
 import type { NotificationBackend } from './notification-backend.js';
 import type { NotificationRelay } from './socket-relay.js';
 import type { RepositoryContext } from './repository-context.js';
@@ -83,7 +84,8 @@ export function createKyselyStore(db: Kysely<Database>, options: KyselyStoreOpti
     async notify(channel: string, payload = ''): Promise<void> {
       if (backend === undefined) {
         const afterCommit = scope()?.afterCommit;
-        hub.notify(channel, payload, afterCommit);
+        // Listeners run outside a deferred-durable caller's scope (see `outsideDeferred`).
+        outsideDeferred(() => hub.notify(channel, payload, afterCommit));
         if (relay) {
           // Validated by the hub above; sent to the others once the transaction has committed.
           const publish = (): void => relay.publish(channel, payload);
@@ -144,6 +146,8 @@ export function createKyselyStore(db: Kysely<Database>, options: KyselyStoreOpti
       ),
       // Nested transactions join the open one: there is one unit of work.
       transaction: <T>(fn: (store: Store) => Promise<T>): Promise<T> => fn(boundStore(scope)),
+      // Its writes are the open transaction's, committed as that one was begun.
+      deferDurability: <T>(fn: () => Promise<T>): Promise<T> => fn(),
       close: () => Promise.reject(new BerthError('INTERNAL', 'cannot close the store inside one of its transactions')),
     };
   };
@@ -170,7 +174,7 @@ export function createKyselyStore(db: Kysely<Database>, options: KyselyStoreOpti
             }
           });
         const result = dialect.transactionAttempt === undefined ? await execute() : await dialect.transactionAttempt(attempt, execute);
-        for (const deliver of committed.scope?.afterCommit ?? []) deliver();
+        for (const deliver of committed.scope?.afterCommit ?? []) outsideDeferred(deliver);
         return result;
       } catch (error) {
         if (!dialect.retryableTransaction(error)) throw error;
@@ -205,6 +209,8 @@ export function createKyselyStore(db: Kysely<Database>, options: KyselyStoreOpti
     ...repositories(rootContext, openScope),
 
     transaction,
+
+    deferDurability: runDeferred,
 
     async close(): Promise<void> {
       if (closed) return;

@@ -3,6 +3,7 @@ import { BerthError } from '@berth/core';
 import { CompiledQuery } from 'kysely';
 import type { DatabaseConnection, Driver, QueryResult, TransactionSettings } from 'kysely';
 import type pg from 'pg';
+import { durabilityDeferred } from './durability.js';
 import { isPostgresConnectionError, postgresConnectionFailure } from './postgres-errors.js';
 
 /** What the berth PostgreSQL driver needs. */
@@ -177,7 +178,10 @@ export class BerthPostgresDriver implements Driver {
   async beginTransaction(connection: DatabaseConnection, settings: TransactionSettings): Promise<void> {
     const isolation = settings.isolationLevel === undefined ? '' : ` isolation level ${settings.isolationLevel}`;
     const access = settings.accessMode === undefined ? '' : ` ${settings.accessMode}`;
-    const preamble = statementMode.getStore()?.preamble;
+    // A deferred-durable transaction (`Store.deferDurability`) does not wait for its WAL flush at
+    // COMMIT; the next durable commit waits for everything before it in the log.
+    const parts = [...(durabilityDeferred() ? ['set local synchronous_commit to off'] : []), statementMode.getStore()?.preamble].filter((p) => p !== undefined);
+    const preamble = parts.length === 0 ? undefined : parts.join('; ');
     const berth = asBerth(connection);
     // One simple-protocol query (no parameters) may hold several statements: BEGIN and the
     // preamble cost one round trip, not two.

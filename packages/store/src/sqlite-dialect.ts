@@ -132,6 +132,11 @@ export function applySqlitePragmas(database: BetterSqlite3.Database, busyTimeout
       hint: 'put the data directory on a local filesystem; WAL does not work over network filesystems',
     });
   }
+  // Said outright: better-sqlite3 builds SQLite with SQLITE_DEFAULT_WAL_SYNCHRONOUS=1, so a WAL
+  // database left at the default syncs nothing at commit (NORMAL), and a power cut could lose the
+  // journal row written before a step's work. FULL syncs the log at every commit; the commits
+  // that may wait are marked (`Store.deferDurability`, see sqlite-driver.ts).
+  database.pragma('synchronous = FULL');
   database.pragma('foreign_keys = ON');
   database.pragma(`busy_timeout = ${Math.trunc(busyTimeoutMs)}`);
 }

@@ -3,6 +3,7 @@ import type BetterSqlite3 from 'better-sqlite3';
 import { KeyedLock, type BerthError } from '@berth/core';
 import { CompiledQuery, SqliteDriver } from 'kysely';
 import type { DatabaseConnection, QueryResult, SqliteDialectConfig } from 'kysely';
+import { durabilityDeferred } from './durability.js';
 import { environmentError, READ_ONLY } from './sqlite-errors.js';
 
 export { isSqliteBusy } from './sqlite-errors.js';
@@ -28,18 +29,46 @@ function lockKey(filename: string): string {
   return filename === ':memory:' || filename === '' ? `:memory:#${++memoryDatabases}` : resolve(filename);
 }
 
-/** Turns SQLite's environment failures (busy, full, read-only) into BerthErrors a user can act on; every other error passes unchanged. */
+/** `PRAGMA synchronous` levels: NORMAL (1) for deferred-durable commits, FULL (2) for the rest. */
+const NORMAL = 1;
+const FULL = 2;
+/** The level each connection is at (set FULL by `applySqlitePragmas` when it opened). */
+const synchronousLevels = new WeakMap<BetterSqlite3.Database, number>();
+
+/**
+ * Put the connection at the level the next commit needs, before a statement outside a
+ * transaction (a `BEGIN`, or a write that commits by itself): SQLite refuses to change it inside
+ * one. In WAL mode, FULL syncs the log at each commit; NORMAL leaves it to the next FULL commit or
+ * checkpoint, which syncs everything before it, so a power cut loses a suffix of the commits,
+ * never one in the middle. A switch is one pragma, made only when the level changes.
+ */
+function prepareCommitLevel(database: BetterSqlite3.Database): void {
+  if (database.inTransaction) return;
+  const wanted = durabilityDeferred() ? NORMAL : FULL;
+  if ((synchronousLevels.get(database) ?? FULL) === wanted) return;
+  database.pragma(`synchronous = ${wanted}`);
+  synchronousLevels.set(database, wanted);
+}
+
+/**
+ * Turns SQLite's environment failures (busy, full, read-only) into BerthErrors a user can act on
+ * (every other error passes unchanged), and sets the durability of the commit a statement outside
+ * a transaction starts.
+ */
 class ErrorMappingConnection implements DatabaseConnection {
   readonly #inner: DatabaseConnection;
   readonly #options: BerthSqliteDriverOptions;
+  readonly #database: BetterSqlite3.Database;
 
-  constructor(inner: DatabaseConnection, options: BerthSqliteDriverOptions) {
+  constructor(inner: DatabaseConnection, options: BerthSqliteDriverOptions, database: BetterSqlite3.Database) {
     this.#inner = inner;
     this.#options = options;
+    this.#database = database;
   }
 
   async executeQuery<R>(compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
     try {
+      prepareCommitLevel(this.#database);
       return await this.#inner.executeQuery<R>(compiledQuery);
     } catch (error) {
       throw this.#map(error);
@@ -87,7 +116,7 @@ export class BerthSqliteDriver extends SqliteDriver {
     try {
       const connection = await super.acquireConnection();
       this.#release = release;
-      return new ErrorMappingConnection(connection, this.#options);
+      return new ErrorMappingConnection(connection, this.#options, this.#database);
     } catch (error) {
       release();
       throw error;

@@ -29,6 +29,7 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
   return [
     {
       name: 'reserve',
+      storeOnly: true,
       async run() {},
       async commit(ctx, tx) {
         // The attachment, the operation's link to it and the step's end are written in one
@@ -54,6 +55,7 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
     },
     {
       name: 'dispatch',
+      storeOnly: true,
       async run(ctx) {
         // The host-side steps run where the server is: in this process for its own host, by the
         // host's agent otherwise; a host nobody can run them on is refused before anything is touched.
@@ -72,6 +74,8 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
     },
     {
       name: 'connector',
+      // It reads the host (here or through its agent) and records the connector: nothing to undo.
+      storeOnly: true,
       async run(ctx, signal) {
         const steps = required(ctx.steps, 'host steps');
         const wish = { multipath: options.multipath ?? config.connector.multipath, enforce_multipath: config.connector.enforce_multipath };
@@ -140,6 +144,8 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
           onDevice: (device) => {
             ctx.device = device;
           },
+          // The boundary to `publish` (not store-only) is durable and comes next.
+          deferRecord: true,
         });
         ctx.attachment = connected.attachment;
         return {
@@ -224,6 +230,7 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
       name: 'complete',
       // Once the attachment is recorded `attached`, the attach has happened: nothing is undone.
       pointOfNoReturn: true,
+      storeOnly: true,
       async run() {},
       async commit(ctx, tx) {
         const attachment = required(ctx.attachment, 'attachment');

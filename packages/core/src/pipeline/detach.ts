@@ -58,6 +58,7 @@ export function detachSteps(deps: PipelineDeps): Array<Step<PipelineContext>> {
   return [
     {
       name: 'begin_detaching',
+      storeOnly: true,
       async run(ctx) {
         return { attachmentId: required(ctx.attachment, 'attachment').id };
       },
@@ -98,6 +99,7 @@ export function detachSteps(deps: PipelineDeps): Array<Step<PipelineContext>> {
     },
     {
       name: 'dispatch',
+      storeOnly: true,
       async run(ctx) {
         const steps = await deps.hostSteps(ctx.server.hostId);
         ctx.steps = steps;
@@ -148,6 +150,8 @@ export function detachSteps(deps: PipelineDeps): Array<Step<PipelineContext>> {
             force: ctx.force ?? false,
             signal,
             operationId: ctx.operationId,
+            // The boundary to `terminate` (not store-only) is durable and comes next.
+            deferRecord: true,
           });
         });
         return {
@@ -169,6 +173,7 @@ export function detachSteps(deps: PipelineDeps): Array<Step<PipelineContext>> {
     },
     {
       name: 'delete_attachment',
+      storeOnly: true,
       async run(ctx) {
         if (ctx.forcedErrors.length > 0) {
           throw new BerthError('DRIVER_ERROR', `forced detach finished with errors: ${ctx.forcedErrors.join('; ')}`, {

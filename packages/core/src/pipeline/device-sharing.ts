@@ -74,6 +74,13 @@ export interface ConnectRequest {
   signal: AbortSignal;
   /** Called with the device as soon as the transport returned it (before it is recorded). */
   onDevice?(device: Device): void;
+  /**
+   * Record the device deferred-durable (`Store.deferDurability`): the caller's next write is a
+   * durable journal row, before anything acts on the record (the attach's `connect` step, whose
+   * boundary to `publish` is durable). A power cut before it loses the record only as a crash
+   * mid-connect would, which the journal's durable row that started `connect` already covers.
+   */
+  deferRecord?: boolean;
 }
 
 /**
@@ -132,7 +139,7 @@ export async function connectShared(deps: PipelineDeps, request: ConnectRequest)
       // Where the transport ran (this process's, or the host's agent's answer): a berth whose
       // transport runs on another root refuses to act on it.
       return tx.attachments.update(attachment.id, { device, hostRoot: hostRoot ?? null });
-    });
+    }, { deferred: request.deferRecord === true });
     return { device, attachment: updated, sharers: sharers.length };
   });
 }
@@ -155,6 +162,13 @@ export interface ReleaseRequest {
   force: boolean;
   signal: AbortSignal;
   operationId?: string;
+  /**
+   * Write the removal of the device's record deferred-durable: the caller's next write is a
+   * durable journal row (the detach's `disconnect` step, whose boundary to `terminate` is
+   * durable). Lost to a power cut, the record names a device already gone, and the journal's
+   * durable row that started `disconnect` has recovery run it again (idempotent).
+   */
+  deferRecord?: boolean;
 }
 
 /** What `releaseShared` did. */
@@ -181,7 +195,7 @@ export async function releaseShared(deps: PipelineDeps, request: ReleaseRequest)
     const sharers = await deviceSharers(store, hostId, volume.id, attachment?.id);
     if (sharers.length > 0) {
       const claim = attachment?.device ? attachment : undefined;
-      if (claim) await lease.releaseWith((tx) => tx.attachments.update(claim.id, { device: null }));
+      if (claim) await lease.releaseWith((tx) => tx.attachments.update(claim.id, { device: null }), { deferred: request.deferRecord === true });
       return { disconnected: false, sharers: sharers.length, identityMismatch: false };
     }
     const record = await store.devices.get(hostId, volume.id);
@@ -193,12 +207,15 @@ export async function releaseShared(deps: PipelineDeps, request: ReleaseRequest)
       { ...(request.operationId === undefined ? {} : { operationId: request.operationId }), signal: request.signal, ...(request.step === 'release' ? { undo: true } : {}) },
     );
     // The device's records and the lease's release: one commit.
-    await lease.releaseWith(async (tx) => {
-      await tx.devices.delete(hostId, volume.id);
-      // An attachment already gone has no claim to drop: its update's NOT_FOUND (a write that
-      // matched nothing) is the answer a read before it would have given.
-      if (attachment) await tx.attachments.update(attachment.id, { device: null }).catch(ignoreNotFound);
-    });
+    await lease.releaseWith(
+      async (tx) => {
+        await tx.devices.delete(hostId, volume.id);
+        // An attachment already gone has no claim to drop: its update's NOT_FOUND (a write that
+        // matched nothing) is the answer a read before it would have given.
+        if (attachment) await tx.attachments.update(attachment.id, { device: null }).catch(ignoreNotFound);
+      },
+      { deferred: request.deferRecord === true },
+    );
     return { disconnected: true, sharers: 0, identityMismatch };
   });
 }

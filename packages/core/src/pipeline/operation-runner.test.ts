@@ -1,3 +1,4 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { describe, expect, it } from 'vitest';
 import { BerthError } from '../errors.js';
 import { silentLogger } from '../logger.js';
@@ -290,6 +291,45 @@ describe('OperationRunner and a deadline that passes while a driver runs a comma
     expect(ok.journal.map((s) => [s.name, s.state, s.data])).toEqual([
       ['mark', 'done', { ran: true, marked: true }],
       ['last', 'done', null],
+    ]);
+  });
+});
+
+describe('OperationRunner: which journal writes wait for the disk', () => {
+  it('defers the rows that start a store-only step and the last end; the row before any other step is durable', async () => {
+    const deferred = new AsyncLocalStorage<true>();
+    const writes: string[] = [];
+    const journal: Journal = { rows: [] };
+    const inner = journalStore(journal);
+    const record = <T>(what: string, result: T): T => {
+      writes.push(`${what}:${deferred.getStore() ? 'deferred' : 'durable'}`);
+      return result;
+    };
+    const store = {
+      operations: {
+        startStep: async (id: string, name: string, phase: 'do' | 'undo') => record(`start ${name}`, await inner.operations.startStep(id, name, phase)),
+        endStep: async (id: string, seq: number, outcome: { state: 'done' }) => record(`end ${journal.rows[seq - 1]?.name}`, await inner.operations.endStep(id, seq, outcome)),
+        advanceStep: async (id: string, seq: number, outcome: { state: 'done' }, next: { name: string; phase: 'do' | 'undo' }) =>
+          record(`${journal.rows[seq - 1]?.name} -> ${next.name}`, await inner.operations.advanceStep(id, seq, outcome, next)),
+      },
+      deferDurability: <T>(fn: () => Promise<T>): Promise<T> => deferred.run(true, fn),
+    } as unknown as Store;
+    const step = (name: string, storeOnly: boolean): Step<unknown> => ({ name, ...(storeOnly ? { storeOnly: true } : {}), async run() {} });
+    const outcome = await new OperationRunner(store).run(
+      [step('reserve', true), step('dispatch', true), step('connect', false), step('publish', false), step('complete', true)],
+      {},
+      { operationId: 'op', signal: AbortSignal.timeout(5_000), undoTimeoutMs: 1_000, logger: silentLogger },
+    );
+    expect(outcome.ok).toBe(true);
+    expect(writes).toEqual([
+      'start reserve:deferred',
+      'reserve -> dispatch:deferred',
+      // Before the first step that changes something outside the store: durable.
+      'dispatch -> connect:durable',
+      'connect -> publish:durable',
+      'publish -> complete:deferred',
+      // The operation's own end (written by the caller) is durable and follows.
+      'end complete:deferred',
     ]);
   });
 });

@@ -1,7 +1,7 @@
 import { BerthError, toBerthError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { ErrorSummary } from '../model.js';
-import type { StepOutcome, Store } from '../store.js';
+import { withDeferredDurability, type StepOutcome, type Store } from '../store.js';
 import type { Step, StepCommit } from './step.js';
 import type { FaultInjector } from '../faults.js';
 import { withStoreRetry } from './store-retry.js';
@@ -84,6 +84,11 @@ export class OperationRunner {
     const journalErrors: BerthError[] = [];
     let pastNoReturn = false;
     const journal = <T>(what: string, fn: () => Promise<T>): Promise<T> => withStoreRetry(fn, { what, signal, logger });
+    // A journal write that starts a store-only step, or ends the last one (the operation's own
+    // end, written durably by the caller, follows), need not reach the disk before the next
+    // durable commit: nothing outside the store depends on it (see `Step.storeOnly`).
+    const deferrable = (next: Step<C> | undefined): boolean => next === undefined || next.storeOnly === true;
+    const durably = <T>(deferred: boolean, fn: () => Promise<T>): Promise<T> => (deferred ? withDeferredDurability(this.store, fn) : fn());
 
     const fail = async (error: BerthError, toUndo: Array<Step<C>>, forward: boolean): Promise<RunOutcome> => {
       if (options.fenced?.aborted) {
@@ -106,7 +111,7 @@ export class OperationRunner {
         started = undefined;
       } else {
         try {
-          seq = await journal(`journal ${step.name}`, () => this.store.operations.startStep(operationId, step.name, 'do'));
+          seq = await durably(step.storeOnly === true, () => journal(`journal ${step.name}`, () => this.store.operations.startStep(operationId, step.name, 'do')));
         } catch (raw) {
           // The step never ran: undo what did (or, past the point of no return, leave it to recovery).
           const error = journalFailure(raw, `recording step ${step.name} failed`);
@@ -163,12 +168,14 @@ export class OperationRunner {
         // step failed, and is undone like one whose work failed).
         let committed: StepCommit<C> | undefined;
         try {
-          started = await journal(`journal ${step.name}`, () =>
-            this.store.transaction(async (tx) => {
-              committed = await commit(context, tx);
-              const merged = committed.data === undefined ? (data ?? null) : { ...(data ?? {}), ...committed.data };
-              return boundary(tx, { state: 'done', data: merged });
-            }),
+          started = await durably(deferrable(next), () =>
+            journal(`journal ${step.name}`, () =>
+              this.store.transaction(async (tx) => {
+                committed = await commit(context, tx);
+                const merged = committed.data === undefined ? (data ?? null) : { ...(data ?? {}), ...committed.data };
+                return boundary(tx, { state: 'done', data: merged });
+              }),
+            ),
           );
         } catch (raw) {
           return failed(raw);
@@ -195,7 +202,7 @@ export class OperationRunner {
         continue;
       }
       try {
-        started = await journal(`journal ${step.name}`, () => boundary(this.store, { state: 'done', data: data ?? null }));
+        started = await durably(deferrable(next), () => journal(`journal ${step.name}`, () => boundary(this.store, { state: 'done', data: data ?? null })));
       } catch (raw) {
         // Neither row was written.
         const error = journalFailure(raw, `recording the end of step ${step.name} failed`);

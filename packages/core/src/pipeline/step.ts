@@ -26,6 +26,14 @@ export interface Step<C> {
    */
   readonly pointOfNoReturn?: boolean;
   /**
+   * The step changes nothing outside the store (it may read the host): nothing is left to undo
+   * or find if a power cut took its journal row. The journal row that starts it (the previous
+   * step's boundary) may then be committed deferred-durable (`Store.deferDurability`): the next
+   * durable commit — at the latest the one before a step that does change something outside —
+   * makes it durable. Leave it unset when unsure: the row is then durable before the step runs.
+   */
+  readonly storeOnly?: boolean;
+  /**
    * For a point-of-no-return step: whether this failure already changed what cannot be put back
    * (a disconnect that let go of the device half-way). Then nothing is undone either, and the
    * operation fails forward. Without it, a failed step is undone like any other.

@@ -81,6 +81,7 @@ export function retryingStore(store: Store, options: { signal: AbortSignal; logg
     ...(store.workItems ? { workItems: wrap(store.workItems, 'workItems') } : {}),
     ...(store.notifications ? { notifications: store.notifications } : {}),
     transaction: (fn) => withStoreRetry(() => store.transaction(fn), { what: 'transaction', ...options }),
+    ...(store.deferDurability ? { deferDurability: store.deferDurability.bind(store) } : {}),
     close: () => store.close(),
   };
 }

@@ -8,7 +8,7 @@ import { summarize, type RunOutcome } from '../../pipeline/operation-runner.js';
 import type { Step } from '../../pipeline/step.js';
 import { withStoreRetry } from '../../pipeline/store-retry.js';
 import type { OperationOutcome, StartedOperation } from '../../service.js';
-import type { Store } from '../../store.js';
+import { withDeferredDurability, type Store } from '../../store.js';
 import type { ServiceParts } from '../parts.js';
 
 /** What an operation runs: its context and its steps. */
@@ -65,7 +65,13 @@ export class OperationLauncher {
    */
   async launch(what: LaunchRequest, prepare: (operationId: string, signal: AbortSignal) => Promise<PreparedRun>): Promise<StartedOperation> {
     const { store, config, logger, owner } = this.parts;
-    const operation = await withStoreRetry(() => store.operations.create({
+    // Deferred-durable: the first steps of both pipelines are store-only, so the first durable
+    // commit (the row that starts `initialize`, or a detach's `unpublish`) comes before anything
+    // outside the store changes, and makes this row durable with it. A power cut before that loses
+    // the operation with everything it did, which is nothing outside the store; an API client
+    // that already holds its id then finds no such operation and retries (its idempotency key
+    // is free again).
+    const operation = await withDeferredDurability(store, () => withStoreRetry(() => store.operations.create({
       kind: what.kind,
       volumeId: what.volume.id,
       serverId: what.server.id,
@@ -75,7 +81,7 @@ export class OperationLauncher {
       owner,
       deadlineAt: new Date(Date.now() + config.operationTimeoutMs).toISOString(),
       ...(this.replicaLeaseMs === undefined ? {} : { leaseMs: this.replicaLeaseMs }),
-    }), { what: `recording the ${what.kind}`, budgetMs: config.operationTimeoutMs, logger });
+    }), { what: `recording the ${what.kind}`, budgetMs: config.operationTimeoutMs, logger }));
     const fence = new AbortController();
     this.fences.set(operation.id, fence);
     if (this.replicaLeaseMs !== undefined) this.leased.add(operation.id);
