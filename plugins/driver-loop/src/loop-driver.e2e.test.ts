@@ -1,5 +1,7 @@
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { open, readFile, stat, unlink } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BerthError, type ConnectionInfo } from '@berth/core';
 import { createLoopTestEnv, type LoopTestEnv } from './test-loop-env.js';
@@ -254,8 +256,8 @@ describe('loop transport on real loop devices', () => {
     expect(BerthError.is(missing) && missing.code).toBe('NOT_FOUND');
   });
 
-  it('refuses to detach a device held open, leaving it attached and usable (no autoclear); force detaches it lazily and says so', async () => {
-    const driver = env.driverWith({ deviceTimeoutMs: 300 });
+  it.each(['auto', 'off'] as const)('nativeDetach %s: refuses to detach a device held open, leaving it attached and usable (no autoclear); force detaches it lazily and says so', async (nativeDetach) => {
+    const driver = env.driverWith({ deviceTimeoutMs: 300, holderGraceMs: 300, nativeDetach });
     const connection = await env.makeFile('busy.img');
     const device = await driver.connect(connection, call());
     const holder = await open(device.path, 'r');
@@ -286,6 +288,49 @@ describe('loop transport on real loop devices', () => {
     );
     // The device is gone: a disconnect with its record succeeds.
     await driver.disconnect(connection, device, { force: false, ...call() });
+  });
+
+  it.each(['auto', 'off'] as const)('nativeDetach %s: a holder that closes within the grace was a passer-by: the detach goes through', async (nativeDetach) => {
+    // The runner tells when a look for holders (berth-loop-detach, or fuser) has answered.
+    let looked: () => void = () => undefined;
+    const commands: string[] = [];
+    const firstLook = new Promise<void>((resolve) => (looked = resolve));
+    const runner = new Proxy(env.host.runner, {
+      get(target, prop, receiver) {
+        const value: unknown = Reflect.get(target, prop, receiver);
+        if (prop !== 'run' || typeof value !== 'function') return value;
+        return async (command: string, ...rest: unknown[]) => {
+          commands.push(command.split('/').pop() ?? command);
+          const result: unknown = await (value as (...a: unknown[]) => Promise<unknown>).call(target, command, ...rest);
+          if (/(^|\/)(berth-loop-detach|fuser)$/.test(command)) looked();
+          return result;
+        };
+      },
+    });
+    const driver = env.driverWith({ holderGraceMs: 10_000, nativeDetach }, { ...env.host, runner });
+    const connection = await env.makeFile('passer-by.img');
+    const device = await driver.connect(connection, call());
+    const holder = await open(device.path, 'r');
+    let closed = false;
+    try {
+      const disconnecting = driver.disconnect(connection, device, { force: false, ...call() });
+      // Close once the disconnect has found the device held.
+      await firstLook;
+      await holder.close();
+      closed = true;
+      await disconnecting;
+    } finally {
+      if (!closed) await holder.close();
+    }
+    expect(await env.devicesBacking(connection.data.device_path)).toEqual([]);
+    // auto: the kernel's answer, no walk of /proc; off: fuser, then losetup --detach.
+    if (nativeDetach === 'auto') expect(commands.filter((c) => c === 'fuser' || c === 'berth-loop-detach')).toEqual(expect.arrayContaining(['berth-loop-detach']));
+    if (nativeDetach === 'auto') expect(commands).not.toContain('fuser');
+    else expect(commands).toEqual(expect.arrayContaining(['fuser', 'losetup']));
+  });
+
+  it('berth-loop-detach was built with the package (this machine has a C compiler)', () => {
+    expect(existsSync(fileURLToPath(new URL('../dist/berth-loop-detach', import.meta.url)))).toBe(true);
   });
 
   it('detaches a device whose file was deleted while attached, when the record names it', async () => {

@@ -1,5 +1,7 @@
+import { existsSync } from 'node:fs';
 import { realpath, stat, statfs } from 'node:fs/promises';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { CommandError, WaitTimeoutError, hostFacts, type CommandResult } from '@berth/host';
 import {
@@ -59,6 +61,12 @@ export const zLoopDriverOptions = lazySchema(() => z.object({
    * probe and another losetup's search for a free device open loop devices for a moment.
    */
   holderGraceMs: z.number().int().nonnegative().default(3_000),
+  /**
+   * How a disconnect tells a busy device from a free one. `auto`: with `berth-loop-detach` (built
+   * with the package when a C compiler is there; see the README), which asks the kernel itself in
+   * the detach; `off`, or without it: `fuser` first, then `losetup --detach`.
+   */
+  nativeDetach: z.enum(['auto', 'off']).default('auto'),
 }));
 
 /** Parsed options of the `loop` transport. */
@@ -80,6 +88,14 @@ const zLoopConnection = lazySchema(() => z.object({
 }));
 
 type LoopConnection = z.output<typeof zLoopConnection>;
+
+/** berth-loop-detach (src/native/berth-loop-detach.c), built into dist/ beside this module. */
+const DETACH_HELPER = [new URL('./berth-loop-detach', import.meta.url), new URL('../dist/berth-loop-detach', import.meta.url)]
+  .map((url) => fileURLToPath(url))
+  .find((file) => existsSync(file));
+
+/** What berth-loop-detach answered (its exit status and line; see the C source). */
+type HelperOutcome = 'detached' | 'busy' | 'not-attached' | { mismatch: string } | { autoclearLeft: string } | { failed: string };
 
 const FUSE_SUPER_MAGIC = 0x65735546;
 const SYS_BLOCK = '/sys/block';
@@ -161,7 +177,7 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
    * it open. Detaching a busy loop device does not fail: the kernel sets autoclear and lets go at
    * the last close, which is how a device ends up vanishing under its attachment later.
    */
-  async function holdersOf(device: LoopDevice, signal?: AbortSignal): Promise<string | undefined> {
+  async function holdersOf(device: LoopDevice, signal?: AbortSignal, processes = true): Promise<string | undefined> {
     const name = loopName(device.name);
     const stacked = await fs.readdir(`${SYS_BLOCK}/${name}/holders`).catch(() => [] as string[]);
     if (stacked.length > 0) return `device ${stacked.join(', ')} is stacked on it`;
@@ -170,6 +186,7 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
       const mount = mountinfo.split('\n').find((line) => line.split(' ')[2] === device.rdev);
       if (mount) return `it is mounted at ${mount.split(' ')[4] ?? '?'}`;
     }
+    if (!processes) return undefined;
     const fuser = await runner
       .run('fuser', [device.name], { timeoutMs: options.commandTimeoutMs, reject: false, ...(signal ? { signal } : {}) })
       .catch(() => undefined);
@@ -190,14 +207,14 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
    * What still holds `device` after the holder grace (`undefined` once nothing does): a holder
    * that closes within the grace was a passer-by, not a user of the device.
    */
-  async function lastingHolderOf(device: LoopDevice, signal?: AbortSignal): Promise<string | undefined> {
-    let holder = await holdersOf(device, signal);
+  async function lastingHolderOf(device: LoopDevice, signal?: AbortSignal, processes = true): Promise<string | undefined> {
+    let holder = await holdersOf(device, signal, processes);
     if (holder === undefined || options.holderGraceMs === 0) return holder;
     try {
       await waiter.waitUntil(
         `${SYS_BLOCK}/${loopName(device.name)}`,
         async () => {
-          holder = await holdersOf(device, signal);
+          holder = await holdersOf(device, signal, processes);
           return holder === undefined ? true : undefined;
         },
         { timeoutMs: options.holderGraceMs, pollMs: 100, what: `${device.name} to be closed`, ...(signal ? { signal } : {}) },
@@ -294,7 +311,7 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
       const now = await listLoopDevices();
       for (const d of now) {
         if (d.deleted || !attachesWholeFile(d, [file]) || earlier.has(d.name)) continue;
-        await detachDevice(d.name, [file], { force: true, errors: [] });
+        await detachDevice(d, [file], { force: true, errors: [] });
       }
     } catch (error) {
       logger.warn({ file, device: attached, error: messageOf(error) }, 'could not undo a failed attach');
@@ -314,8 +331,85 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
     runState.errors.push(berthError);
   }
 
-  /** Flush, detach, then wait until `device` no longer backs any of `files`. */
-  async function detachDevice(device: string, files: readonly string[], state: DetachRun): Promise<void> {
+  /** The helper for a disconnect of `d` that must not detach a busy device, when it can be used. */
+  function detachHelperFor(d: LoopDevice): string | undefined {
+    if (options.nativeDetach === 'off' || DETACH_HELPER === undefined) return undefined;
+    return d.backingDev !== undefined && d.backingInode !== undefined ? DETACH_HELPER : undefined;
+  }
+
+  async function runDetachHelper(helper: string, d: LoopDevice, signal?: AbortSignal): Promise<HelperOutcome> {
+    const result = await runner.run(helper, [d.name, d.backingDev ?? '', String(d.backingInode ?? '')], {
+      timeoutMs: options.commandTimeoutMs,
+      reject: false,
+      ...(signal ? { signal } : {}),
+    });
+    const line = result.stdout.trim();
+    if (result.exitCode === 0) return 'detached';
+    if (result.exitCode === 3) return 'busy';
+    if (result.exitCode === 4) return 'not-attached';
+    if (result.exitCode === 5) return { mismatch: line.replace(/^mismatch\s*/, '') };
+    if (result.exitCode === 6) return { autoclearLeft: line };
+    return { failed: result.stderr.trim() || line || `exit status ${String(result.exitCode)}` };
+  }
+
+  /**
+   * Detach `d` with berth-loop-detach: the kernel says in the same step whether another opener
+   * holds it (then it is left attached, as it was). A holder that closes within the holder grace
+   * was a passer-by (udev's probe): the detach is tried again until then. True when it detached
+   * (the caller waits for it to let go of the file), false when it was already detached.
+   */
+  async function detachUnlessHeld(helper: string, d: LoopDevice, files: readonly string[], signal?: AbortSignal): Promise<boolean> {
+    const what = `detaching ${d.name}`;
+    let outcome: HelperOutcome;
+    try {
+      outcome = await runDetachHelper(helper, d, signal);
+      if (outcome === 'busy' && options.holderGraceMs > 0) {
+        await waiter
+          .waitUntil(
+            `${SYS_BLOCK}/${loopName(d.name)}`,
+            async () => {
+              outcome = await runDetachHelper(helper, d, signal);
+              return outcome === 'busy' ? undefined : true;
+            },
+            { timeoutMs: options.holderGraceMs, pollMs: 100, what: `${d.name} to be closed`, ...(signal ? { signal } : {}) },
+          )
+          .catch((error: unknown) => {
+            if (!(error instanceof WaitTimeoutError)) throw error;
+          });
+      }
+    } catch (error) {
+      // The helper changes nothing unless it answers: a run that failed or was cut short left the device as it was.
+      throw untouched(toLoopError(error, 'losetup', what));
+    }
+    if (outcome === 'detached') return true;
+    if (outcome === 'not-attached') return false;
+    if (outcome === 'busy') {
+      // Named for the user (fuser walks /proc: only on this slow path).
+      const holder = (await holdersOf(d, signal)) ?? 'something has it open';
+      throw busyError(d.name, holder);
+    }
+    if ('mismatch' in outcome) {
+      throw untouched(
+        new BerthError('CONFLICT', `${d.name} now backs another file (device and inode ${outcome.mismatch}), not ${files[0] ?? 'this volume'}; not detaching it`, {
+          details: { device: d.name, reason: 'identity-mismatch' },
+        }),
+      );
+    }
+    if ('autoclearLeft' in outcome) {
+      throw new BerthError('CONFLICT', `${d.name} still backs ${files[0] ?? 'its file'}: something holds it open, and the kernel will detach it when that closes it`, {
+        hint: `find what holds ${d.name} open (fuser -v ${d.name}, lsof ${d.name}) and close it; the kernel detaches it at the last close`,
+        details: { device: d.name, reason: 'detach-deferred', helper: outcome.autoclearLeft },
+      });
+    }
+    throw untouched(new BerthError('DRIVER_ERROR', `${what} failed: ${outcome.failed}`, { details: { device: d.name } }));
+  }
+
+  /**
+   * Flush, detach (with `helper`: only when nobody holds it), then wait until the device no
+   * longer backs any of `files`.
+   */
+  async function detachDevice(d: LoopDevice, files: readonly string[], state: DetachRun, helper?: string): Promise<void> {
+    const device = d.name;
     try {
       await run('blockdev', ['--flushbufs', device], `flushing ${device}`, state.signal);
     } catch (error) {
@@ -323,6 +417,17 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
       fail(state, untouched(toLoopError(error, 'blockdev', `flushing ${device}`)), 'blockdev', `flushing ${device}`);
     }
     await faults?.hit('loop.disconnect.after-flush');
+    if (helper !== undefined) {
+      let detached: boolean;
+      try {
+        detached = await detachUnlessHeld(helper, d, files, state.signal);
+      } catch (error) {
+        fail(state, error, 'losetup', `detaching ${device}`);
+        return;
+      }
+      if (detached) await waitDetached(device, files, state);
+      return;
+    }
     let result: CommandResult;
     try {
       result = await runner.run('losetup', ['--detach', device], {
@@ -344,6 +449,11 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
         return;
       }
     }
+    await waitDetached(device, files, state);
+  }
+
+  /** Wait until `device` no longer backs any of `files`: a detach the kernel deferred is a failure. */
+  async function waitDetached(device: string, files: readonly string[], state: DetachRun): Promise<void> {
     try {
       await waiter.waitUntil(
         `${SYS_BLOCK}/${loopName(device)}/loop`,
@@ -430,16 +540,14 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
           chosen = devices.filter((d) => attachesWholeFile(d, files) && !d.deleted && !inUse(d));
         }
         for (const d of chosen) {
+          // Without force a busy device is refused and left as it was; the helper asks the kernel
+          // in the detach itself, so only the stacked devices and mounts are looked at first.
+          const helper = !opts.force && !d.autoclear ? detachHelperFor(d) : undefined;
           if (!opts.force && !d.autoclear) {
-            const holder = await lastingHolderOf(d, opts.signal);
-            if (holder) {
-              throw new BerthError('CONFLICT', `${d.name} is busy: ${holder}; not detaching it`, {
-                hint: `close what holds ${d.name} (fuser -v ${d.name}, lsof ${d.name}), then detach again; it stays attached and usable meanwhile`,
-                details: { device: d.name, reason: 'busy', untouched: true },
-              });
-            }
+            const holder = await lastingHolderOf(d, opts.signal, helper === undefined);
+            if (holder) throw busyError(d.name, holder);
           }
-          await detachDevice(d.name, files, state);
+          await detachDevice(d, files, state, helper);
         }
         if (state.errors.length > 0) {
           throw new BerthError(
@@ -561,6 +669,14 @@ function usedBy(used: Device, d: LoopDevice): boolean {
 }
 
 /** Mark an error as one that changed nothing (the device is as it was). */
+/** A disconnect refused because something holds the device: it stays attached and usable. */
+function busyError(device: string, holder: string): BerthError {
+  return new BerthError('CONFLICT', `${device} is busy: ${holder}; not detaching it`, {
+    hint: `close what holds ${device} (fuser -v ${device}, lsof ${device}), then detach again; it stays attached and usable meanwhile`,
+    details: { device, reason: 'busy', untouched: true },
+  });
+}
+
 function untouched(error: BerthError): BerthError {
   error.details.untouched = true;
   return error;
