@@ -54,9 +54,10 @@ export interface Store {
   transaction<T>(fn: (store: Store) => Promise<T>): Promise<T>;
   /**
    * Run `fn` with its commits *deferred-durable*: each is committed at once, seen by every reader
-   * and kept through a crash of any process, but a power cut or an OS crash before the next
-   * durable commit may lose it — and then only together with every commit after it (both engines
-   * recover a prefix of their write-ahead log, and a durable commit flushes everything before it).
+   * and kept through a crash of any berth process, but a power cut, an OS crash or (PostgreSQL) a
+   * crash of the database server before the next durable commit may lose it — and then only
+   * together with every commit after it (both engines recover a prefix of their write-ahead log,
+   * and a durable commit flushes everything before it).
    * For writes that nothing outside the store acts on before the next durable commit: the journal
    * row of a step that only touches the store, a lease. A transaction already open when `fn` runs
    * keeps its own durability. Optional: a store without it commits everything durably.

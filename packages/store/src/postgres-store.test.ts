@@ -11,6 +11,7 @@ import type { Database } from './database.js';
 import { openPostgresStore } from './open-postgres-store.js';
 import { BerthPostgresDialect } from './postgres-dialect.js';
 import { createPostgresNotifications } from './postgres-notifications.js';
+import { runDeferred } from './durability.js';
 import { withBeginPreamble } from './postgres-driver.js';
 import { redactPostgresUrl } from './postgres-url.js';
 import { queryOn, startPostgresCluster } from './testing/postgres-cluster.js';
@@ -234,6 +235,35 @@ describe('PostgreSQL concurrency', () => {
       // aborted one it would fail with 25P02).
       const { rows } = await sql<{ ok: number }>`select 1 as ok`.execute(db);
       expect(rows).toEqual([{ ok: 1 }]);
+    } finally {
+      await db.destroy();
+    }
+  });
+
+  it('a deferred-durable transaction commits without waiting for its WAL flush (SET LOCAL in the BEGIN), the others wait', async () => {
+    const url = await running().createDatabase();
+    const pool = new pg.Pool({ connectionString: url, max: 1 });
+    const sent: string[] = [];
+    pool.on('connect', (client) => {
+      const query = client.query.bind(client) as (text: string, values?: unknown[]) => Promise<unknown>;
+      (client as unknown as { query: typeof query }).query = (text, values) => {
+        sent.push(text);
+        return query(text, values);
+      };
+    });
+    const db = new Kysely<Database>({ dialect: new BerthPostgresDialect({ pool, target: 'test', password: undefined }) });
+    try {
+      // The test cluster runs with synchronous_commit=off: this session asks for the default back.
+      await sql`set synchronous_commit to on`.execute(db);
+      const setting = (trx: Kysely<Database>): Promise<string | undefined> =>
+        sql<{ synchronous_commit: string }>`show synchronous_commit`.execute(trx).then(({ rows }) => rows[0]?.synchronous_commit);
+      const deferred = await runDeferred(() =>
+        withBeginPreamble("set local lock_timeout = '60s'", () => db.transaction().execute((trx) => setting(trx))),
+      );
+      const durable = await db.transaction().execute((trx) => setting(trx));
+      expect([deferred, durable]).toEqual(['off', 'on']);
+      // BEGIN, the deferral and the preamble: still one round trip.
+      expect(sent).toContain("start transaction; set local synchronous_commit to off; set local lock_timeout = '60s'");
     } finally {
       await db.destroy();
     }

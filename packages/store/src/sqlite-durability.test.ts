@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { Kysely, sql } from 'kysely';
 import { afterEach, describe, expect, it } from 'vitest';
-import { runDeferred } from './durability.js';
+import { durabilityDeferred, runDeferred } from './durability.js';
+import { openSqliteStore } from './open-sqlite-store.js';
 import { applySqlitePragmas, BerthSqliteDialect } from './sqlite-dialect.js';
 
 // What each commit asks of the disk, read from the connection: `PRAGMA synchronous` is 2 (FULL:
@@ -77,5 +78,37 @@ describe('SQLite commit durability', () => {
       return [inside, await level(trx)];
     });
     expect(levels).toEqual([2, 2]);
+  });
+});
+
+describe('deferred scope and listeners', () => {
+  it('a listener woken by a deferred commit runs outside the deferred scope (its own writes are durable)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'berth-durability-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const store = await openSqliteStore({ filename: join(dir, 'berth.db') });
+    const heard: boolean[] = [];
+    let wake: () => void = () => undefined;
+    let woken = new Promise<void>((resolve) => (wake = resolve));
+    const notifications = store.notifications;
+    if (notifications === undefined) throw new Error('the SQLite store has notifications');
+    const stop = await notifications.listen('durability_probe', () => {
+      heard.push(durabilityDeferred());
+      wake();
+    });
+    try {
+      // Sent inside a transaction (delivered after its commit), and outside one.
+      await store.deferDurability?.(() => store.transaction((tx) => tx.notifications?.notify('durability_probe', 'in') ?? Promise.resolve()));
+      await woken;
+      woken = new Promise<void>((resolve) => (wake = resolve));
+      await store.deferDurability?.(async () => {
+        expect(durabilityDeferred()).toBe(true);
+        await notifications.notify('durability_probe', 'out');
+      });
+      await woken;
+      expect(heard).toEqual([false, false]);
+    } finally {
+      await stop();
+      await store.close();
+    }
   });
 });

@@ -296,7 +296,7 @@ describe('OperationRunner and a deadline that passes while a driver runs a comma
 });
 
 describe('OperationRunner: which journal writes wait for the disk', () => {
-  it('defers the rows that start a store-only step and the last end; the row before any other step is durable', async () => {
+  it('defers the rows that start a store-only step; the row before any other step and the last end are durable, commit steps included', async () => {
     const deferred = new AsyncLocalStorage<true>();
     const writes: string[] = [];
     const journal: Journal = { rows: [] };
@@ -313,23 +313,35 @@ describe('OperationRunner: which journal writes wait for the disk', () => {
           record(`${journal.rows[seq - 1]?.name} -> ${next.name}`, await inner.operations.advanceStep(id, seq, outcome, next)),
       },
       deferDurability: <T>(fn: () => Promise<T>): Promise<T> => deferred.run(true, fn),
+      transaction: <T>(fn: (tx: Store) => Promise<T>): Promise<T> => fn(store),
     } as unknown as Store;
-    const step = (name: string, storeOnly: boolean): Step<unknown> => ({ name, ...(storeOnly ? { storeOnly: true } : {}), async run() {} });
+    const step = (name: string, storeOnly: boolean, withCommit = false): Step<unknown> => ({
+      name,
+      ...(storeOnly ? { storeOnly: true } : {}),
+      async run() {},
+      // A commit step's store work lands in its boundary's transaction: the same durability.
+      ...(withCommit ? { commit: async () => record(`commit ${name}`, {}) } : {}),
+    });
     const outcome = await new OperationRunner(store).run(
-      [step('reserve', true), step('dispatch', true), step('connect', false), step('publish', false), step('complete', true)],
+      [step('reserve', true, true), step('dispatch', true), step('initialize', false, true), step('connect', false), step('publish', false, true), step('complete', true, true)],
       {},
       { operationId: 'op', signal: AbortSignal.timeout(5_000), undoTimeoutMs: 1_000, logger: silentLogger },
     );
     expect(outcome.ok).toBe(true);
     expect(writes).toEqual([
       'start reserve:deferred',
+      'commit reserve:deferred',
       'reserve -> dispatch:deferred',
-      // Before the first step that changes something outside the store: durable.
-      'dispatch -> connect:durable',
+      // Before a step that changes something outside the store: durable.
+      'dispatch -> initialize:durable',
+      'commit initialize:durable',
+      'initialize -> connect:durable',
       'connect -> publish:durable',
+      'commit publish:deferred',
       'publish -> complete:deferred',
-      // The operation's own end (written by the caller) is durable and follows.
-      'end complete:deferred',
+      // The last end is durable: the caller reports success from here on.
+      'commit complete:durable',
+      'end complete:durable',
     ]);
   });
 });

@@ -84,10 +84,12 @@ export class OperationRunner {
     const journalErrors: BerthError[] = [];
     let pastNoReturn = false;
     const journal = <T>(what: string, fn: () => Promise<T>): Promise<T> => withStoreRetry(fn, { what, signal, logger });
-    // A journal write that starts a store-only step, or ends the last one (the operation's own
-    // end, written durably by the caller, follows), need not reach the disk before the next
-    // durable commit: nothing outside the store depends on it (see `Step.storeOnly`).
-    const deferrable = (next: Step<C> | undefined): boolean => next === undefined || next.storeOnly === true;
+    // A journal write that starts a store-only step need not reach the disk before the next
+    // durable commit: nothing outside the store depends on it (see `Step.storeOnly`). The last
+    // step's end is durable: the caller reports success once the run is done, even when it cannot
+    // write the operation's own end (then recovery reads the outcome from this row), and a run
+    // that was fenced writes nothing after it.
+    const deferrable = (next: Step<C> | undefined): boolean => next?.storeOnly === true;
     const durably = <T>(deferred: boolean, fn: () => Promise<T>): Promise<T> => (deferred ? withDeferredDurability(this.store, fn) : fn());
 
     const fail = async (error: BerthError, toUndo: Array<Step<C>>, forward: boolean): Promise<RunOutcome> => {

@@ -20,7 +20,12 @@ const FIRST_DELAY_MS = 25;
 const MAX_DELAY_MS = 1000;
 const DEFAULT_BUDGET_MS = 30_000;
 
-/** Whether the store said the same write may work a moment later (another process held the lock; the disk was full). */
+/**
+ * Whether the store said the same write may work a moment later (another process held the lock;
+ * the disk was full). A lost PostgreSQL connection is not: a server that crashed may have lost
+ * this process's last deferred-durable commits (`Store.deferDurability`), so carrying on after it
+ * could journal progress on top of rows that are gone; the step fails and is undone instead.
+ */
 export function retryableStoreError(error: unknown): error is BerthError {
   return BerthError.is(error) && error.details.retryable === true;
 }

@@ -202,14 +202,18 @@ export class OperationLauncher {
         // An attach's timings go on its attachment in the same commit as the operation's end.
         const timed = kind === 'attach' ? ctx.attachment : undefined;
         const succeeded = (tx: Store): Promise<Operation> => tx.operations.finish(operationId, { state: 'succeeded', result });
-        let operation = await settle('recording success', () =>
+        const record = (): Promise<Operation> =>
           timed === undefined
             ? succeeded(store)
             : store.transaction(async (tx) => {
                 ctx.attachment = await tx.attachments.update(timed.id, { timings: outcome.timings });
                 return succeeded(tx);
-              }),
-        );
+              });
+        // The runner wrote the last step's end durably (attach `complete`, detach
+        // `delete_attachment`): recovery already reads this operation as succeeded from it, so its
+        // own end (and the attach's timings) may be deferred-durable. Not when a journal write
+        // failed: then this row is the durable record of the outcome.
+        let operation = await settle('recording success', () => (outcome.journalErrors.length === 0 ? withDeferredDurability(store, record) : record()));
         if (operation === undefined) {
           // The work is done and recorded; only the operation's row is behind.
           warnings.push('the operation could not be marked succeeded; the next berth command does it');
