@@ -60,6 +60,20 @@ async function failure(promise: Promise<unknown>): Promise<BerthError> {
   return error;
 }
 
+/** Kysely over a one-connection pool whose client records every query text it sends. */
+function recordingKysely(url: string): { db: Kysely<Database>; sent: string[] } {
+  const pool = new pg.Pool({ connectionString: url, max: 1 });
+  const sent: string[] = [];
+  pool.on('connect', (client) => {
+    const query = client.query.bind(client) as (text: string, values?: unknown[]) => Promise<unknown>;
+    (client as unknown as { query: typeof query }).query = (text, values) => {
+      sent.push(text);
+      return query(text, values);
+    };
+  });
+  return { db: new Kysely<Database>({ dialect: new BerthPostgresDialect({ pool, target: 'test', password: undefined }) }), sent };
+}
+
 describeStoreConformance('postgres', openFresh);
 describeManyHostsStoreConformance('postgres', openFresh);
 
@@ -215,16 +229,7 @@ describe('PostgreSQL concurrency', () => {
 
   it('BEGIN and its preamble go in one round trip; a preamble that fails leaves the pooled client idle, not in a transaction', async () => {
     const url = await running().createDatabase();
-    const pool = new pg.Pool({ connectionString: url, max: 1 });
-    const sent: string[] = [];
-    pool.on('connect', (client) => {
-      const query = client.query.bind(client) as (text: string, values?: unknown[]) => Promise<unknown>;
-      (client as unknown as { query: typeof query }).query = (text, values) => {
-        sent.push(text);
-        return query(text, values);
-      };
-    });
-    const db = new Kysely<Database>({ dialect: new BerthPostgresDialect({ pool, target: 'test', password: undefined }) });
+    const { db, sent } = recordingKysely(url);
     try {
       await withBeginPreamble("set local lock_timeout = '60s'", () =>
         db.transaction().setIsolationLevel('serializable').execute((trx) => sql`select 1`.execute(trx)),
@@ -242,16 +247,7 @@ describe('PostgreSQL concurrency', () => {
 
   it('a deferred-durable transaction commits without waiting for its WAL flush (SET LOCAL in the BEGIN), the others wait', async () => {
     const url = await running().createDatabase();
-    const pool = new pg.Pool({ connectionString: url, max: 1 });
-    const sent: string[] = [];
-    pool.on('connect', (client) => {
-      const query = client.query.bind(client) as (text: string, values?: unknown[]) => Promise<unknown>;
-      (client as unknown as { query: typeof query }).query = (text, values) => {
-        sent.push(text);
-        return query(text, values);
-      };
-    });
-    const db = new Kysely<Database>({ dialect: new BerthPostgresDialect({ pool, target: 'test', password: undefined }) });
+    const { db, sent } = recordingKysely(url);
     try {
       // The test cluster runs with synchronous_commit=off: this session asks for the default back.
       await sql`set synchronous_commit to on`.execute(db);

@@ -45,6 +45,28 @@ static int parse_u64(const char *text, uint64_t *out) {
   return 0;
 }
 
+/* A step before the detach failed: nothing was changed. ENXIO: the device backs nothing. */
+static int failed_before(int fd, int error, const char *what, const char *device) {
+  close(fd);
+  if (error == ENXIO) {
+    printf("not-attached\n");
+    return 4;
+  }
+  fprintf(stderr, "berth-loop-detach: %s %s: %s\n", what, device, strerror(error));
+  return 2;
+}
+
+/* Clear autoclear again, every other field set back as the kernel holds it: 0, or the errno of
+   the first ioctl that failed (ENXIO: the device is running down, nobody else held it). */
+static int clear_autoclear(int fd) {
+  struct loop_info64 now;
+  memset(&now, 0, sizeof now);
+  if (ioctl(fd, LOOP_GET_STATUS64, &now) != 0) return errno;
+  now.lo_flags &= ~(uint32_t)LO_FLAGS_AUTOCLEAR;
+  if (ioctl(fd, LOOP_SET_STATUS64, &now) != 0) return errno;
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc != 4) {
     fprintf(stderr, "usage: berth-loop-detach DEVICE BACKING_MAJ:MIN BACKING_INODE\n");
@@ -70,58 +92,25 @@ int main(int argc, char **argv) {
   }
   struct loop_info64 info;
   memset(&info, 0, sizeof info);
-  if (ioctl(fd, LOOP_GET_STATUS64, &info) != 0) {
-    int error = errno;
-    close(fd);
-    if (error == ENXIO) {
-      printf("not-attached\n");
-      return 4;
-    }
-    fprintf(stderr, "berth-loop-detach: LOOP_GET_STATUS64 %s: %s\n", device, strerror(error));
-    return 2;
-  }
+  if (ioctl(fd, LOOP_GET_STATUS64, &info) != 0) return failed_before(fd, errno, "LOOP_GET_STATUS64", device);
   dev_t backing = (dev_t)info.lo_device;
   if (major(backing) != want_major || minor(backing) != want_minor || info.lo_inode != want_inode) {
     printf("mismatch %u:%u %" PRIu64 "\n", major(backing), minor(backing), (uint64_t)info.lo_inode);
     close(fd);
     return 5;
   }
-  if (ioctl(fd, LOOP_CLR_FD, 0) != 0) {
-    int error = errno;
-    close(fd);
-    if (error == ENXIO) {
-      printf("not-attached\n");
-      return 4;
-    }
-    fprintf(stderr, "berth-loop-detach: LOOP_CLR_FD %s: %s\n", device, strerror(error));
-    return 2;
-  }
-  /* Read again: only autoclear is changed, every other field set back as the kernel holds it. */
-  struct loop_info64 now;
-  memset(&now, 0, sizeof now);
-  if (ioctl(fd, LOOP_GET_STATUS64, &now) != 0) {
-    int error = errno;
-    close(fd);
-    if (error == ENXIO) {
-      /* In rundown: this close detaches it. */
-      printf("detached\n");
-      return 0;
-    }
-    printf("autoclear-left %d\n", error);
-    return 6;
-  }
-  now.lo_flags &= ~(uint32_t)LO_FLAGS_AUTOCLEAR;
-  if (ioctl(fd, LOOP_SET_STATUS64, &now) != 0) {
-    int error = errno;
-    close(fd);
-    if (error == ENXIO) {
-      printf("detached\n");
-      return 0;
-    }
-    printf("autoclear-left %d\n", error);
-    return 6;
-  }
+  if (ioctl(fd, LOOP_CLR_FD, 0) != 0) return failed_before(fd, errno, "LOOP_CLR_FD", device);
+  int error = clear_autoclear(fd);
+  /* In rundown, this close detaches the device. */
   close(fd);
-  printf("busy\n");
-  return 3;
+  if (error == 0) {
+    printf("busy\n");
+    return 3;
+  }
+  if (error == ENXIO) {
+    printf("detached\n");
+    return 0;
+  }
+  printf("autoclear-left %d\n", error);
+  return 6;
 }
