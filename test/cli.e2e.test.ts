@@ -1,8 +1,9 @@
 // The built `berth` binary, run as a user runs it, on real loop devices: the main journey with
 // --json checked at every step, and bad input that must fail clearly and change nothing.
 import { existsSync } from 'node:fs';
-import { lstat, readdir, realpath, stat } from 'node:fs/promises';
+import { lstat, readFile, readdir, realpath, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { EXIT_CODES } from '@berth/core';
 import type { Attachment, Operation, OperationOutcome, Volume } from '@berth/core';
@@ -20,6 +21,18 @@ const HOOK_TIMEOUT_MS = 60_000;
 beforeAll(async () => {
   if (isRoot) await sweepOrphanedSandboxes();
 }, HOOK_TIMEOUT_MS);
+
+describe('the built CLI bundle', () => {
+  it('carries berth-loop-detach beside the chunk that holds the loop driver, so `berth detach` uses it', async () => {
+    const chunks = join(dirname(fileURLToPath(import.meta.url)), '..', 'apps', 'cli', 'dist', 'bundle', 'chunks');
+    const names = await readdir(chunks);
+    const holders: string[] = [];
+    for (const name of names.filter((n) => n.endsWith('.js'))) if ((await readFile(join(chunks, name), 'utf8')).includes('"./berth-loop-detach"')) holders.push(name);
+    expect(holders).toHaveLength(1);
+    // The package built it (this machine has a C compiler); the bundle copied it, executable.
+    expect(((await stat(join(chunks, 'berth-loop-detach'))).mode & 0o111) !== 0).toBe(true);
+  });
+});
 
 describe.skipIf(!isRoot)('berth CLI end to end (real loop devices)', { timeout: TEST_TIMEOUT_MS }, () => {
   let sandbox: BerthSandbox;

@@ -18,7 +18,8 @@
 // - @berth/simhost (an optional peer, imported by name only under --simulate);
 // - @berth/api and fastify (only `berth serve` loads them), and oclif with its plugins (they load
 //   @oclif/core by name themselves).
-import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { dirname, join, relative, sep } from 'node:path';
 import { builtinModules } from 'node:module';
 import { fileURLToPath } from 'node:url';
@@ -165,6 +166,21 @@ const outputs = Object.keys(result.metafile.outputs);
 // Files of an earlier build go after this one is written, not before: a berth starting meanwhile (a
 // rebuild while tests run) still finds every chunk its entry names.
 const written = new Set(outputs.map((file) => join(root, file)));
+
+// The C programs a bundled package finds beside its own module (`new URL('./name', import.meta.url)`)
+// go beside the chunk that now holds that module. Only @berth/driver-loop's: the other packages with
+// one (host, simhost) stay ordinary imports. Missing (no C compiler at build time): the package has
+// its fallback, as it does unbundled.
+const NATIVE_PROGRAMS = [{ pkg: '@berth/driver-loop', file: 'berth-loop-detach' }];
+for (const { pkg, file } of NATIVE_PROGRAMS) {
+  const source = join(dirname(fileURLToPath(import.meta.resolve(pkg))), file);
+  const holder = Object.entries(result.metafile.outputs).find(([, output]) => Object.keys(output.inputs).some((input) => input.includes(`${pkg.split('/')[1]}${sep}dist${sep}`) || input.includes(`${pkg.split('/')[1]}/dist/`)));
+  if (!existsSync(source) || holder === undefined) continue;
+  const target = join(root, dirname(holder[0]), file);
+  await copyFile(source, target);
+  await chmod(target, 0o755);
+  written.add(target);
+}
 for (const file of await readdir(out, { recursive: true, withFileTypes: true })) {
   const path = join(file.parentPath, file.name);
   if (file.isFile() && !written.has(path)) await rm(path);
