@@ -23,12 +23,15 @@
  *   6 autoclear-left ERRNO  detached as busy but autoclear could not be cleared: the kernel will
  *                           detach it at the last close
  *   2 usage or open/ioctl failure before anything changed (message on stderr)
+ *
+ * Catchable signals are blocked for the whole run, so a SIGTERM cannot land between steps 3 and 4.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <linux/loop.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,6 +87,13 @@ int main(int argc, char **argv) {
     fprintf(stderr, "berth-loop-detach: bad backing device or inode\n");
     return 2;
   }
+
+  /* A SIGTERM between LOOP_CLR_FD and clearing autoclear again (berth's runner sends one on a
+     timeout or a cancel, berth-spawner when berth dies) would leave a busy device to vanish at its
+     last close: the catchable signals wait until the program is done (a few microseconds). */
+  sigset_t hold;
+  sigfillset(&hold);
+  sigprocmask(SIG_BLOCK, &hold, NULL);
 
   int fd = open(device, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
