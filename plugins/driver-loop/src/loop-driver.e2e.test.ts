@@ -4,6 +4,7 @@ import { open, readFile, stat, unlink } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BerthError, type ConnectionInfo } from '@berth/core';
+import type { HostServices } from '@berth/host';
 import { createLoopTestEnv, type LoopTestEnv } from './test-loop-env.js';
 
 const MiB = 1024 * 1024;
@@ -39,6 +40,32 @@ async function readAt(file: string, offset: number, length: number): Promise<Buf
   } finally {
     await handle.close();
   }
+}
+
+/**
+ * `host` with a runner that records the name of every command it runs (and calls `onRun` with
+ * it after the run), and may rewrite a command line first (`rewrite`).
+ */
+function tappedHost(
+  host: HostServices,
+  options: { onRun?: (name: string) => void; rewrite?: (command: string, args: readonly string[]) => [string, string[]] } = {},
+): { host: HostServices; commands: string[] } {
+  const commands: string[] = [];
+  const runner = new Proxy(host.runner, {
+    get(target, prop, receiver) {
+      const value: unknown = Reflect.get(target, prop, receiver);
+      if (prop !== 'run' || typeof value !== 'function') return value;
+      return async (command: string, args: readonly string[], ...rest: unknown[]) => {
+        const name = command.split('/').pop() ?? command;
+        commands.push(name);
+        const [file, argv] = options.rewrite?.(command, args) ?? [command, [...args]];
+        const result: unknown = await (value as (...a: unknown[]) => Promise<unknown>).call(target, file, argv, ...rest);
+        options.onRun?.(name);
+        return result;
+      };
+    },
+  });
+  return { host: { ...host, runner }, commands };
 }
 
 describe('loop transport on real loop devices', () => {
@@ -257,7 +284,8 @@ describe('loop transport on real loop devices', () => {
   });
 
   it.each(['auto', 'off'] as const)('nativeDetach %s: refuses to detach a device held open, leaving it attached and usable (no autoclear); force detaches it lazily and says so', async (nativeDetach) => {
-    const driver = env.driverWith({ deviceTimeoutMs: 300, holderGraceMs: 300, nativeDetach });
+    const tapped = tappedHost(env.host);
+    const driver = env.driverWith({ deviceTimeoutMs: 300, holderGraceMs: 300, nativeDetach }, tapped.host);
     const connection = await env.makeFile('busy.img');
     const device = await driver.connect(connection, call());
     const holder = await open(device.path, 'r');
@@ -266,6 +294,9 @@ describe('loop transport on real loop devices', () => {
       expect(BerthError.is(error) && error.code).toBe('CONFLICT');
       expect(BerthError.is(error) && error.details).toMatchObject({ reason: 'busy', untouched: true });
       expect(BerthError.is(error) && error.message).toMatch(new RegExp(`process ${process.pid}`));
+      // auto: the kernel answered busy (several times within the grace), fuser only named the holder.
+      if (nativeDetach === 'auto') expect(tapped.commands.filter((c) => c === 'berth-loop-detach').length).toBeGreaterThan(1);
+      else expect(tapped.commands).not.toContain('berth-loop-detach');
       // Nothing was touched: the kernel was not asked to detach it at the last close (finding 3).
       const [still] = await env.devicesBacking(connection.data.device_path);
       expect(still).toMatchObject({ name: device.path, autoclear: false });
@@ -293,21 +324,9 @@ describe('loop transport on real loop devices', () => {
   it.each(['auto', 'off'] as const)('nativeDetach %s: a holder that closes within the grace was a passer-by: the detach goes through', async (nativeDetach) => {
     // The runner tells when a look for holders (berth-loop-detach, or fuser) has answered.
     let looked: () => void = () => undefined;
-    const commands: string[] = [];
     const firstLook = new Promise<void>((resolve) => (looked = resolve));
-    const runner = new Proxy(env.host.runner, {
-      get(target, prop, receiver) {
-        const value: unknown = Reflect.get(target, prop, receiver);
-        if (prop !== 'run' || typeof value !== 'function') return value;
-        return async (command: string, ...rest: unknown[]) => {
-          commands.push(command.split('/').pop() ?? command);
-          const result: unknown = await (value as (...a: unknown[]) => Promise<unknown>).call(target, command, ...rest);
-          if (/(^|\/)(berth-loop-detach|fuser)$/.test(command)) looked();
-          return result;
-        };
-      },
-    });
-    const driver = env.driverWith({ holderGraceMs: 10_000, nativeDetach }, { ...env.host, runner });
+    const { host, commands } = tappedHost(env.host, { onRun: (name) => (name === 'berth-loop-detach' || name === 'fuser' ? looked() : undefined) });
+    const driver = env.driverWith({ holderGraceMs: 10_000, nativeDetach }, host);
     const connection = await env.makeFile('passer-by.img');
     const device = await driver.connect(connection, call());
     const holder = await open(device.path, 'r');
@@ -327,6 +346,33 @@ describe('loop transport on real loop devices', () => {
     if (nativeDetach === 'auto') expect(commands.filter((c) => c === 'fuser' || c === 'berth-loop-detach')).toEqual(expect.arrayContaining(['berth-loop-detach']));
     if (nativeDetach === 'auto') expect(commands).not.toContain('fuser');
     else expect(commands).toEqual(expect.arrayContaining(['fuser', 'losetup']));
+  });
+
+  it('without CAP_SYS_ADMIN berth-loop-detach changes nothing and the driver goes the old way: a held device refused untouched, a free one detached', async () => {
+    // The program run without CAP_SYS_ADMIN (dropped from the bounding set): it may open the
+    // device and LOOP_CLR_FD it, but not clear autoclear again, so it must not start.
+    const { host, commands } = tappedHost(env.host, {
+      rewrite: (command, args) => (command.endsWith('/berth-loop-detach') ? ['setpriv', ['--bounding-set', '-sys_admin', '--inh-caps', '-sys_admin', '--', command, ...args]] : [command, [...args]]),
+    });
+    const driver = env.driverWith({ holderGraceMs: 0, nativeDetach: 'auto' }, host);
+    const connection = await env.makeFile('no-cap.img');
+    const device = await driver.connect(connection, call());
+    const holder = await open(device.path, 'r');
+    try {
+      const error = await rejectionOf(driver.disconnect(connection, device, { force: false, ...call() }));
+      expect(BerthError.is(error) && error.details).toMatchObject({ reason: 'busy', untouched: true });
+      const [still] = await env.devicesBacking(connection.data.device_path);
+      expect(still).toMatchObject({ name: device.path, autoclear: false });
+      expect(commands).toEqual(expect.arrayContaining(['berth-loop-detach', 'fuser']));
+    } finally {
+      await holder.close();
+    }
+    // Known unusable now: fuser and losetup --detach, no second try of the program.
+    commands.length = 0;
+    await driver.disconnect(connection, device, { force: false, ...call() });
+    expect(await env.devicesBacking(connection.data.device_path)).toEqual([]);
+    expect(commands).toEqual(expect.arrayContaining(['fuser', 'losetup']));
+    expect(commands).not.toContain('berth-loop-detach');
   });
 
   it('berth-loop-detach was built with the package (this machine has a C compiler)', () => {

@@ -1,5 +1,6 @@
-import { existsSync } from 'node:fs';
+import { accessSync, constants as fsConstants } from 'node:fs';
 import { realpath, stat, statfs } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
@@ -28,6 +29,7 @@ import {
   LIST_COLUMNS,
   loopIdentity,
   loopName,
+  majorMinor,
   parseBackFile,
   parseFindShow,
   parseFuserPids,
@@ -92,10 +94,31 @@ type LoopConnection = z.output<typeof zLoopConnection>;
 /** berth-loop-detach (src/native/berth-loop-detach.c), built into dist/ beside this module. */
 const DETACH_HELPER = [new URL('./berth-loop-detach', import.meta.url), new URL('../dist/berth-loop-detach', import.meta.url)]
   .map((url) => fileURLToPath(url))
-  .find((file) => existsSync(file));
+  .find((file) => {
+    try {
+      accessSync(file, fsConstants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
 
-/** What berth-loop-detach answered (its exit status and line; see the C source). */
-type HelperOutcome = 'detached' | 'busy' | 'not-attached' | { mismatch: string } | { autoclearLeft: string } | { failed: string };
+/**
+ * What berth-loop-detach answered (its line; see the C source). `unusable`: it could not run here
+ * or may not change the device (nothing done); `unknown`: cut short before it answered.
+ */
+type HelperOutcome =
+  | 'detached'
+  | 'busy'
+  | 'not-attached'
+  | 'unusable'
+  | 'autoclear-set'
+  | { mismatch: string }
+  | { autoclearLeft: string }
+  | { failed: string; unknown: boolean };
+
+/** How often a device found busy is tried again within the holder grace. */
+const BUSY_RETRY_MS = 100;
 
 const FUSE_SUPER_MAGIC = 0x65735546;
 const SYS_BLOCK = '/sys/block';
@@ -153,7 +176,7 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
       const backFile = await read('loop/backing_file');
       if (backFile === undefined || backFile === '') continue;
       const { backingFile, deleted } = parseBackFile(backFile);
-      const file = backingFile !== null && !deleted ? await stat(backingFile).catch(() => undefined) : undefined;
+      const file = backingFile !== null && !deleted ? await stat(backingFile, { bigint: true }).catch(() => undefined) : undefined;
       const rdev = await read('dev');
       devices.push({
         name: `/dev/${name}`,
@@ -166,7 +189,7 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
         sizeLimit: Number((await read('loop/sizelimit')) ?? 0),
         logicalSectorSize: null,
         ...(rdev ? { rdev } : {}),
-        ...(file ? { backingDev: `${Math.floor(file.dev / 256)}:${file.dev % 256}`, backingInode: file.ino } : {}),
+        ...(file ? { backingDev: majorMinor(file.dev), backingInode: Number(file.ino), backingInodeText: file.ino.toString() } : {}),
       });
     }
     return devices;
@@ -331,62 +354,74 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
     runState.errors.push(berthError);
   }
 
+  /** Set once berth-loop-detach could not run here or may not change devices: the old way from then on. */
+  let helperUnusable = false;
+
   /** The helper for a disconnect of `d` that must not detach a busy device, when it can be used. */
   function detachHelperFor(d: LoopDevice): string | undefined {
-    if (options.nativeDetach === 'off' || DETACH_HELPER === undefined) return undefined;
-    return d.backingDev !== undefined && d.backingInode !== undefined ? DETACH_HELPER : undefined;
+    if (options.nativeDetach === 'off' || DETACH_HELPER === undefined || helperUnusable) return undefined;
+    return d.backingDev !== undefined && d.backingInodeText !== undefined ? DETACH_HELPER : undefined;
   }
 
   async function runDetachHelper(helper: string, d: LoopDevice, signal?: AbortSignal): Promise<HelperOutcome> {
-    const result = await runner.run(helper, [d.name, d.backingDev ?? '', String(d.backingInode ?? '')], {
+    const result = await runner.run(helper, [d.name, d.backingDev ?? '', d.backingInodeText ?? ''], {
       timeoutMs: options.commandTimeoutMs,
       reject: false,
       ...(signal ? { signal } : {}),
     });
-    const line = result.stdout.trim();
-    if (result.exitCode === 0) return 'detached';
-    if (result.exitCode === 3) return 'busy';
-    if (result.exitCode === 4) return 'not-attached';
-    if (result.exitCode === 5) return { mismatch: line.replace(/^mismatch\s*/, '') };
-    if (result.exitCode === 6) return { autoclearLeft: line };
-    return { failed: result.stderr.trim() || line || `exit status ${String(result.exitCode)}` };
+    // The line first: a run the runner reports killed (a timeout, a cancel) may still have
+    // finished — its signals are blocked — and then its answer is what happened.
+    const line = result.stdout.trim().split('\n').pop() ?? '';
+    const [word = '', ...rest] = line.split(/\s+/);
+    if (word === 'detached' || word === 'busy' || word === 'not-attached' || word === 'autoclear-set') return word;
+    if (word === 'no-permission') return 'unusable';
+    if (word === 'mismatch') return { mismatch: rest.join(' ') };
+    if (word === 'autoclear-left') return { autoclearLeft: line };
+    if (result.notFound === true || result.exitCode === 126 || result.exitCode === 127) return 'unusable';
+    return { failed: result.stderr.trim() || `exit status ${String(result.exitCode)}`, unknown: result.exitCode < 0 };
   }
 
   /**
    * Detach `d` with berth-loop-detach: the kernel says in the same step whether another opener
    * holds it (then it is left attached, as it was). A holder that closes within the holder grace
-   * was a passer-by (udev's probe): the detach is tried again until then. True when it detached
-   * (the caller waits for it to let go of the file), false when it was already detached.
+   * was a passer-by (udev's probe): the detach is tried again every BUSY_RETRY_MS until then,
+   * each run awaited to its answer (a run left behind could detach the device after berth said it
+   * did not). True when it detached (the caller waits for it to let go of the file), false when it
+   * was not attached, `undefined` when the helper cannot be used here (the caller goes the old way).
    */
-  async function detachUnlessHeld(helper: string, d: LoopDevice, files: readonly string[], signal?: AbortSignal): Promise<boolean> {
+  async function detachUnlessHeld(helper: string, d: LoopDevice, files: readonly string[], signal?: AbortSignal): Promise<boolean | undefined> {
     const what = `detaching ${d.name}`;
+    const deadline = Date.now() + options.holderGraceMs;
     let outcome: HelperOutcome;
     try {
       outcome = await runDetachHelper(helper, d, signal);
-      if (outcome === 'busy' && options.holderGraceMs > 0) {
-        await waiter
-          .waitUntil(
-            `${SYS_BLOCK}/${loopName(d.name)}`,
-            async () => {
-              outcome = await runDetachHelper(helper, d, signal);
-              return outcome === 'busy' ? undefined : true;
-            },
-            { timeoutMs: options.holderGraceMs, pollMs: 100, what: `${d.name} to be closed`, ...(signal ? { signal } : {}) },
-          )
-          .catch((error: unknown) => {
-            if (!(error instanceof WaitTimeoutError)) throw error;
-          });
+      while (outcome === 'busy' && Date.now() + BUSY_RETRY_MS <= deadline) {
+        await sleep(BUSY_RETRY_MS, undefined, signal ? { signal } : {});
+        outcome = await runDetachHelper(helper, d, signal);
       }
     } catch (error) {
-      // The helper changes nothing unless it answers: a run that failed or was cut short left the device as it was.
+      // A cancel between two runs: the last one answered busy, the device is as it was.
       throw untouched(toLoopError(error, 'losetup', what));
     }
     if (outcome === 'detached') return true;
     if (outcome === 'not-attached') return false;
+    if (outcome === 'unusable') {
+      helperUnusable = true;
+      logger.warn({ helper, device: d.name }, 'berth-loop-detach cannot run or may not change loop devices here; detaching with fuser and losetup');
+      return undefined;
+    }
     if (outcome === 'busy') {
       // Named for the user (fuser walks /proc: only on this slow path).
       const holder = (await holdersOf(d, signal)) ?? 'something has it open';
       throw busyError(d.name, holder);
+    }
+    if (outcome === 'autoclear-set') {
+      throw untouched(
+        new BerthError('CONFLICT', `${d.name} is already marked to detach at its last close (someone ran losetup --detach while it was open); not touching it`, {
+          hint: `find what holds ${d.name} open (fuser -v ${d.name}, lsof ${d.name}) and close it; the kernel detaches it then`,
+          details: { device: d.name, reason: 'detach-deferred' },
+        }),
+      );
     }
     if ('mismatch' in outcome) {
       throw untouched(
@@ -395,13 +430,19 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
         }),
       );
     }
-    if ('autoclearLeft' in outcome) {
-      throw new BerthError('CONFLICT', `${d.name} still backs ${files[0] ?? 'its file'}: something holds it open, and the kernel will detach it when that closes it`, {
+    const deferred = (detail: string): BerthError =>
+      new BerthError('CONFLICT', `${d.name} still backs ${files[0] ?? 'its file'}: something holds it open, and the kernel will detach it when that closes it`, {
         hint: `find what holds ${d.name} open (fuser -v ${d.name}, lsof ${d.name}) and close it; the kernel detaches it at the last close`,
-        details: { device: d.name, reason: 'detach-deferred', helper: outcome.autoclearLeft },
+        details: { device: d.name, reason: 'detach-deferred', helper: detail },
       });
-    }
-    throw untouched(new BerthError('DRIVER_ERROR', `${what} failed: ${outcome.failed}`, { details: { device: d.name } }));
+    if ('autoclearLeft' in outcome) throw deferred(outcome.autoclearLeft);
+    if (!outcome.unknown) throw untouched(new BerthError('DRIVER_ERROR', `${what} failed: ${outcome.failed}`, { details: { device: d.name } }));
+    // Cut short before it answered: look at what it left.
+    const now = await backingFileNow(d.name);
+    if (now === undefined || now.backingFile === null || !files.includes(now.backingFile)) return true;
+    const autoclear = (await fs.readFileIfExists(`${SYS_BLOCK}/${loopName(d.name)}/loop/autoclear`).catch(() => undefined))?.trim();
+    if (autoclear === '1') throw deferred(`cut short: ${outcome.failed}`);
+    throw untouched(new BerthError('DRIVER_ERROR', `${what} was cut short (${outcome.failed}); the device is still attached, as it was`, { details: { device: d.name } }));
   }
 
   /**
@@ -418,15 +459,23 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
     }
     await faults?.hit('loop.disconnect.after-flush');
     if (helper !== undefined) {
-      let detached: boolean;
+      let detached: boolean | undefined;
       try {
         detached = await detachUnlessHeld(helper, d, files, state.signal);
       } catch (error) {
         fail(state, error, 'losetup', `detaching ${device}`);
         return;
       }
-      if (detached) await waitDetached(device, files, state);
-      return;
+      if (detached === true) await waitDetached(device, files, state);
+      if (detached !== undefined) return;
+      // The helper cannot be used here: the old way, holders looked for with fuser first.
+      if (!state.force) {
+        const holder = await lastingHolderOf(d, state.signal);
+        if (holder) {
+          fail(state, busyError(device, holder), 'losetup', `detaching ${device}`);
+          return;
+        }
+      }
     }
     let result: CommandResult;
     try {

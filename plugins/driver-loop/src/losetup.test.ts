@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import {
+  majorMinor,
   classifyLosetupError,
   findShowArgs,
   loopIdentity,
@@ -87,6 +88,13 @@ describe('parseLosetupList (recorded losetup --json --list)', () => {
     const [kept, leaving] = parseLosetupList(json);
     expect(kept).toMatchObject({ name: '/dev/loop4', backingFile: '/var/lib/berth/a.img' });
     expect(leaving).toMatchObject({ name: '/dev/loop5', backingFile: null, offset: 0, sizeLimit: 0, readOnly: false, directIo: false });
+  });
+
+  it('keeps a backing inode above 2^53 exact (losetup prints it as a JSON number)', () => {
+    const stdout = '{"loopdevices": [{"name": "/dev/loop3", "back-file": "/x.img", "back-ino":18446744073709551557, "back-maj:min": "  0:53  "}]}';
+    const [device] = parseLosetupList(stdout);
+    expect(device?.backingInodeText).toBe('18446744073709551557');
+    expect(device?.backingDev).toBe('0:53');
   });
 
   it('refuses output that is not losetup JSON', () => {
@@ -188,5 +196,15 @@ describe('parseFuserPids', () => {
     expect(parseFuserPids(' 15570')).toEqual([15570]);
     expect(parseFuserPids(' 1234m 5678c\n')).toEqual([1234, 5678]);
     expect(parseFuserPids('')).toEqual([]);
+  });
+});
+
+describe('majorMinor', () => {
+  it('decodes device numbers as glibc does, minors of 256 and more included', () => {
+    expect(majorMinor(65024n)).toBe('254:0');
+    // tmpfs at 0:300: (300 & 0xff) | ((300 & ~0xff) << 12)
+    expect(majorMinor(44n | (256n << 12n))).toBe('0:300');
+    // a major above 4095: its high bits above bit 32
+    expect(majorMinor((5000n & 0xfffn) << 8n | ((5000n & ~0xfffn) << 32n) | 7n)).toBe('5000:7');
   });
 });

@@ -24,6 +24,8 @@ export interface LoopDevice {
   /** The backing file's file system device (`254:0`) and inode, as the kernel holds them open. */
   backingDev?: string;
   backingInode?: number;
+  /** The backing inode as losetup or the kernel printed it: exact, where `backingInode` may round. */
+  backingInodeText?: string;
 }
 
 /** The columns berth asks `losetup --json --list` for: the usual ones plus what identifies a device. */
@@ -45,11 +47,22 @@ const zLosetupDevice = lazySchema(() => z.looseObject({
   sizelimit: zCount.nullable().optional(),
   'log-sec': zCount.nullable().optional(),
   'maj:min': z.string().nullable().optional(),
-  'back-ino': zCount.nullable().optional(),
+  // Kept as text (see parseLosetupList): an inode above 2^53 does not survive a JSON number.
+  'back-ino': z.union([z.string().regex(/^\d+$/), z.number().int().nonnegative().transform(String)]).nullable().optional(),
   'back-maj:min': z.string().nullable().optional(),
 }));
 
 const zLosetupList = lazySchema(() => z.object({ loopdevices: z.array(zLosetupDevice) }));
+
+/**
+ * A device number as `MAJ:MIN`, decoded as glibc's `major()`/`minor()` do (12 + 20 bits in the
+ * kernel's encoding: a minor of 256 or more is not `dev % 256`).
+ */
+export function majorMinor(dev: bigint): string {
+  const major = ((dev & 0xfff00n) >> 8n) | ((dev & 0xfffff00000000000n) >> 32n);
+  const minor = (dev & 0xffn) | ((dev & 0xffffff00000n) >> 12n);
+  return `${major}:${minor}`;
+}
 
 /** Split a back-file into the path and whether it was deleted. */
 export function parseBackFile(backFile: string | null | undefined): { backingFile: string | null; deleted: boolean } {
@@ -68,7 +81,9 @@ export function parseLosetupList(stdout: string): LoopDevice[] {
   if (stdout.trim() === '') return [];
   let json: unknown;
   try {
-    json = JSON.parse(stdout);
+    // losetup prints BACK-INO as a JSON number: quoted first, so that an inode above 2^53 (overlayfs
+    // with xino, some network filesystems) reaches berth-loop-detach exactly, not rounded.
+    json = JSON.parse(stdout.replace(/("back-ino"\s*:\s*)(\d+)/g, '$1"$2"'));
   } catch (error) {
     throw new Error(`losetup --json --list printed something that is not JSON: ${stdout.slice(0, 200)}`, { cause: error });
   }
@@ -80,7 +95,7 @@ export function parseLosetupList(stdout: string): LoopDevice[] {
     // losetup pads MAJ:MIN columns with spaces ("  7:1  ").
     const rdev = raw['maj:min']?.trim();
     const backingDev = raw['back-maj:min']?.trim();
-    const backingInode = raw['back-ino'];
+    const backingInodeText = raw['back-ino'] ?? undefined;
     return {
       name: raw.name,
       ...parseBackFile(raw['back-file']),
@@ -92,7 +107,7 @@ export function parseLosetupList(stdout: string): LoopDevice[] {
       logicalSectorSize: raw['log-sec'] ?? null,
       ...(rdev ? { rdev } : {}),
       ...(backingDev ? { backingDev } : {}),
-      ...(backingInode !== null && backingInode !== undefined ? { backingInode } : {}),
+      ...(backingInodeText !== undefined ? { backingInode: Number(backingInodeText), backingInodeText } : {}),
     };
   });
 }

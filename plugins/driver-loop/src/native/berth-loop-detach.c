@@ -8,21 +8,30 @@
  *
  *   1. open DEVICE and keep it open: from now on the device cannot be detached or rebound by
  *      anyone else, so what is checked below stays true;
- *   2. LOOP_GET_STATUS64: it must still back the file (device and inode) berth attached;
- *   3. LOOP_CLR_FD on this descriptor: with no other opener the kernel puts the device in rundown
- *      and detaches it when this descriptor closes; with another opener it only sets autoclear;
- *   4. LOOP_SET_STATUS64 clearing autoclear: refused with ENXIO in rundown (nobody else held it:
- *      close, and the device is detached), accepted when another opener holds it (the device is
- *      back as it was, attached and usable: report it busy).
+ *   2. LOOP_GET_STATUS64: it must still back the file (device and inode) berth attached, and not
+ *      be marked autoclear already (someone else's deferred detach is left alone);
+ *   3. LOOP_SET_STATUS64 with that status unchanged: a probe that this process may change it
+ *      (it needs CAP_SYS_ADMIN on a read-only descriptor; LOOP_CLR_FD needs nothing, so without
+ *      the probe a process that may clear but not restore would do the very harm this prevents);
+ *   4. fsync: what a writer left in the device's page cache reaches the file first;
+ *   5. LOOP_CLR_FD on this descriptor: with no other opener the kernel puts the device in rundown
+ *      (6.11+; earlier kernels detach at once) and detaches it when this descriptor closes; with
+ *      another opener it only sets autoclear;
+ *   6. LOOP_SET_STATUS64 clearing autoclear: refused with ENXIO when the device is running down or
+ *      gone (nobody else held it: close, and the device is detached), accepted when another opener
+ *      holds it (the device is back as it was: report it busy).
  *
- * Exit status and the one line it prints on stdout:
+ * Exit status and the one line it prints on stdout (berth reads the line first):
  *   0 detached              the device no longer backs the file (detached at this close)
  *   3 busy                  another opener holds it; it stays attached, autoclear cleared
- *   4 not-attached          the device backs nothing
+ *   4 not-attached          the device backs nothing, is being torn down, or its node is gone
  *   5 mismatch MAJ:MIN INO  the device backs another file (nothing was done)
  *   6 autoclear-left ERRNO  detached as busy but autoclear could not be cleared: the kernel will
  *                           detach it at the last close
- *   2 usage or open/ioctl failure before anything changed (message on stderr)
+ *   7 no-permission         this process may not change the device's status (nothing was done)
+ *   8 autoclear-set         someone already asked the kernel to detach it at its last close
+ *                           (nothing was done)
+ *   2 usage or a failure before anything changed (message on stderr)
  *
  * Catchable signals are blocked for the whole run, so a SIGTERM cannot land between steps 3 and 4.
  */
@@ -97,7 +106,13 @@ int main(int argc, char **argv) {
 
   int fd = open(device, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    fprintf(stderr, "berth-loop-detach: open %s: %s\n", device, strerror(errno));
+    int error = errno;
+    /* Gone, or being torn down (6.11+ refuses new openers then): the goal is reached. */
+    if (error == ENOENT || error == ENXIO || error == ENODEV) {
+      printf("not-attached\n");
+      return 4;
+    }
+    fprintf(stderr, "berth-loop-detach: open %s: %s\n", device, strerror(error));
     return 2;
   }
   struct loop_info64 info;
@@ -109,6 +124,21 @@ int main(int argc, char **argv) {
     close(fd);
     return 5;
   }
+  if ((info.lo_flags & LO_FLAGS_AUTOCLEAR) != 0) {
+    printf("autoclear-set\n");
+    close(fd);
+    return 8;
+  }
+  if (ioctl(fd, LOOP_SET_STATUS64, &info) != 0) {
+    int error = errno;
+    if (error == EPERM || error == EACCES) {
+      close(fd);
+      printf("no-permission\n");
+      return 7;
+    }
+    return failed_before(fd, error, "LOOP_SET_STATUS64", device);
+  }
+  if (fsync(fd) != 0) return failed_before(fd, errno, "fsync", device);
   if (ioctl(fd, LOOP_CLR_FD, 0) != 0) return failed_before(fd, errno, "LOOP_CLR_FD", device);
   int error = clear_autoclear(fd);
   /* In rundown, this close detaches the device. */
