@@ -169,12 +169,38 @@ describe('a device held open (finding 3)', () => {
     expect(loopDevicesUnder(t.dataDir)).toEqual([]);
   });
 
-  it('a holder the check cannot see: the detach ends error_detaching (no lie), and after the kernel frees the number another volume gets, detach --force never touches it', async () => {
-    // No fuser on this berth's PATH: the busy check finds no holder, as with a holder it cannot see.
+  it('with berth-loop-detach the kernel sees every holder: without fuser on PATH a held device is still refused busy, untouched, and stays attached', async () => {
     const bin = path.join(t.dataDir, 'bin-without-fuser');
     mkdirSync(bin);
     for (const tool of ['losetup', 'blockdev']) symlinkSync(`/usr/sbin/${tool}`, path.join(bin, tool));
-    writeFileSync(path.join(t.dataDir, 'config.json'), JSON.stringify({ pluginOptions: { '@berth/driver-loop': { deviceTimeoutMs: 500 } } }));
+    writeFileSync(path.join(t.dataDir, 'config.json'), JSON.stringify({ pluginOptions: { '@berth/driver-loop': { deviceTimeoutMs: 500, holderGraceMs: 300 } } }));
+    const host = createHostServices({ env: { PATH: bin } });
+    const berth: BerthService = await openBerth({ dataDir: t.dataDir, logger: silentLogger, host });
+    try {
+      await berth.createVolume({ name: 'held', sizeBytes: 16 * MiB });
+      const { attachment } = await berth.attach({ volume: 'held' });
+      const device = attachment!.device!.path;
+      const holder = holdOpen(device);
+      const refused = await rejection(berth.detach({ volume: 'held' }));
+      expect(refused.code).toBe('CONFLICT');
+      expect(refused.message).toMatch(/is busy/);
+      expect((await berth.listAttachments({ volume: 'held' }))[0]).toMatchObject({ status: 'attached' });
+      expect(autoclearOf(device)).toBe(false);
+      await stopChild(holder);
+      await berth.detach({ volume: 'held' });
+      expect(await berth.listAttachments({ volume: 'held' })).toEqual([]);
+    } finally {
+      await berth.close();
+    }
+  });
+
+  it('a holder the check cannot see (nativeDetach off, no fuser): the detach ends error_detaching (no lie), and after the kernel frees the number another volume gets, detach --force never touches it', async () => {
+    // No fuser on this berth's PATH and the old way of detaching: the busy check finds no holder,
+    // as with a holder it cannot see.
+    const bin = path.join(t.dataDir, 'bin-without-fuser');
+    mkdirSync(bin);
+    for (const tool of ['losetup', 'blockdev']) symlinkSync(`/usr/sbin/${tool}`, path.join(bin, tool));
+    writeFileSync(path.join(t.dataDir, 'config.json'), JSON.stringify({ pluginOptions: { '@berth/driver-loop': { deviceTimeoutMs: 500, nativeDetach: 'off' } } }));
     const host = createHostServices({ env: { PATH: bin } });
     const berth: BerthService = await openBerth({ dataDir: t.dataDir, logger: silentLogger, host });
     try {
