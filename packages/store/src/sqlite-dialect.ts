@@ -102,7 +102,9 @@ export class BerthSqliteDialect implements Dialect {
   }
 
   createDriver(): Driver {
-    return new BerthSqliteDriver({ database: withStatementCache(this.#database) }, this.#options);
+    // The connection itself goes along: its `synchronous` level is kept per connection, and every
+    // driver made over it must see the same one (the statement cache is a wrapper per driver).
+    return new BerthSqliteDriver({ database: withStatementCache(this.#database) }, this.#options, this.#database);
   }
 
   createQueryCompiler(): QueryCompiler {

@@ -104,9 +104,13 @@ export class BerthSqliteDriver extends SqliteDriver {
   readonly #database: BetterSqlite3.Database;
   #release: (() => void) | undefined;
 
-  constructor(config: SqliteDialectConfig & { database: BetterSqlite3.Database }, options: BerthSqliteDriverOptions) {
+  /**
+   * `connection`: the better-sqlite3 connection under `config.database` when that is a wrapper
+   * (the statement cache): the commit level is kept per connection, not per wrapper.
+   */
+  constructor(config: SqliteDialectConfig & { database: BetterSqlite3.Database }, options: BerthSqliteDriverOptions, connection: BetterSqlite3.Database = config.database) {
     super(config);
-    this.#database = config.database;
+    this.#database = connection;
     this.#options = options;
     this.#lockKey = lockKey(options.filename);
   }

@@ -68,6 +68,19 @@ describe('SQLite commit durability', () => {
     expect((await db.selectFrom('t').select('a').execute()).map((r) => r.a)).toEqual([1, 2, 3]);
   });
 
+  it('two drivers over one connection share its level: a durable commit after another driver\'s deferred one is durable', async () => {
+    const { database, db } = open();
+    // A second Kysely (its own driver and statement-cache wrapper) over the same connection; not
+    // destroyed here: that would close the connection the first one's cleanup closes.
+    const other = new Kysely<{ t: { a: number } }>({ dialect: new BerthSqliteDialect(database, { filename: database.name, busyTimeoutMs: 1_000 }) });
+    await runDeferred(() => db.insertInto('t').values({ a: 1 }).execute());
+    const durable = await other.transaction().execute(async (trx) => {
+      await trx.insertInto('t').values({ a: 2 }).execute();
+      return level(trx);
+    });
+    expect(durable).toBe(2);
+  });
+
   it('a transaction begun durable stays durable when a deferred write joins it', async () => {
     const { db } = open();
     const levels = await db.transaction().execute(async (trx) => {
