@@ -430,18 +430,13 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
         }),
       );
     }
-    const deferred = (detail: string): BerthError =>
-      new BerthError('CONFLICT', `${d.name} still backs ${files[0] ?? 'its file'}: something holds it open, and the kernel will detach it when that closes it`, {
-        hint: `find what holds ${d.name} open (fuser -v ${d.name}, lsof ${d.name}) and close it; the kernel detaches it at the last close`,
-        details: { device: d.name, reason: 'detach-deferred', helper: detail },
-      });
-    if ('autoclearLeft' in outcome) throw deferred(outcome.autoclearLeft);
+    if ('autoclearLeft' in outcome) throw deferredDetachError(d.name, files, { helper: outcome.autoclearLeft });
     if (!outcome.unknown) throw untouched(new BerthError('DRIVER_ERROR', `${what} failed: ${outcome.failed}`, { details: { device: d.name } }));
     // Cut short before it answered: look at what it left.
     const now = await backingFileNow(d.name);
     if (now === undefined || now.backingFile === null || !files.includes(now.backingFile)) return true;
     const autoclear = (await fs.readFileIfExists(`${SYS_BLOCK}/${loopName(d.name)}/loop/autoclear`).catch(() => undefined))?.trim();
-    if (autoclear === '1') throw deferred(`cut short: ${outcome.failed}`);
+    if (autoclear === '1') throw deferredDetachError(d.name, files, { helper: `cut short: ${outcome.failed}` });
     throw untouched(new BerthError('DRIVER_ERROR', `${what} was cut short (${outcome.failed}); the device is still attached, as it was`, { details: { device: d.name } }));
   }
 
@@ -524,12 +519,7 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
       }
       // losetup --detach succeeded but the device stayed: the kernel set autoclear and detaches
       // it at the last close. It is no longer a device to hand back as attached.
-      const busy = new BerthError('CONFLICT', `${device} still backs ${files[0] ?? 'its file'}: something holds it open, and the kernel will detach it when that closes it`, {
-        cause: error,
-        hint: `find what holds ${device} open (fuser -v ${device}, lsof ${device}) and close it; the kernel detaches it at the last close`,
-        details: { device, reason: 'detach-deferred' },
-      });
-      fail(state, busy, 'losetup', `detaching ${device}`);
+      fail(state, deferredDetachError(device, files, {}, error), 'losetup', `detaching ${device}`);
     }
   }
 
@@ -718,6 +708,18 @@ function usedBy(used: Device, d: LoopDevice): boolean {
 }
 
 /** Mark an error as one that changed nothing (the device is as it was). */
+/**
+ * A detach the kernel deferred: something holds the device, which stays attached, marked to
+ * detach at its last close. It is no longer a device to hand back as attached.
+ */
+function deferredDetachError(device: string, files: readonly string[], details: Record<string, unknown>, cause?: unknown): BerthError {
+  return new BerthError('CONFLICT', `${device} still backs ${files[0] ?? 'its file'}: something holds it open, and the kernel will detach it when that closes it`, {
+    ...(cause === undefined ? {} : { cause }),
+    hint: `find what holds ${device} open (fuser -v ${device}, lsof ${device}) and close it; the kernel detaches it at the last close`,
+    details: { device, reason: 'detach-deferred', ...details },
+  });
+}
+
 /** A disconnect refused because something holds the device: it stays attached and usable. */
 function busyError(device: string, holder: string): BerthError {
   return new BerthError('CONFLICT', `${device} is busy: ${holder}; not detaching it`, {
