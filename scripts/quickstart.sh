@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 berth() { node apps/cli/bin/run.js "$@"; }
 
 name="quickstart-$(date +%s)"
-echo "\$ berth volume create --size 1GiB --name $name"
-berth volume create --size 1GiB --name "$name"
+echo "\$ berth volume create $name --size 1GiB"
+berth volume create "$name" --size 1GiB
 trap 'berth detach "$name" >/dev/null 2>&1 || true; berth volume delete "$name" --yes >/dev/null 2>&1 || true' EXIT
 echo; echo "\$ berth attach $name"
 berth attach "$name"

@@ -106,9 +106,20 @@ describe.skipIf(!isRoot)('berth CLI habits', { timeout: TEST_TIMEOUT_MS }, () =>
     const missing = await sandbox.run(['volume', 'create', '--size', '1GiB']);
     expect(missing.exitCode).toBe(EXIT_CODES.VALIDATION);
     expect(missing.stderr.trim().split('\n')).toEqual([
-      'Error: missing required flag --name',
-      'Hint: for example `berth volume create --size 1GiB --name data1`; more in `berth volume create --help`',
+      "Error: missing the volume's name",
+      'Hint: for example `berth volume create data1 --size 1GiB`; more in `berth volume create --help`',
     ]);
+    // The name as an argument (as `server create NAME`), or --name; two different ones are refused.
+    const byArgument = await sandbox.run(['--json', 'volume', 'create', 'named1', '--size', '1MiB']);
+    expect(byArgument.exitCode, byArgument.stderr).toBe(0);
+    expect((JSON.parse(byArgument.stdout) as { name: string }).name).toBe('named1');
+    const twice = await sandbox.run(['volume', 'create', 'named2', '--name', 'named3', '--size', '1MiB']);
+    expect(twice.exitCode).toBe(EXIT_CODES.VALIDATION);
+    expect(twice.stderr).toMatch(/^Error: two names given: "named2" and --name "named3"$/m);
+    // Words a command does not take are named as such, not read as an unknown command.
+    const extra = await sandbox.run(['volume', 'list', 'named1']);
+    expect(extra.exitCode).toBe(EXIT_CODES.VALIDATION);
+    expect(extra.stderr.trim().split('\n')).toEqual(['Error: `berth volume list` takes no argument "named1"', 'Hint: `berth volume list --help` shows what it takes']);
     const noArg = await sandbox.run(['attach']);
     expect(noArg.stderr).toMatch(/^Error: missing argument VOLUME \(Volume name or id\)$/m);
   });

@@ -18,11 +18,22 @@ export function closestCommand(id: string, ids: readonly string[]): string | und
  * answer; elsewhere (scripts, CI) it fails as a berth usage error: the suggestion is its hint.
  */
 const hook: Hook.CommandNotFound = async function commandNotFound(options) {
-  if (process.stdin.isTTY === true && process.stderr.isTTY === true) return notFound.call(this, options);
   const { config, id } = options;
+  const words = (commandId: string): string => commandId.replaceAll(':', ' ');
+  // `berth volume list foo`: a real command and words it does not take (oclif, with commands
+  // separated by spaces, reads them as a longer command's name). Not a typo: say what is extra.
+  const parts = id.split(':');
+  for (let known = parts.length - 1; known > 0; known--) {
+    const command = config.findCommand(parts.slice(0, known).join(':'));
+    if (command === undefined || command.hidden === true) continue;
+    const extra = parts.slice(known);
+    throw new BerthError('VALIDATION', `\`berth ${words(command.id)}\` takes no argument${extra.length > 1 ? 's' : ''} ${extra.map((word) => `"${word}"`).join(' ')}`, {
+      hint: `\`berth ${words(command.id)} --help\` shows what it takes`,
+    });
+  }
+  if (process.stdin.isTTY === true && process.stderr.isTTY === true) return notFound.call(this, options);
   const visible = config.commands.filter((command) => command.hidden !== true);
   const suggestion = closestCommand(id, [...visible.map((command) => command.id), ...visible.flatMap((command) => command.aliases)]);
-  const words = (commandId: string): string => commandId.replaceAll(':', ' ');
   const topic = id.split(':')[0] ?? '';
   const help = config.findTopic(topic) === undefined ? 'berth help' : `berth help ${topic}`;
   throw new BerthError('VALIDATION', `\`${words(id)}\` is not a berth command`, {

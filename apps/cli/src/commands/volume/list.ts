@@ -23,7 +23,7 @@ export default class VolumeList extends BaseCommand<typeof VolumeList> {
   async run(): Promise<Volume[]> {
     const berth = await this.berth();
     const volumes = await berth.listVolumes(this.flags.status === undefined ? {} : { status: this.flags.status });
-    this.log(volumes.length === 0 ? 'No volumes. Create one with `berth volume create --size 1GiB --name data1`.' : renderTable(volumeColumns, volumes));
+    this.log(volumes.length === 0 ? 'No volumes. Create one with `berth volume create data1 --size 1GiB`.' : renderTable(volumeColumns, volumes));
     return volumes;
   }
 }
