@@ -61,6 +61,11 @@ export interface ManyHosts {
   berth(args: readonly string[], replica?: number): Promise<BerthRun>;
   /** `berth --api <replica> ARGS --json` as admin: exit 0 expected, output parsed. */
   json<T>(args: readonly string[], replica?: number): Promise<T>;
+  /**
+   * SIGKILL replica `index` (when it still runs) and start it again on the same address, with
+   * `env` over the replicas' environment; resolves once it listens. Agents keep their URL.
+   */
+  restartReplica(index: number, env?: Record<string, string>): Promise<Replica>;
   /** Start `host`'s agent (again, talking to replica 0) and wait for its registration line. */
   startAgent(name: string, env?: Record<string, string>): Promise<AgentProcess>;
   /** Send `signal` to `host`'s agent and wait for it to exit; resolves to its exit code. */
@@ -152,9 +157,9 @@ export async function startManyHosts(options: ManyHostsOptions): Promise<ManyHos
       for (const child of children) child.kill('SIGKILL');
       await Promise.allSettled([...children]);
     });
-    for (let i = 0; i < (options.replicas ?? 1); i++) {
-      const child = execa(process.execPath, [BERTH_BIN, 'serve', '--store', storeUrl], {
-        env: { ...inheritedEnv(), ...sandbox.env, ...options.replicaEnv, ...options.replicaEnvs?.[i] },
+    const startReplica = async (i: number, env: Record<string, string> | undefined, listen?: string): Promise<Replica> => {
+      const child = execa(process.execPath, [BERTH_BIN, 'serve', '--store', storeUrl, ...(listen === undefined ? [] : ['--listen', listen])], {
+        env: { ...inheritedEnv(), ...sandbox.env, ...options.replicaEnv, ...env },
         extendEnv: false,
         reject: false,
         cwd: sandbox.root,
@@ -163,8 +168,9 @@ export async function startManyHosts(options: ManyHostsOptions): Promise<ManyHos
       children.add(child);
       const stderr = captureStderr(child);
       const [, url] = await waitForOutput(child, stderr, /berth API listening on (\S+) /, `replica ${i}`);
-      replicas.push({ url: url ?? '', child, stderr });
-    }
+      return { url: url ?? '', child, stderr };
+    };
+    for (let i = 0; i < (options.replicas ?? 1); i++) replicas.push(await startReplica(i, options.replicaEnvs?.[i]));
 
     const agents = new Map<string, AgentProcess>();
     const startAgent = async (name: string, env: Record<string, string> = {}): Promise<AgentProcess> => {
@@ -209,6 +215,16 @@ export async function startManyHosts(options: ManyHostsOptions): Promise<ManyHos
         const run = await berth([...args, '--json'], replica);
         if (run.exitCode !== 0) throw new Error(`berth ${args.join(' ')} --json exited ${run.exitCode}\nstdout: ${run.stdout}\nstderr: ${run.stderr}`);
         return JSON.parse(run.stdout) as T;
+      },
+      async restartReplica(index: number, env?: Record<string, string>): Promise<Replica> {
+        const old = replicas[index];
+        if (old === undefined) throw new Error(`no replica ${index}`);
+        old.child.kill('SIGKILL');
+        await old.child;
+        children.delete(old.child);
+        const restarted = await startReplica(index, env, new URL(old.url).host);
+        replicas[index] = restarted;
+        return restarted;
       },
       startAgent,
       async stopAgent(name: string, signal: NodeJS.Signals = 'SIGTERM'): Promise<number | undefined> {

@@ -34,7 +34,11 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
   const config = await loadConfig(options);
   const tokens = TokenTable.fromConfig(config.api.tokens, env);
   const { host, port } = parseListenAddress(options.listen ?? env[API_LISTEN_ENV] ?? config.api.listen);
-  const service = await openBerth(options);
+  // Recovery waits until the app listens (below): an interrupted operation's undo may be a host
+  // step on an agent's host, and agents reach berth only through this API. Run first, a restarted
+  // single replica blocked its own start on agents that could not reach it until each undo timed
+  // out, and left the volume in error with the device still on the host.
+  const service = await openBerth({ ...options, recover: false });
   let app: ApiApp | undefined;
   try {
     app = await createApiApp({
@@ -54,6 +58,10 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
     const running = app;
     // One of several replicas on a shared store: heart-beat our operations, take over dead ones'.
     const stopReplica = service.startReplica?.();
+    // What a process that died left half done, resumed or rolled back now that agents can reach
+    // this replica. Requests are served meanwhile: an operation on a volume being recovered waits
+    // for its volume lock, then finds the volume as recovery left it.
+    const recovering = recoverInBackground(service, running);
     let closing: Promise<void> | undefined;
     return {
       url,
@@ -63,6 +71,7 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
         closing ??= (async () => {
           try {
             await running.close();
+            await recovering;
             await stopReplica?.();
           } finally {
             await service.close();
@@ -76,6 +85,22 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
     await service.close().catch(() => undefined);
     throw error;
   }
+}
+
+/** Run the service's recovery without blocking the caller; failures are logged, never thrown (the next start retries). */
+function recoverInBackground(service: BerthService, app: ApiApp): Promise<void> {
+  const recover = service.recover?.bind(service);
+  if (recover === undefined) return Promise.resolve();
+  return recover().then(
+    (outcomes) => {
+      if (outcomes.length > 0) app.fastify.log.info({ recovered: outcomes.length }, 'recovered interrupted operations');
+    },
+    (error: unknown) => {
+      // A store that cannot be written (a full disk): what is left stays `running`, and the next
+      // start, `berth reconcile` or the replica loop finishes it.
+      app.fastify.log.warn({ err: error instanceof Error ? error.message : String(error) }, 'could not recover interrupted operations now');
+    },
+  );
 }
 
 /**
