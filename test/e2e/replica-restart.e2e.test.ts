@@ -6,6 +6,9 @@
 // first, waiting for the agent until each undo timed out, then listened with the volume in
 // `error` and the loop device left on the host. Now the attach rolls back, nothing is left on h1,
 // and the next attach and detach work.
+//
+// And an agent given every replica's URL (`--api URL1,URL2`, no load balancer in front): when the
+// replica it talks to is SIGKILLed, it goes on with the other, and attaches to its host still work.
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { OperationOutcome, Server, Volume } from '@berth/core';
 import { berthLinkExists, loopDevicesBacking, removeBerthLinks } from '../support/loop-devices.js';
@@ -101,5 +104,46 @@ describe.skipIf(!isRoot)('replica restart: the only replica SIGKILLed with an at
     expect(loopDevicesBacking(file)).toEqual([again.attachment?.device?.path]);
     expect((await f.json<OperationOutcome>(['detach', volume.id])).operation.state).toBe('succeeded');
     expect(loopDevicesBacking(file)).toEqual([]);
+  });
+});
+
+describe.skipIf(!isRoot)('an agent given both replicas goes on with the other when its replica dies', { timeout: 360_000 }, () => {
+  let fleet: ManyHosts | undefined;
+  let volume: Volume | undefined;
+
+  beforeAll(async () => {
+    fleet = await startManyHosts({
+      hosts: 1,
+      replicas: 2,
+      agentApi: 'all',
+      config: { operationTimeoutMs: 60_000, undoTimeoutMs: 30_000, agent: { leaseMs: 6_000, pollWaitMs: 20_000, offlineAfterMs: 45_000 } },
+    });
+  }, HOOK_TIMEOUT_MS);
+
+  afterAll(async () => {
+    try {
+      await fleet?.cleanup();
+    } finally {
+      if (volume) await removeBerthLinks([volume.id]);
+    }
+  }, HOOK_TIMEOUT_MS);
+
+  it('replica 0 SIGKILLed: the agent reaches replica 1, and an attach and a detach through it work on the host', async () => {
+    const f = fleet;
+    if (f === undefined) throw new Error('the fleet did not start');
+    await f.json<Server>(['server', 'create', 'web-1', '--host', 'h1'], 1);
+    volume = await f.json<Volume>(['volume', 'create', 'failover-1', '--size', '32MiB'], 1);
+    const file = volume.providerLocation as string;
+    const first = f.replicas[0]!;
+    first.child.kill('SIGKILL');
+    expect((await first.child).signal).toBe('SIGKILL');
+
+    const attached = await f.json<OperationOutcome>(['attach', volume.id, '--server', 'web-1'], 1);
+    expect(attached.operation.state).toBe('succeeded');
+    expect(loopDevicesBacking(file)).toEqual([attached.attachment?.device?.path]);
+    expect((await f.json<OperationOutcome>(['detach', volume.id], 1)).operation.state).toBe('succeeded');
+    expect(loopDevicesBacking(file)).toEqual([]);
+    // It said where it went (the agent's state lines, on its stderr).
+    expect(f.agents.get('h1')?.stderr()).toContain(`reached the API at ${f.replicas[1]!.url}/ again`);
   });
 });

@@ -24,6 +24,8 @@ export interface ManyHostsOptions {
   replicaEnv?: Record<string, string>;
   /** Extra environment of one replica, by index, over `replicaEnv` (a fault armed in one replica only). */
   replicaEnvs?: ReadonlyArray<Record<string, string> | undefined>;
+  /** The agents' `--api`: replica 0's URL (default), or every replica's, comma-separated (`all`). */
+  agentApi?: 'first' | 'all';
 }
 
 /** One `berth serve`. */
@@ -66,7 +68,7 @@ export interface ManyHosts {
    * `env` over the replicas' environment; resolves once it listens. Agents keep their URL.
    */
   restartReplica(index: number, env?: Record<string, string>): Promise<Replica>;
-  /** Start `host`'s agent (again, talking to replica 0) and wait for its registration line. */
+  /** Start `host`'s agent (again, talking to replica 0, or to all with `agentApi: 'all'`) and wait for its registration line. */
   startAgent(name: string, env?: Record<string, string>): Promise<AgentProcess>;
   /** Send `signal` to `host`'s agent and wait for it to exit; resolves to its exit code. */
   stopAgent(name: string, signal?: NodeJS.Signals): Promise<number | undefined>;
@@ -181,7 +183,7 @@ export async function startManyHosts(options: ManyHostsOptions): Promise<ManyHos
       const tokenFile = join(dataDir, 'agent.token');
       await writeFile(tokenFile, agentTokens.get(name) ?? '', { mode: 0o600 });
       await chmod(tokenFile, 0o600);
-      const api = replicas[0]?.url ?? '';
+      const api = options.agentApi === 'all' ? replicas.map((r) => r.url).join(',') : (replicas[0]?.url ?? '');
       const child = net.spawnIn(host, process.execPath, [BERTH_BIN, 'agent', '--api', api, '--token-file', tokenFile], {
         env: { ...inheritedEnv(), HOME: sandbox.home, NO_COLOR: '1', BERTH_DATA_DIR: dataDir, ...env },
         extendEnv: false,

@@ -113,6 +113,28 @@ describe('AgentClient', () => {
     expect(await codeOf(claim)).toBe('CANCELLED');
   });
 
+  it('goes on with the next replica when the one in use is unreachable or shutting down, and never for an answer', async () => {
+    const stopping = await serve((_request, response) =>
+      json(response, 503, { type: 'about:blank', title: 'CANCELLED', status: 503, code: 'CANCELLED', detail: 'the server is shutting down', requestId: 'r', details: { retryAfterSeconds: 5 } }),
+    );
+    const live = await serve((request, response) => {
+      if (request.url.endsWith('/renew')) json(response, 409, { type: 'about:blank', title: 'CONFLICT', status: 409, code: 'CONFLICT', detail: 'fenced', requestId: 'r' });
+      else json(response, 200, { items: [] });
+    });
+    // Port 1 of the loopback: nothing listens there, the connection is refused.
+    const unused = 'http://127.0.0.1:1';
+    client = new AgentClient({ url: unused, fallbackUrls: [stopping.url, live.url], token: 't' });
+    expect(await codeOf(client.claim('w-1', { waitMs: 0, limit: 1 }))).toBe('CONFIG');
+    expect(client.url).toBe(`${stopping.url}/`);
+    expect(await codeOf(client.claim('w-1', { waitMs: 0, limit: 1 }))).toBe('CANCELLED');
+    expect(client.url).toBe(`${live.url}/`);
+    expect(await client.claim('w-1', { waitMs: 0, limit: 1 })).toEqual([]);
+    // An answer (a fenced renew) is the replica's word: the client stays with it.
+    expect(await codeOf(client.renew('w-1', ITEM_ID))).toBe('CONFLICT');
+    expect(client.url).toBe(`${live.url}/`);
+    expect(live.seen.map((s) => s.url)).toEqual(['/v1/agent/work?wait=0ms&limit=1', `/v1/agent/work/${ITEM_ID}/renew`]);
+  });
+
   it('an answer that is not a work list is INTERNAL naming the version hint', async () => {
     const { url } = await serve((_request, response) => json(response, 200, { items: [{ nope: true }] }));
     client = new AgentClient({ url, token: 't' });

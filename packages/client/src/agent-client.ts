@@ -1,6 +1,7 @@
 import { type AgentOutcome, type AgentRegistration, type AgentSession, type ClaimedWork } from '@berth/core';
 import { checked } from './checked-answer.js';
-import { apiPath, HttpClient, type HttpClientOptions } from './http-client.js';
+import { BerthError } from '@berth/core';
+import { apiPath, HttpClient, type HttpAnswer, type HttpClientOptions, type HttpRequest } from './http-client.js';
 import { zAgentRenewal, zAgentSessionBody, zAgentWorkList } from './wire.js';
 
 /** The header naming the worker (the registered agent instance) on claim, renew and report. */
@@ -16,6 +17,26 @@ export interface AgentClaimOptions {
   signal?: AbortSignal;
 }
 
+/** Options of `AgentClient`. */
+export interface AgentClientOptions extends HttpClientOptions {
+  /**
+   * Other replicas of the same API, tried in turn when the one in use cannot be reached, does not
+   * answer in time or is shutting down: the next request goes to the next URL (the agent's loop
+   * retries what failed). Sessions and work items live in the shared store, so any replica serves
+   * them. Without them a fleet with no load balancer loses every host whose agent named a dead
+   * replica until it comes back.
+   */
+  fallbackUrls?: readonly string[];
+}
+
+/** An answer that says nothing about the request, only that this replica is not serving it now. */
+function replicaUnavailable(error: unknown): boolean {
+  if (!BerthError.is(error)) return false;
+  if (error.details.unreachable === true || error.code === 'TIMEOUT') return true;
+  // A replica shutting down answers 503 with the seconds to retry after (the API's onRequest hook).
+  return error.code === 'CANCELLED' && typeof error.details.retryAfterSeconds === 'number';
+}
+
 /**
  * The agent protocol over HTTP (`berth agent`): register the host, claim its work items with a
  * long-poll, renew their leases, report their outcomes. One keep-alive connection carries it all.
@@ -23,26 +44,44 @@ export interface AgentClaimOptions {
  * this client never logs or stores.
  */
 export class AgentClient {
-  private readonly http: HttpClient;
+  private readonly replicas: HttpClient[];
+  private current = 0;
 
-  constructor(options: HttpClientOptions) {
-    this.http = new HttpClient(options);
+  constructor(options: AgentClientOptions) {
+    const { fallbackUrls = [], ...http } = options;
+    this.replicas = [options.url, ...fallbackUrls].map((url) => new HttpClient({ ...http, url }));
   }
 
-  /** The API's base URL. */
+  /** The base URL of the replica in use. */
   get url(): string {
     return this.http.url;
   }
 
+  private get http(): HttpClient {
+    return this.replicas[this.current] as HttpClient;
+  }
+
+  /** Send `req` to the replica in use; when it is unavailable, the next request goes to the next one. */
+  private async request(req: HttpRequest): Promise<HttpAnswer> {
+    const index = this.current;
+    try {
+      return await (this.replicas[index] as HttpClient).request(req);
+    } catch (error) {
+      // Moved on once, even when several requests in flight fail together.
+      if (this.replicas.length > 1 && index === this.current && replicaUnavailable(error)) this.current = (index + 1) % this.replicas.length;
+      throw error;
+    }
+  }
+
   /** Register this agent for its token's host; the answer names the worker to claim with. */
   async register(registration: AgentRegistration): Promise<AgentSession> {
-    const { body } = await this.http.request({ method: 'POST', path: '/v1/agent/register', body: registration });
+    const { body } = await this.request({ method: 'POST', path: '/v1/agent/register', body: registration });
     return checked(zAgentSessionBody, body, 'registration');
   }
 
   /** Claim up to `limit` of the host's pending items, waiting up to `waitMs` for one (`[]` when none came). */
   async claim(worker: string, options: AgentClaimOptions): Promise<ClaimedWork[]> {
-    const { body } = await this.http.request({
+    const { body } = await this.request({
       method: 'GET',
       path: '/v1/agent/work',
       query: { wait: `${Math.max(0, Math.round(options.waitMs))}ms`, limit: String(options.limit) },
@@ -55,7 +94,7 @@ export class AgentClient {
 
   /** Extend the lease of an item this worker holds; CONFLICT when it holds it no more (fenced). */
   async renew(worker: string, id: string): Promise<{ leaseExpiresAt: string }> {
-    const { body } = await this.http.request({
+    const { body } = await this.request({
       method: 'POST',
       path: apiPath`/v1/agent/work/${id}/renew`,
       headers: { [AGENT_WORKER_HEADER]: worker },
@@ -65,7 +104,7 @@ export class AgentClient {
 
   /** Report how an item ended; CONFLICT when this worker holds it no more (fenced). */
   async report(worker: string, id: string, outcome: AgentOutcome): Promise<void> {
-    await this.http.request({
+    await this.request({
       method: 'POST',
       path: apiPath`/v1/agent/work/${id}/result`,
       headers: { [AGENT_WORKER_HEADER]: worker },
@@ -73,8 +112,8 @@ export class AgentClient {
     });
   }
 
-  /** Close the kept-alive connection. */
+  /** Close the kept-alive connections. */
   close(): void {
-    this.http.close();
+    for (const replica of this.replicas) replica.close();
   }
 }

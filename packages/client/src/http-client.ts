@@ -213,6 +213,7 @@ export class HttpClient {
       throw new BerthError('CONFIG', `cannot reach the berth API at ${this.base.origin}`, {
         cause: error,
         hint: 'is `berth serve` running there? check --api / BERTH_API_URL',
+        details: { unreachable: true },
       });
     }
     const text = response.text;

@@ -36,11 +36,14 @@ export default class Agent extends BaseCommand<typeof Agent> {
     'Work arrives by long-poll; each item runs at most until its operation\'s deadline, with its lease',
     'renewed meanwhile. Every --path-check seconds it also looks for devices whose path in use died',
     '(iscsi-user: the portal stopped answering) and moves them to a live path. SIGTERM or SIGINT stops',
-    'claiming, lets running items finish, then exits 0.',
+    'claiming, lets running items finish, then exits 0. With several replicas and no load balancer in',
+    'front, give them all: --api URL1,URL2 — when the one in use cannot be reached or is stopping, the',
+    'agent goes on with the next.',
   ].join('\n');
   static override examples = [
     '<%= config.bin %> <%= command.id %> --api https://controller:8776 --token-file /etc/berth/agent.token',
     'BERTH_API_URL=http://10.0.0.1:8776 <%= config.bin %> <%= command.id %> --token-file ./agent.token --concurrency 8',
+    '<%= config.bin %> <%= command.id %> --api http://10.0.0.1:8776,http://10.0.0.2:8776 --token-file /etc/berth/agent.token',
   ];
   static override enableJsonFlag = false;
 
@@ -73,11 +76,19 @@ export default class Agent extends BaseCommand<typeof Agent> {
     const toStderr = this.flags.verbose || process.env['BERTH_LOG_LEVEL'] !== undefined;
     const dataDir = options.dataDir ?? runtime.defaultDataDir();
     const host = await runtime.openAgent({ ...options, ...(toStderr ? {} : { logFile: join(dataDir, 'logs', 'agent.log') }) });
-    const client = new AgentClient({ url: api, token });
+    // Several replicas' URLs, comma-separated: the first, then the others in turn when it is unavailable.
+    const [first = '', ...others] = api.split(',').map((url) => url.trim());
+    if (first === '' || others.includes('')) {
+      throw new BerthError('CONFIG', `--api ${JSON.stringify(api)} has an empty URL`, { hint: 'give URLs separated by commas: --api http://10.0.0.1:8776,http://10.0.0.2:8776' });
+    }
+    const client = new AgentClient({ url: first, fallbackUrls: others, token });
     const runner = new runtime.AgentRunner({
       host,
       api: client,
-      apiUrl: client.url,
+      // The replica in use now (it changes when one is unavailable).
+      get apiUrl() {
+        return client.url;
+      },
       version: this.config.version,
       concurrency: this.flags.concurrency,
       pathCheckMs: this.flags['path-check'] * 1000,
