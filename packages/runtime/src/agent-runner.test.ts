@@ -275,7 +275,12 @@ describe('AgentRunner', () => {
   it('keeps trying to register while the API cannot be reached, and gives up on a refused token', async () => {
     const transport = new FakeTransport();
     const api = new ScriptedApi([]);
-    api.registerFailures = [new BerthError('UNAVAILABLE', 'starting'), new BerthError('CONFIG', 'cannot reach', { cause: new Error('ECONNREFUSED') })];
+    api.registerFailures = [
+      new BerthError('UNAVAILABLE', 'starting'),
+      new BerthError('CONFIG', 'cannot reach', { cause: new Error('ECONNREFUSED') }),
+      // A replica in its graceful shutdown (the API's 503): a rolling restart must not stop agents.
+      new BerthError('CANCELLED', 'the server is shutting down; retry after it restarts', { details: { retryAfterSeconds: 5 } }),
+    ];
     const states: string[] = [];
     const agent = runner(api, transport, states);
     const running = agent.run();

@@ -55,6 +55,8 @@ export const DEFAULT_PATH_CHECK_MS = 30_000;
 function transient(error: unknown): boolean {
   if (!BerthError.is(error)) return false;
   if (error.code === 'UNAVAILABLE' || error.code === 'TIMEOUT' || error.code === 'INTERNAL') return true;
+  // A replica shutting down (a rolling restart) answers 503 CANCELLED with the seconds to retry after.
+  if (error.code === 'CANCELLED' && typeof error.details.retryAfterSeconds === 'number') return true;
   // The client's "cannot reach the berth API" (connection refused, reset, DNS) is a CONFIG error
   // with a cause; a CONFIG error about the URL itself has none.
   return error.code === 'CONFIG' && error.cause !== undefined;
