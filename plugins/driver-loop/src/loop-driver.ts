@@ -34,6 +34,7 @@ import {
   parseFindShow,
   parseFuserPids,
   parseGetSize64,
+  parseAttachAnswer,
   parseLosetupList,
   type LoopDevice,
 } from './losetup.js';
@@ -69,6 +70,13 @@ export const zLoopDriverOptions = lazySchema(() => z.object({
    * the detach; `off`, or without it: `fuser` first, then `losetup --detach`.
    */
   nativeDetach: z.enum(['auto', 'off']).default('auto'),
+  /**
+   * How a connect attaches a file. `auto`: with `berth-loop-attach` (built with the package when a
+   * C compiler is there; see the README), one process that finds or makes the device and reads its
+   * identity on the descriptor that configured it; `off`, or without it: `losetup --list`,
+   * `losetup --find --show`, `losetup --list` again.
+   */
+  nativeAttach: z.enum(['auto', 'off']).default('auto'),
 }));
 
 /** Parsed options of the `loop` transport. */
@@ -91,17 +99,29 @@ const zLoopConnection = lazySchema(() => z.object({
 
 type LoopConnection = z.output<typeof zLoopConnection>;
 
-/** berth-loop-detach (src/native/berth-loop-detach.c), built into dist/ beside this module. */
-const DETACH_HELPER = [new URL('./berth-loop-detach', import.meta.url), new URL('../dist/berth-loop-detach', import.meta.url)]
-  .map((url) => fileURLToPath(url))
-  .find((file) => {
-    try {
-      accessSync(file, fsConstants.X_OK);
-      return true;
-    } catch {
-      return false;
-    }
-  });
+/**
+ * The first of `places` that is an executable: a C program of this package (src/native/*.c),
+ * built into dist/ beside this module (in the CLI's bundle: copied beside the chunk that holds
+ * it); undefined when the build made none. The literal `./NAME` URLs are what the bundle's check
+ * looks for (test/cli.e2e.test.ts).
+ */
+function nativeProgram(places: readonly URL[]): string | undefined {
+  return places
+    .map((url) => fileURLToPath(url))
+    .find((file) => {
+      try {
+        accessSync(file, fsConstants.X_OK);
+        return true;
+      } catch {
+        return false;
+      }
+    });
+}
+
+/** berth-loop-detach (src/native/berth-loop-detach.c). */
+const DETACH_HELPER = nativeProgram([new URL('./berth-loop-detach', import.meta.url), new URL('../dist/berth-loop-detach', import.meta.url)]);
+/** berth-loop-attach (src/native/berth-loop-attach.c). */
+const ATTACH_HELPER = nativeProgram([new URL('./berth-loop-attach', import.meta.url), new URL('../dist/berth-loop-attach', import.meta.url)]);
 
 /**
  * What berth-loop-detach answered (its line; see the C source). `unusable`: it could not run here
@@ -284,48 +304,136 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
   async function connectFile(target: LoopConnection, file: string, signal: AbortSignal): Promise<Device> {
     throwIfAborted(signal);
     const readOnly = target.data.access_mode === 'ro';
+    const helper = attachHelper();
+    if (helper !== undefined) {
+      const device = await connectWithHelper(helper, file, readOnly, signal);
+      if (device !== undefined) return device;
+    }
     const before = await listLoopDevices(signal);
     const existing = before.find((d) => !d.deleted && attachesWholeFile(d, [file]));
-    if (existing) {
-      if (existing.autoclear) {
-        // berth never sets autoclear: it is a detach still waiting for the last holder to close.
-        throw new BerthError('CONFLICT', `${file} is being detached from ${existing.name}, which something still holds open`, {
-          hint: `find what holds ${existing.name} open (fuser -v ${existing.name}, lsof ${existing.name}), close it, then connect again`,
-          details: { device: existing.name },
-        });
-      }
-      if (existing.readOnly !== readOnly) {
-        throw new BerthError(
-          'CONFLICT',
-          `${file} is already attached to ${existing.name} ${existing.readOnly ? 'read-only' : 'read-write'}, not ${readOnly ? 'read-only' : 'read-write'}`,
-          { hint: `detach it first (berth detach, or losetup --detach ${existing.name} when nothing uses it)`, details: { device: existing.name } },
-        );
-      }
-      await waitForNode(existing.name, signal);
-      logger.debug({ device: existing.name, file }, 'file already attached; reusing its loop device');
-      return deviceOf(existing, file);
-    }
+    if (existing) return reuseAttached(existing, file, readOnly, signal);
     let attached: string | undefined;
     try {
       const directIo = await useDirectIo(file);
       const result = await run('losetup', findShowArgs(file, { directIo, readOnly }), `attaching ${file}`, signal);
-      attached = parseFindShow(result.stdout);
-      await faults?.hit('loop.connect.after-losetup');
-      await waitForNode(attached, signal);
-      throwIfAborted(signal);
-      const made = (await listLoopDevices(signal)).find((d) => d.name === attached && attachesWholeFile(d, [file]));
-      if (!made) {
-        throw new BerthError('DRIVER_ERROR', `${attached} does not back ${file} right after losetup attached it`, {
-          hint: 'something detached it at once; look at `dmesg` and `losetup --list`',
-        });
-      }
-      logger.info({ device: attached, file, directIo, readOnly }, 'file attached to loop device');
-      return deviceOf(made, file);
+      const device = parseFindShow(result.stdout);
+      attached = device;
+      return await settleAttached(device, file, { directIo, readOnly }, signal, async () =>
+        (await listLoopDevices(signal)).find((d) => d.name === device && attachesWholeFile(d, [file])),
+      );
     } catch (error) {
       // An abort or a timeout can land after the kernel attached the file: leave nothing behind.
       await undoAttach(file, before, attached);
       throw toLoopError(error, 'losetup', `attaching ${file}`);
     }
+  }
+
+  /** A device that already backs `file`, given back when it may be: the same mode, not being detached. */
+  async function reuseAttached(existing: LoopDevice, file: string, readOnly: boolean, signal: AbortSignal): Promise<Device> {
+    if (existing.autoclear) {
+      // berth never sets autoclear: it is a detach still waiting for the last holder to close.
+      throw new BerthError('CONFLICT', `${file} is being detached from ${existing.name}, which something still holds open`, {
+        hint: `find what holds ${existing.name} open (fuser -v ${existing.name}, lsof ${existing.name}), close it, then connect again`,
+        details: { device: existing.name },
+      });
+    }
+    if (existing.readOnly !== readOnly) {
+      throw new BerthError(
+        'CONFLICT',
+        `${file} is already attached to ${existing.name} ${existing.readOnly ? 'read-only' : 'read-write'}, not ${readOnly ? 'read-only' : 'read-write'}`,
+        { hint: `detach it first (berth detach, or losetup --detach ${existing.name} when nothing uses it)`, details: { device: existing.name } },
+      );
+    }
+    await waitForNode(existing.name, signal);
+    logger.debug({ device: existing.name, file }, 'file already attached; reusing its loop device');
+    return deviceOf(existing, file);
+  }
+
+  /**
+   * The kernel attached `file` to `device`: the fault point, the node, and the device as
+   * `identify` reads it (undefined: it no longer backs the file). The caller undoes on a throw.
+   */
+  async function settleAttached(
+    device: string,
+    file: string,
+    how: { directIo: boolean; readOnly: boolean },
+    signal: AbortSignal,
+    identify: () => Promise<LoopDevice | undefined>,
+  ): Promise<Device> {
+    await faults?.hit('loop.connect.after-losetup');
+    await waitForNode(device, signal);
+    throwIfAborted(signal);
+    const made = await identify();
+    if (!made) {
+      throw new BerthError('DRIVER_ERROR', `${device} does not back ${file} right after it was attached`, {
+        hint: 'something detached it at once; look at `dmesg` and `losetup --list`',
+      });
+    }
+    logger.info({ device, file, ...how }, 'file attached to loop device');
+    return deviceOf(made, file);
+  }
+
+  /** Set once berth-loop-attach could not run here or may not attach: losetup from then on. */
+  let attachHelperUnusable = false;
+
+  function attachHelper(): string | undefined {
+    return options.nativeAttach === 'off' || attachHelperUnusable ? undefined : ATTACH_HELPER;
+  }
+
+  /**
+   * Connect `file` with berth-loop-attach: one process finds the device that backs it already or
+   * attaches it, and reads the identity on the descriptor that configured it. `undefined` when
+   * the caller is to attach with losetup instead: the program cannot run here or may not attach
+   * (remembered), or it failed before changing anything (losetup then says why in its words, or
+   * succeeds where the program's one try did not).
+   */
+  async function connectWithHelper(helper: string, file: string, readOnly: boolean, signal: AbortSignal): Promise<Device | undefined> {
+    const directIo = await useDirectIo(file);
+    const what = `attaching ${file}`;
+    let result: CommandResult;
+    try {
+      result = await runner.run(helper, [file, ...(directIo ? ['--direct-io'] : []), ...(readOnly ? ['--read-only'] : [])], {
+        timeoutMs: options.commandTimeoutMs,
+        reject: false,
+        signal,
+      });
+    } catch (error) {
+      throw toLoopError(error, 'losetup', what);
+    }
+    // The line first: a run the runner reports killed (a timeout, a cancel) has still finished
+    // when it answered — its signals are blocked — and then its answer is what happened.
+    const answer = parseAttachAnswer(result.stdout, file);
+    if (answer?.kind === 'existing') return reuseAttached(answer.device, file, readOnly, signal);
+    if (answer?.kind === 'attached') {
+      const { device } = answer;
+      try {
+        return await settleAttached(device.name, file, { directIo, readOnly }, signal, async () => device);
+      } catch (error) {
+        await undoAttach(file, [], device.name);
+        throw toLoopError(error, 'losetup', what);
+      }
+    }
+    if (answer?.kind === 'free') {
+      // Cut short after it found the file unattached and before it answered: it may have attached.
+      await undoAttach(file, [], undefined);
+      throw toLoopError(new CommandError(result, { notFound: false }), 'losetup', what);
+    }
+    if (answer?.kind === 'undone') {
+      throw new BerthError('DRIVER_ERROR', `${what}: berth-loop-attach attached it but could not read the device back (${answer.reason}), and detached it again`, {
+        hint: 'look at `dmesg` and `losetup --list`; nativeAttach: off attaches with losetup',
+      });
+    }
+    if (result.aborted || result.timedOut) {
+      // Stopped before it printed anything: it changed nothing.
+      throw toLoopError(new CommandError(result, { notFound: false }), 'losetup', what);
+    }
+    if (answer?.kind === 'no-permission' || result.notFound === true || result.exitCode === 126 || result.exitCode === 127) {
+      attachHelperUnusable = true;
+      logger.warn({ helper, file, stderr: result.stderr.trim() }, 'berth-loop-attach cannot run or may not attach loop devices here; attaching with losetup');
+      return undefined;
+    }
+    logger.debug({ file, answer: result.stdout.trim(), stderr: result.stderr.trim() }, 'berth-loop-attach changed nothing; attaching with losetup');
+    return undefined;
   }
 
   async function undoAttach(file: string, before: LoopDevice[], attached: string | undefined): Promise<void> {
