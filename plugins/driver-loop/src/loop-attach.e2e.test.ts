@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { chmod, open, stat } from 'node:fs/promises';
+import { chmod, mkdir, open, stat, truncate, writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -151,6 +151,31 @@ describe('loop connect with berth-loop-attach and with losetup', () => {
         expect(['CANCELLED', 'AbortError']).toContain(code);
       }
       expect(await env.devicesBacking(connection.data.device_path)).toEqual([]);
+    }
+  });
+
+  it('a file system that refuses O_DIRECT (ramfs): the program changes nothing, and the connect fails as losetup --direct-io=on does', async () => {
+    const mnt = `${env.dir}/ramfs`;
+    await mkdir(mnt);
+    await env.host.runner.run('mount', ['-t', 'ramfs', 'berth-test', mnt], { timeoutMs: 10_000 });
+    try {
+      const file = `${mnt}/direct.img`;
+      await writeFile(file, '');
+      await truncate(file, 4 * 1024 * 1024);
+      const connection: ConnectionInfo = { driver_volume_type: 'file', data: { device_path: file } };
+      const errors: unknown[] = [];
+      for (const nativeAttach of ['auto', 'off'] as const) {
+        const tapped = tappedHost(env.host);
+        errors.push(await rejectionOf(env.driverWith({ nativeAttach, directIo: true }, tapped.host).connect(connection, call())));
+        // auto: the program failed first (nothing changed), then losetup said why in its words.
+        expect(tapped.commands.slice(0, 2)).toEqual(nativeAttach === 'auto' ? [HELPER, 'losetup'] : ['losetup', 'losetup']);
+      }
+      const [native, losetup] = errors.map((e) => (BerthError.is(e) ? { code: e.code, message: e.message } : e));
+      expect(native).toEqual(losetup);
+      expect(native).toMatchObject({ code: 'DRIVER_ERROR', message: expect.stringMatching(/Invalid argument/) });
+      expect(await env.devicesBacking(file)).toEqual([]);
+    } finally {
+      await env.host.runner.run('umount', [mnt], { timeoutMs: 10_000 });
     }
   });
 

@@ -10,7 +10,8 @@
  *      EACCES); fstat it: its device and inode are what a loop device backing it holds;
  *   2. open /dev/loop-control and take an exclusive flock on it until the end: two runs of this
  *      program (two berth processes attaching the same file) cannot both find the file unattached
- *      and attach it twice. Held for the walk and the configure only (microseconds);
+ *      and attach it twice. Held for the walk and the configure only (microseconds); systemd's
+ *      loop-util takes the same lock around its own allocation;
  *   3. walk /sys/block/loop*: a device whose loop/backing_file is FILE is opened (O_RDONLY) and
  *      asked LOOP_GET_STATUS64; when it backs the same device and inode with offset 0 and size
  *      limit 0 (the whole file, the only kind berth makes), it is printed as `existing` with its
@@ -156,14 +157,14 @@ static int find_existing(const char *file, const struct stat *st, struct loop_in
 
 int main(int argc, char **argv) {
   const char *file = NULL;
-  int direct_io = 0, read_only = 0;
-  for (int i = 1; i < argc; i++) {
+  int direct_io = 0, read_only = 0, usage = argc < 2;
+  for (int i = 1; i < argc && !usage; i++) {
     if (strcmp(argv[i], "--direct-io") == 0) direct_io = 1;
     else if (strcmp(argv[i], "--read-only") == 0) read_only = 1;
     else if (file == NULL && argv[i][0] == '/') file = argv[i];
-    else file = NULL, argc = -1;
+    else usage = 1;
   }
-  if (file == NULL || argc < 0) {
+  if (usage || file == NULL) {
     fprintf(stderr, "usage: berth-loop-attach FILE [--direct-io] [--read-only]\n");
     return 2;
   }
