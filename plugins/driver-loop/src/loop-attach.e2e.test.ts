@@ -5,21 +5,10 @@ import { setImmediate as nextTurn } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BerthError, type ConnectionInfo, type Device } from '@berth/core';
 import { loopIdentity, parseLosetupList } from './losetup.js';
-import { createLoopTestEnv, tappedHost, type LoopTestEnv } from './test-loop-env.js';
+import { call, createLoopTestEnv, rejectionOf, tappedHost, type LoopTestEnv } from './test-loop-env.js';
 
 // berth-loop-attach (src/native/berth-loop-attach.c) against the losetup way (nativeAttach off),
 // on real loop devices.
-
-function call(): { signal: AbortSignal } {
-  return { signal: AbortSignal.timeout(20_000) };
-}
-
-async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
-  return promise.then(
-    () => undefined,
-    (error: unknown) => error,
-  );
-}
 
 const HELPER = 'berth-loop-attach';
 
@@ -39,6 +28,20 @@ describe('loop connect with berth-loop-attach and with losetup', () => {
     const listed = await env.host.runner.run('losetup', ['--json', '--list', '--output', 'NAME,MAJ:MIN,BACK-FILE,BACK-INO,BACK-MAJ:MIN,OFFSET,SIZELIMIT,AUTOCLEAR,RO,DIO,LOG-SEC'], { timeoutMs: 10_000 });
     const found = parseLosetupList(listed.stdout).find((d) => d.name === device.path);
     return found ? loopIdentity(found) : undefined;
+  }
+
+  /**
+   * A driver on `tapped` (whose berth-loop-attach cannot be used) connects `connection` with
+   * losetup after the program's one run, and a file after it without running the program again.
+   */
+  async function expectLosetupFromThenOn(tapped: ReturnType<typeof tappedHost>, connection: Awaited<ReturnType<LoopTestEnv['makeFile']>>, next: string): Promise<void> {
+    const driver = env.driverWith({ nativeAttach: 'auto' }, tapped.host);
+    const device = await driver.connect(connection, call());
+    expect(await env.devicesBacking(connection.data.device_path)).toMatchObject([{ name: device.path }]);
+    expect(tapped.commands).toEqual([HELPER, 'losetup', 'losetup', 'losetup']);
+    tapped.commands.length = 0;
+    await driver.connect(await env.makeFile(next), call());
+    expect(tapped.commands).not.toContain(HELPER);
   }
 
   it('berth-loop-attach was built with the package (this machine has a C compiler)', () => {
@@ -183,14 +186,7 @@ describe('loop connect with berth-loop-attach and with losetup', () => {
     const tapped = tappedHost(env.host, {
       rewrite: (command, args) => (command.endsWith(`/${HELPER}`) ? [`${env.dir}/no-such-program`, [...args]] : [command, [...args]]),
     });
-    const driver = env.driverWith({ nativeAttach: 'auto' }, tapped.host);
-    const first = await env.makeFile('missing-a.img');
-    const device = await driver.connect(first, call());
-    expect(await env.devicesBacking(first.data.device_path)).toMatchObject([{ name: device.path }]);
-    expect(tapped.commands).toEqual([HELPER, 'losetup', 'losetup', 'losetup']);
-    tapped.commands.length = 0;
-    await driver.connect(await env.makeFile('missing-b.img'), call());
-    expect(tapped.commands).not.toContain(HELPER);
+    await expectLosetupFromThenOn(tapped, await env.makeFile('missing-a.img'), 'missing-b.img');
   });
 
   it('a process that may not open /dev/loop-control: the program changes nothing, says no-permission, and losetup attaches', async () => {
@@ -199,23 +195,15 @@ describe('loop connect with berth-loop-attach and with losetup', () => {
     await chmod(env.dir, 0o711);
     const connection = await env.makeFile('nobody.img');
     await chmod(connection.data.device_path, 0o666);
-    const answers: string[] = [];
-    const tapped = tappedHost(env.host, {
-      rewrite: (command, args) =>
-        command.endsWith(`/${HELPER}`) ? ['setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', '--', command, ...args]] : [command, [...args]],
-    });
-    const probe = await env.host.runner.run('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', '--', fileURLToPath(new URL(`../dist/${HELPER}`, import.meta.url)), connection.data.device_path], { timeoutMs: 10_000, reject: false });
-    answers.push(probe.stdout.trim());
-    expect({ answers, exitCode: probe.exitCode }).toEqual({ answers: ['no-permission'], exitCode: 7 });
+    const nobody = ['--reuid=65534', '--regid=65534', '--clear-groups', '--'];
+    const probe = await env.host.runner.run('setpriv', [...nobody, fileURLToPath(new URL(`../dist/${HELPER}`, import.meta.url)), connection.data.device_path], { timeoutMs: 10_000, reject: false });
+    expect({ stdout: probe.stdout, exitCode: probe.exitCode }).toEqual({ stdout: 'no-permission\n', exitCode: 7 });
     expect(await env.devicesBacking(connection.data.device_path)).toEqual([]);
 
-    const driver = env.driverWith({ nativeAttach: 'auto' }, tapped.host);
-    const device = await driver.connect(connection, call());
-    expect(await env.devicesBacking(connection.data.device_path)).toMatchObject([{ name: device.path }]);
-    expect(tapped.commands).toEqual([HELPER, 'losetup', 'losetup', 'losetup']);
-    tapped.commands.length = 0;
-    await driver.connect(await env.makeFile('nobody-b.img'), call());
-    expect(tapped.commands).not.toContain(HELPER);
+    const tapped = tappedHost(env.host, {
+      rewrite: (command, args) => (command.endsWith(`/${HELPER}`) ? ['setpriv', [...nobody, command, ...args]] : [command, [...args]]),
+    });
+    await expectLosetupFromThenOn(tapped, connection, 'nobody-b.img');
   });
 
   it('without CAP_SYS_ADMIN the program attaches as losetup does (LOOP_CONFIGURE asks only for the device opened for writing), with the same identity', async () => {

@@ -4,20 +4,9 @@ import { open, readFile, stat, unlink } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BerthError, type ConnectionInfo } from '@berth/core';
-import { createLoopTestEnv, tappedHost, type LoopTestEnv } from './test-loop-env.js';
+import { call, createLoopTestEnv, rejectionOf, tappedHost, type LoopTestEnv } from './test-loop-env.js';
 
 const MiB = 1024 * 1024;
-
-function call(): { signal: AbortSignal } {
-  return { signal: AbortSignal.timeout(20_000) };
-}
-
-async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
-  return promise.then(
-    () => undefined,
-    (error: unknown) => error,
-  );
-}
 
 /** Write `blocks` at their offsets through `devicePath`, fsync, close. */
 async function writeThrough(devicePath: string, blocks: ReadonlyArray<{ offset: number; bytes: Buffer }>): Promise<void> {

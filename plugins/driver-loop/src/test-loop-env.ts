@@ -100,3 +100,16 @@ export function tappedHost(
   });
   return { host: { ...host, runner }, commands };
 }
+
+/** A call context for a driver call, with a deadline. */
+export function call(): { signal: AbortSignal } {
+  return { signal: AbortSignal.timeout(20_000) };
+}
+
+/** What `promise` rejects with (`undefined` when it resolves). */
+export async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
+  return promise.then(
+    () => undefined,
+    (error: unknown) => error,
+  );
+}
