@@ -182,6 +182,18 @@ describe('loop connect with berth-loop-attach and with losetup', () => {
     }
   });
 
+  it('a run killed after it said `free` and before its answer may have attached: what appeared is detached', async () => {
+    // Stands in for the program killed (SIGKILL) between LOOP_CONFIGURE and its answer line.
+    const killed = `${env.dir}/killed-after-free`;
+    await writeFile(killed, ['#!/bin/sh', 'echo free', 'losetup --find --direct-io=on -- "$1"', 'kill -9 $$', ''].join('\n'), { mode: 0o755 });
+    const tapped = tappedHost(env.host, { rewrite: (command, args) => (command.endsWith(`/${HELPER}`) ? [killed, [...args]] : [command, [...args]]) });
+    const connection = await env.makeFile('killed.img');
+    const error = await rejectionOf(env.driverWith({ nativeAttach: 'auto' }, tapped.host).connect(connection, call()));
+    expect(BerthError.is(error) && error.code).toBe('DRIVER_ERROR');
+    expect(tapped.commands).toEqual([HELPER, 'losetup', 'blockdev', 'losetup']);
+    expect(await env.devicesBacking(connection.data.device_path)).toEqual([]);
+  });
+
   it('a program that cannot start: losetup attaches instead, from then on', async () => {
     const tapped = tappedHost(env.host, {
       rewrite: (command, args) => (command.endsWith(`/${HELPER}`) ? [`${env.dir}/no-such-program`, [...args]] : [command, [...args]]),
