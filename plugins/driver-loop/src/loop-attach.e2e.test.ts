@@ -190,8 +190,70 @@ describe('loop connect with berth-loop-attach and with losetup', () => {
     const connection = await env.makeFile('killed.img');
     const error = await rejectionOf(env.driverWith({ nativeAttach: 'auto' }, tapped.host).connect(connection, call()));
     expect(BerthError.is(error) && error.code).toBe('DRIVER_ERROR');
-    expect(tapped.commands).toEqual([HELPER, 'losetup', 'blockdev', 'losetup']);
+    // The undo lists, flushes and detaches with berth-loop-detach (only a device of the file's inode).
+    expect(tapped.commands).toEqual([HELPER, 'losetup', 'blockdev', 'berth-loop-detach']);
     expect(await env.devicesBacking(connection.data.device_path)).toEqual([]);
+  });
+
+  it('a run that ended without any answer (killed by someone else) may have attached: what appeared is detached, and losetup does not attach again', async () => {
+    const killed = `${env.dir}/killed-silently`;
+    await writeFile(killed, ['#!/bin/sh', 'losetup --find --direct-io=on -- "$1"', 'kill -9 $$', ''].join('\n'), { mode: 0o755 });
+    const tapped = tappedHost(env.host, { rewrite: (command, args) => (command.endsWith(`/${HELPER}`) ? [killed, [...args]] : [command, [...args]]) });
+    const connection = await env.makeFile('silent.img');
+    const error = await rejectionOf(env.driverWith({ nativeAttach: 'auto' }, tapped.host).connect(connection, call()));
+    expect(BerthError.is(error) && error.code).toBe('DRIVER_ERROR');
+    expect(BerthError.is(error) && error.message).toMatch(/ended without an answer/);
+    expect(tapped.commands).toEqual([HELPER, 'losetup', 'blockdev', 'berth-loop-detach']);
+    expect(await env.devicesBacking(connection.data.device_path)).toEqual([]);
+  });
+
+  it.each(['installed', 'missing'] as const)('an `attached` device that backs another file than the path (kernel\'s backing_file) is detached, that one only (losetup %s)', async (losetup) => {
+    // Stands in for the path swapped between the program's open and the driver's look: it
+    // attaches another file and names that device, with its true identity.
+    const other = await env.makeFile('swapped-in.img');
+    const lying = `${env.dir}/lying-attach`;
+    await writeFile(lying, [
+      '#!/bin/sh',
+      `dev=$(losetup --find --show --direct-io=on -- '${other.data.device_path}')`,
+      'set -- $(losetup --noheadings --output MAJ:MIN,BACK-MAJ:MIN,BACK-INO "$dev")',
+      'echo free',
+      'echo "attached $dev $1 $2 $3 0 0 16"',
+      '',
+    ].join('\n'), { mode: 0o755 });
+    const tapped = tappedHost(env.host, {
+      rewrite: (command, args) => {
+        if (command.endsWith(`/${HELPER}`)) return [lying, [...args]];
+        if (losetup === 'missing' && command === 'losetup') return [`${env.dir}/no-losetup`, [...args]];
+        return [command, [...args]];
+      },
+    });
+    const connection = await env.makeFile('swapped.img');
+    const error = await rejectionOf(env.driverWith({ nativeAttach: 'auto' }, tapped.host).connect(connection, call()));
+    expect(BerthError.is(error) && error.code).toBe('DRIVER_ERROR');
+    expect(BerthError.is(error) && error.message).toMatch(/backs .*swapped-in\.img by the kernel's account/);
+    expect(await env.devicesBacking(other.data.device_path)).toEqual([]);
+    expect(await env.devicesBacking(connection.data.device_path)).toEqual([]);
+  });
+
+  it.each(['auto', 'off'] as const)('nativeAttach %s: a device of the file once at the path (now another inode) is not handed out', async (nativeAttach) => {
+    const driver = env.driverWith({ nativeAttach });
+    const connection = await env.makeFile('replaced.img');
+    const file = connection.data.device_path;
+    const first = await driver.connect(connection, call());
+    // Another file mounted over the path: the old device still names the path (as losetup --list shows).
+    const other = await env.makeFile('replacement.img');
+    await env.host.runner.run('mount', ['--bind', other.data.device_path, file], { timeoutMs: 10_000 });
+    let second: Device | undefined;
+    try {
+      second = await driver.connect(connection, call());
+      expect(second.path).not.toBe(first.path);
+      const now = await stat(file, { bigint: true });
+      expect(second.identity).toMatchObject({ backingInode: Number(now.ino) });
+    } finally {
+      // Detached before the unmount: once unmounted its back-file no longer names the temp dir.
+      if (second !== undefined && second.path !== first.path) await env.host.runner.run('losetup', ['--detach', second.path], { timeoutMs: 10_000 });
+      await env.host.runner.run('umount', [file], { timeoutMs: 10_000 });
+    }
   });
 
   it('a program that cannot start: losetup attaches instead, from then on', async () => {

@@ -310,20 +310,20 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
       if (device !== undefined) return device;
     }
     const before = await listLoopDevices(signal);
-    const existing = before.find((d) => !d.deleted && attachesWholeFile(d, [file]));
+    // The path and the file's device and inode: a device of a file since replaced at that path is not this file's.
+    const inode = await inodeOf(file);
+    const existing = before.find((d) => !d.deleted && attachesWholeFile(d, [file]) && inode !== undefined && backsInode(d, inode));
     if (existing) return reuseAttached(existing, file, readOnly, signal);
-    let attached: string | undefined;
     try {
       const directIo = await useDirectIo(file);
       const result = await run('losetup', findShowArgs(file, { directIo, readOnly }), `attaching ${file}`, signal);
       const device = parseFindShow(result.stdout);
-      attached = device;
       return await settleAttached(device, file, { directIo, readOnly }, signal, async () =>
-        (await listLoopDevices(signal)).find((d) => d.name === device && attachesWholeFile(d, [file])),
+        (await listLoopDevices(signal)).find((d) => d.name === device && attachesWholeFile(d, [file]) && (inode === undefined || backsInode(d, inode))),
       );
     } catch (error) {
       // An abort or a timeout can land after the kernel attached the file: leave nothing behind.
-      await undoAttach(file, before, attached);
+      await undoAttach(file, { before });
       throw toLoopError(error, 'losetup', `attaching ${file}`);
     }
   }
@@ -407,16 +407,35 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
     if (answer?.kind === 'attached') {
       const { device } = answer;
       try {
-        return await settleAttached(device.name, file, { directIo, readOnly }, signal, async () => device);
+        return await settleAttached(device.name, file, { directIo, readOnly }, signal, async () => {
+          // The program's own check compares the descriptor it opened with itself: the kernel's
+          // backing_file says whether that is the file at the path the driver resolved.
+          const now = await backingFileNow(device.name);
+          if (now?.backingFile === file && !now.deleted) return device;
+          throw new BerthError(
+            'DRIVER_ERROR',
+            `${device.name}, attached by berth-loop-attach for ${file}, backs ${now?.backingFile ?? 'nothing'}${now?.deleted ? ' (deleted)' : ''} by the kernel's account; detaching it`,
+            { hint: 'the volume file\'s path changed while it was attached (a rename or a link); connect again', details: { device: device.name } },
+          );
+        });
       } catch (error) {
-        await undoAttach(file, [], device.name);
+        await undoAttach(file, { made: device });
         throw toLoopError(error, 'losetup', what);
       }
     }
-    if (answer?.kind === 'free') {
-      // Cut short after it found the file unattached and before it answered: it may have attached.
-      await undoAttach(file, [], undefined);
-      throw toLoopError(new CommandError(result, { notFound: false }), 'losetup', what);
+    // Its end is unknown: cut short after it found the file unattached (`free`), killed by
+    // something else than berth before it said anything (the spawner lost), or it could not
+    // detach what it configured. It may have attached: look, and detach what appeared; never
+    // attach again with losetup (that could make a second device).
+    const unknownEnd = answer === undefined && result.exitCode < 0 && !result.aborted && !result.timedOut && result.notFound !== true;
+    if (answer?.kind === 'free' || answer?.kind === 'undo-failed' || unknownEnd) {
+      await undoAttach(file, { before: [] });
+      const how = answer?.kind === 'undo-failed' ? `could not read back nor detach the device it configured (${answer.reason})` : 'ended without an answer';
+      throw new BerthError('DRIVER_ERROR', `${what}: berth-loop-attach ${how}; berth detached what of the file appeared`, {
+        cause: new CommandError(result, { notFound: false }),
+        hint: 'look at `dmesg` and `losetup --list`; nativeAttach: off attaches with losetup',
+        details: { exitCode: result.exitCode, stderr: result.stderr.trim() },
+      });
     }
     if (answer?.kind === 'undone') {
       throw new BerthError('DRIVER_ERROR', `${what}: berth-loop-attach attached it but could not read the device back (${answer.reason}), and detached it again`, {
@@ -436,16 +455,35 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
     return undefined;
   }
 
-  async function undoAttach(file: string, before: LoopDevice[], attached: string | undefined): Promise<void> {
+  /**
+   * Detach what an attach that is not handed out made. `made`: the device it named, with its
+   * identity — only that device, and only while it still is that one. `before`: the attach did not
+   * say (or not surely) which device — every whole-file device of the path backing the file's
+   * device and inode now that was not in `before`; never a device matched by its path alone.
+   * Lists with sysfs when losetup is missing; failures are logged (the caller throws its own).
+   */
+  async function undoAttach(file: string, undo: { made: LoopDevice } | { before: readonly LoopDevice[] }): Promise<void> {
+    const state: DetachRun = { force: true, errors: [] };
     try {
-      const earlier = new Set(before.filter((d) => attachesWholeFile(d, [file])).map((d) => d.name));
-      const now = await listLoopDevices();
-      for (const d of now) {
-        if (d.deleted || !attachesWholeFile(d, [file]) || earlier.has(d.name)) continue;
-        await detachDevice(d, [file], { force: true, errors: [] });
+      const now = await listForDisconnect();
+      let chosen: LoopDevice[];
+      if ('made' in undo) {
+        const wanted = loopIdentity(undo.made);
+        chosen = now.filter((d) => {
+          const identity = loopIdentity(d);
+          return d.name === undo.made.name && wanted !== undefined && identity !== undefined && sameIdentity(wanted, identity);
+        });
+      } else {
+        const inode = await inodeOf(file);
+        const earlier = new Set(undo.before.map((d) => d.name));
+        chosen = inode === undefined ? [] : now.filter((d) => !d.deleted && attachesWholeFile(d, [file]) && backsInode(d, inode) && !earlier.has(d.name));
       }
+      for (const d of chosen) await detachDevice(d, [file], state, detachHelperFor(d));
     } catch (error) {
-      logger.warn({ file, device: attached, error: messageOf(error) }, 'could not undo a failed attach');
+      state.errors.push(toLoopError(error, 'losetup', `undoing the attach of ${file}`));
+    }
+    if (state.errors.length > 0) {
+      logger.warn({ file, errors: state.errors.map((e) => e.message) }, 'could not undo a failed attach');
     }
   }
 
@@ -803,6 +841,16 @@ function attachesWholeFile(device: LoopDevice, files: readonly string[]): boolea
   return device.backingFile !== null && files.includes(device.backingFile) && device.offset === 0 && device.sizeLimit === 0;
 }
 
+/** The device and inode a loop device backing `file` holds (exact text); undefined when it is gone. */
+async function inodeOf(file: string): Promise<{ backingDev: string; backingInodeText: string } | undefined> {
+  const info = await stat(file, { bigint: true }).catch(() => undefined);
+  return info ? { backingDev: majorMinor(info.dev), backingInodeText: info.ino.toString() } : undefined;
+}
+
+function backsInode(device: LoopDevice, inode: { backingDev: string; backingInodeText: string }): boolean {
+  return device.backingDev === inode.backingDev && device.backingInodeText === inode.backingInodeText;
+}
+
 function deviceOf(device: LoopDevice, backingFile: string): Device {
   const identity = loopIdentity(device);
   return { path: device.name, type: 'block', meta: { backingFile }, ...(identity ? { identity } : {}) };
@@ -880,8 +928,4 @@ function throwIfAborted(signal: AbortSignal | undefined): void {
 
 function errnoOf(error: unknown): string | undefined {
   return error instanceof Error && 'code' in error && typeof error.code === 'string' ? error.code : undefined;
-}
-
-function messageOf(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }

@@ -243,6 +243,7 @@ describe('parseAttachAnswer (berth-loop-attach\'s line)', () => {
     expect(parseAttachAnswer('no-permission\n', '/f')).toEqual({ kind: 'no-permission' });
     expect(parseAttachAnswer('failed LOOP_CONFIGURE 16\n', '/f')).toEqual({ kind: 'failed', reason: 'LOOP_CONFIGURE 16' });
     expect(parseAttachAnswer('free\nundone LOOP_GET_STATUS64 6\n', '/f')).toEqual({ kind: 'undone', reason: 'LOOP_GET_STATUS64 6' });
+    expect(parseAttachAnswer('free\nundo-failed /dev/loop3 LOOP_GET_STATUS64 6 16\n', '/f')).toEqual({ kind: 'undo-failed', reason: '/dev/loop3 LOOP_GET_STATUS64 6 16' });
     expect(parseAttachAnswer('', '/f')).toBeUndefined();
     expect(parseAttachAnswer('attached /dev/sda 8:0 254:0 12 0 0 0\n', '/f')).toBeUndefined();
   });

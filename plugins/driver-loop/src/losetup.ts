@@ -151,12 +151,13 @@ const LO_FLAGS_DIRECT_IO = 16;
  * What berth-loop-attach answered (src/native/berth-loop-attach.c), from its last stdout line:
  * a device it attached or found attached (`backingFile` is the file it was given), `free` when it
  * was cut short after finding none (it may have attached), `no-permission`, `failed`/`undone`
- * (the step and errno), or `undefined` when it printed nothing berth knows.
+ * (the step and errno), `undo-failed` (the device, the step and errnos: it may still back the
+ * file), or `undefined` when it printed nothing berth knows.
  */
 export type AttachAnswer =
   | { kind: 'attached' | 'existing'; device: LoopDevice }
   | { kind: 'free' | 'no-permission' }
-  | { kind: 'failed' | 'undone'; reason: string };
+  | { kind: 'failed' | 'undone' | 'undo-failed'; reason: string };
 
 const ATTACH_DEVICE_LINE = /^(attached|existing) (\/dev\/loop\d+) (\d+:\d+) (\d+:\d+) (\d+) (\d+) (\d+) (\d+)$/;
 
@@ -187,8 +188,8 @@ export function parseAttachAnswer(stdout: string, backingFile: string): AttachAn
     };
   }
   if (line === 'free' || line === 'no-permission') return { kind: line };
-  const failure = /^(failed|undone) (.+)$/.exec(line);
-  if (failure?.[1] === 'failed' || failure?.[1] === 'undone') return { kind: failure[1], reason: failure[2] ?? '' };
+  const failure = /^(failed|undone|undo-failed) (.+)$/.exec(line);
+  if (failure?.[1] === 'failed' || failure?.[1] === 'undone' || failure?.[1] === 'undo-failed') return { kind: failure[1], reason: failure[2] ?? '' };
   return undefined;
 }
 

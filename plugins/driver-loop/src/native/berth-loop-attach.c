@@ -37,6 +37,9 @@
  *                           (nothing was done)
  *   6 undone STEP ERRNO     DEV was configured but its status could not be read back; it was
  *                           detached again (LOOP_CLR_FD on the same descriptor)
+ *   8 undo-failed DEV STEP ERRNO CLR_ERRNO
+ *                           as `undone`, but LOOP_CLR_FD failed too: DEV may still back FILE
+ *                           (berth looks and detaches what backs the file's device and inode)
  *   2 usage, or `failed STEP ERRNO`: a failure that changed nothing (message on stderr);
  *     berth then attaches with losetup, which says it in its own words
  * FLAGS is lo_flags in decimal (1 read-only, 4 autoclear, 16 direct I/O); the inode is printed as
@@ -240,8 +243,13 @@ int main(int argc, char **argv) {
   else if (!same_file(&info, &st)) error = ESTALE;
   if (error != 0) {
     /* Not a device berth can name: let go of it again, on the descriptor that configured it. */
-    ioctl(device_fd, LOOP_CLR_FD, 0);
+    int cleared = ioctl(device_fd, LOOP_CLR_FD, 0) == 0 ? 0 : errno;
     close(device_fd);
+    if (cleared != 0) {
+      printf("undo-failed %s LOOP_GET_STATUS64 %d %d\n", node, error, cleared);
+      fprintf(stderr, "berth-loop-attach: reading back %s: %s; detaching it again: %s\n", node, strerror(error), strerror(cleared));
+      return 8;
+    }
     printf("undone LOOP_GET_STATUS64 %d\n", error);
     fprintf(stderr, "berth-loop-attach: reading back %s: %s\n", node, strerror(error));
     return 6;
