@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, open, stat, truncate, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, open, stat, truncate, writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -233,6 +233,27 @@ describe('loop connect with berth-loop-attach and with losetup', () => {
     expect(BerthError.is(error) && error.message).toMatch(/backs .*swapped-in\.img by the kernel's account/);
     expect(await env.devicesBacking(other.data.device_path)).toEqual([]);
     expect(await env.devicesBacking(connection.data.device_path)).toEqual([]);
+  });
+
+  it.each(['auto', 'off'] as const)('nativeAttach %s: a read-write connect of a file this process may not write fails (PERMISSION_DENIED) and leaves no device; read-only works', async (nativeAttach) => {
+    // Root without CAP_DAC_OVERRIDE on a file of nobody's, 0644: it may read it, not write it.
+    // losetup then attaches read-only (and berth-loop-attach's open fails): never handed out as read-write.
+    const connection = await env.makeFile('not-writable.img');
+    await chown(connection.data.device_path, 65534, 65534);
+    await chmod(connection.data.device_path, 0o644);
+    const noDac = ['--bounding-set', '-dac_override,-dac_read_search', '--inh-caps', '-dac_override,-dac_read_search', '--'];
+    const tapped = tappedHost(env.host, { rewrite: (command, args) => ['setpriv', [...noDac, command, ...args]] });
+    const driver = env.driverWith({ nativeAttach }, tapped.host);
+    const error = await rejectionOf(driver.connect(connection, call()));
+    expect(BerthError.is(error) && { code: error.code, message: error.message }).toEqual({ code: 'PERMISSION_DENIED', message: expect.stringMatching(/is not writable by this process/) });
+    expect(BerthError.is(error) && error.hint).toMatch(/access_mode ro/);
+    // auto: the program failed its open and changed nothing; losetup attached read-only, undone.
+    expect(tapped.commands.slice(0, 3)).toEqual(nativeAttach === 'auto' ? [HELPER, 'losetup', 'losetup'] : ['losetup', 'losetup', 'losetup']);
+    expect(await env.devicesBacking(connection.data.device_path)).toEqual([]);
+
+    const ro: ConnectionInfo = { ...connection, data: { ...connection.data, access_mode: 'ro' } };
+    const device = await driver.connect(ro, call());
+    expect(await env.devicesBacking(connection.data.device_path)).toMatchObject([{ name: device.path, readOnly: true }]);
   });
 
   it.each(['auto', 'off'] as const)('nativeAttach %s: a device of the file once at the path (now another inode) is not handed out', async (nativeAttach) => {

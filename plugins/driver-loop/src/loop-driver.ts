@@ -369,6 +369,9 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
         hint: 'something detached it at once; look at `dmesg` and `losetup --list`',
       });
     }
+    // losetup (and the kernel) attach read-only a file this process may not write: never hand
+    // that out for a read-write connect. The caller detaches it again.
+    if (made.readOnly !== how.readOnly) throw accessMismatch(file, made.name, how.readOnly);
     logger.info({ device, file, ...how }, 'file attached to loop device');
     return deviceOf(made, file);
   }
@@ -849,6 +852,17 @@ async function inodeOf(file: string): Promise<{ backingDev: string; backingInode
 
 function backsInode(device: LoopDevice, inode: { backingDev: string; backingInodeText: string }): boolean {
   return device.backingDev === inode.backingDev && device.backingInodeText === inode.backingInodeText;
+}
+
+/** An attach whose read-only mode is not the one asked for (the caller detaches it again). */
+function accessMismatch(file: string, device: string, readOnly: boolean): BerthError {
+  if (readOnly) {
+    return new BerthError('DRIVER_ERROR', `${device} was attached read-write, not read-only as asked for ${file}; detaching it`, { details: { device } });
+  }
+  return new BerthError('PERMISSION_DENIED', `${file} is not writable by this process: the kernel attached it read-only to ${device}, not read-write as asked; detaching it`, {
+    hint: 'give berth write access to the volume file (its owner and mode, or a file system mounted read-write), or connect it read-only (access_mode ro)',
+    details: { device, file },
+  });
 }
 
 function deviceOf(device: LoopDevice, backingFile: string): Device {

@@ -6,8 +6,9 @@
  * `--find --show`, `--list` again, ~6 ms each through berth's runner). Here:
  *
  *   1. open FILE read-write (read-only with --read-only; O_DIRECT with --direct-io), as losetup
- *      does, and as losetup falls back to read-only when the file may not be written (EROFS,
- *      EACCES); fstat it: its device and inode are what a loop device backing it holds;
+ *      does; unlike losetup it never falls back to read-only when the file may not be written
+ *      (EROFS, EACCES): that is `failed open ERRNO`, and berth refuses a read-write connect that
+ *      would give a read-only device; fstat it: its device and inode are what a device backing it holds;
  *   2. open /dev/loop-control and take an exclusive flock on it until the end: two runs of this
  *      program (two berth processes attaching the same file) cannot both find the file unattached
  *      and attach it twice. Held for the walk and the configure only (microseconds); systemd's
@@ -179,11 +180,8 @@ int main(int argc, char **argv) {
 
   int mode = read_only ? O_RDONLY : O_RDWR;
   int extra = O_CLOEXEC | (direct_io ? O_DIRECT : 0);
+  /* No read-only retry as losetup's: a read-write connect must never give a read-only device. */
   int file_fd = open(file, mode | extra);
-  if (file_fd < 0 && mode == O_RDWR && (errno == EROFS || errno == EACCES)) {
-    mode = O_RDONLY;
-    file_fd = open(file, mode | extra);
-  }
   /* The file, not the loop devices: not a question of this program's permission. */
   if (file_fd < 0) {
     int error = errno;
