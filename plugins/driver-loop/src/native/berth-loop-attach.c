@@ -24,7 +24,7 @@
  *   5. LOOP_CTL_GET_FREE, open that /dev/loopN (read-write, or read-only as the file), and
  *      LOOP_CONFIGURE it with the file's descriptor, LO_FLAGS_DIRECT_IO / LO_FLAGS_READ_ONLY as
  *      asked and the name losetup gives (lo_file_name). EBUSY: someone took that free device
- *      first; ask for another, at most MAX_TRIES times;
+ *      first; ask for another after a millisecond, at most MAX_TRIES times;
  *   6. LOOP_GET_STATUS64 and fstat on the same descriptor: the device this program configured,
  *      never a device looked up again by name (the number can be reused once it is closed).
  *
@@ -65,6 +65,7 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <time.h>
 #include <unistd.h>
 
 /* How many times a free device taken by someone else first (EBUSY) is replaced by another. */
@@ -232,6 +233,9 @@ int main(int argc, char **argv) {
     device_fd = -1;
     /* Taken between LOOP_CTL_GET_FREE and LOOP_CONFIGURE (by a losetup): another one. */
     if (error != EBUSY || tries + 1 >= MAX_TRIES) return failed("LOOP_CONFIGURE", node, error);
+    /* Let the other configure finish before asking for the next free device. */
+    const struct timespec pause = {0, 1000000};
+    nanosleep(&pause, NULL);
   }
 
   struct stat node_st;
