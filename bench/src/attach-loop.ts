@@ -34,24 +34,33 @@ async function loopFloor(file: string, mode: AttachMode): Promise<{ connect: num
   const { runner, waiter } = createHostServices();
   const signal = new AbortController().signal;
   let t = performance.now();
-  let device: string;
-  if (mode === 'auto') {
-    const answer = (await runner.run(attachProgram(), [file, '--direct-io'], TIMEOUT)).stdout.trim().split('\n').pop() ?? '';
-    device = answer.split(' ')[1] ?? '';
-    await waiter.waitForPath(device, { timeoutMs: 10_000, signal });
-  } else {
-    await runner.run('losetup', LIST_ARGS, TIMEOUT);
-    device = (await runner.run('losetup', ['--find', '--show', '--direct-io=on', '--', file], TIMEOUT)).stdout.trim();
-    await waiter.waitForPath(device, { timeoutMs: 10_000, signal });
-    await runner.run('losetup', LIST_ARGS, TIMEOUT);
+  let device: string | undefined;
+  let detached = false;
+  try {
+    if (mode === 'auto') {
+      const answer = (await runner.run(attachProgram(), [file, '--direct-io'], TIMEOUT)).stdout.trim().split('\n').pop() ?? '';
+      const [kind, name] = answer.split(' ');
+      if (kind !== 'attached' || name === undefined) throw new Error(`berth-loop-attach answered ${JSON.stringify(answer)}, not attached`);
+      device = name;
+      await waiter.waitForPath(device, { timeoutMs: 10_000, signal });
+    } else {
+      await runner.run('losetup', LIST_ARGS, TIMEOUT);
+      device = (await runner.run('losetup', ['--find', '--show', '--direct-io=on', '--', file], TIMEOUT)).stdout.trim();
+      await waiter.waitForPath(device, { timeoutMs: 10_000, signal });
+      await runner.run('losetup', LIST_ARGS, TIMEOUT);
+    }
+    const connect = performance.now() - t;
+    t = performance.now();
+    await runner.run('blockdev', ['--flushbufs', device], TIMEOUT);
+    await runner.run('losetup', ['--detach', device], TIMEOUT);
+    detached = true;
+    const backing = `/sys/block/${path.basename(device)}/loop/backing_file`;
+    await waiter.waitForGone(backing, { timeoutMs: 10_000, signal });
+    return { connect, disconnect: performance.now() - t };
+  } finally {
+    // A throw after the attach must not leave the floor's device attached.
+    if (device !== undefined && !detached) await runner.run('losetup', ['--detach', device], { ...TIMEOUT, reject: false });
   }
-  const connect = performance.now() - t;
-  t = performance.now();
-  await runner.run('blockdev', ['--flushbufs', device], TIMEOUT);
-  await runner.run('losetup', ['--detach', device], TIMEOUT);
-  const backing = `/sys/block/${path.basename(device)}/loop/backing_file`;
-  await waiter.waitForGone(backing, { timeoutMs: 10_000, signal });
-  return { connect, disconnect: performance.now() - t };
 }
 
 /** One berth of the run, with the loop driver attaching one way, and what its cycles measured. */
