@@ -23,14 +23,14 @@ beforeAll(async () => {
 }, HOOK_TIMEOUT_MS);
 
 describe('the built CLI bundle', () => {
-  it('carries berth-loop-detach beside the chunk that holds the loop driver, so `berth detach` uses it', async () => {
+  it.each(['berth-loop-detach', 'berth-loop-attach'])('carries %s beside the chunk that holds the loop driver, so `berth attach`/`detach` use it', async (program) => {
     const chunks = join(dirname(fileURLToPath(import.meta.url)), '..', 'apps', 'cli', 'dist', 'bundle', 'chunks');
     const names = await readdir(chunks);
     const holders: string[] = [];
-    for (const name of names.filter((n) => n.endsWith('.js'))) if ((await readFile(join(chunks, name), 'utf8')).includes('"./berth-loop-detach"')) holders.push(name);
+    for (const name of names.filter((n) => n.endsWith('.js'))) if ((await readFile(join(chunks, name), 'utf8')).includes(`"./${program}"`)) holders.push(name);
     expect(holders).toHaveLength(1);
     // The package built it (this machine has a C compiler); the bundle copied it, executable.
-    expect(((await stat(join(chunks, 'berth-loop-detach'))).mode & 0o111) !== 0).toBe(true);
+    expect(((await stat(join(chunks, program))).mode & 0o111) !== 0).toBe(true);
   });
 });
 

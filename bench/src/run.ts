@@ -2,7 +2,7 @@ import { benchApiCycle } from './api-cycle.js';
 import { benchAttachGuest } from './attach-guest.js';
 import { benchAttachIscsiSim } from './attach-iscsi-sim.js';
 import { benchAttachIscsiUser } from './attach-iscsi-user.js';
-import { benchAttachLoop } from './attach-loop.js';
+import { benchAttachLoop, loopAttachModes } from './attach-loop.js';
 import { benchAttachMultipath } from './attach-multipath.js';
 import { benchOsBrickSideBySide } from './os-brick-side-by-side.js';
 import { benchSimhostTool } from './simhost-tool.js';
@@ -18,7 +18,7 @@ const env = (name: string, fallback: number): number => Number(process.env[name]
 
 /** Every benchmark, or those named on the command line (`npm run bench -- attach-loop`). */
 const benches: Record<string, () => Promise<void>> = {
-  'attach-loop': () => benchAttachLoop(env('BENCH_ITERATIONS', 50)),
+  'attach-loop': () => benchAttachLoop(env('BENCH_ITERATIONS', 50), loopAttachModes(process.env.BENCH_LOOP_ATTACH)),
   'attach-iscsi-sim': () =>
     benchAttachIscsiSim({
       deviceDelayMs: env('BENCH_DEVICE_DELAY_MS', 20),

@@ -1,6 +1,7 @@
 // Build helper shared by the packages that ship a small C program beside their JavaScript
 // (@berth/host's berth-spawner, @berth/simhost's simhost-tool, @berth/driver-loop's
-// berth-loop-detach): compile one source with the machine's C compiler into the package's dist/.
+// berth-loop-detach and berth-loop-attach): compile one source with the machine's C compiler into
+// the package's dist/.
 // Without a compiler, or when the source does not compile, the package works without the program
 // (each has a slower way) — say so on stderr and go on: a build never fails for it.
 import { execFileSync } from 'node:child_process';

@@ -19,7 +19,8 @@ describe('the driver-loop plugin descriptor', () => {
   });
 
   it('fills option defaults and refuses bad options', () => {
-    expect(plugin.optionsSchema?.parse({})).toEqual({ directIo: 'auto', deviceTimeoutMs: 10_000, commandTimeoutMs: 15_000, holderGraceMs: 3_000, nativeDetach: 'auto' });
+    expect(plugin.optionsSchema?.parse({})).toEqual({ directIo: 'auto', deviceTimeoutMs: 10_000, commandTimeoutMs: 15_000, holderGraceMs: 3_000, nativeDetach: 'auto', nativeAttach: 'auto' });
+    expect(plugin.optionsSchema?.safeParse({ nativeAttach: 'on' }).success).toBe(false);
     expect(plugin.optionsSchema?.safeParse({ directIo: 'sometimes' }).success).toBe(false);
     expect(plugin.optionsSchema?.safeParse({ deviceTimeoutMs: -1 }).success).toBe(false);
     expect(plugin.optionsSchema?.safeParse({ holderGraceMs: -1 }).success).toBe(false);

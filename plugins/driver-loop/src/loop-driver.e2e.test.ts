@@ -4,21 +4,9 @@ import { open, readFile, stat, unlink } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BerthError, type ConnectionInfo } from '@berth/core';
-import type { HostServices } from '@berth/host';
-import { createLoopTestEnv, type LoopTestEnv } from './test-loop-env.js';
+import { call, createLoopTestEnv, rejectionOf, tappedHost, type LoopTestEnv } from './test-loop-env.js';
 
 const MiB = 1024 * 1024;
-
-function call(): { signal: AbortSignal } {
-  return { signal: AbortSignal.timeout(20_000) };
-}
-
-async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
-  return promise.then(
-    () => undefined,
-    (error: unknown) => error,
-  );
-}
 
 /** Write `blocks` at their offsets through `devicePath`, fsync, close. */
 async function writeThrough(devicePath: string, blocks: ReadonlyArray<{ offset: number; bytes: Buffer }>): Promise<void> {
@@ -40,32 +28,6 @@ async function readAt(file: string, offset: number, length: number): Promise<Buf
   } finally {
     await handle.close();
   }
-}
-
-/**
- * `host` with a runner that records the name of every command it runs (and calls `onRun` with
- * it after the run), and may rewrite a command line first (`rewrite`).
- */
-function tappedHost(
-  host: HostServices,
-  options: { onRun?: (name: string) => void; rewrite?: (command: string, args: readonly string[]) => [string, string[]] } = {},
-): { host: HostServices; commands: string[] } {
-  const commands: string[] = [];
-  const runner = new Proxy(host.runner, {
-    get(target, prop, receiver) {
-      const value: unknown = Reflect.get(target, prop, receiver);
-      if (prop !== 'run' || typeof value !== 'function') return value;
-      return async (command: string, args: readonly string[], ...rest: unknown[]) => {
-        const name = command.split('/').pop() ?? command;
-        commands.push(name);
-        const [file, argv] = options.rewrite?.(command, args) ?? [command, [...args]];
-        const result: unknown = await (value as (...a: unknown[]) => Promise<unknown>).call(target, file, argv, ...rest);
-        options.onRun?.(name);
-        return result;
-      };
-    },
-  });
-  return { host: { ...host, runner }, commands };
 }
 
 describe('loop transport on real loop devices', () => {

@@ -34,6 +34,7 @@ import {
   parseFindShow,
   parseFuserPids,
   parseGetSize64,
+  parseAttachAnswer,
   parseLosetupList,
   type LoopDevice,
 } from './losetup.js';
@@ -69,6 +70,13 @@ export const zLoopDriverOptions = lazySchema(() => z.object({
    * the detach; `off`, or without it: `fuser` first, then `losetup --detach`.
    */
   nativeDetach: z.enum(['auto', 'off']).default('auto'),
+  /**
+   * How a connect attaches a file. `auto`: with `berth-loop-attach` (built with the package when a
+   * C compiler is there; see the README), one process that finds or makes the device and reads its
+   * identity on the descriptor that configured it; `off`, or without it: `losetup --list`,
+   * `losetup --find --show`, `losetup --list` again.
+   */
+  nativeAttach: z.enum(['auto', 'off']).default('auto'),
 }));
 
 /** Parsed options of the `loop` transport. */
@@ -91,17 +99,29 @@ const zLoopConnection = lazySchema(() => z.object({
 
 type LoopConnection = z.output<typeof zLoopConnection>;
 
-/** berth-loop-detach (src/native/berth-loop-detach.c), built into dist/ beside this module. */
-const DETACH_HELPER = [new URL('./berth-loop-detach', import.meta.url), new URL('../dist/berth-loop-detach', import.meta.url)]
-  .map((url) => fileURLToPath(url))
-  .find((file) => {
-    try {
-      accessSync(file, fsConstants.X_OK);
-      return true;
-    } catch {
-      return false;
-    }
-  });
+/**
+ * The first of `places` that is an executable: a C program of this package (src/native/*.c),
+ * built into dist/ beside this module (in the CLI's bundle: copied beside the chunk that holds
+ * it); undefined when the build made none. The literal `./NAME` URLs are what the bundle's check
+ * looks for (test/cli.e2e.test.ts).
+ */
+function nativeProgram(places: readonly URL[]): string | undefined {
+  return places
+    .map((url) => fileURLToPath(url))
+    .find((file) => {
+      try {
+        accessSync(file, fsConstants.X_OK);
+        return true;
+      } catch {
+        return false;
+      }
+    });
+}
+
+/** berth-loop-detach (src/native/berth-loop-detach.c). */
+const DETACH_HELPER = nativeProgram([new URL('./berth-loop-detach', import.meta.url), new URL('../dist/berth-loop-detach', import.meta.url)]);
+/** berth-loop-attach (src/native/berth-loop-attach.c). */
+const ATTACH_HELPER = nativeProgram([new URL('./berth-loop-attach', import.meta.url), new URL('../dist/berth-loop-attach', import.meta.url)]);
 
 /**
  * What berth-loop-detach answered (its line; see the C source). `unusable`: it could not run here
@@ -284,60 +304,189 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
   async function connectFile(target: LoopConnection, file: string, signal: AbortSignal): Promise<Device> {
     throwIfAborted(signal);
     const readOnly = target.data.access_mode === 'ro';
-    const before = await listLoopDevices(signal);
-    const existing = before.find((d) => !d.deleted && attachesWholeFile(d, [file]));
-    if (existing) {
-      if (existing.autoclear) {
-        // berth never sets autoclear: it is a detach still waiting for the last holder to close.
-        throw new BerthError('CONFLICT', `${file} is being detached from ${existing.name}, which something still holds open`, {
-          hint: `find what holds ${existing.name} open (fuser -v ${existing.name}, lsof ${existing.name}), close it, then connect again`,
-          details: { device: existing.name },
-        });
-      }
-      if (existing.readOnly !== readOnly) {
-        throw new BerthError(
-          'CONFLICT',
-          `${file} is already attached to ${existing.name} ${existing.readOnly ? 'read-only' : 'read-write'}, not ${readOnly ? 'read-only' : 'read-write'}`,
-          { hint: `detach it first (berth detach, or losetup --detach ${existing.name} when nothing uses it)`, details: { device: existing.name } },
-        );
-      }
-      await waitForNode(existing.name, signal);
-      logger.debug({ device: existing.name, file }, 'file already attached; reusing its loop device');
-      return deviceOf(existing, file);
+    const helper = attachHelper();
+    if (helper !== undefined) {
+      const device = await connectWithHelper(helper, file, readOnly, signal);
+      if (device !== undefined) return device;
     }
-    let attached: string | undefined;
+    const before = await listLoopDevices(signal);
+    // The path and the file's device and inode: a device of a file since replaced at that path is not this file's.
+    const inode = await inodeOf(file);
+    const existing = before.find((d) => !d.deleted && attachesWholeFile(d, [file]) && inode !== undefined && backsInode(d, inode));
+    if (existing) return reuseAttached(existing, file, readOnly, signal);
     try {
       const directIo = await useDirectIo(file);
       const result = await run('losetup', findShowArgs(file, { directIo, readOnly }), `attaching ${file}`, signal);
-      attached = parseFindShow(result.stdout);
-      await faults?.hit('loop.connect.after-losetup');
-      await waitForNode(attached, signal);
-      throwIfAborted(signal);
-      const made = (await listLoopDevices(signal)).find((d) => d.name === attached && attachesWholeFile(d, [file]));
-      if (!made) {
-        throw new BerthError('DRIVER_ERROR', `${attached} does not back ${file} right after losetup attached it`, {
-          hint: 'something detached it at once; look at `dmesg` and `losetup --list`',
-        });
-      }
-      logger.info({ device: attached, file, directIo, readOnly }, 'file attached to loop device');
-      return deviceOf(made, file);
+      const device = parseFindShow(result.stdout);
+      return await settleAttached(device, file, { directIo, readOnly }, signal, async () =>
+        (await listLoopDevices(signal)).find((d) => d.name === device && attachesWholeFile(d, [file]) && (inode === undefined || backsInode(d, inode))),
+      );
     } catch (error) {
       // An abort or a timeout can land after the kernel attached the file: leave nothing behind.
-      await undoAttach(file, before, attached);
+      await undoAttach(file, { before });
       throw toLoopError(error, 'losetup', `attaching ${file}`);
     }
   }
 
-  async function undoAttach(file: string, before: LoopDevice[], attached: string | undefined): Promise<void> {
+  /** A device that already backs `file`, given back when it may be: the same mode, not being detached. */
+  async function reuseAttached(existing: LoopDevice, file: string, readOnly: boolean, signal: AbortSignal): Promise<Device> {
+    if (existing.autoclear) {
+      // berth never sets autoclear: it is a detach still waiting for the last holder to close.
+      throw new BerthError('CONFLICT', `${file} is being detached from ${existing.name}, which something still holds open`, {
+        hint: `find what holds ${existing.name} open (fuser -v ${existing.name}, lsof ${existing.name}), close it, then connect again`,
+        details: { device: existing.name },
+      });
+    }
+    if (existing.readOnly !== readOnly) {
+      throw new BerthError(
+        'CONFLICT',
+        `${file} is already attached to ${existing.name} ${existing.readOnly ? 'read-only' : 'read-write'}, not ${readOnly ? 'read-only' : 'read-write'}`,
+        { hint: `detach it first (berth detach, or losetup --detach ${existing.name} when nothing uses it)`, details: { device: existing.name } },
+      );
+    }
+    await waitForNode(existing.name, signal);
+    logger.debug({ device: existing.name, file }, 'file already attached; reusing its loop device');
+    return deviceOf(existing, file);
+  }
+
+  /**
+   * The kernel attached `file` to `device`: the fault point, the node, and the device as
+   * `identify` reads it (undefined: it no longer backs the file). The caller undoes on a throw.
+   */
+  async function settleAttached(
+    device: string,
+    file: string,
+    how: { directIo: boolean; readOnly: boolean },
+    signal: AbortSignal,
+    identify: () => Promise<LoopDevice | undefined>,
+  ): Promise<Device> {
+    await faults?.hit('loop.connect.after-losetup');
+    await waitForNode(device, signal);
+    throwIfAborted(signal);
+    const made = await identify();
+    if (!made) {
+      throw new BerthError('DRIVER_ERROR', `${device} does not back ${file} right after it was attached`, {
+        hint: 'something detached it at once; look at `dmesg` and `losetup --list`',
+      });
+    }
+    // losetup (and the kernel) attach read-only a file this process may not write: never hand
+    // that out for a read-write connect. The caller detaches it again.
+    if (made.readOnly !== how.readOnly) throw accessMismatch(file, made.name, how.readOnly);
+    logger.info({ device, file, ...how }, 'file attached to loop device');
+    return deviceOf(made, file);
+  }
+
+  /** Set once berth-loop-attach could not run here or may not attach: losetup from then on. */
+  let attachHelperUnusable = false;
+
+  function attachHelper(): string | undefined {
+    return options.nativeAttach === 'off' || attachHelperUnusable ? undefined : ATTACH_HELPER;
+  }
+
+  /**
+   * Connect `file` with berth-loop-attach: one process finds the device that backs it already or
+   * attaches it, and reads the identity on the descriptor that configured it. `undefined` when
+   * the caller is to attach with losetup instead: the program cannot run here or may not attach
+   * (remembered), or it failed before changing anything (losetup then says why in its words, or
+   * succeeds where the program's one try did not).
+   */
+  async function connectWithHelper(helper: string, file: string, readOnly: boolean, signal: AbortSignal): Promise<Device | undefined> {
+    const directIo = await useDirectIo(file);
+    const what = `attaching ${file}`;
+    let result: CommandResult;
     try {
-      const earlier = new Set(before.filter((d) => attachesWholeFile(d, [file])).map((d) => d.name));
-      const now = await listLoopDevices();
-      for (const d of now) {
-        if (d.deleted || !attachesWholeFile(d, [file]) || earlier.has(d.name)) continue;
-        await detachDevice(d, [file], { force: true, errors: [] });
-      }
+      result = await runner.run(helper, [file, ...(directIo ? ['--direct-io'] : []), ...(readOnly ? ['--read-only'] : [])], {
+        timeoutMs: options.commandTimeoutMs,
+        reject: false,
+        signal,
+      });
     } catch (error) {
-      logger.warn({ file, device: attached, error: messageOf(error) }, 'could not undo a failed attach');
+      throw toLoopError(error, 'losetup', what);
+    }
+    // The line first: a run the runner reports killed (a timeout, a cancel) has still finished
+    // when it answered — its signals are blocked — and then its answer is what happened.
+    const answer = parseAttachAnswer(result.stdout, file);
+    if (answer?.kind === 'existing') return reuseAttached(answer.device, file, readOnly, signal);
+    if (answer?.kind === 'attached') {
+      const { device } = answer;
+      try {
+        return await settleAttached(device.name, file, { directIo, readOnly }, signal, async () => {
+          // The program's own check compares the descriptor it opened with itself: the kernel's
+          // backing_file says whether that is the file at the path the driver resolved.
+          const now = await backingFileNow(device.name);
+          if (now?.backingFile === file && !now.deleted) return device;
+          throw new BerthError(
+            'DRIVER_ERROR',
+            `${device.name}, attached by berth-loop-attach for ${file}, backs ${now?.backingFile ?? 'nothing'}${now?.deleted ? ' (deleted)' : ''} by the kernel's account; detaching it`,
+            { hint: 'the volume file\'s path changed while it was attached (a rename or a link); connect again', details: { device: device.name } },
+          );
+        });
+      } catch (error) {
+        await undoAttach(file, { made: device });
+        throw toLoopError(error, 'losetup', what);
+      }
+    }
+    // Its end is unknown: cut short after it found the file unattached (`free`), killed by
+    // something else than berth before it said anything (the spawner lost), or it could not
+    // detach what it configured. It may have attached: look, and detach what appeared; never
+    // attach again with losetup (that could make a second device).
+    const unknownEnd = answer === undefined && result.exitCode < 0 && !result.aborted && !result.timedOut && result.notFound !== true;
+    if (answer?.kind === 'free' || answer?.kind === 'undo-failed' || unknownEnd) {
+      await undoAttach(file, { before: [] });
+      const how = answer?.kind === 'undo-failed' ? `could not read back nor detach the device it configured (${answer.reason})` : 'ended without an answer';
+      throw new BerthError('DRIVER_ERROR', `${what}: berth-loop-attach ${how}; berth detached what of the file appeared`, {
+        cause: new CommandError(result, { notFound: false }),
+        hint: 'look at `dmesg` and `losetup --list`; nativeAttach: off attaches with losetup',
+        details: { exitCode: result.exitCode, stderr: result.stderr.trim() },
+      });
+    }
+    if (answer?.kind === 'undone') {
+      throw new BerthError('DRIVER_ERROR', `${what}: berth-loop-attach attached it but could not read the device back (${answer.reason}), and detached it again`, {
+        hint: 'look at `dmesg` and `losetup --list`; nativeAttach: off attaches with losetup',
+      });
+    }
+    if (result.aborted || result.timedOut) {
+      // Stopped before it printed anything: it changed nothing.
+      throw toLoopError(new CommandError(result, { notFound: false }), 'losetup', what);
+    }
+    if (answer?.kind === 'no-permission' || result.notFound === true || result.exitCode === 126 || result.exitCode === 127) {
+      attachHelperUnusable = true;
+      logger.warn({ helper, file, stderr: result.stderr.trim() }, 'berth-loop-attach cannot run or may not attach loop devices here; attaching with losetup');
+      return undefined;
+    }
+    logger.debug({ file, answer: result.stdout.trim(), stderr: result.stderr.trim() }, 'berth-loop-attach changed nothing; attaching with losetup');
+    return undefined;
+  }
+
+  /**
+   * Detach what an attach that is not handed out made. `made`: the device it named, with its
+   * identity — only that device, and only while it still is that one. `before`: the attach did not
+   * say (or not surely) which device — every whole-file device of the path backing the file's
+   * device and inode now that was not in `before`; never a device matched by its path alone.
+   * Lists with sysfs when losetup is missing; failures are logged (the caller throws its own).
+   */
+  async function undoAttach(file: string, undo: { made: LoopDevice } | { before: readonly LoopDevice[] }): Promise<void> {
+    const state: DetachRun = { force: true, errors: [] };
+    try {
+      const now = await listForDisconnect();
+      let chosen: LoopDevice[];
+      if ('made' in undo) {
+        const wanted = loopIdentity(undo.made);
+        chosen = now.filter((d) => {
+          const identity = loopIdentity(d);
+          return d.name === undo.made.name && wanted !== undefined && identity !== undefined && sameIdentity(wanted, identity);
+        });
+      } else {
+        const inode = await inodeOf(file);
+        const earlier = new Set(undo.before.map((d) => d.name));
+        chosen = inode === undefined ? [] : now.filter((d) => !d.deleted && attachesWholeFile(d, [file]) && backsInode(d, inode) && !earlier.has(d.name));
+      }
+      for (const d of chosen) await detachDevice(d, [file], state, detachHelperFor(d));
+    } catch (error) {
+      state.errors.push(toLoopError(error, 'losetup', `undoing the attach of ${file}`));
+    }
+    if (state.errors.length > 0) {
+      logger.warn({ file, errors: state.errors.map((e) => e.message) }, 'could not undo a failed attach');
     }
   }
 
@@ -695,6 +844,27 @@ function attachesWholeFile(device: LoopDevice, files: readonly string[]): boolea
   return device.backingFile !== null && files.includes(device.backingFile) && device.offset === 0 && device.sizeLimit === 0;
 }
 
+/** The device and inode a loop device backing `file` holds (exact text); undefined when it is gone. */
+async function inodeOf(file: string): Promise<{ backingDev: string; backingInodeText: string } | undefined> {
+  const info = await stat(file, { bigint: true }).catch(() => undefined);
+  return info ? { backingDev: majorMinor(info.dev), backingInodeText: info.ino.toString() } : undefined;
+}
+
+function backsInode(device: LoopDevice, inode: { backingDev: string; backingInodeText: string }): boolean {
+  return device.backingDev === inode.backingDev && device.backingInodeText === inode.backingInodeText;
+}
+
+/** An attach whose read-only mode is not the one asked for (the caller detaches it again). */
+function accessMismatch(file: string, device: string, readOnly: boolean): BerthError {
+  if (readOnly) {
+    return new BerthError('DRIVER_ERROR', `${device} was attached read-write, not read-only as asked for ${file}; detaching it`, { details: { device } });
+  }
+  return new BerthError('PERMISSION_DENIED', `${file} is not writable by this process: the kernel attached it read-only to ${device}, not read-write as asked; detaching it`, {
+    hint: 'give berth write access to the volume file (its owner and mode, or a file system mounted read-write), or connect it read-only (access_mode ro)',
+    details: { device, file },
+  });
+}
+
 function deviceOf(device: LoopDevice, backingFile: string): Device {
   const identity = loopIdentity(device);
   return { path: device.name, type: 'block', meta: { backingFile }, ...(identity ? { identity } : {}) };
@@ -772,8 +942,4 @@ function throwIfAborted(signal: AbortSignal | undefined): void {
 
 function errnoOf(error: unknown): string | undefined {
   return error instanceof Error && 'code' in error && typeof error.code === 'string' ? error.code : undefined;
-}
-
-function messageOf(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }

@@ -44,8 +44,10 @@ describe('loop transport failures', () => {
     return createHostServices({ pathPrepend: [bin] });
   }
 
+  // nativeAttach off: berth-loop-attach (run by its path) attaches without losetup, and without
+  // it the losetup scripts below would not be asked.
   it('says how to install losetup when it is missing', async () => {
-    const driver = env.driverWith({}, createHostServices({ env: { PATH: path.join(env.dir, 'empty-bin') } }));
+    const driver = env.driverWith({ nativeAttach: 'off' }, createHostServices({ env: { PATH: path.join(env.dir, 'empty-bin') } }));
     const connection = await env.makeFile('a.img');
     const error = await rejectionOf(driver.connect(connection, call()));
     expect(error.code).toBe('HOST_UNSUPPORTED');
@@ -67,41 +69,44 @@ describe('loop transport failures', () => {
 
   it('maps permission errors to PERMISSION_DENIED with a hint to run as root', async () => {
     const host = await hostWithFailingLosetup('losetup: /x.img: failed to set up loop device: Permission denied');
-    const error = await rejectionOf(env.driverWith({}, host).connect(await env.makeFile('a.img'), call()));
+    const error = await rejectionOf(env.driverWith({ nativeAttach: 'off' }, host).connect(await env.makeFile('a.img'), call()));
     expect(error.code).toBe('PERMISSION_DENIED');
     expect(error.hint).toMatch(/root/);
   });
 
   it('maps exhausted loop devices to HOST_UNSUPPORTED', async () => {
     const host = await hostWithFailingLosetup('losetup: cannot find an unused loop device');
-    const error = await rejectionOf(env.driverWith({}, host).connect(await env.makeFile('a.img'), call()));
+    const error = await rejectionOf(env.driverWith({ nativeAttach: 'off' }, host).connect(await env.makeFile('a.img'), call()));
     expect(error.code).toBe('HOST_UNSUPPORTED');
     expect(error.hint).toMatch(/losetup --detach/);
   });
 
   it('maps other failures to DRIVER_ERROR with losetup\'s words', async () => {
     const host = await hostWithFailingLosetup('losetup: /x.img: something unexpected happened');
-    const error = await rejectionOf(env.driverWith({}, host).connect(await env.makeFile('a.img'), call()));
+    const error = await rejectionOf(env.driverWith({ nativeAttach: 'off' }, host).connect(await env.makeFile('a.img'), call()));
     expect(error.code).toBe('DRIVER_ERROR');
     expect(error.message).toContain('something unexpected happened');
   });
 
-  it('detaches what it attached when cancelled after losetup ran', async () => {
+  it.each(['auto', 'off'] as const)('nativeAttach %s: detaches what it attached when cancelled right after the attach ran', async (nativeAttach) => {
     const controller = new AbortController();
+    const ran: string[] = [];
     // The cancel lands right after the kernel attached the file, before connect returns.
     const host: HostServices = {
       ...env.host,
       runner: {
         async run(file, args, options) {
           const result = await env.host.runner.run(file, args, options);
-          if (args.includes('--find')) controller.abort();
+          ran.push(path.basename(file));
+          if (args.includes('--find') || file.endsWith('/berth-loop-attach')) controller.abort();
           return result;
         },
       },
     };
     const connection = await env.makeFile('cancelled.img');
-    const error = await rejectionOf(env.driverWith({}, host).connect(connection, { signal: controller.signal }));
+    const error = await rejectionOf(env.driverWith({ nativeAttach }, host).connect(connection, { signal: controller.signal }));
     expect(error.code).toBe('CANCELLED');
     expect(await env.devicesBacking(connection.data.device_path)).toEqual([]);
+    expect(ran.includes('berth-loop-attach')).toBe(nativeAttach === 'auto');
   });
 });

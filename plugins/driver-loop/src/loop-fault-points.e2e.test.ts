@@ -1,20 +1,9 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BerthError, FaultInjector, silentLogger } from '@berth/core';
 import { createLoopDriver } from './loop-driver.js';
-import { createLoopTestEnv, type LoopTestEnv } from './test-loop-env.js';
+import { call, createLoopTestEnv, rejectionOf, type LoopTestEnv } from './test-loop-env.js';
 
 // The loop transport's fault points (between its commands) and the detach race they helped find.
-
-function call(): { signal: AbortSignal } {
-  return { signal: AbortSignal.timeout(20_000) };
-}
-
-async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
-  return promise.then(
-    () => undefined,
-    (error: unknown) => error,
-  );
-}
 
 describe('loop transport fault points', () => {
   let env: LoopTestEnv;

@@ -9,6 +9,7 @@ import {
   parseFuserPids,
   parseFindShow,
   parseGetSize64,
+  parseAttachAnswer,
   parseLosetupList,
 } from './losetup.js';
 import { readFixture } from '@berth/testkit/fixtures';
@@ -206,5 +207,44 @@ describe('majorMinor', () => {
     expect(majorMinor(44n | (256n << 12n))).toBe('0:300');
     // a major above 4095: its high bits above bit 32
     expect(majorMinor((5000n & 0xfffn) << 8n | ((5000n & ~0xfffn) << 32n) | 7n)).toBe('5000:7');
+  });
+});
+
+describe('parseAttachAnswer (berth-loop-attach\'s line)', () => {
+  it('reads an attached device: number, backing device, exact inode, window, flags', () => {
+    const answer = parseAttachAnswer('free\nattached /dev/loop300 7:300 254:0 9007199254740993 0 0 17\n', '/srv/v.img');
+    expect(answer).toEqual({
+      kind: 'attached',
+      device: {
+        name: '/dev/loop300',
+        backingFile: '/srv/v.img',
+        deleted: false,
+        readOnly: true,
+        directIo: true,
+        autoclear: false,
+        offset: 0,
+        sizeLimit: 0,
+        logicalSectorSize: null,
+        rdev: '7:300',
+        backingDev: '254:0',
+        backingInode: 9007199254740992,
+        backingInodeText: '9007199254740993',
+      },
+    });
+  });
+
+  it('reads an existing device marked autoclear', () => {
+    const answer = parseAttachAnswer('existing /dev/loop0 7:0 254:0 12 0 0 4\n', '/srv/v.img');
+    expect(answer?.kind === 'existing' && answer.device).toMatchObject({ name: '/dev/loop0', autoclear: true, readOnly: false, directIo: false, backingInode: 12 });
+  });
+
+  it('reads the answers that name no device, and nothing it knows as undefined', () => {
+    expect(parseAttachAnswer('free\n', '/f')).toEqual({ kind: 'free' });
+    expect(parseAttachAnswer('no-permission\n', '/f')).toEqual({ kind: 'no-permission' });
+    expect(parseAttachAnswer('failed LOOP_CONFIGURE 16\n', '/f')).toEqual({ kind: 'failed', reason: 'LOOP_CONFIGURE 16' });
+    expect(parseAttachAnswer('free\nundone LOOP_GET_STATUS64 6\n', '/f')).toEqual({ kind: 'undone', reason: 'LOOP_GET_STATUS64 6' });
+    expect(parseAttachAnswer('free\nundo-failed /dev/loop3 LOOP_GET_STATUS64 6 16\n', '/f')).toEqual({ kind: 'undo-failed', reason: '/dev/loop3 LOOP_GET_STATUS64 6 16' });
+    expect(parseAttachAnswer('', '/f')).toBeUndefined();
+    expect(parseAttachAnswer('attached /dev/sda 8:0 254:0 12 0 0 0\n', '/f')).toBeUndefined();
   });
 });

@@ -142,6 +142,57 @@ export function parseFindShow(stdout: string): string {
   return device;
 }
 
+/** lo_flags bits (linux/loop.h) that berth-loop-attach prints. */
+const LO_FLAGS_READ_ONLY = 1;
+const LO_FLAGS_AUTOCLEAR = 4;
+const LO_FLAGS_DIRECT_IO = 16;
+
+/**
+ * What berth-loop-attach answered (src/native/berth-loop-attach.c), from its last stdout line:
+ * a device it attached or found attached (`backingFile` is the file it was given), `free` when it
+ * was cut short after finding none (it may have attached), `no-permission`, `failed`/`undone`
+ * (the step and errno), `undo-failed` (the device, the step and errnos: it may still back the
+ * file), or `undefined` when it printed nothing berth knows.
+ */
+export type AttachAnswer =
+  | { kind: 'attached' | 'existing'; device: LoopDevice }
+  | { kind: 'free' | 'no-permission' }
+  | { kind: 'failed' | 'undone' | 'undo-failed'; reason: string };
+
+const ATTACH_DEVICE_LINE = /^(attached|existing) (\/dev\/loop\d+) (\d+:\d+) (\d+:\d+) (\d+) (\d+) (\d+) (\d+)$/;
+
+/** Parse berth-loop-attach's stdout (see `AttachAnswer`). */
+export function parseAttachAnswer(stdout: string, backingFile: string): AttachAnswer | undefined {
+  const line = stdout.trim().split('\n').pop()?.trim() ?? '';
+  const match = ATTACH_DEVICE_LINE.exec(line);
+  if (match) {
+    const [, kind, name = '', rdev = '', backingDev = '', inode = '', offset = '', sizeLimit = '', flags = ''] = match;
+    const bits = Number(flags);
+    return {
+      kind: kind === 'attached' ? 'attached' : 'existing',
+      device: {
+        name,
+        backingFile,
+        deleted: false,
+        readOnly: (bits & LO_FLAGS_READ_ONLY) !== 0,
+        directIo: (bits & LO_FLAGS_DIRECT_IO) !== 0,
+        autoclear: (bits & LO_FLAGS_AUTOCLEAR) !== 0,
+        offset: Number(offset),
+        sizeLimit: Number(sizeLimit),
+        logicalSectorSize: null,
+        rdev,
+        backingDev,
+        backingInode: Number(inode),
+        backingInodeText: inode,
+      },
+    };
+  }
+  if (line === 'free' || line === 'no-permission') return { kind: line };
+  const failure = /^(failed|undone|undo-failed) (.+)$/.exec(line);
+  if (failure?.[1] === 'failed' || failure?.[1] === 'undone' || failure?.[1] === 'undo-failed') return { kind: failure[1], reason: failure[2] ?? '' };
+  return undefined;
+}
+
 /** Parse `blockdev --getsize64 DEV`: the size in bytes. */
 export function parseGetSize64(stdout: string): number {
   const text = stdout.trim();

@@ -74,3 +74,42 @@ export async function createLoopTestEnv(): Promise<LoopTestEnv> {
     },
   };
 }
+
+/**
+ * `host` with a runner that records the name of every command it runs (and calls `onRun` with
+ * it after the run), and may rewrite a command line first (`rewrite`).
+ */
+export function tappedHost(
+  host: HostServices,
+  options: { onRun?: (name: string) => void; rewrite?: (command: string, args: readonly string[]) => [string, string[]] } = {},
+): { host: HostServices; commands: string[] } {
+  const commands: string[] = [];
+  const runner = new Proxy(host.runner, {
+    get(target, prop, receiver) {
+      const value: unknown = Reflect.get(target, prop, receiver);
+      if (prop !== 'run' || typeof value !== 'function') return value;
+      return async (command: string, args: readonly string[], ...rest: unknown[]) => {
+        const name = command.split('/').pop() ?? command;
+        commands.push(name);
+        const [file, argv] = options.rewrite?.(command, args) ?? [command, [...args]];
+        const result: unknown = await (value as (...a: unknown[]) => Promise<unknown>).call(target, file, argv, ...rest);
+        options.onRun?.(name);
+        return result;
+      };
+    },
+  });
+  return { host: { ...host, runner }, commands };
+}
+
+/** A call context for a driver call, with a deadline. */
+export function call(): { signal: AbortSignal } {
+  return { signal: AbortSignal.timeout(20_000) };
+}
+
+/** What `promise` rejects with (`undefined` when it resolves). */
+export async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
+  return promise.then(
+    () => undefined,
+    (error: unknown) => error,
+  );
+}
