@@ -177,6 +177,11 @@ export function createKyselyStore(db: Kysely<Database>, options: KyselyStoreOpti
         for (const deliver of committed.scope?.afterCommit ?? []) outsideDeferred(deliver);
         return result;
       } catch (error) {
+        if (dialect.lostBeforeCommit?.(error) === true && BerthError.is(error)) {
+          // Rolled back by the server with its connection: the caller's store retry may run it all again.
+          error.details.retryable = true;
+          throw error;
+        }
         if (!dialect.retryableTransaction(error)) throw error;
         if (attempt >= TRANSACTION_ATTEMPTS) {
           throw new BerthError(

@@ -3,7 +3,7 @@ import type { DatabaseIntrospector, Dialect, DialectAdapter, Driver, Kysely, Que
 import type { DbBoolean, DbJson } from './database.js';
 import { BerthPostgresDriver, guardPostgresStatement, withBeginPreamble } from './postgres-driver.js';
 import type { BerthPostgresDriverOptions } from './postgres-driver.js';
-import { isRetryableTransactionError } from './postgres-errors.js';
+import { isRetryableTransactionError, lostBeforeCommit } from './postgres-errors.js';
 import type { ConstraintViolation, StoreDialect } from './store-dialect.js';
 
 /** From this attempt on, a transaction locks `transaction_gate` exclusively and so runs alone. */
@@ -55,6 +55,7 @@ export const postgresStoreDialect: StoreDialect = {
     return undefined;
   },
   retryableTransaction: isRetryableTransactionError,
+  lostBeforeCommit,
   transactionAttempt<T>(attempt: number, run: () => Promise<T>): Promise<T> {
     // Serializable transactions on one hot row abort each other; retrying at once makes progress
     // overall, but one transaction can lose again and again. So every store transaction first

@@ -4,7 +4,7 @@ import { CompiledQuery } from 'kysely';
 import type { DatabaseConnection, Driver, QueryResult, TransactionSettings } from 'kysely';
 import type pg from 'pg';
 import { durabilityDeferred } from './durability.js';
-import { isPostgresConnectionError, postgresConnectionFailure } from './postgres-errors.js';
+import { isPostgresConnectionError, postgresAdminShutdown, postgresConnectionFailure, postgresQueryNotSent } from './postgres-errors.js';
 
 /** What the berth PostgreSQL driver needs. */
 export interface BerthPostgresDriverOptions {
@@ -74,6 +74,8 @@ class BerthPostgresConnection implements DatabaseConnection {
   atCommit: string[] = [];
   /** A guarded statement's savepoint that succeeded and is not released yet (it goes with the next savepoint or COMMIT). */
   savepointHeld = false;
+  /** Set while COMMIT is on its way: a connection lost then leaves the transaction's outcome unknown. */
+  committing = false;
 
   /**
    * pg's pool drops its own 'error' listener from a client it lends out, so a connection that dies
@@ -139,9 +141,25 @@ class BerthPostgresConnection implements DatabaseConnection {
       };
     } catch (error) {
       if (!isPostgresConnectionError(error)) throw error;
-      this.broken = error instanceof Error ? error : new Error(String(error));
-      throw postgresConnectionFailure(error, this.#options.target, this.#options.password);
+      const earlier = this.broken;
+      this.broken = earlier ?? (error instanceof Error ? error : new Error(String(error)));
+      throw postgresConnectionFailure(error, this.#options.target, this.#options.password, this.#rerunnable(error, earlier));
     }
+  }
+
+  /**
+   * What may be run again after a lost connection, when the server ended it on purpose (no
+   * committed work lost, deferred-durable commits included: `postgresAdminShutdown`): a transaction
+   * whose COMMIT had not gone out (the server rolled it back), as a whole — the store's outermost
+   * `transaction` marks it retryable (`lostBeforeCommit`) —, or a statement pg never sent. A
+   * statement outside a transaction lost on its way, or a COMMIT, may have taken effect; and after
+   * a crash the last deferred commits may be gone, so nothing is run again on top of them.
+   */
+  #rerunnable(error: unknown, earlier: Error | undefined): Record<string, unknown> {
+    const notSent = postgresQueryNotSent(error);
+    if (!(notSent ? postgresAdminShutdown(earlier) : postgresAdminShutdown(error))) return {};
+    if (this.inTransaction) return this.committing ? {} : { uncommitted: true };
+    return notSent ? { retryable: true } : {};
   }
 }
 
@@ -204,9 +222,11 @@ export class BerthPostgresDriver implements Driver {
     const statements = [...(berth.savepointHeld ? ['release savepoint berth_statement'] : []), ...berth.atCommit, 'commit'];
     berth.atCommit = [];
     berth.savepointHeld = false;
+    berth.committing = true;
     try {
       await connection.executeQuery(CompiledQuery.raw(statements.join('; ')));
     } finally {
+      berth.committing = false;
       berth.inTransaction = false;
     }
   }
@@ -216,7 +236,9 @@ export class BerthPostgresDriver implements Driver {
     berth.atCommit = [];
     berth.savepointHeld = false;
     try {
-      await connection.executeQuery(CompiledQuery.raw('rollback'));
+      // A lost connection ended the transaction on the server already; sending ROLLBACK would only
+      // fail again and hide the error that ended it (whether COMMIT had gone out) from the caller.
+      if (berth.broken === undefined) await connection.executeQuery(CompiledQuery.raw('rollback'));
     } finally {
       asBerth(connection).inTransaction = false;
     }

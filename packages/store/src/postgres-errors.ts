@@ -57,7 +57,7 @@ function scrub(text: string, secret: string | undefined): string {
  * is the redacted URL; the password never appears, and the driver's error is not kept as cause
  * (its fields are copied as text instead).
  */
-export function postgresConnectionFailure(error: unknown, target: string, password: string | undefined): BerthError {
+export function postgresConnectionFailure(error: unknown, target: string, password: string | undefined, extra: Record<string, unknown> = {}): BerthError {
   const code = codeOf(error);
   const reason = scrub(messageOf(error), password);
   const details = { store: target, reason, ...(code === undefined ? {} : { errorCode: code }) };
@@ -75,8 +75,30 @@ export function postgresConnectionFailure(error: unknown, target: string, passwo
   }
   return new BerthError('UNAVAILABLE', `cannot reach the berth database at ${target}: ${reason}`, {
     hint: 'check that PostgreSQL is running and reachable at that address (pg_isready), then retry; the store URL comes from --store, BERTH_STORE_URL or the config file',
-    details,
+    details: { ...details, ...extra },
   });
+}
+
+/**
+ * The server ended the connection on purpose (SQLSTATE 57P01, admin_shutdown: `pg_terminate_backend`,
+ * or a smart or fast shutdown, which checkpoints first): no committed transaction is lost with it,
+ * deferred-durable ones included. A crash (57P02, or a connection that just broke) may lose those.
+ */
+export function postgresAdminShutdown(error: unknown): boolean {
+  return error !== undefined && codeOf(error) === '57P01';
+}
+
+/** pg refused the query without sending it: its client's connection had already failed. */
+export function postgresQueryNotSent(error: unknown): boolean {
+  return /is not queryable/i.test(messageOf(error));
+}
+
+/**
+ * Whether `error` is a lost connection that ended a transaction before its COMMIT was sent (the
+ * driver marks it): the server rolled the transaction back, so running it again is safe.
+ */
+export function lostBeforeCommit(error: unknown): error is BerthError {
+  return BerthError.is(error) && error.details.uncommitted === true;
 }
 
 /** Whether `error` (or a cause) is PostgreSQL aborting a transaction that lost a race. */

@@ -147,6 +147,29 @@ describe('openPostgresStore', () => {
     if (first !== undefined) expect(BerthError.is(first) && first.code).toBe('UNAVAILABLE');
     expect((await store.volumes.list()).map((v) => v.name)).toEqual(['before']);
   });
+
+  it('a transaction whose connection the server ended before COMMIT is retryable, and nothing of it committed', async () => {
+    const url = await running().createDatabase();
+    const store = await openTracked(url, 2);
+    const database = new URL(url).pathname.slice(1);
+    const error = await failure(
+      store.transaction(async (tx) => {
+        await tx.volumes.create(volume('half'));
+        // pg_terminate_backend: SQLSTATE 57P01, the server rolls the open transaction back.
+        await running().query("select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and application_name = 'berth' and state like 'idle in transaction%'", [database]);
+        await tx.volumes.create(volume('rest'));
+      }),
+    );
+    expect(error.code).toBe('UNAVAILABLE');
+    // The pipelines' store retry (core's withStoreRetry) runs such a transaction again.
+    expect(error.details.retryable).toBe(true);
+    expect(await store.volumes.list()).toEqual([]);
+    await store.transaction(async (tx) => {
+      await tx.volumes.create(volume('half'));
+      await tx.volumes.create(volume('rest'));
+    });
+    expect((await store.volumes.list()).map((v) => v.name).sort()).toEqual(['half', 'rest']);
+  });
 });
 
 describe('PostgreSQL concurrency', () => {

@@ -50,6 +50,12 @@ export interface StoreDialect {
    */
   retryableTransaction(error: unknown): boolean;
   /**
+   * Whether a failed transaction is known not to have committed because its connection was lost
+   * before COMMIT went out (PostgreSQL): the store's outermost `transaction` then marks the error
+   * `retryable`, so the pipelines' store retry runs the whole transaction again on a new connection.
+   */
+  lostBeforeCommit?(error: unknown): boolean;
+  /**
    * Wraps every `Store.transaction` attempt (1 for the first run, 2 for the first retry, ...); the
    * transaction begins inside `run`. Where the engine aborts losers of races, this is where a
    * transaction that keeps losing gets its turn.

@@ -22,9 +22,10 @@ const DEFAULT_BUDGET_MS = 30_000;
 
 /**
  * Whether the store said the same write may work a moment later (another process held the lock;
- * the disk was full). A lost PostgreSQL connection is not: a server that crashed may have lost
- * this process's last deferred-durable commits (`Store.deferDurability`), so carrying on after it
- * could journal progress on top of rows that are gone; the step fails and is undone instead.
+ * the disk was full; a PostgreSQL server ended the connection on purpose before the write took
+ * effect). Any other lost PostgreSQL connection is not: a server that crashed may have lost this
+ * process's last deferred-durable commits (`Store.deferDurability`), so carrying on after it could
+ * journal progress on top of rows that are gone; the step fails and is undone instead.
  */
 export function retryableStoreError(error: unknown): error is BerthError {
   return BerthError.is(error) && error.details.retryable === true;
