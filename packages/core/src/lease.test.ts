@@ -65,6 +65,28 @@ describe('withLease', () => {
     expect(await withLease(store, 'expired', options(), async () => rows.get('expired')?.owner.startsWith(self))).toBe(true);
   });
 
+  it('takes a lease whose first insert took effect though its answer was lost (the store retried it) at once', async () => {
+    const { store, rows } = memoryLocks();
+    const locks = store.locks;
+    let lost = true;
+    const retried = {
+      ...store,
+      locks: {
+        ...locks,
+        async tryAcquire(key: string, owner: string, expiresAt: string) {
+          const held = await locks.tryAcquire(key, owner, expiresAt);
+          if (!lost) return held;
+          lost = false;
+          // Inserted, then the connection went: retryable, as the PostgreSQL store says after 57P01.
+          throw new BerthError('UNAVAILABLE', 'terminating connection due to administrator command', { details: { retryable: true } });
+        },
+      },
+    } as Store;
+    // Without the check it would wait for its own row to expire (the 60 s ttl), past this deadline.
+    expect(await withLease(retried, 'k', options(AbortSignal.timeout(2_000)), async () => rows.get('k')?.owner.startsWith(self))).toBe(true);
+    expect(rows.size).toBe(0);
+  });
+
   it('waits for a live holder on another host until the deadline, and says who holds it', async () => {
     const { store, rows } = memoryLocks();
     rows.set('busy', { owner: '42@another-host/token', acquiredAt: '', expiresAt: '2999-01-01T00:00:00.000Z' });

@@ -79,6 +79,9 @@ export async function withLease<T>(store: Store, key: string, options: LeaseOpti
     // the disk before the work it guards (that work journals itself), so they are deferred-durable.
     const holder = await withDeferredDurability(store, () => withStoreRetry(() => store.locks.tryAcquire(key, me, expiry()), retry));
     if (holder === undefined) break;
+    // Our own row: an earlier attempt's insert took effect though its answer was lost (a
+    // connection the database ended; the store's retry ran it again). The lease is ours.
+    if (holder.owner === me) break;
     last = holder.owner;
     const stale = holder.owner === '' || Date.parse(holder.expiresAt) < Date.now() || !ownerAlive(holder.owner, options.hostname, options.owner);
     if (stale && holder.owner !== '' && (await withStoreRetry(() => store.locks.takeOver(key, me, holder.owner, expiry()), retry))) {

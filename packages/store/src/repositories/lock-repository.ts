@@ -13,6 +13,18 @@ const deleteLock = cachedQuery<{ key: string; owner: string }, never>(['key', 'o
   db.deleteFrom('locks').where('key', '=', p.key).where('owner', '=', p.owner),
 );
 
+/**
+ * A lease's insert or delete whose connection the server ended on purpose (57P01: nothing committed
+ * is lost, but the statement may or may not have taken effect) may be sent again: both are
+ * idempotent for their owner — a second insert finds the owner's own row (core's `withLease` takes
+ * that as held), a second delete finds nothing. Inside a transaction the whole transaction is what
+ * runs again (the driver marks it), so nothing is added there.
+ */
+function idempotent(error: unknown): never {
+  if (BerthError.is(error) && error.details.errorCode === '57P01' && error.details.uncommitted !== true) error.details.retryable = true;
+  throw error;
+}
+
 function checkKey(key: string, owner: string): void {
   if (key.length === 0 || key.length > 300 || owner.length === 0 || owner.length > 300) {
     throw new BerthError('VALIDATION', 'invalid lock: key and owner must be 1 to 300 characters');
@@ -35,7 +47,7 @@ export function createLockRepository(ctx: RepositoryContext): LockRepository {
         await ctx.dialect.guarded(() => insertLock(ctx.db(), { key, owner, acquiredAt: ctx.now(), expiresAt }));
         return undefined;
       } catch (error) {
-        if (violation(ctx, error) !== 'unique') throw error;
+        if (violation(ctx, error) !== 'unique') idempotent(error);
       }
       // Held: say by whom (it may have been released meanwhile; then the caller simply tries again).
       return (await holder(key)) ?? { owner: '', acquiredAt: ctx.now(), expiresAt: ctx.now() };
@@ -55,7 +67,7 @@ export function createLockRepository(ctx: RepositoryContext): LockRepository {
     },
 
     async release(key: string, owner: string): Promise<void> {
-      await deleteLock(ctx.db(), { key, owner });
+      await deleteLock(ctx.db(), { key, owner }).catch(idempotent);
     },
   };
 }
