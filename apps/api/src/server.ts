@@ -59,8 +59,8 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
     // One of several replicas on a shared store: heart-beat our operations, take over dead ones'.
     const stopReplica = service.startReplica?.();
     // What a process that died left half done, resumed or rolled back now that agents can reach
-    // this replica. Requests are served meanwhile: an operation on a volume being recovered waits
-    // for its volume lock, then finds the volume as recovery left it.
+    // this replica. Requests are served meanwhile: one on a volume being recovered is refused
+    // (CONFLICT, the volume is still attaching or detaching) until recovery has finished it.
     const recovering = recoverInBackground(service, running);
     let closing: Promise<void> | undefined;
     return {
@@ -70,8 +70,10 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
       close() {
         closing ??= (async () => {
           try {
-            await running.close();
+            // Recovery first, while the app still serves agents: an undo may be a host step an
+            // agent reports through it (a second signal exits at once, as always).
             await recovering;
+            await running.close();
             await stopReplica?.();
           } finally {
             await service.close();

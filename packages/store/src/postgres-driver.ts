@@ -158,8 +158,8 @@ class BerthPostgresConnection implements DatabaseConnection {
   #rerunnable(error: unknown, earlier: Error | undefined): Record<string, unknown> {
     const notSent = postgresQueryNotSent(error);
     if (!(notSent ? postgresAdminShutdown(earlier) : postgresAdminShutdown(error))) return {};
-    if (this.inTransaction) return this.committing ? {} : { uncommitted: true };
-    return notSent ? { retryable: true } : {};
+    if (this.inTransaction) return this.committing ? { endedOnPurpose: true } : { endedOnPurpose: true, uncommitted: true };
+    return notSent ? { endedOnPurpose: true, retryable: true } : { endedOnPurpose: true };
   }
 }
 

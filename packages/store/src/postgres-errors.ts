@@ -80,12 +80,14 @@ export function postgresConnectionFailure(error: unknown, target: string, passwo
 }
 
 /**
- * The server ended the connection on purpose (SQLSTATE 57P01, admin_shutdown: `pg_terminate_backend`,
- * or a smart or fast shutdown, which checkpoints first): no committed transaction is lost with it,
- * deferred-durable ones included. A crash (57P02, or a connection that just broke) may lose those.
+ * The server ended the connection on purpose: SQLSTATE 57P01 *with* "due to administrator command"
+ * (`pg_terminate_backend`, or a fast shutdown, which ends the sessions and then writes its shutdown
+ * checkpoint). No committed transaction is lost with it, deferred-durable ones included. The same
+ * code also says "due to unexpected postmaster exit" (a crash: the last deferred commits may be
+ * gone) and a standby's recovery conflict; those, 57P02 and a connection that just broke are not it.
  */
 export function postgresAdminShutdown(error: unknown): boolean {
-  return error !== undefined && codeOf(error) === '57P01';
+  return error !== undefined && codeOf(error) === '57P01' && /due to administrator command/i.test(messageOf(error));
 }
 
 /** pg refused the query without sending it: its client's connection had already failed. */

@@ -26,6 +26,9 @@ const hook: Hook.CommandNotFound = async function commandNotFound(options) {
   for (let known = parts.length - 1; known > 0; known--) {
     const command = config.findCommand(parts.slice(0, known).join(':'));
     if (command === undefined || command.hidden === true) continue;
+    // A command that is also a topic (`berth plugins`): the next word may be a mistyped
+    // subcommand (`plugins instal`), which the suggestion below names better.
+    if (config.commands.some((other) => other.id.startsWith(`${command.id}:`))) break;
     const extra = parts.slice(known);
     throw new BerthError('VALIDATION', `\`berth ${words(command.id)}\` takes no argument${extra.length > 1 ? 's' : ''} ${extra.map((word) => `"${word}"`).join(' ')}`, {
       hint: `\`berth ${words(command.id)} --help\` shows what it takes`,

@@ -14,14 +14,15 @@ const deleteLock = cachedQuery<{ key: string; owner: string }, never>(['key', 'o
 );
 
 /**
- * A lease's insert or delete whose connection the server ended on purpose (57P01: nothing committed
- * is lost, but the statement may or may not have taken effect) may be sent again: both are
+ * A lease's insert or delete whose connection the server ended on purpose (`endedOnPurpose`: 57P01
+ * by an administrator command — nothing committed is lost, but the statement may or may not have
+ * taken effect) may be sent again: both are
  * idempotent for their owner — a second insert finds the owner's own row (core's `withLease` takes
  * that as held), a second delete finds nothing. Inside a transaction the whole transaction is what
  * runs again (the driver marks it), so nothing is added there.
  */
 function idempotent(error: unknown): never {
-  if (BerthError.is(error) && error.details.errorCode === '57P01' && error.details.uncommitted !== true) error.details.retryable = true;
+  if (BerthError.is(error) && error.details.endedOnPurpose === true && error.details.uncommitted !== true) error.details.retryable = true;
   throw error;
 }
 

@@ -43,9 +43,13 @@ export async function recoverDeadOperations(parts: ServiceParts, launcher: Opera
       continue;
     }
     const log = parts.logger.child({ operationId: operation.id, recovery: true });
-    const recover = async (): Promise<RecoveryOutcome> => {
+    const recover = async (): Promise<RecoveryOutcome | undefined> => {
+      // Under the lock, read again: another recovery in this process (the replica loop's takeover
+      // of an expired lease, a reconcile) may have finished it meanwhile — its undos must not run twice.
+      const current = await store.operations.require(operation.id);
+      if (current.state !== 'running' || current.owner !== owner) return undefined;
       try {
-        return await recoverOperation(recoveryDeps(parts), await store.operations.require(operation.id), log);
+        return await recoverOperation(recoveryDeps(parts), current, log);
       } catch (error) {
         const e = toBerthError(error);
         await store.operations.finish(operation.id, { state: 'failed', error: summarize(e) }).catch(() => undefined);
@@ -54,6 +58,7 @@ export async function recoverDeadOperations(parts: ServiceParts, launcher: Opera
     };
     const outcome = operation.volumeId ? await parts.volumeLocks.withLock(operation.volumeId, recover) : await recover();
     launcher.recovered(operation.id);
+    if (outcome === undefined) continue;
     log.warn({ action: outcome.action, detail: outcome.detail }, 'recovered an interrupted operation');
     outcomes.push(outcome);
   }
