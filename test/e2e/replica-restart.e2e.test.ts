@@ -12,7 +12,7 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { OperationOutcome, Server, Volume } from '@berth/core';
 import { berthLinkExists, loopDevicesBacking, removeBerthLinks } from '../support/loop-devices.js';
-import { startManyHosts, type ManyHosts } from '../support/many-hosts.js';
+import { startManyHosts, type ManyHosts, type ManyHostsOptions } from '../support/many-hosts.js';
 
 const isRoot = process.getuid?.() === 0;
 const HOOK_TIMEOUT_MS = 240_000;
@@ -24,31 +24,39 @@ interface ItemRow extends Record<string, unknown> {
   state: string;
 }
 
-describe.skipIf(!isRoot)('replica restart: the only replica SIGKILLed with an attach in flight on an agent', { timeout: 360_000 }, () => {
+/**
+ * A fleet for one describe block: started in beforeAll, removed in afterAll with the links of the
+ * volumes the tests record in `volumeIds`, even when a test failed.
+ */
+function fleetFor(options: ManyHostsOptions): { world(): ManyHosts; volumeIds: string[] } {
   let fleet: ManyHosts | undefined;
-  let volume: Volume | undefined;
-
+  const volumeIds: string[] = [];
   beforeAll(async () => {
-    fleet = await startManyHosts({
-      hosts: 1,
-      replicas: 1,
-      config: { operationTimeoutMs: 200_000, undoTimeoutMs: 30_000, agent: { leaseMs: 6_000, pollWaitMs: 20_000, offlineAfterMs: 45_000 } },
-      replicaEnvs: [{ BERTH_FAULTS: `attach.connect.after=delay:${PARK_MS}` }],
-    });
+    fleet = await startManyHosts(options);
   }, HOOK_TIMEOUT_MS);
-
   afterAll(async () => {
     try {
       await fleet?.cleanup();
     } finally {
-      if (volume) await removeBerthLinks([volume.id]);
+      await removeBerthLinks(volumeIds);
     }
   }, HOOK_TIMEOUT_MS);
+  return {
+    world(): ManyHosts {
+      if (fleet === undefined) throw new Error('the fleet did not start');
+      return fleet;
+    },
+    volumeIds,
+  };
+}
 
-  function world(): ManyHosts {
-    if (fleet === undefined) throw new Error('the fleet did not start');
-    return fleet;
-  }
+describe.skipIf(!isRoot)('replica restart: the only replica SIGKILLed with an attach in flight on an agent', { timeout: 360_000 }, () => {
+  const { world, volumeIds } = fleetFor({
+    hosts: 1,
+    replicas: 1,
+    config: { operationTimeoutMs: 200_000, undoTimeoutMs: 30_000, agent: { leaseMs: 6_000, pollWaitMs: 20_000, offlineAfterMs: 45_000 } },
+    replicaEnvs: [{ BERTH_FAULTS: `attach.connect.after=delay:${PARK_MS}` }],
+  });
 
   async function api<T>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T }> {
     const f = world();
@@ -65,7 +73,8 @@ describe.skipIf(!isRoot)('replica restart: the only replica SIGKILLed with an at
     await f.json<Server>(['server', 'create', 'web-1', '--host', 'h1']);
     const created = await api<Volume>('POST', '/v1/volumes', { name: 'restart-1', sizeBytes: 32 * 1024 * 1024 });
     expect(created.status).toBe(201);
-    volume = created.body;
+    const volume = created.body;
+    volumeIds.push(volume.id);
     const file = volume.providerLocation as string;
 
     const started = await api<{ id: string }>('POST', `/v1/volumes/${volume.id}/attach`, { server: 'web-1' });
@@ -108,31 +117,18 @@ describe.skipIf(!isRoot)('replica restart: the only replica SIGKILLed with an at
 });
 
 describe.skipIf(!isRoot)('an agent given both replicas goes on with the other when its replica dies', { timeout: 360_000 }, () => {
-  let fleet: ManyHosts | undefined;
-  let volume: Volume | undefined;
-
-  beforeAll(async () => {
-    fleet = await startManyHosts({
-      hosts: 1,
-      replicas: 2,
-      agentApi: 'all',
-      config: { operationTimeoutMs: 60_000, undoTimeoutMs: 30_000, agent: { leaseMs: 6_000, pollWaitMs: 20_000, offlineAfterMs: 45_000 } },
-    });
-  }, HOOK_TIMEOUT_MS);
-
-  afterAll(async () => {
-    try {
-      await fleet?.cleanup();
-    } finally {
-      if (volume) await removeBerthLinks([volume.id]);
-    }
-  }, HOOK_TIMEOUT_MS);
+  const { world, volumeIds } = fleetFor({
+    hosts: 1,
+    replicas: 2,
+    agentApi: 'all',
+    config: { operationTimeoutMs: 60_000, undoTimeoutMs: 30_000, agent: { leaseMs: 6_000, pollWaitMs: 20_000, offlineAfterMs: 45_000 } },
+  });
 
   it('replica 0 SIGKILLed: the agent reaches replica 1, and an attach and a detach through it work on the host', async () => {
-    const f = fleet;
-    if (f === undefined) throw new Error('the fleet did not start');
+    const f = world();
     await f.json<Server>(['server', 'create', 'web-1', '--host', 'h1'], 1);
-    volume = await f.json<Volume>(['volume', 'create', 'failover-1', '--size', '32MiB'], 1);
+    const volume = await f.json<Volume>(['volume', 'create', 'failover-1', '--size', '32MiB'], 1);
+    volumeIds.push(volume.id);
     const file = volume.providerLocation as string;
     const first = f.replicas[0]!;
     first.child.kill('SIGKILL');
