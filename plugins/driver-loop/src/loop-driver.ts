@@ -379,8 +379,34 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
   /** Set once berth-loop-attach could not run here or may not attach: losetup from then on. */
   let attachHelperUnusable = false;
 
+  /** Set once util-linux's tools were found on the runner's search path (a missing one is looked for again next time). */
+  let toolsFound = false;
+
+  /**
+   * Whether `losetup` and `blockdev` are installed where the runner looks. berth-loop-attach needs
+   * neither, but the rest of a device's life does (the flush before a detach, the fallbacks, extend):
+   * without them a connect would make a device berth could not cleanly let go of, so the losetup
+   * way runs instead and fails with its "losetup is not installed" and the package to install.
+   */
+  function utilLinuxInstalled(): boolean {
+    if (toolsFound) return true;
+    const dirs = runner.searchPath?.();
+    if (dirs === undefined) return (toolsFound = true);
+    const found = (tool: string): boolean =>
+      dirs.some((dir) => {
+        try {
+          accessSync(path.join(dir, tool), fsConstants.X_OK);
+          return true;
+        } catch {
+          return false;
+        }
+      });
+    toolsFound = found('losetup') && found('blockdev');
+    return toolsFound;
+  }
+
   function attachHelper(): string | undefined {
-    return options.nativeAttach === 'off' || attachHelperUnusable ? undefined : ATTACH_HELPER;
+    return options.nativeAttach === 'off' || attachHelperUnusable || !utilLinuxInstalled() ? undefined : ATTACH_HELPER;
   }
 
   /**
