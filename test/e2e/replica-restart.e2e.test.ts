@@ -9,10 +9,10 @@
 //
 // And an agent given every replica's URL (`--api URL1,URL2`, no load balancer in front): when the
 // replica it talks to is SIGKILLed, it goes on with the other, and attaches to its host still work.
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { OperationOutcome, Server, Volume } from '@berth/core';
-import { berthLinkExists, loopDevicesBacking, removeBerthLinks } from '../support/loop-devices.js';
-import { startManyHosts, type ManyHosts, type ManyHostsOptions } from '../support/many-hosts.js';
+import { berthLinkExists, loopDevicesBacking } from '../support/loop-devices.js';
+import { useManyHosts } from '../support/many-hosts.js';
 
 const isRoot = process.getuid?.() === 0;
 const HOOK_TIMEOUT_MS = 240_000;
@@ -24,39 +24,18 @@ interface ItemRow extends Record<string, unknown> {
   state: string;
 }
 
-/**
- * A fleet for one describe block: started in beforeAll, removed in afterAll with the links of the
- * volumes the tests record in `volumeIds`, even when a test failed.
- */
-function fleetFor(options: ManyHostsOptions): { world(): ManyHosts; volumeIds: string[] } {
-  let fleet: ManyHosts | undefined;
-  const volumeIds: string[] = [];
-  beforeAll(async () => {
-    fleet = await startManyHosts(options);
-  }, HOOK_TIMEOUT_MS);
-  afterAll(async () => {
-    try {
-      await fleet?.cleanup();
-    } finally {
-      await removeBerthLinks(volumeIds);
-    }
-  }, HOOK_TIMEOUT_MS);
-  return {
-    world(): ManyHosts {
-      if (fleet === undefined) throw new Error('the fleet did not start');
-      return fleet;
-    },
-    volumeIds,
-  };
-}
-
 describe.skipIf(!isRoot)('replica restart: the only replica SIGKILLed with an attach in flight on an agent', { timeout: 360_000 }, () => {
-  const { world, volumeIds } = fleetFor({
-    hosts: 1,
-    replicas: 1,
-    config: { operationTimeoutMs: 200_000, undoTimeoutMs: 30_000, agent: { leaseMs: 6_000, pollWaitMs: 20_000, offlineAfterMs: 45_000 } },
-    replicaEnvs: [{ BERTH_FAULTS: `attach.connect.after=delay:${PARK_MS}` }],
-  });
+  const volumeIds: string[] = [];
+  const world = useManyHosts(
+    {
+      hosts: 1,
+      replicas: 1,
+      config: { operationTimeoutMs: 200_000, undoTimeoutMs: 30_000, agent: { leaseMs: 6_000, pollWaitMs: 20_000, offlineAfterMs: 45_000 } },
+      replicaEnvs: [{ BERTH_FAULTS: `attach.connect.after=delay:${PARK_MS}` }],
+    },
+    () => volumeIds,
+    HOOK_TIMEOUT_MS,
+  );
 
   async function api<T>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T }> {
     const f = world();
@@ -117,12 +96,17 @@ describe.skipIf(!isRoot)('replica restart: the only replica SIGKILLed with an at
 });
 
 describe.skipIf(!isRoot)('an agent given both replicas goes on with the other when its replica dies', { timeout: 360_000 }, () => {
-  const { world, volumeIds } = fleetFor({
-    hosts: 1,
-    replicas: 2,
-    agentApi: 'all',
-    config: { operationTimeoutMs: 60_000, undoTimeoutMs: 30_000, agent: { leaseMs: 6_000, pollWaitMs: 20_000, offlineAfterMs: 45_000 } },
-  });
+  const volumeIds: string[] = [];
+  const world = useManyHosts(
+    {
+      hosts: 1,
+      replicas: 2,
+      agentApi: 'all',
+      config: { operationTimeoutMs: 60_000, undoTimeoutMs: 30_000, agent: { leaseMs: 6_000, pollWaitMs: 20_000, offlineAfterMs: 45_000 } },
+    },
+    () => volumeIds,
+    HOOK_TIMEOUT_MS,
+  );
 
   it('replica 0 SIGKILLed: the agent reaches replica 1, and an attach and a detach through it work on the host', async () => {
     const f = world();

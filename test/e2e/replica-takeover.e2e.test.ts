@@ -9,10 +9,10 @@
 // detach past `disconnect` (its point of no return) goes forward to its end. Nothing is left: no
 // loop device, no link, no attachment, no running operation or open work item, every volume
 // available, and the next attach and detach work.
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { OperationOutcome, Server, Volume } from '@berth/core';
-import { berthLinkExists, loopDevicesBacking, removeBerthLinks } from '../support/loop-devices.js';
-import { startManyHosts, type ManyHosts } from '../support/many-hosts.js';
+import { berthLinkExists, loopDevicesBacking } from '../support/loop-devices.js';
+import { useManyHosts } from '../support/many-hosts.js';
 
 const isRoot = process.getuid?.() === 0;
 const HOOK_TIMEOUT_MS = 240_000;
@@ -48,11 +48,9 @@ interface ItemRow extends Record<string, unknown> {
 }
 
 describe.skipIf(!isRoot)('replica takeover: a replica SIGKILLed with 10 operations in flight', { timeout: 420_000 }, () => {
-  let fleet: ManyHosts | undefined;
   const volumes: Volume[] = [];
-
-  beforeAll(async () => {
-    fleet = await startManyHosts({
+  const world = useManyHosts(
+    {
       hosts: 1,
       replicas: 2,
       config: {
@@ -62,24 +60,10 @@ describe.skipIf(!isRoot)('replica takeover: a replica SIGKILLed with 10 operatio
         agent: { leaseMs: 6_000, pollWaitMs: 20_000, offlineAfterMs: 45_000 },
       },
       replicaEnvs: [undefined, { BERTH_FAULTS: `attach.connect.after=delay:${PARK_MS},detach.disconnect.after=delay:${PARK_MS}` }],
-    });
-  }, HOOK_TIMEOUT_MS);
-
-  afterAll(async () => {
-    // The fleet first: while a replica or the agent runs, it may still publish a link (a run that
-    // failed with operations in flight left two). Then the links by name, dangling ones included
-    // (the sandbox sweep can only tell ours by a loop device that is still attached).
-    try {
-      await fleet?.cleanup();
-    } finally {
-      await removeBerthLinks(volumes.map((v) => v.id));
-    }
-  }, HOOK_TIMEOUT_MS);
-
-  function world(): ManyHosts {
-    if (fleet === undefined) throw new Error('the fleet did not start');
-    return fleet;
-  }
+    },
+    () => volumes.map((v) => v.id),
+    HOOK_TIMEOUT_MS,
+  );
 
   /** One admin request to a replica's HTTP API; the parsed body. */
   async function api<T>(replica: number, method: string, path: string, body?: unknown): Promise<{ status: number; body: T }> {

@@ -11,11 +11,11 @@
 // operations and their undos, and agents pinned to one replica.
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { Server, Volume } from '@berth/core';
 import { seededRandom } from '@berth/runtime';
-import { berthLinkExists, loopDevicesBacking, removeBerthLinks } from '../support/loop-devices.js';
-import { startManyHosts, type ManyHosts } from '../support/many-hosts.js';
+import { berthLinkExists, loopDevicesBacking } from '../support/loop-devices.js';
+import { useManyHosts } from '../support/many-hosts.js';
 
 const isRoot = process.getuid?.() === 0;
 const SECONDS = Number(process.env.BERTH_FLEET_FAULTS_SECONDS ?? 30);
@@ -31,11 +31,9 @@ type Fault = 'replica' | 'agent' | 'terminate' | 'restart';
 const FAULTS: readonly Fault[] = ['replica', 'agent', 'terminate', 'restart'];
 
 describe.skipIf(!isRoot)('a fleet under real faults', { timeout: 600_000 + SECONDS * 1000 }, () => {
-  let fleet: ManyHosts | undefined;
   const volumes: Volume[] = [];
-
-  beforeAll(async () => {
-    fleet = await startManyHosts({
+  const world = useManyHosts(
+    {
       hosts: 2,
       replicas: 2,
       agentApi: 'all',
@@ -45,20 +43,13 @@ describe.skipIf(!isRoot)('a fleet under real faults', { timeout: 600_000 + SECON
         replica: { leaseMs: 6_000, heartbeatMs: 2_000 },
         agent: { leaseMs: 6_000, pollWaitMs: 10_000, offlineAfterMs: 30_000 },
       },
-    });
-  }, HOOK_TIMEOUT_MS);
-
-  afterAll(async () => {
-    try {
-      await fleet?.cleanup();
-    } finally {
-      await removeBerthLinks(volumes.map((v) => v.id));
-    }
-  }, HOOK_TIMEOUT_MS);
+    },
+    () => volumes.map((v) => v.id),
+    HOOK_TIMEOUT_MS,
+  );
 
   it(`${SECONDS} s of replica and agent SIGKILLs and PostgreSQL terminations and restarts: 0 stuck, 0 leaked`, async () => {
-    const f = fleet;
-    if (f === undefined) throw new Error('the fleet did not start');
+    const f = world();
     const random = seededRandom(SEED);
     const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)]!;
     for (const host of ['h1', 'h2']) await f.json<Server>(['server', 'create', `web-${host}`, '--host', host]);

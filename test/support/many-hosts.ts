@@ -7,8 +7,10 @@ import { createHash, randomBytes } from 'node:crypto';
 import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
+import { afterAll, beforeAll } from 'vitest';
 import { startPostgresCluster, type PostgresCluster } from '@berth/store/testing';
 import { BERTH_BIN, inheritedEnv, makeSandbox, type BerthRun, type BerthSandbox } from './berth-cli.js';
+import { removeBerthLinks } from './loop-devices.js';
 import { makeTestHosts, sweepOrphanedTestHosts, type TestHost, type TestHosts } from './netns.js';
 import { sweepOrphanedSandboxes } from './orphans.js';
 
@@ -243,4 +245,28 @@ export async function startManyHosts(options: ManyHostsOptions): Promise<ManyHos
     await cleanup();
     throw error;
   }
+}
+
+/**
+ * A fleet for one describe block: started in beforeAll, removed in afterAll — the fleet first
+ * (while a replica or an agent runs it may still publish a link), then the `/dev/berth` links of
+ * the ids `linkIds()` gives (the volumes the tests made), dangling ones included — even when a
+ * test failed. `world()` is the running fleet.
+ */
+export function useManyHosts(options: ManyHostsOptions, linkIds: () => readonly string[], hookTimeoutMs = 240_000): () => ManyHosts {
+  let fleet: ManyHosts | undefined;
+  beforeAll(async () => {
+    fleet = await startManyHosts(options);
+  }, hookTimeoutMs);
+  afterAll(async () => {
+    try {
+      await fleet?.cleanup();
+    } finally {
+      await removeBerthLinks(linkIds());
+    }
+  }, hookTimeoutMs);
+  return () => {
+    if (fleet === undefined) throw new Error('the fleet did not start');
+    return fleet;
+  };
 }

@@ -1,6 +1,5 @@
-import { type AgentOutcome, type AgentRegistration, type AgentSession, type ClaimedWork } from '@berth/core';
+import { BerthError, type AgentOutcome, type AgentRegistration, type AgentSession, type ClaimedWork } from '@berth/core';
 import { checked } from './checked-answer.js';
-import { BerthError } from '@berth/core';
 import { apiPath, HttpClient, type HttpAnswer, type HttpClientOptions, type HttpRequest } from './http-client.js';
 import { zAgentRenewal, zAgentSessionBody, zAgentWorkList } from './wire.js';
 
