@@ -103,6 +103,15 @@ export async function withLease<T>(store: Store, key: string, options: LeaseOpti
     async releaseWith<R>(work: (store: Store) => Promise<R>, releaseOptions: ReleaseWithOptions = {}): Promise<R> {
       const commit = (): Promise<R> =>
         store.transaction(async (tx) => {
+          // Still ours, confirmed in this commit (a renewal, a compare-and-swap on our own row): a
+          // holder paused past its lease (SIGSTOP, a VM stall) resumes here before its renewal
+          // could tell it, and must not write over what the process that took the lease over did.
+          if (!(await tx.locks.takeOver(key, me, me, expiry()))) {
+            throw new BerthError('CONFLICT', `lost the lease of ${options.what}: another process took it over while this one could not renew it (a long pause?)`, {
+              hint: 'nothing of this step was recorded; the process that took the lease over finishes or undoes it',
+              details: { lease: key, leaseLost: true },
+            });
+          }
           const result = await work(tx);
           await tx.locks.release(key, me);
           return result;

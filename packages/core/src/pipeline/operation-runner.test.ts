@@ -245,6 +245,34 @@ describe('OperationRunner and a deadline that passes while a driver runs a comma
     ]);
   });
 
+  it('a run frozen past its lease resumes before its heartbeat fences it: its first write finds the new owner, and it stops there', async () => {
+    // What `berth serve` does after a SIGSTOP or a long pause: the step it was waiting in ends
+    // (failed, or done), and no `fenced` signal has fired yet. Every write confirms the owner first.
+    for (const outcome of ['fails', 'succeeds'] as const) {
+      const store = createMemoryStore();
+      const host = await store.hosts.create({ name: 'h' });
+      const operation = await store.operations.create({ kind: 'attach', hostId: host.id, owner: 'r0', deadlineAt: new Date(Date.now() + 60_000).toISOString() });
+      const log: string[] = [];
+      const list = steps(log);
+      list[1] = {
+        ...list[1]!,
+        async run() {
+          log.push('do connect');
+          // Replica r1 took the operation over while this one was frozen here.
+          await store.operations.setOwner(operation.id, 'r1', 'r0');
+          if (outcome === 'fails') throw new BerthError('TIMEOUT', 'the operation passed its deadline');
+        },
+      };
+      const result = await new OperationRunner(store).run(list, {}, { operationId: operation.id, signal: AbortSignal.timeout(5_000), undoTimeoutMs: 1_000, logger: silentLogger, owner: 'r0' });
+      expect(result).toMatchObject({ ok: false, fenced: true, rolledBack: false, undoErrors: [] });
+      expect(!result.ok && result.error.details.takenOver).toBe(true);
+      // No undo ran, and the journal is as the takeover found it: `connect` still running, for r1.
+      expect(log).toEqual(['do reserve', 'do connect']);
+      const journal = (await store.operations.require(operation.id)).steps.map((s) => `${s.name}:${s.phase}:${s.state}`);
+      expect(journal).toEqual(['reserve:do:done', 'connect:do:running']);
+    }
+  });
+
   it("a step's commit lands with its end in the journal, or neither does; a commit that fails is the step's failure and is undone", async () => {
     const store = createMemoryStore();
     const host = await store.hosts.create({ name: 'h' });
