@@ -1,12 +1,13 @@
 // The lease hazard, for real: a process FROZEN past its lease (SIGSTOP — a long GC pause, a VM
 // stall) and then RESUMED (SIGCONT), while another process has taken its work over. A fleet of
 // PostgreSQL, two `berth serve` replicas and one agent (in its own network namespace, talking to
-// replica 1): (1) replica 0 is frozen with attaches in flight until replica 1 has taken them over
-// and settled them and a new attach has reused one of the volumes, then thawed: nothing it does
-// afterwards may change a row replica 1 settled or the new attachment's device; (2) the agent is
-// frozen holding a claimed `connect` past its work-item lease and past the operation's deadline,
-// then thawed while the attach rolls back: its late connect and report must leave no device nobody
-// owns. Each ends with a detach of everything: 0 devices, 0 links, 0 open work items.
+// replica 1): (1) replica 0 is frozen with attaches in flight (holding their device leases) until
+// replica 1 has taken them over — leases too — and settled them and a new attach has reused one of
+// the volumes, then thawed: nothing it does afterwards may change a row replica 1 settled or the
+// new attachment's device; (2) the agent is frozen holding a claimed `connect` past its work-item
+// lease and past the operation's deadline, then thawed while the attach rolls back or once it has
+// ended: its late connect and report must leave no device nobody owns. Each ends with a detach of
+// everything: 0 devices, 0 links, 0 open work items, 0 leases.
 import { describe, expect, it } from 'vitest';
 import type { Server, Volume } from '@berth/core';
 import { berthLinkExists, loopDevicesBacking } from '../support/loop-devices.js';
@@ -126,6 +127,10 @@ describe.skipIf(!isRoot)('processes frozen past their lease, then resumed', { ti
         );
         return rows[0]?.n === started.length ? true : undefined;
       });
+      // It holds each volume's device lease on h1 too (taken before its connect item): frozen with
+      // them, so replica 1 must take them over, not wait for them.
+      const leases = await query<{ n: number }>(f, "select count(*)::int as n from locks where key like 'device:%' and owner like $1", [`${replicaPid}@%`]);
+      expect(leases[0]?.n).toBe(started.length);
       f.freezeReplica(0);
     } finally {
       f.thawAgent('h1');
