@@ -21,6 +21,13 @@ export default tseslint.config(
     },
   },
   {
+    // One zod per process, in one file: berth's packages import it from core (packages/core/src/zod.ts).
+    ignores: ['packages/core/src/**'],
+    rules: {
+      'no-restricted-imports': ['error', { paths: [{ name: 'zod', message: "import zod from '@berth/core/zod': one copy, one file (packages/core/src/zod.ts)" }], patterns: [{ group: ['zod/*'], message: "import zod from '@berth/core/zod'" }] }],
+    },
+  },
+  {
     files: ['**/*.mjs', '**/*.js'],
     languageOptions: { globals: { process: 'readonly', console: 'readonly', Buffer: 'readonly', URL: 'readonly' } },
   },

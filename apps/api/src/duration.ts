@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 
 /** `?wait=` values: `30s`, `500ms`, `2m` or a bare number of seconds. */
 export const zWaitDuration = z

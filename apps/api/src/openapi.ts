@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import { zProblem } from './problem.js';
 import type { AnyRoute, ResponseSpec } from './route.js';
 import { API_LICENSE } from './version.js';

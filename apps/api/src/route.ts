@@ -1,5 +1,5 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import type { z } from 'zod';
+import type { z } from '@berth/core/zod';
 import { BerthError, parseWith } from '@berth/core';
 import { requireRole, scopeOf } from './access.js';
 import type { Principal, Role, TokenTable } from './auth.js';

@@ -9,11 +9,11 @@
 // emits the decorator metadata tsyringe reads, which esbuild does not.
 //
 // What stays an ordinary import, resolved by Node at run time:
-// - @berth/core and @berth/host, and what they import by name (zod): an installed third-party
-//   plugin imports them too, and there must be ONE core in the process (its resolve hook sends a
-//   plugin's `@berth/core` to the running berth's copy, so that its BerthError is the core's
-//   BerthError), and one zod along with it. Core ships as its own bundle with tsyringe inside
-//   (packages/core/scripts/bundle.mjs), so there is one container too;
+// - @berth/core and @berth/host: an installed third-party plugin imports them too, and there must be
+//   ONE core in the process (its resolve hook sends a plugin's `@berth/core` to the running berth's
+//   copy, so that its BerthError is the core's BerthError). Core ships as its own bundle with
+//   tsyringe and zod inside (packages/core/scripts/bundle.mjs), so there is one container and one
+//   zod too: every package imports zod as `@berth/core/zod`, and a bare `zod` fails the build;
 // - better-sqlite3 (native) and pg (loaded only for a PostgreSQL store);
 // - @berth/simhost (an optional peer, imported by name only under --simulate);
 // - @berth/api and fastify (only `berth serve` loads them), and oclif with its plugins (they load
@@ -37,7 +37,7 @@ const out = join(dist, 'bundle');
  */
 const EXTERNAL = [
   /^@berth\/(core|host|simhost|api)(\/|$)/,
-  /^(zod|better-sqlite3|pg|fastify)(\/|$)/,
+  /^(better-sqlite3|pg|fastify)(\/|$)/,
   /^@oclif\/plugin-/,
   // oclif's TypeScript support, which berth's compiled commands never use (and 10 MB to parse).
   /^(typescript|ts-node)(\/|$)/,
@@ -121,6 +121,11 @@ const result = await build({
           if (args.path.endsWith(`config${sep}plugin.js`)) contents = plainIdOrder(contents);
           return { contents, loader: 'js' };
         });
+        // zod comes from core (`@berth/core/zod`, one copy in one file): a bare `zod` would put a
+        // second copy in the bundle.
+        on.onResolve({ filter: /^zod(\/|$)/ }, (args) => ({
+          errors: [{ text: `${args.importer} imports ${args.path}: import zod from '@berth/core/zod' (packages/core/src/zod.ts)` }],
+        }));
         on.onResolve({ filter: /^[^./]/ }, (args) => {
           return EXTERNAL.some((pattern) => pattern.test(args.path)) ? { path: args.path, external: true } : undefined;
         });

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline/promises';
 import { Command, Flags, ux } from '@oclif/core';
-import { config as zodConfig } from 'zod';
+import { config as zodConfig } from '@berth/core/zod';
 import { BerthError } from '@berth/core/errors';
 import type { Interfaces } from '@oclif/core';
 import type { BerthService } from '@berth/core';

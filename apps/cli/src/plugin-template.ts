@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import { BerthError } from '@berth/core/errors';
 
 /** The CLI package's root: the nearest directory above this module with a package.json. */

@@ -2,7 +2,7 @@ import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promise
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import { AttachStateFileStore } from './attach-state-store.js';
 
 const zState = z.object({ version: z.literal(1), volumeId: z.string(), device: z.string() });

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import { BerthError, lazySchema } from '@berth/core';
 
 /** What a volume id must look like to name a state file (berth's ids are UUIDs). */

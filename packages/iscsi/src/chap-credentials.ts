@@ -1,4 +1,4 @@
-import type { z } from 'zod';
+import type { z } from '@berth/core/zod';
 import type { zChapConnectionKeys } from './connection-fields.js';
 
 /** CHAP credentials for a login (`node.session.auth.*`) or a discovery (`discovery.sendtargets.auth.*`). */

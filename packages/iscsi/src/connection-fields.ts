@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import { lazySchema } from '@berth/core';
 import type { LunAddressing } from './by-path.js';
 import { zIscsiName, zRecordValue } from './target.js';

@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import { BerthError, lazySchema, type Device, type DeviceIdentity } from '@berth/core';
 import type { HostFs } from '@berth/host';
 import { dmUuid } from './dm-sysfs.js';

@@ -1,6 +1,6 @@
 import { BerthError, lazySchema, parseWith } from '@berth/core';
 import type { CommandResult, CommandRunner } from '@berth/host';
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import { classifyResult, type ExitClass, type IscsiadmOp } from './exit-codes.js';
 import { commandResultOf, toIscsiadmError, type IscsiadmError } from './iscsiadm-error.js';
 import { formatPortal, type Portal } from './portal.js';

@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import { BerthError, lazySchema, type ConnectionInfo } from '@berth/core';
 import { kernelLun } from './by-path.js';
 import { chapOfConnection, secretsOfChap, type ConnectionChap } from './chap-credentials.js';

@@ -1,6 +1,6 @@
 import { BerthError, lazySchema, parseWith } from '@berth/core';
 import type { CommandResult, CommandRunner, HostFs } from '@berth/host';
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import { commandResultOf } from './iscsiadm-error.js';
 import {
   multipathMessages,

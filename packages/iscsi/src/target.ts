@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import { lazySchema, parseWith } from '@berth/core';
 import { formatPortal, parsePortal, type Portal } from './portal.js';
 

@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import { BerthError, lazySchema, parseWith } from '@berth/core';
 import { isRetryableClass } from './exit-codes.js';
 import { IscsiadmError } from './iscsiadm-error.js';

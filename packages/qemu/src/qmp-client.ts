@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
-import type { z } from 'zod';
+import type { z } from '@berth/core/zod';
 import { BerthError } from '@berth/core';
 import { zQmpErrorReply, zQmpEvent, zQmpGreeting, zQmpReturn, type QmpEvent, type QmpGreeting } from './qmp-schemas.js';
 

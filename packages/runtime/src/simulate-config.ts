@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { lazySchema, parseWith } from '@berth/core';
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 
 /**
  * The `simulate` section of the config file: which plugins run on berth's simulated host instead

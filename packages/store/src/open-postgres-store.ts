@@ -2,7 +2,7 @@ import { BerthError, parseWith } from '@berth/core';
 import type { Store } from '@berth/core';
 import { Kysely } from 'kysely';
 import type pg from 'pg';
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import type { Database } from './database.js';
 import { createKyselyStore } from './kysely-store.js';
 import { migrateToLatest } from './migrate.js';

@@ -1,5 +1,5 @@
 import { BerthError } from '@berth/core';
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 
 /** A PostgreSQL connection URL: `postgres://` or `postgresql://`, with a host or a socket directory. */
 export const zPostgresUrl = z.string().refine((value) => parsePostgresUrl(value) !== undefined, {

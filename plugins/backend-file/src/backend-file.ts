@@ -2,7 +2,7 @@ import { constants as fsConstants } from 'node:fs';
 import { access, mkdir, open, rm, stat, statfs, truncate, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import { hostFacts } from '@berth/host';
 import {
   BerthError,

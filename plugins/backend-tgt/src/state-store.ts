@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import { BerthError, KeyedLock, lazySchema } from '@berth/core';
 import { acquireFileLock, LockTimeoutError } from '@berth/host';
 

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { writeFileAtomically } from '@berth/host';
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import { lazySchema } from '@berth/core';
 
 const zTargets = lazySchema(() => z.array(z.string().regex(/^[a-z]+$/)).max(1024));

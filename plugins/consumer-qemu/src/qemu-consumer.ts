@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import { acquireFileLock, LockTimeoutError } from '@berth/host';
 import {
   BerthError,

@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import { BerthError, lazySchema, type ConnectionInfo } from '@berth/core';
 import {
   addressingOf,

@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import { lazySchema } from '@berth/core';
 import type { Device, Logger } from '@berth/core';
 import type { HostFs } from '@berth/host';

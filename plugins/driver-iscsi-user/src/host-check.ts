@@ -6,7 +6,7 @@ import { lazySchema, type CheckResult } from '@berth/core';
 import { hostFacts, writeFileAtomically, type HostServices } from '@berth/host';
 import { readInitiatorName } from '@berth/iscsi';
 import { QSD_INSTALL_HINT, writeSecretFile } from '@berth/qemu';
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import type { UserPaths } from './export-records.js';
 
 /** Where the kernel's iSCSI initiator registers its tcp transport (absent: it cannot log in). */

@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import { lazySchema } from '@berth/core';
 
 /** Options of the `iscsi-user` transport (the config's `pluginOptions['@berth/driver-iscsi-user']`). */

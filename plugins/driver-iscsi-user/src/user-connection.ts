@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import { BerthError, lazySchema, type ConnectionInfo } from '@berth/core';
 import { formatPortal, toPortal, zIscsiName } from '@berth/iscsi';
 

@@ -3,7 +3,7 @@ import { realpath, stat, statfs } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import { CommandError, WaitTimeoutError, hostFacts, type CommandResult } from '@berth/host';
 import {
   BerthError,

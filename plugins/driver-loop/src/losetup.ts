@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import { lazySchema } from '@berth/core';
 
 /** What the kernel appends to a loop device's back-file when the file was unlinked while attached. */

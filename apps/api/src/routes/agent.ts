@@ -1,6 +1,6 @@
 import { BerthError, type AgentWork } from '@berth/core';
 import type { FastifyRequest } from 'fastify';
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import { AGENTS, requireHostAgent } from '../access.js';
 import {
   zAgentRegisterBody,

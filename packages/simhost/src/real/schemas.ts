@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 
 // Portals and IQNs end up in libiscsi URLs and QMP arguments: keep them to characters that mean
 // nothing in a URL path.

@@ -1,6 +1,6 @@
 import { lazySchema, parseWith, zConnector, zHost, zHostAgent } from '@berth/core';
 import type { Connector, Host, HostRepository, NewHost, NewHostAgent } from '@berth/core';
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import type { Selectable } from 'kysely';
 import { cachedQuery } from '../cached-query.js';
 import type { HostsTable } from '../database.js';

@@ -1,5 +1,5 @@
 import { BerthError, lazySchema, newOperationRow, operationLeaseMs, parseWith, zLeaseMs, zId, zOperation, zOperationState, zOperationStep } from '@berth/core';
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import type {
   ErrorSummary,
   NewOperation,

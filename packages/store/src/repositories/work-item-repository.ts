@@ -9,7 +9,7 @@ import type {
   WorkItemState,
 } from '@berth/core';
 import type { Updateable } from 'kysely';
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 import type { WorkItemsTable } from '../database.js';
 import { encodeNullableJson, violation, withPicked } from '../repository-context.js';
 import type { RepositoryContext } from '../repository-context.js';

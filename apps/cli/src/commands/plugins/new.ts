@@ -1,6 +1,6 @@
 import { resolve } from 'node:path';
 import { Args, Flags } from '@oclif/core';
-import type { z } from 'zod';
+import type { z } from '@berth/core/zod';
 import { BerthError } from '@berth/core/errors';
 import { BaseCommand } from '../../base-command.js';
 import { renderPluginTemplate, transportNameFor, writePluginFiles, zPluginPackageName, zTransportName } from '../../plugin-template.js';

@@ -10,7 +10,7 @@ import {
   type PluginContext,
   type TransportDriver,
 } from '@berth/core';
-import { z } from 'zod';
+import { z } from '@berth/core/zod';
 
 /** The transport's name: given to `registry.transport()`, recorded on every attachment. */
 export const NAME = 'loop-4k';
