@@ -4,6 +4,7 @@ import { BerthError } from '../errors.js';
 import { silentLogger } from '../logger.js';
 import { createMemoryStore } from '../memory-store.js';
 import type { Store } from '../store.js';
+import { takenOverError } from './operation-fence.js';
 import { OperationRunner, type RunOutcome } from './operation-runner.js';
 import type { Step } from './step.js';
 
@@ -320,6 +321,91 @@ describe('OperationRunner and a deadline that passes while a driver runs a comma
       ['mark', 'done', { ran: true, marked: true }],
       ['last', 'done', null],
     ]);
+  });
+});
+
+describe('OperationRunner with an owner: the writes of a run taken over are fenced', () => {
+  async function owned() {
+    const store = createMemoryStore();
+    const host = await store.hosts.create({ name: 'h' });
+    const volume = await store.volumes.create({ name: 'v', projectId: 'p', sizeBytes: 1024, backend: 'file', multiattach: false, status: 'available' });
+    const operation = await store.operations.create({ kind: 'attach', hostId: host.id, owner: 'r0', deadlineAt: new Date(Date.now() + 60_000).toISOString() });
+    const options = { operationId: operation.id, signal: AbortSignal.timeout(5_000), undoTimeoutMs: 1_000, logger: silentLogger, owner: 'r0' };
+    const takeOver = () => store.operations.setOwner(operation.id, 'r1', 'r0');
+    const journal = async () => (await store.operations.require(operation.id)).steps.map((s) => `${s.name}:${s.phase}:${s.state}`);
+    return { store, volume, options, takeOver, journal };
+  }
+
+  it("a step's commit is not applied when the operation was taken over before it: its store work, its end and the context stay as they were", async () => {
+    const w = await owned();
+    const log: string[] = [];
+    const context = { applied: [] as string[] };
+    const list: Array<Step<typeof context>> = [
+      {
+        name: 'mark',
+        async run() {
+          log.push('do mark');
+          await w.takeOver();
+        },
+        async commit(_ctx, tx) {
+          await tx.volumes.transition(w.volume.id, ['available'], 'reserved');
+          return { apply: (c) => c.applied.push('mark') };
+        },
+        async undo() {
+          log.push('undo mark');
+        },
+      },
+      { name: 'last', async run() {} },
+    ];
+    const outcome = await new OperationRunner(w.store).run(list, context, w.options);
+    expect(outcome).toMatchObject({ ok: false, fenced: true, rolledBack: false, undoErrors: [] });
+    expect((await w.store.volumes.require(w.volume.id)).status).toBe('available');
+    expect(context.applied).toEqual([]);
+    expect(log).toEqual(['do mark']);
+    expect(await w.journal()).toEqual(['mark:do:running']);
+  });
+
+  it('an undo phase taken over stops at its next write: the undos left are the new owner\'s', async () => {
+    const w = await owned();
+    const log: string[] = [];
+    const list = steps(log, { failAt: 'connect' }).slice(0, 2);
+    list[1] = {
+      ...list[1]!,
+      async undo() {
+        log.push('undo connect');
+        // Frozen in this undo; r1 took the operation over meanwhile.
+        await w.takeOver();
+      },
+    };
+    const outcome = await new OperationRunner(w.store).run(list, {}, w.options);
+    expect(outcome).toMatchObject({ ok: false, fenced: true, rolledBack: false });
+    expect(log).toEqual(['do reserve', 'do connect', 'undo connect']);
+    expect(await w.journal()).toEqual(['reserve:do:done', 'connect:do:failed', 'connect:undo:running']);
+  });
+
+  it('a host step refused because the operation was taken over (no work handed out) ends the run fenced: nothing undone, nothing written', async () => {
+    for (const phase of ['do', 'undo'] as const) {
+      const w = await owned();
+      const log: string[] = [];
+      const list = steps(log, phase === 'undo' ? { failAt: 'disconnect' } : {}).slice(0, 3);
+      const refuse = async (what: string) => {
+        log.push(what);
+        await w.takeOver();
+        throw takenOverError(w.options.operationId);
+      };
+      if (phase === 'do') list[1] = { ...list[1]!, run: () => refuse('do connect') };
+      else list[1] = { ...list[1]!, undo: () => refuse('undo connect') };
+      const outcome = await new OperationRunner(w.store).run(list, {}, w.options);
+      expect(outcome).toMatchObject({ ok: false, fenced: true, rolledBack: false, undoErrors: [] });
+      if (phase === 'do') {
+        expect(log).toEqual(['do reserve', 'do connect']);
+        expect(await w.journal()).toEqual(['reserve:do:done', 'connect:do:running']);
+      } else {
+        // The undo of reserve is r1's to run, not this process's.
+        expect(log).toEqual(['do reserve', 'do connect', 'do disconnect', 'undo disconnect', 'undo connect']);
+        expect(await w.journal()).toEqual(['reserve:do:done', 'connect:do:done', 'disconnect:do:failed', 'disconnect:undo:done', 'connect:undo:running']);
+      }
+    }
   });
 });
 

@@ -4,7 +4,7 @@ import type { ErrorSummary } from '../model.js';
 import { withDeferredDurability, type StepOutcome, type Store } from '../store.js';
 import type { Step, StepCommit } from './step.js';
 import type { FaultInjector } from '../faults.js';
-import { confirmOwner, isTakenOver } from './operation-fence.js';
+import { isTakenOver, ownedTransaction } from './operation-fence.js';
 import { withStoreRetry } from './store-retry.js';
 
 /** How a pipeline run ended. */
@@ -49,21 +49,24 @@ export interface RunOptions {
   fenced?: AbortSignal;
   /**
    * This process, when another replica may take the operation over (replica leases): every
-   * journal write and step commit first confirms in its transaction that the operation is still
-   * this owner's (`confirmOwner`). One that is not fences the run as `fenced` would — a process
+   * journal write and step commit confirms in its transaction, last before the commit, that the
+   * operation is still this owner's (`confirmOwner`), and every host step is handed out only
+   * while it is (`HostStepCall.owner`, given by `dispatch`). One that is not fences the run as `fenced` would — a process
    * frozen past its lease resumes before its heartbeat can tell it.
    */
   owner?: string;
 }
 
-/** How a run's writes are fenced: the signal that stops it, and the writes that confirm its ownership first. */
+/** How a run's writes are fenced: the signal that stops it, and the writes that confirm its ownership before they commit. */
 interface RunFence {
-  /** `fenced`, or a journal write found the operation taken over. */
+  /** `fenced`, or a write (or a host step handed out) found the operation taken over. */
   signal: AbortSignal;
-  /** Run `write` on the store, after `confirm` in one transaction when the run has an owner. */
+  /** Run `write` on the store: alone without an owner; with one, in a transaction that confirms it last (`ownedTransaction`). */
   owned<T>(write: (store: Store) => Promise<T>): Promise<T>;
-  /** Inside a transaction: confirm the owner (nothing without one). */
-  confirm(tx: Store): Promise<void>;
+  /** Run `write` in one transaction that, with an owner, confirms it last, just before the commit. */
+  transaction<T>(write: (store: Store) => Promise<T>): Promise<T>;
+  /** Fence the run when `error` says the operation was taken over (a host step refused to hand out work). */
+  note(error: unknown): void;
 }
 
 /** A safe summary of an error for the journal (no stack, no cause). */
@@ -98,25 +101,23 @@ export class OperationRunner {
   private fence(options: RunOptions): RunFence {
     const lost = new AbortController();
     const { owner, operationId } = options;
-    const confirm = async (tx: Store): Promise<void> => {
-      if (owner === undefined) return;
+    const note = (error: unknown): void => {
+      if (isTakenOver(error) && !lost.signal.aborted) lost.abort(error);
+    };
+    const transaction = async <T>(write: (store: Store) => Promise<T>): Promise<T> => {
       try {
-        await confirmOwner(tx, operationId, owner);
+        // Without an owner (embedded mode), exactly the transaction it always was.
+        return await (owner === undefined ? this.store.transaction(write) : ownedTransaction(this.store, operationId, owner, write));
       } catch (error) {
-        if (isTakenOver(error)) lost.abort(error);
+        note(error);
         throw error;
       }
     };
     return {
       signal: options.fenced ? AbortSignal.any([options.fenced, lost.signal]) : lost.signal,
-      confirm,
-      owned: (write) =>
-        owner === undefined
-          ? write(this.store)
-          : this.store.transaction(async (tx) => {
-              await confirm(tx);
-              return write(tx);
-            }),
+      note,
+      transaction,
+      owned: (write) => (owner === undefined ? write(this.store) : transaction(write)),
     };
   }
 
@@ -175,6 +176,7 @@ export class OperationRunner {
         const cutShort = signal.aborted && (!BerthError.is(raw) || raw.code === 'CANCELLED');
         const error = toBerthError(cutShort ? signal.reason : raw);
         timings[step.name] = round(performance.now() - begun);
+        fence.note(raw);
         // Taken over: the journal is the new owner's now.
         if (fence.signal.aborted) return fail(error, [], false);
         await journal(`journal ${step.name}`, () => owned((s) => s.operations.endStep(operationId, seq, { state: 'failed', error: summarize(error) }))).catch(
@@ -219,8 +221,7 @@ export class OperationRunner {
         try {
           started = await durably(deferrable(next), () =>
             journal(`journal ${step.name}`, () =>
-              this.store.transaction(async (tx) => {
-                await fence.confirm(tx);
+              fence.transaction(async (tx) => {
                 committed = await commit(context, tx);
                 const merged = committed.data === undefined ? (data ?? null) : { ...(data ?? {}), ...committed.data };
                 return boundary(tx, { state: 'done', data: merged });
@@ -292,6 +293,9 @@ export class OperationRunner {
         await step.undo?.(context, signal, { failures: errors.map((e) => `${e.message}`) });
         outcome = { state: 'done' };
       } catch (raw) {
+        // A host step refused because another replica owns the operation now: it undoes the rest.
+        fence.note(raw);
+        if (fence.signal.aborted) break;
         const error = toBerthError(raw);
         errors.push(error);
         outcome = { state: 'failed', error: summarize(error) };

@@ -5,7 +5,7 @@ import type { Attachment, Operation, Server, Volume } from '../../model.js';
 import type { PipelineContext } from '../../pipeline/context.js';
 import { markDetachFailed } from '../../pipeline/detach.js';
 import { summarize, type RunOutcome } from '../../pipeline/operation-runner.js';
-import { confirmOwner, isTakenOver, takenOverError } from '../../pipeline/operation-fence.js';
+import { isTakenOver, ownedFinish, takenOverError } from '../../pipeline/operation-fence.js';
 import type { Step } from '../../pipeline/step.js';
 import { withStoreRetry } from '../../pipeline/store-retry.js';
 import type { OperationOutcome, StartedOperation } from '../../service.js';
@@ -105,6 +105,8 @@ export class OperationLauncher {
       consumer,
       backend: catalog.backend(volume.backend),
       forcedErrors: [],
+      // With replica leases, every host step confirms the operation is still this process's.
+      ...(this.leased.has(operationId) ? { owner: this.parts.owner } : {}),
     };
   }
 
@@ -160,13 +162,14 @@ export class OperationLauncher {
     this.executing.add(operationId);
     // With replica leases, the end is written only while the operation is still this process's.
     const owner = this.leased.has(operationId) ? this.parts.owner : undefined;
-    const owned = (write: (tx: Store) => Promise<Operation>): Promise<Operation> =>
-      owner === undefined
-        ? write(store)
-        : store.transaction(async (tx) => {
-            await confirmOwner(tx, operationId, owner);
-            return write(tx);
-          });
+    const end = (settled: Parameters<Store['operations']['finish']>[1], before?: (tx: Store) => Promise<unknown>): Promise<Operation> => {
+      if (owner !== undefined) return ownedFinish(store, operationId, owner, settled, before);
+      if (before === undefined) return store.operations.finish(operationId, settled);
+      return store.transaction(async (tx) => {
+        await before(tx);
+        return tx.operations.finish(operationId, settled);
+      });
+    };
     const settle = (what: string, fn: () => Promise<Operation>): Promise<Operation | undefined> =>
       withStoreRetry(fn, { what, signal: AbortSignal.timeout(config.undoTimeoutMs), logger: log }).catch((error: unknown) => {
         // Another replica owns it now and settles it; this process only tells its caller.
@@ -183,8 +186,11 @@ export class OperationLauncher {
       // No step ran: nothing to undo.
       const error = toBerthError(raw);
       error.details.operationId = operationId;
-      await settle('recording the failure', () => owned((tx) => tx.operations.finish(operationId, { state: 'rolled_back', error: summarize(error) })));
-      deadline.dispose();
+      try {
+        await settle('recording the failure', () => end({ state: 'rolled_back', error: summarize(error) }));
+      } finally {
+        deadline.dispose();
+      }
       throw error;
     }
     try {
@@ -209,15 +215,15 @@ export class OperationLauncher {
         };
         // An attach's timings go on its attachment in the same commit as the operation's end.
         const timed = kind === 'attach' ? ctx.attachment : undefined;
-        const succeeded = (tx: Store): Promise<Operation> => tx.operations.finish(operationId, { state: 'succeeded', result });
         const record = (): Promise<Operation> =>
-          timed === undefined
-            ? owned(succeeded)
-            : store.transaction(async (tx) => {
-                if (owner !== undefined) await confirmOwner(tx, operationId, owner);
-                ctx.attachment = await tx.attachments.update(timed.id, { timings: outcome.timings });
-                return succeeded(tx);
-              });
+          end(
+            { state: 'succeeded', result },
+            timed === undefined
+              ? undefined
+              : async (tx) => {
+                  ctx.attachment = await tx.attachments.update(timed.id, { timings: outcome.timings });
+                },
+          );
         // The runner wrote the last step's end durably (attach `complete`, detach
         // `delete_attachment`): recovery already reads this operation as succeeded from it, so its
         // own end (and the attach's timings) may be deferred-durable. Not when a journal write
@@ -246,7 +252,7 @@ export class OperationLauncher {
       const error = failureOf(outcome, ctx, operationId);
       const state = outcome.rolledBack ? 'rolled_back' : 'failed';
       const settled = await settle('recording the failure', () =>
-        owned((tx) => tx.operations.finish(operationId, { state, error: summarize(error), result: { timings: outcome.timings } })),
+        end({ state, error: summarize(error), result: { timings: outcome.timings } }),
       );
       if (settled === undefined) {
         throw new BerthError(error.code, `${error.message} (and the outcome could not be recorded)`, {
