@@ -51,6 +51,30 @@ describe('replicas', () => {
     await service.close();
   });
 
+  it('a survivor frozen right after its takeover and taken over in turn writes nothing and undoes nothing (its recovery is fenced)', async () => {
+    const store = createMemoryStore();
+    const { service } = replica(store);
+    const volume = await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
+    const server = await service.createServer({ name: 'web-1' });
+    const op = await store.operations.create({ kind: 'attach', volumeId: volume.id, serverId: server.id, hostId: server.hostId, owner: '4242@api-2', deadlineAt: new Date(Date.now() + 60_000).toISOString(), leaseMs: 0 });
+    await reserveAttachmentRecord(store, volume.id, server, 'rw', op.id);
+    await store.operations.endStep(op.id, await store.operations.startStep(op.id, 'reserve', 'do'), { state: 'done' });
+    // This replica claims it, then "freezes": api-3 claims it in turn before the recovery's first write.
+    const claim = store.operations.claimExpired!.bind(store.operations);
+    store.operations.claimExpired = async (owner, leaseMs, limit) => {
+      const taken = await claim(owner, leaseMs, limit);
+      for (const t of taken) await store.operations.setOwner(t.id, '77@api-3', owner);
+      return taken;
+    };
+    const stop = service.startReplica();
+    await stop();
+    const after = await store.operations.require(op.id);
+    expect(after).toMatchObject({ state: 'running', owner: '77@api-3' });
+    expect(after.steps.map((s) => `${s.name}:${s.phase}:${s.state}`)).toEqual(['reserve:do:done']);
+    expect(await service.listAttachments({ volume: 'db1' })).toHaveLength(1);
+    await service.close();
+  });
+
   it('fences a run another replica took over: it stops at once, undoes nothing and leaves the operation to the new owner', async () => {
     const store = createMemoryStore();
     // Beats every 100 ms: the test waits for the one after the takeover (no fixed sleep).
