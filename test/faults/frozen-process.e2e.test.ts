@@ -136,19 +136,24 @@ describe.skipIf(!isRoot)('processes frozen past their lease, then resumed', { ti
       f.thawAgent('h1');
     }
 
-    // Replica 1 takes the operations over once their lease passes and settles them.
-    await until('replica 1 settled every operation of the frozen replica', async () => {
-      const rows = await query<{ n: number }>(f, "select count(*)::int as n from operations where id = any($1) and state <> 'running' and owner not like $2", [started, `${replicaPid}@%`]);
-      return rows[0]?.n === started.length ? true : undefined;
-    });
-    // The first volume is attached again, by replica 1: what a woken replica must not undo.
-    const again = await request(f, 1, 'POST', `/v1/volumes/${mine[0]!.id}/attach`, { server: 'web-h1' }, 30);
-    expect(again.body.operation?.state).toBe('succeeded');
-    const settled = await snapshot(f, [...started, again.body.operation!.id]);
-    const devices = mine.map((v) => loopDevicesBacking(v.providerLocation as string).length);
-    expect(devices).toEqual([1, 0, 0]);
-
-    f.thawReplica(0);
+    // Thawed in any case (finally): a failure here must not leave replica 0 frozen for the next case.
+    let again: Awaited<ReturnType<typeof request>>;
+    let settled: Awaited<ReturnType<typeof snapshot>>;
+    try {
+      // Replica 1 takes the operations over once their lease passes and settles them.
+      await until('replica 1 settled every operation of the frozen replica', async () => {
+        const rows = await query<{ n: number }>(f, "select count(*)::int as n from operations where id = any($1) and state <> 'running' and owner not like $2", [started, `${replicaPid}@%`]);
+        return rows[0]?.n === started.length ? true : undefined;
+      });
+      // The first volume is attached again, by replica 1: what a woken replica must not undo.
+      again = await request(f, 1, 'POST', `/v1/volumes/${mine[0]!.id}/attach`, { server: 'web-h1' }, 30);
+      expect(again.body.operation?.state).toBe('succeeded');
+      settled = await snapshot(f, [...started, again.body.operation!.id]);
+      const devices = mine.map((v) => loopDevicesBacking(v.providerLocation as string).length);
+      expect(devices).toEqual([1, 0, 0]);
+    } finally {
+      f.thawReplica(0);
+    }
     // The woken replica learns it was fenced and ends its runs (its in-flight gauge back to 0).
     await until('the woken replica ended its runs', async () => ((await inFlight(f, 0)) === 0 ? true : undefined));
     await until('no operation or work item open', async () => ((await openWork(f)) === 0 ? true : undefined));
