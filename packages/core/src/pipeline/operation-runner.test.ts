@@ -73,6 +73,28 @@ function steps(log: string[], options: { failAt?: string; noReturnAt?: string; f
   }));
 }
 
+/** A step `mark` whose commit reserves volume `volumeId` (and fails after it when `failCommit`), then a step `last`. */
+function markThenLast(volumeId: string, log: string[], work: () => Promise<Record<string, unknown> | void>, failCommit = false): Array<Step<{ applied: string[] }>> {
+  return [
+    {
+      name: 'mark',
+      async run() {
+        log.push('do mark');
+        return work();
+      },
+      async commit(_ctx, tx) {
+        await tx.volumes.transition(volumeId, ['available'], 'reserved');
+        if (failCommit) throw new BerthError('CONFLICT', 'the commit lost a race');
+        return { data: { marked: true }, apply: (c) => c.applied.push('mark') };
+      },
+      async undo() {
+        log.push('undo mark');
+      },
+    },
+    { name: 'last', async run() {} },
+  ];
+}
+
 async function run(journal: Journal, stepList: Array<Step<unknown>>, deadlineMs = 5_000): Promise<RunOutcome> {
   return new OperationRunner(journalStore(journal)).run(stepList, {}, {
     operationId: 'op',
@@ -282,24 +304,7 @@ describe('OperationRunner and a deadline that passes while a driver runs a comma
       const operation = await store.operations.create({ kind: 'attach', hostId: host.id, owner: 'test', deadlineAt: new Date(Date.now() + 60_000).toISOString() });
       const log: string[] = [];
       const context = { applied: [] as string[] };
-      const list: Array<Step<typeof context>> = [
-        {
-          name: 'mark',
-          async run() {
-            log.push('do mark');
-            return { ran: true };
-          },
-          async commit(_ctx, tx) {
-            await tx.volumes.transition(volume.id, ['available'], 'reserved');
-            if (failCommit) throw new BerthError('CONFLICT', 'the commit lost a race');
-            return { data: { marked: true }, apply: (c) => c.applied.push('mark') };
-          },
-          async undo() {
-            log.push('undo mark');
-          },
-        },
-        { name: 'last', async run() {} },
-      ];
+      const list = markThenLast(volume.id, log, async () => ({ ran: true }), failCommit);
       const outcome = await new OperationRunner(store).run(list, context, { operationId: operation.id, signal: AbortSignal.timeout(5_000), undoTimeoutMs: 1_000, logger: silentLogger });
       return { outcome, log, context, journal: (await store.operations.require(operation.id)).steps };
     };
@@ -340,23 +345,9 @@ describe('OperationRunner with an owner: the writes of a run taken over are fenc
     const w = await owned();
     const log: string[] = [];
     const context = { applied: [] as string[] };
-    const list: Array<Step<typeof context>> = [
-      {
-        name: 'mark',
-        async run() {
-          log.push('do mark');
-          await w.takeOver();
-        },
-        async commit(_ctx, tx) {
-          await tx.volumes.transition(w.volume.id, ['available'], 'reserved');
-          return { apply: (c) => c.applied.push('mark') };
-        },
-        async undo() {
-          log.push('undo mark');
-        },
-      },
-      { name: 'last', async run() {} },
-    ];
+    const list = markThenLast(w.volume.id, log, async () => {
+      await w.takeOver();
+    });
     const outcome = await new OperationRunner(w.store).run(list, context, w.options);
     expect(outcome).toMatchObject({ ok: false, fenced: true, rolledBack: false, undoErrors: [] });
     expect((await w.store.volumes.require(w.volume.id)).status).toBe('available');

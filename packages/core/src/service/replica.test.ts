@@ -29,17 +29,23 @@ function replica(store: Store, heartbeatMs = 30_000) {
   return { service, release, inConnect };
 }
 
+/** An attach of volume db1 to server web-1 that replica api-2 left after its reserve, its lease (0 ms) passed. */
+async function diedAfterReserve(store: Store, service: BerthServiceImpl) {
+  const volume = await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
+  const server = await service.createServer({ name: 'web-1' });
+  const op = await store.operations.create({ kind: 'attach', volumeId: volume.id, serverId: server.id, hostId: server.hostId, owner: '4242@api-2', deadlineAt: new Date(Date.now() + 60_000).toISOString(), leaseMs: 0 });
+  await reserveAttachmentRecord(store, volume.id, server, 'rw', op.id);
+  await store.operations.endStep(op.id, await store.operations.startStep(op.id, 'reserve', 'do'), { state: 'done' });
+  return op;
+}
+
 describe('replicas', () => {
   it('takes over an operation whose replica stopped renewing it, and rolls it back by the recovery rules', async () => {
     const store = createMemoryStore();
     const { service } = replica(store);
-    const volume = await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
-    const server = await service.createServer({ name: 'web-1' });
-    // What a replica on another machine left when it died after its reserve.
-    const op = await store.operations.create({ kind: 'attach', volumeId: volume.id, serverId: server.id, hostId: server.hostId, owner: '4242@api-2', deadlineAt: new Date(Date.now() + 60_000).toISOString(), leaseMs: 0 });
-    await reserveAttachmentRecord(store, volume.id, server, 'rw', op.id);
-    await store.operations.endStep(op.id, await store.operations.startStep(op.id, 'reserve', 'do'), { state: 'done' });
-    // Its lease (0 ms) passed at once: api-2 never renewed it.
+    // What a replica on another machine left when it died after its reserve; its lease (0 ms)
+    // passed at once: api-2 never renewed it.
+    const op = await diedAfterReserve(store, service);
 
     const stop = service.startReplica();
     await stop();
@@ -54,11 +60,7 @@ describe('replicas', () => {
   it('a survivor frozen right after its takeover and taken over in turn writes nothing and undoes nothing (its recovery is fenced)', async () => {
     const store = createMemoryStore();
     const { service } = replica(store);
-    const volume = await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
-    const server = await service.createServer({ name: 'web-1' });
-    const op = await store.operations.create({ kind: 'attach', volumeId: volume.id, serverId: server.id, hostId: server.hostId, owner: '4242@api-2', deadlineAt: new Date(Date.now() + 60_000).toISOString(), leaseMs: 0 });
-    await reserveAttachmentRecord(store, volume.id, server, 'rw', op.id);
-    await store.operations.endStep(op.id, await store.operations.startStep(op.id, 'reserve', 'do'), { state: 'done' });
+    const op = await diedAfterReserve(store, service);
     // This replica claims it, then "freezes": api-3 claims it in turn before the recovery's first write.
     const claim = store.operations.claimExpired!.bind(store.operations);
     store.operations.claimExpired = async (owner, leaseMs, limit) => {
