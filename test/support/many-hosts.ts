@@ -26,8 +26,8 @@ export interface ManyHostsOptions {
   replicaEnv?: Record<string, string>;
   /** Extra environment of one replica, by index, over `replicaEnv` (a fault armed in one replica only). */
   replicaEnvs?: ReadonlyArray<Record<string, string> | undefined>;
-  /** The agents' `--api`: replica 0's URL (default), or every replica's, comma-separated (`all`). */
-  agentApi?: 'first' | 'all';
+  /** The agents' `--api`: replica 0's URL (default), every replica's, comma-separated (`all`), or replica N's only. */
+  agentApi?: 'first' | 'all' | number;
 }
 
 /** One `berth serve`. */
@@ -74,6 +74,17 @@ export interface ManyHosts {
   startAgent(name: string, env?: Record<string, string>): Promise<AgentProcess>;
   /** Send `signal` to `host`'s agent and wait for it to exit; resolves to its exit code. */
   stopAgent(name: string, signal?: NodeJS.Signals): Promise<number | undefined>;
+  /**
+   * SIGSTOP replica `index` (a long GC pause, a VM stall): it stays frozen, its sockets open,
+   * until `thawReplica`; `cleanup` thaws whatever is still frozen before it stops anything.
+   */
+  freezeReplica(index: number): void;
+  /** SIGCONT replica `index`. */
+  thawReplica(index: number): void;
+  /** SIGSTOP `host`'s agent (see `freezeReplica`). */
+  freezeAgent(name: string): void;
+  /** SIGCONT `host`'s agent. */
+  thawAgent(name: string): void;
   /** Stop everything, sweep loop devices and links this run made, remove the namespaces, stop PostgreSQL. */
   cleanup(): Promise<void>;
 }
@@ -157,7 +168,32 @@ export async function startManyHosts(options: ManyHostsOptions): Promise<ManyHos
 
     const replicas: Replica[] = [];
     const children = new Set<ResultPromise>();
+    // Processes SIGSTOPped by a test: thawed first, whatever happens, so nothing waits on a stopped one.
+    const frozen = new Set<number>();
+    const sendSignal = (child: ResultPromise, what: string, sig: 'SIGSTOP' | 'SIGCONT'): void => {
+      const pid = child.pid;
+      if (pid === undefined || child.exitCode !== null || child.signalCode !== null) throw new Error(`${what} does not run; cannot send ${sig}`);
+      process.kill(pid, sig);
+      if (sig === 'SIGSTOP') frozen.add(pid);
+      else frozen.delete(pid);
+    };
+    const thawIfFrozen = (child: ResultPromise): void => {
+      if (child.pid === undefined || !frozen.delete(child.pid)) return;
+      try {
+        process.kill(child.pid, 'SIGCONT');
+      } catch {
+        // Gone already.
+      }
+    };
     cleanups.push(async () => {
+      for (const pid of frozen) {
+        try {
+          process.kill(pid, 'SIGCONT');
+        } catch {
+          // Gone already.
+        }
+      }
+      frozen.clear();
       for (const child of children) child.kill('SIGKILL');
       await Promise.allSettled([...children]);
     });
@@ -185,7 +221,8 @@ export async function startManyHosts(options: ManyHostsOptions): Promise<ManyHos
       const tokenFile = join(dataDir, 'agent.token');
       await writeFile(tokenFile, agentTokens.get(name) ?? '', { mode: 0o600 });
       await chmod(tokenFile, 0o600);
-      const api = options.agentApi === 'all' ? replicas.map((r) => r.url).join(',') : (replicas[0]?.url ?? '');
+      const api =
+        options.agentApi === 'all' ? replicas.map((r) => r.url).join(',') : (replicas[typeof options.agentApi === 'number' ? options.agentApi : 0]?.url ?? '');
       const child = net.spawnIn(host, process.execPath, [BERTH_BIN, 'agent', '--api', api, '--token-file', tokenFile], {
         env: { ...inheritedEnv(), HOME: sandbox.home, NO_COLOR: '1', BERTH_DATA_DIR: dataDir, ...env },
         extendEnv: false,
@@ -201,6 +238,16 @@ export async function startManyHosts(options: ManyHostsOptions): Promise<ManyHos
     };
     for (const host of net.hosts) await startAgent(host.name);
 
+    const replicaAt = (index: number): Replica => {
+      const replica = replicas[index];
+      if (replica === undefined) throw new Error(`no replica ${index}`);
+      return replica;
+    };
+    const agentOf = (name: string): AgentProcess => {
+      const agent = agents.get(name);
+      if (agent === undefined) throw new Error(`no agent runs on ${name}`);
+      return agent;
+    };
     const berth = (args: readonly string[], replica = 0): Promise<BerthRun> =>
       sandbox.run(args, { BERTH_API_URL: replicas[replica]?.url ?? '', BERTH_TOKEN: adminToken });
 
@@ -224,6 +271,7 @@ export async function startManyHosts(options: ManyHostsOptions): Promise<ManyHos
         const old = replicas[index];
         if (old === undefined) throw new Error(`no replica ${index}`);
         old.child.kill('SIGKILL');
+        thawIfFrozen(old.child);
         await old.child;
         children.delete(old.child);
         const restarted = await startReplica(index, env, new URL(old.url).host);
@@ -231,10 +279,16 @@ export async function startManyHosts(options: ManyHostsOptions): Promise<ManyHos
         return restarted;
       },
       startAgent,
+      freezeReplica: (index: number) => sendSignal(replicaAt(index).child, `replica ${index}`, 'SIGSTOP'),
+      thawReplica: (index: number) => sendSignal(replicaAt(index).child, `replica ${index}`, 'SIGCONT'),
+      freezeAgent: (name: string) => sendSignal(agentOf(name).child, `the agent of ${name}`, 'SIGSTOP'),
+      thawAgent: (name: string) => sendSignal(agentOf(name).child, `the agent of ${name}`, 'SIGCONT'),
       async stopAgent(name: string, signal: NodeJS.Signals = 'SIGTERM'): Promise<number | undefined> {
         const agent = agents.get(name);
         if (agent === undefined) return undefined;
         agent.child.kill(signal);
+        // A frozen agent would never handle a SIGTERM.
+        thawIfFrozen(agent.child);
         const result = await agent.child;
         agents.delete(name);
         return result.exitCode;

@@ -2,6 +2,7 @@ import { hostname } from 'node:os';
 import { describe, expect, it } from 'vitest';
 import { BerthError } from './errors.js';
 import { withLease, type LeaseOptions } from './lease.js';
+import { createMemoryStore } from './memory-store.js';
 import type { LockHolder, Store } from './store.js';
 
 /** The store's lease table, in memory, with the same compare-and-swap semantics. */
@@ -109,5 +110,21 @@ describe('withLease', () => {
     });
     expect(renewed).toBe(true);
     expect(rows.size).toBe(0);
+  });
+});
+
+describe('withLease, paused past its lease', () => {
+  it("a holder that resumes after another process took its lease over commits nothing with `releaseWith`", async () => {
+    const store = createMemoryStore();
+    const volume = await store.volumes.create({ name: 'v', projectId: 'p', sizeBytes: 1024, backend: 'file', multiattach: false, status: 'available' });
+    const outcome = withLease(store, 'k', { ...options(), ttlMs: 1_000 }, async (lease) => {
+      // Frozen here past the lease; another replica's recovery took it over (the holder on another host).
+      const held = await store.locks.holder('k');
+      expect(await store.locks.takeOver('k', 'other@elsewhere/1', held!.owner, new Date(Date.now() + 60_000).toISOString())).toBe(true);
+      return lease.releaseWith((tx) => tx.volumes.transition(volume.id, ['available'], 'error'));
+    });
+    await expect(outcome).rejects.toMatchObject({ code: 'CONFLICT', details: { leaseLost: true } });
+    expect((await store.volumes.require(volume.id)).status).toBe('available');
+    expect((await store.locks.holder('k'))?.owner).toBe('other@elsewhere/1');
   });
 });

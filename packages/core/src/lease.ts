@@ -29,9 +29,12 @@ export interface LeaseOptions {
 /** A lease held by `withLease`'s `fn`. */
 export interface HeldLease {
   /**
-   * Run `work` as one transaction that also releases the lease: the last writes under the lease
-   * and its release in one commit. Once it committed the lease is gone (`fn` must write nothing
-   * more under it); when it fails, the lease is still held and released when `fn` settles.
+   * Run `work` as one transaction that also confirms the lease is still this holder's and
+   * releases it: the last writes under the lease and its release in one commit. Once it committed
+   * the lease is gone (`fn` must write nothing more under it). When it fails for another reason,
+   * the lease is still held and released when `fn` settles; when another process took the lease
+   * over (this one paused past it), nothing of `work` is written and it throws CONFLICT with
+   * `details.leaseLost` — the lease is that process's, and is left to it.
    */
   releaseWith<T>(work: (store: Store) => Promise<T>, options?: ReleaseWithOptions): Promise<T>;
 }
@@ -104,6 +107,17 @@ export async function withLease<T>(store: Store, key: string, options: LeaseOpti
       const commit = (): Promise<R> =>
         store.transaction(async (tx) => {
           const result = await work(tx);
+          // Still ours, confirmed in this commit (a renewal, a compare-and-swap on our own row): a
+          // holder paused past its lease (SIGSTOP, a VM stall) resumes here before its renewal
+          // could tell it, and must not write over what the process that took the lease over did.
+          // Confirmed after `work`, just before the release: the lease's row is locked only for
+          // the end of the commit, never while `work` waits on other rows (renewals wait on it).
+          if (!(await tx.locks.takeOver(key, me, me, expiry()))) {
+            throw new BerthError('CONFLICT', `lost the lease of ${options.what}: another process took it over while this one could not renew it (a long pause?)`, {
+              hint: 'nothing of this step was recorded; the process that took the lease over finishes or undoes it',
+              details: { lease: key, leaseLost: true },
+            });
+          }
           await tx.locks.release(key, me);
           return result;
         });

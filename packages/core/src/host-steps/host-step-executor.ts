@@ -2,18 +2,22 @@ import { BerthError } from '../errors.js';
 import type { Host } from '../model.js';
 import type { PipelineDeps } from '../pipeline/context.js';
 import type { AgentHost, HostSteps } from './host-steps.js';
+import { ownedTransaction } from '../pipeline/operation-fence.js';
 import { runHostStep } from './run-host-step.js';
 
 export type { AgentHost, HostStepCall, HostStepRequest, HostSteps } from './host-steps.js';
 
 /** The host steps run by this process (the host it runs on). */
-export function localHostSteps(deps: Pick<PipelineDeps, 'catalog' | 'logger' | 'baseConnector' | 'config'>, host: Host): HostSteps {
+export function localHostSteps(deps: Pick<PipelineDeps, 'catalog' | 'logger' | 'baseConnector' | 'config' | 'store'>, host: Host): HostSteps {
   const target = { catalog: deps.catalog, logger: deps.logger, baseConnector: () => deps.baseConnector() };
   return {
     kind: 'local',
     host,
     agent: 'in-process',
-    run(step, payload, call) {
+    async run(step, payload, call) {
+      // With an owner, confirmed just before the step runs (a check, then the act: it narrows the
+      // window of a process frozen past its lease to the step itself; see core's README).
+      if (call.owner !== undefined && call.operationId !== undefined) await ownedTransaction(deps.store, call.operationId, call.owner, () => Promise.resolve());
       // The deadline travels as the signal in-process; the payload still carries one to parse.
       const timeoutMs = call.undo ? deps.config.undoTimeoutMs : deps.config.operationTimeoutMs;
       const full = { ...payload, deadlineAt: new Date(Date.now() + timeoutMs).toISOString() };

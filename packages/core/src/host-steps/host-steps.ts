@@ -15,6 +15,13 @@ export interface HostStepCall {
   signal: AbortSignal;
   /** The call is an undo (its deadline is `undoTimeoutMs`, not the operation's). */
   undo?: boolean;
+  /**
+   * This process, when another replica may take the operation over (replica leases): the
+   * executor hands the step out only while the operation is still this owner's — a remote one
+   * confirms it in the transaction that creates the work item, a local one just before it runs
+   * the step. Absent otherwise (embedded mode): nothing more is read or written.
+   */
+  owner?: string;
 }
 
 /**

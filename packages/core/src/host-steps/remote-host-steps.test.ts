@@ -146,6 +146,30 @@ describe('remote host steps', () => {
   });
 });
 
+describe('remote host steps of an operation another replica took over', () => {
+  it('a thawed replica creates no work item: the creation confirms the owner in its transaction, and nothing is written', async () => {
+    const w = await world();
+    // Replica `test` froze; `r1` took the operation over (and may have ended it already).
+    await w.store.operations.setOwner(w.operationId, 'r1', 'test');
+    for (const when of ['running for r1', 'ended by r1'] as const) {
+      if (when === 'ended by r1') await w.store.operations.finish(w.operationId, { state: 'rolled_back', error: { code: 'CANCELLED', message: 'undone by r1' } });
+      const running = w.steps.run('connect', request, { operationId: w.operationId, signal: new AbortController().signal, owner: 'test' });
+      await expect(running).rejects.toMatchObject({ code: 'CONFLICT', details: { takenOver: true } });
+    }
+    expect(await w.workItems.list({ hostId: w.host.id })).toEqual([]);
+    expect(await w.steps.ran(w.operationId, 'connect')).toBe(false);
+    await w.close();
+  });
+
+  it('the owner that still holds the operation hands the step out as before', async () => {
+    const w = await world();
+    const running = w.steps.run('connect', request, { operationId: w.operationId, signal: new AbortController().signal, owner: 'test' });
+    await w.agent('agent-1', { state: 'done', result: { device: { path: '/dev/loop7', type: 'block' } } });
+    expect(await running).toEqual({ device: { path: '/dev/loop7', type: 'block' } });
+    await w.close();
+  });
+});
+
 describe('an attach to a server on a host with an agent', () => {
   it('runs the host steps on that host\'s agent (connector from its registration), and an agent offline rolls back naming the host', async () => {
     const w = await world();

@@ -2,6 +2,7 @@ import { HOST_STEP_SCHEMAS, hostChannel, type HostStepName, type HostStepResult 
 import { recordWithoutSecrets } from '../connection.js';
 import { BerthError, ERROR_CODES, parseWith, toBerthError, type BerthErrorCode } from '../errors.js';
 import type { Host } from '../model.js';
+import { ownedTransaction } from '../pipeline/operation-fence.js';
 import type { Store } from '../store.js';
 import type { WorkItem } from '../work-item.js';
 import type { AgentHost, HostStepCall, HostSteps } from './host-steps.js';
@@ -66,11 +67,15 @@ export function remoteHostSteps(deps: RemoteHostStepsDeps, host: AgentHost): Hos
       const deadlineAt = await deadlineOf(deps, operationId, call);
       // Stored without secrets (the store drops them again); the API adds credentials to a claim answer.
       const stored = recordWithoutSecrets({ ...payload, ...(WITH_DEADLINE.has(step) ? { deadlineAt } : {}) });
-      const item = await store.transaction(async (tx) => {
+      const create = async (tx: Store): Promise<WorkItem> => {
         const created = await required(tx.workItems).create({ operationId, hostId: host.id, step, payload: stored });
         await tx.notifications?.notify(hostChannel(host.id));
         return created;
-      });
+      };
+      // With an owner, the item exists only if the operation is still this process's when it
+      // commits (confirmed last in the same transaction): a process frozen past its lease hands
+      // no work to the host after another replica took the operation over.
+      const item = await (call.owner === undefined ? store.transaction(create) : ownedTransaction(store, operationId, call.owner, create));
       let finished: WorkItem;
       try {
         // Called right after the commit, nothing in between: the waiter need not read the item first.

@@ -41,6 +41,11 @@ export interface PipelineContext {
   consumer: Consumer;
   backend: VolumeBackend;
   host?: Host;
+  /**
+   * This process, when another replica may take the operation over (replica leases): `dispatch`
+   * (or recovery) gives every host step it (`HostStepCall.owner`). Absent in embedded mode.
+   */
+  owner?: string;
   /** Who runs the host steps of the server's host (set by `dispatch`, or by recovery). */
   steps?: HostSteps;
   attachment?: Attachment;

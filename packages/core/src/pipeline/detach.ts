@@ -4,6 +4,7 @@ import { backendVolume, deleteAttachmentRecord, deleteDetachingAttachment, recom
 import { exportSharers, publishShared, releaseShared, unpublishShared, type ReleaseOutcome } from './device-sharing.js';
 import { applyTransition, required } from './attach.js';
 import type { Step } from './step.js';
+import { ownedHostSteps } from './operation-fence.js';
 
 /** Attachment statuses a detach starts from (a forced one also cleans up failed attaches/detaches). */
 export function detachableFrom(force: boolean): AttachmentStatus[] {
@@ -101,7 +102,7 @@ export function detachSteps(deps: PipelineDeps): Array<Step<PipelineContext>> {
       name: 'dispatch',
       storeOnly: true,
       async run(ctx) {
-        const steps = await deps.hostSteps(ctx.server.hostId);
+        const steps = ownedHostSteps(await deps.hostSteps(ctx.server.hostId), ctx.owner);
         ctx.steps = steps;
         ctx.host = steps.host;
         return { hostId: steps.host.id, agent: steps.agent };

@@ -4,6 +4,7 @@ import { BerthError } from '../errors.js';
 import { silentLogger } from '../logger.js';
 import { createMemoryStore } from '../memory-store.js';
 import type { Store } from '../store.js';
+import { takenOverError } from './operation-fence.js';
 import { OperationRunner, type RunOutcome } from './operation-runner.js';
 import type { Step } from './step.js';
 
@@ -70,6 +71,28 @@ function steps(log: string[], options: { failAt?: string; noReturnAt?: string; f
       log.push(`undo ${name}`);
     },
   }));
+}
+
+/** A step `mark` whose commit reserves volume `volumeId` (and fails after it when `failCommit`), then a step `last`. */
+function markThenLast(volumeId: string, log: string[], work: () => Promise<Record<string, unknown> | void>, failCommit = false): Array<Step<{ applied: string[] }>> {
+  return [
+    {
+      name: 'mark',
+      async run() {
+        log.push('do mark');
+        return work();
+      },
+      async commit(_ctx, tx) {
+        await tx.volumes.transition(volumeId, ['available'], 'reserved');
+        if (failCommit) throw new BerthError('CONFLICT', 'the commit lost a race');
+        return { data: { marked: true }, apply: (c) => c.applied.push('mark') };
+      },
+      async undo() {
+        log.push('undo mark');
+      },
+    },
+    { name: 'last', async run() {} },
+  ];
 }
 
 async function run(journal: Journal, stepList: Array<Step<unknown>>, deadlineMs = 5_000): Promise<RunOutcome> {
@@ -245,6 +268,34 @@ describe('OperationRunner and a deadline that passes while a driver runs a comma
     ]);
   });
 
+  it('a run frozen past its lease resumes before its heartbeat fences it: its first write finds the new owner, and it stops there', async () => {
+    // What `berth serve` does after a SIGSTOP or a long pause: the step it was waiting in ends
+    // (failed, or done), and no `fenced` signal has fired yet. Every write confirms the owner first.
+    for (const outcome of ['fails', 'succeeds'] as const) {
+      const store = createMemoryStore();
+      const host = await store.hosts.create({ name: 'h' });
+      const operation = await store.operations.create({ kind: 'attach', hostId: host.id, owner: 'r0', deadlineAt: new Date(Date.now() + 60_000).toISOString() });
+      const log: string[] = [];
+      const list = steps(log);
+      list[1] = {
+        ...list[1]!,
+        async run() {
+          log.push('do connect');
+          // Replica r1 took the operation over while this one was frozen here.
+          await store.operations.setOwner(operation.id, 'r1', 'r0');
+          if (outcome === 'fails') throw new BerthError('TIMEOUT', 'the operation passed its deadline');
+        },
+      };
+      const result = await new OperationRunner(store).run(list, {}, { operationId: operation.id, signal: AbortSignal.timeout(5_000), undoTimeoutMs: 1_000, logger: silentLogger, owner: 'r0' });
+      expect(result).toMatchObject({ ok: false, fenced: true, rolledBack: false, undoErrors: [] });
+      expect(!result.ok && result.error.details.takenOver).toBe(true);
+      // No undo ran, and the journal is as the takeover found it: `connect` still running, for r1.
+      expect(log).toEqual(['do reserve', 'do connect']);
+      const journal = (await store.operations.require(operation.id)).steps.map((s) => `${s.name}:${s.phase}:${s.state}`);
+      expect(journal).toEqual(['reserve:do:done', 'connect:do:running']);
+    }
+  });
+
   it("a step's commit lands with its end in the journal, or neither does; a commit that fails is the step's failure and is undone", async () => {
     const store = createMemoryStore();
     const host = await store.hosts.create({ name: 'h' });
@@ -253,24 +304,7 @@ describe('OperationRunner and a deadline that passes while a driver runs a comma
       const operation = await store.operations.create({ kind: 'attach', hostId: host.id, owner: 'test', deadlineAt: new Date(Date.now() + 60_000).toISOString() });
       const log: string[] = [];
       const context = { applied: [] as string[] };
-      const list: Array<Step<typeof context>> = [
-        {
-          name: 'mark',
-          async run() {
-            log.push('do mark');
-            return { ran: true };
-          },
-          async commit(_ctx, tx) {
-            await tx.volumes.transition(volume.id, ['available'], 'reserved');
-            if (failCommit) throw new BerthError('CONFLICT', 'the commit lost a race');
-            return { data: { marked: true }, apply: (c) => c.applied.push('mark') };
-          },
-          async undo() {
-            log.push('undo mark');
-          },
-        },
-        { name: 'last', async run() {} },
-      ];
+      const list = markThenLast(volume.id, log, async () => ({ ran: true }), failCommit);
       const outcome = await new OperationRunner(store).run(list, context, { operationId: operation.id, signal: AbortSignal.timeout(5_000), undoTimeoutMs: 1_000, logger: silentLogger });
       return { outcome, log, context, journal: (await store.operations.require(operation.id)).steps };
     };
@@ -292,6 +326,77 @@ describe('OperationRunner and a deadline that passes while a driver runs a comma
       ['mark', 'done', { ran: true, marked: true }],
       ['last', 'done', null],
     ]);
+  });
+});
+
+describe('OperationRunner with an owner: the writes of a run taken over are fenced', () => {
+  async function owned() {
+    const store = createMemoryStore();
+    const host = await store.hosts.create({ name: 'h' });
+    const volume = await store.volumes.create({ name: 'v', projectId: 'p', sizeBytes: 1024, backend: 'file', multiattach: false, status: 'available' });
+    const operation = await store.operations.create({ kind: 'attach', hostId: host.id, owner: 'r0', deadlineAt: new Date(Date.now() + 60_000).toISOString() });
+    const options = { operationId: operation.id, signal: AbortSignal.timeout(5_000), undoTimeoutMs: 1_000, logger: silentLogger, owner: 'r0' };
+    const takeOver = () => store.operations.setOwner(operation.id, 'r1', 'r0');
+    const journal = async () => (await store.operations.require(operation.id)).steps.map((s) => `${s.name}:${s.phase}:${s.state}`);
+    return { store, volume, options, takeOver, journal };
+  }
+
+  it("a step's commit is not applied when the operation was taken over before it: its store work, its end and the context stay as they were", async () => {
+    const w = await owned();
+    const log: string[] = [];
+    const context = { applied: [] as string[] };
+    const list = markThenLast(w.volume.id, log, async () => {
+      await w.takeOver();
+    });
+    const outcome = await new OperationRunner(w.store).run(list, context, w.options);
+    expect(outcome).toMatchObject({ ok: false, fenced: true, rolledBack: false, undoErrors: [] });
+    expect((await w.store.volumes.require(w.volume.id)).status).toBe('available');
+    expect(context.applied).toEqual([]);
+    expect(log).toEqual(['do mark']);
+    expect(await w.journal()).toEqual(['mark:do:running']);
+  });
+
+  it('an undo phase taken over stops at its next write: the undos left are the new owner\'s', async () => {
+    const w = await owned();
+    const log: string[] = [];
+    const list = steps(log, { failAt: 'connect' }).slice(0, 2);
+    list[1] = {
+      ...list[1]!,
+      async undo() {
+        log.push('undo connect');
+        // Frozen in this undo; r1 took the operation over meanwhile.
+        await w.takeOver();
+      },
+    };
+    const outcome = await new OperationRunner(w.store).run(list, {}, w.options);
+    expect(outcome).toMatchObject({ ok: false, fenced: true, rolledBack: false });
+    expect(log).toEqual(['do reserve', 'do connect', 'undo connect']);
+    expect(await w.journal()).toEqual(['reserve:do:done', 'connect:do:failed', 'connect:undo:running']);
+  });
+
+  it('a host step refused because the operation was taken over (no work handed out) ends the run fenced: nothing undone, nothing written', async () => {
+    for (const phase of ['do', 'undo'] as const) {
+      const w = await owned();
+      const log: string[] = [];
+      const list = steps(log, phase === 'undo' ? { failAt: 'disconnect' } : {}).slice(0, 3);
+      const refuse = async (what: string) => {
+        log.push(what);
+        await w.takeOver();
+        throw takenOverError(w.options.operationId);
+      };
+      if (phase === 'do') list[1] = { ...list[1]!, run: () => refuse('do connect') };
+      else list[1] = { ...list[1]!, undo: () => refuse('undo connect') };
+      const outcome = await new OperationRunner(w.store).run(list, {}, w.options);
+      expect(outcome).toMatchObject({ ok: false, fenced: true, rolledBack: false, undoErrors: [] });
+      if (phase === 'do') {
+        expect(log).toEqual(['do reserve', 'do connect']);
+        expect(await w.journal()).toEqual(['reserve:do:done', 'connect:do:running']);
+      } else {
+        // The undo of reserve is r1's to run, not this process's.
+        expect(log).toEqual(['do reserve', 'do connect', 'do disconnect', 'undo disconnect', 'undo connect']);
+        expect(await w.journal()).toEqual(['reserve:do:done', 'connect:do:done', 'disconnect:do:failed', 'disconnect:undo:done', 'connect:undo:running']);
+      }
+    }
   });
 });
 

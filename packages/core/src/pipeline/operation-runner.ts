@@ -4,6 +4,7 @@ import type { ErrorSummary } from '../model.js';
 import { withDeferredDurability, type StepOutcome, type Store } from '../store.js';
 import type { Step, StepCommit } from './step.js';
 import type { FaultInjector } from '../faults.js';
+import { isTakenOver, ownedTransaction } from './operation-fence.js';
 import { withStoreRetry } from './store-retry.js';
 
 /** How a pipeline run ended. */
@@ -46,6 +47,26 @@ export interface RunOptions {
    * is, writes nothing more and undoes nothing — the new owner undoes or resumes from the journal.
    */
   fenced?: AbortSignal;
+  /**
+   * This process, when another replica may take the operation over (replica leases): every
+   * journal write and step commit confirms in its transaction, last before the commit, that the
+   * operation is still this owner's (`confirmOwner`), and every host step is handed out only
+   * while it is (`HostStepCall.owner`, given by `dispatch`). One that is not fences the run as `fenced` would — a process
+   * frozen past its lease resumes before its heartbeat can tell it.
+   */
+  owner?: string;
+}
+
+/** How a run's writes are fenced: the signal that stops it, and the writes that confirm its ownership before they commit. */
+interface RunFence {
+  /** `fenced`, or a write (or a host step handed out) found the operation taken over. */
+  signal: AbortSignal;
+  /** Run `write` on the store: alone without an owner; with one, in a transaction that confirms it last (`ownedTransaction`). */
+  owned<T>(write: (store: Store) => Promise<T>): Promise<T>;
+  /** Run `write` in one transaction that, with an owner, confirms it last, just before the commit. */
+  transaction<T>(write: (store: Store) => Promise<T>): Promise<T>;
+  /** Fence the run when `error` says the operation was taken over (a host step refused to hand out work). */
+  note(error: unknown): void;
 }
 
 /** A safe summary of an error for the journal (no stack, no cause). */
@@ -77,8 +98,33 @@ function journalFailure(raw: unknown, what: string): BerthError {
 export class OperationRunner {
   constructor(private readonly store: Store) {}
 
+  private fence(options: RunOptions): RunFence {
+    const lost = new AbortController();
+    const { owner, operationId } = options;
+    const note = (error: unknown): void => {
+      if (isTakenOver(error) && !lost.signal.aborted) lost.abort(error);
+    };
+    const transaction = async <T>(write: (store: Store) => Promise<T>): Promise<T> => {
+      try {
+        // Without an owner (embedded mode), exactly the transaction it always was.
+        return await (owner === undefined ? this.store.transaction(write) : ownedTransaction(this.store, operationId, owner, write));
+      } catch (error) {
+        note(error);
+        throw error;
+      }
+    };
+    return {
+      signal: options.fenced ? AbortSignal.any([options.fenced, lost.signal]) : lost.signal,
+      note,
+      transaction,
+      owned: (write) => (owner === undefined ? write(this.store) : transaction(write)),
+    };
+  }
+
   async run<C>(steps: ReadonlyArray<Step<C>>, context: C, options: RunOptions): Promise<RunOutcome> {
     const { operationId, signal, logger } = options;
+    const fence = this.fence(options);
+    const { owned } = fence;
     const timings: Record<string, number> = {};
     const done: Array<Step<C>> = [];
     const journalErrors: BerthError[] = [];
@@ -93,12 +139,14 @@ export class OperationRunner {
     const durably = <T>(deferred: boolean, fn: () => Promise<T>): Promise<T> => (deferred ? withDeferredDurability(this.store, fn) : fn());
 
     const fail = async (error: BerthError, toUndo: Array<Step<C>>, forward: boolean): Promise<RunOutcome> => {
-      if (options.fenced?.aborted) {
+      if (fence.signal.aborted) {
         logger.warn({ operationId, code: error.code, err: error.message }, 'another replica took the operation over; leaving it to it');
-        return { ok: false, error: toBerthError(options.fenced.reason), rolledBack: false, forward: false, undoErrors: [], journalErrors, timings, fenced: true };
+        return { ok: false, error: toBerthError(fence.signal.reason), rolledBack: false, forward: false, undoErrors: [], journalErrors, timings, fenced: true };
       }
       if (forward) return { ok: false, error, rolledBack: false, forward: true, undoErrors: [], journalErrors, timings };
-      const undoErrors = await this.undo(toUndo.reverse(), context, options, journalErrors);
+      const undoErrors = await this.undo(toUndo.reverse(), context, options, journalErrors, fence);
+      // Taken over while undoing: the new owner undoes the rest.
+      if (fence.signal.aborted) return fail(error, [], false);
       return { ok: false, error, rolledBack: undoErrors.length === 0, forward: false, undoErrors, journalErrors, timings };
     };
 
@@ -106,14 +154,14 @@ export class OperationRunner {
     let started: number | undefined;
     for (const [index, step] of steps.entries()) {
       const begun = performance.now();
-      if (options.fenced?.aborted) return fail(toBerthError(options.fenced.reason), [], false);
+      if (fence.signal.aborted) return fail(toBerthError(fence.signal.reason), [], false);
       let seq: number;
       if (started !== undefined) {
         seq = started;
         started = undefined;
       } else {
         try {
-          seq = await durably(step.storeOnly === true, () => journal(`journal ${step.name}`, () => this.store.operations.startStep(operationId, step.name, 'do')));
+          seq = await durably(step.storeOnly === true, () => journal(`journal ${step.name}`, () => owned((s) => s.operations.startStep(operationId, step.name, 'do'))));
         } catch (raw) {
           // The step never ran: undo what did (or, past the point of no return, leave it to recovery).
           const error = journalFailure(raw, `recording step ${step.name} failed`);
@@ -128,9 +176,10 @@ export class OperationRunner {
         const cutShort = signal.aborted && (!BerthError.is(raw) || raw.code === 'CANCELLED');
         const error = toBerthError(cutShort ? signal.reason : raw);
         timings[step.name] = round(performance.now() - begun);
+        fence.note(raw);
         // Taken over: the journal is the new owner's now.
-        if (options.fenced?.aborted) return fail(error, [], false);
-        await journal(`journal ${step.name}`, () => this.store.operations.endStep(operationId, seq, { state: 'failed', error: summarize(error) })).catch(
+        if (fence.signal.aborted) return fail(error, [], false);
+        await journal(`journal ${step.name}`, () => owned((s) => s.operations.endStep(operationId, seq, { state: 'failed', error: summarize(error) }))).catch(
           (journalError: unknown) => journalErrors.push(toBerthError(journalError)),
         );
         logger.warn({ operationId, step: step.name, code: error.code, err: error.message }, 'step failed');
@@ -158,7 +207,7 @@ export class OperationRunner {
       // The boundary is one write: this step's end and the next one's start (a taken-over run
       // starts nothing more). The journal never shows this step done with no next row begun, a
       // state a crash before the next step's work would have shown as the same thing anyway.
-      const next = options.fenced?.aborted ? undefined : steps[index + 1];
+      const next = fence.signal.aborted ? undefined : steps[index + 1];
       const boundary = (store: Store, outcome: StepOutcome): Promise<number | undefined> =>
         next === undefined
           ? store.operations.endStep(operationId, seq, outcome).then(() => undefined)
@@ -172,7 +221,7 @@ export class OperationRunner {
         try {
           started = await durably(deferrable(next), () =>
             journal(`journal ${step.name}`, () =>
-              this.store.transaction(async (tx) => {
+              fence.transaction(async (tx) => {
                 committed = await commit(context, tx);
                 const merged = committed.data === undefined ? (data ?? null) : { ...(data ?? {}), ...committed.data };
                 return boundary(tx, { state: 'done', data: merged });
@@ -192,7 +241,7 @@ export class OperationRunner {
           timings[step.name] = round(performance.now() - begun);
           const begunNext = started;
           if (begunNext !== undefined) {
-            await journal(`journal ${step.name}`, () => this.store.operations.endStep(operationId, begunNext, { state: 'failed', error: summarize(error) })).catch(
+            await journal(`journal ${step.name}`, () => owned((s) => s.operations.endStep(operationId, begunNext, { state: 'failed', error: summarize(error) }))).catch(
               (journalError: unknown) => journalErrors.push(toBerthError(journalError)),
             );
           }
@@ -204,12 +253,12 @@ export class OperationRunner {
         continue;
       }
       try {
-        started = await durably(deferrable(next), () => journal(`journal ${step.name}`, () => boundary(this.store, { state: 'done', data: data ?? null })));
+        started = await durably(deferrable(next), () => journal(`journal ${step.name}`, () => owned((s) => boundary(s, { state: 'done', data: data ?? null }))));
       } catch (raw) {
         // Neither row was written.
         const error = journalFailure(raw, `recording the end of step ${step.name} failed`);
         logger.warn({ operationId, step: step.name, code: error.code, err: error.message }, 'journal write failed');
-        if (!pastNoReturn) return fail(error, [...done, step], false);
+        if (!pastNoReturn || fence.signal.aborted) return fail(error, [...done, step], false);
         // The work is done and stands; recovery finds the step's row still running and finishes
         // it. The next step starts its own row, as if this boundary had been two writes.
         journalErrors.push(error);
@@ -223,7 +272,7 @@ export class OperationRunner {
    * Undo `steps` in the order given (newest first), journalling each; returns the undos that
    * failed. An undo whose journal row cannot be written still runs.
    */
-  async undo<C>(steps: ReadonlyArray<Step<C>>, context: C, options: RunOptions, journalErrors: BerthError[] = []): Promise<BerthError[]> {
+  async undo<C>(steps: ReadonlyArray<Step<C>>, context: C, options: RunOptions, journalErrors: BerthError[] = [], fence = this.fence(options)): Promise<BerthError[]> {
     const errors: BerthError[] = [];
     const undoable = steps.filter((step) => step.undo !== undefined);
     // The seq of the undo about to run when the previous undo's end already started its row.
@@ -235,13 +284,18 @@ export class OperationRunner {
           journalErrors.push(toBerthError(error));
           return undefined;
         });
-      const seq = started ?? (await journal(() => this.store.operations.startStep(options.operationId, step.name, 'undo')));
+      const seq = started ?? (await journal(() => fence.owned((s) => s.operations.startStep(options.operationId, step.name, 'undo'))));
       started = undefined;
+      // Another replica owns the operation now: it undoes what is left, not this process.
+      if (fence.signal.aborted) break;
       let outcome: StepOutcome;
       try {
         await step.undo?.(context, signal, { failures: errors.map((e) => `${e.message}`) });
         outcome = { state: 'done' };
       } catch (raw) {
+        // A host step refused because another replica owns the operation now: it undoes the rest.
+        fence.note(raw);
+        if (fence.signal.aborted) break;
         const error = toBerthError(raw);
         errors.push(error);
         outcome = { state: 'failed', error: summarize(error) };
@@ -253,8 +307,8 @@ export class OperationRunner {
       const next = undoable[index + 1];
       started = await journal(() =>
         next === undefined
-          ? this.store.operations.endStep(options.operationId, seq, outcome).then(() => undefined)
-          : this.store.operations.advanceStep(options.operationId, seq, outcome, { name: next.name, phase: 'undo' }),
+          ? fence.owned((s) => s.operations.endStep(options.operationId, seq, outcome)).then(() => undefined)
+          : fence.owned((s) => s.operations.advanceStep(options.operationId, seq, outcome, { name: next.name, phase: 'undo' })),
       );
     }
     return errors;

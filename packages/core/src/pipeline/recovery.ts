@@ -10,6 +10,7 @@ import { recomputeVolume, type PipelineContext, type PipelineDeps } from './cont
 import { hostRootMismatch, hostRootSkip, type HostRootMismatch } from './host-root.js';
 import { detachSteps, markDetachFailed } from './detach.js';
 import { summarize, type OperationRunner } from './operation-runner.js';
+import { ownedFinish, ownedHostSteps } from './operation-fence.js';
 import type { RecoveryOutcome } from '../reports.js';
 import type { Step } from './step.js';
 
@@ -105,19 +106,24 @@ export async function foreignHostRoot(deps: Pick<PipelineDeps, 'store' | 'catalo
  *   attachment): the device may already be gone, so going back would be a lie; otherwise rolled
  *   back (roll_detaching: attached again, link restored).
  */
-export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger: Logger): Promise<RecoveryOutcome> {
+export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger: Logger, owner?: string): Promise<RecoveryOutcome> {
+  // A replica's takeover passes its `owner`: every journal write, host step and end of the
+  // recovery is then fenced as a run's is, so a survivor frozen mid-recovery and taken over in
+  // turn stops at its first write (`takenOverError`) instead of settling what a third one owns.
+  const finish: Finish = (settled) =>
+    owner === undefined ? deps.store.operations.finish(op.id, settled) : ownedFinish(deps.store, op.id, owner, settled);
   const outcome = (action: RecoveryOutcome['action'], detail: string): RecoveryOutcome => ({ operationId: op.id, kind: op.kind, action, detail });
   // Whoever calls: an operation of another host root is never undone nor resumed here.
   const elsewhere = await foreignHostRoot(deps, op);
   if (elsewhere) return outcome('skipped', hostRootSkip(elsewhere));
   if (op.kind !== 'attach' && op.kind !== 'detach') {
-    await deps.store.operations.finish(op.id, { state: 'failed', error: summarize(INTERRUPTED(op)) });
+    await finish({ state: 'failed', error: summarize(INTERRUPTED(op)) });
     return outcome('failed', `${op.kind} operations are not resumable`);
   }
   const volume = op.volumeId ? await deps.store.volumes.get(op.volumeId) : undefined;
   const server = op.serverId ? await deps.store.servers.get(op.serverId) : undefined;
   if (!volume || !server) {
-    await deps.store.operations.finish(op.id, { state: 'failed', error: summarize(INTERRUPTED(op)) });
+    await finish({ state: 'failed', error: summarize(INTERRUPTED(op)) });
     return outcome('failed', 'its volume or server no longer exists');
   }
   const attachment = op.attachmentId ? await deps.store.attachments.get(op.attachmentId) : await findReservation(deps.store, op);
@@ -127,10 +133,11 @@ export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger
   // Past `dispatch` the host steps to undo or resume run where the server is (this process, or
   // the host's agent); a host nobody can run them on fails the recovery with that reason.
   const dispatched = op.steps.some((s) => s.phase === 'do' && s.name === 'dispatch');
-  const hostSteps = dispatched ? await deps.hostSteps(server.hostId) : undefined;
+  const hostSteps = dispatched ? ownedHostSteps(await deps.hostSteps(server.hostId), owner) : undefined;
   await cancelWorkItems(deps, op);
   const ctx: PipelineContext = {
     operationId: op.id,
+    ...(owner === undefined ? {} : { owner }),
     ...(hostSteps ? { steps: hostSteps, host: hostSteps.host } : {}),
     volume,
     server,
@@ -145,27 +152,27 @@ export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger
     ...(transportName ? { transport: transportName } : {}),
     ...(attachment?.device ? { device: attachment.device as Device } : {}),
   };
-  const options = { operationId: op.id, signal: AbortSignal.timeout(deps.undoTimeoutMs), undoTimeoutMs: deps.undoTimeoutMs, logger, pipeline: op.kind };
+  const options = { operationId: op.id, signal: AbortSignal.timeout(deps.undoTimeoutMs), undoTimeoutMs: deps.undoTimeoutMs, logger, pipeline: op.kind, ...(owner === undefined ? {} : { owner }) };
 
   if (op.kind === 'attach') {
     // `complete` is one transaction: the attachment's status says whether it committed, even
     // when the process died before the journal row was closed.
     if (stepDone(op, 'complete') || attachment?.status === 'attached') {
       await recomputeVolume(deps.store, volume.id);
-      await deps.store.operations.finish(op.id, { state: 'succeeded', result: { recovered: true } });
+      await finish({ state: 'succeeded', result: { recovered: true } });
       return outcome('completed', 'it had completed; only its journal was unfinished');
     }
     const steps = attachSteps(deps, { mode: attachment?.mode ?? 'rw' });
     const names = touched(op, steps.map((s) => s.name));
     const toUndo = steps.filter((s) => names.has(s.name)).reverse();
-    return rollBack(deps, op, ctx, toUndo, options, outcome);
+    return rollBack(deps, op, ctx, toUndo, options, outcome, finish);
   }
 
   if (op.attachmentId && !attachment && op.steps.some((s) => s.phase === 'do' && s.name === 'delete_attachment')) {
     // A database written by an older berth deleted the attachment and recomputed the volume in two
     // writes: the volume may still say `detaching`.
     await recomputeVolume(deps.store, volume.id);
-    await deps.store.operations.finish(op.id, { state: 'succeeded', result: { recovered: true } });
+    await finish({ state: 'succeeded', result: { recovered: true } });
     return outcome('completed', 'the attachment was already deleted; only its journal was unfinished');
   }
   const steps = detachSteps(deps);
@@ -173,19 +180,24 @@ export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger
   if (disconnectStarted && attachment) {
     const forward = steps.slice(steps.findIndex((s) => s.name === 'disconnect')).filter((s) => !stepDone(op, s.name) || s.name === 'disconnect');
     const result = await deps.runner.run(forward, { ...ctx, force: true }, options);
+    // Taken over in turn: the replica that owns it now finishes it.
+    if (!result.ok && result.fenced) throw result.error;
     await recomputeVolume(deps.store, volume.id).catch(() => undefined);
     if (result.ok) {
-      await deps.store.operations.finish(op.id, { state: 'succeeded', result: { recovered: true, timings: result.timings } });
+      await finish({ state: 'succeeded', result: { recovered: true, timings: result.timings } });
       return outcome('resumed', 'the device was being disconnected: the detach was finished');
     }
     await markDetachFailed(deps, ctx, result.error).catch(() => undefined);
-    await deps.store.operations.finish(op.id, { state: 'failed', error: summarize(result.error) });
+    await finish({ state: 'failed', error: summarize(result.error) });
     return outcome('failed', `resuming the detach failed: ${result.error.message}`);
   }
   const names = touched(op, steps.map((s) => s.name));
   const toUndo = steps.filter((s) => names.has(s.name)).reverse();
-  return rollBack(deps, op, ctx, toUndo, options, outcome);
+  return rollBack(deps, op, ctx, toUndo, options, outcome, finish);
 }
+
+/** Write how a recovered operation ended (fenced by its owner's confirmation when it has one). */
+type Finish = (settled: Parameters<Store['operations']['finish']>[1]) => Promise<Operation>;
 
 async function rollBack(
   deps: RecoveryDeps,
@@ -194,6 +206,7 @@ async function rollBack(
   steps: Array<Step<PipelineContext>>,
   options: Parameters<OperationRunner['undo']>[2],
   outcome: (action: RecoveryOutcome['action'], detail: string) => RecoveryOutcome,
+  finish: Finish,
 ): Promise<RecoveryOutcome> {
   const errors = await deps.runner.undo(steps, ctx, options);
   // Whatever the undos did, the volume's status follows its attachments (an older berth could die
@@ -201,11 +214,11 @@ async function rollBack(
   await recomputeVolume(deps.store, ctx.volume.id).catch(() => undefined);
   const error = INTERRUPTED(op);
   if (errors.length === 0) {
-    await deps.store.operations.finish(op.id, { state: 'rolled_back', error: summarize(error) });
+    await finish({ state: 'rolled_back', error: summarize(error) });
     return outcome('rolled_back', `undid ${steps.map((s) => s.name).join(', ') || 'nothing'}`);
   }
   const message = `${error.message}; rolling back failed: ${errors.map((e) => toBerthError(e).message).join('; ')}`;
-  await deps.store.operations.finish(op.id, {
+  await finish({
     state: 'failed',
     error: { code: error.code, message, hint: `\`berth reconcile\` finishes it (or \`berth detach ${ctx.volume.name} --force\`)` },
   });

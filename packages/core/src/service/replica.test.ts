@@ -29,17 +29,23 @@ function replica(store: Store, heartbeatMs = 30_000) {
   return { service, release, inConnect };
 }
 
+/** An attach of volume db1 to server web-1 that replica api-2 left after its reserve, its lease (0 ms) passed. */
+async function diedAfterReserve(store: Store, service: BerthServiceImpl) {
+  const volume = await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
+  const server = await service.createServer({ name: 'web-1' });
+  const op = await store.operations.create({ kind: 'attach', volumeId: volume.id, serverId: server.id, hostId: server.hostId, owner: '4242@api-2', deadlineAt: new Date(Date.now() + 60_000).toISOString(), leaseMs: 0 });
+  await reserveAttachmentRecord(store, volume.id, server, 'rw', op.id);
+  await store.operations.endStep(op.id, await store.operations.startStep(op.id, 'reserve', 'do'), { state: 'done' });
+  return op;
+}
+
 describe('replicas', () => {
   it('takes over an operation whose replica stopped renewing it, and rolls it back by the recovery rules', async () => {
     const store = createMemoryStore();
     const { service } = replica(store);
-    const volume = await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
-    const server = await service.createServer({ name: 'web-1' });
-    // What a replica on another machine left when it died after its reserve.
-    const op = await store.operations.create({ kind: 'attach', volumeId: volume.id, serverId: server.id, hostId: server.hostId, owner: '4242@api-2', deadlineAt: new Date(Date.now() + 60_000).toISOString(), leaseMs: 0 });
-    await reserveAttachmentRecord(store, volume.id, server, 'rw', op.id);
-    await store.operations.endStep(op.id, await store.operations.startStep(op.id, 'reserve', 'do'), { state: 'done' });
-    // Its lease (0 ms) passed at once: api-2 never renewed it.
+    // What a replica on another machine left when it died after its reserve; its lease (0 ms)
+    // passed at once: api-2 never renewed it.
+    const op = await diedAfterReserve(store, service);
 
     const stop = service.startReplica();
     await stop();
@@ -48,6 +54,26 @@ describe('replicas', () => {
     expect(after.owner).toBe(`${process.pid}@api-1`);
     expect((await service.getVolume('db1')).status).toBe('available');
     expect(await service.listAttachments({ volume: 'db1' })).toEqual([]);
+    await service.close();
+  });
+
+  it('a survivor frozen right after its takeover and taken over in turn writes nothing and undoes nothing (its recovery is fenced)', async () => {
+    const store = createMemoryStore();
+    const { service } = replica(store);
+    const op = await diedAfterReserve(store, service);
+    // This replica claims it, then "freezes": api-3 claims it in turn before the recovery's first write.
+    const claim = store.operations.claimExpired!.bind(store.operations);
+    store.operations.claimExpired = async (owner, leaseMs, limit) => {
+      const taken = await claim(owner, leaseMs, limit);
+      for (const t of taken) await store.operations.setOwner(t.id, '77@api-3', owner);
+      return taken;
+    };
+    const stop = service.startReplica();
+    await stop();
+    const after = await store.operations.require(op.id);
+    expect(after).toMatchObject({ state: 'running', owner: '77@api-3' });
+    expect(after.steps.map((s) => `${s.name}:${s.phase}:${s.state}`)).toEqual(['reserve:do:done']);
+    expect(await service.listAttachments({ volume: 'db1' })).toHaveLength(1);
     await service.close();
   });
 

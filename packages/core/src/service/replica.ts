@@ -1,6 +1,7 @@
 import { hostChannel } from '../agent-protocol.js';
 import { BerthError, toBerthError } from '../errors.js';
 import type { Operation } from '../model.js';
+import { isTakenOver, ownedFinish } from '../pipeline/operation-fence.js';
 import { recoverOperation } from '../pipeline/recovery.js';
 import type { RecoveryOutcome } from '../reports.js';
 import type { OperationLauncher } from './operations/launcher.js';
@@ -135,10 +136,12 @@ export class ReplicaMaintenance {
         const current = await store.operations.require(operation.id);
         // Settled while this waited for the volume lock.
         if (current.state !== 'running') return { operationId: operation.id, kind: operation.kind, action: 'skipped', detail: `already ${current.state}` };
-        return await recoverOperation(recoveryDeps(this.parts), current, log);
+        // Fenced by this replica's ownership: frozen mid-recovery and taken over in turn, it stops at its first write.
+        return await recoverOperation(recoveryDeps(this.parts), current, log, this.parts.owner);
       } catch (error) {
+        if (isTakenOver(error)) return { operationId: operation.id, kind: operation.kind, action: 'skipped', detail: 'another replica took it over in turn' };
         const e = toBerthError(error);
-        await store.operations.finish(operation.id, { state: 'failed', error: { code: e.code, message: e.message, ...(e.hint ? { hint: e.hint } : {}) } }).catch(() => undefined);
+        await ownedFinish(store, operation.id, this.parts.owner, { state: 'failed', error: { code: e.code, message: e.message, ...(e.hint ? { hint: e.hint } : {}) } }).catch(() => undefined);
         return { operationId: operation.id, kind: operation.kind, action: 'failed', detail: e.message };
       }
     };

@@ -5,6 +5,7 @@ import type { Attachment, Operation, Server, Volume } from '../../model.js';
 import type { PipelineContext } from '../../pipeline/context.js';
 import { markDetachFailed } from '../../pipeline/detach.js';
 import { summarize, type RunOutcome } from '../../pipeline/operation-runner.js';
+import { isTakenOver, ownedFinish, takenOverError } from '../../pipeline/operation-fence.js';
 import type { Step } from '../../pipeline/step.js';
 import { withStoreRetry } from '../../pipeline/store-retry.js';
 import type { OperationOutcome, StartedOperation } from '../../service.js';
@@ -104,6 +105,8 @@ export class OperationLauncher {
       consumer,
       backend: catalog.backend(volume.backend),
       forcedErrors: [],
+      // With replica leases, every host step confirms the operation is still this process's.
+      ...(this.leased.has(operationId) ? { owner: this.parts.owner } : {}),
     };
   }
 
@@ -125,12 +128,7 @@ export class OperationLauncher {
     const fence = this.fences.get(operationId);
     if (!fence || fence.signal.aborted) return;
     this.parts.logger.warn({ operationId }, 'another replica took this operation over; stopping it here');
-    fence.abort(
-      new BerthError('CONFLICT', `operation ${operationId} was taken over by another replica (this one could not renew its lease in time)`, {
-        hint: `follow it with \`berth operation show ${operationId}\`: the replica that took it over finishes or rolls it back`,
-        details: { operationId, takenOver: true },
-      }),
-    );
+    fence.abort(takenOverError(operationId));
   }
 
   /** Whether this process is running `operationId` now (queued on its volume lock, or executing). */
@@ -162,8 +160,20 @@ export class OperationLauncher {
     const { store, config } = this.parts;
     const log = this.parts.logger.child({ operationId });
     this.executing.add(operationId);
+    // With replica leases, the end is written only while the operation is still this process's.
+    const owner = this.leased.has(operationId) ? this.parts.owner : undefined;
+    const end = (settled: Parameters<Store['operations']['finish']>[1], before?: (tx: Store) => Promise<unknown>): Promise<Operation> => {
+      if (owner !== undefined) return ownedFinish(store, operationId, owner, settled, before);
+      if (before === undefined) return store.operations.finish(operationId, settled);
+      return store.transaction(async (tx) => {
+        await before(tx);
+        return tx.operations.finish(operationId, settled);
+      });
+    };
     const settle = (what: string, fn: () => Promise<Operation>): Promise<Operation | undefined> =>
       withStoreRetry(fn, { what, signal: AbortSignal.timeout(config.undoTimeoutMs), logger: log }).catch((error: unknown) => {
+        // Another replica owns it now and settles it; this process only tells its caller.
+        if (isTakenOver(error)) throw error;
         this.abandoned.add(operationId);
         log.error({ err: toBerthError(error).message }, 'could not record how the operation ended; recovery will finish it');
         return undefined;
@@ -176,8 +186,11 @@ export class OperationLauncher {
       // No step ran: nothing to undo.
       const error = toBerthError(raw);
       error.details.operationId = operationId;
-      await settle('recording the failure', () => store.operations.finish(operationId, { state: 'rolled_back', error: summarize(error) }));
-      deadline.dispose();
+      try {
+        await settle('recording the failure', () => end({ state: 'rolled_back', error: summarize(error) }));
+      } finally {
+        deadline.dispose();
+      }
       throw error;
     }
     try {
@@ -186,6 +199,7 @@ export class OperationLauncher {
         operationId,
         signal: deadline.signal,
         ...(fenced ? { fenced } : {}),
+        ...(owner === undefined ? {} : { owner }),
         undoTimeoutMs: config.undoTimeoutMs,
         logger: log,
         faults: this.parts.faults,
@@ -201,14 +215,15 @@ export class OperationLauncher {
         };
         // An attach's timings go on its attachment in the same commit as the operation's end.
         const timed = kind === 'attach' ? ctx.attachment : undefined;
-        const succeeded = (tx: Store): Promise<Operation> => tx.operations.finish(operationId, { state: 'succeeded', result });
         const record = (): Promise<Operation> =>
-          timed === undefined
-            ? succeeded(store)
-            : store.transaction(async (tx) => {
-                ctx.attachment = await tx.attachments.update(timed.id, { timings: outcome.timings });
-                return succeeded(tx);
-              });
+          end(
+            { state: 'succeeded', result },
+            timed === undefined
+              ? undefined
+              : async (tx) => {
+                  ctx.attachment = await tx.attachments.update(timed.id, { timings: outcome.timings });
+                },
+          );
         // The runner wrote the last step's end durably (attach `complete`, detach
         // `delete_attachment`): recovery already reads this operation as succeeded from it, so its
         // own end (and the attach's timings) may be deferred-durable. Not when a journal write
@@ -237,7 +252,7 @@ export class OperationLauncher {
       const error = failureOf(outcome, ctx, operationId);
       const state = outcome.rolledBack ? 'rolled_back' : 'failed';
       const settled = await settle('recording the failure', () =>
-        store.operations.finish(operationId, { state, error: summarize(error), result: { timings: outcome.timings } }),
+        end({ state, error: summarize(error), result: { timings: outcome.timings } }),
       );
       if (settled === undefined) {
         throw new BerthError(error.code, `${error.message} (and the outcome could not be recorded)`, {

@@ -1,0 +1,71 @@
+import { describe, expect, it } from 'vitest';
+import { silentLogger } from '../logger.js';
+import { createMemoryStore } from '../memory-store.js';
+import type { Store } from '../store.js';
+import { ownedFinish, ownedTransaction } from './operation-fence.js';
+import { OperationRunner } from './operation-runner.js';
+import type { Step } from './step.js';
+
+/** `store` whose transactions log the operation-repository calls made in them, in order. */
+function logged(store: Store, calls: string[]): Store {
+  const spy = (tx: Store): Store => {
+    const operations = new Proxy(tx.operations, {
+      get(target, name, receiver) {
+        const value: unknown = Reflect.get(target, name, receiver);
+        if (typeof value !== 'function') return value;
+        return (...args: unknown[]) => {
+          calls.push(String(name));
+          return (value as (...a: unknown[]) => unknown).apply(target, args);
+        };
+      },
+    });
+    return { ...tx, operations };
+  };
+  return { ...store, transaction: (work) => store.transaction((tx) => work(spy(tx))) } as Store;
+}
+
+async function world() {
+  const store = createMemoryStore();
+  const host = await store.hosts.create({ name: 'h' });
+  const operation = await store.operations.create({ kind: 'attach', hostId: host.id, owner: 'r0', deadlineAt: new Date(Date.now() + 60_000).toISOString() });
+  return { store, operationId: operation.id };
+}
+
+describe('the owner confirmed last in its transaction', () => {
+  it('ownedTransaction confirms after the work, just before the commit (the row stays unlocked while the work waits on others)', async () => {
+    const w = await world();
+    const calls: string[] = [];
+    await ownedTransaction(logged(w.store, calls), w.operationId, 'r0', (tx) => tx.operations.startStep(w.operationId, 'reserve', 'do'));
+    expect(calls).toEqual(['startStep', 'setOwner']);
+  });
+
+  it("a step's commit and its boundary come first, the confirmation last", async () => {
+    const w = await world();
+    const calls: string[] = [];
+    const list: Array<Step<unknown>> = [
+      { name: 'mark', async run() {}, commit: async () => ({}) },
+      { name: 'last', async run() {} },
+    ];
+    const outcome = await new OperationRunner(logged(w.store, calls)).run(list, {}, { operationId: w.operationId, signal: AbortSignal.timeout(5_000), undoTimeoutMs: 1_000, logger: silentLogger, owner: 'r0' });
+    expect(outcome.ok).toBe(true);
+    // Each write's transaction: its write, then setOwner.
+    expect(calls).toEqual(['startStep', 'setOwner', 'advanceStep', 'setOwner', 'endStep', 'setOwner']);
+  });
+
+  it("an operation's end comes right after the confirmation (it needs the row still running), the last statement", async () => {
+    const w = await world();
+    const calls: string[] = [];
+    await ownedFinish(logged(w.store, calls), w.operationId, 'r0', { state: 'succeeded', result: {} }, (tx) => tx.operations.startStep(w.operationId, 'last', 'do'));
+    expect(calls).toEqual(['startStep', 'setOwner', 'finish']);
+    await expect(ownedFinish(w.store, w.operationId, 'r0', { state: 'failed', error: { code: 'TIMEOUT', message: 'again' } })).rejects.toMatchObject({ details: { takenOver: true } });
+  });
+
+  it('a write that fails first because another replica already ended the operation is reported as the takeover it is', async () => {
+    const w = await world();
+    await w.store.operations.setOwner(w.operationId, 'r1', 'r0');
+    await w.store.operations.finish(w.operationId, { state: 'rolled_back', error: { code: 'CANCELLED', message: 'undone by r1' } });
+    const ended = ownedTransaction(w.store, w.operationId, 'r0', (tx) => tx.operations.finish(w.operationId, { state: 'failed', error: { code: 'TIMEOUT', message: 'late' } }));
+    await expect(ended).rejects.toMatchObject({ code: 'CONFLICT', details: { takenOver: true } });
+    expect((await w.store.operations.require(w.operationId)).state).toBe('rolled_back');
+  });
+});
