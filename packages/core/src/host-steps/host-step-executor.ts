@@ -3,6 +3,7 @@ import type { Host } from '../model.js';
 import type { PipelineDeps } from '../pipeline/context.js';
 import type { AgentHost, HostSteps } from './host-steps.js';
 import { ownedTransaction } from '../pipeline/operation-fence.js';
+import { withStoreRetry } from '../pipeline/store-retry.js';
 import { runHostStep } from './run-host-step.js';
 
 export type { AgentHost, HostStepCall, HostStepRequest, HostSteps } from './host-steps.js';
@@ -17,7 +18,12 @@ export function localHostSteps(deps: Pick<PipelineDeps, 'catalog' | 'logger' | '
     async run(step, payload, call) {
       // With an owner, confirmed just before the step runs (a check, then the act: it narrows the
       // window of a process frozen past its lease to the step itself; see core's README).
-      if (call.owner !== undefined && call.operationId !== undefined) await ownedTransaction(deps.store, call.operationId, call.owner, () => Promise.resolve());
+      // A store that is busy a moment (SQLite's lock, PostgreSQL ending a connection on purpose)
+      // is retried as the pipeline's own writes are: the check must not fail a healthy step.
+      const { operationId, owner } = call;
+      if (owner !== undefined && operationId !== undefined) {
+        await withStoreRetry(() => ownedTransaction(deps.store, operationId, owner, () => Promise.resolve()), { what: 'confirm the operation owner', signal: call.signal });
+      }
       // The deadline travels as the signal in-process; the payload still carries one to parse.
       const timeoutMs = call.undo ? deps.config.undoTimeoutMs : deps.config.operationTimeoutMs;
       const full = { ...payload, deadlineAt: new Date(Date.now() + timeoutMs).toISOString() };

@@ -60,6 +60,18 @@ describe('the owner confirmed last in its transaction', () => {
     await expect(ownedFinish(w.store, w.operationId, 'r0', { state: 'failed', error: { code: 'TIMEOUT', message: 'again' } })).rejects.toMatchObject({ details: { takenOver: true } });
   });
 
+  it('its own end, committed but its answer lost, is not reported as a takeover: the store error stands', async () => {
+    const w = await world();
+    // The COMMIT landed, then the connection broke before its answer came back.
+    const lost = { ...w.store, transaction: async (work: (tx: Store) => Promise<unknown>) => {
+      await w.store.transaction(work);
+      throw Object.assign(new Error('Connection terminated unexpectedly'), { code: 'ECONNRESET' });
+    } } as Store;
+    const ended = ownedFinish(lost, w.operationId, 'r0', { state: 'succeeded', result: {} });
+    await expect(ended).rejects.toThrow('Connection terminated unexpectedly');
+    expect((await w.store.operations.require(w.operationId)).state).toBe('succeeded');
+  });
+
   it('a write that fails first because another replica already ended the operation is reported as the takeover it is', async () => {
     const w = await world();
     await w.store.operations.setOwner(w.operationId, 'r1', 'r0');

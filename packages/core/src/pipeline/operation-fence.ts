@@ -85,7 +85,9 @@ async function fenced<T>(store: Store, operationId: string, owner: string, work:
       (operation) => operation ?? null,
       () => undefined,
     );
-    if (row === null || (row !== undefined && (row.state !== 'running' || row.owner !== owner))) throw takenOverError(operationId, error);
+    // Only another owner (or no row) is a takeover: every takeover writes the owner. Ended but
+    // still ours is this process's own commit, landed before its answer was lost: not a takeover.
+    if (row === null || (row !== undefined && row.owner !== owner)) throw takenOverError(operationId, error);
     throw error;
   }
 }

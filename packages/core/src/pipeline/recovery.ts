@@ -10,7 +10,7 @@ import { recomputeVolume, type PipelineContext, type PipelineDeps } from './cont
 import { hostRootMismatch, hostRootSkip, type HostRootMismatch } from './host-root.js';
 import { detachSteps, markDetachFailed } from './detach.js';
 import { summarize, type OperationRunner } from './operation-runner.js';
-import { ownedFinish, ownedHostSteps } from './operation-fence.js';
+import { isTakenOver, ownedFinish, ownedHostSteps, ownedTransaction } from './operation-fence.js';
 import type { RecoveryOutcome } from '../reports.js';
 import type { Step } from './step.js';
 
@@ -47,12 +47,25 @@ export async function findReservation(store: Store, op: Operation): Promise<Atta
  * waited for them is gone, and a returning agent must not act on them while they are undone or
  * resumed. A cancelled item that was claimed counts as run (`ran`), so its undo still happens.
  */
-async function cancelWorkItems(deps: RecoveryDeps, op: Operation): Promise<void> {
-  const workItems = deps.store.workItems;
-  if (!workItems) return;
-  const open = await workItems.list({ operationId: op.id, state: ['pending', 'claimed'] });
-  for (const item of open) {
-    await workItems.cancel(item.id, { code: 'CANCELLED', message: `the process running this ${op.kind} stopped; recovery took it over` }).catch(() => undefined);
+async function cancelWorkItems(deps: RecoveryDeps, op: Operation, owner: string | undefined): Promise<void> {
+  if (!deps.store.workItems) return;
+  const reason = { code: 'CANCELLED', message: `the process running this ${op.kind} stopped; recovery took it over` };
+  if (owner === undefined) {
+    const open = await deps.store.workItems.list({ operationId: op.id, state: ['pending', 'claimed'] });
+    for (const item of open) await deps.store.workItems.cancel(item.id, reason).catch(() => undefined);
+    return;
+  }
+  // A replica's takeover: only while the operation is still this replica's, in one commit. One
+  // frozen before this line and taken over in turn must not cancel the items (the undos) of the
+  // replica that owns the operation now.
+  try {
+    await ownedTransaction(deps.store, op.id, owner, async (tx) => {
+      const open = (await tx.workItems?.list({ operationId: op.id, state: ['pending', 'claimed'] })) ?? [];
+      for (const item of open) await tx.workItems?.cancel(item.id, reason);
+    });
+  } catch (error) {
+    if (isTakenOver(error)) throw error;
+    // As above: cancelling is best effort (an item that ended meanwhile is left as it ended).
   }
 }
 
@@ -134,7 +147,7 @@ export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger
   // the host's agent); a host nobody can run them on fails the recovery with that reason.
   const dispatched = op.steps.some((s) => s.phase === 'do' && s.name === 'dispatch');
   const hostSteps = dispatched ? ownedHostSteps(await deps.hostSteps(server.hostId), owner) : undefined;
-  await cancelWorkItems(deps, op);
+  await cancelWorkItems(deps, op, owner);
   const ctx: PipelineContext = {
     operationId: op.id,
     ...(owner === undefined ? {} : { owner }),

@@ -77,6 +77,26 @@ describe('replicas', () => {
     await service.close();
   });
 
+  it('a survivor taken over in turn does not cancel the work items of the replica that owns the operation now', async () => {
+    const store = createMemoryStore();
+    const { service } = replica(store);
+    const op = await diedAfterReserve(store, service);
+    // The undo work the replica owning it now (api-3) handed to a host, still pending.
+    const host = await store.hosts.require(op.hostId ?? '');
+    const item = await store.workItems!.create({ operationId: op.id, hostId: host.id, step: 'release', payload: {} });
+    const claim = store.operations.claimExpired!.bind(store.operations);
+    store.operations.claimExpired = async (owner, leaseMs, limit) => {
+      const taken = await claim(owner, leaseMs, limit);
+      for (const t of taken) await store.operations.setOwner(t.id, '77@api-3', owner);
+      return taken;
+    };
+    const stop = service.startReplica();
+    await stop();
+    expect(await store.operations.require(op.id)).toMatchObject({ state: 'running', owner: '77@api-3' });
+    expect((await store.workItems!.require(item.id)).state).toBe('pending');
+    await service.close();
+  });
+
   it('fences a run another replica took over: it stops at once, undoes nothing and leaves the operation to the new owner', async () => {
     const store = createMemoryStore();
     // Beats every 100 ms: the test waits for the one after the takeover (no fixed sleep).
