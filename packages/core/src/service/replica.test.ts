@@ -39,6 +39,16 @@ async function diedAfterReserve(store: Store, service: BerthServiceImpl) {
   return op;
 }
 
+/** This replica's takeovers, each claimed in turn by `other` right after (a survivor frozen before its first write). */
+function takenOverInTurn(store: Store, other: string): void {
+  const claim = store.operations.claimExpired!.bind(store.operations);
+  store.operations.claimExpired = async (owner, leaseMs, limit) => {
+    const taken = await claim(owner, leaseMs, limit);
+    for (const t of taken) await store.operations.setOwner(t.id, other, owner);
+    return taken;
+  };
+}
+
 describe('replicas', () => {
   it('takes over an operation whose replica stopped renewing it, and rolls it back by the recovery rules', async () => {
     const store = createMemoryStore();
@@ -62,12 +72,7 @@ describe('replicas', () => {
     const { service } = replica(store);
     const op = await diedAfterReserve(store, service);
     // This replica claims it, then "freezes": api-3 claims it in turn before the recovery's first write.
-    const claim = store.operations.claimExpired!.bind(store.operations);
-    store.operations.claimExpired = async (owner, leaseMs, limit) => {
-      const taken = await claim(owner, leaseMs, limit);
-      for (const t of taken) await store.operations.setOwner(t.id, '77@api-3', owner);
-      return taken;
-    };
+    takenOverInTurn(store, '77@api-3');
     const stop = service.startReplica();
     await stop();
     const after = await store.operations.require(op.id);
@@ -84,12 +89,7 @@ describe('replicas', () => {
     // The undo work the replica owning it now (api-3) handed to a host, still pending.
     const host = await store.hosts.require(op.hostId ?? '');
     const item = await store.workItems!.create({ operationId: op.id, hostId: host.id, step: 'release', payload: {} });
-    const claim = store.operations.claimExpired!.bind(store.operations);
-    store.operations.claimExpired = async (owner, leaseMs, limit) => {
-      const taken = await claim(owner, leaseMs, limit);
-      for (const t of taken) await store.operations.setOwner(t.id, '77@api-3', owner);
-      return taken;
-    };
+    takenOverInTurn(store, '77@api-3');
     const stop = service.startReplica();
     await stop();
     expect(await store.operations.require(op.id)).toMatchObject({ state: 'running', owner: '77@api-3' });
