@@ -75,7 +75,7 @@ export function remoteHostSteps(deps: RemoteHostStepsDeps, host: AgentHost): Hos
       // With an owner, the item exists only if the operation is still this process's when it
       // commits (confirmed last in the same transaction): a process frozen past its lease hands
       // no work to the host after another replica took the operation over.
-      const item = await (call.owner === undefined ? store.transaction(create) : ownedTransaction(store, operationId, call.owner, create));
+      const item = await ownedTransaction(store, operationId, call.owner, create);
       let finished: WorkItem;
       try {
         // Called right after the commit, nothing in between: the waiter need not read the item first.

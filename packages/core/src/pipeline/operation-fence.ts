@@ -43,9 +43,11 @@ export async function confirmOwner(tx: Store, operationId: string, owner: string
  * Run `work` in one transaction of `store` that ends with `confirmOwner`: all of it commits while
  * `operationId` is still `owner`'s, or none of it does (`takenOverError`). When `work` itself fails
  * first, the operation's row is read once to tell a takeover from another failure; the success
- * path costs one statement more than `work`, nothing else.
+ * path costs one statement more than `work`, nothing else. Without an owner (embedded mode, no
+ * replica leases) it is `store.transaction(work)`, nothing more.
  */
-export function ownedTransaction<T>(store: Store, operationId: string, owner: string, work: (tx: Store) => Promise<T>): Promise<T> {
+export function ownedTransaction<T>(store: Store, operationId: string, owner: string | undefined, work: (tx: Store) => Promise<T>): Promise<T> {
+  if (owner === undefined) return store.transaction(work);
   return fenced(store, operationId, owner, async (tx) => {
     const result = await work(tx);
     await confirmOwner(tx, operationId, owner);
@@ -54,18 +56,34 @@ export function ownedTransaction<T>(store: Store, operationId: string, owner: st
 }
 
 /**
+ * A write of `operationId`'s journal: alone without an owner (embedded mode: the one statement it
+ * always was), with one in a transaction that confirms it last (`ownedTransaction`).
+ */
+export function ownedWrite<T>(store: Store, operationId: string, owner: string | undefined, write: (store: Store) => Promise<T>): Promise<T> {
+  return owner === undefined ? write(store) : ownedTransaction(store, operationId, owner, write);
+}
+
+/**
  * End `operationId` as `settled` (after `before`'s writes, in the same transaction) only while it
  * is still `owner`'s. The confirmation comes right before the end, the last statement: both
  * write the operation's row, which the end would lock anyway (the end needs the row `running`,
- * so it cannot come before the confirmation).
+ * so it cannot come before the confirmation). Without an owner: the end alone, or `before` and the
+ * end in one transaction.
  */
 export function ownedFinish(
   store: Store,
   operationId: string,
-  owner: string,
+  owner: string | undefined,
   settled: Parameters<Store['operations']['finish']>[1],
   before?: (tx: Store) => Promise<unknown>,
 ): Promise<Operation> {
+  if (owner === undefined) {
+    if (before === undefined) return store.operations.finish(operationId, settled);
+    return store.transaction(async (tx) => {
+      await before(tx);
+      return tx.operations.finish(operationId, settled);
+    });
+  }
   return fenced(store, operationId, owner, async (tx) => {
     await before?.(tx);
     await confirmOwner(tx, operationId, owner);

@@ -4,7 +4,7 @@ import type { ErrorSummary } from '../model.js';
 import { withDeferredDurability, type StepOutcome, type Store } from '../store.js';
 import type { Step, StepCommit } from './step.js';
 import type { FaultInjector } from '../faults.js';
-import { isTakenOver, ownedTransaction } from './operation-fence.js';
+import { isTakenOver, ownedTransaction, ownedWrite } from './operation-fence.js';
 import { withStoreRetry } from './store-retry.js';
 
 /** How a pipeline run ended. */
@@ -104,10 +104,10 @@ export class OperationRunner {
     const note = (error: unknown): void => {
       if (isTakenOver(error) && !lost.signal.aborted) lost.abort(error);
     };
-    const transaction = async <T>(write: (store: Store) => Promise<T>): Promise<T> => {
+    // Without an owner (embedded mode), exactly the write or transaction it always was.
+    const noted = async <T>(write: Promise<T>): Promise<T> => {
       try {
-        // Without an owner (embedded mode), exactly the transaction it always was.
-        return await (owner === undefined ? this.store.transaction(write) : ownedTransaction(this.store, operationId, owner, write));
+        return await write;
       } catch (error) {
         note(error);
         throw error;
@@ -116,8 +116,8 @@ export class OperationRunner {
     return {
       signal: options.fenced ? AbortSignal.any([options.fenced, lost.signal]) : lost.signal,
       note,
-      transaction,
-      owned: (write) => (owner === undefined ? write(this.store) : transaction(write)),
+      transaction: (write) => noted(ownedTransaction(this.store, operationId, owner, write)),
+      owned: (write) => noted(ownedWrite(this.store, operationId, owner, write)),
     };
   }
 

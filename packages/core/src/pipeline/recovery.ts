@@ -123,8 +123,7 @@ export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger
   // A replica's takeover passes its `owner`: every journal write, host step and end of the
   // recovery is then fenced as a run's is, so a survivor frozen mid-recovery and taken over in
   // turn stops at its first write (`takenOverError`) instead of settling what a third one owns.
-  const finish: Finish = (settled) =>
-    owner === undefined ? deps.store.operations.finish(op.id, settled) : ownedFinish(deps.store, op.id, owner, settled);
+  const finish: Finish = (settled) => ownedFinish(deps.store, op.id, owner, settled);
   const outcome = (action: RecoveryOutcome['action'], detail: string): RecoveryOutcome => ({ operationId: op.id, kind: op.kind, action, detail });
   // Whoever calls: an operation of another host root is never undone nor resumed here.
   const elsewhere = await foreignHostRoot(deps, op);

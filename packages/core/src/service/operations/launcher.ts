@@ -162,14 +162,8 @@ export class OperationLauncher {
     this.executing.add(operationId);
     // With replica leases, the end is written only while the operation is still this process's.
     const owner = this.leased.has(operationId) ? this.parts.owner : undefined;
-    const end = (settled: Parameters<Store['operations']['finish']>[1], before?: (tx: Store) => Promise<unknown>): Promise<Operation> => {
-      if (owner !== undefined) return ownedFinish(store, operationId, owner, settled, before);
-      if (before === undefined) return store.operations.finish(operationId, settled);
-      return store.transaction(async (tx) => {
-        await before(tx);
-        return tx.operations.finish(operationId, settled);
-      });
-    };
+    const end = (settled: Parameters<Store['operations']['finish']>[1], before?: (tx: Store) => Promise<unknown>): Promise<Operation> =>
+      ownedFinish(store, operationId, owner, settled, before);
     const settle = (what: string, fn: () => Promise<Operation>): Promise<Operation | undefined> =>
       withStoreRetry(fn, { what, signal: AbortSignal.timeout(config.undoTimeoutMs), logger: log }).catch((error: unknown) => {
         // Another replica owns it now and settles it; this process only tells its caller.
