@@ -177,22 +177,18 @@ export async function startManyHosts(options: ManyHostsOptions): Promise<ManyHos
       if (sig === 'SIGSTOP') frozen.add(pid);
       else frozen.delete(pid);
     };
-    const thawIfFrozen = (child: ResultPromise): void => {
-      if (child.pid === undefined || !frozen.delete(child.pid)) return;
+    const resume = (pid: number): void => {
       try {
-        process.kill(child.pid, 'SIGCONT');
+        process.kill(pid, 'SIGCONT');
       } catch {
         // Gone already.
       }
     };
+    const thawIfFrozen = (child: ResultPromise): void => {
+      if (child.pid !== undefined && frozen.delete(child.pid)) resume(child.pid);
+    };
     cleanups.push(async () => {
-      for (const pid of frozen) {
-        try {
-          process.kill(pid, 'SIGCONT');
-        } catch {
-          // Gone already.
-        }
-      }
+      for (const pid of frozen) resume(pid);
       frozen.clear();
       for (const child of children) child.kill('SIGKILL');
       await Promise.allSettled([...children]);
