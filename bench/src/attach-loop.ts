@@ -56,7 +56,11 @@ async function loopFloor(file: string, mode: AttachMode): Promise<{ connect: num
     const backing = await stat(file, { bigint: true });
     const detachProgram = loopProgram('berth-loop-detach', 'the loop driver would detach with fuser and losetup');
     t = performance.now();
-    const answer = (await runner.run(detachProgram, [device, majorMinor(backing.dev), backing.ino.toString()], { ...TIMEOUT, reject: false })).stdout.trim();
+    // Busy while udev probes the new device: run again at once, as the driver does (after its own pause).
+    let answer = 'busy';
+    for (let attempt = 0; answer === 'busy' && attempt < 100; attempt += 1) {
+      answer = (await runner.run(detachProgram, [device, majorMinor(backing.dev), backing.ino.toString()], { ...TIMEOUT, reject: false })).stdout.trim();
+    }
     if (answer !== 'detached') throw new Error(`berth-loop-detach answered ${JSON.stringify(answer)}, not detached`);
     detached = true;
     await waiter.waitForGone(`/sys/block/${path.basename(device)}/loop/backing_file`, { timeoutMs: 10_000, signal });
