@@ -40,7 +40,7 @@ import type {
   VolumeRepository,
   WorkItemRepository,
 } from './store.js';
-import { agentReplaced, alreadyExists, notFound, stateConflict } from './store-errors.js';
+import { agentReplaced, alreadyExists, notFound, notOwner, stateConflict } from './store-errors.js';
 import { assertAttachmentTransition, assertVolumeTransition } from './transitions.js';
 import { zWorkItemState, type WorkItem } from './work-item.js';
 
@@ -346,6 +346,13 @@ export function createMemoryStore(): Store {
     return seq;
   };
 
+  /** A fenced journal write's check: operation `id` runs and is `owner`'s (none: no check; run inside `alone`). */
+  const requireOwner = (id: string, owner: string | undefined): void => {
+    if (owner === undefined) return;
+    const operation = requireRow(tables.operations, 'operation', id);
+    if (operation.state !== 'running' || operation.owner !== owner) throw notOwner(id, owner, operation);
+  };
+
   /** Close running journal row `seq` (run inside `alone`). */
   const endStep = (id: string, seq: number, outcome: StepOutcome): void => {
     if (outcome.state !== 'done' && outcome.state !== 'failed') {
@@ -409,12 +416,21 @@ export function createMemoryStore(): Store {
         const valid = parseWith(zId, attachmentId, 'attachment id');
         requireRow(tables.operations, 'operation', id).attachmentId = valid;
       }),
-    startStep: (id, name, phase) => alone(() => startStep(id, name, phase)),
-    endStep: (id, seq, outcome) => alone(() => endStep(id, seq, outcome)),
-    advanceStep: (id, seq, outcome, next) =>
+    startStep: (id, name, phase, owner) =>
+      alone(() => {
+        requireOwner(id, owner);
+        return startStep(id, name, phase);
+      }),
+    endStep: (id, seq, outcome, owner) =>
+      alone(() => {
+        requireOwner(id, owner);
+        endStep(id, seq, outcome);
+      }),
+    advanceStep: (id, seq, outcome, next, owner) =>
       alone(() => {
         // Validate the next row before closing this one: nothing is written when either is refused.
         parseWith(zStepStart, next, 'operation step');
+        requireOwner(id, owner);
         endStep(id, seq, outcome);
         return startStep(id, next.name, next.phase);
       }),
