@@ -275,12 +275,14 @@ export interface OperationRepository {
    * Append a journal row (state `running`); returns its seq.
    *
    * `owner` (here and on `endStep` and `advanceStep`) fences the write: it is made only while the
-   * operation is `running` and `owner`'s, checked in the same atomic write (on PostgreSQL one
-   * statement holding the operation's row `FOR KEY SHARE`, which a takeover's `FOR UPDATE` waits
-   * for or skips and the heartbeat does not), and otherwise nothing is written and it throws
-   * CONFLICT with `details.reason` `not-owner` (`notOwner`). A replica journals with its owner
-   * so that, frozen past its lease and resumed, it cannot write over a journal another replica
-   * took over.
+   * operation is `running` and `owner`'s, checked in the same atomic write, ordered against every
+   * change of the operation's owner or state (on PostgreSQL one statement holding the operation's
+   * row `FOR SHARE`: an update in progress makes it wait and re-check, and an update waits for it);
+   * otherwise nothing is written and it throws CONFLICT with `details.reason` `not-owner`
+   * (`notOwner`) when another owner has it, or a plain CONFLICT when it ended as `owner`'s. A
+   * replica journals with its owner so that, frozen past its lease and resumed, it cannot write
+   * over a journal another replica took over. A store written to the contract before `owner`
+   * existed ignores it and fences nothing: its conformance suite (many hosts) says so.
    */
   startStep(id: string, name: string, phase: 'do' | 'undo', owner?: string): Promise<number>;
   /**

@@ -197,7 +197,7 @@ export function describeManyHostsStoreConformance(name: string, open: () => Prom
         await rejection(store.operations.startStep('00000000-0000-4000-8000-000000000000', 'reserve', 'do', 'api-1'), 'NOT_FOUND');
       });
 
-      it('a takeover fences the old owner out; an ended operation takes no more journal from its owner', async () => {
+      it('a takeover fences the old owner out; an ended operation takes no more journal from its owner either', async () => {
         const op = await store.operations.create({ kind: 'attach', owner: 'api-1', leaseMs: 0, deadlineAt });
         const seq = await store.operations.startStep(op.id, 'reserve', 'do', 'api-1');
         expect((await operations.claimExpired('api-2', HOUR)).map((o) => o.id)).toEqual([op.id]);
@@ -207,7 +207,10 @@ export function describeManyHostsStoreConformance(name: string, open: () => Prom
         // The new owner goes on where the journal stands; without an owner a write is not fenced.
         await store.operations.endStep(op.id, seq, { state: 'done' }, 'api-2');
         await store.operations.finish(op.id, { state: 'succeeded' });
-        await notOwner(store.operations.startStep(op.id, 'extra', 'do', 'api-2'), 'api-2');
+        // Ended as its own: a plain CONFLICT, not another owner's.
+        const ended = await rejection(store.operations.startStep(op.id, 'extra', 'do', 'api-2'), 'CONFLICT');
+        expect(ended.details).toMatchObject({ actual: 'succeeded' });
+        expect(ended.details.reason).toBeUndefined();
         expect((await store.operations.require(op.id)).steps.map((s) => [s.name, s.state])).toEqual([['reserve', 'done']]);
       });
 

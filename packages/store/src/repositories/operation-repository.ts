@@ -124,13 +124,19 @@ function journalQueries(dialect: StoreDialect): JournalQueries {
       .returning('seq');
 
   /**
-   * `EXISTS` operation `id` running and `owner`'s, its row held `FOR KEY SHARE` until the statement's
-   * end on PostgreSQL: a takeover picks rows `FOR UPDATE SKIP LOCKED`, which conflicts with it, so
-   * a takeover and a fenced write are ordered (the write either sees the new owner and writes
-   * nothing, or ends before the takeover can pick the row), while the heartbeat's `UPDATE` of the
-   * lease (a `FOR NO KEY UPDATE` lock) does not wait for it. SQLite has one writer at a time.
+   * `EXISTS` operation `id` running and `owner`'s, its row held `FOR SHARE` until the statement's
+   * end on PostgreSQL. `FOR SHARE` conflicts with every update of the row — a takeover's
+   * `claimExpired` (a `FOR UPDATE SKIP LOCKED` pick), recovery's `setOwner`, `finish`, each a plain
+   * `UPDATE` (`FOR NO KEY UPDATE`) — so the write and any change of owner or state are ordered:
+   * an update in progress makes the write wait, then re-check the row's newest version
+   * (EvalPlanQual at READ COMMITTED) and write nothing; a write holding the lock makes the update
+   * wait for the end of this one statement (a takeover's pick skips the row until a later beat).
+   * `FOR KEY SHARE` is not enough: it conflicts with no non-key update and re-checks after none,
+   * so a write whose snapshot came before a committed `setOwner` or `finish` still went through
+   * (found in review with the statements interleaved on a real server). The heartbeat's `UPDATE`
+   * of the lease waits at most for one such statement. SQLite has one writer at a time.
    */
-  const lockOwner = sql.raw(dialect.supportsRowLocks ? ' for key share' : '');
+  const lockOwner = sql.raw(dialect.supportsRowLocks ? ' for share' : '');
   const ownedBy = (p: { id: string; owner: string }) =>
     sql<boolean>`exists (select 1 from operations as fence where fence.id = ${p.id} and fence.owner = ${p.owner} and fence.state = 'running'${lockOwner})`;
 
@@ -264,7 +270,9 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
     if (owner !== undefined) {
       const row = await ctx.db().selectFrom('operations').select(['state', 'owner']).where('id', '=', id).executeTakeFirst();
       if (row === undefined) return notFound('operation', id);
-      if (row.state !== 'running' || row.owner !== owner) return notOwner(id, owner, row);
+      if (row.owner !== owner) return notOwner(id, owner, row);
+      // Still ours but ended (this owner's own end, landed before): a state conflict, not a takeover.
+      if (row.state !== 'running') return stateConflict('operation', id, id, row.state, ['running']);
     }
     return otherwise();
   };
@@ -378,7 +386,12 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
         return rows.length === 0 ? undefined : firstSeq(rows);
       });
       // Without an owner the INSERT … SELECT always gives a row (or a foreign-key violation).
-      if (started === undefined) throw await fencedOut(id, owner, () => Promise.resolve(new Error('the journal row was not inserted')));
+      if (started === undefined) {
+        throw await fencedOut(id, owner, () =>
+          // Refused, yet the operation reads as running and ours: its owner changed and changed back meanwhile.
+          Promise.resolve(new BerthError('CONFLICT', `operation ${id} changed owner while a journal row was written; nothing was written`, { details: { id, owner } })),
+        );
+      }
       return started;
     },
 
