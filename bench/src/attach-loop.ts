@@ -1,10 +1,11 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { silentLogger } from '@berth/core';
+import { majorMinor } from '@berth/driver-loop';
 import { commandStarter, createHostServices } from '@berth/host';
 import { openBerth } from '@berth/runtime';
 import { printTable, summarize } from './stats.js';
@@ -16,10 +17,10 @@ const TIMEOUT = { timeoutMs: 30_000 };
 /** How the loop driver attaches: `auto` with berth-loop-attach, `off` with three losetup runs. */
 type AttachMode = 'auto' | 'off';
 
-/** berth-loop-attach as the loop driver finds it (built beside its dist/index.js). */
-function attachProgram(): string {
-  const program = path.join(path.dirname(fileURLToPath(import.meta.resolve('@berth/driver-loop'))), 'berth-loop-attach');
-  if (!existsSync(program)) throw new Error(`${program} was not built (no C compiler?): run this bench with BENCH_LOOP_ATTACH=off`);
+/** A C program of the loop driver as it finds it (built beside its dist/index.js). */
+function loopProgram(name: 'berth-loop-attach' | 'berth-loop-detach', without: string): string {
+  const program = path.join(path.dirname(fileURLToPath(import.meta.resolve('@berth/driver-loop'))), name);
+  if (!existsSync(program)) throw new Error(`${program} was not built (no C compiler?): ${without}`);
   return program;
 }
 
@@ -27,8 +28,10 @@ function attachProgram(): string {
  * The floor of one loop connect and disconnect: the commands the loop driver runs, run directly
  * through `@berth/host`'s runner on a file of the same size, with no journal, store or locks —
  * connect (`off`): list, `--find --show`, the wait for the node, list again; (`auto`):
- * berth-loop-attach once, the wait for the node; disconnect: flush, `--detach`, the wait for the
- * backing file to go.
+ * berth-loop-attach once, the wait for the node; disconnect (both modes: what the driver runs for
+ * the device it connected): berth-loop-detach once (it flushes and detaches; the backing file's
+ * device and inode come from the connect's record, here a stat before the clock starts), the wait
+ * for the backing file to go.
  */
 async function loopFloor(file: string, mode: AttachMode): Promise<{ connect: number; disconnect: number }> {
   const { runner, waiter } = createHostServices();
@@ -38,7 +41,7 @@ async function loopFloor(file: string, mode: AttachMode): Promise<{ connect: num
   let detached = false;
   try {
     if (mode === 'auto') {
-      const answer = (await runner.run(attachProgram(), [file, '--direct-io'], TIMEOUT)).stdout.trim().split('\n').pop() ?? '';
+      const answer = (await runner.run(loopProgram('berth-loop-attach', 'run this bench with BENCH_LOOP_ATTACH=off'), [file, '--direct-io'], TIMEOUT)).stdout.trim().split('\n').pop() ?? '';
       const [kind, name] = answer.split(' ');
       if (kind !== 'attached' || name === undefined) throw new Error(`berth-loop-attach answered ${JSON.stringify(answer)}, not attached`);
       device = name;
@@ -50,12 +53,17 @@ async function loopFloor(file: string, mode: AttachMode): Promise<{ connect: num
       await runner.run('losetup', LIST_ARGS, TIMEOUT);
     }
     const connect = performance.now() - t;
+    const backing = await stat(file, { bigint: true });
+    const detachProgram = loopProgram('berth-loop-detach', 'the loop driver would detach with fuser and losetup');
     t = performance.now();
-    await runner.run('blockdev', ['--flushbufs', device], TIMEOUT);
-    await runner.run('losetup', ['--detach', device], TIMEOUT);
+    // Busy while udev probes the new device: run again at once, as the driver does (after its own pause).
+    let answer = 'busy';
+    for (let attempt = 0; answer === 'busy' && attempt < 100; attempt += 1) {
+      answer = (await runner.run(detachProgram, [device, majorMinor(backing.dev), backing.ino.toString()], { ...TIMEOUT, reject: false })).stdout.trim();
+    }
+    if (answer !== 'detached') throw new Error(`berth-loop-detach answered ${JSON.stringify(answer)}, not detached`);
     detached = true;
-    const backing = `/sys/block/${path.basename(device)}/loop/backing_file`;
-    await waiter.waitForGone(backing, { timeoutMs: 10_000, signal });
+    await waiter.waitForGone(`/sys/block/${path.basename(device)}/loop/backing_file`, { timeoutMs: 10_000, signal });
     return { connect, disconnect: performance.now() - t };
   } finally {
     // A throw after the attach must not leave the floor's device attached.

@@ -27,7 +27,7 @@ afterAll(() => {
 describe('loop driver fault points', () => {
   it.each([
     ['attach', 'loop.connect.after-losetup'],
-    ['detach', 'loop.disconnect.after-flush'],
+    ['detach', 'loop.disconnect.before-detach'],
   ] as const)('%s crashed at %s recovers to a consistent state', async (command, point) => {
     const setup = await t.open();
     const volume = await setup.createVolume({ name: 'v', sizeBytes: 16 * MiB });

@@ -25,10 +25,10 @@ const INSTANCE_FAULTS = [
   '',
   'attach.connect.after=throw,detach.unpublish.after=throw,attach.reserve.after=delay:2',
   'loop.connect.after-losetup=throw,detach.terminate.before=throw,detach.begin_detaching.after=delay:2',
-  'attach.publish.after=throw,loop.disconnect.after-flush=throw,attach.initialize.before=delay:3',
+  'attach.publish.after=throw,loop.disconnect.before-detach=throw,attach.initialize.before=delay:3',
 ];
 const CRASH_ATTACH = ['attach.initialize.after', 'attach.connect.after', 'loop.connect.after-losetup', 'attach.publish.after', 'attach.complete.before'];
-const CRASH_DETACH = ['detach.unpublish.after', 'detach.disconnect.before', 'loop.disconnect.after-flush', 'detach.terminate.before', 'detach.delete_attachment.before'];
+const CRASH_DETACH = ['detach.unpublish.after', 'detach.disconnect.before', 'loop.disconnect.before-detach', 'detach.terminate.before', 'detach.delete_attachment.before'];
 // What an operation may fail with here: a race lost (CONFLICT, NOT_FOUND) or an injected fault.
 const EXPECTED_CODES = new Set(['CONFLICT', 'NOT_FOUND', 'INTERNAL', 'DRIVER_ERROR']);
 

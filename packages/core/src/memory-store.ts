@@ -40,7 +40,7 @@ import type {
   VolumeRepository,
   WorkItemRepository,
 } from './store.js';
-import { agentReplaced, alreadyExists, notFound, stateConflict } from './store-errors.js';
+import { agentReplaced, alreadyExists, notFound, notOwner, stateConflict } from './store-errors.js';
 import { assertAttachmentTransition, assertVolumeTransition } from './transitions.js';
 import { zWorkItemState, type WorkItem } from './work-item.js';
 
@@ -338,20 +338,30 @@ export function createMemoryStore(): Store {
   };
 
   /** Append a running journal row; returns its seq (run inside `alone`). */
-  const startStep = (id: string, name: string, phase: 'do' | 'undo'): number => {
+  const startStep = (id: string, name: string, phase: 'do' | 'undo', owner?: string): number => {
     const valid = parseWith(zStepStart, { name, phase }, 'operation step');
+    requireOwner(id, owner);
     const operation = requireRow(tables.operations, 'operation', id);
     const seq = operation.steps.length + 1;
     operation.steps.push({ seq, ...valid, state: 'running', startedAt: now(), endedAt: null, durationMs: null, error: null, data: null });
     return seq;
   };
 
+  /** A fenced journal write's check: operation `id` runs and is `owner`'s (none: no check; run inside `alone`). */
+  const requireOwner = (id: string, owner: string | undefined): void => {
+    if (owner === undefined) return;
+    const operation = requireRow(tables.operations, 'operation', id);
+    if (operation.owner !== owner) throw notOwner(id, owner, operation);
+    if (operation.state !== 'running') throw stateConflict('operation', id, id, operation.state, ['running']);
+  };
+
   /** Close running journal row `seq` (run inside `alone`). */
-  const endStep = (id: string, seq: number, outcome: StepOutcome): void => {
+  const endStep = (id: string, seq: number, outcome: StepOutcome, owner?: string): void => {
     if (outcome.state !== 'done' && outcome.state !== 'failed') {
       throw new BerthError('VALIDATION', `invalid step outcome: state must be done or failed, got ${String(outcome.state)}`);
     }
     const valid = parseWith(zStepOutcome, { data: outcome.data, error: outcome.error }, 'step outcome');
+    requireOwner(id, owner);
     const step = tables.operations.get(id)?.steps.find((s) => s.seq === seq);
     if (step === undefined) throw notFound('operation', `${id} step ${seq}`);
     if (step.state !== 'running') {
@@ -409,13 +419,13 @@ export function createMemoryStore(): Store {
         const valid = parseWith(zId, attachmentId, 'attachment id');
         requireRow(tables.operations, 'operation', id).attachmentId = valid;
       }),
-    startStep: (id, name, phase) => alone(() => startStep(id, name, phase)),
-    endStep: (id, seq, outcome) => alone(() => endStep(id, seq, outcome)),
-    advanceStep: (id, seq, outcome, next) =>
+    startStep: (id, name, phase, owner) => alone(() => startStep(id, name, phase, owner)),
+    endStep: (id, seq, outcome, owner) => alone(() => endStep(id, seq, outcome, owner)),
+    advanceStep: (id, seq, outcome, next, owner) =>
       alone(() => {
         // Validate the next row before closing this one: nothing is written when either is refused.
         parseWith(zStepStart, next, 'operation step');
-        endStep(id, seq, outcome);
+        endStep(id, seq, outcome, owner);
         return startStep(id, next.name, next.phase);
       }),
     finish: (id, outcome) =>

@@ -60,3 +60,17 @@ export function agentReplaced(hostId: string, instance: string, current: string 
     details: { id: hostId, instance, actual: current },
   });
 }
+
+/** What a journal write fenced by an owner answers when the operation no longer runs as that owner's. */
+export const NOT_OWNER = 'not-owner';
+
+/**
+ * CONFLICT for a journal write fenced by `owner` (`startStep`, `endStep`, `advanceStep` with an
+ * owner) on an operation that no longer runs as `owner`'s: another replica took it over, or it ended.
+ */
+export function notOwner(id: string, owner: string, now: { state: string; owner: string | null }): BerthError {
+  return new BerthError('CONFLICT', `operation ${id} is no longer running as ${owner}'s (it is ${now.state}, owned by ${now.owner ?? 'nobody'}); nothing was written`, {
+    hint: 'another replica took the operation over (this one could not renew its lease in time); it finishes or rolls it back',
+    details: { id, reason: NOT_OWNER, owner, actual: now.state, actualOwner: now.owner },
+  });
+}

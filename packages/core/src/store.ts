@@ -271,19 +271,33 @@ export interface OperationRepository {
   list(filter?: OperationFilter): Promise<Operation[]>;
   /** Set the attachment id once the reserve step made it. */
   setAttachment(id: string, attachmentId: string): Promise<void>;
-  /** Append a journal row (state `running`); returns its seq. */
-  startStep(id: string, name: string, phase: 'do' | 'undo'): Promise<number>;
+  /**
+   * Append a journal row (state `running`); returns its seq.
+   *
+   * `owner` (here and on `endStep` and `advanceStep`) fences the write: it is made only while the
+   * operation is `running` and `owner`'s, checked in the same atomic write, ordered against every
+   * change of the operation's owner or state (on PostgreSQL one statement holding the operation's
+   * row `FOR SHARE`: an update in progress makes it wait and re-check, and an update waits for it);
+   * otherwise nothing is written and it throws CONFLICT with `details.reason` `not-owner`
+   * (`notOwner`) when another owner has it, or a plain CONFLICT when it ended as `owner`'s. A
+   * replica journals with its owner so that, frozen past its lease and resumed, it cannot write
+   * over a journal another replica took over. A store written to the contract before `owner`
+   * existed ignores it and fences nothing: its conformance suite (many hosts) says so.
+   */
+  startStep(id: string, name: string, phase: 'do' | 'undo', owner?: string): Promise<number>;
   /**
    * Close a running journal row as `done` (with data) or `failed` (with error); its duration is
-   * taken from its `startedAt`. NOT_FOUND for a missing row, CONFLICT for one already closed.
+   * taken from its `startedAt`. NOT_FOUND for a missing row, CONFLICT for one already closed;
+   * with `owner`, fenced as `startStep` is.
    */
-  endStep(id: string, seq: number, outcome: StepOutcome): Promise<void>;
+  endStep(id: string, seq: number, outcome: StepOutcome, owner?: string): Promise<void>;
   /**
    * A step boundary as one write: close row `seq` as `endStep` does and append the next row
    * (state `running`) as `startStep` does, atomically — either both are in the journal or
    * neither (same errors as `endStep`; nothing is written when it fails). Returns the new seq.
+   * With `owner`, fenced as `startStep` is.
    */
-  advanceStep(id: string, seq: number, outcome: StepOutcome, next: { name: string; phase: 'do' | 'undo' }): Promise<number>;
+  advanceStep(id: string, seq: number, outcome: StepOutcome, next: { name: string; phase: 'do' | 'undo' }, owner?: string): Promise<number>;
   /** Finish the operation (CAS from `running`). */
   finish(
     id: string,

@@ -172,6 +172,75 @@ export function describeManyHostsStoreConformance(name: string, open: () => Prom
       });
     });
 
+    describe('journal writes fenced by the owner', () => {
+      const notOwner = async (write: Promise<unknown>, owner: string): Promise<void> => {
+        const error = await rejection(write, 'CONFLICT');
+        expect(error.details).toMatchObject({ reason: 'not-owner', owner });
+      };
+
+      it("start, end and advance write for the operation's owner, and for nobody else: nothing written", async () => {
+        const op = await store.operations.create({ kind: 'attach', owner: 'api-1', leaseMs: HOUR, deadlineAt });
+        const first = await store.operations.startStep(op.id, 'reserve', 'do', 'api-1');
+        await notOwner(store.operations.startStep(op.id, 'dispatch', 'do', 'api-2'), 'api-2');
+        await notOwner(store.operations.endStep(op.id, first, { state: 'done' }, 'api-2'), 'api-2');
+        await notOwner(store.operations.advanceStep(op.id, first, { state: 'done' }, { name: 'dispatch', phase: 'do' }, 'api-2'), 'api-2');
+        expect((await store.operations.require(op.id)).steps.map((s) => [s.name, s.state])).toEqual([['reserve', 'running']]);
+        const second = await store.operations.advanceStep(op.id, first, { state: 'done', data: { a: 1 } }, { name: 'dispatch', phase: 'do' }, 'api-1');
+        await store.operations.endStep(op.id, second, { state: 'done' }, 'api-1');
+        expect((await store.operations.require(op.id)).steps.map((s) => [s.name, s.state])).toEqual([
+          ['reserve', 'done'],
+          ['dispatch', 'done'],
+        ]);
+        // The other errors stay what they were, for the owner: a closed row, a missing one.
+        await rejection(store.operations.endStep(op.id, second, { state: 'done' }, 'api-1'), 'CONFLICT');
+        await rejection(store.operations.endStep(op.id, 99, { state: 'done' }, 'api-1'), 'NOT_FOUND');
+        await rejection(store.operations.startStep('00000000-0000-4000-8000-000000000000', 'reserve', 'do', 'api-1'), 'NOT_FOUND');
+      });
+
+      it('a takeover fences the old owner out; an ended operation takes no more journal from its owner either', async () => {
+        const op = await store.operations.create({ kind: 'attach', owner: 'api-1', leaseMs: 0, deadlineAt });
+        const seq = await store.operations.startStep(op.id, 'reserve', 'do', 'api-1');
+        expect((await operations.claimExpired('api-2', HOUR)).map((o) => o.id)).toEqual([op.id]);
+        await notOwner(store.operations.endStep(op.id, seq, { state: 'failed', error: { code: 'INTERNAL', message: 'late' } }, 'api-1'), 'api-1');
+        await notOwner(store.operations.advanceStep(op.id, seq, { state: 'done' }, { name: 'dispatch', phase: 'do' }, 'api-1'), 'api-1');
+        await notOwner(store.operations.startStep(op.id, 'reserve', 'undo', 'api-1'), 'api-1');
+        // The new owner goes on where the journal stands; without an owner a write is not fenced.
+        await store.operations.endStep(op.id, seq, { state: 'done' }, 'api-2');
+        await store.operations.finish(op.id, { state: 'succeeded' });
+        // Ended as its own: a plain CONFLICT, not another owner's.
+        const ended = await rejection(store.operations.startStep(op.id, 'extra', 'do', 'api-2'), 'CONFLICT');
+        expect(ended.details).toMatchObject({ actual: 'succeeded' });
+        expect(ended.details.reason).toBeUndefined();
+        expect((await store.operations.require(op.id)).steps.map((s) => [s.name, s.state])).toEqual([['reserve', 'done']]);
+      });
+
+      it('concurrent fenced writes and a takeover: every write lands before the takeover or not at all', async () => {
+        const op = await store.operations.create({ kind: 'attach', owner: 'api-1', leaseMs: 0, deadlineAt });
+        const writes = Array.from({ length: 12 }, () =>
+          store.operations.startStep(op.id, 'connect', 'do', 'api-1').then(
+            () => 'written' as const,
+            (error: unknown) => {
+              if (!BerthError.is(error) || error.details.reason !== 'not-owner') throw error;
+              return 'fenced' as const;
+            },
+          ),
+        );
+        // A takeover skips the row while a write holds it (PostgreSQL): it tries again, as a replica's next beat would.
+        const claim = async (): Promise<Operation> => {
+          for (;;) {
+            const [taken] = await operations.claimExpired('api-2', HOUR);
+            if (taken !== undefined) return taken;
+          }
+        };
+        const [claimed, ...outcomes] = await Promise.all([claim(), ...writes]);
+        expect(claimed.id).toBe(op.id);
+        // The journal the takeover read is the journal: nothing was written after it.
+        const journal = (await store.operations.require(op.id)).steps;
+        expect(journal).toHaveLength(outcomes.filter((o) => o === 'written').length);
+        expect(claimed.steps).toHaveLength(journal.length);
+      });
+    });
+
     describe('work items', () => {
       it('creates a pending item; a missing operation or host is NOT_FOUND; secrets are dropped at any depth', async () => {
         const { host, operation } = await hostAndOperation();

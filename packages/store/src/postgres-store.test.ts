@@ -323,6 +323,45 @@ describe('PostgreSQL concurrency', () => {
     expect(Date.parse(row?.lease_expires_at ?? '')).toBeGreaterThan(Date.now() + 30_000);
   });
 
+  it.each([
+    ['a takeover by setOwner', "update operations set owner = 'api-2' where id = $1"],
+    ["another replica's finish", "update operations set owner = 'api-2', state = 'rolled_back' where id = $1"],
+  ])('a journal write fenced by its owner waits for %s in progress, then writes nothing (FOR SHARE: FOR KEY SHARE let it through)', async (_what, update) => {
+    const url = await running().createDatabase();
+    const store = await openTracked(url);
+    const op = await store.operations.create({ kind: 'attach', owner: 'api-1', leaseMs: 3_600_000, deadlineAt: new Date(Date.now() + 3_600_000).toISOString() });
+    const seq = await store.operations.startStep(op.id, 'reserve', 'do', 'api-1');
+    const other = new pg.Client({ connectionString: url });
+    const watcher = new pg.Client({ connectionString: url });
+    await other.connect();
+    await watcher.connect();
+    try {
+      await other.query('begin');
+      await other.query(update, [op.id]);
+      const writes = [
+        store.operations.startStep(op.id, 'dispatch', 'do', 'api-1'),
+        store.operations.endStep(op.id, seq, { state: 'done' }, 'api-1'),
+        store.operations.advanceStep(op.id, seq, { state: 'done' }, { name: 'dispatch', phase: 'do' }, 'api-1'),
+      ].map((write) => write.then(() => 'written' as const, (error: unknown) => error));
+      // All three wait on the operation's row (none may decide from the old owner its snapshot shows).
+      const waiting = async (): Promise<'waiting'> => {
+        for (;;) {
+          const { rows } = await watcher.query<{ n: string }>(`select count(*) as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`);
+          if (Number(rows[0]?.n) >= 3) return 'waiting';
+        }
+      };
+      expect(await Promise.race([waiting(), ...writes])).toBe('waiting');
+      await other.query('commit');
+      for (const outcome of await Promise.all(writes)) {
+        expect(BerthError.is(outcome) && outcome.details).toMatchObject({ reason: 'not-owner', owner: 'api-1' });
+      }
+      expect((await store.operations.require(op.id)).steps.map((step) => [step.name, step.state])).toEqual([['reserve', 'running']]);
+    } finally {
+      await other.end();
+      await watcher.end();
+    }
+  });
+
   it('notifications cross stores (and processes) sharing the database', async () => {
     const url = await running().createDatabase();
     const sender = await openTracked(url);

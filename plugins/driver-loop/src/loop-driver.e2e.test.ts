@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { open, readFile, stat, unlink } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BerthError, type ConnectionInfo } from '@berth/core';
@@ -133,6 +134,113 @@ describe('loop transport on real loop devices', () => {
     // Without the record, nothing of mine is attached: that disconnect succeeds and touches nothing either.
     await env.driver.disconnect(mine, undefined, { force: false, ...call() });
     expect((await env.devicesBacking(theirs.data.device_path)).map((d) => d.name)).toEqual([device.path]);
+  });
+
+  it('a disconnect of the device it connected is one process: berth-loop-detach reads, flushes and detaches it (no losetup list, no blockdev)', async () => {
+    const tapped = tappedHost(env.host);
+    const driver = env.driverWith({}, tapped.host);
+    const connection = await env.makeFile('one-process.img');
+    const device = await driver.connect(connection, call());
+    const bytes = randomBytes(4096);
+    // Written without a sync: the dirty buffers must reach the file through the program's flush.
+    const handle = await open(device.path, 'r+');
+    try {
+      await handle.write(bytes, 0, bytes.length, MiB);
+    } finally {
+      await handle.close();
+    }
+    tapped.commands.length = 0;
+    await driver.disconnect(connection, device, { force: false, ...call() });
+    expect(tapped.commands).toEqual(['berth-loop-detach']);
+    expect(await env.devicesBacking(connection.data.device_path)).toEqual([]);
+    expect(await readAt(connection.data.device_path, MiB, bytes.length)).toEqual(bytes);
+  });
+
+  it('never detaches the device when its number now backs another file at the same path (the file replaced), even read from sysfs alone', async () => {
+    const connection = await env.makeFile('replaced.img');
+    const device = await env.driver.connect(connection, call());
+    await replaceBehindBerth(connection, device.path, 'replaced.img');
+    const [now] = await env.devicesBacking(connection.data.device_path);
+    expect(now?.name).toBe(device.path);
+    expect(now?.backingInode).not.toBe(device.identity?.['backingInode']);
+    const error = await rejectionOf(env.driver.disconnect(connection, device, { force: false, ...call() }));
+    expect(BerthError.is(error) && error.details).toMatchObject({ reason: 'identity-mismatch', untouched: true });
+    expect(await env.devicesBacking(connection.data.device_path)).toEqual([now]);
+  });
+
+  /** Behind berth's back: `device` detached, the file at its path replaced by a new one (a new inode), attached again at the same number. */
+  async function replaceBehindBerth(connection: { data: { device_path: string } }, devicePath: string, name: string): Promise<void> {
+    await env.host.runner.run('losetup', ['--detach', devicePath], { timeoutMs: 10_000 });
+    // Made while the old file still exists, so its inode number cannot be reused.
+    const replacement = await env.makeFile(`${name}.new`);
+    await rename(replacement.data.device_path, connection.data.device_path);
+    await env.host.runner.run('losetup', [devicePath, connection.data.device_path], { timeoutMs: 10_000 });
+  }
+
+  it('the program missing at run time: the recorded device is checked against the listing before the old way, so a replaced file is never detached', async () => {
+    const { host, commands } = tappedHost(env.host, {
+      rewrite: (command, args) => (command.endsWith('/berth-loop-detach') ? [path.join(env.dir, 'no-such-program'), [...args]] : [command, [...args]]),
+    });
+    const driver = env.driverWith({}, host);
+    const connection = await env.makeFile('missing-program.img');
+    const device = await driver.connect(connection, call());
+    await replaceBehindBerth(connection, device.path, 'missing-program.img');
+    const [now] = await env.devicesBacking(connection.data.device_path);
+    commands.length = 0;
+    const error = await rejectionOf(driver.disconnect(connection, device, { force: false, ...call() }));
+    expect(BerthError.is(error) && error.details).toMatchObject({ reason: 'identity-mismatch', untouched: true });
+    expect(commands).toEqual(['berth-loop-detach', 'losetup']);
+    expect(await env.devicesBacking(connection.data.device_path)).toEqual([now]);
+  });
+
+  it('a reused number that is mounted is an identity mismatch (the record is dropped), not busy — a replaced file at the same path too', async () => {
+    const mine = await env.makeFile('mine-mounted.img');
+    const device = await env.driver.connect(mine, call());
+    await replaceBehindBerth(mine, device.path, 'mine-mounted.img');
+    const theirs = mine;
+    await env.host.runner.run('mkfs.ext4', ['-q', '-F', device.path], { timeoutMs: 60_000 });
+    const mountpoint = path.join(env.dir, 'mnt');
+    await mkdir(mountpoint);
+    await env.host.runner.run('mount', [device.path, mountpoint], { timeoutMs: 30_000 });
+    try {
+      const error = await rejectionOf(env.driverWith({ holderGraceMs: 0 }).disconnect(mine, device, { force: false, ...call() }));
+      expect(BerthError.is(error) && error.details).toMatchObject({ reason: 'identity-mismatch', untouched: true });
+      expect((await env.devicesBacking(theirs.data.device_path)).map((d) => d.name)).toEqual([device.path]);
+    } finally {
+      await env.host.runner.run('umount', [mountpoint], { timeoutMs: 30_000 });
+    }
+  });
+
+  it('a sysfs attribute it cannot read is no evidence the device is gone: the disconnect fails untouched', async () => {
+    const connection = await env.makeFile('unreadable.img');
+    const device = await env.driver.connect(connection, call());
+    const backing = `/sys/block/${path.basename(device.path)}/loop/backing_file`;
+    const fs = new Proxy(env.host.fs, {
+      get: (target, key, receiver) =>
+        key === 'readFileIfExists'
+          ? (file: string) => (file === backing ? Promise.reject(Object.assign(new Error(`EIO: i/o error, open '${file}'`), { code: 'EIO' })) : target.readFileIfExists(file))
+          : Reflect.get(target, key, receiver),
+    });
+    const error = await rejectionOf(env.driverWith({}, { ...env.host, fs }).disconnect(connection, device, { force: false, ...call() }));
+    expect(BerthError.is(error) && error.details.untouched).toBe(true);
+    expect((await env.devicesBacking(connection.data.device_path)).map((d) => d.name)).toEqual([device.path]);
+  });
+
+  it('a flush berth-loop-detach reports failed refuses the detach, untouched: the device stays attached as it was', async () => {
+    // A real failed flush could not be provoked here: the last close of a writer already writes
+    // the device's buffers back (and drops them), so what the program flushes is what a holder
+    // left, and a holder makes the device busy. Stands in for the program answering EIO.
+    const failing = path.join(env.dir, 'flush-fails');
+    await writeFile(failing, ['#!/bin/sh', 'echo "flush-failed 5"', 'exit 9', ''].join('\n'), { mode: 0o755 });
+    const tapped = tappedHost(env.host, { rewrite: (command, args) => (command.endsWith('/berth-loop-detach') ? [failing, [...args]] : [command, [...args]]) });
+    const driver = env.driverWith({}, tapped.host);
+    const connection = await env.makeFile('flush-fails.img');
+    const device = await driver.connect(connection, call());
+    const error = await rejectionOf(driver.disconnect(connection, device, { force: false, ...call() }));
+    expect(BerthError.is(error) && error.code).toBe('DRIVER_ERROR');
+    expect(BerthError.is(error) && error.details).toMatchObject({ reason: 'flush-failed', errno: 'EIO', untouched: true });
+    expect(BerthError.is(error) && error.message).toBe(`flushing ${device.path} failed (EIO); not detaching it`);
+    expect((await env.devicesBacking(connection.data.device_path)).map((d) => d.name)).toEqual([device.path]);
   });
 
   it('never touches a device named in inUse, even when finding devices by file', async () => {

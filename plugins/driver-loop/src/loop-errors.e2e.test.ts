@@ -47,7 +47,8 @@ describe('loop transport failures', () => {
   // nativeAttach off: berth-loop-attach (run by its path) attaches without losetup, and without
   // it the losetup scripts below would not be asked.
   it('says how to install losetup when it is missing', async () => {
-    const driver = env.driverWith({ nativeAttach: 'off' }, createHostServices({ env: { PATH: path.join(env.dir, 'empty-bin') } }));
+    const noTools = createHostServices({ env: { PATH: path.join(env.dir, 'empty-bin') } });
+    const driver = env.driverWith({ nativeAttach: 'off', nativeDetach: 'off' }, noTools);
     const connection = await env.makeFile('a.img');
     const error = await rejectionOf(driver.connect(connection, call()));
     expect(error.code).toBe('HOST_UNSUPPORTED');
@@ -65,6 +66,10 @@ describe('loop transport failures', () => {
     expect(stuck.code).toBe('HOST_UNSUPPORTED');
     expect(stuck.hint).toContain('apt-get install -y');
     expect((await env.devicesBacking(connection.data.device_path)).map((d) => d.name)).toEqual([attached.path]);
+    // berth-loop-detach needs neither losetup nor blockdev: with it, the device berth recorded is
+    // read from sysfs, flushed and detached all the same.
+    await env.driverWith({}, noTools).disconnect(connection, attached, { force: false, ...call() });
+    expect(await env.devicesBacking(connection.data.device_path)).toEqual([]);
   });
 
   it('maps permission errors to PERMISSION_DENIED with a hint to run as root', async () => {

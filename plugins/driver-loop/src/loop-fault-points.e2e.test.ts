@@ -26,10 +26,10 @@ describe('loop transport fault points', () => {
     expect(await env.devicesBacking(connection.data.device_path)).toEqual([]);
   });
 
-  it('a failure after the flush leaves the device attached, and a retried disconnect detaches it', async () => {
-    const connection = await env.makeFile('after-flush.img');
+  it('a failure right before the detach leaves the device attached, and a retried disconnect detaches it', async () => {
+    const connection = await env.makeFile('before-detach.img');
     const device = await env.driver.connect(connection, call());
-    const error = await rejectionOf(driverWithFaults({ 'loop.disconnect.after-flush': 'throw' }).disconnect(connection, device, { force: false, ...call() }));
+    const error = await rejectionOf(driverWithFaults({ 'loop.disconnect.before-detach': 'throw' }).disconnect(connection, device, { force: false, ...call() }));
     expect(BerthError.is(error)).toBe(true);
     expect((await env.devicesBacking(connection.data.device_path)).map((d) => d.name)).toEqual([device.path]);
     await env.driver.disconnect(connection, device, { force: false, ...call() });
@@ -47,7 +47,7 @@ describe('loop transport fault points', () => {
     const watching = new FaultInjector({ 'nothing.armed.here': 'throw' });
     const watched = createLoopDriver({ host: env.host, dataDir: env.dir, options: {}, logger: silentLogger, faults: watching });
     await watched.disconnect(connection, await watched.connect(connection, call()), { force: false, ...call() });
-    expect([...watching.seen].sort()).toEqual(['loop.connect.after-losetup', 'loop.disconnect.after-flush']);
+    expect([...watching.seen].sort()).toEqual(['loop.connect.after-losetup', 'loop.disconnect.before-detach']);
   });
 
   it('never fails a disconnect because the kernel tears the device down while it is read (ENODEV)', async () => {

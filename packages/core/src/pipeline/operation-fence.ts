@@ -2,6 +2,7 @@ import { BerthError } from '../errors.js';
 import type { HostSteps } from '../host-steps/host-steps.js';
 import type { Operation } from '../model.js';
 import type { Store } from '../store.js';
+import { NOT_OWNER } from '../store-errors.js';
 
 /** The error of a run whose operation another replica took over (its lease passed while this process could not renew it). */
 export function takenOverError(operationId: string, cause?: unknown): BerthError {
@@ -15,6 +16,11 @@ export function takenOverError(operationId: string, cause?: unknown): BerthError
 /** Whether `error` says the operation was taken over by another replica. */
 export function isTakenOver(error: unknown): error is BerthError {
   return BerthError.is(error) && error.details.takenOver === true;
+}
+
+/** Whether `error` is a fenced journal write's refusal (`notOwner`: the operation no longer runs as this owner's). */
+function isNotOwner(error: unknown): boolean {
+  return BerthError.is(error) && error.code === 'CONFLICT' && error.details.reason === NOT_OWNER;
 }
 
 /**
@@ -56,11 +62,19 @@ export function ownedTransaction<T>(store: Store, operationId: string, owner: st
 }
 
 /**
- * A write of `operationId`'s journal: alone without an owner (embedded mode: the one statement it
- * always was), with one in a transaction that confirms it last (`ownedTransaction`).
+ * A write of `operationId`'s journal (`startStep`, `endStep`, `advanceStep`), handed `owner` to
+ * pass on: the store fences it in the write itself (the one statement it is without an owner, no
+ * transaction around it), and its refusal (`not-owner`) is `takenOverError`. Without an owner
+ * (embedded mode) it is the plain write it always was.
  */
-export function ownedWrite<T>(store: Store, operationId: string, owner: string | undefined, write: (store: Store) => Promise<T>): Promise<T> {
-  return owner === undefined ? write(store) : ownedTransaction(store, operationId, owner, write);
+export async function ownedWrite<T>(store: Store, operationId: string, owner: string | undefined, write: (store: Store, owner: string | undefined) => Promise<T>): Promise<T> {
+  if (owner === undefined) return write(store, undefined);
+  try {
+    return await write(store, owner);
+  } catch (error) {
+    if (isNotOwner(error)) throw takenOverError(operationId, error);
+    throw error;
+  }
 }
 
 /**

@@ -61,8 +61,8 @@ export interface RunOptions {
 interface RunFence {
   /** `fenced`, or a write (or a host step handed out) found the operation taken over. */
   signal: AbortSignal;
-  /** Run `write` on the store: alone without an owner; with one, in a transaction that confirms it last (`ownedTransaction`). */
-  owned<T>(write: (store: Store) => Promise<T>): Promise<T>;
+  /** Run a journal write on the store with the run's owner to pass on (the store fences it: `ownedWrite`); none in embedded mode. */
+  owned<T>(write: (store: Store, owner: string | undefined) => Promise<T>): Promise<T>;
   /** Run `write` in one transaction that, with an owner, confirms it last, just before the commit. */
   transaction<T>(write: (store: Store) => Promise<T>): Promise<T>;
   /** Fence the run when `error` says the operation was taken over (a host step refused to hand out work). */
@@ -161,7 +161,7 @@ export class OperationRunner {
         started = undefined;
       } else {
         try {
-          seq = await durably(step.storeOnly === true, () => journal(`journal ${step.name}`, () => owned((s) => s.operations.startStep(operationId, step.name, 'do'))));
+          seq = await durably(step.storeOnly === true, () => journal(`journal ${step.name}`, () => owned((s, o) => s.operations.startStep(operationId, step.name, 'do', o))));
         } catch (raw) {
           // The step never ran: undo what did (or, past the point of no return, leave it to recovery).
           const error = journalFailure(raw, `recording step ${step.name} failed`);
@@ -179,7 +179,7 @@ export class OperationRunner {
         fence.note(raw);
         // Taken over: the journal is the new owner's now.
         if (fence.signal.aborted) return fail(error, [], false);
-        await journal(`journal ${step.name}`, () => owned((s) => s.operations.endStep(operationId, seq, { state: 'failed', error: summarize(error) }))).catch(
+        await journal(`journal ${step.name}`, () => owned((s, o) => s.operations.endStep(operationId, seq, { state: 'failed', error: summarize(error) }, o))).catch(
           (journalError: unknown) => journalErrors.push(toBerthError(journalError)),
         );
         logger.warn({ operationId, step: step.name, code: error.code, err: error.message }, 'step failed');
@@ -208,10 +208,12 @@ export class OperationRunner {
       // starts nothing more). The journal never shows this step done with no next row begun, a
       // state a crash before the next step's work would have shown as the same thing anyway.
       const next = fence.signal.aborted ? undefined : steps[index + 1];
-      const boundary = (store: Store, outcome: StepOutcome): Promise<number | undefined> =>
+      // `owner`: the store fences the write by it (a boundary alone); none inside a step's commit,
+      // whose transaction confirms the owner last.
+      const boundary = (store: Store, outcome: StepOutcome, owner?: string): Promise<number | undefined> =>
         next === undefined
-          ? store.operations.endStep(operationId, seq, outcome).then(() => undefined)
-          : store.operations.advanceStep(operationId, seq, outcome, { name: next.name, phase: 'do' });
+          ? store.operations.endStep(operationId, seq, outcome, owner).then(() => undefined)
+          : store.operations.advanceStep(operationId, seq, outcome, { name: next.name, phase: 'do' }, owner);
       const commit = step.commit?.bind(step);
       if (commit !== undefined) {
         // The step's store work lands with its boundary, in one transaction: the work, the
@@ -241,7 +243,7 @@ export class OperationRunner {
           timings[step.name] = round(performance.now() - begun);
           const begunNext = started;
           if (begunNext !== undefined) {
-            await journal(`journal ${step.name}`, () => owned((s) => s.operations.endStep(operationId, begunNext, { state: 'failed', error: summarize(error) }))).catch(
+            await journal(`journal ${step.name}`, () => owned((s, o) => s.operations.endStep(operationId, begunNext, { state: 'failed', error: summarize(error) }, o))).catch(
               (journalError: unknown) => journalErrors.push(toBerthError(journalError)),
             );
           }
@@ -253,7 +255,7 @@ export class OperationRunner {
         continue;
       }
       try {
-        started = await durably(deferrable(next), () => journal(`journal ${step.name}`, () => owned((s) => boundary(s, { state: 'done', data: data ?? null }))));
+        started = await durably(deferrable(next), () => journal(`journal ${step.name}`, () => owned((s, o) => boundary(s, { state: 'done', data: data ?? null }, o))));
       } catch (raw) {
         // Neither row was written.
         const error = journalFailure(raw, `recording the end of step ${step.name} failed`);
@@ -284,7 +286,7 @@ export class OperationRunner {
           journalErrors.push(toBerthError(error));
           return undefined;
         });
-      const seq = started ?? (await journal(() => fence.owned((s) => s.operations.startStep(options.operationId, step.name, 'undo'))));
+      const seq = started ?? (await journal(() => fence.owned((s, o) => s.operations.startStep(options.operationId, step.name, 'undo', o))));
       started = undefined;
       // Another replica owns the operation now: it undoes what is left, not this process.
       if (fence.signal.aborted) break;
@@ -307,8 +309,8 @@ export class OperationRunner {
       const next = undoable[index + 1];
       started = await journal(() =>
         next === undefined
-          ? fence.owned((s) => s.operations.endStep(options.operationId, seq, outcome)).then(() => undefined)
-          : fence.owned((s) => s.operations.advanceStep(options.operationId, seq, outcome, { name: next.name, phase: 'undo' })),
+          ? fence.owned((s, o) => s.operations.endStep(options.operationId, seq, outcome, o)).then(() => undefined)
+          : fence.owned((s, o) => s.operations.advanceStep(options.operationId, seq, outcome, { name: next.name, phase: 'undo' }, o)),
       );
     }
     return errors;

@@ -18,7 +18,7 @@ import { encodeNullableJson, violation, withPicked } from '../repository-context
 import type { RepositoryContext } from '../repository-context.js';
 import { toOperation, toOperationStep } from '../row-mappers.js';
 import type { StoreDialect } from '../store-dialect.js';
-import { alreadyExists, notFound, stateConflict } from '../store-errors.js';
+import { alreadyExists, notFound, notOwner, stateConflict } from '../store-errors.js';
 
 const zStepOutcome = lazySchema(() => zOperationStep.unwrap().pick({ error: true, data: true }).partial());
 const zStepStart = lazySchema(() => zOperationStep.unwrap().pick({ name: true, phase: true }));
@@ -74,11 +74,19 @@ function firstSeq(rows: ReadonlyArray<{ seq: number | string | bigint }>): numbe
   return Number(row.seq);
 }
 
-/** The journal's statements of one engine. */
+/** The owner a fenced journal write is made for (`owner`'s, while the operation runs). */
+interface Owned {
+  owner: string;
+}
+
+/** The journal's statements of one engine: plain, and fenced by the operation's owner. */
 interface JournalQueries {
   startQuery: CachedQuery<StepRow, { seq: number }>;
   closeQuery: CachedQuery<ClosedStep, never>;
   advanceQuery: CachedQuery<ClosedStep & StepRow, { seq: number }>;
+  ownedStartQuery: CachedQuery<StepRow & Owned, { seq: number }>;
+  ownedCloseQuery: CachedQuery<ClosedStep & Owned, never>;
+  ownedAdvanceQuery: CachedQuery<ClosedStep & StepRow & Owned, { seq: number }>;
 }
 
 const journalQueriesByDialect = new WeakMap<StoreDialect, JournalQueries>();
@@ -115,8 +123,25 @@ function journalQueries(dialect: StoreDialect): JournalQueries {
       )
       .returning('seq');
 
+  /**
+   * `EXISTS` operation `id` running and `owner`'s, its row held `FOR SHARE` until the statement's
+   * end on PostgreSQL. `FOR SHARE` conflicts with every update of the row — a takeover's
+   * `claimExpired` (a `FOR UPDATE SKIP LOCKED` pick), recovery's `setOwner`, `finish`, each a plain
+   * `UPDATE` (`FOR NO KEY UPDATE`) — so the write and any change of owner or state are ordered:
+   * an update in progress makes the write wait, then re-check the row's newest version
+   * (EvalPlanQual at READ COMMITTED) and write nothing; a write holding the lock makes the update
+   * wait for the end of this one statement (a takeover's pick skips the row until a later beat).
+   * `FOR KEY SHARE` is not enough: it conflicts with no non-key update and re-checks after none,
+   * so a write whose snapshot came before a committed `setOwner` or `finish` still went through
+   * (found in review with the statements interleaved on a real server). The heartbeat's `UPDATE`
+   * of the lease waits at most for one such statement. SQLite has one writer at a time.
+   */
+  const lockOwner = sql.raw(dialect.supportsRowLocks ? ' for share' : '');
+  const ownedBy = (p: { id: string; owner: string }) =>
+    sql<boolean>`exists (select 1 from operations as fence where fence.id = ${p.id} and fence.owner = ${p.owner} and fence.state = 'running'${lockOwner})`;
+
   /** `UPDATE` closing running row `seq` of `id`, its duration computed by the engine from its start. */
-  const closeStep = (db: QueryCreator<Database>, p: ClosedStep) =>
+  const closeStep = (db: QueryCreator<Database>, p: ClosedStep, onlyIf?: RawBuilder<boolean>) =>
     db
       .updateTable('operation_steps')
       .set({
@@ -128,23 +153,33 @@ function journalQueries(dialect: StoreDialect): JournalQueries {
       })
       .where('operation_id', '=', p.id)
       .where('seq', '=', p.seq)
-      .where('state', '=', 'running');
+      .where('state', '=', 'running')
+      .$if(onlyIf !== undefined, (qb) => qb.where(onlyIf ?? sql<boolean>`true`));
 
   const startQuery = cachedQuery<StepRow, { seq: number }>(['id', 'name', 'phase', 'startedAt'], (db, p) => insertStep(db, p));
   const closeQuery = cachedQuery<ClosedStep, never>(['id', 'seq', 'state', 'endedAt', 'data', 'error'], closeStep);
   // One statement: the row is inserted only if the UPDATE closed one (the CTE's rows feed the
   // HAVING), so a refused close writes nothing; a seq race aborts both. The INSERT names `ended`
   // only in raw SQL, so it is built on the plain schema's type.
+  const advance = (db: QueryCreator<Database>, p: ClosedStep & StepRow, onlyIf?: RawBuilder<boolean>) =>
+    insertStep(
+      db.with('ended', (qc) => closeStep(qc, p, onlyIf).returning('operation_id')) as unknown as QueryCreator<Database>,
+      p,
+      sql<boolean>`exists (select 1 from ended)`,
+    );
   const advanceQuery = cachedQuery<ClosedStep & StepRow, { seq: number }>(
     ['id', 'seq', 'state', 'endedAt', 'data', 'error', 'name', 'phase', 'startedAt'],
-    (db, p) =>
-      insertStep(
-        db.with('ended', (qc) => closeStep(qc, p).returning('operation_id')) as unknown as QueryCreator<Database>,
-        p,
-        sql<boolean>`exists (select 1 from ended)`,
-      ),
+    (db, p) => advance(db, p),
   );
-  const queries = { startQuery, closeQuery, advanceQuery };
+  // The same statements fenced: written only while the operation runs and is `owner`'s, checked
+  // in the statement itself (one autocommit, no transaction around it).
+  const ownedStartQuery = cachedQuery<StepRow & Owned, { seq: number }>(['id', 'name', 'phase', 'startedAt', 'owner'], (db, p) => insertStep(db, p, ownedBy(p)));
+  const ownedCloseQuery = cachedQuery<ClosedStep & Owned, never>(['id', 'seq', 'state', 'endedAt', 'data', 'error', 'owner'], (db, p) => closeStep(db, p, ownedBy(p)));
+  const ownedAdvanceQuery = cachedQuery<ClosedStep & StepRow & Owned, { seq: number }>(
+    ['id', 'seq', 'state', 'endedAt', 'data', 'error', 'name', 'phase', 'startedAt', 'owner'],
+    (db, p) => advance(db, p, ownedBy(p)),
+  );
+  const queries = { startQuery, closeQuery, advanceQuery, ownedStartQuery, ownedCloseQuery, ownedAdvanceQuery };
   journalQueriesByDialect.set(dialect, queries);
   return queries;
 }
@@ -196,7 +231,7 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
     return operation;
   };
 
-  const { startQuery, closeQuery, advanceQuery } = journalQueries(ctx.dialect);
+  const { startQuery, closeQuery, advanceQuery, ownedStartQuery, ownedCloseQuery, ownedAdvanceQuery } = journalQueries(ctx.dialect);
 
   /** The bound parameters of closing row `seq` of `id` with `valid`. */
   const closed = (id: string, seq: number, valid: ValidOutcome): ClosedStep => ({
@@ -225,6 +260,21 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
       hint: 'a journal row is closed once; start a new step to record another attempt',
       details: { id, seq, actual: step.state, expected: ['running'] },
     });
+  };
+
+  /**
+   * Why a journal write fenced by `owner` matched nothing: the operation no longer runs as
+   * `owner`'s (`notOwner`), or `otherwise` (read only then).
+   */
+  const fencedOut = async (id: string, owner: string | undefined, otherwise: () => Promise<Error>): Promise<Error> => {
+    if (owner !== undefined) {
+      const row = await ctx.db().selectFrom('operations').select(['state', 'owner']).where('id', '=', id).executeTakeFirst();
+      if (row === undefined) return notFound('operation', id);
+      if (row.owner !== owner) return notOwner(id, owner, row);
+      // Still ours but ended (this owner's own end, landed before): a state conflict, not a takeover.
+      if (row.state !== 'running') return stateConflict('operation', id, id, row.state, ['running']);
+    }
+    return otherwise();
   };
 
   /**
@@ -328,31 +378,46 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
       if (result.numUpdatedRows === 0n) throw notFound('operation', id);
     },
 
-    async startStep(id: string, name: string, phase: 'do' | 'undo'): Promise<number> {
+    async startStep(id: string, name: string, phase: 'do' | 'undo', owner?: string): Promise<number> {
       const valid = parseWith(zStepStart, { name, phase }, 'operation step');
-      return withSeqRetry(id, async () => firstSeq((await startQuery(ctx.db(), { id, ...valid, startedAt: ctx.now() })).rows));
+      const started = await withSeqRetry(id, async () => {
+        const row = { id, ...valid, startedAt: ctx.now() };
+        const { rows } = owner === undefined ? await startQuery(ctx.db(), row) : await ownedStartQuery(ctx.db(), { ...row, owner });
+        return rows.length === 0 ? undefined : firstSeq(rows);
+      });
+      // Without an owner the INSERT … SELECT always gives a row (or a foreign-key violation).
+      if (started === undefined) {
+        throw await fencedOut(id, owner, () =>
+          // Refused, yet the operation reads as running and ours: its owner changed and changed back meanwhile.
+          Promise.resolve(new BerthError('CONFLICT', `operation ${id} changed owner while a journal row was written; nothing was written`, { details: { id, owner } })),
+        );
+      }
+      return started;
     },
 
-    async endStep(id: string, seq: number, outcome: StepOutcome): Promise<void> {
-      const result = await closeQuery(ctx.db(), closed(id, seq, validOutcome(outcome)));
-      if (!result.numAffectedRows) throw await notClosable(id, seq);
+    async endStep(id: string, seq: number, outcome: StepOutcome, owner?: string): Promise<void> {
+      const closing = closed(id, seq, validOutcome(outcome));
+      const result = owner === undefined ? await closeQuery(ctx.db(), closing) : await ownedCloseQuery(ctx.db(), { ...closing, owner });
+      if (!result.numAffectedRows) throw await fencedOut(id, owner, () => notClosable(id, seq));
     },
 
-    async advanceStep(id: string, seq: number, outcome: StepOutcome, next: { name: string; phase: 'do' | 'undo' }): Promise<number> {
+    async advanceStep(id: string, seq: number, outcome: StepOutcome, next: { name: string; phase: 'do' | 'undo' }, owner?: string): Promise<number> {
       const closing = closed(id, seq, validOutcome(outcome));
       const valid = parseWith(zStepStart, next, 'operation step');
       const started = await withSeqRetry(id, async () => {
         if (!ctx.dialect.writesInCte) {
           return ctx.atomically(async () => {
-            const result = await closeQuery(ctx.db(), closing);
+            // The close is fenced; the start, in the same transaction, follows only a close that happened.
+            const result = owner === undefined ? await closeQuery(ctx.db(), closing) : await ownedCloseQuery(ctx.db(), { ...closing, owner });
             if (!result.numAffectedRows) return undefined;
             return firstSeq((await startQuery(ctx.db(), { id, ...valid, startedAt: ctx.now() })).rows);
           });
         }
-        const { rows } = await advanceQuery(ctx.db(), { ...closing, ...valid, startedAt: ctx.now() });
+        const row = { ...closing, ...valid, startedAt: ctx.now() };
+        const { rows } = owner === undefined ? await advanceQuery(ctx.db(), row) : await ownedAdvanceQuery(ctx.db(), { ...row, owner });
         return rows.length === 0 ? undefined : firstSeq(rows);
       });
-      if (started === undefined) throw await notClosable(id, seq);
+      if (started === undefined) throw await fencedOut(id, owner, () => notClosable(id, seq));
       return started;
     },
 

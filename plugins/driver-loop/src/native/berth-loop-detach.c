@@ -8,19 +8,24 @@
  *
  *   1. open DEVICE and keep it open: from now on the device cannot be detached or rebound by
  *      anyone else, so what is checked below stays true;
- *   2. LOOP_GET_STATUS64: it must still back the file (device and inode) berth attached, and not
- *      be marked autoclear already (someone else's deferred detach is left alone);
+ *   2. LOOP_GET_STATUS64: it must still back the file (device and inode) berth attached, the
+ *      whole of it (offset and size limit 0: berth attaches whole files), and not be marked
+ *      autoclear already (someone else's deferred detach is left alone);
  *   3. LOOP_SET_CAPACITY, a probe that this process may change the device: step 5 needs
- *      CAP_SYS_ADMIN on a read-only descriptor, and so does this (the same check in the kernel),
- *      while LOOP_CLR_FD needs nothing — without the probe a process that may clear but not
+ *      CAP_SYS_ADMIN on a read-only descriptor, and so do this and step 4 (the same check in the
+ *      kernel), while LOOP_CLR_FD needs nothing — without the probe a process that may clear but not
  *      restore would do the very harm this prevents. It re-reads the backing file's size, which
  *      for a device sized as its file changes nothing (a file grown behind the device's back is
  *      picked up, as `losetup --set-capacity` would). LOOP_SET_STATUS64 with the status unchanged
  *      would probe the same but freezes the device's queue: ~18 ms a detach here;
- *   4. LOOP_CLR_FD on this descriptor: with no other opener the kernel puts the device in rundown
+ *   4. BLKFLSBUF: write the device's dirty buffers to the file and drop its page cache (what
+ *      `blockdev --flushbufs` does; it was a process of its own before the detach). The kernel
+ *      does not report a write-back error through it (it answers 0 once the caller may flush,
+ *      as for blockdev), so exit 9 is only an ioctl the kernel refused;
+ *   5. LOOP_CLR_FD on this descriptor: with no other opener the kernel puts the device in rundown
  *      (6.11+; earlier kernels detach at once) and detaches it when this descriptor closes; with
  *      another opener it only sets autoclear;
- *   5. LOOP_SET_STATUS64 clearing autoclear: refused with ENXIO when the device is running down or
+ *   6. LOOP_SET_STATUS64 clearing autoclear: refused with ENXIO when the device is running down or
  *      gone (nobody else held it: close, and the device is detached), accepted when another opener
  *      holds it (the device is back as it was: report it busy).
  *
@@ -28,15 +33,18 @@
  *   0 detached              the device no longer backs the file (detached at this close)
  *   3 busy                  another opener holds it; it stays attached, autoclear cleared
  *   4 not-attached          the device backs nothing, is being torn down, or its node is gone
- *   5 mismatch MAJ:MIN INO  the device backs another file (nothing was done)
+ *   5 mismatch MAJ:MIN INO offset OFF sizelimit SIZE
+ *                           the device backs another file, or a window of one (nothing was done)
  *   6 autoclear-left ERRNO  detached as busy but autoclear could not be cleared: the kernel will
  *                           detach it at the last close
  *   7 no-permission         this process may not change the device's status (nothing was done)
  *   8 autoclear-set         someone already asked the kernel to detach it at its last close
  *                           (nothing was done)
+ *   9 flush-failed ERRNO    the kernel refused the flush: it stays attached as it was,
+ *                           nothing detached
  *   2 usage or a failure before anything changed (message on stderr)
  *
- * Catchable signals are blocked for the whole run, so a SIGTERM cannot land between steps 4 and 5.
+ * Catchable signals are blocked for the whole run, so a SIGTERM cannot land between steps 5 and 6.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -47,6 +55,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -122,8 +131,9 @@ int main(int argc, char **argv) {
   memset(&info, 0, sizeof info);
   if (ioctl(fd, LOOP_GET_STATUS64, &info) != 0) return failed_before(fd, errno, "LOOP_GET_STATUS64", device);
   dev_t backing = (dev_t)info.lo_device;
-  if (major(backing) != want_major || minor(backing) != want_minor || info.lo_inode != want_inode) {
-    printf("mismatch %u:%u %" PRIu64 "\n", major(backing), minor(backing), (uint64_t)info.lo_inode);
+  if (major(backing) != want_major || minor(backing) != want_minor || info.lo_inode != want_inode || info.lo_offset != 0 || info.lo_sizelimit != 0) {
+    printf("mismatch %u:%u %" PRIu64 " offset %" PRIu64 " sizelimit %" PRIu64 "\n", major(backing), minor(backing), (uint64_t)info.lo_inode,
+           (uint64_t)info.lo_offset, (uint64_t)info.lo_sizelimit);
     close(fd);
     return 5;
   }
@@ -140,6 +150,16 @@ int main(int argc, char **argv) {
       return 7;
     }
     return failed_before(fd, error, "LOOP_SET_CAPACITY", device);
+  }
+  if (ioctl(fd, BLKFLSBUF, 0) != 0) {
+    int error = errno;
+    close(fd);
+    if (error == EPERM || error == EACCES) {
+      printf("no-permission\n");
+      return 7;
+    }
+    printf("flush-failed %d\n", error);
+    return 9;
   }
   if (ioctl(fd, LOOP_CLR_FD, 0) != 0) return failed_before(fd, errno, "LOOP_CLR_FD", device);
   int error = clear_autoclear(fd);
