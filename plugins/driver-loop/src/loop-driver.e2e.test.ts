@@ -211,18 +211,44 @@ describe('loop transport on real loop devices', () => {
     }
   });
 
+  /** `env.host` whose sysfs reads answer `read(file, n)` (n: how often that file was read before) instead, when it gives an answer. */
+  function hostReading(read: (file: string, n: number) => Promise<string | undefined> | undefined) {
+    const seen = new Map<string, number>();
+    const fs = new Proxy(env.host.fs, {
+      get: (target, key, receiver) =>
+        key === 'readFileIfExists'
+          ? (file: string) => {
+              const n = seen.get(file) ?? 0;
+              seen.set(file, n + 1);
+              return read(file, n) ?? target.readFileIfExists(file);
+            }
+          : Reflect.get(target, key, receiver),
+    });
+    return { ...env.host, fs };
+  }
+
   it('a sysfs attribute it cannot read is no evidence the device is gone: the disconnect fails untouched', async () => {
     const connection = await env.makeFile('unreadable.img');
     const device = await env.driver.connect(connection, call());
     const backing = `/sys/block/${path.basename(device.path)}/loop/backing_file`;
-    const fs = new Proxy(env.host.fs, {
-      get: (target, key, receiver) =>
-        key === 'readFileIfExists'
-          ? (file: string) => (file === backing ? Promise.reject(Object.assign(new Error(`EIO: i/o error, open '${file}'`), { code: 'EIO' })) : target.readFileIfExists(file))
-          : Reflect.get(target, key, receiver),
-    });
-    const error = await rejectionOf(env.driverWith({}, { ...env.host, fs }).disconnect(connection, device, { force: false, ...call() }));
+    const host = hostReading((file) => (file === backing ? Promise.reject(Object.assign(new Error(`EIO: i/o error, open '${file}'`), { code: 'EIO' })) : undefined));
+    const error = await rejectionOf(env.driverWith({}, host).disconnect(connection, device, { force: false, ...call() }));
     expect(BerthError.is(error) && error.details.untouched).toBe(true);
+    expect((await env.devicesBacking(connection.data.device_path)).map((d) => d.name)).toEqual([device.path]);
+  });
+
+  it("a device detached between its sysfs reads (loop/ gone, dev still there) is gone, not an error; loop/ missing while bound is an error", async () => {
+    const connection = await env.makeFile('torn.img');
+    const device = await env.driver.connect(connection, call());
+    const dir = `/sys/block/${path.basename(device.path)}/loop`;
+    // Stands in for the kernel's detach landing after the first read of backing_file.
+    const detachedMidRead = hostReading((file, n) => (file.startsWith(`${dir}/`) && (file !== `${dir}/backing_file` || n > 0) ? Promise.resolve(undefined) : undefined));
+    await env.driverWith({}, detachedMidRead).disconnect(connection, device, { force: false, ...call() });
+    // It was not really detached: the real device is still there for the second case.
+    const bound = hostReading((file) => (file === `${dir}/offset` ? Promise.resolve(undefined) : undefined));
+    const error = await rejectionOf(env.driverWith({}, bound).disconnect(connection, device, { force: false, ...call() }));
+    expect(BerthError.is(error) && error.details).toMatchObject({ untouched: true });
+    expect(BerthError.is(error) && error.message).toMatch(/missing attributes of a bound loop device/);
     expect((await env.devicesBacking(connection.data.device_path)).map((d) => d.name)).toEqual([device.path]);
   });
 

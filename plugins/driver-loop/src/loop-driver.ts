@@ -229,6 +229,9 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
     );
     if (tornDown) return undefined;
     if (autoclear === undefined || offset === undefined || sizeLimit === undefined || rdev === undefined) {
+      // A detach between the reads removes `loop/` (and `backing_file` with it) but not `dev`.
+      const again = await read('loop/backing_file');
+      if (tornDown || again === undefined || again === '') return undefined;
       throw new BerthError('DRIVER_ERROR', `${base} is missing attributes of a bound loop device (dev, loop/autoclear, loop/offset, loop/sizelimit)`, { details: { device: `/dev/${name}` } });
     }
     return {
