@@ -61,12 +61,13 @@ export function agentReplaced(hostId: string, instance: string, current: string 
   });
 }
 
-/** What a journal write fenced by an owner answers when the operation no longer runs as that owner's. */
+/** What a journal write fenced by an owner answers when another owner has the operation. */
 export const NOT_OWNER = 'not-owner';
 
 /**
  * CONFLICT for a journal write fenced by `owner` (`startStep`, `endStep`, `advanceStep` with an
- * owner) on an operation that no longer runs as `owner`'s: another replica took it over, or it ended.
+ * owner) on an operation another owner has now: another replica took it over (and may have ended
+ * it). One that ended as `owner`'s own is a plain state conflict, not this.
  */
 export function notOwner(id: string, owner: string, now: { state: string; owner: string | null }): BerthError {
   return new BerthError('CONFLICT', `operation ${id} is no longer running as ${owner}'s (it is ${now.state}, owned by ${now.owner ?? 'nobody'}); nothing was written`, {

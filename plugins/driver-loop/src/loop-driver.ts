@@ -297,8 +297,7 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
     const helper = detachHelperFor(now);
     if (helper === undefined) return false;
     // A holder is refused only once the listing confirmed the device is this one (another file's
-    // mounted device is an identity mismatch, not busy).
-    // No grace waited here: the listing way waits it once.
+    // mounted device is an identity mismatch, not busy), and the listing way waits its grace once.
     if ((await holdersOf(now, opts.signal, false)) !== undefined) return false;
     return (await detachDevice(now, files, state, helper, { fromRecord: true })) !== 'unusable';
   }

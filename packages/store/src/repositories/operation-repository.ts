@@ -262,6 +262,10 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
     });
   };
 
+  /** Close a journal row: the plain statement, or with `owner` the fenced one. */
+  const closeRow = (closing: ClosedStep, owner: string | undefined) =>
+    owner === undefined ? closeQuery(ctx.db(), closing) : ownedCloseQuery(ctx.db(), { ...closing, owner });
+
   /**
    * Why a journal write fenced by `owner` matched nothing: the operation no longer runs as
    * `owner`'s (`notOwner`), or `otherwise` (read only then).
@@ -396,8 +400,7 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
     },
 
     async endStep(id: string, seq: number, outcome: StepOutcome, owner?: string): Promise<void> {
-      const closing = closed(id, seq, validOutcome(outcome));
-      const result = owner === undefined ? await closeQuery(ctx.db(), closing) : await ownedCloseQuery(ctx.db(), { ...closing, owner });
+      const result = await closeRow(closed(id, seq, validOutcome(outcome)), owner);
       if (!result.numAffectedRows) throw await fencedOut(id, owner, () => notClosable(id, seq));
     },
 
@@ -408,7 +411,7 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
         if (!ctx.dialect.writesInCte) {
           return ctx.atomically(async () => {
             // The close is fenced; the start, in the same transaction, follows only a close that happened.
-            const result = owner === undefined ? await closeQuery(ctx.db(), closing) : await ownedCloseQuery(ctx.db(), { ...closing, owner });
+            const result = await closeRow(closing, owner);
             if (!result.numAffectedRows) return undefined;
             return firstSeq((await startQuery(ctx.db(), { id, ...valid, startedAt: ctx.now() })).rows);
           });
