@@ -23,7 +23,7 @@ import type { Store } from './store.js';
 const HOSTNAME = 'unit-host';
 
 /** A backend that remembers which volumes it exports, and a transport that "connects" them. */
-function world(options: { connectFails?: boolean; guestHolds?: boolean; guestUnplugFails?: boolean } = {}) {
+function world(options: { connectFails?: boolean; onConnect?: () => void; guestHolds?: boolean; guestUnplugFails?: boolean } = {}) {
   const exported = new Set<string>();
   const connected = new Map<string, Device>();
   const published = new Map<string, string>();
@@ -43,6 +43,7 @@ function world(options: { connectFails?: boolean; guestHolds?: boolean; guestUnp
     protocols: ['mem'],
     connectorProperties: async () => ({ initiator: 'iqn.2026-01.test:unit' }),
     connect: async (connection) => {
+      options.onConnect?.();
       if (options.connectFails) throw new BerthError('DRIVER_ERROR', 'the device never appeared');
       const path = String(connection.data.device_path);
       const device: Device = { path, type: 'block', identity: { kind: 'mem', path } };
@@ -174,6 +175,38 @@ describe('attach and detach on the in-memory store', () => {
     expect(detached.operation.state).toBe('succeeded');
     expect((await store.volumes.require(volume.id)).status).toBe('available');
     expect(busy).toBe(0);
+  });
+
+  it('the database fails under the rollback: the attach stays running (not failed, volume not left reserved) and recovery finishes the undos once it is back', async () => {
+    // What a fleet fault run found (2026-12-05): PostgreSQL restarting under the undos settled the
+    // attach `failed` with its attachment still `reserved` — a volume no command could attach or detach.
+    let down = false;
+    const { service, store, exported } = world({ connectFails: true, onConnect: () => void (down = true) });
+    const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    const transaction = store.transaction.bind(store);
+    const outage = () => new BerthError('UNAVAILABLE', 'cannot reach the berth database', { details: { outage: true } });
+    (store as { transaction: Store['transaction'] }).transaction = async (fn) => {
+      if (down) throw outage();
+      return transaction(fn);
+    };
+    const error = await service.attach({ volume: 'db' }).catch((e: unknown) => e);
+    expect(BerthError.is(error) && error.message).toMatch(/the device never appeared \(and the database failed before the rollback could finish: cannot reach the berth database\)/);
+    const [operation] = await store.operations.list();
+    expect(operation?.state).toBe('running');
+    // The first undo met the outage; the older ones (the reserve's among them) were left to recovery.
+    expect(await stepsOf(store, operation!.id)).toEqual(['reserve:do:done', 'dispatch:do:done', 'connector:do:done', 'initialize:do:done', 'connect:do:failed', 'connect:undo:failed']);
+    expect((await store.attachments.list()).map((a) => a.status)).toEqual(['attaching']);
+
+    // Still down: recovery defers it, nothing settled.
+    expect(await service.recover()).toEqual([expect.objectContaining({ operationId: operation!.id, action: 'deferred' })]);
+    expect((await store.operations.require(operation!.id)).state).toBe('running');
+
+    down = false;
+    expect(await service.recover()).toEqual([expect.objectContaining({ operationId: operation!.id, action: 'rolled_back' })]);
+    expect((await store.operations.require(operation!.id)).state).toBe('rolled_back');
+    expect((await store.volumes.require(volume.id)).status).toBe('available');
+    expect(await store.attachments.list()).toEqual([]);
+    expect(exported.size).toBe(0);
   });
 
   it('two detaches of one attachment at once: the first detaches, the second (queued on the volume lock) finds it gone and is rolled back', async () => {

@@ -105,10 +105,13 @@ export interface DoctorEntry {
   result: CheckResult;
 }
 
-/** What recovery did with one unfinished operation. */
+/**
+ * What recovery did with one unfinished operation. `deferred`: the database failed while it ran
+ * (`isStoreOutage`), so the operation stays `running` and the next recovery runs it again.
+ */
 export interface RecoveryOutcome {
   operationId: string;
   kind: string;
-  action: 'completed' | 'rolled_back' | 'resumed' | 'failed' | 'skipped';
+  action: 'completed' | 'rolled_back' | 'resumed' | 'failed' | 'skipped' | 'deferred';
   detail: string;
 }

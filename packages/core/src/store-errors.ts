@@ -75,3 +75,15 @@ export function notOwner(id: string, owner: string, now: { state: string; owner:
     details: { id, reason: NOT_OWNER, owner, actual: now.state, actualOwner: now.owner },
   });
 }
+
+/**
+ * Whether `error` says the store could not be reached or written — PostgreSQL unreachable or its
+ * connection lost, SQLite's database locked past the busy timeout, its disk full or read-only —,
+ * not that it refused the write. Stores mark such errors `details.outage: true`. A write that met
+ * one may work once the database is back, so an operation whose undo (or resumed detach) met one
+ * is left `running` for recovery, which runs it again from the journal, instead of being settled
+ * `failed` with its records half rolled back (a volume left `reserved` by no operation).
+ */
+export function isStoreOutage(error: unknown): boolean {
+  return BerthError.is(error) && error.details.outage === true;
+}

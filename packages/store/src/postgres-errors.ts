@@ -73,9 +73,10 @@ export function postgresConnectionFailure(error: unknown, target: string, passwo
       details,
     });
   }
+  // An outage (`isStoreOutage`): the write may work once the server is back.
   return new BerthError('UNAVAILABLE', `cannot reach the berth database at ${target}: ${reason}`, {
     hint: 'check that PostgreSQL is running and reachable at that address (pg_isready), then retry; the store URL comes from --store, BERTH_STORE_URL or the config file',
-    details: { ...details, ...extra },
+    details: { ...details, outage: true, ...extra },
   });
 }
 

@@ -109,6 +109,8 @@ describe('openPostgresStore', () => {
     const url = 'postgres://berth:s3cret-Pa55@127.0.0.1:1/berth';
     const error = await failure(openPostgresStore({ url, connectTimeoutMs: 5000 }));
     expect(error.code).toBe('UNAVAILABLE');
+    // An outage, not a refusal: core leaves a rollback that meets it to recovery (`isStoreOutage`).
+    expect(error.details.outage).toBe(true);
     expect(error.message).toContain('postgres://berth:***@127.0.0.1:1/berth');
     expect(error.hint).toContain('PostgreSQL is running');
     const everything = JSON.stringify({ message: error.message, hint: error.hint, details: error.details, cause: String(error.cause) });

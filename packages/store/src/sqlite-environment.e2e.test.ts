@@ -84,7 +84,7 @@ describe('the database on a full disk and on a read-only data dir', () => {
       );
       expect(full.code).toBe('HOST_UNSUPPORTED');
       expect(full.message).toContain(dir);
-      expect(full.details).toMatchObject({ retryable: true, reason: 'disk-full' });
+      expect(full.details).toMatchObject({ retryable: true, reason: 'disk-full', outage: true });
       expect((await writer.volumes.list()).map((v) => v.name)).toEqual(['kept']);
     } finally {
       await writer.close();

@@ -60,7 +60,8 @@ function probeDirectory(error: unknown, dir: string): 'full' | 'read-only' | und
  * message, hint and `details.reason`: another process holding the write lock past the busy
  * timeout (TIMEOUT, `database-locked`), a full disk (HOST_UNSUPPORTED, `disk-full`), a read-only or
  * unwritable data dir (PERMISSION_DENIED, `read-only`); undefined for anything else. Busy and full
- * are `retryable`: the same write may succeed a moment later.
+ * are `retryable`: the same write may succeed a moment later. All three are an `outage`
+ * (`isStoreOutage`): the database could not be written, it did not refuse the write.
  */
 export function environmentError(error: unknown, context: SqliteErrorContext): BerthError | undefined {
   const { filename, busyTimeoutMs } = context;
@@ -68,7 +69,7 @@ export function environmentError(error: unknown, context: SqliteErrorContext): B
   if (isSqliteBusy(error)) {
     return new BerthError('TIMEOUT', `the berth database ${filename} stayed locked by another process for more than ${busyTimeoutMs} ms`, {
       hint: 'another berth command is writing to the same database; retry, or raise the store busy timeout (store.busyTimeoutMs)',
-      details: { filename, busyTimeoutMs, reason: 'database-locked', retryable: true },
+      details: { filename, busyTimeoutMs, reason: 'database-locked', retryable: true, outage: true },
       cause: error,
     });
   }
@@ -76,14 +77,14 @@ export function environmentError(error: unknown, context: SqliteErrorContext): B
   if (isDiskFull(error) || probed === 'full') {
     return new BerthError('HOST_UNSUPPORTED', `the disk holding the berth database (${dir}) is full`, {
       hint: `free space on that file system (see \`df -h ${dir}\`), then run the command again; \`berth volume list\` and \`berth attachment list\` still work`,
-      details: { filename, reason: 'disk-full', retryable: true },
+      details: { filename, reason: 'disk-full', retryable: true, outage: true },
       cause: error,
     });
   }
   if (isReadOnly(error) || probed === 'read-only') {
     return new BerthError('PERMISSION_DENIED', `the berth database ${filename} cannot be written: its directory is read-only or this user may not write it`, {
       hint: `make ${dir} writable for this user (check \`findmnt -T ${dir}\` for a read-only mount and \`ls -ld ${dir}\`); \`berth volume list\` and \`berth attachment list\` still work`,
-      details: { filename, reason: 'read-only', retryable: false },
+      details: { filename, reason: 'read-only', retryable: false, outage: true },
       cause: error,
     });
   }

@@ -6,6 +6,7 @@ import type { Step, StepCommit } from './step.js';
 import type { FaultInjector } from '../faults.js';
 import { isTakenOver, ownedTransaction, ownedWrite } from './operation-fence.js';
 import { withStoreRetry } from './store-retry.js';
+import { isStoreOutage } from '../store-errors.js';
 
 /** How a pipeline run ended. */
 export type RunOutcome =
@@ -272,7 +273,8 @@ export class OperationRunner {
 
   /**
    * Undo `steps` in the order given (newest first), journalling each; returns the undos that
-   * failed. An undo whose journal row cannot be written still runs.
+   * failed. An undo whose journal row cannot be written still runs; one that failed because the
+   * database did (`isStoreOutage`) is the last one run: the rest is recovery's.
    */
   async undo<C>(steps: ReadonlyArray<Step<C>>, context: C, options: RunOptions, journalErrors: BerthError[] = [], fence = this.fence(options)): Promise<BerthError[]> {
     const errors: BerthError[] = [];
@@ -302,6 +304,14 @@ export class OperationRunner {
         errors.push(error);
         outcome = { state: 'failed', error: summarize(error) };
         options.logger.error({ operationId: options.operationId, step: step.name, code: error.code, err: error.message }, 'undo failed');
+        // The database failed, not the undo's work: the older undos are left to recovery, which
+        // runs them (and this one again) from the journal once it is back. Run now, they would
+        // fail on it too, or take this failure for one on the host (the reserve's undo would
+        // mark the attachment `error_attaching`, and recovery would then leave it so).
+        if (isStoreOutage(error)) {
+          if (seq !== undefined) await journal(() => fence.owned((s, o) => s.operations.endStep(options.operationId, seq, outcome, o)));
+          break;
+        }
       }
       if (seq === undefined) continue;
       // One write per boundary here too: this undo's end and the next undo's start. When it

@@ -4,6 +4,7 @@ import type { Consumer } from '../contracts/consumer.js';
 import type { Logger } from '../logger.js';
 import type { Attachment, Host, Operation, Server } from '../model.js';
 import type { Store } from '../store.js';
+import { isStoreOutage } from '../store-errors.js';
 import type { FaultInjector } from '../faults.js';
 import { attachSteps } from './attach.js';
 import { recomputeVolume, type PipelineContext, type PipelineDeps } from './context.js';
@@ -194,6 +195,8 @@ export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger
     const result = await deps.runner.run(forward, { ...ctx, force: true }, options);
     // Taken over in turn: the replica that owns it now finishes it.
     if (!result.ok && result.fenced) throw result.error;
+    // The database failed under it: left running, the next recovery resumes it again.
+    if (!result.ok) throwOutage(result.error, ...result.undoErrors);
     await recomputeVolume(deps.store, volume.id).catch(() => undefined);
     if (result.ok) {
       await finish({ state: 'succeeded', result: { recovered: true, timings: result.timings } });
@@ -221,6 +224,8 @@ async function rollBack(
   finish: Finish,
 ): Promise<RecoveryOutcome> {
   const errors = await deps.runner.undo(steps, ctx, options);
+  // The database failed under an undo: left running, the next recovery runs the undos again.
+  throwOutage(...errors);
   // Whatever the undos did, the volume's status follows its attachments (an older berth could die
   // between two writes and leave it saying `detaching` with no attachment left).
   await recomputeVolume(deps.store, ctx.volume.id).catch(() => undefined);
@@ -235,4 +240,15 @@ async function rollBack(
     error: { code: error.code, message, hint: `\`berth reconcile\` finishes it (or \`berth detach ${ctx.volume.name} --force\`)` },
   });
   return outcome('failed', message);
+}
+
+/**
+ * Throw the first error that says the database failed (`isStoreOutage`): the operation is then
+ * not settled — its callers leave it `running` (`deferred`) for the next recovery, which runs its
+ * undos or its detach again from the journal. Settled `failed`, its records would stay half
+ * rolled back for good (a volume `reserved` by no operation: a fleet fault run, 2026-12-05).
+ */
+function throwOutage(...errors: unknown[]): void {
+  const outage = errors.find(isStoreOutage);
+  if (outage !== undefined) throw outage;
 }

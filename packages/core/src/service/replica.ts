@@ -7,6 +7,7 @@ import type { RecoveryOutcome } from '../reports.js';
 import type { OperationLauncher } from './operations/launcher.js';
 import { recoveryDeps } from './operations/recover.js';
 import type { ServiceParts } from './parts.js';
+import { isStoreOutage } from '../store-errors.js';
 
 /**
  * What keeps several API replicas sharing one store interchangeable (`berth serve`). Every
@@ -141,6 +142,9 @@ export class ReplicaMaintenance {
       } catch (error) {
         if (isTakenOver(error)) return { operationId: operation.id, kind: operation.kind, action: 'skipped', detail: 'another replica took it over in turn' };
         const e = toBerthError(error);
+        // The database failed under it: not settled. Still this replica's and renewed by its
+        // heartbeat, it is taken up again by `adoptOrphans` at a next beat.
+        if (isStoreOutage(e)) return { operationId: operation.id, kind: operation.kind, action: 'deferred', detail: `the database failed (${e.message}); it stays running and is recovered again` };
         await ownedFinish(store, operation.id, this.parts.owner, { state: 'failed', error: { code: e.code, message: e.message, ...(e.hint ? { hint: e.hint } : {}) } }).catch(() => undefined);
         return { operationId: operation.id, kind: operation.kind, action: 'failed', detail: e.message };
       }

@@ -10,6 +10,7 @@ import type { Step } from '../../pipeline/step.js';
 import { withStoreRetry } from '../../pipeline/store-retry.js';
 import type { OperationOutcome, StartedOperation } from '../../service.js';
 import { withDeferredDurability, type Store } from '../../store.js';
+import { isStoreOutage } from '../../store-errors.js';
 import type { ServiceParts } from '../parts.js';
 
 /** What an operation runs: its context and its steps. */
@@ -141,6 +142,11 @@ export class OperationLauncher {
     return this.abandoned.has(operationId) && !this.inflight.has(operationId);
   }
 
+  /** Recovery could not finish `operationId` now (the database failed): the next `recover()` tries again. */
+  abandon(operationId: string): void {
+    this.abandoned.add(operationId);
+  }
+
   /** Recovery finished an abandoned operation. */
   recovered(operationId: string): void {
     this.abandoned.delete(operationId);
@@ -241,6 +247,20 @@ export class OperationLauncher {
         // The new owner settles it; this process only tells its caller.
         outcome.error.details.operationId = operationId;
         throw outcome.error;
+      }
+      // The database, not the host, stopped the rollback (or a detach past its point of no
+      // return): settling it `failed` would leave its records half rolled back for good (a volume
+      // `reserved` by no operation). It stays `running`, handed to recovery, which runs the undos
+      // (or the rest of the detach) again from the journal once the database is back.
+      const outage = outcome.forward ? (isStoreOutage(outcome.error) ? outcome.error : undefined) : outcome.undoErrors.find(isStoreOutage);
+      if (outage !== undefined) {
+        this.abandoned.add(operationId);
+        log.error({ err: outage.message }, 'the database failed during the rollback; recovery will finish it');
+        throw new BerthError(outcome.error.code, `${outcome.error.message} (and the database failed before the ${outcome.forward ? 'detach' : 'rollback'} could finish: ${outage.message})`, {
+          hint: 'nothing is left half done for good: once the database is back, recovery (the next berth command, or another replica) finishes it',
+          details: { ...outcome.error.details, operationId },
+          cause: outcome.error,
+        });
       }
       if (outcome.forward) await markDetachFailed(this.parts.deps, ctx, outcome.error).catch(() => undefined);
       const error = failureOf(outcome, ctx, operationId);

@@ -1,4 +1,5 @@
 import { toBerthError } from '../../errors.js';
+import { isStoreOutage } from '../../store-errors.js';
 import { summarize } from '../../pipeline/operation-runner.js';
 import { hostRootSkip } from '../../pipeline/host-root.js';
 import { foreignHostRoot, ownerAlive, recoverOperation, type RecoveryDeps } from '../../pipeline/recovery.js';
@@ -52,12 +53,15 @@ export async function recoverDeadOperations(parts: ServiceParts, launcher: Opera
         return await recoverOperation(recoveryDeps(parts), current, log);
       } catch (error) {
         const e = toBerthError(error);
+        // The database failed under it: not settled, the next recovery runs it again.
+        if (isStoreOutage(e)) return { operationId: operation.id, kind: operation.kind, action: 'deferred', detail: `the database failed (${e.message}); it stays running for the next recovery` };
         await store.operations.finish(operation.id, { state: 'failed', error: summarize(e) }).catch(() => undefined);
         return { operationId: operation.id, kind: operation.kind, action: 'failed', detail: e.message };
       }
     };
     const outcome = operation.volumeId ? await parts.volumeLocks.withLock(operation.volumeId, recover) : await recover();
-    launcher.recovered(operation.id);
+    if (outcome?.action === 'deferred') launcher.abandon(operation.id);
+    else launcher.recovered(operation.id);
     if (outcome === undefined) continue;
     log.warn({ action: outcome.action, detail: outcome.detail }, 'recovered an interrupted operation');
     outcomes.push(outcome);
