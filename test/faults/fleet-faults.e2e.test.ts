@@ -8,7 +8,8 @@
 // volume's file, `/dev/berth` links left. `npm test` runs 30 s of faults; BERTH_FLEET_FAULTS_SECONDS
 // sets it, BERTH_FLEET_FAULTS_SEED replays a run's choices. Found with it (2026-12-05): a restarted
 // replica that recovered before it listened, a PostgreSQL connection ended on purpose failing the
-// operations and their undos, and agents pinned to one replica.
+// operations and their undos, agents pinned to one replica, and (in a CI run) an attach whose
+// undo met the database restarting settled `failed` with its attachment still `reserved`.
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
@@ -129,6 +130,18 @@ describe.skipIf(!isRoot)('a fleet under real faults', { timeout: 600_000 + SECON
       `fleet faults (seed ${SEED}, ${SECONDS} s): ${[...tally].sort().map(([k, n]) => `${k}: ${n}`).join(', ')}; ` +
         `open after settling ${openAfterSettle}, stuck ${stuck.length}, leaked ${leaked.length}, links ${links.length}`,
     );
+    if (stuck.length > 0) {
+      // What a stuck volume's records say, for the log of the run that failed.
+      for (const volume of volumes.filter((v) => stuck.some((s) => s.startsWith(`${v.name}:`)))) {
+        const attachments = await f.cluster.query('select id, status, error from attachments where volume_id = $1', [volume.id], f.database);
+        const operations = await f.cluster.query(
+          "select o.id, o.kind, o.state, o.owner, o.error, (select string_agg(s.name || ':' || s.phase || ':' || s.state, ' ' order by s.seq) from operation_steps s where s.operation_id = o.id) as steps from operations o where o.volume_id = $1 order by o.started_at desc limit 4",
+          [volume.id],
+          f.database,
+        );
+        console.log(`stuck ${volume.name}: attachments ${JSON.stringify(attachments)}; last operations ${JSON.stringify(operations)}`);
+      }
+    }
     expect(openAfterSettle).toBe(0);
     expect(stuck).toEqual([]);
     expect(leaked).toEqual([]);
