@@ -30,10 +30,10 @@ function replica(store: Store, heartbeatMs = 30_000) {
 }
 
 /** An attach of volume db1 to server web-1 that replica api-2 left after its reserve, its lease (0 ms) passed. */
-async function diedAfterReserve(store: Store, service: BerthServiceImpl) {
+async function diedAfterReserve(store: Store, service: BerthServiceImpl, deadlineInMs = 60_000) {
   const volume = await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
   const server = await service.createServer({ name: 'web-1' });
-  const op = await store.operations.create({ kind: 'attach', volumeId: volume.id, serverId: server.id, hostId: server.hostId, owner: '4242@api-2', deadlineAt: new Date(Date.now() + 60_000).toISOString(), leaseMs: 0 });
+  const op = await store.operations.create({ kind: 'attach', volumeId: volume.id, serverId: server.id, hostId: server.hostId, owner: '4242@api-2', deadlineAt: new Date(Date.now() + deadlineInMs).toISOString(), leaseMs: 0 });
   await reserveAttachmentRecord(store, volume.id, server, 'rw', op.id);
   await store.operations.endStep(op.id, await store.operations.startStep(op.id, 'reserve', 'do'), { state: 'done' });
   return op;
@@ -65,6 +65,44 @@ describe('replicas', () => {
     expect((await service.getVolume('db1')).status).toBe('available');
     expect(await service.listAttachments({ volume: 'db1' })).toEqual([]);
     await service.close();
+  });
+
+  it('a takeover the database fails under is not settled: it stays running as this replica\'s, and a later beat recovers it once the database is back', async () => {
+    const store = createMemoryStore();
+    const { service } = replica(store);
+    // Its deadline long passed: a later beat of this replica adopts it at once.
+    const op = await diedAfterReserve(store, service, -3_600_000);
+    // The database restarts under the reserve's undo (its one transaction), and is back for the
+    // next write at once: the end of the recovery would be written (`failed`) if it were tried.
+    let armed = false;
+    const startStep = store.operations.startStep.bind(store.operations);
+    store.operations.startStep = async (...args) => {
+      if (args[2] === 'undo') armed = true;
+      return startStep(...args);
+    };
+    const transaction = store.transaction.bind(store);
+    (store as { transaction: Store['transaction'] }).transaction = async (fn) => {
+      if (armed) {
+        armed = false;
+        throw new BerthError('UNAVAILABLE', 'cannot reach the berth database', { details: { outage: true } });
+      }
+      return transaction(fn);
+    };
+    await service.startReplica()();
+    const deferred = await store.operations.require(op.id);
+    expect(deferred.state).toBe('running');
+    expect(deferred.owner).toBe(`${process.pid}@api-1`);
+    expect((await service.listAttachments({ volume: 'db1' })).map((a) => a.status)).toEqual(['reserved']);
+    await service.close();
+
+    // The same replica (restarted here) finds its own row at its first beat and recovers it.
+    store.operations.startStep = startStep;
+    const again = replica(store).service;
+    await again.startReplica()();
+    expect((await store.operations.require(op.id)).state).toBe('rolled_back');
+    expect((await again.getVolume('db1')).status).toBe('available');
+    expect(await again.listAttachments({ volume: 'db1' })).toEqual([]);
+    await again.close();
   });
 
   it('a survivor frozen right after its takeover and taken over in turn writes nothing and undoes nothing (its recovery is fenced)', async () => {
