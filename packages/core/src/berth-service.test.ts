@@ -209,6 +209,60 @@ describe('attach and detach on the in-memory store', () => {
     expect(exported.size).toBe(0);
   });
 
+  it('a step commit lost with its connection after it committed (reserve, begin_detaching, complete): nothing undone from memory, recovery settles it from the records', async () => {
+    // The first transaction that marks step `name` done commits, then its answer is lost: what
+    // PostgreSQL's connection lost while COMMIT was on its way looks like (`outcomeUnknown`).
+    // Undone from the process's memory, a reserve left its attachment `reserved` (its undo never
+    // learned of it), a begin_detaching left it `detaching`, and a complete undid the device of an
+    // attachment recorded `attached` (a review's scratch tests, 2026-12-05).
+    const loseCommitOf = (store: Store, name: string): void => {
+      let lost = false;
+      const transaction = store.transaction.bind(store);
+      (store as { transaction: Store['transaction'] }).transaction = async (fn) => {
+        const result = await transaction(fn);
+        const committed = (await store.operations.list()).some((o) => o.steps.some((st) => st.name === name && st.phase === 'do' && st.state === 'done'));
+        if (!lost && committed) {
+          lost = true;
+          throw new BerthError('UNAVAILABLE', 'cannot reach the berth database: Connection terminated unexpectedly', { details: { outage: true, outcomeUnknown: true } });
+        }
+        return result;
+      };
+    };
+    const operationOf = async (store: Store, kind: string) => (await store.operations.list({ kind: kind as 'attach' })).at(-1)!;
+
+    let w = world();
+    await w.service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    loseCommitOf(w.store, 'reserve');
+    expect(BerthError.is(await w.service.attach({ volume: 'db' }).catch((e: unknown) => e))).toBe(true);
+    expect((await operationOf(w.store, 'attach')).state).toBe('running');
+    expect(await w.service.recover()).toEqual([expect.objectContaining({ action: 'rolled_back' })]);
+    expect((await w.service.getVolume('db')).status).toBe('available');
+    expect(await w.store.attachments.list()).toEqual([]);
+
+    w = world();
+    await w.service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    await w.service.attach({ volume: 'db' });
+    loseCommitOf(w.store, 'begin_detaching');
+    expect(BerthError.is(await w.service.detach({ volume: 'db' }).catch((e: unknown) => e))).toBe(true);
+    expect((await operationOf(w.store, 'detach')).state).toBe('running');
+    expect(await w.service.recover()).toEqual([expect.objectContaining({ action: 'rolled_back' })]);
+    expect((await w.store.attachments.list()).map((a) => a.status)).toEqual(['attached']);
+    expect((await w.service.detach({ volume: 'db' })).operation.state).toBe('succeeded');
+    expect((await w.service.getVolume('db')).status).toBe('available');
+
+    w = world();
+    await w.service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    loseCommitOf(w.store, 'complete');
+    expect(BerthError.is(await w.service.attach({ volume: 'db' }).catch((e: unknown) => e))).toBe(true);
+    expect((await operationOf(w.store, 'attach')).state).toBe('running');
+    // Nothing undone: the device the attachment records is still connected.
+    expect(w.connected.size).toBe(1);
+    expect(await w.service.recover()).toEqual([expect.objectContaining({ action: 'completed' })]);
+    expect((await w.store.attachments.list()).map((a) => a.status)).toEqual(['attached']);
+    expect((await w.service.getVolume('db')).status).toBe('in-use');
+    expect(w.connected.size).toBe(1);
+  });
+
   it('two detaches of one attachment at once: the first detaches, the second (queued on the volume lock) finds it gone and is rolled back', async () => {
     const { service, store } = world();
     const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });

@@ -87,3 +87,12 @@ export function notOwner(id: string, owner: string, now: { state: string; owner:
 export function isStoreOutage(error: unknown): boolean {
   return BerthError.is(error) && error.details.outage === true;
 }
+
+/**
+ * Whether `error` is an outage that hit a write after it may have taken effect — PostgreSQL's
+ * connection lost while a COMMIT (or a lone statement) was on its way: the store marks it
+ * `details.outcomeUnknown: true`. What the database holds must then be read, not assumed.
+ */
+export function isOutcomeUnknown(error: unknown): boolean {
+  return isStoreOutage(error) && (error as BerthError).details.outcomeUnknown === true;
+}

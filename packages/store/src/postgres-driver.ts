@@ -152,14 +152,19 @@ class BerthPostgresConnection implements DatabaseConnection {
    * committed work lost, deferred-durable commits included: `postgresAdminShutdown`): a transaction
    * whose COMMIT had not gone out (the server rolled it back), as a whole — the store's outermost
    * `transaction` marks it retryable (`lostBeforeCommit`) —, or a statement pg never sent. A
-   * statement outside a transaction lost on its way, or a COMMIT, may have taken effect; and after
-   * a crash the last deferred commits may be gone, so nothing is run again on top of them.
+   * statement outside a transaction lost on its way, or a COMMIT, may have taken effect (marked
+   * `outcomeUnknown`, however the connection was lost); and after a crash the last deferred
+   * commits may be gone, so nothing is run again on top of them.
    */
   #rerunnable(error: unknown, earlier: Error | undefined): Record<string, unknown> {
     const notSent = postgresQueryNotSent(error);
-    if (!(notSent ? postgresAdminShutdown(earlier) : postgresAdminShutdown(error))) return {};
-    if (this.inTransaction) return this.committing ? { endedOnPurpose: true } : { endedOnPurpose: true, uncommitted: true };
-    return notSent ? { endedOnPurpose: true, retryable: true } : { endedOnPurpose: true };
+    // Whichever way the connection was lost, a COMMIT or a lone statement that went out may have
+    // taken effect (core's `isOutcomeUnknown`: the caller must read the database, not its memory,
+    // to learn what it did); a transaction whose COMMIT had not gone out was rolled back with it.
+    const unknown = !notSent && (!this.inTransaction || this.committing) ? { outcomeUnknown: true } : {};
+    if (!(notSent ? postgresAdminShutdown(earlier) : postgresAdminShutdown(error))) return unknown;
+    if (this.inTransaction) return this.committing ? { endedOnPurpose: true, ...unknown } : { endedOnPurpose: true, uncommitted: true };
+    return notSent ? { endedOnPurpose: true, retryable: true } : { endedOnPurpose: true, ...unknown };
   }
 }
 

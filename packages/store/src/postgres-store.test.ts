@@ -150,6 +150,32 @@ describe('openPostgresStore', () => {
     expect((await store.volumes.list()).map((v) => v.name)).toEqual(['before']);
   });
 
+  it('a lone write whose connection the server ended while it ran may have taken effect: outcomeUnknown, not retryable', async () => {
+    const url = await running().createDatabase();
+    const store = await openTracked(url, 1);
+    const held = await store.volumes.create(volume('held'));
+    const database = new URL(url).pathname.slice(1);
+    // Another session holds the row: the store's UPDATE went out and waits on its lock.
+    const holder = new pg.Client({ connectionString: url });
+    await holder.connect();
+    try {
+      await holder.query('begin');
+      await holder.query('select 1 from volumes where id = $1 for update', [held.id]);
+      const pending = failure(store.volumes.transition(held.id, ['available'], 'reserved'));
+      const waiting = "select pid from pg_stat_activity where datname = $1 and application_name = 'berth' and wait_event_type = 'Lock'";
+      await vi.waitFor(async () => expect(await running().query(waiting, [database])).toHaveLength(1), { timeout: 10_000, interval: 20 });
+      await running().query(`select pg_terminate_backend(pid) from (${waiting}) as w`, [database]);
+      const error = await pending;
+      expect(error.code).toBe('UNAVAILABLE');
+      // Core reads the database after it rather than undo from memory (`isOutcomeUnknown`).
+      expect(error.details).toMatchObject({ outage: true, outcomeUnknown: true, endedOnPurpose: true });
+      expect(error.details.retryable).toBeUndefined();
+    } finally {
+      await holder.query('rollback').catch(() => undefined);
+      await holder.end();
+    }
+  });
+
   it('a transaction whose connection the server ended before COMMIT is retryable, and nothing of it committed', async () => {
     const url = await running().createDatabase();
     const store = await openTracked(url, 2);
@@ -165,6 +191,9 @@ describe('openPostgresStore', () => {
     expect(error.code).toBe('UNAVAILABLE');
     // The pipelines' store retry (core's withStoreRetry) runs such a transaction again.
     expect(error.details.retryable).toBe(true);
+    // Known not to have taken effect: not `outcomeUnknown`.
+    expect(error.details).toMatchObject({ outage: true, uncommitted: true });
+    expect(error.details.outcomeUnknown).toBeUndefined();
     expect(await store.volumes.list()).toEqual([]);
     await store.transaction(async (tx) => {
       await tx.volumes.create(volume('half'));

@@ -47,7 +47,15 @@ export class WorkItemWaiter {
   async wait(id: string, signal: AbortSignal, justCreated = false): Promise<WorkItem> {
     // Listening already (not about to): this call waits on no I/O before the waiter is in place.
     const listened = this.listens;
-    this.listening ??= this.store.notifications.listen(WORK_DONE_CHANNEL, (payload) => this.wake(payload));
+    if (this.listening === undefined) {
+      const listening = this.store.notifications.listen(WORK_DONE_CHANNEL, (payload) => this.wake(payload));
+      this.listening = listening;
+      // A LISTEN that failed (the database was down) is tried again by the next wait, not kept:
+      // kept, every later wait of this process would fail with that old error.
+      listening.catch(() => {
+        if (this.listening === listening) this.listening = undefined;
+      });
+    }
     await this.listening;
     this.listens = true;
     signal.throwIfAborted();

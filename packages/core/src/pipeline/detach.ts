@@ -5,6 +5,7 @@ import { exportSharers, publishShared, releaseShared, unpublishShared, type Rele
 import { applyTransition, required } from './attach.js';
 import type { Step } from './step.js';
 import { ownedHostSteps } from './operation-fence.js';
+import { isStoreOutage } from '../store-errors.js';
 
 /** Attachment statuses a detach starts from (a forced one also cleans up failed attaches/detaches). */
 export function detachableFrom(force: boolean): AttachmentStatus[] {
@@ -19,6 +20,9 @@ function tolerant(ctx: PipelineContext, step: string, fn: () => Promise<void>): 
   return fn().catch((error: unknown) => {
     if (!ctx.force) throw error;
     const e = toBerthError(error);
+    // The database failing is not the host's step failing: going on, the detach would end in
+    // `error_detaching` for an outage; failing here, it is left to recovery (`unsettledBy`).
+    if (isStoreOutage(e)) throw e;
     // A guest that may still have the disk is never gone through, not even forced: disconnecting
     // the host side under it would pull a live disk out of the VM (Nova's detach bugs). A guest
     // consumer's unpublish succeeds once the disk is gone or the guest is not running, so any

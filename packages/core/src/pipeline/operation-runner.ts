@@ -6,7 +6,7 @@ import type { Step, StepCommit } from './step.js';
 import type { FaultInjector } from '../faults.js';
 import { isTakenOver, ownedTransaction, ownedWrite } from './operation-fence.js';
 import { withStoreRetry } from './store-retry.js';
-import { isStoreOutage } from '../store-errors.js';
+import { isOutcomeUnknown, isStoreOutage } from '../store-errors.js';
 
 /** How a pipeline run ended. */
 export type RunOutcome =
@@ -29,7 +29,26 @@ export type RunOutcome =
       timings: Record<string, number>;
       /** Another replica took the operation over (`fenced` fired): nothing was undone, nothing more written. */
       fenced?: boolean;
+      /**
+       * A step's commit was lost with its connection after it may have taken effect
+       * (`isOutcomeUnknown`): this process cannot tell what the database holds, so nothing was
+       * undone from its memory and nothing more written; recovery rolls back (or finishes) from the
+       * database once it is back.
+       */
+      unknown?: boolean;
     };
+
+/**
+ * The outage that leaves a failed run unsettled: its commit lost after it may have taken effect
+ * (`unknown`), a failure past the point of no return, or an undo, stopped by the database
+ * (`isStoreOutage`). The operation must then stay `running` for recovery, which works from the
+ * database once it is back; settled, its records would stay half rolled back. Undefined for any
+ * other failure.
+ */
+export function unsettledBy(outcome: Extract<RunOutcome, { ok: false }>): BerthError | undefined {
+  if (outcome.unknown === true || (outcome.forward && isStoreOutage(outcome.error))) return outcome.error;
+  return outcome.undoErrors.find(isStoreOutage);
+}
 
 /** Options of one run. */
 export interface RunOptions {
@@ -232,6 +251,15 @@ export class OperationRunner {
             ),
           );
         } catch (raw) {
+          // Committed or not, nobody can say: undone from this process's memory, the step would
+          // act on records as it thinks they are (a reserve whose attachment it never learned
+          // of, a `complete` that did commit) — the rollback is recovery's, from the database.
+          if (isOutcomeUnknown(raw)) {
+            const error = toBerthError(raw);
+            timings[step.name] = round(performance.now() - begun);
+            logger.warn({ operationId, step: step.name, code: error.code, err: error.message }, 'a step commit was lost with its connection; leaving the rollback to recovery');
+            return { ok: false, error, rolledBack: false, forward: false, undoErrors: [], journalErrors, timings, unknown: true };
+          }
           return failed(raw);
         }
         committed?.apply?.(context);

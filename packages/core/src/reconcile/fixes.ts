@@ -9,7 +9,7 @@ import type { Attachment, Host, Server, Volume } from '../model.js';
 import { backendVolume, transitionAttachment, type PipelineContext, type PipelineDeps } from '../pipeline/context.js';
 import { detachSteps, markDetachFailed } from '../pipeline/detach.js';
 import { connectShared, publishShared, publishSharedPublication, releaseShared } from '../pipeline/device-sharing.js';
-import { summarize, type OperationRunner } from '../pipeline/operation-runner.js';
+import { summarize, unsettledBy, type OperationRunner } from '../pipeline/operation-runner.js';
 import { recomputeVolumeStatus } from '../transitions.js';
 import { freshVolume } from './facts.js';
 import { accountsForExport, live, volumeRepairPath, type Finding } from './findings.js';
@@ -327,10 +327,14 @@ async function finishDetach(deps: ReconcileDeps, attachmentId: string, volume: V
     await store.operations.finish(operation.id, { state: 'succeeded', result: { timings: outcome.timings, reconcile: true } });
     return `detached (operation ${operation.id})`;
   }
-  if (outcome.forward) await markDetachFailed(deps, ctx, outcome.error).catch(() => undefined);
-  await store.operations
-    .finish(operation.id, { state: outcome.rolledBack ? 'rolled_back' : 'failed', error: summarize(outcome.error) })
-    .catch(() => undefined);
+  // The database failed under it (`unsettledBy`): left `running` for recovery (this process's
+  // next one, or its replica heartbeat's adoption), not settled half rolled back.
+  if (unsettledBy(outcome) === undefined) {
+    if (outcome.forward) await markDetachFailed(deps, ctx, outcome.error).catch(() => undefined);
+    await store.operations
+      .finish(operation.id, { state: outcome.rolledBack ? 'rolled_back' : 'failed', error: summarize(outcome.error) })
+      .catch(() => undefined);
+  }
   throw new BerthError(outcome.error.code, `finishing the detach failed (operation ${operation.id}): ${outcome.error.message}`, {
     hint: `${outcome.error.hint ? `${outcome.error.hint}; then ` : ''}run \`berth reconcile\` again`,
     cause: outcome.error,

@@ -4,13 +4,12 @@ import type { Consumer } from '../../contracts/consumer.js';
 import type { Attachment, Operation, Server, Volume } from '../../model.js';
 import type { PipelineContext } from '../../pipeline/context.js';
 import { markDetachFailed } from '../../pipeline/detach.js';
-import { summarize, type RunOutcome } from '../../pipeline/operation-runner.js';
+import { summarize, unsettledBy, type RunOutcome } from '../../pipeline/operation-runner.js';
 import { isTakenOver, ownedFinish, takenOverError } from '../../pipeline/operation-fence.js';
 import type { Step } from '../../pipeline/step.js';
 import { withStoreRetry } from '../../pipeline/store-retry.js';
 import type { OperationOutcome, StartedOperation } from '../../service.js';
 import { withDeferredDurability, type Store } from '../../store.js';
-import { isStoreOutage } from '../../store-errors.js';
 import type { ServiceParts } from '../parts.js';
 
 /** What an operation runs: its context and its steps. */
@@ -249,14 +248,18 @@ export class OperationLauncher {
         throw outcome.error;
       }
       // The database, not the host, stopped the rollback (or a detach past its point of no
-      // return): settling it `failed` would leave its records half rolled back for good (a volume
-      // `reserved` by no operation). It stays `running`, handed to recovery, which runs the undos
-      // (or the rest of the detach) again from the journal once the database is back.
-      const outage = outcome.forward ? (isStoreOutage(outcome.error) ? outcome.error : undefined) : outcome.undoErrors.find(isStoreOutage);
+      // return), or lost a step's commit after it may have taken effect: settling it would leave
+      // its records half rolled back for good (a volume `reserved` by no operation). It stays
+      // `running`, handed to recovery, which rolls back (or finishes the detach) from the journal
+      // and the records once the database is back.
+      const outage = unsettledBy(outcome);
       if (outage !== undefined) {
         this.abandoned.add(operationId);
         log.error({ err: outage.message }, 'the database failed during the rollback; recovery will finish it');
-        throw new BerthError(outcome.error.code, `${outcome.error.message} (and the database failed before the ${outcome.forward ? 'detach' : 'rollback'} could finish: ${outage.message})`, {
+        const message = outage === outcome.error
+          ? `${outcome.error.message} (the database failed before the ${kind} could finish or be rolled back)`
+          : `${outcome.error.message} (and the database failed before the rollback could finish: ${outage.message})`;
+        throw new BerthError(outcome.error.code, message, {
           hint: 'nothing is left half done for good: once the database is back, recovery (the next berth command, or another replica) finishes it',
           details: { ...outcome.error.details, operationId },
           cause: outcome.error,
