@@ -39,8 +39,9 @@ export interface HostSteps {
   run<S extends HostStepName>(step: S, payload: HostStepRequest<S>, call: HostStepCall): Promise<HostStepResult<S>>;
   /**
    * Whether `step` of `operationId` may have run on the host: always for a local executor; for a
-   * remote one, whether its agent ever claimed the item. An undo of a step that never ran there
-   * has nothing to undo on the host.
+   * remote one, whether its agent ever claimed the item — asking cancels an item still open first,
+   * so that no agent runs it after the answer. An undo of a step that never ran there has nothing
+   * to undo on the host.
    */
   ran(operationId: string, step: HostStepName): Promise<boolean>;
 }

@@ -115,6 +115,22 @@ describe('remote host steps', () => {
     await w.close();
   });
 
+  it('an item left open by a wait that failed (not the deadline): asking whether it ran cancels it, so no agent runs it after the undo decided', async () => {
+    const w = await world();
+    // The wait failed for another reason than the deadline (the database failed under it): the
+    // item stays pending; an agent back later would have connected a device nobody undoes.
+    const item = await w.workItems.create({ operationId: w.operationId, hostId: w.host.id, step: 'connect', payload: {} });
+    expect(await w.steps.ran(w.operationId, 'connect')).toBe(false);
+    expect(await w.workItems.get(item.id)).toMatchObject({ state: 'failed', attempts: 0 });
+    expect(await w.workItems.claim(w.host.id, 'agent-1', 15_000)).toEqual([]);
+    // Claimed before the undo asked: cancelled too (its agent fenced), and it may have run.
+    const claimed = await w.workItems.create({ operationId: w.operationId, hostId: w.host.id, step: 'connect', payload: {} });
+    expect((await w.workItems.claim(w.host.id, 'agent-1', 15_000)).map((i) => i.id)).toEqual([claimed.id]);
+    expect(await w.steps.ran(w.operationId, 'connect')).toBe(true);
+    await expect(w.workItems.complete(claimed.id, 'agent-1', { state: 'done', result: {} })).rejects.toMatchObject({ code: 'CONFLICT' });
+    await w.close();
+  });
+
   it('a step claimed but unfinished at the deadline is cancelled (its agent fenced) and may have ran: its undo runs', async () => {
     const w = await world();
     const deadline = new AbortController();

@@ -96,6 +96,16 @@ export function remoteHostSteps(deps: RemoteHostStepsDeps, host: AgentHost): Hos
       return parseWith(schema, finished.result ?? {}, `${step} result from host ${host.name}`) as HostStepResult<S>;
     },
     async ran(operationId, step) {
+      // An item still open (its wait failed for another reason than the deadline, which cancels
+      // it: the database failed under it) is cancelled first, a compare-and-swap: the undo that
+      // asks must not skip a step an agent then runs after it (a device connected for nobody).
+      const open = await workItems.list({ operationId, hostId: host.id, state: ['pending', 'claimed'] });
+      for (const item of open.filter((i) => i.step === step)) {
+        await workItems.cancel(item.id, { code: 'CANCELLED', message: `cancelled: the ${step} is being undone` }).catch((error: unknown) => {
+          // Ended meanwhile (done or failed): read below as it ended.
+          if (!(BerthError.is(error) && error.code === 'CONFLICT')) throw error;
+        });
+      }
       const items = await workItems.list({ operationId, hostId: host.id });
       return items.some((i) => i.step === step && i.attempts > 0);
     },
