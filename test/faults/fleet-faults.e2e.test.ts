@@ -6,7 +6,7 @@
 // process up again and nothing running, each volume is detached and the counts must be 0: volumes
 // not `available`, operations still running, work items still open, loop devices left on a
 // volume's file, `/dev/berth` links left. `npm test` runs 30 s of faults; BERTH_FLEET_FAULTS_SECONDS
-// sets it, BERTH_FLEET_FAULTS_SEED replays a run's choices. Found with it (2026-12-05): a restarted
+// sets it, BERTH_FLEET_FAULTS_SEED replays a run's choices, BERTH_FLEET_FAULTS picks the kinds. Found with it (2026-12-05): a restarted
 // replica that recovered before it listened, a PostgreSQL connection ended on purpose failing the
 // operations and their undos, agents pinned to one replica, and (in a CI run) an attach whose
 // undo met the database restarting settled `failed` with its attachment still `reserved`.
@@ -29,7 +29,14 @@ const UNDO_TIMEOUT_MS = 15_000;
 const SETTLE_MS = 150_000;
 
 type Fault = 'replica' | 'agent' | 'terminate' | 'restart';
-const FAULTS: readonly Fault[] = ['replica', 'agent', 'terminate', 'restart'];
+const ALL_FAULTS: readonly Fault[] = ['replica', 'agent', 'terminate', 'restart'];
+// BERTH_FLEET_FAULTS=restart,terminate: only those kinds (to press on one of them in a long run).
+const FAULTS: readonly Fault[] = process.env.BERTH_FLEET_FAULTS
+  ? process.env.BERTH_FLEET_FAULTS.split(',').map((f) => {
+      if (!(ALL_FAULTS as readonly string[]).includes(f)) throw new Error(`BERTH_FLEET_FAULTS: unknown fault ${f} (known: ${ALL_FAULTS.join(', ')})`);
+      return f as Fault;
+    })
+  : ALL_FAULTS;
 
 describe.skipIf(!isRoot)('a fleet under real faults', { timeout: 600_000 + SECONDS * 1000 }, () => {
   const volumes: Volume[] = [];
