@@ -250,6 +250,18 @@ describe('attach and detach on the in-memory store', () => {
     expect((await w.service.detach({ volume: 'db' })).operation.state).toBe('succeeded');
     expect((await w.service.getVolume('db')).status).toBe('available');
 
+    // The same for an `error_detaching` attachment: recovery puts back what begin_detaching
+    // journalled it moved from, not `attached` (a second review's finding, 2026-12-05).
+    w = world();
+    await w.service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    const failed = (await w.service.attach({ volume: 'db' })).attachment!;
+    await transitionAttachment(w.store, failed.id, ['attached'], 'detaching');
+    await transitionAttachment(w.store, failed.id, ['detaching'], 'error_detaching');
+    loseCommitOf(w.store, 'begin_detaching');
+    expect(BerthError.is(await w.service.detach({ volume: 'db' }).catch((e: unknown) => e))).toBe(true);
+    expect(await w.service.recover()).toEqual([expect.objectContaining({ action: 'rolled_back' })]);
+    expect((await w.store.attachments.list()).map((a) => a.status)).toEqual(['error_detaching']);
+
     w = world();
     await w.service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
     loseCommitOf(w.store, 'complete');
@@ -261,6 +273,30 @@ describe('attach and detach on the in-memory store', () => {
     expect((await w.store.attachments.list()).map((a) => a.status)).toEqual(['attached']);
     expect((await w.service.getVolume('db')).status).toBe('in-use');
     expect(w.connected.size).toBe(1);
+  });
+
+  it('a forced detach does not go past the database failing in its disconnect as it goes past a host step\'s failure: left running, recovery finishes it', async () => {
+    const { service, store, connected } = world();
+    await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    await service.attach({ volume: 'db' });
+    // The disconnect's write of its device record meets the database down, once.
+    let down = true;
+    const remove = store.devices.delete.bind(store.devices);
+    store.devices.delete = async (...args) => {
+      if (down) {
+        down = false;
+        throw new BerthError('UNAVAILABLE', 'cannot reach the berth database', { details: { outage: true } });
+      }
+      return remove(...args);
+    };
+    const error = await service.detach({ volume: 'db', force: true }).catch((e: unknown) => e);
+    expect(BerthError.is(error) && error.message).toMatch(/cannot reach the berth database/);
+    // Not `error_detaching` with the operation failed: running, for recovery.
+    expect((await store.operations.list({ kind: 'detach' })).at(-1)?.state).toBe('running');
+    expect(await service.recover()).toEqual([expect.objectContaining({ action: 'resumed' })]);
+    expect((await service.getVolume('db')).status).toBe('available');
+    expect(await store.attachments.list()).toEqual([]);
+    expect(connected.size).toBe(0);
   });
 
   it('two detaches of one attachment at once: the first detaches, the second (queued on the volume lock) finds it gone and is rolled back', async () => {

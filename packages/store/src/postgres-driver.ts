@@ -76,6 +76,8 @@ class BerthPostgresConnection implements DatabaseConnection {
   savepointHeld = false;
   /** Set while COMMIT is on its way: a connection lost then leaves the transaction's outcome unknown. */
   committing = false;
+  /** Set while BEGIN (with its preamble) or ROLLBACK is on its way: lost then, nothing of the transaction took effect. */
+  atEdge = false;
 
   /**
    * pg's pool drops its own 'error' listener from a client it lends out, so a connection that dies
@@ -161,9 +163,9 @@ class BerthPostgresConnection implements DatabaseConnection {
     // Whichever way the connection was lost, a COMMIT or a lone statement that went out may have
     // taken effect (core's `isOutcomeUnknown`: the caller must read the database, not its memory,
     // to learn what it did); a transaction whose COMMIT had not gone out was rolled back with it.
-    const unknown = !notSent && (!this.inTransaction || this.committing) ? { outcomeUnknown: true } : {};
+    const unknown = !notSent && !this.atEdge && (!this.inTransaction || this.committing) ? { outcomeUnknown: true } : {};
     if (!(notSent ? postgresAdminShutdown(earlier) : postgresAdminShutdown(error))) return unknown;
-    if (this.inTransaction) return this.committing ? { endedOnPurpose: true, ...unknown } : { endedOnPurpose: true, uncommitted: true };
+    if (this.inTransaction || this.atEdge) return this.committing ? { endedOnPurpose: true, ...unknown } : { endedOnPurpose: true, uncommitted: true };
     return notSent ? { endedOnPurpose: true, retryable: true } : { endedOnPurpose: true, ...unknown };
   }
 }
@@ -210,12 +212,15 @@ export class BerthPostgresDriver implements Driver {
     // preamble cost one round trip, not two.
     const begin = `start transaction${isolation}${access}`;
     try {
+      berth.atEdge = true;
       await connection.executeQuery(CompiledQuery.raw(preamble === undefined ? begin : `${begin}; ${preamble}`));
     } catch (error) {
       // BEGIN may have run before the preamble failed, and Kysely rolls back only a transaction
       // whose begin succeeded: end it here so that the client goes back to the pool idle.
       if (preamble !== undefined && berth.broken === undefined) await connection.executeQuery(CompiledQuery.raw('rollback')).catch(() => undefined);
       throw error;
+    } finally {
+      berth.atEdge = false;
     }
     berth.inTransaction = true;
   }
@@ -243,8 +248,10 @@ export class BerthPostgresDriver implements Driver {
     try {
       // A lost connection ended the transaction on the server already; sending ROLLBACK would only
       // fail again and hide the error that ended it (whether COMMIT had gone out) from the caller.
+      berth.atEdge = true;
       if (berth.broken === undefined) await connection.executeQuery(CompiledQuery.raw('rollback'));
     } finally {
+      berth.atEdge = false;
       asBerth(connection).inTransaction = false;
     }
   }

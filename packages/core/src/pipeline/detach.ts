@@ -57,9 +57,11 @@ function stillInGuest(ctx: PipelineContext, error: BerthError): BerthError {
  * disconnect that failed without touching anything (`details.untouched`: a holder found first, an
  * identity that no longer matches) is rolled back.
  */
-export function detachSteps(deps: PipelineDeps): Array<Step<PipelineContext>> {
+export function detachSteps(deps: PipelineDeps, resumed: { from?: AttachmentStatus } = {}): Array<Step<PipelineContext>> {
   const { store } = deps;
-  let original: AttachmentStatus = 'attached';
+  // The status begin_detaching moved the attachment from, which its undo puts back: learned at its
+  // commit, or — for recovery, which runs these steps anew — from its journal data (`resumed`).
+  let original: AttachmentStatus = resumed.from ?? 'attached';
   return [
     {
       name: 'begin_detaching',

@@ -2,7 +2,7 @@ import { BerthError, toBerthError } from '../errors.js';
 import type { Connector, Device } from '../connection.js';
 import type { Consumer } from '../contracts/consumer.js';
 import type { Logger } from '../logger.js';
-import type { Attachment, Host, Operation, Server } from '../model.js';
+import type { Attachment, AttachmentStatus, Host, Operation, Server } from '../model.js';
 import type { Store } from '../store.js';
 import { isStoreOutage } from '../store-errors.js';
 import type { FaultInjector } from '../faults.js';
@@ -188,7 +188,9 @@ export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger
     await finish({ state: 'succeeded', result: { recovered: true } });
     return outcome('completed', 'the attachment was already deleted; only its journal was unfinished');
   }
-  const steps = detachSteps(deps);
+  // Rolled back, the attachment goes back to what it was (an `error_detaching` one is not made `attached`).
+  const from = journalData(op, 'begin_detaching')?.from;
+  const steps = detachSteps(deps, typeof from === 'string' ? { from: from as AttachmentStatus } : {});
   const disconnectStarted = op.steps.some((s) => s.phase === 'do' && s.name === 'disconnect');
   if (disconnectStarted && attachment) {
     const forward = steps.slice(steps.findIndex((s) => s.name === 'disconnect')).filter((s) => !stepDone(op, s.name) || s.name === 'disconnect');

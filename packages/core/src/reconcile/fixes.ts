@@ -329,14 +329,17 @@ async function finishDetach(deps: ReconcileDeps, attachmentId: string, volume: V
   }
   // The database failed under it (`unsettledBy`): left `running` for recovery (this process's
   // next one, or its replica heartbeat's adoption), not settled half rolled back.
-  if (unsettledBy(outcome) === undefined) {
+  const unsettled = unsettledBy(outcome) !== undefined;
+  if (!unsettled) {
     if (outcome.forward) await markDetachFailed(deps, ctx, outcome.error).catch(() => undefined);
     await store.operations
       .finish(operation.id, { state: outcome.rolledBack ? 'rolled_back' : 'failed', error: summarize(outcome.error) })
       .catch(() => undefined);
   }
   throw new BerthError(outcome.error.code, `finishing the detach failed (operation ${operation.id}): ${outcome.error.message}`, {
-    hint: `${outcome.error.hint ? `${outcome.error.hint}; then ` : ''}run \`berth reconcile\` again`,
+    hint: unsettled
+      ? 'the database failed under it: the operation stays running and recovery finishes it once the database is back (the next berth command; a running `berth serve` once its deadline and undo budget have passed)'
+      : `${outcome.error.hint ? `${outcome.error.hint}; then ` : ''}run \`berth reconcile\` again`,
     cause: outcome.error,
   });
 }

@@ -255,7 +255,7 @@ export class OperationLauncher {
       const outage = unsettledBy(outcome);
       if (outage !== undefined) {
         this.abandoned.add(operationId);
-        log.error({ err: outage.message }, 'the database failed during the rollback; recovery will finish it');
+        log.error({ err: outage.message }, outcome.unknown ? 'a step commit was lost with its connection; recovery will settle the operation' : 'the database failed during the rollback; recovery will finish it');
         const message = outage === outcome.error
           ? `${outcome.error.message} (the database failed before the ${kind} could finish or be rolled back)`
           : `${outcome.error.message} (and the database failed before the rollback could finish: ${outage.message})`;
