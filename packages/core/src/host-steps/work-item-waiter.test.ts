@@ -28,4 +28,20 @@ describe('WorkItemWaiter', () => {
     expect(listens).toBe(2);
     await waiter.close();
   });
+
+  it('closes when its LISTEN failed: the caller goes on to close the store', async () => {
+    const store = {
+      notifications: {
+        listen: async () => {
+          throw new BerthError('UNAVAILABLE', 'cannot reach the berth database', { details: { outage: true } });
+        },
+        notify: async () => undefined,
+      },
+      workItems: { get: async () => undefined },
+    } as unknown as ConstructorParameters<typeof WorkItemWaiter>[0];
+    const waiter = new WorkItemWaiter(store, silentLogger, 60_000);
+    const waiting = waiter.wait('a', new AbortController().signal).catch((e: unknown) => e);
+    await expect(waiter.close()).resolves.toBeUndefined();
+    expect(BerthError.is(await waiting)).toBe(true);
+  });
 });

@@ -89,7 +89,8 @@ export class WorkItemWaiter {
     const listening = this.listening;
     this.listening = undefined;
     this.listens = false;
-    if (listening) await (await listening)().catch(() => undefined);
+    // A LISTEN that failed has nothing to stop, and must not keep the caller from closing the store.
+    if (listening) await listening.then((stop) => stop()).catch(() => undefined);
   }
 
   /** A `work_done` notification: `''` (a lost connection) re-reads every waited item. */
