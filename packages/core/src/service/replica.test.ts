@@ -191,6 +191,92 @@ describe('replicas', () => {
     await service.close();
   });
 
+  it('an attach whose rollback the database failed under is recovered at a next beat once the database answers, not after its deadline', async () => {
+    const store = createMemoryStore();
+    // Beats every 100 ms: the test waits for the beat after the failure (no fixed sleep).
+    const catalog = memCatalog(new Map(), async () => {
+      throw new BerthError('DRIVER_ERROR', 'the target refused the login');
+    });
+    const config = resolveConfig({ dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', replica: { leaseMs: 60_000, heartbeatMs: 100 } }, {});
+    const service = new BerthServiceImpl(config, store, catalog, { hostname: 'api-1', ips: [], platform: 'x86_64', osType: 'linux' }, silentLogger);
+    await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
+    // PostgreSQL restarts under the rollback's reserve undo (its one transaction), once, and is back at once.
+    let armed = false;
+    let restarted = false;
+    // The runner journals an undo's start with the end of the one before it.
+    const advanceStep = store.operations.advanceStep.bind(store.operations);
+    store.operations.advanceStep = async (...args) => {
+      const seq = await advanceStep(...args);
+      if (args[3].name === 'reserve' && args[3].phase === 'undo' && !restarted) armed = restarted = true;
+      return seq;
+    };
+    const transaction = store.transaction.bind(store);
+    (store as { transaction: Store['transaction'] }).transaction = async (fn) => {
+      if (armed) {
+        armed = false;
+        throw new BerthError('UNAVAILABLE', 'cannot reach the berth database', { details: { outage: true } });
+      }
+      return transaction(fn);
+    };
+    const stop = service.startReplica();
+    try {
+      const error = (await service.attach({ volume: 'db1' }).catch((e: unknown) => e)) as BerthError;
+      expect(restarted).toBe(true);
+      expect(error.message).toMatch(/the database failed before the rollback could finish/);
+      const operationId = String(error.details.operationId);
+      // Its deadline is two minutes away (operationTimeoutMs): only the abandonment lets a beat take it now.
+      const op = await store.operations.require(operationId);
+      expect(Date.parse(op.deadlineAt)).toBeGreaterThan(Date.now() + 60_000);
+      await vi.waitFor(async () => expect((await store.operations.require(operationId)).state).toBe('rolled_back'), { timeout: 10_000, interval: 20 });
+      expect((await service.getVolume('db1')).status).toBe('available');
+      expect(await service.listAttachments({ volume: 'db1' })).toEqual([]);
+    } finally {
+      await stop();
+      await service.close();
+    }
+  });
+
+  it('a recovery the database defers again is retried at later beats, each after a longer pause', async () => {
+    const store = createMemoryStore();
+    const { service } = replica(store, 100);
+    const op = await diedAfterReserve(store, service);
+    // Every undo's transaction fails three times (the database keeps failing), then it is back.
+    let failures = 0;
+    const undoTimes: number[] = [];
+    let armed = false;
+    const startStep = store.operations.startStep.bind(store.operations);
+    store.operations.startStep = async (...args) => {
+      if (args[2] === 'undo') {
+        armed = true;
+        undoTimes.push(Date.now());
+      }
+      return startStep(...args);
+    };
+    const transaction = store.transaction.bind(store);
+    (store as { transaction: Store['transaction'] }).transaction = async (fn) => {
+      if (armed && failures < 3) {
+        armed = false;
+        failures++;
+        throw new BerthError('UNAVAILABLE', 'cannot reach the berth database', { details: { outage: true } });
+      }
+      return transaction(fn);
+    };
+    const stop = service.startReplica();
+    try {
+      await vi.waitFor(async () => expect((await store.operations.require(op.id)).state).toBe('rolled_back'), { timeout: 10_000, interval: 20 });
+      expect((await service.getVolume('db1')).status).toBe('available');
+      // Tried four times; the pauses between tries grow (100, 200, 400 ms at least: beats of 100 ms).
+      expect(undoTimes).toHaveLength(4);
+      const pauses = undoTimes.slice(1).map((t, i) => t - undoTimes[i]!);
+      expect(pauses[0]!).toBeGreaterThanOrEqual(100);
+      expect(pauses[1]!).toBeGreaterThanOrEqual(200);
+      expect(pauses[2]!).toBeGreaterThanOrEqual(400);
+    } finally {
+      await stop();
+      await service.close();
+    }
+  });
+
   it('recovers an operation it owns but no longer runs once its deadline passed, and leaves a fresh one alone', async () => {
     const store = createMemoryStore();
     const { service } = replica(store);

@@ -9,6 +9,9 @@ import { recoveryDeps } from './operations/recover.js';
 import type { ServiceParts } from './parts.js';
 import { isStoreOutage } from '../store-errors.js';
 
+/** The longest pause between two recoveries of one operation the database keeps deferring. */
+const MAX_RETRY_PAUSE_MS = 60_000;
+
 /**
  * What keeps several API replicas sharing one store interchangeable (`berth serve`). Every
  * `replica.heartbeatMs` it:
@@ -19,8 +22,11 @@ import { isStoreOutage } from '../store-errors.js';
  * 2. takes over up to 10 operations whose lease passed (their replica died) and finishes them
  *    with the recovery rules, under the volume lock: an attach rolls back unless `complete` was
  *    done, a detach past `disconnect` goes forward;
- * 3. recovers the operations it owns but no longer runs once their deadline and undo budget passed
- *    (their end could not be written here; the renewal would otherwise keep them `running` forever);
+ * 3. recovers the operations it owns but no longer runs: at once those its runs or recoveries gave
+ *    up because the database failed under them (the beat's renewal just proved it answers again;
+ *    one deferred again is retried after a growing pause, up to a minute), the others once their
+ *    deadline and undo budget passed (their end could not be written here; the renewal would
+ *    otherwise keep them `running` forever);
  * 4. puts back the work items whose agent lost its lease (`workItems.expire`) and wakes their
  *    hosts' agents.
  * Takeover bound: an operation of a dead replica is taken over at most `leaseMs + heartbeatMs`
@@ -35,6 +41,8 @@ export class ReplicaMaintenance {
    * touch them; `berth doctor` names them). Asked once per process, not at every beat.
    */
   private readonly leftAlone = new Set<string>();
+  /** Operations whose recovery the database deferred: when the next try is due, and the pause after it. */
+  private readonly retries = new Map<string, { at: number; pauseMs: number }>();
 
   constructor(
     private readonly parts: ServiceParts,
@@ -102,17 +110,31 @@ export class ReplicaMaintenance {
   /**
    * The renewal keeps every `running` row this process owns alive, including one it no longer
    * runs (its end could not be written, or its run was stopped): no other replica would ever take
-   * it over, so this one does, by the recovery rules — but only once its deadline and undo budget
-   * have passed, when a run of this process would have settled it: a row just written by a launch
-   * not yet in flight is never touched.
+   * it over, so this one does, by the recovery rules. One that a run or a recovery of this process
+   * gave up because the database failed (`abandoned`) is taken at once — the renewal that listed it
+   * just proved the database answers, and its volume stays refused to every request until it is
+   * settled; any other only once its deadline and undo budget have passed, when a run of this
+   * process would have settled it: a row just written by a launch not yet in flight is never touched.
    */
   private async adoptOrphans(held: ReadonlySet<string>): Promise<void> {
     const { store, config, logger } = this.parts;
+    const now = Date.now();
     for (const id of held) {
       if (this.launcher.isRunning(id) || this.recovering.has(id) || this.leftAlone.has(id)) continue;
+      const abandoned = this.launcher.isAbandoned(id);
+      if (abandoned && (this.retries.get(id)?.at ?? 0) > now) continue;
       const operation = await store.operations.get(id);
-      if (operation?.state !== 'running' || Date.parse(operation.deadlineAt) + config.undoTimeoutMs > Date.now()) continue;
-      logger.warn({ operationId: id }, 'an operation of this replica passed its deadline with no run left here; recovering it');
+      if (operation?.state !== 'running') {
+        this.retries.delete(id);
+        continue;
+      }
+      if (!abandoned && Date.parse(operation.deadlineAt) + config.undoTimeoutMs > now) continue;
+      logger.warn(
+        { operationId: id },
+        abandoned
+          ? 'an operation of this replica was left running when the database failed; recovering it now that the database answers'
+          : 'an operation of this replica passed its deadline with no run left here; recovering it',
+      );
       this.recovering.set(id, this.takeOver(operation));
     }
   }
@@ -143,20 +165,29 @@ export class ReplicaMaintenance {
         if (isTakenOver(error)) return { operationId: operation.id, kind: operation.kind, action: 'skipped', detail: 'another replica took it over in turn' };
         const e = toBerthError(error);
         // The database failed under it: not settled. Still this replica's and renewed by its
-        // heartbeat, it is taken up again by `adoptOrphans` at a next beat.
+        // heartbeat, it is taken up again by `adoptOrphans` at a later beat.
         if (isStoreOutage(e)) return { operationId: operation.id, kind: operation.kind, action: 'deferred', detail: `the database failed (${e.message}); it stays running and is recovered again` };
         await ownedFinish(store, operation.id, this.parts.owner, { state: 'failed', error: { code: e.code, message: e.message, ...(e.hint ? { hint: e.hint } : {}) } }).catch(() => undefined);
         return { operationId: operation.id, kind: operation.kind, action: 'failed', detail: e.message };
       }
     };
+    let outcome: RecoveryOutcome | undefined;
     try {
-      const outcome = operation.volumeId ? await volumeLocks.withLock(operation.volumeId, recover) : await recover();
+      outcome = operation.volumeId ? await volumeLocks.withLock(operation.volumeId, recover) : await recover();
       log.warn({ action: outcome.action, detail: outcome.detail }, 'took over an operation');
       // Skipped while still running: not this process's to finish (another host root).
       if (outcome.action === 'skipped' && (await store.operations.get(operation.id).catch(() => undefined))?.state === 'running') this.leftAlone.add(operation.id);
       return outcome;
     } finally {
-      this.launcher.recovered(operation.id);
+      if (outcome?.action === 'deferred') {
+        // Still this replica's and renewed: a later beat tries again, each time after a longer pause.
+        const pauseMs = this.retries.get(operation.id)?.pauseMs ?? this.parts.config.replica.heartbeatMs;
+        this.retries.set(operation.id, { at: Date.now() + pauseMs, pauseMs: Math.min(pauseMs * 2, MAX_RETRY_PAUSE_MS) });
+        this.launcher.abandon(operation.id);
+      } else {
+        this.retries.delete(operation.id);
+        this.launcher.recovered(operation.id);
+      }
       this.recovering.delete(operation.id);
     }
   }
