@@ -81,3 +81,29 @@ describe('a lost connection: what the driver says the statement may have done', 
     expect(rollback.outcomeUnknown).toBeUndefined();
   });
 });
+
+describe('a server that answers but cannot write: an outage, not a failed write', () => {
+  const refusing = (code: string, message: string) => (sql: string) => (sql.startsWith('update') ? Object.assign(new Error(message), { code }) : undefined);
+  const update = (_driver: BerthPostgresDriver, connection: DatabaseConnection) => connection.executeQuery(CompiledQuery.raw('update volumes set status = $1', ['available']));
+
+  it('disk full and out of memory: UNAVAILABLE, an outage the same write may get past later', async () => {
+    const full = await detailsOf(refusing('53100', 'could not extend file "base/16384/16390": No space left on device'), update);
+    expect(full).toMatchObject({ outage: true, retryable: true, reason: 'disk-full', errorCode: '53100' });
+    const memory = await detailsOf(refusing('53200', 'out of memory'), update);
+    expect(memory).toMatchObject({ outage: true, retryable: true, reason: 'out-of-memory' });
+  });
+
+  it('read-only (a standby, a demoted primary): an outage, not retried in place', async () => {
+    const readOnly = await detailsOf(refusing('25006', 'cannot execute UPDATE in a read-only transaction'), update);
+    expect(readOnly).toMatchObject({ outage: true, retryable: false, reason: 'read-only' });
+    expect(readOnly.outcomeUnknown).toBeUndefined();
+  });
+
+  it('a refused write is not an outage: a constraint violation stays the driver\'s error for the dialect to read', async () => {
+    const driver = driverWith(refusing('23505', 'duplicate key value violates unique constraint "volumes_name_key"'));
+    const connection = await driver.acquireConnection();
+    const error = await update(driver, connection).catch((e: unknown) => e);
+    expect((error as { code?: string }).code).toBe('23505');
+    expect((error as { details?: unknown }).details).toBeUndefined();
+  });
+});

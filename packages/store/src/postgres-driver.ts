@@ -4,7 +4,7 @@ import { CompiledQuery } from 'kysely';
 import type { DatabaseConnection, Driver, QueryResult, TransactionSettings } from 'kysely';
 import type pg from 'pg';
 import { durabilityDeferred } from './durability.js';
-import { isPostgresConnectionError, postgresAdminShutdown, postgresConnectionFailure, postgresQueryNotSent } from './postgres-errors.js';
+import { isPostgresConnectionError, postgresAdminShutdown, postgresConnectionFailure, postgresQueryNotSent, postgresServerRefusal } from './postgres-errors.js';
 
 /** What the berth PostgreSQL driver needs. */
 export interface BerthPostgresDriverOptions {
@@ -142,7 +142,7 @@ class BerthPostgresConnection implements DatabaseConnection {
         rows: (rows ?? []) as R[],
       };
     } catch (error) {
-      if (!isPostgresConnectionError(error)) throw error;
+      if (!isPostgresConnectionError(error)) throw postgresServerRefusal(error, this.#options.target, this.#options.password) ?? error;
       const earlier = this.broken;
       this.broken = earlier ?? (error instanceof Error ? error : new Error(String(error)));
       throw postgresConnectionFailure(error, this.#options.target, this.#options.password, this.#rerunnable(error, earlier));

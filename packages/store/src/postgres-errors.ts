@@ -46,6 +46,39 @@ export function isPostgresConnectionError(error: unknown): boolean {
   );
 }
 
+/**
+ * SQLSTATEs with which a reachable server refuses a write it could take later: its disk full
+ * (`53100`), out of memory or other resources (`53200`, `53000`), an I/O error (`58030`), or read-only
+ * (`25006`: a standby, a failover's demoted primary, `default_transaction_read_only`). The statement
+ * did not take effect (its transaction is aborted); the store is out, not the write wrong.
+ */
+const REFUSED_SQLSTATES: ReadonlyMap<string, { reason: string; retryable: boolean }> = new Map([
+  ['53100', { reason: 'disk-full', retryable: true }],
+  ['53200', { reason: 'out-of-memory', retryable: true }],
+  ['53000', { reason: 'out-of-resources', retryable: true }],
+  ['58030', { reason: 'io-error', retryable: false }],
+  ['25006', { reason: 'read-only', retryable: false }],
+]);
+
+/**
+ * The server answered but cannot write now (`REFUSED_SQLSTATES`): an UNAVAILABLE outage, as
+ * SQLite's disk full and read-only are (core's `isStoreOutage`: an undo that meets it leaves the
+ * operation to recovery instead of settling it half rolled back). Undefined for any other error.
+ */
+export function postgresServerRefusal(error: unknown, target: string, password: string | undefined): BerthError | undefined {
+  const code = codeOf(error);
+  const refused = code === undefined ? undefined : REFUSED_SQLSTATES.get(code);
+  if (refused === undefined) return undefined;
+  const reason = scrub(messageOf(error), password);
+  return new BerthError('UNAVAILABLE', `the berth database at ${target} cannot write now: ${reason}`, {
+    hint:
+      refused.reason === 'read-only'
+        ? 'the server is read-only (a standby, or default_transaction_read_only): point the store URL at the primary'
+        : 'free space or memory on the PostgreSQL server (its logs say which), then retry',
+    details: { store: target, errorCode: code, reason: refused.reason, retryable: refused.retryable, outage: true },
+  });
+}
+
 /** Replace every occurrence of `secret` in `text` (drivers should never echo it; this makes sure). */
 function scrub(text: string, secret: string | undefined): string {
   return secret === undefined || secret === '' ? text : text.split(secret).join('***');

@@ -176,6 +176,32 @@ describe('openPostgresStore', () => {
     }
   });
 
+  it('a server that answers but is read-only (a standby, a demoted primary) makes a write an outage, not a failed write', async () => {
+    const url = await running().createDatabase();
+    const store = await openTracked(url, 1);
+    await store.volumes.create(volume('before'));
+    const database = new URL(url).pathname.slice(1);
+    const sessions = "select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and application_name = 'berth'";
+    // New sessions of this database are read-only; the store's pooled one is ended so it opens one.
+    await running().query(`alter database "${database}" set default_transaction_read_only = on`);
+    try {
+      await running().query(sessions, [database]);
+      await store.volumes.list().catch(() => undefined);
+      expect((await store.volumes.list()).map((v) => v.name)).toEqual(['before']);
+      const error = await failure(store.volumes.create(volume('after')));
+      expect(error.code).toBe('UNAVAILABLE');
+      // Core's isStoreOutage: an undo that meets it leaves the operation to recovery.
+      expect(error.details).toMatchObject({ outage: true, reason: 'read-only', retryable: false, errorCode: '25006' });
+      expect(error.message).toMatch(/cannot write now/);
+    } finally {
+      await running().query(`alter database "${database}" reset default_transaction_read_only`);
+    }
+    await running().query(sessions, [database]);
+    await store.volumes.list().catch(() => undefined);
+    await store.volumes.create(volume('after'));
+    expect((await store.volumes.list()).map((v) => v.name).sort()).toEqual(['after', 'before']);
+  });
+
   it('a transaction whose connection the server ended before COMMIT is retryable, and nothing of it committed', async () => {
     const url = await running().createDatabase();
     const store = await openTracked(url, 2);
