@@ -252,6 +252,25 @@ describe('loop transport on real loop devices', () => {
     expect((await env.devicesBacking(connection.data.device_path)).map((d) => d.name)).toEqual([device.path]);
   });
 
+  it('a bound device whose /dev node is missing is not reported detached: the disconnect fails untouched, and works once the node is back', async () => {
+    const connection = await env.makeFile('no-node.img');
+    const device = await env.driver.connect(connection, call());
+    // Moved aside on the real devtmpfs (the device stays bound), and put back in any case.
+    const aside = `/dev/.berth-test-${path.basename(device.path)}-${process.pid}`;
+    await rename(device.path, aside);
+    try {
+      const error = await rejectionOf(env.driver.disconnect(connection, device, { force: false, ...call() }));
+      expect(BerthError.is(error) && error.details).toMatchObject({ reason: 'node-missing', untouched: true });
+      // Still bound, as the kernel says (losetup lists no device without its node).
+      expect((await readFile(`/sys/block/${path.basename(device.path)}/loop/backing_file`, 'utf8')).trim()).toBe(connection.data.device_path);
+    } finally {
+      await rename(aside, device.path);
+    }
+    expect((await env.devicesBacking(connection.data.device_path)).map((d) => d.name)).toEqual([device.path]);
+    await env.driver.disconnect(connection, device, { force: false, ...call() });
+    expect(await env.devicesBacking(connection.data.device_path)).toEqual([]);
+  });
+
   it('a flush berth-loop-detach reports failed refuses the detach, untouched: the device stays attached as it was', async () => {
     // A real failed flush could not be provoked here: the last close of a writer already writes
     // the device's buffers back (and drops them), so what the program flushes is what a holder

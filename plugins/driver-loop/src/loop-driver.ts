@@ -667,7 +667,22 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
       throw untouched(toLoopError(error, 'losetup', what));
     }
     if (outcome === 'detached') return true;
-    if (outcome === 'not-attached') return false;
+    if (outcome === 'not-attached') {
+      // The program says so when it cannot open the node (ENOENT) too: a device whose /dev node
+      // is missing (removed by hand, a container's /dev) may still back the file.
+      if (!(await fs.exists(d.name))) {
+        const now = await backingFileNow(d.name).catch(() => undefined);
+        if (now !== undefined && now.backingFile !== null && files.includes(now.backingFile)) {
+          throw untouched(
+            new BerthError('DRIVER_ERROR', `${d.name} still backs ${now.backingFile}, but its device node is missing; not detached`, {
+              hint: `make the node again (mknod ${d.name} b 7 ${loopName(d.name).slice('loop'.length)}, or udevadm trigger), then disconnect again`,
+              details: { device: d.name, reason: 'node-missing' },
+            }),
+          );
+        }
+      }
+      return false;
+    }
     if (outcome === 'unusable') {
       helperUnusable = true;
       logger.warn({ helper, device: d.name }, 'berth-loop-detach cannot run or may not change loop devices here; detaching with fuser and losetup');
