@@ -8,6 +8,7 @@ import { createMemoryStore } from '../memory-store.js';
 import { reserveAttachmentRecord } from '../pipeline/attach.js';
 import { memCatalog } from '../test-support.js';
 import type { Store } from '../store.js';
+import { ReplicaMaintenance } from './replica.js';
 
 // Replicas on one store: the heartbeat renews this process's operations, takes over those whose
 // lease passed, and fences a run another replica took over. On core's memory store, whose leases
@@ -275,6 +276,75 @@ describe('replicas', () => {
       await stop();
       await service.close();
     }
+  });
+
+  it('a deferred takeover that another replica claimed since is not taken back by this replica\'s recover()', async () => {
+    const store = createMemoryStore();
+    const { service } = replica(store);
+    const op = await diedAfterReserve(store, service);
+    // The first undo's transaction meets an outage: the takeover is deferred, still this replica's.
+    let armed = false;
+    let failed = false;
+    const startStep = store.operations.startStep.bind(store.operations);
+    store.operations.startStep = async (...args) => {
+      if (args[2] === 'undo' && !failed) armed = failed = true;
+      return startStep(...args);
+    };
+    const transaction = store.transaction.bind(store);
+    (store as { transaction: Store['transaction'] }).transaction = async (fn) => {
+      if (armed) {
+        armed = false;
+        throw new BerthError('UNAVAILABLE', 'cannot reach the berth database', { details: { outage: true } });
+      }
+      return transaction(fn);
+    };
+    const me = `${process.pid}@api-1`;
+    await service.startReplica()();
+    expect((await store.operations.require(op.id)).owner).toBe(me);
+    // This replica's lease lapsed (a partition); live replica api-3 claimed it and recovers it.
+    await store.operations.setOwner(op.id, '777@api-3', me);
+    // An operator's `berth reconcile` sent to this replica: the operation is api-3's now.
+    const outcomes = await service.recover();
+    expect(outcomes).toEqual([]);
+    const after = await store.operations.require(op.id);
+    expect(after.owner).toBe('777@api-3');
+    expect(after.state).toBe('running');
+    expect(after.steps.filter((s) => s.phase === 'undo')).toHaveLength(1);
+    await service.close();
+  });
+
+  it('a deferred recovery settled another way (recover(), a reconcile) is forgotten at the next beat, not retried for ever', async () => {
+    const store = createMemoryStore();
+    const { service } = replica(store);
+    const op = await diedAfterReserve(store, service);
+    let armed = false;
+    let failed = false;
+    const startStep = store.operations.startStep.bind(store.operations);
+    store.operations.startStep = async (...args) => {
+      if (args[2] === 'undo' && !failed) armed = failed = true;
+      return startStep(...args);
+    };
+    const transaction = store.transaction.bind(store);
+    (store as { transaction: Store['transaction'] }).transaction = async (fn) => {
+      if (armed) {
+        armed = false;
+        throw new BerthError('UNAVAILABLE', 'cannot reach the berth database', { details: { outage: true } });
+      }
+      return transaction(fn);
+    };
+    // The heartbeat's own object, beaten by hand (the service's internals, as startReplica builds it).
+    const internals = service as unknown as { parts: ConstructorParameters<typeof ReplicaMaintenance>[0]; launcher: ConstructorParameters<typeof ReplicaMaintenance>[1] };
+    const maintenance = new ReplicaMaintenance(internals.parts, internals.launcher);
+    const retries = (maintenance as unknown as { retries: Map<string, unknown> }).retries;
+    await maintenance.beat();
+    await vi.waitFor(() => expect(retries.has(op.id)).toBe(true));
+    expect((await store.operations.require(op.id)).state).toBe('running');
+    // `berth reconcile` on this replica settles it first.
+    expect((await service.recover()).map((o) => o.action)).toEqual(['rolled_back']);
+    await maintenance.beat();
+    expect(retries.has(op.id)).toBe(false);
+    expect(internals.launcher.isAbandoned(op.id)).toBe(false);
+    await service.close();
   });
 
   it('recovers an operation it owns but no longer runs once its deadline passed, and leaves a fresh one alone', async () => {

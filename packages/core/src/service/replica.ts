@@ -11,6 +11,8 @@ import { isStoreOutage } from '../store-errors.js';
 
 /** The longest pause between two recoveries of one operation the database keeps deferring. */
 const MAX_RETRY_PAUSE_MS = 60_000;
+/** Operations one beat starts recovering, of those taken over and of its own orphans each. */
+const ADOPT_PER_BEAT = 10;
 
 /**
  * What keeps several API replicas sharing one store interchangeable (`berth serve`). Every
@@ -22,7 +24,7 @@ const MAX_RETRY_PAUSE_MS = 60_000;
  * 2. takes over up to 10 operations whose lease passed (their replica died) and finishes them
  *    with the recovery rules, under the volume lock: an attach rolls back unless `complete` was
  *    done, a detach past `disconnect` goes forward;
- * 3. recovers the operations it owns but no longer runs: at once those its runs or recoveries gave
+ * 3. recovers (up to 10 a beat) the operations it owns but no longer runs: at once those its runs or recoveries gave
  *    up because the database failed under them (the beat's renewal just proved it answers again;
  *    one deferred again is retried after a growing pause, up to a minute), the others once their
  *    deadline and undo budget passed (their end could not be written here; the renewal would
@@ -93,7 +95,7 @@ export class ReplicaMaintenance {
       const held = new Set(await store.operations.heartbeat!(owner, leaseMs));
       for (const id of before) if (!held.has(id) && (await this.takenOver(id))) this.launcher.fence(id);
       await this.adoptOrphans(held);
-      const taken = await store.operations.claimExpired!(owner, leaseMs, 10);
+      const taken = await store.operations.claimExpired!(owner, leaseMs, ADOPT_PER_BEAT);
       // Recoveries run beside the beat: a long one must not stop the renewals.
       for (const operation of taken) {
         if (!this.recovering.has(operation.id)) this.recovering.set(operation.id, this.takeOver(operation));
@@ -119,7 +121,18 @@ export class ReplicaMaintenance {
   private async adoptOrphans(held: ReadonlySet<string>): Promise<void> {
     const { store, config, logger } = this.parts;
     const now = Date.now();
+    // Settled by another way since (a `recover()`, a reconcile) or taken over by another replica:
+    // not this replica's to retry any more.
+    for (const id of this.retries.keys()) {
+      if (held.has(id) || this.recovering.has(id)) continue;
+      this.retries.delete(id);
+      this.launcher.recovered(id);
+    }
+    // At most as many at once as a beat takes over from dead replicas: a long outage may have
+    // left many, and each recovery runs its host undos again.
+    let started = 0;
     for (const id of held) {
+      if (started >= ADOPT_PER_BEAT) break;
       if (this.launcher.isRunning(id) || this.recovering.has(id) || this.leftAlone.has(id)) continue;
       const abandoned = this.launcher.isAbandoned(id);
       if (abandoned && (this.retries.get(id)?.at ?? 0) > now) continue;
@@ -136,6 +149,7 @@ export class ReplicaMaintenance {
           : 'an operation of this replica passed its deadline with no run left here; recovering it',
       );
       this.recovering.set(id, this.takeOver(operation));
+      started += 1;
     }
   }
 

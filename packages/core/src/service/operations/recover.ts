@@ -27,7 +27,9 @@ export async function recoverDeadOperations(parts: ServiceParts, launcher: Opera
   const { store, identity, owner } = parts;
   const outcomes: RecoveryOutcome[] = [];
   for (const operation of await store.operations.list({ state: 'running' })) {
-    if (!launcher.isAbandoned(operation.id) && ownerAlive(operation.owner, identity.hostname, owner)) continue;
+    // Abandoned only while still this process's: a replica that took it over since owns it now.
+    const abandoned = launcher.isAbandoned(operation.id) && operation.owner === owner;
+    if (!abandoned && ownerAlive(operation.owner, identity.hostname, owner)) continue;
     // Connected on another host root than this berth's transport runs on: left as it is (not even
     // its owner is taken) for a berth on that root, which recovers it when it opens.
     const elsewhere = await foreignHostRoot(parts.deps, operation);
