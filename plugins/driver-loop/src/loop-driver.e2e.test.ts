@@ -261,6 +261,16 @@ describe('loop transport on real loop devices', () => {
     try {
       const error = await rejectionOf(env.driver.disconnect(connection, device, { force: false, ...call() }));
       expect(BerthError.is(error) && error.details).toMatchObject({ reason: 'node-missing', untouched: true });
+      expect(BerthError.is(error) && error.hint).toMatch(/mknod \/dev\/loop\d+ b 7 \d+/);
+      // The ways that list devices (losetup lists none without its node) say so too: a force, a
+      // cut-short connect's clean-up (no device handed in), and the way without berth-loop-detach.
+      const forced = await rejectionOf(env.driver.disconnect(connection, device, { force: true, ...call() }));
+      expect(BerthError.is(forced) && forced.message).toMatch(/device node is missing/);
+      expect(BerthError.is(forced) && forced.details).toMatchObject({ untouched: true });
+      const cleanUp = await rejectionOf(env.driver.disconnect(connection, undefined, { force: false, ...call() }));
+      expect(BerthError.is(cleanUp) && cleanUp.details).toMatchObject({ reason: 'node-missing', untouched: true });
+      const oldWay = await rejectionOf(env.driverWith({ nativeDetach: 'off' }).disconnect(connection, device, { force: false, ...call() }));
+      expect(BerthError.is(oldWay) && oldWay.details).toMatchObject({ reason: 'node-missing', untouched: true });
       // Still bound, as the kernel says (losetup lists no device without its node).
       expect((await readFile(`/sys/block/${path.basename(device.path)}/loop/backing_file`, 'utf8')).trim()).toBe(connection.data.device_path);
     } finally {

@@ -379,6 +379,30 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
     return parseBackFile(text.replace(/\n$/, ''));
   }
 
+  /**
+   * A loop device backing one of `files` whose /dev node is missing (removed by hand, a
+   * container's own /dev): losetup lists no such device and nothing can open it to detach it, so
+   * a disconnect that found "no device" must not report it gone. The untouched error to fail
+   * with, or undefined. `only`: look at that device alone; otherwise at every loop device in
+   * sysfs. A sysfs read that fails (other than a device being torn down) throws: no evidence.
+   */
+  async function nodelessBacking(files: readonly string[], only?: string): Promise<BerthError | undefined> {
+    const names = only !== undefined ? [loopName(only)] : (await fs.readdir(SYS_BLOCK)).filter((n) => /^loop\d+$/.test(n));
+    for (const name of names) {
+      const device = `/dev/${name}`;
+      const now = await backingFileNow(device);
+      if (now === undefined || now.backingFile === null || !files.includes(now.backingFile) || (await fs.exists(device))) continue;
+      const rdev = (await fs.readFileIfExists(`${SYS_BLOCK}/${name}/dev`).catch(() => undefined))?.trim() ?? 'MAJ:MIN';
+      return untouched(
+        new BerthError('DRIVER_ERROR', `${device} still backs ${now.backingFile}, but its device node is missing; not detached`, {
+          hint: `make the node again (mknod ${device} b ${rdev.replace(':', ' ')}, or udevadm trigger), then disconnect again`,
+          details: { device, reason: 'node-missing' },
+        }),
+      );
+    }
+    return undefined;
+  }
+
   async function useDirectIo(file: string): Promise<boolean> {
     if (options.directIo !== 'auto') return options.directIo;
     try {
@@ -670,17 +694,8 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
     if (outcome === 'not-attached') {
       // The program says so when it cannot open the node (ENOENT) too: a device whose /dev node
       // is missing (removed by hand, a container's /dev) may still back the file.
-      if (!(await fs.exists(d.name))) {
-        const now = await backingFileNow(d.name).catch(() => undefined);
-        if (now !== undefined && now.backingFile !== null && files.includes(now.backingFile)) {
-          throw untouched(
-            new BerthError('DRIVER_ERROR', `${d.name} still backs ${now.backingFile}, but its device node is missing; not detached`, {
-              hint: `make the node again (mknod ${d.name} b 7 ${loopName(d.name).slice('loop'.length)}, or udevadm trigger), then disconnect again`,
-              details: { device: d.name, reason: 'node-missing' },
-            }),
-          );
-        }
-      }
+      const nodeless = await nodelessBacking(files, d.name);
+      if (nodeless !== undefined) throw nodeless;
       return false;
     }
     if (outcome === 'unusable') {
@@ -861,23 +876,31 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
         let chosen: LoopDevice[];
         if (device !== undefined) {
           const now = devices.find((d) => d.name === device.path);
-          // Gone: the goal is reached.
-          if (!now) return;
-          const identity = loopIdentity(now);
-          // Ours: it maps this connection's file, and is the very device connect returned.
-          const mine = attachesWholeFile(now, files) && (device.identity === undefined || identity === undefined || sameIdentity(device.identity, identity));
-          // The kernel gave the number to another file (or another attach of this one): not ours.
-          if (!mine) throw identityMismatch(device, identity, key);
-          if (inUse(now)) {
-            throw new BerthError('CONFLICT', `${now.name} is in use by another attachment on this host; not disconnecting it`, {
-              hint: 'this is a bug in the caller: a device other attachments use must not be disconnected',
-              details: { reason: 'in-use', device: now.name, untouched: true },
-            });
+          // Gone: the goal is reached — unless only its node is (losetup lists no device without one).
+          if (!now) {
+            const nodeless = await nodelessBacking(files, device.path).catch((error: unknown) => untouched(toLoopError(error, 'losetup', `disconnecting ${key}`)));
+            if (nodeless === undefined) return;
+            fail(state, nodeless, 'losetup', `disconnecting ${key}`);
+            chosen = [];
+          } else {
+            const identity = loopIdentity(now);
+            // Ours: it maps this connection's file, and is the very device connect returned.
+            const mine = attachesWholeFile(now, files) && (device.identity === undefined || identity === undefined || sameIdentity(device.identity, identity));
+            // The kernel gave the number to another file (or another attach of this one): not ours.
+            if (!mine) throw identityMismatch(device, identity, key);
+            if (inUse(now)) {
+              throw new BerthError('CONFLICT', `${now.name} is in use by another attachment on this host; not disconnecting it`, {
+                hint: 'this is a bug in the caller: a device other attachments use must not be disconnected',
+                details: { reason: 'in-use', device: now.name, untouched: true },
+              });
+            }
+            chosen = [now];
           }
-          chosen = [now];
         } else {
           // What a cut-short connect left: whole-file devices of this file that nobody else uses.
           chosen = devices.filter((d) => attachesWholeFile(d, files) && !d.deleted && !inUse(d));
+          const nodeless = await nodelessBacking(files).catch((error: unknown) => untouched(toLoopError(error, 'losetup', `disconnecting ${key}`)));
+          if (nodeless !== undefined) fail(state, nodeless, 'losetup', `disconnecting ${key}`);
         }
         for (const d of chosen) {
           // Without force a busy device is refused and left as it was; the helper asks the kernel
