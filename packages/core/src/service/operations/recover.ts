@@ -21,7 +21,7 @@ export function recoveryDeps(parts: ServiceParts): RecoveryDeps {
 
 /**
  * Finish every `running` operation whose owner is a dead process on this host (or that this
- * process abandoned), each under its volume lock.
+ * process abandoned and still owns: a replica may have claimed it since), each under its volume lock.
  */
 export async function recoverDeadOperations(parts: ServiceParts, launcher: OperationLauncher): Promise<RecoveryOutcome[]> {
   const { store, identity, owner } = parts;
