@@ -6,6 +6,13 @@ import { ensureMap, removeMap, waitForSlaves, waitUntilUsable, type MultipathMap
 /** The map a connect built, and the paths that have not joined it. */
 export interface MapOutcome {
   map?: MultipathMap;
+  /**
+   * This connect's own map (every path's disk is one its scan made): its undo may remove it. A
+   * map over disks that were there before is another attachment's of the volume (a repeat
+   * connect finds it): removing it would free its dm name for the next volume's map while that
+   * attachment still records it.
+   */
+  made: boolean;
   /** Disks up but not (yet) slaves of the map. */
   notInMap: Set<string>;
 }
@@ -27,6 +34,13 @@ export async function buildMap(
   const { mapTimeoutMs } = ctx.options;
   const notInMap = new Set<string>();
   const devices = good.map((o) => o.device?.name ?? '');
+  // A disk this connect did not scan was there before it, and so may be a map's another
+  // attachment of the volume uses: such a map is never removed here (`MapOutcome.made`).
+  const made = good.every((o) => o.progress.scanned);
+  const drop = async (map: MultipathMap, warning: string): Promise<void> => {
+    if (made) await dropMap(ctx, map, warning);
+    else ctx.logger.warn({ dm: map.dm, wwn }, 'leaving the multipath map: it was there before this connect (another attachment of the volume uses it)');
+  };
   const mapBudget = AbortSignal.any([signal, AbortSignal.timeout(mapTimeoutMs)]);
   let map: MultipathMap | undefined;
   try {
@@ -42,10 +56,10 @@ export async function buildMap(
     const readiness = await waitUntilUsable(ctx.mapHost, map, { timeoutMs: mapTimeoutMs, signal });
     lap('ready');
     ctx.logger.debug({ dm: map.dm, readiness }, 'multipath map usable');
-    return { map, notInMap };
+    return { map, made, notInMap };
   } catch (error) {
     if (signal.aborted || options.enforce) {
-      if (map !== undefined) await dropMap(ctx, map, 'undo: could not remove the map');
+      if (map !== undefined) await drop(map, 'undo: could not remove the map');
       throw error;
     }
     // No map within its budget (blacklisted, a policy that will not map it): one path, as
@@ -53,10 +67,10 @@ export async function buildMap(
     const why = toBerthError(error, 'DRIVER_ERROR').message;
     warnings.push(`no usable multipath map (${why}): connected through one path only`);
     ctx.logger.warn({ wwn, error: why }, 'no usable multipath map: degrading to one path');
-    if (map !== undefined) await dropMap(ctx, map, 'could not remove the half-made map');
+    if (map !== undefined) await drop(map, 'could not remove the half-made map');
     await keepFirstPathOnly(ctx, good);
     lap('map');
-    return { notInMap };
+    return { made: false, notInMap };
   }
 }
 
@@ -69,7 +83,7 @@ export async function keepFirstPathOnly(ctx: MultipathContext, up: PathOutcome[]
   }
 }
 
-/** Remove a map this connect made (bounded, never throws). */
+/** Remove a map this connect made (`MapOutcome.made`; bounded, never throws). */
 export async function dropMap(ctx: MultipathContext, map: MultipathMap, warning: string): Promise<void> {
   await removeMap(ctx.mapHost, map, { signal: ctx.lifecycle.cleanupSignal(), timeoutMs: ctx.options.deviceTimeoutMs, attempts: 2, retryDelayMs: ctx.options.flushRetryDelayMs }).catch(
     (error: unknown) => ctx.logger.warn({ dm: map.dm, error: messageOf(error) }, warning),

@@ -99,15 +99,17 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
     lap('paths');
 
     let map: MultipathMap | undefined;
+    let mapMade = false;
     try {
       const up = outcomes.filter((o) => o.status === 'up');
       if (up.length === 0) throw noPathError(volume, outcomes, signal);
       const wwn = chooseWwn(volume, up);
       await refuseOtherLuns(ctx, outcomes, wwn, warnings);
       const good = outcomes.filter((o) => o.status === 'up');
-      const built = degraded ? { notInMap: new Set<string>() } : await buildMap(ctx, good, wwn, { signal, enforce, warnings, lap });
+      const built = degraded ? { made: false, notInMap: new Set<string>() } : await buildMap(ctx, good, wwn, { signal, enforce, warnings, lap });
       if (degraded) await keepFirstPathOnly(ctx, good);
       map = built.map;
+      mapMade = built.made;
       if (!outcomes.some((o) => o.status === 'up' && o.device !== undefined)) throw noPathError(volume, outcomes, signal);
       if (connected.graceMs !== undefined) warnings.push(`gave up on ${outcomes.filter((o) => o.status === 'failed').length} path(s) still logging in ${connected.graceMs} ms past the healthy logins' time`);
       const result: VolumeOutcome = { volume, outcomes, map, notInMap: built.notInMap, wwn, warnings, timings };
@@ -130,7 +132,8 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
       );
       return device;
     } catch (error) {
-      if (map !== undefined) await dropMap(ctx, map, 'undo: could not remove the map');
+      // Only this connect's own map: one that was there before is another attachment's.
+      if (map !== undefined && mapMade) await dropMap(ctx, map, 'undo: could not remove the map');
       await Promise.all([connected.stragglersUndone, ...outcomes.filter((o) => o.status === 'up').map((o) => lifecycle.release(o.target, o.progress))]);
       // No state to keep them in: finished in this process (an earlier state keeps its own).
       watchLeft(volumeKey(volume), undefined, connected.left);

@@ -58,6 +58,27 @@ describe('multipath device identity', () => {
     expect((await env.sim.state()).sessions).toEqual([]);
   });
 
+  it('a repeat connect of a connected volume whose map is not usable now never removes that map (another attachment\'s): its dm-N is not handed to the next volume', async () => {
+    const OTHER = 'iqn.2026-01.test.berth:mp-identity-other';
+    env = await startSimEnv({ driver: { stragglerGraceMs: 30_000, mapTimeoutMs: 800 }, targets: [targetSpec(IQN, portals, 1), targetSpec(OTHER, portals, 1)] });
+    const volumeId = '6f1b0c1e-0000-4000-8000-000000000001';
+    // Attachment 1 of the volume: its map.
+    const first = await env.driver.connect(listConnection(IQN, 1, portals), call(60_000, volumeId));
+    const sessions = (await env.sim.state()).sessions;
+    // Every path lost for a moment: the map has no usable path.
+    for (const session of sessions) await env.sim.faults.loseSession(session.sid);
+    // Attachment 2 of the same volume (core connects again: connect is idempotent). It degrades,
+    // or fails; either way attachment 1's map stays.
+    const second = await env.driver.connect(listConnection(IQN, 1, portals), call(60_000, volumeId)).catch((error: unknown) => error);
+    expect(await existsUnder(env.host, first.path)).toBe(true);
+    expect((await env.sim.state()).maps.map((m) => [m.dm, m.wwid])).toEqual([[first.path.slice('/dev/'.length), first.multipath_id]]);
+    for (const session of sessions) await env.sim.faults.restoreSession(session.sid);
+    // Another volume's map gets another dm-N: attachment 1's device (and its /dev/berth link) still reaches its own volume.
+    const other = await env.driver.connect(listConnection(OTHER, 1, portals), call(60_000));
+    expect(other.path).not.toBe(first.path);
+    expect(second).toBeDefined();
+  });
+
   it('never removes a map another attachment uses (inUse), nor its paths or sessions', async () => {
     env = await startSimEnv({ targets: [targetSpec(IQN, portals, 1)] });
     const device = await env.driver.connect(listConnection(IQN, 1, portals), call(60_000));
