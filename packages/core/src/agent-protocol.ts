@@ -95,6 +95,8 @@ export const zUnpublishOrphanPayload = lazySchema(() => z.object({
   device: zDevice,
   /** The transport that lists the device (its host root maps the path to the machine's); absent: taken as it is. */
   transport: z.string().min(1).optional(),
+  /** Link names live records hold on the host (`UnpublishOrphanOptions.keep`); absent from an older API: none. */
+  keep: z.array(z.string().min(1)).optional(),
 }));
 /** What `unpublish_orphan` answers: whether the consumer can do it at all (`Consumer.unpublishOrphan`). */
 export const zUnpublishOrphanResult = lazySchema(() => z.object({ supported: z.boolean() }));

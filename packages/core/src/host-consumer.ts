@@ -1,5 +1,5 @@
 import type { HostFs } from '@berth/host';
-import type { Consumer, Publication, UnpublishOptions } from './contracts/consumer.js';
+import type { Consumer, Publication, UnpublishOptions, UnpublishOrphanOptions } from './contracts/consumer.js';
 import type { Device } from './connection.js';
 import type { Attachment, Server } from './model.js';
 import { definePlugin, PLUGIN_API_VERSION } from './plugin.js';
@@ -52,15 +52,17 @@ export function createHostConsumer(fs: HostFs): Consumer & Required<Pick<Consume
         await fs.unlink(link);
       }
     },
-    async unpublishOrphan(volumeId: string, device: Device): Promise<void> {
+    async unpublishOrphan(volumeId: string, device: Device, options: UnpublishOrphanOptions = {}): Promise<void> {
       const target = device.path;
+      const keep = new Set(options.keep ?? []);
       const link = stableLinkPath(volumeId);
-      if ((await fs.readlink(link)) === target) await fs.unlink(link);
+      if (!keep.has(volumeId) && (await fs.readlink(link)) === target) await fs.unlink(link);
       // The attachment's own link is named by an id no record holds any more (the row was lost):
-      // every berth name still leading to this device is one of those, since no record names the
-      // device. Links leading anywhere else stay.
+      // a berth name leading to this device that no live record holds (`keep`) is one of those.
+      // A live record's name leading there is another attachment's: the kernel gave the device's
+      // name to its disk. Links leading anywhere else stay.
       for (const name of await fs.readdir(STABLE_LINK_DIR)) {
-        if (!BERTH_LINK_NAME.test(name)) continue;
+        if (!BERTH_LINK_NAME.test(name) || keep.has(name)) continue;
         const path = `${STABLE_LINK_DIR}/${name}`;
         if ((await fs.readlink(path)) === target) await fs.unlink(path);
       }

@@ -1,6 +1,7 @@
 import type { HostServices } from '@berth/host';
 import { DriverCatalog } from './catalog.js';
 import type { Device } from './connection.js';
+import type { Consumer } from './contracts/consumer.js';
 import type { TransportDriver } from './contracts/transport-driver.js';
 import { silentLogger } from './logger.js';
 import { definePlugin, PLUGIN_API_VERSION } from './plugin.js';
@@ -24,6 +25,10 @@ export interface MemCatalogOptions {
   pathStates?: Map<string, string>;
   /** Each `connected()` call, named by what it may do: `readOnly` (a dry run's) or `may-change`. Needs `lists`. */
   looks?: string[];
+  /** Registered as consumer `mem` instead of the one that only names paths. */
+  consumer?: Consumer;
+  /** Called by the transport's disconnect once the device is gone from `devices`. */
+  afterDisconnect?: (device: string) => Promise<void>;
 }
 
 /**
@@ -60,6 +65,7 @@ export function memCatalog(devices: Map<string, Device>, connect?: TransportDriv
         disconnect: async (c) => {
           called('disconnect');
           devices.delete(String(c.data.device_path));
+          await options.afterDisconnect?.(String(c.data.device_path));
         },
         ...(options.lists
           ? {
@@ -85,11 +91,13 @@ export function memCatalog(devices: Map<string, Device>, connect?: TransportDriv
           : {}),
         check: async () => ({ ok: true, summary: 'mem' }),
       }));
-      r.consumer('mem', () => ({
-        name: 'mem',
-        publish: async (_s, device) => ({ path: `/dev/berth${device.path}` }),
-        unpublish: async () => called('unpublish'),
-      }));
+      r.consumer('mem', () =>
+        options.consumer ?? {
+          name: 'mem',
+          publish: async (_s, device) => ({ path: `/dev/berth${device.path}` }),
+          unpublish: async () => called('unpublish'),
+        },
+      );
     },
   });
   catalog.add({ plugin, packageName: 'mem', version: undefined, options: undefined });

@@ -221,7 +221,7 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
 
     // No server record, no domain: only the host link goes (a guest holding the device would have
     // kept reconcile's disconnect, which runs first, from happening).
-    unpublishOrphan: (volumeId, device) => link.unpublishOrphan(volumeId, device),
+    unpublishOrphan: (volumeId, device, options) => link.unpublishOrphan(volumeId, device, options),
 
     async guestDisks(server) {
       const hv = libvirtHypervisorOf(server);

@@ -225,7 +225,7 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
 
     // No server record, no QMP socket: only the host link goes (a guest holding the device would
     // have kept reconcile's disconnect, which runs first, from happening).
-    unpublishOrphan: (volumeId, device) => link.unpublishOrphan(volumeId, device),
+    unpublishOrphan: (volumeId, device, options) => link.unpublishOrphan(volumeId, device, options),
 
     async guestDisks(server) {
       const hv = qemuHypervisorOf(server);

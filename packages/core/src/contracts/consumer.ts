@@ -24,6 +24,16 @@ export interface UnpublishOptions {
   stillShared?: boolean;
 }
 
+/** What `Consumer.unpublishOrphan` must leave alone. */
+export interface UnpublishOrphanOptions {
+  /**
+   * Names that live records hold on this host — its attachments' ids and their volumes' ids —:
+   * never removed, even when they lead to the orphan's device (the kernel gave its name to
+   * another disk, which another attachment published). Absent: an older caller; nothing is kept.
+   */
+  keep?: readonly string[];
+}
+
 /** A disk a guest consumer finds in a server's guest (`Consumer.guestDisks`). */
 export interface GuestDisk {
   /** The disk's serial as the hypervisor holds it (berth plugs with serial = volume id). */
@@ -60,9 +70,12 @@ export interface Consumer {
    * loop number is reused for the next file attached). Without the server record a guest consumer
    * cannot find a guest: the guest side is not touched (a guest still holding the device keeps the
    * disconnect before this from happening). Idempotent; the consumer conformance suite checks it.
-   * A consumer without it leaves such names behind (reconcile logs it).
+   * A consumer without it leaves such names behind (reconcile logs it). Names in `options.keep`
+   * (the ids of the attachments and volumes records hold on this host) stay whatever they lead
+   * to: a device's name is reused by the kernel for the next disk, which another attachment may
+   * have published.
    */
-  unpublishOrphan?(volumeId: string, device: Device): Promise<void>;
+  unpublishOrphan?(volumeId: string, device: Device, options?: UnpublishOrphanOptions): Promise<void>;
   /**
    * A guest consumer: every disk the server's guest has now, whoever plugged it, by serial (the
    * hypervisor's view: QEMU's qdev tree, the live domain XML); `undefined` when the guest does not

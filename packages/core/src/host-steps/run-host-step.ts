@@ -99,7 +99,7 @@ async function runParsed(host: HostStepHost, step: HostStepName, payload: unknow
       const p = input('unpublish_orphan', payload);
       const consumer = catalog.consumer(p.consumer);
       if (!consumer.unpublishOrphan) return { supported: false };
-      await consumer.unpublishOrphan(p.volumeId, catalog.machineDevice(p.transport ?? null, p.device));
+      await consumer.unpublishOrphan(p.volumeId, catalog.machineDevice(p.transport ?? null, p.device), { keep: p.keep ?? [] });
       return { supported: true };
     }
     case 'repair_paths': {

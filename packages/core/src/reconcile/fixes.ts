@@ -72,6 +72,10 @@ export async function fixOf(deps: ReconcileDeps, finding: Finding, target: FixTa
       delete data.deleted;
       const connection = record?.connectionInfo ?? ({ driver_volume_type: finding.protocol, data } as ConnectionInfo);
       const device = record?.device ?? connected?.device;
+      // What was published for it goes first, while the device still holds its name: once it is
+      // disconnected the kernel hands the name to the next disk, which another volume's attach may
+      // publish meanwhile (under its own lock, not this one's). Names live records hold stay.
+      if (connected) await unpublishOrphan(deps, steps, fresh.volume, { device: connected.device, transport: finding.transport }, { operationId, signal });
       // Under the volume's device lease, identity-checked, and not forced: a device something holds
       // open (someone's mount of a volume file) is left alone, the fix fails naming the holder.
       const outcome = await releaseShared(deps, {
@@ -85,7 +89,6 @@ export async function fixOf(deps: ReconcileDeps, finding: Finding, target: FixTa
         force: false,
         signal,
       });
-      if (connected && !outcome.identityMismatch) await unpublishOrphan(deps, steps, fresh.volume, { device: connected.device, transport: finding.transport }, { operationId, signal });
       return outcome.identityMismatch || !connected ? `${device?.path ?? 'the device'} was already gone${record ? '; record removed' : ''}` : `${connected.device.path} disconnected`;
     }
     case 'attachment_device_gone':
@@ -122,14 +125,19 @@ export async function fixOf(deps: ReconcileDeps, finding: Finding, target: FixTa
  * Ask the consumer, on the device's host, to take down what it published for an orphaned device
  * (`Consumer.unpublishOrphan`: no attachment names the server any more, so it gets the volume's
  * id and the device only; the host consumer removes `/dev/berth/<volume-id>` when, and only when,
- * it still leads to that device: a loop number is reused for the next file attached). Best
- * effort: the device is gone either way.
+ * it still leads to that device: a loop number is reused for the next file attached), before the
+ * device is disconnected, and never a name a live record on the host holds (`keep`). Best effort:
+ * the device goes either way.
  */
 async function unpublishOrphan(deps: ReconcileDeps, steps: HostSteps, volume: Volume, listed: { device: Device; transport: string }, call: HostStepCall): Promise<void> {
   const consumer = deps.config.consumer;
   const { device } = listed;
   try {
-    const { supported } = await steps.run('unpublish_orphan', { consumer, volumeId: volume.id, ...listed }, call);
+    // Every attachment on the host, whatever its state (one being attached has its row from its
+    // reserve on, before it publishes anything), and its volume: their names stay.
+    const live = await deps.store.attachments.list({ hostId: steps.host.id });
+    const keep = [...new Set(live.flatMap((a) => [a.id, a.volumeId]))];
+    const { supported } = await steps.run('unpublish_orphan', { consumer, volumeId: volume.id, ...listed, keep }, call);
     if (!supported) deps.logger.warn({ volumeId: volume.id, device: device.path, consumer }, 'reconcile: the consumer cannot drop what it published without a record; left as it is');
   } catch (error) {
     deps.logger.warn({ volumeId: volume.id, device: device.path, err: toBerthError(error).message }, 'reconcile: could not unpublish an orphaned device');

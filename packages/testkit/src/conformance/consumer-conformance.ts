@@ -34,7 +34,7 @@ export interface ConsumerConformanceOptions {
  * host name (`/dev/berth/<volume-id>`) leading to the device while published, and gone after; and
  * `unpublishOrphan` — what `berth reconcile` calls for a device no record names any more — drops
  * that name only while it still leads to that very device (a loop number is reused for the next
- * file attached), and is idempotent; a guest consumer (one with `guestDisks`) has `unplugGuestDisk`
+ * file attached), never a name in its `keep` (live records' ids), and is idempotent; a guest consumer (one with `guestDisks`) has `unplugGuestDisk`
  * too, lists a published volume's disk by serial = volume id, and unplugs it (idempotently) while
  * the host's name stays for `unpublish`. Call it at the top level of a test file (or inside a
  * `describe` whose `beforeAll` made what the setup uses); it registers a vitest `describe` block.
@@ -98,6 +98,21 @@ export function describeConsumerConformance(name: string, setup: () => Promise<C
         expect(await fs.readlink(attachmentLinkPath(v.attachment.id))).toBe(v.device.path);
         await consumer.unpublishOrphan!(v.volumeId, v.device);
         expect(await fs.readlink(attachmentLinkPath(v.attachment.id))).toBeUndefined();
+      } finally {
+        await consumer.unpublish(server, v.attachment);
+      }
+    });
+
+    it('unpublishOrphan leaves the names live records hold (keep), even leading to the orphan\'s device: the kernel reused its name for another attachment\'s disk', async () => {
+      const { consumer, server } = current();
+      const v = await current().makeVolume();
+      await consumer.publish(server, v.device, v.attachment);
+      try {
+        // Another volume's orphan whose device had the same name before the kernel reused it.
+        const orphanVolume = '0f0f0f0f-0f0f-4f0f-8f0f-0f0f0f0f0f0f';
+        await consumer.unpublishOrphan!(orphanVolume, v.device, { keep: [v.attachment.id, v.volumeId] });
+        expect(await fs.readlink(attachmentLinkPath(v.attachment.id))).toBe(v.device.path);
+        expect(await volumeLink(v.volumeId)).toBe(v.device.path);
       } finally {
         await consumer.unpublish(server, v.attachment);
       }
