@@ -342,6 +342,77 @@ describe('tgt backend on a real tgtd', () => {
     expect(await codeOf(env.backend.create({ ...v, sizeBytes: 64 * MiB }, signal()))).toBe('CONFLICT');
   });
 
+  it('each volume\'s LUN has its own SCSI identity (WWN): a volume made after a deleted one, on its tid, does not get the deleted one\'s', async () => {
+    const { volumeScsiId } = await import('./backend-tgt.js');
+    const scsiIdOf = async (info: ConnectionInfo) => (await targets()).find((t) => t.iqn === info.data.target_iqn)?.luns.find((l) => l.lun === 1)?.scsiId;
+    const a = volume();
+    await env.backend.create(a, signal());
+    const infoA = remember(await env.backend.initializeConnection(a, hostA, signal()));
+    const tidA = (await targets()).find((t) => t.iqn === infoA.data.target_iqn)?.tid;
+    expect(await scsiIdOf(infoA)).toBe(volumeScsiId(a.id));
+    await env.backend.terminateConnection(a, hostA, signal());
+    await env.backend.delete(a, signal());
+    const b = volume();
+    await env.backend.create(b, signal());
+    const infoB = remember(await env.backend.initializeConnection(b, hostA, signal()));
+    // The smallest free tid: the deleted volume's. tgtd's default identity (tid and LUN) would be the same.
+    expect((await targets()).find((t) => t.iqn === infoB.data.target_iqn)?.tid).toBe(tidA);
+    expect(await scsiIdOf(infoB)).toBe(volumeScsiId(b.id));
+    expect(volumeScsiId(b.id)).not.toBe(volumeScsiId(a.id));
+    await env.backend.terminateConnection(b, hostA, signal());
+    await env.backend.delete(b, signal());
+  });
+
+  it('a tgtd restarted behind an unmanaged backend with another target at the recorded tid: no call touches that target', async () => {
+    const { mkdtemp, rm, writeFile: write } = await import('node:fs/promises');
+    const os = await import('node:os');
+    const otherDir = await mkdtemp(path.join(os.tmpdir(), 'berth-tgt-tidreuse-'));
+    const foreignIqn = 'iqn.2020-01.example:foreign';
+    const foreignFile = path.join(otherDir, 'foreign.img');
+    const tgtadm = (...args: string[]) => env.runner.run('tgtadm', ['-C', String(env.controlPort), '--lld', 'iscsi', ...args]);
+    let foreignTid: number | undefined;
+    try {
+      await write(foreignFile, Buffer.alloc(4 * MiB));
+      const { createTgtBackend } = await import('./backend-tgt.js');
+      const { collectingLogger } = await import('./test-tgt-env.js');
+      const unmanaged = createTgtBackend({
+        host: env.host,
+        dataDir: otherDir,
+        options: { manageDaemon: false, controlPort: env.controlPort, portals: env.portals, iqnPrefix: 'iqn.2026-11.io.berth.reuse' },
+        logger: collectingLogger(env.logs),
+      });
+      const x = volume();
+      await unmanaged.create(x, signal());
+      const info = remember(await unmanaged.initializeConnection(x, hostA, signal()));
+      const tid = (await targets()).find((t) => t.iqn === info.data.target_iqn)!.tid;
+      // What a restart of that tgtd leaves: the volume's target gone, another one at its tid.
+      await tgtadm('--op', 'delete', '--mode', 'target', '--tid', String(tid), '--force');
+      await tgtadm('--op', 'new', '--mode', 'target', '--tid', String(tid), '-T', foreignIqn);
+      await tgtadm('--op', 'new', '--mode', 'logicalunit', '--tid', String(tid), '--lun', '1', '-b', foreignFile);
+      foreignTid = tid;
+      const foreign = async () => (await targets()).find((t) => t.tid === tid);
+      const before = await foreign();
+
+      await unmanaged.initializeConnection(x, hostB, signal());
+      await unmanaged.extend!(x, 64 * MiB, signal());
+      await unmanaged.terminateConnection(x, hostA, signal());
+      // The foreign target is as it was: its LUN on its own file, its ACL untouched.
+      const after = await foreign();
+      expect(after?.iqn).toBe(foreignIqn);
+      expect(after?.luns.find((l) => l.lun === 1)?.backingStorePath).toBe(foreignFile);
+      expect(after?.acls).toEqual(before?.acls);
+      // The volume's target is back at another tid, with the ACL its calls made.
+      const mine = (await targets()).find((t) => t.iqn === info.data.target_iqn);
+      expect(mine?.tid).not.toBe(tid);
+      expect(mine?.acls).toEqual([INITIATOR_B]);
+      await unmanaged.terminateConnection(x, hostB, signal());
+      await unmanaged.delete(x, signal());
+    } finally {
+      if (foreignTid !== undefined) await tgtadm('--op', 'delete', '--mode', 'target', '--tid', String(foreignTid), '--force').catch(() => undefined);
+      await rm(otherDir, { recursive: true, force: true });
+    }
+  });
+
   it('drives an existing tgtd with manageDaemon: false (its own targets untouched, its tids avoided)', async () => {
     const { mkdtemp, rm } = await import('node:fs/promises');
     const os = await import('node:os');

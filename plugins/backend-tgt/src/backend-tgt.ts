@@ -124,9 +124,22 @@ export function createTgtBackend(context: PluginContext<Partial<TgtBackendOption
     return record;
   }
 
-  /** Run `action`; when tgtd says the target is gone (drift), re-create the volume's export and retry once. */
+  /**
+   * Run `action` on the volume's target, addressed by its recorded tid — once tgtd shows that tid
+   * holding the volume's IQN. A tgtd restarted behind this process (one berth does not manage: the
+   * system's, or another data dir's) numbers its targets anew, and a tid-addressed `tgtadm` call would
+   * then bind an initiator into, or re-point the LUN of, another target. Otherwise (and when tgtd
+   * says the target is gone meanwhile) the volume's export is reconciled first: found at its new tid
+   * by IQN, or re-created.
+   */
   async function withTarget<T>(state: TgtState, id: string, signal: AbortSignal, action: (record: VolumeRecord) => Promise<T>): Promise<T> {
     const record = recordOf(state, id);
+    const targets = await tgtadm.showTargets(signal);
+    if (!targets.some((t) => t.tid === record.tid && t.iqn === record.iqn)) {
+      const holder = targets.find((t) => t.tid === record.tid)?.iqn;
+      logger.warn({ volumeId: id, iqn: record.iqn, tid: record.tid, ...(holder === undefined ? {} : { holder }) }, 'tgtd does not hold the volume\'s target at its recorded tid; reconciling it first');
+      await reconcileVolume(tgtadm, state, id, record, { targets, accounts: await tgtadm.showAccounts(signal) }, logger, signal);
+    }
     try {
       return await action(record);
     } catch (error) {
@@ -237,6 +250,7 @@ export function createTgtBackend(context: PluginContext<Partial<TgtBackendOption
           ...(options.mutualChap ? { mutualChap: newChapCredentials('berth-t-') } : {}),
           initiators: [],
           createdAt: new Date().toISOString(),
+          scsiId: volumeScsiId(id),
         };
         state.volumes[id] = record;
         try {
@@ -339,8 +353,18 @@ export function createTgtBackend(context: PluginContext<Partial<TgtBackendOption
       await withTgtd(signal, async (state) => {
         const record = state.volumes[id];
         if (!record) return;
+        // Found by its IQN, not trusted at the recorded tid: a tgtd restarted behind this process
+        // may hold another target there (see withTarget). No target: no ACL left to remove.
+        const target = (await tgtadm.showTargets(signal)).find((t) => t.iqn === record.iqn);
+        if (target) {
+          if (target.tid !== record.tid) {
+            logger.warn({ volumeId: id, iqn: record.iqn, recordedTid: record.tid, tid: target.tid }, 'the target has another tid than recorded; recording it');
+            record.tid = target.tid;
+          }
+          await tgtadm.unbindInitiator(target.tid, initiator, { signal, secrets: secretsOf(record) });
+        }
+        // Dropped once tgtd let it go: a failed unbind keeps it, for the next terminate or restore.
         record.initiators = record.initiators.filter((i) => i !== initiator);
-        await tgtadm.unbindInitiator(record.tid, initiator, { signal, secrets: secretsOf(record) });
         logger.info({ volumeId: id, tid: record.tid, initiator }, 'initiator removed');
       });
     },
@@ -491,3 +515,7 @@ function fsError(error: unknown, what: string): BerthError {
   return new BerthError('BACKEND_ERROR', `${what}: ${message}`, { cause: error });
 }
 
+/** A volume's own SCSI identity for tgtd (`VolumeRecord.scsiId`): its id's 32 hex digits. */
+export function volumeScsiId(volumeId: string): string {
+  return volumeId.replaceAll('-', '').toLowerCase();
+}

@@ -78,6 +78,16 @@ export async function reconcileVolume(
       details: { volumeId, tid },
     });
   }
+  if (lun && record.scsiId !== undefined && lun.scsiId !== undefined && lun.scsiId !== record.scsiId) {
+    // Made, then cut short before its identity was set (a crash between the two calls): set now
+    // while no session sees it; under a session the identity a host holds is not changed.
+    if (target.nexuses.length === 0) {
+      await tgtadm.updateLun(tid, VOLUME_LUN, `scsi_id=${record.scsiId}`, call);
+      lun.scsiId = record.scsiId;
+    } else {
+      logger.warn({ volumeId, tid, scsiId: lun.scsiId }, 'the LUN has not got the volume\'s SCSI identity, and a session holds it: left as it is');
+    }
+  }
   if (!lun) {
     const file = await stat(record.file).catch(() => undefined);
     if (!file?.isFile()) {
@@ -87,7 +97,9 @@ export async function reconcileVolume(
       });
     }
     await tgtadm.newLun(tid, VOLUME_LUN, record.file, call);
-    target.luns.push({ lun: VOLUME_LUN, type: 'disk', sizeMb: 0, backingStoreType: 'rdwr', backingStorePath: record.file, online: true });
+    // The volume's own identity, before any initiator is let in to see the default one.
+    if (record.scsiId !== undefined) await tgtadm.updateLun(tid, VOLUME_LUN, `scsi_id=${record.scsiId}`, call);
+    target.luns.push({ lun: VOLUME_LUN, type: 'disk', sizeMb: 0, backingStoreType: 'rdwr', backingStorePath: record.file, online: true, ...(record.scsiId === undefined ? {} : { scsiId: record.scsiId }) });
   }
 
   for (const [credentials, outgoing] of [

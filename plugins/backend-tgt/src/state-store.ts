@@ -22,6 +22,16 @@ export const zVolumeRecord = lazySchema(() => z.object({
   /** Initiator IQNs allowed to log in (one ACL entry each). */
   initiators: z.array(z.string()),
   createdAt: z.string(),
+  /**
+   * The LUN's own SCSI identity, set as tgtd's `scsi_id`: the volume id's 32 hex digits, so its
+   * WWN (`naa.6` and the last 31) is the volume's, whatever tid the target gets (the unit serial,
+   * page 0x80, stays tgtd's `beaf<tid><lun>`: hosts key on the WWN, and the simulated host reads
+   * the tid from the serial). By
+   * default tgtd derives it from tid and LUN alone: a volume created after another was deleted (the
+   * smallest free tid) got the deleted one's WWN, and two backends' first volumes the same one.
+   * Absent on a volume an older berth created: its WWN stays tid-derived (a host may hold it).
+   */
+  scsiId: z.string().regex(/^[0-9a-f]{32}$/).optional(),
 }));
 
 /** One volume's record. */

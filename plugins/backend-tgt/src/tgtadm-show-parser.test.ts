@@ -12,8 +12,8 @@ describe('parseTargetList (tgtadm --op show --mode target, tgt 1.0.85)', () => {
       state: 'ready',
       nexuses: [],
       luns: [
-        { lun: 0, type: 'controller', sizeMb: 0, backingStoreType: 'null', backingStorePath: null, online: true },
-        { lun: 1, type: 'disk', sizeMb: 67, backingStoreType: 'rdwr', backingStorePath: '/srv/fixt/lun1.img', online: true },
+        { lun: 0, type: 'controller', sizeMb: 0, backingStoreType: 'null', backingStorePath: null, online: true, scsiId: 'IET     00010000' },
+        { lun: 1, type: 'disk', sizeMb: 67, backingStoreType: 'rdwr', backingStorePath: '/srv/fixt/lun1.img', online: true, scsiId: 'IET     00010001' },
       ],
       accounts: [
         { user: 'chapuser', outgoing: false },

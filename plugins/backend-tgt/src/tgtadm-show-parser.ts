@@ -21,6 +21,8 @@ export interface TgtLun {
   /** The backing file; null for LUN 0 (`None`). */
   backingStorePath: string | null;
   online: boolean;
+  /** `SCSI ID` (tgtd's `scsi_id`: `IET     00010001` by default, or what berth set); absent when not printed. */
+  scsiId?: string;
 }
 
 /** A CHAP account bound to a target. */
@@ -123,6 +125,7 @@ export function parseTargetList(stdout: string): TgtTarget[] {
         else if (key === 'Online') lun.online = value === 'Yes';
         else if (key === 'Backing store type') lun.backingStoreType = value;
         else if (key === 'Backing store path') lun.backingStorePath = value === 'None' ? null : value;
+        else if (key === 'SCSI ID') lun.scsiId = value;
         break;
       }
       case 'account': {

@@ -60,6 +60,9 @@ describe("tgtd's LUN identity (KERNEL-MODEL §6)", () => {
     expect(identity.vpdPg80.equals(tgtVpdPg80('beaf11'))).toBe(true);
     expect(printedAsCString(tgtNaa6('IET     00010001'))).toBe('`');
     expect(printedAsCString(tgtNaa3(1, 1))).toBe('0');
+    // The tgt backend's scsi_id (a volume id's hex digits): bytes above 0x7f, as the runner decodes them.
+    expect(printedAsCString(tgtNaa6('551c7570c60140daa90b272d01929ba6'))).toBe(Buffer.from([0x65, 0x1c, 0x75, 0x70, 0xc6, 0x01, 0x40, 0xda, 0xa9, 0x0b, 0x27, 0x2d, 0x01, 0x92, 0x9b, 0xa6]).toString('utf8'));
+    expect(tgtWwid('551c7570c60140daa90b272d01929ba6')).toBe('naa.651c7570c60140daa90b272d01929ba6');
   });
 
   it('refuses a page 0x83 that is not tgtd-shaped', () => {

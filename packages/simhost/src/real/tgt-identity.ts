@@ -94,7 +94,10 @@ export function tgtWwid(scsiId: string): string {
 /** How libiscsi prints a binary designator: its bytes up to the first NUL, as a C string. */
 export function printedAsCString(bytes: Buffer): string {
   const nul = bytes.indexOf(0);
-  return (nul < 0 ? bytes : bytes.subarray(0, nul)).toString('latin1');
+  // Decoded as berth's command runner decodes a tool's stdout (UTF-8, a byte that is not part of
+  // a character becoming U+FFFD): an `scsi_id` of hex digits (the tgt backend's, the volume id)
+  // makes an NAA 6 value of bytes above 0x7f, which `latin1` would spell otherwise.
+  return (nul < 0 ? bytes : bytes.subarray(0, nul)).toString('utf8');
 }
 
 /**
