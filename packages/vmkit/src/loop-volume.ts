@@ -12,8 +12,13 @@ export interface LoopVolume {
   readonly file: string;
   readonly device: Device;
   readonly connection: ConnectionInfo;
-  /** An attachment record of this volume to `server`, as the pipeline has it at `publish`. */
+  /**
+   * An attachment record of this volume to `server`, as the pipeline has it at `publish`: the same
+   * id for the same server and mode each time (what a publish made, the unpublish then finds).
+   */
   attachment(server: Server, mode?: 'rw' | 'ro'): Attachment;
+  /** The ids `attachment` handed out (their `/dev/berth/<id>` links are the cleanup's too). */
+  readonly attachmentIds: readonly string[];
   /** Whether the loop device still backs the file (the host side is intact). */
   connected(): Promise<boolean>;
   /** Disconnect the loop device (flushes it). Idempotent. */
@@ -31,15 +36,22 @@ export async function makeLoopVolume(host: HostServices, dir: string, sizeBytes 
   const driver = createLoopDriver({ host, dataDir: dir, options: {}, logger: silentLogger });
   const connection: ConnectionInfo = { driver_volume_type: 'file', data: { device_path: file, volume_id: volumeId } };
   const device = await driver.connect(connection, { signal: AbortSignal.timeout(60_000), volumeId });
+  const ids = new Map<string, string>();
   return {
     volumeId,
     file,
     device,
     connection,
+    get attachmentIds() {
+      return [...ids.values()];
+    },
     attachment(server, mode = 'rw') {
       const now = new Date().toISOString();
+      const key = `${server.id}:${mode}`;
+      // A new id each call made the unpublish of a test look for another link than its publish made.
+      const id = ids.get(key) ?? ids.set(key, randomUUID()).get(key)!;
       return {
-        id: randomUUID(),
+        id,
         volumeId,
         serverId: server.id,
         hostId: server.hostId,
@@ -111,7 +123,9 @@ export class LoopVolumes {
   /** Remove links, loop devices and the directory, whatever state the tests left. */
   async cleanup(): Promise<void> {
     try {
-      for (const volume of this.made) await this.host.fs.unlink(`/dev/berth/${volume.volumeId}`);
+      for (const volume of this.made) {
+        for (const name of [volume.volumeId, ...volume.attachmentIds]) await this.host.fs.unlink(`/dev/berth/${name}`);
+      }
       // Newest first, and a device whose node now names another one (a test disconnected it and the
       // kernel gave its number to a later volume, or to someone else's file) is not ours to remove.
       for (const volume of [...this.made].reverse()) await volume.disconnect().catch((error: unknown) => {
