@@ -314,6 +314,31 @@ describe('attach and detach on the in-memory store', () => {
     expect(await store.attachments.list()).toEqual([]);
   });
 
+  it('a multiattach volume: detaching one attachment while another is reserved, or being attached, ends cleanly for both (no volume wedged detaching)', async () => {
+    const { service, store } = world();
+    const volume = await service.createVolume({ name: 'shared', sizeBytes: 2 ** 30, multiattach: true });
+    await service.createServer({ name: 'vm-1' });
+    await service.createServer({ name: 'vm-2' });
+    await service.attach({ volume: 'shared', server: 'vm-1' });
+    // Cinder's three phases: vm-2's attachment only reserved while vm-1's is detached.
+    const reserved = await service.reserveAttachment({ volume: 'shared', server: 'vm-2' });
+    const detached = await service.detach({ volume: 'shared', server: 'vm-1' });
+    expect(detached.operation.state).toBe('succeeded');
+    expect((await store.volumes.require(volume.id)).status).toBe('reserved');
+    await service.initializeAttachment(reserved.attachment.id, { host: HOSTNAME, initiator: 'iqn.2026-01.test:unit' });
+    expect((await store.volumes.require(volume.id)).status).toBe('attaching');
+    await service.completeAttachment(reserved.attachment.id);
+    expect((await store.volumes.require(volume.id)).status).toBe('in-use');
+
+    // Now the other way: vm-1 attached again while vm-2's attachment is detached.
+    const [again, gone] = await Promise.all([service.attach({ volume: 'shared', server: 'vm-1' }), service.detach({ volume: 'shared', server: 'vm-2' })]);
+    expect(again.operation.state).toBe('succeeded');
+    expect(gone.operation.state).toBe('succeeded');
+    expect((await store.volumes.require(volume.id)).status).toBe('in-use');
+    expect((await store.attachments.list({ volumeId: volume.id })).map((a) => a.status)).toEqual(['attached']);
+    expect(await store.operations.list({ state: 'running' })).toEqual([]);
+  });
+
   it('lets exactly one of two attaches of one volume to two servers win; the other gets CONFLICT', async () => {
     const { service } = world();
     await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });

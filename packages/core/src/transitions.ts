@@ -4,15 +4,21 @@ import type { AttachmentStatus, VolumeStatus } from './model.js';
 /**
  * Every volume status change berth may make. A change not listed here is a bug or a race and is
  * refused (409-class), never written. Self-transitions are listed where a compare-and-swap must
- * guard a no-op (a second reservation of a multiattach volume).
+ * guard a no-op (a second reservation of a multiattach volume). Every change `recomputeVolumeStatus`
+ * can make while attachments of a multiattach volume come and go is listed (transitions.test.ts
+ * walks every reachable set of up to 3): one attachment detaching, or failing, while another is
+ * reserved or being attached (`detaching` → `reserved` / `attaching`, `in-use` → `attaching` /
+ * `reserved`, `attaching` → `detaching`, `reserved` → `detaching`). Refused, the detach's last commit failed
+ * past its point of no return and left the attachment `detaching` with no operation, and the
+ * volume wedged (a review, with two real CLI processes).
  */
 export const VOLUME_TRANSITIONS: Readonly<Record<VolumeStatus, readonly VolumeStatus[]>> = {
   creating: ['available', 'error'],
   available: ['reserved', 'extending', 'deleting', 'error'],
-  reserved: ['reserved', 'attaching', 'available', 'in-use', 'error'],
-  attaching: ['attaching', 'in-use', 'reserved', 'available', 'error'],
-  'in-use': ['in-use', 'detaching', 'error'],
-  detaching: ['detaching', 'available', 'in-use', 'error'],
+  reserved: ['reserved', 'attaching', 'available', 'in-use', 'detaching', 'error'],
+  attaching: ['attaching', 'in-use', 'reserved', 'detaching', 'available', 'error'],
+  'in-use': ['in-use', 'detaching', 'attaching', 'reserved', 'error'],
+  detaching: ['detaching', 'reserved', 'attaching', 'available', 'in-use', 'error'],
   extending: ['available', 'error'],
   deleting: ['error'],
   error: ['available', 'in-use', 'deleting', 'detaching', 'error'],
