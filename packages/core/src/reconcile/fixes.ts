@@ -97,7 +97,7 @@ export async function fixOf(deps: ReconcileDeps, finding: Finding, target: FixTa
       return repairPaths(deps, finding.attachment.id, finding.transport, finding.listed, { ...target, signal });
     case 'attachment_stuck':
     case 'attachment_error':
-      return finishDetach(deps, finding.attachment.id, fresh.volume);
+      return finishDetach(deps, finding.attachment, fresh.volume);
     case 'guest_disk_without_attachment':
       return unplugGuestDisk(deps, finding, fresh.attachments, { ...target, signal });
     case 'attachment_missing_from_guest':
@@ -296,10 +296,13 @@ async function repairPaths(deps: ReconcileDeps, attachmentId: string, transport:
  * goes on through host errors and ends by deleting the attachment, or leaves it
  * `error_detaching` with every error it met.
  */
-async function finishDetach(deps: ReconcileDeps, attachmentId: string, volume: Volume): Promise<string> {
+async function finishDetach(deps: ReconcileDeps, found: Attachment, volume: Volume): Promise<string> {
   const { store } = deps;
-  let attachment = await store.attachments.get(attachmentId);
+  let attachment = await store.attachments.get(found.id);
   if (!attachment) throw new Skip('the attachment is gone now');
+  // Only the state the finding saw: an operation that ended since (an attach now `attached`, a
+  // detach rolled back) left it as it should be, and a forced detach would tear down a live device.
+  if (attachment.status !== found.status) throw new Skip(`it is ${attachment.status} now`);
   const into = attachment.status === 'detaching' ? 'error_detaching' : attachment.status === 'reserved' || attachment.status === 'attaching' ? 'error_attaching' : undefined;
   if (into) {
     attachment = (await transitionAttachment(store, attachment.id, [attachment.status], into, { error: `left ${attachment.status} by an interrupted operation; reconcile finished it` })).attachment;

@@ -49,11 +49,14 @@ export async function runReconcile(deps: ReconcileDeps, options: ReconcileOption
     const listings = await readListings(steps, call(), unchecked, listing);
     // The guests are host facts too: read before the store, like the devices.
     const guests = await readGuests(steps, call, host, await store.servers.list({ hostId: host.id }), deps.config.consumer, unchecked);
+    // The operations before the attachments: one that ends between the two reads is seen running
+    // (its volume busy), never as an attachment left transitional by no operation — which the
+    // stuck-attachment fix would force-detach, healthy as it is by then (a review).
+    const busy = await busyVolumeIds(store);
+    const operations = (await store.operations.list({ state: ['succeeded', 'rolled_back', 'failed'] })).filter((o) => o.kind === 'attach' || o.kind === 'detach');
     const volumes = await store.volumes.list();
     const attachments = await store.attachments.list();
     const devices = await store.devices.list({ hostId: host.id });
-    const operations = (await store.operations.list({ state: ['succeeded', 'rolled_back', 'failed'] })).filter((o) => o.kind === 'attach' || o.kind === 'detach');
-    const busy = await busyVolumeIds(store);
     const listingsAfter = await readListings(steps, call(), undefined, listing);
     // Where this berth's transports run (this host only: an agent's roots are its own).
     const transportRoots = steps.kind === 'local' ? transportRootsOf(catalog) : undefined;
