@@ -387,7 +387,10 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
    * sysfs. A sysfs read that fails (other than a device being torn down) throws: no evidence.
    */
   async function nodelessBacking(files: readonly string[], only?: string): Promise<BerthError | undefined> {
-    const names = only !== undefined ? [loopName(only)] : (await fs.readdir(SYS_BLOCK)).filter((n) => /^loop\d+$/.test(n));
+    // A path that is no loop node (a record of another kind) has no loop device to be bound.
+    const single = only === undefined ? undefined : /^\/dev\/(loop\d+)$/.exec(only)?.[1];
+    if (only !== undefined && single === undefined) return undefined;
+    const names = single !== undefined ? [single] : (await fs.readdir(SYS_BLOCK)).filter((n) => /^loop\d+$/.test(n));
     for (const name of names) {
       const device = `/dev/${name}`;
       const now = await backingFileNow(device);

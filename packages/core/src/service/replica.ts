@@ -24,11 +24,11 @@ const ADOPT_PER_BEAT = 10;
  * 2. takes over up to 10 operations whose lease passed (their replica died) and finishes them
  *    with the recovery rules, under the volume lock: an attach rolls back unless `complete` was
  *    done, a detach past `disconnect` goes forward;
- * 3. recovers (up to 10 a beat) the operations it owns but no longer runs: at once those its runs or recoveries gave
- *    up because the database failed under them (the beat's renewal just proved it answers again;
- *    one deferred again is retried after a growing pause, up to a minute), the others once their
- *    deadline and undo budget passed (their end could not be written here; the renewal would
- *    otherwise keep them `running` forever);
+ * 3. recovers (up to 10 a beat) the operations it owns but no longer runs: at once those its runs
+ *    or recoveries gave up because the database failed under them (the beat's renewal just proved
+ *    it answers again; one deferred again is retried after a growing pause, up to a minute), the
+ *    others once their deadline and undo budget passed (their end could not be written here; the
+ *    renewal would otherwise keep them `running` forever);
  * 4. puts back the work items whose agent lost its lease (`workItems.expire`) and wakes their
  *    hosts' agents.
  * Takeover bound: an operation of a dead replica is taken over at most `leaseMs + heartbeatMs`
