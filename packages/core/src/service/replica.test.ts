@@ -40,6 +40,56 @@ async function diedAfterReserve(store: Store, service: BerthServiceImpl, deadlin
   return op;
 }
 
+/**
+ * The database failing under undos: when an undo step starts (`startStep`, or `advanceStep` into
+ * it; of `step` only, when given), the next store transaction fails with an outage, at most
+ * `times` times — PostgreSQL restarting and back for the write after. `undos` are the times undos
+ * started; `restore()` stops arming.
+ */
+function outageOnUndo(store: Store, options: { step?: string; times?: number } = {}) {
+  const times = options.times ?? 1;
+  const undos: number[] = [];
+  let armed = false;
+  let failed = 0;
+  const starts = (name: string, phase: string): void => {
+    if (phase !== 'undo' || (options.step !== undefined && name !== options.step)) return;
+    undos.push(Date.now());
+    if (failed + (armed ? 1 : 0) < times) armed = true;
+  };
+  const startStep = store.operations.startStep.bind(store.operations);
+  store.operations.startStep = async (...args) => {
+    starts(args[1], args[2]);
+    return startStep(...args);
+  };
+  // The runner journals an undo's start with the end of the one before it.
+  const advanceStep = store.operations.advanceStep.bind(store.operations);
+  store.operations.advanceStep = async (...args) => {
+    const seq = await advanceStep(...args);
+    starts(args[3].name, args[3].phase);
+    return seq;
+  };
+  const transaction = store.transaction.bind(store);
+  (store as { transaction: Store['transaction'] }).transaction = async (fn) => {
+    if (armed) {
+      armed = false;
+      failed += 1;
+      throw new BerthError('UNAVAILABLE', 'cannot reach the berth database', { details: { outage: true } });
+    }
+    return transaction(fn);
+  };
+  return {
+    undos,
+    get failed() {
+      return failed;
+    },
+    restore(): void {
+      store.operations.startStep = startStep;
+      store.operations.advanceStep = advanceStep;
+      (store as { transaction: Store['transaction'] }).transaction = transaction;
+    },
+  };
+}
+
 /** This replica's takeovers, each claimed in turn by `other` right after (a survivor frozen before its first write). */
 function takenOverInTurn(store: Store, other: string): void {
   const claim = store.operations.claimExpired!.bind(store.operations);
@@ -75,20 +125,7 @@ describe('replicas', () => {
     const op = await diedAfterReserve(store, service, -3_600_000);
     // The database restarts under the reserve's undo (its one transaction), and is back for the
     // next write at once: the end of the recovery would be written (`failed`) if it were tried.
-    let armed = false;
-    const startStep = store.operations.startStep.bind(store.operations);
-    store.operations.startStep = async (...args) => {
-      if (args[2] === 'undo') armed = true;
-      return startStep(...args);
-    };
-    const transaction = store.transaction.bind(store);
-    (store as { transaction: Store['transaction'] }).transaction = async (fn) => {
-      if (armed) {
-        armed = false;
-        throw new BerthError('UNAVAILABLE', 'cannot reach the berth database', { details: { outage: true } });
-      }
-      return transaction(fn);
-    };
+    const outage = outageOnUndo(store, { times: Number.POSITIVE_INFINITY });
     await service.startReplica()();
     const deferred = await store.operations.require(op.id);
     expect(deferred.state).toBe('running');
@@ -97,7 +134,7 @@ describe('replicas', () => {
     await service.close();
 
     // The same replica (restarted here) finds its own row at its first beat and recovers it.
-    store.operations.startStep = startStep;
+    outage.restore();
     const again = replica(store).service;
     await again.startReplica()();
     expect((await store.operations.require(op.id)).state).toBe('rolled_back');
@@ -202,27 +239,11 @@ describe('replicas', () => {
     const service = new BerthServiceImpl(config, store, catalog, { hostname: 'api-1', ips: [], platform: 'x86_64', osType: 'linux' }, silentLogger);
     await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
     // PostgreSQL restarts under the rollback's reserve undo (its one transaction), once, and is back at once.
-    let armed = false;
-    let restarted = false;
-    // The runner journals an undo's start with the end of the one before it.
-    const advanceStep = store.operations.advanceStep.bind(store.operations);
-    store.operations.advanceStep = async (...args) => {
-      const seq = await advanceStep(...args);
-      if (args[3].name === 'reserve' && args[3].phase === 'undo' && !restarted) armed = restarted = true;
-      return seq;
-    };
-    const transaction = store.transaction.bind(store);
-    (store as { transaction: Store['transaction'] }).transaction = async (fn) => {
-      if (armed) {
-        armed = false;
-        throw new BerthError('UNAVAILABLE', 'cannot reach the berth database', { details: { outage: true } });
-      }
-      return transaction(fn);
-    };
+    const outage = outageOnUndo(store, { step: 'reserve' });
     const stop = service.startReplica();
     try {
       const error = (await service.attach({ volume: 'db1' }).catch((e: unknown) => e)) as BerthError;
-      expect(restarted).toBe(true);
+      expect(outage.failed).toBe(1);
       expect(error.message).toMatch(/the database failed before the rollback could finish/);
       const operationId = String(error.details.operationId);
       // Its deadline is two minutes away (operationTimeoutMs): only the abandonment lets a beat take it now.
@@ -242,26 +263,7 @@ describe('replicas', () => {
     const { service } = replica(store, 100);
     const op = await diedAfterReserve(store, service);
     // Every undo's transaction fails three times (the database keeps failing), then it is back.
-    let failures = 0;
-    const undoTimes: number[] = [];
-    let armed = false;
-    const startStep = store.operations.startStep.bind(store.operations);
-    store.operations.startStep = async (...args) => {
-      if (args[2] === 'undo') {
-        armed = true;
-        undoTimes.push(Date.now());
-      }
-      return startStep(...args);
-    };
-    const transaction = store.transaction.bind(store);
-    (store as { transaction: Store['transaction'] }).transaction = async (fn) => {
-      if (armed && failures < 3) {
-        armed = false;
-        failures++;
-        throw new BerthError('UNAVAILABLE', 'cannot reach the berth database', { details: { outage: true } });
-      }
-      return transaction(fn);
-    };
+    const { undos: undoTimes } = outageOnUndo(store, { times: 3 });
     const stop = service.startReplica();
     try {
       await vi.waitFor(async () => expect((await store.operations.require(op.id)).state).toBe('rolled_back'), { timeout: 10_000, interval: 20 });
@@ -283,21 +285,7 @@ describe('replicas', () => {
     const { service } = replica(store);
     const op = await diedAfterReserve(store, service);
     // The first undo's transaction meets an outage: the takeover is deferred, still this replica's.
-    let armed = false;
-    let failed = false;
-    const startStep = store.operations.startStep.bind(store.operations);
-    store.operations.startStep = async (...args) => {
-      if (args[2] === 'undo' && !failed) armed = failed = true;
-      return startStep(...args);
-    };
-    const transaction = store.transaction.bind(store);
-    (store as { transaction: Store['transaction'] }).transaction = async (fn) => {
-      if (armed) {
-        armed = false;
-        throw new BerthError('UNAVAILABLE', 'cannot reach the berth database', { details: { outage: true } });
-      }
-      return transaction(fn);
-    };
+    outageOnUndo(store);
     const me = `${process.pid}@api-1`;
     await service.startReplica()();
     expect((await store.operations.require(op.id)).owner).toBe(me);
@@ -317,21 +305,8 @@ describe('replicas', () => {
     const store = createMemoryStore();
     const { service } = replica(store);
     const op = await diedAfterReserve(store, service);
-    let armed = false;
-    let failed = false;
-    const startStep = store.operations.startStep.bind(store.operations);
-    store.operations.startStep = async (...args) => {
-      if (args[2] === 'undo' && !failed) armed = failed = true;
-      return startStep(...args);
-    };
-    const transaction = store.transaction.bind(store);
-    (store as { transaction: Store['transaction'] }).transaction = async (fn) => {
-      if (armed) {
-        armed = false;
-        throw new BerthError('UNAVAILABLE', 'cannot reach the berth database', { details: { outage: true } });
-      }
-      return transaction(fn);
-    };
+    // The first undo's transaction meets an outage: the takeover is deferred.
+    outageOnUndo(store);
     // The heartbeat's own object, beaten by hand (the service's internals, as startReplica builds it).
     const internals = service as unknown as { parts: ConstructorParameters<typeof ReplicaMaintenance>[0]; launcher: ConstructorParameters<typeof ReplicaMaintenance>[1] };
     const maintenance = new ReplicaMaintenance(internals.parts, internals.launcher);
