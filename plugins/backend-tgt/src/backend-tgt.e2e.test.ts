@@ -75,6 +75,18 @@ async function sessionParamsOf(tid: number | undefined): Promise<Record<string, 
 /** What the backend's default `sessionParams` make tgtd offer. */
 const TUNED = { MaxRecvDataSegmentLength: '262144', MaxXmitDataSegmentLength: '262144', FirstBurstLength: '262144', MaxBurstLength: '1048576', InitialR2T: 'No' };
 
+/** A second backend on the suite's tgtd that berth does not manage (`manageDaemon: false`), state in `dataDir`. */
+async function unmanagedBackend(dataDir: string, iqnPrefix: string) {
+  const { createTgtBackend } = await import('./backend-tgt.js');
+  const { collectingLogger } = await import('./test-tgt-env.js');
+  return createTgtBackend({
+    host: env.host,
+    dataDir,
+    options: { manageDaemon: false, controlPort: env.controlPort, portals: env.portals, iqnPrefix },
+    logger: collectingLogger(env.logs),
+  });
+}
+
 async function codeOf(promise: Promise<unknown>): Promise<string | undefined> {
   return promise.then(
     () => undefined,
@@ -373,14 +385,7 @@ describe('tgt backend on a real tgtd', () => {
     let foreignTid: number | undefined;
     try {
       await write(foreignFile, Buffer.alloc(4 * MiB));
-      const { createTgtBackend } = await import('./backend-tgt.js');
-      const { collectingLogger } = await import('./test-tgt-env.js');
-      const unmanaged = createTgtBackend({
-        host: env.host,
-        dataDir: otherDir,
-        options: { manageDaemon: false, controlPort: env.controlPort, portals: env.portals, iqnPrefix: 'iqn.2026-11.io.berth.reuse' },
-        logger: collectingLogger(env.logs),
-      });
+      const unmanaged = await unmanagedBackend(otherDir, 'iqn.2026-11.io.berth.reuse');
       const x = volume();
       await unmanaged.create(x, signal());
       const info = remember(await unmanaged.initializeConnection(x, hostA, signal()));
@@ -418,14 +423,7 @@ describe('tgt backend on a real tgtd', () => {
     const os = await import('node:os');
     const otherDir = await mkdtemp(path.join(os.tmpdir(), 'berth-tgt-unmanaged-'));
     try {
-      const { createTgtBackend } = await import('./backend-tgt.js');
-      const { collectingLogger } = await import('./test-tgt-env.js');
-      const unmanaged = createTgtBackend({
-        host: env.host,
-        dataDir: otherDir,
-        options: { manageDaemon: false, controlPort: env.controlPort, portals: env.portals, iqnPrefix: 'iqn.2026-11.io.berth.other' },
-        logger: collectingLogger(env.logs),
-      });
+      const unmanaged = await unmanagedBackend(otherDir, 'iqn.2026-11.io.berth.other');
       const tidsBefore = (await targets()).map((t) => t.tid);
       const v = volume();
       await unmanaged.create(v, signal());
