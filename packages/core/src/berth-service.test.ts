@@ -1,5 +1,5 @@
 import 'reflect-metadata';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { HostServices } from '@berth/host';
 import { BerthServiceImpl } from './berth-service.js';
 import { DriverCatalog } from './catalog.js';
@@ -23,7 +23,20 @@ import type { Store } from './store.js';
 const HOSTNAME = 'unit-host';
 
 /** A backend that remembers which volumes it exports, and a transport that "connects" them. */
-function world(options: { connectFails?: boolean; onConnect?: () => void; guestHolds?: boolean; guestUnplugFails?: boolean } = {}) {
+function world(
+  options: {
+    connectFails?: boolean;
+    onConnect?: () => void;
+    guestHolds?: boolean;
+    guestUnplugFails?: boolean;
+    /** Called once the backend exported a volume, before it answers. */
+    afterExport?: () => Promise<void>;
+    /** Called before the backend removes a volume's export. */
+    beforeUnexport?: () => Promise<void>;
+    /** Called when the transport is asked for the host's connector properties. */
+    beforeConnector?: () => Promise<void>;
+  } = {},
+) {
   const exported = new Set<string>();
   const connected = new Map<string, Device>();
   const published = new Map<string, string>();
@@ -33,15 +46,22 @@ function world(options: { connectFails?: boolean; onConnect?: () => void; guestH
     delete: async () => undefined,
     initializeConnection: async (volume): Promise<ConnectionInfo> => {
       exported.add(volume.id);
+      await options.afterExport?.();
       return { driver_volume_type: 'mem', data: { volume_id: volume.id, device_path: `/dev/mem-${volume.id}` } };
     },
-    terminateConnection: async (volume) => void exported.delete(volume.id),
+    terminateConnection: async (volume) => {
+      await options.beforeUnexport?.();
+      exported.delete(volume.id);
+    },
     check: async () => ({ ok: true, summary: 'mem' }),
   };
   const transport: TransportDriver = {
     name: 'mem',
     protocols: ['mem'],
-    connectorProperties: async () => ({ initiator: 'iqn.2026-01.test:unit' }),
+    connectorProperties: async () => {
+      await options.beforeConnector?.();
+      return { initiator: 'iqn.2026-01.test:unit' };
+    },
     connect: async (connection) => {
       options.onConnect?.();
       if (options.connectFails) throw new BerthError('DRIVER_ERROR', 'the device never appeared');
@@ -100,8 +120,70 @@ function world(options: { connectFails?: boolean; onConnect?: () => void; guestH
   });
   const store = createMemoryStore();
   const config = resolveConfig({ dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', operationTimeoutMs: 5_000, undoTimeoutMs: 5_000 }, {});
-  const service = new BerthServiceImpl(config, store, catalog, { hostname: HOSTNAME, ips: ['127.0.0.1'], platform: 'x86_64', osType: 'linux' }, silentLogger);
-  return { service, store, exported, connected, published, guestDisks };
+  const identity = { hostname: HOSTNAME, ips: ['127.0.0.1'], platform: 'x86_64', osType: 'linux' };
+  const service = new BerthServiceImpl(config, store, catalog, identity, silentLogger);
+  /** Another berth process on this host and store (its own in-process locks). */
+  const otherProcess = (): BerthServiceImpl => new BerthServiceImpl(config, store, catalog, identity, silentLogger);
+  return { service, otherProcess, store, exported, connected, published, guestDisks };
+}
+
+/** A gate a driver call waits at once armed: `reached` once one is there, `open()` lets it through. */
+function gate() {
+  let open!: () => void;
+  let entered!: () => void;
+  const opened = new Promise<void>((resolve) => (open = resolve));
+  const reached = new Promise<void>((resolve) => (entered = resolve));
+  let armed = false;
+  return {
+    /** The driver's side: the first call after `arm()` waits, others pass. */
+    async pass(): Promise<void> {
+      if (!armed) return;
+      armed = false;
+      entered();
+      await opened;
+    },
+    arm: () => void (armed = true),
+    reached,
+    open: () => open(),
+  };
+}
+
+/** How many times a process found an export's lease held by another (it waits for it). */
+function exportLeaseWaits(store: Store): () => number {
+  let waits = 0;
+  const tryAcquire = store.locks.tryAcquire.bind(store.locks);
+  store.locks.tryAcquire = async (key, owner, expiresAt) => {
+    const holder = await tryAcquire(key, owner, expiresAt);
+    if (holder !== undefined && key.startsWith('export:')) waits += 1;
+    return holder;
+  };
+  return () => waits;
+}
+
+/** Until `done` settled or `waiting()` is true (the promise's own outcome is left to the caller). */
+async function settledOrWaiting(done: Promise<unknown>, waiting: () => boolean): Promise<void> {
+  let settled = false;
+  void done.then(
+    () => (settled = true),
+    () => (settled = true),
+  );
+  await vi.waitFor(
+    () => {
+      if (!settled && !waiting()) throw new Error('still running, not waiting');
+    },
+    { timeout: 5_000, interval: 2 },
+  );
+}
+
+/** Until the operation of `kind` on `volumeId` has journalled `step` running (or further). */
+async function stepBegun(store: Store, volumeId: string, kind: 'attach' | 'detach', step: string): Promise<void> {
+  await vi.waitFor(
+    async () => {
+      const operations = (await store.operations.list({ volumeId })).filter((o) => o.kind === kind);
+      if (!operations.some((o) => o.steps.some((s) => s.name === step))) throw new Error(`no ${kind} has begun ${step}`);
+    },
+    { timeout: 5_000, interval: 5 },
+  );
 }
 
 const stepsOf = async (store: Store, id: string): Promise<string[]> =>
@@ -337,6 +419,75 @@ describe('attach and detach on the in-memory store', () => {
     expect((await store.volumes.require(volume.id)).status).toBe('in-use');
     expect((await store.attachments.list({ volumeId: volume.id })).map((a) => a.status)).toEqual(['attached']);
     expect(await store.operations.list({ state: 'running' })).toEqual([]);
+  });
+
+  it('an attach on the host exports only after a detach that decided to remove the export removed it (export lease)', async () => {
+    const unexport = gate();
+    const connector = gate();
+    const { service, otherProcess, store, exported } = world({ beforeUnexport: () => unexport.pass(), beforeConnector: () => connector.pass() });
+    const waits = exportLeaseWaits(store);
+    const volume = await service.createVolume({ name: 'shared', sizeBytes: 2 ** 30, multiattach: true });
+    await service.createServer({ name: 'vm-1' });
+    await service.createServer({ name: 'vm-2' });
+    await service.attach({ volume: 'shared', server: 'vm-1' });
+    // Another berth process's attach to vm-2 on the same host has reserved (no export yet) ...
+    connector.arm();
+    const attach = otherProcess().attach({ volume: 'shared', server: 'vm-2' });
+    await connector.reached;
+    // ... and vm-1's detach counted no other user of the export and is removing it.
+    unexport.arm();
+    const detach = service.detach({ volume: 'shared', server: 'vm-1' });
+    await unexport.reached;
+    connector.open();
+    await settledOrWaiting(attach, () => waits() > 0);
+    unexport.open();
+    const [attached, gone] = await Promise.all([attach, detach]);
+    expect(attached.operation.state).toBe('succeeded');
+    expect(gone.operation.state).toBe('succeeded');
+    // vm-2's export was made after the removal: its host can log in again.
+    expect(exported.has(volume.id)).toBe(true);
+  });
+
+  it('a three-phase initialize on the host exports only after a detach that decided to remove the export removed it (export lease)', async () => {
+    const unexport = gate();
+    const { service, otherProcess, store, exported } = world({ beforeUnexport: () => unexport.pass() });
+    const waits = exportLeaseWaits(store);
+    const volume = await service.createVolume({ name: 'shared', sizeBytes: 2 ** 30, multiattach: true });
+    await service.createServer({ name: 'vm-1' });
+    await service.createServer({ name: 'vm-2' });
+    await service.attach({ volume: 'shared', server: 'vm-1' });
+    const other = otherProcess();
+    const reserved = await other.reserveAttachment({ volume: 'shared', server: 'vm-2' });
+    unexport.arm();
+    const detach = service.detach({ volume: 'shared', server: 'vm-1' });
+    await unexport.reached;
+    const initialized = other.initializeAttachment(reserved.attachment.id, { host: HOSTNAME, initiator: 'iqn.2026-01.test:unit' });
+    await settledOrWaiting(initialized, () => waits() > 0);
+    unexport.open();
+    expect((await detach).operation.state).toBe('succeeded');
+    expect((await initialized).attachment.status).toBe('attaching');
+    expect(exported.has(volume.id)).toBe(true);
+  });
+
+  it('a detach waits for another process\'s attach on the host to record its export, then keeps it (export lease)', async () => {
+    const exporting = gate();
+    const { service, otherProcess, store, exported } = world({ afterExport: () => exporting.pass() });
+    const volume = await service.createVolume({ name: 'shared', sizeBytes: 2 ** 30, multiattach: true });
+    await service.createServer({ name: 'vm-1' });
+    await service.createServer({ name: 'vm-2' });
+    await service.attach({ volume: 'shared', server: 'vm-1' });
+    // Another berth process's attach to vm-2 has made the export and not yet recorded it ...
+    exporting.arm();
+    const attach = otherProcess().attach({ volume: 'shared', server: 'vm-2' });
+    await exporting.reached;
+    // ... when vm-1's detach comes to decide whether the export goes.
+    const detach = service.detach({ volume: 'shared', server: 'vm-1' });
+    await stepBegun(store, volume.id, 'detach', 'terminate');
+    exporting.open();
+    const [attached, gone] = await Promise.all([attach, detach]);
+    expect(attached.operation.state).toBe('succeeded');
+    expect(gone.operation.state).toBe('succeeded');
+    expect(exported.has(volume.id)).toBe(true);
   });
 
   it('lets exactly one of two attaches of one volume to two servers win; the other gets CONFLICT', async () => {

@@ -57,6 +57,15 @@ export function deviceLeaseKey(hostId: string, volumeId: string): string {
 }
 
 /**
+ * The lease key that serialises the decisions on one volume's export to one host: an attach's
+ * `initialize` (the backend's export, then its record) and a detach's `terminate` (who else uses
+ * the export, then the backend's removal). The host as the export knows it: its initiator, else its name.
+ */
+export function exportLeaseKey(volumeId: string, host: { initiator?: string | undefined; host: string }): string {
+  return `export:${volumeId}:${host.initiator ?? `host:${host.host}`}`;
+}
+
+/**
  * Run `fn` holding the lease `key` in the store: the cross-process lock two `berth attach`
  * processes need (the in-process keyed lock does not see the other process). A holder that is a
  * dead process on this host, or whose lease expired, is taken over by compare-and-swap; a live one

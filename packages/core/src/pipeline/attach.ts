@@ -6,7 +6,7 @@ import type { Attachment, Server, Volume } from '../model.js';
 import type { Publication } from '../contracts/consumer.js';
 import type { Store } from '../store.js';
 import { backendVolume, deleteAttachmentRecord, transitionAttachment, type PipelineContext, type PipelineDeps } from './context.js';
-import { connectShared, exportSharers, publishSharedPublication, releaseShared, unpublishShared } from './device-sharing.js';
+import { connectShared, publishSharedPublication, releaseShared, terminateUnshared, unpublishShared, withExportLease } from './device-sharing.js';
 import { initializeHostRoot } from './host-root.js';
 import type { Step } from './step.js';
 import { ownedHostSteps } from './operation-fence.js';
@@ -96,6 +96,10 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
     },
     {
       name: 'initialize',
+      // The export and its record (the commit) under the export's lease: a detach of another
+      // attachment of the volume on this host decides whether to remove the export under it too,
+      // so it sees this attachment as the export's user, or removes the export before it is made.
+      hold: (ctx, signal, body) => (ctx.connector ? withExportLease(deps, ctx.volume, ctx.connector, signal, body) : body()),
       async run(ctx, signal) {
         const connector = required(ctx.connector, 'connector');
         const exported = await ctx.backend.initializeConnection(backendVolume(ctx.volume), connector, signal);
@@ -120,8 +124,9 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
       },
       async undo(ctx, signal) {
         // The export is the host's: other attachments of the volume on this host use it too.
-        if (ctx.connector && (await exportSharers(store, ctx.volume.id, ctx.connector, ctx.attachment?.id)).length === 0) {
-          await ctx.backend.terminateConnection(backendVolume(ctx.volume), ctx.connector, signal);
+        if (ctx.connector) {
+          const { connector, backend, volume } = ctx;
+          await terminateUnshared(deps, volume, connector, ctx.attachment?.id, signal, () => backend.terminateConnection(backendVolume(volume), connector, signal));
         }
         if (ctx.attachment?.status === 'attaching') {
           const changed = await transitionAttachment(store, ctx.attachment.id, ['attaching'], 'reserved');

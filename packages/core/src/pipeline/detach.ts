@@ -1,7 +1,7 @@
 import { BerthError, toBerthError } from '../errors.js';
 import type { Attachment, AttachmentStatus } from '../model.js';
 import { backendVolume, deleteAttachmentRecord, deleteDetachingAttachment, recomputeVolume, transitionAttachment, type PipelineContext, type PipelineDeps } from './context.js';
-import { exportSharers, publishShared, releaseShared, unpublishShared, type ReleaseOutcome } from './device-sharing.js';
+import { publishShared, releaseShared, terminateUnshared, unpublishShared, type ReleaseOutcome } from './device-sharing.js';
 import { applyTransition, required } from './attach.js';
 import type { Step } from './step.js';
 import { ownedHostSteps } from './operation-fence.js';
@@ -172,10 +172,15 @@ export function detachSteps(deps: PipelineDeps, resumed: { from?: AttachmentStat
       async run(ctx, signal) {
         const attachment = required(ctx.attachment, 'attachment');
         const connector = attachment.connector ?? deps.baseConnector();
-        // The export is the host's: other attachments of the volume on this host still use it.
-        const sharing = await exportSharers(store, ctx.volume.id, connector, attachment.id);
-        if (sharing.length > 0) return { kept: `still used by ${sharing.length} other attachment(s) on this host` };
-        await tolerant(ctx, 'terminate', () => ctx.backend.terminateConnection(backendVolume(ctx.volume), connector, signal));
+        // The export is the host's: other attachments of the volume on this host still use it
+        // (decided under the export's lease, which an attach's `initialize` holds to its record).
+        // Forced, a wait for the lease that gives up leaves the export (reconcile removes it).
+        const { backend, volume } = ctx;
+        let sharing = 0;
+        await tolerant(ctx, 'terminate', async () => {
+          sharing = await terminateUnshared(deps, volume, connector, attachment.id, signal, () => backend.terminateConnection(backendVolume(volume), connector, signal));
+        });
+        if (sharing > 0) return { kept: `still used by ${sharing} other attachment(s) on this host` };
       },
     },
     {

@@ -3,7 +3,7 @@ import type { Consumer, Publication } from '../contracts/consumer.js';
 import { sameDevice } from '../device-identity.js';
 import { BerthError } from '../errors.js';
 import type { HostSteps } from '../host-steps/host-steps.js';
-import { deviceLeaseKey, withLease, type HeldLease } from '../lease.js';
+import { deviceLeaseKey, exportLeaseKey, withLease, type HeldLease, type LeaseOptions } from '../lease.js';
 import type { Attachment, Server, Volume } from '../model.js';
 import type { Store } from '../store.js';
 import type { PipelineDeps } from './context.js';
@@ -41,23 +41,52 @@ export function devicesInUse(store: Store, hostId: string, volumeId: string): Pr
   return store.attachments.devicesOfOtherVolumes(hostId, volumeId);
 }
 
+/** How this process takes a lease of the pipelines' (`what`: for messages). */
+function leaseOptions(deps: Pick<PipelineDeps, 'owner' | 'hostname' | 'replicaLeases' | 'config' | 'logger'>, signal: AbortSignal, what: string): LeaseOptions {
+  return {
+    owner: deps.owner,
+    hostname: deps.hostname,
+    ...(deps.replicaLeases
+      ? { ttlMs: deps.replicaLeases.ttlMs, renewEveryMs: deps.replicaLeases.renewEveryMs }
+      : { ttlMs: deps.config.operationTimeoutMs + deps.config.undoTimeoutMs }),
+    signal,
+    what,
+    logger: deps.logger,
+  };
+}
+
 /** Run `fn` holding the lease of `volume`'s device on `hostId`. */
 export function withDeviceLease<T>(deps: PipelineDeps, hostId: string, volume: Volume, signal: AbortSignal, fn: (lease: HeldLease) => Promise<T>): Promise<T> {
-  return withLease(
-    deps.store,
-    deviceLeaseKey(hostId, volume.id),
-    {
-      owner: deps.owner,
-      hostname: deps.hostname,
-      ...(deps.replicaLeases
-        ? { ttlMs: deps.replicaLeases.ttlMs, renewEveryMs: deps.replicaLeases.renewEveryMs }
-        : { ttlMs: deps.config.operationTimeoutMs + deps.config.undoTimeoutMs }),
-      signal,
-      what: `volume ${volume.name} on this host`,
-      logger: deps.logger,
-    },
-    fn,
-  );
+  return withLease(deps.store, deviceLeaseKey(hostId, volume.id), leaseOptions(deps, signal, `volume ${volume.name} on this host`), fn);
+}
+
+/**
+ * Run `fn` holding the lease of `volume`'s export to the host `connector` names: the export's
+ * users are decided under it (`exportSharers`), so an attach's export and its record never fall
+ * between a detach's count and its removal. Never taken with a device lease held (nor the other
+ * way round): the two are independent.
+ */
+export function withExportLease<T>(deps: PipelineDeps, volume: Volume, connector: Connector, signal: AbortSignal, fn: () => Promise<T>): Promise<T> {
+  return withLease(deps.store, exportLeaseKey(volume.id, connector), leaseOptions(deps, signal, `the export of volume ${volume.name} to host ${connector.host}`), () => fn());
+}
+
+/**
+ * Remove `volume`'s export to the host `connector` names unless another attachment there uses
+ * it, deciding and removing under the export's lease. Returns how many others use it (0: removed).
+ */
+export function terminateUnshared(
+  deps: PipelineDeps,
+  volume: Volume,
+  connector: Connector,
+  exceptId: string | undefined,
+  signal: AbortSignal,
+  terminate: () => Promise<void>,
+): Promise<number> {
+  return withExportLease(deps, volume, connector, signal, async () => {
+    const sharing = await exportSharers(deps.store, volume.id, connector, exceptId);
+    if (sharing.length === 0) await terminate();
+    return sharing.length;
+  });
 }
 
 /** What `connectShared` connects. */

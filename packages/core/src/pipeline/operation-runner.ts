@@ -210,24 +210,10 @@ export class OperationRunner {
       };
       const point = `${options.pipeline ?? 'pipeline'}.${step.name}`;
       let data: Record<string, unknown> | void;
-      try {
-        signal.throwIfAborted();
-        await options.faults?.hit(`${point}.before`);
-        data = await step.run(context, signal);
-        if (step.commit === undefined) {
-          // The step's work is done even if what follows fails: past a point of no return, a
-          // failure from here on must not undo earlier steps.
-          if (step.pointOfNoReturn) pastNoReturn = true;
-          await options.faults?.hit(`${point}.after`);
-          timings[step.name] = round(performance.now() - begun);
-        }
-      } catch (raw) {
-        return failed(raw);
-      }
       // The boundary is one write: this step's end and the next one's start (a taken-over run
       // starts nothing more). The journal never shows this step done with no next row begun, a
       // state a crash before the next step's work would have shown as the same thing anyway.
-      const next = fence.signal.aborted ? undefined : steps[index + 1];
+      let next: Step<C> | undefined;
       // `owner`: the store fences the write by it (a boundary alone); none inside a step's commit,
       // whose transaction confirms the owner last.
       const boundary = (store: Store, outcome: StepOutcome, owner?: string): Promise<number | undefined> =>
@@ -235,22 +221,41 @@ export class OperationRunner {
           ? store.operations.endStep(operationId, seq, outcome, owner).then(() => undefined)
           : store.operations.advanceStep(operationId, seq, outcome, { name: next.name, phase: 'do' }, owner);
       const commit = step.commit?.bind(step);
-      if (commit !== undefined) {
+      let committed: StepCommit<C> | undefined;
+      let committing = false;
+      // The step's work and its commit, under what the step holds across both (`Step.hold`);
+      // what failed is handled once that is let go (the step's undo may take it again).
+      const body = async (): Promise<void> => {
+        signal.throwIfAborted();
+        await options.faults?.hit(`${point}.before`);
+        data = await step.run(context, signal);
+        next = fence.signal.aborted ? undefined : steps[index + 1];
+        if (commit === undefined) return;
         // The step's store work lands with its boundary, in one transaction: the work, the
         // step's end and the next one's start are written together or not at all (then the
         // step failed, and is undone like one whose work failed).
-        let committed: StepCommit<C> | undefined;
-        try {
-          started = await durably(deferrable(next), () =>
-            journal(`journal ${step.name}`, () =>
-              fence.transaction(async (tx) => {
-                committed = await commit(context, tx);
-                const merged = committed.data === undefined ? (data ?? null) : { ...(data ?? {}), ...committed.data };
-                return boundary(tx, { state: 'done', data: merged });
-              }),
-            ),
-          );
-        } catch (raw) {
+        committing = true;
+        started = await durably(deferrable(next), () =>
+          journal(`journal ${step.name}`, () =>
+            fence.transaction(async (tx) => {
+              committed = await commit(context, tx);
+              const merged = committed.data === undefined ? (data ?? null) : { ...(data ?? {}), ...committed.data };
+              return boundary(tx, { state: 'done', data: merged });
+            }),
+          ),
+        );
+      };
+      try {
+        await (step.hold ? step.hold(context, signal, body) : body());
+        if (commit === undefined) {
+          // The step's work is done even if what follows fails: past a point of no return, a
+          // failure from here on must not undo earlier steps.
+          if (step.pointOfNoReturn) pastNoReturn = true;
+          await options.faults?.hit(`${point}.after`);
+          timings[step.name] = round(performance.now() - begun);
+        }
+      } catch (raw) {
+        if (committing) {
           // Committed or not, nobody can say: undone from this process's memory, the step would
           // act on records as it thinks they are (a reserve whose attachment it never learned
           // of, a `complete` that did commit) — the rollback is recovery's, from the database.
@@ -260,8 +265,10 @@ export class OperationRunner {
             logger.warn({ operationId, step: step.name, code: error.code, err: error.message }, 'a step commit was lost with its connection; leaving the rollback to recovery');
             return { ok: false, error, rolledBack: false, forward: false, undoErrors: [], journalErrors, timings, unknown: true };
           }
-          return failed(raw);
         }
+        return failed(raw);
+      }
+      if (commit !== undefined) {
         committed?.apply?.(context);
         if (step.pointOfNoReturn) pastNoReturn = true;
         try {

@@ -16,6 +16,13 @@ export interface Step<C> {
    */
   commit?(context: C, store: Store): Promise<StepCommit<C>>;
   /**
+   * Run `body` (the step's `run`, then its `commit`) holding what must be held across both: a
+   * lease another process's decision waits for until this step's outcome is in the store (the
+   * attach's `initialize` holds the export's, so a detach's `terminate` never decides between the
+   * backend's export and its record). Released before the step's `undo` runs, which takes it again.
+   */
+  hold?<T>(context: C, signal: AbortSignal, body: () => Promise<T>): Promise<T>;
+  /**
    * Reverse the step. It runs for every finished step when a later one fails, and for the failing
    * step itself (a step that failed half-way may have left something behind).
    */

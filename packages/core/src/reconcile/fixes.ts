@@ -8,7 +8,7 @@ import { consumerNameFor } from '../hypervisor.js';
 import type { Attachment, Host, Server, Volume } from '../model.js';
 import { backendVolume, transitionAttachment, type PipelineContext, type PipelineDeps } from '../pipeline/context.js';
 import { detachSteps, markDetachFailed } from '../pipeline/detach.js';
-import { connectShared, publishShared, publishSharedPublication, releaseShared } from '../pipeline/device-sharing.js';
+import { connectShared, publishShared, publishSharedPublication, releaseShared, withExportLease } from '../pipeline/device-sharing.js';
 import { summarize, unsettledBy, type OperationRunner } from '../pipeline/operation-runner.js';
 import { recomputeVolumeStatus } from '../transitions.js';
 import { freshVolume } from './facts.js';
@@ -60,7 +60,13 @@ export async function fixOf(deps: ReconcileDeps, finding: Finding, target: FixTa
     case 'export_without_attachment': {
       if (fresh.attachments.some((a) => accountsForExport(a, finding.export.initiator))) throw new Skip('an attachment accounts for it now');
       const connector = await connectorFor(deps, finding.export.initiator);
-      await catalog.backend(finding.backend).terminateConnection(backendVolume(fresh.volume), connector, signal);
+      // Decided again under the export's lease: an attach that exported it meanwhile holds the
+      // lease until its record says so.
+      await withExportLease(deps, fresh.volume, connector, signal, async () => {
+        const now = live(await store.attachments.list({ volumeId }));
+        if (now.some((a) => accountsForExport(a, finding.export.initiator))) throw new Skip('an attachment accounts for it now');
+        await catalog.backend(finding.backend).terminateConnection(backendVolume(fresh.volume), connector, signal);
+      });
       return `export to ${finding.export.initiator ?? 'any host'} removed`;
     }
     case 'device_without_attachment': {

@@ -3,7 +3,7 @@ import { BerthError, parseWith, toBerthError } from '../errors.js';
 import type { Attachment, Volume } from '../model.js';
 import { reserveAttachmentRecord } from '../pipeline/attach.js';
 import { backendVolume, deleteAttachmentRecord, transitionAttachment } from '../pipeline/context.js';
-import { exportSharers } from '../pipeline/device-sharing.js';
+import { terminateUnshared, withExportLease } from '../pipeline/device-sharing.js';
 import { zReserveAttachmentRequest } from '../requests.js';
 import type { AttachmentConnection, ProjectScope, Ref, ReserveAttachmentRequest } from '../service.js';
 import type { ServiceParts } from './parts.js';
@@ -67,9 +67,11 @@ export async function deleteAttachment(parts: ServiceParts, id: string, scope: P
       // Through `detaching`, as a detach goes: the volume never jumps from in-use to available.
       current = (await transitionAttachment(store, id, [current.status], 'detaching')).attachment;
     }
-    if (current.connector && current.connectionInfo && (await exportSharers(store, volume.id, current.connector, id)).length === 0) {
+    if (current.connector && current.connectionInfo) {
+      const connector = current.connector;
+      const signal = AbortSignal.timeout(config.operationTimeoutMs);
       try {
-        await catalog.backend(volume.backend).terminateConnection(backendVolume(volume), current.connector, AbortSignal.timeout(config.operationTimeoutMs));
+        await terminateUnshared(parts.deps, volume, connector, id, signal, () => catalog.backend(volume.backend).terminateConnection(backendVolume(volume), connector, signal));
       } catch (error) {
         const failed = toBerthError(error, 'BACKEND_ERROR');
         if (current.status === 'detaching') {
@@ -104,14 +106,16 @@ async function initializeLocked(parts: ServiceParts, attachment: Attachment, con
     });
   }
   const volume = await store.volumes.require(attachment.volumeId);
-  const connectionInfo = await parts.catalog
-    .backend(volume.backend)
-    .initializeConnection(backendVolume(volume), connector, AbortSignal.timeout(parts.config.operationTimeoutMs));
-  const info = withAccessMode(connectionInfo, attachment.mode);
-  const patch = { connector, connectionInfo: redactConnectionInfo(info) };
-  const updated =
-    attachment.status === 'reserved'
-      ? (await transitionAttachment(store, attachment.id, ['reserved'], 'attaching', patch)).attachment
-      : await store.attachments.update(attachment.id, patch);
-  return { attachment: updated, connectionInfo: info };
+  const signal = AbortSignal.timeout(parts.config.operationTimeoutMs);
+  // The export and its record under the export's lease, as the attach's `initialize` does.
+  return withExportLease(parts.deps, volume, connector, signal, async () => {
+    const connectionInfo = await parts.catalog.backend(volume.backend).initializeConnection(backendVolume(volume), connector, signal);
+    const info = withAccessMode(connectionInfo, attachment.mode);
+    const patch = { connector, connectionInfo: redactConnectionInfo(info) };
+    const updated =
+      attachment.status === 'reserved'
+        ? (await transitionAttachment(store, attachment.id, ['reserved'], 'attaching', patch)).attachment
+        : await store.attachments.update(attachment.id, patch);
+    return { attachment: updated, connectionInfo: info };
+  });
 }
