@@ -1,7 +1,7 @@
 import { redactConnectionInfo, type ConnectionInfo, type Connector, type Device } from '../connection.js';
 import type { Consumer, Publication } from '../contracts/consumer.js';
 import { sameDevice } from '../device-identity.js';
-import { BerthError } from '../errors.js';
+import { BerthError, toBerthError } from '../errors.js';
 import type { HostSteps } from '../host-steps/host-steps.js';
 import { deviceLeaseKey, exportLeaseKey, withLease, type HeldLease, type LeaseOptions } from '../lease.js';
 import type { Attachment, Server, Volume } from '../model.js';
@@ -154,6 +154,7 @@ export async function connectShared(deps: PipelineDeps, request: ConnectRequest)
       // one; reconcile reconnects them to it.
       logger.warn({ volumeId: volume.id, was: other.device.path, now: device.path }, 'the shared device was replaced');
     }
+    await dropStaleNames(deps, request, device);
     // The device's records and the lease's release: one commit.
     const updated = await lease.releaseWith(async (tx) => {
       await tx.devices.put({
@@ -171,6 +172,39 @@ export async function connectShared(deps: PipelineDeps, request: ConnectRequest)
     }, { deferred: request.deferRecord === true });
     return { device, attachment: updated, sharers: sharers.length };
   });
+}
+
+/**
+ * Another volume's records on this host naming `device`'s path as that volume's device: the disk
+ * they recorded went behind berth's back (a `losetup --detach` by hand, a LUN removed on the
+ * array) and the kernel gave its name to this volume's disk — so what was published for them
+ * (`/dev/berth/<their ids>`) leads to this volume's data now. Those names go (the consumer's
+ * `unpublish_orphan`, never a name of this volume or of an attachment that does not record the
+ * path) before this volume's are made; `berth reconcile` reconnects the other attachments
+ * (`attachment_device_gone`). Best effort: a failure is logged, the connect goes on. One cheap
+ * read when nothing names the path (every attach): the devices of the other volumes on the host.
+ */
+async function dropStaleNames(deps: PipelineDeps, request: ConnectRequest, device: Device): Promise<void> {
+  const { store, logger } = deps;
+  const { attachment, volume } = request;
+  const hostId = attachment.hostId;
+  const stale = (recorded: Device | null | undefined): boolean => recorded !== null && recorded !== undefined && recorded.path === device.path && !sameDevice(recorded, device);
+  if (!(await devicesInUse(store, hostId, volume.id)).some(stale)) return;
+  const onHost = await store.attachments.list({ hostId });
+  const records = (await store.devices.list({ hostId })).filter((r) => r.volumeId !== volume.id && stale(r.device));
+  const lost = onHost.filter((a) => a.volumeId !== volume.id && stale(a.device));
+  const lostNames = new Set([...lost.flatMap((a) => [a.id, a.volumeId]), ...records.map((r) => r.volumeId)]);
+  const keep = [...new Set(onHost.flatMap((a) => [a.id, a.volumeId]))].filter((name) => !lostNames.has(name));
+  for (const volumeId of new Set([...lost.map((a) => a.volumeId), ...records.map((r) => r.volumeId)])) {
+    logger.warn({ volumeId, device: device.path, now: volume.id }, "another volume's recorded device is gone and its name is this volume's disk now: removing the names published for it");
+    try {
+      const call = { ...(request.operationId === undefined ? {} : { operationId: request.operationId }), signal: request.signal };
+      const { supported } = await request.steps.run('unpublish_orphan', { consumer: deps.config.consumer, volumeId, device, transport: request.transport, keep }, call);
+      if (!supported) logger.warn({ volumeId, device: device.path }, 'the consumer cannot drop names without a record: they still lead to this device until `berth reconcile`');
+    } catch (error) {
+      logger.warn({ volumeId, device: device.path, err: toBerthError(error).message }, 'could not remove the names of a lost device');
+    }
+  }
 }
 
 /** What `releaseShared` releases. */

@@ -1,0 +1,61 @@
+import 'reflect-metadata';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createHostFs } from '@berth/host';
+import { BerthServiceImpl } from '../berth-service.js';
+import { resolveConfig } from '../config.js';
+import type { Device } from '../connection.js';
+import { attachmentLinkPath, createHostConsumer, stableLinkPath } from '../host-consumer.js';
+import { silentLogger } from '../logger.js';
+import { createMemoryStore } from '../memory-store.js';
+import { memCatalog } from '../test-support.js';
+
+// A volume's device can go behind berth's back (`losetup --detach` by hand, a LUN removed on the
+// array); the kernel then gives its name to the next disk. When that disk is another volume's,
+// the names berth published for the first volume (`/dev/berth/<ids>`) would lead to the second
+// volume's data: its attach removes them before it publishes its own.
+
+const roots: string[] = [];
+afterEach(async () => {
+  for (const root of roots.splice(0)) await rm(root, { recursive: true, force: true });
+});
+
+describe("an attach whose disk got a lost device's name", () => {
+  it("removes the names published for the lost device's volume before it publishes its own", async () => {
+    const root = await mkdtemp(path.join(os.tmpdir(), 'berth-stale-names-'));
+    roots.push(root);
+    const fs = createHostFs(root);
+    const devices = new Map<string, Device>();
+    // Every volume's disk gets the first free name, as a loop device does; its identity is its file.
+    const connect = async (c: { data: Record<string, unknown> }): Promise<Device> => {
+      const device: Device = { path: '/dev/loop3', type: 'block', identity: { kind: 'mem', file: String(c.data.device_path) } };
+      devices.set(device.path, device);
+      return device;
+    };
+    const catalog = memCatalog(devices, connect, { consumer: { ...createHostConsumer(fs), name: 'mem' } });
+    const store = createMemoryStore();
+    const config = resolveConfig({ dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', operationTimeoutMs: 5_000, undoTimeoutMs: 5_000 }, {});
+    const service = new BerthServiceImpl(config, store, catalog, { hostname: 'unit-host', ips: ['127.0.0.1'], platform: 'x86_64', osType: 'linux' }, silentLogger);
+    try {
+      await service.createVolume({ name: 'lost', sizeBytes: 2 ** 20 });
+      await service.createVolume({ name: 'next', sizeBytes: 2 ** 20 });
+      const lost = (await service.attach({ volume: 'lost' })).attachment!;
+      expect(await fs.readlink(attachmentLinkPath(lost.id))).toBe('/dev/loop3');
+      // Behind berth's back: the lost volume's disk goes, its name is free.
+      devices.delete('/dev/loop3');
+      const next = (await service.attach({ volume: 'next' })).attachment!;
+      expect(next.device?.path).toBe('/dev/loop3');
+      // The lost volume's names no longer lead to the next volume's data; the next one's do.
+      expect(await fs.readlink(attachmentLinkPath(lost.id))).toBeUndefined();
+      expect(await fs.readlink(stableLinkPath(lost.volumeId))).toBeUndefined();
+      expect(await fs.readlink(attachmentLinkPath(next.id))).toBe('/dev/loop3');
+      expect(await fs.readlink(stableLinkPath(next.volumeId))).toBe('/dev/loop3');
+      // The lost attachment's record stays for reconcile to reconnect.
+      expect((await store.attachments.require(lost.id)).status).toBe('attached');
+    } finally {
+      await service.close();
+    }
+  });
+});
