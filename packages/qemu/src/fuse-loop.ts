@@ -1,5 +1,8 @@
+import { accessSync, constants as fsConstants } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
 import { BerthError } from '@berth/core';
-import { WaitTimeoutError, type CommandRunner, type DeviceWaiter, type HostFs } from '@berth/host';
+import { WaitTimeoutError, type CommandRunner, type DeviceWaiter, type HostFs, type RunOptions } from '@berth/host';
 
 /** Deadline and cancellation of one loop-device step. */
 export interface LoopStepOptions {
@@ -102,28 +105,131 @@ export async function flushLoop(runner: CommandRunner, device: string, options: 
   await runner.run('blockdev', ['--flushbufs', device], { timeoutMs: options.timeoutMs, ...(options.signal ? { signal: options.signal } : {}) });
 }
 
+/** How long a detach keeps trying a device found held before it reports `held-open` (udev's probe opens a new device for a moment). */
+export const DEFAULT_HOLDER_GRACE_MS = 1_000;
+const BUSY_RETRY_MS = 100;
+
+/**
+ * The first of `places` that is an executable: berth-loop-detach (src/native/berth-loop-detach.c),
+ * built into dist/; undefined when the build made none (no C compiler).
+ */
+function nativeProgram(places: readonly URL[]): string | undefined {
+  return places
+    .map((url) => fileURLToPath(url))
+    .find((file) => {
+      try {
+        accessSync(file, fsConstants.X_OK);
+        return true;
+      } catch {
+        return false;
+      }
+    });
+}
+
+/** berth-loop-detach (src/native/berth-loop-detach.c), or undefined when the build made none. */
+// Only `../dist/`: this module is dist/fuse-loop.js (or src/ under vitest). The CLI bundle carries
+// driver-loop's copy beside that driver's chunk, found by its literal `./berth-loop-detach` URL and
+// checked to be in one chunk (test/cli.e2e.test.ts); in the bundle this finds none (see the README).
+export const LOOP_DETACH_HELPER: string | undefined = nativeProgram([new URL('../dist/berth-loop-detach', import.meta.url)]);
+
+/** Options of `detachFuseLoop`. */
+export interface DetachLoopOptions extends LoopStepOptions {
+  /** How long a device found held is tried again before `held-open` (default `DEFAULT_HOLDER_GRACE_MS`). */
+  holderGraceMs?: number;
+  /** The berth-loop-detach to run (default `LOOP_DETACH_HELPER`); `null`: the way without it. */
+  helper?: string | null;
+}
+
+/** What one run of berth-loop-detach answered (its line first; see the C source). */
+type HelperOutcome = 'detached' | 'busy' | 'not-attached' | 'mismatch' | 'autoclear-set' | 'unusable' | { failed: string; flush?: boolean; autoclearLeft?: boolean; cut?: boolean };
+
 /**
  * Detach `device` if it is attached to `file`, and wait until the kernel has let the file go.
- * Resolves `detached`, or `held-open` when someone still has the device open at the deadline (the
- * kernel then detaches it at the last close: `autoclear`); a device attached to another file is
- * left alone (`not-attached`).
+ * Resolves `detached`; `held-open` when another opener still holds the device after
+ * `holderGraceMs` — the device is then left attached as it was, autoclear off, so it never
+ * vanishes at the last close while its caller's record still names it (see the README); a device
+ * attached to another file is left alone (`not-attached`). Throws — the device untouched — when
+ * the flush in the detach failed (`details.reason: 'flush-failed'`).
+ *
+ * With berth-loop-detach (the default when built) the kernel answers "held" in the detach itself:
+ * LOOP_CLR_FD on the program's own descriptor, autoclear cleared again when another opener holds it.
+ * Without it: holders looked for first (stacked devices, mounts, `fuser`), then `losetup --detach`;
+ * a holder none of them saw makes the kernel defer the detach (autoclear), reported `held-open`.
  */
 export async function detachFuseLoop(
   deps: { runner: CommandRunner; waiter: DeviceWaiter; fs: HostFs },
   device: string,
   file: string,
-  options: LoopStepOptions,
+  options: DetachLoopOptions,
 ): Promise<'detached' | 'held-open' | 'not-attached'> {
   const attached = async (): Promise<LoopInfo | undefined> => {
     const info = await loopInfo(deps.fs, device);
     return info?.backingFile === file ? info : undefined;
   };
-  if ((await attached()) === undefined) return 'not-attached';
-  const result = await deps.runner.run('losetup', ['--detach', device], {
-    timeoutMs: options.timeoutMs,
-    reject: false,
-    ...(options.signal ? { signal: options.signal } : {}),
-  });
+  const run = { timeoutMs: options.timeoutMs, reject: false, ...(options.signal ? { signal: options.signal } : {}) } as const;
+  const first = await attached();
+  if (first === undefined) return 'not-attached';
+  // Someone's detach is already waiting for the last close (autoclear): not berth's to undo.
+  if (first.autoclear) return 'held-open';
+  const helper = options.helper === undefined ? LOOP_DETACH_HELPER : (options.helper ?? undefined);
+  const grace = options.holderGraceMs ?? DEFAULT_HOLDER_GRACE_MS;
+
+  const waitDetached = async (): Promise<'detached' | 'held-open'> => {
+    try {
+      await deps.waiter.waitUntil(`/sys/block/${loopName(device)}`, async () => ((await attached()) === undefined ? true : undefined), {
+        timeoutMs: options.timeoutMs,
+        what: `${device} to let go of ${file}`,
+        ...(options.signal ? { signal: options.signal } : {}),
+      });
+      return 'detached';
+    } catch (error) {
+      if (error instanceof WaitTimeoutError && (await attached())?.autoclear) return 'held-open';
+      throw error;
+    }
+  };
+
+  if (helper !== undefined) {
+    // The backing file's device and inode as the loop device itself reports them, read while
+    // sysfs names `file` before and after: the program detaches only a device backing that inode.
+    const identity = await backingIdentity(deps.runner, device, run);
+    if (identity !== undefined && (await attached()) !== undefined) {
+      const once = (): Promise<HelperOutcome> => runDetachHelper(deps.runner, helper, device, identity, run);
+      let outcome = await once();
+      const deadline = Date.now() + grace;
+      // Each run awaited to its answer: a run left behind could detach after this said it did not.
+      while (outcome === 'busy' && Date.now() + BUSY_RETRY_MS <= deadline) {
+        await sleep(BUSY_RETRY_MS, undefined, options.signal ? { signal: options.signal } : {});
+        outcome = await once();
+      }
+      if (outcome === 'detached') return waitDetached();
+      if (outcome === 'busy' || outcome === 'autoclear-set') return 'held-open';
+      // It could not open the device, or it is running down: gone soon, or already.
+      if (outcome === 'not-attached') return (await attached()) === undefined ? 'not-attached' : waitDetached();
+      if (outcome === 'mismatch') {
+        if ((await attached()) === undefined) return 'not-attached';
+        throw new BerthError('DRIVER_ERROR', `${device} names ${file} but no longer backs the inode it reported a moment ago; not detaching it`, {
+          hint: 'look at losetup --list; then detach again',
+          details: { device, reason: 'identity-mismatch' },
+        });
+      }
+      if (outcome !== 'unusable') {
+        if (outcome.flush) {
+          throw new BerthError('DRIVER_ERROR', `flushing ${device} failed (${outcome.failed}); not detaching it`, {
+            hint: `the kernel refused to flush ${device}; it stays attached as it was: see the kernel log, then detach again`,
+            details: { device, reason: 'flush-failed' },
+          });
+        }
+        // Held, but autoclear could not be cleared (or a run cut short left it set): the kernel detaches it at the last close.
+        if (outcome.autoclearLeft || (outcome.cut && (await attached())?.autoclear)) return 'held-open';
+        if (outcome.cut && (await attached()) === undefined) return 'detached';
+        throw new BerthError('DRIVER_ERROR', `detaching ${device} failed: ${outcome.failed}`, { details: { device } });
+      }
+    }
+  }
+
+  // Without the program: a holder seen first leaves the device untouched.
+  if ((await holderOf(deps, first, run)) !== undefined) return 'held-open';
+  const result = await deps.runner.run('losetup', ['--detach', device], run);
   if (result.exitCode !== 0 && !/No such device/.test(result.stderr)) {
     throw new BerthError('DRIVER_ERROR', `losetup --detach ${device} failed: ${result.stderr.trim() || `exit ${result.exitCode}`}`, {
       details: { device, exitCode: result.exitCode },
@@ -132,15 +238,38 @@ export async function detachFuseLoop(
   // LOOP_CLR_FD tears the device down at once unless another opener holds it; then it only sets
   // autoclear, and the device goes at the last close: no need to wait for that.
   if ((await attached())?.autoclear) return 'held-open';
-  try {
-    await deps.waiter.waitUntil(`/sys/block/${loopName(device)}`, async () => ((await attached()) === undefined ? true : undefined), {
-      timeoutMs: options.timeoutMs,
-      what: `${device} to let go of ${file}`,
-      ...(options.signal ? { signal: options.signal } : {}),
-    });
-    return 'detached';
-  } catch (error) {
-    if (error instanceof WaitTimeoutError && (await attached())?.autoclear) return 'held-open';
-    throw error;
-  }
+  return waitDetached();
+}
+
+/** `MAJ:MIN` and inode of the file `device` backs, as the device reports them (`losetup --list`); undefined when it cannot tell. */
+async function backingIdentity(runner: CommandRunner, device: string, run: RunOptions): Promise<{ majMin: string; inode: string } | undefined> {
+  const result = await runner.run('losetup', ['--list', '--json', '--output', 'BACK-MAJ:MIN,BACK-INO', device], run).catch(() => undefined);
+  if (result === undefined || result.exitCode !== 0) return undefined;
+  // Read from the text: losetup pads MAJ:MIN with spaces, and an inode may pass 2^53.
+  const majMin = /"back-maj:min":\s*"\s*(\d+:\d+)\s*"/.exec(result.stdout)?.[1];
+  const inode = /"back-ino":\s*"?(\d+)"?/.exec(result.stdout)?.[1];
+  return majMin !== undefined && inode !== undefined ? { majMin, inode } : undefined;
+}
+
+async function runDetachHelper(runner: CommandRunner, helper: string, device: string, identity: { majMin: string; inode: string }, run: RunOptions): Promise<HelperOutcome> {
+  const result = await runner.run(helper, [device, identity.majMin, identity.inode], run);
+  // The line first: a run the runner reports killed may still have finished (its signals are blocked).
+  const line = result.stdout.trim().split('\n').pop() ?? '';
+  const word = line.split(/\s+/)[0] ?? '';
+  if (word === 'detached' || word === 'busy' || word === 'not-attached' || word === 'mismatch' || word === 'autoclear-set') return word;
+  if (word === 'no-permission' || result.notFound === true || result.exitCode === 126 || result.exitCode === 127) return 'unusable';
+  if (word === 'flush-failed') return { failed: `errno ${line.split(/\s+/)[1] ?? '?'}`, flush: true };
+  if (word === 'autoclear-left') return { failed: line, autoclearLeft: true };
+  return { failed: result.stderr.trim() || `exit status ${String(result.exitCode)}`, cut: result.exitCode < 0 };
+}
+
+/** What holds `device` open, if anything berth can see: a device stacked on it, a mount of it, a process (`fuser`). */
+async function holderOf(deps: { runner: CommandRunner; fs: HostFs }, info: LoopInfo, run: RunOptions): Promise<string | undefined> {
+  const stacked = await deps.fs.readdir(`/sys/block/${loopName(info.device)}/holders`).catch(() => [] as string[]);
+  if (stacked.length > 0) return `device ${stacked.join(', ')} is stacked on it`;
+  const mountinfo = (await deps.fs.readFileIfExists('/proc/self/mountinfo').catch(() => undefined)) ?? '';
+  if (mountinfo.split('\n').some((line) => line.split(' ')[2] === info.rdev)) return 'it is mounted';
+  // fuser exits 0 when a process has it open; missing, it cannot tell (the autoclear check after the detach still can).
+  const fuser = await deps.runner.run('fuser', [info.device], run).catch(() => undefined);
+  return fuser !== undefined && !fuser.notFound && fuser.exitCode === 0 && fuser.stdout.trim() !== '' ? `process ${fuser.stdout.trim()} has it open` : undefined;
 }

@@ -9,5 +9,18 @@ export { StorageDaemon, storageDaemonPaths, QSD_BINARY, QSD_INSTALL_HINT, type S
 export { addIscsiNode, removeIscsiNode, removeSecret, writeSecretFile, wireLun, type IscsiNodeSpec } from './iscsi-node.js';
 export { addRawFilter, repointFilter, removeUnusedNode } from './filter-node.js';
 export { addFuseExport, removeFuseExport, listExports, listBlockNodes, waitForFuseSize, type FuseExportSpec } from './fuse-export.js';
-export { attachFuseLoop, detachFuseLoop, flushLoop, loopInfo, loopName, loopsBacking, setLoopCapacity, type LoopInfo, type LoopStepOptions } from './fuse-loop.js';
+export {
+  attachFuseLoop,
+  detachFuseLoop,
+  flushLoop,
+  loopInfo,
+  loopName,
+  loopsBacking,
+  setLoopCapacity,
+  DEFAULT_HOLDER_GRACE_MS,
+  LOOP_DETACH_HELPER,
+  type DetachLoopOptions,
+  type LoopInfo,
+  type LoopStepOptions,
+} from './fuse-loop.js';
 export { fuseMountsUnder, parseProcMounts, unmountFuseUnder, type MountEntry } from './fuse-mounts.js';
