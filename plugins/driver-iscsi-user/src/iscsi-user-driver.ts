@@ -257,8 +257,17 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
     const mountpoint = mountpointOf(paths, names.key);
     const record = await records.load(names.key);
     const candidates = device?.path ? [device.path] : record?.loopDevice ? [record.loopDevice] : await loopsBacking(deps, mountpoint);
+    // A device another attachment uses at a candidate's path is this volume's only while it backs
+    // this export's FUSE file: the kernel may have reused the number for another volume's device.
+    const backsThisExport = async (devicePath: string): Promise<boolean> => {
+      try {
+        return (await loopInfo(host.fs, devicePath))?.backingFile === mountpoint;
+      } catch {
+        return false;
+      }
+    };
     for (const used of opts.inUse ?? []) {
-      if (used.identity?.export === names.exportId || candidates.includes(used.path)) {
+      if (used.identity?.export === names.exportId || (candidates.includes(used.path) && (await backsThisExport(used.path)))) {
         logger.info({ key: names.key, device: used.path }, 'not disconnecting: another attachment on this host uses the device');
         return;
       }

@@ -1,0 +1,116 @@
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { closeSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BerthError, type Device } from '@berth/core';
+import { loopInfo } from '@berth/qemu';
+import { userPaths } from './export-records.js';
+import { createUserTestEnv, type UserTestEnv } from './test-user-env.js';
+
+// What a disconnect or a failed connect must not do on a real tgtd, qemu-storage-daemon, FUSE and
+// loop devices: report success while leaving the record (a loop number reused by another
+// attachment's device), let a held device vanish later (autoclear), drop the record of a chain it
+// could not remove, or tear down a device whose buffers could not be flushed.
+
+const MiB = 1024 * 1024;
+let env: UserTestEnv;
+
+beforeAll(async () => {
+  env = await createUserTestEnv();
+});
+
+afterAll(async () => {
+  await env?.dispose();
+});
+
+function call(ms = 60_000): { signal: AbortSignal } {
+  return { signal: AbortSignal.timeout(ms) };
+}
+
+async function rejection(promise: Promise<unknown>): Promise<BerthError> {
+  const error = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  if (!BerthError.is(error)) throw new Error(`expected a BerthError, got ${String(error)}`);
+  return error;
+}
+
+async function expectNothingLeft(): Promise<void> {
+  expect(await env.leftovers()).toEqual({ loops: [], mounts: [], daemon: false, records: [] });
+  expect(await env.host.fs.readdir(userPaths(env.dataDir).secrets)).toEqual([]);
+}
+
+/** A child process (`sleep`) holding `device` open on its stdin. */
+async function holder(device: string): Promise<ChildProcess> {
+  const fd = openSync(device, 'r');
+  try {
+    const child = spawn('sleep', ['600'], { stdio: [fd, 'ignore', 'ignore'] });
+    await once(child, 'spawn');
+    return child;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+async function release(child: ChildProcess | undefined): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = once(child, 'exit');
+  child.kill('SIGKILL');
+  // The kernel closes a process's files before its parent learns that it exited.
+  await exited;
+}
+
+describe('iscsi-user: disconnect and connect safety on a real tgtd', () => {
+  it('a recorded loop number the kernel reused for another attachment\'s device: the disconnect removes its own chain, record and secret, leaves that device alone and reports the mismatch', async () => {
+    const { connection } = await env.makeVolume(4 * MiB);
+    const device = await env.driver.connect(connection, call());
+    const other = path.join(tmpdir(), `berth-iu-reused-${randomBytes(4).toString('hex')}.img`);
+    writeFileSync(other, Buffer.alloc(MiB));
+    let reused = false;
+    try {
+      // The chain's loop device is lost (a crash between its detach and the export's removal) and
+      // its number goes to another volume's device, which another attachment uses.
+      execFileSync('losetup', ['--detach', device.path]);
+      await env.host.waiter.waitUntil('/sys/block', async () => ((await loopInfo(env.host.fs, device.path))?.backingFile === undefined ? true : undefined), { timeoutMs: 10_000 });
+      execFileSync('losetup', [device.path, other]);
+      reused = true;
+      const info = await loopInfo(env.host.fs, device.path);
+      const another: Device = { path: device.path, type: 'block', identity: { kind: 'loop', rdev: info?.rdev ?? '' } };
+      const error = await rejection(env.driver.disconnect(connection, device, { force: false, inUse: [another], ...call() }));
+      expect(error.code).toBe('CONFLICT');
+      expect(error.details.reason).toBe('identity-mismatch');
+      expect((await loopInfo(env.host.fs, device.path))?.backingFile).toBe(other);
+      await expectNothingLeft();
+    } finally {
+      if (reused) execFileSync('losetup', ['--detach', device.path]);
+      rmSync(other, { force: true });
+      await env.driver.disconnect(connection, undefined, { force: true, ...call() }).catch(() => undefined);
+    }
+  });
+
+  it('a device held open: the disconnect is refused (CONFLICT) and the device stays attached after the holder closes it; then it detaches', async () => {
+    const { connection } = await env.makeVolume(4 * MiB);
+    const device = await env.driver.connect(connection, call());
+    let child: ChildProcess | undefined;
+    try {
+      child = await holder(device.path);
+      const error = await rejection(env.driver.disconnect(connection, device, { force: false, ...call() }));
+      expect(error.code).toBe('CONFLICT');
+      expect(error.message).toMatch(/still open/);
+      await release(child);
+      // Its last opener closed it: a device left with autoclear would be gone now.
+      expect(await loopInfo(env.host.fs, device.path)).toMatchObject({ backingFile: device.identity?.mountpoint, autoclear: false, rdev: device.identity?.rdev });
+      expect((await env.driver.connected!()).map((c) => c.device.path)).toEqual([device.path]);
+      await env.driver.disconnect(connection, device, { force: false, ...call() });
+      await expectNothingLeft();
+    } finally {
+      await release(child);
+      await env.driver.disconnect(connection, undefined, { force: true, ...call() }).catch(() => undefined);
+    }
+  });
+
+});
