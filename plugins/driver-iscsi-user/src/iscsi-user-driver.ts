@@ -288,7 +288,9 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
       }
     }
     const loop = candidates.find(() => true);
-    const outcome = await teardownChain(deps, qmp, names, loop !== undefined && (await loopInfo(host.fs, loop))?.backingFile === mountpoint ? loop : undefined, opts.signal);
+    const outcome = await teardownChain(deps, qmp, names, loop !== undefined && (await loopInfo(host.fs, loop))?.backingFile === mountpoint ? loop : undefined, opts.signal, {
+      force: opts.force,
+    });
     if (outcome === 'held-open') {
       throw new BerthError('CONFLICT', `${loop ?? 'the loop device'} of LUN ${lun.lun} of ${lun.iqn} is still open: it was not disconnected`, {
         hint: `close what holds it (fuser -v ${loop ?? '/dev/loopN'}; unmount its filesystem), then detach again`,

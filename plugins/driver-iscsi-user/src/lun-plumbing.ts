@@ -118,8 +118,11 @@ export async function loginNode(
  * Tear a LUN's chain down, whatever part of it exists: flush and detach the loop device on its
  * FUSE file (found by sysfs when `loopDevice` is not known), delete the export (wait for QEMU to
  * report it gone), delete the node (ends the session) and its secret object, remove the mount
- * point file. Resolves `held-open` — and leaves the export — when something still has the loop
- * device open: removing the export under it would fail its I/O.
+ * point file. Resolves `held-open` — and leaves the export, and the loop device attached as it was
+ * — when something still has the loop device open: removing the export under it would fail its I/O.
+ * A flush that fails throws before that device is detached (`details.reason: 'flush-failed'`):
+ * its write-back data would be lost silently; `force` (a forced detach, or the undo of a chain
+ * nobody was handed) only warns and goes on.
  */
 export async function teardownChain(
   deps: PlumbingDeps,
@@ -127,19 +130,34 @@ export async function teardownChain(
   names: ExportNames,
   loopDevice: string | undefined,
   signal: AbortSignal,
+  how: { force?: boolean } = {},
 ): Promise<'removed' | 'held-open'> {
   const mountpoint = mountpointOf(deps.paths, names.key);
   const step = { timeoutMs: deps.options.commandTimeoutMs, signal };
   const loops = loopDevice !== undefined ? [loopDevice] : await loopsBacking(deps, mountpoint);
+  let changed = false;
   for (const device of loops) {
     const info = await loopInfo(deps.host.fs, device);
     if (info?.backingFile !== mountpoint) continue;
     if (!info.autoclear) {
-      // A dead export answers the flush with an I/O error: there is nothing left to flush then.
-      await flushLoop(deps.host.runner, device, step).catch((error: unknown) => deps.logger.warn({ device, err: messageOf(error) }, 'flush before detach failed'));
+      try {
+        await flushLoop(deps.host.runner, device, step);
+      } catch (error) {
+        // A dead export answers the flush with an I/O error (or never): what the page cache holds
+        // for it cannot reach the target. Only a forced detach gives that up.
+        if (!how.force) {
+          throw new BerthError('DRIVER_ERROR', `flushing ${device} (LUN ${names.key}) failed, so it was not detached: ${messageOf(error)}`, {
+            hint: `its unwritten data would be lost; check the target and its path (berth check), then detach again — detach --force gives the data up`,
+            details: { device, reason: 'flush-failed', ...(changed ? {} : { untouched: true }) },
+            cause: error,
+          });
+        }
+        deps.logger.warn({ device, err: messageOf(error) }, 'flush before a forced detach failed; detaching anyway');
+      }
     }
     await deps.faults?.hit('iscsi-user.disconnect.after-flush');
     if ((await detachFuseLoop(deps.host, device, mountpoint, step)) === 'held-open') return 'held-open';
+    changed = true;
   }
   await deps.faults?.hit('iscsi-user.disconnect.after-losetup');
   if (qmp) {

@@ -5,10 +5,12 @@ import { closeSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BerthError, type Device } from '@berth/core';
+import { BerthError, silentLogger, type Device } from '@berth/core';
+import type { HostServices } from '@berth/host';
 import { loopInfo } from '@berth/qemu';
 import { userPaths } from './export-records.js';
-import { createUserTestEnv, type UserTestEnv } from './test-user-env.js';
+import { createIscsiUserDriver } from './iscsi-user-driver.js';
+import { createUserTestEnv, writeAt, readAt, type UserTestEnv } from './test-user-env.js';
 
 // What a disconnect or a failed connect must not do on a real tgtd, qemu-storage-daemon, FUSE and
 // loop devices: report success while leaving the record (a loop number reused by another
@@ -64,6 +66,12 @@ async function release(child: ChildProcess | undefined): Promise<void> {
   await exited;
 }
 
+/** `env.host` with `command` run as `instead`. */
+function hostRunning(command: string, instead: string): HostServices {
+  const runner = env.host.runner;
+  return { ...env.host, runner: { run: (file, args, options) => runner.run(file === command ? instead : file, args, options) } };
+}
+
 describe('iscsi-user: disconnect and connect safety on a real tgtd', () => {
   it('a recorded loop number the kernel reused for another attachment\'s device: the disconnect removes its own chain, record and secret, leaves that device alone and reports the mismatch', async () => {
     const { connection } = await env.makeVolume(4 * MiB);
@@ -113,4 +121,27 @@ describe('iscsi-user: disconnect and connect safety on a real tgtd', () => {
     }
   });
 
+  it('a flush that fails refuses the detach, untouched: the device, export and record stay; forced, it goes', async () => {
+    const { connection, lunFile } = await env.makeVolume(4 * MiB);
+    const device = await env.driver.connect(connection, call());
+    try {
+      const data = randomBytes(64 * 1024);
+      writeAt(device.path, data, MiB);
+      // `blockdev --flushbufs` fails (run as `false`).
+      const failing = createIscsiUserDriver({ host: hostRunning('blockdev', 'false'), dataDir: env.dataDir, options: {}, logger: silentLogger });
+      const error = await rejection(failing.disconnect(connection, device, { force: false, ...call() }));
+      expect(error.code).toBe('DRIVER_ERROR');
+      expect(error.message).toMatch(/flushing .* failed, so it was not detached/);
+      expect(error.details).toMatchObject({ reason: 'flush-failed', untouched: true });
+      expect(await loopInfo(env.host.fs, device.path)).toMatchObject({ backingFile: device.identity?.mountpoint, autoclear: false });
+      expect((await env.driver.connected!()).map((c) => c.device.path)).toEqual([device.path]);
+      expect(readAt(device.path, data.length, MiB).equals(data)).toBe(true);
+      // Forced: the flush failure is given up knowingly and the chain goes.
+      await failing.disconnect(connection, device, { force: true, ...call() });
+      await expectNothingLeft();
+      expect(readAt(lunFile, data.length, MiB).equals(data)).toBe(true);
+    } finally {
+      await env.driver.disconnect(connection, undefined, { force: true, ...call() }).catch(() => undefined);
+    }
+  });
 });
