@@ -202,13 +202,24 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
       logger.info({ device, iqn: lun.iqn, lun: lun.lun, portal, sizeBytes: info.sizeBytes }, 'iSCSI LUN connected through qemu-storage-daemon');
       return deviceOf(active, names);
     } catch (error) {
-      // An abort or a deadline can land anywhere: leave nothing, with a deadline of its own.
+      // An abort or a deadline can land anywhere: leave nothing, with a deadline of its own. The
+      // chain was handed to nobody, so nothing written through it is lost: a failed flush does not stop the undo.
       const undo = AbortSignal.timeout(options.commandTimeoutMs + options.qmpTimeoutMs);
-      await teardownChain({ host, paths, options, logger }, qmp, names, undefined, undo).catch((e: unknown) =>
-        logger.warn({ key: names.key, err: messageOf(e) }, 'could not undo a failed connect'),
+      const left = await teardownChain({ host, paths, options, logger }, qmp, names, undefined, undo, { force: true }).then(
+        (outcome) => (outcome === 'held-open' ? `its loop device on ${mountpointOf(paths, names.key)} is held open by another process` : undefined),
+        (e: unknown) => `undoing it failed: ${messageOf(e)}`,
       );
-      await removeSecrets(names.key);
-      await records.remove(names.key);
+      if (left === undefined) {
+        await removeSecrets(names.key);
+        await records.remove(names.key);
+        throw error;
+      }
+      // What is left stays recorded (and its secret with it), so that a disconnect or reconcile finds and removes it.
+      logger.warn({ key: names.key, err: left }, 'could not undo a failed connect; its record is kept, failed');
+      await records
+        .save({ ...record, status: 'failed', failure: `a connect failed (${messageOf(error)}) and ${left}; detach it (--force) to remove what is left`, updatedAt: new Date().toISOString() })
+        .catch((e: unknown) => logger.warn({ key: names.key, err: messageOf(e) }, 'could not mark the record of a failed connect failed'));
+      if (BerthError.is(error)) error.details.leftover = left;
       throw error;
     }
   }

@@ -1,16 +1,16 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { closeSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BerthError, silentLogger, type Device } from '@berth/core';
+import { BerthError, silentLogger, type Device, type FaultPoints } from '@berth/core';
 import type { HostServices } from '@berth/host';
 import { loopInfo } from '@berth/qemu';
 import { userPaths } from './export-records.js';
 import { createIscsiUserDriver } from './iscsi-user-driver.js';
-import { createUserTestEnv, writeAt, readAt, type UserTestEnv } from './test-user-env.js';
+import { createUserTestEnv, loopsUnder, writeAt, readAt, type UserTestEnv } from './test-user-env.js';
 
 // What a disconnect or a failed connect must not do on a real tgtd, qemu-storage-daemon, FUSE and
 // loop devices: report success while leaving the record (a loop number reused by another
@@ -44,6 +44,14 @@ async function rejection(promise: Promise<unknown>): Promise<BerthError> {
 async function expectNothingLeft(): Promise<void> {
   expect(await env.leftovers()).toEqual({ loops: [], mounts: [], daemon: false, records: [] });
   expect(await env.host.fs.readdir(userPaths(env.dataDir).secrets)).toEqual([]);
+}
+
+/** The one record of the env, as stored. */
+function onlyRecord(): Record<string, unknown> {
+  const dir = userPaths(env.dataDir).records;
+  const files = readdirSync(dir).filter((f) => f.endsWith('.json'));
+  expect(files).toHaveLength(1);
+  return JSON.parse(readFileSync(path.join(dir, files[0]!), 'utf8')) as Record<string, unknown>;
 }
 
 /** A child process (`sleep`) holding `device` open on its stdin. */
@@ -119,6 +127,35 @@ describe('iscsi-user: disconnect and connect safety on a real tgtd', () => {
       await release(child);
       await env.driver.disconnect(connection, undefined, { force: true, ...call() }).catch(() => undefined);
     }
+  });
+
+  it('a failed connect whose undo finds its loop device held keeps its record (failed, with the reason) and secret; a disconnect removes them once it is closed', async () => {
+    const { connection } = await env.makeVolume(4 * MiB);
+    let held: number | undefined;
+    const faults: FaultPoints = {
+      async hit(name) {
+        if (name !== 'iscsi-user.connect.after-losetup') return;
+        const [loop] = loopsUnder(env.dataDir);
+        held = openSync(loop!, 'r');
+        throw new BerthError('DRIVER_ERROR', 'injected: the connect fails after losetup');
+      },
+    };
+    try {
+      const error = await rejection(env.driverWith({}, faults).connect(connection, call()));
+      expect(error.message).toMatch(/injected/);
+      const record = onlyRecord();
+      expect(record).toMatchObject({ status: 'failed' });
+      expect(String(record.failure)).toMatch(/injected.*held open/);
+      expect(error.details.leftover).toMatch(/held open/);
+      expect(await env.host.fs.readdir(userPaths(env.dataDir).secrets)).not.toEqual([]);
+      const [loop] = loopsUnder(env.dataDir);
+      expect(await loopInfo(env.host.fs, loop!)).toMatchObject({ autoclear: false });
+      expect(await env.driver.connected!()).toEqual([]);
+    } finally {
+      if (held !== undefined) closeSync(held);
+    }
+    await env.driver.disconnect(connection, undefined, { force: false, ...call() });
+    await expectNothingLeft();
   });
 
   it('a flush that fails refuses the detach, untouched: the device, export and record stay; forced, it goes', async () => {
