@@ -6,6 +6,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { EXIT_CODES } from '@berth/core';
+import { LOOP_DETACH_PROGRAM } from '@berth/host';
 import type { Attachment, Operation, OperationOutcome, Volume } from '@berth/core';
 import { errorBody, makeSandbox, type BerthSandbox } from './support/berth-cli.js';
 import { sweepOrphanedSandboxes } from './support/orphans.js';
@@ -23,7 +24,7 @@ beforeAll(async () => {
 }, HOOK_TIMEOUT_MS);
 
 describe('the built CLI bundle', () => {
-  it.each(['berth-loop-detach', 'berth-loop-attach'])('carries %s beside the chunk that holds the loop driver, so `berth attach`/`detach` use it', async (program) => {
+  it.each(['berth-loop-attach'])('carries %s beside the chunk that holds the loop driver, so `berth attach` uses it', async (program) => {
     const chunks = join(dirname(fileURLToPath(import.meta.url)), '..', 'apps', 'cli', 'dist', 'bundle', 'chunks');
     const names = await readdir(chunks);
     const holders: string[] = [];
@@ -31,6 +32,14 @@ describe('the built CLI bundle', () => {
     expect(holders).toHaveLength(1);
     // The package built it (this machine has a C compiler); the bundle copied it, executable.
     expect(((await stat(join(chunks, program))).mode & 0o111) !== 0).toBe(true);
+  });
+
+  it("detaches with @berth/host's berth-loop-detach, which the bundle imports rather than carries (the loop driver and @berth/qemu share it)", async () => {
+    expect(LOOP_DETACH_PROGRAM).toMatch(/packages\/host\/dist\/berth-loop-detach$/);
+    const chunks = join(dirname(fileURLToPath(import.meta.url)), '..', 'apps', 'cli', 'dist', 'bundle', 'chunks');
+    const names = await readdir(chunks);
+    expect(names).not.toContain('berth-loop-detach');
+    for (const name of names.filter((n) => n.endsWith('.js'))) expect(await readFile(join(chunks, name), 'utf8')).not.toContain('"./berth-loop-detach"');
   });
 });
 

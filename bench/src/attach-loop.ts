@@ -6,7 +6,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { silentLogger } from '@berth/core';
 import { majorMinor } from '@berth/driver-loop';
-import { commandStarter, createHostServices } from '@berth/host';
+import { LOOP_DETACH_PROGRAM, commandStarter, createHostServices } from '@berth/host';
 import { openBerth } from '@berth/runtime';
 import { printTable, summarize } from './stats.js';
 
@@ -17,10 +17,10 @@ const TIMEOUT = { timeoutMs: 30_000 };
 /** How the loop driver attaches: `auto` with berth-loop-attach, `off` with three losetup runs. */
 type AttachMode = 'auto' | 'off';
 
-/** A C program of the loop driver as it finds it (built beside its dist/index.js). */
+/** A C program the loop driver runs as it finds it: berth-loop-attach beside its dist/index.js, berth-loop-detach @berth/host's. */
 function loopProgram(name: 'berth-loop-attach' | 'berth-loop-detach', without: string): string {
-  const program = path.join(path.dirname(fileURLToPath(import.meta.resolve('@berth/driver-loop'))), name);
-  if (!existsSync(program)) throw new Error(`${program} was not built (no C compiler?): ${without}`);
+  const program = name === 'berth-loop-detach' ? LOOP_DETACH_PROGRAM : path.join(path.dirname(fileURLToPath(import.meta.resolve('@berth/driver-loop'))), name);
+  if (program === undefined || !existsSync(program)) throw new Error(`${name} was not built (no C compiler?): ${without}`);
   return program;
 }
 

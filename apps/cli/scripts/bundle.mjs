@@ -174,12 +174,9 @@ const written = new Set(outputs.map((file) => join(root, file)));
 
 // The C programs a bundled package finds beside its own module (`new URL('./name', import.meta.url)`)
 // go beside the chunk that now holds that module. Only @berth/driver-loop's: the other packages with
-// one (host, simhost) stay ordinary imports. Missing (no C compiler at build time): the package has
-// its fallback, as it does unbundled.
-const NATIVE_PROGRAMS = [
-  { pkg: '@berth/driver-loop', file: 'berth-loop-detach' },
-  { pkg: '@berth/driver-loop', file: 'berth-loop-attach' },
-];
+// one (host — its berth-spawner and berth-loop-detach —, simhost) stay ordinary imports. Missing
+// (no C compiler at build time): the package has its fallback, as it does unbundled.
+const NATIVE_PROGRAMS = [{ pkg: '@berth/driver-loop', file: 'berth-loop-attach' }];
 for (const { pkg, file } of NATIVE_PROGRAMS) {
   const source = join(dirname(fileURLToPath(import.meta.resolve(pkg))), file);
   const holder = Object.entries(result.metafile.outputs).find(([, output]) => Object.keys(output.inputs).some((input) => input.includes(`${pkg.split('/')[1]}${sep}dist${sep}`) || input.includes(`${pkg.split('/')[1]}/dist/`)));

@@ -1,8 +1,6 @@
-import { accessSync, constants as fsConstants } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { fileURLToPath } from 'node:url';
 import { BerthError } from '@berth/core';
-import { WaitTimeoutError, type CommandRunner, type DeviceWaiter, type HostFs, type RunOptions } from '@berth/host';
+import { LOOP_DETACH_PROGRAM, WaitTimeoutError, type CommandRunner, type DeviceWaiter, type HostFs, type RunOptions } from '@berth/host';
 
 /** Deadline and cancellation of one loop-device step. */
 export interface LoopStepOptions {
@@ -109,28 +107,8 @@ export async function flushLoop(runner: CommandRunner, device: string, options: 
 export const DEFAULT_HOLDER_GRACE_MS = 1_000;
 const BUSY_RETRY_MS = 100;
 
-/**
- * The first of `places` that is an executable: berth-loop-detach (src/native/berth-loop-detach.c),
- * built into dist/; undefined when the build made none (no C compiler).
- */
-function nativeProgram(places: readonly URL[]): string | undefined {
-  return places
-    .map((url) => fileURLToPath(url))
-    .find((file) => {
-      try {
-        accessSync(file, fsConstants.X_OK);
-        return true;
-      } catch {
-        return false;
-      }
-    });
-}
-
-/** berth-loop-detach (src/native/berth-loop-detach.c), or undefined when the build made none. */
-// Only `../dist/`: this module is dist/fuse-loop.js (or src/ under vitest). The CLI bundle carries
-// driver-loop's copy beside that driver's chunk, found by its literal `./berth-loop-detach` URL and
-// checked to be in one chunk (test/cli.e2e.test.ts); in the bundle this finds none (see the README).
-export const LOOP_DETACH_HELPER: string | undefined = nativeProgram([new URL('../dist/berth-loop-detach', import.meta.url)]);
+/** berth-loop-detach (`@berth/host`'s, which the loop transport runs too), or undefined when the build made none. */
+export const LOOP_DETACH_HELPER: string | undefined = LOOP_DETACH_PROGRAM;
 
 /** Options of `detachFuseLoop`. */
 export interface DetachLoopOptions extends LoopStepOptions {

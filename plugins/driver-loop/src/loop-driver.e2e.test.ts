@@ -2,9 +2,9 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, open, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BerthError, type ConnectionInfo } from '@berth/core';
+import { LOOP_DETACH_PROGRAM } from '@berth/host';
 import { call, createLoopTestEnv, rejectionOf, tappedHost, type LoopTestEnv } from './test-loop-env.js';
 
 const MiB = 1024 * 1024;
@@ -500,8 +500,9 @@ describe('loop transport on real loop devices', () => {
     expect(commands).not.toContain('berth-loop-detach');
   });
 
-  it('berth-loop-detach was built with the package (this machine has a C compiler)', () => {
-    expect(existsSync(fileURLToPath(new URL('../dist/berth-loop-detach', import.meta.url)))).toBe(true);
+  it("berth-loop-detach was built with @berth/host, whose program the driver runs (this machine has a C compiler)", () => {
+    expect(LOOP_DETACH_PROGRAM).toBeDefined();
+    expect(existsSync(LOOP_DETACH_PROGRAM!)).toBe(true);
   });
 
   it('detaches a device whose file was deleted while attached, when the record names it', async () => {

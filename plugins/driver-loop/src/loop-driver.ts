@@ -3,9 +3,8 @@ import { constants as osConstants } from 'node:os';
 import { realpath, stat, statfs } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { z } from '@berth/core/zod';
-import { CommandError, WaitTimeoutError, hostFacts, type CommandResult } from '@berth/host';
+import { CommandError, LOOP_DETACH_PROGRAM, WaitTimeoutError, hostFacts, nativeProgram, type CommandResult } from '@berth/host';
 import {
   BerthError,
   identityMismatch,
@@ -100,27 +99,11 @@ const zLoopConnection = lazySchema(() => z.object({
 
 type LoopConnection = z.output<typeof zLoopConnection>;
 
-/**
- * The first of `places` that is an executable: a C program of this package (src/native/*.c),
- * built into dist/ beside this module (in the CLI's bundle: copied beside the chunk that holds
- * it); undefined when the build made none. The literal `./NAME` URLs are what the bundle's check
- * looks for (test/cli.e2e.test.ts).
- */
-function nativeProgram(places: readonly URL[]): string | undefined {
-  return places
-    .map((url) => fileURLToPath(url))
-    .find((file) => {
-      try {
-        accessSync(file, fsConstants.X_OK);
-        return true;
-      } catch {
-        return false;
-      }
-    });
-}
-
-/** berth-loop-detach (src/native/berth-loop-detach.c). */
-const DETACH_HELPER = nativeProgram([new URL('./berth-loop-detach', import.meta.url), new URL('../dist/berth-loop-detach', import.meta.url)]);
+/** berth-loop-detach (`@berth/host`'s: `@berth/qemu` detaches its FUSE loop devices with it too). */
+const DETACH_HELPER = LOOP_DETACH_PROGRAM;
+// A C program of this package (src/native/*.c), built into dist/ beside this module (in the CLI's
+// bundle: copied beside the chunk that holds it). The literal `./NAME` URL is what the bundle's
+// check looks for (test/cli.e2e.test.ts).
 /** berth-loop-attach (src/native/berth-loop-attach.c). */
 const ATTACH_HELPER = nativeProgram([new URL('./berth-loop-attach', import.meta.url), new URL('../dist/berth-loop-attach', import.meta.url)]);
 
