@@ -14,6 +14,7 @@ import { createMemoryStore } from './memory-store.js';
 import { reserveAttachmentRecord } from './pipeline/attach.js';
 import { transitionAttachment } from './pipeline/context.js';
 import { definePlugin, PLUGIN_API_VERSION } from './plugin.js';
+import type { Volume } from './model.js';
 import type { Store } from './store.js';
 
 // The service, its operation runner, the attach/detach pipelines and recovery, on the in-memory
@@ -146,6 +147,15 @@ function gate() {
     reached,
     open: () => open(),
   };
+}
+
+/** A multiattach volume `shared` attached to server vm-1, with server vm-2 beside it (same host). */
+async function sharedOnVm1(service: BerthServiceImpl): Promise<Volume> {
+  const volume = await service.createVolume({ name: 'shared', sizeBytes: 2 ** 30, multiattach: true });
+  await service.createServer({ name: 'vm-1' });
+  await service.createServer({ name: 'vm-2' });
+  await service.attach({ volume: 'shared', server: 'vm-1' });
+  return volume;
 }
 
 /** How many times a process found an export's lease held by another (it waits for it). */
@@ -398,10 +408,7 @@ describe('attach and detach on the in-memory store', () => {
 
   it('a multiattach volume: detaching one attachment while another is reserved, or being attached, ends cleanly for both (no volume wedged detaching)', async () => {
     const { service, store } = world();
-    const volume = await service.createVolume({ name: 'shared', sizeBytes: 2 ** 30, multiattach: true });
-    await service.createServer({ name: 'vm-1' });
-    await service.createServer({ name: 'vm-2' });
-    await service.attach({ volume: 'shared', server: 'vm-1' });
+    const volume = await sharedOnVm1(service);
     // Cinder's three phases: vm-2's attachment only reserved while vm-1's is detached.
     const reserved = await service.reserveAttachment({ volume: 'shared', server: 'vm-2' });
     const detached = await service.detach({ volume: 'shared', server: 'vm-1' });
@@ -426,10 +433,7 @@ describe('attach and detach on the in-memory store', () => {
     const connector = gate();
     const { service, otherProcess, store, exported } = world({ beforeUnexport: () => unexport.pass(), beforeConnector: () => connector.pass() });
     const waits = exportLeaseWaits(store);
-    const volume = await service.createVolume({ name: 'shared', sizeBytes: 2 ** 30, multiattach: true });
-    await service.createServer({ name: 'vm-1' });
-    await service.createServer({ name: 'vm-2' });
-    await service.attach({ volume: 'shared', server: 'vm-1' });
+    const volume = await sharedOnVm1(service);
     // Another berth process's attach to vm-2 on the same host has reserved (no export yet) ...
     connector.arm();
     const attach = otherProcess().attach({ volume: 'shared', server: 'vm-2' });
@@ -452,10 +456,7 @@ describe('attach and detach on the in-memory store', () => {
     const unexport = gate();
     const { service, otherProcess, store, exported } = world({ beforeUnexport: () => unexport.pass() });
     const waits = exportLeaseWaits(store);
-    const volume = await service.createVolume({ name: 'shared', sizeBytes: 2 ** 30, multiattach: true });
-    await service.createServer({ name: 'vm-1' });
-    await service.createServer({ name: 'vm-2' });
-    await service.attach({ volume: 'shared', server: 'vm-1' });
+    const volume = await sharedOnVm1(service);
     const other = otherProcess();
     const reserved = await other.reserveAttachment({ volume: 'shared', server: 'vm-2' });
     unexport.arm();
@@ -472,10 +473,7 @@ describe('attach and detach on the in-memory store', () => {
   it('a detach waits for another process\'s attach on the host to record its export, then keeps it (export lease)', async () => {
     const exporting = gate();
     const { service, otherProcess, store, exported } = world({ afterExport: () => exporting.pass() });
-    const volume = await service.createVolume({ name: 'shared', sizeBytes: 2 ** 30, multiattach: true });
-    await service.createServer({ name: 'vm-1' });
-    await service.createServer({ name: 'vm-2' });
-    await service.attach({ volume: 'shared', server: 'vm-1' });
+    const volume = await sharedOnVm1(service);
     // Another berth process's attach to vm-2 has made the export and not yet recorded it ...
     exporting.arm();
     const attach = otherProcess().attach({ volume: 'shared', server: 'vm-2' });

@@ -5,10 +5,10 @@ import { tmpdir } from 'node:os';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BerthError, type ConnectionInfo, type Device } from '@berth/core';
+import type { ConnectionInfo, Device } from '@berth/core';
 import { loopInfo } from '@berth/qemu';
 import { userPaths } from './export-records.js';
-import { createUserTestEnv, readAt, writeAt, writeDirect, type UserTestEnv } from './test-user-env.js';
+import { call, createUserTestEnv, expectNothingLeft, readAt, rejection, writeAt, writeDirect, type UserTestEnv } from './test-user-env.js';
 
 // The iscsi-user transport against the real tgtd of the tgt backend (private tgtd, CHAP on):
 // bytes written through /dev/loopN (direct and buffered) land in tgtd's LUN file; wrong CHAP,
@@ -28,23 +28,6 @@ afterAll(async () => {
   await env?.dispose();
 });
 
-function call(ms = 60_000): { signal: AbortSignal } {
-  return { signal: AbortSignal.timeout(ms) };
-}
-
-async function rejection(promise: Promise<unknown>): Promise<BerthError> {
-  const error = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  if (!BerthError.is(error)) throw new Error(`expected a BerthError, got ${String(error)}`);
-  return error;
-}
-
-async function expectNothingLeft(): Promise<void> {
-  expect(await env.leftovers()).toEqual({ loops: [], mounts: [], daemon: false, records: [] });
-  expect(await env.host.fs.readdir(userPaths(env.dataDir).secrets)).toEqual([]);
-}
 
 describe('iscsi-user transport on a real tgtd', () => {
   it('attach, write direct and buffered, detach: the LUN file holds every byte, nothing is left', async () => {
@@ -94,7 +77,7 @@ describe('iscsi-user transport on a real tgtd', () => {
     await env.driver.disconnect(connection, device, { force: false, ...call() });
     timings.push(`disconnect (flush + losetup -d + export del + logout + daemon stop): ${Date.now() - stopAt} ms`);
     for (const w of writes) expect(readAt(lunFile, w.data.length, w.offset).equals(w.data), `bytes at ${w.offset}`).toBe(true);
-    await expectNothingLeft();
+    await expectNothingLeft(env);
   });
 
   it('mutual CHAP: the target proves itself first; a wrong target secret is refused', async () => {
@@ -110,7 +93,7 @@ describe('iscsi-user transport on a real tgtd', () => {
     expect(error.code).toBe('AUTH_FAILED');
     expect(error.message).toMatch(/mutual CHAP/);
     expect(JSON.stringify(error.toJSON())).not.toContain('not-the-target-secret');
-    await expectNothingLeft();
+    await expectNothingLeft(env);
   });
 
   it('wrong CHAP, a missing LUN and an unreachable portal fail clearly within the deadline and leave nothing', async () => {
@@ -132,7 +115,7 @@ describe('iscsi-user transport on a real tgtd', () => {
       expect(text).not.toContain(secret);
       expect(text).not.toContain('wrong-password-123');
       expect(Date.now() - started, what).toBeLessThan(30_000);
-      await expectNothingLeft();
+      await expectNothingLeft(env);
     }
   });
 
@@ -142,7 +125,7 @@ describe('iscsi-user transport on a real tgtd', () => {
     const device = await env.driver.connect(twoPortals, call());
     expect(device.meta?.portal).toBe(`127.0.0.1:${env.port}`);
     await env.driver.disconnect(twoPortals, device, { force: false, ...call() });
-    await expectNothingLeft();
+    await expectNothingLeft(env);
   });
 
   it('a SIGKILLed daemon with 4 volumes attached is noticed and rebuilt on the same loop devices; one held open is failed clearly', async () => {
@@ -213,7 +196,7 @@ describe('iscsi-user transport on a real tgtd', () => {
       const again = await env.driver.connect(volumes[4]!.connection, call());
       expect(readAt(again.path, markers[4]!.length, 2 * MiB).equals(markers[4]!)).toBe(true);
       await env.driver.disconnect(volumes[4]!.connection, again, { force: false, ...call() });
-      await expectNothingLeft();
+      await expectNothingLeft(env);
     } finally {
       // Whatever failed above, nothing of this test stays for the next ones.
       for (const v of volumes) await env.driver.disconnect(v.connection, undefined, { force: true, ...call() }).catch(() => undefined);
@@ -233,7 +216,7 @@ describe('iscsi-user transport on a real tgtd', () => {
     await Promise.all(volumes.map((v, i) => env.driver.disconnect(v.connection, devices[i], { force: false, ...call(120_000) })));
     timings.push(`16 concurrent disconnects: ${Date.now() - stopAt} ms`);
     volumes.forEach((v, i) => expect(readAt(v.lunFile, data[i]!.length, MiB).equals(data[i]!)).toBe(true));
-    await expectNothingLeft();
+    await expectNothingLeft(env);
   });
 
   it('leaves a device another attachment uses, and never touches a recorded path that now backs another file', async () => {
@@ -251,7 +234,7 @@ describe('iscsi-user transport on a real tgtd', () => {
       expect(error.code).toBe('CONFLICT');
       expect(error.details.reason).toBe('identity-mismatch');
       expect((await loopInfo(env.host.fs, otherLoop))?.backingFile).toBe(other);
-      await expectNothingLeft();
+      await expectNothingLeft(env);
     } finally {
       execFileSync('losetup', ['--detach', otherLoop]);
       rmSync(other, { force: true });

@@ -10,7 +10,7 @@ import type { HostServices } from '@berth/host';
 import { loopInfo } from '@berth/qemu';
 import { userPaths } from './export-records.js';
 import { createIscsiUserDriver } from './iscsi-user-driver.js';
-import { createUserTestEnv, loopsUnder, writeAt, readAt, type UserTestEnv } from './test-user-env.js';
+import { call, createUserTestEnv, expectNothingLeft, loopsUnder, readAt, rejection, writeAt, type UserTestEnv } from './test-user-env.js';
 
 // What a disconnect or a failed connect must not do on a real tgtd, qemu-storage-daemon, FUSE and
 // loop devices: report success while leaving the record (a loop number reused by another
@@ -28,23 +28,6 @@ afterAll(async () => {
   await env?.dispose();
 });
 
-function call(ms = 60_000): { signal: AbortSignal } {
-  return { signal: AbortSignal.timeout(ms) };
-}
-
-async function rejection(promise: Promise<unknown>): Promise<BerthError> {
-  const error = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  if (!BerthError.is(error)) throw new Error(`expected a BerthError, got ${String(error)}`);
-  return error;
-}
-
-async function expectNothingLeft(): Promise<void> {
-  expect(await env.leftovers()).toEqual({ loops: [], mounts: [], daemon: false, records: [] });
-  expect(await env.host.fs.readdir(userPaths(env.dataDir).secrets)).toEqual([]);
-}
 
 /** The one record of the env, as stored. */
 function onlyRecord(): Record<string, unknown> {
@@ -100,7 +83,7 @@ describe('iscsi-user: disconnect and connect safety on a real tgtd', () => {
       expect(error.code).toBe('CONFLICT');
       expect(error.details.reason).toBe('identity-mismatch');
       expect((await loopInfo(env.host.fs, device.path))?.backingFile).toBe(other);
-      await expectNothingLeft();
+      await expectNothingLeft(env);
     } finally {
       if (reused) execFileSync('losetup', ['--detach', device.path]);
       rmSync(other, { force: true });
@@ -122,7 +105,7 @@ describe('iscsi-user: disconnect and connect safety on a real tgtd', () => {
       expect(await loopInfo(env.host.fs, device.path)).toMatchObject({ backingFile: device.identity?.mountpoint, autoclear: false, rdev: device.identity?.rdev });
       expect((await env.driver.connected!()).map((c) => c.device.path)).toEqual([device.path]);
       await env.driver.disconnect(connection, device, { force: false, ...call() });
-      await expectNothingLeft();
+      await expectNothingLeft(env);
     } finally {
       await release(child);
       await env.driver.disconnect(connection, undefined, { force: true, ...call() }).catch(() => undefined);
@@ -155,7 +138,7 @@ describe('iscsi-user: disconnect and connect safety on a real tgtd', () => {
       if (held !== undefined) closeSync(held);
     }
     await env.driver.disconnect(connection, undefined, { force: false, ...call() });
-    await expectNothingLeft();
+    await expectNothingLeft(env);
   });
 
   it('a flush that fails refuses the detach, untouched: the device, export and record stay; forced, it goes', async () => {
@@ -175,7 +158,7 @@ describe('iscsi-user: disconnect and connect safety on a real tgtd', () => {
       expect(readAt(device.path, data.length, MiB).equals(data)).toBe(true);
       // Forced: the flush failure is given up knowingly and the chain goes.
       await failing.disconnect(connection, device, { force: true, ...call() });
-      await expectNothingLeft();
+      await expectNothingLeft(env);
       expect(readAt(lunFile, data.length, MiB).equals(data)).toBe(true);
     } finally {
       await env.driver.disconnect(connection, undefined, { force: true, ...call() }).catch(() => undefined);

@@ -4,7 +4,8 @@ import { closeSync, fsyncSync, openSync, readFileSync, readSync, writeSync } fro
 import { mkdtemp, realpath, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { silentLogger, type BackendVolume, type ConnectionInfo, type FaultPoints, type TransportDriver, type VolumeBackend } from '@berth/core';
+import { expect } from 'vitest';
+import { BerthError, silentLogger, type BackendVolume, type ConnectionInfo, type FaultPoints, type TransportDriver, type VolumeBackend } from '@berth/core';
 import { createHostServices, daemonStatus, type HostServices } from '@berth/host';
 import { createTgtBackend, stopManagedTgtd, type TgtBackendOptions } from '@berth/backend-tgt';
 import { fuseMountsUnder, StorageDaemon, unmountFuseUnder } from '@berth/qemu';
@@ -149,4 +150,25 @@ export function writeDirect(device: string, data: Buffer, offset: number, blockS
 /** The whole file (for small LUNs). */
 export function fileBytes(file: string): Buffer {
   return readFileSync(file);
+}
+
+/** A call context with its own deadline. */
+export function call(ms = 60_000): { signal: AbortSignal } {
+  return { signal: AbortSignal.timeout(ms) };
+}
+
+/** The BerthError `promise` rejects with (anything else fails the test). */
+export async function rejection(promise: Promise<unknown>): Promise<BerthError> {
+  const error = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  if (!BerthError.is(error)) throw new Error(`expected a BerthError, got ${String(error)}`);
+  return error;
+}
+
+/** Nothing of the transport's is left: no loop device, mount, daemon, record or secret file. */
+export async function expectNothingLeft(env: UserTestEnv): Promise<void> {
+  expect(await env.leftovers()).toEqual({ loops: [], mounts: [], daemon: false, records: [] });
+  expect(await env.host.fs.readdir(userPaths(env.dataDir).secrets)).toEqual([]);
 }
