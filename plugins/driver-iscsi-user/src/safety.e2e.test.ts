@@ -37,6 +37,14 @@ function onlyRecord(): Record<string, unknown> {
   return JSON.parse(readFileSync(path.join(dir, files[0]!), 'utf8')) as Record<string, unknown>;
 }
 
+/** The one record names `loopDevice` as its chain's device (what a reused number leaves behind). */
+function renameRecordedDevice(loopDevice: string): void {
+  const dir = userPaths(env.dataDir).records;
+  const [file] = readdirSync(dir).filter((f) => f.endsWith('.json'));
+  const record = onlyRecord();
+  writeFileSync(path.join(dir, file!), JSON.stringify({ ...record, loopDevice }));
+}
+
 /** A child process (`sleep`) holding `device` open on its stdin. */
 async function holder(device: string): Promise<ChildProcess> {
   const fd = openSync(device, 'r');
@@ -69,23 +77,24 @@ describe('iscsi-user: disconnect and connect safety on a real tgtd', () => {
     const device = await env.driver.connect(connection, call());
     const other = path.join(tmpdir(), `berth-iu-reused-${randomBytes(4).toString('hex')}.img`);
     writeFileSync(other, Buffer.alloc(MiB));
-    let reused = false;
+    let reused: string | undefined;
     try {
-      // The chain's loop device is lost (a crash between its detach and the export's removal) and
-      // its number goes to another volume's device, which another attachment uses.
-      execFileSync('losetup', ['--detach', device.path]);
-      await env.host.waiter.waitUntil('/sys/block', async () => ((await loopInfo(env.host.fs, device.path))?.backingFile === undefined ? true : undefined), { timeoutMs: 10_000 });
-      execFileSync('losetup', [device.path, other]);
-      reused = true;
-      const info = await loopInfo(env.host.fs, device.path);
-      const another: Device = { path: device.path, type: 'block', identity: { kind: 'loop', rdev: info?.rdev ?? '' } };
-      const error = await rejection(env.driver.disconnect(connection, device, { force: false, inUse: [another], ...call() }));
+      // The number the record names went to another volume's device, which another attachment
+      // uses (the chain's own device was lost and the kernel gave its number away). The number is
+      // not taken back from the kernel here (another loop user on the machine could take it in
+      // between): the other device gets a number of its own, and the record and the device handed
+      // to the disconnect name it, as they would after the reuse.
+      reused = execFileSync('losetup', ['--find', '--show', other], { encoding: 'utf8' }).trim();
+      const info = await loopInfo(env.host.fs, reused);
+      const another: Device = { path: reused, type: 'block', identity: { kind: 'loop', rdev: info?.rdev ?? '' } };
+      renameRecordedDevice(reused);
+      const error = await rejection(env.driver.disconnect(connection, { ...device, path: reused }, { force: false, inUse: [another], ...call() }));
       expect(error.code).toBe('CONFLICT');
       expect(error.details.reason).toBe('identity-mismatch');
-      expect((await loopInfo(env.host.fs, device.path))?.backingFile).toBe(other);
+      expect((await loopInfo(env.host.fs, reused))?.backingFile).toBe(other);
       await expectNothingLeft(env);
     } finally {
-      if (reused) execFileSync('losetup', ['--detach', device.path]);
+      if (reused) execFileSync('losetup', ['--detach', reused]);
       rmSync(other, { force: true });
       await env.driver.disconnect(connection, undefined, { force: true, ...call() }).catch(() => undefined);
     }
