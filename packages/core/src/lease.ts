@@ -37,6 +37,13 @@ export interface HeldLease {
    * `details.leaseLost` — the lease is that process's, and is left to it.
    */
   releaseWith<T>(work: (store: Store) => Promise<T>, options?: ReleaseWithOptions): Promise<T>;
+  /**
+   * Inside a transaction `tx` of the caller's (last, just before its commit): confirm the lease is
+   * still this holder's, so that the transaction's writes never land after another process took
+   * the lease over (this one paused past it). Throws CONFLICT with `details.leaseLost` otherwise.
+   * The lease stays held (released when `fn` settles).
+   */
+  confirm(tx: Store): Promise<void>;
 }
 
 /** How `releaseWith` commits. */
@@ -57,12 +64,14 @@ export function deviceLeaseKey(hostId: string, volumeId: string): string {
 }
 
 /**
- * The lease key that serialises the decisions on one volume's export to one host: an attach's
- * `initialize` (the backend's export, then its record) and a detach's `terminate` (who else uses
- * the export, then the backend's removal). The host as the export knows it: its initiator, else its name.
+ * The lease key that serialises the decisions on one volume's exports: an attach's `initialize`
+ * (the backend's export, then its record) and a detach's `terminate` (who else uses the export,
+ * then the backend's removal). Per volume, not per host: which connectors are "the same host" is
+ * decided by initiator or by name (`exportSharers`), and two keys for one host would not exclude
+ * each other (a record without an initiator beside a new connector with one).
  */
-export function exportLeaseKey(volumeId: string, host: { initiator?: string | undefined; host: string }): string {
-  return `export:${volumeId}:${host.initiator ?? `host:${host.host}`}`;
+export function exportLeaseKey(volumeId: string): string {
+  return `export:${volumeId}`;
 }
 
 /**
@@ -111,7 +120,15 @@ export async function withLease<T>(store: Store, key: string, options: LeaseOpti
   const renewal = options.renewEveryMs === undefined ? undefined : setInterval(() => void renew(), options.renewEveryMs);
   renewal?.unref();
   let released = false;
+  const lostError = (): BerthError =>
+    new BerthError('CONFLICT', `lost the lease of ${options.what}: another process took it over while this one could not renew it (a long pause?)`, {
+      hint: 'nothing of this step was recorded; the process that took the lease over finishes or undoes it',
+      details: { lease: key, leaseLost: true },
+    });
   const lease: HeldLease = {
+    async confirm(tx: Store): Promise<void> {
+      if (!(await tx.locks.takeOver(key, me, me, expiry()))) throw lostError();
+    },
     async releaseWith<R>(work: (store: Store) => Promise<R>, releaseOptions: ReleaseWithOptions = {}): Promise<R> {
       const commit = (): Promise<R> =>
         store.transaction(async (tx) => {
@@ -121,12 +138,7 @@ export async function withLease<T>(store: Store, key: string, options: LeaseOpti
           // could tell it, and must not write over what the process that took the lease over did.
           // Confirmed after `work`, just before the release: the lease's row is locked only for
           // the end of the commit, never while `work` waits on other rows (renewals wait on it).
-          if (!(await tx.locks.takeOver(key, me, me, expiry()))) {
-            throw new BerthError('CONFLICT', `lost the lease of ${options.what}: another process took it over while this one could not renew it (a long pause?)`, {
-              hint: 'nothing of this step was recorded; the process that took the lease over finishes or undoes it',
-              details: { lease: key, leaseLost: true },
-            });
-          }
+          if (!(await tx.locks.takeOver(key, me, me, expiry()))) throw lostError();
           await tx.locks.release(key, me);
           return result;
         });

@@ -99,7 +99,16 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
       // The export and its record (the commit) under the export's lease: a detach of another
       // attachment of the volume on this host decides whether to remove the export under it too,
       // so it sees this attachment as the export's user, or removes the export before it is made.
-      hold: (ctx, signal, body) => (ctx.connector ? withExportLease(deps, ctx.volume, ctx.connector, signal, body) : body()),
+      // The commit confirms the lease last (`confirm`): a process paused past it records nothing.
+      hold: (ctx, signal, body) =>
+        withExportLease(deps, ctx.volume, signal, async (lease) => {
+          ctx.exportLease = lease;
+          try {
+            return await body();
+          } finally {
+            delete ctx.exportLease;
+          }
+        }),
       async run(ctx, signal) {
         const connector = required(ctx.connector, 'connector');
         const exported = await ctx.backend.initializeConnection(backendVolume(ctx.volume), connector, signal);
@@ -120,6 +129,7 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
           connectionInfo: redactConnectionInfo(required(ctx.connection, 'connection')),
           transport: required(ctx.transport, 'transport'),
         });
+        await ctx.exportLease?.confirm(tx);
         return { apply: (c) => applyTransition(c, changed) };
       },
       async undo(ctx, signal) {

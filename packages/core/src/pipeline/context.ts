@@ -9,6 +9,7 @@ import type { DriverCatalog } from '../catalog.js';
 import type { BerthConfig } from '../config.js';
 import type { Logger } from '../logger.js';
 import type { HostSteps } from '../host-steps/host-steps.js';
+import type { HeldLease } from '../lease.js';
 
 /** What the pipelines need from the rest of berth. */
 export interface PipelineDeps {
@@ -56,6 +57,8 @@ export interface PipelineContext {
   transport?: string;
   device?: Device;
   publishedPath?: string;
+  /** The export lease `initialize` holds through its commit (`Step.hold`), which confirms it. */
+  exportLease?: HeldLease;
   /** Go on through errors (detach --force). */
   force?: boolean;
   /** Errors a forced detach went through. */

@@ -1,6 +1,7 @@
 import { redactConnectionInfo, type ConnectionInfo, type Connector, type Device } from '../connection.js';
 import type { Consumer, Publication } from '../contracts/consumer.js';
 import { sameDevice } from '../device-identity.js';
+import { consumerNameFor } from '../hypervisor.js';
 import { BerthError, toBerthError } from '../errors.js';
 import type { HostSteps } from '../host-steps/host-steps.js';
 import { deviceLeaseKey, exportLeaseKey, withLease, type HeldLease, type LeaseOptions } from '../lease.js';
@@ -61,13 +62,13 @@ export function withDeviceLease<T>(deps: PipelineDeps, hostId: string, volume: V
 }
 
 /**
- * Run `fn` holding the lease of `volume`'s export to the host `connector` names: the export's
- * users are decided under it (`exportSharers`), so an attach's export and its record never fall
- * between a detach's count and its removal. Never taken with a device lease held (nor the other
- * way round): the two are independent.
+ * Run `fn` holding the lease of `volume`'s exports: the export's users are decided under it
+ * (`exportSharers`), so an attach's export and its record never fall between a detach's count and
+ * its removal. A write that records an export confirms the lease in its transaction
+ * (`HeldLease.confirm`). Never taken with a device lease held (nor the other way round).
  */
-export function withExportLease<T>(deps: PipelineDeps, volume: Volume, connector: Connector, signal: AbortSignal, fn: () => Promise<T>): Promise<T> {
-  return withLease(deps.store, exportLeaseKey(volume.id, connector), leaseOptions(deps, signal, `the export of volume ${volume.name} to host ${connector.host}`), () => fn());
+export function withExportLease<T>(deps: PipelineDeps, volume: Volume, signal: AbortSignal, fn: (lease: HeldLease) => Promise<T>): Promise<T> {
+  return withLease(deps.store, exportLeaseKey(volume.id), leaseOptions(deps, signal, `the exports of volume ${volume.name}`), fn);
 }
 
 /**
@@ -82,7 +83,7 @@ export function terminateUnshared(
   signal: AbortSignal,
   terminate: () => Promise<void>,
 ): Promise<number> {
-  return withExportLease(deps, volume, connector, signal, async () => {
+  return withExportLease(deps, volume, signal, async () => {
     const sharing = await exportSharers(deps.store, volume.id, connector, exceptId);
     if (sharing.length === 0) await terminate();
     return sharing.length;
@@ -154,7 +155,10 @@ export async function connectShared(deps: PipelineDeps, request: ConnectRequest)
       // one; reconcile reconnects them to it.
       logger.warn({ volumeId: volume.id, was: other.device.path, now: device.path }, 'the shared device was replaced');
     }
-    await dropStaleNames(deps, request, device);
+    // Only when this connect made the volume's device on the host: a device others already
+    // share had its names checked when it was made (and an agent older than `unpublish_orphan`'s
+    // `keep` would take the sharers' links with the stale ones).
+    if (sharers.length === 0) await dropStaleNames(deps, request, device);
     // The device's records and the lease's release: one commit.
     const updated = await lease.releaseWith(async (tx) => {
       await tx.devices.put({
@@ -198,13 +202,25 @@ async function dropStaleNames(deps: PipelineDeps, request: ConnectRequest, devic
   for (const volumeId of new Set([...lost.map((a) => a.volumeId), ...records.map((r) => r.volumeId)])) {
     logger.warn({ volumeId, device: device.path, now: volume.id }, "another volume's recorded device is gone and its name is this volume's disk now: removing the names published for it");
     try {
+      // The consumer that published for it: its server's (a guest consumer for a VM), else the default.
+      const server = await firstServerOf(store, lost.filter((a) => a.volumeId === volumeId));
+      const consumer = server ? consumerNameFor(server, deps.config.consumer) : deps.config.consumer;
       const call = { ...(request.operationId === undefined ? {} : { operationId: request.operationId }), signal: request.signal };
-      const { supported } = await request.steps.run('unpublish_orphan', { consumer: deps.config.consumer, volumeId, device, transport: request.transport, keep }, call);
+      const { supported } = await request.steps.run('unpublish_orphan', { consumer, volumeId, device, transport: request.transport, keep }, call);
       if (!supported) logger.warn({ volumeId, device: device.path }, 'the consumer cannot drop names without a record: they still lead to this device until `berth reconcile`');
     } catch (error) {
       logger.warn({ volumeId, device: device.path, err: toBerthError(error).message }, 'could not remove the names of a lost device');
     }
   }
+}
+
+/** The server of the first of `attachments` whose server record is there. */
+async function firstServerOf(store: Store, attachments: readonly Attachment[]): Promise<Server | undefined> {
+  for (const attachment of attachments) {
+    const server = await store.servers.get(attachment.serverId);
+    if (server) return server;
+  }
+  return undefined;
 }
 
 /** What `releaseShared` releases. */

@@ -62,7 +62,7 @@ export async function fixOf(deps: ReconcileDeps, finding: Finding, target: FixTa
       const connector = await connectorFor(deps, finding.export.initiator);
       // Decided again under the export's lease: an attach that exported it meanwhile holds the
       // lease until its record says so.
-      await withExportLease(deps, fresh.volume, connector, signal, async () => {
+      await withExportLease(deps, fresh.volume, signal, async () => {
         const now = live(await store.attachments.list({ volumeId }));
         if (now.some((a) => accountsForExport(a, finding.export.initiator))) throw new Skip('an attachment accounts for it now');
         await catalog.backend(finding.backend).terminateConnection(backendVolume(fresh.volume), connector, signal);

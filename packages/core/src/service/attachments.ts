@@ -108,14 +108,18 @@ async function initializeLocked(parts: ServiceParts, attachment: Attachment, con
   const volume = await store.volumes.require(attachment.volumeId);
   const signal = AbortSignal.timeout(parts.config.operationTimeoutMs);
   // The export and its record under the export's lease, as the attach's `initialize` does.
-  return withExportLease(parts.deps, volume, connector, signal, async () => {
+  return withExportLease(parts.deps, volume, signal, async (lease) => {
     const connectionInfo = await parts.catalog.backend(volume.backend).initializeConnection(backendVolume(volume), connector, signal);
     const info = withAccessMode(connectionInfo, attachment.mode);
     const patch = { connector, connectionInfo: redactConnectionInfo(info) };
-    const updated =
-      attachment.status === 'reserved'
-        ? (await transitionAttachment(store, attachment.id, ['reserved'], 'attaching', patch)).attachment
-        : await store.attachments.update(attachment.id, patch);
+    const updated = await store.transaction(async (tx) => {
+      const written =
+        attachment.status === 'reserved'
+          ? (await transitionAttachment(tx, attachment.id, ['reserved'], 'attaching', patch)).attachment
+          : await tx.attachments.update(attachment.id, patch);
+      await lease.confirm(tx);
+      return written;
+    });
     return { attachment: updated, connectionInfo: info };
   });
 }
