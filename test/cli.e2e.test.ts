@@ -34,7 +34,7 @@ describe('the built CLI bundle', () => {
     expect(((await stat(join(chunks, program))).mode & 0o111) !== 0).toBe(true);
   });
 
-  it("detaches with @berth/host's berth-loop-detach, which the bundle imports rather than carries (the loop driver and @berth/qemu share it)", async () => {
+  it("detaches with @berth/host's berth-loop-detach, which the bundle imports rather than carries (the loop driver finds it there)", async () => {
     expect(LOOP_DETACH_PROGRAM).toMatch(/packages\/host\/dist\/berth-loop-detach$/);
     const chunks = join(dirname(fileURLToPath(import.meta.url)), '..', 'apps', 'cli', 'dist', 'bundle', 'chunks');
     const names = await readdir(chunks);

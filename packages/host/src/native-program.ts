@@ -20,8 +20,8 @@ export function nativeProgram(places: readonly URL[]): string | undefined {
 
 /**
  * berth-loop-detach (`src/native/berth-loop-detach.c`): detach a loop device only when nobody else
- * holds it, leaving a held one attached as it was (see the C source). Shared by the loop transport
- * and `@berth/qemu`'s FUSE loop devices, so it lives here, beside this module in `dist/` (this
+ * holds it, leaving a held one attached as it was (see the C source). The loop transport runs it,
+ * and `@berth/qemu`'s FUSE loop detach can (not its default), so it lives here, beside this module in `dist/` (this
  * package is never bundled: the CLI bundle imports it from its own location). Undefined when the
  * build made none.
  */

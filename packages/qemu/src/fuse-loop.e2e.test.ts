@@ -65,10 +65,10 @@ describe('detachFuseLoop on a held device (real qemu-storage-daemon, FUSE and lo
   });
 
   it.each([
-    ['with berth-loop-detach', undefined],
-    ['without it (holders looked for first)', null],
+    ['with berth-loop-detach', LOOP_DETACH_HELPER],
+    ['without it (holders looked for first: the default)', undefined],
   ] as const)('%s: a held device is reported held-open and stays attached, autoclear off, after the holder closes it', async (_, helper) => {
-    const name = helper === null ? 'plain' : 'native';
+    const name = helper === undefined ? 'plain' : 'native';
     const image = path.join(dir, `${name}.img`);
     await writeFile(image, '');
     await truncate(image, 4 * MiB);
@@ -82,11 +82,11 @@ describe('detachFuseLoop on a held device (real qemu-storage-daemon, FUSE and lo
       device = await attachFuseLoop(host.runner, mountpoint, { readOnly: false, timeoutMs: 10_000 });
       child = holder(device);
       await once(child, 'spawn');
-      const options = { timeoutMs: 10_000, holderGraceMs: 300, ...(helper === null ? { helper: null } : {}) };
+      const options = { timeoutMs: 10_000, holderGraceMs: 300, ...(helper === undefined ? {} : { helper }) };
       const commands: string[] = [];
       expect(await detachFuseLoop(tapped(commands), device, mountpoint, options)).toBe('held-open');
       // The kernel answered "held" (berth-loop-detach), or fuser saw the holder before any losetup --detach.
-      expect(commands).toContain(helper === null ? 'fuser' : 'berth-loop-detach');
+      expect(commands).toContain(helper === undefined ? 'fuser' : 'berth-loop-detach');
       expect(await loopInfo(host.fs, device)).toMatchObject({ backingFile: mountpoint, autoclear: false });
       await release(child);
       // Closed by its last opener: a device left with autoclear would be gone now.

@@ -114,8 +114,19 @@ export const LOOP_DETACH_HELPER: string | undefined = LOOP_DETACH_PROGRAM;
 export interface DetachLoopOptions extends LoopStepOptions {
   /** How long a device found held is tried again before `held-open` (default `DEFAULT_HOLDER_GRACE_MS`). */
   holderGraceMs?: number;
-  /** The berth-loop-detach to run (default `LOOP_DETACH_HELPER`); `null`: the way without it. */
+  /**
+   * The berth-loop-detach to run (`LOOP_DETACH_HELPER`); by default none: holders looked for
+   * first, then `losetup --detach` (see the README: with the program, qemu-storage-daemon died
+   * under the test suites about one run in five, never without it).
+   */
   helper?: string | null;
+  /**
+   * A device another opener holds: `keep` (default) leaves it attached as it was, autoclear off;
+   * `defer` lets the kernel detach it at the last close (`losetup --detach`, no holder check, no
+   * flush of its own) — for a device whose export is dead (its data cannot reach the target any
+   * more) or a detach forced past a failed flush, which must not leave a device pinned to a file that is going away.
+   */
+  whenHeld?: 'keep' | 'defer';
 }
 
 /** What one run of berth-loop-detach answered (its line first; see the C source). */
@@ -129,10 +140,11 @@ type HelperOutcome = 'detached' | 'busy' | 'not-attached' | 'mismatch' | 'autocl
  * attached to another file is left alone (`not-attached`). Throws — the device untouched — when
  * the flush in the detach failed (`details.reason: 'flush-failed'`).
  *
- * With berth-loop-detach (the default when built) the kernel answers "held" in the detach itself:
- * LOOP_CLR_FD on the program's own descriptor, autoclear cleared again when another opener holds it.
- * Without it: holders looked for first (stacked devices, mounts, `fuser`), then `losetup --detach`;
- * a holder none of them saw makes the kernel defer the detach (autoclear), reported `held-open`.
+ * By default holders are looked for first (stacked devices, mounts, `fuser`): one seen leaves the
+ * device untouched; then `losetup --detach`, and a holder none of them saw makes the kernel defer
+ * the detach (autoclear), reported `held-open`. With `helper` (berth-loop-detach) the kernel
+ * answers "held" in the detach itself (LOOP_CLR_FD on the program's own descriptor, autoclear
+ * cleared again when another opener holds it) — not the default: see the README.
  */
 export async function detachFuseLoop(
   deps: { runner: CommandRunner; waiter: DeviceWaiter; fs: HostFs },
@@ -149,7 +161,7 @@ export async function detachFuseLoop(
   if (first === undefined) return 'not-attached';
   // Someone's detach is already waiting for the last close (autoclear): not berth's to undo.
   if (first.autoclear) return 'held-open';
-  const helper = options.helper === undefined ? LOOP_DETACH_HELPER : (options.helper ?? undefined);
+  const helper = options.helper ?? undefined;
   const grace = options.holderGraceMs ?? DEFAULT_HOLDER_GRACE_MS;
 
   const waitDetached = async (): Promise<'detached' | 'held-open'> => {
@@ -166,7 +178,7 @@ export async function detachFuseLoop(
     }
   };
 
-  if (helper !== undefined) {
+  if (helper !== undefined && options.whenHeld !== 'defer') {
     // The backing file's device and inode as the loop device itself reports them, read while
     // sysfs names `file` before and after: the program detaches only a device backing that inode.
     const identity = await backingIdentity(deps.runner, device, run);
@@ -205,8 +217,8 @@ export async function detachFuseLoop(
     }
   }
 
-  // Without the program: a holder seen first leaves the device untouched.
-  if ((await holderOf(deps, first, run)) !== undefined) return 'held-open';
+  // Without the program: a holder seen first leaves the device untouched (unless the caller defers to the kernel).
+  if (options.whenHeld !== 'defer' && (await holderOf(deps, first, run)) !== undefined) return 'held-open';
   const result = await deps.runner.run('losetup', ['--detach', device], run);
   if (result.exitCode !== 0 && !/No such device/.test(result.stderr)) {
     throw new BerthError('DRIVER_ERROR', `losetup --detach ${device} failed: ${result.stderr.trim() || `exit ${result.exitCode}`}`, {

@@ -5,7 +5,7 @@ import { acquireFileLock, LockTimeoutError, type ReleaseLock } from '@berth/host
 import { detachFuseLoop, fuseMountsUnder, loopInfo, unmountFuseUnder, type QmpClient, type StorageDaemon } from '@berth/qemu';
 import type { AttachStateFileStore } from '@berth/iscsi';
 import type { ExportRecord } from './export-records.js';
-import { buildChain, messageOf, mountpointOf, secretFile, teardownChain, type PlumbingDeps } from './lun-plumbing.js';
+import { buildChain, loopsBacking, messageOf, mountpointOf, secretFile, teardownChain, type PlumbingDeps } from './lun-plumbing.js';
 import { exportNames } from './user-connection.js';
 
 interface Session {
@@ -140,8 +140,16 @@ export class DaemonSupervisor {
       const mountpoint = mountpointOf(paths, record.volumeId);
       const step = { timeoutMs: options.commandTimeoutMs, signal: AbortSignal.timeout(options.commandTimeoutMs) };
       let held = false;
-      if (record.loopDevice !== undefined && (await loopInfo(host.fs, record.loopDevice))?.backingFile === mountpoint) {
-        held = (await detachFuseLoop(host, record.loopDevice, mountpoint, step)) === 'held-open';
+      // The export is dead: nothing written through its device can reach the target. A device
+      // still held goes at its last close (the kernel's autoclear) rather than staying pinned to
+      // the dead FUSE file after the lazy unmount below; the record says it failed, and a number
+      // the kernel reuses later is dropped from what was published for it by the next attach's
+      // connect (core's `dropStaleNames`). A failed connect's record may name no device: the
+      // devices on its FUSE file are found from sysfs.
+      const devices = record.loopDevice !== undefined ? [record.loopDevice] : await loopsBacking({ host }, mountpoint);
+      for (const device of devices) {
+        if ((await loopInfo(host.fs, device))?.backingFile !== mountpoint) continue;
+        if ((await detachFuseLoop(host, device, mountpoint, { ...step, whenHeld: 'defer' })) === 'held-open') held = true;
       }
       await unmountFuseUnder(host, mountpoint, options.commandTimeoutMs);
       if (held) return 'held-open';

@@ -216,8 +216,16 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
       }
       // What is left stays recorded (and its secret with it), so that a disconnect or reconcile finds and removes it.
       logger.warn({ key: names.key, err: left }, 'could not undo a failed connect; its record is kept, failed');
+      // The device it left (the chain's, on its FUSE file), so that a restore after a daemon death releases it too.
+      const [leftDevice] = await loopsBacking({ host }, mountpointOf(paths, names.key)).catch(() => []);
       await records
-        .save({ ...record, status: 'failed', failure: `a connect failed (${messageOf(error)}) and ${left}; detach it (--force) to remove what is left`, updatedAt: new Date().toISOString() })
+        .save({
+          ...record,
+          ...(leftDevice === undefined ? {} : { loopDevice: leftDevice }),
+          status: 'failed',
+          failure: `a connect failed (${messageOf(error)}) and ${left}; detach it (--force) to remove what is left`,
+          updatedAt: new Date().toISOString(),
+        })
         .catch((e: unknown) => logger.warn({ key: names.key, err: messageOf(e) }, 'could not mark the record of a failed connect failed'));
       if (BerthError.is(error)) error.details.leftover = left;
       throw error;
@@ -523,7 +531,7 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
       const failed = (await records.list()).filter((r) => r.status === 'failed');
       if (failed.length > 0) {
         checks.push({ name: 'exports lost when qemu-storage-daemon died', ok: false, detail: failed.map((r) => `${r.iqn} LUN ${r.lun}: ${r.failure ?? 'failed'}`).join('; ') });
-        fixes.push('run berth reconcile: it reconnects the lost exports or marks their attachments failed');
+        fixes.push('run berth reconcile: it reconnects the lost exports or marks their attachments failed; what a failed connect left goes with berth detach --force of its volume (each entry says)');
       }
       const status = await daemon.status();
       checks.push({ name: 'qemu-storage-daemon', ok: true, detail: status.running ? `running as pid ${status.pid}` : 'not running (started on first use)' });

@@ -149,6 +149,9 @@ describe('iscsi-user transport on a real tgtd', () => {
         const listed = await second.connected!();
         timings.push(`restore of 4 exports after SIGKILL: ${Date.now() - started} ms`);
         expect((await env.daemonPid()) ?? 0).not.toBe(pid);
+        // The held one's export is dead: its device is left to the kernel, which detaches it at
+        // the last close (autoclear), never kept attached to the dead FUSE file berth unmounts.
+        expect((await loopInfo(env.host.fs, devices[4]!.path))?.autoclear).toBe(true);
         // Between a dead device's detach and its rebuild, another process on this machine may take
         // its loop number (other suites run beside this one): the restore then fails that one
         // clearly (reconcile reconnects it on a new device). Every device nobody took is rebuilt.

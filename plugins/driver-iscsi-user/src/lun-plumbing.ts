@@ -139,15 +139,18 @@ export async function teardownChain(
   for (const device of loops) {
     const info = await loopInfo(deps.host.fs, device);
     if (info?.backingFile !== mountpoint) continue;
+    let flushFailed = false;
     if (!info.autoclear) {
       try {
         await flushLoop(deps.host.runner, device, step);
       } catch (error) {
-        // A dead export answers the flush with an I/O error (or never): what the page cache holds
-        // for it cannot reach the target. Only a forced detach gives that up.
+        flushFailed = true;
+        // The flush did not finish (timed out on a hung path, or could not run): what the page
+        // cache holds for the LUN may not have reached the target. Only a forced detach gives that
+        // up. (A write-back error the kernel met earlier is not reported here: BLKFLSBUF answers 0.)
         if (!how.force) {
           throw new BerthError('DRIVER_ERROR', `flushing ${device} (LUN ${names.key}) failed, so it was not detached: ${messageOf(error)}`, {
-            hint: `its unwritten data would be lost; check the target and its path (berth check), then detach again — detach --force gives the data up`,
+            hint: `its unwritten data would be lost; check the target and its path (berth doctor), then detach again — detach --force gives the data up`,
             details: { device, reason: 'flush-failed', ...(changed ? {} : { untouched: true }) },
             cause: error,
           });
@@ -156,7 +159,9 @@ export async function teardownChain(
       }
     }
     await deps.faults?.hit('iscsi-user.disconnect.after-flush');
-    if ((await detachFuseLoop(deps.host, device, mountpoint, step)) === 'held-open') return 'held-open';
+    // Forced past a flush that failed: the kernel's detach (no second flush to hang on; a held
+    // device goes at its last close). Otherwise a held device stays attached as it was.
+    if ((await detachFuseLoop(deps.host, device, mountpoint, { ...step, whenHeld: how.force && flushFailed ? 'defer' : 'keep' })) === 'held-open') return 'held-open';
     changed = true;
   }
   await deps.faults?.hit('iscsi-user.disconnect.after-losetup');
