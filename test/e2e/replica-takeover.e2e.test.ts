@@ -162,7 +162,9 @@ describe.skipIf(!isRoot)('replica takeover: a replica SIGKILLed with 10 operatio
     expect(outcomes.map((o) => o.body.state)).toEqual([...attachIds.map(() => 'rolled_back'), ...detachIds.map(() => 'succeeded')]);
     const items = await rows<ItemRow>('select operation_id, step, state, attempts from work_items where operation_id = any($1) order by created_at', ids);
     for (const id of attachIds) {
-      expect(items.filter((w) => w.operation_id === id).map((w) => [w.step, w.state])).toEqual([
+      // An `unpublish_orphan` may come between them: a connect that got a loop number a killed
+      // detach freed drops what another volume's records still publish at it (core's dropStaleNames).
+      expect(items.filter((w) => w.operation_id === id && w.step !== 'unpublish_orphan').map((w) => [w.step, w.state])).toEqual([
         ['connect', 'done'],
         ['release', 'done'],
       ]);

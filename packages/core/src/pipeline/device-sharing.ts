@@ -195,8 +195,11 @@ async function dropStaleNames(deps: PipelineDeps, request: ConnectRequest, devic
   const stale = (recorded: Device | null | undefined): boolean => recorded !== null && recorded !== undefined && recorded.path === device.path && !sameDevice(recorded, device);
   if (!(await devicesInUse(store, hostId, volume.id)).some(stale)) return;
   const onHost = await store.attachments.list({ hostId });
-  const records = (await store.devices.list({ hostId })).filter((r) => r.volumeId !== volume.id && stale(r.device));
-  const lost = onHost.filter((a) => a.volumeId !== volume.id && stale(a.device));
+  // A detach that disconnected the device (its record still names it until the detach ends) took
+  // its names down before that, at its `unpublish`: nothing of it is left to drop.
+  const detaching = new Set(onHost.filter((a) => a.status === 'detaching').map((a) => a.volumeId));
+  const records = (await store.devices.list({ hostId })).filter((r) => r.volumeId !== volume.id && !detaching.has(r.volumeId) && stale(r.device));
+  const lost = onHost.filter((a) => a.volumeId !== volume.id && a.status !== 'detaching' && stale(a.device));
   const lostNames = new Set([...lost.flatMap((a) => [a.id, a.volumeId]), ...records.map((r) => r.volumeId)]);
   const keep = [...new Set(onHost.flatMap((a) => [a.id, a.volumeId]))].filter((name) => !lostNames.has(name));
   for (const volumeId of new Set([...lost.map((a) => a.volumeId), ...records.map((r) => r.volumeId)])) {
