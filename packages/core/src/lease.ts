@@ -120,15 +120,15 @@ export async function withLease<T>(store: Store, key: string, options: LeaseOpti
   const renewal = options.renewEveryMs === undefined ? undefined : setInterval(() => void renew(), options.renewEveryMs);
   renewal?.unref();
   let released = false;
-  const lostError = (): BerthError =>
-    new BerthError('CONFLICT', `lost the lease of ${options.what}: another process took it over while this one could not renew it (a long pause?)`, {
+  const confirm = async (tx: Store): Promise<void> => {
+    if (await tx.locks.takeOver(key, me, me, expiry())) return;
+    throw new BerthError('CONFLICT', `lost the lease of ${options.what}: another process took it over while this one could not renew it (a long pause?)`, {
       hint: 'nothing of this step was recorded; the process that took the lease over finishes or undoes it',
       details: { lease: key, leaseLost: true },
     });
+  };
   const lease: HeldLease = {
-    async confirm(tx: Store): Promise<void> {
-      if (!(await tx.locks.takeOver(key, me, me, expiry()))) throw lostError();
-    },
+    confirm,
     async releaseWith<R>(work: (store: Store) => Promise<R>, releaseOptions: ReleaseWithOptions = {}): Promise<R> {
       const commit = (): Promise<R> =>
         store.transaction(async (tx) => {
@@ -138,7 +138,7 @@ export async function withLease<T>(store: Store, key: string, options: LeaseOpti
           // could tell it, and must not write over what the process that took the lease over did.
           // Confirmed after `work`, just before the release: the lease's row is locked only for
           // the end of the commit, never while `work` waits on other rows (renewals wait on it).
-          if (!(await tx.locks.takeOver(key, me, me, expiry()))) throw lostError();
+          await confirm(tx);
           await tx.locks.release(key, me);
           return result;
         });
