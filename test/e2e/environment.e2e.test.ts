@@ -41,6 +41,20 @@ function tempDir(): string {
   return dir;
 }
 
+/** Write zeros into `<dir>/filler` until the file system is full; its path. */
+function fillDisk(dir: string): string {
+  const filler = path.join(dir, 'filler');
+  const fd = openSync(filler, 'w');
+  try {
+    for (;;) writeSync(fd, Buffer.alloc(256 * 1024));
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOSPC') throw error;
+  } finally {
+    closeSync(fd);
+  }
+  return filler;
+}
+
 describe('the environment berth runs in', () => {
   it('losetup missing: the attach says how to install it, its undo succeeds, nothing is left, and reconcile has nothing to do (finding 7)', async () => {
     t = await createTestBerth();
@@ -96,6 +110,45 @@ describe('the environment berth runs in', () => {
     expect(loopDevicesUnder(dataDir)).toEqual([]);
   });
 
+  it('a disk that filled up while the volume was attached: the writes the kernel dropped are reported at the detach, which leaves the volume attached; the next detach goes on', async () => {
+    // A real fault. The volume's file is on a 16 MiB tmpfs; while it is attached the disk fills
+    // up, 8 MiB is written through the device (closed without fsync, as `dd` without
+    // conv=fsync does), and the kernel's write-back of it into the file fails (ENOSPC): the
+    // pages are dropped, the writer's close reports nothing. Space is freed again (log rotation),
+    // so the detach's own bookkeeping can be written. Before, the detach reported a clean detach
+    // of a volume missing what was written to it.
+    const dataDir = tempDir();
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'berth-env-lost', dataDir]);
+    mounts.push(dataDir);
+    const berth = await open(dataDir);
+    await berth.createVolume({ name: 'v', sizeBytes: 32 * MiB });
+    const { attachment } = await berth.attach({ volume: 'v' });
+    const device = attachment!.device!.path;
+    const filler = fillDisk(dataDir);
+    const writer = openSync(device, 'r+');
+    try {
+      const chunk = Buffer.alloc(MiB, 0x5a);
+      for (let i = 0; i < 8; i += 1) writeSync(writer, chunk, 0, chunk.length, i * MiB);
+    } finally {
+      closeSync(writer);
+    }
+    rmSync(filler);
+
+    const detach = await rejection(berth.detach({ volume: 'v' }));
+    expect(detach.message).toMatch(/did not reach/);
+    expect(JSON.stringify(detach.toJSON())).toContain('writeback-failed');
+    expect(detach.hint).toMatch(/full or failing/);
+    expect((await berth.getVolume('v')).status).toBe('in-use');
+    expect((await berth.listAttachments({ volume: 'v' })).map((a) => a.status)).toEqual(['attached']);
+    expect(loopDevicesUnder(dataDir)).toEqual([device]);
+    expect(await berth.listOperations({ state: 'running' })).toEqual([]);
+
+    // Told once: the next detach goes on.
+    await berth.detach({ volume: 'v' });
+    expect((await berth.getVolume('v')).status).toBe('available');
+    expect(loopDevicesUnder(dataDir)).toEqual([]);
+  });
+
   it('a full disk: lists work, a write says the disk is full; once space is freed the next command goes on (finding 8)', async () => {
     const dataDir = tempDir();
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'berth-env-full', dataDir]);
@@ -103,15 +156,7 @@ describe('the environment berth runs in', () => {
     const setup = await open(dataDir);
     await setup.createVolume({ name: 'v', sizeBytes: 8 * MiB });
     await setup.close();
-    const filler = path.join(dataDir, 'filler');
-    const fd = openSync(filler, 'w');
-    try {
-      for (;;) writeSync(fd, Buffer.alloc(256 * 1024));
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'ENOSPC') throw error;
-    } finally {
-      closeSync(fd);
-    }
+    const filler = fillDisk(dataDir);
 
     const berth = await open(dataDir);
     expect((await berth.listVolumes()).map((v) => v.name)).toEqual(['v']);

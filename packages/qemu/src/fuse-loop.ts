@@ -97,10 +97,19 @@ export async function loopsBacking(fs: HostFs, match: (backingFile: string) => b
   return found;
 }
 
-/** Flush the loop device's buffers down to the FUSE file, and through QEMU to the target. */
+/**
+ * Flush the loop device's buffers down to the FUSE file, and through QEMU to the target: `sync
+ * DEVICE` (an fsync on a descriptor of its own: the loop driver turns the device's flush into an
+ * fsync of the FUSE file, which qemu-storage-daemon passes to the export's block node; and it
+ * reports a write-back error nobody has seen yet — writes the kernel could not get into the file),
+ * then `blockdev --flushbufs` (drops the page cache; it reports no write-back error). Throws a
+ * `CommandError` when either fails or cannot run.
+ */
 export async function flushLoop(runner: CommandRunner, device: string, options: LoopStepOptions): Promise<void> {
   loopName(device);
-  await runner.run('blockdev', ['--flushbufs', device], { timeoutMs: options.timeoutMs, ...(options.signal ? { signal: options.signal } : {}) });
+  const run = { timeoutMs: options.timeoutMs, ...(options.signal ? { signal: options.signal } : {}) };
+  await runner.run('sync', [device], run);
+  await runner.run('blockdev', ['--flushbufs', device], run);
 }
 
 /** How long a detach keeps trying a device found held before it reports `held-open` (udev's probe opens a new device for a moment). */
@@ -248,7 +257,7 @@ async function runDetachHelper(runner: CommandRunner, helper: string, device: st
   const word = line.split(/\s+/)[0] ?? '';
   if (word === 'detached' || word === 'busy' || word === 'not-attached' || word === 'mismatch' || word === 'autoclear-set') return word;
   if (word === 'no-permission' || result.notFound === true || result.exitCode === 126 || result.exitCode === 127) return 'unusable';
-  if (word === 'flush-failed') return { failed: `errno ${line.split(/\s+/)[1] ?? '?'}`, flush: true };
+  if (word === 'flush-failed' || word === 'writeback-failed') return { failed: `${word} errno ${line.split(/\s+/)[1] ?? '?'}`, flush: true };
   if (word === 'autoclear-left') return { failed: line, autoclearLeft: true };
   return { failed: result.stderr.trim() || `exit status ${String(result.exitCode)}`, cut: result.exitCode < 0 };
 }

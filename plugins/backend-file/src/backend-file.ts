@@ -80,7 +80,8 @@ export function createFileBackend(context: PluginContext<Partial<FileBackendOpti
     if (!fsStats) return undefined;
     const free = fsStats.bavail * fsStats.bsize;
     if (sizeBytes <= free) return undefined;
-    const gib = (bytes: number): string => `${(bytes / 2 ** 30).toFixed(1)} GiB`;
+    // MiB below a GiB: a 32 MiB volume on a 16 MiB tmpfs read "0.0 GiB but only 0.0 GiB is free".
+    const gib = (bytes: number): string => (bytes < 2 ** 30 ? `${(bytes / 2 ** 20).toFixed(1)} MiB` : `${(bytes / 2 ** 30).toFixed(1)} GiB`);
     return `the volume is ${gib(sizeBytes)} but only ${gib(free)} is free on the file system holding ${directory}: it is sparse, so writes to it fail once the disk fills up; free space or use a smaller size`;
   }
 

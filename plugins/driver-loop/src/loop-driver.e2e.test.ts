@@ -298,6 +298,51 @@ describe('loop transport on real loop devices', () => {
     expect((await env.devicesBacking(connection.data.device_path)).map((d) => d.name)).toEqual([device.path]);
   });
 
+  it.each([
+    ['berth-loop-detach (its fsync)', {}],
+    ['sync + blockdev --flushbufs (nativeDetach off)', { nativeDetach: 'off' as const }],
+  ])('writes the kernel could not get into a full filesystem refuse the detach, untouched; the next detach goes on — %s', async (_way, options) => {
+    // A real fault: the volume file lives on a 4 MiB tmpfs, and 8 MiB is written through the
+    // device and closed without fsync (as `dd` without conv=fsync, or a crashed writer, does).
+    // The writes succeed into the device's page cache; their write-back into the file fails
+    // (ENOSPC), the kernel drops them and records the error on the device, and nobody has seen
+    // it. A detach that only flushed (BLKFLSBUF answers 0) reported a clean detach of a volume
+    // that is missing most of what was written to it.
+    const mountpoint = path.join(env.dir, 'full');
+    await mkdir(mountpoint);
+    await env.host.runner.run('mount', ['-t', 'tmpfs', '-o', 'size=4m,mode=0700', 'berth-loop-full', mountpoint], { timeoutMs: 10_000 });
+    const driver = env.driverWith(options);
+    let connection: (ConnectionInfo & { data: { device_path: string } }) | undefined;
+    try {
+      connection = await env.makeFile('full/lost.img', 32 * MiB);
+      const device = await driver.connect(connection, call());
+      const handle = await open(device.path, 'r+');
+      try {
+        const chunk = randomBytes(MiB);
+        for (let i = 0; i < 8; i += 1) await handle.write(chunk, 0, chunk.length, i * MiB);
+      } finally {
+        await handle.close();
+      }
+
+      const error = await rejectionOf(driver.disconnect(connection, device, { force: false, ...call() }));
+      expect(BerthError.is(error) && error.code).toBe('DRIVER_ERROR');
+      expect(BerthError.is(error) && error.details).toMatchObject({ reason: 'writeback-failed', untouched: true });
+      expect(BerthError.is(error) && error.message).toContain(`did not reach ${connection.data.device_path}`);
+      expect((await env.devicesBacking(connection.data.device_path)).map((d) => d.name)).toEqual([device.path]);
+      // The kernel reports a lost write once: the user was told, and the next detach goes on.
+      await driver.disconnect(connection, device, { force: false, ...call() });
+      expect(await env.devicesBacking(connection.data.device_path)).toEqual([]);
+    } finally {
+      if (connection !== undefined) {
+        for (const left of await env.devicesBacking(connection.data.device_path)) {
+          await env.host.runner.run('losetup', ['--detach', left.name], { timeoutMs: 10_000, reject: false });
+        }
+      }
+      const unmounted = await env.host.runner.run('umount', [mountpoint], { timeoutMs: 10_000, reject: false });
+      if (unmounted.exitCode !== 0) await env.host.runner.run('umount', ['--lazy', mountpoint], { timeoutMs: 10_000, reject: false });
+    }
+  });
+
   it('never touches a device named in inUse, even when finding devices by file', async () => {
     const connection = await env.makeFile('shared.img');
     const device = await env.driver.connect(connection, call());

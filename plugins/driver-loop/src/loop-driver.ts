@@ -120,6 +120,7 @@ type HelperOutcome =
   | { mismatch: string }
   | { autoclearLeft: string }
   | { flushFailed: string }
+  | { writebackFailed: string }
   | { failed: string; unknown: boolean };
 
 /** How often a device found busy is tried again within the holder grace. */
@@ -650,6 +651,7 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
     if (word === 'mismatch') return { mismatch: rest.join(' ') };
     if (word === 'autoclear-left') return { autoclearLeft: line };
     if (word === 'flush-failed') return { flushFailed: errnoName(Number(rest[0] ?? Number.NaN)) };
+    if (word === 'writeback-failed') return { writebackFailed: errnoName(Number(rest[0] ?? Number.NaN)) };
     if (result.notFound === true || result.exitCode === 126 || result.exitCode === 127) return 'unusable';
     return { failed: result.stderr.trim() || `exit status ${String(result.exitCode)}`, unknown: result.exitCode < 0 };
   }
@@ -719,6 +721,7 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
         }),
       );
     }
+    if ('writebackFailed' in outcome) throw untouched(lostWritesError(d.name, files[0], outcome.writebackFailed));
     if (!outcome.unknown) throw untouched(new BerthError('DRIVER_ERROR', `${what} failed: ${outcome.failed}`, { details: { device: d.name } }));
     // Cut short before it answered: look at what it left.
     const now = await backingFileNow(d.name);
@@ -756,9 +759,9 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
           return;
         }
       }
-      await flushBuffers(device, state);
+      await flushBuffers(device, files, state);
     } else {
-      await flushBuffers(device, state);
+      await flushBuffers(device, files, state);
       await faults?.hit('loop.disconnect.before-detach');
     }
     let result: CommandResult;
@@ -785,8 +788,27 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
     await waitDetached(device, files, state);
   }
 
-  /** `blockdev --flushbufs` (the way without berth-loop-detach, which flushes in its own run). */
-  async function flushBuffers(device: string, state: DetachRun): Promise<void> {
+  /**
+   * The way without berth-loop-detach, which does both in its own run: `sync DEVICE` (an fsync on
+   * a descriptor of its own, which reports a write-back error nobody has seen yet: writes that
+   * never reached the file) then `blockdev --flushbufs` (drops the page cache; it reports no
+   * write-back error).
+   */
+  async function flushBuffers(device: string, files: readonly string[], state: DetachRun): Promise<void> {
+    let synced: CommandResult;
+    try {
+      synced = await runner.run('sync', [device], { timeoutMs: options.commandTimeoutMs, reject: false, ...(state.signal ? { signal: state.signal } : {}) });
+    } catch (error) {
+      fail(state, untouched(toLoopError(error, 'sync', `flushing ${device}`)), 'sync', `flushing ${device}`);
+      return;
+    }
+    if (synced.exitCode !== 0) {
+      const failed = synced.notFound || synced.timedOut || synced.aborted
+        ? toLoopError(new CommandError(synced, { notFound: synced.notFound ?? false }), 'sync', `flushing ${device}`)
+        : lostWritesError(device, files[0], syncError(synced.stderr));
+      fail(state, untouched(failed), 'sync', `flushing ${device}`);
+      return;
+    }
     try {
       await run('blockdev', ['--flushbufs', device], `flushing ${device}`, state.signal);
     } catch (error) {
@@ -1038,7 +1060,6 @@ function usedBy(used: Device, d: LoopDevice): boolean {
   return used.path === d.name;
 }
 
-/** Mark an error as one that changed nothing (the device is as it was). */
 /**
  * A detach the kernel deferred: something holds the device, which stays attached, marked to
  * detach at its last close. It is no longer a device to hand back as attached.
@@ -1059,6 +1080,21 @@ function busyError(device: string, holder: string): BerthError {
   });
 }
 
+/**
+ * Writes through the device that never reached its file (the filesystem under the file was full
+ * or failing when the kernel wrote them back; it dropped them and recorded the error on the
+ * device). The detach stops before it changes anything, so that the loss is not reported as a
+ * clean detach; the kernel reports such an error once, so the next disconnect goes on.
+ */
+function lostWritesError(device: string, file: string | undefined, error: string): BerthError {
+  const what = file ?? 'its file';
+  return new BerthError('DRIVER_ERROR', `writes through ${device} did not reach ${what} (${error}): data written to the volume since it was attached may be missing from it; not detaching ${device}`, {
+    hint: `the filesystem holding ${what} was full or failing (df, dmesg): free space or repair it, check the data on the volume (fsck, the application's own check) while it is still attached, then detach again — the kernel reports a lost write once, so the next detach goes on`,
+    details: { device, reason: 'writeback-failed', errno: error },
+  });
+}
+
+/** Mark an error as one that changed nothing (the device is as it was). */
 function untouched(error: BerthError): BerthError {
   error.details.untouched = true;
   return error;
@@ -1102,6 +1138,13 @@ function throwIfAborted(signal: AbortSignal | undefined): void {
 }
 
 /** The name of errno `code` (`EIO`), as a C program printed its number. */
+/** What `sync FILE` said went wrong (`sync: error syncing '/dev/loop3': No space left on device` → the last part). */
+function syncError(stderr: string): string {
+  const text = stderr.trim();
+  const reason = /error syncing .*: ([^:]+)$/.exec(text)?.[1];
+  return reason ?? (text === '' ? 'sync failed' : text);
+}
+
 function errnoName(code: number): string {
   if (!Number.isInteger(code)) return 'an unknown error';
   return Object.entries(osConstants.errno).find(([, value]) => value === code)?.[0] ?? `errno ${String(code)}`;

@@ -6,6 +6,7 @@ import { classifyLosetupError } from './losetup.js';
 export const TOOL_PACKAGES = {
   losetup: 'mount',
   blockdev: 'util-linux',
+  sync: 'coreutils',
 } as const;
 
 /** A tool the loop transport runs. */

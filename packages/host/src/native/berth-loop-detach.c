@@ -18,10 +18,15 @@
  *      for a device sized as its file changes nothing (a file grown behind the device's back is
  *      picked up, as `losetup --set-capacity` would). LOOP_SET_STATUS64 with the status unchanged
  *      would probe the same but freezes the device's queue: ~18 ms a detach here;
- *   4. BLKFLSBUF: write the device's dirty buffers to the file and drop its page cache (what
- *      `blockdev --flushbufs` does; it was a process of its own before the detach). The kernel
- *      does not report a write-back error through it (it answers 0 once the caller may flush,
- *      as for blockdev), so exit 9 is only an ioctl the kernel refused;
+ *   4. fsync: write the device's dirty buffers to the file, have the loop driver make the file
+ *      durable (the flush it is sent becomes an fsync of the backing file), and learn whether
+ *      any write through the device since it was attached failed on its way to the file (a full
+ *      or failing filesystem under the file: the kernel drops such a page and records the error
+ *      on the device; a descriptor opened after the failure still reports it when nobody has
+ *      seen it yet). Then BLKFLSBUF drops the device's page cache (what `blockdev --flushbufs`
+ *      does; it was a process of its own before the detach). BLKFLSBUF alone reports no
+ *      write-back error (the kernel answers 0 once the caller may flush), so exit 9 is only an
+ *      ioctl the kernel refused, and exit 10 is the lost writes;
  *   5. LOOP_CLR_FD on this descriptor: with no other opener the kernel puts the device in rundown
  *      (6.11+; earlier kernels detach at once) and detaches it when this descriptor closes; with
  *      another opener it only sets autoclear;
@@ -42,7 +47,11 @@
  *                           (nothing was done)
  *   9 flush-failed ERRNO    the kernel refused the flush: it stays attached as it was,
  *                           nothing detached
- *   2 usage or a failure before anything changed (message on stderr)
+ *  10 writeback-failed ERRNO
+ *                           writes through the device did not reach the file (ENOSPC, EIO…):
+ *                           the data is not in the volume; it stays attached as it was, nothing
+ *                           detached. The kernel reports a lost write once: this run saw it
+ * *   2 usage or a failure before anything changed (message on stderr)
  *
  * Catchable signals are blocked for the whole run, so a SIGTERM cannot land between steps 5 and 6.
  */
@@ -150,6 +159,12 @@ int main(int argc, char **argv) {
       return 7;
     }
     return failed_before(fd, error, "LOOP_SET_CAPACITY", device);
+  }
+  if (fsync(fd) != 0) {
+    int error = errno;
+    close(fd);
+    printf("writeback-failed %d\n", error);
+    return 10;
   }
   if (ioctl(fd, BLKFLSBUF, 0) != 0) {
     int error = errno;
