@@ -21,6 +21,11 @@ export const zExportRecord = lazySchema(() => z.object({
   node: z.string().regex(/^iu-[0-9a-f]{20}(-b)?$/).optional(),
   /** The CHAP user (not a secret); the password stays in `secrets/<key>` (0600) while connected. */
   username: z.string().optional(),
+  /**
+   * Mutual CHAP: the target's own user; its password stays in `secrets/<key>.in` (0600) while
+   * connected, so that a failover checks the new portal's target as the connect checked the first.
+   */
+  usernameIn: z.string().optional(),
   readOnly: z.boolean(),
   /** berth's volume id, when the pipeline named it. */
   berthVolumeId: z.string().optional(),

@@ -1,11 +1,11 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { execFile, spawnSync } from 'node:child_process';
-import { mkdtemp, readFile, realpath, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, realpath, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { silentLogger, type BackendVolume, type ConnectionInfo, type Device, type VolumeBackend } from '@berth/core';
+import { BerthError, silentLogger, type BackendVolume, type ConnectionInfo, type Device, type VolumeBackend } from '@berth/core';
 import { acceptsConnection, createHostServices, startDaemon, stopDaemon, type HostServices } from '@berth/host';
 import { createTgtBackend } from '@berth/backend-tgt';
 import { StorageDaemon, unmountFuseUnder } from '@berth/qemu';
@@ -110,13 +110,13 @@ afterAll(async () => {
   }
 }, 90_000);
 
-async function makeVolume(sizeBytes: number): Promise<{ connection: ConnectionInfo; lunFile: string }> {
+async function makeVolume(sizeBytes: number, on: VolumeBackend = backend): Promise<{ connection: ConnectionInfo; lunFile: string }> {
   const volume: BackendVolume = { id: randomUUID(), name: 'fo', sizeBytes, providerLocation: null };
   const signal = AbortSignal.timeout(30_000);
-  volume.providerLocation = (await backend.create(volume, signal)).providerLocation;
+  volume.providerLocation = (await on.create(volume, signal)).providerLocation;
   made.push(volume);
   const initiator = (await driver.connectorProperties()).initiator ?? '';
-  const connection = await backend.initializeConnection(volume, { host: os.hostname(), initiator }, signal);
+  const connection = await on.initializeConnection(volume, { host: os.hostname(), initiator }, signal);
   return { connection, lunFile: path.join(dataDir, 'backend-tgt', 'luns', `${volume.id}.img`) };
 }
 
@@ -152,6 +152,48 @@ async function disconnect(connection: ConnectionInfo, device: Device): Promise<v
 }
 
 describe('iscsi-user portal failover (real tgtd on two portals, one made unreachable)', () => {
+  it('mutual CHAP: a failover checks the new portal\'s target before qemu\'s session goes there; a target that fails the check is not failed over to', async () => {
+    // The check ran once, at connect, on the first listed portal: a failover (or the connect's
+    // second portal) logged qemu in to a target nobody had checked.
+    const mutual = createTgtBackend({ host, dataDir, options: { portals: [portalA(), portalB()], controlPort, manageDaemon: false, mutualChap: true }, logger: silentLogger });
+    const { connection } = await makeVolume(8 * MiB, mutual);
+    const checked: string[] = [];
+    const recording: HostServices = {
+      ...host,
+      runner: {
+        run: (file, args, options) => {
+          if (file === 'iscsi-inq') checked.push(String(args.at(-1)));
+          return host.runner.run(file, args, options);
+        },
+      },
+    };
+    const failing: HostServices = { ...host, runner: { run: (file, args, options) => host.runner.run(file === 'iscsi-inq' ? 'false' : file, args, options) } };
+    const options = { requestTimeoutS: 3, portalProbeMs: 500, qmpTimeoutMs: 15_000 };
+    const checking = createIscsiUserDriver({ host: recording, dataDir, options, logger: silentLogger });
+    const device = await checking.connect(connection, { signal: AbortSignal.timeout(60_000) });
+    try {
+      const lunUrl = (portal: string): string => `iscsi://${portal}/${String(connection.data.target_iqn)}/${String(connection.data.target_lun)}`;
+      expect(checked).toEqual([lunUrl(portalA())]);
+      // The new portal's target fails the check (stands in for another target answering there): nothing moves.
+      const refused = createIscsiUserDriver({ host: failing, dataDir, options, logger: silentLogger });
+      const error = await refused.failover(connection, { signal: AbortSignal.timeout(60_000), portal: portalB() }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(BerthError.is(error) && error.code).toBe('AUTH_FAILED');
+      expect(BerthError.is(error) && error.details).toMatchObject({ portal: portalB() });
+      expect(JSON.stringify(BerthError.is(error) ? error.toJSON() : error)).not.toContain(String(connection.data.auth_password_in));
+      expect((await driver.checkPaths()).find((p) => p.device === device.path)).toMatchObject({ portal: portalA(), live: true });
+      // Checked, it goes.
+      expect(await checking.failover(connection, { signal: AbortSignal.timeout(60_000), portal: portalB() })).toMatchObject({ portal: portalB(), switched: true });
+      expect(checked).toEqual([lunUrl(portalA()), lunUrl(portalB())]);
+      expect((await driver.checkPaths()).find((p) => p.device === device.path)).toMatchObject({ portal: portalB(), live: true });
+    } finally {
+      await disconnect(connection, device);
+    }
+    expect(await readdir(userPaths(dataDir).secrets).catch(() => [])).toEqual([]);
+  }, 180_000);
+
   it('a planned failover while a writer runs: the export moves to the other portal, the old one is cut, every byte lands', async () => {
     const { connection, lunFile } = await makeVolume(32 * MiB);
     const device = await driver.connect(connection, { signal: AbortSignal.timeout(60_000) });

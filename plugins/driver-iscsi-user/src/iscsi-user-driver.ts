@@ -1,4 +1,4 @@
-import { rm } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import { connect } from 'node:net';
 import {
   BerthError,
@@ -160,8 +160,11 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
       });
     }
     const who = call.connector?.initiator ?? (await ownInitiator());
-    if (lun.auth?.passwordIn !== undefined) await verifyTarget(lun, who, call.signal);
     const portal = await firstLivePortal(lun.portals, options.portalProbeMs, call.signal);
+    // The portal qemu logs in to is the one the target proves itself on (not the first listed:
+    // with it dead, the check failed as a mutual CHAP failure; with it alive but another chosen
+    // later, the session's target was never checked).
+    if (lun.auth?.passwordIn !== undefined) await verifyTarget(lun.iqn, lun.lun, portal, who, lun.auth, call.signal);
     const record: ExportRecord = {
       volumeId: names.key,
       iqn: lun.iqn,
@@ -170,6 +173,7 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
       portals: lun.portals,
       initiator: who,
       ...(lun.auth ? { username: lun.auth.username } : {}),
+      ...(lun.auth?.usernameIn !== undefined && lun.auth.passwordIn !== undefined ? { usernameIn: lun.auth.usernameIn } : {}),
       readOnly: lun.readOnly,
       ...(call.volumeId === undefined ? {} : { berthVolumeId: call.volumeId }),
       status: 'connecting',
@@ -179,6 +183,7 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
     await records.save(record);
     try {
       if (lun.auth) await writeSecretFile(secretFile(paths, names.key), lun.auth.password);
+      if (lun.auth?.usernameIn !== undefined && lun.auth.passwordIn !== undefined) await writeSecretFile(secretFile(paths, names.key, 'in'), lun.auth.passwordIn);
       // The device the volume had before (a failed restore, a reconnect) when it is free again.
       const previous = existing?.loopDevice;
       const reuse = previous !== undefined && (await loopInfo(host.fs, previous))?.backingFile === undefined && (await host.fs.exists(previous));
@@ -232,18 +237,19 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
     }
   }
 
-  /** Mutual CHAP: qemu's session cannot check the target, so a libiscsi login does, right before. */
-  async function verifyTarget(lun: UserLun, who: string, signal: AbortSignal): Promise<void> {
-    const auth = lun.auth;
-    if (!auth?.usernameIn || !auth.passwordIn) return;
+  /**
+   * Mutual CHAP: qemu's session cannot check the target, so a libiscsi login to the portal qemu
+   * is about to log in to does, right before (at connect, and at a failover to another portal).
+   */
+  async function verifyTarget(iqn: string, lunNumber: number, portal: string, who: string, auth: NonNullable<UserLun['auth']>, signal: AbortSignal): Promise<void> {
+    if (!auth.usernameIn || !auth.passwordIn) return;
     if (options.mutualChap === 'refuse') {
       throw new BerthError('UNPROCESSABLE', 'this connection asks for mutual CHAP, which qemu-storage-daemon\'s iSCSI driver cannot check', {
         hint: 'use the kernel iscsi transport (--transport iscsi) on a host that has it, or set the iscsi-user option mutualChap to verify-first',
       });
     }
-    const portal = lun.portals[0] ?? '';
     const result = await host.runner
-      .run('iscsi-inq', ['-i', who, `iscsi://${portal}/${lun.iqn}/${lun.lun}`], {
+      .run('iscsi-inq', ['-i', who, `iscsi://${portal}/${iqn}/${lunNumber}`], {
         timeoutMs: options.commandTimeoutMs,
         signal,
         reject: false,
@@ -264,9 +270,9 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
     const { exitCode, stdout, stderr } = result as { exitCode: number; stdout: string; stderr: string };
     if (exitCode !== 0) {
       const said = `${stdout}${stderr}`.trim().split('\n').slice(-1)[0] ?? '';
-      throw new BerthError('AUTH_FAILED', `the target ${lun.iqn} at ${portal} failed mutual CHAP (or refused the login): ${said.replaceAll(auth.password, '***').replaceAll(auth.passwordIn, '***')}`, {
+      throw new BerthError('AUTH_FAILED', `the target ${iqn} at ${portal} failed mutual CHAP (or refused the login): ${said.replaceAll(auth.password, '***').replaceAll(auth.passwordIn, '***')}`, {
         hint: 'check auth_username_in/auth_password_in (the target\'s own account) and auth_username/auth_password',
-        details: { portal, iqn: lun.iqn },
+        details: { portal, iqn },
       });
     }
   }
@@ -364,6 +370,8 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
       return { portal: previous, previous, switched: false, ms: performance.now() - started };
     }
     const portal = wanted ?? (await firstLivePortal(record.portals.filter((p) => p !== previous), options.portalProbeMs, signal));
+    // Mutual CHAP: the new portal's target proves itself before qemu's session goes there.
+    if (record.usernameIn !== undefined) await verifyTarget(record.iqn, record.lun, portal, record.initiator, await storedMutualAuth(record, names.key), signal);
     const next = active === names.node ? names.nodeB : names.node;
     await loginNode(deps, qmp, {
       names,
@@ -384,6 +392,18 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
     await removeUnusedNode(qmp, active, logoutOptions);
     logger.info({ iqn: lun.iqn, lun: lun.lun, portal, previous }, 'iSCSI LUN moved to another portal');
     return { portal, previous, switched: true, ms: performance.now() - started };
+  }
+
+  /** The CHAP accounts a mutual-CHAP connect stored for its LUN (`secrets/<key>`, `secrets/<key>.in`). */
+  async function storedMutualAuth(record: ExportRecord, key: string): Promise<NonNullable<UserLun['auth']>> {
+    const read = async (which?: 'in'): Promise<string | undefined> => (await readFile(secretFile(paths, key, which), 'utf8').catch(() => undefined)) || undefined;
+    const [password, passwordIn] = await Promise.all([read(), read('in')]);
+    if (record.username === undefined || record.usernameIn === undefined || password === undefined || passwordIn === undefined) {
+      throw new BerthError('INVALID_STATE', `LUN ${record.lun} of ${record.iqn} was connected with mutual CHAP, but its stored secrets are gone; not failing over to a target nobody checked`, {
+        hint: 'detach the volume and attach it again (the connect stores them again)',
+      });
+    }
+    return { username: record.username, password, usernameIn: record.usernameIn, passwordIn };
   }
 
   /** See `IscsiUserDriver.failover`. */

@@ -128,6 +128,22 @@ describe('iscsi-user transport on a real tgtd', () => {
     await expectNothingLeft(env);
   });
 
+  it('mutual CHAP with the first portal dead: the target proves itself on the portal the session goes to', async () => {
+    // It was checked on the first listed portal, whatever the session then used: a dead first
+    // portal failed the connect as a mutual CHAP failure.
+    const { connection } = await env.makeVolume(4 * MiB, { mutualChap: true });
+    const dead = `127.0.0.9:${env.port}`;
+    const twoPortals: ConnectionInfo = { ...connection, data: { ...connection.data, target_portal: dead, target_portals: [dead, `127.0.0.1:${env.port}`] } };
+    const device = await env.driver.connect(twoPortals, call());
+    expect(device.meta?.portal).toBe(`127.0.0.1:${env.port}`);
+    // The target's account is kept for a failover's check (0600), and goes at the disconnect.
+    const key = (await env.host.fs.readdir(userPaths(env.dataDir).secrets)).find((name) => name.endsWith('.in'));
+    expect(key).toBeDefined();
+    expect((await stat(path.join(userPaths(env.dataDir).secrets, key!))).mode & 0o777).toBe(0o600);
+    await env.driver.disconnect(twoPortals, device, { force: false, ...call() });
+    await expectNothingLeft(env);
+  });
+
   it('a SIGKILLed daemon with 4 volumes attached is noticed and rebuilt on the same loop devices; one held open is failed clearly', async () => {
     const volumes = await Promise.all([1, 2, 3, 4, 5].map(() => env.makeVolume(8 * MiB)));
     const devices: Device[] = [];
