@@ -6,6 +6,7 @@ import { detachFuseLoop, fuseMountsUnder, loopInfo, unmountFuseUnder, type QmpCl
 import type { AttachStateFileStore } from '@berth/iscsi';
 import type { ExportRecord } from './export-records.js';
 import { buildChain, loopsBacking, messageOf, mountpointOf, secretFile, teardownChain, type PlumbingDeps } from './lun-plumbing.js';
+import { portalAnswers } from './portal-probe.js';
 import { exportNames } from './user-connection.js';
 
 interface Session {
@@ -186,6 +187,13 @@ export class DaemonSupervisor {
           }
           if (record.username !== undefined && !existsSync(secretFile(paths, record.volumeId))) {
             await fail('its CHAP password is no longer on this host; reconnect it (berth reconcile) to get it from the backend');
+            continue;
+          }
+          // qemu's login blocks its main loop — every export on the daemon, and the rebuilds after
+          // this one — while a portal does not answer: a dead one is found out first, and the LUN
+          // left to reconcile, whose connect takes a live portal (and checks its target).
+          if (!(await portalAnswers(record.portal, options.portalProbeMs, signal))) {
+            await fail(`its portal ${record.portal} did not answer when qemu-storage-daemon was restarted, so it was not rebuilt there (a login to it would stall the daemon); reconnect it (berth reconcile) through a portal that answers`);
             continue;
           }
           const backing = await backingOf(wanted);

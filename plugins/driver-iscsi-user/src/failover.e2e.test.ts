@@ -6,7 +6,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BerthError, silentLogger, type BackendVolume, type ConnectionInfo, type Device, type VolumeBackend } from '@berth/core';
-import { acceptsConnection, createHostServices, startDaemon, stopDaemon, type HostServices } from '@berth/host';
+import { acceptsConnection, createHostServices, daemonStatus, startDaemon, stopDaemon, type HostServices } from '@berth/host';
 import { createTgtBackend } from '@berth/backend-tgt';
 import { StorageDaemon, unmountFuseUnder } from '@berth/qemu';
 import { freeControlPort } from '@berth/simhost/real';
@@ -51,6 +51,13 @@ async function pathA(state: 'down' | 'up'): Promise<void> {
   // A link just set up does not carry traffic at once: the next connect would find A dead and take B.
   const [address, port] = portalA().split(':') as [string, string];
   await host.waiter.waitUntil('/', async () => ((await acceptsConnection(address, Number(port))) ? true : undefined), { timeoutMs: 20_000 });
+}
+
+/** Drop (`on`) or let through (`off`) what reaches portal A inside the namespace: nothing answers, nothing is refused. */
+async function blackholeA(state: 'on' | 'off'): Promise<void> {
+  const [address, port] = portalA().split(':') as [string, string];
+  const rule = ['INPUT', '-d', address, '-p', 'tcp', '--dport', port, '-j', 'DROP'];
+  await run('ip', ['netns', 'exec', netns, 'iptables', state === 'on' ? '-I' : '-D', ...rule]);
 }
 
 beforeAll(async () => {
@@ -152,6 +159,44 @@ async function disconnect(connection: ConnectionInfo, device: Device): Promise<v
 }
 
 describe('iscsi-user portal failover (real tgtd on two portals, one made unreachable)', () => {
+  it('qemu-storage-daemon dies while portal A is unreachable: the restore leaves the LUN on A to reconcile (no login to the dead portal stalls the daemon) and rebuilds the LUN on B', async () => {
+    const onA = await makeVolume(8 * MiB);
+    const onB = await makeVolume(8 * MiB);
+    const deviceA = await driver.connect(onA.connection, { signal: AbortSignal.timeout(60_000) });
+    const deviceB = await driver.connect(onB.connection, { signal: AbortSignal.timeout(60_000) });
+    const qsdPid = async (): Promise<number | undefined> => {
+      const status = await daemonStatus(path.join(userPaths(dataDir).daemon, 'qsd.pid'));
+      return status.running ? status.pid : undefined;
+    };
+    try {
+      expect(await driver.failover(onB.connection, { signal: AbortSignal.timeout(60_000), portal: portalB() })).toMatchObject({ switched: true });
+      const marker = randomBytes(8192);
+      writeAt(deviceB.path, marker, MiB);
+      // Portal A stops answering the way a dead storage path behind a switch does: the link stays
+      // up and its SYNs vanish (a link taken down is refused at once, which a login notices fast).
+      await blackholeA('on');
+      const pid = await qsdPid();
+      expect(pid).toBeDefined();
+      process.kill(pid!, 'SIGKILL');
+      await host.waiter.waitUntil('/proc', async () => ((await qsdPid()) === undefined ? true : undefined), { timeoutMs: 10_000 });
+      // Another berth process notices at its first call and restores.
+      const second = createIscsiUserDriver({ host, dataDir, options: { requestTimeoutS: 3, portalProbeMs: 500, qmpTimeoutMs: 15_000 }, logger: silentLogger });
+      const started = performance.now();
+      const listed = await second.connected();
+      report.push(`restore with portal A dead: ${Math.round(performance.now() - started)} ms (the LUN on A left to reconcile, the one on B rebuilt)`);
+      expect(listed.map((c) => c.device.path)).toEqual([deviceB.path]);
+      expect(readAt(deviceB.path, marker.length, MiB).equals(marker)).toBe(true);
+      const lost = ((await second.check()).checks ?? []).find((c) => c.name === 'exports lost when qemu-storage-daemon died')?.detail ?? '';
+      expect(lost).toContain(`its portal ${portalA()} did not answer when qemu-storage-daemon was restarted`);
+      expect(lost).toMatch(/berth reconcile/);
+    } finally {
+      await blackholeA('off');
+      await driver.disconnect(onA.connection, deviceA, { force: true, signal: AbortSignal.timeout(60_000) }).catch(() => undefined);
+      await driver.disconnect(onB.connection, deviceB, { force: true, signal: AbortSignal.timeout(60_000) }).catch(() => undefined);
+    }
+    expect(loopsUnder(dataDir)).toEqual([]);
+  }, 180_000);
+
   it('mutual CHAP: a failover checks the new portal\'s target before qemu\'s session goes there; a target that fails the check is not failed over to', async () => {
     // The check ran once, at connect, on the first listed portal: a failover (or the connect's
     // second portal) logged qemu in to a target nobody had checked.

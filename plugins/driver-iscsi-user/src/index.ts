@@ -2,7 +2,8 @@ import { definePlugin, PLUGIN_API_VERSION } from '@berth/core';
 import { createIscsiUserDriver, NAME } from './iscsi-user-driver.js';
 import { zIscsiUserOptions } from './options.js';
 
-export { createIscsiUserDriver, firstLivePortal, NAME, PROTOCOLS, PRIORITY, IDENTITY_KIND } from './iscsi-user-driver.js';
+export { createIscsiUserDriver, NAME, PROTOCOLS, PRIORITY, IDENTITY_KIND } from './iscsi-user-driver.js';
+export { firstLivePortal } from './portal-probe.js';
 export { zIscsiUserOptions, type IscsiUserOptions } from './options.js';
 export { userPaths, type UserPaths, type ExportRecord } from './export-records.js';
 export { KERNEL_TRANSPORT } from './host-check.js';

@@ -1,5 +1,4 @@
 import { readFile, rm } from 'node:fs/promises';
-import { connect } from 'node:net';
 import {
   BerthError,
   KeyedLock,
@@ -17,9 +16,10 @@ import {
   type TransportDriver,
 } from '@berth/core';
 import { WaitTimeoutError } from '@berth/host';
-import { ISCSI_SOURCE_KEYS, parsePortal } from '@berth/iscsi';
+import { ISCSI_SOURCE_KEYS } from '@berth/iscsi';
 import { listExports, loopInfo, removeUnusedNode, repointFilter, StorageDaemon, writeSecretFile, type QmpClient } from '@berth/qemu';
 import { DaemonSupervisor } from './daemon-supervisor.js';
+import { firstLivePortal, portalAnswers as answers } from './portal-probe.js';
 import { exportRecords, userPaths, type ExportRecord } from './export-records.js';
 import { checkUserHost, checkUserHostCached, kernelInitiatorUsable, userInitiatorName } from './host-check.js';
 import { buildChain, loginNode, loopsBacking, messageOf, mountpointOf, secretFile, teardownChain, type PlumbingDeps } from './lun-plumbing.js';
@@ -430,13 +430,7 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
   }
 
   async function portalAnswers(portal: string, signal: AbortSignal): Promise<boolean> {
-    return firstLivePortal([portal], options.portalProbeMs, signal).then(
-      () => true,
-      (error: unknown) => {
-        if (signal.aborted) throw error;
-        return false;
-      },
-    );
+    return answers(portal, options.portalProbeMs, signal);
   }
 
   return {
@@ -566,38 +560,6 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
           };
     },
   };
-}
-
-/**
- * The first portal that takes a TCP connection within `probeMs`, in order: qemu's login blocks
- * its whole main loop (every export of the daemon) while a portal does not answer, so a dead one
- * is found out here instead.
- */
-export async function firstLivePortal(portals: readonly string[], probeMs: number, signal: AbortSignal): Promise<string> {
-  const tried: string[] = [];
-  for (const portal of portals) {
-    signal.throwIfAborted();
-    const { host, port } = parsePortal(portal);
-    const live = await new Promise<boolean>((resolve) => {
-      const socket = connect({ host, port, timeout: probeMs, signal });
-      socket.once('connect', () => {
-        socket.destroy();
-        resolve(true);
-      });
-      socket.once('timeout', () => {
-        socket.destroy();
-        resolve(false);
-      });
-      socket.once('error', () => resolve(false));
-    });
-    if (live) return portal;
-    tried.push(portal);
-  }
-  signal.throwIfAborted();
-  throw new BerthError('DRIVER_ERROR', `no portal of the target answers: ${tried.join(', ')}`, {
-    hint: 'check that the target listens there and that this host can reach it (firewall, routes)',
-    details: { portals: tried },
-  });
 }
 
 function contextual(what: string, error: unknown): BerthError {
