@@ -1,14 +1,14 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '@berth/core';
-import { createHostServices } from '@berth/host';
+import { createHostServices, type CommandResult, type CommandRunner, type HostFs } from '@berth/host';
 import { iscsiTransportKit } from './transport-kit.js';
 import type { LunLifecycle } from './lun-lifecycle.js';
 import type { LunTarget } from './lun-device.js';
 import { toPortal } from './target.js';
-import { buildSessions } from './test-kernel-tree.js';
+import { addLun, buildSessions } from './test-kernel-tree.js';
 import { FailureList } from './failure-list.js';
 
 const VOL1 = 'iqn.2026-01.test.berth:vol1';
@@ -41,6 +41,35 @@ afterEach(async () => {
 /** One session to TARGET with `luns`. */
 async function session(luns: Array<{ lun: number; device: string; wwid: string }>): Promise<void> {
   await buildSessions(root, [{ host: 2, sid: 1, iqn: VOL1, address: '127.0.0.1', port: 3260, luns }]);
+}
+
+/** A runner that runs nothing (no iscsiadm may touch this machine's /etc/iscsi): every command succeeds, argv recorded. */
+function recordingRunner(): { runner: CommandRunner; runs: string[][] } {
+  const runs: string[][] = [];
+  const runner: CommandRunner = {
+    async run(file, args): Promise<CommandResult> {
+      runs.push([file, ...args]);
+      return { command: [file, ...args].join(' '), exitCode: 0, stdout: '', stderr: '', durationMs: 0, timedOut: false, aborted: false };
+    },
+  };
+  return { runner, runs };
+}
+
+/** A lifecycle on the test root through `fs` (default: the root's own) with a recording runner. */
+function lifecycleOn(runner: CommandRunner, fs?: HostFs): LunLifecycle {
+  const host = createHostServices({ root });
+  return iscsiTransportKit({ ...host, runner, ...(fs === undefined ? {} : { fs }) }, silentLogger, KIT_OPTIONS).lifecycle;
+}
+
+/** The kernel finishes LUN `lun`'s scan: its disk in sysfs and its /dev node. */
+async function diskAppears(lun: number, device: string, wwid: string): Promise<void> {
+  await addLun(root, { host: 2, sid: 1 }, { lun, device, wwid });
+  await writeFile(path.join(root, 'dev', device), '');
+}
+
+/** The `--logout` runs among `runs`. */
+function logouts(runs: string[][]): string[][] {
+  return runs.filter((r) => r.includes('--logout'));
 }
 
 describe('the logout decision (sessionStillNeeded)', () => {
@@ -106,5 +135,53 @@ describe('the logout decisions of many LUNs queued together (closeSessionIfUnuse
     expect(await Promise.all([decide('sdb', 1), decide('sdc', 2), decide('sdd', 3)])).toEqual(['kept', 'kept', 'kept']);
     expect(alone).toBe('kept');
     expect(readdirs).toBe(readsAlone);
+  });
+});
+
+describe('connects in flight and the logout decision', () => {
+  it('counts a connect in flight as it was before sysfs was read: one kept during the reading keeps the session', async () => {
+    await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
+    await mkdir(path.join(root, 'dev'), { recursive: true });
+    const host = createHostServices({ root });
+    // The decision's listing of the session's LUNs is held (already read) until `go`: meanwhile
+    // the connect of LUN 2 finds its disk and is kept.
+    let listing: () => void = () => undefined;
+    const listed = new Promise<void>((resolve) => (listing = resolve));
+    let go: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => (go = resolve));
+    let armed = false;
+    let scanning: () => void = () => undefined;
+    const scanned = new Promise<void>((resolve) => (scanning = resolve));
+    const fs: HostFs = {
+      ...host.fs,
+      async writeFile(hostPath, data, options) {
+        await host.fs.writeFile(hostPath, data, options);
+        if (hostPath.endsWith('/scan')) scanning();
+      },
+      async readdir(hostPath) {
+        const names = await host.fs.readdir(hostPath);
+        if (armed && hostPath.endsWith('/target2:0:0')) {
+          armed = false;
+          listing();
+          await gate;
+        }
+        return names;
+      },
+    };
+    const { runner, runs } = recordingRunner();
+    const one = lifecycleOn(runner, fs);
+    const lun2 = { ...TARGET, lun: 2, kernelLun: 2 };
+    const connecting = one.connect(lun2, { signal: AbortSignal.timeout(10_000) });
+    // Its scan is written once it is counted in flight.
+    await scanned;
+    armed = true;
+    const deciding = one.closeSessionIfUnused(TARGET, ['sdb'], { signal: undefined, failures: new FailureList(false), mark: one.closeMark(TARGET) });
+    await listed;
+    await diskAppears(2, 'sdc', WWID_2);
+    const connected = await connecting;
+    one.keep(lun2, connected.progress);
+    go();
+    expect(await deciding).toBe('kept');
+    expect(logouts(runs)).toEqual([]);
   });
 });

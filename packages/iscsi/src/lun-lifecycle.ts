@@ -72,8 +72,13 @@ interface CloseRequest {
   outcome: 'kept' | 'already-closed' | undefined;
 }
 
-/** A session to a target and its disks, read from sysfs once. */
+/** A session to a target and its disks, read from sysfs once, and the target's connects in flight when it was read. */
 interface SessionView {
+  /**
+   * Connects of the target past session setup, counted before sysfs was read: one that ended
+   * meanwhile had its disk in sysfs before the reading, so either the count or the reading has it.
+   */
+  inflight: number;
   session: Awaited<ReturnType<typeof findIscsiSession>>;
   devices: Array<{ hctl: { lun: number }; device: string }>;
 }
@@ -417,11 +422,16 @@ export class LunLifecycle {
     if (queued.length === 0) this.closers.delete(key);
   }
 
-  /** The session to `target` and its disks, as sysfs shows them now. */
+  /**
+   * The session to `target` and its disks, as sysfs shows them now, with the connects in flight
+   * counted first: a connect is kept (`keep`, outside the lock) once its disk is in sysfs, so a
+   * count read after sysfs could miss one whose disk the reading missed too.
+   */
   private async readSession(target: LunTarget): Promise<SessionView> {
+    const inflight = this.usage.peek(targetKey(target)).inflight;
     const session = await findIscsiSession(this.deps.fs, target);
-    if (session?.hostNumber === undefined) return { session, devices: [] };
-    return { session, devices: await sessionBlockDevices(this.deps.fs, session.sid, { host: session.hostNumber }) };
+    if (session?.hostNumber === undefined) return { inflight, session, devices: [] };
+    return { inflight, session, devices: await sessionBlockDevices(this.deps.fs, session.sid, { host: session.hostNumber }) };
   }
 
   /** `sessionStillNeeded` on a reading already made. */
@@ -432,7 +442,7 @@ export class LunLifecycle {
     keep: readonly string[],
     lateOwn: ((device: string) => Promise<boolean>) | undefined,
   ): Promise<boolean> {
-    if (this.usage.peek(targetKey(target)).inflight > 0) return true;
+    if (view.inflight > 0) return true;
     if (view.session?.hostNumber === undefined) return false;
     if (view.devices.some((d) => keep.includes(d.device))) return true;
     for (const d of view.devices) {
@@ -449,7 +459,7 @@ export class LunLifecycle {
 
   /** Whether `neededIn` says true whatever the caller's `lateOwn` would answer (false: it cannot tell, or not needed). */
   private surelyNeededIn(view: SessionView, target: LunTarget, ownDevices: readonly string[], keep: readonly string[], lateOwn: boolean): boolean {
-    if (this.usage.peek(targetKey(target)).inflight > 0) return true;
+    if (view.inflight > 0) return true;
     if (view.session?.hostNumber === undefined) return false;
     if (view.devices.some((d) => keep.includes(d.device))) return true;
     return view.devices.some((d) => !ownDevices.includes(d.device) && (d.hctl.lun !== target.kernelLun || !lateOwn));
