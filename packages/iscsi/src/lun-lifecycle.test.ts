@@ -1,15 +1,16 @@
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { silentLogger } from '@berth/core';
-import { createHostServices, type CommandResult, type CommandRunner, type HostFs } from '@berth/host';
+import { BerthError, silentLogger } from '@berth/core';
+import { acquireFileLock, createHostServices, type CommandResult, type CommandRunner, type HostFs, type ReleaseLock } from '@berth/host';
 import { iscsiTransportKit } from './transport-kit.js';
 import type { LunLifecycle } from './lun-lifecycle.js';
 import type { LunTarget } from './lun-device.js';
 import { toPortal } from './target.js';
 import { addLun, buildSessions } from './test-kernel-tree.js';
 import { FailureList } from './failure-list.js';
+import { TARGET_FILES_DIR, targetFileStem } from './target-files.js';
 
 const VOL1 = 'iqn.2026-01.test.berth:vol1';
 const WWID_1 = 'naa.60000000000000000e00000000010001';
@@ -26,6 +27,7 @@ const KIT_OPTIONS = {
   deviceTimeoutMs: 1_000,
   scanAttempts: 1,
   commandTimeoutMs: 1_000,
+  targetLockTimeoutMs: 10_000,
   loginRetries: 0,
 } as const;
 
@@ -55,15 +57,32 @@ function recordingRunner(): { runner: CommandRunner; runs: string[][] } {
   return { runner, runs };
 }
 
-/** A lifecycle on the test root through `fs` (default: the root's own) with a recording runner. */
-function lifecycleOn(runner: CommandRunner, fs?: HostFs): LunLifecycle {
+/**
+ * A lifecycle on the test root with `runner`, through `fs` (default: the root's own): each one
+ * stands for a berth process of its own (its own queues and counts).
+ */
+function lifecycleOn(runner: CommandRunner, more: { fs?: HostFs; targetLockTimeoutMs?: number } = {}): LunLifecycle {
   const host = createHostServices({ root });
-  return iscsiTransportKit({ ...host, runner, ...(fs === undefined ? {} : { fs }) }, silentLogger, KIT_OPTIONS).lifecycle;
+  const options = { ...KIT_OPTIONS, ...(more.targetLockTimeoutMs === undefined ? {} : { targetLockTimeoutMs: more.targetLockTimeoutMs }) };
+  return iscsiTransportKit({ ...host, runner, ...(more.fs === undefined ? {} : { fs: more.fs }) }, silentLogger, options).lifecycle;
+}
+
+/** The decision of a disconnect of TARGET's LUN 1 whose disk, sdb, is gone (or going). */
+function closeLun1(lifecycle: LunLifecycle): Promise<'closed' | 'kept' | 'already-closed'> {
+  return lifecycle.closeSessionIfUnused(TARGET, ['sdb'], { signal: undefined, failures: new FailureList(false), mark: lifecycle.closeMark(TARGET) });
+}
+
+/** TARGET's lock file as another berth process holds it. */
+async function holdTargetLock(): Promise<ReleaseLock> {
+  const dir = path.join(root, TARGET_FILES_DIR);
+  await mkdir(dir, { recursive: true });
+  return acquireFileLock(path.join(dir, `${targetFileStem(TARGET)}.lock`), { timeoutMs: 1_000, what: 'the test' });
 }
 
 /** The kernel finishes LUN `lun`'s scan: its disk in sysfs and its /dev node. */
 async function diskAppears(lun: number, device: string, wwid: string): Promise<void> {
   await addLun(root, { host: 2, sid: 1 }, { lun, device, wwid });
+  await mkdir(path.join(root, 'dev'), { recursive: true });
   await writeFile(path.join(root, 'dev', device), '');
 }
 
@@ -141,6 +160,7 @@ describe('the logout decisions of many LUNs queued together (closeSessionIfUnuse
 describe('connects in flight and the logout decision', () => {
   it('counts a connect in flight as it was before sysfs was read: one kept during the reading keeps the session', async () => {
     await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
+    // The connect's wait watches /dev.
     await mkdir(path.join(root, 'dev'), { recursive: true });
     const host = createHostServices({ root });
     // The decision's listing of the session's LUNs is held (already read) until `go`: meanwhile
@@ -169,13 +189,13 @@ describe('connects in flight and the logout decision', () => {
       },
     };
     const { runner, runs } = recordingRunner();
-    const one = lifecycleOn(runner, fs);
+    const one = lifecycleOn(runner, { fs });
     const lun2 = { ...TARGET, lun: 2, kernelLun: 2 };
     const connecting = one.connect(lun2, { signal: AbortSignal.timeout(10_000) });
     // Its scan is written once it is counted in flight.
     await scanned;
     armed = true;
-    const deciding = one.closeSessionIfUnused(TARGET, ['sdb'], { signal: undefined, failures: new FailureList(false), mark: one.closeMark(TARGET) });
+    const deciding = closeLun1(one);
     await listed;
     await diskAppears(2, 'sdc', WWID_2);
     const connected = await connecting;
@@ -183,5 +203,63 @@ describe('connects in flight and the logout decision', () => {
     go();
     expect(await deciding).toBe('kept');
     expect(logouts(runs)).toEqual([]);
+  });
+});
+
+describe('the target lock file (other berth processes on the host)', () => {
+  it('makes a logout decision wait while another process holds it, and decide from what that process left', async () => {
+    await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
+    const host = createHostServices({ root });
+    let locking: () => void = () => undefined;
+    const aboutToLock = new Promise<void>((resolve) => (locking = resolve));
+    const fs: HostFs = {
+      ...host.fs,
+      async mkdir(hostPath, options) {
+        await host.fs.mkdir(hostPath, options);
+        if (hostPath === TARGET_FILES_DIR) locking();
+      },
+    };
+    const { runner, runs } = recordingRunner();
+    const release = await holdTargetLock();
+    const deciding = closeLun1(lifecycleOn(runner, { fs }));
+    await Promise.race([
+      aboutToLock,
+      deciding.then((outcome) => {
+        throw new Error(`decided (${outcome}) without the target's lock file`);
+      }),
+    ]);
+    // The other process connected LUN 2 meanwhile: its disk is there when it lets go.
+    await diskAppears(2, 'sdc', WWID_2);
+    await release();
+    expect(await deciding).toBe('kept');
+    expect(logouts(runs)).toEqual([]);
+  });
+
+  it('gives a TIMEOUT naming the target and the holder when it stays held past targetLockTimeoutMs', async () => {
+    await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
+    const { runner, runs } = recordingRunner();
+    const release = await holdTargetLock();
+    try {
+      const error = await closeLun1(lifecycleOn(runner, { targetLockTimeoutMs: 200 })).catch((e: unknown) => e);
+      expect(BerthError.is(error)).toBe(true);
+      const timeout = error as BerthError;
+      expect(timeout.code).toBe('TIMEOUT');
+      expect(timeout.message).toContain(VOL1);
+      expect(timeout.message).toContain('127.0.0.1:3260');
+      expect(timeout.message).toContain(`pid ${process.pid}`);
+      expect(timeout.hint).toContain('another berth process on this host is working on that target');
+      expect(timeout.details).toMatchObject({ iqn: VOL1, portal: '127.0.0.1:3260', holderPid: process.pid });
+    } finally {
+      await release();
+    }
+    expect(logouts(runs)).toEqual([]);
+  });
+
+  it('is gone once the decision is made (a logout with nothing else on the session still happens)', async () => {
+    await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
+    const { runner, runs } = recordingRunner();
+    expect(await closeLun1(lifecycleOn(runner))).toBe('closed');
+    expect(logouts(runs)).toHaveLength(1);
+    expect(await readdir(path.join(root, TARGET_FILES_DIR))).toEqual([]);
   });
 });

@@ -19,6 +19,7 @@ import {
 } from './lun-device.js';
 import { closeSession, messageOf, openSession, type LeftLogin, type SessionHost, type SessionProgress, type SessionSettings, type SessionTarget, type UsableSession } from './node-session.js';
 import { deleteScsiDevice, sessionBlockDevices } from './scsi-sysfs.js';
+import { TargetFiles } from './target-files.js';
 import { TargetUsage } from './target-usage.js';
 
 /** How a transport runs the LUN lifecycle (its options). */
@@ -31,6 +32,8 @@ export interface LunLifecycleOptions extends SessionSettings {
   scanAttempts: number;
   /** Timeout of one command, in ms (cleanup runs on `commandTimeoutMs + deviceTimeoutMs`). */
   commandTimeoutMs: number;
+  /** How long to wait for another berth process on the host that holds a target's lock file, in ms. */
+  targetLockTimeoutMs: number;
 }
 
 /** What the lifecycle reaches the host through. */
@@ -60,6 +63,18 @@ export interface ConnectedLun {
   /** os-brick's scsi_wwn of the disk, when it has a wwid. */
   wwn?: string;
   progress: LunProgress;
+}
+
+/** Options of one logout decision (`closeSessionIfUnused`). */
+export interface CloseOptions {
+  signal: AbortSignal | undefined;
+  failures: FailureList;
+  mark: number;
+  keep?: readonly string[];
+  faultPoints?: boolean;
+  namePortal?: boolean;
+  /** Whether a disk at the target's LUN that `ownDevices` does not name is the caller's all the same (absent: never). */
+  lateOwn?: (device: string) => Promise<boolean>;
 }
 
 /** A logout decision waiting for its target's lock; `outcome` is set when one before it decided it. */
@@ -114,13 +129,15 @@ export interface LunConnectOptions {
  * One LUN of one target through one portal, from node record to disk and back: the single-LUN
  * lifecycle both iSCSI transports run (the single-path transport once, the multipath transport
  * once per path). Locks: one queue per target (IQN + portal), held only for session setup and the
- * logout decision; a transport adds its own per-volume queue. Never a host-wide lock.
+ * logout decision, and inside it the target's lock file, which other berth processes on the host
+ * take too; a transport adds its own per-volume queue. Never a lock of the whole host.
  */
 export class LunLifecycle {
   /** The session helpers' view of the host (for a transport's own discovery). */
   readonly sessionHost: SessionHost;
   private readonly deviceHost: LunDeviceHost;
   private readonly targetLocks = new KeyedLock();
+  private readonly files: TargetFiles;
   private readonly usage = new TargetUsage();
   /** How many times this instance closed each target's session: a closer that started before one need not close again. */
   private readonly closes = new Map<string, number>();
@@ -136,6 +153,7 @@ export class LunLifecycle {
     this.sessionHost = { fs: deps.fs, waiter: deps.waiter, iscsiadm: deps.iscsiadm, settings: options, logger: deps.logger, ...(deps.faults ? { faults: deps.faults } : {}) };
     this.deviceHost = { fs: deps.fs, waiter: deps.waiter, runner: deps.runner, logger: deps.logger };
     this.flusher = new FlushBatcher(deps.runner, options.commandTimeoutMs);
+    this.files = new TargetFiles(deps.fs, options.targetLockTimeoutMs);
   }
 
   /** A signal for cleanup, on its own clock: the operation's signal has often fired already. */
@@ -155,8 +173,8 @@ export class LunLifecycle {
     const { signal } = options;
     const beforeSession = options.cut === undefined ? signal : AbortSignal.any([signal, options.cut]);
     try {
-      const session = await this.targetLocks.withLock(
-        key,
+      const session = await this.withTargetLock(
+        target,
         async () => {
           const opened = await openSession(this.sessionHost, target, options.signal, progress, () => this.cleanupSignal(), {
             ...(options.cut === undefined ? {} : { cut: options.cut }),
@@ -236,26 +254,34 @@ export class LunLifecycle {
       return;
     }
     try {
+      // The registration ends whatever happens next: a count left behind would keep the session for good.
       await this.targetLocks.withLock(key, async () => {
         this.usage.leave(key, false);
         progress.registered = false;
         const pending = this.usage.peek(key).pendingLogin;
         if (!progress.loggedIn && pending === undefined && !progress.createdRecord) return;
-        if (await this.sessionStillNeeded(target, [])) return;
-        const failures: Array<{ step: string; error: unknown }> = [];
-        const attempt = async <T>(step: string, fn: () => Promise<T>): Promise<T | undefined> =>
-          fn().catch((error: unknown) => {
-            failures.push({ step, error });
-            return undefined;
-          });
-        const ownRecord = progress.createdRecord || pending?.createdRecord === true;
-        if (progress.loggedIn || pending !== undefined) {
-          await closeSession(this.sessionHost, target, { signal, deleteRecord: ownRecord }, attempt);
-        } else if (ownRecord) {
-          await attempt('delete the node record', () => this.deps.iscsiadm.nodeDelete(target, { signal }));
-        }
-        this.usage.clearLogin(key);
-        if (failures.length > 0) logger.warn({ iqn: target.iqn, portal: target.portalText, errors: failures.map((f) => `${f.step}: ${messageOf(f.error)}`) }, 'undo: the session could not be closed completely');
+        // No signal: an undo waits its turn (the lock file's own timeout bounds a wait for another process).
+        await this.holdingLockFile(
+          target,
+          async () => {
+            if (await this.sessionStillNeeded(target, [])) return;
+            const failures: Array<{ step: string; error: unknown }> = [];
+            const attempt = async <T>(step: string, fn: () => Promise<T>): Promise<T | undefined> =>
+              fn().catch((error: unknown) => {
+                failures.push({ step, error });
+                return undefined;
+              });
+            const ownRecord = progress.createdRecord || pending?.createdRecord === true;
+            if (progress.loggedIn || pending !== undefined) {
+              await closeSession(this.sessionHost, target, { signal, deleteRecord: ownRecord }, attempt);
+            } else if (ownRecord) {
+              await attempt('delete the node record', () => this.deps.iscsiadm.nodeDelete(target, { signal }));
+            }
+            this.usage.clearLogin(key);
+            if (failures.length > 0) logger.warn({ iqn: target.iqn, portal: target.portalText, errors: failures.map((f) => `${f.step}: ${messageOf(f.error)}`) }, 'undo: the session could not be closed completely');
+          },
+          undefined,
+        );
       });
     } catch (error) {
       logger.warn({ iqn: target.iqn, portal: target.portalText, error: messageOf(error) }, 'undo: could not close the session');
@@ -298,8 +324,8 @@ export class LunLifecycle {
    */
   async finishLeftLogin(target: LunTarget, options: { signal: AbortSignal | undefined; failures: FailureList; keep?: readonly string[] }): Promise<'busy' | 'in-use' | 'closed'> {
     const key = targetKey(target);
-    return this.targetLocks.withLock(
-      key,
+    return this.withTargetLock(
+      target,
       async () => {
         if (this.usage.peek(key).inflight > 0) return 'busy';
         const view = await this.readSession(target);
@@ -331,19 +357,9 @@ export class LunLifecycle {
   async closeSessionIfUnused(
     target: LunTarget,
     ownDevices: readonly string[],
-    options: {
-      signal: AbortSignal | undefined;
-      failures: FailureList;
-      mark: number;
-      keep?: readonly string[];
-      faultPoints?: boolean;
-      namePortal?: boolean;
-      /** Whether a disk at the target's LUN that `ownDevices` does not name is the caller's all the same (absent: never). */
-      lateOwn?: (device: string) => Promise<boolean>;
-    },
+    options: CloseOptions,
   ): Promise<'closed' | 'kept' | 'already-closed'> {
     const key = targetKey(target);
-    const { logger } = this.deps;
     const request: CloseRequest = { ownDevices, keep: options.keep ?? [], mark: options.mark, lateOwn: options.lateOwn !== undefined, outcome: undefined };
     const queued = this.closers.get(key) ?? [];
     queued.push(request);
@@ -353,37 +369,44 @@ export class LunLifecycle {
         key,
         async () => {
           this.unqueue(key, request);
-          // Decided, from the reading of a decision that held the lock before this one.
+          // Decided, from the reading of a decision that held the lock before this one: no need of
+          // the lock file either (a batch of queued decisions takes it once).
           if (request.outcome !== undefined) return request.outcome;
-          // Only decisions already waiting when sysfs is read can be made from that reading: their
-          // own disks were removed before it.
-          const waiting = [...(this.closers.get(key) ?? [])];
-          const view = await this.readSession(target);
-          if ((this.closes.get(key) ?? 0) !== options.mark && view.session === undefined) {
-            this.decideQueued(key, target, view, waiting);
-            return 'already-closed';
-          }
-          if (await this.neededIn(view, target, ownDevices, options.keep ?? [], options.lateOwn)) {
-            logger.info({ iqn: target.iqn, portal: target.portalText }, 'keeping the session: another LUN of it is in use');
-            this.decideQueued(key, target, view, waiting);
-            return 'kept';
-          }
-          const before = options.failures.size;
-          await closeSession(
-            this.sessionHost,
-            target,
-            { signal: options.signal, deleteRecord: true, ...(options.faultPoints === true ? { faultPoints: true } : {}), ...(options.namePortal === true ? { namePortal: true } : {}) },
-            (step, fn) => options.failures.attempt(step, fn),
-          );
-          this.usage.clearLogin(key);
-          if (options.failures.size === before) this.closes.set(key, (this.closes.get(key) ?? 0) + 1);
-          return 'closed';
+          return this.holdingLockFile(target, () => this.decideClose(target, ownDevices, options), options.signal);
         },
         options.signal,
       );
     } finally {
       this.unqueue(key, request);
     }
+  }
+
+  /** The logout decision of `closeSessionIfUnused`, made holding both locks. */
+  private async decideClose(target: LunTarget, ownDevices: readonly string[], options: CloseOptions): Promise<'closed' | 'kept' | 'already-closed'> {
+    const key = targetKey(target);
+    // Only decisions already waiting when sysfs is read can be made from that reading: their
+    // own disks were removed before it.
+    const waiting = [...(this.closers.get(key) ?? [])];
+    const view = await this.readSession(target);
+    if ((this.closes.get(key) ?? 0) !== options.mark && view.session === undefined) {
+      this.decideQueued(key, target, view, waiting);
+      return 'already-closed';
+    }
+    if (await this.neededIn(view, target, ownDevices, options.keep ?? [], options.lateOwn)) {
+      this.deps.logger.info({ iqn: target.iqn, portal: target.portalText }, 'keeping the session: another LUN of it is in use');
+      this.decideQueued(key, target, view, waiting);
+      return 'kept';
+    }
+    const before = options.failures.size;
+    await closeSession(
+      this.sessionHost,
+      target,
+      { signal: options.signal, deleteRecord: true, ...(options.faultPoints === true ? { faultPoints: true } : {}), ...(options.namePortal === true ? { namePortal: true } : {}) },
+      (step, fn) => options.failures.attempt(step, fn),
+    );
+    this.usage.clearLogin(key);
+    if (options.failures.size === before) this.closes.set(key, (this.closes.get(key) ?? 0) + 1);
+    return 'closed';
   }
 
   /**
@@ -411,6 +434,24 @@ export class LunLifecycle {
       }
       // Queued decisions are made in order: one that cannot be settled here stops the others.
       return;
+    }
+  }
+
+  /**
+   * `fn` under `target`'s lock: this instance's queue first (its waiters queue without touching a
+   * file), then the target's lock file, which other berth processes on the host take too.
+   */
+  private withTargetLock<T>(target: LunTarget, fn: () => Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+    return this.targetLocks.withLock(targetKey(target), () => this.holdingLockFile(target, fn, signal), signal);
+  }
+
+  /** `fn` holding `target`'s lock file; call holding its queue (`withTargetLock`). */
+  private async holdingLockFile<T>(target: LunTarget, fn: () => Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+    const release = await this.files.lock(target, signal);
+    try {
+      return await fn();
+    } finally {
+      await release();
     }
   }
 

@@ -38,11 +38,13 @@ describe('the driver-iscsi-multipath plugin descriptor', () => {
       enforceMultipath: false,
       discoveryMode: 'nonpersistent',
       discoveryTargets: 'same-iqn',
+      targetLockTimeoutMs: 60_000,
       iface: 'default',
     });
     expect(plugin.optionsSchema?.safeParse({ startup: 'onboot' }).success).toBe(false);
     expect(plugin.optionsSchema?.safeParse({ portalTimeoutMs: 0 }).success).toBe(false);
     expect(plugin.optionsSchema?.safeParse({ discoveryMode: 'sometimes' }).success).toBe(false);
     expect(plugin.optionsSchema?.safeParse({ iface: 'bad iface' }).success).toBe(false);
+    expect(plugin.optionsSchema?.safeParse({ targetLockTimeoutMs: 50 }).success).toBe(false);
   });
 });

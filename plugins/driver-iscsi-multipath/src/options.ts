@@ -41,6 +41,11 @@ export const zMultipathDriverOptions = lazySchema(() => z.object({
   flushRetryDelayMs: z.number().int().min(0).max(60_000).default(500),
   /** Timeout of one iscsiadm, multipath, multipathd or blockdev run, in ms. */
   commandTimeoutMs: z.number().int().positive().max(600_000).default(30_000),
+  /**
+   * How long to wait, in ms, while another berth process on this host holds a target's lock file
+   * (its session setup or logout decision for that target); then a TIMEOUT naming its pid.
+   */
+  targetLockTimeoutMs: z.number().int().min(100).max(3_600_000).default(60_000),
   /** Fail the attach when multipathd does not run (os-brick's `enforce_multipath`); else degrade to one path. */
   enforceMultipath: z.boolean().default(false),
   /**

@@ -30,11 +30,13 @@ describe('the driver-iscsi plugin descriptor', () => {
       scanAttempts: 3,
       loginRetries: 3,
       commandTimeoutMs: 30_000,
+      targetLockTimeoutMs: 60_000,
       iface: 'default',
     });
     expect(plugin.optionsSchema?.safeParse({ startup: 'onboot' }).success).toBe(false);
     expect(plugin.optionsSchema?.safeParse({ iface: 'bad iface' }).success).toBe(false);
     expect(plugin.optionsSchema?.safeParse({ loginRetries: -1 }).success).toBe(false);
     expect(plugin.optionsSchema?.safeParse({ deviceTimeoutMs: 0 }).success).toBe(false);
+    expect(plugin.optionsSchema?.safeParse({ targetLockTimeoutMs: 0 }).success).toBe(false);
   });
 });

@@ -17,6 +17,11 @@ export const zIscsiDriverOptions = lazySchema(() => z.object({
   loginRetries: z.number().int().min(0).max(20).default(3),
   /** Timeout of one iscsiadm or blockdev run, in ms (csi-lib-iscsi's 3 s is too short under load). */
   commandTimeoutMs: z.number().int().positive().max(600_000).default(30_000),
+  /**
+   * How long to wait, in ms, while another berth process on this host holds a target's lock file
+   * (its session setup or logout decision for that target); then a TIMEOUT naming its pid.
+   */
+  targetLockTimeoutMs: z.number().int().min(100).max(3_600_000).default(60_000),
   /** The open-iscsi iface a new node record is bound to. */
   iface: zIfaceName.default('default'),
 }));
