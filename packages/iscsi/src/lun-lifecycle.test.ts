@@ -1,14 +1,16 @@
-import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BerthError, silentLogger } from '@berth/core';
-import { acquireFileLock, createHostServices, type CommandResult, type CommandRunner, type HostFs, type ReleaseLock } from '@berth/host';
+import { acquireFileLock, createHostServices, processStartTicks, type CommandResult, type CommandRunner, type HostFs, type ReleaseLock } from '@berth/host';
 import { iscsiTransportKit } from './transport-kit.js';
 import type { LunLifecycle } from './lun-lifecycle.js';
 import type { LunTarget } from './lun-device.js';
 import { toPortal } from './target.js';
-import { addLun, buildSessions } from './test-kernel-tree.js';
+import { addLun, buildSessions, removeLun } from './test-kernel-tree.js';
 import { FailureList } from './failure-list.js';
 import { TARGET_FILES_DIR, targetFileStem } from './target-files.js';
 
@@ -71,6 +73,25 @@ function lifecycleOn(runner: CommandRunner, more: { fs?: HostFs; targetLockTimeo
 function closeLun1(lifecycle: LunLifecycle): Promise<'closed' | 'kept' | 'already-closed'> {
   return lifecycle.closeSessionIfUnused(TARGET, ['sdb'], { signal: undefined, failures: new FailureList(false), mark: lifecycle.closeMark(TARGET) });
 }
+
+/** A fs of the test root that tells when a scan is written: a connect past its session setup, waiting for its disk. */
+function scanWatchingFs(): { fs: HostFs; scanned: Promise<void> } {
+  const host = createHostServices({ root });
+  let scanning: () => void = () => undefined;
+  const scanned = new Promise<void>((resolve) => (scanning = resolve));
+  const fs: HostFs = {
+    ...host.fs,
+    async writeFile(hostPath, data, options) {
+      await host.fs.writeFile(hostPath, data, options);
+      if (hostPath.endsWith('/scan')) scanning();
+    },
+  };
+  return { fs, scanned };
+}
+
+/** The real directory of TARGET's in-flight markers, and what is in it. */
+const markerDir = (): string => path.join(root, TARGET_FILES_DIR, `${targetFileStem(TARGET)}.inflight`);
+const markers = (): Promise<string[]> => readdir(markerDir()).catch(() => []);
 
 /** TARGET's lock file as another berth process holds it. */
 async function holdTargetLock(): Promise<ReleaseLock> {
@@ -199,7 +220,7 @@ describe('connects in flight and the logout decision', () => {
     await listed;
     await diskAppears(2, 'sdc', WWID_2);
     const connected = await connecting;
-    one.keep(lun2, connected.progress);
+    await one.keep(lun2, connected.progress);
     go();
     expect(await deciding).toBe('kept');
     expect(logouts(runs)).toEqual([]);
@@ -261,5 +282,77 @@ describe('the target lock file (other berth processes on the host)', () => {
     expect(await closeLun1(lifecycleOn(runner))).toBe('closed');
     expect(logouts(runs)).toHaveLength(1);
     expect(await readdir(path.join(root, TARGET_FILES_DIR))).toEqual([]);
+  });
+});
+
+describe('connects in flight in another berth process (markers)', () => {
+  const LUN2 = { ...TARGET, lun: 2, kernelLun: 2 };
+
+  it('keeps the session for a connect of another process between its session and its disk, and logs out once that disk is kept and gone', async () => {
+    await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
+    await mkdir(path.join(root, 'dev'), { recursive: true });
+    const { fs, scanned } = scanWatchingFs();
+    const a = lifecycleOn(recordingRunner().runner, { fs });
+    const { runner, runs } = recordingRunner();
+    const b = lifecycleOn(runner);
+    const connecting = a.connect(LUN2, { signal: AbortSignal.timeout(10_000) });
+    await scanned;
+    // B's disk of LUN 1 is gone; A's of LUN 2 is not there yet: only A's marker says the session is needed.
+    expect(await closeLun1(b)).toBe('kept');
+    expect(logouts(runs)).toEqual([]);
+    const [marker] = await markers();
+    expect(JSON.parse(await readFile(path.join(markerDir(), marker ?? ''), 'utf8'))).toEqual({ pid: process.pid, startTicks: await processStartTicks(process.pid) });
+    await diskAppears(2, 'sdc', WWID_2);
+    const connected = await connecting;
+    expect(connected.device.name).toBe('sdc');
+    await a.keep(LUN2, connected.progress);
+    expect(await markers()).toEqual([]);
+    // No connect in flight any more: the logout happens once LUN 2's disk is gone too.
+    expect(await closeLun1(b)).toBe('kept');
+    await removeLun(root, { host: 2, sid: 1 }, { lun: 2, device: 'sdc' });
+    expect(await closeLun1(b)).toBe('closed');
+    expect(logouts(runs)).toHaveLength(1);
+  });
+
+  it('removes the marker of a connect that failed, with its registration', async () => {
+    await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
+    await mkdir(path.join(root, 'dev'), { recursive: true });
+    const { fs, scanned } = scanWatchingFs();
+    const a = lifecycleOn(recordingRunner().runner, { fs });
+    const cancel = new AbortController();
+    const connecting = a.connect(LUN2, { signal: cancel.signal }).catch((error: unknown) => error);
+    await scanned;
+    expect(await markers()).toHaveLength(1);
+    cancel.abort(new Error('cancelled by the test'));
+    expect(await connecting).toMatchObject({ message: 'cancelled by the test' });
+    expect(await markers()).toEqual([]);
+    const { runner, runs } = recordingRunner();
+    expect(await closeLun1(lifecycleOn(runner))).toBe('closed');
+    expect(logouts(runs)).toHaveLength(1);
+  });
+
+  it('counts a live process\'s marker, and ignores and removes a dead process\'s (or a reused pid\'s)', async () => {
+    await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
+    const child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 60_000)'], { stdio: 'ignore' });
+    try {
+      await once(child, 'spawn');
+      const pid = child.pid ?? 0;
+      await mkdir(markerDir(), { recursive: true });
+      await writeFile(path.join(markerDir(), `${pid}-c0ffee`), JSON.stringify({ pid, startTicks: await processStartTicks(pid) }));
+      // This process, but another start time: a pid the kernel gave again.
+      await writeFile(path.join(markerDir(), `${process.pid}-reused`), JSON.stringify({ pid: process.pid, startTicks: '1' }));
+      const { runner, runs } = recordingRunner();
+      const b = lifecycleOn(runner);
+      expect(await closeLun1(b)).toBe('kept');
+      expect(await markers()).toEqual([`${pid}-c0ffee`]);
+      const exited = once(child, 'exit');
+      child.kill('SIGKILL');
+      await exited;
+      expect(await closeLun1(b)).toBe('closed');
+      expect(logouts(runs)).toHaveLength(1);
+      expect(await markers()).toEqual([]);
+    } finally {
+      child.kill('SIGKILL');
+    }
   });
 });

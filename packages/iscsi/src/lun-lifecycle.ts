@@ -51,6 +51,8 @@ export interface LunLifecycleDeps {
 export interface LunProgress extends SessionProgress {
   /** Counted in the target's connects in flight. */
   registered: boolean;
+  /** Its in-flight marker, which other berth processes on the host count (`TargetFiles.enter`), while registered. */
+  marker?: string;
   session?: UsableSession;
   /** A scan went out for a LUN that had no device before. */
   scanned: boolean;
@@ -90,8 +92,9 @@ interface CloseRequest {
 /** A session to a target and its disks, read from sysfs once, and the target's connects in flight when it was read. */
 interface SessionView {
   /**
-   * Connects of the target past session setup, counted before sysfs was read: one that ended
-   * meanwhile had its disk in sysfs before the reading, so either the count or the reading has it.
+   * Connects of the target past session setup, in this instance and (their markers) in other berth
+   * processes, counted before sysfs was read: one that ended meanwhile had its disk in sysfs before
+   * the reading, so either the count or the reading has it.
    */
   inflight: number;
   session: Awaited<ReturnType<typeof findIscsiSession>>;
@@ -153,7 +156,7 @@ export class LunLifecycle {
     this.sessionHost = { fs: deps.fs, waiter: deps.waiter, iscsiadm: deps.iscsiadm, settings: options, logger: deps.logger, ...(deps.faults ? { faults: deps.faults } : {}) };
     this.deviceHost = { fs: deps.fs, waiter: deps.waiter, runner: deps.runner, logger: deps.logger };
     this.flusher = new FlushBatcher(deps.runner, options.commandTimeoutMs);
-    this.files = new TargetFiles(deps.fs, options.targetLockTimeoutMs);
+    this.files = new TargetFiles(deps.fs, options.targetLockTimeoutMs, deps.logger);
   }
 
   /** A signal for cleanup, on its own clock: the operation's signal has often fired already. */
@@ -184,6 +187,8 @@ export class LunLifecycle {
           });
           this.usage.enter(key, progress.loggedIn ? { createdRecord: progress.createdRecord } : undefined);
           progress.registered = true;
+          // Registered first: should the marker fail, the undo still ends the registration and the login.
+          progress.marker = await this.files.enter(target);
           return opened;
         },
         beforeSession,
@@ -220,11 +225,22 @@ export class LunLifecycle {
     }
   }
 
-  /** A connect whose disk is kept (handed out): the normal disconnect rules apply to its session from now on. */
-  keep(target: LunTarget, progress: LunProgress): void {
+  /** A connect whose disk is kept (handed out): the normal disconnect rules apply to its session from now on. Never throws. */
+  async keep(target: LunTarget, progress: LunProgress): Promise<void> {
     if (!progress.registered) return;
     this.usage.leave(targetKey(target), true);
     progress.registered = false;
+    await this.dropMarker(target, progress);
+  }
+
+  /** Remove the in-flight marker of a connect whose registration ended; a failure is logged (the marker goes with this process). */
+  private async dropMarker(target: LunTarget, progress: LunProgress): Promise<void> {
+    const name = progress.marker;
+    if (name === undefined) return;
+    delete progress.marker;
+    await this.files.leave(target, name).catch((error: unknown) => {
+      this.deps.logger.warn({ iqn: target.iqn, portal: target.portalText, marker: name, error: messageOf(error) }, 'could not remove the marker of a connect in flight: other berth processes keep the session until this one exits');
+    });
   }
 
   /**
@@ -258,6 +274,7 @@ export class LunLifecycle {
       await this.targetLocks.withLock(key, async () => {
         this.usage.leave(key, false);
         progress.registered = false;
+        await this.dropMarker(target, progress);
         const pending = this.usage.peek(key).pendingLogin;
         if (!progress.loggedIn && pending === undefined && !progress.createdRecord) return;
         // No signal: an undo waits its turn (the lock file's own timeout bounds a wait for another process).
@@ -317,7 +334,8 @@ export class LunLifecycle {
 
   /**
    * Finish a login the undo left to iscsid (`LunConnectOptions.onLoginLeft`), under the target
-   * lock: `busy` while a connect of the target is in flight (ask again later); `in-use` when its
+   * lock: `busy` while a connect of the target is in flight, in this process or another berth
+   * process on the host (ask again later); `in-use` when its
    * session serves a LUN or attachment (a disk on it: another LUN's, one in `keep`, or one a later
    * connect adopted) — never touched; else its session, if any (with no disk: nobody's), is logged
    * out and the node record deleted: `closed`. Call once the session is up or iscsid's bound passed.
@@ -329,6 +347,7 @@ export class LunLifecycle {
       async () => {
         if (this.usage.peek(key).inflight > 0) return 'busy';
         const view = await this.readSession(target);
+        if (view.inflight > 0) return 'busy';
         if (view.session !== undefined && (await this.neededIn(view, target, [], options.keep ?? [], undefined))) return 'in-use';
         const before = options.failures.size;
         await closeSession(this.sessionHost, target, { signal: options.signal, deleteRecord: true, namePortal: true }, (step, fn) => options.failures.attempt(step, fn));
@@ -346,7 +365,8 @@ export class LunLifecycle {
 
   /**
    * The logout decision, under the target lock (the only part of a disconnect that needs it): log
-   * out and delete the node record unless a connect of the target is in flight, a LUN other than
+   * out and delete the node record unless a connect of the target is in flight (in any berth
+   * process on the host), a LUN other than
    * `ownDevices` has a disk on the session, or a disk of the session is one of `keep` (devices
    * other attachments use). A disk at this target's own LUN that is not in `ownDevices` (it
    * appeared after the caller listed its paths: a scan an interrupted connect wrote) goes with the
@@ -465,11 +485,13 @@ export class LunLifecycle {
 
   /**
    * The session to `target` and its disks, as sysfs shows them now, with the connects in flight
-   * counted first: a connect is kept (`keep`, outside the lock) once its disk is in sysfs, so a
-   * count read after sysfs could miss one whose disk the reading missed too.
+   * counted first — this instance's and, from their markers, other processes' (one readdir): a
+   * connect is kept (`keep`, outside the lock) once its disk is in sysfs, so a count read after
+   * sysfs could miss one whose disk the reading missed too.
    */
   private async readSession(target: LunTarget): Promise<SessionView> {
-    const inflight = this.usage.peek(targetKey(target)).inflight;
+    const here = this.usage.peek(targetKey(target)).inflight;
+    const inflight = here + (await this.files.inflightElsewhere(target));
     const session = await findIscsiSession(this.deps.fs, target);
     if (session?.hostNumber === undefined) return { inflight, session, devices: [] };
     return { inflight, session, devices: await sessionBlockDevices(this.deps.fs, session.sid, { host: session.hostNumber }) };
@@ -507,7 +529,8 @@ export class LunLifecycle {
   }
 
   /**
-   * Whether the session to `target` must stay: a connect of it is in flight, one of its disks is in
+   * Whether the session to `target` must stay: a connect of it is in flight (here, or in another
+   * berth process on the host: its marker), one of its disks is in
    * `keep`, or a disk other than `ownDevices` is not the caller's — any disk of another LUN, and a
    * disk at the target's own LUN unless `lateOwn` confirms it (then it goes with the session).
    * Call holding the target lock.

@@ -1,6 +1,7 @@
-import { createHash } from 'node:crypto';
-import { BerthError } from '@berth/core';
-import { acquireFileLock, LockTimeoutError, type HostFs, type ReleaseLock } from '@berth/host';
+import { createHash, randomBytes } from 'node:crypto';
+import { z } from '@berth/core/zod';
+import { BerthError, lazySchema, type Logger } from '@berth/core';
+import { acquireFileLock, LockTimeoutError, processStartTicks, type HostFs, type ReleaseLock } from '@berth/host';
 import { targetKey } from './lun-connection.js';
 import type { LunTarget } from './lun-device.js';
 
@@ -16,17 +17,33 @@ export function targetFileStem(target: { iqn: string; portal: LunTarget['portal'
   return createHash('sha256').update(targetKey(target)).digest('hex').slice(0, 32);
 }
 
+/** The directory of `target`'s in-flight markers. */
+function markerDir(target: LunTarget): string {
+  return `${TARGET_FILES_DIR}/${targetFileStem(target)}.inflight`;
+}
+
+/** What a marker holds: the process of the connect, named for good by its pid and start time. */
+const zMarker = lazySchema(() => z.object({ pid: z.number().int().positive(), startTicks: z.string() }));
+
 /**
- * The host-wide side of a target's lock: a lock file per target (IQN + portal) that every berth
- * process on the host takes around its session setup and logout decision, so that two processes
- * (`berth serve` and a CLI `berth attach`, two CLI runs) never log in and out of one target at
- * once. A lock whose process died is broken by the next taker (`acquireFileLock`).
+ * What berth processes on one host share about a target (IQN + portal), beside what sysfs shows:
+ * - a **lock file** each process takes around its session setup and logout decision, so that two
+ *   processes (`berth serve` and a CLI `berth attach`, two CLI runs) never log in to and out of
+ *   one target at once; one whose process died is broken by the next taker (`acquireFileLock`);
+ * - a **marker** per connect past its session setup whose disk is not handed out yet, which
+ *   sysfs cannot show: another process's logout decision must keep the session for it.
  */
 export class TargetFiles {
+  /** Begins the name of every marker this instance makes: its own connects are in its in-process count already. */
+  private readonly ownPrefix = `${process.pid}-${randomBytes(6).toString('hex')}-`;
+  private made = 0;
+  private self: Promise<z.output<typeof zMarker>> | undefined;
+
   constructor(
     private readonly fs: HostFs,
     /** How long to wait for another process's hold, in ms. */
     private readonly timeoutMs: number,
+    private readonly logger: Logger,
   ) {}
 
   /**
@@ -47,4 +64,60 @@ export class TargetFiles {
       });
     });
   }
+  /**
+   * Mark a connect of `target` in flight: `<hash>.inflight/<pid>-<token>`, holding this process's
+   * pid and start time. Call holding the target lock, as every reader does: a marker a reader sees
+   * is whole, or its writer died writing it. Returns the marker's name, for `leave`.
+   */
+  async enter(target: LunTarget): Promise<string> {
+    const dir = markerDir(target);
+    await this.fs.mkdir(dir, { mode: 0o700 });
+    this.made += 1;
+    const name = `${this.ownPrefix}${this.made}`;
+    this.self ??= processStartTicks(process.pid).then((ticks) => ({ pid: process.pid, startTicks: ticks ?? '' }));
+    await this.fs.writeFile(`${dir}/${name}`, JSON.stringify(await this.self), { mode: 0o600 });
+    return name;
+  }
+
+  /** The connect marked `name` is over (its disk handed out, or undone). */
+  async leave(target: LunTarget, name: string): Promise<void> {
+    await this.fs.unlink(`${markerDir(target)}/${name}`);
+  }
+
+  /**
+   * How many connects of `target` other lifecycles have in flight (other processes, or another
+   * instance in this one): one readdir, and each marker not this instance's counted while its
+   * process lives (same pid, same start time: a reused pid is not it). A dead process's marker (a
+   * killed CLI) is removed. Call holding the target lock.
+   */
+  async inflightElsewhere(target: LunTarget): Promise<number> {
+    const dir = markerDir(target);
+    let count = 0;
+    for (const name of await this.fs.readdir(dir)) {
+      if (name.startsWith(this.ownPrefix)) continue;
+      const text = await this.fs.readFileIfExists(`${dir}/${name}`);
+      // Gone since the listing: its connect ended (a disk is handed out outside the lock).
+      if (text === undefined) continue;
+      if (await markerLives(text)) {
+        count += 1;
+        continue;
+      }
+      await this.fs.unlink(`${dir}/${name}`);
+      this.logger.info({ iqn: target.iqn, portal: target.portalText, marker: name }, 'removed the in-flight marker of a berth process that is gone');
+    }
+    return count;
+  }
+}
+
+/** Whether the process a marker names still runs (a torn marker's writer died: it wrote holding the lock). */
+async function markerLives(text: string): Promise<boolean> {
+  let holder;
+  try {
+    holder = zMarker.safeParse(JSON.parse(text));
+  } catch {
+    return false;
+  }
+  if (!holder.success) return false;
+  const ticks = await processStartTicks(holder.data.pid);
+  return ticks !== undefined && (holder.data.startTicks === '' || ticks === holder.data.startTicks);
 }

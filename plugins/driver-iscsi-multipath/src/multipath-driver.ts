@@ -125,7 +125,7 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
         await ctx.states.save({ ...attachStateOf(volumeId, result, device), ...(left.length === 0 ? {} : { left_logins: left.map(leftEntryOf) }) });
       }
       watchLeft(volumeKey(volume), volumeId, left);
-      for (const o of outcomes) if (o.status === 'up') lifecycle.keep(o.target, o.progress);
+      await Promise.all(outcomes.filter((o) => o.status === 'up').map((o) => lifecycle.keep(o.target, o.progress)));
       logger.info(
         { device: device.path, wwn, paths: device.paths?.map((p) => `${p.portal}=${p.state}`), mode: device.meta?.['mode'] },
         map === undefined ? 'volume connected through one path (degraded)' : 'volume connected through multipath',

@@ -88,7 +88,7 @@ async function addPath(ctx: MultipathContext, target: PathTarget, auth: ChapCred
     try {
       const joined = await ensureMap(ctx.mapHost, [disk.name], map.multipathId, { timeoutMs: ctx.options.mapTimeoutMs, signal });
       if (joined.dm === map.dm) {
-        ctx.lifecycle.keep(target, outcome.progress);
+        await ctx.lifecycle.keep(target, outcome.progress);
         const ms = performance.now() - started;
         ctx.logger.info({ dm: map.dm, portal: target.portalText, device: devPath(disk.name), ms: Math.round(ms) }, 'missing path added to the map');
         return {

@@ -87,7 +87,7 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
     try {
       const device = describeDevice(target, lun);
       if (volumeId !== undefined) await states.save(stateOf(volumeId, target, lun, device));
-      lifecycle.keep(target, lun.progress);
+      await lifecycle.keep(target, lun.progress);
       logger.info({ device: device.path, iqn: target.iqn, portal: target.portalText, lun: target.lun, sid: lun.device.sid, wwn: device.scsi_wwn }, 'LUN connected');
       return device;
     } catch (error) {
