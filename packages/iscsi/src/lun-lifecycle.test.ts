@@ -74,19 +74,29 @@ function closeLun1(lifecycle: LunLifecycle): Promise<'closed' | 'kept' | 'alread
   return lifecycle.closeSessionIfUnused(TARGET, ['sdb'], { signal: undefined, failures: new FailureList(false), mark: lifecycle.closeMark(TARGET) });
 }
 
-/** A fs of the test root that tells when a scan is written: a connect past its session setup, waiting for its disk. */
-function scanWatchingFs(): { fs: HostFs; scanned: Promise<void> } {
+/** A promise the test resolves when something happened. */
+function latch(): { reached: Promise<void>; open: () => void } {
+  let open: () => void = () => undefined;
+  const reached = new Promise<void>((resolve) => (open = resolve));
+  return { reached, open };
+}
+
+/**
+ * A fs of the test root (with the /dev a connect's wait watches) that tells when a scan is
+ * written: a connect is then past its session setup, waiting for its disk.
+ */
+async function scanWatchingFs(): Promise<{ fs: HostFs; scanned: Promise<void> }> {
+  await mkdir(path.join(root, 'dev'), { recursive: true });
   const host = createHostServices({ root });
-  let scanning: () => void = () => undefined;
-  const scanned = new Promise<void>((resolve) => (scanning = resolve));
+  const scan = latch();
   const fs: HostFs = {
     ...host.fs,
     async writeFile(hostPath, data, options) {
       await host.fs.writeFile(hostPath, data, options);
-      if (hostPath.endsWith('/scan')) scanning();
+      if (hostPath.endsWith('/scan')) scan.open();
     },
   };
-  return { fs, scanned };
+  return { fs, scanned: scan.reached };
 }
 
 /** The real directory of TARGET's in-flight markers, and what is in it. */
@@ -181,30 +191,20 @@ describe('the logout decisions of many LUNs queued together (closeSessionIfUnuse
 describe('connects in flight and the logout decision', () => {
   it('counts a connect in flight as it was before sysfs was read: one kept during the reading keeps the session', async () => {
     await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
-    // The connect's wait watches /dev.
-    await mkdir(path.join(root, 'dev'), { recursive: true });
-    const host = createHostServices({ root });
+    const watching = await scanWatchingFs();
     // The decision's listing of the session's LUNs is held (already read) until `go`: meanwhile
     // the connect of LUN 2 finds its disk and is kept.
-    let listing: () => void = () => undefined;
-    const listed = new Promise<void>((resolve) => (listing = resolve));
-    let go: () => void = () => undefined;
-    const gate = new Promise<void>((resolve) => (go = resolve));
+    const listing = latch();
+    const go = latch();
     let armed = false;
-    let scanning: () => void = () => undefined;
-    const scanned = new Promise<void>((resolve) => (scanning = resolve));
     const fs: HostFs = {
-      ...host.fs,
-      async writeFile(hostPath, data, options) {
-        await host.fs.writeFile(hostPath, data, options);
-        if (hostPath.endsWith('/scan')) scanning();
-      },
+      ...watching.fs,
       async readdir(hostPath) {
-        const names = await host.fs.readdir(hostPath);
+        const names = await watching.fs.readdir(hostPath);
         if (armed && hostPath.endsWith('/target2:0:0')) {
           armed = false;
-          listing();
-          await gate;
+          listing.open();
+          await go.reached;
         }
         return names;
       },
@@ -214,14 +214,14 @@ describe('connects in flight and the logout decision', () => {
     const lun2 = { ...TARGET, lun: 2, kernelLun: 2 };
     const connecting = one.connect(lun2, { signal: AbortSignal.timeout(10_000) });
     // Its scan is written once it is counted in flight.
-    await scanned;
+    await watching.scanned;
     armed = true;
     const deciding = closeLun1(one);
-    await listed;
+    await listing.reached;
     await diskAppears(2, 'sdc', WWID_2);
     const connected = await connecting;
     await one.keep(lun2, connected.progress);
-    go();
+    go.open();
     expect(await deciding).toBe('kept');
     expect(logouts(runs)).toEqual([]);
   });
@@ -231,20 +231,19 @@ describe('the target lock file (other berth processes on the host)', () => {
   it('makes a logout decision wait while another process holds it, and decide from what that process left', async () => {
     await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
     const host = createHostServices({ root });
-    let locking: () => void = () => undefined;
-    const aboutToLock = new Promise<void>((resolve) => (locking = resolve));
+    const locking = latch();
     const fs: HostFs = {
       ...host.fs,
       async mkdir(hostPath, options) {
         await host.fs.mkdir(hostPath, options);
-        if (hostPath === TARGET_FILES_DIR) locking();
+        if (hostPath === TARGET_FILES_DIR) locking.open();
       },
     };
     const { runner, runs } = recordingRunner();
     const release = await holdTargetLock();
     const deciding = closeLun1(lifecycleOn(runner, { fs }));
     await Promise.race([
-      aboutToLock,
+      locking.reached,
       deciding.then((outcome) => {
         throw new Error(`decided (${outcome}) without the target's lock file`);
       }),
@@ -290,8 +289,7 @@ describe('connects in flight in another berth process (markers)', () => {
 
   it('keeps the session for a connect of another process between its session and its disk, and logs out once that disk is kept and gone', async () => {
     await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
-    await mkdir(path.join(root, 'dev'), { recursive: true });
-    const { fs, scanned } = scanWatchingFs();
+    const { fs, scanned } = await scanWatchingFs();
     const a = lifecycleOn(recordingRunner().runner, { fs });
     const { runner, runs } = recordingRunner();
     const b = lifecycleOn(runner);
@@ -316,8 +314,7 @@ describe('connects in flight in another berth process (markers)', () => {
 
   it('removes the marker of a connect that failed, with its registration', async () => {
     await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
-    await mkdir(path.join(root, 'dev'), { recursive: true });
-    const { fs, scanned } = scanWatchingFs();
+    const { fs, scanned } = await scanWatchingFs();
     const a = lifecycleOn(recordingRunner().runner, { fs });
     const cancel = new AbortController();
     const connecting = a.connect(LUN2, { signal: cancel.signal }).catch((error: unknown) => error);
