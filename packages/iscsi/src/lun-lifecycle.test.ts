@@ -161,7 +161,7 @@ describe('the logout decision (sessionStillNeeded)', () => {
 });
 
 describe('the logout decisions of many LUNs queued together (closeSessionIfUnused)', () => {
-  it('decides the ones waiting behind a kept session from one reading of sysfs, and each alike', async () => {
+  it('decides the ones waiting behind a kept session from one reading of sysfs under one taking of the lock file, and each alike', async () => {
     await session([
       { lun: 1, device: 'sdb', wwid: WWID_1 },
       { lun: 2, device: 'sdc', wwid: WWID_2 },
@@ -169,9 +169,16 @@ describe('the logout decisions of many LUNs queued together (closeSessionIfUnuse
     ]);
     const host = createHostServices({ root });
     let readdirs = 0;
+    let locks = 0;
+    // The lock file's directory is made right before each taking of it.
+    const mkdir: HostFs['mkdir'] = async (hostPath, options) => {
+      if (hostPath === TARGET_FILES_DIR) locks += 1;
+      await host.fs.mkdir(hostPath, options);
+    };
     const fs = new Proxy(host.fs, {
       get(target, property, receiver) {
         if (property === 'readdir') readdirs += 1;
+        if (property === 'mkdir') return mkdir;
         return Reflect.get(target, property, receiver) as unknown;
       },
     });
@@ -185,6 +192,7 @@ describe('the logout decisions of many LUNs queued together (closeSessionIfUnuse
     expect(await Promise.all([decide('sdb', 1), decide('sdc', 2), decide('sdd', 3)])).toEqual(['kept', 'kept', 'kept']);
     expect(alone).toBe('kept');
     expect(readdirs).toBe(readsAlone);
+    expect(locks).toBe(2);
   });
 });
 
