@@ -98,18 +98,15 @@ export async function loopsBacking(fs: HostFs, match: (backingFile: string) => b
 }
 
 /**
- * Flush the loop device's buffers down to the FUSE file, and through QEMU to the target: `sync
- * DEVICE` (an fsync on a descriptor of its own: the loop driver turns the device's flush into an
- * fsync of the FUSE file, which qemu-storage-daemon passes to the export's block node; and it
- * reports a write-back error nobody has seen yet — writes the kernel could not get into the file),
- * then `blockdev --flushbufs` (drops the page cache; it reports no write-back error). Throws a
- * `CommandError` when either fails or cannot run.
+ * Flush the loop device's buffers down to the FUSE file, and through QEMU to the target
+ * (`blockdev --flushbufs`). It sends no cache flush and reports no write-back error the kernel met
+ * earlier (BLKFLSBUF answers 0): an fsync here (`sync DEVICE`) would report one, but it sends a
+ * SYNCHRONIZE CACHE through qemu to the target, which on a dead path waits out qemu's request
+ * timeout even for an idle volume and then refuses the detach — tried and left out (2026-12-06).
  */
 export async function flushLoop(runner: CommandRunner, device: string, options: LoopStepOptions): Promise<void> {
   loopName(device);
-  const run = { timeoutMs: options.timeoutMs, ...(options.signal ? { signal: options.signal } : {}) };
-  await runner.run('sync', [device], run);
-  await runner.run('blockdev', ['--flushbufs', device], run);
+  await runner.run('blockdev', ['--flushbufs', device], { timeoutMs: options.timeoutMs, ...(options.signal ? { signal: options.signal } : {}) });
 }
 
 /** How long a detach keeps trying a device found held before it reports `held-open` (udev's probe opens a new device for a moment). */
@@ -139,7 +136,7 @@ export interface DetachLoopOptions extends LoopStepOptions {
 }
 
 /** What one run of berth-loop-detach answered (its line first; see the C source). */
-type HelperOutcome = 'detached' | 'busy' | 'not-attached' | 'mismatch' | 'autoclear-set' | 'unusable' | { failed: string; flush?: boolean; autoclearLeft?: boolean; cut?: boolean };
+type HelperOutcome = 'detached' | 'busy' | 'not-attached' | 'mismatch' | 'autoclear-set' | 'unusable' | { failed: string; flush?: boolean; lost?: boolean; autoclearLeft?: boolean; cut?: boolean };
 
 /**
  * Detach `device` if it is attached to `file`, and wait until the kernel has let the file go.
@@ -212,6 +209,12 @@ export async function detachFuseLoop(
         });
       }
       if (outcome !== 'unusable') {
+        if (outcome.lost) {
+          throw new BerthError('DRIVER_ERROR', `writes through ${device} did not reach ${file} (${outcome.failed}); not detaching it`, {
+            hint: `the data written through ${device} that the export refused is not on the target (see the kernel log and the target); the kernel reports it once, so a second detach goes on`,
+            details: { device, reason: 'writeback-failed' },
+          });
+        }
         if (outcome.flush) {
           throw new BerthError('DRIVER_ERROR', `flushing ${device} failed (${outcome.failed}); not detaching it`, {
             hint: `the kernel refused to flush ${device}; it stays attached as it was: see the kernel log, then detach again`,
@@ -257,7 +260,8 @@ async function runDetachHelper(runner: CommandRunner, helper: string, device: st
   const word = line.split(/\s+/)[0] ?? '';
   if (word === 'detached' || word === 'busy' || word === 'not-attached' || word === 'mismatch' || word === 'autoclear-set') return word;
   if (word === 'no-permission' || result.notFound === true || result.exitCode === 126 || result.exitCode === 127) return 'unusable';
-  if (word === 'flush-failed' || word === 'writeback-failed') return { failed: `${word} errno ${line.split(/\s+/)[1] ?? '?'}`, flush: true };
+  if (word === 'flush-failed') return { failed: `errno ${line.split(/\s+/)[1] ?? '?'}`, flush: true };
+  if (word === 'writeback-failed') return { failed: `errno ${line.split(/\s+/)[1] ?? '?'}`, flush: true, lost: true };
   if (word === 'autoclear-left') return { failed: line, autoclearLeft: true };
   return { failed: result.stderr.trim() || `exit status ${String(result.exitCode)}`, cut: result.exitCode < 0 };
 }

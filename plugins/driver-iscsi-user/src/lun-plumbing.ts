@@ -145,10 +145,10 @@ export async function teardownChain(
         await flushLoop(deps.host.runner, device, step);
       } catch (error) {
         flushFailed = true;
-        // The flush did not finish (timed out on a hung path, or could not run), or it reported
-        // writes the kernel could not get to the FUSE file (a write-back error `sync` sees once):
-        // what the page cache holds for the LUN may not have reached the target. Only a forced
-        // detach gives that up.
+        // The flush did not finish (timed out on a hung path, or could not run): what the page
+        // cache holds for the LUN may not have reached the target. Only a forced detach gives that
+        // up. (A write-back error the kernel met earlier is not reported here: BLKFLSBUF answers
+        // 0; `@berth/qemu`'s `flushLoop` says why it sends no fsync.)
         if (!how.force) {
           throw new BerthError('DRIVER_ERROR', `flushing ${device} (LUN ${names.key}) failed, so it was not detached: ${messageOf(error)}`, {
             hint: `its unwritten data would be lost; check the target and its path (berth doctor), then detach again — detach --force gives the data up`,

@@ -343,6 +343,20 @@ describe('loop transport on real loop devices', () => {
     }
   });
 
+  it('a `sync` that could not open the device (nativeDetach off) fails the detach as a tool failure, never as lost writes', async () => {
+    const failing = path.join(env.dir, 'sync-cannot-open');
+    await writeFile(failing, ['#!/bin/sh', 'echo "sync: error opening \'$1\': Permission denied" >&2', 'exit 1', ''].join('\n'), { mode: 0o755 });
+    const tapped = tappedHost(env.host, { rewrite: (command, args) => (command === 'sync' ? [failing, [...args]] : [command, [...args]]) });
+    const driver = env.driverWith({ nativeDetach: 'off' }, tapped.host);
+    const connection = await env.makeFile('sync-cannot-open.img');
+    const device = await driver.connect(connection, call());
+    const error = await rejectionOf(driver.disconnect(connection, device, { force: false, ...call() }));
+    expect(BerthError.is(error) && error.details.reason).not.toBe('writeback-failed');
+    expect(BerthError.is(error) && error.message).toMatch(/error opening/);
+    expect(BerthError.is(error) && error.details.untouched).toBe(true);
+    expect((await env.devicesBacking(connection.data.device_path)).map((d) => d.name)).toEqual([device.path]);
+  });
+
   it('never touches a device named in inUse, even when finding devices by file', async () => {
     const connection = await env.makeFile('shared.img');
     const device = await env.driver.connect(connection, call());

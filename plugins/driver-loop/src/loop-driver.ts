@@ -627,6 +627,9 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
     runState.errors.push(berthError);
   }
 
+  /** Set once a detach found no `sync` on PATH (said once). */
+  let syncMissingSaid = false;
+
   /** Set once berth-loop-detach could not run here or may not change devices: the old way from then on. */
   let helperUnusable = false;
 
@@ -802,10 +805,18 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
       fail(state, untouched(toLoopError(error, 'sync', `flushing ${device}`)), 'sync', `flushing ${device}`);
       return;
     }
-    if (synced.exitCode !== 0) {
-      const failed = synced.notFound || synced.timedOut || synced.aborted
+    if (synced.notFound === true) {
+      // A PATH without coreutils' sync (a trimmed container): the check of lost writes is what
+      // this way adds to the flush it always did; it goes on without it, said once.
+      if (!syncMissingSaid) logger.warn({ device }, '`sync` is not on PATH: a detach without berth-loop-detach cannot tell whether writes through the device were lost');
+      syncMissingSaid = true;
+    } else if (synced.exitCode !== 0) {
+      // Only a failed fsync is lost writes; `sync` failing to open the device (gone, running
+      // down, no permission) says nothing about the data.
+      const lost = !synced.notFound && !synced.timedOut && !synced.aborted ? syncError(synced.stderr) : undefined;
+      const failed = lost === undefined
         ? toLoopError(new CommandError(synced, { notFound: synced.notFound ?? false }), 'sync', `flushing ${device}`)
-        : lostWritesError(device, files[0], syncError(synced.stderr));
+        : lostWritesError(device, files[0], lost);
       fail(state, untouched(failed), 'sync', `flushing ${device}`);
       return;
     }
@@ -1138,11 +1149,9 @@ function throwIfAborted(signal: AbortSignal | undefined): void {
 }
 
 /** The name of errno `code` (`EIO`), as a C program printed its number. */
-/** What `sync FILE` said went wrong (`sync: error syncing '/dev/loop3': No space left on device` → the last part). */
-function syncError(stderr: string): string {
-  const text = stderr.trim();
-  const reason = /error syncing .*: ([^:]+)$/.exec(text)?.[1];
-  return reason ?? (text === '' ? 'sync failed' : text);
+/** Why `sync FILE`'s fsync failed (`sync: error syncing '/dev/loop3': Input/output error` → the last part); undefined when it failed otherwise (opening the file). */
+function syncError(stderr: string): string | undefined {
+  return /error syncing .*: ([^:\n]+)\s*$/.exec(stderr.trim())?.[1];
 }
 
 function errnoName(code: number): string {

@@ -20,10 +20,12 @@
  *      would probe the same but freezes the device's queue: ~18 ms a detach here;
  *   4. fsync: write the device's dirty buffers to the file, have the loop driver make the file
  *      durable (the flush it is sent becomes an fsync of the backing file), and learn whether
- *      any write through the device since it was attached failed on its way to the file (a full
- *      or failing filesystem under the file: the kernel drops such a page and records the error
- *      on the device; a descriptor opened after the failure still reports it when nobody has
- *      seen it yet). Then BLKFLSBUF drops the device's page cache (what `blockdev --flushbufs`
+ *      a write through the device's own page cache (what writes to /dev/loopN itself use, and a
+ *      filesystem's metadata buffers) failed on its way to the file — a full or failing
+ *      filesystem under the file: the kernel drops such a page and records the error on the
+ *      device; a descriptor opened after the failure still reports it when nobody has seen it
+ *      yet. A filesystem mounted on the device records its file data's write errors on its own
+ *      files, not here: those are the filesystem's to report. Then BLKFLSBUF drops the device's page cache (what `blockdev --flushbufs`
  *      does; it was a process of its own before the detach). BLKFLSBUF alone reports no
  *      write-back error (the kernel answers 0 once the caller may flush), so exit 9 is only an
  *      ioctl the kernel refused, and exit 10 is the lost writes;
@@ -51,7 +53,7 @@
  *                           writes through the device did not reach the file (ENOSPC, EIO…):
  *                           the data is not in the volume; it stays attached as it was, nothing
  *                           detached. The kernel reports a lost write once: this run saw it
- * *   2 usage or a failure before anything changed (message on stderr)
+ *   2 usage or a failure before anything changed (message on stderr)
  *
  * Catchable signals are blocked for the whole run, so a SIGTERM cannot land between steps 5 and 6.
  */
