@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -236,6 +236,32 @@ describe('connects in flight and the logout decision', () => {
 });
 
 describe('the target lock file (other berth processes on the host)', () => {
+  it('refuses a target-files directory that is a link or that others may write, touching nothing in it (PERMISSION_DENIED)', async () => {
+    await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
+    const elsewhere = await mkdtemp(path.join(tmpdir(), 'berth-iscsi-elsewhere-'));
+    try {
+      // Another user's directory, made where berth's would be: a link to a directory of theirs.
+      await writeFile(path.join(elsewhere, 'precious'), 'x');
+      const dir = path.join(root, TARGET_FILES_DIR);
+      await mkdir(path.dirname(dir), { recursive: true });
+      await symlink(elsewhere, dir);
+      const { runner, runs } = recordingRunner();
+      const linked = await closeLun1(lifecycleOn(runner)).catch((e: unknown) => e);
+      expect(BerthError.is(linked) && linked.code).toBe('PERMISSION_DENIED');
+      expect(logouts(runs)).toEqual([]);
+      expect(await readdir(elsewhere)).toEqual(['precious']);
+      // A real directory others may write: refused the same way.
+      await rm(dir);
+      await mkdir(dir);
+      await chmod(dir, 0o777);
+      const open = await closeLun1(lifecycleOn(runner)).catch((e: unknown) => e);
+      expect(BerthError.is(open) && open.code).toBe('PERMISSION_DENIED');
+      expect(logouts(runs)).toEqual([]);
+    } finally {
+      await rm(elsewhere, { recursive: true, force: true });
+    }
+  });
+
   it('makes a logout decision wait while another process holds it, and decide from what that process left', async () => {
     await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
     const host = createHostServices({ root });
@@ -343,19 +369,21 @@ describe('connects in flight in another berth process (markers)', () => {
       await once(child, 'spawn');
       const pid = child.pid ?? 0;
       await mkdir(markerDir(), { recursive: true });
-      await writeFile(path.join(markerDir(), `${pid}-c0ffee`), JSON.stringify({ pid, startTicks: await processStartTicks(pid) }));
+      await writeFile(path.join(markerDir(), `${pid}-c0ffeec0ffee-1`), JSON.stringify({ pid, startTicks: await processStartTicks(pid) }));
       // This process, but another start time: a pid the kernel gave again.
-      await writeFile(path.join(markerDir(), `${process.pid}-reused`), JSON.stringify({ pid: process.pid, startTicks: '1' }));
+      await writeFile(path.join(markerDir(), `${process.pid}-000000000000-1`), JSON.stringify({ pid: process.pid, startTicks: '1' }));
+      // Not shaped like a marker: never read, never removed (the directory is berth's own, but only markers are its to clean).
+      await writeFile(path.join(markerDir(), 'not-a-marker'), 'x');
       const { runner, runs } = recordingRunner();
       const b = lifecycleOn(runner);
       expect(await closeLun1(b)).toBe('kept');
-      expect(await markers()).toEqual([`${pid}-c0ffee`]);
+      expect((await markers()).sort()).toEqual([`${pid}-c0ffeec0ffee-1`, 'not-a-marker']);
       const exited = once(child, 'exit');
       child.kill('SIGKILL');
       await exited;
       expect(await closeLun1(b)).toBe('closed');
       expect(logouts(runs)).toHaveLength(1);
-      expect(await markers()).toEqual([]);
+      expect(await markers()).toEqual(['not-a-marker']);
     } finally {
       child.kill('SIGKILL');
     }

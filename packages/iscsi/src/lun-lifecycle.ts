@@ -281,6 +281,9 @@ export class LunLifecycle {
         await this.holdingLockFile(
           target,
           async () => {
+            // A clock of its own from here: the wait for another process's hold may have used
+            // up one started before it, and a logout cut short by it would leave the session.
+            const signal = this.cleanupSignal();
             if (await this.sessionStillNeeded(target, [])) return;
             const failures: Array<{ step: string; error: unknown }> = [];
             const attempt = async <T>(step: string, fn: () => Promise<T>): Promise<T | undefined> =>

@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { lstat } from 'node:fs/promises';
 import { z } from '@berth/core/zod';
 import { BerthError, lazySchema, type Logger } from '@berth/core';
 import { acquireFileLock, LockTimeoutError, processStartTicks, type HostFs, type ReleaseLock } from '@berth/host';
@@ -8,9 +9,14 @@ import type { LunTarget } from './lun-device.js';
 /**
  * Where every berth process on the host keeps its iSCSI target files (a tmpfs on a real host:
  * nothing there outlives a reboot, and neither does a session). Resolved through the host's fs, so
- * a simulated host has its own.
+ * a simulated host has its own. Under `/run`, which only root may write — not `/run/lock`, which
+ * every user may (1777): another user could make `berth` there first, point a marker directory
+ * at any directory for berth to clean, or plant locks that stall every attach.
  */
-export const TARGET_FILES_DIR = '/run/lock/berth/iscsi';
+export const TARGET_FILES_DIR = '/run/berth/iscsi';
+
+/** A marker's name: `<pid>-<12 hex>-<n>`. Nothing else in a marker directory is read or removed. */
+const MARKER_NAME = /^\d+-[0-9a-f]{12}-\d+$/;
 
 /** The name a target's files start with: a short hash of its key (an IQN is long and holds ':'). */
 export function targetFileStem(target: { iqn: string; portal: LunTarget['portal'] }): string {
@@ -51,7 +57,7 @@ export class TargetFiles {
    * naming the target and the holder past `timeoutMs`, the signal's reason when it fires.
    */
   async lock(target: LunTarget, signal: AbortSignal | undefined): Promise<ReleaseLock> {
-    await this.fs.mkdir(TARGET_FILES_DIR, { mode: 0o700 });
+    await this.ensureDir(TARGET_FILES_DIR);
     const lockPath = this.fs.resolve(`${TARGET_FILES_DIR}/${targetFileStem(target)}.lock`);
     const what = `iSCSI target ${target.iqn} at ${target.portalText}`;
     return acquireFileLock(lockPath, { timeoutMs: this.timeoutMs, what, ...(signal === undefined ? {} : { signal }) }).catch((error: unknown) => {
@@ -71,12 +77,18 @@ export class TargetFiles {
    */
   async enter(target: LunTarget): Promise<string> {
     const dir = markerDir(target);
-    await this.fs.mkdir(dir, { mode: 0o700 });
+    await this.ensureDir(dir);
     this.made += 1;
     const name = `${this.ownPrefix}${this.made}`;
     this.self ??= processStartTicks(process.pid).then((ticks) => ({ pid: process.pid, startTicks: ticks ?? '' }));
     await this.fs.writeFile(`${dir}/${name}`, JSON.stringify(await this.self), { mode: 0o600 });
     return name;
+  }
+
+  /** `ensureOwnDir` on the top directory and on `dir` (an lstat each: cheap beside the lock file). */
+  private async ensureDir(dir: string): Promise<void> {
+    await ensureOwnDir(this.fs, TARGET_FILES_DIR);
+    if (dir !== TARGET_FILES_DIR) await ensureOwnDir(this.fs, dir);
   }
 
   /** The connect marked `name` is over (its disk handed out, or undone). */
@@ -94,7 +106,7 @@ export class TargetFiles {
     const dir = markerDir(target);
     let count = 0;
     for (const name of await this.fs.readdir(dir)) {
-      if (name.startsWith(this.ownPrefix)) continue;
+      if (name.startsWith(this.ownPrefix) || !MARKER_NAME.test(name)) continue;
       const text = await this.fs.readFileIfExists(`${dir}/${name}`);
       // Gone since the listing: its connect ended (a disk is handed out outside the lock).
       if (text === undefined) continue;
@@ -106,6 +118,24 @@ export class TargetFiles {
       this.logger.info({ iqn: target.iqn, portal: target.portalText, marker: name }, 'removed the in-flight marker of a berth process that is gone');
     }
     return count;
+  }
+}
+
+/**
+ * Make `dir` (and its parents) 0700 when missing, then refuse it unless it is a real directory
+ * (not a link), owned by this process's user, that nobody else may write: berth removes files in
+ * it and trusts the locks in it.
+ */
+async function ensureOwnDir(fs: HostFs, dir: string): Promise<void> {
+  await fs.mkdir(dir, { mode: 0o700 });
+  const real = fs.resolve(dir);
+  const info = await lstat(real);
+  const uid = process.getuid?.();
+  if (!info.isDirectory() || (uid !== undefined && info.uid !== uid) || (info.mode & 0o022) !== 0) {
+    throw new BerthError('PERMISSION_DENIED', `${real} is not a directory only berth's user may write (a link, another owner, or group/other write): not using it for iSCSI target locks`, {
+      hint: `remove ${real} (berth makes it again, 0700) — and find out who made it`,
+      details: { path: real },
+    });
   }
 }
 

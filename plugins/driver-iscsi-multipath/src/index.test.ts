@@ -38,7 +38,7 @@ describe('the driver-iscsi-multipath plugin descriptor', () => {
       enforceMultipath: false,
       discoveryMode: 'nonpersistent',
       discoveryTargets: 'same-iqn',
-      targetLockTimeoutMs: 60_000,
+      targetLockTimeoutMs: 300_000,
       iface: 'default',
     });
     expect(plugin.optionsSchema?.safeParse({ startup: 'onboot' }).success).toBe(false);

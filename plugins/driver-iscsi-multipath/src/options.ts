@@ -43,9 +43,12 @@ export const zMultipathDriverOptions = lazySchema(() => z.object({
   commandTimeoutMs: z.number().int().positive().max(600_000).default(30_000),
   /**
    * How long to wait, in ms, while another berth process on this host holds a target's lock file
-   * (its session setup or logout decision for that target); then a TIMEOUT naming its pid.
+   * (its session setup or logout decision for that target); then a TIMEOUT naming its pid. Longer
+   * than a login with its retries can hold it (`commandTimeoutMs` × (`loginRetries` + 1) with the
+   * defaults: 120 s), so a second process queues behind a slow login instead of failing; the
+   * operation's own deadline usually ends a wait first.
    */
-  targetLockTimeoutMs: z.number().int().min(100).max(3_600_000).default(60_000),
+  targetLockTimeoutMs: z.number().int().min(100).max(3_600_000).default(300_000),
   /** Fail the attach when multipathd does not run (os-brick's `enforce_multipath`); else degrade to one path. */
   enforceMultipath: z.boolean().default(false),
   /**

@@ -30,7 +30,7 @@ describe('the driver-iscsi plugin descriptor', () => {
       scanAttempts: 3,
       loginRetries: 3,
       commandTimeoutMs: 30_000,
-      targetLockTimeoutMs: 60_000,
+      targetLockTimeoutMs: 300_000,
       iface: 'default',
     });
     expect(plugin.optionsSchema?.safeParse({ startup: 'onboot' }).success).toBe(false);
