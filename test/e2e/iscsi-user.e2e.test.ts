@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, lstatSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, lstatSync, readlinkSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp, realpath, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -24,6 +24,10 @@ const host = createHostServices();
 let dataDir: string;
 let controlPort: number;
 let berth: BerthService;
+// The kernel transport's target lock directory (`@berth/iscsi`), which its attempt below makes on
+// this machine's /run: removed again when this file made it.
+const TARGET_FILES = '/run/berth/iscsi';
+const hadTargetFiles = existsSync('/run/berth');
 
 beforeAll(async () => {
   dataDir = await realpath(await mkdtemp(path.join(os.tmpdir(), 'berth-iu-rt-')));
@@ -48,7 +52,17 @@ afterAll(async () => {
     }
   }
   await rm(dataDir, { recursive: true, force: true });
+  if (!hadTargetFiles) for (const dir of [TARGET_FILES, '/run/berth']) rmdirIfEmpty(dir);
 });
+
+/** Remove `dir` when it is there and empty (another berth process's files keep it). */
+function rmdirIfEmpty(dir: string): void {
+  try {
+    rmdirSync(dir);
+  } catch {
+    // Missing, or not empty: left as it is.
+  }
+}
 
 function lunBytes(volumeId: string, offset: number, length: number): Buffer {
   return readFileSync(path.join(dataDir, 'backend-tgt', 'luns', `${volumeId}.img`)).subarray(offset, offset + length);
@@ -91,6 +105,8 @@ describe('berth attach of a tgt volume on a host without a kernel initiator', ()
     );
     expect(BerthError.is(error)).toBe(true);
     expect((error as BerthError).hint).toMatch(/\S/);
+    // Its target lock was let go, and it marked no connect in flight.
+    expect(existsSync(TARGET_FILES) ? readdirSync(TARGET_FILES) : []).toEqual([]);
     expect((await berth.getVolume('db2')).status).toBe('available');
     expect(await berth.listAttachments({ volume: 'db2' })).toEqual([]);
     const wrong = await berth.attach({ volume: 'db2', transport: 'loop' }).then(
