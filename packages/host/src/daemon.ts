@@ -213,9 +213,7 @@ async function isSameProcess(record: PidRecord): Promise<boolean> {
  * zombie, or its disappearance, says the resources are free.
  */
 async function isGone(record: PidRecord): Promise<boolean> {
-  const stat = await readProcStat(record.pid);
-  if (stat === undefined || stat.state === 'Z' || stat.state === 'X') return true;
-  return record.startTicks !== undefined && stat.startTicks !== record.startTicks;
+  return !(await processRuns(record.pid, record.startTicks));
 }
 
 async function readProcStat(pid: number): Promise<ProcStat | undefined> {
@@ -239,6 +237,16 @@ async function startTicksOf(pid: number): Promise<string | undefined> {
  */
 export async function processStartTicks(pid: number): Promise<string | undefined> {
   return liveStartTicks(await readProcStat(pid));
+}
+
+/**
+ * Whether the process a lock, marker or pid file names still runs: `pid` is not gone (nor a
+ * zombie) and, unless `startTicks` is empty or absent, started at that time (a recycled pid is
+ * another process).
+ */
+export async function processRuns(pid: number, startTicks: string | undefined): Promise<boolean> {
+  const ticks = await processStartTicks(pid);
+  return ticks !== undefined && (startTicks === undefined || startTicks === '' || ticks === startTicks);
 }
 
 /** Wait until the process is gone (or a zombie); false when `timeoutMs` passes first. */

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { watch, type FSWatcher } from 'node:fs';
 import { link, open, readFile, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
-import { processStartTicks } from './daemon.js';
+import { processRuns, processStartTicks } from './daemon.js';
 import { LockTimeoutError } from './errors.js';
 
 /** Who holds a lock file: a process named for good by its pid and start time. */
@@ -152,8 +152,7 @@ async function isAbandoned(lockPath: string, holder: LockHolder | 'unwritten'): 
     );
     return info !== undefined && Date.now() - info.mtimeMs > UNWRITTEN_GRACE_MS;
   }
-  const ticks = await processStartTicks(holder.pid);
-  return ticks === undefined || (holder.startTicks !== '' && ticks !== holder.startTicks);
+  return !(await processRuns(holder.pid, holder.startTicks));
 }
 
 /**

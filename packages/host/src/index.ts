@@ -17,6 +17,7 @@ export {
   daemonStatus,
   stopDaemon,
   processStartTicks,
+  processRuns,
   DaemonError,
   type StartDaemonOptions,
   type DaemonStatus,

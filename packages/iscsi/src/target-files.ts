@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { lstat } from 'node:fs/promises';
 import { z } from '@berth/core/zod';
 import { BerthError, lazySchema, type Logger } from '@berth/core';
-import { acquireFileLock, LockTimeoutError, processStartTicks, type HostFs, type ReleaseLock } from '@berth/host';
+import { acquireFileLock, LockTimeoutError, processRuns, processStartTicks, type HostFs, type ReleaseLock } from '@berth/host';
 import { targetKey } from './lun-connection.js';
 import type { LunTarget } from './lun-device.js';
 
@@ -148,6 +148,5 @@ async function markerLives(text: string): Promise<boolean> {
     return false;
   }
   if (!holder.success) return false;
-  const ticks = await processStartTicks(holder.data.pid);
-  return ticks !== undefined && (holder.data.startTicks === '' || ticks === holder.data.startTicks);
+  return processRuns(holder.data.pid, holder.data.startTicks);
 }

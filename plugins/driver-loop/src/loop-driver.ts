@@ -813,9 +813,9 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
     } else if (synced.exitCode !== 0) {
       // Only a failed fsync is lost writes; `sync` failing to open the device (gone, running
       // down, no permission) says nothing about the data.
-      const lost = !synced.notFound && !synced.timedOut && !synced.aborted ? syncError(synced.stderr) : undefined;
+      const lost = !synced.timedOut && !synced.aborted ? syncError(synced.stderr) : undefined;
       const failed = lost === undefined
-        ? toLoopError(new CommandError(synced, { notFound: synced.notFound ?? false }), 'sync', `flushing ${device}`)
+        ? toLoopError(new CommandError(synced, { notFound: false }), 'sync', `flushing ${device}`)
         : lostWritesError(device, files[0], lost);
       fail(state, untouched(failed), 'sync', `flushing ${device}`);
       return;
