@@ -112,6 +112,11 @@ describe.skipIf(!isRoot)('a fleet under real faults', { timeout: 600_000 + SECON
       }
     };
     await Promise.all([faults(), ...volumes.map((_, i) => client(i))]);
+    // Every replica still runs: one that exited on its own is a finding, with its last words.
+    const exited = f.replicas.flatMap((r, i) =>
+      r.child.exitCode === null && r.child.signalCode === null ? [] : [`replica ${i} exited (code ${r.child.exitCode}, signal ${r.child.signalCode}):\n${r.stderr().slice(-6000)}`],
+    );
+    expect(exited).toEqual([]);
 
     // Settle: nothing running, no item open (abandoned operations are recovered past their deadline).
     const open = async (): Promise<number> => {
