@@ -179,9 +179,10 @@ export async function connectShared(deps: PipelineDeps, request: ConnectRequest)
 }
 
 /**
- * Another volume's records on this host naming `device`'s path as that volume's device: the disk
- * they recorded went behind berth's back (a `losetup --detach` by hand, a LUN removed on the
- * array) and the kernel gave its name to this volume's disk — so what was published for them
+ * Another volume's records on this host naming `device`'s path — or, for a map over paths, one of
+ * its paths' disks — as that volume's device: the disk they recorded went behind berth's back (a
+ * `losetup --detach` by hand, a LUN removed on the array) and the kernel gave its name to this
+ * volume's disk — so what was published for them
  * (`/dev/berth/<their ids>`) leads to this volume's data now. Those names go (the consumer's
  * `unpublish_orphan`, never a name of this volume or of an attachment that does not record the
  * path) before this volume's are made; `berth reconcile` reconnects the other attachments
@@ -192,7 +193,10 @@ async function dropStaleNames(deps: PipelineDeps, request: ConnectRequest, devic
   const { store, logger } = deps;
   const { attachment, volume } = request;
   const hostId = attachment.hostId;
-  const stale = (recorded: Device | null | undefined): boolean => recorded !== null && recorded !== undefined && recorded.path === device.path && !sameDevice(recorded, device);
+  // The names this device took: its node and, for a map over paths (dm-multipath), each path's disk
+  // (`/dev/sdb` under `/dev/dm-0`: a link to it reaches this volume's data past the map).
+  const taken = new Set([device.path, ...(device.paths ?? []).flatMap((p) => (p.device === undefined ? [] : [p.device]))]);
+  const stale = (recorded: Device | null | undefined): boolean => recorded !== null && recorded !== undefined && taken.has(recorded.path) && !sameDevice(recorded, device);
   if (!(await devicesInUse(store, hostId, volume.id)).some(stale)) return;
   const onHost = await store.attachments.list({ hostId });
   // A detach that disconnected the device (its record still names it until the detach ends) took
@@ -202,17 +206,22 @@ async function dropStaleNames(deps: PipelineDeps, request: ConnectRequest, devic
   const lost = onHost.filter((a) => a.volumeId !== volume.id && a.status !== 'detaching' && stale(a.device));
   const lostNames = new Set([...lost.flatMap((a) => [a.id, a.volumeId]), ...records.map((r) => r.volumeId)]);
   const keep = [...new Set(onHost.flatMap((a) => [a.id, a.volumeId]))].filter((name) => !lostNames.has(name));
-  for (const volumeId of new Set([...lost.map((a) => a.volumeId), ...records.map((r) => r.volumeId)])) {
-    logger.warn({ volumeId, device: device.path, now: volume.id }, "another volume's recorded device is gone and its name is this volume's disk now: removing the names published for it");
+  // Per lost volume, the device it recorded (its names lead to that path) and the transport that made it.
+  const lostDevices = new Map<string, { device: Device; transport: string | null }>();
+  for (const a of lost) if (a.device && !lostDevices.has(a.volumeId)) lostDevices.set(a.volumeId, { device: a.device, transport: a.transport });
+  for (const r of records) if (!lostDevices.has(r.volumeId)) lostDevices.set(r.volumeId, { device: r.device, transport: r.transport });
+  for (const [volumeId, recorded] of lostDevices) {
+    logger.warn({ volumeId, device: recorded.device.path, now: volume.id }, "another volume's recorded device is gone and its name is this volume's disk now: removing the names published for it");
     try {
       // The consumer that published for it: its server's (a guest consumer for a VM), else the default.
       const server = await firstServerOf(store, lost.filter((a) => a.volumeId === volumeId));
       const consumer = server ? consumerNameFor(server, deps.config.consumer) : deps.config.consumer;
       const call = { ...(request.operationId === undefined ? {} : { operationId: request.operationId }), signal: request.signal };
-      const { supported } = await request.steps.run('unpublish_orphan', { consumer, volumeId, device, transport: request.transport, keep }, call);
-      if (!supported) logger.warn({ volumeId, device: device.path }, 'the consumer cannot drop names without a record: they still lead to this device until `berth reconcile`');
+      const transport = recorded.transport ?? request.transport;
+      const { supported } = await request.steps.run('unpublish_orphan', { consumer, volumeId, device: recorded.device, transport, keep }, call);
+      if (!supported) logger.warn({ volumeId, device: recorded.device.path }, 'the consumer cannot drop names without a record: they still lead to this device until `berth reconcile`');
     } catch (error) {
-      logger.warn({ volumeId, device: device.path, err: toBerthError(error).message }, 'could not remove the names of a lost device');
+      logger.warn({ volumeId, device: recorded.device.path, err: toBerthError(error).message }, 'could not remove the names of a lost device');
     }
   }
 }

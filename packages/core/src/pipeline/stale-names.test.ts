@@ -58,4 +58,44 @@ describe("an attach whose disk got a lost device's name", () => {
       await service.close();
     }
   });
+
+  it("removes them when the lost disk's name went to a path of the next volume's multipath map", async () => {
+    const root = await mkdtemp(path.join(os.tmpdir(), 'berth-stale-names-'));
+    roots.push(root);
+    const fs = createHostFs(root);
+    const devices = new Map<string, Device>();
+    // The first volume's disk is a single-path /dev/sdb; the next volume's is a map whose first
+    // path got the name /dev/sdb once the first disk had gone.
+    let connects = 0;
+    const connect = async (c: { data: Record<string, unknown> }): Promise<Device> => {
+      connects += 1;
+      const identity = { kind: 'mem', file: String(c.data.device_path) };
+      const device: Device =
+        connects === 1
+          ? { path: '/dev/sdb', type: 'block', identity }
+          : { path: '/dev/dm-0', type: 'block', identity, paths: [{ portal: '127.0.0.1:3260', device: '/dev/sdb', state: 'active' }, { portal: '127.0.0.2:3260', device: '/dev/sdc', state: 'active' }] };
+      devices.set(device.path, device);
+      return device;
+    };
+    const catalog = memCatalog(devices, connect, { consumer: { ...createHostConsumer(fs), name: 'mem' } });
+    const store = createMemoryStore();
+    const config = resolveConfig({ dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', operationTimeoutMs: 5_000, undoTimeoutMs: 5_000 }, {});
+    const service = new BerthServiceImpl(config, store, catalog, { hostname: 'unit-host', ips: ['127.0.0.1'], platform: 'x86_64', osType: 'linux' }, silentLogger);
+    try {
+      await service.createVolume({ name: 'lost', sizeBytes: 2 ** 20 });
+      await service.createVolume({ name: 'next', sizeBytes: 2 ** 20 });
+      const lost = (await service.attach({ volume: 'lost' })).attachment!;
+      expect(await fs.readlink(stableLinkPath(lost.volumeId))).toBe('/dev/sdb');
+      devices.delete('/dev/sdb');
+      const next = (await service.attach({ volume: 'next' })).attachment!;
+      expect(next.device?.path).toBe('/dev/dm-0');
+      // /dev/sdb is a path of the next volume's map: the lost volume's names no longer lead there.
+      expect(await fs.readlink(attachmentLinkPath(lost.id))).toBeUndefined();
+      expect(await fs.readlink(stableLinkPath(lost.volumeId))).toBeUndefined();
+      expect(await fs.readlink(stableLinkPath(next.volumeId))).toBe('/dev/dm-0');
+      expect((await store.attachments.require(lost.id)).status).toBe('attached');
+    } finally {
+      await service.close();
+    }
+  });
 });
