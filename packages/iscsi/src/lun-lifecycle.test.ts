@@ -362,6 +362,41 @@ describe('connects in flight in another berth process (markers)', () => {
     expect(logouts(runs)).toHaveLength(1);
   });
 
+  it('closes, at its undo, the session a failed connect only reused when a detach kept it for that connect', async () => {
+    await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
+    const { fs, scanned } = await scanWatchingFs();
+    const mine = recordingRunner();
+    const a = lifecycleOn(mine.runner, { fs });
+    const cancel = new AbortController();
+    // A's connect of LUN 2 reuses the session LUN 1's attach made: no login, no record of its own.
+    const connecting = a.connect(LUN2, { signal: cancel.signal }).catch((error: unknown) => error);
+    await scanned;
+    // B detaches LUN 1: its disk goes, and A's marker keeps the session for A's connect.
+    await removeLun(root, { host: 2, sid: 1 }, { lun: 1, device: 'sdb' });
+    const theirs = recordingRunner();
+    expect(await closeLun1(lifecycleOn(theirs.runner))).toBe('kept');
+    expect(logouts(theirs.runs)).toEqual([]);
+    // A's connect fails: nothing uses the session any more, and A's undo is the last decision.
+    cancel.abort(new Error('cancelled by the test'));
+    expect(await connecting).toMatchObject({ message: 'cancelled by the test' });
+    expect(logouts(mine.runs)).toHaveLength(1);
+    expect(mine.runs.filter((r) => r.includes('--op') && r.includes('delete'))).toHaveLength(1);
+    expect(await markers()).toEqual([]);
+  });
+
+  it('keeps, at its undo, a reused session that another LUN still uses', async () => {
+    await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
+    const { fs, scanned } = await scanWatchingFs();
+    const mine = recordingRunner();
+    const a = lifecycleOn(mine.runner, { fs });
+    const cancel = new AbortController();
+    const connecting = a.connect(LUN2, { signal: cancel.signal }).catch((error: unknown) => error);
+    await scanned;
+    cancel.abort(new Error('cancelled by the test'));
+    expect(await connecting).toMatchObject({ message: 'cancelled by the test' });
+    expect(logouts(mine.runs)).toEqual([]);
+  });
+
   it('counts a live process\'s marker, and ignores and removes a dead process\'s (or a reused pid\'s)', async () => {
     await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
     const child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 60_000)'], { stdio: 'ignore' });

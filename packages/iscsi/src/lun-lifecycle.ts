@@ -276,7 +276,6 @@ export class LunLifecycle {
         progress.registered = false;
         await this.dropMarker(target, progress);
         const pending = this.usage.peek(key).pendingLogin;
-        if (!progress.loggedIn && pending === undefined && !progress.createdRecord) return;
         // No signal: an undo waits its turn (the lock file's own timeout bounds a wait for another process).
         await this.holdingLockFile(
           target,
@@ -284,6 +283,10 @@ export class LunLifecycle {
             // A clock of its own from here: the wait for another process's hold may have used
             // up one started before it, and a logout cut short by it would leave the session.
             const signal = this.cleanupSignal();
+            if (!progress.loggedIn && pending === undefined && !progress.createdRecord) {
+              await this.closeReusedSession(target, signal);
+              return;
+            }
             if (await this.sessionStillNeeded(target, [])) return;
             const failures: Array<{ step: string; error: unknown }> = [];
             const attempt = async <T>(step: string, fn: () => Promise<T>): Promise<T | undefined> =>
@@ -306,6 +309,33 @@ export class LunLifecycle {
     } catch (error) {
       logger.warn({ iqn: target.iqn, portal: target.portalText, error: messageOf(error) }, 'undo: could not close the session');
     }
+  }
+
+  /**
+   * The undo of a connect that only reused a session (no login, no record of its own) decides like
+   * a disconnect: a detach of the session's last other LUN kept it for this very connect (its count
+   * or marker), so when nothing uses it now this undo is the last one to look, and logs out (and
+   * deletes the record, as a disconnect does). A session with a disk or a connect in flight stays.
+   * Call holding the target's locks.
+   */
+  private async closeReusedSession(target: LunTarget, signal: AbortSignal): Promise<void> {
+    const key = targetKey(target);
+    const view = await this.readSession(target);
+    if (view.session?.hostNumber === undefined || (await this.neededIn(view, target, [], [], undefined))) return;
+    const failures: string[] = [];
+    const attempt = async <T>(step: string, fn: () => Promise<T>): Promise<T | undefined> =>
+      fn().catch((error: unknown) => {
+        failures.push(`${step}: ${messageOf(error)}`);
+        return undefined;
+      });
+    await closeSession(this.sessionHost, target, { signal, deleteRecord: true }, attempt);
+    this.usage.clearLogin(key);
+    if (failures.length > 0) {
+      this.deps.logger.warn({ iqn: target.iqn, portal: target.portalText, errors: failures }, 'undo: the session this connect reused could not be closed completely');
+      return;
+    }
+    this.closes.set(key, (this.closes.get(key) ?? 0) + 1);
+    this.deps.logger.info({ iqn: target.iqn, portal: target.portalText }, 'undo: closed the session this connect reused (nothing else uses it: a detach had kept it for this connect)');
   }
 
   /**
