@@ -22,7 +22,7 @@ export * from './host-consumer.js';
 export { virtioDiskName } from './guest-disk.js';
 export * from './keyed-lock.js';
 export * from './store-errors.js';
-export { createMonotonicClock } from './monotonic-clock.js';
+export { createMonotonicClock, isoTimestamp } from './monotonic-clock.js';
 export { createMemoryStore } from './memory-store.js';
 export { distinctDevices, hostDeviceRow, newAttachmentRow, newOperationRow, newServerRow, newWorkItemRow, operationLeaseMs, workItemOutcomeRow, zLeaseMs } from './store-rows.js';
 export { createNotificationHub, zNotificationChannel, zNotificationPayload, type NotificationHub } from './notification-hub.js';

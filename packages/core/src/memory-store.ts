@@ -22,7 +22,7 @@ import {
   type Server,
   type Volume,
 } from './model.js';
-import { createMonotonicClock } from './monotonic-clock.js';
+import { createMonotonicClock, isoTimestamp } from './monotonic-clock.js';
 import { createNotificationHub } from './notification-hub.js';
 import { distinctDevices, hostDeviceRow, newAttachmentRow, newOperationRow, newServerRow, newWorkItemRow, operationLeaseMs, workItemOutcomeRow, zLeaseMs } from './store-rows.js';
 import type {
@@ -116,7 +116,7 @@ export function createMemoryStore(): Store {
   const inTransaction = new AsyncLocalStorage<Scope>();
   const hub = createNotificationHub();
   /** The instant `ms` after the store's clock now. */
-  const leaseUntil = (ms: number): string => new Date(Date.parse(now()) + ms).toISOString();
+  const leaseUntil = (ms: number): string => isoTimestamp(Date.parse(now()) + ms);
 
   /** Run one call alone: a running transaction (another caller's) finishes first. */
   const alone = <T>(fn: () => T): Promise<T> => (inTransaction.getStore() ? Promise.resolve().then(fn) : mutex.run(async () => fn()));

@@ -1,4 +1,4 @@
-import { BerthError, lazySchema, newOperationRow, operationLeaseMs, parseWith, zLeaseMs, zId, zOperation, zOperationState, zOperationStep } from '@berth/core';
+import { BerthError, isoTimestamp, lazySchema, newOperationRow, operationLeaseMs, parseWith, zLeaseMs, zId, zOperation, zOperationState, zOperationStep } from '@berth/core';
 import { z } from '@berth/core/zod';
 import type {
   ErrorSummary,
@@ -187,7 +187,7 @@ function journalQueries(dialect: StoreDialect): JournalQueries {
 /** Operations and their journal over Kysely. */
 export function createOperationRepository(ctx: RepositoryContext): OperationRepository {
   /** The instant `ms` after the store's clock now. */
-  const leaseUntil = (ms: number): string => new Date(Date.parse(ctx.now()) + ms).toISOString();
+  const leaseUntil = (ms: number): string => isoTimestamp(Date.parse(ctx.now()) + ms);
 
   const stepsOf = async (ids: readonly string[]): Promise<Map<string, OperationStep[]>> => {
     const byOperation = new Map<string, OperationStep[]>(ids.map((id) => [id, []]));

@@ -1,4 +1,4 @@
-import { BerthError, newWorkItemRow, parseWith, workItemOutcomeRow, zErrorSummary, zLeaseMs, zWorkItemState } from '@berth/core';
+import { BerthError, isoTimestamp, newWorkItemRow, parseWith, workItemOutcomeRow, zErrorSummary, zLeaseMs, zWorkItemState } from '@berth/core';
 import type {
   ErrorSummary,
   NewWorkItem,
@@ -32,7 +32,7 @@ function byAge(a: WorkItem, b: WorkItem): number {
 
 /** Work items (host steps with leases) over Kysely. */
 export function createWorkItemRepository(ctx: RepositoryContext): WorkItemRepository {
-  const leaseUntil = (ms: number): string => new Date(Date.parse(ctx.now()) + ms).toISOString();
+  const leaseUntil = (ms: number): string => isoTimestamp(Date.parse(ctx.now()) + ms);
 
   const get = async (id: string): Promise<WorkItem | undefined> => {
     const row = await ctx.db().selectFrom('work_items').selectAll().where('id', '=', id).executeTakeFirst();
