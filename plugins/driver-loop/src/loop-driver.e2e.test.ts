@@ -343,6 +343,39 @@ describe('loop transport on real loop devices', () => {
     }
   });
 
+  it('a forced detach past lost writes detaches the device and reports them, never as untouched', async () => {
+    // The same real fault; `--force` goes on past the flush's error. Had the error kept its
+    // `untouched`, core would have rolled the detach back as if the device were still attached.
+    const mountpoint = path.join(env.dir, 'full-forced');
+    await mkdir(mountpoint);
+    await env.host.runner.run('mount', ['-t', 'tmpfs', '-o', 'size=4m,mode=0700', 'berth-loop-full', mountpoint], { timeoutMs: 10_000 });
+    let connection: (ConnectionInfo & { data: { device_path: string } }) | undefined;
+    try {
+      connection = await env.makeFile('full-forced/lost.img', 32 * MiB);
+      const device = await env.driver.connect(connection, call());
+      const handle = await open(device.path, 'r+');
+      try {
+        const chunk = randomBytes(MiB);
+        for (let i = 0; i < 8; i += 1) await handle.write(chunk, 0, chunk.length, i * MiB);
+      } finally {
+        await handle.close();
+      }
+      const error = await rejectionOf(env.driver.disconnect(connection, device, { force: true, ...call() }));
+      expect(BerthError.is(error) && error.code).toBe('DRIVER_ERROR');
+      expect(BerthError.is(error) && error.details.untouched).toBeUndefined();
+      expect(BerthError.is(error) && (error.details.errors as Array<{ details?: { reason?: string } }>)[0]?.details?.reason).toBe('writeback-failed');
+      expect(await env.devicesBacking(connection.data.device_path)).toEqual([]);
+    } finally {
+      if (connection !== undefined) {
+        for (const left of await env.devicesBacking(connection.data.device_path)) {
+          await env.host.runner.run('losetup', ['--detach', left.name], { timeoutMs: 10_000, reject: false });
+        }
+      }
+      const unmounted = await env.host.runner.run('umount', [mountpoint], { timeoutMs: 10_000, reject: false });
+      if (unmounted.exitCode !== 0) await env.host.runner.run('umount', ['--lazy', mountpoint], { timeoutMs: 10_000, reject: false });
+    }
+  });
+
   it('a `sync` that could not open the device (nativeDetach off) fails the detach as a tool failure, never as lost writes', async () => {
     const failing = path.join(env.dir, 'sync-cannot-open');
     await writeFile(failing, ['#!/bin/sh', 'echo "sync: error opening \'$1\': Permission denied" >&2', 'exit 1', ''].join('\n'), { mode: 0o755 });

@@ -618,6 +618,12 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
     force: boolean;
     errors: BerthError[];
     signal?: AbortSignal;
+    /**
+     * Set once a device of the run was detached: a forced run goes on past a flush's error (each
+     * `untouched` when it happened: nothing had changed yet), so the run as a whole is untouched
+     * only when nothing was detached after it.
+     */
+    detached?: boolean;
   }
 
   /** Record an error, or throw it when not forcing. */
@@ -749,7 +755,10 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
         fail(state, error, 'losetup', `detaching ${device}`);
         return;
       }
-      if (detached === true) await waitDetached(device, files, state);
+      if (detached === true) {
+        state.detached = true;
+        await waitDetached(device, files, state);
+      }
       if (detached !== undefined) return;
       // The program could not run: a device read from the record was never checked against the
       // kernel's identity, so the caller lists the devices before the old way touches it.
@@ -788,6 +797,7 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
         return;
       }
     }
+    state.detached = true;
     await waitDetached(device, files, state);
   }
 
@@ -940,7 +950,7 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
               hint: state.errors.find((e) => e.hint !== undefined)?.hint,
               details: {
                 errors: state.errors.map((e) => e.toJSON()),
-                ...(state.errors.every((e) => e.details.untouched === true) ? { untouched: true } : {}),
+                ...(state.detached !== true && state.errors.every((e) => e.details.untouched === true) ? { untouched: true } : {}),
               },
             },
           );
