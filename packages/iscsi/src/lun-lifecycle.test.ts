@@ -384,6 +384,21 @@ describe('connects in flight in another berth process (markers)', () => {
     expect(await markers()).toEqual([]);
   });
 
+  it('leaves, at its undo, a reused session no logout decision kept (an administrator\'s, with no disk of berth\'s)', async () => {
+    // A session with no disk: logged in by hand or at boot, not by a berth connect.
+    await session([]);
+    const { fs, scanned } = await scanWatchingFs();
+    const mine = recordingRunner();
+    const a = lifecycleOn(mine.runner, { fs });
+    const cancel = new AbortController();
+    const connecting = a.connect(LUN2, { signal: cancel.signal }).catch((error: unknown) => error);
+    await scanned;
+    cancel.abort(new Error('cancelled by the test'));
+    expect(await connecting).toMatchObject({ message: 'cancelled by the test' });
+    expect(logouts(mine.runs)).toEqual([]);
+    expect(mine.runs.filter((r) => r.includes('--op') && r.includes('delete'))).toEqual([]);
+  });
+
   it('keeps, at its undo, a reused session that another LUN still uses', async () => {
     await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
     const { fs, scanned } = await scanWatchingFs();

@@ -245,7 +245,9 @@ export class LunLifecycle {
 
   /**
    * Undo what a connect did that is not kept: the disk its own scan made, then its login and
-   * record when no other LUN or connect uses the session. Never throws.
+   * record when no other LUN or connect uses the session — and, for a connect that only reused the
+   * session, the session when a logout decision kept it for the connects in flight and nothing
+   * uses it now (`closeReusedSession`). Never throws.
    */
   async release(target: LunTarget, progress: LunProgress): Promise<void> {
     const { fs, logger } = this.deps;
@@ -312,16 +314,18 @@ export class LunLifecycle {
   }
 
   /**
-   * The undo of a connect that only reused a session (no login, no record of its own) decides like
-   * a disconnect: a detach of the session's last other LUN kept it for this very connect (its count
-   * or marker), so when nothing uses it now this undo is the last one to look, and logs out (and
-   * deletes the record, as a disconnect does). A session with a disk or a connect in flight stays.
-   * Call holding the target's locks.
+   * The undo of a connect that only reused a session (no login, no record of its own) closes it
+   * when a logout decision kept it for connects in flight (`TargetFiles.markKept`: the detach of
+   * its last other LUN, in this process or another) and nothing uses it now: this undo is then the
+   * last one to look, and logs out (deleting the record, as that disconnect would have). A session
+   * no decision kept — an administrator's, one logged in at boot, whose LUNs berth never had — is
+   * left alone, as is one with a disk or a connect in flight. Call holding the target's locks.
    */
   private async closeReusedSession(target: LunTarget, signal: AbortSignal): Promise<void> {
     const key = targetKey(target);
     const view = await this.readSession(target);
     if (view.session?.hostNumber === undefined || (await this.neededIn(view, target, [], [], undefined))) return;
+    if (!(await this.files.takeKept(target, view.session.sid))) return;
     const failures: string[] = [];
     const attempt = async <T>(step: string, fn: () => Promise<T>): Promise<T | undefined> =>
       fn().catch((error: unknown) => {
@@ -335,7 +339,7 @@ export class LunLifecycle {
       return;
     }
     this.closes.set(key, (this.closes.get(key) ?? 0) + 1);
-    this.deps.logger.info({ iqn: target.iqn, portal: target.portalText }, 'undo: closed the session this connect reused (nothing else uses it: a detach had kept it for this connect)');
+    this.deps.logger.info({ iqn: target.iqn, portal: target.portalText }, 'undo: closed the session this connect reused (a detach had kept it for the connects in flight; nothing uses it now)');
   }
 
   /**
@@ -447,6 +451,8 @@ export class LunLifecycle {
     }
     if (await this.neededIn(view, target, ownDevices, options.keep ?? [], options.lateOwn)) {
       this.deps.logger.info({ iqn: target.iqn, portal: target.portalText }, 'keeping the session: another LUN of it is in use');
+      // Kept for connects in flight: should they all be undone, the last one closes it.
+      if (view.inflight > 0 && view.session !== undefined) await this.files.markKept(target, view.session.sid);
       this.decideQueued(key, target, view, waiting);
       return 'kept';
     }
@@ -458,7 +464,10 @@ export class LunLifecycle {
       (step, fn) => options.failures.attempt(step, fn),
     );
     this.usage.clearLogin(key);
-    if (options.failures.size === before) this.closes.set(key, (this.closes.get(key) ?? 0) + 1);
+    if (options.failures.size === before) {
+      this.closes.set(key, (this.closes.get(key) ?? 0) + 1);
+      await this.files.clearKept(target).catch(() => undefined);
+    }
     return 'closed';
   }
 

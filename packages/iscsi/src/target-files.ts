@@ -28,6 +28,11 @@ function markerDir(target: LunTarget): string {
   return `${TARGET_FILES_DIR}/${targetFileStem(target)}.inflight`;
 }
 
+/** The note of a logout decision `target`'s connects in flight deferred (`TargetFiles.markKept`). */
+function keptFile(target: LunTarget): string {
+  return `${TARGET_FILES_DIR}/${targetFileStem(target)}.kept`;
+}
+
 /** What a marker holds: the process of the connect, named for good by its pid and start time. */
 const zMarker = lazySchema(() => z.object({ pid: z.number().int().positive(), startTicks: z.string() }));
 
@@ -94,6 +99,35 @@ export class TargetFiles {
   /** The connect marked `name` is over (its disk handed out, or undone). */
   async leave(target: LunTarget, name: string): Promise<void> {
     await this.fs.unlink(`${markerDir(target)}/${name}`);
+  }
+
+  /**
+   * A logout decision kept `target`'s session `sid` for connects in flight (their markers, or
+   * this process's count): `<hash>.kept` names the session. The last of those connects to be
+   * undone without a disk of its own then closes it (`takeKept`); a close of the session removes it
+   * (`clearKept`). Call holding the target lock.
+   */
+  async markKept(target: LunTarget, sid: number): Promise<void> {
+    await this.ensureDir(TARGET_FILES_DIR);
+    await this.fs.writeFile(keptFile(target), String(sid), { mode: 0o600 });
+  }
+
+  /** The session was closed: no decision is deferred any more. Call holding the target lock. */
+  async clearKept(target: LunTarget): Promise<void> {
+    await this.fs.unlink(keptFile(target));
+  }
+
+  /**
+   * Whether a logout decision kept session `sid` of `target` for connects in flight (removing
+   * the note): only then may an undo that merely reused the session close it — a session no berth
+   * decision kept (an administrator's, one logged in at boot) is not berth's to close. Call holding
+   * the target lock.
+   */
+  async takeKept(target: LunTarget, sid: number): Promise<boolean> {
+    const text = await this.fs.readFileIfExists(keptFile(target)).catch(() => undefined);
+    if (text === undefined) return false;
+    await this.fs.unlink(keptFile(target));
+    return text.trim() === String(sid);
   }
 
   /**
