@@ -31,7 +31,8 @@ export const postgresStoreDialect: StoreDialect = {
   supportsRowLocks: true,
   writesInCte: true,
   elapsedMs(column: string, end: string): RawBuilder<number> {
-    return sql<number>`greatest(0, round(extract(epoch from (${end}::timestamptz - ${sql.ref(column)}::timestamptz)) * 1000))::integer`;
+    // Cut to the millisecond as SQLite's form and Date.parse do (the clock writes microseconds).
+    return sql<number>`greatest(0, round(extract(epoch from ((substr(${end}::text, 1, 23) || 'Z')::timestamptz - (substr(${sql.ref(column)}, 1, 23) || 'Z')::timestamptz)) * 1000))::integer`;
   },
   encodeJson(value: unknown): DbJson {
     // A string parameter is cast to jsonb by the server; an array given as is would become a

@@ -17,8 +17,11 @@ export const sqliteStoreDialect: StoreDialect = {
   // SQLite's CTEs hold SELECTs only.
   writesInCte: false,
   elapsedMs(column: string, end: string): RawBuilder<number> {
-    // A julianday is a double of days: ~50 µs of resolution today, so rounding gives exact ms.
-    return sql<number>`max(0, cast(round((julianday(${end}) - julianday(${sql.ref(column)})) * 86400000.0) as integer))`;
+    // Both stamps cut to the millisecond first (the clock writes microseconds; Date.parse, the
+    // memory store and PostgreSQL's form below cut them too), so every engine gives the same ms; a
+    // julianday is a double of days, ~50 µs of resolution today, so rounding the difference of two
+    // whole milliseconds gives it exactly.
+    return sql<number>`max(0, cast(round((julianday(substr(${end}, 1, 23) || 'Z') - julianday(substr(${sql.ref(column)}, 1, 23) || 'Z')) * 86400000.0) as integer))`;
   },
   encodeJson(value: unknown): DbJson {
     return JSON.stringify(value) as unknown as DbJson;
