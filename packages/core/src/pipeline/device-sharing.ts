@@ -206,11 +206,16 @@ async function dropStaleNames(deps: PipelineDeps, request: ConnectRequest, devic
   const lost = onHost.filter((a) => a.volumeId !== volume.id && a.status !== 'detaching' && stale(a.device));
   const lostNames = new Set([...lost.flatMap((a) => [a.id, a.volumeId]), ...records.map((r) => r.volumeId)]);
   const keep = [...new Set(onHost.flatMap((a) => [a.id, a.volumeId]))].filter((name) => !lostNames.has(name));
-  // Per lost volume, the device it recorded (its names lead to that path) and the transport that made it.
-  const lostDevices = new Map<string, { device: Device; transport: string | null }>();
-  for (const a of lost) if (a.device && !lostDevices.has(a.volumeId)) lostDevices.set(a.volumeId, { device: a.device, transport: a.transport });
-  for (const r of records) if (!lostDevices.has(r.volumeId)) lostDevices.set(r.volumeId, { device: r.device, transport: r.transport });
-  for (const [volumeId, recorded] of lostDevices) {
+  // Per lost volume and recorded path, the device it recorded (its names lead to that path) and
+  // the transport that made it: two of a volume's records may name two paths this device took.
+  const lostDevices = new Map<string, { volumeId: string; device: Device; transport: string | null }>();
+  const note = (volumeId: string, device: Device, transport: string | null): void => {
+    const key = `${volumeId}\n${device.path}`;
+    if (!lostDevices.has(key)) lostDevices.set(key, { volumeId, device, transport });
+  };
+  for (const a of lost) if (a.device) note(a.volumeId, a.device, a.transport);
+  for (const r of records) if (r.device) note(r.volumeId, r.device, r.transport);
+  for (const { volumeId, ...recorded } of lostDevices.values()) {
     logger.warn({ volumeId, device: recorded.device.path, now: volume.id }, "another volume's recorded device is gone and its name is this volume's disk now: removing the names published for it");
     try {
       // The consumer that published for it: its server's (a guest consumer for a VM), else the default.
