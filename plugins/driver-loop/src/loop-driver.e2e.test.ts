@@ -364,6 +364,8 @@ describe('loop transport on real loop devices', () => {
       expect(BerthError.is(error) && error.code).toBe('DRIVER_ERROR');
       expect(BerthError.is(error) && error.details.untouched).toBeUndefined();
       expect(BerthError.is(error) && (error.details.errors as Array<{ details?: { reason?: string } }>)[0]?.details?.reason).toBe('writeback-failed');
+      expect(BerthError.is(error) && error.message).toContain('the detach goes on (forced)');
+      expect(BerthError.is(error) && error.hint).not.toContain('while it is still attached');
       expect(await env.devicesBacking(connection.data.device_path)).toEqual([]);
     } finally {
       if (connection !== undefined) {

@@ -826,7 +826,7 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
       const lost = !synced.timedOut && !synced.aborted ? syncError(synced.stderr) : undefined;
       const failed = lost === undefined
         ? toLoopError(new CommandError(synced, { notFound: false }), 'sync', `flushing ${device}`)
-        : lostWritesError(device, files[0], lost);
+        : lostWritesError(device, files[0], lost, state.force);
       fail(state, untouched(failed), 'sync', `flushing ${device}`);
       return;
     }
@@ -1107,9 +1107,17 @@ function busyError(device: string, holder: string): BerthError {
  * device). The detach stops before it changes anything, so that the loss is not reported as a
  * clean detach; the kernel reports such an error once, so the next disconnect goes on.
  */
-function lostWritesError(device: string, file: string | undefined, error: string): BerthError {
+function lostWritesError(device: string, file: string | undefined, error: string, forced = false): BerthError {
   const what = file ?? 'its file';
-  return new BerthError('DRIVER_ERROR', `writes through ${device} did not reach ${what} (${error}): data written to the volume since it was attached may be missing from it; not detaching ${device}`, {
+  const lost = `writes through ${device} did not reach ${what} (${error}): data written to the volume since it was attached may be missing from it`;
+  if (forced) {
+    // A forced detach goes on past it: the device is detached, the user is told what it cost.
+    return new BerthError('DRIVER_ERROR', `${lost}; the detach goes on (forced)`, {
+      hint: `the filesystem holding ${what} was full or failing (df, dmesg): free space or repair it, then check the volume's data (fsck, the application's own check) — the writes the kernel dropped are not in ${what}`,
+      details: { device, reason: 'writeback-failed', errno: error },
+    });
+  }
+  return new BerthError('DRIVER_ERROR', `${lost}; not detaching ${device}`, {
     hint: `the filesystem holding ${what} was full or failing (df, dmesg): free space or repair it, check the data on the volume (fsck, the application's own check) while it is still attached, then detach again — the kernel reports a lost write once, so the next detach goes on`,
     details: { device, reason: 'writeback-failed', errno: error },
   });
