@@ -112,11 +112,14 @@ describe.skipIf(!isRoot)('a fleet under real faults', { timeout: 600_000 + SECON
       }
     };
     await Promise.all([faults(), ...volumes.map((_, i) => client(i))]);
-    // Every replica still runs: one that exited on its own is a finding, with its last words.
-    const exited = f.replicas.flatMap((r, i) =>
-      r.child.exitCode === null && r.child.signalCode === null ? [] : [`replica ${i} exited (code ${r.child.exitCode}, signal ${r.child.signalCode}):\n${r.stderr().slice(-6000)}`],
+    // Every replica and agent still runs: one that exited on its own is a finding, with its last words.
+    const exitedProcesses = (): string[] => [
+      ...f.replicas.map((r, i) => ({ what: `replica ${i}`, child: r.child, stderr: r.stderr })),
+      ...[...f.agents].map(([host, a]) => ({ what: `the agent of ${host}`, child: a.child, stderr: a.stderr })),
+    ].flatMap(({ what, child, stderr }) =>
+      child.exitCode === null && child.signalCode === null ? [] : [`${what} exited (code ${child.exitCode}, signal ${child.signalCode}):\n${stderr().slice(-6000)}`],
     );
-    expect(exited).toEqual([]);
+    expect(exitedProcesses()).toEqual([]);
 
     // Settle: nothing running, no item open (abandoned operations are recovered past their deadline).
     const open = async (): Promise<number> => {
@@ -130,6 +133,7 @@ describe.skipIf(!isRoot)('a fleet under real faults', { timeout: 600_000 + SECON
     const settleBy = Date.now() + SETTLE_MS;
     while ((await open()) !== 0 && Date.now() < settleBy) await new Promise((resolve) => setTimeout(resolve, 500));
     const openAfterSettle = await open();
+    expect(exitedProcesses()).toEqual([]);
     for (const volume of volumes) {
       const { status } = await request(0, 'POST', `/v1/volumes/${volume.id}/detach`, {});
       count(`final detach ${status}`);

@@ -211,8 +211,9 @@ describe('connect from SendTargets discovery', () => {
 describe('dead and slow portals', () => {
   it('one portal unreachable: the attach succeeds on the others long before a login timeout, and reports the missing path', async () => {
     const portals = PORTALS.slice(0, 3);
-    // A fixed grace (2 s): the healthy second path is not cut on a loaded machine; the derived one has its own test below.
-    env = await startSimEnv({ targets: [targetSpec(IQN, portals)], driver: { portalTimeoutMs: 3_000, stragglerGraceMs: 2_000 } });
+    // A fixed grace (2 s) and an 8 s portal budget: the healthy second path is not cut on a loaded
+    // machine; the derived grace has its own test below.
+    env = await startSimEnv({ targets: [targetSpec(IQN, portals)], driver: { portalTimeoutMs: 8_000, stragglerGraceMs: 2_000 } });
     // A login there hangs as long as iscsid's own timeouts would let it (its defaults: 15 s x 8 tries).
     const loginTimeoutMs = 60_000;
     await env.sim.faults.unreachablePortal(portals[2]!, loginTimeoutMs);
