@@ -159,6 +159,10 @@ export async function connectShared(deps: PipelineDeps, request: ConnectRequest)
     // share had its names checked when it was made (and an agent older than `unpublish_orphan`'s
     // `keep` would take the sharers' links with the stale ones).
     if (sharers.length === 0) await dropStaleNames(deps, request, device);
+    // A device others share that gained paths since they recorded it (a multipath connect adds a
+    // path an earlier attach missed): the new paths' disks took names too. Only those: the
+    // sharers' own links lead to the map, never to a path's disk.
+    else if (other?.device && sameDevice(other.device, device)) await dropStaleNames(deps, request, device, takenNames(other.device));
     // The device's records and the lease's release: one commit.
     const updated = await lease.releaseWith(async (tx) => {
       await tx.devices.put({
@@ -189,13 +193,13 @@ export async function connectShared(deps: PipelineDeps, request: ConnectRequest)
  * (`attachment_device_gone`). Best effort: a failure is logged, the connect goes on. One cheap
  * read when nothing names the path (every attach): the devices of the other volumes on the host.
  */
-async function dropStaleNames(deps: PipelineDeps, request: ConnectRequest, device: Device): Promise<void> {
+async function dropStaleNames(deps: PipelineDeps, request: ConnectRequest, device: Device, already: ReadonlySet<string> = new Set()): Promise<void> {
   const { store, logger } = deps;
   const { attachment, volume } = request;
   const hostId = attachment.hostId;
-  // The names this device took: its node and, for a map over paths (dm-multipath), each path's disk
-  // (`/dev/sdb` under `/dev/dm-0`: a link to it reaches this volume's data past the map).
-  const taken = new Set([device.path, ...(device.paths ?? []).flatMap((p) => (p.device === undefined ? [] : [p.device]))]);
+  // The names this device took (but those it held `already`, when its sharers recorded it).
+  const taken = new Set([...takenNames(device)].filter((name) => !already.has(name)));
+  if (taken.size === 0) return;
   const stale = (recorded: Device | null | undefined): boolean => recorded !== null && recorded !== undefined && taken.has(recorded.path) && !sameDevice(recorded, device);
   if (!(await devicesInUse(store, hostId, volume.id)).some(stale)) return;
   const onHost = await store.attachments.list({ hostId });
@@ -229,6 +233,14 @@ async function dropStaleNames(deps: PipelineDeps, request: ConnectRequest, devic
       logger.warn({ volumeId, device: recorded.device.path, err: toBerthError(error).message }, 'could not remove the names of a lost device');
     }
   }
+}
+
+/**
+ * The names a device takes on its host: its node and, for a map over paths (dm-multipath), each
+ * path's disk (`/dev/sdb` under `/dev/dm-0`: a link to it reaches the map's volume past the map).
+ */
+function takenNames(device: Device): Set<string> {
+  return new Set([device.path, ...(device.paths ?? []).flatMap((p) => (p.device === undefined ? [] : [p.device]))]);
 }
 
 /** The server of the first of `attachments` whose server record is there. */

@@ -98,4 +98,50 @@ describe("an attach whose disk got a lost device's name", () => {
       await service.close();
     }
   });
+
+  it('removes them when the lost disk\'s name went to a path a shared map gained since its sharers recorded it', async () => {
+    const root = await mkdtemp(path.join(os.tmpdir(), 'berth-stale-names-'));
+    roots.push(root);
+    const fs = createHostFs(root);
+    const devices = new Map<string, Device>();
+    // lost: a single-path /dev/sdb. next (multiattach): a map first over one path (/dev/sdc; the
+    // other portal was down), then, at its second attach on this host, over both: the path added
+    // got the name /dev/sdb once the lost volume's disk had gone.
+    let connects = 0;
+    const connect = async (c: { data: Record<string, unknown> }): Promise<Device> => {
+      connects += 1;
+      const identity = { kind: 'mem', file: String(c.data.device_path) };
+      const sdc = { portal: '127.0.0.1:3260', device: '/dev/sdc', state: 'active' };
+      const device: Device =
+        connects === 1
+          ? { path: '/dev/sdb', type: 'block', identity }
+          : { path: '/dev/dm-0', type: 'block', identity, paths: connects === 2 ? [sdc] : [sdc, { portal: '127.0.0.2:3260', device: '/dev/sdb', state: 'active' }] };
+      devices.set(device.path, device);
+      return device;
+    };
+    const catalog = memCatalog(devices, connect, { consumer: { ...createHostConsumer(fs), name: 'mem' } });
+    const store = createMemoryStore();
+    const config = resolveConfig({ dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', operationTimeoutMs: 5_000, undoTimeoutMs: 5_000 }, {});
+    const service = new BerthServiceImpl(config, store, catalog, { hostname: 'unit-host', ips: ['127.0.0.1'], platform: 'x86_64', osType: 'linux' }, silentLogger);
+    try {
+      await service.createVolume({ name: 'lost', sizeBytes: 2 ** 20 });
+      await service.createVolume({ name: 'next', sizeBytes: 2 ** 20, multiattach: true });
+      await service.createServer({ name: 'web-1' });
+      await service.createServer({ name: 'web-2' });
+      const lost = (await service.attach({ volume: 'lost' })).attachment!;
+      const first = (await service.attach({ volume: 'next', server: 'web-1' })).attachment!;
+      expect(await fs.readlink(stableLinkPath(lost.volumeId))).toBe('/dev/sdb');
+      devices.delete('/dev/sdb');
+      const second = (await service.attach({ volume: 'next', server: 'web-2' })).attachment!;
+      expect(second.device?.paths?.map((p) => p.device)).toEqual(['/dev/sdc', '/dev/sdb']);
+      expect(await fs.readlink(attachmentLinkPath(lost.id))).toBeUndefined();
+      expect(await fs.readlink(stableLinkPath(lost.volumeId))).toBeUndefined();
+      // The sharers' links lead to the map, as before.
+      expect(await fs.readlink(attachmentLinkPath(first.id))).toBe('/dev/dm-0');
+      expect(await fs.readlink(attachmentLinkPath(second.id))).toBe('/dev/dm-0');
+      expect(await fs.readlink(stableLinkPath(second.volumeId))).toBe('/dev/dm-0');
+    } finally {
+      await service.close();
+    }
+  });
 });
