@@ -206,6 +206,12 @@ export type AgentRegistration = z.output<typeof zAgentRegistration>;
 export const zClaimedWork = lazySchema(() => z.object({
   item: zWorkItem,
   payload: z.record(z.string(), z.unknown()),
+  /**
+   * The API's clock when it handed the item out. The host's clock may differ from the
+   * controller's: the agent reads the payload's `deadlineAt` and the item's lease end against
+   * this, not against its own clock (absent from an older API: its own clock, as before).
+   */
+  handedOutAt: z.string().optional(),
 }));
 /** One claimed work item. */
 export type ClaimedWork = z.output<typeof zClaimedWork>;

@@ -225,6 +225,30 @@ describe('AgentRunner', () => {
     expect(transport.calls.indexOf('disconnect v1')).toBeGreaterThan(transport.calls.indexOf('connected v1'));
   });
 
+  it('reads a deadline on the API\'s clock: a host whose clock is behind still aborts the step when the operation\'s time is up', async () => {
+    const transport = new FakeTransport();
+    transport.gate = new Promise(() => undefined);
+    // The API's clock is 60 s ahead of this host's: its deadline, 300 ms away by its clock, read on
+    // this host's clock would be a minute away — past the operation's deadline and its undo.
+    const apiNow = Date.now() + 60_000;
+    const item = work('connect', { transport: 'fake', connection: FILE_CONNECTION, volumeId: 'v1', deadlineAt: new Date(apiNow + 300).toISOString() });
+    const ahead: ClaimedWork = {
+      ...item,
+      item: { ...item.item, leaseExpiresAt: new Date(apiNow + 300).toISOString() },
+      handedOutAt: new Date(apiNow).toISOString(),
+    };
+    const api = new ScriptedApi([[ahead]]);
+    api.renewAnswer = async () => ({ leaseExpiresAt: new Date(Date.now() + 60_000 + 300).toISOString() });
+    const agent = runner(api, transport);
+    const started = performance.now();
+    const running = agent.run();
+    await api.reported.promise;
+    agent.stop();
+    await running;
+    expect(performance.now() - started).toBeLessThan(5_000);
+    expect(api.reports[0]?.outcome).toMatchObject({ state: 'failed', error: { code: 'TIMEOUT' } });
+  });
+
   it('drops an item whose lease another worker took (409 on renew): the step is aborted, nothing reported', async () => {
     const transport = new FakeTransport();
     transport.gate = new Promise(() => undefined);

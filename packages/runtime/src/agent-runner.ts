@@ -209,13 +209,20 @@ export class AgentRunner {
   /** One item: run it under its volume's turn, keep its lease, report. Never rejects. */
   private async runItem(session: AgentSession, work: ClaimedWork): Promise<void> {
     const { item, payload } = work;
+    // The API's times on this host's clock: how far the API's clock is ahead of this one's (the
+    // claim answer's hand-out time against now, its network time counted as skew: a deadline read
+    // a little early). Hosts' clocks drift from the controller's; a deadline read on the wrong one
+    // would run a step past the operation's deadline, when the replica is undoing it, or cut it early.
+    const handedOut = Date.parse(work.handedOutAt ?? '');
+    const skew = Number.isFinite(handedOut) ? handedOut - Date.now() : 0;
+    const local = (apiTime: string | null | undefined): number => Date.parse(apiTime ?? '') - skew;
     const key = typeof payload.volumeId === 'string' ? `volume:${payload.volumeId}` : `operation:${item.operationId}`;
     await this.queue.withLock(key, async () => {
       const fenced = new AbortController();
-      const lease = { expiresAt: Date.parse(item.leaseExpiresAt ?? '') || Date.now() + session.leaseMs };
+      const lease = { expiresAt: local(item.leaseExpiresAt) || Date.now() + session.leaseMs };
       const renewal = setInterval(() => {
         this.options.api.renew(session.worker, item.id).then(
-          (answer) => (lease.expiresAt = Date.parse(answer.leaseExpiresAt)),
+          (answer) => (lease.expiresAt = local(answer.leaseExpiresAt)),
           (error: unknown) => {
             if (BerthError.is(error) && error.code === 'CONFLICT') fenced.abort(error);
             // Anything else: the next renewal (or the report) tries again while the lease lasts.
@@ -223,7 +230,7 @@ export class AgentRunner {
         );
       }, Math.max(100, Math.floor(session.leaseMs / 3)));
       try {
-        const outcome = await this.execute(work, fenced.signal);
+        const outcome = await this.execute(work, fenced.signal, local);
         if (fenced.signal.aborted) {
           this.state(`dropped ${item.step} of operation ${item.operationId}: another agent or replica took it over`);
           return;
@@ -235,9 +242,9 @@ export class AgentRunner {
     });
   }
 
-  private async execute(work: ClaimedWork, fenced: AbortSignal): Promise<AgentOutcome> {
+  private async execute(work: ClaimedWork, fenced: AbortSignal, local: (apiTime: string) => number): Promise<AgentOutcome> {
     const { item, payload } = work;
-    const deadlineAt = typeof payload.deadlineAt === 'string' ? Date.parse(payload.deadlineAt) : Number.NaN;
+    const deadlineAt = typeof payload.deadlineAt === 'string' ? local(payload.deadlineAt) : Number.NaN;
     const signals = [fenced];
     if (Number.isFinite(deadlineAt)) signals.push(AbortSignal.timeout(Math.max(0, deadlineAt - Date.now())));
     try {

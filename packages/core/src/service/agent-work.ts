@@ -249,7 +249,7 @@ export class AgentWorkService implements AgentWork {
     const out: ClaimedWork[] = [];
     for (const item of items) {
       try {
-        out.push({ item, payload: await this.payloadWithSecrets(item) });
+        out.push({ item, payload: await this.payloadWithSecrets(item), handedOutAt: new Date().toISOString() });
       } catch (error) {
         const failure = toBerthError(error);
         this.parts.logger.warn({ workItemId: item.id, step: item.step, code: failure.code, err: failure.message }, 'work item failed before hand-out');
