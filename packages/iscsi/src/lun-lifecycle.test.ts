@@ -384,6 +384,45 @@ describe('connects in flight in another berth process (markers)', () => {
     expect(await markers()).toEqual([]);
   });
 
+  it('notes no deferred logout when a disk keeps the session anyway; the undo then leaves it', async () => {
+    // LUN 0's disk is someone else's (an administrator's): it keeps the session whatever is in flight.
+    await session([{ lun: 0, device: 'sdd', wwid: WWID_2 }, { lun: 1, device: 'sdb', wwid: WWID_1 }]);
+    const { fs, scanned } = await scanWatchingFs();
+    const mine = recordingRunner();
+    const a = lifecycleOn(mine.runner, { fs });
+    const cancel = new AbortController();
+    const connecting = a.connect(LUN2, { signal: cancel.signal }).catch((error: unknown) => error);
+    await scanned;
+    await removeLun(root, { host: 2, sid: 1 }, { lun: 1, device: 'sdb' });
+    expect(await closeLun1(lifecycleOn(recordingRunner().runner))).toBe('kept');
+    expect(await readdir(path.join(root, TARGET_FILES_DIR))).not.toContain(`${targetFileStem(TARGET)}.kept`);
+    // The administrator's disk goes; then the connect fails: no decision deferred a logout for it.
+    await removeLun(root, { host: 2, sid: 1 }, { lun: 0, device: 'sdd' });
+    cancel.abort(new Error('cancelled by the test'));
+    expect(await connecting).toMatchObject({ message: 'cancelled by the test' });
+    expect(logouts(mine.runs)).toEqual([]);
+  });
+
+  it('removes the note of a deferred logout when the session is logged out', async () => {
+    await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
+    const { fs, scanned } = await scanWatchingFs();
+    const a = lifecycleOn(recordingRunner().runner, { fs });
+    const connecting = a.connect(LUN2, { signal: AbortSignal.timeout(10_000) });
+    await scanned;
+    await removeLun(root, { host: 2, sid: 1 }, { lun: 1, device: 'sdb' });
+    const b = lifecycleOn(recordingRunner().runner);
+    expect(await closeLun1(b)).toBe('kept');
+    const note = path.join(root, TARGET_FILES_DIR, `${targetFileStem(TARGET)}.kept`);
+    expect(await readFile(note, 'utf8')).toBe('1');
+    // The connect succeeds and its volume is detached later: that decision logs out, and the note goes.
+    await diskAppears(2, 'sdc', WWID_2);
+    const connected = await connecting;
+    await a.keep(LUN2, connected.progress);
+    await removeLun(root, { host: 2, sid: 1 }, { lun: 2, device: 'sdc' });
+    expect(await closeLun1(b)).toBe('closed');
+    await expect(readFile(note, 'utf8')).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
   it('leaves, at its undo, a reused session no logout decision kept (an administrator\'s, with no disk of berth\'s)', async () => {
     // A session with no disk: logged in by hand or at boot, not by a berth connect.
     await session([]);

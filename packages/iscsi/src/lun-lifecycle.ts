@@ -298,7 +298,7 @@ export class LunLifecycle {
               });
             const ownRecord = progress.createdRecord || pending?.createdRecord === true;
             if (progress.loggedIn || pending !== undefined) {
-              await closeSession(this.sessionHost, target, { signal, deleteRecord: ownRecord }, attempt);
+              await this.closeTarget(target, { signal, deleteRecord: ownRecord }, attempt);
             } else if (ownRecord) {
               await attempt('delete the node record', () => this.deps.iscsiadm.nodeDelete(target, { signal }));
             }
@@ -325,14 +325,15 @@ export class LunLifecycle {
     const key = targetKey(target);
     const view = await this.readSession(target);
     if (view.session?.hostNumber === undefined || (await this.neededIn(view, target, [], [], undefined))) return;
-    if (!(await this.files.takeKept(target, view.session.sid))) return;
+    if (!(await this.files.keptFor(target, view.session.sid))) return;
     const failures: string[] = [];
     const attempt = async <T>(step: string, fn: () => Promise<T>): Promise<T | undefined> =>
       fn().catch((error: unknown) => {
         failures.push(`${step}: ${messageOf(error)}`);
         return undefined;
       });
-    await closeSession(this.sessionHost, target, { signal, deleteRecord: true }, attempt);
+    // The note goes with the logout (`closeTarget`): one that failed leaves it for the next undo.
+    await this.closeTarget(target, { signal, deleteRecord: true }, attempt);
     this.usage.clearLogin(key);
     if (failures.length > 0) {
       this.deps.logger.warn({ iqn: target.iqn, portal: target.portalText, errors: failures }, 'undo: the session this connect reused could not be closed completely');
@@ -387,7 +388,7 @@ export class LunLifecycle {
         if (view.inflight > 0) return 'busy';
         if (view.session !== undefined && (await this.neededIn(view, target, [], options.keep ?? [], undefined))) return 'in-use';
         const before = options.failures.size;
-        await closeSession(this.sessionHost, target, { signal: options.signal, deleteRecord: true, namePortal: true }, (step, fn) => options.failures.attempt(step, fn));
+        await this.closeTarget(target, { signal: options.signal, deleteRecord: true, namePortal: true }, (step, fn) => options.failures.attempt(step, fn));
         if (options.failures.size === before) this.closes.set(key, (this.closes.get(key) ?? 0) + 1);
         return 'closed';
       },
@@ -451,24 +452,46 @@ export class LunLifecycle {
     }
     if (await this.neededIn(view, target, ownDevices, options.keep ?? [], options.lateOwn)) {
       this.deps.logger.info({ iqn: target.iqn, portal: target.portalText }, 'keeping the session: another LUN of it is in use');
-      // Kept for connects in flight: should they all be undone, the last one closes it.
-      if (view.inflight > 0 && view.session !== undefined) await this.files.markKept(target, view.session.sid);
+      await this.noteKept(target, view, ownDevices, options);
       this.decideQueued(key, target, view, waiting);
       return 'kept';
     }
     const before = options.failures.size;
-    await closeSession(
-      this.sessionHost,
+    await this.closeTarget(
       target,
       { signal: options.signal, deleteRecord: true, ...(options.faultPoints === true ? { faultPoints: true } : {}), ...(options.namePortal === true ? { namePortal: true } : {}) },
       (step, fn) => options.failures.attempt(step, fn),
     );
     this.usage.clearLogin(key);
-    if (options.failures.size === before) {
-      this.closes.set(key, (this.closes.get(key) ?? 0) + 1);
-      await this.files.clearKept(target).catch(() => undefined);
-    }
+    if (options.failures.size === before) this.closes.set(key, (this.closes.get(key) ?? 0) + 1);
     return 'closed';
+  }
+
+  /**
+   * A session kept only for connects in flight (without them the decision would have closed it):
+   * `<hash>.kept` names it, so the last of those connects to be undone closes it. Kept for a disk:
+   * no note (one left from before goes). Best effort: the decision stands either way.
+   */
+  private async noteKept(target: LunTarget, view: SessionView, ownDevices: readonly string[], options: CloseOptions): Promise<void> {
+    try {
+      if (view.session === undefined) return;
+      const forDisks = view.inflight === 0 || (await this.neededIn({ ...view, inflight: 0 }, target, ownDevices, options.keep ?? [], options.lateOwn));
+      if (forDisks) await this.files.clearKept(target);
+      else await this.files.markKept(target, view.session.sid);
+    } catch (error) {
+      this.deps.logger.warn({ iqn: target.iqn, portal: target.portalText, error: messageOf(error) }, 'could not note why the session was kept: an undo of a connect that reused it leaves it');
+    }
+  }
+
+  /** `closeSession`, and a logout that went through takes the session's `.kept` note with it. */
+  private async closeTarget(
+    target: LunTarget,
+    options: Parameters<typeof closeSession>[2],
+    attempt: Parameters<typeof closeSession>[3],
+  ): Promise<boolean> {
+    const loggedOut = await closeSession(this.sessionHost, target, options, attempt);
+    if (loggedOut) await this.files.clearKept(target).catch(() => undefined);
+    return loggedOut;
   }
 
   /**

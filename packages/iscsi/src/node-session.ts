@@ -348,13 +348,14 @@ export async function sendTargets(
  * Log out of `target`, then delete its node record when `deleteRecord`; each step goes through
  * `attempt`, which records or throws its failure. A detach passes the disconnect fault points
  * around the logout (`faultPoints`); an undo of a failed connect is no step boundary of its own.
+ * Resolves whether the logout went through (the record's delete aside).
  */
 export async function closeSession(
   host: SessionHost,
   target: LunTarget,
   options: { signal: AbortSignal | undefined; deleteRecord: boolean; faultPoints?: boolean; namePortal?: boolean },
   attempt: <T>(step: string, fn: () => Promise<T>) => Promise<T | undefined>,
-): Promise<void> {
+): Promise<boolean> {
   const call = options.signal === undefined ? {} : { signal: options.signal };
   const at = options.namePortal === true ? ` of ${target.portalText}` : '';
   if (options.faultPoints === true) await host.faults?.hit('iscsi.disconnect.before-logout');
@@ -363,10 +364,11 @@ export async function closeSession(
   // With the session still there the delete would fail with rc 15 and say nothing new.
   if (loggedOut === undefined || !options.deleteRecord) {
     host.logger.info({ iqn: target.iqn, portal: target.portalText, logout: loggedOut ?? 'failed' }, 'session closed');
-    return;
+    return loggedOut !== undefined;
   }
   const deleted = await attempt(`delete the node record${at}`, () => host.iscsiadm.nodeDelete(target, call));
   host.logger.info({ iqn: target.iqn, portal: target.portalText, logout: loggedOut, record: deleted }, 'session closed');
+  return true;
 }
 
 /** An error's message (for logs). */

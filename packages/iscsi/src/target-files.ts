@@ -103,9 +103,9 @@ export class TargetFiles {
 
   /**
    * A logout decision kept `target`'s session `sid` for connects in flight (their markers, or
-   * this process's count): `<hash>.kept` names the session. The last of those connects to be
-   * undone without a disk of its own then closes it (`takeKept`); a close of the session removes it
-   * (`clearKept`). Call holding the target lock.
+   * this process's count) and nothing else: `<hash>.kept` names the session. The last of those
+   * connects to be undone without a disk of its own then closes it (`keptFor`); a logout of the
+   * session removes it (`clearKept`). Call holding the target lock.
    */
   async markKept(target: LunTarget, sid: number): Promise<void> {
     await this.ensureDir(TARGET_FILES_DIR);
@@ -118,16 +118,14 @@ export class TargetFiles {
   }
 
   /**
-   * Whether a logout decision kept session `sid` of `target` for connects in flight (removing
-   * the note): only then may an undo that merely reused the session close it — a session no berth
-   * decision kept (an administrator's, one logged in at boot) is not berth's to close. Call holding
-   * the target lock.
+   * Whether a logout decision kept session `sid` of `target` for connects in flight: only then may
+   * an undo that merely reused the session close it — a session no berth decision kept (an
+   * administrator's, one logged in at boot) is not berth's to close. The note stays until a logout
+   * (`clearKept`). Call holding the target lock.
    */
-  async takeKept(target: LunTarget, sid: number): Promise<boolean> {
+  async keptFor(target: LunTarget, sid: number): Promise<boolean> {
     const text = await this.fs.readFileIfExists(keptFile(target)).catch(() => undefined);
-    if (text === undefined) return false;
-    await this.fs.unlink(keptFile(target));
-    return text.trim() === String(sid);
+    return text !== undefined && text.trim() === String(sid);
   }
 
   /**
