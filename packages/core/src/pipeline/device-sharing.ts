@@ -159,10 +159,10 @@ export async function connectShared(deps: PipelineDeps, request: ConnectRequest)
     // share had its names checked when it was made (and an agent older than `unpublish_orphan`'s
     // `keep` would take the sharers' links with the stale ones).
     if (sharers.length === 0) await dropStaleNames(deps, request, device);
-    // A device others share that gained paths since they recorded it (a multipath connect adds a
-    // path an earlier attach missed): the new paths' disks took names too. Only those: the
-    // sharers' own links lead to the map, never to a path's disk.
-    else if (other?.device && sameDevice(other.device, device)) await dropStaleNames(deps, request, device, takenNames(other.device));
+    // A device others share that took names since they recorded theirs (a multipath connect adds
+    // a path an earlier attach missed; a degraded device rebuilt as a map; a replaced device): the
+    // new names only — the sharers' links lead to names they recorded, which are not checked.
+    else await dropStaleNames(deps, request, device, new Set(sharers.flatMap((s) => (s.device ? [...takenNames(s.device)] : []))));
     // The device's records and the lease's release: one commit.
     const updated = await lease.releaseWith(async (tx) => {
       await tx.devices.put({
