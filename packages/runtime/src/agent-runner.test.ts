@@ -213,11 +213,15 @@ describe('AgentRunner', () => {
     const transport = new FakeTransport();
     const gate = deferred();
     transport.gate = gate.promise;
-    const api = new ScriptedApi([[connect('v1'), release('v1'), connect('v2')]]);
+    const queued = release('v1');
+    const api = new ScriptedApi([[connect('v1'), queued, connect('v2')]]);
     api.expectedReports = 3;
     const agent = runner(api, transport);
     const running = agent.run();
     await expect.poll(() => transport.calls).toEqual(['connect v1', 'connect v2']);
+    // The release waits its turn with its lease kept (renewed every third of the 300 ms lease).
+    await expect.poll(() => api.renewals.filter((id) => id === queued.item.id).length).toBeGreaterThanOrEqual(2);
+    expect(transport.calls).toEqual(['connect v1', 'connect v2']);
     gate.resolve();
     await api.reported.promise;
     agent.stop();

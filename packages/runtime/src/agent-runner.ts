@@ -210,36 +210,38 @@ export class AgentRunner {
   private async runItem(session: AgentSession, work: ClaimedWork): Promise<void> {
     const { item, payload } = work;
     // The API's times on this host's clock: how far the API's clock is ahead of this one's (the
-    // claim answer's hand-out time against now, its network time counted as skew: a deadline read
-    // a little early). Hosts' clocks drift from the controller's; a deadline read on the wrong one
-    // would run a step past the operation's deadline, when the replica is undoing it, or cut it early.
+    // claim answer's hand-out time against its receipt here; the answer's time on the wire counts
+    // as skew, so a deadline is read late by that much — milliseconds, against the clock error of
+    // a host that drifted off the controller's, which would run a step past its operation's
+    // deadline while the replica undoes it, or cut it early).
     const handedOut = Date.parse(work.handedOutAt ?? '');
     const skew = Number.isFinite(handedOut) ? handedOut - Date.now() : 0;
     const local = (apiTime: string | null | undefined): number => Date.parse(apiTime ?? '') - skew;
     const key = typeof payload.volumeId === 'string' ? `volume:${payload.volumeId}` : `operation:${item.operationId}`;
-    await this.queue.withLock(key, async () => {
-      const fenced = new AbortController();
-      const lease = { expiresAt: local(item.leaseExpiresAt) || Date.now() + session.leaseMs };
-      const renewal = setInterval(() => {
-        this.options.api.renew(session.worker, item.id).then(
-          (answer) => (lease.expiresAt = local(answer.leaseExpiresAt)),
-          (error: unknown) => {
-            if (BerthError.is(error) && error.code === 'CONFLICT') fenced.abort(error);
-            // Anything else: the next renewal (or the report) tries again while the lease lasts.
-          },
-        );
-      }, Math.max(100, Math.floor(session.leaseMs / 3)));
-      try {
+    // The lease is kept from the claim on, while the item waits its volume's turn too (a release
+    // queued behind a long connect would otherwise lose it, and be claimed and run twice).
+    const fenced = new AbortController();
+    const lease = { expiresAt: local(item.leaseExpiresAt) || Date.now() + session.leaseMs };
+    const renewal = setInterval(() => {
+      this.options.api.renew(session.worker, item.id).then(
+        (answer) => (lease.expiresAt = local(answer.leaseExpiresAt)),
+        (error: unknown) => {
+          if (BerthError.is(error) && error.code === 'CONFLICT') fenced.abort(error);
+          // Anything else: the next renewal (or the report) tries again while the lease lasts.
+        },
+      );
+    }, Math.max(100, Math.floor(session.leaseMs / 3)));
+    const dropped = (): void => this.state(`dropped ${item.step} of operation ${item.operationId}: another agent or replica took it over`);
+    try {
+      await this.queue.withLock(key, async () => {
+        if (fenced.signal.aborted) return dropped();
         const outcome = await this.execute(work, fenced.signal, local);
-        if (fenced.signal.aborted) {
-          this.state(`dropped ${item.step} of operation ${item.operationId}: another agent or replica took it over`);
-          return;
-        }
+        if (fenced.signal.aborted) return dropped();
         await this.report(session, item.id, outcome, lease);
-      } finally {
-        clearInterval(renewal);
-      }
-    });
+      });
+    } finally {
+      clearInterval(renewal);
+    }
   }
 
   private async execute(work: ClaimedWork, fenced: AbortSignal, local: (apiTime: string) => number): Promise<AgentOutcome> {

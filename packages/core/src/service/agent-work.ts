@@ -249,14 +249,17 @@ export class AgentWorkService implements AgentWork {
     const out: ClaimedWork[] = [];
     for (const item of items) {
       try {
-        out.push({ item, payload: await this.payloadWithSecrets(item), handedOutAt: new Date().toISOString() });
+        out.push({ item, payload: await this.payloadWithSecrets(item) });
       } catch (error) {
         const failure = toBerthError(error);
         this.parts.logger.warn({ workItemId: item.id, step: item.step, code: failure.code, err: failure.message }, 'work item failed before hand-out');
         await this.report(await this.hostNameOf(item), worker, item.id, { state: 'failed', error: workItemErrorOf(failure) });
       }
     }
-    return out;
+    // Stamped as the answer leaves, after every item's secrets were fetched: a stamp taken earlier
+    // would make the agent read this answer's deadlines late by that time.
+    const handedOutAt = new Date().toISOString();
+    return out.map((work) => ({ ...work, handedOutAt }));
   }
 
   private async hostNameOf(item: WorkItem): Promise<string> {
