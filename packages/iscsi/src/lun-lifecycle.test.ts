@@ -321,6 +321,26 @@ describe('the target lock file (other berth processes on the host)', () => {
 describe('connects in flight in another berth process (markers)', () => {
   const LUN2 = { ...TARGET, lun: 2, kernelLun: 2 };
 
+  /**
+   * A lifecycle of its own (a berth process) connecting LUN 2, which reuses the session (no login,
+   * no record of its own), past its scan and waiting for the disk; `fail` cancels it and resolves
+   * once its undo is done.
+   */
+  async function reusingConnect(): Promise<{ runs: string[][]; fail: () => Promise<void> }> {
+    const { fs, scanned } = await scanWatchingFs();
+    const { runner, runs } = recordingRunner();
+    const cancel = new AbortController();
+    const connecting = lifecycleOn(runner, { fs }).connect(LUN2, { signal: cancel.signal }).catch((error: unknown) => error);
+    await scanned;
+    return {
+      runs,
+      async fail() {
+        cancel.abort(new Error('cancelled by the test'));
+        expect(await connecting).toMatchObject({ message: 'cancelled by the test' });
+      },
+    };
+  }
+
   it('keeps the session for a connect of another process between its session and its disk, and logs out once that disk is kept and gone', async () => {
     await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
     const { fs, scanned } = await scanWatchingFs();
@@ -364,21 +384,15 @@ describe('connects in flight in another berth process (markers)', () => {
 
   it('closes, at its undo, the session a failed connect only reused when a detach kept it for that connect', async () => {
     await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
-    const { fs, scanned } = await scanWatchingFs();
-    const mine = recordingRunner();
-    const a = lifecycleOn(mine.runner, { fs });
-    const cancel = new AbortController();
-    // A's connect of LUN 2 reuses the session LUN 1's attach made: no login, no record of its own.
-    const connecting = a.connect(LUN2, { signal: cancel.signal }).catch((error: unknown) => error);
-    await scanned;
+    // A's connect of LUN 2 reuses the session LUN 1's attach made.
+    const mine = await reusingConnect();
     // B detaches LUN 1: its disk goes, and A's marker keeps the session for A's connect.
     await removeLun(root, { host: 2, sid: 1 }, { lun: 1, device: 'sdb' });
     const theirs = recordingRunner();
     expect(await closeLun1(lifecycleOn(theirs.runner))).toBe('kept');
     expect(logouts(theirs.runs)).toEqual([]);
     // A's connect fails: nothing uses the session any more, and A's undo is the last decision.
-    cancel.abort(new Error('cancelled by the test'));
-    expect(await connecting).toMatchObject({ message: 'cancelled by the test' });
+    await mine.fail();
     expect(logouts(mine.runs)).toHaveLength(1);
     expect(mine.runs.filter((r) => r.includes('--op') && r.includes('delete'))).toHaveLength(1);
     expect(await markers()).toEqual([]);
@@ -387,19 +401,13 @@ describe('connects in flight in another berth process (markers)', () => {
   it('notes no deferred logout when a disk keeps the session anyway; the undo then leaves it', async () => {
     // LUN 0's disk is someone else's (an administrator's): it keeps the session whatever is in flight.
     await session([{ lun: 0, device: 'sdd', wwid: WWID_2 }, { lun: 1, device: 'sdb', wwid: WWID_1 }]);
-    const { fs, scanned } = await scanWatchingFs();
-    const mine = recordingRunner();
-    const a = lifecycleOn(mine.runner, { fs });
-    const cancel = new AbortController();
-    const connecting = a.connect(LUN2, { signal: cancel.signal }).catch((error: unknown) => error);
-    await scanned;
+    const mine = await reusingConnect();
     await removeLun(root, { host: 2, sid: 1 }, { lun: 1, device: 'sdb' });
     expect(await closeLun1(lifecycleOn(recordingRunner().runner))).toBe('kept');
     expect(await readdir(path.join(root, TARGET_FILES_DIR))).not.toContain(`${targetFileStem(TARGET)}.kept`);
     // The administrator's disk goes; then the connect fails: no decision deferred a logout for it.
     await removeLun(root, { host: 2, sid: 1 }, { lun: 0, device: 'sdd' });
-    cancel.abort(new Error('cancelled by the test'));
-    expect(await connecting).toMatchObject({ message: 'cancelled by the test' });
+    await mine.fail();
     expect(logouts(mine.runs)).toEqual([]);
   });
 
@@ -426,28 +434,16 @@ describe('connects in flight in another berth process (markers)', () => {
   it('leaves, at its undo, a reused session no logout decision kept (an administrator\'s, with no disk of berth\'s)', async () => {
     // A session with no disk: logged in by hand or at boot, not by a berth connect.
     await session([]);
-    const { fs, scanned } = await scanWatchingFs();
-    const mine = recordingRunner();
-    const a = lifecycleOn(mine.runner, { fs });
-    const cancel = new AbortController();
-    const connecting = a.connect(LUN2, { signal: cancel.signal }).catch((error: unknown) => error);
-    await scanned;
-    cancel.abort(new Error('cancelled by the test'));
-    expect(await connecting).toMatchObject({ message: 'cancelled by the test' });
+    const mine = await reusingConnect();
+    await mine.fail();
     expect(logouts(mine.runs)).toEqual([]);
     expect(mine.runs.filter((r) => r.includes('--op') && r.includes('delete'))).toEqual([]);
   });
 
   it('keeps, at its undo, a reused session that another LUN still uses', async () => {
     await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
-    const { fs, scanned } = await scanWatchingFs();
-    const mine = recordingRunner();
-    const a = lifecycleOn(mine.runner, { fs });
-    const cancel = new AbortController();
-    const connecting = a.connect(LUN2, { signal: cancel.signal }).catch((error: unknown) => error);
-    await scanned;
-    cancel.abort(new Error('cancelled by the test'));
-    expect(await connecting).toMatchObject({ message: 'cancelled by the test' });
+    const mine = await reusingConnect();
+    await mine.fail();
     expect(logouts(mine.runs)).toEqual([]);
   });
 

@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, open, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { BerthError, type ConnectionInfo } from '@berth/core';
+import { BerthError, type ConnectionInfo, type Device } from '@berth/core';
 import { LOOP_DETACH_PROGRAM } from '@berth/host';
 import { call, createLoopTestEnv, rejectionOf, tappedHost, type LoopTestEnv } from './test-loop-env.js';
 
@@ -298,23 +298,24 @@ describe('loop transport on real loop devices', () => {
     expect((await env.devicesBacking(connection.data.device_path)).map((d) => d.name)).toEqual([device.path]);
   });
 
-  it.each([
-    ['berth-loop-detach (its fsync)', {}],
-    ['sync + blockdev --flushbufs (nativeDetach off)', { nativeDetach: 'off' as const }],
-  ])('writes the kernel could not get into a full filesystem refuse the detach, untouched; the next detach goes on — %s', async (_way, options) => {
-    // A real fault: the volume file lives on a 4 MiB tmpfs, and 8 MiB is written through the
-    // device and closed without fsync (as `dd` without conv=fsync, or a crashed writer, does).
-    // The writes succeed into the device's page cache; their write-back into the file fails
-    // (ENOSPC), the kernel drops them and records the error on the device, and nobody has seen
-    // it. A detach that only flushed (BLKFLSBUF answers 0) reported a clean detach of a volume
-    // that is missing most of what was written to it.
-    const mountpoint = path.join(env.dir, 'full');
+  /**
+   * A real fault: a 32 MiB volume file on a 4 MiB tmpfs, attached, and 8 MiB written through the
+   * device and closed without fsync (as `dd` without conv=fsync, or a crashed writer, does). The
+   * writes succeed into the device's page cache; their write-back into the file fails (ENOSPC), the
+   * kernel drops them and records the error on the device, and nobody has seen it. `check` gets the
+   * device; the devices left and the mount go afterwards, whatever happened.
+   */
+  async function withLostWrites(
+    name: string,
+    driver: typeof env.driver,
+    check: (connection: ConnectionInfo & { data: { device_path: string } }, device: Device) => Promise<void>,
+  ): Promise<void> {
+    const mountpoint = path.join(env.dir, name);
     await mkdir(mountpoint);
     await env.host.runner.run('mount', ['-t', 'tmpfs', '-o', 'size=4m,mode=0700', 'berth-loop-full', mountpoint], { timeoutMs: 10_000 });
-    const driver = env.driverWith(options);
     let connection: (ConnectionInfo & { data: { device_path: string } }) | undefined;
     try {
-      connection = await env.makeFile('full/lost.img', 32 * MiB);
+      connection = await env.makeFile(`${name}/lost.img`, 32 * MiB);
       const device = await driver.connect(connection, call());
       const handle = await open(device.path, 'r+');
       try {
@@ -323,7 +324,26 @@ describe('loop transport on real loop devices', () => {
       } finally {
         await handle.close();
       }
+      await check(connection, device);
+    } finally {
+      if (connection !== undefined) {
+        for (const left of await env.devicesBacking(connection.data.device_path)) {
+          await env.host.runner.run('losetup', ['--detach', left.name], { timeoutMs: 10_000, reject: false });
+        }
+      }
+      const unmounted = await env.host.runner.run('umount', [mountpoint], { timeoutMs: 10_000, reject: false });
+      if (unmounted.exitCode !== 0) await env.host.runner.run('umount', ['--lazy', mountpoint], { timeoutMs: 10_000, reject: false });
+    }
+  }
 
+  it.each([
+    ['berth-loop-detach (its fsync)', {}],
+    ['sync + blockdev --flushbufs (nativeDetach off)', { nativeDetach: 'off' as const }],
+  ])('writes the kernel could not get into a full filesystem refuse the detach, untouched; the next detach goes on — %s', async (_way, options) => {
+    // A detach that only flushed (BLKFLSBUF answers 0) reported a clean detach of a volume that is
+    // missing most of what was written to it.
+    const driver = env.driverWith(options);
+    await withLostWrites('full', driver, async (connection, device) => {
       const error = await rejectionOf(driver.disconnect(connection, device, { force: false, ...call() }));
       expect(BerthError.is(error) && error.code).toBe('DRIVER_ERROR');
       expect(BerthError.is(error) && error.details).toMatchObject({ reason: 'writeback-failed', untouched: true });
@@ -332,34 +352,13 @@ describe('loop transport on real loop devices', () => {
       // The kernel reports a lost write once: the user was told, and the next detach goes on.
       await driver.disconnect(connection, device, { force: false, ...call() });
       expect(await env.devicesBacking(connection.data.device_path)).toEqual([]);
-    } finally {
-      if (connection !== undefined) {
-        for (const left of await env.devicesBacking(connection.data.device_path)) {
-          await env.host.runner.run('losetup', ['--detach', left.name], { timeoutMs: 10_000, reject: false });
-        }
-      }
-      const unmounted = await env.host.runner.run('umount', [mountpoint], { timeoutMs: 10_000, reject: false });
-      if (unmounted.exitCode !== 0) await env.host.runner.run('umount', ['--lazy', mountpoint], { timeoutMs: 10_000, reject: false });
-    }
+    });
   });
 
   it('a forced detach past lost writes detaches the device and reports them, never as untouched', async () => {
-    // The same real fault; `--force` goes on past the flush's error. Had the error kept its
-    // `untouched`, core would have rolled the detach back as if the device were still attached.
-    const mountpoint = path.join(env.dir, 'full-forced');
-    await mkdir(mountpoint);
-    await env.host.runner.run('mount', ['-t', 'tmpfs', '-o', 'size=4m,mode=0700', 'berth-loop-full', mountpoint], { timeoutMs: 10_000 });
-    let connection: (ConnectionInfo & { data: { device_path: string } }) | undefined;
-    try {
-      connection = await env.makeFile('full-forced/lost.img', 32 * MiB);
-      const device = await env.driver.connect(connection, call());
-      const handle = await open(device.path, 'r+');
-      try {
-        const chunk = randomBytes(MiB);
-        for (let i = 0; i < 8; i += 1) await handle.write(chunk, 0, chunk.length, i * MiB);
-      } finally {
-        await handle.close();
-      }
+    // `--force` goes on past the flush's error. Had the error kept its `untouched`, core would
+    // have rolled the detach back as if the device were still attached.
+    await withLostWrites('full-forced', env.driver, async (connection, device) => {
       const error = await rejectionOf(env.driver.disconnect(connection, device, { force: true, ...call() }));
       expect(BerthError.is(error) && error.code).toBe('DRIVER_ERROR');
       expect(BerthError.is(error) && error.details.untouched).toBeUndefined();
@@ -367,15 +366,7 @@ describe('loop transport on real loop devices', () => {
       expect(BerthError.is(error) && error.message).toContain('the detach goes on (forced)');
       expect(BerthError.is(error) && error.hint).not.toContain('while it is still attached');
       expect(await env.devicesBacking(connection.data.device_path)).toEqual([]);
-    } finally {
-      if (connection !== undefined) {
-        for (const left of await env.devicesBacking(connection.data.device_path)) {
-          await env.host.runner.run('losetup', ['--detach', left.name], { timeoutMs: 10_000, reject: false });
-        }
-      }
-      const unmounted = await env.host.runner.run('umount', [mountpoint], { timeoutMs: 10_000, reject: false });
-      if (unmounted.exitCode !== 0) await env.host.runner.run('umount', ['--lazy', mountpoint], { timeoutMs: 10_000, reject: false });
-    }
+    });
   });
 
   it('a `sync` that could not open the device (nativeDetach off) fails the detach as a tool failure, never as lost writes', async () => {

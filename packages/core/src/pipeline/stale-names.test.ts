@@ -22,22 +22,32 @@ afterEach(async () => {
   for (const root of roots.splice(0)) await rm(root, { recursive: true, force: true });
 });
 
+/**
+ * A service on the memory store whose transport's connect is `connect` (the devices it made are
+ * in `devices`, a test removes one behind berth's back) and whose consumer is the host consumer on
+ * a temp root.
+ */
+async function world(connect: (c: { data: Record<string, unknown> }, devices: Map<string, Device>) => Device) {
+  const root = await mkdtemp(path.join(os.tmpdir(), 'berth-stale-names-'));
+  roots.push(root);
+  const fs = createHostFs(root);
+  const devices = new Map<string, Device>();
+  const made = async (c: { data: Record<string, unknown> }): Promise<Device> => {
+    const device = connect(c, devices);
+    devices.set(device.path, device);
+    return device;
+  };
+  const catalog = memCatalog(devices, made, { consumer: { ...createHostConsumer(fs), name: 'mem' } });
+  const store = createMemoryStore();
+  const config = resolveConfig({ dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', operationTimeoutMs: 5_000, undoTimeoutMs: 5_000 }, {});
+  const service = new BerthServiceImpl(config, store, catalog, { hostname: 'unit-host', ips: ['127.0.0.1'], platform: 'x86_64', osType: 'linux' }, silentLogger);
+  return { fs, devices, store, service };
+}
+
 describe("an attach whose disk got a lost device's name", () => {
   it("removes the names published for the lost device's volume before it publishes its own", async () => {
-    const root = await mkdtemp(path.join(os.tmpdir(), 'berth-stale-names-'));
-    roots.push(root);
-    const fs = createHostFs(root);
-    const devices = new Map<string, Device>();
     // Every volume's disk gets the first free name, as a loop device does; its identity is its file.
-    const connect = async (c: { data: Record<string, unknown> }): Promise<Device> => {
-      const device: Device = { path: '/dev/loop3', type: 'block', identity: { kind: 'mem', file: String(c.data.device_path) } };
-      devices.set(device.path, device);
-      return device;
-    };
-    const catalog = memCatalog(devices, connect, { consumer: { ...createHostConsumer(fs), name: 'mem' } });
-    const store = createMemoryStore();
-    const config = resolveConfig({ dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', operationTimeoutMs: 5_000, undoTimeoutMs: 5_000 }, {});
-    const service = new BerthServiceImpl(config, store, catalog, { hostname: 'unit-host', ips: ['127.0.0.1'], platform: 'x86_64', osType: 'linux' }, silentLogger);
+    const { fs, devices, store, service } = await world((c) => ({ path: '/dev/loop3', type: 'block', identity: { kind: 'mem', file: String(c.data.device_path) } }));
     try {
       await service.createVolume({ name: 'lost', sizeBytes: 2 ** 20 });
       await service.createVolume({ name: 'next', sizeBytes: 2 ** 20 });
@@ -60,27 +70,16 @@ describe("an attach whose disk got a lost device's name", () => {
   });
 
   it("removes them when the lost disk's name went to a path of the next volume's multipath map", async () => {
-    const root = await mkdtemp(path.join(os.tmpdir(), 'berth-stale-names-'));
-    roots.push(root);
-    const fs = createHostFs(root);
-    const devices = new Map<string, Device>();
     // The first volume's disk is a single-path /dev/sdb; the next volume's is a map whose first
     // path got the name /dev/sdb once the first disk had gone.
     let connects = 0;
-    const connect = async (c: { data: Record<string, unknown> }): Promise<Device> => {
+    const { fs, devices, store, service } = await world((c) => {
       connects += 1;
       const identity = { kind: 'mem', file: String(c.data.device_path) };
-      const device: Device =
-        connects === 1
-          ? { path: '/dev/sdb', type: 'block', identity }
-          : { path: '/dev/dm-0', type: 'block', identity, paths: [{ portal: '127.0.0.1:3260', device: '/dev/sdb', state: 'active' }, { portal: '127.0.0.2:3260', device: '/dev/sdc', state: 'active' }] };
-      devices.set(device.path, device);
-      return device;
-    };
-    const catalog = memCatalog(devices, connect, { consumer: { ...createHostConsumer(fs), name: 'mem' } });
-    const store = createMemoryStore();
-    const config = resolveConfig({ dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', operationTimeoutMs: 5_000, undoTimeoutMs: 5_000 }, {});
-    const service = new BerthServiceImpl(config, store, catalog, { hostname: 'unit-host', ips: ['127.0.0.1'], platform: 'x86_64', osType: 'linux' }, silentLogger);
+      return connects === 1
+        ? { path: '/dev/sdb', type: 'block', identity }
+        : { path: '/dev/dm-0', type: 'block', identity, paths: [{ portal: '127.0.0.1:3260', device: '/dev/sdb', state: 'active' }, { portal: '127.0.0.2:3260', device: '/dev/sdc', state: 'active' }] };
+    });
     try {
       await service.createVolume({ name: 'lost', sizeBytes: 2 ** 20 });
       await service.createVolume({ name: 'next', sizeBytes: 2 ** 20 });
@@ -100,29 +99,18 @@ describe("an attach whose disk got a lost device's name", () => {
   });
 
   it('removes them when the lost disk\'s name went to a path a shared map gained since its sharers recorded it', async () => {
-    const root = await mkdtemp(path.join(os.tmpdir(), 'berth-stale-names-'));
-    roots.push(root);
-    const fs = createHostFs(root);
-    const devices = new Map<string, Device>();
     // lost: a single-path /dev/sdb. next (multiattach): a map first over one path (/dev/sdc; the
     // other portal was down), then, at its second attach on this host, over both: the path added
     // got the name /dev/sdb once the lost volume's disk had gone.
     let connects = 0;
-    const connect = async (c: { data: Record<string, unknown> }): Promise<Device> => {
+    const { fs, devices, service } = await world((c) => {
       connects += 1;
       const identity = { kind: 'mem', file: String(c.data.device_path) };
       const sdc = { portal: '127.0.0.1:3260', device: '/dev/sdc', state: 'active' };
-      const device: Device =
-        connects === 1
-          ? { path: '/dev/sdb', type: 'block', identity }
-          : { path: '/dev/dm-0', type: 'block', identity, paths: connects === 2 ? [sdc] : [sdc, { portal: '127.0.0.2:3260', device: '/dev/sdb', state: 'active' }] };
-      devices.set(device.path, device);
-      return device;
-    };
-    const catalog = memCatalog(devices, connect, { consumer: { ...createHostConsumer(fs), name: 'mem' } });
-    const store = createMemoryStore();
-    const config = resolveConfig({ dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', operationTimeoutMs: 5_000, undoTimeoutMs: 5_000 }, {});
-    const service = new BerthServiceImpl(config, store, catalog, { hostname: 'unit-host', ips: ['127.0.0.1'], platform: 'x86_64', osType: 'linux' }, silentLogger);
+      return connects === 1
+        ? { path: '/dev/sdb', type: 'block', identity }
+        : { path: '/dev/dm-0', type: 'block', identity, paths: connects === 2 ? [sdc] : [sdc, { portal: '127.0.0.2:3260', device: '/dev/sdb', state: 'active' }] };
+    });
     try {
       await service.createVolume({ name: 'lost', sizeBytes: 2 ** 20 });
       await service.createVolume({ name: 'next', sizeBytes: 2 ** 20, multiattach: true });
