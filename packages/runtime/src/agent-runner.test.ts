@@ -253,6 +253,24 @@ describe('AgentRunner', () => {
     expect(api.reports[0]?.outcome).toMatchObject({ state: 'failed', error: { code: 'TIMEOUT' } });
   });
 
+  it('reads no deadline later than its own clock says: an answer handed out long ago (a frozen agent) runs no step past it', async () => {
+    const transport = new FakeTransport();
+    transport.gate = new Promise(() => undefined);
+    // The answer was handed out 60 s ago (the agent was frozen since), its deadline 30 s after
+    // that: passed by both clocks. Read against the hand-out time it would seem 30 s away.
+    const handedOut = Date.now() - 60_000;
+    const item = work('connect', { transport: 'fake', connection: FILE_CONNECTION, volumeId: 'v1', deadlineAt: new Date(handedOut + 30_000).toISOString() });
+    const api = new ScriptedApi([[{ ...item, handedOutAt: new Date(handedOut).toISOString() }]]);
+    const agent = runner(api, transport);
+    const started = performance.now();
+    const running = agent.run();
+    await api.reported.promise;
+    agent.stop();
+    await running;
+    expect(performance.now() - started).toBeLessThan(5_000);
+    expect(api.reports[0]?.outcome).toMatchObject({ state: 'failed', error: { code: 'TIMEOUT' } });
+  });
+
   it('drops an item whose lease another worker took (409 on renew): the step is aborted, nothing reported', async () => {
     const transport = new FakeTransport();
     transport.gate = new Promise(() => undefined);

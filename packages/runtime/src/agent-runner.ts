@@ -210,12 +210,14 @@ export class AgentRunner {
   private async runItem(session: AgentSession, work: ClaimedWork): Promise<void> {
     const { item, payload } = work;
     // The API's times on this host's clock: how far the API's clock is ahead of this one's (the
-    // claim answer's hand-out time against its receipt here; the answer's time on the wire counts
-    // as skew, so a deadline is read late by that much — milliseconds, against the clock error of
-    // a host that drifted off the controller's, which would run a step past its operation's
-    // deadline while the replica undoes it, or cut it early).
+    // claim answer's hand-out time against its receipt here). A host whose clock is behind the
+    // controller's would otherwise run a step past its operation's deadline, while the replica
+    // undoes it. Only that way: the answer's time between hand-out and receipt counts as skew the
+    // other way — an agent frozen or a delivery held for a while would read every deadline late by
+    // it and run a step the operation has given up on — so a clock that seems behind the host's
+    // moves nothing (a host ahead cuts steps short, as before: the safe side).
     const handedOut = Date.parse(work.handedOutAt ?? '');
-    const skew = Number.isFinite(handedOut) ? handedOut - Date.now() : 0;
+    const skew = Number.isFinite(handedOut) ? Math.max(0, handedOut - Date.now()) : 0;
     const local = (apiTime: string | null | undefined): number => Date.parse(apiTime ?? '') - skew;
     const key = typeof payload.volumeId === 'string' ? `volume:${payload.volumeId}` : `operation:${item.operationId}`;
     // The lease is kept from the claim on, while the item waits its volume's turn too (a release
