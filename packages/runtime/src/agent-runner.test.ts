@@ -175,6 +175,18 @@ function runner(api: AgentApi, transport: FakeTransport, states: string[] = [], 
   });
 }
 
+/** Run the agent until it reported its one item: a step that hangs (`transport`) aborted at its deadline, within 5 s. */
+async function expectTimedOutSoon(api: ScriptedApi, transport: FakeTransport): Promise<void> {
+  const agent = runner(api, transport);
+  const started = performance.now();
+  const running = agent.run();
+  await api.reported.promise;
+  agent.stop();
+  await running;
+  expect(performance.now() - started).toBeLessThan(5_000);
+  expect(api.reports[0]?.outcome).toMatchObject({ state: 'failed', error: { code: 'TIMEOUT' } });
+}
+
 describe('AgentRunner', () => {
   it('registers its connector and transports, runs a connect and reports the device', async () => {
     const transport = new FakeTransport();
@@ -243,14 +255,7 @@ describe('AgentRunner', () => {
     };
     const api = new ScriptedApi([[ahead]]);
     api.renewAnswer = async () => ({ leaseExpiresAt: new Date(Date.now() + 60_000 + 300).toISOString() });
-    const agent = runner(api, transport);
-    const started = performance.now();
-    const running = agent.run();
-    await api.reported.promise;
-    agent.stop();
-    await running;
-    expect(performance.now() - started).toBeLessThan(5_000);
-    expect(api.reports[0]?.outcome).toMatchObject({ state: 'failed', error: { code: 'TIMEOUT' } });
+    await expectTimedOutSoon(api, transport);
   });
 
   it('reads no deadline later than its own clock says: an answer handed out long ago (a frozen agent) runs no step past it', async () => {
@@ -261,14 +266,7 @@ describe('AgentRunner', () => {
     const handedOut = Date.now() - 60_000;
     const item = work('connect', { transport: 'fake', connection: FILE_CONNECTION, volumeId: 'v1', deadlineAt: new Date(handedOut + 30_000).toISOString() });
     const api = new ScriptedApi([[{ ...item, handedOutAt: new Date(handedOut).toISOString() }]]);
-    const agent = runner(api, transport);
-    const started = performance.now();
-    const running = agent.run();
-    await api.reported.promise;
-    agent.stop();
-    await running;
-    expect(performance.now() - started).toBeLessThan(5_000);
-    expect(api.reports[0]?.outcome).toMatchObject({ state: 'failed', error: { code: 'TIMEOUT' } });
+    await expectTimedOutSoon(api, transport);
   });
 
   it('drops an item whose lease another worker took (409 on renew): the step is aborted, nothing reported', async () => {
