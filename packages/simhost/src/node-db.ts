@@ -72,11 +72,15 @@ export class NodeDb {
         const parts = splitPortalName(entry);
         if (!parts) continue;
         if (st.isFile()) {
-          const values = parseRecordFile(NODE_KEYS, await fsp.readFile(full, 'utf8'));
+          // Listing takes no lock (idbm reads record by record): a record deleted since the
+          // directory was read is gone, not an error — another iscsiadm's cleanup must not fail this one.
+          const text = await fsp.readFile(full, 'utf8').catch(skipVanished);
+          if (text === undefined) continue;
+          const values = parseRecordFile(NODE_KEYS, text);
           out.push({ iqn, address: parts.address, port: parts.port, tpgt: -1, iface: values.get('iface.iscsi_ifacename') || 'default', values });
         } else if (st.isDirectory() && parts.tpgt !== undefined) {
           for (const iface of await readdirSafe(full)) {
-            const text = await fsp.readFile(path.join(full, iface), 'utf8').catch(() => undefined);
+            const text = await fsp.readFile(path.join(full, iface), 'utf8').catch(skipVanished);
             if (text === undefined) continue;
             out.push({ iqn, address: parts.address, port: parts.port, tpgt: parts.tpgt, iface, values: parseRecordFile(NODE_KEYS, text) });
           }
@@ -211,6 +215,12 @@ function splitPortalName(name: string): { address: string; port: number; tpgt?: 
     return { address: parts[0]!, port: Number(parts[1]), tpgt: Number(parts[2]) };
   }
   return undefined;
+}
+
+/** A record file that went between `readdir` and `open` (ENOENT) reads as none; other errors stay. */
+function skipVanished(error: NodeJS.ErrnoException): undefined {
+  if (error.code === 'ENOENT') return undefined;
+  throw error;
 }
 
 async function readdirSafe(dir: string): Promise<string[]> {

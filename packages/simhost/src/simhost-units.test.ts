@@ -1,11 +1,12 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, promises as fsp, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { splitScanWrites } from './fifo-pool.js';
 import { DISCOVERY_KEYS, NODE_KEYS, defaultRecord, formatRecordShow, updateParam } from './idbm-record.js';
 import { getopt } from './iscsiadm-args.js';
+import { NodeDb } from './node-db.js';
 import { formatPortal, kernelPeerAddress, parsePortalArg } from './portal-address.js';
 import { byPathLunText, kernelLunOf, sdDevT, sdName, targetLunOf } from './sd-names.js';
 import { removeEntry, removeTree } from './remove-tree.js';
@@ -100,5 +101,29 @@ describe('records', () => {
     expect(getopt(['--targ', 'x'])).toEqual({ ok: true, options: [{ ch: 'T', arg: 'x' }] });
     expect(getopt(['--log'])).toEqual({ ok: false, message: "iscsiadm: option '--log' is ambiguous" });
     expect(getopt(['-m'])).toEqual({ ok: false, message: "iscsiadm: option requires an argument -- 'm'" });
+  });
+});
+
+describe('the node database', () => {
+  it('lists without the records another iscsiadm deleted after the directory was read', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'berth-node-db-'));
+    const realReadFile = fsp.readFile.bind(fsp);
+    const readFile = vi.spyOn(fsp, 'readFile');
+    try {
+      const db = new NodeDb(path.join(dir, 'etc/iscsi'));
+      await db.init();
+      const iqn = 'iqn.2026-01.test.berth:mp1';
+      const gone = db.newRecord(iqn, '127.0.0.3', 3260, -1);
+      for (const record of [db.newRecord(iqn, '127.0.0.1', 3260, -1), gone, db.newRecord(iqn, '127.0.0.2', 3260, 1)]) await db.write(record);
+      // The failed path's cleanup deletes its record between this listing's readdir and its read.
+      readFile.mockImplementation(async (...args: Parameters<typeof fsp.readFile>) => {
+        if (String(args[0]).endsWith('127.0.0.3,3260')) await db.delete(gone);
+        return realReadFile(...args);
+      });
+      expect((await db.list()).map((r) => `${r.address},${r.tpgt}`)).toEqual(['127.0.0.1,-1', '127.0.0.2,1']);
+    } finally {
+      readFile.mockRestore();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

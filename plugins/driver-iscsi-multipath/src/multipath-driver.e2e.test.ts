@@ -268,13 +268,10 @@ describe('dead and slow portals', () => {
     env = await startSimEnv({ driver: EVERY_PATH, targets: [targetSpec(IQN, portals)] });
     await env.sim.faults.failLogin({ portal: portals[2]!, exitCode: 19, times: 1 });
     const device = await env.driver.connect(listConnection(IQN, 1, portals), call(60_000));
-    const states = device.paths?.map((p) => p.state) ?? [];
-    expect(states[2]).toBe('failed');
-    expect(states.filter((s) => s === 'active').length).toBeGreaterThan(0);
-    // Two CI runs under full load (one with every path waited for) met a healthy path failed here
-    // within ~250 ms, which one varying; not reproduced in 23 runs alone. The next attach adds it
-    // too, which is this test's point; its error goes to the log for whoever chases it.
-    if (states[0] !== 'active' || states[1] !== 'active') console.warn(`a healthy path failed: ${JSON.stringify(device.meta?.['paths'])}`);
+    // Each path's error in the message. CI runs under load met a healthy path failed here: the
+    // simulated iscsiadm's node listing read a record the refused path's cleanup had just deleted
+    // (ENOENT); the listing now skips it (simhost node-db.ts).
+    expect(device.paths?.map((p) => p.state), JSON.stringify(device.meta?.['paths'])).toEqual(['active', 'active', 'failed']);
     const again = await env.driver.connect(listConnection(IQN, 1, portals), call(60_000));
     expect(again.path).toBe(device.path);
     expect(again.paths?.map((p) => p.state)).toEqual(['active', 'active', 'active']);
