@@ -150,9 +150,23 @@ describe('the logout decision (sessionStillNeeded)', () => {
     };
     expect(await lifecycle.sessionStillNeeded(TARGET, [], [], yes)).toBe(true);
     expect(asked).not.toContain('sdc');
-    expect(await lifecycle.sessionStillNeeded(TARGET, ['sdc'], [], yes)).toBe(false);
+    // A name the caller lists is its own only at its LUN (below).
+    expect(await lifecycle.sessionStillNeeded(TARGET, ['sdc'], [], yes)).toBe(true);
+    expect(await lifecycle.sessionStillNeeded(TARGET, ['sdb'], [], yes)).toBe(true);
     expect(await lifecycle.sessionStillNeeded(TARGET, ['sdb', 'sdc'], ['sdb'], yes)).toBe(true);
     expect(await lifecycle.sessionStillNeeded(TARGET, ['sdc'], ['sdb'], yes)).toBe(true);
+  });
+
+  it("keeps the session for another LUN's disk that took the caller's old name", async () => {
+    // LUN 1's disk, sda, was deleted; the sd driver gave the lowest free name to LUN 2's disk,
+    // which a connect racing this disconnect had just scanned in (a CI run met it).
+    await session([{ lun: 2, device: 'sda', wwid: WWID_2 }]);
+    expect(await lifecycle.sessionStillNeeded(TARGET, ['sda'])).toBe(true);
+    expect(await lifecycle.sessionStillNeeded(TARGET, ['sda'], [], async () => true)).toBe(true);
+    const { runner, runs } = recordingRunner();
+    const decider = lifecycleOn(runner);
+    expect(await decider.closeSessionIfUnused(TARGET, ['sda'], { signal: undefined, failures: new FailureList(false), mark: decider.closeMark(TARGET) })).toBe('kept');
+    expect(logouts(runs)).toEqual([]);
   });
 
   it('needs no session that is not there', async () => {

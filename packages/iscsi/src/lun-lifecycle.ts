@@ -574,7 +574,7 @@ export class LunLifecycle {
     if (view.session?.hostNumber === undefined) return false;
     if (view.devices.some((d) => keep.includes(d.device))) return true;
     for (const d of view.devices) {
-      if (ownDevices.includes(d.device)) continue;
+      if (isOwn(d, target, ownDevices)) continue;
       // Only a disk of this LUN can be a late one of the caller's; the predicate checks its identity.
       if (d.hctl.lun !== target.kernelLun || lateOwn === undefined || !(await lateOwn(d.device))) return true;
       this.deps.logger.info(
@@ -590,7 +590,7 @@ export class LunLifecycle {
     if (view.inflight > 0) return true;
     if (view.session?.hostNumber === undefined) return false;
     if (view.devices.some((d) => keep.includes(d.device))) return true;
-    return view.devices.some((d) => !ownDevices.includes(d.device) && (d.hctl.lun !== target.kernelLun || !lateOwn));
+    return view.devices.some((d) => !isOwn(d, target, ownDevices) && (d.hctl.lun !== target.kernelLun || !lateOwn));
   }
 
   /**
@@ -609,4 +609,15 @@ export class LunLifecycle {
     if (this.usage.peek(targetKey(target)).inflight > 0) return true;
     return this.neededIn(await this.readSession(target), target, ownDevices, keep, lateOwn);
   }
+}
+
+/**
+ * A disk of the session is the caller's when `ownDevices` names it *and* it sits at the caller's
+ * LUN: the name alone is not enough — once the caller's disk was deleted, the sd driver gives its
+ * name (the lowest free) to the next disk it adds, which may be another LUN's that a connect just
+ * scanned in (`/dev/sda` was LUN 1's and is LUN 2's now: a decision taking it for the caller's
+ * logged the session out under LUN 2's fresh attach).
+ */
+function isOwn(disk: { device: string; hctl: { lun: number } }, target: LunTarget, ownDevices: readonly string[]): boolean {
+  return disk.hctl.lun === target.kernelLun && ownDevices.includes(disk.device);
 }
