@@ -65,5 +65,13 @@ describe('device identity', () => {
     expect(inUseBy([deviceOf(undefined)], 'sda')).toBe(true);
     expect(inUseBy([other], 'sdb', { kind: 'scsi', sessionId: 3, hctl: '4:0:0:1' })).toBe(false);
     expect(inUseBy(undefined, 'sda')).toBe(false);
+    // Another volume's record names sda with its own identity: its disk is gone and the kernel gave
+    // the name to this one, which it does not use.
+    const lost = deviceOf(scsiIdentity(1, '2:0:0:7', '360000000000000000e00000000010007'), '/dev/sda');
+    expect(inUseBy([lost], 'sda', { kind: 'scsi', sessionId: 1, hctl: '2:0:0:1', wwn: WWN_1 })).toBe(false);
+    // Without this device's identity (it could not be read) the name decides, as without the record's.
+    expect(inUseBy([lost], 'sda')).toBe(true);
+    // The same LUN (WWN) at another address: maybe its data still, kept.
+    expect(inUseBy([deviceOf(scsiIdentity(1, '2:0:0:1', WWN_1), '/dev/sda')], 'sda', { kind: 'scsi', sessionId: 4, hctl: '5:0:0:1', wwn: WWN_1 })).toBe(true);
   });
 });

@@ -94,11 +94,21 @@ export async function checkIdentity(
   });
 }
 
-/** Whether a disk or map named in `inUse` (another attachment's device) is `name`, or has `identity`. */
+/**
+ * Whether a disk or map in `inUse` (another attachment's device) is this one: the same identity,
+ * or the same name — unless both sides' WWNs are known and differ. A record of another volume
+ * naming `name` with another LUN's WWN is that volume's lost disk, whose name the kernel gave to
+ * this one: keeping this device for it would leave it, its map and its session behind a detach
+ * that says it is done. The same WWN at another SCSI address (a session logged in again by hand)
+ * still counts: it may be the same LUN's data.
+ */
 export function inUseBy(inUse: readonly Device[] | undefined, name: string, identity?: ScsiIdentity | DmIdentity): boolean {
   for (const other of inUse ?? []) {
-    if (other.path === `/dev/${blockName(name)}`) return true;
     if (identity !== undefined && other.identity !== undefined && sameIdentity(other.identity, identity)) return true;
+    if (other.path !== `/dev/${blockName(name)}`) continue;
+    const recordedWwn = other.identity?.['wwn'];
+    if (typeof recordedWwn === 'string' && identity?.wwn !== undefined && recordedWwn !== identity.wwn) continue;
+    return true;
   }
   return false;
 }

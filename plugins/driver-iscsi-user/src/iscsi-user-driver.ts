@@ -292,7 +292,10 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
       }
     };
     for (const used of opts.inUse ?? []) {
-      if (used.identity?.export === names.exportId || (candidates.includes(used.path) && (await backsThisExport(used.path)))) {
+      // By its path only when the record names no export: one naming another export is that
+      // volume's lost device, whose number the kernel gave to this one.
+      const otherExport = typeof used.identity?.['export'] === 'string' && used.identity['export'] !== names.exportId;
+      if (used.identity?.export === names.exportId || (!otherExport && candidates.includes(used.path) && (await backsThisExport(used.path)))) {
         logger.info({ key: names.key, device: used.path }, 'not disconnecting: another attachment on this host uses the device');
         return;
       }
