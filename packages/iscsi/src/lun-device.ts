@@ -63,7 +63,7 @@ export async function lunDeviceName(fs: HostFs, session: { sid: number; hostNumb
  */
 export async function lunDeviceOf(fs: HostFs, session: { sid: number; hostNumber: number }, kernelLun: number): Promise<LunDevice | undefined> {
   const found = await findLunByHctl(fs, session.sid, { host: session.hostNumber, channel: '-', target: '-', lun: kernelLun });
-  return found === undefined ? undefined : { name: found.device, sid: session.sid, hctl: found.hctl };
+  return found === undefined ? undefined : { name: found.device, sid: session.sid, hctl: found.hctl, sdevDir: found.dir };
 }
 
 /** Options of `scanAndWait`. */
@@ -143,9 +143,11 @@ export async function sdevDirOf(fs: HostFs, name: string): Promise<string | unde
 
 /**
  * Resolve when the disk is gone: `/sys/block/<name>`, `/dev/<name>` and its SCSI device
- * directory (`sdevDir`, from `sdevDirOf` before the delete; a kernel may drop the block device
- * before the SCSI device, and a logout decision must not see the half-removed LUN). TIMEOUT error
- * at the deadline.
+ * directory (`sdevDir`, read before the delete; a kernel may drop the block device before the
+ * SCSI device, and a logout decision must not see the half-removed LUN). With `sdevDir`, a name
+ * that comes back under another SCSI device is another disk's: once the disk is gone the sd driver
+ * gives its name to the next disk it adds (a connect running beside this removal), so the disk
+ * counts as gone then — not still there until the deadline. TIMEOUT error at the deadline.
  */
 export async function waitForDeviceGone(
   host: LunDeviceHost,
@@ -155,14 +157,10 @@ export async function waitForDeviceGone(
   signal: AbortSignal | undefined,
 ): Promise<void> {
   const { fs, waiter } = host;
-  const paths = [`/sys/block/${name}`, devPath(name), ...(sdevDir === undefined ? [] : [sdevDir])];
   try {
     await waiter.waitUntil(
       DEV,
-      async () => {
-        for (const p of paths) if (await fs.exists(p)) return undefined;
-        return true;
-      },
+      async () => ((await diskStillThere(fs, name, sdevDir)) ? undefined : true),
       { timeoutMs, ...(signal === undefined ? {} : { signal }), what: `${devPath(name)} to go away` },
     );
   } catch (error) {
@@ -173,6 +171,21 @@ export async function waitForDeviceGone(
       details: { device: devPath(name) },
     });
   }
+}
+
+/** The probe of `waitForDeviceGone`: whether any of the disk (its SCSI device, its block device, its node) is left. */
+async function diskStillThere(fs: HostFs, name: string, sdevDir: string | undefined): Promise<boolean> {
+  if (sdevDir === undefined) {
+    for (const p of [`/sys/block/${name}`, devPath(name)]) if (await fs.exists(p)) return true;
+    return false;
+  }
+  if (await fs.exists(sdevDir)) return true;
+  if (await fs.exists(`/sys/block/${name}`)) {
+    // The disk's own SCSI device is gone: a block device of that name that leads to a SCSI
+    // device is another disk's (the name was given again); one that leads nowhere is ours, going.
+    return (await sdevDirOf(fs, name)) === undefined;
+  }
+  return fs.exists(devPath(name));
 }
 
 /**

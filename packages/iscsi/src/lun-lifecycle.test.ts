@@ -174,6 +174,36 @@ describe('the logout decision (sessionStillNeeded)', () => {
   });
 });
 
+describe("a disk's removal (removeDisk) when the kernel gives its name to another disk", () => {
+  it('counts the disk gone once its SCSI device is, though a disk of another LUN took its name meanwhile', async () => {
+    await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
+    const host = createHostServices({ root });
+    const deletes: string[] = [];
+    // The kernel acts on the write to `delete`; a connect running beside it gets LUN 2 as sdb at once.
+    const fs: HostFs = {
+      ...host.fs,
+      async writeFile(hostPath, data, options) {
+        if (!hostPath.endsWith('/delete')) return host.fs.writeFile(hostPath, data, options);
+        deletes.push(hostPath);
+        await rm(path.join(root, 'dev/sdb'), { force: true });
+        await removeLun(root, { host: 2, sid: 1 }, { lun: 1, device: 'sdb', wwid: WWID_1 });
+        await diskAppears(2, 'sdb', WWID_2);
+      },
+    };
+    await mkdir(path.join(root, 'dev'), { recursive: true });
+    await writeFile(path.join(root, 'dev/sdb'), '');
+    const remover = iscsiTransportKit({ ...host, fs }, silentLogger, KIT_OPTIONS).lifecycle;
+    const failures = new FailureList(true);
+    const started = Date.now();
+    expect(await remover.removeDisk('sdb', { signal: undefined, failures, flush: false })).toBe('deleted');
+    expect(failures.size, 'no timeout waiting for a name another disk holds').toBe(0);
+    expect(Date.now() - started).toBeLessThan(KIT_OPTIONS.deviceTimeoutMs);
+    expect(deletes).toEqual([expect.stringMatching(/2:0:0:1\/delete$/)]);
+    // LUN 2's disk is untouched.
+    expect(await lifecycle.sessionStillNeeded({ ...TARGET, lun: 2, kernelLun: 2 }, [])).toBe(true);
+  });
+});
+
 describe('the logout decisions of many LUNs queued together (closeSessionIfUnused)', () => {
   it('decides the ones waiting behind a kept session from one reading of sysfs under one taking of the lock file, and each alike', async () => {
     await session([

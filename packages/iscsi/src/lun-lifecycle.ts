@@ -7,7 +7,6 @@ import { findIscsiSession } from './iscsi-sysfs.js';
 import { targetKey } from './lun-connection.js';
 import {
   devPath,
-  lunDeviceName,
   lunDeviceOf,
   scanAndWait,
   scsiWwnOf,
@@ -256,11 +255,12 @@ export class LunLifecycle {
     try {
       if (progress.scanned && progress.session !== undefined) {
         // The scan may have made the device after the wait gave up; it was never handed out.
-        const name = await lunDeviceName(fs, progress.session, target.kernelLun);
-        const sdevDir = name === undefined ? undefined : await sdevDirOf(fs, name);
-        if (name !== undefined && (await deleteScsiDevice(fs, name)) === 'deleted') {
-          await waitForDeviceGone(this.deviceHost, name, sdevDir, this.options.deviceTimeoutMs, signal);
-          logger.info({ device: devPath(name), portal: target.portalText }, 'undo: deleted the device this connect scanned');
+        // Found at its SCSI address under the session and deleted there: not through
+        // `/sys/block/<name>`, a name the kernel may have given to another disk since.
+        const lun = await lunDeviceOf(fs, progress.session, target.kernelLun);
+        if (lun !== undefined && (await deleteScsiDevice(fs, lun.name, lun.sdevDir)) === 'deleted') {
+          await waitForDeviceGone(this.deviceHost, lun.name, lun.sdevDir, this.options.deviceTimeoutMs, signal);
+          logger.info({ device: devPath(lun.name), portal: target.portalText }, 'undo: deleted the device this connect scanned');
         }
         progress.scanned = false;
       }

@@ -117,20 +117,24 @@ export async function findBlockDeviceByHctl(
   return (await findLunByHctl(fs, sid, address))?.device;
 }
 
-/** `findBlockDeviceByHctl` with the full SCSI address the disk was found under. */
+/**
+ * `findBlockDeviceByHctl` with the full SCSI address the disk was found under and that address's
+ * directory as the session reaches it (through `/sys/class/scsi_host`: `realpath` it to compare).
+ */
 export async function findLunByHctl(
   fs: HostFs,
   sid: number,
   address: { host: number; channel: ScanField; target: ScanField; lun: number },
-): Promise<{ device: string; hctl: Hctl } | undefined> {
+): Promise<{ device: string; hctl: Hctl; dir: string } | undefined> {
   checkIndex(sid, 'session id');
   checkIndex(address.lun, 'LUN');
   for (const t of await sessionScsiTargets(fs, address.host, sid)) {
     if (address.channel !== '-' && address.channel !== t.channel) continue;
     if (address.target !== '-' && address.target !== t.target) continue;
     const hctl = { ...t, lun: address.lun };
-    const device = await firstBlockDevice(fs, `${sessionDevicePath(address.host, sid)}/target${t.host}:${t.channel}:${t.target}/${formatHctl(hctl)}`);
-    if (device !== undefined) return { device, hctl };
+    const dir = `${sessionDevicePath(address.host, sid)}/target${t.host}:${t.channel}:${t.target}/${formatHctl(hctl)}`;
+    const device = await firstBlockDevice(fs, dir);
+    if (device !== undefined) return { device, hctl, dir };
   }
   return undefined;
 }

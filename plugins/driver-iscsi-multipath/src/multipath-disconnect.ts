@@ -5,7 +5,7 @@ import type { MultipathVolume, PathTarget } from './multipath-connection.js';
 import type { MultipathContext } from './multipath-context.js';
 import { expectedWwn, latePathOwner } from './late-path.js';
 import { finishLeftLogin, leftPathsOf } from './left-login.js';
-import { readMap, removeMap, type MultipathMap } from './multipath-map.js';
+import { mapStillThere, readMap, removeMap, type MultipathMap } from './multipath-map.js';
 import { locatePaths, pathsOfDevice, pathsOfState } from './path-locate.js';
 
 /**
@@ -72,7 +72,9 @@ export async function disconnectVolume(
   await Promise.all(
     located.map(async (p) => {
       if (p.device === undefined || keep.includes(p.device.name)) return;
-      await lifecycle.removeDisk(p.device.name, { signal, failures, flush: false, label: p.target.portalText });
+      // At the SCSI device the listing confirmed: the name may be another disk's by now (the map's
+      // flush and removal take seconds, and other connects run meanwhile).
+      await lifecycle.removeDisk(p.device.name, { signal, failures, flush: false, label: p.target.portalText, ...(p.device.sdevDir === undefined ? {} : { sdevDir: p.device.sdevDir }) });
     }),
   );
 
@@ -81,7 +83,7 @@ export async function disconnectVolume(
   if (map !== undefined && ownDevices.length > 0) await waitUntilForgotten(ctx, ownDevices, signal);
 
   // A map whose flush failed under force: multipathd's own removal, os-brick's last resort.
-  if (map !== undefined && (await fs.exists(`/sys/block/${map.dm}`))) {
+  if (map !== undefined && (await mapStillThere(fs, map))) {
     const outcome = await failures.attempt(`ask multipathd to delete map ${map.name}`, () => multipath.delMap(map.name, { signal, timeoutMs: options.commandTimeoutMs }));
     if (outcome === 'failed') {
       failures.add(

@@ -1,6 +1,6 @@
 import { BerthError, type Logger } from '@berth/core';
 import type { DeviceWaiter, HostFs } from '@berth/host';
-import { blockName, dmName, findHoldingDm, multipathIdOf, slavesOf, withRetry, type MultipathClient } from '@berth/iscsi';
+import { blockName, dmName, dmUuid, findHoldingDm, multipathIdOf, slavesOf, withRetry, type MultipathClient } from '@berth/iscsi';
 import { messageOf } from '@berth/iscsi';
 
 /** What the map helpers reach the host through. */
@@ -155,6 +155,16 @@ export async function waitUntilUsable(host: MapHost, map: MultipathMap, options:
 
 class NotYetUsable extends Error {}
 
+/** Whether `map` (by its WWID, not its `dm-N` alone) is still in sysfs or `/dev`. */
+export async function mapStillThere(fs: HostFs, map: MultipathMap): Promise<boolean> {
+  if (await fs.exists(`/sys/block/${map.dm}`)) {
+    // Another dm device's uuid at that minor: ours is gone. No uuid readable: ours, half removed.
+    const uuid = await dmUuid(fs, map.dm);
+    return uuid === undefined || uuid === `mpath-${map.multipathId}`;
+  }
+  return fs.exists(`/dev/${map.dm}`);
+}
+
 /**
  * Flush and remove the map (`multipath -f NAME` with the bounded retries a busy map needs), then
  * wait until `/sys/block/dm-N` and `/dev/dm-N` are gone. `absent` when there was no map.
@@ -174,16 +184,16 @@ export async function removeMap(
   return outcome === 'absent' ? 'absent' : 'removed';
 }
 
-/** Resolve once `/sys/block/dm-N` and `/dev/dm-N` are gone; TIMEOUT error at the deadline. */
+/**
+ * Resolve once `/sys/block/dm-N` and `/dev/dm-N` are gone — or are another map's: device-mapper
+ * gives a removed map's minor to the next map made (another volume's attach beside this detach),
+ * so `dm-N` over another WWID means this one is gone. TIMEOUT error at the deadline.
+ */
 export async function waitForMapGone(host: MapHost, map: MultipathMap, timeoutMs: number, signal: AbortSignal | undefined): Promise<void> {
-  const paths = [`/sys/block/${map.dm}`, `/dev/${map.dm}`];
   try {
     await host.waiter.waitUntil(
       DEV,
-      async () => {
-        for (const p of paths) if (await host.fs.exists(p)) return undefined;
-        return true;
-      },
+      async () => ((await mapStillThere(host.fs, map)) ? undefined : true),
       { timeoutMs, ...(signal === undefined ? {} : { signal }), what: `${map.dm} to go away` },
     );
   } catch (error) {

@@ -92,6 +92,9 @@ export async function locatePaths(
       if (confirmed === undefined || (wwn !== undefined && deviceWwn !== wwn)) {
         logger.warn({ device: `/dev/${device.name}`, iqn: target.iqn, portal: target.portalText, wwn, deviceWwn }, 'a disk at this path is not this volume; leaving it alone');
         device = undefined;
+      } else {
+        // With its SCSI device directory: its removal goes there, not by a name given again.
+        device = confirmed;
       }
     }
     located.push({ target, ...(found.session === undefined ? {} : { session: found.session }), ...(device === undefined ? {} : { device }) });
