@@ -72,6 +72,9 @@ function world(
       return device;
     },
     disconnect: async (connection) => void connected.delete(String(connection.data.device_path)),
+    // Listed, so reconcile can check a recorded device before it plugs it into a guest again.
+    connected: async () => [...connected.values()].map((device) => ({ device, source: { device_path: device.path } })),
+    sourceKeys: ['device_path'],
     check: async () => ({ ok: true, summary: 'mem' }),
   };
   const consumer: Consumer = {

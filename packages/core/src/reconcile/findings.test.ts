@@ -347,6 +347,21 @@ describe('findDifferences: guests', () => {
     expect(guestFindings(facts({ volumes: [v], attachments: [a], listings: loop([loopDevice('/dev/loop3', '/data/volumes/a.img')]) }))).toEqual([]);
   });
 
+  it('never replugs a recorded device its transport does not list as that very device, or could not list', () => {
+    const v = volume('a', 'in-use', '/data/volumes/a.img');
+    const a = { ...fileAttachment(v, 'attached', '/dev/loop3'), device: { path: '/dev/loop3', type: 'block' as const, identity: { kind: 'loop', rdev: '7:3', backingInode: 11 } } };
+    const g = guest([]);
+    // The transport failed to list: nothing checked the recorded device.
+    const unlisted = guestFindings(facts({ volumes: [v], attachments: [a], listings: [], guests: [g] }));
+    expect(unlisted).toEqual([expect.objectContaining({ kind: 'attachment_missing_from_guest', skip: expect.stringContaining('cannot be checked') })]);
+    // Listed after the findings' first reading no more.
+    const vanished = guestFindings(
+      facts({ volumes: [v], attachments: [a], listings: loop([{ device: a.device, source: { device_path: '/data/volumes/a.img' } }]), listingsAfter: loop([]), guests: [g] }),
+    );
+    expect(vanished.find((f) => f.kind === 'attachment_missing_from_guest')?.skip).toMatch(/reconnect|not listed/);
+    expect(describeFinding(unlisted[0]!)).toMatchObject({ state: 'skipped', fix: 'replug' });
+  });
+
   it('a disk an attachment of the volume to that server accounts for (any live status) is no finding', () => {
     const v = volume('a', 'attaching', '/data/volumes/a.img');
     const a = fileAttachment(v, 'attaching', null);

@@ -380,11 +380,31 @@ function findGuestDifferences(facts: ReconcileFacts, busy: (volumeId: string) =>
       if (!volume) continue;
       const skip =
         busy(volume.id) ??
-        (reconnected.has(attachment.id) || attachment.device === null ? 'its host device is gone: the reconnect fix publishes it into the guest again' : undefined);
+        (reconnected.has(attachment.id) || attachment.device === null ? 'its host device is gone: the reconnect fix publishes it into the guest again' : undefined) ??
+        unconfirmedDevice(facts, attachment);
       findings.push({ kind: 'attachment_missing_from_guest', guest, attachment, volume, ...skipOf(skip) });
     }
   }
   return findings;
+}
+
+/**
+ * Why the replug fix must not plug an attachment's recorded host device into its guest: its
+ * transport's listing does not show that very device (its identity, when recorded) — the name may
+ * be another volume's now — or there is no listing to check it against (the transport cannot list,
+ * or failed to). `undefined` when it is listed.
+ */
+function unconfirmedDevice(facts: ReconcileFacts, attachment: Attachment): string | undefined {
+  const recorded = attachment.device;
+  if (!recorded) return undefined;
+  const listed = (listing: TransportListing | undefined): boolean => listing?.devices.some((d) => sameDevice(d.device, recorded)) === true;
+  const before = facts.listings.find((l) => l.transport === attachment.transport);
+  const after = (facts.listingsAfter ?? facts.listings).find((l) => l.transport === attachment.transport);
+  if (before === undefined || after === undefined) {
+    return `its transport (${attachment.transport ?? 'unknown'}) could not list its devices, so the recorded ${recorded.path} cannot be checked before a guest gets it: not plugged in`;
+  }
+  if (!listed(after)) return `its recorded host device ${recorded.path} is not listed as connected now (the name may be another device's): not plugged in`;
+  return undefined;
 }
 
 function skipOf(skip: string | undefined): { skip?: string } {
