@@ -101,6 +101,24 @@ describe('acquireFileLock', () => {
     await release();
   });
 
+  it('breaks a dead holder\'s lock only in its turn among breakers, and clears a breaker that died at it', async () => {
+    await foreignLock(2 ** 22 + 1, '12345');
+    // Another breaker, alive, is at it: this taker waits for it, touching neither file.
+    const breaking = `${lockPath}.break`;
+    const ticks = (await processStartTicks(process.ppid)) ?? '';
+    await writeFile(breaking, JSON.stringify({ pid: process.ppid, startTicks: ticks, token: 'breaker' }), { mode: 0o600 });
+    const error = await acquireFileLock(lockPath, options(300)).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(LockTimeoutError);
+    expect(JSON.parse(await readFile(lockPath, 'utf8'))).toMatchObject({ token: 'theirs' });
+    expect(JSON.parse(await readFile(breaking, 'utf8'))).toMatchObject({ token: 'breaker' });
+    // That breaker died before it finished: its turn is cleared, and the dead lock broken.
+    await writeFile(breaking, JSON.stringify({ pid: 2 ** 22 + 2, startTicks: '1', token: 'breaker' }), { mode: 0o600 });
+    const release = await acquireFileLock(lockPath, options());
+    expect((JSON.parse(await readFile(lockPath, 'utf8')) as { pid: number }).pid).toBe(process.pid);
+    await release();
+    expect(await readdir(dir)).toEqual([]);
+  });
+
   it('serialises many takers: no two hold it at once', async () => {
     let holders = 0;
     let most = 0;

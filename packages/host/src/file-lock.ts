@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { watch, type FSWatcher } from 'node:fs';
-import { link, open, readFile, rename, unlink } from 'node:fs/promises';
+import { link, open, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { processRuns, processStartTicks } from './daemon.js';
 import { LockTimeoutError } from './errors.js';
@@ -52,10 +52,8 @@ export async function acquireFileLock(lockPath: string, options: FileLockOptions
       if (await tryCreate(lockPath, me)) return releaser(lockPath, me.token);
       const holder = await readHolder(lockPath);
       if (holder === 'gone') continue;
-      if (await isAbandoned(lockPath, holder)) {
-        await breakLock(lockPath, holder);
-        continue;
-      }
+      // Broken (or gone meanwhile): try again at once. Another breaker at work: wait below.
+      if ((await isAbandoned(lockPath, holder)) && (await breakLock(lockPath, holder))) continue;
       const left = deadline - Date.now();
       if (left <= 0) {
         throw new LockTimeoutError(lockPath, options.what, options.timeoutMs, holder === 'unwritten' ? undefined : holder.pid);
@@ -103,20 +101,25 @@ async function selfHolder(): Promise<LockHolder> {
   return { pid: process.pid, startTicks: startTicks ?? '', token: randomBytes(8).toString('hex') };
 }
 
+/**
+ * Create `lockPath` naming `me`, whole from its first moment: the holder is written to a file of
+ * this taker's own and linked to the lock's name (EEXIST: taken). A lock file made by open() and
+ * written after could be read empty by a waiter while its writer stalled (its write queued behind
+ * fsyncs on a loaded host), and broken as abandoned after the grace while its writer went on:
+ * two holders.
+ */
 async function tryCreate(lockPath: string, me: LockHolder): Promise<boolean> {
-  let handle;
+  const own = `${lockPath}.new-${process.pid}-${me.token}`;
+  await writeFile(own, JSON.stringify(me), { encoding: 'utf8', mode: 0o600, flag: 'w' });
   try {
-    handle = await open(lockPath, 'wx', 0o600);
+    await link(own, lockPath);
+    return true;
   } catch (error) {
     if (errnoOf(error) === 'EEXIST') return false;
     throw error;
-  }
-  try {
-    await handle.writeFile(JSON.stringify(me), 'utf8');
   } finally {
-    await handle.close();
+    await unlink(own).catch(() => undefined);
   }
-  return true;
 }
 
 async function readHolder(lockPath: string): Promise<LockHolder | 'unwritten' | 'gone'> {
@@ -156,11 +159,37 @@ async function isAbandoned(lockPath: string, holder: LockHolder | 'unwritten'): 
 }
 
 /**
- * Remove a dead holder's lock without removing a live one: two processes may both see the same
- * dead lock, and the slower must not delete the lock the faster has just taken. So the lock is
- * renamed aside (atomic), and if what was moved is not the dead lock, it is linked back.
+ * Remove a dead holder's lock without removing a live one. Breakers take turns (`<lock>.break`,
+ * itself a lock file): the holder is read again under it, and the lock removed only while it still
+ * names the dead holder — only a breaker can remove a dead holder's file, so it cannot change
+ * between that reading and the unlink. (Renaming the lock aside to look at it, the old way, could
+ * move a live holder's lock: released meanwhile by its holder, which then found nothing to
+ * remove, and linked back by the breaker — a lock nobody would ever release.) False when another
+ * breaker is at it: the caller waits. A breaker that died holding `<lock>.break` is cleared the
+ * same way one level down, where the rename is safe enough: only breakers ever take that file,
+ * for a few reads.
  */
-async function breakLock(lockPath: string, dead: LockHolder | 'unwritten'): Promise<void> {
+async function breakLock(lockPath: string, dead: LockHolder | 'unwritten'): Promise<boolean> {
+  const breakPath = `${lockPath}.break`;
+  const me = await selfHolder();
+  if (!(await tryCreate(breakPath, me))) {
+    const breaker = await readHolder(breakPath);
+    if (breaker !== 'gone' && (await isAbandoned(breakPath, breaker))) await moveAsideIfStill(breakPath, breaker);
+    return false;
+  }
+  try {
+    const now = await readHolder(lockPath);
+    if (now === 'gone') return true;
+    const same = dead === 'unwritten' ? now === 'unwritten' && (await isAbandoned(lockPath, now)) : now !== 'unwritten' && now.token === dead.token;
+    if (same) await unlink(lockPath).catch(() => undefined);
+    return true;
+  } finally {
+    await releaser(breakPath, me.token)();
+  }
+}
+
+/** Remove `lockPath` if it still names `dead`: renamed aside, checked, and linked back when it is not. */
+async function moveAsideIfStill(lockPath: string, dead: LockHolder | 'unwritten'): Promise<void> {
   const aside = `${lockPath}.stale-${process.pid}-${randomBytes(4).toString('hex')}`;
   try {
     await rename(lockPath, aside);
@@ -170,10 +199,7 @@ async function breakLock(lockPath: string, dead: LockHolder | 'unwritten'): Prom
   }
   const moved = await readHolder(aside);
   const same = dead === 'unwritten' ? moved === 'unwritten' : moved !== 'gone' && moved !== 'unwritten' && moved.token === dead.token;
-  if (!same) {
-    // A live holder's lock was moved: put it back (link fails if a third process took the name).
-    await link(aside, lockPath).catch(() => undefined);
-  }
+  if (!same) await link(aside, lockPath).catch(() => undefined);
   await unlink(aside).catch(() => undefined);
 }
 
