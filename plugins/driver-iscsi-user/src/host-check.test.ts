@@ -1,9 +1,10 @@
-import { chmod, mkdir, mkdtemp, rm, utimes, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, rm, utimes, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { hostFacts, type CommandResult, type HostServices } from '@berth/host';
-import { checkUserHost, checkUserHostCached } from './host-check.js';
+import { createHostServices, hostFacts, type CommandResult, type HostServices } from '@berth/host';
+import { userPaths } from './export-records.js';
+import { checkUserHost, checkUserHostCached, userInitiatorName } from './host-check.js';
 
 /** A host whose commands answer from `answers` (keyed by the command and its first argument); a missing one is ENOENT. */
 function fakeHost(answers: Record<string, Partial<CommandResult>>, files: string[]): { host: HostServices; started: string[]; most: () => number } {
@@ -177,3 +178,20 @@ describe('checkUserHostCached', () => {
   });
 });
 
+describe('userInitiatorName', () => {
+  it('makes one name for the host however many processes ask at once, and keeps it', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'berth-user-initiator-'));
+    try {
+      // A host root without open-iscsi's /etc/iscsi/initiatorname.iscsi: the name is berth's own.
+      const host = createHostServices({ root: path.join(dir, 'root') });
+      const paths = userPaths(path.join(dir, 'data'));
+      const names = await Promise.all(Array.from({ length: 8 }, () => userInitiatorName(host, paths)));
+      expect(new Set(names).size).toBe(1);
+      expect(names[0]).toMatch(/^iqn\.2026-11\.io\.berth:user-[0-9a-f]{12}$/);
+      expect(await userInitiatorName(host, paths)).toBe(names[0]);
+      expect((await readdir(path.dirname(paths.initiatorName))).filter((f) => f.includes('.new-'))).toEqual([]);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { access, mkdir, readdir, readFile, realpath, stat } from 'node:fs/promises';
+import { access, link, mkdir, readdir, readFile, realpath, stat, unlink } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { lazySchema, type CheckResult } from '@berth/core';
@@ -190,6 +190,21 @@ export async function userInitiatorName(host: HostServices, paths: UserPaths): P
   const kept = (await readFile(paths.initiatorName, 'utf8').catch(() => '')).trim();
   if (kept !== '') return kept;
   const name = `iqn.2026-11.io.berth:user-${randomBytes(6).toString('hex')}`;
-  await writeSecretFile(paths.initiatorName, `${name}\n`);
-  return name;
+  // Made once for the host: two berth processes starting together must not each keep a name of
+  // their own (the host would be two initiators, its ACLs split). The name is written to a file of
+  // this process's and linked into place, which fails when another process got there first.
+  const own = `${paths.initiatorName}.new-${process.pid}-${randomBytes(4).toString('hex')}`;
+  await writeSecretFile(own, `${name}\n`);
+  try {
+    await link(own, paths.initiatorName);
+    return name;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+    const theirs = (await readFile(paths.initiatorName, 'utf8').catch(() => '')).trim();
+    if (theirs !== '') return theirs;
+    await writeSecretFile(paths.initiatorName, `${name}\n`);
+    return name;
+  } finally {
+    await unlink(own).catch(() => undefined);
+  }
 }
