@@ -8,7 +8,7 @@ import { consumerNameFor } from '../hypervisor.js';
 import type { Attachment, Host, Server, Volume } from '../model.js';
 import { backendVolume, transitionAttachment, type PipelineContext, type PipelineDeps } from '../pipeline/context.js';
 import { detachSteps, markDetachFailed } from '../pipeline/detach.js';
-import { connectShared, publishShared, publishSharedPublication, releaseShared, withExportLease } from '../pipeline/device-sharing.js';
+import { connectShared, publishShared, publishSharedPublication, releaseShared, withDeviceLease, withExportLease } from '../pipeline/device-sharing.js';
 import { summarize, unsettledBy, type OperationRunner } from '../pipeline/operation-runner.js';
 import { recomputeVolumeStatus } from '../transitions.js';
 import { freshVolume } from './facts.js';
@@ -100,7 +100,7 @@ export async function fixOf(deps: ReconcileDeps, finding: Finding, target: FixTa
     case 'attachment_device_gone':
       return reconnect(deps, finding.attachment.id, fresh.volume, { ...target, signal });
     case 'attachment_path_failed':
-      return repairPaths(deps, finding.attachment.id, finding.transport, finding.listed, { ...target, signal });
+      return repairPaths(deps, finding.attachment.id, fresh.volume, finding.transport, finding.listed, { ...target, signal });
     case 'attachment_stuck':
     case 'attachment_error':
       return finishDetach(deps, finding.attachment, fresh.volume);
@@ -287,13 +287,27 @@ async function replug(
  * fails over, e.g. iscsi-user to another portal). The device is the very one listed (the
  * transport checks its identity); the store is not touched: the device and its path stay the same.
  */
-async function repairPaths(deps: ReconcileDeps, attachmentId: string, transport: string, listed: ConnectedDevice, target: FixTarget & { signal: AbortSignal }): Promise<string> {
+async function repairPaths(
+  deps: ReconcileDeps,
+  attachmentId: string,
+  volume: Volume,
+  transport: string,
+  listed: ConnectedDevice,
+  target: FixTarget & { signal: AbortSignal },
+): Promise<string> {
   const { steps, operationId, signal } = target;
-  const attachment = await deps.store.attachments.get(attachmentId);
-  if (attachment?.status !== 'attached') throw new Skip(`the attachment is ${attachment?.status ?? 'deleted'} now`);
-  const result = await steps.run('repair_paths', { transport, listed }, { operationId, signal });
-  if (!result.supported) throw new Skip(`transport ${transport} on this host cannot repair paths`);
-  return result.changed ? result.detail : `nothing to move: ${result.detail}`;
+  const found = await deps.store.attachments.get(attachmentId);
+  if (found?.status !== 'attached') throw new Skip(`the attachment is ${found?.status ?? 'deleted'} now`);
+  // Under the volume's device lease on its host, as an attach's connect and a detach's disconnect
+  // are: a detach in another process that ran beside the repair removed the device and its state,
+  // and the repair then wrote the state back and kept a session for nobody.
+  return withDeviceLease(deps, found.hostId, volume, signal, async () => {
+    const attachment = await deps.store.attachments.get(attachmentId);
+    if (attachment?.status !== 'attached') throw new Skip(`the attachment is ${attachment?.status ?? 'deleted'} now`);
+    const result = await steps.run('repair_paths', { transport, listed }, { operationId, signal });
+    if (!result.supported) throw new Skip(`transport ${transport} on this host cannot repair paths`);
+    return result.changed ? result.detail : `nothing to move: ${result.detail}`;
+  });
 }
 
 /**
