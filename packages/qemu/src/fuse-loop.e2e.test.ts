@@ -103,4 +103,45 @@ describe('detachFuseLoop on a held device (real qemu-storage-daemon, FUSE and lo
       qmp.close();
     }
   });
+
+  it('without berth-loop-detach: a number detached by hand and bound to another file during the holder check is left alone', async () => {
+    const image = path.join(dir, 'rebound.img');
+    await writeFile(image, '');
+    await truncate(image, 4 * MiB);
+    const elsewhere = path.join(dir, 'elsewhere.img');
+    await writeFile(elsewhere, '');
+    await truncate(elsewhere, 4 * MiB);
+    const mountpoint = path.join(dir, 'exports', 'rebound.fuse');
+    const qmp = await daemon.connect({ timeoutMs: 10_000 });
+    let device: string | undefined;
+    try {
+      await qmp.request('blockdev-add', { driver: 'file', 'node-name': 'rebound', filename: image }, zEmptyReturn);
+      await addFuseExport(qmp, { id: 'rebound-exp', nodeName: 'rebound', mountpoint, writable: true });
+      device = await attachFuseLoop(host.runner, mountpoint, { readOnly: false, timeoutMs: 10_000 });
+      const number = device;
+      let rebound = false;
+      // While fuser walks /proc, someone detaches the device and binds its number to another file.
+      const racing: HostServices = {
+        ...host,
+        runner: {
+          async run(file, args, options) {
+            if (!rebound && path.basename(file) === 'fuser') {
+              rebound = true;
+              await host.runner.run('losetup', ['--detach', number], { timeoutMs: 10_000 });
+              await host.runner.run('losetup', [number, elsewhere], { timeoutMs: 10_000 });
+            }
+            return host.runner.run(file, args, options);
+          },
+        },
+      };
+      expect(await detachFuseLoop(racing, number, mountpoint, { timeoutMs: 10_000, holderGraceMs: 300 })).toBe('not-attached');
+      expect(rebound).toBe(true);
+      expect((await loopInfo(host.fs, number))?.backingFile).toBe(elsewhere);
+      await removeFuseExport(qmp, 'rebound-exp', { timeoutMs: 10_000 });
+      await qmp.request('blockdev-del', { 'node-name': 'rebound' }, zEmptyReturn);
+    } finally {
+      if (device) await host.runner.run('losetup', ['--detach', device], { reject: false });
+      qmp.close();
+    }
+  });
 });

@@ -231,6 +231,9 @@ export async function detachFuseLoop(
 
   // Without the program: a holder seen first leaves the device untouched (unless the caller defers to the kernel).
   if (options.whenHeld !== 'defer' && (await holderOf(deps, first, run)) !== undefined) return 'held-open';
+  // `losetup --detach` goes by the number, and the holder check walks /proc: look again that the
+  // number still backs `file` (detached by hand and bound to another file meanwhile, it is not ours).
+  if ((await attached()) === undefined) return 'not-attached';
   const result = await deps.runner.run('losetup', ['--detach', device], run);
   if (result.exitCode !== 0 && !/No such device/.test(result.stderr)) {
     throw new BerthError('DRIVER_ERROR', `losetup --detach ${device} failed: ${result.stderr.trim() || `exit ${result.exitCode}`}`, {

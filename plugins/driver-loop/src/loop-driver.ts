@@ -741,6 +741,22 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
   }
 
   /**
+   * The CONFLICT to fail with when loop device `d` no longer backs the file it backed when it was
+   * listed (another file, or another file at that path: its device and inode, when listed), or
+   * undefined: it still does, or it backs nothing any more (a detach has nothing to take then).
+   */
+  async function reboundSince(d: LoopDevice, files: readonly string[], signal: AbortSignal | undefined): Promise<BerthError | undefined> {
+    const now = (await listLoopDevices(signal)).find((l) => l.name === d.name);
+    if (now === undefined || now.backingFile === null) return undefined;
+    const sameFile = attachesWholeFile(now, files) && (d.backingInodeText === undefined || d.backingDev === undefined || backsInode(now, { backingDev: d.backingDev, backingInodeText: d.backingInodeText }));
+    if (sameFile) return undefined;
+    return new BerthError('CONFLICT', `${d.name} now backs ${now.backingFile}${now.deleted ? ' (deleted)' : ''}, not ${files[0] ?? 'this volume'}: it was detached and bound again while this detach flushed it; not detaching it`, {
+      hint: 'this volume\'s own loop device is gone; run `berth reconcile` to see what is connected',
+      details: { device: d.name, reason: 'identity-mismatch' },
+    });
+  }
+
+  /**
    * Flush and detach `d` (with `helper`: in one run, and only when nobody holds it), then wait
    * until the device no longer backs any of `files`.
    */
@@ -775,6 +791,14 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
     } else {
       await flushBuffers(device, files, state);
       await faults?.hit('loop.disconnect.before-detach');
+    }
+    // `losetup --detach` goes by the number: after the holder check and the flush (seconds, under
+    // force), look again that the number still backs this file — detached by hand and bound to
+    // another volume's file meanwhile, it is that volume's device now.
+    const rebound = await reboundSince(d, files, state.signal).catch(() => undefined);
+    if (rebound !== undefined) {
+      fail(state, untouched(rebound), 'losetup', `detaching ${device}`);
+      return;
     }
     let result: CommandResult;
     try {

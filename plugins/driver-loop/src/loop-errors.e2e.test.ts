@@ -114,4 +114,30 @@ describe('loop transport failures', () => {
     expect(await env.devicesBacking(connection.data.device_path)).toEqual([]);
     expect(ran.includes('berth-loop-attach')).toBe(nativeAttach === 'auto');
   });
+
+  it('a detach that finds the number bound to another file after its flush leaves that device alone (forced, without berth-loop-detach)', async () => {
+    const connection = await env.makeFile('mine.img');
+    const other = await env.makeFile('other.img');
+    const device = await env.driver.connect(connection, call());
+    let rebound = false;
+    // While the detach flushes, someone detaches the device by hand and binds its number to another volume's file.
+    const host: HostServices = {
+      ...env.host,
+      runner: {
+        async run(file, args, options) {
+          if (!rebound && path.basename(file) === 'sync') {
+            rebound = true;
+            await env.host.runner.run('losetup', ['--detach', device.path], { timeoutMs: 10_000 });
+            await env.host.runner.run('losetup', [device.path, other.data.device_path], { timeoutMs: 10_000 });
+          }
+          return env.host.runner.run(file, args, options);
+        },
+      },
+    };
+    const error = await rejectionOf(env.driverWith({ nativeDetach: 'off' }, host).disconnect(connection, device, { force: true, ...call() }));
+    expect(rebound).toBe(true);
+    expect(error.message).toContain(`now backs ${other.data.device_path}`);
+    expect((await env.devicesBacking(other.data.device_path)).map((d) => d.name)).toEqual([device.path]);
+    expect(await env.devicesBacking(connection.data.device_path)).toEqual([]);
+  });
 });
