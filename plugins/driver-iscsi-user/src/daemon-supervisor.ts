@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { BerthError } from '@berth/core';
 import { acquireFileLock, LockTimeoutError, type ReleaseLock } from '@berth/host';
-import { detachFuseLoop, fuseMountsUnder, loopInfo, unmountFuseUnder, type QmpClient, type StorageDaemon } from '@berth/qemu';
+import { detachFuseLoop, fuseMountsUnder, listExports, loopInfo, unmountFuseUnder, type QmpClient, type StorageDaemon } from '@berth/qemu';
 import type { AttachStateFileStore } from '@berth/iscsi';
 import type { ExportRecord } from './export-records.js';
 import { buildChain, loopsBacking, messageOf, mountpointOf, secretFile, teardownChain, type PlumbingDeps } from './lun-plumbing.js';
@@ -88,6 +88,7 @@ export class DaemonSupervisor {
       qmp.unref();
       this.session = { qmp, release };
       if (started) await this.restore(qmp, signal);
+      else await this.restoreOrphans(qmp, signal);
     } catch (error) {
       this.session?.qmp.close();
       this.session = undefined;
@@ -115,6 +116,22 @@ export class DaemonSupervisor {
   }
 
   /**
+   * A daemon this process found running (not started) may still lack exports its records call
+   * active: the process that restarted it was killed before its restore ended (or during it). Those
+   * are rebuilt here — only those: holding the daemon's lock, an active record without its export
+   * is nobody's work in progress. One `query-block-exports` when every export is there.
+   */
+  private async restoreOrphans(qmp: QmpClient, signal: AbortSignal): Promise<void> {
+    const active = (await this.deps.records.list()).filter((record) => record.status === 'active');
+    if (active.length === 0) return;
+    const exported = new Set((await listExports(qmp, { signal })).map((e) => e.id));
+    const orphans = new Set(active.filter((record) => !exported.has(exportNames(record.iqn, record.lun).exportId)).map((record) => record.volumeId));
+    if (orphans.size === 0) return;
+    this.deps.logger.warn({ volumes: [...orphans] }, 'qemu-storage-daemon runs without exports its records call active (a restart whose restore was cut short): rebuilding them');
+    await this.restore(qmp, signal, orphans);
+  }
+
+  /**
    * The daemon was (re)started while exports are recorded: it died under them. Each loop device
    * still points at a dead FUSE file: one record after another, its device is detached (unless
    * something holds it open), its dead mount unmounted, and its chain built again on the same loop
@@ -125,9 +142,9 @@ export class DaemonSupervisor {
    * `connected()` leaves it out, so `berth reconcile` reconnects it (fresh credentials from the
    * backend) or marks the attachment failed.
    */
-  private async restore(qmp: QmpClient, signal: AbortSignal): Promise<void> {
+  private async restore(qmp: QmpClient, signal: AbortSignal, only?: ReadonlySet<string>): Promise<void> {
     const { host, paths, records, logger, options } = this.deps;
-    const all = await records.list();
+    const all = (await records.list()).filter((record) => only === undefined || only.has(record.volumeId));
     if (all.length === 0) return;
     const report: RestoreReport = { restored: [], failed: [] };
     // Restores run without the connect's fault points: a crash test arms those for connects only.
@@ -225,9 +242,11 @@ export class DaemonSupervisor {
       }
     } finally {
       // A dead mount no record names (a record removed by hand) goes too; the rebuilt ones are live.
+      // Rebuilding `only` some (the others' exports are up): only their dead mounts go.
       const live = new Set(report.restored.map((key) => mountpointOf(paths, key)));
+      const dead = (target: string): boolean => !live.has(target) && (only === undefined || [...only].some((key) => mountpointOf(paths, key) === target));
       for (const mount of await fuseMountsUnder(host.fs, paths.mounts).catch(() => [])) {
-        if (!live.has(mount.target)) await unmountFuseUnder(host, mount.target, options.commandTimeoutMs).catch(() => undefined);
+        if (dead(mount.target)) await unmountFuseUnder(host, mount.target, options.commandTimeoutMs).catch(() => undefined);
       }
       this.lastRestore = report;
       logger.warn(
