@@ -119,6 +119,17 @@ describe('acquireFileLock', () => {
     expect(await readdir(dir)).toEqual([]);
   });
 
+  it('clears a breaker\'s turn stranded past its time, though it names a live process', async () => {
+    await foreignLock(2 ** 22 + 1, '12345');
+    const breaking = `${lockPath}.break`;
+    await writeFile(breaking, JSON.stringify({ pid: process.ppid, startTicks: (await processStartTicks(process.ppid)) ?? '', token: 'stranded' }), { mode: 0o600 });
+    const old = new Date(Date.now() - 60_000);
+    await utimes(breaking, old, old);
+    const release = await acquireFileLock(lockPath, options());
+    await release();
+    expect(await readdir(dir)).toEqual([]);
+  });
+
   it('serialises many takers: no two hold it at once', async () => {
     let holders = 0;
     let most = 0;

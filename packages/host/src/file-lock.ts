@@ -25,17 +25,20 @@ export interface FileLockOptions {
 /** Releases a held lock (idempotent). */
 export type ReleaseLock = () => Promise<void>;
 
-// A lock file with no holder written yet belongs to a process between open() and write(): it is
-// only called abandoned after this long.
+// A lock file with no holder in it (left by an older berth, which created it empty and wrote it
+// after) is only called abandoned after this long.
 const UNWRITTEN_GRACE_MS = 2_000;
+// A breaker holds `<lock>.break` for a few reads and an unlink: one older than this is stranded
+// (its breaker, alive, lost it to a race one level down), whoever it names.
+const BREAK_STALE_MS = 30_000;
 const FIRST_POLL_MS = 5;
 const MAX_POLL_MS = 100;
 
 /**
- * Take an exclusive lock between processes: create `lockPath` with O_EXCL holding `{pid,
- * startTicks, token}`. While another live process holds it, wait — woken by the directory's
- * events when the file goes, with a short poll as fallback — until `timeoutMs`. A lock whose holder
- * is dead (crashed CLI) is broken: renamed aside, checked to be the one seen dead, then removed.
+ * Take an exclusive lock between processes: `lockPath` appears holding `{pid, startTicks, token}`
+ * (`tryCreate`). While another live process holds it, wait — woken by the directory's events when
+ * the file goes, with a short poll as fallback — until `timeoutMs`. A lock whose holder is dead
+ * (crashed CLI) is broken, by one breaker at a time (`breakLock`).
  */
 export async function acquireFileLock(lockPath: string, options: FileLockOptions): Promise<ReleaseLock> {
   const deadline = Date.now() + options.timeoutMs;
@@ -110,8 +113,8 @@ async function selfHolder(): Promise<LockHolder> {
  */
 async function tryCreate(lockPath: string, me: LockHolder): Promise<boolean> {
   const own = `${lockPath}.new-${process.pid}-${me.token}`;
-  await writeFile(own, JSON.stringify(me), { encoding: 'utf8', mode: 0o600, flag: 'w' });
   try {
+    await writeFile(own, JSON.stringify(me), { encoding: 'utf8', mode: 0o600, flag: 'w' });
     await link(own, lockPath);
     return true;
   } catch (error) {
@@ -142,19 +145,7 @@ async function readHolder(lockPath: string): Promise<LockHolder | 'unwritten' | 
 }
 
 async function isAbandoned(lockPath: string, holder: LockHolder | 'unwritten'): Promise<boolean> {
-  if (holder === 'unwritten') {
-    const info = await open(lockPath, 'r').then(
-      async (handle) => {
-        try {
-          return await handle.stat();
-        } finally {
-          await handle.close();
-        }
-      },
-      () => undefined,
-    );
-    return info !== undefined && Date.now() - info.mtimeMs > UNWRITTEN_GRACE_MS;
-  }
+  if (holder === 'unwritten') return olderThan(lockPath, UNWRITTEN_GRACE_MS);
   return !(await processRuns(holder.pid, holder.startTicks));
 }
 
@@ -165,23 +156,30 @@ async function isAbandoned(lockPath: string, holder: LockHolder | 'unwritten'): 
  * between that reading and the unlink. (Renaming the lock aside to look at it, the old way, could
  * move a live holder's lock: released meanwhile by its holder, which then found nothing to
  * remove, and linked back by the breaker — a lock nobody would ever release.) False when another
- * breaker is at it: the caller waits. A breaker that died holding `<lock>.break` is cleared the
- * same way one level down, where the rename is safe enough: only breakers ever take that file,
- * for a few reads.
+ * breaker is at it: the caller waits. A `<lock>.break` whose breaker died, or older than
+ * `BREAK_STALE_MS` (stranded), is cleared the old way one level down, where the rename is safe
+ * enough: only breakers take that file, for a few reads, and each removes the lock only while the
+ * turn is still its own.
  */
 async function breakLock(lockPath: string, dead: LockHolder | 'unwritten'): Promise<boolean> {
   const breakPath = `${lockPath}.break`;
   const me = await selfHolder();
   if (!(await tryCreate(breakPath, me))) {
     const breaker = await readHolder(breakPath);
-    if (breaker !== 'gone' && (await isAbandoned(breakPath, breaker))) await moveAsideIfStill(breakPath, breaker);
+    if (breaker !== 'gone' && ((await isAbandoned(breakPath, breaker)) || (await olderThan(breakPath, BREAK_STALE_MS)))) await moveAsideIfStill(breakPath, breaker);
     return false;
   }
   try {
     const now = await readHolder(lockPath);
     if (now === 'gone') return true;
     const same = dead === 'unwritten' ? now === 'unwritten' && (await isAbandoned(lockPath, now)) : now !== 'unwritten' && now.token === dead.token;
-    if (same) await unlink(lockPath).catch(() => undefined);
+    // Still this breaker's turn (a stranded turn is cleared by others after BREAK_STALE_MS).
+    const mine = await readHolder(breakPath);
+    if (same && mine !== 'gone' && mine !== 'unwritten' && mine.token === me.token) {
+      await unlink(lockPath).catch((error: unknown) => {
+        if (errnoOf(error) !== 'ENOENT') throw error;
+      });
+    }
     return true;
   } finally {
     await releaser(breakPath, me.token)();
@@ -201,6 +199,21 @@ async function moveAsideIfStill(lockPath: string, dead: LockHolder | 'unwritten'
   const same = dead === 'unwritten' ? moved === 'unwritten' : moved !== 'gone' && moved !== 'unwritten' && moved.token === dead.token;
   if (!same) await link(aside, lockPath).catch(() => undefined);
   await unlink(aside).catch(() => undefined);
+}
+
+/** Whether `file` was last written more than `ms` ago (false when it is gone). */
+async function olderThan(file: string, ms: number): Promise<boolean> {
+  const info = await open(file, 'r').then(
+    async (handle) => {
+      try {
+        return await handle.stat();
+      } finally {
+        await handle.close();
+      }
+    },
+    () => undefined,
+  );
+  return info !== undefined && Date.now() - info.mtimeMs > ms;
 }
 
 function releaser(lockPath: string, token: string): ReleaseLock {
