@@ -240,6 +240,20 @@ describe('the logout decisions of many LUNs queued together (closeSessionIfUnuse
   });
 });
 
+describe('queued logout decisions of other LUNs', () => {
+  it("settles a queued decision by its own LUN: its disk left on the session (a forced detach whose delete failed) is its own, so it logs out", async () => {
+    await session([{ lun: 2, device: 'sdc', wwid: WWID_2 }]);
+    const { runner, runs } = recordingRunner();
+    const decider = lifecycleOn(runner);
+    const decide = (own: string, lun: number) =>
+      decider.closeSessionIfUnused({ ...TARGET, lun, kernelLun: lun }, [own], { signal: undefined, failures: new FailureList(true), mark: decider.closeMark(TARGET) });
+    // LUN 1's decision holds the lock and sees LUN 2's disk: kept. LUN 2's, queued behind it, is
+    // not settled from that reading as "another LUN's disk": sdc is its own.
+    expect(await Promise.all([decide('sdb', 1), decide('sdc', 2)])).toEqual(['kept', 'closed']);
+    expect(logouts(runs)).toHaveLength(1);
+  });
+});
+
 describe('connects in flight and the logout decision', () => {
   it('counts a connect in flight as it was before sysfs was read: one kept during the reading keeps the session', async () => {
     await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);

@@ -80,6 +80,8 @@ export interface CloseOptions {
 
 /** A logout decision waiting for its target's lock; `outcome` is set when one before it decided it. */
 interface CloseRequest {
+  /** The caller's LUN (`LunTarget.kernelLun`): a listed disk is its own only there. */
+  kernelLun: number;
   ownDevices: readonly string[];
   keep: readonly string[];
   mark: number;
@@ -418,7 +420,7 @@ export class LunLifecycle {
     options: CloseOptions,
   ): Promise<'closed' | 'kept' | 'already-closed'> {
     const key = targetKey(target);
-    const request: CloseRequest = { ownDevices, keep: options.keep ?? [], mark: options.mark, lateOwn: options.lateOwn !== undefined, outcome: undefined };
+    const request: CloseRequest = { kernelLun: target.kernelLun, ownDevices, keep: options.keep ?? [], mark: options.mark, lateOwn: options.lateOwn !== undefined, outcome: undefined };
     const queued = this.closers.get(key) ?? [];
     queued.push(request);
     this.closers.set(key, queued);
@@ -512,7 +514,8 @@ export class LunLifecycle {
         request.outcome = 'already-closed';
         continue;
       }
-      if (this.surelyNeededIn(view, target, request.ownDevices, request.keep, request.lateOwn)) {
+      // The reading is of the target's session; the LUN is the queued caller's own.
+      if (this.surelyNeededIn(view, { ...target, kernelLun: request.kernelLun }, request.ownDevices, request.keep, request.lateOwn)) {
         this.deps.logger.info({ iqn: target.iqn, portal: target.portalText }, 'keeping the session: another LUN of it is in use');
         request.outcome = 'kept';
         continue;

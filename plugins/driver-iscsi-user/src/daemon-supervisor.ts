@@ -117,15 +117,23 @@ export class DaemonSupervisor {
 
   /**
    * A daemon this process found running (not started) may still lack exports its records call
-   * active: the process that restarted it was killed before its restore ended (or during it). Those
-   * are rebuilt here — only those: holding the daemon's lock, an active record without its export
-   * is nobody's work in progress. One `query-block-exports` when every export is there.
+   * active while their loop devices still back the dead FUSE files: the process that restarted it
+   * was killed before its restore ended (or during it). Those are rebuilt here — only those:
+   * holding the daemon's lock, they are nobody's work in progress. One `query-block-exports` when
+   * every export is there.
    */
   private async restoreOrphans(qmp: QmpClient, signal: AbortSignal): Promise<void> {
     const active = (await this.deps.records.list()).filter((record) => record.status === 'active');
     if (active.length === 0) return;
     const exported = new Set((await listExports(qmp, { signal })).map((e) => e.id));
-    const orphans = new Set(active.filter((record) => !exported.has(exportNames(record.iqn, record.lun).exportId)).map((record) => record.volumeId));
+    const orphans = new Set<string>();
+    for (const record of active) {
+      if (exported.has(exportNames(record.iqn, record.lun).exportId)) continue;
+      // Only one whose loop device still backs its dead FUSE file: a disconnect killed between its
+      // teardown (the device goes first, then the export) and the record's removal left one with
+      // neither, which is not to be rebuilt — its detach finishes it.
+      if ((await loopsBacking({ host: this.deps.host }, mountpointOf(this.deps.paths, record.volumeId))).length > 0) orphans.add(record.volumeId);
+    }
     if (orphans.size === 0) return;
     this.deps.logger.warn({ volumes: [...orphans] }, 'qemu-storage-daemon runs without exports its records call active (a restart whose restore was cut short): rebuilding them');
     await this.restore(qmp, signal, orphans);

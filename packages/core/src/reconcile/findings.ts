@@ -397,7 +397,10 @@ function findGuestDifferences(facts: ReconcileFacts, busy: (volumeId: string) =>
 function unconfirmedDevice(facts: ReconcileFacts, attachment: Attachment): string | undefined {
   const recorded = attachment.device;
   if (!recorded) return undefined;
-  const listed = (listing: TransportListing | undefined): boolean => listing?.devices.some((d) => sameDevice(d.device, recorded)) === true;
+  // By the volume's own source keys when the transport declares them: a record without identity
+  // compares by path alone, and another volume's device may be listed at that path now.
+  const listed = (listing: TransportListing | undefined): boolean =>
+    listing !== undefined && (listing.sourceKeys.length > 0 ? matchingDevices(listing, attachment) : listing.devices).some((d) => sameDevice(d.device, recorded));
   const before = facts.listings.find((l) => l.transport === attachment.transport);
   const after = (facts.listingsAfter ?? facts.listings).find((l) => l.transport === attachment.transport);
   if (before === undefined || after === undefined) {
