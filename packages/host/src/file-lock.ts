@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { watch, type FSWatcher } from 'node:fs';
-import { link, open, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { link, open, readFile, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
+import { createFileWhole } from './atomic-file.js';
 import { processRuns, processStartTicks } from './daemon.js';
 import { LockTimeoutError } from './errors.js';
 
@@ -105,24 +106,13 @@ async function selfHolder(): Promise<LockHolder> {
 }
 
 /**
- * Create `lockPath` naming `me`, whole from its first moment: the holder is written to a file of
- * this taker's own and linked to the lock's name (EEXIST: taken). A lock file made by open() and
- * written after could be read empty by a waiter while its writer stalled (its write queued behind
- * fsyncs on a loaded host), and broken as abandoned after the grace while its writer went on:
- * two holders.
+ * Create `lockPath` naming `me`, whole from its first moment (`createFileWhole`; false: taken).
+ * A lock file made by open() and written after could be read empty by a waiter while its writer
+ * stalled (its write queued behind fsyncs on a loaded host), and broken as abandoned after the
+ * grace while its writer went on: two holders.
  */
-async function tryCreate(lockPath: string, me: LockHolder): Promise<boolean> {
-  const own = `${lockPath}.new-${process.pid}-${me.token}`;
-  try {
-    await writeFile(own, JSON.stringify(me), { encoding: 'utf8', mode: 0o600, flag: 'w' });
-    await link(own, lockPath);
-    return true;
-  } catch (error) {
-    if (errnoOf(error) === 'EEXIST') return false;
-    throw error;
-  } finally {
-    await unlink(own).catch(() => undefined);
-  }
+function tryCreate(lockPath: string, me: LockHolder): Promise<boolean> {
+  return createFileWhole(lockPath, JSON.stringify(me), { mode: 0o600 });
 }
 
 async function readHolder(lockPath: string): Promise<LockHolder | 'unwritten' | 'gone'> {

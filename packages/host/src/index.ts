@@ -26,5 +26,5 @@ export {
 } from './daemon.js';
 export { acquireFileLock, type FileLockOptions, type ReleaseLock } from './file-lock.js';
 export { nativeProgram, LOOP_DETACH_PROGRAM } from './native-program.js';
-export { writeFileAtomically } from './atomic-file.js';
+export { createFileWhole, writeFileAtomically } from './atomic-file.js';
 export { freeTcpPort, acceptsConnection } from './free-port.js';

@@ -252,9 +252,9 @@ export class DaemonSupervisor {
       // A dead mount no record names (a record removed by hand) goes too; the rebuilt ones are live.
       // Rebuilding `only` some (the others' exports are up): only their dead mounts go.
       const live = new Set(report.restored.map((key) => mountpointOf(paths, key)));
-      const dead = (target: string): boolean => !live.has(target) && (only === undefined || [...only].some((key) => mountpointOf(paths, key) === target));
+      const mine = only === undefined ? undefined : new Set([...only].map((key) => mountpointOf(paths, key)));
       for (const mount of await fuseMountsUnder(host.fs, paths.mounts).catch(() => [])) {
-        if (dead(mount.target)) await unmountFuseUnder(host, mount.target, options.commandTimeoutMs).catch(() => undefined);
+        if (!live.has(mount.target) && (mine === undefined || mine.has(mount.target))) await unmountFuseUnder(host, mount.target, options.commandTimeoutMs).catch(() => undefined);
       }
       this.lastRestore = report;
       logger.warn(

@@ -189,7 +189,7 @@ describe('userInitiatorName', () => {
       expect(new Set(names).size).toBe(1);
       expect(names[0]).toMatch(/^iqn\.2026-11\.io\.berth:user-[0-9a-f]{12}$/);
       expect(await userInitiatorName(host, paths)).toBe(names[0]);
-      expect((await readdir(path.dirname(paths.initiatorName))).filter((f) => f.includes('.new-'))).toEqual([]);
+      expect((await readdir(path.dirname(paths.initiatorName))).filter((f) => f.endsWith('.tmp'))).toEqual([]);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -1,9 +1,9 @@
 import { constants } from 'node:fs';
-import { access, link, mkdir, readdir, readFile, realpath, stat, unlink } from 'node:fs/promises';
+import { access, mkdir, readdir, readFile, realpath, stat } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { lazySchema, type CheckResult } from '@berth/core';
-import { hostFacts, writeFileAtomically, type HostServices } from '@berth/host';
+import { createFileWhole, hostFacts, writeFileAtomically, type HostServices } from '@berth/host';
 import { readInitiatorName } from '@berth/iscsi';
 import { QSD_INSTALL_HINT, writeSecretFile } from '@berth/qemu';
 import { z } from '@berth/core/zod';
@@ -191,20 +191,11 @@ export async function userInitiatorName(host: HostServices, paths: UserPaths): P
   if (kept !== '') return kept;
   const name = `iqn.2026-11.io.berth:user-${randomBytes(6).toString('hex')}`;
   // Made once for the host: two berth processes starting together must not each keep a name of
-  // their own (the host would be two initiators, its ACLs split). The name is written to a file of
-  // this process's and linked into place, which fails when another process got there first.
-  const own = `${paths.initiatorName}.new-${process.pid}-${randomBytes(4).toString('hex')}`;
-  await writeSecretFile(own, `${name}\n`);
-  try {
-    await link(own, paths.initiatorName);
-    return name;
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-    const theirs = (await readFile(paths.initiatorName, 'utf8').catch(() => '')).trim();
-    if (theirs !== '') return theirs;
-    await writeSecretFile(paths.initiatorName, `${name}\n`);
-    return name;
-  } finally {
-    await unlink(own).catch(() => undefined);
-  }
+  // their own (the host would be two initiators, its ACLs split). The loser reads the winner's.
+  await mkdir(path.dirname(paths.initiatorName), { recursive: true, mode: 0o700 });
+  if (await createFileWhole(paths.initiatorName, `${name}\n`, { mode: 0o600, sync: true })) return name;
+  const theirs = (await readFile(paths.initiatorName, 'utf8').catch(() => '')).trim();
+  if (theirs !== '') return theirs;
+  await writeSecretFile(paths.initiatorName, `${name}\n`);
+  return name;
 }
