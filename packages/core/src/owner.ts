@@ -1,23 +1,57 @@
+import { commandsOutlive } from '@berth/host';
+
 /**
- * Whether the process named by an owner (`pid@host`, optionally followed by `/<token>`) may still
- * be running: true for this process (`self`), for a process on another host (only that host can
- * tell), and for a live process here; false for a dead one or an owner that names no process.
+ * What is left of the process an owner (`pid@host`, optionally followed by `/<token>`) names:
+ * `alive` for this process (`self`), for a process on another host (only that host can tell), and
+ * for a live process here; `commands` for a dead process here whose commands still run (its
+ * berth-spawner stays until they ended: `commandsOutlive`); `dead` for a dead one, or an owner that
+ * names no process.
  */
-export function ownerAlive(owner: string | null, hostname: string, self: string): boolean {
-  if (owner === null) return false;
+export function ownerState(owner: string | null, hostname: string, self: string): { state: 'alive' | 'dead' } | { state: 'commands'; pid: number } {
+  if (owner === null) return { state: 'dead' };
   const process_ = owner.split('/')[0] ?? owner;
-  if (process_ === self) return true;
+  if (process_ === self) return { state: 'alive' };
   const at = process_.indexOf('@');
-  if (at < 0) return false;
+  if (at < 0) return { state: 'dead' };
   const pid = Number(process_.slice(0, at));
   const host = process_.slice(at + 1);
   // Another host's agent owns it: only that agent may recover it.
-  if (host !== hostname) return true;
-  if (!Number.isInteger(pid) || pid <= 0) return false;
+  if (host !== hostname) return { state: 'alive' };
+  if (!Number.isInteger(pid) || pid <= 0) return { state: 'dead' };
   try {
     process.kill(pid, 0);
-    return true;
+    return { state: 'alive' };
   } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
+    if ((error as NodeJS.ErrnoException).code === 'EPERM') return { state: 'alive' };
   }
+  return commandsOutlive(pid) ? { state: 'commands', pid } : { state: 'dead' };
+}
+
+/**
+ * Whether the process named by an owner may still be acting: it runs (`ownerState` `alive`), or
+ * the commands it started do (`commands`: a SIGKILLed berth's `losetup` or `iscsiadm` that has not
+ * ended). False only for a dead owner whose commands ended, or an owner that names no process.
+ */
+export function ownerAlive(owner: string | null, hostname: string, self: string): boolean {
+  return ownerState(owner, hostname, self).state !== 'dead';
+}
+
+const ORPHAN_POLL_FIRST_MS = 5;
+const ORPHAN_POLL_MAX_MS = 100;
+
+/**
+ * Wait until the commands dead process `pid` left running have ended (`commandsOutlive`), at most
+ * `timeoutMs`; false when they still run then. A poll: they are no children of this process, and
+ * Node 20 has no pidfd to wait on.
+ */
+export async function commandsEnded(pid: number, timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  let wait = ORPHAN_POLL_FIRST_MS;
+  while (commandsOutlive(pid)) {
+    const left = deadline - Date.now();
+    if (left <= 0 || signal?.aborted) return false;
+    await new Promise((resolve) => setTimeout(resolve, Math.min(wait, left)));
+    wait = Math.min(wait * 2, ORPHAN_POLL_MAX_MS);
+  }
+  return true;
 }

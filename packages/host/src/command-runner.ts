@@ -81,7 +81,7 @@ function spawnCommand(
       stop();
     };
     try {
-      child = startCommand(file, args, { env: options.env, input: options.input, node: options.nodeSpawn }, {
+      child = startCommand(file, args, { env: options.env, input: options.input, node: options.nodeSpawn, timeoutMs: options.timeoutMs }, {
         stdout(chunk) {
           stdout += chunk;
           if (stdout.length > MAX_OUTPUT_CHARS && !overflow) {

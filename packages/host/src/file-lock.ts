@@ -5,6 +5,7 @@ import path from 'node:path';
 import { createFileWhole } from './atomic-file.js';
 import { processRuns, processStartTicks } from './daemon.js';
 import { LockTimeoutError } from './errors.js';
+import { commandsOutlive } from './spawner.js';
 
 /** Who holds a lock file: a process named for good by its pid and start time. */
 interface LockHolder {
@@ -39,7 +40,8 @@ const MAX_POLL_MS = 100;
  * Take an exclusive lock between processes: `lockPath` appears holding `{pid, startTicks, token}`
  * (`tryCreate`). While another live process holds it, wait — woken by the directory's events when
  * the file goes, with a short poll as fallback — until `timeoutMs`. A lock whose holder is dead
- * (crashed CLI) is broken, by one breaker at a time (`breakLock`).
+ * (crashed CLI) and whose commands ended (`commandsOutlive`) is broken, by one breaker at a time
+ * (`breakLock`).
  */
 export async function acquireFileLock(lockPath: string, options: FileLockOptions): Promise<ReleaseLock> {
   const deadline = Date.now() + options.timeoutMs;
@@ -136,7 +138,9 @@ async function readHolder(lockPath: string): Promise<LockHolder | 'unwritten' | 
 
 async function isAbandoned(lockPath: string, holder: LockHolder | 'unwritten'): Promise<boolean> {
   if (holder === 'unwritten') return olderThan(lockPath, UNWRITTEN_GRACE_MS);
-  return !(await processRuns(holder.pid, holder.startTicks));
+  // A dead holder's commands may outlive it (a SIGKILLed berth's `iscsiadm --logout`): its lock
+  // stands until they ended.
+  return !(await processRuns(holder.pid, holder.startTicks)) && !commandsOutlive(holder.pid, holder.startTicks);
 }
 
 /**

@@ -8,7 +8,7 @@ export {
   type CommandRunnerOptions,
 } from './command-runner.js';
 export { createHostFs, hostPathSegments } from './host-fs.js';
-export { commandStarter, spawnerPid } from './spawner.js';
+export { commandStarter, commandsOutlive, spawnerPid } from './spawner.js';
 export { createDeviceWaiter, deviceWaiterHandles, DEFAULT_POLL_MS } from './device-waiter.js';
 export { createHostServices, type HostServicesOptions } from './host-services.js';
 export { hostFacts, type HostFacts } from './host-facts.js';

@@ -6,7 +6,11 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { createCommandRunner } from './command-runner.js';
 import { createDeviceWaiter } from './device-waiter.js';
 import { createHostFs } from './host-fs.js';
-import { commandStarter } from './spawner.js';
+import { processRuns } from './daemon.js';
+import { LockTimeoutError } from './errors.js';
+import { acquireFileLock } from './file-lock.js';
+import { commandStarter, commandsOutlive } from './spawner.js';
+import { killedWithCommand } from './testing/index.js';
 
 const temps: string[] = [];
 afterEach(async () => {
@@ -81,6 +85,41 @@ describe('berth-spawner', () => {
     const pid = Number((await readFile(pidFile, 'utf8')).trim());
     expect(pid).toBeGreaterThan(0);
     await gone(pid);
+  });
+
+  it('stays for the commands of a SIGKILLed process, standing for them: its lock is not broken until they ended', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'berth-spawner-'));
+    temps.push(dir);
+    const lock = path.join(dir, 'target.lock');
+    // The command ends when the test says (a logout that takes its time).
+    const killed = await killedWithCommand({ timeoutMs: 20_000, lock });
+    try {
+      expect(await processRuns(killed.command, undefined)).toBe(true);
+      expect(commandsOutlive(killed.pid)).toBe(true);
+      // The holder is dead, its command runs: the lock stands.
+      await expect(acquireFileLock(lock, { timeoutMs: 300, what: 'the test lock' })).rejects.toBeInstanceOf(LockTimeoutError);
+      const taken = acquireFileLock(lock, { timeoutMs: 10_000, what: 'the test lock' }).then(async (release) => {
+        const running = await processRuns(killed.command, undefined);
+        await release();
+        return running;
+      });
+      await killed.finish();
+      // Taken only once the command ended (before: at once, beside it).
+      expect(await taken).toBe(false);
+      expect(commandsOutlive(killed.pid)).toBe(false);
+    } finally {
+      await killed.dispose();
+    }
+  });
+
+  it('ends a dead process\'s command at its timeout: SIGTERM, then SIGKILL when it ignores that', async () => {
+    const killed = await killedWithCommand({ timeoutMs: 500, trapTerm: true });
+    try {
+      await gone(killed.command);
+      await waiter.waitUntil('/proc', async () => (commandsOutlive(killed.pid) ? undefined : true), { timeoutMs: 10_000, signal, what: 'the spawner to go' });
+    } finally {
+      await killed.dispose();
+    }
   });
 
   it('when the spawner dies, its running commands fail (and get SIGTERM) and later commands start with Node', async () => {

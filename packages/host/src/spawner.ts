@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, writeSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeSync } from 'node:fs';
 import { constants } from 'node:os';
 import { StringDecoder } from 'node:string_decoder';
 import { getSystemErrorName } from 'node:util';
@@ -30,6 +30,11 @@ export interface StartOptions {
   input: string | undefined;
   /** Start it with Node's spawn even when there is a spawner. */
   node?: boolean;
+  /**
+   * The runner's timeout of the command (ms): the spawner applies it itself only once this process
+   * is gone (it then stays until its commands ended; see the C file).
+   */
+  timeoutMs?: number;
 }
 
 /** Starts `file` with `args` (no shell); throws at once for what Node refuses (a NUL byte). */
@@ -353,7 +358,8 @@ function withHead(type: string, body: Buffer): Buffer {
 
 function runFrame(id: number, file: string, args: readonly string[], options: StartOptions): Buffer {
   const env = Object.entries(options.env).filter((entry): entry is [string, string] => entry[1] !== undefined);
-  const parts: Buffer[] = [u32(id), u32(options.input === undefined ? 0 : 1), str(workingDirectory()), u32(args.length + 1), str(file)];
+  const timeout = options.timeoutMs === undefined || !Number.isFinite(options.timeoutMs) ? 0 : Math.min(Math.max(1, Math.ceil(options.timeoutMs)), 0xffff_ffff);
+  const parts: Buffer[] = [u32(id), u32(options.input === undefined ? 0 : 1), u32(timeout), str(workingDirectory()), u32(args.length + 1), str(file)];
   for (const arg of args) parts.push(str(arg));
   parts.push(u32(env.length));
   for (const [name, value] of env) parts.push(str(`${name}=${value}`));
@@ -416,7 +422,9 @@ function theBroker(): Broker | undefined {
   spawnerDirectory = currentDirectory();
   let child: ChildProcess;
   try {
-    child = spawn(SPAWNER_PATH, [], { stdio: ['pipe', 'pipe', 'ignore'], env: {} });
+    // Its command line names this process for good (pid and start time): while this process's
+    // commands outlive it, the spawner stands for them (`commandsOutlive`).
+    child = spawn(SPAWNER_PATH, [SPAWNER_FOR, `${process.pid}:${ownStartTicks()}`], { stdio: ['pipe', 'pipe', 'ignore'], env: {} });
   } catch {
     // Node throws at once for some errors (ETXTBSY while a build rewrites the file): Node's spawn then.
     spawnerUnusable = true;
@@ -424,6 +432,48 @@ function theBroker(): Broker | undefined {
   }
   broker = new Broker(child);
   return broker;
+}
+
+/** This process's start time (`/proc/self/stat`), '' when it cannot be read. */
+function ownStartTicks(): string {
+  const ticks = startTicksOf(process.pid);
+  return ticks === undefined || ticks === UNREADABLE ? '' : ticks;
+}
+
+const SPAWNER_FOR = '--for';
+
+/**
+ * Whether commands that process `pid` (started at `startTicks`, when known) ran through its
+ * berth-spawner may still run though the process itself is gone: a live berth-spawner started for
+ * it (`berth-spawner --for <pid>:<ticks>`) stays until the last of them ended (or its timeout
+ * killed it). A lock, marker or operation of a dead process counts as held while this is true: a
+ * `iscsiadm --logout` its SIGKILLed berth left running must end before another process acts on
+ * the target. One read of /proc and of each process's command line (a zombie's is empty): callers
+ * ask only after finding the process itself dead. Synchronous: lease checks are.
+ */
+export function commandsOutlive(pid: number, startTicks?: string): boolean {
+  let names: string[];
+  try {
+    names = readdirSync('/proc');
+  } catch {
+    return false;
+  }
+  const marker = `berth-spawner\0${SPAWNER_FOR}\0${pid}:`;
+  for (const name of names) {
+    const first = name.charCodeAt(0);
+    if (first < 48 || first > 57) continue;
+    let cmdline: string;
+    try {
+      cmdline = readFileSync(`/proc/${name}/cmdline`, 'latin1');
+    } catch {
+      continue;
+    }
+    const at = cmdline.indexOf(marker);
+    if (at < 0) continue;
+    const ticks = cmdline.slice(at + marker.length).split('\0')[0] ?? '';
+    if (startTicks === undefined || startTicks === '' || ticks === '' || ticks === startTicks) return true;
+  }
+  return false;
 }
 
 const hasNul = (value: string): boolean => value.includes('\0');

@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BerthError, silentLogger } from '@berth/core';
-import { acquireFileLock, createHostServices, processStartTicks, type CommandResult, type CommandRunner, type HostFs, type ReleaseLock } from '@berth/host';
+import { acquireFileLock, commandsOutlive, createHostServices, processStartTicks, type CommandResult, type CommandRunner, type HostFs, type ReleaseLock } from '@berth/host';
+import { killedWithCommand } from '@berth/host/testing';
 import { iscsiTransportKit } from './transport-kit.js';
 import type { LunLifecycle } from './lun-lifecycle.js';
 import type { LunTarget } from './lun-device.js';
@@ -503,6 +504,31 @@ describe('connects in flight in another berth process (markers)', () => {
     const mine = await reusingConnect();
     await mine.fail();
     expect(logouts(mine.runs)).toEqual([]);
+  });
+
+  it('counts the marker of a SIGKILLed process while the command it started (its `iscsiadm --login`) still runs', async () => {
+    await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
+    // A connect in flight: its marker written, its login (a command that ends when the test says) running.
+    const killed = await killedWithCommand({
+      timeoutMs: 20_000,
+      beforeKill: async (pid) => {
+        await mkdir(markerDir(), { recursive: true });
+        await writeFile(path.join(markerDir(), `${pid}-c0ffeec0ffee-1`), JSON.stringify({ pid, startTicks: await processStartTicks(pid) }));
+      },
+    });
+    try {
+      const { runner, runs } = recordingRunner();
+      const b = lifecycleOn(runner);
+      // Its process is dead, its login is not: the session stays for it (before: logged out under it).
+      expect(await closeLun1(b)).toBe('kept');
+      expect(logouts(runs)).toEqual([]);
+      await killed.finish();
+      await createHostServices().waiter.waitUntil('/proc', async () => (commandsOutlive(killed.pid) ? undefined : true), { timeoutMs: 10_000, signal: AbortSignal.timeout(15_000) });
+      expect(await closeLun1(b)).toBe('closed');
+      expect(await markers()).toEqual([]);
+    } finally {
+      await killed.dispose();
+    }
   });
 
   it('counts a live process\'s marker, and ignores and removes a dead process\'s (or a reused pid\'s)', async () => {

@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { lstat } from 'node:fs/promises';
 import { z } from '@berth/core/zod';
 import { BerthError, lazySchema, type Logger } from '@berth/core';
-import { acquireFileLock, LockTimeoutError, processRuns, processStartTicks, type HostFs, type ReleaseLock } from '@berth/host';
+import { acquireFileLock, commandsOutlive, LockTimeoutError, processRuns, processStartTicks, type HostFs, type ReleaseLock } from '@berth/host';
 import { targetKey } from './lun-connection.js';
 import type { LunTarget } from './lun-device.js';
 
@@ -171,7 +171,10 @@ async function ensureOwnDir(fs: HostFs, dir: string): Promise<void> {
   }
 }
 
-/** Whether the process a marker names still runs (a torn marker's writer died: it wrote holding the lock). */
+/**
+ * Whether the process a marker names still runs, or the commands it started do (its `iscsiadm
+ * --login`, when it was killed; a torn marker's writer died: it wrote holding the lock).
+ */
 async function markerLives(text: string): Promise<boolean> {
   let holder;
   try {
@@ -180,5 +183,5 @@ async function markerLives(text: string): Promise<boolean> {
     return false;
   }
   if (!holder.success) return false;
-  return processRuns(holder.data.pid, holder.data.startTicks);
+  return (await processRuns(holder.data.pid, holder.data.startTicks)) || commandsOutlive(holder.data.pid, holder.data.startTicks);
 }

@@ -11,7 +11,8 @@
  *
  * Protocol (all integers little-endian; every frame is [type u8][body length u32][body]):
  *   from the runner, on stdin:
- *     'R' run:  u32 id, u32 flags (1: input follows; else stdin is /dev/null), str cwd,
+ *     'R' run:  u32 id, u32 flags (1: input follows; else stdin is /dev/null), u32 timeout_ms
+ *               (the runner's timeout of the command, 0: none; see "orphaned" below), str cwd,
  *               u32 argc, str argv[argc] (argv[0] is the file, looked up in the command's own
  *               PATH as Node does), u32 envc, str env[envc] ("NAME=value"), [u32 len, bytes input]
  *     'K' kill: u32 id, u32 signal
@@ -23,9 +24,17 @@
  *     'O' / 'E' output: u32 id, bytes (the command's stdout / stderr, as read)
  *     'X' ended: u32 id, i32 exit code (-1 when killed), i32 signal (0 when it exited);
  *         sent once the command exited AND closed both output pipes (Node's 'close').
- * When stdin ends (the runner's process exited or died), this program exits at once and its end
- * of every command's pipes closes with it: the commands are re-parented and go on, and one that
- * writes gets SIGPIPE, as a command Node spawned did when Node was killed.
+ * Orphaned: when stdin ends (the runner's process exited or died), this program starts nothing
+ * more and closes its end of the commands' output pipes (one that writes dies of SIGPIPE, as a
+ * command Node spawned did when Node was killed), but stays until every command it started has
+ * exited; a command still running at its timeout gets SIGTERM, and SIGKILL 2 s later, as the runner
+ * would have done. Only then does it exit. So while a dead berth's commands
+ * run, a process can be found that stands for them: this program's command line names the process
+ * it was started for (`berth-spawner --for <pid>:<start time>`), and berth's liveness checks (lock
+ * files, in-flight markers, operation owners) count a dead holder as alive while it runs. A berth
+ * SIGKILLed in the middle of an `iscsiadm --logout` thus keeps its target lock until the logout
+ * ended: no other process acts on the target meanwhile. (Before, this program exited at once and
+ * the commands went on unseen, re-parented, after their berth's locks were broken.)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -41,6 +50,7 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef struct {
@@ -51,11 +61,24 @@ typedef struct {
   size_t input_len, input_off;
   int status;
   int reaped;
+  uint32_t timeout_ms; /* 0: none */
+  int64_t started_ms;  /* CLOCK_MONOTONIC */
+  int signalled;       /* orphaned: 1 after SIGTERM at the timeout, 2 after SIGKILL */
 } job_t;
 
 static job_t *jobs;
 static size_t njobs, capjobs;
 static int stdin_open = 1;
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* After SIGTERM at its timeout, an orphaned command that ignores it gets SIGKILL this much later
+ * (the runner's FORCE_KILL_AFTER_MS). */
+#define FORCE_KILL_AFTER_MS 2000
 
 static void die(const char *what) {
   (void)!write(2, what, strlen(what));
@@ -93,6 +116,7 @@ static void put_u32(char *p, uint32_t v) {
 }
 
 static void frame(char type, uint32_t id, const void *payload, size_t len) {
+  if (out_broken) return;
   char head[9];
   head[0] = type;
   put_u32(head + 1, (uint32_t)(4 + len));
@@ -262,6 +286,7 @@ static int spawn_in_path(pid_t *pid, char **argv, char **envp, posix_spawn_file_
 static void run_request(reader_t *r) {
   uint32_t id = rd_u32(r);
   uint32_t flags = rd_u32(r);
+  uint32_t timeout_ms = rd_u32(r);
   char *cwd = rd_str(r);
   uint32_t argc = rd_u32(r);
   if (r->bad || argc == 0 || argc > (1u << 20)) die("berth-spawner: bad run request");
@@ -360,6 +385,8 @@ static void run_request(reader_t *r) {
   j->in = in[1];
   j->input = input;
   j->input_len = input_len;
+  j->timeout_ms = timeout_ms;
+  j->started_ms = now_ms();
   if (j->in >= 0) {
     fcntl(j->in, F_SETFL, fcntl(j->in, F_GETFL) | O_NONBLOCK);
     if (input_len == 0) {
@@ -387,6 +414,16 @@ static void kill_request(reader_t *r) {
 static char *inbuf;
 static size_t inlen, incap;
 
+/* The runner is gone: nobody reads the commands' output any more (see "Orphaned" above). */
+static void orphaned(void) {
+  stdin_open = 0;
+  for (size_t i = 0; i < njobs; i++) {
+    if (jobs[i].out >= 0) close(jobs[i].out);
+    if (jobs[i].err >= 0) close(jobs[i].err);
+    jobs[i].out = jobs[i].err = -1;
+  }
+}
+
 static void read_requests(void) {
   if (incap - inlen < 65536) {
     incap = incap ? incap * 2 : 131072;
@@ -395,11 +432,11 @@ static void read_requests(void) {
   ssize_t n = read(0, inbuf + inlen, incap - inlen);
   if (n < 0) {
     if (errno == EINTR || errno == EAGAIN) return;
-    stdin_open = 0;
+    orphaned();
     return;
   }
   if (n == 0) {
-    stdin_open = 0;
+    orphaned();
     return;
   }
   inlen += (size_t)n;
@@ -479,6 +516,35 @@ static void finish_done(void) {
   njobs = k;
 }
 
+/*
+ * Orphaned: a command past its timeout gets SIGTERM, and SIGKILL FORCE_KILL_AFTER_MS later.
+ * Returns how long poll() may sleep before the next such moment (-1: no command has one).
+ */
+static int orphan_deadlines(void) {
+  int64_t now = now_ms();
+  int64_t next = -1;
+  for (size_t i = 0; i < njobs; i++) {
+    job_t *j = &jobs[i];
+    if (j->reaped || j->timeout_ms == 0 || j->signalled >= 2) continue;
+    int64_t at = j->started_ms + j->timeout_ms + (j->signalled == 1 ? FORCE_KILL_AFTER_MS : 0);
+    if (at <= now) {
+      kill(j->pid, j->signalled == 0 ? SIGTERM : SIGKILL);
+      j->signalled += 1;
+      if (j->signalled >= 2) continue;
+      at = now + FORCE_KILL_AFTER_MS;
+    }
+    if (next < 0 || at - now < next) next = at - now;
+  }
+  return next < 0 ? -1 : (int)(next > INT_MAX ? INT_MAX : next);
+}
+
+/* Every command this program started has exited (orphaned: then it may go). */
+static int all_reaped(void) {
+  for (size_t i = 0; i < njobs; i++)
+    if (!jobs[i].reaped) return 0;
+  return 1;
+}
+
 int main(void) {
   /* The runner's own signals are for the runner: Ctrl-C in a terminal reaches the whole process
    * group, and berth decides what its commands get (a graceful stop lets them finish). */
@@ -494,7 +560,11 @@ int main(void) {
 
   struct pollfd *pfd = NULL;
   size_t pcap = 0;
-  while (stdin_open) {
+  for (;;) {
+    /* Orphaned (no runner any more): go once every command exited. Output pipes a command's own
+     * children (a daemon it started) keep open are not waited for. */
+    if (!stdin_open && all_reaped()) break;
+    int timeout = stdin_open ? -1 : orphan_deadlines();
     size_t need = 2 + njobs * 3;
     if (need > pcap) {
       pcap = need * 2;
@@ -508,7 +578,7 @@ int main(void) {
       pfd[n++] = (struct pollfd){.fd = jobs[i].err, .events = POLLIN};
       pfd[n++] = (struct pollfd){.fd = jobs[i].in, .events = POLLOUT};
     }
-    if (poll(pfd, n, -1) < 0) {
+    if (poll(pfd, n, timeout) < 0) {
       if (errno == EINTR) continue;
       die("berth-spawner: poll");
     }

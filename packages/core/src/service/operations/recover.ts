@@ -2,7 +2,8 @@ import { toBerthError } from '../../errors.js';
 import { isStoreOutage } from '../../store-errors.js';
 import { summarize } from '../../pipeline/operation-runner.js';
 import { hostRootSkip } from '../../pipeline/host-root.js';
-import { foreignHostRoot, ownerAlive, recoverOperation, type RecoveryDeps } from '../../pipeline/recovery.js';
+import { foreignHostRoot, recoverOperation, type RecoveryDeps } from '../../pipeline/recovery.js';
+import { commandsEnded, ownerState } from '../../owner.js';
 import type { RecoveryOutcome } from '../../reports.js';
 import { serverConsumer } from '../../pipeline/server-consumer.js';
 import type { ServiceParts } from '../parts.js';
@@ -19,6 +20,9 @@ export function recoveryDeps(parts: ServiceParts): RecoveryDeps {
   };
 }
 
+/** Beyond the command timeout, how long recovery waits for a dead owner's commands: the 2 s from SIGTERM to SIGKILL, with room. */
+const ORPHAN_KILL_MARGIN_MS = 3_000;
+
 /**
  * Finish every `running` operation whose owner is a dead process on this host (or that this
  * process abandoned and still owns: a replica may have claimed it since), each under its volume lock.
@@ -29,7 +33,17 @@ export async function recoverDeadOperations(parts: ServiceParts, launcher: Opera
   for (const operation of await store.operations.list({ state: 'running' })) {
     // Abandoned only while still this process's: a replica that took it over since owns it now.
     const abandoned = launcher.isAbandoned(operation.id) && operation.owner === owner;
-    if (!abandoned && ownerAlive(operation.owner, identity.hostname, owner)) continue;
+    if (!abandoned) {
+      const left = ownerState(operation.owner, identity.hostname, owner);
+      if (left.state === 'alive') continue;
+      // Its process is dead but a command it started still runs (a SIGKILLed CLI's `iscsiadm
+      // --login`): undoing beside it could leave what it makes behind, or undo under it. Its
+      // spawner ends it at the command's own timeout; wait that long at most.
+      if (left.state === 'commands' && !(await commandsEnded(left.pid, parts.config.commandTimeoutMs + ORPHAN_KILL_MARGIN_MS))) {
+        parts.logger.warn({ operationId: operation.id, owner: operation.owner }, 'recovery: the dead owner\'s commands still run; left for the next recovery');
+        continue;
+      }
+    }
     // Connected on another host root than this berth's transport runs on: left as it is (not even
     // its owner is taken) for a berth on that root, which recovers it when it opens.
     const elsewhere = await foreignHostRoot(parts.deps, operation);

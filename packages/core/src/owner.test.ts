@@ -1,0 +1,31 @@
+import { existsSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { killedWithCommand } from '@berth/host/testing';
+import { describe, expect, it } from 'vitest';
+import { commandsEnded, ownerAlive, ownerState } from './owner.js';
+
+describe('ownerState', () => {
+  it('names this process, another host\'s and a dead one', () => {
+    const self = `${process.pid}@${hostname()}`;
+    expect(ownerState(self, hostname(), self)).toEqual({ state: 'alive' });
+    expect(ownerState('1@elsewhere', hostname(), self)).toEqual({ state: 'alive' });
+    expect(ownerState(null, hostname(), self)).toEqual({ state: 'dead' });
+    expect(ownerState('nobody', hostname(), self)).toEqual({ state: 'dead' });
+  });
+
+  it('counts a SIGKILLed owner whose command still runs as acting, until the command ended', async () => {
+    const killed = await killedWithCommand({ timeoutMs: 20_000 });
+    const owner = `${killed.pid}@${hostname()}/token`;
+    try {
+      expect(existsSync(`/proc/${killed.pid}`)).toBe(false);
+      expect(ownerState(owner, hostname(), 'me')).toEqual({ state: 'commands', pid: killed.pid });
+      expect(ownerAlive(owner, hostname(), 'me')).toBe(true);
+      expect(await commandsEnded(killed.pid, 200)).toBe(false);
+      await killed.finish();
+      expect(await commandsEnded(killed.pid, 10_000)).toBe(true);
+      expect(ownerState(owner, hostname(), 'me')).toEqual({ state: 'dead' });
+    } finally {
+      await killed.dispose();
+    }
+  });
+});
