@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BerthError, toBerthError } from './errors.js';
 import type { Logger } from './logger.js';
-import { ownerAlive } from './owner.js';
+import { ownerState } from './owner.js';
 import { withStoreRetry } from './pipeline/store-retry.js';
 import { withDeferredDurability, type Store } from './store.js';
 
@@ -74,6 +74,9 @@ export function exportLeaseKey(volumeId: string): string {
   return `export:${volumeId}`;
 }
 
+/** How long past its lease a dead holder's still-running commands hold it (the default command timeout, 30 s, and the 2 s to SIGKILL, with room). */
+const COMMANDS_PAST_LEASE_MS = 35_000;
+
 /**
  * Run `fn` holding the lease `key` in the store: the cross-process lock two `berth attach`
  * processes need (the in-process keyed lock does not see the other process). A holder that is a
@@ -104,7 +107,12 @@ export async function withLease<T>(store: Store, key: string, options: LeaseOpti
     // connection the database ended; the store's retry ran it again). The lease is ours.
     if (holder.owner === me) break;
     last = holder.owner;
-    const stale = holder.owner === '' || Date.parse(holder.expiresAt) < Date.now() || !ownerAlive(holder.owner, options.hostname, options.owner);
+    // A dead holder on this host whose commands still run (its spawner stays for them) holds on,
+    // past its lease by up to `COMMANDS_PAST_LEASE_MS`: what it started must end before another
+    // process acts on the device — but one stuck in the kernel past its SIGKILL must not hold it for good.
+    const left = holder.owner === '' ? 'dead' : ownerState(holder.owner, options.hostname, options.owner).state;
+    const expired = Date.parse(holder.expiresAt) + (left === 'commands' ? COMMANDS_PAST_LEASE_MS : 0) < Date.now();
+    const stale = holder.owner === '' || expired || left === 'dead';
     if (stale && holder.owner !== '' && (await withStoreRetry(() => store.locks.takeOver(key, me, holder.owner, expiry()), retry))) {
       options.logger?.warn({ lease: key, from: holder.owner }, 'took over a lease its dead holder left');
       break;

@@ -1,7 +1,10 @@
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { killedWithCommand } from '@berth/host/testing';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { commandsEnded, ownerAlive, ownerState } from './owner.js';
 
 describe('ownerState', () => {
@@ -11,6 +14,19 @@ describe('ownerState', () => {
     expect(ownerState('1@elsewhere', hostname(), self)).toEqual({ state: 'alive' });
     expect(ownerState(null, hostname(), self)).toEqual({ state: 'dead' });
     expect(ownerState('nobody', hostname(), self)).toEqual({ state: 'dead' });
+  });
+
+  it('calls a zombie owner dead (its parent never reaped it)', async () => {
+    // `true` exits at once; the shell then becomes `sleep`, which never reaps it.
+    const parent = spawn('sh', ['-c', 'true & echo $!; exec sleep 30'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    try {
+      const [chunk] = (await once(parent.stdout!, 'data')) as [Buffer];
+      const zombie = Number(chunk.toString().trim());
+      await vi.waitFor(async () => expect((await readFile(`/proc/${zombie}/stat`, 'utf8')).split(') ')[1]?.[0]).toBe('Z'), { timeout: 10_000 });
+      expect(ownerState(`${zombie}@${hostname()}`, hostname(), 'me')).toEqual({ state: 'dead' });
+    } finally {
+      parent.kill('SIGKILL');
+    }
   });
 
   it('counts a SIGKILLed owner whose command still runs as acting, until the command ended', async () => {

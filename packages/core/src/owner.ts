@@ -1,4 +1,4 @@
-import { commandsOutlive } from '@berth/host';
+import { commandsOutlive, processRunsSync } from '@berth/host';
 
 /**
  * What is left of the process an owner (`pid@host`, optionally followed by `/<token>`) names:
@@ -18,13 +18,21 @@ export function ownerState(owner: string | null, hostname: string, self: string)
   // Another host's agent owns it: only that agent may recover it.
   if (host !== hostname) return { state: 'alive' };
   if (!Number.isInteger(pid) || pid <= 0) return { state: 'dead' };
+  // A zombie is dead (`kill(pid, 0)` alone would call one whose parent never reaps it alive for
+  // good: its operations never recovered, its leases held until they expire).
+  const runs = processRunsSync(pid) ?? signalable(pid);
+  if (runs) return { state: 'alive' };
+  return commandsOutlive(pid) ? { state: 'commands', pid } : { state: 'dead' };
+}
+
+/** Where /proc cannot tell: whether `pid` can be signalled (EPERM: it exists, as another user's). */
+function signalable(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return { state: 'alive' };
+    return true;
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'EPERM') return { state: 'alive' };
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
   }
-  return commandsOutlive(pid) ? { state: 'commands', pid } : { state: 'dead' };
 }
 
 /**
@@ -39,12 +47,15 @@ export function ownerAlive(owner: string | null, hostname: string, self: string)
 const ORPHAN_POLL_FIRST_MS = 5;
 const ORPHAN_POLL_MAX_MS = 100;
 
+/** Beyond the command timeout, how long to wait for a dead owner's commands: the 2 s from SIGTERM to SIGKILL, with room. */
+export const DEAD_OWNER_KILL_MARGIN_MS = 3_000;
+
 /**
- * Wait until the commands dead process `pid` left running have ended (`commandsOutlive`), at most
- * `timeoutMs`; false when they still run then. A poll: they are no children of this process, and
+ * Wait until the commands dead process `pid` (any dead process's, when undefined) left running have
+ * ended (`commandsOutlive`), at most `timeoutMs`; false when they still run then. A poll: they are no children of this process, and
  * Node 20 has no pidfd to wait on.
  */
-export async function commandsEnded(pid: number, timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
+export async function commandsEnded(pid: number | undefined, timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   let wait = ORPHAN_POLL_FIRST_MS;
   while (commandsOutlive(pid)) {

@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+
 /** What berth reads of `/proc/<pid>/stat`: the state (field 3) and the start time (field 22, clock ticks since boot). */
 export interface ProcStat {
   state: string;
@@ -19,4 +21,20 @@ export function parseProcStat(text: string): ProcStat | undefined {
 /** The start time of a process that still runs: undefined for a zombie (or one being reaped). */
 export function liveStartTicks(stat: ProcStat | undefined): string | undefined {
   return stat === undefined || stat.state === 'Z' || stat.state === 'X' ? undefined : stat.startTicks;
+}
+
+/**
+ * Whether process `pid` runs — not gone, not a zombie (`kill(pid, 0)` succeeds on a zombie: one
+ * whose parent never reaps it would count as alive for good) — read synchronously from
+ * `/proc/<pid>/stat`; undefined when /proc cannot tell (another error than the process being gone).
+ */
+export function processRunsSync(pid: number): boolean | undefined {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    return code === 'ENOENT' || code === 'ESRCH' ? false : undefined;
+  }
+  return liveStartTicks(parseProcStat(text)) !== undefined;
 }

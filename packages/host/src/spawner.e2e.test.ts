@@ -96,6 +96,8 @@ describe('berth-spawner', () => {
     try {
       expect(await processRuns(killed.command, undefined)).toBe(true);
       expect(commandsOutlive(killed.pid)).toBe(true);
+      // Any dead process's (a replica taking over does not know whose operation it took).
+      expect(commandsOutlive()).toBe(true);
       // The holder is dead, its command runs: the lock stands.
       await expect(acquireFileLock(lock, { timeoutMs: 300, what: 'the test lock' })).rejects.toBeInstanceOf(LockTimeoutError);
       const taken = acquireFileLock(lock, { timeoutMs: 10_000, what: 'the test lock' }).then(async (release) => {
@@ -115,6 +117,19 @@ describe('berth-spawner', () => {
   it('ends a dead process\'s command at its timeout: SIGTERM, then SIGKILL when it ignores that', async () => {
     const killed = await killedWithCommand({ timeoutMs: 500, trapTerm: true });
     try {
+      await gone(killed.command);
+      await waiter.waitUntil('/proc', async () => (commandsOutlive(killed.pid) ? undefined : true), { timeoutMs: 10_000, signal, what: 'the spawner to go' });
+    } finally {
+      await killed.dispose();
+    }
+  });
+
+  it.each(['SIGHUP', 'SIGTERM'] as const)('outlives a %s to the whole process group (an ssh session that drops) while a command that survives it runs', async (groupSignal) => {
+    const killed = await killedWithCommand({ timeoutMs: 20_000, trapTerm: true, groupSignal });
+    try {
+      expect(await processRuns(killed.command, undefined)).toBe(true);
+      expect(commandsOutlive(killed.pid)).toBe(true);
+      await killed.finish();
       await gone(killed.command);
       await waiter.waitUntil('/proc', async () => (commandsOutlive(killed.pid) ? undefined : true), { timeoutMs: 10_000, signal, what: 'the spawner to go' });
     } finally {

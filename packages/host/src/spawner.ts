@@ -4,7 +4,7 @@ import { constants } from 'node:os';
 import { StringDecoder } from 'node:string_decoder';
 import { getSystemErrorName } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { liveStartTicks, parseProcStat } from './proc-stat.js';
+import { liveStartTicks, parseProcStat, processRunsSync } from './proc-stat.js';
 
 /** What the runner hears from a command it started, whoever started it. */
 export interface ChildEvents {
@@ -443,22 +443,22 @@ function ownStartTicks(): string {
 const SPAWNER_FOR = '--for';
 
 /**
- * Whether commands that process `pid` (started at `startTicks`, when known) ran through its
- * berth-spawner may still run though the process itself is gone: a live berth-spawner started for
+ * Whether commands that process `pid` (started at `startTicks`, when known; any dead process when
+ * `pid` is undefined) ran through its berth-spawner may still run though the process itself is gone: a live berth-spawner started for
  * it (`berth-spawner --for <pid>:<ticks>`) stays until the last of them ended (or its timeout
  * killed it). A lock, marker or operation of a dead process counts as held while this is true: a
  * `iscsiadm --logout` its SIGKILLed berth left running must end before another process acts on
  * the target. One read of /proc and of each process's command line (a zombie's is empty): callers
  * ask only after finding the process itself dead. Synchronous: lease checks are.
  */
-export function commandsOutlive(pid: number, startTicks?: string): boolean {
+export function commandsOutlive(pid?: number, startTicks?: string): boolean {
   let names: string[];
   try {
     names = readdirSync('/proc');
   } catch {
     return false;
   }
-  const marker = `berth-spawner\0${SPAWNER_FOR}\0${pid}:`;
+  const marker = `berth-spawner\0${SPAWNER_FOR}\0`;
   for (const name of names) {
     const first = name.charCodeAt(0);
     if (first < 48 || first > 57) continue;
@@ -470,7 +470,14 @@ export function commandsOutlive(pid: number, startTicks?: string): boolean {
     }
     const at = cmdline.indexOf(marker);
     if (at < 0) continue;
-    const ticks = cmdline.slice(at + marker.length).split('\0')[0] ?? '';
+    // `<pid>:<start time>`, the argument after `--for`.
+    const [forPid = '', ticks = ''] = (cmdline.slice(at + marker.length).split('\0')[0] ?? '').split(':');
+    if (pid === undefined) {
+      // Any process's: only one that is gone (a live berth's spawner stands for nobody dead).
+      if (Number(forPid) > 0 && processRunsSync(Number(forPid)) === false) return true;
+      continue;
+    }
+    if (forPid !== String(pid)) continue;
     if (startTicks === undefined || startTicks === '' || ticks === '' || ticks === startTicks) return true;
   }
   return false;

@@ -1,6 +1,7 @@
 import { hostChannel } from '../agent-protocol.js';
 import { BerthError, toBerthError } from '../errors.js';
 import type { Operation } from '../model.js';
+import { commandsEnded, DEAD_OWNER_KILL_MARGIN_MS } from '../owner.js';
 import { isTakenOver, ownedFinish } from '../pipeline/operation-fence.js';
 import { recoverOperation } from '../pipeline/recovery.js';
 import type { RecoveryOutcome } from '../reports.js';
@@ -170,6 +171,13 @@ export class ReplicaMaintenance {
     log.warn({ from: operation.owner }, 'taking over an operation whose replica stopped renewing it');
     const recover = async (): Promise<RecoveryOutcome> => {
       try {
+        // The claim wrote this replica over the dead owner, so who it was is not known here: a
+        // replica on this host SIGKILLed mid-step may have left a command running (its spawner
+        // stays for it). Any dead process's commands on this host are waited for — none, unless a
+        // berth died here in the last command timeout — so that no undo runs beside them.
+        if (!(await commandsEnded(undefined, this.parts.config.commandTimeoutMs + DEAD_OWNER_KILL_MARGIN_MS))) {
+          log.warn({ from: operation.owner }, 'a dead berth process\'s commands still run on this host; recovering beside them');
+        }
         const current = await store.operations.require(operation.id);
         // Settled while this waited for the volume lock.
         if (current.state !== 'running') return { operationId: operation.id, kind: operation.kind, action: 'skipped', detail: `already ${current.state}` };

@@ -547,9 +547,14 @@ static int all_reaped(void) {
 
 int main(void) {
   /* The runner's own signals are for the runner: Ctrl-C in a terminal reaches the whole process
-   * group, and berth decides what its commands get (a graceful stop lets them finish). */
+   * group, and berth decides what its commands get (a graceful stop lets them finish). A hangup (an
+   * ssh session that drops) or a SIGTERM to the whole group (`kill -- -PGID`, a service manager)
+   * ends berth and reaches the commands too; this program must outlive them, standing for them
+   * until they exited (see "Orphaned"), so it ignores those as well: SIGKILL ends it. */
   signal(SIGINT, SIG_IGN);
   signal(SIGQUIT, SIG_IGN);
+  signal(SIGHUP, SIG_IGN);
+  signal(SIGTERM, SIG_IGN);
   signal(SIGPIPE, SIG_IGN);
   sigset_t chld;
   sigemptyset(&chld);

@@ -29,10 +29,18 @@ export interface KilledWithCommand {
 /**
  * Start a Node process that (first taking the file lock `lock`, when given) runs `sh` through
  * `@berth/host`'s runner with `timeoutMs` — a command that waits for `finish()` (`trapTerm`: and
- * ignores SIGTERM) — and SIGKILL it once the command runs. What a berth process killed in the middle
+ * ignores SIGTERM and SIGHUP) — and SIGKILL it (or signal its whole group) once the command runs. What a berth process killed in the middle
  * of an `iscsiadm --logout` leaves: its command, alone.
  */
-export async function killedWithCommand(options: { timeoutMs: number; lock?: string; trapTerm?: boolean; beforeKill?: (pid: number) => Promise<void> }): Promise<KilledWithCommand> {
+export async function killedWithCommand(options: {
+  timeoutMs: number;
+  lock?: string;
+  /** The command ignores SIGTERM and SIGHUP. */
+  trapTerm?: boolean;
+  /** Send this to the process's whole process group (its own: started detached) instead of SIGKILL to it alone. */
+  groupSignal?: NodeJS.Signals;
+  beforeKill?: (pid: number) => Promise<void>;
+}): Promise<KilledWithCommand> {
   const dir = await mkdtemp(path.join(tmpdir(), 'berth-orphan-'));
   const gate = path.join(dir, 'gate');
   const pidFile = path.join(dir, 'pid');
@@ -49,21 +57,22 @@ export async function killedWithCommand(options: { timeoutMs: number; lock?: str
   };
   try {
     await promisify(execFile)('mkfifo', [gate]);
-    const script = `${options.trapTerm === true ? "trap '' TERM; " : ''}echo $$ > ${pidFile}.tmp && mv ${pidFile}.tmp ${pidFile}; read x < ${gate}`;
+    const script = `${options.trapTerm === true ? "trap '' TERM HUP; " : ''}echo $$ > ${pidFile}.tmp && mv ${pidFile}.tmp ${pidFile}; read x < ${gate}`;
     const code = [
       `const host = await import(${JSON.stringify(HOST_ENTRY)});`,
       options.lock === undefined ? '' : `await host.acquireFileLock(${JSON.stringify(options.lock)}, { timeoutMs: 10000, what: 'a test lock' });`,
       `host.createCommandRunner().run('sh', ['-c', ${JSON.stringify(script)}], { reject: false, timeoutMs: ${options.timeoutMs} });`,
       'setInterval(() => undefined, 1000);',
     ].join('\n');
-    const child = spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: 'ignore' });
+    const child = spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: 'ignore', detached: options.groupSignal !== undefined });
     const exited = once(child, 'exit');
     try {
       await once(child, 'spawn');
       await options.beforeKill?.(child.pid ?? 0);
       await createDeviceWaiter(createHostFs()).waitForPath(pidFile, { timeoutMs: 10_000, signal: AbortSignal.timeout(15_000) });
     } finally {
-      child.kill('SIGKILL');
+      if (options.groupSignal !== undefined && child.pid !== undefined) process.kill(-child.pid, options.groupSignal);
+      else child.kill('SIGKILL');
       await exited;
     }
     command = Number((await readFile(pidFile, 'utf8')).trim());

@@ -3,7 +3,7 @@ import { isStoreOutage } from '../../store-errors.js';
 import { summarize } from '../../pipeline/operation-runner.js';
 import { hostRootSkip } from '../../pipeline/host-root.js';
 import { foreignHostRoot, recoverOperation, type RecoveryDeps } from '../../pipeline/recovery.js';
-import { commandsEnded, ownerState } from '../../owner.js';
+import { commandsEnded, DEAD_OWNER_KILL_MARGIN_MS, ownerState } from '../../owner.js';
 import type { RecoveryOutcome } from '../../reports.js';
 import { serverConsumer } from '../../pipeline/server-consumer.js';
 import type { ServiceParts } from '../parts.js';
@@ -20,9 +20,6 @@ export function recoveryDeps(parts: ServiceParts): RecoveryDeps {
   };
 }
 
-/** Beyond the command timeout, how long recovery waits for a dead owner's commands: the 2 s from SIGTERM to SIGKILL, with room. */
-const ORPHAN_KILL_MARGIN_MS = 3_000;
-
 /**
  * Finish every `running` operation whose owner is a dead process on this host (or that this
  * process abandoned and still owns: a replica may have claimed it since), each under its volume lock.
@@ -38,10 +35,11 @@ export async function recoverDeadOperations(parts: ServiceParts, launcher: Opera
       if (left.state === 'alive') continue;
       // Its process is dead but a command it started still runs (a SIGKILLed CLI's `iscsiadm
       // --login`): undoing beside it could leave what it makes behind, or undo under it. Its
-      // spawner ends it at the command's own timeout; wait that long at most.
-      if (left.state === 'commands' && !(await commandsEnded(left.pid, parts.config.commandTimeoutMs + ORPHAN_KILL_MARGIN_MS))) {
-        parts.logger.warn({ operationId: operation.id, owner: operation.owner }, 'recovery: the dead owner\'s commands still run; left for the next recovery');
-        continue;
+      // spawner ends it at the command's own timeout: wait that long at most. One that outlives
+      // even its SIGKILL (stuck in the kernel: a flush on a dead path) must not keep the operation
+      // running for good: it is recovered beside it, with a warning.
+      if (left.state === 'commands' && !(await commandsEnded(left.pid, parts.config.commandTimeoutMs + DEAD_OWNER_KILL_MARGIN_MS))) {
+        parts.logger.warn({ operationId: operation.id, owner: operation.owner }, 'recovery: the dead owner\'s commands still run past their timeout; recovering beside them');
       }
     }
     // Connected on another host root than this berth's transport runs on: left as it is (not even
