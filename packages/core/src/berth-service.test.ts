@@ -27,6 +27,8 @@ const HOSTNAME = 'unit-host';
 function world(
   options: {
     connectFails?: boolean;
+    /** An unforced disconnect refuses without touching anything (a holder found first). */
+    disconnectHeld?: boolean;
     onConnect?: () => void;
     guestHolds?: boolean;
     guestUnplugFails?: boolean;
@@ -71,7 +73,12 @@ function world(
       connected.set(path, device);
       return device;
     },
-    disconnect: async (connection) => void connected.delete(String(connection.data.device_path)),
+    disconnect: async (connection, _device, disconnectOptions) => {
+      if (options.disconnectHeld && disconnectOptions.force !== true) {
+        throw new BerthError('DEVICE_BUSY', 'the device is held open', { details: { untouched: true } });
+      }
+      connected.delete(String(connection.data.device_path));
+    },
     // Listed, so reconcile can check a recorded device before it plugs it into a guest again.
     connected: async () => [...connected.values()].map((device) => ({ device, source: { device_path: device.path } })),
     sourceKeys: ['device_path'],
@@ -368,6 +375,31 @@ describe('attach and detach on the in-memory store', () => {
     expect((await w.store.attachments.list()).map((a) => a.status)).toEqual(['attached']);
     expect((await w.service.getVolume('db')).status).toBe('in-use');
     expect(w.connected.size).toBe(1);
+  });
+
+  it('a detach whose disconnect was refused and that was rolling back is rolled back by recovery, not finished with force (a held device is not let go)', async () => {
+    const { service, store, connected } = world({ disconnectHeld: true });
+    await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    await service.attach({ volume: 'db' });
+    // The rollback's last write meets the database down: the operation stays running.
+    const finish = store.operations.finish.bind(store.operations);
+    let down = true;
+    store.operations.finish = async (id, settled) => {
+      if (down && settled.state === 'rolled_back') {
+        down = false;
+        throw new BerthError('UNAVAILABLE', 'cannot reach the berth database', { details: { outage: true } });
+      }
+      return finish(id, settled);
+    };
+    expect(BerthError.is(await service.detach({ volume: 'db' }).catch((e: unknown) => e))).toBe(true);
+    const operation = (await store.operations.list({ kind: 'detach' })).at(-1)!;
+    expect(operation.state).toBe('running');
+    expect(operation.steps.some((s) => s.phase === 'undo')).toBe(true);
+    // Before: resumed forward with force — the held device disconnected, the attachment gone.
+    expect(await service.recover()).toEqual([expect.objectContaining({ action: 'rolled_back' })]);
+    expect(connected.size).toBe(1);
+    expect((await store.attachments.list()).map((a) => a.status)).toEqual(['attached']);
+    expect((await service.getVolume('db')).status).toBe('in-use');
   });
 
   it('a forced detach does not go past the database failing in its disconnect as it goes past a host step\'s failure: left running, recovery finishes it', async () => {

@@ -192,7 +192,11 @@ export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger
   const from = journalData(op, 'begin_detaching')?.from;
   const steps = detachSteps(deps, typeof from === 'string' ? { from: from as AttachmentStatus } : {});
   const disconnectStarted = op.steps.some((s) => s.phase === 'do' && s.name === 'disconnect');
-  if (disconnectStarted && attachment) {
+  // Undos journalled: the run had decided to roll back (its disconnect refused without touching
+  // anything: a holder found first) and died, or lost the database, before it was settled. Resumed
+  // forward with force, recovery would let go of the very device the refusal protected.
+  const rollingBack = op.steps.some((s) => s.phase === 'undo');
+  if (disconnectStarted && attachment && !rollingBack) {
     const forward = steps.slice(steps.findIndex((s) => s.name === 'disconnect')).filter((s) => !stepDone(op, s.name) || s.name === 'disconnect');
     const result = await deps.runner.run(forward, { ...ctx, force: true }, options);
     // Taken over in turn: the replica that owns it now finishes it.
