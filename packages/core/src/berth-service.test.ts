@@ -75,7 +75,7 @@ function world(
     },
     disconnect: async (connection, _device, disconnectOptions) => {
       if (options.disconnectHeld && disconnectOptions.force !== true) {
-        throw new BerthError('DEVICE_BUSY', 'the device is held open', { details: { untouched: true } });
+        throw new BerthError('CONFLICT', 'the device is held open', { details: { untouched: true } });
       }
       connected.delete(String(connection.data.device_path));
     },
@@ -607,6 +607,24 @@ describe('servers with a hypervisor: the pipeline publishes through their consum
       expect((await store.volumes.require(volume.id)).status).toBe('in-use');
       expect(connected.size + exported.size + guestDisks.size).toBe(3);
     }
+  });
+
+  it('an attach rolled back after its hot-plug, whose guest does not let go, leaves the host device connected (not pulled out from under the guest)', async () => {
+    const { service, store, connected, guestDisks } = world({ guestHolds: true });
+    const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    await service.createServer({ name: 'vm-1', hypervisor: { type: 'qemu', qmp: '/run/vm-1/qmp.sock' } });
+    // The publish's record fails after the disk was plugged into the guest: the attach rolls back.
+    const update = store.attachments.update.bind(store.attachments);
+    store.attachments.update = async (id, patch) => {
+      if ('publishedPath' in patch) throw new BerthError('CONFLICT', 'the attachment changed under the publish');
+      return update(id, patch);
+    };
+    const error = await service.attach({ volume: 'db', server: 'vm-1' }).catch((e: unknown) => e);
+    expect(BerthError.is(error) && error.code).toBe('CONFLICT');
+    // The guest still has the disk, and so does the host (before: disconnected under the guest).
+    expect(guestDisks.size).toBe(1);
+    expect(connected.size).toBe(1);
+    expect((await store.attachments.list({ volumeId: volume.id }))[0]?.status).toBe('error_attaching');
   });
 
   it('--force does not go through any failure of a guest server\'s unplug (an agent\'s answer may lose guestHoldsDevice)', async () => {

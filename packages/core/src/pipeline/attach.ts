@@ -1,11 +1,12 @@
 import { isDeepStrictEqual } from 'node:util';
-import { BerthError } from '../errors.js';
+import { BerthError, toBerthError } from '../errors.js';
+import { isStoreOutage } from '../store-errors.js';
 import { redactConnectionInfo, withAccessMode, zConnector, type Device } from '../connection.js';
 import { recomputeVolumeStatus, reservableStatuses } from '../transitions.js';
 import type { Attachment, Server, Volume } from '../model.js';
 import type { Publication } from '../contracts/consumer.js';
 import type { Store } from '../store.js';
-import { backendVolume, deleteAttachmentRecord, transitionAttachment, type PipelineContext, type PipelineDeps } from './context.js';
+import { backendVolume, deleteAttachmentRecord, isGuestServer, transitionAttachment, type PipelineContext, type PipelineDeps } from './context.js';
 import { connectShared, publishSharedPublication, releaseShared, terminateUnshared, unpublishShared, withExportLease } from './device-sharing.js';
 import { initializeHostRoot } from './host-root.js';
 import type { Step } from './step.js';
@@ -176,6 +177,15 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
         const steps = required(ctx.steps, 'host steps');
         // A connect the host's agent never picked up left nothing on the host.
         if (!(await steps.ran(ctx.operationId, 'connect'))) return;
+        // The guest may still have the disk (its unplug failed): disconnecting the host side would
+        // pull a live disk out of the VM. Left connected — the attachment ends `error_attaching`,
+        // for `berth detach --force` once the guest let go, or reconcile.
+        if (ctx.guestMayHoldDevice === true) {
+          throw new BerthError('CONFLICT', `the guest of server ${ctx.server.name} may still have the disk of volume ${ctx.volume.name}: its host device was left connected`, {
+            hint: `let the guest release the disk (or shut it down), then run \`berth detach ${ctx.volume.name} --force\`; berth never disconnects a disk a guest may still hold`,
+            details: { guestHoldsDevice: true, volumeId: ctx.volume.id, serverId: ctx.server.id },
+          });
+        }
         const attachment = ctx.attachment ? await store.attachments.get(ctx.attachment.id) : undefined;
         // Another attachment of this volume on this host uses the device: only this claim goes.
         await releaseShared(deps, {
@@ -230,16 +240,23 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
       },
       async undo(ctx, signal) {
         if (!ctx.attachment) return;
-        await unpublishShared(deps, {
-          steps: required(ctx.steps, 'host steps'),
-          consumer: ctx.consumer,
-          server: ctx.server,
-          attachment: ctx.attachment,
-          volume: ctx.volume,
-          signal,
-          operationId: ctx.operationId,
-          undo: true,
-        });
+        try {
+          await unpublishShared(deps, {
+            steps: required(ctx.steps, 'host steps'),
+            consumer: ctx.consumer,
+            server: ctx.server,
+            attachment: ctx.attachment,
+            volume: ctx.volume,
+            signal,
+            operationId: ctx.operationId,
+            undo: true,
+          });
+        } catch (error) {
+          // As a forced detach's rule (detach.ts `tolerant`): a guest consumer's unplug that failed
+          // means berth cannot tell the guest let go of the disk.
+          if (!isStoreOutage(toBerthError(error)) && (toBerthError(error).details.guestHoldsDevice === true || isGuestServer(ctx))) ctx.guestMayHoldDevice = true;
+          throw error;
+        }
       },
     },
     {

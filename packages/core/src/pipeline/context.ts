@@ -63,6 +63,16 @@ export interface PipelineContext {
   force?: boolean;
   /** Errors a forced detach went through. */
   forcedErrors: string[];
+  /**
+   * Set by an attach's `publish` undo that failed on a guest server: the guest may still have the
+   * disk, so the `connect` undo must not disconnect the host side under it.
+   */
+  guestMayHoldDevice?: boolean;
+}
+
+/** Whether the server is a VM whose consumer hot-plugs into it (not the host itself). */
+export function isGuestServer(ctx: Pick<PipelineContext, 'server'>): boolean {
+  return ctx.server.hypervisor !== undefined && ctx.server.hypervisor.type !== 'host';
 }
 
 /** What a backend sees of a volume. */

@@ -1,6 +1,6 @@
 import { BerthError, toBerthError } from '../errors.js';
 import type { Attachment, AttachmentStatus } from '../model.js';
-import { backendVolume, deleteAttachmentRecord, deleteDetachingAttachment, recomputeVolume, transitionAttachment, type PipelineContext, type PipelineDeps } from './context.js';
+import { backendVolume, deleteAttachmentRecord, deleteDetachingAttachment, isGuestServer, recomputeVolume, transitionAttachment, type PipelineContext, type PipelineDeps } from './context.js';
 import { publishShared, releaseShared, terminateUnshared, unpublishShared, type ReleaseOutcome } from './device-sharing.js';
 import { applyTransition, required } from './attach.js';
 import type { Step } from './step.js';
@@ -31,11 +31,6 @@ function tolerant(ctx: PipelineContext, step: string, fn: () => Promise<void>): 
     if (e.details.guestHoldsDevice === true || (step === 'unpublish' && isGuestServer(ctx))) throw stillInGuest(ctx, e);
     ctx.forcedErrors.push(`${step}: ${e.message}`);
   });
-}
-
-/** Whether the server is a VM whose consumer hot-plugs into it (not the host itself). */
-function isGuestServer(ctx: PipelineContext): boolean {
-  return ctx.server.hypervisor !== undefined && ctx.server.hypervisor.type !== 'host';
 }
 
 /** A forced detach refused because the guest still has the disk: what to do about it. */
