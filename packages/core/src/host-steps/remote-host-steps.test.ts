@@ -67,6 +67,17 @@ describe('remote host steps', () => {
     await w.close();
   });
 
+  it('a step asked for after the operation\'s deadline passed (recovery finishing a detach) gets an undo\'s budget, not the passed deadline', async () => {
+    const w = await world();
+    const late = await w.store.operations.create({ kind: 'detach', hostId: w.host.id, owner: 'test', deadlineAt: new Date(Date.now() - 60_000).toISOString() });
+    const running = w.steps.run('disconnect', { ...request, force: true, inUse: [] }, { operationId: late.id, signal: new AbortController().signal });
+    const claimed = await w.agent('agent-1', { state: 'done', result: { identityMismatch: false } });
+    await running;
+    // Before: the passed deadline, which the agent aborts the step at at once.
+    expect(Date.parse(String((claimed.payload as { deadlineAt: string }).deadlineAt))).toBeGreaterThan(Date.now() + 30_000);
+    await w.close();
+  });
+
   it('fails with the agent\'s error, named with the host', async () => {
     const w = await world();
     const running = w.steps.run('connect', request, { operationId: w.operationId, signal: new AbortController().signal }).catch((e: unknown) => e);

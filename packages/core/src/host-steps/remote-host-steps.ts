@@ -132,10 +132,18 @@ function required<T>(value: T | undefined): T {
   return value;
 }
 
-/** When the agent must have finished: the operation's deadline, or an undo's. */
+/**
+ * When the agent must have finished: the operation's deadline, or an undo's. A step asked for once
+ * the operation's deadline has passed is run by a caller that goes on past it on purpose with a
+ * budget of its own — recovery finishing a detach whose disconnect had started, reconcile's fixes
+ * in a long run — and gets an undo's budget: handed the passed deadline, the agent would abort it
+ * at once (the detach then left `error_detaching` by every recovery).
+ */
 async function deadlineOf(deps: RemoteHostStepsDeps, operationId: string, call: HostStepCall): Promise<string> {
-  if (call.undo) return new Date(Date.now() + deps.undoTimeoutMs).toISOString();
-  return (await deps.deadlines.of(deps.store, operationId)) ?? new Date(Date.now() + deps.undoTimeoutMs).toISOString();
+  const budget = new Date(Date.now() + deps.undoTimeoutMs).toISOString();
+  if (call.undo) return budget;
+  const deadline = await deps.deadlines.of(deps.store, operationId);
+  return deadline !== undefined && Date.parse(deadline) > Date.now() ? deadline : budget;
 }
 
 /**
