@@ -4,7 +4,7 @@ import type { HostServices } from '@berth/host';
 import { BerthServiceImpl } from './berth-service.js';
 import { DriverCatalog } from './catalog.js';
 import { resolveConfig } from './config.js';
-import type { ConnectionInfo, Device } from './connection.js';
+import type { ConnectionInfo, Connector, Device } from './connection.js';
 import type { Consumer } from './contracts/consumer.js';
 import type { TransportDriver } from './contracts/transport-driver.js';
 import type { VolumeBackend } from './contracts/volume-backend.js';
@@ -34,8 +34,8 @@ function world(
     guestUnplugFails?: boolean;
     /** Called once the backend exported a volume, before it answers. */
     afterExport?: () => Promise<void>;
-    /** Called before the backend removes a volume's export. */
-    beforeUnexport?: () => Promise<void>;
+    /** Called before the backend removes a volume's export, with the connector it is removed for. */
+    beforeUnexport?: (connector: Connector) => Promise<void>;
     /** Called when the transport is asked for the host's connector properties. */
     beforeConnector?: () => Promise<void>;
   } = {},
@@ -52,8 +52,8 @@ function world(
       await options.afterExport?.();
       return { driver_volume_type: 'mem', data: { volume_id: volume.id, device_path: `/dev/mem-${volume.id}` } };
     },
-    terminateConnection: async (volume) => {
-      await options.beforeUnexport?.();
+    terminateConnection: async (volume, connector) => {
+      await options.beforeUnexport?.(connector);
       exported.delete(volume.id);
     },
     check: async () => ({ ok: true, summary: 'mem' }),
@@ -400,6 +400,35 @@ describe('attach and detach on the in-memory store', () => {
     expect(connected.size).toBe(1);
     expect((await store.attachments.list()).map((a) => a.status)).toEqual(['attached']);
     expect((await service.getVolume('db')).status).toBe('in-use');
+  });
+
+  it('a forced detach of an attachment that recorded no connector removes the export for the connector the attach journalled, not this process\'s bare one', async () => {
+    let exportFails = true;
+    let unexportFails = true;
+    const removedFor: Connector[] = [];
+    const { service, store } = world({
+      // The export is made, then the initialize fails (before its commit); its undo cannot remove it.
+      afterExport: async () => {
+        if (exportFails) {
+          exportFails = false;
+          throw new BerthError('BACKEND_ERROR', 'the export answered late');
+        }
+      },
+      beforeUnexport: async (connector) => {
+        removedFor.push(connector);
+        if (unexportFails) {
+          unexportFails = false;
+          throw new BerthError('BACKEND_ERROR', 'the target did not answer');
+        }
+      },
+    });
+    const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    expect(BerthError.is(await service.attach({ volume: 'db' }).catch((e: unknown) => e))).toBe(true);
+    const [left] = await store.attachments.list({ volumeId: volume.id });
+    expect([left?.status, left?.connector]).toEqual(['error_attaching', null]);
+    await service.detach({ volume: 'db', force: true });
+    expect(removedFor.map((c) => c.initiator)).toEqual(['iqn.2026-01.test:unit', 'iqn.2026-01.test:unit']);
+    expect(await store.attachments.list()).toEqual([]);
   });
 
   it('a forced detach does not go past the database failing in its disconnect as it goes past a host step\'s failure: left running, recovery finishes it', async () => {

@@ -1,5 +1,6 @@
 import { BerthError, toBerthError } from '../errors.js';
 import type { Attachment, AttachmentStatus } from '../model.js';
+import { zConnector, type Connector } from '../connection.js';
 import { backendVolume, deleteAttachmentRecord, deleteDetachingAttachment, isGuestServer, recomputeVolume, transitionAttachment, type PipelineContext, type PipelineDeps } from './context.js';
 import { publishShared, releaseShared, terminateUnshared, unpublishShared, type ReleaseOutcome } from './device-sharing.js';
 import { applyTransition, required } from './attach.js';
@@ -40,6 +41,25 @@ function stillInGuest(ctx: PipelineContext, error: BerthError): BerthError {
     details: { ...error.details },
     cause: error,
   });
+}
+
+/**
+ * Whom an attachment that recorded no connector was exported to (an attach whose `initialize`
+ * exported, then failed before its commit, and whose undo could not remove the export): the
+ * connector its attach journalled, else its host's registered one (an agent's), else this host's
+ * base connector. The bare base connector alone names no initiator: the export would be removed
+ * for nobody (or for the wrong host) and stay.
+ */
+async function exportedConnector(deps: PipelineDeps, attachment: Attachment): Promise<Connector> {
+  const attaches = await deps.store.operations.list({ kind: 'attach', volumeId: attachment.volumeId });
+  for (const op of attaches) {
+    if (op.attachmentId !== attachment.id) continue;
+    const journalled = zConnector.safeParse(op.steps.find((s) => s.phase === 'do' && s.name === 'connector' && s.data?.connector !== undefined)?.data?.connector);
+    if (journalled.success) return journalled.data;
+  }
+  const host = await deps.store.hosts.get(attachment.hostId);
+  if (host?.connector && host.id !== (await deps.localHost()).id) return host.connector;
+  return deps.baseConnector();
 }
 
 /**
@@ -166,7 +186,7 @@ export function detachSteps(deps: PipelineDeps, resumed: { from?: AttachmentStat
       name: 'terminate',
       async run(ctx, signal) {
         const attachment = required(ctx.attachment, 'attachment');
-        const connector = attachment.connector ?? deps.baseConnector();
+        const connector = attachment.connector ?? (await exportedConnector(deps, attachment));
         // The export is the host's: other attachments of the volume on this host still use it
         // (decided under the export's lease, which an attach's `initialize` holds to its record).
         // Forced, a wait for the lease that gives up leaves the export (reconcile removes it).
