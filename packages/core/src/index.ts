@@ -38,7 +38,7 @@ export { BerthServiceImpl } from './berth-service.js';
 export * from './faults.js';
 export { recoverOperation, findReservation, type RecoveryDeps } from './pipeline/recovery.js';
 export * from './reports.js';
-export { ownerAlive } from './owner.js';
+export { commandsEnded, DEAD_OWNER_KILL_MARGIN_MS, ownerAlive, ownerState } from './owner.js';
 export * from './device-identity.js';
 export { withLease, deviceLeaseKey, type LeaseOptions } from './lease.js';
 export { withStoreRetry, retryableStoreError, type StoreRetryOptions } from './pipeline/store-retry.js';

@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import {
   BerthError,
   definePlugin,
@@ -16,6 +16,7 @@ import {
   type TransportDriver,
 } from '@berth/core';
 import type { HostServices } from '@berth/host';
+import { killedWithCommand } from '@berth/host/testing';
 import { AgentRunner, type AgentApi } from './agent-runner.js';
 import type { AgentHost } from './open-agent.js';
 
@@ -201,7 +202,26 @@ describe('AgentRunner', () => {
     expect(api.registrations[0]).toMatchObject({ instance: agent.instance, version: '0.1.0', transports: ['fake'], transportInfo: [{ name: 'fake', protocols: ['file'], priority: 0 }] });
     expect(api.registrations[0]?.connector).toMatchObject({ host: 'h1', fake_initiator: 'fake-1' });
     expect(api.reports).toEqual([{ id: item.item.id, outcome: { state: 'done', result: { device: { path: '/dev/fake0', type: 'block' } } } }]);
-    expect(states[0]).toContain('registered host h1 with the API at http://api.test as w-1');
+    expect(states.find((line) => line.startsWith('registered'))).toContain('registered host h1 with the API at http://api.test as w-1');
+  });
+
+  it('takes no work while a dead berth process\'s command still runs on this host (its SIGKILLed predecessor\'s), and registers once it ended', async () => {
+    const killed = await killedWithCommand({ timeoutMs: 20_000 });
+    try {
+      const api = new ScriptedApi([]);
+      const states: string[] = [];
+      const agent = runner(api, new FakeTransport(), states);
+      const running = agent.run();
+      await vi.waitFor(() => expect(states.join('\n')).toContain('left commands running'), { timeout: 10_000 });
+      // Before: registered at once, and the dead agent's items requeued to it beside the command.
+      expect(api.registrations).toHaveLength(0);
+      await killed.finish();
+      await vi.waitFor(() => expect(api.registrations).toHaveLength(1), { timeout: 10_000 });
+      agent.stop();
+      await running;
+    } finally {
+      await killed.dispose();
+    }
   });
 
   it('checks its transports\' paths on a timer and moves a device off a failed path, once; a stop ends the checks', async () => {

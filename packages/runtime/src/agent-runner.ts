@@ -1,7 +1,10 @@
 import { randomUUID } from 'node:crypto';
+import { commandsOutlive } from '@berth/host';
 import {
   AGENT_PROTOCOL,
   BerthError,
+  commandsEnded,
+  DEAD_OWNER_KILL_MARGIN_MS,
   failedPaths,
   KeyedLock,
   runHostStep,
@@ -97,6 +100,7 @@ export class AgentRunner {
   /** Register, then claim and run work until `stop()`; rejects on a fatal error (bad token, fenced for good). */
   async run(): Promise<void> {
     const signal = this.stopping.signal;
+    await this.predecessorsEnded(signal);
     const session = await this.register(signal);
     const pathCheck = session === undefined ? undefined : this.checkPathsEvery(this.options.pathCheckMs ?? DEFAULT_PATH_CHECK_MS, signal);
     let failures = 0;
@@ -164,6 +168,21 @@ export class AgentRunner {
   /** Stop claiming; `run()` resolves once the items already running have finished and reported. */
   stop(): void {
     this.stopping.abort();
+  }
+
+  /**
+   * Before registering: a berth process that died on this host (this agent's predecessor, SIGKILLed
+   * mid-step) may have left a command running — its berth-spawner stays for it (`@berth/host`
+   * `commandsOutlive`). Registering requeues the dead agent's items to this one, which would run
+   * the step again beside it (a second `losetup` on the file, a disconnect under its detach). So
+   * wait for them first, at most the command timeout and the 2 s to SIGKILL (the spawner ends them
+   * then); past that (a command stuck in the kernel) go on, saying so.
+   */
+  private async predecessorsEnded(signal: AbortSignal): Promise<void> {
+    if (!commandsOutlive()) return;
+    this.state('a berth process that died on this host left commands running; waiting for them before taking work');
+    const boundMs = (this.options.host.config.commandTimeoutMs ?? 30_000) + DEAD_OWNER_KILL_MARGIN_MS;
+    if (!(await commandsEnded(undefined, boundMs, signal)) && !signal.aborted) this.state(`they still run after ${Math.round(boundMs / 1000)} s; taking work beside them`);
   }
 
   private async register(signal: AbortSignal): Promise<AgentSession | undefined> {
