@@ -431,6 +431,44 @@ describe('attach and detach on the in-memory store', () => {
     expect(await store.attachments.list()).toEqual([]);
   });
 
+  it('a recovery whose operation a replica claims meanwhile stops at its next write instead of settling it beside that replica', async () => {
+    const { service, store } = world({ disconnectHeld: true });
+    await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    await service.attach({ volume: 'db' });
+    // A detach rolled back whose last write met the database down: left running.
+    const finish = store.operations.finish.bind(store.operations);
+    let down = true;
+    store.operations.finish = async (id, settled) => {
+      if (down) {
+        down = false;
+        throw new BerthError('UNAVAILABLE', 'cannot reach the berth database', { details: { outage: true } });
+      }
+      return finish(id, settled);
+    };
+    expect(BerthError.is(await service.detach({ volume: 'db' }).catch((e: unknown) => e))).toBe(true);
+    const operation = (await store.operations.list({ kind: 'detach' })).at(-1)!;
+    expect(operation.state).toBe('running');
+    // Once the recovery took it (its owner CAS) and read it again, another replica's claim takes it.
+    const setOwner = store.operations.setOwner.bind(store.operations);
+    const require = store.operations.require.bind(store.operations);
+    let claimNext = false;
+    store.operations.setOwner = async (id, owner, expected) => {
+      await setOwner(id, owner, expected);
+      claimNext = owner !== 'replica-2';
+    };
+    store.operations.require = async (id) => {
+      const row = await require(id);
+      if (claimNext && id === operation.id) {
+        claimNext = false;
+        await setOwner(id, 'replica-2', row.owner);
+      }
+      return row;
+    };
+    // Before: recovered unfenced, rolled back and settled though replica-2 owned it.
+    expect(await service.recover()).toEqual([expect.objectContaining({ action: 'skipped' })]);
+    expect(await require(operation.id)).toMatchObject({ state: 'running', owner: 'replica-2' });
+  });
+
   it('a forced detach does not go past the database failing in its disconnect as it goes past a host step\'s failure: left running, recovery finishes it', async () => {
     const { service, store, connected } = world();
     await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });

@@ -1,5 +1,6 @@
 import { toBerthError } from '../../errors.js';
 import { isStoreOutage } from '../../store-errors.js';
+import { isTakenOver } from '../../pipeline/operation-fence.js';
 import { summarize } from '../../pipeline/operation-runner.js';
 import { hostRootSkip } from '../../pipeline/host-root.js';
 import { foreignHostRoot, recoverOperation, type RecoveryDeps } from '../../pipeline/recovery.js';
@@ -64,8 +65,13 @@ export async function recoverDeadOperations(parts: ServiceParts, launcher: Opera
       const current = await store.operations.require(operation.id);
       if (current.state !== 'running' || current.owner !== owner) return undefined;
       try {
-        return await recoverOperation(recoveryDeps(parts), current, log);
+        // Fenced by its owner where replicas may take operations over (a store with leases): the
+        // owner CAS above leaves a replica's lease passed, so another replica's claim may take the
+        // operation in the meantime — then this recovery stops at its first write instead of
+        // undoing and settling beside that one.
+        return await recoverOperation(recoveryDeps(parts), current, log, store.operations.claimExpired ? owner : undefined);
       } catch (error) {
+        if (isTakenOver(error)) return { operationId: operation.id, kind: operation.kind, action: 'skipped', detail: 'a replica took it over meanwhile' };
         const e = toBerthError(error);
         // The database failed under it: not settled, the next recovery runs it again.
         if (isStoreOutage(e)) return { operationId: operation.id, kind: operation.kind, action: 'deferred', detail: `the database failed (${e.message}); it stays running for the next recovery` };
