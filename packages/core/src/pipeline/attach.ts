@@ -200,6 +200,7 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
           force: true,
           signal,
           operationId: ctx.operationId,
+          ...(ctx.volumeNameKept === true ? { volumeNameKept: true } : {}),
         });
         ctx.device = undefined;
         if (ctx.attachment) ctx.attachment = (await store.attachments.get(ctx.attachment.id)) ?? ctx.attachment;
@@ -241,7 +242,7 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
       async undo(ctx, signal) {
         if (!ctx.attachment) return;
         try {
-          await unpublishShared(deps, {
+          ctx.volumeNameKept = (await unpublishShared(deps, {
             steps: required(ctx.steps, 'host steps'),
             consumer: ctx.consumer,
             server: ctx.server,
@@ -250,7 +251,7 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
             signal,
             operationId: ctx.operationId,
             undo: true,
-          });
+          })).stillShared;
         } catch (error) {
           // As a forced detach's rule (detach.ts `tolerant`): a guest consumer's unplug that failed
           // means berth cannot tell the guest let go of the disk.

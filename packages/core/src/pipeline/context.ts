@@ -68,6 +68,12 @@ export interface PipelineContext {
    * disk, so the `connect` undo must not disconnect the host side under it.
    */
   guestMayHoldDevice?: boolean;
+  /**
+   * This attachment's unpublish kept the volume's own name for another attachment using the device
+   * then (`stillShared`): its release removes the name if it turns out the device's last user
+   * (`ReleaseRequest.volumeNameKept`).
+   */
+  volumeNameKept?: boolean;
 }
 
 /** Whether the server is a VM whose consumer hot-plugs into it (not the host itself). */

@@ -139,6 +139,7 @@ export function detachSteps(deps: PipelineDeps, resumed: { from?: AttachmentStat
           const request = { steps, consumer: ctx.consumer, server: ctx.server, attachment, volume: ctx.volume, signal, operationId: ctx.operationId };
           shared = (await unpublishShared(deps, request)).stillShared;
         });
+        ctx.volumeNameKept = shared;
         return { stillShared: shared };
       },
       async undo(ctx, signal) {
@@ -172,6 +173,7 @@ export function detachSteps(deps: PipelineDeps, resumed: { from?: AttachmentStat
             force: ctx.force ?? false,
             signal,
             operationId: ctx.operationId,
+            ...(ctx.volumeNameKept === true ? { volumeNameKept: true } : {}),
             // The boundary to `terminate` (not store-only) is durable and comes next.
             deferRecord: true,
           });

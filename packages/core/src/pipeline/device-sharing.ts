@@ -277,6 +277,14 @@ export interface ReleaseRequest {
    * durable row that started `disconnect` has recovery run it again (idempotent).
    */
   deferRecord?: boolean;
+  /**
+   * This attachment's unpublish kept the volume's own name (`/dev/berth/<volume-id>`) for another
+   * attachment that used the device then (`stillShared`). If that one has let go since and this
+   * is the device's last user, the name goes with the device (`dropVolumeName`): kept by both
+   * sides of a race — an attach rolling back beside a detach of the same volume — it would lead
+   * to whatever disk the kernel gives the freed name next.
+   */
+  volumeNameKept?: boolean;
 }
 
 /** What `releaseShared` did. */
@@ -308,6 +316,7 @@ export async function releaseShared(deps: PipelineDeps, request: ReleaseRequest)
     }
     const record = await store.devices.get(hostId, volume.id);
     const device = record?.device ?? request.device;
+    if (request.volumeNameKept === true && device) await dropVolumeName(deps, request, device);
     const inUse = await devicesInUse(store, hostId, volume.id);
     const { identityMismatch } = await request.steps.run(
       request.step ?? 'disconnect',
@@ -326,6 +335,27 @@ export async function releaseShared(deps: PipelineDeps, request: ReleaseRequest)
     );
     return { disconnected: true, sharers: 0, identityMismatch };
   });
+}
+
+/**
+ * Remove the volume's own name when it still leads to `device`, which its last user is about to
+ * disconnect (`ReleaseRequest.volumeNameKept`): the consumer's `unpublish_orphan`, keeping every
+ * name a live record on the host holds but this volume's. Best effort: a failure is logged (the
+ * name then waits for `berth reconcile`), the disconnect goes on.
+ */
+async function dropVolumeName(deps: PipelineDeps, request: ReleaseRequest, device: Device): Promise<void> {
+  const { store, logger } = deps;
+  const { hostId, volume } = request;
+  try {
+    const onHost = await store.attachments.list({ hostId });
+    const keep = [...new Set(onHost.flatMap((a) => [a.id, a.volumeId]))].filter((name) => name !== volume.id);
+    const server = request.attachment ? await store.servers.get(request.attachment.serverId) : undefined;
+    const consumer = server ? consumerNameFor(server, deps.config.consumer) : deps.config.consumer;
+    const call = { ...(request.operationId === undefined ? {} : { operationId: request.operationId }), signal: request.signal, ...(request.step === 'release' ? { undo: true } : {}) };
+    await request.steps.run('unpublish_orphan', { consumer, volumeId: volume.id, device, transport: request.transport, keep }, call);
+  } catch (error) {
+    logger.warn({ volumeId: volume.id, device: device.path, err: toBerthError(error).message }, "could not remove the volume's name before disconnecting its last user's device");
+  }
 }
 
 /** What `unpublishShared` takes down. */

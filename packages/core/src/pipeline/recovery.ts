@@ -158,6 +158,9 @@ export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger
     consumer: deps.consumer(server, hostSteps?.host ?? (await deps.store.hosts.get(server.hostId))),
     backend: deps.catalog.backend(volume.backend),
     forcedErrors: [],
+    // A detach's unpublish that kept the volume's name for a sharer: its resumed disconnect removes
+    // it if it is the device's last user (an attach's undo learns it again from its publish undo).
+    ...(op.kind === 'detach' && journalData(op, 'unpublish')?.stillShared === true ? { volumeNameKept: true } : {}),
     ...(attachment ? { attachment } : {}),
     ...(connector ? { connector } : {}),
     // Secrets were never stored: the redacted connection_info is enough to disconnect.

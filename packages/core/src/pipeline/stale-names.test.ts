@@ -7,6 +7,7 @@ import { createHostFs } from '@berth/host';
 import { BerthServiceImpl } from '../berth-service.js';
 import { resolveConfig } from '../config.js';
 import type { Device } from '../connection.js';
+import { BerthError } from '../errors.js';
 import { attachmentLinkPath, createHostConsumer, stableLinkPath } from '../host-consumer.js';
 import { silentLogger } from '../logger.js';
 import { createMemoryStore } from '../memory-store.js';
@@ -129,6 +130,47 @@ describe("an attach whose disk got a lost device's name", () => {
       expect(await fs.readlink(attachmentLinkPath(second.id))).toBe('/dev/dm-0');
       expect(await fs.readlink(stableLinkPath(second.volumeId))).toBe('/dev/dm-0');
     } finally {
+      await service.close();
+    }
+  });
+
+  it('a volume name both sides kept — an attach rolling back beside a detach of the same volume — goes with the device its last user disconnects', async () => {
+    const { fs, devices, store, service } = await world((c) => ({ path: String(c.data.device_path), type: 'block', identity: { kind: 'mem', file: String(c.data.device_path) } }));
+    // Another berth process on the same store (its own in-process volume locks).
+    const config = resolveConfig({ dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', operationTimeoutMs: 5_000, undoTimeoutMs: 5_000 }, {});
+    const other = new BerthServiceImpl(config, store, (service as unknown as { parts: { deps: { catalog: never } } }).parts.deps.catalog, { hostname: 'unit-host', ips: ['127.0.0.1'], platform: 'x86_64', osType: 'linux' }, silentLogger);
+    try {
+      const volume = await service.createVolume({ name: 'shared', sizeBytes: 2 ** 20, multiattach: true });
+      await service.createServer({ name: 'vm-1' });
+      await service.createServer({ name: 'vm-2' });
+      const first = (await service.attach({ volume: 'shared', server: 'vm-1' })).attachment!;
+      const device = first.device!.path;
+      // vm-2's attach fails once published: its publish undo keeps the volume's name (vm-1 uses the device)...
+      const update = store.attachments.update.bind(store.attachments);
+      store.attachments.update = async (id, patch) => {
+        if (id !== first.id && 'publishedPath' in patch) throw new BerthError('CONFLICT', 'the attachment changed under the publish');
+        return update(id, patch);
+      };
+      // ... and before its connect undo, vm-1's detach runs whole in the other process: its
+      // unpublish keeps the name too (vm-2 still claims the device), its disconnect only drops its claim.
+      const get = store.attachments.get.bind(store.attachments);
+      let detached = false;
+      store.attachments.get = async (id) => {
+        if (id !== first.id && !detached && (await get(id))?.publishedPath === null && (await fs.readlink(attachmentLinkPath(id))) === undefined && (await get(id))?.device) {
+          detached = true;
+          await other.detach({ volume: 'shared', server: 'vm-1' });
+        }
+        return get(id);
+      };
+      await expect(service.attach({ volume: 'shared', server: 'vm-2' })).rejects.toMatchObject({ code: 'CONFLICT' });
+      expect(detached).toBe(true);
+      // vm-2's undo was the device's last user: the device went, and with it the volume's name
+      // (before: left leading to the freed name, the next disk the kernel gives it).
+      expect(devices.has(device)).toBe(false);
+      expect(await fs.readlink(stableLinkPath(volume.id))).toBeUndefined();
+      expect(await store.attachments.list()).toEqual([]);
+    } finally {
+      await other.close();
       await service.close();
     }
   });
