@@ -1,4 +1,5 @@
 import { inject, injectable } from 'tsyringe';
+import { processStartTicksSync } from '@berth/host';
 import type { Connector } from './connection.js';
 import { TOKENS } from './container.js';
 import type { DriverCatalog } from './catalog.js';
@@ -69,7 +70,10 @@ export class BerthServiceImpl implements BerthService {
     @inject(TOKENS.HostIdentity) identity: HostIdentity,
     @inject(TOKENS.Logger) logger: Logger,
   ) {
-    const owner = `${process.pid}@${identity.hostname}`;
+    // `pid@host#start-time`: the start time (clock ticks since boot) tells this process from one
+    // that reuses its pid after it died (`ownerState`).
+    const ticks = processStartTicksSync(process.pid);
+    const owner = `${process.pid}@${identity.hostname}${ticks === undefined ? '' : `#${ticks}`}`;
     const faults = new FaultInjector(config.faults);
     // Drivers pass their own points (between their commands) through the same injector.
     catalog.useFaults(faults);

@@ -3,6 +3,7 @@ import { once } from 'node:events';
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
+import { processStartTicksSync } from '@berth/host';
 import { killedWithCommand } from '@berth/host/testing';
 import { describe, expect, it, vi } from 'vitest';
 import { commandsEnded, ownerAlive, ownerState } from './owner.js';
@@ -14,6 +15,17 @@ describe('ownerState', () => {
     expect(ownerState('1@elsewhere', hostname(), self)).toEqual({ state: 'alive' });
     expect(ownerState(null, hostname(), self)).toEqual({ state: 'dead' });
     expect(ownerState('nobody', hostname(), self)).toEqual({ state: 'dead' });
+  });
+
+  it('tells an owner from a process that reuses its pid: the start time it names must match', () => {
+    const ticks = processStartTicksSync(process.pid);
+    expect(ownerState(`${process.pid}@${hostname()}#${ticks}/token`, hostname(), 'me')).toEqual({ state: 'alive' });
+    // This pid, another start time: the owner died and the kernel gave its pid to this process.
+    expect(ownerState(`${process.pid}@${hostname()}#1/token`, hostname(), 'me')).toEqual({ state: 'dead' });
+    // An owner written by an older berth names no start time: the pid alone decides.
+    expect(ownerState(`${process.pid}@${hostname()}`, hostname(), 'me')).toEqual({ state: 'alive' });
+    // Another host's, whatever it names.
+    expect(ownerState(`1@elsewhere#5`, hostname(), 'me')).toEqual({ state: 'alive' });
   });
 
   it('calls a zombie owner dead (its parent never reaped it)', async () => {

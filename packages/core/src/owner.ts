@@ -1,7 +1,8 @@
-import { commandsOutlive, processRunsSync } from '@berth/host';
+import { commandsOutlive, processRunsSync, processStartTicksSync } from '@berth/host';
 
 /**
- * What is left of the process an owner (`pid@host`, optionally followed by `/<token>`) names:
+ * What is left of the process an owner (`pid@host`, or `pid@host#<start time>` as berth writes it
+ * since 2026-12-06, optionally followed by `/<token>`) names:
  * `alive` for this process (`self`), for a process on another host (only that host can tell), and
  * for a live process here; `commands` for a dead process here whose commands still run (its
  * berth-spawner stays until they ended: `commandsOutlive`); `dead` for a dead one, or an owner that
@@ -14,15 +15,17 @@ export function ownerState(owner: string | null, hostname: string, self: string)
   const at = process_.indexOf('@');
   if (at < 0) return { state: 'dead' };
   const pid = Number(process_.slice(0, at));
-  const host = process_.slice(at + 1);
+  const [host, ticks] = process_.slice(at + 1).split('#');
   // Another host's agent owns it: only that agent may recover it.
   if (host !== hostname) return { state: 'alive' };
   if (!Number.isInteger(pid) || pid <= 0) return { state: 'dead' };
   // A zombie is dead (`kill(pid, 0)` alone would call one whose parent never reaps it alive for
   // good: its operations never recovered, its leases held until they expire).
-  const runs = processRunsSync(pid) ?? signalable(pid);
+  // A start time named: only the process started then is it (a pid the kernel gave again is not).
+  const now = processStartTicksSync(pid);
+  const runs = now !== undefined ? ticks === undefined || ticks === '' || now === ticks : (processRunsSync(pid) ?? signalable(pid));
   if (runs) return { state: 'alive' };
-  return commandsOutlive(pid) ? { state: 'commands', pid } : { state: 'dead' };
+  return commandsOutlive(pid, ticks) ? { state: 'commands', pid } : { state: 'dead' };
 }
 
 /** Where /proc cannot tell: whether `pid` can be signalled (EPERM: it exists, as another user's). */

@@ -38,3 +38,12 @@ export function processRunsSync(pid: number): boolean | undefined {
   }
   return liveStartTicks(parseProcStat(text)) !== undefined;
 }
+
+/** The start time of a live process (not a zombie), read synchronously; undefined when gone or unreadable. */
+export function processStartTicksSync(pid: number): string | undefined {
+  try {
+    return liveStartTicks(parseProcStat(readFileSync(`/proc/${pid}/stat`, 'utf8')));
+  } catch {
+    return undefined;
+  }
+}

@@ -1,4 +1,5 @@
 import 'reflect-metadata';
+import { processStartTicksSync } from '@berth/host';
 import { describe, expect, it, vi } from 'vitest';
 import { BerthServiceImpl } from '../berth-service.js';
 import { resolveConfig } from '../config.js';
@@ -9,6 +10,9 @@ import { reserveAttachmentRecord } from '../pipeline/attach.js';
 import { memCatalog } from '../test-support.js';
 import type { Store } from '../store.js';
 import { ReplicaMaintenance } from './replica.js';
+
+/** This process as a replica on host api-1 names itself (`pid@host#start-time`). */
+const SELF = `${process.pid}@api-1#${processStartTicksSync(process.pid)}`;
 
 // Replicas on one store: the heartbeat renews this process's operations, takes over those whose
 // lease passed, and fences a run another replica took over. On core's memory store, whose leases
@@ -112,7 +116,7 @@ describe('replicas', () => {
     await stop();
     const after = await store.operations.require(op.id);
     expect(after.state).toBe('rolled_back');
-    expect(after.owner).toBe(`${process.pid}@api-1`);
+    expect(after.owner).toBe(SELF);
     expect((await service.getVolume('db1')).status).toBe('available');
     expect(await service.listAttachments({ volume: 'db1' })).toEqual([]);
     await service.close();
@@ -129,7 +133,7 @@ describe('replicas', () => {
     await service.startReplica()();
     const deferred = await store.operations.require(op.id);
     expect(deferred.state).toBe('running');
-    expect(deferred.owner).toBe(`${process.pid}@api-1`);
+    expect(deferred.owner).toBe(SELF);
     expect((await service.listAttachments({ volume: 'db1' })).map((a) => a.status)).toEqual(['reserved']);
     await service.close();
 
@@ -183,7 +187,7 @@ describe('replicas', () => {
     const outcome = started.done.catch((e: unknown) => e);
     await inConnect;
     // Another replica claimed it (this one's lease passed during a long pause); the next beat sees it.
-    await store.operations.setOwner(started.operation.id, '77@api-2', `${process.pid}@api-1`);
+    await store.operations.setOwner(started.operation.id, '77@api-2', SELF);
     const error = (await outcome) as BerthError;
     expect(error.code).toBe('CONFLICT');
     expect(error.message).toMatch(/taken over by another replica/);
@@ -225,7 +229,7 @@ describe('replicas', () => {
     expect(result).not.toBeInstanceOf(BerthError);
     const op = await store.operations.require(started.operation.id);
     expect(op.state).toBe('succeeded');
-    expect(op.owner).toBe(`${process.pid}@api-1`);
+    expect(op.owner).toBe(SELF);
     await service.close();
   });
 
@@ -286,7 +290,7 @@ describe('replicas', () => {
     const op = await diedAfterReserve(store, service);
     // The first undo's transaction meets an outage: the takeover is deferred, still this replica's.
     outageOnUndo(store);
-    const me = `${process.pid}@api-1`;
+    const me = SELF;
     await service.startReplica()();
     expect((await store.operations.require(op.id)).owner).toBe(me);
     // This replica's lease lapsed (a partition); live replica api-3 claimed it and recovers it.
@@ -328,7 +332,7 @@ describe('replicas', () => {
     const volume = await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
     const fresh = await service.createVolume({ name: 'db2', sizeBytes: 2 ** 20 });
     const server = await service.createServer({ name: 'web-1' });
-    const owner = `${process.pid}@api-1`;
+    const owner = SELF;
     // This replica's own rows that no run of it holds, leases far from passing (so no other replica
     // would ever take them): one whose deadline passed an hour ago, with no step journalled (the
     // bench's stuck operation), and one written a moment ago (a launch not yet in flight).
@@ -354,7 +358,7 @@ describe('replicas', () => {
     const service = new BerthServiceImpl(config, store, catalog, { hostname: 'api-1', ips: [], platform: 'x86_64', osType: 'linux' }, logger);
     const volume = await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
     const server = await service.createServer({ name: 'api-1' });
-    const owner = `${process.pid}@api-1`;
+    const owner = SELF;
     // What a `--simulate` run of this replica left: its initialize journalled on the simulated root.
     const orphan = await store.operations.create({ kind: 'attach', volumeId: volume.id, serverId: server.id, hostId: server.hostId, owner, deadlineAt: new Date(Date.now() - 3_600_000).toISOString(), leaseMs: 60_000 });
     await reserveAttachmentRecord(store, volume.id, server, 'rw', orphan.id);
