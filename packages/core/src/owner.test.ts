@@ -29,8 +29,10 @@ describe('ownerState', () => {
   });
 
   it('calls a zombie owner dead (its parent never reaped it)', async () => {
-    // `true` exits at once; the shell then becomes `sleep`, which never reaps it.
-    const parent = spawn('sh', ['-c', 'true & echo $!; exec sleep 30'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    // A child that exits at once, of a parent that never waits for it (a shell's `cmd &` before
+    // `exec` may be reaped by the shell itself: not a sure zombie).
+    const script = 'import os, sys, time\npid = os.fork()\nif pid == 0:\n    os._exit(0)\nprint(pid, flush=True)\ntime.sleep(30)\n';
+    const parent = spawn('python3', ['-c', script], { stdio: ['ignore', 'pipe', 'ignore'] });
     try {
       const [chunk] = (await once(parent.stdout!, 'data')) as [Buffer];
       const zombie = Number(chunk.toString().trim());
@@ -39,7 +41,7 @@ describe('ownerState', () => {
     } finally {
       parent.kill('SIGKILL');
     }
-  });
+  }, 20_000);
 
   it('counts a SIGKILLed owner whose command still runs as acting, until the command ended', async () => {
     const killed = await killedWithCommand({ timeoutMs: 20_000 });
@@ -55,5 +57,5 @@ describe('ownerState', () => {
     } finally {
       await killed.dispose();
     }
-  });
+  }, 30_000);
 });

@@ -112,7 +112,7 @@ describe('berth-spawner', () => {
     } finally {
       await killed.dispose();
     }
-  });
+  }, 30_000);
 
   it('ends a dead process\'s command at its timeout: SIGTERM, then SIGKILL when it ignores that', async () => {
     const killed = await killedWithCommand({ timeoutMs: 500, trapTerm: true });
@@ -122,7 +122,7 @@ describe('berth-spawner', () => {
     } finally {
       await killed.dispose();
     }
-  });
+  }, 30_000);
 
   it.each(['SIGHUP', 'SIGTERM'] as const)('outlives a %s to the whole process group (an ssh session that drops) while a command that survives it runs', async (groupSignal) => {
     const killed = await killedWithCommand({ timeoutMs: 20_000, trapTerm: true, groupSignal });
@@ -135,7 +135,7 @@ describe('berth-spawner', () => {
     } finally {
       await killed.dispose();
     }
-  });
+  }, 30_000);
 
   it('when the spawner dies, its running commands fail (and get SIGTERM) and later commands start with Node', async () => {
     const runner = createCommandRunner();

@@ -529,7 +529,7 @@ describe('connects in flight in another berth process (markers)', () => {
     } finally {
       await killed.dispose();
     }
-  });
+  }, 30_000);
 
   it('counts a live process\'s marker, and ignores and removes a dead process\'s (or a reused pid\'s)', async () => {
     await session([{ lun: 1, device: 'sdb', wwid: WWID_1 }]);
