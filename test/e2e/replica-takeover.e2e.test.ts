@@ -11,6 +11,7 @@
 // available, and the next attach and detach work.
 import { describe, expect, it, vi } from 'vitest';
 import type { OperationOutcome, Server, Volume } from '@berth/core';
+import { processStartTicksSync } from '@berth/host';
 import { berthLinkExists, loopDevicesBacking } from '../support/loop-devices.js';
 import { useManyHosts } from '../support/many-hosts.js';
 
@@ -128,11 +129,12 @@ describe.skipIf(!isRoot)('replica takeover: a replica SIGKILLed with 10 operatio
     for (const volume of toAttach) expect(loopDevicesBacking(volume.providerLocation as string)).toHaveLength(1);
     for (const volume of toDetach) expect(loopDevicesBacking(volume.providerLocation as string)).toEqual([]);
     const before = await rows<OperationRow>('select id, state, owner, volume_id from operations where id = any($1)', ids);
-    // Owners are `pid@host`: the two replicas differ only in their pid.
+    // Owners are `pid@host#start-time`: the two replicas differ in their pid and start time.
     const ownerA = before[0]?.owner ?? '';
     expect(ownerA.startsWith(`${a.child.pid}@`)).toBe(true);
     expect(before.map((o) => [o.state, o.owner])).toEqual(ids.map(() => ['running', ownerA]));
-    const ownerB = `${b.child.pid}${ownerA.slice(ownerA.indexOf('@'))}`;
+    const host = ownerA.slice(ownerA.indexOf('@'), ownerA.indexOf('#'));
+    const ownerB = `${b.child.pid}${host}#${processStartTicksSync(b.child.pid ?? 0)}`;
 
     a.child.kill('SIGKILL');
     const killedAt = Date.now();
