@@ -14,7 +14,7 @@ import { createMemoryStore } from './memory-store.js';
 import { reserveAttachmentRecord } from './pipeline/attach.js';
 import { transitionAttachment } from './pipeline/context.js';
 import { definePlugin, PLUGIN_API_VERSION } from './plugin.js';
-import type { Volume } from './model.js';
+import type { Operation, Volume } from './model.js';
 import type { Store } from './store.js';
 
 // The service, its operation runner, the attach/detach pipelines and recovery, on the in-memory
@@ -136,6 +136,26 @@ function world(
   /** Another berth process on this host and store (its own in-process locks). */
   const otherProcess = (): BerthServiceImpl => new BerthServiceImpl(config, store, catalog, identity, silentLogger);
   return { service, otherProcess, store, exported, connected, published, guestDisks };
+}
+
+/**
+ * Detach 'db' (its disconnect refused untouched: `disconnectHeld`) with the rollback's settle
+ * meeting the database down once: the operation is left running, rolled back but not settled.
+ */
+async function detachLeftRolledBackRunning(service: BerthServiceImpl, store: Store): Promise<Operation> {
+  const finish = store.operations.finish.bind(store.operations);
+  let down = true;
+  store.operations.finish = async (id, settled) => {
+    if (down && settled.state === 'rolled_back') {
+      down = false;
+      throw new BerthError('UNAVAILABLE', 'cannot reach the berth database', { details: { outage: true } });
+    }
+    return finish(id, settled);
+  };
+  expect(BerthError.is(await service.detach({ volume: 'db' }).catch((e: unknown) => e))).toBe(true);
+  const operation = (await store.operations.list({ kind: 'detach' })).at(-1)!;
+  expect(operation.state).toBe('running');
+  return operation;
 }
 
 /** A gate a driver call waits at once armed: `reached` once one is there, `open()` lets it through. */
@@ -382,18 +402,7 @@ describe('attach and detach on the in-memory store', () => {
     await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
     await service.attach({ volume: 'db' });
     // The rollback's last write meets the database down: the operation stays running.
-    const finish = store.operations.finish.bind(store.operations);
-    let down = true;
-    store.operations.finish = async (id, settled) => {
-      if (down && settled.state === 'rolled_back') {
-        down = false;
-        throw new BerthError('UNAVAILABLE', 'cannot reach the berth database', { details: { outage: true } });
-      }
-      return finish(id, settled);
-    };
-    expect(BerthError.is(await service.detach({ volume: 'db' }).catch((e: unknown) => e))).toBe(true);
-    const operation = (await store.operations.list({ kind: 'detach' })).at(-1)!;
-    expect(operation.state).toBe('running');
+    const operation = await detachLeftRolledBackRunning(service, store);
     expect(operation.steps.some((s) => s.phase === 'undo')).toBe(true);
     // Before: resumed forward with force — the held device disconnected, the attachment gone.
     expect(await service.recover()).toEqual([expect.objectContaining({ action: 'rolled_back' })]);
@@ -436,18 +445,7 @@ describe('attach and detach on the in-memory store', () => {
     await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
     await service.attach({ volume: 'db' });
     // A detach rolled back whose last write met the database down: left running.
-    const finish = store.operations.finish.bind(store.operations);
-    let down = true;
-    store.operations.finish = async (id, settled) => {
-      if (down) {
-        down = false;
-        throw new BerthError('UNAVAILABLE', 'cannot reach the berth database', { details: { outage: true } });
-      }
-      return finish(id, settled);
-    };
-    expect(BerthError.is(await service.detach({ volume: 'db' }).catch((e: unknown) => e))).toBe(true);
-    const operation = (await store.operations.list({ kind: 'detach' })).at(-1)!;
-    expect(operation.state).toBe('running');
+    const operation = await detachLeftRolledBackRunning(service, store);
     // Once the recovery took it (its owner CAS) and read it again, another replica's claim takes it.
     const setOwner = store.operations.setOwner.bind(store.operations);
     const require = store.operations.require.bind(store.operations);

@@ -24,26 +24,32 @@ export function liveStartTicks(stat: ProcStat | undefined): string | undefined {
 }
 
 /**
- * Whether process `pid` runs — not gone, not a zombie (`kill(pid, 0)` succeeds on a zombie: one
- * whose parent never reaps it would count as alive for good) — read synchronously from
- * `/proc/<pid>/stat`; undefined when /proc cannot tell (another error than the process being gone).
+ * `/proc/<pid>/stat` read synchronously (berth reads it from its exit hook too): undefined when
+ * the process is gone, `'unreadable'` when /proc could not be read for another reason (EMFILE).
  */
-export function processRunsSync(pid: number): boolean | undefined {
+export function readProcStatSync(pid: number): ProcStat | undefined | 'unreadable' {
   let text: string;
   try {
     text = readFileSync(`/proc/${pid}/stat`, 'utf8');
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
-    return code === 'ENOENT' || code === 'ESRCH' ? false : undefined;
+    return code === 'ENOENT' || code === 'ESRCH' ? undefined : 'unreadable';
   }
-  return liveStartTicks(parseProcStat(text)) !== undefined;
+  return parseProcStat(text);
+}
+
+/**
+ * Whether process `pid` runs — not gone, not a zombie (`kill(pid, 0)` succeeds on a zombie: one
+ * whose parent never reaps it would count as alive for good) — read synchronously from
+ * `/proc/<pid>/stat`; undefined when /proc cannot tell (another error than the process being gone).
+ */
+export function processRunsSync(pid: number): boolean | undefined {
+  const stat = readProcStatSync(pid);
+  return stat === 'unreadable' ? undefined : liveStartTicks(stat) !== undefined;
 }
 
 /** The start time of a live process (not a zombie), read synchronously; undefined when gone or unreadable. */
 export function processStartTicksSync(pid: number): string | undefined {
-  try {
-    return liveStartTicks(parseProcStat(readFileSync(`/proc/${pid}/stat`, 'utf8')));
-  } catch {
-    return undefined;
-  }
+  const stat = readProcStatSync(pid);
+  return stat === 'unreadable' ? undefined : liveStartTicks(stat);
 }

@@ -4,7 +4,7 @@ import { constants } from 'node:os';
 import { StringDecoder } from 'node:string_decoder';
 import { getSystemErrorName } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { liveStartTicks, parseProcStat, processRunsSync } from './proc-stat.js';
+import { liveStartTicks, processRunsSync, readProcStatSync } from './proc-stat.js';
 
 /** What the runner hears from a command it started, whoever started it. */
 export interface ChildEvents {
@@ -61,14 +61,8 @@ const UNREADABLE = '?';
  * reason.
  */
 function startTicksOf(pid: number): string | undefined {
-  let text: string;
-  try {
-    text = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    return code === 'ENOENT' || code === 'ESRCH' ? undefined : UNREADABLE;
-  }
-  return liveStartTicks(parseProcStat(text));
+  const stat = readProcStatSync(pid);
+  return stat === 'unreadable' ? UNREADABLE : liveStartTicks(stat);
 }
 
 /**
