@@ -189,6 +189,43 @@ describe('startDaemon / daemonStatus / stopDaemon', () => {
   });
 });
 
+describe('a daemon whose starter died before recording its pid', () => {
+  it('is adopted by its command line (not started a second time); with none, the stale record goes; a live starter\'s record is left alone', async () => {
+    const { dir, logFile, pidFile } = await files();
+    // A starter that is gone (its pid and a start time no process has).
+    const starter = spawn(NODE, ['-e', '0'], { stdio: 'ignore' });
+    await new Promise((resolve) => starter.once('exit', resolve));
+    const args = ['-e', DAEMON_SCRIPT, `--berth-test-daemon=${dir}`];
+    const starting = (by: { pid: number; startTicks: string }): string => `${JSON.stringify({ starting: by, file: NODE, args })}\n`;
+    // Nothing matches its command line: not running, and the stale record is removed.
+    await writeFile(pidFile, starting({ pid: starter.pid ?? 0, startTicks: '1' }));
+    expect(await daemonStatus(pidFile)).toEqual({ running: false });
+    expect(existsSync(pidFile)).toBe(false);
+    // The starter got as far as the spawn: the daemon runs, no pid file names it.
+    const orphan = spawn(NODE, args, { detached: true, stdio: 'ignore' });
+    orphan.unref();
+    try {
+      await writeFile(pidFile, starting({ pid: starter.pid ?? 0, startTicks: '1' }));
+      const status = await daemonStatus(pidFile);
+      expect(status).toEqual({ running: true, pid: orphan.pid });
+      expect(JSON.parse(await readFile(pidFile, 'utf8'))).toMatchObject({ pid: orphan.pid, file: NODE });
+      // Before: not running — a second daemon started beside the first.
+      await expect(startDaemon({ file: NODE, args, logFile, pidFile })).rejects.toMatchObject({ reason: 'already-running' });
+      expect((await stopDaemon(pidFile, { timeoutMs: 5_000 })).wasRunning).toBe(true);
+      // A starter that is alive (this process) is at it now: nothing is decided, nothing removed.
+      await writeFile(pidFile, starting({ pid: process.pid, startTicks: (await processStartTicks(process.pid)) ?? '' }));
+      expect(await daemonStatus(pidFile)).toEqual({ running: false });
+      expect(existsSync(pidFile)).toBe(true);
+    } finally {
+      try {
+        process.kill(orphan.pid ?? 0, 'SIGKILL');
+      } catch {
+        // stopped
+      }
+    }
+  });
+});
+
 describe('processStartTicks', () => {
   it('names a live process, and nothing for a gone one', async () => {
     expect(await processStartTicks(process.pid)).toMatch(/^\d+$/);

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { readFile, rm } from 'node:fs/promises';
+import { readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { writeFileAtomically } from './atomic-file.js';
 import { liveStartTicks, parseProcStat, type ProcStat } from './proc-stat.js';
@@ -89,6 +89,12 @@ export async function startDaemon(options: StartDaemonOptions): Promise<{ pid: n
   if (current.running) {
     throw new DaemonError(`${options.file} is already running as pid ${current.pid} (${options.pidFile})`, 'already-running');
   }
+  // Before the spawn: who starts what. Killed between the spawn and the record below, this process
+  // leaves a daemon no pid file names; the next `daemonStatus` finds it by its command line and
+  // adopts it (`adoptStarted`) instead of starting a second one beside it — or, for tgtd, finding
+  // "a tgtd berth did not start" on its control port for good.
+  const starter = { pid: process.pid, startTicks: (await startTicksOf(process.pid)) ?? '' };
+  await writeFileAtomically(options.pidFile, `${JSON.stringify({ starting: starter, file: options.file, args: options.args })}\n`);
   const logFd = openSync(options.logFile, 'a', 0o600);
   let child: ChildProcess;
   let exited: Promise<void>;
@@ -117,6 +123,10 @@ export async function startDaemon(options: StartDaemonOptions): Promise<{ pid: n
       child.once('error', onError);
       child.once('spawn', onSpawn);
     });
+  } catch (error) {
+    // Nothing started: the "starting" record names nothing.
+    await rm(options.pidFile, { force: true });
+    throw error;
   } finally {
     // The child holds its own copy of the descriptor.
     closeSync(logFd);
@@ -138,9 +148,62 @@ export async function startDaemon(options: StartDaemonOptions): Promise<{ pid: n
  * A pid file holding only a number (written by another tool) is checked for life alone.
  */
 export async function daemonStatus(pidFile: string): Promise<DaemonStatus> {
-  const record = await readPidRecord(pidFile);
+  const record = (await readPidRecord(pidFile)) ?? (await adoptStarted(pidFile));
   if (record === undefined) return { running: false };
   return { running: await isSameProcess(record), pid: record.pid };
+}
+
+/** What `startDaemon` writes before its spawn. */
+interface StartingRecord {
+  starting: { pid: number; startTicks: string };
+  file: string;
+  args: string[];
+}
+
+/**
+ * A pid file that still says "starting": its starter died between the spawn and the record (or
+ * is at it now). While the starter runs, nothing is decided. Once it is dead, the daemon it may
+ * have started is the process whose command line is exactly the file and arguments it recorded (a
+ * pid file path, a control port or socket in them makes that one daemon's): adopted — its record
+ * written — or, when there is none, the stale record removed.
+ */
+async function adoptStarted(pidFile: string): Promise<PidRecord | undefined> {
+  const starting = await readStartingRecord(pidFile);
+  if (starting === undefined) return undefined;
+  if (await processRuns(starting.starting.pid, starting.starting.startTicks)) return undefined;
+  const wanted = [starting.file, ...starting.args].join('\0');
+  let names: string[] = [];
+  try {
+    names = await readdir('/proc');
+  } catch {
+    return undefined;
+  }
+  for (const name of names) {
+    if (!/^\d+$/.test(name)) continue;
+    const cmdline = await readFile(`/proc/${name}/cmdline`, 'utf8').catch(() => '');
+    if (cmdline.replace(/\0$/, '') !== wanted) continue;
+    const pid = Number(name);
+    const startTicks = await startTicksOf(pid);
+    const record: PidRecord = { pid, file: starting.file, ...(startTicks === undefined ? {} : { startTicks }) };
+    await writeFileAtomically(pidFile, `${JSON.stringify(record)}\n`);
+    return record;
+  }
+  await rm(pidFile, { force: true });
+  return undefined;
+}
+
+async function readStartingRecord(pidFile: string): Promise<StartingRecord | undefined> {
+  const text = await readFile(pidFile, 'utf8').catch(() => undefined);
+  if (text === undefined) return undefined;
+  try {
+    const value = JSON.parse(text) as Partial<StartingRecord>;
+    const starter = value.starting;
+    if (typeof starter?.pid !== 'number' || typeof starter.startTicks !== 'string' || typeof value.file !== 'string' || !Array.isArray(value.args)) return undefined;
+    if (!value.args.every((arg): arg is string => typeof arg === 'string')) return undefined;
+    return { starting: { pid: starter.pid, startTicks: starter.startTicks }, file: value.file, args: value.args };
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -150,7 +213,7 @@ export async function daemonStatus(pidFile: string): Promise<DaemonStatus> {
  * success (`wasRunning: false`).
  */
 export async function stopDaemon(pidFile: string, options: StopDaemonOptions): Promise<StopDaemonResult> {
-  const record = await readPidRecord(pidFile);
+  const record = (await readPidRecord(pidFile)) ?? (await adoptStarted(pidFile));
   if (record === undefined || !(await isSameProcess(record))) {
     await removePidFile(pidFile, record?.pid);
     return { wasRunning: false, ...(record ? { pid: record.pid } : {}), killed: false };
