@@ -129,10 +129,11 @@ export class DaemonSupervisor {
     const orphans = new Set<string>();
     for (const record of active) {
       if (exported.has(exportNames(record.iqn, record.lun).exportId)) continue;
-      // Only one whose loop device still backs its dead FUSE file: a disconnect killed between its
-      // teardown (the device goes first, then the export) and the record's removal left one with
-      // neither, which is not to be rebuilt — its detach finishes it.
-      if ((await loopsBacking({ host: this.deps.host }, mountpointOf(this.deps.paths, record.volumeId))).length > 0) orphans.add(record.volumeId);
+      // Only one whose loop device still backs its dead FUSE file, or that a restore had released
+      // and not rebuilt (`restoring`): a disconnect killed between its teardown (the device goes
+      // first, then the export) and the record's removal left one with neither, which is not to be
+      // rebuilt — its detach finishes it.
+      if (record.restoring === true || (await loopsBacking({ host: this.deps.host }, mountpointOf(this.deps.paths, record.volumeId))).length > 0) orphans.add(record.volumeId);
     }
     if (orphans.size === 0) return;
     this.deps.logger.warn({ volumes: [...orphans] }, 'qemu-storage-daemon runs without exports its records call active (a restart whose restore was cut short): rebuilding them');
@@ -191,10 +192,14 @@ export class DaemonSupervisor {
         const names = exportNames(record.iqn, record.lun);
         const fail = async (reason: string): Promise<void> => {
           report.failed.push({ key: record.volumeId, reason });
-          await records.save({ ...record, status: 'failed', failure: reason, updatedAt: new Date().toISOString() });
+          const { restoring: _restoring, ...rest } = record;
+          await records.save({ ...rest, status: 'failed', failure: reason, updatedAt: new Date().toISOString() });
         };
         const wanted = record.loopDevice;
         try {
+          // Released from here on until rebuilt: a process killed in between leaves the record
+          // saying so, for the next one's `restoreOrphans`.
+          if (record.restoring !== true) await records.save({ ...record, restoring: true, updatedAt: new Date().toISOString() });
           const released = await release(record);
           if (released === 'held-open') {
             await fail(`${wanted} was open when qemu-storage-daemon died, so it could not be rebuilt; close it, then detach (--force) and attach again`);
@@ -238,7 +243,8 @@ export class DaemonSupervisor {
             ...(record.node === undefined ? {} : { node: record.node }),
           }, signal);
           const info = await loopInfo(host.fs, device);
-          await records.save({ ...record, loopDevice: device, ...(info ? { rdev: info.rdev } : {}), updatedAt: new Date().toISOString() });
+          const { restoring: _restoring, ...rebuilt } = record;
+          await records.save({ ...rebuilt, loopDevice: device, ...(info ? { rdev: info.rdev } : {}), updatedAt: new Date().toISOString() });
           report.restored.push(record.volumeId);
         } catch (error) {
           await teardownChain(quiet, qmp, names, undefined, AbortSignal.timeout(options.commandTimeoutMs)).catch(() => undefined);

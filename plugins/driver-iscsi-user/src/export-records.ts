@@ -36,6 +36,12 @@ export const zExportRecord = lazySchema(() => z.object({
   rdev: z.string().optional(),
   /** A failover under way: the node logged in through `portal`, before the filter is re-pointed at it. */
   failover: z.object({ node: z.string().regex(/^iu-[0-9a-f]{20}(-b)?$/), portal: z.string().min(1) }).optional(),
+  /**
+   * A restore released this record's loop device from its dead FUSE file and has not rebuilt its
+   * chain yet: killed in between, the next process's `restoreOrphans` rebuilds it (its device no
+   * longer backs the dead file, so that alone would not tell it from a detach's leftover).
+   */
+  restoring: z.literal(true).optional(),
   /** Why it failed (no secret). */
   failure: z.string().optional(),
   updatedAt: z.string(),

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ConnectionInfo, Device } from '@berth/core';
 import { loopInfo, StorageDaemon } from '@berth/qemu';
-import { userPaths } from './export-records.js';
+import { exportRecords, userPaths } from './export-records.js';
 import { call, createUserTestEnv, expectNothingLeft, readAt, rejection, writeAt, writeDirect, type UserTestEnv } from './test-user-env.js';
 
 // The iscsi-user transport against the real tgtd of the tgt backend (private tgtd, CHAP on):
@@ -169,6 +169,41 @@ describe('iscsi-user transport on a real tgtd', () => {
       expect(readAt(device.path, marker.length, 2 * MiB).equals(marker)).toBe(true);
       await second.disconnect(volume.connection, device, { force: false, ...call() });
     }
+    await expectNothingLeft(env);
+  });
+
+  it('a restore killed after it released a loop device and before it rebuilt the chain: the next process rebuilds it (not left active on a free device)', async () => {
+    const volume = await env.makeVolume(8 * MiB);
+    const device = await env.driver.connect(volume.connection, call());
+    const marker = randomBytes(8192);
+    writeAt(device.path, marker, 2 * MiB);
+    const pid = await env.daemonPid();
+    process.kill(pid!, 'SIGKILL');
+    await env.host.waiter.waitUntil('/proc', async () => ((await env.daemonPid()) === undefined ? true : undefined), { timeoutMs: 10_000 });
+    // What the killed restore had done: the daemon started again, the record marked `restoring`,
+    // its device let go of the dead FUSE file and that file unmounted — and nothing rebuilt.
+    await new StorageDaemon({ dir: userPaths(env.dataDir).daemon, waiter: env.host.waiter, startTimeoutMs: 20_000 }).ensureRunning();
+    const records = exportRecords(userPaths(env.dataDir));
+    const [record] = await records.list();
+    expect(record).toMatchObject({ status: 'active', loopDevice: device.path });
+    await records.save({ ...record!, restoring: true });
+    const mountpoint = (await loopInfo(env.host.fs, device.path))?.backingFile;
+    execFileSync('losetup', ['--detach', device.path]);
+    if (mountpoint !== undefined) execFileSync('umount', ['-l', mountpoint]);
+    const second = env.driverWith();
+    const listed = (await second.connected!()).map((c) => c.device.path);
+    // Before: its device no longer backed the dead file, so it was taken for a detach's leftover —
+    // left `active`, naming a free loop device, its LUN silently down.
+    if (listed.length === 0) {
+      // Another process on this machine took the loop number meanwhile: failed clearly instead.
+      expect((await second.check()).summary).toMatch(/1 export\(s\) lost/);
+    } else {
+      expect(listed).toEqual([device.path]);
+      expect(readAt(device.path, marker.length, 2 * MiB).equals(marker)).toBe(true);
+      expect((await records.list())[0]?.restoring).toBeUndefined();
+    }
+    const again = listed.length === 0 ? await second.connect(volume.connection, call()) : device;
+    await second.disconnect(volume.connection, again, { force: false, ...call() });
     await expectNothingLeft(env);
   });
 
