@@ -144,7 +144,8 @@ describe('iscsi-user transport on a real tgtd', () => {
     await expectNothingLeft(env);
   });
 
-  it('a daemon restarted by a process killed before it rebuilt the exports: the next process rebuilds them', async () => {
+  /** A volume attached with a marker written, its daemon SIGKILLed and started again (by a process that then died before its restore). */
+  async function attachedThenDaemonRestarted(): Promise<{ volume: Awaited<ReturnType<UserTestEnv['makeVolume']>>; device: Device; marker: Buffer }> {
     const volume = await env.makeVolume(8 * MiB);
     const device = await env.driver.connect(volume.connection, call());
     const marker = randomBytes(8192);
@@ -152,9 +153,14 @@ describe('iscsi-user transport on a real tgtd', () => {
     const pid = await env.daemonPid();
     process.kill(pid!, 'SIGKILL');
     await env.host.waiter.waitUntil('/proc', async () => ((await env.daemonPid()) === undefined ? true : undefined), { timeoutMs: 10_000 });
+    await new StorageDaemon({ dir: userPaths(env.dataDir).daemon, waiter: env.host.waiter, startTimeoutMs: 20_000 }).ensureRunning();
+    return { volume, device, marker };
+  }
+
+  it('a daemon restarted by a process killed before it rebuilt the exports: the next process rebuilds them', async () => {
     // The process that noticed started the daemon again and was killed before its restore: a
     // running daemon without the export the record calls active.
-    await new StorageDaemon({ dir: userPaths(env.dataDir).daemon, waiter: env.host.waiter, startTimeoutMs: 20_000 }).ensureRunning();
+    const { volume, device, marker } = await attachedThenDaemonRestarted();
     const second = env.driverWith();
     const listed = (await second.connected!()).map((c) => c.device.path);
     if (listed.length === 0) {
@@ -173,16 +179,9 @@ describe('iscsi-user transport on a real tgtd', () => {
   });
 
   it('a restore killed after it released a loop device and before it rebuilt the chain: the next process rebuilds it (not left active on a free device)', async () => {
-    const volume = await env.makeVolume(8 * MiB);
-    const device = await env.driver.connect(volume.connection, call());
-    const marker = randomBytes(8192);
-    writeAt(device.path, marker, 2 * MiB);
-    const pid = await env.daemonPid();
-    process.kill(pid!, 'SIGKILL');
-    await env.host.waiter.waitUntil('/proc', async () => ((await env.daemonPid()) === undefined ? true : undefined), { timeoutMs: 10_000 });
     // What the killed restore had done: the daemon started again, the record marked `restoring`,
     // its device let go of the dead FUSE file and that file unmounted — and nothing rebuilt.
-    await new StorageDaemon({ dir: userPaths(env.dataDir).daemon, waiter: env.host.waiter, startTimeoutMs: 20_000 }).ensureRunning();
+    const { volume, device, marker } = await attachedThenDaemonRestarted();
     const records = exportRecords(userPaths(env.dataDir));
     const [record] = await records.list();
     expect(record).toMatchObject({ status: 'active', loopDevice: device.path });
