@@ -1,5 +1,7 @@
 import { hostname } from 'node:os';
-import { describe, expect, it } from 'vitest';
+import { processRunsSync } from '@berth/host';
+import { killedWithCommand } from '@berth/host/testing';
+import { describe, expect, it, vi } from 'vitest';
 import { BerthError } from './errors.js';
 import { withLease, type LeaseOptions } from './lease.js';
 import { createMemoryStore } from './memory-store.js';
@@ -37,6 +39,34 @@ function options(signal: AbortSignal = AbortSignal.timeout(5_000)): LeaseOptions
 }
 
 describe('withLease', () => {
+  it('waits for a dead holder on this host whose command still runs, even past its lease, and takes the lease once the command ended', async () => {
+    const { store, rows } = memoryLocks();
+    const killed = await killedWithCommand({ timeoutMs: 20_000 });
+    try {
+      // Its lease has passed (a replica's short lease that nobody renews any more).
+      rows.set('k', { owner: `${killed.pid}@${hostname()}/token`, acquiredAt: new Date().toISOString(), expiresAt: new Date(Date.now() - 1_000).toISOString() });
+      let taken = false;
+      let looks = 0;
+      const tryAcquire = store.locks.tryAcquire.bind(store.locks);
+      store.locks.tryAcquire = async (...args) => {
+        looks += 1;
+        return tryAcquire(...args);
+      };
+      const taking = withLease(store, 'k', options(AbortSignal.timeout(20_000)), async () => {
+        taken = true;
+        return processRunsSync(killed.command);
+      });
+      // It looked at the holder three times and waited (before: taken at once, beside the command).
+      await vi.waitFor(() => expect(looks).toBeGreaterThanOrEqual(3), { timeout: 10_000 });
+      expect(taken).toBe(false);
+      await killed.finish();
+      expect(await taking).toBe(false);
+    } finally {
+      await killed.dispose();
+    }
+  }, 30_000);
+
+
   it('runs holders of one key one after another, and releases the lease', async () => {
     const { store, rows } = memoryLocks();
     const events: string[] = [];
