@@ -195,7 +195,8 @@ describe('a daemon whose starter died before recording its pid', () => {
     // A starter that is gone (its pid and a start time no process has).
     const starter = spawn(NODE, ['-e', '0'], { stdio: 'ignore' });
     await new Promise((resolve) => starter.once('exit', resolve));
-    const args = ['-e', DAEMON_SCRIPT, `--berth-test-daemon=${dir}`];
+    // After `--`: node takes an unknown `--option` after `-e <script>` for its own, and exits 9.
+    const args = ['-e', DAEMON_SCRIPT, '--', `--berth-test-daemon=${dir}`];
     const starting = (by: { pid: number; startTicks: string }): string => `${JSON.stringify({ starting: by, file: NODE, args })}\n`;
     // Nothing matches its command line: not running, and the stale record is removed.
     await writeFile(pidFile, starting({ pid: starter.pid ?? 0, startTicks: '1' }));
