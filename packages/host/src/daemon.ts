@@ -1,9 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { readdir, readFile, rm } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { writeFileAtomically } from './atomic-file.js';
-import { liveStartTicks, parseProcStat, type ProcStat } from './proc-stat.js';
+import { liveStartTicks, parseProcStat, processCommandLines, type ProcStat } from './proc-stat.js';
 
 /** Options of `startDaemon`. */
 export interface StartDaemonOptions {
@@ -172,17 +172,8 @@ async function adoptStarted(pidFile: string): Promise<PidRecord | undefined> {
   if (starting === undefined) return undefined;
   if (await processRuns(starting.starting.pid, starting.starting.startTicks)) return undefined;
   const wanted = [starting.file, ...starting.args].join('\0');
-  let names: string[] = [];
-  try {
-    names = await readdir('/proc');
-  } catch {
-    return undefined;
-  }
-  for (const name of names) {
-    if (!/^\d+$/.test(name)) continue;
-    const cmdline = await readFile(`/proc/${name}/cmdline`, 'utf8').catch(() => '');
-    if (cmdline.replace(/\0$/, '') !== wanted) continue;
-    const pid = Number(name);
+  for (const { pid, argv } of processCommandLines()) {
+    if (argv.join('\0') !== wanted) continue;
     const startTicks = await startTicksOf(pid);
     const record: PidRecord = { pid, file: starting.file, ...(startTicks === undefined ? {} : { startTicks }) };
     await writeFileAtomically(pidFile, `${JSON.stringify(record)}\n`);

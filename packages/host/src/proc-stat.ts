@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 
 /** What berth reads of `/proc/<pid>/stat`: the state (field 3) and the start time (field 22, clock ticks since boot). */
 export interface ProcStat {
@@ -52,4 +52,30 @@ export function processRunsSync(pid: number): boolean | undefined {
 export function processStartTicksSync(pid: number): string | undefined {
   const stat = readProcStatSync(pid);
   return stat === 'unreadable' ? undefined : liveStartTicks(stat);
+}
+
+/**
+ * Every process's pid and argv, from `/proc/<pid>/cmdline` (read synchronously; a zombie's, or one
+ * gone meanwhile, is empty and left out). For the rare questions no pid answers: which process
+ * stands for a dead berth's commands, which daemon a dead starter left.
+ */
+export function* processCommandLines(): Generator<{ pid: number; argv: string[] }> {
+  let names: string[];
+  try {
+    names = readdirSync('/proc');
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const first = name.charCodeAt(0);
+    if (first < 48 || first > 57) continue;
+    let cmdline: string;
+    try {
+      cmdline = readFileSync(`/proc/${name}/cmdline`, 'utf8');
+    } catch {
+      continue;
+    }
+    if (cmdline === '') continue;
+    yield { pid: Number(name), argv: cmdline.replace(/\0$/, '').split('\0') };
+  }
 }

@@ -1,10 +1,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, writeSync } from 'node:fs';
+import { existsSync, writeSync } from 'node:fs';
+import path from 'node:path';
 import { constants } from 'node:os';
 import { StringDecoder } from 'node:string_decoder';
 import { getSystemErrorName } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { liveStartTicks, processRunsSync, readProcStatSync } from './proc-stat.js';
+import { liveStartTicks, processCommandLines, processRunsSync, readProcStatSync } from './proc-stat.js';
 
 /** What the runner hears from a command it started, whoever started it. */
 export interface ChildEvents {
@@ -446,26 +447,10 @@ const SPAWNER_FOR = '--for';
  * ask only after finding the process itself dead. Synchronous: lease checks are.
  */
 export function commandsOutlive(pid?: number, startTicks?: string): boolean {
-  let names: string[];
-  try {
-    names = readdirSync('/proc');
-  } catch {
-    return false;
-  }
-  const marker = `berth-spawner\0${SPAWNER_FOR}\0`;
-  for (const name of names) {
-    const first = name.charCodeAt(0);
-    if (first < 48 || first > 57) continue;
-    let cmdline: string;
-    try {
-      cmdline = readFileSync(`/proc/${name}/cmdline`, 'latin1');
-    } catch {
-      continue;
-    }
-    const at = cmdline.indexOf(marker);
-    if (at < 0) continue;
+  for (const { argv } of processCommandLines()) {
+    if (path.basename(argv[0] ?? '') !== 'berth-spawner' || argv[1] !== SPAWNER_FOR) continue;
     // `<pid>:<start time>`, the argument after `--for`.
-    const [forPid = '', ticks = ''] = (cmdline.slice(at + marker.length).split('\0')[0] ?? '').split(':');
+    const [forPid = '', ticks = ''] = (argv[2] ?? '').split(':');
     if (pid === undefined) {
       // Any process's: only one that is gone (a live berth's spawner stands for nobody dead).
       if (Number(forPid) > 0 && processRunsSync(Number(forPid)) === false) return true;

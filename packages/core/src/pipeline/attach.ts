@@ -255,7 +255,8 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
         } catch (error) {
           // As a forced detach's rule (detach.ts `tolerant`): a guest consumer's unplug that failed
           // means berth cannot tell the guest let go of the disk.
-          if (!isStoreOutage(toBerthError(error)) && (toBerthError(error).details.guestHoldsDevice === true || isGuestServer(ctx))) ctx.guestMayHoldDevice = true;
+          const e = toBerthError(error);
+          if (!isStoreOutage(e) && (e.details.guestHoldsDevice === true || isGuestServer(ctx))) ctx.guestMayHoldDevice = true;
           throw error;
         }
       },

@@ -3,7 +3,6 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -11,8 +10,8 @@ import { promisify } from 'node:util';
 import { createDeviceWaiter } from '../device-waiter.js';
 import { createHostFs } from '../host-fs.js';
 
-// The built package: beside this module in dist/, or dist/ seen from src/ (this package's own tests run the sources).
-const HOST_ENTRY = [new URL('../index.js', import.meta.url), new URL('../../dist/index.js', import.meta.url)].find((url) => url.pathname.endsWith('/dist/index.js') && existsSync(url))?.href ?? '';
+// The built package, seen from dist/testing/ or src/testing/ alike (this package's own tests run the sources).
+const HOST_ENTRY = new URL('../../dist/index.js', import.meta.url).href;
 
 /** A berth-like process SIGKILLed while a command it ran through its spawner still runs. */
 export interface KilledWithCommand {
