@@ -29,6 +29,7 @@ export * from './lun-connection.js';
 export * from './portal-budget.js';
 export * from './node-session.js';
 export * from './lun-lifecycle.js';
+export * from './left-login.js';
 export * from './device-identity.js';
 export * from './contextual-error.js';
 export * from './transport-kit.js';

@@ -206,6 +206,15 @@ export interface LeftLogin {
 const ISCSID_LOGIN_TIMEOUT_S = 15;
 const ISCSID_LOGIN_RETRY_MAX = 8;
 
+/**
+ * How long iscsid may carry one login on, in ms, with `login_timeout` (s) and
+ * `initial_login_retry_max` as the node record has them: every attempt may use its whole timer,
+ * and iscsid stops once `retry_max` of them (at least one) have passed.
+ */
+export function iscsidLoginBoundMs(loginTimeoutSeconds: number, loginRetryMax: number): number {
+  return loginTimeoutSeconds * Math.max(1, loginRetryMax) * 1000;
+}
+
 /** iscsid's bound on a login of `target` (ms), from its node record, else the settings, else open-iscsi's defaults. */
 async function loginBoundMs(host: SessionHost, target: LunTarget, signal: AbortSignal): Promise<number> {
   const record = await host.iscsiadm.nodeShow(target, { signal }).catch(() => undefined);
@@ -215,7 +224,7 @@ async function loginBoundMs(host: SessionHost, target: LunTarget, signal: AbortS
   };
   const timeoutS = read('node.conn[0].timeo.login_timeout') ?? host.settings.loginTimeoutSeconds ?? ISCSID_LOGIN_TIMEOUT_S;
   const retryMax = read('node.session.initial_login_retry_max') ?? host.settings.loginRetryMax ?? ISCSID_LOGIN_RETRY_MAX;
-  return timeoutS * Math.max(1, retryMax) * 1000;
+  return iscsidLoginBoundMs(timeoutS, retryMax);
 }
 
 /** The record keys of a login's CHAP (none without CHAP). */

@@ -1,6 +1,6 @@
 import { z } from '@berth/core/zod';
 import { lazySchema } from '@berth/core';
-import { AttachStateFileStore, zStateVolumeId } from '@berth/iscsi';
+import { AttachStateFileStore, zLeftLogin, zStateVolumeId } from '@berth/iscsi';
 
 /** One path as the attach left it. */
 export const zAttachPath = lazySchema(() => z.object({
@@ -15,22 +15,6 @@ export const zAttachPath = lazySchema(() => z.object({
   hctl: z.string().optional(),
   /** `/dev/sdX`, when the path had a device. */
   device: z.string().optional(),
-}));
-
-/**
- * A path given up while its login was still running: iscsid may carry the login on (killing
- * `iscsiadm --login` does not stop it), and a session that comes has no disk. Its node record is
- * kept until that session is logged out or iscsid's own bound has passed; then both go.
- */
-export const zLeftLogin = lazySchema(() => z.object({
-  target_iqn: z.string(),
-  target_portal: z.string(),
-  target_lun: z.number().int().nonnegative(),
-  kernel_lun: z.number().int().nonnegative(),
-  /** When the login started (ISO time). */
-  started_at: z.string(),
-  /** When iscsid gives it up at the latest (ISO time): its start + `login_timeout` × `initial_login_retry_max` as written on the record. */
-  until: z.string(),
 }));
 
 /**
@@ -63,8 +47,6 @@ export const zAttachState = lazySchema(() => z.object({
 /** One volume's persisted attach state. */
 export type AttachState = z.output<typeof zAttachState>;
 
-/** A given-up login of a persisted attach state. */
-export type LeftLoginEntry = z.output<typeof zLeftLogin>;
 
 /** One path of a persisted attach state. */
 export type AttachPath = z.output<typeof zAttachPath>;

@@ -1,8 +1,7 @@
 import type { ConnectedDevice, Device, DevicePath } from '@berth/core';
-import { checkIdentity, deviceIsTargetLun, devPath, formatHctl, formatPortal, holdersOf, readIscsiSession, scsiDeviceOf, scsiIdentity, slavesOf, toPortal } from '@berth/iscsi';
+import { checkIdentity, deviceIsTargetLun, devPath, formatHctl, formatPortal, holdersOf, readIscsiSession, scsiDeviceOf, scsiIdentity, slavesOf, toPortal, leftPathsOf } from '@berth/iscsi';
 import type { HostFs } from '@berth/host';
 import type { AttachState } from './attach-state.js';
-import { leftPathsOf } from './left-login.js';
 import { targetKey, type MultipathVolume, type PathTarget } from './multipath-connection.js';
 import type { MultipathContext } from './multipath-context.js';
 import { readMap } from './multipath-map.js';

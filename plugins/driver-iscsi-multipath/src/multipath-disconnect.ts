@@ -1,10 +1,9 @@
 import { BerthError, type Device, type DisconnectOptions } from '@berth/core';
-import { checkIdentity, devPath, FailureList, holdersOf, identityAt, inUseBy, messageOf, slavesOf, targetKey, withRetry } from '@berth/iscsi';
+import { checkIdentity, devPath, FailureList, holdersOf, identityAt, inUseBy, messageOf, slavesOf, targetKey, withRetry, finishLeftLogin, leftPathsOf } from '@berth/iscsi';
 import type { AttachState } from './attach-state.js';
 import type { MultipathVolume, PathTarget } from './multipath-connection.js';
 import type { MultipathContext } from './multipath-context.js';
 import { expectedWwn, latePathOwner } from './late-path.js';
-import { finishLeftLogin, leftPathsOf } from './left-login.js';
 import { mapStillThere, readMap, removeMap, type MultipathMap } from './multipath-map.js';
 import { locatePaths, pathsOfDevice, pathsOfState } from './path-locate.js';
 

@@ -16,11 +16,10 @@ import {
   type TransportCallContext,
   type TransportDriver,
 } from '@berth/core';
-import { contextualError, FailureList, ISCSI_SOURCE_KEYS, iscsiTransportKit, MultipathClient, portalBudget, readInitiatorName, targetKey, zStateVolumeId } from '@berth/iscsi';
+import { contextualError, FailureList, ISCSI_SOURCE_KEYS, iscsiTransportKit, MultipathClient, portalBudget, readInitiatorName, targetKey, zStateVolumeId, finishLeftLogin, leftEntryOf, leftPathsOf, mergeLeft, watchLeftLogins, withoutLeft, type LeftPath } from '@berth/iscsi';
 import { AttachStateStore, type AttachState } from './attach-state.js';
 import { discoverPaths } from './discovery.js';
 import { checkMultipathHost } from './host-check.js';
-import { finishLeftLogin, leftEntryOf, leftPathsOf, mergeLeft, watchLeftLogins, type LeftPath } from './left-login.js';
 import { buildMap, dropMap, keepFirstPathOnly } from './map-phase.js';
 import { connectedDevices, pathStates } from './multipath-connected.js';
 import { parseMultipathConnection, volumeKey, type MultipathVolume, type PathTarget } from './multipath-connection.js';
@@ -155,8 +154,7 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
   async function forgetLeft(volumeId: string, done: readonly LeftPath[]): Promise<void> {
     const state = await ctx.states.load(volumeId).catch(() => undefined);
     if (state?.left_logins === undefined) return;
-    const gone = new Set(done.map((d) => JSON.stringify(leftEntryOf(d))));
-    const rest = state.left_logins.filter((e) => !gone.has(JSON.stringify(e)));
+    const rest = withoutLeft(state.left_logins, done);
     if (rest.length === state.left_logins.length) return;
     const kept: AttachState = { ...state, left_logins: rest };
     if (rest.length === 0) delete kept.left_logins;

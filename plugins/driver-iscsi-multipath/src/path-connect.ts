@@ -1,7 +1,6 @@
 import { BerthError } from '@berth/core';
-import { devPath, messageOf, targetKey, type ChapCredentials, type LeftLogin } from '@berth/iscsi';
+import { devPath, messageOf, targetKey, type ChapCredentials, type LeftLogin, leftPathOf, type LeftPath } from '@berth/iscsi';
 import type { PathTarget } from './multipath-connection.js';
-import { leftPathOf, type LeftPath } from './left-login.js';
 import { emptyProgress, type MultipathContext, type PathOutcome } from './multipath-context.js';
 import { pathError } from './path-errors.js';
 

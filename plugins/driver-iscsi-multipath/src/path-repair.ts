@@ -1,7 +1,6 @@
 import { BerthError, type ConnectedDevice, type PathRepair } from '@berth/core';
-import { checkIdentity, devPath, formatHctl, messageOf, type ChapCredentials } from '@berth/iscsi';
+import { checkIdentity, devPath, formatHctl, messageOf, type ChapCredentials, leftEntryOf, leftPathOf, leftPathsOf, mergeLeft, type LeftPath } from '@berth/iscsi';
 import type { AttachPath, AttachState } from './attach-state.js';
-import { leftEntryOf, leftPathOf, leftPathsOf, mergeLeft, type LeftPath } from './left-login.js';
 import { mapSlaves, missingPortals, type MapSlave } from './multipath-connected.js';
 import { lunKey, type PathTarget } from './multipath-connection.js';
 import type { MultipathContext } from './multipath-context.js';

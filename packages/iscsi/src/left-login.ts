@@ -1,22 +1,56 @@
 import { setTimeout as delay } from 'node:timers/promises';
-import { FailureList, findIscsiSession, formatPortal, messageOf, targetKey, toPortal, type LeftLogin } from '@berth/iscsi';
-import type { AttachState, LeftLoginEntry } from './attach-state.js';
-import type { PathTarget } from './multipath-connection.js';
-import type { MultipathContext } from './multipath-context.js';
+import { z } from '@berth/core/zod';
+import { lazySchema, type Logger } from '@berth/core';
+import type { HostFs } from '@berth/host';
+import { FailureList } from './failure-list.js';
+import { findIscsiSession } from './iscsi-sysfs.js';
+import { targetKey } from './lun-connection.js';
+import type { LunTarget } from './lun-device.js';
+import type { LunLifecycle } from './lun-lifecycle.js';
+import { messageOf, type LeftLogin } from './node-session.js';
+import { formatPortal } from './portal.js';
+import { toPortal } from './target.js';
 
-/** A path given up while iscsid may still be logging in to it, until when it may. */
+/**
+ * A login given up while it was still running, as a transport persists it in its attach state:
+ * iscsid carries the login on (killing `iscsiadm --login` does not stop it), and a session that
+ * comes has no disk. Its node record is kept until that session is logged out or iscsid's own
+ * bound has passed; then both go.
+ */
+export const zLeftLogin = lazySchema(() => z.object({
+  target_iqn: z.string(),
+  target_portal: z.string(),
+  target_lun: z.number().int().nonnegative(),
+  kernel_lun: z.number().int().nonnegative(),
+  /** When the login started (ISO time). */
+  started_at: z.string(),
+  /** When iscsid gives it up at the latest (ISO time): its start + `login_timeout` × `initial_login_retry_max` as written on the record. */
+  until: z.string(),
+}));
+
+/** A left login as an attach state stores it. */
+export type LeftLoginEntry = z.output<typeof zLeftLogin>;
+
+/** A login given up while iscsid may still be logging in to its portal, until when it may. */
 export interface LeftPath {
-  target: PathTarget;
+  target: LunTarget;
   startedAt: number;
   /** iscsid's bound (epoch ms): no session can come after it. */
   until: number;
 }
 
+/** What finishing a left login reaches the host through. */
+export interface LeftLoginHost {
+  fs: HostFs;
+  lifecycle: LunLifecycle;
+  logger: Logger;
+}
+
 /** How often the session of a left login is looked for: sysfs has no events (doubling up to the last). */
 const LOOK_MS = [100, 200, 400, 800, 1_000] as const;
 
-/** A left login as `LunLifecycle` reported it. */
-export function leftPathOf(target: PathTarget, left: LeftLogin): LeftPath {
+/** A left login as `LunLifecycle` reported it (`LunConnectOptions.onLoginLeft`). */
+export function leftPathOf(target: LunTarget, left: LeftLogin): LeftPath {
   return { target, startedAt: left.startedAt, until: left.startedAt + left.boundMs };
 }
 
@@ -34,7 +68,7 @@ export function leftEntryOf(left: LeftPath): LeftLoginEntry {
 }
 
 /** The left logins a persisted state names (none in a state written before they were kept). */
-export function leftPathsOf(state: AttachState | undefined): LeftPath[] {
+export function leftPathsOf(state: { left_logins?: readonly LeftLoginEntry[] | undefined } | undefined): LeftPath[] {
   return (state?.left_logins ?? []).flatMap((e) => {
     const startedAt = Date.parse(e.started_at);
     const until = Date.parse(e.until);
@@ -59,6 +93,12 @@ export function mergeLeft(...lists: ReadonlyArray<readonly LeftPath[]>): LeftPat
   return [...byTarget.values()];
 }
 
+/** `entries` without those of `done` (compared as stored). */
+export function withoutLeft(entries: readonly LeftLoginEntry[], done: readonly LeftPath[]): LeftLoginEntry[] {
+  const gone = new Set(done.map((d) => JSON.stringify(leftEntryOf(d))));
+  return entries.filter((e) => !gone.has(JSON.stringify(e)));
+}
+
 /**
  * Finish a left login: with `wait`, first wait (bounded by iscsid's bound and `signal`) for its
  * session; then, once the session is there or the bound has passed, log it out and delete the
@@ -67,13 +107,16 @@ export function mergeLeft(...lists: ReadonlyArray<readonly LeftPath[]>): LeftPat
  * flight); `done` otherwise. Failures go to `failures`.
  */
 export async function finishLeftLogin(
-  ctx: Pick<MultipathContext, 'fs' | 'lifecycle' | 'logger'>,
+  host: LeftLoginHost,
   left: LeftPath,
   options: { signal: AbortSignal | undefined; failures: FailureList; keep?: readonly string[]; wait: boolean },
 ): Promise<'done' | 'pending'> {
-  const { fs, lifecycle, logger } = ctx;
+  const { fs, lifecycle, logger } = host;
   const { target } = left;
   let session = await findIscsiSession(fs, target);
+  if (options.wait && session === undefined && Date.now() < left.until) {
+    logger.info({ iqn: target.iqn, portal: target.portalText, until: new Date(left.until).toISOString() }, 'waiting for a given-up login: iscsid may still bring its session up until its bound');
+  }
   for (let look = 0; options.wait && session === undefined && Date.now() < left.until; look++) {
     // Unref'd: a CLI that is done exits; the state keeps what is left for the next call.
     await delay(Math.min(LOOK_MS[Math.min(look, LOOK_MS.length - 1)]!, Math.max(0, left.until - Date.now())), undefined, { ref: false, ...(options.signal === undefined ? {} : { signal: options.signal }) });
@@ -95,21 +138,21 @@ export async function finishLeftLogin(
  * one that is done (to take it out of the volume's state). Never throws, never keeps the process
  * alive; what it could not finish stays in the state for the next connect, disconnect or reconcile.
  */
-export function watchLeftLogins(ctx: Pick<MultipathContext, 'fs' | 'lifecycle' | 'logger'>, lefts: readonly LeftPath[], forget: (done: LeftPath) => Promise<void>): void {
+export function watchLeftLogins(host: LeftLoginHost, lefts: readonly LeftPath[], forget: (done: LeftPath) => Promise<void>): void {
   for (const left of lefts) {
     void (async () => {
       const failures = new FailureList(true);
       for (let look = 0; ; look++) {
-        const outcome = await finishLeftLogin(ctx, left, { signal: undefined, failures, wait: true });
+        const outcome = await finishLeftLogin(host, left, { signal: undefined, failures, wait: true });
         if (outcome === 'done') break;
         // A connect of the target in flight: ask again after it (bounded: the next call finishes it).
         if (look >= LOOK_MS.length) return;
         await delay(LOOK_MS[look]!, undefined, { ref: false });
       }
       if (failures.size === 0) await forget(left);
-      else ctx.logger.warn({ portal: left.target.portalText, errors: failures.size }, 'a given-up login could not be finished; the next attach, detach or reconcile tries again');
+      else host.logger.warn({ portal: left.target.portalText, errors: failures.size }, 'a given-up login could not be finished; the next attach, detach or reconcile tries again');
     })().catch((error: unknown) => {
-      ctx.logger.warn({ portal: left.target.portalText, error: messageOf(error) }, 'watching a given-up login failed; the next attach, detach or reconcile finishes it');
+      host.logger.warn({ portal: left.target.portalText, error: messageOf(error) }, 'watching a given-up login failed; the next attach, detach or reconcile finishes it');
     });
   }
 }
