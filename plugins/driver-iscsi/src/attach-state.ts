@@ -1,11 +1,13 @@
 import { z } from '@berth/core/zod';
 import { lazySchema } from '@berth/core';
-import { AttachStateFileStore, zStateVolumeId } from '@berth/iscsi';
+import { AttachStateFileStore, zLeftLogin, zStateVolumeId } from '@berth/iscsi';
 
 /**
  * What the transport remembers about a connected volume, without any secret (Kubernetes keeps
  * the same in its iscsi.json): enough for a disconnect after a restart, when the caller no longer
- * has the device.
+ * has the device. A connect that failed while iscsid may still carry its login on leaves a state
+ * with only that login (`left_logins`, no device): the rollback's disconnect, a reconcile or a
+ * later connect finishes it, in this process or another.
  */
 export const zAttachState = lazySchema(() => z.object({
   version: z.literal(1),
@@ -16,13 +18,15 @@ export const zAttachState = lazySchema(() => z.object({
   target_lun: z.number().int().nonnegative(),
   kernel_lun: z.number().int().nonnegative(),
   iface: z.string(),
-  /** The session the device came through when it was connected. */
-  sid: z.number().int().nonnegative(),
-  hctl: z.string(),
-  /** `/dev/sdX`. */
-  device: z.string(),
+  /** The session the device came through when it was connected (absent: no device, only `left_logins`). */
+  sid: z.number().int().nonnegative().optional(),
+  hctl: z.string().optional(),
+  /** `/dev/sdX` (absent: no device, only `left_logins`). */
+  device: z.string().optional(),
   scsi_wwn: z.string().optional(),
-  connectedAt: z.string(),
+  connectedAt: z.string().optional(),
+  /** A login a failed connect gave up that iscsid may still carry on, until finished. */
+  left_logins: z.array(zLeftLogin).optional(),
 }));
 
 /** One volume's persisted attach state. */

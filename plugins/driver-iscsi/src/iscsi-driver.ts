@@ -11,6 +11,7 @@ import {
   type DeviceIdentity,
   type DevicePath,
   type DisconnectOptions,
+  type ListOptions,
   type PluginContext,
   type TransportCallContext,
   type TransportDriver,
@@ -24,12 +25,18 @@ import {
   devPath,
   deviceIsTargetLun,
   findLunDevice,
+  finishLeftLogin,
   formatHctl,
   formatPortal,
   identityAt,
   inUseBy,
   listIscsiSessions,
+  leftEntryOf,
+  leftPathOf,
+  leftPathsOf,
   lunKey,
+  mergeLeft,
+  messageOf,
   parseIscsiConnection,
   readInitiatorName,
   readIscsiSession,
@@ -39,10 +46,14 @@ import {
   scsiIdentity,
   scsiWwnOf,
   sessionBlockDevices,
+  targetKey,
   toPortal,
+  watchLeftLogins,
+  withoutLeft,
   zStateVolumeId,
   type ConnectedLun,
   type IscsiVolumeTarget,
+  type LeftPath,
   type LunDevice,
   type ScsiDeviceRead,
 } from '@berth/iscsi';
@@ -83,10 +94,24 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
   const lunLocks = new KeyedLock();
 
   async function connectLun(target: IscsiVolumeTarget, call: TransportCallContext, volumeId: string | undefined): Promise<Device> {
-    const lun = await lifecycle.connect(target, { signal: call.signal });
+    const previous = volumeId === undefined ? undefined : await states.load(volumeId).catch(() => undefined);
+    // A login whose iscsiadm was killed (deadline, command timeout) and that had no session yet:
+    // iscsid may still bring it up, so its record stays and the login is finished later.
+    const left: LeftPath[] = [];
+    let lun: ConnectedLun;
+    try {
+      lun = await lifecycle.connect(target, { signal: call.signal, onLoginLeft: (login) => left.push(leftPathOf(target, login)) });
+    } catch (error) {
+      if (left.length > 0) await keepLeft(target, volumeId, previous, left);
+      throw error;
+    }
     try {
       const device = describeDevice(target, lun);
-      if (volumeId !== undefined) await states.save(stateOf(volumeId, target, lun, device));
+      // An earlier connect's left login to this target is settled: its session (if it came) is this one.
+      const otherLeft = leftPathsOf(previous).filter((l) => targetKey(l.target) !== targetKey(target));
+      if (volumeId !== undefined) {
+        await states.save({ ...stateOf(volumeId, target, lun, device), ...(otherLeft.length === 0 ? {} : { left_logins: otherLeft.map(leftEntryOf) }) });
+      }
       await lifecycle.keep(target, lun.progress);
       logger.info({ device: device.path, iqn: target.iqn, portal: target.portalText, lun: target.lun, sid: lun.device.sid, wwn: device.scsi_wwn }, 'LUN connected');
       return device;
@@ -94,6 +119,68 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
       await lifecycle.release(target, lun.progress);
       throw error;
     }
+  }
+
+  /**
+   * Keep what a failed connect left to iscsid: in the volume's state (with any earlier ones; a
+   * state with only left logins has no device), so the rollback's disconnect, a reconcile or a
+   * later connect finishes them in any process; and watched in this one while it lives.
+   */
+  async function keepLeft(target: IscsiVolumeTarget, volumeId: string | undefined, previous: AttachState | undefined, left: readonly LeftPath[]): Promise<void> {
+    if (volumeId !== undefined) {
+      const lefts = mergeLeft(leftPathsOf(previous), left);
+      const base: AttachState = previous ?? { version: 1, volumeId, target_iqn: target.iqn, target_portal: target.portalText, target_lun: target.lun, kernel_lun: target.kernelLun, iface: options.iface };
+      await states.save({ ...base, left_logins: lefts.map(leftEntryOf) }).catch((error: unknown) => {
+        logger.warn({ volumeId, iqn: target.iqn, portal: target.portalText, error: messageOf(error) }, 'could not save the given-up login in the attach state: only this process finishes it');
+      });
+    }
+    watchLeftLogins({ fs, lifecycle, logger }, left, async (done) => {
+      if (volumeId !== undefined) await lunLocks.withLock(lunKey(target), () => forgetLeft(volumeId, [done]));
+    });
+  }
+
+  /** Take `done` out of the volume's state; a state left with neither a device nor a login goes. */
+  async function forgetLeft(volumeId: string, done: readonly LeftPath[]): Promise<void> {
+    const state = await states.load(volumeId).catch(() => undefined);
+    if (state?.left_logins === undefined) return;
+    const rest = withoutLeft(state.left_logins, done);
+    if (rest.length === state.left_logins.length) return;
+    if (rest.length === 0 && state.device === undefined) {
+      await states.remove(volumeId);
+      return;
+    }
+    const kept: AttachState = { ...state, left_logins: rest };
+    if (rest.length === 0) delete kept.left_logins;
+    await states.save(kept);
+  }
+
+  /**
+   * Reconcile's look at the host finishes what failed connects left (a CLI attach exits before
+   * iscsid ends a given-up login): each login whose session is up or whose bound passed, without
+   * waiting; the others stay in their state.
+   */
+  async function finishLeftOfStates(): Promise<void> {
+    for (const state of await states.list().catch(() => [] as AttachState[])) {
+      const lefts = leftPathsOf(state);
+      const first = lefts[0];
+      if (first === undefined) continue;
+      await lunLocks.withLock(lunKey(first.target), async () => {
+        const failures = new FailureList(true);
+        const done: LeftPath[] = [];
+        for (const left of lefts) if ((await finishLeftLogin({ fs, lifecycle, logger }, left, { signal: undefined, failures, wait: false })) === 'done') done.push(left);
+        if (failures.size === 0) await forgetLeft(state.volumeId, done);
+        else logger.warn({ volumeId: state.volumeId, errors: failures.size }, 'a given-up login could not be finished; the next detach or reconcile tries again');
+      });
+    }
+  }
+
+  /** The states that name `target`'s LUN: the volume's own, or (no volume id) every one of the LUN. */
+  async function statesOf(target: IscsiVolumeTarget, volumeId: string | undefined): Promise<AttachState[]> {
+    if (volumeId !== undefined) {
+      const state = await states.load(volumeId).catch(() => undefined);
+      return state === undefined ? [] : [state];
+    }
+    return (await states.list()).filter((s) => s.target_iqn === target.iqn && s.kernel_lun === target.kernelLun && sameTargetPortal(s.target_portal, target));
   }
 
   function describeDevice(target: IscsiVolumeTarget, lun: ConnectedLun): Device {
@@ -141,7 +228,7 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
     const state = volumeId === undefined ? undefined : await states.load(volumeId).catch(() => undefined);
     const ofThisLun = device !== undefined && device.meta?.['iqn'] === target.iqn && device.meta['lun'] === target.lun;
     const known: DeviceIdentity | undefined =
-      state !== undefined && state.target_iqn === target.iqn && state.kernel_lun === target.kernelLun
+      state?.sid !== undefined && state.hctl !== undefined && state.target_iqn === target.iqn && state.kernel_lun === target.kernelLun
         ? scsiIdentity(state.sid, state.hctl, state.scsi_wwn)
         : ofThisLun
           ? device.identity
@@ -151,7 +238,7 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
       const check = await checkIdentity(fs, device, what, read);
       if (check.status !== 'gone') named.push(device.path);
     }
-    if (state !== undefined) named.push(state.device);
+    if (state?.device !== undefined) named.push(state.device);
     for (const candidate of named) {
       const name = candidate.startsWith('/dev/') ? candidate.slice('/dev/'.length) : candidate;
       if (!/^[A-Za-z0-9][A-Za-z0-9_:.+-]*$/.test(name)) continue;
@@ -178,11 +265,7 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
       await states.remove(volumeId);
       return;
     }
-    for (const state of await states.list()) {
-      if (state.target_iqn === target.iqn && state.kernel_lun === target.kernelLun && sameTargetPortal(state.target_portal, target)) {
-        await states.remove(state.volumeId);
-      }
-    }
+    for (const state of await statesOf(target, undefined)) await states.remove(state.volumeId);
   }
 
   /**
@@ -204,6 +287,20 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
       return identity;
     };
     return Object.assign(read, { scsiDevice });
+  }
+
+  /** Finish a left login for a disconnect, waiting for it; a connect of the target in flight is a failure (the state stays for a retry). */
+  async function finishLeft(left: LeftPath, options: { signal: AbortSignal; failures: FailureList; keep: readonly string[] }): Promise<void> {
+    const step = `finish the login given up at ${left.target.portalText}`;
+    const outcome = await finishLeftLogin({ fs, lifecycle, logger }, left, { ...options, wait: true }).catch((error: unknown) => {
+      options.failures.add(step, error);
+      return 'failed' as const;
+    });
+    if (outcome === 'pending') {
+      options.failures.add(step, new BerthError('TIMEOUT', `a connect of ${left.target.iqn} at ${left.target.portalText} is in flight: the login an earlier attach gave up there is left to it`, {
+        hint: 'detach again once the other attach is done',
+      }));
+    }
   }
 
   function checkVolumeId(volumeId: string | undefined): string | undefined {
@@ -257,9 +354,19 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
                 logger.info({ device: devPath(lun.name), iqn: target.iqn, lun: target.lun, deleted }, 'SCSI device removed');
               }
             }
-            // A failure here (a lock file another process held too long) is one step's, as on the
-            // multipath transport: recorded under force, the disks are gone already.
-            await lifecycle.closeSessionIfUnused(target, own, { signal, failures, mark, keep, faultPoints: true }).catch((error: unknown) => failures.add('close the session', error));
+            // Logins a failed connect gave up that iscsid may have carried on: the record was kept,
+            // and a session that came has no disk. With one of this target pending, the plain
+            // logout decision would find no session yet, delete the record and walk away (the
+            // session then comes up owned by nobody): the left login is finished instead, once
+            // its session is there or iscsid's bound passed (waited for, within the signal).
+            const lefts = mergeLeft(...(await statesOf(target, volumeId).catch(() => [] as AttachState[])).map((state) => leftPathsOf(state)));
+            const leftHere = lefts.some((l) => targetKey(l.target) === targetKey(target));
+            if (!leftHere) {
+              // A failure here (a lock file another process held too long) is one step's, as on the
+              // multipath transport: recorded under force, the disks are gone already.
+              await lifecycle.closeSessionIfUnused(target, own, { signal, failures, mark, keep, faultPoints: true }).catch((error: unknown) => failures.add('close the session', error));
+            }
+            for (const left of lefts) await finishLeft(left, { signal, failures, keep });
             if (failures.size === 0 && keep.length === 0) await forgetStates(target, volumeId);
             failures.throwIfAny(what);
           },
@@ -311,9 +418,10 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
       return [{ portal: target.portalText, device: devPath(lun.name), state }];
     },
 
-    async connected(): Promise<ConnectedDevice[]> {
+    async connected(list?: ListOptions): Promise<ConnectedDevice[]> {
+      if (list?.readOnly !== true) await finishLeftOfStates();
       const byDevice = new Map<string, AttachState>();
-      for (const state of await states.list()) byDevice.set(state.device, state);
+      for (const state of await states.list()) if (state.device !== undefined) byDevice.set(state.device, state);
       const out: ConnectedDevice[] = [];
       for (const session of await listIscsiSessions(fs)) {
         if (session.hostNumber === undefined) continue;

@@ -1,0 +1,88 @@
+import { randomUUID } from 'node:crypto';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { callContext as call, failureOf } from '@berth/iscsi/testing';
+import { connectionFor, PORTAL, startSimEnv, targetSpec, type SimEnv } from './test-sim-env.js';
+
+// A single-path login whose `iscsiadm --login` was killed (the operation's deadline, the command
+// timeout): iscsid carries the login on without it (the simulated host's `heldLogins` keeps it
+// alive in its daemon, as iscsid does, and gives it up at `login_timeout × initial_login_retry_max`
+// as written on the record). A session that comes up after the connect failed must not stay
+// behind, owned by nobody; and iscsid's own bound must end a login before berth kills it.
+
+const IQN = 'iqn.2026-01.test.berth:left';
+
+let env: SimEnv | undefined;
+
+afterEach(async () => {
+  await env?.dispose();
+  env = undefined;
+});
+
+/** The sessions of `IQN` and whether its node record is there. */
+async function leftOnHost(current: SimEnv): Promise<{ sessions: number; record: boolean }> {
+  const sessions = (await current.sim.state()).sessions.filter((s) => s.iqn === IQN).length;
+  return { sessions, record: (await current.nodeRecord(IQN, PORTAL)) !== undefined };
+}
+
+/** How many logins of `IQN` made a session. */
+async function succeeded(current: SimEnv): Promise<number> {
+  return (await current.sim.state()).logins.find((l) => l.iqn === IQN)?.succeeded ?? 0;
+}
+
+describe('a single-path login killed while iscsid still carries it on', { timeout: 60_000 }, () => {
+  it('the session iscsid brings up after the connect failed is logged out and its record deleted, with no other call', async () => {
+    env = await startSimEnv({ targets: [targetSpec(IQN, 1)] });
+    await env.sim.faults.holdLogins({ portal: PORTAL, iqn: IQN });
+    const error = await failureOf(env.driver.connect(connectionFor(IQN, 1), call(1_500, randomUUID())));
+    expect(error.code).toBe('TIMEOUT');
+    // iscsiadm was killed; iscsid was not.
+    expect((await env.sim.state()).heldLogins).toBe(1);
+
+    // The target answers at last: the session comes up (no disk), and must not stay.
+    await env.sim.faults.releaseLogins();
+    await vi.waitFor(async () => expect(await succeeded(env!)).toBe(1), { timeout: 20_000 });
+    await vi.waitFor(async () => expect(await leftOnHost(env!)).toEqual({ sessions: 0, record: false }), { timeout: 20_000 });
+    expect((await env.sim.state()).devices).toEqual([]);
+  });
+
+  it('the rollback\'s disconnect, in another process, waits for the left login: the session that comes during it is logged out, the record deleted, the state forgotten', async () => {
+    // iscsid's bound 5 s × 2: should this process's own watcher log the session out first, the
+    // rollback sees no session and waits out that bound, not the default 20 s.
+    env = await startSimEnv({ targets: [targetSpec(IQN, 1)], driver: { loginTimeoutSeconds: 5, loginRetryMax: 2 } });
+    await env.sim.faults.holdLogins({ portal: PORTAL, iqn: IQN });
+    const volumeId = randomUUID();
+    const error = await failureOf(env.driver.connect(connectionFor(IQN, 1), call(1_500, volumeId)));
+    expect(error.code).toBe('TIMEOUT');
+    // What the rollback (or a recovery after a crash) needs: the record kept, and the left login
+    // persisted with iscsid's bound.
+    expect(await env.nodeRecord(IQN, PORTAL)).toBeDefined();
+    expect(JSON.parse((await env.stateFile(volumeId)) ?? '{}')).toMatchObject({ volumeId, left_logins: [{ target_iqn: IQN, target_portal: PORTAL, target_lun: 1 }] });
+
+    // The rollback runs in a restarted berth while iscsid is still logging in; the login ends during it.
+    // (This process's watcher waits too: the restarted driver's wait is the second.)
+    let settled = false;
+    const rollback = env.restart().disconnect(connectionFor(IQN, 1), undefined, { force: true, ...call(30_000, volumeId) });
+    void rollback.finally(() => (settled = true)).catch(() => undefined);
+    await vi.waitFor(() => expect(env!.logs.filter((l) => l.msg?.startsWith('waiting for a given-up login') === true)).toHaveLength(2), { timeout: 20_000 });
+    expect(settled).toBe(false);
+    expect(await env.nodeRecord(IQN, PORTAL)).toBeDefined();
+    await env.sim.faults.releaseLogins();
+    await rollback;
+    expect(await succeeded(env)).toBe(1);
+    expect(await leftOnHost(env)).toEqual({ sessions: 0, record: false });
+    expect(await env.stateFile(volumeId)).toBeUndefined();
+  });
+
+  it('iscsid\'s bound is written on the record and ends a login that never answers before berth kills it: one login, iscsid\'s rc 8, nothing left', async () => {
+    env = await startSimEnv({ targets: [targetSpec(IQN, 1)], driver: { loginTimeoutSeconds: 1, loginRetryMax: 2 } });
+    await env.sim.faults.holdLogins({ portal: PORTAL, iqn: IQN });
+    const started = Date.now();
+    const error = await failureOf(env.driver.connect(connectionFor(IQN, 1), call(20_000, randomUUID())));
+    // iscsid gave up at 1 s × 2 and said so: the login was not killed, nothing is carried on.
+    expect(error.message).toMatch(/exit 8/);
+    expect(Date.now() - started).toBeLessThan(10_000);
+    expect(env.logins()).toBe(1);
+    expect((await env.sim.state()).heldLogins).toBe(0);
+    expect(await leftOnHost(env)).toEqual({ sessions: 0, record: false });
+  });
+});
