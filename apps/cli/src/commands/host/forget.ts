@@ -55,7 +55,7 @@ export default class HostForget extends BaseCommand<typeof HostForget> {
     // A host not known is nothing to destroy: no question, the service says so.
     if (known !== undefined) {
       await this.confirm(
-        `Forget host ${known.name} (${known.id})? Its attachments are dropped without it and their volumes freed; do it only if the machine is gone for good`,
+        `Forget host ${known.name} (${known.id}) for good, dropping its attachments without it and freeing their volumes?`,
         `berth host forget ${known.name}`,
       );
     }
