@@ -8,6 +8,7 @@ const STORE_SUITES = [
   'src/concurrency.e2e.test.ts',
   'src/errors.e2e.test.ts',
   'src/hostile.e2e.test.ts',
+  'src/hosts.e2e.test.ts',
   'src/iscsi.e2e.test.ts',
   'src/long-poll.e2e.test.ts',
   'src/reconcile.e2e.test.ts',

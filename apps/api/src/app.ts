@@ -153,6 +153,7 @@ export async function createApiApp(options: ApiAppOptions): Promise<ApiApp> {
     shutdown: shutdown.signal,
     operationKeys: new OperationKeyLog(options.memoryCapacity ?? 1000),
     agent: options.agent ?? { pollWaitMs: 25_000, offlineAfterMs: 45_000 },
+    agentTokenNames: (host) => options.tokens.agentTokenNames(host),
     openapi: () => {
       if (built.openapi === undefined) throw new Error('the OpenAPI document is built after the routes');
       return built.openapi;

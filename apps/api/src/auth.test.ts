@@ -36,6 +36,13 @@ describe('TokenTable', () => {
     expect(new Set(ids).size).toBe(3);
   });
 
+  it('names the agent tokens of a host (what `DELETE /v1/hosts/{host}` says to remove), never the tokens', () => {
+    expect(table.agentTokenNames('h-1')).toEqual(['agent-h1']);
+    expect(table.agentTokenNames('h-2')).toEqual(['agent-h2']);
+    expect(table.agentTokenNames('nowhere')).toEqual([]);
+    expect(JSON.stringify(table.agentTokenNames('h-1'))).not.toContain(TOKENS.agentH1);
+  });
+
   it('refuses a missing, malformed or unknown token alike', () => {
     for (const header of [undefined, '', 'Basic abc', 'Bearer', `Bearer ${TOKENS.admin} extra`, `Bearer ${TOKENS.admin.slice(0, -1)}`, `Bearer ${'x'.repeat(5000)}`]) {
       expect(codeOf(() => table.authenticate(header))).toBe('UNAUTHENTICATED');

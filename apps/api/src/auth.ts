@@ -75,6 +75,11 @@ export class TokenTable {
     return new TokenTable(entries);
   }
 
+  /** The names of the agent tokens that act for `host` (names only: never a token or its digest), each once. */
+  agentTokenNames(host: string): string[] {
+    return [...new Set(this.entries.filter((e) => e.principal.role === 'agent' && e.principal.host === host).map((e) => e.principal.name))];
+  }
+
   /** How many tokens are accepted. */
   get size(): number {
     return this.entries.length;

@@ -103,6 +103,7 @@ describe('403: an agent token calls the agent protocol and credentials only', ()
       ['GET', '/v1/servers'],
       ['GET', '/v1/hosts'],
       ['GET', '/v1/hosts/h-1'],
+      ['DELETE', '/v1/hosts/h-1'],
       ['GET', '/v1/attachments'],
       ['GET', '/v1/operations'],
       ['GET', '/v1/connector'],

@@ -155,7 +155,7 @@ export const zAgentResultAck = z.object({ accepted: z.literal(true) });
 export const zEmptyBody = z.strictObject({});
 
 // The reports are core's schemas, the answers' envelopes the client's wire schemas: one definition for every side.
-export { zPluginReport, zReconcileDifference, zReconcileReport } from '@berth/core';
+export { zForgetHostReport, zForgottenAttachment, zPluginReport, zReconcileDifference, zReconcileReport } from '@berth/core';
 export {
   zAgentRenewal,
   zAgentSessionBody as zAgentSession,

@@ -25,6 +25,8 @@ export interface RouteDeps {
   operationKeys: OperationKeyLog;
   /** The agent protocol's timings (the config's `agent` section). */
   agent: AgentTimings;
+  /** The names of the accepted agent tokens that act for `host` (what a forgotten host leaves behind). */
+  agentTokenNames(host: string): string[];
   /** The app's OpenAPI document (built after the routes are). */
   openapi(): OpenApiDocument;
 }

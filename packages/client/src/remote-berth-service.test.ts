@@ -77,6 +77,28 @@ describe('RemoteBerthService', () => {
     expect(problemToError(404, { code: 'NOT_A_CODE' }).code).toBe('NOT_FOUND');
   });
 
+  it('forgets a host with DELETE /v1/hosts/{host} and checks the report; an empty name is refused before any request', async () => {
+    const seen: Seen[] = [];
+    const report = {
+      host: { id: VOLUME.id, name: 'h-3' },
+      alreadyGone: false,
+      removed: true,
+      attachments: [{ id: OPERATION.id, volumeId: VOLUME.id, volume: 'data1', server: 'web-7', status: 'attached', export: 'terminated', state: 'dropped', volumeStatus: 'available', error: null, errorCode: null }],
+      operations: [],
+      workItems: [],
+      servers: [{ id: OPERATION.id, name: 'web-7', projectId: 'default' }],
+      deviceRecords: 1,
+      agentTokens: ['agent-h3'],
+    };
+    const remote = new RemoteBerthService({ url: 'http://api.test', fetch: scripted([{ status: 200, body: report }, { status: 200, body: { host: 'h-3' } }], seen) });
+    expect(await remote.forgetHost(' h-3 ')).toEqual(report);
+    expect(seen[0]).toMatchObject({ method: 'DELETE', url: 'http://api.test/v1/hosts/h-3' });
+    // An answer that is not a report is the server's fault, not a silent success.
+    expect(await codeOf(remote.forgetHost('h-3'))).toBe('INTERNAL');
+    expect(await codeOf(remote.forgetHost(''))).toBe('VALIDATION');
+    expect(seen).toHaveLength(2);
+  });
+
   it('attaches as start + long-poll of the outcome, and rethrows a failed operation\'s error', async () => {
     const seen: Seen[] = [];
     const finished = { ...OPERATION, state: 'succeeded' as const, endedAt: '2026-01-01T00:00:01.000Z' };

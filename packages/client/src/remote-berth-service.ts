@@ -8,6 +8,8 @@ import {
   zCreateServerRequest,
   zCreateVolumeRequest,
   zDetachRequest,
+  zForgetHostReport,
+  zHostRef,
   zOperation,
   zReserveAttachmentRequest,
   zServer,
@@ -22,6 +24,7 @@ import {
   type CreateVolumeRequest,
   type DetachRequest,
   type DoctorEntry,
+  type ForgetHostReport,
   type Host,
   type Operation,
   type OperationOutcome,
@@ -164,6 +167,14 @@ export class RemoteBerthService implements BerthService {
   async listHosts(): Promise<Host[]> {
     const answer = await this.http.request({ method: 'GET', path: '/v1/hosts' });
     return checked(zHostList, answer.body, 'host list').hosts;
+  }
+
+  /** `DELETE /v1/hosts/{host}` (admin): forget a host that is gone; the report of what was done. */
+  async forgetHost(ref: Ref): Promise<ForgetHostReport> {
+    const host = parseWith(zHostRef, ref, 'host');
+    // Each attachment's export is removed on the backend: as long as a reconcile may take.
+    const answer = await this.http.request({ method: 'DELETE', path: apiPath`/v1/hosts/${host}`, extraTimeoutMs: this.reconcileTimeoutMs });
+    return checked(zForgetHostReport, answer.body, 'host forget report');
   }
 
   // ---- attach / detach -----------------------------------------------------------------------

@@ -16,9 +16,10 @@ import type { PipelineDeps } from './pipeline/context.js';
 import { OperationRunner } from './pipeline/operation-runner.js';
 import { serverConsumer } from './pipeline/server-consumer.js';
 import { runReconcile } from './reconcile/index.js';
-import type { DoctorEntry, PluginReport, ReconcileOptions, ReconcileReport, RecoveryOutcome } from './reports.js';
+import type { DoctorEntry, ForgetHostReport, PluginReport, ReconcileOptions, ReconcileReport, RecoveryOutcome } from './reports.js';
 import * as attachments from './service/attachments.js';
 import { AgentWorkService } from './service/agent-work.js';
+import { forgetHost } from './service/hosts.js';
 import { hostConnector } from './service/connector.js';
 import { runDoctor } from './service/doctor.js';
 import { LocalHost } from './service/local-host.js';
@@ -153,6 +154,10 @@ export class BerthServiceImpl implements BerthService {
 
   listHosts(): Promise<Host[]> {
     return this.parts.store.hosts.list();
+  }
+
+  forgetHost(ref: Ref): Promise<ForgetHostReport> {
+    return forgetHost(this.parts, ref);
   }
 
   // ---- attach / detach -----------------------------------------------------------------------

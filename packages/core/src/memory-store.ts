@@ -40,7 +40,7 @@ import type {
   VolumeRepository,
   WorkItemRepository,
 } from './store.js';
-import { agentReplaced, alreadyExists, notFound, notOwner, stateConflict } from './store-errors.js';
+import { agentReplaced, alreadyExists, hostInUse, notFound, notOwner, stateConflict } from './store-errors.js';
 import { assertAttachmentTransition, assertVolumeTransition } from './transitions.js';
 import { zWorkItemState, type WorkItem } from './work-item.js';
 
@@ -227,6 +227,21 @@ export function createMemoryStore(): Store {
         const next: Host = { ...host, agent: { ...host.agent, lastSeenAt: now() } };
         tables.hosts.set(id, next);
         return copy(next);
+      }),
+    delete: (id) =>
+      alone(() => {
+        const host = tables.hosts.get(id);
+        if (host === undefined) return;
+        const counts = {
+          servers: [...tables.servers.values()].filter((s) => s.hostId === id).length,
+          attachments: [...tables.attachments.values()].filter((a) => a.hostId === id).length,
+          openWorkItems: [...tables.workItems.values()].filter((w) => w.hostId === id && (w.state === 'pending' || w.state === 'claimed')).length,
+        };
+        if (counts.servers + counts.attachments + counts.openWorkItems > 0) throw hostInUse(host.name, id, counts);
+        // Nothing can fail past the check: the removals below land together.
+        for (const [key, item] of tables.workItems) if (item.hostId === id) tables.workItems.delete(key);
+        for (const [key, record] of tables.devices) if (record.hostId === id) tables.devices.delete(key);
+        tables.hosts.delete(id);
       }),
   };
 

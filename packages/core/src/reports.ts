@@ -81,6 +81,51 @@ export const zReconcileOptions = lazySchema(() => z.strictObject({
 /** Options of `BerthService.reconcile`. */
 export type ReconcileOptions = z.output<typeof zReconcileOptions>;
 
+/** What `berth host forget` did about one attachment of the host: its export and its record. */
+export const zForgottenAttachment = lazySchema(() => z.object({
+  id: z.string(),
+  volumeId: z.string(),
+  /** The volume's name. */
+  volume: z.string(),
+  /** The server's name (null when its record was already gone). */
+  server: z.string().nullable(),
+  /** Its status when it was found (`attached`, `error_detaching`, ...). */
+  status: z.string(),
+  export: z
+    .enum(['terminated', 'shared', 'none', 'failed'])
+    .describe("the backend's export to the host: `terminated`, `shared` (kept for another attachment of the volume there, removed with the last one), `none` (nothing recorded was exported), `failed`"),
+  state: z.enum(['dropped', 'failed', 'skipped']).describe('`dropped`: the record is gone; `failed`/`skipped`: it is kept (see `error`), and so is the host'),
+  /** The volume's status afterwards (`available`, or `in-use` while attached elsewhere); null when not dropped. */
+  volumeStatus: z.string().nullable(),
+  error: z.string().nullable(),
+  /** The error's code when it failed (`BACKEND_ERROR`, `CONFLICT`, ...). */
+  errorCode: z.string().nullable(),
+}));
+/** What `berth host forget` did about one attachment. */
+export type ForgottenAttachment = z.output<typeof zForgottenAttachment>;
+
+/** What `berth host forget` (and `DELETE /v1/hosts/{host}`) did. Names and ids only: no connector, no secret. */
+export const zForgetHostReport = lazySchema(() => z.object({
+  host: z.object({ id: z.string().nullable(), name: z.string() }),
+  /** The host was not known (already forgotten): nothing was done. */
+  alreadyGone: z.boolean(),
+  /** The host's record is gone now; false when an attachment could not be dropped (run it again). */
+  removed: z.boolean(),
+  attachments: z.array(zForgottenAttachment),
+  /** Operations on the host whose process had died, ended `failed` (code CANCELLED) with a `forget_host` journal row. */
+  operations: z.array(z.object({ id: z.string(), kind: z.string() })),
+  /** The host's work items no agent will run now, cancelled. */
+  workItems: z.array(z.object({ id: z.string(), step: z.string() })),
+  /** The servers of the host, removed with it. */
+  servers: z.array(z.object({ id: z.string(), name: z.string(), projectId: z.string() })),
+  /** Device records of the host removed with it (berth's ledger of what it connected there). */
+  deviceRecords: z.number().int(),
+  /** The names of the config's agent tokens (`api.tokens`) that still name the host: remove them. */
+  agentTokens: z.array(z.string()),
+}));
+/** What `berth host forget` did. */
+export type ForgetHostReport = z.output<typeof zForgetHostReport>;
+
 /** What the plugin loader found (`berth plugins`, `GET /v1/plugins`). */
 export const zPluginReport = lazySchema(() => z.object({
   loaded: z.array(

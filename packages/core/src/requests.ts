@@ -25,6 +25,9 @@ export const zCreateServerRequest = lazySchema(() => z.strictObject({
   projectId: zProject,
 }));
 
+/** `forgetHost` input: a host's name or id (spaces around it dropped). */
+export const zHostRef = lazySchema(() => z.string().trim().min(1, 'name the host').max(253, 'a host name is at most 253 characters'));
+
 /** `attach` input. */
 export const zAttachRequest = lazySchema(() => z.strictObject({
   volume: zRef,

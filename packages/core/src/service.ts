@@ -1,6 +1,6 @@
 import type { AgentOutcome, AgentRegistration, AgentSession, ClaimedWork } from './agent-protocol.js';
 import type { ConnectionInfo, Connector } from './connection.js';
-import type { DoctorEntry, PluginReport, ReconcileOptions, ReconcileReport, RecoveryOutcome } from './reports.js';
+import type { DoctorEntry, ForgetHostReport, PluginReport, ReconcileOptions, ReconcileReport, RecoveryOutcome } from './reports.js';
 import type { Attachment, Host, Operation, OperationState, Server, Volume, VolumeStatus } from './model.js';
 import type { HypervisorInput } from './hypervisor.js';
 
@@ -136,6 +136,15 @@ export interface BerthService {
   /** Delete a server with no attachments. */
   deleteServer(ref: Ref, scope?: ProjectScope): Promise<void>;
   listHosts(): Promise<Host[]>;
+  /**
+   * Forget a host that is gone for good (`berth host forget`): refused (CONFLICT) while its agent
+   * is online, for the host berth runs on, and while an operation on it runs in a live process.
+   * Otherwise every attachment there loses its export on the backend (the controller side only,
+   * as a forced detach's `terminate`) and its record, its volume's status is recomputed, the
+   * operations a dead process left there end, its open work items are cancelled, and the host goes
+   * with its servers and device records. A host not known is success (`alreadyGone`).
+   */
+  forgetHost(ref: Ref): Promise<ForgetHostReport>;
 
   /** Start an attach; the returned operation is journalled before this resolves. */
   startAttach(request: AttachRequest): Promise<StartedOperation>;

@@ -61,6 +61,22 @@ export function agentReplaced(hostId: string, instance: string, current: string 
   });
 }
 
+/** What `hosts.delete` answers (`details.reason`) for a host something still references. */
+export const HOST_IN_USE = 'host-in-use';
+
+/** CONFLICT for a host that servers, attachments or open work items still reference (`hosts.delete`). */
+export function hostInUse(label: string, id: string, counts: { servers: number; attachments: number; openWorkItems: number }): BerthError {
+  const what = [
+    counts.servers > 0 ? `${counts.servers} server(s)` : undefined,
+    counts.attachments > 0 ? `${counts.attachments} attachment(s)` : undefined,
+    counts.openWorkItems > 0 ? `${counts.openWorkItems} unfinished work item(s)` : undefined,
+  ].filter((w) => w !== undefined);
+  return new BerthError('CONFLICT', `host ${label} still has ${what.join(', ') || 'records that reference it'}`, {
+    hint: `forget it with \`berth host forget ${label}\`, which removes those first`,
+    details: { id, reason: HOST_IN_USE, ...counts },
+  });
+}
+
 /** What a journal write fenced by an owner answers when another owner has the operation. */
 export const NOT_OWNER = 'not-owner';
 

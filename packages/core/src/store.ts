@@ -132,6 +132,14 @@ export interface HostRepository {
    * off), NOT_FOUND for a missing host.
    */
   touchAgent(id: string, instance: string): Promise<Host>;
+  /**
+   * Remove a host nothing needs any more (`berth host forget`), together with what only records
+   * it: its finished (`done`/`failed`) work items and berth's device records on it
+   * (`Store.devices`), in one atomic write. CONFLICT (`hostInUse`, `details.reason` `host-in-use`
+   * with the counts) while a server, an attachment or a `pending`/`claimed` work item still
+   * references it: nothing is removed then. Succeeds when the host is already gone.
+   */
+  delete(id: string): Promise<void>;
 }
 
 /** An agent registering for a host. */

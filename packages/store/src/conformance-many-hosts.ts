@@ -392,6 +392,30 @@ export function describeManyHostsStoreConformance(name: string, open: () => Prom
         await rejection(workItems.cancel(finished.id, { code: 'TIMEOUT' } as never), 'VALIDATION');
       });
 
+      it("hosts.delete refuses while the host has a pending or claimed item, and removes its finished ones with it", async () => {
+        const { host, operation } = await hostAndOperation();
+        const other = await store.hosts.create({ name: 'host-2' });
+        const elsewhere = await workItems.create({ operationId: operation.id, hostId: other.id, step: 'connect' });
+        const waiting = await workItems.create({ operationId: operation.id, hostId: host.id, step: 'connect' });
+        const used = await rejection(store.hosts.delete(host.id), 'CONFLICT');
+        expect(used.details).toMatchObject({ reason: 'host-in-use', servers: 0, attachments: 0, openWorkItems: 1 });
+        await workItems.claim(host.id, 'agent-1', HOUR);
+        expect((await rejection(store.hosts.delete(host.id), 'CONFLICT')).details).toMatchObject({ openWorkItems: 1 });
+        expect((await workItems.require(waiting.id)).state).toBe('claimed');
+
+        await workItems.cancel(waiting.id, { code: 'CANCELLED', message: 'cancelled: host-1 is forgotten' });
+        const finished = await workItems.create({ operationId: operation.id, hostId: host.id, step: 'unpublish' });
+        await workItems.claim(host.id, 'agent-1', HOUR);
+        await workItems.complete(finished.id, 'agent-1', { state: 'done' });
+        await store.hosts.delete(host.id);
+        expect(await store.hosts.get(host.id)).toBeUndefined();
+        expect(await workItems.list({ hostId: host.id })).toEqual([]);
+        expect(await workItems.get(waiting.id)).toBeUndefined();
+        // Another host's items are untouched; the operation (history) stays.
+        expect((await workItems.require(elsewhere.id)).state).toBe('pending');
+        expect((await store.operations.require(operation.id)).state).toBe('running');
+      });
+
       it('cancel and complete race: exactly one wins', async () => {
         const { host, operation } = await hostAndOperation();
         for (let i = 0; i < 5; i += 1) {

@@ -300,6 +300,53 @@ export function describeStoreConformance(name: string, open: () => Promise<Store
         await rejection(store.hosts.touchAgent('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b', 'node-a/2222'), 'NOT_FOUND');
       });
 
+      it('delete removes a host nothing references, with its device records; refuses while servers or attachments do; succeeds when gone', async () => {
+        const { volume, host, server } = await attachmentFixture();
+        const other = await store.hosts.create({ name: 'host-2' });
+        const connectionInfo: ConnectionInfo = { driver_volume_type: 'file', data: { device_path: '/srv/v.img' } };
+        const device = { path: '/dev/loop3', type: 'block' as const };
+        await store.devices.put({ hostId: host.id, volumeId: volume.id, transport: 'loop', connectionInfo, device });
+        await store.devices.put({ hostId: other.id, volumeId: volume.id, transport: 'loop', connectionInfo, device });
+        const attachment = await store.attachments.create({ volumeId: volume.id, serverId: server.id, hostId: host.id, mode: 'rw' });
+
+        const used = await rejection(store.hosts.delete(host.id), 'CONFLICT');
+        expect(used.message).toContain('host-1');
+        expect(used.details).toMatchObject({ id: host.id, reason: 'host-in-use', servers: 1, attachments: 1, openWorkItems: 0 });
+        // Refused: nothing went, the device record neither.
+        expect(await store.hosts.get(host.id)).toBeDefined();
+        expect(await store.devices.get(host.id, volume.id)).toBeDefined();
+
+        await store.attachments.delete(attachment.id);
+        expect((await rejection(store.hosts.delete(host.id), 'CONFLICT')).details).toMatchObject({ servers: 1, attachments: 0 });
+        await store.servers.delete(server.id);
+        await store.hosts.delete(host.id);
+        expect(await store.hosts.get(host.id)).toBeUndefined();
+        expect(await store.hosts.findByName('host-1')).toBeUndefined();
+        expect(await store.devices.list({ hostId: host.id })).toEqual([]);
+        // Another host's records stay.
+        expect(await store.devices.get(other.id, volume.id)).toBeDefined();
+        expect((await store.hosts.list()).map((h) => h.name)).toEqual(['host-2']);
+        // Again, and a host that never was: nothing to do.
+        await store.hosts.delete(host.id);
+        await store.hosts.delete('2f3e4d5c-6b7a-4981-9a0b-1c2d3e4f5a6b');
+        // The name is free again (an agent that registers later makes a new host).
+        expect((await store.hosts.create({ name: 'host-1' })).id).not.toBe(host.id);
+      });
+
+      it('a delete inside a rolled-back transaction leaves the host and its records', async () => {
+        const host = await store.hosts.create({ name: 'node-a' });
+        const volumeId = '1d2e3f4a-5b6c-4d7e-9f80-91a2b3c4d5e6';
+        await store.devices.put({ hostId: host.id, volumeId, transport: 'loop', connectionInfo: { driver_volume_type: 'file', data: {} }, device: { path: '/dev/loop1', type: 'block' } });
+        await store
+          .transaction(async (tx) => {
+            await tx.hosts.delete(host.id);
+            throw new Error('roll back');
+          })
+          .catch(() => undefined);
+        expect(await store.hosts.get(host.id)).toBeDefined();
+        expect(await store.devices.get(host.id, volumeId)).toBeDefined();
+      });
+
       it('concurrent registrations leave exactly one agent that may touch', async () => {
         const host = await store.hosts.create({ name: 'node-a' });
         const instances = ['a/1', 'a/2', 'a/3', 'a/4'];

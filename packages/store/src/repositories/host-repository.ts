@@ -8,7 +8,7 @@ import { encodeNullableJson, violation } from '../repository-context.js';
 import type { RepositoryContext } from '../repository-context.js';
 import { toHost } from '../row-mappers.js';
 import { connectorWithoutSecrets } from '../secrets.js';
-import { agentReplaced, alreadyExists, notFound } from '../store-errors.js';
+import { agentReplaced, alreadyExists, hostInUse, notFound } from '../store-errors.js';
 
 const zNewHostAgent = lazySchema(() => zHostAgent.unwrap().omit({ lastSeenAt: true }));
 const zInstance = z.string().min(1);
@@ -138,5 +138,55 @@ export function createHostRepository(ctx: RepositoryContext): HostRepository {
       if (current === undefined) throw notFound('host', id);
       throw agentReplaced(id, worker, current.agent?.instance ?? null);
     },
+
+    async delete(id: string): Promise<void> {
+      // One transaction: a refusal removes nothing, not even the finished items and device records.
+      await ctx.atomically(async () => {
+        const host = await get(id);
+        if (host === undefined) return;
+        // Only finished items: one an agent may still run (made meanwhile) keeps the host, through
+        // the conditions below or, made after them, through its foreign key.
+        await ctx.db().deleteFrom('work_items').where('host_id', '=', id).where('state', 'in', ['done', 'failed']).execute();
+        await ctx.db().deleteFrom('host_devices').where('host_id', '=', id).execute();
+        let deleted: bigint;
+        try {
+          const result = await ctx.dialect.guarded(() =>
+            ctx
+              .db()
+              .deleteFrom('hosts')
+              .where('id', '=', id)
+              .where((eb) =>
+                eb.and([
+                  eb.not(eb.exists(eb.selectFrom('servers').select('servers.id').where('servers.host_id', '=', id))),
+                  eb.not(eb.exists(eb.selectFrom('attachments').select('attachments.id').where('attachments.host_id', '=', id))),
+                  eb.not(eb.exists(eb.selectFrom('work_items').select('work_items.id').where('work_items.host_id', '=', id))),
+                ]),
+              )
+              .executeTakeFirst(),
+          );
+          deleted = result.numDeletedRows;
+        } catch (error) {
+          if (violation(ctx, error) !== 'foreign_key') throw error;
+          // A row made meanwhile references it (the failed statement ends the transaction: no count).
+          throw hostInUse(host.name, id, { servers: 0, attachments: 0, openWorkItems: 0 });
+        }
+        if (deleted === 0n && (await get(id)) !== undefined) throw hostInUse(host.name, id, await usage(ctx, id));
+      });
+    },
   };
+}
+
+/** What still references host `id`: its servers, its attachments, its pending or claimed work items. */
+async function usage(ctx: RepositoryContext, id: string): Promise<{ servers: number; attachments: number; openWorkItems: number }> {
+  const db = ctx.db();
+  // One after the other: inside a transaction they share one connection.
+  const servers = await db.selectFrom('servers').select((eb) => eb.fn.countAll<number | string | bigint>().as('n')).where('host_id', '=', id).executeTakeFirst();
+  const attachments = await db.selectFrom('attachments').select((eb) => eb.fn.countAll<number | string | bigint>().as('n')).where('host_id', '=', id).executeTakeFirst();
+  const openWorkItems = await db
+    .selectFrom('work_items')
+    .select((eb) => eb.fn.countAll<number | string | bigint>().as('n'))
+    .where('host_id', '=', id)
+    .where('state', 'in', ['pending', 'claimed'])
+    .executeTakeFirst();
+  return { servers: Number(servers?.n ?? 0), attachments: Number(attachments?.n ?? 0), openWorkItems: Number(openWorkItems?.n ?? 0) };
 }
