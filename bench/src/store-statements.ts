@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { silentLogger } from '@berth/core';
 import { openBerth } from '@berth/runtime';
-import { sqliteCommits, tapSqliteStatements, type TappedStatement } from '@berth/store/testing';
+import { sqliteCommits, tapSqliteStatements, WAL_SYNC_MARK, type TappedStatement } from '@berth/store/testing';
 import { printTable } from './stats.js';
 
 /** `SELECT volumes`, `UPDATE attachments`, `BEGIN`…: a statement's verb and table. */
@@ -16,14 +16,14 @@ function kindOf(sql: string): string {
 
 /**
  * Statements, transactions and commits (a transaction, or a write outside one) of one operation,
- * and how many of the commits wait for the disk (`sqliteCommits`: the level the store's
- * `synchronous` pragma set before each). The pragmas are not counted as statements.
+ * and how many of the commits wait for the disk (`sqliteCommits`: those the driver syncs the WAL
+ * for, marked in the stream by `WAL_SYNC_MARK`, which is not counted as a statement).
  */
 function tally(seen: readonly TappedStatement[]): { statements: number; transactions: number; commits: number; durable: number; kinds: string } {
   const kinds = new Map<string, number>();
   let transactions = 0;
   for (const { sql } of seen) {
-    if (sql.startsWith('pragma synchronous')) continue;
+    if (sql === WAL_SYNC_MARK) continue;
     const kind = kindOf(sql);
     if (kind === 'BEGIN') transactions += 1;
     if (kind === 'BEGIN' || kind === 'COMMIT' || kind === 'ROLLBACK') continue;

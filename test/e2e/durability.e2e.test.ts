@@ -4,7 +4,7 @@ import { createTestBerth, type TestBerth } from '../support/test-berth.js';
 
 // Which commits of a real embedded attach and detach (SQLite, file backend, loop transport, real
 // loop devices) wait for the disk, read from the statements better-sqlite3 runs in this process
-// and the store's `PRAGMA synchronous` switches among them (`@berth/store/testing`). The rule
+// and the driver's requests for a sync of the WAL among them (`@berth/store/testing`). The rule
 // under test (core README, "Which journal writes wait for the disk"): the row that starts a step
 // changing something outside the store is durable; the last step's commit is durable.
 

@@ -137,11 +137,12 @@ export function applySqlitePragmas(database: BetterSqlite3.Database, busyTimeout
       hint: 'put the data directory on a local filesystem; WAL does not work over network filesystems',
     });
   }
-  // Said outright: better-sqlite3 builds SQLite with SQLITE_DEFAULT_WAL_SYNCHRONOUS=1, so a WAL
-  // database left at the default syncs nothing at commit (NORMAL), and a power cut could lose the
-  // journal row written before a step's work. FULL syncs the log at every commit; the commits
-  // that may wait are marked (`Store.deferDurability`, see sqlite-driver.ts).
-  database.pragma('synchronous = FULL');
+  // Said outright: SQLite itself syncs nothing at a WAL commit at NORMAL (better-sqlite3's
+  // default). berth's driver syncs the WAL after every durable commit, off the event loop and
+  // shared by the commits that wait together (sqlite-wal-sync.ts); the commits that may skip it
+  // are marked (`Store.deferDurability`). FULL would make SQLite sync at every commit, on the
+  // event loop, one commit at a time.
+  database.pragma('synchronous = NORMAL');
   database.pragma('foreign_keys = ON');
   database.pragma(`busy_timeout = ${Math.trunc(busyTimeoutMs)}`);
 }

@@ -1,10 +1,11 @@
 import { resolve } from 'node:path';
 import type BetterSqlite3 from 'better-sqlite3';
-import { KeyedLock, type BerthError } from '@berth/core';
+import { BerthError, KeyedLock } from '@berth/core';
 import { CompiledQuery, SqliteDriver } from 'kysely';
 import type { DatabaseConnection, QueryResult, SqliteDialectConfig } from 'kysely';
 import { durabilityDeferred } from './durability.js';
 import { environmentError, READ_ONLY } from './sqlite-errors.js';
+import { acquireWalSync, releaseWalSync, type WalSync } from './sqlite-wal-sync.js';
 
 export { isSqliteBusy } from './sqlite-errors.js';
 
@@ -29,47 +30,37 @@ function lockKey(filename: string): string {
   return filename === ':memory:' || filename === '' ? `:memory:#${++memoryDatabases}` : resolve(filename);
 }
 
-/** `PRAGMA synchronous` levels: NORMAL (1) for deferred-durable commits, FULL (2) for the rest. */
-const NORMAL = 1;
-const FULL = 2;
-/** The level each connection is at (set FULL by `applySqlitePragmas` when it opened). */
-const synchronousLevels = new WeakMap<BetterSqlite3.Database, number>();
-
-/**
- * Put the connection at the level the next commit needs, before a statement outside a
- * transaction (a `BEGIN`, or a write that commits by itself): SQLite refuses to change it inside
- * one. In WAL mode, FULL syncs the log at each commit; NORMAL leaves it to the next FULL commit or
- * checkpoint, which syncs everything before it, so a power cut loses a suffix of the commits,
- * never one in the middle. A switch is one pragma, made only when the level changes.
- */
-function prepareCommitLevel(database: BetterSqlite3.Database): void {
-  if (database.inTransaction) return;
-  const wanted = durabilityDeferred() ? NORMAL : FULL;
-  if ((synchronousLevels.get(database) ?? FULL) === wanted) return;
-  database.pragma(`synchronous = ${wanted}`);
-  synchronousLevels.set(database, wanted);
+/** Whether the database lives in a file (`:memory:` and `''` are private in-memory databases). */
+function isFileDatabase(filename: string): boolean {
+  return filename !== ':memory:' && filename !== '';
 }
 
 /**
  * Turns SQLite's environment failures (busy, full, read-only) into BerthErrors a user can act on
- * (every other error passes unchanged), and sets the durability of the commit a statement outside
- * a transaction starts.
+ * (every other error passes unchanged), and tells the driver when a write outside a transaction
+ * committed durably (it then waits for the WAL's sync before the connection is handed back).
  */
 class ErrorMappingConnection implements DatabaseConnection {
   readonly #inner: DatabaseConnection;
   readonly #options: BerthSqliteDriverOptions;
   readonly #database: BetterSqlite3.Database;
+  readonly #committedDurably: () => void;
 
-  constructor(inner: DatabaseConnection, options: BerthSqliteDriverOptions, database: BetterSqlite3.Database) {
+  constructor(inner: DatabaseConnection, options: BerthSqliteDriverOptions, database: BetterSqlite3.Database, committedDurably: () => void) {
     this.#inner = inner;
     this.#options = options;
     this.#database = database;
+    this.#committedDurably = committedDurably;
   }
 
   async executeQuery<R>(compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
     try {
-      prepareCommitLevel(this.#database);
-      return await this.#inner.executeQuery<R>(compiledQuery);
+      const alone = !this.#database.inTransaction;
+      const result = await this.#inner.executeQuery<R>(compiledQuery);
+      // A write that committed by itself (not a BEGIN, which leaves a transaction open; a read
+      // has no affected-rows count).
+      if (alone && !this.#database.inTransaction && result.numAffectedRows !== undefined && !durabilityDeferred()) this.#committedDurably();
+      return result;
     } catch (error) {
       throw this.#map(error);
     }
@@ -97,12 +88,22 @@ class ErrorMappingConnection implements DatabaseConnection {
  * later with SQLITE_BUSY when it upgrades; and every store of this process opened on the same file
  * queues on one mutex, because better-sqlite3 would otherwise block the event loop waiting for a
  * lock that another connection of the same process can only release once the loop runs.
+ *
+ * Durability: the connection commits at `synchronous = NORMAL` and a durable commit (one not made
+ * inside `Store.deferDurability`) waits for a sync of the WAL before it returns — after the mutex
+ * is released, so that the next transaction runs meanwhile and durable commits waiting at the same
+ * time share one sync (`sqlite-wal-sync.ts`: group commit, off the event loop).
  */
 export class BerthSqliteDriver extends SqliteDriver {
   readonly #options: BerthSqliteDriverOptions;
   readonly #lockKey: string;
   readonly #database: BetterSqlite3.Database;
+  readonly #walSync: WalSync | undefined;
   #release: (() => void) | undefined;
+  /** Whether the transaction open on the connection began durable (not deferred). */
+  #transactionDurable = false;
+  /** Whether a durable commit was made since the connection was acquired: its release waits for the WAL's sync. */
+  #syncDue = false;
 
   /**
    * `connection`: the better-sqlite3 connection under `config.database` when that is a wrapper
@@ -113,6 +114,7 @@ export class BerthSqliteDriver extends SqliteDriver {
     this.#database = connection;
     this.#options = options;
     this.#lockKey = lockKey(options.filename);
+    this.#walSync = isFileDatabase(options.filename) ? acquireWalSync(options.filename) : undefined;
   }
 
   override async acquireConnection(): Promise<DatabaseConnection> {
@@ -120,7 +122,8 @@ export class BerthSqliteDriver extends SqliteDriver {
     try {
       const connection = await super.acquireConnection();
       this.#release = release;
-      return new ErrorMappingConnection(connection, this.#options, this.#database);
+      this.#syncDue = false;
+      return new ErrorMappingConnection(connection, this.#options, this.#database, () => void (this.#syncDue = true));
     } catch (error) {
       release();
       throw error;
@@ -128,7 +131,14 @@ export class BerthSqliteDriver extends SqliteDriver {
   }
 
   override async beginTransaction(connection: DatabaseConnection): Promise<void> {
+    // A transaction keeps the durability it began with (a deferred write joining it changes nothing).
+    this.#transactionDurable = !durabilityDeferred();
     await connection.executeQuery(CompiledQuery.raw('begin immediate'));
+  }
+
+  override async commitTransaction(connection: DatabaseConnection): Promise<void> {
+    await connection.executeQuery(CompiledQuery.raw('commit'));
+    if (this.#transactionDurable) this.#syncDue = true;
   }
 
   override async rollbackTransaction(connection: DatabaseConnection): Promise<void> {
@@ -140,11 +150,30 @@ export class BerthSqliteDriver extends SqliteDriver {
 
   override async releaseConnection(): Promise<void> {
     const release = this.#release;
+    const syncDue = this.#syncDue;
     this.#release = undefined;
+    this.#syncDue = false;
     try {
       await super.releaseConnection();
     } finally {
       release?.();
     }
+    if (syncDue && this.#walSync !== undefined) await this.#walSync.sync().catch((error: unknown) => Promise.reject(this.#unsynced(error)));
+  }
+
+  override async destroy(): Promise<void> {
+    try {
+      await super.destroy();
+    } finally {
+      if (this.#walSync !== undefined) await releaseWalSync(this.#walSync, this.#options.filename);
+    }
+  }
+
+  /** A commit made but not known to be on the disk: the caller must not act on it as durable. */
+  #unsynced(error: unknown): BerthError {
+    return new BerthError('INTERNAL', `the berth database ${this.#options.filename} committed a change but could not flush it to the disk: ${(error as Error).message}`, {
+      hint: 'check the disk and the file system holding the data directory (dmesg); the change is in the database but may not survive a power cut',
+      cause: error,
+    });
   }
 }

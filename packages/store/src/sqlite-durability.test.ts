@@ -1,22 +1,24 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
-import { Kysely, sql } from 'kysely';
+import { Kysely } from 'kysely';
 import { afterEach, describe, expect, it } from 'vitest';
 import { durabilityDeferred, runDeferred } from './durability.js';
 import { openSqliteStore } from './open-sqlite-store.js';
 import { applySqlitePragmas, BerthSqliteDialect } from './sqlite-dialect.js';
+import { walSyncFor, type WalSync } from './sqlite-wal-sync.js';
 
-// What each commit asks of the disk, read from the connection: `PRAGMA synchronous` is 2 (FULL:
-// the WAL is synced at commit) or 1 (NORMAL: left to the next FULL commit or checkpoint).
+// What each commit asks of the disk: the connection runs at `synchronous = NORMAL` and a durable
+// commit waits for a sync of the WAL (`sqlite-wal-sync.ts`), counted here by the database's
+// WalSync; a deferred-durable one waits for none.
 
 const cleanups: Array<() => void> = [];
 afterEach(() => {
   for (const cleanup of cleanups.splice(0).reverse()) cleanup();
 });
 
-function open(): { database: BetterSqlite3.Database; db: Kysely<{ t: { a: number } }> } {
+function open(): { database: BetterSqlite3.Database; db: Kysely<{ t: { a: number } }>; syncs: WalSync } {
   const dir = mkdtempSync(join(tmpdir(), 'berth-durability-'));
   const filename = join(dir, 'berth.db');
   const database = new BetterSqlite3(filename);
@@ -25,72 +27,165 @@ function open(): { database: BetterSqlite3.Database; db: Kysely<{ t: { a: number
   database.exec('create table t (a integer)');
   const db = new Kysely<{ t: { a: number } }>({ dialect: new BerthSqliteDialect(database, { filename, busyTimeoutMs: 1_000 }) });
   cleanups.push(() => void db.destroy());
-  return { database, db };
+  return { database, db, syncs: walSyncFor(filename) };
 }
 
-const level = async (db: Kysely<{ t: { a: number } }>): Promise<number> => {
-  const { rows } = await sql<{ synchronous: number }>`pragma synchronous`.execute(db);
-  return Number(rows[0]?.synchronous);
-};
+/** A flush the test lets finish: `calls` says how many began, `release(i)` ends the i-th (or fails it). */
+function heldFlush(syncs: WalSync): { calls: () => number; began: (n: number) => Promise<void>; release: (i: number, error?: Error) => void } {
+  const pending: Array<{ resolve: () => void; reject: (error: Error) => void }> = [];
+  const waiters: Array<{ n: number; wake: () => void }> = [];
+  syncs.flush = () =>
+    new Promise<void>((resolve, reject) => {
+      pending.push({ resolve, reject });
+      for (const waiter of waiters.filter((w) => pending.length >= w.n)) waiter.wake();
+    });
+  return {
+    calls: () => pending.length,
+    began: (n) => (pending.length >= n ? Promise.resolve() : new Promise<void>((wake) => waiters.push({ n, wake }))),
+    release: (i, error) => (error === undefined ? pending[i]?.resolve() : pending[i]?.reject(error)),
+  };
+}
 
 describe('SQLite commit durability', () => {
-  it('syncs every commit by default, though better-sqlite3 builds SQLite with WAL commits unsynced', async () => {
-    // The regression: SQLITE_DEFAULT_WAL_SYNCHRONOUS=1 puts a WAL database left at the default at NORMAL.
-    const dir = mkdtempSync(join(tmpdir(), 'berth-durability-'));
-    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-    const bare = new BetterSqlite3(join(dir, 'bare.db'));
-    cleanups.push(() => bare.close());
-    bare.pragma('journal_mode = WAL');
-    bare.exec('create table t (a integer)');
-    expect(bare.pragma('synchronous', { simple: true })).toBe(1);
-    const { database, db } = open();
+  it('runs the connection at NORMAL and syncs the WAL for durable commits (SQLite would sync none at NORMAL)', async () => {
+    const { database, db, syncs } = open();
+    expect(database.pragma('synchronous', { simple: true })).toBe(1);
+    const before = syncs.started;
     await db.insertInto('t').values({ a: 1 }).execute();
-    expect(database.pragma('synchronous', { simple: true })).toBe(2);
-    expect(await level(db)).toBe(2);
+    expect(syncs.started).toBe(before + 1);
+    await db.transaction().execute((trx) => trx.insertInto('t').values({ a: 2 }).execute());
+    expect(syncs.started).toBe(before + 2);
+    // A read commits nothing, and neither does a transaction rolled back.
+    await db.selectFrom('t').selectAll().execute();
+    await expect(
+      db.transaction().execute(async (trx) => {
+        await trx.insertInto('t').values({ a: 3 }).execute();
+        throw new Error('undo');
+      }),
+    ).rejects.toThrow('undo');
+    expect(syncs.started).toBe(before + 2);
+    // The real flush ran (the WAL and, the first time, its directory): the rows are there.
+    expect((await db.selectFrom('t').select('a').execute()).map((r) => r.a)).toEqual([1, 2]);
   });
 
-  it('commits deferred-durable inside runDeferred — transactions and lone writes — and durable again after', async () => {
-    const { database, db } = open();
-    const seen: number[] = [];
+  it('commits deferred-durable inside runDeferred — transactions and lone writes — without a sync, and durable again after', async () => {
+    const { db, syncs } = open();
+    const before = syncs.started;
     await runDeferred(async () => {
-      await db.transaction().execute(async (trx) => {
-        await trx.insertInto('t').values({ a: 1 }).execute();
-        seen.push(await level(trx));
-      });
+      await db.transaction().execute((trx) => trx.insertInto('t').values({ a: 1 }).execute());
       await db.insertInto('t').values({ a: 2 }).execute();
-      seen.push(Number(database.pragma('synchronous', { simple: true })));
     });
-    await db.transaction().execute(async (trx) => {
-      await trx.insertInto('t').values({ a: 3 }).execute();
-      seen.push(await level(trx));
-    });
-    expect(seen).toEqual([1, 1, 2]);
+    expect(syncs.started).toBe(before);
+    await db.transaction().execute((trx) => trx.insertInto('t').values({ a: 3 }).execute());
+    expect(syncs.started).toBe(before + 1);
     expect((await db.selectFrom('t').select('a').execute()).map((r) => r.a)).toEqual([1, 2, 3]);
   });
 
-  it('two drivers over one connection share its level: a durable commit after another driver\'s deferred one is durable', async () => {
-    const { database, db } = open();
+  it('a durable commit returns only after a sync that began after its COMMIT, and commits waiting together share one', async () => {
+    const { database, db, syncs } = open();
+    const flush = heldFlush(syncs);
+    const returned: number[] = [];
+    const commits = Array.from({ length: 10 }, (_, i) => db.transaction().execute((trx) => trx.insertInto('t').values({ a: i }).execute()).then(() => void returned.push(i)));
+    // The first commit's sync is held: the other nine commit meanwhile (the mutex is not held over a sync).
+    await flush.began(1);
+    const committed = (): number => (database.prepare("select count(*) as n from t").get() as { n: number }).n;
+    await until(() => committed() === 10);
+    expect(returned).toEqual([]);
+    expect(flush.calls()).toBe(1);
+    // The first sync may have begun before the nine wrote their frames: they wait for the next one, all of them.
+    flush.release(0);
+    await flush.began(2);
+    await until(() => returned.length === 1);
+    expect(returned).toEqual([0]);
+    flush.release(1);
+    await Promise.all(commits);
+    expect(flush.calls()).toBe(2);
+    expect(returned.sort((a, b) => a - b)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+  });
+
+  it('a sync that fails fails the commit that waited for it, saying the change is in the database but may not be on the disk', async () => {
+    const { db, syncs } = open();
+    const flush = heldFlush(syncs);
+    const commit = db.insertInto('t').values({ a: 1 }).execute();
+    await flush.began(1);
+    flush.release(0, Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' }));
+    await expect(commit).rejects.toMatchObject({ code: 'INTERNAL', message: expect.stringContaining('could not flush it to the disk') });
+    // The next durable commit gets a sync of its own.
+    const next = db.insertInto('t').values({ a: 2 }).execute();
+    await flush.began(2);
+    flush.release(1);
+    await next;
+  });
+
+  it('two drivers over one database file share its syncs', async () => {
+    const { database, db, syncs } = open();
     // A second Kysely (its own driver and statement-cache wrapper) over the same connection; not
     // destroyed here: that would close the connection the first one's cleanup closes.
     const other = new Kysely<{ t: { a: number } }>({ dialect: new BerthSqliteDialect(database, { filename: database.name, busyTimeoutMs: 1_000 }) });
+    const before = syncs.started;
     await runDeferred(() => db.insertInto('t').values({ a: 1 }).execute());
-    const durable = await other.transaction().execute(async (trx) => {
-      await trx.insertInto('t').values({ a: 2 }).execute();
-      return level(trx);
-    });
-    expect(durable).toBe(2);
+    await other.transaction().execute((trx) => trx.insertInto('t').values({ a: 2 }).execute());
+    expect(syncs.started).toBe(before + 1);
   });
 
   it('a transaction begun durable stays durable when a deferred write joins it', async () => {
-    const { db } = open();
-    const levels = await db.transaction().execute(async (trx) => {
-      const inside = await runDeferred(async () => {
-        await trx.insertInto('t').values({ a: 1 }).execute();
-        return level(trx);
-      });
-      return [inside, await level(trx)];
+    const { db, syncs } = open();
+    const before = syncs.started;
+    await db.transaction().execute((trx) => runDeferred(() => trx.insertInto('t').values({ a: 1 }).execute()));
+    expect(syncs.started).toBe(before + 1);
+  });
+});
+
+/** Resolve once `condition` holds, looking at every turn of the event loop (5 s at most). */
+async function until(condition: () => boolean): Promise<void> {
+  const deadline = Date.now() + 5_000;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error('condition not met within 5 s');
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+}
+
+describe('the kept WAL descriptor', () => {
+  const walDescriptors = (wal: string): string[] =>
+    readdirSync('/proc/self/fd').filter((fd) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${fd}`).startsWith(wal);
+      } catch {
+        return false;
+      }
     });
-    expect(levels).toEqual([2, 2]);
+
+  it('is open while a store uses the database and closed with the last store of this process on it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'berth-durability-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const filename = join(dir, 'berth.db');
+    const wal = `${filename}-wal`;
+    const first = await openSqliteStore({ filename });
+    const second = await openSqliteStore({ filename });
+    try {
+      // SQLite's own descriptor of each connection, and the one kept for the syncs.
+      await first.hosts.create({ name: 'node-a' });
+      expect(walDescriptors(wal)).toHaveLength(3);
+      await second.hosts.create({ name: 'node-b' });
+      expect(walDescriptors(wal)).toHaveLength(3);
+      await first.close();
+      // The second store's connection keeps the WAL: the kept descriptor stays, and still syncs.
+      expect(walDescriptors(wal)).toHaveLength(2);
+      await second.hosts.create({ name: 'node-c' });
+    } finally {
+      await first.close().catch(() => undefined);
+      await second.close();
+    }
+    // SQLite removed the WAL with the last connection; a descriptor kept now would sync a removed file.
+    expect(walDescriptors(wal)).toEqual([]);
+    const again = await openSqliteStore({ filename });
+    try {
+      await again.hosts.create({ name: 'node-d' });
+      expect(walDescriptors(wal)).toHaveLength(2);
+      expect((await again.hosts.list()).map((h) => h.name).sort()).toEqual(['node-a', 'node-b', 'node-c', 'node-d']);
+    } finally {
+      await again.close();
+    }
   });
 });
 

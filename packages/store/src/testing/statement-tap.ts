@@ -1,4 +1,5 @@
 import BetterSqlite3 from 'better-sqlite3';
+import { WalSync } from '../sqlite-wal-sync.js';
 
 /** One statement better-sqlite3 ran: its SQL (whitespace folded, lower case) and its parameters. */
 export interface TappedStatement {
@@ -9,11 +10,16 @@ export interface TappedStatement {
 type Run = (this: { source: string }, ...args: unknown[]) => unknown;
 const RUNS = ['run', 'get', 'all', 'iterate'] as const;
 
+/** Not a statement: where a durable commit asked for the WAL's sync (`WalSync.sync`), in the stream. */
+export const WAL_SYNC_MARK = '(wal sync)';
+
 /**
  * Every statement this process's better-sqlite3 — the store's own copy — runs while `fn` runs,
  * seen by wrapping its `Statement` methods (put back afterwards). Kysely keeps no statement of its
  * own and the store's statement cache hands out these same objects, so every execution passes
- * here, the store's `PRAGMA synchronous` switches included. For tests and benchmarks only.
+ * here. A durable commit's request for the WAL's sync follows it in the stream as a
+ * `WAL_SYNC_MARK` entry (the driver asks right after the commit, before the next statement can
+ * run). For tests and benchmarks only; one operation at a time, or the marks interleave.
  */
 export async function tapSqliteStatements(fn: () => Promise<void>): Promise<TappedStatement[]> {
   const probe = new BetterSqlite3(':memory:');
@@ -27,39 +33,43 @@ export async function tapSqliteStatements(fn: () => Promise<void>): Promise<Tapp
       return original.apply(this, args);
     };
   }
+  const sync = WalSync.prototype.sync;
+  WalSync.prototype.sync = function (this: WalSync): Promise<void> {
+    seen.push({ sql: WAL_SYNC_MARK, params: [] });
+    return sync.call(this);
+  };
   try {
     await fn();
   } finally {
     for (const [name, original] of originals) proto[name] = original;
+    WalSync.prototype.sync = sync;
   }
   return seen;
 }
 
 /** One commit: a transaction, or a write outside one. */
 export interface TappedCommit {
-  /** Synced at commit (`synchronous` FULL), or deferred-durable (NORMAL). */
+  /** Waited for a sync of the WAL before it returned, or deferred-durable (no sync). */
   durable: boolean;
   /** Its statements (without BEGIN and COMMIT). */
   statements: TappedStatement[];
 }
 
 /**
- * The commits of `seen`, each with the durability it ran at: the store sets `synchronous` with a
- * pragma before a transaction or a lone write (2: FULL, 1: NORMAL), so a commit's level is the
- * last one set before it began. Rolled-back transactions and reads outside one are left out.
+ * The commits of `seen`, each with its durability: a durable one is followed by the driver's
+ * `WAL_SYNC_MARK`. Rolled-back transactions and reads outside one are left out.
  */
 export function sqliteCommits(seen: readonly TappedStatement[]): TappedCommit[] {
   const out: TappedCommit[] = [];
-  let level = 2;
   let open: TappedCommit | undefined;
   for (const s of seen) {
-    const pragma = /^pragma synchronous ?= ?(\d)/.exec(s.sql);
-    if (pragma) {
-      level = Number(pragma[1]);
+    if (s.sql === WAL_SYNC_MARK) {
+      const last = out.at(-1);
+      if (last !== undefined) last.durable = true;
       continue;
     }
     if (s.sql.startsWith('begin')) {
-      open = { durable: level === 2, statements: [] };
+      open = { durable: false, statements: [] };
       continue;
     }
     if (s.sql === 'commit' || s.sql === 'rollback') {
@@ -68,7 +78,7 @@ export function sqliteCommits(seen: readonly TappedStatement[]): TappedCommit[] 
       continue;
     }
     if (open) open.statements.push(s);
-    else if (!s.sql.startsWith('select')) out.push({ durable: level === 2, statements: [s] });
+    else if (!s.sql.startsWith('select')) out.push({ durable: false, statements: [s] });
   }
   return out;
 }

@@ -1,0 +1,157 @@
+import { open, type FileHandle } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+
+/**
+ * Group commit for a SQLite database in WAL mode: the connection commits at `synchronous =
+ * NORMAL` (SQLite writes the commit's frames to the `-wal` file and returns without syncing it) and
+ * a durable commit then waits for an `fdatasync` of the WAL that began after its COMMIT returned.
+ * That is what `synchronous = FULL` does at every commit, with two differences:
+ *
+ * - the sync runs on libuv's thread pool, not on the event loop: a FULL commit blocks the whole
+ *   process for the length of an fsync (milliseconds, and up to seconds on a disk busy with other
+ *   writes), stalling every HTTP request, heartbeat and long-poll of `berth serve` with it;
+ * - commits that wait at the same time share one sync: while one runs, every durable commit made
+ *   meanwhile waits for the next, one for all of them.
+ *
+ * Why the commit is then as durable as at FULL: fdatasync works on the file, whatever descriptor
+ * asks, and flushes every frame written before it began — this commit's and every earlier one's,
+ * deferred ones included (the WAL is recovered as a prefix, so a power cut still loses only a
+ * suffix of the commits). If the WAL is gone (the last connection checkpointed it into the
+ * database and removed it), its frames are in the database file, which a checkpoint at NORMAL
+ * syncs before the WAL is reset or removed. The directory is synced once per process, the first
+ * time, as SQLite does for a WAL it created: the file's name must survive a power cut too.
+ *
+ * The WAL stays open between syncs (an open and a close cost twice the CPU of the sync itself):
+ * while a connection of this process is open on the database, SQLite neither removes the WAL nor
+ * makes a new one (it truncates or rewrites it in place), so the descriptor is the WAL's. It is
+ * closed when the last store of this process on the file lets go of it (`releaseWalSync`).
+ */
+export class WalSync {
+  readonly #walPath: string;
+  readonly #dir: string;
+  #directorySynced = false;
+  /** The WAL, open while stores of this process use the database. */
+  #handle: Promise<FileHandle | undefined> | undefined;
+  /** The drivers of this process that use this WalSync (`acquireWalSync`). */
+  users = 0;
+  /** The sync running now. */
+  #running: Promise<void> | undefined;
+  /** The sync that starts when the running one ends: the one a commit made meanwhile waits for. */
+  #next: Promise<void> | undefined;
+  /** How many syncs started (commits that waited together share one). */
+  started = 0;
+  /** What one sync does: flush the files at these paths (the tests hold it to see commits wait). */
+  flush: (paths: { wal: string; directory?: string }) => Promise<void> = (paths) => this.#flushFiles(paths);
+
+  constructor(databaseFile: string) {
+    this.#walPath = `${resolve(databaseFile)}-wal`;
+    this.#dir = dirname(resolve(databaseFile));
+  }
+
+  /** Resolves once every frame written to the WAL before this call is on the disk. */
+  sync(): Promise<void> {
+    if (this.#running === undefined) return this.#start();
+    // The running sync may have begun before this commit's frames were written.
+    this.#next ??= this.#running.then(
+      () => this.#afterRunning(),
+      () => this.#afterRunning(),
+    );
+    return this.#next;
+  }
+
+  #afterRunning(): Promise<void> {
+    this.#next = undefined;
+    return this.#start();
+  }
+
+  #start(): Promise<void> {
+    this.started += 1;
+    const run = this.#flush().finally(() => {
+      if (this.#running === run) this.#running = undefined;
+    });
+    this.#running = run;
+    return run;
+  }
+
+  async #flush(): Promise<void> {
+    await this.flush({ wal: this.#walPath, ...(this.#directorySynced ? {} : { directory: this.#dir }) });
+    this.#directorySynced = true;
+  }
+
+  /** fdatasync of the WAL through the kept descriptor and, when given, fsync of the directory, side by side. */
+  async #flushFiles(paths: { wal: string; directory?: string }): Promise<void> {
+    await Promise.all([this.#syncWal(paths.wal), ...(paths.directory === undefined ? [] : [syncDirectory(paths.directory)])]);
+  }
+
+  async #syncWal(path: string): Promise<void> {
+    this.#handle ??= open(path, 'r').catch((error: unknown) => {
+      // No WAL: its frames were checkpointed into the database, which the checkpoint synced.
+      if ((error as { code?: unknown }).code === 'ENOENT') return undefined;
+      throw error;
+    });
+    const kept = this.#handle;
+    try {
+      const handle = await kept;
+      if (handle === undefined) this.#handle = undefined;
+      else await handle.datasync();
+    } catch (error) {
+      // Opened again next time (an error may come from this descriptor).
+      if (this.#handle === kept) this.#handle = undefined;
+      await kept.then((handle) => handle?.close()).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /** Close the kept WAL descriptor (the last store of this process on the database closed). */
+  async close(): Promise<void> {
+    const kept = this.#handle;
+    this.#handle = undefined;
+    await kept?.then((handle) => handle?.close()).catch(() => undefined);
+  }
+}
+
+/** fsync of a directory: the names in it reach the disk. */
+async function syncDirectory(path: string): Promise<void> {
+  const handle = await open(path, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+
+
+/** One WalSync per database file per process: every store opened on the file shares its syncs. */
+const syncs = new Map<string, WalSync>();
+
+/** The WalSync of `databaseFile` (resolved), made on first use. */
+export function walSyncFor(databaseFile: string): WalSync {
+  const key = resolve(databaseFile);
+  let sync = syncs.get(key);
+  if (sync === undefined) {
+    sync = new WalSync(key);
+    syncs.set(key, sync);
+  }
+  return sync;
+}
+
+/** The WalSync of `databaseFile` for a driver that will use it until `releaseWalSync`. */
+export function acquireWalSync(databaseFile: string): WalSync {
+  const sync = walSyncFor(databaseFile);
+  sync.users += 1;
+  return sync;
+}
+
+/**
+ * A driver is done with `sync` (its connection closed). The last one closes the kept WAL
+ * descriptor: once no connection of this process is open, SQLite may remove the WAL and make a
+ * new one, which an old descriptor would not reach.
+ */
+export async function releaseWalSync(sync: WalSync, databaseFile: string): Promise<void> {
+  sync.users = Math.max(0, sync.users - 1);
+  if (sync.users > 0) return;
+  const key = resolve(databaseFile);
+  if (syncs.get(key) === sync) syncs.delete(key);
+  await sync.close();
+}
