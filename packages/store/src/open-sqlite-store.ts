@@ -112,7 +112,15 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
     throw openFailure(error, filename, busyTimeoutMs, 'check that the file is a berth database (SQLite) and that this user may write it');
   }
   // Processes sharing the file wake each other's waiters through sockets beside it (SQLite has no NOTIFY).
-  return createKyselyStore(db, { dialect: sqliteStoreDialect, ...(isMemory(filename) ? {} : { relay: createSocketRelay(relayDir(filename)) }) });
+  return createKyselyStore(db, {
+    dialect: sqliteStoreDialect,
+    ...(isMemory(filename) ? {} : { relay: createSocketRelay(relayDir(filename)) }),
+    // Kysely closes the connection only if it ran a query on it: a store opened on a current
+    // schema and closed unused would keep the file (and its WAL) open until the process ends.
+    onClose: () => {
+      if (database.open) database.close();
+    },
+  });
 }
 
 /** How long one try of the pragmas waits on another process's lock before it lets go and tries again. */

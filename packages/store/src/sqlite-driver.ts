@@ -30,6 +30,15 @@ function lockKey(filename: string): string {
   return filename === ':memory:' || filename === '' ? `:memory:#${++memoryDatabases}` : resolve(filename);
 }
 
+/**
+ * Whether a statement may write: anything but a SELECT built by Kysely, or a raw statement that
+ * starts as a read. Wrong only the safe way (a raw read taken for a write costs a sync).
+ */
+function writes(query: CompiledQuery): boolean {
+  if (query.query.kind === 'SelectQueryNode') return false;
+  return query.query.kind !== 'RawNode' || !/^\s*(select|pragma|explain|values)\b/i.test(query.sql);
+}
+
 /** Whether the database lives in a file (`:memory:` and `''` are private in-memory databases). */
 function isFileDatabase(filename: string): boolean {
   return filename !== ':memory:' && filename !== '';
@@ -57,9 +66,9 @@ class ErrorMappingConnection implements DatabaseConnection {
     try {
       const alone = !this.#database.inTransaction;
       const result = await this.#inner.executeQuery<R>(compiledQuery);
-      // A write that committed by itself (not a BEGIN, which leaves a transaction open; a read
-      // has no affected-rows count).
-      if (alone && !this.#database.inTransaction && result.numAffectedRows !== undefined && !durabilityDeferred()) this.#committedDurably();
+      // A write that committed by itself (not a BEGIN, which leaves a transaction open). Decided
+      // from the statement, not the result: a write with RETURNING answers rows, like a read.
+      if (alone && !this.#database.inTransaction && writes(compiledQuery) && !durabilityDeferred()) this.#committedDurably();
       return result;
     } catch (error) {
       throw this.#map(error);
@@ -98,7 +107,7 @@ export class BerthSqliteDriver extends SqliteDriver {
   readonly #options: BerthSqliteDriverOptions;
   readonly #lockKey: string;
   readonly #database: BetterSqlite3.Database;
-  readonly #walSync: WalSync | undefined;
+  #walSync: WalSync | undefined;
   #release: (() => void) | undefined;
   /** Whether the transaction open on the connection began durable (not deferred). */
   #transactionDurable = false;
@@ -114,7 +123,12 @@ export class BerthSqliteDriver extends SqliteDriver {
     this.#database = connection;
     this.#options = options;
     this.#lockKey = lockKey(options.filename);
-    this.#walSync = isFileDatabase(options.filename) ? acquireWalSync(options.filename) : undefined;
+  }
+
+  override async init(): Promise<void> {
+    await super.init();
+    // Taken here and let go in destroy(), which Kysely calls only for a driver it initialised.
+    if (isFileDatabase(this.#options.filename)) this.#walSync = acquireWalSync(this.#options.filename);
   }
 
   override async acquireConnection(): Promise<DatabaseConnection> {
@@ -169,10 +183,15 @@ export class BerthSqliteDriver extends SqliteDriver {
     }
   }
 
-  /** A commit made but not known to be on the disk: the caller must not act on it as durable. */
+  /**
+   * A commit made (and seen by every reader) but not known to be on the disk: an outage whose
+   * outcome is unknown (core's `isOutcomeUnknown`), so the caller reads the database instead of
+   * taking the write as undone. The store stays unusable for durable commits (`WalSync`).
+   */
   #unsynced(error: unknown): BerthError {
-    return new BerthError('INTERNAL', `the berth database ${this.#options.filename} committed a change but could not flush it to the disk: ${(error as Error).message}`, {
-      hint: 'check the disk and the file system holding the data directory (dmesg); the change is in the database but may not survive a power cut',
+    return new BerthError('UNAVAILABLE', `the berth database ${this.#options.filename} committed a change but could not flush it to the disk: ${(error as Error).message}`, {
+      hint: 'check the disk and the file system holding the data directory (dmesg), then restart berth: after a failed flush no later commit of this process counts as durable',
+      details: { outage: true, outcomeUnknown: true, reason: 'sync-failed' },
       cause: error,
     });
   }

@@ -1,4 +1,4 @@
-import { mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
@@ -103,18 +103,54 @@ describe('SQLite commit durability', () => {
     expect(returned.sort((a, b) => a - b)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
   });
 
-  it('a sync that fails fails the commit that waited for it, saying the change is in the database but may not be on the disk', async () => {
+  it('a sync that fails fails the commit that waited for it (outcome unknown: the change is in the database) and every durable commit after it', async () => {
     const { db, syncs } = open();
     const flush = heldFlush(syncs);
     const commit = db.insertInto('t').values({ a: 1 }).execute();
     await flush.began(1);
     flush.release(0, Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' }));
-    await expect(commit).rejects.toMatchObject({ code: 'INTERNAL', message: expect.stringContaining('could not flush it to the disk') });
-    // The next durable commit gets a sync of its own.
-    const next = db.insertInto('t').values({ a: 2 }).execute();
-    await flush.began(2);
-    flush.release(1);
-    await next;
+    await expect(commit).rejects.toMatchObject({
+      code: 'UNAVAILABLE',
+      message: expect.stringContaining('could not flush it to the disk'),
+      details: { outage: true, outcomeUnknown: true, reason: 'sync-failed' },
+    });
+    expect((await db.selectFrom('t').select('a').execute()).map((r) => r.a)).toEqual([1]);
+    // The kernel may have dropped the pages it could not write: a later sync proves nothing.
+    await expect(db.insertInto('t').values({ a: 2 }).execute()).rejects.toMatchObject({ code: 'UNAVAILABLE', details: { reason: 'sync-failed' } });
+    expect(flush.calls()).toBe(1);
+    // Deferred commits wait for no sync: they still go in.
+    await runDeferred(() => db.insertInto('t').values({ a: 3 }).execute());
+  });
+
+  it('a lone write with RETURNING is a durable commit too (it answers rows, like a read)', async () => {
+    const { db, syncs } = open();
+    const before = syncs.started;
+    await db.insertInto('t').values({ a: 1 }).returning('a').execute();
+    await db.updateTable('t').set({ a: 2 }).returning('a').execute();
+    await db.deleteFrom('t').returning('a').execute();
+    expect(syncs.started).toBe(before + 3);
+  });
+
+  it('a database opened through a symbolic link syncs the WAL beside the real file', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'berth-durability-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    mkdirSync(join(dir, 'real'));
+    symlinkSync(join(dir, 'real'), join(dir, 'link'));
+    const store = await openSqliteStore({ filename: join(dir, 'link', 'berth.db') });
+    const synced: string[] = [];
+    const syncs = walSyncFor(join(dir, 'link', 'berth.db'));
+    const flush = syncs.flush;
+    syncs.flush = async (paths) => {
+      synced.push(paths.wal);
+      await flush(paths);
+    };
+    try {
+      await store.hosts.create({ name: 'node-a' });
+    } finally {
+      syncs.flush = flush;
+      await store.close();
+    }
+    expect(synced).toEqual([join(dir, 'real', 'berth.db-wal')]);
   });
 
   it('two drivers over one database file share its syncs', async () => {
@@ -178,6 +214,8 @@ describe('the kept WAL descriptor', () => {
     }
     // SQLite removed the WAL with the last connection; a descriptor kept now would sync a removed file.
     expect(walDescriptors(wal)).toEqual([]);
+    // A store opened and closed without a query (its schema already current) lets go too.
+    await (await openSqliteStore({ filename })).close();
     const again = await openSqliteStore({ filename });
     try {
       await again.hosts.create({ name: 'node-d' });

@@ -1,4 +1,5 @@
 import { open, type FileHandle } from 'node:fs/promises';
+import { realpathSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 
 /**
@@ -16,9 +17,8 @@ import { dirname, resolve } from 'node:path';
  * Why the commit is then as durable as at FULL: fdatasync works on the file, whatever descriptor
  * asks, and flushes every frame written before it began — this commit's and every earlier one's,
  * deferred ones included (the WAL is recovered as a prefix, so a power cut still loses only a
- * suffix of the commits). If the WAL is gone (the last connection checkpointed it into the
- * database and removed it), its frames are in the database file, which a checkpoint at NORMAL
- * syncs before the WAL is reset or removed. The directory is synced once per process, the first
+ * suffix of the commits). A checkpoint at NORMAL syncs the WAL before copying it into the
+ * database and the database before resetting the WAL. The directory is synced once per process, the first
  * time, as SQLite does for a WAL it created: the file's name must survive a power cut too.
  *
  * The WAL stays open between syncs (an open and a close cost twice the CPU of the sync itself):
@@ -31,7 +31,7 @@ export class WalSync {
   readonly #dir: string;
   #directorySynced = false;
   /** The WAL, open while stores of this process use the database. */
-  #handle: Promise<FileHandle | undefined> | undefined;
+  #handle: Promise<FileHandle> | undefined;
   /** The drivers of this process that use this WalSync (`acquireWalSync`). */
   users = 0;
   /** The sync running now. */
@@ -43,13 +43,21 @@ export class WalSync {
   /** What one sync does: flush the files at these paths (the tests hold it to see commits wait). */
   flush: (paths: { wal: string; directory?: string }) => Promise<void> = (paths) => this.#flushFiles(paths);
 
+  /** The first failed flush: every sync after it fails too (below). */
+  #failed: Error | undefined;
+
   constructor(databaseFile: string) {
-    this.#walPath = `${resolve(databaseFile)}-wal`;
-    this.#dir = dirname(resolve(databaseFile));
+    this.#walPath = `${databaseFile}-wal`;
+    this.#dir = dirname(databaseFile);
   }
 
   /** Resolves once every frame written to the WAL before this call is on the disk. */
   sync(): Promise<void> {
+    // After a failed fdatasync the kernel may have marked the pages it could not write clean: a
+    // later sync would succeed without them, and SQLite recovers the WAL only up to the first
+    // frame missing, so every commit after the hole would be lost with it ("fsyncgate";
+    // PostgreSQL stops for the same reason). Nothing after a failure counts as durable.
+    if (this.#failed !== undefined) return Promise.reject(this.#failed);
     if (this.#running === undefined) return this.#start();
     // The running sync may have begun before this commit's frames were written.
     this.#next ??= this.#running.then(
@@ -61,12 +69,19 @@ export class WalSync {
 
   #afterRunning(): Promise<void> {
     this.#next = undefined;
-    return this.#start();
+    if (this.#failed !== undefined) return Promise.reject(this.#failed);
+    // A sync begun since the last one ended began after this commit too.
+    return this.#running ?? this.#start();
   }
 
   #start(): Promise<void> {
     this.started += 1;
-    const run = this.#flush().finally(() => {
+    const run = this.#flush()
+      .catch((error: unknown) => {
+        this.#failed ??= error instanceof Error ? error : new Error(String(error));
+        throw error;
+      })
+      .finally(() => {
       if (this.#running === run) this.#running = undefined;
     });
     this.#running = run;
@@ -84,20 +99,24 @@ export class WalSync {
   }
 
   async #syncWal(path: string): Promise<void> {
-    this.#handle ??= open(path, 'r').catch((error: unknown) => {
-      // No WAL: its frames were checkpointed into the database, which the checkpoint synced.
-      if ((error as { code?: unknown }).code === 'ENOENT') return undefined;
-      throw error;
-    });
-    const kept = this.#handle;
+    // While a connection of this process is open the WAL exists (the commit waiting wrote to
+    // it): a missing one is an error, never "nothing to flush".
+    this.#handle ??= open(path, 'r');
+    let kept = this.#handle;
     try {
-      const handle = await kept;
-      if (handle === undefined) this.#handle = undefined;
-      else await handle.datasync();
+      let handle = await kept;
+      // A WAL removed under the kept descriptor (every connection closed without this store's
+      // driver letting go): open the one there now.
+      if ((await handle.stat()).nlink === 0) {
+        await handle.close();
+        kept = this.#handle = open(path, 'r');
+        handle = await kept;
+      }
+      await handle.datasync();
     } catch (error) {
       // Opened again next time (an error may come from this descriptor).
       if (this.#handle === kept) this.#handle = undefined;
-      await kept.then((handle) => handle?.close()).catch(() => undefined);
+      await kept.then((handle) => handle.close()).catch(() => undefined);
       throw error;
     }
   }
@@ -106,7 +125,7 @@ export class WalSync {
   async close(): Promise<void> {
     const kept = this.#handle;
     this.#handle = undefined;
-    await kept?.then((handle) => handle?.close()).catch(() => undefined);
+    await kept?.then((handle) => handle.close()).catch(() => undefined);
   }
 }
 
@@ -122,12 +141,24 @@ async function syncDirectory(path: string): Promise<void> {
 
 
 
+/**
+ * The database file's real path: SQLite resolves symbolic links and puts the WAL beside the file
+ * itself, not beside a link to it.
+ */
+function realPath(databaseFile: string): string {
+  try {
+    return realpathSync(databaseFile);
+  } catch {
+    return resolve(databaseFile);
+  }
+}
+
 /** One WalSync per database file per process: every store opened on the file shares its syncs. */
 const syncs = new Map<string, WalSync>();
 
 /** The WalSync of `databaseFile` (resolved), made on first use. */
 export function walSyncFor(databaseFile: string): WalSync {
-  const key = resolve(databaseFile);
+  const key = realPath(databaseFile);
   let sync = syncs.get(key);
   if (sync === undefined) {
     sync = new WalSync(key);
@@ -151,7 +182,7 @@ export function acquireWalSync(databaseFile: string): WalSync {
 export async function releaseWalSync(sync: WalSync, databaseFile: string): Promise<void> {
   sync.users = Math.max(0, sync.users - 1);
   if (sync.users > 0) return;
-  const key = resolve(databaseFile);
+  const key = realPath(databaseFile);
   if (syncs.get(key) === sync) syncs.delete(key);
   await sync.close();
 }
