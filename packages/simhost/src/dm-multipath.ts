@@ -215,15 +215,20 @@ export class DmMultipath implements DiskEvents {
 
   // ---- kernel events (uevents) ----
 
-  /** A new disk: multipathd (when running and listening) adds it, and a map forms per policy. */
+  /**
+   * A new disk: multipathd (when running and listening) adds it, and a map forms per policy.
+   * uev_add_path: a path already in multipathd's pathvec (`multipathd add path` ran before udev
+   * was done with the disk, or a map that held it was flushed since: its paths stay as orphans,
+   * wwid kept) makes a "spurious uevent": nothing is done; no map is made or remade from it.
+   */
   diskAdded(name: string): void {
     if (this.closed || !this.running || this.faults.multipathdMissesNewPaths()) return;
     this.track(
       this.mutex.run(async () => {
         if (!this.running) return;
         const disk = this.kernel.disk(name);
-        if (!disk) return;
-        if (!this.pathvec.includes(name)) this.pathvec.push(name);
+        if (!disk || this.pathvec.includes(name)) return;
+        this.pathvec.push(name);
         await this.evAddPath(disk, 'daemon');
       }),
     );

@@ -241,6 +241,30 @@ describe('device-mapper multipath on the simulated host', { timeout: 60_000 }, (
     expect(await run(services, 'multipathd', 'add', 'path', '/dev/sdz')).toMatchObject({ exitCode: 1, stdout: 'fail\n', stderr: '' });
   });
 
+  it('a late add uevent of a path `multipathd add path` took first is spurious: it does not remake the map flushed since', async () => {
+    // udev is slow: /dev/sda is there (devtmpfs) long before its uevent reaches multipathd.
+    const { sim, services } = await start({ deviceDelayMs: 1_000 });
+    await addTarget(sim, VOL1, PORTALS.slice(0, 1));
+    const { host } = await loginManual(sim, services, VOL1, PORTALS[0]);
+    await services.fs.writeFile(`/sys/class/scsi_host/host${host}/scan`, '- - 1');
+    await services.waiter.waitForPath('/dev/sda', { timeoutMs: 5_000 });
+    const byPath = `/dev/disk/by-path/ip-${PORTALS[0]}-iscsi-${VOL1}-lun-1`;
+    expect(await services.fs.exists(byPath)).toBe(false);
+
+    await run(services, 'multipath', '-a', W1);
+    expect((await run(services, 'multipathd', 'add', 'path', '/dev/sda')).stdout).toBe('ok\n');
+    expect((await sim.state()).maps.map((m) => [m.dm, m.paths.map((p) => p.device)])).toEqual([['dm-0', ['sda']]]);
+    expect(await run(services, 'multipath', '-f', W1)).toMatchObject({ exitCode: 0, stdout: '', stderr: '' });
+
+    // udev is done with sda now; multipathd has the path (an orphan since the flush): no map.
+    await services.waiter.waitForPath(byPath, { timeoutMs: 5_000 });
+    const state = await sim.state();
+    expect(state.maps).toEqual([]);
+    expect(state.multipathd.paths).toEqual(['sda']);
+    expect(await services.fs.exists('/sys/block/dm-0')).toBe(false);
+    expect(await services.fs.exists('/dev/dm-0')).toBe(false);
+  });
+
   it('never puts a path to a LUN with another WWN in the map', async () => {
     const { sim, services } = await start();
     await addTarget(sim, VOL1, [PORTALS[0]!]);
