@@ -103,6 +103,24 @@ describe('DELETE /v1/hosts/{host}', () => {
     expect(again.body).toMatchObject({ host: { id: null, name: 'h-1' }, alreadyGone: true, removed: false, attachments: [] });
   });
 
+  it('refuses a host with no agent and an attachment (409 liveness-unknown) until the caller asserts it is dead (assumeDead=true)', async () => {
+    const token = TOKENS.admin;
+    // h-7 never registered an agent: an orchestrator attached there through the three-phase API.
+    await attachedOn('h-7', 'web-7', 'db7');
+    const unknown = expectProblem(await t.request('DELETE', '/v1/hosts/h-7', { token }), 409, 'CONFLICT');
+    expect(unknown.details).toMatchObject({ reason: 'liveness-unknown' });
+    expect(unknown.hint).toContain('--assume-dead');
+    expect((await t.service.getVolume('db7')).status).toBe('in-use');
+    expectProblem(await t.request('DELETE', '/v1/hosts/h-7?assumeDead=yes', { token }), 400, 'VALIDATION');
+    expectProblem(await t.request('DELETE', '/v1/hosts/h-7?force=true', { token }), 400, 'VALIDATION');
+    expect((await t.service.getVolume('db7')).status).toBe('in-use');
+
+    const answer = await t.request('DELETE', '/v1/hosts/h-7?assumeDead=true', { token });
+    expect(answer.status, answer.text).toBe(200);
+    expect(answer.body).toMatchObject({ removed: true, attachments: [{ volume: 'db7', export: 'terminated', state: 'dropped', volumeStatus: 'available' }] });
+    expect((await t.service.getVolume('db7')).status).toBe('available');
+  });
+
   it('refuses the API\'s own host', async () => {
     const token = TOKENS.admin;
     expect((await t.request('POST', '/v1/servers', { token, json: { name: 'local-1' } })).status).toBe(201);
@@ -148,5 +166,14 @@ describe('berth host forget', () => {
     const forgot = await runCli(['host', 'forget', 'outside-9', '--yes'], local);
     expect(forgot).toMatchObject({ exitCode: 0, json: { host: { name: 'outside-9' }, removed: true, attachments: [], servers: [{ name: 'vm-9' }], agentTokens: [] } });
     expect((await t.service.listHosts()).map((h) => h.name)).not.toContain('outside-9');
+
+    // One with an attachment is berth's to judge no more: refused until --assume-dead.
+    await attachedOn('outside-8', 'vm-8', 'db8');
+    const refused = await runCli(['host', 'forget', 'outside-8', '--yes'], local);
+    expect(refused.exitCode).not.toBe(0);
+    expect(refused.json).toMatchObject({ error: { code: 'CONFLICT', message: expect.stringContaining('no berth agent'), hint: expect.stringContaining('--assume-dead') } });
+    expect((await t.service.getVolume('db8')).status).toBe('in-use');
+    const assumed = await runCli(['host', 'forget', 'outside-8', '--assume-dead', '--yes'], local);
+    expect(assumed).toMatchObject({ exitCode: 0, json: { removed: true, attachments: [{ volume: 'db8', state: 'dropped', volumeStatus: 'available' }] } });
   }, 120_000);
 });

@@ -52,6 +52,10 @@ export const zOperationQuery = zScopeQuery.extend({
 const zBooleanText = z.enum(['true', 'false']).transform((v) => v === 'true');
 /** `DELETE .../volume-attachments/{volume}`. */
 export const zDetachQuery = zScopeQuery.extend({ force: zBooleanText.optional().describe('go on through driver and backend errors') });
+/** `DELETE /v1/hosts/{host}`. */
+export const zForgetHostQuery = z.strictObject({
+  assumeDead: zBooleanText.optional().describe('the caller asserts the machine is dead (fenced): for a host with no agent, or operations a berth on it owns without a lease'),
+});
 
 // A connector's own keys are os-brick's; a third-party driver may add more, but only flat values:
 // nothing deep that a backend or the store would have to walk.

@@ -90,13 +90,21 @@ describe('RemoteBerthService', () => {
       deviceRecords: 1,
       agentTokens: ['agent-h3'],
     };
-    const remote = new RemoteBerthService({ url: 'http://api.test', fetch: scripted([{ status: 200, body: report }, { status: 200, body: { host: 'h-3' } }], seen) });
+    const remote = new RemoteBerthService({
+      url: 'http://api.test',
+      fetch: scripted([{ status: 200, body: report }, { status: 200, body: { host: 'h-3' } }, { status: 200, body: report }], seen),
+    });
     expect(await remote.forgetHost(' h-3 ')).toEqual(report);
     expect(seen[0]).toMatchObject({ method: 'DELETE', url: 'http://api.test/v1/hosts/h-3' });
     // An answer that is not a report is the server's fault, not a silent success.
     expect(await codeOf(remote.forgetHost('h-3'))).toBe('INTERNAL');
     expect(await codeOf(remote.forgetHost(''))).toBe('VALIDATION');
-    expect(seen).toHaveLength(2);
+    // The caller's assertion that the machine is dead goes as a query; a bad one never leaves.
+    expect(await remote.forgetHost('h-5', { assumeDead: true })).toEqual(report);
+    expect(seen[2]).toMatchObject({ method: 'DELETE', url: 'http://api.test/v1/hosts/h-5?assumeDead=true' });
+    expect(await codeOf(remote.forgetHost('h-5', { assumeDead: 'yes' } as never))).toBe('VALIDATION');
+    expect(await codeOf(remote.forgetHost('h-5', { force: true } as never))).toBe('VALIDATION');
+    expect(seen).toHaveLength(3);
   });
 
   it('attaches as start + long-poll of the outcome, and rethrows a failed operation\'s error', async () => {

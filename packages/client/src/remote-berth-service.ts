@@ -8,6 +8,7 @@ import {
   zCreateServerRequest,
   zCreateVolumeRequest,
   zDetachRequest,
+  zForgetHostOptions,
   zForgetHostReport,
   zHostRef,
   zOperation,
@@ -24,6 +25,7 @@ import {
   type CreateVolumeRequest,
   type DetachRequest,
   type DoctorEntry,
+  type ForgetHostOptions,
   type ForgetHostReport,
   type Host,
   type Operation,
@@ -170,10 +172,11 @@ export class RemoteBerthService implements BerthService {
   }
 
   /** `DELETE /v1/hosts/{host}` (admin): forget a host that is gone; the report of what was done. */
-  async forgetHost(ref: Ref): Promise<ForgetHostReport> {
+  async forgetHost(ref: Ref, options: ForgetHostOptions = {}): Promise<ForgetHostReport> {
     const host = parseWith(zHostRef, ref, 'host');
+    const { assumeDead } = parseWith(zForgetHostOptions, options, 'host forget options');
     // Each attachment's export is removed on the backend: as long as a reconcile may take.
-    const answer = await this.http.request({ method: 'DELETE', path: apiPath`/v1/hosts/${host}`, extraTimeoutMs: this.reconcileTimeoutMs });
+    const answer = await this.http.request({ method: 'DELETE', path: apiPath`/v1/hosts/${host}`, query: { assumeDead }, extraTimeoutMs: this.reconcileTimeoutMs });
     return checked(zForgetHostReport, answer.body, 'host forget report');
   }
 

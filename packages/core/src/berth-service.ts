@@ -16,6 +16,7 @@ import type { PipelineDeps } from './pipeline/context.js';
 import { OperationRunner } from './pipeline/operation-runner.js';
 import { serverConsumer } from './pipeline/server-consumer.js';
 import { runReconcile } from './reconcile/index.js';
+import type { ForgetHostOptions } from './requests.js';
 import type { DoctorEntry, ForgetHostReport, PluginReport, ReconcileOptions, ReconcileReport, RecoveryOutcome } from './reports.js';
 import * as attachments from './service/attachments.js';
 import { AgentWorkService } from './service/agent-work.js';
@@ -156,8 +157,8 @@ export class BerthServiceImpl implements BerthService {
     return this.parts.store.hosts.list();
   }
 
-  forgetHost(ref: Ref): Promise<ForgetHostReport> {
-    return forgetHost(this.parts, ref);
+  forgetHost(ref: Ref, options?: ForgetHostOptions): Promise<ForgetHostReport> {
+    return forgetHost(this.parts, ref, options);
   }
 
   // ---- attach / detach -----------------------------------------------------------------------

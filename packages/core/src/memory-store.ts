@@ -470,6 +470,7 @@ export function createMemoryStore(): Store {
         for (const id of renewed) tables.operationLeases.set(id, leaseUntil(ms));
         return renewed.sort();
       }),
+    leaseExpiry: (id) => alone(() => (tables.operations.has(id) ? (tables.operationLeases.get(id) ?? null) : undefined)),
     claimExpired: (owner, leaseMs, limit = DEFAULT_CLAIM_LIMIT) =>
       alone(() => {
         const ms = parseWith(zLeaseMs, leaseMs, 'operation lease');

@@ -28,6 +28,14 @@ export function ownerState(owner: string | null, hostname: string, self: string)
   return commandsOutlive(pid, ticks) ? { state: 'commands', pid } : { state: 'dead' };
 }
 
+/** The host an owner (`pid@host#ticks/token`) names, or undefined for one that names none. */
+export function ownerHost(owner: string | null): string | undefined {
+  if (owner === null) return undefined;
+  const process_ = owner.split('/')[0] ?? owner;
+  const at = process_.indexOf('@');
+  return at < 0 ? undefined : process_.slice(at + 1).split('#')[0];
+}
+
 /** Where /proc cannot tell: whether `pid` can be signalled (EPERM: it exists, as another user's). */
 function signalable(pid: number): boolean {
   try {

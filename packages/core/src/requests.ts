@@ -28,6 +28,17 @@ export const zCreateServerRequest = lazySchema(() => z.strictObject({
 /** `forgetHost` input: a host's name or id (spaces around it dropped). */
 export const zHostRef = lazySchema(() => z.string().trim().min(1, 'name the host').max(253, 'a host name is at most 253 characters'));
 
+/**
+ * `forgetHost` options. `assumeDead`: the caller asserts the machine is dead (fenced: powered off,
+ * cut from the storage network), for a host berth cannot judge itself — one with no agent record
+ * (a host only servers named, another replica's or an embedded berth's own host), or an operation
+ * a berth process on that host owns without a lease. It never overrides an agent heard from lately.
+ */
+export const zForgetHostOptions = lazySchema(() => z.strictObject({
+  assumeDead: z.boolean().optional(),
+}));
+export type ForgetHostOptions = z.input<typeof zForgetHostOptions>;
+
 /** `attach` input. */
 export const zAttachRequest = lazySchema(() => z.strictObject({
   volume: zRef,

@@ -3,6 +3,7 @@ import type { ConnectionInfo, Connector } from './connection.js';
 import type { DoctorEntry, ForgetHostReport, PluginReport, ReconcileOptions, ReconcileReport, RecoveryOutcome } from './reports.js';
 import type { Attachment, Host, Operation, OperationState, Server, Volume, VolumeStatus } from './model.js';
 import type { HypervisorInput } from './hypervisor.js';
+import type { ForgetHostOptions } from './requests.js';
 
 /** A reference to a volume or server: its id, or its name within the project. */
 export type Ref = string;
@@ -143,8 +144,13 @@ export interface BerthService {
    * as a forced detach's `terminate`) and its record, its volume's status is recomputed, the
    * operations a dead process left there end, its open work items are cancelled, and the host goes
    * with its servers and device records. A host not known is success (`alreadyGone`).
+   * `ref` is the host's id when UUID-shaped and a host has it, else its name (`pickHost`).
+   * A host with no agent record and attachments or running operations is refused (CONFLICT,
+   * `liveness-unknown`) unless `options.assumeDead`; so is an operation owned by a berth process on
+   * the host itself, judged by its lease (none: unless `assumeDead`). The agent is checked again
+   * before each export is removed and before the host goes: back online, it stops there (CONFLICT).
    */
-  forgetHost(ref: Ref): Promise<ForgetHostReport>;
+  forgetHost(ref: Ref, options?: ForgetHostOptions): Promise<ForgetHostReport>;
 
   /** Start an attach; the returned operation is journalled before this resolves. */
   startAttach(request: AttachRequest): Promise<StartedOperation>;

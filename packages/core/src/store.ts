@@ -328,6 +328,11 @@ export interface OperationRepository {
    * Operations without a lease are never taken.
    */
   claimExpired?(owner: string, leaseMs: number, limit?: number): Promise<Operation[]>;
+  /**
+   * When the operation's lease passes (ISO-8601): null for one without a lease, undefined for a
+   * missing operation. Optional (many hosts): a store without it has no leases to tell.
+   */
+  leaseExpiry?(id: string): Promise<string | null | undefined>;
 }
 
 /** Fields of a new work item (always created `pending`). */

@@ -121,6 +121,17 @@ export function describeManyHostsStoreConformance(name: string, open: () => Prom
         expect((await store.operations.require(mine.id)).owner).toBe('api-1');
       });
 
+      it('leaseExpiry tells when an operation\'s lease passes: null without one, undefined for no operation', async () => {
+        if (operations.leaseExpiry === undefined) return;
+        const leased = await store.operations.create({ kind: 'attach', owner: 'api-1', leaseMs: HOUR, deadlineAt });
+        const unleased = await store.operations.create({ kind: 'attach', owner: 'api-1', deadlineAt });
+        const until = Date.parse((await operations.leaseExpiry(leased.id)) ?? '');
+        expect(until - Date.now()).toBeGreaterThan(HOUR - 60_000);
+        expect(until - Date.now()).toBeLessThanOrEqual(HOUR + 1_000);
+        expect(await operations.leaseExpiry(unleased.id)).toBeNull();
+        expect(await operations.leaseExpiry('00000000-0000-4000-8000-000000000000')).toBeUndefined();
+      });
+
       it('claimExpired takes running operations whose lease passed, and only those', async () => {
         const expired = await store.operations.create({ kind: 'attach', owner: 'api-1', leaseMs: 0, deadlineAt });
         const live = await store.operations.create({ kind: 'attach', owner: 'api-1', leaseMs: HOUR, deadlineAt });

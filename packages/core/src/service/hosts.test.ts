@@ -3,11 +3,13 @@ import { describe, expect, it } from 'vitest';
 import { BerthServiceImpl } from '../berth-service.js';
 import { resolveConfig } from '../config.js';
 import type { Device } from '../connection.js';
+import { randomUUID } from 'node:crypto';
 import { BerthError } from '../errors.js';
 import { runHostStep } from '../host-steps/run-host-step.js';
 import { silentLogger } from '../logger.js';
 import { createMemoryStore } from '../memory-store.js';
 import type { Host } from '../model.js';
+import { pickHost } from './resolve.js';
 import type { Store } from '../store.js';
 import { memCatalog } from '../test-support.js';
 import { workItemErrorOf } from '../work-item.js';
@@ -277,6 +279,180 @@ describe('berth host forget', () => {
       expect(report.attachments).toEqual([expect.objectContaining({ id: reserved.attachment.id, status: 'reserved', export: 'none', state: 'dropped', volumeStatus: 'available' })]);
       expect(calls).not.toContain('terminate');
       expect((await service.getVolume('db1')).status).toBe('available');
+    } finally {
+      await close();
+    }
+  });
+
+  it('refuses a host with no agent record while it has attachments (berth cannot tell it is dead), unless the caller asserts it', async () => {
+    const { service, calls, close } = await fleet();
+    try {
+      await service.createVolume({ name: 'db5', sizeBytes: 2 ** 20 });
+      // h-5 never ran an agent (another replica's own host, an embedded berth's): an orchestrator attached there.
+      await service.createServer({ name: 'vm-5', host: 'h-5' });
+      const { attachment } = await service.reserveAttachment({ volume: 'db5', server: 'vm-5' });
+      await service.initializeAttachment(attachment.id, { host: 'h-5', initiator: 'iqn.2026-01.test:h-5' });
+      await service.completeAttachment(attachment.id);
+      calls.length = 0;
+
+      const unknown = await rejection(service.forgetHost('h-5'));
+      expect(unknown.code).toBe('CONFLICT');
+      expect(unknown.details).toMatchObject({ reason: 'liveness-unknown' });
+      expect(unknown.message).toContain('no berth agent');
+      expect(unknown.hint).toContain('berth host forget h-5 --assume-dead');
+      expect(unknown.hint).toContain('fence the machine first');
+      expect(calls).not.toContain('terminate');
+      expect((await service.getVolume('db5')).status).toBe('in-use');
+      expect((await rejection(service.forgetHost('h-5', { assumeDead: 'yes' } as never))).code).toBe('VALIDATION');
+      expect((await rejection(service.forgetHost('h-5', { assumeDead: true, force: true } as never))).code).toBe('VALIDATION');
+
+      const report = await service.forgetHost('h-5', { assumeDead: true });
+      expect(report).toMatchObject({ removed: true, attachments: [expect.objectContaining({ volume: 'db5', export: 'terminated', state: 'dropped', volumeStatus: 'available' })] });
+      expect(calls).toEqual(['terminate']);
+
+      // One with nothing attached and nothing running loses nothing: it goes (with its servers) without the assertion.
+      await service.createServer({ name: 'vm-6', host: 'h-6' });
+      expect(await service.forgetHost('h-6')).toMatchObject({ removed: true, servers: [{ name: 'vm-6' }] });
+    } finally {
+      await close();
+    }
+  });
+
+  it('checks the agent again before each export is removed and before the host goes: back online, it stops there', async () => {
+    let onTerminate = (): void => undefined;
+    const { service, store, calls, kill, close } = await fleet({
+      terminateFails: () => {
+        onTerminate();
+        return false;
+      },
+    });
+    try {
+      await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
+      await service.createVolume({ name: 'db2', sizeBytes: 2 ** 20 });
+      await service.attach({ volume: 'db1', server: 'web-7' });
+      await service.attach({ volume: 'db2', server: 'web-7' });
+      await kill();
+      calls.length = 0;
+      // The first export removal takes long enough for h-3 to boot again: its agent is heard from.
+      const get = store.hosts.get.bind(store.hosts);
+      onTerminate = () => {
+        store.hosts.get = async (id) => {
+          const host = await get(id);
+          return host?.agent ? { ...host, agent: { ...host.agent, lastSeenAt: new Date().toISOString() } } : host;
+        };
+      };
+      const back = await rejection(service.forgetHost('h-3'));
+      expect(back.code).toBe('CONFLICT');
+      expect(back.message).toContain('came back');
+      expect(back.details).toMatchObject({ reason: 'agent-online', dropped: [expect.any(String)] });
+      // One export removed, the other attachment untouched, the host kept.
+      expect(calls).toEqual(['terminate']);
+      const left = await service.listAttachments();
+      expect(left.map((a) => a.status)).toEqual(['attached']);
+      expect((await service.listHosts()).map((h) => h.name)).toContain('h-3');
+
+      // The same right before the host goes: its one attachment dropped, then it came back.
+      store.hosts.get = get;
+      onTerminate = () => undefined;
+      const last = await service.listAttachments();
+      onTerminate = () => {
+        store.hosts.get = async (id) => {
+          const host = await get(id);
+          return host?.agent ? { ...host, agent: { ...host.agent, lastSeenAt: new Date().toISOString() } } : host;
+        };
+      };
+      const atEnd = await rejection(service.forgetHost('h-3'));
+      expect(atEnd.details).toMatchObject({ reason: 'agent-online', dropped: [last[0]!.id] });
+      expect(await service.listAttachments()).toEqual([]);
+      expect((await service.listHosts()).map((h) => h.name)).toContain('h-3');
+    } finally {
+      await close();
+    }
+  });
+
+  it('ends an abandoned operation in one transaction: a failed write leaves it its dead owner\'s, and forget runs again', async () => {
+    const { service, store, kill, close } = await fleet();
+    try {
+      const db1 = await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
+      await service.attach({ volume: 'db1', server: 'web-7' });
+      await kill();
+      const h3 = (await store.hosts.findByName('h-3'))!;
+      const web7 = await service.getServer('web-7');
+      const [attachment] = await store.attachments.list({ hostId: h3.id });
+      const dead = '4194303@h-1';
+      const detach = await store.operations.create({ kind: 'detach', volumeId: db1.id, serverId: web7.id, attachmentId: attachment!.id, hostId: h3.id, owner: dead, deadlineAt: new Date(Date.now() + 60_000).toISOString() });
+      const item = await store.workItems!.create({ operationId: detach.id, hostId: h3.id, step: 'unpublish' });
+
+      // The database fails under the operation's end (its last write).
+      const finish = store.operations.finish.bind(store.operations);
+      store.operations.finish = async () => {
+        throw new BerthError('INTERNAL', 'the database went away');
+      };
+      expect((await rejection(service.forgetHost('h-3'))).message).toContain('the database went away');
+      store.operations.finish = finish;
+      // Nothing of it stayed: not this process's (which would renew it for good), its item pending, no journal row.
+      const kept = await store.operations.require(detach.id);
+      expect(kept).toMatchObject({ state: 'running', owner: dead, steps: [] });
+      expect((await store.workItems!.require(item.id)).state).toBe('pending');
+
+      const report = await service.forgetHost('h-3');
+      expect(report).toMatchObject({ removed: true, operations: [{ id: detach.id, kind: 'detach' }] });
+      expect((await store.operations.require(detach.id)).state).toBe('failed');
+    } finally {
+      await close();
+    }
+  });
+
+  it('judges an operation a berth on the forgotten host owns by its lease, or by the caller\'s assertion without one', async () => {
+    const { service, store, kill, close } = await fleet();
+    try {
+      const db1 = await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
+      await service.attach({ volume: 'db1', server: 'web-7' });
+      await kill();
+      const h3 = (await store.hosts.findByName('h-3'))!;
+      const web7 = await service.getServer('web-7');
+      const [attachment] = await store.attachments.list({ hostId: h3.id });
+      const on = { kind: 'detach' as const, volumeId: db1.id, serverId: web7.id, attachmentId: attachment!.id, hostId: h3.id, deadlineAt: new Date(Date.now() + 60_000).toISOString() };
+
+      // An embedded berth that ran on h-3 itself (a shared store), no lease: nothing here can tell it died.
+      const unleased = await store.operations.create({ ...on, owner: '4242@h-3#99' });
+      const refused = await rejection(service.forgetHost('h-3'));
+      expect(refused.details).toMatchObject({ reason: 'operations-running', operations: [unleased.id] });
+      expect(refused.hint).toContain('berth host forget h-3 --assume-dead');
+      // A replica on h-3 whose lease still runs: alive, whatever the caller says.
+      const leased = await store.operations.create({ ...on, owner: '4243@h-3', leaseMs: TEN_MINUTES });
+      expect((await rejection(service.forgetHost('h-3', { assumeDead: true }))).details).toMatchObject({ reason: 'operations-running', operations: [leased.id] });
+      await store.operations.finish(leased.id, { state: 'failed' });
+      // One whose lease passed: its replica stopped renewing it.
+      const expired = await store.operations.create({ ...on, owner: '4244@h-3', leaseMs: 0 });
+      expect((await rejection(service.forgetHost('h-3'))).details).toMatchObject({ operations: [unleased.id] });
+
+      const report = await service.forgetHost('h-3', { assumeDead: true });
+      expect(report.removed).toBe(true);
+      expect(report.operations.map((o) => o.id).sort()).toEqual([unleased.id, expired.id].sort());
+      expect(await store.operations.list({ state: 'running' })).toEqual([]);
+    } finally {
+      await close();
+    }
+  });
+
+  it('resolves a ref as every client does (pickHost): an id first, else a name, even a UUID-shaped one', async () => {
+    const { service, store, close } = await fleet();
+    try {
+      const h3 = (await store.hosts.findByName('h-3'))!;
+      const named = randomUUID();
+      await service.createServer({ name: 'vm-u', host: named });
+      // A host named with another host's id: the id wins, in the CLI's confirmation and the service alike.
+      await service.createServer({ name: 'vm-v', host: h3.id });
+      const hosts = await service.listHosts();
+      // A UUID-shaped name that is no host's id names that host (not `alreadyGone`).
+      const report = await service.forgetHost(named);
+      expect(report).toMatchObject({ alreadyGone: false, removed: true, host: { name: named }, servers: [{ name: 'vm-u' }] });
+      const online = await rejection(service.forgetHost(h3.id));
+      expect(online.details).toMatchObject({ hostId: h3.id, reason: 'agent-online' });
+      expect(pickHost(hosts, h3.id)?.name).toBe('h-3');
+      expect(pickHost(hosts, named)?.name).toBe(named);
+      expect((await service.listHosts()).map((h) => h.name)).toEqual(expect.arrayContaining(['h-3', h3.id]));
     } finally {
       await close();
     }

@@ -2,12 +2,12 @@ import { WORK_DONE_CHANNEL, workDoneNotice } from '../agent-protocol.js';
 import { zConnector, type Connector } from '../connection.js';
 import { BerthError, parseWith, toBerthError } from '../errors.js';
 import type { Attachment, AttachmentStatus, Host, Operation } from '../model.js';
-import { ownerState } from '../owner.js';
+import { ownerHost, ownerState } from '../owner.js';
 import { backendVolume, deleteAttachmentRecord, transitionAttachment } from '../pipeline/context.js';
 import { terminateUnshared } from '../pipeline/device-sharing.js';
 import { summarize } from '../pipeline/operation-runner.js';
 import type { ForgetHostReport, ForgottenAttachment } from '../reports.js';
-import { zHostRef } from '../requests.js';
+import { zForgetHostOptions, zHostRef, type ForgetHostOptions } from '../requests.js';
 import type { Store } from '../store.js';
 import type { ServiceParts } from './parts.js';
 import { isUuid } from './resolve.js';
@@ -25,11 +25,20 @@ const FORGET_STEP = 'forget_host';
 /** Attachment statuses that go through `detaching` before their record goes (as a detach does). */
 const DETACH_FIRST: readonly AttachmentStatus[] = ['attached', 'error_detaching', 'error_attaching'];
 
+/**
+ * The host `ref` names, as `berth host forget` and every client resolve it (`pickHost`): the host
+ * with that id when `ref` is UUID-shaped and one has it, else the host with that name.
+ */
+async function findHost(store: Store, ref: string): Promise<Host | undefined> {
+  return (isUuid(ref) ? await store.hosts.get(ref) : undefined) ?? (await store.hosts.findByName(ref));
+}
+
 /** Forget host `ref` (name or id): see `BerthService.forgetHost`. */
-export async function forgetHost(parts: ServiceParts, ref: string): Promise<ForgetHostReport> {
+export async function forgetHost(parts: ServiceParts, ref: string, options: ForgetHostOptions = {}): Promise<ForgetHostReport> {
   const { store, config, logger } = parts;
   const wanted = parseWith(zHostRef, ref, 'host');
-  const host = isUuid(wanted) ? await store.hosts.get(wanted) : await store.hosts.findByName(wanted);
+  const assumeDead = parseWith(zForgetHostOptions, options, 'host forget options').assumeDead === true;
+  const host = await findHost(store, wanted);
   const report: ForgetHostReport = {
     host: { id: host?.id ?? null, name: host?.name ?? wanted },
     alreadyGone: host === undefined,
@@ -49,9 +58,13 @@ export async function forgetHost(parts: ServiceParts, ref: string): Promise<Forg
   const onHost = await store.attachments.list({ hostId: host.id });
   const servers = await store.servers.list({ hostId: host.id });
   const running = await operationsOn(store, host, onHost, servers.map((s) => s.id));
+  // No agent record: nothing tells whether the machine runs (another replica's or an embedded
+  // berth's own host, a host only servers named). With something at stake, only the caller can say.
+  if (host.agent === null && !assumeDead && (onHost.length > 0 || running.length > 0)) throw livenessUnknown(host, onHost.length);
   // Nothing is touched while a live process works on the host: its operation ends by its deadline
   // (the agent is silent, so its host steps give up then), and forget is run again.
-  const live = running.filter((op) => ownerState(op.owner, parts.identity.hostname, parts.owner).state !== 'dead');
+  const live: Operation[] = [];
+  for (const op of running) if (await ownerLive(parts, host, op, assumeDead)) live.push(op);
   if (live.length > 0) throw busy(host, live);
 
   for (const operation of running) {
@@ -60,7 +73,7 @@ export async function forgetHost(parts: ServiceParts, ref: string): Promise<Forg
   }
   report.workItems = await cancelOpenWork(parts, host);
 
-  for (const attachment of onHost) report.attachments.push(await dropAttachment(parts, host, attachment));
+  for (const attachment of onHost) report.attachments.push(await dropAttachment(parts, host, attachment, assumeDead, report));
   if (report.attachments.some((a) => a.state !== 'dropped')) {
     logger.warn({ hostId: host.id, host: host.name, kept: report.attachments.filter((a) => a.state !== 'dropped').map((a) => a.id) }, 'host forget: some attachments could not be dropped; the host is kept');
     return report;
@@ -73,6 +86,7 @@ export async function forgetHost(parts: ServiceParts, ref: string): Promise<Forg
     report.servers.push({ id: server.id, name: server.name, projectId: server.projectId });
   }
   // The last word is the store's: a server, attachment or work item made meanwhile keeps the host.
+  await stillGone(parts, host, report);
   await store.hosts.delete(host.id);
   report.removed = true;
   report.deviceRecords = deviceRecords;
@@ -102,6 +116,56 @@ function refuseLiveHost(parts: ServiceParts, host: Host): void {
   }
 }
 
+/** CONFLICT for a host with no agent record and something at stake, unless the caller says it is dead. */
+function livenessUnknown(host: Host, attachments: number): BerthError {
+  return new BerthError('CONFLICT', `host ${host.name} has no berth agent: berth cannot tell whether it still runs (and writes to its ${attachments} attached volume(s)); nothing was changed`, {
+    hint: `fence the machine first (power it off, or cut it from the storage network), then run \`berth host forget ${host.name} --assume-dead\` (API: DELETE /v1/hosts/{host}?assumeDead=true)`,
+    details: { hostId: host.id, reason: 'liveness-unknown' },
+  });
+}
+
+/**
+ * Re-read the host and check again that its agent is silent, right before an export is removed
+ * and before the host goes: the check before the work is minutes old by then. CONFLICT, with
+ * what was done so far in `details`, when it came back (or the host went meanwhile).
+ */
+async function stillGone(parts: ServiceParts, host: Host, report: ForgetHostReport): Promise<void> {
+  const now = await parts.store.hosts.get(host.id);
+  const done = { dropped: report.attachments.filter((a) => a.state === 'dropped').map((a) => a.id), operations: report.operations.map((o) => o.id) };
+  if (now === undefined) {
+    throw new BerthError('CONFLICT', `host ${host.name} was removed by another process while it was being forgotten; nothing more was changed`, {
+      hint: 'see `berth host list`',
+      details: { hostId: host.id, reason: 'host-gone', ...done },
+    });
+  }
+  try {
+    refuseLiveHost(parts, now);
+  } catch (error) {
+    const e = toBerthError(error);
+    throw new BerthError('CONFLICT', `host ${host.name} came back while it was being forgotten (${e.message}); nothing more was changed`, {
+      hint: `the host runs: detach its remaining volumes with it (\`berth detach <volume>\`); what was dropped so far is listed in details`,
+      details: { ...e.details, ...done },
+      cause: e,
+    });
+  }
+}
+
+/**
+ * Whether the operation's owner may still be acting. An owner on the host being forgotten (a berth
+ * that ran there: embedded on a shared store, or a replica) is judged by the operation's lease,
+ * since the agent's silence says nothing of it and this process cannot look at its pid: alive
+ * until the lease passed; without a lease, alive unless the caller asserts the machine is dead.
+ * Any other owner as everywhere (`ownerState`).
+ */
+async function ownerLive(parts: ServiceParts, host: Host, op: Operation, assumeDead: boolean): Promise<boolean> {
+  if (host.name !== parts.identity.hostname && ownerHost(op.owner) === host.name) {
+    const expiry = await parts.store.operations.leaseExpiry?.(op.id);
+    if (typeof expiry === 'string') return Date.parse(expiry) > Date.now();
+    return !assumeDead;
+  }
+  return ownerState(op.owner, parts.identity.hostname, parts.owner).state !== 'dead';
+}
+
 /** The running operations on the host: by its id, or through one of its attachments or servers. */
 async function operationsOn(store: Store, host: Host, attachments: readonly Attachment[], serverIds: readonly string[]): Promise<Operation[]> {
   const attachmentIds = new Set(attachments.map((a) => a.id));
@@ -115,8 +179,12 @@ async function operationsOn(store: Store, host: Host, attachments: readonly Atta
 function busy(host: Host, operations: readonly Operation[]): BerthError {
   const latest = operations.map((op) => op.deadlineAt).sort().at(-1) ?? '';
   const ids = operations.map((op) => op.id);
+  // Owned by a berth process on the host itself without a lease: nothing here can tell it died.
+  const there = operations.some((op) => ownerHost(op.owner) === host.name);
   return new BerthError('CONFLICT', `${operations.length} operation(s) on host ${host.name} are still running in a live process (${operations.map((op) => `${op.kind} ${op.id}`).join(', ')}); nothing was changed`, {
-    hint: `they end by their deadline (the last at ${latest}, plus the time their undo takes), since the host's agent does not answer; see \`berth operation list --state running\`, then run \`berth host forget ${host.name}\` again`,
+    hint:
+      `they end by their deadline (the last at ${latest}, plus the time their undo takes), since the host's agent does not answer; see \`berth operation list --state running\`, then run \`berth host forget ${host.name}\` again` +
+      (there ? `; those a berth on ${host.name} itself owns end with it: once the machine is fenced (powered off), run \`berth host forget ${host.name} --assume-dead\`` : ''),
     details: { hostId: host.id, reason: 'operations-running', operations: ids },
   });
 }
@@ -129,32 +197,36 @@ function busy(host: Host, operations: readonly Operation[]): BerthError {
  */
 async function endAbandoned(parts: ServiceParts, host: Host, operation: Operation): Promise<void> {
   const { store, owner } = parts;
-  try {
-    await store.operations.setOwner(operation.id, owner, operation.owner);
-  } catch (error) {
-    const e = toBerthError(error);
-    throw new BerthError('CONFLICT', `operation ${operation.id} on host ${host.name} was taken over by another process meanwhile; nothing more was changed`, {
-      hint: `let it finish (\`berth operation show ${operation.id}\`), then run \`berth host forget ${host.name}\` again`,
-      details: { hostId: host.id, reason: 'operations-running', operations: [operation.id] },
-      cause: e,
+  // One transaction: taken over, items cancelled, journalled and finished, or nothing of it (a
+  // failure leaves the operation its dead owner's, for a later forget or recovery to take).
+  const end = (): Promise<void> =>
+    store.transaction(async (tx) => {
+      try {
+        await tx.operations.setOwner(operation.id, owner, operation.owner);
+      } catch (error) {
+        const e = toBerthError(error);
+        throw new BerthError('CONFLICT', `operation ${operation.id} on host ${host.name} was taken over by another process meanwhile; nothing more was changed`, {
+          hint: `let it finish (\`berth operation show ${operation.id}\`), then run \`berth host forget ${host.name}\` again`,
+          details: { hostId: host.id, reason: 'operations-running', operations: [operation.id] },
+          cause: e,
+        });
+      }
+      for (const item of (await tx.workItems?.list({ operationId: operation.id, state: ['pending', 'claimed'] })) ?? []) {
+        const cancelled = await tx.workItems?.cancel(item.id, { code: 'CANCELLED', message: `cancelled: host ${host.name} was forgotten` });
+        if (cancelled !== undefined) await tx.notifications?.notify(WORK_DONE_CHANNEL, workDoneNotice(cancelled));
+      }
+      // Fenced by this process's ownership, as every journal write of a process that took an operation over.
+      const seq = await tx.operations.startStep(operation.id, FORGET_STEP, 'undo', owner);
+      await tx.operations.endStep(operation.id, seq, { state: 'done', data: { hostId: host.id, host: host.name } }, owner);
+      await tx.operations.finish(operation.id, {
+        state: 'failed',
+        error: summarize(
+          new BerthError('CANCELLED', `host ${host.name} was forgotten (berth host forget) while this ${operation.kind} was unfinished: its host steps were not undone`, {
+            hint: 'the attachment was dropped and the export removed with the host; attach the volume elsewhere',
+          }),
+        ),
+      });
     });
-  }
-  const end = async (): Promise<void> => {
-    for (const item of (await store.workItems?.list({ operationId: operation.id, state: ['pending', 'claimed'] })) ?? []) {
-      await cancelItem(store, item.id, host);
-    }
-    // Fenced by this process's ownership, as every journal write of a process that took an operation over.
-    const seq = await store.operations.startStep(operation.id, FORGET_STEP, 'undo', owner);
-    await store.operations.endStep(operation.id, seq, { state: 'done', data: { hostId: host.id, host: host.name } }, owner);
-    await store.operations.finish(operation.id, {
-      state: 'failed',
-      error: summarize(
-        new BerthError('CANCELLED', `host ${host.name} was forgotten (berth host forget) while this ${operation.kind} was unfinished: its host steps were not undone`, {
-          hint: 'the attachment was dropped and the export removed with the host; attach the volume elsewhere',
-        }),
-      ),
-    });
-  };
   await (operation.volumeId === null ? end() : parts.volumeLocks.withLock(operation.volumeId, end));
 }
 
@@ -215,7 +287,7 @@ async function exportedTo(store: Store, attachment: Attachment, host: Host): Pro
  * record, in one transaction. A failed export removal keeps the record (`error_detaching` /
  * `error_attaching`, with the reason) and so the host: running forget again finishes it.
  */
-async function dropAttachment(parts: ServiceParts, host: Host, found: Attachment): Promise<ForgottenAttachment> {
+async function dropAttachment(parts: ServiceParts, host: Host, found: Attachment, assumeDead: boolean, report: ForgetHostReport): Promise<ForgottenAttachment> {
   const { store, catalog, config } = parts;
   const volume = await store.volumes.get(found.volumeId);
   const server = await store.servers.get(found.serverId);
@@ -235,10 +307,13 @@ async function dropAttachment(parts: ServiceParts, host: Host, found: Attachment
   return parts.volumeLocks.withLock(found.volumeId, async () => {
     let attachment = await store.attachments.get(found.id);
     if (attachment === undefined) return { ...entry, volumeStatus: (await store.volumes.get(found.volumeId))?.status ?? null };
-    const owners = (await store.operations.list({ state: 'running', volumeId: attachment.volumeId })).filter(
-      (op) => op.attachmentId === attachment?.id && ownerState(op.owner, parts.identity.hostname, parts.owner).state !== 'dead',
-    );
+    const owners: Operation[] = [];
+    for (const op of await store.operations.list({ state: 'running', volumeId: attachment.volumeId })) {
+      if (op.attachmentId === attachment.id && (await ownerLive(parts, host, op, assumeDead))) owners.push(op);
+    }
     if (owners.length > 0) return failed('skipped', busy(host, owners));
+    // Right before its export goes: the host may have come back since forget began (CONFLICT, the rest left).
+    await stillGone(parts, host, report);
     try {
       const current = await store.volumes.require(attachment.volumeId);
       if (DETACH_FIRST.includes(attachment.status)) {

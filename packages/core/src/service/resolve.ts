@@ -9,6 +9,14 @@ import type { Store } from '../store.js';
 // (most references are names, and a failed safeParse costs more than the lookup's own work).
 export const isUuid = (ref: string): boolean => ref.length === 36 && zId.safeParse(ref).success;
 
+/**
+ * The host `ref` names among `hosts`, as `forgetHost` resolves it: the one with that id when `ref`
+ * is UUID-shaped and one has it, else the one with that name (a host may be named like a UUID).
+ */
+export function pickHost<T extends { id: string; name: string }>(hosts: readonly T[], ref: string): T | undefined {
+  return (isUuid(ref) ? hosts.find((h) => h.id === ref) : undefined) ?? hosts.find((h) => h.name === ref);
+}
+
 /** The project a request acts in. */
 export function projectOf(config: BerthConfig, scope: ProjectScope): string {
   return scope.projectId ?? config.defaultProject;

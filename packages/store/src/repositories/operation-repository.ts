@@ -476,6 +476,11 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
       return rows.map((row) => row.id).sort();
     },
 
+    async leaseExpiry(id: string): Promise<string | null | undefined> {
+      const row = await ctx.db().selectFrom('operations').select('lease_expires_at').where('id', '=', id).executeTakeFirst();
+      return row === undefined ? undefined : row.lease_expires_at;
+    },
+
     async claimExpired(owner: string, leaseMs: number, limit = DEFAULT_CLAIM_LIMIT): Promise<Operation[]> {
       const ms = parseWith(zLeaseMs, leaseMs, 'operation lease');
       const max = parseWith(zClaimLimit, limit, 'claim limit');

@@ -1,5 +1,5 @@
-import { Args, ux } from '@oclif/core';
-import { ERROR_CODES, EXIT_CODES, parseWith, zHostRef, type BerthErrorCode, type ForgetHostReport, type ForgottenAttachment } from '@berth/core';
+import { Args, Flags, ux } from '@oclif/core';
+import { ERROR_CODES, EXIT_CODES, parseWith, pickHost, zForgetHostOptions, zHostRef, type BerthErrorCode, type ForgetHostReport, type ForgottenAttachment } from '@berth/core';
 import { BaseCommand, outputFlag, yesFlag } from '../../base-command.js';
 import { renderTable, type Column } from '../../table.js';
 
@@ -26,7 +26,11 @@ export default class HostForget extends BaseCommand<typeof HostForget> {
     'operations a dead berth left on the host end (failed, CANCELLED), the host\'s pending agent work is',
     'cancelled, and its servers and the host are removed. Refused while the host\'s `berth agent` is online',
     '(heard from within agent.offlineAfterMs), for the host berth runs on, and while a live berth process',
-    'runs an operation there (nothing is changed: run it again once those have ended). An attachment whose',
+    'runs an operation there (nothing is changed: run it again once those have ended). A host that never',
+    'ran `berth agent` (another replica\'s or an embedded berth\'s own host) with attachments, or an operation',
+    'a berth on the host itself owns without a lease, cannot be judged dead by berth: refused unless',
+    '--assume-dead. The agent is checked again before each export is removed and before the host goes: if',
+    'it came back, forget stops there. An attachment whose',
     'export cannot be removed is kept, and so is the host: fix the cause and run it again, which finishes',
     'it; a host already forgotten is nothing to do. Fence the machine first (power it off): if it still',
     'runs, a device it connected keeps writing to a volume that may then be attached elsewhere. The config\'s',
@@ -36,6 +40,7 @@ export default class HostForget extends BaseCommand<typeof HostForget> {
   static override examples = [
     '<%= config.bin %> <%= command.id %> h-3',
     '<%= config.bin %> <%= command.id %> h-3 --yes --json',
+    '<%= config.bin %> <%= command.id %> h-5 --assume-dead   # h-5 has no agent; powered off first',
     '<%= config.bin %> <%= command.id %> h-3 --yes --api https://controller:8776',
   ];
 
@@ -46,20 +51,29 @@ export default class HostForget extends BaseCommand<typeof HostForget> {
   static override flags = {
     yes: yesFlag,
     output: outputFlag,
+    'assume-dead': Flags.boolean({
+      description:
+        'Assert the machine is dead, for what berth cannot judge itself: a host with no agent, or operations a berth on that host owns without a lease. FENCE THE MACHINE FIRST (power it off, or cut it from the storage network): if it still runs, it keeps writing to volumes that may then be attached elsewhere. Never overrides an agent heard from lately',
+      default: false,
+    }),
   };
 
   async run(): Promise<ForgetHostReport> {
     const ref = parseWith(zHostRef, this.args.host, 'host');
+    const options = parseWith(zForgetHostOptions, this.flags['assume-dead'] ? { assumeDead: true } : {}, 'host forget options');
     const berth = await this.berth();
-    const known = (await berth.listHosts()).find((h) => h.id === ref || h.name === ref);
+    // Resolved as the service resolves it: the host confirmed is the host forgotten.
+    const hosts = await berth.listHosts();
+    const known = pickHost(hosts, ref);
     // A host not known is nothing to destroy: no question, the service says so.
     if (known !== undefined) {
       await this.confirm(
-        `Forget host ${known.name} (${known.id}) for good, dropping its attachments without it and freeing their volumes?`,
-        `berth host forget ${known.name}`,
+        `Forget host ${known.name} (${known.id}) for good, dropping its attachments without it and freeing their volumes${options.assumeDead === true ? ' (you assert the machine is dead and fenced)' : ''}?`,
+        // Its name, unless that names another host's id.
+        `berth host forget ${pickHost(hosts, known.name) === known ? known.name : known.id}${options.assumeDead === true ? ' --assume-dead' : ''}`,
       );
     }
-    const report = await this.withSpinner(`Forgetting host ${known?.name ?? ref}`, () => berth.forgetHost(ref));
+    const report = await this.withSpinner(`Forgetting host ${known?.name ?? ref}`, () => berth.forgetHost(ref, options));
     this.print(report);
     const firstFailure = report.attachments.find((a) => a.state !== 'dropped');
     if (firstFailure) process.exitCode = isErrorCode(firstFailure.errorCode) ? EXIT_CODES[firstFailure.errorCode] : 1;
