@@ -86,3 +86,22 @@ describe('a single-path login killed while iscsid still carries it on', { timeou
     expect(await leftOnHost(env)).toEqual({ sessions: 0, record: false });
   });
 });
+
+describe('iscsid\'s login keys on the record', { timeout: 60_000 }, () => {
+  it('by default 10 s × 2 attempts: a target slow to answer a login (a busy array, CHAP under load) gets 10 s per attempt, and the 20 s bound stays under the 30 s command timeout', async () => {
+    env = await startSimEnv({ targets: [targetSpec(IQN, 1)] });
+    await env.driver.connect(connectionFor(IQN, 1), call(20_000, randomUUID()));
+    const record = await env.nodeRecord(IQN, PORTAL);
+    expect(record?.['node.conn[0].timeo.login_timeout']).toBe('10');
+    expect(record?.['node.session.initial_login_retry_max']).toBe('2');
+  });
+
+  it('a config with a command timeout shorter than the default bound still starts after the upgrade: the keys are derived to fit under it', async () => {
+    // 12 s: 7 s left for iscsid after the 5 s margin, 3 s × 2 attempts. It was refused (below 25 s).
+    env = await startSimEnv({ targets: [targetSpec(IQN, 1)], driver: { commandTimeoutMs: 12_000 } });
+    await env.driver.connect(connectionFor(IQN, 1), call(20_000, randomUUID()));
+    const record = await env.nodeRecord(IQN, PORTAL);
+    expect(record?.['node.conn[0].timeo.login_timeout']).toBe('3');
+    expect(record?.['node.session.initial_login_retry_max']).toBe('2');
+  });
+});
