@@ -109,7 +109,19 @@ export function withoutLeft(entries: readonly LeftLoginEntry[], done: readonly L
 export async function finishLeftLogin(
   host: LeftLoginHost,
   left: LeftPath,
-  options: { signal: AbortSignal | undefined; failures: FailureList; keep?: readonly string[]; wait: boolean },
+  options: {
+    signal: AbortSignal | undefined;
+    failures: FailureList;
+    keep?: readonly string[];
+    wait: boolean;
+    /**
+     * The wait's timers do not keep the process alive (`watchLeftLogins`: a CLI that is done
+     * exits, and the state keeps what is left). Without it a caller awaits the finish, so its
+     * timers are ref'd: a CLI whose other timers are all unref'd (a rollback's disconnect waiting
+     * for a login) would otherwise exit mid-wait, with the operation still running.
+     */
+    background?: boolean;
+  },
 ): Promise<'done' | 'pending'> {
   const { fs, lifecycle, logger } = host;
   const { target } = left;
@@ -118,8 +130,9 @@ export async function finishLeftLogin(
     logger.info({ iqn: target.iqn, portal: target.portalText, until: new Date(left.until).toISOString() }, 'waiting for a given-up login: iscsid may still bring its session up until its bound');
   }
   for (let look = 0; options.wait && session === undefined && Date.now() < left.until; look++) {
-    // Unref'd: a CLI that is done exits; the state keeps what is left for the next call.
-    await delay(Math.min(LOOK_MS[Math.min(look, LOOK_MS.length - 1)]!, Math.max(0, left.until - Date.now())), undefined, { ref: false, ...(options.signal === undefined ? {} : { signal: options.signal }) });
+    // Ref'd while a caller waits on it; unref'd in the background watcher only.
+    const ms = Math.min(LOOK_MS[Math.min(look, LOOK_MS.length - 1)]!, Math.max(0, left.until - Date.now()));
+    await delay(ms, undefined, { ref: options.background !== true, ...(options.signal === undefined ? {} : { signal: options.signal }) });
     session = await findIscsiSession(fs, target);
   }
   if (session === undefined && Date.now() < left.until) return 'pending';
@@ -143,7 +156,7 @@ export function watchLeftLogins(host: LeftLoginHost, lefts: readonly LeftPath[],
     void (async () => {
       const failures = new FailureList(true);
       for (let look = 0; ; look++) {
-        const outcome = await finishLeftLogin(host, left, { signal: undefined, failures, wait: true });
+        const outcome = await finishLeftLogin(host, left, { signal: undefined, failures, wait: true, background: true });
         if (outcome === 'done') break;
         // A connect of the target in flight: ask again after it (bounded: the next call finishes it).
         if (look >= LOOK_MS.length) return;

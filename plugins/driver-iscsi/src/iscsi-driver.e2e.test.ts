@@ -261,7 +261,7 @@ describe('failures and deadlines', () => {
     expect(Date.now() - started).toBeLessThan(10_000);
     expect(error.code).toBe('TIMEOUT');
     expect(error.message).toMatch(/exit 8/);
-    // iscsid tried initial_login_retry_max (4) times itself: a network failure is not run again.
+    // iscsid tried initial_login_retry_max (2) times itself: a network failure is not run again.
     expect(env.logins()).toBe(1);
     await expectNothingLeft(env);
   });

@@ -161,16 +161,16 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
    */
   async function finishLeftOfStates(): Promise<void> {
     for (const state of await states.list().catch(() => [] as AttachState[])) {
-      const lefts = leftPathsOf(state);
-      const first = lefts[0];
-      if (first === undefined) continue;
-      await lunLocks.withLock(lunKey(first.target), async () => {
-        const failures = new FailureList(true);
-        const done: LeftPath[] = [];
-        for (const left of lefts) if ((await finishLeftLogin({ fs, lifecycle, logger }, left, { signal: undefined, failures, wait: false })) === 'done') done.push(left);
-        if (failures.size === 0) await forgetLeft(state.volumeId, done);
-        else logger.warn({ volumeId: state.volumeId, errors: failures.size }, 'a given-up login could not be finished; the next detach or reconcile tries again');
-      });
+      // Each login under its own target's lock (a volume's logins may be at several targets, when
+      // its connection_info changed between attaches), and forgotten under it.
+      for (const left of leftPathsOf(state)) {
+        await lunLocks.withLock(lunKey(left.target), async () => {
+          const failures = new FailureList(true);
+          const outcome = await finishLeftLogin({ fs, lifecycle, logger }, left, { signal: undefined, failures, wait: false });
+          if (failures.size > 0) logger.warn({ volumeId: state.volumeId, portal: left.target.portalText, errors: failures.size }, 'a given-up login could not be finished; the next detach or reconcile tries again');
+          else if (outcome === 'done') await forgetLeft(state.volumeId, [left]);
+        });
+      }
     }
   }
 
