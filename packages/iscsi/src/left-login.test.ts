@@ -2,6 +2,9 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import type { Logger } from '@berth/core';
+import { forgetLeftLogins, leftEntryOf, saveLeftLogins, type LeftLoginEntry, type LeftLoginStates, type LeftPath } from './left-login.js';
+import { toPortal } from './target.js';
 
 // The package's build (turbo's `test` depends on it): a child Node process runs the compiled
 // module, as the CLI does.
@@ -52,5 +55,51 @@ describe('finishLeftLogin keeps a process alive while a caller waits on it', { t
     const result = await run(true);
     expect(result.code).toBe(13);
     expect(result.out).toBe('');
+  });
+});
+
+describe('saveLeftLogins / forgetLeftLogins: the left logins in a transport\'s attach state', () => {
+  interface State { volumeId: string; device?: string; other?: number; left_logins?: LeftLoginEntry[] }
+  /** A store in memory, as `AttachStateFileStore` is on disk. */
+  function memoryStates(): LeftLoginStates<State> & { all: Map<string, State> } {
+    const all = new Map<string, State>();
+    return {
+      all,
+      load: async (id) => all.get(id),
+      save: async (s) => void all.set(s.volumeId, structuredClone(s)),
+      remove: async (id) => void all.delete(id),
+    };
+  }
+  const logger = { info() {}, warn() {}, debug() {}, error() {}, child() { return logger; } } as unknown as Logger;
+  const at = (portal: string, startedAt: number): LeftPath => ({
+    target: { iqn: 'iqn.2026-01.test.berth:left', portal: toPortal(portal), portalText: portal, lun: 1, kernelLun: 1 },
+    startedAt,
+    until: startedAt + 10_000,
+  });
+
+  it('a failed connect with no earlier state: a state with only the logins; forgetting the last one removes it', async () => {
+    const states = memoryStates();
+    const [a, b] = [at('192.0.2.1:3260', 1_000), at('192.0.2.2:3260', 1_000)];
+    await saveLeftLogins(states, undefined, () => ({ volumeId: 'v' }), [a, b], logger);
+    expect(states.all.get('v')?.left_logins?.map((e) => e.target_portal)).toEqual(['192.0.2.1:3260', '192.0.2.2:3260']);
+    await forgetLeftLogins(states, 'v', [a]);
+    expect(states.all.get('v')?.left_logins?.map((e) => e.target_portal)).toEqual(['192.0.2.2:3260']);
+    await forgetLeftLogins(states, 'v', [b]);
+    expect(states.all.has('v')).toBe(false);
+  });
+
+  it('an earlier state keeps its device and the rest; one login per portal (the later wins); forgetting the last keeps the state', async () => {
+    const states = memoryStates();
+    const earlier = at('192.0.2.1:3260', 1_000);
+    const previous: State = { volumeId: 'v', device: '/dev/dm-0', other: 7, left_logins: [leftEntryOf(earlier)] };
+    await states.save(previous);
+    const later = at('192.0.2.1:3260', 2_000);
+    await saveLeftLogins(states, previous, () => ({ volumeId: 'v' }), [later], logger);
+    expect(states.all.get('v')).toEqual({ ...previous, left_logins: [leftEntryOf(later)] });
+    // An entry no longer in the state (the earlier one) changes nothing.
+    await forgetLeftLogins(states, 'v', [earlier]);
+    expect(states.all.get('v')?.left_logins).toHaveLength(1);
+    await forgetLeftLogins(states, 'v', [later]);
+    expect(states.all.get('v')).toEqual({ volumeId: 'v', device: '/dev/dm-0', other: 7 });
   });
 });

@@ -1,6 +1,6 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import { z } from '@berth/core/zod';
-import { lazySchema, type Logger } from '@berth/core';
+import { BerthError, lazySchema, type Logger } from '@berth/core';
 import type { HostFs } from '@berth/host';
 import { FailureList } from './failure-list.js';
 import { findIscsiSession } from './iscsi-sysfs.js';
@@ -97,6 +97,76 @@ export function mergeLeft(...lists: ReadonlyArray<readonly LeftPath[]>): LeftPat
 export function withoutLeft(entries: readonly LeftLoginEntry[], done: readonly LeftPath[]): LeftLoginEntry[] {
   const gone = new Set(done.map((d) => JSON.stringify(leftEntryOf(d))));
   return entries.filter((e) => !gone.has(JSON.stringify(e)));
+}
+
+/** The slice of a transport's attach state the left logins need: a state with no `device` holds only them. */
+export interface LeftLoginState {
+  volumeId: string;
+  device?: string | undefined;
+  left_logins?: LeftLoginEntry[] | undefined;
+}
+
+/** The attach state store calls the left logins need (`AttachStateFileStore` has them). */
+export interface LeftLoginStates<S extends LeftLoginState> {
+  load(volumeId: string): Promise<S | undefined>;
+  save(state: S): Promise<void>;
+  remove(volumeId: string): Promise<void>;
+}
+
+/**
+ * Keep in the volume's state what a failed connect left to iscsid, with any earlier ones (one per
+ * portal): `previous` (the state before the connect, device and all) or else `fresh` (a state with
+ * no device, only the logins), so the rollback's disconnect, a reconcile or a later connect finishes
+ * them in any process. A save that fails only warns: the caller's watcher still finishes them here.
+ */
+export async function saveLeftLogins<S extends LeftLoginState>(
+  states: LeftLoginStates<S>,
+  previous: S | undefined,
+  fresh: () => S,
+  left: readonly LeftPath[],
+  logger: Logger,
+): Promise<void> {
+  const base = previous ?? fresh();
+  const lefts = mergeLeft(leftPathsOf(previous), left);
+  await states.save({ ...base, left_logins: lefts.map(leftEntryOf) }).catch((error: unknown) => {
+    logger.warn({ volumeId: base.volumeId, portals: left.map((l) => l.target.portalText), error: messageOf(error) }, 'could not save the given-up login in the attach state: only this process finishes it');
+  });
+}
+
+/** Take `done` out of the volume's state; a state left with neither a device nor a login goes. */
+export async function forgetLeftLogins<S extends LeftLoginState>(states: LeftLoginStates<S>, volumeId: string, done: readonly LeftPath[]): Promise<void> {
+  const state = await states.load(volumeId).catch(() => undefined);
+  if (state?.left_logins === undefined) return;
+  const rest = withoutLeft(state.left_logins, done);
+  if (rest.length === state.left_logins.length) return;
+  if (rest.length === 0 && state.device === undefined) {
+    await states.remove(volumeId);
+    return;
+  }
+  const kept: S = { ...state, left_logins: rest };
+  if (rest.length === 0) delete kept.left_logins;
+  await states.save(kept);
+}
+
+/**
+ * Finish a left login for a disconnect, waiting for it (within `signal`); a connect of the target
+ * in flight is a failure in `failures` (the state stays for a retry), as is any error.
+ */
+export async function finishLeftLoginForDetach(
+  host: LeftLoginHost,
+  left: LeftPath,
+  options: { signal: AbortSignal; failures: FailureList; keep: readonly string[] },
+): Promise<void> {
+  const step = `finish the login given up at ${left.target.portalText}`;
+  const outcome = await finishLeftLogin(host, left, { ...options, wait: true }).catch((error: unknown) => {
+    options.failures.add(step, error);
+    return 'failed' as const;
+  });
+  if (outcome === 'pending') {
+    options.failures.add(step, new BerthError('TIMEOUT', `a connect of ${left.target.iqn} at ${left.target.portalText} is in flight: the login an earlier attach gave up there is left to it`, {
+      hint: 'detach again once the other attach is done',
+    }));
+  }
 }
 
 /**

@@ -20,33 +20,35 @@ export const zAttachPath = lazySchema(() => z.object({
 /**
  * What the transport remembers about a connected volume, without any secret (Kubernetes keeps
  * the same in its iscsi.json): enough for a disconnect after a restart, when the caller no longer
- * has the device.
+ * has the device. A connect that failed while iscsid may still carry logins on leaves a state with
+ * only those logins (`left_logins`; no `mode`, `device`, `scsi_wwn`, `connectedAt`; every path
+ * `failed`): the rollback's disconnect, a reconcile or a later connect finishes them, in this
+ * process or another.
  */
 export const zAttachState = lazySchema(() => z.object({
   version: z.literal(1),
   volumeId: zStateVolumeId,
   /** `multipath`: `device` is a dm map over the paths; `single`: degraded to one `/dev/sdX`. */
-  mode: z.enum(['multipath', 'single']),
-  /** The device handed out: `/dev/dm-N`, or `/dev/sdX` in single mode. */
-  device: z.string(),
+  mode: z.enum(['multipath', 'single']).optional(),
+  /** The device handed out: `/dev/dm-N`, or `/dev/sdX` in single mode (absent: no device, only `left_logins`). */
+  device: z.string().optional(),
   /** `dm-N` and its map name (the wwid unless user_friendly_names), in multipath mode. */
   dm: z.string().optional(),
   mapName: z.string().optional(),
-  scsi_wwn: z.string(),
+  scsi_wwn: z.string().optional(),
   /** The connection's `target_iqn`/`target_portal`/`target_lun` (or its first listed path): what names the volume. */
   target_iqn: z.string(),
   target_portal: z.string(),
   target_lun: z.number().int().nonnegative(),
   /** Every path the attach tried, with what became of it. */
   paths: z.array(zAttachPath),
-  connectedAt: z.string(),
-  /** Logins given up that iscsid may still carry on, until finished (absent in states written before it). */
+  connectedAt: z.string().optional(),
+  /** Logins given up that iscsid may still carry on, until finished (absent in states written before it, and when there are none). */
   left_logins: z.array(zLeftLogin).optional(),
 }));
 
 /** One volume's persisted attach state. */
 export type AttachState = z.output<typeof zAttachState>;
-
 
 /** One path of a persisted attach state. */
 export type AttachPath = z.output<typeof zAttachPath>;

@@ -114,9 +114,11 @@ export async function connectedDevices(ctx: MultipathContext): Promise<Connected
     });
   }
   for (const state of saved) {
-    if (state.mode !== 'single' || seen.has(state.device)) continue;
-    const name = state.device.slice('/dev/'.length);
-    const path0 = state.paths.find((p) => p.device === state.device);
+    // A state with only given-up logins (no device) lists nothing.
+    const statedDevice = state.device;
+    if (state.mode !== 'single' || statedDevice === undefined || seen.has(statedDevice)) continue;
+    const name = statedDevice.slice('/dev/'.length);
+    const path0 = state.paths.find((p) => p.device === statedDevice);
     if (path0 === undefined) continue;
     let portal;
     try {
@@ -128,9 +130,9 @@ export async function connectedDevices(ctx: MultipathContext): Promise<Connected
     if (lun === undefined) continue;
     out.push({
       device: {
-        path: state.device,
+        path: statedDevice,
         type: 'block',
-        scsi_wwn: state.scsi_wwn,
+        ...(state.scsi_wwn === undefined ? {} : { scsi_wwn: state.scsi_wwn }),
         meta: { mode: 'single', volumeId: state.volumeId },
         identity: scsiIdentity(lun.sid, formatHctl(lun.hctl), state.scsi_wwn || undefined),
       },

@@ -1,5 +1,5 @@
 import { BerthError, type Device, type DisconnectOptions } from '@berth/core';
-import { checkIdentity, devPath, FailureList, holdersOf, identityAt, inUseBy, messageOf, slavesOf, targetKey, withRetry, finishLeftLogin, leftPathsOf } from '@berth/iscsi';
+import { checkIdentity, devPath, FailureList, holdersOf, identityAt, inUseBy, messageOf, slavesOf, targetKey, withRetry, finishLeftLoginForDetach, leftPathsOf } from '@berth/iscsi';
 import type { AttachState } from './attach-state.js';
 import type { MultipathVolume, PathTarget } from './multipath-connection.js';
 import type { MultipathContext } from './multipath-context.js';
@@ -96,8 +96,13 @@ export async function disconnectVolume(
 
   // One logout per portal, and only where no other LUN uses the session. A disk of the volume's
   // LUN that appeared since the listing (a scan an interrupted connect wrote) goes with it.
+  // A portal with a login an attach gave up is not decided here: with no session yet the plain
+  // decision would delete the record iscsid still logs in with (the session then comes up owned by
+  // nobody). Its left login is finished below instead, once its session is there or its bound passed.
+  const lefts = leftPathsOf(state);
+  const leftAt = new Set(lefts.map((l) => targetKey(l.target)));
   const byTarget = new Map<string, PathTarget>();
-  for (const p of located) if (!byTarget.has(targetKey(p.target))) byTarget.set(targetKey(p.target), p.target);
+  for (const p of located) if (!byTarget.has(targetKey(p.target)) && !leftAt.has(targetKey(p.target))) byTarget.set(targetKey(p.target), p.target);
   const removals = new Map<string, Promise<boolean>>();
   await Promise.all(
     [...byTarget.values()].map((target) =>
@@ -118,20 +123,7 @@ export async function disconnectVolume(
   // Logins an attach gave up that iscsid may have carried on: a session that came has no disk, and
   // its record was kept. Each goes once its session is there or iscsid's bound passed (waited
   // for, within the signal), unless the session serves another LUN or attachment.
-  await Promise.all(
-    leftPathsOf(state).map(async (left) => {
-      const step = `finish the login given up at ${left.target.portalText}`;
-      const outcome = await finishLeftLogin(ctx, left, { signal, failures, keep, wait: true }).catch((error: unknown) => {
-        failures.add(step, error);
-        return 'failed' as const;
-      });
-      if (outcome === 'pending') {
-        failures.add(step, new BerthError('TIMEOUT', `a connect of ${left.target.iqn} at ${left.target.portalText} is in flight: the login an earlier attach gave up there is left to it`, {
-          hint: 'detach again once the other attach is done',
-        }));
-      }
-    }),
-  );
+  await Promise.all(lefts.map((left) => finishLeftLoginForDetach(ctx, left, { signal, failures, keep })));
 
   if (failures.size === 0 && keep.length === 0) await forgetStates(ctx, volume, volumeId);
   failures.throwIfAny(what);

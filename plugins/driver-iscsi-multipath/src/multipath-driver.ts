@@ -16,13 +16,13 @@ import {
   type TransportCallContext,
   type TransportDriver,
 } from '@berth/core';
-import { contextualError, FailureList, ISCSI_SOURCE_KEYS, iscsiTransportKit, MultipathClient, portalBudget, readInitiatorName, targetKey, zStateVolumeId, finishLeftLogin, leftEntryOf, leftPathsOf, mergeLeft, watchLeftLogins, withoutLeft, type LeftPath } from '@berth/iscsi';
+import { contextualError, FailureList, ISCSI_SOURCE_KEYS, iscsiTransportKit, MultipathClient, portalBudget, readInitiatorName, targetKey, zStateVolumeId, finishLeftLogin, forgetLeftLogins, leftEntryOf, leftPathsOf, mergeLeft, saveLeftLogins, watchLeftLogins, type LeftPath } from '@berth/iscsi';
 import { AttachStateStore, type AttachState } from './attach-state.js';
 import { discoverPaths } from './discovery.js';
 import { checkMultipathHost } from './host-check.js';
 import { buildMap, dropMap, keepFirstPathOnly } from './map-phase.js';
 import { connectedDevices, pathStates } from './multipath-connected.js';
-import { parseMultipathConnection, volumeKey, type MultipathVolume, type PathTarget } from './multipath-connection.js';
+import { lunKey, parseMultipathConnection, volumeKey, type MultipathVolume, type PathTarget } from './multipath-connection.js';
 import type { MultipathContext } from './multipath-context.js';
 import { disconnectVolume } from './multipath-disconnect.js';
 import type { MultipathMap } from './multipath-map.js';
@@ -134,8 +134,13 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
       // Only this connect's own map: one that was there before is another attachment's.
       if (map !== undefined && mapMade) await dropMap(ctx, map, 'undo: could not remove the map');
       await Promise.all([connected.stragglersUndone, ...outcomes.filter((o) => o.status === 'up').map((o) => lifecycle.release(o.target, o.progress))]);
-      // No state to keep them in: finished in this process (an earlier state keeps its own).
-      watchLeft(volumeKey(volume), undefined, connected.left);
+      // Kept in the volume's state (with an earlier state's device and logins, else a state with
+      // only them), so the rollback's disconnect, a reconcile or a later connect finishes them in
+      // any process (a CLI exits, or is killed, before iscsid's bound); and watched in this one.
+      if (connected.left.length > 0 && volumeId !== undefined) {
+        await saveLeftLogins(ctx.states, previous, () => leftOnlyState(volumeId, volume, outcomes.map((o) => o.target)), connected.left, logger);
+      }
+      watchLeft(volumeKey(volume), volumeId, connected.left);
       throw error;
     }
   }
@@ -146,19 +151,8 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
    */
   function watchLeft(key: string, volumeId: string | undefined, left: readonly LeftPath[]): void {
     watchLeftLogins(ctx, left, async (done) => {
-      if (volumeId !== undefined) await volumeLocks.withLock(key, () => forgetLeft(volumeId, [done]));
+      if (volumeId !== undefined) await volumeLocks.withLock(key, () => forgetLeftLogins(ctx.states, volumeId, [done]));
     });
-  }
-
-  /** Take `done` out of the volume's state (nothing when the state is gone: a disconnect finished it). */
-  async function forgetLeft(volumeId: string, done: readonly LeftPath[]): Promise<void> {
-    const state = await ctx.states.load(volumeId).catch(() => undefined);
-    if (state?.left_logins === undefined) return;
-    const rest = withoutLeft(state.left_logins, done);
-    if (rest.length === state.left_logins.length) return;
-    const kept: AttachState = { ...state, left_logins: rest };
-    if (rest.length === 0) delete kept.left_logins;
-    await ctx.states.save(kept);
   }
 
   /**
@@ -174,7 +168,7 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
         const failures = new FailureList(true);
         const done: LeftPath[] = [];
         for (const left of lefts) if ((await finishLeftLogin(ctx, left, { signal: undefined, failures, wait: false })) === 'done') done.push(left);
-        if (failures.size === 0) await forgetLeft(state.volumeId, done);
+        if (failures.size === 0) await forgetLeftLogins(ctx.states, state.volumeId, done);
         else logger.warn({ volumeId: state.volumeId, errors: failures.size }, 'a given-up login could not be finished; the next detach or reconcile tries again');
       });
     }
@@ -284,3 +278,20 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
   };
 }
 
+/**
+ * The state of a connect that failed with logins iscsid may still carry on: no device, every path
+ * it tried `failed` (the primary among them: the state's lock key is the volume's), the logins
+ * added by the caller.
+ */
+function leftOnlyState(volumeId: string, volume: MultipathVolume, tried: readonly PathTarget[]): AttachState {
+  const { primary } = volume;
+  const targets = tried.some((t) => lunKey(t) === lunKey(primary)) ? tried : [primary, ...tried];
+  return {
+    version: 1,
+    volumeId,
+    target_iqn: primary.iqn,
+    target_portal: primary.portalText,
+    target_lun: primary.lun,
+    paths: targets.map((t) => ({ target_iqn: t.iqn, target_portal: t.portalText, target_lun: t.lun, kernel_lun: t.kernelLun, state: 'failed' as const })),
+  };
+}

@@ -26,6 +26,8 @@ import {
   deviceIsTargetLun,
   findLunDevice,
   finishLeftLogin,
+  finishLeftLoginForDetach,
+  forgetLeftLogins,
   formatHctl,
   formatPortal,
   identityAt,
@@ -36,7 +38,6 @@ import {
   leftPathsOf,
   lunKey,
   mergeLeft,
-  messageOf,
   parseIscsiConnection,
   readInitiatorName,
   readIscsiSession,
@@ -48,8 +49,8 @@ import {
   sessionBlockDevices,
   targetKey,
   toPortal,
+  saveLeftLogins,
   watchLeftLogins,
-  withoutLeft,
   zStateVolumeId,
   type ConnectedLun,
   type IscsiVolumeTarget,
@@ -128,30 +129,12 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
    */
   async function keepLeft(target: IscsiVolumeTarget, volumeId: string | undefined, previous: AttachState | undefined, left: readonly LeftPath[]): Promise<void> {
     if (volumeId !== undefined) {
-      const lefts = mergeLeft(leftPathsOf(previous), left);
-      const base: AttachState = previous ?? { version: 1, volumeId, target_iqn: target.iqn, target_portal: target.portalText, target_lun: target.lun, kernel_lun: target.kernelLun, iface: options.iface };
-      await states.save({ ...base, left_logins: lefts.map(leftEntryOf) }).catch((error: unknown) => {
-        logger.warn({ volumeId, iqn: target.iqn, portal: target.portalText, error: messageOf(error) }, 'could not save the given-up login in the attach state: only this process finishes it');
-      });
+      const fresh = (): AttachState => ({ version: 1, volumeId, target_iqn: target.iqn, target_portal: target.portalText, target_lun: target.lun, kernel_lun: target.kernelLun, iface: options.iface });
+      await saveLeftLogins(states, previous, fresh, left, logger);
     }
     watchLeftLogins({ fs, lifecycle, logger }, left, async (done) => {
-      if (volumeId !== undefined) await lunLocks.withLock(lunKey(target), () => forgetLeft(volumeId, [done]));
+      if (volumeId !== undefined) await lunLocks.withLock(lunKey(target), () => forgetLeftLogins(states, volumeId, [done]));
     });
-  }
-
-  /** Take `done` out of the volume's state; a state left with neither a device nor a login goes. */
-  async function forgetLeft(volumeId: string, done: readonly LeftPath[]): Promise<void> {
-    const state = await states.load(volumeId).catch(() => undefined);
-    if (state?.left_logins === undefined) return;
-    const rest = withoutLeft(state.left_logins, done);
-    if (rest.length === state.left_logins.length) return;
-    if (rest.length === 0 && state.device === undefined) {
-      await states.remove(volumeId);
-      return;
-    }
-    const kept: AttachState = { ...state, left_logins: rest };
-    if (rest.length === 0) delete kept.left_logins;
-    await states.save(kept);
   }
 
   /**
@@ -168,7 +151,7 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
           const failures = new FailureList(true);
           const outcome = await finishLeftLogin({ fs, lifecycle, logger }, left, { signal: undefined, failures, wait: false });
           if (failures.size > 0) logger.warn({ volumeId: state.volumeId, portal: left.target.portalText, errors: failures.size }, 'a given-up login could not be finished; the next detach or reconcile tries again');
-          else if (outcome === 'done') await forgetLeft(state.volumeId, [left]);
+          else if (outcome === 'done') await forgetLeftLogins(states, state.volumeId, [left]);
         });
       }
     }
@@ -289,20 +272,6 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
     return Object.assign(read, { scsiDevice });
   }
 
-  /** Finish a left login for a disconnect, waiting for it; a connect of the target in flight is a failure (the state stays for a retry). */
-  async function finishLeft(left: LeftPath, options: { signal: AbortSignal; failures: FailureList; keep: readonly string[] }): Promise<void> {
-    const step = `finish the login given up at ${left.target.portalText}`;
-    const outcome = await finishLeftLogin({ fs, lifecycle, logger }, left, { ...options, wait: true }).catch((error: unknown) => {
-      options.failures.add(step, error);
-      return 'failed' as const;
-    });
-    if (outcome === 'pending') {
-      options.failures.add(step, new BerthError('TIMEOUT', `a connect of ${left.target.iqn} at ${left.target.portalText} is in flight: the login an earlier attach gave up there is left to it`, {
-        hint: 'detach again once the other attach is done',
-      }));
-    }
-  }
-
   function checkVolumeId(volumeId: string | undefined): string | undefined {
     return volumeId === undefined ? undefined : parseWith(zStateVolumeId, volumeId, 'volume id');
   }
@@ -366,7 +335,7 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
               // multipath transport: recorded under force, the disks are gone already.
               await lifecycle.closeSessionIfUnused(target, own, { signal, failures, mark, keep, faultPoints: true }).catch((error: unknown) => failures.add('close the session', error));
             }
-            for (const left of lefts) await finishLeft(left, { signal, failures, keep });
+            for (const left of lefts) await finishLeftLoginForDetach({ fs, lifecycle, logger }, left, { signal, failures, keep });
             if (failures.size === 0 && keep.length === 0) await forgetStates(target, volumeId);
             failures.throwIfAny(what);
           },
