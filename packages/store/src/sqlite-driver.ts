@@ -1,3 +1,4 @@
+import { realpathSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type BetterSqlite3 from 'better-sqlite3';
 import { BerthError, KeyedLock } from '@berth/core';
@@ -27,7 +28,13 @@ const fileLocks = new KeyedLock();
 let memoryDatabases = 0;
 
 function lockKey(filename: string): string {
-  return filename === ':memory:' || filename === '' ? `:memory:#${++memoryDatabases}` : resolve(filename);
+  if (filename === ':memory:' || filename === '') return `:memory:#${++memoryDatabases}`;
+  // The file's real path: opened through a symbolic link and through its own path, one file, one lock.
+  try {
+    return realpathSync(filename);
+  } catch {
+    return resolve(filename);
+  }
 }
 
 /**

@@ -436,6 +436,37 @@ describe('berth host forget', () => {
     }
   });
 
+  it('does not take over an operation whose owner on the forgotten host renewed its lease after it was judged', async () => {
+    const { service, store, kill, close } = await fleet();
+    try {
+      const db1 = await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
+      await service.attach({ volume: 'db1', server: 'web-7' });
+      await kill();
+      const h3 = (await store.hosts.findByName('h-3'))!;
+      const web7 = await service.getServer('web-7');
+      const [attachment] = await store.attachments.list({ hostId: h3.id });
+      const owner = '4245@h-3';
+      const op = await store.operations.create({
+        kind: 'detach', volumeId: db1.id, serverId: web7.id, attachmentId: attachment!.id, hostId: h3.id,
+        deadlineAt: new Date(Date.now() + 60_000).toISOString(), owner, leaseMs: 0,
+      });
+      // The owner's event loop stalled past its lease; it renews right after forget judged it dead.
+      const leaseExpiry = store.operations.leaseExpiry!.bind(store.operations);
+      let reads = 0;
+      store.operations.leaseExpiry = async (id) => {
+        const expiry = await leaseExpiry(id);
+        if (id === op.id && ++reads === 1) await store.operations.heartbeat!(owner, TEN_MINUTES);
+        return expiry;
+      };
+      const refused = await rejection(service.forgetHost('h-3'));
+      expect(refused.details).toMatchObject({ reason: 'operations-running', operations: [op.id] });
+      expect(await store.operations.get(op.id)).toMatchObject({ state: 'running', owner });
+      expect(await store.attachments.get(attachment!.id)).toBeDefined();
+    } finally {
+      await close();
+    }
+  });
+
   it('resolves a ref as every client does (pickHost): an id first, else a name, even a UUID-shaped one', async () => {
     const { service, store, close } = await fleet();
     try {

@@ -68,7 +68,7 @@ export async function forgetHost(parts: ServiceParts, ref: string, options: Forg
   if (live.length > 0) throw busy(host, live);
 
   for (const operation of running) {
-    await endAbandoned(parts, host, operation);
+    await endAbandoned(parts, host, operation, assumeDead);
     report.operations.push({ id: operation.id, kind: operation.kind });
   }
   report.workItems = await cancelOpenWork(parts, host);
@@ -157,9 +157,9 @@ async function stillGone(parts: ServiceParts, host: Host, report: ForgetHostRepo
  * until the lease passed; without a lease, alive unless the caller asserts the machine is dead.
  * Any other owner as everywhere (`ownerState`).
  */
-async function ownerLive(parts: ServiceParts, host: Host, op: Operation, assumeDead: boolean): Promise<boolean> {
+async function ownerLive(parts: ServiceParts, host: Host, op: Operation, assumeDead: boolean, store: Store = parts.store): Promise<boolean> {
   if (host.name !== parts.identity.hostname && ownerHost(op.owner) === host.name) {
-    const expiry = await parts.store.operations.leaseExpiry?.(op.id);
+    const expiry = await store.operations.leaseExpiry?.(op.id);
     if (typeof expiry === 'string') return Date.parse(expiry) > Date.now();
     return !assumeDead;
   }
@@ -195,12 +195,17 @@ function busy(host: Host, operations: readonly Operation[]): BerthError {
  * and the operation finished `failed` (CANCELLED) — its host steps were never undone, the host is
  * gone; its attachment is dropped next, with the rest.
  */
-async function endAbandoned(parts: ServiceParts, host: Host, operation: Operation): Promise<void> {
+async function endAbandoned(parts: ServiceParts, host: Host, operation: Operation, assumeDead: boolean): Promise<void> {
   const { store, owner } = parts;
   // One transaction: taken over, items cancelled, journalled and finished, or nothing of it (a
   // failure leaves the operation its dead owner's, for a later forget or recovery to take).
   const end = (): Promise<void> =>
     store.transaction(async (tx) => {
+      // Judged again inside the transaction that takes it: an owner judged by its lease may have
+      // renewed it since (a stalled event loop, a database blip), and the compare-and-swap below
+      // checks the owner, not the lease. SQLite's transactions run one at a time and PostgreSQL's
+      // are serializable, so a renewal cannot slip in between this read and the swap.
+      if (await ownerLive(parts, host, operation, assumeDead, tx)) throw busy(host, [operation]);
       try {
         await tx.operations.setOwner(operation.id, owner, operation.owner);
       } catch (error) {

@@ -62,7 +62,7 @@ export default class HostForget extends BaseCommand<typeof HostForget> {
     const ref = parseWith(zHostRef, this.args.host, 'host');
     const options = parseWith(zForgetHostOptions, this.flags['assume-dead'] ? { assumeDead: true } : {}, 'host forget options');
     const berth = await this.berth();
-    // Resolved as the service resolves it: the host confirmed is the host forgotten.
+    // Resolved as the service resolves it, and sent by id: the host confirmed is the host forgotten.
     const hosts = await berth.listHosts();
     const known = pickHost(hosts, ref);
     // A host not known is nothing to destroy: no question, the service says so.
@@ -73,7 +73,7 @@ export default class HostForget extends BaseCommand<typeof HostForget> {
         `berth host forget ${pickHost(hosts, known.name) === known ? known.name : known.id}${options.assumeDead === true ? ' --assume-dead' : ''}`,
       );
     }
-    const report = await this.withSpinner(`Forgetting host ${known?.name ?? ref}`, () => berth.forgetHost(ref, options));
+    const report = await this.withSpinner(`Forgetting host ${known?.name ?? ref}`, () => berth.forgetHost(known?.id ?? ref, options));
     this.print(report);
     const firstFailure = report.attachments.find((a) => a.state !== 'dropped');
     if (firstFailure) process.exitCode = isErrorCode(firstFailure.errorCode) ? EXIT_CODES[firstFailure.errorCode] : 1;
