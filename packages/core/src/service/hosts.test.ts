@@ -94,6 +94,21 @@ function silence(store: Store, name: string, ms: number): void {
   store.hosts.findByName = async (hostName) => aged(await findByName(hostName));
 }
 
+/**
+ * db1 attached to web-7 on h-3, then h-3's agent killed; `on`: the fields of a detach operation of
+ * that attachment (owner and lease left to the test).
+ */
+async function attachedOnSilentHost({ service, store, kill }: Pick<Awaited<ReturnType<typeof fleet>>, 'service' | 'store' | 'kill'>) {
+  const db1 = await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
+  await service.attach({ volume: 'db1', server: 'web-7' });
+  await kill();
+  const h3 = (await store.hosts.findByName('h-3'))!;
+  const web7 = await service.getServer('web-7');
+  const [attachment] = await store.attachments.list({ hostId: h3.id });
+  const on = { kind: 'detach' as const, volumeId: db1.id, serverId: web7.id, attachmentId: attachment!.id, hostId: h3.id, deadlineAt: new Date(Date.now() + 60_000).toISOString() };
+  return { db1, h3, attachment: attachment!, on };
+}
+
 async function rejection(promise: Promise<unknown>): Promise<BerthError> {
   const error = await promise.then(
     () => undefined,
@@ -373,14 +388,9 @@ describe('berth host forget', () => {
   it('ends an abandoned operation in one transaction: a failed write leaves it its dead owner\'s, and forget runs again', async () => {
     const { service, store, kill, close } = await fleet();
     try {
-      const db1 = await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
-      await service.attach({ volume: 'db1', server: 'web-7' });
-      await kill();
-      const h3 = (await store.hosts.findByName('h-3'))!;
-      const web7 = await service.getServer('web-7');
-      const [attachment] = await store.attachments.list({ hostId: h3.id });
+      const { h3, on } = await attachedOnSilentHost({ service, store, kill });
       const dead = '4194303@h-1';
-      const detach = await store.operations.create({ kind: 'detach', volumeId: db1.id, serverId: web7.id, attachmentId: attachment!.id, hostId: h3.id, owner: dead, deadlineAt: new Date(Date.now() + 60_000).toISOString() });
+      const detach = await store.operations.create({ ...on, owner: dead });
       const item = await store.workItems!.create({ operationId: detach.id, hostId: h3.id, step: 'unpublish' });
 
       // The database fails under the operation's end (its last write).
@@ -406,13 +416,7 @@ describe('berth host forget', () => {
   it('judges an operation a berth on the forgotten host owns by its lease, or by the caller\'s assertion without one', async () => {
     const { service, store, kill, close } = await fleet();
     try {
-      const db1 = await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
-      await service.attach({ volume: 'db1', server: 'web-7' });
-      await kill();
-      const h3 = (await store.hosts.findByName('h-3'))!;
-      const web7 = await service.getServer('web-7');
-      const [attachment] = await store.attachments.list({ hostId: h3.id });
-      const on = { kind: 'detach' as const, volumeId: db1.id, serverId: web7.id, attachmentId: attachment!.id, hostId: h3.id, deadlineAt: new Date(Date.now() + 60_000).toISOString() };
+      const { on } = await attachedOnSilentHost({ service, store, kill });
 
       // An embedded berth that ran on h-3 itself (a shared store), no lease: nothing here can tell it died.
       const unleased = await store.operations.create({ ...on, owner: '4242@h-3#99' });
@@ -439,17 +443,9 @@ describe('berth host forget', () => {
   it('does not take over an operation whose owner on the forgotten host renewed its lease after it was judged', async () => {
     const { service, store, kill, close } = await fleet();
     try {
-      const db1 = await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
-      await service.attach({ volume: 'db1', server: 'web-7' });
-      await kill();
-      const h3 = (await store.hosts.findByName('h-3'))!;
-      const web7 = await service.getServer('web-7');
-      const [attachment] = await store.attachments.list({ hostId: h3.id });
+      const { attachment, on } = await attachedOnSilentHost({ service, store, kill });
       const owner = '4245@h-3';
-      const op = await store.operations.create({
-        kind: 'detach', volumeId: db1.id, serverId: web7.id, attachmentId: attachment!.id, hostId: h3.id,
-        deadlineAt: new Date(Date.now() + 60_000).toISOString(), owner, leaseMs: 0,
-      });
+      const op = await store.operations.create({ ...on, owner, leaseMs: 0 });
       // The owner's event loop stalled past its lease; it renews right after forget judged it dead.
       const leaseExpiry = store.operations.leaseExpiry!.bind(store.operations);
       let reads = 0;
