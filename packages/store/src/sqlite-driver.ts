@@ -6,7 +6,7 @@ import { CompiledQuery, SqliteDriver } from 'kysely';
 import type { DatabaseConnection, QueryResult, SqliteDialectConfig } from 'kysely';
 import { durabilityDeferred } from './durability.js';
 import { environmentError, READ_ONLY } from './sqlite-errors.js';
-import { acquireWalSync, releaseWalSync, type WalSync } from './sqlite-wal-sync.js';
+import { acquireWalSync, isStickySyncFailure, releaseWalSync, type WalSync } from './sqlite-wal-sync.js';
 
 export { isSqliteBusy } from './sqlite-errors.js';
 
@@ -193,11 +193,15 @@ export class BerthSqliteDriver extends SqliteDriver {
   /**
    * A commit made (and seen by every reader) but not known to be on the disk: an outage whose
    * outcome is unknown (core's `isOutcomeUnknown`), so the caller reads the database instead of
-   * taking the write as undone. The store stays unusable for durable commits (`WalSync`).
+   * taking the write as undone. The store stays unusable for durable commits (`WalSync`), unless
+   * the sync could not open a file (`EMFILE`/`ENFILE`: no sync ran; the next one flushes it).
    */
   #unsynced(error: unknown): BerthError {
+    const sticky = isStickySyncFailure(error);
     return new BerthError('UNAVAILABLE', `the berth database ${this.#options.filename} committed a change but could not flush it to the disk: ${(error as Error).message}`, {
-      hint: 'check the disk and the file system holding the data directory (dmesg), then restart berth: after a failed flush no later commit of this process counts as durable',
+      hint: sticky
+        ? 'check the disk and the file system holding the data directory (dmesg), then restart berth: after a failed flush no later commit of this process counts as durable'
+        : 'too many files are open (the process or the system): the next commit syncs this change too; raise the limit (ulimit -n, fs.file-max) if it goes on',
       details: { outage: true, outcomeUnknown: true, reason: 'sync-failed' },
       cause: error,
     });

@@ -1,4 +1,5 @@
-import { mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync, symlinkSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readlinkSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
@@ -120,6 +121,40 @@ describe('SQLite commit durability', () => {
     expect(flush.calls()).toBe(1);
     // Deferred commits wait for no sync: they still go in.
     await runDeferred(() => db.insertInto('t').values({ a: 3 }).execute());
+  });
+
+  it('a sync that could not open the WAL (EMFILE: a real descriptor limit) fails its commit but not the ones after it', async () => {
+    const { db, syncs } = open();
+    // The process's own descriptor limit, lowered and then used up: the sync's open of the WAL
+    // (the first sync of this database opens it) fails with EMFILE. No fdatasync ran, so nothing
+    // was dropped: the next sync flushes this commit's frames too. Before, every later durable
+    // commit of the process failed until a restart.
+    const limits = execFileSync('prlimit', ['--pid', String(process.pid), '--nofile', '--output=SOFT,HARD', '--noheadings', '--raw'], { encoding: 'utf8' }).trim().split(/\s+/);
+    const fds = readdirSync('/proc/self/fd').length;
+    execFileSync('prlimit', ['--pid', String(process.pid), `--nofile=${fds + 64}:${limits[1]}`]);
+    const filler: number[] = [];
+    try {
+      for (;;) {
+        try {
+          filler.push(openSync('/dev/null', 'r'));
+        } catch (error) {
+          if ((error as NodeJS.ErrnoException).code === 'EMFILE') break;
+          throw error;
+        }
+      }
+      await expect(db.insertInto('t').values({ a: 1 }).execute()).rejects.toMatchObject({
+        code: 'UNAVAILABLE',
+        details: { outage: true, outcomeUnknown: true, reason: 'sync-failed' },
+        hint: expect.stringContaining('too many files are open'),
+      });
+    } finally {
+      for (const fd of filler) closeSync(fd);
+      execFileSync('prlimit', ['--pid', String(process.pid), `--nofile=${limits[0]}:${limits[1]}`]);
+    }
+    const before = syncs.started;
+    await db.insertInto('t').values({ a: 2 }).execute();
+    expect(syncs.started).toBe(before + 1);
+    expect((await db.selectFrom('t').select('a').execute()).map((r) => r.a)).toEqual([1, 2]);
   });
 
   it('a lone write with RETURNING is a durable commit too (it answers rows, like a read)', async () => {

@@ -43,7 +43,7 @@ export class WalSync {
   /** What one sync does: flush the files at these paths (the tests hold it to see commits wait). */
   flush: (paths: { wal: string; directory?: string }) => Promise<void> = (paths) => this.#flushFiles(paths);
 
-  /** The first failed flush: every sync after it fails too (below). */
+  /** The first failed flush (but one that could not open a file): every sync after it fails too (below). */
   #failed: Error | undefined;
 
   constructor(databaseFile: string) {
@@ -78,7 +78,7 @@ export class WalSync {
     this.started += 1;
     const run = this.#flush()
       .catch((error: unknown) => {
-        this.#failed ??= error instanceof Error ? error : new Error(String(error));
+        if (isStickySyncFailure(error)) this.#failed ??= error instanceof Error ? error : new Error(String(error));
         throw error;
       })
       .finally(() => {
@@ -128,6 +128,20 @@ export class WalSync {
     this.#handle = undefined;
     await kept?.then((handle) => handle.close()).catch(() => undefined);
   }
+}
+
+/**
+ * Codes only an `open` fails with (the WAL or its directory could not be opened for the sync: too
+ * many files open in the process or the system): no sync ran, so no page was dropped, and the next
+ * sync flushes this commit's frames with the later ones. The commit that waited still fails (it
+ * was not confirmed durable), but the failure does not stick.
+ */
+const OPEN_ONLY_CODES = new Set(['EMFILE', 'ENFILE']);
+
+/** Whether a failed flush makes every later one fail (`WalSync.sync`): any but an open's `EMFILE`/`ENFILE`. */
+export function isStickySyncFailure(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  return typeof code !== 'string' || !OPEN_ONLY_CODES.has(code);
 }
 
 /** fsync of a directory: the names in it reach the disk. */
