@@ -224,7 +224,10 @@ export async function openSqliteStoreReadOnly(options: SqliteStoreOptions & { re
   });
   return createKyselyStore(db, {
     dialect: sqliteStoreDialect,
+    // As for a writable store: a store closed unused would keep the file open (Kysely closes the
+    // connection only if it ran a query on it).
     onClose: () => {
+      if (database.open) database.close();
       if (copyDir !== undefined) rmSync(copyDir, { recursive: true, force: true });
     },
   });

@@ -6,7 +6,7 @@ import BetterSqlite3 from 'better-sqlite3';
 import { Kysely } from 'kysely';
 import { afterEach, describe, expect, it } from 'vitest';
 import { durabilityDeferred, runDeferred } from './durability.js';
-import { openSqliteStore } from './open-sqlite-store.js';
+import { openSqliteStore, openSqliteStoreReadOnly } from './open-sqlite-store.js';
 import { applySqlitePragmas, BerthSqliteDialect } from './sqlite-dialect.js';
 import { walSyncFor, type WalSync } from './sqlite-wal-sync.js';
 
@@ -259,6 +259,16 @@ describe('the kept WAL descriptor', () => {
     } finally {
       await again.close();
     }
+  });
+
+  it('a read-only store closed without a query lets go of the database file too', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'berth-durability-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const filename = join(dir, 'berth.db');
+    await (await openSqliteStore({ filename })).close();
+    // Before, the connection stayed open until the process ended (Kysely closes only one it used).
+    await (await openSqliteStoreReadOnly({ filename })).close();
+    expect(walDescriptors(filename)).toEqual([]);
   });
 });
 
