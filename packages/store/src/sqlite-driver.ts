@@ -186,7 +186,7 @@ export class BerthSqliteDriver extends SqliteDriver {
     try {
       await super.destroy();
     } finally {
-      if (this.#walSync !== undefined) await releaseWalSync(this.#walSync, this.#options.filename);
+      if (this.#walSync !== undefined) await releaseWalSync(this.#walSync);
     }
   }
 

@@ -46,7 +46,11 @@ export class WalSync {
   /** The first failed flush (but one that could not open a file): every sync after it fails too (below). */
   #failed: Error | undefined;
 
+  /** The database file's real path when made: its key among this process's WalSyncs. */
+  readonly key: string;
+
   constructor(databaseFile: string) {
+    this.key = databaseFile;
     this.#walPath = `${databaseFile}-wal`;
     this.#dir = dirname(databaseFile);
   }
@@ -194,10 +198,10 @@ export function acquireWalSync(databaseFile: string): WalSync {
  * descriptor: once no connection of this process is open, SQLite may remove the WAL and make a
  * new one, which an old descriptor would not reach.
  */
-export async function releaseWalSync(sync: WalSync, databaseFile: string): Promise<void> {
+export async function releaseWalSync(sync: WalSync): Promise<void> {
   sync.users = Math.max(0, sync.users - 1);
   if (sync.users > 0) return;
-  const key = realPath(databaseFile);
-  if (syncs.get(key) === sync) syncs.delete(key);
+  // Its own key, not the path resolved again: the file may be gone or renamed by now.
+  if (syncs.get(sync.key) === sync) syncs.delete(sync.key);
   await sync.close();
 }
