@@ -14,9 +14,11 @@ import { walSyncFor, type WalSync } from './sqlite-wal-sync.js';
 // commit waits for a sync of the WAL (`sqlite-wal-sync.ts`), counted here by the database's
 // WalSync; a deferred-durable one waits for none.
 
-const cleanups: Array<() => void> = [];
-afterEach(() => {
-  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
+const cleanups: Array<() => unknown> = [];
+// Awaited: a store still closing in the background would free descriptors during the next test
+// (the EMFILE test counts on none being freed while it holds the table full).
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
 
 function open(): { database: BetterSqlite3.Database; db: Kysely<{ t: { a: number } }>; syncs: WalSync } {
@@ -27,7 +29,7 @@ function open(): { database: BetterSqlite3.Database; db: Kysely<{ t: { a: number
   applySqlitePragmas(database, 1_000);
   database.exec('create table t (a integer)');
   const db = new Kysely<{ t: { a: number } }>({ dialect: new BerthSqliteDialect(database, { filename, busyTimeoutMs: 1_000 }) });
-  cleanups.push(() => void db.destroy());
+  cleanups.push(() => db.destroy());
   return { database, db, syncs: walSyncFor(filename) };
 }
 

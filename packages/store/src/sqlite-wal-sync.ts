@@ -99,7 +99,12 @@ export class WalSync {
 
   /** fdatasync of the WAL through the kept descriptor and, when given, fsync of the directory, side by side. */
   async #flushFiles(paths: { wal: string; directory?: string }): Promise<void> {
-    await Promise.all([this.#syncWal(paths.wal), ...(paths.directory === undefined ? [] : [syncDirectory(paths.directory)])]);
+    // Both settle before the sync ends: a next sync must not start while this one's WAL open is
+    // still in flight (it would take that open's failure for its own).
+    const results = await Promise.allSettled([this.#syncWal(paths.wal), ...(paths.directory === undefined ? [] : [syncDirectory(paths.directory)])]);
+    const reasons = results.flatMap((result) => (result.status === 'rejected' ? [result.reason as unknown] : []));
+    // A failed sync outranks a failed open: it is the one that sticks.
+    if (reasons.length > 0) throw reasons.find((reason) => isStickySyncFailure(reason)) ?? reasons[0];
   }
 
   async #syncWal(path: string): Promise<void> {
