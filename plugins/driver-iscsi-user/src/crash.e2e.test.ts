@@ -13,7 +13,7 @@ import { createUserTestEnv, readAt, writeAt, type TestVolume, type UserTestEnv }
 // export or daemon) — and the bytes written before the crash are in tgtd's LUN file.
 
 const CHILD = path.join(path.dirname(fileURLToPath(import.meta.url)), 'test-crash-child.mjs');
-const CONNECT_POINTS = ['iscsi-user.connect.after-login', 'iscsi-user.connect.after-export', 'iscsi-user.connect.after-losetup'];
+const CONNECT_POINTS = ['iscsi-user.daemon.after-start', 'iscsi-user.connect.after-login', 'iscsi-user.connect.after-export', 'iscsi-user.connect.after-losetup'];
 const DISCONNECT_POINTS = ['iscsi-user.disconnect.after-flush', 'iscsi-user.disconnect.after-losetup', 'iscsi-user.disconnect.after-export'];
 const MiB = 1024 * 1024;
 const table: string[] = [];
