@@ -328,7 +328,9 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
     await removeSecrets(names.key);
     await records.remove(names.key);
     logger.info({ iqn: lun.iqn, lun: lun.lun, device: loop }, 'iSCSI LUN disconnected from qemu-storage-daemon');
-    if (mismatch && !opts.force) throw mismatch;
+    // No record: nothing of this LUN was left (a connect saves it first, a disconnect removes it
+    // last) — a disconnect repeated after one that finished, the number since reused. Done.
+    if (mismatch && !opts.force && record !== undefined) throw mismatch;
     if (mismatch) logger.warn({ device: device?.path, found: mismatch.details.found }, 'the recorded loop device now backs another file: left alone');
   }
 

@@ -360,4 +360,34 @@ describe('iscsi-user transport on a real tgtd', () => {
       rmSync(other, { force: true });
     }
   });
+
+  it('a disconnect repeated after one that finished succeeds when the loop number now backs another file (left alone)', async () => {
+    // Seen in CI: the conformance suite's "disconnect twice" lost /dev/loopN to another suite's
+    // volume between its two disconnects, and the second one failed CONFLICT identity-mismatch
+    // ("detach --force finishes the detach") though nothing of this LUN was left to finish.
+    const { connection } = await env.makeVolume(4 * MiB);
+    const device = await env.driver.connect(connection, call());
+    await env.driver.disconnect(connection, device, { force: false, ...call() });
+    const other = path.join(tmpdir(), `berth-iu-other-${randomBytes(4).toString('hex')}.img`);
+    writeFileSync(other, Buffer.alloc(MiB));
+    let taken = false;
+    try {
+      // The same number, taken as another program would (it is free: the disconnect detached it;
+      // another suite on this machine may have taken it first, which is the same case).
+      try {
+        execFileSync('losetup', [device.path, other], { stdio: 'pipe' });
+        taken = true;
+      } catch (error) {
+        if ((await loopInfo(env.host.fs, device.path))?.backingFile === undefined) throw error;
+      }
+      const before = (await loopInfo(env.host.fs, device.path))?.backingFile;
+      await env.driver.disconnect(connection, device, { force: false, ...call() });
+      expect((await loopInfo(env.host.fs, device.path))?.backingFile).toBe(before);
+      if (taken) expect(before).toBe(other);
+      await expectNothingLeft(env);
+    } finally {
+      if (taken) execFileSync('losetup', ['--detach', device.path]);
+      rmSync(other, { force: true });
+    }
+  });
 });
