@@ -61,13 +61,17 @@ describe('finishLeftLogin keeps a process alive while a caller waits on it', { t
 describe('saveLeftLogins / forgetLeftLogins: the left logins in a transport\'s attach state', () => {
   interface State { volumeId: string; device?: string; other?: number; left_logins?: LeftLoginEntry[] }
   /** A store in memory, as `AttachStateFileStore` is on disk. */
-  function memoryStates(): LeftLoginStates<State> & { all: Map<string, State> } {
+  function memoryStates(): LeftLoginStates<State> & { all: Map<string, State>; save(state: State): void } {
     const all = new Map<string, State>();
     return {
       all,
-      load: async (id) => all.get(id),
-      save: async (s) => void all.set(s.volumeId, structuredClone(s)),
-      remove: async (id) => void all.delete(id),
+      save: (s) => void all.set(s.volumeId, structuredClone(s)),
+      update: async (id, change) => {
+        const next = change(structuredClone(all.get(id)));
+        if (next === null) all.delete(id);
+        else if (next !== undefined) all.set(id, structuredClone(next));
+        return all.get(id);
+      },
     };
   }
   const logger = { info() {}, warn() {}, debug() {}, error() {}, child() { return logger; } } as unknown as Logger;
@@ -80,7 +84,7 @@ describe('saveLeftLogins / forgetLeftLogins: the left logins in a transport\'s a
   it('a failed connect with no earlier state: a state with only the logins; forgetting the last one removes it', async () => {
     const states = memoryStates();
     const [a, b] = [at('192.0.2.1:3260', 1_000), at('192.0.2.2:3260', 1_000)];
-    await saveLeftLogins(states, undefined, () => ({ volumeId: 'v' }), [a, b], logger);
+    await saveLeftLogins(states, 'v', () => ({ volumeId: 'v' }), [a, b], logger);
     expect(states.all.get('v')?.left_logins?.map((e) => e.target_portal)).toEqual(['192.0.2.1:3260', '192.0.2.2:3260']);
     await forgetLeftLogins(states, 'v', [a]);
     expect(states.all.get('v')?.left_logins?.map((e) => e.target_portal)).toEqual(['192.0.2.2:3260']);
@@ -92,9 +96,9 @@ describe('saveLeftLogins / forgetLeftLogins: the left logins in a transport\'s a
     const states = memoryStates();
     const earlier = at('192.0.2.1:3260', 1_000);
     const previous: State = { volumeId: 'v', device: '/dev/dm-0', other: 7, left_logins: [leftEntryOf(earlier)] };
-    await states.save(previous);
+    states.save(previous);
     const later = at('192.0.2.1:3260', 2_000);
-    await saveLeftLogins(states, previous, () => ({ volumeId: 'v' }), [later], logger);
+    await saveLeftLogins(states, 'v', () => ({ volumeId: 'v' }), [later], logger);
     expect(states.all.get('v')).toEqual({ ...previous, left_logins: [leftEntryOf(later)] });
     // An entry no longer in the state (the earlier one) changes nothing.
     await forgetLeftLogins(states, 'v', [earlier]);
