@@ -100,7 +100,9 @@ export class AttachStateFileStore<S extends { volumeId: string }> {
   /**
    * Read-modify-write `volumeId`'s state atomically (see the class): `change` gets the state as it
    * is now (`undefined`: none, or unreadable) and says what it becomes (`AttachStateChange`); it
-   * must only compute (no host work, no other lock: it runs holding the volume's lock). Resolves
+   * must only compute (no host work, no other lock: it runs holding the volume's lock), and may be
+   * called twice (first on no state when the directory is missing, which is then created only for
+   * a write). Resolves
    * with the state as left. A TIMEOUT BerthError when another live process holds the lock past
    * `lockTimeoutMs`; the signal's reason when it fires while waiting.
    */
@@ -109,7 +111,13 @@ export class AttachStateFileStore<S extends { volumeId: string }> {
     return stateQueues.withLock(
       file,
       async () => {
-        await fsp.mkdir(this.dir, { recursive: true, mode: 0o700 });
+        // No directory, no state: a change that writes nothing (a forget of a state gone, the
+        // watcher of a process whose data dir was removed) must not create it.
+        if (!(await exists(this.dir))) {
+          const next = change(undefined);
+          if (next === undefined || next === null) return undefined;
+          await fsp.mkdir(this.dir, { recursive: true, mode: 0o700 });
+        }
         const release = await this.lock(volumeId, file, signal);
         try {
           const current = await this.readState(file);
@@ -175,5 +183,15 @@ export class AttachStateFileStore<S extends { volumeId: string }> {
     } catch {
       return undefined;
     }
+  }
+}
+
+async function exists(dir: string): Promise<boolean> {
+  try {
+    await fsp.access(dir);
+    return true;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw error;
   }
 }
