@@ -55,4 +55,19 @@ describe('AttachStateFileStore', () => {
     for (const id of ['../x', '/etc/passwd', '..', '']) expect(() => store.fileOf(id)).toThrow(/cannot name an attach-state file/);
     await expect(store.save({ ...state(), volumeId: '../x' })).rejects.toThrow(/cannot name an attach-state file/);
   });
+
+  it('update: a change on the file as it is, written or removed; one that writes nothing does not create the directory', async () => {
+    const store = new AttachStateFileStore(path.join(dir, 'u'), zState);
+    expect(await store.update(VOLUME, () => null)).toBeUndefined();
+    expect(await store.update(VOLUME, () => undefined)).toBeUndefined();
+    await expect(stat(path.join(dir, 'u'))).rejects.toMatchObject({ code: 'ENOENT' });
+    expect(await store.update(VOLUME, (current) => current ?? state())).toEqual(state());
+    expect(await store.update(VOLUME, (current) => ({ ...current!, device: `${current!.device}x` }))).toEqual(state('/dev/sdbx'));
+    expect(await store.load(VOLUME)).toEqual(state('/dev/sdbx'));
+    await expect(store.update(VOLUME, () => ({ ...state(), volumeId: 'other' }))).rejects.toMatchObject({ code: 'INTERNAL' });
+    expect(await store.update(VOLUME, () => null)).toBeUndefined();
+    // No state, no lock file left.
+    expect(await readdir(path.join(dir, 'u'))).toEqual([]);
+  });
 });
+

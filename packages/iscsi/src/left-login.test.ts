@@ -3,7 +3,7 @@ import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import type { Logger } from '@berth/core';
-import { forgetLeftLogins, leftEntryOf, saveLeftLogins, type LeftLoginEntry, type LeftLoginStates, type LeftPath } from './left-login.js';
+import { forgetDetached, forgetLeftLogins, leftEntryOf, saveLeftLogins, type LeftLoginEntry, type LeftLoginStates, type LeftPath } from './left-login.js';
 import { toPortal } from './target.js';
 
 // The package's build (turbo's `test` depends on it): a child Node process runs the compiled
@@ -61,13 +61,17 @@ describe('finishLeftLogin keeps a process alive while a caller waits on it', { t
 describe('saveLeftLogins / forgetLeftLogins: the left logins in a transport\'s attach state', () => {
   interface State { volumeId: string; device?: string; other?: number; left_logins?: LeftLoginEntry[] }
   /** A store in memory, as `AttachStateFileStore` is on disk. */
-  function memoryStates(): LeftLoginStates<State> & { all: Map<string, State> } {
+  function memoryStates(): LeftLoginStates<State> & { all: Map<string, State>; save(state: State): void } {
     const all = new Map<string, State>();
     return {
       all,
-      load: async (id) => all.get(id),
-      save: async (s) => void all.set(s.volumeId, structuredClone(s)),
-      remove: async (id) => void all.delete(id),
+      save: (s) => void all.set(s.volumeId, structuredClone(s)),
+      update: async (id, change) => {
+        const next = change(structuredClone(all.get(id)));
+        if (next === null) all.delete(id);
+        else if (next !== undefined) all.set(id, structuredClone(next));
+        return all.get(id);
+      },
     };
   }
   const logger = { info() {}, warn() {}, debug() {}, error() {}, child() { return logger; } } as unknown as Logger;
@@ -80,7 +84,7 @@ describe('saveLeftLogins / forgetLeftLogins: the left logins in a transport\'s a
   it('a failed connect with no earlier state: a state with only the logins; forgetting the last one removes it', async () => {
     const states = memoryStates();
     const [a, b] = [at('192.0.2.1:3260', 1_000), at('192.0.2.2:3260', 1_000)];
-    await saveLeftLogins(states, undefined, () => ({ volumeId: 'v' }), [a, b], logger);
+    await saveLeftLogins(states, 'v', () => ({ volumeId: 'v' }), [a, b], logger);
     expect(states.all.get('v')?.left_logins?.map((e) => e.target_portal)).toEqual(['192.0.2.1:3260', '192.0.2.2:3260']);
     await forgetLeftLogins(states, 'v', [a]);
     expect(states.all.get('v')?.left_logins?.map((e) => e.target_portal)).toEqual(['192.0.2.2:3260']);
@@ -92,14 +96,50 @@ describe('saveLeftLogins / forgetLeftLogins: the left logins in a transport\'s a
     const states = memoryStates();
     const earlier = at('192.0.2.1:3260', 1_000);
     const previous: State = { volumeId: 'v', device: '/dev/dm-0', other: 7, left_logins: [leftEntryOf(earlier)] };
-    await states.save(previous);
+    states.save(previous);
     const later = at('192.0.2.1:3260', 2_000);
-    await saveLeftLogins(states, previous, () => ({ volumeId: 'v' }), [later], logger);
+    await saveLeftLogins(states, 'v', () => ({ volumeId: 'v' }), [later], logger);
     expect(states.all.get('v')).toEqual({ ...previous, left_logins: [leftEntryOf(later)] });
     // An entry no longer in the state (the earlier one) changes nothing.
     await forgetLeftLogins(states, 'v', [earlier]);
     expect(states.all.get('v')?.left_logins).toHaveLength(1);
     await forgetLeftLogins(states, 'v', [later]);
     expect(states.all.get('v')).toEqual({ volumeId: 'v', device: '/dev/dm-0', other: 7 });
+  });
+
+  describe('forgetDetached: a disconnect takes out what it dealt with, from the state as it is now', () => {
+    const deviceless = (state: State): State => {
+      const { device: _device, ...rest } = state;
+      return rest;
+    };
+
+    it('the device it read and the logins it finished: the file goes', async () => {
+      const states = memoryStates();
+      const a = at('192.0.2.1:3260', 1_000);
+      const seen: State = { volumeId: 'v', device: '/dev/sdb', left_logins: [leftEntryOf(a)] };
+      states.save(seen);
+      await forgetDetached(states, 'v', seen, [a], deviceless);
+      expect(states.all.has('v')).toBe(false);
+    });
+
+    it('a login kept since it read the state stays, without the device it removed', async () => {
+      const states = memoryStates();
+      const seen: State = { volumeId: 'v', device: '/dev/sdb', other: 7 };
+      const kept = at('192.0.2.2:3260', 2_000);
+      states.save({ ...seen, left_logins: [leftEntryOf(kept)] });
+      await forgetDetached(states, 'v', seen, [], deviceless);
+      expect(states.all.get('v')).toEqual({ volumeId: 'v', other: 7, left_logins: [leftEntryOf(kept)] });
+    });
+
+    it('a device another connect recorded since it read the state stays, with the logins it did not finish', async () => {
+      const states = memoryStates();
+      const [a, b] = [at('192.0.2.1:3260', 1_000), at('192.0.2.2:3260', 2_000)];
+      const seen: State = { volumeId: 'v', left_logins: [leftEntryOf(a)] };
+      states.save({ volumeId: 'v', device: '/dev/sdc', left_logins: [leftEntryOf(a), leftEntryOf(b)] });
+      await forgetDetached(states, 'v', seen, [a], deviceless);
+      expect(states.all.get('v')).toEqual({ volumeId: 'v', device: '/dev/sdc', left_logins: [leftEntryOf(b)] });
+      await forgetDetached(states, 'v', seen, [b], deviceless);
+      expect(states.all.get('v')).toEqual({ volumeId: 'v', device: '/dev/sdc' });
+    });
   });
 });

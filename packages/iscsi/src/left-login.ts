@@ -106,46 +106,97 @@ export interface LeftLoginState {
   left_logins?: LeftLoginEntry[] | undefined;
 }
 
-/** The attach state store calls the left logins need (`AttachStateFileStore` has them). */
+/**
+ * The attach state store call the left logins need (`AttachStateFileStore.update`): every change
+ * of a volume's state here is a read-modify-write of what the file holds *now*, atomic against
+ * every other one of that volume, in this process and in others. A transport's locks are per
+ * target (or per volume queue) and per process: a watcher forgetting a login at one target, a
+ * connect at another, a reconcile in a CLI each wrote back what it read before, and the last
+ * writer dropped the others' left logins or device record.
+ */
 export interface LeftLoginStates<S extends LeftLoginState> {
-  load(volumeId: string): Promise<S | undefined>;
-  save(state: S): Promise<void>;
-  remove(volumeId: string): Promise<void>;
+  update(volumeId: string, change: (current: S | undefined) => S | null | undefined, signal?: AbortSignal): Promise<S | undefined>;
 }
 
 /**
- * Keep in the volume's state what a failed connect left to iscsid, with any earlier ones (one per
- * portal): `previous` (the state before the connect, device and all) or else `fresh` (a state with
- * no device, only the logins), so the rollback's disconnect, a reconcile or a later connect finishes
- * them in any process. A save that fails only warns: the caller's watcher still finishes them here.
+ * Keep in the volume's state what a failed connect left to iscsid, with any already there (one
+ * per portal): on the state as it is now (device and all, whatever connect or process wrote it),
+ * or else `fresh` (a state with no device, only the logins), so the rollback's disconnect, a
+ * reconcile or a later connect finishes them in any process. A save that fails only warns: the
+ * caller's watcher still finishes them here.
  */
 export async function saveLeftLogins<S extends LeftLoginState>(
   states: LeftLoginStates<S>,
-  previous: S | undefined,
+  volumeId: string,
   fresh: () => S,
   left: readonly LeftPath[],
   logger: Logger,
 ): Promise<void> {
-  const base = previous ?? fresh();
-  const lefts = mergeLeft(leftPathsOf(previous), left);
-  await states.save({ ...base, left_logins: lefts.map(leftEntryOf) }).catch((error: unknown) => {
-    logger.warn({ volumeId: base.volumeId, portals: left.map((l) => l.target.portalText), error: messageOf(error) }, 'could not save the given-up login in the attach state: only this process finishes it');
+  await states
+    .update(volumeId, (current) => {
+      const base = current ?? fresh();
+      return { ...base, left_logins: mergeLeft(leftPathsOf(current), left).map(leftEntryOf) };
+    })
+    .catch((error: unknown) => {
+      logger.warn({ volumeId, portals: left.map((l) => l.target.portalText), error: messageOf(error) }, 'could not save the given-up login in the attach state: only this process finishes it');
+    });
+}
+
+/** Take `done` out of the volume's state (as it is now); a state left with neither a device nor a login goes. */
+export async function forgetLeftLogins<S extends LeftLoginState>(states: LeftLoginStates<S>, volumeId: string, done: readonly LeftPath[]): Promise<void> {
+  await states.update(volumeId, (state) => {
+    if (state?.left_logins === undefined) return undefined;
+    const rest = withoutLeft(state.left_logins, done);
+    if (rest.length === state.left_logins.length) return undefined;
+    if (rest.length === 0 && state.device === undefined) return null;
+    const kept: S = { ...state, left_logins: rest };
+    if (rest.length === 0) delete kept.left_logins;
+    return kept;
   });
 }
 
-/** Take `done` out of the volume's state; a state left with neither a device nor a login goes. */
-export async function forgetLeftLogins<S extends LeftLoginState>(states: LeftLoginStates<S>, volumeId: string, done: readonly LeftPath[]): Promise<void> {
-  const state = await states.load(volumeId).catch(() => undefined);
-  if (state?.left_logins === undefined) return;
-  const rest = withoutLeft(state.left_logins, done);
-  if (rest.length === state.left_logins.length) return;
-  if (rest.length === 0 && state.device === undefined) {
-    await states.remove(volumeId);
-    return;
-  }
-  const kept: S = { ...state, left_logins: rest };
-  if (rest.length === 0) delete kept.left_logins;
-  await states.save(kept);
+/**
+ * A disconnect is done with what it read of the volume's state (`seen`, before its host work):
+ * take out of the state as it is *now* the device it removed and the left logins it finished,
+ * and nothing else. The file goes when nothing is left; what another connect, repair or process
+ * wrote meanwhile stays (a device of a connect at another target, a login a failed connect gave
+ * up since) — removing the file, as a disconnect did, dropped it. The device counts as removed
+ * while the state still records it as `seen` did (all but the left logins equal); `deviceless`
+ * makes a state with it taken out (no device, only what the left logins need).
+ */
+export async function forgetDetached<S extends LeftLoginState>(
+  states: LeftLoginStates<S>,
+  volumeId: string,
+  seen: S | undefined,
+  finished: readonly LeftPath[],
+  deviceless: (state: S) => S,
+): Promise<void> {
+  await states.update(volumeId, (current) => {
+    // None, or a file that is not a state: nothing in it to keep.
+    if (current === undefined) return null;
+    const had = current.left_logins ?? [];
+    const rest = withoutLeft(had, finished);
+    const deviceDone = seen !== undefined && sameApartFromLeft(current, seen);
+    if (rest.length === 0 && (deviceDone || current.device === undefined)) return null;
+    if (!deviceDone && rest.length === had.length) return undefined;
+    const kept: S = deviceDone ? deviceless(current) : { ...current };
+    if (rest.length === 0) delete kept.left_logins;
+    else kept.left_logins = rest;
+    return kept;
+  });
+}
+
+/** Whether two states are one record but for their left logins (keys in any order). */
+function sameApartFromLeft(a: LeftLoginState, b: LeftLoginState): boolean {
+  const canonical = (state: LeftLoginState): string => {
+    const { left_logins: _left, ...rest } = state;
+    return JSON.stringify(rest, (_key, value: unknown) =>
+      value !== null && typeof value === 'object' && !Array.isArray(value)
+        ? Object.fromEntries(Object.entries(value as Record<string, unknown>).sort(([x], [y]) => (x < y ? -1 : x > y ? 1 : 0)))
+        : value,
+    );
+  };
+  return canonical(a) === canonical(b);
 }
 
 /**

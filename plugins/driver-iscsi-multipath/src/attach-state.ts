@@ -54,6 +54,19 @@ export type AttachState = z.output<typeof zAttachState>;
 export type AttachPath = z.output<typeof zAttachPath>;
 
 /**
+ * `state` without its device (a disconnect removed it): what a state of a connect that failed
+ * with logins iscsid may carry on holds — no `mode`, `device`, map, WWN or `connectedAt`, every
+ * path `failed` and without a disk — and its left logins.
+ */
+export function devicelessState(state: AttachState): AttachState {
+  const { mode: _mode, device: _device, dm: _dm, mapName: _mapName, scsi_wwn: _wwn, connectedAt: _at, ...rest } = state;
+  return {
+    ...rest,
+    paths: state.paths.map((p) => ({ target_iqn: p.target_iqn, target_portal: p.target_portal, target_lun: p.target_lun, kernel_lun: p.kernel_lun, state: 'failed' as const })),
+  };
+}
+
+/**
  * This transport's attach states, one JSON file per volume under `dir`
  * (`<dataDir>/driver-iscsi-multipath/attachments/<volumeId>.json`), written atomically by the toolkit's store.
  */

@@ -1,6 +1,6 @@
 import { BerthError, type Device, type DisconnectOptions } from '@berth/core';
-import { checkIdentity, devPath, FailureList, holdersOf, identityAt, inUseBy, messageOf, slavesOf, targetKey, withRetry, finishLeftLoginForDetach, leftPathsOf } from '@berth/iscsi';
-import type { AttachState } from './attach-state.js';
+import { checkIdentity, devPath, FailureList, holdersOf, identityAt, inUseBy, messageOf, slavesOf, targetKey, withRetry, finishLeftLoginForDetach, forgetDetached, leftPathsOf, type LeftPath } from '@berth/iscsi';
+import { devicelessState, type AttachState } from './attach-state.js';
 import type { MultipathVolume, PathTarget } from './multipath-connection.js';
 import type { MultipathContext } from './multipath-context.js';
 import { expectedWwn, latePathOwner } from './late-path.js';
@@ -125,7 +125,7 @@ export async function disconnectVolume(
   // for, within the signal), unless the session serves another LUN or attachment.
   await Promise.all(lefts.map((left) => finishLeftLoginForDetach(ctx, left, { signal, failures, keep })));
 
-  if (failures.size === 0 && keep.length === 0) await forgetStates(ctx, volume, volumeId);
+  if (failures.size === 0 && keep.length === 0) await forgetStates(ctx, volume, volumeId, state, lefts);
   failures.throwIfAny(what);
   logger.info({ iqn: volume.primary.iqn, lun: volume.primary.lun, dm: map?.dm, paths: located.length }, 'volume disconnected');
 }
@@ -179,14 +179,21 @@ async function locateMap(ctx: MultipathContext, device: Device | undefined, stat
   return undefined;
 }
 
-async function forgetStates(ctx: MultipathContext, volume: MultipathVolume, volumeId: string | undefined): Promise<void> {
+/**
+ * The disconnect is done: out of the volume's state (`seen`, read before the host work) go the
+ * device it removed and the left logins it finished, from the state as it is now; the file goes
+ * when nothing else is in it. What a connect, a repair or another process wrote since stays
+ * (removing the file, as before, dropped it). Without a volume id: every state of the primary
+ * path, each as it is now (nothing was read of them before).
+ */
+async function forgetStates(ctx: MultipathContext, volume: MultipathVolume, volumeId: string | undefined, seen: AttachState | undefined, finished: readonly LeftPath[]): Promise<void> {
   if (volumeId !== undefined) {
-    await ctx.states.remove(volumeId);
+    await forgetDetached(ctx.states, volumeId, seen, finished, devicelessState);
     return;
   }
   for (const state of await ctx.states.list()) {
     if (state.target_iqn === volume.primary.iqn && state.target_lun === volume.primary.lun && state.target_portal === volume.primary.portalText) {
-      await ctx.states.remove(state.volumeId);
+      await forgetDetached(ctx.states, state.volumeId, state, finished, devicelessState);
     }
   }
 }

@@ -87,8 +87,6 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
       t = now;
     };
 
-    // An earlier attach's given-up logins: a path up now adopted its session; the others stay to finish.
-    const previous = volumeId === undefined ? undefined : await ctx.states.load(volumeId).catch(() => undefined);
     const degraded = await checkDaemon(enforce, warnings, signal);
     lap('multipathd');
     const { targets, byDiscovery } = await pathTargets(volume, signal);
@@ -116,12 +114,20 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
       // The given-up logins are known once their undo ran (it is quick: the kill, a logout).
       await connected.stragglersUndone;
       const upNow = new Set(outcomes.flatMap((o) => (o.status === 'up' ? [targetKey(o.target)] : [])));
-      const left = mergeLeft(
-        leftPathsOf(previous).filter((l) => !upNow.has(targetKey(l.target))),
-        connected.left,
-      );
+      // An earlier attach's given-up logins: a path up now adopted its session; the others stay to
+      // finish. Those of the state as it is now, not as it was when the connect began: a watcher,
+      // a reconcile or another process may have forgotten or kept one meanwhile (under another
+      // volume queue, or none of this process), and a state read before and written back here
+      // undid that.
+      let left = connected.left;
       if (volumeId !== undefined) {
-        await ctx.states.save({ ...attachStateOf(volumeId, result, device), ...(left.length === 0 ? {} : { left_logins: left.map(leftEntryOf) }) });
+        await ctx.states.update(volumeId, (current) => {
+          left = mergeLeft(
+            leftPathsOf(current).filter((l) => !upNow.has(targetKey(l.target))),
+            connected.left,
+          );
+          return { ...attachStateOf(volumeId, result, device), ...(left.length === 0 ? {} : { left_logins: left.map(leftEntryOf) }) };
+        });
       }
       watchLeft(volumeKey(volume), volumeId, left);
       await Promise.all(outcomes.filter((o) => o.status === 'up').map((o) => lifecycle.keep(o.target, o.progress)));
@@ -138,7 +144,7 @@ export function createMultipathDriver(context: PluginContext<Partial<MultipathDr
       // only them), so the rollback's disconnect, a reconcile or a later connect finishes them in
       // any process (a CLI exits, or is killed, before iscsid's bound); and watched in this one.
       if (connected.left.length > 0 && volumeId !== undefined) {
-        await saveLeftLogins(ctx.states, previous, () => leftOnlyState(volumeId, volume, outcomes.map((o) => o.target)), connected.left, logger);
+        await saveLeftLogins(ctx.states, volumeId, () => leftOnlyState(volumeId, volume, outcomes.map((o) => o.target)), connected.left, logger);
       }
       watchLeft(volumeKey(volume), volumeId, connected.left);
       throw error;

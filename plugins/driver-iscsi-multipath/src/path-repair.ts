@@ -1,6 +1,6 @@
 import { BerthError, type ConnectedDevice, type PathRepair } from '@berth/core';
 import { checkIdentity, devPath, formatHctl, messageOf, type ChapCredentials, leftEntryOf, leftPathOf, leftPathsOf, mergeLeft, type LeftPath } from '@berth/iscsi';
-import type { AttachPath, AttachState } from './attach-state.js';
+import { devicelessState, type AttachPath, type AttachState } from './attach-state.js';
 import { mapSlaves, missingPortals, type MapSlave } from './multipath-connected.js';
 import { lunKey, type PathTarget } from './multipath-connection.js';
 import type { MultipathContext } from './multipath-context.js';
@@ -65,7 +65,20 @@ export async function repairMissingPaths(ctx: MultipathContext, listed: Connecte
     const results = await Promise.all(missing.map((target) => addPath(ctx, target, auth, map, signal)));
     const left = results.flatMap((r) => r.left);
     const added = results.flatMap((r) => ('added' in r ? [r.added] : []));
-    if (added.length > 0 || left.length > 0) await ctx.states.save(withPaths(state, added, left));
+    if (added.length > 0 || left.length > 0) {
+      // On the state as it is now: the volume's queue is this process's only, and a reconcile or
+      // a watcher (or another process) may have forgotten a left login since it was read above.
+      // Paths are added only to the attach they were added for; the left logins are kept whatever.
+      await ctx.states.update(volumeId, (current) => {
+        if (current === undefined) {
+          // Disconnected meanwhile: only the new left logins need a state (the earlier ones went with it).
+          if (left.length === 0) return undefined;
+          const { left_logins: _gone, ...base } = devicelessState(state);
+          return withPaths(base, [], left);
+        }
+        return withPaths(current, current.device === state.device && current.dm === state.dm ? added : [], left);
+      }, signal);
+    }
     if (left.length > 0) hooks.watchLeft(key, volumeId, left);
     const lines = results.map((r) => ('added' in r ? `added path ${r.target.portalText} (${r.added.device?.slice('/dev/'.length) ?? '?'}) in ${Math.round(r.ms)} ms` : `${r.target.portalText} still down: ${r.failure}`));
     return { changed: added.length > 0, detail: lines.join('; ') };

@@ -27,6 +27,7 @@ import {
   findLunDevice,
   finishLeftLogin,
   finishLeftLoginForDetach,
+  forgetDetached,
   forgetLeftLogins,
   formatHctl,
   formatPortal,
@@ -95,7 +96,6 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
   const lunLocks = new KeyedLock();
 
   async function connectLun(target: IscsiVolumeTarget, call: TransportCallContext, volumeId: string | undefined): Promise<Device> {
-    const previous = volumeId === undefined ? undefined : await states.load(volumeId).catch(() => undefined);
     // A login whose iscsiadm was killed (deadline, command timeout) and that had no session yet:
     // iscsid may still bring it up, so its record stays and the login is finished later.
     const left: LeftPath[] = [];
@@ -103,15 +103,21 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
     try {
       lun = await lifecycle.connect(target, { signal: call.signal, onLoginLeft: (login) => left.push(leftPathOf(target, login)) });
     } catch (error) {
-      if (left.length > 0) await keepLeft(target, volumeId, previous, left);
+      if (left.length > 0) await keepLeft(target, volumeId, left);
       throw error;
     }
     try {
       const device = describeDevice(target, lun);
-      // An earlier connect's left login to this target is settled: its session (if it came) is this one.
-      const otherLeft = leftPathsOf(previous).filter((l) => targetKey(l.target) !== targetKey(target));
       if (volumeId !== undefined) {
-        await states.save({ ...stateOf(volumeId, target, lun, device), ...(otherLeft.length === 0 ? {} : { left_logins: otherLeft.map(leftEntryOf) }) });
+        // On the state as it is now, not as it was when the connect began: meanwhile a watcher or
+        // a reconcile (under another target's lock, or in another process) may have forgotten a
+        // left login, or a failed connect at another target kept one; a state read before the
+        // login and written back here lost that change. An earlier connect's left login to this
+        // target is settled: its session (if it came) is this one; those at other targets stay.
+        await states.update(volumeId, (current) => {
+          const otherLeft = leftPathsOf(current).filter((l) => targetKey(l.target) !== targetKey(target));
+          return { ...stateOf(volumeId, target, lun, device), ...(otherLeft.length === 0 ? {} : { left_logins: otherLeft.map(leftEntryOf) }) };
+        });
       }
       await lifecycle.keep(target, lun.progress);
       logger.info({ device: device.path, iqn: target.iqn, portal: target.portalText, lun: target.lun, sid: lun.device.sid, wwn: device.scsi_wwn }, 'LUN connected');
@@ -123,14 +129,14 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
   }
 
   /**
-   * Keep what a failed connect left to iscsid: in the volume's state (with any earlier ones; a
-   * state with only left logins has no device), so the rollback's disconnect, a reconcile or a
-   * later connect finishes them in any process; and watched in this one while it lives.
+   * Keep what a failed connect left to iscsid: in the volume's state as it is now (with any
+   * earlier ones; a state with only left logins has no device), so the rollback's disconnect, a
+   * reconcile or a later connect finishes them in any process; and watched in this one while it lives.
    */
-  async function keepLeft(target: IscsiVolumeTarget, volumeId: string | undefined, previous: AttachState | undefined, left: readonly LeftPath[]): Promise<void> {
+  async function keepLeft(target: IscsiVolumeTarget, volumeId: string | undefined, left: readonly LeftPath[]): Promise<void> {
     if (volumeId !== undefined) {
       const fresh = (): AttachState => ({ version: 1, volumeId, target_iqn: target.iqn, target_portal: target.portalText, target_lun: target.lun, kernel_lun: target.kernelLun, iface: options.iface });
-      await saveLeftLogins(states, previous, fresh, left, logger);
+      await saveLeftLogins(states, volumeId, fresh, left, logger);
     }
     watchLeftLogins({ fs, lifecycle, logger }, left, async (done) => {
       if (volumeId !== undefined) await lunLocks.withLock(lunKey(target), () => forgetLeftLogins(states, volumeId, [done]));
@@ -243,12 +249,18 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
     return now !== undefined && sameIdentity(known, now);
   }
 
-  async function forgetStates(target: IscsiVolumeTarget, volumeId: string | undefined): Promise<void> {
+  /**
+   * A disconnect is done: out of each state it read (`seen`; the volume's, or with no volume id
+   * every one of the LUN) go the device it removed and the left logins it finished, from the
+   * state as it is now; the file goes when nothing else is in it. What a connect at another target
+   * or another process wrote since stays (removing the file, as before, dropped it).
+   */
+  async function forgetStates(volumeId: string | undefined, seen: readonly AttachState[], finished: readonly LeftPath[]): Promise<void> {
     if (volumeId !== undefined) {
-      await states.remove(volumeId);
+      await forgetDetached(states, volumeId, seen[0], finished, deviceless);
       return;
     }
-    for (const state of await statesOf(target, undefined)) await states.remove(state.volumeId);
+    for (const state of seen) await forgetDetached(states, state.volumeId, state, finished, deviceless);
   }
 
   /**
@@ -328,7 +340,8 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
             // logout decision would find no session yet, delete the record and walk away (the
             // session then comes up owned by nobody): the left login is finished instead, once
             // its session is there or iscsid's bound passed (waited for, within the signal).
-            const lefts = mergeLeft(...(await statesOf(target, volumeId).catch(() => [] as AttachState[])).map((state) => leftPathsOf(state)));
+            const seen = await statesOf(target, volumeId).catch(() => [] as AttachState[]);
+            const lefts = mergeLeft(...seen.map((state) => leftPathsOf(state)));
             const leftHere = lefts.some((l) => targetKey(l.target) === targetKey(target));
             if (!leftHere) {
               // A failure here (a lock file another process held too long) is one step's, as on the
@@ -336,7 +349,7 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
               await lifecycle.closeSessionIfUnused(target, own, { signal, failures, mark, keep, faultPoints: true }).catch((error: unknown) => failures.add('close the session', error));
             }
             for (const left of lefts) await finishLeftLoginForDetach({ fs, lifecycle, logger }, left, { signal, failures, keep });
-            if (failures.size === 0 && keep.length === 0) await forgetStates(target, volumeId);
+            if (failures.size === 0 && keep.length === 0) await forgetStates(volumeId, seen, lefts);
             failures.throwIfAny(what);
           },
           signal,
@@ -427,6 +440,12 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
       return checkIscsiHost({ fs, runner, iscsiadm: probeClient, timeoutMs: options.commandTimeoutMs });
     },
   };
+}
+
+/** `state` without its device: what a state with only left logins keeps (`keepLeft`'s fresh state). */
+function deviceless(state: AttachState): AttachState {
+  const { sid: _sid, hctl: _hctl, device: _device, scsi_wwn: _wwn, connectedAt: _at, ...rest } = state;
+  return rest;
 }
 
 function sameTargetPortal(text: string, target: IscsiVolumeTarget): boolean {
