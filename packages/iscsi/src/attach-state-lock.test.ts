@@ -106,8 +106,8 @@ describe('one volume\'s attach state changed by several processes at once', { ti
     expect({ one: byName('one'), two: byName('two'), three: byName('three') }).toEqual({ one: count, two: count, three: count });
   });
 
-  it('a process SIGKILLed while holding a volume\'s lock does not block it: the next change breaks the lock and goes on', async () => {
-    // The child takes the lock and stops inside the change (a synchronous spin: it never writes).
+  /** A child that takes the volume's lock and stops inside the change (a synchronous spin: it never writes). */
+  async function startHolder(): Promise<ReturnType<typeof start>> {
     const holder = start(`${preamble(dir)}
       await store.update(${JSON.stringify(VOLUME)}, () => {
         say('holding');
@@ -115,6 +115,11 @@ describe('one volume\'s attach state changed by several processes at once', { ti
       });
     `);
     await holder.line('holding');
+    return holder;
+  }
+
+  it('a process SIGKILLed while holding a volume\'s lock does not block it: the next change breaks the lock and goes on', async () => {
+    const holder = await startHolder();
     const lockFile = path.join(dir, `${VOLUME}.lock`);
     expect(JSON.parse(await readFile(lockFile, 'utf8'))).toMatchObject({ pid: holder.child.pid });
     holder.child.kill('SIGKILL');
@@ -128,13 +133,7 @@ describe('one volume\'s attach state changed by several processes at once', { ti
   });
 
   it('a live holder in another process is waited for, not broken; past the timeout a TIMEOUT names it', async () => {
-    const holder = start(`${preamble(dir)}
-      await store.update(${JSON.stringify(VOLUME)}, () => {
-        say('holding');
-        for (;;) {}
-      });
-    `);
-    await holder.line('holding');
+    const holder = await startHolder();
     const error = await new AttachStateFileStore(dir, zState, 300).update(VOLUME, () => ({ version: 1, volumeId: VOLUME })).catch((e: unknown) => e);
     expect(error).toMatchObject({ code: 'TIMEOUT', details: { volumeId: VOLUME, holderPid: holder.child.pid } });
     expect(await new AttachStateFileStore(dir, zState).load(VOLUME)).toBeUndefined();
