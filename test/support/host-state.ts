@@ -53,7 +53,7 @@ export function detachByHand(device: string): void {
  */
 export function crashChild(
   dataDir: string,
-  command: 'attach' | 'detach',
+  command: 'attach' | 'detach' | 'create' | 'delete' | 'extend',
   point: string,
   options: { volume?: string; args?: string[]; env?: Record<string, string>; timeoutMs?: number } = {},
 ): string {

@@ -236,7 +236,10 @@ export class BerthServiceImpl implements BerthService {
     return this.replicaStop;
   }
 
-  recover(): Promise<RecoveryOutcome[]> {
+  async recover(): Promise<RecoveryOutcome[]> {
+    // A volume a killed create, delete or extend left `creating` / `deleting` / `extending` (no
+    // operation journals those): finished or undone first, logged (`recoverVolumeLifecycles`).
+    await volumes.recoverVolumeLifecycles(this.parts);
     return recoverDeadOperations(this.parts, this.launcher);
   }
 

@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BerthError, toBerthError } from './errors.js';
 import type { Logger } from './logger.js';
@@ -24,6 +24,11 @@ export interface LeaseOptions {
    * successor on another machine waits out, kept alive by its live holder).
    */
   renewEveryMs?: number;
+  /**
+   * Do not wait for a live holder: throw CONFLICT (`details.leaseHeld`) at once (a dead or expired
+   * one is still taken over). For recovery passes, which leave live work alone.
+   */
+  noWait?: boolean;
 }
 
 /** A lease held by `withLease`'s `fn`. */
@@ -74,6 +79,23 @@ export function exportLeaseKey(volumeId: string): string {
   return `export:${volumeId}`;
 }
 
+/**
+ * The lease a volume's delete or extend holds while the volume is `deleting` / `extending`: a
+ * volume in one of them whose lease is free or held by a dead process was left by a killed
+ * command, and recovery finishes it (`recoverVolumeLifecycles`).
+ */
+export function volumeLeaseKey(volumeId: string): string {
+  return `volume:${volumeId}`;
+}
+
+/**
+ * The lease a volume's create holds from before its row exists (`creating`) until the row is
+ * `available` or gone: keyed by project and name (a hash: names are long), which the row carries.
+ */
+export function volumeCreateLeaseKey(projectId: string, name: string): string {
+  return `volume-create:${createHash('sha256').update(`${projectId}\0${name}`).digest('hex')}`;
+}
+
 /** How long past its lease a dead holder's still-running commands hold it (the default command timeout, 30 s, and the 2 s to SIGKILL, with room). */
 const COMMANDS_PAST_LEASE_MS = 35_000;
 
@@ -118,6 +140,11 @@ export async function withLease<T>(store: Store, key: string, options: LeaseOpti
       break;
     }
     if (stale) continue;
+    if (options.noWait === true) {
+      throw new BerthError('CONFLICT', `${options.what} is held by process ${holder.owner.split('/')[0]}`, {
+        details: { lease: key, holder: holder.owner, leaseHeld: true },
+      });
+    }
     await sleep(wait, undefined, { signal: options.signal }).catch(() => undefined);
     wait = Math.min(wait * 2, MAX_WAIT_MS);
   }

@@ -43,7 +43,7 @@ export function devicesInUse(store: Store, hostId: string, volumeId: string): Pr
 }
 
 /** How this process takes a lease of the pipelines' (`what`: for messages). */
-function leaseOptions(deps: Pick<PipelineDeps, 'owner' | 'hostname' | 'replicaLeases' | 'config' | 'logger'>, signal: AbortSignal, what: string): LeaseOptions {
+export function leaseOptions(deps: Pick<PipelineDeps, 'owner' | 'hostname' | 'replicaLeases' | 'config' | 'logger'>, signal: AbortSignal, what: string): LeaseOptions {
   return {
     owner: deps.owner,
     hostname: deps.hostname,

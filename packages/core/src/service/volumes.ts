@@ -1,39 +1,52 @@
 import { createDeadline } from '../deadline.js';
 import { BerthError, parseWith, toBerthError } from '../errors.js';
+import { volumeCreateLeaseKey, volumeLeaseKey, withLease } from '../lease.js';
 import { zSizeBytes, type Volume, type VolumeStatus } from '../model.js';
 import { backendVolume } from '../pipeline/context.js';
+import { leaseOptions } from '../pipeline/device-sharing.js';
 import { zCreateVolumeRequest } from '../requests.js';
 import type { CreatedVolumeResult, CreateVolumeRequest, ProjectScope, Ref } from '../service.js';
 import type { ServiceParts } from './parts.js';
 import { projectOf, resolveVolume } from './resolve.js';
 
-/** Create a volume on its backend; a failed create leaves neither a row nor storage behind. */
+/**
+ * Create a volume on its backend; a failed create leaves neither a row nor storage behind. The
+ * create holds its lease (`volumeCreateLeaseKey`) from before the row exists until it is
+ * `available` or gone, so that a row left `creating` by a killed process is told from one being
+ * made, and recovery removes it (`recoverVolumeLifecycles`).
+ */
 export async function createVolume(parts: ServiceParts, request: CreateVolumeRequest): Promise<CreatedVolumeResult> {
   const { config, store, catalog } = parts;
   const req = parseWith(zCreateVolumeRequest, request, 'volume');
   const backendName = req.backend ?? config.defaultBackend;
   const backend = catalog.backend(backendName);
-  const volume = await store.volumes.create({
-    name: req.name,
-    projectId: projectOf(config, req),
-    sizeBytes: req.sizeBytes,
-    backend: backendName,
-    multiattach: req.multiattach ?? false,
-    status: 'creating',
-  });
+  const projectId = projectOf(config, req);
   const deadline = createDeadline(config.operationTimeoutMs);
   try {
-    const created = await backend.create(backendVolume(volume), deadline.signal);
-    const available = await store.volumes.transition(volume.id, ['creating'], 'available', {
-      providerLocation: created.providerLocation,
+    return await withLease(store, volumeCreateLeaseKey(projectId, req.name), leaseOptions(parts.deps, deadline.signal, `the creation of volume ${req.name}`), async () => {
+      const volume = await store.volumes.create({
+        name: req.name,
+        projectId,
+        sizeBytes: req.sizeBytes,
+        backend: backendName,
+        multiattach: req.multiattach ?? false,
+        status: 'creating',
+      });
+      await parts.faults.hit('volume.create.after-row');
+      try {
+        const created = await backend.create(backendVolume(volume), deadline.signal);
+        const available = await store.volumes.transition(volume.id, ['creating'], 'available', {
+          providerLocation: created.providerLocation,
+        });
+        return created.warnings && created.warnings.length > 0 ? { ...available, warnings: created.warnings } : available;
+      } catch (error) {
+        // Nothing was made that a user can use: remove the row (and whatever the backend made) so
+        // the name is free for a retry, instead of leaving a volume in `error` to clean up by hand.
+        await backend.delete(backendVolume(volume), AbortSignal.timeout(config.undoTimeoutMs)).catch(() => undefined);
+        await store.volumes.delete(volume.id, ['creating']).catch(() => undefined);
+        throw toBerthError(error, 'BACKEND_ERROR');
+      }
     });
-    return created.warnings && created.warnings.length > 0 ? { ...available, warnings: created.warnings } : available;
-  } catch (error) {
-    // Nothing was made that a user can use: remove the row (and whatever the backend made) so
-    // the name is free for a retry, instead of leaving a volume in `error` to clean up by hand.
-    await backend.delete(backendVolume(volume), AbortSignal.timeout(config.undoTimeoutMs)).catch(() => undefined);
-    await store.volumes.delete(volume.id, ['creating']).catch(() => undefined);
-    throw toBerthError(error, 'BACKEND_ERROR');
   } finally {
     deadline.dispose();
   }
@@ -56,7 +69,7 @@ export function listVolumes(parts: ServiceParts, filter: ProjectScope & { status
  * failure leaves it `error` (a retried delete decides).
  */
 export async function deleteVolume(parts: ServiceParts, ref: Ref, scope: ProjectScope): Promise<void> {
-  const { config, store, catalog } = parts;
+  const { config, store } = parts;
   const volume = await resolveVolume(store, ref, projectOf(config, scope));
   await parts.volumeLocks.withLock(volume.id, async () => {
     const attachments = await store.attachments.list({ volumeId: volume.id });
@@ -75,14 +88,13 @@ export async function deleteVolume(parts: ServiceParts, ref: Ref, scope: Project
         details: { volumeId: volume.id, devices: devices.map((d) => ({ hostId: d.hostId, device: d.device.path })) },
       });
     }
-    await store.volumes.transition(volume.id, ['available', 'error'], 'deleting');
-    try {
-      await catalog.backend(volume.backend).delete(backendVolume(volume), AbortSignal.timeout(config.operationTimeoutMs));
-    } catch (error) {
-      await store.volumes.transition(volume.id, ['deleting'], 'error').catch(() => undefined);
-      throw toBerthError(error, 'BACKEND_ERROR');
-    }
-    await store.volumes.delete(volume.id, ['deleting']);
+    const signal = AbortSignal.timeout(config.operationTimeoutMs);
+    // Held while it is `deleting`: a volume left so by a killed process is finished by recovery.
+    await withLease(store, volumeLeaseKey(volume.id), leaseOptions(parts.deps, signal, `volume ${volume.name}`), async () => {
+      await store.volumes.transition(volume.id, ['available', 'error'], 'deleting');
+      await parts.faults.hit('volume.delete.after-status');
+      await finishDelete(parts, volume, signal);
+    });
   });
 }
 
@@ -99,7 +111,8 @@ export async function extendVolume(parts: ServiceParts, ref: Ref, newSizeBytes: 
       });
     }
     const backend = catalog.backend(current.backend);
-    if (!backend.extend) {
+    const extend = backend.extend?.bind(backend);
+    if (!extend) {
       throw new BerthError('UNPROCESSABLE', `backend ${current.backend} cannot extend volumes`);
     }
     if (current.status !== 'available') {
@@ -108,13 +121,99 @@ export async function extendVolume(parts: ServiceParts, ref: Ref, newSizeBytes: 
         details: { volumeId: current.id, actual: current.status, expected: 'available' },
       });
     }
-    await store.volumes.transition(current.id, ['available'], 'extending');
-    try {
-      await backend.extend(backendVolume(current), size, AbortSignal.timeout(config.operationTimeoutMs));
-    } catch (error) {
-      await store.volumes.transition(current.id, ['extending'], 'available');
-      throw toBerthError(error, 'BACKEND_ERROR');
-    }
-    return store.volumes.transition(current.id, ['extending'], 'available', { sizeBytes: size });
+    const signal = AbortSignal.timeout(config.operationTimeoutMs);
+    // Held while it is `extending`: a volume left so by a killed process is given back by recovery.
+    return withLease(store, volumeLeaseKey(current.id), leaseOptions(parts.deps, signal, `volume ${current.name}`), async () => {
+      await store.volumes.transition(current.id, ['available'], 'extending');
+      await parts.faults.hit('volume.extend.after-status');
+      try {
+        await extend(backendVolume(current), size, signal);
+      } catch (error) {
+        await store.volumes.transition(current.id, ['extending'], 'available');
+        throw toBerthError(error, 'BACKEND_ERROR');
+      }
+      return store.volumes.transition(current.id, ['extending'], 'available', { sizeBytes: size });
+    });
   });
+}
+
+/** The storage of a `deleting` volume removed, then its row; a backend failure leaves it `error` (a retried delete decides). */
+async function finishDelete(parts: ServiceParts, volume: Volume, signal: AbortSignal): Promise<void> {
+  const { store, catalog } = parts;
+  try {
+    await catalog.backend(volume.backend).delete(backendVolume(volume), signal);
+  } catch (error) {
+    await store.volumes.transition(volume.id, ['deleting'], 'error').catch(() => undefined);
+    throw toBerthError(error, 'BACKEND_ERROR');
+  }
+  await store.volumes.delete(volume.id, ['deleting']);
+}
+
+/** What recovery did with a volume a killed create, delete or extend left. */
+export interface VolumeLifecycleRecovery {
+  volumeId: string;
+  name: string;
+  was: 'creating' | 'deleting' | 'extending';
+  /** `removed`: the create undone or the delete finished; `available`: the extend given back at the recorded size; `error`: the backend failed (a delete decides). */
+  action: 'removed' | 'available' | 'error' | 'skipped';
+  detail: string;
+}
+
+const LIFECYCLE_STATUSES = ['creating', 'deleting', 'extending'] as const;
+
+/**
+ * Finish what a killed `volume create`, `delete` or `extend` left: a volume `creating`, `deleting`
+ * or `extending` whose lease (held from before the status until after it) is free or held by a
+ * dead process. A create is undone (storage and row: the name is free again, as after a failed
+ * create), a delete finished, an extend given back at the recorded size (the backend may have grown
+ * the storage: a retried extend to that size finds it so). A lease held by a live process is left
+ * alone: that process is at it.
+ */
+export async function recoverVolumeLifecycles(parts: ServiceParts): Promise<VolumeLifecycleRecovery[]> {
+  const { store, catalog, config, logger } = parts;
+  const stuck = (await Promise.all(LIFECYCLE_STATUSES.map((status) => store.volumes.list({ status })))).flat();
+  const outcomes: VolumeLifecycleRecovery[] = [];
+  for (const found of stuck) {
+    const was = found.status as VolumeLifecycleRecovery['was'];
+    const key = was === 'creating' ? volumeCreateLeaseKey(found.projectId, found.name) : volumeLeaseKey(found.id);
+    const signal = AbortSignal.timeout(config.undoTimeoutMs);
+    const outcome = await parts.volumeLocks
+      .withLock(found.id, () =>
+        withLease(store, key, { ...leaseOptions(parts.deps, signal, `volume ${found.name}`), noWait: true }, async (): Promise<VolumeLifecycleRecovery> => {
+          // Under the lease, read again: the process may have finished just before it let go.
+          const volume = await store.volumes.get(found.id);
+          const entry = { volumeId: found.id, name: found.name, was };
+          if (volume === undefined || volume.status !== was) return { ...entry, action: 'skipped', detail: 'finished meanwhile' };
+          if (was === 'extending') {
+            await store.volumes.transition(volume.id, ['extending'], 'available');
+            return { ...entry, action: 'available', detail: `an interrupted extend: available again at its recorded size (${volume.sizeBytes} bytes); extend it again` };
+          }
+          if (was === 'deleting') {
+            try {
+              await finishDelete(parts, volume, signal);
+            } catch (error) {
+              return { ...entry, action: 'error', detail: `an interrupted delete could not be finished: ${toBerthError(error).message}; delete it again` };
+            }
+            return { ...entry, action: 'removed', detail: 'an interrupted delete, finished' };
+          }
+          try {
+            await catalog.backend(volume.backend).delete(backendVolume(volume), signal);
+          } catch (error) {
+            await store.volumes.transition(volume.id, ['creating'], 'error').catch(() => undefined);
+            return { ...entry, action: 'error', detail: `an interrupted create could not be undone: ${toBerthError(error).message}; delete it` };
+          }
+          await store.volumes.delete(volume.id, ['creating']);
+          return { ...entry, action: 'removed', detail: 'an interrupted create, undone (the name is free again)' };
+        }),
+      )
+      .catch((error: unknown): VolumeLifecycleRecovery => {
+        const e = toBerthError(error);
+        return { volumeId: found.id, name: found.name, was, action: 'skipped', detail: e.details.leaseHeld === true ? 'a live process is at it' : e.message };
+      });
+    if (outcome.action !== 'skipped' || outcome.detail !== 'a live process is at it') {
+      logger.warn({ volumeId: outcome.volumeId, was: outcome.was, action: outcome.action, detail: outcome.detail }, 'recovery: a volume an interrupted command left');
+    }
+    outcomes.push(outcome);
+  }
+  return outcomes;
 }
