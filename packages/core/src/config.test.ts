@@ -27,7 +27,7 @@ describe('resolveConfig', () => {
     } catch (e) {
       error = e;
     }
-    expect(BerthError.is(error) && error.code).toBe('VALIDATION');
+    expect(BerthError.is(error) && error.code).toBe('CONFIG');
     expect(String((error as Error).message)).toMatch(/nope/);
     expect(String((error as Error).message)).toMatch(/operationTimeoutMs/);
   });
@@ -41,7 +41,7 @@ describe('resolveConfig', () => {
     } catch (e) {
       error = e;
     }
-    expect(BerthError.is(error) && error.code).toBe('VALIDATION');
+    expect(BerthError.is(error) && error.code).toBe('CONFIG');
     expect(String((error as Error).message)).toMatch(/store\.url/);
     expect(String((error as Error).message)).not.toMatch(/hunter2/);
   });
@@ -60,8 +60,65 @@ describe('resolveConfig', () => {
       }
       return 'accepted';
     };
-    expect(refused({ api: { tokens: [{ name: 'a', sha256, role: 'admin', host: 'h-3' }] } })).toMatch(/VALIDATION.*only an agent token names a host/);
-    expect(refused({ api: { tokens: [{ name: 'a', sha256, role: 'agent', host: '-bad_host' }] } })).toMatch(/VALIDATION.*RFC 1123/);
-    expect(refused({ replica: { leaseMs: 2000, heartbeatMs: 1500 } })).toMatch(/VALIDATION.*heartbeatMs/);
+    expect(refused({ api: { tokens: [{ name: 'a', sha256, role: 'admin', host: 'h-3' }] } })).toMatch(/CONFIG.*only an agent token names a host/);
+    expect(refused({ api: { tokens: [{ name: 'a', sha256, role: 'agent', host: '-bad_host' }] } })).toMatch(/CONFIG.*RFC 1123/);
+    expect(refused({ replica: { leaseMs: 2000, heartbeatMs: 1500 } })).toMatch(/CONFIG.*heartbeatMs/);
+  });
+
+  describe('a bad config', () => {
+    const failure = (run: () => unknown): BerthError => {
+      try {
+        run();
+      } catch (e) {
+        if (BerthError.is(e)) return e;
+        throw e;
+      }
+      throw new Error('accepted');
+    };
+
+    it('is CONFIG, names the file and every bad key by its path, and says where to fix it', () => {
+      const error = failure(() =>
+        resolveConfig({ bogusKey: 1, operationTimeoutMs: -5, connector: { multipath: 'yes', extra: true } }, {}, { dataDir: '/d' }, { file: '/etc/berth/c.json' }),
+      );
+      expect(error.code).toBe('CONFIG');
+      expect(error.message).toMatch(/^invalid config file \/etc\/berth\/c\.json: /);
+      expect(error.message).toContain('bogusKey: unknown key');
+      expect(error.message).toContain('operationTimeoutMs: must be greater than 0');
+      expect(error.message).toContain('connector.multipath: must be a boolean, not a string');
+      expect(error.message).toContain('connector.extra: unknown key');
+      expect(error.hint).toMatch(/^fix or remove .*bogusKey.* in \/etc\/berth\/c\.json/);
+      expect(error.details['issues']).toContainEqual({ path: ['bogusKey'], message: 'unknown key', source: 'config file /etc/berth/c.json' });
+    });
+
+    it('says which values came from the environment or an option, never the values themselves', () => {
+      const error = failure(() =>
+        resolveConfig(
+          { logLevel: 'loud' },
+          { BERTH_OPERATION_TIMEOUT_MS: 'soon', BERTH_STORE_URL: 'mysql://root:hunter2@db/berth' },
+          { dataDir: '/d' },
+          { file: '/c.json' },
+        ),
+      );
+      expect(error.code).toBe('CONFIG');
+      expect(error.message).toContain('invalid config file /c.json: logLevel: must be one of trace, debug');
+      expect(error.message).toContain('invalid BERTH_OPERATION_TIMEOUT_MS: operationTimeoutMs: must be a number');
+      expect(error.message).toContain('invalid BERTH_STORE_URL: store.url: must be a postgres://');
+      expect(error.hint).toContain('fix or unset BERTH_STORE_URL');
+      expect(error.hint).toContain('fix or remove logLevel in /c.json');
+      expect(JSON.stringify(error.toJSON())).not.toMatch(/hunter2|soon|loud/);
+
+      const option = failure(() =>
+        resolveConfig({}, {}, { dataDir: '/d', store: { kind: 'postgres', url: 'mysql://root:hunter2@db/berth' } }, { overrides: { store: '--store' } }),
+      );
+      expect(option.message).toMatch(/^invalid --store: store\.url: /);
+      expect(option.hint).toBe('fix --store');
+      expect(JSON.stringify(option.toJSON())).not.toContain('hunter2');
+    });
+
+    it('is CONFIG when the file is not a JSON object', () => {
+      const error = failure(() => resolveConfig([1, 2], {}, { dataDir: '/d' }, { file: '/c.json' }));
+      expect(error.code).toBe('CONFIG');
+      expect(error.message).toContain('/c.json');
+    });
   });
 });

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { lazySchema } from './lazy-schema.js';
-import { parseWith } from './errors.js';
+import { BerthError } from './errors.js';
 import { parseFaultSpec } from './faults.js';
 
 /** A host name as RFC 1123 allows it (labels of letters, digits and inner hyphens). */
@@ -145,28 +145,155 @@ export const CONFIG_ENV: Record<string, keyof BerthConfigInput> = {
 
 const NUMERIC = new Set<string>(['operationTimeoutMs', 'commandTimeoutMs', 'undoTimeoutMs']);
 
+/** Where a config value came from, for messages: the file, an environment variable, or an option. */
+export type ConfigSource = { kind: 'file'; file?: string } | { kind: 'env'; name: string } | { kind: 'option'; name: string };
+
+/** What `resolveConfig` says about where its inputs came from (so an error can name them). */
+export interface ConfigOrigins {
+  /** The config file the first argument was read from; without it the file is "the config". */
+  file?: string;
+  /** How the user gave each override (`{ store: '--store' }`); default `option <key>`. */
+  overrides?: Partial<Record<keyof BerthConfigInput, string>>;
+}
+
+/** One problem of a config, with zod's path and where the bad value came from. */
+export interface ConfigProblem {
+  path: string[];
+  message: string;
+  source: ConfigSource;
+}
+
+/**
+ * zod's issue in the words of berth's messages: `must be at most 3600000`, `unknown key`; never the
+ * value itself (a store URL or a token may be a secret).
+ */
+function describeIssue(issue: z.core.$ZodIssue): string {
+  switch (issue.code) {
+    case 'too_small': {
+      const min = Number(issue.minimum);
+      if (issue.origin === 'string') return min <= 1 ? 'must not be empty' : `must have at least ${min} characters`;
+      if (issue.origin === 'array' || issue.origin === 'set') return `must have at least ${min} item${min === 1 ? '' : 's'}`;
+      return issue.inclusive === false ? `must be greater than ${min}` : `must be at least ${min}`;
+    }
+    case 'too_big': {
+      const max = Number(issue.maximum);
+      if (issue.origin === 'string') return `must have at most ${max} characters`;
+      if (issue.origin === 'array' || issue.origin === 'set') return `must have at most ${max} items`;
+      return issue.inclusive === false ? `must be less than ${max}` : `must be at most ${max}`;
+    }
+    case 'invalid_type': {
+      const received = /received (\w+)/.exec(issue.message)?.[1];
+      if (received === 'undefined') return `is missing (${article(issue.expected)})`;
+      if (issue.expected === 'number' && issue.message.includes('NaN')) return 'must be a number';
+      return `must be ${article(issue.expected)}${received === undefined ? '' : `, not ${article(received)}`}`;
+    }
+    case 'invalid_value':
+      return `must be ${issue.values.length === 1 ? String(issue.values[0]) : `one of ${issue.values.map(String).join(', ')}`}`;
+    case 'not_multiple_of':
+      return `must be a multiple of ${String(issue.divisor)}`;
+    default:
+      return issue.message === 'Invalid input' ? 'is not valid' : issue.message;
+  }
+}
+
+function article(type: string): string {
+  return `${/^[aeiou]/.test(type) ? 'an' : 'a'} ${type}`;
+}
+
+/** The problems of a failed parse, one per bad key (zod's `unrecognized_keys` lists several). */
+export function configProblems(issues: readonly z.core.$ZodIssue[], sourceOf: (topKey: string | undefined) => ConfigSource, prefix: readonly string[] = []): ConfigProblem[] {
+  return issues.flatMap((issue) => {
+    const at = [...prefix, ...issue.path.map(String)];
+    if (issue.code === 'unrecognized_keys') {
+      return issue.keys.map((key) => ({ path: [...at, key], message: 'unknown key', source: sourceOf(issue.path.length > 0 ? String(issue.path[0]) : key) }));
+    }
+    return [{ path: at, message: describeIssue(issue), source: sourceOf(issue.path.length > 0 ? String(issue.path[0]) : undefined) }];
+  });
+}
+
+function sourceLabel(source: ConfigSource): string {
+  if (source.kind === 'file') return source.file === undefined ? 'config' : `config file ${source.file}`;
+  return source.name;
+}
+
+/**
+ * The CONFIG error for `problems`: the message names each bad key by zod's path and where it came
+ * from (the file, an environment variable, an option); the hint says where to fix it.
+ */
+export function invalidConfigError(problems: readonly ConfigProblem[]): BerthError {
+  const groups = new Map<string, { source: ConfigSource; problems: ConfigProblem[] }>();
+  for (const problem of problems) {
+    const label = sourceLabel(problem.source);
+    const group = groups.get(label) ?? { source: problem.source, problems: [] };
+    group.problems.push(problem);
+    groups.set(label, group);
+  }
+  const parts: string[] = [];
+  const hints: string[] = [];
+  for (const [label, group] of groups) {
+    parts.push(`invalid ${label}: ${group.problems.map((p) => `${p.path.length > 0 ? p.path.join('.') : '(root)'}: ${p.message}`).join('; ')}`);
+    const keys = [...new Set(group.problems.map((p) => p.path.join('.') || '(root)'))].join(', ');
+    if (group.source.kind === 'file') {
+      hints.push(`fix or remove ${keys} in ${group.source.file ?? 'the config'} (every key is optional; see "The config file" in berth's README)`);
+    } else if (group.source.kind === 'env') {
+      hints.push(`fix or unset ${group.source.name}`);
+    } else {
+      hints.push(`fix ${group.source.name}`);
+    }
+  }
+  return new BerthError('CONFIG', parts.join('; '), {
+    hint: hints.join('; '),
+    details: { issues: problems.map((p) => ({ path: p.path, message: p.message, source: sourceLabel(p.source) })) },
+  });
+}
+
 /**
  * Build the config from a parsed file, the environment and explicit overrides (later wins),
- * validated once; throws VALIDATION with every problem named.
+ * validated once; throws CONFIG naming every problem, and the file, variable or option it came
+ * from (`origins`).
  */
 export function resolveConfig(
   file: unknown,
   env: Record<string, string | undefined>,
   overrides: Partial<BerthConfigInput> = {},
+  origins: ConfigOrigins = {},
 ): BerthConfig {
   const fromFile = file === undefined || file === null ? {} : file;
+  const fileSource: ConfigSource = { kind: 'file', ...(origins.file === undefined ? {} : { file: origins.file }) };
   if (typeof fromFile !== 'object' || Array.isArray(fromFile)) {
-    return parseWith(zConfig, fromFile, 'config file');
+    throw new BerthError('CONFIG', `invalid ${sourceLabel(fileSource)}: it must be a JSON object ({"key": value, ...})`, {
+      hint: origins.file === undefined ? 'give the config as an object' : `make ${origins.file} an object, or remove it (every key is optional)`,
+    });
   }
   const fromEnv: Record<string, unknown> = {};
+  const envName = new Map<string, string>();
   for (const [name, key] of Object.entries(CONFIG_ENV)) {
     const value = env[name];
     if (value === undefined || value === '') continue;
     fromEnv[key] = NUMERIC.has(key) ? Number(value) : value;
+    envName.set(key, name);
   }
-  if (env.BERTH_FAULTS) fromEnv.faults = parseFaultSpec(env.BERTH_FAULTS);
-  if (env.BERTH_STORE_URL) fromEnv.store = { kind: 'postgres', url: env.BERTH_STORE_URL };
-  if (env.BERTH_PATH_PREPEND) fromEnv.pathPrepend = env.BERTH_PATH_PREPEND.split(':').filter(Boolean);
+  if (env.BERTH_FAULTS) {
+    fromEnv.faults = parseFaultSpec(env.BERTH_FAULTS);
+    envName.set('faults', 'BERTH_FAULTS');
+  }
+  if (env.BERTH_STORE_URL) {
+    fromEnv.store = { kind: 'postgres', url: env.BERTH_STORE_URL };
+    envName.set('store', 'BERTH_STORE_URL');
+  }
+  if (env.BERTH_PATH_PREPEND) {
+    fromEnv.pathPrepend = env.BERTH_PATH_PREPEND.split(':').filter(Boolean);
+    envName.set('pathPrepend', 'BERTH_PATH_PREPEND');
+  }
   const defined = Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined));
-  return parseWith(zConfig, { ...fromFile, ...fromEnv, ...defined }, 'config');
+  const result = zConfig.safeParse({ ...fromFile, ...fromEnv, ...defined });
+  if (result.success) return result.data;
+  const sourceOf = (key: string | undefined): ConfigSource => {
+    if (key !== undefined && key in defined) {
+      return { kind: 'option', name: origins.overrides?.[key as keyof BerthConfigInput] ?? `option ${key}` };
+    }
+    const name = key === undefined ? undefined : envName.get(key);
+    return name === undefined ? fileSource : { kind: 'env', name };
+  };
+  throw invalidConfigError(configProblems(result.error.issues, sourceOf));
 }

@@ -82,13 +82,25 @@ export async function loadConfigs(options: OpenBerthOptions = {}): Promise<{ con
   const dataDir = path.resolve(options.dataDir ?? defaultDataDir(env));
   const explicit = options.configFile ?? env.BERTH_CONFIG;
   const configFile = explicit ?? path.join(dataDir, 'config.json');
-  const { rest, section } = splitSimulateSection(await readConfigFile(configFile, explicit !== undefined));
-  const config = resolveConfig(rest, env, {
-    dataDir,
-    ...(options.hostRoot ? { hostRoot: options.hostRoot } : {}),
-    ...(options.storeUrl ? { store: { kind: 'postgres' as const, url: options.storeUrl } } : {}),
-  });
-  return { config, simulate: resolveSimulateConfig(section, env, config.dataDir, options.simulate) };
+  const file = await readConfigFile(configFile, explicit !== undefined);
+  const { rest, section } = splitSimulateSection(file);
+  // Errors name the file the values came from (only when there was one), and the options by the
+  // flags the CLI gives them as.
+  const origins = {
+    ...(file === undefined ? {} : { file: configFile }),
+    overrides: { dataDir: 'the data dir (--data-dir, BERTH_DATA_DIR)', hostRoot: 'the hostRoot option', store: '--store' },
+  };
+  const config = resolveConfig(
+    rest,
+    env,
+    {
+      dataDir,
+      ...(options.hostRoot ? { hostRoot: options.hostRoot } : {}),
+      ...(options.storeUrl ? { store: { kind: 'postgres' as const, url: options.storeUrl } } : {}),
+    },
+    origins,
+  );
+  return { config, simulate: resolveSimulateConfig(section, env, config.dataDir, options.simulate, origins.file) };
 }
 
 /**

@@ -1,5 +1,5 @@
 import path from 'node:path';
-import { lazySchema, parseWith } from '@berth/core';
+import { configProblems, invalidConfigError, lazySchema } from '@berth/core';
 import { z } from '@berth/core/zod';
 
 /**
@@ -37,15 +37,20 @@ export function splitSimulateSection(file: unknown): { rest: unknown; section: u
 
 /**
  * Resolve the `simulate` section: the file's values, `BERTH_SIMULATE` over `enabled`, then the
- * caller's explicit switch; throws VALIDATION naming every problem.
+ * caller's explicit switch; throws CONFIG naming every problem (and `file`, the config file it is in).
  */
 export function resolveSimulateConfig(
   section: unknown,
   env: Record<string, string | undefined>,
   dataDir: string,
   enabled?: boolean,
+  file?: string,
 ): SimulateConfig {
-  const parsed = parseWith(zSimulateConfig, section ?? {}, 'config file section "simulate"');
+  const result = zSimulateConfig.safeParse(section ?? {});
+  if (!result.success) {
+    throw invalidConfigError(configProblems(result.error.issues, () => ({ kind: 'file', ...(file === undefined ? {} : { file }) }), ['simulate']));
+  }
+  const parsed = result.data;
   const fromEnv = env.BERTH_SIMULATE === undefined || env.BERTH_SIMULATE === '' ? undefined : ['1', 'true', 'yes'].includes(env.BERTH_SIMULATE);
   return {
     ...parsed,
