@@ -588,6 +588,31 @@ describe('attach and detach on the in-memory store', () => {
     expect(exported.has(volume.id)).toBe(true);
   });
 
+  it('a second attach to the same server says whether the first is attached or still in progress (which may yet roll back)', async () => {
+    let release: () => void = () => undefined;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    let exporting: () => void = () => undefined;
+    const exportBegun = new Promise<void>((resolve) => (exporting = resolve));
+    const { service } = world({
+      afterExport: async () => {
+        exporting();
+        await held;
+      },
+    });
+    await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    const first = service.attach({ volume: 'db' });
+    await exportBegun;
+    // The first is reserved and exporting: not "already attached" — a script must not take it for success.
+    const during = await service.attach({ volume: 'db' }).catch((e: unknown) => e);
+    expect(BerthError.is(during) && during.details).toMatchObject({ reason: 'in-progress', attachment: 'reserved' });
+    expect(BerthError.is(during) && during.message).toMatch(/is being attached to server/);
+    release();
+    await first;
+    const after = await service.attach({ volume: 'db' }).catch((e: unknown) => e);
+    expect(BerthError.is(after) && after.details).toMatchObject({ reason: 'attached', attachment: 'attached' });
+    expect(BerthError.is(after) && after.message).toMatch(/is already attached to server/);
+  });
+
   it('lets exactly one of two attaches of one volume to two servers win; the other gets CONFLICT', async () => {
     const { service } = world();
     await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });

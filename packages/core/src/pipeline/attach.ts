@@ -288,6 +288,30 @@ export function required<T>(value: T | undefined, what: string): T {
   return value;
 }
 
+/** What an attachment that is still being made or taken down means for its status word. */
+const IN_PROGRESS: Readonly<Partial<Record<Attachment['status'], string>>> = { reserved: 'being attached', attaching: 'being attached', detaching: 'being detached' };
+
+/**
+ * The CONFLICT for an attach to a server the volume already has an attachment to. "Already
+ * attached" only when it is: one still `reserved` / `attaching` / `detaching` has an operation on
+ * it (or a killed one's recovery), which may yet roll it back — a script must not take that for
+ * success (`details.reason`: `attached`, `in-progress` or `failed`).
+ */
+export function attachedToServer(volume: Volume, server: Server, attachment: Attachment): BerthError {
+  const doing = IN_PROGRESS[attachment.status];
+  if (doing !== undefined) {
+    return new BerthError('CONFLICT', `volume ${volume.name} is ${doing} to server ${server.name} (attachment ${attachment.status}): an operation is on it`, {
+      hint: 'wait for it to end (`berth operation list --state running`), then look again (`berth attachment list`)',
+      details: { volumeId: volume.id, serverId: server.id, actual: volume.status, attachment: attachment.status, reason: 'in-progress' },
+    });
+  }
+  const failed = attachment.status.startsWith('error');
+  return new BerthError('CONFLICT', `volume ${volume.name} is already attached to server ${server.name}${failed ? ` (attachment ${attachment.status})` : ''}`, {
+    hint: failed ? `finish it first: berth detach ${volume.name} --force (or berth reconcile)` : `detach it first: berth detach ${volume.name}`,
+    details: { volumeId: volume.id, serverId: server.id, actual: volume.status, attachment: attachment.status, reason: failed ? 'failed' : 'attached' },
+  });
+}
+
 /**
  * The reservation, in one transaction: CAS the volume from the status just read to the status
  * recomputed with a new `reserved` attachment, and create that attachment. Refuses (CONFLICT) a
@@ -314,15 +338,12 @@ async function reserveAttachment(
   return store.transaction(async (tx) => {
     const volume = await tx.volumes.require(volumeId);
     const existing = (await tx.attachments.list({ volumeId: volume.id })).filter((a) => a.status !== 'detached');
+    const other = existing.find((a) => a.serverId === server.id);
+    if (other !== undefined) throw attachedToServer(volume, server, other);
     if (!volume.multiattach && existing.length > 0) {
       throw new BerthError('CONFLICT', `volume ${volume.name} is already attached (status ${volume.status})`, {
         hint: 'detach it first, or create it with --multiattach',
         details: { volumeId: volume.id, actual: volume.status },
-      });
-    }
-    if (existing.some((a) => a.serverId === server.id)) {
-      throw new BerthError('CONFLICT', `volume ${volume.name} is already attached to server ${server.name}`, {
-        details: { volumeId: volume.id, serverId: server.id },
       });
     }
     if (!reservableStatuses(volume.multiattach).includes(volume.status)) {

@@ -1,5 +1,6 @@
 import { BerthError } from '../errors.js';
 import type { Attachment, Server, Volume } from '../model.js';
+import { attachedToServer } from '../pipeline/attach.js';
 import { detachableFrom } from '../pipeline/detach.js';
 import type { Ref } from '../service.js';
 import type { Store } from '../store.js';
@@ -9,12 +10,8 @@ import { resolveServer } from './resolve.js';
 /** Refuse early what the reserve CAS would refuse anyway, so callers get a 409 at once. */
 export async function preflightAttach(store: Store, volume: Volume, server: Server): Promise<void> {
   const active = (await store.attachments.list({ volumeId: volume.id })).filter((a) => a.status !== 'detached');
-  if (active.some((a) => a.serverId === server.id)) {
-    throw new BerthError('CONFLICT', `volume ${volume.name} is already attached to server ${server.name}`, {
-      hint: `detach it first: berth detach ${volume.name}`,
-      details: { volumeId: volume.id, serverId: server.id, actual: volume.status },
-    });
-  }
+  const mine = active.find((a) => a.serverId === server.id);
+  if (mine !== undefined) throw attachedToServer(volume, server, mine);
   if (!reservableStatuses(volume.multiattach).includes(volume.status)) {
     throw new BerthError('CONFLICT', `volume ${volume.name} is ${volume.status}; it must be available to attach`, {
       hint: volume.status === 'in-use' ? `detach it first (berth detach ${volume.name}), or create volumes with --multiattach` : 'wait for the running operation, see `berth operation list --state running`',
