@@ -15,10 +15,13 @@ const UNITS: Record<string, number> = {
   t: 1024 ** 4,
   tb: 1000 ** 4,
   tib: 1024 ** 4,
+  p: 1024 ** 5,
+  pb: 1000 ** 5,
+  pib: 1024 ** 5,
 };
 
 /**
- * Bytes from a human size: `4096`, `512MiB`, `1GiB`, `10G` (binary, as `qemu-img` and `truncate`
+ * Bytes from a human size: `4096`, `512MiB`, `1GiB`, `10G`, `1PiB` (binary, as `qemu-img` and `truncate`
  * read a bare suffix), `1GB` (decimal). Throws VALIDATION for anything else.
  */
 export function parseSize(text: string): number {
@@ -26,12 +29,14 @@ export function parseSize(text: string): number {
   const unit = match ? UNITS[match[2]!.toLowerCase()] : undefined;
   if (!match || unit === undefined) {
     throw new BerthError('VALIDATION', `invalid size ${JSON.stringify(text)}`, {
-      hint: 'use a number of bytes or a unit: 512MiB, 1GiB, 10G, 1TB',
+      hint: 'use a number of bytes or a unit: 512MiB, 1GiB, 10G, 1TB, 1PiB',
     });
   }
   const bytes = Number(match[1]) * unit;
   if (!Number.isSafeInteger(bytes)) {
-    throw new BerthError('VALIDATION', `size ${JSON.stringify(text)} is not a whole number of bytes or too large`);
+    throw new BerthError('VALIDATION', `size ${JSON.stringify(text)} is not a whole number of bytes or too large`, {
+      hint: 'a volume is at most 1 PiB (1PiB); a fraction must come to whole bytes (1.5GiB, not 1.3B)',
+    });
   }
   return bytes;
 }

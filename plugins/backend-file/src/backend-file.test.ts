@@ -36,6 +36,16 @@ describe('file backend', () => {
     await env.dispose();
   });
 
+  it('a size past the file system\'s largest file (1 PiB on ext4: EFBIG) fails saying so, not "free space"', async () => {
+    const fsType = (await statfs(env.dataDir)).type;
+    // ext4's magic (0xEF53): its largest file with 4 KiB blocks is 16 TiB. Elsewhere (xfs, tmpfs) a 1 PiB sparse file may fit.
+    if (fsType !== 0xef53) return;
+    const error = await env.backend.create(volume(2 ** 50), signal()).catch((e: unknown) => e);
+    expect(BerthError.is(error) && error.details.reason).toBe('file-too-large');
+    expect(BerthError.is(error) && error.hint).toMatch(/cannot hold a file this large/);
+    expect(await readdir(path.join(env.dataDir, 'volumes')).catch(() => [])).toEqual([]);
+  });
+
   it('creates <dataDir>/volumes/<id>.img of the volume size, private to its owner', async () => {
     const v = volume(16 * MiB);
     const { providerLocation } = await env.backend.create(v, signal());

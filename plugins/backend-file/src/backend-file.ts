@@ -262,7 +262,16 @@ function fsError(error: unknown, what: string): BerthError {
       cause: error,
     });
   }
-  if (code === 'ENOSPC' || code === 'EFBIG') {
+  if (code === 'EFBIG') {
+    // Not a matter of free space: a sparse file takes none. The file system's largest file is
+    // smaller than the size asked for (ext4 with 4 KiB blocks: 16 TiB).
+    return new BerthError('BACKEND_ERROR', `${what}: ${messageOf(error)}`, {
+      hint: 'the file system that holds the volume directory cannot hold a file this large (ext4: 16 TiB at most); use a smaller size or a directory on a file system that can (xfs)',
+      details: { reason: 'file-too-large' },
+      cause: error,
+    });
+  }
+  if (code === 'ENOSPC') {
     return new BerthError('BACKEND_ERROR', `${what}: ${messageOf(error)}`, {
       hint: 'free space on the filesystem that holds the volume directory, or use a smaller size',
       cause: error,
