@@ -333,8 +333,11 @@ function failureOf(outcome: Extract<RunOutcome, { ok: false }>, ctx: PipelineCon
       cause: outcome.error,
     });
   } else if (outcome.forward) {
+    const finish = `berth detach ${name} --force`;
+    // The step's own hint may already name the same command ("run it again"): said once.
+    const own = outcome.error.hint;
     error = new BerthError(outcome.error.code, `${outcome.error.message}; the attachment is now error_detaching`, {
-      hint: `${outcome.error.hint ? `${outcome.error.hint}; then ` : ''}finish it with \`berth detach ${name} --force\` (or \`berth reconcile\`)`,
+      hint: own === undefined ? `finish it with \`${finish}\` (or \`berth reconcile\`)` : own.includes(finish) ? own : `${own}; then finish it with \`${finish}\` (or \`berth reconcile\`)`,
       details: { ...outcome.error.details },
       cause: outcome.error,
     });
