@@ -124,9 +124,28 @@ export class BerthError extends Error {
   }
 }
 
-/** Wrap anything thrown into a BerthError, keeping BerthErrors as they are. */
+/**
+ * The BerthError for a write the file system refused because it is full (ENOSPC, EDQUOT) that no
+ * layer closer to it named: exit 13 with what to do, as the store's own full-disk error
+ * (`details.reason: 'disk-full'`, retryable), never an INTERNAL "ENOSPC: no space left on device".
+ */
+export function diskFullError(error: unknown): BerthError | undefined {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (code !== 'ENOSPC' && code !== 'EDQUOT') return undefined;
+  const path = (error as { path?: unknown }).path;
+  const where = typeof path === 'string' ? ` (${path})` : '';
+  return new BerthError('HOST_UNSUPPORTED', `the disk is full${where}`, {
+    hint: 'free space on that file system (`df -h`), then run the command again; `berth volume list` and `berth attachment list` still work',
+    details: { reason: 'disk-full', retryable: true, ...(typeof path === 'string' ? { path } : {}) },
+    cause: error,
+  });
+}
+
+/** Wrap anything thrown into a BerthError, keeping BerthErrors as they are; a full disk gets its own error. */
 export function toBerthError(error: unknown, fallback: BerthErrorCode = 'INTERNAL'): BerthError {
   if (BerthError.is(error)) return error;
+  const full = diskFullError(error);
+  if (full !== undefined) return full;
   if (error instanceof Error && error.name === 'AbortError') {
     return new BerthError('CANCELLED', error.message || 'the operation was cancelled', { cause: error });
   }

@@ -1,0 +1,144 @@
+import { execFile, execFileSync } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readlinkSync, rmSync, truncateSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterEach, describe, expect, it } from 'vitest';
+
+// A full data dir, for real (a small tmpfs; this runs as root): read-only commands work, a log line
+// the disk refuses never fails a command, and a full disk is exit 13 with a hint, never exit 70.
+
+const BIN = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'bin', 'run.js');
+const mounts: string[] = [];
+const dirs: string[] = [];
+
+interface Run {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+}
+
+function berth(dataDir: string, args: string[]): Promise<Run> {
+  const env: NodeJS.ProcessEnv = { ...process.env, BERTH_DATA_DIR: dataDir };
+  for (const key of ['BERTH_LOG_LEVEL', 'BERTH_CONFIG', 'DEBUG']) delete env[key];
+  return new Promise((done) => {
+    execFile(process.execPath, [BIN, ...args], { env, cwd: dataDir }, (error, stdout, stderr) => {
+      const code = (error as { code?: unknown } | null)?.code;
+      done({ exitCode: error === null ? 0 : typeof code === 'number' ? code : -1, stdout, stderr });
+    });
+  });
+}
+
+function tmpfs(size: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'berth-cli-full-'));
+  dirs.push(dir);
+  execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'berth-cli-full', dir]);
+  mounts.push(dir);
+  return dir;
+}
+
+/** Write zeros into `<dir>/filler` until the file system is full; its path. */
+function fill(dir: string): string {
+  const filler = join(dir, 'filler');
+  const fd = openSync(filler, 'w');
+  try {
+    for (;;) writeSync(fd, Buffer.alloc(4096));
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOSPC') throw error;
+  } finally {
+    closeSync(fd);
+  }
+  return filler;
+}
+
+/** The loop devices over the files under `dir` (only this test's: `losetup -j` per volume file). */
+function loopDevices(dir: string): string[] {
+  const volumes = join(dir, 'volumes');
+  if (!existsSync(volumes)) return [];
+  return readdirSync(volumes).flatMap((name) =>
+    execFileSync('losetup', ['-j', join(volumes, name)], { encoding: 'utf8' })
+      .split('\n')
+      .filter((line) => line.includes(':'))
+      .map((line) => line.slice(0, line.indexOf(':'))),
+  );
+}
+
+afterEach(() => {
+  for (const dir of dirs) {
+    const devices = loopDevices(dir);
+    // This test's /dev/berth links: those naming one of its loop devices.
+    if (existsSync('/dev/berth')) {
+      for (const name of readdirSync('/dev/berth')) {
+        const link = join('/dev/berth', name);
+        try {
+          if (devices.includes(readlinkSync(link))) unlinkSync(link);
+        } catch {
+          // Not a link, or gone already.
+        }
+      }
+    }
+    for (const device of devices) execFileSync('losetup', ['--detach', device]);
+  }
+  for (const mount of mounts.splice(0).reverse()) execFileSync('umount', ['--lazy', mount]);
+  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+});
+
+describe('a full data dir', () => {
+  it('volume list, volume show and attachment list still work, with one notice that the log file cannot be written', async () => {
+    const dataDir = tmpfs('2m');
+    expect((await berth(dataDir, ['volume', 'create', 'a', '--size', '1MiB'])).exitCode).toBe(0);
+    fill(dataDir);
+    for (const args of [['volume', 'list', '--json'], ['volume', 'show', 'a', '--json'], ['attachment', 'list', '--json'], ['volume', 'list']]) {
+      const run = await berth(dataDir, args);
+      expect({ args, exitCode: run.exitCode, stderr: run.stderr }).toEqual({
+        args,
+        exitCode: 0,
+        stderr: `berth: cannot write the log file ${join(dataDir, 'logs', 'berth.log')} (ENOSPC); its log lines are dropped\n`,
+      });
+    }
+    const [volume] = JSON.parse((await berth(dataDir, ['volume', 'list', '--json'])).stdout) as Array<{ name: string; status: string }>;
+    expect(volume).toEqual(expect.objectContaining({ name: 'a', status: 'available' }));
+  }, 120_000);
+
+  it('a log directory whose disk is full fails no command: attach and detach at debug level succeed', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'berth-cli-full-'));
+    dirs.push(dataDir);
+    writeFileSync(join(dataDir, 'config.json'), JSON.stringify({ logLevel: 'debug' }));
+    expect((await berth(dataDir, ['volume', 'create', 'a', '--size', '1MiB'])).exitCode).toBe(0);
+    // Only the log fills up: every log line of attach and detach hits a real ENOSPC.
+    const logs = join(dataDir, 'logs');
+    mkdirSync(logs, { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'berth-cli-full', logs]);
+    mounts.push(logs);
+    fill(logs);
+    for (const args of [['attach', 'a', '--json'], ['attachment', 'list', '--json'], ['detach', 'a', '--json']]) {
+      const run = await berth(dataDir, args);
+      // At most the one notice (a command may log nothing).
+      expect({ args, exitCode: run.exitCode }).toEqual({ args, exitCode: 0 });
+      expect(['', `berth: cannot write the log file ${join(logs, 'berth.log')} (ENOSPC); its log lines are dropped\n`]).toContain(run.stderr);
+    }
+    expect(loopDevices(dataDir)).toEqual([]);
+  }, 120_000);
+
+  it('attach on an almost-full disk: exit 0 or 13 with a hint (never 70 or 1); once there is room, the volume ends available with no loop device', async () => {
+    const dataDir = tmpfs('4m');
+    expect((await berth(dataDir, ['volume', 'create', 'a', '--size', '1MiB'])).exitCode).toBe(0);
+    const filler = fill(dataDir);
+    let size = Number(execFileSync('stat', ['-c', '%s', filler], { encoding: 'utf8' }).trim());
+    for (const freed of [64, 80, 96, 112, 128]) {
+      size = Math.max(0, size - freed * 1024);
+      truncateSync(filler, size);
+      for (const command of ['attach', 'detach']) {
+        const run = await berth(dataDir, [command, 'a']);
+        expect([0, 4, 5, 13], `${command} with ${freed} KiB more freed: ${run.stderr}`).toContain(run.exitCode);
+        if (run.exitCode === 13) expect(run.stderr).toMatch(/^Error: .*the disk .*is full.*\nHint: \S/m);
+      }
+    }
+    // Room again: recovery (at the next commands) undoes what a failed attach left.
+    rmSync(filler);
+    await berth(dataDir, ['detach', 'a']);
+    const [volume] = JSON.parse((await berth(dataDir, ['volume', 'list', '--json'])).stdout) as Array<{ status: string }>;
+    expect(volume?.status).toBe('available');
+    expect(loopDevices(dataDir)).toEqual([]);
+  }, 300_000);
+});
