@@ -1,9 +1,10 @@
 import { execFile, execFileSync } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readlinkSync, rmSync, truncateSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
+import { fillFileSystem } from '@berth/host/testing';
 
 // A full data dir, for real (a small tmpfs; this runs as root): read-only commands work, a log line
 // the disk refuses never fails a command, and a full disk is exit 13 with a hint, never exit 70.
@@ -37,19 +38,6 @@ function tmpfs(size: string): string {
   return dir;
 }
 
-/** Write zeros into `<dir>/filler` until the file system is full; its path. */
-function fill(dir: string): string {
-  const filler = join(dir, 'filler');
-  const fd = openSync(filler, 'w');
-  try {
-    for (;;) writeSync(fd, Buffer.alloc(4096));
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ENOSPC') throw error;
-  } finally {
-    closeSync(fd);
-  }
-  return filler;
-}
 
 /** The loop devices over the files under `dir` (only this test's: `losetup -j` per volume file). */
 function loopDevices(dir: string): string[] {
@@ -87,7 +75,7 @@ describe('a full data dir', () => {
   it('volume list, volume show and attachment list still work, with one notice that the log file cannot be written', async () => {
     const dataDir = tmpfs('2m');
     expect((await berth(dataDir, ['volume', 'create', 'a', '--size', '1MiB'])).exitCode).toBe(0);
-    fill(dataDir);
+    fillFileSystem(dataDir);
     for (const args of [['volume', 'list', '--json'], ['volume', 'show', 'a', '--json'], ['attachment', 'list', '--json'], ['volume', 'list']]) {
       const run = await berth(dataDir, args);
       expect({ args, exitCode: run.exitCode, stderr: run.stderr }).toEqual({
@@ -110,7 +98,7 @@ describe('a full data dir', () => {
     mkdirSync(logs, { recursive: true });
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'berth-cli-full', logs]);
     mounts.push(logs);
-    fill(logs);
+    fillFileSystem(logs);
     for (const args of [['attach', 'a', '--json'], ['attachment', 'list', '--json'], ['detach', 'a', '--json']]) {
       const run = await berth(dataDir, args);
       // At most the one notice (a command may log nothing).
@@ -123,7 +111,7 @@ describe('a full data dir', () => {
   it('attach on an almost-full disk: exit 0 or 13 with a hint (never 70 or 1); once there is room, the volume ends available with no loop device', async () => {
     const dataDir = tmpfs('4m');
     expect((await berth(dataDir, ['volume', 'create', 'a', '--size', '1MiB'])).exitCode).toBe(0);
-    const filler = fill(dataDir);
+    const filler = fillFileSystem(dataDir);
     let size = Number(execFileSync('stat', ['-c', '%s', filler], { encoding: 'utf8' }).trim());
     for (const freed of [64, 80, 96, 112, 128]) {
       size = Math.max(0, size - freed * 1024);

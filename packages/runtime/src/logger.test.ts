@@ -1,9 +1,10 @@
 import { execFileSync } from 'node:child_process';
-import { closeSync, existsSync, openSync, rmSync, writeSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { fillFileSystem } from '@berth/host/testing';
 import { createLogger } from './logger.js';
 
 describe('createLogger', () => {
@@ -52,25 +53,13 @@ describe('createLogger', () => {
       return dir;
     }
 
-    function fill(dir: string): string {
-      const filler = join(dir, 'filler');
-      const fd = openSync(filler, 'w');
-      try {
-        for (;;) writeSync(fd, Buffer.alloc(4096));
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'ENOSPC') throw error;
-      } finally {
-        closeSync(fd);
-      }
-      return filler;
-    }
 
     it('on a full disk drops the line with one notice, never throws, and writes again once there is room', async () => {
       const dir = await tmpfs('full');
       const file = join(dir, 'logs', 'berth.log');
       // The file exists already (an earlier command made it), as on a data dir that filled up.
       createLogger('warn', file).warn({ step: 'before' }, 'room');
-      const filler = fill(dir);
+      const filler = fillFileSystem(dir);
       const notices: string[] = [];
       const logger = createLogger('warn', file, (text) => notices.push(text));
       expect(() => logger.warn({ step: 'open' }, 'the berth database is open read-only')).not.toThrow();

@@ -3,6 +3,7 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { closeSync, openSync, writeSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -80,4 +81,21 @@ export async function killedWithCommand(options: {
     await dispose();
     throw error;
   }
+}
+
+/**
+ * Write zeros into `<dir>/filler` until its file system is full (a real ENOSPC for disk-full
+ * tests, on a tmpfs the test mounted); the filler's path, to delete for room again.
+ */
+export function fillFileSystem(dir: string): string {
+  const filler = path.join(dir, 'filler');
+  const fd = openSync(filler, 'w');
+  try {
+    for (;;) writeSync(fd, Buffer.alloc(4096));
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOSPC') throw error;
+  } finally {
+    closeSync(fd);
+  }
+  return filler;
 }
