@@ -81,6 +81,35 @@ export class StorageDaemon {
     return { pid: await this.start(signal), started: true };
   }
 
+  /**
+   * Make sure it runs (starting it unless it does) and connect to its monitor. qemu 7.2 can die on
+   * its own right after a start — a segfault with nothing in its log, seen once in CI (likely the
+   * start-up race `settleMonitor` absorbs, two threads watching one socket) — so one found dead by
+   * the start's checks or at the connect is started again, up to `starts` starts (not when it is not
+   * installed). `started`: whether a start happened (the caller's exports are to be rebuilt on it).
+   * `afterStart` runs after each start (a fault point for tests).
+   */
+  async ensureConnected(
+    options: QmpCallOptions & { starts?: number; afterStart?: () => Promise<void> } = {},
+  ): Promise<{ started: boolean; pid: number; qmp: QmpClient }> {
+    const { signal } = options;
+    const starts = options.starts ?? 3;
+    let started = false;
+    for (let start = 1; ; start += 1) {
+      try {
+        const ensured = await this.ensureRunning(signal);
+        started ||= ensured.started;
+        if (ensured.started) await options.afterStart?.();
+        const qmp = await this.connect({ ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }), ...(signal ? { signal } : {}) });
+        return { started, pid: ensured.pid, qmp };
+      } catch (error) {
+        const notInstalled = BerthError.is(error) && error.code === 'HOST_UNSUPPORTED';
+        if (signal?.aborted === true || notInstalled || start >= starts || (await this.status()).running) throw error;
+        this.options.logger?.warn({ start, err: error instanceof Error ? error.message : String(error) }, 'qemu-storage-daemon died as it started or was connected to; starting it again');
+      }
+    }
+  }
+
   /** Start a new daemon (there must be none running) and wait until its QMP socket exists. */
   async start(signal?: AbortSignal): Promise<number> {
     await mkdir(this.options.dir, { recursive: true, mode: 0o700 });

@@ -9,9 +9,6 @@ import { buildChain, loopsBacking, messageOf, mountpointOf, secretFile, teardown
 import { portalAnswers } from './portal-probe.js';
 import { exportNames } from './user-connection.js';
 
-/** Starts of the daemon one `open` tries when each one is found dead at the connect. */
-const DAEMON_STARTS = 3;
-
 interface Session {
   qmp: QmpClient;
   release: ReleaseLock;
@@ -86,7 +83,12 @@ export class DaemonSupervisor {
       });
     }
     try {
-      const { started, qmp } = await this.startAndConnect(signal);
+      // A daemon that dies as it starts is started again (`ensureConnected`: qemu 7.2 segfaulted so once in CI).
+      const { started, qmp } = await this.deps.daemon.ensureConnected({
+        timeoutMs: options.qmpTimeoutMs,
+        signal,
+        afterStart: () => this.deps.faults?.hit('iscsi-user.daemon.after-start') ?? Promise.resolve(),
+      });
       qmp.unref();
       this.session = { qmp, release };
       if (started) await this.restore(qmp, signal);
@@ -96,31 +98,6 @@ export class DaemonSupervisor {
       this.session = undefined;
       await release();
       throw error;
-    }
-  }
-
-  /**
-   * Make sure the daemon runs and connect to its monitor. qemu 7.2 can die on its own right after a
-   * start — a segfault with nothing in its log, seen in CI once (the start-up race of
-   * `StorageDaemon.settleMonitor`, where two threads watch one socket, is the likely cause) — so a
-   * daemon found dead by its start's checks or at the connect is started again, up to
-   * `DAEMON_STARTS` starts in one open (not when it is not installed). `started` says whether a
-   * start happened (then the records' exports are rebuilt on it).
-   */
-  private async startAndConnect(signal: AbortSignal): Promise<{ started: boolean; qmp: QmpClient }> {
-    const { daemon, options, logger } = this.deps;
-    let started = false;
-    for (let start = 1; ; start += 1) {
-      try {
-        const ensured = await daemon.ensureRunning(signal);
-        started ||= ensured.started;
-        if (ensured.started) await this.deps.faults?.hit('iscsi-user.daemon.after-start');
-        return { started, qmp: await daemon.connect({ timeoutMs: options.qmpTimeoutMs, signal }) };
-      } catch (error) {
-        const notInstalled = BerthError.is(error) && error.code === 'HOST_UNSUPPORTED';
-        if (signal.aborted || notInstalled || start >= DAEMON_STARTS || (await daemon.status()).running) throw error;
-        logger.warn({ start, err: messageOf(error) }, 'qemu-storage-daemon died as it started or was connected to; starting it again');
-      }
     }
   }
 

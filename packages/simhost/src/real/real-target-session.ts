@@ -372,23 +372,18 @@ export class RealTargetSession implements TargetSession, LunDiskOwner {
     });
     this.daemon = daemon;
     this.daemonDir = dir;
-    // qemu 7.2 can die on its own right after a start (a segfault with nothing in its log, seen
-    // once in CI): one found dead by the start's checks or at the connect is started again, up to
-    // three starts (the iscsi-user transport's supervisor does the same).
-    for (let start = 1; ; start += 1) {
-      try {
-        this.pid = await daemon.start();
-        this.qmp = await daemon.connect({ timeoutMs });
-        // The simulator's own work keeps it alive, not an idle monitor connection.
-        this.qmp.unref();
-        return this.qmp;
-      } catch (error) {
-        const notInstalled = BerthError.is(error) && error.code === 'HOST_UNSUPPORTED';
-        if (!notInstalled && start < 3 && !(await daemon.status()).running) continue;
-        await this.stopDaemon().catch(() => undefined);
-        throw error;
-      }
+    try {
+      // A daemon that dies as it starts is started again (`ensureConnected`: qemu 7.2 segfaulted so once in CI).
+      const { pid, qmp } = await daemon.ensureConnected({ timeoutMs });
+      this.pid = pid;
+      this.qmp = qmp;
+      // The simulator's own work keeps it alive, not an idle monitor connection.
+      this.qmp.unref();
+    } catch (error) {
+      await this.stopDaemon().catch(() => undefined);
+      throw error;
     }
+    return this.qmp;
   }
 
   private async stopDaemonIfIdle(): Promise<void> {
