@@ -1,4 +1,5 @@
 import { setTimeout as delay } from 'node:timers/promises';
+import { isDeepStrictEqual } from 'node:util';
 import { z } from '@berth/core/zod';
 import { BerthError, lazySchema, type Logger } from '@berth/core';
 import type { HostFs } from '@berth/host';
@@ -188,15 +189,9 @@ export async function forgetDetached<S extends LeftLoginState>(
 
 /** Whether two states are one record but for their left logins (keys in any order). */
 function sameApartFromLeft(a: LeftLoginState, b: LeftLoginState): boolean {
-  const canonical = (state: LeftLoginState): string => {
-    const { left_logins: _left, ...rest } = state;
-    return JSON.stringify(rest, (_key, value: unknown) =>
-      value !== null && typeof value === 'object' && !Array.isArray(value)
-        ? Object.fromEntries(Object.entries(value as Record<string, unknown>).sort(([x], [y]) => (x < y ? -1 : x > y ? 1 : 0)))
-        : value,
-    );
-  };
-  return canonical(a) === canonical(b);
+  const { left_logins: _a, ...restA } = a;
+  const { left_logins: _b, ...restB } = b;
+  return isDeepStrictEqual(restA, restB);
 }
 
 /**
