@@ -179,6 +179,10 @@ export class BerthServiceImpl implements BerthService {
     return (await this.startDetach(request)).done;
   }
 
+  cancel(operationId: string, reason: string): boolean {
+    return this.launcher.cancel(operationId, reason);
+  }
+
   // ---- the three-phase attachments API -------------------------------------------------------
 
   reserveAttachment(request: ReserveAttachmentRequest): Promise<AttachmentConnection> {

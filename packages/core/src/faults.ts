@@ -22,8 +22,8 @@ export class FaultInjector {
     return this.armed.size > 0;
   }
 
-  /** Pass a fault point: does nothing unless it is armed. */
-  async hit(point: string): Promise<void> {
+  /** Pass a fault point: does nothing unless it is armed. A delay ends early when `signal` fires (with its reason). */
+  async hit(point: string, signal?: AbortSignal): Promise<void> {
     if (this.armed.size === 0) return;
     this.seen.add(point);
     const action = this.armed.get(point);
@@ -37,7 +37,18 @@ export class FaultInjector {
         await new Promise(() => undefined);
         return;
       case 'delay':
-        await new Promise((resolve) => setTimeout(resolve, action.ms));
+        await new Promise<void>((resolve, reject) => {
+          if (signal?.aborted) return reject(signal.reason);
+          const stop = (): void => {
+            clearTimeout(timer);
+            reject(signal?.reason);
+          };
+          const timer = setTimeout(() => {
+            signal?.removeEventListener('abort', stop);
+            resolve();
+          }, action.ms);
+          signal?.addEventListener('abort', stop, { once: true });
+        });
         return;
     }
   }

@@ -158,6 +158,14 @@ export interface BerthService {
   attach(request: AttachRequest): Promise<OperationOutcome>;
   startDetach(request: DetachRequest): Promise<StartedOperation>;
   detach(request: DetachRequest): Promise<OperationOutcome>;
+  /**
+   * Cancel an attach or detach this process runs (its caller gave up: Ctrl-C in the CLI): it stops
+   * as at a passed deadline, with CANCELLED, and rolls back — an attach always, a detach before
+   * its point of no return; one past it (the device let go) finishes — and its `done` settles once
+   * that is done. False when it does not run in this process. Absent on a remote client (the
+   * server's operation goes on when its caller goes away).
+   */
+  cancel?(operationId: string, reason: string): boolean;
 
   /**
    * The three-phase attachments API for outside orchestrators, which connect on the host

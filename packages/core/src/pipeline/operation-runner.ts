@@ -53,8 +53,15 @@ export function unsettledBy(outcome: Extract<RunOutcome, { ok: false }>): BerthE
 /** Options of one run. */
 export interface RunOptions {
   operationId: string;
-  /** The operation's deadline/cancel signal. */
+  /** The operation's deadline (the journal writes and every step follow it). */
   signal: AbortSignal;
+  /**
+   * Fires when the operation's caller cancels it (`BerthService.cancel`): the steps stop as at the
+   * deadline — until the point of no return. Past it the run goes on to its end (a detach that let
+   * go of the device finishes rather than ending `error_detaching`); the journal and the undos
+   * never follow it.
+   */
+  cancel?: AbortSignal;
   /** Deadline of each undo (undos run even after the operation's deadline passed). */
   undoTimeoutMs: number;
   logger: Logger;
@@ -87,6 +94,22 @@ interface RunFence {
   transaction<T>(write: (store: Store) => Promise<T>): Promise<T>;
   /** Fence the run when `error` says the operation was taken over (a host step refused to hand out work). */
   note(error: unknown): void;
+}
+
+/**
+ * The error of a step the signal cut short: the signal's reason (the deadline passed, the caller
+ * cancelled), which is what the user must hear, keeping the step's word that it left everything
+ * as it was (`details.untouched`: a detach cut off while it waited for a busy device rolls back
+ * instead of ending `error_detaching`).
+ */
+function cutShortError(reason: unknown, raw: unknown): BerthError {
+  const error = toBerthError(reason);
+  if (!BerthError.is(raw) || raw.details.untouched !== true) return error;
+  return new BerthError(error.code, error.message, {
+    ...(error.hint === undefined ? {} : { hint: error.hint }),
+    details: { ...error.details, untouched: true },
+    cause: raw,
+  });
 }
 
 /** A safe summary of an error for the journal (no stack, no cause). */
@@ -174,6 +197,10 @@ export class OperationRunner {
     let started: number | undefined;
     for (const [index, step] of steps.entries()) {
       const begun = performance.now();
+      // What this step's work follows: the deadline, and the caller's cancel before the point of no return.
+      const stepSignal = options.cancel && !pastNoReturn ? AbortSignal.any([signal, options.cancel]) : signal;
+      // Whether the step's own work began (a step cut off before it did nothing, not even half-way).
+      let ran = false;
       if (fence.signal.aborted) return fail(toBerthError(fence.signal.reason), [], false);
       let seq: number;
       if (started !== undefined) {
@@ -191,10 +218,11 @@ export class OperationRunner {
       }
       // The step failed (its work, or its commit): record it and undo.
       const failed = async (raw: unknown): Promise<RunOutcome> => {
-        // A driver whose command our signal cut short reports it as CANCELLED; the signal knows why
-        // (the deadline passed, or the caller cancelled), and that is what the user must hear.
-        const cutShort = signal.aborted && (!BerthError.is(raw) || raw.code === 'CANCELLED');
-        const error = toBerthError(cutShort ? signal.reason : raw);
+        // A driver whose command our signal cut short reports it as CANCELLED, or as a failure
+        // that left everything as it was (`untouched`); the signal knows why (the deadline passed,
+        // or the caller cancelled), and that is what the user must hear.
+        const cutShort = stepSignal.aborted && (!BerthError.is(raw) || raw.code === 'CANCELLED' || raw.details.untouched === true);
+        const error = cutShort ? cutShortError(stepSignal.reason, raw) : toBerthError(raw);
         timings[step.name] = round(performance.now() - begun);
         fence.note(raw);
         // Taken over: the journal is the new owner's now.
@@ -205,7 +233,7 @@ export class OperationRunner {
         logger.warn({ operationId, step: step.name, code: error.code, err: error.message }, 'step failed');
         // A point-of-no-return step that failed half-way (a detach that may have let go of the
         // device) cannot be rolled back into a state that would be a lie.
-        const halfWay = step.pointOfNoReturn === true && step.failurePassesNoReturn?.(error) === true;
+        const halfWay = ran && step.pointOfNoReturn === true && step.failurePassesNoReturn?.(error) === true;
         return fail(error, [...done, step], pastNoReturn || halfWay);
       };
       const point = `${options.pipeline ?? 'pipeline'}.${step.name}`;
@@ -226,9 +254,10 @@ export class OperationRunner {
       // The step's work and its commit, under what the step holds across both (`Step.hold`);
       // what failed is handled once that is let go (the step's undo may take it again).
       const body = async (): Promise<void> => {
-        signal.throwIfAborted();
-        await options.faults?.hit(`${point}.before`);
-        data = await step.run(context, signal);
+        stepSignal.throwIfAborted();
+        await options.faults?.hit(`${point}.before`, stepSignal);
+        ran = true;
+        data = await step.run(context, stepSignal);
         next = fence.signal.aborted ? undefined : steps[index + 1];
         if (commit === undefined) return;
         // The step's store work lands with its boundary, in one transaction: the work, the
@@ -246,12 +275,12 @@ export class OperationRunner {
         );
       };
       try {
-        await (step.hold ? step.hold(context, signal, body) : body());
+        await (step.hold ? step.hold(context, stepSignal, body) : body());
         if (commit === undefined) {
           // The step's work is done even if what follows fails: past a point of no return, a
           // failure from here on must not undo earlier steps.
           if (step.pointOfNoReturn) pastNoReturn = true;
-          await options.faults?.hit(`${point}.after`);
+          await options.faults?.hit(`${point}.after`, pastNoReturn ? signal : stepSignal);
           timings[step.name] = round(performance.now() - begun);
         }
       } catch (raw) {
@@ -272,7 +301,7 @@ export class OperationRunner {
         committed?.apply?.(context);
         if (step.pointOfNoReturn) pastNoReturn = true;
         try {
-          await options.faults?.hit(`${point}.after`);
+          await options.faults?.hit(`${point}.after`, pastNoReturn ? signal : stepSignal);
         } catch (raw) {
           // The step is journalled done; the next step's row, begun with it, ends failed.
           const error = toBerthError(raw);

@@ -44,6 +44,8 @@ export class OperationLauncher {
   private readonly executing = new Set<string>();
   /** Per in-flight operation: fired when another replica took it over. */
   private readonly fences = new Map<string, AbortController>();
+  /** Per in-flight operation: fired by its caller's `cancel` (Ctrl-C in the CLI). */
+  private readonly cancels = new Map<string, { kind: 'attach' | 'detach'; controller: AbortController }>();
   /** As one of several replicas: the lease each new operation gets (renewed by the heartbeat). */
   private replicaLeaseMs: number | undefined;
   /** In-flight operations created with a lease (only those can be taken over, so fenced). */
@@ -86,11 +88,16 @@ export class OperationLauncher {
     const fence = new AbortController();
     this.fences.set(operation.id, fence);
     if (this.replicaLeaseMs !== undefined) this.leased.add(operation.id);
-    // A takeover stops the run as its deadline would (the signal every step and wait follows).
+    const cancel = new AbortController();
+    this.cancels.set(operation.id, { kind: what.kind, controller: cancel });
+    // A takeover stops the run as its deadline would (the signal every step and wait follows). A
+    // cancel stops the wait for the lock, the preparation and the steps before the point of no
+    // return (the runner's `cancel`), which then roll back as at a passed deadline.
     const deadline = createDeadline(config.operationTimeoutMs, fence.signal);
+    const stoppable = AbortSignal.any([deadline.signal, cancel.signal]);
     const done = this.track(
       operation.id,
-      this.parts.volumeLocks.withLock(what.volume.id, () => this.execute(operation.id, what.kind, deadline, () => prepare(operation.id, deadline.signal)), deadline.signal),
+      this.parts.volumeLocks.withLock(what.volume.id, () => this.execute(operation.id, what.kind, deadline, cancel.signal, () => prepare(operation.id, stoppable)), stoppable),
     );
     return { operation, done };
   }
@@ -131,6 +138,23 @@ export class OperationLauncher {
     fence.abort(takenOverError(operationId));
   }
 
+  /**
+   * Cancel an operation this process runs, as its caller gave up on it, with CANCELLED (`reason`
+   * says why): a queued one never starts; a running one stops where a passed deadline would stop
+   * it and rolls back — an attach undoes what it did, a detach before its point of no return
+   * too — but a detach past it (the device let go) finishes. Its promise settles once that is
+   * done. False when it does not run here (or already ended).
+   */
+  cancel(operationId: string, reason: string): boolean {
+    const entry = this.cancels.get(operationId);
+    if (!entry || entry.controller.signal.aborted || !this.inflight.has(operationId)) return false;
+    this.parts.logger.warn({ operationId, reason }, `${entry.kind} cancelled by its caller`);
+    entry.controller.abort(
+      new BerthError('CANCELLED', `the ${entry.kind} was cancelled: ${reason}`, { details: { operationId } }),
+    );
+    return true;
+  }
+
   /** Whether this process is running `operationId` now (queued on its volume lock, or executing). */
   isRunning(operationId: string): boolean {
     return this.inflight.has(operationId);
@@ -161,7 +185,13 @@ export class OperationLauncher {
    * called `rolled_back` only when its undos really ran; when its end cannot be written (the
    * store keeps failing), it stays `running` and is handed to recovery (`abandoned`).
    */
-  private async execute(operationId: string, kind: 'attach' | 'detach', deadline: Deadline, prepare: () => Promise<PreparedRun>): Promise<OperationOutcome> {
+  private async execute(
+    operationId: string,
+    kind: 'attach' | 'detach',
+    deadline: Deadline,
+    cancel: AbortSignal,
+    prepare: () => Promise<PreparedRun>,
+  ): Promise<OperationOutcome> {
     const { store, config } = this.parts;
     const log = this.parts.logger.child({ operationId });
     this.executing.add(operationId);
@@ -197,6 +227,7 @@ export class OperationLauncher {
       const outcome = await this.parts.runner.run(steps, ctx, {
         operationId,
         signal: deadline.signal,
+        cancel,
         ...(fenced ? { fenced } : {}),
         ...(owner === undefined ? {} : { owner }),
         undoTimeoutMs: config.undoTimeoutMs,
@@ -303,6 +334,7 @@ export class OperationLauncher {
       this.inflight.delete(operationId);
       this.executing.delete(operationId);
       this.fences.delete(operationId);
+      this.cancels.delete(operationId);
       this.leased.delete(operationId);
     };
     promise.then(untrack, untrack);
