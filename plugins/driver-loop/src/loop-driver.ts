@@ -914,7 +914,11 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
       if (target.driver_volume_type === 'local') return;
       const files = await candidatePaths(target.data.device_path);
       const key = files[0] ?? target.data.device_path;
+      // Cut short (the deadline, the caller's cancel) while it waited for the file's lock, it
+      // touched nothing: the detach may roll back into `attached`.
+      let locked = false;
       await fileLocks.withLock(key, async () => {
+        locked = true;
         const state: DetachRun = { force: opts.force, errors: [], signal: opts.signal };
         // Without force, the device handed back is read alone when it can be; a force, a
         // cut-short connect's clean-up (no device) and whatever that way leaves list every device.
@@ -955,12 +959,16 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
           const nodeless = await nodelessBacking(files).catch((error: unknown) => untouched(toLoopError(error, 'losetup', `disconnecting ${key}`)));
           if (nodeless !== undefined) fail(state, nodeless, 'losetup', `disconnecting ${key}`);
         }
-        for (const d of chosen) {
+        for (const [index, d] of chosen.entries()) {
           // Without force a busy device is refused and left as it was; the helper asks the kernel
           // in the detach itself, so only the stacked devices and mounts are looked at first.
           const helper = !opts.force && !d.autoclear ? detachHelperFor(d) : undefined;
           if (!opts.force && !d.autoclear) {
-            const holder = await lastingHolderOf(d, opts.signal, helper === undefined);
+            // A wait for the holder cut short (the deadline, the caller's cancel) left the device
+            // as it was too — as long as no device before it was detached.
+            const holder = await lastingHolderOf(d, opts.signal, helper === undefined).catch((error: unknown) => {
+              throw index === 0 && state.errors.length === 0 ? untouched(toBerthError(error)) : error;
+            });
             if (holder) throw busyError(d.name, holder);
           }
           await detachDevice(d, files, state, helper);
@@ -979,7 +987,11 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
             },
           );
         }
-      }, opts.signal);
+      }, opts.signal).catch((error: unknown) => {
+        if (locked) throw error;
+        const cause = toBerthError(error);
+        throw untouched(new BerthError(cause.code, cause.message, { ...(cause.hint === undefined ? {} : { hint: cause.hint }), details: { ...cause.details }, cause }));
+      });
     },
 
     async extend(connection: ConnectionInfo, device: Device, call: TransportCallContext): Promise<number> {
