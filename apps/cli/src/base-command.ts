@@ -5,7 +5,7 @@ import { Command, Flags, ux } from '@oclif/core';
 import { config as zodConfig } from '@berth/core/zod';
 import { BerthError } from '@berth/core/errors';
 import type { Interfaces } from '@oclif/core';
-import type { BerthService } from '@berth/core';
+import type { BerthService, OperationOutcome, StartedOperation } from '@berth/core';
 import type { OpenBerthOptions } from '@berth/runtime';
 import { failureOutput } from './error-report.js';
 
@@ -190,6 +190,47 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     }
     ux.action.stop('done');
     return result;
+  }
+
+  /**
+   * Wait for an operation `start` began. Embedded (the service runs it, so it can cancel it), the
+   * first SIGINT (Ctrl-C) or SIGTERM cancels it: it stops as at a passed deadline and rolls back
+   * (an attach; a detach that has not let go of the device yet — one that has finishes) and the
+   * command ends with CANCELLED (exit 11). A second one exits at once (130 / 143) as a kill would: the
+   * next berth command's recovery finishes the rollback. With `--api` signals keep their default
+   * (the server's operation goes on), and `whole` runs instead (over HTTP: one request when the
+   * operation ends in time).
+   */
+  protected async untilDone(
+    berth: BerthService,
+    what: string,
+    start: () => Promise<StartedOperation>,
+    whole: () => Promise<OperationOutcome>,
+  ): Promise<OperationOutcome> {
+    if (berth.cancel === undefined) return whole();
+    const started = await start();
+    let interrupted = false;
+    const onSignal = (signal: NodeJS.Signals): void => {
+      if (interrupted) {
+        ux.stderr(`${signal === 'SIGINT' ? '\n' : ''}Stopped at once: the next berth command finishes the rollback of the ${what}`);
+        process.exit(signal === 'SIGINT' ? 130 : 143);
+      }
+      interrupted = true;
+      const reason = signal === 'SIGINT' ? 'interrupted (Ctrl-C)' : `berth got ${signal}`;
+      if (!berth.cancel?.(started.operation.id, reason)) return;
+      const how = what === 'detach' ? 'stopping the detach: it rolls back, or finishes if the device is already let go' : `rolling back the ${what}`;
+      const note = `${how} (${signal === 'SIGINT' ? 'Ctrl-C' : signal} again stops at once)`;
+      if (ux.action.running) ux.action.status = note;
+      else ux.stderr(`${signal === 'SIGINT' ? '\n' : ''}Interrupted: ${note}`);
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+    try {
+      return await started.done;
+    } finally {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    }
   }
 
   protected override async catch(error: Error): Promise<void> {

@@ -1,34 +1,16 @@
-import { execFile, execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { fillFileSystem } from '@berth/host/testing';
+import { berth, loopDevicesUnder, removeLoopDevicesUnder } from './test-cli.js';
 
 // A full data dir, for real (a small tmpfs; this runs as root): read-only commands work, a log line
 // the disk refuses never fails a command, and a full disk is exit 13 with a hint, never exit 70.
 
-const BIN = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'bin', 'run.js');
 const mounts: string[] = [];
 const dirs: string[] = [];
-
-interface Run {
-  exitCode: number;
-  stdout: string;
-  stderr: string;
-}
-
-function berth(dataDir: string, args: string[]): Promise<Run> {
-  const env: NodeJS.ProcessEnv = { ...process.env, BERTH_DATA_DIR: dataDir };
-  for (const key of ['BERTH_LOG_LEVEL', 'BERTH_CONFIG', 'DEBUG']) delete env[key];
-  return new Promise((done) => {
-    execFile(process.execPath, [BIN, ...args], { env, cwd: dataDir }, (error, stdout, stderr) => {
-      const code = (error as { code?: unknown } | null)?.code;
-      done({ exitCode: error === null ? 0 : typeof code === 'number' ? code : -1, stdout, stderr });
-    });
-  });
-}
 
 function tmpfs(size: string): string {
   const dir = mkdtempSync(join(tmpdir(), 'berth-cli-full-'));
@@ -38,35 +20,8 @@ function tmpfs(size: string): string {
   return dir;
 }
 
-
-/** The loop devices over the files under `dir` (only this test's: `losetup -j` per volume file). */
-function loopDevices(dir: string): string[] {
-  const volumes = join(dir, 'volumes');
-  if (!existsSync(volumes)) return [];
-  return readdirSync(volumes).flatMap((name) =>
-    execFileSync('losetup', ['-j', join(volumes, name)], { encoding: 'utf8' })
-      .split('\n')
-      .filter((line) => line.includes(':'))
-      .map((line) => line.slice(0, line.indexOf(':'))),
-  );
-}
-
 afterEach(() => {
-  for (const dir of dirs) {
-    const devices = loopDevices(dir);
-    // This test's /dev/berth links: those naming one of its loop devices.
-    if (existsSync('/dev/berth')) {
-      for (const name of readdirSync('/dev/berth')) {
-        const link = join('/dev/berth', name);
-        try {
-          if (devices.includes(readlinkSync(link))) unlinkSync(link);
-        } catch {
-          // Not a link, or gone already.
-        }
-      }
-    }
-    for (const device of devices) execFileSync('losetup', ['--detach', device]);
-  }
+  for (const dir of dirs) removeLoopDevicesUnder(dir);
   for (const mount of mounts.splice(0).reverse()) execFileSync('umount', ['--lazy', mount]);
   for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
@@ -105,7 +60,7 @@ describe('a full data dir', () => {
       expect({ args, exitCode: run.exitCode }).toEqual({ args, exitCode: 0 });
       expect(['', `berth: cannot write the log file ${join(logs, 'berth.log')} (ENOSPC); its log lines are dropped\n`]).toContain(run.stderr);
     }
-    expect(loopDevices(dataDir)).toEqual([]);
+    expect(loopDevicesUnder(dataDir)).toEqual([]);
   }, 120_000);
 
   it('attach on an almost-full disk: exit 0 or 13 with a hint (never 70 or 1); once there is room, the volume ends available with no loop device', async () => {
@@ -127,6 +82,6 @@ describe('a full data dir', () => {
     await berth(dataDir, ['detach', 'a']);
     const [volume] = JSON.parse((await berth(dataDir, ['volume', 'list', '--json'])).stdout) as Array<{ status: string }>;
     expect(volume?.status).toBe('available');
-    expect(loopDevices(dataDir)).toEqual([]);
+    expect(loopDevicesUnder(dataDir)).toEqual([]);
   }, 300_000);
 });

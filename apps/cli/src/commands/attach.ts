@@ -36,14 +36,20 @@ export default class Attach extends BaseCommand<typeof Attach> {
     const volume = resourceRef(this.args.volume, 'volume');
     const server = this.flags.server === undefined ? undefined : resourceRef(this.flags.server, 'server');
     const berth = await this.berth();
+    const request = {
+      volume,
+      mode: this.flags.mode,
+      multipath: this.flags.multipath,
+      ...(this.flags.transport === undefined ? {} : { transport: this.flags.transport }),
+      ...(server === undefined ? {} : { server }),
+    };
     const outcome = await this.withSpinner(`Attaching volume ${volume}`, () =>
-      berth.attach({
-        volume,
-        mode: this.flags.mode,
-        multipath: this.flags.multipath,
-        ...(this.flags.transport === undefined ? {} : { transport: this.flags.transport }),
-        ...(server === undefined ? {} : { server }),
-      }),
+      this.untilDone(
+        berth,
+        'attach',
+        () => berth.startAttach(request),
+        () => berth.attach(request),
+      ),
     );
     const attachment = outcome.attachment;
     const serverName = attachment === undefined ? '-' : await this.serverName(attachment.serverId);

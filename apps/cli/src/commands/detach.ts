@@ -44,8 +44,14 @@ export default class Detach extends BaseCommand<typeof Detach> {
       );
     }
     const berth = await this.berth();
+    const request = { volume, force: this.flags.force, ...(server === undefined ? {} : { server }) };
     const outcome = await this.withSpinner(`Detaching volume ${volume}`, () =>
-      berth.detach({ volume, force: this.flags.force, ...(server === undefined ? {} : { server }) }),
+      this.untilDone(
+        berth,
+        'detach',
+        () => berth.startDetach(request),
+        () => berth.detach(request),
+      ),
     ).catch(async (error: unknown) => {
       throw await nameTheServers(error, berth, this.args.volume, this.flags.force);
     });
