@@ -58,6 +58,26 @@ describe('problems', () => {
     expect(toProblem(new TypeError('x is undefined'), 'r3').detail).not.toContain('undefined');
   });
 
+  it("do not tell a caller where the server's database is, nor how the server is configured", () => {
+    const target = 'postgres://berth@10.0.0.5:5432/berth';
+    const outage = new BerthError('UNAVAILABLE', `cannot reach the berth database at ${target}: connect ECONNREFUSED 10.0.0.5:5432`, {
+      hint: 'check that PostgreSQL is running; the store URL comes from --store, BERTH_STORE_URL or the config file',
+      details: { store: target, outage: true },
+    });
+    expect(toProblem(outage, 'r9')).toEqual({
+      type: 'urn:berth:error:unavailable',
+      title: 'A service berth depends on is unreachable',
+      status: 503,
+      code: 'UNAVAILABLE',
+      detail: 'the server cannot reach its database',
+      requestId: 'r9',
+      hint: "retry later; the server's log has the cause under request id r9",
+    });
+    const login = toProblem(new BerthError('CONFIG', `PostgreSQL at ${target} refused the login: password authentication failed`, { details: { store: target } }), 'r10');
+    expect(login).toMatchObject({ code: 'CONFIG', detail: 'the server cannot use its database' });
+    expect(JSON.stringify(login)).not.toContain('10.0.0.5');
+  });
+
   it('turn fastify\'s own 4xx errors into fixed sentences', () => {
     const tooLarge = toProblem(Object.assign(new Error('Request body is too large'), { statusCode: 413, code: 'FST_ERR_CTP_BODY_TOO_LARGE' }), 'r');
     expect(tooLarge).toMatchObject({ status: 413, code: 'VALIDATION', detail: 'the request body is too large' });

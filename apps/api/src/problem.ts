@@ -107,6 +107,17 @@ export function toProblem(error: unknown, requestId: string): Problem {
     }
     const status = HTTP_STATUS[error.code];
     const safe = status < 500 ? safeDetails(error.details) : { details: {} };
+    const store = typeof error.details.store === 'string' ? error.details.store : undefined;
+    if (store !== undefined) {
+      // The server's own database failed: where it is (user, host, port, name) and how the
+      // server is configured are its operator's business, not a caller's — an agent's least of all
+      // (agents never reach the database). The log has the whole error under the request id.
+      const what = error.code === 'UNAVAILABLE' ? 'cannot reach its database' : 'cannot use its database';
+      return makeProblem(error.code, `the server ${what}${error.message.includes(store) ? '' : `: ${error.message}`}`, requestId, {
+        hint: `retry later; the server's log has the cause under request id ${requestId}`,
+        ...(operationId === undefined ? {} : { operationId }),
+      });
+    }
     return makeProblem(error.code, error.message, requestId, {
       ...(error.hint === undefined ? {} : { hint: error.hint }),
       ...(operationId === undefined ? {} : { operationId }),
