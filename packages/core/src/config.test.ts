@@ -63,6 +63,9 @@ describe('resolveConfig', () => {
     expect(refused({ api: { tokens: [{ name: 'a', sha256, role: 'admin', host: 'h-3' }] } })).toMatch(/CONFIG.*only an agent token names a host/);
     expect(refused({ api: { tokens: [{ name: 'a', sha256, role: 'agent', host: '-bad_host' }] } })).toMatch(/CONFIG.*RFC 1123/);
     expect(refused({ replica: { leaseMs: 2000, heartbeatMs: 1500 } })).toMatch(/CONFIG.*heartbeatMs/);
+    // A healthy idle agent is heard from once per long-poll: a shorter offline bound would call it offline between polls.
+    expect(refused({ agent: { offlineAfterMs: 15_000 } })).toMatch(/CONFIG.*agent\.offlineAfterMs: offlineAfterMs must be at least pollWaitMs \+ 5000/);
+    expect(refused({ agent: { pollWaitMs: 10_000, offlineAfterMs: 15_000 } })).toBe('accepted');
   });
 
   describe('a bad config', () => {

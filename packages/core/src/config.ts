@@ -16,6 +16,9 @@ export const zPluginEntry = lazySchema(() => z.union([
 ]));
 
 /** berth's configuration (file + environment); every field has a default. */
+/** How much longer than one long-poll an agent may be silent before it is called offline. */
+const AGENT_SILENCE_MARGIN_MS = 5_000;
+
 export const zConfig = lazySchema(() => z.strictObject({
   /** Database, volume files and run state. */
   dataDir: z.string().min(1),
@@ -108,6 +111,12 @@ export const zConfig = lazySchema(() => z.strictObject({
       pollWaitMs: z.number().int().min(0).max(300_000).default(25_000),
       /** An agent not seen for this long is `offline`. */
       offlineAfterMs: z.number().int().min(1000).max(3_600_000).default(45_000),
+    })
+    // An idle agent is heard from once per long-poll: a shorter bound would call healthy agents
+    // offline between two polls (and let `berth host forget` act on a live host).
+    .refine((agent) => agent.offlineAfterMs >= agent.pollWaitMs + AGENT_SILENCE_MARGIN_MS, {
+      message: `offlineAfterMs must be at least pollWaitMs + ${AGENT_SILENCE_MARGIN_MS} (an idle agent is heard from once per long-poll)`,
+      path: ['offlineAfterMs'],
     })
     .default({ leaseMs: 15_000, pollWaitMs: 25_000, offlineAfterMs: 45_000 }),
   /**
