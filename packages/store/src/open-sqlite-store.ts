@@ -1,4 +1,4 @@
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { setTimeout as delay } from 'node:timers/promises';
 import { basename, dirname, join } from 'node:path';
@@ -168,11 +168,44 @@ export async function openSqliteStoreForUse(options: SqliteStoreOptions): Promis
   }
 }
 
+/** The private copies of read-only opens: `<tmpdir>/berth-db-read-<pid>-XXXXXX/`. */
+const COPY_PREFIX = 'berth-db-read-';
+
+/** Whether process `pid` runs (EPERM: it does, as another user's). */
+function processRuns(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Remove the private copies left by processes that are gone: a read-only open's copy goes with its
+ * store's close, which a killed process never reaches. A copy whose pid runs (its owner, or a
+ * process that got its number since) is left alone.
+ */
+function sweepDeadCopies(): void {
+  let names: string[];
+  try {
+    names = readdirSync(tmpdir());
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const pid = Number(/^berth-db-read-(\d+)-/.exec(name)?.[1] ?? Number.NaN);
+    if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid || processRuns(pid)) continue;
+    rmSync(join(tmpdir(), name), { recursive: true, force: true });
+  }
+}
+
 /**
  * Open an existing database for reading only (no migration, no WAL switch). A WAL database in a
  * directory that cannot be written can only be opened when its `-wal` and `-shm` files exist; when
  * they do not (the last writer closed cleanly, so the main file holds everything), a private copy
- * of the file is opened instead.
+ * of the file is opened instead (removed at close; the copies of killed processes are removed by
+ * the next such open).
  */
 export async function openSqliteStoreReadOnly(options: SqliteStoreOptions & { readOnlyReason?: BerthError }): Promise<Store> {
   const { filename } = options;
@@ -187,7 +220,8 @@ export async function openSqliteStoreReadOnly(options: SqliteStoreOptions & { re
     database?.close();
     database = undefined;
     try {
-      copyDir = mkdtempSync(join(tmpdir(), 'berth-db-read-'));
+      sweepDeadCopies();
+      copyDir = mkdtempSync(join(tmpdir(), `${COPY_PREFIX}${process.pid}-`));
       const copy = join(copyDir, basename(filename));
       copyFileSync(filename, copy);
       if (existsSync(`${filename}-wal`)) copyFileSync(`${filename}-wal`, `${copy}-wal`);

@@ -1,7 +1,8 @@
-import { execFileSync } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { closeSync, mkdtempSync, openSync, readdirSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BerthError, type NewVolume } from '@berth/core';
 import { openSqliteStore, openSqliteStoreForUse } from './open-sqlite-store.js';
@@ -125,5 +126,49 @@ describe('the database on a full disk and on a read-only data dir', () => {
     } finally {
       await store.close();
     }
+  });
+
+  it('the private copy a killed read-only process left is removed by the next read-only open', async () => {
+    const dir = tempDir();
+    const filename = join(dir, 'berth.db');
+    const setup = await openSqliteStore({ filename });
+    await setup.volumes.create(volume('kept'));
+    await setup.close();
+    execFileSync('mount', ['--bind', dir, dir]);
+    mounts.push(dir);
+    execFileSync('mount', ['-o', 'remount,ro,bind', dir]);
+    const copies = (pid: number): string[] => readdirSync(tmpdir()).filter((name) => name.startsWith(`berth-db-read-${pid}-`));
+
+    // A real process opens it read-only (a private copy: the dir is read-only and has no -wal) and is killed.
+    const dist = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'dist', 'index.js');
+    const child = spawn(process.execPath, ['--input-type=module', '-e', `
+      const { openSqliteStoreForUse } = await import(${JSON.stringify(dist)});
+      const { store } = await openSqliteStoreForUse({ filename: ${JSON.stringify(filename)} });
+      await store.volumes.list();
+      process.stdout.write('open\\n');
+      setInterval(() => {}, 60_000);
+    `], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      await new Promise<void>((opened, failed) => {
+        child.stdout.on('data', (chunk: Buffer) => chunk.toString().includes('open') && opened());
+        child.on('exit', (code) => failed(new Error(`the child exited (${code}) before it opened the store`)));
+      });
+      expect(copies(child.pid!)).toHaveLength(1);
+    } finally {
+      child.kill('SIGKILL');
+      await new Promise((ended) => (child.exitCode === null && child.signalCode === null ? child.on('exit', ended) : ended(undefined)));
+    }
+    // Its copy outlived it (a killed process runs no close) until the next read-only open.
+    expect(copies(child.pid!)).toHaveLength(1);
+    const { store, readOnly } = await openSqliteStoreForUse({ filename });
+    try {
+      expect(readOnly?.details.reason).toBe('read-only');
+      expect(copies(child.pid!)).toEqual([]);
+      // Its own copy stays while it is open, and goes with its close.
+      expect(copies(process.pid)).toHaveLength(1);
+    } finally {
+      await store.close();
+    }
+    expect(copies(process.pid)).toEqual([]);
   });
 });
