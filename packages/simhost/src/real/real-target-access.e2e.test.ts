@@ -25,6 +25,7 @@ import { tgtVpdPg80, tgtVpdPg83 } from './tgt-identity.js';
 const MiB = 1024 * 1024;
 const IQN1 = 'iqn.2026-01.test.berth:rta-vol1';
 const IQN2 = 'iqn.2026-01.test.berth:rta-vol2';
+const IQN3 = 'iqn.2026-01.test.berth:rta-vol3';
 const INITIATOR_A = 'iqn.2026-01.test.berth:initiator-a';
 const INITIATOR_B = 'iqn.2026-01.test.berth:initiator-b';
 
@@ -174,6 +175,34 @@ describe.skipIf(!canRun)('RealTargetAccess against a real tgtd (e2e)', () => {
       timing('login (iscsi-inq of LUN 0)', started);
       expect(await session.reportLuns()).toEqual([0, 1]);
       await session.logout();
+    });
+
+    it("lists a target's LUNs while another target with other CHAP credentials admits the same initiator (two volumes attached at once)", async () => {
+      // iscsi-ls -s logs in to every listed target with this session's credentials and stops at the
+      // first that refuses them (tgtd lists the newest first: tid 3's, before tid 1): the LUNs are
+      // then asked one by one.
+      const t = tgtd!;
+      const other: LoginAuth = { method: 'CHAP', username: 'chapuser3', password: `pw3-${randomBytes(6).toString('hex')}` };
+      const lun3File = path.join(workDir, 'lun3.img');
+      await writeFile(lun3File, '');
+      await truncate(lun3File, 16 * MiB);
+      await t.admin('--op', 'new', '--mode', 'target', '--tid', '3', '--targetname', IQN3);
+      try {
+        await t.admin('--op', 'new', '--mode', 'logicalunit', '--tid', '3', '--lun', '1', '--backing-store', lun3File);
+        await t.admin('--op', 'new', '--mode', 'account', '--user', other.username, '--password', other.password);
+        await t.admin('--op', 'bind', '--mode', 'account', '--tid', '3', '--user', other.username);
+        await t.admin('--op', 'bind', '--mode', 'target', '--tid', '3', '--initiator-name', INITIATOR_A);
+        expect(await (await loginOk({ iqn: IQN3, auth: other })).logout()).toBeUndefined();
+        const session = await loginOk();
+        try {
+          expect(await session.reportLuns()).toEqual([0, 1]);
+        } finally {
+          await session.logout();
+        }
+      } finally {
+        await t.admin('--op', 'delete', '--mode', 'target', '--tid', '3', '--force').catch(() => undefined);
+        await t.admin('--op', 'delete', '--mode', 'account', '--user', other.username).catch(() => undefined);
+      }
     });
 
     it('logs in with mutual CHAP, and fails with 24 when the target secret is wrong', async () => {

@@ -57,6 +57,9 @@ export interface RealAccessContext {
 // A LUN that does not exist fails after the login with this sense (fixture iscsi-inq-missing-lun).
 const NO_SUCH_LUN = /LOGICAL_UNIT_NOT_SUPPORTED/;
 
+/** How many LUNs `probeLuns` asks about when `iscsi-ls` cannot list the target. */
+const PROBED_LUNS = 8;
+
 /** The QMP names of one disk's objects in its session's daemon. */
 function qmpNames(exportId: string): { node: string; exportId: string; secretId: string } {
   return { node: `node-${exportId}`, exportId: `exp-${exportId}`, secretId: `sec-${exportId}` };
@@ -119,9 +122,33 @@ export class RealTargetSession implements TargetSession, LunDiskOwner {
     const endpoint = auth ? { ...rest, auth: { method: auth.method, username: auth.username, password: auth.password } } : rest;
     const result = await this.ctx.libiscsi.ls(endpoint, true);
     const target = parseIscsiLs(result.stdout).find((t) => t.iqn === this.iqn);
+    if (!target && result.exitCode !== 0) {
+      // iscsi-ls logs in to every target the portal lists, with this session's credentials, and
+      // stops at the first that refuses them: another volume's target (CHAP per volume) exported
+      // to the same initiator — two volumes attached at once. The kernel asks REPORT LUNS inside
+      // its own session; this target's LUNs are found by asking each LUN here instead.
+      const probed = await this.probeLuns();
+      if (probed !== undefined) return probed;
+    }
     if (!target) throw this.toolError(`target ${this.iqn} is not listed at ${this.portal}`, result);
     if (target.error !== undefined) throw this.toolError(`REPORT LUNS on ${this.iqn} failed: ${target.error}`, result);
     return target.luns.map((l) => l.lun).sort((a, b) => a - b);
+  }
+
+  /**
+   * This target's LUNs 0 to `PROBED_LUNS - 1`, by a standard INQUIRY of each (berth's tgt targets
+   * have LUN 0, the controller, and LUN 1); undefined when LUN 0 does not answer either (this
+   * target's own login fails: the listing's error is the one to report).
+   */
+  private async probeLuns(): Promise<number[] | undefined> {
+    const answers = await Promise.all(
+      Array.from({ length: PROBED_LUNS }, async (_, lun) => {
+        const std = await this.ctx.libiscsi.inquiry(this.endpoint, this.iqn, lun);
+        return std.exitCode === 0 && parseStandardInquiry(std.stdout) !== undefined ? lun : undefined;
+      }),
+    );
+    if (answers[0] === undefined) return undefined;
+    return answers.filter((lun): lun is number => lun !== undefined);
   }
 
   /** Open the disk behind `lun`; undefined when the LUN does not exist or is not a disk (LUN 0). */
