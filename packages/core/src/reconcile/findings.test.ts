@@ -189,6 +189,16 @@ describe('findDifferences', () => {
     expect(describeFinding(found[0]!)).toMatchObject({ resource: '/dev/loop4 (backing /data/volumes/a.img)', fix: 'disconnect', state: 'planned' });
   });
 
+  it("leaves alone a device no record of this host names whose volume is live on another host through the same source (that host's agent may run on this machine)", () => {
+    const v = volume('a', 'in-use', '/data/volumes/a.img');
+    const elsewhere = fileAttachment(v, 'attached', '/dev/loop3', OTHER_HOST);
+    const found = findDifferences(facts({ volumes: [v], attachments: [elsewhere], listings: loop([loopDevice('/dev/loop3', '/data/volumes/a.img')]) }));
+    expect(found).toHaveLength(1);
+    expect(found[0]).toMatchObject({ kind: 'device_without_attachment', volume: { id: v.id } });
+    expect(found[0]!.skip).toMatch(/^volume a is attached on another host \(0{8}-0{4}-4000-8000-0{11}b\) through this source.*left alone/);
+    expect(describeFinding(found[0]!)).toMatchObject({ fix: 'disconnect', state: 'skipped' });
+  });
+
   it('does not count an attachment on another host for a device on this one', () => {
     const v = volume('a', 'in-use', '/data/volumes/a.img');
     const elsewhere = fileAttachment(v, 'attached', '/dev/loop3', OTHER_HOST);

@@ -298,8 +298,17 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
       const key = `${connected.device.path}\u0000${JSON.stringify(connected.source)}`;
       if (claimed.has(key)) continue;
       claimed.add(key);
+      // No record of this host names it, but a live attachment on another host reaches the same
+      // source: that host's agent may run on this machine (a controller that is a compute node
+      // too, an agent registered under another name), and this is then its live device.
+      const elsewhere = live(facts.attachments).find(
+        (a) => a.hostId !== facts.localHostId && a.connectionInfo !== null && sourceMatches(connected.source, a.connectionInfo.data, listing.sourceKeys),
+      );
+      const otherHost = elsewhere
+        ? `volume ${volume.name} is ${elsewhere.status} on another host (${elsewhere.hostId}) through this source, and no record of this host names the device: if that host's agent runs on this machine, it is that attachment's device — left alone (reconcile that host with \`berth reconcile --host\`, or check the device by hand)`
+        : undefined;
       findings.push(
-        withSkip({ kind: 'device_without_attachment', transport: listing.transport, protocol: listing.protocol, connected, volume }, busy(volume.id)),
+        withSkip({ kind: 'device_without_attachment', transport: listing.transport, protocol: listing.protocol, connected, volume }, busy(volume.id) ?? otherHost),
       );
     }
   }
