@@ -10,6 +10,7 @@ import { backendVolume, deleteAttachmentRecord, isGuestServer, transitionAttachm
 import { connectShared, publishSharedPublication, releaseShared, terminateUnshared, unpublishShared, withExportLease } from './device-sharing.js';
 import { initializeHostRoot } from './host-root.js';
 import type { Step } from './step.js';
+import { refuseOfflineAgent } from '../host-steps/host-step-executor.js';
 import { ownedHostSteps } from './operation-fence.js';
 
 /** Options of an attach beyond its volume and server. */
@@ -62,6 +63,7 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
         // The host-side steps run where the server is: in this process for its own host, by the
         // host's agent otherwise; a host nobody can run them on is refused before anything is touched.
         const steps = ownedHostSteps(await deps.hostSteps(ctx.server.hostId), ctx.owner);
+        refuseOfflineAgent(steps, deps.config.agent.offlineAfterMs, 'attach');
         const agent = steps.kind === 'remote' ? steps.host.agent : null;
         if (agent && !agent.consumers.includes(ctx.consumer.name)) {
           throw new BerthError('UNPROCESSABLE', `host ${steps.host.name}'s agent has no consumer ${ctx.consumer.name}, which server ${ctx.server.name} needs (it has ${agent.consumers.join(', ') || 'none'})`, {

@@ -5,6 +5,7 @@ import { backendVolume, deleteAttachmentRecord, deleteDetachingAttachment, isGue
 import { publishShared, releaseShared, terminateUnshared, unpublishShared, type ReleaseOutcome } from './device-sharing.js';
 import { applyTransition, required } from './attach.js';
 import type { Step } from './step.js';
+import { refuseOfflineAgent } from '../host-steps/host-step-executor.js';
 import { ownedHostSteps } from './operation-fence.js';
 import { isStoreOutage } from '../store-errors.js';
 
@@ -124,6 +125,7 @@ export function detachSteps(deps: PipelineDeps, resumed: { from?: AttachmentStat
       storeOnly: true,
       async run(ctx) {
         const steps = ownedHostSteps(await deps.hostSteps(ctx.server.hostId), ctx.owner);
+        refuseOfflineAgent(steps, deps.config.agent.offlineAfterMs, 'detach');
         ctx.steps = steps;
         ctx.host = steps.host;
         return { hostId: steps.host.id, agent: steps.agent };

@@ -494,3 +494,34 @@ describe('berth host forget', () => {
     }
   });
 });
+
+describe('an attach or detach on a host whose agent is offline', () => {
+  it('is refused at once (UNAVAILABLE, naming the host and when it was last heard from), nothing changed, instead of waiting out the deadline', async () => {
+    const { service, calls, kill, close } = await fleet();
+    try {
+      await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
+      await service.createVolume({ name: 'db2', sizeBytes: 2 ** 20 });
+      await service.attach({ volume: 'db1', server: 'web-7' });
+      // h-3 dies: silent for an hour, longer than agent.offlineAfterMs.
+      await kill();
+      const before = calls.length;
+      const started = Date.now();
+      const attach = await rejection(service.attach({ volume: 'db2', server: 'web-7' }));
+      expect(attach.code).toBe('UNAVAILABLE');
+      expect(attach.message).toMatch(/^host h-3's agent is offline \(last heard from 36\d\d s ago\): the attach was not started there, nothing was changed$/);
+      expect(attach.hint).toBe('start `berth agent` on h-3, then attach again');
+      expect(attach.details).toMatchObject({ reason: 'agent-offline', offlineAfterMs: OFFLINE_AFTER_MS });
+      const detach = await rejection(service.detach({ volume: 'db1' }));
+      expect(detach.code).toBe('UNAVAILABLE');
+      expect(detach.hint).toContain('berth host forget h-3');
+      // Long before the deadline (a minute): nothing was queued for the agent, nothing touched.
+      expect(Date.now() - started).toBeLessThan(10_000);
+      expect(calls.slice(before)).toEqual([]);
+      expect((await service.getVolume('db2')).status).toBe('available');
+      expect((await service.getVolume('db1')).status).toBe('in-use');
+      expect((await service.listAttachments({ volume: 'db1' }))[0]?.status).toBe('attached');
+    } finally {
+      await close();
+    }
+  });
+});
