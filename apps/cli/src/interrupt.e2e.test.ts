@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,9 +12,11 @@ import { berth, loopDevicesUnder, removeLoopDevicesUnder, startBerth, until } fr
 
 const dirs: string[] = [];
 const fds: number[] = [];
+const mounts: string[] = [];
 
 afterEach(() => {
   for (const fd of fds.splice(0)) closeSync(fd);
+  for (const mount of mounts.splice(0).reverse()) execFileSync('umount', [mount]);
   for (const dir of dirs) removeLoopDevicesUnder(dir);
   for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
@@ -92,5 +95,24 @@ describe('Ctrl-C', () => {
     // Any next command recovers the operation whose process is gone.
     expect(await volumeStatus(dataDir)).toBe('available');
     expect(loopDevicesUnder(dataDir)).toEqual([]);
+  }, 120_000);
+
+  it('killed, and the data dir read-only: volume show says what stopped and who finishes it; once writable, the next command does', async () => {
+    const dataDir = await dataDirWithVolume();
+    const run = startBerth(dataDir, ['attach', 'a'], { BERTH_FAULTS: 'attach.connect.after=delay:60000' });
+    await until('the attach to connect its loop device', () => loopDevicesUnder(dataDir).length === 1);
+    run.child.kill('SIGKILL');
+    await run.ended;
+    execFileSync('mount', ['--bind', dataDir, dataDir]);
+    mounts.push(dataDir);
+    execFileSync('mount', ['-o', 'remount,ro,bind', dataDir]);
+    const shown = await berth(dataDir, ['volume', 'show', 'a']);
+    expect(shown.exitCode, shown.stderr).toBe(0);
+    expect(shown.stdout).toMatch(/^status: +attaching$/m);
+    expect(shown.stdout).toMatch(/^Note: its attach \(operation [0-9a-f-]{36}\) lost its process \(\d+\); the next berth command that can write to the data dir finishes it \(or rolls it back\), or run `berth reconcile`$/m);
+    execFileSync('umount', [mounts.pop()!]);
+    expect(await volumeStatus(dataDir)).toBe('available');
+    expect(loopDevicesUnder(dataDir)).toEqual([]);
+    expect((await berth(dataDir, ['volume', 'show', 'a'])).stdout).not.toContain('Note:');
   }, 120_000);
 });

@@ -1,5 +1,6 @@
+import { hostname } from 'node:os';
 import { Args, Flags } from '@oclif/core';
-import type { Attachment, Volume } from '@berth/core';
+import { ownerState, type Attachment, type BerthService, type Volume } from '@berth/core';
 import { BaseCommand } from '../../base-command.js';
 import { nameIndex } from '../../format.js';
 import { renderFields, renderTable } from '../../table.js';
@@ -33,6 +34,7 @@ export default class VolumeShow extends BaseCommand<typeof VolumeShow> {
     const volume = await berth.getVolume(ref);
     const attachments = await berth.listAttachments({ volume: volume.id });
     this.log(renderFields(volumeFields(volume)));
+    for (const note of await interrupted(berth, volume)) this.log(note);
     if (attachments.length > 0) {
       const [servers, hosts] = await Promise.all([berth.listServers(), berth.listHosts()]);
       this.log('');
@@ -44,4 +46,27 @@ export default class VolumeShow extends BaseCommand<typeof VolumeShow> {
     this.log(Object.keys(credentials).length > 0 ? renderFields(Object.entries(credentials)) : `backend ${volume.backend} keeps no secrets for this volume`);
     return { ...volume, attachments, credentials };
   }
+}
+
+/**
+ * For a volume left in a passing status by an attach or detach whose process is gone: why it is
+ * still there. Every command recovers such operations when it opens berth — except while the dead
+ * process's commands still run (its berth-spawner waits for them: nothing acts on the volume under
+ * them) and on a store opened read-only (a full or read-only data dir). Embedded only: a server's
+ * operations are its replicas' to judge.
+ */
+async function interrupted(berth: BerthService, volume: Volume): Promise<string[]> {
+  if (berth.recover === undefined || ['available', 'in-use', 'error'].includes(volume.status)) return [];
+  const running = (await berth.listOperations({ state: 'running' })).filter((op) => op.volumeId === volume.id);
+  const notes: string[] = [];
+  for (const op of running) {
+    const owner = ownerState(op.owner, hostname(), '');
+    const pid = op.owner?.split('@')[0] ?? '?';
+    if (owner.state === 'commands') {
+      notes.push(`Note: its ${op.kind} (operation ${op.id}) lost its process (${pid}) while a command it started still runs; the first berth command after that command ends finishes the ${op.kind} (or rolls it back)`);
+    } else if (owner.state === 'dead') {
+      notes.push(`Note: its ${op.kind} (operation ${op.id}) lost its process (${pid}); the next berth command that can write to the data dir finishes it (or rolls it back), or run \`berth reconcile\``);
+    }
+  }
+  return notes;
 }
