@@ -76,6 +76,10 @@ describe('problems', () => {
     const login = toProblem(new BerthError('CONFIG', `PostgreSQL at ${target} refused the login: password authentication failed`, { details: { store: target } }), 'r10');
     expect(login).toMatchObject({ code: 'CONFIG', detail: 'the server cannot use its database' });
     expect(JSON.stringify(login)).not.toContain('10.0.0.5');
+    expect(login.hint).toMatch(/^the server's operator must fix its database settings/);
+    // Inside another error's words (a rollback the database stopped): the address goes, the rest stays.
+    const wrapped = toProblem(new BerthError('TIMEOUT', `the device never appeared (and the database failed before the rollback could finish: cannot reach the berth database at ${target}: ECONNREFUSED)`, { hint: 'recovery finishes it' }), 'r11');
+    expect(wrapped.detail).toBe("the device never appeared (and the database failed before the rollback could finish: cannot reach the berth database at the server's database: ECONNREFUSED)");
   });
 
   it('turn fastify\'s own 4xx errors into fixed sentences', () => {

@@ -92,6 +92,14 @@ function safeDetails(details: Record<string, unknown>): { issues?: Problem['issu
   return issues === undefined ? { details: out } : { issues, details: out };
 }
 
+/** A PostgreSQL store URL (`postgres://user@host:port/db`, as berth's store errors name it). */
+const STORE_URL = /postgres(?:ql)?:\/\/[^\s,;)]*[^\s,;):.]/g;
+
+/** `text` without the server's database addresses. */
+function withoutStoreUrls(text: string): string {
+  return text.replace(STORE_URL, "the server's database");
+}
+
 /**
  * The problem for anything a request threw. BerthErrors keep their code, message and hint (they
  * are written to be shown); fastify's own 4xx errors get a fixed sentence per code (their messages
@@ -107,19 +115,22 @@ export function toProblem(error: unknown, requestId: string): Problem {
     }
     const status = HTTP_STATUS[error.code];
     const safe = status < 500 ? safeDetails(error.details) : { details: {} };
-    const store = typeof error.details.store === 'string' ? error.details.store : undefined;
-    if (store !== undefined) {
+    if (typeof error.details.store === 'string') {
       // The server's own database failed: where it is (user, host, port, name) and how the
       // server is configured are its operator's business, not a caller's — an agent's least of all
       // (agents never reach the database). The log has the whole error under the request id.
-      const what = error.code === 'UNAVAILABLE' ? 'cannot reach its database' : 'cannot use its database';
-      return makeProblem(error.code, `the server ${what}${error.message.includes(store) ? '' : `: ${error.message}`}`, requestId, {
-        hint: `retry later; the server's log has the cause under request id ${requestId}`,
+      const unreachable = error.code === 'UNAVAILABLE';
+      return makeProblem(error.code, `the server ${unreachable ? 'cannot reach its database' : 'cannot use its database'}`, requestId, {
+        hint: unreachable
+          ? `retry later; the server's log has the cause under request id ${requestId}`
+          : `the server's operator must fix its database settings; its log has the cause under request id ${requestId}`,
         ...(operationId === undefined ? {} : { operationId }),
       });
     }
-    return makeProblem(error.code, error.message, requestId, {
-      ...(error.hint === undefined ? {} : { hint: error.hint }),
+    // A database failure inside another error's words (a rollback the database stopped): its
+    // address goes, the rest stays.
+    return makeProblem(error.code, withoutStoreUrls(error.message), requestId, {
+      ...(error.hint === undefined ? {} : { hint: withoutStoreUrls(error.hint) }),
       ...(operationId === undefined ? {} : { operationId }),
       ...safe,
     });

@@ -196,8 +196,8 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
    * Wait for an operation `start` began. Embedded (the service runs it, so it can cancel it), the
    * first SIGINT (Ctrl-C) or SIGTERM cancels it: it stops as at a passed deadline and rolls back
    * (an attach; a detach that has not let go of the device yet — one that has finishes) and the
-   * command ends with CANCELLED (exit 11). A second one exits at once (130 / 143) as a kill would: the
-   * next berth command's recovery finishes the rollback. With `--api` signals keep their default
+   * command ends with CANCELLED (exit 11). A second one exits at once (130 / 143): the commands it
+   * started get SIGTERM, and the next berth command's recovery finishes the rollback. With `--api` signals keep their default
    * (the server's operation goes on), and `whole` runs instead (over HTTP: one request when the
    * operation ends in time).
    */
@@ -212,6 +212,8 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     let interrupted = false;
     const onSignal = (signal: NodeJS.Signals): void => {
       if (interrupted) {
+        // The spinner goes first: it would swallow the line (and leave the cursor hidden).
+        if (ux.action.running) ux.action.stop('stopped');
         ux.stderr(`${signal === 'SIGINT' ? '\n' : ''}Stopped at once: the next berth command finishes the rollback of the ${what}`);
         process.exit(signal === 'SIGINT' ? 130 : 143);
       }

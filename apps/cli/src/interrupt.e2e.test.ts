@@ -8,7 +8,8 @@ import { berth, loopDevicesUnder, removeLoopDevicesUnder, startBerth, until } fr
 // Ctrl-C on `berth attach` / `berth detach` (embedded, real loop devices): the first SIGINT
 // cancels the operation, which rolls back before the command exits (CANCELLED, exit 11); a second
 // one exits at once (130), and the next berth command's recovery finishes the rollback. Before,
-// SIGINT killed the process as `kill -9` does.
+// SIGINT killed the process as `kill -9` does. SIGINT goes to berth's whole process group, as a
+// terminal sends it: the commands berth started are in groups of their own and never get it.
 
 const dirs: string[] = [];
 const fds: number[] = [];
@@ -41,7 +42,7 @@ describe('Ctrl-C', () => {
     // The connect is done, then the attach lingers: Ctrl-C lands with a loop device to undo.
     const run = startBerth(dataDir, ['attach', 'a'], { BERTH_FAULTS: 'attach.connect.after=delay:60000' });
     await until('the attach to connect its loop device', () => loopDevicesUnder(dataDir).length === 1);
-    run.child.kill('SIGINT');
+    run.ctrlC();
     const ended = await run.ended;
     expect(ended.exitCode, ended.stderr).toBe(11);
     expect(ended.stderr).toContain('Interrupted: rolling back the attach (Ctrl-C again stops at once)');
@@ -62,7 +63,7 @@ describe('Ctrl-C', () => {
     const run = startBerth(dataDir, ['detach', 'a']);
     // Unpublished: the detach is in its disconnect, waiting for the holder.
     await until('the detach to remove the link', () => !existsSync(publishedPath));
-    run.child.kill('SIGINT');
+    run.ctrlC();
     const ended = await run.ended;
     expect(ended.exitCode, ended.stderr).toBe(11);
     expect(ended.stderr).toContain('Error: the detach was cancelled: interrupted (Ctrl-C)');
@@ -85,9 +86,9 @@ describe('Ctrl-C', () => {
     fds.push(openSync(loopDevicesUnder(dataDir)[0]!, 'r'));
     let stderr = '';
     run.child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    run.child.kill('SIGINT');
+    run.ctrlC();
     await until('the attach to say it rolls back', () => stderr.includes('Interrupted: rolling back the attach'));
-    run.child.kill('SIGINT');
+    run.ctrlC();
     const ended = await run.ended;
     expect(ended.exitCode, ended.stderr).toBe(130);
     expect(ended.stderr).toContain('Stopped at once: the next berth command finishes the rollback of the attach');

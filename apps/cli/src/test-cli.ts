@@ -32,9 +32,16 @@ export function berth(dataDir: string, args: string[], extra: NodeJS.ProcessEnv 
   });
 }
 
-/** Start `berth args` in `dataDir`; `ended` resolves with its exit code (128 + n when signal n killed it) and output. */
-export function startBerth(dataDir: string, args: string[], extra: NodeJS.ProcessEnv = {}): { child: ChildProcess; ended: Promise<Run> } {
-  const child = spawn(process.execPath, [BIN, ...args], { env: berthEnv(dataDir, extra), cwd: dataDir, stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * Start `berth args` in `dataDir`, in a process group of its own as a shell starts a job (`ctrlC`
+ * signals the whole group, as a terminal's Ctrl-C does); `ended` resolves with its exit code
+ * (128 + n when signal n killed it) and output.
+ */
+export function startBerth(dataDir: string, args: string[], extra: NodeJS.ProcessEnv = {}): { child: ChildProcess; ended: Promise<Run>; ctrlC(): void } {
+  const child = spawn(process.execPath, [BIN, ...args], { env: berthEnv(dataDir, extra), cwd: dataDir, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  const ctrlC = (): void => {
+    if (child.pid !== undefined) process.kill(-child.pid, 'SIGINT');
+  };
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
@@ -42,7 +49,7 @@ export function startBerth(dataDir: string, args: string[], extra: NodeJS.Proces
   const ended = new Promise<Run>((done) => {
     child.on('close', (code, signal) => done({ exitCode: code ?? 128 + (signal === 'SIGKILL' ? 9 : signal === 'SIGTERM' ? 15 : 2), stdout, stderr }));
   });
-  return { child, ended };
+  return { child, ended, ctrlC };
 }
 
 /** The loop devices over the volume files under `dataDir` (only a test's own: `losetup -j` per file). */

@@ -64,8 +64,11 @@ describe('resolveConfig', () => {
     expect(refused({ api: { tokens: [{ name: 'a', sha256, role: 'agent', host: '-bad_host' }] } })).toMatch(/CONFIG.*RFC 1123/);
     expect(refused({ replica: { leaseMs: 2000, heartbeatMs: 1500 } })).toMatch(/CONFIG.*heartbeatMs/);
     // A healthy idle agent is heard from once per long-poll: a shorter offline bound would call it offline between polls.
-    expect(refused({ agent: { offlineAfterMs: 15_000 } })).toMatch(/CONFIG.*agent\.offlineAfterMs: offlineAfterMs must be at least pollWaitMs \+ 5000/);
-    expect(refused({ agent: { pollWaitMs: 10_000, offlineAfterMs: 15_000 } })).toBe('accepted');
+    expect(refused({ agent: { offlineAfterMs: 30_000 } })).toMatch(/CONFIG.*agent\.offlineAfterMs: offlineAfterMs must be at least pollWaitMs \+ 10000/);
+    expect(refused({ agent: { pollWaitMs: 10_000, offlineAfterMs: 20_000 } })).toBe('accepted');
+    // Unset, it follows a long poll (a config that raised only pollWaitMs keeps loading).
+    expect(resolveConfig({ agent: { pollWaitMs: 60_000 } }, {}, { dataDir: '/d' }).agent.offlineAfterMs).toBe(80_000);
+    expect(resolveConfig({ agent: { pollWaitMs: 5_000 } }, {}, { dataDir: '/d' }).agent.offlineAfterMs).toBe(45_000);
   });
 
   describe('a bad config', () => {

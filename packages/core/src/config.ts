@@ -17,7 +17,7 @@ export const zPluginEntry = lazySchema(() => z.union([
 
 /** berth's configuration (file + environment); every field has a default. */
 /** How much longer than one long-poll an agent may be silent before it is called offline. */
-const AGENT_SILENCE_MARGIN_MS = 5_000;
+const AGENT_SILENCE_MARGIN_MS = 10_000;
 
 export const zConfig = lazySchema(() => z.strictObject({
   /** Database, volume files and run state. */
@@ -109,13 +109,17 @@ export const zConfig = lazySchema(() => z.strictObject({
       leaseMs: z.number().int().min(1000).max(600_000).default(15_000),
       /** How long one claim waits for work before it answers nothing (the long-poll). */
       pollWaitMs: z.number().int().min(0).max(300_000).default(25_000),
-      /** An agent not seen for this long is `offline`. */
-      offlineAfterMs: z.number().int().min(1000).max(3_600_000).default(45_000),
+      /**
+       * An agent not heard from for this long is `offline`. Default: 45 s, or `pollWaitMs` + 20 s
+       * when that is longer (an idle agent is heard from once per long-poll).
+       */
+      offlineAfterMs: z.number().int().min(1000).max(3_600_000).optional(),
     })
-    // An idle agent is heard from once per long-poll: a shorter bound would call healthy agents
-    // offline between two polls (and let `berth host forget` act on a live host).
+    .transform((agent) => ({ ...agent, offlineAfterMs: agent.offlineAfterMs ?? Math.max(45_000, agent.pollWaitMs + 20_000) }))
+    // A shorter bound would call healthy idle agents offline between two polls (and let
+    // `berth host forget` act on a live host).
     .refine((agent) => agent.offlineAfterMs >= agent.pollWaitMs + AGENT_SILENCE_MARGIN_MS, {
-      message: `offlineAfterMs must be at least pollWaitMs + ${AGENT_SILENCE_MARGIN_MS} (an idle agent is heard from once per long-poll)`,
+      message: `offlineAfterMs must be at least pollWaitMs + ${AGENT_SILENCE_MARGIN_MS} (an idle agent is heard from once per long-poll, its beat written up to 5 s late)`,
       path: ['offlineAfterMs'],
     })
     .default({ leaseMs: 15_000, pollWaitMs: 25_000, offlineAfterMs: 45_000 }),

@@ -86,7 +86,9 @@ function signalOwn(job: { pid?: number; startTicks?: string }, signal: NodeJS.Si
 
 /** Start the command with Node's own `child_process.spawn` (a fork of this process). */
 export const startWithNode: StartCommand = (file, args, options, events) => {
-  const child = spawn(file, [...args], { env: options.env, shell: false, stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+  // Its own process group (`detached`), as berth-spawner starts it: a terminal's Ctrl-C reaches
+  // berth, which cancels and rolls back, never the command half-way through.
+  const child = spawn(file, [...args], { env: options.env, shell: false, detached: true, stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
   if (child.pid !== undefined) {
     onExit();
     running.add(child);

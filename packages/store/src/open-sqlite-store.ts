@@ -1,4 +1,4 @@
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { setTimeout as delay } from 'node:timers/promises';
 import { basename, dirname, join } from 'node:path';
@@ -193,10 +193,18 @@ function sweepDeadCopies(): void {
   } catch {
     return;
   }
+  const uid = process.getuid?.();
   for (const name of names) {
     const pid = Number(/^berth-db-read-(\d+)-/.exec(name)?.[1] ?? Number.NaN);
     if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid || processRuns(pid)) continue;
-    rmSync(join(tmpdir(), name), { recursive: true, force: true });
+    const path = join(tmpdir(), name);
+    try {
+      // Only this user's (another user's copy is theirs to remove, and /tmp would refuse).
+      if (uid !== undefined && lstatSync(path).uid !== uid) continue;
+      rmSync(path, { recursive: true, force: true });
+    } catch {
+      // Gone meanwhile, or not ours to remove: the open goes on.
+    }
   }
 }
 

@@ -815,9 +815,11 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
       const kind = result.notFound || result.timedOut || result.aborted ? 'other' : classifyLosetupError(result.stderr);
       // Already detached, or the node is gone: the goal is reached.
       if (kind !== 'not-attached' && kind !== 'no-device') {
-        // LOOP_CLR_FD either happens or not; a losetup that could not run it changed nothing.
+        // LOOP_CLR_FD either happens or not; a losetup that could not run it changed nothing. One
+        // killed (by us, or by a signal from outside: exit code -1) cannot say whether it did.
         const failed = toLoopError(new CommandError(result, { notFound: result.notFound ?? false }), 'losetup', `detaching ${device}`);
-        fail(state, result.timedOut || result.aborted ? failed : untouched(failed), 'losetup', `detaching ${device}`);
+        const unknown = result.timedOut || result.aborted || result.exitCode < 0;
+        fail(state, unknown ? failed : untouched(failed), 'losetup', `detaching ${device}`);
         return;
       }
     }

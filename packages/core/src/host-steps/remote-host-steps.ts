@@ -170,6 +170,14 @@ async function giveUp(deps: RemoteHostStepsDeps, host: AgentHost, item: WorkItem
     throw error;
   }
   const claimed = cancelled.attempts > 0;
+  if (reason.code === 'CANCELLED') {
+    // The caller cancelled (Ctrl-C), not the deadline: said as it is. An item taken back while
+    // still pending (the compare-and-swap from `pending`) never ran: nothing was touched there.
+    throw new BerthError('CANCELLED', `${reason.message} (host ${host.name}'s agent ${claimed ? `was running step ${step}` : `had not picked up step ${step}`})`, {
+      details: { ...reason.details, hostId: host.id, step, workItemId: item.id, ranOnHost: claimed, ...(claimed ? {} : { untouched: true }) },
+      cause: reason,
+    });
+  }
   const what = claimed ? `did not finish step ${step}` : `did not pick up step ${step}`;
   throw new BerthError('TIMEOUT', `host ${host.name}'s agent ${what} before the ${call.undo ? 'undo' : 'operation'}'s deadline (${agentState})`, {
     hint: `${offline ? `start \`berth agent\` on ${host.name}` : `check that \`berth agent\` runs on ${host.name} (start it if not; if it does, it is slow or stuck: see its log, and raise operationTimeoutMs if the step needs longer)`}${claimed ? `; its device may still be connected: \`berth detach <volume> --force\` once the agent is back` : ''}`,

@@ -63,7 +63,7 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
         // The host-side steps run where the server is: in this process for its own host, by the
         // host's agent otherwise; a host nobody can run them on is refused before anything is touched.
         const steps = ownedHostSteps(await deps.hostSteps(ctx.server.hostId), ctx.owner);
-        refuseOfflineAgent(steps, deps.config.agent.offlineAfterMs, 'attach');
+        refuseOfflineAgent(steps, deps.config.agent, 'attach');
         const agent = steps.kind === 'remote' ? steps.host.agent : null;
         if (agent && !agent.consumers.includes(ctx.consumer.name)) {
           throw new BerthError('UNPROCESSABLE', `host ${steps.host.name}'s agent has no consumer ${ctx.consumer.name}, which server ${ctx.server.name} needs (it has ${agent.consumers.join(', ') || 'none'})`, {

@@ -125,7 +125,7 @@ export function detachSteps(deps: PipelineDeps, resumed: { from?: AttachmentStat
       storeOnly: true,
       async run(ctx) {
         const steps = ownedHostSteps(await deps.hostSteps(ctx.server.hostId), ctx.owner);
-        refuseOfflineAgent(steps, deps.config.agent.offlineAfterMs, 'detach');
+        refuseOfflineAgent(steps, deps.config.agent, 'detach');
         ctx.steps = steps;
         ctx.host = steps.host;
         return { hostId: steps.host.id, agent: steps.agent };

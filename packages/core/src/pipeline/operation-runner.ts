@@ -218,10 +218,14 @@ export class OperationRunner {
       }
       // The step failed (its work, or its commit): record it and undo.
       const failed = async (raw: unknown): Promise<RunOutcome> => {
-        // A driver whose command our signal cut short reports it as CANCELLED, or as a failure
-        // that left everything as it was (`untouched`); the signal knows why (the deadline passed,
-        // or the caller cancelled), and that is what the user must hear.
-        const cutShort = stepSignal.aborted && (!BerthError.is(raw) || raw.code === 'CANCELLED' || raw.details.untouched === true);
+        // A driver whose command our signal cut short reports it as CANCELLED; the signal knows why
+        // (the deadline passed, or the caller cancelled), and that is what the user must hear. A
+        // caller's cancel also speaks for a failure that left everything as it was (`untouched`:
+        // a wait for a holder cut short); at a passed deadline that failure keeps its own words
+        // (the busy device's holder), as before.
+        const reason = stepSignal.aborted ? toBerthError(stepSignal.reason) : undefined;
+        const cutShort =
+          reason !== undefined && (!BerthError.is(raw) || raw.code === 'CANCELLED' || (reason.code === 'CANCELLED' && raw.details.untouched === true));
         const error = cutShort ? cutShortError(stepSignal.reason, raw) : toBerthError(raw);
         timings[step.name] = round(performance.now() - begun);
         fence.note(raw);

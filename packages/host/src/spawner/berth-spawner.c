@@ -351,7 +351,11 @@ static void run_request(reader_t *r) {
 #endif
     posix_spawnattr_setsigmask(&at, &none);
     posix_spawnattr_setsigdefault(&at, &all);
-    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    /* Its own process group: a terminal's Ctrl-C (SIGINT to the foreground group) reaches berth,
+     * which cancels and rolls back, never the command half-way through (a `losetup --detach`
+     * killed by it could not say what it had done). The runner still signals it by pid. */
+    posix_spawnattr_setpgroup(&at, 0);
+    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
     if (rc == 0) rc = spawn_in_path(&pid, argv, envp, &fa, &at);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&at);

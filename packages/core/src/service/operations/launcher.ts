@@ -91,13 +91,17 @@ export class OperationLauncher {
     const cancel = new AbortController();
     this.cancels.set(operation.id, { kind: what.kind, controller: cancel });
     // A takeover stops the run as its deadline would (the signal every step and wait follows). A
-    // cancel stops the wait for the lock, the preparation and the steps before the point of no
-    // return (the runner's `cancel`), which then roll back as at a passed deadline.
+    // cancel stops the wait for the volume lock and the steps before the point of no return (the
+    // runner's `cancel`), which then roll back as at a passed deadline; the preparation keeps the
+    // deadline (its store, retried within it, serves the undos and the steps past that point too).
     const deadline = createDeadline(config.operationTimeoutMs, fence.signal);
-    const stoppable = AbortSignal.any([deadline.signal, cancel.signal]);
     const done = this.track(
       operation.id,
-      this.parts.volumeLocks.withLock(what.volume.id, () => this.execute(operation.id, what.kind, deadline, cancel.signal, () => prepare(operation.id, stoppable)), stoppable),
+      this.parts.volumeLocks.withLock(
+        what.volume.id,
+        () => this.execute(operation.id, what.kind, deadline, cancel.signal, () => prepare(operation.id, deadline.signal)),
+        AbortSignal.any([deadline.signal, cancel.signal]),
+      ),
     );
     return { operation, done };
   }
@@ -235,6 +239,8 @@ export class OperationLauncher {
         faults: this.parts.faults,
         pipeline: kind,
       });
+      // The steps are over: a cancel from now on changes nothing, and says so (`cancel` → false).
+      this.cancels.delete(operationId);
       if (outcome.ok) {
         const warnings = outcome.journalErrors.map((e) => `the journal could not be written (${e.message}); the next berth command completes it`);
         const result = {
