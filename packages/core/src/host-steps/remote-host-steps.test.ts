@@ -106,6 +106,30 @@ describe('remote host steps', () => {
     await w.close();
   });
 
+  it("a step the caller cancelled (Ctrl-C) is CANCELLED, not a deadline: untouched when no agent picked it up, not when one was running it", async () => {
+    const w = await world();
+    const cancel = new AbortController();
+    const pending = w.steps.run('disconnect', { ...request, force: false, inUse: [] }, { operationId: w.operationId, signal: cancel.signal }).catch((e: unknown) => e);
+    const item = await w.nextItem();
+    cancel.abort(new BerthError('CANCELLED', 'the detach was cancelled: interrupted (Ctrl-C)'));
+    const error = (await pending) as BerthError;
+    expect(error.code).toBe('CANCELLED');
+    expect(error.message).toBe("the detach was cancelled: interrupted (Ctrl-C) (host h-3's agent had not picked up step disconnect)");
+    expect(error.details).toMatchObject({ hostId: w.host.id, step: 'disconnect', workItemId: item.id, ranOnHost: false, untouched: true });
+    expect(await w.workItems.get(item.id)).toMatchObject({ state: 'failed', attempts: 0 });
+
+    const again = new AbortController();
+    const claimed = w.steps.run('disconnect', { ...request, force: false, inUse: [] }, { operationId: w.operationId, signal: again.signal }).catch((e: unknown) => e);
+    await w.agent('agent-1');
+    again.abort(new BerthError('CANCELLED', 'the detach was cancelled: interrupted (Ctrl-C)'));
+    const running = (await claimed) as BerthError;
+    expect(running.code).toBe('CANCELLED');
+    expect(running.message).toMatch(/\(host h-3's agent was running step disconnect\)$/);
+    expect(running.details).toMatchObject({ ranOnHost: true });
+    expect(running.details).not.toHaveProperty('untouched');
+    await w.close();
+  });
+
   it('a step no agent picked up before the deadline is cancelled, never ran, and names the host', async () => {
     const w = await world();
     const deadline = new AbortController();
