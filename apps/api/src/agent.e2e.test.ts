@@ -207,6 +207,20 @@ describe('the agent protocol over HTTP on PostgreSQL', () => {
     expect(report.status, report.text).toBe(200);
   });
 
+  it("a replaced worker's waiting claim is answered 409 at once by the new registration, and work made after it goes to the new worker", async () => {
+    const old = await register(TOKENS.agentH1, 'boot-6');
+    const started = Date.now();
+    const waiting = claim(TOKENS.agentH1, old.worker, 'wait=20s&limit=4');
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const fresh = await register(TOKENS.agentH1, 'boot-7');
+    const item = await enqueue(fresh.hostId, 'host_facts');
+    const answer = await waiting;
+    expect(answer.status, answer.text).toBe(409);
+    expect(Date.now() - started).toBeLessThan(10_000);
+    const [mine] = bodyOf(await claim(TOKENS.agentH1, fresh.worker)).items as ClaimedWork[];
+    expect(mine?.item).toMatchObject({ id: item.id, attempts: 1, leaseOwner: fresh.worker });
+  });
+
   it('a claim without the worker header is a 400; a claim ends at once when its wait is 0', async () => {
     const answer = await api().request('GET', '/v1/agent/work?wait=0s', { token: TOKENS.agentH1 });
     expect(answer.status).toBe(400);
