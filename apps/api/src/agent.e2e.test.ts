@@ -3,11 +3,15 @@
 // replica that enqueues host steps (what core's remote executor does) and notifies the host's
 // channel, so a waiting claim is woken by LISTEN/NOTIFY across connections, never by a timer.
 import { hostChannel, parseWorkDoneNotice, WORK_DONE_CHANNEL, type AgentSession, type ClaimedWork, type HostView, type Store, type WorkItem } from '@berth/core';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { openPostgresStore } from '@berth/store';
 import { startPostgresCluster, type PostgresCluster } from '@berth/store/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hostView } from './routes/hosts.js';
-import { bodyOf, createTestApi, TOKENS, type TestAnswer, type TestApi } from './test-support.js';
+import { bodyOf, CLI, createTestApi, TOKENS, type TestAnswer, type TestApi } from './test-support.js';
 
 let cluster: PostgresCluster | undefined;
 let t: TestApi | undefined;
@@ -203,9 +207,82 @@ describe('the agent protocol over HTTP on PostgreSQL', () => {
     expect(report.status, report.text).toBe(200);
   });
 
+  it("a replaced worker's waiting claim is answered 409 at once by the new registration, and work made after it goes to the new worker", async () => {
+    const old = await register(TOKENS.agentH1, 'boot-6');
+    const started = Date.now();
+    const waiting = claim(TOKENS.agentH1, old.worker, 'wait=20s&limit=4');
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const fresh = await register(TOKENS.agentH1, 'boot-7');
+    const item = await enqueue(fresh.hostId, 'host_facts');
+    const answer = await waiting;
+    expect(answer.status, answer.text).toBe(409);
+    expect(Date.now() - started).toBeLessThan(10_000);
+    const [mine] = bodyOf(await claim(TOKENS.agentH1, fresh.worker)).items as ClaimedWork[];
+    expect(mine?.item).toMatchObject({ id: item.id, attempts: 1, leaseOwner: fresh.worker });
+  });
+
   it('a claim without the worker header is a 400; a claim ends at once when its wait is 0', async () => {
     const answer = await api().request('GET', '/v1/agent/work?wait=0s', { token: TOKENS.agentH1 });
     expect(answer.status).toBe(400);
     expect(answer.text).toContain('Berth-Agent-Worker');
   });
+
+  it('a real `berth agent` replaced by a new registration of its host exits 4 (CONFLICT) within seconds, leaving no child process', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'berth-agent-replaced-'));
+    const tokenFile = path.join(dir, 'agent.token');
+    writeFileSync(tokenFile, TOKENS.agentH1, { mode: 0o600 });
+    const env: NodeJS.ProcessEnv = { ...process.env, BERTH_DATA_DIR: path.join(dir, 'data') };
+    for (const key of ['BERTH_LOG_LEVEL', 'BERTH_CONFIG', 'BERTH_FAULTS', 'BERTH_API_URL', 'BERTH_STORE_URL']) delete env[key];
+    const before = (await store().hosts.findByName('h-1'))?.agent?.instance;
+    const child = spawn(process.execPath, [CLI, 'agent', '--api', api().url, '--token-file', tokenFile], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.stdout.resume();
+    const exited = new Promise<{ code: number | null; at: number }>((resolve) => child.on('exit', (code) => resolve({ code, at: Date.now() })));
+    const children = new Set<number>();
+    const childrenOf = (pid: number): number[] =>
+      spawnSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' })
+        .stdout.split('\n')
+        .filter(Boolean)
+        .map(Number);
+    const alive = (pid: number): boolean => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    try {
+      // Registered, and idle in its long-poll claim.
+      for (let i = 0; ; i += 1) {
+        const instance = (await store().hosts.findByName('h-1'))?.agent?.instance;
+        if (instance !== undefined && instance !== before && stderr.includes('registered host h-1')) break;
+        if (i > 600 || child.exitCode !== null) throw new Error(`the agent did not register: ${stderr}`);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      for (const pid of childrenOf(child.pid!)) children.add(pid);
+      const replacedAt = Date.now();
+      await register(TOKENS.agentH1, 'replacer-1');
+      const watch = setInterval(() => {
+        if (child.exitCode === null) for (const pid of childrenOf(child.pid!)) children.add(pid);
+      }, 50);
+      const ended = await Promise.race([exited, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 15_000))]);
+      clearInterval(watch);
+      expect(ended, `still running 15 s after it was replaced: ${stderr}`).toBeDefined();
+      expect(stderr).toContain('another berth agent registered for host h-1; this one stops');
+      expect(ended!.code).toBe(4);
+      expect(ended!.at - replacedAt).toBeLessThan(10_000);
+      // Its berth-spawner (and anything else it started) went with it.
+      for (let i = 0; i < 60 && [...children].some(alive); i += 1) await new Promise((resolve) => setTimeout(resolve, 50));
+      const left = [...children].filter(alive);
+      const described = left.length === 0 ? '' : spawnSync('ps', ['-o', 'pid,ppid,etimes,args', '-p', left.join(',')], { encoding: 'utf8' }).stdout;
+      expect(left, described).toEqual([]);
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+      for (const pid of children) if (alive(pid)) process.kill(pid, 'SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });

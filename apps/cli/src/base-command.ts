@@ -125,7 +125,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
       api === undefined || api === ''
         ? await this.openLocalBerth()
         : await (await import('@berth/client')).openRemoteBerth({
-            url: api,
+            ...apiUrls(api),
             ...(process.env[TOKEN_ENV] === undefined ? {} : { token: process.env[TOKEN_ENV] }),
           });
     this.service = service;
@@ -272,6 +272,18 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     }
     await super.finally(error);
   }
+}
+
+/**
+ * `--api`'s URLs: one, or several replicas' separated by commas (the first, then the others in
+ * turn when one cannot be reached). CONFIG for an empty one.
+ */
+export function apiUrls(api: string): { url: string; fallbackUrls: string[] } {
+  const [url = '', ...fallbackUrls] = api.split(',').map((part) => part.trim());
+  if (url === '' || fallbackUrls.includes('')) {
+    throw new BerthError('CONFIG', `--api ${JSON.stringify(api)} has an empty URL`, { hint: 'give URLs separated by commas: --api http://10.0.0.1:8776,http://10.0.0.2:8776' });
+  }
+  return { url, fallbackUrls };
 }
 
 function debugEnabled(): boolean {

@@ -3,6 +3,7 @@
 // Needs the build (`npx turbo run build`): the bin runs dist/.
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -85,5 +86,33 @@ describe('berth with a bad config file', { timeout: TIMEOUT_MS }, () => {
     expect(run.stderr).toContain('Error: invalid BERTH_STORE_URL: store.url: must be a postgres://');
     expect(run.stderr).toContain('Hint: fix or unset BERTH_STORE_URL');
     expect(run.stdout + run.stderr).not.toContain('hunter2');
+  });
+
+  it('BERTH_API_URL with several replicas, comma-separated: one that refuses the connection is passed over for the next', async () => {
+    const seen: string[] = [];
+    const live = http.createServer((request, response) => {
+      seen.push(`${request.method} ${request.url}`);
+      response.writeHead(401, { 'content-type': 'application/problem+json' }).end(JSON.stringify({ code: 'UNAUTHENTICATED', detail: 'no token from the stub', status: 401 }));
+    });
+    const listen = (server: http.Server): Promise<number> =>
+      new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as { port: number }).port)));
+    const livePort = await listen(live);
+    const probe = http.createServer();
+    const deadPort = await listen(probe);
+    await new Promise((resolve) => probe.close(resolve));
+    try {
+      const run = await berth(['volume', 'list'], { BERTH_API_URL: `http://127.0.0.1:${deadPort},http://127.0.0.1:${livePort}` });
+      // The stub's answer, not "is not a URL" (CONFIG): the CLI reached the second replica.
+      expect(run.stderr).not.toContain('is not a URL');
+      expect(run.stderr).toContain('no token from the stub');
+      expect(run.exitCode).toBe(EXIT_CODES.UNAUTHENTICATED);
+      expect(seen.length).toBeGreaterThan(0);
+      const empty = await berth(['volume', 'list'], { BERTH_API_URL: `http://127.0.0.1:${livePort},` });
+      expect(empty.exitCode).toBe(EXIT_CODES.CONFIG);
+      expect(empty.stderr).toContain('has an empty URL');
+    } finally {
+      live.closeAllConnections();
+      await new Promise((resolve) => live.close(resolve));
+    }
   });
 });

@@ -1,4 +1,5 @@
 import { once } from 'node:events';
+import http from 'node:http';
 import type { Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BerthError } from '@berth/core';
@@ -65,5 +66,34 @@ describe('HttpClient over its own keep-alive connections', () => {
     idle.destroy();
     await gone;
     expect((await client.request({ method: 'GET', path: '/b' })).body).toEqual({ served: 2 });
+  });
+
+  it('with fallback URLs, a request that cannot connect goes to the next replica, which is used from then on; one that reached a replica never moves', async () => {
+    let served = 0;
+    const { url } = await serve((request, response) => {
+      served += 1;
+      if (request.url === '/fail') return void json(response, 500, { code: 'INTERNAL', detail: 'boom', status: 500 });
+      json(response, 200, { served });
+    });
+    // A port nothing listens on (taken, then freed): connections to it are refused.
+    const dead = await new Promise<string>((resolve) => {
+      const probe = http.createServer().listen(0, '127.0.0.1', () => {
+        const { port } = probe.address() as { port: number };
+        probe.close(() => resolve(`http://127.0.0.1:${port}`));
+      });
+    });
+    client = new HttpClient({ url: dead, fallbackUrls: [url] });
+    expect(client.url).toBe(`${dead}/`);
+    expect((await client.request({ method: 'POST', path: '/v1/volumes', body: {} })).body).toEqual({ served: 1 });
+    expect(client.url).toBe(`${url}/`);
+    // An answer (even an error) is the replica's: not sent anywhere else.
+    expect(await codeOf(client.request({ method: 'GET', path: '/fail' }))).toBe('INTERNAL');
+    expect(served).toBe(2);
+    // Every replica refusing: CONFIG naming them all.
+    client.close();
+    client = new HttpClient({ url: dead, fallbackUrls: [dead.replace('127.0.0.1', 'localhost')] });
+    const error = (await client.request({ method: 'GET', path: '/x' }).catch((e: unknown) => e)) as BerthError;
+    expect(error).toMatchObject({ code: 'CONFIG', details: { unreachable: true } });
+    expect(error.message).toContain('cannot reach the berth API');
   });
 });

@@ -6,6 +6,13 @@ import { BerthError, ERROR_CODES, type BerthErrorCode } from '@berth/core';
 export interface HttpClientOptions {
   /** The API's base URL, e.g. http://127.0.0.1:8776. */
   url: string;
+  /**
+   * Other replicas of the same API (`--api http://a:8776,http://b:8776`): a request whose
+   * connection to the replica in use cannot even be made (refused, no route, unknown name) goes to
+   * the next one, in order, and the first that answers is used from then on. A request that
+   * reached a replica is never sent to another (it may have acted there).
+   */
+  fallbackUrls?: readonly string[];
   /** A bearer token (BERTH_TOKEN); without one every request but /healthz is refused (401). */
   token?: string;
   /** Per-request deadline in ms, on top of any `?wait=` (default 60 s). */
@@ -145,76 +152,106 @@ export function problemToError(status: number, body: unknown): BerthError {
   });
 }
 
+/** One replica the client can send to. */
+interface Target {
+  base: URL;
+  send: Send;
+  agent: http.Agent | undefined;
+}
+
+/** Error codes of a connection that could not be made: the request never reached the server. */
+const NOT_CONNECTED = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EADDRNOTAVAIL']);
+
+/** Whether `error` (or one of its causes, as `fetch` wraps them) says the connection was never made. */
+function neverConnected(error: unknown): boolean {
+  for (let e: unknown = error, depth = 0; e instanceof Error && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && NOT_CONNECTED.has(code)) return true;
+  }
+  return false;
+}
+
+function targetOf(url: string, fetchImpl: typeof fetch | undefined): Target {
+  let base: URL;
+  try {
+    base = new URL(url);
+  } catch (error) {
+    throw new BerthError('CONFIG', `the berth API URL ${JSON.stringify(url)} is not a URL`, {
+      cause: error,
+      hint: 'set --api or BERTH_API_URL to something like http://127.0.0.1:8776 (several replicas: separated by commas)',
+    });
+  }
+  if (base.protocol !== 'http:' && base.protocol !== 'https:') {
+    throw new BerthError('CONFIG', `the berth API URL must be http or https, not ${base.protocol}`);
+  }
+  if (fetchImpl !== undefined) return { base, send: fetchSend(fetchImpl), agent: undefined };
+  const secure = base.protocol === 'https:';
+  const agent = secure ? new https.Agent({ keepAlive: true }) : new http.Agent({ keepAlive: true });
+  return { base, send: keepAliveSend(agent, secure), agent };
+}
+
 /** JSON over HTTP to the berth API, every failure a BerthError. */
 export class HttpClient {
-  private readonly base: URL;
-  private readonly send: Send;
-  private readonly agent: http.Agent | undefined;
+  private readonly targets: Target[];
+  /** The index of the replica in use (the last one that answered). */
+  private current = 0;
   private readonly timeoutMs: number;
 
   constructor(private readonly options: HttpClientOptions) {
-    let base: URL;
-    try {
-      base = new URL(options.url);
-    } catch (error) {
-      throw new BerthError('CONFIG', `the berth API URL ${JSON.stringify(options.url)} is not a URL`, {
-        cause: error,
-        hint: 'set --api or BERTH_API_URL to something like http://127.0.0.1:8776',
-      });
-    }
-    if (base.protocol !== 'http:' && base.protocol !== 'https:') {
-      throw new BerthError('CONFIG', `the berth API URL must be http or https, not ${base.protocol}`);
-    }
-    this.base = base;
-    if (options.fetch === undefined) {
-      const secure = base.protocol === 'https:';
-      this.agent = secure ? new https.Agent({ keepAlive: true }) : new http.Agent({ keepAlive: true });
-      this.send = keepAliveSend(this.agent, secure);
-    } else {
-      this.agent = undefined;
-      this.send = fetchSend(options.fetch);
-    }
+    this.targets = [options.url, ...(options.fallbackUrls ?? [])].map((url) => targetOf(url, options.fetch));
     this.timeoutMs = options.timeoutMs ?? 60_000;
   }
 
   /** Close the kept-alive connections (idle ones never keep a process alive, but a caller may be done). */
   close(): void {
-    this.agent?.destroy();
+    for (const target of this.targets) target.agent?.destroy();
   }
 
-  /** The base URL. */
+  /** The base URL of the replica in use. */
   get url(): string {
-    return this.base.toString();
+    return (this.targets[this.current] as Target).base.toString();
   }
 
   /** Send a request; resolves to any 2xx answer, throws the problem of any other as a BerthError. */
   async request(req: HttpRequest): Promise<HttpAnswer> {
-    const base = this.base.href.endsWith('/') ? this.base.href : `${this.base.href}/`;
-    const url = new URL(req.path.replace(/^\//, ''), base);
-    for (const [key, value] of Object.entries(req.query ?? {})) {
-      if (value !== undefined) url.searchParams.set(key, String(value));
-    }
+    const urlAt = (target: Target): URL => {
+      const base = target.base.href.endsWith('/') ? target.base.href : `${target.base.href}/`;
+      const url = new URL(req.path.replace(/^\//, ''), base);
+      for (const [key, value] of Object.entries(req.query ?? {})) {
+        if (value !== undefined) url.searchParams.set(key, String(value));
+      }
+      return url;
+    };
     const headers: Record<string, string> = { ...req.headers, accept: 'application/json, application/problem+json' };
     if (this.options.token !== undefined && this.options.token !== '') headers.authorization = `Bearer ${this.options.token}`;
     if (req.body !== undefined) headers['content-type'] = 'application/json';
     if (req.idempotencyKey !== undefined) headers['idempotency-key'] = req.idempotencyKey;
     const payload = req.body === undefined ? undefined : JSON.stringify(req.body);
     if (payload !== undefined) headers['content-length'] = String(Buffer.byteLength(payload));
-    let response: { status: number; text: string };
-    try {
-      response = await this.send(url, req.method, headers, payload, this.timeoutMs + (req.extraTimeoutMs ?? 0), req.signal);
-    } catch (error) {
-      if (req.signal?.aborted === true) {
-        throw new BerthError('CANCELLED', `${req.method} ${url.pathname} was given up`, { cause: error });
+    let response: { status: number; text: string } | undefined;
+    // The replica in use first, then the others in turn while a connection cannot even be made.
+    for (let tried = 0; response === undefined; tried++) {
+      const index = (this.current + tried) % this.targets.length;
+      const target = this.targets[index] as Target;
+      const url = urlAt(target);
+      try {
+        response = await target.send(url, req.method, headers, payload, this.timeoutMs + (req.extraTimeoutMs ?? 0), req.signal);
+        this.current = index;
+      } catch (error) {
+        if (req.signal?.aborted === true) {
+          throw new BerthError('CANCELLED', `${req.method} ${url.pathname} was given up`, { cause: error });
+        }
+        if (error instanceof Error && error.name === 'TimeoutError') {
+          throw new BerthError('TIMEOUT', `the berth API at ${target.base.origin} did not answer ${req.method} ${url.pathname} in time`, { cause: error });
+        }
+        if (tried + 1 < this.targets.length && neverConnected(error)) continue;
+        const all = this.targets.length > 1 && neverConnected(error) ? ` (nor at ${this.targets.filter((t) => t !== target).map((t) => t.base.origin).join(', ')})` : '';
+        throw new BerthError('CONFIG', `cannot reach the berth API at ${target.base.origin}${all}`, {
+          cause: error,
+          hint: 'is `berth serve` running there? check --api / BERTH_API_URL',
+          details: { unreachable: true },
+        });
       }
-      if (error instanceof Error && error.name === 'TimeoutError') {
-        throw new BerthError('TIMEOUT', `the berth API at ${this.base.origin} did not answer ${req.method} ${url.pathname} in time`, { cause: error });
-      }
-      throw new BerthError('CONFIG', `cannot reach the berth API at ${this.base.origin}`, {
-        cause: error,
-        hint: 'is `berth serve` running there? check --api / BERTH_API_URL',
-        details: { unreachable: true },
-      });
     }
     const text = response.text;
     let body: unknown;

@@ -493,10 +493,19 @@ export function createMemoryStore(): Store {
   const byAge = (a: WorkItem, b: WorkItem): number =>
     a.createdAt !== b.createdAt ? (a.createdAt < b.createdAt ? -1 : 1) : a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
   const itemsWhere = (test: (item: WorkItem) => boolean): WorkItem[] => [...tables.workItems.values()].filter(test).sort(byAge);
+  /**
+   * CONFLICT when host `hostId` has a registered agent other than `worker`: a replaced agent may
+   * neither claim nor renew nor complete (the `WorkItemRepository` contract).
+   */
+  const fenceReplaced = (hostId: string, worker: string): void => {
+    const current = tables.hosts.get(hostId)?.agent?.instance;
+    if (current != null && current !== worker) throw agentReplaced(hostId, worker, current);
+  };
   /** Change item `id` that `worker` holds, or say why not (NOT_FOUND, or CONFLICT with the actual state). */
   const updateHeld = (id: string, worker: string, change: Partial<WorkItem>): WorkItem => {
     const item = requireRow(tables.workItems, 'work item', id);
     if (item.state !== 'claimed') throw stateConflict('work item', id, id, item.state, ['claimed']);
+    fenceReplaced(item.hostId, worker);
     if (item.leaseOwner !== worker) {
       throw new BerthError('CONFLICT', `work item ${id} is held by another agent, not ${worker}`, {
         hint: 'its lease passed and it was handed out again; drop this attempt and claim new work',
@@ -547,6 +556,7 @@ export function createMemoryStore(): Store {
         const ms = parseWith(zLeaseMs, leaseMs, 'work item lease');
         const max = parseWith(zLimit, limit, 'claim limit');
         const owner = parseWith(zWorker, worker, 'worker');
+        fenceReplaced(hostId, owner);
         const at = now();
         return itemsWhere((i) => i.hostId === hostId && i.state === 'pending')
           .slice(0, max)

@@ -375,11 +375,21 @@ export interface WorkItemRepository {
   /**
    * Claim up to `limit` (default 1) pending items of `hostId` for `worker`, oldest first, with a
    * lease of `leaseMs`; `attempts` goes up by one. Concurrent claimers never get the same item.
+   * Fenced by the host's agent record: when the host has a registered agent (`hosts.recordAgent`)
+   * other than `worker`, CONFLICT (`agentReplaced`) and nothing is claimed — checked atomically
+   * with the claim, so a registration either comes after the claim (and requeues what it took)
+   * or before it (and the claim is refused).
    */
   claim(hostId: string, worker: string, leaseMs: number, limit?: number): Promise<WorkItem[]>;
-  /** Extend the lease of an item `worker` holds; CONFLICT when it no longer holds it. */
+  /**
+   * Extend the lease of an item `worker` holds; CONFLICT when it no longer holds it, or when its
+   * host's registered agent is another one (fenced as `claim`).
+   */
   renew(id: string, worker: string, leaseMs: number): Promise<WorkItem>;
-  /** Record the outcome of an item `worker` holds; CONFLICT when it no longer holds it. */
+  /**
+   * Record the outcome of an item `worker` holds; CONFLICT when it no longer holds it, or when its
+   * host's registered agent is another one (fenced as `claim`).
+   */
   complete(id: string, worker: string, outcome: WorkItemOutcome): Promise<WorkItem>;
   /** Put up to `limit` (default 100) claimed items whose lease passed back to `pending`; returns them. */
   expire(limit?: number): Promise<WorkItem[]>;

@@ -75,6 +75,8 @@ function transient(error: unknown): boolean {
  */
 export class AgentRunner {
   private readonly stopping = new AbortController();
+  /** Aborted when `run()` fails for good: the items still running are dropped (their outcome could not be reported). */
+  private readonly failed = new AbortController();
   private readonly running = new Set<Promise<void>>();
   private readonly queue = new KeyedLock(); // a `release` queued behind its volume's `connect` waits
   private readonly concurrency: number;
@@ -100,9 +102,25 @@ export class AgentRunner {
   /** Register, then claim and run work until `stop()`; rejects on a fatal error (bad token, fenced for good). */
   async run(): Promise<void> {
     const signal = this.stopping.signal;
+    let pathCheck: Promise<void> | undefined;
+    try {
+      await this.claimUntilStopped(signal, (started) => (pathCheck = started));
+    } catch (error) {
+      // Fatal (replaced by another agent, a bad token): stop everything this run started — the
+      // path check's timer and the items' renewals would otherwise keep the process alive, and
+      // the path check would go on running commands on the host for an agent that said it stops.
+      this.failed.abort(error);
+      this.stopping.abort();
+      throw error;
+    } finally {
+      await Promise.allSettled([...this.running, ...(pathCheck ? [pathCheck] : [])]);
+    }
+  }
+
+  private async claimUntilStopped(signal: AbortSignal, pathCheckStarted: (pathCheck: Promise<void>) => void): Promise<void> {
     await this.predecessorsEnded(signal);
     const session = await this.register(signal);
-    const pathCheck = session === undefined ? undefined : this.checkPathsEvery(this.options.pathCheckMs ?? DEFAULT_PATH_CHECK_MS, signal);
+    if (session !== undefined) pathCheckStarted(this.checkPathsEvery(this.options.pathCheckMs ?? DEFAULT_PATH_CHECK_MS, signal));
     let failures = 0;
     while (session !== undefined && !signal.aborted) {
       const free = this.concurrency - this.running.size;
@@ -131,7 +149,6 @@ export class AgentRunner {
       }
       for (const work of claimed) this.track(this.runItem(session, work));
     }
-    await Promise.allSettled([...this.running, ...(pathCheck ? [pathCheck] : [])]);
   }
 
   /**
@@ -242,6 +259,10 @@ export class AgentRunner {
     // The lease is kept from the claim on, while the item waits its volume's turn too (a release
     // queued behind a long connect would otherwise lose it, and be claimed and run twice).
     const fenced = new AbortController();
+    // This agent failed for good (replaced): the item is dropped like a fenced one.
+    const onFailed = (): void => fenced.abort(this.failed.signal.reason);
+    if (this.failed.signal.aborted) onFailed();
+    else this.failed.signal.addEventListener('abort', onFailed, { once: true });
     const lease = { expiresAt: local(item.leaseExpiresAt) || Date.now() + session.leaseMs };
     const renewal = setInterval(() => {
       this.options.api.renew(session.worker, item.id).then(
@@ -262,6 +283,7 @@ export class AgentRunner {
       });
     } finally {
       clearInterval(renewal);
+      this.failed.signal.removeEventListener('abort', onFailed);
     }
   }
 

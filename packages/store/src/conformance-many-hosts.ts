@@ -466,6 +466,53 @@ export function describeManyHostsStoreConformance(name: string, open: () => Prom
         expect(reclaimed.map((i) => i.attempts)).toEqual([2, 2, 1]);
       });
 
+      it("a replaced agent claims, renews and completes nothing: fenced by the host's agent record", async () => {
+        const { host, operation } = await hostAndOperation('host-1');
+        const agent = (instance: string) => ({ instance, version: '0.1.0', transports: ['loop'], consumers: ['host'] });
+        await store.hosts.recordAgent(host.id, agent('host-1/old'));
+        const held = await workItems.create({ operationId: operation.id, hostId: host.id, step: 'connect' });
+        expect((await workItems.claim(host.id, 'host-1/old', HOUR)).map((i) => i.id)).toEqual([held.id]);
+        const next = await workItems.create({ operationId: operation.id, hostId: host.id, step: 'publish' });
+        // Registered anew without its items being requeued: the host's record alone fences.
+        await store.hosts.recordAgent(host.id, agent('host-1/new'));
+        const refused = await rejection(workItems.claim(host.id, 'host-1/old', HOUR, 10), 'CONFLICT');
+        expect(refused.details).toMatchObject({ id: host.id, instance: 'host-1/old', actual: 'host-1/new' });
+        expect((await workItems.require(next.id)).state).toBe('pending');
+        await rejection(workItems.renew(held.id, 'host-1/old', HOUR), 'CONFLICT');
+        await rejection(workItems.complete(held.id, 'host-1/old', { state: 'done' }), 'CONFLICT');
+        expect(await workItems.require(held.id)).toMatchObject({ state: 'claimed', leaseOwner: 'host-1/old' });
+        expect((await workItems.claim(host.id, 'host-1/new', HOUR, 10)).map((i) => i.id)).toEqual([next.id]);
+        expect((await workItems.complete(next.id, 'host-1/new', { state: 'done' })).state).toBe('done');
+      });
+
+      it('a registration racing claims of the replaced agent: it claims nothing after, and what it took before is requeued', async () => {
+        const { host, operation } = await hostAndOperation('host-1');
+        const agent = (instance: string) => ({ instance, version: '0.1.0', transports: ['loop'], consumers: ['host'] });
+        await store.hosts.recordAgent(host.id, agent('host-1/old'));
+        for (let i = 0; i < 20; i += 1) await workItems.create({ operationId: operation.id, hostId: host.id, step: 'connect' });
+        const oldAgent = async (): Promise<void> => {
+          for (;;) {
+            try {
+              if ((await workItems.claim(host.id, 'host-1/old', HOUR, 1)).length === 0) return;
+            } catch (error) {
+              expect(BerthError.is(error) && error.code).toBe('CONFLICT');
+              return;
+            }
+          }
+        };
+        const register = async (): Promise<void> => {
+          await tick();
+          await store.transaction(async (tx) => {
+            await tx.hosts.recordAgent(host.id, agent('host-1/new'));
+            await (tx.workItems ?? workItems).requeue(host.id, 'host-1/new');
+          });
+        };
+        await Promise.all([oldAgent(), oldAgent(), register()]);
+        // Whatever the old agent took before the registration went back to pending; nothing after.
+        expect(await workItems.list({ hostId: host.id, state: 'claimed' })).toEqual([]);
+        await rejection(workItems.claim(host.id, 'host-1/old', HOUR), 'CONFLICT');
+      });
+
       it('work items roll back with their transaction', async () => {
         const { host, operation } = await hostAndOperation();
         await expect(

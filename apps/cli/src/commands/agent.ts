@@ -2,7 +2,7 @@ import { stat, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Flags, ux } from '@oclif/core';
 import { BerthError } from '@berth/core/errors';
-import { BaseCommand } from '../base-command.js';
+import { apiUrls, BaseCommand } from '../base-command.js';
 
 /** Read the agent token: a file only its owner may read (a token is a credential), never printed. */
 async function readTokenFile(file: string): Promise<string> {
@@ -77,11 +77,7 @@ export default class Agent extends BaseCommand<typeof Agent> {
     const dataDir = options.dataDir ?? runtime.defaultDataDir();
     const host = await runtime.openAgent({ ...options, ...(toStderr ? {} : { logFile: join(dataDir, 'logs', 'agent.log') }) });
     // Several replicas' URLs, comma-separated: the first, then the others in turn when it is unavailable.
-    const [first = '', ...others] = api.split(',').map((url) => url.trim());
-    if (first === '' || others.includes('')) {
-      throw new BerthError('CONFIG', `--api ${JSON.stringify(api)} has an empty URL`, { hint: 'give URLs separated by commas: --api http://10.0.0.1:8776,http://10.0.0.2:8776' });
-    }
-    const client = new AgentClient({ url: first, fallbackUrls: others, token });
+    const client = new AgentClient({ ...apiUrls(api), token });
     const runner = new runtime.AgentRunner({
       host,
       api: client,

@@ -189,6 +189,8 @@ describe('remote host steps', () => {
     });
     // The first agent claims with a short lease and never reports.
     const first = await w.agent('agent-1', undefined, 20);
+    // The next agent registers for the host (the dead one's claims are refused from then on).
+    await w.store.hosts.recordAgent(w.host.id, { instance: 'agent-2', version: '0.1.0', transports: ['loop'], consumers: ['host'] });
     const second = await w.agent('agent-2', { state: 'done', result: { path: '/dev/berth/v' } });
     expect(second.id).toBe(first.id);
     expect(second.attempts).toBe(2);

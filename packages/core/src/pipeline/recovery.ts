@@ -70,11 +70,24 @@ async function cancelWorkItems(deps: RecoveryDeps, op: Operation, owner: string 
   }
 }
 
-const INTERRUPTED = (op: Operation): BerthError =>
-  new BerthError('CANCELLED', `the process running this ${op.kind} (${op.owner ?? 'unknown'}) stopped before it finished`, {
-    hint: 'recovery put everything back as it was; run the command again',
-    details: { operationId: op.id },
-  });
+/**
+ * Why an operation is being recovered, for the error it ends with: `stopped` — the process that
+ * ran it died or stopped renewing it (the default); `database-failed` — the process running it is
+ * alive (the recovering one), but the database failed under the run, which gave the operation up
+ * until the database answered again.
+ */
+export type RecoveryCause = 'stopped' | 'database-failed';
+
+const INTERRUPTED = (op: Operation, cause: RecoveryCause): BerthError =>
+  cause === 'database-failed'
+    ? new BerthError('CANCELLED', `the database failed while this ${op.kind} ran (in ${op.owner ?? 'unknown'}, which kept running); it was undone once the database answered again`, {
+        hint: 'no berth process stopped: recovery put everything back as it was once the database was back; run the command again',
+        details: { operationId: op.id, cause },
+      })
+    : new BerthError('CANCELLED', `the process running this ${op.kind} (${op.owner ?? 'unknown'}) stopped before it finished`, {
+        hint: 'recovery put everything back as it was; run the command again',
+        details: { operationId: op.id },
+      });
 
 /** Steps of `pipeline` whose `do` row exists (done or cut short), minus those already undone. */
 function touched(op: Operation, names: readonly string[]): Set<string> {
@@ -120,7 +133,7 @@ export async function foreignHostRoot(deps: Pick<PipelineDeps, 'store' | 'catalo
  *   attachment): the device may already be gone, so going back would be a lie; otherwise rolled
  *   back (roll_detaching: attached again, link restored).
  */
-export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger: Logger, owner?: string): Promise<RecoveryOutcome> {
+export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger: Logger, owner?: string, cause: RecoveryCause = 'stopped'): Promise<RecoveryOutcome> {
   // A replica's takeover passes its `owner`: every journal write, host step and end of the
   // recovery is then fenced as a run's is, so a survivor frozen mid-recovery and taken over in
   // turn stops at its first write (`takenOverError`) instead of settling what a third one owns.
@@ -130,13 +143,13 @@ export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger
   const elsewhere = await foreignHostRoot(deps, op);
   if (elsewhere) return outcome('skipped', hostRootSkip(elsewhere));
   if (op.kind !== 'attach' && op.kind !== 'detach') {
-    await finish({ state: 'failed', error: summarize(INTERRUPTED(op)) });
+    await finish({ state: 'failed', error: summarize(INTERRUPTED(op, cause)) });
     return outcome('failed', `${op.kind} operations are not resumable`);
   }
   const volume = op.volumeId ? await deps.store.volumes.get(op.volumeId) : undefined;
   const server = op.serverId ? await deps.store.servers.get(op.serverId) : undefined;
   if (!volume || !server) {
-    await finish({ state: 'failed', error: summarize(INTERRUPTED(op)) });
+    await finish({ state: 'failed', error: summarize(INTERRUPTED(op, cause)) });
     return outcome('failed', 'its volume or server no longer exists');
   }
   const attachment = op.attachmentId ? await deps.store.attachments.get(op.attachmentId) : await findReservation(deps.store, op);
@@ -181,7 +194,7 @@ export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger
     const steps = attachSteps(deps, { mode: attachment?.mode ?? 'rw' });
     const names = touched(op, steps.map((s) => s.name));
     const toUndo = steps.filter((s) => names.has(s.name)).reverse();
-    return rollBack(deps, op, ctx, toUndo, options, outcome, finish);
+    return rollBack(deps, op, ctx, toUndo, options, outcome, finish, cause);
   }
 
   if (op.attachmentId && !attachment && op.steps.some((s) => s.phase === 'do' && s.name === 'delete_attachment')) {
@@ -217,7 +230,7 @@ export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger
   }
   const names = touched(op, steps.map((s) => s.name));
   const toUndo = steps.filter((s) => names.has(s.name)).reverse();
-  return rollBack(deps, op, ctx, toUndo, options, outcome, finish);
+  return rollBack(deps, op, ctx, toUndo, options, outcome, finish, cause);
 }
 
 /** Write how a recovered operation ended (fenced by its owner's confirmation when it has one). */
@@ -231,6 +244,7 @@ async function rollBack(
   options: Parameters<OperationRunner['undo']>[2],
   outcome: (action: RecoveryOutcome['action'], detail: string) => RecoveryOutcome,
   finish: Finish,
+  cause: RecoveryCause,
 ): Promise<RecoveryOutcome> {
   const errors = await deps.runner.undo(steps, ctx, options);
   // The database failed under an undo: left running, the next recovery runs the undos again.
@@ -238,7 +252,7 @@ async function rollBack(
   // Whatever the undos did, the volume's status follows its attachments (an older berth could die
   // between two writes and leave it saying `detaching` with no attachment left).
   await recomputeVolume(deps.store, ctx.volume.id).catch(() => undefined);
-  const error = INTERRUPTED(op);
+  const error = INTERRUPTED(op, cause);
   if (errors.length === 0) {
     await finish({ state: 'rolled_back', error: summarize(error) });
     return outcome('rolled_back', `undid ${steps.map((s) => s.name).join(', ') || 'nothing'}`);

@@ -82,3 +82,40 @@ describe('the agent protocol served in the waiting process', () => {
     }
   });
 });
+
+describe('a replaced agent', () => {
+  it('its waiting claim is answered with CONFLICT at once, and the work made after goes to its successor only', async () => {
+    const store = createMemoryStore();
+    const config = resolveConfig(
+      { dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', agent: { leaseMs: TEN_MINUTES, pollWaitMs: 1_000, offlineAfterMs: TEN_MINUTES } },
+      {},
+    );
+    const service = new BerthServiceImpl(config, store, memCatalog(new Map()), { hostname: 'h-1', ips: [], platform: 'x86_64', osType: 'linux' }, silentLogger);
+    const registration = { version: '0.1.0', connector: { host: 'h-3' }, transports: ['mem'], consumers: ['mem'] };
+    try {
+      const old = await service.agentWork.register('h-3', { instance: 'boot-1', ...registration });
+      const started = Date.now();
+      const waiting = service.agentWork.claim('h-3', old.worker, { waitMs: 20_000, limit: 4 }).then(
+        (items) => ({ items, error: undefined }),
+        (error: unknown) => ({ items: [], error: error as BerthError }),
+      );
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      const successor = await service.agentWork.register('h-3', { instance: 'boot-2', ...registration });
+      // Work for the host right after the registration: the replaced worker must not get it.
+      const operation = await store.operations.create({ kind: 'attach', hostId: successor.hostId, owner: 'api-1', leaseMs: TEN_MINUTES, deadlineAt: '2030-01-01T00:00:00.000Z' });
+      const item = await store.workItems!.create({ operationId: operation.id, hostId: successor.hostId, step: 'host_facts', payload: {} });
+      const answer = await waiting;
+      expect(answer.items.map((w) => w.item.id)).toEqual([]);
+      expect(answer.error?.code).toBe('CONFLICT');
+      expect(Date.now() - started).toBeLessThan(5_000);
+      // Its later calls are refused too, and the item waits for the successor.
+      await expect(service.agentWork.claim('h-3', old.worker, { waitMs: 0, limit: 4 })).rejects.toMatchObject({ code: 'CONFLICT' });
+      const claimed = await service.agentWork.claim('h-3', successor.worker, { waitMs: 0, limit: 4 });
+      expect(claimed.map((w) => w.item.id)).toEqual([item.id]);
+      await expect(service.agentWork.report('h-3', old.worker, item.id, { state: 'done', result: { listings: [] } })).rejects.toMatchObject({ code: 'CONFLICT' });
+      await expect(service.agentWork.renew('h-3', old.worker, item.id)).rejects.toMatchObject({ code: 'CONFLICT' });
+    } finally {
+      await service.close();
+    }
+  });
+});

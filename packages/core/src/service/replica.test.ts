@@ -117,6 +117,7 @@ describe('replicas', () => {
     const after = await store.operations.require(op.id);
     expect(after.state).toBe('rolled_back');
     expect(after.owner).toBe(SELF);
+    expect(after.error?.message).toMatch(/stopped before it finished$/);
     expect((await service.getVolume('db1')).status).toBe('available');
     expect(await service.listAttachments({ volume: 'db1' })).toEqual([]);
     await service.close();
@@ -142,6 +143,8 @@ describe('replicas', () => {
     const again = replica(store).service;
     await again.startReplica()();
     expect((await store.operations.require(op.id)).state).toBe('rolled_back');
+    // Its first owner (api-2) did stop: the database's failure came later, under the takeover.
+    expect((await store.operations.require(op.id)).error?.message).toMatch(/stopped before it finished$/);
     expect((await again.getVolume('db1')).status).toBe('available');
     expect(await again.listAttachments({ volume: 'db1' })).toEqual([]);
     await again.close();
@@ -254,6 +257,11 @@ describe('replicas', () => {
       const op = await store.operations.require(operationId);
       expect(Date.parse(op.deadlineAt)).toBeGreaterThan(Date.now() + 60_000);
       await vi.waitFor(async () => expect((await store.operations.require(operationId)).state).toBe('rolled_back'), { timeout: 10_000, interval: 20 });
+      // This process never stopped: the operation's error says the database failed, not that its owner stopped.
+      const settled = await store.operations.require(operationId);
+      expect(settled.error?.code).toBe('CANCELLED');
+      expect(settled.error?.message).toBe(`the database failed while this attach ran (in ${SELF}, which kept running); it was undone once the database answered again`);
+      expect(settled.error?.message).not.toMatch(/stopped before it finished/);
       expect((await service.getVolume('db1')).status).toBe('available');
       expect(await service.listAttachments({ volume: 'db1' })).toEqual([]);
     } finally {
@@ -272,6 +280,8 @@ describe('replicas', () => {
     try {
       await vi.waitFor(async () => expect((await store.operations.require(op.id)).state).toBe('rolled_back'), { timeout: 10_000, interval: 20 });
       expect((await service.getVolume('db1')).status).toBe('available');
+      // Its owner api-2 did stop; the outages came under this replica's takeover, which says so still.
+      expect((await store.operations.require(op.id)).error?.message).toMatch(/stopped before it finished$/);
       // Tried four times; the pauses between tries grow (100, 200, 400 ms at least: beats of 100 ms).
       expect(undoTimes).toHaveLength(4);
       const pauses = undoTimes.slice(1).map((t, i) => t - undoTimes[i]!);

@@ -3,7 +3,7 @@ import { BerthError, toBerthError } from '../errors.js';
 import type { Operation } from '../model.js';
 import { commandsEnded, DEAD_OWNER_KILL_MARGIN_MS } from '../owner.js';
 import { isTakenOver, ownedFinish } from '../pipeline/operation-fence.js';
-import { recoverOperation } from '../pipeline/recovery.js';
+import { recoverOperation, type RecoveryCause } from '../pipeline/recovery.js';
 import type { RecoveryOutcome } from '../reports.js';
 import type { OperationLauncher } from './operations/launcher.js';
 import { recoveryDeps } from './operations/recover.js';
@@ -46,6 +46,8 @@ export class ReplicaMaintenance {
   private readonly leftAlone = new Set<string>();
   /** Operations whose recovery the database deferred: when the next try is due, and the pause after it. */
   private readonly retries = new Map<string, { at: number; pauseMs: number }>();
+  /** Why a takeover the database deferred was begun: its later recovery ends with the same reason. */
+  private readonly deferredCause = new Map<string, RecoveryCause>();
 
   constructor(
     private readonly parts: ServiceParts,
@@ -127,6 +129,7 @@ export class ReplicaMaintenance {
     for (const id of this.retries.keys()) {
       if (held.has(id) || this.recovering.has(id)) continue;
       this.retries.delete(id);
+      this.deferredCause.delete(id);
       this.launcher.recovered(id);
     }
     // At most as many at once as a beat takes over from dead replicas: a long outage may have
@@ -140,6 +143,7 @@ export class ReplicaMaintenance {
       const operation = await store.operations.get(id);
       if (operation?.state !== 'running') {
         this.retries.delete(id);
+        this.deferredCause.delete(id);
         continue;
       }
       if (!abandoned && Date.parse(operation.deadlineAt) + config.undoTimeoutMs > now) continue;
@@ -149,7 +153,9 @@ export class ReplicaMaintenance {
           ? 'an operation of this replica was left running when the database failed; recovering it now that the database answers'
           : 'an operation of this replica passed its deadline with no run left here; recovering it',
       );
-      this.recovering.set(id, this.takeOver(operation));
+      // Abandoned: this process runs on, the database failed under its run (unless a takeover of
+      // a dead replica's operation was deferred by the outage: then its owner did stop).
+      this.recovering.set(id, this.takeOver(operation, abandoned ? (this.deferredCause.get(id) ?? 'database-failed') : 'stopped'));
       started += 1;
     }
   }
@@ -165,7 +171,7 @@ export class ReplicaMaintenance {
   }
 
   /** Finish an operation a dead replica left, under its volume lock. */
-  private async takeOver(operation: Operation): Promise<RecoveryOutcome | undefined> {
+  private async takeOver(operation: Operation, cause: RecoveryCause = 'stopped'): Promise<RecoveryOutcome | undefined> {
     const { store, logger, volumeLocks } = this.parts;
     const log = logger.child({ operationId: operation.id, takeover: true });
     log.warn({ from: operation.owner }, 'taking over an operation whose replica stopped renewing it');
@@ -182,7 +188,7 @@ export class ReplicaMaintenance {
         // Settled while this waited for the volume lock.
         if (current.state !== 'running') return { operationId: operation.id, kind: operation.kind, action: 'skipped', detail: `already ${current.state}` };
         // Fenced by this replica's ownership: frozen mid-recovery and taken over in turn, it stops at its first write.
-        return await recoverOperation(recoveryDeps(this.parts), current, log, this.parts.owner);
+        return await recoverOperation(recoveryDeps(this.parts), current, log, this.parts.owner, cause);
       } catch (error) {
         if (isTakenOver(error)) return { operationId: operation.id, kind: operation.kind, action: 'skipped', detail: 'another replica took it over in turn' };
         const e = toBerthError(error);
@@ -206,7 +212,9 @@ export class ReplicaMaintenance {
         const pauseMs = this.retries.get(operation.id)?.pauseMs ?? this.parts.config.replica.heartbeatMs;
         this.retries.set(operation.id, { at: Date.now() + pauseMs, pauseMs: Math.min(pauseMs * 2, MAX_RETRY_PAUSE_MS) });
         this.launcher.abandon(operation.id);
+        this.deferredCause.set(operation.id, cause);
       } else {
+        this.deferredCause.delete(operation.id);
         this.retries.delete(operation.id);
         this.launcher.recovered(operation.id);
       }

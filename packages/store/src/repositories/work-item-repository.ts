@@ -14,7 +14,7 @@ import type { WorkItemsTable } from '../database.js';
 import { encodeNullableJson, violation, withPicked } from '../repository-context.js';
 import type { RepositoryContext } from '../repository-context.js';
 import { toWorkItem } from '../row-mappers.js';
-import { alreadyExists, notFound, stateConflict } from '../store-errors.js';
+import { agentReplaced, alreadyExists, notFound, stateConflict } from '../store-errors.js';
 
 const zLimit = z.number().int().positive().max(10_000);
 // Built once, not at every call (a zod schema costs more to build than to run).
@@ -39,11 +39,24 @@ export function createWorkItemRepository(ctx: RepositoryContext): WorkItemReposi
     return row === undefined ? undefined : toWorkItem(row, ctx.dialect);
   };
 
+  /** The registered agent of host `hostId` (null when none registered or the host is missing). */
+  const agentOf = async (hostId: string, db = ctx.db(), lock = false): Promise<string | null> => {
+    const row = await db
+      .selectFrom('hosts')
+      .select('agent_instance')
+      .where('id', '=', hostId)
+      .$if(lock && ctx.dialect.supportsRowLocks, (qb) => qb.forShare())
+      .executeTakeFirst();
+    return row?.agent_instance ?? null;
+  };
+
   /** Why a CAS on item `id` held by `worker` matched no row. */
   const notHeld = async (id: string, worker: string): Promise<Error> => {
     const current = await get(id);
     if (current === undefined) return notFound('work item', id);
     if (current.state !== 'claimed') return stateConflict('work item', id, id, current.state, ['claimed']);
+    const agent = await agentOf(current.hostId);
+    if (agent !== null && agent !== worker) return agentReplaced(current.hostId, worker, agent);
     return new BerthError('CONFLICT', `work item ${id} is held by another agent, not ${worker}`, {
       hint: 'its lease passed and it was handed out again; drop this attempt and claim new work',
       details: { id, actual: 'claimed', expected: ['claimed'], worker },
@@ -58,6 +71,19 @@ export function createWorkItemRepository(ctx: RepositoryContext): WorkItemReposi
       .where('id', '=', id)
       .where('state', '=', 'claimed')
       .where('lease_owner', '=', worker)
+      // Fenced by the host's agent record: a replaced agent renews and completes nothing.
+      .where((eb) =>
+        eb.not(
+          eb.exists(
+            eb
+              .selectFrom('hosts')
+              .select('hosts.id')
+              .whereRef('hosts.id', '=', 'work_items.host_id')
+              .where('hosts.agent_instance', 'is not', null)
+              .where('hosts.agent_instance', '<>', worker),
+          ),
+        ),
+      )
       .returningAll()
       .executeTakeFirst();
     if (row === undefined) throw await notHeld(id, worker);
@@ -127,31 +153,38 @@ export function createWorkItemRepository(ctx: RepositoryContext): WorkItemReposi
       const ms = parseWith(zLeaseMs, leaseMs, 'work item lease');
       const max = parseWith(zLimit, limit, 'claim limit');
       const owner = parseWith(zWorker, worker, 'worker');
-      // The oldest pending rows of the host, picked and locked once; the outer WHERE re-checks
-      // the state after any wait.
-      const rows = await withPicked(ctx, (db) =>
-        db
-          .selectFrom('work_items')
-          .select('id')
-          .where('host_id', '=', hostId)
+      // One transaction with the host's row share-locked: a registration (`recordAgent` and
+      // `requeue`, one transaction) comes wholly before this claim, which is then refused, or
+      // after it, and hands what it took back to pending.
+      return ctx.atomically(async () => {
+        const agent = await agentOf(hostId, ctx.db(), true);
+        if (agent !== null && agent !== owner) throw agentReplaced(hostId, owner, agent);
+        // The oldest pending rows of the host, picked and locked once; the outer WHERE re-checks
+        // the state after any wait.
+        const rows = await withPicked(ctx, (db) =>
+          db
+            .selectFrom('work_items')
+            .select('id')
+            .where('host_id', '=', hostId)
+            .where('state', '=', 'pending')
+            .orderBy('created_at')
+            .orderBy('id')
+            .limit(max),
+        )
+          .updateTable('work_items')
+          .set((eb) => ({
+            state: 'claimed' as const,
+            lease_owner: owner,
+            lease_expires_at: leaseUntil(ms),
+            attempts: eb('attempts', '+', 1),
+            updated_at: ctx.now(),
+          }))
           .where('state', '=', 'pending')
-          .orderBy('created_at')
-          .orderBy('id')
-          .limit(max),
-      )
-        .updateTable('work_items')
-        .set((eb) => ({
-          state: 'claimed' as const,
-          lease_owner: owner,
-          lease_expires_at: leaseUntil(ms),
-          attempts: eb('attempts', '+', 1),
-          updated_at: ctx.now(),
-        }))
-        .where('state', '=', 'pending')
-        .where('id', 'in', (eb) => eb.selectFrom('picked').select('picked.id'))
-        .returningAll()
-        .execute();
-      return rows.map((row) => toWorkItem(row, ctx.dialect)).sort(byAge);
+          .where('id', 'in', (eb) => eb.selectFrom('picked').select('picked.id'))
+          .returningAll()
+          .execute();
+        return rows.map((row) => toWorkItem(row, ctx.dialect)).sort(byAge);
+      });
     },
 
     async renew(id: string, worker: string, leaseMs: number): Promise<WorkItem> {
