@@ -10,7 +10,7 @@ export interface HeldDevice {
   node: string;
   /** Its name under `/sys/block` (`sdb`, `loop3`, `dm-0`). */
   sysName: string;
-  /** `major:minor`, as in `/proc/self/mountinfo`; when left out, the node's own (its `stat`), else `/sys/block/<sysName>/dev`. */
+  /** `major:minor`, as in `/proc/self/mountinfo`; when left out, the node's own (its `stat`; none when it is no block device), or `/sys/block/<sysName>/dev` without a node. */
   rdev?: string | undefined;
 }
 
@@ -42,7 +42,7 @@ export async function holderOf(deps: { fs: HostFs; runner: CommandRunner }, devi
   const stacked = (await fs.readdir(`/sys/block/${device.sysName}/holders`).catch(() => [] as string[])).filter((name) => !ignore.has(name));
   if (stacked.length > 0) return `device ${stacked.join(', ')} is stacked on it`;
   const run = { timeoutMs: options.timeoutMs, reject: false, ...(options.signal ? { signal: options.signal } : {}) } as const;
-  const rdev = device.rdev ?? (await nodeRdev(fs, device.node)) ?? (await fs.readFileIfExists(`/sys/block/${device.sysName}/dev`).catch(() => undefined))?.trim();
+  const rdev = device.rdev ?? (await nodeRdev(fs, device.sysName, device.node));
   if (rdev) {
     const mountinfo = await fs.readFileIfExists('/proc/self/mountinfo').catch(() => undefined);
     if (mountinfo !== undefined) {
@@ -70,13 +70,16 @@ export async function holderOf(deps: { fs: HostFs; runner: CommandRunner }, devi
 }
 
 /**
- * The `major:minor` of the node itself, as a mount of it shows in mountinfo (on a host the same as
- * its sysfs `dev`; a node made elsewhere for the device — a simulated host's — is what was mounted).
+ * The `major:minor` a mount of the device shows in mountinfo: the node's own (on a host the same as
+ * its sysfs `dev`; a node made for the device elsewhere — a simulated host's — is what was
+ * mounted); a node that is not a block device (a test's file) has no device to mount; without a
+ * node, the sysfs `dev`.
  */
-async function nodeRdev(fs: HostFs, node: string): Promise<string | undefined> {
+async function nodeRdev(fs: HostFs, sysName: string, node: string): Promise<string | undefined> {
   const { stat } = await import('node:fs/promises');
   const st = await stat(fs.resolve(node)).catch(() => undefined);
-  if (st === undefined || !st.isBlockDevice()) return undefined;
+  if (st === undefined) return (await fs.readFileIfExists(`/sys/block/${sysName}/dev`).catch(() => undefined))?.trim();
+  if (!st.isBlockDevice()) return undefined;
   // Linux's dev_t: major in bits 8–19 (and 32–43), minor in bits 0–7 and 20–31.
   const major = ((st.rdev >> 8) & 0xfff) | (Math.floor(st.rdev / 2 ** 32) & ~0xfff);
   const minor = (st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00);
