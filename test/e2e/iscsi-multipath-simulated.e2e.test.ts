@@ -3,6 +3,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BerthService } from '@berth/core';
 import { createSimIscsiBerth, type SimIscsiBerth } from '../support/sim-iscsi-berth.js';
+import { detachOfHeldDevice } from '../support/device-holder.js';
 import { linkTarget } from '../support/test-berth.js';
 
 // Issue 4 end to end, as `berth attach db2 --multipath --simulate` runs it: a tgt volume exported
@@ -85,4 +86,15 @@ describe('iSCSI multipath end to end on the simulated host backed by a real tgtd
     expect((await host.state()).sessions).toEqual([]);
     expect(sim.nodeRecords()).toEqual([]);
   });
+});
+
+describe('a held map is not detached (multipath, real-backed)', () => {
+  it('a mount of the map or a process holding it makes detach refuse it untouched; the volume stays attached with its data; once let go the detach removes everything', async () => {
+    await berth.createVolume({ name: 'held2', sizeBytes: 64 * MiB, backend: 'tgt' });
+    await detachOfHeldDevice(berth, { volume: 'held2', multipath: true }, () => {
+      expect(sim.targets().every((t) => t.nexuses.length === 0)).toBe(true);
+      expect(sim.nodeRecords()).toEqual([]);
+      expect(sim.leftovers()).toEqual({ loops: [], mounts: [], qsd: [] });
+    });
+  }, 120_000);
 });

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BerthService } from '@berth/core';
 import { createSimIscsiBerth, type SimIscsiBerth } from '../support/sim-iscsi-berth.js';
+import { detachOfHeldDevice } from '../support/device-holder.js';
 import { linkTarget } from '../support/test-berth.js';
 
 // Issue 3 end to end, real-backed: a tgt volume on berth's own tgtd, attached with the iSCSI
@@ -85,4 +86,15 @@ describe('mutual CHAP, real-backed', () => {
       await mutualSim.cleanup();
     }
   }, 60_000);
+});
+
+describe('a held disk is not detached (single path, real-backed)', () => {
+  it('a mount or a process holding the disk makes detach refuse it untouched; the volume stays attached with its data; once let go the detach removes everything', async () => {
+    await berth.createVolume({ name: 'held1', sizeBytes: 64 * MiB, backend: 'tgt' });
+    await detachOfHeldDevice(berth, { volume: 'held1' }, () => {
+      expect(sim.targets().every((t) => t.nexuses.length === 0)).toBe(true);
+      expect(sim.nodeRecords()).toEqual([]);
+      expect(sim.leftovers()).toEqual({ loops: [], mounts: [], qsd: [] });
+    });
+  }, 90_000);
 });

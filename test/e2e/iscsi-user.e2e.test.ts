@@ -12,6 +12,7 @@ import { openBerth } from '@berth/runtime';
 import { writeAt } from '../support/host-state.js';
 import { berthLinkExists, loopDevicesUnder } from '../support/loop-devices.js';
 import { freeControlPort, freePort } from '../support/ports.js';
+import { detachOfHeldDevice } from '../support/device-holder.js';
 import { linkTarget } from '../support/test-berth.js';
 
 // berth on this machine as a user runs it, without --simulate: the kernel has no iSCSI initiator,
@@ -119,4 +120,14 @@ describe('berth attach of a tgt volume on a host without a kernel initiator', ()
     await berth.detach({ volume: 'db2' });
     expect(loopDevicesUnder(dataDir)).toEqual([]);
   });
+});
+
+describe('a held device is not detached (iscsi-user)', () => {
+  it('a mount or a process holding the loop device makes detach refuse it untouched, before anything is removed; the volume stays attached with its links and data; once let go the detach removes everything', async () => {
+    await berth.createVolume({ name: 'held3', sizeBytes: 64 * MiB });
+    await detachOfHeldDevice(berth, { volume: 'held3', transport: 'iscsi-user' }, () => {
+      expect(loopDevicesUnder(dataDir)).toEqual([]);
+      expect(readFileSync('/proc/mounts', 'utf8')).not.toContain(dataDir);
+    });
+  }, 90_000);
 });

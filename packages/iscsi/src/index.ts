@@ -34,3 +34,4 @@ export * from './device-identity.js';
 export * from './contextual-error.js';
 export * from './transport-kit.js';
 export * from './flush-batcher.js';
+export * from './device-busy.js';

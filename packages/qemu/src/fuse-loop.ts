@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BerthError } from '@berth/core';
-import { LOOP_DETACH_PROGRAM, WaitTimeoutError, type CommandRunner, type DeviceWaiter, type HostFs, type RunOptions } from '@berth/host';
+import { LOOP_DETACH_PROGRAM, WaitTimeoutError, holderOf as sharedHolderOf, type CommandRunner, type DeviceWaiter, type HostFs, type RunOptions } from '@berth/host';
 
 /** Deadline and cancellation of one loop-device step. */
 export interface LoopStepOptions {
@@ -269,13 +269,7 @@ async function runDetachHelper(runner: CommandRunner, helper: string, device: st
   return { failed: result.stderr.trim() || `exit status ${String(result.exitCode)}`, cut: result.exitCode < 0 };
 }
 
-/** What holds `device` open, if anything berth can see: a device stacked on it, a mount of it, a process (`fuser`). */
+/** What holds `device` open, if anything berth can see: a device stacked on it, a mount of it, a process (`fuser`); `@berth/host`'s check. */
 async function holderOf(deps: { runner: CommandRunner; fs: HostFs }, info: LoopInfo, run: RunOptions): Promise<string | undefined> {
-  const stacked = await deps.fs.readdir(`/sys/block/${loopName(info.device)}/holders`).catch(() => [] as string[]);
-  if (stacked.length > 0) return `device ${stacked.join(', ')} is stacked on it`;
-  const mountinfo = (await deps.fs.readFileIfExists('/proc/self/mountinfo').catch(() => undefined)) ?? '';
-  if (mountinfo.split('\n').some((line) => line.split(' ')[2] === info.rdev)) return 'it is mounted';
-  // fuser exits 0 when a process has it open; missing, it cannot tell (the autoclear check after the detach still can).
-  const fuser = await deps.runner.run('fuser', [info.device], run).catch(() => undefined);
-  return fuser !== undefined && !fuser.notFound && fuser.exitCode === 0 && fuser.stdout.trim() !== '' ? `process ${fuser.stdout.trim()} has it open` : undefined;
+  return sharedHolderOf(deps, { node: info.device, sysName: loopName(info.device), rdev: info.rdev }, { timeoutMs: run.timeoutMs ?? 10_000, signal: run.signal });
 }

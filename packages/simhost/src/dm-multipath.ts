@@ -739,7 +739,7 @@ export class DmMultipath implements DiskEvents {
   }
 
   private async flush(map: DmMap): Promise<FlushResult> {
-    if (this.isOpen(map)) return 'in-use';
+    if (this.isOpen(map) || (await this.openForReal(map))) return 'in-use';
     map.removed = true;
     if (map.timer) clearTimeout(map.timer);
     map.timer = undefined;
@@ -762,6 +762,23 @@ export class DmMultipath implements DiskEvents {
 
   private isOpen(map: DmMap): boolean {
     return this.faults.mapHeldOpen(map.name, `dm-${map.minor}`);
+  }
+
+  /**
+   * The map's open count as the kernel keeps it, in real-backed mode: its `/dev/dm-N` is a node of
+   * the real backing device, so a mount of it (that major:minor in this machine's mountinfo) or a
+   * process with it open (`fuser` on the node) holds the map, and `multipath -f` refuses it as a
+   * real one does. A model map's node is a link to the LUN file (no device to open): the switch only.
+   */
+  private async openForReal(map: DmMap): Promise<boolean> {
+    const node = this.real(`/dev/dm-${map.minor}`);
+    const st = await fsp.stat(node).catch(() => undefined);
+    if (st === undefined || !st.isBlockDevice()) return false;
+    const devT = `${Math.floor(st.rdev / 256) & 0xfff}:${(st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00)}`;
+    const mountinfo = await fsp.readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
+    if (mountinfo.split('\n').some((line) => line.split(' ')[2] === devT)) return true;
+    const fuser = await this.runner.run('fuser', [node], { timeoutMs: 10_000, reject: false }).catch(() => undefined);
+    return fuser !== undefined && !fuser.notFound && fuser.exitCode === 0 && /\d/.test(fuser.stdout);
   }
 
   private mapOfPath(name: string): DmMap | undefined {

@@ -192,7 +192,10 @@ export class KernelDaemon {
       for (const c of this.connections) c.destroy();
       await this.kernel.close().catch(() => undefined);
       await this.multipath.close().catch(() => undefined);
-      await this.targetAccess.close().catch(() => undefined);
+      // A real-backed disk still held open is left to the kernel and reported here (the daemon's log).
+      await this.targetAccess.close().catch((error: unknown) => {
+        console.error(`simhost: closing the target side: ${error instanceof Error ? error.message : String(error)}`);
+      });
       await fsp.rm(this.socketPath, { force: true });
     })();
     return this.stopping;

@@ -1,4 +1,4 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -116,6 +116,19 @@ describe('multipath over real sessions to a real tgtd', { timeout: 120_000 }, ()
     expect(bytes.subarray(16384, 16384 + 27).toString()).toBe('through dm-0 over 127.0.0.2');
     expect(bytes.subarray(8192, 8192 + 27).toString()).toBe('through dm-0 over 127.0.0.1');
     await sim.faults.restoreSession(sessions[0]!);
+
+    // A process with the map's node open holds the map as the kernel counts it: `multipath -f` refuses it.
+    const fd = await fsp.open(services.fs.resolve('/dev/dm-0'), 'r');
+    const holder = spawn('sleep', ['1000'], { stdio: [fd.fd, 'ignore', 'ignore'] });
+    await fd.close();
+    const exited = new Promise((resolve) => holder.once('exit', resolve));
+    try {
+      expect(await services.runner.run('multipath', ['-f', W1], { reject: false })).toMatchObject({ exitCode: 1, stderr: expect.stringContaining(`${W1}: map in use`) });
+      expect(await fs.exists('/dev/dm-0')).toBe(true);
+    } finally {
+      holder.kill('SIGKILL');
+      await exited;
+    }
 
     // Teardown as a driver does it: flush the map, delete the paths, log out.
     expect(await services.runner.run('multipath', ['-f', W1], { reject: false })).toMatchObject({ exitCode: 0, stderr: '' });

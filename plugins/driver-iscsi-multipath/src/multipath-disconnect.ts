@@ -1,5 +1,5 @@
 import { BerthError, type Device, type DisconnectOptions } from '@berth/core';
-import { checkIdentity, devPath, FailureList, holdersOf, identityAt, inUseBy, messageOf, slavesOf, targetKey, withRetry, finishLeftLoginForDetach, forgetDetached, leftPathsOf, type LeftPath } from '@berth/iscsi';
+import { checkIdentity, devPath, FailureList, holdersOf, identityAt, inUseBy, messageOf, slavesOf, targetKey, withRetry, finishLeftLoginForDetach, forgetDetached, leftPathsOf, refuseIfHeld, type LeftPath } from '@berth/iscsi';
 import { devicelessState, type AttachState } from './attach-state.js';
 import type { MultipathVolume, PathTarget } from './multipath-connection.js';
 import type { MultipathContext } from './multipath-context.js';
@@ -12,7 +12,9 @@ import { locatePaths, pathsOfDevice, pathsOfState } from './path-locate.js';
  * map that will not flush stops everything, nothing removed), delete every path's disk each on its
  * own, wait until multipathd forgot them, log out per portal where nothing else uses the session,
  * forget the state. The device's identity is checked first: a path now naming another map or disk
- * touches nothing (CONFLICT). Devices in `inUse` (other attachments') are never touched.
+ * touches nothing (CONFLICT). Devices in `inUse` (other attachments') are never touched. Without
+ * `force`, a map or path something holds (a mount, a process, a stacked device) is refused busy,
+ * untouched (`refuseIfHeld`), after `holderGraceMs`.
  */
 export async function disconnectVolume(
   ctx: MultipathContext,
@@ -41,6 +43,16 @@ export async function disconnectVolume(
   const keep: string[] = [];
   for (const p of located) if (p.device !== undefined && inUseBy(opts.inUse, p.device.name, await identityAt(fs, p.device.name))) keep.push(p.device.name);
   const ownDevices = located.flatMap((p) => (p.device === undefined || keep.includes(p.device.name) ? [] : [p.device.name]));
+  // Nothing changes while something holds the map or one of its paths (a mount, a process, a
+  // device stacked on it — the map on its own paths aside, it is flushed here): `multipath -f`
+  // refuses an open map, but a path's disk is deleted under its user all the same.
+  if (!force) {
+    const held = [
+      ...(map === undefined ? [] : [{ node: `/dev/${map.dm}`, sysName: map.dm }]),
+      ...ownDevices.map((name) => ({ node: devPath(name), sysName: name })),
+    ];
+    await refuseIfHeld(ctx, held, { graceMs: options.holderGraceMs, timeoutMs: options.commandTimeoutMs, signal, ...(map === undefined ? {} : { ignoreStacked: [map.dm] }) });
+  }
   const failures = new FailureList(true);
   // Before the own disks go: a disk that appears later must show the WWN they showed.
   const lateWwn = await expectedWwn(ctx, wwn, ownDevices);

@@ -39,6 +39,12 @@ export const zMultipathDriverOptions = lazySchema(() => z.object({
   flushAttempts: z.number().int().min(1).max(20).default(4),
   /** The first wait between two `multipath -f` tries, in ms (it doubles, at most 8 s). */
   flushRetryDelayMs: z.number().int().min(0).max(60_000).default(500),
+  /**
+   * How long, in ms, something holding the map or one of its paths (a mount, a process with it
+   * open, a device stacked on it other than the map itself) may take to let go before a disconnect
+   * (without force) refuses it as busy, untouched (`0`: refuse at once). As the loop transport's.
+   */
+  holderGraceMs: z.number().int().nonnegative().max(600_000).default(3_000),
   /** Timeout of one iscsiadm, multipath, multipathd or blockdev run, in ms. */
   commandTimeoutMs: z.number().int().positive().max(600_000).default(30_000),
   /**

@@ -1,3 +1,4 @@
+import path from 'node:path';
 import { readFile, rm } from 'node:fs/promises';
 import {
   BerthError,
@@ -16,7 +17,7 @@ import {
   type TransportDriver,
 } from '@berth/core';
 import { WaitTimeoutError } from '@berth/host';
-import { ISCSI_SOURCE_KEYS } from '@berth/iscsi';
+import { ISCSI_SOURCE_KEYS, refuseIfHeld } from '@berth/iscsi';
 import { listExports, loopInfo, removeUnusedNode, repointFilter, StorageDaemon, writeSecretFile, type QmpClient } from '@berth/qemu';
 import { DaemonSupervisor } from './daemon-supervisor.js';
 import { firstLivePortal, portalAnswers as answers } from './portal-probe.js';
@@ -316,7 +317,13 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
       }
     }
     const loop = candidates.find(() => true);
-    const outcome = await teardownChain(deps, qmp, names, loop !== undefined && (await loopInfo(host.fs, loop))?.backingFile === mountpoint ? loop : undefined, opts.signal, {
+    const ownLoop = loop !== undefined && (await loopInfo(host.fs, loop))?.backingFile === mountpoint ? loop : undefined;
+    // Before anything is removed: a held device is refused untouched (the detach rolls back into
+    // attached), not found held halfway through the teardown.
+    if (ownLoop !== undefined && !opts.force) {
+      await refuseIfHeld(host, [{ node: ownLoop, sysName: path.basename(ownLoop) }], { graceMs: options.holderGraceMs, timeoutMs: options.commandTimeoutMs, signal: opts.signal });
+    }
+    const outcome = await teardownChain(deps, qmp, names, ownLoop, opts.signal, {
       force: opts.force,
     });
     if (outcome === 'held-open') {

@@ -25,6 +25,12 @@ export const zIscsiUserOptions = lazySchema(() => z.object({
   qmpTimeoutMs: z.number().int().min(100).max(600_000).default(20_000),
   /** Deadline of one losetup/blockdev/umount run and of a loop device letting go, in ms. */
   commandTimeoutMs: z.number().int().min(100).max(600_000).default(15_000),
+  /**
+   * How long, in ms, something holding the LUN's loop device (a mount, a process with it open, a
+   * device stacked on it) may take to let go before a disconnect (without force) refuses it as
+   * busy, untouched (`0`: refuse at once). As the loop transport's.
+   */
+  holderGraceMs: z.number().int().nonnegative().max(600_000).default(3_000),
   /** How long to wait for another berth process working on the daemon, in ms. */
   lockTimeoutMs: z.number().int().min(100).max(600_000).default(60_000),
   /** The qemu-storage-daemon executable. */

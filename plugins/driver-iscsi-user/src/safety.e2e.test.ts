@@ -100,7 +100,7 @@ describe('iscsi-user: disconnect and connect safety on a real tgtd', () => {
     }
   });
 
-  it('a device held open: the disconnect is refused (CONFLICT) and the device stays attached after the holder closes it; then it detaches', async () => {
+  it('a device held open: the disconnect is refused (CONFLICT busy, untouched) and the device stays attached after the holder closes it; then it detaches', async () => {
     const { connection } = await env.makeVolume(4 * MiB);
     const device = await env.driver.connect(connection, call());
     let child: ChildProcess | undefined;
@@ -108,7 +108,9 @@ describe('iscsi-user: disconnect and connect safety on a real tgtd', () => {
       child = await holder(device.path);
       const error = await rejection(env.driver.disconnect(connection, device, { force: false, ...call() }));
       expect(error.code).toBe('CONFLICT');
-      expect(error.message).toMatch(/still open/);
+      // Found up front, before anything was flushed or removed: untouched, the holder named.
+      expect(error.message).toMatch(/is busy: process \d+ \(\w+\) has it open/);
+      expect(error.details).toMatchObject({ reason: 'busy', untouched: true });
       await release(child);
       // Its last opener closed it: a device left with autoclear would be gone now.
       expect(await loopInfo(env.host.fs, device.path)).toMatchObject({ backingFile: device.identity?.mountpoint, autoclear: false, rdev: device.identity?.rdev });

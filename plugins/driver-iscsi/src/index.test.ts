@@ -34,8 +34,10 @@ describe('the driver-iscsi plugin descriptor', () => {
       commandTimeoutMs: 30_000,
       targetLockTimeoutMs: 300_000,
       iface: 'default',
+      holderGraceMs: 3_000,
     });
     expect(plugin.optionsSchema?.safeParse({ startup: 'onboot' }).success).toBe(false);
+    expect(plugin.optionsSchema?.safeParse({ holderGraceMs: -1 }).success).toBe(false);
     expect(plugin.optionsSchema?.safeParse({ iface: 'bad iface' }).success).toBe(false);
     expect(plugin.optionsSchema?.safeParse({ loginRetries: -1 }).success).toBe(false);
     expect(plugin.optionsSchema?.safeParse({ deviceTimeoutMs: 0 }).success).toBe(false);

@@ -58,6 +58,7 @@ import {
   type LeftPath,
   type LunDevice,
   type ScsiDeviceRead,
+  refuseIfHeld,
 } from '@berth/iscsi';
 import { AttachStateStore, type AttachState } from './attach-state.js';
 import { checkIscsiHost } from './host-check.js';
@@ -330,6 +331,11 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
                 logger.info({ device: devPath(lun.name), iqn: target.iqn, lun: target.lun }, 'another attachment uses this disk: it stays, and so does its session');
                 keep.push(lun.name);
               } else {
+                // Nothing is changed while something holds the disk: a real kernel deletes a
+                // mounted or open disk all the same, under its user.
+                if (!opts.force) {
+                  await refuseIfHeld(context.host, [{ node: devPath(lun.name), sysName: lun.name }], { graceMs: options.holderGraceMs, timeoutMs: options.commandTimeoutMs, signal });
+                }
                 const deleted = await lifecycle.removeDisk(lun.name, { signal, failures, flush: true, ...(lun.sdevDir === undefined ? {} : { sdevDir: lun.sdevDir }) });
                 own.push(lun.name);
                 logger.info({ device: devPath(lun.name), iqn: target.iqn, lun: target.lun, deleted }, 'SCSI device removed');

@@ -61,6 +61,12 @@ export const zIscsiDriverOptions = lazySchema(() => z.object({
   targetLockTimeoutMs: z.number().int().min(100).max(3_600_000).default(300_000),
   /** The open-iscsi iface a new node record is bound to. */
   iface: zIfaceName.default('default'),
+  /**
+   * How long, in ms, something holding the disk (a mount, a process with it open, a device stacked
+   * on it) may take to let go before a disconnect (without force) refuses it as busy, untouched
+   * (`0`: refuse at once). As the loop transport's.
+   */
+  holderGraceMs: z.number().int().nonnegative().max(600_000).default(3_000),
 }).superRefine((options, ctx) => {
   // Only values the user set can be refused: unset ones are derived to fit.
   if (options.loginTimeoutSeconds === undefined && options.loginRetryMax === undefined) return;

@@ -4,7 +4,7 @@ import { realpath, stat, statfs } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import path from 'node:path';
 import { z } from '@berth/core/zod';
-import { CommandError, LOOP_DETACH_PROGRAM, WaitTimeoutError, hostFacts, nativeProgram, type CommandResult } from '@berth/host';
+import { CommandError, LOOP_DETACH_PROGRAM, WaitTimeoutError, holderOf, hostFacts, lastingHolderOf as sharedLastingHolderOf, nativeProgram, type CommandResult, type HolderCheckOptions } from '@berth/host';
 import {
   BerthError,
   identityMismatch,
@@ -32,7 +32,6 @@ import {
   majorMinor,
   parseBackFile,
   parseFindShow,
-  parseFuserPids,
   parseGetSize64,
   parseAttachAnswer,
   parseLosetupList,
@@ -292,29 +291,12 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
    * the last close, which is how a device ends up vanishing under its attachment later.
    */
   async function holdersOf(device: LoopDevice, signal?: AbortSignal, processes = true): Promise<string | undefined> {
-    const name = loopName(device.name);
-    const stacked = await fs.readdir(`${SYS_BLOCK}/${name}/holders`).catch(() => [] as string[]);
-    if (stacked.length > 0) return `device ${stacked.join(', ')} is stacked on it`;
-    if (device.rdev !== undefined) {
-      const mountinfo = (await fs.readFileIfExists('/proc/self/mountinfo').catch(() => undefined)) ?? '';
-      const mount = mountinfo.split('\n').find((line) => line.split(' ')[2] === device.rdev);
-      if (mount) return `it is mounted at ${mount.split(' ')[4] ?? '?'}`;
-    }
-    if (!processes) return undefined;
-    const fuser = await runner
-      .run('fuser', [device.name], { timeoutMs: options.commandTimeoutMs, reject: false, ...(signal ? { signal } : {}) })
-      .catch(() => undefined);
-    // fuser exits 1 when nobody has it open; when it is not installed, the check after the detach still catches a holder.
-    if (fuser === undefined || fuser.notFound || fuser.exitCode !== 0) return undefined;
-    const pids = parseFuserPids(fuser.stdout);
-    if (pids.length === 0) return undefined;
-    const named = await Promise.all(
-      pids.slice(0, 5).map(async (pid) => {
-        const comm = (await fs.readFileIfExists(`/proc/${pid}/comm`).catch(() => undefined))?.trim();
-        return comm ? `${pid} (${comm})` : String(pid);
-      }),
-    );
-    return `process ${named.join(', ')}${pids.length > 5 ? ` and ${pids.length - 5} more` : ''} has it open`;
+    // Without its rdev (not listed) no mount can be matched: the sysfs dev file is not read for it.
+    return holderOf({ fs, runner }, { node: device.name, sysName: loopName(device.name), rdev: device.rdev ?? '' }, holderCheck(signal, processes));
+  }
+
+  function holderCheck(signal: AbortSignal | undefined, processes: boolean): HolderCheckOptions {
+    return { timeoutMs: options.commandTimeoutMs, processes, ...(signal ? { signal } : {}) };
   }
 
   /**
@@ -322,20 +304,13 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
    * that closes within the grace was a passer-by, not a user of the device.
    */
   async function lastingHolderOf(device: LoopDevice, signal?: AbortSignal, processes = true): Promise<string | undefined> {
-    let holder = await holdersOf(device, signal, processes);
-    if (holder === undefined || options.holderGraceMs === 0) return holder;
     try {
-      await waiter.waitUntil(
-        `${SYS_BLOCK}/${loopName(device.name)}`,
-        async () => {
-          holder = await holdersOf(device, signal, processes);
-          return holder === undefined ? true : undefined;
-        },
-        { timeoutMs: options.holderGraceMs, pollMs: 100, what: `${device.name} to be closed`, ...(signal ? { signal } : {}) },
+      return await sharedLastingHolderOf(
+        { fs, runner, waiter },
+        { node: device.name, sysName: loopName(device.name), rdev: device.rdev ?? '' },
+        { ...holderCheck(signal, processes), graceMs: options.holderGraceMs },
       );
-      return undefined;
     } catch (error) {
-      if (error instanceof WaitTimeoutError) return holder;
       throw toLoopError(error, 'losetup', `checking what holds ${device.name}`);
     }
   }

@@ -128,10 +128,8 @@ export function loopIdentity(device: LoopDevice): Record<string, string | number
   };
 }
 
-/** Parse `fuser DEV`'s stdout: the ids of the processes that have it open (` 1234 5678m`). */
-export function parseFuserPids(stdout: string): number[] {
-  return [...stdout.matchAll(/(\d+)[a-zA-Z]*/g)].map((m) => Number(m[1])).filter((pid) => Number.isSafeInteger(pid) && pid > 0);
-}
+/** Parse `fuser DEV`'s stdout: the ids of the processes that have it open (` 1234 5678m`). Shared: `@berth/host`. */
+export { parseFuserPids } from '@berth/host';
 
 /** Parse `losetup --find --show FILE`: the one device node it attached. */
 export function parseFindShow(stdout: string): string {

@@ -4,7 +4,8 @@
  * with every byte written compared with tgtd's LUN backing file.
  */
 import { randomBytes } from 'node:crypto';
-import { accessSync, constants, existsSync, statSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { accessSync, closeSync, constants, existsSync, openSync, readFileSync, statSync } from 'node:fs';
 import { mkdtemp, open, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -116,6 +117,20 @@ function firstDifference(a: Buffer, b: Buffer): string {
 async function expectBytesAt(file: string, offset: number, data: Buffer): Promise<void> {
   const actual = await readRange(file, offset, data.length);
   expect(firstDifference(actual, data), `${file} at ${offset}`).toBe('identical');
+}
+
+/** A `sleep` with `device` open on its stdin; `release` kills it and waits for its exit. */
+function holdOpen(device: string): { release(): Promise<void> } {
+  const fd = openSync(device, 'r');
+  const child = spawn('sleep', ['1000'], { stdio: [fd, 'ignore', 'ignore'] });
+  closeSync(fd);
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  return {
+    async release() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
+    },
+  };
 }
 
 async function expectDiskGone(disk: RealLunDisk, daemonPid: number | undefined): Promise<void> {
@@ -404,6 +419,47 @@ describe.skipIf(!canRun)('RealTargetAccess against a real tgtd (e2e)', () => {
       await expect(session.openLun(1)).rejects.toMatchObject({ code: 'INVALID_STATE' });
       await session.logout();
     });
+
+    it('a disk whose loop device is held open is kept, not forgotten: logout fails at once, and the disk is released once the holder lets go', async () => {
+      const session = await loginOk();
+      const disk = (await session.openLun(1)) as RealLunDisk;
+      const daemonPid = session.daemonPid;
+      const holder = holdOpen(disk.backingPath);
+      try {
+        const started = performance.now();
+        await expect(session.logout()).rejects.toMatchObject({ code: 'CONFLICT', details: { reason: 'held-open', device: disk.backingPath } });
+        // Refused after detachFuseLoop's holder grace, not a wait for a detach that cannot come.
+        expect(performance.now() - started).toBeLessThan(5_000);
+        expect(access.heldLoopDevices).toEqual([disk.backingPath]);
+        // Still bound to its live export: the holder's reads still reach the target.
+        expect(await loopBackingFile(disk.backingPath)).toBe(disk.plumbing.fuseFile);
+        expect(await isMounted(disk.plumbing.fuseFile)).toBe(true);
+      } finally {
+        await holder.release();
+      }
+      // Tried again on its own (every 2 s): released, its daemon stopped.
+      const deadline = Date.now() + 15_000;
+      while (access.heldLoopDevices.length > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 200));
+      expect(access.heldLoopDevices).toEqual([]);
+      await expectDiskGone(disk, daemonPid);
+    }, 30_000);
+
+    it('a loop device still held when the access closes is detached the kernel\'s way and reported; it goes at the holder\'s last close', async () => {
+      const session = await loginOk();
+      const disk = (await session.openLun(1)) as RealLunDisk;
+      const holder = holdOpen(disk.backingPath);
+      try {
+        await expect(access.close()).rejects.toMatchObject({ code: 'CONFLICT', details: { reason: 'held-open', devices: [disk.backingPath] } });
+        expect(readFileSync(`/sys/block/${path.basename(disk.backingPath)}/loop/autoclear`, 'utf8').trim()).toBe('1');
+      } finally {
+        await holder.release();
+        access = new RealTargetAccess({ workDir });
+      }
+      const deadline = Date.now() + 10_000;
+      while ((await loopBackingFile(disk.backingPath)) === disk.plumbing.fuseFile && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
+      expect(await loopBackingFile(disk.backingPath)).not.toBe(disk.plumbing.fuseFile);
+      expect(await sweepStrays(workDir)).toEqual({ loopDevices: [], daemonPids: [], mounts: [], dirs: [] });
+    }, 30_000);
 
     it('leaves nothing behind: no daemon, FUSE mount or loop device under the work directory', async () => {
       const session = await loginOk();

@@ -15,6 +15,8 @@ export const REAL_DIR_PREFIX = 'berth-real-';
 
 /** tgtd sends this target portal group tag on every portal (KERNEL-MODEL §6). */
 const TGTD_TPGT = 1;
+/** How often a logout that left a disk held open is tried again, in ms. */
+const LINGER_RETRY_MS = 2_000;
 
 /** Options of `RealTargetAccess`. */
 export interface RealTargetAccessOptions {
@@ -53,6 +55,10 @@ export class RealTargetAccess implements TargetAccess {
   private readonly fs: HostFs;
   private readonly libiscsi: LibiscsiClient;
   private readonly sessions = new Set<RealTargetSession>();
+  /** Sessions whose logout left disks held open: their logout is tried again every `LINGER_RETRY_MS`. */
+  private readonly lingering = new Set<RealTargetSession>();
+  private retryTimer: NodeJS.Timeout | undefined;
+  private retrying: Promise<void> | undefined;
   private dir: Promise<string> | undefined;
   private nextDaemonDir = 1;
   private closed = false;
@@ -107,11 +113,25 @@ export class RealTargetAccess implements TargetAccess {
     return { ok: true, targets: parseIscsiLs(result.stdout).map((t) => ({ portal: t.portal, tpgt: t.tpgt, iqn: t.iqn })) };
   }
 
-  /** Log every session out (closing its disks and daemon) and remove the private directory. Idempotent. */
+  /**
+   * Log every session out (closing its disks and daemon) and remove the private directory.
+   * Idempotent. A disk still held open (its loop device) is tried once more, then left to the
+   * kernel (`abandonHeld`: detached at its last close) and reported in the error.
+   */
   async close(): Promise<void> {
     this.closed = true;
+    this.stopRetries();
     const errors: unknown[] = [];
     for (const session of [...this.sessions]) await session.logout().catch((e: unknown) => errors.push(e));
+    const abandoned: string[] = [];
+    for (const session of [...this.sessions]) if (session.heldLoopDevices.length > 0) abandoned.push(...(await session.abandonHeld()));
+    if (abandoned.length > 0) {
+      errors.unshift(
+        new BerthError('CONFLICT', `${abandoned.join(', ')} still held open at close: detached the kernel's way (autoclear), freed at the holder's last close`, {
+          details: { devices: abandoned, reason: 'held-open' },
+        }),
+      );
+    }
     const dir = await this.dir?.catch(() => undefined);
     if (dir) await rm(dir, { recursive: true, force: true }).catch((e: unknown) => errors.push(e));
     this.dir = undefined;
@@ -146,7 +166,35 @@ export class RealTargetAccess implements TargetAccess {
         await mkdir(dir, { mode: 0o700 });
         return dir;
       },
-      forget: (session) => this.sessions.delete(session),
+      forget: (session) => {
+        this.sessions.delete(session);
+        this.lingering.delete(session);
+        if (this.lingering.size === 0) this.stopRetries();
+      },
+      linger: (session) => {
+        this.lingering.add(session);
+        this.retryTimer ??= setInterval(() => this.retryLingering(), LINGER_RETRY_MS).unref();
+      },
     };
+  }
+
+  /** Loop devices of disks a logout could not close (held open), kept until they are released. */
+  get heldLoopDevices(): string[] {
+    return [...this.lingering].flatMap((session) => session.heldLoopDevices);
+  }
+
+  /** Try the lingering sessions' logouts again (one try at a time). */
+  private retryLingering(): void {
+    if (this.retrying) return;
+    this.retrying = (async () => {
+      for (const session of [...this.lingering]) await session.logout().catch(() => undefined);
+    })().finally(() => {
+      this.retrying = undefined;
+    });
+  }
+
+  private stopRetries(): void {
+    if (this.retryTimer !== undefined) clearInterval(this.retryTimer);
+    this.retryTimer = undefined;
   }
 }

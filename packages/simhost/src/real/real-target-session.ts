@@ -52,6 +52,8 @@ export interface RealAccessContext {
   makeDaemonDir(): Promise<string>;
   /** Called once the session has logged out. */
   forget(session: RealTargetSession): void;
+  /** Called when a logout left disks it could not close (their loop devices held open): try again later. */
+  linger(session: RealTargetSession): void;
 }
 
 // A LUN that does not exist fails after the login with this sense (fixture iscsi-inq-missing-lun).
@@ -156,16 +158,52 @@ export class RealTargetSession implements TargetSession, LunDiskOwner {
     return this.serialize(() => this.openLunNow(lun));
   }
 
-  /** Close every disk of the session (and so its daemon); later calls do nothing. */
+  /**
+   * Close every disk of the session (and so its daemon). A disk whose loop device something still
+   * holds open is not forgotten: it stays, with the daemon that serves it (the holder's I/O still
+   * reaches the target), the session lingers (`ctx.linger`), and the next call tries again; once
+   * every disk closed, later calls do nothing.
+   */
   logout(): Promise<void> {
     return this.serialize(async () => {
-      if (this.loggedOut) return;
+      if (this.loggedOut && this.disks.size === 0) return;
       this.loggedOut = true;
       const errors: unknown[] = [];
       for (const disk of [...this.disks]) await this.closeDiskNow(disk).catch((e: unknown) => errors.push(e));
+      if (this.disks.size > 0) {
+        this.ctx.linger(this);
+        throw errors[0];
+      }
       await this.stopDaemon().catch((e: unknown) => errors.push(e));
       this.ctx.forget(this);
       if (errors.length > 0) throw errors[0];
+    });
+  }
+
+  /** The loop devices of disks a logout could not close (held open), while they are still bound. */
+  get heldLoopDevices(): string[] {
+    return [...this.disks].map((disk) => disk.plumbing.loopDevice);
+  }
+
+  /**
+   * The last resort (the access closing: the simulated host stops) for disks still held open:
+   * each loop device is detached the kernel's way (`losetup --detach`: autoclear, the kernel frees
+   * it at its holder's last close, never left bound for good), the daemon stops, the session is
+   * forgotten. Returns what it had to leave to the kernel, for the caller to report.
+   */
+  abandonHeld(): Promise<string[]> {
+    return this.serialize(async () => {
+      const left: string[] = [];
+      for (const disk of [...this.disks]) {
+        const { loopDevice } = disk.plumbing;
+        await this.ctx.runner.run('losetup', ['--detach', loopDevice], { timeoutMs: this.ctx.commandTimeoutMs, reject: false }).catch(() => undefined);
+        left.push(loopDevice);
+        disk.closed = true;
+        this.disks.delete(disk);
+      }
+      await this.stopDaemon().catch(() => undefined);
+      this.ctx.forget(this);
+      return left;
     });
   }
 
@@ -367,10 +405,10 @@ export class RealTargetSession implements TargetSession, LunDiskOwner {
     // The loop device first: the FUSE file cannot go while the loop holds it.
     const deps = { runner: this.ctx.runner, waiter: this.ctx.waiter, fs: this.ctx.fs };
     if ((await detachFuseLoop(deps, loopDevice, fuseFile, { timeoutMs: this.ctx.commandTimeoutMs })) === 'held-open') {
-      // The kernel detaches it at the last close (autoclear): wait for that, within the deadline.
-      await this.ctx.waiter.waitUntil(`/sys/block/${path.basename(loopDevice)}`, async () => ((await loopInfo(this.ctx.fs, loopDevice))?.backingFile === fuseFile ? undefined : true), {
-        timeoutMs: this.ctx.commandTimeoutMs,
-        what: `${loopDevice} to detach from ${fuseFile} (is it still open?)`,
+      // Held open, it was left bound as it was (autoclear off): no wait could see it go. The disk
+      // stays this session's (and its export with it) until a later try finds it closed.
+      throw new BerthError('CONFLICT', `${loopDevice} is still open (something holds it): kept, and released once it is closed`, {
+        details: { device: loopDevice, reason: 'held-open' },
       });
     }
     await this.removeExport(exportId, fuseFile);
