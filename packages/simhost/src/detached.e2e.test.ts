@@ -1,6 +1,8 @@
-import { promises as fsp } from 'node:fs';
+import { execFile } from 'node:child_process';
+import fs, { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { createCommandRunner } from '@berth/host';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SimulatedHost } from './simulated-host.js';
@@ -24,6 +26,40 @@ function alive(pid: number): boolean {
 }
 
 describe('the detached kernel daemon', { timeout: 60_000 }, () => {
+  it('started by several processes at once: one daemon, which all of them reach; stop() leaves none', async () => {
+    const root = await fsp.mkdtemp(path.join(os.tmpdir(), 'berth-simhost-test-'));
+    roots.push(root);
+    const daemons = (): number[] =>
+      fs.readdirSync('/proc').filter((name) => /^\d+$/.test(name)).filter((pid) => {
+        try {
+          const cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+          return cmdline.includes('daemon-main.js') && cmdline.includes(root);
+        } catch {
+          return false;
+        }
+      }).map(Number);
+    // Real processes, as three `berth --simulate` commands starting together are.
+    const dist = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'dist', 'index.js');
+    const script = `const { SimulatedHost } = await import(${JSON.stringify(dist)}); const h = await SimulatedHost.ensureRunning(${JSON.stringify(root)}, { deviceDelayMs: 5 }); process.stdout.write(JSON.stringify((await h.state()).sessions.length));`;
+    const runs = await Promise.all(
+      [1, 2, 3].map(
+        () =>
+          new Promise<{ code: number | null; out: string }>((done) => {
+            execFile(process.execPath, ['--input-type=module', '-e', script], (error, out) => done({ code: error === null ? 0 : ((error as { code?: number }).code ?? -1), out }));
+          }),
+      ),
+    );
+    try {
+      expect(runs).toEqual([{ code: 0, out: '0' }, { code: 0, out: '0' }, { code: 0, out: '0' }]);
+      expect(daemons()).toHaveLength(1);
+      await (await SimulatedHost.connect(root)).stop();
+      expect(daemons()).toEqual([]);
+    } finally {
+      // Whatever the outcome, no daemon of this root outlives the test.
+      for (const pid of daemons()) process.kill(pid, 'SIGKILL');
+    }
+  });
+
   it('outlives its starter: later "invocations" connect to it, and stop() ends it', async () => {
     const root = await fsp.mkdtemp(path.join(os.tmpdir(), 'berth-simhost-test-'));
     roots.push(root);

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { BerthError } from '@berth/core';
-import { createHostServices, type HostServices, type HostServicesOptions } from '@berth/host';
+import { acquireFileLock, createHostServices, type HostServices, type HostServicesOptions } from '@berth/host';
 import type { FaultMatch, FaultSpec, HeldLoginMatch, HeldScanMatch, ToolFailure } from './faults.js';
 import { KernelDaemon, daemonMainPath } from './kernel-daemon.js';
 import type { ChapAccount, ModelLunInfo, ModelLunSpec, ModelTargetInfo, ModelTargetSpec } from './model-target-access.js';
@@ -194,6 +194,9 @@ function tempParent(): string {
   return process.env.BERTH_SIMHOST_TMPDIR || os.tmpdir();
 }
 
+/** How long a start waits for another process's start of the same root (a daemon starts in seconds). */
+const START_LOCK_TIMEOUT_MS = 60_000;
+
 /**
  * A simulated Linux host for iSCSI: a root directory with the kernel's view (`sys/`, `dev/`,
  * `etc/iscsi/`, `etc/multipath/`) and fake `iscsiadm`, `blockdev`, `multipath` and `multipathd`
@@ -269,14 +272,34 @@ export class SimulatedHost {
     return new SimulatedHost(resolved, undefined, false);
   }
 
-  /** The detached daemon at `root`: the running one, or a new one started with `options`. */
+  /**
+   * The detached daemon at `root`: the running one, or a new one started with `options`. Processes
+   * asking at once (two `berth --simulate` commands) start one daemon between them: the start is
+   * taken in turns under a lock file in the root, each looking again once it holds it (before,
+   * each started its own, and all but one were left running, unreachable).
+   */
   static async ensureRunning(root: string, options: Omit<SimulatedHostOptions, 'root' | 'detached'> = {}): Promise<SimulatedHost> {
+    const resolved = path.resolve(root);
+    const running = await SimulatedHost.connectIfRunning(resolved);
+    if (running) return running;
+    const runDir = path.join(resolved, path.dirname(SOCKET_RELATIVE));
+    await fsp.mkdir(runDir, { recursive: true });
+    const release = await acquireFileLock(path.join(runDir, 'start.lock'), { timeoutMs: START_LOCK_TIMEOUT_MS, what: `the start of the simulated host at ${resolved}` });
+    try {
+      return (await SimulatedHost.connectIfRunning(resolved)) ?? (await SimulatedHost.start({ ...options, root: resolved, detached: true }));
+    } finally {
+      await release();
+    }
+  }
+
+  /** The daemon serving `root`, or undefined when none answers. */
+  private static async connectIfRunning(root: string): Promise<SimulatedHost | undefined> {
     try {
       return await SimulatedHost.connect(root);
     } catch (error) {
-      if (!(error instanceof BerthError) || error.code !== 'NOT_FOUND') throw error;
+      if (error instanceof BerthError && error.code === 'NOT_FOUND') return undefined;
+      throw error;
     }
-    return SimulatedHost.start({ ...options, root, detached: true });
   }
 
   /** `@berth/host` services pointed at this host: rooted filesystem, fake tools first on PATH. */
