@@ -10,7 +10,7 @@ import { backendVolume, deleteAttachmentRecord, isGuestServer, transitionAttachm
 import { connectShared, publishSharedPublication, releaseShared, terminateUnshared, unpublishShared, withExportLease } from './device-sharing.js';
 import { initializeHostRoot } from './host-root.js';
 import type { Step } from './step.js';
-import { refuseOfflineAgent } from '../host-steps/host-step-executor.js';
+import { refuseOfflineAgent } from '../host-steps/offline-agent.js';
 import { ownedHostSteps } from './operation-fence.js';
 
 /** Options of an attach beyond its volume and server. */

@@ -5,7 +5,7 @@ import { backendVolume, deleteAttachmentRecord, deleteDetachingAttachment, isGue
 import { publishShared, releaseShared, terminateUnshared, unpublishShared, type ReleaseOutcome } from './device-sharing.js';
 import { applyTransition, required } from './attach.js';
 import type { Step } from './step.js';
-import { refuseOfflineAgent } from '../host-steps/host-step-executor.js';
+import { refuseOfflineAgent } from '../host-steps/offline-agent.js';
 import { ownedHostSteps } from './operation-fence.js';
 import { isStoreOutage } from '../store-errors.js';
 
