@@ -197,9 +197,9 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
    * first SIGINT (Ctrl-C) or SIGTERM cancels it: it stops as at a passed deadline and rolls back
    * (an attach; a detach that has not let go of the device yet — one that has finishes) and the
    * command ends with CANCELLED (exit 11). A second one exits at once (130 / 143): the commands it
-   * started get SIGTERM, and the next berth command's recovery finishes the rollback. With `--api` signals keep their default
-   * (the server's operation goes on), and `whole` runs instead (over HTTP: one request when the
-   * operation ends in time).
+   * started get SIGTERM, and the next berth command's recovery finishes the rollback. With `--api`
+   * signals keep their default (the server's operation goes on), and `whole` runs instead (over
+   * HTTP: one request when the operation ends in time).
    */
   protected async untilDone(
     berth: BerthService,

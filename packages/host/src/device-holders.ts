@@ -1,3 +1,4 @@
+import { readFile, stat } from 'node:fs/promises';
 import { WaitTimeoutError } from './errors.js';
 import type { CommandRunner, DeviceWaiter, HostFs } from './types.js';
 
@@ -76,7 +77,6 @@ export async function holderOf(deps: { fs: HostFs; runner: CommandRunner }, devi
  * node, the sysfs `dev`.
  */
 async function nodeRdev(fs: HostFs, sysName: string, node: string): Promise<string | undefined> {
-  const { stat } = await import('node:fs/promises');
   const st = await stat(fs.resolve(node)).catch(() => undefined);
   if (st === undefined) return (await fs.readFileIfExists(`/sys/block/${sysName}/dev`).catch(() => undefined))?.trim();
   if (!st.isBlockDevice()) return undefined;
@@ -89,7 +89,6 @@ async function nodeRdev(fs: HostFs, sysName: string, node: string): Promise<stri
 async function readProcComm(fs: HostFs, pid: number): Promise<string | undefined> {
   const viaHost = await fs.readFileIfExists(`/proc/${pid}/comm`).catch(() => undefined);
   if (viaHost !== undefined) return viaHost;
-  const { readFile } = await import('node:fs/promises');
   return readFile(`/proc/${pid}/comm`, 'utf8').catch(() => undefined);
 }
 
