@@ -80,9 +80,14 @@ async function nodeRdev(fs: HostFs, sysName: string, node: string): Promise<stri
   const st = await stat(fs.resolve(node)).catch(() => undefined);
   if (st === undefined) return (await fs.readFileIfExists(`/sys/block/${sysName}/dev`).catch(() => undefined))?.trim();
   if (!st.isBlockDevice()) return undefined;
+  return majorMinor(st.rdev);
+}
+
+/** A device number (`stat`'s `rdev`) as `major:minor`, as `/proc/self/mountinfo` shows it. */
+export function majorMinor(rdev: number): string {
   // Linux's dev_t: major in bits 8–19 (and 32–43), minor in bits 0–7 and 20–31.
-  const major = ((st.rdev >> 8) & 0xfff) | (Math.floor(st.rdev / 2 ** 32) & ~0xfff);
-  const minor = (st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00);
+  const major = ((rdev >> 8) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
+  const minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
   return `${major}:${minor}`;
 }
 

@@ -29,4 +29,4 @@ export { acquireFileLock, type FileLockOptions, type ReleaseLock } from './file-
 export { nativeProgram, LOOP_DETACH_PROGRAM } from './native-program.js';
 export { createFileWhole, writeFileAtomically } from './atomic-file.js';
 export { freeTcpPort, acceptsConnection } from './free-port.js';
-export { holderOf, lastingHolderOf, parseFuserPids, DEFAULT_HOLDER_GRACE_MS, type HeldDevice, type HolderCheckOptions } from './device-holders.js';
+export { holderOf, lastingHolderOf, majorMinor, parseFuserPids, DEFAULT_HOLDER_GRACE_MS, type HeldDevice, type HolderCheckOptions } from './device-holders.js';

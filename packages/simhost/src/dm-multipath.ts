@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, linkSync, mkdirSync, promises as fsp, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Mutex } from '@berth/core';
-import type { CommandRunner } from '@berth/host';
+import { majorMinor, type CommandRunner } from '@berth/host';
 import type { FaultSet } from './faults.js';
 import type { GroupView, MapView, PathView } from './multipath-format.js';
 import type { DiskEvents, SimDisk, SimKernel } from './sim-kernel.js';
@@ -774,7 +774,7 @@ export class DmMultipath implements DiskEvents {
     const node = this.real(`/dev/dm-${map.minor}`);
     const st = await fsp.stat(node).catch(() => undefined);
     if (st === undefined || !st.isBlockDevice()) return false;
-    const devT = `${Math.floor(st.rdev / 256) & 0xfff}:${(st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00)}`;
+    const devT = majorMinor(st.rdev);
     const mountinfo = await fsp.readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
     if (mountinfo.split('\n').some((line) => line.split(' ')[2] === devT)) return true;
     const fuser = await this.runner.run('fuser', [node], { timeoutMs: 10_000, reject: false }).catch(() => undefined);
