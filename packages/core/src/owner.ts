@@ -1,4 +1,4 @@
-import { commandsOutlive, processRunsSync, processStartTicksSync } from '@berth/host';
+import { commandsOutlive, processAliveSync, processStartTicksSync } from '@berth/host';
 
 /**
  * What is left of the process an owner (`pid@host`, or `pid@host#<start time>` as berth writes it
@@ -23,7 +23,7 @@ export function ownerState(owner: string | null, hostname: string, self: string)
   // good: its operations never recovered, its leases held until they expire).
   // A start time named: only the process started then is it (a pid the kernel gave again is not).
   const now = processStartTicksSync(pid);
-  const runs = now !== undefined ? ticks === undefined || ticks === '' || now === ticks : (processRunsSync(pid) ?? signalable(pid));
+  const runs = now !== undefined ? ticks === undefined || ticks === '' || now === ticks : processAliveSync(pid);
   if (runs) return { state: 'alive' };
   return commandsOutlive(pid, ticks) ? { state: 'commands', pid } : { state: 'dead' };
 }
@@ -34,16 +34,6 @@ export function ownerHost(owner: string | null): string | undefined {
   const process_ = owner.split('/')[0] ?? owner;
   const at = process_.indexOf('@');
   return at < 0 ? undefined : process_.slice(at + 1).split('#')[0];
-}
-
-/** Where /proc cannot tell: whether `pid` can be signalled (EPERM: it exists, as another user's). */
-function signalable(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /**

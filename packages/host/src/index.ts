@@ -9,7 +9,7 @@ export {
 } from './command-runner.js';
 export { createHostFs, hostPathSegments } from './host-fs.js';
 export { commandStarter, commandsOutlive, spawnerPid } from './spawner.js';
-export { processRunsSync, processStartTicksSync } from './proc-stat.js';
+export { processAliveSync, processRunsSync, processStartTicksSync } from './proc-stat.js';
 export { createDeviceWaiter, deviceWaiterHandles, DEFAULT_POLL_MS } from './device-waiter.js';
 export { createHostServices, type HostServicesOptions } from './host-services.js';
 export { hostFacts, type HostFacts } from './host-facts.js';

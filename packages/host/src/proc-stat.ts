@@ -48,6 +48,21 @@ export function processRunsSync(pid: number): boolean | undefined {
   return stat === 'unreadable' ? undefined : liveStartTicks(stat) !== undefined;
 }
 
+/**
+ * Whether process `pid` runs: `processRunsSync`, and where /proc cannot tell, whether it can be
+ * signalled (`kill(pid, 0)`; EPERM: it exists, as another user's).
+ */
+export function processAliveSync(pid: number): boolean {
+  const known = processRunsSync(pid);
+  if (known !== undefined) return known;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 /** The start time of a live process (not a zombie), read synchronously; undefined when gone or unreadable. */
 export function processStartTicksSync(pid: number): string | undefined {
   const stat = readProcStatSync(pid);

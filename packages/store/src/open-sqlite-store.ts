@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { setTimeout as delay } from 'node:timers/promises';
 import { basename, dirname, join } from 'node:path';
 import { BerthError } from '@berth/core';
+import { processAliveSync } from '@berth/host';
 import type { Store } from '@berth/core';
 import BetterSqlite3 from 'better-sqlite3';
 import { Kysely } from 'kysely';
@@ -171,16 +172,6 @@ export async function openSqliteStoreForUse(options: SqliteStoreOptions): Promis
 /** The private copies of read-only opens: `<tmpdir>/berth-db-read-<pid>-XXXXXX/`. */
 const COPY_PREFIX = 'berth-db-read-';
 
-/** Whether process `pid` runs (EPERM: it does, as another user's). */
-function processRuns(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /**
  * Remove the private copies left by processes that are gone: a read-only open's copy goes with its
  * store's close, which a killed process never reaches. A copy whose pid runs (its owner, or a
@@ -196,7 +187,7 @@ function sweepDeadCopies(): void {
   const uid = process.getuid?.();
   for (const name of names) {
     const pid = Number(/^berth-db-read-(\d+)-/.exec(name)?.[1] ?? Number.NaN);
-    if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid || processRuns(pid)) continue;
+    if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid || processAliveSync(pid)) continue;
     const path = join(tmpdir(), name);
     try {
       // Only this user's (another user's copy is theirs to remove, and /tmp would refuse).
