@@ -1,9 +1,10 @@
 #!/usr/bin/env node
-// Bundles the commands' run path after `tsc` (see README "Start time"): each command module becomes
-// dist/bundle/commands/<id>.js, and what they share (the runtime, the store, kysely, the built-in
-// plugins, @berth/client) lands in a few chunks under dist/bundle/chunks/. Node 20 spends most of a
-// command's start resolving and reading hundreds of small ESM files through its loader, so one file
-// per package group starts several times faster than the same code spread over ~500 modules.
+// Bundles the commands' run path after `tsc` (see README "Start time") into ONE CommonJS file,
+// dist/bundle/berth.cjs: oclif, every command (each initialised only when it runs), the runtime, the
+// store, kysely, the built-in plugins and @berth/client. bin/run.js compiles it with V8's code cache
+// (dist/bundle/berth.cjs.cache, written by scripts/warm-code-cache.mjs and refreshed by the bin), so
+// a command's start neither resolves hundreds of small ES modules nor parses and compiles them again:
+// Node 20 has no compile cache for ES modules, and `vm.Script` gives one to a CommonJS file.
 //
 // It bundles tsc's JavaScript (each workspace package's dist), not the TypeScript sources: tsc
 // emits the decorator metadata tsyringe reads, which esbuild does not.
@@ -13,10 +14,13 @@
 //   ONE core in the process (its resolve hook sends a plugin's `@berth/core` to the running berth's
 //   copy, so that its BerthError is the core's BerthError). Core ships as its own bundle with
 //   tsyringe and zod inside (packages/core/scripts/bundle.mjs), so there is one container and one
-//   zod too: every package imports zod as `@berth/core/zod`, and a bare `zod` fails the build;
+//   zod too: every package imports zod as `@berth/core/zod`, and a bare `zod` fails the build.
+//   The CommonJS bundle `require`s them as the ES modules they are (Node >= 20.19 and 22.12 load an
+//   ES module without top-level await synchronously), so the bundle, the plugins, @berth/api and
+//   the simulator all get the one instance Node's ES module loader keeps;
 // - better-sqlite3 (native) and pg (loaded only for a PostgreSQL store);
 // - @berth/simhost (an optional peer, imported by name only under --simulate);
-// - @berth/api and fastify (only `berth serve` loads them), and oclif with its plugins (they load
+// - @berth/api and fastify (only `berth serve` loads them), and oclif's plugins (they load
 //   @oclif/core by name themselves).
 import { chmod, copyFile, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
@@ -43,15 +47,36 @@ const EXTERNAL = [
   /^(typescript|ts-node)(\/|$)/,
 ];
 
-// @oclif/core is CommonJS: its dynamic `require(path)` calls (CommonJS plugins, package.json files)
-// need a real `require` in the ESM bundle, and the few places that find its own package.json from
-// `__dirname` get @oclif/core's real directory, resolved at run time from the bundle's location.
+// @oclif/core's few places that find its own package.json from `__dirname` get @oclif/core's real
+// directory, resolved at run time from the bundle's location. `import.meta` of the bundled ES modules
+// becomes the bundle's own: the modules that use it (the loop driver's and the CLI's files beside
+// them, the store's native addon, the simulator's module) find what they look for from the bundle
+// (the loop driver's program is copied beside it below).
 const banner = [
-  "import { createRequire as __berthCreateRequire } from 'node:module';",
-  "import { dirname as __berthDirname } from 'node:path';",
-  'const require = __berthCreateRequire(import.meta.url);',
-  "const __berthOclifLib = () => __berthDirname(require.resolve('@oclif/core'));",
+  "const __berthOclifLib = () => require('node:path').dirname(require.resolve('@oclif/core'));",
+  "const __berthImportMetaUrl = require('node:url').pathToFileURL(__filename).href;",
+  "const __berthImportMetaResolve = (specifier) => require('node:url').pathToFileURL(require.resolve(specifier)).href;",
+  // Every `import()` of the bundle (see dynamicImports); the space keeps this one Node's own.
+  "const __berthImport = (specifier) => (globalThis[Symbol.for('berth.import')] ?? ((s) => import (s)))(specifier);",
 ].join('\n');
+
+/**
+ * The bundle's `import()` calls (pg, @berth/api, the simulator, oclif's ES module plugins, config
+ * files) go through `__berthImport`: a function compiled from V8's code cache has lost the
+ * dynamic-import callback of the `vm.Script` it came from (Node 20.20: ERR_VM_DYNAMIC_IMPORT_CALLBACK_MISSING),
+ * so bin/run.js provides one from outside the script (`globalThis[Symbol.for('berth.import')]`).
+ * Plain `require` of the bundle (scripts/write-manifest.mjs) still has Node's own. Not replaced:
+ * `import(` inside a string or after a name character (`"import()"` in oclif's messages).
+ */
+function dynamicImports(text) {
+  let count = 0;
+  const replaced = text.replaceAll(/(?<![\w$."'`])import\(/g, () => {
+    count += 1;
+    return '__berthImport(';
+  });
+  if (count === 0) throw new Error('the bundle has no import() left to route through __berthImport: update dynamicImports in scripts/bundle.mjs');
+  return replaced;
+}
 
 /**
  * oclif finds the plugins `package.json` lists (`oclif.plugins`) among the dependencies by testing
@@ -78,6 +103,35 @@ function plainIdOrder(source) {
   return source.replace(call, '.sort((a, b) => (/^[a-z:-]*$/.test(a.id) && /^[a-z:-]*$/.test(b.id) ? (a.id < b.id ? -1 : a.id > b.id ? 1 : 0) : a.id.localeCompare(b.id)))');
 }
 
+/**
+ * The bundle's entry: oclif's `run` and `flush`, every command (`COMMANDS`, oclif's "explicit"
+ * command discovery), the two hooks and which commands ran. Each command and hook is a getter that initialises its
+ * modules on first use (esbuild makes a `require` of an ES module inside the bundle a lazy
+ * initialiser), so `berth --version` runs none of berth's packages and `berth volume list` only
+ * what it imports.
+ */
+function entrySource(commandFiles) {
+  const lines = ["'use strict';", "const oclif = require('@oclif/core');", 'const COMMANDS = {};', 'const loaded = new Set();'];
+  for (const file of commandFiles) {
+    const id = relative(join(dist, 'commands'), file).replace(/\.js$/, '').split(sep).join(':');
+    const path = `./${relative(dist, file).split(sep).join('/')}`;
+    lines.push(`Object.defineProperty(COMMANDS, ${JSON.stringify(id)}, { enumerable: true, get: () => (loaded.add(${JSON.stringify(id)}), require(${JSON.stringify(path)}).default) });`);
+  }
+  lines.push(
+    'module.exports = {',
+    '  run: oclif.run,',
+    '  flush: oclif.flush,',
+    '  COMMANDS,',
+    '  // The commands this process initialised (bin/run.js keeps the code cache up to date with them).',
+    '  loadedCommands: () => [...loaded],',
+    // Literal `require`s, each initialised at the hook's first call (esbuild bundles only those).
+    "  HOOK_PREPARSE: function (...args) { return require('./hooks/preparse.js').default.apply(this, args); },",
+    "  HOOK_COMMAND_NOT_FOUND: function (...args) { return require('./hooks/command-not-found.js').default.apply(this, args); },",
+    '};',
+  );
+  return `${lines.join('\n')}\n`;
+}
+
 /** Every compiled command module under dist/commands. */
 async function commandModules(dir) {
   const entries = await readdir(dir, { withFileTypes: true });
@@ -91,25 +145,24 @@ async function commandModules(dir) {
   return files.flat();
 }
 
-const entryPoints = [join(dist, 'oclif.js'), ...(await commandModules(join(dist, 'commands')))];
+const commandFiles = (await commandModules(join(dist, 'commands'))).sort();
 const result = await build({
-  entryPoints,
+  stdin: { contents: entrySource(commandFiles), resolveDir: dist, sourcefile: 'berth-entry.cjs', loader: 'js' },
   absWorkingDir: root,
-  outbase: dist,
-  outdir: out,
+  outfile: join(out, 'berth.cjs'),
   bundle: true,
-  splitting: true,
-  format: 'esm',
+  format: 'cjs',
   platform: 'node',
   target: 'node20',
-  chunkNames: 'chunks/[name]-[hash]',
-  // No minifying: stack traces (DEBUG=1) keep their names, and parsing is not what costs.
+  // No minifying: stack traces (DEBUG=1) keep their names; with the code cache (bin/run.js) the
+  // source is not parsed at start at all.
   minify: false,
   metafile: true,
   // Written below, ASCII only (see asciiOnly).
   write: false,
   logLevel: 'warning',
   banner: { js: banner },
+  define: { 'import.meta.url': '__berthImportMetaUrl', 'import.meta.resolve': '__berthImportMetaResolve' },
   plugins: [
     {
       name: 'berth-externals',
@@ -138,8 +191,9 @@ const result = await build({
 // dependency (an installed @berth/cli could not count on finding it beside another package).
 const manifest = JSON.parse(await readFile(join(root, 'package.json'), 'utf8'));
 const declared = new Set(Object.keys({ ...manifest.dependencies, ...manifest.peerDependencies }));
-// What oclif and the runtime import only when present: TypeScript sources, Yarn PnP, the simulator.
-const OPTIONAL = new Set(['typescript', 'ts-node', 'pnpapi', '@berth/simhost']);
+// What oclif and the runtime import only when present: TypeScript sources, Yarn PnP, the simulator,
+// and picomatch, which fdir (under oclif's tinyglobby) tries to `require` inside a try.
+const OPTIONAL = new Set(['typescript', 'ts-node', 'pnpapi', '@berth/simhost', 'picomatch']);
 const undeclared = new Set();
 for (const output of Object.values(result.metafile.outputs)) {
   for (const imported of output.imports) {
@@ -164,7 +218,7 @@ function asciiOnly(text) {
 
 for (const file of result.outputFiles) {
   await mkdir(dirname(file.path), { recursive: true });
-  await writeFile(file.path, file.path.endsWith('.js') ? asciiOnly(file.text) : file.contents);
+  await writeFile(file.path, /\.c?js$/.test(file.path) ? dynamicImports(asciiOnly(file.text)) : file.contents);
 }
 
 const outputs = Object.keys(result.metafile.outputs);
@@ -190,5 +244,8 @@ for (const file of await readdir(out, { recursive: true, withFileTypes: true }))
   const path = join(file.parentPath, file.name);
   if (file.isFile() && !written.has(path)) await rm(path);
 }
+// The directories of an earlier build's layout (one ES module per command, chunks), now empty.
+const dirs = (await readdir(out, { recursive: true, withFileTypes: true })).filter((file) => file.isDirectory()).map((file) => join(file.parentPath, file.name));
+for (const dir of dirs.sort((a, b) => b.length - a.length)) if ((await readdir(dir)).length === 0) await rm(dir, { recursive: true });
 const inputs = Object.keys(result.metafile.inputs).length;
-process.stdout.write(`bundled ${entryPoints.length} commands from ${inputs} modules into ${outputs.length} files under ${relative(root, out)}\n`);
+process.stdout.write(`bundled ${commandFiles.length} commands from ${inputs} modules into ${outputs.length} files under ${relative(root, out)}\n`);
