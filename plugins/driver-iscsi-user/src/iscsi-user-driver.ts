@@ -426,8 +426,10 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
       return await lunLocks.withLock(key, () => supervisor.use(opts.signal, (qmp) => failoverLun(lun, opts.portal, opts.signal, qmp)), opts.signal);
     } catch (error) {
       const berthError = toBerthError(error, 'DRIVER_ERROR');
-      // A QMP command without an answer, or a monitor that never greets (WaitTimeoutError).
-      const daemonSilent = (berthError.code === 'TIMEOUT' && berthError.details.lockPath === undefined) || error instanceof WaitTimeoutError;
+      // A QMP command without an answer, or a monitor that never greets (WaitTimeoutError); not a
+      // portal that does not answer (TIMEOUT too, `portal-unreachable`: said as it is).
+      const daemonSilent =
+        (berthError.code === 'TIMEOUT' && berthError.details.lockPath === undefined && berthError.details.reason !== 'portal-unreachable') || error instanceof WaitTimeoutError;
       if (daemonSilent) {
         // qemu 7.2: a request parked on a dead path freezes QMP (the FUSE export serves it in
         // the main loop), and a re-open's drain waits for it: nothing moves until the path answers.

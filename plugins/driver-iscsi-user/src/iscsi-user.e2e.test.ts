@@ -102,7 +102,7 @@ describe('iscsi-user transport on a real tgtd', () => {
     const cases: Array<[string, ConnectionInfo, string, RegExp]> = [
       ['wrong CHAP', { ...connection, data: { ...connection.data, auth_password: 'wrong-password-123' } }, 'AUTH_FAILED', /refused the CHAP login/],
       ['missing LUN', { ...connection, data: { ...connection.data, target_lun: 7 } }, 'NOT_FOUND', /has no LUN 7/],
-      ['unreachable portal', { ...connection, data: { ...connection.data, target_portal: `127.0.0.9:${env.port}`, target_portals: [] } }, 'DRIVER_ERROR', /no portal of the target answers/],
+      ['unreachable portal', { ...connection, data: { ...connection.data, target_portal: `127.0.0.9:${env.port}`, target_portals: [] } }, 'TIMEOUT', /no portal of the target answers/],
     ];
     for (const [what, bad, code, message] of cases) {
       const started = Date.now();

@@ -212,10 +212,11 @@ export function loginError(error: unknown, spec: Pick<ChainSpec, 'portal' | 'iqn
     });
   }
   // libiscsi words a refused or unreachable portal as a failed reconnect (fixture qmp-blockdev-add-iscsi-unreachable-portal).
+  // TIMEOUT, as the kernel transports answer iscsiadm's exit 8 for a portal that does not answer.
   if (/reconnect|refused|unreachable|timed out|No route/i.test(failure.desc)) {
-    return new BerthError('DRIVER_ERROR', `cannot reach the portal ${spec.portal} for ${what}`, {
+    return new BerthError('TIMEOUT', `cannot reach the portal ${spec.portal} for ${what}`, {
       hint: 'check that the target listens there and that this host can reach it (firewall, routes)',
-      details,
+      details: { ...details, reason: 'portal-unreachable' },
       cause: error,
     });
   }

@@ -28,9 +28,9 @@ export async function firstLivePortal(portals: readonly string[], probeMs: numbe
     tried.push(portal);
   }
   signal.throwIfAborted();
-  throw new BerthError('DRIVER_ERROR', `no portal of the target answers: ${tried.join(', ')}`, {
+  throw new BerthError('TIMEOUT', `no portal of the target answers: ${tried.join(', ')}`, {
     hint: 'check that the target listens there and that this host can reach it (firewall, routes)',
-    details: { portals: tried },
+    details: { portals: tried, reason: 'portal-unreachable' },
   });
 }
 
