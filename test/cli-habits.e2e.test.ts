@@ -10,7 +10,7 @@ import { managedTgtdPaths } from '@berth/backend-tgt';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { EXIT_CODES } from '@berth/core';
 import type { Volume } from '@berth/core';
-import { BERTH_BIN, errorBody, makeSandbox, type BerthSandbox } from './support/berth-cli.js';
+import { BERTH_BIN, errorBody, inheritedEnv, makeSandbox, type BerthSandbox } from './support/berth-cli.js';
 import { removeBerthLinks } from './support/loop-devices.js';
 import { sweepOrphanedSandboxes } from './support/orphans.js';
 import { freeControlPort, freePort } from './support/ports.js';
@@ -122,6 +122,29 @@ describe.skipIf(!isRoot)('berth CLI habits', { timeout: TEST_TIMEOUT_MS }, () =>
     expect(extra.stderr.trim().split('\n')).toEqual(['Error: `berth volume list` takes no argument "named1"', 'Hint: `berth volume list --help` shows what it takes']);
     const noArg = await sandbox.run(['attach']);
     expect(noArg.stderr).toMatch(/^Error: missing argument VOLUME \(Volume name or id\)$/m);
+  });
+
+  it('asks "Did you mean …?" about an unknown command on a terminal: yes runs it, no is the usage error', async () => {
+    // `script` gives berth a terminal (stdin and stderr), as a person typing has.
+    const onTerminal = (answer: string) =>
+      execa('script', ['-qec', `${process.execPath} ${BERTH_BIN} volume lst; echo "exit=$?"`, '/dev/null'], {
+        input: `${answer}\n`,
+        env: { ...inheritedEnv(), ...sandbox.env },
+        extendEnv: false,
+        reject: false,
+        timeout: 60_000,
+      });
+    const yes = await onTerminal('y');
+    expect(yes.stdout).toContain('Did you mean');
+    expect(yes.stdout).toContain('No volumes.');
+    expect(yes.stdout).toMatch(/exit=0\s*$/);
+    // "No" was an "unexpected error" (exit 1) before, and with the CLI's bundle every unknown
+    // command on a terminal was ("default.call is not a function").
+    const no = await onTerminal('n');
+    expect(no.stdout).toContain('Error: `volume lst` is not a berth command');
+    expect(no.stdout).toContain('Hint: did you mean `berth volume list`? `berth help volume` lists the commands');
+    expect(no.stdout).not.toContain('unexpected error');
+    expect(no.stdout).toMatch(new RegExp(`exit=${EXIT_CODES.VALIDATION}\\s*$`));
   });
 
   it('keeps the log in <data dir>/logs/berth.log: a failed command shows its error and hint only', async () => {

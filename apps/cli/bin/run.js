@@ -6,16 +6,55 @@
 // discovery) and their flags and help in oclif.manifest.json, so `--version` and `--help` initialise
 // none of berth's packages.
 import Module, { createRequire } from 'node:module';
-import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { createHash, randomBytes } from 'node:crypto';
+import { closeSync, fsyncSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import vm from 'node:vm';
 
+// The bundle `require`s @berth/core, an ES module: Node loads one synchronously from 20.19 and
+// 22.12 on. Older ones would fail at the first command with ERR_REQUIRE_ESM; say so instead.
+const [major = 0, minor = 0] = process.versions.node.split('.').map(Number);
+if (major < 20 || (major === 20 && minor < 19) || major === 21 || (major === 22 && minor < 12)) {
+  process.stderr.write(`Error: berth needs Node.js ^20.19.0 or >=22.12.0; this is ${process.version}\nHint: install a newer Node.js (the CLI's package.json "engines")\n`);
+  process.exit(13); // HOST_UNSUPPORTED
+}
+
 const BUNDLE = fileURLToPath(new URL('../dist/bundle/berth.cjs', import.meta.url));
-/** V8's code cache of the bundle: rejected (and rewritten) when the bundle or Node's V8 changed. */
+/**
+ * V8's code cache of the bundle, in a file of berth's own layout:
+ * `MAGIC | sha256(bundle) | sha256(rest) | rest`, where rest = `u32le n | n bytes: the ids of the
+ * commands whose code it holds, one per line | V8's cached data`. V8 itself checks only that the
+ * source has the same length and does not check its data's integrity (a flipped byte crashes the
+ * process), so a cache is used only when both hashes match: another build of the bundle, or a
+ * damaged file, is ignored and written again.
+ */
 const CACHE = `${BUNDLE}.cache`;
-/** The commands whose code the cache holds: a command not listed yet rewrites it when it succeeds. */
-const CACHE_INDEX = `${BUNDLE}.cache-commands`;
+const MAGIC = Buffer.from('berth-v8-cache1\n');
+const HEADER = MAGIC.length + 32 + 32 + 4;
+
+function sha256(...parts) {
+  const hash = createHash('sha256');
+  for (const part of parts) hash.update(part);
+  return hash.digest();
+}
+
+/** The cache's commands and V8 data when it is this bundle's and intact. */
+function readCache(bundleHash) {
+  let file;
+  try {
+    file = readFileSync(CACHE);
+  } catch {
+    return undefined;
+  }
+  if (file.length < HEADER || !file.subarray(0, MAGIC.length).equals(MAGIC)) return undefined;
+  if (!file.subarray(MAGIC.length, MAGIC.length + 32).equals(bundleHash)) return undefined;
+  const rest = file.subarray(MAGIC.length + 64);
+  if (!sha256(rest).equals(file.subarray(MAGIC.length + 32, MAGIC.length + 64))) return undefined;
+  const n = rest.readUInt32LE(0);
+  if (4 + n > rest.length) return undefined;
+  return { commands: rest.subarray(4, 4 + n).toString('utf8').split('\n').filter(Boolean), data: rest.subarray(4 + n) };
+}
 
 /**
  * Runs the bundle as Node runs a CommonJS module, compiled with the code cache, and leaves it in
@@ -28,49 +67,63 @@ function loadBundle() {
   // from the bundle's: both are inside the CLI's package, and the specifiers are package names or
   // absolute URLs.
   globalThis[Symbol.for('berth.import')] = (specifier) => import(specifier);
-  const source = readFileSync(BUNDLE, 'utf8');
-  const cachedData = readOptional(CACHE);
-  const script = new vm.Script(Module.wrap(source), {
-    filename: BUNDLE,
-    cachedData,
-  });
+  const bytes = readFileSync(BUNDLE);
+  const bundleHash = sha256(bytes);
+  const cache = readCache(bundleHash);
+  const script = new vm.Script(Module.wrap(bytes.toString('utf8')), { filename: BUNDLE, cachedData: cache?.data });
   const module = new Module(BUNDLE);
   module.filename = BUNDLE;
   const require = createRequire(BUNDLE);
   require.cache[BUNDLE] = module;
   script.runInThisContext().call(module.exports, module.exports, require, module, BUNDLE, dirname(BUNDLE));
   module.loaded = true;
-  return { berth: module.exports, script, stale: cachedData === undefined || script.cachedDataRejected === true };
-}
-
-function readOptional(file) {
-  try {
-    return readFileSync(file);
-  } catch {
-    return undefined;
-  }
+  const used = cache !== undefined && script.cachedDataRejected !== true;
+  return { berth: module.exports, script, bundleHash, known: used ? cache.commands : undefined };
 }
 
 /**
- * At exit after a success: writes the code cache again when it was missing or stale, or when this
- * command's code is not in it yet (so each command pays the compile once per build). Best effort: a
- * package directory this user cannot write (a root install run by a user) keeps the build's cache.
+ * At exit after a success: writes the code cache again when there was none usable, or when this
+ * command's code is not in it yet (so each command pays the compile once per build) — a new file,
+ * synced, renamed over the old. Not when the bundle on disk is no longer the one this process ran
+ * (rebuilt or upgraded meanwhile). Best effort: a package directory this user cannot write (a
+ * root install run by a user) keeps the build's cache.
  */
-function refreshCache({ berth, script, stale }, exitCode) {
+function refreshCache({ berth, script, bundleHash, known }, exitCode) {
   if (exitCode !== 0) return;
   // oclif's own paths (`--help`, `--version`) count as the command `-`.
   const commands = berth.loadedCommands().length > 0 ? berth.loadedCommands() : ['-'];
-  const known = stale ? [] : (readOptional(CACHE_INDEX)?.toString('utf8').split('\n').filter(Boolean) ?? []);
-  if (!stale && commands.every((id) => known.includes(id))) return;
-  const tmp = `${CACHE}.${process.pid}.tmp`;
+  if (known !== undefined && commands.every((id) => known.includes(id))) return;
+  const tmp = `${CACHE}.${process.pid}-${randomBytes(4).toString('hex')}.tmp`;
   try {
-    writeFileSync(tmp, script.createCachedData());
+    if (!sha256(readFileSync(BUNDLE)).equals(bundleHash)) return;
+    const index = Buffer.from([...new Set([...(known ?? []), ...commands])].sort().join('\n'), 'utf8');
+    const count = Buffer.alloc(4);
+    count.writeUInt32LE(index.length);
+    const data = script.createCachedData();
+    const fd = openSync(tmp, 'w', 0o644);
+    try {
+      for (const part of [MAGIC, bundleHash, sha256(count, index, data), count, index, data]) writeSync(fd, part);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
     renameSync(tmp, CACHE);
-    writeFileSync(`${tmp}i`, `${[...new Set([...known, ...commands])].sort().join('\n')}\n`);
-    renameSync(`${tmp}i`, CACHE_INDEX);
+    sweepTemporaryFiles();
   } catch {
     rmSync(tmp, { force: true });
-    rmSync(`${tmp}i`, { force: true });
+  }
+}
+
+/** Temporary cache files of writers killed half-way (older than a minute: none is still writing). */
+function sweepTemporaryFiles() {
+  const dir = dirname(CACHE);
+  for (const name of readdirSync(dir)) {
+    if (!name.startsWith(`${basename(CACHE)}.`) || !name.endsWith('.tmp')) continue;
+    try {
+      if (Date.now() - statSync(join(dir, name)).mtimeMs > 60_000) rmSync(join(dir, name), { force: true });
+    } catch {
+      // Gone meanwhile.
+    }
   }
 }
 

@@ -16,7 +16,12 @@ try {
   const env = { ...process.env, BERTH_DATA_DIR: dataDir };
   for (const name of ['BERTH_CONFIG', 'BERTH_API_URL', 'BERTH_STORE_URL', 'BERTH_SIMULATE']) delete env[name];
   for (const args of [['--version'], ['--help'], ['volume', 'list']]) {
-    execFileSync(process.execPath, [bin, ...args], { env, stdio: 'ignore', timeout: 60_000 });
+    try {
+      execFileSync(process.execPath, [bin, ...args], { env, stdio: ['ignore', 'ignore', 'pipe'], timeout: 60_000 });
+    } catch (error) {
+      // Its own words: a build that cannot run the CLI it built (BERTH_FAULTS set, no native addon) says why.
+      throw new Error(`berth ${args.join(' ')} failed while writing the code cache: ${error.stderr?.toString().trim() || error.message}`);
+    }
   }
 } finally {
   rmSync(dataDir, { recursive: true, force: true });

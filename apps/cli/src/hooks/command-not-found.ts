@@ -1,5 +1,4 @@
 import type { Hook } from '@oclif/core';
-import notFound from '@oclif/plugin-not-found';
 import levenshtein from 'fast-levenshtein';
 import { BerthError } from '@berth/core/errors';
 
@@ -15,7 +14,8 @@ export function closestCommand(id: string, ids: readonly string[]): string | und
 
 /**
  * An unknown command. On a terminal, @oclif/plugin-not-found asks "Did you mean …?" and runs the
- * answer; elsewhere (scripts, CI) it fails as a berth usage error: the suggestion is its hint.
+ * suggestion on "yes"; on "no", and elsewhere (scripts, CI), it fails as a berth usage error (exit
+ * 2): the suggestion is its hint.
  */
 const hook: Hook.CommandNotFound = async function commandNotFound(options) {
   const { config, id } = options;
@@ -34,14 +34,29 @@ const hook: Hook.CommandNotFound = async function commandNotFound(options) {
       hint: `\`berth ${words(command.id)} --help\` shows what it takes`,
     });
   }
-  if (process.stdin.isTTY === true && process.stderr.isTTY === true) return notFound.call(this, options);
-  const visible = config.commands.filter((command) => command.hidden !== true);
-  const suggestion = closestCommand(id, [...visible.map((command) => command.id), ...visible.flatMap((command) => command.aliases)]);
-  const topic = id.split(':')[0] ?? '';
-  const help = config.findTopic(topic) === undefined ? 'berth help' : `berth help ${topic}`;
-  throw new BerthError('VALIDATION', `\`${words(id)}\` is not a berth command`, {
-    hint: `${suggestion === undefined ? '' : `did you mean \`berth ${words(suggestion)}\`? `}\`${help}\` lists the commands`,
-  });
+  const notACommand = (): BerthError => {
+    const visible = config.commands.filter((command) => command.hidden !== true);
+    const suggestion = closestCommand(id, [...visible.map((command) => command.id), ...visible.flatMap((command) => command.aliases)]);
+    const topic = id.split(':')[0] ?? '';
+    const help = config.findTopic(topic) === undefined ? 'berth help' : `berth help ${topic}`;
+    return new BerthError('VALIDATION', `\`${words(id)}\` is not a berth command`, {
+      hint: `${suggestion === undefined ? '' : `did you mean \`berth ${words(suggestion)}\`? `}\`${help}\` lists the commands`,
+    });
+  };
+  if (process.stdin.isTTY === true && process.stderr.isTTY === true) {
+    // Imported here, as an ES module: its default export is the hook both built and bundled (the
+    // CLI's CommonJS bundle made a static import's `default` the module namespace: "is not a function").
+    const { default: notFound } = await import('@oclif/plugin-not-found');
+    try {
+      return await notFound.call(this, options);
+    } catch (error) {
+      // Answered "No": plugin-not-found's own "Run berth help … for a list" (exit 127) becomes the
+      // usage error, exit 2. Anything else (the suggested command's own failure) stays as it is.
+      if ((error as { oclif?: { exit?: unknown } } | null)?.oclif?.exit === 127) throw notACommand();
+      throw error;
+    }
+  }
+  throw notACommand();
 };
 
 export default hook;
