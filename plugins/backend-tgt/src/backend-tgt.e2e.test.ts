@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { readFile, stat, writeFile } from 'node:fs/promises';
+import { readFile, stat, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BerthError, zConnectionInfo, type BackendVolume, type ConnectionInfo, type Connector } from '@berth/core';
@@ -487,4 +487,63 @@ describe('tgt backend on a real tgtd', () => {
     await env.backendWith({}).exports?.();
     expect((await login(info, INITIATOR_A)).exitCode).toBe(10);
   });
+
+  it('an extend cut short after `online=0` (a killed CLI) leaves no LUN offline: the next process puts it back at the recorded size', async () => {
+    const v = volume(32 * MiB);
+    await env.backend.create(v, signal());
+    const info = remember(await env.backend.initializeConnection(v, hostA, signal()));
+    const file = path.join(env.dataDir, 'backend-tgt', 'luns', `${v.id}.img`);
+    const tid = (await targets()).find((t) => t.iqn === info.data.target_iqn)?.tid;
+    // What the killed extend did: the file grown, the LUN taken offline, the state not yet written.
+    await truncate(file, 48 * MiB);
+    await tgtadm(['--op', 'update', '--mode', 'logicalunit', '--tid', String(tid), '--lun', '1', '--params', 'online=0']);
+    expect((await targets()).find((t) => t.tid === tid)?.luns.find((l) => l.lun === 1)?.online).toBe(false);
+    // Before the fix every login then failed NOT READY and nothing put it back.
+    await env.backendWith({}).exports?.();
+    expect((await targets()).find((t) => t.tid === tid)?.luns.find((l) => l.lun === 1)).toMatchObject({ online: true, sizeMb: 34 });
+    expect((await stat(file)).size).toBe(32 * MiB);
+    const seen = await login(info, INITIATOR_A);
+    expect(seen.exitCode).toBe(0);
+    expect(seen.sizeBytes).toBe(32 * MiB);
+  });
+
+  it('deletes a CHAP account no volume names (a create killed between making and binding it); others\' accounts stay', async () => {
+    const leaked = 'berth-0123456789ab';
+    const foreign = 'someone-else';
+    await tgtadm(['--op', 'new', '--mode', 'account', '--user', leaked, '--password', 'leaked-secret-1']);
+    await tgtadm(['--op', 'new', '--mode', 'account', '--user', foreign, '--password', 'foreign-secret-1']);
+    try {
+      const v = volume();
+      await env.backend.create(v, signal());
+      const own = (await env.backend.credentials?.(v))?.auth_username;
+      await env.backendWith({}).exports?.();
+      const accounts = (await tgtadm(['--op', 'show', '--mode', 'account'])).stdout;
+      expect(accounts).not.toContain(leaked);
+      expect(accounts).toContain(foreign);
+      expect(accounts).toContain(String(own));
+    } finally {
+      await tgtadm(['--op', 'delete', '--mode', 'account', '--user', foreign]).catch(() => undefined);
+      await tgtadm(['--op', 'delete', '--mode', 'account', '--user', leaked]).catch(() => undefined);
+    }
+  });
+
+  it('`stopManagedTgtd` says a tgtd that left at once when asked was running (it said "was not running")', async () => {
+    const other = await createTgtTestEnv();
+    try {
+      const v = volume();
+      await other.backend.create(v, signal());
+      await other.backend.delete(v, signal());
+      expect((await daemonStatus(managedTgtdPaths(other.dataDir).pidFile)).running).toBe(true);
+      const stopped = await stopManagedTgtd(other.dataDir, other.controlPort, { runner: other.runner });
+      expect(stopped).toMatchObject({ wasRunning: true, killed: false });
+      expect((await daemonStatus(managedTgtdPaths(other.dataDir).pidFile)).running).toBe(false);
+    } finally {
+      await other.dispose();
+    }
+  });
 });
+
+/** Run tgtadm on the suite's tgtd. */
+function tgtadm(args: string[]) {
+  return env.runner.run('tgtadm', ['-C', String(env.controlPort), '--lld', 'iscsi', ...args]);
+}

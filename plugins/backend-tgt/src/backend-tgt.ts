@@ -97,7 +97,8 @@ export function createTgtBackend(context: PluginContext<Partial<TgtBackendOption
       return await store.transaction(signal, async (state) => {
         const started = daemon ? (await daemon.ensureRunning(signal)) === 'started' : false;
         if (started || !reconciled) {
-          const failures = await reconcileAll(tgtadm, state, logger, signal);
+          // Berth's own tgtd holds only this data dir's accounts: those no record names are leftovers.
+          const failures = await reconcileAll(tgtadm, state, logger, signal, { sweepAccounts: daemon !== undefined });
           if (started) {
             logger.info({ volumes: Object.keys(state.volumes).length, failed: failures.length }, 'exports restored on the new tgtd');
           }

@@ -223,7 +223,11 @@ export async function stopManagedTgtd(dataDir: string, controlPort: number, opti
   }
   const tgtadm = new Tgtadm({ runner: options.runner ?? createCommandRunner(), controlPort, logHint: '', noDaemonHint: '' });
   const asked = await tgtadm.deleteSystem().catch(() => false);
-  const result = await stopDaemon(pidFile, { timeoutMs: asked ? (options.timeoutMs ?? 5_000) : 0, signal: asked ? null : 'SIGKILL' });
+  const stopped = await stopDaemon(pidFile, { timeoutMs: asked ? (options.timeoutMs ?? 5_000) : 0, signal: asked ? null : 'SIGKILL' });
+  // tgtd granted the delete and left at once, before stopDaemon looked: it was running all the same
+  // (said "was not running" before).
+  const pid = stopped.pid ?? status.pid;
+  const result: StopDaemonResult = asked ? { ...stopped, wasRunning: true, ...(pid === undefined ? {} : { pid }) } : stopped;
   // tgtd leaves its control socket behind when it is killed; it is ours to remove.
   await rm(`/run/tgtd/socket.${controlPort}`, { force: true });
   await rm(`/run/tgtd/socket.${controlPort}.lock`, { force: true });

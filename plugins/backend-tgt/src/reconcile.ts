@@ -1,4 +1,4 @@
-import { stat } from 'node:fs/promises';
+import { stat, truncate } from 'node:fs/promises';
 import { BerthError, type Logger } from '@berth/core';
 import type { TgtState, VolumeRecord } from './state-store.js';
 import type { Tgtadm } from './tgtadm.js';
@@ -88,6 +88,7 @@ export async function reconcileVolume(
       logger.warn({ volumeId, tid, scsiId: lun.scsiId }, 'the LUN has not got the volume\'s SCSI identity, and a session holds it: left as it is');
     }
   }
+  if (lun && !lun.online) await bringOnline(tgtadm, tid, lun, volumeId, record, logger, call);
   if (!lun) {
     const file = await stat(record.file).catch(() => undefined);
     if (!file?.isFile()) {
@@ -139,6 +140,34 @@ export async function reconcileVolume(
   return changed;
 }
 
+/**
+ * A LUN left offline: an extend cut short between its `online=0` and the path update that reopens
+ * the grown file (a killed CLI), which left every attach failing with NOT READY. Nothing has
+ * served the new size then (tgtd reads the size at open, and the LUN went offline first), so a
+ * file grown past the volume's recorded size is cut back to it — the extend did not happen — and
+ * the path update reopens the file and puts the LUN back online. A file whose size tgtd already
+ * served (its size past the record's: the LUN reopened, then went offline by other hands) is kept.
+ */
+async function bringOnline(
+  tgtadm: Tgtadm,
+  tid: number,
+  lun: TgtTarget['luns'][number],
+  volumeId: string,
+  record: VolumeRecord,
+  logger: Logger,
+  call: { secrets: string[]; signal?: AbortSignal },
+): Promise<void> {
+  const size = (await stat(record.file).catch(() => undefined))?.size;
+  if (size !== undefined && size > record.sizeBytes && lun.sizeMb <= Math.round(record.sizeBytes / 1e6)) {
+    logger.warn({ volumeId, tid, fileBytes: size, recordedBytes: record.sizeBytes }, 'the LUN was left offline by an extend cut short: its file goes back to the recorded size');
+    await truncate(record.file, record.sizeBytes);
+  } else {
+    logger.warn({ volumeId, tid }, 'the LUN was offline: putting it back online');
+  }
+  await tgtadm.updateLun(tid, VOLUME_LUN, `path=${record.file}`, call);
+  lun.online = true;
+}
+
 async function unbindAcl(tgtadm: Tgtadm, tid: number, entry: string, call: { secrets: string[]; signal?: AbortSignal }): Promise<void> {
   if (entry.startsWith('iqn.') || entry.startsWith('eui.') || entry.startsWith('naa.')) {
     await tgtadm.unbindInitiator(tid, entry, call);
@@ -165,6 +194,7 @@ export async function reconcileAll(
   state: TgtState,
   logger: Logger,
   signal?: AbortSignal,
+  options: { sweepAccounts?: boolean } = {},
 ): Promise<RestoreFailure[]> {
   const view = await readView(tgtadm, signal);
   const failures: RestoreFailure[] = [];
@@ -179,5 +209,32 @@ export async function reconcileAll(
       logger.error({ volumeId, code: berthError.code, error: berthError.message }, 'cannot restore the export of a volume');
     }
   }
+  if (options.sweepAccounts === true) await sweepAccounts(tgtadm, state, view, logger, signal);
   return failures;
+}
+
+/** The CHAP account names berth's creates make (`berth-<hex>`, `berth-t-<hex>` for mutual CHAP). */
+const BERTH_ACCOUNT = /^berth-(t-)?[0-9a-f]+$/;
+
+/**
+ * Delete berth's CHAP accounts no volume record names and no target binds: a create killed between
+ * making the account and binding it (two tgtadm calls) left one in tgtd for good, a secret nobody
+ * could remove short of a tgtd restart. Only on berth's own tgtd (a shared one may hold another
+ * data dir's), and under the state lock, so no create of this data dir is half-way.
+ */
+async function sweepAccounts(tgtadm: Tgtadm, state: TgtState, view: TgtdView, logger: Logger, signal?: AbortSignal): Promise<void> {
+  const named = new Set(Object.values(state.volumes).flatMap((r) => [r.chap?.username, r.mutualChap?.username]));
+  const bound = new Set(view.targets.flatMap((t) => t.accounts.map((a) => a.user)));
+  for (const account of [...view.accounts]) {
+    if (!BERTH_ACCOUNT.test(account) || named.has(account) || bound.has(account)) continue;
+    logger.warn({ account }, 'deleting a CHAP account no volume names (left by a create cut short)');
+    try {
+      await tgtadm.deleteAccount(account, signal ? { signal } : {});
+      view.accounts = view.accounts.filter((a) => a !== account);
+    } catch (error) {
+      // Tidying, not the caller's work: the next process's first call tries again.
+      signal?.throwIfAborted();
+      logger.warn({ account, err: BerthError.is(error) ? error.message : String(error) }, 'could not delete a CHAP account no volume names');
+    }
+  }
 }
