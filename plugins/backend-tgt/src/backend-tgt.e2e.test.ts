@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { readFile, stat, truncate, writeFile } from 'node:fs/promises';
+import { readFile, readdir, stat, statfs, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BerthError, zConnectionInfo, type BackendVolume, type ConnectionInfo, type Connector } from '@berth/core';
@@ -525,6 +525,17 @@ describe('tgt backend on a real tgtd', () => {
       await tgtadm(['--op', 'delete', '--mode', 'account', '--user', foreign]).catch(() => undefined);
       await tgtadm(['--op', 'delete', '--mode', 'account', '--user', leaked]).catch(() => undefined);
     }
+  });
+
+  it('a size past the file system\'s largest file (1 PiB on ext4: EFBIG) fails saying so, and leaves nothing', async () => {
+    // ext4's magic (0xEF53): its largest file with 4 KiB blocks is 16 TiB. Elsewhere a 1 PiB sparse file may fit.
+    if ((await statfs(env.dataDir)).type !== 0xef53) return;
+    const v = volume(2 ** 50);
+    const error = await env.backend.create(v, signal()).catch((e: unknown) => e);
+    expect(BerthError.is(error) && error.details.reason).toBe('file-too-large');
+    expect(BerthError.is(error) && error.hint).toMatch(/cannot hold a file this large/);
+    expect((await targets()).some((t) => t.iqn.endsWith(v.id))).toBe(false);
+    expect(await readdir(path.join(env.dataDir, 'backend-tgt', 'luns'))).not.toContain(`${v.id}.img`);
   });
 
   it('`stopManagedTgtd` says a tgtd that left at once when asked was running (it said "was not running")', async () => {

@@ -513,6 +513,18 @@ function fsError(error: unknown, what: string): BerthError {
       cause: error,
     });
   }
+  // A sparse LUN file takes no space: EFBIG is the file system's largest file (ext4: 16 TiB), as
+  // the file backend says it (a bare `EFBIG` before).
+  if (code === 'EFBIG' || code === 'ENOSPC') {
+    return new BerthError('BACKEND_ERROR', `${what}: ${message}`, {
+      hint:
+        code === 'EFBIG'
+          ? 'the file system that holds the LUN directory cannot hold a file this large (ext4: 16 TiB at most); use a smaller size or a lunDirectory on a file system that can (xfs)'
+          : 'free space on the file system that holds the LUN directory, or use a smaller size',
+      details: { reason: code === 'EFBIG' ? 'file-too-large' : 'no-space' },
+      cause: error,
+    });
+  }
   return new BerthError('BACKEND_ERROR', `${what}: ${message}`, { cause: error });
 }
 
