@@ -229,6 +229,21 @@ async function stepBegun(store: Store, volumeId: string, kind: 'attach' | 'detac
 const stepsOf = async (store: Store, id: string): Promise<string[]> =>
   (await store.operations.require(id)).steps.map((s) => `${s.name}:${s.phase}:${s.state}`);
 
+describe('names', () => {
+  it('refuses a new volume or server named like an id (it could then be reached only by its own id); stored ones still load', async () => {
+    const { service, store } = world();
+    const first = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    const refused = await service.createVolume({ name: first.id, sizeBytes: 2 ** 30 }).catch((e: unknown) => e);
+    expect(BerthError.is(refused) && refused.code).toBe('VALIDATION');
+    expect(BerthError.is(refused) && refused.message).toMatch(/must not have the form of an id/);
+    const server = await service.createServer({ name: crypto.randomUUID() }).catch((e: unknown) => e);
+    expect(BerthError.is(server) && server.code).toBe('VALIDATION');
+    expect(await store.volumes.list()).toHaveLength(1);
+    // A name that merely contains hex and dashes is a name.
+    await service.createVolume({ name: 'db-0123-abcd', sizeBytes: 2 ** 30 });
+  });
+});
+
 describe('attach and detach on the in-memory store', () => {
   it('attaches (every step journalled, the device recorded and published) and detaches back to available', async () => {
     const { service, store, exported, connected, published } = world();

@@ -8,9 +8,16 @@ const zRef = lazySchema(() => z.string().min(1).max(200));
 const zProject = lazySchema(() => z.string().min(1).max(200).optional());
 const zIdempotencyKey = lazySchema(() => z.string().min(1).max(200).optional());
 
+/**
+ * A new volume's or server's name: never shaped like an id. A name is looked up after the ids, so
+ * a volume named with another's id could be reached only by its own id (found by an explorer).
+ * Stored names are not checked again (`zName`): one made before this stays usable.
+ */
+const zNewName = lazySchema(() => zName.refine((name) => !z.uuid().safeParse(name).success, 'must not have the form of an id (a UUID): names and ids are looked up together'));
+
 /** `createVolume` input. */
 export const zCreateVolumeRequest = lazySchema(() => z.strictObject({
-  name: zName,
+  name: zNewName,
   sizeBytes: zSizeBytes,
   backend: z.string().min(1).max(100).optional(),
   multiattach: z.boolean().optional(),
@@ -19,7 +26,7 @@ export const zCreateVolumeRequest = lazySchema(() => z.strictObject({
 
 /** `createServer` input. */
 export const zCreateServerRequest = lazySchema(() => z.strictObject({
-  name: zName,
+  name: zNewName,
   host: z.string().min(1).max(253).optional(),
   hypervisor: zHypervisor.optional(),
   projectId: zProject,
