@@ -1,4 +1,5 @@
 import { closeSync, existsSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
+import { execFile } from 'node:child_process';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Attachment, Operation, Volume } from '@berth/core';
 import { bodyOf, createTestApi, linkTarget, loopDevicesUnder, PROJECT_A, TOKENS, type TestApi } from './test-support.js';
@@ -317,5 +318,37 @@ describe('the HTTP app end to end (real socket, file backend, loop transport)', 
     expect(t.app.tracker.inFlight()).toBe(0);
     expect((await t.service.getOperation(id)).state).toBe('succeeded');
     expect((await t.service.getVolume('late')).status).toBe('in-use');
+  });
+
+  it('answers every request that reaches it while it shuts down with 503, resetting none (a client in another process, as curl is)', async () => {
+    const t = await start();
+    const count = 20;
+    // The client fires its requests as fast as it can, each on its own connection; shutdown begins
+    // when the first connection arrives, so the others arrive while it closes. Before the fix the
+    // listener closed at once: connections the kernel had queued were reset (a POST the client
+    // cannot tell was done or not) and later ones refused.
+    const client = `
+      const http = require('node:http');
+      const [url, token, count] = process.argv.slice(1);
+      const { hostname, port } = new URL(url);
+      const one = () => new Promise((resolve) => {
+        const request = http.request({ host: hostname, port: Number(port), path: '/v1/volumes', agent: false, headers: { authorization: 'Bearer ' + token } }, (response) => { response.resume(); resolve(response.statusCode); });
+        request.on('error', (error) => resolve(error.code || error.message));
+        request.end();
+      });
+      Promise.all(Array.from({ length: Number(count) }, one)).then((statuses) => process.stdout.write(JSON.stringify(statuses)));
+    `;
+    let closing: Promise<void> | undefined;
+    t.app.fastify.server.once('connection', () => {
+      closing = t.app.close();
+    });
+    const output = await new Promise<string>((resolve, reject) => {
+      execFile(process.execPath, ['-e', client, t.url, TOKENS.admin, String(count)], { timeout: 30_000 }, (error, stdout) => (error ? reject(error) : resolve(stdout)));
+    });
+    await closing;
+    const statuses = JSON.parse(output) as Array<number | string>;
+    expect(statuses).toHaveLength(count);
+    expect(statuses.filter((s) => s !== 200 && s !== 503)).toEqual([]);
+    expect(statuses).toContain(503);
   });
 });

@@ -247,7 +247,12 @@ describe('the HTTP app end to end for iSCSI on the simulated host (real socket, 
       expect(refused.status).toBe(403);
       expect(refused.text).not.toContain(password);
     }
-    expect((await t.request('GET', `/v1/volumes/${volume.id}/credentials?projectId=${PROJECT_A}`, { token: TOKENS.agentH1 })).status).toBe(404);
+    const elsewhere = await t.request('GET', `/v1/volumes/${volume.id}/credentials?projectId=${PROJECT_A}`, { token: TOKENS.agentH1 });
+    expect(elsewhere.status).toBe(404);
+    // A volume that does not exist gets the very same answer: an agent token does not tell which exist.
+    const missing = await t.request('GET', `/v1/volumes/nosuch/credentials?projectId=${PROJECT_A}`, { token: TOKENS.agentH1 });
+    expect(missing.status).toBe(404);
+    expect(bodyOf(missing).detail).toBe(String(bodyOf(elsewhere).detail).replace(volume.id, 'nosuch'));
 
     // Initialize again as the member: still none. Complete, read, delete: none either.
     const again = await asMember('PUT', `/v1/attachments/${attachmentId}`, { json: { connector: OUTSIDE_CONNECTOR } });

@@ -77,6 +77,20 @@ describe('problems', () => {
     expect(login).toMatchObject({ code: 'CONFIG', detail: 'the server cannot use its database' });
     expect(JSON.stringify(login)).not.toContain('10.0.0.5');
     expect(login.hint).toMatch(/^the server's operator must fix its database settings/);
+    // A SQLite store's outage (its disk full, its data dir read-only): 503, not the 422 of
+    // HOST_UNSUPPORTED / PERMISSION_DENIED, in the server's words without its paths.
+    const full = toProblem(new BerthError('HOST_UNSUPPORTED', 'the disk holding the berth database (/var/lib/berth) is full', {
+      hint: 'free space on that file system (see `df -h /var/lib/berth`)',
+      details: { filename: '/var/lib/berth/berth.db', reason: 'disk-full', retryable: true, outage: true },
+    }), 'r12');
+    expect(full).toMatchObject({ status: 503, code: 'HOST_UNSUPPORTED', detail: 'the server cannot do this now: the disk holding its database is full', details: { reason: 'disk-full', retryAfterSeconds: 5 } });
+    expect(JSON.stringify(full)).not.toContain('/var/lib/berth');
+    const readOnly = toProblem(new BerthError('PERMISSION_DENIED', 'the berth database /d/berth.db cannot be written', {
+      details: { filename: '/d/berth.db', reason: 'read-only', retryable: false, outage: true },
+    }), 'r13');
+    expect(readOnly).toMatchObject({ status: 503, details: { reason: 'read-only' } });
+    expect(readOnly.details).not.toHaveProperty('retryAfterSeconds');
+    expect(readOnly.hint).toMatch(/^the server's operator must fix it/);
     // Inside another error's words (a rollback the database stopped): the address goes, the rest stays.
     const wrapped = toProblem(new BerthError('TIMEOUT', `the device never appeared (and the database failed before the rollback could finish: cannot reach the berth database at ${target}: ECONNREFUSED)`, { hint: 'recovery finishes it' }), 'r11');
     expect(wrapped.detail).toBe("the device never appeared (and the database failed before the rollback could finish: cannot reach the berth database at the server's database: ECONNREFUSED)");

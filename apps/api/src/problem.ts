@@ -55,6 +55,37 @@ export function makeProblem(
   };
 }
 
+/** What a store outage's 503 tells a client to wait (`Retry-After`) when it may retry. */
+export const OUTAGE_RETRY_AFTER_SECONDS = 5;
+
+/**
+ * A store outage as a 503. Its words are the server's, not its paths or its database's address
+ * (the log has the whole error under the request id): `disk-full`, `read-only`,
+ * `database-locked`, or the database unreachable.
+ */
+function outageProblem(error: BerthError, requestId: string, operationId: string | undefined): Problem {
+  const reason = typeof error.details.reason === 'string' ? error.details.reason : undefined;
+  const retryable = error.details.retryable === true || error.code === 'UNAVAILABLE';
+  const what =
+    reason === 'disk-full'
+      ? 'the disk holding its database is full'
+      : reason === 'read-only'
+        ? 'its database cannot be written (a read-only data directory)'
+        : reason === 'database-locked'
+          ? 'its database stayed locked by another process'
+          : error.code === 'UNAVAILABLE'
+            ? 'it cannot reach its database'
+            : 'it cannot use its database';
+  return makeProblem(error.code, `the server cannot do this now: ${what}`, requestId, {
+    status: 503,
+    hint: retryable
+      ? `retry later; the server's log has the cause under request id ${requestId}`
+      : `the server's operator must fix it; its log has the cause under request id ${requestId}`,
+    ...(operationId === undefined ? {} : { operationId }),
+    details: { ...(reason === undefined ? {} : { reason }), ...(retryable ? { retryAfterSeconds: OUTAGE_RETRY_AFTER_SECONDS } : {}) },
+  });
+}
+
 /** The shape of errors fastify raises itself (body parser, router, limits). */
 interface FrameworkError {
   statusCode?: unknown;
@@ -125,8 +156,14 @@ export function toProblem(error: unknown, requestId: string): Problem {
           ? `retry later; the server's log has the cause under request id ${requestId}`
           : `the server's operator must fix its database settings; its log has the cause under request id ${requestId}`,
         ...(operationId === undefined ? {} : { operationId }),
+        ...(error.details.outage === true ? { status: 503 } : {}),
       });
     }
+    // The server's own database could not be written (its disk full, its data dir read-only, the
+    // database locked): the server's failure, not the request's — 503, with Retry-After when the
+    // same request may succeed later. A 422 (what HOST_UNSUPPORTED and PERMISSION_DENIED map to)
+    // told clients and balancers not to retry, nor to go elsewhere (found by an explorer).
+    if (error.details.outage === true) return outageProblem(error, requestId, operationId);
     // A database failure inside another error's words (a rollback the database stopped): its
     // address goes, the rest stays.
     return makeProblem(error.code, withoutStoreUrls(error.message), requestId, {

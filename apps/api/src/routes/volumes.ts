@@ -113,7 +113,13 @@ export function volumeRoutes(deps: RouteDeps): AnyRoute[] {
       async handler({ principal, params, query }) {
         const hostName = requireHostAgent(principal);
         const scope = scopeOf(principal, query.projectId, defaultProject);
-        const [attachments, hosts] = await Promise.all([service.listAttachments({ ...scope, volume: params.volume }), service.listHosts()]);
+        // A volume that does not exist (or is not in scope) gets the same answer as one not attached
+        // to this host: an agent's token must not tell which volumes exist ("no volume" before).
+        const notHere = (error: unknown): never[] => {
+          if (BerthError.is(error) && error.code === 'NOT_FOUND') return [];
+          throw error;
+        };
+        const [attachments, hosts] = await Promise.all([service.listAttachments({ ...scope, volume: params.volume }).catch(notHere), service.listHosts()]);
         const hostId = hosts.find((h) => h.name === hostName)?.id;
         if (hostId === undefined || !attachments.some((a) => a.hostId === hostId)) {
           throw new BerthError('NOT_FOUND', `volume ${params.volume} has no attachment on host ${hostName}`, {
