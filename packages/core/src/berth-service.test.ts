@@ -229,6 +229,24 @@ async function stepBegun(store: Store, volumeId: string, kind: 'attach' | 'detac
 const stepsOf = async (store: Store, id: string): Promise<string[]> =>
   (await store.operations.require(id)).steps.map((s) => `${s.name}:${s.phase}:${s.state}`);
 
+describe('recovery of a dead process\'s operation', () => {
+  it('names the process that stopped, not the one recovering it (the owner is written over before the undos)', async () => {
+    const { service, store } = world();
+    const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    const server = await service.createServer({ name: 'web' });
+    // A berth on this host that died after its reserve: pid 999999999 runs nowhere.
+    const dead = `999999999@${HOSTNAME}#1`;
+    const op = await store.operations.create({ kind: 'attach', volumeId: volume.id, serverId: server.id, hostId: server.hostId, owner: dead, deadlineAt: new Date(Date.now() + 60_000).toISOString() });
+    await reserveAttachmentRecord(store, volume.id, server, 'rw', op.id);
+    await store.operations.endStep(op.id, await store.operations.startStep(op.id, 'reserve', 'do'), { state: 'done' });
+    expect(await service.recover()).toEqual([expect.objectContaining({ operationId: op.id, action: 'rolled_back' })]);
+    const after = await store.operations.require(op.id);
+    // It named the recovering process before (the owner CAS had written it over the dead one).
+    expect(after.error?.message).toBe(`the process running this attach (${dead}) stopped before it finished`);
+    expect(after.owner).not.toBe(dead);
+  });
+});
+
 describe('names', () => {
   it('refuses a new volume or server named like an id (it could then be reached only by its own id); stored ones still load', async () => {
     const { service, store } = world();

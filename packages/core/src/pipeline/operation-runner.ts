@@ -64,6 +64,7 @@ export interface RunOptions {
   cancel?: AbortSignal;
   /** Deadline of each undo (undos run even after the operation's deadline passed). */
   undoTimeoutMs: number;
+  /** Bound to the operation (`operationId`, as every caller's child logger is): the runner's lines add the step only (both carried the id twice). */
   logger: Logger;
   /** Fault points `<pipeline>.<step>.before|after` are passed here. */
   faults?: FaultInjector;
@@ -183,7 +184,7 @@ export class OperationRunner {
 
     const fail = async (error: BerthError, toUndo: Array<Step<C>>, forward: boolean): Promise<RunOutcome> => {
       if (fence.signal.aborted) {
-        logger.warn({ operationId, code: error.code, err: error.message }, 'another replica took the operation over; leaving it to it');
+        logger.warn({ code: error.code, err: error.message }, 'another replica took the operation over; leaving it to it');
         return { ok: false, error: toBerthError(fence.signal.reason), rolledBack: false, forward: false, undoErrors: [], journalErrors, timings, fenced: true };
       }
       if (forward) return { ok: false, error, rolledBack: false, forward: true, undoErrors: [], journalErrors, timings };
@@ -212,7 +213,7 @@ export class OperationRunner {
         } catch (raw) {
           // The step never ran: undo what did (or, past the point of no return, leave it to recovery).
           const error = journalFailure(raw, `recording step ${step.name} failed`);
-          logger.warn({ operationId, step: step.name, code: error.code, err: error.message }, 'journal write failed');
+          logger.warn({ step: step.name, code: error.code, err: error.message }, 'journal write failed');
           return fail(error, [...done], pastNoReturn);
         }
       }
@@ -234,7 +235,7 @@ export class OperationRunner {
         await journal(`journal ${step.name}`, () => owned((s, o) => s.operations.endStep(operationId, seq, { state: 'failed', error: summarize(error) }, o))).catch(
           (journalError: unknown) => journalErrors.push(toBerthError(journalError)),
         );
-        logger.warn({ operationId, step: step.name, code: error.code, err: error.message }, 'step failed');
+        logger.warn({ step: step.name, code: error.code, err: error.message }, 'step failed');
         // A point-of-no-return step that failed half-way (a detach that may have let go of the
         // device) cannot be rolled back into a state that would be a lie.
         const halfWay = ran && step.pointOfNoReturn === true && step.failurePassesNoReturn?.(error) === true;
@@ -295,7 +296,7 @@ export class OperationRunner {
           if (isOutcomeUnknown(raw)) {
             const error = toBerthError(raw);
             timings[step.name] = round(performance.now() - begun);
-            logger.warn({ operationId, step: step.name, code: error.code, err: error.message }, 'a step commit was lost with its connection; leaving the rollback to recovery');
+            logger.warn({ step: step.name, code: error.code, err: error.message }, 'a step commit was lost with its connection; leaving the rollback to recovery');
             return { ok: false, error, rolledBack: false, forward: false, undoErrors: [], journalErrors, timings, unknown: true };
           }
         }
@@ -316,7 +317,7 @@ export class OperationRunner {
               (journalError: unknown) => journalErrors.push(toBerthError(journalError)),
             );
           }
-          logger.warn({ operationId, step: step.name, code: error.code, err: error.message }, 'step failed');
+          logger.warn({ step: step.name, code: error.code, err: error.message }, 'step failed');
           return fail(error, [...done, step], pastNoReturn);
         }
         timings[step.name] = round(performance.now() - begun);
@@ -328,7 +329,7 @@ export class OperationRunner {
       } catch (raw) {
         // Neither row was written.
         const error = journalFailure(raw, `recording the end of step ${step.name} failed`);
-        logger.warn({ operationId, step: step.name, code: error.code, err: error.message }, 'journal write failed');
+        logger.warn({ step: step.name, code: error.code, err: error.message }, 'journal write failed');
         if (!pastNoReturn || fence.signal.aborted) return fail(error, [...done, step], false);
         // The work is done and stands; recovery finds the step's row still running and finishes
         // it. The next step starts its own row, as if this boundary had been two writes.
@@ -371,7 +372,7 @@ export class OperationRunner {
         const error = toBerthError(raw);
         errors.push(error);
         outcome = { state: 'failed', error: summarize(error) };
-        options.logger.error({ operationId: options.operationId, step: step.name, code: error.code, err: error.message }, 'undo failed');
+        options.logger.error({ step: step.name, code: error.code, err: error.message }, 'undo failed');
         // The database failed, not the undo's work: the older undos are left to recovery, which
         // runs them (and this one again) from the journal once it is back. Run now, they would
         // fail on it too, or take this failure for one on the host (the reserve's undo would

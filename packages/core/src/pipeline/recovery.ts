@@ -78,13 +78,13 @@ async function cancelWorkItems(deps: RecoveryDeps, op: Operation, owner: string 
  */
 export type RecoveryCause = 'stopped' | 'database-failed';
 
-const INTERRUPTED = (op: Operation, cause: RecoveryCause): BerthError =>
+const INTERRUPTED = (op: Operation, cause: RecoveryCause, ranIn = op.owner): BerthError =>
   cause === 'database-failed'
-    ? new BerthError('CANCELLED', `the database failed while this ${op.kind} ran (in ${op.owner ?? 'unknown'}, which kept running); it was undone once the database answered again`, {
+    ? new BerthError('CANCELLED', `the database failed while this ${op.kind} ran (in ${ranIn ?? 'unknown'}, which kept running); it was undone once the database answered again`, {
         hint: 'no berth process stopped: recovery put everything back as it was once the database was back; run the command again',
         details: { operationId: op.id, cause },
       })
-    : new BerthError('CANCELLED', `the process running this ${op.kind} (${op.owner ?? 'unknown'}) stopped before it finished`, {
+    : new BerthError('CANCELLED', `the process running this ${op.kind} (${ranIn ?? 'unknown'}) stopped before it finished`, {
         hint: 'recovery put everything back as it was; run the command again',
         details: { operationId: op.id },
       });
@@ -133,7 +133,16 @@ export async function foreignHostRoot(deps: Pick<PipelineDeps, 'store' | 'catalo
  *   attachment): the device may already be gone, so going back would be a lie; otherwise rolled
  *   back (roll_detaching: attached again, link restored).
  */
-export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger: Logger, owner?: string, cause: RecoveryCause = 'stopped'): Promise<RecoveryOutcome> {
+export async function recoverOperation(
+  deps: RecoveryDeps,
+  op: Operation,
+  logger: Logger,
+  owner?: string,
+  cause: RecoveryCause = 'stopped',
+  // The process that ran it, when the caller took it over before (the owner CAS writes the
+  // recovering process over it): the error names the one that stopped, not the recovering one.
+  ranIn: string | null = op.owner,
+): Promise<RecoveryOutcome> {
   // A replica's takeover passes its `owner`: every journal write, host step and end of the
   // recovery is then fenced as a run's is, so a survivor frozen mid-recovery and taken over in
   // turn stops at its first write (`takenOverError`) instead of settling what a third one owns.
@@ -143,13 +152,13 @@ export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger
   const elsewhere = await foreignHostRoot(deps, op);
   if (elsewhere) return outcome('skipped', hostRootSkip(elsewhere));
   if (op.kind !== 'attach' && op.kind !== 'detach') {
-    await finish({ state: 'failed', error: summarize(INTERRUPTED(op, cause)) });
+    await finish({ state: 'failed', error: summarize(INTERRUPTED(op, cause, ranIn)) });
     return outcome('failed', `${op.kind} operations are not resumable`);
   }
   const volume = op.volumeId ? await deps.store.volumes.get(op.volumeId) : undefined;
   const server = op.serverId ? await deps.store.servers.get(op.serverId) : undefined;
   if (!volume || !server) {
-    await finish({ state: 'failed', error: summarize(INTERRUPTED(op, cause)) });
+    await finish({ state: 'failed', error: summarize(INTERRUPTED(op, cause, ranIn)) });
     return outcome('failed', 'its volume or server no longer exists');
   }
   const attachment = op.attachmentId ? await deps.store.attachments.get(op.attachmentId) : await findReservation(deps.store, op);
@@ -194,7 +203,7 @@ export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger
     const steps = attachSteps(deps, { mode: attachment?.mode ?? 'rw' });
     const names = touched(op, steps.map((s) => s.name));
     const toUndo = steps.filter((s) => names.has(s.name)).reverse();
-    return rollBack(deps, op, ctx, toUndo, options, outcome, finish, cause);
+    return rollBack(deps, op, ctx, toUndo, options, outcome, finish, cause, ranIn);
   }
 
   if (op.attachmentId && !attachment && op.steps.some((s) => s.phase === 'do' && s.name === 'delete_attachment')) {
@@ -230,7 +239,7 @@ export async function recoverOperation(deps: RecoveryDeps, op: Operation, logger
   }
   const names = touched(op, steps.map((s) => s.name));
   const toUndo = steps.filter((s) => names.has(s.name)).reverse();
-  return rollBack(deps, op, ctx, toUndo, options, outcome, finish, cause);
+  return rollBack(deps, op, ctx, toUndo, options, outcome, finish, cause, ranIn);
 }
 
 /** Write how a recovered operation ended (fenced by its owner's confirmation when it has one). */
@@ -245,6 +254,7 @@ async function rollBack(
   outcome: (action: RecoveryOutcome['action'], detail: string) => RecoveryOutcome,
   finish: Finish,
   cause: RecoveryCause,
+  ranIn: string | null,
 ): Promise<RecoveryOutcome> {
   const errors = await deps.runner.undo(steps, ctx, options);
   // The database failed under an undo: left running, the next recovery runs the undos again.
@@ -252,7 +262,7 @@ async function rollBack(
   // Whatever the undos did, the volume's status follows its attachments (an older berth could die
   // between two writes and leave it saying `detaching` with no attachment left).
   await recomputeVolume(deps.store, ctx.volume.id).catch(() => undefined);
-  const error = INTERRUPTED(op, cause);
+  const error = INTERRUPTED(op, cause, ranIn);
   if (errors.length === 0) {
     await finish({ state: 'rolled_back', error: summarize(error) });
     return outcome('rolled_back', `undid ${steps.map((s) => s.name).join(', ') || 'nothing'}`);
