@@ -488,23 +488,36 @@ describe('tgt backend on a real tgtd', () => {
     expect((await login(info, INITIATOR_A)).exitCode).toBe(10);
   });
 
-  it('an extend cut short after `online=0` (a killed CLI) leaves no LUN offline: the next process puts it back at the recorded size', async () => {
+  it('an extend cut short after `online=0` (a killed CLI) leaves no LUN offline: the next process, and an explicit reconcile, put it back online at its file\'s size', async () => {
     const v = volume(32 * MiB);
     await env.backend.create(v, signal());
     const info = remember(await env.backend.initializeConnection(v, hostA, signal()));
     const file = path.join(env.dataDir, 'backend-tgt', 'luns', `${v.id}.img`);
     const tid = (await targets()).find((t) => t.iqn === info.data.target_iqn)?.tid;
+    const lunOf = async () => (await targets()).find((t) => t.tid === tid)?.luns.find((l) => l.lun === 1);
     // What the killed extend did: the file grown, the LUN taken offline, the state not yet written.
     await truncate(file, 48 * MiB);
     await tgtadm(['--op', 'update', '--mode', 'logicalunit', '--tid', String(tid), '--lun', '1', '--params', 'online=0']);
-    expect((await targets()).find((t) => t.tid === tid)?.luns.find((l) => l.lun === 1)?.online).toBe(false);
-    // Before the fix every login then failed NOT READY and nothing put it back.
+    expect((await lunOf())?.online).toBe(false);
+    // Before the fix every login then failed NOT READY and nothing put it back. The grown part is
+    // kept (whether an initiator saw it cannot be told from tgtd's whole megabytes).
     await env.backendWith({}).exports?.();
-    expect((await targets()).find((t) => t.tid === tid)?.luns.find((l) => l.lun === 1)).toMatchObject({ online: true, sizeMb: 34 });
-    expect((await stat(file)).size).toBe(32 * MiB);
+    expect(await lunOf()).toMatchObject({ online: true, sizeMb: 50 });
+    expect((await stat(file)).size).toBe(48 * MiB);
     const seen = await login(info, INITIATOR_A);
     expect(seen.exitCode).toBe(0);
-    expect(seen.sizeBytes).toBe(32 * MiB);
+    expect(seen.sizeBytes).toBe(48 * MiB);
+    // The extend retried to that size is a no-op now (the record took the file's size).
+    await env.backend.extend?.(v, 48 * MiB, signal());
+    expect(JSON.parse(await readFile(path.join(env.dataDir, 'backend-tgt', 'state.json'), 'utf8')).volumes[v.id].sizeBytes).toBe(48 * MiB);
+
+    // A process that has already made its first call (a long-running `berth serve`): its next
+    // `exports()` (what `berth reconcile` asks) repairs it too.
+    const running = env.backendWith({});
+    await running.exports?.();
+    await tgtadm(['--op', 'update', '--mode', 'logicalunit', '--tid', String(tid), '--lun', '1', '--params', 'online=0']);
+    await running.exports?.();
+    expect((await lunOf())?.online).toBe(true);
   });
 
   it('deletes a CHAP account no volume names (a create killed between making and binding it); others\' accounts stay', async () => {

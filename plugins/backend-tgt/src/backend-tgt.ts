@@ -377,6 +377,10 @@ export function createTgtBackend(context: PluginContext<Partial<TgtBackendOption
     },
 
     async exports(): Promise<BackendExport[]> {
+      // `berth reconcile` asks this: tgtd is made to match the state again first, not only on a
+      // process's first call — a long-running `berth serve` or agent would otherwise never repair a
+      // LUN a killed CLI left offline, nor sweep its leaked account.
+      reconciled = false;
       return withTgtd(AbortSignal.timeout(60_000), async () => {
         const prefix = `${options.iqnPrefix}:volume-`;
         const out: BackendExport[] = [];

@@ -1,4 +1,4 @@
-import { stat, truncate } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { BerthError, type Logger } from '@berth/core';
 import type { TgtState, VolumeRecord } from './state-store.js';
 import type { Tgtadm } from './tgtadm.js';
@@ -88,7 +88,7 @@ export async function reconcileVolume(
       logger.warn({ volumeId, tid, scsiId: lun.scsiId }, 'the LUN has not got the volume\'s SCSI identity, and a session holds it: left as it is');
     }
   }
-  if (lun && !lun.online) await bringOnline(tgtadm, tid, lun, volumeId, record, logger, call);
+  if (lun && !lun.online && (await bringOnline(tgtadm, tid, lun, volumeId, record, logger, call))) changed = true;
   if (!lun) {
     const file = await stat(record.file).catch(() => undefined);
     if (!file?.isFile()) {
@@ -142,11 +142,11 @@ export async function reconcileVolume(
 
 /**
  * A LUN left offline: an extend cut short between its `online=0` and the path update that reopens
- * the grown file (a killed CLI), which left every attach failing with NOT READY. Nothing has
- * served the new size then (tgtd reads the size at open, and the LUN went offline first), so a
- * file grown past the volume's recorded size is cut back to it — the extend did not happen — and
- * the path update reopens the file and puts the LUN back online. A file whose size tgtd already
- * served (its size past the record's: the LUN reopened, then went offline by other hands) is kept.
+ * the grown file (a killed CLI), which left every attach failing NOT READY. The path update reopens
+ * the file at the size it has and puts the LUN back online. The file is never cut back: tgtd's
+ * sizes are whole megabytes, so whether an initiator saw (and wrote) the grown part cannot be
+ * told, and a grow that reached the file counts — the record takes the file's size, and the
+ * volume's own record follows at the next `extend` to it (a retry is a no-op then).
  */
 async function bringOnline(
   tgtadm: Tgtadm,
@@ -156,16 +156,14 @@ async function bringOnline(
   record: VolumeRecord,
   logger: Logger,
   call: { secrets: string[]; signal?: AbortSignal },
-): Promise<void> {
+): Promise<boolean> {
   const size = (await stat(record.file).catch(() => undefined))?.size;
-  if (size !== undefined && size > record.sizeBytes && lun.sizeMb <= Math.round(record.sizeBytes / 1e6)) {
-    logger.warn({ volumeId, tid, fileBytes: size, recordedBytes: record.sizeBytes }, 'the LUN was left offline by an extend cut short: its file goes back to the recorded size');
-    await truncate(record.file, record.sizeBytes);
-  } else {
-    logger.warn({ volumeId, tid }, 'the LUN was offline: putting it back online');
-  }
+  logger.warn({ volumeId, tid, fileBytes: size, recordedBytes: record.sizeBytes }, 'the LUN was offline (an extend cut short?): putting it back online at its file\'s size');
   await tgtadm.updateLun(tid, VOLUME_LUN, `path=${record.file}`, call);
   lun.online = true;
+  if (size === undefined || size <= record.sizeBytes) return false;
+  record.sizeBytes = size;
+  return true;
 }
 
 async function unbindAcl(tgtadm: Tgtadm, tid: number, entry: string, call: { secrets: string[]; signal?: AbortSignal }): Promise<void> {
