@@ -91,6 +91,13 @@ describe('problems', () => {
     expect(readOnly).toMatchObject({ status: 503, details: { reason: 'read-only' } });
     expect(readOnly.details).not.toHaveProperty('retryAfterSeconds');
     expect(readOnly.hint).toMatch(/^the server's operator must fix it/);
+    // A commit whose sync failed: no Retry-After (a retry could do it twice), and it says so.
+    const unsynced = toProblem(new BerthError('UNAVAILABLE', 'committed a change but could not flush it', {
+      details: { filename: '/d/berth.db', reason: 'sync-failed', outage: true, outcomeUnknown: true },
+    }), 'r14');
+    expect(unsynced).toMatchObject({ status: 503, details: { outcomeUnknown: true, reason: 'sync-failed' } });
+    expect(unsynced.details).not.toHaveProperty('retryAfterSeconds');
+    expect(unsynced.hint).toMatch(/^read it back before retrying/);
     // Inside another error's words (a rollback the database stopped): the address goes, the rest stays.
     const wrapped = toProblem(new BerthError('TIMEOUT', `the device never appeared (and the database failed before the rollback could finish: cannot reach the berth database at ${target}: ECONNREFUSED)`, { hint: 'recovery finishes it' }), 'r11');
     expect(wrapped.detail).toBe("the device never appeared (and the database failed before the rollback could finish: cannot reach the berth database at the server's database: ECONNREFUSED)");

@@ -65,6 +65,15 @@ export const OUTAGE_RETRY_AFTER_SECONDS = 5;
  */
 function outageProblem(error: BerthError, requestId: string, operationId: string | undefined): Problem {
   const reason = typeof error.details.reason === 'string' ? error.details.reason : undefined;
+  if (error.details.outcomeUnknown === true) {
+    // Committed, but not known to be on disk (SQLite's sync failed): a retry could do it twice.
+    return makeProblem(error.code, 'the server committed this change but could not make it durable: it may or may not stand', requestId, {
+      status: 503,
+      hint: `read it back before retrying (the change is probably there); the server's operator must restart it — its log has the cause under request id ${requestId}`,
+      ...(operationId === undefined ? {} : { operationId }),
+      details: { outcomeUnknown: true, ...(reason === undefined ? {} : { reason }) },
+    });
+  }
   const retryable = error.details.retryable === true || error.code === 'UNAVAILABLE';
   const what =
     reason === 'disk-full'

@@ -69,8 +69,9 @@ export async function recoverDeadOperations(parts: ServiceParts, launcher: Opera
         // owner CAS above leaves a replica's lease passed, so another replica's claim may take the
         // operation in the meantime — then this recovery stops at its first write instead of
         // undoing and settling beside that one.
-        // Named by the process that ran it: the owner CAS above wrote this one over it.
-        return await recoverOperation(recoveryDeps(parts), current, log, store.operations.claimExpired ? owner : undefined, 'stopped', abandoned ? current.owner : operation.owner);
+        // Named by the process that ran it: the owner CAS above wrote this one over it. One this
+        // process abandoned was given up while the database failed (it did not stop).
+        return await recoverOperation(recoveryDeps(parts), current, log, store.operations.claimExpired ? owner : undefined, abandoned ? 'database-failed' : 'stopped', abandoned ? current.owner : operation.owner);
       } catch (error) {
         if (isTakenOver(error)) return { operationId: operation.id, kind: operation.kind, action: 'skipped', detail: 'a replica took it over meanwhile' };
         const e = toBerthError(error);
