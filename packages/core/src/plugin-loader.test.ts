@@ -40,6 +40,15 @@ describe('plugin loader', () => {
     expect(sources.map((s) => s.packageName).sort()).toEqual(['bad-export', 'broken', 'future', 'good']);
   });
 
+  it('in a directory `berth plugins` manages, counts only the plugins oclif lists (not one whose install it refused)', async () => {
+    await writeFile(
+      path.join(dir, 'package.json'),
+      JSON.stringify({ name: 'berth', oclif: { schema: 1, plugins: [{ name: 'good', type: 'user' }, 'future'] }, dependencies: { good: '1', broken: '1', future: '1' } }),
+    );
+    const sources = await discoverPlugins([dir]);
+    expect(sources.map((s) => s.packageName).sort()).toEqual(['future', 'good']);
+  });
+
   it('loads good plugins and reports each broken one without throwing', async () => {
     const sources = await discoverPlugins([dir]);
     sources.push({ packageName: 'missing', from: dir });

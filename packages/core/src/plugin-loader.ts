@@ -36,6 +36,8 @@ const zManifest = lazySchema(() => z.looseObject({
   version: z.string().optional(),
   berth: zBerthField.optional(),
   dependencies: z.record(z.string(), z.string()).optional(),
+  // A directory `berth plugins` (oclif) manages lists the plugins it installed here.
+  oclif: z.looseObject({ plugins: z.array(z.union([z.string(), z.looseObject({ name: z.string() })])).optional() }).optional(),
 }));
 const zDescriptor = lazySchema(() => z.object({
   name: z.string().min(1),
@@ -69,13 +71,19 @@ async function findPackageDir(packageName: string, from: string): Promise<string
 
 /**
  * Plugin packages among the dependencies of the package.json in each directory (how oclif finds
- * its plugins): a dependency is a berth plugin when its package.json has a `"berth"` field.
+ * its plugins): a dependency is a berth plugin when its package.json has a `"berth"` field. In a
+ * directory `berth plugins` manages (its package.json has oclif's `plugins` list: the data dir),
+ * only the plugins oclif lists count: one whose install oclif refused stays among npm's
+ * dependencies, and was loaded and used by every command while `berth plugins` said "No plugins
+ * installed" and `uninstall` could not remove it (found by an explorer).
  */
 export async function discoverPlugins(dirs: readonly string[]): Promise<PluginSource[]> {
   const found: PluginSource[] = [];
   for (const dir of dirs) {
     const manifest = await readManifest(path.join(dir, 'package.json'));
+    const listed = manifest?.oclif?.plugins?.map((p) => (typeof p === 'string' ? p : p.name));
     for (const name of Object.keys(manifest?.dependencies ?? {})) {
+      if (listed !== undefined && !listed.includes(name)) continue;
       const pkgDir = await findPackageDir(name, dir);
       if (!pkgDir) continue;
       const dep = await readManifest(path.join(pkgDir, 'package.json'));
