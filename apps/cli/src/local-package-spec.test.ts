@@ -17,11 +17,15 @@ describe('localPackageSpec', () => {
     expect(localPackageSpec('.', dir)).toBe(`file:${dir}`);
   });
 
-  it('leaves package names, URLs, flags and missing paths alone', () => {
+  it('leaves package names, URLs and flags alone', () => {
     expect(localPackageSpec('berth-driver-foo', dir)).toBeUndefined();
     expect(localPackageSpec('@acme/berth-driver', dir)).toBeUndefined();
     expect(localPackageSpec('file:/x.tgz', dir)).toBeUndefined();
     expect(localPackageSpec('--force', dir)).toBeUndefined();
-    expect(localPackageSpec('./missing.tgz', dir)).toBeUndefined();
+  });
+
+  it('refuses a local path that does not exist (plugin-plugins took it for a GitHub repo and hung offline)', () => {
+    expect(() => localPackageSpec('./missing.tgz', dir)).toThrow(/no such file or directory: .*missing\.tgz/);
+    expect(() => localPackageSpec('/nonexistent/plugin', dir)).toThrow(expect.objectContaining({ code: 'VALIDATION' }));
   });
 });

@@ -63,3 +63,26 @@ describe('renderTable widths', () => {
     expect(lines[1]).toBe(`${'a'.repeat(36)}  ${'d'.repeat(120)}  only when wide`);
   });
 });
+
+describe('`berth reconcile` table', () => {
+  it('a failed fix\'s long result is cut too: the resource and the fix stay readable within 100 columns', async () => {
+    const { differenceColumns } = await import('./commands/reconcile.js');
+    const failed = {
+      kind: 'attachment_stuck',
+      resource: 'attachment 0b6f1c2e-4d5a-4c39-9a51-2f7f1d8e6a10',
+      volumeId: null,
+      attachmentId: null,
+      detail: 'stuck',
+      fix: 'none',
+      fixDetail: 'finish it as `berth detach xv1 --force`',
+      state: 'failed',
+      result: `the transport xplug is not installed: ${'x'.repeat(120)}`,
+      errorCode: 'PLUGIN_ERROR',
+    } as const;
+    const lines = renderTable(differenceColumns, [failed]).split('\n');
+    expect(Math.max(...lines.map((line) => line.length))).toBeLessThanOrEqual(100);
+    // Before, only the resource and the fix shrank: "attachment …", "finish it a…" (`-o wide`: uncut).
+    expect(lines[1]).toContain('attachment 0b6f1c2e');
+    expect(lines[1]).toContain('finish it as `berth detac');
+  });
+});

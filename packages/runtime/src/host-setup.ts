@@ -1,5 +1,5 @@
 import { mkdir } from 'node:fs/promises';
-import type { BerthConfig, HostIdentity, Logger } from '@berth/core';
+import { BerthError, type BerthConfig, type HostIdentity, type Logger } from '@berth/core';
 import { createHostServices, hostFacts, type HostServices } from '@berth/host';
 import { createLogger } from './logger.js';
 
@@ -16,7 +16,16 @@ export interface HostSetup {
  * start from.
  */
 export async function setUpHost(config: BerthConfig, options: { logger?: Logger; logFile?: string; host?: HostServices }): Promise<HostSetup> {
-  await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
+  await mkdir(config.dataDir, { recursive: true, mode: 0o700 }).catch((error: unknown) => {
+    // A data dir that is a file (or under one) was an "unexpected error: EEXIST" to report as a bug.
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code !== 'EEXIST' && code !== 'ENOTDIR') throw error;
+    throw new BerthError('CONFIG', `the data dir ${config.dataDir} is not a directory`, {
+      hint: 'point --data-dir (or BERTH_DATA_DIR) at a directory, or move that file away',
+      details: { dataDir: config.dataDir },
+      cause: error,
+    });
+  });
   const logger = options.logger ?? createLogger(config.logLevel, options.logFile);
   const host =
     options.host ??

@@ -4,11 +4,11 @@ import { BaseCommand, outputFlag, yesFlag } from '../base-command.js';
 import { renderTable, type Column } from '../table.js';
 
 /** Columns of `berth reconcile`: what differs, where, the fix, and what became of it. */
-const differenceColumns: ReadonlyArray<Column<ReconcileDifference>> = [
+export const differenceColumns: ReadonlyArray<Column<ReconcileDifference>> = [
   { header: 'difference', get: (d) => d.kind.replaceAll('_', ' ') },
   { header: 'resource', get: (d) => d.resource, shrink: true },
   { header: 'fix', get: (d) => d.fixDetail, shrink: true },
-  { header: 'result', get: (d) => (d.result === null ? d.state : `${d.state}: ${d.result}`) },
+  { header: 'result', get: (d) => (d.result === null ? d.state : `${d.state}: ${d.result}`), shrink: true },
 ];
 
 const isErrorCode = (code: string | null): code is BerthErrorCode => code !== null && (ERROR_CODES as readonly string[]).includes(code);

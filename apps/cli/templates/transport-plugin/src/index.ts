@@ -17,8 +17,12 @@ export const NAME = 'loop-4k';
 
 /** The plugin's options (config file: `pluginOptions["berth-transport-4k"]`), validated by berth. */
 export const zOptions = z.object({
-  /** Connect only the files under this directory; the built-in `loop` transport keeps the others. */
-  directory: z.string().startsWith('/').default('/'),
+  /**
+   * Connect only the files under this directory; the built-in `loop` transport keeps the others.
+   * Unset, the plugin connects nothing: installed, it must not take over every volume (a plugin
+   * that did gave existing volumes 4 KiB sectors at their next attach).
+   */
+  directory: z.string().startsWith('/').optional(),
   /** Logical sector size of the loop devices, in bytes. */
   sectorSize: z.union([z.literal(512), z.literal(1024), z.literal(2048), z.literal(4096)]).default(4096),
   /** Timeout of one losetup run, and of the wait for a device node, in ms. */
@@ -37,7 +41,7 @@ const zLosetupList = z.object({
 export function createTransport(ctx: PluginContext<Options>): TransportDriver {
   const { runner, waiter } = ctx.host;
   const { directory, sectorSize, timeoutMs } = ctx.options;
-  const under = directory.endsWith('/') ? directory : `${directory}/`;
+  const under = directory === undefined ? undefined : directory.endsWith('/') ? directory : `${directory}/`;
 
   // One connect or disconnect of a file at a time: five concurrent connects make one device.
   const queues = new Map<string, Promise<unknown>>();
@@ -78,7 +82,7 @@ export function createTransport(ctx: PluginContext<Options>): TransportDriver {
     sourceKeys: ['device_path'],
     accepts(connection) {
       const file = connection.data['device_path'];
-      return typeof file === 'string' && (directory === '/' || file.startsWith(under));
+      return typeof file === 'string' && under !== undefined && file.startsWith(under);
     },
     async connectorProperties() {
       return {};
@@ -111,13 +115,16 @@ export function createTransport(ctx: PluginContext<Options>): TransportDriver {
     async connected(): Promise<ConnectedDevice[]> {
       // What `berth reconcile` compares with berth's records (and the conformance suite checks).
       return (await loops())
-        .filter((loop) => directory === '/' || loop.file.startsWith(under))
+        .filter((loop) => under !== undefined && loop.file.startsWith(under))
         .map((loop) => ({ device: { path: loop.path, type: 'block' }, source: { device_path: loop.file } }));
     },
     async check() {
       const result = await runner.run('losetup', ['--version'], { timeoutMs, reject: false });
       if (result.exitCode !== 0) {
         return { ok: false, summary: `${NAME}: losetup cannot run`, fix: 'install util-linux (apt-get install util-linux)' };
+      }
+      if (directory === undefined) {
+        return { ok: true, summary: `${NAME}: connects nothing until its directory option is set`, fix: 'set pluginOptions["berth-transport-4k"].directory in the config' };
       }
       return { ok: true, summary: `${NAME}: ${sectorSize}-byte sectors for files under ${directory} (${result.stdout.trim()})` };
     },
