@@ -135,7 +135,7 @@ export class DriverCatalog {
     const registered = this.transportFactories.get(name);
     if (!registered) {
       throw new BerthError('UNPROCESSABLE', `no transport named ${name} is installed`, {
-        hint: `installed transports: ${this.transportNames().join(', ') || 'none'}; add one with \`berth plugins install <package>\``,
+        hint: `installed transports: ${this.transportNames().join(', ') || 'none'}; add one with \`berth plugins install <package>\` (a volume attached through ${name} needs it back to detach: reinstall the plugin that provided it)`,
       });
     }
     const context = this.context(registered);
