@@ -20,7 +20,7 @@ import { daemonStatus } from '@berth/host';
 import { newChapCredentials } from './chap-credentials.js';
 import { BACKEND_DIR, ManagedTgtd, managedTgtdPaths } from './managed-tgtd.js';
 import { tgtadmTargetParams, zTgtBackendOptions, type TgtBackendOptions } from './options.js';
-import { allocateTid, readView, reconcileAll, reconcileVolume, secretsOf, VOLUME_LUN } from './reconcile.js';
+import { allocateTid, readView, reconcileAll, reconcileVolume, repairOfflineLuns, secretsOf, sweepAccounts, VOLUME_LUN } from './reconcile.js';
 import { TgtStateStore, type TgtState, type VolumeRecord } from './state-store.js';
 import { NO_TARGET, Tgtadm } from './tgtadm.js';
 
@@ -377,14 +377,17 @@ export function createTgtBackend(context: PluginContext<Partial<TgtBackendOption
     },
 
     async exports(): Promise<BackendExport[]> {
-      // `berth reconcile` asks this: tgtd is made to match the state again first, not only on a
-      // process's first call — a long-running `berth serve` or agent would otherwise never repair a
-      // LUN a killed CLI left offline, nor sweep its leaked account.
-      reconciled = false;
-      return withTgtd(AbortSignal.timeout(60_000), async () => {
+      return withTgtd(AbortSignal.timeout(60_000), async (state) => {
+        // `berth reconcile` asks this: LUNs a killed CLI left offline come back and leaked accounts
+        // go here too, not only on a process's first call (a long-running `berth serve` or agent
+        // never repaired them). The rest of the backend's reconcile (unlisted ACLs removed) is not
+        // run again: the exports it would remove are the drift this answer reports.
+        const view = await readView(tgtadm);
+        await repairOfflineLuns(tgtadm, state, view, logger);
+        if (daemon) await sweepAccounts(tgtadm, state, view, logger);
         const prefix = `${options.iqnPrefix}:volume-`;
         const out: BackendExport[] = [];
-        for (const target of await tgtadm.showTargets()) {
+        for (const target of view.targets) {
           if (!target.iqn.startsWith(prefix)) continue;
           const volumeId = target.iqn.slice(prefix.length);
           if (!zId.safeParse(volumeId).success) continue;

@@ -211,6 +211,24 @@ export async function reconcileAll(
   return failures;
 }
 
+/**
+ * Put back online every recorded volume's LUN left offline (`bringOnline`), and nothing else: what
+ * `exports()` runs in a process that has made its first call already (a long-running `berth
+ * serve`), where the rest of the reconcile — ACLs the state does not list removed — would hide
+ * from `berth reconcile` the drift it is asked to report. Returns whether a record changed.
+ */
+export async function repairOfflineLuns(tgtadm: Tgtadm, state: TgtState, view: TgtdView, logger: Logger, signal?: AbortSignal): Promise<boolean> {
+  let changed = false;
+  for (const [volumeId, record] of Object.entries(state.volumes)) {
+    const target = view.targets.find((t) => t.iqn === record.iqn);
+    const lun = target?.luns.find((l) => l.lun === VOLUME_LUN);
+    if (target === undefined || lun === undefined || lun.online) continue;
+    const call = { secrets: secretsOf(record), ...(signal ? { signal } : {}) };
+    if (await bringOnline(tgtadm, target.tid, lun, volumeId, record, logger, call)) changed = true;
+  }
+  return changed;
+}
+
 /** The CHAP account names berth's creates make (`berth-<hex>`, `berth-t-<hex>` for mutual CHAP). */
 const BERTH_ACCOUNT = /^berth-(t-)?[0-9a-f]+$/;
 
@@ -220,7 +238,7 @@ const BERTH_ACCOUNT = /^berth-(t-)?[0-9a-f]+$/;
  * could remove short of a tgtd restart. Only on berth's own tgtd (a shared one may hold another
  * data dir's), and under the state lock, so no create of this data dir is half-way.
  */
-async function sweepAccounts(tgtadm: Tgtadm, state: TgtState, view: TgtdView, logger: Logger, signal?: AbortSignal): Promise<void> {
+export async function sweepAccounts(tgtadm: Tgtadm, state: TgtState, view: TgtdView, logger: Logger, signal?: AbortSignal): Promise<void> {
   const named = new Set(Object.values(state.volumes).flatMap((r) => [r.chap?.username, r.mutualChap?.username]));
   const bound = new Set(view.targets.flatMap((t) => t.accounts.map((a) => a.user)));
   for (const account of [...view.accounts]) {
