@@ -1,9 +1,8 @@
-import { execFile } from 'node:child_process';
 import { copyFile, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { berthEnv, type Run } from './test-cli.js';
+import { berthAt, type Run } from './test-cli.js';
 
 // bin/run.js compiles the bundle with V8's code cache and keeps the cache up to date (scripts/bundle.mjs,
 // README "Start time"). Tried on a copy of the built package (its bin, bundle, package.json and
@@ -17,12 +16,7 @@ let dataDir: string;
 let cache: string;
 
 function berth(args: string[]): Promise<Run> {
-  return new Promise((done) => {
-    execFile(process.execPath, [join(pkg, 'bin', 'run.js'), ...args], { env: berthEnv(dataDir), cwd: dataDir }, (error, stdout, stderr) => {
-      const code = (error as { code?: unknown } | null)?.code;
-      done({ exitCode: error === null ? 0 : typeof code === 'number' ? code : -1, stdout, stderr });
-    });
-  });
+  return berthAt(join(pkg, 'bin', 'run.js'), dataDir, args);
 }
 
 // The cache file's layout (bin/run.js): MAGIC (16 bytes) | sha256(bundle) | sha256(rest) | rest,

@@ -24,8 +24,13 @@ export function berthEnv(dataDir: string, extra: NodeJS.ProcessEnv = {}): NodeJS
 
 /** Run `berth args` in `dataDir` to its end. */
 export function berth(dataDir: string, args: string[], extra: NodeJS.ProcessEnv = {}): Promise<Run> {
+  return berthAt(BIN, dataDir, args, extra);
+}
+
+/** `berth` run from another copy of the built package (`bin`, its `bin/run.js`). */
+export function berthAt(bin: string, dataDir: string, args: string[], extra: NodeJS.ProcessEnv = {}): Promise<Run> {
   return new Promise((done) => {
-    execFile(process.execPath, [BIN, ...args], { env: berthEnv(dataDir, extra), cwd: dataDir }, (error, stdout, stderr) => {
+    execFile(process.execPath, [bin, ...args], { env: berthEnv(dataDir, extra), cwd: dataDir }, (error, stdout, stderr) => {
       const code = (error as { code?: unknown } | null)?.code;
       done({ exitCode: error === null ? 0 : typeof code === 'number' ? code : -1, stdout, stderr });
     });

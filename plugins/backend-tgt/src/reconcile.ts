@@ -215,18 +215,15 @@ export async function reconcileAll(
  * Put back online every recorded volume's LUN left offline (`bringOnline`), and nothing else: what
  * `exports()` runs in a process that has made its first call already (a long-running `berth
  * serve`), where the rest of the reconcile — ACLs the state does not list removed — would hide
- * from `berth reconcile` the drift it is asked to report. Returns whether a record changed.
+ * from `berth reconcile` the drift it is asked to report. A record it changes is saved with the state.
  */
-export async function repairOfflineLuns(tgtadm: Tgtadm, state: TgtState, view: TgtdView, logger: Logger, signal?: AbortSignal): Promise<boolean> {
-  let changed = false;
+export async function repairOfflineLuns(tgtadm: Tgtadm, state: TgtState, view: TgtdView, logger: Logger, signal?: AbortSignal): Promise<void> {
   for (const [volumeId, record] of Object.entries(state.volumes)) {
     const target = view.targets.find((t) => t.iqn === record.iqn);
     const lun = target?.luns.find((l) => l.lun === VOLUME_LUN);
     if (target === undefined || lun === undefined || lun.online) continue;
-    const call = { secrets: secretsOf(record), ...(signal ? { signal } : {}) };
-    if (await bringOnline(tgtadm, target.tid, lun, volumeId, record, logger, call)) changed = true;
+    await bringOnline(tgtadm, target.tid, lun, volumeId, record, logger, { secrets: secretsOf(record), ...(signal ? { signal } : {}) });
   }
-  return changed;
 }
 
 /** The CHAP account names berth's creates make (`berth-<hex>`, `berth-t-<hex>` for mutual CHAP). */
