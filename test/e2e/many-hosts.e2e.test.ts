@@ -9,6 +9,7 @@
 // is cancelled and undone on its return); `berth reconcile --host h1` finds, through h1's agent, a
 // device h1 lost and reconnects it there. Every process, loop device, link, namespace and the
 // cluster are removed in afterAll, even when a test fails.
+import { readlink, rm } from 'node:fs/promises';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { EXIT_CODES } from '@berth/core';
@@ -295,6 +296,7 @@ describe.skipIf(!isRoot)('many hosts: agents in network namespaces, replicas on 
     expect(loopDevicesBacking(file)).toEqual([]);
     expect((await workItems(plan.operationId ?? '')).map((w) => [w.step, w.state, w.host])).toEqual([
       ['host_facts', 'done', 'h1'],
+      ['check_publications', 'done', 'h1'],
       ['host_facts', 'done', 'h1'],
     ]);
 
@@ -314,6 +316,15 @@ describe.skipIf(!isRoot)('many hosts: agents in network namespaces, replicas on 
     // Nothing left to fix, and the volume detaches as usual through h1's agent.
     const again = await f.json<ReconcileReport>(['reconcile', '--host', 'h1', '--dry-run']);
     expect(again.differences.filter((d) => d.volumeId === volume.id)).toEqual([]);
+
+    // Its stable link removed on h1 behind berth's back: h1's agent finds it and makes it again.
+    await rm(`/dev/berth/${attachmentId}`);
+    const unpublished = await f.json<ReconcileReport>(['reconcile', '--host', 'h1', '--yes'], 1);
+    expect(unpublished.differences.filter((d) => d.volumeId === volume.id)).toEqual([
+      expect.objectContaining({ kind: 'attachment_not_published', attachmentId, fix: 'republish', state: 'applied' }),
+    ]);
+    expect((await workItems(unpublished.operationId ?? '')).map((w) => w.step)).toEqual(expect.arrayContaining(['check_publications', 'publish']));
+    expect(await readlink(`/dev/berth/${attachmentId}`)).toBe(now[0]);
     expect((await f.json<OperationOutcome>(['detach', 'lost-h1'])).operation.state).toBe('succeeded');
     expect(loopDevicesBacking(file)).toEqual([]);
   });

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { closeSync, openSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -180,6 +180,44 @@ describe('berth reconcile on the loop transport', () => {
     expect((await berth.getVolume('lost')).status).toBe('in-use');
 
     await berth.detach({ volume: 'lost' });
+    expect(loopDevicesUnder(t.dataDir)).toEqual([]);
+  });
+
+  it('points stable links re-pointed at another volume\'s device, or removed, back at the recorded device; the other volume\'s links and data stay', async () => {
+    const berth = await t.open();
+    const one = await berth.createVolume({ name: 'one', sizeBytes: 16 * MiB });
+    await berth.createVolume({ name: 'two', sizeBytes: 16 * MiB });
+    const a = (await berth.attach({ volume: 'one' })).attachment!;
+    const b = (await berth.attach({ volume: 'two' })).attachment!;
+    // Something outside berth (a script, a tmpfiles rule) re-points one's links at two's device:
+    // whoever follows them writes on the wrong disk.
+    for (const link of [`/dev/berth/${a.id}`, `/dev/berth/${one.id}`]) {
+      rmSync(link);
+      symlinkSync(b.device!.path, link);
+    }
+    const before = await snapshot(berth);
+    const planned = await berth.reconcile!({ dryRun: true });
+    expect(kinds(planned)).toEqual(['attachment_not_published:republish:planned']);
+    expect(planned.differences[0]!.detail).toContain(`leads to ${b.device!.path}, not ${a.device!.path}`);
+    expect(await snapshot(berth)).toEqual(before);
+
+    expect(kinds(await berth.reconcile!())).toEqual(['attachment_not_published:republish:applied']);
+    expect(linkTarget(`/dev/berth/${a.id}`)).toBe(a.device!.path);
+    expect(linkTarget(`/dev/berth/${one.id}`)).toBe(a.device!.path);
+    expect(linkTarget(`/dev/berth/${b.id}`)).toBe(b.device!.path);
+    const marker = Buffer.from('written through the repaired link'.padEnd(4096, '.'));
+    writeAt(`/dev/berth/${one.id}`, marker, MiB);
+    expect(readAt(a.device!.path, marker.length, MiB).equals(marker)).toBe(true);
+    expect(readAt(b.device!.path, marker.length, MiB).equals(marker)).toBe(false);
+
+    // Removed: made again.
+    rmSync(`/dev/berth/${a.id}`);
+    expect(kinds(await berth.reconcile!())).toEqual(['attachment_not_published:republish:applied']);
+    expect(linkTarget(`/dev/berth/${a.id}`)).toBe(a.device!.path);
+    expect((await berth.reconcile!({ dryRun: true })).differences).toEqual([]);
+
+    await berth.detach({ volume: 'one' });
+    await berth.detach({ volume: 'two' });
     expect(loopDevicesUnder(t.dataDir)).toEqual([]);
   });
 

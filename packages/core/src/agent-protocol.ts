@@ -24,7 +24,7 @@ import { zWorkItem, type WorkItem } from './work-item.js';
 export const AGENT_PROTOCOL = 2;
 
 /** A host step: the part of an attach or detach that has to run on the server's host. */
-export const zHostStepName = z.enum(['connector', 'connect', 'release', 'publish', 'unpublish', 'disconnect', 'host_facts', 'unpublish_orphan', 'repair_paths', 'guest_disks', 'unplug_guest_disk']);
+export const zHostStepName = z.enum(['connector', 'connect', 'release', 'publish', 'unpublish', 'disconnect', 'host_facts', 'unpublish_orphan', 'repair_paths', 'guest_disks', 'unplug_guest_disk', 'check_publications']);
 /** One of `zHostStepName`. */
 export type HostStepName = z.output<typeof zHostStepName>;
 
@@ -135,6 +135,22 @@ export const zUnplugGuestDiskPayload = lazySchema(() => z.object({
 /** What `unplug_guest_disk` answers (nothing). */
 export const zUnplugGuestDiskResult = lazySchema(() => z.object({}));
 
+/**
+ * `check_publications`: what is wrong with what each attachment's consumer published on the host
+ * (`Consumer.checkPublication`, for reconcile). An older agent fails the item (an unknown step):
+ * reconcile then names the host's publications as unchecked.
+ */
+export const zCheckPublicationsPayload = lazySchema(() => z.object({
+  checks: z.array(z.object({ consumer: z.string().min(1), server: zServer, attachment: zAttachment })).max(10_000),
+}));
+/**
+ * What `check_publications` answers, one per check in its order: whether the consumer can check
+ * at all, what is wrong (`null`: nothing), and why the check failed when it did (`error`).
+ */
+export const zCheckPublicationsResult = lazySchema(() => z.object({
+  results: z.array(z.object({ supported: z.boolean(), problem: z.string().nullable(), error: z.string().optional() })),
+}));
+
 /** `connector`: the host's connector with the multipath wish applied. */
 export const zConnectorPayload = lazySchema(() => z.object({
   multipath: z.boolean(),
@@ -175,6 +191,7 @@ export const HOST_STEP_SCHEMAS = {
 
   guest_disks: { payload: zGuestDisksPayload, result: zGuestDisksResult },
   unplug_guest_disk: { payload: zUnplugGuestDiskPayload, result: zUnplugGuestDiskResult },
+  check_publications: { payload: zCheckPublicationsPayload, result: zCheckPublicationsResult },
 } as const satisfies Record<HostStepName, { payload: z.ZodType; result: z.ZodType }>;
 
 /** The payload a host step takes. */

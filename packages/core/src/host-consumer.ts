@@ -27,7 +27,7 @@ export function attachmentLinkPath(attachmentId: string): string {
  * `/dev/berth/<volume-id>`. The second cannot collide: the attachments of one volume on one host
  * share one device, so every attachment points it at the same device; it goes with the last of them.
  */
-export function createHostConsumer(fs: HostFs): Consumer & Required<Pick<Consumer, 'unpublishOrphan'>> {
+export function createHostConsumer(fs: HostFs): Consumer & Required<Pick<Consumer, 'unpublishOrphan' | 'checkPublication'>> {
   return {
     name: 'host',
     async publish(_server: Server, device: Device, attachment: Attachment): Promise<Publication> {
@@ -66,6 +66,17 @@ export function createHostConsumer(fs: HostFs): Consumer & Required<Pick<Consume
         const path = `${STABLE_LINK_DIR}/${name}`;
         if ((await fs.readlink(path)) === target) await fs.unlink(path);
       }
+    },
+    async checkPublication(_server: Server, attachment: Attachment): Promise<string | undefined> {
+      const device = attachment.device;
+      if (device === null) return undefined;
+      const problems: string[] = [];
+      for (const link of [attachmentLinkPath(attachment.id), stableLinkPath(attachment.volumeId)]) {
+        const target = await fs.readlink(link);
+        if (target === undefined) problems.push(`${link} is missing`);
+        else if (target !== device.path) problems.push(`${link} leads to ${target}, not ${device.path}`);
+      }
+      return problems.length === 0 ? undefined : problems.join('; ');
     },
     async check() {
       return { ok: true, summary: `stable links under ${fs.resolve(STABLE_LINK_DIR)}` };

@@ -16,13 +16,14 @@ export const DIFFERENCE_KINDS = [
   'attachment_error',
   'guest_disk_without_attachment',
   'attachment_missing_from_guest',
+  'attachment_not_published',
   'volume_status_mismatch',
 ] as const;
 /** One of `DIFFERENCE_KINDS`. */
 export type DifferenceKind = (typeof DIFFERENCE_KINDS)[number];
 
 /** What reconcile does about a difference (`none`: it is reported and left alone). */
-export const FIX_ACTIONS = ['terminate_connection', 'disconnect', 'reconnect', 'repair_paths', 'unplug', 'replug', 'recompute_status', 'none'] as const;
+export const FIX_ACTIONS = ['terminate_connection', 'disconnect', 'reconnect', 'repair_paths', 'unplug', 'replug', 'republish', 'recompute_status', 'none'] as const;
 /** One of `FIX_ACTIONS`. */
 export type FixAction = (typeof FIX_ACTIONS)[number];
 

@@ -92,5 +92,15 @@ export interface Consumer {
    * volume's id that no attachment of the server accounts for.
    */
   unplugGuestDisk?(server: Server, disk: GuestDisk): Promise<void>;
+  /**
+   * What is wrong on this host with what `publish` made for `attachment` (its recorded device, as
+   * the machine sees it): one line naming each name that is missing or leads elsewhere, or
+   * `undefined` when everything is as `publish` left it. `berth reconcile` asks it for every
+   * attached attachment and publishes again where it answers something (`attachment_not_published`):
+   * the host consumer's `/dev/berth` links, which something outside berth may remove or re-point
+   * (a script, a `tmpfiles` rule) while the device is connected. Only reads. A guest consumer has
+   * `guestDisks` for this; a consumer without either is not checked.
+   */
+  checkPublication?(server: Server, attachment: Attachment): Promise<string | undefined>;
   check?(): Promise<CheckResult>;
 }

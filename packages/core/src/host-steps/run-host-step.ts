@@ -4,7 +4,7 @@ import type { DriverCatalog } from '../catalog.js';
 import type { Connector } from '../connection.js';
 import { mergeConnector } from '../connector-properties.js';
 import { isIdentityMismatch } from '../device-identity.js';
-import { BerthError, parseWith } from '../errors.js';
+import { BerthError, parseWith, toBerthError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { Attachment } from '../model.js';
 import { listTransports } from '../reconcile/index.js';
@@ -129,6 +129,21 @@ async function runParsed(host: HostStepHost, step: HostStepName, payload: unknow
       }
       await consumer.unplugGuestDisk(p.server, p.disk);
       return {};
+    }
+    case 'check_publications': {
+      const p = input('check_publications', payload);
+      const results: Array<{ supported: boolean; problem: string | null; error?: string }> = [];
+      // One check failing (a consumer not loaded here) says so in its own answer: the others stand.
+      for (const check of p.checks) {
+        try {
+          const consumer = catalog.consumer(check.consumer);
+          if (!consumer.checkPublication) results.push({ supported: false, problem: null });
+          else results.push({ supported: true, problem: (await consumer.checkPublication(check.server, machineAttachment(catalog, check.attachment))) ?? null });
+        } catch (error) {
+          results.push({ supported: false, problem: null, error: toBerthError(error).message });
+        }
+      }
+      return { results };
     }
     case 'connector': {
       const p = input('connector', payload);

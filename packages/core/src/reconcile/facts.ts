@@ -72,6 +72,46 @@ export async function readGuests(
 }
 
 /**
+ * What is wrong with what the consumers published for `host`'s attached attachments (the
+ * `check_publications` host step, one for all of them: `Consumer.checkPublication`), by
+ * attachment id; an attachment missing from the map was found as published, or could not be
+ * checked (its consumer cannot, or the check failed: that server is named in `unchecked`).
+ * Guests are not asked here: `readGuests` compares their disks.
+ */
+export async function readPublications(
+  steps: HostSteps,
+  call: HostStepCall,
+  host: Host,
+  servers: readonly Server[],
+  attachments: readonly Attachment[],
+  defaultConsumer: string,
+  unchecked: ReconcileUnchecked[],
+): Promise<Map<string, string>> {
+  const serversById = new Map(servers.map((s) => [s.id, s]));
+  const checks = attachments.flatMap((attachment) => {
+    const server = serversById.get(attachment.serverId);
+    if (attachment.status !== 'attached' || attachment.hostId !== host.id || attachment.device === null || !server) return [];
+    if (server.hypervisor !== undefined && server.hypervisor.type !== 'host') return [];
+    return [{ consumer: consumerNameFor(server, defaultConsumer), server, attachment }];
+  });
+  const problems = new Map<string, string>();
+  if (checks.length === 0) return problems;
+  const failed = new Map<string, string>();
+  try {
+    const { results } = await steps.run('check_publications', { checks }, call);
+    checks.forEach((check, i) => {
+      const result = results[i];
+      if (result?.error !== undefined) failed.set(check.server.name, `checking what its ${check.consumer} consumer published failed: ${result.error}`);
+      else if (result?.problem) problems.set(check.attachment.id, result.problem);
+    });
+  } catch (error) {
+    for (const check of checks) failed.set(check.server.name, `checking what its ${check.consumer} consumer published failed: ${toBerthError(error).message}`);
+  }
+  for (const [name, reason] of failed) unchecked.push({ kind: 'server', name, reason });
+  return problems;
+}
+
+/**
  * What every transport that can list finds connected on this host, highest priority first; a
  * transport that cannot list, or fails to, is named in `unchecked` (the `host_facts` host step).
  */

@@ -143,6 +143,11 @@ export interface ReconcileFacts {
    * running, or not listed, is absent: nothing is concluded about it).
    */
   guests?: GuestListing[];
+  /**
+   * What is wrong with what the consumers published for this host's attached attachments, by
+   * attachment id (`Consumer.checkPublication`); absent or missing an id: nothing found wrong.
+   */
+  publications?: ReadonlyMap<string, string>;
 }
 
 /** One difference as found, with what its fix needs. */
@@ -174,6 +179,7 @@ export type Finding =
   | { kind: 'attachment_error'; attachment: Attachment; volume: Volume; skip?: string }
   | { kind: 'guest_disk_without_attachment'; guest: GuestListing; disk: GuestDisk; volume: Volume; skip?: string }
   | { kind: 'attachment_missing_from_guest'; guest: GuestListing; attachment: Attachment; volume: Volume; skip?: string }
+  | { kind: 'attachment_not_published'; attachment: Attachment; volume: Volume; problem: string; skip?: string }
   | { kind: 'volume_status_mismatch'; volume: Volume; expected: VolumeStatus; skip?: string };
 
 
@@ -359,6 +365,7 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
   }
 
   findings.push(...findGuestDifferences(facts, busy, findings));
+  findings.push(...findPublicationDifferences(facts, busy, findings));
   findings.push(...findStatusMismatches(facts.volumes, facts.attachments, facts.busyVolumeIds));
   return findings;
 }
@@ -393,6 +400,31 @@ function findGuestDifferences(facts: ReconcileFacts, busy: (volumeId: string) =>
         unconfirmedDevice(facts, attachment);
       findings.push({ kind: 'attachment_missing_from_guest', guest, attachment, volume, ...skipOf(skip) });
     }
+  }
+  return findings;
+}
+
+/**
+ * Attached attachments whose consumer found what it published for them missing or leading
+ * elsewhere (a `/dev/berth` link removed or re-pointed behind berth's back): published again,
+ * but only at a device the transport lists as the one recorded — a link is never pointed at a
+ * name that may be another volume's now — and not when the device itself is gone (its reconnect
+ * fix publishes it).
+ */
+function findPublicationDifferences(facts: ReconcileFacts, busy: (volumeId: string) => string | undefined, earlier: readonly Finding[]): Finding[] {
+  const findings: Finding[] = [];
+  if (!facts.publications || facts.publications.size === 0) return findings;
+  const volumesById = new Map(facts.volumes.map((v) => [v.id, v]));
+  const reconnected = new Set(earlier.flatMap((f) => (f.kind === 'attachment_device_gone' ? [f.attachment.id] : [])));
+  for (const attachment of live(facts.attachments)) {
+    const problem = facts.publications.get(attachment.id);
+    const volume = volumesById.get(attachment.volumeId);
+    if (problem === undefined || !volume || attachment.status !== 'attached' || attachment.hostId !== facts.localHostId) continue;
+    const skip =
+      busy(volume.id) ??
+      (reconnected.has(attachment.id) || attachment.device === null ? 'its host device is gone: the reconnect fix publishes it again' : undefined) ??
+      unconfirmedDevice(facts, attachment);
+    findings.push({ kind: 'attachment_not_published', attachment, volume, problem, ...skipOf(skip) });
   }
   return findings;
 }
@@ -548,6 +580,17 @@ export function describeFinding(finding: Finding): ReconcileDifference {
         // force-detach a volume its user still wants.
         fix: 'replug',
         fixDetail: `plug it into the guest again (${guest.consumer} publish of the recorded host device); if that fails the attachment is left attached, the fix fails naming why`,
+        ...base(volume.id, attachment.id),
+      };
+    }
+    case 'attachment_not_published': {
+      const { attachment, volume } = finding;
+      return {
+        kind: finding.kind,
+        resource: `attachment ${attachment.id} (volume ${volume.name})`,
+        detail: `attachment ${attachment.id} of volume ${volume.name} is attached at ${attachment.device?.path ?? 'its device'}, but ${finding.problem}`,
+        fix: 'republish',
+        fixDetail: `publish it again (its consumer's names for the recorded device ${attachment.device?.path ?? ''}, checked again first); the device is not touched`,
         ...base(volume.id, attachment.id),
       };
     }

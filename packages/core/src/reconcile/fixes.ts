@@ -1,6 +1,6 @@
 import { redactConnectionInfo, withAccessMode, type ConnectionInfo, type Connector, type Device } from '../connection.js';
 import type { HostStepCall, HostSteps } from '../host-steps/host-steps.js';
-import type { Consumer, GuestDisk } from '../contracts/consumer.js';
+import type { Consumer, GuestDisk, Publication } from '../contracts/consumer.js';
 import type { ConnectedDevice } from '../contracts/transport-driver.js';
 import { sameDevice } from '../device-identity.js';
 import { BerthError, toBerthError } from '../errors.js';
@@ -108,6 +108,8 @@ export async function fixOf(deps: ReconcileDeps, finding: Finding, target: FixTa
       return unplugGuestDisk(deps, finding, fresh.attachments, { ...target, signal });
     case 'attachment_missing_from_guest':
       return replug(deps, finding, fresh.volume, { ...target, signal });
+    case 'attachment_not_published':
+      return republish(deps, finding, fresh.volume, { ...target, signal });
     case 'volume_status_mismatch':
       return store.transaction(async (tx) => {
         const volume = await tx.volumes.require(volumeId);
@@ -241,6 +243,19 @@ async function unplugGuestDisk(
   return `unplugged ${disk.id} from server ${guest.server.name}`;
 }
 
+/** The consumer's publish of the attachment's recorded device, on its host (replug, republish). */
+function publishRecorded(
+  deps: ReconcileDeps,
+  target: FixTarget & { signal: AbortSignal },
+  consumer: Consumer,
+  server: Server,
+  attachment: Attachment & { device: Device },
+  volume: Volume,
+): Promise<Publication> {
+  const { steps, operationId, signal } = target;
+  return publishSharedPublication(deps, { steps, operationId, consumer, server, attachment, volume, device: attachment.device, signal });
+}
+
 /**
  * Plug an attached volume back into a running guest that lost it (someone unplugged it behind
  * berth's back): the consumer's publish of the recorded host device, as the attach did, and the
@@ -264,22 +279,44 @@ async function replug(
   if (now === undefined) throw new Skip('the guest does not run any more');
   if (now.some((d) => d.serial === attachment.volumeId)) throw new Skip('the guest has it now');
   const consumer = deps.consumer(server, target.host);
-  const publication = await publishSharedPublication(deps, {
-    steps: target.steps,
-    operationId: target.operationId,
-    consumer,
-    server,
-    attachment,
-    volume,
-    device: attachment.device,
-    signal: target.signal,
-  });
+  const publication = await publishRecorded(deps, target, consumer, server, { ...attachment, device: attachment.device }, volume);
   await store.attachments.update(attachment.id, {
     publishedPath: publication.path,
     ...(publication.guestDevice === undefined ? {} : { guestDevice: publication.guestDevice }),
     error: null,
   });
   return `plugged into server ${server.name} again${publication.guestDevice ? ` (${publication.guestDevice})` : ''}`;
+}
+
+/**
+ * Publish an attached volume again whose published names were removed or re-pointed behind
+ * berth's back (the host consumer's `/dev/berth` links), once it is checked again, under the
+ * volume lock, that the attachment still records the same device and that something is still
+ * wrong: the consumer's publish of the recorded device (idempotent: a link is replaced in one
+ * rename), as the attach did. The device and the attachment's state are not touched.
+ */
+async function republish(
+  deps: ReconcileDeps,
+  finding: Extract<Finding, { kind: 'attachment_not_published' }>,
+  volume: Volume,
+  target: FixTarget & { signal: AbortSignal },
+): Promise<string> {
+  const { store } = deps;
+  const attachment = await store.attachments.get(finding.attachment.id);
+  if (attachment?.status !== 'attached') throw new Skip(`the attachment is ${attachment?.status ?? 'deleted'} now`);
+  if (!attachment.device || !finding.attachment.device || !sameDevice(attachment.device, finding.attachment.device)) {
+    throw new Skip('the attachment records another device now');
+  }
+  const server = await store.servers.require(attachment.serverId);
+  const consumer = deps.consumer(server, target.host);
+  const call = { operationId: target.operationId, signal: target.signal };
+  const [now] = (await target.steps.run('check_publications', { checks: [{ consumer: consumer.name, server, attachment }] }, call)).results;
+  if (now?.error !== undefined) throw new BerthError('DRIVER_ERROR', `checking what the ${consumer.name} consumer published failed: ${now.error}`);
+  if (!now?.supported || now.problem === null) throw new Skip('it is published as it should be now');
+  const publication = await publishRecorded(deps, target, consumer, server, { ...attachment, device: attachment.device }, volume);
+  if (publication.path !== attachment.publishedPath) await store.attachments.update(attachment.id, { publishedPath: publication.path });
+  deps.logger.info({ attachmentId: attachment.id, volumeId: volume.id, problem: now.problem }, 'reconcile: published an attachment again');
+  return `published again at ${publication.path} (${now.problem})`;
 }
 
 /**

@@ -30,7 +30,9 @@ async function world(afterDisconnect?: (fs: HostFs, device: string) => Promise<v
   const store: Store = createMemoryStore();
   const catalog = memCatalog(new Map<string, Device>(), undefined, {
     lists: true,
-    consumer: { ...createHostConsumer(fs), name: 'mem' },
+    // The orphan's fix alone: without `checkPublication`, the links these tests re-point by hand
+    // are not pointed back at the other attachment's recorded device (publication-drift.test.ts).
+    consumer: { ...createHostConsumer(fs), name: 'mem', checkPublication: undefined },
     ...(afterDisconnect ? { afterDisconnect: (device: string) => afterDisconnect(fs, device) } : {}),
   });
   const config = resolveConfig({ dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', operationTimeoutMs: 5_000, undoTimeoutMs: 5_000 }, {});

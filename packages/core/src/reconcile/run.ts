@@ -3,7 +3,7 @@ import type { HostStepCall } from '../host-steps/host-steps.js';
 import type { Host, Operation } from '../model.js';
 import { summarize } from '../pipeline/operation-runner.js';
 import type { ReconcileDifference, ReconcileOptions, ReconcileReport, ReconcileUnchecked } from '../reports.js';
-import { busyVolumeIds, readExports, readGuests, readListings } from './facts.js';
+import { busyVolumeIds, readExports, readGuests, readListings, readPublications } from './facts.js';
 import { describeFinding, findDifferences, findStatusMismatches, type Finding } from './findings.js';
 import { fixOf, Skip, type ReconcileDeps } from './fixes.js';
 
@@ -48,7 +48,8 @@ export async function runReconcile(deps: ReconcileDeps, options: ReconcileOption
     const listing = { readOnly: dryRun };
     const listings = await readListings(steps, call(), unchecked, listing);
     // The guests are host facts too: read before the store, like the devices.
-    const guests = await readGuests(steps, call, host, await store.servers.list({ hostId: host.id }), deps.config.consumer, unchecked);
+    const servers = await store.servers.list({ hostId: host.id });
+    const guests = await readGuests(steps, call, host, servers, deps.config.consumer, unchecked);
     // The operations before the attachments: one that ends between the two reads is seen running
     // (its volume busy), never as an attachment left transitional by no operation — which the
     // stuck-attachment fix would force-detach, healthy as it is by then (a review).
@@ -57,6 +58,9 @@ export async function runReconcile(deps: ReconcileDeps, options: ReconcileOption
     const volumes = await store.volumes.list();
     const attachments = await store.attachments.list();
     const devices = await store.devices.list({ hostId: host.id });
+    // Read after the attachments (the names they should have): one detached meanwhile is found
+    // busy or gone again by its fix, under the volume lock, before anything is published.
+    const publications = await readPublications(steps, call(), host, servers, attachments, deps.config.consumer, unchecked);
     const listingsAfter = await readListings(steps, call(), undefined, listing);
     // Where this berth's transports run (this host only: an agent's roots are its own).
     const transportRoots = steps.kind === 'local' ? transportRootsOf(catalog) : undefined;
@@ -72,6 +76,7 @@ export async function runReconcile(deps: ReconcileDeps, options: ReconcileOption
       operations,
       ...(transportRoots ? { transportRoots } : {}),
       guests,
+      publications,
     });
   } catch (error) {
     const failure = toBerthError(error);

@@ -36,7 +36,8 @@ export interface ConsumerConformanceOptions {
  * that name only while it still leads to that very device (a loop number is reused for the next
  * file attached), never a name in its `keep` (live records' ids), and is idempotent; a guest consumer (one with `guestDisks`) has `unplugGuestDisk`
  * too, lists a published volume's disk by serial = volume id, and unplugs it (idempotently) while
- * the host's name stays for `unpublish`. Call it at the top level of a test file (or inside a
+ * the host's name stays for `unpublish`; a consumer with `checkPublication` finds nothing wrong
+ * after `publish`, names a removed or re-pointed name, and nothing again once published again. Call it at the top level of a test file (or inside a
  * `describe` whose `beforeAll` made what the setup uses); it registers a vitest `describe` block.
  */
 export function describeConsumerConformance(name: string, setup: () => Promise<ConsumerConformanceSetup>, options: ConsumerConformanceOptions = {}): void {
@@ -135,6 +136,28 @@ export function describeConsumerConformance(name: string, setup: () => Promise<C
         await consumer.unpublish(server, v.attachment);
       }
       expect(await volumeLink(v.volumeId)).toBeUndefined();
+    });
+
+    it('checkPublication (when the consumer has it) finds nothing after publish, names a removed or re-pointed name, and publish repairs it', async () => {
+      const { consumer, server } = current();
+      if (!consumer.checkPublication) return;
+      const v = await current().makeVolume();
+      const other = await current().makeVolume();
+      const attachment = { ...v.attachment, device: v.device };
+      await consumer.publish(server, v.device, attachment);
+      try {
+        expect(await consumer.checkPublication(server, attachment)).toBeUndefined();
+        await fs.unlink(stableLinkPath(v.volumeId));
+        expect(await consumer.checkPublication(server, attachment)).toContain(stableLinkPath(v.volumeId));
+        await fs.symlink(other.device.path, attachmentLinkPath(v.attachment.id));
+        expect(await consumer.checkPublication(server, attachment)).toContain(other.device.path);
+        // What reconcile's fix does: publish again (idempotent), after which nothing is wrong.
+        await consumer.publish(server, v.device, attachment);
+        expect(await consumer.checkPublication(server, attachment)).toBeUndefined();
+        expect(await volumeLink(v.volumeId)).toBe(v.device.path);
+      } finally {
+        await consumer.unpublish(server, attachment);
+      }
     });
 
     it('unpublishOrphan leaves a volume name that leads to another device now', async () => {
