@@ -1,3 +1,4 @@
+import { sameDevice } from '../device-identity.js';
 import { BerthError, toBerthError } from '../errors.js';
 import type { HostStepCall } from '../host-steps/host-steps.js';
 import type { Host, Operation } from '../model.js';
@@ -61,6 +62,13 @@ export async function runReconcile(deps: ReconcileDeps, options: ReconcileOption
     // Read after the attachments (the names they should have): one detached meanwhile is found
     // busy or gone again by its fix, under the volume lock, before anything is published.
     const publications = await readPublications(steps, call(), host, servers, attachments, deps.config.consumer, unchecked);
+    // A detach that ran between the store's reading and the check removed the links as it should:
+    // only attachments still attached at the same device count (rare: read one by one).
+    for (const id of [...publications.keys()]) {
+      const before = attachments.find((a) => a.id === id);
+      const now = await store.attachments.get(id);
+      if (now?.status !== 'attached' || !now.device || !before?.device || !sameDevice(now.device, before.device)) publications.delete(id);
+    }
     const listingsAfter = await readListings(steps, call(), undefined, listing);
     // Where this berth's transports run (this host only: an agent's roots are its own).
     const transportRoots = steps.kind === 'local' ? transportRootsOf(catalog) : undefined;
