@@ -32,6 +32,8 @@ function world(
     onConnect?: () => void;
     guestHolds?: boolean;
     guestUnplugFails?: boolean;
+    /** The guest's monitor cannot be reached: publish fails having touched nothing, and so does unpublish. */
+    guestUnreachable?: boolean;
     /** Called once the backend exported a volume, before it answers. */
     afterExport?: () => Promise<void>;
     /** Called before the backend removes a volume's export, with the connector it is removed for. */
@@ -99,10 +101,12 @@ function world(
     name: 'qemu',
     publish: async (server, _device, attachment) => {
       if (server.hypervisor?.type !== 'qemu') throw new BerthError('CONFIG', 'not a qemu server');
+      if (options.guestUnreachable) throw new BerthError('TIMEOUT', `cannot talk to the QEMU of server ${server.name}: no QMP greeting`, { details: { untouched: true } });
       guestDisks.set(attachment.volumeId, server.hypervisor.qmp);
       return { path: `/dev/berth/${attachment.volumeId}`, guestDevice: '/dev/vdb', serial: attachment.volumeId };
     },
     unpublish: async (server, attachment) => {
+      if (options.guestUnreachable) throw new BerthError('TIMEOUT', `cannot talk to the QEMU of server ${server.name}: no QMP greeting`, { details: { untouched: true } });
       if (options.guestHolds && guestDisks.has(attachment.volumeId)) {
         throw new BerthError('TIMEOUT', `the guest of server ${server.name} did not release the disk`, { details: { guestHoldsDevice: true } });
       }
@@ -700,6 +704,47 @@ describe('servers with a hypervisor: the pipeline publishes through their consum
     expect(operation.steps.find((s) => s.name === 'publish')?.data).toMatchObject({ consumer: 'qemu', guestDevice: '/dev/vdb', serial: volume.id });
     await service.detach({ volume: 'db' });
     expect(guestDisks.size + connected.size).toBe(0);
+  });
+
+  it('a guest that cannot be reached at publish (nothing touched): the attach rolls back cleanly, the volume available, not error', async () => {
+    const { service, store, exported, connected, guestDisks } = world({ guestUnreachable: true });
+    const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    await service.createServer({ name: 'vm-1', hypervisor: { type: 'qemu', qmp: '/run/vm-1/qmp.sock' } });
+    const error = await service.attach({ volume: 'db', server: 'vm-1' }).catch((e: unknown) => e);
+    expect(BerthError.is(error) && error.code).toBe('TIMEOUT');
+    expect(BerthError.is(error) && error.message).not.toContain('rollback failed');
+    expect((await store.volumes.require(volume.id)).status).toBe('available');
+    expect((await store.attachments.list({ volumeId: volume.id })).filter((a) => a.status !== 'detached')).toEqual([]);
+    expect(exported.size + connected.size + guestDisks.size).toBe(0);
+  });
+
+  it('one guest is one server: a second server for the same QMP socket or libvirt domain on the host is refused (CONFLICT), another host or guest is not', async () => {
+    const { service, store } = world();
+    await service.createServer({ name: 'vm-1', hypervisor: { type: 'qemu', qmp: '/run/vm-1/qmp.sock' } });
+    for (const qmp of ['/run/vm-1/qmp.sock', '/run/vm-1//qmp.sock', '/run/vm-1/./qmp.sock']) {
+      const error = await service.createServer({ name: 'vm-1b', hypervisor: { type: 'qemu', qmp } }).catch((e: unknown) => e);
+      expect(BerthError.is(error) && error.code, qmp).toBe('CONFLICT');
+      expect(BerthError.is(error) && error.message).toContain('server vm-1 already reaches the guest');
+      expect(BerthError.is(error) && error.hint).toContain('--server vm-1');
+    }
+    await service.createServer({ name: 'web-1', hypervisor: { type: 'libvirt', domain: 'web-1' } });
+    const twice = await service.createServer({ name: 'web-1b', hypervisor: { type: 'libvirt', domain: 'web-1', uri: 'qemu:///system' } }).catch((e: unknown) => e);
+    expect(BerthError.is(twice) && twice.code).toBe('CONFLICT');
+    // Another guest, another libvirt connection, another host, and host servers: all fine.
+    await service.createServer({ name: 'vm-2', hypervisor: { type: 'qemu', qmp: '/run/vm-2/qmp.sock' } });
+    await service.createServer({ name: 'web-1-session', hypervisor: { type: 'libvirt', domain: 'web-1', uri: 'qemu:///session' } });
+    await service.createServer({ name: 'vm-1-on-h2', host: 'h2', hypervisor: { type: 'qemu', qmp: '/run/vm-1/qmp.sock' } });
+    await service.createServer({ name: 'plain-1' });
+    await service.createServer({ name: 'plain-2', hypervisor: { type: 'host' } });
+    expect((await store.servers.list()).map((s) => s.name).sort()).toEqual(['plain-1', 'plain-2', 'vm-1', 'vm-1-on-h2', 'vm-2', 'web-1', 'web-1-session']);
+    // A libvirt URI that is not one (a shell's `;`, spaces) is refused at create.
+    for (const uri of ['qemu:///system;rm', 'qemu:///system rm', "qemu:///system'"]) {
+      const bad = await service.createServer({ name: 'web-bad', hypervisor: { type: 'libvirt', domain: 'web-9', uri } }).catch((e: unknown) => e);
+      expect(BerthError.is(bad) && bad.code, uri).toBe('VALIDATION');
+    }
+    for (const uri of ['qemu+ssh://root@h1.example/system', 'qemu+tcp://10.0.0.1:16509/system', 'qemu+unix:///system?socket=/run/libvirt/libvirt-sock', 'test:///default']) {
+      await service.createServer({ name: `web-${(await store.servers.list()).length}`, hypervisor: { type: 'libvirt', domain: 'web-ok', uri } });
+    }
   });
 
   it('refuses a server whose consumer is not installed with CONFIG, before anything is journalled or touched', async () => {

@@ -20,6 +20,28 @@ export function attachmentLinkPath(attachmentId: string): string {
   return `${STABLE_LINK_DIR}/${attachmentId}`;
 }
 
+/** Where an attachment's two host links lead now (`undefined`: absent): `dropLinksMadeSince`'s `before`. */
+export interface AttachmentLinks {
+  own: string | undefined;
+  volume: string | undefined;
+}
+
+/** Read where `attachment`'s links lead (a guest consumer, before it publishes). */
+export async function attachmentLinks(fs: HostFs, attachment: Pick<Attachment, 'id' | 'volumeId'>): Promise<AttachmentLinks> {
+  return { own: await fs.readlink(attachmentLinkPath(attachment.id)), volume: await fs.readlink(stableLinkPath(attachment.volumeId)) };
+}
+
+/**
+ * Remove the links a publish made that were not there `before` (a guest consumer whose guest
+ * could not be reached: its publish then leaves nothing behind, and says so with
+ * `details.untouched`, so the attach's rollback does not ask the unreachable guest again). A
+ * link that was there before (a re-run, another attachment's volume name) stays.
+ */
+export async function dropLinksMadeSince(fs: HostFs, attachment: Pick<Attachment, 'id' | 'volumeId'>, before: AttachmentLinks): Promise<void> {
+  if (before.own === undefined) await fs.unlink(attachmentLinkPath(attachment.id));
+  if (before.volume === undefined) await fs.unlink(stableLinkPath(attachment.volumeId));
+}
+
 /**
  * The default consumer: the server is this host itself, so publishing means giving the device
  * names that do not change across attaches (`/dev/loop3` today, `/dev/loop7` tomorrow):

@@ -1,3 +1,4 @@
+import path from 'node:path';
 import { z } from 'zod';
 import { lazySchema } from './lazy-schema.js';
 
@@ -33,7 +34,14 @@ export const zLibvirtHypervisor = lazySchema(() => z.strictObject({
   /** The domain's name or UUID. */
   domain: z.string().min(1).max(200).regex(/^[^/\s-][^/]*$/, 'a domain name has no slash and does not start with a space or "-"'),
   /** The libvirt connection URI (`qemu:///system`, `qemu+ssh://...`). */
-  uri: z.string().min(1).max(1024).regex(/^[a-z][a-z0-9+.-]*:\/\/\S*$/, 'a libvirt URI like qemu:///system').default(DEFAULT_LIBVIRT_URI),
+  uri: z
+    .string()
+    .min(1)
+    .max(1024)
+    // scheme://[authority][/path][?query]: what libvirt's URIs are made of, nothing a shell or
+    // libvirt would read otherwise (a `;`, spaces, quotes, `#`).
+    .regex(/^[a-z][a-z0-9+.-]*:\/\/[A-Za-z0-9._~%@:[\]-]*(\/[A-Za-z0-9._~%/-]*)?(\?[A-Za-z0-9._~%=&/:,+-]*)?$/, 'a libvirt URI like qemu:///system or qemu+ssh://user@host/system')
+    .default(DEFAULT_LIBVIRT_URI),
 }));
 /** A server's libvirt settings. */
 export type LibvirtHypervisor = z.output<typeof zLibvirtHypervisor>;
@@ -54,6 +62,18 @@ export const HYPERVISOR_TYPES = ['host', 'qemu', 'libvirt'] as const;
 export function consumerNameFor(server: { hypervisor?: Hypervisor | undefined }, defaultConsumer: string): string {
   const type = server.hypervisor?.type;
   return type === undefined || type === 'host' ? defaultConsumer : type;
+}
+
+/**
+ * Which guest a server's hypervisor reaches, on its host: two servers with the same key are one
+ * guest (the same QMP socket; the same libvirt connection and domain). `undefined` for the host.
+ * berth refuses a second server for a guest one already names (its attachments would take each
+ * other's disks out of the guest), and reconcile reads them as one guest.
+ */
+export function guestKey(hypervisor: Hypervisor | undefined): string | undefined {
+  if (hypervisor === undefined || hypervisor.type === 'host') return undefined;
+  if (hypervisor.type === 'qemu') return `qemu ${path.posix.normalize(hypervisor.qmp)}`;
+  return `libvirt ${hypervisor.uri} ${hypervisor.domain}`;
 }
 
 /** The plugin package that registers each guest consumer (for the hint of a missing one). */

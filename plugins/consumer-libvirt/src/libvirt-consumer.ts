@@ -4,9 +4,11 @@ import path from 'node:path';
 import { z } from '@berth/core/zod';
 import { acquireFileLock, LockTimeoutError, type CommandResult } from '@berth/host';
 import {
+  attachmentLinks,
   BerthError,
   createHostConsumer,
   DEFAULT_LIBVIRT_URI,
+  dropLinksMadeSince,
   KeyedLock,
   lazySchema,
   stableLinkPath,
@@ -77,7 +79,7 @@ function domainKey(hv: LibvirtHypervisor): string {
 function notRunning(server: Server, hv: LibvirtHypervisor): BerthError {
   return new BerthError('UNPROCESSABLE', `libvirt domain ${hv.domain} of server ${server.name} does not exist or is not running`, {
     hint: `start it (virsh -c ${hv.uri} start ${hv.domain}), or fix the server's domain`,
-    details: { server: server.name, domain: hv.domain },
+    details: { server: server.name, domain: hv.domain, untouched: true },
   });
 }
 
@@ -145,7 +147,7 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
         if (!(error instanceof LockTimeoutError)) throw error;
         throw new BerthError('TIMEOUT', `another berth process kept attaching to libvirt domain ${hv.domain} (server ${server.name}) for ${Math.round(error.timeoutMs / 1000)} s`, {
           hint: 'let the other attach to this guest finish, then try again',
-          details: { server: server.name, domain: hv.domain },
+          details: { server: server.name, domain: hv.domain, untouched: true },
           cause: error,
         });
       });
@@ -163,6 +165,7 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
     async publish(server, device, attachment) {
       const hv = libvirtHypervisorOf(server);
       const virsh = virshFor(hv);
+      const before = await attachmentLinks(context.host.fs, attachment);
       const published = await link.publish(server, device, attachment);
       // The disk's source is the volume's link (the same device as the attachment's own): the domain
       // lists it, and findDisk/guestDisks name the volume by it.
@@ -204,6 +207,11 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
         if (result.exitCode !== 0) throw virshFailed(result, what);
         await hints.set(key, [...targets, free]);
         return free;
+      }).catch(async (error: unknown) => {
+        // libvirt was never reached, or the domain does not run: nothing was plugged, and what was
+        // made on the host goes too, so the attach's rollback has nothing to ask the guest.
+        if (BerthError.is(error) && error.details.untouched === true) await dropLinksMadeSince(context.host.fs, attachment, before);
+        throw error;
       });
       return { path: published.path, guestDevice: `/dev/${target}`, serial: attachment.volumeId };
     },
@@ -290,8 +298,8 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
       `the guest of server ${server.name} (libvirt domain ${hv.domain}, ${state}) did not release the disk of volume ${volumeId} within ${Math.round(options.unplugTimeoutMs / 1000)} s; the host side is left connected`,
       {
         hint: paused
-          ? `the guest is paused and cannot answer the unplug request: virsh -c ${hv.uri} resume ${hv.domain}, then run the detach again`
-          : 'the guest ignored the unplug request (still booting, or the disk is busy in it): release it in the guest, then run the detach again',
+          ? `the guest is paused and cannot answer the unplug request: virsh -c ${hv.uri} resume ${hv.domain}, then run the detach again — the request stays pending, so the guest drops the disk when it resumes; until the detach runs again the attachment says attached (\`berth reconcile\` would plug it back)`
+          : 'the guest ignored the unplug request (still booting, or the disk is busy in it): release it in the guest, then run the detach again (the request stays pending: the guest may drop the disk on its own later, and `berth reconcile` then plugs it back if the detach was not run again)',
         details: { server: server.name, volumeId, domain: hv.domain, guestState: state, guestHoldsDevice: true },
       },
     );

@@ -221,9 +221,18 @@ export function virshFailed(result: CommandResult, what: string): BerthError {
   if (result.timedOut) {
     return new BerthError('TIMEOUT', `cannot ${what}: virsh did not answer in time`, { hint: 'check that libvirtd runs and answers (virsh uri)' });
   }
+  // No connection to libvirtd: nothing was asked of it (`untouched`). Either it does not run (a
+  // service berth needs, out of reach: UNAVAILABLE) or it refused the server's URI (CONFIG).
   if (/failed to connect to the hypervisor|libvirt-sock/i.test(said)) {
-    return new BerthError('HOST_UNSUPPORTED', `cannot ${what}: libvirtd does not answer (${said})`, {
-      hint: 'start it: virtlogd -d; libvirtd -d (or systemctl start libvirtd)',
+    if (/no such file|connection refused|libvirt-sock/i.test(said)) {
+      return new BerthError('UNAVAILABLE', `cannot ${what}: libvirtd does not answer (${said})`, {
+        hint: 'start it: virtlogd -d; libvirtd -d (or systemctl start libvirtd)',
+        details: { untouched: true },
+      });
+    }
+    return new BerthError('CONFIG', `cannot ${what}: libvirt refused the connection (${said})`, {
+      hint: "check the server's libvirt URI (berth server show); to change it: berth server delete, then berth server create --uri",
+      details: { untouched: true },
     });
   }
   if (/does not support hotplugging/.test(said)) {

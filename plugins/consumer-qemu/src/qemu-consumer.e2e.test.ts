@@ -1,3 +1,4 @@
+import { connect } from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { describeConsumerConformance } from '@berth/testkit/conformance';
@@ -137,6 +138,28 @@ describe('the qemu consumer against a real QEMU guest (TCG)', () => {
     await guest.agent.waitForDiskGone(v.volumeId, SEE_MS);
     expect(await consumer.guestDisks(server)).toEqual([]);
     expect(await blockNodes()).not.toContain(qemuDiskIds(v.volumeId).nodeName);
+    await v.disconnect();
+  });
+
+  it('a monitor another client holds: publish fails having touched nothing (untouched), and leaves no link, node or disk', async () => {
+    const v = await volume();
+    const attachment = v.attachment(server);
+    const impatient = createQemuConsumer({ host, dataDir: volumes.dir, options: { unplugTimeoutMs: 2_000, qmpTimeoutMs: 1_500 }, logger: silentLogger });
+    // A client (a script, a qmp-shell) holds the monitor: QEMU greets it and no one else.
+    const holder = connect(guest.qmpSocket);
+    await new Promise<void>((resolve, reject) => holder.once('data', () => resolve()).once('error', reject));
+    let failure: unknown;
+    try {
+      failure = await impatient.publish(server, v.device, attachment).catch((e: unknown) => e);
+    } finally {
+      holder.destroy();
+    }
+    expect(BerthError.is(failure) && failure.details.untouched).toBe(true);
+    expect(BerthError.is(failure) && failure.hint).toMatch(/one client at a time/);
+    expect(await host.fs.readlink(attachmentLinkPath(attachment.id))).toBeUndefined();
+    expect(await host.fs.readlink(stableLinkPath(v.volumeId))).toBeUndefined();
+    expect(await blockNodes()).not.toContain(qemuDiskIds(v.volumeId).nodeName);
+    expect(await consumer.guestDisks(server)).toEqual([]);
     await v.disconnect();
   });
 

@@ -4,8 +4,10 @@ import path from 'node:path';
 import { z } from '@berth/core/zod';
 import { acquireFileLock, LockTimeoutError } from '@berth/host';
 import {
+  attachmentLinks,
   BerthError,
   createHostConsumer,
+  dropLinksMadeSince,
   KeyedLock,
   lazySchema,
   virtioDiskName,
@@ -16,6 +18,7 @@ import {
   type PluginContext,
   type Publication,
   type Server,
+  toBerthError,
 } from '@berth/core';
 import { QmpClient, isQmpFailure, qmpFailureOf, zEmptyReturn, type QmpCallOptions } from '@berth/qemu';
 import { qemuDiskIds, qemuDiskMode, qemuHypervisorOf, volumeIdOfDevice, type QemuHypervisor } from './qemu-hypervisor.js';
@@ -104,7 +107,7 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
         if (!(error instanceof LockTimeoutError)) throw error;
         throw new BerthError('TIMEOUT', `another berth process kept the QMP socket of server ${server.name} busy for ${Math.round(error.timeoutMs / 1000)} s`, {
           hint: 'let the other attach or detach of this guest finish (berth operation list), then try again',
-          details: { server: server.name, qmp: hv.qmp },
+          details: { server: server.name, qmp: hv.qmp, untouched: true },
           cause: error,
         });
       });
@@ -114,7 +117,8 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
           qmp = await QmpClient.connect(hv.qmp, { timeoutMs: options.qmpTimeoutMs });
         } catch (error) {
           if (isUnreachable(error)) return await unreachable();
-          throw error;
+          // No session: nothing was asked of the guest.
+          throw sessionFailed(server, hv, error);
         }
         try {
           return await fn(qmp);
@@ -156,6 +160,7 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
       const hv = qemuHypervisorOf(server);
       const { deviceId, nodeName } = qemuDiskIds(attachment.volumeId);
       const mode = qemuDiskMode(attachment);
+      const before = await attachmentLinks(context.host.fs, attachment);
       const published = await link.publish(server, device, attachment);
       // QEMU opens the stable link, so its block node names the volume (`/dev/berth/<id>`), not a
       // kernel name that another device may carry tomorrow.
@@ -199,11 +204,15 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
         },
         async () => {
           throw new BerthError('UNPROCESSABLE', `cannot reach the QEMU of server ${server.name} at ${hv.qmp}: nothing listens there`, {
-            hint: `start the guest, or fix the server's QMP socket (berth server create ${server.name} --hypervisor qemu --qmp PATH)`,
-            details: { server: server.name, qmp: hv.qmp },
+            hint: `start the guest, or give the server its QMP socket (berth server delete ${server.name}; berth server create ${server.name} --hypervisor qemu --qmp PATH)`,
+            details: { server: server.name, qmp: hv.qmp, untouched: true },
           });
         },
-      );
+      ).catch(async (error: unknown) => {
+        // The guest was never reached: what was made on the host goes too, so nothing is left.
+        if (BerthError.is(error) && error.details.untouched === true) await dropLinksMadeSince(context.host.fs, attachment, before);
+        throw error;
+      });
       return { path: published.path, guestDevice, serial: attachment.volumeId };
     },
 
@@ -331,8 +340,8 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
       {
         hint:
           state === 'running'
-            ? 'the guest ignored the unplug request (still booting, or the disk is busy in it): release it in the guest, then run the detach again'
-            : `the guest is ${state} and cannot answer the unplug request: resume it (QMP cont), then run the detach again`,
+            ? 'the guest ignored the unplug request (still booting, or the disk is busy in it): release it in the guest, then run the detach again (the request stays pending: the guest may drop the disk on its own later, and `berth reconcile` then plugs it back if the detach was not run again)'
+            : `the guest is ${state} and cannot answer the unplug request: resume it (QMP cont), then run the detach again — the request stays pending, so the guest drops the disk when it resumes; until the detach runs again the attachment says attached (\`berth reconcile\` would plug it back)`,
         details: { server: server.name, volumeId, qmp: hv.qmp, guestState: state, guestHoldsDevice: true },
       },
     );
@@ -344,6 +353,19 @@ function isUnreachable(error: unknown): boolean {
   if (!BerthError.is(error) || error.details.qmpClosed !== true) return false;
   const code = (error.cause as NodeJS.ErrnoException | undefined)?.code;
   return code === 'ENOENT' || code === 'ECONNREFUSED';
+}
+
+/**
+ * No QMP session could be had with a QEMU that listens (no greeting: another client holds the
+ * monitor, or its main loop is blocked): nothing was asked of the guest (`untouched`).
+ */
+function sessionFailed(server: Server, hv: QemuHypervisor, error: unknown): BerthError {
+  const e = toBerthError(error);
+  return new BerthError(e.code, `cannot talk to the QEMU of server ${server.name} at ${hv.qmp}: ${e.message}`, {
+    hint: 'a QMP monitor serves one client at a time: another client (a script, virsh, a qmp-shell) may hold it — close it and try again; or the guest\'s main loop is blocked',
+    details: { ...e.details, server: server.name, qmp: hv.qmp, untouched: true },
+    cause: error,
+  });
 }
 
 function hotplugFailed(server: Server, hv: QemuHypervisor, volumeId: string, error: unknown): BerthError {

@@ -221,6 +221,9 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
           device: required(ctx.device, 'device'),
           signal,
           operationId: ctx.operationId,
+        }).catch((error: unknown) => {
+          if (BerthError.is(error) && error.details.untouched === true) ctx.publishUntouched = true;
+          throw error;
         });
         ctx.publishedPath = publication.path;
         published = publication;
@@ -242,7 +245,7 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
         return { apply: (c) => (c.attachment = attachment) };
       },
       async undo(ctx, signal) {
-        if (!ctx.attachment) return;
+        if (!ctx.attachment || ctx.publishUntouched === true) return;
         try {
           ctx.volumeNameKept = (await unpublishShared(deps, {
             steps: required(ctx.steps, 'host steps'),

@@ -74,6 +74,12 @@ export interface PipelineContext {
    * (`ReleaseRequest.volumeNameKept`).
    */
   volumeNameKept?: boolean;
+  /**
+   * The attach's `publish` failed having touched nothing (`details.untouched`: its consumer could
+   * not reach the guest and made nothing on the host): its undo has nothing to take down, and
+   * must not ask the unreachable guest again (which would fail the rollback for nothing).
+   */
+  publishUntouched?: boolean;
 }
 
 /** Whether the server is a VM whose consumer hot-plugs into it (not the host itself). */

@@ -346,6 +346,18 @@ describe('findDifferences: guests', () => {
     expect(describeFinding(found[0]!)).toMatchObject({ fix: 'replug', attachmentId: a.id });
   });
 
+  it('two server records of one guest (the same QMP socket, made before berth refused it) are one guest: an attachment to either accounts for the disk', () => {
+    const twin: Server = { ...server, id: '00000000-0000-4000-8000-00000000000b', name: 'vm-1b' };
+    const v = volume('a', 'in-use', '/data/volumes/a.img');
+    const a = { ...fileAttachment(v, 'attached', '/dev/loop3'), serverId: twin.id };
+    const listings = loop([loopDevice('/dev/loop3', '/data/volumes/a.img')]);
+    const disks = [{ serial: v.id, id: '/machine/peripheral/d0' }];
+    const guests: GuestListing[] = [{ server, consumer: 'qemu', disks }, { server: twin, consumer: 'qemu', disks }];
+    expect(guestFindings(facts({ volumes: [v], attachments: [a], listings, guests }))).toEqual([]);
+    // With no attachment at all, the disk is found once, not once per record.
+    expect(guestFindings(facts({ volumes: [v], guests })).map((f) => f.kind)).toEqual(['guest_disk_without_attachment']);
+  });
+
   it('an attachment whose host device is gone is left to the reconnect fix; a busy volume is skipped; a guest not listed says nothing', () => {
     const v = volume('a', 'in-use', '/data/volumes/a.img');
     const a = fileAttachment(v, 'attached', '/dev/loop3');

@@ -3,6 +3,7 @@ import type { GuestDisk } from '../contracts/consumer.js';
 import type { ConnectedDevice } from '../contracts/transport-driver.js';
 import type { BackendExport } from '../contracts/volume-backend.js';
 import { sameDevice } from '../device-identity.js';
+import { guestKey } from '../hypervisor.js';
 import type { Attachment, HostDevice, Operation, Server, Volume, VolumeStatus } from '../model.js';
 import { hostRootMismatch, hostRootSkip } from '../pipeline/host-root.js';
 import type { FixState, ReconcileDifference } from '../reports.js';
@@ -381,8 +382,20 @@ function findGuestDifferences(facts: ReconcileFacts, busy: (volumeId: string) =>
   const findings: Finding[] = [];
   const volumesById = new Map(facts.volumes.map((v) => [v.id, v]));
   const reconnected = new Set(earlier.flatMap((f) => (f.kind === 'attachment_device_gone' ? [f.attachment.id] : [])));
+  // Servers that reach one guest (records older than the refusal of a second one) are one guest:
+  // the attachments of any of them account for its disks, and it is looked at once.
+  const serversOf = new Map<string, Set<string>>();
   for (const guest of facts.guests ?? []) {
-    const own = live(facts.attachments).filter((a) => a.serverId === guest.server.id);
+    const key = guestKey(guest.server.hypervisor) ?? guest.server.id;
+    serversOf.set(key, (serversOf.get(key) ?? new Set()).add(guest.server.id));
+  }
+  const seen = new Set<string>();
+  for (const guest of facts.guests ?? []) {
+    const key = guestKey(guest.server.hypervisor) ?? guest.server.id;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    const servers = serversOf.get(key) ?? new Set([guest.server.id]);
+    const own = live(facts.attachments).filter((a) => servers.has(a.serverId));
     for (const disk of guest.disks) {
       const volume = volumesById.get(disk.serial);
       if (!volume) continue;
