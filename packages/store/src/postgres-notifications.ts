@@ -66,6 +66,12 @@ export function createPostgresNotifications(options: PostgresNotificationsOption
   let reconnectTimer: NodeJS.Timeout | undefined;
   let failures = 0;
   let closed = false;
+  /**
+   * The connection was lost with channels listened to: whichever opens the next one — the
+   * reconnect timer, or a new subscriber first — LISTENs to all of them again (a subscriber that
+   * opened it for its own channel alone left every other host's long-poll deaf until restart).
+   */
+  let relistenAll = false;
 
   const call = (listener: (payload: string) => void, payload: string): void => {
     try {
@@ -85,13 +91,15 @@ export function createPostgresNotifications(options: PostgresNotificationsOption
       listened.delete(channel);
     }
     idle.clear();
+    if (listeners.size > 0) relistenAll = true;
     if (!closed && listeners.size > 0) scheduleReconnect();
   };
 
-  /** The listening connection, opened if need be; a re-opened one (`relisten`) LISTENs to every channel again. */
-  const connection = (relisten = false): Promise<pg.Client> => {
+  /** The listening connection, opened if need be; a re-opened one (after a loss) LISTENs to every channel again. */
+  const connection = (): Promise<pg.Client> => {
     if (client !== undefined) return Promise.resolve(client);
     connecting ??= (async () => {
+      const relisten = relistenAll;
       const fresh = options.newClient();
       fresh.on('notification', (message) => {
         for (const listener of listeners.get(message.channel) ?? []) call(listener, message.payload ?? '');
@@ -111,6 +119,7 @@ export function createPostgresNotifications(options: PostgresNotificationsOption
         throw postgresConnectionFailure(new Error('the store was closed'), options.target, options.password);
       }
       client = fresh;
+      if (relisten) relistenAll = false;
       return fresh;
     })().finally(() => {
       connecting = undefined;
@@ -123,7 +132,7 @@ export function createPostgresNotifications(options: PostgresNotificationsOption
     const delay = Math.min(MAX_RECONNECT_DELAY_MS, 100 * 2 ** failures);
     reconnectTimer = setTimeout(() => {
       reconnectTimer = undefined;
-      connection(true).then(
+      connection().then(
         () => {
           failures = 0;
           for (const set of listeners.values()) for (const listener of set) call(listener, '');

@@ -132,6 +132,11 @@ describe('openPostgresStore', () => {
     expect(redactPostgresUrl('postgresql://u:p%40ss@h:5/d?sslmode=require&password=x')).toBe(
       'postgresql://u:***@h:5/d?sslmode=require&password=***',
     );
+    // A malformed %-escape in the password (the driver decodes it): CONFIG, not "URI malformed".
+    const malformed = await failure(openPostgresStore({ url: 'postgres://berth:S3cret%zzPw@127.0.0.1:1/berth' }));
+    expect(malformed.code).toBe('CONFIG');
+    expect(malformed.message).not.toContain('S3cret');
+    expect(malformed.hint).toContain('%25');
   });
 
   it('a connection killed under a store is UNAVAILABLE once, and the store recovers', async () => {
@@ -511,6 +516,46 @@ describe('PostgreSQL concurrency', () => {
       expect(await arrived).toBe('again');
       await stop();
       expect(recorded().slice(4)).toEqual(['listen "work_host_1"', 'unlisten "work_host_2"']);
+    } finally {
+      await backend.close();
+    }
+  });
+
+  it('a listening connection re-opened by a new subscriber (before the reconnect) LISTENs every channel again, not only its own', async () => {
+    const url = await running().createDatabase();
+    const sender = await openTracked(url);
+    const ended: Array<Promise<void>> = [];
+    const backend = createPostgresNotifications({
+      newClient: () => {
+        const client = new pg.Client({ connectionString: url });
+        ended.push(new Promise<void>((resolve) => client.once('end', () => resolve())));
+        return client;
+      },
+      target: 'test',
+      password: undefined,
+    });
+    const payloads: string[] = [];
+    const waiters: Array<{ want: string; resolve: () => void }> = [];
+    const deliver = (payload: string): void => {
+      payloads.push(payload);
+      for (const w of waiters.filter((x) => x.want === payload)) w.resolve();
+    };
+    const next = (want: string): Promise<void> => new Promise<void>((resolve) => waiters.push({ want, resolve }));
+    try {
+      const stopA = await backend.subscribe('work_host_a', deliver);
+      const database = new URL(url).pathname.slice(1);
+      // The database drops the listening connection (a restart does this to every one).
+      await running().query("select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and query ilike 'listen%'", [database]);
+      await ended[0];
+      // Another host's long-poll subscribes before the reconnect timer: it opens the connection.
+      const woken = next('');
+      const stopB = await backend.subscribe('work_host_b', () => undefined);
+      await woken;
+      const arrived = next('item-after');
+      await sender.notifications!.notify('work_host_a', 'item-after');
+      await Promise.race([arrived, new Promise((_r, reject) => setTimeout(() => reject(new Error(`work_host_a not listened to again: ${JSON.stringify(payloads)}`)), 10_000).unref())]);
+      await stopA();
+      await stopB();
     } finally {
       await backend.close();
     }

@@ -16,6 +16,12 @@ function parsePostgresUrl(value: string): URL | undefined {
   if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') return undefined;
   // A socket directory may be given as ?host=/run/postgresql with an empty authority.
   if (url.hostname === '' && url.searchParams.get('host') === null) return undefined;
+  // Its parts are %-decoded by the driver: a malformed escape (`%zz` in a password) is not a URL.
+  try {
+    for (const part of [url.username, url.password, url.pathname]) decodeURIComponent(part);
+  } catch {
+    return undefined;
+  }
   return url;
 }
 
@@ -53,6 +59,6 @@ export function postgresUrlPassword(value: string): string | undefined {
 export function parseStoreUrl(value: string): string {
   if (parsePostgresUrl(value) !== undefined) return value;
   throw new BerthError('CONFIG', `the store URL ${redactPostgresUrl(value)} is not a PostgreSQL URL`, {
-    hint: 'use postgres://user[:password]@host[:port]/database (or set BERTH_STORE_URL); leave it out for the embedded SQLite store',
+    hint: 'use postgres://user[:password]@host[:port]/database, with any "%" in the user or password written %25 (or set BERTH_STORE_URL); leave it out for the embedded SQLite store',
   });
 }
