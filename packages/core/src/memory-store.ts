@@ -481,11 +481,15 @@ export function createMemoryStore(): Store {
           .sort(([, a], [, b]) => (a < b ? -1 : a > b ? 1 : 0))
           .slice(0, max)
           .map(([id]) => requireRow(tables.operations, 'operation', id));
+        const previous = new Map(taken.map((operation) => [operation.id, operation.owner]));
         for (const operation of taken) {
           operation.owner = owner;
           tables.operationLeases.set(operation.id, leaseUntil(ms));
         }
-        return copy(taken.sort((a, b) => (a.startedAt < b.startedAt ? -1 : a.startedAt > b.startedAt ? 1 : 0)));
+        return copy(taken.sort((a, b) => (a.startedAt < b.startedAt ? -1 : a.startedAt > b.startedAt ? 1 : 0))).map((operation) => ({
+          ...operation,
+          previousOwner: previous.get(operation.id) ?? null,
+        }));
       }),
   };
 

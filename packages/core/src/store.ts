@@ -327,13 +327,19 @@ export interface OperationRepository {
    * callers never take the same operation (row locks skipped on PostgreSQL, one writer on SQLite).
    * Operations without a lease are never taken.
    */
-  claimExpired?(owner: string, leaseMs: number, limit?: number): Promise<Operation[]>;
+  claimExpired?(owner: string, leaseMs: number, limit?: number): Promise<ClaimedOperation[]>;
   /**
    * When the operation's lease passes (ISO-8601): null for one without a lease, undefined for a
    * missing operation. Optional (many hosts): a store without it has no leases to tell.
    */
   leaseExpiry?(id: string): Promise<string | null | undefined>;
 }
+
+/** An operation `claimExpired` took: owned by the claimer now, and whom it took it from. */
+export type ClaimedOperation = Operation & {
+  /** The owner before the claim (the process that stopped renewing it): what recovery's error names. */
+  previousOwner: string | null;
+};
 
 /** Fields of a new work item (always created `pending`). */
 export interface NewWorkItem {

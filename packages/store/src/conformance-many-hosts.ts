@@ -142,7 +142,8 @@ export function describeManyHostsStoreConformance(name: string, open: () => Prom
 
         const taken = await operations.claimExpired('api-2', HOUR);
         expect(taken.map((o) => o.id)).toEqual([expired.id]);
-        expect(taken[0]).toMatchObject({ owner: 'api-2', state: 'running' });
+        // Owned by the claimer now; who it was taken from (the process that stopped) comes with it.
+        expect(taken[0]).toMatchObject({ owner: 'api-2', state: 'running', previousOwner: 'api-1' });
         expect(taken[0]?.steps.map((s) => s.name)).toEqual(['reserve']);
         expect((await store.operations.require(live.id)).owner).toBe('api-1');
         expect((await store.operations.require(unleased.id)).owner).toBe('123@node-a');

@@ -42,10 +42,10 @@ export function violation(ctx: RepositoryContext, error: unknown): ConstraintVio
  * update more than n rows; rows a concurrent claimer holds are skipped where the engine has
  * row locks (without them, SQLite's single writer makes the statement atomic anyway).
  */
-export function withPicked<TB extends keyof Database>(
+export function withPicked<TB extends keyof Database, O extends { id: string } = { id: string }>(
   ctx: RepositoryContext,
-  pick: (db: QueryCreator<Database>) => SelectQueryBuilder<Database, TB, { id: string }>,
-): QueryCreator<Database & { picked: { id: string } }> {
+  pick: (db: QueryCreator<Database>) => SelectQueryBuilder<Database, TB, O>,
+): QueryCreator<Database & { picked: O }> {
   return ctx
     .db()
     .with(

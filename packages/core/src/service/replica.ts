@@ -171,10 +171,12 @@ export class ReplicaMaintenance {
   }
 
   /** Finish an operation a dead replica left, under its volume lock. */
-  private async takeOver(operation: Operation, cause: RecoveryCause = 'stopped'): Promise<RecoveryOutcome | undefined> {
+  private async takeOver(operation: Operation & { previousOwner?: string | null }, cause: RecoveryCause = 'stopped'): Promise<RecoveryOutcome | undefined> {
     const { store, logger, volumeLocks } = this.parts;
     const log = logger.child({ operationId: operation.id, takeover: true });
-    log.warn({ from: operation.owner }, 'taking over an operation whose replica stopped renewing it');
+    // Who ran it: the claim's previous owner (the operation's owner is this replica now).
+    const from = operation.previousOwner === undefined ? operation.owner : operation.previousOwner;
+    log.warn({ from }, 'taking over an operation whose replica stopped renewing it');
     const recover = async (): Promise<RecoveryOutcome> => {
       try {
         // The claim wrote this replica over the dead owner, so who it was is not known here: a
@@ -182,13 +184,13 @@ export class ReplicaMaintenance {
         // stays for it). Any dead process's commands on this host are waited for — none, unless a
         // berth died here in the last command timeout — so that no undo runs beside them.
         if (!(await commandsEnded(undefined, this.parts.config.commandTimeoutMs + DEAD_OWNER_KILL_MARGIN_MS))) {
-          log.warn({ from: operation.owner }, 'a dead berth process\'s commands still run on this host; recovering beside them');
+          log.warn({ from }, 'a dead berth process\'s commands still run on this host; recovering beside them');
         }
         const current = await store.operations.require(operation.id);
         // Settled while this waited for the volume lock.
         if (current.state !== 'running') return { operationId: operation.id, kind: operation.kind, action: 'skipped', detail: `already ${current.state}` };
         // Fenced by this replica's ownership: frozen mid-recovery and taken over in turn, it stops at its first write.
-        return await recoverOperation(recoveryDeps(this.parts), current, log, this.parts.owner, cause);
+        return await recoverOperation(recoveryDeps(this.parts), current, log, this.parts.owner, cause, from);
       } catch (error) {
         if (isTakenOver(error)) return { operationId: operation.id, kind: operation.kind, action: 'skipped', detail: 'another replica took it over in turn' };
         const e = toBerthError(error);

@@ -1,6 +1,7 @@
 import { BerthError, isoTimestamp, lazySchema, newOperationRow, operationLeaseMs, parseWith, zLeaseMs, zId, zOperation, zOperationState, zOperationStep } from '@berth/core';
 import { z } from '@berth/core/zod';
 import type {
+  ClaimedOperation,
   ErrorSummary,
   NewOperation,
   Operation,
@@ -481,14 +482,15 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
       return row === undefined ? undefined : row.lease_expires_at;
     },
 
-    async claimExpired(owner: string, leaseMs: number, limit = DEFAULT_CLAIM_LIMIT): Promise<Operation[]> {
+    async claimExpired(owner: string, leaseMs: number, limit = DEFAULT_CLAIM_LIMIT): Promise<ClaimedOperation[]> {
       const ms = parseWith(zLeaseMs, leaseMs, 'operation lease');
       const max = parseWith(zClaimLimit, limit, 'claim limit');
       const now = ctx.now();
       // One statement: the candidates are picked and locked once, and the outer WHERE re-checks
       // them after any wait.
+      // The pick keeps each row's owner before the claim: the takeover names the process that stopped.
       const rows = await withPicked(ctx, (db) =>
-        db.selectFrom('operations').select('id').where('state', '=', 'running').where('lease_expires_at', '<', now).orderBy('lease_expires_at').limit(max),
+        db.selectFrom('operations').select(['id', 'owner']).where('state', '=', 'running').where('lease_expires_at', '<', now).orderBy('lease_expires_at').limit(max),
       )
         .updateTable('operations')
         .set({ owner, lease_expires_at: leaseUntil(ms) })
@@ -496,9 +498,13 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
         .where('lease_expires_at', '<', now)
         .where('id', 'in', (eb) => eb.selectFrom('picked').select('picked.id'))
         .returningAll()
+        .returning((eb) => eb.selectFrom('picked').select('picked.owner').whereRef('picked.id', '=', 'operations.id').as('previous_owner'))
         .execute();
-      const operations = await withSteps(rows);
-      return operations.sort((a, b) => (a.startedAt < b.startedAt ? -1 : a.startedAt > b.startedAt ? 1 : 0));
+      const previous = new Map(rows.map((row) => [row.id, row.previous_owner ?? null]));
+      const operations = await withSteps(rows.map(({ previous_owner: _previous, ...row }) => row));
+      return operations
+        .map((operation) => ({ ...operation, previousOwner: previous.get(operation.id) ?? null }))
+        .sort((a, b) => (a.startedAt < b.startedAt ? -1 : a.startedAt > b.startedAt ? 1 : 0));
     },
   };
 }
