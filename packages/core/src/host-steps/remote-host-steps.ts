@@ -180,7 +180,7 @@ async function giveUp(deps: RemoteHostStepsDeps, host: AgentHost, item: WorkItem
   }
   const what = claimed ? `did not finish step ${step}` : `did not pick up step ${step}`;
   throw new BerthError('TIMEOUT', `host ${host.name}'s agent ${what} before the ${call.undo ? 'undo' : 'operation'}'s deadline (${agentState})`, {
-    hint: `${offline ? `start \`berth agent\` on ${host.name}` : `check that \`berth agent\` runs on ${host.name} (start it if not; if it does, it is slow or stuck: see its log, and raise operationTimeoutMs if the step needs longer)`}${claimed ? `; its device may still be connected: \`berth detach <volume> --force\` once the agent is back` : ''}`,
+    hint: `${offline ? `start \`berth agent\` on ${host.name}` : `check that \`berth agent\` runs on ${host.name} (start it if not; if it does, it is slow or stuck: see its log, and raise operationTimeoutMs if the step needs longer)`}${claimed ? `; the step may have run there: the agent undoes what is queued for it when it is back, and if the volume is still not as it should be then (\`berth volume show\`), \`berth detach <volume> --force\`` : ''}`,
     details: { hostId: host.id, step, workItemId: item.id, ranOnHost: claimed, ...(silentMs === undefined ? {} : { agentSilentMs: silentMs }) },
     cause: reason,
   });
