@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Attachment, DoctorEntry, OperationOutcome, PluginReport, Volume } from '@berth/core';
+import { EXIT_CODES } from '@berth/core';
 import { makeSandbox, TEST_WORKSPACE, type BerthSandbox } from './support/berth-cli.js';
 import { sweepOrphanedSandboxes } from './support/orphans.js';
 import { loopDevicesBacking, removeBerthLinks } from './support/loop-devices.js';
@@ -130,6 +131,22 @@ describe.skipIf(!isRoot)('berth plugins end to end', { timeout: TEST_TIMEOUT_MS 
     const report = await sandbox.json<DoctorReport>(['doctor']);
     expect(report.plugins.loaded.map((p) => p.packageName)).toContain('berth-plugin-fixture');
     await journeyThroughFixture(sandbox);
+
+    // While an attachment goes through its transport (and a volume lives on its backend) the
+    // uninstall is refused: without the plugin neither could be detached or deleted.
+    await sandbox.json(['volume', 'create', '--size', '16MiB', '--name', 'fx2', '--backend', 'fixture']);
+    await sandbox.json(['attach', 'fx2']);
+    const refused = await sandbox.run(['plugins', 'uninstall', 'berth-plugin-fixture']);
+    expect(refused.exitCode, `${refused.stdout}\n${refused.stderr}`).toBe(EXIT_CODES.CONFLICT);
+    expect(refused.stderr).toContain('attachment');
+    expect(refused.stderr).toContain('transport fixture');
+    expect(refused.stderr).toContain('--force');
+    expect((await sandbox.json<DoctorReport>(['doctor'])).plugins.loaded.map((p) => p.packageName)).toContain('berth-plugin-fixture');
+    await sandbox.json(['detach', 'fx2']);
+    const volumeLeft = await sandbox.run(['plugins', 'uninstall', 'berth-plugin-fixture']);
+    expect(volumeLeft.exitCode).toBe(EXIT_CODES.CONFLICT);
+    expect(volumeLeft.stderr).toContain('volume fx2 (on its backend fixture)');
+    await sandbox.json(['volume', 'delete', 'fx2', '--yes']);
 
     const uninstall = await sandbox.run(['plugins', 'uninstall', 'berth-plugin-fixture']);
     expect(uninstall.exitCode, `${uninstall.stdout}\n${uninstall.stderr}`).toBe(0);

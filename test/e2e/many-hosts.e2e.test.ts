@@ -317,7 +317,7 @@ describe.skipIf(!isRoot)('many hosts: agents in network namespaces, replicas on 
     const again = await f.json<ReconcileReport>(['reconcile', '--host', 'h1', '--dry-run']);
     expect(again.differences.filter((d) => d.volumeId === volume.id)).toEqual([]);
 
-    // Its stable link removed on h1 behind berth's back: h1's agent finds it and makes it again.
+    // Its attachment link removed on h1 behind berth's back: h1's agent finds it and makes it again.
     await rm(`/dev/berth/${attachmentId}`);
     const unpublished = await f.json<ReconcileReport>(['reconcile', '--host', 'h1', '--yes'], 1);
     expect(unpublished.differences.filter((d) => d.volumeId === volume.id)).toEqual([

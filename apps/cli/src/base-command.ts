@@ -293,6 +293,6 @@ function debugEnabled(): boolean {
 
 // oclif's plugin-plugins installs packages into its data dir (with a package.json listing them);
 // the runtime's loader scans that package.json's dependencies for berth plugins.
-function installedPluginDirs(oclifDataDir: string): string[] {
+export function installedPluginDirs(oclifDataDir: string): string[] {
   return existsSync(join(oclifDataDir, 'package.json')) ? [oclifDataDir] : [];
 }

@@ -2,6 +2,7 @@ import type { HostFs } from '@berth/host';
 import type { Consumer, Publication, UnpublishOptions, UnpublishOrphanOptions } from './contracts/consumer.js';
 import type { Device } from './connection.js';
 import type { Attachment, Server } from './model.js';
+import { BerthError } from './errors.js';
 import { definePlugin, PLUGIN_API_VERSION } from './plugin.js';
 
 /** Where the host consumer puts its stable links. */
@@ -32,14 +33,31 @@ export async function attachmentLinks(fs: HostFs, attachment: Pick<Attachment, '
 }
 
 /**
- * Remove the links a publish made that were not there `before` (a guest consumer whose guest
- * could not be reached: its publish then leaves nothing behind, and says so with
- * `details.untouched`, so the attach's rollback does not ask the unreachable guest again). A
- * link that was there before (a re-run, another attachment's volume name) stays.
+ * What a guest consumer's publish does when it never reached the guest (`error.details.untouched`:
+ * no QMP session, libvirt not reached, the domain not running): when the attachment's own link was
+ * not there before, nothing of it was ever published — the links this call made, or re-pointed at
+ * `device` from elsewhere (a stale name), go and the error is thrown as it is, so the attach's
+ * rollback does not ask the unreachable guest again. With the own link there before, an earlier
+ * publish of this attachment (a re-run after a crash) may have plugged the disk: the links stay
+ * and the error loses `untouched`, so the undo runs. Any other error is thrown as it is.
  */
-export async function dropLinksMadeSince(fs: HostFs, attachment: Pick<Attachment, 'id' | 'volumeId'>, before: AttachmentLinks): Promise<void> {
-  if (before.own === undefined) await fs.unlink(attachmentLinkPath(attachment.id));
-  if (before.volume === undefined) await fs.unlink(stableLinkPath(attachment.volumeId));
+export async function failUnreachedPublish(
+  fs: HostFs,
+  attachment: Pick<Attachment, 'id' | 'volumeId'>,
+  device: Pick<Device, 'path'>,
+  before: AttachmentLinks,
+  error: unknown,
+): Promise<never> {
+  if (!BerthError.is(error) || error.details.untouched !== true) throw error;
+  if (before.own !== undefined) {
+    const { untouched: _untouched, ...details } = error.details;
+    throw new BerthError(error.code, error.message, { ...(error.hint === undefined ? {} : { hint: error.hint }), details, cause: error });
+  }
+  await fs.unlink(attachmentLinkPath(attachment.id));
+  // Another attachment of the volume on this host shares its device, and this name with it: kept.
+  const volume = stableLinkPath(attachment.volumeId);
+  if (before.volume !== device.path && (await fs.readlink(volume)) === device.path) await fs.unlink(volume);
+  throw error;
 }
 
 /**

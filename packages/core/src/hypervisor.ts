@@ -34,15 +34,17 @@ export const zLibvirtHypervisor = lazySchema(() => z.strictObject({
   /** The domain's name or UUID. */
   domain: z.string().min(1).max(200).regex(/^[^/\s-][^/]*$/, 'a domain name has no slash and does not start with a space or "-"'),
   /** The libvirt connection URI (`qemu:///system`, `qemu+ssh://...`). */
-  uri: z
-    .string()
-    .min(1)
-    .max(1024)
-    // scheme://[authority][/path][?query]: what libvirt's URIs are made of, nothing a shell or
-    // libvirt would read otherwise (a `;`, spaces, quotes, `#`).
-    .regex(/^[a-z][a-z0-9+.-]*:\/\/[A-Za-z0-9._~%@:[\]-]*(\/[A-Za-z0-9._~%/-]*)?(\?[A-Za-z0-9._~%=&/:,+-]*)?$/, 'a libvirt URI like qemu:///system or qemu+ssh://user@host/system')
-    .default(DEFAULT_LIBVIRT_URI),
+  // Stored records are read with this loose form; a new server's URI is held to `LIBVIRT_URI`.
+  uri: z.string().min(1).max(1024).regex(/^[a-z][a-z0-9+.-]*:\/\/\S*$/, 'a libvirt URI like qemu:///system').default(DEFAULT_LIBVIRT_URI),
 }));
+/**
+ * What a new server's libvirt URI must be: scheme://[authority][/path][?query], made of what
+ * libvirt's URIs are made of — nothing a shell or libvirt would read otherwise (`;`, spaces,
+ * quotes, `#`). Checked when a server is created, not when a stored one is read (an older
+ * record that passed the loose form still loads).
+ */
+export const LIBVIRT_URI = /^[a-z][a-z0-9+.-]*:\/\/[A-Za-z0-9._~%@:[\]-]*(\/[A-Za-z0-9._~%/-]*)?(\?[A-Za-z0-9._~%=&/:,+@-]*)?$/;
+
 /** A server's libvirt settings. */
 export type LibvirtHypervisor = z.output<typeof zLibvirtHypervisor>;
 

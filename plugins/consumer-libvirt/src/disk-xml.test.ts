@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { diskXml, freeVirtioTarget, parseDomainBlocks, parseDomainDisks } from './disk-xml.js';
-import { parseDomblklist } from './virsh.js';
+import { parseDomblklist, virshFailed } from './virsh.js';
 
 describe('disk XML', () => {
   it('is a block disk by the stable link, serial = volume id, alias, cache none + native io', () => {
@@ -72,5 +72,20 @@ describe('live domain XML', () => {
     expect(parseDomainBlocks("<domain><devices><disk type='file' device='disk'><source file='/var/a&amp;b.img'/><target dev='vda' bus='virtio'/></disk></devices></domain>")).toEqual([
       { type: 'file', device: 'disk', target: 'vda', source: '/var/a&b.img' },
     ]);
+  });
+});
+
+describe('virshFailed: no connection to libvirtd touched nothing', () => {
+  const result = (stderr: string) => ({ command: 'virsh', exitCode: 1, stdout: '', stderr, durationMs: 5, timedOut: false, aborted: false });
+  it('libvirtd not running is UNAVAILABLE; a URI libvirt refuses is CONFIG; both untouched', () => {
+    const down = virshFailed(result("error: failed to connect to the hypervisor\nerror: Failed to connect socket to '/var/run/libvirt/libvirt-sock': No such file or directory"), 'plug a disk');
+    expect(down.code).toBe('UNAVAILABLE');
+    expect(down.details.untouched).toBe(true);
+    const refused = virshFailed(result("error: failed to connect to the hypervisor\nerror: unexpected qemu URI path '/sys', try qemu:///system"), 'plug a disk');
+    expect(refused.code).toBe('CONFIG');
+    expect(refused.details.untouched).toBe(true);
+    expect(refused.hint).toContain('server delete');
+    // A failure after the connection (libvirt refused the device) says nothing about untouched.
+    expect(virshFailed(result("error: Failed to attach device\nerror: internal error: unable to execute QEMU command 'device_add'"), 'plug a disk').details.untouched).toBeUndefined();
   });
 });

@@ -8,7 +8,7 @@ import {
   BerthError,
   createHostConsumer,
   DEFAULT_LIBVIRT_URI,
-  dropLinksMadeSince,
+  failUnreachedPublish,
   KeyedLock,
   lazySchema,
   stableLinkPath,
@@ -207,12 +207,7 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
         if (result.exitCode !== 0) throw virshFailed(result, what);
         await hints.set(key, [...targets, free]);
         return free;
-      }).catch(async (error: unknown) => {
-        // libvirt was never reached, or the domain does not run: nothing was plugged, and what was
-        // made on the host goes too, so the attach's rollback has nothing to ask the guest.
-        if (BerthError.is(error) && error.details.untouched === true) await dropLinksMadeSince(context.host.fs, attachment, before);
-        throw error;
-      });
+      }).catch((error: unknown) => failUnreachedPublish(context.host.fs, attachment, device, before, error));
       return { path: published.path, guestDevice: `/dev/${target}`, serial: attachment.volumeId };
     },
 

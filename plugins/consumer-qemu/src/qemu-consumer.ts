@@ -7,7 +7,7 @@ import {
   attachmentLinks,
   BerthError,
   createHostConsumer,
-  dropLinksMadeSince,
+  failUnreachedPublish,
   KeyedLock,
   lazySchema,
   virtioDiskName,
@@ -208,11 +208,7 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
             details: { server: server.name, qmp: hv.qmp, untouched: true },
           });
         },
-      ).catch(async (error: unknown) => {
-        // The guest was never reached: what was made on the host goes too, so nothing is left.
-        if (BerthError.is(error) && error.details.untouched === true) await dropLinksMadeSince(context.host.fs, attachment, before);
-        throw error;
-      });
+      ).catch((error: unknown) => failUnreachedPublish(context.host.fs, attachment, device, before, error));
       return { path: published.path, guestDevice, serial: attachment.volumeId };
     },
 

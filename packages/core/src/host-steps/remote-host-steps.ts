@@ -88,8 +88,10 @@ export function remoteHostSteps(deps: RemoteHostStepsDeps, host: AgentHost): Hos
         const error = finished.error;
         throw new BerthError(codeOf(error?.code), `on host ${host.name}: ${error?.message ?? `step ${step} failed`}`, {
           ...(error?.hint ? { hint: error.hint } : {}),
-          // `untouched` travels as the driver said it, so a detach rolls back as a local one does.
-          details: { hostId: host.id, step, workItemId: item.id, ranOnHost: finished.attempts > 0, ...(error?.untouched === true ? { untouched: true } : {}) },
+          // `untouched` travels as the driver said it, so a detach rolls back as a local one does —
+          // of the item's only run: an earlier attempt (an agent that died holding it) may have done
+          // what this one's "untouched" cannot speak for.
+          details: { hostId: host.id, step, workItemId: item.id, ranOnHost: finished.attempts > 0, ...(error?.untouched === true && finished.attempts <= 1 ? { untouched: true } : {}) },
         });
       }
       const schema = HOST_STEP_SCHEMAS[step].result;

@@ -397,13 +397,15 @@ export async function publishShared(
 
 /** `publishShared`, with all the consumer said: a guest consumer's `guestDevice` and `serial` too. */
 export async function publishSharedPublication(deps: PipelineDeps, request: PublishRequest): Promise<Publication> {
-  return withDeviceLease(deps, request.attachment.hostId, request.volume, request.signal, () =>
-    request.steps.run(
+  const consumer = consumerName(deps, request.consumer);
+  return withDeviceLease(deps, request.attachment.hostId, request.volume, request.signal, async () => {
+    await request.beforePublish?.(consumer);
+    return request.steps.run(
       'publish',
-      { consumer: consumerName(deps, request.consumer), server: request.server, attachment: request.attachment, device: request.device },
+      { consumer, server: request.server, attachment: request.attachment, device: request.device },
       { ...(request.operationId === undefined ? {} : { operationId: request.operationId }), signal: request.signal, ...(request.undo ? { undo: true } : {}) },
-    ),
-  );
+    );
+  });
 }
 
 /** What `publishShared` publishes. */
@@ -419,6 +421,11 @@ export interface PublishRequest {
   operationId?: string;
   /** Called from an undo (its deadline is `undoTimeoutMs`). */
   undo?: boolean;
+  /**
+   * Run under the lease before the publish (a reconcile fix checks there that it is still
+   * needed: a detach in another process holds the lease while it takes the names down).
+   */
+  beforePublish?: (consumerName: string) => Promise<void>;
 }
 
 /**

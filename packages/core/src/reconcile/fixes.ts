@@ -249,7 +249,12 @@ async function unplugGuestDisk(
   return `unplugged ${disk.id} from server ${guest.server.name}`;
 }
 
-/** The consumer's publish of the attachment's recorded device, on its host (replug, republish). */
+/**
+ * The consumer's publish of the attachment's recorded device, on its host (replug, republish),
+ * once `stillNeeded` (run under the device lease, with the consumer's name on the host) and a
+ * fresh read there say so: a detach in another process holds that lease while it takes the
+ * device's names down, and must not find them made again for a device it then lets go of.
+ */
 function publishRecorded(
   deps: ReconcileDeps,
   target: FixTarget & { signal: AbortSignal },
@@ -257,9 +262,25 @@ function publishRecorded(
   server: Server,
   attachment: Attachment & { device: Device },
   volume: Volume,
+  stillNeeded: (consumerName: string) => Promise<void> = async () => undefined,
 ): Promise<Publication> {
   const { steps, operationId, signal } = target;
-  return publishSharedPublication(deps, { steps, operationId, consumer, server, attachment, volume, device: attachment.device, signal });
+  const device = attachment.device;
+  return publishSharedPublication(deps, {
+    steps,
+    operationId,
+    consumer,
+    server,
+    attachment,
+    volume,
+    device,
+    signal,
+    beforePublish: async (consumerName) => {
+      const now = await deps.store.attachments.get(attachment.id);
+      if (now?.status !== 'attached' || !now.device || !sameDevice(now.device, device)) throw new Skip(`the attachment is ${now?.status ?? 'deleted'} now, or records another device`);
+      await stillNeeded(consumerName);
+    },
+  });
 }
 
 /**
@@ -316,13 +337,18 @@ async function republish(
   const server = await store.servers.require(attachment.serverId);
   const consumer = deps.consumer(server, target.host);
   const call = { operationId: target.operationId, signal: target.signal };
-  const [now] = (await target.steps.run('check_publications', { checks: [{ consumer: consumer.name, server, attachment }] }, call)).results;
-  if (now?.error !== undefined) throw new BerthError('DRIVER_ERROR', `checking what the ${consumer.name} consumer published failed: ${now.error}`);
-  if (!now?.supported || now.problem === null) throw new Skip('it is published as it should be now');
-  const publication = await publishRecorded(deps, target, consumer, server, { ...attachment, device: attachment.device }, volume);
+  let problem = '';
+  // Checked again under the device lease, by the name the host knows the consumer by.
+  const publication = await publishRecorded(deps, target, consumer, server, { ...attachment, device: attachment.device }, volume, async (name) => {
+    const [now] = (await target.steps.run('check_publications', { checks: [{ consumer: name, server, attachment }] }, call)).results;
+    if (now?.error !== undefined) throw new BerthError('DRIVER_ERROR', `checking what the ${name} consumer published failed: ${now.error}`);
+    if (!now?.supported) throw new Skip(`its ${name} consumer cannot check what it published`);
+    if (now.problem === null) throw new Skip('it is published as it should be now');
+    problem = now.problem;
+  });
   if (publication.path !== attachment.publishedPath) await store.attachments.update(attachment.id, { publishedPath: publication.path });
-  deps.logger.info({ attachmentId: attachment.id, volumeId: volume.id, problem: now.problem }, 'reconcile: published an attachment again');
-  return `published again at ${publication.path} (${now.problem})`;
+  deps.logger.info({ attachmentId: attachment.id, volumeId: volume.id, problem }, 'reconcile: published an attachment again');
+  return `published again at ${publication.path} (${problem})`;
 }
 
 /**

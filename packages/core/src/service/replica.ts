@@ -47,7 +47,7 @@ export class ReplicaMaintenance {
   /** Operations whose recovery the database deferred: when the next try is due, and the pause after it. */
   private readonly retries = new Map<string, { at: number; pauseMs: number }>();
   /** Why a takeover the database deferred was begun: its later recovery ends with the same reason. */
-  private readonly deferredCause = new Map<string, RecoveryCause>();
+  private readonly deferredCause = new Map<string, { cause: RecoveryCause; from: string | null }>();
 
   constructor(
     private readonly parts: ServiceParts,
@@ -155,7 +155,9 @@ export class ReplicaMaintenance {
       );
       // Abandoned: this process runs on, the database failed under its run (unless a takeover of
       // a dead replica's operation was deferred by the outage: then its owner did stop).
-      this.recovering.set(id, this.takeOver(operation, abandoned ? (this.deferredCause.get(id) ?? 'database-failed') : 'stopped'));
+      // A deferred takeover keeps naming the replica it was taken from.
+      const deferred = this.deferredCause.get(id);
+      this.recovering.set(id, this.takeOver(deferred ? { ...operation, previousOwner: deferred.from } : operation, abandoned ? (deferred?.cause ?? 'database-failed') : 'stopped'));
       started += 1;
     }
   }
@@ -179,7 +181,7 @@ export class ReplicaMaintenance {
     log.warn({ from }, 'taking over an operation whose replica stopped renewing it');
     const recover = async (): Promise<RecoveryOutcome> => {
       try {
-        // The claim wrote this replica over the dead owner, so who it was is not known here: a
+        // Which process the dead owner was is not known here (only its owner name): a
         // replica on this host SIGKILLed mid-step may have left a command running (its spawner
         // stays for it). Any dead process's commands on this host are waited for — none, unless a
         // berth died here in the last command timeout — so that no undo runs beside them.
@@ -214,7 +216,7 @@ export class ReplicaMaintenance {
         const pauseMs = this.retries.get(operation.id)?.pauseMs ?? this.parts.config.replica.heartbeatMs;
         this.retries.set(operation.id, { at: Date.now() + pauseMs, pauseMs: Math.min(pauseMs * 2, MAX_RETRY_PAUSE_MS) });
         this.launcher.abandon(operation.id);
-        this.deferredCause.set(operation.id, cause);
+        this.deferredCause.set(operation.id, { cause, from });
       } else {
         this.deferredCause.delete(operation.id);
         this.retries.delete(operation.id);
