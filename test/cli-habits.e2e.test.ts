@@ -85,6 +85,13 @@ describe.skipIf(!isRoot)('berth CLI habits', { timeout: TEST_TIMEOUT_MS }, () =>
     expect(await sandbox.json<Volume[]>(['volume', 'list'])).toEqual([]);
 
     await createVolume('gone1');
+    // What cannot happen is refused before the question (an attached volume), terminal or not.
+    await sandbox.json(['attach', 'gone1']);
+    const inUse = await onTerminal(['volume', 'delete', 'gone1'], 'y');
+    expect(inUse.exitCode).toBe(EXIT_CODES.CONFLICT);
+    expect(inUse.output).not.toContain('[y/N]');
+    expect(inUse.output).toContain('detach it first');
+    await sandbox.json(['detach', 'gone1']);
     expect((await sandbox.json<{ deleted: boolean }>(['volume', 'rm', 'gone1', '-y'])).deleted).toBe(true);
     expect(await sandbox.json<unknown[]>(['attachment', 'ls'])).toEqual([]);
   });

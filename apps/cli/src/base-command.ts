@@ -59,7 +59,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     }),
     simulate: Flags.boolean({
       description:
-        "Run the iSCSI transports on berth's simulated host (real-backed: logins reach the real target, disks are real loop devices) — for machines whose kernel cannot log in to iSCSI [env: BERTH_SIMULATE]",
+        "Run the iSCSI transports on berth's simulated host (real-backed: logins reach the real target, disks are real loop devices) — for machines whose kernel cannot log in to iSCSI",
       env: 'BERTH_SIMULATE',
       helpGroup: 'GLOBAL',
     }),

@@ -80,6 +80,18 @@ describe('berth with a bad config file', { timeout: TIMEOUT_MS }, () => {
     expect(body.error.message).toContain(`invalid config file ${file}: logLevel: must be one of trace, debug`);
   });
 
+  it('a config file that is not JSON: exits 18 naming it, with a hint, and never echoes its text (a store URL\'s password)', async () => {
+    const { mkdir } = await import('node:fs/promises');
+    await mkdir(dataDir, { recursive: true });
+    const file = join(dataDir, 'config.json');
+    await writeFile(file, '{"store": {"kind": "postgres", "url": "postgres://u:hunter2@db/berth"},, }');
+    const run = await berth(['volume', 'list']);
+    expect(run.exitCode).toBe(EXIT_CODES.CONFIG);
+    expect(run.stderr).toContain(`Error: config file ${file} is not valid JSON`);
+    expect(run.stderr).toContain('Hint: fix it');
+    expect(run.stdout + run.stderr).not.toContain('hunter2');
+  });
+
   it('a bad BERTH_STORE_URL: exits 18 saying it came from there, without its password', async () => {
     const run = await berth(['volume', 'list'], { BERTH_STORE_URL: 'mysql://root:hunter2@db/berth' });
     expect(run.exitCode).toBe(EXIT_CODES.CONFIG);

@@ -64,8 +64,21 @@ async function readConfigFile(file: string | undefined, required: boolean): Prom
   try {
     return JSON.parse(text);
   } catch (error) {
-    throw new BerthError('CONFIG', `config file ${file} is not valid JSON`, { cause: error });
+    // Where, not what: V8's message quotes the text around the error, and a config may hold a
+    // store URL with its password.
+    const at = error instanceof SyntaxError ? /position (\d+)/.exec(error.message)?.[1] : undefined;
+    const why = at === undefined ? '' : ` (at ${lineColumn(text, Number(at))})`;
+    throw new BerthError('CONFIG', `config file ${file} is not valid JSON${why}`, {
+      cause: error,
+      hint: `fix it (check with: node -e 'JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"))' ${file}), or move it aside to run with the defaults`,
+    });
   }
+}
+
+/** `line L, column C` (1-based) of offset `at` in `text`. */
+function lineColumn(text: string, at: number): string {
+  const before = text.slice(0, at).split('\n');
+  return `line ${before.length}, column ${(before.at(-1)?.length ?? 0) + 1}`;
 }
 
 /** Read the config from file + environment + options (validated once). */
