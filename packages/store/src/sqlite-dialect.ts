@@ -123,6 +123,11 @@ export class BerthSqliteDialect implements Dialect {
   }
 }
 
+/** How many WAL pages make SQLite copy them back into the database (its default: 1000). */
+export const WAL_CHECKPOINT_PAGES = 256;
+/** What the WAL file is cut back to after a checkpoint (its default: never). */
+export const WAL_SIZE_LIMIT_BYTES = 1024 * 1024;
+
 /**
  * Set the connection's pragmas. busy_timeout comes first so that switching to WAL, which needs a
  * moment of exclusive access, waits for other processes instead of failing. `tryTimeoutMs` bounds
@@ -143,6 +148,12 @@ export function applySqlitePragmas(database: BetterSqlite3.Database, busyTimeout
   // are marked (`Store.deferDurability`). FULL would make SQLite sync at every commit, on the
   // event loop, one commit at a time.
   database.pragma('synchronous = NORMAL');
+  // The WAL kept small: copied back into the database every 256 pages (1 MiB, not SQLite's 4 MiB)
+  // and cut back to 1 MiB after a checkpoint. berth's database is small and its commits are a few
+  // pages each; on a small disk (a data dir on its own little partition) a WAL left to grow to
+  // 4 MiB filled it before its first checkpoint and was never given back.
+  database.pragma(`wal_autocheckpoint = ${WAL_CHECKPOINT_PAGES}`);
+  database.pragma(`journal_size_limit = ${WAL_SIZE_LIMIT_BYTES}`);
   database.pragma('foreign_keys = ON');
   database.pragma(`busy_timeout = ${Math.trunc(busyTimeoutMs)}`);
 }

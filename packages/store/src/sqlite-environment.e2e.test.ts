@@ -1,11 +1,12 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, readdirSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readdirSync, rmSync, statSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BerthError, type NewVolume } from '@berth/core';
 import { openSqliteStore, openSqliteStoreForUse } from './open-sqlite-store.js';
+import { WAL_CHECKPOINT_PAGES, WAL_SIZE_LIMIT_BYTES } from './sqlite-dialect.js';
 
 // The environment failures a user hits (finding 8 of issue 9): a full disk and a read-only data
 // dir each get their own error and hint, and the database can still be read. Both are real: a
@@ -98,6 +99,23 @@ describe('the database on a full disk and on a read-only data dir', () => {
       expect((await again.volumes.list()).map((v) => v.name)).toEqual(['kept', 'after']);
     } finally {
       await again.close();
+    }
+  });
+
+  it('a small disk: the WAL is checkpointed and kept near 1 MiB, so it never fills the disk with what the database already holds', async () => {
+    const dir = tempDir();
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'berth-store-small', dir]);
+    mounts.push(dir);
+    const filename = join(dir, 'berth.db');
+    const store = await openSqliteStore({ filename });
+    try {
+      // ~16 KiB of WAL per commit: SQLite's own 4 MiB threshold filled this disk after ~190 and
+      // never checkpointed; each commit here is its own, as berth's journal writes are.
+      for (let i = 0; i < 600; i += 1) await store.volumes.create(volume(`small-${i}`));
+      expect(statSync(`${filename}-wal`).size).toBeLessThanOrEqual(WAL_SIZE_LIMIT_BYTES + WAL_CHECKPOINT_PAGES * 8192);
+      expect(statSync(filename).size).toBeGreaterThan(4096);
+    } finally {
+      await store.close();
     }
   });
 
