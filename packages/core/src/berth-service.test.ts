@@ -721,15 +721,17 @@ describe('servers with a hypervisor: the pipeline publishes through their consum
   it('one guest is one server: a second server for the same QMP socket or libvirt domain on the host is refused (CONFLICT), another host or guest is not', async () => {
     const { service, store } = world();
     await service.createServer({ name: 'vm-1', hypervisor: { type: 'qemu', qmp: '/run/vm-1/qmp.sock' } });
-    for (const qmp of ['/run/vm-1/qmp.sock', '/run/vm-1//qmp.sock', '/run/vm-1/./qmp.sock']) {
+    for (const qmp of ['/run/vm-1/qmp.sock', '/run/vm-1//qmp.sock', '/run/vm-1/./qmp.sock', '/var/run/vm-1/qmp.sock']) {
       const error = await service.createServer({ name: 'vm-1b', hypervisor: { type: 'qemu', qmp } }).catch((e: unknown) => e);
       expect(BerthError.is(error) && error.code, qmp).toBe('CONFLICT');
       expect(BerthError.is(error) && error.message).toContain('server vm-1 already reaches the guest');
       expect(BerthError.is(error) && error.hint).toContain('--server vm-1');
     }
     await service.createServer({ name: 'web-1', hypervisor: { type: 'libvirt', domain: 'web-1' } });
-    const twice = await service.createServer({ name: 'web-1b', hypervisor: { type: 'libvirt', domain: 'web-1', uri: 'qemu:///system' } }).catch((e: unknown) => e);
-    expect(BerthError.is(twice) && twice.code).toBe('CONFLICT');
+    for (const uri of ['qemu:///system', 'qemu+unix:///system', 'qemu:///system/']) {
+      const twice = await service.createServer({ name: 'web-1b', hypervisor: { type: 'libvirt', domain: 'web-1', uri } }).catch((e: unknown) => e);
+      expect(BerthError.is(twice) && twice.code, uri).toBe('CONFLICT');
+    }
     // Another guest, another libvirt connection, another host, and host servers: all fine.
     await service.createServer({ name: 'vm-2', hypervisor: { type: 'qemu', qmp: '/run/vm-2/qmp.sock' } });
     await service.createServer({ name: 'web-1-session', hypervisor: { type: 'libvirt', domain: 'web-1', uri: 'qemu:///session' } });

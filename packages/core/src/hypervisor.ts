@@ -69,13 +69,17 @@ export function consumerNameFor(server: { hypervisor?: Hypervisor | undefined },
 /**
  * Which guest a server's hypervisor reaches, on its host: two servers with the same key are one
  * guest (the same QMP socket; the same libvirt connection and domain). `undefined` for the host.
+ * By spelling, tidied: a socket reached through another symlink, or a domain named once by name
+ * and once by UUID, is not recognised (core cannot look on the server's host).
  * berth refuses a second server for a guest one already names (its attachments would take each
  * other's disks out of the guest), and reconcile reads them as one guest.
  */
 export function guestKey(hypervisor: Hypervisor | undefined): string | undefined {
   if (hypervisor === undefined || hypervisor.type === 'host') return undefined;
-  if (hypervisor.type === 'qemu') return `qemu ${path.posix.normalize(hypervisor.qmp)}`;
-  return `libvirt ${hypervisor.uri} ${hypervisor.domain}`;
+  // `/var/run` is `/run` on every Linux berth runs on (a symlink since 2011's systemd hosts).
+  if (hypervisor.type === 'qemu') return `qemu ${path.posix.normalize(hypervisor.qmp).replace(/^\/var\/run\//, '/run/')}`;
+  // `qemu+unix:///system` is the local `qemu:///system` spelled with its transport.
+  return `libvirt ${hypervisor.uri.replace(/^([a-z][a-z0-9.-]*)\+unix:\/\/\//, '$1:///').replace(/\/+$/, '')} ${hypervisor.domain}`;
 }
 
 /** The plugin package that registers each guest consumer (for the hint of a missing one). */
