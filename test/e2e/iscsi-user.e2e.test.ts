@@ -21,6 +21,15 @@ import { linkTarget } from '../support/test-berth.js';
 // `--transport iscsi` forces the kernel transport, which fails clearly here and leaves nothing.
 
 const MiB = 1024 * 1024;
+
+/** Where `link` leads, or undefined when it went away meanwhile. */
+function readlinkOrNone(link: string): string | undefined {
+  try {
+    return readlinkSync(link);
+  } catch {
+    return undefined;
+  }
+}
 const host = createHostServices();
 let dataDir: string;
 let controlPort: number;
@@ -49,7 +58,9 @@ afterAll(async () => {
   if (existsSync('/dev/berth')) {
     for (const name of readdirSync('/dev/berth')) {
       const link = path.join('/dev/berth', name);
-      if (lstatSync(link).isSymbolicLink() && readlinkSync(link).startsWith(path.join(dataDir, path.sep))) rmSync(link, { force: true });
+      // Others' links come and go meanwhile (other tests, other berths on the machine).
+      const target = lstatSync(link, { throwIfNoEntry: false })?.isSymbolicLink() === true ? readlinkOrNone(link) : undefined;
+      if (target?.startsWith(path.join(dataDir, path.sep)) === true) rmSync(link, { force: true });
     }
   }
   await rm(dataDir, { recursive: true, force: true });

@@ -421,23 +421,25 @@ function findGuestDifferences(facts: ReconcileFacts, busy: (volumeId: string) =>
  * Attached attachments whose consumer found what it published for them missing or leading
  * elsewhere (a `/dev/berth` link removed or re-pointed behind berth's back): published again,
  * but only at a device the transport lists as the one recorded — a link is never pointed at a
- * name that may be another volume's now — and not when the device itself is gone (its reconnect
- * fix publishes it).
+ * name that may be another volume's now. Not listed when the device itself is gone (its
+ * reconnect fix publishes it) or the attachment was made on another host root.
  */
 function findPublicationDifferences(facts: ReconcileFacts, busy: (volumeId: string) => string | undefined, earlier: readonly Finding[]): Finding[] {
   const findings: Finding[] = [];
   if (!facts.publications || facts.publications.size === 0) return findings;
   const volumesById = new Map(facts.volumes.map((v) => [v.id, v]));
   const reconnected = new Set(earlier.flatMap((f) => (f.kind === 'attachment_device_gone' ? [f.attachment.id] : [])));
+  const roots = facts.transportRoots;
   for (const attachment of live(facts.attachments)) {
     const problem = facts.publications.get(attachment.id);
     const volume = volumesById.get(attachment.volumeId);
     if (problem === undefined || !volume || attachment.status !== 'attached' || attachment.hostId !== facts.localHostId) continue;
-    const skip =
-      busy(volume.id) ??
-      (reconnected.has(attachment.id) || attachment.device === null ? 'its host device is gone: the reconnect fix publishes it again' : undefined) ??
-      unconfirmedDevice(facts, attachment);
-    findings.push({ kind: 'attachment_not_published', attachment, volume, problem, ...skipOf(skip) });
+    // Not a difference of its own: its device is gone (the reconnect fix publishes it again), or
+    // it was made on another host root (`--simulate` or not), where its names lead elsewhere by
+    // design and the device finding already says to run the command as it was made.
+    if (reconnected.has(attachment.id) || attachment.device === null) continue;
+    if (roots && hostRootMismatch(attachment, (t) => roots[t])) continue;
+    findings.push({ kind: 'attachment_not_published', attachment, volume, problem, ...skipOf(busy(volume.id) ?? unconfirmedDevice(facts, attachment)) });
   }
   return findings;
 }
