@@ -281,6 +281,16 @@ describe('the HTTP app end to end (real socket, file backend, loop transport)', 
     }
     expect(outsideState).toBe('succeeded');
     await outside.done;
+
+    // A listing is the newest `limit` (default 100), and says whether older ones were left out.
+    const one = bodyOf(await t.request('GET', '/v1/operations?limit=1', { token }));
+    expect((one.operations as Operation[]).map((o) => o.id)).toEqual([outside.operation.id]);
+    expect(one.more).toBe(true);
+    const both = bodyOf(await t.request('GET', '/v1/operations?kind=attach', { token }));
+    expect((both.operations as Operation[]).map((o) => o.id)).toEqual([outside.operation.id, id]);
+    expect(both.more).toBe(false);
+    expect((await t.request('GET', '/v1/operations?kind=detach', { token })).body).toMatchObject({ operations: [], more: false });
+    expect((await t.request('GET', '/v1/operations?limit=0', { token })).status).toBe(400);
   });
 
   it('reports a failed operation\'s error through its outcome and its metrics', async () => {

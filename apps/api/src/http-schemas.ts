@@ -7,6 +7,8 @@ import {
   zDetachRequest,
   zWorkItemError,
   zHostView,
+  MAX_OPERATION_LIST,
+  zOperationKind,
   zOperationState,
   zReserveAttachmentRequest,
   zSizeBytes,
@@ -44,7 +46,19 @@ export const zVolumeListQuery = zScopeQuery.extend({ status: zVolumeStatus.optio
 /** `GET /v1/attachments`. */
 export const zAttachmentListQuery = zScopeQuery.extend({ volume: zRef.optional(), server: zRef.optional() });
 /** `GET /v1/operations`. */
-export const zOperationListQuery = zScopeQuery.extend({ state: zOperationState.optional() });
+/** The newest this many operations when a listing names no `limit` (a journal of months holds tens of thousands). */
+export const DEFAULT_OPERATION_LIST = 100;
+export const zOperationListQuery = zScopeQuery.extend({
+  state: zOperationState.optional(),
+  kind: zOperationKind.optional(),
+  limit: z.coerce
+    .number()
+    .int()
+    .min(1)
+    .max(MAX_OPERATION_LIST)
+    .optional()
+    .describe(`the newest this many (default ${DEFAULT_OPERATION_LIST}, at most ${MAX_OPERATION_LIST}); \`more\` says whether older ones were left out`),
+});
 /** `GET /v1/operations/{id}`: `wait` long-polls until the operation ends (bounded by the server). */
 export const zOperationQuery = zScopeQuery.extend({
   wait: zWaitDuration.optional().describe('wait up to this long (30s, 500ms, 2m; at most the server\'s maximum) for the operation to end'),

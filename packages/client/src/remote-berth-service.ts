@@ -1,5 +1,6 @@
 import {
   BerthError,
+  MAX_OPERATION_LIST,
   parseWith,
   zAttachment,
   zAttachRequest,
@@ -30,7 +31,7 @@ import {
   type Host,
   type Operation,
   type OperationOutcome,
-  type OperationState,
+  type OperationListFilter,
   type PluginReport,
   type ProjectScope,
   type ReconcileOptions,
@@ -255,8 +256,10 @@ export class RemoteBerthService implements BerthService {
     return checked(zOperation, answer.body, 'operation');
   }
 
-  async listOperations(filter: { state?: OperationState } = {}): Promise<Operation[]> {
-    const answer = await this.http.request({ method: 'GET', path: '/v1/operations', query: { state: filter.state } });
+  async listOperations(filter: OperationListFilter = {}): Promise<Operation[]> {
+    // The API's own default is the newest 100: a caller that names no limit asks for what the API allows.
+    const limit = filter.limit === undefined ? MAX_OPERATION_LIST : Math.min(filter.limit, MAX_OPERATION_LIST);
+    const answer = await this.http.request({ method: 'GET', path: '/v1/operations', query: { state: filter.state, kind: filter.kind, limit: String(limit) } });
     return checked(zOperationList, answer.body, 'operation list').operations;
   }
 

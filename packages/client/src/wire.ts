@@ -43,7 +43,8 @@ export const zAttachmentList = z.object({ attachments: z.array(zAttachment) });
 /** `GET /v1/servers/{server}/volume-attachments`: `{volumeAttachments: [...]}`. */
 export const zVolumeAttachmentList = z.object({ volumeAttachments: z.array(zAttachment) });
 /** `GET /v1/operations`: `{operations: [...]}`. */
-export const zOperationList = z.object({ operations: z.array(zOperation) });
+/** `GET /v1/operations`: the newest operations, and whether older ones were left out (absent from an older API: unknown). */
+export const zOperationList = z.object({ operations: z.array(zOperation), more: z.boolean().optional() });
 /** The three-phase API's answers: an attachment and, once initialized, its connection_info (secrets only for admin and agent tokens). */
 export const zAttachmentConnectionBody = z.object({ attachment: zAttachment, connectionInfo: zConnectionInfo.nullable() });
 /** `GET /v1/operations/{id}/outcome` of a succeeded operation (a detach's attachment as it was, or null). */

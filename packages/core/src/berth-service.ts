@@ -11,12 +11,13 @@ import { agentStore, OperationDeadlines, remoteHostSteps } from './host-steps/re
 import { WorkItemWaiter } from './host-steps/work-item-waiter.js';
 import { KeyedLock } from './keyed-lock.js';
 import type { Logger } from './logger.js';
-import type { Attachment, Host, Operation, OperationState, Server, Volume, VolumeStatus } from './model.js';
+import type { Attachment, Host, Operation, Server, Volume, VolumeStatus } from './model.js';
 import type { PipelineDeps } from './pipeline/context.js';
 import { OperationRunner } from './pipeline/operation-runner.js';
 import { serverConsumer } from './pipeline/server-consumer.js';
 import { runReconcile } from './reconcile/index.js';
-import type { ForgetHostOptions } from './requests.js';
+import { zOperationListFilter, type ForgetHostOptions } from './requests.js';
+import { parseWith } from './errors.js';
 import type { DoctorEntry, ForgetHostReport, PluginReport, ReconcileOptions, ReconcileReport, RecoveryOutcome } from './reports.js';
 import * as attachments from './service/attachments.js';
 import { AgentWorkService } from './service/agent-work.js';
@@ -33,6 +34,7 @@ import { projectOf, resolveAttachment, resolveOperation, resolveServer, resolveV
 import * as servers from './service/servers.js';
 import * as volumes from './service/volumes.js';
 import type {
+  OperationListFilter,
   AttachRequest,
   AttachmentConnection,
   BerthService,
@@ -215,8 +217,9 @@ export class BerthServiceImpl implements BerthService {
     return resolveOperation(this.parts.store, id);
   }
 
-  listOperations(filter: { state?: OperationState } = {}): Promise<Operation[]> {
-    return this.parts.store.operations.list(filter.state ? { state: filter.state } : {});
+  listOperations(filter: OperationListFilter = {}): Promise<Operation[]> {
+    const f = parseWith(zOperationListFilter, filter, 'operation listing');
+    return this.parts.store.operations.list({ ...(f.state ? { state: f.state } : {}), ...(f.kind ? { kind: f.kind } : {}), ...(f.limit === undefined ? {} : { limit: f.limit }) });
   }
 
   // ---- host ----------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { lazySchema } from './lazy-schema.js';
 import { zConnector } from './connection.js';
-import { zName, zSizeBytes } from './model.js';
+import { zName, zOperationKind, zOperationState, zSizeBytes } from './model.js';
 import { zHypervisor } from './hypervisor.js';
 
 const zRef = lazySchema(() => z.string().min(1).max(200));
@@ -75,4 +75,15 @@ export const zReserveAttachmentRequest = lazySchema(() => z.strictObject({
   mode: z.enum(['rw', 'ro']).optional(),
   connector: zConnector.optional(),
   projectId: zProject,
+}));
+
+/** The most operations one listing answers (the API's and the CLI's `limit`). */
+export const MAX_OPERATION_LIST = 10_000;
+
+/** `listOperations` input. */
+export const zOperationListFilter = lazySchema(() => z.strictObject({
+  state: zOperationState.optional(),
+  kind: zOperationKind.optional(),
+  // A sanity bound: the API and the CLI ask at most one more than `MAX_OPERATION_LIST` (to tell whether there are more).
+  limit: z.number().int().min(1).max(1_000_000).optional(),
 }));

@@ -1,7 +1,7 @@
 import type { AgentOutcome, AgentRegistration, AgentSession, ClaimedWork } from './agent-protocol.js';
 import type { ConnectionInfo, Connector } from './connection.js';
 import type { DoctorEntry, ForgetHostReport, PluginReport, ReconcileOptions, ReconcileReport, RecoveryOutcome } from './reports.js';
-import type { Attachment, Host, Operation, OperationState, Server, Volume, VolumeStatus } from './model.js';
+import type { Attachment, Host, Operation, OperationKind, OperationState, Server, Volume, VolumeStatus } from './model.js';
 import type { HypervisorInput } from './hypervisor.js';
 import type { ForgetHostOptions } from './requests.js';
 
@@ -9,6 +9,13 @@ import type { ForgetHostOptions } from './requests.js';
 export type Ref = string;
 
 /** Options shared by requests made on behalf of a project. */
+/** What `listOperations` lists. */
+export interface OperationListFilter {
+  state?: OperationState;
+  kind?: OperationKind;
+  limit?: number;
+}
+
 export interface ProjectScope {
   /** The project the request acts in (default: the config's `defaultProject`). */
   projectId?: string;
@@ -183,7 +190,11 @@ export interface BerthService {
   getAttachment(id: string, scope?: ProjectScope): Promise<Attachment>;
 
   getOperation(id: string): Promise<Operation>;
-  listOperations(filter?: { state?: OperationState }): Promise<Operation[]>;
+  /**
+   * Newest first; `limit` keeps the newest that many — a journal of
+   * months holds tens of thousands, each with its steps. Without it, all of them.
+   */
+  listOperations(filter?: OperationListFilter): Promise<Operation[]>;
 
   /** This host's connector properties, merged from every transport. */
   connector(): Promise<Connector>;

@@ -1,6 +1,6 @@
 import { BerthError, zOperation, type BerthErrorCode, type Operation, type ProjectScope } from '@berth/core';
 import { MANAGERS, scopeOf } from '../access.js';
-import { zIdParams, zNoParams, zOperationList, zOperationListQuery, zOperationOutcome, zOperationQuery } from '../http-schemas.js';
+import { DEFAULT_OPERATION_LIST, zIdParams, zNoParams, zOperationList, zOperationListQuery, zOperationOutcome, zOperationQuery } from '../http-schemas.js';
 import { outcomeBody, visibleOperation } from '../operation-access.js';
 import type { RouteDeps } from '../route-deps.js';
 import { route, type AnyRoute, type RouteReply } from '../route.js';
@@ -50,7 +50,8 @@ export function operationRoutes(deps: RouteDeps): AnyRoute[] {
       path: '/v1/operations',
       operationId: 'listOperations',
       summary: 'List operations',
-      description: 'Newest first. A member token sees the operations on its project\'s volumes.',
+      description:
+        'Newest first, at most `limit` (default 100): `more` says whether older ones were left out. A member token sees the operations on its project\'s volumes among them.',
       tag: 'operations',
       access: MANAGERS,
       params: zNoParams,
@@ -58,11 +59,19 @@ export function operationRoutes(deps: RouteDeps): AnyRoute[] {
       responses: { 200: { description: 'The operations', schema: zOperationList } },
       async handler({ principal, query }) {
         const scope = scopeOf(principal, query.projectId, defaultProject);
-        const all = await service.listOperations(query.state === undefined ? {} : { state: query.state });
-        if (principal.role !== 'member' && scope.projectId === undefined) return { status: 200, body: { operations: all } };
+        const limit = query.limit ?? DEFAULT_OPERATION_LIST;
+        // One more than asked: whether there are older ones, without counting them all.
+        const listed = await service.listOperations({
+          ...(query.state === undefined ? {} : { state: query.state }),
+          ...(query.kind === undefined ? {} : { kind: query.kind }),
+          limit: limit + 1,
+        });
+        const more = listed.length > limit;
+        const all = listed.slice(0, limit);
+        if (principal.role !== 'member' && scope.projectId === undefined) return { status: 200, body: { operations: all, more } };
         const volumes = new Set((await service.listVolumes(scope)).map((v) => v.id));
         const operations = all.filter((o) => o.volumeId !== null && volumes.has(o.volumeId));
-        return { status: 200, body: { operations } };
+        return { status: 200, body: { operations, more } };
       },
     }),
     route({
