@@ -52,7 +52,7 @@ async function expectNothingLeftIn(g: GuestUnderTest, volume: Volume & { file: s
   expect(loopDevicesBacking(volume.file)).toEqual([]);
   expect(linkExists(`/dev/berth/${volume.id}`)).toBe(false);
   // Every attachment's own link (`/dev/berth/<attachment id>`) of this volume, crashed ones too.
-  const operations = await g.sandbox.json<Operation[]>(['operation', 'list']);
+  const operations = await g.sandbox.json<Operation[]>(['operation', 'list', '--all']);
   const attachmentIds = operations.filter((o) => o.volumeId === volume.id && o.attachmentId !== null).map((o) => String(o.attachmentId));
   expect(attachmentIds.filter((id) => linkExists(`/dev/berth/${id}`))).toEqual([]);
   expect((await g.agent.disks()).map((d) => d.serial)).not.toContain(guestSerial(volume.id));
