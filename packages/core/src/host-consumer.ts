@@ -21,7 +21,7 @@ export function attachmentLinkPath(attachmentId: string): string {
   return `${STABLE_LINK_DIR}/${attachmentId}`;
 }
 
-/** Where an attachment's two host links lead now (`undefined`: absent): `dropLinksMadeSince`'s `before`. */
+/** Where an attachment's two host links lead now (`undefined`: absent): `failUnreachedPublish`'s `before`. */
 export interface AttachmentLinks {
   own: string | undefined;
   volume: string | undefined;

@@ -52,6 +52,22 @@ export type LibvirtHypervisor = z.output<typeof zLibvirtHypervisor>;
 export const zHypervisor = lazySchema(() => z.discriminatedUnion('type', [zHostHypervisor, zQemuHypervisor, zLibvirtHypervisor]));
 /** A server's hypervisor. */
 export type Hypervisor = z.output<typeof zHypervisor>;
+
+/** A new server's hypervisor: as `zHypervisor`, with a libvirt URI held to `LIBVIRT_URI`. */
+export const zNewHypervisor = lazySchema(() =>
+  z.discriminatedUnion('type', [
+    zHostHypervisor,
+    zQemuHypervisor,
+    zLibvirtHypervisor.unwrap().extend({
+      uri: z
+        .string()
+        .min(1)
+        .max(1024)
+        .regex(LIBVIRT_URI, 'a libvirt URI like qemu:///system or qemu+ssh://user@host/system (no spaces, quotes, ";" or "#")')
+        .default(DEFAULT_LIBVIRT_URI),
+    }),
+  ]),
+);
 /** A hypervisor as a request gives it (`bus` and `uri` may be left to their defaults). */
 export type HypervisorInput = z.input<typeof zHypervisor>;
 /** The hypervisor kinds (`hypervisor.type`). */

@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { lazySchema } from './lazy-schema.js';
 import { zConnector } from './connection.js';
 import { zName, zOperationKind, zOperationState, zSizeBytes } from './model.js';
-import { zHypervisor } from './hypervisor.js';
+import { zNewHypervisor } from './hypervisor.js';
 
 const zRef = lazySchema(() => z.string().min(1).max(200));
 const zProject = lazySchema(() => z.string().min(1).max(200).optional());
@@ -28,7 +28,7 @@ export const zCreateVolumeRequest = lazySchema(() => z.strictObject({
 export const zCreateServerRequest = lazySchema(() => z.strictObject({
   name: zNewName,
   host: z.string().min(1).max(253).optional(),
-  hypervisor: zHypervisor.optional(),
+  hypervisor: zNewHypervisor.optional(),
   projectId: zProject,
 }));
 

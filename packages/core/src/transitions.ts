@@ -1,5 +1,5 @@
 import { BerthError } from './errors.js';
-import type { AttachmentStatus, VolumeStatus } from './model.js';
+import type { Attachment, AttachmentStatus, Volume, VolumeStatus } from './model.js';
 
 /**
  * Every volume status change berth may make. A change not listed here is a bug or a race and is
@@ -89,4 +89,17 @@ export function recomputeVolumeStatus(attachments: ReadonlyArray<{ status: Attac
  */
 export function reservableStatuses(multiattach: boolean): readonly VolumeStatus[] {
   return multiattach ? ['available', 'reserved', 'attaching', 'in-use'] : ['available'];
+}
+
+/**
+ * Why `volume` cannot be deleted while it has `attachments` (live or left in an error state):
+ * CONFLICT with the detach to run first; `undefined` when it has none. The service decides under
+ * the volume lock; the CLI asks it before its confirmation question too.
+ */
+export function volumeInUseError(volume: Pick<Volume, 'id' | 'name' | 'status'>, attachments: readonly Pick<Attachment, 'status'>[]): BerthError | undefined {
+  if (attachments.length === 0) return undefined;
+  return new BerthError('CONFLICT', `volume ${volume.name} has ${attachments.length} attachment(s)`, {
+    hint: `detach it first: berth detach ${volume.name}${attachments.some((a) => a.status.startsWith('error')) ? ' --force' : ''}`,
+    details: { volumeId: volume.id, actual: volume.status },
+  });
 }

@@ -1,5 +1,5 @@
 import { BerthError, parseWith } from '../errors.js';
-import { guestKey, LIBVIRT_URI } from '../hypervisor.js';
+import { guestKey } from '../hypervisor.js';
 import type { Server } from '../model.js';
 import { zCreateServerRequest } from '../requests.js';
 import type { CreateServerRequest, ProjectScope, Ref } from '../service.js';
@@ -9,12 +9,6 @@ import { projectOf, resolveServer } from './resolve.js';
 /** Create a server on a host (default this one; another is recorded by name on first use). */
 export async function createServer(parts: ServiceParts, request: CreateServerRequest): Promise<Server> {
   const req = parseWith(zCreateServerRequest, request, 'server');
-  if (req.hypervisor?.type === 'libvirt' && !LIBVIRT_URI.test(req.hypervisor.uri)) {
-    throw new BerthError('VALIDATION', `invalid server: hypervisor.uri: ${JSON.stringify(req.hypervisor.uri)} is not a libvirt URI`, {
-      hint: 'a libvirt URI like qemu:///system or qemu+ssh://user@host/system (no spaces, quotes, ";" or "#")',
-      details: { field: 'hypervisor.uri' },
-    });
-  }
   const host = req.host === undefined || req.host === parts.identity.hostname ? await parts.localHost.host() : await parts.localHost.findOrCreateHost(req.host);
   const projectId = projectOf(parts.config, req);
   const record = { name: req.name, projectId, hostId: host.id, ...(req.hypervisor ? { hypervisor: req.hypervisor } : {}) };

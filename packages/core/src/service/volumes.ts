@@ -3,6 +3,7 @@ import { BerthError, parseWith, toBerthError } from '../errors.js';
 import { volumeCreateLeaseKey, volumeLeaseKey, withLease } from '../lease.js';
 import { zSizeBytes, type Volume, type VolumeStatus } from '../model.js';
 import { backendVolume } from '../pipeline/context.js';
+import { volumeInUseError } from '../transitions.js';
 import { leaseOptions } from '../pipeline/device-sharing.js';
 import { zCreateVolumeRequest } from '../requests.js';
 import type { CreatedVolumeResult, CreateVolumeRequest, ProjectScope, Ref } from '../service.js';
@@ -72,13 +73,8 @@ export async function deleteVolume(parts: ServiceParts, ref: Ref, scope: Project
   const { config, store } = parts;
   const volume = await resolveVolume(store, ref, projectOf(config, scope));
   await parts.volumeLocks.withLock(volume.id, async () => {
-    const attachments = await store.attachments.list({ volumeId: volume.id });
-    if (attachments.length > 0) {
-      throw new BerthError('CONFLICT', `volume ${volume.name} has ${attachments.length} attachment(s)`, {
-        hint: `detach it first: berth detach ${volume.name}${attachments.some((a) => a.status.startsWith('error')) ? ' --force' : ''}`,
-        details: { volumeId: volume.id, actual: volume.status },
-      });
-    }
+    const inUse = volumeInUseError(volume, await store.attachments.list({ volumeId: volume.id }));
+    if (inUse) throw inUse;
     const devices = await store.devices.list({ volumeId: volume.id });
     if (devices.length > 0) {
       // berth connected it somewhere and never recorded letting go: deleting the storage under a

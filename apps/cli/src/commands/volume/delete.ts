@@ -1,5 +1,5 @@
 import { Args } from '@oclif/core';
-import { BerthError } from '@berth/core/errors';
+import { volumeInUseError } from '@berth/core';
 import { BaseCommand, yesFlag } from '../../base-command.js';
 import { resourceRef } from '../../validate.js';
 
@@ -23,13 +23,8 @@ export default class VolumeDelete extends BaseCommand<typeof VolumeDelete> {
     // Resolve first so the output names what was deleted even when given an id.
     const volume = await berth.getVolume(ref);
     // Refused before the question: asking to confirm what cannot happen wastes the answer.
-    const attachments = (await berth.listAttachments({ volume: volume.id })).filter((a) => a.status !== 'detached');
-    if (attachments.length > 0) {
-      throw new BerthError('CONFLICT', `volume ${volume.name} has ${attachments.length} attachment(s)`, {
-        hint: `detach it first: berth detach ${volume.name}${attachments.some((a) => a.status.startsWith('error')) ? ' --force' : ''}`,
-        details: { volumeId: volume.id, actual: volume.status },
-      });
-    }
+    const inUse = volumeInUseError(volume, await berth.listAttachments({ volume: volume.id }));
+    if (inUse) throw inUse;
     await this.confirm(`Delete volume ${volume.name} (${volume.id}) and its storage?`, `berth volume delete ${volume.name}`);
     await this.withSpinner(`Deleting volume ${volume.name}`, () => berth.deleteVolume(volume.id));
     this.log(`Deleted volume ${volume.name} (${volume.id})`);
