@@ -291,6 +291,17 @@ describe('the HTTP app end to end (real socket, file backend, loop transport)', 
     expect(both.more).toBe(false);
     expect((await t.request('GET', '/v1/operations?kind=detach', { token })).body).toMatchObject({ operations: [], more: false });
     expect((await t.request('GET', '/v1/operations?limit=0', { token })).status).toBe(400);
+
+    // Pruning the journal: admin only, at least an hour, a dry run counts; nothing this young goes.
+    const pruned = await t.request('POST', '/v1/operations/prune', { token, json: { olderThan: '1h' } });
+    expect(pruned.status).toBe(200);
+    expect(pruned.body).toMatchObject({ pruned: 0, dryRun: false });
+    expect(bodyOf(await t.request('POST', '/v1/operations/prune', { token, json: { olderThan: '30d', dryRun: true } }))).toMatchObject({ pruned: 0, dryRun: true });
+    for (const json of [{ olderThan: '30m' }, { olderThan: 'yesterday' }, {}, { olderThan: '1h', extra: 1 }]) {
+      expect((await t.request('POST', '/v1/operations/prune', { token, json })).status).toBe(400);
+    }
+    expect((await t.request('POST', '/v1/operations/prune', { token: TOKENS.memberA, json: { olderThan: '1h' } })).status).toBe(403);
+    expect(bodyOf(await t.request('GET', '/v1/operations?kind=attach', { token })).operations).toHaveLength(2);
   });
 
   it('reports a failed operation\'s error through its outcome and its metrics', async () => {

@@ -59,6 +59,8 @@ async function scenario(env: Record<string, string>): Promise<Result[]> {
   await step('attachment', 'show', attachmentId);
   await step('operation', 'show', operationId);
   await step('operation', 'list');
+  await step('operation', 'prune', '--older-than', '2h', '--dry-run');
+  await step('operation', 'prune', '--older-than', '20m', '--yes');
   await step('volume', 'extend', 'data2', '--size', '2MiB');
   await step('detach', 'data1');
   await step('detach', 'data2');
@@ -96,7 +98,7 @@ describe('the CLI as a client of the API', () => {
       scenario({ BERTH_DATA_DIR: embeddedDir }),
       scenario({ BERTH_API_URL: api.url, BERTH_TOKEN: TOKENS.admin, BERTH_DATA_DIR: path.join(embeddedDir, 'unused') }),
     ]);
-    expect(embedded.map((r) => r.exitCode)).toEqual([0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 4, 0, 0, 3, 0, 6, 0, 0, 0]);
+    expect(embedded.map((r) => r.exitCode)).toEqual([0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 2, 4, 0, 0, 4, 0, 0, 3, 0, 6, 0, 0, 0]);
     expect(normalise(remote, api.dataDir)).toEqual(normalise(embedded, embeddedDir));
     // The remote run changed the server's state, not a local one.
     expect(existsSync(path.join(embeddedDir, 'unused'))).toBe(false);

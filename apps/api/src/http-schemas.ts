@@ -8,6 +8,8 @@ import {
   zWorkItemError,
   zHostView,
   MAX_OPERATION_LIST,
+  MIN_PRUNE_AGE_MS,
+  zAge,
   zOperationKind,
   zOperationState,
   zReserveAttachmentRequest,
@@ -148,6 +150,11 @@ export const zServerAttachBody = zAttachRequest
 export const zReserveAttachmentBody = zReserveAttachmentRequest.unwrap().omit({ projectId: true }).extend({ connector: zHttpConnector.optional() });
 /** `PUT /v1/attachments/{id}` (initialize with a connector). */
 export const zInitializeAttachmentBody = z.strictObject({ connector: zHttpConnector });
+/** `POST /v1/operations/prune`: the service takes milliseconds, people write `30d`. */
+export const zOperationPruneBody = z.strictObject({
+  olderThan: zAge.refine((ms) => ms >= MIN_PRUNE_AGE_MS, 'keep at least the last hour of operations (1h or more)').describe('delete finished operations that ended longer ago than this: 30d, 12h, 2w (at least 1h)'),
+  dryRun: z.boolean().optional().describe('count them and delete nothing'),
+});
 /** `POST /v1/reconcile`. */
 export { zReconcileOptions as zReconcileBody } from '@berth/core';
 /** `GET /v1/hosts`: each host with its agent's state (`online`/`offline`). */

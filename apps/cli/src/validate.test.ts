@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { BerthError } from '@berth/core';
-import { hostName, hypervisorFromFlags, resourceId, resourceName, resourceRef, volumeSize } from './validate.js';
+import { hostName, hypervisorFromFlags, pruneAge, resourceId, resourceName, resourceRef, volumeSize } from './validate.js';
 
 function codeOf(run: () => unknown): string | undefined {
   try {
@@ -20,6 +20,19 @@ describe('volumeSize', () => {
 
   it.each(['-1GiB', '0', '5000TiB', 'lots', '1000', '1MB', ''])('refuses %j as VALIDATION', (text) => {
     expect(codeOf(() => volumeSize(text))).toBe('VALIDATION');
+  });
+});
+
+describe('pruneAge', () => {
+  it('reads s, m, h, d and w, and refuses less than an hour or anything else with VALIDATION', () => {
+    expect(pruneAge('1h')).toBe(3_600_000);
+    expect(pruneAge('30d')).toBe(30 * 86_400_000);
+    expect(pruneAge('2w')).toBe(14 * 86_400_000);
+    expect(pruneAge('90m')).toBe(90 * 60_000);
+    expect(pruneAge('3600s')).toBe(3_600_000);
+    for (const bad of ['59m', '0d', 'yesterday', '1.5d', '-1d', '1 d', '30', '']) {
+      expect(codeOf(() => pruneAge(bad))).toBe('VALIDATION');
+    }
   });
 });
 

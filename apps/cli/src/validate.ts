@@ -1,5 +1,21 @@
-import { BerthError, MAX_VOLUME_BYTES, zHypervisor, zId, zName, type HypervisorInput } from '@berth/core';
+import { BerthError, MAX_VOLUME_BYTES, MIN_PRUNE_AGE_MS, zAge, zHypervisor, zId, zName, type HypervisorInput } from '@berth/core';
 import { formatSize, parseSize } from '@berth/runtime/size';
+
+/** An age from a flag (`30d`, `12h`, `2w`) in milliseconds; at least `MIN_PRUNE_AGE_MS` (an hour). */
+export function pruneAge(text: string, flag = '--older-than'): number {
+  const parsed = zAge.safeParse(text);
+  if (!parsed.success) {
+    throw new BerthError('VALIDATION', `${flag} ${text}: write an age like 30d, 12h, 2w or 90m`, {
+      hint: 's, m, h, d and w are seconds, minutes, hours, days and weeks',
+    });
+  }
+  if (parsed.data < MIN_PRUNE_AGE_MS) {
+    throw new BerthError('VALIDATION', `${flag} ${text}: keep at least the last hour of operations`, {
+      hint: 'a client may still be waiting on one that just ended, and a retry with its idempotency key must find it: use 1h or more',
+    });
+  }
+  return parsed.data;
+}
 
 /** A volume size from a flag (`1GiB`, `512MiB`, `4096`), checked against what a volume may be. */
 export function volumeSize(text: string, flag = '--size'): number {

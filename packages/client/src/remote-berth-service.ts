@@ -13,6 +13,8 @@ import {
   zForgetHostReport,
   zHostRef,
   zOperation,
+  zOperationPruneReport,
+  zOperationPruneRequest,
   zReserveAttachmentRequest,
   zServer,
   zSizeBytes,
@@ -32,6 +34,8 @@ import {
   type Operation,
   type OperationOutcome,
   type OperationListFilter,
+  type OperationPruneReport,
+  type OperationPruneRequest,
   type PluginReport,
   type ProjectScope,
   type ReconcileOptions,
@@ -261,6 +265,14 @@ export class RemoteBerthService implements BerthService {
     const limit = filter.limit === undefined ? MAX_OPERATION_LIST : Math.min(filter.limit, MAX_OPERATION_LIST);
     const answer = await this.http.request({ method: 'GET', path: '/v1/operations', query: { state: filter.state, kind: filter.kind, limit: String(limit) } });
     return checked(zOperationList, answer.body, 'operation list').operations;
+  }
+
+  /** `POST /v1/operations/prune` (admin). The API takes an age as text: whole seconds, rounded up. */
+  async pruneOperations(request: OperationPruneRequest): Promise<OperationPruneReport> {
+    const { olderThanMs, dryRun } = parseWith(zOperationPruneRequest, request, 'operation prune');
+    const body = { olderThan: `${Math.ceil(olderThanMs / 1000)}s`, ...(dryRun === undefined ? {} : { dryRun }) };
+    const answer = await this.http.request({ method: 'POST', path: '/v1/operations/prune', body });
+    return checked(zOperationPruneReport, answer.body, 'operation prune report');
   }
 
   async connector(): Promise<Connector> {

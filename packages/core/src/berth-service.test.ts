@@ -858,3 +858,40 @@ describe('reconcile of a guest server: what the guest has against the attachment
     expect((await store.volumes.require(volume.id)).status).toBe('available');
   });
 });
+
+describe('pruning the journal', () => {
+  it('deletes finished operations older than the age asked, in batches, keeps newer and running ones; dry run counts only', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      const { service, store } = world();
+      await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+      await service.attach({ volume: 'db' });
+      await service.detach({ volume: 'db' });
+      vi.setSystemTime(Date.now() + 3 * 3_600_000);
+      const recent = await service.attach({ volume: 'db' });
+      const running = await store.operations.create({ kind: 'detach', deadlineAt: '2099-01-01T00:00:00.000Z' });
+
+      expect(await service.pruneOperations({ olderThanMs: 2 * 3_600_000, dryRun: true })).toMatchObject({ pruned: 2, dryRun: true });
+      expect(await store.operations.list()).toHaveLength(4);
+      const report = await service.pruneOperations({ olderThanMs: 2 * 3_600_000 });
+      expect(report).toMatchObject({ pruned: 2, dryRun: false });
+      expect(report.endedBefore < recent.operation.startedAt).toBe(true);
+      expect((await store.operations.list()).map((o) => o.id).sort()).toEqual([recent.operation.id, running.id].sort());
+      // What the journal is for stays: the volume and its attachment.
+      expect((await service.getVolume('db')).status).toBe('in-use');
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('refuses an age under an hour, or not a whole number of ms, with VALIDATION before anything is deleted', async () => {
+    const { service, store } = world();
+    await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    await service.attach({ volume: 'db' });
+    for (const olderThanMs of [0, 59 * 60_000, 1.5 * 3_600_000 + 0.5, -1]) {
+      await expect(service.pruneOperations({ olderThanMs })).rejects.toMatchObject({ code: 'VALIDATION' });
+    }
+    await expect(service.pruneOperations({ olderThanMs: 3_600_000, extra: true } as never)).rejects.toMatchObject({ code: 'VALIDATION' });
+    expect(await store.operations.list()).toHaveLength(1);
+  });
+});

@@ -16,9 +16,9 @@ import type { PipelineDeps } from './pipeline/context.js';
 import { OperationRunner } from './pipeline/operation-runner.js';
 import { serverConsumer } from './pipeline/server-consumer.js';
 import { runReconcile } from './reconcile/index.js';
-import { zOperationListFilter, type ForgetHostOptions } from './requests.js';
+import { zOperationListFilter, zOperationPruneRequest, type ForgetHostOptions, type OperationPruneRequest } from './requests.js';
 import { parseWith } from './errors.js';
-import type { DoctorEntry, ForgetHostReport, PluginReport, ReconcileOptions, ReconcileReport, RecoveryOutcome } from './reports.js';
+import type { DoctorEntry, ForgetHostReport, OperationPruneReport, PluginReport, ReconcileOptions, ReconcileReport, RecoveryOutcome } from './reports.js';
 import * as attachments from './service/attachments.js';
 import { AgentWorkService } from './service/agent-work.js';
 import { forgetHost } from './service/hosts.js';
@@ -49,6 +49,10 @@ import type {
   StartedOperation,
 } from './service.js';
 import type { Store } from './store.js';
+import { isoTimestamp } from './monotonic-clock.js';
+
+/** How many operations one prune statement deletes (a few MB of journal at most). */
+const PRUNE_BATCH = 1000;
 
 /**
  * The one implementation of every berth action, used by the CLI and the HTTP app alike. It only
@@ -220,6 +224,23 @@ export class BerthServiceImpl implements BerthService {
   listOperations(filter: OperationListFilter = {}): Promise<Operation[]> {
     const f = parseWith(zOperationListFilter, filter, 'operation listing');
     return this.parts.store.operations.list({ ...(f.state ? { state: f.state } : {}), ...(f.kind ? { kind: f.kind } : {}), ...(f.limit === undefined ? {} : { limit: f.limit }) });
+  }
+
+  async pruneOperations(request: OperationPruneRequest): Promise<OperationPruneReport> {
+    const { olderThanMs, dryRun = false } = parseWith(zOperationPruneRequest, request, 'operation prune');
+    const endedBefore = isoTimestamp(Date.now() - olderThanMs);
+    const { operations } = this.parts.store;
+    if (dryRun) return { pruned: await operations.prune({ endedBefore, dryRun }), endedBefore, dryRun };
+    // In batches: each one statement (a transaction), so that a journal of months does not hold
+    // the store's writer for seconds while attaches wait behind it.
+    let pruned = 0;
+    for (;;) {
+      const batch = await operations.prune({ endedBefore, limit: PRUNE_BATCH });
+      pruned += batch;
+      if (batch < PRUNE_BATCH) break;
+    }
+    if (pruned > 0) this.parts.logger.info({ pruned, endedBefore }, `pruned ${pruned} finished operations that ended before ${endedBefore}`);
+    return { pruned, endedBefore, dryRun };
   }
 
   // ---- host ----------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ export * from './keyed-lock.js';
 export * from './store-errors.js';
 export { createMonotonicClock, isoTimestamp } from './monotonic-clock.js';
 export { createMemoryStore } from './memory-store.js';
-export { distinctDevices, hostDeviceRow, newAttachmentRow, newOperationRow, newServerRow, newWorkItemRow, operationLeaseMs, workItemOutcomeRow, zLeaseMs } from './store-rows.js';
+export { distinctDevices, hostDeviceRow, newAttachmentRow, newOperationRow, newServerRow, newWorkItemRow, operationLeaseMs, operationPruneFilter, workItemOutcomeRow, zLeaseMs } from './store-rows.js';
 export { createNotificationHub, zNotificationChannel, zNotificationPayload, type NotificationHub } from './notification-hub.js';
 export * from './deadline.js';
 export * from './requests.js';

@@ -24,7 +24,7 @@ import {
 } from './model.js';
 import { createMonotonicClock, isoTimestamp } from './monotonic-clock.js';
 import { createNotificationHub } from './notification-hub.js';
-import { distinctDevices, hostDeviceRow, newAttachmentRow, newOperationRow, newServerRow, newWorkItemRow, operationLeaseMs, workItemOutcomeRow, zLeaseMs } from './store-rows.js';
+import { distinctDevices, hostDeviceRow, newAttachmentRow, newOperationRow, newServerRow, newWorkItemRow, operationLeaseMs, operationPruneFilter, workItemOutcomeRow, zLeaseMs } from './store-rows.js';
 import type {
   AttachmentPatch,
   AttachmentRepository,
@@ -490,6 +490,31 @@ export function createMemoryStore(): Store {
           ...operation,
           previousOwner: previous.get(operation.id) ?? null,
         }));
+      }),
+    prune: (filter) =>
+      alone(() => {
+        const { endedBefore, limit, dryRun } = operationPruneFilter(filter);
+        const open = new Set([...tables.workItems.values()].filter((w) => w.state === 'pending' || w.state === 'claimed').map((w) => w.operationId));
+        const gone = [...tables.operations.values()]
+          .filter(
+            (o) =>
+              o.state !== 'running' &&
+              o.endedAt !== null &&
+              o.endedAt < endedBefore &&
+              o.startedAt < endedBefore &&
+              !open.has(o.id) &&
+              (o.attachmentId === null || !tables.attachments.has(o.attachmentId)),
+          )
+          .sort((a, b) => (a.startedAt !== b.startedAt ? (a.startedAt < b.startedAt ? -1 : 1) : a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+          .slice(0, limit);
+        if (dryRun) return gone.length;
+        const ids = new Set(gone.map((o) => o.id));
+        for (const id of ids) {
+          tables.operations.delete(id);
+          tables.operationLeases.delete(id);
+        }
+        for (const [key, item] of tables.workItems) if (ids.has(item.operationId)) tables.workItems.delete(key);
+        return gone.length;
       }),
   };
 

@@ -127,6 +127,16 @@ export const zForgetHostReport = lazySchema(() => z.object({
 /** What `berth host forget` did. */
 export type ForgetHostReport = z.output<typeof zForgetHostReport>;
 
+/** What `pruneOperations` (`berth operation prune`, `POST /v1/operations/prune`) did. */
+export const zOperationPruneReport = lazySchema(() => z.object({
+  /** How many operations were deleted (with `dryRun`: would be). */
+  pruned: z.number().int(),
+  /** The cut: operations that ended before this (ISO-8601). */
+  endedBefore: z.string(),
+  dryRun: z.boolean(),
+}));
+export type OperationPruneReport = z.output<typeof zOperationPruneReport>;
+
 /** What the plugin loader found (`berth plugins`, `GET /v1/plugins`). */
 export const zPluginReport = lazySchema(() => z.object({
   loaded: z.array(

@@ -46,6 +46,31 @@ export const zForgetHostOptions = lazySchema(() => z.strictObject({
 }));
 export type ForgetHostOptions = z.input<typeof zForgetHostOptions>;
 
+/** The youngest finished operation `pruneOperations` deletes: an hour (see `zOperationPruneRequest`). */
+export const MIN_PRUNE_AGE_MS = 3_600_000;
+const AGE_UNITS = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 } as const;
+/** An age as people write it: `30d`, `12h`, `90m`, `2w`, `3600s` → milliseconds. */
+export const zAge = lazySchema(() => z
+  .string()
+  .trim()
+  .regex(/^\d{1,10}[smhdw]$/, 'write an age like 30d, 12h, 90m, 2w or 3600s')
+  .transform((text) => Number(text.slice(0, -1)) * AGE_UNITS[text.slice(-1) as keyof typeof AGE_UNITS]));
+
+/**
+ * `pruneOperations` input: delete the finished operations that ended more than `olderThanMs` ago.
+ * At least an hour: a client may still be waiting on an operation that just ended, and a retry
+ * with its idempotency key must find it rather than start again.
+ */
+export const zOperationPruneRequest = lazySchema(() => z.strictObject({
+  olderThanMs: z
+    .number()
+    .int()
+    .min(MIN_PRUNE_AGE_MS, 'keep at least the last hour of operations (--older-than 1h or more)')
+    .max(100 * 365 * 86_400_000, 'an age of more than 100 years is a unit mistake'),
+  dryRun: z.boolean().optional(),
+}));
+export type OperationPruneRequest = z.input<typeof zOperationPruneRequest>;
+
 /** `attach` input. */
 export const zAttachRequest = lazySchema(() => z.strictObject({
   volume: zRef,

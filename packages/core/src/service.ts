@@ -1,9 +1,9 @@
 import type { AgentOutcome, AgentRegistration, AgentSession, ClaimedWork } from './agent-protocol.js';
 import type { ConnectionInfo, Connector } from './connection.js';
-import type { DoctorEntry, ForgetHostReport, PluginReport, ReconcileOptions, ReconcileReport, RecoveryOutcome } from './reports.js';
+import type { DoctorEntry, ForgetHostReport, OperationPruneReport, PluginReport, ReconcileOptions, ReconcileReport, RecoveryOutcome } from './reports.js';
 import type { Attachment, Host, Operation, OperationKind, OperationState, Server, Volume, VolumeStatus } from './model.js';
 import type { HypervisorInput } from './hypervisor.js';
-import type { ForgetHostOptions } from './requests.js';
+import type { ForgetHostOptions, OperationPruneRequest } from './requests.js';
 
 /** A reference to a volume or server: its id, or its name within the project. */
 export type Ref = string;
@@ -195,6 +195,13 @@ export interface BerthService {
    * months holds tens of thousands, each with its steps. Without it, all of them.
    */
   listOperations(filter?: OperationListFilter): Promise<Operation[]>;
+  /**
+   * Delete finished operations (with their journal and work items) that ended more than
+   * `olderThanMs` ago — at least an hour; never a running one, nor one whose work item a host's
+   * agent may still run or undo, nor one whose attachment still exists. With `dryRun`, count them
+   * only. The journal otherwise grows by ~2.6 KB an operation for good.
+   */
+  pruneOperations(request: OperationPruneRequest): Promise<OperationPruneReport>;
 
   /** This host's connector properties, merged from every transport. */
   connector(): Promise<Connector>;

@@ -1,8 +1,10 @@
 import { z } from 'zod';
 import { connectorWithoutSecrets, recordWithoutSecrets, redactConnectionInfo } from './connection.js';
 import { BerthError, parseWith } from './errors.js';
+import { lazySchema } from './lazy-schema.js';
+import { isoTimestamp } from './monotonic-clock.js';
 import { zAttachment, zHostDevice, zOperation, zServer, type Attachment, type HostDevice, type Operation, type Server } from './model.js';
-import type { NewAttachment, NewHostDevice, NewOperation, NewServer, NewWorkItem, WorkItemOutcome } from './store.js';
+import type { NewAttachment, NewHostDevice, NewOperation, NewServer, NewWorkItem, OperationPruneFilter, WorkItemOutcome } from './store.js';
 import { zWorkItem, zWorkItemError, type WorkItem } from './work-item.js';
 
 // New rows as every Store implementation writes them (SQL or memory): one place says what a new
@@ -117,6 +119,25 @@ export function distinctDevices<T>(devices: ReadonlyArray<T | null>): T[] {
 
 /** A lease length: whole milliseconds, at most a day (a longer lease is a unit mistake). */
 export const zLeaseMs = z.number().int().min(0).max(86_400_000);
+
+/**
+ * An `OperationRepository.prune` filter, checked, with `endedBefore` in the stores' own timestamp
+ * form (microseconds and `Z`, `createMonotonicClock`'s) so that comparing the text compares the times.
+ */
+export function operationPruneFilter(filter: OperationPruneFilter): Required<Pick<OperationPruneFilter, 'endedBefore' | 'dryRun'>> & Pick<OperationPruneFilter, 'limit'> {
+  const valid = parseWith(zOperationPruneFilter, filter, 'operation prune');
+  return {
+    endedBefore: STAMP.test(valid.endedBefore) ? valid.endedBefore : isoTimestamp(Date.parse(valid.endedBefore)),
+    dryRun: valid.dryRun ?? false,
+    ...(valid.limit === undefined ? {} : { limit: valid.limit }),
+  };
+}
+const STAMP = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/;
+const zOperationPruneFilter = lazySchema(() => z.strictObject({
+  endedBefore: z.string().datetime({ offset: true }),
+  limit: z.number().int().min(1).optional(),
+  dryRun: z.boolean().optional(),
+}));
 
 /** The lease a new operation asks for (validated), undefined for none; VALIDATION for a lease without an owner. */
 export function operationLeaseMs(input: NewOperation): number | undefined {

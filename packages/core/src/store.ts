@@ -333,6 +333,27 @@ export interface OperationRepository {
    * missing operation. Optional (many hosts): a store without it has no leases to tell.
    */
   leaseExpiry?(id: string): Promise<string | null | undefined>;
+  /**
+   * Delete finished operations (any state but `running`) that ended before `endedBefore`, oldest
+   * first, at most `limit` of them (all without it), each with its journal and its work items —
+   * but never one that still has a work item `pending` or `claimed` (its host's agent may yet run
+   * or undo that step, and needs the item to report back), nor one whose attachment still exists
+   * (its journal may be the only record of whom the volume was exported to: a forced detach of an
+   * attachment that recorded no connector reads it). With `dryRun`, count what would go and
+   * delete nothing. Returns how many (were or would be) deleted. An operation's idempotency key
+   * goes with it: a retry with that key afterwards starts a new operation.
+   */
+  prune(filter: OperationPruneFilter): Promise<number>;
+}
+
+/** Which finished operations `OperationRepository.prune` deletes. */
+export interface OperationPruneFilter {
+  /** ISO-8601: only operations that ended (and started) before this. */
+  endedBefore: string;
+  /** At most this many (a whole number ≥ 1), oldest first; all of them without it. */
+  limit?: number;
+  /** Count them only. */
+  dryRun?: boolean;
 }
 
 /** An operation `claimExpired` took: owned by the claimer now, and whom it took it from. */

@@ -253,6 +253,30 @@ export function describeManyHostsStoreConformance(name: string, open: () => Prom
       });
     });
 
+    describe('operations.prune and work items', () => {
+      it('keeps a finished operation while one of its work items is pending or claimed; deletes its finished items with it', async () => {
+        const { host, operation } = await hostAndOperation();
+        const second = await store.operations.create({ kind: 'detach', hostId: host.id, owner: 'api-1', leaseMs: HOUR, deadlineAt });
+        const done = await workItems.create({ operationId: operation.id, hostId: host.id, step: 'connect' });
+        await workItems.claim(host.id, 'agent-1', HOUR);
+        await workItems.complete(done.id, 'agent-1', { state: 'done' });
+        const open = await workItems.create({ operationId: second.id, hostId: host.id, step: 'disconnect' });
+        // Both end while an agent may still hold the second one's step (a deadline passed, say).
+        await store.operations.finish(operation.id, { state: 'succeeded' });
+        await store.operations.finish(second.id, { state: 'rolled_back' });
+        const later = '2099-01-01T00:00:00Z';
+        expect(await store.operations.prune({ endedBefore: later })).toBe(1);
+        expect(await store.operations.get(operation.id)).toBeUndefined();
+        expect(await workItems.get(done.id)).toBeUndefined();
+        expect(await workItems.require(open.id)).toMatchObject({ state: 'pending' });
+        await workItems.claim(host.id, 'agent-1', HOUR);
+        expect(await store.operations.prune({ endedBefore: later })).toBe(0);
+        await workItems.complete(open.id, 'agent-1', { state: 'failed' });
+        expect(await store.operations.prune({ endedBefore: later })).toBe(1);
+        expect(await workItems.list()).toEqual([]);
+      });
+    });
+
     describe('work items', () => {
       it('creates a pending item; a missing operation or host is NOT_FOUND; secrets are dropped at any depth', async () => {
         const { host, operation } = await hostAndOperation();

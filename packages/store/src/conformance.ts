@@ -858,6 +858,59 @@ export function describeStoreConformance(name: string, open: () => Promise<Store
       });
     });
 
+    describe('operations.prune', () => {
+      const deadlineAt = '2030-01-01T00:00:00.000Z';
+      const later = '2099-01-01T00:00:00Z';
+
+      it('deletes finished operations that ended before the cut, oldest first, with their journal; never a running one', async () => {
+        const a = await store.operations.create({ kind: 'attach', idempotencyKey: 'key-a', deadlineAt });
+        await store.operations.startStep(a.id, 'reserve', 'do');
+        await store.operations.finish(a.id, { state: 'rolled_back', error: { code: 'TIMEOUT', message: 'late' } });
+        const b = await store.operations.create({ kind: 'detach', deadlineAt });
+        await store.operations.finish(b.id, { state: 'succeeded' });
+        const running = await store.operations.create({ kind: 'attach', deadlineAt });
+        const c = await store.operations.create({ kind: 'attach', deadlineAt });
+        await store.operations.finish(c.id, { state: 'failed' });
+
+        // The cut at c's start: a and b ended before it, c after.
+        expect(await store.operations.prune({ endedBefore: c.startedAt, dryRun: true })).toBe(2);
+        expect(await store.operations.list()).toHaveLength(4);
+        expect(await store.operations.prune({ endedBefore: later, limit: 1 })).toBe(1);
+        expect(await store.operations.get(a.id)).toBeUndefined();
+        // The key went with it: a retry with it starts a new operation.
+        expect(await store.operations.findByIdempotencyKey('key-a')).toBeUndefined();
+        await store.operations.create({ kind: 'attach', idempotencyKey: 'key-a', deadlineAt });
+
+        expect(await store.operations.prune({ endedBefore: later })).toBe(2);
+        const left = await store.operations.list();
+        expect(left.map((o) => o.state).sort()).toEqual(['running', 'running']);
+        expect(left.map((o) => o.id)).toContain(running.id);
+        expect(await store.operations.prune({ endedBefore: later })).toBe(0);
+      });
+
+      it('keeps an operation whose attachment still exists (its journal may name whom the volume was exported to)', async () => {
+        const { volume, server } = await attachmentFixture();
+        const attachment = await store.attachments.create({ volumeId: volume.id, serverId: server.id, hostId: server.hostId, mode: 'rw' });
+        const attach = await store.operations.create({ kind: 'attach', volumeId: volume.id, deadlineAt });
+        await store.operations.setAttachment(attach.id, attachment.id);
+        await store.operations.finish(attach.id, { state: 'failed' });
+        expect(await store.operations.prune({ endedBefore: later })).toBe(0);
+        await store.attachments.delete(attachment.id);
+        expect(await store.operations.prune({ endedBefore: later })).toBe(1);
+      });
+
+      it('takes the cut in any ISO-8601 form and refuses a bad filter with VALIDATION, deleting nothing', async () => {
+        const a = await store.operations.create({ kind: 'attach', deadlineAt });
+        await store.operations.finish(a.id, { state: 'succeeded' });
+        expect(await store.operations.prune({ endedBefore: '2000-01-01T00:00:00Z' })).toBe(0);
+        expect(await store.operations.prune({ endedBefore: '2099-01-01T02:00:00+02:00', dryRun: true })).toBe(1);
+        await rejection(store.operations.prune({ endedBefore: 'yesterday' }), 'VALIDATION');
+        await rejection(store.operations.prune({ endedBefore: later, limit: 0 }), 'VALIDATION');
+        await rejection(store.operations.prune({ endedBefore: later, limit: 1.5 }), 'VALIDATION');
+        expect(await store.operations.list()).toHaveLength(1);
+      });
+    });
+
     describe('devices (the ledger of connected devices)', () => {
       const hostId = '0c1d2e3f-4a5b-4c6d-8e7f-8091a2b3c4d5';
       const volumeId = '1d2e3f4a-5b6c-4d7e-9f80-91a2b3c4d5e6';

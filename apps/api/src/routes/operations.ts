@@ -1,6 +1,6 @@
-import { BerthError, zOperation, type BerthErrorCode, type Operation, type ProjectScope } from '@berth/core';
-import { MANAGERS, scopeOf } from '../access.js';
-import { DEFAULT_OPERATION_LIST, zIdParams, zNoParams, zOperationList, zOperationListQuery, zOperationOutcome, zOperationQuery } from '../http-schemas.js';
+import { BerthError, zOperation, zOperationPruneReport, type BerthErrorCode, type Operation, type ProjectScope } from '@berth/core';
+import { ADMINS, MANAGERS, scopeOf } from '../access.js';
+import { DEFAULT_OPERATION_LIST, zIdParams, zNoParams, zNoQuery, zOperationList, zOperationPruneBody, zOperationListQuery, zOperationOutcome, zOperationQuery } from '../http-schemas.js';
 import { outcomeBody, visibleOperation } from '../operation-access.js';
 import type { RouteDeps } from '../route-deps.js';
 import { route, type AnyRoute, type RouteReply } from '../route.js';
@@ -72,6 +72,25 @@ export function operationRoutes(deps: RouteDeps): AnyRoute[] {
         const volumes = new Set((await service.listVolumes(scope)).map((v) => v.id));
         const operations = all.filter((o) => o.volumeId !== null && volumes.has(o.volumeId));
         return { status: 200, body: { operations, more } };
+      },
+    }),
+    route({
+      method: 'POST',
+      path: '/v1/operations/prune',
+      operationId: 'pruneOperations',
+      summary: 'Delete finished operations older than an age, with their journal',
+      description:
+        'Deletes every operation that ended more than `olderThan` ago (at least 1h), with its steps and work items, in batches; never a running one, nor one with a work item an agent may still run or undo, nor one whose attachment still exists. ' +
+        'A retry with a deleted operation\'s idempotency key starts a new operation. With `dryRun: true` it only counts them. Across every project, hence admin only.',
+      tag: 'operations',
+      access: ADMINS,
+      params: zNoParams,
+      query: zNoQuery,
+      body: zOperationPruneBody,
+      responses: { 200: { description: 'How many were deleted (or would be) and the cut', schema: zOperationPruneReport } },
+      async handler({ body }) {
+        const report = await service.pruneOperations({ olderThanMs: body.olderThan, ...(body.dryRun === undefined ? {} : { dryRun: body.dryRun }) });
+        return { status: 200, body: report, headers: { 'cache-control': 'no-store' } };
       },
     }),
     route({

@@ -1,4 +1,4 @@
-import { BerthError, isoTimestamp, lazySchema, newOperationRow, operationLeaseMs, parseWith, zLeaseMs, zId, zOperation, zOperationState, zOperationStep } from '@berth/core';
+import { BerthError, isoTimestamp, lazySchema, newOperationRow, operationLeaseMs, operationPruneFilter, parseWith, zLeaseMs, zId, zOperation, zOperationState, zOperationStep } from '@berth/core';
 import { z } from '@berth/core/zod';
 import type {
   ClaimedOperation,
@@ -6,6 +6,7 @@ import type {
   NewOperation,
   Operation,
   OperationFilter,
+  OperationPruneFilter,
   OperationRepository,
   OperationState,
   OperationStep,
@@ -505,6 +506,40 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
       return operations
         .map((operation) => ({ ...operation, previousOwner: previous.get(operation.id) ?? null }))
         .sort((a, b) => (a.startedAt < b.startedAt ? -1 : a.startedAt > b.startedAt ? 1 : 0));
+    },
+
+    async prune(filter: OperationPruneFilter): Promise<number> {
+      const { endedBefore, limit, dryRun } = operationPruneFilter(filter);
+      // Started before the cut too: an operation ends after it starts, and `started_at` is indexed.
+      let picked = ctx
+        .db()
+        .selectFrom('operations')
+        .select('operations.id')
+        .where('operations.state', '<>', 'running')
+        .where('operations.started_at', '<', endedBefore)
+        .where('operations.ended_at', '<', endedBefore)
+        .where(({ not, exists, selectFrom }) =>
+          not(
+            exists(
+              selectFrom('work_items')
+                .select('work_items.id')
+                .whereRef('work_items.operation_id', '=', 'operations.id')
+                .where('work_items.state', 'in', ['pending', 'claimed']),
+            ),
+          ),
+        )
+        // Its attachment's journal may be the only record of whom the volume was exported to.
+        .where(({ not, exists, selectFrom }) => not(exists(selectFrom('attachments').select('attachments.id').whereRef('attachments.id', '=', 'operations.attachment_id'))))
+        .orderBy('operations.started_at')
+        .orderBy('operations.id');
+      if (limit !== undefined) picked = picked.limit(limit);
+      if (dryRun) {
+        const row = await ctx.db().selectFrom(picked.as('picked')).select((eb) => eb.fn.countAll<string | number>().as('n')).executeTakeFirstOrThrow();
+        return Number(row.n);
+      }
+      // One statement: the journal rows and work items go by the foreign keys' ON DELETE CASCADE.
+      const deleted = await ctx.db().deleteFrom('operations').where('id', 'in', picked).where('state', '<>', 'running').executeTakeFirst();
+      return Number(deleted.numDeletedRows);
     },
   };
 }
