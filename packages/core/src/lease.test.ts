@@ -118,6 +118,39 @@ describe('withLease', () => {
     expect(rows.size).toBe(0);
   });
 
+  it('takes over at once a lease this process let go of without its release reaching the store (a full disk), but waits for one it still holds', async () => {
+    const { store, rows } = memoryLocks();
+    const locks = store.locks;
+    let failRelease = true;
+    const full = {
+      ...store,
+      locks: {
+        ...locks,
+        async release(key: string, owner: string) {
+          if (!failRelease) return locks.release(key, owner);
+          throw new BerthError('HOST_UNSUPPORTED', 'the disk is full');
+        },
+      },
+    } as Store;
+    await withLease(full, 'k', options(), async () => 'ran');
+    // The row stays, naming this (live) process: without the check the next lease waited on it until the deadline.
+    expect(rows.get('k')?.owner.startsWith(`${self}/`)).toBe(true);
+    failRelease = false;
+    const started = Date.now();
+    expect(await withLease(full, 'k', options(AbortSignal.timeout(2_000)), async () => 'again')).toBe('again');
+    expect(Date.now() - started).toBeLessThan(1_500);
+    expect(rows.size).toBe(0);
+
+    // One this process holds now, in another flow, is waited for as before.
+    let release: () => void = () => undefined;
+    const holding = withLease(store, 'held', options(), () => new Promise<void>((resolve) => (release = resolve)));
+    await vi.waitFor(() => expect(rows.has('held')).toBe(true));
+    const error = await withLease(store, 'held', options(AbortSignal.timeout(100)), async () => 'ran').catch((e: unknown) => e);
+    expect(BerthError.is(error) && error.code).toBe('TIMEOUT');
+    release();
+    await holding;
+  });
+
   it('waits for a live holder on another host until the deadline, and says who holds it', async () => {
     const { store, rows } = memoryLocks();
     rows.set('busy', { owner: '42@another-host/token', acquiredAt: '', expiresAt: '2999-01-01T00:00:00.000Z' });

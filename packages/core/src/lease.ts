@@ -100,6 +100,15 @@ export function volumeCreateLeaseKey(projectId: string, name: string): string {
 const COMMANDS_PAST_LEASE_MS = 35_000;
 
 /**
+ * The leases this process holds now (their holder tokens, `owner/uuid`): from the acquire until
+ * `fn` settled and its release was tried. A row that names this process with a token not here is
+ * one this process let go of without its release reaching the store (a full disk, the database
+ * gone for the release's retries): nothing holds it, and waiting on it would wait on ourselves
+ * until the deadline.
+ */
+const heldHere = new Set<string>();
+
+/**
  * Run `fn` holding the lease `key` in the store: the cross-process lock two `berth attach`
  * processes need (the in-process keyed lock does not see the other process). A holder that is a
  * dead process on this host, or whose lease expired, is taken over by compare-and-swap; a live one
@@ -132,11 +141,13 @@ export async function withLease<T>(store: Store, key: string, options: LeaseOpti
     // A dead holder on this host whose commands still run (its spawner stays for them) holds on,
     // past its lease by up to `COMMANDS_PAST_LEASE_MS`: what it started must end before another
     // process acts on the device — but one stuck in the kernel past its SIGKILL must not hold it for good.
-    const left = holder.owner === '' ? 'dead' : ownerState(holder.owner, options.hostname, options.owner).state;
+    // Our own process's row that no `withLease` of ours holds: a release that never reached the store.
+    const leftover = holder.owner.startsWith(`${options.owner}/`) && !heldHere.has(holder.owner);
+    const left = holder.owner === '' || leftover ? 'dead' : ownerState(holder.owner, options.hostname, options.owner).state;
     const expired = Date.parse(holder.expiresAt) + (left === 'commands' ? COMMANDS_PAST_LEASE_MS : 0) < Date.now();
     const stale = holder.owner === '' || expired || left === 'dead';
     if (stale && holder.owner !== '' && (await withStoreRetry(() => store.locks.takeOver(key, me, holder.owner, expiry()), retry))) {
-      options.logger?.warn({ lease: key, from: holder.owner }, 'took over a lease its dead holder left');
+      options.logger?.warn({ lease: key, from: holder.owner }, leftover ? 'took over a lease this process held before and could not release' : 'took over a lease its dead holder left');
       break;
     }
     if (stale) continue;
@@ -148,6 +159,7 @@ export async function withLease<T>(store: Store, key: string, options: LeaseOpti
     await sleep(wait, undefined, { signal: options.signal }).catch(() => undefined);
     wait = Math.min(wait * 2, MAX_WAIT_MS);
   }
+  heldHere.add(me);
   const renew = async (): Promise<void> => {
     const kept = await store.locks.takeOver(key, me, me, expiry()).catch(() => false);
     if (!kept) options.logger?.warn({ lease: key }, 'could not renew a lease; another process may take it over when it passes');
@@ -188,7 +200,8 @@ export async function withLease<T>(store: Store, key: string, options: LeaseOpti
   } finally {
     clearInterval(renewal);
     if (!released) await withDeferredDurability(store, () => withStoreRetry(() => store.locks.release(key, me), { what: `release lease ${key}`, budgetMs: 10_000 })).catch((error: unknown) =>
-      options.logger?.warn({ lease: key, err: toBerthError(error).message }, 'could not release a lease; it ends with this process'),
+      options.logger?.warn({ lease: key, err: toBerthError(error).message }, 'could not release a lease; this process takes it over when it needs it again, others when it ends or expires'),
     );
+    heldHere.delete(me);
   }
 }
