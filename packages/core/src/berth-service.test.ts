@@ -40,6 +40,8 @@ function world(
     beforeUnexport?: (connector: Connector) => Promise<void>;
     /** Called when the transport is asked for the host's connector properties. */
     beforeConnector?: () => Promise<void>;
+    /** The backend's delete fails: having removed nothing (`untouched`), or partway. */
+    deleteFails?: 'untouched' | 'partway';
   } = {},
 ) {
   const exported = new Set<string>();
@@ -48,7 +50,11 @@ function world(
   const backend: VolumeBackend = {
     name: 'mem',
     create: async (volume) => ({ providerLocation: `mem:${volume.id}` }),
-    delete: async () => undefined,
+    delete: async () => {
+      if (options.deleteFails === 'untouched') throw new BerthError('PERMISSION_DENIED', 'read-only file system', { details: { untouched: true } });
+      if (options.deleteFails === 'partway') throw new BerthError('BACKEND_ERROR', 'the target went, the logical volume stayed');
+    },
+    extend: async () => undefined,
     initializeConnection: async (volume): Promise<ConnectionInfo> => {
       exported.add(volume.id);
       await options.afterExport?.();
@@ -893,5 +899,25 @@ describe('pruning the journal', () => {
     }
     await expect(service.pruneOperations({ olderThanMs: 3_600_000, extra: true } as never)).rejects.toMatchObject({ code: 'VALIDATION' });
     expect(await store.operations.list()).toHaveLength(1);
+  });
+});
+
+describe('a volume delete the backend refuses', () => {
+  it('that removed nothing gives the volume back available; one that failed partway leaves it error, with a hint to delete it again', async () => {
+    const untouched = world({ deleteFails: 'untouched' });
+    await untouched.service.createVolume({ name: 'ro', sizeBytes: 2 ** 30 });
+    await expect(untouched.service.deleteVolume('ro')).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
+    expect((await untouched.service.getVolume('ro')).status).toBe('available');
+    expect((await untouched.service.attach({ volume: 'ro' })).operation.state).toBe('succeeded');
+
+    const partway = world({ deleteFails: 'partway' });
+    await partway.service.createVolume({ name: 'half', sizeBytes: 2 ** 30 });
+    await expect(partway.service.deleteVolume('half')).rejects.toMatchObject({ code: 'BACKEND_ERROR' });
+    expect((await partway.service.getVolume('half')).status).toBe('error');
+    for (const refused of [partway.service.attach({ volume: 'half' }), partway.service.extendVolume('half', 2 ** 31)]) {
+      const error = await refused.catch((e: unknown) => e);
+      expect(BerthError.is(error) && error.code).toBe('CONFLICT');
+      expect(BerthError.is(error) && error.hint).toContain('berth volume delete half');
+    }
   });
 });

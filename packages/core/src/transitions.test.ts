@@ -21,7 +21,7 @@ const ALLOWED_VOLUME = new Set<string>([
   'in-use>in-use', 'in-use>attaching', 'in-use>reserved', 'in-use>detaching', 'in-use>error',
   'detaching>detaching', 'detaching>reserved', 'detaching>attaching', 'detaching>available', 'detaching>in-use', 'detaching>error',
   'extending>available', 'extending>error',
-  'deleting>error',
+  'deleting>available', 'deleting>error',
   'error>available', 'error>in-use', 'error>deleting', 'error>detaching', 'error>error',
 ]);
 

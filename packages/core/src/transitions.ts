@@ -20,7 +20,8 @@ export const VOLUME_TRANSITIONS: Readonly<Record<VolumeStatus, readonly VolumeSt
   'in-use': ['in-use', 'detaching', 'attaching', 'reserved', 'error'],
   detaching: ['detaching', 'reserved', 'attaching', 'available', 'in-use', 'error'],
   extending: ['available', 'error'],
-  deleting: ['error'],
+  // back to `available` when the backend removed nothing (`details.untouched`: a read-only directory).
+  deleting: ['available', 'error'],
   error: ['available', 'in-use', 'deleting', 'detaching', 'error'],
 };
 
@@ -89,6 +90,22 @@ export function recomputeVolumeStatus(attachments: ReadonlyArray<{ status: Attac
  */
 export function reservableStatuses(multiattach: boolean): readonly VolumeStatus[] {
   return multiattach ? ['available', 'reserved', 'attaching', 'in-use'] : ['available'];
+}
+
+/**
+ * What to do about a volume in `status` that an attach or extend refuses: an `error` volume
+ * without attachments is one a failed delete or create left (delete it again); with one left in an
+ * error state, that attachment is cleaned up by a forced detach; anything else is busy.
+ */
+export function busyVolumeHint(volume: Pick<Volume, 'name' | 'status'>, attachments: readonly Pick<Attachment, 'status'>[]): string {
+  if (volume.status === 'in-use' || (volume.status === 'error' && attachments.some((a) => a.status.startsWith('error')))) {
+    const force = attachments.some((a) => a.status.startsWith('error')) ? ' --force' : '';
+    return `detach it first: berth detach ${volume.name}${force}`;
+  }
+  if (volume.status === 'error') {
+    return `a delete or create of it failed partway (its storage may be gone in part): delete it again with \`berth volume delete ${volume.name}\``;
+  }
+  return 'wait for the running operation, see `berth operation list --state running`';
 }
 
 /**

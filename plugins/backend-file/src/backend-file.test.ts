@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { readdir, stat, statfs, writeFile } from 'node:fs/promises';
+import { readdir, stat, statfs, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { hostFacts } from '@berth/host';
@@ -136,6 +136,19 @@ describe('file backend', () => {
     expect(BerthError.is(refused) && refused.hint).toContain('allowRemoteHosts');
     const remote = env.backendWith({ allowRemoteHosts: true });
     expect((await remote.initializeConnection(v, other, signal())).driver_volume_type).toBe('file');
+  });
+
+  it('refuses to export a volume whose file was cut short behind berth (BACKEND_ERROR), and leaves the file as it is', async () => {
+    const v = volume();
+    const { providerLocation } = await env.backend.create(v, signal());
+    await truncate(providerLocation, 1 * MiB);
+    const refused = await env.backend.initializeConnection(v, here, signal()).catch((error: unknown) => error);
+    expect(BerthError.is(refused) && refused.code).toBe('BACKEND_ERROR');
+    expect(BerthError.is(refused) && refused.details).toMatchObject({ fileBytes: 1 * MiB, volumeBytes: v.sizeBytes });
+    expect((await stat(providerLocation)).size).toBe(1 * MiB);
+    // Larger (an extend whose record a crash lost) is attached as it is.
+    await truncate(providerLocation, v.sizeBytes + 1 * MiB);
+    expect((await env.backend.initializeConnection(v, here, signal())).driver_volume_type).toBe('file');
   });
 
   it('says NOT_FOUND when exporting a volume whose file is gone', async () => {

@@ -130,7 +130,9 @@ export function createFileBackend(context: PluginContext<Partial<FileBackendOpti
         logger.info({ volumeId: volume.id, file }, 'volume file deleted');
       } catch (error) {
         if (errnoOf(error) === 'ENOENT') return;
-        throw fsError(error, `cannot delete ${file}`);
+        // unlink is all or nothing: the file is whole, and the volume can be used as before.
+        const failed = fsError(error, `cannot delete ${file}`);
+        throw new BerthError(failed.code, failed.message, { ...(failed.hint === undefined ? {} : { hint: failed.hint }), details: { ...failed.details, untouched: true }, cause: error });
       }
     },
 
@@ -171,7 +173,16 @@ export function createFileBackend(context: PluginContext<Partial<FileBackendOpti
           );
         }
       }
-      await statVolumeFile(file, volume.id);
+      const bytes = await statVolumeFile(file, volume.id);
+      const sizeBytes = sizeOf(volume);
+      // A file cut short behind berth (truncate, a restore gone wrong): attached, the guest would
+      // see a smaller disk than its file system says, and writes past the end would fail.
+      if (bytes < sizeBytes) {
+        throw new BerthError('BACKEND_ERROR', `the file of volume ${volume.id} is ${bytes} bytes, smaller than the volume's ${sizeBytes}: it was cut short behind berth (${file})`, {
+          hint: 'restore the file from a backup; `berth volume extend` would only grow it with zeros where the data was',
+          details: { volumeId: volume.id, fileBytes: bytes, volumeBytes: sizeBytes },
+        });
+      }
       return {
         driver_volume_type: NAME,
         data: { device_path: file, volume_id: volume.id, access_mode: 'rw' },
@@ -233,7 +244,7 @@ async function statVolumeFile(file: string, volumeId: string): Promise<number> {
   } catch (error) {
     if (errnoOf(error) === 'ENOENT') {
       throw new BerthError('NOT_FOUND', `the file of volume ${volumeId} does not exist: ${file}`, {
-        hint: 'the volume was deleted or the backend directory changed; check the file backend\'s directory option',
+        hint: 'it was removed behind berth, or the file backend\'s directory option changed: restore the file (or the option), or delete the volume with `berth volume delete`',
         details: { volumeId },
       });
     }

@@ -246,7 +246,7 @@ describe('loop connect with berth-loop-attach and with losetup', () => {
     const driver = env.driverWith({ nativeAttach }, tapped.host);
     const error = await rejectionOf(driver.connect(connection, call()));
     expect(BerthError.is(error) && { code: error.code, message: error.message }).toEqual({ code: 'PERMISSION_DENIED', message: expect.stringMatching(/is not writable by this process/) });
-    expect(BerthError.is(error) && error.hint).toMatch(/access_mode ro/);
+    expect(BerthError.is(error) && error.hint).toMatch(/--mode ro/);
     // auto: the program failed its open and changed nothing; losetup attached read-only, undone.
     expect(tapped.commands.slice(0, 3)).toEqual(nativeAttach === 'auto' ? [HELPER, 'losetup', 'losetup'] : ['losetup', 'losetup', 'losetup']);
     expect(await env.devicesBacking(connection.data.device_path)).toEqual([]);

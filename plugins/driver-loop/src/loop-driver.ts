@@ -1077,7 +1077,7 @@ function accessMismatch(file: string, device: string, readOnly: boolean): BerthE
     return new BerthError('DRIVER_ERROR', `${device} was attached read-write, not read-only as asked for ${file}; detaching it`, { details: { device } });
   }
   return new BerthError('PERMISSION_DENIED', `${file} is not writable by this process: the kernel attached it read-only to ${device}, not read-write as asked; detaching it`, {
-    hint: 'give berth write access to the volume file (its owner and mode, or a file system mounted read-write), or connect it read-only (access_mode ro)',
+    hint: 'give berth write access to the volume file (its owner and mode, or a file system mounted read-write), or attach it read-only (`berth attach --mode ro`, access_mode ro in the connection)',
     details: { device, file },
   });
 }

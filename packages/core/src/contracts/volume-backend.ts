@@ -33,7 +33,11 @@ export interface VolumeBackend {
   readonly name: string;
   /** Create the volume's storage. */
   create(volume: BackendVolume, signal: AbortSignal): Promise<CreatedVolume>;
-  /** Remove the volume's storage; succeeds when it is already gone. */
+  /**
+   * Remove the volume's storage; succeeds when it is already gone. A failure that removed nothing
+   * (the storage is whole and usable) says `details.untouched: true`: the volume goes back to the
+   * status it had instead of `error`.
+   */
   delete(volume: BackendVolume, signal: AbortSignal): Promise<void>;
   /** Grow the volume to `newSizeBytes`. */
   extend?(volume: BackendVolume, newSizeBytes: number, signal: AbortSignal): Promise<void>;

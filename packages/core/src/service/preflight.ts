@@ -4,7 +4,7 @@ import { attachedToServer } from '../pipeline/attach.js';
 import { detachableFrom } from '../pipeline/detach.js';
 import type { Ref } from '../service.js';
 import type { Store } from '../store.js';
-import { reservableStatuses } from '../transitions.js';
+import { busyVolumeHint, reservableStatuses } from '../transitions.js';
 import { resolveServer } from './resolve.js';
 
 /** Refuse early what the reserve CAS would refuse anyway, so callers get a 409 at once. */
@@ -14,7 +14,7 @@ export async function preflightAttach(store: Store, volume: Volume, server: Serv
   if (mine !== undefined) throw attachedToServer(volume, server, mine);
   if (!reservableStatuses(volume.multiattach).includes(volume.status)) {
     throw new BerthError('CONFLICT', `volume ${volume.name} is ${volume.status}; it must be available to attach`, {
-      hint: volume.status === 'in-use' ? `detach it first (berth detach ${volume.name}), or create volumes with --multiattach` : 'wait for the running operation, see `berth operation list --state running`',
+      hint: volume.status === 'in-use' ? `detach it first (berth detach ${volume.name}), or create volumes with --multiattach` : busyVolumeHint(volume, active),
       details: { volumeId: volume.id, actual: volume.status, expected: 'available' },
     });
   }

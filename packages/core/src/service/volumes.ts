@@ -3,7 +3,7 @@ import { BerthError, parseWith, toBerthError } from '../errors.js';
 import { volumeCreateLeaseKey, volumeLeaseKey, withLease } from '../lease.js';
 import { zSizeBytes, type Volume, type VolumeStatus } from '../model.js';
 import { backendVolume } from '../pipeline/context.js';
-import { volumeInUseError } from '../transitions.js';
+import { busyVolumeHint, volumeInUseError } from '../transitions.js';
 import { leaseOptions } from '../pipeline/device-sharing.js';
 import { zCreateVolumeRequest } from '../requests.js';
 import type { CreatedVolumeResult, CreateVolumeRequest, ProjectScope, Ref } from '../service.js';
@@ -89,7 +89,8 @@ export async function deleteVolume(parts: ServiceParts, ref: Ref, scope: Project
     await withLease(store, volumeLeaseKey(volume.id), leaseOptions(parts.deps, signal, `volume ${volume.name}`), async () => {
       await store.volumes.transition(volume.id, ['available', 'error'], 'deleting');
       await parts.faults.hit('volume.delete.after-status');
-      await finishDelete(parts, volume, signal);
+      // A backend that removed nothing gives the volume back as it was (a read-only directory, say).
+      await finishDelete(parts, volume, signal, volume.status === 'error' ? 'error' : 'available');
     });
   });
 }
@@ -113,7 +114,7 @@ export async function extendVolume(parts: ServiceParts, ref: Ref, newSizeBytes: 
     }
     if (current.status !== 'available') {
       throw new BerthError('CONFLICT', `volume ${current.name} is ${current.status}; only an available volume can be extended`, {
-        hint: `detach it first: berth detach ${current.name}`,
+        hint: busyVolumeHint(current, (await store.attachments.list({ volumeId: current.id })).filter((a) => a.status !== 'detached')),
         details: { volumeId: current.id, actual: current.status, expected: 'available' },
       });
     }
@@ -133,14 +134,19 @@ export async function extendVolume(parts: ServiceParts, ref: Ref, newSizeBytes: 
   });
 }
 
-/** The storage of a `deleting` volume removed, then its row; a backend failure leaves it `error` (a retried delete decides). */
-async function finishDelete(parts: ServiceParts, volume: Volume, signal: AbortSignal): Promise<void> {
+/**
+ * The storage of a `deleting` volume removed, then its row. A backend failure leaves it `error` (a
+ * retried delete decides) — or, when the backend says it removed nothing (`details.untouched`),
+ * `untouched` (the status it had before the delete), so that it is not left `error` for nothing.
+ */
+async function finishDelete(parts: ServiceParts, volume: Volume, signal: AbortSignal, untouched: 'available' | 'error' = 'error'): Promise<void> {
   const { store, catalog } = parts;
   try {
     await catalog.backend(volume.backend).delete(backendVolume(volume), signal);
   } catch (error) {
-    await store.volumes.transition(volume.id, ['deleting'], 'error').catch(() => undefined);
-    throw toBerthError(error, 'BACKEND_ERROR');
+    const failed = toBerthError(error, 'BACKEND_ERROR');
+    await store.volumes.transition(volume.id, ['deleting'], failed.details.untouched === true ? untouched : 'error').catch(() => undefined);
+    throw failed;
   }
   await store.volumes.delete(volume.id, ['deleting']);
 }
