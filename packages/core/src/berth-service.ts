@@ -226,6 +226,18 @@ export class BerthServiceImpl implements BerthService {
     return this.parts.store.operations.list({ ...(f.state ? { state: f.state } : {}), ...(f.kind ? { kind: f.kind } : {}), ...(f.limit === undefined ? {} : { limit: f.limit }) });
   }
 
+  async checkStore(): Promise<void> {
+    const { store, owner } = this.parts;
+    await store.operations.list({ state: 'running', limit: 1 });
+    // A lease row of this process's own, written and removed: two small commits.
+    const key = `readiness:${owner}`;
+    const holder = `${owner}/readiness`;
+    const held = await store.locks.tryAcquire(key, holder, new Date(Date.now() + 60_000).toISOString());
+    // One an earlier probe could not remove (its release failed) is ours to take back.
+    if (held !== undefined && held.owner !== holder) await store.locks.takeOver(key, holder, held.owner, new Date(Date.now() + 60_000).toISOString());
+    await store.locks.release(key, holder);
+  }
+
   async pruneOperations(request: OperationPruneRequest): Promise<OperationPruneReport> {
     const { olderThanMs, dryRun = false } = parseWith(zOperationPruneRequest, request, 'operation prune');
     const endedBefore = isoTimestamp(Date.now() - olderThanMs);

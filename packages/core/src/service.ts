@@ -231,6 +231,14 @@ export interface BerthService {
    */
   startReplica?(): () => Promise<void>;
 
+  /**
+   * Whether the store answers a read and takes a write (readiness): throws what it answered
+   * otherwise. A store that reads but cannot write (a full disk, a read-only PostgreSQL after a
+   * failover) fails every attach, so a load balancer must not send work here. Absent on a remote
+   * client.
+   */
+  checkStore?(): Promise<void>;
+
   /** Close the store and stop plugins' background work. */
   close(): Promise<void>;
 }

@@ -26,7 +26,7 @@ export function systemRoutes(deps: RouteDeps): AnyRoute[] {
       method: 'GET',
       path: '/readyz',
       operationId: 'ready',
-      summary: 'Readiness: the store answers and the server is not shutting down',
+      summary: 'Readiness: the store answers a read and takes a write, and the server is not shutting down',
       tag: 'system',
       access: 'public',
       params: zNoParams,
@@ -35,8 +35,10 @@ export function systemRoutes(deps: RouteDeps): AnyRoute[] {
       async handler() {
         if (deps.shutdown.aborted) return { status: 503, body: { status: 'shutting down' } };
         try {
-          await service.listOperations({ state: 'running' });
+          if (service.checkStore) await service.checkStore();
+          else await service.listOperations({ state: 'running', limit: 1 });
         } catch {
+          // What the store said may name its files or its host: not for this public, unauthenticated answer.
           return { status: 503, body: { status: 'store unavailable' } };
         }
         return { status: 200, body: { status: 'ready' } };
