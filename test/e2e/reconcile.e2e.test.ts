@@ -252,6 +252,60 @@ describe('berth reconcile on the loop transport', () => {
     expect(await berth.listAttachments({ volume: 'gone' })).toEqual([]);
   });
 
+  // Found by an explorer: with a volume file deleted (`rm`) or replaced (a new file moved over it)
+  // behind berth's back, the loop device holds the only copy of the data. Reconcile said "No
+  // differences" and a plain detach threw the data away with the device.
+  it('reports an attachment whose volume file was deleted or replaced (no fix), a plain detach refuses it and leaves it attached, --force detaches it', async () => {
+    const berth = await t.open();
+    const deleted = await berth.createVolume({ name: 'deleted', sizeBytes: 16 * MiB });
+    const replaced = await berth.createVolume({ name: 'replaced', sizeBytes: 16 * MiB });
+    const a = (await berth.attach({ volume: 'deleted' })).attachment!;
+    const c = (await berth.attach({ volume: 'replaced' })).attachment!;
+    const marker = Buffer.from('written since attach: only in the loop device now'.padEnd(4096, '.'));
+    writeAt(a.device!.path, marker, 2 * MiB);
+    writeAt(c.device!.path, marker, 2 * MiB);
+    rmSync(deleted.providerLocation!);
+    const fresh = path.join(t.dataDir, 'fresh.img');
+    writeFileSync(fresh, Buffer.alloc(4096));
+    renameSync(fresh, replaced.providerLocation!);
+
+    const before = await snapshot(berth);
+    const planned = await berth.reconcile!({ dryRun: true });
+    expect(kinds(planned)).toEqual(['attachment_storage_gone:none:skipped', 'attachment_storage_gone:none:skipped']);
+    const byAttachment = new Map(planned.differences.map((d) => [d.attachmentId, d]));
+    expect(byAttachment.get(a.id)).toMatchObject({ volumeId: deleted.id, detail: expect.stringContaining(`${deleted.providerLocation} was deleted`) });
+    expect(byAttachment.get(c.id)).toMatchObject({ volumeId: replaced.id, detail: expect.stringContaining(`${replaced.providerLocation} was replaced`) });
+    expect(byAttachment.get(a.id)!.result).toContain(`dd if=${a.device!.path} of=<somewhere> bs=1M`);
+    expect(byAttachment.get(a.id)!.result).toContain('`berth detach deleted --force`');
+    expect(byAttachment.get(c.id)!.result).toContain('`berth detach replaced --force`');
+    expect(await snapshot(berth)).toEqual(before);
+    // Applied: nothing to apply, nothing journalled, nothing changed.
+    const applied = await berth.reconcile!();
+    expect(kinds(applied)).toEqual(['attachment_storage_gone:none:skipped', 'attachment_storage_gone:none:skipped']);
+    expect(applied.operationId).toBeNull();
+    expect(await snapshot(berth)).toEqual(before);
+
+    for (const [volume, attachment] of [[deleted, a], [replaced, c]] as const) {
+      const refused = await berth.detach({ volume: volume.name }).then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+      expect(refused).toMatchObject({ code: 'CONFLICT', hint: expect.stringContaining(`dd if=${attachment.device!.path}`) });
+      // Still attached, the volume in use, and the data readable through the device and its link.
+      expect((await berth.listAttachments({ volume: volume.name })).map((x) => `${x.id}:${x.status}`)).toEqual([`${attachment.id}:attached`]);
+      expect((await berth.getVolume(volume.name)).status).toBe('in-use');
+      expect(readAt(attachment.device!.path, marker.length, 2 * MiB).equals(marker)).toBe(true);
+      expect(linkTarget(`/dev/berth/${volume.id}`)).toBe(attachment.device!.path);
+    }
+    expect(loopDevicesUnder(t.dataDir).sort()).toEqual([a.device!.path, c.device!.path].sort());
+
+    await berth.detach({ volume: 'deleted', force: true });
+    await berth.detach({ volume: 'replaced', force: true });
+    expect(loopDevicesUnder(t.dataDir)).toEqual([]);
+    expect((await berth.listVolumes()).map((v) => `${v.name}:${v.status}`).sort()).toEqual(['deleted:available', 'replaced:available']);
+    expect((await berth.reconcile!({ dryRun: true })).differences).toEqual([]);
+  });
+
   it('recomputes volume statuses written behind berth\'s back, and leaves a failed delete\'s error alone', async () => {
     const berth = await t.open();
     const attached = await berth.createVolume({ name: 'was-in-use', sizeBytes: 16 * MiB });

@@ -61,6 +61,16 @@ describe('agent protocol', () => {
     expect(orphan.transport).toBeUndefined();
   });
 
+  it("carries a listed device's storageGone from the agent, and an older agent's listing without it reads as nothing known", () => {
+    const entry = { device: { path: '/dev/loop3', type: 'block' }, source: { device_path: '/v/a.img', deleted: true } };
+    const listing = { transport: 'loop', protocol: 'file', sourceKeys: ['device_path'], repairsPaths: false };
+    const gone = HOST_STEP_SCHEMAS.host_facts.result.parse({ listings: [{ ...listing, devices: [{ ...entry, storageGone: 'replaced' }] }], unchecked: [] });
+    expect(gone.listings[0]?.devices[0]?.storageGone).toBe('replaced');
+    const older = HOST_STEP_SCHEMAS.host_facts.result.parse({ listings: [{ ...listing, devices: [entry] }], unchecked: [] });
+    expect(older.listings[0]?.devices[0]).toEqual(entry);
+    expect(HOST_STEP_SCHEMAS.host_facts.result.safeParse({ listings: [{ ...listing, devices: [{ ...entry, storageGone: 'maybe' }] }] }).success).toBe(false);
+  });
+
   it('registers agents of the first protocol (none sent) and of a later one', () => {
     const base = { instance: 'i-1', version: '0.1.0', connector: { host: 'h1', platform: 'x86_64', os_type: 'linux', multipath: false }, transports: ['loop'], consumers: ['host'] };
     expect(zAgentRegistration.parse(base).protocol).toBeUndefined();

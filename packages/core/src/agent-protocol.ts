@@ -172,7 +172,12 @@ export const zTransportListing = lazySchema(() => z.object({
   sourceKeys: z.array(z.string().min(1)).default([]),
   /** Whether the transport can put a device back on a live path (`repairPaths`; absent from an older agent: no). */
   repairsPaths: z.boolean().default(false),
-  devices: z.array(z.object({ device: zDevice, source: z.record(z.string(), z.unknown()) })),
+  devices: z.array(z.object({
+    device: zDevice,
+    source: z.record(z.string(), z.unknown()),
+    /** The device's storage went away behind berth's back (`ConnectedDevice.storageGone`; absent from an older agent: not known). */
+    storageGone: z.enum(['deleted', 'replaced']).optional(),
+  })),
 }));
 /** What `host_facts` answers: the listings, and each transport that cannot list or failed to (with why). */
 export const zHostFactsResult = lazySchema(() => z.object({ listings: z.array(zTransportListing), unchecked: z.array(zReconcileUnchecked).default([]) }));

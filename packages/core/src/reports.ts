@@ -12,6 +12,7 @@ export const DIFFERENCE_KINDS = [
   'device_without_attachment',
   'attachment_device_gone',
   'attachment_path_failed',
+  'attachment_storage_gone',
   'attachment_stuck',
   'attachment_error',
   'guest_disk_without_attachment',

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { unlink } from 'node:fs/promises';
 import { hostFacts } from '@berth/host';
 import { silentLogger, type BackendVolume } from '@berth/core';
 import { createFileBackend } from '@berth/backend-file';
@@ -32,6 +33,10 @@ describeTransportConformance('loop (files from the file backend)', async () => {
           await env.host.runner.run('losetup', ['--detach', device.path], { timeoutMs: 10_000, reject: false });
         },
       };
+    },
+    async loseStorage(connection) {
+      // `rm` of the volume file: the loop device keeps the unlinked inode.
+      await unlink(String(connection.data.device_path));
     },
     async cleanup() {
       try {

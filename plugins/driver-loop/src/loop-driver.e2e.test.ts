@@ -189,8 +189,17 @@ describe('loop transport on real loop devices', () => {
     commands.length = 0;
     const error = await rejectionOf(driver.disconnect(connection, device, { force: false, ...call() }));
     expect(BerthError.is(error) && error.details).toMatchObject({ reason: 'identity-mismatch', untouched: true });
-    expect(commands).toEqual(['berth-loop-detach', 'losetup']);
+    // Another inode at the path than the one recorded: the listing decides before the program
+    // runs (its device may still hold the recorded file, replaced: the storage-gone refusal).
+    expect(commands).toEqual(['losetup']);
     expect(await env.devicesBacking(connection.data.device_path)).toEqual([now]);
+    // A device read from its record alone, the program found missing: listed before the old way.
+    const plain = await env.makeFile('missing-program-plain.img');
+    const plainDevice = await driver.connect(plain, call());
+    commands.length = 0;
+    await driver.disconnect(plain, plainDevice, { force: false, ...call() });
+    expect(commands.slice(0, 2)).toEqual(['berth-loop-detach', 'losetup']);
+    expect(await env.devicesBacking(plain.data.device_path)).toEqual([]);
   });
 
   it('a reused number that is mounted is an identity mismatch (the record is dropped), not busy — a replaced file at the same path too', async () => {
@@ -590,15 +599,43 @@ describe('loop transport on real loop devices', () => {
     expect(existsSync(LOOP_DETACH_PROGRAM!)).toBe(true);
   });
 
-  it('detaches a device whose file was deleted while attached, when the record names it', async () => {
-    const connection = await env.makeFile('deleted.img');
-    const device = await env.driver.connect(connection, call());
-    await unlink(connection.data.device_path);
-    const [stale] = (await env.devicesUnderDir()).filter((d) => d.name === device.path);
-    expect(stale?.deleted).toBe(true);
-    await env.driver.disconnect(connection, device, { force: false, ...call() });
-    expect(await env.devicesUnderDir()).toEqual([]);
-  });
+  // Found by an explorer: `rm` of a volume file (or a new file moved over it) behind berth's back
+  // left the loop device holding the only copy of the data, and a plain detach threw it away.
+  for (const how of ['deleted', 'replaced'] as const) {
+    it(`refuses a plain disconnect of a device whose file was ${how} (the data lives only in it), untouched, both ways; a forced one lets go of it`, async () => {
+      const connection = await env.makeFile(`${how}.img`);
+      const file = connection.data.device_path;
+      const device = await env.driver.connect(connection, call());
+      const bytes = randomBytes(4096);
+      await writeThrough(device.path, [{ offset: MiB, bytes }]);
+      if (how === 'deleted') {
+        await unlink(file);
+      } else {
+        const fresh = path.join(env.dir, 'fresh.img');
+        await writeFile(fresh, Buffer.alloc(4096));
+        await rename(fresh, file);
+      }
+      const listed = (await env.driver.connected!()).find((entry) => entry.device.path === device.path);
+      expect(listed).toMatchObject({ source: { device_path: file, deleted: true }, storageGone: how });
+      expect(listed?.device.identity).toEqual(device.identity);
+      // With berth-loop-detach (the record read alone, then the listing) and without it.
+      for (const driver of [env.driver, env.driverWith({ nativeDetach: 'off' })]) {
+        const refused = await rejectionOf(driver.disconnect(connection, device, { force: false, ...call() }));
+        expect(BerthError.is(refused) && refused.code).toBe('CONFLICT');
+        expect(BerthError.is(refused) && refused.details).toMatchObject({ reason: 'storage-gone', storageGone: how, device: device.path, storage: file, untouched: true });
+        expect(BerthError.is(refused) && refused.hint).toContain(`dd if=${device.path} of=<somewhere> bs=1M`);
+        expect(BerthError.is(refused) && refused.hint).toContain('--force');
+        // Still attached, and the data written through it still readable there.
+        expect((await env.devicesUnderDir()).map((d) => [d.name, d.deleted, d.autoclear])).toEqual([[device.path, true, false]]);
+        expect((await readAt(device.path, MiB, bytes.length)).equals(bytes)).toBe(true);
+      }
+      if (how === 'replaced') expect((await readFile(file)).equals(Buffer.alloc(4096))).toBe(true);
+      await env.driver.disconnect(connection, device, { force: true, ...call() });
+      expect(await env.devicesUnderDir()).toEqual([]);
+      // The file now at the path is not touched by any of it.
+      if (how === 'replaced') expect((await readFile(file)).equals(Buffer.alloc(4096))).toBe(true);
+    });
+  }
 
   it('check() passes on this machine', async () => {
     const result = await env.driver.check();

@@ -12,6 +12,7 @@ import {
   lazySchema,
   parseWith,
   sameIdentity,
+  storageGoneError,
   toBerthError,
   type CheckResult,
   type ConnectedDevice,
@@ -20,6 +21,7 @@ import {
   type Device,
   type DisconnectOptions,
   type PluginContext,
+  type StorageGone,
   type TransportCallContext,
   type TransportDriver,
 } from '@berth/core';
@@ -277,6 +279,9 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
     const identity = loopIdentity(now);
     const whole = attachesWholeFile(now, files) && identity !== undefined && device.identity !== undefined && sameIdentity(device.identity, identity);
     if (!whole || now.autoclear || (opts.inUse ?? []).some((u) => usedBy(u, now))) return false;
+    // Its file deleted or another file at its path: the listing tells, by the inode the kernel
+    // holds, a device whose storage is gone (refused) from a number given to another file.
+    if ((await storageGoneOf(now)) !== undefined) return false;
     const helper = detachHelperFor(now);
     if (helper === undefined) return false;
     // A holder is refused only once the listing confirmed the device is this one (another file's
@@ -928,6 +933,10 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
                 details: { reason: 'in-use', device: now.name, untouched: true },
               });
             }
+            // Its file deleted or replaced behind berth's back: the device holds the only copy of
+            // what was written since. Not without force (copy it off first); forced, it goes.
+            const gone = opts.force ? undefined : await storageGoneOf(now);
+            if (gone !== undefined) throw storageGoneError(now.name, now.backingFile ?? key, gone);
             chosen = [now];
           }
         } else {
@@ -1004,12 +1013,20 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
       const devices = await listLoopDevices();
       // A device with an offset or a size limit maps a part of a file: this transport never makes
       // one, so it is never reported as something berth connected (or could disconnect).
-      return devices
-        .filter((d) => d.backingFile !== null && d.offset === 0 && d.sizeLimit === 0)
-        .map((d) => ({
-          device: deviceOf(d, d.backingFile ?? ''),
-          source: { device_path: d.backingFile, ...(d.deleted ? { deleted: true } : {}) },
-        }));
+      const whole = devices.filter((d) => d.backingFile !== null && d.offset === 0 && d.sizeLimit === 0);
+      return Promise.all(
+        whole.map(async (d) => {
+          // Only a file the kernel calls unlinked is looked at (deleted, or another file moved
+          // over it): a stat of every listed device's file would wait on a stalled FUSE export
+          // (iscsi-user's) for good. A disconnect compares its own volume file's inode too.
+          const gone = d.deleted ? await storageGoneOf(d) : undefined;
+          return {
+            device: deviceOf(d, d.backingFile ?? ''),
+            source: { device_path: d.backingFile, ...(d.deleted ? { deleted: true } : {}) },
+            ...(gone !== undefined ? { storageGone: gone } : {}),
+          };
+        }),
+      );
     },
 
     async check(): Promise<CheckResult> {
@@ -1069,6 +1086,32 @@ async function inodeOf(file: string): Promise<{ backingDev: string; backingInode
 
 function backsInode(device: LoopDevice, inode: { backingDev: string; backingInodeText: string }): boolean {
   return device.backingDev === inode.backingDev && device.backingInodeText === inode.backingInodeText;
+}
+
+/**
+ * Whether the file behind loop device `d` went away behind berth's back while the device holds it:
+ * `deleted` when the kernel says it was unlinked (its back-file ends in ` (deleted)`) and nothing
+ * is at its path now; `replaced` when another file is at the path (`mv new.img old.img`: the old
+ * one unlinked too), or — the device's backing device and inode known — the path names another
+ * inode than the device holds. The device then holds the only copy of what was written through it.
+ * `undefined`: nothing known to be wrong (the path cannot be looked at, or no inode to compare).
+ */
+async function storageGoneOf(d: LoopDevice): Promise<StorageGone | undefined> {
+  if (d.backingFile === null) return undefined;
+  let now: { backingDev: string; backingInodeText: string } | null | undefined;
+  try {
+    const info = await stat(d.backingFile, { bigint: true });
+    now = { backingDev: majorMinor(info.dev), backingInodeText: info.ino.toString() };
+  } catch (error) {
+    // Nothing at the path; any other failure (EACCES, EIO) says nothing about the file.
+    now = errnoOf(error) === 'ENOENT' || errnoOf(error) === 'ENOTDIR' ? null : undefined;
+  }
+  const known = d.backingDev !== undefined && d.backingInodeText !== undefined;
+  if (d.deleted) {
+    if (now === null || now === undefined) return 'deleted';
+    return known && backsInode(d, now) ? undefined : 'replaced';
+  }
+  return now && known && !backsInode(d, now) ? 'replaced' : undefined;
 }
 
 /** An attach whose read-only mode is not the one asked for (the caller detaches it again). */

@@ -34,7 +34,19 @@ export interface ConnectedDevice {
   device: Device;
   /** The backing thing, in connection_info terms (a file path, a target IQN + LUN): see `sourceKeys`. */
   source: Record<string, unknown>;
+  /**
+   * Set when the storage behind the device went away behind berth's back while the device still
+   * holds it (the loop transport: its backing file unlinked — `deleted` — or another file now at
+   * its path — `replaced`). What was written through the device since lives only in the device:
+   * a disconnect without `force` refuses it (`CONFLICT`, `details.reason: 'storage-gone'`,
+   * `untouched`), and reconcile reports it (`attachment_storage_gone`) without fixing it. Absent:
+   * nothing known to be wrong (a transport that cannot tell leaves it out).
+   */
+  storageGone?: StorageGone;
 }
+
+/** How a device's storage went away behind berth's back (`ConnectedDevice.storageGone`). */
+export type StorageGone = 'deleted' | 'replaced';
 
 /** Options of `TransportDriver.connected`. */
 export interface ListOptions {

@@ -229,6 +229,46 @@ describe('findDifferences', () => {
     expect(findDifferences(facts({ volumes: [v], attachments: [a], listings: loop([same]) }))).toEqual([]);
   });
 
+  it('reports an attached device whose backing file was deleted or replaced, with what to do and no fix', () => {
+    const v = volume('a', 'in-use', '/data/volumes/a.img');
+    const identity = { kind: 'loop', rdev: '7:3', backingDev: '254:1', backingInode: 11 };
+    const a = { ...fileAttachment(v, 'attached', '/dev/loop3'), device: { path: '/dev/loop3', type: 'block' as const, identity } };
+    const listed = (storageGone: ConnectedDevice['storageGone'], backingInode = 11): ConnectedDevice => ({
+      device: { path: '/dev/loop3', type: 'block', identity: { ...identity, backingInode } },
+      source: { device_path: '/data/volumes/a.img', deleted: true },
+      ...(storageGone ? { storageGone } : {}),
+    });
+    for (const how of ['deleted', 'replaced'] as const) {
+      const found = findDifferences(facts({ volumes: [v], attachments: [a], listings: loop([listed(how)]) }));
+      expect(found.map((f) => f.kind)).toEqual(['attachment_storage_gone']);
+      const described = describeFinding(found[0]!);
+      expect(described).toMatchObject({ kind: 'attachment_storage_gone', volumeId: v.id, attachmentId: a.id, fix: 'none', state: 'skipped' });
+      expect(described.detail).toContain(`its backing file /data/volumes/a.img was ${how}`);
+      expect(described.detail).toContain('only copy');
+      // The hint: copy the data off the device first, then a forced detach of the volume by name.
+      expect(described.result).toContain('dd if=/dev/loop3 of=<somewhere> bs=1M');
+      expect(described.result).toContain('`berth detach a --force`');
+    }
+    // Reported while an operation runs on the volume too: there is nothing to apply either way.
+    const busy = findDifferences(facts({ volumes: [v], attachments: [a], busyVolumeIds: new Set([v.id]), listings: loop([listed('deleted')]) }));
+    expect(busy.map((f) => f.kind)).toEqual(['attachment_storage_gone']);
+    // Only the very device recorded: another device at that name (another identity) is the device-gone rule's.
+    expect(findDifferences(facts({ volumes: [v], attachments: [a], listings: loop([listed('deleted', 99)]) })).map((f) => f.kind)).toEqual(['attachment_device_gone']);
+    // Only what the listing after the store says: a transport that does not report it says nothing.
+    expect(findDifferences(facts({ volumes: [v], attachments: [a], listings: loop([listed('deleted')]), listingsAfter: loop([listed(undefined)]) }))).toEqual([]);
+    expect(findDifferences(facts({ volumes: [v], attachments: [a], listings: loop([listed(undefined)]) }))).toEqual([]);
+  });
+
+  it('never plans to disconnect a device of no attachment whose storage is gone (the only copy of the data), and says what to do', () => {
+    const v = volume('a', 'available', '/data/volumes/a.img');
+    const gone: ConnectedDevice = { ...loopDevice('/dev/loop4', '/data/volumes/a.img'), storageGone: 'deleted' };
+    for (const devices of [[record(v, '/dev/loop4')], []]) {
+      const found = findDifferences(facts({ volumes: [v], devices, listings: loop([gone]) }));
+      expect(found.map((f) => f.kind)).toEqual(['device_without_attachment']);
+      expect(describeFinding(found[0]!)).toMatchObject({ fix: 'disconnect', state: 'skipped', result: expect.stringContaining('dd if=/dev/loop4') });
+    }
+  });
+
   it('finds an attached device whose path in use failed, only for a transport that can repair paths', () => {
     const v = volume('a', 'in-use', 'iqn.2026-01.org.berth:a');
     const a: Attachment = {

@@ -2,7 +2,7 @@ import type { Device } from '../connection.js';
 import type { GuestDisk } from '../contracts/consumer.js';
 import type { ConnectedDevice } from '../contracts/transport-driver.js';
 import type { BackendExport } from '../contracts/volume-backend.js';
-import { sameDevice } from '../device-identity.js';
+import { sameDevice, storageGoneHint, storageGoneText } from '../device-identity.js';
 import { guestKey } from '../hypervisor.js';
 import type { Attachment, HostDevice, Operation, Server, Volume, VolumeStatus } from '../model.js';
 import { hostRootMismatch, hostRootSkip } from '../pipeline/host-root.js';
@@ -176,6 +176,15 @@ export type Finding =
       listed: ConnectedDevice;
       skip?: string;
     }
+  | {
+      kind: 'attachment_storage_gone';
+      attachment: Attachment;
+      volume: Volume;
+      /** The attachment's device as its transport lists it now, with `storageGone` set. */
+      listed: ConnectedDevice & { storageGone: NonNullable<ConnectedDevice['storageGone']> };
+      /** Always set: nothing is fixed automatically (the hint says what to do). */
+      skip: string;
+    }
   | { kind: 'attachment_stuck'; attachment: Attachment; volume: Volume; skip?: string }
   | { kind: 'attachment_error'; attachment: Attachment; volume: Volume; skip?: string }
   | { kind: 'guest_disk_without_attachment'; guest: GuestListing; disk: GuestDisk; volume: Volume; skip?: string }
@@ -286,7 +295,7 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
     findings.push(
       withSkip(
         { kind: 'device_without_attachment', transport: record.transport, protocol: record.connectionInfo.driver_volume_type, record, connected, volume },
-        busy(volume.id) ?? elsewhereRecordRoot(record, volume),
+        busy(volume.id) ?? elsewhereRecordRoot(record, volume) ?? (connected?.storageGone !== undefined ? storageGoneSkip(connected.device.path, volume) : undefined),
       ),
     );
   }
@@ -314,8 +323,10 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
       const otherHost = elsewhere
         ? `volume ${volume.name} is ${elsewhere.status} on another host (${elsewhere.hostId}) through this source, and no record of this host names the device: if that host's agent runs on this machine, it is that attachment's device — left alone (reconcile that host with \`berth reconcile --host\`, or check the device by hand)`
         : undefined;
+      // Its storage gone, the device is the only copy of the data: its disconnect would lose it.
+      const gone = connected.storageGone !== undefined ? storageGoneSkip(connected.device.path, volume) : undefined;
       findings.push(
-        withSkip({ kind: 'device_without_attachment', transport: listing.transport, protocol: listing.protocol, connected, volume }, busy(volume.id) ?? otherHost),
+        withSkip({ kind: 'device_without_attachment', transport: listing.transport, protocol: listing.protocol, connected, volume }, busy(volume.id) ?? otherHost ?? gone),
       );
     }
   }
@@ -344,6 +355,14 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
     const present = recorded ? now.find((d) => sameDevice(d.device, recorded)) : undefined;
     if (present && listing.repairsPaths && failedPaths(present).length > 0) {
       findings.push(withSkip({ kind: 'attachment_path_failed', attachment, volume, transport: attachment.transport, listed: present }, busy(volume.id) ?? elsewhereRoot(attachment)));
+      continue;
+    }
+    // Its very device is there, but what backs it is gone (a volume file deleted or replaced behind
+    // berth's back): the device holds the only copy of the data. Reported, never fixed here — a
+    // reconnect would attach what is at the path now, a disconnect would lose the data.
+    const gone = present?.storageGone;
+    if (present && gone !== undefined) {
+      findings.push({ kind: 'attachment_storage_gone', attachment, volume, listed: { ...present, storageGone: gone }, skip: storageGoneSkip(present.device.path, volume) });
       continue;
     }
     if (recorded && [...now, ...then].some((d) => sameDevice(d.device, recorded))) continue;
@@ -466,6 +485,11 @@ function unconfirmedDevice(facts: ReconcileFacts, attachment: Attachment): strin
   return undefined;
 }
 
+/** Why a device whose storage is gone is left alone, and what to do (`attachment_storage_gone`). */
+function storageGoneSkip(device: string, volume: Volume): string {
+  return `not fixed automatically: ${storageGoneHint(device, volume.name)}`;
+}
+
 function skipOf(skip: string | undefined): { skip?: string } {
   return skip === undefined ? {} : { skip };
 }
@@ -528,6 +552,18 @@ export function describeFinding(finding: Finding): ReconcileDifference {
         fix: 'disconnect',
         fixDetail: connected ? `disconnect it (${finding.transport} disconnect, only while it is still that very device and nothing holds it open)` : 'forget the record',
         ...base(finding.volume.id, null),
+      };
+    }
+    case 'attachment_storage_gone': {
+      const { attachment, volume, listed } = finding;
+      const storage = typeof listed.source.device_path === 'string' ? listed.source.device_path : 'its storage';
+      return {
+        kind: finding.kind,
+        resource: `attachment ${attachment.id} (volume ${volume.name}) at ${listed.device.path}`,
+        detail: `attachment ${attachment.id} of volume ${volume.name} is attached at ${listed.device.path}, but ${storageGoneText(storage, listed.storageGone)}: the device holds the only copy of the volume's data`,
+        fix: 'none',
+        fixDetail: `none (a reconnect would attach what is at the path now, a disconnect would lose the data): copy the data off ${listed.device.path}, then \`berth detach ${volume.name} --force\``,
+        ...base(volume.id, attachment.id),
       };
     }
     case 'attachment_stuck':

@@ -101,6 +101,9 @@ export async function fixOf(deps: ReconcileDeps, finding: Finding, target: FixTa
       return reconnect(deps, finding.attachment.id, fresh.volume, { ...target, signal });
     case 'attachment_path_failed':
       return repairPaths(deps, finding.attachment.id, fresh.volume, finding.transport, finding.listed, { ...target, signal });
+    case 'attachment_storage_gone':
+      // Report-only: the finding is always skipped, and this is never reached.
+      throw new Skip(finding.skip);
     case 'attachment_stuck':
     case 'attachment_error':
       return finishDetach(deps, finding.attachment, fresh.volume);

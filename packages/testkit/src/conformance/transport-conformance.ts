@@ -30,6 +30,14 @@ export interface TransportConformanceSetup {
    * check that the other device is still there and a cleanup that removes it.
    */
   reusePath?(device: Device): Promise<{ present(): Promise<boolean>; cleanup(): Promise<void> }>;
+  /**
+   * Take the storage behind a connected device away behind berth's back, as a user could (the
+   * loop transport: delete the volume file; the device keeps it). A transport that reports
+   * `ConnectedDevice.storageGone` provides it, and the suite checks the rule: the device is
+   * listed with `storageGone`, a disconnect without `force` refuses it having touched nothing
+   * (`CONFLICT`, `details.reason: 'storage-gone'`, `untouched`), and a forced one lets go of it.
+   */
+  loseStorage?(connection: ConnectionInfo, device: Device): Promise<void>;
 }
 
 /** Options of a transport conformance run. */
@@ -319,6 +327,32 @@ export function describeTransportConformance(
         }
       }, timeoutMs);
     });
+
+    it('a device whose storage went away is listed so, refused by a plain disconnect untouched, and let go of by a forced one', async () => {
+      const { driver, loseStorage } = current();
+      if (!loseStorage) return;
+      const connection = await newConnection();
+      const device = await driver.connect(connection, call());
+      try {
+        await loseStorage(connection, device);
+        expect(driver.connected, 'storageGone is reported by connected(): implement it').toBeDefined();
+        const listed = (await driver.connected!()).find((entry) => entry.device.path === device.path);
+        expect(listed?.storageGone).toMatch(/^(deleted|replaced)$/);
+        const refused = await driver.disconnect(connection, device, { force: false, ...call() }).then(
+          () => undefined,
+          (error: unknown) => error,
+        );
+        expect(BerthError.is(refused) && refused.code).toBe('CONFLICT');
+        expect(BerthError.is(refused) && refused.details).toMatchObject({ reason: 'storage-gone', untouched: true });
+        expect(BerthError.is(refused) && refused.hint).toMatch(/--force/);
+        expect(await isConnected(connection, device)).toBe(true);
+        await driver.disconnect(connection, device, { force: true, ...call() });
+        expect(await isConnected(connection, device)).toBe(false);
+      } finally {
+        // The suite's own clean-up looks the device up by its connection: one whose storage went is named here.
+        await driver.disconnect(connection, device, { force: true, ...call() }).catch(() => undefined);
+      }
+    }, timeoutMs);
 
     it('connect after a disconnect works again', async () => {
       const connection = await newConnection();
