@@ -153,6 +153,7 @@ export const zInitializeAttachmentBody = z.strictObject({ connector: zHttpConnec
 /** `POST /v1/operations/prune`: the service takes milliseconds, people write `30d`. */
 export const zOperationPruneBody = z.strictObject({
   olderThan: zAge.refine((ms) => ms >= MIN_PRUNE_AGE_MS, 'keep at least the last hour of operations (1h or more)').describe('delete finished operations that ended longer ago than this: 30d, 12h, 2w (at least 1h)'),
+  endedBefore: z.string().datetime({ offset: true }).optional().describe('delete none that ended after this (the cut a dry run answered: what was counted is what goes); the earlier of this and the age\'s cut is used'),
   dryRun: z.boolean().optional().describe('count them and delete nothing'),
 });
 /** `POST /v1/reconcile`. */

@@ -269,8 +269,8 @@ export class RemoteBerthService implements BerthService {
 
   /** `POST /v1/operations/prune` (admin). The API takes an age as text: whole seconds, rounded up. */
   async pruneOperations(request: OperationPruneRequest): Promise<OperationPruneReport> {
-    const { olderThanMs, dryRun } = parseWith(zOperationPruneRequest, request, 'operation prune');
-    const body = { olderThan: `${Math.ceil(olderThanMs / 1000)}s`, ...(dryRun === undefined ? {} : { dryRun }) };
+    const { olderThanMs, endedBefore, dryRun } = parseWith(zOperationPruneRequest, request, 'operation prune');
+    const body = { olderThan: `${Math.ceil(olderThanMs / 1000)}s`, ...(endedBefore === undefined ? {} : { endedBefore }), ...(dryRun === undefined ? {} : { dryRun }) };
     const answer = await this.http.request({ method: 'POST', path: '/v1/operations/prune', body });
     return checked(zOperationPruneReport, answer.body, 'operation prune report');
   }

@@ -890,6 +890,29 @@ describe('pruning the journal', () => {
     }
   });
 
+  it('with the cut a dry run answered, deletes what it counted and nothing that ended since', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      const { service, store } = world();
+      await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+      await service.attach({ volume: 'db' });
+      await service.detach({ volume: 'db' });
+      vi.setSystemTime(Date.now() + 1.5 * 3_600_000);
+      const counted = await service.pruneOperations({ olderThanMs: 3_600_000, dryRun: true });
+      expect(counted.pruned).toBe(2);
+      // Two more end after the count; by the time the prune runs, the age alone would take them too.
+      await service.attach({ volume: 'db' });
+      await service.detach({ volume: 'db' });
+      vi.setSystemTime(Date.now() + 1.5 * 3_600_000);
+      expect(await service.pruneOperations({ olderThanMs: 3_600_000, endedBefore: counted.endedBefore, dryRun: true })).toMatchObject({ pruned: 2 });
+      expect(await service.pruneOperations({ olderThanMs: 3_600_000, dryRun: true })).toMatchObject({ pruned: 4 });
+      expect(await service.pruneOperations({ olderThanMs: 3_600_000, endedBefore: counted.endedBefore })).toMatchObject({ pruned: 2, endedBefore: counted.endedBefore });
+      expect(await store.operations.list()).toHaveLength(2);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
   it('refuses an age under an hour, or not a whole number of ms, with VALIDATION before anything is deleted', async () => {
     const { service, store } = world();
     await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });

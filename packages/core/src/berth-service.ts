@@ -50,6 +50,7 @@ import type {
 } from './service.js';
 import type { Store } from './store.js';
 import { isoTimestamp } from './monotonic-clock.js';
+import { operationPruneFilter } from './store-rows.js';
 
 /** How many operations one prune statement deletes (a few MB of journal at most). */
 const PRUNE_BATCH = 1000;
@@ -239,8 +240,9 @@ export class BerthServiceImpl implements BerthService {
   }
 
   async pruneOperations(request: OperationPruneRequest): Promise<OperationPruneReport> {
-    const { olderThanMs, dryRun = false } = parseWith(zOperationPruneRequest, request, 'operation prune');
-    const endedBefore = isoTimestamp(Date.now() - olderThanMs);
+    const { olderThanMs, endedBefore: confirmed, dryRun = false } = parseWith(zOperationPruneRequest, request, 'operation prune');
+    const byAge = isoTimestamp(Date.now() - olderThanMs);
+    const endedBefore = confirmed === undefined || Date.parse(confirmed) >= Date.parse(byAge) ? byAge : operationPruneFilter({ endedBefore: confirmed }).endedBefore;
     const { operations } = this.parts.store;
     if (dryRun) return { pruned: await operations.prune({ endedBefore, dryRun }), endedBefore, dryRun };
     // In batches: each one statement (a transaction), so that a journal of months does not hold

@@ -151,6 +151,41 @@ describe('withLease', () => {
     await holding;
   });
 
+  it('a flow whose acquire answer comes late is not taken for a leftover by another flow of this process: one holder at a time', async () => {
+    const { store, rows } = memoryLocks();
+    const locks = store.locks;
+    let delayed = false;
+    const slow = {
+      ...store,
+      locks: {
+        ...locks,
+        async tryAcquire(key: string, owner: string, expiresAt: string) {
+          const held = await locks.tryAcquire(key, owner, expiresAt);
+          if (!delayed) {
+            delayed = true;
+            // The row is in; the answer is not back yet.
+            await new Promise((resolve) => setImmediate(resolve));
+            await vi.waitFor(() => expect(attempts).toBeGreaterThan(1), { timeout: 2_000, interval: 1 });
+          }
+          attempts += 1;
+          return held;
+        },
+      },
+    } as Store;
+    let attempts = 0;
+    let inside = 0;
+    let most = 0;
+    const work = async (): Promise<void> => {
+      inside += 1;
+      most = Math.max(most, inside);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      inside -= 1;
+    };
+    await Promise.all([withLease(slow, 'k', options(), work), withLease(slow, 'k', options(), work)]);
+    expect(most).toBe(1);
+    expect(rows.size).toBe(0);
+  });
+
   it('waits for a live holder on another host until the deadline, and says who holds it', async () => {
     const { store, rows } = memoryLocks();
     rows.set('busy', { owner: '42@another-host/token', acquiredAt: '', expiresAt: '2999-01-01T00:00:00.000Z' });

@@ -107,6 +107,12 @@ const COMMANDS_PAST_LEASE_MS = 35_000;
  * until the deadline.
  */
 const heldHere = new Set<string>();
+/**
+ * This copy of the module's mark in its tokens: only rows carrying it are ones `heldHere` can
+ * vouch for. Another thread of this process (worker threads: replicas in the fleet bench) has the
+ * same owner but its own set, and its rows are waited for as another process's.
+ */
+const INSTANCE = randomUUID().slice(0, 8);
 
 /**
  * Run `fn` holding the lease `key` in the store: the cross-process lock two `berth attach`
@@ -116,7 +122,18 @@ const heldHere = new Set<string>();
  * `fn` settles; if the release cannot be written, the lease ends with this process or at expiry.
  */
 export async function withLease<T>(store: Store, key: string, options: LeaseOptions, fn: (lease: HeldLease) => Promise<T>): Promise<T> {
-  const me = `${options.owner}/${randomUUID()}`;
+  const me = `${options.owner}/${INSTANCE}-${randomUUID()}`;
+  // Held from before the insert: a reply that comes late must not let another flow of this
+  // process see the row as a leftover and take it over while this one goes on to hold it too.
+  heldHere.add(me);
+  try {
+    return await holding(store, key, options, me, fn);
+  } finally {
+    heldHere.delete(me);
+  }
+}
+
+async function holding<T>(store: Store, key: string, options: LeaseOptions, me: string, fn: (lease: HeldLease) => Promise<T>): Promise<T> {
   const expiry = (): string => new Date(Date.now() + options.ttlMs).toISOString();
   const retry = { what: `lease ${key}`, signal: options.signal, ...(options.logger ? { logger: options.logger } : {}) };
   let wait = FIRST_WAIT_MS;
@@ -142,7 +159,7 @@ export async function withLease<T>(store: Store, key: string, options: LeaseOpti
     // past its lease by up to `COMMANDS_PAST_LEASE_MS`: what it started must end before another
     // process acts on the device — but one stuck in the kernel past its SIGKILL must not hold it for good.
     // Our own process's row that no `withLease` of ours holds: a release that never reached the store.
-    const leftover = holder.owner.startsWith(`${options.owner}/`) && !heldHere.has(holder.owner);
+    const leftover = holder.owner.startsWith(`${options.owner}/${INSTANCE}-`) && !heldHere.has(holder.owner);
     const left = holder.owner === '' || leftover ? 'dead' : ownerState(holder.owner, options.hostname, options.owner).state;
     const expired = Date.parse(holder.expiresAt) + (left === 'commands' ? COMMANDS_PAST_LEASE_MS : 0) < Date.now();
     const stale = holder.owner === '' || expired || left === 'dead';
@@ -159,7 +176,6 @@ export async function withLease<T>(store: Store, key: string, options: LeaseOpti
     await sleep(wait, undefined, { signal: options.signal }).catch(() => undefined);
     wait = Math.min(wait * 2, MAX_WAIT_MS);
   }
-  heldHere.add(me);
   const renew = async (): Promise<void> => {
     const kept = await store.locks.takeOver(key, me, me, expiry()).catch(() => false);
     if (!kept) options.logger?.warn({ lease: key }, 'could not renew a lease; another process may take it over when it passes');
@@ -202,6 +218,5 @@ export async function withLease<T>(store: Store, key: string, options: LeaseOpti
     if (!released) await withDeferredDurability(store, () => withStoreRetry(() => store.locks.release(key, me), { what: `release lease ${key}`, budgetMs: 10_000 })).catch((error: unknown) =>
       options.logger?.warn({ lease: key, err: toBerthError(error).message }, 'could not release a lease; this process takes it over when it needs it again, others when it ends or expires'),
     );
-    heldHere.delete(me);
   }
 }

@@ -495,6 +495,11 @@ export function createMemoryStore(): Store {
       alone(() => {
         const { endedBefore, limit, dryRun } = operationPruneFilter(filter);
         const open = new Set([...tables.workItems.values()].filter((w) => w.state === 'pending' || w.state === 'claimed').map((w) => w.operationId));
+        // As the SQL stores: its own attachment, or (an older berth's attach that named none) one of its volume and server.
+        const liveAttachment = (o: Operation): boolean =>
+          o.attachmentId !== null
+            ? tables.attachments.has(o.attachmentId)
+            : o.kind === 'attach' && [...tables.attachments.values()].some((a) => a.volumeId === o.volumeId && a.serverId === o.serverId);
         const gone = [...tables.operations.values()]
           .filter(
             (o) =>
@@ -503,7 +508,7 @@ export function createMemoryStore(): Store {
               o.endedAt < endedBefore &&
               o.startedAt < endedBefore &&
               !open.has(o.id) &&
-              (o.attachmentId === null || !tables.attachments.has(o.attachmentId)),
+              !liveAttachment(o),
           )
           .sort((a, b) => (a.startedAt !== b.startedAt ? (a.startedAt < b.startedAt ? -1 : 1) : a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
           .slice(0, limit);

@@ -67,6 +67,11 @@ export const zOperationPruneRequest = lazySchema(() => z.strictObject({
     .int()
     .min(MIN_PRUNE_AGE_MS, 'keep at least the last hour of operations (--older-than 1h or more)')
     .max(100 * 365 * 86_400_000, 'an age of more than 100 years is a unit mistake'),
+  /**
+   * The cut a dry run answered: delete no later than it, so that what was counted and confirmed is
+   * what goes (the age's own cut has moved on since). The earlier of the two is used.
+   */
+  endedBefore: z.string().datetime({ offset: true }).optional(),
   dryRun: z.boolean().optional(),
 }));
 export type OperationPruneRequest = z.input<typeof zOperationPruneRequest>;

@@ -899,6 +899,20 @@ export function describeStoreConformance(name: string, open: () => Promise<Store
         expect(await store.operations.prune({ endedBefore: later })).toBe(1);
       });
 
+      it('keeps an older berth\'s attach that named no attachment while one of its volume and server exists (how reconcile knows berth made it)', async () => {
+        const { volume, server } = await attachmentFixture();
+        const attach = await store.operations.create({ kind: 'attach', volumeId: volume.id, serverId: server.id, deadlineAt });
+        await store.operations.finish(attach.id, { state: 'failed' });
+        const detach = await store.operations.create({ kind: 'detach', volumeId: volume.id, serverId: server.id, deadlineAt });
+        await store.operations.finish(detach.id, { state: 'succeeded' });
+        const attachment = await store.attachments.create({ volumeId: volume.id, serverId: server.id, hostId: server.hostId, mode: 'rw' });
+        // The detach (no attachment named) goes; the attach stays while the attachment does.
+        expect(await store.operations.prune({ endedBefore: later })).toBe(1);
+        expect((await store.operations.list()).map((o) => o.id)).toEqual([attach.id]);
+        await store.attachments.delete(attachment.id);
+        expect(await store.operations.prune({ endedBefore: later })).toBe(1);
+      });
+
       it('takes the cut in any ISO-8601 form and refuses a bad filter with VALIDATION, deleting nothing', async () => {
         const a = await store.operations.create({ kind: 'attach', deadlineAt });
         await store.operations.finish(a.id, { state: 'succeeded' });

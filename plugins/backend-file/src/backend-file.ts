@@ -130,8 +130,10 @@ export function createFileBackend(context: PluginContext<Partial<FileBackendOpti
         logger.info({ volumeId: volume.id, file }, 'volume file deleted');
       } catch (error) {
         if (errnoOf(error) === 'ENOENT') return;
-        // unlink is all or nothing: the file is whole, and the volume can be used as before.
         const failed = fsError(error, `cannot delete ${file}`);
+        // Refused before anything happened: the file is whole, and the volume can be used as before.
+        // Not EIO or a timeout: on a network file system the server may have removed it all the same.
+        if (!['EROFS', 'EACCES', 'EPERM', 'EBUSY'].includes(errnoOf(error) ?? '')) throw failed;
         throw new BerthError(failed.code, failed.message, { ...(failed.hint === undefined ? {} : { hint: failed.hint }), details: { ...failed.details, untouched: true }, cause: error });
       }
     },

@@ -89,7 +89,11 @@ export function operationRoutes(deps: RouteDeps): AnyRoute[] {
       body: zOperationPruneBody,
       responses: { 200: { description: 'How many were deleted (or would be) and the cut', schema: zOperationPruneReport } },
       async handler({ body }) {
-        const report = await service.pruneOperations({ olderThanMs: body.olderThan, ...(body.dryRun === undefined ? {} : { dryRun: body.dryRun }) });
+        const report = await service.pruneOperations({
+          olderThanMs: body.olderThan,
+          ...(body.endedBefore === undefined ? {} : { endedBefore: body.endedBefore }),
+          ...(body.dryRun === undefined ? {} : { dryRun: body.dryRun }),
+        });
         return { status: 200, body: report, headers: { 'cache-control': 'no-store' } };
       },
     }),

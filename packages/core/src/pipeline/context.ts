@@ -99,6 +99,8 @@ export function backendVolume(volume: Volume): BackendVolume {
 export async function recomputeVolume(store: Store, volumeId: string): Promise<Volume> {
   return store.transaction(async (tx) => {
     const volume = await tx.volumes.require(volumeId);
+    // A create, extend or delete holds the volume (and its lease): its status is theirs to end.
+    if (volume.status === 'creating' || volume.status === 'extending' || volume.status === 'deleting') return volume;
     const attachments = await tx.attachments.list({ volumeId });
     const status = recomputeVolumeStatus(attachments);
     if (status === volume.status) return volume;

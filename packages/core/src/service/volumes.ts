@@ -67,7 +67,8 @@ export function listVolumes(parts: ServiceParts, filter: ProjectScope & { status
 
 /**
  * Delete a volume with no attachment and no device berth connected, storage first; a backend
- * failure leaves it `error` (a retried delete decides).
+ * failure leaves it `error` (a retried delete decides) — unless the backend says it removed nothing
+ * (`details.untouched`): then it has the status it had before.
  */
 export async function deleteVolume(parts: ServiceParts, ref: Ref, scope: ProjectScope): Promise<void> {
   const { config, store } = parts;
@@ -87,10 +88,12 @@ export async function deleteVolume(parts: ServiceParts, ref: Ref, scope: Project
     const signal = AbortSignal.timeout(config.operationTimeoutMs);
     // Held while it is `deleting`: a volume left so by a killed process is finished by recovery.
     await withLease(store, volumeLeaseKey(volume.id), leaseOptions(parts.deps, signal, `volume ${volume.name}`), async () => {
-      await store.volumes.transition(volume.id, ['available', 'error'], 'deleting');
+      // Its status read under the lease: another process's failed delete may have made it `error` since.
+      const before = (await store.volumes.require(volume.id)).status;
+      await store.volumes.transition(volume.id, before === 'error' ? ['error'] : ['available'], 'deleting');
       await parts.faults.hit('volume.delete.after-status');
       // A backend that removed nothing gives the volume back as it was (a read-only directory, say).
-      await finishDelete(parts, volume, signal, volume.status === 'error' ? 'error' : 'available');
+      await finishDelete(parts, volume, signal, before === 'error' ? 'error' : 'available');
     });
   });
 }

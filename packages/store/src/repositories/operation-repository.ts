@@ -528,8 +528,28 @@ export function createOperationRepository(ctx: RepositoryContext): OperationRepo
             ),
           ),
         )
-        // Its attachment's journal may be the only record of whom the volume was exported to.
-        .where(({ not, exists, selectFrom }) => not(exists(selectFrom('attachments').select('attachments.id').whereRef('attachments.id', '=', 'operations.attachment_id'))))
+        // Its attachment's journal may be the only record of whom the volume was exported to; an
+        // older berth's attach that named none is how reconcile knows berth made an attachment of
+        // the same volume and server (`madeByPipeline`).
+        .where(({ not, exists, selectFrom }) =>
+          not(
+            exists(
+              selectFrom('attachments')
+                .select('attachments.id')
+                .where((eb) =>
+                  eb.or([
+                    eb('attachments.id', '=', eb.ref('operations.attachment_id')),
+                    eb.and([
+                      eb('operations.attachment_id', 'is', null),
+                      eb('operations.kind', '=', 'attach'),
+                      eb('attachments.volume_id', '=', eb.ref('operations.volume_id')),
+                      eb('attachments.server_id', '=', eb.ref('operations.server_id')),
+                    ]),
+                  ]),
+                ),
+            ),
+          ),
+        )
         .orderBy('operations.started_at')
         .orderBy('operations.id');
       if (limit !== undefined) picked = picked.limit(limit);

@@ -29,13 +29,14 @@ export default class OperationPrune extends BaseCommand<typeof OperationPrune> {
     if (this.flags['dry-run'] || counted.pruned === 0) {
       const what = `${counted.pruned} finished operation${counted.pruned === 1 ? '' : 's'} ended before ${counted.endedBefore}`;
       this.log(this.flags['dry-run'] ? `${what}: --dry-run, nothing deleted` : `${what}: nothing to delete`);
-      return counted;
+      return { ...counted, dryRun: this.flags['dry-run'] };
     }
     await this.confirm(
       `Delete ${counted.pruned} finished operation${counted.pruned === 1 ? '' : 's'} that ended before ${counted.endedBefore}, with their journal?`,
       `berth operation prune --older-than ${this.flags['older-than']}`,
     );
-    const report = await this.withSpinner('Pruning the journal', () => berth.pruneOperations({ olderThanMs }));
+    // The confirmed cut: no operation that ended after what was counted goes.
+    const report = await this.withSpinner('Pruning the journal', () => berth.pruneOperations({ olderThanMs, endedBefore: counted.endedBefore }));
     this.log(`Deleted ${report.pruned} finished operation${report.pruned === 1 ? '' : 's'} that ended before ${report.endedBefore}`);
     return report;
   }
