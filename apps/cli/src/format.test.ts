@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { formatMs, formatTimings, operationTimings } from './format.js';
+import { formatMs, formatTimings, noDifferenceHeadline, operationTimings } from './format.js';
 
 describe('formatTimings', () => {
   it('prints steps in pipeline order with a total', () => {
@@ -36,5 +36,13 @@ describe('operationTimings', () => {
       reserve: 2,
       connect: 7,
     });
+  });
+});
+
+describe('noDifferenceHeadline', () => {
+  it('says they agree only when nothing went unchecked', () => {
+    expect(noDifferenceHeadline(0, 'this host')).toBe("No differences: the database, the backends' exports and this host agree.");
+    expect(noDifferenceHeadline(1, 'host h1')).toMatch(/^No differences in what could be checked; 1 part of host h1 could not be/);
+    expect(noDifferenceHeadline(2, 'this host')).not.toMatch(/agree/);
   });
 });

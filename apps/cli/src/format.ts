@@ -98,3 +98,12 @@ export function operationTimings(operation: Pick<Operation, 'steps'>): Record<st
   }
   return timings;
 }
+
+/**
+ * `berth reconcile`'s first line when it found no difference: "agree" only when every part could
+ * be checked — what could not be looked at may be exactly what differs.
+ */
+export function noDifferenceHeadline(unchecked: number, where: string): string {
+  if (unchecked === 0) return `No differences: the database, the backends' exports and ${where} agree.`;
+  return `No differences in what could be checked; ${unchecked} part${unchecked === 1 ? '' : 's'} of ${where} could not be (below): run it again once ${unchecked === 1 ? 'it answers' : 'they answer'}.`;
+}

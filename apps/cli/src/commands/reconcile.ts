@@ -1,6 +1,7 @@
 import { Flags } from '@oclif/core';
 import { BerthError, EXIT_CODES, ERROR_CODES, type BerthErrorCode, type ReconcileDifference, type ReconcileReport } from '@berth/core';
 import { BaseCommand, outputFlag, yesFlag } from '../base-command.js';
+import { noDifferenceHeadline } from '../format.js';
 import { renderTable, type Column } from '../table.js';
 
 /** Columns of `berth reconcile`: what differs, where, the fix, and what became of it. */
@@ -59,13 +60,8 @@ export default class Reconcile extends BaseCommand<typeof Reconcile> {
     const host = this.flags.host;
     const report = await this.withSpinner(dryRun ? 'Comparing' : 'Reconciling', () => reconcile({ dryRun, ...(host === undefined ? {} : { host }) }));
 
-    const where = host === undefined ? 'this host' : `host ${host}`;
-    if (report.differences.length === 0 && report.unchecked.length > 0) {
-      // Not "they agree": what could not be looked at may be exactly what differs.
-      const n = report.unchecked.length;
-      this.log(`No differences in what could be checked; ${n} part${n === 1 ? '' : 's'} of ${where} could not be (below): run it again once ${n === 1 ? 'it answers' : 'they answer'}.`);
-    } else if (report.differences.length === 0) {
-      this.log(`No differences: the database, the backends' exports and ${where} agree.`);
+    if (report.differences.length === 0) {
+      this.log(noDifferenceHeadline(report.unchecked.length, host === undefined ? 'this host' : `host ${host}`));
     } else {
       this.log(renderTable(differenceColumns, report.differences, { wide: this.flags.output === 'wide' }));
     }
