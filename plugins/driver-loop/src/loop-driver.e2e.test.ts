@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, open, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, rm, stat, symlink, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BerthError, type ConnectionInfo, type Device } from '@berth/core';
@@ -636,6 +636,30 @@ describe('loop transport on real loop devices', () => {
       if (how === 'replaced') expect((await readFile(file)).equals(Buffer.alloc(4096))).toBe(true);
     });
   }
+
+  it('refuses it too when the connection names the file through a symlinked directory (the kernel shows the real path)', async () => {
+    const connection = await env.makeFile('linked.img');
+    const file = connection.data.device_path;
+    const linkDir = `${env.dir}-link`;
+    await symlink(env.dir, linkDir);
+    try {
+      const viaLink = { ...connection, data: { ...connection.data, device_path: path.join(linkDir, path.basename(file)) } };
+      const device = await env.driver.connect(viaLink, call());
+      const bytes = randomBytes(4096);
+      await writeThrough(device.path, [{ offset: MiB, bytes }]);
+      await unlink(file);
+      for (const driver of [env.driver, env.driverWith({ nativeDetach: 'off' })]) {
+        const refused = await rejectionOf(driver.disconnect(viaLink, device, { force: false, ...call() }));
+        // Not "another device now" (which a detach takes for gone, dropping the attachment): the storage-gone refusal.
+        expect(BerthError.is(refused) && refused.details).toMatchObject({ reason: 'storage-gone', storageGone: 'deleted', untouched: true });
+        expect((await readAt(device.path, MiB, bytes.length)).equals(bytes)).toBe(true);
+      }
+      await env.driver.disconnect(viaLink, device, { force: true, ...call() });
+      expect(await env.devicesUnderDir()).toEqual([]);
+    } finally {
+      await rm(linkDir, { force: true });
+    }
+  });
 
   it('check() passes on this machine', async () => {
     const result = await env.driver.check();

@@ -923,7 +923,8 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
             chosen = [];
           } else {
             const identity = loopIdentity(now);
-            // Ours: it maps this connection's file, and is the very device connect returned.
+            // Ours: it maps this connection's file (its real path found through its directory when
+            // the file itself is gone: \`candidatePaths\`), and is the very device connect returned.
             const mine = attachesWholeFile(now, files) && (device.identity === undefined || identity === undefined || sameIdentity(device.identity, identity));
             // The kernel gave the number to another file (or another attach of this one): not ours.
             if (!mine) throw identityMismatch(device, identity, key);
@@ -1091,10 +1092,11 @@ function backsInode(device: LoopDevice, inode: { backingDev: string; backingInod
 /**
  * Whether the file behind loop device `d` went away behind berth's back while the device holds it:
  * `deleted` when the kernel says it was unlinked (its back-file ends in ` (deleted)`) and nothing
- * is at its path now; `replaced` when another file is at the path (`mv new.img old.img`: the old
- * one unlinked too), or — the device's backing device and inode known — the path names another
- * inode than the device holds. The device then holds the only copy of what was written through it.
- * `undefined`: nothing known to be wrong (the path cannot be looked at, or no inode to compare).
+ * is at its path now (or the path cannot be looked at); `replaced` when another file is at the path
+ * (`mv new.img old.img`: the old one unlinked too), or — the device's backing device and inode
+ * known — the path names another inode than the device holds (a file hidden by a bind mount; a
+ * path that cannot be looked at then says nothing). The device then holds the only copy of what
+ * was written through it.
  */
 async function storageGoneOf(d: LoopDevice): Promise<StorageGone | undefined> {
   if (d.backingFile === null) return undefined;
@@ -1202,12 +1204,18 @@ async function backingFileOf(devicePath: string): Promise<string> {
 /** Paths a loop device may report for this file: its real path when it exists, and the given path. */
 async function candidatePaths(devicePath: string): Promise<string[]> {
   const given = path.resolve(devicePath);
+  let real: string;
   try {
-    const real = await realpath(devicePath);
-    return real === given ? [real] : [real, given];
+    real = await realpath(devicePath);
   } catch {
-    return [given];
+    // The file is gone (deleted behind berth): its directory still says where the kernel saw it.
+    try {
+      real = path.join(await realpath(path.dirname(given)), path.basename(given));
+    } catch {
+      return [given];
+    }
   }
+  return real === given ? [real] : [real, given];
 }
 
 function parseSize(stdout: string): number {

@@ -266,6 +266,25 @@ describe('findDifferences', () => {
       const found = findDifferences(facts({ volumes: [v], devices, listings: loop([gone]) }));
       expect(found.map((f) => f.kind)).toEqual(['device_without_attachment']);
       expect(describeFinding(found[0]!)).toMatchObject({ fix: 'disconnect', state: 'skipped', result: expect.stringContaining('dd if=/dev/loop4') });
+      // No attachment to detach: the device is let go of by hand, then reconcile drops the record.
+      expect(describeFinding(found[0]!).result).toContain('losetup --detach /dev/loop4');
+      expect(describeFinding(found[0]!).result).not.toContain('berth detach');
+    }
+  });
+
+  it('never force-detaches a stuck or failed attachment whose device holds the only copy of the data', () => {
+    const v = volume('a', 'error', '/data/volumes/a.img');
+    const identity = { kind: 'loop', rdev: '7:3', backingDev: '254:1', backingInode: 11 };
+    const gone: ConnectedDevice = {
+      device: { path: '/dev/loop3', type: 'block', identity },
+      source: { device_path: '/data/volumes/a.img', deleted: true },
+      storageGone: 'deleted',
+    };
+    for (const status of ['detaching', 'error_detaching'] as const) {
+      const a = { ...fileAttachment(v, status, '/dev/loop3'), device: { path: '/dev/loop3', type: 'block' as const, identity } };
+      const found = findDifferences(facts({ volumes: [v], attachments: [a], listings: loop([gone]) })).filter((f) => f.kind === 'attachment_stuck' || f.kind === 'attachment_error');
+      expect(found).toHaveLength(1);
+      expect(describeFinding(found[0]!)).toMatchObject({ state: 'skipped', result: expect.stringContaining('dd if=/dev/loop3') });
     }
   });
 

@@ -295,7 +295,7 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
     findings.push(
       withSkip(
         { kind: 'device_without_attachment', transport: record.transport, protocol: record.connectionInfo.driver_volume_type, record, connected, volume },
-        busy(volume.id) ?? elsewhereRecordRoot(record, volume) ?? (connected?.storageGone !== undefined ? storageGoneSkip(connected.device.path, volume) : undefined),
+        busy(volume.id) ?? elsewhereRecordRoot(record, volume) ?? (connected?.storageGone !== undefined ? orphanStorageGoneSkip(connected.device.path) : undefined),
       ),
     );
   }
@@ -324,7 +324,7 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
         ? `volume ${volume.name} is ${elsewhere.status} on another host (${elsewhere.hostId}) through this source, and no record of this host names the device: if that host's agent runs on this machine, it is that attachment's device — left alone (reconcile that host with \`berth reconcile --host\`, or check the device by hand)`
         : undefined;
       // Its storage gone, the device is the only copy of the data: its disconnect would lose it.
-      const gone = connected.storageGone !== undefined ? storageGoneSkip(connected.device.path, volume) : undefined;
+      const gone = connected.storageGone !== undefined ? orphanStorageGoneSkip(connected.device.path) : undefined;
       findings.push(
         withSkip({ kind: 'device_without_attachment', transport: listing.transport, protocol: listing.protocol, connected, volume }, busy(volume.id) ?? otherHost ?? gone),
       );
@@ -375,12 +375,15 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
     const volume = volumesById.get(attachment.volumeId);
     if (!volume) continue;
     const elsewhere = attachment.hostId !== facts.localHostId ? 'it is on another host: reconcile that one (`berth reconcile --host <name>`, or on that host)' : undefined;
+    // Its fix is a forced detach: never of a device that holds the only copy of the data.
+    const device = attachment.hostId === facts.localHostId && attachment.device ? listed(attachment.device) : undefined;
+    const gone = device?.storageGone !== undefined ? storageGoneSkip(device.device.path, volume) : undefined;
     if (TRANSITIONAL.includes(attachment.status)) {
       // One made by an outside orchestrator (the three-phase API) is waiting for it: not stuck.
       if (!madeByPipeline(attachment, facts.operations ?? [])) continue;
-      findings.push(withSkip({ kind: 'attachment_stuck', attachment, volume }, busy(volume.id) ?? elsewhere ?? elsewhereRoot(attachment)));
+      findings.push(withSkip({ kind: 'attachment_stuck', attachment, volume }, busy(volume.id) ?? elsewhere ?? elsewhereRoot(attachment) ?? gone));
     } else if (attachment.status === 'error_attaching' || attachment.status === 'error_detaching') {
-      findings.push(withSkip({ kind: 'attachment_error', attachment, volume }, busy(volume.id) ?? elsewhere ?? elsewhereRoot(attachment)));
+      findings.push(withSkip({ kind: 'attachment_error', attachment, volume }, busy(volume.id) ?? elsewhere ?? elsewhereRoot(attachment) ?? gone));
     }
   }
 
@@ -488,6 +491,14 @@ function unconfirmedDevice(facts: ReconcileFacts, attachment: Attachment): strin
 /** Why a device whose storage is gone is left alone, and what to do (`attachment_storage_gone`). */
 function storageGoneSkip(device: string, volume: Volume): string {
   return `not fixed automatically: ${storageGoneHint(device, volume.name)}`;
+}
+
+/**
+ * The same for a device no attachment uses: `berth detach` has nothing to detach, so the device
+ * is let go of by hand once the data is off it (`reconcile` then drops berth's record of it).
+ */
+function orphanStorageGoneSkip(device: string): string {
+  return `not fixed automatically: ${device} holds the only copy of what was written since its volume file went; copy it off first (dd if=${device} of=<somewhere> bs=1M), then detach the device by hand (\`losetup --detach ${device}\` for a loop device) and run \`berth reconcile\` to drop berth's record of it`;
 }
 
 function skipOf(skip: string | undefined): { skip?: string } {
