@@ -61,14 +61,18 @@ describe('agent protocol', () => {
     expect(orphan.transport).toBeUndefined();
   });
 
-  it("carries a listed device's storageGone from the agent, and an older agent's listing without it reads as nothing known", () => {
+  it("carries a listed device's storageGone from the agent; an older agent's listing without it reads as nothing known, a newer agent's unknown kind as gone", () => {
     const entry = { device: { path: '/dev/loop3', type: 'block' }, source: { device_path: '/v/a.img', deleted: true } };
     const listing = { transport: 'loop', protocol: 'file', sourceKeys: ['device_path'], repairsPaths: false };
     const gone = HOST_STEP_SCHEMAS.host_facts.result.parse({ listings: [{ ...listing, devices: [{ ...entry, storageGone: 'replaced' }] }], unchecked: [] });
     expect(gone.listings[0]?.devices[0]?.storageGone).toBe('replaced');
     const older = HOST_STEP_SCHEMAS.host_facts.result.parse({ listings: [{ ...listing, devices: [entry] }], unchecked: [] });
     expect(older.listings[0]?.devices[0]).toEqual(entry);
-    expect(HOST_STEP_SCHEMAS.host_facts.result.safeParse({ listings: [{ ...listing, devices: [{ ...entry, storageGone: 'maybe' }] }] }).success).toBe(false);
+    // A kind a newer agent knows and this berth does not: still gone (never a failed listing).
+    const newer = HOST_STEP_SCHEMAS.host_facts.result.parse({ listings: [{ ...listing, devices: [{ ...entry, storageGone: 'hidden-by-mount' }] }], unchecked: [] });
+    expect(newer.listings[0]?.devices[0]?.storageGone).toBe('replaced');
+    const deleted = HOST_STEP_SCHEMAS.host_facts.result.parse({ listings: [{ ...listing, devices: [{ ...entry, storageGone: 'deleted' }] }], unchecked: [] });
+    expect(deleted.listings[0]?.devices[0]?.storageGone).toBe('deleted');
   });
 
   it('registers agents of the first protocol (none sent) and of a later one', () => {

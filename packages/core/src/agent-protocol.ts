@@ -176,7 +176,13 @@ export const zTransportListing = lazySchema(() => z.object({
     device: zDevice,
     source: z.record(z.string(), z.unknown()),
     /** The device's storage went away behind berth's back (`ConnectedDevice.storageGone`; absent from an older agent: not known). */
-    storageGone: z.enum(['deleted', 'replaced']).optional(),
+    // A newer agent's kind this berth does not know is still "gone": read as `replaced`, never
+    // failing the whole listing (which would leave every device of the host unchecked).
+    storageGone: z
+      .string()
+      .max(64)
+      .transform((how): 'deleted' | 'replaced' => (how === 'deleted' ? 'deleted' : 'replaced'))
+      .optional(),
   })),
 }));
 /** What `host_facts` answers: the listings, and each transport that cannot list or failed to (with why). */
