@@ -172,7 +172,7 @@ export function describeStoreConformance(name: string, open: () => Promise<Store
         const volume = await store.volumes.create(newVolume());
         const error = await rejection(store.volumes.transition(volume.id, ['available'], 'in-use'), 'INVALID_STATE');
         expect(error.message).toContain('available');
-        await rejection(store.volumes.transition(volume.id, ['deleting'], 'available'), 'INVALID_STATE');
+        await rejection(store.volumes.transition(volume.id, ['deleting'], 'in-use'), 'INVALID_STATE');
         expect(await store.volumes.require(volume.id)).toEqual(volume);
       });
 
