@@ -866,14 +866,23 @@ describe('reconcile of a guest server: what the guest has against the attachment
 });
 
 describe('pruning the journal', () => {
-  it('deletes finished operations older than the age asked, in batches, keeps newer and running ones; dry run counts only', async () => {
+  /** A world on a faked `Date` whose volume db was attached and detached once (two operations); `hours` later when `fn` runs. */
+  async function pruneWorld<T>(hours: number, fn: (w: ReturnType<typeof world>) => Promise<T>): Promise<T> {
     vi.useFakeTimers({ toFake: ['Date'] });
     try {
-      const { service, store } = world();
-      await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
-      await service.attach({ volume: 'db' });
-      await service.detach({ volume: 'db' });
-      vi.setSystemTime(Date.now() + 3 * 3_600_000);
+      const w = world();
+      await w.service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+      await w.service.attach({ volume: 'db' });
+      await w.service.detach({ volume: 'db' });
+      vi.setSystemTime(Date.now() + hours * 3_600_000);
+      return await fn(w);
+    } finally {
+      vi.useRealTimers();
+    }
+  }
+
+  it('deletes finished operations older than the age asked, in batches, keeps newer and running ones; dry run counts only', async () => {
+    await pruneWorld(3, async ({ service, store }) => {
       const recent = await service.attach({ volume: 'db' });
       const running = await store.operations.create({ kind: 'detach', deadlineAt: '2099-01-01T00:00:00.000Z' });
 
@@ -885,19 +894,11 @@ describe('pruning the journal', () => {
       expect((await store.operations.list()).map((o) => o.id).sort()).toEqual([recent.operation.id, running.id].sort());
       // What the journal is for stays: the volume and its attachment.
       expect((await service.getVolume('db')).status).toBe('in-use');
-    } finally {
-      vi.useRealTimers();
-    }
+    });
   });
 
   it('with the cut a dry run answered, deletes what it counted and nothing that ended since', async () => {
-    vi.useFakeTimers({ toFake: ['Date'] });
-    try {
-      const { service, store } = world();
-      await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
-      await service.attach({ volume: 'db' });
-      await service.detach({ volume: 'db' });
-      vi.setSystemTime(Date.now() + 1.5 * 3_600_000);
+    await pruneWorld(1.5, async ({ service, store }) => {
       const counted = await service.pruneOperations({ olderThanMs: 3_600_000, dryRun: true });
       expect(counted.pruned).toBe(2);
       // Two more end after the count; by the time the prune runs, the age alone would take them too.
@@ -908,9 +909,7 @@ describe('pruning the journal', () => {
       expect(await service.pruneOperations({ olderThanMs: 3_600_000, dryRun: true })).toMatchObject({ pruned: 4 });
       expect(await service.pruneOperations({ olderThanMs: 3_600_000, endedBefore: counted.endedBefore })).toMatchObject({ pruned: 2, endedBefore: counted.endedBefore });
       expect(await store.operations.list()).toHaveLength(2);
-    } finally {
-      vi.useRealTimers();
-    }
+    });
   });
 
   it('refuses an age under an hour, or not a whole number of ms, with VALIDATION before anything is deleted', async () => {
