@@ -100,8 +100,8 @@ export function volumeCreateLeaseKey(projectId: string, name: string): string {
 const COMMANDS_PAST_LEASE_MS = 35_000;
 
 /**
- * The leases this process holds now (their holder tokens, `owner/uuid`): from the acquire until
- * `fn` settled and its release was tried. A row that names this process with a token not here is
+ * The leases this process holds now (their holder tokens, `owner/<INSTANCE>-uuid`): from before
+ * the acquire's insert until `fn` settled and its release was tried. A row that names this process with a token not here is
  * one this process let go of without its release reaching the store (a full disk, the database
  * gone for the release's retries): nothing holds it, and waiting on it would wait on ourselves
  * until the deadline.
@@ -119,7 +119,8 @@ const INSTANCE = randomUUID().slice(0, 8);
  * processes need (the in-process keyed lock does not see the other process). A holder that is a
  * dead process on this host, or whose lease expired, is taken over by compare-and-swap; a live one
  * is waited for (queued, with a short backoff) until `signal` fires. The lease is released when
- * `fn` settles; if the release cannot be written, the lease ends with this process or at expiry.
+ * `fn` settles; if the release cannot be written, the lease ends with this process, at expiry, or
+ * at this process's next lease of the key (which takes its own leftover over at once).
  */
 export async function withLease<T>(store: Store, key: string, options: LeaseOptions, fn: (lease: HeldLease) => Promise<T>): Promise<T> {
   const me = `${options.owner}/${INSTANCE}-${randomUUID()}`;
