@@ -2,11 +2,12 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { RealTargetAccess } from './real/index.js';
 import { startTgtd, type TestTgtd } from './real/tgtd-harness.js';
 import { SimulatedHost } from './simulated-host.js';
 import { VOL1, iscsiadm, loginManual, node } from './test-helpers.js';
+import type { HostServices } from '@berth/host';
 import { createCommandRunner, type CommandRunner } from '@berth/host';
 import { sweepStrays } from './real/index.js';
 
@@ -37,16 +38,70 @@ afterEach(async () => {
   dir = undefined;
 });
 
+/** A 16 MiB LUN 1 on target 1 of `tgtd`, open to every initiator. */
+async function oneLun(tgtd: TestTgtd, dir: string): Promise<string> {
+  const lunFile = path.join(dir, 'lun1.img');
+  await fsp.writeFile(lunFile, Buffer.alloc(0));
+  await fsp.truncate(lunFile, 16 << 20);
+  await tgtd.admin('--op', 'new', '--mode', 'target', '--tid', '1', '-T', VOL1);
+  await tgtd.admin('--op', 'new', '--mode', 'logicalunit', '--tid', '1', '--lun', '1', '-b', lunFile);
+  await tgtd.admin('--op', 'bind', '--mode', 'target', '--tid', '1', '-I', 'ALL');
+  return lunFile;
+}
+
+/**
+ * A tgtd with one LUN, a simulated host over it, and a session whose record pings every
+ * `noop` s and expires after `recovery` s, its LUN 1 scanned: the real path of its `/dev/sda`.
+ */
+async function watchedDisk(timeouts: { noop: number; recovery: number }): Promise<{ services: HostServices; portal: string; sda: string }> {
+  dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'berth-simhost-real-'));
+  tgtd = await startTgtd(dir);
+  await oneLun(tgtd, dir);
+  sim = await SimulatedHost.start({ targetAccess: new RealTargetAccess({ workDir: dir }) });
+  const services = sim.hostServices();
+  const portal = tgtd.portal;
+  const steps = [
+    [...node(VOL1, portal), '--interface', 'default', '--op', 'new'],
+    ...[
+      ['node.session.scan', 'manual'],
+      ['node.conn[0].timeo.noop_out_interval', String(timeouts.noop)],
+      ['node.conn[0].timeo.noop_out_timeout', String(timeouts.noop)],
+      ['node.session.timeo.replacement_timeout', String(timeouts.recovery)],
+    ].map(([name, value]) => [...node(VOL1, portal), '--op', 'update', '-n', name!, '-v', value!]),
+    [...node(VOL1, portal), '--login'],
+  ];
+  for (const args of steps) expect((await iscsiadm(services, ...args)).exitCode).toBe(0);
+  const { host } = (await sim.state()).sessions[0]!;
+  await services.fs.writeFile(`/sys/class/scsi_host/host${host}/scan`, '- - 1');
+  await services.waiter.waitForPath(`/dev/disk/by-path/ip-${portal}-iscsi-${VOL1}-lun-1`, { timeoutMs: 30_000 });
+  return { services, portal, sda: services.fs.resolve('/dev/sda') };
+}
+
+/** Log the session out, stop the simulated host, and find nothing left behind. */
+async function logoutClean(services: HostServices, portal: string): Promise<void> {
+  expect((await iscsiadm(services, ...node(VOL1, portal), '--logout')).exitCode).toBe(0);
+  expect(await services.fs.exists('/dev/sda')).toBe(false);
+  await sim!.stop();
+  sim = undefined;
+  expect(await sweepStrays(dir!)).toEqual({ loopDevices: [], daemonPids: [], mounts: [], dirs: [] });
+}
+
+/** The session's state and its disk's, as the kernel model shows them. */
+async function states(sim: SimulatedHost): Promise<{ session: string; disk: string }> {
+  const s = (await sim.state()).sessions[0]!;
+  return { session: s.state, disk: s.luns.find((l) => l.targetLun === 1)?.state ?? '' };
+}
+
+/** One 4 KiB O_DIRECT read of `device` at `offset` in its own process (a hung one must not block this one). */
+function directRead(device: string, offset: number): Promise<{ exitCode: number; stderr: string }> {
+  return createCommandRunner().run('dd', [`if=${device}`, 'of=/dev/null', 'bs=4096', 'count=1', `skip=${offset / 4096}`, 'iflag=direct'], { reject: false, timeoutMs: 90_000 });
+}
+
 describe('the simulated kernel over a real tgtd', { timeout: 120_000 }, () => {
   it.skipIf(!available)('makes /dev/sdX a block device whose bytes are the LUN file', async () => {
     dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'berth-simhost-real-'));
     tgtd = await startTgtd(dir);
-    const lunFile = path.join(dir, 'lun1.img');
-    await fsp.writeFile(lunFile, Buffer.alloc(0));
-    await fsp.truncate(lunFile, 16 << 20);
-    await tgtd.admin('--op', 'new', '--mode', 'target', '--tid', '1', '-T', VOL1);
-    await tgtd.admin('--op', 'new', '--mode', 'logicalunit', '--tid', '1', '--lun', '1', '-b', lunFile);
-    await tgtd.admin('--op', 'bind', '--mode', 'target', '--tid', '1', '-I', 'ALL');
+    const lunFile = await oneLun(tgtd, dir);
     sim = await SimulatedHost.start({ targetAccess: new RealTargetAccess({ workDir: dir }) });
     const services = sim.hostServices();
     const { sid, host } = await loginManual(sim, services, VOL1, tgtd.portal);
@@ -136,5 +191,29 @@ describe('the simulated kernel over a real tgtd', { timeout: 120_000 }, () => {
     await sim.stop();
     sim = undefined;
     expect(await sweepStrays(dir)).toEqual({ loopDevices: [], daemonPids: [], mounts: [], dirs: [] });
+  });
+
+  it.skipIf(!available)('a tgtd that died: the session fails at the first unanswered ping, and its disk fails its I/O once recovery_tmo passed, as the kernel does', async () => {
+    const { services, portal, sda } = await watchedDisk({ noop: 1, recovery: 2 });
+    expect((await directRead(sda, 0)).exitCode).toBe(0);
+    await tgtd!.signal('SIGKILL');
+    // Without the watch this read waited for ever, in D state, and with it every `losetup --list`.
+    const read = await directRead(sda, 1 << 20);
+    expect(read.exitCode).not.toBe(0);
+    expect(read.stderr).toMatch(/Input\/output error/);
+    expect(await states(sim!)).toEqual({ session: 'FREE', disk: 'transport-offline' });
+    expect(await services.fs.readFile('/sys/block/sda/device/state')).toBe('transport-offline\n');
+    await logoutClean(services, portal);
+  });
+
+  it.skipIf(!available)('a tgtd that stops answering for less than recovery_tmo: FAILED and blocked, then back, and the read that waited completes', async () => {
+    const { services, portal, sda } = await watchedDisk({ noop: 1, recovery: 60 });
+    await tgtd!.signal('SIGSTOP');
+    await vi.waitFor(async () => expect(await states(sim!)).toEqual({ session: 'FAILED', disk: 'blocked' }), { timeout: 20_000, interval: 100 });
+    const read = directRead(sda, 2 << 20);
+    await tgtd!.signal('SIGCONT');
+    expect((await read).exitCode).toBe(0);
+    await vi.waitFor(async () => expect(await states(sim!)).toEqual({ session: 'LOGGED_IN', disk: 'running' }), { timeout: 20_000, interval: 100 });
+    await logoutClean(services, portal);
   });
 });

@@ -26,6 +26,10 @@ export interface KernelLoginRequest {
   loginTimeoutS?: number;
   /** `node.session.initial_login_retry_max`: iscsid gives up after this many timed-out attempts (default 4, a new record's). */
   loginRetryMax?: number;
+  /** `node.conn[0].timeo.noop_out_interval`, s: how often the connection is pinged; 0 never (default 5). */
+  noopOutIntervalS?: number;
+  /** `node.conn[0].timeo.noop_out_timeout`, s: a ping not answered by then fails the connection (default 5). */
+  noopOutTimeoutS?: number;
 }
 
 /** A LUN the kernel has for a session, for assertions. */
@@ -184,6 +188,8 @@ interface SimSession {
   background: Set<Promise<unknown>>;
   /** Backings of deleted disks still being released (loop, FUSE export, QMP node); logout waits for them. */
   releases: Set<Promise<void>>;
+  /** Stops the connection's pings and its recovery timer (see `watchConnection`). */
+  stopWatch?: () => void;
 }
 
 /**
@@ -480,6 +486,7 @@ export class SimKernel {
     const s = this.sessions.get(sid);
     if (!s || s.removing) return false;
     s.removing = true;
+    s.stopWatch?.();
     // A parked scan must go on (and find the session going) or the logout waits on it forever.
     this.releaseHeldScans((h) => h.session === s);
     await Promise.allSettled([...s.background]);
@@ -506,6 +513,64 @@ export class SimKernel {
     if (!s) return;
     await Promise.all([...s.luns.values()].map((l) => this.rescanLun(l)));
     await this.scanSession(s, '-');
+  }
+
+  /**
+   * The kernel's watch over a session's connection, for targets that can be pinged (a real tgtd):
+   * a ping every `noop_out_interval`, failed when not answered within `noop_out_timeout`. A failed
+   * ping loses the connection (FAILED, devices blocked: their I/O waits); an answer before
+   * recovery_tmo brings it back; recovery_tmo passing expires it (FREE, devices transport-offline)
+   * and the target fails the disks' I/O, what waited included. Unlike the kernel, whose iscsid goes
+   * on reconnecting and revives an expired session, the simulated one stays expired until logout:
+   * its disks' backing is gone. A session lost or expired by a fault (`faults.loseSession`) is the
+   * fault's: the watch only undoes what it did itself.
+   */
+  private watchConnection(s: SimSession, request: KernelLoginRequest): void {
+    const ping = s.target.ping?.bind(s.target);
+    const intervalMs = (request.noopOutIntervalS ?? 5) * 1000;
+    if (ping === undefined || !(intervalMs > 0)) return;
+    const timeoutMs = Math.max(1, request.noopOutTimeoutS ?? 5) * 1000;
+    let stopped = false;
+    let lostByWatch = false;
+    let next: NodeJS.Timeout | undefined;
+    let recovery: NodeJS.Timeout | undefined;
+    const alive = (): boolean => !stopped && !s.removing && !this.closed && this.sessions.get(s.sid) === s;
+    // Not tracked with the session's scans: a logout must not wait for a ping in flight.
+    const report = (error: unknown): void => {
+      console.error(`sim-kernel: session ${s.sid}: connection watch: ${error instanceof Error ? error.message : String(error)}`);
+    };
+    const expire = async (): Promise<void> => {
+      if (!alive() || !lostByWatch || s.state !== 'FAILED') return;
+      stopped = true;
+      await this.expireSession(s.sid);
+      await s.target.failIo?.();
+    };
+    const tick = async (): Promise<void> => {
+      const answered = await ping(timeoutMs).catch(() => false);
+      if (!alive()) return;
+      if (!answered && s.state === 'LOGGED_IN') {
+        lostByWatch = true;
+        await this.loseSession(s.sid);
+        if (request.recoveryTmo >= 0) {
+          recovery = setTimeout(() => void expire().catch(report), request.recoveryTmo * 1000);
+          recovery.unref();
+        }
+      } else if (answered && lostByWatch && s.state === 'FAILED') {
+        lostByWatch = false;
+        clearTimeout(recovery);
+        await this.restoreSession(s.sid);
+      }
+      if (!alive()) return;
+      next = setTimeout(() => void tick().catch(report), intervalMs);
+      next.unref();
+    };
+    s.stopWatch = () => {
+      stopped = true;
+      clearTimeout(next);
+      clearTimeout(recovery);
+    };
+    next = setTimeout(() => void tick().catch(report), intervalMs);
+    next.unref();
   }
 
   /** Connection lost: session FAILED, its devices blocked (until `restoreSession`). */
@@ -688,8 +753,9 @@ export class SimKernel {
         ifmarker: '0',
         ofmarker: '0',
         exp_statsn: '1',
-        ping_tmo: '5',
-        recv_tmo: '5',
+        // The kernel's names for the record's noop_out_timeout and noop_out_interval.
+        ping_tmo: String(request.noopOutTimeoutS ?? 5),
+        recv_tmo: String(request.noopOutIntervalS ?? 5),
         local_port: String(40000 + sid),
         tcp_xmit_wsf: '0',
         tcp_recv_wsf: '0',
@@ -708,6 +774,7 @@ export class SimKernel {
         `../../devices/platform/host${host}/session${sid}/connection${sid}:0/iscsi_connection/connection${sid}:0`,
         `/sys/class/iscsi_connection/connection${sid}:0`,
       );
+      this.watchConnection(s, request);
     } catch (error) {
       await target.logout().catch(() => undefined);
       throw error;

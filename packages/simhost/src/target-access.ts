@@ -50,6 +50,17 @@ export interface TargetSession {
   inquiry?(lun: number): Promise<LunInquiry | undefined>;
   /** End the session (close every disk opened through it). */
   logout(): Promise<void>;
+  /**
+   * Whether the target still answers within `timeoutMs` (the kernel's NOP-Out ping); optional: a
+   * modelled target is never lost unless a fault says so, and has none.
+   */
+  ping?(timeoutMs: number): Promise<boolean>;
+  /**
+   * recovery_tmo passed with the target unreachable: every disk of the session fails its I/O from
+   * now on, what is queued included, as the kernel fails a transport-offline device's. The disks
+   * stay until logout closes them.
+   */
+  failIo?(): Promise<void>;
 }
 
 /** What INQUIRY (and VPD) says of a LUN that has no block device. */

@@ -54,6 +54,8 @@ export async function loginRecords(cli: Cli, records: NodeRecord[]): Promise<num
         recoveryTmo: Number(r.values.get('node.session.timeo.replacement_timeout') ?? '120'),
         loginTimeoutS: Number(r.values.get('node.conn[0].timeo.login_timeout') ?? '30'),
         loginRetryMax: Number(r.values.get('node.session.initial_login_retry_max') ?? '4'),
+        noopOutIntervalS: Number(r.values.get('node.conn[0].timeo.noop_out_interval') ?? '5'),
+        noopOutTimeoutS: Number(r.values.get('node.conn[0].timeo.noop_out_timeout') ?? '5'),
       }),
     });
   }

@@ -31,6 +31,7 @@ import {
   type StandardInquiry,
 } from './libiscsi-output.js';
 import { classifyLoginFailure } from './login-failure.js';
+import { pingPortal } from './portal-ping.js';
 import { RealLunDisk, type LunDiskOwner } from './real-lun-disk.js';
 import type { ValidLoginRequest } from './schemas.js';
 import { identityFromInquiry, type LunIdentity } from './tgt-identity.js';
@@ -177,6 +178,32 @@ export class RealTargetSession implements TargetSession, LunDiskOwner {
       await this.stopDaemon().catch((e: unknown) => errors.push(e));
       this.ctx.forget(this);
       if (errors.length > 0) throw errors[0];
+    });
+  }
+
+  /** Whether tgtd answers at the session's portal (the simulated kernel's NOP-Out; `portal-ping.ts`). */
+  ping(timeoutMs: number): Promise<boolean> {
+    return pingPortal(this.portal, this.initiator, timeoutMs);
+  }
+
+  /**
+   * recovery_tmo passed (the kernel model says so): the session's disks fail their I/O. The daemon
+   * is killed: its FUSE connections end with it, so every request it had not answered — queued
+   * behind libiscsi, which reconnects to a dead portal for ever — fails, and so does every later
+   * one, through the loop devices as I/O errors. A gentler end (QMP `quit`) would wait on the very
+   * requests that hang. Closing the disks afterwards finds the daemon dead and unmounts its exports.
+   */
+  failIo(): Promise<void> {
+    return this.serialize(async () => {
+      const pid = this.liveQmp() ? this.pid : undefined;
+      if (pid === undefined) return;
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // Gone already.
+      }
+      // Its monitor connection closes as it dies: `liveQmp` then says so.
+      this.qmp?.close();
     });
   }
 

@@ -23,6 +23,12 @@ export interface TestTgtd {
   adminResult(...args: string[]): Promise<CommandResult>;
   /** Listen on another address at the same port (`127.0.0.2`); returns its portal `addr:port`. */
   addPortal(address: string): Promise<string>;
+  /**
+   * Send tgtd a signal, as a fault: `SIGKILL` (resolves once it exited; `stop` then only removes
+   * its socket), `SIGSTOP` (it stops answering; connections still complete in the kernel's
+   * backlog) or `SIGCONT`.
+   */
+  signal(name: 'SIGKILL' | 'SIGSTOP' | 'SIGCONT'): Promise<void>;
   /** Remove every target, stop tgtd and remove its control socket (idempotent). */
   stop(): Promise<void>;
 }
@@ -108,9 +114,16 @@ export async function startTgtd(dir: string, options: StartTgtdOptions = {}): Pr
       });
       return `${address}:${port}`;
     };
+    const signal = async (name: 'SIGKILL' | 'SIGSTOP' | 'SIGCONT'): Promise<void> => {
+      if (exited) return;
+      child.kill(name);
+      if (name === 'SIGKILL') await exit;
+    };
     let stopped: Promise<void> | undefined;
     const stop = (): Promise<void> =>
       (stopped ??= (async () => {
+        // A stopped tgtd answers nothing, tgtadm included.
+        if (!exited) child.kill('SIGCONT');
         if (!exited) {
           // tgtd ignores SIGTERM and refuses `delete --mode system` (rc 22) while targets exist.
           const show = await adminResult('--op', 'show', '--mode', 'target');
@@ -151,6 +164,6 @@ export async function startTgtd(dir: string, options: StartTgtdOptions = {}): Pr
       await stop();
       throw error;
     }
-    return { portal: `${first}:${port}`, portals: addresses.map((a) => `${a}:${port}`), port, controlPort, admin, adminResult, addPortal, stop };
+    return { portal: `${first}:${port}`, portals: addresses.map((a) => `${a}:${port}`), port, controlPort, admin, adminResult, addPortal, signal, stop };
   }
 }
