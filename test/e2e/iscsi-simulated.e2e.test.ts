@@ -1,7 +1,9 @@
-import { closeSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BerthService } from '@berth/core';
+import { managedTgtdPaths } from '@berth/backend-tgt';
+import { createCommandRunner, daemonStatus } from '@berth/host';
 import { createSimIscsiBerth, type SimIscsiBerth } from '../support/sim-iscsi-berth.js';
 import { detachOfHeldDevice } from '../support/device-holder.js';
 import { linkTarget } from '../support/test-berth.js';
@@ -97,4 +99,44 @@ describe('a held disk is not detached (single path, real-backed)', () => {
       expect(sim.leftovers()).toEqual({ loops: [], mounts: [], qsd: [] });
     });
   }, 90_000);
+});
+
+describe('a tgtd that dies under an attached volume (single path, real-backed)', () => {
+  it("berth serve's upkeep brings tgtd back with the volume's target; the host's session reconnects and a read that waited on the dead target completes with the volume's bytes", async () => {
+    const volume = await berth.createVolume({ name: 'upkeep1', sizeBytes: 16 * MiB, backend: 'tgt' });
+    await berth.attach({ volume: 'upkeep1' });
+    const link = `/dev/berth/${volume.id}`;
+    // A block nothing read or wrote yet: no page cache of the FUSE file under the loop device has it,
+    // so its read must reach the target. The LUN file holds it, written behind berth's back.
+    const offset = 12 * MiB;
+    const pattern = Buffer.alloc(4096, 0x5a);
+    const lun = openSync(path.join(sim.dataDir, 'backend-tgt', 'luns', `${volume.id}.img`), 'r+');
+    try {
+      writeSync(lun, pattern, 0, pattern.length, offset);
+      fsyncSync(lun);
+    } finally {
+      closeSync(lun);
+    }
+    const { pidFile } = managedTgtdPaths(sim.dataDir);
+    const before = await daemonStatus(pidFile);
+    process.kill(before.pid ?? 0, 'SIGKILL');
+    await expect.poll(async () => (await daemonStatus(pidFile)).running, { timeout: 5_000, interval: 10 }).toBe(false);
+    // An uncached read (O_DIRECT) in its own process: it waits on the dead target.
+    const out = path.join(sim.dataDir, 'read-back.bin');
+    const read = createCommandRunner().run('dd', [`if=${link}`, `of=${out}`, 'bs=4096', 'count=1', `skip=${offset / 4096}`, 'iflag=direct'], { reject: false, timeoutMs: 60_000 });
+    const stopUpkeep = berth.startUpkeep!();
+    try {
+      const result = await read;
+      expect(result.exitCode, result.stderr).toBe(0);
+      expect(readFileSync(out).equals(pattern)).toBe(true);
+      const after = await daemonStatus(pidFile);
+      expect(after.running).toBe(true);
+      expect(after.pid).not.toBe(before.pid);
+    } finally {
+      await stopUpkeep();
+    }
+    await berth.detach({ volume: 'upkeep1' });
+    await berth.deleteVolume('upkeep1');
+    expect(sim.leftovers()).toEqual({ loops: [], mounts: [], qsd: [] });
+  }, 120_000);
 });

@@ -58,6 +58,8 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
     const running = app;
     // One of several replicas on a shared store: heart-beat our operations, take over dead ones'.
     const stopReplica = service.startReplica?.();
+    // Backends' upkeep: a tgtd that died is back with its targets within a round, not at the next request.
+    const stopUpkeep = service.startUpkeep?.();
     // What a process that died left half done, resumed or rolled back now that agents can reach
     // this replica. Requests are served meanwhile: one on a volume being recovered is refused
     // (CONFLICT, the volume is still attaching or detaching) until recovery has finished it.
@@ -75,6 +77,7 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
             await recovering;
             await running.close();
             await stopReplica?.();
+            await stopUpkeep?.();
           } finally {
             await service.close();
           }

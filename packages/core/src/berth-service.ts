@@ -29,6 +29,7 @@ import { startAttach, startDetach } from './service/operations/attach-detach.js'
 import { OperationLauncher } from './service/operations/launcher.js';
 import { recoverDeadOperations } from './service/operations/recover.js';
 import { ReplicaMaintenance } from './service/replica.js';
+import { startBackendUpkeep } from './service/upkeep.js';
 import type { ServiceParts } from './service/parts.js';
 import { projectOf, resolveAttachment, resolveOperation, resolveServer, resolveVolume } from './service/resolve.js';
 import * as servers from './service/servers.js';
@@ -71,6 +72,8 @@ export class BerthServiceImpl implements BerthService {
   private readonly deadlines = new OperationDeadlines();
   /** Stops the replica heartbeat, once `startReplica` ran. */
   private replicaStop: (() => Promise<void>) | undefined;
+  /** Stops the backends' upkeep, once `startUpkeep` ran. */
+  private upkeepStop: (() => Promise<void>) | undefined;
 
   constructor(
     @inject(TOKENS.Config) config: BerthConfig,
@@ -278,6 +281,11 @@ export class BerthServiceImpl implements BerthService {
     return this.replicaStop;
   }
 
+  startUpkeep(): () => Promise<void> {
+    this.upkeepStop ??= startBackendUpkeep(this.parts);
+    return this.upkeepStop;
+  }
+
   async recover(): Promise<RecoveryOutcome[]> {
     // A volume a killed create, delete or extend left `creating` / `deleting` / `extending` (no
     // operation journals those): finished or undone first, logged (`recoverVolumeLifecycles`).
@@ -309,6 +317,7 @@ export class BerthServiceImpl implements BerthService {
     // Operations in flight keep their leases renewed until they end.
     await this.launcher.drain();
     await this.replicaStop?.();
+    await this.upkeepStop?.();
     await this.waiter?.close();
     for (const backend of this.parts.catalog.instantiatedBackends()) await backend.close?.().catch(() => undefined);
     await this.parts.store.close();

@@ -137,6 +137,15 @@ export const zConfig = lazySchema(() => z.strictObject({
       path: ['heartbeatMs'],
     })
     .default({ leaseMs: 6_000, heartbeatMs: 2_000 }),
+  /**
+   * Backend upkeep in `berth serve`: every `intervalMs` each backend's `upkeep` runs (the tgt
+   * backend restarts a tgtd that died and restores its targets); 0 turns it off.
+   */
+  upkeep: z
+    .strictObject({
+      intervalMs: z.union([z.literal(0), z.number().int().min(500).max(600_000)]).default(5_000),
+    })
+    .default({ intervalMs: 5_000 }),
   /** Armed fault points (`attach.connect.after: crash`); for tests of crash safety only. */
   faults: z.record(z.string(), z.string()).default({}),
   /** Log level (logs go to stderr as JSON; secrets redacted). */

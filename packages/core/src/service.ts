@@ -232,6 +232,12 @@ export interface BerthService {
   startReplica?(): () => Promise<void>;
 
   /**
+   * Run every backend's upkeep now and every `upkeep.intervalMs` (`berth serve`): a tgtd that died
+   * is restarted with its targets before hosts' sessions time out. Returns the function that stops it.
+   */
+  startUpkeep?(): () => Promise<void>;
+
+  /**
    * Whether the store answers a read and takes a write (readiness): throws what it answered
    * otherwise. A store that reads but cannot write (a full disk, a read-only PostgreSQL after a
    * failover) fails every attach, so a load balancer must not send work here. Absent on a remote

@@ -225,6 +225,41 @@ describe('tgt backend on a real tgtd', () => {
     expect(readFileSync(managedTgtdPaths(env.dataDir).logFile, 'utf8')).toMatch(/berth: starting tgtd .*\n[\s\S]*berth: starting tgtd/);
   });
 
+  it('upkeep (berth serve) restarts a tgtd that died and restores its target; with tgtd running it starts nothing; on a data dir without volumes it starts no tgtd', async () => {
+    const v = volume(24 * MiB);
+    await env.backend.create(v, signal());
+    const info = remember(await env.backend.initializeConnection(v, hostA, signal()));
+    const { pidFile, logFile } = managedTgtdPaths(env.dataDir);
+    const starts = (): number => (readFileSync(logFile, 'utf8').match(/berth: starting tgtd/g) ?? []).length;
+    const before = await daemonStatus(pidFile);
+    await env.backend.upkeep!(signal());
+    expect(await daemonStatus(pidFile)).toEqual(before);
+    const started = starts();
+    process.kill(before.pid ?? 0, 'SIGKILL');
+    await expect.poll(async () => (await daemonStatus(pidFile)).running, { timeout: 5_000, interval: 10 }).toBe(false);
+
+    await env.backend.upkeep!(signal());
+    const after = await daemonStatus(pidFile);
+    expect(after.running).toBe(true);
+    expect(after.pid).not.toBe(before.pid);
+    expect(starts()).toBe(started + 1);
+    const seen = await login(info, INITIATOR_A);
+    expect(seen.exitCode, seen.output).toBe(0);
+    await env.backend.upkeep!(signal());
+    expect(starts()).toBe(started + 1);
+    await env.backend.terminateConnection(v, hostA, signal());
+    await env.backend.delete(v, signal());
+
+    const empty = await createTgtTestEnv();
+    try {
+      await empty.backend.upkeep!(signal());
+      expect((await daemonStatus(managedTgtdPaths(empty.dataDir).pidFile)).running).toBe(false);
+      expect(await empty.runner.run('tgtadm', ['-C', String(empty.controlPort), '--lld', 'iscsi', '--op', 'show', '--mode', 'sys'], { reject: false })).toMatchObject({ exitCode: 107 });
+    } finally {
+      await empty.dispose();
+    }
+  });
+
   it('after tgtd is stopped, a fresh backend (a new CLI process) restores every export on its first call', async () => {
     const v = volume();
     await env.backend.create(v, signal());

@@ -397,6 +397,21 @@ export function createTgtBackend(context: PluginContext<Partial<TgtBackendOption
       });
     },
 
+    /**
+     * `berth serve`'s upkeep: berth's own tgtd, when it died (crash, OOM, `kill -9`) or is not
+     * running after a reboot while volumes exist, is started again and every export restored —
+     * what the next call would do, done before the hosts' sessions reach their recovery timeout
+     * (then their queued I/O completes instead of failing). A pid-file check when all is well; a
+     * data dir without volumes starts nothing. A system tgtd (`manageDaemon: false`) is not ours
+     * to restart.
+     */
+    async upkeep(signal: AbortSignal): Promise<void> {
+      if (!daemon || (await daemon.runsAsVerified())) return;
+      const state = await store.read();
+      if (Object.keys(state.volumes).length === 0) return;
+      await withTgtd(signal, () => Promise.resolve());
+    },
+
     async close(): Promise<void> {
       // tgtd stays up on purpose: attached hosts keep their sessions. `stopManagedTgtd` stops it.
       daemon?.forget();

@@ -84,6 +84,16 @@ export class ManagedTgtd {
     return 'started';
   }
 
+  /**
+   * Whether the tgtd this process verified still runs (a pid-file and /proc check, no tgtadm):
+   * false when it died, was never verified here, or nothing is recorded.
+   */
+  async runsAsVerified(): Promise<boolean> {
+    if (this.verifiedPid === undefined) return false;
+    const status = await daemonStatus(this.pidFile);
+    return status.running && status.pid === this.verifiedPid;
+  }
+
   /** Forget what was verified (the next `ensureRunning` asks tgtd again). */
   forget(): void {
     this.verifiedPid = undefined;

@@ -52,6 +52,14 @@ export interface VolumeBackend {
   credentials?(volume: BackendVolume): Promise<Record<string, string>>;
   /** Every export the backend holds now. */
   exports?(): Promise<BackendExport[]>;
+  /**
+   * Upkeep a long-running berth (`berth serve`) runs every `upkeep.intervalMs`: bring back what
+   * died between two calls (the tgt backend restarts its tgtd and restores every export, so hosts'
+   * sessions reconnect before their recovery timeout instead of at the next command). Must be
+   * cheap when all is well, start nothing no volume needs, and be safe beside every other call.
+   * Without it (or without a long-running berth) the next call does the same.
+   */
+  upkeep?(signal: AbortSignal): Promise<void>;
   /** Stop background work (a supervised daemon) when the app shuts down. */
   close?(): Promise<void>;
   /** Whether the backend works here (what `berth doctor` prints). */

@@ -159,6 +159,20 @@ export function describeBackendConformance(
       await current().backend.terminateConnection(volume, connector(), signal());
     }, timeoutMs);
 
+    it('upkeep (when supported) is quiet on a healthy backend: twice in a row, exports untouched, and honours an aborted signal', async () => {
+      const { backend } = current();
+      if (!backend.upkeep) return;
+      const volume = await create(newVolume());
+      const first = await backend.initializeConnection(volume, connector(), signal());
+      await backend.upkeep(signal());
+      await backend.upkeep(signal());
+      const again = await backend.initializeConnection(volume, connector(), signal());
+      expect(again).toEqual(first);
+      // An aborted round ends (resolves or rejects) instead of running on.
+      await backend.upkeep(AbortSignal.abort()).catch(() => undefined);
+      await backend.terminateConnection(volume, connector(), signal());
+    }, timeoutMs);
+
     it('extend grows the volume (when supported)', async () => {
       const { backend, sizeOf } = current();
       if (!backend.extend) return;
