@@ -126,7 +126,7 @@ describe.skipIf(!isRoot)('berth plugins end to end', { timeout: TEST_TIMEOUT_MS 
     expect(install.exitCode, `${install.stdout}\n${install.stderr}`).toBe(0);
     const listed = await sandbox.run(['plugins', '--json']);
     expect(listed.exitCode).toBe(0);
-    expect(listed.stdout).toContain('berth-plugin-fixture');
+    expect(JSON.parse(listed.stdout)).toEqual([{ name: 'berth-plugin-fixture', version: expect.any(String), type: 'user', root: expect.stringContaining(sandbox.dataDir) }]);
 
     const report = await sandbox.json<DoctorReport>(['doctor']);
     expect(report.plugins.loaded.map((p) => p.packageName)).toContain('berth-plugin-fixture');

@@ -3,6 +3,7 @@ import { closeSync, openSync } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { writeFileAtomically } from './atomic-file.js';
+import { errnoOf } from './errors.js';
 import { liveStartTicks, parseProcStat, processCommandLines, type ProcStat } from './proc-stat.js';
 
 /** Options of `startDaemon`. */
@@ -339,8 +340,4 @@ async function removePidFile(pidFile: string, pid: number | undefined): Promise<
   const now = await readPidRecord(pidFile).catch(() => undefined);
   if (now !== undefined && pid !== undefined && now.pid !== pid) return;
   await rm(pidFile, { force: true });
-}
-
-function errnoOf(error: unknown): string | undefined {
-  return error instanceof Error && 'code' in error && typeof error.code === 'string' ? error.code : undefined;
 }

@@ -49,3 +49,8 @@ export class LockTimeoutError extends Error {
     super(`${what}: the lock ${lockPath} is held by ${holderPid === undefined ? 'a process that is still writing it' : `pid ${holderPid}`} for more than ${timeoutMs} ms`);
   }
 }
+
+/** The errno code (`'ENOENT'`, `'EEXIST'`, …) of a Node system error; undefined for anything else. */
+export function errnoOf(error: unknown): string | undefined {
+  return error instanceof Error && 'code' in error && typeof error.code === 'string' ? error.code : undefined;
+}

@@ -4,7 +4,7 @@ import { link, open, readFile, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { createFileWhole } from './atomic-file.js';
 import { processRuns, processStartTicks } from './daemon.js';
-import { LockTimeoutError } from './errors.js';
+import { errnoOf, LockTimeoutError } from './errors.js';
 import { commandsOutlive } from './spawner.js';
 
 /** Who holds a lock file: a process named for good by its pid and start time. */
@@ -218,8 +218,4 @@ function releaser(lockPath: string, token: string): ReleaseLock {
     const holder = await readHolder(lockPath);
     if (holder !== 'gone' && holder !== 'unwritten' && holder.token === token) await unlink(lockPath).catch(() => undefined);
   };
-}
-
-function errnoOf(error: unknown): string | undefined {
-  return error instanceof Error && 'code' in error && typeof error.code === 'string' ? error.code : undefined;
 }

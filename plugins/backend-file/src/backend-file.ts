@@ -3,7 +3,7 @@ import { access, mkdir, open, rm, stat, statfs, truncate, unlink, type FileHandl
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { z } from '@berth/core/zod';
-import { hostFacts } from '@berth/host';
+import { errnoOf, hostFacts } from '@berth/host';
 import {
   BerthError,
   lazySchema,
@@ -256,10 +256,6 @@ async function statVolumeFile(file: string, volumeId: string): Promise<number> {
 
 function throwIfAborted(signal: AbortSignal | undefined): void {
   if (signal?.aborted) throw toBerthError(signal.reason ?? new DOMException('aborted', 'AbortError'), 'CANCELLED');
-}
-
-function errnoOf(error: unknown): string | undefined {
-  return error instanceof Error && 'code' in error && typeof error.code === 'string' ? error.code : undefined;
 }
 
 function messageOf(error: unknown): string {

@@ -16,7 +16,7 @@ import {
   type PluginContext,
   type VolumeBackend,
 } from '@berth/core';
-import { daemonStatus } from '@berth/host';
+import { daemonStatus, errnoOf } from '@berth/host';
 import { newChapCredentials } from './chap-credentials.js';
 import { BACKEND_DIR, ManagedTgtd, managedTgtdPaths } from './managed-tgtd.js';
 import { tgtadmTargetParams, zTgtBackendOptions, type TgtBackendOptions } from './options.js';
@@ -519,10 +519,6 @@ function initiatorOf(connector: { initiator?: string | undefined; host: string }
 
 function throwIfAborted(signal: AbortSignal | undefined): void {
   if (signal?.aborted) throw toBerthError(signal.reason ?? new DOMException('aborted', 'AbortError'), 'CANCELLED');
-}
-
-function errnoOf(error: unknown): string | undefined {
-  return error instanceof Error && 'code' in error && typeof error.code === 'string' ? error.code : undefined;
 }
 
 function fsError(error: unknown, what: string): BerthError {

@@ -3,7 +3,7 @@ import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from '@berth/core/zod';
 import { BerthError, KeyedLock, lazySchema } from '@berth/core';
-import { acquireFileLock, LockTimeoutError } from '@berth/host';
+import { acquireFileLock, errnoOf, LockTimeoutError } from '@berth/host';
 
 const zChap = lazySchema(() => z.object({ username: z.string().min(1), password: z.string().min(1) }));
 
@@ -174,10 +174,6 @@ function corrupt(file: string, why: string): BerthError {
   return new BerthError('BACKEND_ERROR', `the tgt backend's state ${file} is damaged: ${why}`, {
     hint: 'restore it from a backup; without it berth cannot re-create its targets or know their CHAP secrets',
   });
-}
-
-function errnoOf(error: unknown): string | undefined {
-  return error instanceof Error && 'code' in error && typeof error.code === 'string' ? error.code : undefined;
 }
 
 function messageOf(error: unknown): string {

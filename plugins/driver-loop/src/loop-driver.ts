@@ -4,7 +4,7 @@ import { realpath, stat, statfs } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import path from 'node:path';
 import { z } from '@berth/core/zod';
-import { CommandError, LOOP_DETACH_PROGRAM, WaitTimeoutError, holderOf, hostFacts, lastingHolderOf as sharedLastingHolderOf, nativeProgram, type CommandResult, type HolderCheckOptions } from '@berth/host';
+import { CommandError, LOOP_DETACH_PROGRAM, WaitTimeoutError, errnoOf, holderOf, hostFacts, lastingHolderOf as sharedLastingHolderOf, nativeProgram, type CommandResult, type HolderCheckOptions } from '@berth/host';
 import {
   BerthError,
   identityMismatch,
@@ -1192,7 +1192,7 @@ async function backingFileOf(devicePath: string): Promise<string> {
   try {
     return await realpath(devicePath);
   } catch (error) {
-    if (error instanceof Error && 'code' in error && (error.code === 'ENOENT' || error.code === 'ENOTDIR')) {
+    if (errnoOf(error) === 'ENOENT' || errnoOf(error) === 'ENOTDIR') {
       throw new BerthError('NOT_FOUND', `volume file ${devicePath} does not exist`, {
         hint: 'the backend has no file for this volume: check it with `berth volume show`',
       });
@@ -1239,8 +1239,4 @@ function syncError(stderr: string): string | undefined {
 function errnoName(code: number): string {
   if (!Number.isInteger(code)) return 'an unknown error';
   return Object.entries(osConstants.errno).find(([, value]) => value === code)?.[0] ?? `errno ${String(code)}`;
-}
-
-function errnoOf(error: unknown): string | undefined {
-  return error instanceof Error && 'code' in error && typeof error.code === 'string' ? error.code : undefined;
 }
