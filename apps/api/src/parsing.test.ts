@@ -73,6 +73,21 @@ describe('problems', () => {
       requestId: 'r9',
       hint: "retry later; the server's log has the cause under request id r9",
     });
+    // A server that answers but refuses: why, in fixed words, not "cannot reach" (a full disk sent
+    // operators to the network), still without the address or the server's own text.
+    const pgFull = toProblem(new BerthError('UNAVAILABLE', `the berth database at ${target} cannot write now: could not extend file "base/16384/16420": No space left on device`, {
+      details: { store: target, errorCode: '53100', reason: 'disk-full', retryable: true, outage: true },
+    }), 'r11');
+    expect(pgFull).toMatchObject({ status: 503, code: 'UNAVAILABLE', detail: 'the server cannot do this now: the disk holding its database is full', details: { reason: 'disk-full', retryAfterSeconds: 5 } });
+    const pgLock = toProblem(new BerthError('UNAVAILABLE', `the berth database at ${target} cannot write now: canceling statement due to lock timeout`, {
+      details: { store: target, errorCode: '55P03', reason: 'lock-timeout', retryable: true, outage: true },
+    }), 'r15');
+    expect(pgLock).toMatchObject({ status: 503, detail: "the server cannot do this now: another session held a lock on berth's tables too long" });
+    const pgStandby = toProblem(new BerthError('UNAVAILABLE', `the berth database at ${target} cannot write now: cannot execute INSERT in a read-only transaction`, {
+      details: { store: target, errorCode: '25006', reason: 'read-only', retryable: false, outage: true },
+    }), 'r16');
+    expect(pgStandby).toMatchObject({ status: 503, detail: 'the server cannot do this now: its database is read-only' });
+    for (const problem of [pgFull, pgLock, pgStandby]) expect(JSON.stringify(problem)).not.toMatch(/10\.0\.0\.5|base\/16384|No space/);
     const login = toProblem(new BerthError('CONFIG', `PostgreSQL at ${target} refused the login: password authentication failed`, { details: { store: target } }), 'r10');
     expect(login).toMatchObject({ code: 'CONFIG', detail: 'the server cannot use its database' });
     expect(JSON.stringify(login)).not.toContain('10.0.0.5');

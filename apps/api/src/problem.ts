@@ -55,6 +55,21 @@ export function makeProblem(
   };
 }
 
+/**
+ * A PostgreSQL store's outage reasons (`details.reason`, the store's own enum, never the server's
+ * text) and what a caller is told of each, in words that name no server.
+ */
+const DATABASE_REFUSALS: Readonly<Record<string, string>> = {
+  'disk-full': 'the disk holding its database is full',
+  'out-of-memory': 'its database server is out of memory',
+  'out-of-resources': 'its database server is out of resources',
+  'io-error': 'its database server reported an I/O error',
+  'read-only': 'its database is read-only',
+  'lock-timeout': "another session held a lock on berth's tables too long",
+  'statement-timeout': 'a database statement ran too long',
+  'pool-busy': 'all of its connections to its database stayed busy',
+};
+
 /** What a store outage's 503 tells a client to wait (`Retry-After`) when it may retry. */
 export const OUTAGE_RETRY_AFTER_SECONDS = 5;
 
@@ -76,10 +91,10 @@ function outageProblem(error: BerthError, requestId: string, operationId: string
   }
   const retryable = error.details.retryable === true || error.code === 'UNAVAILABLE';
   const what =
-    reason === 'disk-full'
-      ? 'the disk holding its database is full'
-      : reason === 'read-only'
-        ? 'its database cannot be written (a read-only data directory)'
+    reason === 'read-only' && typeof error.details.store !== 'string'
+      ? 'its database cannot be written (a read-only data directory)'
+      : reason !== undefined && reason in DATABASE_REFUSALS
+        ? DATABASE_REFUSALS[reason]
         : reason === 'database-locked'
           ? 'its database stayed locked by another process'
           : error.code === 'UNAVAILABLE'
@@ -159,6 +174,12 @@ export function toProblem(error: unknown, requestId: string): Problem {
       // The server's own database failed: where it is (user, host, port, name) and how the
       // server is configured are its operator's business, not a caller's — an agent's least of all
       // (agents never reach the database). The log has the whole error under the request id.
+      // A server that answers but refuses (its disk full, a lock held too long): said in the
+      // outage's fixed words. Reported as "cannot reach", a full disk sent operators to the
+      // network (found by an explorer).
+      if (error.details.outage === true && typeof error.details.reason === 'string' && error.details.reason in DATABASE_REFUSALS) {
+        return outageProblem(error, requestId, operationId);
+      }
       const unreachable = error.code === 'UNAVAILABLE';
       return makeProblem(error.code, `the server ${unreachable ? 'cannot reach its database' : 'cannot use its database'}`, requestId, {
         hint: unreachable

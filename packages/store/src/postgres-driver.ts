@@ -4,7 +4,15 @@ import { CompiledQuery } from 'kysely';
 import type { DatabaseConnection, Driver, QueryResult, TransactionSettings } from 'kysely';
 import type pg from 'pg';
 import { durabilityDeferred } from './durability.js';
-import { isPostgresConnectionError, postgresAdminShutdown, postgresConnectionFailure, postgresQueryNotSent, postgresServerRefusal } from './postgres-errors.js';
+import {
+  isPostgresConnectionError,
+  postgresAdminShutdown,
+  postgresConnectionFailure,
+  postgresPoolBusy,
+  postgresQueryNotSent,
+  postgresServerRefusal,
+  type PostgresBounds,
+} from './postgres-errors.js';
 
 /** What the berth PostgreSQL driver needs. */
 export interface BerthPostgresDriverOptions {
@@ -14,6 +22,8 @@ export interface BerthPostgresDriverOptions {
   target: string;
   /** The password, so that no message can echo it. */
   password: string | undefined;
+  /** The pool's bounds, for messages that name them (a lock or statement timeout, a pool that stayed busy). */
+  bounds?: PostgresBounds;
 }
 
 /**
@@ -142,7 +152,7 @@ class BerthPostgresConnection implements DatabaseConnection {
         rows: (rows ?? []) as R[],
       };
     } catch (error) {
-      if (!isPostgresConnectionError(error)) throw postgresServerRefusal(error, this.#options.target, this.#options.password) ?? error;
+      if (!isPostgresConnectionError(error)) throw postgresServerRefusal(error, this.#options.target, this.#options.password, this.#options.bounds) ?? error;
       const earlier = this.broken;
       this.broken = earlier ?? (error instanceof Error ? error : new Error(String(error)));
       throw postgresConnectionFailure(error, this.#options.target, this.#options.password, this.#rerunnable(error, earlier));
@@ -195,6 +205,12 @@ export class BerthPostgresDriver implements Driver {
     try {
       client = await this.#options.pool.connect();
     } catch (error) {
+      const { pool, target, bounds } = this.#options;
+      // Every pooled connection stayed busy until the wait ran out: the server answers, its
+      // statements do not end (a lock, a slow disk). Saying "cannot reach" sent operators to the network.
+      if (bounds !== undefined && pool.totalCount >= bounds.poolSize && /timeout exceeded when trying to connect/i.test(String((error as Error)?.message))) {
+        throw postgresPoolBusy(target, bounds);
+      }
       throw postgresConnectionFailure(error, this.#options.target, this.#options.password);
     }
     return new BerthPostgresConnection(client, this.#options);

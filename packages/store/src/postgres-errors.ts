@@ -46,6 +46,14 @@ export function isPostgresConnectionError(error: unknown): boolean {
   );
 }
 
+/** The bounds a store's pool was opened with (`openPostgresStore`), for the messages that name them. */
+export interface PostgresBounds {
+  lockTimeoutMs: number;
+  statementTimeoutMs: number;
+  poolSize: number;
+  connectTimeoutMs: number;
+}
+
 /**
  * SQLSTATEs with which a reachable server refuses a write it could take later: its disk full
  * (`53100`), out of memory or other resources (`53200`, `53000`), an I/O error (`58030`), or read-only
@@ -58,23 +66,51 @@ const REFUSED_SQLSTATES: ReadonlyMap<string, { reason: string; retryable: boolea
   ['53000', { reason: 'out-of-resources', retryable: true }],
   ['58030', { reason: 'io-error', retryable: false }],
   ['25006', { reason: 'read-only', retryable: false }],
+  // The store's own bounds (`lock_timeout`, `statement_timeout`): another session held a lock on
+  // berth's tables, or the server was too slow. The statement did not take effect.
+  ['55P03', { reason: 'lock-timeout', retryable: true }],
+  ['57014', { reason: 'statement-timeout', retryable: true }],
 ]);
+
+const seconds = (ms: number | undefined): string => (ms === undefined ? 'its bound' : `${ms / 1000} s`);
+
+/** What to do about a refusal, by its reason. */
+function refusalHint(reason: string, bounds: PostgresBounds | undefined): string {
+  switch (reason) {
+    case 'read-only':
+      return 'the server is read-only (a standby, or default_transaction_read_only): point the store URL at the primary';
+    case 'lock-timeout':
+      return `another session held a lock on berth's tables for longer than the store's lock timeout (${seconds(bounds?.lockTimeoutMs)}): find it in pg_locks and pg_stat_activity (an open transaction, a LOCK TABLE), end it, then retry`;
+    case 'statement-timeout':
+      return `a statement ran longer than the store's statement timeout (${seconds(bounds?.statementTimeoutMs)}): check the server's load and pg_stat_activity, then retry`;
+    default:
+      return 'free space or memory on the PostgreSQL server (its logs say which), then retry';
+  }
+}
+
+/**
+ * Every pooled connection stayed busy for the whole connect wait: the server answers, but the
+ * statements on them do not end (a lock, a stalled disk). An outage, UNAVAILABLE.
+ */
+export function postgresPoolBusy(target: string, bounds: PostgresBounds): BerthError {
+  return new BerthError('UNAVAILABLE', `the berth database at ${target} answers, but all ${bounds.poolSize} of this process's connections to it stayed busy for ${seconds(bounds.connectTimeoutMs)}`, {
+    hint: `statements are waiting on the server (a lock held by another session, a slow disk): see pg_stat_activity; each gives up after the store's lock timeout (${seconds(bounds.lockTimeoutMs)}) or statement timeout (${seconds(bounds.statementTimeoutMs)})`,
+    details: { store: target, reason: 'pool-busy', retryable: true, outage: true },
+  });
+}
 
 /**
  * The server answered but cannot write now (`REFUSED_SQLSTATES`): an UNAVAILABLE outage, as
  * SQLite's disk full and read-only are (core's `isStoreOutage`: an undo that meets it leaves the
  * operation to recovery instead of settling it half rolled back). Undefined for any other error.
  */
-export function postgresServerRefusal(error: unknown, target: string, password: string | undefined): BerthError | undefined {
+export function postgresServerRefusal(error: unknown, target: string, password: string | undefined, bounds?: PostgresBounds): BerthError | undefined {
   const code = codeOf(error);
   const refused = code === undefined ? undefined : REFUSED_SQLSTATES.get(code);
   if (refused === undefined) return undefined;
   const reason = scrub(messageOf(error), password);
   return new BerthError('UNAVAILABLE', `the berth database at ${target} cannot write now: ${reason}`, {
-    hint:
-      refused.reason === 'read-only'
-        ? 'the server is read-only (a standby, or default_transaction_read_only): point the store URL at the primary'
-        : 'free space or memory on the PostgreSQL server (its logs say which), then retry',
+    hint: refusalHint(refused.reason, bounds),
     details: { store: target, errorCode: code, reason: refused.reason, retryable: refused.retryable, outage: true },
   });
 }

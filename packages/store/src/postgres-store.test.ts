@@ -207,6 +207,40 @@ describe('openPostgresStore', () => {
     expect((await store.volumes.list()).map((v) => v.name).sort()).toEqual(['after', 'before']);
   });
 
+  it("a lock another session holds on berth's tables fails a statement at the store's lock timeout (an outage naming the lock), not at the lock's end; a pool kept busy by such waits says so, not 'cannot reach'", async () => {
+    const url = await running().createDatabase();
+    const store = await openPostgresStore({ url, poolSize: 1, connectTimeoutMs: 300, lockTimeoutMs: 1_500 });
+    openStores.push(store);
+    await store.volumes.create(volume('before'));
+    const locker = new pg.Client({ connectionString: url });
+    await locker.connect();
+    try {
+      await locker.query('begin');
+      await locker.query('lock table volumes in access exclusive mode');
+      const started = Date.now();
+      // The only pooled connection waits on the lock; a second call finds the pool busy.
+      const waiting = failure(store.volumes.create(volume('during')));
+      const busy = await failure(store.volumes.list());
+      expect(busy.code).toBe('UNAVAILABLE');
+      expect(busy.details).toMatchObject({ reason: 'pool-busy', outage: true, retryable: true });
+      expect(busy.message).toMatch(/answers, but all 1 of this process's connections to it stayed busy for 0.3 s/);
+      expect(busy.hint).toMatch(/pg_stat_activity/);
+      const locked = await waiting;
+      expect(Date.now() - started).toBeLessThan(10_000);
+      expect(locked.code).toBe('UNAVAILABLE');
+      // Core's isStoreOutage and retryableStoreError: a step retries it until its deadline.
+      expect(locked.details).toMatchObject({ reason: 'lock-timeout', errorCode: '55P03', outage: true, retryable: true });
+      expect(locked.message).toMatch(/lock timeout/);
+      expect(locked.hint).toMatch(/lock timeout \(1.5 s\).*pg_locks/);
+      expect(locked.message + (locked.hint ?? '')).not.toContain(new URL(url).password || '\u0000');
+    } finally {
+      await locker.query('rollback').catch(() => undefined);
+      await locker.end();
+    }
+    await store.volumes.create(volume('after'));
+    expect((await store.volumes.list()).map((v) => v.name).sort()).toEqual(['after', 'before']);
+  });
+
   it('a transaction whose connection the server ended before COMMIT is retryable, and nothing of it committed', async () => {
     const url = await running().createDatabase();
     const store = await openTracked(url, 2);
