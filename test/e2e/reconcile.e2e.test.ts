@@ -44,6 +44,26 @@ async function snapshot(berth: BerthService): Promise<unknown> {
 }
 
 describe('berth reconcile on the loop transport', () => {
+  it("reports an available volume whose file was deleted behind berth's back, fixes nothing, and says what to do; restored, it is quiet again", async () => {
+    const berth = await t.open();
+    const volume = await berth.createVolume({ name: 'lost1', sizeBytes: 8 * MiB });
+    await berth.createVolume({ name: 'kept1', sizeBytes: 8 * MiB });
+    const file = volume.providerLocation!;
+    const aside = `${file}.aside`;
+    renameSync(file, aside);
+
+    for (const dryRun of [true, false]) {
+      const report = await berth.reconcile!({ dryRun });
+      expect(kinds(report)).toEqual(['volume_storage_missing:none:skipped']);
+      expect(report.differences[0]).toMatchObject({ volumeId: volume.id, resource: 'volume lost1' });
+      expect(report.differences[0]!.detail).toContain(file);
+      expect(report.differences[0]!.result).toMatch(/restore the volume's storage from a backup .*`berth volume delete lost1`/);
+    }
+    expect((await berth.getVolume('lost1')).status).toBe('available');
+    renameSync(aside, file);
+    expect(kinds(await berth.reconcile!({ dryRun: true }))).toEqual([]);
+  });
+
   it('disconnects a loop device whose attachment row was deleted behind berth\'s back, and recomputes the volume', async () => {
     const berth = await t.open();
     const volume = await berth.createVolume({ name: 'orphan', sizeBytes: 16 * MiB });
@@ -303,7 +323,10 @@ describe('berth reconcile on the loop transport', () => {
     await berth.detach({ volume: 'replaced', force: true });
     expect(loopDevicesUnder(t.dataDir)).toEqual([]);
     expect((await berth.listVolumes()).map((v) => `${v.name}:${v.status}`).sort()).toEqual(['deleted:available', 'replaced:available']);
-    expect((await berth.reconcile!({ dryRun: true })).differences).toEqual([]);
+    // The deleted file's volume has no storage now (its data went with the forced detach): said,
+    // not fixed. The replaced one has a file again (what the `mv` put there).
+    const after = await berth.reconcile!({ dryRun: true });
+    expect(after.differences.map((d) => `${d.kind}:${d.resource}:${d.state}`)).toEqual(['volume_storage_missing:volume deleted:skipped']);
   });
 
   it('recomputes volume statuses written behind berth\'s back, and leaves a failed delete\'s error alone', async () => {

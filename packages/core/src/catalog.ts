@@ -406,6 +406,7 @@ function guardBackend(backend: VolumeBackend, plugin: string): VolumeBackend {
     terminateConnection: (v, c, s) => wrap(() => backend.terminateConnection(v, c, s)),
     ...(backend.credentials ? { credentials: (v) => wrap(() => backend.credentials!(v)) } : {}),
     ...(backend.exports ? { exports: () => wrap(() => backend.exports!()) } : {}),
+    ...(backend.missingStorage ? { missingStorage: (v, s) => wrap(() => backend.missingStorage!(v, s)) } : {}),
     ...(backend.upkeep ? { upkeep: (s) => wrap(() => backend.upkeep!(s)) } : {}),
     ...(backend.close ? { close: () => wrap(() => backend.close!()) } : {}),
     check: () => wrap(() => backend.check()),

@@ -18,6 +18,7 @@ export const DIFFERENCE_KINDS = [
   'guest_disk_without_attachment',
   'attachment_missing_from_guest',
   'attachment_not_published',
+  'volume_storage_missing',
   'volume_status_mismatch',
 ] as const;
 /** One of `DIFFERENCE_KINDS`. */

@@ -201,6 +201,23 @@ export function createFileBackend(context: PluginContext<Partial<FileBackendOpti
       return [];
     },
 
+    /**
+     * Volumes whose file is gone (ENOENT: deleted behind berth, or the volume directory's file
+     * system not mounted). A file that cannot be looked at (EACCES, EIO) is not called gone.
+     */
+    async missingStorage(volumes, signal): Promise<string[]> {
+      const missing: string[] = [];
+      for (const volume of volumes) {
+        throwIfAborted(signal);
+        try {
+          await stat(fileOf(volume));
+        } catch (error) {
+          if (['ENOENT', 'ENOTDIR'].includes(errnoOf(error) ?? '')) missing.push(volume.id);
+        }
+      }
+      return missing;
+    },
+
     async check(): Promise<CheckResult> {
       const checks: NonNullable<CheckResult['checks']> = [];
       try {

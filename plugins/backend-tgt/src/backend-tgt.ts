@@ -398,6 +398,30 @@ export function createTgtBackend(context: PluginContext<Partial<TgtBackendOption
     },
 
     /**
+     * Volumes with no record in the state file, or whose LUN file is gone (deleted behind berth).
+     * Reads the state without its lock and touches no tgtd: a file that cannot be looked at is not
+     * called gone.
+     */
+    async missingStorage(volumes, signal): Promise<string[]> {
+      const state = await store.read();
+      const missing: string[] = [];
+      for (const volume of volumes) {
+        throwIfAborted(signal);
+        const record = state.volumes[idOf(volume)];
+        if (record === undefined) {
+          missing.push(volume.id);
+          continue;
+        }
+        try {
+          await stat(record.file);
+        } catch (error) {
+          if (['ENOENT', 'ENOTDIR'].includes(errnoOf(error) ?? '')) missing.push(volume.id);
+        }
+      }
+      return missing;
+    },
+
+    /**
      * `berth serve`'s upkeep: berth's own tgtd, when it died (crash, OOM, `kill -9`) or is not
      * running after a reboot while volumes exist, is started again and every export restored —
      * what the next call would do, done before the hosts' sessions reach their recovery timeout

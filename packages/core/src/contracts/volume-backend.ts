@@ -53,6 +53,14 @@ export interface VolumeBackend {
   /** Every export the backend holds now. */
   exports?(): Promise<BackendExport[]>;
   /**
+   * The ids, among `volumes`, whose storage is gone (a volume file deleted or a LUN file removed
+   * behind berth, a backend record lost): what `berth reconcile` reports as
+   * `volume_storage_missing`. Only storage known to be gone is listed: one that cannot be looked
+   * at now (a permission, an unreachable server) is not, and the call throws when it cannot
+   * answer at all. Reads only.
+   */
+  missingStorage?(volumes: readonly BackendVolume[], signal: AbortSignal): Promise<string[]>;
+  /**
    * Upkeep a long-running berth (`berth serve`) runs every `upkeep.intervalMs`: bring back what
    * died between two calls (the tgt backend restarts its tgtd and restores every export, so hosts'
    * sessions reconnect before their recovery timeout instead of at the next command). Must be

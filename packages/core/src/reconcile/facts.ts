@@ -30,6 +30,32 @@ export async function readExports(catalog: DriverCatalog, backendNames: readonly
 }
 
 /**
+ * The volumes, among `volumes`, whose backend says their storage is gone (`missingStorage`), by
+ * id. A backend without the method is not asked (no `unchecked` entry: most plugins cannot tell,
+ * and a reconcile that always read "partly checked" would teach users to ignore it); one that fails
+ * is named in `unchecked`.
+ */
+export async function readMissingStorage(catalog: DriverCatalog, volumes: readonly Volume[], unchecked: ReconcileUnchecked[]): Promise<Set<string>> {
+  const missing = new Set<string>();
+  const byBackend = new Map<string, Volume[]>();
+  for (const volume of volumes) byBackend.set(volume.backend, [...(byBackend.get(volume.backend) ?? []), volume]);
+  for (const [name, own] of byBackend) {
+    try {
+      const backend = catalog.backend(name);
+      if (!backend.missingStorage) continue;
+      const asked = own.map((v) => ({ id: v.id, name: v.name, sizeBytes: v.sizeBytes, providerLocation: v.providerLocation }));
+      for (const id of await backend.missingStorage(asked, AbortSignal.timeout(MISSING_STORAGE_DEADLINE_MS))) missing.add(id);
+    } catch (error) {
+      unchecked.push({ kind: 'backend', name, reason: `checking its volumes' storage failed: ${toBerthError(error).message}` });
+    }
+  }
+  return missing;
+}
+
+/** How long a backend may take to say which volumes' storage is gone. */
+const MISSING_STORAGE_DEADLINE_MS = 30_000;
+
+/**
  * What the transports of the reconciled host list, through its executor (the `host_facts` host
  * step: in-process for this host, its `berth agent` for another); a transport that cannot list,
  * or failed to, is added to `unchecked` when given.

@@ -259,6 +259,27 @@ describe('findDifferences', () => {
     expect(findDifferences(facts({ volumes: [v], attachments: [a], listings: loop([listed(undefined)]) }))).toEqual([]);
   });
 
+  it('reports an available volume whose backend says its storage is gone, with no fix and what to do; not an attached one, not a busy one as such, not when the backend was not asked', () => {
+    const gone = volume('gone1', 'available', '/v/gone1.img');
+    const fine = volume('fine1', 'available', '/v/fine1.img');
+    const used = volume('used1', 'in-use', '/v/used1.img');
+    const busy = volume('busy1', 'available', '/v/busy1.img');
+    const a = fileAttachment(used, 'attached', '/dev/loop3');
+    const missing = new Set([gone.id, used.id, busy.id]);
+    const found = findDifferences(
+      facts({ volumes: [gone, fine, used, busy], attachments: [a], busyVolumeIds: new Set([busy.id]), listings: loop([loopDevice('/dev/loop3', '/v/used1.img')]), missingStorage: missing }),
+    );
+    expect(found.map((f) => [f.kind, 'volume' in f ? f.volume?.name : '', f.skip?.slice(0, 30)])).toEqual([
+      ['volume_storage_missing', 'gone1', 'not fixed automatically: berth'],
+      ['volume_storage_missing', 'busy1', 'an operation on this volume is'],
+    ]);
+    const described = describeFinding(found[0]!);
+    expect(described).toMatchObject({ kind: 'volume_storage_missing', volumeId: gone.id, attachmentId: null, fix: 'none', state: 'skipped' });
+    expect(described.detail).toBe('volume gone1 is available, but backend file no longer has its storage (/v/gone1.img): an attach or extend would fail');
+    expect(described.result).toMatch(/restore the volume's storage from a backup \(\/v\/gone1\.img\), or drop the volume with `berth volume delete gone1`/);
+    expect(findDifferences(facts({ volumes: [gone] }))).toEqual([]);
+  });
+
   it('never plans to disconnect a device of no attachment whose storage is gone (the only copy of the data), and says what to do', () => {
     const v = volume('a', 'available', '/data/volumes/a.img');
     const gone: ConnectedDevice = { ...loopDevice('/dev/loop4', '/data/volumes/a.img'), storageGone: 'deleted' };

@@ -149,6 +149,8 @@ export interface ReconcileFacts {
    * attachment id (`Consumer.checkPublication`); absent or missing an id: nothing found wrong.
    */
   publications?: ReadonlyMap<string, string>;
+  /** Volumes whose backend says their storage is gone (`VolumeBackend.missingStorage`), by id. */
+  missingStorage?: ReadonlySet<string>;
 }
 
 /** One difference as found, with what its fix needs. */
@@ -190,6 +192,12 @@ export type Finding =
   | { kind: 'guest_disk_without_attachment'; guest: GuestListing; disk: GuestDisk; volume: Volume; skip?: string }
   | { kind: 'attachment_missing_from_guest'; guest: GuestListing; attachment: Attachment; volume: Volume; skip?: string }
   | { kind: 'attachment_not_published'; attachment: Attachment; volume: Volume; problem: string; skip?: string }
+  | {
+      kind: 'volume_storage_missing';
+      volume: Volume;
+      /** Always set: nothing is fixed automatically (the storage is restored by its owner, or the volume deleted). */
+      skip: string;
+    }
   | { kind: 'volume_status_mismatch'; volume: Volume; expected: VolumeStatus; skip?: string };
 
 
@@ -389,6 +397,7 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
 
   findings.push(...findGuestDifferences(facts, busy, findings));
   findings.push(...findPublicationDifferences(facts, busy, findings));
+  if (facts.missingStorage) findings.push(...findMissingStorage(facts.volumes, facts.attachments, facts.busyVolumeIds, facts.missingStorage));
   findings.push(...findStatusMismatches(facts.volumes, facts.attachments, facts.busyVolumeIds));
   return findings;
 }
@@ -486,6 +495,25 @@ function unconfirmedDevice(facts: ReconcileFacts, attachment: Attachment): strin
   }
   if (!listed(after)) return `its recorded host device ${recorded.path} is not listed as connected now (the name may be another device's): not plugged in`;
   return undefined;
+}
+
+/**
+ * Available volumes whose backend says their storage is gone: reported, never fixed (berth cannot
+ * bring the data back, and dropping the record is the user's call). Volumes with attachments are
+ * left to the attachment findings (`attachment_storage_gone`: a device may still hold the data);
+ * one with a running operation is skipped as busy.
+ */
+export function findMissingStorage(volumes: readonly Volume[], attachments: readonly Attachment[], busyVolumeIds: ReadonlySet<string>, missing: ReadonlySet<string>): Finding[] {
+  const findings: Finding[] = [];
+  for (const volume of volumes) {
+    if (!missing.has(volume.id) || volume.status !== 'available') continue;
+    if (live(attachments.filter((a) => a.volumeId === volume.id)).length > 0) continue;
+    const skip = busyVolumeIds.has(volume.id)
+      ? 'an operation on this volume is running; run reconcile again when it has finished'
+      : `not fixed automatically: berth cannot bring the data back — restore the volume's storage from a backup (${volume.providerLocation ?? `backend ${volume.backend}`}), or drop the volume with \`berth volume delete ${volume.name}\``;
+    findings.push({ kind: 'volume_storage_missing', volume, skip });
+  }
+  return findings;
 }
 
 /** Why a device whose storage is gone is left alone, and what to do (`attachment_storage_gone`). */
@@ -654,6 +682,18 @@ export function describeFinding(finding: Finding): ReconcileDifference {
         fix: 'republish',
         fixDetail: `publish it again (its consumer's names for the recorded device ${attachment.device?.path ?? ''}, checked again first); the device is not touched`,
         ...base(volume.id, attachment.id),
+      };
+    }
+    case 'volume_storage_missing': {
+      const { volume } = finding;
+      const where = volume.providerLocation ?? 'its storage';
+      return {
+        kind: finding.kind,
+        resource: `volume ${volume.name}`,
+        detail: `volume ${volume.name} is available, but backend ${volume.backend} no longer has its storage (${where}): an attach or extend would fail`,
+        fix: 'none',
+        fixDetail: `none: restore ${where} from a backup, or \`berth volume delete ${volume.name}\` to drop the record`,
+        ...base(volume.id, null),
       };
     }
     case 'volume_status_mismatch':

@@ -102,6 +102,7 @@ export async function fixOf(deps: ReconcileDeps, finding: Finding, target: FixTa
     case 'attachment_path_failed':
       return repairPaths(deps, finding.attachment.id, fresh.volume, finding.transport, finding.listed, { ...target, signal });
     case 'attachment_storage_gone':
+    case 'volume_storage_missing':
       // Report-only: the finding is always skipped, and this is never reached.
       throw new Skip(finding.skip);
     case 'attachment_stuck':

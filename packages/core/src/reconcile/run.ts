@@ -4,7 +4,7 @@ import type { HostStepCall } from '../host-steps/host-steps.js';
 import type { Host, Operation } from '../model.js';
 import { summarize } from '../pipeline/operation-runner.js';
 import type { ReconcileDifference, ReconcileOptions, ReconcileReport, ReconcileUnchecked } from '../reports.js';
-import { busyVolumeIds, readExports, readGuests, readListings, readPublications } from './facts.js';
+import { busyVolumeIds, readExports, readGuests, readListings, readMissingStorage, readPublications } from './facts.js';
 import { describeFinding, findDifferences, findStatusMismatches, type Finding } from './findings.js';
 import { fixOf, Skip, type ReconcileDeps } from './fixes.js';
 
@@ -70,6 +70,9 @@ export async function runReconcile(deps: ReconcileDeps, options: ReconcileOption
       if (now?.status !== 'attached' || !now.device || !before?.device || !sameDevice(now.device, before.device)) publications.delete(id);
     }
     const listingsAfter = await readListings(steps, call(), undefined, listing);
+    // Available volumes only: an attached one's device may still hold its data (the attachment
+    // findings say so), and one being created or deleted is its operation's.
+    const missingStorage = await readMissingStorage(catalog, volumes.filter((v) => v.status === 'available' && knownBackends.has(v.backend)), unchecked);
     // Where this berth's transports run (this host only: an agent's roots are its own).
     const transportRoots = steps.kind === 'local' ? transportRootsOf(catalog) : undefined;
     findings = findDifferences({
@@ -85,6 +88,7 @@ export async function runReconcile(deps: ReconcileDeps, options: ReconcileOption
       ...(transportRoots ? { transportRoots } : {}),
       guests,
       publications,
+      missingStorage,
     });
   } catch (error) {
     const failure = toBerthError(error);

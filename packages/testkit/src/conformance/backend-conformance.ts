@@ -159,6 +159,18 @@ export function describeBackendConformance(
       await current().backend.terminateConnection(volume, connector(), signal());
     }, timeoutMs);
 
+    it('missingStorage (when supported) lists exactly the asked volumes whose storage is gone: never created, deleted — not a live one', async () => {
+      const { backend } = current();
+      if (!backend.missingStorage) return;
+      const live = await create(newVolume());
+      const deleted = await create(newVolume());
+      await backend.delete(deleted, signal());
+      const never = newVolume();
+      expect(await backend.missingStorage([], signal())).toEqual([]);
+      expect((await backend.missingStorage([live, deleted, never], signal())).sort()).toEqual([deleted.id, never.id].sort());
+      expect(await backend.missingStorage([live], signal())).toEqual([]);
+    }, timeoutMs);
+
     it('upkeep (when supported) is quiet on a healthy backend: twice in a row, exports untouched, and honours an aborted signal', async () => {
       const { backend } = current();
       if (!backend.upkeep) return;

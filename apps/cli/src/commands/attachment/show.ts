@@ -30,9 +30,10 @@ export default class AttachmentShow extends BaseCommand<typeof AttachmentShow> {
     this.log(renderFields(attachmentFields(attachment, nameIndex(volumes, servers, hosts))));
     const paths = attachment.device?.paths ?? [];
     if (paths.length > 0) {
-      // Each path of a multipath device as the transport saw it when it connected.
+      // Each path of a multipath device as the transport saw it when it connected: a recorded
+      // state, not a live one (an explorer read "active" for paths that had failed since).
       this.log('');
-      this.log('Paths:');
+      this.log('Paths (as recorded when connected, not checked now):');
       this.log(renderTable(pathColumns, paths));
     }
     for (const operation of operations) {
