@@ -221,6 +221,20 @@ describe('the agent protocol over HTTP on PostgreSQL', () => {
     expect(mine?.item).toMatchObject({ id: item.id, attempts: 1, leaseOwner: fresh.worker });
   });
 
+  it('a host removed after its agent registered (what `berth host forget` ends with) answers 404 unknown-host, not "register first"', async () => {
+    const session = await register(TOKENS.agentOutside, 'boot-1', 'outside-1');
+    expect((await claim(TOKENS.agentOutside, session.worker)).status).toBe(200);
+    // Forget itself refuses a host whose agent is online: its last write, the store's host delete, stands for it.
+    await store().hosts.delete(session.hostId);
+    const gone = await claim(TOKENS.agentOutside, session.worker);
+    expect(gone.status).toBe(404);
+    const problem = bodyOf(gone);
+    expect(problem.code).toBe('NOT_FOUND');
+    expect(problem.detail).toBe("host outside-1 is not known to the API: no agent registered for it, or it was forgotten (berth host forget removes a host with its agent's registration)");
+    expect(problem.details).toMatchObject({ kind: 'host', host: 'outside-1', reason: 'unknown-host' });
+    expect(String(problem.hint)).not.toMatch(/^register first/);
+  });
+
   it('a claim without the worker header is a 400; a claim ends at once when its wait is 0', async () => {
     const answer = await api().request('GET', '/v1/agent/work?wait=0s', { token: TOKENS.agentH1 });
     expect(answer.status).toBe(400);

@@ -358,6 +358,35 @@ describe('AgentRunner', () => {
     await expect(runner(refused, transport).run()).rejects.toMatchObject({ code: 'UNAUTHENTICATED' });
   });
 
+  it('stops saying its host was forgotten when the API no longer knows the host it registered (berth host forget): the devices left here, reconcile, not a plain restart', async () => {
+    const transport = new FakeTransport();
+    const api = new ScriptedApi([]);
+    const claim = api.claim.bind(api);
+    let forgotten = false;
+    api.claim = async (worker, options) => {
+      // What the API answers once `berth host forget h1` removed the host (core's `registeredHost`).
+      if (forgotten) throw new BerthError('NOT_FOUND', 'host h1 is not known to the API', { details: { kind: 'host', host: 'h1', reason: 'unknown-host' } });
+      forgotten = true;
+      return claim(worker, { ...options, signal: AbortSignal.timeout(1) }).catch(() => []);
+    };
+    const error = (await runner(api, transport).run().catch((e: unknown) => e)) as BerthError;
+    expect(api.registrations).toHaveLength(1);
+    expect(error).toBeInstanceOf(BerthError);
+    expect(error.code).toBe('NOT_FOUND');
+    expect(error.message).toMatch(/^host h1 was forgotten at the API \(berth host forget\) while this agent ran: .*devices berth connected on this host .* may still be here/);
+    expect(error.details).toEqual({ kind: 'host', host: 'h1', forgotten: true });
+    expect(error.hint).toMatch(/^do not just restart the agent/);
+    expect(error.hint).toContain('berth reconcile --host h1 --dry-run --api http://api.test');
+    expect(error.hint).not.toMatch(/register first/);
+
+    // Any other NOT_FOUND is not taken for a forgotten host.
+    const other = new ScriptedApi([]);
+    other.claim = async () => {
+      throw new BerthError('NOT_FOUND', 'no such route');
+    };
+    await expect(runner(other, transport).run()).rejects.toMatchObject({ code: 'NOT_FOUND', message: 'no such route' });
+  });
+
   it('on stop: claims nothing more, lets the running item finish and report, then returns', async () => {
     const transport = new FakeTransport();
     const gate = deferred();

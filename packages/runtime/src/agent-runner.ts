@@ -66,6 +66,38 @@ function transient(error: unknown): boolean {
 }
 
 /**
+ * Whether the API no longer knows this agent's host: NOT_FOUND for the host (`details.kind`
+ * `host`), which an agent that registered can only get once its host was removed —
+ * `berth host forget`, the one way a host and its agent's registration go (an older API sends no
+ * `details.reason`; a newer one `unknown-host`, or `no-agent` when a server named the host again
+ * since, which made a host row with no agent).
+ */
+function hostGone(error: unknown): boolean {
+  return BerthError.is(error) && error.code === 'NOT_FOUND' && error.details.kind === 'host';
+}
+
+/**
+ * The error an agent stops with when its host was forgotten while it ran. Forget dropped the
+ * host's attachments without it (it was unreachable, or taken for dead), so what berth connected
+ * here may still be here while the API calls those volumes free; restarting the agent would
+ * register the host anew with none of that known.
+ */
+export function hostForgotten(hostName: string, apiUrl: string, cause?: unknown): BerthError {
+  return new BerthError(
+    'NOT_FOUND',
+    `host ${hostName} was forgotten at the API (berth host forget) while this agent ran: its registration and berth's records of its attachments are gone, but devices berth connected on this host (loop devices, iSCSI sessions, /dev/berth links) may still be here, their volumes free to attach elsewhere`,
+    {
+      hint:
+        `do not just restart the agent: first stop whatever uses berth's devices on this host (see ls -l /dev/berth; losetup -a; iscsiadm -m session). ` +
+        `Then start the agent again (it registers ${hostName} anew) and run \`berth reconcile --host ${hostName} --dry-run --api ${apiUrl}\`: it lists the devices of berth volumes left here, ` +
+        `and \`berth reconcile --host ${hostName} --yes --api ${apiUrl}\` disconnects them; one it only reports (its volume attached on another host through the same source now) or does not list (its volume deleted since) is yours to disconnect by hand (losetup -d, iscsiadm --logout), as is every one if this host's agent token was removed from api.tokens`,
+      details: { kind: 'host', host: hostName, forgotten: true },
+      ...(cause === undefined ? {} : { cause }),
+    },
+  );
+}
+
+/**
  * `berth agent`'s loop: register the host (backing off while the API cannot be reached), claim its
  * work items with a long-poll, run each with `runHostStep` (one at a time per volume, at most
  * `concurrency` at once, aborted at its deadline), renew its lease every third of it and report the
@@ -142,6 +174,8 @@ export class AgentRunner {
             hint: 'run one berth agent per host; restart this one only if the other is gone',
           });
         }
+        // Its host is gone at the API after this agent registered it: forgotten (`berth host forget`).
+        if (hostGone(error)) throw hostForgotten(session.hostName, this.options.apiUrl, error);
         if (!transient(error)) throw error;
         if (failures === 0) this.state(`lost the API (${(error as Error).message}); retrying`);
         await this.pause(failures++, signal);

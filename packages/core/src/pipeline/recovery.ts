@@ -2,7 +2,7 @@ import { BerthError, toBerthError } from '../errors.js';
 import type { Connector, Device } from '../connection.js';
 import type { Consumer } from '../contracts/consumer.js';
 import type { Logger } from '../logger.js';
-import type { Attachment, AttachmentStatus, Host, Operation, Server } from '../model.js';
+import type { Attachment, AttachmentStatus, ErrorSummary, Host, Operation, Server } from '../model.js';
 import type { Store } from '../store.js';
 import { isStoreOutage } from '../store-errors.js';
 import type { FaultInjector } from '../faults.js';
@@ -48,9 +48,15 @@ export async function findReservation(store: Store, op: Operation): Promise<Atta
  * waited for them is gone, and a returning agent must not act on them while they are undone or
  * resumed. A cancelled item that was claimed counts as run (`ran`), so its undo still happens.
  */
-async function cancelWorkItems(deps: RecoveryDeps, op: Operation, owner: string | undefined): Promise<void> {
+async function cancelWorkItems(deps: RecoveryDeps, op: Operation, owner: string | undefined, cause: RecoveryCause): Promise<void> {
   if (!deps.store.workItems) return;
-  const reason = { code: 'CANCELLED', message: `the process running this ${op.kind} stopped; recovery took it over` };
+  const message =
+    cause === 'lease-expired'
+      ? `the process running this ${op.kind} stopped renewing its lease; ${owner === undefined ? 'another replica' : `replica ${owner}`} took it over`
+      : cause === 'database-failed'
+        ? `the database failed under this ${op.kind}; recovery took it over`
+        : `the process running this ${op.kind} stopped; recovery took it over`;
+  const reason = { code: 'CANCELLED', message };
   if (owner === undefined) {
     const open = await deps.store.workItems.list({ operationId: op.id, state: ['pending', 'claimed'] });
     for (const item of open) await deps.store.workItems.cancel(item.id, reason).catch(() => undefined);
@@ -72,22 +78,50 @@ async function cancelWorkItems(deps: RecoveryDeps, op: Operation, owner: string 
 
 /**
  * Why an operation is being recovered, for the error it ends with: `stopped` — the process that
- * ran it died or stopped renewing it (the default); `database-failed` — the process running it is
- * alive (the recovering one), but the database failed under the run, which gave the operation up
- * until the database answered again.
+ * ran it is known to be dead (a process of this host that no longer runs; the default);
+ * `lease-expired` — another replica took it over because its owner stopped renewing its lease:
+ * that owner died, was paused, or could not reach the database (a table lock held past the lease
+ * blocks a live replica's renewals just the same), so it may well still run — fenced, it writes
+ * nothing more for the operation; `database-failed` — the process running it is alive (the
+ * recovering one), but the database failed under the run, which gave the operation up until the
+ * database answered again.
  */
-export type RecoveryCause = 'stopped' | 'database-failed';
+export type RecoveryCause = 'stopped' | 'lease-expired' | 'database-failed';
 
-const INTERRUPTED = (op: Operation, cause: RecoveryCause, ranIn = op.owner): BerthError =>
-  cause === 'database-failed'
-    ? new BerthError('CANCELLED', `the database failed while this ${op.kind} ran (in ${ranIn ?? 'unknown'}, which kept running); it was undone once the database answered again`, {
-        hint: 'no berth process stopped: recovery put everything back as it was once the database was back; run the command again',
-        details: { operationId: op.id, cause },
-      })
-    : new BerthError('CANCELLED', `the process running this ${op.kind} (${ranIn ?? 'unknown'}) stopped before it finished`, {
-        hint: 'recovery put everything back as it was; run the command again',
-        details: { operationId: op.id },
-      });
+/** How the recovery ended the operation, for its error: undone (`rolled_back`), ended `failed` without undoing, or its undo failed. */
+type RecoveryEnd = 'undone' | 'ended' | 'undo-failed';
+
+/**
+ * The error a recovered operation ends with. `ranIn` is the process that ran it (the one that
+ * stopped or stopped renewing), `by` the one that recovered it (a replica's takeover names it).
+ */
+export function interruptedError(op: Operation, cause: RecoveryCause, ranIn: string | null, by: string | undefined, end: RecoveryEnd): BerthError {
+  const details = { operationId: op.id, cause, previousOwner: ranIn, ...(by === undefined ? {} : { recoveredBy: by }) };
+  if (cause === 'database-failed') {
+    return new BerthError('CANCELLED', `the database failed while this ${op.kind} ran (in ${ranIn ?? 'unknown'}, which kept running); it was undone once the database answered again`, {
+      hint: 'no berth process stopped: recovery put everything back as it was once the database was back; run the command again',
+      details,
+    });
+  }
+  if (cause === 'lease-expired') {
+    const replica = by === undefined ? 'another replica' : `replica ${by}`;
+    return new BerthError(
+      'CANCELLED',
+      `the process running this ${op.kind} (${ranIn ?? 'unknown'}) stopped renewing its lease before it finished (it died, was paused, or could not reach the database); ${replica} took the ${op.kind} over${end === 'undone' ? ' and undid it' : end === 'ended' ? ' and ended it' : ''}`,
+      {
+        hint:
+          end === 'undone'
+            ? `everything was put back as it was; if ${ranIn ?? 'that process'} still runs, it was fenced and does nothing more for this ${op.kind}; run the command again`
+            : `if ${ranIn ?? 'that process'} still runs, it was fenced and does nothing more for this ${op.kind}; run the command again`,
+        details,
+      },
+    );
+  }
+  return new BerthError('CANCELLED', `the process running this ${op.kind} (${ranIn ?? 'unknown'}) stopped before it finished`, {
+    hint: end === 'undone' ? 'recovery put everything back as it was; run the command again' : 'run the command again',
+    details,
+  });
+}
 
 /** Steps of `pipeline` whose `do` row exists (done or cut short), minus those already undone. */
 function touched(op: Operation, names: readonly string[]): Set<string> {
@@ -146,19 +180,23 @@ export async function recoverOperation(
   // A replica's takeover passes its `owner`: every journal write, host step and end of the
   // recovery is then fenced as a run's is, so a survivor frozen mid-recovery and taken over in
   // turn stops at its first write (`takenOverError`) instead of settling what a third one owns.
-  const finish: Finish = (settled) => ownedFinish(deps.store, op.id, owner, settled);
+  // The journal rows the run (or an earlier recovery) left `running` are closed with the end:
+  // a finished operation shows no step still running (a takeover's fleet run, 2026-12-07: a
+  // `rolled_back` attach whose cut-short `publish` row still read `running`).
+  const finish: Finish = (settled, cutShort = 'failed') =>
+    ownedFinish(deps.store, op.id, owner, settled, (tx) => closeCutShortRows(tx, op.id, cutShort, cutShortError(cause, ranIn, owner)));
   const outcome = (action: RecoveryOutcome['action'], detail: string): RecoveryOutcome => ({ operationId: op.id, kind: op.kind, action, detail });
   // Whoever calls: an operation of another host root is never undone nor resumed here.
   const elsewhere = await foreignHostRoot(deps, op);
   if (elsewhere) return outcome('skipped', hostRootSkip(elsewhere));
   if (op.kind !== 'attach' && op.kind !== 'detach') {
-    await finish({ state: 'failed', error: summarize(INTERRUPTED(op, cause, ranIn)) });
+    await finish({ state: 'failed', error: summarize(interruptedError(op, cause, ranIn, owner, 'ended')) });
     return outcome('failed', `${op.kind} operations are not resumable`);
   }
   const volume = op.volumeId ? await deps.store.volumes.get(op.volumeId) : undefined;
   const server = op.serverId ? await deps.store.servers.get(op.serverId) : undefined;
   if (!volume || !server) {
-    await finish({ state: 'failed', error: summarize(INTERRUPTED(op, cause, ranIn)) });
+    await finish({ state: 'failed', error: summarize(interruptedError(op, cause, ranIn, owner, 'ended')) });
     return outcome('failed', 'its volume or server no longer exists');
   }
   const attachment = op.attachmentId ? await deps.store.attachments.get(op.attachmentId) : await findReservation(deps.store, op);
@@ -169,7 +207,7 @@ export async function recoverOperation(
   // the host's agent); a host nobody can run them on fails the recovery with that reason.
   const dispatched = op.steps.some((s) => s.phase === 'do' && s.name === 'dispatch');
   const hostSteps = dispatched ? ownedHostSteps(await deps.hostSteps(server.hostId), owner) : undefined;
-  await cancelWorkItems(deps, op, owner);
+  await cancelWorkItems(deps, op, owner, cause);
   const ctx: PipelineContext = {
     operationId: op.id,
     ...(owner === undefined ? {} : { owner }),
@@ -197,20 +235,20 @@ export async function recoverOperation(
     // when the process died before the journal row was closed.
     if (stepDone(op, 'complete') || attachment?.status === 'attached') {
       await recomputeVolume(deps.store, volume.id);
-      await finish({ state: 'succeeded', result: { recovered: true } });
+      await finish({ state: 'succeeded', result: { recovered: true } }, 'done');
       return outcome('completed', 'it had completed; only its journal was unfinished');
     }
     const steps = attachSteps(deps, { mode: attachment?.mode ?? 'rw' });
     const names = touched(op, steps.map((s) => s.name));
     const toUndo = steps.filter((s) => names.has(s.name)).reverse();
-    return rollBack(deps, op, ctx, toUndo, options, outcome, finish, cause, ranIn);
+    return rollBack(deps, op, ctx, toUndo, options, outcome, finish, cause, ranIn, owner);
   }
 
   if (op.attachmentId && !attachment && op.steps.some((s) => s.phase === 'do' && s.name === 'delete_attachment')) {
     // A database written by an older berth deleted the attachment and recomputed the volume in two
     // writes: the volume may still say `detaching`.
     await recomputeVolume(deps.store, volume.id);
-    await finish({ state: 'succeeded', result: { recovered: true } });
+    await finish({ state: 'succeeded', result: { recovered: true } }, 'done');
     return outcome('completed', 'the attachment was already deleted; only its journal was unfinished');
   }
   // Rolled back, the attachment goes back to what it was (an `error_detaching` one is not made `attached`).
@@ -239,11 +277,37 @@ export async function recoverOperation(
   }
   const names = touched(op, steps.map((s) => s.name));
   const toUndo = steps.filter((s) => names.has(s.name)).reverse();
-  return rollBack(deps, op, ctx, toUndo, options, outcome, finish, cause, ranIn);
+  return rollBack(deps, op, ctx, toUndo, options, outcome, finish, cause, ranIn, owner);
 }
 
-/** Write how a recovered operation ended (fenced by its owner's confirmation when it has one). */
-type Finish = (settled: Parameters<Store['operations']['finish']>[1]) => Promise<Operation>;
+/**
+ * Write how a recovered operation ended (fenced by its owner's confirmation when it has one),
+ * closing in the same transaction every journal row still `running`: `failed` with the reason it
+ * was cut short (its step is undone, or run again in a row of its own), or `done` where recovery
+ * found that its work had committed (`cutShort`).
+ */
+type Finish = (settled: Parameters<Store['operations']['finish']>[1], cutShort?: 'done' | 'failed') => Promise<Operation>;
+
+/** Why a row the interrupted run left `running` was cut short. */
+function cutShortError(cause: RecoveryCause, ranIn: string | null, by: string | undefined): ErrorSummary {
+  const who = ranIn ?? 'the process running it';
+  const message =
+    cause === 'database-failed'
+      ? 'cut short: the database failed under it; recovery took the operation over'
+      : cause === 'lease-expired'
+        ? `cut short: ${who} stopped renewing the operation's lease; ${by === undefined ? 'another replica' : `replica ${by}`} took the operation over`
+        : `cut short: ${who} stopped; recovery took the operation over`;
+  return { code: 'CANCELLED', message };
+}
+
+/** Close the rows of `operationId`'s journal still `running` (in the transaction that ends it). */
+async function closeCutShortRows(tx: Store, operationId: string, state: 'done' | 'failed', error: ErrorSummary): Promise<void> {
+  const current = await tx.operations.require(operationId);
+  for (const row of current.steps) {
+    if (row.state !== 'running') continue;
+    await tx.operations.endStep(operationId, row.seq, state === 'done' ? { state } : { state, error });
+  }
+}
 
 async function rollBack(
   deps: RecoveryDeps,
@@ -255,6 +319,7 @@ async function rollBack(
   finish: Finish,
   cause: RecoveryCause,
   ranIn: string | null,
+  owner: string | undefined,
 ): Promise<RecoveryOutcome> {
   const errors = await deps.runner.undo(steps, ctx, options);
   // The database failed under an undo: left running, the next recovery runs the undos again.
@@ -262,7 +327,7 @@ async function rollBack(
   // Whatever the undos did, the volume's status follows its attachments (an older berth could die
   // between two writes and leave it saying `detaching` with no attachment left).
   await recomputeVolume(deps.store, ctx.volume.id).catch(() => undefined);
-  const error = INTERRUPTED(op, cause, ranIn);
+  const error = interruptedError(op, cause, ranIn, owner, errors.length === 0 ? 'undone' : 'undo-failed');
   if (errors.length === 0) {
     await finish({ state: 'rolled_back', error: summarize(error) });
     return outcome('rolled_back', `undid ${steps.map((s) => s.name).join(', ') || 'nothing'}`);

@@ -119,3 +119,38 @@ describe('a replaced agent', () => {
     }
   });
 });
+
+describe('an agent whose host is not registered', () => {
+  it('tells a host known without an agent (no-agent) from one that is gone — forgotten after its agent registered (unknown-host)', async () => {
+    const store = createMemoryStore();
+    const config = resolveConfig(
+      { dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', agent: { leaseMs: TEN_MINUTES, pollWaitMs: 1_000, offlineAfterMs: TEN_MINUTES } },
+      {},
+    );
+    const service = new BerthServiceImpl(config, store, memCatalog(new Map()), { hostname: 'h-1', ips: [], platform: 'x86_64', osType: 'linux' }, silentLogger);
+    try {
+      // h-4 is known (a server named it) but no agent ever registered for it.
+      await service.createServer({ name: 'web-4', host: 'h-4' });
+      const unregistered = (await service.agentWork.claim('h-4', 'boot-1', { waitMs: 0, limit: 4 }).catch((e: unknown) => e)) as BerthError;
+      expect(unregistered).toMatchObject({ code: 'NOT_FOUND', message: 'no agent registered for host h-4', details: { kind: 'host', host: 'h-4', reason: 'no-agent' } });
+      expect(unregistered.hint).toMatch(/^register first/);
+
+      // h-3's agent registered, then the host was removed as `berth host forget` ends (the store's
+      // `hosts.delete`, which takes the agent's registration with it) while the agent still ran.
+      const session = await service.agentWork.register('h-3', { instance: 'boot-1', version: '0.1.0', connector: { host: 'h-3' }, transports: ['mem'], consumers: ['mem'] });
+      await store.hosts.delete(session.hostId);
+      for (const call of [
+        () => service.agentWork.claim('h-3', session.worker, { waitMs: 0, limit: 4 }),
+        () => service.agentWork.renew('h-3', session.worker, '00000000-0000-4000-8000-000000000000'),
+        () => service.agentWork.report('h-3', session.worker, '00000000-0000-4000-8000-000000000000', { state: 'done', result: {} }),
+      ]) {
+        const gone = (await call().catch((e: unknown) => e)) as BerthError;
+        expect(gone).toMatchObject({ code: 'NOT_FOUND', details: { kind: 'host', host: 'h-3', reason: 'unknown-host' } });
+        expect(gone.message).toBe("host h-3 is not known to the API: no agent registered for it, or it was forgotten (berth host forget removes a host with its agent's registration)");
+        expect(gone.hint).not.toMatch(/^register first/);
+      }
+    } finally {
+      await service.close();
+    }
+  });
+});

@@ -214,14 +214,26 @@ export class AgentWorkService implements AgentWork {
     }
   }
 
-  /** The host of `hostName` once an agent registered for it; NOT_FOUND before. */
+  /**
+   * The host of `hostName` once an agent registered for it; NOT_FOUND before, or after `berth host
+   * forget` removed the host (and its agent's registration with it: nothing else clears one).
+   * `details.reason` tells the two apart: `no-agent` — the host is known (a server named it) but no
+   * agent registered for it; `unknown-host` — there is no such host, so an agent that had
+   * registered for it was forgotten (`AgentRunner` stops then, saying so).
+   */
   private async registeredHost(hostName: string): Promise<Host> {
     const name = parseWith(zHostName, hostName, 'host name');
     const host = await this.parts.store.hosts.findByName(name);
-    if (host?.agent == null) {
+    if (host === undefined) {
+      throw new BerthError('NOT_FOUND', `host ${name} is not known to the API: no agent registered for it, or it was forgotten (berth host forget removes a host with its agent's registration)`, {
+        hint: 'berth agent registers when it starts (POST /v1/agent/register); an agent that had registered was forgotten: devices berth connected on its host may still be there — see the agent\'s own error before starting it again',
+        details: { kind: 'host', host: name, reason: 'unknown-host' },
+      });
+    }
+    if (host.agent === null) {
       throw new BerthError('NOT_FOUND', `no agent registered for host ${name}`, {
         hint: 'register first: POST /v1/agent/register (berth agent does it when it starts)',
-        details: { kind: 'host', host: name },
+        details: { kind: 'host', host: name, reason: 'no-agent' },
       });
     }
     return host;

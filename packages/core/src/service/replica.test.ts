@@ -117,9 +117,36 @@ describe('replicas', () => {
     const after = await store.operations.require(op.id);
     expect(after.state).toBe('rolled_back');
     expect(after.owner).toBe(SELF);
-    // It names the replica that stopped, not the one that took over.
-    expect(after.error?.message).toBe('the process running this attach (4242@api-2) stopped before it finished');
+    // It names the replica that stopped renewing (it may still run: a lease passes as well for a
+    // replica paused or cut off from the database as for a dead one) and the one that took over.
+    expect(after.error).toEqual({
+      code: 'CANCELLED',
+      message: `the process running this attach (4242@api-2) stopped renewing its lease before it finished (it died, was paused, or could not reach the database); replica ${SELF} took the attach over and undid it`,
+      hint: 'everything was put back as it was; if 4242@api-2 still runs, it was fenced and does nothing more for this attach; run the command again',
+    });
+    expect(after.error?.message).not.toMatch(/stopped before it finished/);
     expect((await service.getVolume('db1')).status).toBe('available');
+    expect(await service.listAttachments({ volume: 'db1' })).toEqual([]);
+    await service.close();
+  });
+
+  it('a step the stopped replica left running is closed `failed` (cut short) when the takeover ends the operation', async () => {
+    const store = createMemoryStore();
+    const { service } = replica(store);
+    const volume = await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
+    const server = await service.createServer({ name: 'web-1' });
+    // api-2 stopped renewing inside its reserve: the row was begun, never closed.
+    const op = await store.operations.create({ kind: 'attach', volumeId: volume.id, serverId: server.id, hostId: server.hostId, owner: '4242@api-2', deadlineAt: new Date(Date.now() + 60_000).toISOString(), leaseMs: 0 });
+    await reserveAttachmentRecord(store, volume.id, server, 'rw', op.id);
+    await store.operations.startStep(op.id, 'reserve', 'do');
+
+    await service.startReplica()();
+    const after = await store.operations.require(op.id);
+    expect(after.state).toBe('rolled_back');
+    // The finished operation shows no step still running: the cut-short do row says why it ended.
+    expect(after.steps.map((s) => `${s.name}:${s.phase}:${s.state}`)).toEqual(['reserve:do:failed', 'reserve:undo:done']);
+    expect(after.steps[0]!.error).toEqual({ code: 'CANCELLED', message: `cut short: 4242@api-2 stopped renewing the operation's lease; replica ${SELF} took the operation over` });
+    expect(after.steps[0]!.endedAt).not.toBeNull();
     expect(await service.listAttachments({ volume: 'db1' })).toEqual([]);
     await service.close();
   });
@@ -281,8 +308,8 @@ describe('replicas', () => {
     try {
       await vi.waitFor(async () => expect((await store.operations.require(op.id)).state).toBe('rolled_back'), { timeout: 10_000, interval: 20 });
       expect((await service.getVolume('db1')).status).toBe('available');
-      // Its owner api-2 did stop; the outages came under this replica's takeover, which says so still.
-      expect((await store.operations.require(op.id)).error?.message).toMatch(/stopped before it finished$/);
+      // Its owner api-2 stopped renewing; the outages came under this replica's takeover, which says so still.
+      expect((await store.operations.require(op.id)).error?.message).toMatch(/^the process running this attach \(4242@api-2\) stopped renewing its lease before it finished .*took the attach over and undid it$/);
       // Tried four times; the pauses between tries grow (100, 200, 400 ms at least: beats of 100 ms).
       expect(undoTimes).toHaveLength(4);
       const pauses = undoTimes.slice(1).map((t, i) => t - undoTimes[i]!);

@@ -101,7 +101,7 @@ export class ReplicaMaintenance {
       const taken = await store.operations.claimExpired!(owner, leaseMs, ADOPT_PER_BEAT);
       // Recoveries run beside the beat: a long one must not stop the renewals.
       for (const operation of taken) {
-        if (!this.recovering.has(operation.id)) this.recovering.set(operation.id, this.takeOver(operation));
+        if (!this.recovering.has(operation.id)) this.recovering.set(operation.id, this.takeOver(operation, 'lease-expired'));
       }
       if (store.workItems && store.notifications) {
         const expired = await store.workItems.expire();
@@ -173,7 +173,7 @@ export class ReplicaMaintenance {
   }
 
   /** Finish an operation a dead replica left, under its volume lock. */
-  private async takeOver(operation: Operation & { previousOwner?: string | null }, cause: RecoveryCause = 'stopped'): Promise<RecoveryOutcome | undefined> {
+  private async takeOver(operation: Operation & { previousOwner?: string | null }, cause: RecoveryCause): Promise<RecoveryOutcome | undefined> {
     const { store, logger, volumeLocks } = this.parts;
     const log = logger.child({ operationId: operation.id, takeover: true });
     // Who ran it: the claim's previous owner (the operation's owner is this replica now).
