@@ -87,6 +87,9 @@ describe('problems', () => {
       details: { store: target, errorCode: '25006', reason: 'read-only', retryable: false, outage: true },
     }), 'r16');
     expect(pgStandby).toMatchObject({ status: 503, detail: 'the server cannot do this now: its database is read-only' });
+    // Not worth retrying where it is: no Retry-After, and the operator is told to fix it.
+    expect(pgStandby.details).not.toHaveProperty('retryAfterSeconds');
+    expect(pgStandby.hint).toMatch(/^the server's operator must fix it/);
     for (const problem of [pgFull, pgLock, pgStandby]) expect(JSON.stringify(problem)).not.toMatch(/10\.0\.0\.5|base\/16384|No space/);
     const login = toProblem(new BerthError('CONFIG', `PostgreSQL at ${target} refused the login: password authentication failed`, { details: { store: target } }), 'r10');
     expect(login).toMatchObject({ code: 'CONFIG', detail: 'the server cannot use its database' });

@@ -89,7 +89,8 @@ function outageProblem(error: BerthError, requestId: string, operationId: string
       details: { outcomeUnknown: true, ...(reason === undefined ? {} : { reason }) },
     });
   }
-  const retryable = error.details.retryable === true || error.code === 'UNAVAILABLE';
+  // An UNAVAILABLE store is worth retrying unless it said otherwise (a read-only or failing PostgreSQL).
+  const retryable = error.details.retryable === true || (error.code === 'UNAVAILABLE' && error.details.retryable !== false);
   const what =
     reason === 'read-only' && typeof error.details.store !== 'string'
       ? 'its database cannot be written (a read-only data directory)'

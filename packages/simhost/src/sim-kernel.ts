@@ -551,6 +551,8 @@ export class SimKernel {
       if (!answered && s.state === 'LOGGED_IN') {
         lostByWatch = true;
         await this.loseSession(s.sid);
+        // A timer of an earlier loss (its session restored by a fault since) must not expire this one early.
+        clearTimeout(recovery);
         if (request.recoveryTmo >= 0) {
           recovery = setTimeout(() => void expire().catch(report), request.recoveryTmo * 1000);
           recovery.unref();

@@ -100,10 +100,13 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
   const db = new Kysely<Database>({ dialect: new BerthPostgresDialect({ pool, target, password, bounds }) });
   // One more connection, only for lease renewals (operation heartbeats, device and work-item
   // leases): with every pooled connection busy, a renewal queued behind them would let a live
-  // holder's lease pass and another replica take its operations over.
-  const urgentPool = new driver.Pool({ ...bounded, max: 1 });
+  // holder's lease pass and another replica take its operations over. Unbounded: a renewal that
+  // waits on a row lock keeps its place in PostgreSQL's lock queue and runs first once the lock
+  // goes, so a takeover queued after it sees the lease renewed; one cut short at the lock timeout
+  // (longer than a lease) would lose that place to the takeover of a live operation (a review).
+  const urgentPool = new driver.Pool({ ...clientConfig, max: 1 });
   urgentPool.on('error', () => undefined);
-  const urgent = new Kysely<Database>({ dialect: new BerthPostgresDialect({ pool: urgentPool, target, password, bounds: { ...bounds, poolSize: 1 } }) });
+  const urgent = new Kysely<Database>({ dialect: new BerthPostgresDialect({ pool: urgentPool, target, password }) });
   const notifications = createPostgresNotifications({ newClient: () => new driver.Client(clientConfig), target, password });
   return createKyselyStore(db, { dialect: postgresStoreDialect, notifications, urgent });
 }

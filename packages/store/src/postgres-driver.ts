@@ -191,6 +191,12 @@ class BerthPostgresConnection implements DatabaseConnection {
 export class BerthPostgresDriver implements Driver {
   readonly #options: BerthPostgresDriverOptions;
   #ended = false;
+  /**
+   * Connections lent out and not yet given back. The pool's own `totalCount` counts clients
+   * still connecting too: with the server unreachable it reads full, and "busy" would be said of
+   * an outage (a review).
+   */
+  #lent = 0;
 
   constructor(options: BerthPostgresDriverOptions) {
     this.#options = options;
@@ -208,11 +214,12 @@ export class BerthPostgresDriver implements Driver {
       const { pool, target, bounds } = this.#options;
       // Every pooled connection stayed busy until the wait ran out: the server answers, its
       // statements do not end (a lock, a slow disk). Saying "cannot reach" sent operators to the network.
-      if (bounds !== undefined && pool.totalCount >= bounds.poolSize && /timeout exceeded when trying to connect/i.test(String((error as Error)?.message))) {
+      if (bounds !== undefined && this.#lent >= bounds.poolSize && pool.totalCount >= bounds.poolSize && /timeout exceeded when trying to connect/i.test(String((error as Error)?.message))) {
         throw postgresPoolBusy(target, bounds);
       }
       throw postgresConnectionFailure(error, this.#options.target, this.#options.password);
     }
+    this.#lent += 1;
     return new BerthPostgresConnection(client, this.#options);
   }
 
@@ -273,6 +280,7 @@ export class BerthPostgresDriver implements Driver {
   }
 
   async releaseConnection(connection: DatabaseConnection): Promise<void> {
+    this.#lent -= 1;
     asBerth(connection).release();
   }
 

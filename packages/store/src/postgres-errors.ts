@@ -109,7 +109,9 @@ export function postgresServerRefusal(error: unknown, target: string, password: 
   const refused = code === undefined ? undefined : REFUSED_SQLSTATES.get(code);
   if (refused === undefined) return undefined;
   const reason = scrub(messageOf(error), password);
-  return new BerthError('UNAVAILABLE', `the berth database at ${target} cannot write now: ${reason}`, {
+  // A bound the store set cuts reads as well as writes short.
+  const what = refused.reason === 'lock-timeout' || refused.reason === 'statement-timeout' ? 'gave a statement up' : 'cannot write now';
+  return new BerthError('UNAVAILABLE', `the berth database at ${target} ${what}: ${reason}`, {
     hint: refusalHint(refused.reason, bounds),
     details: { store: target, errorCode: code, reason: refused.reason, retryable: refused.retryable, outage: true },
   });

@@ -206,14 +206,21 @@ export function createFileBackend(context: PluginContext<Partial<FileBackendOpti
      * system not mounted). A file that cannot be looked at (EACCES, EIO) is not called gone.
      */
     async missingStorage(volumes, signal): Promise<string[]> {
+      const gone = async (file: string): Promise<boolean> =>
+        stat(file).then(
+          () => false,
+          (error: unknown) => ['ENOENT', 'ENOTDIR'].includes(errnoOf(error) ?? ''),
+        );
       const missing: string[] = [];
       for (const volume of volumes) {
         throwIfAborted(signal);
-        try {
-          await stat(fileOf(volume));
-        } catch (error) {
-          if (['ENOENT', 'ENOTDIR'].includes(errnoOf(error) ?? '')) missing.push(volume.id);
-        }
+        const file = fileOf(volume);
+        if (!(await gone(file))) continue;
+        // Made under another `directory` option, and still there: the configuration moved, the
+        // data did not go (a `volume delete` now would drop the record and orphan the file).
+        const recorded = volume.providerLocation;
+        if (recorded && path.resolve(recorded) !== file && !(await gone(recorded))) continue;
+        missing.push(volume.id);
       }
       return missing;
     },

@@ -247,6 +247,18 @@ describe('tgt backend on a real tgtd', () => {
     expect(seen.exitCode, seen.output).toBe(0);
     await env.backend.upkeep!(signal());
     expect(starts()).toBe(started + 1);
+    // Stopped on purpose (`berth backend stop tgt`): upkeep leaves it; the next operation starts it.
+    await stopManagedTgtd(env.dataDir, env.controlPort, { runner: env.runner });
+    await env.backend.upkeep!(signal());
+    expect((await daemonStatus(pidFile)).running).toBe(false);
+    expect(starts()).toBe(started + 1);
+    await env.backend.initializeConnection(v, hostA, signal());
+    expect((await daemonStatus(pidFile)).running).toBe(true);
+    expect(starts()).toBe(started + 2);
+    process.kill((await daemonStatus(pidFile)).pid ?? 0, 'SIGKILL');
+    await expect.poll(async () => (await daemonStatus(pidFile)).running, { timeout: 5_000, interval: 10 }).toBe(false);
+    await env.backend.upkeep!(signal());
+    expect(starts()).toBe(started + 3);
     await env.backend.terminateConnection(v, hostA, signal());
     await env.backend.delete(v, signal());
 

@@ -1,4 +1,4 @@
-import { mkdir, open, stat, truncate, unlink, type FileHandle } from 'node:fs/promises';
+import { access, mkdir, open, stat, truncate, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import {
   BerthError,
@@ -55,7 +55,7 @@ export function createTgtBackend(context: PluginContext<Partial<TgtBackendOption
   }
   const logger = context.logger.child({ backend: NAME });
   const faults = context.faults;
-  const { logFile } = managedTgtdPaths(context.dataDir);
+  const { logFile, stoppedFile } = managedTgtdPaths(context.dataDir);
   const tgtadm = new Tgtadm({
     runner: context.host.runner,
     controlPort: options.controlPort,
@@ -426,11 +426,14 @@ export function createTgtBackend(context: PluginContext<Partial<TgtBackendOption
      * running after a reboot while volumes exist, is started again and every export restored —
      * what the next call would do, done before the hosts' sessions reach their recovery timeout
      * (then their queued I/O completes instead of failing). A pid-file check when all is well; a
-     * data dir without volumes starts nothing. A system tgtd (`manageDaemon: false`) is not ours
-     * to restart.
+     * data dir without volumes starts nothing, nor does a tgtd stopped on purpose (`berth backend
+     * stop tgt` marks it; the next tgt operation starts it). A system tgtd (`manageDaemon: false`)
+     * is not ours to restart.
      */
     async upkeep(signal: AbortSignal): Promise<void> {
       if (!daemon || (await daemon.runsAsVerified())) return;
+      // Stopped on purpose (`berth backend stop tgt`): left so until a tgt operation starts it.
+      if (await access(stoppedFile).then(() => true, () => false)) return;
       const state = await store.read();
       if (Object.keys(state.volumes).length === 0) return;
       await withTgtd(signal, () => Promise.resolve());

@@ -1,4 +1,4 @@
-import { appendFile, readFile, rm } from 'node:fs/promises';
+import { appendFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { BerthError, type Logger } from '@berth/core';
 import {
@@ -15,10 +15,14 @@ import { Tgtadm } from './tgtadm.js';
 /** The directory under the data dir where the backend keeps its files. */
 export const BACKEND_DIR = 'backend-tgt';
 
-/** Paths of berth's own tgtd under `<dataDir>/backend-tgt/`. */
-export function managedTgtdPaths(dataDir: string): { dir: string; pidFile: string; logFile: string } {
+/**
+ * Paths of berth's own tgtd under `<dataDir>/backend-tgt/`. `stoppedFile` marks a tgtd stopped on
+ * purpose (`berth backend stop tgt`): `berth serve`'s upkeep leaves it stopped, the next tgt
+ * operation starts it (and removes the mark).
+ */
+export function managedTgtdPaths(dataDir: string): { dir: string; pidFile: string; logFile: string; stoppedFile: string } {
   const dir = path.join(dataDir, BACKEND_DIR);
-  return { dir, pidFile: path.join(dir, 'tgtd.pid'), logFile: path.join(dir, 'tgtd.log') };
+  return { dir, pidFile: path.join(dir, 'tgtd.pid'), logFile: path.join(dir, 'tgtd.log'), stoppedFile: path.join(dir, 'tgtd.stopped') };
 }
 
 /** Options of a `ManagedTgtd`. */
@@ -104,6 +108,8 @@ export class ManagedTgtd {
     if (first === undefined) throw new BerthError('CONFIG', 'the tgt backend has no portal');
     const controlPort = this.options.tgtadm.controlPort;
     const args = ['-f', '-C', String(controlPort), '--iscsi', `portal=${first}`];
+    // A tgt operation starts it whatever stopped it: the operator's stop holds until then.
+    await rm(managedTgtdPaths(this.options.dataDir).stoppedFile, { force: true });
     await appendFile(this.logFile, `--- berth: starting tgtd ${args.join(' ')} at ${new Date().toISOString()}\n`, { mode: 0o600 });
     let pid: number;
     try {
@@ -225,7 +231,10 @@ export interface StopManagedTgtdOptions {
  * pwrite, so nothing is lost that was acknowledged. The targets come back on the next use.
  */
 export async function stopManagedTgtd(dataDir: string, controlPort: number, options: StopManagedTgtdOptions = {}): Promise<StopDaemonResult> {
-  const { pidFile } = managedTgtdPaths(dataDir);
+  const { dir, pidFile, stoppedFile } = managedTgtdPaths(dataDir);
+  // Marked first: an upkeep round of a running `berth serve` must not start it again behind the operator.
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await writeFile(stoppedFile, `stopped by berth backend stop at ${new Date().toISOString()}\n`, { mode: 0o600 });
   const status = await daemonStatus(pidFile);
   if (!status.running) {
     await rm(pidFile, { force: true });

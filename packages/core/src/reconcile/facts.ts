@@ -38,13 +38,20 @@ export async function readExports(catalog: DriverCatalog, backendNames: readonly
 export async function readMissingStorage(catalog: DriverCatalog, volumes: readonly Volume[], unchecked: ReconcileUnchecked[]): Promise<Set<string>> {
   const missing = new Set<string>();
   const byBackend = new Map<string, Volume[]>();
-  for (const volume of volumes) byBackend.set(volume.backend, [...(byBackend.get(volume.backend) ?? []), volume]);
+  for (const volume of volumes) {
+    const own = byBackend.get(volume.backend);
+    if (own) own.push(volume);
+    else byBackend.set(volume.backend, [volume]);
+  }
   for (const [name, own] of byBackend) {
     try {
       const backend = catalog.backend(name);
       if (!backend.missingStorage) continue;
       const asked = own.map((v) => ({ id: v.id, name: v.name, sizeBytes: v.sizeBytes, providerLocation: v.providerLocation }));
-      for (const id of await backend.missingStorage(asked, AbortSignal.timeout(MISSING_STORAGE_DEADLINE_MS))) missing.add(id);
+      // Raced with its deadline: a `stat` on a stalled network mount does not hear the signal.
+      const deadline = AbortSignal.timeout(MISSING_STORAGE_DEADLINE_MS);
+      const expired = new Promise<never>((_, reject) => deadline.addEventListener('abort', () => reject(new Error(`no answer within ${MISSING_STORAGE_DEADLINE_MS / 1000} s`)), { once: true }));
+      for (const id of await Promise.race([backend.missingStorage(asked, deadline), expired])) missing.add(id);
     } catch (error) {
       unchecked.push({ kind: 'backend', name, reason: `checking its volumes' storage failed: ${toBerthError(error).message}` });
     }

@@ -73,6 +73,12 @@ export async function runReconcile(deps: ReconcileDeps, options: ReconcileOption
     // Available volumes only: an attached one's device may still hold its data (the attachment
     // findings say so), and one being created or deleted is its operation's.
     const missingStorage = await readMissingStorage(catalog, volumes.filter((v) => v.status === 'available' && knownBackends.has(v.backend)), unchecked);
+    // Read again: a volume deleted meanwhile (a delete is not an operation: not in the busy set)
+    // is gone, not lost (a review). Rare: one read per reported volume.
+    for (const id of [...missingStorage]) {
+      const now = await store.volumes.get(id).catch(() => undefined);
+      if (now?.status !== 'available') missingStorage.delete(id);
+    }
     // Where this berth's transports run (this host only: an agent's roots are its own).
     const transportRoots = steps.kind === 'local' ? transportRootsOf(catalog) : undefined;
     findings = findDifferences({

@@ -30,8 +30,10 @@ export function startBackendUpkeep(parts: ServiceParts): () => Promise<void> {
       } catch (error) {
         if (stop.signal.aborted) return;
         const failure = toBerthError(error);
-        if (failing.get(name) === failure.message) continue;
-        failing.set(name, failure.message);
+        // Numbers vary from round to round (a new daemon's pid): the same failure all the same.
+        const key = `${failure.code}: ${failure.message.replace(/\d+/g, 'N')}`;
+        if (failing.get(name) === key) continue;
+        failing.set(name, key);
         logger.warn({ backend: name, err: failure.message, ...(failure.hint ? { hint: failure.hint } : {}) }, 'backend upkeep failed; trying again at the next round');
       }
     }

@@ -52,6 +52,9 @@ export function pingPortal(portal: string, initiator: string, timeoutMs: number)
       resolve(answered);
     };
     const timer = setTimeout(() => end(false), timeoutMs);
+    // A ping in flight does not keep the process alive.
+    timer.unref();
+    socket.unref();
     socket.once('connect', () => socket.write(discoveryLoginPdu(initiator)));
     socket.on('data', (chunk: Buffer) => {
       received = Buffer.concat([received, chunk]);

@@ -19,7 +19,8 @@ export default class BackendStop extends BaseCommand<typeof BackendStop> {
     "Stop what berth runs in the background for a backend. `tgt`: berth's own tgtd (the one the tgt",
     "backend starts on first use, with its control port from the config), asked to leave through",
     'tgtadm and killed if it does not. It refuses while a tgt volume is attached or busy: detach those',
-    'first. The daemon starts again with the next tgt operation. Runs on this host only (not with --api).',
+    'first. The daemon starts again with the next tgt operation (a running `berth serve` leaves it',
+    'stopped until then). Runs on this host only (not with --api).',
   ].join('\n');
   static override examples = ['<%= config.bin %> <%= command.id %> tgt', '<%= config.bin %> <%= command.id %> tgt --json'];
 
