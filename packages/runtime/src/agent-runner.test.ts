@@ -387,6 +387,21 @@ describe('AgentRunner', () => {
     await expect(runner(other, transport).run()).rejects.toMatchObject({ code: 'NOT_FOUND', message: 'no such route' });
   });
 
+  it('a report the API refuses because the host was forgotten says what the step did stays here, not that the API will re-run or undo it', async () => {
+    const transport = new FakeTransport();
+    const api = new ScriptedApi([[connect('v1')]]);
+    api.reportAnswer = async () => {
+      throw new BerthError('NOT_FOUND', 'host h1 is not known to the API', { details: { kind: 'host', host: 'h1', reason: 'unknown-host' } });
+    };
+    const states: string[] = [];
+    const agent = runner(api, transport, states);
+    const running = agent.run();
+    await expect.poll(() => states.some((s) => s.includes('no longer known to the API'))).toBe(true);
+    agent.stop();
+    await running;
+    expect(states.filter((s) => s.includes('could not report'))).toEqual([expect.stringMatching(/this host is no longer known to the API \(forgotten\); what the step did on this host stays$/)]);
+  });
+
   it('on stop: claims nothing more, lets the running item finish and report, then returns', async () => {
     const transport = new FakeTransport();
     const gate = deferred();

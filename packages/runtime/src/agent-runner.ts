@@ -348,6 +348,11 @@ export class AgentRunner {
           this.state(`dropped the outcome of work item ${id}: another agent or replica took it over`);
           return;
         }
+        if (hostGone(error)) {
+          // Forgotten: nothing will re-run or undo it (the claim that follows stops this agent, saying so).
+          this.state(`could not report work item ${id}: this host is no longer known to the API (forgotten); what the step did on this host stays`);
+          return;
+        }
         if (!transient(error) || Date.now() >= lease.expiresAt) {
           this.state(`could not report work item ${id} (${(error as Error).message}); the API will re-run or undo it`);
           return;
