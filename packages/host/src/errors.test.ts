@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
-import { errnoOf } from './errors.js';
+import { errnoOf, isMissing } from './errors.js';
 
 describe('errnoOf', () => {
   it("gives a Node system error's code", async () => {
@@ -16,5 +16,15 @@ describe('errnoOf', () => {
     expect(errnoOf('ENOENT')).toBeUndefined();
     expect(errnoOf(undefined)).toBeUndefined();
     expect(errnoOf(null)).toBeUndefined();
+  });
+});
+
+describe('isMissing', () => {
+  it('is ENOENT or ENOTDIR, nothing else', () => {
+    expect(isMissing(Object.assign(new Error('gone'), { code: 'ENOENT' }))).toBe(true);
+    expect(isMissing(Object.assign(new Error('a file on the way'), { code: 'ENOTDIR' }))).toBe(true);
+    expect(isMissing(Object.assign(new Error('denied'), { code: 'EACCES' }))).toBe(false);
+    expect(isMissing(new Error('plain'))).toBe(false);
+    expect(isMissing(undefined)).toBe(false);
   });
 });

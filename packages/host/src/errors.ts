@@ -54,3 +54,9 @@ export class LockTimeoutError extends Error {
 export function errnoOf(error: unknown): string | undefined {
   return error instanceof Error && 'code' in error && typeof error.code === 'string' ? error.code : undefined;
 }
+
+/** Whether a Node system error means "there is nothing at this path" (ENOENT, or ENOTDIR: a file where a directory was). */
+export function isMissing(error: unknown): boolean {
+  const code = errnoOf(error);
+  return code === 'ENOENT' || code === 'ENOTDIR';
+}

@@ -17,15 +17,10 @@ import {
 } from 'node:fs';
 import path from 'node:path';
 import type { HostFs, HostStat } from './types.js';
+import { isMissing } from './errors.js';
 
 // Linux gives up after 40 links (MAXSYMLINKS); so does the rooted resolver.
 const MAX_SYMLINKS = 40;
-
-/** Error codes that mean "there is nothing at this path". */
-function isMissing(error: unknown): boolean {
-  const code = (error as NodeJS.ErrnoException | undefined)?.code;
-  return code === 'ENOENT' || code === 'ENOTDIR';
-}
 
 function errnoError(code: string, message: string): NodeJS.ErrnoException {
   return Object.assign(new Error(`${code}: ${message}`), { code });

@@ -211,10 +211,10 @@ export class BerthPostgresDriver implements Driver {
     try {
       client = await this.#options.pool.connect();
     } catch (error) {
-      const { pool, target, bounds } = this.#options;
+      const { target, bounds } = this.#options;
       // Every pooled connection stayed busy until the wait ran out: the server answers, its
       // statements do not end (a lock, a slow disk). Saying "cannot reach" sent operators to the network.
-      if (bounds !== undefined && this.#lent >= bounds.poolSize && pool.totalCount >= bounds.poolSize && /timeout exceeded when trying to connect/i.test(String((error as Error)?.message))) {
+      if (bounds !== undefined && this.#lent >= bounds.poolSize && /timeout exceeded when trying to connect/i.test(String((error as Error)?.message))) {
         throw postgresPoolBusy(target, bounds);
       }
       throw postgresConnectionFailure(error, this.#options.target, this.#options.password);

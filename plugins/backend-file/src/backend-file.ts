@@ -3,7 +3,7 @@ import { access, mkdir, open, rm, stat, statfs, truncate, unlink, type FileHandl
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { z } from '@berth/core/zod';
-import { errnoOf, hostFacts } from '@berth/host';
+import { errnoOf, hostFacts, isMissing } from '@berth/host';
 import {
   BerthError,
   lazySchema,
@@ -209,7 +209,7 @@ export function createFileBackend(context: PluginContext<Partial<FileBackendOpti
       const gone = async (file: string): Promise<boolean> =>
         stat(file).then(
           () => false,
-          (error: unknown) => ['ENOENT', 'ENOTDIR'].includes(errnoOf(error) ?? ''),
+          (error: unknown) => isMissing(error),
         );
       const missing: string[] = [];
       for (const volume of volumes) {

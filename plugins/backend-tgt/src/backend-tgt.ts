@@ -16,7 +16,7 @@ import {
   type PluginContext,
   type VolumeBackend,
 } from '@berth/core';
-import { daemonStatus, errnoOf } from '@berth/host';
+import { daemonStatus, errnoOf, isMissing } from '@berth/host';
 import { newChapCredentials } from './chap-credentials.js';
 import { BACKEND_DIR, ManagedTgtd, managedTgtdPaths } from './managed-tgtd.js';
 import { tgtadmTargetParams, zTgtBackendOptions, type TgtBackendOptions } from './options.js';
@@ -412,11 +412,7 @@ export function createTgtBackend(context: PluginContext<Partial<TgtBackendOption
           missing.push(volume.id);
           continue;
         }
-        try {
-          await stat(record.file);
-        } catch (error) {
-          if (['ENOENT', 'ENOTDIR'].includes(errnoOf(error) ?? '')) missing.push(volume.id);
-        }
+        if (await stat(record.file).then(() => false, isMissing)) missing.push(volume.id);
       }
       return missing;
     },
