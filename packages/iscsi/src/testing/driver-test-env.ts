@@ -125,7 +125,10 @@ export async function startDriverTestEnv<O, S extends SimLike>(spec: {
       try {
         await running.stop();
       } finally {
-        await rm(dataDir, { recursive: true, force: true });
+        // A driver's background work (a left login's watcher finishing it) may still write a
+        // state file into the tree as it goes: rm retries the directory that was not empty then
+        // (CI once failed a passing test on ENOTEMPTY here).
+        await rm(dataDir, { recursive: true, force: true, maxRetries: 5 });
       }
     },
   };
