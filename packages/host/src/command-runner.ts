@@ -8,6 +8,8 @@ import type { CommandResult, CommandRunner, RunOptions } from './types.js';
 /** The slice of a logger the runner writes to (pino's shape). */
 export interface CommandLogger {
   debug(obj: Record<string, unknown>, msg?: string): void;
+  /** A command left running because SIGKILL did not end it (`CommandResult.stuckPid`). */
+  warn?(obj: Record<string, unknown>, msg?: string): void;
 }
 
 /** Options of `createCommandRunner`. */
@@ -33,6 +35,14 @@ export const DEFAULT_COMMAND_TIMEOUT_MS = 30_000;
 // After SIGTERM, a command that ignores it gets SIGKILL this much later.
 const FORCE_KILL_AFTER_MS = 2_000;
 
+/**
+ * After SIGKILL, a command still there this much later is left running and the call fails: it
+ * sleeps uninterruptibly in the kernel (D state: I/O to a device or mount that does not answer,
+ * a dead iSCSI target, a FUSE server that stopped), where no signal reaches it until that I/O
+ * ends — which may be never. Waiting for it would hold the step (and its locks) past its deadline.
+ */
+export const ABANDON_AFTER_KILL_MS = 3_000;
+
 /** More output than this on one stream stops the command (a runaway tool, not a result to parse). */
 const MAX_OUTPUT_CHARS = 100_000_000;
 
@@ -45,6 +55,8 @@ interface Outcome {
   aborted: boolean;
   /** Set when the command failed: not started, killed, non-zero exit, or too much output. */
   failure?: { message: string; notFound: boolean };
+  /** The pid of a command that SIGKILL did not end, left running (`CommandResult.stuckPid`). */
+  stuckPid?: number;
 }
 
 /**
@@ -69,13 +81,42 @@ function spawnCommand(
     // Set once the command started (its close clears it, whenever that comes).
     let timer: NodeJS.Timeout | undefined = undefined;
     let child: Child | undefined;
+    let abandon: NodeJS.Timeout | undefined;
+    let settled = false;
     const stop = (): void => {
       if (child === undefined || child.ended) return;
       child.kill('SIGTERM');
       const running = child;
-      forceKill ??= setTimeout(() => running.kill('SIGKILL'), FORCE_KILL_AFTER_MS);
+      forceKill ??= setTimeout(() => {
+        running.kill('SIGKILL');
+        abandon = setTimeout(() => giveUp(running), ABANDON_AFTER_KILL_MS);
+        abandon.unref();
+      }, FORCE_KILL_AFTER_MS);
       forceKill.unref();
     };
+    // The command outlived SIGKILL: the call ends without it (see ABANDON_AFTER_KILL_MS).
+    const giveUp = (running: Child): void => {
+      if (settled || running.ended) return;
+      settled = true;
+      options.signal?.removeEventListener('abort', onAbort);
+      clearTimeout(timer);
+      const stuckPid = running.abandon();
+      const which = stuckPid === undefined ? 'it' : `pid ${stuckPid}`;
+      const message = `${failureMessage(null, 'SIGKILL')}; it did not exit ${ABANDON_AFTER_KILL_MS} ms after SIGKILL and was left running (${which}): it is stuck in the kernel (D state), likely on I/O to a device or mount that does not answer`;
+      resolve({ exitCode: -1, stdout, stderr, timedOut, aborted, failure: { message, notFound: false }, ...(stuckPid === undefined ? {} : { stuckPid }) });
+    };
+    const failureMessage = (code: number | null, signal: NodeJS.Signals | null): string =>
+      spawnError !== undefined
+        ? `${spawnError.message}: ${options.command}`
+        : timedOut
+          ? `Command timed out after ${options.timeoutMs} milliseconds: ${options.command}`
+          : aborted
+            ? `Command was canceled: ${options.command}`
+            : overflow
+              ? `Command's output was larger than ${MAX_OUTPUT_CHARS} characters: ${options.command}`
+              : signal !== null
+                ? `Command was killed with ${signal}: ${options.command}`
+                : `Command failed with exit code ${code ?? -1}: ${options.command}`;
     const onAbort = (): void => {
       aborted = true;
       stop();
@@ -102,6 +143,9 @@ function spawnCommand(
         close(code, signal) {
           clearTimeout(timer);
           clearTimeout(forceKill);
+          clearTimeout(abandon);
+          if (settled) return;
+          settled = true;
           options.signal?.removeEventListener('abort', onAbort);
           // A command killed (by us or by a signal) or never started has no exit code of its own.
           const exitCode = code === null || spawnError !== undefined || timedOut || aborted ? -1 : code;
@@ -111,19 +155,7 @@ function spawnCommand(
             resolve(out);
             return;
           }
-          const message =
-            spawnError !== undefined
-              ? `${spawnError.message}: ${options.command}`
-              : timedOut
-                ? `Command timed out after ${options.timeoutMs} milliseconds: ${options.command}`
-                : aborted
-                  ? `Command was canceled: ${options.command}`
-                  : overflow
-                    ? `Command's output was larger than ${MAX_OUTPUT_CHARS} characters: ${options.command}`
-                    : signal !== null
-                      ? `Command was killed with ${signal}: ${options.command}`
-                      : `Command failed with exit code ${code ?? -1}: ${options.command}`;
-          resolve({ ...out, failure: { message, notFound: spawnError?.code === 'ENOENT' } });
+          resolve({ ...out, failure: { message: failureMessage(code, signal), notFound: spawnError?.code === 'ENOENT' } });
         },
       });
     } catch (error) {
@@ -157,6 +189,9 @@ export function createCommandRunner(options: CommandRunnerOptions = {}): Command
   }
 
   function finish(result: CommandResult, reject: boolean, error?: CommandError): CommandResult {
+    if (result.stuckPid !== undefined) {
+      logger?.warn?.({ command: result.command, pid: result.stuckPid }, 'a command did not die of SIGKILL (stuck in the kernel, D state) and was left running');
+    }
     logger?.debug(
       {
         command: result.command,
@@ -165,6 +200,7 @@ export function createCommandRunner(options: CommandRunnerOptions = {}): Command
         ...(result.timedOut ? { timedOut: true } : {}),
         ...(result.aborted ? { aborted: true } : {}),
         ...(error?.notFound ? { notFound: true } : {}),
+        ...(result.stuckPid === undefined ? {} : { stuckPid: result.stuckPid }),
       },
       'command finished',
     );
@@ -197,7 +233,16 @@ export function createCommandRunner(options: CommandRunnerOptions = {}): Command
       const durationMs = performance.now() - started;
 
       const { stdout, stderr } = outcome;
-      const result: CommandResult = { command, exitCode: outcome.exitCode, stdout, stderr, durationMs, timedOut: outcome.timedOut, aborted: outcome.aborted };
+      const result: CommandResult = {
+        command,
+        exitCode: outcome.exitCode,
+        stdout,
+        stderr,
+        durationMs,
+        timedOut: outcome.timedOut,
+        aborted: outcome.aborted,
+        ...(outcome.stuckPid === undefined ? {} : { stuckPid: outcome.stuckPid }),
+      };
       if (outcome.failure === undefined) return finish(result, reject);
 
       const { notFound } = outcome.failure;

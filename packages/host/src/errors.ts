@@ -16,8 +16,9 @@ export class CommandError extends Error {
 
   private static describe(r: CommandResult, notFound: boolean): string {
     if (notFound) return `${r.command}: command not found`;
-    if (r.timedOut) return `${r.command}: timed out after ${Math.round(r.durationMs)} ms`;
-    if (r.aborted) return `${r.command}: aborted`;
+    const stuck = r.stuckPid === undefined ? '' : `; it did not die of SIGKILL and was left running as pid ${r.stuckPid} (stuck in the kernel, D state: I/O to a device or mount that does not answer)`;
+    if (r.timedOut) return `${r.command}: timed out after ${Math.round(r.durationMs)} ms${stuck}`;
+    if (r.aborted) return `${r.command}: aborted${stuck}`;
     const detail = (r.stderr.trim() || r.stdout.trim()).split('\n').slice(-3).join(' | ');
     return `${r.command}: exit ${r.exitCode}${detail ? `: ${detail}` : ''}`;
   }

@@ -23,6 +23,11 @@ export interface Child {
   kill(signal: NodeJS.Signals): void;
   /** It exited (or was never started). */
   readonly ended: boolean;
+  /**
+   * Stop waiting for it: it no longer keeps this process alive and its end is never reported.
+   * For a command that SIGKILL did not end (uninterruptible sleep in the kernel). Its pid, when known.
+   */
+  abandon(): number | undefined;
 }
 
 /** What a command starts with: its environment, and its stdin (`undefined`: /dev/null). */
@@ -114,6 +119,14 @@ export const startWithNode: StartCommand = (file, args, options, events) => {
     get ended() {
       return child.exitCode !== null || child.signalCode !== null;
     },
+    abandon: () => {
+      running.delete(child);
+      child.removeAllListeners('close');
+      child.stdout?.destroy();
+      child.stderr?.destroy();
+      child.unref();
+      return child.pid;
+    },
   };
 };
 
@@ -197,6 +210,12 @@ class Broker {
       },
       get ended() {
         return job.replacement ? job.replacement.ended : job.ended;
+      },
+      abandon: () => {
+        if (job.replacement) return job.replacement.abandon();
+        // Its frames (output, end) are dropped from now on; the spawner still reaps it.
+        if (!job.ended) this.end(id, job);
+        return job.pid;
       },
     };
   }

@@ -35,6 +35,12 @@ export interface CommandResult {
   aborted: boolean;
   /** True when the executable was not found (only set then); `exitCode` is -1. */
   notFound?: boolean;
+  /**
+   * Set when the command was killed (timeout, abort) but SIGKILL did not end it: it sleeps in the
+   * kernel (D state, I/O that does not answer) and was left running as this pid; the call failed
+   * without waiting for it. Whatever it was doing may still happen when that I/O ends.
+   */
+  stuckPid?: number;
 }
 
 /** Runs external programs: an executable and an argument array, never a shell. */
