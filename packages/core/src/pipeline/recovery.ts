@@ -55,7 +55,9 @@ async function cancelWorkItems(deps: RecoveryDeps, op: Operation, owner: string 
       ? `the process running this ${op.kind} stopped renewing its lease; ${owner === undefined ? 'another replica' : `replica ${owner}`} took it over`
       : cause === 'database-failed'
         ? `the database failed under this ${op.kind}; recovery took it over`
-        : `the process running this ${op.kind} stopped; recovery took it over`;
+        : cause === 'orphaned'
+          ? `this ${op.kind}'s run ended without settling it; its own process recovered it`
+          : `the process running this ${op.kind} stopped; recovery took it over`;
   const reason = { code: 'CANCELLED', message };
   if (owner === undefined) {
     const open = await deps.store.workItems.list({ operationId: op.id, state: ['pending', 'claimed'] });
@@ -86,7 +88,14 @@ async function cancelWorkItems(deps: RecoveryDeps, op: Operation, owner: string 
  * recovering one), but the database failed under the run, which gave the operation up until the
  * database answered again.
  */
-export type RecoveryCause = 'stopped' | 'lease-expired' | 'database-failed';
+/**
+ * Why an operation is recovered: the process running it `stopped` (died), stopped renewing its
+ * lease (`lease-expired`: another replica takes it over), the database failed under its run
+ * (`database-failed`), or its own process, still running, holds it with no run left (`orphaned`:
+ * the run ended without its end being written — a write refused, a run stopped — and the replica
+ * recovers it once its deadline passed).
+ */
+export type RecoveryCause = 'stopped' | 'lease-expired' | 'database-failed' | 'orphaned';
 
 /** How the recovery ended the operation, for its error: undone (`rolled_back`), ended `failed` without undoing, or its undo failed. */
 type RecoveryEnd = 'undone' | 'ended' | 'undo-failed';
@@ -116,6 +125,12 @@ export function interruptedError(op: Operation, cause: RecoveryCause, ranIn: str
         details,
       },
     );
+  }
+  if (cause === 'orphaned') {
+    return new BerthError('CANCELLED', `this ${op.kind} was held by ${ranIn ?? 'a running berth process'} with no run of it left there (its end could not be written, or its run or recovery was stopped); that process recovered it after its deadline${end === 'undone' ? ' and undid it' : end === 'ended' ? ' and ended it' : ''}`, {
+      hint: end === 'undone' ? 'everything was put back as it was; run the command again' : 'run the command again',
+      details,
+    });
   }
   return new BerthError('CANCELLED', `the process running this ${op.kind} (${ranIn ?? 'unknown'}) stopped before it finished`, {
     hint: end === 'undone' ? 'recovery put everything back as it was; run the command again' : 'run the command again',
@@ -296,8 +311,21 @@ function cutShortError(cause: RecoveryCause, ranIn: string | null, by: string | 
       ? 'cut short: the database failed under it; recovery took the operation over'
       : cause === 'lease-expired'
         ? `cut short: ${who} stopped renewing the operation's lease; ${by === undefined ? 'another replica' : `replica ${by}`} took the operation over`
-        : `cut short: ${who} stopped; recovery took the operation over`;
+        : cause === 'orphaned'
+          ? `cut short: no run of the operation was left in ${who}, which holds it; that process recovered it`
+          : `cut short: ${who} stopped; recovery took the operation over`;
   return { code: 'CANCELLED', message };
+}
+
+/**
+ * Settle `failed` an operation whose recovery itself failed — not for a database outage, which
+ * leaves it running for the next recovery — closing in the same transaction its journal rows still
+ * `running` (a finished operation shows no step running). Fenced by `owner` when it has one.
+ */
+export function finishFailedRecovery(store: Store, operationId: string, owner: string | undefined, error: ErrorSummary): Promise<Operation> {
+  return ownedFinish(store, operationId, owner, { state: 'failed', error }, (tx) =>
+    closeCutShortRows(tx, operationId, 'failed', { code: 'CANCELLED', message: `cut short: its recovery failed: ${error.message}` }),
+  );
 }
 
 /** Close the rows of `operationId`'s journal still `running` (in the transaction that ends it). */

@@ -104,6 +104,16 @@ function takenOverInTurn(store: Store, other: string): void {
   };
 }
 
+/** What api-2 left when it stopped renewing inside its reserve: the row was begun, never closed. */
+async function stoppedInsideReserve(store: Store, service: BerthServiceImpl) {
+  const volume = await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
+  const server = await service.createServer({ name: 'web-1' });
+  const op = await store.operations.create({ kind: 'attach', volumeId: volume.id, serverId: server.id, hostId: server.hostId, owner: '4242@api-2', deadlineAt: new Date(Date.now() + 60_000).toISOString(), leaseMs: 0 });
+  await reserveAttachmentRecord(store, volume.id, server, 'rw', op.id);
+  await store.operations.startStep(op.id, 'reserve', 'do');
+  return op;
+}
+
 describe('replicas', () => {
   it('takes over an operation whose replica stopped renewing it, and rolls it back by the recovery rules', async () => {
     const store = createMemoryStore();
@@ -133,12 +143,7 @@ describe('replicas', () => {
   it('a step the stopped replica left running is closed `failed` (cut short) when the takeover ends the operation', async () => {
     const store = createMemoryStore();
     const { service } = replica(store);
-    const volume = await service.createVolume({ name: 'db1', sizeBytes: 2 ** 20 });
-    const server = await service.createServer({ name: 'web-1' });
-    // api-2 stopped renewing inside its reserve: the row was begun, never closed.
-    const op = await store.operations.create({ kind: 'attach', volumeId: volume.id, serverId: server.id, hostId: server.hostId, owner: '4242@api-2', deadlineAt: new Date(Date.now() + 60_000).toISOString(), leaseMs: 0 });
-    await reserveAttachmentRecord(store, volume.id, server, 'rw', op.id);
-    await store.operations.startStep(op.id, 'reserve', 'do');
+    const op = await stoppedInsideReserve(store, service);
 
     await service.startReplica()();
     const after = await store.operations.require(op.id);
@@ -148,6 +153,29 @@ describe('replicas', () => {
     expect(after.steps[0]!.error).toEqual({ code: 'CANCELLED', message: `cut short: 4242@api-2 stopped renewing the operation's lease; replica ${SELF} took the operation over` });
     expect(after.steps[0]!.endedAt).not.toBeNull();
     expect(await service.listAttachments({ volume: 'db1' })).toEqual([]);
+    await service.close();
+  });
+
+  it('a takeover whose recovery fails settles the operation `failed` and closes the rows the stopped replica left running', async () => {
+    const store = createMemoryStore();
+    const { service } = replica(store);
+    const op = await stoppedInsideReserve(store, service);
+    // The recovery fails for another reason than the database (a bug, a record it cannot read).
+    const get = store.attachments.get.bind(store.attachments);
+    store.attachments.get = async () => {
+      throw new Error('cannot read this attachment');
+    };
+    try {
+      await service.startReplica()();
+    } finally {
+      store.attachments.get = get;
+    }
+    const after = await store.operations.require(op.id);
+    expect(after.state).toBe('failed');
+    expect(after.error?.message).toContain('cannot read this attachment');
+    expect(after.steps.filter((s) => s.state === 'running')).toEqual([]);
+    expect(after.steps[0]).toMatchObject({ name: 'reserve', phase: 'do', state: 'failed', error: { code: 'CANCELLED' } });
+    expect(after.steps[0]!.error?.message).toMatch(/^cut short: its recovery failed: .*cannot read this attachment/);
     await service.close();
   });
 
@@ -171,8 +199,9 @@ describe('replicas', () => {
     const again = replica(store).service;
     await again.startReplica()();
     expect((await store.operations.require(op.id)).state).toBe('rolled_back');
-    // Its first owner (api-2) did stop: the database's failure came later, under the takeover.
-    expect((await store.operations.require(op.id)).error?.message).toMatch(/stopped before it finished$/);
+    // The replica holds it with no run of it left (the takeover that the database failed under was
+    // in a service closed since): said as that, not as a process that stopped, and not as a lease.
+    expect((await store.operations.require(op.id)).error?.message).toMatch(/was held by .* with no run of it left there .*recovered it after its deadline and undid it$/);
     expect((await again.getVolume('db1')).status).toBe('available');
     expect(await again.listAttachments({ volume: 'db1' })).toEqual([]);
     await again.close();

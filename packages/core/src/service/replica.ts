@@ -2,8 +2,8 @@ import { hostChannel } from '../agent-protocol.js';
 import { BerthError, toBerthError } from '../errors.js';
 import type { Operation } from '../model.js';
 import { commandsEnded, DEAD_OWNER_KILL_MARGIN_MS } from '../owner.js';
-import { isTakenOver, ownedFinish } from '../pipeline/operation-fence.js';
-import { recoverOperation, type RecoveryCause } from '../pipeline/recovery.js';
+import { isTakenOver } from '../pipeline/operation-fence.js';
+import { finishFailedRecovery, recoverOperation, type RecoveryCause } from '../pipeline/recovery.js';
 import type { RecoveryOutcome } from '../reports.js';
 import type { OperationLauncher } from './operations/launcher.js';
 import { recoveryDeps } from './operations/recover.js';
@@ -157,7 +157,7 @@ export class ReplicaMaintenance {
       // a dead replica's operation was deferred by the outage: then its owner did stop).
       // A deferred takeover keeps naming the replica it was taken from.
       const deferred = this.deferredCause.get(id);
-      this.recovering.set(id, this.takeOver(deferred ? { ...operation, previousOwner: deferred.from } : operation, abandoned ? (deferred?.cause ?? 'database-failed') : 'stopped'));
+      this.recovering.set(id, this.takeOver(deferred ? { ...operation, previousOwner: deferred.from } : operation, abandoned ? (deferred?.cause ?? 'database-failed') : (deferred?.cause ?? 'orphaned')));
       started += 1;
     }
   }
@@ -199,7 +199,7 @@ export class ReplicaMaintenance {
         // The database failed under it: not settled. Still this replica's and renewed by its
         // heartbeat, it is taken up again by `adoptOrphans` at a later beat.
         if (isStoreOutage(e)) return { operationId: operation.id, kind: operation.kind, action: 'deferred', detail: `the database failed (${e.message}); it stays running and is recovered again` };
-        await ownedFinish(store, operation.id, this.parts.owner, { state: 'failed', error: { code: e.code, message: e.message, ...(e.hint ? { hint: e.hint } : {}) } }).catch(() => undefined);
+        await finishFailedRecovery(store, operation.id, this.parts.owner, { code: e.code, message: e.message, ...(e.hint ? { hint: e.hint } : {}) }).catch(() => undefined);
         return { operationId: operation.id, kind: operation.kind, action: 'failed', detail: e.message };
       }
     };

@@ -3,7 +3,7 @@ import { isStoreOutage } from '../../store-errors.js';
 import { isTakenOver } from '../../pipeline/operation-fence.js';
 import { summarize } from '../../pipeline/operation-runner.js';
 import { hostRootSkip } from '../../pipeline/host-root.js';
-import { foreignHostRoot, recoverOperation, type RecoveryDeps } from '../../pipeline/recovery.js';
+import { finishFailedRecovery, foreignHostRoot, recoverOperation, type RecoveryDeps } from '../../pipeline/recovery.js';
 import { commandsEnded, DEAD_OWNER_KILL_MARGIN_MS, ownerState } from '../../owner.js';
 import type { RecoveryOutcome } from '../../reports.js';
 import { serverConsumer } from '../../pipeline/server-consumer.js';
@@ -77,7 +77,7 @@ export async function recoverDeadOperations(parts: ServiceParts, launcher: Opera
         const e = toBerthError(error);
         // The database failed under it: not settled, the next recovery runs it again.
         if (isStoreOutage(e)) return { operationId: operation.id, kind: operation.kind, action: 'deferred', detail: `the database failed (${e.message}); it stays running for the next recovery` };
-        await store.operations.finish(operation.id, { state: 'failed', error: summarize(e) }).catch(() => undefined);
+        await finishFailedRecovery(store, operation.id, undefined, summarize(e)).catch(() => undefined);
         return { operationId: operation.id, kind: operation.kind, action: 'failed', detail: e.message };
       }
     };
