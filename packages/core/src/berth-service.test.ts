@@ -912,6 +912,19 @@ describe('pruning the journal', () => {
     });
   });
 
+  it('`berth serve` (startUpkeep) prunes what ended more than journal.retainDays (30) ago, at once, and keeps the rest', async () => {
+    await pruneWorld(31 * 24, async ({ service, store }) => {
+      const recent = await service.attach({ volume: 'db' });
+      const stop = service.startUpkeep();
+      await stop();
+      expect((await store.operations.list()).map((o) => o.id)).toEqual([recent.operation.id]);
+    });
+    await pruneWorld(29 * 24, async ({ service, store }) => {
+      await service.startUpkeep()();
+      expect(await store.operations.list()).toHaveLength(2);
+    });
+  });
+
   it('refuses an age under an hour, or not a whole number of ms, with VALIDATION before anything is deleted', async () => {
     const { service, store } = world();
     await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });

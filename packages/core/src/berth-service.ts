@@ -29,6 +29,7 @@ import { startAttach, startDetach } from './service/operations/attach-detach.js'
 import { OperationLauncher } from './service/operations/launcher.js';
 import { recoverDeadOperations } from './service/operations/recover.js';
 import { ReplicaMaintenance } from './service/replica.js';
+import { startJournalRetention } from './service/journal-retention.js';
 import { startBackendUpkeep } from './service/upkeep.js';
 import type { ServiceParts } from './service/parts.js';
 import { projectOf, resolveAttachment, resolveOperation, resolveServer, resolveVolume } from './service/resolve.js';
@@ -242,7 +243,8 @@ export class BerthServiceImpl implements BerthService {
     await store.locks.release(key, holder);
   }
 
-  async pruneOperations(request: OperationPruneRequest): Promise<OperationPruneReport> {
+  /** `signal` (journal retention at shutdown) stops it between two batches. */
+  async pruneOperations(request: OperationPruneRequest, signal?: AbortSignal): Promise<OperationPruneReport> {
     const { olderThanMs, endedBefore: confirmed, dryRun = false } = parseWith(zOperationPruneRequest, request, 'operation prune');
     const byAge = isoTimestamp(Date.now() - olderThanMs);
     const endedBefore = confirmed === undefined || Date.parse(confirmed) >= Date.parse(byAge) ? byAge : operationPruneFilter({ endedBefore: confirmed }).endedBefore;
@@ -254,7 +256,7 @@ export class BerthServiceImpl implements BerthService {
     for (;;) {
       const batch = await operations.prune({ endedBefore, limit: PRUNE_BATCH });
       pruned += batch;
-      if (batch < PRUNE_BATCH) break;
+      if (batch < PRUNE_BATCH || signal?.aborted === true) break;
     }
     if (pruned > 0) this.parts.logger.info({ pruned, endedBefore }, `pruned ${pruned} finished operations that ended before ${endedBefore}`);
     return { pruned, endedBefore, dryRun };
@@ -282,7 +284,13 @@ export class BerthServiceImpl implements BerthService {
   }
 
   startUpkeep(): () => Promise<void> {
-    this.upkeepStop ??= startBackendUpkeep(this.parts);
+    if (this.upkeepStop === undefined) {
+      const stopBackends = startBackendUpkeep(this.parts);
+      const stopRetention = startJournalRetention(this.parts, (request, signal) => this.pruneOperations(request, signal));
+      this.upkeepStop = async () => {
+        await Promise.all([stopBackends(), stopRetention()]);
+      };
+    }
     return this.upkeepStop;
   }
 

@@ -146,6 +146,17 @@ export const zConfig = lazySchema(() => z.strictObject({
       intervalMs: z.union([z.literal(0), z.number().int().min(500).max(600_000)]).default(5_000),
     })
     .default({ intervalMs: 5_000 }),
+  /**
+   * Journal retention in `berth serve`: finished operations that ended more than `retainDays`
+   * ago are pruned at start and then every `pruneIntervalMs`, as `berth operation prune` would
+   * (it keeps what an attachment or an open work item still needs); 0 days turns it off.
+   */
+  journal: z
+    .strictObject({
+      retainDays: z.union([z.literal(0), z.number().int().min(1).max(36_500)]).default(30),
+      pruneIntervalMs: z.number().int().min(1_000).max(86_400_000).default(3_600_000),
+    })
+    .default({ retainDays: 30, pruneIntervalMs: 3_600_000 }),
   /** Armed fault points (`attach.connect.after: crash`); for tests of crash safety only. */
   faults: z.record(z.string(), z.string()).default({}),
   /** Log level (logs go to stderr as JSON; secrets redacted). */

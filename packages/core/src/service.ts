@@ -233,7 +233,9 @@ export interface BerthService {
 
   /**
    * Run every backend's upkeep now and every `upkeep.intervalMs` (`berth serve`): a tgtd that died
-   * is restarted with its targets before hosts' sessions time out. Returns the function that stops it.
+   * is restarted with its targets before hosts' sessions time out. Also prunes the journal of
+   * operations older than `journal.retainDays`, now and every `journal.pruneIntervalMs`. Returns
+   * the function that stops both.
    */
   startUpkeep?(): () => Promise<void>;
 
