@@ -95,6 +95,8 @@ export const zDevicePath = lazySchema(() => z.object({
   portal: z.string().optional(),
   device: z.string().optional(),
   state: z.string(),
+  /** Why the path is in that state, in words (`session FREE, disk transport-offline: its I/O fails`). */
+  detail: z.string().optional(),
 }));
 export type DevicePath = z.output<typeof zDevicePath>;
 

@@ -473,6 +473,20 @@ describe('host facts, paths and extend', () => {
     expect(await env.driver.extend?.(connectionFor(IQN, 1), device, call())).toBe(16 * 1024 * 1024);
   });
 
+  it('connected() and paths() say when the disk\'s session is down (blocked: I/O waits) or expired (transport-offline: I/O fails)', async () => {
+    env = await startSimEnv({ targets: [targetSpec(IQN, 1)] });
+    const device = await env.driver.connect(connectionFor(IQN, 1), call());
+    const listed = async () => (await env!.driver.connected?.())?.map((c) => c.device.paths);
+    expect(await listed()).toEqual([[{ portal: PORTAL, device: device.path, state: 'active' }]]);
+    const sid = (await env.sim.state()).sessions[0]!.sid;
+    await env.sim.faults.loseSession(sid);
+    const down = { portal: PORTAL, device: device.path, state: 'failed', detail: 'session FAILED, disk blocked: its I/O waits for the target' };
+    expect(await listed()).toEqual([[down]]);
+    expect(await env.driver.paths?.(connectionFor(IQN, 1), device)).toEqual([down]);
+    await env.sim.faults.expireSession(sid);
+    expect(await listed()).toEqual([[{ ...down, detail: 'session FREE, disk transport-offline: its I/O fails' }]]);
+  });
+
   it('connected() lists the device with the connection\'s own keys', async () => {
     env = await startSimEnv({ targets: [targetSpec(IQN, 1)] });
     const volumeId = randomUUID();

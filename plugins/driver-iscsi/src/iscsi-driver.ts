@@ -400,10 +400,7 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
       const lun = await locate(target, device, undefined, `reading the paths of LUN ${target.lun} of ${target.iqn}`);
       if (lun === undefined) return [{ portal: target.portalText, state: 'missing' }];
       const session = await readIscsiSession(fs, lun.sid);
-      const sdevState = (await fs.readFileIfExists(`/sys/block/${lun.name}/device/state`))?.trim() ?? 'unknown';
-      const sessionState = session?.state ?? 'unknown';
-      const state = sessionState === 'LOGGED_IN' && sdevState === 'running' ? 'active' : `${sessionState.toLowerCase()}/${sdevState}`;
-      return [{ portal: target.portalText, device: devPath(lun.name), state }];
+      return [await pathOf(session?.state, target.portalText, lun.name)];
     },
 
     async connected(list?: ListOptions): Promise<ConnectedDevice[]> {
@@ -423,6 +420,8 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
               path: devPath(name),
               type: 'block',
               ...(scsiWwn === undefined ? {} : { scsi_wwn: scsiWwn }),
+              // Its one path and its state, so that reconcile reports a disk whose target is gone.
+              paths: [await pathOf(session.state, portal, name)],
               meta: {
                 iqn: session.iqn,
                 portal,
@@ -446,6 +445,21 @@ export function createIscsiDriver(context: PluginContext<Partial<IscsiDriverOpti
       return checkIscsiHost({ fs, runner, iscsiadm: probeClient, timeoutMs: options.commandTimeoutMs });
     },
   };
+
+  /**
+   * The one path of disk `name` through a session in `sessionState`: `active` while the session is
+   * logged in and the disk `running`; `failed` otherwise, with what the kernel does with its I/O
+   * (KERNEL-MODEL: `blocked` while the session is down — I/O waits, up to the session's
+   * replacement_timeout; `transport-offline` after it — I/O fails until iscsid logs in again).
+   */
+  async function pathOf(sessionState: string | undefined, portal: string, name: string): Promise<DevicePath> {
+    const sdev = (await fs.readFileIfExists(`/sys/block/${name}/device/state`))?.trim() || 'unknown';
+    const session = sessionState || 'unknown';
+    const path = { portal, device: devPath(name) };
+    if (session === 'LOGGED_IN' && sdev === 'running') return { ...path, state: 'active' };
+    const io = sdev === 'blocked' ? 'its I/O waits for the target' : sdev === 'running' ? 'its I/O may wait' : 'its I/O fails';
+    return { ...path, state: 'failed', detail: `session ${session}, disk ${sdev}: ${io}` };
+  }
 }
 
 /** `state` without its device: what a state with only left logins keeps (`keepLeft`'s fresh state). */

@@ -28,7 +28,11 @@ export interface DisconnectOptions extends TransportCallContext {
 /**
  * A device this transport finds connected on the host (for `berth reconcile`). A transport with
  * several ways to one volume lists them in `device.paths`, each with its `state`: `active` (in
- * use and answering), `standby` (a way not in use) or `failed` (in use and not answering).
+ * use and answering), `standby` (a way not in use) or `failed` (in use and not answering), and
+ * `detail` in words. A transport with one way lists it too when it can tell its state (the kernel
+ * iSCSI transport: the session and the disk's SCSI state). Reconcile reports a device whose path
+ * in use is `failed` (`attachment_path_failed`): repaired by a transport with `repairPaths`,
+ * reported as skipped otherwise (the host's initiator reconnects it by itself, or nothing can).
  */
 export interface ConnectedDevice {
   device: Device;

@@ -309,7 +309,7 @@ describe('findDifferences', () => {
     }
   });
 
-  it('finds an attached device whose path in use failed, only for a transport that can repair paths', () => {
+  it('finds an attached device whose path in use failed: repaired by a transport that can, reported (skipped) by one that cannot', () => {
     const v = volume('a', 'in-use', 'iqn.2026-01.org.berth:a');
     const a: Attachment = {
       ...fileAttachment(v, 'attached', '/dev/loop5'),
@@ -326,9 +326,18 @@ describe('findDifferences', () => {
     const failed = findDifferences(facts({ volumes: [v], attachments: [a], listings: user(listedWith(['failed', 'standby'])) }));
     expect(failed.map((f) => f.kind)).toEqual(['attachment_path_failed']);
     expect(describeFinding(failed[0]!)).toMatchObject({ fix: 'repair_paths', state: 'planned', attachmentId: a.id, detail: expect.stringContaining('127.0.0.1:3260') });
-    // Healthy paths, or a transport that cannot repair them (it is reported by nothing: its device is there).
+    // Healthy paths: nothing.
     expect(findDifferences(facts({ volumes: [v], attachments: [a], listings: user(listedWith(['active', 'standby'])) }))).toEqual([]);
-    expect(findDifferences(facts({ volumes: [v], attachments: [a], listings: user(listedWith(['failed', 'standby']), false) }))).toEqual([]);
+    // A transport that cannot repair them (one path; the kernel's initiator reconnects by itself):
+    // reported, skipped with what to check, and the path's own words in the detail.
+    const kernel = findDifferences(facts({ volumes: [v], attachments: [a], listings: user({ ...listedWith([]), device: { path: '/dev/loop5', type: 'block', paths: [{ portal: '127.0.0.1:3260', state: 'failed', detail: 'session FREE, disk transport-offline: its I/O fails' }] } }, false) }));
+    expect(kernel.map((f) => f.kind)).toEqual(['attachment_path_failed']);
+    expect(describeFinding(kernel[0]!)).toMatchObject({
+      fix: 'repair_paths',
+      state: 'skipped',
+      detail: expect.stringContaining('127.0.0.1:3260: session FREE, disk transport-offline: its I/O fails'),
+      result: expect.stringMatching(/logs in again by itself .*berth detach a --force/),
+    });
     // A volume with a running operation: skipped, not repaired under it.
     const busy = findDifferences(facts({ volumes: [v], attachments: [a], busyVolumeIds: new Set([v.id]), listings: user(listedWith(['failed'])) }));
     expect(describeFinding(busy[0]!)).toMatchObject({ kind: 'attachment_path_failed', state: 'skipped' });

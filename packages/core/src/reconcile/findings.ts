@@ -249,6 +249,11 @@ export function failedPaths(listed: ConnectedDevice): NonNullable<Device['paths'
   return (listed.device.paths ?? []).filter((path) => path.state === 'failed');
 }
 
+/** Why a failed path of a transport without `repairPaths` is reported and left alone. */
+function pathNotRepairable(transport: string, volume: Volume): string {
+  return `${transport} has no other path to move it to; the host's initiator logs in again by itself once the target answers (until then the device's I/O waits, and after the session's replacement timeout fails): check the target and the network to it; if the volume's target is gone for good, \`berth detach ${volume.name} --force\``;
+}
+
 /** Why an attachment of a transport that declares no source keys is never reconnected. */
 export const CANNOT_TELL =
   'its transport cannot tell which volume a device is (it declares no sourceKeys): not reconnected; check the device by hand, or `berth detach --force` and attach again';
@@ -361,8 +366,11 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
     const recorded = attachment.device;
     // Present: the very device recorded (its identity, when it has one) is listed for this volume.
     const present = recorded ? now.find((d) => sameDevice(d.device, recorded)) : undefined;
-    if (present && listing.repairsPaths && failedPaths(present).length > 0) {
-      findings.push(withSkip({ kind: 'attachment_path_failed', attachment, volume, transport: attachment.transport, listed: present }, busy(volume.id) ?? elsewhereRoot(attachment)));
+    if (present && failedPaths(present).length > 0) {
+      // A transport that cannot move the device to another path (one path, the kernel's initiator
+      // reconnecting by itself) has it reported, not repaired.
+      const cannotRepair = listing.repairsPaths === true ? undefined : pathNotRepairable(attachment.transport, volume);
+      findings.push(withSkip({ kind: 'attachment_path_failed', attachment, volume, transport: attachment.transport, listed: present }, busy(volume.id) ?? elsewhereRoot(attachment) ?? cannotRepair));
       continue;
     }
     // Its very device is there, but what backs it is gone (a volume file deleted or replaced behind
@@ -636,7 +644,7 @@ export function describeFinding(finding: Finding): ReconcileDifference {
       };
     }
     case 'attachment_path_failed': {
-      const failed = failedPaths(finding.listed).map((p) => p.portal ?? p.device ?? '?');
+      const failed = failedPaths(finding.listed).map((p) => `${p.portal ?? p.device ?? '?'}${p.detail === undefined ? '' : `: ${p.detail}`}`);
       const others = (finding.listed.device.paths ?? []).filter((p) => p.state === 'standby').length;
       return {
         kind: finding.kind,
