@@ -291,6 +291,11 @@ describe('the HTTP app end to end (real socket, file backend, loop transport)', 
     expect(both.more).toBe(false);
     expect((await t.request('GET', '/v1/operations?kind=detach', { token })).body).toMatchObject({ operations: [], more: false });
     expect((await t.request('GET', '/v1/operations?limit=0', { token })).status).toBe(400);
+    // One volume's operations: `attachment show` reads its attachment's that way.
+    const slow = bodyOf(await t.request('GET', '/v1/volumes/slow', { token }));
+    const ofSlow = bodyOf(await t.request('GET', `/v1/operations?volumeId=${String(slow.id)}`, { token }));
+    expect((ofSlow.operations as Operation[]).map((o) => o.id)).toEqual([id]);
+    expect((await t.request('GET', '/v1/operations?volumeId=slow', { token })).status).toBe(400);
 
     // Pruning the journal: admin only, at least an hour, a dry run counts; nothing this young goes.
     const pruned = await t.request('POST', '/v1/operations/prune', { token, json: { olderThan: '1h' } });

@@ -59,6 +59,8 @@ async function scenario(env: Record<string, string>): Promise<Result[]> {
   await step('attachment', 'show', attachmentId);
   await step('operation', 'show', operationId);
   await step('operation', 'list');
+  await step('operation', 'list', '--volume', 'data1');
+  await step('operation', 'list', '--volume', 'nope');
   await step('operation', 'prune', '--older-than', '2h', '--dry-run');
   await step('operation', 'prune', '--older-than', '20m', '--yes');
   await step('volume', 'extend', 'data2', '--size', '2MiB');
@@ -98,12 +100,14 @@ describe('the CLI as a client of the API', () => {
       scenario({ BERTH_DATA_DIR: embeddedDir }),
       scenario({ BERTH_API_URL: api.url, BERTH_TOKEN: TOKENS.admin, BERTH_DATA_DIR: path.join(embeddedDir, 'unused') }),
     ]);
-    expect(embedded.map((r) => r.exitCode)).toEqual([0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 2, 4, 0, 0, 4, 0, 0, 3, 0, 6, 0, 0, 0]);
+    expect(embedded.map((r) => r.exitCode)).toEqual([0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 2, 4, 0, 0, 4, 0, 0, 3, 0, 6, 0, 0, 0]);
+    // `operation list --volume data1`: data1's attach (the second one was refused before it began), nothing of data2's.
+    expect((embedded[14]!.json as Array<{ kind: string; state: string }>).map((o) => `${o.kind}:${o.state}`)).toEqual(['attach:succeeded']);
     expect(normalise(remote, api.dataDir)).toEqual(normalise(embedded, embeddedDir));
     // The remote run changed the server's state, not a local one.
     expect(existsSync(path.join(embeddedDir, 'unused'))).toBe(false);
     expect((await api.service.listVolumes()).map((v) => `${v.name}:${v.sizeBytes}`)).toEqual(['data2:2097152']);
-    // 52 CLI processes, two at a time: each start costs 1–4 s on a loaded 2-core machine (issue 12's CLI start).
+    // 56 CLI processes, two at a time: each start costs 1–4 s on a loaded 2-core machine (issue 12's CLI start).
   }, 360_000);
 
   it('reports a bad token and an unreachable server with the codes of their errors', async () => {

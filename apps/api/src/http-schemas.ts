@@ -53,6 +53,7 @@ export const DEFAULT_OPERATION_LIST = 100;
 export const zOperationListQuery = zScopeQuery.extend({
   state: zOperationState.optional(),
   kind: zOperationKind.optional(),
+  volumeId: z.uuid().optional().describe('only the operations on this volume (its id)'),
   limit: z.coerce
     .number()
     .int()

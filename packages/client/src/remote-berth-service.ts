@@ -263,7 +263,7 @@ export class RemoteBerthService implements BerthService {
   async listOperations(filter: OperationListFilter = {}): Promise<Operation[]> {
     // The API's own default is the newest 100: a caller that names no limit asks for what the API allows.
     const limit = filter.limit === undefined ? MAX_OPERATION_LIST : Math.min(filter.limit, MAX_OPERATION_LIST);
-    const answer = await this.http.request({ method: 'GET', path: '/v1/operations', query: { state: filter.state, kind: filter.kind, limit: String(limit) } });
+    const answer = await this.http.request({ method: 'GET', path: '/v1/operations', query: { state: filter.state, kind: filter.kind, volumeId: filter.volumeId, limit: String(limit) } });
     return checked(zOperationList, answer.body, 'operation list').operations;
   }
 

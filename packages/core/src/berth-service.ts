@@ -228,7 +228,12 @@ export class BerthServiceImpl implements BerthService {
 
   listOperations(filter: OperationListFilter = {}): Promise<Operation[]> {
     const f = parseWith(zOperationListFilter, filter, 'operation listing');
-    return this.parts.store.operations.list({ ...(f.state ? { state: f.state } : {}), ...(f.kind ? { kind: f.kind } : {}), ...(f.limit === undefined ? {} : { limit: f.limit }) });
+    return this.parts.store.operations.list({
+      ...(f.state ? { state: f.state } : {}),
+      ...(f.kind ? { kind: f.kind } : {}),
+      ...(f.volumeId ? { volumeId: f.volumeId } : {}),
+      ...(f.limit === undefined ? {} : { limit: f.limit }),
+    });
   }
 
   async checkStore(): Promise<void> {

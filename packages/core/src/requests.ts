@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { lazySchema } from './lazy-schema.js';
 import { zConnector } from './connection.js';
-import { zName, zOperationKind, zOperationState, zSizeBytes } from './model.js';
+import { zId, zName, zOperationKind, zOperationState, zSizeBytes } from './model.js';
 import { zNewHypervisor } from './hypervisor.js';
 
 const zRef = lazySchema(() => z.string().min(1).max(200));
@@ -114,6 +114,8 @@ export const MAX_OPERATION_LIST = 10_000;
 export const zOperationListFilter = lazySchema(() => z.strictObject({
   state: zOperationState.optional(),
   kind: zOperationKind.optional(),
+  /** Only the operations on this volume (its id). */
+  volumeId: zId.optional(),
   // A sanity bound: the API and the CLI ask at most one more than `MAX_OPERATION_LIST` (to tell whether there are more).
   limit: z.number().int().min(1).max(1_000_000).optional(),
 }));

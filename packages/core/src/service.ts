@@ -13,6 +13,8 @@ export type Ref = string;
 export interface OperationListFilter {
   state?: OperationState;
   kind?: OperationKind;
+  /** Only the operations on this volume (its id). */
+  volumeId?: string;
   limit?: number;
 }
 

@@ -64,6 +64,7 @@ export function operationRoutes(deps: RouteDeps): AnyRoute[] {
         const listed = await service.listOperations({
           ...(query.state === undefined ? {} : { state: query.state }),
           ...(query.kind === undefined ? {} : { kind: query.kind }),
+          ...(query.volumeId === undefined ? {} : { volumeId: query.volumeId }),
           limit: limit + 1,
         });
         const more = listed.length > limit;

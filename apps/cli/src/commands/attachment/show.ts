@@ -20,13 +20,15 @@ export default class AttachmentShow extends BaseCommand<typeof AttachmentShow> {
     const id = resourceId(this.args.id, 'attachment');
     const berth = await this.berth();
     const attachment = await berth.getAttachment(id);
-    const [volumes, servers, hosts, allOperations] = await Promise.all([
+    const [volumes, servers, hosts, volumeOperations] = await Promise.all([
       berth.listVolumes(),
       berth.listServers(),
       berth.listHosts(),
-      berth.listOperations(),
+      // The volume's operations only: the whole journal may hold months of them (and through the
+      // API a listing answers the newest 10 000, which may not reach an old attachment's attach).
+      berth.listOperations({ volumeId: attachment.volumeId }),
     ]);
-    const operations = allOperations.filter((operation) => operation.attachmentId === attachment.id);
+    const operations = volumeOperations.filter((operation) => operation.attachmentId === attachment.id);
     this.log(renderFields(attachmentFields(attachment, nameIndex(volumes, servers, hosts))));
     const paths = attachment.device?.paths ?? [];
     if (paths.length > 0) {

@@ -17,6 +17,7 @@ export default class OperationList extends BaseCommand<typeof OperationList> {
     '<%= config.bin %> <%= command.id %>',
     '<%= config.bin %> <%= command.id %> --state running',
     '<%= config.bin %> <%= command.id %> --kind reconcile',
+    '<%= config.bin %> <%= command.id %> --volume db1',
     '<%= config.bin %> <%= command.id %> --state failed --json',
     '<%= config.bin %> <%= command.id %> --limit 500',
   ];
@@ -24,6 +25,7 @@ export default class OperationList extends BaseCommand<typeof OperationList> {
   static override flags = {
     state: Flags.option({ description: 'Only operations in this state', options: zOperationState.options })(),
     kind: Flags.option({ description: 'Only operations of this kind', options: zOperationKind.options })(),
+    volume: Flags.string({ description: 'Only operations on this volume (name or id)' }),
     limit: Flags.integer({ description: `The newest this many (at most ${MAX_OPERATION_LIST})`, default: DEFAULT_LIMIT, min: 1, max: MAX_OPERATION_LIST, exclusive: ['all'] }),
     all: Flags.boolean({ description: `All of them, up to ${MAX_OPERATION_LIST} (a journal of months holds tens of thousands: slow, and large with --json)`, exclusive: ['limit'] }),
     output: outputFlag,
@@ -32,10 +34,13 @@ export default class OperationList extends BaseCommand<typeof OperationList> {
   async run(): Promise<Operation[]> {
     const berth = await this.berth();
     const limit = this.flags.all ? MAX_OPERATION_LIST : this.flags.limit;
+    // A volume that does not exist is NOT_FOUND, not an empty list.
+    const volumeId = this.flags.volume === undefined ? undefined : (await berth.getVolume(this.flags.volume)).id;
     // One more than shown: whether older ones were left out, without reading them all.
     const listed = await berth.listOperations({
       ...(this.flags.state === undefined ? {} : { state: this.flags.state }),
       ...(this.flags.kind === undefined ? {} : { kind: this.flags.kind }),
+      ...(volumeId === undefined ? {} : { volumeId }),
       limit: limit + 1,
     });
     const operations = listed.slice(0, limit);

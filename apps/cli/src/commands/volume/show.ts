@@ -57,7 +57,7 @@ export default class VolumeShow extends BaseCommand<typeof VolumeShow> {
  */
 async function interrupted(berth: BerthService, volume: Volume): Promise<string[]> {
   if (berth.recover === undefined || ['available', 'in-use', 'error'].includes(volume.status)) return [];
-  const running = (await berth.listOperations({ state: 'running' })).filter((op) => op.volumeId === volume.id);
+  const running = await berth.listOperations({ state: 'running', volumeId: volume.id });
   const notes: string[] = [];
   for (const op of running) {
     const owner = ownerState(op.owner, hostname(), '');
