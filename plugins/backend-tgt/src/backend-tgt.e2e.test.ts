@@ -259,6 +259,17 @@ describe('tgt backend on a real tgtd', () => {
     await expect.poll(async () => (await daemonStatus(pidFile)).running, { timeout: 5_000, interval: 10 }).toBe(false);
     await env.backend.upkeep!(signal());
     expect(starts()).toBe(started + 3);
+    // A stop racing an upkeep restore (both meet under the state lock): whichever comes first,
+    // tgtd is not running once both ended. Before, a restore past its look at the mark could start
+    // tgtd after the stop looked — a window of a few ms these rounds do not force; they show that
+    // both orders end stopped and that neither waits on the other for good.
+    for (let round = 0; round < 3; round += 1) {
+      process.kill((await daemonStatus(pidFile)).pid ?? 0, 'SIGKILL');
+      await expect.poll(async () => (await daemonStatus(pidFile)).running, { timeout: 5_000, interval: 10 }).toBe(false);
+      await Promise.all([env.backend.upkeep!(signal()), stopManagedTgtd(env.dataDir, env.controlPort, { runner: env.runner })]);
+      expect((await daemonStatus(pidFile)).running, `round ${round}`).toBe(false);
+      await env.backend.initializeConnection(v, hostA, signal());
+    }
     await env.backend.terminateConnection(v, hostA, signal());
     await env.backend.delete(v, signal());
 

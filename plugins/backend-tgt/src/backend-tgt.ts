@@ -91,10 +91,17 @@ export function createTgtBackend(context: PluginContext<Partial<TgtBackendOption
    * berth's tgtd is started (and every export restored) when it is not running; the first call of
    * this process reconciles everything once. Errors become BerthErrors.
    */
-  async function withTgtd<T>(signal: AbortSignal, work: (state: TgtState) => Promise<T>): Promise<T> {
+  function withTgtd<T>(signal: AbortSignal, work: (state: TgtState) => Promise<T>): Promise<T> {
+    return tgtdRun(signal, work, {}) as Promise<T>;
+  }
+
+  /** `withTgtd`; with `unlessStopped` nothing is started or run while tgtd is marked stopped on purpose (undefined then). */
+  async function tgtdRun<T>(signal: AbortSignal, work: (state: TgtState) => Promise<T>, options: { unlessStopped?: boolean }): Promise<T | undefined> {
     throwIfAborted(signal);
     try {
       return await store.transaction(signal, async (state) => {
+        // Upkeep's restore: a stop on purpose marked under this lock (or before it) holds.
+        if (options.unlessStopped === true && (await exists(stoppedFile))) return undefined;
         const started = daemon ? (await daemon.ensureRunning(signal)) === 'started' : false;
         if (started || !reconciled) {
           // Berth's own tgtd holds only this data dir's accounts: those no record names are leftovers.
@@ -429,10 +436,12 @@ export function createTgtBackend(context: PluginContext<Partial<TgtBackendOption
     async upkeep(signal: AbortSignal): Promise<void> {
       if (!daemon || (await daemon.runsAsVerified())) return;
       // Stopped on purpose (`berth backend stop tgt`): left so until a tgt operation starts it.
-      if (await access(stoppedFile).then(() => true, () => false)) return;
+      if (await exists(stoppedFile)) return;
       const state = await store.read();
       if (Object.keys(state.volumes).length === 0) return;
-      await withTgtd(signal, () => Promise.resolve());
+      // The mark is looked at again under the state lock, which `stopManagedTgtd` takes too: a stop
+      // racing this restore either comes first (nothing is started) or stops the tgtd it started.
+      await tgtdRun(signal, () => Promise.resolve(), { unlessStopped: true });
     },
 
     async close(): Promise<void> {
@@ -572,4 +581,12 @@ function fsError(error: unknown, what: string): BerthError {
 /** A volume's own SCSI identity for tgtd (`VolumeRecord.scsiId`): its id's 32 hex digits. */
 export function volumeScsiId(volumeId: string): string {
   return volumeId.replaceAll('-', '').toLowerCase();
+}
+
+/** Whether something is at `file`. */
+function exists(file: string): Promise<boolean> {
+  return access(file).then(
+    () => true,
+    () => false,
+  );
 }

@@ -10,6 +10,7 @@ import {
   type CommandRunner,
   type StopDaemonResult,
 } from '@berth/host';
+import { TgtStateStore } from './state-store.js';
 import { Tgtadm } from './tgtadm.js';
 
 /** The directory under the data dir where the backend keeps its files. */
@@ -235,6 +236,12 @@ export async function stopManagedTgtd(dataDir: string, controlPort: number, opti
   // Marked first: an upkeep round of a running `berth serve` must not start it again behind the operator.
   await mkdir(dir, { recursive: true, mode: 0o700 });
   await writeFile(stoppedFile, `stopped by berth backend stop at ${new Date().toISOString()}\n`, { mode: 0o600 });
+  // Under the backend's state lock: an upkeep restore already under way (it holds the lock while it
+  // starts tgtd) ends first, and the tgtd it started is the one stopped here.
+  return new TgtStateStore(dir).transaction(undefined, () => stopMarkedTgtd(pidFile, controlPort, options));
+}
+
+async function stopMarkedTgtd(pidFile: string, controlPort: number, options: StopManagedTgtdOptions): Promise<StopDaemonResult> {
   const status = await daemonStatus(pidFile);
   if (!status.running) {
     await rm(pidFile, { force: true });
