@@ -498,6 +498,37 @@ describe('tgt backend on a real tgtd', () => {
     }
   });
 
+  it('upkeep of a system tgtd (manageDaemon: false) that lost berth\'s targets (restarted under it) puts them back; with them there it changes nothing', async () => {
+    const { mkdtemp, rm } = await import('node:fs/promises');
+    const os = await import('node:os');
+    const otherDir = await mkdtemp(path.join(os.tmpdir(), 'berth-tgt-unmanaged-'));
+    try {
+      // The suite's tgtd (berth's own for env.backend) plays the system's: running whatever ran before.
+      const warm = volume();
+      await env.backend.create(warm, signal());
+      await env.backend.delete(warm, signal());
+      const unmanaged = await unmanagedBackend(otherDir, 'iqn.2026-11.io.berth.sys');
+      const v = volume();
+      await unmanaged.create(v, signal());
+      const info = remember(await unmanaged.initializeConnection(v, hostA, signal()));
+      const mine = async () => (await targets()).find((t) => t.iqn === info.data.target_iqn);
+      const before = await mine();
+      await unmanaged.upkeep!(signal());
+      expect(await mine()).toEqual(before);
+      // What a tgtd restarted behind berth has: none of berth's targets.
+      await env.runner.run('tgtadm', ['-C', String(env.controlPort), '--lld', 'iscsi', '--op', 'delete', '--mode', 'target', '--tid', String(before?.tid), '--force']);
+      expect(await mine()).toBeUndefined();
+      await unmanaged.upkeep!(signal());
+      expect((await mine())?.iqn).toBe(info.data.target_iqn);
+      expect((await login(info, INITIATOR_A)).exitCode).toBe(0);
+      expect(env.logs.some((l) => /system tgtd lost targets/.test(l.msg ?? ''))).toBe(true);
+      await unmanaged.terminateConnection(v, hostA, signal());
+      await unmanaged.delete(v, signal());
+    } finally {
+      await rm(otherDir, { recursive: true, force: true });
+    }
+  });
+
   it('check() reports a running tgtd with its portals; a missing tool says how to install it', async () => {
     const result = await env.backend.check();
     expect(result.ok).toBe(true);

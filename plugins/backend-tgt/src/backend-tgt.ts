@@ -431,10 +431,23 @@ export function createTgtBackend(context: PluginContext<Partial<TgtBackendOption
      * (then their queued I/O completes instead of failing). A pid-file check when all is well; a
      * data dir without volumes starts nothing, nor does a tgtd stopped on purpose (`berth backend
      * stop tgt` marks it; the next tgt operation starts it). A system tgtd (`manageDaemon: false`)
-     * is not ours to restart.
+     * is not ours to restart, but the targets berth made on it are ours: one `tgtadm` a round
+     * lists its targets, and one that lost some (systemd restarted it; tgtd keeps nothing on disk)
+     * gets them back as the next call would.
      */
     async upkeep(signal: AbortSignal): Promise<void> {
-      if (!daemon || (await daemon.runsAsVerified())) return;
+      if (!daemon) {
+        const records = Object.values((await store.read()).volumes);
+        if (records.length === 0) return;
+        const listed = new Set((await tgtadm.showTargets(signal)).map((t) => t.iqn));
+        if (records.every((r) => listed.has(r.iqn))) return;
+        logger.warn({ missing: records.filter((r) => !listed.has(r.iqn)).length }, 'the system tgtd lost targets of berth volumes (restarted?); restoring them');
+        // The next call's full reconcile, now: it re-reads the state under the lock.
+        reconciled = false;
+        await withTgtd(signal, () => Promise.resolve());
+        return;
+      }
+      if (await daemon.runsAsVerified()) return;
       // Stopped on purpose (`berth backend stop tgt`): left so until a tgt operation starts it.
       if (await exists(stoppedFile)) return;
       const state = await store.read();
