@@ -270,6 +270,28 @@ describe('an attach to a server on a host with an agent', () => {
     expect(op.state).toBe('rolled_back');
     const items = await w.workItems.list({ operationId: op.id });
     expect(items.map((i) => `${i.step}:${i.state}:${i.attempts}`)).toEqual(['connect:failed:0']);
+
+    // Attached while the agent runs, then it stops: the detach's unpublish is never picked up. Rolled
+    // back at the deadline without asking the silent agent to publish again (nothing was taken
+    // away there), so it says TIMEOUT, not "the rollback failed", and waits no undo deadline.
+    const restart = await w.notifications.listen(hostChannel(w.host.id), () => void runAll());
+    await service.attach({ volume: 'db1', server: 'web-7' });
+    await restart();
+    const started = Date.now();
+    const refused = (await short.detach({ volume: 'db1' }).catch((e: unknown) => e)) as BerthError;
+    expect(Date.now() - started).toBeLessThan(5_000);
+    expect(refused.code).toBe('TIMEOUT');
+    expect(refused.message).toMatch(/host h-3's agent did not pick up step unpublish/);
+    expect(refused.message).not.toMatch(/roll/);
+    const detachOp = await w.store.operations.require(String(refused.details.operationId));
+    expect(detachOp.state).toBe('rolled_back');
+    expect((await w.workItems.list({ operationId: detachOp.id })).map((i) => `${i.step}:${i.state}:${i.attempts}`)).toEqual(['unpublish:failed:0']);
+    expect((await short.listAttachments({ volume: 'db1' })).map((a) => a.status)).toEqual(['attached']);
+    // Back: the agent runs again and the detach goes through.
+    const again = await w.notifications.listen(hostChannel(w.host.id), () => void runAll());
+    await service.detach({ volume: 'db1' });
+    expect(there.size).toBe(0);
+    await again();
     await short.close();
     await service.close();
     await w.close();

@@ -246,6 +246,8 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
       },
       async undo(ctx, signal) {
         if (!ctx.attachment || ctx.publishUntouched === true) return;
+        // A publish the host's agent never picked up published nothing there.
+        if (!(await required(ctx.steps, 'host steps').ran(ctx.operationId, 'publish'))) return;
         try {
           ctx.volumeNameKept = (await unpublishShared(deps, {
             steps: required(ctx.steps, 'host steps'),

@@ -149,6 +149,10 @@ export function detachSteps(deps: PipelineDeps, resumed: { from?: AttachmentStat
         if (attachment?.device && attachment.publishedPath) {
           const { consumer, server, volume, operationId } = ctx;
           const steps = required(ctx.steps, 'host steps');
+          // An unpublish the host's agent never picked up took nothing away there: nothing to put
+          // back (asking a silent agent to publish again only waited out the undo's deadline too,
+          // and then read "the rollback failed" for an attachment that was never touched).
+          if (!(await steps.ran(operationId, 'unpublish'))) return;
           await publishShared(deps, { steps, consumer, server, attachment, volume, device: attachment.device, signal, operationId, undo: true });
         }
       },
