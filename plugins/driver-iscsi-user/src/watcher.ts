@@ -1,0 +1,160 @@
+import { setTimeout as delay } from 'node:timers/promises';
+import type { Logger } from '@berth/core';
+import { acquireFileLock, LockTimeoutError, type HostServices } from '@berth/host';
+import { pingPortal } from '@berth/iscsi';
+import { abortFuseConnection, StorageDaemon } from '@berth/qemu';
+import { exportRecords, userPaths, type ExportRecord } from './export-records.js';
+import { messageOf, mountpointOf } from './lun-plumbing.js';
+import type { IscsiUserOptions } from './options.js';
+import { observePings, overdueExports, type WatchEntry, type WatchedExport } from './watch-decision.js';
+
+/** What the watcher needs: the machine, the data dir, the transport's options, a logger. */
+export interface WatcherDeps {
+  host: HostServices;
+  dataDir: string;
+  options: IscsiUserOptions;
+  logger: Logger;
+  /**
+   * Called after the watcher failed a LUN and qemu-storage-daemon died with it (qemu 7.2 does when a
+   * request was parked on that export): rebuilds the daemon's other exports (the driver's restore).
+   */
+  restore?: () => Promise<void>;
+}
+
+/** The portal a record's session uses now: the failover's while one is under way. */
+function currentPortal(record: ExportRecord): string {
+  return record.failover?.portal ?? record.portal;
+}
+
+/**
+ * The watch of one data dir's connected LUNs, standing in for the kernel initiator's NOP-Out and
+ * `replacement_timeout`, which qemu-storage-daemon's libiscsi sessions lack (a request on a dead
+ * target waits in D state for as long as it is dead): every `noopIntervalS` each `active`
+ * record's portal is pinged (`pingPortal`, a discovery Login PDU); a portal silent for longer than
+ * `replacementTimeoutS` gets its LUN's FUSE connection aborted — every queued and later request
+ * on that export fails, so its loop device's I/O ends with EIO — and the record marked `failed`
+ * with the reason, under the daemon lock every record is written under. Returns when the daemon
+ * is gone and no record remains, or when `signal` fires.
+ */
+export async function runWatcher(deps: WatcherDeps, signal: AbortSignal): Promise<void> {
+  const { host, options, logger } = deps;
+  const paths = userPaths(deps.dataDir);
+  const records = exportRecords(paths);
+  const daemon = new StorageDaemon({ dir: paths.daemon, waiter: host.waiter, binary: options.binary });
+  const intervalMs = options.noopIntervalS * 1000;
+  const timeoutMs = options.replacementTimeoutS * 1000;
+  let watch = new Map<string, WatchEntry>();
+  const silent = new Set<string>();
+  logger.info({ noopIntervalS: options.noopIntervalS, replacementTimeoutS: options.replacementTimeoutS }, 'watching the connected LUNs\' portals');
+  // `pingPortal` unrefs its socket and timer (a ping must not keep a CLI alive): here the watch is
+  // the process's work, so this keeps it alive until the watch ends.
+  const alive = setInterval(() => undefined, 1 << 30);
+  try {
+    await watchLoop();
+  } finally {
+    clearInterval(alive);
+  }
+
+  async function watchLoop(): Promise<void> {
+    while (!signal.aborted) {
+      // A round that fails (a record unreadable for a moment) is said and the next one runs.
+      const ended = await round().catch((error: unknown) => {
+        logger.error({ err: messageOf(error) }, 'a round of the watch failed');
+        return false;
+      });
+      if (ended) return;
+      await delay(intervalMs, undefined, { signal }).catch(() => undefined);
+    }
+  }
+
+  /** One round: ping, decide, fail what is overdue. True when there is nothing left to watch. */
+  async function round(): Promise<boolean> {
+    const all = await records.list();
+    if (all.length === 0 && !(await daemon.status()).running) {
+      logger.info({}, 'qemu-storage-daemon is gone and no export is recorded: the watch ends');
+      return true;
+    }
+    const active = all.filter((record) => record.status === 'active' && record.loopDevice !== undefined);
+    const exports: WatchedExport[] = active.map((record) => ({ key: record.volumeId, portal: currentPortal(record) }));
+    const initiatorOf = new Map(active.map((record) => [currentPortal(record), record.initiator]));
+    const answers = new Map(
+      await Promise.all([...initiatorOf].map(async ([portal, initiator]) => [portal, await pingPortal(portal, initiator, intervalMs)] as const)),
+    );
+    const now = Date.now();
+    watch = observePings(watch, exports, (portal) => answers.get(portal) === true, now);
+    // Said once per change, not at every ping.
+    for (const [key, entry] of watch) {
+      const answering = entry.lastAnswerMs === now;
+      if (answering === silent.has(key)) logger[answering ? 'info' : 'warn']({ key, portal: entry.portal }, answering ? 'the portal answers again' : 'the portal did not answer a ping');
+      if (answering) silent.delete(key);
+      else silent.add(key);
+    }
+    for (const key of overdueExports(watch, now, timeoutMs)) {
+      const entry = watch.get(key)!;
+      const failed = await failExport(deps, key, entry, now).catch((error: unknown) => {
+        logger.error({ key, err: messageOf(error) }, 'could not fail the I/O of a LUN whose target did not answer; trying again');
+        return false;
+      });
+      if (failed) watch.delete(key);
+    }
+    return false;
+  }
+}
+
+/**
+ * Fail one LUN whose portal stayed silent: under the daemon lock, with its record still `active`
+ * on that portal and one more ping unanswered, abort its export's FUSE connection and mark the
+ * record `failed`. True when done (or no longer to do); false to try again at the next round (the
+ * lock was busy).
+ */
+async function failExport(deps: WatcherDeps, key: string, entry: WatchEntry, now: number): Promise<boolean> {
+  const { host, options, logger } = deps;
+  const paths = userPaths(deps.dataDir);
+  const records = exportRecords(paths);
+  let release;
+  try {
+    release = await acquireFileLock(paths.lock, { timeoutMs: options.lockTimeoutMs, what: 'the user-space iSCSI daemon' });
+  } catch (error) {
+    if (!(error instanceof LockTimeoutError)) throw error;
+    logger.warn({ key }, 'the daemon lock is busy: failing the LUN at the next round');
+    return false;
+  }
+  let daemonDied = false;
+  try {
+    const record = await records.load(key);
+    if (!record || record.status !== 'active' || currentPortal(record) !== entry.portal) return true;
+    if (await pingPortal(entry.portal, record.initiator, options.noopIntervalS * 1000)) {
+      logger.info({ key, portal: entry.portal }, 'the portal answered just before its LUN\'s I/O was to be failed: nothing done');
+      return true;
+    }
+    const silentS = Math.round((Date.now() - entry.lastAnswerMs) / 1000);
+    const daemon = new StorageDaemon({ dir: paths.daemon, waiter: host.waiter, binary: options.binary });
+    const before = await daemon.status();
+    const connection = await abortFuseConnection(host, mountpointOf(paths, key), options.commandTimeoutMs);
+    const reason =
+      `target ${record.iqn} at ${entry.portal} did not answer for ${silentS} s (replacementTimeoutS ${options.replacementTimeoutS}); its I/O was failed (EIO)` +
+      `: its FUSE connection was aborted, and it stays failed until berth reconcile reconnects it or a detach (--force) removes it`;
+    await records.save({ ...record, status: 'failed', failure: reason, updatedAt: new Date().toISOString() });
+    logger.warn({ key, iqn: record.iqn, lun: record.lun, portal: entry.portal, device: record.loopDevice, fuseConnection: connection, silentS, sinceMs: now - entry.lastAnswerMs }, 'a target did not answer: its LUN\'s I/O was failed (EIO)');
+    // qemu 7.2 re-reads an aborted export's last request (libfuse reports the abort as an empty
+    // read): with a request parked on the dead target it recurses until it crashes (measured).
+    if (before.running) daemonDied = await daemonGone(daemon, 3_000);
+  } finally {
+    await release();
+  }
+  if (daemonDied && deps.restore) {
+    logger.warn({ key }, 'qemu-storage-daemon died when the LUN\'s FUSE connection was aborted (qemu 7.2): restarting it and rebuilding its other exports');
+    await deps.restore().catch((error: unknown) => logger.error({ err: messageOf(error) }, 'rebuilding the other exports failed; the next berth command tries again'));
+  }
+  return true;
+}
+
+/** Whether the daemon exits within `withinMs` (polled: /proc sends no event for another process's exit). */
+async function daemonGone(daemon: StorageDaemon, withinMs: number): Promise<boolean> {
+  const deadline = Date.now() + withinMs;
+  while (Date.now() < deadline) {
+    if (!(await daemon.status()).running) return true;
+    await delay(50);
+  }
+  return !(await daemon.status()).running;
+}
