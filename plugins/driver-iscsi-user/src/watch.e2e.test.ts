@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ConnectionInfo, Device } from '@berth/core';
 import { daemonStatus, processRuns, stopDaemon } from '@berth/host';
 import { abortFuseConnection, loopInfo } from '@berth/qemu';
+import { managedTgtdPaths } from '@berth/backend-tgt';
 import { startTgtd, type TestTgtd } from '@berth/simhost/real';
 import { exportRecords, userPaths } from './export-records.js';
 import { mountpointOf } from './lun-plumbing.js';
@@ -83,18 +84,24 @@ beforeAll(async () => {
 });
 
 describe('the iscsi-user watch of dead targets', () => {
-  it('a SIGKILLed target: a direct read fails with EIO soon after replacementTimeoutS, the record is failed and reported, the other LUN reads, a disconnect leaves nothing', async () => {
+  it('a SIGKILLed target: a direct read fails with EIO soon after replacementTimeoutS, the record is failed and reported, the other LUN reads again once the watch is done (its outage printed), a disconnect leaves nothing', async () => {
     const env = envs[0]!;
-    const dead = await privateTarget(env.dataDir, 'dead');
-    const alive = await env.makeVolume(16 * MiB);
+    // The dead LUN on the tgt backend's own tgtd (its next command starts it again, targets
+    // restored: the target comes back as under berth serve's upkeep); the other on a private tgtd.
+    const deadVolume = await env.makeVolume(16 * MiB);
+    const dead = { connection: deadVolume.connection, iqn: String(deadVolume.connection.data.target_iqn), portal: String(deadVolume.connection.data.target_portal) };
+    const alive = await privateTarget(env.dataDir, 'alive');
     const deadDevice: Device = await env.driver.connect(dead.connection, call());
     const aliveDevice: Device = await env.driver.connect(alive.connection, call());
     const watcher = await watcherPid(env);
     expect(watcher).toBeDefined();
-    const key = exportNames(dead.iqn, 1).key;
-    const aliveKey = exportNames(String(alive.connection.data.target_iqn), Number(alive.connection.data.target_lun)).key;
+    const key = exportNames(dead.iqn, Number(deadVolume.connection.data.target_lun)).key;
+    const aliveKey = exportNames(alive.iqn, 1).key;
+    const tgtdPid = (await daemonStatus(managedTgtdPaths(env.dataDir).pidFile)).pid;
+    expect(tgtdPid).toBeDefined();
 
-    await dead.tgtd.signal('SIGKILL');
+    process.kill(tgtdPid!, 'SIGKILL');
+    await env.host.waiter.waitUntil('/proc', async () => ((await processRuns(tgtdPid!, undefined)) ? undefined : true), { timeoutMs: 10_000, what: 'tgtd to die' });
     const read = directRead(deadDevice.path, 7);
     const ended = await within(read.done, 30_000);
     if (ended === undefined) stuck.push({ env, key });
@@ -103,21 +110,37 @@ describe('the iscsi-user watch of dead targets', () => {
     expect(ended!.code).not.toBe(0);
     expect(ended!.stderr).toMatch(/Input\/output error/);
     expect(ended!.ms).toBeLessThan(15_000);
+    // The record is marked right after the abort that ended the read (the log line follows the mark).
+    await logged(env, /its LUN's I\/O was failed/, 10_000);
 
     const record = await exportRecords(userPaths(env.dataDir)).load(key);
     expect(record?.status).toBe('failed');
-    expect(record?.failure).toMatch(new RegExp(`target ${dead.iqn.replaceAll('.', '\\.')} at ${dead.tgtd.portal} did not answer for \\d+ s .*its I/O was failed \\(EIO\\)`));
+    expect(record?.failure).toMatch(new RegExp(`target ${dead.iqn.replaceAll('.', '\\.')} at ${dead.portal} did not answer for \\d+ s .*its I/O was failed \\(EIO\\)`));
     const check = await env.driver.check?.();
     if (!check) throw new Error('the driver has no check()');
     expect(check.ok).toBe(false);
     expect(check.summary).toContain(dead.iqn);
     expect((check.checks ?? []).map((c) => c.detail).join('\n')).toContain(`${dead.iqn} LUN 1: target ${dead.iqn}`);
-    expect((await env.driver.connected!()).map((c) => c.source.target_iqn)).toEqual([alive.connection.data.target_iqn]);
 
-    // The other LUN (its target alive): read right away, and again once the watch is done.
-    const first = await within(directRead(aliveDevice.path, 3).done, 30_000);
-    timings.push(`direct read on the other LUN right after: exit ${first?.code} after ${Math.round(first?.ms ?? -1)} ms ${first?.stderr.trim() ?? '(no end)'}`);
-    await logged(env, /its LUN's I\/O was failed/, 10_000);
+    // The other LUN (its target alive), read over and over until the watch is done: qemu 7.2 dies
+    // of the abort when a request was parked on the aborted export, and the watcher rebuilds the
+    // others on the restarted daemon — reads in between fail. Counted and printed, not hidden.
+    const reads: Array<{ code: number | null; ms: number; at: number }> = [];
+    const since = performance.now();
+    let rebuilt: string | undefined;
+    while (rebuilt === undefined && performance.now() - since < 20_000) {
+      // A new block each time: the loop device reads its FUSE file through the page cache.
+      const result = await within(directRead(aliveDevice.path, 16 + reads.length).done, 30_000);
+      reads.push({ code: result?.code ?? null, ms: result?.ms ?? -1, at: performance.now() - since });
+      rebuilt = (await env.host.fs.readFileIfExists(watcherFiles(userPaths(env.dataDir)).logFile))?.split('\n').find((line) => /exports rebuilt|aborted export was deleted|the watch ends/.test(line));
+      if (result === undefined) break;
+    }
+    const failedReads = reads.filter((r) => r.code !== 0);
+    timings.push(
+      `reads of the other LUN from the dead one's EIO until the watch was done: ${reads.length}, failed ${failedReads.length}` +
+        (failedReads.length > 0 ? ` (from +${Math.round(failedReads[0]!.at)} ms to +${Math.round(failedReads.at(-1)!.at)} ms)` : '') +
+        `; the watch then: ${rebuilt === undefined ? '(nothing within 20 s)' : (/"msg":"([^"]*)"/.exec(rebuilt)?.[1] ?? rebuilt)}`,
+    );
     const aliveRecord = await exportRecords(userPaths(env.dataDir)).load(aliveKey);
     expect(aliveRecord).toMatchObject({ status: 'active', loopDevice: aliveDevice.path });
     const second = await within(directRead(aliveDevice.path, 5).done, 30_000);
@@ -125,7 +148,15 @@ describe('the iscsi-user watch of dead targets', () => {
     expect(second?.code).toBe(0);
     expect((await loopInfo(env.host.fs, aliveDevice.path))?.backingFile).toBe(mountpointOf(userPaths(env.dataDir), aliveKey));
 
-    await env.driver.disconnect(dead.connection, deadDevice, { ...call(), force: false });
+    // The target comes back (the backend's next command restarts its tgtd): a daemon that outlived
+    // the abort answers its monitor again and the watcher deletes the aborted export.
+    await env.makeVolume(MiB);
+    // A monitor stuck behind the dead target answers again: connected() lists the other LUN only.
+    expect((await env.driver.connected!()).map((c) => c.source.target_iqn)).toEqual([alive.iqn]);
+    // Forced: the restore after the daemon's death released the dead LUN's loop device, and
+    // another program on this shared machine may have taken the number since (identity-mismatch,
+    // which only force passes; the transport then removes its own chain and leaves that device).
+    await env.driver.disconnect(dead.connection, deadDevice, { ...call(), force: true });
     await env.driver.disconnect(alive.connection, aliveDevice, { ...call(), force: false });
     await expectNothingLeft(env);
     // With no daemon and no record, the watcher ends by itself at its next round.

@@ -1,10 +1,11 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from '@berth/core';
-import { acquireFileLock, LockTimeoutError, type HostServices } from '@berth/host';
+import { acquireFileLock, LockTimeoutError, stopDaemon, type HostServices } from '@berth/host';
 import { pingPortal } from '@berth/iscsi';
-import { abortFuseConnection, StorageDaemon } from '@berth/qemu';
+import { abortFuseConnection, removeFuseExport, StorageDaemon } from '@berth/qemu';
 import { exportRecords, userPaths, type ExportRecord } from './export-records.js';
 import { messageOf, mountpointOf } from './lun-plumbing.js';
+import { exportNames } from './user-connection.js';
 import type { IscsiUserOptions } from './options.js';
 import { observePings, overdueExports, type WatchEntry, type WatchedExport } from './watch-decision.js';
 
@@ -136,25 +137,49 @@ async function failExport(deps: WatcherDeps, key: string, entry: WatchEntry, now
       `: its FUSE connection was aborted, and it stays failed until berth reconcile reconnects it or a detach (--force) removes it`;
     await records.save({ ...record, status: 'failed', failure: reason, updatedAt: new Date().toISOString() });
     logger.warn({ key, iqn: record.iqn, lun: record.lun, portal: entry.portal, device: record.loopDevice, fuseConnection: connection, silentS, sinceMs: now - entry.lastAnswerMs }, 'a target did not answer: its LUN\'s I/O was failed (EIO)');
-    // qemu 7.2 re-reads an aborted export's last request (libfuse reports the abort as an empty
-    // read): with a request parked on the dead target it recurses until it crashes (measured).
-    if (before.running) daemonDied = await daemonGone(daemon, 3_000);
+    if (before.running) daemonDied = await settleDaemon(deps, daemon, record.iqn, record.lun, key);
   } finally {
     await release();
   }
   if (daemonDied && deps.restore) {
-    logger.warn({ key }, 'qemu-storage-daemon died when the LUN\'s FUSE connection was aborted (qemu 7.2): restarting it and rebuilding its other exports');
     await deps.restore().catch((error: unknown) => logger.error({ err: messageOf(error) }, 'rebuilding the other exports failed; the next berth command tries again'));
   }
   return true;
 }
 
-/** Whether the daemon exits within `withinMs` (polled: /proc sends no event for another process's exit). */
-async function daemonGone(daemon: StorageDaemon, withinMs: number): Promise<boolean> {
-  const deadline = Date.now() + withinMs;
-  while (Date.now() < deadline) {
-    if (!(await daemon.status()).running) return true;
-    await delay(50);
+// How long the watcher waits for the daemon's monitor after an abort: one stuck behind the dead target does not answer at all.
+const MONITOR_WAIT_MS = 2_000;
+
+/**
+ * What qemu 7.2 does after an export's FUSE connection is aborted, and what is done about it.
+ * libfuse reports the aborted connection as an empty read, and qemu serves that export's last
+ * request again — in a loop that takes a core, or, with a request waiting on the dead target,
+ * recursively until the stack overflows (a segfault; measured: 1.5–5 s after the abort) — and its
+ * main loop, inside that request, answers no QMP. So: a monitor that answers gets the export
+ * deleted (the loop stops; the chain's rest is the detach's); one that does not is a daemon that
+ * will not serve the other exports' control, and may crash under their I/O at any moment: it is
+ * killed now, and true is returned — the other exports are rebuilt on their loop devices (the
+ * driver's restore) instead of failing at an unknown later time.
+ */
+async function settleDaemon(deps: WatcherDeps, daemon: StorageDaemon, iqn: string, lun: number, key: string): Promise<boolean> {
+  const { logger, options } = deps;
+  const qmp = await daemon.connect({ timeoutMs: MONITOR_WAIT_MS }).catch(() => undefined);
+  if (qmp) {
+    try {
+      await removeFuseExport(qmp, exportNames(iqn, lun).exportId, { timeoutMs: options.qmpTimeoutMs });
+      logger.info({ key }, 'the aborted export was deleted from qemu-storage-daemon; its other exports go on (the rest of its chain goes at detach or reconcile)');
+      return false;
+    } catch (error) {
+      logger.warn({ key, err: messageOf(error) }, 'qemu-storage-daemon answered but did not delete the aborted export');
+    } finally {
+      qmp.close();
+    }
   }
-  return !(await daemon.status()).running;
+  if (!(await daemon.status()).running) {
+    logger.warn({ key }, 'qemu-storage-daemon died of the abort (qemu 7.2): restarting it and rebuilding its other exports');
+    return true;
+  }
+  logger.warn({ key }, 'qemu-storage-daemon no longer answers its monitor after the abort (qemu 7.2: its main loop is inside a request on the dead target): killing it, its other exports are rebuilt on their loop devices');
+  await stopDaemon(daemon.pidFile, { timeoutMs: 0, signal: 'SIGKILL' });
+  return true;
 }
