@@ -595,7 +595,7 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
         ? { ok, summary: `iscsi-user: usable (qemu-storage-daemon, FUSE, loop)${kernel ? '; the kernel initiator is preferred' : ''}`, checks }
         : {
             ok,
-            summary: essential ? `iscsi-user: ${failed.length} export(s) failed (${failed.map((r) => `${r.iqn} LUN ${r.lun}`).join(', ')})` : `iscsi-user: not usable here (${checks.filter((c) => !c.ok).map((c) => c.name).join(', ')})`,
+            summary: essential ? `iscsi-user: ${failed.length} export(s) lost (${failed.map((r) => `${r.iqn} LUN ${r.lun}`).join(', ')}; a dead qemu-storage-daemon, a dead target, or a failed connect)` : `iscsi-user: not usable here (${checks.filter((c) => !c.ok).map((c) => c.name).join(', ')})`,
             checks,
             fix: fixes.join('; '),
           };

@@ -1,3 +1,5 @@
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import path from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
@@ -11,10 +13,19 @@ export function watcherFiles(paths: UserPaths): { pidFile: string; logFile: stri
 }
 
 /**
- * The watcher's entry point, built: `dist/watch-main.js`, found from `dist/` and from `src/` alike
- * (tests run the sources, and the watcher from the build).
+ * The watcher's entry point, built (`dist/watch-main.js`): beside this module (dist/), from src/
+ * (tests run the sources), or — in the CLI's bundle, where this module's URL is the bundle's — in
+ * this package as Node resolves it. Undefined when none is there (not built).
  */
-export const WATCH_MAIN = fileURLToPath(new URL('../dist/watch-main.js', import.meta.url));
+export function watchMain(): string | undefined {
+  const candidates = [new URL('./watch-main.js', import.meta.url), new URL('../dist/watch-main.js', import.meta.url)].map((url) => fileURLToPath(url));
+  try {
+    candidates.push(path.join(path.dirname(createRequire(import.meta.url).resolve('@berth/driver-iscsi-user')), 'watch-main.js'));
+  } catch {
+    // Not resolvable from here (the sources in a checkout): the two above.
+  }
+  return candidates.find((file) => existsSync(file));
+}
 
 /**
  * Make sure the data dir's watcher runs (`noopIntervalS` 0: none): started detached through
@@ -27,11 +38,13 @@ export async function ensureWatcher(host: HostServices, dataDir: string, paths: 
   const { pidFile, logFile } = watcherFiles(paths);
   const status = await daemonStatus(pidFile);
   if (status.running && status.pid !== undefined) return { pid: status.pid, started: false };
+  const main = watchMain();
+  if (main === undefined) throw new Error('the iscsi-user watcher is not built (dist/watch-main.js): npm run build');
   await mkdir(paths.daemon, { recursive: true, mode: 0o700 });
   try {
     const { pid } = await startDaemon({
       file: process.execPath,
-      args: [WATCH_MAIN, '--data-dir', dataDir, '--host-root', host.fs.root, '--options', JSON.stringify(options)],
+      args: [main, '--data-dir', dataDir, '--host-root', host.fs.root, '--options', JSON.stringify(options)],
       logFile,
       pidFile,
     });
