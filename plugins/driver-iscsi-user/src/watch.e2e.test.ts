@@ -132,7 +132,7 @@ describe('the iscsi-user watch of dead targets', () => {
       // A new block each time: the loop device reads its FUSE file through the page cache.
       const result = await within(directRead(aliveDevice.path, 16 + reads.length).done, 30_000);
       reads.push({ code: result?.code ?? null, ms: result?.ms ?? -1, at: performance.now() - since });
-      rebuilt = (await env.host.fs.readFileIfExists(watcherFiles(userPaths(env.dataDir)).logFile))?.split('\n').find((line) => /exports rebuilt|aborted export was deleted|the watch ends/.test(line));
+      rebuilt = (await env.host.fs.readFileIfExists(watcherFiles(userPaths(env.dataDir)).logFile))?.split('\n').find((line) => /exports rebuilt|aborted exports were deleted|the watch ends/.test(line));
       if (result === undefined) break;
     }
     const failedReads = reads.filter((r) => r.code !== 0);

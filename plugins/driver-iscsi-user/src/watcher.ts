@@ -90,25 +90,26 @@ export async function runWatcher(deps: WatcherDeps, signal: AbortSignal): Promis
       if (answering) silent.delete(key);
       else silent.add(key);
     }
-    for (const key of overdueExports(watch, now, timeoutMs)) {
-      const entry = watch.get(key)!;
-      const failed = await failExport(deps, key, entry, now).catch((error: unknown) => {
-        logger.error({ key, err: messageOf(error) }, 'could not fail the I/O of a LUN whose target did not answer; trying again');
-        return false;
+    const overdue = overdueExports(watch, now, timeoutMs);
+    if (overdue.length > 0) {
+      const done = await failExports(deps, overdue.map((key) => ({ key, entry: watch.get(key)! })), now).catch((error: unknown) => {
+        logger.error({ keys: overdue, err: messageOf(error) }, 'could not fail the I/O of LUNs whose target did not answer; trying again');
+        return [];
       });
-      if (failed) watch.delete(key);
+      for (const key of done) watch.delete(key);
     }
     return false;
   }
 }
 
 /**
- * Fail one LUN whose portal stayed silent: under the daemon lock, with its record still `active`
- * on that portal and one more ping unanswered, abort its export's FUSE connection and mark the
- * record `failed`. True when done (or no longer to do); false to try again at the next round (the
- * lock was busy).
+ * Fail the LUNs whose portal stayed silent, all under one hold of the daemon lock: each whose
+ * record is still `active` on that portal and whose portal misses one more ping gets its export's
+ * FUSE connection aborted and its record marked `failed`; then the daemon is dealt with once
+ * (`settleDaemon`), and when it had to be restarted, its other exports are rebuilt. Resolves with
+ * the LUNs done (or no longer to do); none when the lock was busy (tried again at the next round).
  */
-async function failExport(deps: WatcherDeps, key: string, entry: WatchEntry, now: number): Promise<boolean> {
+async function failExports(deps: WatcherDeps, overdue: ReadonlyArray<{ key: string; entry: WatchEntry }>, now: number): Promise<string[]> {
   const { host, options, logger } = deps;
   const paths = userPaths(deps.dataDir);
   const records = exportRecords(paths);
@@ -117,34 +118,44 @@ async function failExport(deps: WatcherDeps, key: string, entry: WatchEntry, now
     release = await acquireFileLock(paths.lock, { timeoutMs: options.lockTimeoutMs, what: 'the user-space iSCSI daemon' });
   } catch (error) {
     if (!(error instanceof LockTimeoutError)) throw error;
-    logger.warn({ key }, 'the daemon lock is busy: failing the LUN at the next round');
-    return false;
+    logger.warn({ keys: overdue.map((o) => o.key) }, 'the daemon lock is busy: failing the LUNs at the next round');
+    return [];
   }
+  const done: string[] = [];
   let daemonDied = false;
   try {
-    const record = await records.load(key);
-    if (!record || record.status !== 'active' || currentPortal(record) !== entry.portal) return true;
-    if (await pingPortal(entry.portal, record.initiator, options.noopIntervalS * 1000)) {
-      logger.info({ key, portal: entry.portal }, 'the portal answered just before its LUN\'s I/O was to be failed: nothing done');
-      return true;
-    }
-    const silentS = Math.round((Date.now() - entry.lastAnswerMs) / 1000);
     const daemon = new StorageDaemon({ dir: paths.daemon, waiter: host.waiter, binary: options.binary });
     const before = await daemon.status();
-    const connection = await abortFuseConnection(host, mountpointOf(paths, key), options.commandTimeoutMs);
-    const reason =
-      `target ${record.iqn} at ${entry.portal} did not answer for ${silentS} s (replacementTimeoutS ${options.replacementTimeoutS}); its I/O was failed (EIO)` +
-      `: its FUSE connection was aborted, and it stays failed until berth reconcile reconnects it or a detach (--force) removes it`;
-    await records.save({ ...record, status: 'failed', failure: reason, updatedAt: new Date().toISOString() });
-    logger.warn({ key, iqn: record.iqn, lun: record.lun, portal: entry.portal, device: record.loopDevice, fuseConnection: connection, silentS, sinceMs: now - entry.lastAnswerMs }, 'a target did not answer: its LUN\'s I/O was failed (EIO)');
-    if (before.running) daemonDied = await settleDaemon(deps, daemon, record.iqn, record.lun, key);
+    const aborted: ExportRecord[] = [];
+    for (const { key, entry } of overdue) {
+      const record = await records.load(key);
+      if (!record || record.status !== 'active' || currentPortal(record) !== entry.portal) {
+        done.push(key);
+        continue;
+      }
+      if (await pingPortal(entry.portal, record.initiator, options.noopIntervalS * 1000)) {
+        logger.info({ key, portal: entry.portal }, 'the portal answered just before its LUN\'s I/O was to be failed: nothing done');
+        done.push(key);
+        continue;
+      }
+      const silentS = Math.round((Date.now() - entry.lastAnswerMs) / 1000);
+      const connection = await abortFuseConnection(host, mountpointOf(paths, key), options.commandTimeoutMs);
+      const reason =
+        `target ${record.iqn} at ${entry.portal} did not answer for ${silentS} s (replacementTimeoutS ${options.replacementTimeoutS}); its I/O was failed (EIO)` +
+        `: its FUSE connection was aborted, and it stays failed until berth reconcile reconnects it or a detach (--force) removes it`;
+      await records.save({ ...record, status: 'failed', failure: reason, updatedAt: new Date().toISOString() });
+      logger.warn({ key, iqn: record.iqn, lun: record.lun, portal: entry.portal, device: record.loopDevice, fuseConnection: connection, silentS, sinceMs: now - entry.lastAnswerMs }, 'a target did not answer: its LUN\'s I/O was failed (EIO)');
+      aborted.push(record);
+      done.push(key);
+    }
+    if (aborted.length > 0 && before.running) daemonDied = await settleDaemon(deps, daemon, aborted);
   } finally {
     await release();
   }
   if (daemonDied && deps.restore) {
     await deps.restore().catch((error: unknown) => logger.error({ err: messageOf(error) }, 'rebuilding the other exports failed; the next berth command tries again'));
   }
-  return true;
+  return done;
 }
 
 // How long the watcher waits for the daemon's monitor after an abort: one stuck behind the dead target does not answer at all.
@@ -161,25 +172,26 @@ const MONITOR_WAIT_MS = 2_000;
  * killed now, and true is returned — the other exports are rebuilt on their loop devices (the
  * driver's restore) instead of failing at an unknown later time.
  */
-async function settleDaemon(deps: WatcherDeps, daemon: StorageDaemon, iqn: string, lun: number, key: string): Promise<boolean> {
+async function settleDaemon(deps: WatcherDeps, daemon: StorageDaemon, aborted: readonly ExportRecord[]): Promise<boolean> {
   const { logger, options } = deps;
+  const keys = aborted.map((record) => record.volumeId);
   const qmp = await daemon.connect({ timeoutMs: MONITOR_WAIT_MS }).catch(() => undefined);
   if (qmp) {
     try {
-      await removeFuseExport(qmp, exportNames(iqn, lun).exportId, { timeoutMs: options.qmpTimeoutMs });
-      logger.info({ key }, 'the aborted export was deleted from qemu-storage-daemon; its other exports go on (the rest of its chain goes at detach or reconcile)');
+      for (const record of aborted) await removeFuseExport(qmp, exportNames(record.iqn, record.lun).exportId, { timeoutMs: options.qmpTimeoutMs });
+      logger.info({ keys }, 'the aborted exports were deleted from qemu-storage-daemon; its other exports go on (the rest of their chains goes at detach or reconcile)');
       return false;
     } catch (error) {
-      logger.warn({ key, err: messageOf(error) }, 'qemu-storage-daemon answered but did not delete the aborted export');
+      logger.warn({ keys, err: messageOf(error) }, 'qemu-storage-daemon answered but did not delete the aborted exports');
     } finally {
       qmp.close();
     }
   }
   if (!(await daemon.status()).running) {
-    logger.warn({ key }, 'qemu-storage-daemon died of the abort (qemu 7.2): restarting it and rebuilding its other exports');
+    logger.warn({ keys }, 'qemu-storage-daemon died of the abort (qemu 7.2): restarting it and rebuilding its other exports');
     return true;
   }
-  logger.warn({ key }, 'qemu-storage-daemon no longer answers its monitor after the abort (qemu 7.2: its main loop is inside a request on the dead target): killing it, its other exports are rebuilt on their loop devices');
+  logger.warn({ keys }, 'qemu-storage-daemon no longer answers its monitor after the abort (qemu 7.2: its main loop is inside a request on the dead target): killing it, its other exports are rebuilt on their loop devices');
   await stopDaemon(daemon.pidFile, { timeoutMs: 0, signal: 'SIGKILL' });
   return true;
 }
