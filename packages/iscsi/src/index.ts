@@ -35,3 +35,4 @@ export * from './contextual-error.js';
 export * from './transport-kit.js';
 export * from './flush-batcher.js';
 export * from './device-busy.js';
+export * from './portal-ping.js';

@@ -47,3 +47,43 @@ export async function unmountFuseUnder(deps: { fs: HostFs; runner: CommandRunner
   }
   return done;
 }
+
+/** Where the kernel's FUSE control filesystem (`fusectl`) lives. */
+export const FUSE_CONNECTIONS_DIR = '/sys/fs/fuse/connections';
+
+/**
+ * The FUSE connection number of the mount at `mountpoint`: the minor of its device (`st_dev`,
+ * major 0), read from /proc/self/mountinfo (field 3, `major:minor`) rather than by `stat` of the
+ * mount point, which on a FUSE mount whose daemon hangs would itself wait on that daemon. The
+ * last mount there counts (a mount over a dead one shadows it). Undefined when nothing FUSE is
+ * mounted there.
+ */
+export function fuseConnectionIn(mountinfo: string, mountpoint: string): number | undefined {
+  let found: number | undefined;
+  for (const line of mountinfo.split('\n')) {
+    const [left, right] = line.split(' - ');
+    const fields = (left ?? '').split(' ');
+    const fstype = (right ?? '').split(' ')[0] ?? '';
+    if (fields.length < 5 || unescapeField(fields[4] ?? '') !== mountpoint) continue;
+    if (fstype !== 'fuse' && !fstype.startsWith('fuse.')) continue;
+    const device = /^0:(\d+)$/.exec(fields[2] ?? '');
+    if (device) found = Number(device[1]);
+  }
+  return found;
+}
+
+/**
+ * Abort the FUSE connection of the mount at `mountpoint` (`echo 1 > <fusectl>/<N>/abort`): every
+ * request queued on it and every later one fails at once (a loop device on its file sees EIO),
+ * whatever its daemon is doing; the daemon's other mounts are other connections. `fusectl` is
+ * mounted on /sys/fs/fuse/connections first when it is not. Resolves with the connection number,
+ * or undefined when nothing FUSE is mounted there (nothing done).
+ */
+export async function abortFuseConnection(deps: { fs: HostFs; runner: CommandRunner }, mountpoint: string, timeoutMs: number): Promise<number | undefined> {
+  const connection = fuseConnectionIn(await deps.fs.readFile('/proc/self/mountinfo'), mountpoint);
+  if (connection === undefined) return undefined;
+  const mounted = parseProcMounts(await deps.fs.readFile('/proc/mounts')).some((m) => m.fstype === 'fusectl' && m.target === FUSE_CONNECTIONS_DIR);
+  if (!mounted) await deps.runner.run('mount', ['-t', 'fusectl', 'fusectl', FUSE_CONNECTIONS_DIR], { timeoutMs });
+  await deps.fs.writeFile(`${FUSE_CONNECTIONS_DIR}/${connection}/abort`, '1');
+  return connection;
+}

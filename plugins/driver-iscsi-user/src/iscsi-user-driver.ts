@@ -16,7 +16,7 @@ import {
   type TransportCallContext,
   type TransportDriver,
 } from '@berth/core';
-import { WaitTimeoutError } from '@berth/host';
+import { daemonStatus, WaitTimeoutError } from '@berth/host';
 import { ISCSI_SOURCE_KEYS, refuseIfHeld } from '@berth/iscsi';
 import { listExports, loopInfo, removeUnusedNode, repointFilter, StorageDaemon, writeSecretFile, type QmpClient } from '@berth/qemu';
 import { DaemonSupervisor } from './daemon-supervisor.js';
@@ -26,6 +26,7 @@ import { checkUserHost, checkUserHostCached, kernelInitiatorUsable, userInitiato
 import { buildChain, loginNode, loopsBacking, messageOf, mountpointOf, secretFile, teardownChain, type PlumbingDeps } from './lun-plumbing.js';
 import { zIscsiUserOptions, type IscsiUserOptions } from './options.js';
 import { exportNames, parseUserConnection, type ExportNames, type UserLun } from './user-connection.js';
+import { ensureWatcher, watcherFiles } from './watch-start.js';
 
 /** The transport's registered name. */
 export const NAME = 'iscsi-user';
@@ -135,6 +136,19 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
     return info?.backingFile === mountpointOf(paths, names.key) && info.rdev === record.rdev;
   }
 
+  /**
+   * The data dir's watcher, started when it does not run (at every connect, under the daemon lock):
+   * without it, I/O on a dead target waits in D state until the target returns. A watcher that
+   * cannot start fails no connect; `check()` says it is not running.
+   */
+  async function watch(): Promise<void> {
+    const started = await ensureWatcher(host, context.dataDir, paths, options).catch((error: unknown) => {
+      logger.warn({ err: messageOf(error) }, 'could not start the iscsi-user watcher: I/O on a dead target will wait until it returns');
+      return undefined;
+    });
+    if (started?.started === true) logger.info({ pid: started.pid, log: watcherFiles(paths).logFile }, 'iscsi-user watcher started');
+  }
+
   async function removeSecrets(key: string): Promise<void> {
     await rm(secretFile(paths, key), { force: true });
     await rm(secretFile(paths, key, 'in'), { force: true });
@@ -150,6 +164,7 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
           details: { device: existing.loopDevice },
         });
       }
+      await watch();
       return deviceOf(existing, names);
     }
     // Whatever a cut-short connect or a failed restore left goes first; a new chain is built. A
@@ -206,6 +221,7 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
       delete active.failure;
       await records.save(active);
       logger.info({ device, iqn: lun.iqn, lun: lun.lun, portal, sizeBytes: info.sizeBytes }, 'iSCSI LUN connected through qemu-storage-daemon');
+      await watch();
       return deviceOf(active, names);
     } catch (error) {
       // An abort or a deadline can land anywhere: leave nothing, with a deadline of its own. The
@@ -559,16 +575,27 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
       const failed = (await records.list()).filter((r) => r.status === 'failed');
       if (failed.length > 0) {
         checks.push({ name: 'exports lost when qemu-storage-daemon died', ok: false, detail: failed.map((r) => `${r.iqn} LUN ${r.lun}: ${r.failure ?? 'failed'}`).join('; ') });
-        fixes.push('run berth reconcile: it reconnects the lost exports or marks their attachments failed; what a failed connect left goes with berth detach --force of its volume (each entry says)');
+        fixes.push('run berth reconcile: it reconnects the failed exports (a dead target once it answers again) or marks their attachments failed; what a failed connect left goes with berth detach --force of its volume (each entry says)');
       }
       const status = await daemon.status();
       checks.push({ name: 'qemu-storage-daemon', ok: true, detail: status.running ? `running as pid ${status.pid}` : 'not running (started on first use)' });
+      const watcher = await daemonStatus(watcherFiles(paths).pidFile);
+      checks.push({
+        name: 'dead-target watch',
+        ok: true,
+        detail:
+          options.noopIntervalS === 0
+            ? 'off (noopIntervalS 0): I/O on a dead target waits until it returns'
+            : watcher.running
+              ? `running as pid ${watcher.pid}: a portal silent for ${options.replacementTimeoutS} s gets its LUN's I/O failed (EIO); log ${watcherFiles(paths).logFile}`
+              : 'not running (started at the next connect)',
+      });
       const ok = essential && failed.length === 0;
       return ok
         ? { ok, summary: `iscsi-user: usable (qemu-storage-daemon, FUSE, loop)${kernel ? '; the kernel initiator is preferred' : ''}`, checks }
         : {
             ok,
-            summary: essential ? `iscsi-user: ${failed.length} export(s) lost when qemu-storage-daemon died` : `iscsi-user: not usable here (${checks.filter((c) => !c.ok).map((c) => c.name).join(', ')})`,
+            summary: essential ? `iscsi-user: ${failed.length} export(s) lost (${failed.map((r) => `${r.iqn} LUN ${r.lun}`).join(', ')}; a dead qemu-storage-daemon, a dead target, or a failed connect)` : `iscsi-user: not usable here (${checks.filter((c) => !c.ok).map((c) => c.name).join(', ')})`,
             checks,
             fix: fixes.join('; '),
           };

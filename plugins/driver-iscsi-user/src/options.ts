@@ -19,6 +19,17 @@ export const zIscsiUserOptions = lazySchema(() => z.object({
   mutualChap: z.enum(['verify-first', 'refuse']).default('verify-first'),
   /** libiscsi's request timeout in seconds: I/O on a dead path fails after it (0 waits for ever). */
   requestTimeoutS: z.number().int().min(0).max(3600).default(120),
+  /**
+   * How often, in s, the watcher process pings each connected LUN's portal (a discovery Login PDU,
+   * the kernel's `noop_out_interval`); `0`: no watch, I/O on a dead target waits until it returns.
+   */
+  noopIntervalS: z.number().int().min(0).max(3600).default(5),
+  /**
+   * How long, in s, a portal may stay silent before the watcher fails its LUN's I/O (EIO instead
+   * of waiting): its FUSE connection is aborted and its record marked `failed` — the kernel's
+   * `node.session.timeo.replacement_timeout`.
+   */
+  replacementTimeoutS: z.number().int().min(1).max(86_400).default(120),
   /** How long a portal may take to accept a TCP connection before the next one is tried, in ms. */
   portalProbeMs: z.number().int().min(50).max(60_000).default(3_000),
   /** Deadline of one QMP command, in ms. */

@@ -6,13 +6,14 @@ import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'vitest';
 import { BerthError, silentLogger, type BackendVolume, type ConnectionInfo, type FaultPoints, type TransportDriver, type VolumeBackend } from '@berth/core';
-import { createHostServices, daemonStatus, type HostServices } from '@berth/host';
+import { createHostServices, daemonStatus, stopDaemon, type HostServices } from '@berth/host';
 import { createTgtBackend, stopManagedTgtd, type TgtBackendOptions } from '@berth/backend-tgt';
 import { fuseMountsUnder, StorageDaemon, unmountFuseUnder } from '@berth/qemu';
 import { freeControlPort, freePort } from '@berth/simhost/real';
 import { userPaths } from './export-records.js';
 import { createIscsiUserDriver } from './iscsi-user-driver.js';
 import type { IscsiUserOptions } from './options.js';
+import { watcherFiles } from './watch-start.js';
 
 /** A volume of the test env: the backend's record and its connection for this driver's initiator. */
 export interface TestVolume {
@@ -98,6 +99,8 @@ export async function createUserTestEnv(options: Partial<IscsiUserOptions> = {})
     },
     async dispose() {
       try {
+        // The data dir's watcher (started at the first connect) goes first: it would outlive the dir.
+        await stopDaemon(watcherFiles(paths).pidFile, { timeoutMs: 5_000 }).catch(() => undefined);
         for (const device of loopsUnder(dataDir)) execFileSync('losetup', ['--detach', device]);
         await new StorageDaemon({ dir: paths.daemon, waiter: host.waiter }).stop().catch(() => undefined);
         await unmountFuseUnder(host, dataDir, 10_000);

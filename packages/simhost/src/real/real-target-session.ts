@@ -31,7 +31,7 @@ import {
   type StandardInquiry,
 } from './libiscsi-output.js';
 import { classifyLoginFailure } from './login-failure.js';
-import { pingPortal } from './portal-ping.js';
+import { pingPortal } from '@berth/iscsi';
 import { RealLunDisk, type LunDiskOwner } from './real-lun-disk.js';
 import type { ValidLoginRequest } from './schemas.js';
 import { identityFromInquiry, type LunIdentity } from './tgt-identity.js';
@@ -181,7 +181,7 @@ export class RealTargetSession implements TargetSession, LunDiskOwner {
     });
   }
 
-  /** Whether tgtd answers at the session's portal (the simulated kernel's NOP-Out; `portal-ping.ts`). */
+  /** Whether tgtd answers at the session's portal (the simulated kernel's NOP-Out; `@berth/iscsi`'s `pingPortal`). */
   ping(timeoutMs: number): Promise<boolean> {
     return pingPortal(this.portal, this.initiator, timeoutMs);
   }

@@ -71,3 +71,9 @@ describe('pingPortal', () => {
     expect(await pingPortal(portal, INITIATOR, 2_000)).toBe(false);
   });
 });
+
+describe('pingPortal with a portal it cannot parse', () => {
+  it('is not answered (and does not throw)', async () => {
+    expect(await pingPortal('[fe80::1', INITIATOR, 500)).toBe(false);
+  });
+});

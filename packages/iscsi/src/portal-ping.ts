@@ -1,6 +1,6 @@
 import { connect } from 'node:net';
 import { randomBytes } from 'node:crypto';
-import { parsePortal } from '../portal-address.js';
+import { parsePortal } from './portal.js';
 
 /** The Basic Header Segment of every iSCSI PDU (RFC 7143 §11.2.1). */
 const BHS_BYTES = 48;
@@ -34,18 +34,24 @@ export function discoveryLoginPdu(initiator: string): Buffer {
 }
 
 /**
- * Whether the iSCSI target at `portal` answers a login within `timeoutMs`: the simulated kernel's
- * NOP-Out. The kernel pings a session's connection every `noop_out_interval` and fails the
- * connection when no NOP-In comes back within `noop_out_timeout`; a session here has no
- * connection of its own to ping (qemu-storage-daemon holds it), so a fresh discovery login stands
- * in for it. A TCP connect alone would not do: a stopped tgtd still completes handshakes (the
- * kernel queues them), and only a PDU shows the target is there to answer.
+ * Whether the iSCSI target at `portal` (`host:port`, `[v6]:port`) answers a login within
+ * `timeoutMs`: a stand-in for the kernel's NOP-Out. The kernel pings a session's connection every
+ * `noop_out_interval` and fails the connection when no NOP-In comes back within
+ * `noop_out_timeout`; a session held by another program (qemu-storage-daemon, the simulated
+ * host's) has no connection of its own to ping, so a fresh discovery login stands in for it. A TCP
+ * connect alone would not do: a stopped tgtd still completes handshakes (the kernel queues them),
+ * and only a PDU shows the target is there to answer. An unparsable portal is not answered.
  */
 export function pingPortal(portal: string, initiator: string, timeoutMs: number): Promise<boolean> {
-  const { address, port } = parsePortal(portal);
+  let address: { host: string; port: number };
+  try {
+    address = parsePortal(portal);
+  } catch {
+    return Promise.resolve(false);
+  }
   return new Promise((resolve) => {
     let received = Buffer.alloc(0);
-    const socket = connect({ host: address, port });
+    const socket = connect({ host: address.host, port: address.port });
     const end = (answered: boolean): void => {
       clearTimeout(timer);
       socket.destroy();
