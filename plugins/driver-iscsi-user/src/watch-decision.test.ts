@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { observePings, overdueExports, type WatchEntry } from './watch-decision.js';
+import { exportsToFail, observePings, overdueExports, type WatchEntry } from './watch-decision.js';
 
 const A = { key: 'a', portal: '127.0.0.1:3260' };
 const B = { key: 'b', portal: '127.0.0.2:3260' };
@@ -43,5 +43,17 @@ describe('the watch decision (last answer times -> which exports to abort)', () 
     expect([...watch.keys()]).toEqual(['a']);
     expect(watch.get('a')).toEqual({ portal: '127.0.0.9:3260', lastAnswerMs: 10_000 });
     expect(overdueExports(watch, 12_000, 3_000)).toEqual([]);
+  });
+});
+
+describe('which overdue LUNs are failed (qemu 7.2 takes the whole daemon down with an aborted export)', () => {
+  it('all of them when they are every LUN the daemon serves (one tgtd serving them all died)', () => {
+    expect(exportsToFail(['a', 'b'], ['a', 'b'])).toEqual({ fail: ['a', 'b'], spared: 0 });
+    expect(exportsToFail(['a'], ['a'])).toEqual({ fail: ['a'], spared: 0 });
+  });
+
+  it('none while a LUN whose target answers shares the daemon: its I/O must not fail for another target', () => {
+    expect(exportsToFail(['a'], ['a', 'b'])).toEqual({ fail: [], spared: 1 });
+    expect(exportsToFail([], ['a', 'b'])).toEqual({ fail: [], spared: 2 });
   });
 });

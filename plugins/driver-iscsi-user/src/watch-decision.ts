@@ -36,3 +36,17 @@ export function observePings(
 export function overdueExports(watch: ReadonlyMap<string, WatchEntry>, nowMs: number, replacementTimeoutMs: number): string[] {
   return [...watch].filter(([, entry]) => nowMs - entry.lastAnswerMs > replacementTimeoutMs).map(([key]) => key);
 }
+
+/**
+ * Which overdue LUNs to fail now. Failing one aborts its FUSE connection, and qemu 7.2 then takes
+ * the whole qemu-storage-daemon down (or spins in it), so every other LUN it serves sees EIO until
+ * it is rebuilt, and one held open (a mounted file system) cannot be rebuilt at all: a LUN whose
+ * target answers must never pay for one whose target is dead. So the overdue LUNs are failed only
+ * when they are every LUN the daemon serves (one tgtd serving them all died: the common case);
+ * otherwise none is, and their I/O keeps waiting for the target, as before the watch.
+ */
+export function exportsToFail(overdue: readonly string[], served: readonly string[]): { fail: string[]; spared: number } {
+  const dead = new Set(overdue);
+  const healthy = served.filter((key) => !dead.has(key)).length;
+  return healthy === 0 ? { fail: [...overdue], spared: 0 } : { fail: [], spared: healthy };
+}

@@ -7,7 +7,7 @@ import { exportRecords, userPaths, type ExportRecord } from './export-records.js
 import { messageOf, mountpointOf } from './lun-plumbing.js';
 import { exportNames } from './user-connection.js';
 import type { IscsiUserOptions } from './options.js';
-import { observePings, overdueExports, type WatchEntry, type WatchedExport } from './watch-decision.js';
+import { exportsToFail, observePings, overdueExports, type WatchEntry, type WatchedExport } from './watch-decision.js';
 
 /** What the watcher needs: the machine, the data dir, the transport's options, a logger. */
 export interface WatcherDeps {
@@ -46,6 +46,8 @@ export async function runWatcher(deps: WatcherDeps, signal: AbortSignal): Promis
   const timeoutMs = options.replacementTimeoutS * 1000;
   let watch = new Map<string, WatchEntry>();
   const silent = new Set<string>();
+  // The overdue LUNs left waiting beside healthy ones, said once per change.
+  let held = '';
   logger.info({ noopIntervalS: options.noopIntervalS, replacementTimeoutS: options.replacementTimeoutS }, 'watching the connected LUNs\' portals');
   // `pingPortal` unrefs its socket and timer (a ping must not keep a CLI alive): here the watch is
   // the process's work, so this keeps it alive until the watch ends.
@@ -90,7 +92,17 @@ export async function runWatcher(deps: WatcherDeps, signal: AbortSignal): Promis
       if (answering) silent.delete(key);
       else silent.add(key);
     }
-    const overdue = overdueExports(watch, now, timeoutMs);
+    const { fail: overdue, spared } = exportsToFail(overdueExports(watch, now, timeoutMs), exports.map((e) => e.key));
+    const waiting = spared > 0 ? overdueExports(watch, now, timeoutMs).sort().join(',') : '';
+    if (waiting !== held) {
+      held = waiting;
+      if (waiting !== '') {
+        logger.warn(
+          { keys: waiting.split(','), healthy: spared },
+          'LUNs whose target did not answer past replacementTimeoutS keep their I/O waiting: failing them would take qemu-storage-daemon down under the LUNs whose target answers (qemu 7.2)',
+        );
+      }
+    }
     if (overdue.length > 0) {
       const done = await failExports(deps, overdue.map((key) => ({ key, entry: watch.get(key)! })), now).catch((error: unknown) => {
         logger.error({ keys: overdue, err: messageOf(error) }, 'could not fail the I/O of LUNs whose target did not answer; trying again');
