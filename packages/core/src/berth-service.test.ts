@@ -785,8 +785,8 @@ describe('servers with a hypervisor: the pipeline publishes through their consum
     }
   });
 
-  it('an attach rolled back after its hot-plug, whose guest does not let go, leaves the host device connected (not pulled out from under the guest)', async () => {
-    const { service, store, connected, guestDisks } = world({ guestHolds: true });
+  it('an attach rolled back after its hot-plug, whose guest does not let go, leaves the host device connected (not pulled out from under the guest) and its export', async () => {
+    const { service, store, connected, guestDisks, exported } = world({ guestHolds: true });
     const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
     await service.createServer({ name: 'vm-1', hypervisor: { type: 'qemu', qmp: '/run/vm-1/qmp.sock' } });
     // The publish's record fails after the disk was plugged into the guest: the attach rolls back.
@@ -797,10 +797,19 @@ describe('servers with a hypervisor: the pipeline publishes through their consum
     };
     const error = await service.attach({ volume: 'db', server: 'vm-1' }).catch((e: unknown) => e);
     expect(BerthError.is(error) && error.code).toBe('CONFLICT');
-    // The guest still has the disk, and so does the host (before: disconnected under the guest).
+    // The guest still has the disk, and so does the host (before: disconnected under the guest),
+    // and the export it reaches the volume through (before: removed — an explorer saw tgtd's ACL
+    // of the live session gone, which would refuse the session's next login).
     expect(guestDisks.size).toBe(1);
     expect(connected.size).toBe(1);
+    expect(exported.size).toBe(1);
     expect((await store.attachments.list({ volumeId: volume.id }))[0]?.status).toBe('error_attaching');
+    const op = (await store.operations.list({ kind: 'attach' }))[0]!;
+    expect(op.steps.find((st) => st.name === 'initialize' && st.phase === 'undo')).toMatchObject({ state: 'failed', error: { code: 'CONFLICT' } });
+    // Once the guest lets go, --force takes everything away.
+    guestDisks.clear();
+    await service.detach({ volume: 'db', force: true });
+    expect(connected.size + exported.size).toBe(0);
   });
 
   it('--force does not go through any failure of a guest server\'s unplug (an agent\'s answer may lose guestHoldsDevice)', async () => {

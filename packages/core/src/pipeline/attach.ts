@@ -135,7 +135,18 @@ export function attachSteps(deps: PipelineDeps, options: AttachOptions): Array<S
         await ctx.exportLease?.confirm(tx);
         return { apply: (c) => applyTransition(c, changed) };
       },
-      async undo(ctx, signal) {
+      async undo(ctx, signal, progress) {
+        // A later undo failed (the device was left connected — for a guest that may still hold the
+        // disk, on purpose — or its unplug or disconnect failed): the device may still be in use
+        // through this export, and removing it would cut that user off at its next login (tgtd
+        // checks the ACL there). Kept, with the attachment `error_attaching`, for `berth detach
+        // --force` or reconcile, which remove it once the device is gone.
+        if (ctx.connector && progress.failures.length > 0) {
+          throw new BerthError('CONFLICT', `the export of volume ${ctx.volume.name} to this host was kept: a device may still use it (${progress.failures.length} later undo(s) failed)`, {
+            hint: `once the device is let go, \`berth detach ${ctx.volume.name} --force\` (or \`berth reconcile\`) removes it`,
+            details: { volumeId: ctx.volume.id, reason: 'export-kept' },
+          });
+        }
         // The export is the host's: other attachments of the volume on this host use it too.
         if (ctx.connector) {
           const { connector, backend, volume } = ctx;
