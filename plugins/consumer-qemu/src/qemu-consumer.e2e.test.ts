@@ -1,4 +1,5 @@
 import { connect } from 'node:net';
+import { rename } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { describeConsumerConformance } from '@berth/testkit/conformance';
@@ -174,6 +175,29 @@ describe('the qemu consumer against a real QEMU guest (TCG)', () => {
     expect((await guest.agent.disks()).map((d) => d.serial)).not.toContain(guestSerial(v.volumeId));
     await consumer.unpublish(badBus, attachment);
     expect(await host.fs.exists(stableLinkPath(v.volumeId))).toBe(false);
+    await v.disconnect();
+  });
+
+  it('a QMP socket deleted or moved under a running guest: unpublish refuses (guestHoldsDevice) while its QEMU has the device open, and goes on once the socket is back', async () => {
+    const v = await volume();
+    const attachment = v.attachment(server);
+    await consumer.publish(server, v.device, attachment);
+    await guest.agent.waitForDisk(v.volumeId, SEE_MS);
+    const moved = `${guest.qmpSocket}.moved`;
+    await rename(guest.qmpSocket, moved);
+    try {
+      const error = await consumer.unpublish(server, attachment).catch((e: unknown) => e);
+      expect(BerthError.is(error) && error.code).toBe('CONFLICT');
+      expect(BerthError.is(error) && error.details.guestHoldsDevice).toBe(true);
+      expect((error as BerthError).message).toMatch(/qemu/i);
+      // Nothing was taken away: the guest has the disk, the host its link.
+      expect((await guest.agent.disks()).some((d) => d.serial === guestSerial(v.volumeId))).toBe(true);
+      expect(await host.fs.exists(stableLinkPath(v.volumeId))).toBe(true);
+    } finally {
+      await rename(moved, guest.qmpSocket);
+    }
+    await consumer.unpublish(server, attachment);
+    expect(await consumer.guestDisks(server)).toEqual([]);
     await v.disconnect();
   });
 

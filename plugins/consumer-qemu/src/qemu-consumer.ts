@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from '@berth/core/zod';
-import { acquireFileLock, LockTimeoutError } from '@berth/host';
+import { acquireFileLock, holderOf, LockTimeoutError, type HostServices } from '@berth/host';
 import {
   attachmentLinks,
   BerthError,
@@ -133,6 +133,9 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
 
   const call: QmpCallOptions = { timeoutMs: options.qmpTimeoutMs };
 
+  const refuseWhileOpen = (server: Server, hv: QemuHypervisor, attachment: Attachment): Promise<void> =>
+    refuseWhileOpenWith(context.host, server, hv, attachment, options.qmpTimeoutMs);
+
   async function virtioDevices(qmp: QmpClient): Promise<string[]> {
     const named = await qmp.request('qom-list', { path: '/machine/peripheral' }, zPeripheralList, call);
     return named.filter((child) => child.type === VIRTIO_BLK).map((child) => child.name);
@@ -222,8 +225,10 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
           if ((await virtioDevices(qmp)).includes(deviceId)) await unplug(qmp, server, hv, `${PERIPHERAL}/${deviceId}`, attachment.volumeId);
           await deleteNode(qmp, nodeName);
         },
-        // Nothing listens on the socket: that QEMU is gone, and its guest holds nothing any more.
-        async () => undefined,
+        // Nothing listens on the socket: that QEMU is gone, and its guest holds nothing any more —
+        // unless the device is still open: a QEMU whose socket was deleted (systemd-tmpfiles
+        // cleans /tmp) or moved runs on with the disk, out of berth's reach.
+        () => refuseWhileOpen(server, hv, attachment),
       );
       await link.unpublish(server, attachment, unpublishOptions);
     },
@@ -342,6 +347,24 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
       },
     );
   }
+}
+
+/**
+ * Nothing answers on a server's QMP socket: the guest is taken for gone only while nothing has the
+ * attachment's host device open. A process that does (its QEMU, whose socket was deleted or moved)
+ * may still give the disk to its guest: refused with `guestHoldsDevice` — neither a detach nor
+ * `--force` then disconnects the device under it.
+ */
+async function refuseWhileOpenWith(host: HostServices, server: Server, hv: QemuHypervisor, attachment: Attachment, timeoutMs: number): Promise<void> {
+  const device = attachment.device;
+  if (!device) return;
+  const node = host.fs.resolve(device.path);
+  const holder = await holderOf(host, { node, sysName: path.basename(device.path) }, { timeoutMs }).catch(() => undefined);
+  if (holder === undefined) return;
+  throw new BerthError('CONFLICT', `nothing answers on the QMP socket of server ${server.name} (${hv.qmp}), but the volume's device ${device.path} is still in use (${holder}): its guest may still have the disk`, {
+    hint: `if that is the server's QEMU (its socket deleted or moved), give it back its QMP socket or shut the guest down, then detach again; berth never disconnects a disk a guest may still hold`,
+    details: { server: server.name, qmp: hv.qmp, volumeId: attachment.volumeId, guestHoldsDevice: true },
+  });
 }
 
 /** Whether connecting failed because nothing listens on the socket (QEMU not running). */
