@@ -83,7 +83,7 @@ describe('a command stuck in the kernel (D state)', () => {
       const runner = createCommandRunner({ nodeSpawn });
       const started = performance.now();
       const timeoutMs = 300;
-      const error = await runner.run('dd', [`if=${loop}`, 'of=/dev/null', 'bs=4096', 'count=1', nextBlock(), 'iflag=direct'], { timeoutMs }).then(
+      const error = await runner.run('dd', [`if=${loop}`, 'of=/dev/null', 'bs=4096', 'count=1', nextBlock(), 'iflag=direct'], { timeoutMs, abandonIfStuck: true }).then(
         () => undefined,
         (e: unknown) => e,
       );
@@ -95,7 +95,7 @@ describe('a command stuck in the kernel (D state)', () => {
       stuck.push(result.stuckPid as number);
       expect((error as CommandError).message).toContain(`left running as pid ${result.stuckPid}`);
       // Timeout, SIGTERM's grace (2 s), then the grace after SIGKILL; not the hang's length.
-      expect(elapsed).toBeGreaterThanOrEqual(timeoutMs + ABANDON_AFTER_KILL_MS);
+      expect(elapsed).toBeGreaterThanOrEqual(timeoutMs + 2_000 + ABANDON_AFTER_KILL_MS - 50);
       expect(elapsed).toBeLessThan(timeoutMs + 2_000 + ABANDON_AFTER_KILL_MS + 3_000);
       // It really is still there, in the kernel.
       expect(await stateOf(result.stuckPid as number)).toBe('D');
@@ -107,12 +107,27 @@ describe('a command stuck in the kernel (D state)', () => {
     await waiter.waitUntil(`/proc/${pid}`, async () => (processAliveSync(pid) ? undefined : true), { timeoutMs: 10_000, pollMs: 20, what: `pid ${pid} gone`, signal });
   }, 30_000);
 
+  it('without abandonIfStuck (a command that acts) the call waits for the command to end, however long its I/O hangs', async () => {
+    daemon?.kill('SIGSTOP');
+    const call = createCommandRunner().run('dd', [`if=${loop}`, 'of=/dev/null', 'bs=4096', 'count=1', nextBlock(), 'iflag=direct'], { timeoutMs: 300, reject: false });
+    try {
+      // Well past the timeout, SIGTERM's grace and the abandon grace: still waiting.
+      const early = await Promise.race([call, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 300 + 2_000 + ABANDON_AFTER_KILL_MS + 1_500))]);
+      expect(early).toBeUndefined();
+    } finally {
+      daemon?.kill('SIGCONT');
+    }
+    const result = await call;
+    expect(result).toMatchObject({ exitCode: -1, timedOut: true });
+    expect(result.stuckPid).toBeUndefined();
+  }, 30_000);
+
   it('an abort (the step\'s deadline) ends the call the same way', async () => {
     daemon?.kill('SIGSTOP');
     try {
       const controller = new AbortController();
       const skip = nextBlock();
-      const call = createCommandRunner().run('dd', [`if=${loop}`, 'of=/dev/null', 'bs=4096', 'count=1', skip, 'iflag=direct'], { timeoutMs: 60_000, signal: controller.signal, reject: false });
+      const call = createCommandRunner().run('dd', [`if=${loop}`, 'of=/dev/null', 'bs=4096', 'count=1', skip, 'iflag=direct'], { timeoutMs: 60_000, signal: controller.signal, reject: false, abandonIfStuck: true });
       // Aborted once the read is in the kernel.
       await waiter.waitUntil('/proc', async () => ((await host.run('pgrep', ['-f', `if=${loop} of=/dev/null bs=4096 count=1 ${skip}`], { reject: false })).exitCode === 0 ? true : undefined), { timeoutMs: 10_000, pollMs: 20, what: 'dd started', signal });
       controller.abort(new Error("deadline"));

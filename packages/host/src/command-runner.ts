@@ -36,10 +36,12 @@ export const DEFAULT_COMMAND_TIMEOUT_MS = 30_000;
 const FORCE_KILL_AFTER_MS = 2_000;
 
 /**
- * After SIGKILL, a command still there this much later is left running and the call fails: it
- * sleeps uninterruptibly in the kernel (D state: I/O to a device or mount that does not answer,
- * a dead iSCSI target, a FUSE server that stopped), where no signal reaches it until that I/O
- * ends — which may be never. Waiting for it would hold the step (and its locks) past its deadline.
+ * After SIGKILL, a command still there this much later is left running and the call fails, when
+ * the caller said it changes nothing (`RunOptions.abandonIfStuck`): it sleeps uninterruptibly in
+ * the kernel (D state: I/O to a device or mount that does not answer, a dead iSCSI target, a FUSE
+ * server that stopped), where no signal reaches it until that I/O ends — which may be never.
+ * Waiting for a listing would hold the step (and its locks) past its deadline. A command that acts
+ * is waited for: it may still act when its I/O ends, and its caller's locks must cover that.
  */
 export const ABANDON_AFTER_KILL_MS = 3_000;
 
@@ -68,7 +70,7 @@ interface Outcome {
 function spawnCommand(
   file: string,
   args: readonly string[],
-  options: { timeoutMs: number; signal: AbortSignal | undefined; input: string | undefined; env: NodeJS.ProcessEnv; command: string; nodeSpawn: boolean },
+  options: { timeoutMs: number; signal: AbortSignal | undefined; input: string | undefined; env: NodeJS.ProcessEnv; command: string; nodeSpawn: boolean; abandonIfStuck: boolean },
 ): Promise<Outcome> {
   return new Promise((resolve) => {
     let stdout = '';
@@ -89,6 +91,7 @@ function spawnCommand(
       const running = child;
       forceKill ??= setTimeout(() => {
         running.kill('SIGKILL');
+        if (!options.abandonIfStuck) return;
         abandon = setTimeout(() => giveUp(running), ABANDON_AFTER_KILL_MS);
         abandon.unref();
       }, FORCE_KILL_AFTER_MS);
@@ -229,6 +232,7 @@ export function createCommandRunner(options: CommandRunnerOptions = {}): Command
         env: environment(runOptions.env),
         command,
         nodeSpawn: options.nodeSpawn === true,
+        abandonIfStuck: runOptions.abandonIfStuck === true,
       });
       const durationMs = performance.now() - started;
 

@@ -42,7 +42,8 @@ export async function holderOf(deps: { fs: HostFs; runner: CommandRunner }, devi
   const ignore = new Set(options.ignoreStacked ?? []);
   const stacked = (await fs.readdir(`/sys/block/${device.sysName}/holders`).catch(() => [] as string[])).filter((name) => !ignore.has(name));
   if (stacked.length > 0) return `device ${stacked.join(', ')} is stacked on it`;
-  const run = { timeoutMs: options.timeoutMs, reject: false, ...(options.signal ? { signal: options.signal } : {}) } as const;
+  // Reads only: a look that hangs in the kernel (a device over a dead target) is given up on.
+  const run = { timeoutMs: options.timeoutMs, reject: false, abandonIfStuck: true, ...(options.signal ? { signal: options.signal } : {}) } as const;
   const rdev = device.rdev ?? (await nodeRdev(fs, device.sysName, device.node));
   if (rdev) {
     const mountinfo = await fs.readFileIfExists('/proc/self/mountinfo').catch(() => undefined);

@@ -122,6 +122,8 @@ export const startWithNode: StartCommand = (file, args, options, events) => {
     abandon: () => {
       running.delete(child);
       child.removeAllListeners('close');
+      // A pending write to a command that never reads it would keep this process alive.
+      child.stdin?.destroy();
       child.stdout?.destroy();
       child.stderr?.destroy();
       child.unref();

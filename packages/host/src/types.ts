@@ -18,6 +18,14 @@ export interface RunOptions {
   secrets?: readonly string[];
   /** When false, a non-zero exit code is returned, not thrown (default: true). */
   reject?: boolean;
+  /**
+   * Only for a command that changes nothing (a listing, a read): when SIGKILL does not end it —
+   * it sleeps in the kernel (D state) on I/O that does not answer — the call fails 3 s later
+   * without it (`stuckPid`) instead of waiting as long as that I/O hangs. Never for a command that
+   * acts (a logout, a detach, a flush): it may still act when its I/O ends, after the caller let go
+   * of the locks that keep others off what it acts on. Default false: wait for it to end.
+   */
+  abandonIfStuck?: boolean;
 }
 
 /** What a finished command returned. */

@@ -142,16 +142,18 @@ export function createLoopDriver(context: PluginContext<Partial<LoopDriverOption
   // One queue per backing file: two connects of one file must never make two loop devices.
   const fileLocks = new KeyedLock();
 
-  async function run(tool: LoopTool, args: readonly string[], what: string, signal?: AbortSignal): Promise<CommandResult> {
+  async function run(tool: LoopTool, args: readonly string[], what: string, signal?: AbortSignal, readOnly = false): Promise<CommandResult> {
     try {
-      return await runner.run(tool, args, { timeoutMs: options.commandTimeoutMs, ...(signal ? { signal } : {}) });
+      return await runner.run(tool, args, { timeoutMs: options.commandTimeoutMs, ...(signal ? { signal } : {}), ...(readOnly ? { abandonIfStuck: true } : {}) });
     } catch (error) {
       throw toLoopError(error, tool, what);
     }
   }
 
   async function listLoopDevices(signal?: AbortSignal): Promise<LoopDevice[]> {
-    const result = await run('losetup', ['--json', '--list', '--output', LIST_COLUMNS], 'listing loop devices', signal);
+    // A listing changes nothing: one stuck in the kernel on a loop device over a file that does not
+    // answer (a FUSE export of a dead iSCSI target, a dead NFS server) is given up on.
+    const result = await run('losetup', ['--json', '--list', '--output', LIST_COLUMNS], 'listing loop devices', signal, true);
     try {
       return parseLosetupList(result.stdout);
     } catch (error) {
