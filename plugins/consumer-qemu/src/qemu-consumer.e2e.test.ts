@@ -229,3 +229,44 @@ describe('the qemu consumer against a real QEMU guest (TCG)', () => {
     cleanup: async () => undefined,
   }));
 });
+
+describe('the qemu consumer when QEMU dies under an unplug', () => {
+  let guest: QemuGuest | undefined;
+  let volumes: LoopVolumes | undefined;
+
+  afterAll(async () => {
+    try {
+      await guest?.stop();
+    } finally {
+      await volumes?.cleanup();
+    }
+  });
+
+  it('QEMU SIGKILLed while the unplug waits on a paused guest: unpublish ends as a gone guest (its disk went with it), not as a lost connection', async () => {
+    volumes = await LoopVolumes.create(host, 'berth-consumer-qemu-kill-');
+    guest = await bootQemuGuest({ runner: host.runner });
+    const server = guestServer('vm-qemu-kill', { type: 'qemu', qmp: guest.qmpSocket });
+    const consumer = createQemuConsumer({ host, dataDir: volumes.dir, options: { unplugTimeoutMs: 60_000, qmpTimeoutMs: 30_000 }, logger: silentLogger });
+    const v = await volumes.make();
+    const attachment = v.attachment(server);
+    await consumer.publish(server, v.device, attachment);
+    await guest.agent.waitForDisk(v.volumeId, SEE_MS);
+    await guest.pause();
+    const unpublished = consumer.unpublish(server, attachment).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    // Once the unpublish holds the socket's lock (its QMP session and device_del follow within
+    // milliseconds, and the paused guest keeps it waiting), QEMU dies. Whatever the exact moment —
+    // before the connect, between the requests, in the wait — the answer must be the same.
+    const lockDir = path.join(volumes.dir, 'consumer-qemu', 'locks');
+    await host.waiter.waitUntil(lockDir, async () => ((await host.fs.readdir(lockDir).catch(() => [])).some((f) => f.endsWith('.lock')) ? true : undefined), { timeoutMs: 10_000, what: 'the unpublish to hold the QMP socket', signal: AbortSignal.timeout(10_000) });
+    process.kill(guest.pid, 'SIGKILL');
+    const started = Date.now();
+    expect(await unpublished).toBeUndefined();
+    expect(Date.now() - started).toBeLessThan(30_000);
+    expect(await host.fs.exists(stableLinkPath(v.volumeId))).toBe(false);
+    await v.disconnect();
+  });
+});
+

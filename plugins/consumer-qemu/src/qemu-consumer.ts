@@ -20,7 +20,7 @@ import {
   type Server,
   toBerthError,
 } from '@berth/core';
-import { QmpClient, isQmpFailure, qmpFailureOf, zEmptyReturn, type QmpCallOptions } from '@berth/qemu';
+import { QmpClient, isQmpConnectionLost, isQmpFailure, qmpFailureOf, zEmptyReturn, type QmpCallOptions } from '@berth/qemu';
 import { qemuDiskIds, qemuDiskMode, qemuHypervisorOf, volumeIdOfDevice, type QemuHypervisor } from './qemu-hypervisor.js';
 
 /** The consumer's name: servers with `hypervisor.type = 'qemu'` use it. */
@@ -116,7 +116,8 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
         try {
           qmp = await QmpClient.connect(hv.qmp, { timeoutMs: options.qmpTimeoutMs });
         } catch (error) {
-          if (isUnreachable(error)) return await unreachable();
+          // Nothing listens, or QEMU died while greeting (its connection lost, nothing there now).
+          if (isUnreachable(error) || (isQmpConnectionLost(error) && (await nothingListens(hv)))) return await unreachable();
           // No session: nothing was asked of the guest.
           throw sessionFailed(server, hv, error);
         }
@@ -135,6 +136,16 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
 
   const refuseWhileOpen = (server: Server, hv: QemuHypervisor, attachment: Attachment): Promise<void> =>
     refuseWhileOpenWith(context.host, server, hv, attachment, options.qmpTimeoutMs);
+
+  /** Whether nothing listens on the server's QMP socket now (its QEMU exited). */
+  async function nothingListens(hv: QemuHypervisor): Promise<boolean> {
+    try {
+      (await QmpClient.connect(hv.qmp, { timeoutMs: options.qmpTimeoutMs })).close();
+      return false;
+    } catch (error) {
+      return isUnreachable(error);
+    }
+  }
 
   async function virtioDevices(qmp: QmpClient): Promise<string[]> {
     const named = await qmp.request('qom-list', { path: '/machine/peripheral' }, zPeripheralList, call);
@@ -222,8 +233,15 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
         server,
         hv,
         async (qmp) => {
-          if ((await virtioDevices(qmp)).includes(deviceId)) await unplug(qmp, server, hv, `${PERIPHERAL}/${deviceId}`, attachment.volumeId);
-          await deleteNode(qmp, nodeName);
+          try {
+            if ((await virtioDevices(qmp)).includes(deviceId)) await unplug(qmp, server, hv, `${PERIPHERAL}/${deviceId}`, attachment.volumeId);
+            await deleteNode(qmp, nodeName);
+          } catch (error) {
+            // QEMU died under the unplug (killed, crashed): its guest went with it — taken so only
+            // once nothing answers on its socket and nothing has the device open (else as it was).
+            if (!isQmpConnectionLost(error) || !(await nothingListens(hv))) throw error;
+            await refuseWhileOpen(server, hv, attachment);
+          }
         },
         // Nothing listens on the socket: that QEMU is gone, and its guest holds nothing any more —
         // unless the device is still open: a QEMU whose socket was deleted (systemd-tmpfiles
