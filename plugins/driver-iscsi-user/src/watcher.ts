@@ -92,7 +92,9 @@ export async function runWatcher(deps: WatcherDeps, signal: AbortSignal): Promis
       if (answering) silent.delete(key);
       else silent.add(key);
     }
-    const { fail: overdue, spared } = exportsToFail(overdueExports(watch, now, timeoutMs), exports.map((e) => e.key));
+    // Every record not failed is a LUN the daemon serves (or is about to: a connect under way).
+    const served = all.filter((record) => record.status !== 'failed').map((record) => record.volumeId);
+    const { fail: overdue, spared } = exportsToFail(overdueExports(watch, now, timeoutMs), served);
     const waiting = spared > 0 ? overdueExports(watch, now, timeoutMs).sort().join(',') : '';
     if (waiting !== held) {
       held = waiting;
@@ -139,22 +141,34 @@ async function failExports(deps: WatcherDeps, overdue: ReadonlyArray<{ key: stri
     const daemon = new StorageDaemon({ dir: paths.daemon, waiter: host.waiter, binary: options.binary });
     const before = await daemon.status();
     const aborted: ExportRecord[] = [];
-    for (const { key, entry } of overdue) {
-      const record = await records.load(key);
-      if (!record || record.status !== 'active' || currentPortal(record) !== entry.portal) {
-        done.push(key);
-        continue;
-      }
-      if (await pingPortal(entry.portal, record.initiator, options.noopIntervalS * 1000)) {
-        logger.info({ key, portal: entry.portal }, 'the portal answered just before its LUN\'s I/O was to be failed: nothing done');
-        done.push(key);
-        continue;
-      }
+    // Decided again under the lock: a connect that finished while the watcher waited for it (its
+    // record `connecting` at the round's look) is a LUN the abort would take down too. Every record
+    // not already failed is one the daemon serves, or is about to.
+    const current = (await records.list()).filter((record) => record.status !== 'failed');
+    const stillOverdue = overdue.filter(({ key, entry }) => current.some((r) => r.volumeId === key && r.status === 'active' && currentPortal(r) === entry.portal));
+    for (const { key } of overdue) if (!stillOverdue.some((o) => o.key === key)) done.push(key);
+    const { fail } = exportsToFail(stillOverdue.map((o) => o.key), current.map((r) => r.volumeId));
+    if (fail.length === 0) return done;
+    // One more ping of each portal, all at once (a partition dropping SYNs makes each wait its
+    // whole bound, under the lock every attach and detach waits for): any answer, and nothing is failed.
+    const portals = [...new Set(stillOverdue.map((o) => o.entry.portal))];
+    const initiators = new Map(current.map((r) => [currentPortal(r), r.initiator]));
+    const answers = await Promise.all(portals.map((portal) => pingPortal(portal, initiators.get(portal) ?? '', options.noopIntervalS * 1000)));
+    if (answers.some(Boolean)) {
+      logger.info({ portals: portals.filter((_, i) => answers[i]) }, 'a portal answered just before its LUNs\' I/O was to be failed: nothing done');
+      return [...done, ...stillOverdue.map((o) => o.key)];
+    }
+    for (const { key, entry } of stillOverdue) {
+      const record = current.find((r) => r.volumeId === key)!;
       const silentS = Math.round((Date.now() - entry.lastAnswerMs) / 1000);
       const connection = await abortFuseConnection(host, mountpointOf(paths, key), options.commandTimeoutMs);
+      const how =
+        connection === undefined
+          ? 'its FUSE mount was not found (nothing to abort: its I/O fails already or has no path)'
+          : 'its FUSE connection was aborted';
       const reason =
         `target ${record.iqn} at ${entry.portal} did not answer for ${silentS} s (replacementTimeoutS ${options.replacementTimeoutS}); its I/O was failed (EIO)` +
-        `: its FUSE connection was aborted, and it stays failed until berth reconcile reconnects it or a detach (--force) removes it`;
+        `: ${how}, and it stays failed until berth reconcile reconnects it or a detach (--force) removes it`;
       await records.save({ ...record, status: 'failed', failure: reason, updatedAt: new Date().toISOString() });
       logger.warn({ key, iqn: record.iqn, lun: record.lun, portal: entry.portal, device: record.loopDevice, fuseConnection: connection, silentS, sinceMs: now - entry.lastAnswerMs }, 'a target did not answer: its LUN\'s I/O was failed (EIO)');
       aborted.push(record);
