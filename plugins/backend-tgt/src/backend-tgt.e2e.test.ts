@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { readFile, readdir, stat, statfs, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -268,6 +268,10 @@ describe('tgt backend on a real tgtd', () => {
       await expect.poll(async () => (await daemonStatus(pidFile)).running, { timeout: 5_000, interval: 10 }).toBe(false);
       await Promise.all([env.backend.upkeep!(signal()), stopManagedTgtd(env.dataDir, env.controlPort, { runner: env.runner })]);
       expect((await daemonStatus(pidFile)).running, `round ${round}`).toBe(false);
+      // The stop holds: its mark is there, and the next round starts nothing.
+      expect(existsSync(managedTgtdPaths(env.dataDir).stoppedFile), `round ${round}`).toBe(true);
+      await env.backend.upkeep!(signal());
+      expect((await daemonStatus(pidFile)).running, `round ${round}, next upkeep`).toBe(false);
       await env.backend.initializeConnection(v, hostA, signal());
     }
     await env.backend.terminateConnection(v, hostA, signal());

@@ -73,6 +73,8 @@ export function createTgtBackend(context: PluginContext<Partial<TgtBackendOption
     : undefined;
   // This process has brought tgtd in line with the state once (repairs drift on the first call).
   let reconciled = false;
+  // The system tgtd's missing targets (iqns) upkeep last tried to restore.
+  let restoreTried = '';
 
   /** The volume's id, proven to be a UUID (it names files and targets). */
   function idOf(volume: BackendVolume): string {
@@ -440,8 +442,17 @@ export function createTgtBackend(context: PluginContext<Partial<TgtBackendOption
         const records = Object.values((await store.read()).volumes);
         if (records.length === 0) return;
         const listed = new Set((await tgtadm.showTargets(signal)).map((t) => t.iqn));
-        if (records.every((r) => listed.has(r.iqn))) return;
-        logger.warn({ missing: records.filter((r) => !listed.has(r.iqn)).length }, 'the system tgtd lost targets of berth volumes (restarted?); restoring them');
+        const missing = records.filter((r) => !listed.has(r.iqn)).map((r) => r.iqn).sort().join(' ');
+        if (missing === '') {
+          restoreTried = '';
+          return;
+        }
+        // Tried for these very targets already (one that cannot be made again — its LUN file gone —
+        // would otherwise cost a full reconcile and two log lines every round): again when the set
+        // changes, or at the next call.
+        if (missing === restoreTried) return;
+        restoreTried = missing;
+        logger.warn({ missing: missing.split(' ').length }, 'the system tgtd lost targets of berth volumes (restarted?); restoring them');
         // The next call's full reconcile, now: it re-reads the state under the lock.
         reconciled = false;
         await withTgtd(signal, () => Promise.resolve());

@@ -238,7 +238,12 @@ export async function stopManagedTgtd(dataDir: string, controlPort: number, opti
   await writeFile(stoppedFile, `stopped by berth backend stop at ${new Date().toISOString()}\n`, { mode: 0o600 });
   // Under the backend's state lock: an upkeep restore already under way (it holds the lock while it
   // starts tgtd) ends first, and the tgtd it started is the one stopped here.
-  return new TgtStateStore(dir).transaction(undefined, () => stopMarkedTgtd(pidFile, controlPort, options));
+  return new TgtStateStore(dir).transaction(undefined, async () => {
+    // Again under the lock: a restore that was starting tgtd when the first one was written removed
+    // it as it started (a review: the next upkeep round then started tgtd again behind the stop).
+    await writeFile(stoppedFile, `stopped by berth backend stop at ${new Date().toISOString()}\n`, { mode: 0o600 });
+    return stopMarkedTgtd(pidFile, controlPort, options);
+  });
 }
 
 async function stopMarkedTgtd(pidFile: string, controlPort: number, options: StopManagedTgtdOptions): Promise<StopDaemonResult> {
