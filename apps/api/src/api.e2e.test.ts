@@ -296,6 +296,8 @@ describe('the HTTP app end to end (real socket, file backend, loop transport)', 
     const ofSlow = bodyOf(await t.request('GET', `/v1/operations?volumeId=${String(slow.id)}`, { token }));
     expect((ofSlow.operations as Operation[]).map((o) => o.id)).toEqual([id]);
     expect((await t.request('GET', '/v1/operations?volumeId=slow', { token })).status).toBe(400);
+    // A member asking for a volume outside its project: 404, not an empty page saying `more`.
+    expect((await t.request('GET', `/v1/operations?volumeId=${String(slow.id)}`, { token: TOKENS.memberA })).status).toBe(404);
 
     // Pruning the journal: admin only, at least an hour, a dry run counts; nothing this young goes.
     const pruned = await t.request('POST', '/v1/operations/prune', { token, json: { olderThan: '1h' } });

@@ -60,6 +60,9 @@ export function operationRoutes(deps: RouteDeps): AnyRoute[] {
       async handler({ principal, query }) {
         const scope = scopeOf(principal, query.projectId, defaultProject);
         const limit = query.limit ?? DEFAULT_OPERATION_LIST;
+        // One volume's, by a scoped caller: a volume outside the scope is NOT_FOUND, as everywhere
+        // (an empty page with `more` counted before the scope filter would say it has operations).
+        if (query.volumeId !== undefined && (principal.role === 'member' || scope.projectId !== undefined)) await service.getVolume(query.volumeId, scope);
         // One more than asked: whether there are older ones, without counting them all.
         const listed = await service.listOperations({
           ...(query.state === undefined ? {} : { state: query.state }),
