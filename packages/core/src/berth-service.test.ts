@@ -724,6 +724,26 @@ describe('servers with a hypervisor: the pipeline publishes through their consum
     expect(exported.size + connected.size + guestDisks.size).toBe(0);
   });
 
+  it('a guest that cannot be reached at detach (nothing touched): rolled back without asking it again, no "rollback failed", still attached', async () => {
+    const options: { guestUnreachable?: boolean } = {};
+    const { service, store, connected, guestDisks } = world(options);
+    const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    await service.createServer({ name: 'vm-1', hypervisor: { type: 'qemu', qmp: '/run/vm-1/qmp.sock' } });
+    await service.attach({ volume: 'db', server: 'vm-1' });
+    options.guestUnreachable = true;
+    const error = await service.detach({ volume: 'db' }).catch((e: unknown) => e);
+    expect(BerthError.is(error) && error.code).toBe('TIMEOUT');
+    expect(BerthError.is(error) && error.message).not.toContain('rollback failed');
+    expect((await store.attachments.list({ volumeId: volume.id })).map((a) => a.status)).toEqual(['attached']);
+    expect(connected.size + guestDisks.size).toBe(2);
+    const op = (await store.operations.list({ kind: 'detach' }))[0]!;
+    expect(op.state).toBe('rolled_back');
+    expect(op.steps.find((st) => st.name === 'unpublish' && st.phase === 'undo')?.state).toBe('done');
+    options.guestUnreachable = false;
+    await service.detach({ volume: 'db' });
+    expect(connected.size + guestDisks.size).toBe(0);
+  });
+
   it('one guest is one server: a second server for the same QMP socket or libvirt domain on the host is refused (CONFLICT), another host or guest is not', async () => {
     const { service, store } = world();
     await service.createServer({ name: 'vm-1', hypervisor: { type: 'qemu', qmp: '/run/vm-1/qmp.sock' } });

@@ -80,6 +80,13 @@ export interface PipelineContext {
    * must not ask the unreachable guest again (which would fail the rollback for nothing).
    */
   publishUntouched?: boolean;
+  /**
+   * The detach's `unpublish` failed having touched nothing (`details.untouched`: no session with
+   * the guest's QEMU could be had — paused, its monitor held — and the host link not yet removed):
+   * its undo has nothing to put back, and asking the unreachable guest again only failed the
+   * rollback ("the rollback failed" for a detach that changed nothing: an explorer).
+   */
+  unpublishUntouched?: boolean;
 }
 
 /** Whether the server is a VM whose consumer hot-plugs into it (not the host itself). */

@@ -139,13 +139,17 @@ export function detachSteps(deps: PipelineDeps, resumed: { from?: AttachmentStat
         await tolerant(ctx, 'unpublish', async () => {
           const steps = required(ctx.steps, 'host steps');
           const request = { steps, consumer: ctx.consumer, server: ctx.server, attachment, volume: ctx.volume, signal, operationId: ctx.operationId };
-          shared = (await unpublishShared(deps, request)).stillShared;
+          shared = (await unpublishShared(deps, request).catch((error: unknown) => {
+            if (BerthError.is(error) && error.details.untouched === true) ctx.unpublishUntouched = true;
+            throw error;
+          })).stillShared;
         });
         ctx.volumeNameKept = shared;
         return { stillShared: shared };
       },
       async undo(ctx, signal) {
         const attachment = ctx.attachment;
+        if (ctx.unpublishUntouched === true) return;
         if (attachment?.device && attachment.publishedPath) {
           const { consumer, server, volume, operationId } = ctx;
           const steps = required(ctx.steps, 'host steps');
