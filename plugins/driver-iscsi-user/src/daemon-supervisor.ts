@@ -37,7 +37,12 @@ export class DaemonSupervisor {
   lastRestore: RestoreReport | undefined;
 
   constructor(
-    private readonly deps: PlumbingDeps & { daemon: StorageDaemon; records: AttachStateFileStore<ExportRecord> },
+    private readonly deps: PlumbingDeps & {
+      daemon: StorageDaemon;
+      records: AttachStateFileStore<ExportRecord>;
+      /** After a restore that rebuilt exports (under the daemon lock): the driver starts its watcher there. */
+      afterRestore?: () => Promise<void>;
+    },
   ) {}
 
   /** Run `fn` with a QMP connection to the running daemon. */
@@ -271,6 +276,9 @@ export class DaemonSupervisor {
         { restored: report.restored.length, failed: report.failed.map((f) => `${f.key}: ${f.reason}`) },
         'qemu-storage-daemon had died with exports on it; it was restarted and its exports rebuilt',
       );
+      // Rebuilt LUNs are watched again at once (a reboot or a killed watcher left them unwatched
+      // until the next connect; a review).
+      if (report.restored.length > 0) await this.deps.afterRestore?.().catch(() => undefined);
     }
   }
 }

@@ -96,7 +96,7 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
   const records = exportRecords(paths);
   const daemon = new StorageDaemon({ dir: paths.daemon, waiter: host.waiter, logger, binary: options.binary, startTimeoutMs: options.qmpTimeoutMs });
   const deps: PlumbingDeps = { host, paths, options, logger, ...(context.faults ? { faults: context.faults } : {}) };
-  const supervisor = new DaemonSupervisor({ ...deps, daemon, records });
+  const supervisor = new DaemonSupervisor({ ...deps, daemon, records, afterRestore: () => watch() });
   const lunLocks = new KeyedLock();
   // Decided once per process by connectorProperties(), which the attach pipeline runs before it
   // selects a transport; `accepts` is synchronous and says no until then. The check's commands'

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ConnectionInfo, Device } from '@berth/core';
 import { daemonStatus, processRuns, stopDaemon } from '@berth/host';
-import { abortFuseConnection } from '@berth/qemu';
+import { abortFuseConnection, storageDaemonPaths } from '@berth/qemu';
 import { managedTgtdPaths } from '@berth/backend-tgt';
 import { startTgtd, type TestTgtd } from '@berth/simhost/real';
 import { exportRecords, userPaths } from './export-records.js';
@@ -202,6 +202,27 @@ describe('the iscsi-user watch of dead targets', () => {
     await env.host.waiter.waitUntil('/proc', async () => ((await watcherPid(env)) === undefined ? true : undefined), { timeoutMs: 10_000, what: 'the watcher to die' });
     // A connect of a LUN already connected (its chain whole) starts it too.
     await env.driver.connect(target.connection, call());
+    const after = await watcherPid(env);
+    expect(after).toBeDefined();
+    expect(after).not.toBe(before);
+    await env.driver.disconnect(target.connection, device, { ...call(), force: false });
+    await expectNothingLeft(env);
+    await env.host.waiter.waitUntil('/proc', async () => ((await processRuns(after!, undefined)) ? undefined : true), { timeoutMs: 10_000, what: 'the watcher to exit' });
+  });
+
+  it('a restore after the daemon died starts the watcher again: the rebuilt LUNs are watched at once, not at the next connect', async () => {
+    const env = envs[1]!;
+    const target = await privateTarget(env.dataDir, 'restored');
+    const device = await env.driver.connect(target.connection, call());
+    const before = await watcherPid(env);
+    expect(before).toBeDefined();
+    process.kill(before!, 'SIGKILL');
+    await env.host.waiter.waitUntil('/proc', async () => ((await watcherPid(env)) === undefined ? true : undefined), { timeoutMs: 10_000, what: 'the watcher to die' });
+    // The daemon dies too (a reboot is both): the next operation of the transport restores the LUN.
+    const qsd = (await daemonStatus(storageDaemonPaths(userPaths(env.dataDir).daemon).pidFile)).pid;
+    process.kill(qsd!, 'SIGKILL');
+    await env.host.waiter.waitUntil('/proc', async () => ((await processRuns(qsd!, undefined)) ? undefined : true), { timeoutMs: 10_000, what: 'qemu-storage-daemon to die' });
+    expect((await env.driver.connected!()).map((c) => c.device.path)).toEqual([device.path]);
     const after = await watcherPid(env);
     expect(after).toBeDefined();
     expect(after).not.toBe(before);
