@@ -78,6 +78,17 @@ async function logged(env: UserTestEnv, pattern: RegExp, timeoutMs: number): Pro
   return env.host.waiter.waitUntil(path.dirname(log), async () => (await env.host.fs.readFileIfExists(log))?.split('\n').find((line) => pattern.test(line)), { timeoutMs, what: `${pattern} in ${log}` });
 }
 
+/** A LUN of a private target connected (which starts the watcher), then the watcher SIGKILLed and gone. */
+async function connectedThenWatcherKilled(env: UserTestEnv, name: string) {
+  const target = await privateTarget(env.dataDir, name);
+  const device = await env.driver.connect(target.connection, call());
+  const before = await watcherPid(env);
+  expect(before).toBeDefined();
+  process.kill(before!, 'SIGKILL');
+  await env.host.waiter.waitUntil('/proc', async () => ((await watcherPid(env)) === undefined ? true : undefined), { timeoutMs: 10_000, what: 'the watcher to die' });
+  return { target, device, before };
+}
+
 beforeAll(async () => {
   envs.push(await createUserTestEnv({ noopIntervalS: 1, replacementTimeoutS: 3 }));
   envs.push(await createUserTestEnv({ noopIntervalS: 1, replacementTimeoutS: 8 }));
@@ -194,12 +205,7 @@ describe('the iscsi-user watch of dead targets', () => {
 
   it('a killed watcher is started again by the next connect', async () => {
     const env = envs[1]!;
-    const target = await privateTarget(env.dataDir, 'again');
-    const device = await env.driver.connect(target.connection, call());
-    const before = await watcherPid(env);
-    expect(before).toBeDefined();
-    process.kill(before!, 'SIGKILL');
-    await env.host.waiter.waitUntil('/proc', async () => ((await watcherPid(env)) === undefined ? true : undefined), { timeoutMs: 10_000, what: 'the watcher to die' });
+    const { target, device, before } = await connectedThenWatcherKilled(env, 'again');
     // A connect of a LUN already connected (its chain whole) starts it too.
     await env.driver.connect(target.connection, call());
     const after = await watcherPid(env);
@@ -212,12 +218,7 @@ describe('the iscsi-user watch of dead targets', () => {
 
   it('a restore after the daemon died starts the watcher again: the rebuilt LUNs are watched at once, not at the next connect', async () => {
     const env = envs[1]!;
-    const target = await privateTarget(env.dataDir, 'restored');
-    const device = await env.driver.connect(target.connection, call());
-    const before = await watcherPid(env);
-    expect(before).toBeDefined();
-    process.kill(before!, 'SIGKILL');
-    await env.host.waiter.waitUntil('/proc', async () => ((await watcherPid(env)) === undefined ? true : undefined), { timeoutMs: 10_000, what: 'the watcher to die' });
+    const { target, device, before } = await connectedThenWatcherKilled(env, 'restored');
     // The daemon dies too (a reboot is both): the next operation of the transport restores the LUN.
     const qsd = (await daemonStatus(storageDaemonPaths(userPaths(env.dataDir).daemon).pidFile)).pid;
     process.kill(qsd!, 'SIGKILL');
