@@ -3,7 +3,7 @@ import { truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ConnectionInfo, Device } from '@berth/core';
-import { daemonStatus, processRuns, stopDaemon } from '@berth/host';
+import { createHostServices, daemonStatus, processRuns, stopDaemon } from '@berth/host';
 import { abortFuseConnection, storageDaemonPaths } from '@berth/qemu';
 import { managedTgtdPaths } from '@berth/backend-tgt';
 import { startTgtd, type TestTgtd } from '@berth/simhost/real';
@@ -25,6 +25,9 @@ const envs: UserTestEnv[] = [];
 /** Reads a test could not see end (a watch that failed): unblocked in afterAll by aborting their FUSE connection. */
 const stuck: Array<{ env: UserTestEnv; key: string }> = [];
 
+/** Whether fusectl was mounted before this suite (the watcher mounts it to abort a connection). */
+let fusectlBefore = true;
+
 afterAll(async () => {
   console.log(`\niscsi-user watch e2e timings\n${timings.join('\n')}`);
   for (const env of envs) console.log(`watch log of ${env.dataDir}:\n${(await env.host.fs.readFileIfExists(watcherFiles(userPaths(env.dataDir)).logFile)) ?? '(none)'}`);
@@ -32,7 +35,15 @@ afterAll(async () => {
   for (const env of envs) await stopDaemon(watcherFiles(userPaths(env.dataDir)).pidFile, { timeoutMs: 5_000 }).catch(() => undefined);
   for (const env of envs) await env.dispose().catch((e: unknown) => console.error(e));
   for (const tgtd of tgtds) await tgtd.stop().catch((e: unknown) => console.error(e));
+  if (!fusectlBefore && (await fusectlMounted())) await host.runner.run('umount', [FUSECTL], { timeoutMs: 10_000, reject: false });
 });
+
+const FUSECTL = '/sys/fs/fuse/connections';
+const host = createHostServices();
+
+async function fusectlMounted(): Promise<boolean> {
+  return ((await host.fs.readFileIfExists('/proc/self/mountinfo')) ?? '').split('\n').some((line) => line.split(' ')[4] === FUSECTL);
+}
 
 /** A private tgtd with one target (no CHAP, open to every initiator) whose LUN 1 is a 16 MiB file in `dir`. */
 async function privateTarget(dir: string, name: string): Promise<{ tgtd: TestTgtd; connection: ConnectionInfo; iqn: string }> {
@@ -89,7 +100,15 @@ async function connectedThenWatcherKilled(env: UserTestEnv, name: string) {
   return { target, device, before };
 }
 
+/** Disconnect the test's LUN: nothing is left, and the watcher `pid` exits by itself at its next round. */
+async function disconnectedThenWatcherGone(env: UserTestEnv, connection: ConnectionInfo, device: Device, pid: number): Promise<void> {
+  await env.driver.disconnect(connection, device, { ...call(), force: false });
+  await expectNothingLeft(env);
+  await env.host.waiter.waitUntil('/proc', async () => ((await processRuns(pid, undefined)) ? undefined : true), { timeoutMs: 10_000, what: 'the watcher to exit' });
+}
+
 beforeAll(async () => {
+  fusectlBefore = await fusectlMounted();
   envs.push(await createUserTestEnv({ noopIntervalS: 1, replacementTimeoutS: 3 }));
   envs.push(await createUserTestEnv({ noopIntervalS: 1, replacementTimeoutS: 8 }));
 });
@@ -211,9 +230,7 @@ describe('the iscsi-user watch of dead targets', () => {
     const after = await watcherPid(env);
     expect(after).toBeDefined();
     expect(after).not.toBe(before);
-    await env.driver.disconnect(target.connection, device, { ...call(), force: false });
-    await expectNothingLeft(env);
-    await env.host.waiter.waitUntil('/proc', async () => ((await processRuns(after!, undefined)) ? undefined : true), { timeoutMs: 10_000, what: 'the watcher to exit' });
+    await disconnectedThenWatcherGone(env, target.connection, device, after!);
   });
 
   it('a restore after the daemon died starts the watcher again: the rebuilt LUNs are watched at once, not at the next connect', async () => {
@@ -227,8 +244,6 @@ describe('the iscsi-user watch of dead targets', () => {
     const after = await watcherPid(env);
     expect(after).toBeDefined();
     expect(after).not.toBe(before);
-    await env.driver.disconnect(target.connection, device, { ...call(), force: false });
-    await expectNothingLeft(env);
-    await env.host.waiter.waitUntil('/proc', async () => ((await processRuns(after!, undefined)) ? undefined : true), { timeoutMs: 10_000, what: 'the watcher to exit' });
+    await disconnectedThenWatcherGone(env, target.connection, device, after!);
   });
 });
