@@ -86,3 +86,21 @@ describe('`berth reconcile` table', () => {
     expect(lines[1]).toContain('finish it as `berth detac');
   });
 });
+
+describe('`berth reconcile` exit code', () => {
+  it('0 when everything was looked at or what was not cannot be; a failed look\'s code; a failed fix\'s code first', async () => {
+    const { reconcileExitCode } = await import('./commands/reconcile.js');
+    const cannot = { kind: 'transport', name: 'xplug', reason: 'it cannot list its devices', errorCode: null } as const;
+    const brokeListing = { kind: 'transport', name: 'loop', reason: 'listing its devices failed: losetup timed out', errorCode: 'TIMEOUT' } as const;
+    const failedFix = { kind: 'attachment_stuck', resource: 'a', volumeId: null, attachmentId: null, detail: 'd', fix: 'none', fixDetail: 'f', state: 'failed', result: 'r', errorCode: 'DRIVER_ERROR' } as const;
+    expect(reconcileExitCode({ differences: [], unchecked: [] })).toBe(0);
+    // A plugin that cannot list is listed every run: a code for it would teach scripts to ignore the code.
+    expect(reconcileExitCode({ differences: [], unchecked: [cannot] })).toBe(0);
+    expect(reconcileExitCode({ differences: [], unchecked: [cannot, brokeListing] })).toBe(10);
+    expect(reconcileExitCode({ differences: [failedFix], unchecked: [brokeListing] })).toBe(15);
+    expect(reconcileExitCode({ differences: [], unchecked: [{ ...brokeListing, errorCode: 'SOMETHING_NEW' }] })).toBe(1);
+    // An older server's report: no errorCode at all.
+    const { errorCode: _none, ...older } = brokeListing;
+    expect(reconcileExitCode({ differences: [], unchecked: [older as typeof brokeListing] })).toBe(0);
+  });
+});

@@ -145,10 +145,11 @@ export const zCheckPublicationsPayload = lazySchema(() => z.object({
 }));
 /**
  * What `check_publications` answers, one per check in its order: whether the consumer can check
- * at all, what is wrong (`null`: nothing), and why the check failed when it did (`error`).
+ * at all, what is wrong (`null`: nothing), and why the check failed when it did (`error`, with its
+ * code in `errorCode`; an older agent sends none).
  */
 export const zCheckPublicationsResult = lazySchema(() => z.object({
-  results: z.array(z.object({ supported: z.boolean(), problem: z.string().nullable(), error: z.string().optional() })),
+  results: z.array(z.object({ supported: z.boolean(), problem: z.string().nullable(), error: z.string().optional(), errorCode: z.string().optional() })),
 }));
 
 /** `connector`: the host's connector with the multipath wish applied. */

@@ -42,6 +42,8 @@ function world(
     beforeConnector?: () => Promise<void>;
     /** The backend's delete fails: having removed nothing (`untouched`), or partway. */
     deleteFails?: 'untouched' | 'partway';
+    /** The transport's listing of its devices fails. */
+    listingFails?: boolean;
   } = {},
 ) {
   const exported = new Set<string>();
@@ -88,7 +90,10 @@ function world(
       connected.delete(String(connection.data.device_path));
     },
     // Listed, so reconcile can check a recorded device before it plugs it into a guest again.
-    connected: async () => [...connected.values()].map((device) => ({ device, source: { device_path: device.path } })),
+    connected: async () => {
+      if (options.listingFails) throw new BerthError('DRIVER_ERROR', 'the device table cannot be read');
+      return [...connected.values()].map((device) => ({ device, source: { device_path: device.path } }));
+    },
     sourceKeys: ['device_path'],
     check: async () => ({ ok: true, summary: 'mem' }),
   };
@@ -891,6 +896,23 @@ describe('reconcile of a guest server: what the guest has against the attachment
     expect(guestDisks.size + connected.size).toBe(0);
     expect(await store.attachments.list({ volumeId: volume.id })).toEqual([]);
     expect((await store.volumes.require(volume.id)).status).toBe('available');
+  });
+});
+
+describe('reconcile: what it could not look at', () => {
+  it('a part that cannot be looked at has no errorCode; one whose look failed has the failure\'s code', async () => {
+    const reconcile = async (w: ReturnType<typeof world>) => {
+      await w.service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+      return w.service.reconcile({ dryRun: true });
+    };
+    // The backend has no `exports`: it cannot be looked at, which is not a failure.
+    const cannot = await reconcile(world());
+    expect(cannot.unchecked).toEqual([{ kind: 'backend', name: 'mem', reason: 'it cannot list its exports', errorCode: null }]);
+    const failed = await reconcile(world({ listingFails: true }));
+    expect(failed.unchecked).toEqual([
+      { kind: 'backend', name: 'mem', reason: 'it cannot list its exports', errorCode: null },
+      { kind: 'transport', name: 'mem', reason: 'listing its devices failed: the device table cannot be read', errorCode: 'DRIVER_ERROR' },
+    ]);
   });
 });
 

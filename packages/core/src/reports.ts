@@ -55,8 +55,18 @@ export const zReconcileDifference = lazySchema(() => z.object({
 /** One difference and its fix. */
 export type ReconcileDifference = z.output<typeof zReconcileDifference>;
 
-/** Something reconcile could not look at: differences there are unknown. */
-export const zReconcileUnchecked = lazySchema(() => z.object({ kind: z.enum(['backend', 'transport', 'server']), name: z.string(), reason: z.string() }));
+/**
+ * Something reconcile could not look at: differences there are unknown. `errorCode` is the error's
+ * code when looking failed (an agent or backend that did not answer, a listing that broke: the CLI
+ * exits with it), null when the part simply cannot be looked at (a transport or consumer without
+ * the method, a guest that does not run). Older agents send no `errorCode`: read as null.
+ */
+export const zReconcileUnchecked = lazySchema(() => z.object({
+  kind: z.enum(['backend', 'transport', 'server']),
+  name: z.string(),
+  reason: z.string(),
+  errorCode: z.string().nullable().default(null),
+}));
 /** Something reconcile could not look at. */
 export type ReconcileUnchecked = z.output<typeof zReconcileUnchecked>;
 

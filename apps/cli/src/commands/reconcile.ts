@@ -14,6 +14,19 @@ export const differenceColumns: ReadonlyArray<Column<ReconcileDifference>> = [
 
 const isErrorCode = (code: string | null): code is BerthErrorCode => code !== null && (ERROR_CODES as readonly string[]).includes(code);
 
+/**
+ * The exit code of a reconcile: a failed fix's first, then a failed look's (a listing that broke:
+ * "no differences" there is not known, and a script must hear it), else 0. A part that simply
+ * cannot be looked at (errorCode null: a transport without a listing, a guest not running) keeps 0.
+ */
+export function reconcileExitCode(report: Pick<ReconcileReport, 'differences' | 'unchecked'>): number {
+  // `typeof`: an older server's report has no `errorCode` on its unchecked parts (the client hands
+  // the answer on as sent), and that is no failure.
+  const failure = report.differences.find((d) => d.state === 'failed') ?? report.unchecked.find((u) => typeof u.errorCode === 'string');
+  if (!failure) return 0;
+  return isErrorCode(failure.errorCode) ? EXIT_CODES[failure.errorCode] : 1;
+}
+
 /** `berth reconcile`: compare the store with the backends and this host, and fix what differs. */
 export default class Reconcile extends BaseCommand<typeof Reconcile> {
   static override summary = 'Find and fix differences between berth\'s records, the backends and this host';
@@ -25,7 +38,7 @@ export default class Reconcile extends BaseCommand<typeof Reconcile> {
     'gone is reconnected (or, when that fails, marked error_detaching for `berth detach --force`); a',
     'volume whose status disagrees with its attachments is recomputed. Devices and exports berth did not',
     'make are never touched. Volumes with a running operation are skipped. Exits with the error\'s code',
-    'when a fix failed. With --api it runs on the API server\'s host, whose devices it compares (an admin',
+    'when a fix failed, or when looking at a part failed (listed under "Not checked"; a part that cannot be looked at at all keeps 0). With --api it runs on the API server\'s host, whose devices it compares (an admin',
     'token: it covers every project). With --host it compares another host\'s devices: that host\'s `berth agent`',
     'lists them and runs the fixes that touch it (the server needs the agent online). Without --dry-run it asks first on a terminal; without one (scripts, CI)',
     'it needs --yes.',
@@ -77,8 +90,8 @@ export default class Reconcile extends BaseCommand<typeof Reconcile> {
         this.log(`${applied} applied, ${failed} failed, ${skipped} skipped${journal}.`);
       }
     }
-    const firstFailure = report.differences.find((d) => d.state === 'failed');
-    if (firstFailure) process.exitCode = isErrorCode(firstFailure.errorCode) ? EXIT_CODES[firstFailure.errorCode] : 1;
+    const exitCode = reconcileExitCode(report);
+    if (exitCode !== 0) process.exitCode = exitCode;
     return report;
   }
 }

@@ -132,7 +132,7 @@ async function runParsed(host: HostStepHost, step: HostStepName, payload: unknow
     }
     case 'check_publications': {
       const p = input('check_publications', payload);
-      const results: Array<{ supported: boolean; problem: string | null; error?: string }> = [];
+      const results: Array<{ supported: boolean; problem: string | null; error?: string; errorCode?: string }> = [];
       // One check failing (a consumer not loaded here) says so in its own answer: the others stand.
       for (const check of p.checks) {
         try {
@@ -140,7 +140,8 @@ async function runParsed(host: HostStepHost, step: HostStepName, payload: unknow
           if (!consumer.checkPublication) results.push({ supported: false, problem: null });
           else results.push({ supported: true, problem: (await consumer.checkPublication(check.server, machineAttachment(catalog, check.attachment))) ?? null });
         } catch (error) {
-          results.push({ supported: false, problem: null, error: toBerthError(error).message });
+          const failure = toBerthError(error);
+          results.push({ supported: false, problem: null, error: failure.message, errorCode: failure.code });
         }
       }
       return { results };

@@ -11,6 +11,12 @@ import { live, type GuestListing, type ReconcileFacts, type TransportListing } f
 // What reconcile reads: the backends' exports, the transports' listings of a host, the store's
 // running operations. What cannot be read is named in `unchecked`, never guessed.
 
+/** A part reconcile tried to look at and could not: the failure's message and code. */
+function failedCheck(kind: ReconcileUnchecked['kind'], name: string, what: string, error: unknown): ReconcileUnchecked {
+  const failure = toBerthError(error);
+  return { kind, name, reason: `${what}: ${failure.message}`, errorCode: failure.code };
+}
+
 /** Read the backends' exports (on this process: backends are the controller's); what cannot be read is `unchecked`. */
 export async function readExports(catalog: DriverCatalog, backendNames: readonly string[], unchecked: ReconcileUnchecked[]): Promise<ReconcileFacts['exports']> {
   const exports: ReconcileFacts['exports'] = [];
@@ -18,12 +24,12 @@ export async function readExports(catalog: DriverCatalog, backendNames: readonly
     try {
       const backend = catalog.backend(name);
       if (!backend.exports) {
-        unchecked.push({ kind: 'backend', name, reason: 'it cannot list its exports' });
+        unchecked.push({ kind: 'backend', name, reason: 'it cannot list its exports', errorCode: null });
         continue;
       }
       for (const entry of await backend.exports()) exports.push({ backend: name, export: entry });
     } catch (error) {
-      unchecked.push({ kind: 'backend', name, reason: `listing its exports failed: ${toBerthError(error).message}` });
+      unchecked.push(failedCheck('backend', name, 'listing its exports failed', error));
     }
   }
   return exports;
@@ -53,7 +59,7 @@ export async function readMissingStorage(catalog: DriverCatalog, volumes: readon
       const expired = new Promise<never>((_, reject) => deadline.addEventListener('abort', () => reject(new Error(`no answer within ${MISSING_STORAGE_DEADLINE_MS / 1000} s`)), { once: true }));
       for (const id of await Promise.race([backend.missingStorage(asked, deadline), expired])) missing.add(id);
     } catch (error) {
-      unchecked.push({ kind: 'backend', name, reason: `checking its volumes' storage failed: ${toBerthError(error).message}` });
+      unchecked.push(failedCheck('backend', name, "checking its volumes' storage failed", error));
     }
   }
   return missing;
@@ -94,11 +100,11 @@ export async function readGuests(
     const consumer = consumerNameFor(server, defaultConsumer);
     try {
       const { supported, disks } = await steps.run('guest_disks', { consumer, server }, call());
-      if (!supported) unchecked.push({ kind: 'server', name: server.name, reason: `its ${consumer} consumer cannot list a guest's disks` });
-      else if (disks === null) unchecked.push({ kind: 'server', name: server.name, reason: 'its guest does not run: its disks are not compared' });
+      if (!supported) unchecked.push({ kind: 'server', name: server.name, reason: `its ${consumer} consumer cannot list a guest's disks`, errorCode: null });
+      else if (disks === null) unchecked.push({ kind: 'server', name: server.name, reason: 'its guest does not run: its disks are not compared', errorCode: null });
       else guests.push({ server, consumer, disks });
     } catch (error) {
-      unchecked.push({ kind: 'server', name: server.name, reason: `listing its guest's disks failed: ${toBerthError(error).message}` });
+      unchecked.push(failedCheck('server', server.name, "listing its guest's disks failed", error));
     }
   }
   return guests;
@@ -129,18 +135,21 @@ export async function readPublications(
   });
   const problems = new Map<string, string>();
   if (checks.length === 0) return problems;
-  const failed = new Map<string, string>();
+  const failed = new Map<string, ReconcileUnchecked>();
   try {
     const { results } = await steps.run('check_publications', { checks }, call);
     checks.forEach((check, i) => {
       const result = results[i];
-      if (result?.error !== undefined) failed.set(check.server.name, `checking what its ${check.consumer} consumer published failed: ${result.error}`);
-      else if (result?.problem) problems.set(check.attachment.id, result.problem);
+      if (result?.error !== undefined) {
+        const reason = `checking what its ${check.consumer} consumer published failed: ${result.error}`;
+        // An older agent sends the message only.
+        failed.set(check.server.name, { kind: 'server', name: check.server.name, reason, errorCode: result.errorCode ?? 'UNEXPECTED' });
+      } else if (result?.problem) problems.set(check.attachment.id, result.problem);
     });
   } catch (error) {
-    for (const check of checks) failed.set(check.server.name, `checking what its ${check.consumer} consumer published failed: ${toBerthError(error).message}`);
+    for (const check of checks) failed.set(check.server.name, failedCheck('server', check.server.name, `checking what its ${check.consumer} consumer published failed`, error));
   }
-  for (const [name, reason] of failed) unchecked.push({ kind: 'server', name, reason });
+  unchecked.push(...failed.values());
   return problems;
 }
 
@@ -159,7 +168,7 @@ export async function listTransports(
     try {
       const transport = catalog.transport(name);
       if (!transport.connected) {
-        unchecked?.push({ kind: 'transport', name, reason: 'it cannot list its devices' });
+        unchecked?.push({ kind: 'transport', name, reason: 'it cannot list its devices', errorCode: null });
         continue;
       }
       const devices = await transport.connected(options.readOnly === true ? { readOnly: true } : undefined);
@@ -172,7 +181,7 @@ export async function listTransports(
         priority: transport.priority ?? 0,
       });
     } catch (error) {
-      unchecked?.push({ kind: 'transport', name, reason: `listing its devices failed: ${toBerthError(error).message}` });
+      unchecked?.push(failedCheck('transport', name, 'listing its devices failed', error));
     }
   }
   // A multipath map is taken down before the paths under it.
