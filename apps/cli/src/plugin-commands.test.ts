@@ -1,11 +1,11 @@
 // plugin-plugins' commands reporting as berth's: the helpers, then the built `berth` (bin/run.js;
 // needs `npx turbo run build`) with an empty data dir — nothing is installed or fetched.
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BerthError, EXIT_CODES } from '@berth/core/errors';
-import { isPluginsCommand, listedPlugins, pluginsCommandError, reportAsBerth, type PluginsCommand } from './plugin-commands.js';
+import { checkLinkPath, isPluginsCommand, listedPlugins, pluginsCommandError, reportAsBerth, type PluginsCommand } from './plugin-commands.js';
 import { berth } from './test-cli.js';
 
 const TIMEOUT_MS = 60_000;
@@ -54,6 +54,7 @@ describe('plugin-plugins commands', () => {
         handled.push(error);
         return Promise.resolve();
       },
+      log: () => undefined,
       toSuccessJson: (result) => result,
     });
     const withJson = command(true);
@@ -67,6 +68,40 @@ describe('plugin-plugins commands', () => {
     expect(handled).toEqual([expect.objectContaining({ code: 'NOT_FOUND' })]);
     expect(human.toSuccessJson([{ name: 'x', version: '1', type: 'core' }])).toEqual([{ name: 'x', version: '1', type: 'core' }]);
   });
+});
+
+it('inspect drops its own `failed` line and nothing else', () => {
+  const logged: unknown[] = [];
+  const inspect: PluginsCommand = {
+    argv: [],
+    jsonEnabled: () => false,
+    catch: () => Promise.resolve(),
+    log: (message) => logged.push(message),
+    toSuccessJson: (result) => result,
+  };
+  reportAsBerth(inspect, 'plugins:inspect');
+  inspect.log('\u001B[1m\u001B[31mfailed\u001B[39m\u001B[22m');
+  inspect.log('└─ x\n   └─ failed');
+  expect(logged).toEqual(['└─ x\n   └─ failed']);
+});
+
+it('plugins link refuses a path that does not exist or is no package, naming it', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'berth-cli-link-'));
+  try {
+    const error = (argv: string[]): unknown => {
+      try {
+        return checkLinkPath(argv, dir);
+      } catch (e) {
+        return BerthError.is(e) && { code: e.code, message: e.message };
+      }
+    };
+    expect(error(['nope'])).toEqual({ code: 'VALIDATION', message: `no such file or directory: ${join(dir, 'nope')}` });
+    expect(error(['--no-install'])).toEqual({ code: 'VALIDATION', message: `not a plugin package: no package.json in ${dir}` });
+    await writeFile(join(dir, 'package.json'), '{}');
+    expect(error(['.', '--no-install'])).toBe(dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
 
 describe('berth plugins on the built CLI', { timeout: TIMEOUT_MS }, () => {
@@ -108,5 +143,40 @@ describe('berth plugins on the built CLI', { timeout: TIMEOUT_MS }, () => {
     const run = await berth(dataDir, ['plugins', '--bogus', '--json']);
     expect(run.exitCode).toBe(EXIT_CODES.VALIDATION);
     expect(JSON.parse(run.stdout)).toEqual({ error: { code: 'VALIDATION', message: 'unknown flag --bogus', hint: expect.any(String) } });
+  });
+});
+
+describe('berth plugins link and inspect on the built CLI', { timeout: TIMEOUT_MS }, () => {
+  let dataDir: string;
+
+  beforeEach(async () => {
+    dataDir = await mkdtemp(join(tmpdir(), 'berth-cli-plugins-'));
+  });
+
+  afterEach(async () => {
+    await rm(dataDir, { recursive: true, force: true });
+  });
+
+  it('inspect of a plugin that is not installed prints no `failed` line', async () => {
+    const run = await berth(dataDir, ['plugins', 'inspect', 'berth-plugin-nope']);
+    expect(run.exitCode).toBe(EXIT_CODES.NOT_FOUND);
+    expect(run.stdout).toBe('');
+  });
+
+  it('link of a path that does not exist, or is no package, is VALIDATION naming it', async () => {
+    const hint = 'Hint: give the directory of a plugin package to link (the one with its package.json)';
+    const nowhere = join(dataDir, 'nowhere');
+    const missing = await berth(dataDir, ['plugins', 'link', nowhere]);
+    expect(missing.exitCode).toBe(EXIT_CODES.VALIDATION);
+    expect(missing.stderr.trim().split('\n')).toEqual([`Error: no such file or directory: ${nowhere}`, hint]);
+
+    // plugin-plugins linked the data dir's own package.json for a directory in it.
+    const empty = join(dataDir, 'empty');
+    await mkdir(empty);
+    const run = await berth(dataDir, ['plugins', 'link', empty]);
+    expect(run.exitCode).toBe(EXIT_CODES.VALIDATION);
+    expect(run.stderr.trim().split('\n')).toEqual([`Error: not a plugin package: no package.json in ${empty}`, hint]);
+    const listed = await berth(dataDir, ['plugins', '--json']);
+    expect(JSON.parse(listed.stdout)).toEqual([]);
   });
 });

@@ -1,3 +1,6 @@
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { stripVTControlCharacters } from 'node:util';
 import { BerthError } from '@berth/core/errors';
 
 /**
@@ -8,6 +11,7 @@ export interface PluginsCommand {
   argv: string[];
   jsonEnabled(): boolean;
   catch(error: Error): Promise<unknown>;
+  log(message?: string, ...args: unknown[]): void;
   toSuccessJson(result: unknown): unknown;
 }
 
@@ -50,10 +54,26 @@ export function listedPlugins(result: unknown, core: boolean): ListedPlugin[] {
 }
 
 /**
+ * `berth plugins link PATH`: the directory of a plugin package. A path that does not exist, or has
+ * no package.json, is VALIDATION naming it: plugin-plugins would print oclif's config object
+ * ("could not find package.json with { isRoot: true, … }"), or look for a package.json in the
+ * directories above and link whatever package it finds there (the data dir's own, for a directory in it).
+ */
+export function checkLinkPath(argv: readonly string[], cwd: string = process.cwd()): string {
+  const end = argv.includes('--') ? argv.indexOf('--') : argv.length;
+  const path = resolve(cwd, argv.slice(0, end).find((arg) => !arg.startsWith('-')) ?? '.');
+  const hint = 'give the directory of a plugin package to link (the one with its package.json)';
+  if (!existsSync(path)) throw new BerthError('VALIDATION', `no such file or directory: ${path}`, { hint });
+  if (!existsSync(join(path, 'package.json'))) throw new BerthError('VALIDATION', `not a plugin package: no package.json in ${path}`, { hint });
+  return path;
+}
+
+/**
  * Makes a plugin-plugins command report as berth's commands do: with `--json` a failure is rethrown
  * to the bin, which prints berth's `{"error": {code, message, hint}}` with berth's exit code (oclif
  * would print its raw error object, config and all, with exit 1); "not installed" is `NOT_FOUND`
- * (exit 3); and `berth plugins --json` lists what `berth plugins` shows.
+ * (exit 3); `berth plugins --json` lists what `berth plugins` shows; and `inspect` prints no
+ * `failed` line of its own before the error.
  */
 export function reportAsBerth(command: PluginsCommand, id: string): void {
   const original = command.catch.bind(command);
@@ -63,4 +83,12 @@ export function reportAsBerth(command: PluginsCommand, id: string): void {
     return original(reported);
   };
   if (id === 'plugins') command.toSuccessJson = (result) => listedPlugins(result, command.argv.includes('--core'));
+  if (id === 'plugins:inspect') {
+    // plugin-plugins logs a red `failed` on stdout before it throws; the error says what failed.
+    const log = command.log.bind(command);
+    command.log = (message?: string, ...args: unknown[]) => {
+      if (typeof message === 'string' && stripVTControlCharacters(message) === 'failed') return;
+      log(message, ...args);
+    };
+  }
 }
