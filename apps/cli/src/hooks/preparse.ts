@@ -11,14 +11,15 @@ const UNINSTALL_COMMANDS = new Set(['plugins:uninstall', 'plugins:remove', 'plug
  * refuses `berth plugins uninstall P` while this host's berth state still needs P (an attachment
  * through its transport or consumer, a volume on its backend: they could not be detached or
  * deleted without it) unless `--force` is given, and `berth plugins link PATH` of a path that is no
- * package directory. Every plugin-plugins command reports its failures
- * (and `berth plugins --json` its list) as berth's commands do (`reportAsBerth`).
+ * package directory. Every plugin-plugins command reports its failures (and with `--json` its list or what
+ * it changed) as berth's commands do (`reportAsBerth`).
  */
-const hook: Hook.Preparse = async function preparse({ argv, options }) {
+const hook: Hook.Preparse = async function preparse({ argv: given, options }) {
   const id = (options.context as { id?: string } | undefined)?.id;
-  if (id === undefined) return argv;
-  if (isPluginsCommand(id)) reportAsBerth(options.context as unknown as PluginsCommand, id);
+  if (id === undefined) return given;
+  if (!isPluginsCommand(id)) return given;
   try {
+    const argv = await reportAsBerth(options.context as unknown as PluginsCommand, id, given);
     if (id === 'plugins:link') checkLinkPath(argv);
     if (UNINSTALL_COMMANDS.has(id)) {
       const rest = argv.filter((arg) => arg !== '--force');
