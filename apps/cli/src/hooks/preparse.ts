@@ -1,7 +1,7 @@
 import type { Hook } from '@oclif/core';
 import { BerthError, EXIT_CODES, toBerthError } from '@berth/core/errors';
 import { localPackageSpec } from '../local-package-spec.js';
-import { isPluginsCommand, reportAsBerth, type PluginsCommand } from '../plugin-commands.js';
+import { checkLinkPath, isPluginsCommand, reportAsBerth, type PluginsCommand } from '../plugin-commands.js';
 
 const INSTALL_COMMANDS = new Set(['plugins:install', 'plugins:add']);
 const UNINSTALL_COMMANDS = new Set(['plugins:uninstall', 'plugins:remove', 'plugins:unlink']);
@@ -10,14 +10,17 @@ const UNINSTALL_COMMANDS = new Set(['plugins:uninstall', 'plugins:remove', 'plug
  * Lets `berth plugins install ./dir` and `berth plugins install ./pkg.tgz` install from disk, and
  * refuses `berth plugins uninstall P` while this host's berth state still needs P (an attachment
  * through its transport or consumer, a volume on its backend: they could not be detached or
- * deleted without it) unless `--force` is given. Every plugin-plugins command reports its failures
- * (and `berth plugins --json` its list) as berth's commands do (`reportAsBerth`).
+ * deleted without it) unless `--force` is given, and `berth plugins link PATH` of a path that is no
+ * package directory. Every plugin-plugins command reports its failures (and with `--json` its list or what
+ * it changed) as berth's commands do (`reportAsBerth`).
  */
-const hook: Hook.Preparse = async function preparse({ argv, options }) {
+const hook: Hook.Preparse = async function preparse({ argv: given, options }) {
   const id = (options.context as { id?: string } | undefined)?.id;
-  if (id === undefined) return argv;
-  if (isPluginsCommand(id)) reportAsBerth(options.context as unknown as PluginsCommand, id);
+  if (id === undefined) return given;
+  if (!isPluginsCommand(id)) return given;
   try {
+    const argv = await reportAsBerth(options.context as unknown as PluginsCommand, id, given);
+    if (id === 'plugins:link') checkLinkPath(argv);
     if (UNINSTALL_COMMANDS.has(id)) {
       const rest = argv.filter((arg) => arg !== '--force');
       if (rest.length === argv.length) {
