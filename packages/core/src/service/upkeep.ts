@@ -19,8 +19,8 @@ export interface UpkeepRounds {
   /** The part's upkeep, undefined when it has none (made on first use: a part that cannot be made fails its round). */
   upkeepOf(name: string): ((signal: AbortSignal) => Promise<void>) | undefined;
   /**
-   * Asked once per round, just before the first upkeep the round would run (never when no part
-   * has one): false skips the round. A failure is logged like a part's (once until it changes).
+   * Asked at the start of each round, before any part is made: false skips the round. A failure
+   * skips it too and is logged like a part's (once until it changes).
    */
   when?(): Promise<boolean>;
 }
@@ -59,24 +59,21 @@ export function startUpkeepRounds(rounds: UpkeepRounds): () => Promise<void> {
   };
 
   const round = async (): Promise<void> => {
-    let allowed: boolean | undefined;
+    if (rounds.when) {
+      try {
+        const allowed = await rounds.when();
+        worked(GATE);
+        if (!allowed) return;
+      } catch (error) {
+        if (!stop.signal.aborted) failed(GATE, error);
+        return;
+      }
+    }
     for (const name of rounds.names()) {
       if (stop.signal.aborted) return;
       try {
         const upkeep = rounds.upkeepOf(name);
         if (!upkeep) continue;
-        if (allowed === undefined && rounds.when) {
-          try {
-            allowed = await rounds.when();
-            worked(GATE);
-          } catch (error) {
-            if (stop.signal.aborted) return;
-            failed(GATE, error);
-            return;
-          }
-        }
-        if (allowed === false || stop.signal.aborted) return;
-        allowed = true;
         await upkeep(AbortSignal.any([stop.signal, AbortSignal.timeout(UPKEEP_DEADLINE_MS)]));
         worked(name);
       } catch (error) {
@@ -129,7 +126,8 @@ export interface TransportUpkeepParts {
 /**
  * Run every installed transport's `upkeep` now and then every `config.upkeep.intervalMs`, in a
  * process that runs this host's steps: `berth serve` while its own host has no agent (`when`
- * says so each round), `berth agent` always (see `startUpkeepRounds` and core's README, "Upkeep").
+ * says so at the start of each round, before a transport is made), `berth agent` always (see
+ * `startUpkeepRounds` and core's README, "Upkeep").
  * The iscsi-user transport starts its dead-target watcher again when it died with LUNs connected.
  */
 export function startTransportUpkeep(parts: TransportUpkeepParts, options: { when?: () => Promise<boolean> } = {}): () => Promise<void> {
