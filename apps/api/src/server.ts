@@ -58,7 +58,8 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
     const running = app;
     // One of several replicas on a shared store: heart-beat our operations, take over dead ones'.
     const stopReplica = service.startReplica?.();
-    // Backends' upkeep: a tgtd that died is back with its targets within a round, not at the next request.
+    // Upkeep: a tgtd that died is back with its targets within a round, not at the next request; a
+    // killed iscsi-user watcher is started again (transports, while this host has no agent); the journal is pruned.
     const stopUpkeep = service.startUpkeep?.();
     // What a process that died left half done, resumed or rolled back now that agents can reach
     // this replica. Requests are served meanwhile: one on a volume being recovered is refused

@@ -44,6 +44,8 @@ function world(
     deleteFails?: 'untouched' | 'partway';
     /** The transport's listing of its devices fails. */
     listingFails?: boolean;
+    /** The transport's upkeep (none without it). */
+    transportUpkeep?: (signal: AbortSignal) => Promise<void>;
   } = {},
 ) {
   const exported = new Set<string>();
@@ -95,6 +97,7 @@ function world(
       return [...connected.values()].map((device) => ({ device, source: { device_path: device.path } }));
     },
     sourceKeys: ['device_path'],
+    ...(options.transportUpkeep ? { upkeep: options.transportUpkeep } : {}),
     check: async () => ({ ok: true, summary: 'mem' }),
   };
   const consumer: Consumer = {
@@ -974,6 +977,38 @@ describe('pruning the journal', () => {
       await service.startUpkeep()();
       expect(await store.operations.list()).toHaveLength(2);
     });
+  });
+
+  it('`berth serve` (startUpkeep) runs the transports\' upkeep only while this process runs its own host\'s steps: not before its host row exists, not once an agent registered for it', async () => {
+    let calls = 0;
+    const { service, store } = world({ transportUpkeep: async () => void (calls += 1) });
+    // The gate's store read, counted once answered.
+    let asked = 0;
+    const findByName = store.hosts.findByName.bind(store.hosts);
+    store.hosts.findByName = async (name) => {
+      const host = await findByName(name);
+      if (name === HOSTNAME) asked += 1;
+      return host;
+    };
+    const round = async (): Promise<void> => {
+      const before = asked;
+      const stop = service.startUpkeep();
+      // The first round runs at once: its gate answered (vi.waitFor polls on a timer, so the round's
+      // rest, which waits on nothing else, has run by then), then stop.
+      await vi.waitFor(() => expect(asked).toBeGreaterThan(before), { timeout: 5_000 });
+      await stop();
+      (service as unknown as { upkeepStop: undefined }).upkeepStop = undefined;
+    };
+    await round();
+    expect(calls).toBe(0);
+    await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    await service.attach({ volume: 'db' });
+    await round();
+    expect(calls).toBe(1);
+    const host = (await store.hosts.findByName(HOSTNAME))!;
+    await store.hosts.recordAgent(host.id, { instance: 'agent-1', version: '0.1.0', transports: ['mem'], consumers: ['mem'] });
+    await round();
+    expect(calls).toBe(1);
   });
 
   it('refuses an age under an hour, or not a whole number of ms, with VALIDATION before anything is deleted', async () => {

@@ -30,7 +30,7 @@ import { OperationLauncher } from './service/operations/launcher.js';
 import { recoverDeadOperations } from './service/operations/recover.js';
 import { ReplicaMaintenance } from './service/replica.js';
 import { startJournalRetention } from './service/journal-retention.js';
-import { startBackendUpkeep } from './service/upkeep.js';
+import { runsOwnHostSteps, startBackendUpkeep, startTransportUpkeep } from './service/upkeep.js';
 import type { ServiceParts } from './service/parts.js';
 import { projectOf, resolveAttachment, resolveOperation, resolveServer, resolveVolume } from './service/resolve.js';
 import * as servers from './service/servers.js';
@@ -73,7 +73,7 @@ export class BerthServiceImpl implements BerthService {
   private readonly deadlines = new OperationDeadlines();
   /** Stops the replica heartbeat, once `startReplica` ran. */
   private replicaStop: (() => Promise<void>) | undefined;
-  /** Stops the backends' upkeep, once `startUpkeep` ran. */
+  /** Stops the backends' and transports' upkeep and the journal retention, once `startUpkeep` ran. */
   private upkeepStop: (() => Promise<void>) | undefined;
 
   constructor(
@@ -291,9 +291,12 @@ export class BerthServiceImpl implements BerthService {
   startUpkeep(): () => Promise<void> {
     if (this.upkeepStop === undefined) {
       const stopBackends = startBackendUpkeep(this.parts);
+      // Host-side: only while this process runs its own host's steps (no agent registered for it),
+      // as `hostStepsFor` decides for each step; a host with an agent has it run there.
+      const stopTransports = startTransportUpkeep(this.parts, { when: () => runsOwnHostSteps(this.parts) });
       const stopRetention = startJournalRetention(this.parts, (request, signal) => this.pruneOperations(request, signal));
       this.upkeepStop = async () => {
-        await Promise.all([stopBackends(), stopRetention()]);
+        await Promise.all([stopBackends(), stopTransports(), stopRetention()]);
       };
     }
     return this.upkeepStop;

@@ -379,6 +379,7 @@ function guardTransport(driver: TransportDriver, plugin: string): TransportDrive
     ...(driver.paths ? { paths: (c, d) => wrap(() => driver.paths!(c, d)) } : {}),
     ...(driver.repairPaths ? { repairPaths: (listed, context) => wrap(() => driver.repairPaths!(listed, context)) } : {}),
     ...(driver.connected ? { connected: (list) => wrap(() => driver.connected!(list)) } : {}),
+    ...(driver.upkeep ? { upkeep: (signal) => wrap(() => driver.upkeep!(signal)) } : {}),
     check: () => wrap(() => driver.check()),
   } satisfies TransportDriver;
 }

@@ -138,8 +138,10 @@ export const zConfig = lazySchema(() => z.strictObject({
     })
     .default({ leaseMs: 6_000, heartbeatMs: 2_000 }),
   /**
-   * Backend upkeep in `berth serve`: every `intervalMs` each backend's `upkeep` runs (the tgt
-   * backend restarts a tgtd that died and restores its targets); 0 turns it off.
+   * Upkeep: every `intervalMs` each backend's `upkeep` runs in `berth serve` (the tgt backend
+   * restarts a tgtd that died and restores its targets), and each transport's where this host's
+   * steps run — `berth serve` while its host has no agent, `berth agent` (iscsi-user starts its
+   * dead-target watcher again); 0 turns both off.
    */
   upkeep: z
     .strictObject({

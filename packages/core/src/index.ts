@@ -15,6 +15,7 @@ export * from './agent-protocol.js';
 export { runHostStep, type HostStepHost, type HostStepRun } from './host-steps/run-host-step.js';
 export { baseConnectorOf, serverNameFor } from './service/local-host.js';
 export { pickHost } from './service/resolve.js';
+export { startTransportUpkeep, startUpkeepRounds, type TransportUpkeepParts, type UpkeepRounds } from './service/upkeep.js';
 export * from './config.js';
 export * from './container.js';
 export * from './catalog.js';

@@ -235,7 +235,9 @@ export interface BerthService {
 
   /**
    * Run every backend's upkeep now and every `upkeep.intervalMs` (`berth serve`): a tgtd that died
-   * is restarted with its targets before hosts' sessions time out. Also prunes the journal of
+   * is restarted with its targets before hosts' sessions time out. While this process runs its own
+   * host's steps (no agent registered for it), every transport's upkeep too (iscsi-user: a killed
+   * dead-target watcher is started again while LUNs are connected). Also prunes the journal of
    * operations older than `journal.retainDays`, now and every `journal.pruneIntervalMs`. Returns
    * the function that stops both.
    */

@@ -58,6 +58,16 @@ class FakeTransport implements TransportDriver {
   }
 }
 
+/** A transport with an upkeep (iscsi-user's starts its watcher again): counts its rounds, fails the first. */
+class UpkeepTransport extends FakeTransport {
+  rounds = 0;
+  async upkeep(signal: AbortSignal): Promise<void> {
+    signal.throwIfAborted();
+    this.rounds += 1;
+    if (this.rounds === 1) throw new BerthError('DRIVER_ERROR', 'the watcher would not start');
+  }
+}
+
 /** A transport with two portals per device whose path check the agent runs: the first one fails. */
 class PathTransport extends FakeTransport {
   readonly repaired = deferred<string>();
@@ -87,7 +97,7 @@ function hostWith(transport: FakeTransport): AgentHost {
     version: undefined,
     options: undefined,
   });
-  const config = { connector: { multipath: false, enforce_multipath: false } } as unknown as BerthConfig;
+  const config = { connector: { multipath: false, enforce_multipath: false }, upkeep: { intervalMs: 0 } } as unknown as BerthConfig;
   const identity = { hostname: 'h1', ips: ['10.0.0.1'], platform: 'x86_64', osType: 'linux' };
   return {
     config,
@@ -239,6 +249,35 @@ describe('AgentRunner', () => {
     await running;
     expect(transport.calls.slice(checksBefore).filter((c) => c.startsWith('repair'))).toEqual([]);
     expect(transport.calls.filter((c) => c.startsWith('repair'))).toEqual(['repair /dev/fake0']);
+  });
+
+  it('runs its transports\' upkeep every upkeepMs from its start, the API reachable or not, past a failing round; a stop ends it', async () => {
+    const transport = new UpkeepTransport();
+    const api = new ScriptedApi([]);
+    // The API cannot be reached for a while: the upkeep runs all the same (what it keeps up is on the host).
+    api.registerFailures = Array.from({ length: 1_000 }, () => new BerthError('UNAVAILABLE', 'cannot reach the berth API'));
+    const agent = new AgentRunner({ host: hostWith(transport), api, apiUrl: 'http://api.test', version: '0.1.0', upkeepMs: 10, backoff: { firstMs: 1, maxMs: 5 } });
+    const running = agent.run();
+    await expect.poll(() => transport.rounds, { timeout: 5_000 }).toBeGreaterThanOrEqual(3);
+    expect(api.registrations).toHaveLength(0);
+    agent.stop();
+    await running;
+    const after = transport.rounds;
+    // Stopped: no round after run() returned (waited on a later round's chance, not a fixed sleep).
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(transport.rounds).toBe(after);
+  });
+
+  it('runs no transport upkeep with the config\'s upkeep.intervalMs 0', async () => {
+    const transport = new UpkeepTransport();
+    const item = connect('v1');
+    const api = new ScriptedApi([[item]]);
+    const agent = runner(api, transport);
+    const running = agent.run();
+    await api.reported.promise;
+    agent.stop();
+    await running;
+    expect(transport.rounds).toBe(0);
   });
 
   it('runs the items of one volume one after another: a release waits for the connect before it', async () => {

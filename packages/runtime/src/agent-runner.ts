@@ -8,6 +8,7 @@ import {
   failedPaths,
   KeyedLock,
   runHostStep,
+  startTransportUpkeep,
   workItemErrorOf,
   zHostStepName,
   type AgentOutcome,
@@ -46,6 +47,11 @@ export interface AgentRunnerOptions {
    * Default 30 s. Only transports that repair paths are listed; nothing runs when there are none.
    */
   pathCheckMs?: number;
+  /**
+   * How often the transports' `upkeep` runs (iscsi-user: a killed dead-target watcher started
+   * again), in ms; 0: never. Default: the config's `upkeep.intervalMs` (5 s), as in `berth serve`.
+   */
+  upkeepMs?: number;
 }
 
 /** Default of `AgentRunnerOptions.pathCheckMs`. */
@@ -135,6 +141,11 @@ export class AgentRunner {
   async run(): Promise<void> {
     const signal = this.stopping.signal;
     let pathCheck: Promise<void> | undefined;
+    // This host's transports' upkeep, from the start until the agent stops: it is the process that
+    // runs the host's steps (an embedded `berth serve` leaves it to the agent once one registered),
+    // and what it keeps up lives on the host, so it does not wait for the API.
+    const { host } = this.options;
+    const stopUpkeep = startTransportUpkeep({ ...host, config: { upkeep: { intervalMs: this.options.upkeepMs ?? host.config.upkeep.intervalMs } } });
     try {
       await this.claimUntilStopped(signal, (started) => (pathCheck = started));
     } catch (error) {
@@ -145,7 +156,7 @@ export class AgentRunner {
       this.stopping.abort();
       throw error;
     } finally {
-      await Promise.allSettled([...this.running, ...(pathCheck ? [pathCheck] : [])]);
+      await Promise.allSettled([...this.running, ...(pathCheck ? [pathCheck] : []), stopUpkeep()]);
     }
   }
 

@@ -16,7 +16,7 @@ import {
   type TransportCallContext,
   type TransportDriver,
 } from '@berth/core';
-import { daemonStatus, WaitTimeoutError } from '@berth/host';
+import { acquireFileLock, daemonStatus, LockTimeoutError, WaitTimeoutError } from '@berth/host';
 import { ISCSI_SOURCE_KEYS, refuseIfHeld } from '@berth/iscsi';
 import { listExports, loopInfo, removeUnusedNode, repointFilter, StorageDaemon, writeSecretFile, type QmpClient } from '@berth/qemu';
 import { DaemonSupervisor } from './daemon-supervisor.js';
@@ -39,6 +39,12 @@ export const PRIORITY = 5;
 
 /** The `kind` of this transport's device identities. */
 export const IDENTITY_KIND = 'iscsi-user';
+
+/**
+ * How long `upkeep` waits for the daemon lock: a holder is an operation working with the daemon
+ * (a connect starts the watcher itself); the next round looks again.
+ */
+const UPKEEP_LOCK_MS = 5_000;
 
 /** One connected LUN's path, as `checkPaths` found it. */
 export interface UserPathState {
@@ -81,6 +87,8 @@ export interface IscsiUserDriver extends TransportDriver {
    * that was cut short.
    */
   failover(connection: ConnectionInfo, options: { signal: AbortSignal; portal?: string }): Promise<FailoverResult>;
+  /** Start the watcher again when it died while a LUN is connected on a running daemon (see the README, "watch"). */
+  upkeep(signal: AbortSignal): Promise<void>;
 }
 
 /**
@@ -137,9 +145,9 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
   }
 
   /**
-   * The data dir's watcher, started when it does not run (at every connect, under the daemon lock):
-   * without it, I/O on a dead target waits in D state until the target returns. A watcher that
-   * cannot start fails no connect; `check()` says it is not running.
+   * The data dir's watcher, started when it does not run (at every connect and after a restore,
+   * under the daemon lock; `upkeep` too): without it, I/O on a dead target waits in D state until
+   * the target returns. A watcher that cannot start fails no connect; `check()` says it is not running.
    */
   async function watch(): Promise<void> {
     const started = await ensureWatcher(host, context.dataDir, paths, options).catch((error: unknown) => {
@@ -147,6 +155,47 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
       return undefined;
     });
     if (started?.started === true) logger.info({ pid: started.pid, log: watcherFiles(paths).logFile }, 'iscsi-user watcher started');
+  }
+
+  /**
+   * Whether the watcher has work: a LUN recorded `active` on a running daemon. Reads the records
+   * and the daemon's pid file only (no QMP, no lock): what `upkeep` asks every round.
+   */
+  async function watchWanted(): Promise<boolean> {
+    if (!(await records.list()).some((record) => record.status === 'active')) return false;
+    return (await daemon.status()).running;
+  }
+
+  /**
+   * The transport's upkeep (`berth serve`, `berth agent`): a watcher that died (the OOM killer, an
+   * admin's kill) while LUNs stay connected on a running daemon is started again, as a connect
+   * would — under the daemon lock, so never two. Nothing connected, or no daemon running: nothing
+   * is started (a daemon that died is the next operation's to restart and restore, and the restore
+   * starts the watcher). Never starts qemu-storage-daemon. A busy lock skips the round.
+   */
+  async function upkeep(signal: AbortSignal): Promise<void> {
+    if (options.noopIntervalS === 0) return;
+    signal.throwIfAborted();
+    // Cheap first, without the lock: nothing to watch, or the watcher runs (pid file + start time).
+    if (!(await watchWanted()) || (await daemonStatus(watcherFiles(paths).pidFile)).running) return;
+    let release;
+    try {
+      release = await acquireFileLock(paths.lock, { timeoutMs: Math.min(options.lockTimeoutMs, UPKEEP_LOCK_MS), what: 'the user-space iSCSI daemon', signal });
+    } catch (error) {
+      if (!(error instanceof LockTimeoutError)) throw error;
+      logger.debug({ lockPath: error.lockPath }, 'upkeep: the daemon lock is busy; looking at the watcher again at the next round');
+      return;
+    }
+    try {
+      // Decided again under the lock: a disconnect may have removed the last LUN meanwhile.
+      if (!(await watchWanted())) return;
+      const started = await ensureWatcher(host, context.dataDir, paths, options);
+      if (started?.started === true) {
+        logger.warn({ pid: started.pid, log: watcherFiles(paths).logFile }, 'the iscsi-user watcher was not running while LUNs are connected: started it again');
+      }
+    } finally {
+      await release();
+    }
   }
 
   async function removeSecrets(key: string): Promise<void> {
@@ -564,6 +613,8 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
 
     failover,
 
+    upkeep,
+
     async check(): Promise<CheckResult> {
       const { checks, fixes, essential } = await checkUserHost(host, options.binary, options.commandTimeoutMs);
       const kernel = await kernelInitiatorUsable(host);
@@ -588,7 +639,7 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
             ? 'off (noopIntervalS 0): I/O on a dead target waits until it returns'
             : watcher.running
               ? `running as pid ${watcher.pid}: a portal silent for ${options.replacementTimeoutS} s gets its LUN's I/O failed (EIO); log ${watcherFiles(paths).logFile}`
-              : 'not running (started at the next connect)',
+              : 'not running (started at the next connect, and by the upkeep of berth serve or berth agent within upkeep.intervalMs while a LUN is connected)',
       });
       const ok = essential && failed.length === 0;
       return ok

@@ -107,6 +107,14 @@ async function disconnectedThenWatcherGone(env: UserTestEnv, connection: Connect
   await env.host.waiter.waitUntil('/proc', async () => ((await processRuns(pid, undefined)) ? undefined : true), { timeoutMs: 10_000, what: 'the watcher to exit' });
 }
 
+/** The driver's upkeep, as `berth serve` and `berth agent` run it every `upkeep.intervalMs`. */
+async function upkeep(env: UserTestEnv): Promise<number> {
+  if (!env.driver.upkeep) throw new Error('the driver has no upkeep()');
+  const started = performance.now();
+  await env.driver.upkeep(AbortSignal.timeout(30_000));
+  return performance.now() - started;
+}
+
 beforeAll(async () => {
   fusectlBefore = await fusectlMounted();
   envs.push(await createUserTestEnv({ noopIntervalS: 1, replacementTimeoutS: 3 }));
@@ -227,6 +235,47 @@ describe('the iscsi-user watch of dead targets', () => {
     const { target, device, before } = await connectedThenWatcherKilled(env, 'again');
     // A connect of a LUN already connected (its chain whole) starts it too.
     await env.driver.connect(target.connection, call());
+    const after = await watcherPid(env);
+    expect(after).toBeDefined();
+    expect(after).not.toBe(before);
+    await disconnectedThenWatcherGone(env, target.connection, device, after!);
+  });
+
+  it('a killed watcher is started again by the driver\'s upkeep (berth serve, berth agent), not only at the next connect; a second round changes nothing', async () => {
+    const env = envs[1]!;
+    const { target, device, before } = await connectedThenWatcherKilled(env, 'upkept');
+    const ms = await upkeep(env);
+    const after = await watcherPid(env);
+    timings.push(`upkeep with the watcher SIGKILLed and a LUN connected: a new watcher (pid ${after}) in ${Math.round(ms)} ms`);
+    expect(after).toBeDefined();
+    expect(after).not.toBe(before);
+    // The new one watches the LUN (its first round's line), which stays connected as it was.
+    await logged(env, new RegExp(`"pid":${after},.*watching the connected LUNs`), 10_000);
+    expect((await env.driver.connected!()).map((c) => c.device.path)).toEqual([device.path]);
+    const again = await upkeep(env);
+    timings.push(`upkeep with the watcher running: ${Math.round(again)} ms`);
+    expect(await watcherPid(env)).toBe(after);
+    await disconnectedThenWatcherGone(env, target.connection, device, after!);
+  });
+
+  it('upkeep starts nothing with nothing attached (no watcher, no daemon), nor with LUNs recorded on a dead daemon (its restart is the next operation\'s)', async () => {
+    const env = envs[1]!;
+    await expectNothingLeft(env);
+    const idle = await upkeep(env);
+    timings.push(`upkeep with nothing attached: ${Math.round(idle)} ms`);
+    expect(await watcherPid(env)).toBeUndefined();
+    expect(await env.leftovers()).toEqual({ loops: [], mounts: [], daemon: false, records: [] });
+
+    const { target, device, before } = await connectedThenWatcherKilled(env, 'deaddaemon');
+    const qsd = await env.daemonPid();
+    expect(qsd).toBeDefined();
+    process.kill(qsd!, 'SIGKILL');
+    await env.host.waiter.waitUntil('/proc', async () => ((await processRuns(qsd!, undefined)) ? undefined : true), { timeoutMs: 10_000, what: 'qemu-storage-daemon to die' });
+    await upkeep(env);
+    expect(await env.daemonPid()).toBeUndefined();
+    expect(await watcherPid(env)).toBeUndefined();
+    // The next operation restores the LUN on a new daemon and starts the watcher (as the restore test below shows).
+    expect((await env.driver.connected!()).map((c) => c.device.path)).toEqual([device.path]);
     const after = await watcherPid(env);
     expect(after).toBeDefined();
     expect(after).not.toBe(before);

@@ -35,8 +35,10 @@ export default class Agent extends BaseCommand<typeof Agent> {
     '(the config\'s api.tokens entry `{role: "agent", host: NAME}`), and it sees only its host\'s work.',
     'Work arrives by long-poll; each item runs at most until its operation\'s deadline, with its lease',
     'renewed meanwhile. Every --path-check seconds it also looks for devices whose path in use died',
-    '(iscsi-user: the portal stopped answering) and moves them to a live path. SIGTERM or SIGINT stops',
-    'claiming, lets running items finish, then exits 0. With several replicas and no load balancer in',
+    '(iscsi-user: the portal stopped answering) and moves them to a live path, and every upkeep.intervalMs',
+    '(config, 5 s) it runs its transports\' upkeep (iscsi-user: a killed dead-target watcher started again',
+    'while LUNs are connected). SIGTERM or SIGINT stops claiming, lets running items finish, then exits',
+    '0. With several replicas and no load balancer in',
     'front, give them all: --api URL1,URL2 — when the one in use cannot be reached or is stopping, the',
     'agent goes on with the next.',
   ].join('\n');

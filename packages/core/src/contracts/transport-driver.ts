@@ -121,6 +121,18 @@ export interface TransportDriver {
    * its devices is claimed as a berth volume's and none of its attachments is ever reconnected.
    */
   readonly sourceKeys?: readonly string[];
+  /**
+   * Upkeep of what the transport runs beside its devices, which a process that dies between two
+   * calls would otherwise leave gone until the next connect (iscsi-user: its dead-target watcher,
+   * started again while LUNs are connected). Run every `upkeep.intervalMs` by the processes that run
+   * this host's steps — `berth serve` while its own host has no agent, and `berth agent` — one
+   * transport after another, never two rounds at once, each bounded by 60 s; a failure is logged
+   * once until its message changes. Must be cheap when nothing is connected (start nothing then),
+   * never connect, disconnect or start what only a connect starts, be safe beside every other call
+   * (in this process and others), and end when `signal` fires. Without it (or without a
+   * long-running berth on the host) the next connect does the same.
+   */
+  upkeep?(signal: AbortSignal): Promise<void>;
   /** Whether this host can use the transport (what `berth doctor` prints). */
   check(): Promise<CheckResult>;
 }

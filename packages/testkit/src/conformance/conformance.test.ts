@@ -65,6 +65,10 @@ function memoryTransport(): { driver: TransportDriver; fs: HostFs } {
     async connected() {
       return [...devices].map(([file, path]) => ({ device: deviceOf(path), source: { device_path: file } }));
     },
+    // Nothing runs beside its devices: looks, changes nothing, ends when aborted.
+    async upkeep(signal) {
+      cancelledIfAborted(signal);
+    },
     check: async () => ({ ok: true, summary: 'memory: always works' }),
   };
   const unused = (): never => {

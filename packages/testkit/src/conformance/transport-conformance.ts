@@ -57,7 +57,8 @@ export interface TransportConformanceOptions {
 
 /**
  * The suite every transport driver must pass: idempotent connect and disconnect, one device per
- * connection under concurrency, cancellation that leaves nothing behind, and a working `check()`.
+ * connection under concurrency, cancellation that leaves nothing behind, a quiet `upkeep` (when
+ * it has one), and a working `check()`.
  * With `identity: true` it also checks the device identity rule that keeps one volume's bytes off
  * another's disk: connect reports an identity; a second, failed connect of a connected volume and
  * its undo (a disconnect with no device, the first device in `inUse`) leave the first device
@@ -173,6 +174,22 @@ export function describeTransportConformance(
       expect(repair.detail).toMatch(/\S/);
       expect(repair.detail).not.toContain('\n');
     });
+
+    it('upkeep (when supported) is quiet: with nothing connected, and twice beside a connected device, which stays connected and the same; an aborted signal ends it', async () => {
+      const { driver } = current();
+      if (!driver.upkeep) return;
+      // What this suite's earlier tests connected is disconnected by now (afterEach): nothing of its own.
+      await driver.upkeep(call().signal);
+      const connection = await newConnection();
+      const device = await driver.connect(connection, call());
+      await driver.upkeep(call().signal);
+      await driver.upkeep(call().signal);
+      expect(await isConnected(connection, device)).toBe(true);
+      expect(await driver.connect(connection, call())).toEqual(device);
+      // An aborted round ends (resolves or rejects) instead of running on, and leaves the device.
+      await driver.upkeep(AbortSignal.abort()).catch(() => undefined);
+      expect(await isConnected(connection, device)).toBe(true);
+    }, timeoutMs);
 
     it('check() says whether it works here, in one line', async () => {
       const result = await current().driver.check();
