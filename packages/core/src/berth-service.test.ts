@@ -778,8 +778,26 @@ describe('servers with a hypervisor: the pipeline publishes through their consum
       const bad = await service.createServer({ name: 'web-bad', hypervisor: { type: 'libvirt', domain: 'web-9', uri } }).catch((e: unknown) => e);
       expect(BerthError.is(bad) && bad.code, uri).toBe('VALIDATION');
     }
-    for (const uri of ['qemu+ssh://root@h1.example/system', 'qemu+tcp://10.0.0.1:16509/system', 'qemu+unix:///system?socket=/run/libvirt/libvirt-sock', 'test:///default']) {
-      await service.createServer({ name: `web-${(await store.servers.list()).length}`, hypervisor: { type: 'libvirt', domain: 'web-ok', uri } });
+    // Only local URIs: the guest runs on the server's host, and libvirt's others run or reach what
+    // they name, as root (a security review ran a program through `qemu+ext:///…?command=`), or
+    // spell one guest another way (`qemu://localhost/system`, `?socket=`).
+    for (const uri of [
+      'qemu+ext:///system?command=/tmp/x.sh',
+      'qemu+ssh://root@h1.example/system',
+      'qemu+tcp://10.0.0.1:16509/system',
+      'qemu+unix:///system?socket=/run/libvirt/libvirt-sock',
+      'qemu:///system?',
+      'qemu://localhost/system',
+      'qemu+libssh2://h/system?keyfile=/root/.ssh/id_rsa',
+    ]) {
+      const bad = await service.createServer({ name: 'web-far', hypervisor: { type: 'libvirt', domain: 'web-1', uri } }).catch((e: unknown) => e);
+      expect(BerthError.is(bad) && bad.code, uri).toBe('VALIDATION');
+    }
+    await service.createServer({ name: 'web-test', hypervisor: { type: 'libvirt', domain: 'web-ok', uri: 'test:///default' } });
+    // A QMP socket spelled through /proc (another spelling of any path: one guest as two servers).
+    for (const qmp of ['/proc/self/root/run/vm-1/qmp.sock', '/proc/1/cwd/qmp.sock', '/proc', '/dev/fd/3', '/sys/x']) {
+      const bad = await service.createServer({ name: 'vm-proc', hypervisor: { type: 'qemu', qmp } }).catch((e: unknown) => e);
+      expect(BerthError.is(bad) && bad.code, qmp).toBe('VALIDATION');
     }
   });
 

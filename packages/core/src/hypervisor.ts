@@ -33,17 +33,33 @@ export const zLibvirtHypervisor = lazySchema(() => z.strictObject({
   type: z.literal('libvirt'),
   /** The domain's name or UUID. */
   domain: z.string().min(1).max(200).regex(/^[^/\s-][^/]*$/, 'a domain name has no slash and does not start with a space or "-"'),
-  /** The libvirt connection URI (`qemu:///system`, `qemu+ssh://...`). */
+  /** The libvirt connection URI, a local one (`qemu:///system`, `qemu:///session`: `LIBVIRT_URI`). */
   // Stored records are read with this loose form; a new server's URI is held to `LIBVIRT_URI`.
   uri: z.string().min(1).max(1024).regex(/^[a-z][a-z0-9+.-]*:\/\/\S*$/, 'a libvirt URI like qemu:///system').default(DEFAULT_LIBVIRT_URI),
 }));
 /**
- * What a new server's libvirt URI must be: scheme://[authority][/path][?query], made of what
- * libvirt's URIs are made of — nothing a shell or libvirt would read otherwise (`;`, spaces,
- * quotes, `#`). Checked when a server is created, not when a stored one is read (an older
- * record that passed the loose form still loads).
+ * What a new server's libvirt URI must be: a local one, `DRIVER:///PATH` or `DRIVER+unix:///PATH`
+ * (`qemu:///system`, `qemu:///session`), with no host and no query. berth publishes a device of
+ * the host it runs on into the guest, so the guest runs here; and libvirt's other URIs run or
+ * reach what their parameters name, as root here — `qemu+ext:///system?command=PROG` runs PROG,
+ * `?socket=`, `?keyfile=` and `+ssh` reach files and sockets — which a member token must not
+ * choose (a security review ran a program as root through one). Checked when a server is created
+ * (`zNewHypervisor`) and again by the libvirt consumer before it connects (`isLocalLibvirtUri`),
+ * so an older stored record does not reach further than a new one can.
  */
-export const LIBVIRT_URI = /^[a-z][a-z0-9+.-]*:\/\/[A-Za-z0-9._~%@:[\]-]*(\/[A-Za-z0-9._~%/-]*)?(\?[A-Za-z0-9._~%=&/:,+@-]*)?$/;
+export const LIBVIRT_URI = /^[a-z][a-z0-9]*(\+unix)?:\/\/\/[a-z]+\/?$/;
+
+/** Whether `uri` is a local libvirt URI a server may name (`LIBVIRT_URI`). */
+export function isLocalLibvirtUri(uri: string): boolean {
+  return LIBVIRT_URI.test(uri);
+}
+
+/**
+ * Paths a new server's QMP socket may not be spelled through: `/proc/<pid>/root/…` or `/proc/self/cwd/…`
+ * reach any socket under another spelling (one guest would be two servers), `/dev/fd` and `/sys`
+ * hold no QMP socket.
+ */
+const QMP_PATH_REFUSED = /^\/(proc|dev\/fd|sys)(\/|$)/;
 
 /** A server's libvirt settings. */
 export type LibvirtHypervisor = z.output<typeof zLibvirtHypervisor>;
@@ -57,13 +73,20 @@ export type Hypervisor = z.output<typeof zHypervisor>;
 export const zNewHypervisor = lazySchema(() =>
   z.discriminatedUnion('type', [
     zHostHypervisor,
-    zQemuHypervisor,
+    zQemuHypervisor.unwrap().extend({
+      qmp: zQemuHypervisor
+        .unwrap()
+        .shape.qmp.refine((p) => !QMP_PATH_REFUSED.test(path.posix.normalize(p)), 'the QMP socket is a path of the guest\'s own directory, not one under /proc, /dev/fd or /sys'),
+    }),
     zLibvirtHypervisor.unwrap().extend({
       uri: z
         .string()
         .min(1)
         .max(1024)
-        .regex(LIBVIRT_URI, 'a libvirt URI like qemu:///system or qemu+ssh://user@host/system (no spaces, quotes, ";" or "#")')
+        .regex(
+          LIBVIRT_URI,
+          'a local libvirt URI like qemu:///system or qemu:///session (the guest runs on the server\'s host; no remote transport, host or query such as ?command= or ?socket=)',
+        )
         .default(DEFAULT_LIBVIRT_URI),
     }),
   ]),

@@ -9,6 +9,7 @@ import {
   createHostConsumer,
   DEFAULT_LIBVIRT_URI,
   failUnreachedPublish,
+  isLocalLibvirtUri,
   KeyedLock,
   lazySchema,
   stableLinkPath,
@@ -51,6 +52,14 @@ export function libvirtHypervisorOf(server: Server): LibvirtHypervisor {
     throw new BerthError('CONFIG', `server ${server.name} has no libvirt domain: ${parsed.error.issues[0]?.message ?? 'invalid'}`, {
       hint: `give the server its domain: berth server create ${server.name} --hypervisor libvirt --domain NAME [--uri qemu:///system]`,
       details: { server: server.name },
+    });
+  }
+  // A record stored before URIs were held to local ones is not run: virsh would run what a
+  // `qemu+ext:///…?command=` names, as root (core's `LIBVIRT_URI`).
+  if (!isLocalLibvirtUri(parsed.data.uri)) {
+    throw new BerthError('CONFIG', `server ${server.name}'s libvirt URI is not a local one (${parsed.data.uri.replace(/\?.*$/, '?…')}): berth reaches guests on this host only, through a URI like qemu:///system`, {
+      hint: `nothing was done; give the server a local URI: berth server delete ${server.name}, then berth server create ${server.name} --hypervisor libvirt --domain ${parsed.data.domain} --uri qemu:///system`,
+      details: { server: server.name, untouched: true },
     });
   }
   return parsed.data;
