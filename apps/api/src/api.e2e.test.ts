@@ -236,6 +236,17 @@ describe('the HTTP app end to end (real socket, file backend, loop transport)', 
     expect(bodyOf(libvirt).hypervisor).toEqual({ type: 'libvirt', domain: 'web-1', uri: 'qemu:///system' });
     const plain = await t.request('POST', '/v1/servers', { token, json: { name: 'vm-h' } });
     expect(bodyOf(plain).hypervisor).toEqual({ type: 'host' });
+    // A member cannot name a guest (its monitor is the host's: any VM on it); a host server, yes.
+    // An admin creates one in the member's project, and the member attaches to it.
+    for (const hypervisor of [{ type: 'qemu', qmp: '/run/vm-m/qmp.sock' }, { type: 'libvirt', domain: 'web-m' }]) {
+      const refused = await t.request('POST', '/v1/servers', { token: TOKENS.memberA, json: { name: 'vm-m', hypervisor } });
+      expect(refused.status, hypervisor.type).toBe(403);
+      expect(bodyOf(refused).detail).toContain(`cannot create a ${hypervisor.type} server`);
+    }
+    expect((await t.request('POST', '/v1/servers', { token: TOKENS.memberA, json: { name: 'vm-m-host', hypervisor: { type: 'host' } } })).status).toBe(201);
+    const forMember = await t.request('POST', `/v1/servers?projectId=${PROJECT_A}`, { token, json: { name: 'vm-m', hypervisor: { type: 'qemu', qmp: '/run/vm-m/qmp.sock' } } });
+    expect(forMember.status).toBe(201);
+    expect((await t.request('GET', '/v1/servers/vm-m', { token: TOKENS.memberA })).status).toBe(200);
     expect(bodyOf(await t.request('GET', '/v1/servers/vm-q', { token })).hypervisor).toEqual({ type: 'qemu', qmp: '/run/vm-q/qmp.sock', bus: 'pci.0' });
     const listed = bodyOf(await t.request('GET', '/v1/servers', { token })).servers as Array<{ name: string; hypervisor: { type: string } }>;
     expect(listed.map((s) => `${s.name}:${s.hypervisor.type}`).sort()).toEqual(['vm-h:host', 'vm-l:libvirt', 'vm-q:qemu']);

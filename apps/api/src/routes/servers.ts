@@ -48,6 +48,16 @@ export function serverRoutes(deps: RouteDeps): AnyRoute[] {
       responses: { 201: { description: 'Created', schema: zServer } },
       async handler({ principal, query, body }) {
         const scope = scopeOf(principal, query.projectId, defaultProject);
+        // A guest's QMP socket or libvirt domain is the host's, not a project's: a member naming one
+        // would plug its disks into whatever VM that is (another project's, or one no server names
+        // yet), or claim it first so its owner gets CONFLICT (a security review did both). An admin
+        // creates guest servers, in the member's project with `?projectId=`.
+        if (body.hypervisor !== undefined && body.hypervisor.type !== 'host' && principal.role !== 'admin') {
+          throw new BerthError('FORBIDDEN', `a ${principal.role} token cannot create a ${body.hypervisor.type} server: a guest's monitor is the host's`, {
+            hint: 'an admin creates guest servers (POST /v1/servers?projectId=P with an admin token); members attach volumes to them',
+            details: { role: principal.role, hypervisor: body.hypervisor.type },
+          });
+        }
         // Core records a new host before it inserts the server, so a duplicate name would leave a
         // host row behind: refuse it here first (the store still refuses a racing twin).
         if ((await service.listServers(scope)).some((s) => s.name === body.name)) {
