@@ -550,7 +550,10 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
 
     async connected(): Promise<ConnectedDevice[]> {
       const signal = AbortSignal.timeout(options.qmpTimeoutMs + options.lockTimeoutMs);
-      if ((await records.list()).length === 0) return [];
+      // Nothing to list, and no daemon to start for it: a failed LUN is never listed (its chain is
+      // gone until a reconnect or detach). The watcher's restore after an abort is this call: one
+      // that started a daemon beside the failed LUN's detach left it running a moment after.
+      if ((await records.list()).every((record) => record.status === 'failed')) return [];
       const whole = await supervisor.use(signal, async (qmp) => {
         const out: ExportRecord[] = [];
         for (const record of await records.list()) if (await healthy(qmp, record, exportNames(record.iqn, record.lun))) out.push(record);
