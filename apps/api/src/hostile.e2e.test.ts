@@ -103,6 +103,20 @@ describe('Idempotency-Key', () => {
     expect((await settled(token, (detach.body as Operation).id)).state).toBe('succeeded');
     expectProblem(await t.request('POST', '/v1/volumes/idem-att/detach', { token, json: { force: true }, headers: detachKey }), 422, 'UNPROCESSABLE');
     expect((await t.request('POST', '/v1/volumes/idem-att/detach', { token, json: {}, headers: detachKey })).status).toBe(202);
+
+    // Keys are per project: another project's attach with the same key is its own operation — not
+    // a 422 telling it the key exists, nor a squat on project A's retries.
+    const other = TOKENS.memberB;
+    await t.request('POST', '/v1/volumes', { token: other, json: { name: 'idem-att-b', sizeBytes: MiB } });
+    const theirs = await t.request('POST', '/v1/volumes/idem-att-b/attach', { token: other, json: {}, headers: key });
+    expect(theirs.status).toBe(202);
+    expect((theirs.body as Operation).id).not.toBe(attach.id);
+    expect((await settled(other, (theirs.body as Operation).id)).state).toBe('succeeded');
+    const theirDetach = await t.request('POST', '/v1/volumes/idem-att-b/detach', { token: other, json: {} });
+    expect(theirDetach.status).toBe(202);
+    expect((await settled(other, (theirDetach.body as Operation).id)).state).toBe('succeeded');
+    const mine = await t.request('POST', '/v1/volumes/idem-att/attach', { token, json: { mode: 'rw' }, headers: key });
+    expect((mine.body as Operation).id).toBe(attach.id);
     expect(loopDevicesUnder(t.dataDir)).toEqual([]);
   });
 });

@@ -93,15 +93,27 @@ async function startKeyed(deps: RouteDeps, volumeRef: string, scope: ProjectScop
   const fingerprint = createHash('sha256')
     .update(JSON.stringify({ kind: what.kind, volumeId: volume.id, serverId: server?.id ?? null, request: { ...what.request, server: null } }))
     .digest('hex');
-  deps.operationKeys.check(key, fingerprint);
-  const started = await launch(deps, { volume: volume.id, ...scope, idempotencyKey: key }, what);
+  // Kept per project: a key is the caller's, and another project's use of the same one must not
+  // answer 422 (telling it the key exists) or take its retries (a security review showed both).
+  const scopedKey = operationKeyIn(scope, key);
+  deps.operationKeys.check(scopedKey, fingerprint);
+  const started = await launch(deps, { volume: volume.id, ...scope, idempotencyKey: scopedKey }, what);
   const operation = started.operation;
   if (operation.kind !== what.kind || operation.volumeId !== volume.id || (server !== undefined && operation.serverId !== server.id)) {
     started.done.catch(() => undefined);
     throw keyReused('attach or detach');
   }
-  deps.operationKeys.remember(key, fingerprint);
+  deps.operationKeys.remember(scopedKey, fingerprint);
   return started;
+}
+
+/**
+ * The key an attach or detach is journalled under: the caller's key within its project
+ * (`<project>/<key>`; `*` for an admin acting across projects). The store keeps keys unique across
+ * the whole journal, so without the project one project's key answered another's request.
+ */
+export function operationKeyIn(scope: ProjectScope, key: string): string {
+  return `${scope.projectId ?? '*'}/${key}`;
 }
 
 /**

@@ -6,7 +6,8 @@ import { zNewHypervisor } from './hypervisor.js';
 
 const zRef = lazySchema(() => z.string().min(1).max(200));
 const zProject = lazySchema(() => z.string().min(1).max(200).optional());
-const zIdempotencyKey = lazySchema(() => z.string().min(1).max(200).optional());
+// 200 as a client sends it, plus room for the project the API keeps it in (`<project>/<key>`).
+const zIdempotencyKey = lazySchema(() => z.string().min(1).max(300).optional());
 
 /**
  * A new volume's or server's name: never shaped like an id. A name is looked up after the ids, so
