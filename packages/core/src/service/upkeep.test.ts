@@ -27,6 +27,33 @@ function partsWith(backends: Record<string, Partial<VolumeBackend>>, intervalMs 
   return { parts, lines };
 }
 
+/**
+ * Starts rounds (`start`) over one part whose upkeep runs until aborted: five intervals pass with
+ * only one round at a time, and stop aborts the one in flight and waits for it.
+ */
+async function expectOneRoundAtATime(start: (upkeep: (signal: AbortSignal) => Promise<void>) => () => Promise<void>): Promise<void> {
+  vi.useFakeTimers();
+  let running = 0;
+  let most = 0;
+  let aborted = false;
+  const stop = start(
+    (signal) =>
+      new Promise<void>((resolve) => {
+        most = Math.max(most, ++running);
+        signal.addEventListener('abort', () => {
+          aborted = true;
+          running -= 1;
+          resolve();
+        });
+      }),
+  );
+  await vi.advanceTimersByTimeAsync(5_000);
+  expect(most).toBe(1);
+  await stop();
+  expect(aborted).toBe(true);
+  expect(running).toBe(0);
+}
+
 describe('startBackendUpkeep', () => {
   it('runs every backend that has an upkeep at once and then every interval; stop ends it', async () => {
     vi.useFakeTimers();
@@ -65,29 +92,7 @@ describe('startBackendUpkeep', () => {
   });
 
   it('never runs two rounds at once, and stop aborts the round in flight and waits for it', async () => {
-    vi.useFakeTimers();
-    let running = 0;
-    let most = 0;
-    let aborted = false;
-    const { parts } = partsWith({
-      slow: {
-        upkeep: (signal) =>
-          new Promise<void>((resolve) => {
-            most = Math.max(most, ++running);
-            signal.addEventListener('abort', () => {
-              aborted = true;
-              running -= 1;
-              resolve();
-            });
-          }),
-      },
-    });
-    const stop = startBackendUpkeep(parts);
-    await vi.advanceTimersByTimeAsync(5_000);
-    expect(most).toBe(1);
-    await stop();
-    expect(aborted).toBe(true);
-    expect(running).toBe(0);
+    await expectOneRoundAtATime((upkeep) => startBackendUpkeep(partsWith({ slow: { upkeep } }).parts));
   });
 
   it('an interval of 0 runs nothing', async () => {
@@ -166,29 +171,7 @@ describe('startTransportUpkeep', () => {
   });
 
   it('never runs two rounds at once, and stop aborts the round in flight and waits for it', async () => {
-    vi.useFakeTimers();
-    let running = 0;
-    let most = 0;
-    let aborted = false;
-    const { parts } = transportPartsWith({
-      slow: {
-        upkeep: (signal) =>
-          new Promise<void>((resolve) => {
-            most = Math.max(most, ++running);
-            signal.addEventListener('abort', () => {
-              aborted = true;
-              running -= 1;
-              resolve();
-            });
-          }),
-      },
-    });
-    const stop = startTransportUpkeep(parts);
-    await vi.advanceTimersByTimeAsync(5_000);
-    expect(most).toBe(1);
-    await stop();
-    expect(aborted).toBe(true);
-    expect(running).toBe(0);
+    await expectOneRoundAtATime((upkeep) => startTransportUpkeep(transportPartsWith({ slow: { upkeep } }).parts));
   });
 
   it('asks `when` at the start of each round, before a transport is made: false skips the round, a failure is logged once and its end once', async () => {
