@@ -109,11 +109,14 @@ async function startKeyed(deps: RouteDeps, volumeRef: string, scope: ProjectScop
 
 /**
  * The key an attach or detach is journalled under: the caller's key within its project
- * (`<project>/<key>`; `*` for an admin acting across projects). The store keeps keys unique across
- * the whole journal, so without the project one project's key answered another's request.
+ * (`<project tag>/<key>`: the first 16 hex digits of the project id's SHA-256, `*` for an admin
+ * acting across projects). The store keeps keys unique across the whole journal, so without the
+ * project one project's key answered another's request. Hashed, not spelled: project ids are free
+ * text (`a` with key `b/k` and `a/b` with key `k` must differ) and may be 200 characters long.
  */
 export function operationKeyIn(scope: ProjectScope, key: string): string {
-  return `${scope.projectId ?? '*'}/${key}`;
+  const tag = scope.projectId === undefined ? '*' : createHash('sha256').update(scope.projectId).digest('hex').slice(0, 16);
+  return `${tag}/${key}`;
 }
 
 /**

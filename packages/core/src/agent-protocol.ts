@@ -124,7 +124,8 @@ export const zGuestDisk = lazySchema(() => z.object({
  * What `guest_disks` answers: whether the consumer can list a guest at all, and the disks
  * (`null`: the guest does not run).
  */
-export const zGuestDisksResult = lazySchema(() => z.object({ supported: z.boolean(), disks: z.array(zGuestDisk).nullable() }));
+/** `installed: false`: the consumer is not installed where the step ran (an older agent throws instead). */
+export const zGuestDisksResult = lazySchema(() => z.object({ supported: z.boolean(), disks: z.array(zGuestDisk).nullable(), installed: z.boolean().optional() }));
 
 /** `unplug_guest_disk`: unplug one disk from the server's guest (a reconcile fix; the host side stays). */
 export const zUnplugGuestDiskPayload = lazySchema(() => z.object({

@@ -934,6 +934,12 @@ describe('reconcile: what it could not look at', () => {
       { kind: 'backend', name: 'mem', reason: 'it cannot list its exports', errorCode: null },
       { kind: 'transport', name: 'mem', reason: 'listing its devices failed: the device table cannot be read', errorCode: 'DRIVER_ERROR' },
     ]);
+    // A guest server whose consumer is not installed (uninstalled while the server stayed): not
+    // looked at, and no failure — every reconcile would otherwise exit non-zero for it.
+    const w = world();
+    await w.service.createServer({ name: 'web-9', hypervisor: { type: 'libvirt', domain: 'web-9' } });
+    const missing = await reconcile(w);
+    expect(missing.unchecked).toContainEqual({ kind: 'server', name: 'web-9', reason: 'its libvirt consumer is not installed on its host', errorCode: null });
   });
 });
 

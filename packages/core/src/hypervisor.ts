@@ -44,14 +44,30 @@ export const zLibvirtHypervisor = lazySchema(() => z.strictObject({
  * reach what their parameters name, as root here — `qemu+ext:///system?command=PROG` runs PROG,
  * `?socket=`, `?keyfile=` and `+ssh` reach files and sockets — which a member token must not
  * choose (a security review ran a program as root through one). Checked when a server is created
- * (`zNewHypervisor`) and again by the libvirt consumer before it connects (`isLocalLibvirtUri`),
- * so an older stored record does not reach further than a new one can.
+ * (`zNewHypervisor`); the libvirt consumer checks a stored one before it connects
+ * (`isUsableLibvirtUri`: an older record without a query or `ext` still works, so its volumes can
+ * be detached).
  */
 export const LIBVIRT_URI = /^[a-z][a-z0-9]*(\+unix)?:\/\/\/[a-z]+\/?$/;
 
 /** Whether `uri` is a local libvirt URI a server may name (`LIBVIRT_URI`). */
 export function isLocalLibvirtUri(uri: string): boolean {
   return LIBVIRT_URI.test(uri);
+}
+
+/**
+ * Whether the libvirt consumer may connect through a stored server's `uri`: a local one, or one
+ * an older berth accepted at create that runs nothing and reads nothing it names — no query
+ * (`?command=`, `?netcat=`, `?socket=`, `?keyfile=` …), not the `ext` transport, no host or user
+ * starting with `-` (an ssh option). Such a record (`qemu+ssh://h/system`) keeps working, so its
+ * volumes can still be detached; a new server cannot name one (`LIBVIRT_URI`).
+ */
+export function isUsableLibvirtUri(uri: string): boolean {
+  if (LIBVIRT_URI.test(uri)) return true;
+  const m = /^[a-z][a-z0-9]*(?:\+([a-z0-9]+))?:\/\/([A-Za-z0-9._~%@:[\]-]*)(\/[A-Za-z0-9._~%/-]*)?$/.exec(uri);
+  if (!m) return false;
+  const [, transport, authority = ''] = m;
+  return transport !== 'ext' && !/(^|@)-/.test(authority);
 }
 
 /**

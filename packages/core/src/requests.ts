@@ -6,7 +6,7 @@ import { zNewHypervisor } from './hypervisor.js';
 
 const zRef = lazySchema(() => z.string().min(1).max(200));
 const zProject = lazySchema(() => z.string().min(1).max(200).optional());
-// 200 as a client sends it, plus room for the project the API keeps it in (`<project>/<key>`).
+// 200 as a client sends it, plus room for the project tag the API keeps it under (`<tag>/<key>`).
 const zIdempotencyKey = lazySchema(() => z.string().min(1).max(300).optional());
 
 /**

@@ -9,7 +9,7 @@ import {
   createHostConsumer,
   DEFAULT_LIBVIRT_URI,
   failUnreachedPublish,
-  isLocalLibvirtUri,
+  isUsableLibvirtUri,
   KeyedLock,
   lazySchema,
   stableLinkPath,
@@ -54,11 +54,11 @@ export function libvirtHypervisorOf(server: Server): LibvirtHypervisor {
       details: { server: server.name },
     });
   }
-  // A record stored before URIs were held to local ones is not run: virsh would run what a
-  // `qemu+ext:///…?command=` names, as root (core's `LIBVIRT_URI`).
-  if (!isLocalLibvirtUri(parsed.data.uri)) {
-    throw new BerthError('CONFIG', `server ${server.name}'s libvirt URI is not a local one (${parsed.data.uri.replace(/\?.*$/, '?…')}): berth reaches guests on this host only, through a URI like qemu:///system`, {
-      hint: `nothing was done; give the server a local URI: berth server delete ${server.name}, then berth server create ${server.name} --hypervisor libvirt --domain ${parsed.data.domain} --uri qemu:///system`,
+  // A record stored before URIs were held to local ones is not run when virsh would run or read
+  // what it names, as root (`qemu+ext:///…?command=`; core's `isUsableLibvirtUri`).
+  if (!isUsableLibvirtUri(parsed.data.uri)) {
+    throw new BerthError('CONFIG', `server ${server.name}'s libvirt URI is refused (${parsed.data.uri.replace(/\?.*$/, '?…')}): it would run or read what it names; berth reaches guests on this host through a URI like qemu:///system`, {
+      hint: `nothing was done; unplug the disk by hand (virsh -c qemu:///system detach-disk ${parsed.data.domain} …) if the guest has it, and create a server with a local URI (berth server create NAME --hypervisor libvirt --domain ${parsed.data.domain} --uri qemu:///system) for new attaches`,
       details: { server: server.name, untouched: true },
     });
   }

@@ -10,8 +10,14 @@ describe('libvirtHypervisorOf', () => {
     expect(libvirtHypervisorOf(serverWith('qemu+unix:///session')).uri).toBe('qemu+unix:///session');
   });
 
-  it('refuses a stored record whose URI is not local (virsh would run what ?command= names, as root): CONFIG, untouched, the query not echoed', () => {
-    for (const uri of ['qemu+ext:///system?command=/tmp/x.sh', 'qemu+ssh://root@h1/system', 'qemu:///system?socket=/tmp/s']) {
+  it('hands on a stored record an older berth accepted that runs and reads nothing it names (its volumes must stay detachable)', () => {
+    for (const uri of ['qemu+ssh://root@h1/system', 'qemu+tcp://10.0.0.1:16509/system', 'qemu+tls://h1.example/system']) {
+      expect(libvirtHypervisorOf(serverWith(uri)).uri).toBe(uri);
+    }
+  });
+
+  it('refuses a stored record whose URI would run or read what it names (virsh would run what ?command= names, as root): CONFIG, untouched, the query not echoed', () => {
+    for (const uri of ['qemu+ext:///system?command=/tmp/x.sh', 'qemu+ssh://h1/system?netcat=/tmp/x', 'qemu:///system?socket=/tmp/s', 'qemu+ssh://-oProxyCommand/system', 'qemu+ssh://u@-oX/system']) {
       let caught: unknown;
       try {
         libvirtHypervisorOf(serverWith(uri));
@@ -22,6 +28,7 @@ describe('libvirtHypervisorOf', () => {
       expect(BerthError.is(caught) && caught.details).toMatchObject({ server: 'web-1', untouched: true });
       expect(BerthError.is(caught) && caught.message).not.toContain('/tmp/');
       expect(BerthError.is(caught) && caught.hint).toContain('--uri qemu:///system');
+      expect(BerthError.is(caught) && caught.hint).toContain('nothing was done');
     }
   });
 });

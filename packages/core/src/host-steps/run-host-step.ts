@@ -114,6 +114,8 @@ async function runParsed(host: HostStepHost, step: HostStepName, payload: unknow
     }
     case 'guest_disks': {
       const p = input('guest_disks', payload);
+      // Not installed here (uninstalled while guest servers remain): this guest cannot be looked at, which is no failure of looking.
+      if (!catalog.consumerNames().includes(p.consumer)) return { supported: false, disks: null, installed: false };
       const consumer = catalog.consumer(p.consumer);
       if (!consumer.guestDisks) return { supported: false, disks: null };
       return { supported: true, disks: (await consumer.guestDisks(p.server)) ?? null };

@@ -1,7 +1,7 @@
 import type { DriverCatalog } from '../catalog.js';
 import type { HostStepCall, HostSteps } from '../host-steps/host-steps.js';
 import type { ListOptions } from '../contracts/transport-driver.js';
-import { toBerthError } from '../errors.js';
+import { BerthError, toBerthError } from '../errors.js';
 import { consumerNameFor } from '../hypervisor.js';
 import type { Attachment, Host, Server, Volume } from '../model.js';
 import type { ReconcileUnchecked } from '../reports.js';
@@ -56,7 +56,9 @@ export async function readMissingStorage(catalog: DriverCatalog, volumes: readon
       const asked = own.map((v) => ({ id: v.id, name: v.name, sizeBytes: v.sizeBytes, providerLocation: v.providerLocation }));
       // Raced with its deadline: a `stat` on a stalled network mount does not hear the signal.
       const deadline = AbortSignal.timeout(MISSING_STORAGE_DEADLINE_MS);
-      const expired = new Promise<never>((_, reject) => deadline.addEventListener('abort', () => reject(new Error(`no answer within ${MISSING_STORAGE_DEADLINE_MS / 1000} s`)), { once: true }));
+      const expired = new Promise<never>((_, reject) =>
+        deadline.addEventListener('abort', () => reject(new BerthError('TIMEOUT', `no answer within ${MISSING_STORAGE_DEADLINE_MS / 1000} s`)), { once: true }),
+      );
       for (const id of await Promise.race([backend.missingStorage(asked, deadline), expired])) missing.add(id);
     } catch (error) {
       unchecked.push(failedCheck('backend', name, "checking its volumes' storage failed", error));
@@ -99,8 +101,9 @@ export async function readGuests(
     if (server.hostId !== host.id || server.hypervisor === undefined || server.hypervisor.type === 'host') continue;
     const consumer = consumerNameFor(server, defaultConsumer);
     try {
-      const { supported, disks } = await steps.run('guest_disks', { consumer, server }, call());
-      if (!supported) unchecked.push({ kind: 'server', name: server.name, reason: `its ${consumer} consumer cannot list a guest's disks`, errorCode: null });
+      const { supported, disks, installed } = await steps.run('guest_disks', { consumer, server }, call());
+      if (installed === false) unchecked.push({ kind: 'server', name: server.name, reason: `its ${consumer} consumer is not installed on its host`, errorCode: null });
+      else if (!supported) unchecked.push({ kind: 'server', name: server.name, reason: `its ${consumer} consumer cannot list a guest's disks`, errorCode: null });
       else if (disks === null) unchecked.push({ kind: 'server', name: server.name, reason: 'its guest does not run: its disks are not compared', errorCode: null });
       else guests.push({ server, consumer, disks });
     } catch (error) {
@@ -143,7 +146,7 @@ export async function readPublications(
       if (result?.error !== undefined) {
         const reason = `checking what its ${check.consumer} consumer published failed: ${result.error}`;
         // An older agent sends the message only.
-        failed.set(check.server.name, { kind: 'server', name: check.server.name, reason, errorCode: result.errorCode ?? 'UNEXPECTED' });
+        failed.set(check.server.name, { kind: 'server', name: check.server.name, reason, errorCode: result.errorCode ?? 'INTERNAL' });
       } else if (result?.problem) problems.set(check.attachment.id, result.problem);
     });
   } catch (error) {
