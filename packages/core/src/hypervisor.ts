@@ -59,12 +59,14 @@ export function isLocalLibvirtUri(uri: string): boolean {
  * Whether the libvirt consumer may connect through a stored server's `uri`: a local one, or one
  * an older berth accepted at create that runs nothing and reads nothing it names — no query
  * (`?command=`, `?netcat=`, `?socket=`, `?keyfile=` …), not the `ext` transport, no host or user
- * starting with `-` (an ssh option). Such a record (`qemu+ssh://h/system`) keeps working, so its
- * volumes can still be detached; a new server cannot name one (`LIBVIRT_URI`).
+ * starting with `-` (an ssh option), no `%`-escape (which libvirt decodes). Such a record
+ * (`qemu+ssh://h/system`) keeps working, so its volumes can still be detached; a new server cannot
+ * name one (`LIBVIRT_URI`).
  */
 export function isUsableLibvirtUri(uri: string): boolean {
   if (LIBVIRT_URI.test(uri)) return true;
-  const m = /^[a-z][a-z0-9]*(?:\+([a-z0-9]+))?:\/\/([A-Za-z0-9._~%@:[\]-]*)(\/[A-Za-z0-9._~%/-]*)?$/.exec(uri);
+  // No `%`: libvirt decodes the host and user, and `%2D` would be the `-` refused below.
+  const m = /^[a-z][a-z0-9]*(?:\+([a-z0-9]+))?:\/\/([A-Za-z0-9._~@:[\]-]*)(\/[A-Za-z0-9._~/-]*)?$/.exec(uri);
   if (!m) return false;
   const [, transport, authority = ''] = m;
   return transport !== 'ext' && !/(^|@)-/.test(authority);

@@ -17,7 +17,7 @@ describe('libvirtHypervisorOf', () => {
   });
 
   it('refuses a stored record whose URI would run or read what it names (virsh would run what ?command= names, as root): CONFIG, untouched, the query not echoed', () => {
-    for (const uri of ['qemu+ext:///system?command=/tmp/x.sh', 'qemu+ssh://h1/system?netcat=/tmp/x', 'qemu:///system?socket=/tmp/s', 'qemu+ssh://-oProxyCommand/system', 'qemu+ssh://u@-oX/system']) {
+    for (const uri of ['qemu+ext:///system?command=/tmp/x.sh', 'qemu+ssh://h1/system?netcat=/tmp/x', 'qemu:///system?socket=/tmp/s', 'qemu+ssh://-oProxyCommand/system', 'qemu+ssh://u@-oX/system', 'qemu+ssh://%2DoProxyCommand/system']) {
       let caught: unknown;
       try {
         libvirtHypervisorOf(serverWith(uri));
