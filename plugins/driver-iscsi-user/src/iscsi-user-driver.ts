@@ -46,6 +46,9 @@ export const IDENTITY_KIND = 'iscsi-user';
  */
 const UPKEEP_LOCK_MS = 5_000;
 
+/** A watcher started again by `upkeep` sooner than this after the last one is logged at debug, not warn (one dying at start would warn every round). */
+const WATCHER_RESTART_WARN_MS = 10 * 60_000;
+
 /** One connected LUN's path, as `checkPaths` found it. */
 export interface UserPathState {
   iqn: string;
@@ -173,6 +176,7 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
    * is started (a daemon that died is the next operation's to restart and restore, and the restore
    * starts the watcher). Never starts qemu-storage-daemon. A busy lock skips the round.
    */
+  let lastWatcherRestartMs = -Infinity;
   async function upkeep(signal: AbortSignal): Promise<void> {
     if (options.noopIntervalS === 0) return;
     signal.throwIfAborted();
@@ -191,7 +195,11 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
       if (!(await watchWanted())) return;
       const started = await ensureWatcher(host, context.dataDir, paths, options);
       if (started?.started === true) {
-        logger.warn({ pid: started.pid, log: watcherFiles(paths).logFile }, 'the iscsi-user watcher was not running while LUNs are connected: started it again');
+        const now = Date.now();
+        const fields = { pid: started.pid, log: watcherFiles(paths).logFile };
+        if (now - lastWatcherRestartMs >= WATCHER_RESTART_WARN_MS) logger.warn(fields, 'the iscsi-user watcher was not running while LUNs are connected: started it again');
+        else logger.debug(fields, 'the iscsi-user watcher was not running again: started it again (if it keeps dying, see its log)');
+        lastWatcherRestartMs = now;
       }
     } finally {
       await release();
