@@ -119,6 +119,41 @@ describe('Idempotency-Key', () => {
     expect((mine.body as Operation).id).toBe(attach.id);
     expect(loopDevicesUnder(t.dataDir)).toEqual([]);
   });
+
+  it('replays an operation an older berth journalled under the bare key, to its own project only', async () => {
+    const token = TOKENS.memberA;
+    const key = { 'idempotency-key': 'attach-bare-key' };
+    const volume = (await t.request('POST', '/v1/volumes', { token, json: { name: 'idem-bare', sizeBytes: MiB } })).body as Volume;
+    // As the older berth journalled it: the caller's key, bare, straight to the service.
+    const older = await t.service.startAttach({ volume: volume.id, projectId: PROJECT_A, idempotencyKey: 'attach-bare-key' });
+    await older.done;
+    expect(older.operation.idempotencyKey).toBe('attach-bare-key');
+    // The same rules as a scoped replay: another kind on that volume is refused from the row
+    // (this process never saw the key), then the retry gets the first operation back.
+    expectProblem(await t.request('POST', '/v1/volumes/idem-bare/detach', { token, json: {}, headers: key }), 422, 'UNPROCESSABLE');
+    const replay = await t.request('POST', '/v1/volumes/idem-bare/attach', { token, json: {}, headers: key });
+    expect(replay.status).toBe(202);
+    expect((replay.body as Operation).id).toBe(older.operation.id);
+
+    // Another project does not see it: not a 422, not a replay, but its own new operation.
+    const other = TOKENS.memberB;
+    await t.request('POST', '/v1/volumes', { token: other, json: { name: 'idem-bare-b', sizeBytes: MiB } });
+    const theirs = await t.request('POST', '/v1/volumes/idem-bare-b/attach', { token: other, json: {}, headers: key });
+    expect(theirs.status).toBe(202);
+    const theirOperation = theirs.body as Operation;
+    expect(theirOperation.id).not.toBe(older.operation.id);
+    expect(theirOperation.idempotencyKey).not.toBe('attach-bare-key');
+    expect((await settled(other, theirOperation.id)).state).toBe('succeeded');
+    expect(((await t.request('POST', '/v1/volumes/idem-bare-b/attach', { token: other, json: {}, headers: key })).body as Operation).id).toBe(theirOperation.id);
+    expect(((await t.request('POST', '/v1/volumes/idem-bare/attach', { token, json: {}, headers: key })).body as Operation).id).toBe(older.operation.id);
+
+    for (const [who, name] of [[token, 'idem-bare'], [other, 'idem-bare-b']] as const) {
+      const detach = await t.request('POST', `/v1/volumes/${name}/detach`, { token: who, json: {} });
+      expect(detach.status).toBe(202);
+      expect((await settled(who, (detach.body as Operation).id)).state).toBe('succeeded');
+    }
+    expect(loopDevicesUnder(t.dataDir)).toEqual([]);
+  });
 });
 
 describe('POST /v1/servers', () => {

@@ -34,6 +34,11 @@ export const OPERATION_STARTED: Record<number, ResponseSpec> = {
  */
 export async function canSeeOperation(deps: RouteDeps, principal: Principal, scope: ProjectScope, operation: Operation): Promise<boolean> {
   if (principal.role !== 'member' && scope.projectId === undefined) return true;
+  return inProject(deps, scope, operation);
+}
+
+/** Whether `operation` is in the project of `scope`: its volume is found there. */
+async function inProject(deps: RouteDeps, scope: ProjectScope, operation: Operation): Promise<boolean> {
   if (operation.volumeId === null) return false;
   try {
     await deps.service.getVolume(operation.volumeId, scope);
@@ -97,7 +102,9 @@ async function startKeyed(deps: RouteDeps, volumeRef: string, scope: ProjectScop
   // answer 422 (telling it the key exists) or take its retries (a security review showed both).
   const scopedKey = operationKeyIn(scope, key);
   deps.operationKeys.check(scopedKey, fingerprint);
-  const started = await launch(deps, { volume: volume.id, ...scope, idempotencyKey: scopedKey }, what);
+  // An older berth's operation of this project, under the bare key, is replayed too.
+  const journalKey = (await olderBareKey(deps, scope, key, scopedKey)) ?? scopedKey;
+  const started = await launch(deps, { volume: volume.id, ...scope, idempotencyKey: journalKey }, what);
   const operation = started.operation;
   if (operation.kind !== what.kind || operation.volumeId !== volume.id || (server !== undefined && operation.serverId !== server.id)) {
     started.done.catch(() => undefined);
@@ -105,6 +112,23 @@ async function startKeyed(deps: RouteDeps, volumeRef: string, scope: ProjectScop
   }
   deps.operationKeys.remember(scopedKey, fingerprint);
   return started;
+}
+
+/**
+ * `key` itself when an older berth (which journalled the bare key) started the caller's operation
+ * with it and none is journalled under `scopedKey`: a retry across an upgrade, or between replicas
+ * of both versions, then replays it (and is refused as the scoped one is, when it asked for another
+ * request). Another project's operation under the bare key is as if there were none: the retry
+ * starts anew under the scoped key. An admin acting across projects (`*`) sees every project's.
+ */
+async function olderBareKey(deps: RouteDeps, scope: ProjectScope, key: string, scopedKey: string): Promise<string | undefined> {
+  const find = deps.service.findOperationByIdempotencyKey?.bind(deps.service);
+  if (find === undefined) return undefined;
+  const older = await find(key);
+  if (older === undefined) return undefined;
+  // Scopes come from `scopeOf`: only an admin or agent token has none (a member always has one).
+  if (scope.projectId !== undefined && !(await inProject(deps, scope, older))) return undefined;
+  return (await find(scopedKey)) === undefined ? key : undefined;
 }
 
 /**

@@ -226,6 +226,10 @@ export class BerthServiceImpl implements BerthService {
     return resolveOperation(this.parts.store, id);
   }
 
+  findOperationByIdempotencyKey(key: string): Promise<Operation | undefined> {
+    return this.parts.store.operations.findByIdempotencyKey(key);
+  }
+
   listOperations(filter: OperationListFilter = {}): Promise<Operation[]> {
     const f = parseWith(zOperationListFilter, filter, 'operation listing');
     return this.parts.store.operations.list({

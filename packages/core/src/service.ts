@@ -193,6 +193,11 @@ export interface BerthService {
 
   getOperation(id: string): Promise<Operation>;
   /**
+   * The operation journalled under this idempotency key (as given to `startAttach`/`startDetach`),
+   * if any: the one a start with that key replays. Absent on a remote client.
+   */
+  findOperationByIdempotencyKey?(key: string): Promise<Operation | undefined>;
+  /**
    * Newest first; `limit` keeps the newest that many — a journal of
    * months holds tens of thousands, each with its steps. Without it, all of them.
    */

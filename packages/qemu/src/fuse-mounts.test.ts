@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { fuseConnectionIn } from './fuse-mounts.js';
+import { fuseConnectionIn, fusectlMounted } from './fuse-mounts.js';
 
 const MOUNTINFO = [
   '26 1 0:22 / / rw,relatime - overlay overlay rw',
@@ -18,5 +18,22 @@ describe('fuseConnectionIn (the FUSE connection number of a mount, from /proc/se
   it('is undefined for a mount that is not FUSE, and for no mount', () => {
     expect(fuseConnectionIn(MOUNTINFO, '/tmp/d/mounts/x.fuse')).toBeUndefined();
     expect(fuseConnectionIn(MOUNTINFO, '/tmp/d/mounts/none.fuse')).toBeUndefined();
+  });
+});
+
+describe('fusectlMounted (whether fusectl is mounted on /sys/fs/fuse/connections, from /proc/mounts)', () => {
+  const procMounts = (...lines: string[]): { readFile: (p: string) => Promise<string> } => ({
+    readFile: (p) => (p === '/proc/mounts' ? Promise.resolve([...lines, ''].join('\n')) : Promise.reject(new Error(`unexpected read of ${p}`))),
+  });
+  const root = 'overlay / overlay rw,relatime 0 0';
+
+  it('is true when fusectl is mounted there', async () => {
+    expect(await fusectlMounted(procMounts(root, 'fusectl /sys/fs/fuse/connections fusectl rw,nosuid,nodev,noexec,relatime 0 0'))).toBe(true);
+  });
+
+  it('is false when it is not, or something else is mounted there, or fusectl elsewhere', async () => {
+    expect(await fusectlMounted(procMounts(root, '/dev/fuse /tmp/d/a.fuse fuse rw 0 0'))).toBe(false);
+    expect(await fusectlMounted(procMounts(root, 'tmpfs /sys/fs/fuse/connections tmpfs rw 0 0'))).toBe(false);
+    expect(await fusectlMounted(procMounts(root, 'fusectl /mnt/fusectl fusectl rw 0 0'))).toBe(false);
   });
 });

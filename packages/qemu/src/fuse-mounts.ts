@@ -51,6 +51,11 @@ export async function unmountFuseUnder(deps: { fs: HostFs; runner: CommandRunner
 /** Where the kernel's FUSE control filesystem (`fusectl`) lives. */
 export const FUSE_CONNECTIONS_DIR = '/sys/fs/fuse/connections';
 
+/** Whether the FUSE control filesystem (`fusectl`) is mounted on {@link FUSE_CONNECTIONS_DIR} (from /proc/mounts). */
+export async function fusectlMounted(fs: Pick<HostFs, 'readFile'>): Promise<boolean> {
+  return parseProcMounts(await fs.readFile('/proc/mounts')).some((m) => m.fstype === 'fusectl' && m.target === FUSE_CONNECTIONS_DIR);
+}
+
 /**
  * The FUSE connection number of the mount at `mountpoint`: the minor of its device (`st_dev`,
  * major 0), read from /proc/self/mountinfo (field 3, `major:minor`) rather than by `stat` of the
@@ -82,8 +87,7 @@ export function fuseConnectionIn(mountinfo: string, mountpoint: string): number 
 export async function abortFuseConnection(deps: { fs: HostFs; runner: CommandRunner }, mountpoint: string, timeoutMs: number): Promise<number | undefined> {
   const connection = fuseConnectionIn(await deps.fs.readFile('/proc/self/mountinfo'), mountpoint);
   if (connection === undefined) return undefined;
-  const mounted = parseProcMounts(await deps.fs.readFile('/proc/mounts')).some((m) => m.fstype === 'fusectl' && m.target === FUSE_CONNECTIONS_DIR);
-  if (!mounted) await deps.runner.run('mount', ['-t', 'fusectl', 'fusectl', FUSE_CONNECTIONS_DIR], { timeoutMs });
+  if (!(await fusectlMounted(deps.fs))) await deps.runner.run('mount', ['-t', 'fusectl', 'fusectl', FUSE_CONNECTIONS_DIR], { timeoutMs });
   await deps.fs.writeFile(`${FUSE_CONNECTIONS_DIR}/${connection}/abort`, '1');
   return connection;
 }

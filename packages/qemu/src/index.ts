@@ -23,4 +23,4 @@ export {
   type LoopInfo,
   type LoopStepOptions,
 } from './fuse-loop.js';
-export { abortFuseConnection, fuseConnectionIn, fuseMountsUnder, parseProcMounts, unmountFuseUnder, FUSE_CONNECTIONS_DIR, type MountEntry } from './fuse-mounts.js';
+export { abortFuseConnection, fuseConnectionIn, fusectlMounted, fuseMountsUnder, parseProcMounts, unmountFuseUnder, FUSE_CONNECTIONS_DIR, type MountEntry } from './fuse-mounts.js';

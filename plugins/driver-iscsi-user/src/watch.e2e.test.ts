@@ -4,7 +4,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ConnectionInfo, Device } from '@berth/core';
 import { createHostServices, daemonStatus, processRuns, stopDaemon } from '@berth/host';
-import { abortFuseConnection, storageDaemonPaths } from '@berth/qemu';
+import { abortFuseConnection, FUSE_CONNECTIONS_DIR, fusectlMounted, storageDaemonPaths } from '@berth/qemu';
 import { managedTgtdPaths } from '@berth/backend-tgt';
 import { startTgtd, type TestTgtd } from '@berth/simhost/real';
 import { exportRecords, userPaths } from './export-records.js';
@@ -35,15 +35,10 @@ afterAll(async () => {
   for (const env of envs) await stopDaemon(watcherFiles(userPaths(env.dataDir)).pidFile, { timeoutMs: 5_000 }).catch(() => undefined);
   for (const env of envs) await env.dispose().catch((e: unknown) => console.error(e));
   for (const tgtd of tgtds) await tgtd.stop().catch((e: unknown) => console.error(e));
-  if (!fusectlBefore && (await fusectlMounted())) await host.runner.run('umount', [FUSECTL], { timeoutMs: 10_000, reject: false });
+  if (!fusectlBefore && (await fusectlMounted(host.fs))) await host.runner.run('umount', [FUSE_CONNECTIONS_DIR], { timeoutMs: 10_000, reject: false });
 });
 
-const FUSECTL = '/sys/fs/fuse/connections';
 const host = createHostServices();
-
-async function fusectlMounted(): Promise<boolean> {
-  return ((await host.fs.readFileIfExists('/proc/self/mountinfo')) ?? '').split('\n').some((line) => line.split(' ')[4] === FUSECTL);
-}
 
 /** A private tgtd with one target (no CHAP, open to every initiator) whose LUN 1 is a 16 MiB file in `dir`. */
 async function privateTarget(dir: string, name: string): Promise<{ tgtd: TestTgtd; connection: ConnectionInfo; iqn: string }> {
@@ -116,7 +111,7 @@ async function upkeep(env: UserTestEnv): Promise<number> {
 }
 
 beforeAll(async () => {
-  fusectlBefore = await fusectlMounted();
+  fusectlBefore = await fusectlMounted(host.fs);
   envs.push(await createUserTestEnv({ noopIntervalS: 1, replacementTimeoutS: 3 }));
   envs.push(await createUserTestEnv({ noopIntervalS: 1, replacementTimeoutS: 8 }));
 });
