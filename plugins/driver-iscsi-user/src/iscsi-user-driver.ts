@@ -26,7 +26,7 @@ import { checkUserHost, checkUserHostCached, kernelInitiatorUsable, userInitiato
 import { buildChain, loginNode, loopsBacking, messageOf, mountpointOf, secretFile, teardownChain, type PlumbingDeps } from './lun-plumbing.js';
 import { zIscsiUserOptions, type IscsiUserOptions } from './options.js';
 import { exportNames, parseUserConnection, type ExportNames, type UserLun } from './user-connection.js';
-import { ensureWatcher, watcherFiles } from './watch-start.js';
+import { ensureWatcher, watcherFiles, WatcherRestarts } from './watch-start.js';
 
 /** The transport's registered name. */
 export const NAME = 'iscsi-user';
@@ -174,14 +174,23 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
    * admin's kill) while LUNs stay connected on a running daemon is started again, as a connect
    * would — under the daemon lock, so never two. Nothing connected, or no daemon running: nothing
    * is started (a daemon that died is the next operation's to restart and restore, and the restore
-   * starts the watcher). Never starts qemu-storage-daemon. A busy lock skips the round.
+   * starts the watcher). Never starts qemu-storage-daemon. A busy lock skips the round. A watcher
+   * that dies again before a round saw it running is started again with a growing wait
+   * (`WatcherRestarts`: 10 s, doubled, up to 10 minutes).
    */
   let lastWatcherRestartMs = -Infinity;
+  const watcherRestarts = new WatcherRestarts();
   async function upkeep(signal: AbortSignal): Promise<void> {
     if (options.noopIntervalS === 0) return;
     signal.throwIfAborted();
     // Cheap first, without the lock: nothing to watch, or the watcher runs (pid file + start time).
-    if (!(await watchWanted()) || (await daemonStatus(watcherFiles(paths).pidFile)).running) return;
+    if (!(await watchWanted())) return;
+    if ((await daemonStatus(watcherFiles(paths).pidFile)).running) {
+      watcherRestarts.running();
+      return;
+    }
+    // One that died again since its last restart waits (backoff): it may die at start.
+    if (!watcherRestarts.due(Date.now())) return;
     let release;
     try {
       release = await acquireFileLock(paths.lock, { timeoutMs: Math.min(options.lockTimeoutMs, UPKEEP_LOCK_MS), what: 'the user-space iSCSI daemon', signal });
@@ -196,7 +205,8 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
       const started = await ensureWatcher(host, context.dataDir, paths, options);
       if (started?.started === true) {
         const now = Date.now();
-        const fields = { pid: started.pid, log: watcherFiles(paths).logFile };
+        watcherRestarts.restarted(now);
+        const fields = { pid: started.pid, log: watcherFiles(paths).logFile, nextRestartAfterMs: watcherRestarts.nextWaitMs };
         if (now - lastWatcherRestartMs >= WATCHER_RESTART_WARN_MS) logger.warn(fields, 'the iscsi-user watcher was not running while LUNs are connected: started it again');
         else logger.debug(fields, 'the iscsi-user watcher was not running again: started it again (if it keeps dying, see its log)');
         lastWatcherRestartMs = now;

@@ -54,3 +54,41 @@ export async function ensureWatcher(host: HostServices, dataDir: string, paths: 
     throw error;
   }
 }
+
+/** The first wait before `upkeep` starts a watcher again that died since its last restart (doubled each time, up to the cap). */
+export const WATCHER_RESTART_BACKOFF_MS = 10_000;
+/** The longest wait between two restarts of a watcher that keeps dying. */
+export const WATCHER_RESTART_BACKOFF_MAX_MS = 10 * 60_000;
+
+/**
+ * When `upkeep` may start the watcher again. The first restart is at once (a watcher the OOM
+ * killer or an admin ended); a watcher found dead again before any round saw it running — one that
+ * dies at start (a bad option, a missing file) — waits 10 s, then 20 s, 40 s… up to 10 minutes,
+ * instead of being started (and logged) every round. A round that finds it running ends the wait.
+ */
+export class WatcherRestarts {
+  #waitMs = 0;
+  #notBeforeMs = -Infinity;
+
+  /** Whether a restart may happen at `nowMs`. */
+  due(nowMs: number): boolean {
+    return nowMs >= this.#notBeforeMs;
+  }
+
+  /** A restart happened at `nowMs`: the next one, if it dies before a round sees it running, waits longer. */
+  restarted(nowMs: number): void {
+    this.#waitMs = this.#waitMs === 0 ? WATCHER_RESTART_BACKOFF_MS : Math.min(this.#waitMs * 2, WATCHER_RESTART_BACKOFF_MAX_MS);
+    this.#notBeforeMs = nowMs + this.#waitMs;
+  }
+
+  /** A round found the watcher running: the next death is restarted at once. */
+  running(): void {
+    this.#waitMs = 0;
+    this.#notBeforeMs = -Infinity;
+  }
+
+  /** How long after the last restart the next may come, should the watcher die before a round sees it running (logs). */
+  get nextWaitMs(): number {
+    return this.#waitMs;
+  }
+}
