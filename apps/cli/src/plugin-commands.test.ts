@@ -115,9 +115,28 @@ describe('plugin-plugins commands', () => {
     });
 
     it('keep npm quiet under install --json (plugin-plugins prints its output on stdout)', async () => {
-      expect(await reportAsBerth(command(true), 'plugins:install', ['./x', '--json'])).toEqual(['./x', '--json', '--silent']);
-      expect(await reportAsBerth(command(true), 'plugins:install', ['./x', '--json', '-v'])).toEqual(['./x', '--json', '-v']);
+      const quiet = command(true);
+      expect(await reportAsBerth(quiet, 'plugins:install', ['./x', '--json'])).toEqual(['./x', '--json', '--silent']);
+      await quiet.finally(new Error('not run'));
+      const verbose = command(true);
+      expect(await reportAsBerth(verbose, 'plugins:install', ['./x', '--json', '-v'])).toEqual(['./x', '--json', '-v']);
+      await verbose.finally(new Error('not run'));
       expect(await reportAsBerth(command(false), 'plugins:install', ['./x'])).toEqual(['./x']);
+    });
+
+    it('send what is written to stdout to stderr while a changing command runs under --json, and stop when it ends', async () => {
+      const write = process.stdout.write;
+      const update = command(true);
+      await reportAsBerth(update, 'plugins:update', ['--json']);
+      try {
+        expect(process.stdout.write).not.toBe(write);
+      } finally {
+        await update.finally(undefined);
+      }
+      expect(process.stdout.write).toBe(write);
+      const human = command(false);
+      await reportAsBerth(human, 'plugins:update', []);
+      expect(process.stdout.write).toBe(write);
     });
 
     it('drop inspect\'s own `failed` line and nothing else', async () => {
@@ -273,6 +292,10 @@ describe('berth plugins changing what is installed, on the built CLI', { timeout
     expect(missing.stdout).toBe('');
 
     expect(json(await berth(dataDir, ['plugins', 'update', '--json']))).toEqual([plugin]);
+    // npm's own output (--verbose) goes to stderr: stdout stays the JSON.
+    const verbose = await berth(dataDir, ['plugins', 'update', '--json', '--verbose']);
+    expect(json(verbose)).toEqual([plugin]);
+    expect(verbose.stderr).toMatch(/npm/);
     expect(json(await berth(dataDir, ['plugins', 'uninstall', 'berth-plugin-clitest', '--json']))).toEqual([plugin]);
     expect(json(await berth(dataDir, ['plugins', '--json']))).toEqual([]);
 

@@ -177,7 +177,8 @@ function linkArgument(argv: readonly string[]): string {
  * `update`, `link` and `reset` take `--json` and print what they changed; `inspect` prints no
  * `failed` line of its own before the error. Returns the argv the command parses (without the
  * `--json` berth answers for commands that declare none; `install --json` keeps npm quiet, whose
- * output plugin-plugins prints on stdout).
+ * output plugin-plugins prints on stdout, and under `--json` whatever npm still prints — with
+ * `--verbose` or `BERTH_NPM_LOG_LEVEL` — goes to stderr until the command ends).
  */
 export async function reportAsBerth(command: PluginsCommand, id: string, argv: string[], cwd: string = process.cwd()): Promise<string[]> {
   const [flags, passed] = splitAtDashes(argv);
@@ -210,8 +211,13 @@ export async function reportAsBerth(command: PluginsCommand, id: string, argv: s
   const before = await installedPlugins(command.config.dataDir);
   const instances = new Map(command.config.plugins);
   const linkPath = kind === 'link' ? await realpath(resolve(cwd, linkArgument(own))).catch(() => undefined) : undefined;
+  // npm's output, which plugin-plugins prints on stdout (`--verbose`, `BERTH_NPM_LOG_LEVEL`), goes
+  // to stderr until the command ends: stdout is the JSON's alone.
+  const stdoutWrite = process.stdout.write;
+  process.stdout.write = process.stderr.write.bind(process.stderr) as typeof process.stdout.write;
   const finish = command.finally.bind(command);
   command.finally = async (error: Error | undefined) => {
+    process.stdout.write = stdoutWrite;
     await finish(error);
     if (error !== undefined) return;
     const after = await installedPlugins(command.config.dataDir);
