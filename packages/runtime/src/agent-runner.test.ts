@@ -328,6 +328,22 @@ describe('AgentRunner', () => {
     await expectTimedOutSoon(api, transport);
   });
 
+  it('does not run an item whose operation\'s deadline passed before its turn (an agent frozen with it in its socket): reported failed, untouched', async () => {
+    const transport = new FakeTransport();
+    const handedOut = Date.now() - 60_000;
+    const item = work('release', { transport: 'fake', connection: FILE_CONNECTION, volumeId: 'v1', force: false, inUse: [], deadlineAt: new Date(handedOut + 20_000).toISOString() });
+    const api = new ScriptedApi([[{ ...item, handedOutAt: new Date(handedOut).toISOString() }]]);
+    const states: string[] = [];
+    const agent = runner(api, transport, states);
+    const running = agent.run();
+    await api.reported.promise;
+    agent.stop();
+    await running;
+    expect(transport.calls).toEqual([]);
+    expect(api.reports[0]?.outcome).toMatchObject({ state: 'failed', error: { code: 'TIMEOUT', untouched: true } });
+    expect(states.some((line) => line.startsWith('did not run release of operation'))).toBe(true);
+  });
+
   it('drops an item whose lease another worker took (409 on renew): the step is aborted, nothing reported', async () => {
     const transport = new FakeTransport();
     transport.gate = new Promise(() => undefined);

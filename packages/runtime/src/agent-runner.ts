@@ -104,6 +104,23 @@ export function hostForgotten(hostName: string, apiUrl: string, cause?: unknown)
 }
 
 /**
+ * Why a claimed item must not run now, if it must not: its operation's deadline passed (on this
+ * host's clock, the API's times moved by the skew `local` knows — the same reading that aborts a
+ * running step at the deadline). A step run after it is one the replica no longer waits for: it
+ * has cancelled the item and rolled the operation back, or is about to. The error says the step
+ * touched nothing (`untouched`), which is true: it was not run. (Not the lease: a passed lease
+ * only hands the item out again, to this host's agent, and the steps are idempotent.)
+ */
+export function tooLate(step: string, payload: Record<string, unknown>, local: (apiTime: string) => number, now = Date.now()): BerthError | undefined {
+  const deadlineAt = typeof payload.deadlineAt === 'string' ? local(payload.deadlineAt) : Number.NaN;
+  if (!Number.isFinite(deadlineAt) || now < deadlineAt) return undefined;
+  return new BerthError('TIMEOUT', `the operation's deadline passed before this host's agent ran step ${step}; it was not run`, {
+    hint: 'the agent was stopped or busy past it (SIGSTOP, a stalled VM, a long queue on the volume); the operation rolls back, retry it',
+    details: { untouched: true },
+  });
+}
+
+/**
  * `berth agent`'s loop: register the host (backing off while the API cannot be reached), claim its
  * work items with a long-poll, run each with `runHostStep` (one at a time per volume, at most
  * `concurrency` at once, aborted at its deadline), renew its lease every third of it and report the
@@ -322,6 +339,16 @@ export class AgentRunner {
     try {
       await this.queue.withLock(key, async () => {
         if (fenced.signal.aborted) return dropped();
+        // Too late to run: an agent frozen (SIGSTOP, a VM stall) with the item in its socket, or
+        // one that waited its volume's turn past it, would otherwise run a step the operation gave
+        // up on — an unpublish the replica rolled back, taking a guest's disk away while the
+        // attachment reads `attached`. Not run; said so (the replica has cancelled it, or gets a
+        // failure that touched nothing and rolls back at once).
+        const late = tooLate(item.step, payload, local);
+        if (late !== undefined) {
+          this.state(`did not run ${item.step} of operation ${item.operationId}: ${late.message}`);
+          return await this.report(session, item.id, { state: 'failed', error: workItemErrorOf(late) }, lease, true);
+        }
         const outcome = await this.execute(work, fenced.signal, local);
         if (fenced.signal.aborted) return dropped();
         await this.report(session, item.id, outcome, lease);
@@ -348,15 +375,18 @@ export class AgentRunner {
     }
   }
 
-  /** Report, retrying a lost API while the lease lasts; a 409 (fenced) or a passed lease drops it. */
-  private async report(session: AgentSession, id: string, outcome: AgentOutcome, lease: { expiresAt: number }): Promise<void> {
+  /**
+   * Report, retrying a lost API while the lease lasts; a 409 (fenced) or a passed lease drops it.
+   * `quiet`: a 409 is expected (an item not run because it came too late) and not logged.
+   */
+  private async report(session: AgentSession, id: string, outcome: AgentOutcome, lease: { expiresAt: number }, quiet = false): Promise<void> {
     for (let attempt = 0; ; attempt++) {
       try {
         await this.options.api.report(session.worker, id, outcome);
         return;
       } catch (error) {
         if (BerthError.is(error) && error.code === 'CONFLICT') {
-          this.state(`dropped the outcome of work item ${id}: another agent or replica took it over`);
+          if (!quiet) this.state(`dropped the outcome of work item ${id}: another agent or replica took it over`);
           return;
         }
         if (hostGone(error)) {
