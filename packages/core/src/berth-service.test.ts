@@ -34,6 +34,8 @@ function world(
     guestUnplugFails?: boolean;
     /** The guest's monitor cannot be reached: publish fails having touched nothing, and so does unpublish. */
     guestUnreachable?: boolean;
+    /** The guest refuses the hot-plug (publish fails; unpublish works). */
+    guestPlugFails?: boolean;
     /** Called once the backend exported a volume, before it answers. */
     afterExport?: () => Promise<void>;
     /** Called before the backend removes a volume's export, with the connector it is removed for. */
@@ -116,6 +118,7 @@ function world(
     publish: async (server, _device, attachment) => {
       if (server.hypervisor?.type !== 'qemu') throw new BerthError('CONFIG', 'not a qemu server');
       if (options.guestUnreachable) throw new BerthError('TIMEOUT', `cannot talk to the QEMU of server ${server.name}: no QMP greeting`, { details: { untouched: true } });
+      if (options.guestPlugFails) throw new BerthError('DRIVER_ERROR', `QMP device_add failed for server ${server.name}`);
       guestDisks.set(attachment.volumeId, server.hypervisor.qmp);
       return { path: `/dev/berth/${attachment.volumeId}`, guestDevice: '/dev/vdb', serial: attachment.volumeId };
     },
@@ -750,6 +753,28 @@ describe('servers with a hypervisor: the pipeline publishes through their consum
     options.guestUnreachable = false;
     await service.detach({ volume: 'db' });
     expect(connected.size + guestDisks.size).toBe(0);
+  });
+
+  it('a detach rolled back whose plug back into the guest fails: the attachment is error_detaching with the reason, not attached over a disk the guest no longer has', async () => {
+    const options: { disconnectHeld?: boolean; guestPlugFails?: boolean } = {};
+    const { service, store, guestDisks } = world(options);
+    const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    await service.createServer({ name: 'vm-1', hypervisor: { type: 'qemu', qmp: '/run/vm-1/qmp.sock' } });
+    await service.attach({ volume: 'db', server: 'vm-1' });
+    options.disconnectHeld = true;
+    options.guestPlugFails = true;
+    const error = await service.detach({ volume: 'db' }).catch((e: unknown) => e);
+    expect(BerthError.is(error) && error.message).toContain('rollback failed');
+    expect(guestDisks.size).toBe(0);
+    const [attachment] = await store.attachments.list({ volumeId: volume.id });
+    expect(attachment?.status).toBe('error_detaching');
+    expect(attachment?.error).toMatch(/the rollback of the detach failed: .*device_add failed/);
+    expect((await store.volumes.require(volume.id)).status).toBe('error');
+    // A retry from there detaches.
+    options.disconnectHeld = false;
+    options.guestPlugFails = false;
+    await service.detach({ volume: 'db' });
+    expect((await store.attachments.list({ volumeId: volume.id })).filter((a) => a.status !== 'detached')).toEqual([]);
   });
 
   it('one guest is one server: a second server for the same QMP socket or libvirt domain on the host is refused (CONFLICT), another host or guest is not', async () => {

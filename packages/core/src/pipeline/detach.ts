@@ -112,10 +112,13 @@ export function detachSteps(deps: PipelineDeps, resumed: { from?: AttachmentStat
           },
         };
       },
-      async undo(ctx) {
+      async undo(ctx, _signal, progress) {
         if (ctx.attachment?.status !== 'detaching') return;
-        const back: AttachmentStatus = original === 'attached' ? 'attached' : 'error_detaching';
-        const changed = await transitionAttachment(store, ctx.attachment.id, ['detaching'], back);
+        // A later undo that failed (the unpublish's: the guest's disk, or the host's name, may not
+        // be back) leaves the attachment `error_detaching`, not `attached` over what is not there.
+        const back: AttachmentStatus = original === 'attached' && progress.failures.length === 0 ? 'attached' : 'error_detaching';
+        const failed = progress.failures.length > 0 ? { error: `the rollback of the detach failed: ${progress.failures.join('; ')}` } : undefined;
+        const changed = await transitionAttachment(store, ctx.attachment.id, ['detaching'], back, failed);
         ctx.attachment = changed.attachment;
         ctx.volume = changed.volume;
       },
