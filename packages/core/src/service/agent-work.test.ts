@@ -9,6 +9,7 @@ import { silentLogger } from '../logger.js';
 import { createMemoryStore } from '../memory-store.js';
 import { memCatalog } from '../test-support.js';
 import { workItemErrorOf } from '../work-item.js';
+import { machineChange } from './agent-work.js';
 
 // The API side of the agent protocol and the replica waiting on it, in one process (what
 // `berth serve` is on SQLite): an agent's report through the service wakes the waiting operation
@@ -152,5 +153,33 @@ describe('an agent whose host is not registered', () => {
     } finally {
       await service.close();
     }
+  });
+});
+
+describe('an agent registering from another machine than the last one', () => {
+  it('is said in a warning naming what changed (host name, initiator), and still registered; the same machine again is not', async () => {
+    const warnings: string[] = [];
+    const logger = { ...silentLogger, warn: (_obj: unknown, message?: string) => void (message?.includes('another machine') === true && warnings.push(message)), child: () => logger } as unknown as typeof silentLogger;
+    const config = resolveConfig({ dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem' }, {});
+    const service = new BerthServiceImpl(config, createMemoryStore(), memCatalog(new Map()), { hostname: 'h-1', ips: [], platform: 'x86_64', osType: 'linux' }, logger);
+    try {
+      const register = (instance: string, connector: { host: string; initiator: string }) =>
+        service.agentWork.register('h-3', { instance, version: '0.1.0', connector, transports: ['mem'], consumers: ['mem'] });
+      await register('boot-1', { host: 'h-3', initiator: 'iqn.2026-12.test:h-3' });
+      await register('boot-2', { host: 'h-3', initiator: 'iqn.2026-12.test:h-3' });
+      expect(warnings).toEqual([]);
+      const session = await register('boot-3', { host: 'other-machine', initiator: 'iqn.2026-12.test:h-3' });
+      expect(session.worker).toBe('h-3/boot-3');
+      expect(warnings).toHaveLength(1);
+      expect(warnings[0]).toMatch(/host h-3 runs on another machine than the last one \(host h-3 → other-machine\).*token is on the wrong machine/);
+    } finally {
+      await service.close();
+    }
+  });
+
+  it('machineChange compares only what both connectors name', () => {
+    expect(machineChange(null, { host: 'a' })).toBeUndefined();
+    expect(machineChange({ host: 'a' }, { host: 'a', initiator: 'iqn.x' })).toBeUndefined();
+    expect(machineChange({ host: 'a', initiator: 'iqn.x' }, { host: 'a', initiator: 'iqn.y' })).toEqual([{ field: 'initiator', from: 'iqn.x', to: 'iqn.y' }]);
   });
 });

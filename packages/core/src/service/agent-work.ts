@@ -12,7 +12,7 @@ import {
   type AgentSession,
   type ClaimedWork,
 } from '../agent-protocol.js';
-import { zConnectionInfo } from '../connection.js';
+import { zConnectionInfo, type Connector } from '../connection.js';
 import { zHostName } from '../config.js';
 import { BerthError, parseWith, toBerthError } from '../errors.js';
 import type { Host } from '../model.js';
@@ -86,6 +86,24 @@ class Wakeup {
   }
 }
 
+/** The connector fields that name the machine an agent runs on. */
+const MACHINE_FIELDS = ['host', 'initiator'] as const;
+
+/**
+ * What changed in the machine's identity between a host's recorded connector and a registering
+ * agent's (its `host` name, its iSCSI `initiator`): undefined when nothing did, or nothing was
+ * recorded on either side to compare.
+ */
+export function machineChange(before: Connector | null | undefined, after: Connector): Array<{ field: string; from: string; to: string }> | undefined {
+  if (before === null || before === undefined) return undefined;
+  const changed = MACHINE_FIELDS.flatMap((field) => {
+    const from = before[field];
+    const to = after[field];
+    return typeof from === 'string' && typeof to === 'string' && from !== to ? [{ field, from, to }] : [];
+  });
+  return changed.length > 0 ? changed : undefined;
+}
+
 /**
  * The API side of `berth agent`: every call acts for one host, named by the agent's token (the
  * HTTP layer decides which); an item of another host is NOT_FOUND, and a worker that is not the
@@ -103,6 +121,16 @@ export class AgentWorkService implements AgentWork {
     const { workItems, notifications } = manyHosts(store);
     const host = await this.findOrCreateHost(name);
     const worker = `${name}/${agent.instance}`;
+    const moved = machineChange(host.connector, agent.connector);
+    if (moved !== undefined) {
+      // Not refused (a reinstalled host gets a new initiator; a renamed one a new name), but said:
+      // an agent token copied onto the wrong machine would run this host's detaches there, find
+      // nothing and "succeed" while the real host still uses the volumes.
+      logger.warn(
+        { hostId: host.id, host: name, worker, changed: moved },
+        `the agent registering for host ${name} runs on another machine than the last one (${moved.map((c) => `${c.field} ${c.from} → ${c.to}`).join(', ')}); if the host was not reinstalled or renamed, this agent's token is on the wrong machine: stop it at once`,
+      );
+    }
     const requeued = await store.transaction(async (tx) => {
       await tx.hosts.setConnector(host.id, agent.connector);
       await tx.hosts.recordAgent(host.id, {
