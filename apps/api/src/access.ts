@@ -21,7 +21,7 @@ export function requireRole(principal: Principal, roles: readonly Role[]): void 
     });
   }
   if (!roles.includes(principal.role)) {
-    throw new BerthError('FORBIDDEN', `a ${principal.role} token cannot do this`, {
+    throw new BerthError('FORBIDDEN', `${/^[aeiou]/.test(principal.role) ? 'an' : 'a'} ${principal.role} token cannot do this`, {
       hint: `this needs a token with the role ${roles.join(' or ')}`,
       details: { role: principal.role },
     });

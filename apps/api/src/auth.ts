@@ -110,6 +110,6 @@ export class TokenTable {
 
 function invalidToken(): BerthError {
   return new BerthError('UNAUTHENTICATED', 'the bearer token is not valid', {
-    hint: 'check BERTH_TOKEN (or the Authorization header) against the tokens in the server\'s config',
+    hint: 'check the token sent (the CLI\'s BERTH_TOKEN or --token-file, `berth agent --token-file`, or the Authorization header) against the tokens in the server\'s config',
   });
 }

@@ -100,6 +100,13 @@ describe('berth with a bad config file', { timeout: TIMEOUT_MS }, () => {
     expect(run.stdout + run.stderr).not.toContain('hunter2');
   });
 
+  it('an API URL ending in /v1 is CONFIG saying so (berth adds /v1 itself), not "no route GET /v1/v1/…"', async () => {
+    const run = await berth(['volume', 'list'], { BERTH_API_URL: 'http://127.0.0.1:1/v1' });
+    expect(run.exitCode).toBe(EXIT_CODES.CONFIG);
+    expect(run.stderr).toContain('ends in /v1');
+    expect(run.stderr).toContain('http://127.0.0.1:1 (berth adds /v1');
+  });
+
   it('BERTH_API_URL with several replicas, comma-separated: one that refuses the connection is passed over for the next', async () => {
     const seen: string[] = [];
     const live = http.createServer((request, response) => {

@@ -184,6 +184,12 @@ function targetOf(url: string, fetchImpl: typeof fetch | undefined): Target {
   if (base.protocol !== 'http:' && base.protocol !== 'https:') {
     throw new BerthError('CONFIG', `the berth API URL must be http or https, not ${base.protocol}`);
   }
+  // The client adds `/v1/…` itself: a URL ending in it would ask for `/v1/v1/…` ("no route").
+  if (/\/v1\/?$/.test(base.pathname)) {
+    throw new BerthError('CONFIG', `the berth API URL ${JSON.stringify(url)} ends in /v1: give the server's address without it`, {
+      hint: `e.g. ${base.origin}${base.pathname.replace(/\/v1\/?$/, '') || ''} (berth adds /v1 to every request)`,
+    });
+  }
   if (fetchImpl !== undefined) return { base, send: fetchSend(fetchImpl), agent: undefined };
   const secure = base.protocol === 'https:';
   const agent = secure ? new https.Agent({ keepAlive: true }) : new http.Agent({ keepAlive: true });
