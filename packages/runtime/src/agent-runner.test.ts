@@ -186,14 +186,20 @@ function runner(api: AgentApi, transport: FakeTransport, states: string[] = [], 
   });
 }
 
-/** Run the agent until it reported its one item: a step that hangs (`transport`) aborted at its deadline, within 5 s. */
-async function expectTimedOutSoon(api: ScriptedApi, transport: FakeTransport): Promise<void> {
-  const agent = runner(api, transport);
-  const started = performance.now();
+/** Run an agent until the API got the reports it expects, then stop it: the agent, for its instance. */
+async function runUntilReported(api: ScriptedApi, transport: FakeTransport, states: string[] = []): Promise<AgentRunner> {
+  const agent = runner(api, transport, states);
   const running = agent.run();
   await api.reported.promise;
   agent.stop();
   await running;
+  return agent;
+}
+
+/** Run the agent until it reported its one item: a step that hangs (`transport`) aborted at its deadline, within 5 s. */
+async function expectTimedOutSoon(api: ScriptedApi, transport: FakeTransport): Promise<void> {
+  const started = performance.now();
+  await runUntilReported(api, transport);
   expect(performance.now() - started).toBeLessThan(5_000);
   expect(api.reports[0]?.outcome).toMatchObject({ state: 'failed', error: { code: 'TIMEOUT' } });
 }
@@ -204,11 +210,7 @@ describe('AgentRunner', () => {
     const item = connect('v1');
     const api = new ScriptedApi([[item]]);
     const states: string[] = [];
-    const agent = runner(api, transport, states);
-    const running = agent.run();
-    await api.reported.promise;
-    agent.stop();
-    await running;
+    const agent = await runUntilReported(api, transport, states);
     expect(api.registrations[0]).toMatchObject({ instance: agent.instance, version: '0.1.0', transports: ['fake'], transportInfo: [{ name: 'fake', protocols: ['file'], priority: 0 }] });
     expect(api.registrations[0]?.connector).toMatchObject({ host: 'h1', fake_initiator: 'fake-1' });
     expect(api.reports).toEqual([{ id: item.item.id, outcome: { state: 'done', result: { device: { path: '/dev/fake0', type: 'block' } } } }]);
@@ -334,11 +336,7 @@ describe('AgentRunner', () => {
     const item = work('release', { transport: 'fake', connection: FILE_CONNECTION, volumeId: 'v1', force: false, inUse: [], deadlineAt: new Date(handedOut + 20_000).toISOString() });
     const api = new ScriptedApi([[{ ...item, handedOutAt: new Date(handedOut).toISOString() }]]);
     const states: string[] = [];
-    const agent = runner(api, transport, states);
-    const running = agent.run();
-    await api.reported.promise;
-    agent.stop();
-    await running;
+    await runUntilReported(api, transport, states);
     expect(transport.calls).toEqual([]);
     expect(api.reports[0]?.outcome).toMatchObject({ state: 'failed', error: { code: 'TIMEOUT', untouched: true } });
     expect(states.some((line) => line.startsWith('did not run release of operation'))).toBe(true);
