@@ -171,10 +171,11 @@ describe.skipIf(!isRoot)('processes frozen past their lease, then resumed', { ti
     await detachAll(f, mine);
   });
 
-  // Thawed while the rollback waits on it for the `release` (it runs the stale connect, then the
-  // release), or only once the attach has ended for good (its release was never picked up either).
+  // Thawed while the rollback waits on it for the `release` (it does not run the stale connect, its
+  // deadline passed, then runs the release), or only once the attach has ended for good (its
+  // release was never picked up either).
   it.each(['rolling back', 'ended'] as const)(
-    'an agent frozen holding a claimed connect past its lease and the deadline, thawed once the attach is %s: its late report is refused, no device is left',
+    'an agent frozen holding a claimed connect past its lease and the deadline, thawed once the attach is %s: it does not run the stale connect, no device is left',
     async (thawWhen) => {
       const f = world();
       const name = `frozen-agent-${thawWhen.replace(' ', '-')}`;
@@ -215,8 +216,11 @@ describe.skipIf(!isRoot)('processes frozen past their lease, then resumed', { ti
         f.thawAgent('h1');
       }
       const connect = (await items(operationId)).find((r) => r.step === 'connect');
-      // The woken agent handles the claim it held: it drops what it ran, its report refused (409).
-      await until('the woken agent dropped the stale connect', async () => (f.agents.get('h1')!.stderr().includes(`dropped the outcome of work item ${connect?.id}`) ? true : undefined));
+      // The woken agent handles the claim it held: past the operation's deadline, it does not run
+      // it (until 2026-12-07 it ran it and only its report was refused) and says so.
+      expect(connect).toBeDefined();
+      await until('the woken agent left the stale connect unrun', async () => (f.agents.get('h1')!.stderr().includes(`did not run connect of operation ${operationId}`) ? true : undefined));
+      expect(f.agents.get('h1')!.stderr()).not.toContain(`dropped the outcome of work item ${connect?.id}`);
       await until('no operation or work item open', async () => ((await openWork(f)) === 0 ? true : undefined));
 
       const steps = (await items(operationId)).map((r) => `${r.step}:${r.state}`);
