@@ -4,9 +4,9 @@
 // replica 1): (1) replica 0 is frozen with attaches in flight (holding their device leases) until
 // replica 1 has taken them over — leases too — and settled them and a new attach has reused one of
 // the volumes, then thawed: nothing it does afterwards may change a row replica 1 settled or the
-// new attachment's device; (2) the agent is frozen holding a claimed `connect` past its work-item
-// lease and past the operation's deadline, then thawed while the attach rolls back or once it has
-// ended: its late connect and report must leave no device nobody owns. Each ends with a detach of
+// new attachment's device; (2) the agent is frozen in its long-poll while an attach hands it a
+// `connect`: the item must stay unclaimed, the attach roll back cleanly at its deadline, and the
+// thawed agent run nothing of it. Each ends with a detach of
 // everything: 0 devices, 0 links, 0 open work items, 0 leases.
 import { describe, expect, it } from 'vitest';
 import type { Server, Volume } from '@berth/core';
@@ -171,78 +171,52 @@ describe.skipIf(!isRoot)('processes frozen past their lease, then resumed', { ti
     await detachAll(f, mine);
   });
 
-  // Thawed while the rollback waits on it for the `release` (it does not run the stale connect, its
-  // deadline passed, then runs the release), or only once the attach has ended for good (its
-  // release was never picked up either).
-  it.each(['rolling back', 'ended'] as const)(
-    'an agent frozen holding a claimed connect past its lease and the deadline, thawed once the attach is %s: it does not run the stale connect, no device is left',
-    async (thawWhen) => {
-      const f = world();
-      const name = `frozen-agent-${thawWhen.replace(' ', '-')}`;
-      await f.json<Server>(['server', 'create', name, '--host', 'h1']);
-      const volume = await f.json<Volume>(['volume', 'create', name, '--size', '16MiB']);
-      volumes.push(volume);
-      const operationState = async (id: string): Promise<string | undefined> =>
-        (await query<{ state: string }>(f, 'select state from operations where id = $1', [id]))[0]?.state;
-      const items = (id: string): Promise<Array<{ id: string; step: string; state: string }>> =>
-        query(f, 'select id, step, state from work_items where operation_id = $1 order by created_at', [id]);
+  // Frozen in its long-poll (on replica 1), the agent never holds the attach's connect: a woken
+  // long-poll answers nothing and claims nothing (until 2026-12-07 it claimed the item into a socket
+  // nobody read — `claimed`, counted as possibly run — and the rollback waited on the frozen agent
+  // for a `release` and ended `error_attaching`, volume `error`). The item stays `pending`, is
+  // cancelled at the deadline as never picked up, and the rollback is clean: thawed, the agent runs
+  // nothing of it.
+  it('an agent frozen in its long-poll claims nothing: the attach rolls back cleanly at its deadline, and thawed, the agent runs nothing of it', async () => {
+    const f = world();
+    const name = 'frozen-agent';
+    await f.json<Server>(['server', 'create', name, '--host', 'h1']);
+    const volume = await f.json<Volume>(['volume', 'create', name, '--size', '16MiB']);
+    volumes.push(volume);
+    const operation = async (id: string): Promise<{ state: string; error: { code?: string; message?: string } | null } | undefined> =>
+      (await query<{ state: string; error: { code?: string; message?: string } | null }>(f, 'select state, error from operations where id = $1', [id]))[0];
+    const items = (id: string): Promise<Array<{ id: string; step: string; state: string; attempts: number }>> =>
+      query(f, 'select id, step, state, attempts from work_items where operation_id = $1 order by created_at', [id]);
 
-      // The agent waits in its long-poll (on replica 1): frozen there, the claim the attach wakes is
-      // made (the item `claimed`, its lease running) and answered into a socket nobody reads.
-      f.freezeAgent('h1');
-      let operationId = '';
-      try {
-        const { status, body } = await request(f, 0, 'POST', `/v1/volumes/${volume.id}/attach`, { server: name });
-        expect(status).toBe(202);
-        operationId = body.id ?? body.operation?.id ?? '';
-        const claimed = await until('the frozen agent claimed the connect item, or the attach ended', async () => {
-          const [row] = await query<{ state: string; attempts: number; operation: string }>(
-            f,
-            "select w.state, w.attempts, o.state as operation from work_items w join operations o on o.id = w.operation_id where w.operation_id = $1 and w.step = 'connect'",
-            [operationId],
-          );
-          return row !== undefined && (row.state === 'claimed' || row.operation !== 'running') ? row : undefined;
-        });
-        // Not claimed: the agent was frozen between two long-polls, and this case did not run as meant.
-        expect(claimed).toMatchObject({ state: 'claimed', attempts: 1, operation: 'running' });
-        // Past the item's lease (pending again, nobody to claim it) and the deadline: the connect is
-        // cancelled (`failed`) and the rollback waits on the agent for its `release` — or gives up.
-        await until(`the attach is ${thawWhen}`, async () => {
-          if (thawWhen === 'ended') return (await operationState(operationId)) === 'running' ? undefined : true;
-          const rows = await items(operationId);
-          return rows.some((r) => r.step === 'connect' && r.state === 'failed') && rows.some((r) => r.step === 'release' && r.state === 'pending') ? true : undefined;
-        });
-      } finally {
-        f.thawAgent('h1');
-      }
-      const connect = (await items(operationId)).find((r) => r.step === 'connect');
-      // The woken agent handles the claim it held: past the operation's deadline, it does not run
-      // it (until 2026-12-07 it ran it and only its report was refused) and says so.
-      expect(connect).toBeDefined();
-      await until('the woken agent left the stale connect unrun', async () => (f.agents.get('h1')!.stderr().includes(`did not run connect of operation ${operationId}`) ? true : undefined));
-      expect(f.agents.get('h1')!.stderr()).not.toContain(`dropped the outcome of work item ${connect?.id}`);
-      await until('no operation or work item open', async () => ((await openWork(f)) === 0 ? true : undefined));
+    f.freezeAgent('h1');
+    let operationId = '';
+    let thawedAt = 0;
+    try {
+      const { status, body } = await request(f, 0, 'POST', `/v1/volumes/${volume.id}/attach`, { server: name });
+      expect(status).toBe(202);
+      operationId = body.id ?? body.operation?.id ?? '';
+      await until('the attach ended', async () => ((await operation(operationId))?.state === 'running' ? undefined : true));
+    } finally {
+      thawedAt = Date.now();
+      f.thawAgent('h1');
+    }
+    const ended = await operation(operationId);
+    expect(ended?.state).toBe('rolled_back');
+    expect(ended?.error).toMatchObject({ code: 'TIMEOUT' });
+    expect(ended?.error?.message).toContain('did not pick up step connect');
+    // Never claimed, so nothing to undo on the host: no `release` item.
+    expect((await items(operationId)).map((r) => `${r.step}:${r.state}:${r.attempts}`)).toEqual(['connect:failed:0']);
+    expect((await f.json<Volume>(['volume', 'show', volume.id])).status).toBe('available');
 
-      const steps = (await items(operationId)).map((r) => `${r.step}:${r.state}`);
-      if (thawWhen === 'rolling back') {
-        expect(await operationState(operationId)).toBe('rolled_back');
-        expect(steps).toEqual(['connect:failed', 'release:done']);
-      } else {
-        // The rollback could not reach the host: the attach failed, its release never picked up.
-        expect(await operationState(operationId)).toBe('failed');
-        expect(steps).toEqual(['connect:failed', 'release:failed']);
-      }
-      // No device nobody owns: the stale connect made none (or the release took it down).
-      expect(loopDevicesBacking(volume.providerLocation as string)).toEqual([]);
-      expect(berthLinkExists(volume.id)).toBe(false);
-      if (thawWhen === 'ended') {
-        // What the attach's error tells the user to do once the agent is back.
-        expect((await f.json<Volume>(['volume', 'show', volume.id])).status).toBe('error');
-        const forced = await request(f, 1, 'POST', `/v1/volumes/${volume.id}/detach`, { force: true }, 30);
-        expect(forced.body.operation?.state).toBe('succeeded');
-      }
-      expect((await f.json<Volume>(['volume', 'show', volume.id])).status).toBe('available');
-      await detachAll(f, [volume]);
-    },
-  );
+    // Thawed, the agent claims again (its first claim after the freeze writes its beat): nothing of
+    // the attach is run, no device is made.
+    await until('the thawed agent is heard from', async () => {
+      const [host] = await query<{ seen: string | null }>(f, "select agent_seen_at as seen from hosts where name = 'h1'");
+      return host?.seen != null && Date.parse(host.seen) >= thawedAt ? true : undefined;
+    });
+    expect(f.agents.get('h1')!.stderr()).not.toContain(operationId);
+    expect(loopDevicesBacking(volume.providerLocation as string)).toEqual([]);
+    expect(berthLinkExists(volume.id)).toBe(false);
+    await detachAll(f, [volume]);
+  });
 });

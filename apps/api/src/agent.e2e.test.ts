@@ -108,13 +108,18 @@ describe('the agent protocol over HTTP on PostgreSQL', () => {
     // Work for h-2 first: h-1's claim must keep waiting; then h-1's own item wakes it.
     const forH2 = await enqueue(h2.hostId, 'connector', { multipath: false, enforce_multipath: false });
     const forH1 = await enqueue(h1.hostId, 'connector', { multipath: true, enforce_multipath: false });
+    // Woken, it answers nothing and claims nothing (its answer could sit unread in a frozen agent):
+    // the claim the agent sends at once takes the item.
     const answer = await waiting;
     expect(answer.status, answer.text).toBe(200);
-    const items = bodyOf(answer).items as ClaimedWork[];
+    expect(bodyOf(answer).items).toEqual([]);
+    expect((await store().workItems!.require(forH1.id)).state).toBe('pending');
+    const next = await claim(TOKENS.agentH1, h1.worker, 'wait=20s&limit=4');
+    const items = bodyOf(next).items as ClaimedWork[];
     expect(items.map((w) => w.item.id)).toEqual([forH1.id]);
     expect(items[0]?.item).toMatchObject({ state: 'claimed', leaseOwner: h1.worker, attempts: 1, step: 'connector' });
     expect(items[0]?.payload).toEqual({ multipath: true, enforce_multipath: false });
-    expect(answer.headers.get('cache-control')).toBe('no-store');
+    expect(next.headers.get('cache-control')).toBe('no-store');
 
     // h-2's item is h-2's alone: h-1's token gets 404 for it, exactly as for a missing one.
     const foreign = await api().request('POST', `/v1/agent/work/${forH2.id}/renew`, { token: TOKENS.agentH1, headers: { 'berth-agent-worker': h1.worker } });
@@ -207,7 +212,7 @@ describe('the agent protocol over HTTP on PostgreSQL', () => {
     expect(report.status, report.text).toBe(200);
   });
 
-  it("a replaced worker's waiting claim is answered 409 at once by the new registration, and work made after it goes to the new worker", async () => {
+  it("a replaced worker's waiting claim is answered at once by the new registration, takes nothing, and its next claim is 409; work made after it goes to the new worker", async () => {
     const old = await register(TOKENS.agentH1, 'boot-6');
     const started = Date.now();
     const waiting = claim(TOKENS.agentH1, old.worker, 'wait=20s&limit=4');
@@ -215,8 +220,10 @@ describe('the agent protocol over HTTP on PostgreSQL', () => {
     const fresh = await register(TOKENS.agentH1, 'boot-7');
     const item = await enqueue(fresh.hostId, 'host_facts');
     const answer = await waiting;
-    expect(answer.status, answer.text).toBe(409);
+    expect(answer.status, answer.text).toBe(200);
+    expect(bodyOf(answer).items).toEqual([]);
     expect(Date.now() - started).toBeLessThan(10_000);
+    expect((await claim(TOKENS.agentH1, old.worker)).status).toBe(409);
     const [mine] = bodyOf(await claim(TOKENS.agentH1, fresh.worker)).items as ClaimedWork[];
     expect(mine?.item).toMatchObject({ id: item.id, attempts: 1, leaseOwner: fresh.worker });
   });

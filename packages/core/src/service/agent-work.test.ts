@@ -1,5 +1,6 @@
 import 'reflect-metadata';
 import { describe, expect, it } from 'vitest';
+import { hostChannel } from '../agent-protocol.js';
 import { BerthServiceImpl } from '../berth-service.js';
 import { resolveConfig } from '../config.js';
 import type { Device } from '../connection.js';
@@ -105,16 +106,45 @@ describe('a replaced agent', () => {
       // Work for the host right after the registration: the replaced worker must not get it.
       const operation = await store.operations.create({ kind: 'attach', hostId: successor.hostId, owner: 'api-1', leaseMs: TEN_MINUTES, deadlineAt: '2030-01-01T00:00:00.000Z' });
       const item = await store.workItems!.create({ operationId: operation.id, hostId: successor.hostId, step: 'host_facts', payload: {} });
+      // Woken by the registration, its long-poll answers nothing (a woken long-poll never claims);
+      // its next claim, sent at once by an agent, is refused.
       const answer = await waiting;
       expect(answer.items.map((w) => w.item.id)).toEqual([]);
-      expect(answer.error?.code).toBe('CONFLICT');
+      expect(answer.error).toBeUndefined();
       expect(Date.now() - started).toBeLessThan(5_000);
-      // Its later calls are refused too, and the item waits for the successor.
+      // Its calls are refused, and the item waits for the successor.
       await expect(service.agentWork.claim('h-3', old.worker, { waitMs: 0, limit: 4 })).rejects.toMatchObject({ code: 'CONFLICT' });
       const claimed = await service.agentWork.claim('h-3', successor.worker, { waitMs: 0, limit: 4 });
       expect(claimed.map((w) => w.item.id)).toEqual([item.id]);
       await expect(service.agentWork.report('h-3', old.worker, item.id, { state: 'done', result: { listings: [] } })).rejects.toMatchObject({ code: 'CONFLICT' });
       await expect(service.agentWork.renew('h-3', old.worker, item.id)).rejects.toMatchObject({ code: 'CONFLICT' });
+    } finally {
+      await service.close();
+    }
+  });
+});
+
+describe('a long-poll woken by new work', () => {
+  it('answers nothing and claims nothing (its answer may sit unread in a frozen agent): the item stays pending for the claim the agent sends next', async () => {
+    const store = createMemoryStore();
+    const config = resolveConfig(
+      { dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', agent: { leaseMs: TEN_MINUTES, pollWaitMs: 1_000, offlineAfterMs: TEN_MINUTES } },
+      {},
+    );
+    const service = new BerthServiceImpl(config, store, memCatalog(new Map()), { hostname: 'h-1', ips: [], platform: 'x86_64', osType: 'linux' }, silentLogger);
+    try {
+      const session = await service.agentWork.register('h-3', { instance: 'boot-1', version: '0.1.0', connector: { host: 'h-3' }, transports: ['mem'], consumers: ['mem'] });
+      const started = Date.now();
+      const waiting = service.agentWork.claim('h-3', session.worker, { waitMs: 20_000, limit: 4 });
+      const operation = await store.operations.create({ kind: 'attach', hostId: session.hostId, owner: 'api-1', leaseMs: TEN_MINUTES, deadlineAt: '2030-01-01T00:00:00.000Z' });
+      const item = await store.workItems!.create({ operationId: operation.id, hostId: session.hostId, step: 'host_facts', payload: {} });
+      await store.notifications!.notify(hostChannel(session.hostId));
+      expect(await waiting).toEqual([]);
+      expect(Date.now() - started).toBeLessThan(5_000);
+      expect(await store.workItems!.get(item.id)).toMatchObject({ state: 'pending', attempts: 0 });
+      const claimed = await service.agentWork.claim('h-3', session.worker, { waitMs: 20_000, limit: 4 });
+      expect(claimed.map((w) => w.item.id)).toEqual([item.id]);
+      expect(await store.workItems!.get(item.id)).toMatchObject({ state: 'claimed', attempts: 1 });
     } finally {
       await service.close();
     }

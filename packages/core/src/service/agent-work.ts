@@ -157,7 +157,14 @@ export class AgentWorkService implements AgentWork {
 
   /**
    * Claim up to `limit` pending items of the host; when there are none, wait for the host's
-   * channel (a new item, a re-registration) until `waitMs` passes or `signal` aborts.
+   * channel (a new item, a re-registration) until `waitMs` passes or `signal` aborts, and answer
+   * nothing: the agent asks again at once and that claim takes the items. Only a claim the agent
+   * has just sent takes work: a long-poll's answer can sit unread for as long as its agent is
+   * frozen (SIGSTOP, a stalled VM), and an item claimed into it counted as possibly run — the
+   * operation's rollback then waited on the silent agent for an undo of a step it never ran, and
+   * ended in `error_attaching`. Unclaimed, the item is cancelled from `pending` at the deadline
+   * ("did not pick up", untouched) and the rollback is clean. The cost: one more request when an
+   * idle agent is woken.
    */
   async claim(hostName: string, worker: string, options: ClaimOptions): Promise<ClaimedWork[]> {
     const { store, config } = this.parts;
@@ -170,14 +177,11 @@ export class AgentWorkService implements AgentWork {
     // Listen before the first claim: an item created between the claim and the wait still wakes it.
     const stop = await notifications.listen(hostChannel(host.id), () => wakeup.fire());
     try {
-      const until = Date.now() + waitMs;
-      for (;;) {
-        const items = await workItems.claim(host.id, who, config.agent.leaseMs, limit);
-        if (items.length > 0) return await this.handOut(items, who);
-        const left = until - Date.now();
-        if (left <= 0 || options.signal?.aborted === true) return [];
-        await wakeup.next(left, options.signal);
-      }
+      const items = await workItems.claim(host.id, who, config.agent.leaseMs, limit);
+      if (items.length > 0) return await this.handOut(items, who);
+      if (waitMs > 0 && options.signal?.aborted !== true) await wakeup.next(waitMs, options.signal);
+      // A replaced worker woken by the registration learns it at its next claim (409).
+      return [];
     } finally {
       await stop();
     }
