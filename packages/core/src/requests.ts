@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { lazySchema } from './lazy-schema.js';
+import { zHostName } from './config.js';
 import { zConnector } from './connection.js';
 import { zId, zName, zOperationKind, zOperationState, zSizeBytes } from './model.js';
 import { zNewHypervisor } from './hypervisor.js';
@@ -28,7 +29,8 @@ export const zCreateVolumeRequest = lazySchema(() => z.strictObject({
 /** `createServer` input. */
 export const zCreateServerRequest = lazySchema(() => z.strictObject({
   name: zNewName,
-  host: z.string().min(1).max(253).optional(),
+  // As the HTTP API has it: a name no host can have would make a row no agent could register for.
+  host: zHostName.optional(),
   hypervisor: zNewHypervisor.optional(),
   projectId: zProject,
 }));

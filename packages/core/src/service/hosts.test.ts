@@ -186,6 +186,12 @@ describe('berth host forget', () => {
       const again = await service.forgetHost('h-3');
       expect(again).toMatchObject({ host: { id: null, name: 'h-3' }, alreadyGone: true, removed: false, attachments: [], agentTokens: ['agent-h3'] });
       await service.detach({ volume: 'shared' });
+      // A name no host can have (nor an id) is a mistake, not a host already forgotten; a server
+      // cannot name one either.
+      const typo = await rejection(service.forgetHost('bad name!'));
+      expect(typo.code).toBe('VALIDATION');
+      expect(typo.message).toContain('must be a host name (RFC 1123)');
+      expect((await rejection(service.createServer({ name: 'web-9', host: 'bad name!' }))).code).toBe('VALIDATION');
     } finally {
       await close();
     }

@@ -1,4 +1,5 @@
 import { WORK_DONE_CHANNEL, workDoneNotice } from '../agent-protocol.js';
+import { zHostName } from '../config.js';
 import { zConnector, type Connector } from '../connection.js';
 import { BerthError, parseWith, toBerthError } from '../errors.js';
 import type { Attachment, AttachmentStatus, Host, Operation } from '../model.js';
@@ -51,7 +52,11 @@ export async function forgetHost(parts: ServiceParts, ref: string, options: Forg
     // The tokens live in the config file, which berth does not write: the user removes them.
     agentTokens: config.api.tokens.filter((t) => t.role === 'agent' && t.host !== undefined && t.host === (host?.name ?? wanted)).map((t) => t.name),
   };
-  if (host === undefined) return report;
+  if (host === undefined) {
+    // Not "already gone" when no host could ever have been called that: a typo'd ref is an error.
+    if (!isUuid(wanted) && !zHostName.safeParse(wanted).success) parseWith(zHostName, wanted, 'host (a name or an id)');
+    return report;
+  }
   refuseLiveHost(parts, host);
   const deviceRecords = (await store.devices.list({ hostId: host.id })).length;
 
