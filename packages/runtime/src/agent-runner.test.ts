@@ -302,6 +302,26 @@ describe('AgentRunner', () => {
     expect(transport.calls.indexOf('disconnect v1')).toBeGreaterThan(transport.calls.indexOf('connected v1'));
   });
 
+  it('runs an item handed out again while its first copy still runs here once, and reports it once', async () => {
+    const transport = new FakeTransport();
+    const gate = deferred();
+    transport.gate = gate.promise;
+    const item = connect('v1');
+    // The same item in the next claim's answer: its lease passed while this agent was frozen, and
+    // the claim after the thaw handed it back to the same worker.
+    const again: ClaimedWork = { item: { ...item.item, attempts: 2 }, payload: item.payload };
+    const api = new ScriptedApi([[item], [again]]);
+    const agent = runner(api, transport);
+    const running = agent.run();
+    await expect.poll(() => api.claims).toBeGreaterThanOrEqual(3);
+    gate.resolve();
+    await api.reported.promise;
+    agent.stop();
+    await running;
+    expect(transport.calls).toEqual(['connect v1', 'connected v1']);
+    expect(api.reports.map((r) => r.id)).toEqual([item.item.id]);
+  });
+
   it('reads a deadline on the API\'s clock: a host whose clock is behind still aborts the step when the operation\'s time is up', async () => {
     const transport = new FakeTransport();
     transport.gate = new Promise(() => undefined);

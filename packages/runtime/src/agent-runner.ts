@@ -103,6 +103,11 @@ export function hostForgotten(hostName: string, apiUrl: string, cause?: unknown)
   );
 }
 
+/** The payload's `deadlineAt` on this host's clock (`local`); NaN when it carries none. */
+function deadlineOf(payload: Record<string, unknown>, local: (apiTime: string) => number): number {
+  return typeof payload.deadlineAt === 'string' ? local(payload.deadlineAt) : Number.NaN;
+}
+
 /**
  * Why a claimed item must not run now, if it must not: its operation's deadline passed (on this
  * host's clock, the API's times moved by the skew `local` knows — the same reading that aborts a
@@ -112,7 +117,7 @@ export function hostForgotten(hostName: string, apiUrl: string, cause?: unknown)
  * only hands the item out again, to this host's agent, and the steps are idempotent.)
  */
 export function tooLate(step: string, payload: Record<string, unknown>, local: (apiTime: string) => number, now = Date.now()): BerthError | undefined {
-  const deadlineAt = typeof payload.deadlineAt === 'string' ? local(payload.deadlineAt) : Number.NaN;
+  const deadlineAt = deadlineOf(payload, local);
   if (!Number.isFinite(deadlineAt) || now < deadlineAt) return undefined;
   return new BerthError('TIMEOUT', `the operation's deadline passed before this host's agent ran step ${step}; it was not run`, {
     hint: 'the agent was stopped or busy past it (SIGSTOP, a stalled VM, a long queue on the volume); the operation rolls back, retry it',
@@ -133,6 +138,12 @@ export class AgentRunner {
   /** Aborted when `run()` fails for good: the items still running are dropped (their outcome could not be reported). */
   private readonly failed = new AbortController();
   private readonly running = new Set<Promise<void>>();
+  /**
+   * The items this agent runs or has queued, by id: an item claimed again while its first copy
+   * still waits here (its lease passed while the agent was frozen, and the next claim handed it
+   * back to the same worker) is not run twice — the first copy runs and reports it.
+   */
+  private readonly held = new Set<string>();
   private readonly queue = new KeyedLock(); // a `release` queued behind its volume's `connect` waits
   private readonly concurrency: number;
   private readonly firstBackoffMs: number;
@@ -209,7 +220,11 @@ export class AgentRunner {
         await this.pause(failures++, signal);
         continue;
       }
-      for (const work of claimed) this.track(this.runItem(session, work));
+      for (const work of claimed) {
+        if (this.held.has(work.item.id)) continue;
+        this.held.add(work.item.id);
+        this.track(this.runItem(session, work).finally(() => this.held.delete(work.item.id)));
+      }
     }
   }
 
@@ -361,7 +376,7 @@ export class AgentRunner {
 
   private async execute(work: ClaimedWork, fenced: AbortSignal, local: (apiTime: string) => number): Promise<AgentOutcome> {
     const { item, payload } = work;
-    const deadlineAt = typeof payload.deadlineAt === 'string' ? local(payload.deadlineAt) : Number.NaN;
+    const deadlineAt = deadlineOf(payload, local);
     const signals = [fenced];
     if (Number.isFinite(deadlineAt)) signals.push(AbortSignal.timeout(Math.max(0, deadlineAt - Date.now())));
     try {
