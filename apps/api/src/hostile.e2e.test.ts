@@ -142,7 +142,12 @@ describe('Idempotency-Key', () => {
     expect(theirs.status).toBe(202);
     const theirOperation = theirs.body as Operation;
     expect(theirOperation.id).not.toBe(older.operation.id);
-    expect(theirOperation.idempotencyKey).not.toBe('attach-bare-key');
+    // Shown as the caller sent it (until 2026-12-07 as the journal keeps it, `<project tag>/<key>`).
+    expect(theirOperation.idempotencyKey).toBe('attach-bare-key');
+    expect((await t.service.getOperation(theirOperation.id)).idempotencyKey).toMatch(/^[0-9a-f]{16}\/attach-bare-key$/);
+    const listed = (await t.request('GET', `/v1/operations?volumeId=${theirOperation.volumeId}`, { token: other })).body as { operations: Operation[] };
+    expect(listed.operations.map((o) => o.idempotencyKey)).toContain('attach-bare-key');
+    expect(((await t.request('GET', `/v1/operations/${theirOperation.id}`, { token: other })).body as Operation).idempotencyKey).toBe('attach-bare-key');
     expect((await settled(other, theirOperation.id)).state).toBe('succeeded');
     expect(((await t.request('POST', '/v1/volumes/idem-bare-b/attach', { token: other, json: {}, headers: key })).body as Operation).id).toBe(theirOperation.id);
     expect(((await t.request('POST', '/v1/volumes/idem-bare/attach', { token, json: {}, headers: key })).body as Operation).id).toBe(older.operation.id);

@@ -51,7 +51,19 @@ async function inProject(deps: RouteDeps, scope: ProjectScope, operation: Operat
 
 /** The body of a succeeded operation's outcome (what `/outcome` and a start answered with `Prefer: wait` send). */
 export function outcomeBody(outcome: OperationOutcome): { operation: Operation; volume: Volume; attachment: Attachment | null } {
-  return { operation: outcome.operation, volume: outcome.volume, attachment: outcome.attachment ?? null };
+  return { operation: shownOperation(outcome.operation), volume: outcome.volume, attachment: outcome.attachment ?? null };
+}
+
+/** The project tag `operationKeyIn` puts before a caller's key: 16 hex digits, or `*`. */
+const KEY_TAG = /^(?:[0-9a-f]{16}|\*)\//;
+
+/**
+ * An operation as its caller sees it: its idempotency key as the caller sent it, without the
+ * project tag the journal keeps it under (a client comparing the key it sent found another).
+ */
+export function shownOperation(operation: Operation): Operation {
+  const key = operation.idempotencyKey;
+  return key === null || !KEY_TAG.test(key) ? operation : { ...operation, idempotencyKey: key.replace(KEY_TAG, '') };
 }
 
 /** An operation that succeeded in this process, as it ended (from memory). */
@@ -203,5 +215,5 @@ export async function startOperation(
       };
     }
   }
-  return { status: 202, body: operation, headers: { location } };
+  return { status: 202, body: shownOperation(operation), headers: { location } };
 }

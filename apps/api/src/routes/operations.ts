@@ -1,7 +1,7 @@
 import { BerthError, zOperation, zOperationPruneReport, type BerthErrorCode, type Operation, type ProjectScope } from '@berth/core';
 import { ADMINS, MANAGERS, scopeOf } from '../access.js';
 import { DEFAULT_OPERATION_LIST, zIdParams, zNoParams, zNoQuery, zOperationList, zOperationPruneBody, zOperationListQuery, zOperationOutcome, zOperationQuery } from '../http-schemas.js';
-import { outcomeBody, visibleOperation } from '../operation-access.js';
+import { outcomeBody, shownOperation, visibleOperation } from '../operation-access.js';
 import type { RouteDeps } from '../route-deps.js';
 import { route, type AnyRoute, type RouteReply } from '../route.js';
 
@@ -28,7 +28,7 @@ async function outcomeOf(deps: RouteDeps, scope: ProjectScope, operation: Operat
     return { status: 200, body: outcomeBody(settlement.outcome) };
   }
   if (operation.state === 'running') {
-    return { status: 202, body: operation, headers: { location: `/v1/operations/${operation.id}`, 'retry-after': String(POLL_AGAIN_SECONDS) } };
+    return { status: 202, body: shownOperation(operation), headers: { location: `/v1/operations/${operation.id}`, 'retry-after': String(POLL_AGAIN_SECONDS) } };
   }
   if (operation.state !== 'succeeded') throw operationError(operation);
   if (operation.volumeId === null) throw new BerthError('NOT_FOUND', `operation ${operation.id} has no volume`);
@@ -37,7 +37,7 @@ async function outcomeOf(deps: RouteDeps, scope: ProjectScope, operation: Operat
   if (operation.kind === 'attach' && operation.attachmentId !== null) {
     attachment = await deps.service.getAttachment(operation.attachmentId, scope).catch(() => null);
   }
-  return { status: 200, body: { operation, volume, attachment } };
+  return { status: 200, body: { operation: shownOperation(operation), volume, attachment } };
 }
 
 /** Operations: list by state, show (long-poll with `?wait=`), and the outcome of a finished one. */
@@ -72,10 +72,10 @@ export function operationRoutes(deps: RouteDeps): AnyRoute[] {
         });
         const more = listed.length > limit;
         const all = listed.slice(0, limit);
-        if (principal.role !== 'member' && scope.projectId === undefined) return { status: 200, body: { operations: all, more } };
+        if (principal.role !== 'member' && scope.projectId === undefined) return { status: 200, body: { operations: all.map(shownOperation), more } };
         const volumes = new Set((await service.listVolumes(scope)).map((v) => v.id));
         const operations = all.filter((o) => o.volumeId !== null && volumes.has(o.volumeId));
-        return { status: 200, body: { operations, more } };
+        return { status: 200, body: { operations: operations.map(shownOperation), more } };
       },
     }),
     route({
@@ -116,9 +116,9 @@ export function operationRoutes(deps: RouteDeps): AnyRoute[] {
       async handler({ principal, params, query, abandoned }) {
         const scope = scopeOf(principal, query.projectId, defaultProject);
         const first = await visibleOperation(deps, principal, scope, params.id);
-        if (first.state !== 'running') return { status: 200, body: first };
+        if (first.state !== 'running') return { status: 200, body: shownOperation(first) };
         await tracker.waitFor(params.id, waitMs(query.wait), abandoned());
-        return { status: 200, body: await service.getOperation(params.id) };
+        return { status: 200, body: shownOperation(await service.getOperation(params.id)) };
       },
     }),
     route({
