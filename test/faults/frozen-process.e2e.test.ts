@@ -8,7 +8,7 @@
 // `connect`: the item must stay unclaimed, the attach roll back cleanly at its deadline, and the
 // thawed agent run nothing of it. Each ends with a detach of
 // everything: 0 devices, 0 links, 0 open work items, 0 leases.
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFailed } from 'vitest';
 import type { Server, Volume } from '@berth/core';
 import { berthLinkExists, loopDevicesBacking } from '../support/loop-devices.js';
 import { useManyHosts, type ManyHosts } from '../support/many-hosts.js';
@@ -109,10 +109,17 @@ describe.skipIf(!isRoot)('processes frozen past their lease, then resumed', { ti
     for (let i = 0; i < 3; i++) mine.push(await f.json<Volume>(['volume', 'create', `frozen-replica-${i}`, '--size', '16MiB']));
     volumes.push(...mine);
     const replicaPid = f.replicas[0]!.child.pid!;
+    const started: string[] = [];
+    // What a failure here needs to be understood (it failed twice on 2026-12-07 under heavy I/O
+    // load, never again in 19 runs): the rows, the devices, and what the processes said.
+    onTestFailed(async () => {
+      console.error('frozen replica case failed:', JSON.stringify(await snapshot(f, started).catch((e: unknown) => String(e))));
+      console.error('devices:', JSON.stringify(mine.map((v) => loopDevicesBacking(v.providerLocation as string))));
+      console.error(`agent h1:\n${f.agents.get('h1')!.stderr()}\nreplica 0:\n${f.replicas[0]!.stderr()}\nreplica 1:\n${f.replicas[1]!.stderr()}`);
+    });
 
     // The agent held still, so the attaches wait on their `connect` items in replica 0.
     f.freezeAgent('h1');
-    const started: string[] = [];
     try {
       for (const volume of mine) {
         const { status, body } = await request(f, 0, 'POST', `/v1/volumes/${volume.id}/attach`, { server: 'web-h1' });
