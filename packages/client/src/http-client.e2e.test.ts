@@ -182,6 +182,19 @@ describe('HttpClient with a replica that accepts connections and never answers (
     expect(Date.now() - started).toBeGreaterThanOrEqual(300 + QUICK.longPollMarginMs - 10);
   });
 
+  it('a client that was itself frozen keeps the answer that came meanwhile, its deadline overdue', async () => {
+    const { url } = await serve((_request, response) => {
+      json(response, 200, { ok: true });
+      // Once the answer is written: this whole process stops for 3 answer limits (SIGSTOP as
+      // the event loop sees it), and wakes with the client's timer overdue and the answer unread.
+      setImmediate(() => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 3 * QUICK.answerTimeoutMs));
+    });
+    const frozen = await silent();
+    client = new HttpClient({ url, fallbackUrls: [frozen.url], ...QUICK });
+    expect((await client.request({ method: 'GET', path: '/v1/volumes' })).body).toEqual({ ok: true });
+    expect(frozen.connections()).toBe(0);
+  });
+
   it('RemoteBerthService (berth --api A,B): a volume list goes to B while A is frozen', async () => {
     const frozen = await silent();
     const { url } = await serve((_request, response) => json(response, 200, { volumes: [] }));

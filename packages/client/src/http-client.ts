@@ -101,7 +101,10 @@ class DeadlineError extends Error {
 function keepAliveSend(agent: http.Agent, secure: boolean): Send {
   const once = (url: URL, method: string, headers: Record<string, string>, body: string | undefined, limits: Limits, signal?: AbortSignal) =>
     new Promise<{ status: number; text: string; reused: boolean }>((resolve, reject) => {
+      let answered = false;
+      let ended = false;
       const request = (secure ? https : http).request(url, { method, headers, agent, ...(signal ? { signal } : {}) }, (response) => {
+        answered = true;
         clearTimeout(silent);
         const chunks: Buffer[] = [];
         response.on('data', (chunk: Buffer) => chunks.push(chunk));
@@ -110,13 +113,20 @@ function keepAliveSend(agent: http.Agent, secure: boolean): Send {
           reject(error);
         });
         response.on('end', () => {
+          ended = true;
           clearTimeout(timer);
           resolve({ status: response.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8'), reused: request.reusedSocket });
         });
       });
-      const giveUp = (ms: number) => () => request.destroy(new DeadlineError(`no answer in ${ms} ms`));
-      const silent = setTimeout(giveUp(limits.answerMs), limits.answerMs);
-      const timer = setTimeout(giveUp(limits.totalMs), limits.totalMs);
+      // A deadline is judged once the I/O already waiting has been read (an immediate runs after
+      // the poll phase): this process, itself frozen (SIGSTOP, a paused VM), wakes with its timers
+      // overdue and the answer that came meanwhile in its socket — that answer is kept.
+      const giveUp = (ms: number, met: () => boolean) => () =>
+        setImmediate(() => {
+          if (!met()) request.destroy(new DeadlineError(`no answer in ${ms} ms`));
+        });
+      const silent = setTimeout(giveUp(limits.answerMs, () => answered), limits.answerMs);
+      const timer = setTimeout(giveUp(limits.totalMs, () => ended), limits.totalMs);
       request.on('error', (error: Error & { code?: string }) => {
         clearTimeout(silent);
         clearTimeout(timer);
