@@ -398,18 +398,25 @@ function unanswered(method: string, path: string, origin: string, ms: number, ca
 
 /** No replica tried answered: TIMEOUT if one was silent past its limit, else none could be reached. */
 function noAnswer(method: string, path: string, missed: readonly Miss[]): BerthError {
-  const [first, ...others] = missed.map((miss) => miss.origin);
-  const where = `${first ?? ''}${others.length > 0 ? ` (nor at ${others.join(', ')})` : ''}`;
   const cause = missed.at(-1)?.error;
-  if (missed.some((miss) => timedOut(miss.error))) {
-    return new BerthError('TIMEOUT', `the berth API at ${where} did not answer ${method} ${path} in time`, {
+  const silent = missed.filter((miss) => timedOut(miss.error)).map((miss) => miss.origin);
+  const unreachable = missed.filter((miss) => !timedOut(miss.error)).map((miss) => miss.origin);
+  if (silent.length > 0) {
+    const also = unreachable.length > 0 ? `, and cannot be reached at ${unreachable.join(', ')}` : '';
+    return new BerthError('TIMEOUT', `the berth API at ${either(silent)} did not answer ${method} ${path} in time${also}`, {
       cause,
       hint: 'a replica that accepts connections and does not answer is stopped or overloaded: check `berth serve` there',
     });
   }
-  return new BerthError('CONFIG', `cannot reach the berth API at ${where}`, {
+  return new BerthError('CONFIG', `cannot reach the berth API at ${either(unreachable)}`, {
     cause,
     hint: 'is `berth serve` running there? check --api / BERTH_API_URL',
     details: { unreachable: true },
   });
+}
+
+/** `a (nor at b, c)`. */
+function either(origins: readonly string[]): string {
+  const [first = '', ...others] = origins;
+  return others.length > 0 ? `${first} (nor at ${others.join(', ')})` : first;
 }
