@@ -2,13 +2,14 @@ import http from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { ClaimedWork } from '@berth/core';
 import { AgentClient, AGENT_WORKER_HEADER } from './agent-client.js';
-import { codeOf, sendJson, testHttpServer } from './test-support.js';
+import { codeOf, sendJson, testHttpServer, testSilentServer } from './test-support.js';
 
 // The agent client against a real HTTP server on 127.0.0.1: the routes, the worker header, the
 // long-poll's wait, giving a long-poll up, and fencing answers becoming CONFLICT.
 
 let client: AgentClient | undefined;
 const listen = testHttpServer();
+const silent = testSilentServer();
 const json = sendJson;
 
 afterEach(() => {
@@ -133,6 +134,20 @@ describe('AgentClient', () => {
     expect(await codeOf(client.renew('w-1', ITEM_ID))).toBe('CONFLICT');
     expect(client.url).toBe(`${live.url}/`);
     expect(live.seen.map((s) => s.url)).toEqual(['/v1/agent/work?wait=0ms&limit=1', `/v1/agent/work/${ITEM_ID}/renew`]);
+  });
+
+  it('a long-poll on a frozen replica (connections accepted, never answered) ends at its wait + longPollMarginMs; the next claim goes to the other', async () => {
+    const frozen = await silent();
+    const live = await serve((_request, response) => json(response, 200, { items: [] }));
+    client = new AgentClient({ url: frozen.url, fallbackUrls: [live.url], token: 't', longPollMarginMs: 200 });
+    const started = Date.now();
+    expect(await codeOf(client.claim('w-1', { waitMs: 300, limit: 1 }))).toBe('TIMEOUT');
+    const took = Date.now() - started;
+    expect(took).toBeGreaterThanOrEqual(490);
+    expect(took).toBeLessThan(3_000);
+    expect(client.url).toBe(`${live.url}/`);
+    expect(await client.claim('w-1', { waitMs: 300, limit: 1 })).toEqual([]);
+    expect(live.seen.map((s) => s.url)).toEqual(['/v1/agent/work?wait=300ms&limit=1']);
   });
 
   it('an answer that is not a work list is INTERNAL naming the version hint', async () => {

@@ -85,7 +85,7 @@ export class AgentClient {
       path: '/v1/agent/work',
       query: { wait: `${Math.max(0, Math.round(options.waitMs))}ms`, limit: String(options.limit) },
       headers: { [AGENT_WORKER_HEADER]: worker },
-      extraTimeoutMs: options.waitMs,
+      waitMs: options.waitMs,
       ...(options.signal ? { signal: options.signal } : {}),
     });
     return checked(zAgentWorkList, body, 'work list').items;

@@ -4,12 +4,14 @@ import type { Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BerthError } from '@berth/core';
 import { HttpClient } from './http-client.js';
-import { codeOf, sendJson, testHttpServer } from './test-support.js';
+import { RemoteBerthService } from './remote-berth-service.js';
+import { codeOf, sendJson, testHttpServer, testSilentServer } from './test-support.js';
 
 // A real HTTP server on 127.0.0.1: what the client's own transport does with connections.
 
 let client: HttpClient | undefined;
 const serve = testHttpServer();
+const silent = testSilentServer();
 const json = sendJson;
 
 afterEach(() => {
@@ -95,5 +97,113 @@ describe('HttpClient over its own keep-alive connections', () => {
     const error = (await client.request({ method: 'GET', path: '/x' }).catch((e: unknown) => e)) as BerthError;
     expect(error).toMatchObject({ code: 'CONFIG', details: { unreachable: true } });
     expect(error.message).toContain('cannot reach the berth API');
+  });
+});
+
+/** Short limits: a silent replica is given up in 200 ms, a long-poll 200 ms after its wait. */
+const QUICK = { answerTimeoutMs: 200, longPollMarginMs: 200, timeoutMs: 1_000 };
+
+/** A healthy replica that records each request's method, path and key, and answers `{served: n}`. */
+async function healthy(): Promise<{ url: string; seen: string[] }> {
+  const seen: string[] = [];
+  const { url } = await serve((request, response) => {
+    seen.push(`${request.method} ${request.url} ${request.headers['idempotency-key'] ?? '-'}`);
+    json(response, 200, { served: seen.length });
+  });
+  return { url, seen };
+}
+
+describe('HttpClient with a replica that accepts connections and never answers (frozen)', () => {
+  it('sends a GET to the next replica once the frozen one is silent past answerTimeoutMs, and stays with the one that answered', async () => {
+    const frozen = await silent();
+    const live = await healthy();
+    client = new HttpClient({ url: frozen.url, fallbackUrls: [live.url], ...QUICK });
+    const started = Date.now();
+    expect((await client.request({ method: 'GET', path: '/v1/volumes' })).body).toEqual({ served: 1 });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(QUICK.answerTimeoutMs - 10);
+    expect(client.url).toBe(`${live.url}/`);
+    expect((await client.request({ method: 'GET', path: '/v1/servers' })).body).toEqual({ served: 2 });
+    expect(frozen.connections()).toBe(1);
+    expect(live.seen).toEqual(['GET /v1/volumes -', 'GET /v1/servers -']);
+  });
+
+  it('sends a POST with an Idempotency-Key on, with its key; one without a key is not sent again: TIMEOUT, maybe applied', async () => {
+    const frozen = await silent();
+    const live = await healthy();
+    client = new HttpClient({ url: frozen.url, fallbackUrls: [live.url], ...QUICK });
+    const keyed = { method: 'POST', path: '/v1/volumes/d1/attach', body: { server: 'web1' }, idempotencyKey: 'k-1' } as const;
+    expect((await client.request(keyed)).body).toEqual({ served: 1 });
+    expect(live.seen).toEqual(['POST /v1/volumes/d1/attach k-1']);
+
+    client.close();
+    client = new HttpClient({ url: frozen.url, fallbackUrls: [live.url], ...QUICK });
+    const unkeyed = client.request({ method: 'POST', path: '/v1/volumes', body: { name: 'd2', sizeBytes: 1048576 } }).catch((e: unknown) => e);
+    await frozen.received(2);
+    const error = (await unkeyed) as BerthError;
+    // It waited the whole timeoutMs (a slow create that worked must not read as failed), then gave up there.
+    expect(error).toMatchObject({ code: 'TIMEOUT' });
+    expect(error.message).toContain(frozen.url);
+    expect(error.message).toContain('may or may not have been applied');
+    expect(error.hint).toContain('not sent to another replica');
+    expect(live.seen).toHaveLength(1);
+  });
+
+  it('every replica silent: TIMEOUT naming them all; a signal still gives the request up as CANCELLED', async () => {
+    const [a, b] = [await silent(), await silent()];
+    client = new HttpClient({ url: a.url, fallbackUrls: [b.url], ...QUICK });
+    const error = (await client.request({ method: 'GET', path: '/v1/hosts' }).catch((e: unknown) => e)) as BerthError;
+    expect(error).toMatchObject({ code: 'TIMEOUT' });
+    expect(error.message).toBe(`the berth API at ${a.url} (nor at ${b.url}) did not answer GET /v1/hosts in time`);
+
+    const stop = new AbortController();
+    const given = client.request({ method: 'GET', path: '/v1/hosts', signal: stop.signal });
+    await a.received(2);
+    stop.abort();
+    expect(await codeOf(given)).toBe('CANCELLED');
+  });
+
+  it('a long-poll is given its wait + longPollMarginMs, not answerTimeoutMs; a request with extra time is never taken for silent sooner', async () => {
+    const frozen = await silent();
+    // A real long-poll: the answer comes when the wait it asked for ends.
+    const { url } = await serve((request, response) => {
+      const wait = Number(new URL(request.url ?? '/', 'http://x').searchParams.get('wait') ?? 0);
+      setTimeout(() => json(response, 200, { waited: wait }), wait);
+    });
+    client = new HttpClient({ url, fallbackUrls: [frozen.url], ...QUICK });
+    expect((await client.request({ method: 'GET', path: '/v1/agent/work', query: { wait: '400' }, waitMs: 400 })).body).toEqual({ waited: 400 });
+    expect((await client.request({ method: 'GET', path: '/v1/doctor', query: { wait: '400' }, extraTimeoutMs: 0 })).body).toEqual({ waited: 400 });
+    expect(frozen.connections()).toBe(0);
+
+    // The frozen replica first: the long-poll moves on once its wait and the margin passed.
+    client.close();
+    client = new HttpClient({ url: frozen.url, fallbackUrls: [url], ...QUICK });
+    const started = Date.now();
+    expect((await client.request({ method: 'GET', path: '/v1/agent/work', query: { wait: '0' }, waitMs: 300 })).body).toEqual({ waited: 0 });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(300 + QUICK.longPollMarginMs - 10);
+  });
+
+  it('a client that was itself frozen keeps the answer that came meanwhile, its deadline overdue', async () => {
+    const { url } = await serve((_request, response) => {
+      json(response, 200, { ok: true });
+      // Once the answer is written: this whole process stops for 3 answer limits (SIGSTOP as
+      // the event loop sees it), and wakes with the client's timer overdue and the answer unread.
+      setImmediate(() => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 3 * QUICK.answerTimeoutMs));
+    });
+    const frozen = await silent();
+    client = new HttpClient({ url, fallbackUrls: [frozen.url], ...QUICK });
+    expect((await client.request({ method: 'GET', path: '/v1/volumes' })).body).toEqual({ ok: true });
+    expect(frozen.connections()).toBe(0);
+  });
+
+  it('RemoteBerthService (berth --api A,B): a volume list goes to B while A is frozen', async () => {
+    const frozen = await silent();
+    const { url } = await serve((_request, response) => json(response, 200, { volumes: [] }));
+    const remote = new RemoteBerthService({ url: frozen.url, fallbackUrls: [url], ...QUICK });
+    try {
+      expect(await remote.listVolumes()).toEqual([]);
+      expect(remote.url).toBe(`${url}/`);
+    } finally {
+      await remote.close();
+    }
   });
 });

@@ -1,7 +1,16 @@
 export { RemoteBerthService, type RemoteBerthOptions } from './remote-berth-service.js';
 export { openRemoteBerth, API_URL_ENV, TOKEN_ENV } from './open-remote-berth.js';
 export { AgentClient, AGENT_WORKER_HEADER, type AgentClaimOptions, type AgentClientOptions } from './agent-client.js';
-export { HttpClient, apiPath, problemToError, type HttpClientOptions, type HttpRequest, type HttpAnswer } from './http-client.js';
+export {
+  HttpClient,
+  apiPath,
+  problemToError,
+  DEFAULT_ANSWER_TIMEOUT_MS,
+  DEFAULT_LONG_POLL_MARGIN_MS,
+  type HttpClientOptions,
+  type HttpRequest,
+  type HttpAnswer,
+} from './http-client.js';
 export {
   zProblem,
   zVolumeList,

@@ -281,7 +281,8 @@ export class RemoteBerthService implements BerthService {
   }
 
   async doctor(): Promise<DoctorEntry[]> {
-    const answer = await this.http.request({ method: 'GET', path: '/v1/doctor' });
+    // Its checks run commands on the API's host one after another: the answer may be slow to come.
+    const answer = await this.http.request({ method: 'GET', path: '/v1/doctor', extraTimeoutMs: 0 });
     return checked(zDoctorReport, answer.body, 'doctor report').entries;
   }
 
@@ -331,7 +332,7 @@ export class RemoteBerthService implements BerthService {
       query: { projectId },
       body,
       ...(idempotencyKey === undefined ? {} : { idempotencyKey }),
-      ...(wait ? { headers: { prefer: `wait=${this.pollWaitSeconds}` }, extraTimeoutMs: this.pollWaitSeconds * 1000 } : {}),
+      ...(wait ? { headers: { prefer: `wait=${this.pollWaitSeconds}` }, waitMs: this.pollWaitSeconds * 1000 } : {}),
     });
     if (answer.status === 200) {
       const outcome = checked(zOperationOutcomeBody, answer.body, 'operation outcome');
@@ -356,7 +357,7 @@ export class RemoteBerthService implements BerthService {
         method: 'GET',
         path: apiPath`/v1/operations/${operation.id}/outcome`,
         query: { wait: `${this.pollWaitSeconds}s`, projectId },
-        extraTimeoutMs: this.pollWaitSeconds * 1000,
+        waitMs: this.pollWaitSeconds * 1000,
       });
       if (answer.status === 200) {
         const outcome = checked(zOperationOutcomeBody, answer.body, 'operation outcome');
