@@ -41,6 +41,15 @@ describe('DriverCatalog.add with acceptsNoOptions', () => {
   it('still reports options given in the config that the schema refuses, at add', () => {
     const { catalog } = catalogWith(zOptions, { opts: { retries: 'many' } }, true);
     expect(catalog.plugins().failed).toEqual([{ packageName: 'opts', error: expect.stringMatching(/^invalid options for opts: retries/) }]);
+    // Asked for, its transport is "not installed": the hint says which plugin failed to load, and why.
+    let refused: unknown;
+    try {
+      catalog.transport('t');
+    } catch (error) {
+      refused = error;
+    }
+    expect(refused).toMatchObject({ code: 'UNPROCESSABLE', message: 'no transport named t is installed' });
+    expect((refused as { hint?: string }).hint).toMatch(/a plugin failed to load \(`berth plugins`\): opts: invalid options for opts: retries/);
   });
 
   it('fails the first use with PLUGIN_ERROR when the schema needs options after all', () => {

@@ -135,7 +135,7 @@ export class DriverCatalog {
     const registered = this.transportFactories.get(name);
     if (!registered) {
       throw new BerthError('UNPROCESSABLE', `no transport named ${name} is installed`, {
-        hint: `installed transports: ${this.transportNames().join(', ') || 'none'}; add one with \`berth plugins install <package>\` (a volume attached through ${name} needs it back to detach: reinstall the plugin that provided it)`,
+        hint: `installed transports: ${this.transportNames().join(', ') || 'none'}; add one with \`berth plugins install <package>\` (a volume attached through ${name} needs it back to detach: reinstall the plugin that provided it)${this.failedToLoad()}`,
       });
     }
     const context = this.context(registered);
@@ -171,6 +171,16 @@ export class DriverCatalog {
     return path === device.path ? device : { ...device, path };
   }
 
+  /**
+   * For a "not installed" hint: the plugins that failed to load, with why — the one the caller
+   * wanted may be among them (bad options in the config), which "installed: file" alone hid.
+   */
+  private failedToLoad(): string {
+    const failed = this.report.failed;
+    if (failed.length === 0) return '';
+    return `; ${failed.length === 1 ? 'a plugin' : `${failed.length} plugins`} failed to load (\`berth plugins\`): ${failed.map((f) => `${f.packageName}: ${f.error}`).join('; ')}`;
+  }
+
   /** Every transport, instantiated. */
   transports(): TransportDriver[] {
     return this.transportNames().map((n) => this.transport(n));
@@ -183,7 +193,7 @@ export class DriverCatalog {
     const registered = this.backendFactories.get(name);
     if (!registered) {
       throw new BerthError('UNPROCESSABLE', `no volume backend named ${name} is installed`, {
-        hint: `installed backends: ${this.backendNames().join(', ') || 'none'}`,
+        hint: `installed backends: ${this.backendNames().join(', ') || 'none'}${this.failedToLoad()}`,
       });
     }
     const made = registered.factory(this.context(registered));
@@ -205,7 +215,7 @@ export class DriverCatalog {
     const registered = this.consumerFactories.get(name);
     if (!registered) {
       throw new BerthError('CONFIG', `no consumer named ${name} is installed`, {
-        hint: `installed consumers: ${this.consumerNames().join(', ') || 'none'}`,
+        hint: `installed consumers: ${this.consumerNames().join(', ') || 'none'}${this.failedToLoad()}`,
       });
     }
     const instance = registered.factory(this.context(registered));
