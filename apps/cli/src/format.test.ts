@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { formatMs, formatTimings, noDifferenceHeadline, operationTimings } from './format.js';
+import { formatDevice, formatMs, formatTimings, machinePath, noDifferenceHeadline, operationTimings } from './format.js';
 
 describe('formatTimings', () => {
   it('prints steps in pipeline order with a total', () => {
@@ -44,5 +44,16 @@ describe('noDifferenceHeadline', () => {
     expect(noDifferenceHeadline(0, 'this host')).toBe("No differences: the database, the backends' exports and this host agree.");
     expect(noDifferenceHeadline(1, 'host h1')).toMatch(/^No differences in what could be checked; 1 part of host h1 could not be/);
     expect(noDifferenceHeadline(2, 'this host')).not.toMatch(/agree/);
+  });
+});
+
+describe('machinePath', () => {
+  it('puts a device connected on another root (the simulated host) under that root, and leaves the machine\'s own as it is', () => {
+    const device = { path: '/dev/sda', type: 'block' as const };
+    expect(machinePath({ device, hostRoot: '/var/lib/berth/simhost/' })).toBe('/var/lib/berth/simhost/dev/sda');
+    expect(machinePath({ device, hostRoot: '/' })).toBe('/dev/sda');
+    expect(machinePath({ device, hostRoot: null })).toBe('/dev/sda');
+    expect(machinePath({ device: null, hostRoot: '/x' })).toBe('-');
+    expect(formatDevice({ device, hostRoot: '/r', publishedPath: '/dev/berth/v1' })).toBe('/r/dev/sda (/dev/berth/v1)');
   });
 });

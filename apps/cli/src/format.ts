@@ -68,9 +68,21 @@ export function nameOf(map: ReadonlyMap<string, { name: string }>, id: string | 
 }
 
 /** The device cell of an attachment (`/dev/loop3 -> /dev/berth/<id>`). */
-export function formatDevice(attachment: Pick<Attachment, 'device' | 'publishedPath'>): string {
-  const device = attachment.device?.path ?? '-';
+export function formatDevice(attachment: Pick<Attachment, 'device' | 'publishedPath' | 'hostRoot'>): string {
+  const device = machinePath(attachment);
   return attachment.publishedPath === null ? device : `${device} (${attachment.publishedPath})`;
+}
+
+/**
+ * The attachment's device as a path on this machine: the transport's path under the root of the
+ * host it connected on (`--simulate`: `<data>/simhost/dev/sda`, where `/dev/sda` does not exist
+ * here), unchanged on the machine itself; `-` without a device.
+ */
+export function machinePath(attachment: Pick<Attachment, 'device' | 'hostRoot'>): string {
+  const device = attachment.device?.path;
+  if (device === undefined) return '-';
+  const root = attachment.hostRoot;
+  return root === null || root === undefined || root === '/' || !device.startsWith('/') ? device : `${root.replace(/\/+$/, '')}${device}`;
 }
 
 /** One journal line per step: `seq  name  phase  state  duration  error`. */

@@ -6,6 +6,7 @@ import {
   formatMs,
   formatTimings,
   formatVolumeSize,
+  machinePath,
   nameOf,
   operationDuration,
   type NameIndex,
@@ -122,7 +123,7 @@ export function attachmentFields(attachment: Attachment, names: NameIndex): Arra
     ['mode', attachment.mode],
     ['transport', attachment.transport ?? '-'],
     ['connection', attachment.connectionInfo?.driver_volume_type ?? '-'],
-    ['device', attachment.device?.path ?? '-'],
+    ['device', machinePath(attachment)],
     // Where the transport connected it: `/`, or berth's simulated host's root (`--simulate`).
     ['host root', attachment.hostRoot ?? '-'],
     ['link', attachment.publishedPath ?? '-'],

@@ -1,7 +1,7 @@
 import { Args, Flags } from '@oclif/core';
 import type { OperationOutcome } from '@berth/core';
 import { BaseCommand } from '../base-command.js';
-import { formatTimings, operationTimings } from '../format.js';
+import { formatTimings, machinePath, operationTimings } from '../format.js';
 import { renderFields } from '../table.js';
 import { resourceRef } from '../validate.js';
 
@@ -58,7 +58,7 @@ export default class Attach extends BaseCommand<typeof Attach> {
       this.log(
         renderFields(
           [
-            ['device', attachment.device?.path ?? '-'],
+            ['device', machinePath(attachment)],
             ['link', attachment.publishedPath ?? '-'],
             ...(attachment.guestDevice ? [['guest', `${attachment.guestDevice} (virtio, serial ${attachment.serial ?? '-'})`] as [string, string]] : []),
             ['transport', attachment.transport ?? '-'],
