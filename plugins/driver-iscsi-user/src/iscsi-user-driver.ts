@@ -236,7 +236,13 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
     }
     // Whatever a cut-short connect or a failed restore left goes first; a new chain is built. A
     // connect records the LUN before it makes anything, so without a record there is nothing.
-    const cleanup = existing ? await teardownChain(deps, qmp, names, existing.status === 'active' ? existing.loopDevice : undefined, call.signal) : 'removed';
+    // A record that is not `active` was handed to nobody or lost its export (failed by the watcher
+    // or a restore: nothing written through its device can reach the target any more), so a flush
+    // that fails there does not stop its removal; a dead FUSE mount left at its mount point is
+    // unmounted (`teardownChain`).
+    const cleanup = existing
+      ? await teardownChain(deps, qmp, names, existing.status === 'active' ? existing.loopDevice : undefined, call.signal, { force: existing.status !== 'active' })
+      : 'removed';
     if (cleanup === 'held-open') {
       throw new BerthError('CONFLICT', `an earlier loop device of LUN ${lun.lun} of ${lun.iqn} is still held open`, {
         hint: `close what holds it (losetup --list shows its backing file ${mountpointOf(paths, names.key)}), then connect again`,

@@ -16,6 +16,7 @@ import {
   removeFuseExport,
   removeIscsiNode,
   wireLun,
+  unmountFuseUnder,
   type QmpClient,
 } from '@berth/qemu';
 import type { UserPaths } from './export-records.js';
@@ -175,8 +176,33 @@ export async function teardownChain(
     await removeIscsiNode(qmp, names.nodeB, undefined, qmpOptions);
     await removeIscsiNode(qmp, names.node, names.secretId, qmpOptions);
   }
-  await rm(mountpoint, { force: true });
+  await removeMountpoint(deps, mountpoint);
   return 'removed';
+}
+
+/**
+ * Remove a LUN's mount point file. A dead FUSE mount there — its export deleted or its daemon gone
+ * while the mount stayed (the watcher deletes an aborted export so; a daemon killed leaves one):
+ * `lstat` answers ENOTCONN (ECONNABORTED while the connection is aborted but not yet closed) — is
+ * unmounted lazily (`umount -l`: a loop device still on its file keeps it until its last close)
+ * and the file removed then. Any other error is thrown as it is.
+ */
+export async function removeMountpoint(deps: Pick<PlumbingDeps, 'host' | 'options' | 'logger'>, mountpoint: string): Promise<void> {
+  try {
+    await rm(mountpoint, { force: true });
+    return;
+  } catch (error) {
+    if (!isDeadMountError(error)) throw error;
+    const unmounted = await unmountFuseUnder(deps.host, mountpoint, deps.options.commandTimeoutMs);
+    deps.logger.info({ mountpoint, unmounted, err: messageOf(error) }, 'a dead FUSE mount was left at the mount point: unmounted it (lazily)');
+  }
+  await rm(mountpoint, { force: true });
+}
+
+/** ENOTCONN / ECONNABORTED: what a path on a FUSE mount whose connection is gone or aborted answers. */
+export function isDeadMountError(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return code === 'ENOTCONN' || code === 'ECONNABORTED';
 }
 
 /** Loop devices whose backing file is `file` (sysfs), for leftovers whose device was not recorded. */

@@ -1,0 +1,95 @@
+import { randomBytes } from 'node:crypto';
+import { lstat } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Device } from '@berth/core';
+import { createHostServices } from '@berth/host';
+import { abortFuseConnection, FUSE_CONNECTIONS_DIR, fusectlMounted, fuseMountsUnder, loopInfo, removeFuseExport, StorageDaemon } from '@berth/qemu';
+import { exportRecords, userPaths } from './export-records.js';
+import { call, createUserTestEnv, expectNothingLeft, readAt, writeAt, type UserTestEnv } from './test-user-env.js';
+
+// A dead FUSE mount at a mount point berth owns — what the watcher leaves when it aborts an
+// export's FUSE connection and deletes the export from a daemon that still answers (tgtd killed,
+// replacementTimeoutS passed): every lstat of the mount point answers ENOTCONN. A detach --force
+// and a reconnect (what berth reconcile runs) of such a failed LUN must both go, and the mount with
+// them. Here the watcher's two steps are run by hand on a real chain (no tgtd kill, no waiting out
+// the timeout): `abortFuseConnection`, then `block-export-del`, then the record marked failed.
+
+const MiB = 1024 * 1024;
+let env: UserTestEnv;
+/** Whether fusectl was mounted before this suite (the abort mounts it). */
+let fusectlBefore = true;
+
+beforeAll(async () => {
+  fusectlBefore = await fusectlMounted(createHostServices().fs);
+  // No watcher: this suite plays its part itself.
+  env = await createUserTestEnv({ noopIntervalS: 0 });
+});
+
+afterAll(async () => {
+  try {
+    await env?.dispose();
+  } finally {
+    if (env && !fusectlBefore && (await fusectlMounted(env.host.fs))) await env.host.runner.run('umount', [FUSE_CONNECTIONS_DIR], { timeoutMs: 10_000, reject: false });
+  }
+});
+
+/** What the watcher does to a LUN whose target stayed silent: abort its FUSE connection, delete its export, mark its record failed. */
+async function killExportAsTheWatcherDoes(device: Device): Promise<string> {
+  const mountpoint = String(device.identity?.['mountpoint']);
+  const key = String(device.meta?.['key']);
+  expect(await abortFuseConnection(env.host, mountpoint, 10_000)).toBeTypeOf('number');
+  const paths = userPaths(env.dataDir);
+  const qmp = await new StorageDaemon({ dir: paths.daemon, waiter: env.host.waiter }).connect({ timeoutMs: 10_000 });
+  try {
+    await removeFuseExport(qmp, String(device.identity?.['export']), { timeoutMs: 10_000 });
+  } finally {
+    qmp.close();
+  }
+  const records = exportRecords(paths);
+  const record = await records.load(key);
+  await records.save({ ...record!, status: 'failed', failure: 'the test aborted its export', updatedAt: new Date().toISOString() });
+  return mountpoint;
+}
+
+async function lstatCode(file: string): Promise<string | undefined> {
+  return lstat(file).then(
+    () => undefined,
+    (error: unknown) => String((error as { code?: unknown }).code),
+  );
+}
+
+describe('iscsi-user: a dead FUSE mount at its own mount point', () => {
+  it('left by an aborted and deleted export: detach --force removes the LUN and the mount, a reconnect builds a new chain on the same loop device', async () => {
+    const a = await env.makeVolume(4 * MiB);
+    const b = await env.makeVolume(4 * MiB);
+    const da = await env.driver.connect(a.connection, call());
+    const db = await env.driver.connect(b.connection, call());
+    const bytes = randomBytes(4096);
+    writeAt(db.path, bytes, MiB);
+
+    const mountA = await killExportAsTheWatcherDoes(da);
+    const mountB = await killExportAsTheWatcherDoes(db);
+    // The state the fault explorer found: both mounts dead, still listed.
+    expect(await lstatCode(mountA)).toBe('ENOTCONN');
+    expect(await lstatCode(mountB)).toBe('ENOTCONN');
+    expect((await fuseMountsUnder(env.host.fs, mountA)).length).toBeGreaterThan(0);
+    // Both loop devices are still bound to their dead files (I/O through them fails; the number is not free).
+    expect((await loopInfo(env.host.fs, da.path))?.backingFile).toBe(mountA);
+    expect((await loopInfo(env.host.fs, db.path))?.backingFile).toBe(mountB);
+
+    // berth detach --force of A: goes (it failed with ENOTCONN on lstat before).
+    await env.driver.disconnect(a.connection, da, { force: true, signal: AbortSignal.timeout(60_000) });
+    expect(await fuseMountsUnder(env.host.fs, mountA)).toEqual([]);
+    expect(await lstatCode(mountA)).toBe('ENOENT');
+    expect((await loopInfo(env.host.fs, da.path))?.backingFile).not.toBe(mountA);
+
+    // berth reconcile's reconnect of B: its leftovers go first, then a new chain on the same device.
+    const again = await env.driver.connect(b.connection, call());
+    expect(again.path).toBe(db.path);
+    expect(readAt(again.path, 4096, MiB).equals(bytes)).toBe(true);
+    expect((await fuseMountsUnder(env.host.fs, mountB)).length).toBe(1);
+
+    await env.driver.disconnect(b.connection, again, { force: false, signal: AbortSignal.timeout(60_000) });
+    await expectNothingLeft(env);
+  }, 120_000);
+});
