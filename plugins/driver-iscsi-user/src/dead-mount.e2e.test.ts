@@ -1,10 +1,13 @@
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { lstat } from 'node:fs/promises';
+import { lstat, rm } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Device } from '@berth/core';
 import { createHostServices } from '@berth/host';
 import { abortFuseConnection, FUSE_CONNECTIONS_DIR, fusectlMounted, fuseMountsUnder, loopInfo, removeFuseExport, StorageDaemon } from '@berth/qemu';
+import { freePort } from '@berth/simhost/real';
 import { exportRecords, userPaths } from './export-records.js';
+import { secretFile } from './lun-plumbing.js';
 import { call, createUserTestEnv, expectNothingLeft, readAt, writeAt, type UserTestEnv } from './test-user-env.js';
 
 // A dead FUSE mount at a mount point berth owns — what the watcher leaves when it aborts an
@@ -90,6 +93,62 @@ describe('iscsi-user: a dead FUSE mount at its own mount point', () => {
     expect((await fuseMountsUnder(env.host.fs, mountB)).length).toBe(1);
 
     await env.driver.disconnect(b.connection, again, { force: false, signal: AbortSignal.timeout(60_000) });
+    await expectNothingLeft(env);
+  }, 120_000);
+
+  it('a restore that cannot rebuild a LUN (portal dead, CHAP secret gone) keeps its loop device bound to the dead FUSE file (I/O fails, the number is never free); reconcile\'s reconnect and detach --force then go', async () => {
+    const a = await env.makeVolume(4 * MiB);
+    const b = await env.makeVolume(4 * MiB);
+    const da = await env.driver.connect(a.connection, call());
+    const db = await env.driver.connect(b.connection, call());
+    const bytes = randomBytes(4096);
+    writeAt(da.path, bytes, 2 * MiB);
+    const paths = userPaths(env.dataDir);
+    const records = exportRecords(paths);
+    const keyA = String(da.meta?.['key']);
+    const keyB = String(db.meta?.['key']);
+    const mountA = String(da.identity?.['mountpoint']);
+    const mountB = String(db.identity?.['mountpoint']);
+
+    // A's recorded portal: a port nothing listens on (what a blocked portal looks like to the probe).
+    const deadPortal = `127.0.0.1:${await freePort(['127.0.0.1'])}`;
+    const recordA = await records.load(keyA);
+    await records.save({ ...recordA!, portal: deadPortal });
+    // B's CHAP password gone from this host.
+    await rm(secretFile(paths, keyB));
+
+    const pid = await env.daemonPid();
+    process.kill(pid!, 'SIGKILL');
+    await env.host.waiter.waitUntil('/proc', async () => ((await env.daemonPid()) === undefined ? true : undefined), { timeoutMs: 10_000 });
+    // Any operation restarts the daemon and restores: neither LUN can be rebuilt.
+    expect(await env.driver.connected?.()).toEqual([]);
+    expect((await env.daemonPid()) ?? 0).not.toBe(pid);
+
+    for (const [key, device, mountpoint, why] of [
+      [keyA, da.path, mountA, /portal .* did not answer/],
+      [keyB, db.path, mountB, /CHAP password is no longer on this host/],
+    ] as const) {
+      const record = await records.load(key);
+      expect(record?.status).toBe('failed');
+      expect(record?.failure).toMatch(why);
+      expect(record?.failure).toMatch(/stays bound to its dead FUSE file/);
+      // Still bound to the dead FUSE file: the number was never given back...
+      expect((await loopInfo(env.host.fs, device))?.backingFile).toBe(mountpoint);
+      expect(await lstatCode(mountpoint)).toBe('ENOTCONN');
+      // ...and I/O through it fails instead of reaching anything.
+      expect(() => execFileSync('dd', [`if=${device}`, 'of=/dev/null', 'bs=4096', 'count=1', 'iflag=direct', 'status=none'], { timeout: 10_000, stdio: 'pipe' })).toThrow();
+    }
+
+    // reconcile's reconnect of A (its connection names the live portal): on the same device, with its bytes.
+    const again = await env.driver.connect(a.connection, call());
+    expect(again.path).toBe(da.path);
+    expect(readAt(again.path, 4096, 2 * MiB).equals(bytes)).toBe(true);
+    // detach --force of B: its device, dead mount and record go.
+    await env.driver.disconnect(b.connection, db, { force: true, signal: AbortSignal.timeout(60_000) });
+    expect(await fuseMountsUnder(env.host.fs, mountB)).toEqual([]);
+    expect((await loopInfo(env.host.fs, db.path))?.backingFile).not.toBe(mountB);
+
+    await env.driver.disconnect(a.connection, again, { force: false, signal: AbortSignal.timeout(60_000) });
     await expectNothingLeft(env);
   }, 120_000);
 });
