@@ -5,7 +5,7 @@ import { acquireFileLock, LockTimeoutError, type ReleaseLock } from '@berth/host
 import { detachFuseLoop, fuseMountsUnder, listExports, loopInfo, unmountFuseUnder, type QmpClient, type StorageDaemon } from '@berth/qemu';
 import type { AttachStateFileStore } from '@berth/iscsi';
 import type { ExportRecord } from './export-records.js';
-import { buildChain, loopsBacking, messageOf, mountpointOf, secretFile, teardownChain, type PlumbingDeps } from './lun-plumbing.js';
+import { buildChain, holdNumber, loopsBacking, messageOf, mountpointOf, placeholderOf, secretFile, teardownChain, type PlumbingDeps } from './lun-plumbing.js';
 import { portalAnswers } from './portal-probe.js';
 import { exportNames } from './user-connection.js';
 
@@ -197,8 +197,22 @@ export class DaemonSupervisor {
     // stay (an unmount would take the path their devices are found by).
     const kept = new Set<string>();
     /** Whether `record`'s device still backs its (dead) FUSE file: kept so, the number is not free while berth's links may name it. */
-    const stillBound = async (record: ExportRecord): Promise<boolean> =>
-      record.loopDevice !== undefined && (await loopInfo(host.fs, record.loopDevice).catch(() => undefined))?.backingFile === mountpointOf(paths, record.volumeId);
+    const stillBound = async (record: ExportRecord): Promise<boolean> => {
+      if (record.loopDevice === undefined) return false;
+      const backing = (await loopInfo(host.fs, record.loopDevice).catch(() => undefined))?.backingFile;
+      return backing === mountpointOf(paths, record.volumeId) || backing === placeholderOf(paths, record.volumeId);
+    };
+    /**
+     * After a release, a LUN that is not rebuilt: its number, free now, is bound to its placeholder
+     * (read-only, zero length) so that no other program gets it while the links name it. Says what was done.
+     */
+    const hold = async (device: string | undefined, key: string): Promise<string> => {
+      if (device === undefined) return '';
+      const held = await holdNumber(quiet, device, key, AbortSignal.timeout(options.commandTimeoutMs)).catch(() => false);
+      return held
+        ? `; its device ${device} is bound to an empty read-only placeholder until then (I/O through it fails)`
+        : `; its device ${device} could not be kept (another program may have it now: do not use its stable links)`;
+    };
     try {
       // Records that are not active get no chain. A failed one keeps its device bound to its dead
       // FUSE file (I/O through it fails; its number is not given back while core's links may still
@@ -254,7 +268,7 @@ export class DaemonSupervisor {
             continue;
           }
           if (released === 'mounted') {
-            await fail(`the dead FUSE mount ${mountpointOf(paths, record.volumeId)} would not unmount; unmount it (umount -l), then reconnect it (berth reconcile)`);
+            await fail(`the dead FUSE mount ${mountpointOf(paths, record.volumeId)} would not unmount; unmount it (umount -l), then reconnect it (berth reconcile)${await hold(wanted, record.volumeId)}`);
             continue;
           }
           const backing = await backingOf(wanted);
@@ -282,7 +296,8 @@ export class DaemonSupervisor {
           // Another program may take the loop number between the check above and losetup.
           const backing = await backingOf(wanted).catch(() => undefined);
           const taken = wanted !== undefined && backing !== undefined && backing !== mountpointOf(paths, record.volumeId);
-          await fail(taken ? takenMessage(wanted, backing) : `rebuilding it on the restarted qemu-storage-daemon failed: ${messageOf(error)}`);
+          const kept = !taken && backing === undefined ? await hold(wanted, record.volumeId) : '';
+          await fail(taken ? takenMessage(wanted, backing) : `rebuilding it on the restarted qemu-storage-daemon failed: ${messageOf(error)}; reconnect it (berth reconcile)${kept}`);
         }
       }
     } finally {

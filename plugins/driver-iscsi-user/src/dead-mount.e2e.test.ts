@@ -7,7 +7,7 @@ import { createHostServices } from '@berth/host';
 import { abortFuseConnection, FUSE_CONNECTIONS_DIR, fusectlMounted, fuseMountsUnder, loopInfo, removeFuseExport, StorageDaemon } from '@berth/qemu';
 import { freePort } from '@berth/simhost/real';
 import { exportRecords, userPaths } from './export-records.js';
-import { secretFile } from './lun-plumbing.js';
+import { placeholderOf, secretFile } from './lun-plumbing.js';
 import { call, createUserTestEnv, expectNothingLeft, readAt, writeAt, type UserTestEnv } from './test-user-env.js';
 
 // A dead FUSE mount at a mount point berth owns — what the watcher leaves when it aborts an
@@ -147,6 +147,53 @@ describe('iscsi-user: a dead FUSE mount at its own mount point', () => {
     await env.driver.disconnect(b.connection, db, { force: true, signal: AbortSignal.timeout(60_000) });
     expect(await fuseMountsUnder(env.host.fs, mountB)).toEqual([]);
     expect((await loopInfo(env.host.fs, db.path))?.backingFile).not.toBe(mountB);
+
+    await env.driver.disconnect(a.connection, again, { force: false, signal: AbortSignal.timeout(60_000) });
+    await expectNothingLeft(env);
+  }, 120_000);
+
+  it('a restore whose rebuild fails after the release (the login refused): the loop number is bound to an empty read-only placeholder, never free; reconnect and detach release it', async () => {
+    const a = await env.makeVolume(4 * MiB);
+    const b = await env.makeVolume(4 * MiB);
+    const da = await env.driver.connect(a.connection, call());
+    const db = await env.driver.connect(b.connection, call());
+    const bytes = randomBytes(4096);
+    writeAt(da.path, bytes, MiB);
+    const paths = userPaths(env.dataDir);
+    const records = exportRecords(paths);
+    const keys = [String(da.meta?.['key']), String(db.meta?.['key'])];
+    // Both records name a CHAP user the target does not know: the portal answers, the secret is
+    // there, the device is released, and the login of the rebuild is refused.
+    for (const key of keys) {
+      const record = await records.load(key);
+      await records.save({ ...record!, username: 'not-the-user' });
+    }
+    const pid = await env.daemonPid();
+    process.kill(pid!, 'SIGKILL');
+    await env.host.waiter.waitUntil('/proc', async () => ((await env.daemonPid()) === undefined ? true : undefined), { timeoutMs: 10_000 });
+    expect(await env.driver.connected?.()).toEqual([]);
+
+    for (const [key, device] of [
+      [keys[0]!, da.path],
+      [keys[1]!, db.path],
+    ] as const) {
+      const record = await records.load(key);
+      expect(record?.status).toBe('failed');
+      expect(record?.failure).toMatch(/rebuilding it on the restarted qemu-storage-daemon failed: .*placeholder/);
+      expect((await loopInfo(env.host.fs, device))?.backingFile).toBe(placeholderOf(paths, key));
+      // Writes through it are refused; it has no bytes to read.
+      expect(() => execFileSync('dd', ['if=/dev/zero', `of=${device}`, 'bs=4096', 'count=1', 'oflag=direct', 'status=none'], { timeout: 10_000, stdio: 'pipe' })).toThrow();
+      expect(execFileSync('blockdev', ['--getsize64', device], { encoding: 'utf8', timeout: 10_000 }).trim()).toBe('0');
+    }
+
+    // Reconnect of A (the connection's CHAP account): the placeholder goes, the chain is built on the same number, bytes intact.
+    const again = await env.driver.connect(a.connection, call());
+    expect(again.path).toBe(da.path);
+    expect(readAt(again.path, 4096, MiB).equals(bytes)).toBe(true);
+    // detach of B (not forced): the placeholder device and file go.
+    await env.driver.disconnect(b.connection, db, { force: false, signal: AbortSignal.timeout(60_000) });
+    expect((await loopInfo(env.host.fs, db.path))?.backingFile).not.toBe(placeholderOf(paths, keys[1]!));
+    expect(await lstatCode(placeholderOf(paths, keys[1]!))).toBe('ENOENT');
 
     await env.driver.disconnect(a.connection, again, { force: false, signal: AbortSignal.timeout(60_000) });
     await expectNothingLeft(env);
