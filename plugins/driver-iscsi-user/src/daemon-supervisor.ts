@@ -5,7 +5,7 @@ import { acquireFileLock, LockTimeoutError, type ReleaseLock } from '@berth/host
 import { detachFuseLoop, fuseMountsUnder, listExports, loopInfo, unmountFuseUnder, type QmpClient, type StorageDaemon } from '@berth/qemu';
 import type { AttachStateFileStore } from '@berth/iscsi';
 import type { ExportRecord } from './export-records.js';
-import { buildChain, loopsBacking, messageOf, mountpointOf, secretFile, teardownChain, type PlumbingDeps } from './lun-plumbing.js';
+import { buildChain, holdNumber, loopsBacking, messageOf, mountpointOf, placeholderOf, secretFile, teardownChain, type PlumbingDeps } from './lun-plumbing.js';
 import { portalAnswers } from './portal-probe.js';
 import { exportNames } from './user-connection.js';
 
@@ -193,9 +193,36 @@ export class DaemonSupervisor {
     };
     const backingOf = async (device: string | undefined): Promise<string | undefined> => (device === undefined ? undefined : (await loopInfo(host.fs, device))?.backingFile);
     const takenMessage = (device: string, backing: string): string => `its loop device ${device} now backs another file (${backing}); reconnect it (berth reconcile) on a new device`;
+    // Failed records whose loop devices were left bound to their dead FUSE files: their dead mounts
+    // stay (an unmount would take the path their devices are found by).
+    const kept = new Set<string>();
+    /** Whether `record`'s device still backs its (dead) FUSE file: kept so, the number is not free while berth's links may name it. */
+    const stillBound = async (record: ExportRecord): Promise<boolean> => {
+      if (record.loopDevice === undefined) return false;
+      const backing = (await loopInfo(host.fs, record.loopDevice).catch(() => undefined))?.backingFile;
+      return backing === mountpointOf(paths, record.volumeId) || backing === placeholderOf(paths, record.volumeId);
+    };
+    /**
+     * After a release, a LUN that is not rebuilt: its number, free now, is bound to its placeholder
+     * (read-only, zero length) so that no other program gets it while the links name it. Says what was done.
+     */
+    const hold = async (device: string | undefined, key: string): Promise<string> => {
+      if (device === undefined) return '';
+      const held = await holdNumber(quiet, device, key, AbortSignal.timeout(options.commandTimeoutMs)).catch(() => false);
+      return held
+        ? `; its device ${device} is bound to an empty read-only placeholder until then (I/O through it fails)`
+        : `; its device ${device} could not be kept (another program may have it now: do not use its stable links)`;
+    };
     try {
-      // Records that are not active get no chain: their devices and mounts are only cleared.
-      for (const record of all) if (record.status !== 'active') await release(record).catch(() => undefined);
+      // Records that are not active get no chain. A failed one keeps its device bound to its dead
+      // FUSE file (I/O through it fails; its number is not given back while core's links may still
+      // name it) for its detach or reconnect to remove; what a cut-short connect left (handed to
+      // nobody, no link names it) is cleared.
+      for (const record of all) {
+        if (record.status === 'active') continue;
+        if (record.status === 'failed' && (await stillBound(record))) kept.add(mountpointOf(paths, record.volumeId));
+        else await release(record).catch(() => undefined);
+      }
       for (const record of all) {
         if (record.status !== 'active') continue;
         const names = exportNames(record.iqn, record.lun);
@@ -204,8 +231,34 @@ export class DaemonSupervisor {
           const { restoring: _restoring, ...rest } = record;
           await records.save({ ...rest, status: 'failed', failure: reason, updatedAt: new Date().toISOString() });
         };
+        /** A failure found before the device is released: it stays bound to its dead FUSE file (I/O through it fails, its number is not free). */
+        const failBound = async (reason: string): Promise<void> => {
+          const bound = await stillBound(record);
+          if (bound) kept.add(mountpointOf(paths, record.volumeId));
+          await fail(bound ? `${reason}; its device ${record.loopDevice} stays bound to its dead FUSE file until then (I/O through it fails)` : reason);
+        };
         const wanted = record.loopDevice;
         try {
+          // What needs no release is checked first: a LUN that cannot be rebuilt keeps its device
+          // bound to the dead FUSE file rather than giving its number back while the attachment's
+          // links still name it (another program's losetup could take it and get their writes).
+          // The operation that found the daemon dead may pass its deadline mid-restore: what is not
+          // rebuilt by then is failed clearly, never left on a free number.
+          if (signal.aborted) {
+            await failBound('the operation that found qemu-storage-daemon dead ran out of time before this export was rebuilt; reconnect it (berth reconcile)');
+            continue;
+          }
+          if (record.username !== undefined && !existsSync(secretFile(paths, record.volumeId))) {
+            await failBound('its CHAP password is no longer on this host; reconnect it (berth reconcile) to get it from the backend');
+            continue;
+          }
+          // qemu's login blocks its main loop — every export on the daemon, and the rebuilds after
+          // this one — while a portal does not answer: a dead one is found out first, and the LUN
+          // left to reconcile, whose connect takes a live portal (and checks its target).
+          if (!(await portalAnswers(record.portal, options.portalProbeMs, signal))) {
+            await failBound(`its portal ${record.portal} did not answer when qemu-storage-daemon was restarted, so it was not rebuilt there (a login to it would stall the daemon); reconnect it (berth reconcile) through a portal that answers`);
+            continue;
+          }
           // Released from here on until rebuilt: a process killed in between leaves the record
           // saying so, for the next one's `restoreOrphans`.
           if (record.restoring !== true) await records.save({ ...record, restoring: true, updatedAt: new Date().toISOString() });
@@ -215,24 +268,7 @@ export class DaemonSupervisor {
             continue;
           }
           if (released === 'mounted') {
-            await fail(`the dead FUSE mount ${mountpointOf(paths, record.volumeId)} would not unmount; unmount it (umount -l), then reconnect it (berth reconcile)`);
-            continue;
-          }
-          // The operation that found the daemon dead may pass its deadline mid-restore: what is not
-          // rebuilt by then is failed clearly, released, never left pointing at a dead file.
-          if (signal.aborted) {
-            await fail('the operation that found qemu-storage-daemon dead ran out of time before this export was rebuilt; reconnect it (berth reconcile)');
-            continue;
-          }
-          if (record.username !== undefined && !existsSync(secretFile(paths, record.volumeId))) {
-            await fail('its CHAP password is no longer on this host; reconnect it (berth reconcile) to get it from the backend');
-            continue;
-          }
-          // qemu's login blocks its main loop — every export on the daemon, and the rebuilds after
-          // this one — while a portal does not answer: a dead one is found out first, and the LUN
-          // left to reconcile, whose connect takes a live portal (and checks its target).
-          if (!(await portalAnswers(record.portal, options.portalProbeMs, signal))) {
-            await fail(`its portal ${record.portal} did not answer when qemu-storage-daemon was restarted, so it was not rebuilt there (a login to it would stall the daemon); reconnect it (berth reconcile) through a portal that answers`);
+            await fail(`the dead FUSE mount ${mountpointOf(paths, record.volumeId)} would not unmount; unmount it (umount -l), then reconnect it (berth reconcile)${await hold(wanted, record.volumeId)}`);
             continue;
           }
           const backing = await backingOf(wanted);
@@ -260,7 +296,8 @@ export class DaemonSupervisor {
           // Another program may take the loop number between the check above and losetup.
           const backing = await backingOf(wanted).catch(() => undefined);
           const taken = wanted !== undefined && backing !== undefined && backing !== mountpointOf(paths, record.volumeId);
-          await fail(taken ? takenMessage(wanted, backing) : `rebuilding it on the restarted qemu-storage-daemon failed: ${messageOf(error)}`);
+          const kept = !taken && backing === undefined ? await hold(wanted, record.volumeId) : '';
+          await fail(taken ? takenMessage(wanted, backing) : `rebuilding it on the restarted qemu-storage-daemon failed: ${messageOf(error)}; reconnect it (berth reconcile)${kept}`);
         }
       }
     } finally {
@@ -269,7 +306,7 @@ export class DaemonSupervisor {
       const live = new Set(report.restored.map((key) => mountpointOf(paths, key)));
       const mine = only === undefined ? undefined : new Set([...only].map((key) => mountpointOf(paths, key)));
       for (const mount of await fuseMountsUnder(host.fs, paths.mounts).catch(() => [])) {
-        if (!live.has(mount.target) && (mine === undefined || mine.has(mount.target))) await unmountFuseUnder(host, mount.target, options.commandTimeoutMs).catch(() => undefined);
+        if (!live.has(mount.target) && !kept.has(mount.target) && (mine === undefined || mine.has(mount.target))) await unmountFuseUnder(host, mount.target, options.commandTimeoutMs).catch(() => undefined);
       }
       this.lastRestore = report;
       logger.warn(

@@ -23,7 +23,7 @@ import { DaemonSupervisor } from './daemon-supervisor.js';
 import { firstLivePortal, portalAnswers as answers } from './portal-probe.js';
 import { exportRecords, userPaths, type ExportRecord } from './export-records.js';
 import { checkUserHost, checkUserHostCached, kernelInitiatorUsable, userInitiatorName } from './host-check.js';
-import { buildChain, loginNode, loopsBacking, messageOf, mountpointOf, secretFile, teardownChain, type PlumbingDeps } from './lun-plumbing.js';
+import { buildChain, loginNode, loopsBacking, messageOf, mountpointOf, placeholderOf, secretFile, teardownChain, type PlumbingDeps } from './lun-plumbing.js';
 import { zIscsiUserOptions, type IscsiUserOptions } from './options.js';
 import { exportNames, parseUserConnection, type ExportNames, type UserLun } from './user-connection.js';
 import { ensureWatcher, watcherFiles, WatcherRestarts } from './watch-start.js';
@@ -236,7 +236,13 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
     }
     // Whatever a cut-short connect or a failed restore left goes first; a new chain is built. A
     // connect records the LUN before it makes anything, so without a record there is nothing.
-    const cleanup = existing ? await teardownChain(deps, qmp, names, existing.status === 'active' ? existing.loopDevice : undefined, call.signal) : 'removed';
+    // A record that is not `active` was handed to nobody or lost its export (failed by the watcher
+    // or a restore: nothing written through its device can reach the target any more), so a flush
+    // that fails there does not stop its removal; a dead FUSE mount left at its mount point is
+    // unmounted (`teardownChain`).
+    const cleanup = existing
+      ? await teardownChain(deps, qmp, names, existing.status === 'active' ? existing.loopDevice : undefined, call.signal, { force: existing.status !== 'active' })
+      : 'removed';
     if (cleanup === 'held-open') {
       throw new BerthError('CONFLICT', `an earlier loop device of LUN ${lun.lun} of ${lun.iqn} is still held open`, {
         hint: `close what holds it (losetup --list shows its backing file ${mountpointOf(paths, names.key)}), then connect again`,
@@ -391,7 +397,9 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
     let mismatch: BerthError | undefined;
     if (device?.path && device.identity?.kind === IDENTITY_KIND) {
       const info = await loopInfo(host.fs, device.path);
-      if (info?.backingFile !== undefined && (info.backingFile !== mountpoint || info.rdev !== device.identity.rdev)) {
+      // Its number bound to this LUN's placeholder (a restore that could not rebuild it) is still its own.
+      const own = info?.backingFile === mountpoint || info?.backingFile === placeholderOf(paths, names.key);
+      if (info?.backingFile !== undefined && (!own || info.rdev !== device.identity.rdev)) {
         mismatch = new BerthError('CONFLICT', `${device.path} is no longer the device of LUN ${lun.lun} of ${lun.iqn}: it backs ${info.backingFile}`, {
           hint: `berth left ${device.path} alone and removed its own export of this LUN; detach --force finishes the detach`,
           details: { reason: 'identity-mismatch', device: device.path, expected: mountpoint, found: info.backingFile },
@@ -400,7 +408,9 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
       }
     }
     const loop = candidates.find(() => true);
-    const ownLoop = loop !== undefined && (await loopInfo(host.fs, loop))?.backingFile === mountpoint ? loop : undefined;
+    const loopBacking = loop === undefined ? undefined : (await loopInfo(host.fs, loop))?.backingFile;
+    // Its FUSE file's device, or its number held on its placeholder (a restore that could not rebuild it): either is checked for holders.
+    const ownLoop = loop !== undefined && (loopBacking === mountpoint || loopBacking === placeholderOf(paths, names.key)) ? loop : undefined;
     // Before anything is removed: a held device is refused untouched (the detach rolls back into
     // attached), not found held halfway through the teardown.
     if (ownLoop !== undefined && !opts.force) {

@@ -1,4 +1,4 @@
-import { rm } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { BerthError, type FaultPoints, type Logger } from '@berth/core';
 import type { HostServices } from '@berth/host';
@@ -16,6 +16,7 @@ import {
   removeFuseExport,
   removeIscsiNode,
   wireLun,
+  unmountFuseUnder,
   type QmpClient,
 } from '@berth/qemu';
 import type { UserPaths } from './export-records.js';
@@ -175,8 +176,66 @@ export async function teardownChain(
     await removeIscsiNode(qmp, names.nodeB, undefined, qmpOptions);
     await removeIscsiNode(qmp, names.node, names.secretId, qmpOptions);
   }
-  await rm(mountpoint, { force: true });
+  await releasePlaceholder(deps, names.key, step);
+  await removeMountpoint(deps, mountpoint);
   return 'removed';
+}
+
+/**
+ * The zero-length file a LUN's loop number is bound to, read-only, while its chain could not be
+ * rebuilt after the device was released (`holdNumber`): the number stays taken while core's links
+ * name it, and I/O through it fails (writes EPERM, reads see 0 bytes) instead of reaching another
+ * program's file.
+ */
+export function placeholderOf(paths: UserPaths, key: string): string {
+  return path.join(paths.root, 'placeholders', key);
+}
+
+/**
+ * Bind `device` (free) read-only to the LUN's placeholder (`placeholderOf`). Resolves whether the
+ * device backs it now (another program may have taken the number first: then false).
+ */
+export async function holdNumber(deps: Pick<PlumbingDeps, 'host' | 'paths' | 'options'>, device: string, key: string, signal: AbortSignal): Promise<boolean> {
+  const file = placeholderOf(deps.paths, key);
+  await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+  await writeFile(file, '', { mode: 0o400 });
+  await deps.host.runner.run('losetup', ['--read-only', '--direct-io=off', '--', device, file], { timeoutMs: deps.options.commandTimeoutMs, signal, reject: false });
+  return (await loopInfo(deps.host.fs, device))?.backingFile === file;
+}
+
+/** Detach the loop devices on the LUN's placeholder (`holdNumber`) and remove it. */
+export async function releasePlaceholder(deps: Pick<PlumbingDeps, 'host' | 'paths'>, key: string, step: { timeoutMs: number; signal: AbortSignal }): Promise<void> {
+  const file = placeholderOf(deps.paths, key);
+  for (const device of await loopsBacking(deps, file)) {
+    // Nothing berth wrote can be lost on it: it was never writable. A holder defers the detach to its last close.
+    await detachFuseLoop(deps.host, device, file, { ...step, whenHeld: 'defer' });
+  }
+  await rm(file, { force: true });
+}
+
+/**
+ * Remove a LUN's mount point file. A dead FUSE mount there — its export deleted or its daemon gone
+ * while the mount stayed (the watcher deletes an aborted export so; a daemon killed leaves one):
+ * `lstat` answers ENOTCONN (ECONNABORTED while the connection is aborted but not yet closed) — is
+ * unmounted lazily (`umount -l`: a loop device still on its file keeps it until its last close)
+ * and the file removed then. Any other error is thrown as it is.
+ */
+export async function removeMountpoint(deps: Pick<PlumbingDeps, 'host' | 'options' | 'logger'>, mountpoint: string): Promise<void> {
+  try {
+    await rm(mountpoint, { force: true });
+    return;
+  } catch (error) {
+    if (!isDeadMountError(error)) throw error;
+    const unmounted = await unmountFuseUnder(deps.host, mountpoint, deps.options.commandTimeoutMs);
+    deps.logger.info({ mountpoint, unmounted, err: messageOf(error) }, 'a dead FUSE mount was left at the mount point: unmounted it (lazily)');
+  }
+  await rm(mountpoint, { force: true });
+}
+
+/** ENOTCONN / ECONNABORTED: what a path on a FUSE mount whose connection is gone or aborted answers. */
+export function isDeadMountError(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return code === 'ENOTCONN' || code === 'ECONNABORTED';
 }
 
 /** Loop devices whose backing file is `file` (sysfs), for leftovers whose device was not recorded. */
