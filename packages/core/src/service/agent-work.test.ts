@@ -19,14 +19,20 @@ import { machineChange } from './agent-work.js';
 
 const TEN_MINUTES = 600_000;
 
-/** A service on the memory store, h-3's agent registered with it, and that agent's loop. */
-async function serveWithAgent(failDisconnect?: BerthError) {
+/** A service on the memory store whose agents' leases last ten minutes (nothing expires in a test). */
+function agentService(more: { operationTimeoutMs?: number } = {}) {
   const store = createMemoryStore();
   const config = resolveConfig(
-    { dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', operationTimeoutMs: 60_000, agent: { leaseMs: TEN_MINUTES, pollWaitMs: 1_000, offlineAfterMs: TEN_MINUTES } },
+    { dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', ...more, agent: { leaseMs: TEN_MINUTES, pollWaitMs: 1_000, offlineAfterMs: TEN_MINUTES } },
     {},
   );
   const service = new BerthServiceImpl(config, store, memCatalog(new Map()), { hostname: 'h-1', ips: [], platform: 'x86_64', osType: 'linux' }, silentLogger);
+  return { store, service };
+}
+
+/** A service on the memory store, h-3's agent registered with it, and that agent's loop. */
+async function serveWithAgent(failDisconnect?: BerthError) {
+  const { service } = agentService({ operationTimeoutMs: 60_000 });
   const session = await service.agentWork.register('h-3', { instance: 'boot-1', version: '0.1.0', connector: { host: 'h-3' }, transports: ['mem'], consumers: ['mem'] });
   const there = new Map<string, Device>();
   const h3 = { catalog: memCatalog(there), logger: silentLogger, baseConnector: () => ({ host: 'h-3' }) };
@@ -87,12 +93,7 @@ describe('the agent protocol served in the waiting process', () => {
 
 describe('a replaced agent', () => {
   it('its waiting claim is answered with CONFLICT at once, and the work made after goes to its successor only', async () => {
-    const store = createMemoryStore();
-    const config = resolveConfig(
-      { dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', agent: { leaseMs: TEN_MINUTES, pollWaitMs: 1_000, offlineAfterMs: TEN_MINUTES } },
-      {},
-    );
-    const service = new BerthServiceImpl(config, store, memCatalog(new Map()), { hostname: 'h-1', ips: [], platform: 'x86_64', osType: 'linux' }, silentLogger);
+    const { store, service } = agentService();
     const registration = { version: '0.1.0', connector: { host: 'h-3' }, transports: ['mem'], consumers: ['mem'] };
     try {
       const old = await service.agentWork.register('h-3', { instance: 'boot-1', ...registration });
@@ -126,12 +127,7 @@ describe('a replaced agent', () => {
 
 describe('a long-poll woken by new work', () => {
   it('answers nothing and claims nothing (its answer may sit unread in a frozen agent): the item stays pending for the claim the agent sends next', async () => {
-    const store = createMemoryStore();
-    const config = resolveConfig(
-      { dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', agent: { leaseMs: TEN_MINUTES, pollWaitMs: 1_000, offlineAfterMs: TEN_MINUTES } },
-      {},
-    );
-    const service = new BerthServiceImpl(config, store, memCatalog(new Map()), { hostname: 'h-1', ips: [], platform: 'x86_64', osType: 'linux' }, silentLogger);
+    const { store, service } = agentService();
     try {
       const session = await service.agentWork.register('h-3', { instance: 'boot-1', version: '0.1.0', connector: { host: 'h-3' }, transports: ['mem'], consumers: ['mem'] });
       const started = Date.now();
@@ -153,12 +149,7 @@ describe('a long-poll woken by new work', () => {
 
 describe('an agent whose host is not registered', () => {
   it('tells a host known without an agent (no-agent) from one that is gone — forgotten after its agent registered (unknown-host)', async () => {
-    const store = createMemoryStore();
-    const config = resolveConfig(
-      { dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', agent: { leaseMs: TEN_MINUTES, pollWaitMs: 1_000, offlineAfterMs: TEN_MINUTES } },
-      {},
-    );
-    const service = new BerthServiceImpl(config, store, memCatalog(new Map()), { hostname: 'h-1', ips: [], platform: 'x86_64', osType: 'linux' }, silentLogger);
+    const { store, service } = agentService();
     try {
       // h-4 is known (a server named it) but no agent ever registered for it.
       await service.createServer({ name: 'web-4', host: 'h-4' });
