@@ -296,8 +296,8 @@ export class DaemonSupervisor {
           // Another program may take the loop number between the check above and losetup.
           const backing = await backingOf(wanted).catch(() => undefined);
           const taken = wanted !== undefined && backing !== undefined && backing !== mountpointOf(paths, record.volumeId);
-          const kept = !taken && backing === undefined ? await hold(wanted, record.volumeId) : '';
-          await fail(taken ? takenMessage(wanted, backing) : `rebuilding it on the restarted qemu-storage-daemon failed: ${messageOf(error)}; reconnect it (berth reconcile)${kept}`);
+          const held = !taken && backing === undefined ? await hold(wanted, record.volumeId) : '';
+          await fail(taken ? takenMessage(wanted, backing) : `rebuilding it on the restarted qemu-storage-daemon failed: ${messageOf(error)}; reconnect it (berth reconcile)${held}`);
         }
       }
     } finally {
