@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import {
   BerthError,
   MAX_OPERATION_LIST,
@@ -332,10 +331,7 @@ export class RemoteBerthService implements BerthService {
       path,
       query: { projectId },
       body,
-      // Every start carries a key (the caller's, or one of its own): a replica that took it and
-      // froze is then passed over, and the next one replays the operation if the first journalled
-      // it (the keys live in the shared store) — without one, the start could go nowhere else.
-      idempotencyKey: idempotencyKey ?? randomUUID(),
+      ...(idempotencyKey === undefined ? {} : { idempotencyKey }),
       ...(wait ? { headers: { prefer: `wait=${this.pollWaitSeconds}` }, waitMs: this.pollWaitSeconds * 1000 } : {}),
     });
     if (answer.status === 200) {
