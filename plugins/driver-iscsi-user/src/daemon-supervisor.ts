@@ -5,7 +5,7 @@ import { acquireFileLock, LockTimeoutError, type ReleaseLock } from '@berth/host
 import { detachFuseLoop, fuseMountsUnder, listExports, loopInfo, unmountFuseUnder, type QmpClient, type StorageDaemon } from '@berth/qemu';
 import type { AttachStateFileStore } from '@berth/iscsi';
 import type { ExportRecord } from './export-records.js';
-import { buildChain, holdNumber, loopsBacking, messageOf, mountpointOf, placeholderOf, secretFile, teardownChain, type PlumbingDeps } from './lun-plumbing.js';
+import { backsLun, buildChain, holdNumber, loopsBacking, messageOf, mountpointOf, secretFile, teardownChain, type PlumbingDeps } from './lun-plumbing.js';
 import { portalAnswers } from './portal-probe.js';
 import { exportNames } from './user-connection.js';
 
@@ -200,7 +200,7 @@ export class DaemonSupervisor {
     const stillBound = async (record: ExportRecord): Promise<boolean> => {
       if (record.loopDevice === undefined) return false;
       const backing = (await loopInfo(host.fs, record.loopDevice).catch(() => undefined))?.backingFile;
-      return backing === mountpointOf(paths, record.volumeId) || backing === placeholderOf(paths, record.volumeId);
+      return backsLun(paths, record.volumeId, backing);
     };
     /**
      * After a release, a LUN that is not rebuilt: its number, free now, is bound to its placeholder

@@ -54,6 +54,18 @@ async function killExportAsTheWatcherDoes(device: Device): Promise<string> {
   return mountpoint;
 }
 
+/** Two LUNs connected, 4 KiB of random bytes written to the first at `offset`, and their export records. */
+async function twoConnectedLuns(offset: number) {
+  const a = await env.makeVolume(4 * MiB);
+  const b = await env.makeVolume(4 * MiB);
+  const da = await env.driver.connect(a.connection, call());
+  const db = await env.driver.connect(b.connection, call());
+  const bytes = randomBytes(4096);
+  writeAt(da.path, bytes, offset);
+  const paths = userPaths(env.dataDir);
+  return { a, b, da, db, bytes, paths, records: exportRecords(paths) };
+}
+
 async function lstatCode(file: string): Promise<string | undefined> {
   return lstat(file).then(
     () => undefined,
@@ -97,14 +109,7 @@ describe('iscsi-user: a dead FUSE mount at its own mount point', () => {
   }, 120_000);
 
   it('a restore that cannot rebuild a LUN (portal dead, CHAP secret gone) keeps its loop device bound to the dead FUSE file (I/O fails, the number is never free); reconcile\'s reconnect and detach --force then go', async () => {
-    const a = await env.makeVolume(4 * MiB);
-    const b = await env.makeVolume(4 * MiB);
-    const da = await env.driver.connect(a.connection, call());
-    const db = await env.driver.connect(b.connection, call());
-    const bytes = randomBytes(4096);
-    writeAt(da.path, bytes, 2 * MiB);
-    const paths = userPaths(env.dataDir);
-    const records = exportRecords(paths);
+    const { a, b, da, db, bytes, paths, records } = await twoConnectedLuns(2 * MiB);
     const keyA = String(da.meta?.['key']);
     const keyB = String(db.meta?.['key']);
     const mountA = String(da.identity?.['mountpoint']);
@@ -153,14 +158,7 @@ describe('iscsi-user: a dead FUSE mount at its own mount point', () => {
   }, 120_000);
 
   it('a restore whose rebuild fails after the release (the login refused): the loop number is bound to an empty read-only placeholder, never free; reconnect and detach release it', async () => {
-    const a = await env.makeVolume(4 * MiB);
-    const b = await env.makeVolume(4 * MiB);
-    const da = await env.driver.connect(a.connection, call());
-    const db = await env.driver.connect(b.connection, call());
-    const bytes = randomBytes(4096);
-    writeAt(da.path, bytes, MiB);
-    const paths = userPaths(env.dataDir);
-    const records = exportRecords(paths);
+    const { a, b, da, db, bytes, paths, records } = await twoConnectedLuns(MiB);
     const keys = [String(da.meta?.['key']), String(db.meta?.['key'])];
     // Both records name a CHAP user the target does not know: the portal answers, the secret is
     // there, the device is released, and the login of the rebuild is refused.

@@ -23,7 +23,7 @@ import { DaemonSupervisor } from './daemon-supervisor.js';
 import { firstLivePortal, portalAnswers as answers } from './portal-probe.js';
 import { exportRecords, userPaths, type ExportRecord } from './export-records.js';
 import { checkUserHost, checkUserHostCached, kernelInitiatorUsable, userInitiatorName } from './host-check.js';
-import { buildChain, loginNode, loopsBacking, messageOf, mountpointOf, placeholderOf, secretFile, teardownChain, type PlumbingDeps } from './lun-plumbing.js';
+import { backsLun, buildChain, loginNode, loopsBacking, messageOf, mountpointOf, secretFile, teardownChain, type PlumbingDeps } from './lun-plumbing.js';
 import { zIscsiUserOptions, type IscsiUserOptions } from './options.js';
 import { exportNames, parseUserConnection, type ExportNames, type UserLun } from './user-connection.js';
 import { ensureWatcher, watcherFiles, WatcherRestarts } from './watch-start.js';
@@ -398,7 +398,7 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
     if (device?.path && device.identity?.kind === IDENTITY_KIND) {
       const info = await loopInfo(host.fs, device.path);
       // Its number bound to this LUN's placeholder (a restore that could not rebuild it) is still its own.
-      const own = info?.backingFile === mountpoint || info?.backingFile === placeholderOf(paths, names.key);
+      const own = backsLun(paths, names.key, info?.backingFile);
       if (info?.backingFile !== undefined && (!own || info.rdev !== device.identity.rdev)) {
         mismatch = new BerthError('CONFLICT', `${device.path} is no longer the device of LUN ${lun.lun} of ${lun.iqn}: it backs ${info.backingFile}`, {
           hint: `berth left ${device.path} alone and removed its own export of this LUN; detach --force finishes the detach`,
@@ -410,7 +410,7 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
     const loop = candidates.find(() => true);
     const loopBacking = loop === undefined ? undefined : (await loopInfo(host.fs, loop))?.backingFile;
     // Its FUSE file's device, or its number held on its placeholder (a restore that could not rebuild it): either is checked for holders.
-    const ownLoop = loop !== undefined && (loopBacking === mountpoint || loopBacking === placeholderOf(paths, names.key)) ? loop : undefined;
+    const ownLoop = loop !== undefined && backsLun(paths, names.key, loopBacking) ? loop : undefined;
     // Before anything is removed: a held device is refused untouched (the detach rolls back into
     // attached), not found held halfway through the teardown.
     if (ownLoop !== undefined && !opts.force) {

@@ -191,6 +191,11 @@ export function placeholderOf(paths: UserPaths, key: string): string {
   return path.join(paths.root, 'placeholders', key);
 }
 
+/** Whether a loop device backing `backing` is LUN `key`'s own: on its FUSE file, or holding its number on its placeholder. */
+export function backsLun(paths: UserPaths, key: string, backing: string | undefined): boolean {
+  return backing !== undefined && (backing === mountpointOf(paths, key) || backing === placeholderOf(paths, key));
+}
+
 /**
  * Bind `device` (free) read-only to the LUN's placeholder (`placeholderOf`). Resolves whether the
  * device backs it now (another program may have taken the number first: then false).
