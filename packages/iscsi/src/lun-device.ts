@@ -4,7 +4,7 @@ import { findIscsiSession, readSessionTarget, type IscsiSession } from './iscsi-
 import { samePortal, type Portal } from './portal.js';
 import { scanSlices } from './scan-schedule.js';
 import { findBlockDeviceByHctl, findLunByHctl, scanLun, scsiDeviceOf, type Hctl, type ScsiDeviceRead } from './scsi-sysfs.js';
-import { blockName } from './sysfs-read.js';
+import { blockName, readTrimmed } from './sysfs-read.js';
 import { readWwid, scsiWwnFromWwid } from './wwid.js';
 
 /** One LUN of one target through one portal, as a transport has parsed it from its connection_info. */
@@ -117,16 +117,39 @@ export async function scanAndWait(
       }
     }
   }
-  throw new BerthError(
-    'TIMEOUT',
-    `LUN ${target.lun} of ${target.iqn}${options.namePortal === true ? ` at ${target.portalText}` : ''} did not appear as a block device within ${options.timeoutMs} ms (${slices.length} scan(s) of session ${session.sid})`,
-    {
-      hint:
-        'check that the target exports this LUN to this host\'s initiator (the backend\'s ACL and LUN number), ' +
-        `look at \`iscsiadm -m session -P 3\` and the kernel log; on a slow host raise the ${options.transport} transport's deviceTimeoutMs`,
-      details: { sid: session.sid, lun: target.lun, kernelLun: target.kernelLun, timeoutMs: options.timeoutMs, scans: slices.length },
-    },
-  );
+  const what = `LUN ${target.lun} of ${target.iqn}${options.namePortal === true ? ` at ${target.portalText}` : ''} did not appear as a block device within ${options.timeoutMs} ms (${slices.length} scan(s) of session ${session.sid})`;
+  const details = { sid: session.sid, lun: target.lun, kernelLun: target.kernelLun, timeoutMs: options.timeoutMs, scans: slices.length };
+  // A scan needs the session up: when the target stopped answering meanwhile (tgtd killed, the
+  // portal unreachable) the wait was lost to that, and saying "not exported" would send the user
+  // to the wrong place. The state is read once, at the end (a session that comes back later is
+  // iscsid's recovery, not this attach's).
+  const state = await sessionStateOf(fs, session.sid);
+  if (state !== 'LOGGED_IN') {
+    const why = state === 'gone' ? 'the session is gone (logged out, or removed by the initiator)' : state === 'FAILED' ? 'the session lost its connection to the target (state FAILED: the target stopped answering)' : state === 'FREE' ? 'the session lost its connection to the target and its recovery timed out (state FREE)' : `the session is in state ${state}`;
+    throw new BerthError('TIMEOUT', `${what}: ${why}`, {
+      hint: `check that the target at ${target.portalText} is running and reachable (\`iscsiadm -m session -P 3\` shows the session's state), then run the command again`,
+      details: { ...details, sessionState: state },
+    });
+  }
+  throw new BerthError('TIMEOUT', what, {
+    hint:
+      'check that the target exports this LUN to this host\'s initiator (the backend\'s ACL and LUN number), ' +
+      `look at \`iscsiadm -m session -P 3\` and the kernel log; on a slow host raise the ${options.transport} transport's deviceTimeoutMs`,
+    details,
+  });
+}
+
+/**
+ * The sysfs `state` of session `sid` (`LOGGED_IN`, `FAILED`, `FREE`); `gone` when the session's
+ * directory is; `LOGGED_IN` when it cannot be read (the plain timeout is then the honest message).
+ */
+async function sessionStateOf(fs: HostFs, sid: number): Promise<string> {
+  const dir = `/sys/class/iscsi_session/session${sid}`;
+  try {
+    return (await readTrimmed(fs, `${dir}/state`)) ?? ((await fs.exists(dir)) ? 'LOGGED_IN' : 'gone');
+  } catch {
+    return 'LOGGED_IN';
+  }
 }
 
 /**
