@@ -662,22 +662,33 @@ export function createIscsiUserDriver(context: PluginContext<Partial<IscsiUserOp
       const status = await daemon.status();
       checks.push({ name: 'qemu-storage-daemon', ok: true, detail: status.running ? `running as pid ${status.pid}` : 'not running (started on first use)' });
       const watcher = await daemonStatus(watcherFiles(paths).pidFile);
+      // A watcher gone while LUNs are connected on a running daemon leaves their I/O to wait in
+      // D state for as long as a target is dead: not ok (it was reported ok, an explorer's kill).
+      const unwatched = options.noopIntervalS !== 0 && !watcher.running ? (await records.list()).filter((r) => r.status === 'active') : [];
+      const watchOk = unwatched.length === 0 || !status.running;
       checks.push({
         name: 'dead-target watch',
-        ok: true,
+        ok: watchOk,
         detail:
           options.noopIntervalS === 0
             ? 'off (noopIntervalS 0): I/O on a dead target waits until it returns'
             : watcher.running
               ? `running as pid ${watcher.pid}: a portal silent for ${options.replacementTimeoutS} s gets its LUN's I/O failed (EIO); log ${watcherFiles(paths).logFile}`
-              : 'not running (started at the next connect, and by the upkeep of berth serve or berth agent within upkeep.intervalMs while a LUN is connected)',
+              : watchOk
+                ? 'not running (started at the next connect, and by the upkeep of berth serve or berth agent within upkeep.intervalMs while a LUN is connected)'
+                : `not running while ${unwatched.length} LUN(s) are connected (${unwatched.map((r) => `${r.iqn} LUN ${r.lun}`).join(', ')}): I/O on a dead target would wait until it returns; log ${watcherFiles(paths).logFile}`,
       });
-      const ok = essential && failed.length === 0;
+      if (!watchOk) fixes.push('the watcher is started again by the next iscsi-user attach, or within upkeep.intervalMs by berth serve or berth agent; if it keeps dying, read its log');
+      const ok = essential && failed.length === 0 && watchOk;
       return ok
         ? { ok, summary: `iscsi-user: usable (qemu-storage-daemon, FUSE, loop)${kernel ? '; the kernel initiator is preferred' : ''}`, checks }
         : {
             ok,
-            summary: essential ? `iscsi-user: ${failed.length} export(s) lost (${failed.map((r) => `${r.iqn} LUN ${r.lun}`).join(', ')}; a dead qemu-storage-daemon, a dead target, or a failed connect)` : `iscsi-user: not usable here (${checks.filter((c) => !c.ok).map((c) => c.name).join(', ')})`,
+            summary: !essential
+              ? `iscsi-user: not usable here (${checks.filter((c) => !c.ok).map((c) => c.name).join(', ')})`
+              : failed.length > 0
+                ? `iscsi-user: ${failed.length} export(s) lost (${failed.map((r) => `${r.iqn} LUN ${r.lun}`).join(', ')}; a dead qemu-storage-daemon, a dead target, or a failed connect)${watchOk ? '' : '; the dead-target watcher is not running'}`
+                : `iscsi-user: the dead-target watcher is not running while ${unwatched.length} LUN(s) are connected`,
             checks,
             fix: fixes.join('; '),
           };

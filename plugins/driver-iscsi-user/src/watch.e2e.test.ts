@@ -225,14 +225,24 @@ describe('the iscsi-user watch of dead targets', () => {
     await env.driver.disconnect(paused.connection, device, { ...call(), force: false });
   });
 
-  it('a killed watcher is started again by the next connect', async () => {
+  it('a killed watcher is reported by check() (berth doctor) while its LUN is connected, and started again by the next connect', async () => {
     const env = envs[1]!;
     const { target, device, before } = await connectedThenWatcherKilled(env, 'again');
+    const unwatched = await env.driver.check!();
+    expect(unwatched.ok).toBe(false);
+    expect(unwatched.summary).toMatch(/the dead-target watcher is not running while 1 LUN\(s\) are connected/);
+    const watch = (unwatched.checks ?? []).find((c) => c.name === 'dead-target watch');
+    expect(watch?.ok).toBe(false);
+    expect(watch?.detail).toContain(`${target.iqn} LUN 1`);
+    expect(unwatched.fix).toMatch(/started again by the next iscsi-user attach/);
     // A connect of a LUN already connected (its chain whole) starts it too.
     await env.driver.connect(target.connection, call());
     const after = await watcherPid(env);
     expect(after).toBeDefined();
     expect(after).not.toBe(before);
+    const watched = await env.driver.check!();
+    expect((watched.checks ?? []).find((c) => c.name === 'dead-target watch')?.ok).toBe(true);
+    expect(watched.ok).toBe(true);
     await disconnectedThenWatcherGone(env, target.connection, device, after!);
   });
 
