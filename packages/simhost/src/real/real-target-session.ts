@@ -1,7 +1,7 @@
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { BerthError } from '@berth/core';
-import type { CommandResult, CommandRunner, DeviceWaiter, HostFs } from '@berth/host';
+import { stopDaemon as stopDaemonByPidFile, type CommandResult, type CommandRunner, type DeviceWaiter, type HostFs } from '@berth/host';
 import {
   addFuseExport,
   addIscsiNode,
@@ -13,6 +13,7 @@ import {
   removeIscsiNode,
   setLoopCapacity,
   StorageDaemon,
+  storageDaemonPaths,
   unmountFuseUnder,
   waitForFuseSize,
   wireLun,
@@ -195,15 +196,23 @@ export class RealTargetSession implements TargetSession, LunDiskOwner {
    */
   failIo(): Promise<void> {
     return this.serialize(async () => {
-      const pid = this.liveQmp() ? this.pid : undefined;
-      if (pid === undefined) return;
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        // Gone already.
-      }
-      // Its monitor connection closes as it dies: `liveQmp` then says so.
-      this.qmp?.close();
+      if (this.liveQmp() === undefined) return;
+      await this.killDaemon();
+    });
+  }
+
+  /**
+   * SIGKILL the session's daemon now and wait (bounded) until it is gone — by its pid file, which
+   * a recycled pid cannot fool — and close the session's monitor connection, so `liveQmp` says it
+   * is dead. A SIGSTOPped or hung daemon dies too (SIGKILL needs no cooperation). Its FUSE mounts
+   * are left for `unmountFuseUnder` (lazily, as a dead daemon's must be).
+   */
+  private async killDaemon(): Promise<void> {
+    const dir = this.daemonDir;
+    this.qmp?.close();
+    if (dir === undefined) return;
+    await stopDaemonByPidFile(storageDaemonPaths(dir).pidFile, { timeoutMs: 0, signal: 'SIGKILL' }).catch((error: unknown) => {
+      console.error(`simhost: qemu-storage-daemon in ${dir}: ${error instanceof Error ? error.message : String(error)}`);
     });
   }
 
@@ -407,6 +416,12 @@ export class RealTargetSession implements TargetSession, LunDiskOwner {
    * Parts already gone are skipped. A dead daemon cannot unmount its export ("Transport endpoint
    * is not connected"): its mount is unmounted lazily instead. A daemon killed a moment ago may
    * still look alive (its connection's close not yet read), so a lost connection counts as dead.
+   * A daemon that does not answer within `daemonTimeoutMs` (QMP `TIMEOUT`: its main loop hangs,
+   * say in a `blockdev-del` whose iSCSI logout waits on a dead tgtd, or it is stopped) is hung:
+   * it is killed (the session's other disks fail their I/O, as they would behind it anyway) and
+   * counts as dead, so the release ends and nothing waits on it again — before, the disk stayed
+   * with the hung daemon, every later close waited out the same deadline, and the daemon outlived
+   * the simulated host's stop.
    */
   private async removeExport(exportId: string, fuseFile: string): Promise<void> {
     const names = qmpNames(exportId);
@@ -418,7 +433,8 @@ export class RealTargetSession implements TargetSession, LunDiskOwner {
         await removeFuseExport(qmp, names.exportId, options);
         await removeIscsiNode(qmp, names.node, this.endpoint.auth ? names.secretId : undefined, options);
       } catch (error) {
-        if (!isQmpConnectionLost(error)) throw error;
+        if (BerthError.is(error) && error.code === 'TIMEOUT') await this.killDaemon();
+        else if (!isQmpConnectionLost(error)) throw error;
         dead = true;
       }
     }
@@ -495,10 +511,15 @@ export class RealTargetSession implements TargetSession, LunDiskOwner {
     this.pid = undefined;
     this.daemonDir = undefined;
     qmp?.close();
-    await daemon?.stop();
-    if (dir) {
-      await unmountFuseUnder({ fs: this.ctx.fs, runner: this.ctx.runner }, dir, this.ctx.commandTimeoutMs);
-      await rm(dir, { recursive: true, force: true });
+    try {
+      await daemon?.stop();
+    } finally {
+      // Whatever the stop said (a daemon that would not die is reported by it), what it left under
+      // its directory goes.
+      if (dir) {
+        await unmountFuseUnder({ fs: this.ctx.fs, runner: this.ctx.runner }, dir, this.ctx.commandTimeoutMs);
+        await rm(dir, { recursive: true, force: true });
+      }
     }
   }
 }
