@@ -216,6 +216,48 @@ export class RealTargetSession implements TargetSession, LunDiskOwner {
     });
   }
 
+  /**
+   * The target answers again after `failIo` (the kernel model's iscsid reconnecting): the dead
+   * daemon's loop devices are freed (each disk's own, checked: a held one makes this false and
+   * nothing more is done), the dead daemon's mounts and directory go, a new daemon exports every
+   * disk's LUN again and each disk's loop device is attached to its new FUSE file under the same
+   * name (`losetup <the same /dev/loopN>`: the simulated `/dev/sdX`, a node of its major:minor,
+   * stays valid). Taken meanwhile by someone else, losetup refuses (busy) and nothing is taken
+   * over: the new daemon is killed, the disks stay failed, and this throws. True when done (or
+   * nothing was killed).
+   */
+  revive(): Promise<boolean> {
+    return this.serialize(async () => {
+      if (this.loggedOut) return false;
+      if (this.liveQmp() !== undefined) return true;
+      const disks = [...this.disks];
+      const deps = { runner: this.ctx.runner, waiter: this.ctx.waiter, fs: this.ctx.fs };
+      for (const disk of disks) {
+        const { loopDevice, fuseFile } = disk.plumbing;
+        if ((await detachFuseLoop(deps, loopDevice, fuseFile, { timeoutMs: this.ctx.commandTimeoutMs })) === 'held-open') return false;
+      }
+      await this.stopDaemon();
+      if (disks.length === 0) return true;
+      try {
+        const qmp = await this.ensureDaemon();
+        for (const disk of disks) {
+          const exportId = `lun${disk.lun}-${this.nextDisk++}`;
+          const fuseFile = path.join(this.daemonDir ?? '', `${exportId}.fuse`);
+          await this.addExport(qmp, disk.lun, exportId, fuseFile);
+          const { loopDevice } = disk.plumbing;
+          // The FUSE file is the disk's from here: a failure below leaves it to close() (dead-daemon path).
+          disk.plumbing = { exportId, fuseFile, loopDevice };
+          await attachFuseLoop(this.ctx.runner, fuseFile, { readOnly: false, device: loopDevice, timeoutMs: this.ctx.commandTimeoutMs });
+        }
+      } catch (error) {
+        // Not half back: the disks stay failed (their loop devices over a dead export, or free).
+        await this.killDaemon();
+        throw error;
+      }
+      return true;
+    });
+  }
+
   /** The loop devices of disks a logout could not close (held open), while they are still bound. */
   get heldLoopDevices(): string[] {
     return [...this.disks].map((disk) => disk.plumbing.loopDevice);
