@@ -206,6 +206,40 @@ describe('the simulated kernel over a real tgtd', { timeout: 120_000 }, () => {
     await logoutClean(services, portal);
   });
 
+  it.skipIf(!available)('a tgtd that stops answering past recovery_tmo: the session expires (EIO), and once the portal answers again iscsid revives it: LOGGED_IN, running, I/O works on the same /dev/sda', async () => {
+    // replacement_timeout 2 s in the node record, as a user would set it (not 120 s).
+    const { services, portal, sda } = await watchedDisk({ noop: 1, recovery: 2 });
+    const before = (await fsp.stat(sda)).rdev;
+    await tgtd!.signal('SIGSTOP');
+    try {
+      await vi.waitFor(async () => expect(await states(sim!)).toEqual({ session: 'FREE', disk: 'transport-offline' }), { timeout: 30_000, interval: 100 });
+      // I/O issued while the session is expired fails.
+      const failed = await directRead(sda, 1 << 20);
+      expect(failed.exitCode).not.toBe(0);
+      expect(failed.stderr).toMatch(/Input\/output error/);
+    } finally {
+      await tgtd!.signal('SIGCONT');
+    }
+    await vi.waitFor(async () => expect(await states(sim!)).toEqual({ session: 'LOGGED_IN', disk: 'running' }), { timeout: 30_000, interval: 100 });
+    expect(await services.fs.readFile('/sys/block/sda/device/state')).toBe('running\n');
+    const p3 = await iscsiadm(services, '-m', 'session', '-P', '3');
+    expect(p3.exitCode).toBe(0);
+    expect(p3.stdout).toMatch(/iSCSI Session State: LOGGED_IN/);
+    expect(p3.stdout).toMatch(/Attached scsi disk sda\s+State: running/);
+    // The same node (same device numbers), and new I/O reaches the LUN file again.
+    expect((await fsp.stat(sda)).rdev).toBe(before);
+    expect((await directRead(sda, 2 << 20)).exitCode).toBe(0);
+    const handle = await fsp.open(sda, 'r+');
+    try {
+      await handle.write(Buffer.from('after the revival'), 0, 17, 3 << 20);
+    } finally {
+      await handle.close();
+    }
+    expect((await services.runner.run('blockdev', ['--flushbufs', '/dev/sda'])).exitCode).toBe(0);
+    expect((await fsp.readFile(path.join(dir!, 'lun1.img'))).subarray(3 << 20, (3 << 20) + 17).toString()).toBe('after the revival');
+    await logoutClean(services, portal);
+  });
+
   it.skipIf(!available)('a tgtd that stops answering for less than recovery_tmo: FAILED and blocked, then back, and the read that waited completes', async () => {
     const { services, portal, sda } = await watchedDisk({ noop: 1, recovery: 60 });
     await tgtd!.signal('SIGSTOP');

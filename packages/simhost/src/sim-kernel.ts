@@ -520,10 +520,13 @@ export class SimKernel {
    * a ping every `noop_out_interval`, failed when not answered within `noop_out_timeout`. A failed
    * ping loses the connection (FAILED, devices blocked: their I/O waits); an answer before
    * recovery_tmo brings it back; recovery_tmo passing expires it (FREE, devices transport-offline)
-   * and the target fails the disks' I/O, what waited included. Unlike the kernel, whose iscsid goes
-   * on reconnecting and revives an expired session, the simulated one stays expired until logout:
-   * its disks' backing is gone. A session lost or expired by a fault (`faults.loseSession`) is the
-   * fault's: the watch only undoes what it did itself.
+   * and the target fails the disks' I/O, what waited included. As iscsid goes on reconnecting
+   * after that, the watch goes on pinging an expired session, and the first answer revives it
+   * (`TargetSession.revive`: the disks come back on their backing devices) — LOGGED_IN, connection
+   * up, devices running: new I/O works, what failed meanwhile stays failed. A target without
+   * `revive` stays expired until logout. A session lost or expired by a fault
+   * (`faults.loseSession`) is the fault's: the watch only undoes what it did itself. Its steps run
+   * one at a time, so an answer cannot revive a session whose expiry is still failing its I/O.
    */
   private watchConnection(s: SimSession, request: KernelLoginRequest): void {
     const ping = s.target.ping?.bind(s.target);
@@ -534,6 +537,12 @@ export class SimKernel {
     let lostByWatch = false;
     let next: NodeJS.Timeout | undefined;
     let recovery: NodeJS.Timeout | undefined;
+    let steps: Promise<void> = Promise.resolve();
+    const step = (work: () => Promise<void>): Promise<void> => {
+      const run = steps.then(work);
+      steps = run.catch(() => undefined);
+      return run;
+    };
     const alive = (): boolean => !stopped && !s.removing && !this.closed && this.sessions.get(s.sid) === s;
     // Not tracked with the session's scans: a logout must not wait for a ping in flight.
     const report = (error: unknown): void => {
@@ -541,27 +550,42 @@ export class SimKernel {
     };
     const expire = async (): Promise<void> => {
       if (!alive() || !lostByWatch || s.state !== 'FAILED') return;
-      stopped = true;
       await this.expireSession(s.sid);
       await s.target.failIo?.();
+      // Nothing can bring it back: stop pinging.
+      if (s.target.revive === undefined) stopped = true;
+    };
+    const revive = async (): Promise<void> => {
+      const back = await (s.target.revive?.() ?? Promise.resolve(false)).catch((error: unknown) => {
+        report(error);
+        return false;
+      });
+      if (!back || !alive() || s.state !== 'FREE') return;
+      lostByWatch = false;
+      await this.restoreSession(s.sid);
     };
     const tick = async (): Promise<void> => {
       const answered = await ping(timeoutMs).catch(() => false);
       if (!alive()) return;
-      if (!answered && s.state === 'LOGGED_IN') {
-        lostByWatch = true;
-        await this.loseSession(s.sid);
-        // A timer of an earlier loss (its session restored by a fault since) must not expire this one early.
-        clearTimeout(recovery);
-        if (request.recoveryTmo >= 0) {
-          recovery = setTimeout(() => void expire().catch(report), request.recoveryTmo * 1000);
-          recovery.unref();
+      await step(async () => {
+        if (!alive()) return;
+        if (!answered && s.state === 'LOGGED_IN') {
+          lostByWatch = true;
+          await this.loseSession(s.sid);
+          // A timer of an earlier loss (its session restored by a fault since) must not expire this one early.
+          clearTimeout(recovery);
+          if (request.recoveryTmo >= 0) {
+            recovery = setTimeout(() => void step(expire).catch(report), request.recoveryTmo * 1000);
+            recovery.unref();
+          }
+        } else if (answered && lostByWatch && s.state === 'FAILED') {
+          lostByWatch = false;
+          clearTimeout(recovery);
+          await this.restoreSession(s.sid);
+        } else if (answered && lostByWatch && s.state === 'FREE') {
+          await revive();
         }
-      } else if (answered && lostByWatch && s.state === 'FAILED') {
-        lostByWatch = false;
-        clearTimeout(recovery);
-        await this.restoreSession(s.sid);
-      }
+      });
       if (!alive()) return;
       next = setTimeout(() => void tick().catch(report), intervalMs);
       next.unref();

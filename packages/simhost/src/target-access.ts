@@ -61,6 +61,14 @@ export interface TargetSession {
    * stay until logout closes them.
    */
   failIo?(): Promise<void>;
+  /**
+   * The target answers again after `failIo` (iscsid's reconnect after recovery_tmo): bring every
+   * disk of the session back, each on the same backing device (its `/dev/sdX` node and numbers
+   * stay), so new I/O works again; what failed while the session was expired stays failed. True
+   * once every disk is back; false (nothing to do yet, try again at the next answer) when one
+   * cannot come back now, e.g. its backing device is still held open over the dead one.
+   */
+  revive?(): Promise<boolean>;
 }
 
 /** What INQUIRY (and VPD) says of a LUN that has no block device. */

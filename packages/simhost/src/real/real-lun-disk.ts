@@ -39,8 +39,11 @@ export class RealLunDisk implements LunDisk {
     readonly lun: number,
     identity: LunIdentity,
     sizeBytes: number,
-    /** The loop device, FUSE file and QMP ids behind the disk. */
-    readonly plumbing: LunDiskPlumbing,
+    /**
+     * The loop device, FUSE file and QMP ids behind the disk. The loop device stays the disk's for
+     * good; the FUSE file and QMP ids change when a revived session re-exports the LUN from a new daemon.
+     */
+    public plumbing: LunDiskPlumbing,
   ) {
     this.backingPath = plumbing.loopDevice;
     this.sizeBytes = sizeBytes;

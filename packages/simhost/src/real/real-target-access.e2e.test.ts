@@ -133,6 +133,18 @@ function holdOpen(device: string): { release(): Promise<void> } {
   };
 }
 
+/** Whether `pid` is still a qemu-storage-daemon (a zombie, or no process, is gone). */
+function processState(pid: number): 'qsd' | 'gone' {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    if (state === 'Z' || state === 'X') return 'gone';
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0]?.endsWith('qemu-storage-daemon') === true ? 'qsd' : 'gone';
+  } catch {
+    return 'gone';
+  }
+}
+
 async function expectDiskGone(disk: RealLunDisk, daemonPid: number | undefined): Promise<void> {
   const backing = await loopBackingFile(disk.backingPath);
   expect(backing === undefined || !backing.startsWith(disk.plumbing.fuseFile)).toBe(true);
@@ -459,6 +471,37 @@ describe.skipIf(!canRun)('RealTargetAccess against a real tgtd (e2e)', () => {
       while ((await loopBackingFile(disk.backingPath)) === disk.plumbing.fuseFile && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
       expect(await loopBackingFile(disk.backingPath)).not.toBe(disk.plumbing.fuseFile);
       expect(await sweepStrays(workDir)).toEqual({ loopDevices: [], daemonPids: [], mounts: [], dirs: [] });
+    }, 30_000);
+
+    it('a daemon that stops answering QMP while a disk is released is killed at the deadline: after close no process, mount, socket or directory of it is left', async () => {
+      // Its own access, with a short QMP deadline (the release's `block-export-del` waits that long).
+      const quick = new RealTargetAccess({ workDir, daemonTimeoutMs: 1_500 });
+      let pid: number | undefined;
+      let daemonDir: string | undefined;
+      try {
+        const { result, session } = await quick.login(request());
+        expect(result).toEqual({ ok: true, tpgt: 1 });
+        const real = session as RealTargetSession;
+        const disk = (await real.openLun(1)) as RealLunDisk;
+        pid = real.daemonPid;
+        expect(pid).toBeGreaterThan(0);
+        daemonDir = path.dirname(disk.plumbing.fuseFile);
+        // The monitor (and FUSE) stop answering, as a main loop hung on a dead tgtd does.
+        process.kill(pid as number, 'SIGSTOP');
+        const started = performance.now();
+        await quick.close();
+        // One QMP deadline, the kill and its wait; not a wait per disk, nor for ever.
+        expect(performance.now() - started).toBeLessThan(10_000);
+        expect(processState(pid as number)).toBe('gone');
+        expect(await isMounted(disk.plumbing.fuseFile)).toBe(false);
+        expect(existsSync(daemonDir)).toBe(false);
+        expect(await loopBackingFile(disk.backingPath)).not.toBe(disk.plumbing.fuseFile);
+        expect(await sweepStrays(workDir)).toEqual({ loopDevices: [], daemonPids: [], mounts: [], dirs: [] });
+      } finally {
+        // Whatever failed above: the stopped daemon must not outlive the test.
+        if (pid !== undefined && processState(pid) === 'qsd') process.kill(pid, 'SIGKILL');
+        await quick.close().catch(() => undefined);
+      }
     }, 30_000);
 
     it('leaves nothing behind: no daemon, FUSE mount or loop device under the work directory', async () => {

@@ -1,7 +1,7 @@
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { BerthError } from '@berth/core';
-import type { CommandResult, CommandRunner, DeviceWaiter, HostFs } from '@berth/host';
+import { stopDaemon as stopDaemonByPidFile, type CommandResult, type CommandRunner, type DeviceWaiter, type HostFs } from '@berth/host';
 import {
   addFuseExport,
   addIscsiNode,
@@ -13,6 +13,7 @@ import {
   removeIscsiNode,
   setLoopCapacity,
   StorageDaemon,
+  storageDaemonPaths,
   unmountFuseUnder,
   waitForFuseSize,
   wireLun,
@@ -195,15 +196,65 @@ export class RealTargetSession implements TargetSession, LunDiskOwner {
    */
   failIo(): Promise<void> {
     return this.serialize(async () => {
-      const pid = this.liveQmp() ? this.pid : undefined;
-      if (pid === undefined) return;
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        // Gone already.
+      if (this.liveQmp() === undefined) return;
+      await this.killDaemon();
+    });
+  }
+
+  /**
+   * SIGKILL the session's daemon now and wait (bounded) until it is gone — by its pid file, which
+   * a recycled pid cannot fool — and close the session's monitor connection, so `liveQmp` says it
+   * is dead. A SIGSTOPped or hung daemon dies too (SIGKILL needs no cooperation). Its FUSE mounts
+   * are left for `unmountFuseUnder` (lazily, as a dead daemon's must be).
+   */
+  private async killDaemon(): Promise<void> {
+    const dir = this.daemonDir;
+    this.qmp?.close();
+    if (dir === undefined) return;
+    await stopDaemonByPidFile(storageDaemonPaths(dir).pidFile, { timeoutMs: 0, signal: 'SIGKILL' }).catch((error: unknown) => {
+      console.error(`simhost: qemu-storage-daemon in ${dir}: ${error instanceof Error ? error.message : String(error)}`);
+    });
+  }
+
+  /**
+   * The target answers again after `failIo` (the kernel model's iscsid reconnecting): the dead
+   * daemon's loop devices are freed (each disk's own, checked: a held one makes this false and
+   * nothing more is done), the dead daemon's mounts and directory go, a new daemon exports every
+   * disk's LUN again and each disk's loop device is attached to its new FUSE file under the same
+   * name (`losetup <the same /dev/loopN>`: the simulated `/dev/sdX`, a node of its major:minor,
+   * stays valid). Taken meanwhile by someone else, losetup refuses (busy) and nothing is taken
+   * over: the new daemon is killed, the disks stay failed, and this throws. True when done (or
+   * nothing was killed).
+   */
+  revive(): Promise<boolean> {
+    return this.serialize(async () => {
+      if (this.loggedOut) return false;
+      if (this.liveQmp() !== undefined) return true;
+      const disks = [...this.disks];
+      const deps = { runner: this.ctx.runner, waiter: this.ctx.waiter, fs: this.ctx.fs };
+      for (const disk of disks) {
+        const { loopDevice, fuseFile } = disk.plumbing;
+        if ((await detachFuseLoop(deps, loopDevice, fuseFile, { timeoutMs: this.ctx.commandTimeoutMs })) === 'held-open') return false;
       }
-      // Its monitor connection closes as it dies: `liveQmp` then says so.
-      this.qmp?.close();
+      await this.stopDaemon();
+      if (disks.length === 0) return true;
+      try {
+        const qmp = await this.ensureDaemon();
+        for (const disk of disks) {
+          const exportId = `lun${disk.lun}-${this.nextDisk++}`;
+          const fuseFile = path.join(this.daemonDir ?? '', `${exportId}.fuse`);
+          await this.addExport(qmp, disk.lun, exportId, fuseFile);
+          const { loopDevice } = disk.plumbing;
+          // The FUSE file is the disk's from here: a failure below leaves it to close() (dead-daemon path).
+          disk.plumbing = { exportId, fuseFile, loopDevice };
+          await attachFuseLoop(this.ctx.runner, fuseFile, { readOnly: false, device: loopDevice, timeoutMs: this.ctx.commandTimeoutMs });
+        }
+      } catch (error) {
+        // Not half back: the disks stay failed (their loop devices over a dead export, or free).
+        await this.killDaemon();
+        throw error;
+      }
+      return true;
     });
   }
 
@@ -407,6 +458,12 @@ export class RealTargetSession implements TargetSession, LunDiskOwner {
    * Parts already gone are skipped. A dead daemon cannot unmount its export ("Transport endpoint
    * is not connected"): its mount is unmounted lazily instead. A daemon killed a moment ago may
    * still look alive (its connection's close not yet read), so a lost connection counts as dead.
+   * A daemon that does not answer within `daemonTimeoutMs` (QMP `TIMEOUT`: its main loop hangs,
+   * say in a `blockdev-del` whose iSCSI logout waits on a dead tgtd, or it is stopped) is hung:
+   * it is killed (the session's other disks fail their I/O, as they would behind it anyway) and
+   * counts as dead, so the release ends and nothing waits on it again — before, the disk stayed
+   * with the hung daemon, every later close waited out the same deadline, and the daemon outlived
+   * the simulated host's stop.
    */
   private async removeExport(exportId: string, fuseFile: string): Promise<void> {
     const names = qmpNames(exportId);
@@ -418,7 +475,8 @@ export class RealTargetSession implements TargetSession, LunDiskOwner {
         await removeFuseExport(qmp, names.exportId, options);
         await removeIscsiNode(qmp, names.node, this.endpoint.auth ? names.secretId : undefined, options);
       } catch (error) {
-        if (!isQmpConnectionLost(error)) throw error;
+        if (BerthError.is(error) && error.code === 'TIMEOUT') await this.killDaemon();
+        else if (!isQmpConnectionLost(error)) throw error;
         dead = true;
       }
     }
@@ -495,10 +553,15 @@ export class RealTargetSession implements TargetSession, LunDiskOwner {
     this.pid = undefined;
     this.daemonDir = undefined;
     qmp?.close();
-    await daemon?.stop();
-    if (dir) {
-      await unmountFuseUnder({ fs: this.ctx.fs, runner: this.ctx.runner }, dir, this.ctx.commandTimeoutMs);
-      await rm(dir, { recursive: true, force: true });
+    try {
+      await daemon?.stop();
+    } finally {
+      // Whatever the stop said (a daemon that would not die is reported by it), what it left under
+      // its directory goes.
+      if (dir) {
+        await unmountFuseUnder({ fs: this.ctx.fs, runner: this.ctx.runner }, dir, this.ctx.commandTimeoutMs);
+        await rm(dir, { recursive: true, force: true });
+      }
     }
   }
 }
