@@ -48,16 +48,34 @@ export async function withStoreRetry<T>(fn: () => Promise<T>, options: StoreRetr
       if (!retryableStoreError(raw)) throw raw;
       const error = toBerthError(raw);
       if (error.details.reason === 'disk-full' && ++fullAttempts >= FULL_ATTEMPTS) throw error;
-      if (options.signal?.aborted || Date.now() - started + delay > budget) throw error;
+      if (options.signal?.aborted || Date.now() - started + delay > budget) throw gaveUp(error, attempt, Date.now() - started);
       options.logger?.warn({ code: error.code, attempt, what: options.what }, 'store write failed; retrying');
       try {
         await sleep(delay, undefined, options.signal ? { signal: options.signal } : {});
       } catch {
-        throw error;
+        throw gaveUp(error, attempt, Date.now() - started);
       }
       delay = Math.min(delay * 2, MAX_DELAY_MS);
     }
   }
+}
+
+/**
+ * The last error of a write retried for a while, saying how long: the store's own message counts
+ * one try (SQLite's "locked … for more than 5000 ms", its busy timeout), while the command waited
+ * until its deadline — a user read "5000 ms" after a 2-minute wait and raised a setting that was
+ * not the limit (explorer, 2026-12-08). A first try, or retries within a second, is left as it is.
+ */
+function gaveUp(error: BerthError, attempts: number, waitedMs: number): BerthError {
+  if (attempts < 2 || waitedMs < 1_000) return error;
+  const locked = error.details.reason === 'database-locked';
+  return new BerthError(error.code, `${error.message}; berth tried ${attempts} times over ${Math.round(waitedMs / 1000)} s before giving up`, {
+    hint: locked
+      ? 'another process holds the database\'s write lock that long (another berth command, or a tool with a transaction open on it, e.g. sqlite3): `fuser -v <the database file>` names it; let it finish or end it, then run the command again'
+      : (error.hint ?? 'run the command again once the database answers'),
+    details: { ...error.details, attempts, waitedMs },
+    cause: error,
+  });
 }
 
 /**
