@@ -189,6 +189,26 @@ describe('findDifferences', () => {
     expect(describeFinding(found[0]!)).toMatchObject({ resource: '/dev/loop4 (backing /data/volumes/a.img)', fix: 'disconnect', state: 'planned' });
   });
 
+  it("reports, and leaves alone, a second device of the same transport over an attached volume's storage (someone's losetup of its file); its own device and a multipath map's paths are not reported", () => {
+    const v = volume('a', 'in-use', '/data/volumes/a.img');
+    const a = fileAttachment(v, 'attached', '/dev/loop2');
+    const listings = loop([loopDevice('/dev/loop2', '/data/volumes/a.img'), loopDevice('/dev/loop3', '/data/volumes/a.img')]);
+    const found = findDifferences(facts({ volumes: [v], attachments: [a], devices: [record(v, '/dev/loop2')], listings }));
+    expect(found).toHaveLength(1);
+    expect(found[0]).toMatchObject({ kind: 'device_without_attachment', transport: 'loop', volume: { id: v.id }, connected: { device: { path: '/dev/loop3' } } });
+    expect(found[0]!.skip).toMatch(/^a second device over the storage of volume a, which is attached through \/dev\/loop2: .*left alone.*fuser -v \/dev\/loop3/);
+    expect(describeFinding(found[0]!)).toMatchObject({ fix: 'disconnect', state: 'skipped' });
+    // Its own device alone: nothing.
+    expect(findDifferences(facts({ volumes: [v], attachments: [a], devices: [record(v, '/dev/loop2')], listings: loop([loopDevice('/dev/loop2', '/data/volumes/a.img')]) }))).toEqual([]);
+    // A path its device lists as its own (a multipath map's) is not a second device.
+    const mapped = { ...a, device: { path: '/dev/dm-0', type: 'block' as const, paths: [{ device: 'sdb', state: 'active' }] } };
+    const paths = loop([loopDevice('/dev/dm-0', '/data/volumes/a.img'), loopDevice('/dev/sdb', '/data/volumes/a.img')]);
+    expect(findDifferences(facts({ volumes: [v], attachments: [mapped], devices: [record(v, '/dev/dm-0')], listings: paths }))).toEqual([]);
+    // Listed by another transport than the one it is attached through: accounted for, as before.
+    const other = { ...a, transport: 'iscsi-multipath' };
+    expect(findDifferences(facts({ volumes: [v], attachments: [other], devices: [record(v, '/dev/loop2')], listings }))).toEqual([]);
+  });
+
   it("leaves alone a device no record of this host names whose volume is live on another host through the same source (that host's agent may run on this machine)", () => {
     const v = volume('a', 'in-use', '/data/volumes/a.img');
     const elsewhere = fileAttachment(v, 'attached', '/dev/loop3', OTHER_HOST);

@@ -220,6 +220,19 @@ function accountsForDevice(attachment: Attachment, localHostId: string, source: 
 }
 
 /**
+ * Whether `device`, in `listing`, over the storage `attachment` reaches, is a device of its own
+ * beside the attachment's: the attachment is attached through that listing's transport to another
+ * device that the listing shows too (when its own is not there, `device` is where it went:
+ * `attachment_device_gone`), and `device` is not one of its paths (a multipath map's).
+ */
+function secondDevice(attachment: Attachment, listing: TransportListing, device: Device): boolean {
+  const own = attachment.device;
+  if (attachment.status !== 'attached' || attachment.transport !== listing.transport || own === null) return false;
+  if (sameDevice(own, device) || !listing.devices.some((d) => sameDevice(d.device, own))) return false;
+  return !(own.paths ?? []).some((p) => p.device !== undefined && (p.device === device.path || `/dev/${p.device}` === device.path));
+}
+
+/**
  * The berth volume a device's source is, if any: a volume whose `providerLocation` is the value of
  * one of the transport's source keys (the file, the target IQN), or whose attachment's
  * connection_info names the source. A device that is none of these (a loop device someone made
@@ -322,7 +335,13 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
       const volume = volumeOfSource(connected.source, facts.volumes, facts.attachments, listing.sourceKeys);
       if (!volume) continue;
       if (records.some((r) => sameDevice(r.device, connected.device))) continue;
-      if (hostAttachments.some((a) => accountsForDevice(a, facts.localHostId, connected.source, listing.sourceKeys))) continue;
+      const accounting = hostAttachments.filter((a) => accountsForDevice(a, facts.localHostId, connected.source, listing.sourceKeys));
+      // An attachment of this source accounts for its device — but not for a second whole device
+      // of the same transport over the same storage beside it (someone's `losetup` of an attached
+      // volume's file: two devices writing one file through caches of their own, which reconcile
+      // used to call "no differences" — explorer, 2026-12-08). That one is reported, left alone.
+      if (accounting.some((a) => !secondDevice(a, listing, connected.device))) continue;
+      const beside = accounting[0];
       // Two transports may list one device (a path under a multipath map): one fix is enough.
       const key = `${connected.device.path}\u0000${JSON.stringify(connected.source)}`;
       if (claimed.has(key)) continue;
@@ -338,8 +357,11 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
         : undefined;
       // Its storage gone, the device is the only copy of the data: its disconnect would lose it.
       const gone = connected.storageGone !== undefined ? orphanStorageGoneSkip(connected.device.path) : undefined;
+      const second = beside?.device
+        ? `a second device over the storage of volume ${volume.name}, which is attached through ${beside.device.path}: two devices write it through caches of their own (made outside berth?) — left alone: disconnect it by hand once nothing uses it (\`fuser -v ${connected.device.path}\`)`
+        : undefined;
       findings.push(
-        withSkip({ kind: 'device_without_attachment', transport: listing.transport, protocol: listing.protocol, connected, volume }, busy(volume.id) ?? otherHost ?? gone),
+        withSkip({ kind: 'device_without_attachment', transport: listing.transport, protocol: listing.protocol, connected, volume }, busy(volume.id) ?? second ?? otherHost ?? gone),
       );
     }
   }
