@@ -49,6 +49,18 @@ export interface HttpRequest {
   body?: unknown;
   idempotencyKey?: string;
   /**
+   * Safe to send twice by its nature, with no key (an agent's lease renewal, or its report, which
+   * the server takes again from the same worker as the same): it may go to another replica after
+   * one it reached gave no answer, as a GET may.
+   */
+  idempotent?: boolean;
+  /**
+   * This request's own limit for its answer to begin, in ms, when it may go to another replica
+   * and asks for no extra time (instead of `answerTimeoutMs`): an agent's lease renewal must be
+   * given up well before the lease passes.
+   */
+  answerTimeoutMs?: number;
+  /**
    * How long the server may hold the answer before it begins (a long-poll's `?wait=`, a start's
    * `Prefer: wait`): the answer is due `longPollMarginMs` after it.
    */
@@ -250,10 +262,11 @@ function timedOut(error: unknown): boolean {
 
 /**
  * Whether `req` may go to another replica after one it reached gave no answer: it changes nothing
- * (GET, HEAD), or it carries an `Idempotency-Key`, by which the server knows a repeat.
+ * (GET, HEAD), it carries an `Idempotency-Key`, by which the server knows a repeat, or it is
+ * marked `idempotent` (a repeat is the same by its nature).
  */
 function resendable(req: HttpRequest): boolean {
-  return req.method === 'GET' || req.method === 'HEAD' || req.idempotencyKey !== undefined;
+  return req.method === 'GET' || req.method === 'HEAD' || req.idempotencyKey !== undefined || req.idempotent === true;
 }
 
 /** A replica that gave a request no answer, and why. */
@@ -369,7 +382,7 @@ export class HttpClient {
   private limitsOf(req: HttpRequest, again: boolean): Limits {
     const totalMs = this.timeoutMs + (req.waitMs ?? 0) + (req.extraTimeoutMs ?? 0);
     if (!again || req.extraTimeoutMs !== undefined) return { answerMs: totalMs, totalMs };
-    const answerMs = req.waitMs === undefined ? this.answerTimeoutMs : req.waitMs + this.longPollMarginMs;
+    const answerMs = req.waitMs === undefined ? (req.answerTimeoutMs ?? this.answerTimeoutMs) : req.waitMs + this.longPollMarginMs;
     return { answerMs: Math.min(answerMs, totalMs), totalMs };
   }
 }
