@@ -195,6 +195,27 @@ describe('HttpClient with a replica that accepts connections and never answers (
     expect(frozen.connections()).toBe(0);
   });
 
+  it('over `fetch` too: a client that was itself frozen keeps the answer that came meanwhile, its deadline overdue', async () => {
+    const { url } = await serve((_request, response) => {
+      json(response, 200, { ok: true });
+      setImmediate(() => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 3 * QUICK.answerTimeoutMs));
+    });
+    const frozen = await silent();
+    client = new HttpClient({ url, fallbackUrls: [frozen.url], ...QUICK, fetch });
+    expect((await client.request({ method: 'GET', path: '/v1/volumes' })).body).toEqual({ ok: true });
+    expect(frozen.connections()).toBe(0);
+  });
+
+  it('over `fetch`, a replica that stays silent is still passed over at its answer limit', async () => {
+    const frozen = await silent();
+    const { url } = await serve((_request, response) => json(response, 200, { ok: true }));
+    client = new HttpClient({ url: frozen.url, fallbackUrls: [url], ...QUICK, fetch });
+    const started = Date.now();
+    expect((await client.request({ method: 'GET', path: '/v1/volumes' })).body).toEqual({ ok: true });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(QUICK.answerTimeoutMs - 10);
+    await frozen.received(1);
+  });
+
   it('RemoteBerthService (berth --api A,B): a volume list goes to B while A is frozen', async () => {
     const frozen = await silent();
     const { url } = await serve((_request, response) => json(response, 200, { volumes: [] }));

@@ -160,15 +160,28 @@ function keepAliveSend(agent: http.Agent, secure: boolean): Send {
 function fetchSend(fetchFn: typeof fetch): Send {
   return async (url, method, headers, body, limits, signal) => {
     // `fetch` resolves with the headers: the answer's own limit ends there, the whole one goes on.
-    const answer = new AbortController();
-    const silent = setTimeout(() => answer.abort(new DeadlineError(`no answer in ${limits.answerMs} ms`)), limits.answerMs);
-    const stops = [AbortSignal.timeout(limits.totalMs), answer.signal, ...(signal ? [signal] : [])];
+    // As over node's client, a deadline is judged once the I/O already waiting has been read (from
+    // an immediate, after the poll phase): a client that was itself frozen keeps the answer that
+    // came meanwhile.
+    let answered = false;
+    let ended = false;
+    const stop = new AbortController();
+    const giveUp = (ms: number, met: () => boolean) => () =>
+      setImmediate(() => {
+        if (!met()) stop.abort(new DeadlineError(`no answer in ${ms} ms`));
+      });
+    const silent = setTimeout(giveUp(limits.answerMs, () => answered), limits.answerMs);
+    const timer = setTimeout(giveUp(limits.totalMs, () => ended), limits.totalMs);
     try {
-      const response = await fetchFn(url, { method, headers, ...(body === undefined ? {} : { body }), signal: AbortSignal.any(stops) });
+      const response = await fetchFn(url, { method, headers, ...(body === undefined ? {} : { body }), signal: signal ? AbortSignal.any([stop.signal, signal]) : stop.signal });
+      answered = true;
       clearTimeout(silent);
-      return { status: response.status, text: await response.text() };
+      const text = await response.text();
+      ended = true;
+      return { status: response.status, text };
     } finally {
       clearTimeout(silent);
+      clearTimeout(timer);
     }
   };
 }
