@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLIENT_KEY_PREFIX } from '@berth/client';
+import { CLIENT_KEY_PREFIX, RemoteBerthService } from '@berth/client';
 import type { Host, Operation, Volume } from '@berth/core';
 import { operationKeyIn } from './operation-access.js';
 import { captureLogs, createTestApi, expectProblem, loopDevicesUnder, PROJECT_A, PROJECT_B, TOKENS, type TestApi } from './test-support.js';
@@ -187,6 +187,30 @@ describe('Idempotency-Key', () => {
     const detached = detach.status === 200 ? (detach.body as { operation: Operation }).operation : await settled(token, (detach.body as Operation).id);
     expect(detached.state).toBe('succeeded');
     expect(detached.idempotencyKey).toBeNull();
+    expect(loopDevicesUnder(t.dataDir)).toEqual([]);
+  });
+
+  it('berth --api A,B: an attach and a detach whose replica A is frozen go to B under the client\'s own key, shown as null', async () => {
+    const sockets: net.Socket[] = [];
+    const frozen = net.createServer((socket) => sockets.push(socket));
+    await new Promise<void>((resolve) => frozen.listen(0, '127.0.0.1', resolve));
+    const frozenUrl = `http://127.0.0.1:${(frozen.address() as net.AddressInfo).port}`;
+    const remote = new RemoteBerthService({ url: frozenUrl, fallbackUrls: [t.url], token: TOKENS.memberA, pollWaitSeconds: 1, longPollMarginMs: 300 });
+    try {
+      await t.request('POST', '/v1/volumes', { token: TOKENS.memberA, json: { name: 'idem-frozen', sizeBytes: MiB } });
+      const attached = await remote.attach({ volume: 'idem-frozen' });
+      expect(attached.operation.state).toBe('succeeded');
+      expect(attached.operation.idempotencyKey).toBeNull();
+      expect(sockets.length).toBe(1);
+      expect((await t.service.getOperation(attached.operation.id)).idempotencyKey).toMatch(/^[0-9a-f]{16}\/berth-client:[0-9a-f-]{36}$/);
+      const detached = await remote.detach({ volume: 'idem-frozen' });
+      expect(detached.operation.state).toBe('succeeded');
+      expect(detached.operation.idempotencyKey).toBeNull();
+    } finally {
+      await remote.close();
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => frozen.close(resolve));
+    }
     expect(loopDevicesUnder(t.dataDir)).toEqual([]);
   });
 });
