@@ -182,6 +182,16 @@ describe('AgentClient', () => {
     expect(await codeOf(client.renew('w-1', ITEM_ID, { limitMs: -1 }))).toBe('VALIDATION');
   });
 
+  it('with no other replica, a renewal is not given up at its limitMs: a slow one that lands is waited for', async () => {
+    // A replica slower than the renewal's limit (one waiting on a database lock), not frozen.
+    const slow = await serve((_request, response) => {
+      setTimeout(() => json(response, 200, { leaseExpiresAt: '2026-12-03T10:00:15.000Z' }), 300);
+    });
+    client = new AgentClient({ url: slow.url, token: 't' });
+    expect(await client.renew('w-1', ITEM_ID, { limitMs: 50 })).toEqual({ leaseExpiresAt: '2026-12-03T10:00:15.000Z' });
+    expect(slow.seen).toHaveLength(1);
+  });
+
   it('an answer that is not a work list is INTERNAL naming the version hint', async () => {
     const { url } = await serve((_request, response) => json(response, 200, { items: [{ nope: true }] }));
     client = new AgentClient({ url, token: 't' });

@@ -112,9 +112,10 @@ export class AgentClient {
 
   /**
    * Extend the lease of an item this worker holds; CONFLICT when it holds it no more (fenced).
-   * Safe to send twice (it extends the same lease again): a replica silent past `limitMs` (the
-   * agent gives a quarter of the lease, under the third it renews every) is passed over for the
-   * next one at once, so a frozen replica never costs the lease.
+   * Safe to send twice (it extends the same lease again): with other replicas, one silent past
+   * `limitMs` (the agent gives a quarter of the lease, under the third it renews every) is passed
+   * over for the next one at once, so a frozen replica never costs the lease. With none, there is
+   * nowhere else to go: a slow renewal that still lands in time is waited for (the usual limit).
    */
   async renew(worker: string, id: string, options: AgentRenewOptions = {}): Promise<{ leaseExpiresAt: string }> {
     const { limitMs } = parseWith(zAgentRenewOptions, options, 'renew options');
@@ -123,7 +124,7 @@ export class AgentClient {
       path: apiPath`/v1/agent/work/${id}/renew`,
       headers: { [AGENT_WORKER_HEADER]: worker },
       idempotent: true,
-      ...(limitMs === undefined ? {} : { answerTimeoutMs: limitMs }),
+      ...(limitMs === undefined || this.replicas.length === 1 ? {} : { answerTimeoutMs: limitMs }),
     });
     return checked(zAgentRenewal, body, 'lease renewal');
   }
