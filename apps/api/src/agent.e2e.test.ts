@@ -4,9 +4,11 @@
 // channel, so a waiting claim is woken by LISTEN/NOTIFY across connections, never by a timer.
 import { hostChannel, parseWorkDoneNotice, WORK_DONE_CHANNEL, type AgentSession, type ClaimedWork, type HostView, type Store, type WorkItem } from '@berth/core';
 import { spawn, spawnSync } from 'node:child_process';
+import net from 'node:net';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { AgentClient } from '@berth/client';
 import { openPostgresStore } from '@berth/store';
 import { startPostgresCluster, type PostgresCluster } from '@berth/store/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -186,6 +188,46 @@ describe('the agent protocol over HTTP on PostgreSQL', () => {
     expect(notice).toEqual(stored);
     const twice = await api().request('POST', `/v1/agent/work/${item.id}/result`, { token: TOKENS.agentH1, headers, json: { state: 'failed', error: { code: 'DRIVER_ERROR', message: 'x' } } });
     expect(twice.status).toBe(409);
+  });
+
+  it("an agent's renew and report a frozen replica took go on to the live one at once, and the report landing twice is the same report (200, nothing written again)", async () => {
+    // A frozen replica as the agent sees it: connections accepted (the kernel does), never answered.
+    const sockets: net.Socket[] = [];
+    const frozen = net.createServer((socket) => sockets.push(socket));
+    await new Promise<void>((resolve) => frozen.listen(0, '127.0.0.1', resolve));
+    const frozenUrl = `http://127.0.0.1:${(frozen.address() as net.AddressInfo).port}`;
+    const client = new AgentClient({ url: frozenUrl, fallbackUrls: [api().url], token: TOKENS.agentH1, answerTimeoutMs: 1_000 });
+    try {
+      const h1 = await register(TOKENS.agentH1, 'boot-frozen');
+      const item = await enqueue(h1.hostId, 'connector', { multipath: false, enforce_multipath: false });
+      const [claimed] = bodyOf(await claim(TOKENS.agentH1, h1.worker)).items as ClaimedWork[];
+      expect(claimed?.item.id).toBe(item.id);
+      // The renewal, given a quarter of the lease (as the agent gives it), is on the live replica
+      // well before the lease passes.
+      const started = Date.now();
+      const renewed = await client.renew(h1.worker, item.id, { limitMs: Math.floor(h1.leaseMs / 4) });
+      expect(Date.now() - started).toBeLessThan(h1.leaseMs / 3);
+      expect(renewed.leaseExpiresAt >= String(claimed?.item.leaseExpiresAt)).toBe(true);
+      expect(sockets.length).toBe(1);
+      // The report: a new client starts on the frozen replica again.
+      client.close();
+      const reporter = new AgentClient({ url: frozenUrl, fallbackUrls: [api().url], token: TOKENS.agentH1, answerTimeoutMs: 1_000 });
+      try {
+        const outcome = { state: 'done' as const, result: { connector: { host: 'h-1', initiator: 'iqn.2004-10.com.example:h-1', multipath: false } } };
+        await reporter.report(h1.worker, item.id, outcome);
+        const stored = await store().workItems!.require(item.id);
+        expect(stored.state).toBe('done');
+        // Had the frozen replica recorded it before it froze, the live one's copy is the same report.
+        await reporter.report(h1.worker, item.id, outcome);
+        expect(await store().workItems!.require(item.id)).toEqual(stored);
+      } finally {
+        reporter.close();
+      }
+    } finally {
+      client.close();
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => frozen.close(resolve));
+    }
   });
 
   it('a new registration fences the old instance off and hands its items back to the new one', async () => {

@@ -1,6 +1,9 @@
+import { randomUUID } from 'node:crypto';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CLIENT_KEY_PREFIX, RemoteBerthService } from '@berth/client';
 import type { Host, Operation, Volume } from '@berth/core';
+import { operationKeyIn } from './operation-access.js';
 import { captureLogs, createTestApi, expectProblem, loopDevicesUnder, PROJECT_A, PROJECT_B, TOKENS, type TestApi } from './test-support.js';
 
 // The HTTP app tried as a hostile client would (issue 9): each test failed before its fix.
@@ -156,6 +159,57 @@ describe('Idempotency-Key', () => {
       const detach = await t.request('POST', `/v1/volumes/${name}/detach`, { token: who, json: {} });
       expect(detach.status).toBe(202);
       expect((await settled(who, (detach.body as Operation).id)).state).toBe('succeeded');
+    }
+    expect(loopDevicesUnder(t.dataDir)).toEqual([]);
+  });
+
+  it("replays by the client's own key (berth-client:<uuid>) and shows it as null everywhere, as embedded mode shows a start without a key", async () => {
+    const token = TOKENS.memberA;
+    const key = { 'idempotency-key': `${CLIENT_KEY_PREFIX}${randomUUID()}` };
+    await t.request('POST', '/v1/volumes', { token, json: { name: 'idem-client', sizeBytes: MiB } });
+    const first = await t.request('POST', '/v1/volumes/idem-client/attach', { token, json: {}, headers: key });
+    expect(first.status).toBe(202);
+    const operation = first.body as Operation;
+    expect(operation.idempotencyKey).toBeNull();
+    // Journalled under it (with the project tag), so another replica replays the start.
+    expect((await t.service.getOperation(operation.id)).idempotencyKey).toBe(`${operationKeyIn({ projectId: PROJECT_A }, key['idempotency-key'])}`);
+    const again = await t.request('POST', '/v1/volumes/idem-client/attach', { token, json: {}, headers: key });
+    expect((again.body as Operation).id).toBe(operation.id);
+    expect((again.body as Operation).idempotencyKey).toBeNull();
+    expect((await settled(token, operation.id)).idempotencyKey).toBeNull();
+    const listed = (await t.request('GET', `/v1/operations?volumeId=${operation.volumeId}`, { token })).body as { operations: Operation[] };
+    expect(listed.operations.find((o) => o.id === operation.id)?.idempotencyKey).toBeNull();
+    const outcome = (await t.request('GET', `/v1/operations/${operation.id}/outcome`, { token })).body as { operation: Operation };
+    expect(outcome.operation.idempotencyKey).toBeNull();
+    // Held for its answer (`Prefer: wait`): the outcome it answers with shows null too.
+    const detachKey = { 'idempotency-key': `${CLIENT_KEY_PREFIX}${randomUUID()}`, prefer: 'wait=30' };
+    const detach = await t.request('POST', '/v1/volumes/idem-client/detach', { token, json: {}, headers: detachKey });
+    const detached = detach.status === 200 ? (detach.body as { operation: Operation }).operation : await settled(token, (detach.body as Operation).id);
+    expect(detached.state).toBe('succeeded');
+    expect(detached.idempotencyKey).toBeNull();
+    expect(loopDevicesUnder(t.dataDir)).toEqual([]);
+  });
+
+  it('berth --api A,B: an attach and a detach whose replica A is frozen go to B under the client\'s own key, shown as null', async () => {
+    const sockets: net.Socket[] = [];
+    const frozen = net.createServer((socket) => sockets.push(socket));
+    await new Promise<void>((resolve) => frozen.listen(0, '127.0.0.1', resolve));
+    const frozenUrl = `http://127.0.0.1:${(frozen.address() as net.AddressInfo).port}`;
+    const remote = new RemoteBerthService({ url: frozenUrl, fallbackUrls: [t.url], token: TOKENS.memberA, pollWaitSeconds: 1, longPollMarginMs: 300 });
+    try {
+      await t.request('POST', '/v1/volumes', { token: TOKENS.memberA, json: { name: 'idem-frozen', sizeBytes: MiB } });
+      const attached = await remote.attach({ volume: 'idem-frozen' });
+      expect(attached.operation.state).toBe('succeeded');
+      expect(attached.operation.idempotencyKey).toBeNull();
+      expect(sockets.length).toBe(1);
+      expect((await t.service.getOperation(attached.operation.id)).idempotencyKey).toMatch(/^[0-9a-f]{16}\/berth-client:[0-9a-f-]{36}$/);
+      const detached = await remote.detach({ volume: 'idem-frozen' });
+      expect(detached.operation.state).toBe('succeeded');
+      expect(detached.operation.idempotencyKey).toBeNull();
+    } finally {
+      await remote.close();
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => frozen.close(resolve));
     }
     expect(loopDevicesUnder(t.dataDir)).toEqual([]);
   });

@@ -11,6 +11,7 @@ import {
   type StartedOperation,
   zOperation,
 } from '@berth/core';
+import { CLIENT_KEY_PREFIX } from '@berth/client';
 import { zOperationOutcome } from './http-schemas.js';
 import type { Principal } from './auth.js';
 import { keyReused } from './idempotency.js';
@@ -59,11 +60,17 @@ const KEY_TAG = /^(?:[0-9a-f]{16}|\*)\//;
 
 /**
  * An operation as its caller sees it: its idempotency key as the caller sent it, without the
- * project tag the journal keeps it under (a client comparing the key it sent found another).
+ * project tag the journal keeps it under (a client comparing the key it sent found another); a
+ * key `@berth/client` made up itself (`berth-client:<uuid>`, for a start its caller gave none, so
+ * that it may go to another replica) as null, as a start without a key reads in embedded mode.
+ * Every operation that leaves the API goes through here.
  */
 export function shownOperation(operation: Operation): Operation {
   const key = operation.idempotencyKey;
-  return key === null || !KEY_TAG.test(key) ? operation : { ...operation, idempotencyKey: key.replace(KEY_TAG, '') };
+  if (key === null) return operation;
+  const sent = key.replace(KEY_TAG, '');
+  const shown = sent.startsWith(CLIENT_KEY_PREFIX) ? null : sent;
+  return shown === key ? operation : { ...operation, idempotencyKey: shown };
 }
 
 /** An operation that succeeded in this process, as it ended (from memory). */

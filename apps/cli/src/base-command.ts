@@ -64,7 +64,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
       helpGroup: 'GLOBAL',
     }),
     api: Flags.string({
-      description: `Run the command through the berth API at this URL (its token from ${TOKEN_ENV}) instead of on the local state`,
+      description: `Run the command through the berth API at this URL (its token from ${TOKEN_ENV}) instead of on the local state; several replicas of one API separated by commas (URL1,URL2): one that cannot be reached, or stays silent for a request safe to send twice, is passed over for the next`,
       env: API_URL_ENV,
       helpGroup: 'GLOBAL',
     }),

@@ -150,6 +150,48 @@ describe('AgentClient', () => {
     expect(live.seen.map((s) => s.url)).toEqual(['/v1/agent/work?wait=300ms&limit=1']);
   });
 
+  it('a renew or report a frozen replica took goes on to the next one at once (safe to send twice): the renew within its limitMs, the report within answerTimeoutMs', async () => {
+    const frozen = await silent();
+    const live = await serve((request, response) => {
+      if (request.url.endsWith('/renew')) json(response, 200, { leaseExpiresAt: '2026-12-03T10:00:15.000Z' });
+      else json(response, 200, { accepted: true });
+    });
+    // The report's limit (the client's answerTimeoutMs) far above the renew's, to tell them apart.
+    client = new AgentClient({ url: frozen.url, fallbackUrls: [live.url], token: 't', answerTimeoutMs: 1_500 });
+    let started = Date.now();
+    expect(await client.renew('w-1', ITEM_ID, { limitMs: 300 })).toEqual({ leaseExpiresAt: '2026-12-03T10:00:15.000Z' });
+    let took = Date.now() - started;
+    expect(took).toBeGreaterThanOrEqual(290);
+    expect(took).toBeLessThan(1_400);
+    await frozen.received(1);
+    expect(client.url).toBe(`${live.url}/`);
+    // The report: the live replica is in use now; a second client starts on the frozen one again.
+    client.close();
+    client = new AgentClient({ url: frozen.url, fallbackUrls: [live.url], token: 't', answerTimeoutMs: 1_500 });
+    started = Date.now();
+    await client.report('w-1', ITEM_ID, { state: 'done', result: { ok: true } });
+    took = Date.now() - started;
+    expect(took).toBeGreaterThanOrEqual(1_490);
+    expect(took).toBeLessThan(5_000);
+    await frozen.received(2);
+    expect(live.seen.map((s) => [s.method, s.url, s.worker, s.body])).toEqual([
+      ['POST', `/v1/agent/work/${ITEM_ID}/renew`, 'w-1', undefined],
+      ['POST', `/v1/agent/work/${ITEM_ID}/result`, 'w-1', { state: 'done', result: { ok: true } }],
+    ]);
+    // A renew limit that is not a positive whole number of ms is refused before anything is sent.
+    expect(await codeOf(client.renew('w-1', ITEM_ID, { limitMs: -1 }))).toBe('VALIDATION');
+  });
+
+  it('with no other replica, a renewal is not given up at its limitMs: a slow one that lands is waited for', async () => {
+    // A replica slower than the renewal's limit (one waiting on a database lock), not frozen.
+    const slow = await serve((_request, response) => {
+      setTimeout(() => json(response, 200, { leaseExpiresAt: '2026-12-03T10:00:15.000Z' }), 300);
+    });
+    client = new AgentClient({ url: slow.url, token: 't' });
+    expect(await client.renew('w-1', ITEM_ID, { limitMs: 50 })).toEqual({ leaseExpiresAt: '2026-12-03T10:00:15.000Z' });
+    expect(slow.seen).toHaveLength(1);
+  });
+
   it('an answer that is not a work list is INTERNAL naming the version hint', async () => {
     const { url } = await serve((_request, response) => json(response, 200, { items: [{ nope: true }] }));
     client = new AgentClient({ url, token: 't' });

@@ -1,4 +1,5 @@
-import { BerthError, type AgentOutcome, type AgentRegistration, type AgentSession, type ClaimedWork } from '@berth/core';
+import { BerthError, parseWith, type AgentOutcome, type AgentRegistration, type AgentSession, type ClaimedWork } from '@berth/core';
+import { z } from '@berth/core/zod';
 import { checked } from './checked-answer.js';
 import { apiPath, HttpClient, type HttpAnswer, type HttpClientOptions, type HttpRequest } from './http-client.js';
 import { zAgentRenewal, zAgentSessionBody, zAgentWorkList } from './wire.js';
@@ -15,6 +16,14 @@ export interface AgentClaimOptions {
   /** Gives the long-poll up (the agent stops): the claim fails with CANCELLED. */
   signal?: AbortSignal;
 }
+
+/** Options of `renew`. */
+export interface AgentRenewOptions {
+  /** How long the replica may take to begin its answer, in ms, before the next one is asked. */
+  limitMs?: number;
+}
+
+const zAgentRenewOptions = z.object({ limitMs: z.number().int().positive().max(600_000).optional() }).strict();
 
 /** Options of `AgentClient`. */
 export interface AgentClientOptions extends HttpClientOptions {
@@ -60,15 +69,25 @@ export class AgentClient {
     return this.replicas[this.current] as HttpClient;
   }
 
-  /** Send `req` to the replica in use; when it is unavailable, the next request goes to the next one. */
+  /**
+   * Send `req` to the replica in use; when it is unavailable, the next request goes to the next
+   * one. A request safe to send twice (`idempotent`: a renewal, a report) goes there at once, in
+   * turn, the whole list once: a lease must not wait for the agent's next try.
+   */
   private async request(req: HttpRequest): Promise<HttpAnswer> {
-    const index = this.current;
-    try {
-      return await (this.replicas[index] as HttpClient).request(req);
-    } catch (error) {
-      // Moved on once, even when several requests in flight fail together.
-      if (this.replicas.length > 1 && index === this.current && replicaUnavailable(error)) this.current = (index + 1) % this.replicas.length;
-      throw error;
+    const start = this.current;
+    const count = this.replicas.length;
+    const tries = req.idempotent === true ? count : 1;
+    for (let tried = 0; ; tried++) {
+      const index = (start + tried) % count;
+      try {
+        return await (this.replicas[index] as HttpClient).request(req);
+      } catch (error) {
+        if (count === 1 || !replicaUnavailable(error)) throw error;
+        // Moved on once, even when several requests in flight fail together.
+        if (index === this.current) this.current = (index + 1) % count;
+        if (tried + 1 >= tries) throw error;
+      }
     }
   }
 
@@ -91,23 +110,37 @@ export class AgentClient {
     return checked(zAgentWorkList, body, 'work list').items;
   }
 
-  /** Extend the lease of an item this worker holds; CONFLICT when it holds it no more (fenced). */
-  async renew(worker: string, id: string): Promise<{ leaseExpiresAt: string }> {
+  /**
+   * Extend the lease of an item this worker holds; CONFLICT when it holds it no more (fenced).
+   * Safe to send twice (it extends the same lease again): with other replicas, one silent past
+   * `limitMs` (the agent gives a quarter of the lease, under the third it renews every) is passed
+   * over for the next one at once, so a frozen replica never costs the lease. With none, there is
+   * nowhere else to go: a slow renewal that still lands in time is waited for (the usual limit).
+   */
+  async renew(worker: string, id: string, options: AgentRenewOptions = {}): Promise<{ leaseExpiresAt: string }> {
+    const { limitMs } = parseWith(zAgentRenewOptions, options, 'renew options');
     const { body } = await this.request({
       method: 'POST',
       path: apiPath`/v1/agent/work/${id}/renew`,
       headers: { [AGENT_WORKER_HEADER]: worker },
+      idempotent: true,
+      ...(limitMs === undefined || this.replicas.length === 1 ? {} : { answerTimeoutMs: limitMs }),
     });
     return checked(zAgentRenewal, body, 'lease renewal');
   }
 
-  /** Report how an item ended; CONFLICT when this worker holds it no more (fenced). */
+  /**
+   * Report how an item ended; CONFLICT when this worker holds it no more (fenced). Safe to send
+   * twice: the API accepts the same report again from the worker whose report ended the item, so
+   * a replica silent past the answer limit is passed over for the next one at once.
+   */
   async report(worker: string, id: string, outcome: AgentOutcome): Promise<void> {
     await this.request({
       method: 'POST',
       path: apiPath`/v1/agent/work/${id}/result`,
       headers: { [AGENT_WORKER_HEADER]: worker },
       body: outcome,
+      idempotent: true,
     });
   }
 

@@ -2,7 +2,7 @@ import { once } from 'node:events';
 import http from 'node:http';
 import type { Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { BerthError } from '@berth/core';
+import { BerthError, type Operation, type Volume } from '@berth/core';
 import { HttpClient } from './http-client.js';
 import { RemoteBerthService } from './remote-berth-service.js';
 import { codeOf, sendJson, testHttpServer, testSilentServer } from './test-support.js';
@@ -101,6 +101,37 @@ describe('HttpClient over its own keep-alive connections', () => {
 });
 
 /** Short limits: a silent replica is given up in 200 ms, a long-poll 200 ms after its wait. */
+const VOLUME_FIXTURE: Volume = {
+  id: '0b9f7c1e-4f7e-4d43-9a55-3f1c2d7a8e10',
+  name: 'data1',
+  projectId: 'default',
+  sizeBytes: 1048576,
+  status: 'in-use',
+  backend: 'file',
+  multiattach: false,
+  providerLocation: '/var/lib/berth/volumes/x.img',
+  createdAt: '2026-01-01T00:00:00.000Z',
+  updatedAt: '2026-01-01T00:00:00.000Z',
+};
+
+const OPERATION_DONE: Operation = {
+  id: '2c9d8e7f-1a2b-4c3d-9e8f-7a6b5c4d3e21',
+  kind: 'attach',
+  state: 'succeeded',
+  volumeId: VOLUME_FIXTURE.id,
+  serverId: null,
+  attachmentId: null,
+  hostId: null,
+  idempotencyKey: null,
+  owner: '1@h',
+  deadlineAt: '2026-01-01T00:01:00.000Z',
+  startedAt: '2026-01-01T00:00:00.000Z',
+  endedAt: '2026-01-01T00:00:01.000Z',
+  error: null,
+  result: null,
+  steps: [],
+};
+
 const QUICK = { answerTimeoutMs: 200, longPollMarginMs: 200, timeoutMs: 1_000 };
 
 /** A healthy replica that records each request's method, path and key, and answers `{served: n}`. */
@@ -193,6 +224,54 @@ describe('HttpClient with a replica that accepts connections and never answers (
     client = new HttpClient({ url, fallbackUrls: [frozen.url], ...QUICK });
     expect((await client.request({ method: 'GET', path: '/v1/volumes' })).body).toEqual({ ok: true });
     expect(frozen.connections()).toBe(0);
+  });
+
+  it('over `fetch` too: a client that was itself frozen keeps the answer that came meanwhile, its deadline overdue', async () => {
+    let freeze = false;
+    const { url } = await serve((_request, response) => {
+      json(response, 200, { ok: true });
+      if (freeze) setImmediate(() => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 3 * QUICK.answerTimeoutMs));
+    });
+    // `fetch` loaded and its first connection made first: on a busy machine that alone can take
+    // longer than the answer limit.
+    await (await fetch(url)).text();
+    freeze = true;
+    const frozen = await silent();
+    client = new HttpClient({ url, fallbackUrls: [frozen.url], ...QUICK, fetch });
+    expect((await client.request({ method: 'GET', path: '/v1/volumes' })).body).toEqual({ ok: true });
+    expect(frozen.connections()).toBe(0);
+  });
+
+  it('over `fetch`, a replica that stays silent is still passed over at its answer limit', async () => {
+    const frozen = await silent();
+    const { url } = await serve((_request, response) => json(response, 200, { ok: true }));
+    client = new HttpClient({ url: frozen.url, fallbackUrls: [url], ...QUICK, fetch });
+    const started = Date.now();
+    expect((await client.request({ method: 'GET', path: '/v1/volumes' })).body).toEqual({ ok: true });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(QUICK.answerTimeoutMs - 10);
+    await frozen.received(1);
+  });
+
+  it('RemoteBerthService (berth --api A,B): an attach start a frozen A took goes to B under the same key of its own', async () => {
+    const frozen = await silent();
+    const keys: Array<string | undefined> = [];
+    const { url } = await serve((request, response) => {
+      keys.push(request.headers['idempotency-key'] as string | undefined);
+      json(response, 200, { operation: { ...OPERATION_DONE }, volume: VOLUME_FIXTURE, attachment: null });
+    });
+    const remote = new RemoteBerthService({ url: frozen.url, fallbackUrls: [url], ...QUICK, pollWaitSeconds: 1 });
+    try {
+      const started = Date.now();
+      expect((await remote.attach({ volume: 'data1' })).operation).toEqual(OPERATION_DONE);
+      // Its wait (1 s) + longPollMarginMs on A, then B at once.
+      expect(Date.now() - started).toBeGreaterThanOrEqual(1_000 + QUICK.longPollMarginMs - 10);
+      await frozen.received(1);
+      expect(keys).toHaveLength(1);
+      expect(keys[0]).toMatch(/^berth-client:[0-9a-f-]{36}$/);
+      expect(remote.url).toBe(`${url}/`);
+    } finally {
+      await remote.close();
+    }
   });
 
   it('RemoteBerthService (berth --api A,B): a volume list goes to B while A is frozen', async () => {

@@ -49,6 +49,18 @@ export interface HttpRequest {
   body?: unknown;
   idempotencyKey?: string;
   /**
+   * Safe to send twice by its nature, with no key (an agent's lease renewal, or its report, which
+   * the server takes again from the same worker as the same): it may go to another replica after
+   * one it reached gave no answer, as a GET may.
+   */
+  idempotent?: boolean;
+  /**
+   * This request's own limit for its answer to begin, in ms, when it may go to another replica
+   * and asks for no extra time (instead of `answerTimeoutMs`): an agent's lease renewal must be
+   * given up well before the lease passes.
+   */
+  answerTimeoutMs?: number;
+  /**
    * How long the server may hold the answer before it begins (a long-poll's `?wait=`, a start's
    * `Prefer: wait`): the answer is due `longPollMarginMs` after it.
    */
@@ -148,15 +160,28 @@ function keepAliveSend(agent: http.Agent, secure: boolean): Send {
 function fetchSend(fetchFn: typeof fetch): Send {
   return async (url, method, headers, body, limits, signal) => {
     // `fetch` resolves with the headers: the answer's own limit ends there, the whole one goes on.
-    const answer = new AbortController();
-    const silent = setTimeout(() => answer.abort(new DeadlineError(`no answer in ${limits.answerMs} ms`)), limits.answerMs);
-    const stops = [AbortSignal.timeout(limits.totalMs), answer.signal, ...(signal ? [signal] : [])];
+    // As over node's client, a deadline is judged once the I/O already waiting has been read (from
+    // an immediate, after the poll phase): a client that was itself frozen keeps the answer that
+    // came meanwhile.
+    let answered = false;
+    let ended = false;
+    const stop = new AbortController();
+    const giveUp = (ms: number, met: () => boolean) => () =>
+      setImmediate(() => {
+        if (!met()) stop.abort(new DeadlineError(`no answer in ${ms} ms`));
+      });
+    const silent = setTimeout(giveUp(limits.answerMs, () => answered), limits.answerMs);
+    const timer = setTimeout(giveUp(limits.totalMs, () => ended), limits.totalMs);
     try {
-      const response = await fetchFn(url, { method, headers, ...(body === undefined ? {} : { body }), signal: AbortSignal.any(stops) });
+      const response = await fetchFn(url, { method, headers, ...(body === undefined ? {} : { body }), signal: signal ? AbortSignal.any([stop.signal, signal]) : stop.signal });
+      answered = true;
       clearTimeout(silent);
-      return { status: response.status, text: await response.text() };
+      const text = await response.text();
+      ended = true;
+      return { status: response.status, text };
     } finally {
       clearTimeout(silent);
+      clearTimeout(timer);
     }
   };
 }
@@ -250,10 +275,11 @@ function timedOut(error: unknown): boolean {
 
 /**
  * Whether `req` may go to another replica after one it reached gave no answer: it changes nothing
- * (GET, HEAD), or it carries an `Idempotency-Key`, by which the server knows a repeat.
+ * (GET, HEAD), it carries an `Idempotency-Key`, by which the server knows a repeat, or it is
+ * marked `idempotent` (a repeat is the same by its nature).
  */
 function resendable(req: HttpRequest): boolean {
-  return req.method === 'GET' || req.method === 'HEAD' || req.idempotencyKey !== undefined;
+  return req.method === 'GET' || req.method === 'HEAD' || req.idempotencyKey !== undefined || req.idempotent === true;
 }
 
 /** A replica that gave a request no answer, and why. */
@@ -369,7 +395,7 @@ export class HttpClient {
   private limitsOf(req: HttpRequest, again: boolean): Limits {
     const totalMs = this.timeoutMs + (req.waitMs ?? 0) + (req.extraTimeoutMs ?? 0);
     if (!again || req.extraTimeoutMs !== undefined) return { answerMs: totalMs, totalMs };
-    const answerMs = req.waitMs === undefined ? this.answerTimeoutMs : req.waitMs + this.longPollMarginMs;
+    const answerMs = req.waitMs === undefined ? (req.answerTimeoutMs ?? this.answerTimeoutMs) : req.waitMs + this.longPollMarginMs;
     return { answerMs: Math.min(answerMs, totalMs), totalMs };
   }
 }

@@ -1,6 +1,6 @@
-export { RemoteBerthService, type RemoteBerthOptions } from './remote-berth-service.js';
+export { CLIENT_KEY_PREFIX, RemoteBerthService, type RemoteBerthOptions } from './remote-berth-service.js';
 export { openRemoteBerth, API_URL_ENV, TOKEN_ENV } from './open-remote-berth.js';
-export { AgentClient, AGENT_WORKER_HEADER, type AgentClaimOptions, type AgentClientOptions } from './agent-client.js';
+export { AgentClient, AGENT_WORKER_HEADER, type AgentClaimOptions, type AgentClientOptions, type AgentRenewOptions } from './agent-client.js';
 export {
   HttpClient,
   apiPath,

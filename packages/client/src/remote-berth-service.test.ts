@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { BerthError, type Operation, type Volume } from '@berth/core';
 import { apiPath, problemToError } from './http-client.js';
-import { RemoteBerthService } from './remote-berth-service.js';
+import { CLIENT_KEY_PREFIX, RemoteBerthService } from './remote-berth-service.js';
 import { codeOf } from './test-support.js';
 
 const VOLUME: Volume = {
@@ -157,6 +157,12 @@ describe('RemoteBerthService', () => {
     expect(started.operation).toEqual(OPERATION);
     expect(seen[1]?.headers.prefer).toBeUndefined();
     expect((await started.done).operation).toEqual(finished);
+    // A start the caller gave no key gets one of the client's own (a new one each time), which the
+    // API knows by its prefix: a start a frozen replica took may then go to the next replica.
+    const keys = [seen[0]?.headers['idempotency-key'], seen[1]?.headers['idempotency-key']];
+    for (const key of keys) expect(key).toMatch(/^berth-client:[0-9a-f-]{36}$/);
+    expect(keys[0]).not.toBe(keys[1]);
+    expect(CLIENT_KEY_PREFIX).toBe('berth-client:');
   });
 
   it('reconciles on the server: POST /v1/reconcile with dryRun, the report as sent, FORBIDDEN for a member', async () => {

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import {
   BerthError,
   MAX_OPERATION_LIST,
@@ -80,6 +81,14 @@ function field(body: unknown, key: string): unknown {
 function projectQuery(scope: ProjectScope | undefined): Record<string, string | undefined> {
   return { projectId: scope?.projectId };
 }
+
+/**
+ * What begins the `Idempotency-Key` the client gives a start its caller gave none (then a UUID):
+ * the API knows such a key for the client's own, replays by it, and shows it to no one (an
+ * operation's `idempotencyKey` reads null, as a start without a key does). A caller's own key
+ * should not begin with it.
+ */
+export const CLIENT_KEY_PREFIX = 'berth-client:';
 
 /**
  * BerthService over HTTP: every method is one call (or, for attach and detach, a start — which
@@ -331,7 +340,11 @@ export class RemoteBerthService implements BerthService {
       path,
       query: { projectId },
       body,
-      ...(idempotencyKey === undefined ? {} : { idempotencyKey }),
+      // Every start carries a key: the caller's, or one of the client's own (`berth-client:<uuid>`),
+      // so a start a replica took and then froze on goes to the next one, which replays the
+      // operation if the first journalled it (keys live in the shared store). The API shows the
+      // client's own key as null, as embedded mode shows a start without one.
+      idempotencyKey: idempotencyKey ?? `${CLIENT_KEY_PREFIX}${randomUUID()}`,
       ...(wait ? { headers: { prefer: `wait=${this.pollWaitSeconds}` }, waitMs: this.pollWaitSeconds * 1000 } : {}),
     });
     if (answer.status === 200) {

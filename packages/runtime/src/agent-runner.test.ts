@@ -161,8 +161,11 @@ class ScriptedApi implements AgentApi {
     throw new BerthError('CANCELLED', 'given up');
   }
 
-  async renew(_worker: string, id: string): Promise<{ leaseExpiresAt: string }> {
+  readonly renewLimits: Array<number | undefined> = [];
+
+  async renew(_worker: string, id: string, options?: { limitMs?: number }): Promise<{ leaseExpiresAt: string }> {
     this.renewals.push(id);
+    this.renewLimits.push(options?.limitMs);
     if (this.renewAnswer) return this.renewAnswer();
     return { leaseExpiresAt: new Date(Date.now() + 300).toISOString() };
   }
@@ -294,6 +297,9 @@ describe('AgentRunner', () => {
     await expect.poll(() => transport.calls).toEqual(['connect v1', 'connect v2']);
     // The release waits its turn with its lease kept (renewed every third of the 300 ms lease).
     await expect.poll(() => api.renewals.filter((id) => id === queued.item.id).length).toBeGreaterThanOrEqual(2);
+    // Each renewal may wait a quarter of the lease for a replica, under the third between two:
+    // one gone silent is passed over before the next renewal is due.
+    expect(new Set(api.renewLimits)).toEqual(new Set([75]));
     expect(transport.calls).toEqual(['connect v1', 'connect v2']);
     gate.resolve();
     await api.reported.promise;

@@ -22,7 +22,8 @@ import type { AgentHost } from './open-agent.js';
 export interface AgentApi {
   register(registration: AgentRegistration): Promise<AgentSession>;
   claim(worker: string, options: { waitMs: number; limit: number; signal?: AbortSignal }): Promise<ClaimedWork[]>;
-  renew(worker: string, id: string): Promise<{ leaseExpiresAt: string }>;
+  /** `limitMs`: how long a replica may stay silent before the renewal goes to the next one. */
+  renew(worker: string, id: string, options?: { limitMs?: number }): Promise<{ leaseExpiresAt: string }>;
   report(worker: string, id: string, outcome: AgentOutcome): Promise<void>;
 }
 
@@ -341,15 +342,20 @@ export class AgentRunner {
     if (this.failed.signal.aborted) onFailed();
     else this.failed.signal.addEventListener('abort', onFailed, { once: true });
     const lease = { expiresAt: local(item.leaseExpiresAt) || Date.now() + session.leaseMs };
+    // Renewed every third of the lease, each renewal given a quarter of it: a replica that went
+    // silent (frozen) is passed over for the next one before the next renewal is due, and the
+    // lease never passes for it.
+    const every = Math.max(100, Math.floor(session.leaseMs / 3));
+    const renewLimitMs = Math.max(50, Math.floor(session.leaseMs / 4));
     const renewal = setInterval(() => {
-      this.options.api.renew(session.worker, item.id).then(
+      this.options.api.renew(session.worker, item.id, { limitMs: renewLimitMs }).then(
         (answer) => (lease.expiresAt = local(answer.leaseExpiresAt)),
         (error: unknown) => {
           if (BerthError.is(error) && error.code === 'CONFLICT') fenced.abort(error);
           // Anything else: the next renewal (or the report) tries again while the lease lasts.
         },
       );
-    }, Math.max(100, Math.floor(session.leaseMs / 3)));
+    }, every);
     const dropped = (): void => this.state(`dropped ${item.step} of operation ${item.operationId}: another agent or replica took it over`);
     try {
       await this.queue.withLock(key, async () => {

@@ -109,7 +109,7 @@ export function agentRoutes(deps: RouteDeps): AnyRoute[] {
       path: '/v1/agent/work/{id}/result',
       operationId: 'reportAgentWork',
       summary: 'Report how a claimed work item ended',
-      description: '409 when this worker no longer holds it; 404 for an item of another host. Never send secrets in a result: they are dropped.',
+      description: '409 when this worker no longer holds it (the same report again from the worker whose report ended the item is 200, nothing written twice); 404 for an item of another host. Never send secrets in a result: they are dropped.',
       tag: 'agent',
       access: AGENTS,
       params: zIdParams,

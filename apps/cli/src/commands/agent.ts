@@ -39,8 +39,8 @@ export default class Agent extends BaseCommand<typeof Agent> {
     '(config, 5 s) it runs its transports\' upkeep (iscsi-user: a killed dead-target watcher started again',
     'while LUNs are connected). SIGTERM or SIGINT stops claiming, lets running items finish, then exits',
     '0. With several replicas and no load balancer in',
-    'front, give them all: --api URL1,URL2 — when the one in use cannot be reached or is stopping, the',
-    'agent goes on with the next.',
+    'front, give them all: --api URL1,URL2 — when the one in use cannot be reached, is stopping or stays',
+    'silent, the agent goes on with the next.',
   ].join('\n');
   static override examples = [
     '<%= config.bin %> <%= command.id %> --api https://controller:8776 --token-file /etc/berth/agent.token',

@@ -125,6 +125,32 @@ describe('a replaced agent', () => {
   });
 });
 
+describe('a report sent twice', () => {
+  it('is accepted again when the item ended as reported by this worker (an agent that moved on from a silent replica); any other is CONFLICT', async () => {
+    const { store, service } = agentService();
+    const registration = { version: '0.1.0', connector: { host: 'h-3' }, transports: ['mem'], consumers: ['mem'] };
+    try {
+      const session = await service.agentWork.register('h-3', { instance: 'boot-1', ...registration });
+      const operation = await store.operations.create({ kind: 'attach', hostId: session.hostId, owner: 'api-1', leaseMs: TEN_MINUTES, deadlineAt: '2030-01-01T00:00:00.000Z' });
+      const item = await store.workItems!.create({ operationId: operation.id, hostId: session.hostId, step: 'host_facts', payload: {} });
+      const claimed = await service.agentWork.claim('h-3', session.worker, { waitMs: 0, limit: 1 });
+      expect(claimed.map((w) => w.item.id)).toEqual([item.id]);
+      const outcome = { state: 'done' as const, result: { listings: [] } };
+      await service.agentWork.report('h-3', session.worker, item.id, outcome);
+      const first = await store.workItems!.get(item.id);
+      await service.agentWork.report('h-3', session.worker, item.id, outcome);
+      // Nothing written the second time.
+      expect(await store.workItems!.get(item.id)).toEqual(first);
+      // Another outcome, or another worker, is not the same report.
+      await expect(service.agentWork.report('h-3', session.worker, item.id, { state: 'failed' })).rejects.toMatchObject({ code: 'CONFLICT' });
+      const successor = await service.agentWork.register('h-3', { instance: 'boot-2', ...registration });
+      await expect(service.agentWork.report('h-3', successor.worker, item.id, outcome)).rejects.toMatchObject({ code: 'CONFLICT' });
+    } finally {
+      await service.close();
+    }
+  });
+});
+
 describe('a long-poll woken by new work', () => {
   it('answers nothing and claims nothing (its answer may sit unread in a frozen agent): the item stays pending for the claim the agent sends next', async () => {
     const { store, service } = agentService();

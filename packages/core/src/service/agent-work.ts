@@ -209,11 +209,19 @@ export class AgentWorkService implements AgentWork {
     const item = await this.itemOf(workItems, host, id);
     const result = valid.state === 'done' ? resultOf(item, valid.result) : null;
     const error = valid.state === 'failed' ? (valid.error ?? { code: 'DRIVER_ERROR', message: `step ${item.step} failed on host ${host.name}` }) : null;
-    await store.transaction(async (tx) => {
-      const finished = await (tx.workItems ?? workItems).complete(id, who, { state: valid.state, result, error });
-      // The item itself goes with the notification: the waiting replica need not read it back.
-      await (tx.notifications ?? notifications).notify(WORK_DONE_CHANNEL, workDoneNotice(finished));
-    });
+    try {
+      await store.transaction(async (tx) => {
+        const finished = await (tx.workItems ?? workItems).complete(id, who, { state: valid.state, result, error });
+        // The item itself goes with the notification: the waiting replica need not read it back.
+        await (tx.notifications ?? notifications).notify(WORK_DONE_CHANNEL, workDoneNotice(finished));
+      });
+    } catch (failure) {
+      // The same report again (the agent sent it to another replica after one that took it went
+      // silent): the item ended as reported, by this worker. Accepted, nothing written or woken twice.
+      if (!BerthError.is(failure) || failure.code !== 'CONFLICT') throw failure;
+      const now = await workItems.get(item.id);
+      if (now === undefined || now.state !== valid.state || now.leaseOwner !== who) throw failure;
+    }
     await this.heardFrom(host, who).catch(() => undefined);
   }
 
