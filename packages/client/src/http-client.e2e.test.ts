@@ -286,3 +286,49 @@ describe('HttpClient with a replica that accepts connections and never answers (
     }
   });
 });
+
+describe('a replica killed while it handles a request (the connection reset before an answer)', () => {
+  it('a write it took reads "may or may not have been applied", not only "is berth serve running?"; a refused connection stays "cannot reach"', async () => {
+    const { url } = await serve((request) => {
+      // Read the request, then die without a word (kill -9 of berth serve mid-request).
+      request.resume();
+      request.on('end', () => request.socket.destroy());
+    });
+    client = new HttpClient({ url });
+    const lost = (await client.request({ method: 'POST', path: '/v1/volumes/d1/attach', body: {} }).catch((e: unknown) => e)) as BerthError;
+    expect(lost).toMatchObject({ code: 'CONFIG', details: { unreachable: true, outcomeUnknown: true } });
+    expect(lost.message).toBe(`the berth API at ${new URL(url).origin} lost the connection before it answered POST /v1/volumes/d1/attach: it may or may not have been applied`);
+    expect(lost.hint).toMatch(/check whether it took effect before trying again/);
+    const refused = new HttpClient({ url: 'http://127.0.0.1:1' });
+    try {
+      const error = (await refused.request({ method: 'POST', path: '/v1/volumes', body: {} }).catch((e: unknown) => e)) as BerthError;
+      expect(error.message).toContain('cannot reach the berth API');
+      expect(error.details.outcomeUnknown).toBeUndefined();
+    } finally {
+      refused.close();
+    }
+  });
+
+  it("RemoteBerthService: an attach whose outcome wait loses the API names the started operation and how to see it; the operation's own failure stays as the API answered it", async () => {
+    const running = { ...OPERATION_DONE, state: 'running' as const, endedAt: null, deadlineAt: new Date(Date.now() + 60_000).toISOString() };
+    let outcome: 'reset' | 'timeout-problem' = 'reset';
+    const { url } = await serve((request, response) => {
+      if (request.method === 'POST') return void json(response, 202, running);
+      if (outcome === 'reset') return void request.socket.destroy();
+      json(response, 504, { code: 'TIMEOUT', detail: "host h1's agent did not pick up step connect", status: 504 });
+    });
+    const remote = new RemoteBerthService({ url, ...QUICK, pollWaitSeconds: 1 });
+    try {
+      const lost = (await remote.attach({ volume: 'data1' }).catch((e: unknown) => e)) as BerthError;
+      expect(lost.code).toBe('CONFIG');
+      expect(lost.message).toMatch(new RegExp(`^attach ${running.id} was started, and then cannot reach the berth API`));
+      expect(lost.hint).toContain(`berth operation show ${running.id}`);
+      expect(lost.details).toMatchObject({ operationId: running.id, outcomeUnknown: true });
+      outcome = 'timeout-problem';
+      const failed = (await remote.attach({ volume: 'data1' }).catch((e: unknown) => e)) as BerthError;
+      expect(failed).toMatchObject({ code: 'TIMEOUT', message: "host h1's agent did not pick up step connect" });
+    } finally {
+      await remote.close();
+    }
+  });
+});

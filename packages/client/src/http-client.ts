@@ -419,6 +419,7 @@ function unanswered(method: string, path: string, origin: string, ms: number, ca
   return new BerthError('TIMEOUT', `the berth API at ${origin} did not answer ${method} ${path} in ${ms / 1000} s: it may or may not have been applied`, {
     cause,
     hint: 'it was not sent to another replica (it is not safe to send twice): check whether it took effect before trying again',
+    details: { unanswered: true },
   });
 }
 
@@ -432,6 +433,17 @@ function noAnswer(method: string, path: string, missed: readonly Miss[]): BerthE
     return new BerthError('TIMEOUT', `the berth API at ${either(silent)} did not answer ${method} ${path} in time${also}`, {
       cause,
       hint: 'a replica that accepts connections and does not answer is stopped or overloaded: check `berth serve` there',
+      details: { unanswered: true },
+    });
+  }
+  // A write that reached a replica and lost the connection before its answer (the replica killed
+  // while it ran): it may have been applied — "is berth serve running?" alone sent a user to start
+  // it again over an attach that had started (explorer, 2026-12-08).
+  if (method !== 'GET' && method !== 'HEAD' && missed.some((miss) => !neverConnected(miss.error))) {
+    return new BerthError('CONFIG', `the berth API at ${either(unreachable)} lost the connection before it answered ${method} ${path}: it may or may not have been applied`, {
+      cause,
+      hint: 'check whether it took effect before trying again (`berth operation list`, `berth volume show <volume>`); is `berth serve` still running there?',
+      details: { unreachable: true, outcomeUnknown: true },
     });
   }
   return new BerthError('CONFIG', `cannot reach the berth API at ${either(unreachable)}`, {

@@ -366,12 +366,16 @@ export class RemoteBerthService implements BerthService {
     // The server ends every operation by its deadline; past that (plus slack) something is wrong.
     const giveUpAt = (Number.isFinite(deadline) ? deadline : Date.now() + 3_600_000) + 120_000;
     for (;;) {
-      const answer = await this.http.request({
-        method: 'GET',
-        path: apiPath`/v1/operations/${operation.id}/outcome`,
-        query: { wait: `${this.pollWaitSeconds}s`, projectId },
-        waitMs: this.pollWaitSeconds * 1000,
-      });
+      const answer = await this.http
+        .request({
+          method: 'GET',
+          path: apiPath`/v1/operations/${operation.id}/outcome`,
+          query: { wait: `${this.pollWaitSeconds}s`, projectId },
+          waitMs: this.pollWaitSeconds * 1000,
+        })
+        .catch((error: unknown) => {
+          throw lostWhileWaiting(error, operation);
+        });
       if (answer.status === 200) {
         const outcome = checked(zOperationOutcomeBody, answer.body, 'operation outcome');
         return { operation: outcome.operation, volume: outcome.volume, attachment: outcome.attachment ?? undefined };
@@ -384,4 +388,19 @@ export class RemoteBerthService implements BerthService {
       }
     }
   }
+}
+
+/**
+ * The API gone silent or unreachable while an operation it started was waited for: the operation
+ * exists and may still run (or have ended) — the error says which one and how to see it, instead
+ * of only "cannot reach the berth API" over an attach that had started.
+ */
+function lostWhileWaiting(error: unknown, operation: Operation): unknown {
+  // Only the client's own "no answer" errors: a problem the API answered (the operation's own TIMEOUT) is the outcome.
+  if (!BerthError.is(error) || !(error.details.unreachable === true || error.details.unanswered === true)) return error;
+  return new BerthError(error.code, `${operation.kind} ${operation.id} was started, and then ${error.message}`, {
+    hint: `it may still run, or have ended: \`berth operation show ${operation.id}\` once the API answers (${error.hint ?? 'check `berth serve`'})`,
+    details: { ...error.details, operationId: operation.id, outcomeUnknown: true },
+    cause: error,
+  });
 }
