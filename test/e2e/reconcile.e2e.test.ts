@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { closeSync, openSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, renameSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -62,6 +62,34 @@ describe('berth reconcile on the loop transport', () => {
     expect((await berth.getVolume('lost1')).status).toBe('available');
     renameSync(aside, file);
     expect(kinds(await berth.reconcile!({ dryRun: true }))).toEqual([]);
+  });
+
+  it("reports a volume whose file was cut short behind berth's back (truncate), attached and not, fixing nothing; grown back, it is quiet again", async () => {
+    const berth = await t.open();
+    const volume = await berth.createVolume({ name: 'cut1', sizeBytes: 8 * MiB });
+    await berth.createVolume({ name: 'whole1', sizeBytes: 8 * MiB });
+    const file = volume.providerLocation!;
+    truncateSync(file, 4 * MiB);
+    for (const dryRun of [true, false]) {
+      const report = await berth.reconcile!({ dryRun });
+      expect(kinds(report)).toEqual(['volume_storage_short:none:skipped']);
+      expect(report.differences[0]).toMatchObject({ volumeId: volume.id, resource: 'volume cut1' });
+      expect(report.differences[0]!.detail).toBe(`volume cut1 is available and ${8 * MiB} bytes, but backend file has only ${4 * MiB} bytes of its storage (${file}): an attach would be refused`);
+      expect(report.differences[0]!.result).toMatch(/what was past 4194304 bytes is gone .*truncate -s 8388608/);
+    }
+    truncateSync(file, 8 * MiB);
+    await berth.attach({ volume: 'cut1' });
+    try {
+      truncateSync(file, 2 * MiB);
+      const attached = await berth.reconcile!({ dryRun: true });
+      expect(kinds(attached)).toEqual(['volume_storage_short:none:skipped']);
+      expect(attached.differences[0]!.detail).toMatch(/is in-use .* only 2097152 bytes .*reads zeros past the cut/);
+      truncateSync(file, 8 * MiB);
+      expect(kinds(await berth.reconcile!({ dryRun: true }))).toEqual([]);
+    } finally {
+      truncateSync(file, 8 * MiB);
+      await berth.detach({ volume: 'cut1' });
+    }
   });
 
   it('disconnects a loop device whose attachment row was deleted behind berth\'s back, and recomputes the volume', async () => {

@@ -418,6 +418,7 @@ function guardBackend(backend: VolumeBackend, plugin: string): VolumeBackend {
     ...(backend.credentials ? { credentials: (v) => wrap(() => backend.credentials!(v)) } : {}),
     ...(backend.exports ? { exports: () => wrap(() => backend.exports!()) } : {}),
     ...(backend.missingStorage ? { missingStorage: (v, s) => wrap(() => backend.missingStorage!(v, s)) } : {}),
+    ...(backend.shortStorage ? { shortStorage: (v, s) => wrap(() => backend.shortStorage!(v, s)) } : {}),
     ...(backend.upkeep ? { upkeep: (s) => wrap(() => backend.upkeep!(s)) } : {}),
     ...(backend.close ? { close: () => wrap(() => backend.close!()) } : {}),
     check: () => wrap(() => backend.check()),

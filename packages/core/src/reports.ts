@@ -19,6 +19,7 @@ export const DIFFERENCE_KINDS = [
   'attachment_missing_from_guest',
   'attachment_not_published',
   'volume_storage_missing',
+  'volume_storage_short',
   'volume_status_mismatch',
 ] as const;
 /** One of `DIFFERENCE_KINDS`. */

@@ -225,6 +225,29 @@ export function createFileBackend(context: PluginContext<Partial<FileBackendOpti
       return missing;
     },
 
+    /**
+     * Volumes whose file is there but smaller than the volume (`truncate`, a bad copy): an attach
+     * refuses it, an attached loop device reads zeros past the cut. The file an attach would use
+     * (the volume directory's, else the recorded one); a file that is gone or cannot be looked at
+     * is not short.
+     */
+    async shortStorage(volumes, signal): Promise<Array<{ id: string; sizeBytes: number }>> {
+      const sizeOf = (file: string): Promise<number | undefined> =>
+        stat(file).then(
+          (s) => (s.isFile() ? s.size : undefined),
+          () => undefined,
+        );
+      const short: Array<{ id: string; sizeBytes: number }> = [];
+      for (const volume of volumes) {
+        throwIfAborted(signal);
+        const file = fileOf(volume);
+        const recorded = volume.providerLocation;
+        const size = (await sizeOf(file)) ?? (recorded && path.resolve(recorded) !== file ? await sizeOf(recorded) : undefined);
+        if (size !== undefined && size < volume.sizeBytes) short.push({ id: volume.id, sizeBytes: size });
+      }
+      return short;
+    },
+
     async check(): Promise<CheckResult> {
       const checks: NonNullable<CheckResult['checks']> = [];
       try {

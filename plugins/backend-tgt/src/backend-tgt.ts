@@ -427,6 +427,27 @@ export function createTgtBackend(context: PluginContext<Partial<TgtBackendOption
     },
 
     /**
+     * Volumes whose LUN file is there but smaller than the volume (cut short behind berth: tgtd
+     * serves what the file has, a host reads zeros or errors past it). Reads as `missingStorage`
+     * does; a volume without a record or a file is not short.
+     */
+    async shortStorage(volumes, signal): Promise<Array<{ id: string; sizeBytes: number }>> {
+      const state = await store.read();
+      const short: Array<{ id: string; sizeBytes: number }> = [];
+      for (const volume of volumes) {
+        throwIfAborted(signal);
+        const record = state.volumes[idOf(volume)];
+        if (record === undefined) continue;
+        const size = await stat(record.file).then(
+          (s) => (s.isFile() ? s.size : undefined),
+          () => undefined,
+        );
+        if (size !== undefined && size < volume.sizeBytes) short.push({ id: volume.id, sizeBytes: size });
+      }
+      return short;
+    },
+
+    /**
      * `berth serve`'s upkeep: berth's own tgtd, when it died (crash, OOM, `kill -9`) or is not
      * running after a reboot while volumes exist, is started again and every export restored —
      * what the next call would do, done before the hosts' sessions reach their recovery timeout

@@ -61,6 +61,14 @@ export interface VolumeBackend {
    */
   missingStorage?(volumes: readonly BackendVolume[], signal: AbortSignal): Promise<string[]>;
   /**
+   * The volumes, among `volumes`, whose storage is there but smaller than their `sizeBytes` (a
+   * volume file cut short behind berth's back: `truncate`, a bad copy), each with the size it has
+   * now: what `berth reconcile` reports as `volume_storage_short` (an attach refuses such a volume;
+   * an attached one reads zeros past the cut). Storage that is gone is `missingStorage`'s, not
+   * listed here; storage larger than the volume is not short. Reads only.
+   */
+  shortStorage?(volumes: readonly BackendVolume[], signal: AbortSignal): Promise<Array<{ id: string; sizeBytes: number }>>;
+  /**
    * Upkeep a long-running berth (`berth serve`) runs every `upkeep.intervalMs`: bring back what
    * died between two calls (the tgt backend restarts its tgtd and restores every export, so hosts'
    * sessions reconnect before their recovery timeout instead of at the next command). Must be

@@ -1,6 +1,7 @@
 import type { DriverCatalog } from '../catalog.js';
 import type { HostStepCall, HostSteps } from '../host-steps/host-steps.js';
 import type { ListOptions } from '../contracts/transport-driver.js';
+import type { BackendVolume, VolumeBackend } from '../contracts/volume-backend.js';
 import { BerthError, toBerthError } from '../errors.js';
 import { consumerNameFor } from '../hypervisor.js';
 import type { Attachment, Host, Server, Volume } from '../model.js';
@@ -43,6 +44,43 @@ export async function readExports(catalog: DriverCatalog, backendNames: readonly
  */
 export async function readMissingStorage(catalog: DriverCatalog, volumes: readonly Volume[], unchecked: ReconcileUnchecked[]): Promise<Set<string>> {
   const missing = new Set<string>();
+  await askBackends(catalog, volumes, unchecked, "checking its volumes' storage failed", async (backend, asked, signal) => {
+    if (!backend.missingStorage) return;
+    for (const id of await backend.missingStorage(asked, signal)) missing.add(id);
+  });
+  return missing;
+}
+
+/**
+ * The volumes, among `volumes`, whose backend says their storage is smaller than the volume
+ * (`shortStorage`), with the size it has: id → bytes. Asked and reported as `readMissingStorage`;
+ * an answer about a volume not asked, or whose size is not a whole number below the volume's, is
+ * dropped (a plugin's answer is not trusted to name what it was not asked).
+ */
+export async function readShortStorage(catalog: DriverCatalog, volumes: readonly Volume[], unchecked: ReconcileUnchecked[]): Promise<Map<string, number>> {
+  const short = new Map<string, number>();
+  const sizes = new Map(volumes.map((v) => [v.id, v.sizeBytes]));
+  await askBackends(catalog, volumes, unchecked, "checking its volumes' storage sizes failed", async (backend, asked, signal) => {
+    if (!backend.shortStorage) return;
+    for (const entry of await backend.shortStorage(asked, signal)) {
+      const size = sizes.get(entry.id);
+      if (size !== undefined && Number.isSafeInteger(entry.sizeBytes) && entry.sizeBytes >= 0 && entry.sizeBytes < size) short.set(entry.id, entry.sizeBytes);
+    }
+  });
+  return short;
+}
+
+/**
+ * Ask each backend of `volumes` about its own (`ask`), within `STORAGE_CHECK_DEADLINE_MS`; one that
+ * fails (or does not answer in time) is named in `unchecked` with `failed`.
+ */
+async function askBackends(
+  catalog: DriverCatalog,
+  volumes: readonly Volume[],
+  unchecked: ReconcileUnchecked[],
+  failed: string,
+  ask: (backend: VolumeBackend, asked: BackendVolume[], signal: AbortSignal) => Promise<void>,
+): Promise<void> {
   const byBackend = new Map<string, Volume[]>();
   for (const volume of volumes) {
     const own = byBackend.get(volume.backend);
@@ -52,23 +90,22 @@ export async function readMissingStorage(catalog: DriverCatalog, volumes: readon
   for (const [name, own] of byBackend) {
     try {
       const backend = catalog.backend(name);
-      if (!backend.missingStorage) continue;
       const asked = own.map((v) => ({ id: v.id, name: v.name, sizeBytes: v.sizeBytes, providerLocation: v.providerLocation }));
       // Raced with its deadline: a `stat` on a stalled network mount does not hear the signal.
-      const deadline = AbortSignal.timeout(MISSING_STORAGE_DEADLINE_MS);
+      const deadline = AbortSignal.timeout(STORAGE_CHECK_DEADLINE_MS);
       const expired = new Promise<never>((_, reject) =>
-        deadline.addEventListener('abort', () => reject(new BerthError('TIMEOUT', `no answer within ${MISSING_STORAGE_DEADLINE_MS / 1000} s`)), { once: true }),
+        deadline.addEventListener('abort', () => reject(new BerthError('TIMEOUT', `no answer within ${STORAGE_CHECK_DEADLINE_MS / 1000} s`)), { once: true }),
       );
-      for (const id of await Promise.race([backend.missingStorage(asked, deadline), expired])) missing.add(id);
+      expired.catch(() => undefined);
+      await Promise.race([ask(backend, asked, deadline), expired]);
     } catch (error) {
-      unchecked.push(failedCheck('backend', name, "checking its volumes' storage failed", error));
+      unchecked.push(failedCheck('backend', name, failed, error));
     }
   }
-  return missing;
 }
 
-/** How long a backend may take to say which volumes' storage is gone. */
-const MISSING_STORAGE_DEADLINE_MS = 30_000;
+/** How long a backend may take to say which volumes' storage is gone, or short. */
+const STORAGE_CHECK_DEADLINE_MS = 30_000;
 
 /**
  * What the transports of the reconciled host list, through its executor (the `host_facts` host

@@ -279,6 +279,23 @@ describe('findDifferences', () => {
     expect(findDifferences(facts({ volumes: [v], attachments: [a], listings: loop([listed(undefined)]) }))).toEqual([]);
   });
 
+  it('reports a volume whose backend says its storage is short, attached or not, with no fix; not a busy one as such, not a size the volume does not exceed', () => {
+    const cut = volume('cut1', 'available', '/v/cut1.img');
+    const used = volume('used1', 'in-use', '/v/used1.img');
+    const busy = volume('busy1', 'available', '/v/busy1.img');
+    const whole = volume('whole1', 'available', '/v/whole1.img');
+    const short = new Map([[cut.id, 4096], [used.id, 0], [busy.id, 512], [whole.id, whole.sizeBytes]]);
+    const found = findDifferences(facts({ volumes: [cut, used, busy, whole], busyVolumeIds: new Set([busy.id]), shortStorage: short }));
+    expect(found.filter((f) => f.kind === 'volume_storage_short').map((f) => [f.kind === 'volume_storage_short' ? f.volume.name : '', f.skip?.slice(0, 30)])).toEqual([
+      ['cut1', 'not fixed automatically: what '],
+      ['used1', 'not fixed automatically: what '],
+      ['busy1', 'an operation on this volume is'],
+    ]);
+    const described = describeFinding(found.find((f) => f.kind === 'volume_storage_short')!);
+    expect(described).toMatchObject({ kind: 'volume_storage_short', volumeId: cut.id, attachmentId: null, fix: 'none', state: 'skipped' });
+    expect(described.detail).toBe(`volume cut1 is available and ${1 << 20} bytes, but backend file has only 4096 bytes of its storage (/v/cut1.img): an attach would be refused`);
+  });
+
   it('reports an available volume whose backend says its storage is gone, with no fix and what to do; not an attached one, not a busy one as such, not when the backend was not asked', () => {
     const gone = volume('gone1', 'available', '/v/gone1.img');
     const fine = volume('fine1', 'available', '/v/fine1.img');

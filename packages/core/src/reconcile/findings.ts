@@ -151,6 +151,8 @@ export interface ReconcileFacts {
   publications?: ReadonlyMap<string, string>;
   /** Volumes whose backend says their storage is gone (`VolumeBackend.missingStorage`), by id. */
   missingStorage?: ReadonlySet<string>;
+  /** Volumes whose backend says their storage is smaller than the volume (`VolumeBackend.shortStorage`): id → its size now. */
+  shortStorage?: ReadonlyMap<string, number>;
 }
 
 /** One difference as found, with what its fix needs. */
@@ -196,6 +198,14 @@ export type Finding =
       kind: 'volume_storage_missing';
       volume: Volume;
       /** Always set: nothing is fixed automatically (the storage is restored by its owner, or the volume deleted). */
+      skip: string;
+    }
+  | {
+      kind: 'volume_storage_short';
+      volume: Volume;
+      /** The size the storage has now, below `volume.sizeBytes`. */
+      storageBytes: number;
+      /** Always set: nothing is fixed automatically (the data past the cut is gone; its owner decides). */
       skip: string;
     }
   | { kind: 'volume_status_mismatch'; volume: Volume; expected: VolumeStatus; skip?: string };
@@ -428,6 +438,7 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
   findings.push(...findGuestDifferences(facts, busy, findings));
   findings.push(...findPublicationDifferences(facts, busy, findings));
   if (facts.missingStorage) findings.push(...findMissingStorage(facts.volumes, facts.attachments, facts.busyVolumeIds, facts.missingStorage));
+  if (facts.shortStorage) findings.push(...findShortStorage(facts.volumes, facts.busyVolumeIds, facts.shortStorage));
   findings.push(...findStatusMismatches(facts.volumes, facts.attachments, facts.busyVolumeIds));
   return findings;
 }
@@ -542,6 +553,24 @@ export function findMissingStorage(volumes: readonly Volume[], attachments: read
       ? 'an operation on this volume is running; run reconcile again when it has finished'
       : `not fixed automatically: berth cannot bring the data back — restore the volume's storage from a backup (${volume.providerLocation ?? `backend ${volume.backend}`}), or drop the volume with \`berth volume delete ${volume.name}\``;
     findings.push({ kind: 'volume_storage_missing', volume, skip });
+  }
+  return findings;
+}
+
+/**
+ * Volumes whose storage is smaller than the volume (`shortStorage`: a file cut short behind
+ * berth's back), attached or not: an attach refuses such a volume (exit 16), an attached one reads
+ * zeros past the cut — reconcile said "No differences" either way (an explorer's `truncate`).
+ */
+export function findShortStorage(volumes: readonly Volume[], busyVolumeIds: ReadonlySet<string>, short: ReadonlyMap<string, number>): Finding[] {
+  const findings: Finding[] = [];
+  for (const volume of volumes) {
+    const storageBytes = short.get(volume.id);
+    if (storageBytes === undefined || storageBytes >= volume.sizeBytes) continue;
+    const skip = busyVolumeIds.has(volume.id)
+      ? 'an operation on this volume is running; run reconcile again when it has finished'
+      : `not fixed automatically: what was past ${storageBytes} bytes is gone — restore the volume's storage from a backup (${volume.providerLocation ?? `backend ${volume.backend}`}), or, to keep what is left, grow it back to the volume's ${volume.sizeBytes} bytes (for a file: \`truncate -s ${volume.sizeBytes} <file>\`; the rest reads as zeros), or \`berth volume delete ${volume.name}\``;
+    findings.push({ kind: 'volume_storage_short', volume, storageBytes, skip });
   }
   return findings;
 }
@@ -723,6 +752,18 @@ export function describeFinding(finding: Finding): ReconcileDifference {
         detail: `volume ${volume.name} is available, but backend ${volume.backend} no longer has its storage (${where}): an attach or extend would fail`,
         fix: 'none',
         fixDetail: `none: restore ${where} from a backup, or \`berth volume delete ${volume.name}\` to drop the record`,
+        ...base(volume.id, null),
+      };
+    }
+    case 'volume_storage_short': {
+      const { volume, storageBytes } = finding;
+      const where = volume.providerLocation ?? 'its storage';
+      return {
+        kind: finding.kind,
+        resource: `volume ${volume.name}`,
+        detail: `volume ${volume.name} is ${volume.status} and ${volume.sizeBytes} bytes, but backend ${volume.backend} has only ${storageBytes} bytes of its storage (${where}): ${volume.status === 'available' ? 'an attach would be refused' : 'its device reads zeros past the cut'}`,
+        fix: 'none',
+        fixDetail: `none: restore ${where} from a backup, grow it back to ${volume.sizeBytes} bytes, or \`berth volume delete ${volume.name}\``,
         ...base(volume.id, null),
       };
     }

@@ -103,6 +103,7 @@ export async function fixOf(deps: ReconcileDeps, finding: Finding, target: FixTa
       return repairPaths(deps, finding.attachment.id, fresh.volume, finding.transport, finding.listed, { ...target, signal });
     case 'attachment_storage_gone':
     case 'volume_storage_missing':
+    case 'volume_storage_short':
       // Report-only: the finding is always skipped, and this is never reached.
       throw new Skip(finding.skip);
     case 'attachment_stuck':

@@ -4,7 +4,7 @@ import type { HostStepCall } from '../host-steps/host-steps.js';
 import type { Host, Operation } from '../model.js';
 import { summarize } from '../pipeline/operation-runner.js';
 import type { ReconcileDifference, ReconcileOptions, ReconcileReport, ReconcileUnchecked } from '../reports.js';
-import { busyVolumeIds, readExports, readGuests, readListings, readMissingStorage, readPublications } from './facts.js';
+import { busyVolumeIds, readExports, readGuests, readListings, readMissingStorage, readPublications, readShortStorage } from './facts.js';
 import { describeFinding, findDifferences, findStatusMismatches, type Finding } from './findings.js';
 import { fixOf, Skip, type ReconcileDeps } from './fixes.js';
 
@@ -79,6 +79,13 @@ export async function runReconcile(deps: ReconcileDeps, options: ReconcileOption
       const now = await store.volumes.get(id).catch(() => undefined);
       if (now?.status !== 'available') missingStorage.delete(id);
     }
+    // Attached volumes too: a file cut short under a loop device reads zeros past the cut. Read
+    // again as above: a volume deleted meanwhile is gone, not short.
+    const shortStorage = await readShortStorage(catalog, volumes.filter((v) => (v.status === 'available' || v.status === 'in-use') && knownBackends.has(v.backend)), unchecked);
+    for (const id of [...shortStorage.keys()]) {
+      const now = await store.volumes.get(id).catch(() => undefined);
+      if (now?.status !== 'available' && now?.status !== 'in-use') shortStorage.delete(id);
+    }
     // Where this berth's transports run (this host only: an agent's roots are its own).
     const transportRoots = steps.kind === 'local' ? transportRootsOf(catalog) : undefined;
     findings = findDifferences({
@@ -95,6 +102,7 @@ export async function runReconcile(deps: ReconcileDeps, options: ReconcileOption
       guests,
       publications,
       missingStorage,
+      shortStorage,
     });
   } catch (error) {
     const failure = toBerthError(error);

@@ -171,6 +171,22 @@ export function describeBackendConformance(
       expect(await backend.missingStorage([live], signal())).toEqual([]);
     }, timeoutMs);
 
+    it('shortStorage (when supported) lists exactly the asked volumes whose storage is smaller than their size, with that size: not a whole one, nor one that is gone', async () => {
+      const { backend } = current();
+      if (!backend.shortStorage) return;
+      const whole = await create(newVolume());
+      const deleted = await create(newVolume());
+      await backend.delete(deleted, signal());
+      expect(await backend.shortStorage([], signal())).toEqual([]);
+      expect(await backend.shortStorage([whole, deleted, newVolume()], signal())).toEqual([]);
+      // The record says more than the storage holds (as after a cut behind berth's back): short, with the storage's size.
+      const bigger = { ...whole, sizeBytes: whole.sizeBytes * 4 };
+      const short = await backend.shortStorage([bigger, deleted], signal());
+      expect(short.map((s) => s.id)).toEqual([whole.id]);
+      expect(short[0]!.sizeBytes).toBeGreaterThanOrEqual(whole.sizeBytes);
+      expect(short[0]!.sizeBytes).toBeLessThan(bigger.sizeBytes);
+    }, timeoutMs);
+
     it('upkeep (when supported) is quiet on a healthy backend: twice in a row, exports untouched, and honours an aborted signal', async () => {
       const { backend } = current();
       if (!backend.upkeep) return;
