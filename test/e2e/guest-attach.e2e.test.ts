@@ -179,7 +179,7 @@ describe('berth attach into a real QEMU guest (CLI, loop transport, file backend
     await sandbox.json(['volume', 'delete', 'data1', '--yes']);
   });
 
-  it('a guest that does not let go (paused): detach fails with TIMEOUT naming it, host side intact; --force refuses too; after resume the detach finishes', async () => {
+  it('a guest that does not let go (paused): detach fails with TIMEOUT naming it, host side intact, the attachment error_detaching (the unplug stays pending); --force refuses too; after resume the guest drops the disk and the detach finishes', async () => {
     const volume = await createVolume('held');
     await sandbox.json(['attach', 'held', '--server', 'vm-1']);
     await guest.agent.waitForDisk(volume.id, SEE_MS);
@@ -193,7 +193,8 @@ describe('berth attach into a real QEMU guest (CLI, loop transport, file backend
         expect(error.message).toContain('vm-1');
         expect(error.message).toContain('paused');
         const [attachment] = await sandbox.json<Attachment[]>(['attachment', 'list', '--volume', 'held']);
-        expect(attachment?.status).toBe('attached');
+        // Not `attached`: the guest has the unplug request and acts on it when it resumes.
+        expect(attachment?.status).toBe('error_detaching');
         expect(loopDevicesBacking(volume.file)).toEqual([device]);
         expect(existsSync(`/dev/berth/${volume.id}`)).toBe(true);
         expect(await qemuLeftovers(volume.id)).toContain(`berth-${volume.id}`);
@@ -201,6 +202,8 @@ describe('berth attach into a real QEMU guest (CLI, loop transport, file backend
     } finally {
       await guest.resume();
     }
+    // Resumed, the guest acts on the pending request: the disk goes without another detach.
+    await guest.agent.waitForDiskGone(volume.id, SEE_MS);
     await sandbox.json(['detach', 'held']);
     await expectNothingLeft(volume);
     await sandbox.json(['volume', 'delete', 'held', '--yes']);

@@ -839,7 +839,7 @@ describe('servers with a hypervisor: the pipeline publishes through their consum
     expect(exported.size + connected.size).toBe(0);
   });
 
-  it('a guest that does not let go: TIMEOUT, the host side intact and the attachment attached; --force refuses too', async () => {
+  it('a guest that does not let go: TIMEOUT, the host side intact, the attachment error_detaching (the unplug request stays pending in the guest); --force refuses too; once it lets go the detach finishes', async () => {
     const { service, store, exported, connected, guestDisks } = world({ guestHolds: true });
     const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
     await service.createServer({ name: 'vm-1', hypervisor: { type: 'qemu', qmp: '/run/vm-1/qmp.sock' } });
@@ -850,10 +850,17 @@ describe('servers with a hypervisor: the pipeline publishes through their consum
       expect(BerthError.is(error) && error.message).toContain('vm-1');
       if (force) expect(BerthError.is(error) && error.hint).toContain('--force never disconnects a disk a guest still holds');
       const [attachment] = await store.attachments.list({ volumeId: volume.id });
-      expect(attachment?.status).toBe('attached');
-      expect((await store.volumes.require(volume.id)).status).toBe('in-use');
+      // Not `attached`: the guest got the request and may drop the disk whenever it acts on it.
+      expect(attachment?.status).toBe('error_detaching');
+      expect(attachment?.error).toMatch(/^the detach is waiting for the guest: the guest of server vm-1 was asked to release the disk of volume db and may still do so/);
+      expect((await store.volumes.require(volume.id)).status).toBe('error');
       expect(connected.size + exported.size + guestDisks.size).toBe(3);
     }
+    // The guest lets go: a plain detach finishes.
+    guestDisks.clear();
+    await service.detach({ volume: 'db' });
+    expect(connected.size + exported.size).toBe(0);
+    expect((await store.volumes.require(volume.id)).status).toBe('available');
   });
 
   it('an attach rolled back after its hot-plug, whose guest does not let go, leaves the host device connected (not pulled out from under the guest) and its export', async () => {

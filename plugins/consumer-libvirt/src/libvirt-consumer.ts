@@ -302,9 +302,9 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
       `the guest of server ${server.name} (libvirt domain ${hv.domain}, ${state}) did not release the disk of volume ${volumeId} within ${Math.round(options.unplugTimeoutMs / 1000)} s; the host side is left connected`,
       {
         hint: paused
-          ? `the guest is paused and cannot answer the unplug request: virsh -c ${hv.uri} resume ${hv.domain}, then run the detach again — the request stays pending, so the guest drops the disk when it resumes; until the detach runs again the attachment says attached (\`berth reconcile\` would plug it back)`
-          : 'the guest ignored the unplug request (still booting, or the disk is busy in it): release it in the guest, then run the detach again (the request stays pending: the guest may drop the disk on its own later, and `berth reconcile` then plugs it back if the detach was not run again)',
-        details: { server: server.name, volumeId, domain: hv.domain, guestState: state, guestHoldsDevice: true },
+          ? `the guest is paused and cannot answer the unplug request: virsh -c ${hv.uri} resume ${hv.domain}, then run the detach again — the request stays pending, so the guest drops the disk when it resumes; the attachment is left error_detaching until the detach runs again or \`berth reconcile\` finishes it`
+          : 'the guest ignored the unplug request (still booting, or the disk is busy in it): release it in the guest, then run the detach again — the request stays pending (the guest may drop the disk on its own later), so the attachment is left error_detaching until the detach runs again or `berth reconcile` finishes it',
+        details: { server: server.name, volumeId, domain: hv.domain, guestState: state, guestHoldsDevice: true, unplugRequested: true },
       },
     );
   }

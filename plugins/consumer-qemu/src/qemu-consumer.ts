@@ -359,9 +359,9 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
       {
         hint:
           state === 'running'
-            ? 'the guest ignored the unplug request (still booting, or the disk is busy in it): release it in the guest, then run the detach again (the request stays pending: the guest may drop the disk on its own later, and `berth reconcile` then plugs it back if the detach was not run again)'
-            : `the guest is ${state} and cannot answer the unplug request: resume it (QMP cont), then run the detach again — the request stays pending, so the guest drops the disk when it resumes; until the detach runs again the attachment says attached (\`berth reconcile\` would plug it back)`,
-        details: { server: server.name, volumeId, qmp: hv.qmp, guestState: state, guestHoldsDevice: true },
+            ? 'the guest ignored the unplug request (still booting, or the disk is busy in it): release it in the guest, then run the detach again — the request stays pending (the guest may drop the disk on its own later), so the attachment is left error_detaching until the detach runs again or `berth reconcile` finishes it'
+            : `the guest is ${state} and cannot answer the unplug request: resume it (QMP cont), then run the detach again — the request stays pending, so the guest drops the disk when it resumes; the attachment is left error_detaching until the detach runs again or \`berth reconcile\` finishes it`,
+        details: { server: server.name, volumeId, qmp: hv.qmp, guestState: state, guestHoldsDevice: true, unplugRequested: true },
       },
     );
   }

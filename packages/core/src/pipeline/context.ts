@@ -87,6 +87,14 @@ export interface PipelineContext {
    * rollback ("the rollback failed" for a detach that changed nothing: an explorer).
    */
   unpublishUntouched?: boolean;
+  /**
+   * The detach's `unpublish` asked the guest to let go of the disk and the guest did not within
+   * the consumer's limit (TIMEOUT with `guestHoldsDevice`, or `unplugRequested`): the request stays
+   * pending in the hypervisor, and the guest may drop the disk whenever it acts on it (a paused
+   * guest at its resume). The undo cannot take that back, so the detach ends `error_detaching` —
+   * not `attached` over a disk the guest may lose at any moment.
+   */
+  unplugMayBePending?: boolean;
 }
 
 /** Whether the server is a VM whose consumer hot-plugs into it (not the host itself). */

@@ -35,6 +35,15 @@ function tolerant(ctx: PipelineContext, step: string, fn: () => Promise<void>): 
   });
 }
 
+/**
+ * Whether a failed unpublish left an unplug request with the guest: its consumer said so
+ * (`unplugRequested`), or it is a guest consumer's TIMEOUT with `guestHoldsDevice` (the request was
+ * made and the guest has not acted on it yet: it stays pending in the hypervisor).
+ */
+function unplugRequested(error: BerthError): boolean {
+  return error.details.unplugRequested === true || (error.code === 'TIMEOUT' && error.details.guestHoldsDevice === true);
+}
+
 /** A forced detach refused because the guest still has the disk: what to do about it. */
 function stillInGuest(ctx: PipelineContext, error: BerthError): BerthError {
   return new BerthError(error.code, error.message, {
@@ -117,7 +126,9 @@ export function detachSteps(deps: PipelineDeps, resumed: { from?: AttachmentStat
         // A later undo that failed (the unpublish's: the guest's disk, or the host's name, may not
         // be back) leaves the attachment `error_detaching`, not `attached` over what is not there.
         const back: AttachmentStatus = original === 'attached' && progress.failures.length === 0 ? 'attached' : 'error_detaching';
-        const failed = progress.failures.length > 0 ? { error: `the rollback of the detach failed: ${progress.failures.join('; ')}` } : undefined;
+        // A pending unplug is not a failed rollback: the detach is waiting for the guest.
+        const why = ctx.unplugMayBePending === true ? 'the detach is waiting for the guest' : 'the rollback of the detach failed';
+        const failed = progress.failures.length > 0 ? { error: `${why}: ${progress.failures.join('; ')}` } : undefined;
         const changed = await transitionAttachment(store, ctx.attachment.id, ['detaching'], back, failed);
         ctx.attachment = changed.attachment;
         ctx.volume = changed.volume;
@@ -144,6 +155,7 @@ export function detachSteps(deps: PipelineDeps, resumed: { from?: AttachmentStat
           const request = { steps, consumer: ctx.consumer, server: ctx.server, attachment, volume: ctx.volume, signal, operationId: ctx.operationId };
           shared = (await unpublishShared(deps, request).catch((error: unknown) => {
             if (BerthError.is(error) && error.details.untouched === true) ctx.unpublishUntouched = true;
+            if (BerthError.is(error) && unplugRequested(error)) ctx.unplugMayBePending = true;
             throw error;
           })).stillShared;
         });
@@ -153,6 +165,15 @@ export function detachSteps(deps: PipelineDeps, resumed: { from?: AttachmentStat
       async undo(ctx, signal) {
         const attachment = ctx.attachment;
         if (ctx.unpublishUntouched === true) return;
+        if (ctx.unplugMayBePending === true) {
+          // Publishing again would find the device still there ("Duplicate device ID": kept) and
+          // call the detach undone, and the guest would drop the disk at its next chance while the
+          // attachment read `attached` (a paused guest at its resume: an explorer's standing item).
+          throw new BerthError('CONFLICT', `the guest of server ${ctx.server.name} was asked to release the disk of volume ${ctx.volume.name} and may still do so at any moment (when it resumes, or frees the disk); the detach cannot be undone`, {
+            hint: `once the guest let go, run \`berth detach ${ctx.volume.name}\` again (or \`berth reconcile\`); the host side stays connected until then`,
+            details: { guestHoldsDevice: true, unplugRequested: true, volumeId: ctx.volume.id, serverId: ctx.server.id },
+          });
+        }
         if (attachment?.device && attachment.publishedPath) {
           const { consumer, server, volume, operationId } = ctx;
           const steps = required(ctx.steps, 'host steps');
