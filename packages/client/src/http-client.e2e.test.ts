@@ -2,10 +2,10 @@ import { once } from 'node:events';
 import http from 'node:http';
 import type { Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { BerthError, type Operation, type Volume } from '@berth/core';
+import { BerthError, type Operation } from '@berth/core';
 import { HttpClient } from './http-client.js';
 import { RemoteBerthService } from './remote-berth-service.js';
-import { codeOf, sendJson, testHttpServer, testSilentServer } from './test-support.js';
+import { codeOf, sendJson, testHttpServer, testSilentServer, VOLUME_FIXTURE } from './test-support.js';
 
 // A real HTTP server on 127.0.0.1: what the client's own transport does with connections.
 
@@ -100,20 +100,6 @@ describe('HttpClient over its own keep-alive connections', () => {
   });
 });
 
-/** Short limits: a silent replica is given up in 200 ms, a long-poll 200 ms after its wait. */
-const VOLUME_FIXTURE: Volume = {
-  id: '0b9f7c1e-4f7e-4d43-9a55-3f1c2d7a8e10',
-  name: 'data1',
-  projectId: 'default',
-  sizeBytes: 1048576,
-  status: 'in-use',
-  backend: 'file',
-  multiattach: false,
-  providerLocation: '/var/lib/berth/volumes/x.img',
-  createdAt: '2026-01-01T00:00:00.000Z',
-  updatedAt: '2026-01-01T00:00:00.000Z',
-};
-
 const OPERATION_DONE: Operation = {
   id: '2c9d8e7f-1a2b-4c3d-9e8f-7a6b5c4d3e21',
   kind: 'attach',
@@ -132,6 +118,7 @@ const OPERATION_DONE: Operation = {
   steps: [],
 };
 
+/** Short limits: a silent replica is given up in 200 ms, a long-poll 200 ms after its wait. */
 const QUICK = { answerTimeoutMs: 200, longPollMarginMs: 200, timeoutMs: 1_000 };
 
 /** A healthy replica that records each request's method, path and key, and answers `{served: n}`. */

@@ -2,20 +2,9 @@ import { describe, expect, it } from 'vitest';
 import { BerthError, type Operation, type Volume } from '@berth/core';
 import { apiPath, problemToError } from './http-client.js';
 import { CLIENT_KEY_PREFIX, RemoteBerthService } from './remote-berth-service.js';
-import { codeOf } from './test-support.js';
+import { codeOf, VOLUME_FIXTURE } from './test-support.js';
 
-const VOLUME: Volume = {
-  id: '0b9f7c1e-4f7e-4d43-9a55-3f1c2d7a8e10',
-  name: 'data1',
-  projectId: 'default',
-  sizeBytes: 1048576,
-  status: 'in-use',
-  backend: 'file',
-  multiattach: false,
-  providerLocation: '/var/lib/berth/volumes/x.img',
-  createdAt: '2026-01-01T00:00:00.000Z',
-  updatedAt: '2026-01-01T00:00:00.000Z',
-};
+const VOLUME: Volume = VOLUME_FIXTURE;
 
 const OPERATION: Operation = {
   id: '2c9d8e7f-1a2b-4c3d-9e8f-7a6b5c4d3e21',

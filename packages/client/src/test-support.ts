@@ -2,7 +2,7 @@ import { EventEmitter, once } from 'node:events';
 import http from 'node:http';
 import net, { type Socket } from 'node:net';
 import { afterEach } from 'vitest';
-import { BerthError } from '@berth/core';
+import { BerthError, type Volume } from '@berth/core';
 
 /** The code of the BerthError `promise` rejects with, or `no error`. */
 export async function codeOf(promise: Promise<unknown>): Promise<string> {
@@ -93,3 +93,17 @@ async function listening(server: net.Server): Promise<string> {
 export function sendJson(response: http.ServerResponse, status: number, body: unknown): void {
   response.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
 }
+
+/** A volume as the API answers one, for tests that need a body to send. */
+export const VOLUME_FIXTURE: Volume = {
+  id: '0b9f7c1e-4f7e-4d43-9a55-3f1c2d7a8e10',
+  name: 'data1',
+  projectId: 'default',
+  sizeBytes: 1048576,
+  status: 'in-use',
+  backend: 'file',
+  multiattach: false,
+  providerLocation: '/var/lib/berth/volumes/x.img',
+  createdAt: '2026-01-01T00:00:00.000Z',
+  updatedAt: '2026-01-01T00:00:00.000Z',
+};
