@@ -1,4 +1,7 @@
 import 'reflect-metadata';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { describe, expect, it, vi } from 'vitest';
 import type { HostServices } from '@berth/host';
 import { BerthServiceImpl } from './berth-service.js';
@@ -791,13 +794,31 @@ describe('servers with a hypervisor: the pipeline publishes through their consum
       const twice = await service.createServer({ name: 'web-1b', hypervisor: { type: 'libvirt', domain: 'web-1', uri } }).catch((e: unknown) => e);
       expect(BerthError.is(twice) && twice.code, uri).toBe('CONFLICT');
     }
+    // On this host a socket reached through a symlink — of the socket, or of its directory — is the same guest.
+    const dir = mkdtempSync(path.join(tmpdir(), 'berth-qmp-'));
+    try {
+      mkdirSync(path.join(dir, 'vm-3'));
+      writeFileSync(path.join(dir, 'vm-3', 'qmp.sock'), '');
+      symlinkSync(path.join(dir, 'vm-3', 'qmp.sock'), path.join(dir, 'link.sock'));
+      symlinkSync(path.join(dir, 'vm-3'), path.join(dir, 'vm-3-dir'));
+      await service.createServer({ name: 'vm-3', hypervisor: { type: 'qemu', qmp: path.join(dir, 'vm-3', 'qmp.sock') } });
+      for (const qmp of [path.join(dir, 'link.sock'), path.join(dir, 'vm-3-dir', 'qmp.sock')]) {
+        const error = await service.createServer({ name: 'vm-3b', hypervisor: { type: 'qemu', qmp } }).catch((e: unknown) => e);
+        expect(BerthError.is(error) && error.code, qmp).toBe('CONFLICT');
+        expect(BerthError.is(error) && error.message).toContain('server vm-3 already reaches the guest');
+      }
+      // Another host's paths are that host's: not resolved here.
+      await service.createServer({ name: 'vm-3-on-h2', host: 'h2', hypervisor: { type: 'qemu', qmp: path.join(dir, 'link.sock') } });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
     // Another guest, another libvirt connection, another host, and host servers: all fine.
     await service.createServer({ name: 'vm-2', hypervisor: { type: 'qemu', qmp: '/run/vm-2/qmp.sock' } });
     await service.createServer({ name: 'web-1-session', hypervisor: { type: 'libvirt', domain: 'web-1', uri: 'qemu:///session' } });
     await service.createServer({ name: 'vm-1-on-h2', host: 'h2', hypervisor: { type: 'qemu', qmp: '/run/vm-1/qmp.sock' } });
     await service.createServer({ name: 'plain-1' });
     await service.createServer({ name: 'plain-2', hypervisor: { type: 'host' } });
-    expect((await store.servers.list()).map((s) => s.name).sort()).toEqual(['plain-1', 'plain-2', 'vm-1', 'vm-1-on-h2', 'vm-2', 'web-1', 'web-1-session']);
+    expect((await store.servers.list()).map((s) => s.name).sort()).toEqual(['plain-1', 'plain-2', 'vm-1', 'vm-1-on-h2', 'vm-2', 'vm-3', 'vm-3-on-h2', 'web-1', 'web-1-session']);
     // A libvirt URI that is not one (a shell's `;`, spaces) is refused at create.
     for (const uri of ['qemu:///system;rm', 'qemu:///system rm', "qemu:///system'"]) {
       const bad = await service.createServer({ name: 'web-bad', hypervisor: { type: 'libvirt', domain: 'web-9', uri } }).catch((e: unknown) => e);

@@ -1,3 +1,4 @@
+import { realpath } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { lazySchema } from './lazy-schema.js';
@@ -127,7 +128,8 @@ export function consumerNameFor(server: { hypervisor?: Hypervisor | undefined },
  * Which guest a server's hypervisor reaches, on its host: two servers with the same key are one
  * guest (the same QMP socket; the same libvirt connection and domain). `undefined` for the host.
  * By spelling, tidied: a socket reached through another symlink, or a domain named once by name
- * and once by UUID, is not recognised (core cannot look on the server's host).
+ * and once by UUID, is not recognised here (core cannot look on another host; on this one,
+ * `localGuestKey` resolves a QMP socket's symlinks).
  * berth refuses a second server for a guest one already names (its attachments would take each
  * other's disks out of the guest), and reconcile reads them as one guest.
  */
@@ -137,6 +139,23 @@ export function guestKey(hypervisor: Hypervisor | undefined): string | undefined
   if (hypervisor.type === 'qemu') return `qemu ${path.posix.normalize(hypervisor.qmp).replace(/^\/var\/run\//, '/run/')}`;
   // `qemu+unix:///system` is the local `qemu:///system` spelled with its transport.
   return `libvirt ${hypervisor.uri.replace(/^([a-z][a-z0-9.-]*)\+unix:\/\/\//, '$1:///').replace(/\/+$/, '')} ${hypervisor.domain}`;
+}
+
+/**
+ * `guestKey` for a server of **this** host, with a QMP socket's symlinks resolved (`realpath` of
+ * the socket, else of its directory): `/tmp/link.sock` → the guest's own socket is one guest. A
+ * fault explorer made a second server through a symlink, attached to it, and reconcile then
+ * unplugged that disk as "no attachment of the first server accounts for it" — and plugged it
+ * back at the next run, for ever. A path that cannot be resolved keeps its spelling.
+ */
+export async function localGuestKey(hypervisor: Hypervisor | undefined): Promise<string | undefined> {
+  if (hypervisor?.type !== 'qemu') return guestKey(hypervisor);
+  const spelled = path.posix.normalize(hypervisor.qmp);
+  const real = await realpath(spelled).catch(async () => {
+    const dir = await realpath(path.posix.dirname(spelled)).catch(() => undefined);
+    return dir === undefined ? spelled : path.posix.join(dir, path.posix.basename(spelled));
+  });
+  return guestKey({ ...hypervisor, qmp: real });
 }
 
 /** The plugin package that registers each guest consumer (for the hint of a missing one). */

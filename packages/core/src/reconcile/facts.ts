@@ -3,7 +3,7 @@ import type { HostStepCall, HostSteps } from '../host-steps/host-steps.js';
 import type { ListOptions } from '../contracts/transport-driver.js';
 import type { BackendVolume, VolumeBackend } from '../contracts/volume-backend.js';
 import { BerthError, toBerthError } from '../errors.js';
-import { consumerNameFor } from '../hypervisor.js';
+import { consumerNameFor, localGuestKey } from '../hypervisor.js';
 import type { Attachment, Host, Server, Volume } from '../model.js';
 import type { ReconcileUnchecked } from '../reports.js';
 import type { Store } from '../store.js';
@@ -142,7 +142,11 @@ export async function readGuests(
       if (installed === false) unchecked.push({ kind: 'server', name: server.name, reason: `its ${consumer} consumer is not installed on its host`, errorCode: null });
       else if (!supported) unchecked.push({ kind: 'server', name: server.name, reason: `its ${consumer} consumer cannot list a guest's disks`, errorCode: null });
       else if (disks === null) unchecked.push({ kind: 'server', name: server.name, reason: 'its guest does not run: its disks are not compared', errorCode: null });
-      else guests.push({ server, consumer, disks });
+      else {
+        // This host's own guests: a QMP socket reached through a symlink is the same guest.
+        const key = steps.kind === 'local' ? await localGuestKey(server.hypervisor) : undefined;
+        guests.push({ server, consumer, disks, ...(key === undefined ? {} : { key }) });
+      }
     } catch (error) {
       unchecked.push(failedCheck('server', server.name, "listing its guest's disks failed", error));
     }

@@ -111,6 +111,8 @@ export interface GuestListing {
   /** The consumer that lists and plugs the server's disks (`qemu`, `libvirt`). */
   consumer: string;
   disks: GuestDisk[];
+  /** Which guest it is (`localGuestKey`: a QMP socket's symlinks resolved, on this host); else `guestKey`'s spelling. */
+  key?: string;
 }
 
 /** What reconcile compares: the store, the backends' exports and the devices on this host. */
@@ -458,12 +460,12 @@ function findGuestDifferences(facts: ReconcileFacts, busy: (volumeId: string) =>
   // the attachments of any of them account for its disks, and it is looked at once.
   const serversOf = new Map<string, Set<string>>();
   for (const guest of facts.guests ?? []) {
-    const key = guestKey(guest.server.hypervisor) ?? guest.server.id;
+    const key = guest.key ?? guestKey(guest.server.hypervisor) ?? guest.server.id;
     serversOf.set(key, (serversOf.get(key) ?? new Set()).add(guest.server.id));
   }
   const seen = new Set<string>();
   for (const guest of facts.guests ?? []) {
-    const key = guestKey(guest.server.hypervisor) ?? guest.server.id;
+    const key = guest.key ?? guestKey(guest.server.hypervisor) ?? guest.server.id;
     if (seen.has(key)) continue;
     seen.add(key);
     const servers = serversOf.get(key) ?? new Set([guest.server.id]);

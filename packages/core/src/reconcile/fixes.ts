@@ -4,7 +4,7 @@ import type { Consumer, GuestDisk, Publication } from '../contracts/consumer.js'
 import type { ConnectedDevice } from '../contracts/transport-driver.js';
 import { sameDevice } from '../device-identity.js';
 import { BerthError, toBerthError } from '../errors.js';
-import { consumerNameFor, guestKey } from '../hypervisor.js';
+import { consumerNameFor, guestKey, localGuestKey } from '../hypervisor.js';
 import type { Attachment, Host, Server, Volume } from '../model.js';
 import { backendVolume, transitionAttachment, type PipelineContext, type PipelineDeps } from '../pipeline/context.js';
 import { detachSteps, markDetachFailed } from '../pipeline/detach.js';
@@ -242,10 +242,11 @@ async function unplugGuestDisk(
   const { guest, disk } = finding;
   if (attachments.some((a) => a.serverId === guest.server.id)) throw new Skip('an attachment of the volume to that server accounts for it now');
   // Or to another server record of the same guest (made before berth refused a second one).
-  const key = guestKey(guest.server.hypervisor);
+  const key = guest.key ?? guestKey(guest.server.hypervisor);
   for (const attachment of attachments) {
     const server = await deps.store.servers.get(attachment.serverId);
-    if (key !== undefined && server && guestKey(server.hypervisor) === key) throw new Skip(`an attachment of the volume to server ${server.name} (the same guest) accounts for it now`);
+    const other = server === undefined ? undefined : guest.key === undefined ? guestKey(server.hypervisor) : await localGuestKey(server.hypervisor);
+    if (key !== undefined && server && other === key) throw new Skip(`an attachment of the volume to server ${server.name} (the same guest) accounts for it now`);
   }
   const now = await guestDisksNow(target, guest.consumer, guest.server);
   if (!now?.some((d) => d.id === disk.id && d.serial === disk.serial)) throw new Skip('the guest does not have it any more');
