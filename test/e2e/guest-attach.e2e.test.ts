@@ -3,7 +3,7 @@
 // file-backend volume, then the qemu consumer's hot-plug — and detaches it again; a guest that
 // does not let go; berth SIGKILLed around the guest step — under plain QEMU and under libvirt
 // (each suite shares its one booted guest with its crash cases).
-import { existsSync, lstatSync } from 'node:fs';
+import { existsSync, lstatSync, renameSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -207,6 +207,32 @@ describe('berth attach into a real QEMU guest (CLI, loop transport, file backend
     await sandbox.json(['detach', 'held']);
     await expectNothingLeft(volume);
     await sandbox.json(['volume', 'delete', 'held', '--yes']);
+  });
+
+  it('a QMP socket moved under a running guest: detach and --force refuse with CONFLICT and roll back cleanly (attached, in-use: nothing was asked of the guest); with the socket back the detach finishes', async () => {
+    const volume = await createVolume('moved');
+    await sandbox.json(['attach', 'moved', '--server', 'vm-1']);
+    await guest.agent.waitForDisk(volume.id, SEE_MS);
+    const aside = `${guest.qmpSocket}.aside`;
+    renameSync(guest.qmpSocket, aside);
+    try {
+      for (const args of [['detach', 'moved'], ['detach', 'moved', '--force', '--yes']]) {
+        const run = await sandbox.run([...args, '--json']);
+        expect(run.exitCode, args.join(' ')).toBe(EXIT_CODES.CONFLICT);
+        expect(errorBody(run).message).toContain('still in use');
+        expect(errorBody(run).message).not.toContain('rollback failed');
+        const [attachment] = await sandbox.json<Attachment[]>(['attachment', 'list', '--volume', 'moved']);
+        expect(attachment?.status, args.join(' ')).toBe('attached');
+        expect((await sandbox.json<Volume>(['volume', 'show', 'moved'])).status).toBe('in-use');
+        expect(existsSync(`/dev/berth/${volume.id}`)).toBe(true);
+      }
+      expect((await guest.agent.disks()).some((d) => d.serial === guestSerial(volume.id))).toBe(true);
+    } finally {
+      renameSync(aside, guest.qmpSocket);
+    }
+    await sandbox.json(['detach', 'moved']);
+    await expectNothingLeft(volume);
+    await sandbox.json(['volume', 'delete', 'moved', '--yes']);
   });
 
   it('over iSCSI (tgt volume, the simulated host real-backed): the guest sees serial = volume id, its writes are in the LUN file after detach, nothing left', async () => {

@@ -134,8 +134,8 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
 
   const call: QmpCallOptions = { timeoutMs: options.qmpTimeoutMs };
 
-  const refuseWhileOpen = (server: Server, hv: QemuHypervisor, attachment: Attachment): Promise<void> =>
-    refuseWhileOpenWith(context.host, server, hv, attachment, options.qmpTimeoutMs);
+  const refuseWhileOpen = (server: Server, hv: QemuHypervisor, attachment: Attachment, untouched: boolean): Promise<void> =>
+    refuseWhileOpenWith(context.host, server, hv, attachment, options.qmpTimeoutMs, untouched);
 
   /** Whether nothing listens on the server's QMP socket now (its QEMU exited). */
   async function nothingListens(hv: QemuHypervisor): Promise<boolean> {
@@ -240,13 +240,14 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
             // QEMU died under the unplug (killed, crashed): its guest went with it — taken so only
             // once nothing answers on its socket and nothing has the device open (else as it was).
             if (!isQmpConnectionLost(error) || !(await nothingListens(hv))) throw error;
-            await refuseWhileOpen(server, hv, attachment);
+            await refuseWhileOpen(server, hv, attachment, false);
           }
         },
         // Nothing listens on the socket: that QEMU is gone, and its guest holds nothing any more —
         // unless the device is still open: a QEMU whose socket was deleted (systemd-tmpfiles
         // cleans /tmp) or moved runs on with the disk, out of berth's reach.
-        () => refuseWhileOpen(server, hv, attachment),
+        // Nothing was asked of the guest then (`untouched`): the detach rolls back to attached.
+        () => refuseWhileOpen(server, hv, attachment, true),
       );
       await link.unpublish(server, attachment, unpublishOptions);
     },
@@ -373,7 +374,7 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
  * may still give the disk to its guest: refused with `guestHoldsDevice` — neither a detach nor
  * `--force` then disconnects the device under it.
  */
-async function refuseWhileOpenWith(host: HostServices, server: Server, hv: QemuHypervisor, attachment: Attachment, timeoutMs: number): Promise<void> {
+async function refuseWhileOpenWith(host: HostServices, server: Server, hv: QemuHypervisor, attachment: Attachment, timeoutMs: number, untouched: boolean): Promise<void> {
   const device = attachment.device;
   if (!device) return;
   const node = host.fs.resolve(device.path);
@@ -381,7 +382,10 @@ async function refuseWhileOpenWith(host: HostServices, server: Server, hv: QemuH
   if (holder === undefined) return;
   throw new BerthError('CONFLICT', `nothing answers on the QMP socket of server ${server.name} (${hv.qmp}), but the volume's device ${device.path} is still in use (${holder}): its guest may still have the disk`, {
     hint: `if that is the server's QEMU (its socket deleted or moved), give it back its QMP socket or shut the guest down, then detach again; berth never disconnects a disk a guest may still hold`,
-    details: { server: server.name, qmp: hv.qmp, volumeId: attachment.volumeId, guestHoldsDevice: true },
+    // `untouched` when no session was had at all (the socket moved or deleted): nothing was asked
+    // of the guest and the host link is still there, so the detach rolls back cleanly — it read
+    // "the rollback failed" and left the volume `error` (a fault explorer's moved socket).
+    details: { server: server.name, qmp: hv.qmp, volumeId: attachment.volumeId, guestHoldsDevice: true, ...(untouched ? { untouched: true } : {}) },
   });
 }
 
