@@ -6,7 +6,7 @@
 import { existsSync, lstatSync, renameSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { EXIT_CODES, type Attachment, type Operation, type OperationOutcome, type ReconcileReport, type Server, type Volume } from '@berth/core';
 import { createHostServices } from '@berth/host';
 import { bootLibvirtGuest, bootQemuGuest, guestSerial, type GuestAgent, type LibvirtGuest, type QemuGuest } from '@berth/vmkit';
@@ -311,10 +311,34 @@ describe('berth attach into a real QEMU guest (CLI, loop transport, file backend
     expect(applied.differences).toEqual([expect.objectContaining({ kind: 'attachment_missing_from_guest', state: 'applied' })]);
     await guest.agent.waitForDisk(volume.id, SEE_MS);
     expect((await sandbox.json<ReconcileReport>(['reconcile', '--dry-run'])).differences).toEqual([]);
+
+    // A disk someone plugs with the attached volume's serial does not stand for the attachment:
+    // berth's own disk gone, reconcile plugs it back and takes the impostor (another file) out.
+    const impostor = join(sandbox.root, 'impostor.img');
+    const serialCount = async (): Promise<number> => (await guest.agent.disks()).filter((d) => d.serial === guestSerial(volume.id)).length;
+    try {
+      await writeFile(impostor, '');
+      await truncate(impostor, 8 * MiB);
+      await guest.control('blockdev-add', { driver: 'file', 'node-name': 'impostor', filename: impostor });
+      await guest.control('device_add', { driver: 'virtio-blk-pci', id: 'impostor', drive: 'impostor', bus: 'pci.0', serial: volume.id });
+      await vi.waitFor(async () => expect(await serialCount()).toBe(2), { timeout: SEE_MS, interval: 200 });
+      await guest.control('device_del', { id: `berth-${volume.id}` });
+      await vi.waitFor(async () => expect(await serialCount()).toBe(1), { timeout: SEE_MS, interval: 200 });
+      const both = await sandbox.json<ReconcileReport>(['reconcile', '--dry-run']);
+      expect(both.differences.map((d) => `${d.kind}:${d.fix}:${d.state}`).sort()).toEqual(['attachment_missing_from_guest:replug:planned', 'guest_disk_without_attachment:unplug:planned']);
+      expect(both.differences.find((d) => d.kind === 'guest_disk_without_attachment')?.resource).toBe('disk /machine/peripheral/impostor of server vm-1');
+      await sandbox.json<ReconcileReport>(['reconcile', '--yes']);
+      const disks = await sandbox.json<ReconcileReport>(['reconcile', '--dry-run']);
+      expect(disks.differences).toEqual([]);
+      await vi.waitFor(async () => expect(await serialCount()).toBe(1), { timeout: SEE_MS, interval: 200 });
+    } finally {
+      await guest.control('device_del', { id: 'impostor' }).catch(() => undefined);
+      await guest.control('blockdev-del', { 'node-name': 'impostor' }).catch(() => undefined);
+    }
     await sandbox.json(['detach', 'guestrec']);
     await expectNothingLeft(volume);
     await sandbox.json(['volume', 'delete', 'guestrec', '--yes']);
-  }, 180_000);
+  }, 240_000);
 
   it('a server whose consumer is not installed is refused with CONFIG before anything is touched', async () => {
     const volume = await createVolume('nocons');

@@ -119,6 +119,8 @@ export const zGuestDisk = lazySchema(() => z.object({
   serial: z.string(),
   id: z.string().min(1),
   guestDevice: z.string().optional(),
+  /** Whether the consumer plugged it itself for its serial's volume (`GuestDisk.plugged`); an older agent sends none. */
+  plugged: z.boolean().optional(),
 }));
 /**
  * What `guest_disks` answers: whether the consumer can list a guest at all, and the disks

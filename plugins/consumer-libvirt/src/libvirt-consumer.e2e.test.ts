@@ -41,7 +41,7 @@ describe('the libvirt consumer against a real transient domain (QEMU TCG under l
     expect(published).toEqual({ path: attachmentLinkPath(attachment.id), guestDevice: '/dev/vda', serial: v.volumeId });
     const name = await guest.agent.waitForDisk(v.volumeId, SEE_MS);
     expect((await guest.agent.disks()).find((d) => d.name === name)).toEqual({ name, serial: guestSerial(v.volumeId), sizeBytes: 64 * 2 ** 20, readOnly: false });
-    expect(await consumer.guestDisks(server)).toEqual([{ serial: v.volumeId, id: diskAlias(v.volumeId), guestDevice: '/dev/vda' }]);
+    expect(await consumer.guestDisks(server)).toEqual([{ serial: v.volumeId, id: diskAlias(v.volumeId), guestDevice: '/dev/vda', plugged: true }]);
     expect(await consumer.publish(server, v.device, attachment)).toEqual(published);
 
     const pattern = `libvirt-${v.volumeId.slice(0, 8)}`;
@@ -73,7 +73,7 @@ describe('the libvirt consumer against a real transient domain (QEMU TCG under l
     const attachment = v.attachment(server);
     const published = await viaVirsh.publish(server, v.device, attachment);
     await guest.agent.waitForDisk(v.volumeId, SEE_MS);
-    expect(await consumer.guestDisks(server)).toEqual([{ serial: v.volumeId, id: diskAlias(v.volumeId), guestDevice: published.guestDevice }]);
+    expect(await consumer.guestDisks(server)).toEqual([{ serial: v.volumeId, id: diskAlias(v.volumeId), guestDevice: published.guestDevice, plugged: true }]);
     closeLibvirtConnections();
     // The RPC consumer reconnects: it finds the disk plugged (alias taken) and unplugs it.
     expect(await consumer.publish(server, v.device, attachment)).toEqual(published);
@@ -175,7 +175,7 @@ describe('the libvirt consumer against a real transient domain (QEMU TCG under l
       await virsh(['attach-device', guest.domain, file, '--live']);
       await guest.agent.waitForDisk(v.volumeId, SEE_MS);
       const listed = await consumer.guestDisks(server);
-      expect(listed).toEqual([{ serial: v.volumeId, id: expect.stringMatching(/^virtio-disk\d+$/), guestDevice: '/dev/vdq' }]);
+      expect(listed).toEqual([{ serial: v.volumeId, id: expect.stringMatching(/^virtio-disk\d+$/), guestDevice: '/dev/vdq', plugged: false }]);
       await consumer.unplugGuestDisk(server, listed![0]!);
       expect(await consumer.guestDisks(server)).toEqual([]);
       await guest.agent.waitForDiskGone(v.volumeId, SEE_MS);

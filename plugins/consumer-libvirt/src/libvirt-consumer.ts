@@ -238,7 +238,7 @@ export function createLibvirtConsumer(context: PluginContext<Partial<LibvirtCons
     async guestDisks(server) {
       const hv = libvirtHypervisorOf(server);
       const disks = await liveDisks(virshFor(hv), hv);
-      return disks?.flatMap((d) => (d.alias === undefined ? [] : [{ serial: d.serial, id: d.alias, ...(d.target ? { guestDevice: `/dev/${d.target}` } : {}) }]));
+      return disks?.flatMap((d) => (d.alias === undefined ? [] : [{ serial: d.serial, id: d.alias, plugged: d.alias === diskAlias(d.serial), ...(d.target ? { guestDevice: `/dev/${d.target}` } : {}) }]));
     },
 
     async unplugGuestDisk(server, disk) {

@@ -49,7 +49,7 @@ describe('the qemu consumer against a real QEMU guest (TCG)', () => {
     const name = await guest.agent.waitForDisk(v.volumeId, SEE_MS);
     const disk = (await guest.agent.disks()).find((d) => d.name === name);
     expect(disk).toEqual({ name, serial: guestSerial(v.volumeId), sizeBytes: 64 * 2 ** 20, readOnly: false });
-    expect(await consumer.guestDisks(server)).toEqual([{ serial: v.volumeId, id: `/machine/peripheral/${qemuDiskIds(v.volumeId).deviceId}` }]);
+    expect(await consumer.guestDisks(server)).toEqual([{ serial: v.volumeId, id: `/machine/peripheral/${qemuDiskIds(v.volumeId).deviceId}`, plugged: true }]);
 
     // Publishing again changes nothing (the pipeline's undo of a detach re-publishes).
     expect(await consumer.publish(server, v.device, attachment)).toEqual(published);
@@ -77,7 +77,7 @@ describe('the qemu consumer against a real QEMU guest (TCG)', () => {
       await guest.control('device_add', { driver: 'virtio-blk-pci', drive: 'by-hand-1', bus: 'pci.0', serial: v.volumeId });
       await guest.agent.waitForDisk(v.volumeId, SEE_MS);
       const listed = await consumer.guestDisks(server);
-      expect(listed).toEqual([{ serial: v.volumeId, id: expect.stringMatching(/^\/machine\/peripheral-anon\/device\[\d+\]$/) }]);
+      expect(listed).toEqual([{ serial: v.volumeId, id: expect.stringMatching(/^\/machine\/peripheral-anon\/device\[\d+\]$/), plugged: false }]);
       await consumer.unplugGuestDisk(server, listed![0]!);
       expect(await guest.agent.disks()).toEqual([]);
       expect(await consumer.guestDisks(server)).toEqual([]);

@@ -266,7 +266,8 @@ export function createQemuConsumer(context: PluginContext<Partial<QemuConsumerOp
           for (const id of await virtioPaths(qmp)) {
             // QEMU holds the whole serial (the guest sees its first 20 characters).
             const serial = await qmp.request('qom-get', { path: id, property: 'serial' }, zSerial, call);
-            disks.push({ serial: serial ?? '', id });
+            // Berth's own device for the volume its serial names, or someone else's with that serial.
+            disks.push({ serial: serial ?? '', id, plugged: serial !== null && id === `${PERIPHERAL}/${qemuDiskIds(serial).deviceId}` });
           }
           return disks;
         },

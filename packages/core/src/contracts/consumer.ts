@@ -42,6 +42,15 @@ export interface GuestDisk {
   id: string;
   /** The guest's likely name of it (`/dev/vdb`), when the hypervisor says. */
   guestDevice?: string;
+  /**
+   * Whether the consumer plugged it itself for the volume its serial names (its own device id or
+   * alias for that volume): `false` for a disk someone else plugged carrying a volume's serial.
+   * Unset: the consumer cannot tell, and the serial alone is taken as before. Reconcile does not
+   * let such a foreign disk stand for an attachment: the guest writes to whatever file that disk
+   * opens, not the volume (a fault explorer's hand-plugged disk with a volume's serial hid the
+   * loss of berth's own one, and the guest's writes went to another file).
+   */
+  plugged?: boolean;
 }
 
 /**

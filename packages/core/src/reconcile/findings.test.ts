@@ -294,6 +294,11 @@ describe('findDifferences', () => {
     const described = describeFinding(found.find((f) => f.kind === 'volume_storage_short')!);
     expect(described).toMatchObject({ kind: 'volume_storage_short', volumeId: cut.id, attachmentId: null, fix: 'none', state: 'skipped' });
     expect(described.detail).toBe(`volume cut1 is available and ${1 << 20} bytes, but backend file has only 4096 bytes of its storage (/v/cut1.img): an attach would be refused`);
+    // A file replaced under the volume's device (a short new one) is the device's finding (storage gone), not a cut.
+    const replaced: ConnectedDevice = { ...loopDevice('/dev/loop3', '/v/used1.img'), storageGone: 'replaced' };
+    const a = fileAttachment(used, 'attached', '/dev/loop3');
+    const kinds = findDifferences(facts({ volumes: [used], attachments: [a], listings: loop([replaced]), shortStorage: new Map([[used.id, 4096]]) })).map((f) => f.kind);
+    expect(kinds).toEqual(['attachment_storage_gone']);
   });
 
   it('reports an available volume whose backend says its storage is gone, with no fix and what to do; not an attached one, not a busy one as such, not when the backend was not asked', () => {
@@ -470,6 +475,23 @@ describe('findDifferences: guests', () => {
     const found = guestFindings(facts({ volumes: [v, w], attachments: [a, b], listings, guests: [g] }));
     expect(found).toEqual([{ kind: 'attachment_missing_from_guest', guest: g, attachment: a, volume: v }]);
     expect(describeFinding(found[0]!)).toMatchObject({ fix: 'replug', attachmentId: a.id });
+  });
+
+  it("a disk someone else plugged with an attached volume's serial (plugged: false) stands for no attachment: it is to be unplugged, and berth's own disk missing is found", () => {
+    const v = volume('a', 'in-use', '/data/volumes/a.img');
+    const a = fileAttachment(v, 'attached', '/dev/loop3');
+    const listings = loop([loopDevice('/dev/loop3', '/data/volumes/a.img')]);
+    const impostor = { serial: v.id, id: '/machine/peripheral/impostor', plugged: false };
+    const own = { serial: v.id, id: `/machine/peripheral/berth-${v.id}`, plugged: true };
+    const g = (disks: Array<typeof own>) => ({ ...guest([]), disks });
+    const alone = g([impostor]);
+    expect(guestFindings(facts({ volumes: [v], attachments: [a], listings, guests: [alone] })).map((f) => f.kind).sort()).toEqual(['attachment_missing_from_guest', 'guest_disk_without_attachment']);
+    // Beside berth's own: only the impostor is found.
+    const beside = g([own, impostor]);
+    const found = guestFindings(facts({ volumes: [v], attachments: [a], listings, guests: [beside] }));
+    expect(found).toEqual([{ kind: 'guest_disk_without_attachment', guest: beside, disk: impostor, volume: v }]);
+    // A consumer that cannot tell (no `plugged`): the serial alone, as before.
+    expect(guestFindings(facts({ volumes: [v], attachments: [a], listings, guests: [g([{ serial: v.id, id: '/machine/peripheral/x' } as typeof own])] }))).toEqual([]);
   });
 
   it('two server records of one guest (the same QMP socket, made before berth refused it) are one guest: an attachment to either accounts for the disk', () => {

@@ -440,7 +440,19 @@ export function findDifferences(facts: ReconcileFacts): Finding[] {
   findings.push(...findGuestDifferences(facts, busy, findings));
   findings.push(...findPublicationDifferences(facts, busy, findings));
   if (facts.missingStorage) findings.push(...findMissingStorage(facts.volumes, facts.attachments, facts.busyVolumeIds, facts.missingStorage));
-  if (facts.shortStorage) findings.push(...findShortStorage(facts.volumes, facts.busyVolumeIds, facts.shortStorage));
+  if (facts.shortStorage) {
+    // A file deleted or replaced under a device (a short new one) is the device findings' (storage
+    // gone: the device holds the data), not a volume cut short.
+    const gone = new Set(findings.flatMap((f) => (f.kind === 'attachment_storage_gone' ? [f.attachment.volumeId] : [])));
+    for (const listing of [...facts.listings, ...(facts.listingsAfter ?? [])]) {
+      for (const d of listing.devices) {
+        if (d.storageGone === undefined) continue;
+        const volume = volumeOfSource(d.source, facts.volumes, facts.attachments, listing.sourceKeys);
+        if (volume) gone.add(volume.id);
+      }
+    }
+    findings.push(...findShortStorage(facts.volumes.filter((v) => !gone.has(v.id)), facts.busyVolumeIds, facts.shortStorage));
+  }
   findings.push(...findStatusMismatches(facts.volumes, facts.attachments, facts.busyVolumeIds));
   return findings;
 }
@@ -473,12 +485,15 @@ function findGuestDifferences(facts: ReconcileFacts, busy: (volumeId: string) =>
     for (const disk of guest.disks) {
       const volume = volumesById.get(disk.serial);
       if (!volume) continue;
-      if (own.some((a) => a.volumeId === volume.id)) continue;
+      // A disk someone else plugged with an attached volume's serial is not that attachment's:
+      // it opens whatever it opens. It is reported (and unplugged) as any disk no attachment
+      // accounts for; berth's own disk for the attachment is looked for below.
+      if (disk.plugged !== false && own.some((a) => a.volumeId === volume.id)) continue;
       findings.push({ kind: 'guest_disk_without_attachment', guest, disk, volume, ...skipOf(busy(volume.id)) });
     }
     for (const attachment of own) {
       if (attachment.status !== 'attached' || attachment.hostId !== facts.localHostId) continue;
-      if (guest.disks.some((d) => d.serial === attachment.volumeId)) continue;
+      if (guest.disks.some((d) => d.serial === attachment.volumeId && d.plugged !== false)) continue;
       const volume = volumesById.get(attachment.volumeId);
       if (!volume) continue;
       const skip =

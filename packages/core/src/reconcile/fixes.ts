@@ -240,10 +240,12 @@ async function unplugGuestDisk(
   target: FixTarget & { signal: AbortSignal },
 ): Promise<string> {
   const { guest, disk } = finding;
-  if (attachments.some((a) => a.serverId === guest.server.id)) throw new Skip('an attachment of the volume to that server accounts for it now');
+  // A disk someone else plugged with the volume's serial (`plugged: false`) is accounted for by no attachment.
+  const accountable = disk.plugged !== false;
+  if (accountable && attachments.some((a) => a.serverId === guest.server.id)) throw new Skip('an attachment of the volume to that server accounts for it now');
   // Or to another server record of the same guest (made before berth refused a second one).
   const key = guest.key ?? guestKey(guest.server.hypervisor);
-  for (const attachment of attachments) {
+  for (const attachment of accountable ? attachments : []) {
     const server = await deps.store.servers.get(attachment.serverId);
     const other = server === undefined ? undefined : guest.key === undefined ? guestKey(server.hypervisor) : await localGuestKey(server.hypervisor);
     if (key !== undefined && server && other === key) throw new Skip(`an attachment of the volume to server ${server.name} (the same guest) accounts for it now`);

@@ -119,7 +119,7 @@ export function describeConsumerConformance(name: string, setup: () => Promise<C
       }
     });
 
-    it('guestDisks and unplugGuestDisk come together; a guest lists a published disk by serial and unplugs it, the host name staying', async () => {
+    it('guestDisks and unplugGuestDisk come together; a guest lists a published disk by serial (its own: not plugged false) and unplugs it, the host name staying', async () => {
       const { consumer, server } = current();
       expect(typeof consumer.unplugGuestDisk, 'a consumer that lists guest disks can unplug them (reconcile needs both)').toBe(typeof consumer.guestDisks);
       if (!consumer.guestDisks || !consumer.unplugGuestDisk) return;
@@ -128,6 +128,8 @@ export function describeConsumerConformance(name: string, setup: () => Promise<C
       try {
         const disk = (await consumer.guestDisks(server))?.find((d) => d.serial === v.volumeId);
         expect(disk, 'the published disk is listed with serial = volume id').toBeDefined();
+        // A consumer that tells its own disks apart says so for the one it published.
+        if (disk?.plugged !== undefined) expect(disk.plugged, 'the disk it published is its own (plugged)').toBe(true);
         await consumer.unplugGuestDisk(server, disk!);
         expect((await consumer.guestDisks(server))?.map((d) => d.serial)).not.toContain(v.volumeId);
         expect(await volumeLink(v.volumeId)).toBe(v.device.path);
