@@ -271,7 +271,7 @@ export interface AgentOutcome {
    * driver's `details.untouched`): the replica then rolls a detach back as a local one would.
    * Added without a protocol bump: an older API drops the field, an older agent never sends it.
    */
-  error?: { code: string; message: string; hint?: string; untouched?: boolean };
+  error?: { code: string; message: string; hint?: string; untouched?: boolean; guestHoldsDevice?: boolean; unplugRequested?: boolean };
 }
 
 /** The notification channel that wakes the agent of `hostId` (37 characters, a valid channel name). */

@@ -22,9 +22,14 @@ export const zWorkItemStep = lazySchema(() => z
 /**
  * How a work item failed: an error summary, and whether the step said it touched nothing on the
  * host (the driver's `details.untouched`: a holder found first, an identity that no longer
- * matched), so that a failed remote disconnect is rolled back exactly as a local one is.
+ * matched), so that a failed remote disconnect is rolled back exactly as a local one is; and the
+ * guest consumers' two flags (`guestHoldsDevice`: the guest may still have the disk;
+ * `unplugRequested`: its unplug request stays pending), so that a remote unpublish that timed out
+ * on a paused guest ends a detach `error_detaching` as a local one does, not `attached`.
  */
-export const zWorkItemError = lazySchema(() => zErrorSummary.unwrap().extend({ untouched: z.boolean().optional() }));
+export const zWorkItemError = lazySchema(() =>
+  zErrorSummary.unwrap().extend({ untouched: z.boolean().optional(), guestHoldsDevice: z.boolean().optional(), unplugRequested: z.boolean().optional() }),
+);
 /** One of `zWorkItemError`. */
 export type WorkItemError = z.output<typeof zWorkItemError>;
 
@@ -36,6 +41,8 @@ export function workItemErrorOf(error: unknown): WorkItemError {
     message: failure.message,
     ...(failure.hint === undefined ? {} : { hint: failure.hint }),
     ...(failure.details.untouched === true ? { untouched: true } : {}),
+    ...(failure.details.guestHoldsDevice === true ? { guestHoldsDevice: true } : {}),
+    ...(failure.details.unplugRequested === true ? { unplugRequested: true } : {}),
   };
 }
 

@@ -106,6 +106,20 @@ describe('remote host steps', () => {
     await w.close();
   });
 
+  it("keeps a guest consumer's guestHoldsDevice and unplugRequested through the item: a remote unplug a paused guest left pending says so", async () => {
+    const w = await world();
+    // Any step's error carries them (here a disconnect's payload; the consumer's unpublish is the one that sets them).
+    const running = w.steps.run('disconnect', { ...request, force: false, inUse: [] }, { operationId: w.operationId, signal: new AbortController().signal }).catch((e: unknown) => e);
+    const paused = new BerthError('TIMEOUT', 'the guest of server vm-1 did not release the disk', { details: { guestHoldsDevice: true, unplugRequested: true, guestState: 'paused' } });
+    const reported = workItemErrorOf(paused);
+    expect(reported).toEqual({ code: 'TIMEOUT', message: 'the guest of server vm-1 did not release the disk', guestHoldsDevice: true, unplugRequested: true });
+    await w.agent('agent-1', { state: 'failed', error: reported });
+    const error = (await running) as BerthError;
+    expect(error.code).toBe('TIMEOUT');
+    expect(error.details).toMatchObject({ step: 'disconnect', guestHoldsDevice: true, unplugRequested: true });
+    await w.close();
+  });
+
   it("a step the caller cancelled (Ctrl-C) is CANCELLED, not a deadline: untouched when no agent picked it up, not when one was running it", async () => {
     const w = await world();
     const cancel = new AbortController();

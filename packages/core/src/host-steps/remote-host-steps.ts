@@ -91,7 +91,16 @@ export function remoteHostSteps(deps: RemoteHostStepsDeps, host: AgentHost): Hos
           // `untouched` travels as the driver said it, so a detach rolls back as a local one does —
           // of the item's only run: an earlier attempt (an agent that died holding it) may have done
           // what this one's "untouched" cannot speak for.
-          details: { hostId: host.id, step, workItemId: item.id, ranOnHost: finished.attempts > 0, ...(error?.untouched === true && finished.attempts <= 1 ? { untouched: true } : {}) },
+          // The guest consumers' flags travel too (a paused guest's pending unplug: `error_detaching`).
+          details: {
+            hostId: host.id,
+            step,
+            workItemId: item.id,
+            ranOnHost: finished.attempts > 0,
+            ...(error?.untouched === true && finished.attempts <= 1 ? { untouched: true } : {}),
+            ...(error?.guestHoldsDevice === true ? { guestHoldsDevice: true } : {}),
+            ...(error?.unplugRequested === true ? { unplugRequested: true } : {}),
+          },
         });
       }
       const schema = HOST_STEP_SCHEMAS[step].result;
