@@ -1,10 +1,10 @@
 import { BerthError, type Logger } from '@berth/core';
 import type { CommandRunner, DeviceWaiter, HostFs } from '@berth/host';
-import { findIscsiSession, readSessionTarget, type IscsiSession } from './iscsi-sysfs.js';
+import { findIscsiSession, readIscsiSession, readSessionTarget, type IscsiSession } from './iscsi-sysfs.js';
 import { samePortal, type Portal } from './portal.js';
 import { scanSlices } from './scan-schedule.js';
 import { findBlockDeviceByHctl, findLunByHctl, scanLun, scsiDeviceOf, type Hctl, type ScsiDeviceRead } from './scsi-sysfs.js';
-import { blockName, readTrimmed } from './sysfs-read.js';
+import { blockName } from './sysfs-read.js';
 import { readWwid, scsiWwnFromWwid } from './wwid.js';
 
 /** One LUN of one target through one portal, as a transport has parsed it from its connection_info. */
@@ -140,16 +140,14 @@ export async function scanAndWait(
 }
 
 /**
- * The sysfs `state` of session `sid` (`LOGGED_IN`, `FAILED`, `FREE`); `gone` when the session's
- * directory is; `LOGGED_IN` when it cannot be read (the plain timeout is then the honest message).
+ * The sysfs `state` of session `sid` as `readIscsiSession` reads it (`LOGGED_IN`, `FAILED`,
+ * `FREE`); `gone` when the session is; `LOGGED_IN` when it cannot be read (the plain timeout is
+ * then the honest message).
  */
 async function sessionStateOf(fs: HostFs, sid: number): Promise<string> {
-  const dir = `/sys/class/iscsi_session/session${sid}`;
-  try {
-    return (await readTrimmed(fs, `${dir}/state`)) ?? ((await fs.exists(dir)) ? 'LOGGED_IN' : 'gone');
-  } catch {
-    return 'LOGGED_IN';
-  }
+  const read = await readIscsiSession(fs, sid).catch(() => null);
+  if (read === undefined) return 'gone';
+  return read === null || read.state === '' ? 'LOGGED_IN' : read.state;
 }
 
 /**
