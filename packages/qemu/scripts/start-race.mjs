@@ -3,7 +3,8 @@
 // daemon"): start qemu-storage-daemon under `strace -f` (which widens the window between its main
 // thread and its monitor I/O thread), connect as soon as the socket exists, and send three commands.
 //   node scripts/start-race.mjs direct 300   # the first client sends them: ~1 start in 100 goes wrong
-//   node scripts/start-race.mjs settle 300   # as StorageDaemon.start() does: a throwaway client first
+//   node scripts/start-race.mjs settle 300   # a throwaway client first, then the commands on a second
+//   node scripts/start-race.mjs wait 300     # as StorageDaemon.start() does: wait=on, the first client is accepted before the monitor starts
 // Prints each start that went wrong (a second greeting, a reply missing or garbled) and the count.
 // Needs qemu-storage-daemon and strace (not root). Leaves nothing: its temp dir is removed.
 import { spawn } from 'node:child_process';
@@ -15,8 +16,8 @@ import { clearTimeout, setTimeout } from 'node:timers';
 
 const mode = process.argv[2] ?? 'direct';
 const starts = Number(process.argv[3] ?? 100);
-if (!['direct', 'settle'].includes(mode) || !Number.isInteger(starts) || starts < 1) {
-  console.error('usage: node scripts/start-race.mjs direct|settle [starts]');
+if (!['direct', 'settle', 'wait'].includes(mode) || !Number.isInteger(starts) || starts < 1) {
+  console.error('usage: node scripts/start-race.mjs direct|settle|wait [starts]');
   process.exit(2);
 }
 const dir = mkdtempSync(path.join(tmpdir(), 'berth-start-race-'));
@@ -70,7 +71,7 @@ try {
   for (let i = 0; i < starts; i += 1) {
     rmSync(socket, { force: true });
     // Its own process group: killing strace alone would leave the daemon it traces running.
-    const daemon = spawn('strace', ['-f', '-o', '/dev/null', 'qemu-storage-daemon', '--chardev', `socket,id=qmp0,path=${socket},server=on,wait=off`, '--monitor', 'chardev=qmp0,mode=control'], { stdio: 'ignore', detached: true });
+    const daemon = spawn('strace', ['-f', '-o', '/dev/null', 'qemu-storage-daemon', '--chardev', `socket,id=qmp0,path=${socket},server=on,wait=${mode === 'wait' ? 'on' : 'off'}`, '--monitor', 'chardev=qmp0,mode=control'], { stdio: 'ignore', detached: true });
     const exited = new Promise((resolve) => daemon.once('exit', resolve));
     try {
       while (!existsSync(socket)) await new Promise((resolve) => setTimeout(resolve, 1));
@@ -79,11 +80,13 @@ try {
         const throwaway = await untilAccepted([{ execute: 'qmp_capabilities', id: 'throwaway' }]);
         if (throwaway.lines.length === 2 && throwaway.lines[1].includes('"return"')) break;
       }
-      const result = mode === 'settle' ? await session(commands) : await untilAccepted(commands);
-      const ok = result.lines.length === 1 + commands.length && result.lines.slice(1).every((line) => line.includes('"return"'));
-      if (!ok) {
+      // wait=on: the first client and the one after it must both be served cleanly.
+      const results = mode === 'settle' ? [await session(commands)] : [await untilAccepted(commands)];
+      if (mode === 'wait') results.push(await session(commands.map((c) => (c.execute === 'object-add' ? { ...c, arguments: { ...c.arguments, id: 'secret-second' } } : c))));
+      const bad = results.find((result) => !(result.lines.length === 1 + commands.length && result.lines.slice(1).every((line) => line.includes('"return"'))));
+      if (bad) {
         wrong += 1;
-        console.log(`start ${i + 1}: ${JSON.stringify(result).slice(0, 300)}`);
+        console.log(`start ${i + 1}: ${JSON.stringify(bad).slice(0, 300)}`);
       }
     } finally {
       process.kill(-daemon.pid, 'SIGKILL');

@@ -99,8 +99,26 @@ export class QmpClient {
     socket.on('close', () => this.fail(lost(path, 'the server closed it')));
   }
 
-  /** Connect to the QMP socket at `path`, check the greeting and leave negotiation mode. */
+  /**
+   * Connect to the QMP socket at `path`, check the greeting and leave negotiation mode. A handshake
+   * whose `qmp_capabilities` QEMU answers with a JSON parse error (this client writes whole, valid
+   * lines: only qemu 7.2's start-up race, two threads reading one connection, splits them — see
+   * the package README) is closed and made again, within the same deadline, up to 3 times.
+   */
   static async connect(path: string, options: QmpCallOptions = {}): Promise<QmpClient> {
+    const deadline = Date.now() + (options.timeoutMs ?? DEFAULT_QMP_TIMEOUT_MS);
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        return await QmpClient.connectOnce(path, { ...options, timeoutMs: Math.max(1, deadline - Date.now()) });
+      } catch (error) {
+        const failure = qmpFailureOf(error);
+        const garbled = failure?.command === 'qmp_capabilities' && /^JSON parse error/.test(failure.desc);
+        if (!garbled || attempt >= 3 || Date.now() >= deadline) throw error;
+      }
+    }
+  }
+
+  private static async connectOnce(path: string, options: QmpCallOptions): Promise<QmpClient> {
     const timeoutMs = options.timeoutMs ?? DEFAULT_QMP_TIMEOUT_MS;
     const client = new QmpClient(connect({ path }), path);
     try {

@@ -15,7 +15,7 @@ const host = createHostServices();
 let dir: string;
 
 /** The stand-in: `mode` says what its first connection gets; later ones are answered normally. */
-async function standIn(mode: 'double-greeting' | 'silent-first' | 'silent'): Promise<string> {
+async function standIn(mode: 'double-greeting' | 'silent-first' | 'silent' | 'garbled-second'): Promise<string> {
   // Named `node` and run by node through its #! line: /proc/<pid>/cmdline's argv[0] is node from
   // the first instant, and its name is the executable's, as the pid-file check wants.
   await mkdir(path.join(dir, 'bin'));
@@ -43,6 +43,11 @@ net.createServer((client) => {
     for (let nl = buffer.indexOf('\\n'); nl >= 0; nl = buffer.indexOf('\\n')) {
       const request = JSON.parse(buffer.slice(0, nl));
       buffer = buffer.slice(nl + 1);
+      if (mode === 'garbled-second' && connections === 2) {
+        // qemu 7.2's answer when two threads split a line between them: no id, a parse error.
+        client.write(JSON.stringify({ error: { class: 'GenericError', desc: "JSON parse error, stray '_capa'" } }) + '\\r\\n');
+        continue;
+      }
       if (!silent) client.write(JSON.stringify({ return: {}, id: request.id }) + '\\r\\n');
     }
   });
@@ -101,6 +106,14 @@ describe('StorageDaemon.start and qemu 7.2 start-up race', () => {
     expect(await connections()).toBe(2);
     const qmp = await daemon.connect({ timeoutMs: 5_000 });
     qmp.close();
+  });
+
+  it('a handshake garbled by the race (a JSON parse error for qmp_capabilities) is dropped and the client connects again', async () => {
+    const daemon = daemonWith(await standIn('garbled-second'));
+    await daemon.start();
+    const qmp = await daemon.connect({ timeoutMs: 5_000 });
+    qmp.close();
+    expect(await connections()).toBe(3);
   });
 
   it('a monitor that never answers fails the start at its deadline, says so, and the daemon is stopped', async () => {

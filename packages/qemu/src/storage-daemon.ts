@@ -115,7 +115,10 @@ export class StorageDaemon {
     await mkdir(this.options.dir, { recursive: true, mode: 0o700 });
     // A socket left by a killed daemon would look like a live one.
     await rm(this.socket, { force: true });
-    const args = ['--chardev', `socket,id=qmp0,path=${optionValue(this.socket)},server=on,wait=off`, '--monitor', 'chardev=qmp0,mode=control'];
+    // wait=on: the daemon accepts its first client (settleMonitor's) before its monitor starts, so
+    // no listener is left in the main thread's loop when the monitor's I/O thread takes the socket
+    // over — qemu 7.2's start-up race (see settleMonitor) has no window to happen in.
+    const args = ['--chardev', `socket,id=qmp0,path=${optionValue(this.socket)},server=on,wait=on`, '--monitor', 'chardev=qmp0,mode=control'];
     await appendFile(this.logFile, `--- berth: starting ${this.binary} at ${new Date().toISOString()}\n`, { mode: 0o600 });
     let pid: number;
     try {
@@ -161,7 +164,11 @@ export class StorageDaemon {
    * hand-over done (QEMU runs commands only for monitors the bottom half registered), and closing
    * this connection resets the parser, so whatever the race did to it is gone. Reproduced with the
    * daemon under `strace -f` (which widens the window): ~1 start in 100 greeted the first client
-   * twice or never answered it (`scripts/start-race.mjs`).
+   * twice or never answered it (`scripts/start-race.mjs`). That throwaway alone did not close the
+   * window: CI met `JSON parse error, stray '_capa'` on the handshake of the connection after it.
+   * The daemon now starts with `wait=on` (its chardev accepts this first client before the monitor
+   * exists, which is what the upstream fix does by hand), and `QmpClient.connect` takes a garbled
+   * handshake for the race and connects again.
    */
   private async settleMonitor(timeoutMs: number, signal: AbortSignal | undefined): Promise<void> {
     const deadline = Date.now() + timeoutMs;
