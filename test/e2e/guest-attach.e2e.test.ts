@@ -10,7 +10,8 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { EXIT_CODES, type Attachment, type Operation, type OperationOutcome, type ReconcileReport, type Server, type Volume } from '@berth/core';
 import { createHostServices } from '@berth/host';
 import { bootLibvirtGuest, bootQemuGuest, guestSerial, type GuestAgent, type LibvirtGuest, type QemuGuest } from '@berth/vmkit';
-import { errorBody, makeSandbox, REPO_ROOT, type BerthSandbox } from '../support/berth-cli.js';
+import { execa } from 'execa';
+import { BERTH_BIN, errorBody, inheritedEnv, makeSandbox, REPO_ROOT, type BerthSandbox } from '../support/berth-cli.js';
 import { crashChild, readAt } from '../support/host-state.js';
 import { loopDevicesBacking } from '../support/loop-devices.js';
 import { sweepOrphanedSandboxes } from '../support/orphans.js';
@@ -101,6 +102,55 @@ function itRecoversFromKillsAroundTheGuestStep(guest: () => GuestUnderTest): voi
     }
     expect((await g.sandbox.json<{ differences: unknown[] }>(['reconcile', '--dry-run'])).differences).toEqual([]);
     await g.sandbox.json(['volume', 'delete', name, '--yes']);
+  }, 240_000);
+}
+
+/**
+ * berth SIGKILLed while a paused guest has its unplug request: the journal cannot say whether the
+ * request went out, the guest still has the disk, and it drops it at its resume if it did — so the
+ * recovery leaves the attachment `error_detaching`, never `attached` (before: rolled back to
+ * attached, and the resumed guest dropped the disk under it). A plain detach finishes afterwards.
+ */
+function itRecoversAKillDuringAPausedUnplug(guest: () => GuestUnderTest & { pause(): Promise<void>; resume(): Promise<void> }): void {
+  it('berth SIGKILLed while a paused guest has the unplug request: the next berth leaves it error_detaching, not attached; resumed, a plain detach finishes', async () => {
+    const g = guest();
+    const volume = await createVolumeIn(g.sandbox, 'killed-unplug');
+    await g.sandbox.json(['attach', 'killed-unplug', '--server', g.server]);
+    await g.agent.waitForDisk(volume.id, SEE_MS);
+    await g.pause();
+    let resumed = false;
+    try {
+      // A real berth process, killed while it waits for the paused guest to let go.
+      const child = execa(process.execPath, [BERTH_BIN, 'detach', 'killed-unplug', '--json'], { env: { ...inheritedEnv(), ...g.sandbox.env }, cwd: REPO_ROOT, reject: false, stdin: 'ignore' });
+      try {
+        await host.waiter.waitUntil(
+          g.sandbox.dataDir,
+          async () => {
+            const operations = await g.sandbox.json<Operation[]>(['operation', 'list', '--all']);
+            const detach = operations.find((o) => o.kind === 'detach' && o.volumeId === volume.id);
+            return detach?.steps.some((step) => step.name === 'unpublish' && step.state === 'running') === true ? true : undefined;
+          },
+          { timeoutMs: 60_000, what: 'the detach waiting for the guest' },
+        );
+      } finally {
+        child.kill('SIGKILL');
+        await child;
+      }
+      // The next command recovers it: the guest still has the disk, so a request may be pending.
+      const [attachment] = await g.sandbox.json<Attachment[]>(['attachment', 'list', '--volume', 'killed-unplug']);
+      expect(attachment?.status).toBe('error_detaching');
+      expect(attachment?.error).toContain('the guest still has it');
+      expect(loopDevicesBacking(volume.file)).toHaveLength(1);
+      expect(await g.leftovers(volume.id)).not.toEqual([]);
+      await g.resume();
+      resumed = true;
+    } finally {
+      if (!resumed) await g.resume();
+    }
+    // Whether or not the request had gone out before the kill, a plain detach finishes now.
+    await g.sandbox.json(['detach', 'killed-unplug']);
+    await expectNothingLeftIn(g, volume);
+    await g.sandbox.json(['volume', 'delete', 'killed-unplug', '--yes']);
   }, 240_000);
 }
 
@@ -353,6 +403,7 @@ describe('berth attach into a real QEMU guest (CLI, loop transport, file backend
   });
 
   itRecoversFromKillsAroundTheGuestStep(underTest);
+  itRecoversAKillDuringAPausedUnplug(() => ({ ...underTest(), pause: () => guest.pause(), resume: () => guest.resume() }));
 
   // Last: it stops the file's guest.
   it('a guest whose QEMU is gone holds nothing: detach --force tears the host side down', async () => {
@@ -397,6 +448,7 @@ describe('berth attach into a real libvirt domain (CLI, loop transport, file bac
 
   // The suite's booted domain, shared: booting another costs ~30 s of the test budget.
   itRecoversFromKillsAroundTheGuestStep(() => ({ sandbox, server: 'web-1', agent: guest.agent, leftovers: domainLeftovers }));
+  itRecoversAKillDuringAPausedUnplug(() => ({ sandbox, server: 'web-1', agent: guest.agent, leftovers: domainLeftovers, pause: () => guest.suspend(), resume: () => guest.resume() }));
 
   it('attach: the domain\'s guest sees serial = volume id, its writes are in the file after detach, nothing left in the domain', async () => {
     const created = await sandbox.json<Volume>(['volume', 'create', '--size', '64MiB', '--name', 'lv1']);

@@ -271,6 +271,51 @@ describe('recovery of a dead process\'s operation', () => {
   });
 });
 
+describe('recovery of a detach stopped in its guest unplug', () => {
+  // A berth killed while a guest's unplug was under way (or between its TIMEOUT and the undo): the
+  // journal cannot say whether the guest was asked. A guest that let go is plugged again (rolled
+  // back to attached); one that still has the disk may have the request pending — a paused guest
+  // drops it at its resume — so the detach ends error_detaching, never attached over it.
+  it.each([
+    ['still has the disk', true],
+    ['has let go of the disk', false],
+  ] as const)('the guest %s', async (_what, holds) => {
+    const { service, store, guestDisks, connected } = world();
+    const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    const server = await service.createServer({ name: 'vm-1', hypervisor: { type: 'qemu', qmp: '/run/vm-1/qmp.sock' } });
+    const attachment = (await service.attach({ volume: 'db', server: 'vm-1' })).attachment!;
+    const dead = `999999999@${HOSTNAME}#1`;
+    const op = await store.operations.create({ kind: 'detach', volumeId: volume.id, serverId: server.id, hostId: server.hostId, owner: dead, deadlineAt: new Date(Date.now() + 60_000).toISOString() });
+    await store.operations.setAttachment(op.id, attachment.id);
+    await store.attachments.transition(attachment.id, ['attached'], 'detaching');
+    await store.operations.endStep(op.id, await store.operations.startStep(op.id, 'begin_detaching', 'do'), { state: 'done', data: { from: 'attached' } });
+    await store.operations.endStep(op.id, await store.operations.startStep(op.id, 'dispatch', 'do'), { state: 'done', data: { hostId: server.hostId, agent: false } });
+    await store.operations.startStep(op.id, 'unpublish', 'do');
+    if (!holds) guestDisks.delete(volume.id);
+
+    const [outcome] = await service.recover();
+    const after = await store.attachments.require(attachment.id);
+    expect(connected.size).toBe(1);
+    expect(guestDisks.has(volume.id)).toBe(true);
+    if (!holds) {
+      // Let go: plugged again, attached as before.
+      expect(outcome).toMatchObject({ operationId: op.id, action: 'rolled_back' });
+      expect(after.status).toBe('attached');
+      return;
+    }
+    expect(outcome).toMatchObject({ operationId: op.id, action: 'failed' });
+    expect(after.status).toBe('error_detaching');
+    expect(after.error).toMatch(/^the detach is waiting for the guest: the berth that detached volume db stopped while it had the guest of server vm-1 release the disk, and the guest still has it/);
+    const settled = await store.operations.require(op.id);
+    expect(settled.error?.hint).toBe('once the guest let go, `berth detach db` (or `berth reconcile`) finishes it');
+    // The guest lets go: a plain detach finishes.
+    guestDisks.clear();
+    await service.detach({ volume: 'db' });
+    expect(connected.size).toBe(0);
+    expect((await store.volumes.require(volume.id)).status).toBe('available');
+  });
+});
+
 describe('names', () => {
   it('refuses a new volume or server named like an id (it could then be reached only by its own id); stored ones still load', async () => {
     const { service, store } = world();

@@ -95,6 +95,14 @@ export interface PipelineContext {
    * not `attached` over a disk the guest may lose at any moment.
    */
   unplugMayBePending?: boolean;
+  /**
+   * Set by recovery: the detach's `unpublish` on a guest server started and its journal row was
+   * never closed `done` (its process stopped in it, or between its failure and the undo), so
+   * whether the guest was asked to let go is not known. Its undo looks: a guest that still has the
+   * volume's disk may have a request pending (`unplugMayBePending`); one that has none is plugged
+   * again, as any undo.
+   */
+  unpublishOutcomeUnknown?: boolean;
 }
 
 /** Whether the server is a VM whose consumer hot-plugs into it (not the host itself). */

@@ -6,6 +6,7 @@ import { publishShared, releaseShared, terminateUnshared, unpublishShared, type 
 import { applyTransition, required } from './attach.js';
 import type { Step } from './step.js';
 import { refuseOfflineAgent } from '../host-steps/offline-agent.js';
+import { consumerNameFor } from '../hypervisor.js';
 import { ownedHostSteps } from './operation-fence.js';
 import { isStoreOutage } from '../store-errors.js';
 
@@ -33,6 +34,17 @@ function tolerant(ctx: PipelineContext, step: string, fn: () => Promise<void>): 
     if (e.details.guestHoldsDevice === true || (step === 'unpublish' && isGuestServer(ctx))) throw stillInGuest(ctx, e);
     ctx.forcedErrors.push(`${step}: ${e.message}`);
   });
+}
+
+/**
+ * Whether the server's guest still has berth's own disk for the volume (its consumer's
+ * `guestDisks`, here or through the host's agent). A guest that cannot be listed counts as not
+ * having it: the undo then goes on as before (publishing into an unreachable guest fails itself).
+ */
+async function guestStillHasDisk(deps: PipelineDeps, ctx: PipelineContext, signal: AbortSignal): Promise<boolean> {
+  const steps = required(ctx.steps, 'host steps');
+  const { disks } = await steps.run('guest_disks', { consumer: consumerNameFor(ctx.server, deps.config.consumer), server: ctx.server }, { operationId: ctx.operationId, signal });
+  return (disks ?? []).some((disk) => disk.serial === ctx.volume.id && disk.plugged !== false);
 }
 
 /**
@@ -165,6 +177,13 @@ export function detachSteps(deps: PipelineDeps, resumed: { from?: AttachmentStat
       async undo(ctx, signal) {
         const attachment = ctx.attachment;
         if (ctx.unpublishUntouched === true) return;
+        if (ctx.unpublishOutcomeUnknown === true && (await guestStillHasDisk(deps, ctx, signal))) {
+          ctx.unplugMayBePending = true;
+          throw new BerthError('CONFLICT', `the berth that detached volume ${ctx.volume.name} stopped while it had the guest of server ${ctx.server.name} release the disk, and the guest still has it: it may have been asked to, and may still let go at any moment (when it resumes, or frees the disk); the detach cannot be undone`, {
+            hint: `once the guest let go, run \`berth detach ${ctx.volume.name}\` again (or \`berth reconcile\`); the host side stays connected until then`,
+            details: { guestHoldsDevice: true, unplugRequested: true, volumeId: ctx.volume.id, serverId: ctx.server.id },
+          });
+        }
         if (ctx.unplugMayBePending === true) {
           // Publishing again would find the device still there ("Duplicate device ID": kept) and
           // call the detach undone, and the guest would drop the disk at its next chance while the

@@ -7,7 +7,7 @@ import type { Store } from '../store.js';
 import { isStoreOutage } from '../store-errors.js';
 import type { FaultInjector } from '../faults.js';
 import { attachSteps } from './attach.js';
-import { recomputeVolume, type PipelineContext, type PipelineDeps } from './context.js';
+import { isGuestServer, recomputeVolume, type PipelineContext, type PipelineDeps } from './context.js';
 import { hostRootMismatch, hostRootSkip, type HostRootMismatch } from './host-root.js';
 import { detachSteps, markDetachFailed } from './detach.js';
 import { summarize, type OperationRunner } from './operation-runner.js';
@@ -236,6 +236,10 @@ export async function recoverOperation(
     // A detach's unpublish that kept the volume's name for a sharer: its resumed disconnect removes
     // it if it is the device's last user (an attach's undo learns it again from its publish undo).
     ...(op.kind === 'detach' && journalData(op, 'unpublish')?.stillShared === true ? { volumeNameKept: true } : {}),
+    // A guest's unplug cut short: the request may be pending in the guest (its undo looks).
+    ...(op.kind === 'detach' && isGuestServer({ server }) && op.steps.some((s) => s.phase === 'do' && s.name === 'unpublish') && !stepDone(op, 'unpublish')
+      ? { unpublishOutcomeUnknown: true }
+      : {}),
     ...(attachment ? { attachment } : {}),
     ...(connector ? { connector } : {}),
     // Secrets were never stored: the redacted connection_info is enough to disconnect.
@@ -363,7 +367,15 @@ async function rollBack(
   const message = `${error.message}; rolling back failed: ${errors.map((e) => toBerthError(e).message).join('; ')}`;
   await finish({
     state: 'failed',
-    error: { code: error.code, message, hint: `\`berth reconcile\` finishes it (or \`berth detach ${ctx.volume.name} --force\`)` },
+    error: {
+      code: error.code,
+      message,
+      // A guest that may still drop the disk: --force refuses while it holds it; a plain detach finishes once it let go.
+      hint:
+        ctx.unplugMayBePending === true
+          ? `once the guest let go, \`berth detach ${ctx.volume.name}\` (or \`berth reconcile\`) finishes it`
+          : `\`berth reconcile\` finishes it (or \`berth detach ${ctx.volume.name} --force\`)`,
+    },
   });
   return outcome('failed', message);
 }
