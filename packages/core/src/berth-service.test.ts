@@ -608,6 +608,25 @@ describe('attach and detach on the in-memory store', () => {
     expect(await store.attachments.list()).toEqual([]);
   });
 
+  it('an attaching attachment is not initialized again for another initiator (the first export would stay, and outlive the attachment); the same connector again is fine', async () => {
+    const { service, store } = world();
+    await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    await service.createServer({ name: 'vm-2' });
+    const reserved = await service.reserveAttachment({ volume: 'db', server: 'vm-2' });
+    const first = { host: HOSTNAME, initiator: 'iqn.2026-01.test:unit' };
+    await service.initializeAttachment(reserved.attachment.id, first);
+    for (const other of [{ ...first, initiator: 'iqn.2020-01.com.other:x' }, { ...first, host: 'elsewhere' }]) {
+      const error = await service.initializeAttachment(reserved.attachment.id, other).catch((e: unknown) => e);
+      expect(BerthError.is(error) && error.code).toBe('CONFLICT');
+      expect(BerthError.is(error) && error.message).toContain(`was initialized for host ${HOSTNAME} (initiator iqn.2026-01.test:unit)`);
+      expect(BerthError.is(error) && error.details.reason).toBe('connector-changed');
+    }
+    expect((await store.attachments.require(reserved.attachment.id)).connector).toMatchObject(first);
+    // The same host and initiator again (a retried call, a new IP in the connector): initialized again.
+    const again = await service.initializeAttachment(reserved.attachment.id, { ...first, ip: '127.0.0.2' });
+    expect(again.attachment.status).toBe('attaching');
+  });
+
   it('a multiattach volume: detaching one attachment while another is reserved, or being attached, ends cleanly for both (no volume wedged detaching)', async () => {
     const { service, store } = world();
     const volume = await sharedOnVm1(service);

@@ -105,6 +105,15 @@ async function initializeLocked(parts: ServiceParts, attachment: Attachment, con
       details: { attachmentId: attachment.id, actual: attachment.status },
     });
   }
+  // Another initiator (or host) than the one it was exported to: a second export beside the first,
+  // which nothing would remove — deleting the attachment terminates only the recorded connector's,
+  // and the first initiator could still log in to a volume berth calls free (a fault explorer).
+  if (attachment.connector && exportIdentity(attachment.connector) !== exportIdentity(connector)) {
+    throw new BerthError('CONFLICT', `attachment ${attachment.id} was initialized for ${describeConnector(attachment.connector)}; it cannot be initialized again for ${describeConnector(connector)}`, {
+      hint: `delete it (its export goes with it) and create a new attachment for the new host or initiator; initializing again with the same connector is fine`,
+      details: { attachmentId: attachment.id, reason: 'connector-changed' },
+    });
+  }
   const volume = await store.volumes.require(attachment.volumeId);
   const signal = AbortSignal.timeout(parts.config.operationTimeoutMs);
   // The export and its record under the export's lease, as the attach's `initialize` does.
@@ -122,4 +131,14 @@ async function initializeLocked(parts: ServiceParts, attachment: Attachment, con
     });
     return { attachment: updated, connectionInfo: info };
   });
+}
+
+/** What a backend exports to: the connector's host and the initiator identities it may name. */
+function exportIdentity(connector: Connector): string {
+  const record = connector as Record<string, unknown>;
+  return JSON.stringify([connector.host, connector.initiator ?? null, record['nqn'] ?? null, record['wwpns'] ?? null, record['wwnns'] ?? null]);
+}
+
+function describeConnector(connector: Connector): string {
+  return `host ${connector.host}${connector.initiator ? ` (initiator ${connector.initiator})` : ''}`;
 }
