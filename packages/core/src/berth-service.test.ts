@@ -30,6 +30,8 @@ const HOSTNAME = 'unit-host';
 function world(
   options: {
     connectFails?: boolean;
+    /** The transport answers every connect with this path (a plugin handing out a device it did not make). */
+    connectPath?: { path?: string };
     /** An unforced disconnect refuses without touching anything (a holder found first). */
     disconnectHeld?: boolean;
     onConnect?: () => void;
@@ -85,6 +87,7 @@ function world(
     connect: async (connection) => {
       options.onConnect?.();
       if (options.connectFails) throw new BerthError('DRIVER_ERROR', 'the device never appeared');
+      if (options.connectPath?.path) return { path: options.connectPath.path, type: 'block' };
       const path = String(connection.data.device_path);
       const device: Device = { path, type: 'block', identity: { kind: 'mem', path } };
       connected.set(path, device);
@@ -606,6 +609,25 @@ describe('attach and detach on the in-memory store', () => {
     expect(operations.map((o) => o.state).sort()).toEqual(['rolled_back', 'succeeded']);
     expect((await store.volumes.require(volume.id)).status).toBe('available');
     expect(await store.attachments.list()).toEqual([]);
+  });
+
+  it('a transport that answers a connect with the device another volume uses is refused (DRIVER_ERROR), nothing recorded or published for it, the other volume untouched', async () => {
+    const handOut: { path?: string } = {};
+    const { service, store, connected, published } = world({ connectPath: handOut });
+    const first = await service.createVolume({ name: 'v1', sizeBytes: 2 ** 30 });
+    const second = await service.createVolume({ name: 'v2', sizeBytes: 2 ** 30 });
+    await service.attach({ volume: 'v1' });
+    handOut.path = `/dev/mem-${first.id}`;
+    const error = await service.attach({ volume: 'v2' }).catch((e: unknown) => e);
+    expect(BerthError.is(error) && error.code).toBe('DRIVER_ERROR');
+    expect(BerthError.is(error) && error.message).toContain(`as /dev/mem-${first.id}, which is the device of another volume on this host`);
+    expect(BerthError.is(error) && error.details.reason).toBe('device-of-another-volume');
+    expect((await store.volumes.require(second.id)).status).toBe('available');
+    expect(await store.attachments.list({ volumeId: second.id })).toEqual([]);
+    // v1 keeps its device (the undo's disconnect was not given it) and its publication.
+    expect([...connected.keys()]).toEqual([`/dev/mem-${first.id}`]);
+    expect(published.size).toBe(1);
+    expect((await store.attachments.list({ volumeId: first.id }))[0]?.status).toBe('attached');
   });
 
   it('an attaching attachment is not initialized again for another initiator (the first export would stay, and outlive the attachment); the same connector again is fine', async () => {

@@ -149,6 +149,18 @@ export async function connectShared(deps: PipelineDeps, request: ConnectRequest)
       { transport, connection, volumeId: volume.id, ...(request.connector ? { connector: request.connector } : {}) },
       { ...(request.operationId === undefined ? {} : { operationId: request.operationId }), signal: request.signal },
     );
+    // The device another volume's records hold (same identity, or same path where either has no
+    // identity): a transport that answers with it would give this volume's attachment the other
+    // volume's data — a third-party plugin did, and both volumes' links led to one loop device.
+    // Refused before it is recorded or published; the undo's disconnect gets no device (it is
+    // not this volume's) and the other volumes' devices as `inUse`.
+    const foreign = (await devicesInUse(store, attachment.hostId, volume.id)).find((recorded) => sameDevice(recorded, device));
+    if (foreign) {
+      throw new BerthError('DRIVER_ERROR', `transport ${transport} connected volume ${volume.name} as ${device.path}, which is the device of another volume on this host; refused (it would give this volume's attachment that volume's data)`, {
+        hint: `either the ${transport} transport returned a device it did not make for this volume (report it to its author), or the other volume's device went behind berth's back and its record is stale: \`berth reconcile\` sorts that out, then attach again`,
+        details: { volumeId: volume.id, device: device.path, transport, reason: 'device-of-another-volume' },
+      });
+    }
     request.onDevice?.(device);
     if (other?.device && !sameDevice(other.device, device)) {
       // The device the others recorded is gone (removed behind berth's back) and this is a new
