@@ -30,7 +30,7 @@ export const zCreateVolumeRequest = lazySchema(() => z.strictObject({
 export const zCreateServerRequest = lazySchema(() => z.strictObject({
   name: zNewName,
   // As the HTTP API has it: a name no host can have would make a row no agent could register for.
-  host: zHostName.optional(),
+  host: zHostName.refine((name) => !z.uuid().safeParse(name).success, 'must not have the form of an id (a UUID): hosts are looked up by id when named so').optional(),
   hypervisor: zNewHypervisor.optional(),
   projectId: zProject,
 }));

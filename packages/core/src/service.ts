@@ -153,7 +153,7 @@ export interface BerthService {
    * as a forced detach's `terminate`) and its record, its volume's status is recomputed, the
    * operations a dead process left there end, its open work items are cancelled, and the host goes
    * with its servers and device records. A host not known is success (`alreadyGone`).
-   * `ref` is the host's id when UUID-shaped and a host has it, else its name (`pickHost`).
+   * `ref` is the host's id when UUID-shaped, else its name (`pickHost`).
    * A host with no agent record and attachments or running operations is refused (CONFLICT,
    * `liveness-unknown`) unless `options.assumeDead`; so is an operation owned by a berth process on
    * the host itself, judged by its lease (none: unless `assumeDead`). The agent is checked again

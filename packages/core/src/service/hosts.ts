@@ -28,10 +28,13 @@ const DETACH_FIRST: readonly AttachmentStatus[] = ['attached', 'error_detaching'
 
 /**
  * The host `ref` names, as `berth host forget` and every client resolve it (`pickHost`): the host
- * with that id when `ref` is UUID-shaped and one has it, else the host with that name.
+ * with that id when `ref` is UUID-shaped, else the host with that name.
  */
 async function findHost(store: Store, ref: string): Promise<Host | undefined> {
-  return (isUuid(ref) ? await store.hosts.get(ref) : undefined) ?? (await store.hosts.findByName(ref));
+  // An id-shaped ref is an id only, as for volumes and servers: a host *named* like another
+  // host's id (made through a server's `host`) would otherwise be forgotten by a repeated
+  // `DELETE /v1/hosts/<that id>` — "safe to repeat" — once the real one was gone (an explorer).
+  return isUuid(ref) ? store.hosts.get(ref) : store.hosts.findByName(ref);
 }
 
 /** Forget host `ref` (name or id): see `BerthService.forgetHost`. */

@@ -11,10 +11,11 @@ export const isUuid = (ref: string): boolean => ref.length === 36 && zId.safePar
 
 /**
  * The host `ref` names among `hosts`, as `forgetHost` resolves it: the one with that id when `ref`
- * is UUID-shaped and one has it, else the one with that name (a host may be named like a UUID).
+ * is UUID-shaped, else the one with that name (a host an older berth let be named like a UUID is
+ * reached by its own id).
  */
 export function pickHost<T extends { id: string; name: string }>(hosts: readonly T[], ref: string): T | undefined {
-  return (isUuid(ref) ? hosts.find((h) => h.id === ref) : undefined) ?? hosts.find((h) => h.name === ref);
+  return isUuid(ref) ? hosts.find((h) => h.id === ref) : hosts.find((h) => h.name === ref);
 }
 
 /** The project a request acts in. */
