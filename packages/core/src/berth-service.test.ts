@@ -611,6 +611,18 @@ describe('attach and detach on the in-memory store', () => {
     expect(await store.attachments.list()).toEqual([]);
   });
 
+  it('an attach without a server is refused (CONFLICT, nothing reserved) when the server named like this host is on another host or a guest, never attached there', async () => {
+    const { service, store } = world();
+    const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    await service.createServer({ name: HOSTNAME, host: 'elsewhere' });
+    const error = await service.attach({ volume: 'db' }).catch((e: unknown) => e);
+    expect(BerthError.is(error) && error.code).toBe('CONFLICT');
+    expect(BerthError.is(error) && error.message).toContain(`server ${HOSTNAME} in project default is on another host, not this host`);
+    expect(BerthError.is(error) && error.details.reason).toBe('local-server-elsewhere');
+    expect((await store.volumes.require(volume.id)).status).toBe('available');
+    expect(await store.attachments.list()).toEqual([]);
+  });
+
   it('a transport that answers a connect with the device another volume uses is refused (DRIVER_ERROR), nothing recorded or published for it, the other volume untouched', async () => {
     const handOut: { path?: string } = {};
     const { service, store, connected, published } = world({ connectPath: handOut });

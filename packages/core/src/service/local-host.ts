@@ -3,6 +3,7 @@ import type { Connector } from '../connection.js';
 import type { HostIdentity } from '../host-identity.js';
 import type { Host, Server } from '../model.js';
 import type { Store } from '../store.js';
+import { BerthError } from '../errors.js';
 
 /** A host name made into a valid server name. */
 export function serverNameFor(hostname: string): string {
@@ -63,10 +64,21 @@ export class LocalHost {
   async server(project: string): Promise<Server> {
     const host = await this.host();
     const name = serverNameFor(this.identity.hostname);
-    return findOrCreate(
+    const server = await findOrCreate(
       () => this.store.servers.findByName(project, name),
       () => this.store.servers.create({ name, projectId: project, hostId: host.id }),
     );
+    // A server someone made with this host's name on another host, or for a guest: "no server"
+    // means this host itself, so it is refused rather than attached to elsewhere (an explorer's
+    // attach without a server went to host h2).
+    const guest = server.hypervisor !== undefined && server.hypervisor.type !== 'host';
+    if (server.hostId !== host.id || guest) {
+      throw new BerthError('CONFLICT', `server ${name} in project ${project} is ${guest ? `a guest (hypervisor ${server.hypervisor?.type})` : 'on another host'}, not this host (${this.identity.hostname}); an attach without a server means this host itself`, {
+        hint: `name the server to attach to (--server / "server"), or delete or rename server ${name} so that berth can make this host's own`,
+        details: { server: name, serverId: server.id, projectId: project, reason: 'local-server-elsewhere' },
+      });
+    }
+    return server;
   }
 
   /** Base connector properties of this host (host name, ip, platform, the configured multipath). */
