@@ -290,6 +290,29 @@ describe('the agent protocol over HTTP on PostgreSQL', () => {
     expect(answer.text).toContain('Berth-Agent-Worker');
   });
 
+  it('`berth agent` refuses a token file its group can read, and a token a header cannot carry, with CONFIG (exit 18), the token never printed', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'berth-agent-token-'));
+    try {
+      const env: NodeJS.ProcessEnv = { ...process.env, BERTH_DATA_DIR: path.join(dir, 'data') };
+      for (const key of ['BERTH_LOG_LEVEL', 'BERTH_CONFIG', 'BERTH_FAULTS', 'BERTH_API_URL', 'BERTH_STORE_URL']) delete env[key];
+      const cases: Array<[string, number, RegExp]> = [
+        [TOKENS.agentH1, 0o640, /readable by its group/],
+        [`${TOKENS.agentH1}\nsecond-line`, 0o600, /a space, a line break or another character a token cannot have/],
+      ];
+      for (const [token, mode, said] of cases) {
+        const tokenFile = path.join(dir, 'agent.token');
+        rmSync(tokenFile, { force: true });
+        writeFileSync(tokenFile, token, { mode });
+        const run = spawnSync(process.execPath, [CLI, 'agent', '--api', api().url, '--token-file', tokenFile], { env, encoding: 'utf8', timeout: 60_000 });
+        expect(run.status, run.stderr).toBe(18);
+        expect(run.stderr).toMatch(said);
+        expect(run.stderr + run.stdout).not.toContain(TOKENS.agentH1);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('a real `berth agent` replaced by a new registration of its host exits 4 (CONFLICT) within seconds, leaving no child process', async () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'berth-agent-replaced-'));
     const tokenFile = path.join(dir, 'agent.token');

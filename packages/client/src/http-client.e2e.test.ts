@@ -42,6 +42,21 @@ describe('HttpClient over its own keep-alive connections', () => {
     await closed;
   });
 
+  it('refuses a token a header cannot carry (a line break, a space, a control character) with CONFIG, without echoing it', () => {
+    for (const token of ['abc\ndef', 'abc def', 'abc\u0007']) {
+      const error = (() => {
+        try {
+          new HttpClient({ url: 'http://127.0.0.1:1', token });
+          return undefined;
+        } catch (e) {
+          return e;
+        }
+      })();
+      expect(BerthError.is(error) && error.code).toBe('CONFIG');
+      expect(BerthError.is(error) && error.message).not.toContain('abc');
+    }
+  });
+
   it('turns a problem into its BerthError, a server that never answers into TIMEOUT', async () => {
     const { url } = await serve((request, response) => {
       if (request.url === '/hang') return;

@@ -323,6 +323,13 @@ export class HttpClient {
   private readonly longPollMarginMs: number;
 
   constructor(private readonly options: HttpClientOptions) {
+    // A header value cannot carry it: fetch would throw at every request, read as "cannot reach
+    // the API" (an explorer's two-line token file had an agent retry for ever). Never echoed.
+    if (options.token !== undefined && !/^[\x21-\x7e]*$/.test(options.token)) {
+      throw new BerthError('CONFIG', 'the API token holds a space, a line break or another character a token cannot have', {
+        hint: 'check BERTH_TOKEN (or the agent\'s --token-file): one line, the token alone',
+      });
+    }
     this.targets = [options.url, ...(options.fallbackUrls ?? [])].map((url) => targetOf(url, options.fetch));
     this.timeoutMs = options.timeoutMs ?? 60_000;
     this.answerTimeoutMs = options.answerTimeoutMs ?? DEFAULT_ANSWER_TIMEOUT_MS;

@@ -14,8 +14,8 @@ async function readTokenFile(file: string): Promise<string> {
   } catch (error) {
     throw new BerthError('CONFIG', `cannot read the agent token file ${file}`, { cause: error, hint: 'check the path given with --token-file' });
   }
-  if ((mode & 0o004) !== 0) {
-    throw new BerthError('CONFIG', `the agent token file ${file} is readable by every user`, {
+  if ((mode & 0o044) !== 0) {
+    throw new BerthError('CONFIG', `the agent token file ${file} is readable by ${(mode & 0o004) !== 0 ? 'every user' : 'its group'}`, {
       hint: `make it readable by its owner only: chmod 600 ${file}`,
     });
   }
