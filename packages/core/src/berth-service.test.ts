@@ -30,6 +30,10 @@ const HOSTNAME = 'unit-host';
 function world(
   options: {
     connectFails?: boolean;
+    /** The operation's deadline (default 5 s). */
+    operationTimeoutMs?: number;
+    /** The host's unpublish fails after this many ms as a silent agent's does (TIMEOUT naming the host). */
+    unpublishSilentMs?: number;
     /** The transport answers every connect with this path (a plugin handing out a device it did not make). */
     connectPath?: { path?: string };
     /** An unforced disconnect refuses without touching anything (a holder found first). */
@@ -114,7 +118,15 @@ function world(
       published.set(attachment.id, device.path);
       return { path: `/dev/berth/${attachment.id}` };
     },
-    unpublish: async (_server, attachment) => void published.delete(attachment.id),
+    unpublish: async (_server, attachment) => {
+      if (options.unpublishSilentMs !== undefined) {
+        await new Promise((resolve) => setTimeout(resolve, options.unpublishSilentMs));
+        throw new BerthError('TIMEOUT', "host h1's agent did not finish step unpublish before the operation's deadline (last heard from 9 s ago)", {
+          hint: 'check that `berth agent` runs on h1; the step may have run there: … `berth detach <volume> --force`',
+        });
+      }
+      published.delete(attachment.id);
+    },
   };
   // A guest consumer as `@berth/consumer-qemu` registers it: it reads the server's hypervisor, and
   // a guest that does not let go fails the unplug with `guestHoldsDevice`, leaving the host alone.
@@ -157,7 +169,7 @@ function world(
     options: undefined,
   });
   const store = createMemoryStore();
-  const config = resolveConfig({ dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', operationTimeoutMs: 5_000, undoTimeoutMs: 5_000 }, {});
+  const config = resolveConfig({ dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', operationTimeoutMs: options.operationTimeoutMs ?? 5_000, undoTimeoutMs: 5_000 }, {});
   const identity = { hostname: HOSTNAME, ips: ['127.0.0.1'], platform: 'x86_64', osType: 'linux' };
   const service = new BerthServiceImpl(config, store, catalog, identity, silentLogger);
   /** Another berth process on this host and store (its own in-process locks). */
@@ -609,6 +621,16 @@ describe('attach and detach on the in-memory store', () => {
     expect(operations.map((o) => o.state).sort()).toEqual(['rolled_back', 'succeeded']);
     expect((await store.volumes.require(volume.id)).status).toBe('available');
     expect(await store.attachments.list()).toEqual([]);
+  });
+
+  it('a forced detach that went past a silent agent\'s unpublish and then passed its deadline says what it went past (the host), and its hint names the volume', async () => {
+    const { service } = world({ operationTimeoutMs: 300, unpublishSilentMs: 400 });
+    await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    await service.attach({ volume: 'db' });
+    const error = await service.detach({ volume: 'db', force: true }).catch((e: unknown) => e);
+    expect(BerthError.is(error) && error.code).toBe('TIMEOUT');
+    expect(BerthError.is(error) && error.message).toContain("(the forced detach had gone past: unpublish: host h1's agent did not finish step unpublish");
+    expect(BerthError.is(error) && error.hint).not.toContain('<volume>');
   });
 
   it('an attach without a server is refused (CONFLICT, nothing reserved) when the server named like this host is on another host or a guest, never attached there', async () => {

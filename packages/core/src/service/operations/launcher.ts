@@ -12,6 +12,9 @@ import type { OperationOutcome, StartedOperation } from '../../service.js';
 import { withDeferredDurability, type Store } from '../../store.js';
 import type { ServiceParts } from '../parts.js';
 
+// How the detach pipeline's own error for a forced detach that went past failed steps begins.
+const FORCED_ERRORS = 'forced detach finished with errors';
+
 /** What an operation runs: its context and its steps. */
 export interface PreparedRun {
   ctx: PipelineContext;
@@ -363,21 +366,33 @@ export class OperationLauncher {
 /** The error a failed run ends with, its hint naming the command that works. */
 function failureOf(outcome: Extract<RunOutcome, { ok: false }>, ctx: PipelineContext, operationId: string): BerthError {
   const name = ctx.volume.name;
-  let error = outcome.error;
+  const finish = `berth detach ${name} --force`;
+  let failed = outcome.error;
+  // A forced detach that went past failed steps and then failed (its deadline, spent waiting on
+  // them): what it went past is why — "passed its deadline" alone named neither the step nor the
+  // host whose agent was cut off (a fault explorer).
+  if (ctx.forcedErrors.length > 0 && !failed.message.startsWith(FORCED_ERRORS)) {
+    failed = new BerthError(failed.code, `${failed.message} (the forced detach had gone past: ${ctx.forcedErrors.join('; ')})`, {
+      ...(failed.hint === undefined ? {} : { hint: failed.hint }),
+      details: { ...failed.details },
+      cause: failed,
+    });
+  }
+  // A host step's hint names the command for any volume: this one's name in it.
+  const own = failed.hint?.replaceAll('berth detach <volume> --force', finish);
+  let error = failed;
   if (outcome.undoErrors.length > 0) {
-    error = new BerthError(outcome.error.code, `${outcome.error.message} (and the rollback failed: ${outcome.undoErrors.map((e) => e.message).join('; ')})`, {
-      hint: `${outcome.error.hint ? `${outcome.error.hint}; then ` : ''}\`berth detach ${name} --force\` (or \`berth reconcile\`) removes what was left behind`,
-      details: { ...outcome.error.details },
-      cause: outcome.error,
+    error = new BerthError(failed.code, `${failed.message} (and the rollback failed: ${outcome.undoErrors.map((e) => e.message).join('; ')})`, {
+      hint: `${own ? `${own}; then ` : ''}\`${finish}\` (or \`berth reconcile\`) removes what was left behind`,
+      details: { ...failed.details },
+      cause: failed,
     });
   } else if (outcome.forward) {
-    const finish = `berth detach ${name} --force`;
     // The step's own hint may already name the same command ("run it again"): said once.
-    const own = outcome.error.hint;
-    error = new BerthError(outcome.error.code, `${outcome.error.message}; the attachment is now error_detaching`, {
+    error = new BerthError(failed.code, `${failed.message}; the attachment is now error_detaching`, {
       hint: own === undefined ? `finish it with \`${finish}\` (or \`berth reconcile\`)` : own.includes(finish) ? own : `${own}; then finish it with \`${finish}\` (or \`berth reconcile\`)`,
-      details: { ...outcome.error.details },
-      cause: outcome.error,
+      details: { ...failed.details },
+      cause: failed,
     });
   }
   error.details.operationId = operationId;
