@@ -62,11 +62,21 @@ export const SECRET_KEYS: readonly string[] = [
   'password_in',
 ];
 
+/**
+ * Whether a key names a secret: one of `SECRET_KEYS` in any case, or any key that says password,
+ * passwd or secret (`node.session.auth.password` in a device's meta, `Auth_Password` in a
+ * connector: an agent or plugin that sends one by another name must not get it stored, nor shown
+ * to members — a fault explorer's did).
+ */
+export function isSecretKey(key: string): boolean {
+  return SECRET_KEYS.includes(key.toLowerCase()) || /pass(?:word|wd)|secret/i.test(key);
+}
+
 /** A copy of connection_info without any secret (what berth stores and prints by default). */
 export function redactConnectionInfo(info: ConnectionInfo): ConnectionInfo {
   const data: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(info.data)) {
-    if (!SECRET_KEYS.includes(key)) data[key] = value;
+    if (!isSecretKey(key)) data[key] = value;
   }
   return { driver_volume_type: info.driver_volume_type, data: data as ConnectionData };
 }
@@ -83,9 +93,8 @@ export function withAccessMode(info: ConnectionInfo, mode: 'rw' | 'ro'): Connect
 /** Every secret value inside a connection_info (for the command runner's redaction). */
 export function secretsOf(info: ConnectionInfo): string[] {
   const out: string[] = [];
-  for (const key of SECRET_KEYS) {
-    const value = (info.data as Record<string, unknown>)[key];
-    if (typeof value === 'string' && value.length > 0) out.push(value);
+  for (const [key, value] of Object.entries(info.data as Record<string, unknown>)) {
+    if (isSecretKey(key) && typeof value === 'string' && value.length > 0) out.push(value);
   }
   return out;
 }
@@ -138,7 +147,7 @@ export type Device = z.output<typeof zDevice>;
 export function connectorWithoutSecrets(connector: Connector): Connector {
   const out: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(connector)) {
-    if (!SECRET_KEYS.includes(key)) out[key] = value;
+    if (!isSecretKey(key)) out[key] = value;
   }
   return out as Connector;
 }
@@ -153,7 +162,7 @@ export function recordWithoutSecrets(record: Record<string, unknown>): Record<st
     if (value === null || typeof value !== 'object') return value;
     const out: Record<string, unknown> = {};
     for (const [key, inner] of Object.entries(value)) {
-      if (!SECRET_KEYS.includes(key)) out[key] = strip(inner);
+      if (!isSecretKey(key)) out[key] = strip(inner);
     }
     return out;
   };
