@@ -633,6 +633,16 @@ describe('attach and detach on the in-memory store', () => {
     expect(BerthError.is(error) && error.hint).not.toContain('<volume>');
   });
 
+  it('a server\'s host named like an existing host but for case is refused (CONFLICT): no second host that no agent registers for', async () => {
+    const { service, store } = world();
+    await service.createServer({ name: 'a', host: 'h1.example' });
+    const error = await service.createServer({ name: 'b', host: 'H1.Example' }).catch((e: unknown) => e);
+    expect(BerthError.is(error) && error.code).toBe('CONFLICT');
+    expect(BerthError.is(error) && error.hint).toBe('name it as it is known: --host h1.example');
+    expect((await store.hosts.list()).map((h) => h.name)).not.toContain('H1.Example');
+    await service.createServer({ name: 'c', host: 'h1.example' });
+  });
+
   it('an attach without a server is refused (CONFLICT, nothing reserved) when the server named like this host is on another host or a guest, never attached there', async () => {
     const { service, store } = world();
     const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });

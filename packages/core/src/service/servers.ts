@@ -1,6 +1,6 @@
 import { BerthError, parseWith } from '../errors.js';
 import { guestKey, localGuestKey } from '../hypervisor.js';
-import type { Server } from '../model.js';
+import type { Host, Server } from '../model.js';
 import { zCreateServerRequest } from '../requests.js';
 import type { CreateServerRequest, ProjectScope, Ref } from '../service.js';
 import type { ServiceParts } from './parts.js';
@@ -9,7 +9,7 @@ import { projectOf, resolveServer } from './resolve.js';
 /** Create a server on a host (default this one; another is recorded by name on first use). */
 export async function createServer(parts: ServiceParts, request: CreateServerRequest): Promise<Server> {
   const req = parseWith(zCreateServerRequest, request, 'server');
-  const host = req.host === undefined || req.host === parts.identity.hostname ? await parts.localHost.host() : await parts.localHost.findOrCreateHost(req.host);
+  const host = req.host === undefined || req.host === parts.identity.hostname ? await parts.localHost.host() : await hostNamed(parts, req.host);
   const projectId = projectOf(parts.config, req);
   const record = { name: req.name, projectId, hostId: host.id, ...(req.hypervisor ? { hypervisor: req.hypervisor } : {}) };
   // On this host the QMP socket's symlinks are resolved (another host's paths are that host's).
@@ -45,4 +45,23 @@ export async function createServer(parts: ServiceParts, request: CreateServerReq
 export async function deleteServer(parts: ServiceParts, ref: Ref, scope: ProjectScope): Promise<void> {
   const server = await resolveServer(parts.store, ref, projectOf(parts.config, scope));
   await parts.serverLocks.withLock(server.id, () => parts.store.servers.delete(server.id));
+}
+
+/**
+ * The host a new server names, made when new — but not beside one whose name differs only in case:
+ * host names are case-insensitive (RFC 1123), and `H1` beside `h1` would be a host no agent
+ * registers for (its token names `h1`), where every attach waits out its deadline (an explorer).
+ */
+async function hostNamed(parts: ServiceParts, name: string): Promise<Host> {
+  const exact = await parts.store.hosts.findByName(name);
+  if (exact) return exact;
+  const lower = name.toLowerCase();
+  const other = (await parts.store.hosts.list()).find((h) => h.name.toLowerCase() === lower);
+  if (other) {
+    throw new BerthError('CONFLICT', `host ${name} would be a second name of host ${other.name} (host names are not case-sensitive)`, {
+      hint: `name it as it is known: --host ${other.name}`,
+      details: { host: name, existing: other.name, hostId: other.id, reason: 'host-name-case' },
+    });
+  }
+  return parts.localHost.findOrCreateHost(name);
 }
