@@ -643,6 +643,16 @@ describe('attach and detach on the in-memory store', () => {
     await service.createServer({ name: 'c', host: 'h1.example' });
   });
 
+  it('a detach naming an attachment the volume does not have is NOT_FOUND (not "not attached"), nothing touched', async () => {
+    const { service, store } = world();
+    const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
+    await service.attach({ volume: 'db' });
+    const error = await service.detach({ volume: 'db', attachmentId: '00000000-0000-4000-8000-000000000000' }).catch((e: unknown) => e);
+    expect(BerthError.is(error) && error.code).toBe('NOT_FOUND');
+    expect(BerthError.is(error) && error.message).toBe('volume db has no attachment 00000000-0000-4000-8000-000000000000');
+    expect((await store.volumes.require(volume.id)).status).toBe('in-use');
+  });
+
   it('an attach without a server is refused (CONFLICT, nothing reserved) when the server named like this host is on another host or a guest, never attached there', async () => {
     const { service, store } = world();
     const volume = await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });

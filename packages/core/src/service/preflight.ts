@@ -32,6 +32,13 @@ export async function findAttachmentToDetach(
     const server = await resolveServer(store, which.server, which.project);
     candidates = candidates.filter((a) => a.serverId === server.id);
   }
+  if (candidates.length === 0 && which.attachmentId !== undefined) {
+    // Not "not attached": the volume may well be; the attachment named is not one of its own.
+    throw new BerthError('NOT_FOUND', `volume ${volume.name} has no attachment ${which.attachmentId}${which.server ? ` to ${which.server}` : ''}`, {
+      hint: `see its attachments with \`berth attachment list --volume ${volume.name}\``,
+      details: { volumeId: volume.id, attachmentId: which.attachmentId },
+    });
+  }
   if (candidates.length === 0) {
     throw new BerthError('CONFLICT', `volume ${volume.name} is not attached${which.server ? ` to ${which.server}` : ''}`, {
       hint: 'see where it is attached with `berth attachment list`',
