@@ -1,6 +1,6 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
-import { isAbsolute, resolve } from 'node:path';
+import { isAbsolute, join, resolve } from 'node:path';
 import { BerthError } from '@berth/core/errors';
 
 /**
@@ -23,5 +23,34 @@ export function localPackageSpec(arg: string, cwd: string = process.cwd()): stri
       hint: 'give the path of a plugin package directory or of a packed .tgz (`npm pack`), or an npm package name',
     });
   }
+  refuseUnversionedPackage(path);
   return `file:${path}`;
+}
+
+/** What npm installs from a `file:` directory as a version; anything else corrupts the install record. */
+const SEMVER = /^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$/;
+
+/**
+ * A package directory whose package.json has no name or a version that is not semver: refused
+ * before npm and plugin-plugins see it. Installed as it was, npm recorded it under another
+ * plugin's name ("installed vnot-a-version", the JSON of the plugin installed before, and a
+ * record `plugins uninstall` could not find any more: a fault explorer). A tarball is npm's to read.
+ */
+function refuseUnversionedPackage(path: string): void {
+  const manifest = join(path, 'package.json');
+  if (!statSync(path).isDirectory() || !existsSync(manifest)) return;
+  let pkg: { name?: unknown; version?: unknown };
+  try {
+    pkg = JSON.parse(readFileSync(manifest, 'utf8')) as typeof pkg;
+  } catch (error) {
+    throw new BerthError('VALIDATION', `${manifest} is not valid JSON: ${error instanceof Error ? error.message : String(error)}`, { hint: 'fix the plugin package\'s package.json' });
+  }
+  if (typeof pkg.name !== 'string' || pkg.name === '') {
+    throw new BerthError('VALIDATION', `the plugin package at ${path} has no name in its package.json`, { hint: 'give it a "name" (e.g. berth-transport-NAME)' });
+  }
+  if (typeof pkg.version !== 'string' || !SEMVER.test(pkg.version)) {
+    throw new BerthError('VALIDATION', `the plugin package ${pkg.name} at ${path} has version ${JSON.stringify(pkg.version ?? null)}, which is not a semver version (like 1.0.0)`, {
+      hint: 'give it a "version" such as 0.1.0 in its package.json',
+    });
+  }
 }
