@@ -23,6 +23,8 @@ export interface MemCatalogOptions {
    * Needs `lists`.
    */
   pathStates?: Map<string, string>;
+  /** While set, `repairPaths` finds no live path to move a failed one to (`changed: false`). */
+  noLivePath?: { now: boolean };
   /** Each `connected()` call, named by what it may do: `readOnly` (a dry run's) or `may-change`. Needs `lists`. */
   looks?: string[];
   /** Registered as consumer `mem` instead of the one that only names paths. */
@@ -83,6 +85,7 @@ export function memCatalog(devices: Map<string, Device>, connect?: TransportDriv
           ? {
               repairPaths: async (listed: { device: Device }) => {
                 if (options.pathStates!.get(listed.device.path) !== 'failed') return { changed: false, detail: `${listed.device.path}: its path answers` };
+                if (options.noLivePath?.now === true) return { changed: false, detail: `${listed.device.path}: every path is failed` };
                 called('repair');
                 options.pathStates!.set(listed.device.path, 'active');
                 return { changed: true, detail: `${listed.device.path} moved to mem:2` };

@@ -383,7 +383,9 @@ async function repairPaths(
     if (attachment?.status !== 'attached') throw new Skip(`the attachment is ${attachment?.status ?? 'deleted'} now`);
     const result = await steps.run('repair_paths', { transport, listed }, { operationId, signal });
     if (!result.supported) throw new Skip(`transport ${transport} on this host cannot repair paths`);
-    return result.changed ? result.detail : `nothing to move: ${result.detail}`;
+    // Nothing moved (every path dead, or none better): not "applied" — the device still has no live path.
+    if (!result.changed) throw new Skip(`nothing to move: ${result.detail}`);
+    return result.detail;
   });
 }
 

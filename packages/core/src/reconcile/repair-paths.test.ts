@@ -17,7 +17,8 @@ describe('reconcile repairs a failed path of an attached device', () => {
     const calls: string[] = [];
     const pathStates = new Map<string, string>();
     const looks: string[] = [];
-    const catalog = memCatalog(devices, undefined, { lists: true, calls, pathStates, looks });
+    const noLivePath = { now: false };
+    const catalog = memCatalog(devices, undefined, { lists: true, calls, pathStates, looks, noLivePath });
     const config = resolveConfig({ dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', operationTimeoutMs: 5_000, undoTimeoutMs: 5_000 }, {});
     const service = new BerthServiceImpl(config, store, catalog, { hostname: 'unit-host', ips: ['127.0.0.1'], platform: 'x86_64', osType: 'linux' }, silentLogger);
     await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
@@ -36,6 +37,14 @@ describe('reconcile repairs a failed path of an attached device', () => {
       expect.objectContaining({ kind: 'attachment_path_failed', fix: 'repair_paths', state: 'planned', attachmentId: attached.attachment!.id, detail: expect.stringContaining('mem:1') }),
     ]);
     expect(calls).toEqual([]);
+
+    // No live path to move it to: skipped, saying so — not "applied" with the device still on a dead path.
+    noLivePath.now = true;
+    const stuck = await service.reconcile!({});
+    expect(stuck.differences).toEqual([expect.objectContaining({ kind: 'attachment_path_failed', state: 'skipped', result: expect.stringContaining('nothing to move: ') })]);
+    noLivePath.now = false;
+    calls.length = 0;
+    looks.length = 0;
 
     const applied = await service.reconcile!({});
     expect(applied.differences).toEqual([expect.objectContaining({ kind: 'attachment_path_failed', state: 'applied', result: `${device} moved to mem:2` })]);
