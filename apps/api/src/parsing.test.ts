@@ -25,6 +25,8 @@ describe('Prefer: wait', () => {
     expect(preferredWaitMs('wait=soon')).toBe(0);
     expect(preferredWaitMs('wait=-1')).toBe(0);
     expect(preferredWaitMs('x; wait=9')).toBe(0);
+    // A huge wait is a long one (the route caps it at its maximum), not ignored.
+    expect(preferredWaitMs('wait=99999999999999999999')).toBe(86_400_000);
   });
 });
 

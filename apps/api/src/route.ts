@@ -134,7 +134,10 @@ function idempotencyKeyOf(request: FastifyRequest): string | undefined {
   return raw;
 }
 
-const PREFER_WAIT = /^wait\s*=\s*"?(\d{1,7})"?$/i;
+const PREFER_WAIT = /^wait\s*=\s*"?(\d+)"?$/i;
+
+// Any longer wait is the server's maximum anyway (capped by the caller); a huge one was ignored.
+const PREFER_WAIT_MAX_S = 86_400;
 
 /**
  * The `wait` of a `Prefer` header in ms (RFC 7240: `Prefer: wait=10`, seconds, possibly beside other
@@ -147,7 +150,7 @@ export function preferredWaitMs(header: string | string[] | undefined): number {
     for (const preference of value.split(',')) {
       // `token=value; parameters`: only the preference itself counts.
       const match = PREFER_WAIT.exec((preference.split(';')[0] ?? '').trim());
-      if (match) return Number(match[1]) * 1000;
+      if (match) return Math.min(Number(match[1]), PREFER_WAIT_MAX_S) * 1000;
     }
   }
   return 0;
