@@ -302,6 +302,11 @@ describe('the HTTP app end to end (real socket, file backend, loop transport)', 
     expect(both.more).toBe(false);
     expect((await t.request('GET', '/v1/operations?kind=detach', { token })).body).toMatchObject({ operations: [], more: false });
     expect((await t.request('GET', '/v1/operations?limit=0', { token })).status).toBe(400);
+    // Decimal digits only, and once: `1e3`, `0x10` and a blank were taken before, a repeat read as NaN.
+    for (const query of ['limit=1e3', 'limit=0x10', 'limit=%20']) expect((await t.request('GET', `/v1/operations?${query}`, { token })).status, query).toBe(400);
+    const twice = await t.request('GET', '/v1/operations?limit=5&limit=6', { token });
+    expect(twice.status).toBe(400);
+    expect(twice.text).toContain('given more than once');
     // One volume's operations: `attachment show` reads its attachment's that way.
     const slow = bodyOf(await t.request('GET', '/v1/volumes/slow', { token }));
     const ofSlow = bodyOf(await t.request('GET', `/v1/operations?volumeId=${String(slow.id)}`, { token }));

@@ -50,15 +50,26 @@ export const zAttachmentListQuery = zScopeQuery.extend({ volume: zRef.optional()
 /** `GET /v1/operations`. */
 /** The newest this many operations when a listing names no `limit` (a journal of months holds tens of thousands). */
 export const DEFAULT_OPERATION_LIST = 100;
+/**
+ * A whole number in a query string, in decimal digits only (`z.coerce` took `1e3` and `0x10`, read
+ * ` ` as 0 and a repeated key as NaN); a repeated key says so.
+ */
+function zQueryInt(min: number, max: number) {
+  return z.preprocess(
+    (value) => (Array.isArray(value) ? { repeated: true } : value),
+    z
+      .string({ error: (issue) => (typeof issue.input === 'object' && issue.input !== null ? 'given more than once' : 'must be a whole number') })
+      .regex(/^\d{1,9}$/, 'must be a whole number (decimal digits)')
+      .transform(Number)
+      .pipe(z.number().int().min(min).max(max)),
+  );
+}
+
 export const zOperationListQuery = zScopeQuery.extend({
   state: zOperationState.optional(),
   kind: zOperationKind.optional(),
   volumeId: z.uuid().optional().describe('only the operations on this volume (its id)'),
-  limit: z.coerce
-    .number()
-    .int()
-    .min(1)
-    .max(MAX_OPERATION_LIST)
+  limit: zQueryInt(1, MAX_OPERATION_LIST)
     .optional()
     .describe(`the newest this many (default ${DEFAULT_OPERATION_LIST}, at most ${MAX_OPERATION_LIST}); \`more\` says whether older ones were left out`),
 });
@@ -167,7 +178,7 @@ export { zAgentRegistration as zAgentRegisterBody } from '@berth/core';
 /** `GET /v1/agent/work?wait=25s&limit=4`. */
 export const zAgentWorkQuery = z.strictObject({
   wait: zWaitDuration.optional().describe('how long to wait for work when there is none (default: the config\'s agent.pollWaitMs)'),
-  limit: z.coerce.number().int().min(1).max(100).optional().describe('claim at most this many items (default 1)'),
+  limit: zQueryInt(1, 100).optional().describe('claim at most this many items (default 1)'),
 });
 /** `POST /v1/agent/work/{id}/result`. */
 export const zAgentResultBody = z.strictObject({
