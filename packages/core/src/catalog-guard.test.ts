@@ -13,6 +13,7 @@ import { BerthError } from './errors.js';
 import { silentLogger } from './logger.js';
 import { createMemoryStore } from './memory-store.js';
 import { definePlugin, PLUGIN_API_VERSION } from './plugin.js';
+import { attachmentLinkPath, createHostConsumer } from './host-consumer.js';
 import { memCatalog, stubHostFs } from './test-support.js';
 
 // A hostile (or careless) third-party plugin: what the catalog's guards make of it.
@@ -191,5 +192,38 @@ describe("the device a transport's connect returns", () => {
     await writeFile(path.join(dir, 'dev', 'sda'), '');
     await expect(connectTo(createHostFs(dir), '/dev/sda')).resolves.toMatchObject({ path: '/dev/sda' });
     await expect(connectTo(createHostFs(dir), '/dev/sdb')).rejects.toThrow(/does not exist on the host/);
+  });
+});
+
+describe('a detach whose transport was uninstalled', () => {
+  const roots: string[] = [];
+  afterEach(async () => {
+    for (const root of roots.splice(0)) await rm(root, { recursive: true, force: true });
+  });
+
+  it('is refused before anything is touched (UNPROCESSABLE naming the transport): the names and the attachment stay', async () => {
+    const root = await mkdtemp(path.join(os.tmpdir(), 'berth-guard-detach-'));
+    roots.push(root);
+    const fs = createHostFs(root);
+    const consumer = { ...createHostConsumer(fs), name: 'mem' };
+    const store = createMemoryStore();
+    const config = resolveConfig({ dataDir: '/nonexistent/berth-unit', defaultBackend: 'mem', consumer: 'mem', operationTimeoutMs: 5_000, undoTimeoutMs: 5_000 }, {});
+    const identity = { hostname: 'unit-host', ips: ['127.0.0.1'], platform: 'x86_64', osType: 'linux' };
+    const devices = new Map<string, Device>();
+    const before = new BerthServiceImpl(config, store, memCatalog(devices, async () => ({ path: '/dev/loop3', type: 'block' }), { consumer }), identity, silentLogger);
+    await before.createVolume({ name: 'v1', sizeBytes: 2 ** 20 });
+    const attachment = (await before.attach({ volume: 'v1' })).attachment!;
+    expect(await fs.readlink(attachmentLinkPath(attachment.id))).toBe('/dev/loop3');
+
+    const calls: string[] = [];
+    const after = new BerthServiceImpl(config, store, memCatalog(devices, undefined, { consumer, noTransport: true, calls }), identity, silentLogger);
+    const error = await after.detach({ volume: 'v1' }).catch((e: unknown) => e);
+    expect(BerthError.is(error) && error.code).toBe('UNPROCESSABLE');
+    expect((error as BerthError).message).toMatch(/^volume v1 was attached through transport mem, which cannot disconnect it here: no transport named mem is installed/);
+    expect((error as BerthError).hint).toMatch(/reinstall the plugin that provides transport mem/);
+    expect(calls).toEqual([]);
+    expect(await fs.readlink(attachmentLinkPath(attachment.id))).toBe('/dev/loop3');
+    expect((await store.attachments.require(attachment.id)).status).toBe('attached');
+    expect((await after.getVolume('v1')).status).toBe('in-use');
   });
 });

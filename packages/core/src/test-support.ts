@@ -29,6 +29,8 @@ export interface MemCatalogOptions {
   consumer?: Consumer;
   /** Called by the transport's disconnect once the device is gone from `devices`. */
   afterDisconnect?: (device: string) => Promise<void>;
+  /** Register no transport (as after `plugins uninstall --force` of the plugin that had it). */
+  noTransport?: boolean;
   /** The transport's disconnect instead of the one that forgets the device. */
   disconnect?: TransportDriver['disconnect'];
 }
@@ -55,7 +57,7 @@ export function memCatalog(devices: Map<string, Device>, connect?: TransportDriv
         terminateConnection: async () => called('terminate'),
         check: async () => ({ ok: true, summary: 'mem' }),
       }));
-      r.transport('mem', () => ({
+      if (!options.noTransport) r.transport('mem', () => ({
         name: 'mem',
         protocols: ['mem'],
         connectorProperties: async () => ({}),
