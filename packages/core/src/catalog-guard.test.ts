@@ -15,6 +15,7 @@ import { createMemoryStore } from './memory-store.js';
 import { definePlugin, PLUGIN_API_VERSION } from './plugin.js';
 import { attachmentLinkPath, createHostConsumer } from './host-consumer.js';
 import { memCatalog, stubHostFs } from './test-support.js';
+import { z } from './zod.js';
 
 // A hostile (or careless) third-party plugin: what the catalog's guards make of it.
 
@@ -136,6 +137,16 @@ describe("a plugin whose transport factory throws", () => {
     // Asked again: the same failure, the factory is not run again, reported once.
     expect(() => catalog.transport('bad')).toThrow(/could not build transport bad/);
     expect(catalog.plugins().failed).toHaveLength(1);
+  });
+
+  it("options refused at the plugin's first use (acceptsNoOptions) fail its transport only", () => {
+    const catalog = catalogWith(stubHostFs('/'), { x: () => transport() });
+    catalog.add(
+      { plugin: definePlugin({ name: 'strict', apiVersion: PLUGIN_API_VERSION, optionsSchema: z.object({ secret: z.string() }), register: (r) => r.transport('strict', () => transport({ name: 'strict' })) }), packageName: 'pkg-strict', version: undefined, options: undefined },
+      { acceptsNoOptions: true },
+    );
+    expect(() => catalog.transport('strict')).toThrow(/invalid options for strict/);
+    expect(catalog.transports().map((t) => t.name)).toEqual(['x']);
   });
 
   it('berth doctor reports it failed; an attach through another transport works', async () => {

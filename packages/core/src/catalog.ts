@@ -142,11 +142,11 @@ export class DriverCatalog {
     }
     const failed = this.transportFailures.get(name);
     if (failed) throw failed;
-    const context = this.context(registered);
     const host = this.hostFor(registered.plugin);
     let driver: TransportDriver;
     try {
-      driver = registered.factory(context);
+      // Its context too: options refused at the first use (`acceptsNoOptions`) fail that transport only.
+      driver = registered.factory(this.context(registered));
       // Attachments record `driver.name` and detach looks the transport up by it: the two must agree.
       assertNamed('transport', name, driver.name, registered.plugin);
     } catch (error) {
