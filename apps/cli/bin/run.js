@@ -172,6 +172,9 @@ const end = argv.includes('--') ? argv.indexOf('--') : argv.length;
 const dataDir = argv.slice(0, end).findLast((arg, i, all) => all[i - 1] === '--data-dir' || arg.startsWith('--data-dir='));
 if (dataDir !== undefined) process.env.BERTH_DATA_DIR = dataDir.startsWith('--data-dir=') ? dataDir.slice('--data-dir='.length) : dataDir;
 
+/** How long the process may linger after its command ended, for what a plugin left open. */
+const LINGER_MS = 1_000;
+
 const args = [...argv.slice(0, end), ...moved, ...argv.slice(end)];
 try {
   await run(args, import.meta.url);
@@ -191,3 +194,8 @@ try {
     process.exitCode = failure.exitCode;
   }
 }
+// The command is over (its output written, berth closed). A plugin may still hold the event loop
+// open — a transport whose connect ignored its cancel keeps its own interval running after berth
+// answered TIMEOUT — and the process would never end: it ends anyway, a moment later. An unref'd
+// timer: with nothing else left the process ends at once, as before.
+setTimeout(() => process.exit(), LINGER_MS).unref();

@@ -19,6 +19,7 @@ import { transitionAttachment } from './pipeline/context.js';
 import { definePlugin, PLUGIN_API_VERSION } from './plugin.js';
 import type { Operation, Volume } from './model.js';
 import type { Store } from './store.js';
+import { stubHostFs } from './test-support.js';
 
 // The service, its operation runner, the attach/detach pipelines and recovery, on the in-memory
 // store with drivers that keep their state in memory too: what the pipelines decide, in
@@ -152,7 +153,7 @@ function world(
     guestDisks: async () => [...guestDisks.keys()].map((serial) => ({ serial, id: `/machine/peripheral/d-${serial}` })),
     unplugGuestDisk: async (_server, disk) => void guestDisks.delete(disk.serial),
   };
-  const catalog = new DriverCatalog({ fs: { resolve: (p: string) => p } } as unknown as HostServices, '/tmp', silentLogger);
+  const catalog = new DriverCatalog({ fs: stubHostFs() } as unknown as HostServices, '/tmp', silentLogger);
   catalog.add({
     plugin: definePlugin({
       name: 'mem',

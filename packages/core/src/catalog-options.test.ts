@@ -5,6 +5,7 @@ import { DriverCatalog } from './catalog.js';
 import type { TransportDriver } from './contracts/transport-driver.js';
 import { silentLogger } from './logger.js';
 import { definePlugin, PLUGIN_API_VERSION } from './plugin.js';
+import { stubHostFs } from './test-support.js';
 
 /** A catalog with one plugin whose transport `t` records the options it was built with. */
 function catalogWith(schema: z.ZodType, pluginOptions: Record<string, Record<string, unknown>>, acceptsNoOptions: boolean) {
@@ -23,7 +24,7 @@ function catalogWith(schema: z.ZodType, pluginOptions: Record<string, Record<str
     optionsSchema: schema,
     register: (r) => r.transport('t', (context) => (seen.push(context.options), transport)),
   });
-  const catalog = new DriverCatalog({ fs: { resolve: (p: string) => p } } as unknown as HostServices, '/tmp', silentLogger, pluginOptions);
+  const catalog = new DriverCatalog({ fs: stubHostFs() } as unknown as HostServices, '/tmp', silentLogger, pluginOptions);
   catalog.add({ plugin, packageName: 'opts', version: undefined, options: undefined }, { acceptsNoOptions });
   return { catalog, seen };
 }

@@ -6,6 +6,7 @@ import type { TransportDriver } from './contracts/transport-driver.js';
 import { BerthError } from './errors.js';
 import { silentLogger } from './logger.js';
 import { definePlugin, PLUGIN_API_VERSION } from './plugin.js';
+import { stubHostFs } from './test-support.js';
 
 function fake(name: string, protocols: string[], priority: number, accepts: boolean): TransportDriver {
   return {
@@ -21,7 +22,7 @@ function fake(name: string, protocols: string[], priority: number, accepts: bool
 }
 
 function catalogWith(...drivers: TransportDriver[]): DriverCatalog {
-  const catalog = new DriverCatalog({ fs: { resolve: (p: string) => p } } as unknown as HostServices, '/tmp', silentLogger);
+  const catalog = new DriverCatalog({ fs: stubHostFs() } as unknown as HostServices, '/tmp', silentLogger);
   catalog.add({
     plugin: definePlugin({ name: 'fakes', apiVersion: PLUGIN_API_VERSION, register: (r) => drivers.forEach((d) => r.transport(d.name, () => d)) }),
     packageName: 'fakes',

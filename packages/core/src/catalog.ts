@@ -50,6 +50,8 @@ export class DriverCatalog {
   private readonly transportInstances = new Map<string, TransportDriver>();
   private readonly backendInstances = new Map<string, VolumeBackend>();
   private readonly consumerInstances = new Map<string, Consumer>();
+  /** Transports whose plugin's factory threw: the PLUGIN_ERROR, given again on every ask. */
+  private readonly transportFailures = new Map<string, BerthError>();
   private readonly report: PluginReport = { loaded: [], failed: [] };
   private faults: FaultPoints | undefined;
 
@@ -138,13 +140,35 @@ export class DriverCatalog {
         hint: `installed transports: ${this.transportNames().join(', ') || 'none'}; add one with \`berth plugins install <package>\` (a volume attached through ${name} needs it back to detach: reinstall the plugin that provided it)${this.failedToLoad()}`,
       });
     }
-    const context = this.context(registered);
-    const driver = registered.factory(context);
-    // Attachments record `driver.name` and detach looks the transport up by it: the two must agree.
-    assertNamed('transport', name, driver.name, registered.plugin);
-    const instance = guardTransport(driver, registered.plugin);
+    const failed = this.transportFailures.get(name);
+    if (failed) throw failed;
+    const host = this.hostFor(registered.plugin);
+    let driver: TransportDriver;
+    try {
+      // Its context too: options refused at the first use (`acceptsNoOptions`) fail that transport only.
+      driver = registered.factory(this.context(registered));
+      // Attachments record `driver.name` and detach looks the transport up by it: the two must agree.
+      assertNamed('transport', name, driver.name, registered.plugin);
+    } catch (error) {
+      // A plugin whose factory throws makes its own transport unavailable, not every attach on the
+      // host (`transports()` builds them all): PLUGIN_ERROR naming it, kept, and reported as failed.
+      const failure = BerthError.is(error) && error.code === 'PLUGIN_ERROR' ? error : new BerthError('PLUGIN_ERROR', `plugin ${registered.plugin} could not build transport ${name}: ${error instanceof Error ? error.message : String(error)}`, {
+        hint: `fix the plugin's options (pluginOptions.${registered.plugin} in the config) or reinstall or remove it (\`berth plugins\`); the other transports still work`,
+        details: { plugin: registered.plugin, transport: name },
+        cause: error,
+      });
+      this.transportFailures.set(name, failure);
+      this.report.failed.push({ packageName: this.packageOf(registered.plugin), error: failure.message });
+      throw failure;
+    }
+    const instance = guardTransport(driver, registered.plugin, host);
     this.transportInstances.set(name, instance);
     return instance;
+  }
+
+  /** The package that provided plugin `plugin` (its name when none is recorded). */
+  private packageOf(plugin: string): string {
+    return this.report.loaded.find((l) => l.name === plugin)?.packageName ?? plugin;
   }
 
   /**
@@ -181,9 +205,20 @@ export class DriverCatalog {
     return `; ${failed.length === 1 ? 'a plugin' : `${failed.length} plugins`} failed to load (\`berth plugins\`): ${failed.map((f) => `${f.packageName}: ${f.error}`).join('; ')}`;
   }
 
-  /** Every transport, instantiated. */
+  /**
+   * Every transport that could be built. One whose plugin's factory throws is left out (logged; a
+   * PLUGIN_ERROR when asked for by name, and failed in `plugins()`): the others keep working.
+   */
   transports(): TransportDriver[] {
-    return this.transportNames().map((n) => this.transport(n));
+    return this.transportNames().flatMap((n) => {
+      try {
+        return [this.transport(n)];
+      } catch (error) {
+        if (!this.transportFailures.has(n)) throw error;
+        this.logger.warn({ transport: n, err: (error as Error).message }, 'transport unavailable: its plugin could not build it');
+        return [];
+      }
+    });
   }
 
   /** The backend registered under `name`. */
@@ -361,7 +396,89 @@ function rethrow(error: unknown, code: BerthErrorCode, who: string): never {
   throw new BerthError(code, `${who}: ${message}`, { cause: error });
 }
 
-function guardTransport(driver: TransportDriver, plugin: string): TransportDriver {
+/**
+ * How long a plugin call may go on after its AbortSignal fired before core stops waiting for it and
+ * answers TIMEOUT or CANCELLED itself: a call that honours the signal returns well within it.
+ */
+export const PLUGIN_ABORT_GRACE_MS = 2_000;
+
+/**
+ * `call()` (plugin `who`'s `what`), raced against `signal`: when the signal fires and the call has
+ * not returned `PLUGIN_ABORT_GRACE_MS` later, TIMEOUT (the deadline passed) or CANCELLED naming the
+ * plugin and the call — a plugin that ignores the cancel no longer holds the operation past its
+ * deadline. While the call is pending a timer keeps the process alive (`keepAlive`), so a promise
+ * that never settles is answered by the deadline instead of node exiting on an empty event loop.
+ */
+function raced<T>(who: string, what: string, signal: AbortSignal, call: () => Promise<T>, keepAlive = true): Promise<T> {
+  const pending = Promise.resolve().then(call);
+  return new Promise<T>((resolve, reject) => {
+    let grace: NodeJS.Timeout | undefined;
+    // Ref'd on purpose: the operation's deadline timer is unref'd.
+    const alive = keepAlive ? setInterval(() => undefined, 2 ** 30) : undefined;
+    const done = (): void => {
+      if (alive) clearInterval(alive);
+      if (grace) clearTimeout(grace);
+      signal.removeEventListener('abort', onAbort);
+    };
+    const onAbort = (): void => {
+      grace ??= setTimeout(() => {
+        done();
+        const timedOut = isTimeout(signal.reason);
+        reject(
+          new BerthError(timedOut ? 'TIMEOUT' : 'CANCELLED', `${who}'s ${what} did not return within ${timedOut ? 'its deadline' : `${PLUGIN_ABORT_GRACE_MS} ms of its cancel`} (it ignored the cancel)`, {
+            hint: `the plugin must honour the AbortSignal it is given (stop and return or throw when it fires); fix it or ask its author to, or remove it (\`berth plugins\`)`,
+            details: { call: what, graceMs: PLUGIN_ABORT_GRACE_MS },
+            cause: signal.reason,
+          }),
+        );
+      }, PLUGIN_ABORT_GRACE_MS);
+    };
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+    pending.then(
+      (value) => {
+        done();
+        resolve(value);
+      },
+      (error: unknown) => {
+        done();
+        reject(error);
+      },
+    );
+  });
+}
+
+function isTimeout(reason: unknown): boolean {
+  if (BerthError.is(reason)) return reason.code === 'TIMEOUT';
+  return reason instanceof Error && reason.name === 'TimeoutError';
+}
+
+/**
+ * The device a transport's `connect` returned, checked on its host: its path (followed through
+ * links, under the host's root) must exist and be a block device. On a host with another root (the
+ * simulated host's kernel model), a regular file stands in for a disk and is accepted there only.
+ */
+async function assertBlockDevice(host: HostServices, device: Device, who: string): Promise<void> {
+  const refuse = (what: string): never => {
+    throw new BerthError('DRIVER_ERROR', `${who} returned device ${device.path}, which ${what}`, {
+      hint: 'a transport must return the block device it connected (type "block"); fix the plugin or ask its author to',
+      details: { path: device.path, type: device.type },
+    });
+  };
+  let real: string;
+  try {
+    real = await host.fs.realpath(device.path);
+  } catch {
+    return refuse('does not exist on the host');
+  }
+  const stat = await host.fs.stat(real);
+  if (!stat) return refuse('does not exist on the host');
+  if (stat.isBlockDevice) return;
+  if (stat.isFile && host.fs.root !== '/') return;
+  return refuse(stat.isFile ? 'is a regular file, not a block device' : stat.isDirectory ? 'is a directory, not a block device' : 'is not a block device');
+}
+
+function guardTransport(driver: TransportDriver, plugin: string, host: HostServices): TransportDriver {
   const who = `transport ${driver.name} (${plugin})`;
   const wrap = async <T>(fn: () => Promise<T>): Promise<T> => {
     try {
@@ -380,16 +497,18 @@ function guardTransport(driver: TransportDriver, plugin: string): TransportDrive
     connect: (connection, context) =>
       wrap(async () => {
         context.signal.throwIfAborted();
-        const device = zDevice.safeParse(await driver.connect(connection, context));
+        const device = zDevice.safeParse(await raced(who, 'connect', context.signal, () => driver.connect(connection, context)));
         if (!device.success) throw new BerthError('DRIVER_ERROR', `${who} returned an invalid device`);
+        await assertBlockDevice(host, device.data, who);
         return device.data;
       }),
-    disconnect: (connection, device, options) => wrap(() => driver.disconnect(connection, device, options)),
-    ...(driver.extend ? { extend: (c, d, x) => wrap(() => driver.extend!(c, d, x)) } : {}),
+    disconnect: (connection, device, options) => wrap(() => raced(who, 'disconnect', options.signal, () => driver.disconnect(connection, device, options))),
+    ...(driver.extend ? { extend: (c, d, x) => wrap(() => raced(who, 'extend', x.signal, () => driver.extend!(c, d, x))) } : {}),
     ...(driver.paths ? { paths: (c, d) => wrap(() => driver.paths!(c, d)) } : {}),
-    ...(driver.repairPaths ? { repairPaths: (listed, context) => wrap(() => driver.repairPaths!(listed, context)) } : {}),
+    ...(driver.repairPaths ? { repairPaths: (listed, context) => wrap(() => raced(who, 'repairPaths', context.signal, () => driver.repairPaths!(listed, context))) } : {}),
     ...(driver.connected ? { connected: (list) => wrap(() => driver.connected!(list)) } : {}),
-    ...(driver.upkeep ? { upkeep: (signal) => wrap(() => driver.upkeep!(signal)) } : {}),
+    // Upkeep runs as long as its process: raced (a stop is answered), but it keeps nothing alive.
+    ...(driver.upkeep ? { upkeep: (signal) => wrap(() => raced(who, 'upkeep', signal, () => driver.upkeep!(signal), false)) } : {}),
     check: () => wrap(() => driver.check()),
   } satisfies TransportDriver;
 }
@@ -405,21 +524,21 @@ function guardBackend(backend: VolumeBackend, plugin: string): VolumeBackend {
   };
   return {
     name: backend.name,
-    create: (v, s) => wrap(() => backend.create(v, s)),
-    delete: (v, s) => wrap(() => backend.delete(v, s)),
-    ...(backend.extend ? { extend: (v, n, s) => wrap(() => backend.extend!(v, n, s)) } : {}),
+    create: (v, s) => wrap(() => raced(who, 'create', s, () => backend.create(v, s))),
+    delete: (v, s) => wrap(() => raced(who, 'delete', s, () => backend.delete(v, s))),
+    ...(backend.extend ? { extend: (v, n, s) => wrap(() => raced(who, 'extend', s, () => backend.extend!(v, n, s))) } : {}),
     initializeConnection: (v, c, s) =>
       wrap(async () => {
-        const info = zConnectionInfo.safeParse(await backend.initializeConnection(v, c, s));
+        const info = zConnectionInfo.safeParse(await raced(who, 'initializeConnection', s, () => backend.initializeConnection(v, c, s)));
         if (!info.success) throw new BerthError('BACKEND_ERROR', `${who} returned an invalid connection_info`);
         return info.data;
       }),
-    terminateConnection: (v, c, s) => wrap(() => backend.terminateConnection(v, c, s)),
+    terminateConnection: (v, c, s) => wrap(() => raced(who, 'terminateConnection', s, () => backend.terminateConnection(v, c, s))),
     ...(backend.credentials ? { credentials: (v) => wrap(() => backend.credentials!(v)) } : {}),
     ...(backend.exports ? { exports: () => wrap(() => backend.exports!()) } : {}),
-    ...(backend.missingStorage ? { missingStorage: (v, s) => wrap(() => backend.missingStorage!(v, s)) } : {}),
-    ...(backend.shortStorage ? { shortStorage: (v, s) => wrap(() => backend.shortStorage!(v, s)) } : {}),
-    ...(backend.upkeep ? { upkeep: (s) => wrap(() => backend.upkeep!(s)) } : {}),
+    ...(backend.missingStorage ? { missingStorage: (v, s) => wrap(() => raced(who, 'missingStorage', s, () => backend.missingStorage!(v, s))) } : {}),
+    ...(backend.shortStorage ? { shortStorage: (v, s) => wrap(() => raced(who, 'shortStorage', s, () => backend.shortStorage!(v, s))) } : {}),
+    ...(backend.upkeep ? { upkeep: (s) => wrap(() => raced(who, 'upkeep', s, () => backend.upkeep!(s), false)) } : {}),
     ...(backend.close ? { close: () => wrap(() => backend.close!()) } : {}),
     check: () => wrap(() => backend.check()),
   } satisfies VolumeBackend;

@@ -22,6 +22,8 @@ export function createDeadline(timeoutMs: number, parent?: AbortSignal): Deadlin
       }),
     );
   }, timeoutMs);
+  // Unref'd: a deadline nobody disposed never holds a process. A plugin call pending under it is
+  // raced in the catalog's guard with a ref'd timer, so the process stays until this one fires.
   timer.unref();
   const onParentAbort = (): void => {
     controller.abort(

@@ -31,6 +31,10 @@ export interface MemCatalogOptions {
   consumer?: Consumer;
   /** Called by the transport's disconnect once the device is gone from `devices`. */
   afterDisconnect?: (device: string) => Promise<void>;
+  /** Register no transport (as after `plugins uninstall --force` of the plugin that had it). */
+  noTransport?: boolean;
+  /** The transport's disconnect instead of the one that forgets the device. */
+  disconnect?: TransportDriver['disconnect'];
 }
 
 /**
@@ -40,7 +44,7 @@ export interface MemCatalogOptions {
 export function memCatalog(devices: Map<string, Device>, connect?: TransportDriver['connect'], options: MemCatalogOptions = {}): DriverCatalog {
   // A host path resolves under the root, as `createHostFs(root)`'s does.
   const root = options.root;
-  const fs = { resolve: (p: string) => (root === undefined || root === '/' ? p : `${root}${p}`), ...(root === undefined ? {} : { root }) };
+  const fs = stubHostFs(root);
   const catalog = new DriverCatalog({ fs } as unknown as HostServices, '/tmp', silentLogger);
   const called = (name: string): void => void options.calls?.push(name);
   const plugin = definePlugin({
@@ -55,7 +59,7 @@ export function memCatalog(devices: Map<string, Device>, connect?: TransportDriv
         terminateConnection: async () => called('terminate'),
         check: async () => ({ ok: true, summary: 'mem' }),
       }));
-      r.transport('mem', () => ({
+      if (!options.noTransport) r.transport('mem', () => ({
         name: 'mem',
         protocols: ['mem'],
         connectorProperties: async () => ({}),
@@ -64,8 +68,9 @@ export function memCatalog(devices: Map<string, Device>, connect?: TransportDriv
           if (connect) return connect(c, context);
           return devices.set(String(c.data.device_path), { path: String(c.data.device_path), type: 'block' }).get(String(c.data.device_path))!;
         },
-        disconnect: async (c) => {
+        disconnect: async (c, device, disconnectOptions) => {
           called('disconnect');
+          if (options.disconnect) return options.disconnect(c, device, disconnectOptions);
           devices.delete(String(c.data.device_path));
           await options.afterDisconnect?.(String(c.data.device_path));
         },
@@ -105,4 +110,27 @@ export function memCatalog(devices: Map<string, Device>, connect?: TransportDriv
   });
   catalog.add({ plugin, packageName: 'mem', version: undefined, options: undefined });
   return catalog;
+}
+
+/**
+ * A stand-in for `HostFs` in unit tests: a host path resolves under `root` as `createHostFs(root)`'s
+ * does, and every path is a block device (the check `connect`'s device passes in the catalog's
+ * guard), unless `notBlock` names it (then it is `as` says, or missing).
+ */
+export function stubHostFs(root?: string, notBlock: Record<string, 'file' | 'char' | 'missing'> = {}): Record<string, unknown> {
+  const resolve = (p: string): string => (root === undefined || root === '/' ? p : `${root}${p}`);
+  return {
+    resolve,
+    ...(root === undefined ? {} : { root }),
+    toHostPath: (p: string) => p,
+    realpath: async (p: string) => {
+      if (notBlock[p] === 'missing') throw Object.assign(new Error(`ENOENT: ${p}`), { code: 'ENOENT' });
+      return p;
+    },
+    stat: async (p: string) => {
+      const kind = notBlock[p];
+      if (kind === 'missing') return undefined;
+      return { isFile: kind === 'file', isDirectory: false, isSymbolicLink: false, isBlockDevice: kind === undefined, size: 0 };
+    },
+  };
 }

@@ -90,7 +90,7 @@ class PathTransport extends FakeTransport {
 }
 
 function hostWith(transport: FakeTransport): AgentHost {
-  const catalog = new DriverCatalog({ fs: { resolve: (p: string) => p } } as unknown as HostServices, '/tmp', silentLogger);
+  const catalog = new DriverCatalog({ fs: { resolve: (p: string) => p, toHostPath: (p: string) => p, realpath: async (p: string) => p, stat: async () => ({ isFile: false, isDirectory: false, isSymbolicLink: false, isBlockDevice: true, size: 0 }) } } as unknown as HostServices, '/tmp', silentLogger);
   catalog.add({
     plugin: definePlugin({ name: 'fakes', apiVersion: PLUGIN_API_VERSION, register: (r) => r.transport('fake', () => transport) }),
     packageName: 'fakes',

@@ -2,7 +2,7 @@ export { openBerth, loadConfig, loadConfigs, BUILTIN_PLUGINS, type OpenBerthOpti
 export { parseSize, formatSize } from './size.js';
 export { defaultDataDir } from './data-dir.js';
 export { createLogger, REDACT_PATHS } from './logger.js';
-export { simulatedHostPaths, stopSimulatedHost } from './simulate.js';
+export { simulatedHostPaths, stopSimulatedHost, attachmentsOnSimulatedHost, simulatedHostInUseError, type SimulatedAttachment } from './simulate.js';
 export { zSimulateConfig, resolveSimulateConfig, type SimulateConfig } from './simulate-config.js';
 export { seededRandom } from './seeded-random.js';
 export { openAgent, type OpenAgentOptions, type AgentHost } from './open-agent.js';

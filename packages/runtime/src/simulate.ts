@@ -1,3 +1,4 @@
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BerthError, type Logger } from '@berth/core';
 import type { HostServices } from '@berth/host';
@@ -61,4 +62,39 @@ export async function stopSimulatedHost(dataDir: string, simulate?: SimulateConf
   const { SimulatedHost } = await importSimhost(resolved.module);
   const sim = await SimulatedHost.connect(resolved.root).catch(() => undefined);
   await sim?.stop();
+}
+
+/** An attachment as `simulate stop` looks at it (the fields of core's `Attachment` it reads). */
+export interface SimulatedAttachment {
+  id: string;
+  volumeId: string;
+  status: string;
+  transport: string | null;
+  hostRoot?: string | null | undefined;
+}
+
+/**
+ * The attachments whose device is on the simulated host at `root` (their recorded `hostRoot`):
+ * stopping it logs their sessions out and closes their disks, so their devices and `/dev/berth`
+ * links vanish while the records still read `attached`. One line each, naming the volume.
+ */
+export function attachmentsOnSimulatedHost(
+  attachments: readonly SimulatedAttachment[],
+  volumes: ReadonlyArray<{ id: string; name: string }>,
+  root: string,
+): string[] {
+  const at = path.resolve(root);
+  const named = new Map(volumes.map((v) => [v.id, v.name]));
+  return attachments
+    .filter((a) => a.status !== 'detached' && typeof a.hostRoot === 'string' && path.resolve(a.hostRoot) === at)
+    .map((a) => `volume ${named.get(a.volumeId) ?? a.volumeId} (attachment ${a.id}, ${a.status}${a.transport ? `, transport ${a.transport}` : ''})`);
+}
+
+/** `simulate stop` refused while attachments go through the simulated host (CONFLICT). */
+export function simulatedHostInUseError(uses: readonly string[], root: string): BerthError {
+  const listed = uses.slice(0, 10).concat(uses.length > 10 ? [`and ${uses.length - 10} more`] : []);
+  return new BerthError('CONFLICT', `not stopping the simulated host at ${root}: ${uses.length === 1 ? 'an attachment goes' : `${uses.length} attachments go`} through it —\n  ${listed.join('\n  ')}`, {
+    hint: 'detach them first (`berth detach VOLUME --simulate`), or stop it anyway with `berth simulate stop --force` (their devices and links go; the records stay until a forced detach or `berth reconcile`)',
+    details: { root, attachments: uses.length },
+  });
 }

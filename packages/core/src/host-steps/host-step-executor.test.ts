@@ -13,6 +13,7 @@ import { silentLogger } from '../logger.js';
 import { createMemoryStore } from '../memory-store.js';
 import { definePlugin, PLUGIN_API_VERSION } from '../plugin.js';
 import { runHostStep } from './run-host-step.js';
+import { stubHostFs } from '../test-support.js';
 
 // The host half of a step, parsed at its boundary (what `berth agent` and the in-process executor
 // both run), and the executor choice: this process for its own host, refused for a host with no agent.
@@ -63,7 +64,7 @@ function host(root?: string, options: { repair?: boolean } = {}) {
   };
   const plugin = definePlugin({ name: 'mem', apiVersion: PLUGIN_API_VERSION, register: (r) => (r.transport('mem', () => transport), r.consumer('mem', () => consumer)) });
   // With a root, the plugin runs on host services rooted there (as `--simulate`'s transports do).
-  const fs = root === undefined ? { resolve: (p: string) => p } : { root, resolve: (p: string) => `${root}${p}` };
+  const fs = stubHostFs(root);
   const catalog = new DriverCatalog({ fs } as unknown as HostServices, '/tmp', silentLogger);
   catalog.add({ plugin, packageName: 'mem', version: undefined, options: undefined });
   return { catalog, logger: silentLogger, baseConnector: () => ({ host: 'h-2', platform: 'x86_64' }), devices, published, calls };

@@ -6,6 +6,7 @@ import { publishShared, releaseShared, terminateUnshared, unpublishShared, type 
 import { applyTransition, required } from './attach.js';
 import type { Step } from './step.js';
 import { refuseOfflineAgent } from '../host-steps/offline-agent.js';
+import type { HostSteps } from '../host-steps/host-steps.js';
 import { consumerNameFor } from '../hypervisor.js';
 import { ownedHostSteps } from './operation-fence.js';
 import { isStoreOutage } from '../store-errors.js';
@@ -85,6 +86,35 @@ async function exportedConnector(deps: PipelineDeps, attachment: Attachment): Pr
 }
 
 /**
+ * Refuse a detach whose attachment's transport is not there to disconnect it — not in this
+ * process's catalog (local steps: uninstalled with `plugins uninstall --force`, or its factory
+ * fails) nor on the host's agent (remote steps) — before anything is touched: going on, unpublish
+ * removed the names and the attachment ended `error_detaching` before the disconnect failed.
+ * Not for `--force`, which goes on through errors as it does for any failing step.
+ */
+function refuseMissingTransport(deps: PipelineDeps, steps: HostSteps, attachment: Attachment, volumeName: string): void {
+  const name = attachment.transport;
+  if (!name || !attachment.connectionInfo) return;
+  let missing: string | undefined;
+  if (steps.kind === 'remote') {
+    const has = steps.host.agent?.transports;
+    if (has && !has.includes(name)) missing = `host ${steps.host.name}'s agent has no transport ${name} (it has ${has.join(', ') || 'none'})`;
+  } else {
+    try {
+      deps.catalog.transport(name);
+    } catch (error) {
+      const e = toBerthError(error);
+      missing = e.code === 'PLUGIN_ERROR' ? e.message : `no transport named ${name} is installed (installed: ${deps.catalog.transportNames().join(', ') || 'none'})`;
+    }
+  }
+  if (missing === undefined) return;
+  throw new BerthError('UNPROCESSABLE', `volume ${volumeName} was attached through transport ${name}, which cannot disconnect it here: ${missing}; nothing was changed`, {
+    hint: `reinstall the plugin that provides transport ${name} (\`berth plugins install <package>\`${steps.kind === 'remote' ? ` on ${steps.host.name}, then restart its \`berth agent\`` : ''}), then detach again; \`berth detach ${volumeName} --force\` goes on without it (the device stays connected)`,
+    details: { transport: name, hostId: steps.host.id, reason: 'transport-missing', untouched: true },
+  });
+}
+
+/**
  * The detach pipeline, the attach mirrored: begin_detaching → dispatch → unpublish → disconnect →
  * terminate → delete_attachment. Before `disconnect` a failure rolls back (roll_detaching: the
  * volume stays in use, the attachment stays attached). `disconnect` is the point of no return: once
@@ -152,6 +182,7 @@ export function detachSteps(deps: PipelineDeps, resumed: { from?: AttachmentStat
       async run(ctx) {
         const steps = ownedHostSteps(await deps.hostSteps(ctx.server.hostId), ctx.owner);
         refuseOfflineAgent(steps, deps.config.agent, 'detach');
+        if (!ctx.force) refuseMissingTransport(deps, steps, required(ctx.attachment, 'attachment'), ctx.volume.name);
         ctx.steps = steps;
         ctx.host = steps.host;
         return { hostId: steps.host.id, agent: steps.agent };
