@@ -195,14 +195,20 @@ describe("the device a transport's connect returns", () => {
     }
   });
 
-  it("is accepted when it is a block device (through a link), and as a regular file only on another root (the simulated host's model)", async () => {
+  it("is accepted when it is a block device (through a link), and as a regular file only in the host's /dev (a kernel model's disk) — the same rule whatever the root", async () => {
     await expect(connectTo(stubHostFs('/'), '/dev/sdz')).resolves.toMatchObject({ path: '/dev/sdz' });
     const dir = await mkdtemp(path.join(os.tmpdir(), 'berth-guard-root-'));
     roots.push(dir);
-    await import('node:fs/promises').then((f) => f.mkdir(path.join(dir, 'dev')));
-    await writeFile(path.join(dir, 'dev', 'sda'), '');
-    await expect(connectTo(createHostFs(dir), '/dev/sda')).resolves.toMatchObject({ path: '/dev/sda' });
-    await expect(connectTo(createHostFs(dir), '/dev/sdb')).rejects.toThrow(/does not exist on the host/);
+    const { mkdir } = await import('node:fs/promises');
+    await mkdir(path.join(dir, 'dev', 'shm'), { recursive: true });
+    await mkdir(path.join(dir, 'var'));
+    for (const file of ['dev/sda', 'dev/shm/disk.img', 'var/disk.img']) await writeFile(path.join(dir, file), '');
+    const rooted = createHostFs(dir);
+    await expect(connectTo(rooted, '/dev/sda')).resolves.toMatchObject({ path: '/dev/sda' });
+    await expect(connectTo(rooted, '/dev/sdb')).rejects.toThrow(/does not exist on the host/);
+    // Outside /dev (or in /dev/shm, where files are files), a regular file is refused on this root too.
+    await expect(connectTo(rooted, '/var/disk.img')).rejects.toThrow(/is a regular file, not a block device/);
+    await expect(connectTo(rooted, '/dev/shm/disk.img')).rejects.toThrow(/is a regular file, not a block device/);
   });
 });
 

@@ -455,8 +455,10 @@ function isTimeout(reason: unknown): boolean {
 
 /**
  * The device a transport's `connect` returned, checked on its host: its path (followed through
- * links, under the host's root) must exist and be a block device. On a host with another root (the
- * simulated host's kernel model), a regular file stands in for a disk and is accepted there only.
+ * links, under the host's root) must exist and be a block device — or a regular file in the
+ * host's `/dev` (not `/dev/shm`): a kernel model's disk (`@berth/simhost` makes `/dev/sdX` so). The
+ * same rule on every host, whatever its root; a regular file anywhere else (a volume's image file,
+ * perhaps another volume's) is refused, as are character devices (`/dev/null`) and directories.
  */
 async function assertBlockDevice(host: HostServices, device: Device, who: string): Promise<void> {
   const refuse = (what: string): never => {
@@ -474,7 +476,8 @@ async function assertBlockDevice(host: HostServices, device: Device, who: string
   const stat = await host.fs.stat(real);
   if (!stat) return refuse('does not exist on the host');
   if (stat.isBlockDevice) return;
-  if (stat.isFile && host.fs.root !== '/') return;
+  // `realpath` answers a host path (under the host's root) on every host.
+  if (stat.isFile && real.startsWith('/dev/') && !real.startsWith('/dev/shm/')) return;
   return refuse(stat.isFile ? 'is a regular file, not a block device' : stat.isDirectory ? 'is a directory, not a block device' : 'is not a block device');
 }
 
