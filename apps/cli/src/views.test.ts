@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import type { Host } from '@berth/core';
+import type { Host, OperationStep } from '@berth/core';
 import { renderTable } from './table.js';
-import { agentStateOf, hostColumns } from './views.js';
+import { agentStateOf, hostColumns, journalColumns } from './views.js';
 
 const NOW = Date.parse('2026-12-03T10:00:00.000Z');
 const base: Host = {
@@ -31,5 +31,13 @@ describe('berth host list', () => {
     const [header, row] = table.split('\n');
     expect(header).toMatch(/^NAME\s+AGENT\s+LAST SEEN\s+VERSION\s+INITIATOR\s*$/i);
     expect(row).toMatch(/^h1\s+offline\s+2026-12-03T09:00:00.000Z\s+0.1.0\s+iqn.2004-10.com.ubuntu:01:h1\s*$/);
+  });
+});
+
+describe('berth operation show', () => {
+  it('shows a forced detach\'s step that was gone past as such, not as a plain done', () => {
+    const step = { seq: 3, name: 'unpublish', phase: 'do', state: 'done', durationMs: 20_000, error: null, data: { stillShared: false, forcedPast: "unpublish: host h1's agent did not finish step unpublish" } } as unknown as OperationStep;
+    const error = journalColumns.find((c) => c.header === 'error')!;
+    expect(error.get(step)).toBe("gone past (--force): unpublish: host h1's agent did not finish step unpublish");
   });
 });

@@ -173,7 +173,8 @@ export const journalColumns: ReadonlyArray<Column<OperationStep>> = [
   { header: 'phase', get: (s) => s.phase },
   { header: 'state', get: (s) => s.state },
   { header: 'took', get: (s) => (s.durationMs === null ? '-' : formatMs(s.durationMs)) },
-  { header: 'error', get: (s) => formatErrorSummary(s.error), shrink: true },
+  // A forced detach's step that failed and was gone past reads "done" with what it went past.
+  { header: 'error', get: (s) => (typeof s.data?.['forcedPast'] === 'string' ? `gone past (--force): ${s.data['forcedPast']}` : formatErrorSummary(s.error)), shrink: true },
 ];
 
 /** Columns of `berth doctor`. */

@@ -625,13 +625,17 @@ describe('attach and detach on the in-memory store', () => {
   });
 
   it('a forced detach that went past a silent agent\'s unpublish and then passed its deadline says what it went past (the host), and its hint names the volume', async () => {
-    const { service } = world({ operationTimeoutMs: 300, unpublishSilentMs: 400 });
+    const { service, store } = world({ operationTimeoutMs: 300, unpublishSilentMs: 400 });
     await service.createVolume({ name: 'db', sizeBytes: 2 ** 30 });
     await service.attach({ volume: 'db' });
     const error = await service.detach({ volume: 'db', force: true }).catch((e: unknown) => e);
     expect(BerthError.is(error) && error.code).toBe('TIMEOUT');
     expect(BerthError.is(error) && error.message).toContain("(the forced detach had gone past: unpublish: host h1's agent did not finish step unpublish");
     expect(BerthError.is(error) && error.hint).not.toContain('<volume>');
+    // The journal says the step was gone past, not merely "done".
+    const [operation] = await store.operations.list({ kind: 'detach' });
+    const unpublish = operation?.steps.find((s) => s.name === 'unpublish' && s.phase === 'do');
+    expect(unpublish?.data).toMatchObject({ forcedPast: expect.stringContaining("unpublish: host h1's agent did not finish step unpublish") });
   });
 
   it('a server\'s host named like an existing host but for case is refused (CONFLICT): no second host that no agent registers for', async () => {

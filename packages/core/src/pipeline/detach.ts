@@ -193,6 +193,7 @@ export function detachSteps(deps: PipelineDeps, resumed: { from?: AttachmentStat
       async run(ctx, signal) {
         const attachment = required(ctx.attachment, 'attachment');
         let shared = false;
+        const went = ctx.forcedErrors.length;
         await tolerant(ctx, 'unpublish', async () => {
           const steps = required(ctx.steps, 'host steps');
           const request = { steps, consumer: ctx.consumer, server: ctx.server, attachment, volume: ctx.volume, signal, operationId: ctx.operationId };
@@ -203,7 +204,8 @@ export function detachSteps(deps: PipelineDeps, resumed: { from?: AttachmentStat
           })).stillShared;
         });
         ctx.volumeNameKept = shared;
-        return { stillShared: shared };
+        // A forced detach that went past this step's failure: the journal says so, not a plain "done".
+        return { stillShared: shared, ...(ctx.forcedErrors.length > went ? { forcedPast: ctx.forcedErrors.slice(went).join('; ') } : {}) };
       },
       async undo(ctx, signal) {
         const attachment = ctx.attachment;
@@ -245,6 +247,7 @@ export function detachSteps(deps: PipelineDeps, resumed: { from?: AttachmentStat
         const { transport, connectionInfo } = attachment;
         if (!transport || !connectionInfo) return { skipped: 'never connected' };
         let outcome: ReleaseOutcome | undefined;
+        const went = ctx.forcedErrors.length;
         await tolerant(ctx, 'disconnect', async () => {
           outcome = await releaseShared(deps, {
             steps: required(ctx.steps, 'host steps'),
@@ -265,6 +268,7 @@ export function detachSteps(deps: PipelineDeps, resumed: { from?: AttachmentStat
         return {
           device: attachment.device?.path ?? null,
           ...(outcome ? { disconnected: outcome.disconnected, sharers: outcome.sharers, identityMismatch: outcome.identityMismatch } : {}),
+          ...(ctx.forcedErrors.length > went ? { forcedPast: ctx.forcedErrors.slice(went).join('; ') } : {}),
         };
       },
     },
