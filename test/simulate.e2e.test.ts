@@ -28,7 +28,7 @@ beforeEach(async () => {
 });
 
 afterEach(async () => {
-  await sandbox.run(['simulate', 'stop']);
+  await sandbox.run(['simulate', 'stop', '--force']);
   await stopManagedTgtd(sandbox.dataDir, controlPort).catch(() => undefined);
   await sandbox.remove();
 }, 120_000);

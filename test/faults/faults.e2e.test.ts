@@ -272,7 +272,7 @@ describe.runIf(ISCSI_KILLS > 0)('random SIGKILL of berth --simulate (tgt over iS
       knownIds.add((await berth.createVolume({ name: 't0', sizeBytes: 16 * MiB, backend: 'tgt' })).id);
     },
     async teardown(dataDir) {
-      await suite().sandbox.run(['simulate', 'stop']).catch(() => undefined);
+      await suite().sandbox.run(['simulate', 'stop', '--force']).catch(() => undefined);
       if (controlPort !== 0) await stopManagedTgtd(dataDir, controlPort).catch(() => undefined);
     },
   });
