@@ -174,10 +174,22 @@ describe("the device a transport's connect returns", () => {
     for (const root of roots.splice(0)) await rm(root, { recursive: true, force: true });
   });
 
-  const connectTo = (fs: unknown, device: string) =>
+  const connectTo = (fs: unknown, device: string, through = connection) =>
     catalogWith(fs as Record<string, unknown>, { x: () => transport({ connect: async () => ({ path: device, type: 'block' }) }) })
       .transport('x')
-      .connect(connection, { signal: new AbortController().signal });
+      .connect(through, { signal: new AbortController().signal });
+
+  it('is accepted as a regular file when it is the very file the connection named (a file-backed transport handing back its volume\'s storage), not another one', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'berth-guard-named-'));
+    roots.push(dir);
+    const own = path.join(dir, 'own.img');
+    const other = path.join(dir, 'other.img');
+    await writeFile(own, '');
+    await writeFile(other, '');
+    const named = { ...connection, data: { ...connection.data, device_path: own } };
+    await expect(connectTo(createHostFs('/'), own, named)).resolves.toMatchObject({ path: own });
+    await expect(connectTo(createHostFs('/'), other, named)).rejects.toThrow(/is a regular file, not a block device/);
+  });
 
   it('is refused (DRIVER_ERROR naming the plugin) when it is a character device, a regular file or missing on the machine', async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'berth-guard-'));

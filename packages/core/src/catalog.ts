@@ -456,11 +456,12 @@ function isTimeout(reason: unknown): boolean {
 /**
  * The device a transport's `connect` returned, checked on its host: its path (followed through
  * links, under the host's root) must exist and be a block device — or a regular file in the
- * host's `/dev` (not `/dev/shm`): a kernel model's disk (`@berth/simhost` makes `/dev/sdX` so). The
- * same rule on every host, whatever its root; a regular file anywhere else (a volume's image file,
- * perhaps another volume's) is refused, as are character devices (`/dev/null`) and directories.
+ * host's `/dev` (not `/dev/shm`): a kernel model's disk (`@berth/simhost` makes `/dev/sdX` so) —
+ * or the very file the connection named as its `device_path` (the volume's own storage, handed
+ * back as it is). The same rule on every host, whatever its root; any other regular file (perhaps
+ * another volume's image) is refused, as are character devices (`/dev/null`) and directories.
  */
-async function assertBlockDevice(host: HostServices, device: Device, who: string): Promise<void> {
+async function assertBlockDevice(host: HostServices, device: Device, who: string, named: unknown): Promise<void> {
   const refuse = (what: string): never => {
     throw new BerthError('DRIVER_ERROR', `${who} returned device ${device.path}, which ${what}`, {
       hint: 'a transport must return the block device it connected (type "block"); fix the plugin or ask its author to',
@@ -478,6 +479,10 @@ async function assertBlockDevice(host: HostServices, device: Device, who: string
   if (stat.isBlockDevice) return;
   // `realpath` answers a host path (under the host's root) on every host.
   if (stat.isFile && real.startsWith('/dev/') && !real.startsWith('/dev/shm/')) return;
+  // The very file the connection named (`device_path`: the volume's own backend exported it so —
+  // a file-backed transport that hands it back as it is); any other regular file may be another
+  // volume's storage.
+  if (stat.isFile && typeof named === 'string' && named === device.path) return;
   return refuse(stat.isFile ? 'is a regular file, not a block device' : stat.isDirectory ? 'is a directory, not a block device' : 'is not a block device');
 }
 
@@ -502,7 +507,7 @@ function guardTransport(driver: TransportDriver, plugin: string, host: HostServi
         context.signal.throwIfAborted();
         const device = zDevice.safeParse(await raced(who, 'connect', context.signal, () => driver.connect(connection, context)));
         if (!device.success) throw new BerthError('DRIVER_ERROR', `${who} returned an invalid device`);
-        await assertBlockDevice(host, device.data, who);
+        await assertBlockDevice(host, device.data, who, connection.data.device_path);
         return device.data;
       }),
     disconnect: (connection, device, options) => wrap(() => raced(who, 'disconnect', options.signal, () => driver.disconnect(connection, device, options))),
