@@ -295,6 +295,8 @@ export function detachSteps(deps: PipelineDeps, resumed: { from?: AttachmentStat
         if (ctx.forcedErrors.length > 0) {
           throw new BerthError('DRIVER_ERROR', `forced detach finished with errors: ${ctx.forcedErrors.join('; ')}`, {
             hint: `fix the cause and run \`berth detach ${ctx.volume.name} --force\` again (or \`berth reconcile\`)`,
+            // Already lists what the forced detach went past (the launcher adds it to other errors).
+            details: { forcedErrors: true },
           });
         }
       },

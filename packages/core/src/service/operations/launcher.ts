@@ -12,9 +12,6 @@ import type { OperationOutcome, StartedOperation } from '../../service.js';
 import { withDeferredDurability, type Store } from '../../store.js';
 import type { ServiceParts } from '../parts.js';
 
-// How the detach pipeline's own error for a forced detach that went past failed steps begins.
-const FORCED_ERRORS = 'forced detach finished with errors';
-
 /** What an operation runs: its context and its steps. */
 export interface PreparedRun {
   ctx: PipelineContext;
@@ -371,7 +368,7 @@ function failureOf(outcome: Extract<RunOutcome, { ok: false }>, ctx: PipelineCon
   // A forced detach that went past failed steps and then failed (its deadline, spent waiting on
   // them): what it went past is why — "passed its deadline" alone named neither the step nor the
   // host whose agent was cut off (a fault explorer).
-  if (ctx.forcedErrors.length > 0 && !failed.message.startsWith(FORCED_ERRORS)) {
+  if (ctx.forcedErrors.length > 0 && failed.details.forcedErrors !== true) {
     failed = new BerthError(failed.code, `${failed.message} (the forced detach had gone past: ${ctx.forcedErrors.join('; ')})`, {
       ...(failed.hint === undefined ? {} : { hint: failed.hint }),
       details: { ...failed.details },
