@@ -210,18 +210,17 @@ export function detachSteps(deps: PipelineDeps, resumed: { from?: AttachmentStat
       async undo(ctx, signal) {
         const attachment = ctx.attachment;
         if (ctx.unpublishUntouched === true) return;
-        if (ctx.unpublishOutcomeUnknown === true && (await guestStillHasDisk(deps, ctx, signal))) {
-          ctx.unplugMayBePending = true;
-          throw new BerthError('CONFLICT', `the berth that detached volume ${ctx.volume.name} stopped while it had the guest of server ${ctx.server.name} release the disk, and the guest still has it: it may have been asked to, and may still let go at any moment (when it resumes, or frees the disk); the detach cannot be undone`, {
-            hint: `once the guest let go, run \`berth detach ${ctx.volume.name}\` again (or \`berth reconcile\`); the host side stays connected until then`,
-            details: { guestHoldsDevice: true, unplugRequested: true, volumeId: ctx.volume.id, serverId: ctx.server.id },
-          });
-        }
+        // Recovery cannot tell whether the request went out: a guest that still has the disk may have it pending.
+        const stoppedMidUnplug = ctx.unpublishOutcomeUnknown === true && (await guestStillHasDisk(deps, ctx, signal));
+        if (stoppedMidUnplug) ctx.unplugMayBePending = true;
         if (ctx.unplugMayBePending === true) {
           // Publishing again would find the device still there ("Duplicate device ID": kept) and
           // call the detach undone, and the guest would drop the disk at its next chance while the
           // attachment read `attached` (a paused guest at its resume: an explorer's standing item).
-          throw new BerthError('CONFLICT', `the guest of server ${ctx.server.name} was asked to release the disk of volume ${ctx.volume.name} and may still do so at any moment (when it resumes, or frees the disk); the detach cannot be undone`, {
+          const asked = stoppedMidUnplug
+            ? `the berth that detached volume ${ctx.volume.name} stopped while it had the guest of server ${ctx.server.name} release the disk, and the guest still has it: it may have been asked to, and may still let go`
+            : `the guest of server ${ctx.server.name} was asked to release the disk of volume ${ctx.volume.name} and may still do so`;
+          throw new BerthError('CONFLICT', `${asked} at any moment (when it resumes, or frees the disk); the detach cannot be undone`, {
             hint: `once the guest let go, run \`berth detach ${ctx.volume.name}\` again (or \`berth reconcile\`); the host side stays connected until then`,
             details: { guestHoldsDevice: true, unplugRequested: true, volumeId: ctx.volume.id, serverId: ctx.server.id },
           });
